@@ -1,0 +1,375 @@
+"""BLS12-381 groups G1, G2, GT and scalars, on the process's arithmetic backend.
+
+Elements are immutable wrappers around a backend handle. Every element keeps
+the backend it was made on; mixing backends in one operation is a ``TypeError``
+(convert with ``X.from_bytes(x.to_bytes(), backend=other)``).
+
+Encodings (CRYPTO.md): G1 and G2 in the ZCash compressed form (48 and 96 bytes);
+GT as 576 bytes, the twelve Fp coefficients of the tower
+Fp2 = Fp[u]/(u^2+1), Fp6 = Fp2[v]/(v^3-(u+1)), Fp12 = Fp6[w]/(w^2-v) written as
+c0 then c1 (of c0 + c1 w), in each the Fp2 coefficients of v^0, v^1, v^2, in
+each Fp2 the u-coefficient first and then the constant, each Fp 48-byte
+big-endian (mcl's ETH serialization). Scalars are 32-byte big-endian.
+
+``P * k`` multiplies in constant time (for secret scalars, the native backend
+uses mcl's ``mulCT``); ``P.mul_public(k)`` may use the faster variable-time
+routine and is only for public scalars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Iterable, Sequence
+
+from ._backend import R, Backend, active_backend, load_backend
+from .errors import DecodeError
+
+__all__ = [
+    "R",
+    "G1",
+    "G2",
+    "GT",
+    "G2Prepared",
+    "pairing",
+    "multi_pairing",
+    "random_scalar",
+    "hash_to_scalar",
+    "scalar_to_bytes",
+    "scalar_from_bytes",
+    "scalar_inverse",
+    "get_backend",
+]
+
+SCALAR_SIZE = 32
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The active backend, or the one called ``name``."""
+    return active_backend() if name is None else load_backend(name)
+
+
+def _resolve(backend: Backend | str | None) -> Backend:
+    if backend is None:
+        return active_backend()
+    if isinstance(backend, str):
+        return load_backend(backend)
+    return backend
+
+
+# --------------------------------------------------------------------- scalars
+
+
+def random_scalar() -> int:
+    """A uniformly random nonzero scalar from the OS CSPRNG."""
+    while True:
+        # 64 bytes reduced mod r: statistical distance from uniform < 2^-256.
+        k = int.from_bytes(secrets.token_bytes(64), "big") % R
+        if k:
+            return k
+
+
+def hash_to_scalar(tag: str | bytes, *parts: bytes) -> int:
+    """A nonzero scalar derived from a domain tag and byte strings.
+
+    Each part is length-prefixed (8-byte big-endian), so different splits of the
+    same bytes never collide. Expands SHA-256 in counter mode to 64 bytes and
+    reduces mod r; the (negligible) zero result is re-derived with a counter.
+    """
+    tag_b = tag.encode() if isinstance(tag, str) else bytes(tag)
+    h = hashlib.sha256()
+    h.update(len(tag_b).to_bytes(8, "big") + tag_b)
+    for part in parts:
+        if not isinstance(part, (bytes, bytearray, memoryview)):
+            raise TypeError(f"hash_to_scalar parts must be bytes, not {type(part).__name__}")
+        part = bytes(part)
+        h.update(len(part).to_bytes(8, "big") + part)
+    seed = h.digest()
+    counter = 0
+    while True:
+        wide = b"".join(
+            hmac.new(seed, bytes([counter, i]), hashlib.sha256).digest() for i in (0, 1)
+        )
+        k = int.from_bytes(wide, "big") % R
+        if k:
+            return k
+        counter += 1
+
+
+def scalar_to_bytes(k: int) -> bytes:
+    if not 0 <= k < R:
+        raise ValueError("scalar out of range [0, r)")
+    return k.to_bytes(SCALAR_SIZE, "big")
+
+
+def scalar_from_bytes(data: bytes, *, allow_zero: bool = False) -> int:
+    """Decode a 32-byte big-endian scalar; must be < r (and nonzero unless allowed)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"scalar must be bytes, not {type(data).__name__}")
+    if len(data) != SCALAR_SIZE:
+        raise DecodeError(f"scalar must be {SCALAR_SIZE} bytes, got {len(data)}")
+    k = int.from_bytes(data, "big")
+    if k >= R:
+        raise DecodeError("scalar is not reduced: value >= r")
+    if k == 0 and not allow_zero:
+        raise DecodeError("scalar is zero where a nonzero value is required")
+    return k
+
+
+def scalar_inverse(k: int) -> int:
+    if k % R == 0:
+        raise ZeroDivisionError("zero has no inverse mod r")
+    return pow(k, -1, R)
+
+
+# --------------------------------------------------------------------- groups
+
+
+class _Element:
+    __slots__ = ("_b", "_h")
+    _prefix = ""  # backend method prefix: "g1" / "g2" / "gt"
+    ENCODED_SIZE = 0
+
+    def __init__(self, backend: Backend, handle: object):
+        self._b = backend
+        self._h = handle
+
+    @property
+    def backend(self) -> Backend:
+        return self._b
+
+    def _same(self, other: "_Element") -> None:
+        if type(other) is not type(self):
+            raise TypeError(f"cannot combine {type(self).__name__} with {type(other).__name__}")
+        if other._b is not self._b:
+            raise TypeError(
+                f"elements from different backends ({self._b.name} and {other._b.name})"
+            )
+
+    def to_bytes(self) -> bytes:
+        return getattr(self._b, self._prefix + "_encode")(self._h)
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Element) or type(other) is not type(self):
+            return NotImplemented
+        if other._b is not self._b:
+            return self.to_bytes() == other.to_bytes()
+        return getattr(self._b, self._prefix + "_eq")(self._h, other._h)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.to_bytes()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_bytes().hex()[:16]}..., {self._b.name})"
+
+    def to_backend(self, backend: Backend | str):
+        """The same element on another backend (through its encoding)."""
+        b = _resolve(backend)
+        if b is self._b:
+            return self
+        return type(self)(b, getattr(b, self._prefix + "_decode")(self.to_bytes()))
+
+
+class _ECPoint(_Element):
+    __slots__ = ()
+
+    @classmethod
+    def generator(cls, backend: Backend | str | None = None):
+        b = _resolve(backend)
+        return cls(b, getattr(b, cls._prefix + "_generator")())
+
+    @classmethod
+    def identity(cls, backend: Backend | str | None = None):
+        b = _resolve(backend)
+        return cls(b, getattr(b, cls._prefix + "_identity")())
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, *, allow_identity: bool = False, backend: Backend | str | None = None
+    ):
+        """Decode and fully validate a compressed point.
+
+        Raises DecodeError on wrong type or length, bad flags, a coordinate not
+        below p, a point off the curve or outside the order-r subgroup, and (unless
+        ``allow_identity``) the point at infinity.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(f"{cls.__name__} point must be bytes, not {type(data).__name__}")
+        data = bytes(data)
+        if len(data) != cls.ENCODED_SIZE:
+            raise DecodeError(
+                f"{cls.__name__} point must be {cls.ENCODED_SIZE} bytes, got {len(data)}"
+            )
+        b = _resolve(backend)
+        handle = getattr(b, cls._prefix + "_decode")(data)
+        point = cls(b, handle)
+        if not allow_identity and point.is_identity():
+            raise DecodeError(f"{cls.__name__} point is the identity where a key/capsule/share is expected")
+        return point
+
+    def is_identity(self) -> bool:
+        return getattr(self._b, self._prefix + "_is_identity")(self._h)
+
+    def __add__(self, other):
+        self._same(other)
+        return type(self)(self._b, getattr(self._b, self._prefix + "_add")(self._h, other._h))
+
+    def __neg__(self):
+        return type(self)(self._b, getattr(self._b, self._prefix + "_neg")(self._h))
+
+    def __sub__(self, other):
+        return self + (-other)
+
+    def _mul(self, k: int, secret: bool):
+        if not isinstance(k, int):
+            return NotImplemented
+        return type(self)(
+            self._b, getattr(self._b, self._prefix + "_mul")(self._h, k % R, secret)
+        )
+
+    def __mul__(self, k: int):
+        """Constant-time scalar multiplication (safe for secret scalars)."""
+        return self._mul(k, True)
+
+    __rmul__ = __mul__
+
+    def mul_public(self, k: int):
+        """Variable-time scalar multiplication: only for public scalars."""
+        return self._mul(k, False)
+
+    @classmethod
+    def msm(cls, points: Sequence["_ECPoint"], scalars: Sequence[int]):
+        """sum(k_i P_i) for public scalars (multi-scalar multiplication)."""
+        if len(points) != len(scalars):
+            raise ValueError("msm needs as many scalars as points")
+        if not points:
+            raise ValueError("msm of no points")
+        b = points[0]._b
+        for p in points:
+            points[0]._same(p)
+        return cls(b, getattr(b, cls._prefix + "_msm")([p._h for p in points], [k % R for k in scalars]))
+
+
+class G1(_ECPoint):
+    __slots__ = ()
+    _prefix = "g1"
+    ENCODED_SIZE = 48
+
+
+class G2(_ECPoint):
+    __slots__ = ()
+    _prefix = "g2"
+    ENCODED_SIZE = 96
+
+    def prepare(self) -> "G2Prepared":
+        """Precompute the Miller-loop lines of this point for repeated pairings."""
+        return G2Prepared(self)
+
+
+class G2Prepared:
+    """A G2 point with its pairing precomputation, reused across many pairings."""
+
+    __slots__ = ("point", "_h")
+
+    def __init__(self, point: G2):
+        self.point = point
+        self._h = point._b.g2_prepare(point._h)
+
+
+class GT(_Element):
+    """The target group, written multiplicatively."""
+
+    __slots__ = ()
+    _prefix = "gt"
+    ENCODED_SIZE = 576
+
+    @classmethod
+    def one(cls, backend: Backend | str | None = None) -> "GT":
+        b = _resolve(backend)
+        return cls(b, b.gt_one())
+
+    @classmethod
+    def generator(cls, backend: Backend | str | None = None) -> "GT":
+        """Z = e(g1, g2)."""
+        b = _resolve(backend)
+        return cls(b, b.gt_generator())
+
+    @classmethod
+    def generator_pow(cls, k: int, backend: Backend | str | None = None) -> "GT":
+        """Z^k (fixed-base; the native backend uses a precomputed table)."""
+        b = _resolve(backend)
+        return cls(b, b.gt_generator_pow(k % R))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, backend: Backend | str | None = None) -> "GT":
+        """Decode 576 bytes; checks each coefficient < p and membership of the order-r subgroup."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(f"GT element must be bytes, not {type(data).__name__}")
+        data = bytes(data)
+        if len(data) != cls.ENCODED_SIZE:
+            raise DecodeError(f"GT element must be {cls.ENCODED_SIZE} bytes, got {len(data)}")
+        b = _resolve(backend)
+        return cls(b, b.gt_decode(data))
+
+    def __mul__(self, other: "GT") -> "GT":
+        self._same(other)
+        return GT(self._b, self._b.gt_mul(self._h, other._h))
+
+    def __truediv__(self, other: "GT") -> "GT":
+        return self * other.inverse()
+
+    def __pow__(self, k: int) -> "GT":
+        if not isinstance(k, int):
+            return NotImplemented
+        return GT(self._b, self._b.gt_pow(self._h, k % R))
+
+    def inverse(self) -> "GT":
+        return GT(self._b, self._b.gt_inv(self._h))
+
+    def is_one(self) -> bool:
+        return self._b.gt_eq(self._h, self._b.gt_one())
+
+    @classmethod
+    def multi_pow(cls, bases: Sequence["GT"], exps: Sequence[int]) -> "GT":
+        """prod(b_i ^ e_i) in one multi-exponentiation."""
+        if len(bases) != len(exps):
+            raise ValueError("multi_pow needs as many exponents as bases")
+        if not bases:
+            raise ValueError("multi_pow of no bases")
+        for x in bases:
+            bases[0]._same(x)
+        b = bases[0]._b
+        return cls(b, b.gt_multi_pow([x._h for x in bases], [e % R for e in exps]))
+
+
+def pairing(p: G1, q: G2 | G2Prepared) -> GT:
+    """e(p, q): bilinear, e(g1, g2) = Z; identical on both backends."""
+    if not isinstance(p, G1):
+        raise TypeError("pairing takes a G1 point first")
+    if isinstance(q, G2Prepared):
+        if q.point._b is not p._b:
+            raise TypeError("pairing arguments from different backends")
+        return GT(p._b, p._b.pairing_prepared(p._h, q._h))
+    if not isinstance(q, G2):
+        raise TypeError("pairing takes a G2 point (or G2Prepared) second")
+    if q._b is not p._b:
+        raise TypeError("pairing arguments from different backends")
+    return GT(p._b, p._b.pairing(p._h, q._h))
+
+
+def multi_pairing(pairs: Iterable[tuple[G1, G2]]) -> GT:
+    """prod e(p_i, q_i), sharing one final exponentiation."""
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("multi_pairing of no pairs")
+    b = pairs[0][0]._b
+    for p, q in pairs:
+        if not isinstance(p, G1) or not isinstance(q, G2):
+            raise TypeError("multi_pairing takes (G1, G2) pairs")
+        if p._b is not b or q._b is not b:
+            raise TypeError("multi_pairing arguments from different backends")
+    return GT(b, b.multi_pairing([p._h for p, _ in pairs], [q._h for _, q in pairs]))
