@@ -1,0 +1,62 @@
+"""Shared fixtures: the arithmetic backends available in this process.
+
+``backend`` runs a test once per available backend (native first). On the
+pure backend, tests marked ``slow`` are skipped unless EMRSHARE_SLOW=1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from core._backend import available_backends, backend_name
+
+settings.register_profile(
+    "emrshare",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("emrshare")
+
+AVAILABLE = available_backends()
+ACTIVE = backend_name()
+
+
+def _backend_params():
+    # When a backend is forced, contract tests run on it alone.
+    forced = os.environ.get("EMRSHARE_BACKEND", "").strip().lower()
+    if forced in ("native", "pure"):
+        return [forced]
+    return AVAILABLE
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request):
+    from core.curve import get_backend
+
+    return get_backend(request.param)
+
+
+@pytest.fixture
+def other_backend(backend):
+    """The other backend, for cross-backend checks (skips when only one loads)."""
+    from core.curve import get_backend
+
+    others = [n for n in AVAILABLE if n != backend.name]
+    if not others:
+        pytest.skip("only one backend available")
+    return get_backend(others[0])
+
+
+def pytest_collection_modifyitems(config, items):
+    if ACTIVE == "pure" and os.environ.get("EMRSHARE_SLOW") != "1":
+        skip = pytest.mark.skip(reason="slow on the pure backend (set EMRSHARE_SLOW=1)")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    return f"emrshare backend: {ACTIVE} (available: {', '.join(AVAILABLE)})"
