@@ -263,14 +263,14 @@ class PureBackend:
             return Z1
         y = _fp_sqrt((x * x * x + 4) % P)
         if y is None:
-            raise DecodeError("G1 point is not on the curve")
+            raise DecodeError("G1 point: not on the curve")
         if (y > _HALF_P) != sign:
             y = (P - y) % P
         pt = (FQ(x), FQ(y), FQ.one())
         if not is_on_curve(pt, b):  # holds by construction; kept as a cheap guard
-            raise DecodeError("G1 point is not on the curve")
+            raise DecodeError("G1 point: not on the curve")
         if not _in_subgroup(pt):
-            raise DecodeError("G1 point is not in the order-r subgroup")
+            raise DecodeError("G1 point: not in the order-r subgroup")
         return pt
 
     def g1_encode(self, a) -> bytes:
@@ -314,15 +314,15 @@ class PureBackend:
         rhs = x * x * x + b2
         root = _fp2_sqrt(*(int(c) for c in rhs.coeffs))
         if root is None:
-            raise DecodeError("G2 point is not on the curve")
+            raise DecodeError("G2 point: not on the curve")
         y0, y1 = root
         if _fp2_sign(y0, y1) != sign:
             y0, y1 = (P - y0) % P, (P - y1) % P
         pt = (x, FQ2([y0, y1]), FQ2.one())
         if not is_on_curve(pt, b2):
-            raise DecodeError("G2 point is not on the curve")
+            raise DecodeError("G2 point: not on the curve")
         if not _in_subgroup(pt):
-            raise DecodeError("G2 point is not in the order-r subgroup")
+            raise DecodeError("G2 point: not in the order-r subgroup")
         return pt
 
     def g2_encode(self, a) -> bytes:
@@ -397,7 +397,7 @@ class PureBackend:
             flat[m + 6] = y
         f = FQ12(flat)
         if not _gt_in_subgroup(f):
-            raise DecodeError("GT element is not in the order-r subgroup")
+            raise DecodeError("GT element: not in the order-r subgroup")
         return f
 
     def gt_encode(self, a: FQ12) -> bytes:
