@@ -1,0 +1,378 @@
+"""The native arithmetic backend: BLS12-381 through mcl, bound with cffi.
+
+Handles are ``bytes`` holding mcl's raw structs (``mclBnG1``, ``mclBnG2``,
+``mclBnGT``; sizes read from the library) or, for a prepared G2 argument, the
+``uint64`` words of ``mclBn_precomputeG2``. No cdata leaves this module.
+Scalars arrive as Python ints in ``[0, r)`` and are passed to C as 32-byte
+little-endian strings.
+
+mcl is initialised once per process under a lock (:func:`_init_mcl`): curve
+BLS12-381, the ETH (ZCash) serialization, order checks on deserialize turned
+off (:meth:`NativeBackend.g1_decode` checks the order explicitly so that "not on
+the curve" and "not in the subgroup" are told apart), and the fixed-base table
+for Z^k built.
+
+Every call into the extension releases the GIL (cffi's default), so worker
+threads run native work in parallel.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+from core._backend import R
+from core._encoding import check_gt_coefficients, parse_compressed
+from core.errors import BackendError, DecodeError
+
+from . import build as _build
+from ._mcl_cffi import ffi, lib
+
+__all__ = ["NativeBackend", "G1_GENERATOR", "G2_GENERATOR"]
+
+MCL_BLS12_381 = 5
+MCLBN_COMPILED_TIME_VAR = 46  # bn_c384_256: 4 * 10 + 6
+
+#: The standard BLS12-381 generators in the ZCash compressed encoding.
+G1_GENERATOR = bytes.fromhex(
+    "97f1d3a73197d7942695638c4fa9ac0fc3688c4f9774b905a14e3a3f171bac586c55e83ff97a1aeffb3af00adb22c6bb"
+)
+G2_GENERATOR = bytes.fromhex(
+    "93e02b6052719f607dacd3a088274f65596bd0d09920b61ab5da61bbdc7f5049334cf11213945d57e5ac7d055d042b7e"
+    "024aa2b2f08f0a91260805272dc51051c6e47ad4fa403b02b4510b647ae3d1770bac0326a805bbefd48056c8c121bdb8"
+)
+
+G1_SIZE = ffi.sizeof("mclBnG1")
+G2_SIZE = ffi.sizeof("mclBnG2")
+GT_SIZE = ffi.sizeof("mclBnGT")
+_EXPECTED_SIZES = (144, 288, 576)
+_from_buffer = ffi.from_buffer
+
+_init_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _le(k: int) -> bytes:
+    """A scalar in [0, r) as the 32 little-endian bytes the C helpers take."""
+    if not 0 <= k < R:
+        raise ValueError("scalar out of range [0, r)")
+    return k.to_bytes(32, "little")
+
+
+def _init_mcl() -> dict[str, object]:
+    """Initialise mcl once; return the generators, Z and the precompute size."""
+    if _state:
+        return _state
+    with _init_lock:
+        if _state:
+            return _state
+        compiled = ffi.string(lib.emr_source_hash()).decode()
+        try:
+            expected = _build.source_hash()
+        except OSError as exc:
+            raise BackendError(f"cannot hash native sources: {exc}") from exc
+        if compiled != expected:
+            raise BackendError(
+                "native extension was built from other sources than this package "
+                "(rebuild with `python -m native.build`)"
+            )
+        if (G1_SIZE, G2_SIZE, GT_SIZE) != _EXPECTED_SIZES:
+            raise BackendError(f"unexpected mcl struct sizes {(G1_SIZE, G2_SIZE, GT_SIZE)}")
+        if lib.mclBn_init(MCL_BLS12_381, MCLBN_COMPILED_TIME_VAR) != 0:
+            raise BackendError("mclBn_init(BLS12_381) failed: library/header mismatch")
+        lib.mclBn_setETHserialization(1)
+        lib.mclBn_verifyOrderG1(0)
+        lib.mclBn_verifyOrderG2(0)
+        g1 = ffi.new("mclBnG1 *")
+        g2 = ffi.new("mclBnG2 *")
+        if lib.mclBnG1_deserialize(g1, G1_GENERATOR, 48) != 48 or not lib.mclBnG1_isValidOrder(g1):
+            raise BackendError("mcl rejected the standard G1 generator")
+        if lib.mclBnG2_deserialize(g2, G2_GENERATOR, 96) != 96 or not lib.mclBnG2_isValidOrder(g2):
+            raise BackendError("mcl rejected the standard G2 generator")
+        z = ffi.new("mclBnGT *")
+        lib.mclBn_pairing(z, g1, g2)
+        lib.emr_gt_table_init(z)
+        one = ffi.new("mclBnGT *")
+        lib.mclBnGT_setInt32(one, 1)
+        g1_zero = ffi.new("mclBnG1 *")
+        g2_zero = ffi.new("mclBnG2 *")
+        lib.mclBnG1_clear(g1_zero)
+        lib.mclBnG2_clear(g2_zero)
+        _state.update(
+            g1=bytes(ffi.buffer(g1)),
+            g2=bytes(ffi.buffer(g2)),
+            z=bytes(ffi.buffer(z)),
+            one=bytes(ffi.buffer(one)),
+            g1_zero=bytes(ffi.buffer(g1_zero)),
+            g2_zero=bytes(ffi.buffer(g2_zero)),
+            qwords=lib.mclBn_getUint64NumToPrecompute(),
+        )
+        return _state
+
+
+def _g1(h: bytes):
+    if len(h) != G1_SIZE:
+        raise TypeError("not a native G1 handle")
+    return _from_buffer("mclBnG1 *", h)
+
+
+def _g2(h: bytes):
+    if len(h) != G2_SIZE:
+        raise TypeError("not a native G2 handle")
+    return _from_buffer("mclBnG2 *", h)
+
+
+def _gt(h: bytes):
+    if len(h) != GT_SIZE:
+        raise TypeError("not a native GT handle")
+    return _from_buffer("mclBnGT *", h)
+
+
+def _check_handles(handles: Sequence[bytes], size: int, what: str) -> None:
+    for h in handles:
+        if type(h) is not bytes or len(h) != size:
+            raise TypeError(f"not a native {what} handle")
+
+
+class NativeBackend:
+    """BLS12-381 arithmetic on mcl (constant-time multiplication for secrets)."""
+
+    name = "native"
+
+    def __init__(self) -> None:
+        st = _init_mcl()
+        self._g1: bytes = st["g1"]  # type: ignore[assignment]
+        self._g2: bytes = st["g2"]  # type: ignore[assignment]
+        self._z: bytes = st["z"]  # type: ignore[assignment]
+        self._one: bytes = st["one"]  # type: ignore[assignment]
+        self._g1_zero: bytes = st["g1_zero"]  # type: ignore[assignment]
+        self._g2_zero: bytes = st["g2_zero"]  # type: ignore[assignment]
+        self._qwords: int = st["qwords"]  # type: ignore[assignment]
+        self._qbytes = 8 * self._qwords
+
+    def __repr__(self) -> str:
+        return "NativeBackend(mcl v3.04, BLS12-381)"
+
+    # ------------------------------------------------------------------ G1
+
+    def g1_generator(self) -> bytes:
+        return self._g1
+
+    def g1_identity(self) -> bytes:
+        return self._g1_zero
+
+    def g1_decode(self, data: bytes) -> bytes:
+        data = bytes(data)
+        infinity, _sign, _x = parse_compressed(data, "G1", 1)
+        if infinity:
+            return self._g1_zero
+        out = ffi.new("mclBnG1 *")
+        if lib.mclBnG1_deserialize(out, data, 48) != 48:
+            raise DecodeError("G1 point: x is not the x-coordinate of a point on the curve")
+        if not lib.mclBnG1_isValidOrder(out):
+            raise DecodeError("G1 point: on the curve but not in the order-r subgroup")
+        return bytes(ffi.buffer(out))
+
+    def g1_encode(self, a: bytes) -> bytes:
+        buf = ffi.new("char[48]")
+        if lib.mclBnG1_serialize(buf, 48, _g1(a)) != 48:
+            raise ValueError("mcl could not serialize a G1 point")
+        return ffi.unpack(buf, 48)
+
+    def g1_add(self, a: bytes, b: bytes) -> bytes:
+        out = ffi.new("mclBnG1 *")
+        lib.mclBnG1_add(out, _g1(a), _g1(b))
+        return bytes(ffi.buffer(out))
+
+    def g1_neg(self, a: bytes) -> bytes:
+        out = ffi.new("mclBnG1 *")
+        lib.mclBnG1_neg(out, _g1(a))
+        return bytes(ffi.buffer(out))
+
+    def g1_mul(self, a: bytes, k: int, secret: bool) -> bytes:
+        out = ffi.new("mclBnG1 *")
+        lib.emr_g1_mul(out, _g1(a), _le(k), 1 if secret else 0)
+        return bytes(ffi.buffer(out))
+
+    def g1_msm(self, points: Sequence[bytes], scalars: Sequence[int]) -> bytes:
+        n = len(points)
+        if n != len(scalars):
+            raise ValueError("msm needs as many scalars as points")
+        if n == 0:
+            return self._g1_zero
+        _check_handles(points, G1_SIZE, "G1")
+        pts = ffi.new("mclBnG1[]", n)  # mulVec may normalize its input: give it a copy
+        ffi.memmove(pts, b"".join(points), n * G1_SIZE)
+        out = ffi.new("mclBnG1 *")
+        if lib.emr_g1_msm(out, pts, b"".join(_le(k) for k in scalars), n) != 0:
+            raise MemoryError("emr_g1_msm")
+        return bytes(ffi.buffer(out))
+
+    def g1_eq(self, a: bytes, b: bytes) -> bool:
+        return bool(lib.mclBnG1_isEqual(_g1(a), _g1(b)))
+
+    def g1_is_identity(self, a: bytes) -> bool:
+        return bool(lib.mclBnG1_isZero(_g1(a)))
+
+    # ------------------------------------------------------------------ G2
+
+    def g2_generator(self) -> bytes:
+        return self._g2
+
+    def g2_identity(self) -> bytes:
+        return self._g2_zero
+
+    def g2_decode(self, data: bytes) -> bytes:
+        data = bytes(data)
+        infinity, _sign, _x = parse_compressed(data, "G2", 2)
+        if infinity:
+            return self._g2_zero
+        out = ffi.new("mclBnG2 *")
+        if lib.mclBnG2_deserialize(out, data, 96) != 96:
+            raise DecodeError("G2 point: x is not the x-coordinate of a point on the curve")
+        if not lib.mclBnG2_isValidOrder(out):
+            raise DecodeError("G2 point: on the curve but not in the order-r subgroup")
+        return bytes(ffi.buffer(out))
+
+    def g2_encode(self, a: bytes) -> bytes:
+        buf = ffi.new("char[96]")
+        if lib.mclBnG2_serialize(buf, 96, _g2(a)) != 96:
+            raise ValueError("mcl could not serialize a G2 point")
+        return ffi.unpack(buf, 96)
+
+    def g2_add(self, a: bytes, b: bytes) -> bytes:
+        out = ffi.new("mclBnG2 *")
+        lib.mclBnG2_add(out, _g2(a), _g2(b))
+        return bytes(ffi.buffer(out))
+
+    def g2_neg(self, a: bytes) -> bytes:
+        out = ffi.new("mclBnG2 *")
+        lib.mclBnG2_neg(out, _g2(a))
+        return bytes(ffi.buffer(out))
+
+    def g2_mul(self, a: bytes, k: int, secret: bool) -> bytes:
+        out = ffi.new("mclBnG2 *")
+        lib.emr_g2_mul(out, _g2(a), _le(k), 1 if secret else 0)
+        return bytes(ffi.buffer(out))
+
+    def g2_msm(self, points: Sequence[bytes], scalars: Sequence[int]) -> bytes:
+        n = len(points)
+        if n != len(scalars):
+            raise ValueError("msm needs as many scalars as points")
+        if n == 0:
+            return self._g2_zero
+        _check_handles(points, G2_SIZE, "G2")
+        pts = ffi.new("mclBnG2[]", n)
+        ffi.memmove(pts, b"".join(points), n * G2_SIZE)
+        out = ffi.new("mclBnG2 *")
+        if lib.emr_g2_msm(out, pts, b"".join(_le(k) for k in scalars), n) != 0:
+            raise MemoryError("emr_g2_msm")
+        return bytes(ffi.buffer(out))
+
+    def g2_eq(self, a: bytes, b: bytes) -> bool:
+        return bool(lib.mclBnG2_isEqual(_g2(a), _g2(b)))
+
+    def g2_is_identity(self, a: bytes) -> bool:
+        return bool(lib.mclBnG2_isZero(_g2(a)))
+
+    # ------------------------------------------------------------------ pairing
+
+    def pairing(self, p: bytes, q: bytes) -> bytes:
+        out = ffi.new("mclBnGT *")
+        lib.mclBn_pairing(out, _g1(p), _g2(q))
+        return bytes(ffi.buffer(out))
+
+    def multi_pairing(self, ps: Sequence[bytes], qs: Sequence[bytes]) -> bytes:
+        n = len(ps)
+        if n != len(qs):
+            raise ValueError("multi_pairing needs as many G2 as G1 points")
+        if n == 0:
+            return self._one
+        _check_handles(ps, G1_SIZE, "G1")
+        _check_handles(qs, G2_SIZE, "G2")
+        out = ffi.new("mclBnGT *")
+        lib.emr_multi_pairing(
+            out,
+            ffi.from_buffer("mclBnG1[]", b"".join(ps)),
+            ffi.from_buffer("mclBnG2[]", b"".join(qs)),
+            n,
+        )
+        return bytes(ffi.buffer(out))
+
+    def g2_prepare(self, q: bytes) -> bytes:
+        buf = ffi.new("uint64_t[]", self._qwords)
+        lib.mclBn_precomputeG2(buf, _g2(q))
+        return bytes(ffi.buffer(buf))
+
+    def pairing_prepared(self, p: bytes, prepared: bytes) -> bytes:
+        if type(prepared) is not bytes or len(prepared) != self._qbytes:
+            raise TypeError("not a native prepared G2 handle")
+        out = ffi.new("mclBnGT *")
+        lib.emr_pairing_prepared(
+            out, _g1(p), ffi.from_buffer("uint64_t[]", prepared)
+        )
+        return bytes(ffi.buffer(out))
+
+    # ------------------------------------------------------------------ GT
+
+    def gt_one(self) -> bytes:
+        return self._one
+
+    def gt_generator(self) -> bytes:
+        return self._z
+
+    def gt_decode(self, data: bytes) -> bytes:
+        data = bytes(data)
+        check_gt_coefficients(data)
+        out = ffi.new("mclBnGT *")
+        if lib.mclBnGT_deserialize(out, data, GT_SIZE) != GT_SIZE:
+            raise DecodeError("GT element: mcl could not deserialize the coefficients")
+        if not lib.mclBnGT_isValid(out):
+            raise DecodeError("GT element: not in the order-r subgroup")
+        return bytes(ffi.buffer(out))
+
+    def gt_encode(self, a: bytes) -> bytes:
+        buf = ffi.new("char[]", GT_SIZE)
+        if lib.mclBnGT_serialize(buf, GT_SIZE, _gt(a)) != GT_SIZE:
+            raise ValueError("mcl could not serialize a GT element")
+        return ffi.unpack(buf, GT_SIZE)
+
+    def gt_mul(self, a: bytes, b: bytes) -> bytes:
+        out = ffi.new("mclBnGT *")
+        lib.mclBnGT_mul(out, _gt(a), _gt(b))
+        return bytes(ffi.buffer(out))
+
+    def gt_inv(self, a: bytes) -> bytes:
+        # Conjugation: the inverse for every element of the order-r subgroup,
+        # which is all a GT handle can hold (decode checks membership).
+        out = ffi.new("mclBnGT *")
+        lib.mclBnGT_inv(out, _gt(a))
+        return bytes(ffi.buffer(out))
+
+    def gt_pow(self, a: bytes, k: int) -> bytes:
+        out = ffi.new("mclBnGT *")
+        lib.emr_gt_pow(out, _gt(a), _le(k))
+        return bytes(ffi.buffer(out))
+
+    def gt_multi_pow(self, bases: Sequence[bytes], exps: Sequence[int]) -> bytes:
+        n = len(bases)
+        if n != len(exps):
+            raise ValueError("multi_pow needs as many exponents as bases")
+        if n == 0:
+            return self._one
+        _check_handles(bases, GT_SIZE, "GT")
+        out = ffi.new("mclBnGT *")
+        rc = lib.emr_gt_multi_pow(
+            out, ffi.from_buffer("mclBnGT[]", b"".join(bases)), b"".join(_le(e) for e in exps), n
+        )
+        if rc != 0:
+            raise MemoryError("emr_gt_multi_pow")
+        return bytes(ffi.buffer(out))
+
+    def gt_generator_pow(self, k: int) -> bytes:
+        out = ffi.new("mclBnGT *")
+        lib.emr_gt_generator_pow(out, _le(k))
+        return bytes(ffi.buffer(out))
+
+    def gt_eq(self, a: bytes, b: bytes) -> bool:
+        return bool(lib.mclBnGT_isEqual(_gt(a), _gt(b)))

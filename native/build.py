@@ -1,0 +1,266 @@
+"""Build the native pairing core: mcl (static) plus a cffi extension, in place.
+
+``python -m native.build [--strict] [--force]``
+
+1. Fetch the pymcl 1.0.2 sdist from PyPI (pinned version and sha256), take
+   ``third_party/mcl`` out of it and build ``lib/libmcl.a`` with
+   ``MCL_USE_GMP=0 MCL_USE_OPENSSL=0``. The library and its headers are cached
+   under ``${XDG_CACHE_HOME:-~/.cache}/emrshare/mcl-v3.04-<sha prefix>/``, so
+   repeated installs do not rebuild it.
+2. Compile ``native._mcl_cffi`` (cffi, out-of-line API mode) from the
+   declarations in ``native/mcl.h`` + ``native/helpers.h`` and the C helpers in
+   ``native/helpers.c``, linking ``libmcl.a`` statically. A stamp (a hash of
+   every input) lets a second run skip the compile; the same hash is compiled
+   into the extension, and :mod:`native.backend` refuses an extension built
+   from other sources.
+
+If anything fails the build prints one warning line and exits 0 (the pure
+backend is then used); ``--strict`` exits non-zero instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+PYMCL_VERSION = "1.0.2"
+PYMCL_SHA256 = "ef532851ba7785db68aa55ce21153bff94afd56f537c1bfe11c07afb7d83b438"
+MCL_VERSION = "v3.04"
+PYPI_JSON = f"https://pypi.org/pypi/pymcl/{PYMCL_VERSION}/json"
+
+NATIVE_DIR = Path(__file__).resolve().parent
+MODULE_NAME = "native._mcl_cffi"
+CDEF_FILES = ("mcl.h", "helpers.h")
+C_SOURCES = ("helpers.c",)
+CFLAGS = ("-O2", "-std=c99")
+STAMP_PATH = NATIVE_DIR / "_build" / "stamp.json"
+
+
+class BuildError(Exception):
+    """A build step failed; the message is the one-line reason."""
+
+
+def _progress(msg: str) -> None:
+    print(f"emrshare: {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ mcl (cached)
+
+
+def cache_dir() -> Path:
+    """Where libmcl.a and its headers are cached for this pinned source."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "emrshare" / f"mcl-{MCL_VERSION}-{PYMCL_SHA256[:12]}"
+
+
+def mcl_cached(cache: Path | None = None) -> bool:
+    cache = cache or cache_dir()
+    return (cache / "lib" / "libmcl.a").is_file() and (
+        cache / "include" / "mcl" / "bn_c384_256.h"
+    ).is_file()
+
+
+def _download_sdist(dest: Path) -> Path:
+    """Download the pinned sdist into ``dest``; urllib first, then pip."""
+    target = dest / f"pymcl-{PYMCL_VERSION}.tar.gz"
+    errors = []
+    try:
+        with urllib.request.urlopen(PYPI_JSON, timeout=30) as resp:
+            meta = json.load(resp)
+        urls = [u for u in meta.get("urls", []) if u.get("packagetype") == "sdist"]
+        if not urls:
+            raise BuildError("PyPI lists no sdist for pymcl " + PYMCL_VERSION)
+        with urllib.request.urlopen(urls[0]["url"], timeout=120) as resp, open(target, "wb") as out:
+            shutil.copyfileobj(resp, out)
+        return target
+    except Exception as exc:  # noqa: BLE001 - any failure falls back to pip
+        errors.append(f"urllib: {exc}")
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             "--dest", str(dest), f"pymcl=={PYMCL_VERSION}"],
+            check=True, capture_output=True, timeout=300,
+        )
+    except Exception as exc:  # noqa: BLE001
+        errors.append(f"pip download: {exc}")
+        raise BuildError("could not download pymcl sdist (" + "; ".join(errors) + ")") from exc
+    found = sorted(dest.glob("pymcl-*.tar.gz"))
+    if not found:
+        raise BuildError("pip download produced no pymcl sdist")
+    return found[0]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_mcl(cache: Path | None = None) -> Path:
+    """Return the cache directory holding lib/libmcl.a and include/, building it if needed."""
+    cache = cache or cache_dir()
+    if mcl_cached(cache):
+        return cache
+    if shutil.which("make") is None:
+        raise BuildError("`make` not found")
+    if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+        raise BuildError("no C++ compiler found (g++)")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="emrshare-mcl-") as tmp:
+        tmp_path = Path(tmp)
+        _progress(f"downloading pymcl {PYMCL_VERSION} sdist (mcl {MCL_VERSION})")
+        sdist = _download_sdist(tmp_path)
+        digest = _sha256(sdist)
+        if digest != PYMCL_SHA256:
+            raise BuildError(f"sha256 mismatch for {sdist.name}: got {digest}")
+        prefix = f"pymcl-{PYMCL_VERSION}/third_party/mcl/"
+        with tarfile.open(sdist, "r:gz") as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+            if not members:
+                raise BuildError("sdist has no third_party/mcl")
+            tar.extractall(tmp_path, members=members, filter="data")
+        src = tmp_path / prefix
+        _progress("building mcl (libmcl.a, about 30 s)")
+        jobs = str(min(os.cpu_count() or 1, 2))
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            ["make", "lib/libmcl.a", "MCL_USE_GMP=0", "MCL_USE_OPENSSL=0", f"-j{jobs}"],
+            cwd=src, capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+            raise BuildError(f"make lib/libmcl.a failed: {tail[0]}")
+        _progress(f"mcl built in {time.monotonic() - t0:.0f} s")
+        staging = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
+        try:
+            (staging / "lib").mkdir()
+            shutil.copy2(src / "lib" / "libmcl.a", staging / "lib" / "libmcl.a")
+            shutil.copytree(src / "include", staging / "include")
+            shutil.copy2(src / "COPYRIGHT", staging / "COPYRIGHT")
+            try:
+                os.rename(staging, cache)  # atomic; loses the race gracefully
+            except OSError:
+                if not mcl_cached(cache):
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if not mcl_cached(cache):
+        raise BuildError(f"mcl cache incomplete at {cache}")
+    return cache
+
+
+# ------------------------------------------------------------------ cffi extension
+
+
+def read_cdef() -> str:
+    return "\n".join((NATIVE_DIR / name).read_text() for name in CDEF_FILES)
+
+
+def source_hash() -> str:
+    """Hash of everything the extension is built from (also compiled into it)."""
+    h = hashlib.sha256()
+    h.update(f"pymcl={PYMCL_VERSION};sha={PYMCL_SHA256};cflags={CFLAGS}".encode())
+    for name in CDEF_FILES + C_SOURCES:
+        data = (NATIVE_DIR / name).read_bytes()
+        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()[:32]
+
+
+def extension_path() -> Path:
+    return NATIVE_DIR / ("_mcl_cffi" + sysconfig.get_config_var("EXT_SUFFIX"))
+
+
+def extension_up_to_date() -> bool:
+    """True when the built extension matches the current sources and mcl cache."""
+    if not extension_path().is_file() or not STAMP_PATH.is_file():
+        return False
+    try:
+        stamp = json.loads(STAMP_PATH.read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp.get("source_hash") == source_hash() and stamp.get("cache") == str(cache_dir())
+
+
+def up_to_date() -> bool:
+    """True when a build would be a pure cache hit (nothing to download or compile)."""
+    return mcl_cached() and extension_up_to_date()
+
+
+def make_ffibuilder(mcl: Path):
+    import cffi
+
+    ffibuilder = cffi.FFI()
+    ffibuilder.cdef(read_cdef())
+    ffibuilder.set_source(
+        MODULE_NAME,
+        '#include <mcl/bn_c384_256.h>\n#include "helpers.h"\n',
+        sources=[str(NATIVE_DIR / name) for name in C_SOURCES],
+        include_dirs=[str(mcl / "include"), str(NATIVE_DIR)],
+        extra_objects=[str(mcl / "lib" / "libmcl.a")],
+        libraries=["stdc++"],
+        extra_compile_args=list(CFLAGS) + [f'-DEMR_SOURCE_HASH="{source_hash()}"'],
+    )
+    return ffibuilder
+
+
+def build_extension(mcl: Path) -> Path:
+    if shutil.which(os.environ.get("CC", "cc")) is None and shutil.which("gcc") is None:
+        raise BuildError("no C compiler found (cc)")
+    _progress("compiling the cffi extension native._mcl_cffi")
+    workdir = NATIVE_DIR / "_build"
+    workdir.mkdir(exist_ok=True)
+    ffibuilder = make_ffibuilder(mcl)
+    try:
+        built = ffibuilder.compile(tmpdir=str(workdir), verbose=False)
+    except Exception as exc:  # noqa: BLE001 - distutils/compiler errors vary
+        raise BuildError(f"compiling the cffi extension failed: {str(exc).strip().splitlines()[-1:]}") from exc
+    built_path = Path(built)
+    target = extension_path()
+    if built_path.resolve() != target.resolve():
+        shutil.copy2(built_path, target)
+    # cffi leaves the generated C next to the objects; keep only the stamp.
+    STAMP_PATH.write_text(json.dumps({"source_hash": source_hash(), "cache": str(mcl)}))
+    return target
+
+
+def build(force: bool = False) -> Path:
+    """Build what is missing; return the extension path. Raises BuildError."""
+    mcl = build_mcl()
+    if not force and extension_up_to_date():
+        _progress("native backend up to date (cache hit)")
+        return extension_path()
+    return build_extension(mcl)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m native.build", description=__doc__.split("\n")[0])
+    parser.add_argument("--strict", action="store_true", help="exit non-zero if the build fails")
+    parser.add_argument("--force", action="store_true", help="recompile the cffi extension")
+    args = parser.parse_args(argv)
+    try:
+        path = build(force=args.force)
+    except (BuildError, OSError, subprocess.SubprocessError, ImportError) as exc:
+        print(
+            f"emrshare: native backend not built: {exc}; the pure-Python backend will be used",
+            file=sys.stderr,
+        )
+        return 1 if args.strict else 0
+    _progress(f"native backend ready: {path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+/* emrshare C helpers around mcl: where one C call replaces several Python-level
+   calls, plus the fixed-base table for Z^k and bare timing loops.
+   Declarations and contracts: helpers.h. */
+
+#define _POSIX_C_SOURCE 199309L
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <mcl/bn_c384_256.h>
+#include "helpers.h"
+
+#ifndef EMR_SOURCE_HASH
+#error "EMR_SOURCE_HASH must be defined by the build (native/build.py)"
+#endif
+
+#define SCALAR_BYTES 32
+
+const char *emr_source_hash(void) { return EMR_SOURCE_HASH; }
+
+static void fr_from_le(mclBnFr *y, const uint8_t *k)
+{
+    /* k < r by contract; setLittleEndian keeps it unchanged then. */
+    mclBnFr_setLittleEndian(y, k, SCALAR_BYTES);
+}
+
+static mclBnFr *frs_from_le(const uint8_t *ks, size_t n)
+{
+    mclBnFr *ys = (mclBnFr *)malloc((n ? n : 1) * sizeof(mclBnFr));
+    if (ys == NULL) return NULL;
+    for (size_t i = 0; i < n; i++) fr_from_le(&ys[i], ks + SCALAR_BYTES * i);
+    return ys;
+}
+
+/* ------------------------------------------------------------ scalar mul */
+
+void emr_g1_mul(mclBnG1 *out, const mclBnG1 *p, const uint8_t *k, int ct)
+{
+    mclBnFr y;
+    fr_from_le(&y, k);
+    if (ct) mclBnG1_mulCT(out, p, &y); else mclBnG1_mul(out, p, &y);
+    memset(&y, 0, sizeof(y));
+}
+
+void emr_g2_mul(mclBnG2 *out, const mclBnG2 *p, const uint8_t *k, int ct)
+{
+    mclBnFr y;
+    fr_from_le(&y, k);
+    if (ct) mclBnG2_mulCT(out, p, &y); else mclBnG2_mul(out, p, &y);
+    memset(&y, 0, sizeof(y));
+}
+
+int emr_g1_msm(mclBnG1 *out, mclBnG1 *pts, const uint8_t *ks, size_t n)
+{
+    mclBnFr *ys = frs_from_le(ks, n);
+    if (ys == NULL) return -1;
+    mclBnG1_mulVec(out, pts, ys, n);
+    free(ys);
+    return 0;
+}
+
+int emr_g2_msm(mclBnG2 *out, mclBnG2 *pts, const uint8_t *ks, size_t n)
+{
+    mclBnFr *ys = frs_from_le(ks, n);
+    if (ys == NULL) return -1;
+    mclBnG2_mulVec(out, pts, ys, n);
+    free(ys);
+    return 0;
+}
+
+/* ------------------------------------------------------------ pairings */
+
+void emr_pairing_prepared(mclBnGT *out, const mclBnG1 *p, const uint64_t *qbuf)
+{
+    mclBnGT f;
+    mclBn_precomputedMillerLoop(&f, p, qbuf);
+    mclBn_finalExp(out, &f);
+}
+
+void emr_multi_pairing(mclBnGT *out, const mclBnG1 *ps, const mclBnG2 *qs, size_t n)
+{
+    mclBnGT f;
+    mclBn_millerLoopVec(&f, ps, qs, n);
+    mclBn_finalExp(out, &f);
+}
+
+/* ------------------------------------------------------------ GT */
+
+void emr_gt_pow(mclBnGT *out, const mclBnGT *x, const uint8_t *k)
+{
+    mclBnFr y;
+    fr_from_le(&y, k);
+    mclBnGT_pow(out, x, &y);
+    memset(&y, 0, sizeof(y));
+}
+
+int emr_gt_multi_pow(mclBnGT *out, const mclBnGT *xs, const uint8_t *ks, size_t n)
+{
+    mclBnFr *ys = frs_from_le(ks, n);
+    if (ys == NULL) return -1;
+    mclBnGT_powVec(out, xs, ys, n);
+    free(ys);
+    return 0;
+}
+
+/* Fixed-base table: with 4-bit windows, TABLE[i][j] = Z^(j * 16^i) for
+   i < 64, j < 16, so Z^k = prod_i TABLE[i][nibble_i(k)]: 64 Fp12
+   multiplications and no squaring (576 KiB). Each lookup reads the whole row
+   and keeps the wanted entry with masks, so the memory access pattern does not
+   depend on k. */
+#define WIN_BITS 4
+#define WIN_SIZE (1 << WIN_BITS)
+#define WINDOWS ((SCALAR_BYTES * 8) / WIN_BITS)
+#define GT_WORDS (sizeof(mclBnGT) / sizeof(uint64_t))
+
+static mclBnGT gt_table[WINDOWS][WIN_SIZE];
+static int gt_table_ready = 0;
+
+void emr_gt_table_init(const mclBnGT *z)
+{
+    mclBnGT base = *z;
+    for (int i = 0; i < WINDOWS; i++) {
+        mclBnGT_setInt32(&gt_table[i][0], 1);
+        gt_table[i][1] = base;
+        for (int j = 2; j < WIN_SIZE; j++) mclBnGT_mul(&gt_table[i][j], &gt_table[i][j - 1], &base);
+        mclBnGT_mul(&base, &gt_table[i][WIN_SIZE - 1], &base); /* base^16 */
+    }
+    gt_table_ready = 1;
+}
+
+int emr_gt_table_ready(void) { return gt_table_ready; }
+
+size_t emr_gt_table_bytes(void) { return sizeof(gt_table); }
+
+static void ct_select(mclBnGT *out, const mclBnGT *row, unsigned idx)
+{
+    uint64_t acc[GT_WORDS];
+    memset(acc, 0, sizeof(acc));
+    for (unsigned j = 0; j < WIN_SIZE; j++) {
+        /* mask = all ones iff j == idx, computed without a branch */
+        uint64_t mask = (uint64_t)0 - ((((uint64_t)(j ^ idx)) - 1) >> 63);
+        const uint64_t *src = (const uint64_t *)&row[j];
+        for (size_t w = 0; w < GT_WORDS; w++) acc[w] |= src[w] & mask;
+    }
+    memcpy(out, acc, sizeof(acc));
+}
+
+void emr_gt_generator_pow(mclBnGT *out, const uint8_t *k)
+{
+    mclBnGT acc, t;
+    ct_select(&acc, gt_table[0], k[0] & 0x0f);
+    for (int i = 1; i < WINDOWS; i++) {
+        unsigned nib = (k[i >> 1] >> ((i & 1) * 4)) & 0x0f;
+        ct_select(&t, gt_table[i], nib);
+        mclBnGT_mul(&acc, &acc, &t);
+    }
+    *out = acc;
+    memset(&t, 0, sizeof(t));
+}
+
+/* ------------------------------------------------------------ bare timing loops */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t emr_bench_pairing(const mclBnG1 *p, const mclBnG2 *q, size_t n)
+{
+    mclBnGT e;
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < n; i++) mclBn_pairing(&e, p, q);
+    return now_ns() - t0;
+}
+
+uint64_t emr_bench_pairing_prepared(const mclBnG1 *p, const uint64_t *qbuf, size_t n)
+{
+    mclBnGT e;
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < n; i++) emr_pairing_prepared(&e, p, qbuf);
+    return now_ns() - t0;
+}
+
+uint64_t emr_bench_g1_mul(const mclBnG1 *p, const uint8_t *k, int ct, size_t n)
+{
+    mclBnG1 r;
+    mclBnFr y;
+    fr_from_le(&y, k);
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < n; i++) {
+        if (ct) mclBnG1_mulCT(&r, p, &y); else mclBnG1_mul(&r, p, &y);
+    }
+    return now_ns() - t0;
+}
+
+uint64_t emr_bench_g2_mul(const mclBnG2 *p, const uint8_t *k, int ct, size_t n)
+{
+    mclBnG2 r;
+    mclBnFr y;
+    fr_from_le(&y, k);
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < n; i++) {
+        if (ct) mclBnG2_mulCT(&r, p, &y); else mclBnG2_mul(&r, p, &y);
+    }
+    return now_ns() - t0;
+}
+
+uint64_t emr_bench_gt_pow(const mclBnGT *x, const uint8_t *k, size_t n)
+{
+    mclBnGT r;
+    mclBnFr y;
+    fr_from_le(&y, k);
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < n; i++) mclBnGT_pow(&r, x, &y);
+    return now_ns() - t0;
+}
+
+uint64_t emr_bench_gt_generator_pow(const uint8_t *k, size_t n)
+{
+    mclBnGT r;
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < n; i++) emr_gt_generator_pow(&r, k);
+    return now_ns() - t0;
+}
+
+/* Same lookups without the constant-time select (for comparison only). */
+uint64_t emr_bench_gt_generator_pow_plain(const uint8_t *k, size_t n)
+{
+    mclBnGT r;
+    uint64_t t0 = now_ns();
+    for (size_t it = 0; it < n; it++) {
+        r = gt_table[0][k[0] & 0x0f];
+        for (int i = 1; i < WINDOWS; i++) {
+            unsigned nib = (k[i >> 1] >> ((i & 1) * 4)) & 0x0f;
+            mclBnGT_mul(&r, &r, &gt_table[i][nib]);
+        }
+    }
+    return now_ns() - t0;
+}
+
+uint64_t emr_bench_gt_multi_pow(const mclBnGT *xs, const uint8_t *ks, size_t m, size_t n)
+{
+    mclBnGT r;
+    mclBnFr *ys = frs_from_le(ks, m);
+    if (ys == NULL) return 0;
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < n; i++) mclBnGT_powVec(&r, xs, ys, m);
+    uint64_t dt = now_ns() - t0;
+    free(ys);
+    return dt;
+}
