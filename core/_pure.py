@@ -139,8 +139,47 @@ def _is_inf(pt) -> bool:
     return pt[2] == pt[2].zero()
 
 
-def _in_subgroup(pt) -> bool:
+def _in_subgroup_by_order(pt) -> bool:
+    """[r] P = O: the definition (slow; the tests hold the fast checks to it)."""
     return _is_inf(multiply(pt, R))
+
+
+# Endomorphism membership tests (Scott, "A note on group membership tests for
+# G1, G2 and GT on BLS pairing-friendly curves", 2021), as blst and zkcrypto do:
+#   G1: phi(P) = [-x^2] P, phi(x, y) = (beta x, y), beta a cube root of unity;
+#   G2: psi(P) = [x] P, psi = untwist o Frobenius o twist.
+#: The cube root of unity in Fp whose phi has eigenvalue -x^2 on G1.
+_BETA = FQ(0x5F19672FDF76CE51BA69C6076A0F77EADDB3A93BE6F89688DE17D813620A00022E01FFFFFFFEFFFE)
+_XI = FQ2([1, 1])  # w^6 = u + 1, the sextic non-residue of py-ecc's twist
+# py-ecc's twist maps (x, y) to (x / w^2, y / w^3), so
+# psi(x, y) = (x^p w^(2 - 2p), y^p w^(3 - 3p)) = (conj(x) xi^((1-p)/3), conj(y) xi^((1-p)/2)).
+_PSI_X = (_XI ** ((P - 1) // 3)).inv()
+_PSI_Y = (_XI ** ((P - 1) // 2)).inv()
+
+
+def _fp2_conj(a: FQ2) -> FQ2:
+    c0, c1 = a.coeffs
+    return FQ2([c0, -c1])
+
+
+def _phi(pt):
+    x, y, z = pt
+    return x * _BETA, y, z
+
+
+def _psi(pt):
+    x, y, z = pt
+    return _fp2_conj(x) * _PSI_X, _fp2_conj(y) * _PSI_Y, _fp2_conj(z)
+
+
+def _in_g1(pt) -> bool:
+    """P in the order-r subgroup of E(Fp): phi(P) = [-x^2] P."""
+    return _point_eq(_phi(pt), neg(multiply(pt, _X * _X)))
+
+
+def _in_g2(pt) -> bool:
+    """P in the order-r subgroup of E'(Fp2): psi(P) = [x] P (x < 0)."""
+    return _point_eq(_psi(pt), neg(multiply(pt, _ABS_X)))
 
 
 def _msm(points, scalars, identity):
@@ -269,7 +308,7 @@ class PureBackend:
         pt = (FQ(x), FQ(y), FQ.one())
         if not is_on_curve(pt, b):  # holds by construction; kept as a cheap guard
             raise DecodeError("G1 point: not on the curve")
-        if not _in_subgroup(pt):
+        if not _in_g1(pt):
             raise DecodeError("G1 point: not in the order-r subgroup")
         return pt
 
@@ -321,7 +360,7 @@ class PureBackend:
         pt = (x, FQ2([y0, y1]), FQ2.one())
         if not is_on_curve(pt, b2):
             raise DecodeError("G2 point: not on the curve")
-        if not _in_subgroup(pt):
+        if not _in_g2(pt):
             raise DecodeError("G2 point: not in the order-r subgroup")
         return pt
 

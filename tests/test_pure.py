@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from py_ecc.optimized_bls12_381 import FQ, FQ2, FQ12, b, b2, is_on_curve, multiply
+from py_ecc.optimized_bls12_381 import FQ, FQ2, FQ12, add, b, b2, is_on_curve, multiply
 from py_ecc.optimized_bls12_381 import final_exponentiate as pyecc_final_exponentiate
 from py_ecc.optimized_bls12_381 import pairing as pyecc_pairing
 from py_ecc.optimized_bls12_381.optimized_pairing import miller_loop
@@ -252,6 +252,54 @@ def test_g2_not_in_subgroup(be):
     for sign in (False, True):
         with pytest.raises(DecodeError, match="G2 point: not in the order-r subgroup"):
             be.g2_decode(_g2_bytes(x0, x1, sign))
+
+
+# cofactors: #E(Fp) = H1 r, #E'(Fp2) = H2 r
+_U = -0xD201000000010000
+H1 = (_U - 1) ** 2 // 3
+H2 = (_U**8 - 4 * _U**7 + 5 * _U**6 - 4 * _U**4 + 6 * _U**3 - 4 * _U**2 - 4 * _U + 13) // 9
+
+
+def test_endomorphism_constants():
+    assert _pure._BETA**3 == FQ(1) and _pure._BETA != FQ(1)
+    g1, g2 = PureBackend().g1_generator(), PureBackend().g2_generator()
+    assert _pure._point_eq(_pure._phi(g1), multiply(g1, (-_U * _U) % R))
+    assert _pure._point_eq(_pure._psi(g2), multiply(g2, P % R))  # psi acts as Frobenius
+    assert P % R == _U % R
+
+
+@settings(max_examples=6, deadline=None)
+@given(x=fp, k=scalars)
+def test_fast_g1_subgroup_check_agrees_with_the_order(x, k):
+    y = _pure._fp_sqrt((x**3 + 4) % P)
+    if y is None:
+        x, y = 0, 2  # (0, 2) has order 3
+    q = (FQ(x), FQ(y), FQ(1))
+    assert is_on_curve(q, b)
+    in_g1 = multiply(q, H1)
+    torsion = multiply(q, R)
+    for pt in (q, torsion, in_g1, multiply(in_g1, k), add(in_g1, torsion)):
+        assert _pure._in_g1(pt) == _pure._in_subgroup_by_order(pt)
+    assert _pure._in_g1(in_g1)
+    assert not _pure._in_g1(q)
+
+
+@settings(max_examples=4, deadline=None)
+@given(x0=fp, x1=fp)
+def test_fast_g2_subgroup_check_agrees_with_the_order(x0, x1):
+    x = FQ2([x0, x1])
+    root = None
+    while root is None:
+        x = x + FQ2.one()
+        root = _pure._fp2_sqrt(*(int(c) for c in (x * x * x + b2).coeffs))
+    q = (x, FQ2(list(root)), FQ2.one())
+    assert is_on_curve(q, b2)
+    in_g2 = multiply(q, H2)
+    torsion = multiply(q, R)
+    for pt in (q, torsion, in_g2, add(in_g2, torsion)):
+        assert _pure._in_g2(pt) == _pure._in_subgroup_by_order(pt)
+    assert _pure._in_g2(in_g2) and not _pure._is_inf(in_g2)
+    assert not _pure._in_g2(q)
 
 
 @SLOW
