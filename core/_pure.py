@@ -24,6 +24,12 @@ Byte-identity with the native backend (CRYPTO.md):
   ``conj`` is the p^6 Frobenius (negate the odd powers of w). The factor 3 is
   folded into the final exponentiation: its hard part is computed with the
   BLS12 chain for ``3 (p^4 - p^2 + 1) / r``, the exponent mcl uses.
+
+Decoders run the structural checks of :mod:`core._encoding` first, then take
+the square root, then check the order-r subgroup (G1: ``phi(P) = [-x^2] P``,
+G2: ``psi(P) = [x] P``, GT: ``f != 0 and f^r = 1``), each failure with its own
+``DecodeError`` message. The identity is accepted here; the wrappers in
+:mod:`core.curve` reject it where a key, capsule or share is expected.
 """
 
 from __future__ import annotations
