@@ -168,9 +168,9 @@ class NativeBackend:
             return self._g1_zero
         out = ffi.new("mclBnG1 *")
         if lib.mclBnG1_deserialize(out, data, 48) != 48:
-            raise DecodeError("G1 point: x is not the x-coordinate of a point on the curve")
+            raise DecodeError("G1 point: not on the curve")
         if not lib.mclBnG1_isValidOrder(out):
-            raise DecodeError("G1 point: on the curve but not in the order-r subgroup")
+            raise DecodeError("G1 point: not in the order-r subgroup")
         return bytes(ffi.buffer(out))
 
     def g1_encode(self, a: bytes) -> bytes:
@@ -229,9 +229,9 @@ class NativeBackend:
             return self._g2_zero
         out = ffi.new("mclBnG2 *")
         if lib.mclBnG2_deserialize(out, data, 96) != 96:
-            raise DecodeError("G2 point: x is not the x-coordinate of a point on the curve")
+            raise DecodeError("G2 point: not on the curve")
         if not lib.mclBnG2_isValidOrder(out):
-            raise DecodeError("G2 point: on the curve but not in the order-r subgroup")
+            raise DecodeError("G2 point: not in the order-r subgroup")
         return bytes(ffi.buffer(out))
 
     def g2_encode(self, a: bytes) -> bytes:

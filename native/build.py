@@ -44,6 +44,7 @@ MODULE_NAME = "native._mcl_cffi"
 CDEF_FILES = ("mcl.h", "helpers.h")
 C_SOURCES = ("helpers.c",)
 CFLAGS = ("-O2", "-std=c99")
+LDFLAGS = ("-Wl,--strip-debug",)  # libmcl.a is built with -g3: 8 MB of debug info otherwise
 STAMP_PATH = NATIVE_DIR / "_build" / "stamp.json"
 
 
@@ -131,7 +132,13 @@ def build_mcl(cache: Path | None = None) -> Path:
             members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
             if not members:
                 raise BuildError("sdist has no third_party/mcl")
-            tar.extractall(tmp_path, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp_path, members=members, filter="data")
+            else:  # Python < 3.11.4: refuse anything that is not a plain file or directory
+                for m in members:
+                    if not (m.isfile() or m.isdir()) or ".." in Path(m.name).parts:
+                        raise BuildError(f"unexpected member in sdist: {m.name}")
+                tar.extractall(tmp_path, members=members)
         src = tmp_path / prefix
         _progress("building mcl (libmcl.a, about 30 s)")
         jobs = str(min(os.cpu_count() or 1, 2))
@@ -172,7 +179,7 @@ def read_cdef() -> str:
 def source_hash() -> str:
     """Hash of everything the extension is built from (also compiled into it)."""
     h = hashlib.sha256()
-    h.update(f"pymcl={PYMCL_VERSION};sha={PYMCL_SHA256};cflags={CFLAGS}".encode())
+    h.update(f"pymcl={PYMCL_VERSION};sha={PYMCL_SHA256};cflags={CFLAGS};ldflags={LDFLAGS}".encode())
     for name in CDEF_FILES + C_SOURCES:
         data = (NATIVE_DIR / name).read_bytes()
         h.update(name.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
@@ -191,12 +198,14 @@ def extension_up_to_date() -> bool:
         stamp = json.loads(STAMP_PATH.read_text())
     except (OSError, ValueError):
         return False
-    return stamp.get("source_hash") == source_hash() and stamp.get("cache") == str(cache_dir())
+    # libmcl.a is linked in statically and pinned by the hash: the extension
+    # stays valid even if the mcl cache is removed later.
+    return stamp.get("source_hash") == source_hash()
 
 
 def up_to_date() -> bool:
     """True when a build would be a pure cache hit (nothing to download or compile)."""
-    return mcl_cached() and extension_up_to_date()
+    return extension_up_to_date()
 
 
 def make_ffibuilder(mcl: Path):
@@ -211,6 +220,7 @@ def make_ffibuilder(mcl: Path):
         include_dirs=[str(mcl / "include"), str(NATIVE_DIR)],
         extra_objects=[str(mcl / "lib" / "libmcl.a")],
         libraries=["stdc++"],
+        extra_link_args=list(LDFLAGS),
         extra_compile_args=list(CFLAGS) + [f'-DEMR_SOURCE_HASH="{source_hash()}"'],
     )
     return ffibuilder
@@ -223,26 +233,42 @@ def build_extension(mcl: Path) -> Path:
     workdir = NATIVE_DIR / "_build"
     workdir.mkdir(exist_ok=True)
     ffibuilder = make_ffibuilder(mcl)
-    try:
-        built = ffibuilder.compile(tmpdir=str(workdir), verbose=False)
-    except Exception as exc:  # noqa: BLE001 - distutils/compiler errors vary
-        raise BuildError(f"compiling the cffi extension failed: {str(exc).strip().splitlines()[-1:]}") from exc
+    # The compiler writes to fd 2 directly: capture it, so that a failure is
+    # reported as one line (the first compiler error) and success is quiet.
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            built = ffibuilder.compile(tmpdir=str(workdir), verbose=False)
+            failure = None
+        except Exception as exc:  # noqa: BLE001 - setuptools/compiler errors vary
+            failure = exc
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        if failure is not None:
+            log.seek(0)
+            lines = log.read().decode(errors="replace").splitlines()
+            errors = [ln.strip() for ln in lines if "error" in ln.lower()]
+            detail = (errors or [str(failure).strip()] or ["?"])[0]
+            raise BuildError(f"compiling the cffi extension failed: {detail}") from failure
     built_path = Path(built)
     target = extension_path()
     if built_path.resolve() != target.resolve():
         shutil.copy2(built_path, target)
     # cffi leaves the generated C next to the objects; keep only the stamp.
-    STAMP_PATH.write_text(json.dumps({"source_hash": source_hash(), "cache": str(mcl)}))
+    STAMP_PATH.write_text(json.dumps({"source_hash": source_hash(), "mcl": str(mcl)}))
     return target
 
 
 def build(force: bool = False) -> Path:
     """Build what is missing; return the extension path. Raises BuildError."""
-    mcl = build_mcl()
     if not force and extension_up_to_date():
         _progress("native backend up to date (cache hit)")
         return extension_path()
-    return build_extension(mcl)
+    return build_extension(build_mcl())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = build(force=args.force)
-    except (BuildError, OSError, subprocess.SubprocessError, ImportError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure means "use the pure backend"
         print(
             f"emrshare: native backend not built: {exc}; the pure-Python backend will be used",
             file=sys.stderr,

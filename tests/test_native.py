@@ -1,0 +1,325 @@
+"""Facts about the native (mcl) backend that the contract tests do not cover.
+
+Skipped when the extension is not built (``python -m native.build``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core._backend import P, R, load_backend
+from core.errors import BackendError, DecodeError
+
+try:
+    NATIVE = load_backend("native")
+except BackendError as exc:  # not built, or built from other sources
+    pytest.skip(f"native backend unavailable: {exc}", allow_module_level=True)
+
+from core.curve import G1, G2, GT, multi_pairing, pairing  # noqa: E402
+from native import backend as native_backend  # noqa: E402
+from native import build as native_build  # noqa: E402
+
+pytestmark = pytest.mark.crypto
+
+ZCASH_G1 = bytes.fromhex(
+    "97f1d3a73197d7942695638c4fa9ac0fc3688c4f9774b905a14e3a3f171bac586c55e83ff97a1aeffb3af00adb22c6bb"
+)
+ZCASH_G2 = bytes.fromhex(
+    "93e02b6052719f607dacd3a088274f65596bd0d09920b61ab5da61bbdc7f5049334cf11213945d57e5ac7d055d042b7e"
+    "024aa2b2f08f0a91260805272dc51051c6e47ad4fa403b02b4510b647ae3d1770bac0326a805bbefd48056c8c121bdb8"
+)
+
+scalars = st.integers(min_value=0, max_value=R - 1)
+edge_scalars = st.sampled_from([0, 1, 2, 15, 16, 255, 2**252, R - 2, R - 1]) | scalars
+
+
+# ------------------------------------------------------------------ handles and init
+
+
+def test_generators_are_the_standard_zcash_points():
+    assert NATIVE.g1_encode(NATIVE.g1_generator()) == ZCASH_G1
+    assert NATIVE.g2_encode(NATIVE.g2_generator()) == ZCASH_G2
+    assert G1.generator(NATIVE).to_bytes() == ZCASH_G1
+    assert G2.generator(NATIVE).to_bytes() == ZCASH_G2
+    # Z is the pairing of those generators
+    assert NATIVE.gt_eq(NATIVE.gt_generator(), NATIVE.pairing(NATIVE.g1_generator(), NATIVE.g2_generator()))
+
+
+def test_handles_are_bytes_of_mcl_struct_sizes():
+    assert type(NATIVE.g1_generator()) is bytes and len(NATIVE.g1_generator()) == 144
+    assert type(NATIVE.g2_generator()) is bytes and len(NATIVE.g2_generator()) == 288
+    assert type(NATIVE.gt_generator()) is bytes and len(NATIVE.gt_generator()) == 576
+    prepared = NATIVE.g2_prepare(NATIVE.g2_generator())
+    assert type(prepared) is bytes and len(prepared) % 8 == 0 and len(prepared) > 576
+
+
+def test_foreign_or_short_handles_are_refused():
+    with pytest.raises(TypeError, match="G1 handle"):
+        NATIVE.g1_add(NATIVE.g1_generator(), b"\x00" * 10)
+    with pytest.raises(TypeError, match="G2 handle"):
+        NATIVE.g2_neg(NATIVE.g1_generator())
+    with pytest.raises(TypeError, match="GT handle"):
+        NATIVE.gt_mul(NATIVE.gt_one(), NATIVE.g1_generator())
+    with pytest.raises(TypeError, match="prepared"):
+        NATIVE.pairing_prepared(NATIVE.g1_generator(), NATIVE.g2_generator())
+    with pytest.raises(ValueError, match="out of range"):
+        NATIVE.g1_mul(NATIVE.g1_generator(), R, True)
+
+
+def test_backend_is_a_process_singleton_and_checks_its_build():
+    assert load_backend("native") is NATIVE
+    from native._mcl_cffi import ffi, lib
+
+    assert ffi.string(lib.emr_source_hash()).decode() == native_build.source_hash()
+    assert lib.emr_gt_table_ready() == 1
+    assert lib.emr_gt_table_bytes() == 64 * 16 * 576
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _first_x(predicate, group: str) -> bytes:
+    """The first compressed encoding (x = 1, 2, ...) whose decode error matches."""
+    size = 48 if group == "G1" else 96
+    decode = NATIVE.g1_decode if group == "G1" else NATIVE.g2_decode
+    for x in range(1, 200):
+        data = bytearray(size)
+        data[-1] = x
+        data[0] |= 0x80
+        try:
+            decode(bytes(data))
+        except DecodeError as exc:
+            if predicate(str(exc)):
+                return bytes(data)
+    raise AssertionError("no such x below 200")
+
+
+@pytest.mark.parametrize("group", ["G1", "G2"])
+def test_decode_tells_off_curve_from_off_subgroup(group):
+    """Order checks are off in mcl's deserialize; the backend checks the order
+    itself so the two failures get different messages (the pure backend's)."""
+    decode = NATIVE.g1_decode if group == "G1" else NATIVE.g2_decode
+    off_curve = _first_x(lambda m: "not on the curve" in m, group)
+    off_group = _first_x(lambda m: "order-r subgroup" in m, group)
+    with pytest.raises(DecodeError, match=f"^{group} point: not on the curve$"):
+        decode(off_curve)
+    with pytest.raises(DecodeError, match=f"^{group} point: not in the order-r subgroup$"):
+        decode(off_group)
+
+
+def test_decode_structural_errors_come_from_the_shared_checks():
+    with pytest.raises(DecodeError, match="48 bytes"):
+        NATIVE.g1_decode(ZCASH_G1[:-1])
+    with pytest.raises(DecodeError, match="compression flag"):
+        NATIVE.g1_decode(bytes([ZCASH_G1[0] & 0x7F]) + ZCASH_G1[1:])
+    with pytest.raises(DecodeError, match="infinity"):
+        NATIVE.g1_decode(b"\xc0" + b"\x00" * 46 + b"\x01")  # mcl alone would skip the last byte
+    assert NATIVE.g1_is_identity(NATIVE.g1_decode(b"\xc0" + bytes(47)))
+    assert NATIVE.g2_is_identity(NATIVE.g2_decode(b"\xc0" + bytes(95)))
+
+
+def _conj(f):
+    """The p^6 Frobenius in py-ecc's flat basis: negate the odd powers of w."""
+    from py_ecc.optimized_bls12_381 import FQ12
+
+    return FQ12([c if i % 2 == 0 else -c for i, c in enumerate(f.coeffs)])
+
+
+def test_gt_decode_rejects_cyclotomic_element_outside_the_subgroup():
+    """f^((p^6-1)(p^2+1)) is in the cyclotomic subgroup (so unitary tricks pass)
+    but, for a generic f, not of order r: decode must still reject it."""
+    from py_ecc.optimized_bls12_381 import FQ12
+
+    pure = load_backend("pure")
+    f = FQ12([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8])
+    g = _conj(f) / f  # f^(p^6 - 1)
+    g = (g ** (P * P)) * g  # ^(p^2 + 1)
+    data = pure.gt_encode(g)
+    with pytest.raises(DecodeError, match="GT element: not in the order-r subgroup"):
+        NATIVE.gt_decode(data)
+    # the same bytes with its conjugate multiplied in is the identity: accepted
+    assert NATIVE.gt_eq(NATIVE.gt_decode(pure.gt_encode(g * _conj(g))), NATIVE.gt_one())
+
+
+@settings(max_examples=10)
+@given(st.lists(st.integers(min_value=0, max_value=P - 1), min_size=12, max_size=12))
+def test_gt_decode_rejects_random_fp12(coeffs):
+    data = b"".join(c.to_bytes(48, "big") for c in coeffs)
+    with pytest.raises(DecodeError, match="subgroup"):
+        NATIVE.gt_decode(data)
+
+
+@settings(max_examples=10)
+@given(scalars)
+def test_gt_roundtrip(k):
+    x = NATIVE.gt_generator_pow(k)
+    data = NATIVE.gt_encode(x)
+    assert NATIVE.gt_eq(NATIVE.gt_decode(data), x)
+    assert NATIVE.gt_encode(NATIVE.gt_decode(data)) == data
+
+
+# ------------------------------------------------------------------ helpers vs plain mcl
+
+
+@settings(max_examples=40)
+@given(edge_scalars)
+def test_fixed_base_table_equals_gt_pow(k):
+    z = NATIVE.gt_generator()
+    assert NATIVE.gt_encode(NATIVE.gt_generator_pow(k)) == NATIVE.gt_encode(NATIVE.gt_pow(z, k))
+
+
+def test_fixed_base_table_edges():
+    assert NATIVE.gt_eq(NATIVE.gt_generator_pow(0), NATIVE.gt_one())
+    assert NATIVE.gt_eq(NATIVE.gt_generator_pow(1), NATIVE.gt_generator())
+    z_inv = NATIVE.gt_inv(NATIVE.gt_generator())
+    assert NATIVE.gt_eq(NATIVE.gt_generator_pow(R - 1), z_inv)
+
+
+@settings(max_examples=10)
+@given(scalars, scalars)
+def test_prepared_pairing_equals_plain_pairing(a, b):
+    p = NATIVE.g1_mul(NATIVE.g1_generator(), a, True)
+    q = NATIVE.g2_mul(NATIVE.g2_generator(), b, True)
+    prepared = NATIVE.g2_prepare(q)
+    assert NATIVE.gt_encode(NATIVE.pairing_prepared(p, prepared)) == NATIVE.gt_encode(NATIVE.pairing(p, q))
+    # and it is e(g1, g2)^(ab)
+    assert NATIVE.gt_eq(NATIVE.pairing(p, q), NATIVE.gt_generator_pow(a * b % R))
+
+
+@settings(max_examples=10)
+@given(st.lists(st.tuples(scalars, scalars), min_size=1, max_size=5))
+def test_multi_pow_equals_product_of_pows(pairs):
+    bases = [NATIVE.gt_generator_pow(b) for b, _ in pairs]
+    exps = [e for _, e in pairs]
+    expected = NATIVE.gt_one()
+    for x, e in zip(bases, exps):
+        expected = NATIVE.gt_mul(expected, NATIVE.gt_pow(x, e))
+    assert NATIVE.gt_eq(NATIVE.gt_multi_pow(bases, exps), expected)
+
+
+@settings(max_examples=8)
+@given(st.lists(st.tuples(scalars, scalars), min_size=1, max_size=4))
+def test_multi_pairing_and_msm_equal_their_definitions(pairs):
+    ps = [NATIVE.g1_mul(NATIVE.g1_generator(), a, False) for a, _ in pairs]
+    qs = [NATIVE.g2_mul(NATIVE.g2_generator(), b, False) for _, b in pairs]
+    expected = NATIVE.gt_one()
+    for p, q in zip(ps, qs):
+        expected = NATIVE.gt_mul(expected, NATIVE.pairing(p, q))
+    assert NATIVE.gt_eq(NATIVE.multi_pairing(ps, qs), expected)
+
+    ks = [b for _, b in pairs]
+    acc1, acc2 = NATIVE.g1_identity(), NATIVE.g2_identity()
+    for p, q, k in zip(ps, qs, ks):
+        acc1 = NATIVE.g1_add(acc1, NATIVE.g1_mul(p, k, True))
+        acc2 = NATIVE.g2_add(acc2, NATIVE.g2_mul(q, k, True))
+    before = list(ps)
+    assert NATIVE.g1_eq(NATIVE.g1_msm(ps, ks), acc1)
+    assert NATIVE.g2_eq(NATIVE.g2_msm(qs, ks), acc2)
+    assert ps == before  # msm works on a copy: handles are immutable
+
+
+@settings(max_examples=10)
+@given(scalars)
+def test_ct_and_public_multiplication_agree(k):
+    g1, g2 = NATIVE.g1_generator(), NATIVE.g2_generator()
+    assert NATIVE.g1_encode(NATIVE.g1_mul(g1, k, True)) == NATIVE.g1_encode(NATIVE.g1_mul(g1, k, False))
+    assert NATIVE.g2_encode(NATIVE.g2_mul(g2, k, True)) == NATIVE.g2_encode(NATIVE.g2_mul(g2, k, False))
+
+
+@settings(max_examples=3)
+@given(scalars, scalars, st.lists(scalars, min_size=2, max_size=3))
+def test_native_helpers_match_the_pure_backend(a, b, exps):
+    pure = load_backend("pure")
+    results = []
+    for be in (NATIVE, pure):
+        p, q = G1.generator(be) * a, G2.generator(be) * b
+        bases = [GT.generator_pow(e, be) for e in exps]
+        results.append(
+            (
+                GT.generator_pow(a, be).to_bytes(),
+                pairing(p, q.prepare()).to_bytes(),
+                multi_pairing([(p, q), (G1.generator(be), q)]).to_bytes(),
+                GT.multi_pow(bases, exps).to_bytes(),
+                G1.msm([p, G1.generator(be)], exps[:2]).to_bytes(),
+                (GT.generator(be) ** b).inverse().to_bytes(),
+            )
+        )
+    assert results[0] == results[1]
+
+
+def test_threads_share_the_backend():
+    """Calls release the GIL; concurrent use from threads gives the same answers."""
+    p = NATIVE.g1_mul(NATIVE.g1_generator(), 12345, True)
+    q = NATIVE.g2_mul(NATIVE.g2_generator(), 67890, True)
+    expected = NATIVE.gt_encode(NATIVE.pairing(p, q))
+    z_expected = NATIVE.gt_encode(NATIVE.gt_generator_pow(987654321))
+    errors: list[str] = []
+
+    def work():
+        for _ in range(5):
+            if NATIVE.gt_encode(NATIVE.pairing(p, q)) != expected:
+                errors.append("pairing")
+            if NATIVE.gt_encode(NATIVE.gt_generator_pow(987654321)) != z_expected:
+                errors.append("Z^k")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+# ------------------------------------------------------------------ build
+
+
+def test_build_is_up_to_date_and_a_second_run_is_a_cache_hit(capsys):
+    assert native_build.extension_up_to_date()
+    assert native_build.up_to_date()
+    ext = native_build.extension_path()
+    mtime = os.stat(ext).st_mtime_ns
+    assert native_build.build() == ext  # nothing to download or compile
+    assert os.stat(ext).st_mtime_ns == mtime
+    assert "cache hit" in capsys.readouterr().err
+
+
+def test_source_hash_covers_the_c_sources(tmp_path, monkeypatch):
+    """Editing a helper source changes the hash, so the stamp no longer matches."""
+    before = native_build.source_hash()
+    for name in native_build.CDEF_FILES + native_build.C_SOURCES:
+        (tmp_path / name).write_bytes((native_build.NATIVE_DIR / name).read_bytes())
+    monkeypatch.setattr(native_build, "NATIVE_DIR", tmp_path)
+    assert native_build.source_hash() == before
+    (tmp_path / "helpers.c").write_bytes((tmp_path / "helpers.c").read_bytes() + b"\n/* edit */\n")
+    assert native_build.source_hash() != before
+
+
+def test_build_failure_is_one_warning_line_unless_strict(monkeypatch, capsys):
+    def fail(*_a, **_k):
+        raise native_build.BuildError("no network (test)")
+
+    monkeypatch.setattr(native_build, "build", fail)
+    assert native_build.main([]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "emrshare: native backend not built: no network (test); the pure-Python backend will be used"
+    ]
+    assert native_build.main(["--strict"]) != 0
+
+
+def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    d = native_build.cache_dir()
+    assert d.parent == tmp_path / "emrshare"
+    assert d.name == f"mcl-v3.04-{native_build.PYMCL_SHA256[:12]}"
+    assert not native_build.mcl_cached(d)
+
+
+def test_module_exports():
+    assert native_backend.NativeBackend.name == "native"
+    assert native_backend.G1_GENERATOR == ZCASH_G1
