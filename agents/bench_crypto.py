@@ -24,7 +24,7 @@ from typing import Callable
 
 DEFAULT_ITERATIONS = 200
 PURE_LIMIT_S = 1.0
-BARE_BATCHES = 5
+BARE_BATCHES = 25
 
 _TARGETS = {
     "pairing": 1.10,

@@ -28,10 +28,8 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 PYMCL_VERSION = "1.0.2"
@@ -74,6 +72,8 @@ def mcl_cached(cache: Path | None = None) -> bool:
 
 def _download_sdist(dest: Path) -> Path:
     """Download the pinned sdist into ``dest``; urllib first, then pip."""
+    import urllib.request
+
     target = dest / f"pymcl-{PYMCL_VERSION}.tar.gz"
     errors = []
     try:
@@ -112,6 +112,8 @@ def _sha256(path: Path) -> str:
 
 def build_mcl(cache: Path | None = None) -> Path:
     """Return the cache directory holding lib/libmcl.a and include/, building it if needed."""
+    import tarfile
+
     cache = cache or cache_dir()
     if mcl_cached(cache):
         return cache
