@@ -1,0 +1,470 @@
+"""Threshold AFGH proxy re-encryption, label-scoped (CRYPTO.md).
+
+Keys
+    Each user holds a 32-byte master secret ``s``. Its PRE secret for label L is
+    ``a_L = hash_to_scalar("emrshare/v1/pre-label", s, L)`` and its public key is
+    ``(P1, P2) = (a_L g1, a_L g2)``, published with a Schnorr proof of possession
+    of ``a_L`` bound to the owner's id and label. A doctor's receiving key is the
+    key of the label ``"receive"``.
+
+Encapsulation (patient, label L)
+    ``k`` random; capsule ``U = k P1``; ``K = Z^k`` (:func:`encapsulate`).
+
+Delegation (t of n proxies)
+    A random polynomial ``f`` of degree t-1 with ``f(0) = 1/a_L``; proxy i gets
+    ``rk_i = f(x_i) P2_B``, sealed to its X25519 key with the grant context inside.
+
+Re-encryption (proxy i)
+    ``s_i = e(U, rk_i) = Z^(k b f(x_i) a_L)``.
+
+Decapsulation (doctor B)
+    ``K = prod s_i^(l_i / b)`` over t shares with Lagrange coefficients l_i at 0:
+    one multi-exponentiation. With faulty shares, other subsets are tried and the
+    faulty proxies named.
+
+Nothing here does I/O; randomness comes from the OS CSPRNG (``secrets``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from math import comb
+from typing import Callable, Sequence
+
+import msgpack
+from nacl.exceptions import CryptoError
+from nacl.public import PrivateKey as BoxPrivateKey
+from nacl.public import PublicKey as BoxPublicKey
+from nacl.public import SealedBox
+
+from ._backend import Backend
+from .curve import (
+    G1,
+    G2,
+    GT,
+    G2Prepared,
+    R,
+    get_backend,
+    hash_to_scalar,
+    multi_pairing,
+    pairing,
+    random_scalar,
+    scalar_from_bytes,
+    scalar_inverse,
+    scalar_to_bytes,
+)
+from .errors import DecodeError, DecryptionError, FaultyShareError, SignatureError
+
+__all__ = [
+    "MASTER_SECRET_SIZE",
+    "RECEIVE_LABEL",
+    "MAX_PROXIES",
+    "PublicKey",
+    "KeyPair",
+    "Proof",
+    "Proxy",
+    "KeyShare",
+    "SealedKeyShare",
+    "ReencryptedShare",
+    "new_master_secret",
+    "label_secret",
+    "verify_public_key",
+    "encapsulate",
+    "decapsulate_owner",
+    "make_key_shares",
+    "open_key_share",
+    "check_single_rekey",
+    "reencrypt",
+    "lagrange_at_zero",
+    "combine",
+    "recover_key",
+    "box_keypair",
+]
+
+MASTER_SECRET_SIZE = 32
+RECEIVE_LABEL = "receive"
+MAX_PROXIES = 64
+MAX_LABEL_LEN = 128
+MAX_ID_LEN = 256
+
+_LABEL_TAG = "emrshare/v1/pre-label"
+_POP_TAG = "emrshare/v1/pre-pop"
+_SHARE_TAG = "emrshare/v1/rk-share"
+
+
+def new_master_secret() -> bytes:
+    import secrets
+
+    return secrets.token_bytes(MASTER_SECRET_SIZE)
+
+
+def box_keypair() -> tuple[bytes, bytes]:
+    """A fresh X25519 key pair (secret, public) for sealed boxes."""
+    sk = BoxPrivateKey.generate()
+    return bytes(sk), bytes(sk.public_key)
+
+
+def _check_text(value: str, what: str, limit: int) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string")
+    data = value.encode()
+    if len(data) > limit:
+        raise ValueError(f"{what} is longer than {limit} bytes")
+    return data
+
+
+def label_secret(master_secret: bytes, label: str) -> int:
+    """a_L, the PRE secret scalar of ``label`` (nonzero by construction)."""
+    if not isinstance(master_secret, (bytes, bytearray)) or len(master_secret) != MASTER_SECRET_SIZE:
+        raise ValueError(f"master secret must be {MASTER_SECRET_SIZE} bytes")
+    return hash_to_scalar(_LABEL_TAG, bytes(master_secret), _check_text(label, "label", MAX_LABEL_LEN))
+
+
+# ----------------------------------------------------------------- public keys
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A PRE public key (P1 = a g1, P2 = a g2); 144 bytes encoded."""
+
+    p1: G1
+    p2: G2
+
+    SIZE = 144
+
+    def to_bytes(self) -> bytes:
+        return self.p1.to_bytes() + self.p2.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, backend: Backend | str | None = None) -> "PublicKey":
+        """Decode and validate points (not the identity). Call :meth:`check` for the pairing check."""
+        if not isinstance(data, (bytes, bytearray)) or len(data) != cls.SIZE:
+            raise DecodeError(f"PRE public key must be {cls.SIZE} bytes")
+        return cls(G1.from_bytes(data[:48], backend=backend), G2.from_bytes(data[48:], backend=backend))
+
+    def check(self) -> None:
+        """Raise DecodeError unless e(P1, g2) = e(g1, P2) (one multi-pairing)."""
+        b = self.p1.backend
+        if not multi_pairing([(self.p1, -G2.generator(b)), (G1.generator(b), self.p2)]).is_one():
+            raise DecodeError("PRE public key is inconsistent: e(P1, g2) != e(g1, P2)")
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """Schnorr proof of knowledge of a for P1 = a g1, as (challenge c, response z)."""
+
+    c: int
+    z: int
+
+    SIZE = 64
+
+    def to_bytes(self) -> bytes:
+        return scalar_to_bytes(self.c) + scalar_to_bytes(self.z)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Proof":
+        if not isinstance(data, (bytes, bytearray)) or len(data) != cls.SIZE:
+            raise DecodeError(f"proof of possession must be {cls.SIZE} bytes")
+        return cls(scalar_from_bytes(data[:32]), scalar_from_bytes(data[32:], allow_zero=True))
+
+
+def _pop_challenge(public: PublicKey, owner_id: str, label: str, commitment: G1) -> int:
+    return hash_to_scalar(
+        _POP_TAG,
+        _check_text(owner_id, "owner id", MAX_ID_LEN),
+        _check_text(label, "label", MAX_LABEL_LEN),
+        public.to_bytes(),
+        commitment.to_bytes(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """A label's PRE secret scalar and public key. ``repr`` never shows the secret."""
+
+    secret: int = field(repr=False)
+    public: PublicKey
+    label: str
+
+    @classmethod
+    def derive(cls, master_secret: bytes, label: str, *, backend: Backend | str | None = None) -> "KeyPair":
+        a = label_secret(master_secret, label)
+        b = backend if backend is not None and not isinstance(backend, str) else get_backend(backend)
+        return cls(a, PublicKey(G1.generator(b) * a, G2.generator(b) * a), label)
+
+    @property
+    def backend(self) -> Backend:
+        return self.public.p1.backend
+
+    def prove(self, owner_id: str) -> Proof:
+        """A fresh proof of possession of this key, bound to ``owner_id`` and the label."""
+        r = random_scalar()
+        commitment = G1.generator(self.backend) * r
+        c = _pop_challenge(self.public, owner_id, self.label, commitment)
+        return Proof(c, (r + c * self.secret) % R)
+
+
+def verify_public_key(public: PublicKey, owner_id: str, label: str, proof: Proof) -> None:
+    """Check the pairing consistency and the proof of possession; raise on failure.
+
+    DecodeError for an inconsistent key, SignatureError for a bad proof.
+    """
+    public.check()
+    b = public.p1.backend
+    commitment = G1.msm([G1.generator(b), public.p1], [proof.z, (R - proof.c) % R])
+    if commitment.is_identity() or _pop_challenge(public, owner_id, label, commitment) != proof.c:
+        raise SignatureError(f"proof of possession for {owner_id!r}/{label!r} does not verify")
+
+
+# ------------------------------------------------------------- encapsulation
+
+
+def encapsulate(owner: PublicKey) -> tuple[G1, GT]:
+    """(capsule U = k P1, K = Z^k) for a fresh random k."""
+    k = random_scalar()
+    return owner.p1 * k, GT.generator_pow(k, owner.p1.backend)
+
+
+def decapsulate_owner(keypair: KeyPair, capsule: G1) -> GT:
+    """K = e(a^-1 U, g2), the owner's own path (one pairing)."""
+    inv = scalar_inverse(keypair.secret)
+    return pairing(capsule * inv, G2.generator(keypair.backend))
+
+
+# ----------------------------------------------------------------- delegation
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """A re-encryption proxy (consortium peer): public index x_i and X25519 key."""
+
+    index: int
+    box_public_key: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.index, int) or not 0 < self.index < R:
+            raise ValueError("proxy index must be an integer in [1, r)")
+        if not isinstance(self.box_public_key, bytes) or len(self.box_public_key) != 32:
+            raise ValueError("proxy box public key must be 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class SealedKeyShare:
+    """rk_i sealed to proxy i's X25519 key; only this ever travels or rests."""
+
+    index: int
+    sealed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeyShare:
+    """An opened re-encryption key share rk_i (held by proxy i only)."""
+
+    index: int
+    threshold: int
+    context: bytes
+    rk: G2
+
+    def prepare(self) -> "PreparedKeyShare":
+        return PreparedKeyShare(self.index, self.rk.prepare())
+
+    def to_bytes(self) -> bytes:
+        """The share's plaintext encoding (what gets sealed; keep it secret)."""
+        return msgpack.packb([_SHARE_TAG, self.context, self.index, self.threshold, self.rk.to_bytes()])
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedKeyShare:
+    index: int
+    rk: G2Prepared
+
+
+def _check_proxies(proxies: Sequence[Proxy], threshold: int) -> None:
+    n = len(proxies)
+    if not 1 <= n <= MAX_PROXIES:
+        raise ValueError(f"need between 1 and {MAX_PROXIES} proxies, got {n}")
+    if not isinstance(threshold, int) or not 1 <= threshold <= n:
+        raise ValueError(f"threshold must be between 1 and the number of proxies ({n}), got {threshold}")
+    if len({p.index for p in proxies}) != n:
+        raise ValueError("proxy indices must be distinct")
+
+
+def make_key_shares(
+    keypair: KeyPair,
+    receiver: PublicKey,
+    proxies: Sequence[Proxy],
+    threshold: int,
+    context: bytes,
+) -> list[SealedKeyShare]:
+    """Re-encryption key shares of ``keypair``'s label for ``receiver``, t of n.
+
+    ``context`` (e.g. the canonical grant id) is sealed with each share, and the
+    proxy checks it on opening. The caller must have checked the receiver's key
+    on the ledger (``verify_public_key``).
+    """
+    _check_proxies(proxies, threshold)
+    if not isinstance(context, bytes):
+        raise TypeError("context must be bytes")
+    # f(x) = 1/a + c_1 x + ... + c_{t-1} x^{t-1}
+    coeffs = [scalar_inverse(keypair.secret)] + [random_scalar() for _ in range(threshold - 1)]
+    out = []
+    for proxy in proxies:
+        y = 0
+        for c in reversed(coeffs):
+            y = (y * proxy.index + c) % R
+        share = KeyShare(proxy.index, threshold, context, receiver.p2 * y)
+        box = SealedBox(BoxPublicKey(proxy.box_public_key))
+        out.append(SealedKeyShare(proxy.index, box.encrypt(share.to_bytes())))
+    return out
+
+
+def open_key_share(
+    sealed: SealedKeyShare,
+    box_secret_key: bytes,
+    *,
+    expected_context: bytes,
+    expected_index: int,
+    backend: Backend | str | None = None,
+) -> KeyShare:
+    """Proxy side: unseal a share and check it is for this grant and this proxy."""
+    try:
+        plain = SealedBox(BoxPrivateKey(box_secret_key)).decrypt(sealed.sealed)
+    except CryptoError as exc:
+        raise DecryptionError("sealed key share does not open with this proxy's key") from exc
+    try:
+        tag, context, index, threshold, rk = msgpack.unpackb(plain, raw=False)
+    except Exception as exc:
+        raise DecodeError("sealed key share has a malformed body") from exc
+    if tag != _SHARE_TAG or not isinstance(context, bytes) or not isinstance(rk, bytes):
+        raise DecodeError("sealed key share has a malformed body")
+    if not isinstance(index, int) or not isinstance(threshold, int):
+        raise DecodeError("sealed key share has a malformed body")
+    if context != expected_context:
+        raise DecodeError("sealed key share is for another grant")
+    if index != expected_index or index != sealed.index:
+        raise DecodeError("sealed key share is for another proxy index")
+    return KeyShare(index, threshold, context, G2.from_bytes(rk, backend=backend))
+
+
+def check_single_rekey(owner: PublicKey, receiver: PublicKey, rk: G2) -> bool:
+    """For t = n = 1 (plain AFGH, rk = (b/a) g2): e(P1_A, rk) = e(g1, P2_B)."""
+    b = owner.p1.backend
+    return multi_pairing([(owner.p1, rk), (-G1.generator(b), receiver.p2)]).is_one()
+
+
+# -------------------------------------------------------------- re-encryption
+
+
+@dataclass(frozen=True, slots=True)
+class ReencryptedShare:
+    """s_i = e(U, rk_i) with the proxy's index; 4 + 576 bytes encoded."""
+
+    index: int
+    value: GT
+
+    SIZE = 580
+
+    def to_bytes(self) -> bytes:
+        return self.index.to_bytes(4, "big") + self.value.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, backend: Backend | str | None = None) -> "ReencryptedShare":
+        if not isinstance(data, (bytes, bytearray)) or len(data) != cls.SIZE:
+            raise DecodeError(f"re-encrypted share must be {cls.SIZE} bytes")
+        index = int.from_bytes(data[:4], "big")
+        if index == 0:
+            raise DecodeError("re-encrypted share has index 0")
+        value = GT.from_bytes(bytes(data[4:]), backend=backend)
+        if value.is_one():
+            raise DecodeError("re-encrypted share is the identity")
+        return cls(index, value)
+
+
+def reencrypt(capsule: G1, share: KeyShare | PreparedKeyShare) -> ReencryptedShare:
+    """Proxy i's share s_i = e(U, rk_i). The capsule must be a validated, non-identity point."""
+    if capsule.is_identity():
+        raise DecodeError("capsule is the identity")
+    return ReencryptedShare(share.index, pairing(capsule, share.rk))
+
+
+def lagrange_at_zero(indices: Sequence[int]) -> list[int]:
+    """Lagrange coefficients l_i at 0 for distinct nonzero indices x_i."""
+    if len(set(indices)) != len(indices):
+        raise ValueError("duplicate share indices")
+    out = []
+    for i, xi in enumerate(indices):
+        num, den = 1, 1
+        for j, xj in enumerate(indices):
+            if i != j:
+                num = num * xj % R
+                den = den * (xj - xi) % R
+        out.append(num * pow(den, -1, R) % R)
+    return out
+
+
+def combine(shares: Sequence[ReencryptedShare], receiver_secret: int) -> GT:
+    """K = prod s_i^(l_i / b) over exactly the given shares (one multi-exponentiation)."""
+    if not shares:
+        raise ValueError("no shares to combine")
+    inv_b = scalar_inverse(receiver_secret)
+    lams = lagrange_at_zero([s.index for s in shares])
+    return GT.multi_pow([s.value for s in shares], [lam * inv_b % R for lam in lams])
+
+
+def recover_key(
+    shares: Sequence[ReencryptedShare],
+    threshold: int,
+    receiver_secret: int,
+    check: Callable[[GT], bool],
+    *,
+    max_subsets: int = 256,
+) -> tuple[GT, tuple[int, ...]]:
+    """Find K from t-of-n shares, tolerating faulty ones.
+
+    Tries subsets of ``threshold`` shares (at most ``max_subsets``) until
+    ``check(K)`` accepts. Returns K and the indices of shares that are
+    inconsistent with the accepted subset (faulty proxies, possibly empty).
+    Raises FaultyShareError naming the proxies in every failing subset when no
+    subset works, DecryptionError when there are fewer than t shares.
+    """
+    by_index: dict[int, ReencryptedShare] = {}
+    for s in shares:
+        by_index.setdefault(s.index, s)
+    uniq = list(by_index.values())
+    if len(uniq) < threshold:
+        raise DecryptionError(f"need {threshold} re-encryption shares, have {len(uniq)}")
+    failing: list[set[int]] = []
+    for subset in itertools.islice(itertools.combinations(uniq, threshold), max_subsets):
+        key = combine(subset, receiver_secret)
+        if check(key):
+            suspects = _inconsistent(subset, [s for s in uniq if s not in subset])
+            return key, suspects
+        failing.append({s.index for s in subset})
+    common = set.intersection(*failing) if failing else set()
+    tried = len(failing)
+    total = comb(len(uniq), threshold)
+    raise FaultyShareError(
+        f"no subset of {threshold} shares opened the record "
+        f"({tried} of {total} subsets tried); suspect proxies: {sorted(common) or 'undetermined'}",
+        tuple(sorted(common)),
+    )
+
+
+def _inconsistent(good: Sequence[ReencryptedShare], others: Sequence[ReencryptedShare]) -> tuple[int, ...]:
+    """Shares not on the exponent polynomial interpolated through ``good``."""
+    bad = []
+    xs = [s.index for s in good]
+    for other in others:
+        # l_i(x) = prod_{j != i} (x - x_j) / (x_i - x_j)
+        lams = []
+        for i, xi in enumerate(xs):
+            num, den = 1, 1
+            for j, xj in enumerate(xs):
+                if i != j:
+                    num = num * (other.index - xj) % R
+                    den = den * (xi - xj) % R
+            lams.append(num * pow(den, -1, R) % R)
+        if GT.multi_pow([s.value for s in good], lams) != other.value:
+            bad.append(other.index)
+    return tuple(bad)

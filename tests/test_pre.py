@@ -1,0 +1,249 @@
+"""Threshold AFGH proxy re-encryption (core.pre) on every backend."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core import pre
+from core.curve import G1, G2, GT, R, get_backend, random_scalar
+from core.errors import DecodeError, DecryptionError, FaultyShareError, SignatureError
+
+pytestmark = pytest.mark.crypto
+
+
+def _proxies(n: int):
+    secrets_, proxies = {}, []
+    for i in range(1, n + 1):
+        sk, pk = pre.box_keypair()
+        proxies.append(pre.Proxy(i, pk))
+        secrets_[i] = sk
+    return proxies, secrets_
+
+
+def _open_all(sealed, secrets_, context, backend):
+    return [
+        pre.open_key_share(s, secrets_[s.index], expected_context=context, expected_index=s.index, backend=backend)
+        for s in sealed
+    ]
+
+
+def test_label_keys_are_deterministic_and_scoped(backend):
+    ms = pre.new_master_secret()
+    a = pre.KeyPair.derive(ms, "cardiology", backend=backend)
+    assert pre.KeyPair.derive(ms, "cardiology", backend=backend).public == a.public
+    assert pre.KeyPair.derive(ms, "labs", backend=backend).public != a.public
+    assert pre.KeyPair.derive(pre.new_master_secret(), "cardiology", backend=backend).public != a.public
+    assert "secret" not in repr(a) or str(a.secret) not in repr(a)
+
+
+def test_proof_of_possession(backend):
+    kp = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
+    proof = kp.prove("alice")
+    pre.verify_public_key(kp.public, "alice", "labs", proof)
+    with pytest.raises(SignatureError):
+        pre.verify_public_key(kp.public, "mallory", "labs", proof)  # bound to the owner id
+    with pytest.raises(SignatureError):
+        pre.verify_public_key(kp.public, "alice", "other", proof)  # and to the label
+    other = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
+    with pytest.raises(SignatureError):
+        pre.verify_public_key(other.public, "alice", "labs", proof)
+    # inconsistent (P1, P2) pair: pairing check fails before the proof is looked at
+    mixed = pre.PublicKey(kp.public.p1, other.public.p2)
+    with pytest.raises(DecodeError, match="inconsistent"):
+        pre.verify_public_key(mixed, "alice", "labs", proof)
+    assert pre.Proof.from_bytes(proof.to_bytes()) == proof
+
+
+def test_public_key_and_proof_decoding(backend):
+    kp = pre.KeyPair.derive(pre.new_master_secret(), "x", backend=backend)
+    data = kp.public.to_bytes()
+    assert pre.PublicKey.from_bytes(data, backend=backend) == kp.public
+    with pytest.raises(DecodeError):
+        pre.PublicKey.from_bytes(data[:-1], backend=backend)
+    with pytest.raises(DecodeError, match="identity"):
+        pre.PublicKey.from_bytes(bytes([0xC0]) + bytes(47) + data[48:], backend=backend)
+    with pytest.raises(DecodeError):
+        pre.Proof.from_bytes(bytes(64))  # zero challenge
+    with pytest.raises(DecodeError):
+        pre.Proof.from_bytes(b"\xff" * 64)  # not reduced
+
+
+def test_owner_decapsulation(backend):
+    kp = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
+    capsule, k = pre.encapsulate(kp.public)
+    assert pre.decapsulate_owner(kp, capsule) == k
+
+
+def test_single_proxy_is_plain_afgh(backend):
+    owner = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
+    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    proxies, secrets_ = _proxies(1)
+    sealed = pre.make_key_shares(owner, doctor.public, proxies, 1, b"g")
+    (share,) = _open_all(sealed, secrets_, b"g", backend)
+    assert pre.check_single_rekey(owner.public, doctor.public, share.rk)
+    other = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    assert not pre.check_single_rekey(owner.public, other.public, share.rk)
+    capsule, k = pre.encapsulate(owner.public)
+    s = pre.reencrypt(capsule, share)
+    assert pre.combine([s], doctor.secret) == k
+
+
+def _flow(backend, t, n, label="labs"):
+    owner = pre.KeyPair.derive(pre.new_master_secret(), label, backend=backend)
+    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    proxies, secrets_ = _proxies(n)
+    shares = _open_all(pre.make_key_shares(owner, doctor.public, proxies, t, b"grant"), secrets_, b"grant", backend)
+    capsule, k = pre.encapsulate(owner.public)
+    return owner, doctor, shares, capsule, k
+
+
+@pytest.mark.parametrize("t, n", [(1, 1), (2, 3), (3, 5)])
+def test_threshold_combination(backend, t, n):
+    owner, doctor, shares, capsule, k = _flow(backend, t, n)
+    rs = [pre.reencrypt(capsule, s.prepare()) for s in shares]
+    # every t-subset recovers K; t-1 shares do not
+    assert pre.combine(rs[:t], doctor.secret) == k
+    assert pre.combine(rs[-t:], doctor.secret) == k
+    if t > 1:
+        assert pre.combine(rs[: t - 1], doctor.secret) != k
+    # another doctor's secret does not
+    assert pre.combine(rs[:t], random_scalar()) != k
+
+
+@pytest.mark.slow
+def test_seven_of_ten(backend):
+    owner, doctor, shares, capsule, k = _flow(backend, 7, 10)
+    rs = [pre.reencrypt(capsule, s) for s in shares]
+    assert pre.combine(rs[3:], doctor.secret) == k
+    assert pre.combine(rs[:6], doctor.secret) != k
+
+
+def test_recover_key_names_faulty_proxy(backend):
+    owner, doctor, shares, capsule, k = _flow(backend, 3, 5)
+    rs = [pre.reencrypt(capsule, s) for s in shares]
+    other_capsule, _ = pre.encapsulate(owner.public)
+    bad = pre.reencrypt(other_capsule, shares[1])  # proxy 2 re-encrypts the wrong capsule
+    mixed = [rs[0], bad, rs[2], rs[3], rs[4]]
+    got, suspects = pre.recover_key(mixed, 3, doctor.secret, lambda key: key == k)
+    assert got == k and suspects == (2,)
+    # with only 3 shares and one bad, nothing opens; the suspects are that subset
+    with pytest.raises(FaultyShareError) as info:
+        pre.recover_key(mixed[:3], 3, doctor.secret, lambda key: key == k)
+    assert 2 in info.value.suspects
+    # with 4 shares, every failing subset contains proxy 2 -> named alone
+    got, suspects = pre.recover_key(mixed[:4], 3, doctor.secret, lambda key: key == k)
+    assert got == k and suspects == (2,)
+    with pytest.raises(DecryptionError, match="need 3"):
+        pre.recover_key(mixed[:2], 3, doctor.secret, lambda key: key == k)
+
+
+def test_recover_key_intersection_when_nothing_opens(backend):
+    owner, doctor, shares, capsule, k = _flow(backend, 2, 3)
+    rs = [pre.reencrypt(capsule, s) for s in shares]
+    other_capsule, _ = pre.encapsulate(owner.public)
+    bad1 = pre.reencrypt(other_capsule, shares[0])
+    bad2 = pre.reencrypt(other_capsule, shares[1])
+    with pytest.raises(FaultyShareError):
+        pre.recover_key([bad1, bad2, rs[2]], 2, doctor.secret, lambda key: key == k)
+
+
+def test_label_scoping(backend):
+    """A grant for label L never re-encrypts a record under label M."""
+    ms = pre.new_master_secret()
+    owner_l = pre.KeyPair.derive(ms, "L", backend=backend)
+    owner_m = pre.KeyPair.derive(ms, "M", backend=backend)
+    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    proxies, secrets_ = _proxies(2)
+    shares = _open_all(pre.make_key_shares(owner_l, doctor.public, proxies, 2, b"g"), secrets_, b"g", backend)
+    capsule_m, k_m = pre.encapsulate(owner_m.public)
+    rs = [pre.reencrypt(capsule_m, s) for s in shares]
+    assert pre.combine(rs, doctor.secret) != k_m
+
+
+def test_sealed_share_checks(backend):
+    owner = pre.KeyPair.derive(pre.new_master_secret(), "L", backend=backend)
+    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    proxies, secrets_ = _proxies(2)
+    sealed = pre.make_key_shares(owner, doctor.public, proxies, 2, b"grant-7")
+    with pytest.raises(DecryptionError):
+        pre.open_key_share(sealed[0], secrets_[2], expected_context=b"grant-7", expected_index=1)
+    with pytest.raises(DecodeError, match="another grant"):
+        pre.open_key_share(sealed[0], secrets_[1], expected_context=b"grant-8", expected_index=1, backend=backend)
+    with pytest.raises(DecodeError, match="another proxy"):
+        pre.open_key_share(sealed[0], secrets_[1], expected_context=b"grant-7", expected_index=2, backend=backend)
+    # the share itself never appears in the sealed bytes
+    share = pre.open_key_share(sealed[0], secrets_[1], expected_context=b"grant-7", expected_index=1, backend=backend)
+    assert share.rk.to_bytes() not in sealed[0].sealed
+
+
+def test_parameter_validation(backend):
+    owner = pre.KeyPair.derive(pre.new_master_secret(), "L", backend=backend)
+    proxies, _ = _proxies(3)
+    with pytest.raises(ValueError, match="threshold"):
+        pre.make_key_shares(owner, owner.public, proxies, 4, b"g")
+    with pytest.raises(ValueError, match="threshold"):
+        pre.make_key_shares(owner, owner.public, proxies, 0, b"g")
+    with pytest.raises(ValueError, match="distinct"):
+        pre.make_key_shares(owner, owner.public, [proxies[0], proxies[0]], 1, b"g")
+    with pytest.raises(ValueError):
+        pre.Proxy(0, bytes(32))
+    with pytest.raises(ValueError):
+        pre.label_secret(b"short", "L")
+    with pytest.raises(DecodeError, match="identity"):
+        pre.reencrypt(G1.identity(backend), pre.KeyShare(1, 1, b"", G2.generator(backend)))
+
+
+def test_reencrypted_share_decoding(backend):
+    value = GT.generator(backend) ** 5
+    share = pre.ReencryptedShare(3, value)
+    assert pre.ReencryptedShare.from_bytes(share.to_bytes(), backend=backend) == share
+    with pytest.raises(DecodeError):
+        pre.ReencryptedShare.from_bytes(share.to_bytes()[:-1], backend=backend)
+    with pytest.raises(DecodeError, match="index 0"):
+        pre.ReencryptedShare.from_bytes(bytes(4) + value.to_bytes(), backend=backend)
+    with pytest.raises(DecodeError, match="identity"):
+        pre.ReencryptedShare.from_bytes(b"\x00\x00\x00\x01" + GT.one(backend).to_bytes(), backend=backend)
+    bad = bytearray(share.to_bytes())
+    bad[-1] ^= 1
+    with pytest.raises(DecodeError, match="subgroup"):
+        pre.ReencryptedShare.from_bytes(bytes(bad), backend=backend)
+
+
+@settings(max_examples=8)
+@given(data=st.data())
+def test_threshold_property_native(data):
+    """Random t <= n <= 10 and random subsets: any t shares recover K, t-1 never do."""
+    backend = get_backend()
+    n = data.draw(st.integers(1, 10), label="n")
+    t = data.draw(st.integers(1, n), label="t")
+    owner, doctor, shares, capsule, k = _flow(backend, t, n)
+    rs = [pre.reencrypt(capsule, s) for s in shares]
+    subset = data.draw(st.lists(st.sampled_from(rs), min_size=t, max_size=t, unique_by=lambda s: s.index))
+    assert pre.combine(subset, doctor.secret) == k
+    if t > 1:
+        assert pre.combine(subset[:-1], doctor.secret) != k
+
+
+def test_lagrange_coefficients():
+    import itertools
+
+    xs = [1, 2, 5, 9]
+    lams = pre.lagrange_at_zero(xs)
+    # sum l_i f(x_i) = f(0) for a random cubic
+    coeffs = [random_scalar() for _ in range(4)]
+    f = lambda x: sum(c * pow(x, i, R) for i, c in enumerate(coeffs)) % R
+    assert sum(l * f(x) for l, x in zip(lams, xs)) % R == coeffs[0]
+    with pytest.raises(ValueError):
+        pre.lagrange_at_zero([1, 1])
+    assert list(itertools.islice(lams, 1))
+
+
+def test_cross_backend_shares(backend, other_backend):
+    """Shares computed by a peer on one backend combine on a doctor on the other."""
+    owner, doctor, shares, capsule, k = _flow(backend, 2, 3)
+    rs = [pre.reencrypt(capsule, s) for s in shares[:2]]
+    moved = [pre.ReencryptedShare.from_bytes(s.to_bytes(), backend=other_backend) for s in rs]
+    doc_other = pre.KeyPair(doctor.secret, pre.PublicKey.from_bytes(doctor.public.to_bytes(), backend=other_backend), doctor.label)
+    assert pre.combine(moved, doc_other.secret).to_bytes() == k.to_bytes()
