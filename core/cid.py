@@ -48,6 +48,8 @@ __all__ = [
     "is_valid",
     "verify",
     "builder_for",
+    "cid_from_leaves",
+    "leaf_count",
     "choose_replicas",
 ]
 
@@ -180,6 +182,7 @@ class CidBuilder:
         "_finished",
         "leaves",
         "nodes",
+        "leaf_digests",
     )
 
     def __init__(
@@ -189,6 +192,7 @@ class CidBuilder:
         max_links: int = MAX_LINKS,
         raw_leaves: bool = True,
         version: int = 1,
+        record_leaves: bool = False,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
@@ -210,6 +214,9 @@ class CidBuilder:
         """Number of leaf blocks produced so far."""
         self.nodes = 0
         """Number of internal (dag-pb branch) nodes produced so far."""
+        self.leaf_digests: list[bytes] | None = [] if record_leaves else None
+        """With ``record_leaves``: the sha2-256 digest of every leaf block, in order
+        (32 bytes per chunk; enough to rebuild the root, see :func:`cid_from_leaves`)."""
 
     @property
     def size(self) -> int:
@@ -245,6 +252,8 @@ class CidBuilder:
             block = file_leaf_node(bytes(chunk))
             digest = hashlib.sha256(block).digest()
             entry = (_cid_bytes(self._version, DAG_PB, digest), len(block), len(chunk))
+        if self.leaf_digests is not None:
+            self.leaf_digests.append(digest)
         self._push(0, entry)
 
     def _push(self, level: int, entry: tuple[bytes, int, int]) -> None:
@@ -291,6 +300,38 @@ class CidBuilder:
     def finish(self) -> str:
         """End the stream and return the root CID text."""
         return str(self.finish_cid())
+
+
+def leaf_count(size: int, chunk_size: int = CHUNK_SIZE) -> int:
+    """Number of leaves of a ``size``-byte file (the empty file has one)."""
+    return max(1, -(-size // chunk_size))
+
+
+def cid_from_leaves(
+    digests: list[bytes], size: int, *, chunk_size: int = CHUNK_SIZE, max_links: int = MAX_LINKS
+) -> Cid:
+    """The root CID of a ``size``-byte file whose raw leaves have these sha2-256 digests.
+
+    Rebuilds the balanced DAG from the leaf hashes alone (no data), so a store
+    can check a list of per-chunk digests against a CID cheaply, then verify
+    each chunk it serves against its digest. Raises ``DecodeError`` when the
+    number or size of the digests does not fit ``size``.
+    """
+    if size < 0:
+        raise DecodeError("negative file size")
+    if len(digests) != leaf_count(size, chunk_size):
+        raise DecodeError(f"a {size}-byte file has {leaf_count(size, chunk_size)} leaves, got {len(digests)} digests")
+    builder = CidBuilder(chunk_size=chunk_size, max_links=max_links)
+    remaining = size
+    for digest in digests:
+        if len(digest) != 32:
+            raise DecodeError("leaf digest must be 32 bytes")
+        n = min(chunk_size, remaining)
+        remaining -= n
+        builder.leaves += 1
+        builder._push(0, (_cid_bytes(1, RAW, bytes(digest)), n, n))
+    builder._size = size
+    return builder.finish_cid()
 
 
 def compute(data: bytes | bytearray | memoryview, **options: object) -> str:

@@ -305,3 +305,24 @@ def test_choose_replicas_minimal_disruption_and_spread() -> None:
         firsts[before[0]] = firsts.get(before[0], 0) + 1
     # every node is first choice for some blobs (300 draws over 8 nodes)
     assert set(firsts) == set(NODES)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=2000), chunk=st.integers(1, 64), links=st.integers(2, 5))
+def test_cid_from_leaves_matches_builder(data, chunk, links) -> None:
+    b = CidBuilder(chunk_size=chunk, max_links=links, record_leaves=True)
+    b.update(data)
+    root = b.finish_cid()
+    assert b.leaf_digests is not None and len(b.leaf_digests) == cidmod.leaf_count(len(data), chunk)
+    assert cidmod.cid_from_leaves(b.leaf_digests, len(data), chunk_size=chunk, max_links=links) == root
+    if b.leaf_digests:
+        with pytest.raises(DecodeError):
+            cidmod.cid_from_leaves(b.leaf_digests + [bytes(32)], len(data), chunk_size=chunk)
+
+
+def test_cid_from_leaves_of_real_fixture() -> None:
+    data = content("go_random 5MB")
+    digests = [hashlib.sha256(data[i : i + CHUNK_SIZE]).digest() for i in range(0, len(data), CHUNK_SIZE)]
+    assert str(cidmod.cid_from_leaves(digests, len(data))) == (
+        "bafybeigfnx3tka2rf5ovv2slb7ymrt4zbwa3ryeqibe6fipyt5vgsrli3u"
+    )
