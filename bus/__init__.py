@@ -1,0 +1,114 @@
+"""bus: typed, signed messages between agents, over trio and msgpack.
+
+The bus knows nothing of the domain: message bodies are opaque msgpack values,
+and signing, the key directory and signature verification are injected
+callables (the agents pass core's ECDSA). It does not import core/ or agents/.
+
+Wire format
+===========
+
+Frame (stream transports: TCP, TLS)
+    ``length (4 bytes, unsigned big-endian) || payload (length bytes)``.
+    The payload is one encoded envelope. Frames above the configured maximum
+    (default 16 MiB) are refused as soon as their header is read, and the
+    connection is closed. The in-memory transport carries payloads without
+    the header, under the same limit.
+
+Envelope (the payload)
+    A msgpack array of exactly 11 elements, in this order:
+
+    ====  ==============  =======================================================
+     #    field           type and meaning
+    ====  ==============  =======================================================
+     0    version         int, ``1`` (:data:`PROTOCOL_VERSION`)
+     1    type            int: 0 send (fire-and-forget), 1 request, 2 reply,
+                          3 error reply, 4 event (publish/subscribe)
+     2    kind            str, 1..128 chars: the agent-defined message kind; a
+                          reply repeats its request's kind; an event's kind is
+                          its topic; kinds starting with ``bus.`` are the bus's
+                          own (``bus.subscribe``, ``bus.unsubscribe``,
+                          ``bus.dropped``)
+     3    msg_id          bin, 16 random bytes
+     4    correlation_id  nil, or (replies and error replies only) bin 16: the
+                          msg_id of the request answered
+     5    sender          str, 1..256 chars: the sender's agent id
+     6    recipient       str, 1..256 chars: the recipient's agent id
+     7    timestamp       int, milliseconds since the Unix epoch (sender's clock)
+     8    nonce           bin, 16 random bytes (OS CSPRNG)
+     9    body            any msgpack value without extension types; map keys
+                          str or bin. Error replies: ``{"code": str,
+                          "message": str}``; events: ``{"seq": int, "data":
+                          value}``; subscribe: ``{"topic": str}``
+    10    signature       bin, 1..512 bytes (64-byte ECDSA r||s with core's signer)
+    ====  ==============  =======================================================
+
+Signature input
+    ``b"emrshare/v1/envelope\\x00" || msgpack([fields 0..9])``, the fields
+    encoded as msgpack-python's packer does with ``use_bin_type=True``
+    (minimal-width integers, str for text, bin for bytes, maps in order,
+    float64). Receivers re-encode the decoded fields, so a non-canonical
+    encoding fails verification. With core's ``sign_raw`` the signed digest is
+    SHA-256 of this input.
+
+Acceptance
+    A receiver accepts an envelope only if it is addressed to it, its timestamp
+    is within the skew window (default 30 s) of the receiver's clock, the
+    sender's public key is in the directory and the signature verifies, and
+    the (sender, nonce) pair was not seen within the window. Otherwise it is
+    dropped with a logged reason (:data:`REJECT_REASONS`) and, if it was a
+    request, answered with an error reply whose code is that reason.
+
+Entry points: :func:`open_node` (a :class:`Node` with listeners, routes and
+connections), :meth:`Node.endpoint` (one agent's :class:`Endpoint`:
+``request``, ``send``, ``publish``, ``subscribe``, ``register``,
+``statistics``), the sans-I/O :class:`FrameDecoder` and
+:func:`decode_envelope`/:func:`verify_envelope`.
+"""
+
+from ._stats import EndpointStatistics as EndpointStatistics
+from ._stats import NodeStatistics as NodeStatistics
+from ._stats import Traffic as Traffic
+from .directory import StaticDirectory as StaticDirectory
+from .envelope import ID_SIZE as ID_SIZE
+from .envelope import MAX_AGENT_ID_LENGTH as MAX_AGENT_ID_LENGTH
+from .envelope import MAX_KIND_LENGTH as MAX_KIND_LENGTH
+from .envelope import MAX_SIGNATURE_SIZE as MAX_SIGNATURE_SIZE
+from .envelope import NONCE_SIZE as NONCE_SIZE
+from .envelope import PROTOCOL_VERSION as PROTOCOL_VERSION
+from .envelope import REJECT_REASONS as REJECT_REASONS
+from .envelope import SIGNING_DOMAIN as SIGNING_DOMAIN
+from .envelope import Directory as Directory
+from .envelope import Envelope as Envelope
+from .envelope import MessageType as MessageType
+from .envelope import ReplayGuard as ReplayGuard
+from .envelope import Signer as Signer
+from .envelope import Verifier as Verifier
+from .envelope import decode_envelope as decode_envelope
+from .envelope import verify_envelope as verify_envelope
+from .errors import BrokenError as BrokenError
+from .errors import BusError as BusError
+from .errors import ClosedError as ClosedError
+from .errors import EnvelopeError as EnvelopeError
+from .errors import FrameError as FrameError
+from .errors import HandlerError as HandlerError
+from .errors import RemoteError as RemoteError
+from .errors import RequestTimeout as RequestTimeout
+from .errors import SubscriptionLagged as SubscriptionLagged
+from .errors import UnreachableError as UnreachableError
+from .framing import DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE
+from .framing import FRAME_HEADER_SIZE as FRAME_HEADER_SIZE
+from .framing import FrameDecoder as FrameDecoder
+from .framing import encode_frame as encode_frame
+from .node import Endpoint as Endpoint
+from .node import Event as Event
+from .node import Handler as Handler
+from .node import Message as Message
+from .node import Node as Node
+from .node import Subscription as Subscription
+from .node import open_node as open_node
+from .transport import Address as Address
+from .transport import Connection as Connection
+from .transport import MemoryTransport as MemoryTransport
+from .transport import TcpTransport as TcpTransport
+from .transport import Transport as Transport
+from .transport import parse_address as parse_address

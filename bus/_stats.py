@@ -1,0 +1,88 @@
+"""Traffic accounting: messages and bytes per kind and per peer."""
+
+from __future__ import annotations
+
+__all__ = ["Traffic", "EndpointStatistics", "NodeStatistics"]
+
+import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Traffic:
+    """A message count and their size in bytes (encoded envelopes; stream
+    transports add a 4-byte frame header per message on the wire)."""
+
+    messages: int = 0
+    bytes: int = 0
+
+    @property
+    def bits(self) -> int:
+        return 8 * self.bytes
+
+    def __add__(self, other: Traffic) -> Traffic:
+        return Traffic(self.messages + other.messages, self.bytes + other.bytes)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EndpointStatistics:
+    """A snapshot of one endpoint's traffic.
+
+    ``*_by_kind`` keys are message kinds: a reply or error reply counts under
+    the kind of its request, an event under its topic. ``rejected`` counts
+    refused envelopes by reason (see :data:`bus.envelope.REJECT_REASONS`,
+    plus ``unknown-kind``, ``unexpected-reply``, ``unexpected-event``).
+    """
+
+    identity: str
+    sent_by_kind: Mapping[str, Traffic]
+    received_by_kind: Mapping[str, Traffic]
+    sent_by_peer: Mapping[str, Traffic]
+    received_by_peer: Mapping[str, Traffic]
+    rejected: Mapping[str, int]
+    pending_requests: int
+    inbox: int
+    subscribers: int
+    subscriptions: int
+
+    @property
+    def sent(self) -> Traffic:
+        return sum(self.sent_by_kind.values(), Traffic())
+
+    @property
+    def received(self) -> Traffic:
+        return sum(self.received_by_kind.values(), Traffic())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    """A snapshot of a node's connections and of frames no endpoint accepted."""
+
+    endpoints: int
+    connections: int
+    incoming_connections: int
+    outgoing_connections: int
+    frames_received: int
+    bytes_received: int
+    rejected: Mapping[str, int]
+    broken_connections: int
+    refused_connections: int
+
+
+class _Counter:
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: dict[str, list[int]] = {}
+
+    def add(self, key: str, nbytes: int) -> None:
+        entry = self._data.get(key)
+        if entry is None:
+            self._data[key] = [1, nbytes]
+        else:
+            entry[0] += 1
+            entry[1] += nbytes
+
+    def snapshot(self) -> Mapping[str, Traffic]:
+        return MappingProxyType({k: Traffic(m, b) for k, (m, b) in self._data.items()})

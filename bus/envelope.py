@@ -1,0 +1,328 @@
+"""Signed envelopes: the unit the bus moves between agents.
+
+Wire form: a msgpack array of 11 elements, in this order::
+
+    [version, type, kind, msg_id, correlation_id, sender, recipient,
+     timestamp_ms, nonce, body, signature]
+
+The signature covers ``SIGNING_DOMAIN + msgpack([first 10 elements])``, where
+the msgpack encoding is the canonical one produced by msgpack-python's packer
+(``use_bin_type=True``: minimal integers, str for text, bin for bytes, maps in
+their given order, float64). The receiver re-encodes the decoded fields, so
+any other encoding of the same values fails verification.
+
+Everything here is sans-I/O: the clock, the signer, the key directory and the
+verifier come in as arguments.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "SIGNING_DOMAIN",
+    "ID_SIZE",
+    "NONCE_SIZE",
+    "MAX_KIND_LENGTH",
+    "MAX_AGENT_ID_LENGTH",
+    "MAX_SIGNATURE_SIZE",
+    "REJECT_REASONS",
+    "MessageType",
+    "Envelope",
+    "Signer",
+    "Directory",
+    "Verifier",
+    "decode_envelope",
+    "verify_envelope",
+    "ReplayGuard",
+]
+
+import dataclasses
+import enum
+import heapq
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from .errors import EnvelopeError
+
+PROTOCOL_VERSION = 1
+SIGNING_DOMAIN = b"emrshare/v1/envelope\x00"
+ID_SIZE = 16
+NONCE_SIZE = 16
+MAX_KIND_LENGTH = 128
+MAX_AGENT_ID_LENGTH = 256
+MAX_SIGNATURE_SIZE = 512
+_MAX_TIMESTAMP = 2**63 - 1
+_FIELD_COUNT = 11
+
+REJECT_REASONS = (
+    "malformed",
+    "version",
+    "misaddressed",
+    "stale",
+    "unknown-sender",
+    "bad-signature",
+    "replay",
+    "replay-cache-full",
+)
+
+Signer = Callable[[bytes], bytes]
+"""Signs the signing input; returns the signature bytes (agents pass ECDSA)."""
+Directory = Callable[[str], "bytes | None"]
+"""Agent id -> registered public key, or None when the agent is unknown."""
+Verifier = Callable[[bytes, bytes, bytes], bool]
+"""(public key, message, signature) -> valid?; must not raise (errors = False)."""
+
+
+class MessageType(enum.IntEnum):
+    """What an envelope is for; travels as a small integer."""
+
+    SEND = 0  # fire-and-forget
+    REQUEST = 1  # expects a REPLY or ERROR with correlation_id = its msg_id
+    REPLY = 2
+    ERROR = 3  # body {"code": str, "message": str}
+    EVENT = 4  # publish/subscribe delivery; kind is the topic
+
+
+def _packb(value: Any) -> bytes:
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EnvelopeError("malformed", f"body cannot be encoded as msgpack: {exc}") from None
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Envelope:
+    """One signed message. ``timestamp`` is integer milliseconds since the Unix
+    epoch (exact and canonical in msgpack, unlike floats)."""
+
+    version: int
+    type: MessageType
+    kind: str
+    msg_id: bytes
+    correlation_id: bytes | None
+    sender: str
+    recipient: str
+    timestamp: int
+    nonce: bytes
+    body: Any
+    signature: bytes
+
+    def _signed_fields(self) -> list[Any]:
+        return [
+            self.version,
+            int(self.type),
+            self.kind,
+            self.msg_id,
+            self.correlation_id,
+            self.sender,
+            self.recipient,
+            self.timestamp,
+            self.nonce,
+            self.body,
+        ]
+
+    def signing_input(self) -> bytes:
+        """The exact bytes the sender signs: domain tag + canonical fields."""
+        return SIGNING_DOMAIN + _packb(self._signed_fields())
+
+    def encode(self) -> bytes:
+        """The wire form (a frame payload)."""
+        return _packb([*self._signed_fields(), self.signature])
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        type: MessageType,
+        kind: str,
+        sender: str,
+        recipient: str,
+        body: Any,
+        timestamp: int,
+        signer: Signer,
+        correlation_id: bytes | None = None,
+        msg_id: bytes | None = None,
+        nonce: bytes | None = None,
+    ) -> Envelope:
+        """A new envelope signed with ``signer``; fresh random id and nonce."""
+        unsigned = cls(
+            version=PROTOCOL_VERSION,
+            type=MessageType(type),
+            kind=kind,
+            msg_id=secrets.token_bytes(ID_SIZE) if msg_id is None else msg_id,
+            correlation_id=correlation_id,
+            sender=sender,
+            recipient=recipient,
+            timestamp=timestamp,
+            nonce=secrets.token_bytes(NONCE_SIZE) if nonce is None else nonce,
+            body=body,
+            signature=b"",
+        )
+        _check_fields(unsigned)
+        signature = signer(unsigned.signing_input())
+        if not isinstance(signature, bytes) or not 0 < len(signature) <= MAX_SIGNATURE_SIZE:
+            raise EnvelopeError("malformed", "signer returned no valid signature bytes")
+        return dataclasses.replace(unsigned, signature=signature)
+
+
+def _check_str(name: str, value: Any, max_len: int) -> None:
+    if type(value) is not str or not 0 < len(value) <= max_len:
+        raise EnvelopeError("malformed", f"{name} must be a non-empty str of at most {max_len} chars")
+
+
+def _check_bytes(name: str, value: Any, size: int) -> None:
+    if type(value) is not bytes or len(value) != size:
+        raise EnvelopeError("malformed", f"{name} must be {size} bytes")
+
+
+def _check_fields(env: Envelope) -> None:
+    if type(env.version) is not int:
+        raise EnvelopeError("malformed", "version must be an int")
+    if env.version != PROTOCOL_VERSION:
+        raise EnvelopeError("version", f"unsupported protocol version {env.version}")
+    _check_str("kind", env.kind, MAX_KIND_LENGTH)
+    _check_bytes("msg_id", env.msg_id, ID_SIZE)
+    if env.correlation_id is not None:
+        _check_bytes("correlation_id", env.correlation_id, ID_SIZE)
+    needs_corr = env.type in (MessageType.REPLY, MessageType.ERROR)
+    if needs_corr != (env.correlation_id is not None):
+        raise EnvelopeError(
+            "malformed", "correlation_id must be set exactly on replies and error replies"
+        )
+    _check_str("sender", env.sender, MAX_AGENT_ID_LENGTH)
+    _check_str("recipient", env.recipient, MAX_AGENT_ID_LENGTH)
+    if type(env.timestamp) is not int or not 0 <= env.timestamp <= _MAX_TIMESTAMP:
+        raise EnvelopeError("malformed", "timestamp must be a non-negative int64 (ms)")
+    _check_bytes("nonce", env.nonce, NONCE_SIZE)
+    if env.type == MessageType.ERROR:
+        body = env.body
+        if (
+            type(body) is not dict
+            or set(body) != {"code", "message"}
+            or type(body["code"]) is not str
+            or type(body["message"]) is not str
+        ):
+            raise EnvelopeError("malformed", "error reply body must be {code: str, message: str}")
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Parse and shape-check a wire envelope (does not verify the signature).
+
+    Raises only :class:`EnvelopeError` (reason ``malformed`` or ``version``).
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise EnvelopeError("malformed", f"envelope must be bytes, not {type(data).__name__}")
+    try:
+        fields = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True, ext_hook=_reject_ext
+        )
+    except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, ...)
+        raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None
+    if type(fields) is not list or len(fields) != _FIELD_COUNT:
+        raise EnvelopeError("malformed", f"envelope must be an array of {_FIELD_COUNT} fields")
+    version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig = fields
+    if type(mtype) is not int or mtype not in MessageType._value2member_map_:
+        raise EnvelopeError("malformed", "unknown message type")
+    if type(sig) is not bytes or not 0 < len(sig) <= MAX_SIGNATURE_SIZE:
+        raise EnvelopeError("malformed", f"signature must be 1..{MAX_SIGNATURE_SIZE} bytes")
+    env = Envelope(
+        version=version,
+        type=MessageType(mtype),
+        kind=kind,
+        msg_id=msg_id,
+        correlation_id=corr,
+        sender=sender,
+        recipient=recipient,
+        timestamp=ts,
+        nonce=nonce,
+        body=body,
+        signature=sig,
+    )
+    _check_fields(env)
+    return env
+
+
+class ReplayGuard:
+    """Remembers (sender, nonce) pairs for the skew window, with bounded memory.
+
+    A nonce is kept until its envelope's timestamp falls out of the window
+    (after which :func:`verify_envelope` rejects the envelope as stale anyway).
+    Past ``max_entries`` live nonces it fails closed (``replay-cache-full``).
+    """
+
+    __slots__ = ("_skew_ms", "_max", "_seen", "_expiry")
+
+    def __init__(self, skew_ms: int, max_entries: int = 1_000_000):
+        if skew_ms < 0 or max_entries < 1:
+            raise ValueError("skew_ms must be >= 0 and max_entries >= 1")
+        self._skew_ms = skew_ms
+        self._max = max_entries
+        self._seen: set[tuple[str, bytes]] = set()
+        self._expiry: list[tuple[int, str, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _expire(self, now_ms: int) -> None:
+        heap = self._expiry
+        while heap and heap[0][0] < now_ms:
+            _, sender, nonce = heapq.heappop(heap)
+            self._seen.discard((sender, nonce))
+
+    def check_and_add(self, sender: str, nonce: bytes, timestamp: int, now_ms: int) -> None:
+        """Record the nonce, or raise ``EnvelopeError('replay')`` if seen."""
+        self._expire(now_ms)
+        key = (sender, nonce)
+        if key in self._seen:
+            raise EnvelopeError("replay", f"nonce from {sender!r} already seen")
+        if len(self._seen) >= self._max:
+            raise EnvelopeError("replay-cache-full", "too many live nonces; try later")
+        self._seen.add(key)
+        heapq.heappush(self._expiry, (timestamp + self._skew_ms, sender, nonce))
+
+
+def verify_envelope(
+    env: Envelope,
+    *,
+    recipient: str,
+    directory: Directory,
+    verifier: Verifier,
+    now_ms: int,
+    skew_ms: int,
+    replay_guard: ReplayGuard | None = None,
+) -> None:
+    """Accept ``env`` for ``recipient`` at ``now_ms`` or raise EnvelopeError.
+
+    Order: addressing, freshness, signature, then replay (so a forged envelope
+    never enters the nonce cache). Exceptions from the injected directory or
+    verifier count as rejection, never escape.
+    """
+    if env.recipient != recipient:
+        raise EnvelopeError("misaddressed", f"addressed to {env.recipient!r}, not {recipient!r}")
+    if abs(now_ms - env.timestamp) > skew_ms:
+        raise EnvelopeError(
+            "stale", f"timestamp {env.timestamp} is outside {skew_ms} ms of now ({now_ms})"
+        )
+    try:
+        key = directory(env.sender)
+    except Exception:
+        key = None
+    if key is None:
+        raise EnvelopeError("unknown-sender", f"no public key registered for {env.sender!r}")
+    try:
+        ok = verifier(key, env.signing_input(), env.signature) is True
+    except EnvelopeError:
+        raise
+    except Exception:
+        ok = False
+    if not ok:
+        raise EnvelopeError("bad-signature", f"signature of {env.sender!r} does not verify")
+    if replay_guard is not None:
+        replay_guard.check_and_add(env.sender, env.nonce, env.timestamp, now_ms)

@@ -1,0 +1,331 @@
+"""Transports: framed, bidirectional connections behind one interface.
+
+A transport is chosen by the scheme of an address (``tcp://host:port``,
+``mem://name``); :class:`Connection` is what every transport yields: whole
+frame payloads in, whole frame payloads out. TCP connections carry
+length-prefixed frames (:mod:`bus.framing`), optionally inside TLS
+(``trio.SSLStream``; mutual TLS when the server context requires client
+certificates). In-memory connections carry the same payloads over bounded trio
+channels, with the same size limit.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Address",
+    "parse_address",
+    "Connection",
+    "Transport",
+    "TcpTransport",
+    "MemoryTransport",
+]
+
+import dataclasses
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+
+from .errors import BrokenError, BusError, ClosedError, FrameError, UnreachableError
+from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+
+_RECEIVE_SIZE = 64 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Address:
+    """A parsed address: ``scheme`` (``tcp``/``mem``), ``host``, ``port``."""
+
+    scheme: str
+    host: str
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.scheme == "mem":
+            return f"mem://{self.host}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """Parse ``tcp://host:port`` (IPv6 as ``[::1]``) or ``mem://name``."""
+    if not isinstance(text, str) or "://" not in text:
+        raise BusError(f"address must look like scheme://..., got {text!r}")
+    scheme, rest = text.split("://", 1)
+    if scheme == "mem":
+        if not rest:
+            raise BusError("mem:// address needs a name")
+        return Address("mem", rest)
+    if scheme != "tcp":
+        raise BusError(f"unknown address scheme {scheme!r}")
+    if rest.startswith("["):
+        host, sep, port = rest[1:].partition("]:")
+    else:
+        host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise BusError(f"tcp address must be tcp://host:port, got {text!r}")
+    return Address("tcp", host, int(port))
+
+
+class Connection(Protocol):
+    """A framed, bidirectional message connection.
+
+    ``send`` writes one payload; ``receive`` returns the next payload or
+    ``None`` at a clean end of stream; both raise :class:`ClosedError` after
+    :meth:`aclose` and :class:`BrokenError` when the connection broke
+    (including a stream that ended mid-frame or an oversized frame).
+    """
+
+    peer: str
+
+    async def send(self, payload: bytes) -> None: ...
+
+    async def receive(self) -> bytes | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+Handler = Callable[[Connection], Awaitable[None]]
+
+
+class Transport(Protocol):
+    scheme: str
+
+    async def connect(self, address: Address) -> Connection: ...
+
+    async def serve(
+        self,
+        address: Address,
+        handler: Handler,
+        nursery: trio.Nursery,
+    ) -> tuple[Address, Callable[[], Awaitable[None]]]:
+        """Start listening; return the bound address and an async close function."""
+        ...
+
+
+# ------------------------------------------------------------------ TCP
+
+
+class _StreamConnection:
+    """A Connection over a trio byte stream (TCP or TLS)."""
+
+    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame_size: int):
+        self._stream = stream
+        self.peer = peer
+        self._max = max_frame_size
+        self._decoder = FrameDecoder(max_frame_size)
+        self._frames: deque[bytes] = deque()
+        self._send_lock = trio.Lock()
+        self._closed = False
+        self._broken: str | None = None
+        self._eof = False
+
+    async def send(self, payload: bytes) -> None:
+        if self._closed:
+            raise ClosedError("connection closed")
+        if self._broken:
+            raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
+        frame = encode_frame(payload, self._max)
+        async with self._send_lock:
+            try:
+                await self._stream.send_all(frame)
+            except trio.ClosedResourceError:
+                raise ClosedError("connection closed") from None
+            except (trio.BrokenResourceError, OSError) as exc:
+                self._broken = f"send failed: {type(exc).__name__}"
+                raise BrokenError(f"connection to {self.peer} broke while sending") from None
+
+    async def receive(self) -> bytes | None:
+        while not self._frames:
+            if self._closed:
+                raise ClosedError("connection closed")
+            if self._broken:
+                raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
+            if self._eof:
+                return None
+            try:
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+            except trio.ClosedResourceError:
+                raise ClosedError("connection closed") from None
+            except (trio.BrokenResourceError, OSError) as exc:
+                self._broken = f"receive failed: {type(exc).__name__}"
+                continue
+            if not data:
+                if self._decoder.buffered:
+                    self._broken = f"peer disconnected mid-frame ({self._decoder.buffered} bytes)"
+                self._eof = True
+                continue
+            try:
+                self._frames.extend(self._decoder.feed(data))
+            except FrameError as exc:
+                self._broken = str(exc)
+        return self._frames.popleft()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                await self._stream.aclose()
+            except (trio.BrokenResourceError, OSError):
+                pass
+
+
+class TcpTransport:
+    """TCP with trio, optionally TLS.
+
+    ``client_ssl``: context for outgoing connections (load a client
+    certificate into it for mutual TLS); ``server_ssl``: context for
+    listeners (set ``verify_mode = CERT_REQUIRED`` for mutual TLS).
+    ``server_hostname`` overrides the name checked in the server certificate.
+    """
+
+    scheme = "tcp"
+
+    def __init__(
+        self,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        client_ssl: ssl.SSLContext | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        connect_timeout: float = 10.0,
+    ):
+        self._max = max_frame_size
+        self._client_ssl = client_ssl
+        self._server_ssl = server_ssl
+        self._server_hostname = server_hostname
+        self._connect_timeout = connect_timeout
+
+    async def connect(self, address: Address) -> Connection:
+        try:
+            with trio.fail_after(self._connect_timeout):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
+                if self._client_ssl is not None:
+                    ssl_stream = trio.SSLStream(
+                        stream,
+                        self._client_ssl,
+                        server_hostname=self._server_hostname or address.host,
+                    )
+                    try:
+                        await ssl_stream.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(stream)
+                        raise
+                    stream = ssl_stream
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            raise UnreachableError(f"cannot connect to {address}: {type(exc).__name__}: {exc}") from None
+        return _StreamConnection(stream, str(address), self._max)
+
+    async def serve(self, address: Address, handler: Handler, nursery: trio.Nursery):
+        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        sock = listeners[0].socket
+        host, port = sock.getsockname()[:2]
+        bound = Address("tcp", host, port)
+
+        async def on_stream(stream: trio.SocketStream) -> None:
+            try:
+                peer_host, peer_port = stream.socket.getpeername()[:2]
+                peer = str(Address("tcp", peer_host, peer_port))
+            except OSError:
+                peer = "tcp://?"
+            s: trio.abc.Stream = stream
+            if self._server_ssl is not None:
+                s = trio.SSLStream(stream, self._server_ssl, server_side=True)
+            await handler(_StreamConnection(s, peer, self._max))
+
+        async def serve_all(task_status=trio.TASK_STATUS_IGNORED):
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await trio.serve_listeners(on_stream, listeners, handler_nursery=nursery)
+
+        scope = await nursery.start(serve_all)
+
+        async def close() -> None:
+            scope.cancel()
+            for listener in listeners:
+                await listener.aclose()
+
+        return bound, close
+
+
+# ------------------------------------------------------------------ memory
+
+
+class _MemoryConnection:
+    def __init__(self, send: trio.MemorySendChannel, receive: trio.MemoryReceiveChannel,
+                 peer: str, max_frame_size: int):
+        self._send = send
+        self._receive = receive
+        self.peer = peer
+        self._max = max_frame_size
+        self._closed = False
+
+    async def send(self, payload: bytes) -> None:
+        if self._closed:
+            raise ClosedError("connection closed")
+        if len(payload) > self._max:
+            raise FrameError(f"frame payload of {len(payload)} bytes exceeds the maximum of {self._max}")
+        try:
+            await self._send.send(bytes(payload))
+        except trio.ClosedResourceError:
+            raise ClosedError("connection closed") from None
+        except trio.BrokenResourceError:
+            raise BrokenError(f"connection to {self.peer} broke") from None
+
+    async def receive(self) -> bytes | None:
+        if self._closed:
+            raise ClosedError("connection closed")
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            return None
+        except trio.ClosedResourceError:
+            raise ClosedError("connection closed") from None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._send.aclose()
+        await self._receive.aclose()
+
+
+class MemoryTransport:
+    """In-process connections between nodes that share this transport object.
+
+    Addresses are ``mem://name``; each direction is a bounded channel of
+    ``buffer`` payloads, so a slow reader pushes back on the writer.
+    """
+
+    scheme = "mem"
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, buffer: int = 64):
+        self._max = max_frame_size
+        self._buffer = buffer
+        self._listeners: dict[str, tuple[Handler, trio.Nursery]] = {}
+        self._counter = 0
+
+    async def connect(self, address: Address) -> Connection:
+        entry = self._listeners.get(address.host)
+        if entry is None:
+            raise UnreachableError(f"nothing listens at {address}")
+        handler, nursery = entry
+        self._counter += 1
+        a_send, b_recv = trio.open_memory_channel[bytes](self._buffer)
+        b_send, a_recv = trio.open_memory_channel[bytes](self._buffer)
+        client = _MemoryConnection(a_send, a_recv, str(address), self._max)
+        server = _MemoryConnection(b_send, b_recv, f"mem://client-{self._counter}", self._max)
+        nursery.start_soon(handler, server)
+        return client
+
+    async def serve(self, address: Address, handler: Handler, nursery: trio.Nursery):
+        name = address.host
+        if name in self._listeners:
+            raise BusError(f"{address} is already in use")
+        self._listeners[name] = (handler, nursery)
+
+        async def close() -> None:
+            self._listeners.pop(name, None)
+
+        return address, close
