@@ -46,9 +46,10 @@ Signature input
     ``b"emrshare/v1/envelope\\x00" || msgpack([fields 0..9])``, the fields
     encoded as msgpack-python's packer does with ``use_bin_type=True``
     (minimal-width integers, str for text, bin for bytes, maps in order,
-    float64). Receivers re-encode the decoded fields, so a non-canonical
-    encoding fails verification. With core's ``sign_raw`` the signed digest is
-    SHA-256 of this input.
+    float64). Receivers verify over the re-encoding of the decoded fields, so
+    the signature binds exactly the values handlers see. With core's
+    ``sign_raw`` the signed digest is SHA-256 of this input. Bodies must use
+    str or bin map keys (receivers refuse other keys as malformed).
 
 Acceptance
     A receiver accepts an envelope only if it is addressed to it, its timestamp

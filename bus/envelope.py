@@ -8,8 +8,9 @@ Wire form: a msgpack array of 11 elements, in this order::
 The signature covers ``SIGNING_DOMAIN + msgpack([first 10 elements])``, where
 the msgpack encoding is the canonical one produced by msgpack-python's packer
 (``use_bin_type=True``: minimal integers, str for text, bin for bytes, maps in
-their given order, float64). The receiver re-encodes the decoded fields, so
-any other encoding of the same values fails verification.
+their given order, float64). The receiver re-encodes the decoded fields: the
+signature binds the values a handler will see, whatever wire encoding of
+them arrived.
 
 Everything here is sans-I/O: the clock, the signer, the key directory and the
 verifier come in as arguments.

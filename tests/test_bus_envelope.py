@@ -1,0 +1,292 @@
+"""Envelopes: canonical signing input, strict decoding, verification, replay."""
+
+import dataclasses
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bus import (
+    PROTOCOL_VERSION,
+    SIGNING_DOMAIN,
+    BusError,
+    Envelope,
+    EnvelopeError,
+    MessageType,
+    ReplayGuard,
+    StaticDirectory,
+    decode_envelope,
+    verify_envelope,
+)
+from core import ecdsa
+
+ALICE = ecdsa.generate_private_key()
+BOB = ecdsa.generate_private_key()
+DIRECTORY = StaticDirectory({"alice": ecdsa.public_key(ALICE), "bob": ecdsa.public_key(BOB)})
+NOW = 1_700_000_000_000
+SKEW = 30_000
+
+
+def make(**overrides):
+    args = dict(
+        type=MessageType.REQUEST,
+        kind="store",
+        sender="alice",
+        recipient="bob",
+        body={"cid": b"\x01" * 36, "n": [1, 2, 3]},
+        timestamp=NOW,
+        signer=lambda m: ecdsa.sign_raw(ALICE, m),
+    )
+    args.update(overrides)
+    return Envelope.create(**args)
+
+
+def check(env, *, recipient="bob", now=NOW, guard=None, directory=DIRECTORY):
+    verify_envelope(
+        env,
+        recipient=recipient,
+        directory=directory,
+        verifier=ecdsa.verify_raw,
+        now_ms=now,
+        skew_ms=SKEW,
+        replay_guard=guard,
+    )
+
+
+def reason(env, **kw):
+    with pytest.raises(EnvelopeError) as info:
+        check(env, **kw)
+    return info.value.reason
+
+
+def test_round_trip_and_wire_layout():
+    env = make()
+    wire = env.encode()
+    fields = msgpack.unpackb(wire)
+    assert len(fields) == 11
+    assert fields[0] == PROTOCOL_VERSION == 1
+    assert fields[1] == 1 and fields[2] == "store"
+    assert len(fields[3]) == 16 and fields[4] is None
+    assert fields[5:8] == ["alice", "bob", NOW]
+    assert len(fields[8]) == 16 and len(fields[10]) == 64
+    assert decode_envelope(wire) == env
+    check(decode_envelope(wire))
+
+
+def test_signing_input_is_domain_tag_then_canonical_array():
+    env = make()
+    assert env.signing_input() == SIGNING_DOMAIN + msgpack.packb(
+        msgpack.unpackb(env.encode())[:10], use_bin_type=True
+    )
+    assert SIGNING_DOMAIN == b"emrshare/v1/envelope\x00"
+    assert ecdsa.verify_raw(ecdsa.public_key(ALICE), env.signing_input(), env.signature)
+
+
+def test_fresh_ids_and_nonces():
+    a, b = make(), make()
+    assert a.msg_id != b.msg_id and a.nonce != b.nonce
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("kind", "access"),
+        ("sender", "bob"),
+        ("recipient", "carol"),
+        ("timestamp", NOW + 1),
+        ("nonce", b"\x00" * 16),
+        ("msg_id", b"\x00" * 16),
+        ("body", {"cid": b"\x02" * 36, "n": [1, 2, 3]}),
+        ("type", MessageType.SEND),
+    ],
+)
+def test_any_changed_field_breaks_the_signature(field, value):
+    tampered = dataclasses.replace(make(), **{field: value})
+    wire = decode_envelope(tampered.encode())
+    recipient = "carol" if field == "recipient" else "bob"
+    assert reason(wire, recipient=recipient) == "bad-signature"
+
+
+def test_signature_from_another_key_is_rejected():
+    forged = make(signer=lambda m: ecdsa.sign_raw(BOB, m))  # bob claims to be alice
+    assert reason(forged) == "bad-signature"
+
+
+def test_misaddressed_stale_unknown_sender():
+    assert reason(make(), recipient="carol") == "misaddressed"
+    assert reason(make(timestamp=NOW - SKEW - 1)) == "stale"
+    assert reason(make(timestamp=NOW + SKEW + 1)) == "stale"
+    check(make(timestamp=NOW - SKEW))  # the window is inclusive
+    assert reason(make(sender="mallory")) == "unknown-sender"
+
+
+def test_directory_or_verifier_exceptions_mean_rejection():
+    def broken_directory(agent):
+        raise RuntimeError("registry down")
+
+    assert reason(make(), directory=broken_directory) == "unknown-sender"
+    with pytest.raises(EnvelopeError, match="bad-signature"):
+        verify_envelope(
+            make(),
+            recipient="bob",
+            directory=DIRECTORY,
+            verifier=lambda *a: 1 / 0,
+            now_ms=NOW,
+            skew_ms=SKEW,
+        )
+
+
+def test_replay_is_rejected_within_the_window_and_forgotten_after():
+    guard = ReplayGuard(SKEW)
+    env = make()
+    check(env, guard=guard)
+    assert reason(env, guard=guard) == "replay"
+    assert len(guard) == 1
+    # a forged copy never enters the cache
+    forged = dataclasses.replace(make(), signature=b"\x01" * 64)
+    assert reason(forged, guard=guard) == "bad-signature"
+    assert len(guard) == 1
+    # once the envelope is out of the window, its nonce is dropped (bounded memory)
+    later = make(timestamp=NOW + 2 * SKEW + 1)
+    check(later, now=NOW + 2 * SKEW + 1, guard=guard)
+    assert len(guard) == 1
+    assert reason(env, now=NOW + 2 * SKEW + 1, guard=guard) == "stale"
+
+
+def test_replay_guard_fails_closed_when_full():
+    guard = ReplayGuard(SKEW, max_entries=2)
+    check(make(), guard=guard)
+    check(make(), guard=guard)
+    assert reason(make(), guard=guard) == "replay-cache-full"
+
+
+def test_error_replies_need_code_and_message():
+    corr = b"\x07" * 16
+    ok = make(type=MessageType.ERROR, correlation_id=corr, body={"code": "x", "message": "y"})
+    assert decode_envelope(ok.encode()).body == {"code": "x", "message": "y"}
+    with pytest.raises(EnvelopeError, match="error reply body"):
+        make(type=MessageType.ERROR, correlation_id=corr, body={"code": 1, "message": "y"})
+    with pytest.raises(EnvelopeError, match="correlation_id"):
+        make(type=MessageType.REPLY)
+    with pytest.raises(EnvelopeError, match="correlation_id"):
+        make(type=MessageType.REQUEST, correlation_id=corr)
+
+
+def test_create_rejects_bad_fields_and_unencodable_bodies():
+    with pytest.raises(EnvelopeError):
+        make(kind="")
+    with pytest.raises(EnvelopeError):
+        make(kind="k" * 129)
+    with pytest.raises(EnvelopeError):
+        make(nonce=b"short")
+    with pytest.raises(EnvelopeError, match="msgpack"):
+        make(body={"x": object()})
+    with pytest.raises(EnvelopeError, match="signer"):
+        make(signer=lambda m: None)
+
+
+def _wire(fields):
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def _fields():
+    return msgpack.unpackb(make().encode())
+
+
+@pytest.mark.parametrize(
+    "index,value",
+    [
+        (1, 9),
+        (1, "1"),
+        (2, b"store"),
+        (3, b"short"),
+        (4, "x" * 16),
+        (5, ""),
+        (6, None),
+        (7, -1),
+        (7, 1.5),
+        (8, b"\x00" * 15),
+        (10, b""),
+        (10, "sig"),
+    ],
+)
+def test_decoder_rejects_wrong_shapes(index, value):
+    fields = _fields()
+    fields[index] = value
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(_wire(fields))
+    assert info.value.reason == "malformed"
+
+
+def test_decoder_rejects_other_versions_and_structures():
+    fields = _fields()
+    fields[0] = 2
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(_wire(fields))
+    assert info.value.reason == "version"
+    for bad in (_wire(fields[:10]), _wire({"a": 1}), b"", b"\xc1", _wire(_fields()) + b"\x00"):
+        with pytest.raises(EnvelopeError):
+            decode_envelope(bad)
+    ext = _fields()
+    ext[9] = msgpack.ExtType(5, b"x")
+    with pytest.raises(EnvelopeError, match="msgpack"):
+        decode_envelope(_wire(ext))
+
+
+def test_signature_binds_decoded_values_not_wire_bytes():
+    env = make(body=5)
+    fields = msgpack.unpackb(env.encode())
+    head = _wire(fields[:9])[1:]  # fields 0..8 without the array header
+    sig = msgpack.packb(fields[10], use_bin_type=True)
+    # the int 5 written as uint32 (0xce) instead of a fixint: same value, so the
+    # canonical re-encoding (and the signature) is the same
+    wide = decode_envelope(b"\x9b" + head + b"\xce\x00\x00\x00\x05" + sig)
+    assert wide.body == 5
+    check(wide)
+    # a different value under the same signature is refused
+    six = decode_envelope(b"\x9b" + head + b"\xce\x00\x00\x00\x06" + sig)
+    assert reason(six) == "bad-signature"
+
+
+@given(st.binary(max_size=512))
+@settings(max_examples=500, deadline=None)
+def test_arbitrary_bytes_raise_only_envelope_error(data):
+    try:
+        decode_envelope(data)
+    except EnvelopeError:
+        pass
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=5), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(st.lists(msgpack_values, min_size=9, max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_msgpack_arrays_raise_only_envelope_error(fields):
+    try:
+        env = decode_envelope(_wire(fields))
+    except EnvelopeError:
+        return
+    with pytest.raises(EnvelopeError):  # nothing random carries alice's signature
+        check(env)
+
+
+@given(body=msgpack_values)
+@settings(max_examples=200, deadline=None)
+def test_any_body_round_trips_and_verifies(body):
+    env = make(body=body)
+    decoded = decode_envelope(env.encode())
+    check(decoded)
+
+
+def test_envelope_error_is_a_value_error_and_bus_error():
+    with pytest.raises(ValueError):
+        decode_envelope(b"")
+    with pytest.raises(BusError):
+        decode_envelope(b"")

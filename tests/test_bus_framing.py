@@ -1,0 +1,89 @@
+"""Sans-I/O framing: length prefix, partial reads, size limit, fuzz."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bus import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encode_frame
+
+
+def test_encode_frame_is_big_endian_length_then_payload():
+    assert encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
+    assert encode_frame(b"") == b"\x00\x00\x00\x00"
+    assert DEFAULT_MAX_FRAME_SIZE == 16 * 1024 * 1024
+
+
+def test_encode_frame_refuses_oversized_payload():
+    with pytest.raises(FrameError, match="exceeds the maximum of 4"):
+        encode_frame(b"12345", max_frame_size=4)
+
+
+def test_many_frames_in_one_read_and_empty_payloads():
+    payloads = [b"", b"a", b"hello", bytes(300)]
+    data = b"".join(encode_frame(p) for p in payloads)
+    assert FrameDecoder().feed(data) == payloads
+
+
+def test_byte_by_byte_feeding():
+    dec = FrameDecoder()
+    out = []
+    for byte in encode_frame(b"xyz") + encode_frame(b"12"):
+        out += dec.feed(bytes([byte]))
+    assert out == [b"xyz", b"12"]
+    assert dec.buffered == 0
+    dec.check_eof()
+
+
+def test_oversized_header_is_refused_before_the_body_arrives():
+    dec = FrameDecoder(max_frame_size=10)
+    with pytest.raises(FrameError, match="11 bytes exceeds the maximum of 10"):
+        dec.feed((11).to_bytes(4, "big"))  # header only: no body buffered yet
+    # the stream cannot be resynchronised: the decoder stays broken
+    with pytest.raises(FrameError, match="broken"):
+        dec.feed(encode_frame(b"ok"))
+
+
+def test_truncated_stream_is_detected_at_eof():
+    dec = FrameDecoder()
+    assert dec.feed(encode_frame(b"hello")[:6]) == []
+    assert dec.buffered == 6
+    with pytest.raises(FrameError, match="inside a frame"):
+        dec.check_eof()
+    half_header = FrameDecoder()
+    half_header.feed(b"\x00\x00")
+    with pytest.raises(FrameError):
+        half_header.check_eof()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**32, 1.5, True])
+def test_max_frame_size_is_validated(bad):
+    with pytest.raises((ValueError, TypeError)):
+        FrameDecoder(max_frame_size=bad)
+
+
+@given(
+    payloads=st.lists(st.binary(max_size=300), max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+)
+@settings(max_examples=200, deadline=None)
+def test_any_split_of_the_stream_gives_the_same_frames(payloads, cuts):
+    data = b"".join(encode_frame(p) for p in payloads)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    dec = FrameDecoder()
+    out = []
+    for a, b in zip(points, points[1:]):
+        out += dec.feed(data[a:b])
+    assert out == payloads
+    assert dec.buffered == 0
+
+
+@given(chunks=st.lists(st.binary(max_size=64), max_size=20))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_bytes_raise_only_frame_error(chunks):
+    dec = FrameDecoder(max_frame_size=1024)
+    for chunk in chunks:
+        try:
+            frames = dec.feed(chunk)
+        except FrameError:
+            return
+        assert all(len(f) <= 1024 for f in frames)
