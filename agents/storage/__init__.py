@@ -1,0 +1,25 @@
+"""Storage nodes: content-addressed blobs on disk, replicated over the bus.
+
+* :class:`BlobStore` (``blobstore``): one node's directory of blobs — durable
+  atomic puts, reads that re-hash every chunk they serve, pins, quota.
+* :class:`StorageNode` (``node``): the agent serving a store over the bus.
+* :class:`StorageClient` (``client``): replicated put (w of r acknowledgements,
+  replicas chosen by rendezvous hashing), verified reads with fallback, repair.
+* :class:`KuboClient` (``kubo``): the same client API over a Kubo node's RPC API.
+
+Run a node: ``python -m agents.storage serve --id ID --dir DIR --listen tcp://127.0.0.1:PORT``.
+"""
+
+from .blobstore import BlobStat as BlobStat
+from .blobstore import BlobStore as BlobStore
+from .blobstore import PutSession as PutSession
+from .blobstore import StoreStat as StoreStat
+from .errors import BadRequest as BadRequest
+from .errors import BlobTooLarge as BlobTooLarge
+from .errors import CidMismatch as CidMismatch
+from .errors import CorruptBlob as CorruptBlob
+from .errors import DiskFull as DiskFull
+from .errors import NotFound as NotFound
+from .errors import QuotaExceeded as QuotaExceeded
+from .errors import StorageError as StorageError
+from .errors import Unavailable as Unavailable

@@ -1,0 +1,483 @@
+"""A directory of content-addressed blobs: durable atomic puts, verified reads.
+
+Layout under ``root``::
+
+    blobs/<last 2 chars of cid>/<cid>   data || trailer
+    pins/<cid>                          empty marker: the blob is pinned
+    tmp/                                puts in progress (emptied on open)
+    corrupt/                            blobs that failed verification (kept for inspection)
+
+The trailer is ``leaf digests (32 bytes each) || n (u32 BE) || size (u64 BE)
+|| b"EMRBLOB1"``: the sha2-256 of every 262,144-byte chunk. A read first
+rebuilds the CID from those digests (:func:`core.cid.cid_from_leaves`) and
+compares it with the blob's name, then hashes every chunk it is about to
+return and compares it with its digest, so any flipped, truncated or appended
+byte is reported as :class:`CorruptBlob` before a single bad byte is served.
+
+A put streams into a temporary file while hashing, then: checks the CID the
+client claimed, appends the trailer, fsyncs the file, renames it into place and
+fsyncs the directory; only then does :meth:`PutSession.commit` return the CID.
+Any failure (size limit, quota, disk full, CID mismatch) removes the temporary
+file, so nothing partial is ever visible.
+
+The methods are blocking file operations; agents call them through
+``trio.to_thread.run_sync``. The store is safe to use from several threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import cid as cidmod
+from core.errors import DecodeError
+
+from .errors import (
+    BadRequest,
+    BlobTooLarge,
+    CidMismatch,
+    CorruptBlob,
+    DiskFull,
+    NotFound,
+    QuotaExceeded,
+    StorageError,
+)
+
+MAGIC = b"EMRBLOB1"
+_TAIL = struct.Struct(">IQ8s")
+DEFAULT_MAX_BLOB = 256 * 1024 * 1024
+CHUNK = cidmod.CHUNK_SIZE
+
+
+def trailer_size(size: int) -> int:
+    return 32 * cidmod.leaf_count(size) + _TAIL.size
+
+
+def canonical_cid(cid: str) -> str:
+    """The canonical CIDv1 text of ``cid``; ``BadRequest`` if it is not a stored kind.
+
+    Stored blobs are named by the CIDs :func:`core.cid.compute` gives (CIDv1,
+    sha2-256, raw or dag-pb). The canonical text is lowercase base32, so it is
+    also a safe file name.
+    """
+    try:
+        parsed = cidmod.parse(cid)
+    except DecodeError as exc:
+        raise BadRequest(str(exc)) from None
+    if parsed.version != 1 or parsed.hash_code != cidmod.SHA2_256 or parsed.codec not in (cidmod.RAW, cidmod.DAG_PB):
+        raise BadRequest(f"only CIDv1 sha2-256 raw/dag-pb blobs are stored (Kubo --cid-version=1), not {cid}")
+    return str(parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStat:
+    cid: str
+    size: int
+    stored_bytes: int
+    pinned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStat:
+    blobs: int
+    used_bytes: int
+    reserved_bytes: int
+    quota_bytes: int | None
+    max_blob: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Blobs by CID under ``root``, with a disk quota and a maximum blob size."""
+
+    def __init__(self, root: str | os.PathLike[str], *, quota_bytes: int | None = None, max_blob: int = DEFAULT_MAX_BLOB):
+        if quota_bytes is not None and quota_bytes < 0:
+            raise ValueError("quota_bytes must be non-negative")
+        if max_blob < 0:
+            raise ValueError("max_blob must be non-negative")
+        self.root = Path(root)
+        self.quota_bytes = quota_bytes
+        self.max_blob = max_blob
+        self._blobs = self.root / "blobs"
+        self._pins = self.root / "pins"
+        self._tmp = self.root / "tmp"
+        self._corrupt = self.root / "corrupt"
+        for d in (self._blobs, self._pins, self._tmp, self._corrupt):
+            d.mkdir(parents=True, exist_ok=True)
+        for leftover in self._tmp.iterdir():  # interrupted puts: never committed
+            leftover.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._reserved = 0
+        self._used = 0
+        self._count = 0
+        for path in self._blobs.glob("*/*"):
+            self._used += path.stat().st_size
+            self._count += 1
+
+    # -- paths -------------------------------------------------------------
+
+    def _path(self, cid: str) -> Path:
+        return self._blobs / cid[-2:] / cid
+
+    # -- quota --------------------------------------------------------------
+
+    def _reserve(self, nbytes: int) -> None:
+        with self._lock:
+            if self.quota_bytes is not None and self._used + self._reserved + nbytes > self.quota_bytes:
+                free = self.quota_bytes - self._used - self._reserved
+                raise QuotaExceeded(
+                    f"disk quota exceeded: {nbytes} more bytes requested, {max(free, 0)} of "
+                    f"{self.quota_bytes} left on this node"
+                )
+            self._reserved += nbytes
+
+    def _release(self, nbytes: int) -> None:
+        with self._lock:
+            self._reserved -= nbytes
+
+    # -- writes ------------------------------------------------------------
+
+    def begin_put(self, claimed_cid: str | None = None, size: int | None = None) -> PutSession:
+        """Start a put. ``claimed_cid``: the CID the client says the bytes have
+        (checked at commit); ``size``: the declared length (checked as bytes
+        arrive, and reserved against the quota at once)."""
+        claimed = canonical_cid(claimed_cid) if claimed_cid is not None else None
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise BadRequest("size must be a non-negative integer")
+            if size > self.max_blob:
+                raise BlobTooLarge(f"blob of {size} bytes exceeds this node's maximum of {self.max_blob} bytes")
+        return PutSession(self, claimed, size)
+
+    def put(self, data: bytes, claimed_cid: str | None = None, *, pin: bool = True) -> str:
+        """Store ``data`` in one call; returns its CID once durable."""
+        with self.begin_put(claimed_cid, len(data)) as session:
+            view = memoryview(data)
+            for i in range(0, len(view), 1 << 20):
+                session.write(view[i : i + (1 << 20)])
+            return session.commit(pin=pin)
+
+    def _install(self, tmp: Path, cid: str, stored: int, pin: bool) -> None:
+        final = self._path(cid)
+        shard = final.parent
+        new_shard = not shard.exists()
+        shard.mkdir(exist_ok=True)
+        if new_shard:
+            _fsync_dir(self._blobs)
+        with self._lock:
+            exists = final.exists()
+            if exists:
+                tmp.unlink()
+            else:
+                os.replace(tmp, final)
+                self._used += stored
+                self._count += 1
+        if not exists:
+            _fsync_dir(shard)
+        if pin:
+            self.pin(cid)
+
+    # -- reads ---------------------------------------------------------------
+
+    def has(self, cid: str) -> bool:
+        return self._path(canonical_cid(cid)).exists()
+
+    def _open_verified(self, cid: str) -> tuple[int, int, list[bytes]]:
+        """Open ``cid``, check its trailer against the CID; return (fd, size, digests)."""
+        path = self._path(cid)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFound(f"blob {cid} is not stored on this node") from None
+        try:
+            total = os.fstat(fd).st_size
+            if total < _TAIL.size:
+                raise CorruptBlob(f"blob {cid}: file too short for its trailer")
+            n, size, magic = _TAIL.unpack(os.pread(fd, _TAIL.size, total - _TAIL.size))
+            if magic != MAGIC:
+                raise CorruptBlob(f"blob {cid}: bad trailer magic")
+            if n != cidmod.leaf_count(size) or total != size + 32 * n + _TAIL.size:
+                raise CorruptBlob(f"blob {cid}: file length does not match its trailer")
+            raw = os.pread(fd, 32 * n, size)
+            digests = [raw[i : i + 32] for i in range(0, 32 * n, 32)]
+            try:
+                root = cidmod.cid_from_leaves(digests, size)
+            except DecodeError as exc:
+                raise CorruptBlob(f"blob {cid}: {exc}") from None
+            if str(root) != cid:
+                raise CorruptBlob(f"blob {cid}: chunk digests on disk do not hash to the CID")
+            return fd, size, digests
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def size_of(self, cid: str) -> int:
+        cid = canonical_cid(cid)
+        fd, size, _ = self._open_verified(cid)
+        os.close(fd)
+        return size
+
+    def read(self, cid: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes ``[offset, offset+length)`` of the blob, every chunk re-hashed first.
+
+        Raises ``NotFound``, or ``CorruptBlob`` (nothing is returned then).
+        """
+        cid = canonical_cid(cid)
+        fd, size, digests = self._open_verified(cid)
+        try:
+            if offset < 0 or offset > size:
+                raise BadRequest(f"offset {offset} outside blob of {size} bytes")
+            end = size if length is None else min(size, offset + max(0, length))
+            if end <= offset:
+                return b""
+            first, last = offset // CHUNK, (end - 1) // CHUNK
+            base = first * CHUNK
+            buf = os.pread(fd, min(size, (last + 1) * CHUNK) - base, base)
+            view = memoryview(buf)
+            for i in range(first, last + 1):
+                piece = view[(i - first) * CHUNK : (i - first + 1) * CHUNK]
+                if hashlib.sha256(piece).digest() != digests[i]:
+                    raise CorruptBlob(f"blob {cid}: chunk {i} does not match its hash")
+            return bytes(view[offset - base : end - base])
+        finally:
+            os.close(fd)
+
+    def iter_read(self, cid: str, piece: int = 1 << 20) -> Iterator[bytes]:
+        """Stream the whole blob in verified pieces (``piece`` rounded to chunks)."""
+        size = self.size_of(cid)
+        step = max(CHUNK, piece - piece % CHUNK)
+        offset = 0
+        while True:
+            data = self.read(cid, offset, step)
+            yield data
+            offset += len(data)
+            if offset >= size:
+                return
+
+    def verify(self, cid: str) -> bool:
+        """Re-hash the whole blob; False when it is corrupt (NotFound if absent)."""
+        try:
+            for _ in self.iter_read(cid, 8 << 20):
+                pass
+        except CorruptBlob:
+            return False
+        return True
+
+    def quarantine(self, cid: str) -> None:
+        """Move a corrupt blob out of the way (so ``has`` is False and it can be re-fetched)."""
+        cid = canonical_cid(cid)
+        path = self._path(cid)
+        try:
+            stored = path.stat().st_size
+            os.replace(path, self._corrupt / cid)
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._used -= stored
+            self._count -= 1
+        _fsync_dir(path.parent)
+
+    # -- pins, listing, deletion -----------------------------------------------
+
+    def pin(self, cid: str) -> None:
+        cid = canonical_cid(cid)
+        if not self._path(cid).exists():
+            raise NotFound(f"cannot pin {cid}: not stored on this node")
+        marker = self._pins / cid
+        if marker.exists():
+            return
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self._pins)
+
+    def unpin(self, cid: str) -> None:
+        cid = canonical_cid(cid)
+        marker = self._pins / cid
+        if marker.exists():
+            marker.unlink()
+            _fsync_dir(self._pins)
+
+    def is_pinned(self, cid: str) -> bool:
+        return (self._pins / canonical_cid(cid)).exists()
+
+    def stat(self, cid: str) -> BlobStat:
+        cid = canonical_cid(cid)
+        path = self._path(cid)
+        try:
+            stored = path.stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"blob {cid} is not stored on this node") from None
+        with open(path, "rb") as f:
+            f.seek(stored - _TAIL.size)
+            tail = f.read(_TAIL.size)
+        size = _TAIL.unpack(tail)[1] if len(tail) == _TAIL.size else -1
+        return BlobStat(cid, size, stored, (self._pins / cid).exists())
+
+    def list(self) -> list[BlobStat]:
+        """Every stored blob (for repair and listing), sorted by CID."""
+        out = []
+        for path in sorted(self._blobs.glob("*/*"), key=lambda p: p.name):
+            try:
+                out.append(self.stat(path.name))
+            except (NotFound, StorageError):
+                continue
+        return out
+
+    def delete(self, cid: str, *, force: bool = False) -> bool:
+        """Delete a blob; pinned blobs only with ``force``. True if something was deleted."""
+        cid = canonical_cid(cid)
+        if not force and (self._pins / cid).exists():
+            raise StorageError(f"blob {cid} is pinned; unpin it first")
+        path = self._path(cid)
+        try:
+            stored = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            self._used -= stored
+            self._count -= 1
+        (self._pins / cid).unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+        return True
+
+    def gc(self) -> int:
+        """Delete every unpinned blob; returns how many."""
+        return sum(self.delete(b.cid) for b in self.list() if not b.pinned)
+
+    def statistics(self) -> StoreStat:
+        with self._lock:
+            return StoreStat(self._count, self._used, self._reserved, self.quota_bytes, self.max_blob)
+
+    def destroy(self) -> None:
+        """Remove everything (tests and benchmarks)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PutSession:
+    """One streaming put: ``write`` pieces, then ``commit`` (or ``abort``).
+
+    A context manager: leaving the block without a commit aborts.
+    """
+
+    def __init__(self, store: BlobStore, claimed: str | None, size: int | None):
+        self._store = store
+        self.claimed = claimed
+        self.declared = size
+        self._builder = cidmod.CidBuilder(record_leaves=True)
+        self._written = 0
+        self._reserved = 0
+        self._done = False
+        if size is not None:
+            store._reserve(size + trailer_size(size))
+            self._reserved = size + trailer_size(size)
+        self._tmp = store._tmp / f"put-{os.urandom(12).hex()}"
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    def __enter__(self) -> PutSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._done:
+            self.abort()
+
+    def _fail(self, exc: StorageError) -> StorageError:
+        self.abort()
+        return exc
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._done:
+            raise StorageError("put session already finished")
+        n = len(data)
+        total = self._written + n
+        if total > self._store.max_blob:
+            raise self._fail(
+                BlobTooLarge(f"blob exceeds this node's maximum of {self._store.max_blob} bytes")
+            )
+        if self.declared is not None and total > self.declared:
+            raise self._fail(BadRequest(f"more bytes than the declared size {self.declared}"))
+        need = total + trailer_size(total) - self._reserved
+        if need > 0:
+            try:
+                self._store._reserve(need)
+            except QuotaExceeded as exc:
+                raise self._fail(exc) from None
+            self._reserved += need
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self.abort()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"disk full while storing a blob: {exc.strerror}") from None
+            raise
+        self._builder.update(data)
+        self._written = total
+
+    def commit(self, *, pin: bool = True) -> str:
+        """Make the blob durable and return its CID (see the module docstring)."""
+        if self._done:
+            raise StorageError("put session already finished")
+        if self.declared is not None and self._written != self.declared:
+            raise self._fail(BadRequest(f"got {self._written} bytes, {self.declared} declared"))
+        cid = str(self._builder.finish_cid())
+        if self.claimed is not None and cid != self.claimed:
+            raise self._fail(CidMismatch(f"data hashes to {cid}, not the claimed {self.claimed}"))
+        digests = self._builder.leaf_digests or []
+        trailer = b"".join(digests) + _TAIL.pack(len(digests), self._written, MAGIC)
+        try:
+            view = memoryview(trailer)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.abort()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"disk full while storing a blob: {exc.strerror}") from None
+            raise
+        os.close(self._fd)
+        self._fd = -1
+        stored = self._written + len(trailer)
+        try:
+            self._store._install(self._tmp, cid, stored, pin)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            self._done = True
+            self._store._release(self._reserved)
+            self._reserved = 0
+        return cid
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._tmp.unlink(missing_ok=True)
+        self._store._release(self._reserved)
+        self._reserved = 0
