@@ -24,7 +24,6 @@ from ._policy_model import (
     NAME_RE,
     RESERVED_ATTRIBUTES,
     RESERVED_OPERATIONS,
-    TIME_MAX,
     And,
     Compare,
     Condition,
@@ -177,17 +176,18 @@ def _string(text: str, start: int) -> tuple[_Token, int]:
             if e in _ESCAPES:
                 out.append(_ESCAPES[e])
                 i += 2
-            elif e == "u":
-                hexits = text[i + 2 : i + 6]
-                if len(hexits) != 4 or not all(c in "0123456789abcdefABCDEF" for c in hexits):
-                    raise _error(text, i, "malformed \\u escape", "\\u and four hex digits")
+            elif e in ("u", "U"):
+                width = 4 if e == "u" else 8
+                hexits = text[i + 2 : i + 2 + width]
+                if len(hexits) != width or not all(c in "0123456789abcdefABCDEF" for c in hexits):
+                    raise _error(text, i, f"malformed \\{e} escape", f"\\{e} and {width} hex digits")
                 code = int(hexits, 16)
-                if 0xD800 <= code <= 0xDFFF:
-                    raise _error(text, i, "\\u escape names a surrogate, not a character")
+                if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
+                    raise _error(text, i, f"\\{e} escape does not name a character")
                 out.append(chr(code))
-                i += 6
+                i += 2 + width
             else:
-                raise _error(text, i, "unknown escape in string", '\\", \\\\, \\n, \\t, \\r or \\uXXXX')
+                raise _error(text, i, "unknown escape in string", '\\", \\\\, \\n, \\t, \\r, \\uXXXX or \\UXXXXXXXX')
             continue
         if not ch.isprintable() and ch != " ":
             raise _error(text, i, "control character inside a string", "an escape such as \\t or \\u0000")
@@ -547,13 +547,12 @@ class _Parser:
 
     def during(self) -> TimeWindow:
         valid_from = valid_until = hours = days = None
-        from_tok = None
         while True:
             tok = self.peek()
             if tok.kind == "datetime":
                 if valid_from is not None or valid_until is not None:
                     raise self.fail(tok, "the validity period is given twice")
-                valid_from, from_tok = self.advance().value, tok
+                valid_from = self.advance().value
                 self.punct("..", "'..' and the end date, e.g. 2026-01-01 .. 2027-01-01")
                 end = self.kind("datetime", "the end date, e.g. 2027-01-01T00:00Z")
                 valid_until = end.value
@@ -672,9 +671,7 @@ def quote(s: str) -> str:
             out.append("\\r")
         elif not ch.isprintable() and ch != " ":
             code = ord(ch)
-            if code > 0xFFFF:  # a non-printable astral character: a surrogate pair is not allowed
-                raise PolicyError(f"cannot write character U+{code:X} in a policy string")
-            out.append(f"\\u{code:04x}")
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
         else:
             out.append(ch)
     out.append('"')
@@ -778,6 +775,3 @@ def format_policy(p: Policy) -> str:
     head = f"policy {quote(p.name)} version {p.version}\n"
     head += "default deny\n" if p.default_effect == "deny" else f"default allow approval {p.default_approval}\n"
     return head + "".join("\n" + format_rule(r) + "\n" for r in p.rules)
-
-
-assert TIME_MAX == (datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc) - _EPOCH) // _ONE_SECOND
