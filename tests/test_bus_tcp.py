@@ -1,0 +1,242 @@
+"""Real loopback TCP: request/reply, volume and order, faulty peers, reconnects."""
+
+import time
+
+import pytest
+import trio
+import trio.testing
+
+from bus import (
+    BrokenError,
+    Envelope,
+    MessageType,
+    RemoteError,
+    decode_envelope,
+    encode_frame,
+    open_node,
+    FrameDecoder,
+)
+from bus.testing import Keyring
+from core import ecdsa
+
+
+async def echo(msg):
+    return {"echo": msg.body, "from": msg.sender}
+
+
+async def eventually(predicate, timeout=5):
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+def signed(ring, sender, recipient, body=1, kind="ping", mtype=MessageType.REQUEST):
+    return Envelope.create(
+        type=mtype,
+        kind=kind,
+        sender=sender,
+        recipient=recipient,
+        body=body,
+        timestamp=int(time.time() * 1000),
+        signer=ring.signer(sender),
+    )
+
+
+async def read_envelope(stream, decoder):
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        frames = decoder.feed(data)
+        if frames:
+            assert len(frames) == 1
+            return decode_envelope(frames[0])
+
+
+async def test_request_reply_over_tcp_with_ecdsa():
+    ring = Keyring(
+        generate=ecdsa.generate_private_key,
+        public_key=ecdsa.public_key,
+        sign=ecdsa.sign_raw,
+        verify=ecdsa.verify_raw,
+    )
+    async with open_node() as server, open_node() as client:
+        address = await server.listen("tcp://127.0.0.1:0")
+        assert address.startswith("tcp://127.0.0.1:") and not address.endswith(":0")
+        client.add_route("bob", address)
+        bob = server.endpoint("bob", **ring.credentials("bob"))
+        bob.register("ping", echo)
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        with trio.fail_after(10):
+            for i in range(20):
+                assert await alice.request("bob", "ping", i) == {"echo": i, "from": "alice"}
+            big = bytes(64 * 1024)
+            assert (await alice.request("bob", "ping", big))["echo"] == big
+            with pytest.raises(RemoteError, match="unknown-kind"):
+                await alice.request("bob", "other", None)
+        assert client.statistics().outgoing_connections == 1  # pooled
+        assert server.statistics().incoming_connections == 1
+        assert server.statistics().bytes_received == bob.statistics().received.bytes
+
+
+async def test_ten_thousand_messages_in_order_one_connection():
+    ring = Keyring()
+    got = []
+    async with open_node() as server, open_node() as client:
+        client.add_route("bob", await server.listen("tcp://127.0.0.1:0"))
+        bob = server.endpoint("bob", **ring.credentials("bob"))
+
+        async def record(msg):
+            got.append(msg.body)
+
+        bob.register("n", record)
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        with trio.fail_after(30):
+            for i in range(10_000):
+                await alice.send("bob", "n", i)
+            await eventually(lambda: len(got) == 10_000, timeout=30)
+        assert got == list(range(10_000))
+        assert bob.statistics().received_by_kind["n"].messages == 10_000
+        assert not bob.statistics().rejected
+
+
+async def test_peer_disconnecting_mid_frame_affects_no_one_else():
+    ring = Keyring()
+    async with open_node() as server, open_node() as client:
+        address = await server.listen("tcp://127.0.0.1:0")
+        port = int(address.rsplit(":", 1)[1])
+        client.add_route("bob", address)
+        server.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        with trio.fail_after(10):
+            assert (await alice.request("bob", "ping", 1))["echo"] == 1
+            raw = await trio.open_tcp_stream("127.0.0.1", port)
+            frame = encode_frame(signed(ring, "alice", "bob").encode())
+            await raw.send_all(frame[: len(frame) // 2])
+            await raw.aclose()
+            await eventually(lambda: server.statistics().broken_connections == 1)
+            assert (await alice.request("bob", "ping", 2))["echo"] == 2
+
+
+@pytest.mark.parametrize(
+    "garbage,reason",
+    [
+        (encode_frame(b"\xc1not msgpack"), "malformed"),
+        (encode_frame(b"\x93\x01\x02\x03"), "malformed"),  # wrong shape
+        ((2**31).to_bytes(4, "big") + b"xx", None),  # oversized frame
+    ],
+)
+async def test_garbage_closes_only_its_connection(garbage, reason):
+    ring = Keyring()
+    async with open_node() as server, open_node() as client:
+        address = await server.listen("tcp://127.0.0.1:0")
+        port = int(address.rsplit(":", 1)[1])
+        client.add_route("bob", address)
+        server.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        with trio.fail_after(10):
+            assert (await alice.request("bob", "ping", 1))["echo"] == 1
+            raw = await trio.open_tcp_stream("127.0.0.1", port)
+            await raw.send_all(garbage)
+            assert await raw.receive_some(100) == b""  # the server hung up
+            await raw.aclose()
+            assert (await alice.request("bob", "ping", 2))["echo"] == 2
+        stats = server.statistics()
+        if reason:
+            assert stats.rejected[reason] == 1
+        else:
+            assert stats.broken_connections == 1
+
+
+async def test_rejected_envelopes_get_error_replies_on_the_same_connection():
+    ring = Keyring()
+    ring.add("alice")
+    async with open_node() as server:
+        address = await server.listen("tcp://127.0.0.1:0")
+        port = int(address.rsplit(":", 1)[1])
+        bob = server.endpoint("bob", **ring.credentials("bob"))
+        bob.register("ping", echo)
+        with trio.fail_after(10):
+            raw = await trio.open_tcp_stream("127.0.0.1", port)
+            decoder = FrameDecoder()
+            # misaddressed: no "carol" here; nobody can answer for her
+            await raw.send_all(encode_frame(signed(ring, "alice", "carol").encode()))
+            # badly signed: alice's envelope with a corrupted signature
+            good = signed(ring, "alice", "bob")
+            bad = Envelope(**{**{f: getattr(good, f) for f in good.__slots__}, "signature": b"\x00" * 32})
+            await raw.send_all(encode_frame(bad.encode()))
+            reply = await read_envelope(raw, decoder)
+            assert reply.type == MessageType.ERROR and reply.body["code"] == "bad-signature"
+            assert reply.correlation_id == good.msg_id
+            # the connection is still usable for a valid request
+            await raw.send_all(encode_frame(good.encode()))
+            reply = await read_envelope(raw, decoder)
+            assert reply.type == MessageType.REPLY and reply.body["echo"] == 1
+            await raw.aclose()
+        assert server.statistics().rejected["misaddressed"] == 1
+        assert bob.statistics().rejected["bad-signature"] == 1
+
+
+async def test_reconnecting_peer():
+    ring = Keyring()
+    async with open_node(backoff_base=0.02, connect_attempts=40) as client:
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        async with open_node() as server:
+            address = await server.listen("tcp://127.0.0.1:0")
+            client.add_route("bob", address)
+            server.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
+            with trio.fail_after(10):
+                assert (await alice.request("bob", "ping", 1))["echo"] == 1
+        # the server is gone: the next request waits (backoff) until it is back
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                result = []
+
+                async def call():
+                    result.append(await alice.request("bob", "ping", 2, timeout=15))
+
+                nursery.start_soon(call)
+                await trio.sleep(0.2)
+                async with open_node() as server2:
+                    assert await server2.listen(address) == address
+                    server2.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
+                    await eventually(lambda: bool(result), timeout=15)
+        assert result[0]["echo"] == 2
+
+
+async def test_broken_connection_fails_pending_request_fast():
+    ring = Keyring()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with open_node() as client:
+        client.add_route("bob", f"tcp://127.0.0.1:{port}")
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+
+                async def hang_up_after_request():
+                    stream = await listeners[0].accept()
+                    await stream.receive_some(65536)
+                    await stream.aclose()
+
+                nursery.start_soon(hang_up_after_request)
+                with pytest.raises(BrokenError):
+                    await alice.request("bob", "ping", 1, timeout=60)
+    await listeners[0].aclose()
+
+
+async def test_connection_limit():
+    ring = Keyring()
+    async with open_node(max_connections=1) as server, open_node() as client:
+        address = await server.listen("tcp://127.0.0.1:0")
+        port = int(address.rsplit(":", 1)[1])
+        client.add_route("bob", address)
+        server.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        with trio.fail_after(10):
+            assert (await alice.request("bob", "ping", 1))["echo"] == 1
+            extra = await trio.open_tcp_stream("127.0.0.1", port)
+            assert await extra.receive_some(10) == b""
+            await extra.aclose()
+            assert (await alice.request("bob", "ping", 2))["echo"] == 2
+        assert server.statistics().refused_connections == 1
