@@ -1,0 +1,131 @@
+"""Publish/subscribe: fan-out, lag, slow subscribers dropped, unsubscribe."""
+
+import time
+
+import pytest
+import trio
+import trio.testing
+
+from bus import (
+    BrokenError,
+    BusError,
+    Envelope,
+    MessageType,
+    SubscriptionLagged,
+    encode_frame,
+    open_node,
+)
+from bus.testing import Keyring
+
+
+async def eventually(predicate, timeout=5):
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def test_fan_out_over_tcp_to_many_subscribers():
+    ring = Keyring()
+    async with open_node() as pub_node, open_node() as sub_node:
+        address = await pub_node.listen("tcp://127.0.0.1:0")
+        sub_node.add_route("peer", address)
+        peer = pub_node.endpoint("peer", **ring.credentials("peer"))
+        subs = []
+        with trio.fail_after(20):
+            for i in range(30):
+                ep = sub_node.endpoint(f"doctor{i}", **ring.credentials(f"doctor{i}"))
+                subs.append(await ep.subscribe("peer", "blocks"))
+            local = pub_node.endpoint("auditor", **ring.credentials("auditor"))
+            subs.append(await local.subscribe("peer", "blocks"))
+            assert peer.statistics().subscribers == 31
+            for height in range(10):
+                assert await peer.publish("blocks", {"height": height}) == 31
+            for sub in subs:
+                got = [(await sub.receive()) for _ in range(10)]
+                assert [e.body["height"] for e in got] == list(range(10))
+                assert [e.seq for e in got] == list(range(10))
+                assert got[0].publisher == "peer" and got[0].topic == "blocks"
+        assert peer.statistics().sent_by_kind["blocks"].messages == 310
+        assert sub_node.statistics().connections == 1  # 30 subscribers share a connection
+
+
+async def test_slow_local_subscriber_is_told_it_lagged():
+    ring = Keyring()
+    async with open_node() as node:
+        peer = node.endpoint("peer", **ring.credentials("peer"))
+        doc = node.endpoint("doc", **ring.credentials("doc"))
+        with trio.fail_after(5):
+            sub = await doc.subscribe("peer", "blocks", buffer=4)
+            for i in range(20):
+                await peer.publish("blocks", i)
+            await trio.testing.wait_all_tasks_blocked()
+            assert [(await sub.receive()).body for _ in range(4)] == [0, 1, 2, 3]
+            with pytest.raises(SubscriptionLagged) as info:
+                await sub.receive()
+            assert info.value.missed == 16
+            await peer.publish("blocks", 20)
+            # async for picks up after the lag
+            async for event in sub:
+                assert (event.body, event.seq) == (20, 20)
+                break
+            await sub.aclose()
+            with pytest.raises(BusError):
+                await sub.receive()
+            await eventually(lambda: peer.statistics().subscribers == 0)
+            assert await peer.publish("blocks", 21) == 0
+
+
+async def test_publisher_drops_a_subscriber_that_does_not_read():
+    ring = Keyring()
+    async with open_node() as node:
+        address = await node.listen("tcp://127.0.0.1:0")
+        port = int(address.rsplit(":", 1)[1])
+        peer = node.endpoint("peer", subscriber_queue=4, **ring.credentials("peer"))
+        fast = node.endpoint("fast", **ring.credentials("fast"))
+        ring.add("slow")
+        with trio.fail_after(20):
+            fast_sub = await fast.subscribe("peer", "blocks", buffer=1000)
+            # a raw subscriber: subscribes, then never reads its socket
+            raw = await trio.open_tcp_stream("127.0.0.1", port)
+            req = Envelope.create(
+                type=MessageType.REQUEST,
+                kind="bus.subscribe",
+                sender="slow",
+                recipient="peer",
+                body={"topic": "blocks"},
+                timestamp=int(time.time() * 1000),
+                signer=ring.signer("slow"),
+            )
+            await raw.send_all(encode_frame(req.encode()))
+            await eventually(lambda: peer.statistics().subscribers == 2)
+            big = bytes(256 * 1024)
+            published = 0
+            while peer.statistics().subscribers == 2:
+                await peer.publish("blocks", big)
+                published += 1
+                await trio.sleep(0.001)
+                assert published < 1000, "the slow subscriber was never dropped"
+            assert peer.statistics().subscribers == 1
+            # the fast subscriber got everything, in order
+            for i in range(published):
+                assert (await fast_sub.receive()).seq == i
+            await raw.aclose()
+
+
+async def test_subscription_breaks_when_the_publisher_goes_away():
+    ring = Keyring()
+    async with open_node() as sub_node:
+        doc = sub_node.endpoint("doc", **ring.credentials("doc"))
+        async with open_node() as pub_node:
+            sub_node.add_route("peer", await pub_node.listen("tcp://127.0.0.1:0"))
+            peer = pub_node.endpoint("peer", **ring.credentials("peer"))
+            with trio.fail_after(5):
+                sub = await doc.subscribe("peer", "blocks")
+                await peer.publish("blocks", "last")
+                assert (await sub.receive()).body == "last"
+        with trio.fail_after(5):
+            with pytest.raises(BrokenError, match="broke"):
+                await sub.receive()
+            with pytest.raises(BusError, match="already subscribed"):
+                await doc.subscribe("peer", "blocks", timeout=1)
+            await sub.aclose()
