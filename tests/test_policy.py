@@ -735,7 +735,14 @@ def test_msgpack_structured_garbage_raises_only_decode_error(obj):
 # ---------------------------------------------------------------------------
 # Random policies: text and msgpack round trips
 
-_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}(-[A-Za-z0-9_]{1,4})?", fullmatch=True)
+_KEYWORDS = (
+    "policy version default allow deny approval auto patient rule on all label record when during purpose "
+    "from until hours days mon fri any read and or not in has true false"
+).split()
+_names = st.one_of(
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}(-[A-Za-z0-9_]{1,4})?", fullmatch=True),
+    st.sampled_from(_KEYWORDS),  # keywords are fine as names wherever they cannot be misread
+)
 _attrs = _names.filter(lambda n: n not in RESERVED_ATTRIBUTES)
 _ops = _names.filter(lambda n: n not in RESERVED_OPERATIONS and n != "any")
 _strings = st.text(max_size=12)
@@ -845,3 +852,17 @@ def test_public_names_exported_once():
     for n in ["parse", "Policy", "Rule", "Request", "Decision", "TimeWindow", "ObjectSpec", "Has", "Compare",
               "Member", "Not", "And", "Or", "PolicySyntaxError", "PolicyError", "DecodeError", "format_condition"]:
         assert n in names
+
+
+def test_docs_example_and_module_doctest():
+    import doctest
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "policy.md").read_text()
+    example = doc.split("## An example", 1)[1].split("```", 2)[1]
+    p = parse(example)
+    assert [r.id for r in p.rules] == ["cardio-read", "er-any", "block-x"]
+    d = p.evaluate(Request({"role": "doctor", "department": "cardiology", "org": "hosp-a"}, "read", "rec-1",
+                           "cardiology", 1767603600, "treatment"))
+    assert (d.effect, d.approval, d.rule) == ("allow", "auto", "cardio-read")
+    assert doctest.testmod(P).failed == 0
