@@ -1,0 +1,646 @@
+"""The consortium ledger: blocks, validation rules and world state (pure, deterministic).
+
+Order-then-validate, as Hyperledger Fabric: an ordering service puts signed
+transactions into signed, hash-chained blocks; every peer runs
+:meth:`Ledger.apply` on every block and gets the same validity marks, the same
+state writes and the same state root. Invalid transactions stay in the block
+with a reason code and change no state.
+
+World state is a key-value map (``str -> canonical msgpack bytes``) behind the
+small :class:`KV` protocol, so peers keep it in SQLite and tests in memory.
+Keys::
+
+    meta/head            {"height", "hash", "root"}
+    cert/<subject>       {"cert": Certificate map, "revoked": bool, "height"}
+    serial/<serial>      subject
+    nonce/<submitter>/<hex nonce>   1                  (replay protection)
+    record/<owner>/<id>  {"tx": store transaction bytes, "label", "cid", "size", "media_type",
+                          "capsule", "height"}
+    policy/<patient>     {"policy": bytes, "version", "height"}
+    request/<id>         {"doctor", "patient", "record_id", "label", "operation", "purpose",
+                          "decision", "status", "time", "height"}
+    grant/<id>           {"patient", "doctor", "label", "record_id", "request_id", "threshold",
+                          "expires_at", "shares", "revoked", "time", "height"}
+    audit/<patient>/<height:012d>/<index:05d>   {"event", "actor", "time", ...}
+
+State root: ``root_h = SHA-256(root_{h-1} || block hash || canonical(marks) ||
+canonical(sorted writes))``, a hash chain over every block's effect, so two
+peers agree on the root exactly when they applied the same blocks with the
+same outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Iterable, Protocol
+
+from . import canonical, ecdsa
+from .cid import parse as parse_cid
+from .errors import CoreError, DecodeError, ValidationError
+from .identity import Certificate, ConsortiumConfig, check_id
+from .policy import Policy, Request as PolicyRequest
+from .tx import MAX_TX_SIZE, Transaction
+
+__all__ = [
+    "Block",
+    "KV",
+    "MemoryKV",
+    "Ledger",
+    "CommitResult",
+    "merkle_root",
+    "make_genesis",
+    "BLOCK_TAG",
+    "REASON_CODES",
+]
+
+BLOCK_TAG = "emrshare/v1/block"
+MAX_BLOCK_TXS = 10_000
+ZERO_HASH = bytes(32)
+
+REASON_CODES = {
+    "ok": "valid",
+    "malformed": "the transaction or its body does not decode",
+    "bad_signature": "the submitter's signature does not verify",
+    "unknown_submitter": "no certificate or peer with that id",
+    "cert_revoked": "the submitter's certificate is revoked",
+    "cert_expired": "the submitter's certificate is outside its validity window",
+    "replayed_nonce": "the nonce was used before by this submitter",
+    "stale_timestamp": "the timestamp is too far from the block's",
+    "forbidden": "the submitter may not do this (role, ownership or organization)",
+    "duplicate": "the id already exists",
+    "not_found": "a referenced object does not exist",
+    "bad_certificate": "the certificate is invalid (issuer signature, proof of possession, window)",
+    "not_allowed": "the referenced request was not allowed by the policy",
+    "bad_state": "the referenced object is in the wrong state (revoked, answered, expired)",
+    "duplicate_in_block": "the same transaction appears earlier in the block",
+}
+
+
+# ------------------------------------------------------------------ blocks
+
+
+def _leaf(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def _node(a: bytes, b: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + a + b).digest()
+
+
+def merkle_root(items: Iterable[bytes]) -> bytes:
+    """RFC 6962-style Merkle tree hash (leaf/node prefixes; odd nodes promoted)."""
+    level = [_leaf(x) for x in items]
+    if not level:
+        return hashlib.sha256(b"").digest()
+    while len(level) > 1:
+        nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    height: int
+    prev_hash: bytes
+    timestamp: int
+    tx_root: bytes
+    txs: tuple[bytes, ...]
+    orderer_sig: bytes
+
+    def header_bytes(self) -> bytes:
+        return canonical.pack([self.height, self.prev_hash, self.timestamp, self.tx_root, len(self.txs)])
+
+    @property
+    def hash(self) -> bytes:
+        return hashlib.sha256(self.header_bytes()).digest()
+
+    @classmethod
+    def make(cls, height: int, prev_hash: bytes, timestamp: int, txs: Iterable[bytes],
+             orderer_key: bytes) -> "Block":
+        txs = tuple(txs)
+        unsigned = cls(height, prev_hash, timestamp, merkle_root(txs), txs, b"")
+        sig = ecdsa.sign(orderer_key, BLOCK_TAG, unsigned.header_bytes())
+        return cls(height, prev_hash, timestamp, unsigned.tx_root, txs, sig)
+
+    def verify_signature(self, orderer_public_key: bytes) -> bool:
+        return ecdsa.is_valid(orderer_public_key, BLOCK_TAG, self.header_bytes(), self.orderer_sig)
+
+    def to_bytes(self) -> bytes:
+        return canonical.pack([self.height, self.prev_hash, self.timestamp, self.tx_root,
+                               list(self.txs), self.orderer_sig])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Block":
+        f = canonical.unpack(data, max_size=MAX_BLOCK_TXS * MAX_TX_SIZE, what="block")
+        if not isinstance(f, list) or len(f) != 6:
+            raise DecodeError("block: expected an array of 6 fields")
+        height, prev, ts, root, txs, sig = f
+        if type(height) is not int or height < 0:
+            raise DecodeError("block: bad height")
+        if not isinstance(prev, bytes) or len(prev) != 32 or not isinstance(root, bytes) or len(root) != 32:
+            raise DecodeError("block: hashes must be 32 bytes")
+        if type(ts) is not int or ts < 0:
+            raise DecodeError("block: bad timestamp")
+        if not isinstance(txs, list) or len(txs) > MAX_BLOCK_TXS or not all(isinstance(t, bytes) for t in txs):
+            raise DecodeError("block: transactions must be a list of bytes")
+        if not isinstance(sig, bytes) or len(sig) != 64:
+            raise DecodeError("block: signature must be 64 bytes")
+        return cls(height, prev, ts, root, tuple(txs), sig)
+
+
+def make_genesis(config: ConsortiumConfig, orderer_key: bytes) -> Block:
+    """Block 0: the consortium configuration, signed by the orderer."""
+    return Block.make(0, ZERO_HASH, config.created_at, [config.to_bytes()], orderer_key)
+
+
+# ------------------------------------------------------------------ state
+
+
+class KV(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]: ...
+
+
+class MemoryKV:
+    """A dict-backed KV for tests and in-process ledgers."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        return sorted((k, v) for k, v in self.data.items() if k.startswith(prefix))
+
+    def apply(self, writes: dict[str, bytes | None]) -> None:
+        for k, v in writes.items():
+            if v is None:
+                self.data.pop(k, None)
+            else:
+                self.data[k] = v
+
+
+class _Overlay:
+    """Reads through to the KV (or a parent overlay), buffers writes."""
+
+    def __init__(self, parent: "KV | _Overlay") -> None:
+        self.parent = parent
+        self.writes: dict[str, bytes | None] = {}
+
+    def lookup(self, key: str) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        if isinstance(self.parent, _Overlay):
+            return self.parent.lookup(key)
+        return self.parent.get(key)
+
+    def get(self, key: str) -> Any:
+        raw = self.lookup(key)
+        return None if raw is None else canonical.unpack(raw, max_size=1 << 22, what=key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.writes[key] = canonical.pack(value)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    height: int
+    block_hash: bytes
+    marks: tuple[str, ...]
+    writes: dict[str, bytes | None]
+    state_root: bytes
+
+    @property
+    def valid_count(self) -> int:
+        return sum(1 for m in self.marks if m == "ok")
+
+
+# ------------------------------------------------------------------ rules
+
+
+def _body(tx: Transaction, spec: dict[str, Any]) -> dict[str, Any]:
+    """Check the body has exactly the fields of ``spec`` (name -> type or tuple of types)."""
+    body = tx.body
+    if set(body) != set(spec):
+        raise ValidationError("malformed", f"{tx.type} body needs fields {sorted(spec)}")
+    for name, kind in spec.items():
+        value = body[name]
+        if kind is int:
+            ok = type(value) is int
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ValidationError("malformed", f"{tx.type} body field {name!r} has the wrong type")
+    return body
+
+
+def _id(value: str, what: str) -> str:
+    try:
+        return check_id(value, what)
+    except DecodeError as exc:
+        raise ValidationError("malformed", str(exc)) from exc
+
+
+def _text(value: str, what: str, limit: int = 256) -> str:
+    if not 0 < len(value) <= limit:
+        raise ValidationError("malformed", f"{what} must be 1..{limit} characters")
+    return value
+
+
+class Ledger:
+    """Validates and applies blocks over a KV world state.
+
+    ``apply(block)`` does not mutate the KV: it returns a :class:`CommitResult`
+    whose ``writes`` the caller persists atomically with the block (and then
+    calls :meth:`committed`). Everything is a function of the genesis, the
+    stored state and the block.
+    """
+
+    def __init__(self, genesis: Block, kv: KV, *, verify_pre_proofs: bool = True):
+        if genesis.height != 0 or len(genesis.txs) != 1 or genesis.prev_hash != ZERO_HASH:
+            raise DecodeError("genesis must be block 0 with one configuration entry")
+        self.config = ConsortiumConfig.from_bytes(genesis.txs[0])
+        if genesis.tx_root != merkle_root(genesis.txs) or not genesis.verify_signature(self.config.orderer_key):
+            raise DecodeError("genesis block is not signed by the orderer it names")
+        self.genesis = genesis
+        self.kv = kv
+        self.verify_pre_proofs = verify_pre_proofs
+        self._peers = {p.id: p for p in self.config.peers}
+
+    # -- head -----------------------------------------------------------
+
+    def head(self) -> tuple[int, bytes, bytes]:
+        """(height, block hash, state root) of the last committed block."""
+        raw = self.kv.get("meta/head")
+        if raw is None:
+            return 0, self.genesis.hash, hashlib.sha256(b"emrshare/v1/state" + self.genesis.hash).digest()
+        d = canonical.unpack(raw)
+        return d["height"], d["hash"], d["root"]
+
+    @property
+    def height(self) -> int:
+        return self.head()[0]
+
+    # -- blocks ---------------------------------------------------------
+
+    def check_block(self, block: Block) -> None:
+        """Raise ValidationError unless ``block`` extends the head, is signed and well-formed."""
+        height, head_hash, _ = self.head()
+        if block.height != height + 1:
+            raise ValidationError("bad_height", f"expected block {height + 1}, got {block.height}")
+        if block.prev_hash != head_hash:
+            raise ValidationError("bad_prev_hash", f"block {block.height} does not extend the head")
+        if block.tx_root != merkle_root(block.txs):
+            raise ValidationError("bad_tx_root", f"block {block.height}: Merkle root mismatch")
+        if not block.verify_signature(self.config.orderer_key):
+            raise ValidationError("bad_block_signature", f"block {block.height} is not signed by the orderer")
+
+    def apply(self, block: Block) -> CommitResult:
+        self.check_block(block)
+        _, _, prev_root = self.head()
+        state = _Overlay(self.kv)
+        marks = []
+        seen: set[bytes] = set()
+        for index, raw in enumerate(block.txs):
+            tx_id = hashlib.sha256(raw).digest()
+            if tx_id in seen:
+                marks.append("duplicate_in_block")
+                continue
+            seen.add(tx_id)
+            marks.append(self._apply_tx(state, block, index, raw))
+        root = hashlib.sha256(
+            prev_root + block.hash + canonical.pack(marks)
+            + canonical.pack(sorted([k, v] for k, v in state.writes.items() if v is not None))
+            + canonical.pack(sorted(k for k, v in state.writes.items() if v is None))
+        ).digest()
+        state.put("meta/head", {"height": block.height, "hash": block.hash, "root": root})
+        return CommitResult(block.height, block.hash, tuple(marks), dict(state.writes), root)
+
+    def _apply_tx(self, state: _Overlay, block: Block, index: int, raw: bytes) -> str:
+        tx_state = _Overlay(state)  # per-transaction buffer: invalid txs write nothing
+        try:
+            try:
+                tx = Transaction.from_bytes(raw)
+            except DecodeError as exc:
+                raise ValidationError("malformed", str(exc)) from exc
+            self._check_common(tx_state, block, tx)
+            getattr(self, "_tx_" + tx.type)(tx_state, block, index, tx)
+        except ValidationError as exc:
+            return exc.code
+        except (DecodeError, ValueError, CoreError) as exc:
+            # any decode problem deep in a body is a malformed transaction
+            del exc
+            return "malformed"
+        for k, v in tx_state.writes.items():
+            state.writes[k] = v
+        return "ok"
+
+    # -- common checks ----------------------------------------------------
+
+    def _submitter_key(self, state: _Overlay, tx: Transaction) -> tuple[bytes, dict | None]:
+        peer = self._peers.get(tx.submitter)
+        if peer is not None:
+            return peer.ecdsa_key, None
+        entry = state.get(f"cert/{tx.submitter}")
+        if entry is None:
+            raise ValidationError("unknown_submitter", f"no certificate for {tx.submitter}")
+        return entry["cert"]["ecdsa_key"], entry
+
+    def _check_common(self, state: _Overlay, block: Block, tx: Transaction) -> None:
+        if abs(tx.timestamp - block.timestamp) > self.config.max_skew_ms:
+            raise ValidationError("stale_timestamp", "transaction timestamp outside the allowed skew")
+        key, entry = self._submitter_key(state, tx)
+        if not tx.verify(key):
+            raise ValidationError("bad_signature", f"signature of {tx.submitter} does not verify")
+        if entry is not None:
+            if entry["revoked"]:
+                raise ValidationError("cert_revoked", f"certificate of {tx.submitter} is revoked")
+            cert = entry["cert"]
+            t = tx.timestamp // 1000
+            if not cert["valid_from"] <= t < cert["valid_until"]:
+                raise ValidationError("cert_expired", f"certificate of {tx.submitter} is not valid now")
+        nonce_key = f"nonce/{tx.submitter}/{tx.nonce.hex()}"
+        if state.get(nonce_key) is not None:
+            raise ValidationError("replayed_nonce", "nonce already used")
+        state.put(nonce_key, 1)
+
+    def _user(self, state: _Overlay, tx: Transaction, role: str | None = None) -> dict:
+        if tx.submitter in self._peers:
+            raise ValidationError("forbidden", f"{tx.type} must be submitted by a user, not a peer")
+        entry = state.get(f"cert/{tx.submitter}")
+        assert entry is not None
+        if role is not None and entry["cert"]["attributes"].get("role") != role:
+            raise ValidationError("forbidden", f"{tx.type} needs role {role!r}")
+        return entry
+
+    def _audit(self, state: _Overlay, patient: str, block: Block, index: int, tx: Transaction,
+               **fields: Any) -> None:
+        state.put(
+            f"audit/{patient}/{block.height:012d}/{index:05d}",
+            {"event": tx.type, "actor": tx.submitter, "time": tx.timestamp, "height": block.height,
+             "tx": hashlib.sha256(tx.to_bytes()).digest(), **fields},
+        )
+
+    # -- transaction types -------------------------------------------------
+
+    def _tx_register(self, state, block, index, tx) -> None:
+        peer = self._peers.get(tx.submitter)
+        if peer is None:
+            raise ValidationError("forbidden", "only a consortium peer registers users")
+        body = _body(tx, {"cert": dict})
+        try:
+            cert = Certificate.from_dict(body["cert"])
+        except DecodeError as exc:
+            raise ValidationError("bad_certificate", str(exc)) from exc
+        if cert.issuer != peer.id or cert.org != peer.org:
+            raise ValidationError("forbidden", "a peer issues certificates for its own organization only")
+        try:
+            cert.verify_signature(peer.ecdsa_key)
+        except CoreError as exc:
+            raise ValidationError("bad_certificate", str(exc)) from exc
+        if state.get(f"cert/{cert.subject}") is not None:
+            raise ValidationError("duplicate", f"subject {cert.subject} is already registered")
+        if state.get(f"serial/{cert.serial}") is not None:
+            raise ValidationError("duplicate", f"serial {cert.serial} is already used")
+        if self.verify_pre_proofs:
+            from . import pre
+
+            try:
+                pre.verify_public_key(pre.PublicKey.from_bytes(cert.pre_key), cert.subject,
+                                      pre.RECEIVE_LABEL, pre.Proof.from_bytes(cert.pre_proof))
+            except CoreError as exc:
+                raise ValidationError("bad_certificate", f"PRE key: {exc}") from exc
+        try:
+            ecdsa.decode_public_key(cert.ecdsa_key)
+        except DecodeError as exc:
+            raise ValidationError("bad_certificate", str(exc)) from exc
+        state.put(f"cert/{cert.subject}", {"cert": cert.to_dict(), "revoked": False, "height": block.height})
+        state.put(f"serial/{cert.serial}", cert.subject)
+
+    def _tx_revoke_cert(self, state, block, index, tx) -> None:
+        body = _body(tx, {"subject": str, "reason": str})
+        _text(body["reason"], "reason")
+        entry = state.get(f"cert/{body['subject']}")
+        if entry is None:
+            raise ValidationError("not_found", f"no certificate for {body['subject']}")
+        peer = self._peers.get(tx.submitter)
+        if not (tx.submitter == body["subject"] or (peer is not None and peer.org == entry["cert"]["org"])):
+            raise ValidationError("forbidden", "only the subject or its organization's peer revokes")
+        if entry["revoked"]:
+            raise ValidationError("bad_state", "certificate already revoked")
+        entry["revoked"] = True
+        entry["revoked_at"] = tx.timestamp
+        entry["revoke_reason"] = body["reason"]
+        state.put(f"cert/{body['subject']}", entry)
+
+    def _tx_store(self, state, block, index, tx) -> None:
+        self._user(state, tx, "patient")
+        body = _body(tx, {"record_id": str, "label": str, "cid": str, "size": int,
+                          "media_type": str, "capsule": bytes})
+        _id(body["record_id"], "record id")
+        _text(body["label"], "label", 128)
+        _text(body["media_type"], "media type", 128)
+        if body["size"] < 0:
+            raise ValidationError("malformed", "size must be non-negative")
+        if len(body["capsule"]) != 48 or not body["capsule"][0] & 0x80 or body["capsule"][0] & 0x40:
+            raise ValidationError("malformed", "capsule must be a 48-byte compressed non-identity G1 point")
+        try:
+            parse_cid(body["cid"])
+        except DecodeError as exc:
+            raise ValidationError("malformed", f"cid: {exc}") from exc
+        key = f"record/{tx.submitter}/{body['record_id']}"
+        if state.get(key) is not None:
+            raise ValidationError("duplicate", f"record {body['record_id']} already stored")
+        state.put(key, {"tx": tx.to_bytes(), "label": body["label"], "cid": body["cid"],
+                        "size": body["size"], "media_type": body["media_type"],
+                        "capsule": body["capsule"], "height": block.height})
+        self._audit(state, tx.submitter, block, index, tx, record_id=body["record_id"],
+                    label=body["label"], cid=body["cid"])
+
+    def _tx_set_policy(self, state, block, index, tx) -> None:
+        self._user(state, tx, "patient")
+        body = _body(tx, {"policy": bytes})
+        try:
+            policy = Policy.from_msgpack(body["policy"])
+        except DecodeError as exc:
+            raise ValidationError("malformed", f"policy: {exc}") from exc
+        state.put(f"policy/{tx.submitter}", {"policy": body["policy"], "version": policy.version,
+                                             "name": policy.name, "height": block.height})
+        self._audit(state, tx.submitter, block, index, tx, policy=policy.name, version=policy.version)
+
+    def _tx_access_request(self, state, block, index, tx) -> None:
+        entry = self._user(state, tx)
+        body = _body(tx, {"request_id": str, "patient": str, "record_id": str, "operation": str,
+                          "purpose": (str, type(None))})
+        _id(body["request_id"], "request id")
+        _text(body["operation"], "operation", 64)
+        if state.get(f"request/{body['request_id']}") is not None:
+            raise ValidationError("duplicate", "request id already used")
+        rec = state.get(f"record/{body['patient']}/{body['record_id']}")
+        if rec is None:
+            raise ValidationError("not_found", f"record {body['patient']}/{body['record_id']} does not exist")
+        decision = self.evaluate(state, body["patient"], entry["cert"], body["operation"],
+                                 body["record_id"], rec["label"], tx.timestamp // 1000, body["purpose"])
+        status = "pending" if decision["effect"] == "allow" else "denied"
+        state.put(f"request/{body['request_id']}", {
+            "doctor": tx.submitter, "patient": body["patient"], "record_id": body["record_id"],
+            "label": rec["label"], "operation": body["operation"], "purpose": body["purpose"],
+            "decision": decision, "status": status, "time": tx.timestamp, "height": block.height,
+        })
+        self._audit(state, body["patient"], block, index, tx, request_id=body["request_id"],
+                    record_id=body["record_id"], label=rec["label"], decision=decision)
+
+    def evaluate(self, state, patient: str, cert: dict, operation: str, record_id: str,
+                 label: str, time_s: int, purpose: str | None) -> dict:
+        """The patient's policy decision for this requester (a dict, see core.policy.Decision)."""
+        pol = state.get(f"policy/{patient}")
+        if pol is None:
+            return {"effect": "deny", "approval": None, "rule": "no-policy",
+                    "reason": "the patient has set no access policy", "policy": "", "version": 0}
+        policy = Policy.from_msgpack(pol["policy"])
+        attrs = dict(cert["attributes"])
+        attrs.setdefault("organization", cert["org"])
+        attrs.setdefault("id", cert["subject"])
+        request = PolicyRequest(attrs, operation, record_id, label, time_s, purpose)
+        return policy.evaluate(request).to_dict()
+
+    def _tx_grant(self, state, block, index, tx) -> None:
+        self._user(state, tx, "patient")
+        body = _body(tx, {"grant_id": str, "request_id": str, "threshold": int, "expires_at": int,
+                          "shares": dict})
+        _id(body["grant_id"], "grant id")
+        if state.get(f"grant/{body['grant_id']}") is not None:
+            raise ValidationError("duplicate", "grant id already used")
+        req = state.get(f"request/{body['request_id']}")
+        if req is None:
+            raise ValidationError("not_found", "no such request")
+        if req["patient"] != tx.submitter:
+            raise ValidationError("forbidden", "only the record's owner grants access")
+        if req["decision"]["effect"] != "allow":
+            raise ValidationError("not_allowed", "the request was denied by the policy")
+        if req["status"] != "pending":
+            raise ValidationError("bad_state", f"request is {req['status']}")
+        shares = body["shares"]
+        if not 1 <= body["threshold"] <= len(shares) or body["threshold"] < self.config.threshold:
+            raise ValidationError("malformed", "threshold must be at least the consortium's and at most the share count")
+        for peer_id, digest in shares.items():
+            if peer_id not in self._peers or not isinstance(digest, bytes) or len(digest) != 32:
+                raise ValidationError("malformed", "shares must map peer ids to 32-byte hashes")
+        if body["expires_at"] <= tx.timestamp // 1000:
+            raise ValidationError("malformed", "grant expires in the past")
+        req["status"] = "granted"
+        req["grant_id"] = body["grant_id"]
+        state.put(f"request/{body['request_id']}", req)
+        state.put(f"grant/{body['grant_id']}", {
+            "patient": tx.submitter, "doctor": req["doctor"], "label": req["label"],
+            "record_id": req["record_id"], "request_id": body["request_id"],
+            "threshold": body["threshold"], "expires_at": body["expires_at"], "shares": shares,
+            "revoked": False, "time": tx.timestamp, "height": block.height,
+        })
+        state.put(f"active/{tx.submitter}/{req['doctor']}/{body['grant_id']}", req["label"])
+        self._audit(state, tx.submitter, block, index, tx, grant_id=body["grant_id"],
+                    request_id=body["request_id"], doctor=req["doctor"], label=req["label"],
+                    peers=sorted(shares))
+
+    def _tx_deny_request(self, state, block, index, tx) -> None:
+        self._user(state, tx, "patient")
+        body = _body(tx, {"request_id": str, "reason": str})
+        req = state.get(f"request/{body['request_id']}")
+        if req is None:
+            raise ValidationError("not_found", "no such request")
+        if req["patient"] != tx.submitter:
+            raise ValidationError("forbidden", "only the record's owner answers a request")
+        if req["status"] != "pending":
+            raise ValidationError("bad_state", f"request is {req['status']}")
+        req["status"] = "rejected"
+        req["reject_reason"] = _text(body["reason"], "reason")
+        state.put(f"request/{body['request_id']}", req)
+        self._audit(state, tx.submitter, block, index, tx, request_id=body["request_id"],
+                    doctor=req["doctor"], reason=body["reason"])
+
+    def _tx_revoke_grant(self, state, block, index, tx) -> None:
+        self._user(state, tx, "patient")
+        body = _body(tx, {"grant_id": str, "reason": str})
+        grant = state.get(f"grant/{body['grant_id']}")
+        if grant is None:
+            raise ValidationError("not_found", "no such grant")
+        if grant["patient"] != tx.submitter:
+            raise ValidationError("forbidden", "only the grantor revokes a grant")
+        if grant["revoked"]:
+            raise ValidationError("bad_state", "grant already revoked")
+        grant["revoked"] = True
+        grant["revoked_at"] = tx.timestamp
+        state.put(f"grant/{body['grant_id']}", grant)
+        state.writes[f"active/{tx.submitter}/{grant['doctor']}/{body['grant_id']}"] = None
+        self._audit(state, tx.submitter, block, index, tx, grant_id=body["grant_id"],
+                    doctor=grant["doctor"], reason=_text(body["reason"], "reason"))
+
+    def _tx_access(self, state, block, index, tx) -> None:
+        peer = self._peers.get(tx.submitter)
+        if peer is None:
+            raise ValidationError("forbidden", "only a peer logs a re-encryption")
+        body = _body(tx, {"grant_id": str, "request_id": str, "record_id": str, "doctor": str, "index": int})
+        grant = state.get(f"grant/{body['grant_id']}")
+        if grant is None:
+            raise ValidationError("not_found", "no such grant")
+        if tx.submitter not in grant["shares"] or body["index"] != peer.index:
+            raise ValidationError("forbidden", "this peer holds no share of the grant")
+        if grant["doctor"] != body["doctor"]:
+            raise ValidationError("forbidden", "grant is for another doctor")
+        if grant["revoked"]:
+            raise ValidationError("bad_state", "grant revoked")
+        if tx.timestamp // 1000 >= grant["expires_at"]:
+            raise ValidationError("bad_state", "grant expired")
+        self._audit(state, grant["patient"], block, index, tx, grant_id=body["grant_id"],
+                    request_id=body["request_id"], record_id=body["record_id"],
+                    doctor=body["doctor"], peer=tx.submitter, share_index=body["index"])
+
+    # -- queries (read committed state) -------------------------------------
+
+    def get(self, key: str) -> Any:
+        raw = self.kv.get(key)
+        return None if raw is None else canonical.unpack(raw, max_size=1 << 22, what=key)
+
+    def certificate(self, subject: str) -> dict | None:
+        return self.get(f"cert/{subject}")
+
+    def check_reencryption(self, grant_id: str, doctor: str, patient: str, record_id: str,
+                           now_s: int) -> tuple[dict, dict]:
+        """A peer's live check before re-encrypting; returns (grant, record) or raises
+        ValidationError with a reason code (not_found, forbidden, bad_state, not_allowed,
+        cert_revoked, cert_expired)."""
+        grant = self.get(f"grant/{grant_id}")
+        if grant is None:
+            raise ValidationError("not_found", f"no grant {grant_id}")
+        if grant["doctor"] != doctor or grant["patient"] != patient:
+            raise ValidationError("forbidden", "grant is for another doctor or patient")
+        if grant["revoked"]:
+            raise ValidationError("bad_state", "grant revoked")
+        if now_s >= grant["expires_at"]:
+            raise ValidationError("bad_state", "grant expired")
+        rec = self.get(f"record/{patient}/{record_id}")
+        if rec is None:
+            raise ValidationError("not_found", f"no record {patient}/{record_id}")
+        if rec["label"] != grant["label"]:
+            raise ValidationError("forbidden", "record is under another label than the grant")
+        entry = self.get(f"cert/{doctor}")
+        if entry is None:
+            raise ValidationError("unknown_submitter", f"no certificate for {doctor}")
+        if entry["revoked"]:
+            raise ValidationError("cert_revoked", f"certificate of {doctor} is revoked")
+        cert = entry["cert"]
+        if not cert["valid_from"] <= now_s < cert["valid_until"]:
+            raise ValidationError("cert_expired", f"certificate of {doctor} is not valid now")
+        req = self.get(f"request/{grant['request_id']}")
+        decision = self.evaluate(self, patient, cert, req["operation"] if req else "read", record_id,
+                                 rec["label"], now_s, req["purpose"] if req else None)
+        if decision["effect"] != "allow":
+            raise ValidationError("not_allowed", f"policy now denies: {decision['reason']}")
+        return grant, rec
+
+    def audit(self, patient: str) -> list[dict]:
+        return [canonical.unpack(v) for _, v in self.kv.scan(f"audit/{patient}/")]

@@ -1,0 +1,119 @@
+"""Ledger transactions: signed, typed, canonical.
+
+A transaction is ``[type, submitter, nonce, timestamp_ms, body, signature]``
+(canonical msgpack). The submitter signs ``canonical([type, submitter, nonce,
+timestamp_ms, body])`` under the tag ``emrshare/v1/tx/<type>``, so no
+signature is valid for another type. Its id is SHA-256 of the whole encoding.
+
+Bodies by type (all maps, fields exactly as listed; checked by core.ledger):
+
+=================  ===========  ===========================================================
+type               submitter    body
+=================  ===========  ===========================================================
+register           org's peer   cert (Certificate map)
+revoke_cert        org's peer   subject, reason
+                   or subject
+store              patient      record_id, label, cid, size, media_type, capsule (48 B)
+set_policy         patient      policy (canonical policy msgpack, core.policy)
+access_request     any user     request_id, patient, record_id, operation, purpose (str|nil)
+grant              patient      grant_id, request_id, threshold, expires_at (Unix s),
+                                shares (map peer id -> SHA-256 of its sealed key share)
+deny_request       patient      request_id, reason
+revoke_grant       patient      grant_id, reason
+access             peer         grant_id, request_id, record_id, doctor, index
+=================  ===========  ===========================================================
+
+The store transaction's signature is the patient's ECDSA signature over the
+record's CID and metadata (the paper's signed CID); a doctor re-verifies it from
+the committed transaction before trusting a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from . import canonical, ecdsa
+from .errors import DecodeError
+
+__all__ = ["Transaction", "TX_TYPES", "MAX_TX_SIZE", "tx_tag"]
+
+TX_TYPES = (
+    "register",
+    "revoke_cert",
+    "store",
+    "set_policy",
+    "access_request",
+    "grant",
+    "deny_request",
+    "revoke_grant",
+    "access",
+)
+MAX_TX_SIZE = 64 * 1024
+NONCE_SIZE = 16
+
+
+def tx_tag(tx_type: str) -> str:
+    return f"emrshare/v1/tx/{tx_type}"
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    type: str
+    submitter: str
+    nonce: bytes
+    timestamp: int
+    body: dict[str, Any]
+    signature: bytes
+
+    def signing_bytes(self) -> bytes:
+        return canonical.pack([self.type, self.submitter, self.nonce, self.timestamp, self.body])
+
+    @classmethod
+    def create(
+        cls,
+        tx_type: str,
+        submitter: str,
+        body: dict[str, Any],
+        private_key: bytes,
+        timestamp_ms: int,
+        nonce: bytes | None = None,
+    ) -> "Transaction":
+        if tx_type not in TX_TYPES:
+            raise ValueError(f"unknown transaction type {tx_type!r}")
+        nonce = secrets.token_bytes(NONCE_SIZE) if nonce is None else nonce
+        unsigned = cls(tx_type, submitter, nonce, timestamp_ms, body, b"")
+        sig = ecdsa.sign(private_key, tx_tag(tx_type), unsigned.signing_bytes())
+        return cls(tx_type, submitter, nonce, timestamp_ms, body, sig)
+
+    def verify(self, public_key: bytes) -> bool:
+        return ecdsa.is_valid(public_key, tx_tag(self.type), self.signing_bytes(), self.signature)
+
+    def to_bytes(self) -> bytes:
+        return canonical.pack([self.type, self.submitter, self.nonce, self.timestamp, self.body, self.signature])
+
+    @property
+    def tx_id(self) -> bytes:
+        return hashlib.sha256(self.to_bytes()).digest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Transaction":
+        fields = canonical.unpack(data, max_size=MAX_TX_SIZE, what="transaction")
+        if not isinstance(fields, list) or len(fields) != 6:
+            raise DecodeError("transaction: expected an array of 6 fields")
+        tx_type, submitter, nonce, ts, body, sig = fields
+        if tx_type not in TX_TYPES:
+            raise DecodeError(f"transaction: unknown type {tx_type!r}")
+        if not isinstance(submitter, str) or not 0 < len(submitter) <= 128:
+            raise DecodeError("transaction: bad submitter")
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+            raise DecodeError("transaction: nonce must be 16 bytes")
+        if type(ts) is not int or ts < 0:
+            raise DecodeError("transaction: timestamp must be a non-negative integer (ms)")
+        if not isinstance(body, dict):
+            raise DecodeError("transaction: body must be a map")
+        if not isinstance(sig, bytes) or len(sig) != 64:
+            raise DecodeError("transaction: signature must be 64 bytes")
+        return cls(tx_type, submitter, nonce, ts, body, sig)

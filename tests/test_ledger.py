@@ -1,0 +1,325 @@
+"""Ledger rules (core.ledger): the whole flow, every rejection path, determinism, tampering."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from core import canonical, ecdsa, pre
+from core.cid import compute as compute_cid
+from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
+from core.ledger import Block, Ledger, MemoryKV, make_genesis, merkle_root
+from core.errors import DecodeError, ValidationError
+from core.policy import parse as parse_policy
+from core.tx import Transaction
+
+T0 = 1_780_000_000  # seconds; a Tuesday, 2026-05-28 20:26:40 UTC
+POLICY = """
+policy "sharing" version 1
+default deny
+rule cardio:
+  allow read on label "cardiology"
+  when role == "doctor" and department == "cardiology"
+  approval auto
+rule gp:
+  allow read on all
+  when role == "doctor" and department == "general"
+  approval patient
+"""
+
+
+class Consortium:
+    def __init__(self, n_peers: int = 4, threshold: int = 2):
+        self.orderer_key = ecdsa.generate_private_key()
+        self.peer_keys = {}
+        peers = []
+        for i in range(n_peers):
+            pid = f"peer{i + 1}"
+            k = ecdsa.generate_private_key()
+            self.peer_keys[pid] = k
+            peers.append(PeerInfo(pid, "org-a" if i < n_peers // 2 else "org-b", ecdsa.public_key(k),
+                                  pre.box_keypair()[1], i + 1))
+        self.config = ConsortiumConfig(
+            "test-consortium", (OrgInfo("org-a", "Hospital A"), OrgInfo("org-b", "Hospital B")),
+            tuple(peers), "orderer", ecdsa.public_key(self.orderer_key), threshold,
+            max_skew_ms=60_000, created_at=T0 * 1000,
+        )
+        self.genesis = make_genesis(self.config, self.orderer_key)
+        self.kv = MemoryKV()
+        self.ledger = Ledger(self.genesis, self.kv)
+        self.users = {}
+        self.time_ms = T0 * 1000
+
+    def block(self, *txs: Transaction | bytes, timestamp: int | None = None):
+        height, head, _ = self.ledger.head()
+        raws = [t.to_bytes() if isinstance(t, Transaction) else t for t in txs]
+        block = Block.make(height + 1, head, timestamp or self.time_ms, raws, self.orderer_key)
+        result = self.ledger.apply(block)
+        self.kv.apply(result.writes)
+        return block, result
+
+    def tx(self, tx_type, submitter, body, *, key=None, ts=None, nonce=None):
+        key = key or self.users.get(submitter, {}).get("key") or self.peer_keys[submitter]
+        return Transaction.create(tx_type, submitter, body, key, ts or self.time_ms, nonce)
+
+    def cert(self, subject, org, attrs, *, peer="peer1", valid=(T0 - 10, T0 + 86400 * 30)):
+        key = ecdsa.generate_private_key()
+        ms = pre.new_master_secret()
+        recv = pre.KeyPair.derive(ms, pre.RECEIVE_LABEL)
+        cert = Certificate(
+            f"serial-{subject}", subject, org, attrs, ecdsa.public_key(key), pre.box_keypair()[1],
+            recv.public.to_bytes(), recv.prove(subject).to_bytes(), valid[0], valid[1], peer,
+        ).sign(self.peer_keys[peer])
+        self.users[subject] = {"key": key, "master": ms, "cert": cert}
+        return cert
+
+    def register(self, subject, org, attrs, peer="peer1", **kw):
+        cert = self.cert(subject, org, attrs, peer=peer, **kw)
+        return self.block(self.tx("register", peer, {"cert": cert.to_dict()}))[1].marks[0]
+
+
+@pytest.fixture
+def c():
+    c = Consortium()
+    assert c.register("alice", "org-a", {"role": "patient"}) == "ok"
+    assert c.register("dr-heart", "org-b", {"role": "doctor", "department": "cardiology"}, peer="peer3") == "ok"
+    assert c.register("dr-gp", "org-a", {"role": "doctor", "department": "general"}) == "ok"
+    assert c.register("nurse", "org-a", {"role": "nurse", "department": "cardiology"}) == "ok"
+    return c
+
+
+def store_body(record_id="rec-1", label="cardiology"):
+    kp = pre.KeyPair.derive(pre.new_master_secret(), label)
+    capsule, _ = pre.encapsulate(kp.public)
+    return {"record_id": record_id, "label": label, "cid": compute_cid(record_id.encode()), "size": 10,
+            "media_type": "application/fhir+json", "capsule": capsule.to_bytes()}
+
+
+def setup_records(c):
+    marks = c.block(
+        c.tx("store", "alice", store_body()),
+        c.tx("store", "alice", store_body("rec-2", "labs")),
+        c.tx("set_policy", "alice", {"policy": parse_policy(POLICY).to_msgpack()}),
+    )[1].marks
+    assert marks == ("ok", "ok", "ok")
+
+
+def request(c, doctor, rid, record="rec-1", purpose=None):
+    return c.block(c.tx("access_request", doctor, {"request_id": rid, "patient": "alice",
+                                                   "record_id": record, "operation": "read",
+                                                   "purpose": purpose}))[1].marks[0]
+
+
+def grant_body(c, gid, rid, threshold=2, expires=T0 + 3600):
+    return {"grant_id": gid, "request_id": rid, "threshold": threshold, "expires_at": expires,
+            "shares": {p: hashlib.sha256(p.encode()).digest() for p in ("peer1", "peer2", "peer3")}}
+
+
+def test_full_flow_and_audit(c):
+    setup_records(c)
+    assert request(c, "dr-heart", "req-1") == "ok"
+    req = c.ledger.get("request/req-1")
+    assert req["decision"]["effect"] == "allow" and req["decision"]["rule"] == "cardio"
+    assert req["status"] == "pending"
+    assert c.block(c.tx("grant", "alice", grant_body(c, "g-1", "req-1")))[1].marks == ("ok",)
+    grant, rec = c.ledger.check_reencryption("g-1", "dr-heart", "alice", "rec-1", T0 + 10)
+    assert grant["threshold"] == 2 and rec["label"] == "cardiology"
+    access = c.tx("access", "peer1", {"grant_id": "g-1", "request_id": "req-1", "record_id": "rec-1",
+                                      "doctor": "dr-heart", "index": 1})
+    assert c.block(access)[1].marks == ("ok",)
+    assert c.block(c.tx("revoke_grant", "alice", {"grant_id": "g-1", "reason": "done"}))[1].marks == ("ok",)
+    with pytest.raises(ValidationError) as info:
+        c.ledger.check_reencryption("g-1", "dr-heart", "alice", "rec-1", T0 + 20)
+    assert info.value.code == "bad_state"
+    events = [e["event"] for e in c.ledger.audit("alice")]
+    assert events == ["store", "store", "set_policy", "access_request", "grant", "access", "revoke_grant"]
+    # the store transaction in state carries the patient's signature over the CID
+    stored = Transaction.from_bytes(c.ledger.get("record/alice/rec-1")["tx"])
+    assert stored.verify(c.users["alice"]["cert"].ecdsa_key)
+
+
+def test_policy_decisions_recorded(c):
+    setup_records(c)
+    assert request(c, "nurse", "req-n") == "ok"  # valid transaction, denied decision
+    req = c.ledger.get("request/req-n")
+    assert req["status"] == "denied" and req["decision"]["rule"] == "default"
+    assert request(c, "dr-heart", "req-labs", record="rec-2") == "ok"
+    assert c.ledger.get("request/req-labs")["status"] == "denied"
+    assert request(c, "dr-gp", "req-gp") == "ok"
+    assert c.ledger.get("request/req-gp")["decision"]["approval"] == "patient"
+    # a denied request cannot be granted
+    assert c.block(c.tx("grant", "alice", grant_body(c, "g-n", "req-n")))[1].marks == ("not_allowed",)
+    # the patient may reject a pending one, and then it cannot be granted
+    assert c.block(c.tx("deny_request", "alice", {"request_id": "req-gp", "reason": "no"}))[1].marks == ("ok",)
+    assert c.block(c.tx("grant", "alice", grant_body(c, "g-gp", "req-gp")))[1].marks == ("bad_state",)
+
+
+def test_no_policy_means_deny(c):
+    c.block(c.tx("store", "alice", store_body()))
+    assert request(c, "dr-heart", "r") == "ok"
+    assert c.ledger.get("request/r")["decision"]["rule"] == "no-policy"
+
+
+def test_rejection_paths(c):
+    setup_records(c)
+    request(c, "dr-heart", "req-1")
+    # bad signature: signed by someone else's key
+    forged = c.tx("store", "alice", store_body("rec-x"), key=c.users["dr-heart"]["key"])
+    # unknown submitter
+    unknown = Transaction.create("store", "mallory", store_body("rec-y"), ecdsa.generate_private_key(), c.time_ms)
+    # wrong role: a doctor storing
+    wrong_role = c.tx("store", "dr-heart", store_body("rec-z"))
+    # non-owner grant
+    non_owner = c.tx("grant", "dr-heart", grant_body(c, "g-x", "req-1"))
+    # stale timestamp
+    stale = c.tx("store", "alice", store_body("rec-s"), ts=c.time_ms - 3_600_000)
+    # duplicate record id
+    dup = c.tx("store", "alice", store_body("rec-1"))
+    # malformed body
+    bad_body = c.tx("store", "alice", {"record_id": "rec-m"})
+    # garbage bytes
+    marks = c.block(forged, unknown, wrong_role, non_owner, stale, dup, bad_body, b"\x93garbage")[1].marks
+    assert marks == ("bad_signature", "unknown_submitter", "forbidden", "forbidden", "stale_timestamp",
+                     "duplicate", "malformed", "malformed")
+    # replayed nonce: the same transaction again in a later block
+    ok = c.tx("store", "alice", store_body("rec-r"))
+    assert c.block(ok)[1].marks == ("ok",)
+    replay = c.tx("store", "alice", store_body("rec-r2"), nonce=ok.nonce)
+    assert c.block(replay)[1].marks == ("replayed_nonce",)
+    # the same bytes twice in one block
+    t = c.tx("store", "alice", store_body("rec-d"))
+    assert c.block(t, t)[1].marks == ("ok", "duplicate_in_block")
+
+
+def test_revoked_and_expired_certificates(c):
+    setup_records(c)
+    assert c.block(c.tx("revoke_cert", "peer3", {"subject": "dr-heart", "reason": "left"}))[1].marks == ("ok",)
+    assert request(c, "dr-heart", "req-r") == "cert_revoked"
+    # a peer of another organization may not revoke
+    assert c.block(c.tx("revoke_cert", "peer3", {"subject": "dr-gp", "reason": "x"}))[1].marks == ("forbidden",)
+    # expired: a certificate whose window ended
+    assert c.register("dr-old", "org-a", {"role": "doctor", "department": "cardiology"},
+                      valid=(T0 - 100, T0 - 1)) == "ok"
+    assert request(c, "dr-old", "req-o") == "cert_expired"
+
+
+def test_time_window_in_policy(c):
+    c.block(c.tx("store", "alice", store_body()))
+    text = """
+policy "hours" version 2
+default deny
+rule day:
+  allow read on all when role == "doctor"
+  during hours 08:00-18:00
+  approval auto
+"""
+    c.block(c.tx("set_policy", "alice", {"policy": parse_policy(text).to_msgpack()}))
+    # T0 is 20:26 UTC: outside the window
+    assert request(c, "dr-heart", "night") == "ok"
+    assert c.ledger.get("request/night")["status"] == "denied"
+    c.time_ms = (T0 + 13 * 3600) * 1000  # 09:26 next day
+    assert request(c, "dr-heart", "day") == "ok"
+    assert c.ledger.get("request/day")["status"] == "pending"
+
+
+def test_registration_rules(c):
+    # a peer of org-a cannot issue for org-b
+    cert = c.cert("bob", "org-b", {"role": "patient"}, peer="peer1")
+    assert c.block(c.tx("register", "peer1", {"cert": cert.to_dict()}))[1].marks == ("forbidden",)
+    # a user cannot register others
+    cert = c.cert("carol", "org-a", {"role": "patient"})
+    assert c.block(c.tx("register", "alice", {"cert": cert.to_dict()}))[1].marks == ("forbidden",)
+    # a bad proof of possession
+    d = cert.to_dict()
+    d["pre_proof"] = pre.KeyPair.derive(pre.new_master_secret(), "receive").prove("carol").to_bytes()
+    bad = Certificate.from_dict(d).sign(c.peer_keys["peer1"])
+    assert c.block(c.tx("register", "peer1", {"cert": bad.to_dict()}))[1].marks == ("bad_certificate",)
+    # a certificate not signed by the submitting peer
+    other = Certificate.from_dict({**cert.to_dict(), "signature": b""}).sign(c.peer_keys["peer2"])
+    assert c.block(c.tx("register", "peer1", {"cert": other.to_dict()}))[1].marks == ("bad_certificate",)
+    # duplicate subject
+    assert c.register("alice", "org-a", {"role": "patient"}) == "duplicate"
+
+
+def test_reencryption_checks(c):
+    setup_records(c)
+    request(c, "dr-heart", "req-1")
+    c.block(c.tx("grant", "alice", grant_body(c, "g-1", "req-1", expires=T0 + 100)))
+    with pytest.raises(ValidationError) as info:
+        c.ledger.check_reencryption("g-1", "dr-gp", "alice", "rec-1", T0 + 10)
+    assert info.value.code == "forbidden"
+    with pytest.raises(ValidationError) as info:
+        c.ledger.check_reencryption("g-1", "dr-heart", "alice", "rec-2", T0 + 10)
+    assert info.value.code == "forbidden"  # another label
+    with pytest.raises(ValidationError) as info:
+        c.ledger.check_reencryption("g-1", "dr-heart", "alice", "rec-1", T0 + 100)
+    assert info.value.code == "bad_state"  # expired
+    # an access log by a peer that holds no share, or after expiry, is invalid
+    body = {"grant_id": "g-1", "request_id": "req-1", "record_id": "rec-1", "doctor": "dr-heart", "index": 4}
+    assert c.block(c.tx("access", "peer4", body))[1].marks == ("forbidden",)
+
+
+def test_blocks_must_extend_the_head():
+    c = Consortium()
+    height, head, _ = c.ledger.head()
+    tx = c.tx("store", "peer1", store_body()).to_bytes()
+    skip = Block.make(height + 2, head, c.time_ms, [tx], c.orderer_key)
+    with pytest.raises(ValidationError) as info:
+        c.ledger.apply(skip)
+    assert info.value.code == "bad_height"
+    first, result = c.block(tx)
+    assert result.marks == ("forbidden",)  # peers do not store records
+    with pytest.raises(ValidationError) as info:
+        c.ledger.apply(first)  # the same block again
+    assert info.value.code == "bad_height"
+
+
+def test_two_ledgers_same_blocks_same_root():
+    c = Consortium()
+    kv_a, kv_b = MemoryKV(), MemoryKV()
+    la, lb = Ledger(c.genesis, kv_a), Ledger(c.genesis, kv_b)
+    cert = c.cert("alice", "org-a", {"role": "patient"})
+    txs = [c.tx("register", "peer1", {"cert": cert.to_dict()})]
+    txs += [c.tx("store", "alice", store_body(f"r{i}")) for i in range(5)]
+    txs.append(c.tx("store", "alice", store_body("r0")))  # an invalid one (duplicate)
+    for tx in txs:
+        height, head, _ = la.head()
+        b = Block.make(height + 1, head, c.time_ms, [tx.to_bytes()], c.orderer_key)
+        ra, rb = la.apply(b), lb.apply(Block.from_bytes(b.to_bytes()))
+        kv_a.apply(ra.writes)
+        kv_b.apply(rb.writes)
+        assert ra.state_root == rb.state_root and ra.marks == rb.marks
+    assert ra.marks == ("duplicate",)
+    assert kv_a.data == kv_b.data
+
+
+def test_tampered_blocks_rejected():
+    c = Consortium()
+    height, head, _ = c.ledger.head()
+    tx = Transaction.create("store", "x", store_body(), ecdsa.generate_private_key(), c.time_ms)
+    good = Block.make(height + 1, head, c.time_ms, [tx.to_bytes()], c.orderer_key)
+    bad_root = Block(good.height, good.prev_hash, good.timestamp, bytes(32), good.txs, good.orderer_sig)
+    bad_sig = Block.make(height + 1, head, c.time_ms, [tx.to_bytes()], ecdsa.generate_private_key())
+    bad_prev = Block.make(height + 1, bytes(32), c.time_ms, [tx.to_bytes()], c.orderer_key)
+    codes = []
+    for b in (bad_root, bad_sig, bad_prev):
+        with pytest.raises(ValidationError) as info:
+            c.ledger.apply(b)
+        codes.append(info.value.code)
+    assert codes == ["bad_tx_root", "bad_block_signature", "bad_prev_hash"]
+    assert c.ledger.apply(good).marks == ("unknown_submitter",)
+
+
+def test_codecs_reject_garbage():
+    for data in (b"", b"\xc1", canonical.pack([1, 2, 3]), canonical.pack({"a": 1})):
+        with pytest.raises(DecodeError):
+            Transaction.from_bytes(data)
+        with pytest.raises(DecodeError):
+            Block.from_bytes(data)
+    # non-canonical map order is refused
+    import msgpack
+
+    with pytest.raises(DecodeError, match="canonical"):
+        canonical.unpack(msgpack.packb({"b": 1, "a": 2}))
+    assert merkle_root([b"a", b"b", b"c"]) != merkle_root([b"a", b"c", b"b"])
