@@ -225,17 +225,25 @@ class BlobStore:
             os.close(fd)
             raise
 
-    def size_of(self, cid: str) -> int:
+    def leaves(self, cid: str) -> tuple[int, list[bytes]]:
+        """(size, chunk digests) of a blob, checked against its CID."""
         cid = canonical_cid(cid)
-        fd, size, _ = self._open_verified(cid)
+        fd, size, digests = self._open_verified(cid)
         os.close(fd)
-        return size
+        return size, digests
+
+    def size_of(self, cid: str) -> int:
+        return self.leaves(cid)[0]
 
     def read(self, cid: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes ``[offset, offset+length)`` of the blob, every chunk re-hashed first.
 
         Raises ``NotFound``, or ``CorruptBlob`` (nothing is returned then).
         """
+        return self.read_range(cid, offset, length)[0]
+
+    def read_range(self, cid: str, offset: int = 0, length: int | None = None) -> tuple[bytes, int]:
+        """Like :meth:`read`, also returning the blob's total size."""
         cid = canonical_cid(cid)
         fd, size, digests = self._open_verified(cid)
         try:
@@ -243,7 +251,7 @@ class BlobStore:
                 raise BadRequest(f"offset {offset} outside blob of {size} bytes")
             end = size if length is None else min(size, offset + max(0, length))
             if end <= offset:
-                return b""
+                return b"", size
             first, last = offset // CHUNK, (end - 1) // CHUNK
             base = first * CHUNK
             buf = os.pread(fd, min(size, (last + 1) * CHUNK) - base, base)
@@ -252,7 +260,9 @@ class BlobStore:
                 piece = view[(i - first) * CHUNK : (i - first + 1) * CHUNK]
                 if hashlib.sha256(piece).digest() != digests[i]:
                     raise CorruptBlob(f"blob {cid}: chunk {i} does not match its hash")
-            return bytes(view[offset - base : end - base])
+            if offset == base and end - base == len(buf):
+                return buf, size
+            return bytes(view[offset - base : end - base]), size
         finally:
             os.close(fd)
 

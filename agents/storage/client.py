@@ -1,0 +1,503 @@
+"""The replicating storage client: puts to r nodes, verified reads with fallback, repair.
+
+Placement: the nodes for a CID are its rendezvous ranking over the known
+storage nodes (:func:`core.cid.choose_replicas`); nodes that failed recently
+are moved to the end. A put streams the blob to the first ``replicas`` nodes of
+that ranking in parallel, then, if some failed, to the next ones in order until
+``replicas`` copies exist or the nodes run out; it succeeds when at least
+``write_quorum`` nodes acknowledged a durable write (each node acknowledges
+only after fsync + rename + directory fsync and after checking the CID).
+
+Reads fetch the blob's chunk digests first and check that they hash to the
+CID, then fetch ranges and check every 256 KiB chunk against its digest before
+yielding it, so nothing unverified ever reaches the caller, whatever a node
+sends. A node that fails, answers ``storage.corrupt`` or sends bad bytes is
+skipped and the read resumes at the same offset on the next replica. After a
+:meth:`get` that met corrupt replicas, the good bytes are written back to them.
+
+:meth:`repair` lists every reachable node, and copies each blob to the nodes of
+its top-``replicas`` placement that lack it (node to node through the client,
+streaming, every chunk verified on the way and the CID re-checked by the
+receiving node). :meth:`repair_loop` runs it periodically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bus import BrokenError, BusError, ClosedError, Endpoint, RemoteError, RequestTimeout, UnreachableError
+from core import cid as cidmod
+from core.errors import DecodeError
+
+from .errors import (
+    BadRequest,
+    BlobTooLarge,
+    CidMismatch,
+    CorruptBlob,
+    NotFound,
+    QuotaExceeded,
+    StorageError,
+    Unavailable,
+    from_code,
+)
+
+log = logging.getLogger("agents.storage.client")
+
+CHUNK = cidmod.CHUNK_SIZE
+_TRANSPORT_ERRORS = (UnreachableError, BrokenError, RequestTimeout, ClosedError)
+# errors caused by the blob itself: every replica would say the same
+_CLIENT_FAULTS = (BlobTooLarge, CidMismatch, BadRequest)
+
+ReadPiece = Callable[[int, int], Awaitable[bytes]]
+
+
+@dataclass(slots=True)
+class RepairReport:
+    blobs: int = 0
+    copied: int = 0
+    failed: int = 0
+    reachable: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ClientStatistics:
+    puts: int = 0
+    gets: int = 0
+    fallbacks: int = 0
+    corrupt_replicas: int = 0
+    healed: int = 0
+
+
+class StorageClient:
+    """Replicated blob storage over the bus, through ``endpoint``."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        nodes: Iterable[str],
+        *,
+        replicas: int = 3,
+        write_quorum: int = 2,
+        message_size: int = 1 << 20,
+        timeout: float = 30.0,
+        down_for: float = 5.0,
+        pipeline: int = 2,
+    ):
+        if not 1 <= write_quorum <= replicas:
+            raise ValueError("need 1 <= write_quorum <= replicas")
+        if message_size < CHUNK or message_size % CHUNK:
+            raise ValueError(f"message_size must be a positive multiple of {CHUNK}")
+        self.endpoint = endpoint
+        self.replicas = replicas
+        self.write_quorum = write_quorum
+        self.message_size = message_size
+        self.timeout = timeout
+        self.down_for = down_for
+        self.pipeline = max(1, pipeline)
+        self._nodes: list[str] = []
+        self._down_until: dict[str, float] = {}
+        self.stats = ClientStatistics()
+        self.set_nodes(nodes)
+
+    # -- membership -----------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._nodes)
+
+    def set_nodes(self, nodes: Iterable[str]) -> None:
+        """Replace the set of storage nodes (a node added, lost or replaced)."""
+        self._nodes = sorted(set(nodes))
+        self._down_until = {n: t for n, t in self._down_until.items() if n in self._nodes}
+
+    def _is_down(self, node: str) -> bool:
+        return self._down_until.get(node, -1.0) > trio.current_time()
+
+    def _mark_down(self, node: str) -> None:
+        self._down_until[node] = trio.current_time() + self.down_for
+
+    def placement(self, cid: str) -> list[str]:
+        """Every known node, in the order to try for ``cid`` (recently failed last)."""
+        ranking = cidmod.choose_replicas(cid, self._nodes, len(self._nodes))
+        return [n for n in ranking if not self._is_down(n)] + [n for n in ranking if self._is_down(n)]
+
+    # -- one request ------------------------------------------------------------
+
+    async def _call(self, node: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            reply = await self.endpoint.request(node, kind, body, timeout=self.timeout)
+        except RemoteError as exc:
+            if exc.code.startswith("storage."):
+                raise from_code(exc.code, exc.message) from None
+            raise
+        except _TRANSPORT_ERRORS:
+            self._mark_down(node)
+            raise
+        if not isinstance(reply, dict):
+            raise BusError(f"{node} answered {kind} with a non-map reply")
+        return reply
+
+    # -- put ----------------------------------------------------------------
+
+    async def _put_one(self, node: str, cid: str, size: int, read: ReadPiece, pin: bool) -> None:
+        if size <= self.message_size:
+            reply = await self._call(node, "storage.put", {"cid": cid, "data": await read(0, size), "pin": pin})
+        else:
+            begun = await self._call(node, "storage.put.begin", {"cid": cid, "size": size, "pin": pin})
+            session = begun.get("session")
+            if not isinstance(session, bytes):
+                raise BusError(f"{node}: bad put session")
+            try:
+                for offset in range(0, size, self.message_size):
+                    data = await read(offset, min(self.message_size, size - offset))
+                    await self._call(node, "storage.put.chunk", {"session": session, "offset": offset, "data": data})
+                reply = await self._call(node, "storage.put.commit", {"session": session})
+            except BaseException:
+                with trio.move_on_after(2) as scope:
+                    scope.shield = True
+                    try:
+                        await self.endpoint.request(node, "storage.put.abort", {"session": session}, timeout=2)
+                    except BusError:
+                        pass
+                raise
+        if reply.get("cid") != cid:
+            raise BusError(f"{node} acknowledged {reply.get('cid')!r}, not {cid}")
+
+    async def _replicate(self, cid: str, size: int, read: ReadPiece, pin: bool) -> list[str]:
+        ranking = self.placement(cid)
+        acks: list[str] = []
+        errors: dict[str, BaseException] = {}
+
+        async def attempt(node: str) -> None:
+            try:
+                await self._put_one(node, cid, size, read, pin)
+            except (StorageError, BusError) as exc:
+                errors[node] = exc
+                log.info("put %s to %s failed: %s", cid, node, exc)
+            else:
+                acks.append(node)
+
+        async with trio.open_nursery() as nursery:
+            for node in ranking[: self.replicas]:
+                nursery.start_soon(attempt, node)
+        for node in ranking[self.replicas :]:
+            if len(acks) >= self.replicas:
+                break
+            if any(isinstance(e, _CLIENT_FAULTS) for e in errors.values()):
+                break
+            await attempt(node)
+        if len(acks) < self.write_quorum:
+            kinds = {type(e) for e in errors.values()}
+            detail = "; ".join(f"{n}: {e}" for n, e in errors.items()) or "no storage nodes"
+            if len(kinds) == 1 and issubclass(next(iter(kinds)), (*_CLIENT_FAULTS, QuotaExceeded)):
+                raise next(iter(kinds))(f"put {cid} refused: {detail}")
+            raise Unavailable(
+                f"put {cid}: {len(acks)} of the {self.write_quorum} required replicas acknowledged ({detail})"
+            )
+        self.stats.puts += 1
+        return acks
+
+    async def put(self, data: bytes, *, pin: bool = True) -> str:
+        """Store ``data`` on ``replicas`` nodes; return its CID once ``write_quorum`` have it durably."""
+        data = bytes(data)
+        cid = await trio.to_thread.run_sync(cidmod.compute, data)
+
+        async def read(offset: int, n: int) -> bytes:
+            return data[offset : offset + n]
+
+        await self._replicate(cid, len(data), read, pin)
+        return cid
+
+    async def put_file(self, path: str | Path, *, pin: bool = True) -> str:
+        """Like :meth:`put` for a file, in bounded memory (hashed first, then streamed)."""
+        path = Path(path)
+
+        def digest() -> tuple[str, int]:
+            builder = cidmod.CidBuilder()
+            with open(path, "rb") as f:
+                while piece := f.read(4 << 20):
+                    builder.update(piece)
+            return builder.finish(), builder.size
+
+        cid, size = await trio.to_thread.run_sync(digest)
+
+        def read_sync(offset: int, n: int) -> bytes:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(n)
+
+        async def read(offset: int, n: int) -> bytes:
+            return await trio.to_thread.run_sync(read_sync, offset, n)
+
+        await self._replicate(cid, size, read, pin)
+        return cid
+
+    # -- get ----------------------------------------------------------------
+
+    async def _leaves(self, node: str, cid: str, parsed: cidmod.Cid) -> tuple[int, list[bytes]]:
+        reply = await self._call(node, "storage.leaves", {"cid": cid})
+        size, raw = reply.get("size"), reply.get("digests")
+        if not isinstance(size, int) or not isinstance(raw, bytes) or len(raw) % 32:
+            raise CorruptBlob(f"{node}: malformed leaves reply")
+        digests = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        try:
+            if cidmod.cid_from_leaves(digests, size) != parsed:
+                raise CorruptBlob(f"{node}: chunk digests do not hash to {cid}")
+        except DecodeError as exc:
+            raise CorruptBlob(f"{node}: {exc}") from None
+        return size, digests
+
+    async def _fetch(self, node: str, cid: str, offset: int, n: int, digests: list[bytes]) -> bytes:
+        reply = await self._call(node, "storage.get", {"cid": cid, "offset": offset, "length": n})
+        data = reply.get("data")
+        if not isinstance(data, bytes) or len(data) != n:
+            raise CorruptBlob(f"{node}: short or malformed read of {cid}")
+
+        def check() -> None:
+            view = memoryview(data)
+            first = offset // CHUNK
+            for i in range(0, n, CHUNK):
+                if hashlib.sha256(view[i : i + CHUNK]).digest() != digests[first + i // CHUNK]:
+                    raise CorruptBlob(f"{node} sent bytes of {cid} that do not match chunk {first + i // CHUNK}")
+
+        if n >= 4 * CHUNK:
+            await trio.to_thread.run_sync(check)
+        else:
+            check()
+        return data
+
+    async def read_to(
+        self, cid: str, sink: Callable[[bytes], Awaitable[None]], *, corrupt: list[str] | None = None
+    ) -> int:
+        """Pass the blob to ``await sink(piece)`` in verified pieces, in order, with
+        fallback across replicas (resuming at the same offset); return its size.
+
+        Raises ``NotFound`` when no node has it, ``Unavailable`` when holders
+        failed. Nodes found corrupt are appended to ``corrupt`` if given.
+        Memory: ``pipeline`` pieces of ``message_size``.
+        """
+        parsed = cidmod.parse(cid)
+        cid = str(parsed)
+        if parsed.version != 1:
+            raise BadRequest("storage nodes are addressed by CIDv1")
+        offset = 0
+        size: int | None = None
+        digests: list[bytes] = []
+        failures: dict[str, BaseException] = {}
+
+        async def deliver(piece: bytes) -> None:
+            nonlocal offset
+            await sink(piece)
+            offset += len(piece)
+
+        for attempt_no, node in enumerate(self.placement(cid)):
+            if attempt_no:
+                self.stats.fallbacks += 1
+            try:
+                if size is None:
+                    size, digests = await self._leaves(node, cid, parsed)
+                await self._ranges(node, cid, offset, size, digests, deliver)
+                self.stats.gets += 1
+                return size
+            except CorruptBlob as exc:
+                failures[node] = exc
+                self.stats.corrupt_replicas += 1
+                if corrupt is not None:
+                    corrupt.append(node)
+                log.warning("replica %s of %s is corrupt: %s", node, cid, exc)
+            except (StorageError, BusError) as exc:
+                failures[node] = exc
+        if failures and all(isinstance(e, NotFound) for e in failures.values()):
+            raise NotFound(f"no storage node has {cid}")
+        detail = "; ".join(f"{n}: {e}" for n, e in failures.items()) or "no storage nodes"
+        raise Unavailable(f"could not read {cid} from any replica ({detail})")
+
+    async def _ranges(
+        self,
+        node: str,
+        cid: str,
+        offset: int,
+        size: int,
+        digests: list[bytes],
+        deliver: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        """Pieces [offset, size) from one node, in order, ``pipeline`` requests in flight."""
+        starts = list(range(offset, size, self.message_size))
+        results: dict[int, bytes | BaseException] = {}
+        ready = {s: trio.Event() for s in starts}
+        gate = trio.Semaphore(self.pipeline)
+
+        async def fetch(start: int) -> None:
+            try:
+                results[start] = await self._fetch(node, cid, start, min(self.message_size, size - start), digests)
+            except (StorageError, BusError) as exc:
+                results[start] = exc
+            finally:
+                ready[start].set()
+
+        error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def feeder() -> None:
+                for s in starts:
+                    await gate.acquire()
+                    nursery.start_soon(fetch, s)
+
+            nursery.start_soon(feeder)
+            try:
+                for s in starts:
+                    await ready[s].wait()
+                    result = results.pop(s)
+                    gate.release()
+                    if isinstance(result, BaseException):
+                        error = result
+                        break
+                    await deliver(result)
+            finally:
+                nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    async def get(self, cid: str) -> bytes:
+        """The whole blob, verified; corrupt replicas met on the way are rewritten."""
+        corrupt: list[str] = []
+        pieces: list[bytes] = []
+
+        async def collect(piece: bytes) -> None:
+            pieces.append(piece)
+
+        await self.read_to(cid, collect, corrupt=corrupt)
+        data = b"".join(pieces)
+        for node in corrupt:
+            try:
+                await self._put_one(node, str(cidmod.parse(cid)), len(data), _reader(data), True)
+                self.stats.healed += 1
+            except (StorageError, BusError) as exc:
+                log.info("could not heal %s on %s: %s", cid, node, exc)
+        return data
+
+    # -- other operations -------------------------------------------------------
+
+    async def locate(self, cid: str) -> list[str]:
+        """The nodes that report having ``cid`` (unreachable nodes are skipped)."""
+        found = []
+        for node in self.placement(cid):
+            try:
+                if (await self._call(node, "storage.has", {"cid": cid})).get("has") is True:
+                    found.append(node)
+            except (StorageError, BusError):
+                continue
+        return found
+
+    async def pin(self, cid: str) -> int:
+        return await self._on_holders(cid, "storage.pin")
+
+    async def unpin(self, cid: str) -> int:
+        return await self._on_holders(cid, "storage.unpin")
+
+    async def _on_holders(self, cid: str, kind: str) -> int:
+        done = 0
+        for node in await self.locate(cid):
+            try:
+                await self._call(node, kind, {"cid": cid})
+                done += 1
+            except (StorageError, BusError):
+                continue
+        return done
+
+    async def stat(self, node: str, cid: str | None = None) -> dict[str, Any]:
+        return await self._call(node, "storage.stat", {"cid": cid})
+
+    async def list(self, node: str, *, page: int = 1000) -> list[tuple[str, int, bool]]:
+        out: list[tuple[str, int, bool]] = []
+        after: str | None = None
+        while True:
+            reply = await self._call(node, "storage.list", {"after": after, "limit": page})
+            blobs = reply.get("blobs")
+            if not isinstance(blobs, list):
+                raise BusError(f"{node}: malformed list reply")
+            for item in blobs:
+                if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+                    raise BusError(f"{node}: malformed list entry")
+                out.append((item[0], int(item[1]), bool(item[2])))
+            if not reply.get("more") or not blobs:
+                return out
+            after = blobs[-1][0]
+
+    # -- repair ---------------------------------------------------------------
+
+    async def copy(self, cid: str, source: str, target: str) -> None:
+        """Stream ``cid`` from ``source`` to ``target`` (verified both ways)."""
+        parsed = cidmod.parse(cid)
+        size, digests = await self._leaves(source, cid, parsed)
+
+        async def read(offset: int, n: int) -> bytes:
+            pieces = []
+            end = offset + n
+            while offset < end:
+                step = min(self.message_size, end - offset)
+                pieces.append(await self._fetch(source, cid, offset, step, digests))
+                offset += step
+            return b"".join(pieces)
+
+        await self._put_one(target, cid, size, read, True)
+
+    async def repair(self) -> RepairReport:
+        """Restore ``replicas`` copies of every blob found on the reachable nodes."""
+        report = RepairReport()
+        holders: dict[str, set[str]] = {}
+        for node in self._nodes:
+            try:
+                blobs = await self.list(node)
+            except (StorageError, BusError) as exc:
+                report.unreachable.append(node)
+                log.info("repair: %s unreachable: %s", node, exc)
+                continue
+            report.reachable.append(node)
+            for cid, _, _ in blobs:
+                holders.setdefault(cid, set()).add(node)
+        report.blobs = len(holders)
+        for cid, have in sorted(holders.items()):
+            wanted = cidmod.choose_replicas(cid, report.reachable, self.replicas)
+            for target in wanted:
+                if target in have:
+                    continue
+                sources = [n for n in cidmod.choose_replicas(cid, report.reachable, len(report.reachable)) if n in have]
+                for source in sources:
+                    try:
+                        await self.copy(cid, source, target)
+                    except (StorageError, BusError) as exc:
+                        log.info("repair: copy %s %s -> %s failed: %s", cid, source, target, exc)
+                        continue
+                    have.add(target)
+                    report.copied += 1
+                    break
+                else:
+                    report.failed += 1
+        return report
+
+    async def repair_loop(self, interval: float = 60.0) -> None:
+        """Run :meth:`repair` every ``interval`` seconds, until cancelled."""
+        while True:
+            try:
+                report = await self.repair()
+                if report.copied or report.failed:
+                    log.info("repair: %s", report)
+            except (StorageError, BusError) as exc:
+                log.warning("repair pass failed: %s", exc)
+            await trio.sleep(interval)
+
+
+def _reader(data: bytes) -> ReadPiece:
+    async def read(offset: int, n: int) -> bytes:
+        return data[offset : offset + n]
+
+    return read

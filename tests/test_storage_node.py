@@ -1,0 +1,201 @@
+"""Storage nodes and the replicating client over a real bus (in one process)."""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from agents.storage import BlobStore, CidMismatch, CorruptBlob, NotFound, QuotaExceeded, Unavailable
+from agents.storage.client import StorageClient
+from agents.storage.node import StorageNode
+from bus import open_node
+from core import ecdsa
+from core.cid import CHUNK_SIZE, compute
+
+MiB = 1 << 20
+
+
+@asynccontextmanager
+async def swarm(tmp_path, n=3, *, quota=None, max_blob=256 * MiB, **client_opts):
+    ids = [f"s{i}" for i in range(n)] + ["client"]
+    keys = {i: ecdsa.generate_private_key() for i in ids}
+    pubs = {i: ecdsa.public_key(k) for i, k in keys.items()}
+
+    def ep(node, ident):
+        return node.endpoint(
+            ident,
+            signer=lambda m, k=keys[ident]: ecdsa.sign_raw(k, m),
+            directory=pubs.get,
+            verifier=ecdsa.verify_raw,
+        )
+
+    async with open_node() as bus, trio.open_nursery() as nursery:
+        nodes = {}
+        for ident in ids[:-1]:
+            store = BlobStore(tmp_path / ident, quota_bytes=quota, max_blob=max_blob)
+            nodes[ident] = StorageNode(ep(bus, ident), store)
+            nursery.start_soon(nodes[ident].run)
+        client = StorageClient(ep(bus, "client"), ids[:-1], **client_opts)
+        yield client, nodes
+        nursery.cancel_scope.cancel()
+
+
+def holders(nodes, cid):
+    return sorted(i for i, n in nodes.items() if n.store.has(cid))
+
+
+@pytest.mark.parametrize("size", [0, 10, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * MiB + 5])
+async def test_round_trip_replicated(tmp_path, size) -> None:
+    data = os.urandom(size)
+    with trio.fail_after(30):
+        async with swarm(tmp_path) as (client, nodes):
+            cid = await client.put(data)
+            assert cid == compute(data)
+            assert holders(nodes, cid) == ["s0", "s1", "s2"]
+            assert await client.get(cid) == data
+
+
+@pytest.mark.slow
+async def test_round_trip_50_mib(tmp_path) -> None:
+    data = os.urandom(50 * MiB)
+    with trio.fail_after(120):
+        async with swarm(tmp_path, n=4) as (client, nodes):
+            cid = await client.put(data)
+            assert len(holders(nodes, cid)) == 3
+            assert await client.get(cid) == data
+
+
+async def test_placement_is_rendezvous(tmp_path) -> None:
+    with trio.fail_after(30):
+        async with swarm(tmp_path, n=5) as (client, nodes):
+            for i in range(6):
+                data = i.to_bytes(2, "big") * 100
+                cid = await client.put(data)
+                assert holders(nodes, cid) == sorted(client.placement(cid)[:3])
+
+
+async def test_flipped_byte_detected_good_replica_served_and_healed(tmp_path) -> None:
+    data = os.urandom(2 * CHUNK_SIZE + 99)
+    with trio.fail_after(30):
+        async with swarm(tmp_path) as (client, nodes):
+            cid = await client.put(data)
+            first = client.placement(cid)[0]
+            path = tmp_path / first / "blobs" / cid[-2:] / cid
+            raw = bytearray(path.read_bytes())
+            raw[CHUNK_SIZE + 7] ^= 0x80
+            path.write_bytes(bytes(raw))
+            assert await client.get(cid) == data
+            assert nodes[first].corruptions == 1
+            assert client.stats.corrupt_replicas == 1 and client.stats.healed == 1
+            # the bad copy was quarantined and replaced by a good one
+            assert nodes[first].store.verify(cid)
+            assert (tmp_path / first / "corrupt" / cid).exists()
+
+
+async def test_lying_node_bytes_never_reach_caller(tmp_path) -> None:
+    data = os.urandom(CHUNK_SIZE * 2)
+    with trio.fail_after(30):
+        async with swarm(tmp_path) as (client, nodes):
+            cid = await client.put(data)
+            first = client.placement(cid)[0]
+            store = nodes[first].store
+            real = store.read_range
+            store.read_range = lambda c, o=0, n=None: (bytes(len(real(c, o, n)[0])), real(c, o, n)[1])
+            got = []
+
+            async def sink(piece):
+                got.append(piece)
+
+            assert await client.read_to(cid, sink) == len(data)
+            assert b"".join(got) == data
+            assert client.stats.corrupt_replicas == 1
+
+
+async def test_quota_and_mismatch_errors_are_clear(tmp_path) -> None:
+    with trio.fail_after(30):
+        async with swarm(tmp_path, quota=100_000) as (client, nodes):
+            await client.put(b"x" * 50_000)
+            with pytest.raises(QuotaExceeded, match="quota exceeded"):
+                await client.put(b"y" * 60_000)
+            for n in nodes.values():
+                assert n.store.statistics().reserved_bytes == 0
+                assert not list((n.store.root / "tmp").iterdir())
+            # a client claiming the wrong CID is refused by the node itself
+            with pytest.raises(CidMismatch):
+                await client._put_one("s0", compute(b"other"), 5, _const(b"hello"), True)
+            with pytest.raises(NotFound):
+                await client.get(compute(b"never stored"))
+
+
+def _const(data):
+    async def read(offset, n):
+        return data[offset : offset + n]
+
+    return read
+
+
+async def test_write_quorum_and_fallback(tmp_path) -> None:
+    with trio.fail_after(30):
+        async with swarm(tmp_path, n=3) as (client, nodes):
+            # one node refuses everything (full): the write still reaches w=2
+            nodes["s1"].store.quota_bytes = 0
+            cid = await client.put(b"quorum" * 1000)
+            assert holders(nodes, cid) == ["s0", "s2"]
+            # two refuse: below quorum
+            nodes["s2"].store.quota_bytes = 0
+            with pytest.raises((Unavailable, QuotaExceeded)):
+                await client.put(b"nope" * 1000)
+
+
+async def test_repair_restores_replicas(tmp_path) -> None:
+    with trio.fail_after(60):
+        async with swarm(tmp_path, n=4) as (client, nodes):
+            cids = [await client.put(os.urandom(i * 50_000 + 1)) for i in range(8)]
+            cids.append(await client.put(os.urandom(3 * MiB)))
+            # node s0 loses its disk
+            for b in nodes["s0"].store.list():
+                nodes["s0"].store.delete(b.cid, force=True)
+            report = await client.repair()
+            assert report.failed == 0 and report.unreachable == []
+            for cid in cids:
+                assert holders(nodes, cid) == sorted(client.placement(cid)[:3])
+            again = await client.repair()
+            assert again.copied == 0
+
+
+async def test_pin_unpin_list_stat(tmp_path) -> None:
+    with trio.fail_after(30):
+        async with swarm(tmp_path) as (client, nodes):
+            cid = await client.put(b"pinned")
+            assert await client.unpin(cid) == 3
+            assert all(not n.store.is_pinned(cid) for n in nodes.values())
+            assert await client.pin(cid) == 3
+            listing = await client.list("s0")
+            assert listing == [(cid, 6, True)]
+            st = await client.stat("s0", cid)
+            assert st["size"] == 6 and st["pinned"] is True
+            ns = await client.stat("s0")
+            assert ns["blobs"] == 1
+            assert sorted(await client.locate(cid)) == ["s0", "s1", "s2"]
+
+
+async def test_malformed_requests_get_clear_errors(tmp_path) -> None:
+    from bus import RemoteError
+
+    with trio.fail_after(30):
+        async with swarm(tmp_path) as (client, nodes):
+            ep = client.endpoint
+            for kind, body in [
+                ("storage.get", {"cid": "bafy", "offset": 0, "length": 1}),
+                ("storage.get", {"cid": compute(b""), "offset": -1, "length": 1}),
+                ("storage.get", "not a map"),
+                ("storage.put.chunk", {"session": b"x" * 16, "offset": 0, "data": b""}),
+                ("storage.list", {"limit": 0}),
+                ("storage.put", {"data": "text, not bytes"}),
+            ]:
+                with pytest.raises(RemoteError) as info:
+                    await ep.request("s0", kind, body)
+                assert info.value.code == "storage.bad_request", (kind, info.value.code)
