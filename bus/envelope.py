@@ -153,24 +153,50 @@ class Envelope:
         nonce: bytes | None = None,
     ) -> Envelope:
         """A new envelope signed with ``signer``; fresh random id and nonce."""
-        unsigned = cls(
-            version=PROTOCOL_VERSION,
-            type=MessageType(type),
+        return cls.create_encoded(
+            type=type,
             kind=kind,
-            msg_id=secrets.token_bytes(ID_SIZE) if msg_id is None else msg_id,
-            correlation_id=correlation_id,
             sender=sender,
             recipient=recipient,
-            timestamp=timestamp,
-            nonce=secrets.token_bytes(NONCE_SIZE) if nonce is None else nonce,
             body=body,
-            signature=b"",
+            timestamp=timestamp,
+            signer=signer,
+            correlation_id=correlation_id,
+            msg_id=msg_id,
+            nonce=nonce,
+        )[0]
+
+    @classmethod
+    def create_encoded(
+        cls,
+        *,
+        type: MessageType,
+        kind: str,
+        sender: str,
+        recipient: str,
+        body: Any,
+        timestamp: int,
+        signer: Signer,
+        correlation_id: bytes | None = None,
+        msg_id: bytes | None = None,
+        nonce: bytes | None = None,
+    ) -> tuple[Envelope, bytes]:
+        """Like :meth:`create`, also returning the wire bytes (one encoding pass)."""
+        if msg_id is None or nonce is None:
+            fresh = secrets.token_bytes(ID_SIZE + NONCE_SIZE)
+            msg_id = fresh[:ID_SIZE] if msg_id is None else msg_id
+            nonce = fresh[ID_SIZE:] if nonce is None else nonce
+        mtype = MessageType(type)
+        _check_values(PROTOCOL_VERSION, mtype, kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body)
+        packed = _packb(
+            [PROTOCOL_VERSION, int(mtype), kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body]
         )
-        _check_fields(unsigned)
-        signature = signer(unsigned.signing_input())
+        signature = signer(SIGNING_DOMAIN + packed)
         if not isinstance(signature, bytes) or not 0 < len(signature) <= MAX_SIGNATURE_SIZE:
             raise EnvelopeError("malformed", "signer returned no valid signature bytes")
-        return dataclasses.replace(unsigned, signature=signature)
+        env = cls(PROTOCOL_VERSION, mtype, kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body, signature)
+        # fixarray(10) -> fixarray(11): the same fields, then the signature
+        return env, b"\x9b" + packed[1:] + _packb(signature)
 
 
 def _check_str(name: str, value: Any, max_len: int) -> None:
@@ -183,27 +209,26 @@ def _check_bytes(name: str, value: Any, size: int) -> None:
         raise EnvelopeError("malformed", f"{name} must be {size} bytes")
 
 
-def _check_fields(env: Envelope) -> None:
-    if type(env.version) is not int:
+def _check_values(version, mtype, kind, msg_id, corr, sender, recipient, timestamp, nonce, body) -> None:
+    if type(version) is not int:
         raise EnvelopeError("malformed", "version must be an int")
-    if env.version != PROTOCOL_VERSION:
-        raise EnvelopeError("version", f"unsupported protocol version {env.version}")
-    _check_str("kind", env.kind, MAX_KIND_LENGTH)
-    _check_bytes("msg_id", env.msg_id, ID_SIZE)
-    if env.correlation_id is not None:
-        _check_bytes("correlation_id", env.correlation_id, ID_SIZE)
-    needs_corr = env.type in (MessageType.REPLY, MessageType.ERROR)
-    if needs_corr != (env.correlation_id is not None):
+    if version != PROTOCOL_VERSION:
+        raise EnvelopeError("version", f"unsupported protocol version {version}")
+    _check_str("kind", kind, MAX_KIND_LENGTH)
+    _check_bytes("msg_id", msg_id, ID_SIZE)
+    if corr is not None:
+        _check_bytes("correlation_id", corr, ID_SIZE)
+    needs_corr = mtype in (MessageType.REPLY, MessageType.ERROR)
+    if needs_corr != (corr is not None):
         raise EnvelopeError(
             "malformed", "correlation_id must be set exactly on replies and error replies"
         )
-    _check_str("sender", env.sender, MAX_AGENT_ID_LENGTH)
-    _check_str("recipient", env.recipient, MAX_AGENT_ID_LENGTH)
-    if type(env.timestamp) is not int or not 0 <= env.timestamp <= _MAX_TIMESTAMP:
+    _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
+    _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
+    if type(timestamp) is not int or not 0 <= timestamp <= _MAX_TIMESTAMP:
         raise EnvelopeError("malformed", "timestamp must be a non-negative int64 (ms)")
-    _check_bytes("nonce", env.nonce, NONCE_SIZE)
-    if env.type == MessageType.ERROR:
-        body = env.body
+    _check_bytes("nonce", nonce, NONCE_SIZE)
+    if mtype == MessageType.ERROR:
         if (
             type(body) is not dict
             or set(body) != {"code", "message"}
@@ -233,21 +258,9 @@ def decode_envelope(data: bytes) -> Envelope:
         raise EnvelopeError("malformed", "unknown message type")
     if type(sig) is not bytes or not 0 < len(sig) <= MAX_SIGNATURE_SIZE:
         raise EnvelopeError("malformed", f"signature must be 1..{MAX_SIGNATURE_SIZE} bytes")
-    env = Envelope(
-        version=version,
-        type=MessageType(mtype),
-        kind=kind,
-        msg_id=msg_id,
-        correlation_id=corr,
-        sender=sender,
-        recipient=recipient,
-        timestamp=ts,
-        nonce=nonce,
-        body=body,
-        signature=sig,
-    )
-    _check_fields(env)
-    return env
+    mtype = MessageType(mtype)
+    _check_values(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body)
+    return Envelope(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig)
 
 
 class ReplayGuard:

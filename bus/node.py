@@ -459,7 +459,7 @@ class Endpoint:
         body: Any,
         correlation_id: bytes | None = None,
     ) -> tuple[Envelope, bytes]:
-        env = Envelope.create(
+        return Envelope.create_encoded(
             type=mtype,
             kind=kind,
             sender=self._identity,
@@ -469,7 +469,6 @@ class Endpoint:
             signer=self._signer,
             correlation_id=correlation_id,
         )
-        return env, env.encode()
 
     async def _transmit(
         self, env: Envelope, data: bytes, via: Connection | None = None, count_as: str | None = None

@@ -1,0 +1,170 @@
+"""Benchmark of the message bus: ``emrshare bench bus [--json FILE] [--quick]``.
+
+Measures signed round trips per second (request/reply) and messages per second
+one way (fire-and-forget), for small (200 B) and large (64 KiB) bodies, on the
+in-memory hub and on loopback TCP, with real ECDSA (core.ecdsa) signing and
+verification. Both ends run in this process, so the time split covers the
+whole exchange: the share spent in signing, in verifying, and in everything
+else (msgpack, framing, trio, sockets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from bus import open_node
+from bus.testing import Keyring
+from core import ecdsa
+
+SMALL = 200
+LARGE = 64 * 1024
+
+
+class _Timed:
+    """ECDSA callables that add up the time spent in them."""
+
+    def __init__(self) -> None:
+        self.sign_s = 0.0
+        self.verify_s = 0.0
+
+    def sign(self, private: bytes, message: bytes) -> bytes:
+        t = time.perf_counter()
+        try:
+            return ecdsa.sign_raw(private, message)
+        finally:
+            self.sign_s += time.perf_counter() - t
+
+    def verify(self, public: bytes, message: bytes, signature: bytes) -> bool:
+        t = time.perf_counter()
+        try:
+            return ecdsa.verify_raw(public, message, signature)
+        finally:
+            self.verify_s += time.perf_counter() - t
+
+    def reset(self) -> None:
+        self.sign_s = self.verify_s = 0.0
+
+
+async def _scenario(transport: str, size: int, pattern: str, count: int) -> dict[str, Any]:
+    timed = _Timed()
+    ring = Keyring(
+        generate=ecdsa.generate_private_key,
+        public_key=ecdsa.public_key,
+        sign=timed.sign,
+        verify=timed.verify,
+    )
+    body = bytes(size)
+    received = 0
+    done = trio.Event()
+
+    async def reply(msg):
+        return msg.body
+
+    async def sink(msg):
+        nonlocal received
+        received += 1
+        if received == count:
+            done.set()
+
+    async with open_node() as server, open_node() as client:
+        if transport == "tcp":
+            client.add_route("server", await server.listen("tcp://127.0.0.1:0"))
+            caller = client.endpoint("client", inbox_size=1024, **ring.credentials("client"))
+        else:
+            caller = server.endpoint("client", inbox_size=1024, **ring.credentials("client"))
+        callee = server.endpoint("server", inbox_size=1024, **ring.credentials("server"))
+        callee.register("echo", reply)
+        callee.register("sink", sink)
+        for _ in range(5):  # warm up: connect, caches
+            await caller.request("server", "echo", body)
+        timed.reset()
+        start = time.perf_counter()
+        if pattern == "round-trip":
+            for _ in range(count):
+                await caller.request("server", "echo", body)
+        else:
+            for _ in range(count):
+                await caller.send("server", "sink", body)
+            await done.wait()
+        wall = time.perf_counter() - start
+        wire = caller.statistics().sent_by_kind["echo" if pattern == "round-trip" else "sink"]
+    sign_share = timed.sign_s / wall
+    verify_share = timed.verify_s / wall
+    return {
+        "transport": transport,
+        "body_bytes": size,
+        "pattern": pattern,
+        "count": count,
+        "seconds": round(wall, 4),
+        "per_second": round(count / wall, 1),
+        "us_per_op": round(1e6 * wall / count, 1),
+        "envelope_bytes": wire.bytes // wire.messages,
+        "sign_share": round(sign_share, 3),
+        "verify_share": round(verify_share, 3),
+        "other_share": round(max(0.0, 1 - sign_share - verify_share), 3),
+    }
+
+
+async def _run_all(quick: bool, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    counts = {
+        ("round-trip", SMALL): 2000,
+        ("round-trip", LARGE): 400,
+        ("one-way", SMALL): 5000,
+        ("one-way", LARGE): 1000,
+    }
+    results = []
+    for transport in ("memory", "tcp"):
+        for size in (SMALL, LARGE):
+            for pattern in ("round-trip", "one-way"):
+                n = counts[(pattern, size)]
+                if quick:
+                    n = max(20, n // 20)
+                progress(f"{transport} {size} B {pattern} x{n}")
+                results.append(await _scenario(transport, size, pattern, n))
+    return results
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'transport':<9} {'body':>8} {'pattern':<10} {'ops/s':>9} {'us/op':>8} "
+        f"{'env B':>7} {'sign':>6} {'verify':>7} {'other':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{r['transport']:<9} {r['body_bytes']:>8} {r['pattern']:<10} {r['per_second']:>9.0f} "
+            f"{r['us_per_op']:>8.1f} {r['envelope_bytes']:>7} {100 * r['sign_share']:>5.1f}% "
+            f"{100 * r['verify_share']:>6.1f}% {100 * r['other_share']:>5.1f}%"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emrshare bench bus", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument("--quick", action="store_true", help="few iterations (a smoke run)")
+    args = parser.parse_args(argv)
+    results = trio.run(_run_all, args.quick, lambda s: print(f"  {s}", file=sys.stderr))
+    print(f"bus benchmark (ECDSA backend: {ecdsa.ecdsa_backend_name()}; both ends in one process)")
+    print(format_table(results))
+    if args.json:
+        report = {
+            "benchmark": "bus",
+            "ecdsa_backend": ecdsa.ecdsa_backend_name(),
+            "quick": args.quick,
+            "results": results,
+        }
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
