@@ -927,7 +927,11 @@ class Node:
                         env.recipient,
                     )
                     continue
-                await ep._receive(env, len(data), conn)
+                try:
+                    await ep._receive(env, len(data), conn)
+                except Exception:  # a bug must not take the node down
+                    log.error("bus: failure handling an envelope from %s", conn.peer, exc_info=True)
+                    break
         finally:
             self._live.discard(conn)
             self._incoming.discard(conn)

@@ -18,6 +18,7 @@ from bus import (
     UnreachableError,
     decode_envelope,
     open_node,
+    parse_address,
 )
 from bus.testing import Keyring
 from core import ecdsa
@@ -260,7 +261,7 @@ async def test_memory_transport_between_nodes_stale_and_replay():
             assert info.value.code == "stale"
 
             # replay: the same signed bytes twice on a raw connection
-            conn = await mem.connect(mem_address := __import__("bus").parse_address("mem://n1"))
+            conn = await mem.connect(mem_address := parse_address("mem://n1"))
             env = Envelope.create(
                 type=MessageType.REQUEST,
                 kind="ping",
