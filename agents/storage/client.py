@@ -185,11 +185,15 @@ class StorageClient:
             else:
                 acks.append(node)
 
+        up = [n for n in ranking if not self._is_down(n)]
+        down = [n for n in ranking if self._is_down(n)]
         async with trio.open_nursery() as nursery:
-            for node in ranking[: self.replicas]:
+            for node in up[: self.replicas]:
                 nursery.start_soon(attempt, node)
-        for node in ranking[self.replicas :]:
-            if len(acks) >= self.replicas:
+        # top up to r copies from the next live nodes; nodes that failed
+        # recently are tried only when the quorum is otherwise out of reach
+        for node in up[self.replicas :] + down:
+            if len(acks) >= self.replicas or (node in down and len(acks) >= self.write_quorum):
                 break
             if any(isinstance(e, _CLIENT_FAULTS) for e in errors.values()):
                 break

@@ -1,0 +1,121 @@
+"""``python -m agents.storage``: run a storage node process, or make its keys.
+
+    python -m agents.storage keygen --id s1 --key-file s1.key --directory dir.json
+    python -m agents.storage serve --id s1 --dir /var/lib/emrshare/s1 \\
+        --listen tcp://127.0.0.1:7401 --key-file s1.key --directory dir.json \\
+        [--quota BYTES] [--max-blob BYTES]
+
+``--key-file`` holds the node's ECDSA private key in hex (created with mode
+0600 by ``keygen``); ``--directory`` is a JSON map of agent id to public key
+(hex) of every agent allowed to talk to the node (the clients); it is re-read
+when an unknown agent appears. ``serve`` prints ``listening ADDRESS`` once it
+accepts connections and runs until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from bus import open_node
+from core import ecdsa
+
+from .blobstore import DEFAULT_MAX_BLOB, BlobStore
+from .node import StorageNode
+
+
+class FileDirectory:
+    """Agent id -> public key from a JSON file, re-read when an id is missing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._keys: dict[str, bytes] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            raw = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(raw, dict):
+            self._keys = {k: bytes.fromhex(v) for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def __call__(self, agent: str) -> bytes | None:
+        if agent not in self._keys:
+            self._load()
+        return self._keys.get(agent)
+
+
+def load_private_key(path: Path) -> bytes:
+    return bytes.fromhex(path.read_text().strip())
+
+
+def keygen(args: argparse.Namespace) -> int:
+    key = ecdsa.generate_private_key()
+    fd = os.open(args.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    directory = {}
+    if args.directory.exists():
+        directory = json.loads(args.directory.read_text())
+    directory[args.id] = ecdsa.public_key(key).hex()
+    args.directory.write_text(json.dumps(directory, indent=2, sort_keys=True) + "\n")
+    print(f"{args.id}: key written to {args.key_file}, public key added to {args.directory}")
+    return 0
+
+
+async def serve(args: argparse.Namespace) -> None:
+    key = load_private_key(args.key_file)
+    directory = FileDirectory(args.directory)
+    store = BlobStore(args.dir, quota_bytes=args.quota, max_blob=args.max_blob)
+    async with open_node() as bus:
+        endpoint = bus.endpoint(
+            args.id,
+            signer=lambda m: ecdsa.sign_raw(key, m),
+            directory=directory,
+            verifier=ecdsa.verify_raw,
+        )
+        node = StorageNode(endpoint, store, threads=args.threads)
+        address = await bus.listen(args.listen)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                print(f"listening {address}", flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agents.storage")
+    sub = parser.add_subparsers(dest="command", required=True)
+    k = sub.add_parser("keygen", help="create a node or client key and register it in a directory file")
+    k.add_argument("--id", required=True)
+    k.add_argument("--key-file", type=Path, required=True)
+    k.add_argument("--directory", type=Path, required=True)
+    s = sub.add_parser("serve", help="run a storage node")
+    s.add_argument("--id", required=True)
+    s.add_argument("--dir", type=Path, required=True, help="the node's data directory")
+    s.add_argument("--listen", default="tcp://127.0.0.1:0")
+    s.add_argument("--key-file", type=Path, required=True)
+    s.add_argument("--directory", type=Path, required=True)
+    s.add_argument("--quota", type=int, default=None, help="disk quota in bytes (default: none)")
+    s.add_argument("--max-blob", type=int, default=DEFAULT_MAX_BLOB)
+    s.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.command == "keygen":
+        return keygen(args)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    trio.run(serve, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
