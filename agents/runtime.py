@@ -299,3 +299,110 @@ class Manifest:
 
     def directory(self) -> ConsortiumDirectory:
         return ConsortiumDirectory(dict(self.keys))
+
+
+# ------------------------------------------------------------------ light client
+
+
+class CertificateFollower:
+    """Keeps a :class:`ConsortiumDirectory` in step with the ledger's certificates.
+
+    For agents that do not validate the ledger (storage nodes): it follows the
+    orderer's ``blocks`` topic (catching up with ``orderer.blocks``) and learns a
+    certificate from a ``register`` transaction only if the transaction is signed
+    by the issuing peer and the certificate by that same peer of the same
+    organization; it forgets one on a ``revoke_cert`` signed by the subject or a
+    peer of its organization. (A full peer applies every rule; this is the part
+    of them that decides who may talk.)
+    """
+
+    def __init__(self, endpoint: Endpoint, manifest: Manifest, directory: ConsortiumDirectory,
+                 *, retry: float = 1.0):
+        from core.identity import ConsortiumConfig
+        from core.ledger import Block
+
+        self.endpoint = endpoint
+        self.manifest = manifest
+        self.directory = directory
+        self.retry = retry
+        genesis = Block.from_bytes(manifest.genesis)
+        self.config = ConsortiumConfig.from_bytes(genesis.txs[0])
+        self.peers = {p.id: p for p in self.config.peers}
+        self.height = 0
+        self.certs: dict[str, Any] = {}
+
+    def apply_block(self, raw: bytes) -> None:
+        from core.identity import Certificate
+        from core.ledger import Block
+        from core.tx import Transaction
+
+        block = Block.from_bytes(raw)
+        if block.height != self.height + 1:
+            return
+        if not block.verify_signature(self.config.orderer_key):
+            log_rt.warning("ignoring a block not signed by the orderer")
+            return
+        for tx_raw in block.txs:
+            try:
+                tx = Transaction.from_bytes(tx_raw)
+                if tx.type == "register":
+                    peer = self.peers.get(tx.submitter)
+                    if peer is None or not tx.verify(peer.ecdsa_key):
+                        continue
+                    cert = Certificate.from_dict(tx.body["cert"])
+                    if cert.issuer != peer.id or cert.org != peer.org or cert.subject in self.certs:
+                        continue
+                    cert.verify_signature(peer.ecdsa_key)
+                    self.certs[cert.subject] = cert
+                    self.directory.set_certificate(cert.subject, cert.ecdsa_key)
+                elif tx.type == "revoke_cert":
+                    subject = tx.body.get("subject")
+                    cert = self.certs.get(subject)
+                    if cert is None:
+                        continue
+                    peer = self.peers.get(tx.submitter)
+                    signer = peer.ecdsa_key if peer is not None and peer.org == cert.org else (
+                        cert.ecdsa_key if tx.submitter == subject else None)
+                    if signer is not None and tx.verify(signer):
+                        self.directory.set_certificate(subject, None)
+            except Exception:  # a malformed transaction is the ledger's business, not ours
+                continue
+        self.height = block.height
+
+    async def catch_up(self) -> None:
+        while True:
+            reply = await self.endpoint.request(self.manifest.orderer, "orderer.blocks",
+                                                {"from": self.height + 1, "limit": 256})
+            blocks = reply.get("blocks", []) if isinstance(reply, dict) else []
+            for raw in blocks:
+                self.apply_block(raw)
+            if len(blocks) < 256:
+                return
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from bus import BusError
+
+        started = False
+        while True:
+            try:
+                async with await self.endpoint.subscribe(self.manifest.orderer, "blocks") as sub:
+                    await self.catch_up()
+                    if not started:
+                        task_status.started()
+                        started = True
+                    async for event in sub:
+                        body = event.body
+                        if isinstance(body, dict) and isinstance(body.get("block"), bytes):
+                            before = self.height
+                            self.apply_block(body["block"])
+                            if self.height == before:
+                                await self.catch_up()
+            except BusError as exc:
+                log_rt.info("certificate follower: %s; retrying", type(exc).__name__)
+                if not started:
+                    task_status.started()
+                    started = True
+                await trio.sleep(self.retry)
+
+
+log_rt = __import__("logging").getLogger("agents.runtime")

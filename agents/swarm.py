@@ -1,0 +1,474 @@
+"""The local agent swarm: a consortium on one machine (the embedded default).
+
+``emrshare swarm up`` launches n peers of k hospitals (default 4 peers, 2
+hospitals, threshold 2 of 4), an ordering service and 3 storage nodes. Either
+all agents run in this process on one bus node (the default; the node also
+listens on loopback TCP so CLI commands in other processes can reach it), or
+each agent runs in its own process on its own loopback TCP port
+(``--processes``). State lives under the data directory::
+
+    DIR/swarm.json          the spec the swarm was created with
+    DIR/manifest.json       addresses, public keys, genesis (what clients need)
+    DIR/secrets/            agent keys (encrypted with DIR/secrets/swarm.key),
+                            organizations' enrollment secrets (mode 0600)
+    DIR/agents/<id>/        each agent's ledger/blob store
+    DIR/users/<subject>/    patients' and doctors' own directories (CLI)
+    DIR/logs/<id>.log       per-process logs (--processes)
+
+Starting again with the same directory resumes: same keys, same genesis, same
+ledgers and blobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import trio
+
+from bus import Node, open_node
+from core import ecdsa
+from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
+from core.ledger import make_genesis
+
+from .runtime import (
+    AgentKeys,
+    ConsortiumDirectory,
+    KeyStore,
+    Manifest,
+    atomic_write,
+    enrollment_token,
+    make_endpoint,
+)
+
+log = logging.getLogger("agents.swarm")
+
+ORDERER_ID = "orderer"
+
+
+@dataclass
+class SwarmSpec:
+    data_dir: Path
+    hospitals: int = 2
+    peers: int = 4
+    threshold: int = 2
+    storage_nodes: int = 3
+    replicas: int = 3
+    write_quorum: int = 2
+    processes: bool = False
+    host: str = "127.0.0.1"
+    port: int = 0  # in-process mode: the node's TCP port (0: any free port)
+    batch_size: int = 500
+    batch_timeout: float = 0.05
+    consortium: str = "emrshare-local"
+
+    def check(self) -> None:
+        if self.hospitals < 1:
+            raise ValueError("need at least one hospital")
+        if self.peers < self.hospitals:
+            raise ValueError("need at least one peer per hospital")
+        if not 1 <= self.threshold <= self.peers:
+            raise ValueError(f"threshold must be between 1 and the number of peers ({self.peers})")
+        if self.storage_nodes < 1:
+            raise ValueError("need at least one storage node")
+        if not 1 <= self.write_quorum <= self.replicas:
+            raise ValueError("need 1 <= write quorum <= replicas")
+        if self.replicas > self.storage_nodes:
+            raise ValueError(f"replicas ({self.replicas}) exceed storage nodes ({self.storage_nodes})")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["data_dir"] = str(self.data_dir)
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_mapping(cls, d: dict[str, Any], data_dir: Path) -> "SwarmSpec":
+        known = {f for f in cls.__dataclass_fields__ if f != "data_dir"}
+        unknown = set(d) - known - {"data_dir"}
+        if unknown:
+            raise ValueError(f"unknown swarm settings: {', '.join(sorted(unknown))}")
+        return cls(data_dir=data_dir, **{k: v for k, v in d.items() if k in known})
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def org_ids(n: int) -> list[str]:
+    return [f"hospital-{chr(ord('a') + i)}" if n <= 26 else f"hospital-{i + 1}" for i in range(n)]
+
+
+class SwarmFiles:
+    """Reading and creating a swarm's data directory."""
+
+    def __init__(self, data_dir: Path):
+        self.dir = Path(data_dir).resolve()
+        self.secrets = self.dir / "secrets"
+        self.key_file = self.secrets / "swarm.key"
+
+    @property
+    def exists(self) -> bool:
+        return (self.dir / "manifest.json").exists()
+
+    def keystore(self, agent: str) -> KeyStore:
+        return KeyStore(self.secrets / f"{agent}.keys", key_file=self.key_file)
+
+    def agent_keys(self, agent: str) -> AgentKeys:
+        return AgentKeys.from_bytes(self.keystore(agent).load())
+
+    def manifest(self) -> Manifest:
+        return Manifest.from_json((self.dir / "manifest.json").read_text())
+
+    def spec(self) -> SwarmSpec:
+        d = json.loads((self.dir / "swarm.json").read_text())
+        d.pop("data_dir", None)
+        return SwarmSpec.from_mapping(d, self.dir)
+
+    def enroll_secrets(self) -> dict[str, bytes]:
+        d = json.loads((self.secrets / "enroll.json").read_text())
+        return {k: bytes.fromhex(v) for k, v in d.items()}
+
+    def agent_dir(self, agent: str) -> Path:
+        return self.dir / "agents" / agent
+
+    def user_dir(self, subject: str) -> Path:
+        return self.dir / "users" / subject
+
+    def token(self, subject: str, org: str, attributes: dict[str, Any]) -> bytes:
+        secrets_ = self.enroll_secrets()
+        if org not in secrets_:
+            raise ValueError(f"unknown organization {org!r}; this swarm has {', '.join(secrets_)}")
+        return enrollment_token(secrets_[org], subject, org, attributes)
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        atomic_write(self.dir / "manifest.json", manifest.to_json().encode(), mode=0o644)
+
+    def create(self, spec: SwarmSpec, now: float | None = None) -> Manifest:
+        """Generate keys, the genesis and the manifest for a new swarm."""
+        spec.check()
+        self.secrets.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.secrets, 0o700)
+        if not self.key_file.exists():
+            KeyStore.create_key_file(self.key_file)
+        orgs = org_ids(spec.hospitals)
+        enroll = {org: os.urandom(32) for org in orgs}
+        atomic_write(self.secrets / "enroll.json", json.dumps({k: v.hex() for k, v in enroll.items()}).encode())
+        agents: dict[str, AgentKeys] = {}
+        peers: list[PeerInfo] = []
+        peer_orgs: dict[str, list[str]] = {org: [] for org in orgs}
+        counts = {org: 0 for org in orgs}
+        for i in range(spec.peers):
+            org = orgs[i % len(orgs)]
+            counts[org] += 1
+            pid = f"peer-{org.removeprefix('hospital-')}{counts[org]}"
+            keys = AgentKeys.generate()
+            agents[pid] = keys
+            peers.append(PeerInfo(pid, org, keys.ecdsa_public, keys.box_public, i + 1))
+            peer_orgs[org].append(pid)
+        agents[ORDERER_ID] = AgentKeys.generate()
+        storage = [f"storage-{i + 1}" for i in range(spec.storage_nodes)]
+        for sid in storage:
+            agents[sid] = AgentKeys.generate()
+        for agent, keys in agents.items():
+            self.keystore(agent).save(keys.to_bytes())
+        created = int((now if now is not None else time.time()) * 1000)
+        config = ConsortiumConfig(
+            spec.consortium, tuple(OrgInfo(o, f"Hospital {o.removeprefix('hospital-').upper()}") for o in orgs),
+            tuple(peers), ORDERER_ID, agents[ORDERER_ID].ecdsa_public, spec.threshold, created_at=created,
+        )
+        genesis = make_genesis(config, agents[ORDERER_ID].ecdsa_private)
+        if spec.processes:
+            addresses = {a: f"tcp://{spec.host}:{_free_port(spec.host)}" for a in agents}
+        else:
+            addresses = {a: f"tcp://{spec.host}:{spec.port}" for a in agents}
+        manifest = Manifest(
+            spec.consortium, genesis.to_bytes(), ORDERER_ID, [p.id for p in peers], storage,
+            spec.threshold, addresses, {a: k.ecdsa_public for a, k in agents.items()}, peer_orgs,
+            spec.replicas, spec.write_quorum,
+        )
+        atomic_write(self.dir / "swarm.json", spec.to_json().encode(), mode=0o644)
+        self.write_manifest(manifest)
+        return manifest
+
+
+# ------------------------------------------------------------------ running agents
+
+
+async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: Manifest,
+                           *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run one server agent (orderer, peer or storage node) on ``node``."""
+    keys = files.agent_keys(agent)
+    spec = files.spec()
+    data = files.agent_dir(agent)
+    data.mkdir(parents=True, exist_ok=True)
+    if agent == manifest.orderer:
+        from .orderer import OrdererAgent
+
+        orderer = OrdererAgent(orderer_id=agent, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
+                               data_dir=data, directory=manifest.directory(), batch_size=spec.batch_size,
+                               batch_timeout=spec.batch_timeout)
+        await orderer.run(node, task_status=task_status)
+    elif agent in manifest.peers:
+        from .peer import PeerAgent
+
+        org = next(o for o, ps in manifest.peer_orgs.items() if agent in ps)
+        peer = PeerAgent(peer_id=agent, keys=keys, genesis=manifest.genesis, data_dir=data,
+                         manifest=manifest, enroll_secret=files.enroll_secrets()[org])
+        await peer.run(node, task_status=task_status)
+    elif agent in manifest.storage:
+        from .storage import BlobStore
+        from .storage.node import StorageNode
+        from .runtime import CertificateFollower
+
+        directory = manifest.directory()
+        endpoint = make_endpoint(node, agent, keys.ecdsa_private, directory)
+        follower = CertificateFollower(endpoint, manifest, directory)
+        storage = StorageNode(endpoint, BlobStore(data))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(follower.run)
+            await nursery.start(storage.run)
+            task_status.started()
+    else:
+        raise ValueError(f"{agent!r} is not an agent of this swarm")
+
+
+def server_agents(manifest: Manifest) -> list[str]:
+    """Start order: the orderer, then peers, then storage nodes."""
+    return [manifest.orderer, *manifest.peers, *manifest.storage]
+
+
+class Swarm:
+    """A running swarm. Use :meth:`open` (async context manager)."""
+
+    def __init__(self, files: SwarmFiles, spec: SwarmSpec, manifest: Manifest, node: Node | None):
+        self.files = files
+        self.spec = spec
+        self.manifest = manifest
+        self.node = node  # the in-process bus node (None with --processes)
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._nursery: trio.Nursery | None = None
+        self._scopes: dict[str, trio.CancelScope] = {}
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, spec: SwarmSpec, *, fresh: bool = False) -> AsyncIterator["Swarm"]:
+        files = SwarmFiles(spec.data_dir)
+        if fresh and files.dir.exists() and any(files.dir.iterdir()):
+            raise FileExistsError(f"{files.dir} is not empty")
+        if files.exists:
+            spec = files.spec()
+            manifest = files.manifest()
+            log.info("resuming swarm from %s", files.dir)
+        else:
+            manifest = files.create(spec)
+        if spec.processes:
+            swarm = cls(files, spec, manifest, None)
+            try:
+                async with trio.open_nursery() as nursery:
+                    swarm._nursery = nursery
+                    for agent in server_agents(manifest):
+                        await swarm.start_process(agent)
+                    # clients need a node of their own: route by the manifest
+                    async with open_node(routes=manifest.agents) as node:
+                        swarm.node = node
+                        yield swarm
+                    nursery.cancel_scope.cancel()
+            finally:
+                swarm.stop_processes()
+        else:
+            async with open_node() as node:
+                address = await node.listen(f"tcp://{spec.host}:{spec.port}")
+                manifest.agents = {a: address for a in manifest.agents}
+                files.write_manifest(manifest)
+                swarm = cls(files, spec, manifest, node)
+                async with trio.open_nursery() as nursery:
+                    swarm._nursery = nursery
+                    for agent in server_agents(manifest):
+                        await swarm.start_agent(agent)
+                    yield swarm
+                    nursery.cancel_scope.cancel()
+
+    # -- in-process agents ------------------------------------------------
+
+    async def start_agent(self, agent: str) -> None:
+        assert self._nursery is not None and self.node is not None
+
+        async def runner(task_status=trio.TASK_STATUS_IGNORED):
+            with trio.CancelScope() as scope:
+                self._scopes[agent] = scope
+                await run_server_agent(self.files, agent, self.node, self.manifest, task_status=task_status)
+
+        await self._nursery.start(runner)
+
+    # -- agent processes ----------------------------------------------------
+
+    async def start_process(self, agent: str, *, timeout: float = 60.0) -> None:
+        logs = self.files.dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = open(logs / f"{agent}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agents.swarm", "agent", "--data", str(self.files.dir), "--id", agent],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        out.close()
+        self.processes[agent] = proc
+        ready = self.files.dir / "run" / f"{agent}.ready"
+        with trio.fail_after(timeout):
+            while not (ready.exists() and ready.read_text().strip() == str(proc.pid)):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"agent {agent} exited with {proc.returncode}; see {logs / (agent + '.log')}")
+                await trio.sleep(0.05)
+
+    def kill(self, agent: str) -> None:
+        """SIGKILL an agent process (fault injection)."""
+        proc = self.processes[agent]
+        proc.kill()
+        proc.wait()
+
+    def stall(self, agent: str) -> None:
+        """SIGSTOP: the agent stops answering without closing its connections."""
+        self.processes[agent].send_signal(signal.SIGSTOP)
+
+    def resume(self, agent: str) -> None:
+        self.processes[agent].send_signal(signal.SIGCONT)
+
+    def stop_processes(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)
+                    proc.terminate()
+        deadline = time.monotonic() + 5
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # -- helpers for clients -------------------------------------------------
+
+    def token(self, subject: str, org: str, attributes: dict[str, Any]) -> bytes:
+        return self.files.token(subject, org, attributes)
+
+    def describe(self) -> str:
+        lines = [f"swarm {self.manifest.consortium} in {self.files.dir}",
+                 f"  threshold {self.manifest.threshold} of {len(self.manifest.peers)} peers, "
+                 f"{len(self.manifest.storage)} storage nodes (replicas {self.manifest.replicas}, "
+                 f"write quorum {self.manifest.write_quorum})"]
+        for agent in server_agents(self.manifest):
+            role = "orderer" if agent == self.manifest.orderer else "peer" if agent in self.manifest.peers else "storage"
+            org = next((o for o, ps in self.manifest.peer_orgs.items() if agent in ps), "")
+            lines.append(f"  {agent:<14} {role:<8} {org:<12} {self.manifest.agents[agent]}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def _spec_from_args(args: argparse.Namespace) -> SwarmSpec:
+    data_dir = Path(args.data).resolve()
+    settings: dict[str, Any] = {}
+    if args.config:
+        with open(args.config, "rb") as f:
+            doc = tomllib.load(f)
+        settings.update(doc.get("swarm", doc))
+    for name in ("hospitals", "peers", "threshold", "storage_nodes", "replicas", "write_quorum", "port",
+                 "batch_size"):
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    if args.processes:
+        settings["processes"] = True
+    return SwarmSpec.from_mapping(settings, data_dir)
+
+
+def up_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="emrshare swarm up", description="launch a local consortium")
+    parser.add_argument("--data", default="swarm-data", help="data directory (resumed if it exists)")
+    parser.add_argument("--config", help="TOML file with a [swarm] table of the settings below")
+    parser.add_argument("--hospitals", type=int)
+    parser.add_argument("--peers", type=int)
+    parser.add_argument("--threshold", type=int)
+    parser.add_argument("--storage-nodes", dest="storage_nodes", type=int)
+    parser.add_argument("--replicas", type=int)
+    parser.add_argument("--write-quorum", dest="write_quorum", type=int)
+    parser.add_argument("--port", type=int, help="in-process mode: TCP port of the swarm's bus node")
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--processes", action="store_true", help="run each agent in its own process")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        spec = _spec_from_args(args)
+        spec.check()
+    except (ValueError, OSError, tomllib.TOMLDecodeError) as exc:
+        print(f"emrshare swarm up: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        async with Swarm.open(spec) as swarm:
+            print(swarm.describe(), flush=True)
+            print(f"manifest: {swarm.files.dir / 'manifest.json'}  (Ctrl-C stops)", flush=True)
+            await trio.sleep_forever()
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        print("swarm stopped", file=sys.stderr)
+    return 0
+
+
+def agent_main(argv: list[str]) -> int:
+    """``python -m agents.swarm agent --data DIR --id AGENT``: one agent process."""
+    parser = argparse.ArgumentParser(prog="python -m agents.swarm agent")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--id", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.id} %(name)s %(levelname)s %(message)s")
+    files = SwarmFiles(Path(args.data))
+    manifest = files.manifest()
+    address = manifest.agents[args.id]
+
+    async def main() -> None:
+        routes = {a: addr for a, addr in manifest.agents.items() if a != args.id}
+        async with open_node(routes=routes) as node:
+            await node.listen(address)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(run_server_agent, files, args.id, node, manifest)
+                    ready = files.dir / "run" / f"{args.id}.ready"
+                    atomic_write(ready, str(os.getpid()).encode(), mode=0o644)
+                    log.info("%s ready at %s", args.id, address)
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
+
+    trio.run(main)
+    return 0
+
+
+if __name__ == "__main__":
+    cmd, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if cmd == "agent":
+        sys.exit(agent_main(rest))
+    if cmd == "up":
+        sys.exit(up_main(rest))
+    print("usage: python -m agents.swarm {up,agent} ...", file=sys.stderr)
+    sys.exit(2)
