@@ -23,3 +23,8 @@ from .errors import NotFound as NotFound
 from .errors import QuotaExceeded as QuotaExceeded
 from .errors import StorageError as StorageError
 from .errors import Unavailable as Unavailable
+from .client import ClientStatistics as ClientStatistics
+from .client import RepairReport as RepairReport
+from .client import StorageClient as StorageClient
+from .kubo import KuboClient as KuboClient
+from .node import StorageNode as StorageNode
