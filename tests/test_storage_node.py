@@ -19,7 +19,7 @@ MiB = 1 << 20
 
 
 @asynccontextmanager
-async def swarm(tmp_path, n=3, *, quota=None, max_blob=256 * MiB, **client_opts):
+async def swarm(tmp_path, n=3, *, quota=None, max_blob=256 * MiB, session_timeout=120.0, **client_opts):
     ids = [f"s{i}" for i in range(n)] + ["client"]
     keys = {i: ecdsa.generate_private_key() for i in ids}
     pubs = {i: ecdsa.public_key(k) for i, k in keys.items()}
@@ -36,7 +36,7 @@ async def swarm(tmp_path, n=3, *, quota=None, max_blob=256 * MiB, **client_opts)
         nodes = {}
         for ident in ids[:-1]:
             store = BlobStore(tmp_path / ident, quota_bytes=quota, max_blob=max_blob)
-            nodes[ident] = StorageNode(ep(bus, ident), store)
+            nodes[ident] = StorageNode(ep(bus, ident), store, session_timeout=session_timeout)
             nursery.start_soon(nodes[ident].run)
         client = StorageClient(ep(bus, "client"), ids[:-1], **client_opts)
         yield client, nodes
@@ -199,3 +199,34 @@ async def test_malformed_requests_get_clear_errors(tmp_path) -> None:
                 with pytest.raises(RemoteError) as info:
                     await ep.request("s0", kind, body)
                 assert info.value.code == "storage.bad_request", (kind, info.value.code)
+
+
+async def test_blob_too_large_is_a_clear_error(tmp_path) -> None:
+    from agents.storage import BlobTooLarge
+
+    with trio.fail_after(30):
+        async with swarm(tmp_path, max_blob=1000) as (client, nodes):
+            with pytest.raises(BlobTooLarge, match="maximum of 1000"):
+                await client.put(b"z" * 1001)
+            assert await client.put(b"z" * 1000)
+
+
+async def test_idle_put_session_is_aborted_and_quota_released(tmp_path) -> None:
+    from bus import RemoteError
+
+    with trio.fail_after(30):
+        async with swarm(tmp_path, quota=10 * MiB, session_timeout=0.2) as (client, nodes):
+            node = nodes["s0"]
+            ep = client.endpoint
+            begun = await ep.request("s0", "storage.put.begin", {"cid": None, "size": 3 * MiB, "pin": True})
+            await ep.request("s0", "storage.put.chunk", {"session": begun["session"], "offset": 0, "data": b"a" * 1000})
+            assert node.store.statistics().reserved_bytes > 3 * MiB
+            with trio.fail_after(5):
+                while node.store.statistics().reserved_bytes:
+                    await trio.sleep(0.05)
+            assert not list((node.store.root / "tmp").iterdir())
+            with pytest.raises(RemoteError) as info:
+                await ep.request(
+                    "s0", "storage.put.chunk", {"session": begun["session"], "offset": 1000, "data": b"a"}
+                )
+            assert info.value.code == "storage.bad_request"
