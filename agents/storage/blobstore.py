@@ -2,8 +2,8 @@
 
 Layout under ``root``::
 
-    blobs/<last 2 chars of cid>/<cid>   data || trailer
-    pins/<cid>                          empty marker: the blob is pinned
+    blobs/<last 2 chars of cid>/<cid>       data || trailer
+    blobs/<last 2 chars of cid>/<cid>.pin   empty marker: the blob is pinned
     tmp/                                puts in progress (emptied on open)
     corrupt/                            blobs that failed verification (kept for inspection)
 
@@ -113,10 +113,9 @@ class BlobStore:
         self.quota_bytes = quota_bytes
         self.max_blob = max_blob
         self._blobs = self.root / "blobs"
-        self._pins = self.root / "pins"
         self._tmp = self.root / "tmp"
         self._corrupt = self.root / "corrupt"
-        for d in (self._blobs, self._pins, self._tmp, self._corrupt):
+        for d in (self._blobs, self._tmp, self._corrupt):
             d.mkdir(parents=True, exist_ok=True)
         for leftover in self._tmp.iterdir():  # interrupted puts: never committed
             leftover.unlink(missing_ok=True)
@@ -125,6 +124,8 @@ class BlobStore:
         self._used = 0
         self._count = 0
         for path in self._blobs.glob("*/*"):
+            if path.suffix == ".pin":
+                continue
             self._used += path.stat().st_size
             self._count += 1
 
@@ -132,6 +133,10 @@ class BlobStore:
 
     def _path(self, cid: str) -> Path:
         return self._blobs / cid[-2:] / cid
+
+    def _pin_path(self, cid: str) -> Path:
+        # next to the blob, so one directory fsync makes both durable
+        return self._blobs / cid[-2:] / f"{cid}.pin"
 
     # -- quota --------------------------------------------------------------
 
@@ -178,6 +183,8 @@ class BlobStore:
         shard.mkdir(exist_ok=True)
         if new_shard:
             _fsync_dir(self._blobs)
+        if pin:
+            self._pin_path(cid).touch()
         with self._lock:
             exists = final.exists()
             if exists:
@@ -186,10 +193,8 @@ class BlobStore:
                 os.replace(tmp, final)
                 self._used += stored
                 self._count += 1
-        if not exists:
-            _fsync_dir(shard)
-        if pin:
-            self.pin(cid)
+        # one fsync of the shard directory makes the rename and the pin durable
+        _fsync_dir(shard)
 
     # -- reads ---------------------------------------------------------------
 
@@ -307,25 +312,20 @@ class BlobStore:
         cid = canonical_cid(cid)
         if not self._path(cid).exists():
             raise NotFound(f"cannot pin {cid}: not stored on this node")
-        marker = self._pins / cid
+        marker = self._pin_path(cid)
         if marker.exists():
             return
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(self._pins)
+        marker.touch()
+        _fsync_dir(marker.parent)
 
     def unpin(self, cid: str) -> None:
-        cid = canonical_cid(cid)
-        marker = self._pins / cid
+        marker = self._pin_path(canonical_cid(cid))
         if marker.exists():
             marker.unlink()
-            _fsync_dir(self._pins)
+            _fsync_dir(marker.parent)
 
     def is_pinned(self, cid: str) -> bool:
-        return (self._pins / canonical_cid(cid)).exists()
+        return self._pin_path(canonical_cid(cid)).exists()
 
     def stat(self, cid: str) -> BlobStat:
         cid = canonical_cid(cid)
@@ -338,12 +338,14 @@ class BlobStore:
             f.seek(stored - _TAIL.size)
             tail = f.read(_TAIL.size)
         size = _TAIL.unpack(tail)[1] if len(tail) == _TAIL.size else -1
-        return BlobStat(cid, size, stored, (self._pins / cid).exists())
+        return BlobStat(cid, size, stored, self._pin_path(cid).exists())
 
     def list(self) -> list[BlobStat]:
         """Every stored blob (for repair and listing), sorted by CID."""
         out = []
         for path in sorted(self._blobs.glob("*/*"), key=lambda p: p.name):
+            if path.suffix == ".pin":
+                continue
             try:
                 out.append(self.stat(path.name))
             except (NotFound, StorageError):
@@ -353,7 +355,7 @@ class BlobStore:
     def delete(self, cid: str, *, force: bool = False) -> bool:
         """Delete a blob; pinned blobs only with ``force``. True if something was deleted."""
         cid = canonical_cid(cid)
-        if not force and (self._pins / cid).exists():
+        if not force and self._pin_path(cid).exists():
             raise StorageError(f"blob {cid} is pinned; unpin it first")
         path = self._path(cid)
         try:
@@ -364,7 +366,7 @@ class BlobStore:
         with self._lock:
             self._used -= stored
             self._count -= 1
-        (self._pins / cid).unlink(missing_ok=True)
+        self._pin_path(cid).unlink(missing_ok=True)
         _fsync_dir(path.parent)
         return True
 
