@@ -246,22 +246,23 @@ class StorageClient:
 
     # -- get ----------------------------------------------------------------
 
-    async def _leaves(self, node: str, cid: str, parsed: cidmod.Cid) -> tuple[int, list[bytes]]:
-        reply = await self._call(node, "storage.leaves", {"cid": cid})
-        size, raw = reply.get("size"), reply.get("digests")
+    @staticmethod
+    def _check_leaves(node: str, cid: str, parsed: cidmod.Cid, size: Any, raw: Any) -> list[bytes]:
         if not isinstance(size, int) or not isinstance(raw, bytes) or len(raw) % 32:
-            raise CorruptBlob(f"{node}: malformed leaves reply")
+            raise CorruptBlob(f"{node}: malformed leaves of {cid}")
         digests = [raw[i : i + 32] for i in range(0, len(raw), 32)]
         try:
             if cidmod.cid_from_leaves(digests, size) != parsed:
                 raise CorruptBlob(f"{node}: chunk digests do not hash to {cid}")
         except DecodeError as exc:
             raise CorruptBlob(f"{node}: {exc}") from None
-        return size, digests
+        return digests
 
-    async def _fetch(self, node: str, cid: str, offset: int, n: int, digests: list[bytes]) -> bytes:
-        reply = await self._call(node, "storage.get", {"cid": cid, "offset": offset, "length": n})
-        data = reply.get("data")
+    async def _leaves(self, node: str, cid: str, parsed: cidmod.Cid) -> tuple[int, list[bytes]]:
+        reply = await self._call(node, "storage.leaves", {"cid": cid})
+        return reply["size"], self._check_leaves(node, cid, parsed, reply.get("size"), reply.get("digests"))
+
+    async def _check_data(self, node: str, cid: str, data: Any, offset: int, n: int, digests: list[bytes]) -> bytes:
         if not isinstance(data, bytes) or len(data) != n:
             raise CorruptBlob(f"{node}: short or malformed read of {cid}")
 
@@ -277,6 +278,20 @@ class StorageClient:
         else:
             check()
         return data
+
+    async def _fetch(self, node: str, cid: str, offset: int, n: int, digests: list[bytes]) -> bytes:
+        reply = await self._call(node, "storage.get", {"cid": cid, "offset": offset, "length": n})
+        return await self._check_data(node, cid, reply.get("data"), offset, n, digests)
+
+    async def _first(self, node: str, cid: str, parsed: cidmod.Cid) -> tuple[int, list[bytes], bytes]:
+        """Digests and the first piece in one round trip."""
+        reply = await self._call(
+            node, "storage.get", {"cid": cid, "offset": 0, "length": self.message_size, "leaves": True}
+        )
+        size = reply.get("size")
+        digests = self._check_leaves(node, cid, parsed, size, reply.get("digests"))
+        data = await self._check_data(node, cid, reply.get("data"), 0, min(size, self.message_size), digests)
+        return size, digests, data
 
     async def read_to(
         self, cid: str, sink: Callable[[bytes], Awaitable[None]], *, corrupt: list[str] | None = None
@@ -307,7 +322,9 @@ class StorageClient:
                 self.stats.fallbacks += 1
             try:
                 if size is None:
-                    size, digests = await self._leaves(node, cid, parsed)
+                    size, digests, first = await self._first(node, cid, parsed)
+                    if first:
+                        await deliver(first)
                 await self._ranges(node, cid, offset, size, digests, deliver)
                 self.stats.gets += 1
                 return size

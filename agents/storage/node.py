@@ -11,7 +11,7 @@ storage.put.begin      cid (str|nil), size (int), pin (bool)               sessi
 storage.put.chunk      session, offset (int), data (bin)                   written (int)
 storage.put.commit     session                                             cid
 storage.put.abort      session                                             {}
-storage.get            cid, offset (int), length (int <= max_message)      data (bin), size (int)
+storage.get            cid, offset, length (<= max_message), leaves?       data, size, digests if leaves
 storage.leaves         cid                                                 size (int), digests (bin)
 storage.has            cid                                                 has (bool)
 storage.pin / .unpin   cid                                                 {}
@@ -222,6 +222,15 @@ class StorageNode:
         if length > MAX_MESSAGE_DATA:
             raise BadRequest(f"length above the {MAX_MESSAGE_DATA}-byte message limit")
 
+        if body.get("leaves") is True:  # first read of a blob: digests in the same round trip
+
+            def read_with_leaves() -> tuple[bytes, int, list[bytes]]:
+                _, digests = self.store.leaves(cid)
+                data, size = self.store.read_range(cid, offset, length)
+                return data, size, digests
+
+            data, size, digests = await self._guard_corrupt(cid, read_with_leaves)
+            return {"data": data, "size": size, "digests": b"".join(digests)}
         data, size = await self._guard_corrupt(cid, self.store.read_range, cid, offset, length)
         return {"data": data, "size": size}
 
