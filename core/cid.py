@@ -26,6 +26,7 @@ Everything here is pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ class Cid:
         """Canonical text: base58btc for CIDv0, lowercase base32 (``b...``) for CIDv1."""
         if self.version == 0:
             return str(_MfCID("base58btc", 0, "dag-pb", self.multihash))
-        return str(_MfCID("base32", 1, self.codec, self.multihash))
+        return _b32(self.to_bytes())
 
     def to_v1(self) -> Cid:
         return Cid(1, self.codec, self.hash_code, self.digest)
@@ -123,6 +124,9 @@ def parse(text: str) -> Cid:
         raise DecodeError(f"CID string longer than {_MAX_CID_TEXT} characters")
     if text != text.strip():
         raise DecodeError("CID string has surrounding whitespace")
+    fast = _parse_base32_v1(text)
+    if fast is not None:
+        return fast
     try:
         mf = _MfCID.decode(text)
         version = int(mf.version)
@@ -140,6 +144,50 @@ def parse(text: str) -> Cid:
     if not digest:
         raise DecodeError("CID has an empty digest")
     return Cid(version, codec, hash_code, digest)
+
+
+_B32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+
+
+def _b32(raw: bytes) -> str:
+    return "b" + base64.b32encode(raw).decode("ascii").lower().rstrip("=")
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(raw) and shift < 63:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if byte == 0 and shift:  # non-minimal encoding
+                return -1, pos
+            return value, pos
+        shift += 7
+    return -1, pos
+
+
+def _parse_base32_v1(text: str) -> Cid | None:
+    """Fast path for the canonical form (``b`` + lowercase base32, sha2-256, raw or
+    dag-pb); None sends anything else to the general multiformats parser."""
+    if len(text) < 2 or text[0] != "b" or not _B32_ALPHABET.issuperset(text[1:]):
+        return None
+    body = text[1:].upper()
+    try:
+        raw = base64.b32decode(body + "=" * (-len(body) % 8))
+    except ValueError:
+        return None
+    if _b32(raw) != text:  # non-canonical padding bits: let the general parser judge
+        return None
+    version, pos = _read_varint(raw, 0)
+    codec, pos = _read_varint(raw, pos)
+    hash_code, pos = _read_varint(raw, pos)
+    length, pos = _read_varint(raw, pos)
+    if version != 1 or codec not in (RAW, DAG_PB) or hash_code != SHA2_256 or length != 32:
+        return None
+    if len(raw) - pos != 32:
+        return None
+    return Cid(1, codec, SHA2_256, raw[pos:])
 
 
 def is_valid(text: object) -> bool:
