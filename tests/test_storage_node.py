@@ -89,7 +89,7 @@ async def test_flipped_byte_detected_good_replica_served_and_healed(tmp_path) ->
             path.write_bytes(bytes(raw))
             assert await client.get(cid) == data
             assert nodes[first].corruptions == 1
-            assert client.stats.corrupt_replicas == 1 and client.stats.healed == 1
+            assert client.statistics().corrupt_replicas == 1 and client.statistics().healed == 1
             # the bad copy was quarantined and replaced by a good one
             assert nodes[first].store.verify(cid)
             assert (tmp_path / first / "corrupt" / cid).exists()
@@ -111,7 +111,7 @@ async def test_lying_node_bytes_never_reach_caller(tmp_path) -> None:
 
             assert await client.read_to(cid, sink) == len(data)
             assert b"".join(got) == data
-            assert client.stats.corrupt_replicas == 1
+            assert client.statistics().corrupt_replicas == 1
 
 
 async def test_quota_and_mismatch_errors_are_clear(tmp_path) -> None:

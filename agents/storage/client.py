@@ -23,6 +23,7 @@ receiving node). :meth:`repair_loop` runs it periodically.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -104,8 +105,12 @@ class StorageClient:
         self.pipeline = max(1, pipeline)
         self._nodes: list[str] = []
         self._down_until: dict[str, float] = {}
-        self.stats = ClientStatistics()
+        self._stats = ClientStatistics()
         self.set_nodes(nodes)
+
+    def statistics(self) -> ClientStatistics:
+        """Counters since creation (a copy)."""
+        return dataclasses.replace(self._stats)
 
     # -- membership -----------------------------------------------------------
 
@@ -206,7 +211,7 @@ class StorageClient:
             raise Unavailable(
                 f"put {cid}: {len(acks)} of the {self.write_quorum} required replicas acknowledged ({detail})"
             )
-        self.stats.puts += 1
+        self._stats.puts += 1
         return acks
 
     async def put(self, data: bytes, *, pin: bool = True) -> str:
@@ -319,18 +324,18 @@ class StorageClient:
 
         for attempt_no, node in enumerate(self.placement(cid)):
             if attempt_no:
-                self.stats.fallbacks += 1
+                self._stats.fallbacks += 1
             try:
                 if size is None:
                     size, digests, first = await self._first(node, cid, parsed)
                     if first:
                         await deliver(first)
                 await self._ranges(node, cid, offset, size, digests, deliver)
-                self.stats.gets += 1
+                self._stats.gets += 1
                 return size
             except CorruptBlob as exc:
                 failures[node] = exc
-                self.stats.corrupt_replicas += 1
+                self._stats.corrupt_replicas += 1
                 if corrupt is not None:
                     corrupt.append(node)
                 log.warning("replica %s of %s is corrupt: %s", node, cid, exc)
@@ -400,7 +405,7 @@ class StorageClient:
         for node in corrupt:
             try:
                 await self._put_one(node, str(cidmod.parse(cid)), len(data), _reader(data), True)
-                self.stats.healed += 1
+                self._stats.healed += 1
             except (StorageError, BusError) as exc:
                 log.info("could not heal %s on %s: %s", cid, node, exc)
         return data
