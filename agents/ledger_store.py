@@ -1,0 +1,215 @@
+"""SQLite persistence for a peer's ledger (and the orderer's block log).
+
+One database file per agent, in WAL mode. Tables::
+
+    blocks(height PRIMARY KEY, hash, data, marks, root)  -- every block, genesis at height 0;
+                                                           marks/root NULL on the orderer
+    state(key PRIMARY KEY, value)                         -- the world state (core.ledger keys)
+    shares(grant_id PRIMARY KEY, idx, sealed)             -- re-encryption key shares, still
+                                                           sealed to the peer's X25519 key
+    meta(key PRIMARY KEY, value)                          -- "genesis": the genesis hash
+
+:meth:`LedgerStore.commit` writes a block, its validity marks, its state
+writes and the new head (``meta/head`` is one of the writes) in ONE SQLite
+transaction, so a process killed at any instant restarts at the last block
+it committed, never between two. :class:`LedgerStore` implements the
+:class:`core.ledger.KV` protocol (``get``, ``scan``) over the state table.
+
+The connection is shared between the trio thread and crypto worker threads,
+serialized by a lock (SQLite itself is in serialized mode per connection).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterable
+
+from core import canonical
+from core.ledger import Block, CommitResult
+
+__all__ = ["LedgerStore", "StoreError", "prefix_bound"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY,
+    hash   BLOB NOT NULL,
+    data   BLOB NOT NULL,
+    marks  BLOB,
+    root   BLOB
+);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shares (grant_id TEXT PRIMARY KEY, idx INTEGER NOT NULL, sealed BLOB NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+"""
+
+
+class StoreError(Exception):
+    """The database does not belong to this chain, or is inconsistent."""
+
+
+def prefix_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix``
+    (None: no bound). SQLite compares TEXT as UTF-8 bytes, which orders like
+    Python's code-point comparison."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF and not 0xD7FF <= last < 0xE000:
+            return prefix[:-1] + chr(last + 1)
+        prefix = prefix[:-1]
+    return None
+
+
+class LedgerStore:
+    """A ledger database. ``synchronous``: "NORMAL" (safe against process
+    crashes, the default for peers, which can re-fetch blocks) or "FULL"
+    (also against power loss; the orderer's log, the source of blocks)."""
+
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL", readonly: bool = False):
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        if readonly:
+            if not self.path.exists():
+                raise StoreError(f"no ledger database at {self.path}")
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                                       isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- genesis ----------------------------------------------------------
+
+    def init_genesis(self, genesis: Block) -> None:
+        """Store block 0 on first use; refuse a database of another chain."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'genesis'").fetchone()
+            if row is not None:
+                if row[0] != genesis.hash:
+                    raise StoreError(f"{self.path} holds another chain (genesis {row[0].hex()[:16]}...)")
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO blocks (height, hash, data) VALUES (0, ?, ?)",
+                                 (genesis.hash, genesis.to_bytes()))
+                self._db.execute("INSERT INTO meta (key, value) VALUES ('genesis', ?)", (genesis.hash,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def genesis(self) -> bytes | None:
+        return self.block(0)
+
+    # -- KV protocol (core.ledger.KV) -------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        bound = prefix_bound(prefix)
+        with self._lock:
+            if bound is None:
+                rows = self._db.execute("SELECT key, value FROM state WHERE key >= ? ORDER BY key",
+                                        (prefix,)).fetchall()
+            else:
+                rows = self._db.execute("SELECT key, value FROM state WHERE key >= ? AND key < ? ORDER BY key",
+                                        (prefix, bound)).fetchall()
+        return rows
+
+    def state_items(self) -> list[tuple[str, bytes]]:
+        return self.scan("")
+
+    # -- blocks -----------------------------------------------------------
+
+    def commit(self, block: Block, result: CommitResult, data: bytes | None = None) -> None:
+        """Block + marks + state writes + head, atomically."""
+        if result.height != block.height or result.block_hash != block.hash:
+            raise StoreError("commit result does not belong to this block")
+        data = block.to_bytes() if data is None else data
+        puts = [(k, v) for k, v in result.writes.items() if v is not None]
+        dels = [(k,) for k, v in result.writes.items() if v is None]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO blocks (height, hash, data, marks, root) VALUES (?, ?, ?, ?, ?)",
+                                 (block.height, block.hash, data, canonical.pack(list(result.marks)),
+                                  result.state_root))
+                if puts:
+                    self._db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", puts)
+                if dels:
+                    self._db.executemany("DELETE FROM state WHERE key = ?", dels)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def append_block(self, block: Block, data: bytes | None = None) -> None:
+        """The orderer's log: the block alone (no marks, no state)."""
+        data = block.to_bytes() if data is None else data
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO blocks (height, hash, data) VALUES (?, ?, ?)",
+                                 (block.height, block.hash, data))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def last_height(self) -> int:
+        """The highest stored block (0: only genesis, -1: empty)."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(height) FROM blocks").fetchone()
+        return -1 if row[0] is None else row[0]
+
+    def block(self, height: int) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM blocks WHERE height = ?", (height,)).fetchone()
+        return None if row is None else row[0]
+
+    def blocks(self, start: int, limit: int, max_bytes: int = 8 << 20) -> list[bytes]:
+        """Blocks ``start``, ``start+1``, ... : at most ``limit``, and at most
+        ``max_bytes`` in total unless the first alone is larger."""
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM blocks WHERE height >= ? ORDER BY height LIMIT ?",
+                                    (start, limit)).fetchall()
+        out: list[bytes] = []
+        total = 0
+        for (data,) in rows:
+            total += len(data)
+            if out and total > max_bytes:
+                break
+            out.append(data)
+        return out
+
+    def block_rows(self, start: int = 0) -> Iterable[tuple[int, bytes, bytes, bytes | None, bytes | None]]:
+        """(height, hash, data, marks, root) in height order, for verification."""
+        with self._lock:
+            rows = self._db.execute("SELECT height, hash, data, marks, root FROM blocks WHERE height >= ? "
+                                    "ORDER BY height", (start,)).fetchall()
+        return rows
+
+    # -- sealed key shares --------------------------------------------------
+
+    def put_share(self, grant_id: str, index: int, sealed: bytes) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO shares (grant_id, idx, sealed) VALUES (?, ?, ?)",
+                             (grant_id, index, sealed))
+
+    def share(self, grant_id: str) -> tuple[int, bytes] | None:
+        with self._lock:
+            row = self._db.execute("SELECT idx, sealed FROM shares WHERE grant_id = ?", (grant_id,)).fetchone()
+        return None if row is None else (row[0], row[1])

@@ -1,0 +1,159 @@
+"""The embedded ordering service: batches submitted transactions into signed blocks.
+
+It does not validate transactions beyond their framing (order-then-validate:
+every peer validates every transaction). It cuts a block when ``batch_size``
+transactions are queued or ``batch_timeout`` seconds have passed since the
+first of them, signs it, persists it (SQLite, ``synchronous=FULL``) and only
+then publishes it on topic ``blocks``. See docs/protocol.md, "Orderer".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+import bus
+from core.errors import DecodeError
+from core.ledger import MAX_BLOCK_TXS, Block
+from core.tx import MAX_TX_SIZE, Transaction
+
+from .ledger_store import LedgerStore
+from .runtime import make_endpoint, run_crypto
+
+__all__ = ["OrdererAgent", "MAX_BLOCKS_PER_REPLY", "MAX_QUEUED"]
+
+log = logging.getLogger("agents.orderer")
+
+MAX_BLOCKS_PER_REPLY = 256
+MAX_QUEUED = 50_000
+MAX_TXS_PER_SUBMIT = 1024
+
+
+def _bad(message: str) -> bus.HandlerError:
+    return bus.HandlerError("bad-request", message)
+
+
+class OrdererAgent:
+    def __init__(self, *, orderer_id: str, signing_key: bytes, genesis: bytes, data_dir: Path,
+                 directory: Callable[[str], bytes | None], batch_size: int = 500, batch_timeout: float = 0.05,
+                 clock: Callable[[], float] = time.time):
+        if not 1 <= batch_size <= MAX_BLOCK_TXS:
+            raise ValueError(f"batch_size must be 1..{MAX_BLOCK_TXS}")
+        if batch_timeout <= 0:
+            raise ValueError("batch_timeout must be positive")
+        self.orderer_id = orderer_id
+        self._key = signing_key
+        self.genesis = Block.from_bytes(genesis)
+        from core.identity import ConsortiumConfig
+
+        self.config = ConsortiumConfig.from_bytes(self.genesis.txs[0])
+        self._peers = {p.id for p in self.config.peers}
+        self.data_dir = Path(data_dir)
+        self._directory = directory
+        self.batch_size = batch_size
+        self.batch_timeout = batch_timeout
+        self._clock = clock
+        self.store = LedgerStore(self.data_dir / "orderer.sqlite", synchronous="FULL")
+        self.store.init_genesis(self.genesis)
+        height = self.store.last_height()
+        last = Block.from_bytes(self.store.block(height))  # type: ignore[arg-type]
+        self.height = last.height
+        self.head_hash = last.hash
+        self._last_ts = last.timestamp
+        self._queue: list[bytes] = []
+        self._wakeup = trio.Event()
+        self.endpoint: bus.Endpoint | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def run(self, node: bus.Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ep = make_endpoint(node, self.orderer_id, self._key, self._directory)
+        self.endpoint = ep
+        ep.register("orderer.submit", self._submit)
+        ep.register("orderer.blocks", self._blocks)
+        ep.register("orderer.head", self._head)
+        log.info("orderer %s serving at height %d", self.orderer_id, self.height)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._cutter)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await ep.aclose()
+            await trio.to_thread.run_sync(self.store.close)
+
+    # -- handlers -----------------------------------------------------------
+
+    async def _submit(self, msg: bus.Message) -> dict[str, Any]:
+        if msg.sender not in self._peers:
+            raise bus.HandlerError("forbidden", "only consortium peers submit to the orderer")
+        body = msg.body
+        if not isinstance(body, dict):
+            raise _bad("body must be a map")
+        if "txs" in body:
+            txs = body["txs"]
+            if not isinstance(txs, list) or not 0 < len(txs) <= MAX_TXS_PER_SUBMIT:
+                raise _bad(f"txs must be a list of 1..{MAX_TXS_PER_SUBMIT} transactions")
+        else:
+            txs = [body.get("tx")]
+        ids = []
+        for raw in txs:
+            if not isinstance(raw, bytes) or len(raw) > MAX_TX_SIZE:
+                raise _bad(f"a transaction must be bytes of at most {MAX_TX_SIZE}")
+            try:
+                ids.append(Transaction.from_bytes(raw).tx_id)
+            except DecodeError as exc:
+                raise _bad(f"transaction does not decode: {exc}") from None
+        if len(self._queue) + len(txs) > MAX_QUEUED:
+            raise bus.HandlerError("orderer.busy", "too many transactions queued; retry later")
+        self._queue.extend(txs)
+        self._wakeup.set()
+        return {"tx_ids": ids} if "txs" in body else {"tx_id": ids[0]}
+
+    async def _blocks(self, msg: bus.Message) -> dict[str, Any]:
+        start, limit = _range(msg.body)
+        blocks = await trio.to_thread.run_sync(self.store.blocks, start, limit)
+        return {"blocks": blocks}
+
+    async def _head(self, msg: bus.Message) -> dict[str, Any]:
+        return {"height": self.height, "hash": self.head_hash}
+
+    # -- cutting blocks -------------------------------------------------------
+
+    async def _cutter(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+            with trio.move_on_after(self.batch_timeout):
+                while len(self._queue) < self.batch_size:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+            batch = self._queue[: self.batch_size]
+            del self._queue[: self.batch_size]
+            await self._cut(batch)
+
+    async def _cut(self, txs: list[bytes]) -> None:
+        ts = max(self._last_ts, int(self._clock() * 1000))
+        block = await run_crypto(Block.make, self.height + 1, self.head_hash, ts, txs, self._key)
+        data = block.to_bytes()
+        await trio.to_thread.run_sync(self.store.append_block, block, data)
+        self.height, self.head_hash, self._last_ts = block.height, block.hash, ts
+        log.debug("cut block %d with %d transactions", block.height, len(txs))
+        assert self.endpoint is not None
+        await self.endpoint.publish("blocks", {"block": data})
+
+
+def _range(body: Any) -> tuple[int, int]:
+    if not isinstance(body, dict):
+        raise _bad("body must be a map")
+    start, limit = body.get("from"), body.get("limit", MAX_BLOCKS_PER_REPLY)
+    if type(start) is not int or start < 0:
+        raise _bad("'from' must be a non-negative integer")
+    if type(limit) is not int or limit < 1:
+        raise _bad("'limit' must be a positive integer")
+    return start, min(limit, MAX_BLOCKS_PER_REPLY)
