@@ -1,0 +1,446 @@
+"""What the patient and doctor agents share: configuration, keys, state, endpoints, ledger calls.
+
+:class:`UserConfig` says who the user is and where its deployment is;
+:class:`UserAgent` is the base of :class:`agents.patient.PatientAgent` and
+:class:`agents.doctor.DoctorAgent`. It owns
+
+* the keys (:class:`agents.runtime.AgentKeys`, generated on first open and kept
+  encrypted in ``data_dir/keys.bin``) and small local state
+  (``data_dir/state.msgpack``: certificate, record index, grants, grant cache),
+  written atomically after every change so an agent reopened from its
+  directory continues where it stopped;
+* its bus endpoint (agent id = subject) and, while registering, a second one
+  with the self-certifying id ``enroll:<hex key>`` (docs/protocol.md);
+* its key directory: the manifest's static keys plus certificates learned from
+  peers (``peer.query cert``), each checked against its issuing peer's key
+  from the genesis. An envelope from a user it does not know yet makes it look
+  the certificate up in the background, so the sender's retry gets through;
+* peer selection (the configured peer, else the first of its organization;
+  reads fail over to the other peers), submit-and-wait and queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import msgpack
+import trio
+
+import bus
+from core import pre
+from core.errors import CoreError, DecodeError
+from core.identity import Certificate, ConsortiumConfig
+from core.ledger import Ledger, MemoryKV, Block
+from core.tx import Transaction
+
+from .errors import AgentError, RegistrationError, TransactionRejected, Unavailable
+from .runtime import (
+    ENROLL_PREFIX,
+    AgentKeys,
+    ConsortiumDirectory,
+    KeyStore,
+    Manifest,
+    atomic_write,
+    enroll_id,
+    make_endpoint,
+    run_crypto,
+)
+
+__all__ = ["UserConfig", "UserAgent", "CERT_VALIDITY_S"]
+
+log = logging.getLogger("agents.user")
+
+CERT_VALIDITY_S = 365 * 86400
+STATE_FILE = "state.msgpack"
+KEY_FILE = "keys.bin"
+_TRANSPORT_ERRORS = (bus.UnreachableError, bus.BrokenError, bus.ClosedError)
+_LOOKUP_INTERVAL = 2.0  # seconds between background certificate look-ups of one unknown id
+_MAX_LOOKUPS = 16  # background look-ups in flight
+_STORAGE_RETRIES = 7
+
+
+@dataclass
+class UserConfig:
+    """Who a user agent is and where its deployment is.
+
+    ``attributes`` go on the certificate (``role`` is required: ``"patient"``,
+    ``"doctor"``, ``"nurse"``, ...). ``data_dir`` holds the encrypted keys and
+    the local state. Give exactly one of ``passphrase`` or ``key_file`` (a
+    32-byte file, see :meth:`agents.runtime.KeyStore.create_key_file`);
+    ``fast_kdf`` makes the passphrase KDF cheap (tests only). ``peer`` is the
+    preferred peer (default: the first of ``org``'s). ``listen`` is the bus
+    address this agent accepts connections on when it opens its own node
+    (patients: so doctors can reach them, e.g. ``"tcp://127.0.0.1:0"``).
+    ``routes`` adds bus routes (agent id -> address) beyond the manifest's,
+    e.g. where a patient listens, for a doctor that opens its own node.
+    """
+
+    subject: str
+    org: str
+    attributes: dict
+    data_dir: Path
+    manifest: Manifest
+    passphrase: str | None = None
+    key_file: Path | None = None
+    fast_kdf: bool = False
+    peer: str | None = None
+    listen: str | None = None
+    request_timeout: float = 30.0
+    routes: dict = field(default_factory=dict)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def remote_error(exc: bus.RemoteError, what: str) -> AgentError:
+    """An AgentError carrying a peer's error code (for codes with no dedicated type)."""
+    if exc.code == "unknown-sender":
+        return RegistrationError(f"{what}: {exc.peer or 'the peer'} does not know this agent "
+                                 "(not registered, or its certificate was revoked)", code="agent.unknown")
+    return AgentError(f"{what}: {exc.peer or 'peer'} answered [{exc.code}] {exc.message}", code=exc.code)
+
+
+class UserAgent:
+    """Base of the patient and doctor agents (see the module docstring).
+
+    Open with the subclass's ``open()`` async context manager; do not
+    construct directly.
+    """
+
+    ROLE_KINDS: tuple[str, ...] = ()
+
+    def __init__(self, config: UserConfig, keys: AgentKeys, node: bus.Node, nursery: trio.Nursery):
+        self.config = config
+        self.subject = config.subject
+        self.manifest = config.manifest
+        self.keys = keys
+        self.node = node
+        self._nursery = nursery
+        self.consortium: ConsortiumConfig = Ledger(Block.from_bytes(config.manifest.genesis), MemoryKV()).config
+        self._peer_info = {p.id: p for p in self.consortium.peers}
+        self._directory: ConsortiumDirectory = config.manifest.directory()
+        self._lookups: dict[str, float] = {}
+        self._lookups_running = 0
+        self._certs: dict[str, Certificate] = {}  # verified, not revoked, as of last look-up
+        self._state_lock = trio.Lock()
+        self.state: dict[str, Any] = {"cert": None}
+        self.address: str | None = None
+        self.endpoint: bus.Endpoint = make_endpoint(node, self.subject, keys.ecdsa_private, self._lookup_key)
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def _open(cls, config: UserConfig, node: bus.Node | None, **kwargs: Any) -> AsyncIterator[Any]:
+        data_dir = Path(config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        keys = await trio.to_thread.run_sync(_load_or_create_keys, config)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                address = None
+                if node is None:
+                    routes = {**config.manifest.agents, **config.routes}
+                    node = await stack.enter_async_context(bus.open_node(routes=routes))
+                    if config.listen:
+                        address = await node.listen(config.listen)
+                else:
+                    for agent, addr in config.routes.items():
+                        node.add_route(agent, addr)
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                agent = cls(config, keys, node, nursery, **kwargs)
+                agent.address = address
+                stack.push_async_callback(agent._close)
+                await agent._load_state()
+                if agent.certificate is not None:
+                    agent._directory.set_certificate(agent.subject, agent.certificate.ecdsa_key)
+                yield agent
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # the caller's own exception, not wrapped in our nurseries' groups
+            lone = _lone(group)
+            if lone is None:
+                raise
+            raise lone from None
+
+    async def _close(self) -> None:
+        await self.endpoint.aclose()
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config.data_dir)
+
+    async def _load_state(self) -> None:
+        path = self.data_dir / STATE_FILE
+
+        def load() -> dict | None:
+            try:
+                return msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+            except FileNotFoundError:
+                return None
+
+        loaded = await trio.to_thread.run_sync(load)
+        if loaded is not None:
+            if not isinstance(loaded, dict) or loaded.get("subject") != self.subject:
+                raise AgentError(f"{path} holds the state of another subject or is corrupt")
+            self.state.update(loaded)
+        self.state["subject"] = self.subject
+
+    async def save_state(self) -> None:
+        """Persist the local state (atomically; serialized so the newest wins)."""
+        async with self._state_lock:
+            data = msgpack.packb(self.state, use_bin_type=True)
+            await trio.to_thread.run_sync(atomic_write, self.data_dir / STATE_FILE, data)
+
+    @property
+    def certificate(self) -> Certificate | None:
+        """This agent's certificate once registered."""
+        raw = self.state.get("cert")
+        return None if raw is None else Certificate.from_dict(raw)
+
+    @property
+    def registered(self) -> bool:
+        return self.state.get("cert") is not None
+
+    def _require_registered(self) -> None:
+        if not self.registered:
+            raise RegistrationError(f"{self.subject} is not registered yet: call register(token) first",
+                                    code="agent.unregistered")
+
+    # ------------------------------------------------------------ directory
+
+    def _lookup_key(self, agent: str) -> bytes | None:
+        """The bus directory: known keys, else look the certificate up in the background."""
+        key = self._directory(agent)
+        if key is not None or agent.startswith(ENROLL_PREFIX) or agent in self._peer_info:
+            return key
+        now = trio.current_time()
+        if now - self._lookups.get(agent, -1e9) >= _LOOKUP_INTERVAL and self._lookups_running < _MAX_LOOKUPS:
+            if len(self._lookups) > 4096:
+                self._lookups.clear()
+            self._lookups[agent] = now
+            self._lookups_running += 1
+            self._nursery.start_soon(self._background_lookup, agent)
+        return None
+
+    async def _background_lookup(self, agent: str) -> None:
+        try:
+            await self.lookup_certificate(agent)
+        except Exception as exc:  # a bad answer must not take the agent down
+            log.info("%s: certificate look-up of %r failed: %s", self.subject, agent, exc)
+        finally:
+            self._lookups_running -= 1
+
+    async def lookup_certificate(self, subject: str, *, fresh: bool = True) -> Certificate | None:
+        """The committed, non-revoked certificate of ``subject`` (None if absent or revoked).
+
+        The certificate is checked against its issuing peer's key from the
+        genesis; a good one is added to the bus directory, a revoked one removed.
+        """
+        if not fresh and subject in self._certs:
+            return self._certs[subject]
+        entry = await self.query({"what": "cert", "subject": subject})
+        if entry is None or entry.get("revoked"):
+            self._directory.set_certificate(subject, None)
+            self._certs.pop(subject, None)
+            return None
+        cert = self._check_certificate(entry.get("cert"), subject)
+        self._directory.set_certificate(subject, cert.ecdsa_key)
+        self._certs[subject] = cert
+        return cert
+
+    def _check_certificate(self, raw: Any, subject: str) -> Certificate:
+        try:
+            cert = Certificate.from_dict(raw)
+        except DecodeError as exc:
+            raise AgentError(f"certificate of {subject} is malformed: {exc}", code="integrity") from exc
+        issuer = self._peer_info.get(cert.issuer)
+        if cert.subject != subject or issuer is None or issuer.org != cert.org:
+            raise AgentError(f"certificate of {subject} names the wrong subject or issuer", code="integrity")
+        try:
+            cert.verify_signature(issuer.ecdsa_key)
+        except CoreError as exc:
+            raise AgentError(str(exc), code="integrity") from exc
+        return cert
+
+    # ------------------------------------------------------------ peers
+
+    @property
+    def home_peer(self) -> str:
+        if self.config.peer:
+            return self.config.peer
+        org_peers = self.manifest.peer_orgs.get(self.config.org) or []
+        if org_peers:
+            return org_peers[0]
+        return self.manifest.peers[0]
+
+    def peer_order(self) -> list[str]:
+        """The home peer first, then the others (same organization first)."""
+        home = self.home_peer
+        same = [p for p in self.manifest.peer_orgs.get(self.config.org, []) if p != home]
+        rest = [p for p in self.manifest.peers if p != home and p not in same]
+        return [home] + same + rest
+
+    async def call_peer(self, kind: str, body: dict, *, timeout: float | None = None,
+                        failover: bool = True) -> Any:
+        """Request ``kind`` from the home peer; on transport failure (and ``failover``) from the next.
+
+        Raises :class:`bus.RemoteError` as the peer answered, :class:`Unavailable`
+        when no peer answered.
+        """
+        timeout = self.config.request_timeout if timeout is None else timeout
+        errors: dict[str, str] = {}
+        for peer in self.peer_order() if failover else [self.home_peer]:
+            try:
+                return await self.endpoint.request(peer, kind, body, timeout=timeout)
+            except bus.RequestTimeout as exc:
+                errors[peer] = f"timeout: {exc}"
+            except _TRANSPORT_ERRORS as exc:
+                errors[peer] = f"{type(exc).__name__}: {exc}"
+        raise Unavailable(f"no peer answered {kind}: " + "; ".join(f"{p}: {e}" for p, e in errors.items()))
+
+    async def query(self, body: dict) -> Any:
+        """``peer.query`` (see docs/protocol.md), failing over between peers."""
+        try:
+            return await self.call_peer("peer.query", body)
+        except bus.RemoteError as exc:
+            raise remote_error(exc, f"query {body.get('what')}") from None
+
+    async def submit(self, tx_type: str, body: dict) -> dict:
+        """Sign and submit a transaction, wait for its block; return ``{tx_id, height, mark}``.
+
+        Raises :class:`TransactionRejected` when the ledger marks it invalid.
+        Resubmits to another peer only when the first could not be reached at
+        all (a timed-out submission may still commit: :class:`Unavailable`).
+        """
+        tx = Transaction.create(tx_type, self.subject, body, self.keys.ecdsa_private, _now_ms())
+        errors: dict[str, str] = {}
+        reply = None
+        for peer in self.peer_order():
+            try:
+                reply = await self.endpoint.request(peer, "peer.submit", {"tx": tx.to_bytes(), "wait": True},
+                                                    timeout=self.config.request_timeout)
+                break
+            except bus.RequestTimeout as exc:
+                raise Unavailable(f"{tx_type} transaction: no answer from {peer}: {exc}") from None
+            except (bus.UnreachableError, bus.ClosedError) as exc:
+                errors[peer] = str(exc)
+            except bus.RemoteError as exc:
+                if exc.code == "submit.timeout":
+                    raise Unavailable(f"{tx_type} transaction was not committed in time ({exc.message})") from None
+                raise remote_error(exc, f"{tx_type} transaction") from None
+        if reply is None:
+            raise Unavailable(f"{tx_type} transaction: no peer reachable: {errors}")
+        if not isinstance(reply, dict) or "mark" not in reply:
+            raise AgentError(f"{tx_type} transaction: malformed submit reply", code="integrity")
+        if reply["mark"] != "ok":
+            raise TransactionRejected(f"the ledger marked the {tx_type} transaction invalid: {reply['mark']}",
+                                      reason=str(reply["mark"]))
+        return reply
+
+    async def storage_retry(self, fn: Callable[[], Any]) -> Any:
+        """Run a storage call, retrying while storage nodes do not know this agent yet.
+
+        Storage nodes learn certificates by following the orderer's blocks, so
+        right after registration they may answer ``unknown-sender`` for a moment.
+        """
+        from .storage import StorageError
+
+        delay = 0.1
+        for attempt in range(_STORAGE_RETRIES):
+            try:
+                return await fn()
+            except (StorageError, bus.BusError) as exc:
+                if "unknown-sender" not in str(exc) or attempt + 1 == _STORAGE_RETRIES:
+                    raise
+                await trio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def peer_key(self, peer: str) -> bytes | None:
+        return self.manifest.keys.get(peer)
+
+    # ------------------------------------------------------------ registration
+
+    async def register(self, token: bytes) -> Certificate:
+        """Enroll with a peer of this agent's organization; idempotent once registered.
+
+        ``token`` is the organization's authorization
+        (:func:`agents.runtime.enrollment_token`). Returns the committed certificate.
+        Raises :class:`RegistrationError` (``code`` = the peer's error code).
+        """
+        if self.certificate is not None:
+            return self.certificate
+        recv = self.keys.receive
+        proof = await run_crypto(recv.prove, self.subject)
+        body = {
+            "subject": self.subject, "org": self.config.org, "attributes": dict(self.config.attributes),
+            "box_key": self.keys.box_public, "pre_key": recv.public.to_bytes(), "pre_proof": proof.to_bytes(),
+            "valid_s": CERT_VALIDITY_S, "token": bytes(token),
+        }
+        peer = self.home_peer
+        ep = make_endpoint(self.node, enroll_id(self.keys.ecdsa_public), self.keys.ecdsa_private, self._lookup_key)
+        try:
+            try:
+                reply = await ep.request(peer, "peer.enroll", body, timeout=self.config.request_timeout)
+            except bus.RemoteError as exc:
+                if exc.code != "enroll.exists":
+                    raise RegistrationError(f"enrollment refused by {peer}: {exc.message}", code=exc.code) from None
+                reply = None
+            except (bus.RequestTimeout, *_TRANSPORT_ERRORS) as exc:
+                raise Unavailable(f"enrollment: {peer} did not answer: {exc}") from None
+        finally:
+            await ep.aclose()
+        if reply is None:  # already registered (e.g. we crashed before saving): accept only our own keys
+            try:
+                cert = await self.lookup_certificate(self.subject)
+            except AgentError:  # peers refuse our envelopes: they hold another key for this subject
+                cert = None
+            if cert is None or cert.ecdsa_key != self.keys.ecdsa_public:
+                raise RegistrationError(f"subject {self.subject} is registered with other keys", code="enroll.exists")
+        else:
+            try:
+                cert = self._check_certificate(reply.get("cert") if isinstance(reply, dict) else None, self.subject)
+            except AgentError as exc:
+                raise RegistrationError(f"enrollment reply: {exc}", code="enroll.invalid") from None
+        if (cert.ecdsa_key, cert.box_key, cert.pre_key) != (self.keys.ecdsa_public, self.keys.box_public,
+                                                           recv.public.to_bytes()):
+            raise RegistrationError("the issued certificate does not carry this agent's keys", code="enroll.invalid")
+        self.state["cert"] = cert.to_dict()
+        self._directory.set_certificate(self.subject, cert.ecdsa_key)
+        self._certs[self.subject] = cert
+        await self.save_state()
+        return cert
+
+
+def _lone(group: BaseExceptionGroup) -> BaseException | None:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _load_or_create_keys(config: UserConfig) -> AgentKeys:
+    store = KeyStore(Path(config.data_dir) / KEY_FILE, passphrase=config.passphrase,
+                     key_file=config.key_file, fast_kdf=config.fast_kdf)
+    if store.exists():
+        return AgentKeys.from_bytes(store.load())
+    keys = AgentKeys.generate()
+    store.save(keys.to_bytes())
+    return keys
+
+
+def check_receiving_key(cert: Certificate) -> pre.PublicKey:
+    """The certificate's PRE receiving key after its proof of possession verifies (raises CoreError)."""
+    key = pre.PublicKey.from_bytes(cert.pre_key)
+    pre.verify_public_key(key, cert.subject, pre.RECEIVE_LABEL, pre.Proof.from_bytes(cert.pre_proof))
+    return key

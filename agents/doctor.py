@@ -1,0 +1,313 @@
+"""The doctor agent: requests access, collects re-encryption shares, reads and verifies records.
+
+Embedding (docs/embedding.md)::
+
+    async with DoctorAgent.open(config) as doctor:
+        await doctor.register(token)
+        for rec in await doctor.records("alice", label="cardiology"):
+            data = await doctor.read("alice", rec["record_id"], purpose="treatment")
+
+:meth:`DoctorAgent.read` follows docs/protocol.md's Read flow. It reuses a
+grant it holds for (patient, label) while the peers honour it; when they
+answer that the grant is revoked or expired it forgets the grant and raises
+:class:`GrantRevoked` (it never asks again behind the caller's back). Without a
+grant it submits an ``access_request`` (:class:`PolicyDenied` when the policy
+says no), asks the patient (:class:`RequestRejected` when the patient says
+no), and then asks every peer for its re-encryption share, keeping the first t
+that verify (:class:`NotEnoughPeers` when fewer come back). Before plaintext is
+returned: the blob matches the CID on the ledger, the ledger's store
+transaction carries the patient's signature (checked against the patient's
+certificate), the record opens with the combined key (authenticated
+encryption), and the header names the same owner, label, record id and capsule
+as the ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from typing import Any, AsyncIterator
+
+import trio
+
+import bus
+from core import canonical, ecdsa
+from core import cid as cidmod
+from core import pre
+from core import record as recordmod
+from core.errors import CoreError, DecodeError
+from core.identity import Certificate
+from core.tx import Transaction
+
+from ._user import UserAgent, UserConfig, remote_error
+from .errors import (
+    AgentError,
+    GrantRevoked,
+    IntegrityError,
+    NotEnoughPeers,
+    PolicyDenied,
+    RecordNotFound,
+    RequestRejected,
+    Unavailable,
+)
+from .runtime import run_crypto
+from .storage import NotFound as StorageNotFound
+from .storage import StorageClient, StorageError
+
+__all__ = ["DoctorAgent", "REENCRYPTION_TAG"]
+
+log = logging.getLogger("agents.doctor")
+
+REENCRYPTION_TAG = "emrshare/v1/reencryption"
+_UNKNOWN_SENDER_RETRIES = 8  # the patient looks us up when it first hears from us
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def _cache_key(patient: str, label: str) -> str:
+    return f"{patient}\x00{label}"
+
+
+class DoctorAgent(UserAgent):
+    """A doctor (or nurse, ...): see the module docstring. Open with :meth:`open`."""
+
+    def __init__(self, config: UserConfig, keys, node, nursery):
+        super().__init__(config, keys, node, nursery)
+        self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
+                                     write_quorum=self.manifest.write_quorum, timeout=config.request_timeout)
+        self.reencrypt_timeout = min(10.0, config.request_timeout)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, config: UserConfig, *, node: bus.Node | None = None,
+                   approve: Any = None) -> AsyncIterator["DoctorAgent"]:
+        """Open the doctor agent (keys created on first use); yields it, closes on exit.
+
+        ``node``: attach to this bus node (default: open a TCP node routed by the
+        manifest and ``config.routes``). ``approve`` is accepted for symmetry with
+        :meth:`PatientAgent.open` and ignored.
+        """
+        async with cls._open(config, node) as agent:
+            agent.state.setdefault("grant_cache", {})
+            yield agent
+
+    @property
+    def grant_cache(self) -> dict[str, dict]:
+        """(patient, label) -> the grant this doctor holds: {patient, label, grant_id, request_id,
+        threshold, expires_at}. Keys are ``"patient\\0label"``."""
+        return self.state["grant_cache"]
+
+    def cached_grant(self, patient: str, label: str) -> dict | None:
+        entry = self.grant_cache.get(_cache_key(patient, label))
+        if entry is not None and entry["expires_at"] <= time.time():
+            return None
+        return entry
+
+    # ------------------------------------------------------------ queries
+
+    async def records(self, patient: str, label: str | None = None) -> list[dict]:
+        """A patient's records on the ledger (optionally one label):
+        ``[{record_id, label, cid, size, media_type, height}]``."""
+        self._require_registered()
+        out = await self.query({"what": "records", "patient": patient, "label": label})
+        return list(out or [])
+
+    async def request(self, patient: str, record_id: str, *, purpose: str | None = None) -> dict:
+        """Submit an ``access_request`` and wait for its block; return the ledger's decision:
+        ``{request_id, status, effect, approval, rule, reason, policy, version}``.
+
+        Raises RecordNotFound when the ledger has no such record, TransactionRejected
+        when the request itself is invalid (e.g. ``cert_revoked``).
+        """
+        self._require_registered()
+        request_id = _new_id("req")
+        from .errors import TransactionRejected
+
+        try:
+            await self.submit("access_request", {"request_id": request_id, "patient": patient,
+                                                 "record_id": record_id, "operation": "read",
+                                                 "purpose": purpose})
+        except TransactionRejected as exc:
+            if exc.reason == "not_found":
+                raise RecordNotFound(f"no record {patient}/{record_id} on the ledger") from None
+            raise
+        req = await self.query({"what": "request", "request_id": request_id})
+        if not isinstance(req, dict):
+            raise Unavailable(f"request {request_id} committed but the peer does not show it")
+        decision = dict(req.get("decision") or {})
+        return {**decision, "request_id": request_id, "status": req.get("status")}
+
+    # ------------------------------------------------------------ read
+
+    async def read(self, patient: str, record_id: str, *, purpose: str | None = None) -> bytes:
+        """The plaintext of ``patient``'s record, verified end to end (see the module docstring).
+
+        Errors: RecordNotFound, PolicyDenied, RequestRejected, GrantRevoked,
+        NotEnoughPeers, IntegrityError, Unavailable, TransactionRejected.
+        """
+        self._require_registered()
+        rec = await self.query({"what": "record", "patient": patient, "record_id": record_id})
+        if rec is None:
+            raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
+        store_tx = await self._check_store_tx(patient, record_id, rec)
+        label = store_tx.body["label"]
+        grant = self.cached_grant(patient, label)
+        if grant is not None:
+            try:
+                shares = await self._collect(grant, patient, record_id, rec)
+            except GrantRevoked:
+                self.grant_cache.pop(_cache_key(patient, label), None)
+                await self.save_state()
+                raise
+        else:
+            grant = await self._obtain_grant(patient, record_id, label, purpose)
+            shares = await self._collect(grant, patient, record_id, rec)
+        blob = await self._fetch(rec["cid"])
+        provider = recordmod.ThresholdKeyProvider(shares, grant["threshold"], self.keys.receive.secret)
+        try:
+            header, plain = await run_crypto(recordmod.open_record, blob, provider)
+        except CoreError as exc:
+            suspects = ", ".join(str(i) for i in provider.suspects) or "unknown"
+            raise IntegrityError(f"record {record_id} does not open with the peers' shares "
+                                 f"(suspect proxy indices: {suspects}): {exc}") from None
+        expected = (patient, label, record_id, store_tx.body["capsule"])
+        if (header.owner_id, header.label, header.record_id, header.capsule) != expected:
+            raise IntegrityError(f"record {record_id}: the sealed header does not match the ledger")
+        return plain
+
+    async def _patient_cert(self, patient: str) -> Certificate:
+        cert = await self.lookup_certificate(patient)
+        if cert is None:
+            raise IntegrityError(f"{patient} has no valid certificate on the ledger")
+        return cert
+
+    async def _check_store_tx(self, patient: str, record_id: str, rec: dict) -> Transaction:
+        """The committed store transaction, signed by the patient, agreeing with the state entry."""
+        try:
+            tx = Transaction.from_bytes(rec["tx"])
+        except (DecodeError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"record {record_id}: malformed store transaction: {exc}") from None
+        body = tx.body
+        if (tx.type != "store" or tx.submitter != patient or body.get("record_id") != record_id
+                or body.get("cid") != rec.get("cid") or body.get("label") != rec.get("label")
+                or body.get("capsule") != rec.get("capsule")):
+            raise IntegrityError(f"record {record_id}: the store transaction does not match the ledger entry")
+        cert = await self._patient_cert(patient)
+        if not await run_crypto(tx.verify, cert.ecdsa_key):
+            raise IntegrityError(f"record {record_id}: the store transaction is not signed by {patient}")
+        return tx
+
+    async def _obtain_grant(self, patient: str, record_id: str, label: str, purpose: str | None) -> dict:
+        decision = await self.request(patient, record_id, purpose=purpose)
+        if decision.get("effect") != "allow" or decision.get("status") != "pending":
+            raise PolicyDenied(f"{patient}'s policy denies this request: {decision.get('reason', '')}",
+                               rule=str(decision.get("rule", "")), reason=str(decision.get("reason", "")))
+        request_id = decision["request_id"]
+        await self._patient_cert(patient)  # so the patient's reply envelope verifies
+        reply = await self._ask_patient(patient, request_id)
+        grant_id = reply.get("grant_id") if isinstance(reply, dict) else None
+        if not isinstance(grant_id, str):
+            raise AgentError(f"{patient} answered without a grant id", code="integrity")
+        g = await self.query({"what": "grant", "grant_id": grant_id})
+        if not isinstance(g, dict) or g.get("doctor") != self.subject or g.get("patient") != patient \
+                or g.get("label") != label or g.get("revoked"):
+            raise IntegrityError(f"grant {grant_id} on the ledger is not a live grant of {label} for us")
+        grant = {"patient": patient, "label": label, "grant_id": grant_id, "request_id": request_id,
+                 "threshold": int(g["threshold"]), "expires_at": int(g["expires_at"])}
+        self.grant_cache[_cache_key(patient, label)] = grant
+        await self.save_state()
+        return grant
+
+    async def _ask_patient(self, patient: str, request_id: str) -> Any:
+        delay = 0.05
+        for attempt in range(_UNKNOWN_SENDER_RETRIES):
+            try:
+                return await self.endpoint.request(patient, "patient.access_request", {"request_id": request_id},
+                                                   timeout=self.config.request_timeout)
+            except bus.RemoteError as exc:
+                if exc.code == "unknown-sender" and attempt + 1 < _UNKNOWN_SENDER_RETRIES:
+                    await trio.sleep(delay)  # the patient is looking our certificate up
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if exc.code == "request.denied":
+                    raise PolicyDenied(f"{patient}: {exc.message}") from None
+                if exc.code == "request.rejected":
+                    raise RequestRejected(f"{patient}: {exc.message}") from None
+                raise remote_error(exc, f"asking {patient}") from None
+            except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
+                raise Unavailable(f"patient {patient} did not answer: {exc}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _collect(self, grant: dict, patient: str, record_id: str, rec: dict) -> list[pre.ReencryptedShare]:
+        """Ask every peer for its share in parallel; return ``threshold`` verified ones."""
+        need = grant["threshold"]
+        good: dict[str, pre.ReencryptedShare] = {}
+        errors: dict[str, str] = {}
+        body = {"grant_id": grant["grant_id"], "patient": patient, "record_id": record_id,
+                "request_id": grant["request_id"]}
+        cid = rec["cid"]
+
+        async def ask(peer: str, done: trio.CancelScope) -> None:
+            try:
+                reply = await self.endpoint.request(peer, "peer.reencrypt", body, timeout=self.reencrypt_timeout)
+            except bus.RemoteError as exc:
+                errors[peer] = exc.code
+                return
+            except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
+                errors[peer] = f"unavailable ({type(exc).__name__})"
+                return
+            try:
+                share = await run_crypto(self._check_share, peer, reply, grant["request_id"], cid)
+            except (IntegrityError, CoreError) as exc:
+                errors[peer] = f"integrity ({exc})"
+                return
+            good[peer] = share
+            if len(good) >= need:
+                done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.manifest.peers:
+                nursery.start_soon(ask, peer, nursery.cancel_scope)
+        if len(good) >= need:
+            return list(good.values())[:need]
+        if any(code == "access.bad_state" for code in errors.values()):
+            raise GrantRevoked(f"the peers refuse grant {grant['grant_id']}: it is revoked or expired")
+        detail = ", ".join(f"{p}: {e}" for p, e in sorted(errors.items()))
+        raise NotEnoughPeers(f"{len(good)} of the {need} needed peers returned a valid share ({detail})",
+                             answered=len(good), needed=need, errors=dict(errors))
+
+    def _check_share(self, peer: str, reply: Any, request_id: str, cid: str) -> pre.ReencryptedShare:
+        info = self._peer_info.get(peer)
+        key = self.peer_key(peer)
+        if info is None or key is None:
+            raise IntegrityError(f"{peer} is not a consortium peer")
+        if not isinstance(reply, dict):
+            raise IntegrityError("malformed reply")
+        index, raw, sig = reply.get("index"), reply.get("share"), reply.get("signature")
+        if reply.get("cid") != cid:
+            raise IntegrityError("share for another CID")
+        if type(index) is not int or index != info.index:
+            raise IntegrityError(f"wrong proxy index {index!r}")
+        if not isinstance(raw, bytes) or not isinstance(sig, bytes):
+            raise IntegrityError("malformed share or signature")
+        if not ecdsa.is_valid(key, REENCRYPTION_TAG, canonical.pack([request_id, cid, index, raw]), sig):
+            raise IntegrityError("share signature does not verify")
+        share = pre.ReencryptedShare.from_bytes(raw)
+        if share.index != index:
+            raise IntegrityError("share index does not match the reply")
+        return share
+
+    async def _fetch(self, cid: str) -> bytes:
+        try:
+            blob = await self.storage_retry(lambda: self.storage.get(cid))
+        except StorageNotFound:
+            raise Unavailable(f"no reachable storage node holds {cid}") from None
+        except StorageError as exc:
+            raise Unavailable(f"storage: {exc}") from None
+        if not await run_crypto(cidmod.verify, cid, blob):
+            raise IntegrityError(f"blob does not match its CID {cid}")
+        return blob

@@ -1,0 +1,361 @@
+"""The patient agent: encrypts and stores records, sets the policy, grants and revokes access.
+
+Embedding (docs/embedding.md)::
+
+    async with PatientAgent.open(config, approve=ask_the_user) as patient:
+        await patient.register(token)
+        record_id = await patient.store(path, label="cardiology", media_type="application/fhir+json")
+        await patient.set_policy(policy_text)
+        ...
+
+The agent answers ``patient.access_request`` from doctors while it is open
+(docs/protocol.md): it reads the request from the ledger, checks that it is
+for this patient, pending and allowed by the policy, asks ``approve`` when the
+policy wants the patient's approval (no callback: the request is rejected), and
+then delegates: t-of-n re-encryption key shares for the doctor's receiving key
+(after verifying its proof of possession), each sealed to its peer and
+delivered with ``peer.deliver_share``, and a ``grant`` transaction carrying
+the shares' hashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import trio
+
+import bus
+from core import cid as cidmod
+from core import pre
+from core import record as recordmod
+from core.errors import CoreError
+from core.identity import Certificate
+from core.policy import parse as parse_policy
+
+from ._user import UserAgent, UserConfig, check_receiving_key, remote_error
+from .errors import AgentError, PolicyDenied, RequestRejected, Unavailable
+from .runtime import run_crypto
+from .storage import StorageClient
+
+__all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S"]
+
+log = logging.getLogger("agents.patient")
+
+Approver = Callable[[dict], Awaitable[bool]]
+DEFAULT_GRANT_TTL_S = 24 * 3600
+_READ_PIECE = 1 << 20
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+class PatientAgent(UserAgent):
+    """A patient: see the module docstring. Open with :meth:`open`."""
+
+    grant_ttl_s: int = DEFAULT_GRANT_TTL_S
+
+    def __init__(self, config: UserConfig, keys, node, nursery, *, approve: Approver | None = None):
+        super().__init__(config, keys, node, nursery)
+        self._approve = approve
+        self._label_keys: dict[str, pre.KeyPair] = {}
+        self._answering: dict[str, trio.Lock] = {}
+        self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
+                                     write_quorum=self.manifest.write_quorum, timeout=config.request_timeout)
+        self.endpoint.register("patient.access_request", self._on_access_request)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, config: UserConfig, *, node: bus.Node | None = None,
+                   approve: Approver | None = None) -> AsyncIterator["PatientAgent"]:
+        """Open the patient agent (keys created on first use); yields it, closes on exit.
+
+        ``node``: attach to this bus node (default: open a TCP node routed by
+        the manifest, listening at ``config.listen``). ``approve(request)`` is
+        awaited when the policy asks for the patient's approval; it gets a dict
+        (request_id, doctor, doctor_org, doctor_attributes, record_id, label,
+        operation, purpose, rule) and returns True to grant.
+        """
+        async with cls._open(config, node, approve=approve) as agent:
+            agent.state.setdefault("records", {})
+            agent.state.setdefault("grants", {})
+            yield agent
+
+    # ------------------------------------------------------------ local views
+
+    @property
+    def grants(self) -> dict[str, dict]:
+        """Grants this patient issued: grant id -> {request_id, doctor, label, record_id,
+        expires_at, threshold, peers, revoked, height}."""
+        return self.state["grants"]
+
+    def _label_key(self, label: str) -> pre.KeyPair:
+        kp = self._label_keys.get(label)
+        if kp is None:
+            kp = self._label_keys[label] = self.keys.label_key(label)
+        return kp
+
+    # ------------------------------------------------------------ store
+
+    async def store(self, data: bytes | Path, *, label: str, media_type: str,
+                    record_id: str | None = None) -> str:
+        """Encrypt ``data`` (bytes, or a file path: streamed in bounded memory), put the
+        ciphertext to storage, commit a signed ``store`` transaction; return the record id.
+
+        Raises TransactionRejected if the ledger marks it invalid (e.g. ``duplicate``
+        record id), Unavailable if storage or peers do not answer.
+        """
+        self._require_registered()
+        record_id = record_id or _new_id("rec")
+        kp = await run_crypto(self._label_key, label)
+        common = dict(owner_id=self.subject, label=label, record_id=record_id, media_type=media_type,
+                      owner_box_public_key=self.keys.box_public)
+        tmp: Path | None = None
+        try:
+            if isinstance(data, (str, os.PathLike)):
+                path = Path(data)
+                tmp = self.data_dir / "tmp" / f"{record_id}.{secrets.token_hex(4)}.sealed"
+                header, cid, size = await run_crypto(_seal_file, path, tmp, kp.public, **common)
+                stored = await self._storage_call(lambda: self.storage.put_file(tmp))
+            else:
+                plain = bytes(data)
+                header, blob, cid = await run_crypto(_seal_bytes, plain, kp.public, **common)
+                size = len(plain)
+                stored = await self._storage_call(lambda: self.storage.put(blob))
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        if stored != cid:
+            raise AgentError(f"storage returned CID {stored}, expected {cid}", code="integrity")
+        body = {"record_id": record_id, "label": label, "cid": cid, "size": size,
+                "media_type": media_type, "capsule": header.capsule}
+        reply = await self.submit("store", body)
+        self.state["records"][record_id] = {"label": label, "cid": cid, "size": size,
+                                            "media_type": media_type, "height": reply.get("height")}
+        await self.save_state()
+        return record_id
+
+    async def _storage_call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        from .storage import StorageError
+
+        try:
+            return await self.storage_retry(fn)
+        except StorageError as exc:
+            raise Unavailable(f"storage: {exc}") from exc
+
+    async def records(self) -> list[dict]:
+        """This patient's records on the ledger: ``[{record_id, label, cid, size, media_type, height}]``."""
+        self._require_registered()
+        out = await self.query({"what": "records", "patient": self.subject, "label": None})
+        return list(out or [])
+
+    async def read(self, record_id: str) -> bytes:
+        """Read one of this patient's own records (owner key path, no pairing)."""
+        self._require_registered()
+        rec = await self.query({"what": "record", "patient": self.subject, "record_id": record_id})
+        if rec is None:
+            from .errors import RecordNotFound
+
+            raise RecordNotFound(f"no record {record_id} of {self.subject}")
+        blob = await self._storage_call(lambda: self.storage.get(rec["cid"]))
+        if not await run_crypto(cidmod.verify, rec["cid"], blob):
+            raise AgentError("stored blob does not match its CID", code="integrity")
+        header, plain = await run_crypto(recordmod.open_record, blob,
+                                         recordmod.owner_key_provider(self.keys.box_private))
+        if header.record_id != record_id or header.owner_id != self.subject:
+            raise AgentError("record header does not match the ledger", code="integrity")
+        return plain
+
+    # ------------------------------------------------------------ policy, grants, audit
+
+    async def set_policy(self, text: str) -> None:
+        """Parse the policy (docs/policy.md; PolicySyntaxError on bad text) and commit it."""
+        self._require_registered()
+        policy = parse_policy(text)
+        await self.submit("set_policy", {"policy": policy.to_msgpack()})
+
+    async def revoke(self, grant_id: str, reason: str = "revoked by patient") -> None:
+        """Commit a ``revoke_grant``; peers refuse the grant's shares from that block on."""
+        self._require_registered()
+        await self.submit("revoke_grant", {"grant_id": grant_id, "reason": reason})
+        if grant_id in self.grants:
+            self.grants[grant_id]["revoked"] = True
+            await self.save_state()
+
+    async def audit(self) -> list[dict]:
+        """This patient's audit trail from the ledger, oldest first."""
+        self._require_registered()
+        try:
+            reply = await self.call_peer("peer.audit", {"patient": self.subject})
+        except bus.RemoteError as exc:
+            raise remote_error(exc, "audit") from None
+        return list(reply.get("events", [])) if isinstance(reply, dict) else []
+
+    # ------------------------------------------------------------ access requests
+
+    async def _on_access_request(self, msg: bus.Message) -> dict:
+        body = msg.body
+        request_id = body.get("request_id") if isinstance(body, dict) else None
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
+            raise AgentError("patient.access_request needs a request_id", code="request.unknown")
+        lock = self._answering.setdefault(request_id, trio.Lock())
+        try:
+            async with lock:
+                return await self._answer(request_id, msg.sender)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._answering.pop(request_id, None)
+
+    async def _answer(self, request_id: str, sender: str) -> dict:
+        self._require_registered()
+        for gid, g in self.grants.items():  # a retry after we already granted
+            if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
+                return {"grant_id": gid}
+        req = await self.query({"what": "request", "request_id": request_id})
+        if req is None or req.get("patient") != self.subject or req.get("doctor") != sender:
+            raise AgentError(f"no request {request_id} from {sender} to {self.subject} on the ledger",
+                             code="request.unknown")
+        decision = req.get("decision") or {}
+        if decision.get("effect") != "allow" or req.get("status") == "denied":
+            raise PolicyDenied(f"the policy denies this request: {decision.get('reason', '')}",
+                               rule=str(decision.get("rule", "")), reason=str(decision.get("reason", "")))
+        if req.get("status") == "rejected":
+            raise RequestRejected("the patient rejected this request")
+        if req.get("status") != "pending":
+            raise AgentError(f"request {request_id} is {req.get('status')}", code="request.unknown")
+        doctor = await self.lookup_certificate(sender)
+        if doctor is None:
+            await self._deny(request_id, "requester's certificate is revoked or unknown")
+            raise RequestRejected("the requester's certificate is revoked or unknown")
+        if decision.get("approval") == "patient":
+            info = {"request_id": request_id, "doctor": sender, "doctor_org": doctor.org,
+                    "doctor_attributes": dict(doctor.attributes), "record_id": req.get("record_id"),
+                    "label": req.get("label"), "operation": req.get("operation"),
+                    "purpose": req.get("purpose"), "rule": decision.get("rule")}
+            approved = False
+            if self._approve is not None:
+                try:
+                    approved = bool(await self._approve(info))
+                except Exception:
+                    log.exception("%s: the approval callback failed; rejecting %s", self.subject, request_id)
+                    approved = False
+            if not approved:
+                await self._deny(request_id, "declined by the patient")
+                raise RequestRejected("the patient declined the request")
+        return {"grant_id": await self._grant(request_id, req, doctor)}
+
+    async def _deny(self, request_id: str, reason: str) -> None:
+        try:
+            await self.submit("deny_request", {"request_id": request_id, "reason": reason})
+        except AgentError as exc:
+            log.warning("%s: deny_request for %s not committed: %s", self.subject, request_id, exc)
+
+    async def _grant(self, request_id: str, req: dict, doctor: Certificate) -> str:
+        try:
+            receiver = await run_crypto(check_receiving_key, doctor)
+        except CoreError as exc:
+            await self._deny(request_id, "requester's receiving key does not verify")
+            raise RequestRejected(f"the doctor's receiving key does not verify: {exc}") from None
+        label = req["label"]
+        kp = await run_crypto(self._label_key, label)
+        peers = list(self.consortium.peers)
+        threshold = self.manifest.threshold
+        grant_id = _new_id("grant")
+        proxies = [pre.Proxy(p.index, p.box_key) for p in peers]
+        sealed = await run_crypto(pre.make_key_shares, kp, receiver, proxies, threshold, grant_id.encode())
+        by_peer = {p.id: s for p, s in zip(peers, sealed)}
+        shares = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
+        expires_at = int(time.time()) + self.grant_ttl_s
+        acks: dict[str, bool] = {}
+        errors: dict[str, str] = {}
+        submitted: dict[str, Any] = {}
+
+        async def deliver(pid: str, share: pre.SealedKeyShare) -> None:
+            try:
+                await self.endpoint.request(pid, "peer.deliver_share",
+                                            {"grant_id": grant_id, "index": share.index, "sealed": share.sealed},
+                                            timeout=self.config.request_timeout)
+                acks[pid] = True
+            except bus.RemoteError as exc:
+                errors[pid] = exc.code
+            except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
+                errors[pid] = f"unavailable ({type(exc).__name__})"
+
+        async def submit_grant(cancel: trio.CancelScope) -> None:
+            try:
+                submitted["reply"] = await self.submit("grant", {
+                    "grant_id": grant_id, "request_id": request_id, "threshold": threshold,
+                    "expires_at": expires_at, "shares": shares,
+                })
+            except AgentError as exc:
+                submitted["error"] = exc
+                cancel.cancel()  # no grant: the peers would refuse the shares anyway
+
+        # peers wait (<= 10 s) for the grant to commit before accepting a share,
+        # so deliver while the grant is being ordered
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(submit_grant, nursery.cancel_scope)
+            for pid, share in by_peer.items():
+                nursery.start_soon(deliver, pid, share)
+        if "error" in submitted:
+            raise submitted["error"]
+        self.grants[grant_id] = {
+            "request_id": request_id, "doctor": req["doctor"], "label": label, "record_id": req["record_id"],
+            "expires_at": expires_at, "threshold": threshold, "peers": sorted(acks), "revoked": False,
+            "height": submitted["reply"].get("height"),
+        }
+        await self.save_state()
+        if len(acks) < threshold:
+            with contextlib.suppress(AgentError):
+                await self.revoke(grant_id, "too few peers accepted their key shares")
+            raise Unavailable(f"only {len(acks)} of {len(peers)} peers accepted their key shares "
+                              f"(need {threshold}): {errors}")
+        if errors:
+            log.warning("%s: grant %s: some peers did not take their share: %s", self.subject, grant_id, errors)
+        return grant_id
+
+
+# ------------------------------------------------------------------ sealing (worker threads)
+
+
+def _seal_bytes(plain: bytes, owner: pre.PublicKey, **kw: Any) -> tuple[recordmod.RecordHeader, bytes, str]:
+    sealer = recordmod.RecordSealer(owner, size=len(plain), **kw)
+    parts = [sealer.start()]
+    step = sealer.header.chunk_size
+    for off in range(0, len(plain), step):
+        parts.append(sealer.update(plain[off:off + step]))
+    parts.append(sealer.finish())
+    blob = b"".join(parts)
+    return sealer.header, blob, cidmod.compute(blob)
+
+
+def _seal_file(path: Path, out: Path, owner: pre.PublicKey, **kw: Any) -> tuple[recordmod.RecordHeader, str, int]:
+    """Stream-seal ``path`` into ``out`` computing the CID on the way; bounded memory."""
+    size = path.stat().st_size
+    sealer = recordmod.RecordSealer(owner, size=size, **kw)
+    builder = cidmod.CidBuilder()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fed = 0
+    with open(path, "rb") as src, open(out, "wb") as dst:
+        def emit(data: bytes) -> None:
+            if data:
+                builder.update(data)
+                dst.write(data)
+
+        emit(sealer.start())
+        while fed < size:
+            piece = src.read(min(_READ_PIECE, size - fed))
+            if not piece:
+                raise AgentError(f"{path} shrank while being read", code="store.io")
+            fed += len(piece)
+            emit(sealer.update(piece))
+        emit(sealer.finish())
+        dst.flush()
+    return sealer.header, builder.finish(), size
