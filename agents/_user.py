@@ -419,6 +419,14 @@ class UserAgent:
         await self.save_state()
         return cert
 
+    async def revoke_certificate(self, reason: str = "revoked by its holder") -> None:
+        """Revoke this agent's own certificate (lost device, left the hospital): a
+        ``revoke_cert`` transaction. Peers refuse the agent's messages from then on."""
+        self._require_registered()
+        await self.submit("revoke_cert", {"subject": self.subject, "reason": reason})
+        self.state["cert_revoked"] = True
+        await self.save_state()
+
 
 def _lone(group: BaseExceptionGroup) -> BaseException | None:
     exc: BaseException = group
