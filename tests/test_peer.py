@@ -389,3 +389,153 @@ async def test_tampered_block_is_named_by_verify(tmp_path, capsys):
         conn.execute("UPDATE state SET value = ? WHERE key = 'record/alice/rec-1'", (canonical.pack({"x": 1}),))
     assert verify_main(["--data", str(data)]) == 1
     assert "record/alice/rec-1" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- separate processes
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import msgpack  # noqa: E402
+
+from agents.ledger_store import LedgerStore  # noqa: E402
+from agents.runtime import KeyStore  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+REPLAY = """
+import sys, msgpack
+from core.ledger import Block, Ledger, MemoryKV
+from agents.ledger_store import LedgerStore
+blocks = msgpack.unpackb(open(sys.argv[1], "rb").read())
+genesis = Block.from_bytes(blocks[0])
+if sys.argv[2] == "sqlite":
+    kv = LedgerStore(sys.argv[3])
+    kv.init_genesis(genesis)
+else:
+    kv = MemoryKV()
+ledger = Ledger(genesis, kv)
+for raw in blocks[1:]:
+    block = Block.from_bytes(raw)
+    result = ledger.apply(block)
+    kv.commit(block, result) if sys.argv[2] == "sqlite" else kv.apply(result.writes)
+print(ledger.head()[2].hex())
+"""
+
+
+def _env(**extra):
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+async def test_two_processes_replaying_a_chain_reach_the_same_root(tmp_path):
+    """Determinism: the chain of a full flow (every transaction type), replayed in two
+    fresh interpreters with different hash seeds and stores, gives byte-identical roots."""
+    c = Consortium(tmp_path, n_peers=2, threshold=1)
+    with trio.fail_after(40):
+        async with running(c) as (node, orderer, peers, _):
+            alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"}, everywhere=peers)
+            doc = await enroll(c, node, "peer-b-2", "dr", "org-b", {"role": "doctor", "department": "cardiology"},
+                               everywhere=peers)
+            await alice.submit("peer-a-1", "store", store_body(alice.keys, "rec-1")[0])
+            await alice.submit("peer-a-1", "set_policy", {"policy": parse_policy(POLICY).to_msgpack()})
+            for rid in ("r1", "r2"):
+                await doc.submit("peer-b-2", "access_request", {"request_id": rid, "patient": "alice",
+                                                                "record_id": "rec-1", "operation": "read",
+                                                                "purpose": "care"})
+            await alice.submit("peer-a-1", "grant", {"grant_id": "g", "request_id": "r1", "threshold": 1,
+                                                     "expires_at": int(time.time()) + 600,
+                                                     "shares": {"peer-a-1": bytes(32)}})
+            await alice.submit("peer-a-1", "deny_request", {"request_id": "r2", "reason": "no"})
+            await alice.submit("peer-a-1", "revoke_grant", {"grant_id": "g", "reason": "done"})
+            await doc.submit("peer-b-2", "revoke_cert", {"subject": "dr", "reason": "left"})
+            for p in peers.values():
+                await p.wait_for_height(peers["peer-b-2"].height)
+            roots = {p.ledger.head()[2] for p in peers.values()}
+            assert len(roots) == 1
+            chain = peers["peer-a-1"].store.blocks(0, 10_000)
+    (tmp_path / "chain.msgpack").write_bytes(msgpack.packb(chain))
+    outs = []
+    for seed, kind in (("1", "memory"), ("12345", "sqlite")):
+        proc = await trio.run_process(
+            [sys.executable, "-c", REPLAY, str(tmp_path / "chain.msgpack"), kind, str(tmp_path / f"replay-{seed}.db")],
+            capture_stdout=True, env=_env(PYTHONHASHSEED=seed), cwd=tmp_path)
+        outs.append(proc.stdout.decode().strip())
+    assert outs[0] == outs[1] == roots.pop().hex()
+
+
+async def _read_line(stream, buf: bytearray) -> str:
+    while b"\n" not in buf:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            raise EOFError("process closed its output")
+        buf.extend(chunk)
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line.decode()
+
+
+async def test_peer_process_killed_mid_commit_restarts_consistent(tmp_path):
+    """SIGKILL a peer process while blocks stream in; restarted, it reaches the same head
+    and state root as the in-process peer, and its stored chain verifies."""
+    c = Consortium(tmp_path, n_peers=2, threshold=1)
+    remote = "peer-b-2"
+    key_file = tmp_path / "p.key"
+    KeyStore.create_key_file(key_file)
+    KeyStore(tmp_path / "p.keys", key_file=key_file).save(c.peer_keys[remote].to_bytes())
+    with trio.fail_after(50):
+        async with bus.open_node() as node:
+            address = await node.listen("tcp://127.0.0.1:0")
+            c.manifest.agents = {"orderer": address, "peer-a-1": address}
+            (tmp_path / "manifest.json").write_text(c.manifest.to_json())
+            argv = [sys.executable, "-m", "agents.peer", "serve", "--id", remote, "--manifest",
+                    str(tmp_path / "manifest.json"), "--keystore", str(tmp_path / "p.keys"), "--key-file",
+                    str(key_file), "--data", str(tmp_path / remote)]
+
+            async def start_remote():
+                proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, env=_env(), cwd=tmp_path)
+                line = await _read_line(proc.stdout, bytearray())
+                assert line.startswith("ready "), line
+                node.add_route(remote, line.split()[1])
+                return proc
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(c.orderer(batch_size=20, batch_timeout=0.01).run, node)
+                local = c.peer("peer-a-1")
+                await nursery.start(local.run, node)
+                alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"})
+                proc = await start_remote()
+
+                async def remote_height():
+                    return (await alice.endpoint.request(remote, "peer.query", {"what": "head"}, timeout=5))["height"]
+
+                async def stream(first, count):
+                    for i in range(first, first + count):
+                        txs = [alice.tx("store", store_body(alice.keys, f"rec-{i}-{j}")[0]) for j in range(20)]
+                        await alice.endpoint.request("peer-a-1", "peer.submit", {"txs": txs, "wait": False})
+                        await trio.sleep(0.01)
+
+                async with trio.open_nursery() as n:
+                    n.start_soon(stream, 0, 60)
+                    while await remote_height() < 10:
+                        await trio.sleep(0.01)
+                    proc.kill()  # SIGKILL, while blocks keep coming
+                    await proc.wait()
+                assert proc.returncode == -9
+                await stream(60, 10)
+                last = await alice.submit("peer-a-1", "store", store_body(alice.keys, "rec-last")[0])
+                assert last["mark"] == "ok"  # ordered after everything streamed before it
+                # restarted from its data directory, it catches up to the same state
+                proc = await start_remote()
+                while await remote_height() < last["height"]:
+                    await trio.sleep(0.05)
+                head = await alice.endpoint.request(remote, "peer.query", {"what": "head"})
+                assert (head["height"], head["hash"], head["root"]) == local.ledger.head()
+                proc.terminate()
+                await proc.wait()
+                nursery.cancel_scope.cancel()
+    assert verify_main(["--data", str(tmp_path / remote)]) == 0
+    store = LedgerStore(tmp_path / remote / "ledger.sqlite", readonly=True)
+    assert len(store.scan("record/alice/")) == 70 * 20 + 1
+    store.close()

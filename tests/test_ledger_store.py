@@ -1,0 +1,78 @@
+"""agents.ledger_store: KV semantics, one transaction per block, genesis binding."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import given, strategies as st
+
+from agents.ledger_store import LedgerStore, StoreError, prefix_bound
+from core import canonical, ecdsa, pre
+from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
+from core.ledger import Block, CommitResult, Ledger, MemoryKV, make_genesis
+
+
+def _genesis(key=None):
+    key = key or ecdsa.generate_private_key()
+    peer = PeerInfo("peer-1", "org", ecdsa.public_key(ecdsa.generate_private_key()), pre.box_keypair()[1], 1)
+    config = ConsortiumConfig("c", (OrgInfo("org", "Org"),), (peer,), "orderer", ecdsa.public_key(key), 1,
+                              created_at=1_000)
+    return make_genesis(config, key), key
+
+
+@given(st.lists(st.text(alphabet="ab/\u00e9\U0001f600z", max_size=6), max_size=30),
+       st.text(alphabet="ab/\u00e9\U0001f600z", max_size=3))
+def test_scan_matches_memory_kv(tmp_path_factory, keys, prefix):
+    store = LedgerStore(tmp_path_factory.mktemp("s") / "l.sqlite")
+    mem = MemoryKV()
+    writes = {k: k.encode() + b"!" for k in keys}
+    mem.apply(writes)
+    with store._lock:
+        store._db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?)", list(writes.items()))
+    assert store.scan(prefix) == mem.scan(prefix)
+    for k in keys:
+        assert store.get(k) == mem.get(k)
+    store.close()
+
+
+def test_prefix_bound():
+    assert prefix_bound("audit/") == "audit0"
+    assert prefix_bound("") is None
+    assert prefix_bound("a\U0010ffff") == "b"
+
+
+def test_commit_is_one_transaction_and_survives_reopen(tmp_path):
+    genesis, key = _genesis()
+    path = tmp_path / "l.sqlite"
+    store = LedgerStore(path)
+    store.init_genesis(genesis)
+    ledger = Ledger(genesis, store)
+    block = Block.make(1, genesis.hash, 2_000, [b"\x93junk"], key)
+    result = ledger.apply(block)
+    assert result.marks == ("malformed",)
+    # a failing write rolls back the whole block: nothing of it is visible
+    bad = CommitResult(1, block.hash, result.marks, {**result.writes, "zz": object()}, result.state_root)
+    with pytest.raises(sqlite3.Error):
+        store.commit(block, bad)
+    assert store.last_height() == 0 and store.get("meta/head") is None and ledger.height == 0
+    store.commit(block, result)
+    store.close()
+    again = LedgerStore(path)
+    again.init_genesis(genesis)
+    assert Ledger(genesis, again).head() == (1, block.hash, result.state_root)
+    assert canonical.unpack(again.block_rows(1)[0][3]) == ["malformed"]
+    assert again.blocks(0, 10) == [genesis.to_bytes(), block.to_bytes()]
+    assert again.blocks(0, 10, max_bytes=1) == [genesis.to_bytes()]
+    other, _ = _genesis()
+    with pytest.raises(StoreError):
+        again.init_genesis(other)
+    again.close()
+
+
+def test_shares_table(tmp_path):
+    store = LedgerStore(tmp_path / "l.sqlite")
+    assert store.share("g") is None
+    store.put_share("g", 3, b"sealed")
+    assert store.share("g") == (3, b"sealed")
+    store.close()
