@@ -157,3 +157,24 @@ async def test_revoked_doctor_and_patient_restart(users):
             gp = await users.open(stack, DoctorAgent, GP)
             # a new doctor is served by the reopened patient (its label keys survived the restart)
             assert await gp.read("alice", rid2) == b"second"
+
+
+async def test_integration_example_over_tcp(users, tmp_path):
+    """examples/integration_service.py: each agent on its own TCP node; the doctor reaches the
+    listening patient through a configured route."""
+    import importlib.util
+    import json
+
+    from agents.fhir import check_bundle
+
+    spec = importlib.util.spec_from_file_location(
+        "integration_service", pathlib.Path(__file__).resolve().parents[1] / "examples" / "integration_service.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    workdir = tmp_path / "service"
+    workdir.mkdir()
+    with trio.fail_after(120):
+        data = await example.run(users.swarm.files.dir / "manifest.json", workdir)
+        check_bundle(json.loads(data), require_resolved=True)
+        # a second run continues with the same keys and registrations
+        assert await example.run(users.swarm.files.dir / "manifest.json", workdir) == data
