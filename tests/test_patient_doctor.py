@@ -40,7 +40,6 @@ from agents.runtime import (
     AgentKeys,
     ConsortiumDirectory,
     Manifest,
-    enroll_id,
     enrollment_token,
     make_endpoint,
 )
