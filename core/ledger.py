@@ -35,6 +35,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
+import msgpack
+
 from . import canonical, ecdsa
 from .cid import parse as parse_cid
 from .errors import CoreError, DecodeError, ValidationError
@@ -200,7 +202,15 @@ class _Overlay:
 
     def get(self, key: str) -> Any:
         raw = self.lookup(key)
-        return None if raw is None else canonical.unpack(raw, max_size=1 << 22, what=key)
+        if raw is None:
+            return None
+        # State values are canonical.pack output written by Ledger itself, so the
+        # canonical re-encoding check of canonical.unpack is skipped on this hot path
+        # (a tampered store is caught by the state root and by `ledger verify`).
+        try:
+            return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        except Exception as exc:
+            raise DecodeError(f"{key}: stored state value does not decode") from exc
 
     def put(self, key: str, value: Any) -> None:
         self.writes[key] = canonical.pack(value)
@@ -270,6 +280,7 @@ class Ledger:
         self.kv = kv
         self.verify_pre_proofs = verify_pre_proofs
         self._peers = {p.id: p for p in self.config.peers}
+        self._policies: dict[bytes, Policy] = {}
 
     # -- head -----------------------------------------------------------
 
@@ -501,12 +512,22 @@ class Ledger:
         if pol is None:
             return {"effect": "deny", "approval": None, "rule": "no-policy",
                     "reason": "the patient has set no access policy", "policy": "", "version": 0}
-        policy = Policy.from_msgpack(pol["policy"])
+        policy = self._policy(pol["policy"])
         attrs = dict(cert["attributes"])
         attrs.setdefault("organization", cert["org"])
         attrs.setdefault("id", cert["subject"])
         request = PolicyRequest(attrs, operation, record_id, label, time_s, purpose)
         return policy.evaluate(request).to_dict()
+
+    def _policy(self, raw: bytes) -> Policy:
+        """Parsed policies, cached by their bytes (Policy objects are immutable)."""
+        policy = self._policies.get(raw)
+        if policy is None:
+            policy = Policy.from_msgpack(raw)
+            if len(self._policies) >= 1024:
+                self._policies.clear()
+            self._policies[raw] = policy
+        return policy
 
     def _tx_grant(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
