@@ -539,3 +539,14 @@ async def test_peer_process_killed_mid_commit_restarts_consistent(tmp_path):
     store = LedgerStore(tmp_path / remote / "ledger.sqlite", readonly=True)
     assert len(store.scan("record/alice/")) == 70 * 20 + 1
     store.close()
+
+
+async def test_bench_ledger_smoke(tmp_path):
+    from agents.bench_ledger import run_bench
+
+    with trio.fail_after(40):
+        report = await run_bench(120, batch=40, window=80, data_dir=tmp_path)
+    for r in report["results"]:
+        assert r["transactions"] == r["valid"] == 120
+        assert r["verify_calls"] >= 4 * 120  # every peer verified every transaction
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
