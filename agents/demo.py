@@ -36,8 +36,8 @@ def _utc(ts: float) -> str:
 
 
 class Report:
-    def __init__(self, out=sys.stdout):
-        self.out = out
+    def __init__(self, out=None):
+        self.out = out if out is not None else sys.stdout
         self.failures: list[str] = []
         self.checks = 0
 
@@ -63,15 +63,14 @@ class Report:
 
 def demo_records() -> list[tuple[str, str, bytes]]:
     """(label, record id, bytes): a real HL7 example and generated bundles."""
-    from .fhir import generate_bundle
+    from .fhir import encode_bundle, generate_bundle
 
     records = []
     real = SHARED_FHIR / "hl7-r4-examples" / "Bundle-bundle-example.json"
     if real.exists():
         records.append(("general", "hl7-bundle-example", real.read_bytes()))
-    for i, (label, size) in enumerate((("cardiology", 24_000), ("cardiology", 60_000), ("labs", 8_000))):
-        bundle = generate_bundle(seed=100 + i, patient_name="Alice Example", target_size=size)
-        records.append((label, f"{label}-{i + 1}", json.dumps(bundle, indent=1).encode()))
+    for i, (label, kib) in enumerate((("cardiology", 24), ("cardiology", 60), ("labs", 8))):
+        records.append((label, f"{label}-{i + 1}", encode_bundle(generate_bundle(seed=100 + i, size_kib=kib))))
     return records
 
 
