@@ -313,6 +313,43 @@ class UserAgent:
         except bus.RemoteError as exc:
             raise remote_error(exc, f"query {body.get('what')}") from None
 
+    async def query_committed(self, body: dict, *, wait: float = 2.0) -> Any:
+        """Like :meth:`query`, for an entry another agent just committed through another
+        peer: peers apply blocks independently, so poll the home peer (briefly) until
+        it has caught up; return None if it still has nothing after ``wait`` seconds."""
+        delay = 0.02
+        deadline = trio.current_time() + wait
+        while True:
+            entry = await self.query(body)
+            if entry is not None or trio.current_time() >= deadline:
+                return entry
+            await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
+            delay = min(delay * 2, 0.25)
+
+    async def wait_for_peers(self, height: int, *, timeout: float = 5.0) -> list[str]:
+        """Wait (at most ``timeout`` s) until every reachable peer has applied block
+        ``height``; return the peers that did."""
+        done: list[str] = []
+
+        async def follow(peer: str) -> None:
+            delay = 0.02
+            while True:
+                try:
+                    head = await self.endpoint.request(peer, "peer.query", {"what": "head"}, timeout=timeout)
+                except bus.BusError:
+                    return
+                if isinstance(head, dict) and isinstance(head.get("height"), int) and head["height"] >= height:
+                    done.append(peer)
+                    return
+                await trio.sleep(delay)
+                delay = min(2 * delay, 0.25)
+
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                for peer in self.manifest.peers:
+                    nursery.start_soon(follow, peer)
+        return done
+
     async def submit(self, tx_type: str, body: dict) -> dict:
         """Sign and submit a transaction, wait for its block; return ``{tx_id, height, mark}``.
 

@@ -150,7 +150,9 @@ class DoctorAgent(UserAgent):
         NotEnoughPeers, IntegrityError, Unavailable, TransactionRejected.
         """
         self._require_registered()
-        rec = await self.query({"what": "record", "patient": patient, "record_id": record_id})
+        # a record stored a moment ago through another peer may be a block away
+        rec = await self.query_committed({"what": "record", "patient": patient, "record_id": record_id},
+                                         wait=0.5)
         if rec is None:
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         store_tx = await self._check_store_tx(patient, record_id, rec)
@@ -212,7 +214,7 @@ class DoctorAgent(UserAgent):
         grant_id = reply.get("grant_id") if isinstance(reply, dict) else None
         if not isinstance(grant_id, str):
             raise AgentError(f"{patient} answered without a grant id", code="integrity")
-        g = await self.query({"what": "grant", "grant_id": grant_id})
+        g = await self.query_committed({"what": "grant", "grant_id": grant_id})
         if not isinstance(g, dict) or g.get("doctor") != self.subject or g.get("patient") != patient \
                 or g.get("label") != label or g.get("revoked"):
             raise IntegrityError(f"grant {grant_id} on the ledger is not a live grant of {label} for us")

@@ -182,9 +182,15 @@ class PatientAgent(UserAgent):
         await self.submit("set_policy", {"policy": policy.to_msgpack()})
 
     async def revoke(self, grant_id: str, reason: str = "revoked by patient") -> None:
-        """Commit a ``revoke_grant``; peers refuse the grant's shares from that block on."""
+        """Commit a ``revoke_grant``; peers refuse the grant's shares from that block on.
+
+        Returns once every reachable peer has applied the block (or after
+        ``request_timeout``), so no peer that is up still serves the grant.
+        """
         self._require_registered()
-        await self.submit("revoke_grant", {"grant_id": grant_id, "reason": reason})
+        reply = await self.submit("revoke_grant", {"grant_id": grant_id, "reason": reason})
+        if isinstance(reply.get("height"), int):
+            await self.wait_for_peers(reply["height"], timeout=self.config.request_timeout)
         if grant_id in self.grants:
             self.grants[grant_id]["revoked"] = True
             await self.save_state()
@@ -218,7 +224,8 @@ class PatientAgent(UserAgent):
         for gid, g in self.grants.items():  # a retry after we already granted
             if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
                 return {"grant_id": gid}
-        req = await self.query({"what": "request", "request_id": request_id})
+        # the doctor committed it through its own peer: ours may be a block behind
+        req = await self.query_committed({"what": "request", "request_id": request_id})
         if req is None or req.get("patient") != self.subject or req.get("doctor") != sender:
             raise AgentError(f"no request {request_id} from {sender} to {self.subject} on the ledger",
                              code="request.unknown")

@@ -28,6 +28,8 @@ from agents.errors import (
 from agents.patient import PatientAgent
 from agents.swarm import Swarm, SwarmSpec
 
+pytestmark = pytest.mark.slow  # ~35 s on the pure backend (the protocol-double tests still run there)
+
 FHIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "fhir-r4"
 
 POLICY = """
