@@ -291,3 +291,12 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path):
     assert report["communication"]["per_operation"][0]["bits"] > 2880
     assert report["efficiency"]["bound"]["calls_per_op"]["pairing"] >= 2  # t re-encryptions per access
     assert "0 lost, 0 corrupted" in render_text(report)
+
+
+def test_payload_regenerates_from_the_requested_size():
+    from agents.loadtest.workload import payload
+
+    for seed in range(20):  # generated bundles are not exactly size_kib KiB: regenerate from the request
+        assert payload("fhir", seed, 48 * 1024) == payload("fhir", seed, 48 * 1024)
+    img = payload("imaging", 7, 300_000)
+    assert len(img) == 300_000 and img == payload("imaging", 7, 300_000) and img != payload("imaging", 8, 300_000)

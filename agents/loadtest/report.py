@@ -144,8 +144,12 @@ def render_text(r: dict) -> str:
         out.append(f"efficiency: {_f(eff.get('measured_per_s'), 2)} accesses/s measured / "
                    f"{_f(b.get('limit_per_s'), 1)} crypto-bound ({b.get('cores')} cores / "
                    f"{_f(b.get('cost_per_op_ms'), 2)} ms per access) = {_f(eff.get('percent'))} %")
+        if eff.get("process_cpu_per_access_ms") is not None:
+            out.append(f"  this process used {_f(eff['process_cpu_per_access_ms'], 2)} ms CPU per access during "
+                       f"saturation ({_f(eff.get('machine_share_used_percent'))} % of the machine's cores; "
+                       f"the rest went to other processes)")
         out.append("  per access: " + ", ".join(
-            f"{n} {b['calls_per_op'][n]:g} x {b['unit_cost_us'].get(n, 0):.0f} us" for n in b.get("calls_per_op", {})))
+            f"{n} {b['calls_per_op'][n]:.1f} x {b['unit_cost_us'].get(n, 0):.0f} us" for n in b.get("calls_per_op", {})))
     fi = r.get("faults")
     if fi:
         out.append("")

@@ -116,7 +116,7 @@ async def _probe(wl: EmrWorkload, counter: costs.CryptoCounter | None, n: int) -
             entry["runs"] += 1
             entry["messages"] += sum(m for m, _ in d.values())
             entry["bytes"] += sum(b for _, b in d.values())
-            entry["payload"] += rec.size
+            entry["payload"] += rec.length
             entry["latency_s"] += elapsed
             for k, (m, b) in d.items():
                 kk = entry["kinds"].setdefault(k, [0, 0])
@@ -317,8 +317,11 @@ def _efficiency(sat: dict, probe: dict, unit: dict, cores: int) -> dict:
             per[name] = per.get(name, 0.0) + e["crypto"].calls(name) / e["runs"] * n / total
     bound = costs.crypto_bound(per, unit, cores)
     measured = sat["access_per_s"]
+    done = max(1, total)
     return {
         "measured_per_s": measured,
+        "process_cpu_per_access_ms": sat["process_cpu_s"] / done * 1000,
+        "machine_share_used_percent": sat["process_cpu_s"] / (sat["window_s"] * cores) * 100,
         "bound": bound,
         "percent": measured / bound["limit_per_s"] * 100 if bound["limit_per_s"] else None,
         "method": "calls per access: counted on isolated probe operations (every agent in this process), "

@@ -119,7 +119,8 @@ class StoredRecord:
     label: str
     kind: str  # "fhir" or "imaging"
     seed: int
-    size: int
+    size: int  # the size asked of the generator: payload(kind, seed, size) gives the bytes again
+    length: int  # the bytes actually stored
     sha256: bytes
 
 
@@ -287,7 +288,7 @@ class EmrWorkload:
         except Exception as exc:
             self.unacknowledged.append((patient.subject, record_id, classify(exc)))
             raise
-        rec = StoredRecord(patient.subject, record_id, label, kind, seed, len(data), hashlib.sha256(data).digest())
+        rec = StoredRecord(patient.subject, record_id, label, kind, seed, size, len(data), hashlib.sha256(data).digest())
         self.records.append(rec)
         self.by_patient.setdefault(patient.subject, []).append(rec)
         return len(data)
@@ -303,7 +304,7 @@ class EmrWorkload:
 
     async def _read_checked(self, doctor: Any, rec: StoredRecord) -> bytes:
         data = await doctor.read(rec.patient, rec.record_id)
-        if len(data) != rec.size or hashlib.sha256(data).digest() != rec.sha256:
+        if len(data) != rec.length or hashlib.sha256(data).digest() != rec.sha256:
             self.corrupted_reads.append(f"{doctor.subject} read {rec.patient}/{rec.record_id}")
             raise Corrupted(rec.record_id)
         return data
@@ -453,7 +454,7 @@ class EmrWorkload:
                     break
                 else:
                     lost.append({"patient": rec.patient, "record_id": rec.record_id, "label": rec.label,
-                                 "size": rec.size, "last_error": last})
+                                 "size": rec.length, "last_error": last})
                 done += 1
                 if on_progress is not None:
                     on_progress(done, len(self.records))
