@@ -38,7 +38,7 @@ from core.identity import Certificate, ConsortiumConfig
 from core.ledger import Ledger, MemoryKV, Block
 from core.tx import Transaction
 
-from .errors import AgentError, RegistrationError, TransactionRejected, Unavailable
+from .errors import AgentError, CertificateRevoked, RegistrationError, TransactionRejected, Unavailable
 from .runtime import (
     ENROLL_PREFIX,
     AgentKeys,
@@ -305,6 +305,29 @@ class UserAgent:
             except _TRANSPORT_ERRORS as exc:
                 errors[peer] = f"{type(exc).__name__}: {exc}"
         raise Unavailable(f"no peer answered {kind}: " + "; ".join(f"{p}: {e}" for p, e in errors.items()))
+
+    async def explain_unknown(self, exc: AgentError) -> AgentError:
+        """Turn a peer's "unknown sender" into CertificateRevoked when that is the reason.
+
+        Peers drop revoked certificates from their key directory, so a revoked
+        agent only hears "unknown sender"; it asks (from its self-certifying
+        enrollment id, which peers accept for certificate queries) whether its
+        own certificate is revoked.
+        """
+        if exc.code != "agent.unknown":
+            return exc
+        ep = make_endpoint(self.node, enroll_id(self.keys.ecdsa_public), self.keys.ecdsa_private, self._lookup_key)
+        try:
+            entry = await ep.request(self.home_peer, "peer.query", {"what": "cert", "subject": self.subject},
+                                     timeout=self.config.request_timeout)
+        except bus.BusError:
+            return exc
+        finally:
+            await ep.aclose()
+        if isinstance(entry, dict) and entry.get("revoked"):
+            return CertificateRevoked(f"the certificate of {self.subject} is revoked: "
+                                      f"{entry.get('revoke_reason', 'no reason given')}")
+        return exc
 
     async def query(self, body: dict) -> Any:
         """``peer.query`` (see docs/protocol.md), failing over between peers."""

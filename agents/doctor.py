@@ -49,6 +49,7 @@ from .errors import (
     NotEnoughPeers,
     PolicyDenied,
     RecordNotFound,
+    RegistrationError,
     RequestRejected,
     Unavailable,
 )
@@ -147,8 +148,15 @@ class DoctorAgent(UserAgent):
         """The plaintext of ``patient``'s record, verified end to end (see the module docstring).
 
         Errors: RecordNotFound, PolicyDenied, RequestRejected, GrantRevoked,
-        NotEnoughPeers, IntegrityError, Unavailable, TransactionRejected.
+        NotEnoughPeers, IntegrityError, Unavailable, TransactionRejected,
+        CertificateRevoked (this doctor's own certificate was revoked).
         """
+        try:
+            return await self._read(patient, record_id, purpose=purpose)
+        except RegistrationError as exc:
+            raise await self.explain_unknown(exc) from None
+
+    async def _read(self, patient: str, record_id: str, *, purpose: str | None = None) -> bytes:
         self._require_registered()
         # a record stored a moment ago through another peer may be a block away
         rec = await self.query_committed({"what": "record", "patient": patient, "record_id": record_id},

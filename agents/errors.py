@@ -25,6 +25,12 @@ class RegistrationError(AgentError):
     code = "enroll.denied"
 
 
+class CertificateRevoked(RegistrationError):
+    """This agent's own certificate is revoked: peers no longer talk to it."""
+
+    code = "cert_revoked"
+
+
 class PolicyDenied(AgentError):
     """The patient's policy does not allow this request (the ledger recorded the decision)."""
 

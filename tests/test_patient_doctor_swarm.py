@@ -19,6 +19,7 @@ from agents._user import UserConfig
 from agents.doctor import DoctorAgent
 from agents.errors import (
     AgentError,
+    CertificateRevoked,
     GrantRevoked,
     NotEnoughPeers,
     PolicyDenied,
@@ -145,7 +146,8 @@ async def test_revoked_doctor_and_patient_restart(users):
             await heart.revoke_certificate("left the hospital")
             with pytest.raises(AgentError) as info:
                 await heart.read("alice", rid)
-            assert isinstance(info.value, RegistrationError) and info.value.code == "agent.unknown"
+            assert isinstance(info.value, CertificateRevoked) and info.value.code == "cert_revoked"
+            assert "left the hospital" in str(info.value)
         # the patient reopens from its directory and goes on
         async def yes(info):
             return True
