@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sys
@@ -237,8 +238,9 @@ async def run(opts: Options) -> dict:
                 run_clock = Clock()
                 async with trio.open_nursery() as nursery:
                     if events:
-                        nursery.start_soon(faultmod.inject, target.swarm, events, settings.warmup,
-                                           settings.duration, run_clock, prog.event, applied=applied)
+                        nursery.start_soon(functools.partial(faultmod.inject, target.swarm, events, settings.warmup,
+                                                             settings.duration, run_clock, prog.event,
+                                                             applied=applied))
                     await run_load(wl, settings, rec, clock=run_clock, on_tick=prog.tick)
                     nursery.cancel_scope.cancel()
                 prog.finish()
