@@ -7,9 +7,13 @@ Umbral, ours, Umbral, ...) with the garbage collector off, so a change of load
 on a shared machine hits both columns alike.
 
 What each row contains
-    encrypt             ours: ``record.seal`` of the message with the owner X25519
-                        wrap (capsule, Z^k, HKDF, key check, wrap, AEAD, msgpack);
-                        Umbral: ``encrypt``.
+    encrypt             ours: the patient sealing its own record, ``record.seal``
+                        with its label KeyPair and X25519 secret key (capsule
+                        (k a_L) g1 from the fixed-base table, Z^k, HKDF, key
+                        check, owner-box wrap (kind 2), AEAD, msgpack); Umbral:
+                        ``encrypt``.
+                        (A sealer other than the owner uses the public key and a
+                        sealed-box wrap instead: see core/record.py.)
     rekey t-of-n        ours: ``pre.make_key_shares`` (t-1 random coefficients, n
                         G2 multiplications, each share sealed to its proxy's
                         X25519 key); Umbral: ``generate_kfrags`` (n signed kfrags,
@@ -32,9 +36,9 @@ What each row contains
                         one GT multi-exp, HKDF, key check, AEAD); Umbral:
                         ``decrypt_reencrypted`` with t verified cfrags.
     owner decrypt       ours: ``record.open_record`` with ``owner_key_provider``
-                        (X25519 unwrap, AEAD), and the pairing path
-                        (``owner_pairing_key_provider``) as an extra row; Umbral:
-                        ``decrypt_original``.
+                        (owner-box unwrap with the cached shared key, AEAD), and
+                        the pairing path (``owner_pairing_key_provider``) as an
+                        extra row; Umbral: ``decrypt_original``.
     whole access t      proxy work plus doctor work for t shares. Ours: t x
                         re-encrypt + t x share decode + combine+decrypt; Umbral:
                         t x reencrypt + t x cfrag verify + decrypt_reencrypted.
@@ -222,8 +226,8 @@ class _Ours:
         ]
 
     def encrypt(self) -> bytes:
-        return self.record.seal(self.message, self.owner.public, owner_id=_OWNER_ID, label=_LABEL,
-                                record_id="record-1", owner_box_public_key=self.owner_box_pk)
+        return self.record.seal(self.message, self.owner, owner_id=_OWNER_ID, label=_LABEL,
+                                record_id="record-1", owner_box_secret_key=self.owner_box_sk)
 
     def rekey(self, t: int, n: int):
         return self.pre.make_key_shares(self.owner, self.doctor.public, self.proxies[:n], t, _CONTEXT)
@@ -364,7 +368,7 @@ def _bench_size(size: int, iterations: int, umbral) -> SizeResult:
         return row, med
 
     pair("encrypt", ours.encrypt, um and um.encrypt,
-         "record.seal + owner X25519 wrap", "encrypt", target=True)
+         "record.seal by the owner (KeyPair, owner-box wrap)", "encrypt", target=True)
     pair("rekey 1-of-1", lambda: ours.rekey(1, 1), um and (lambda: um.rekey(1, 1)),
          "make_key_shares, 1 sealed share", "generate_kfrags, 1 signed kfrag", target=True)
     pair("rekey 3-of-5", lambda: ours.rekey(3, 5), um and (lambda: um.rekey(3, 5)),
@@ -401,7 +405,7 @@ def _bench_size(size: int, iterations: int, umbral) -> SizeResult:
     pair("combine+decrypt, 3 shares", lambda: ours.combine_decrypt(3), um and (lambda: um.combine_decrypt(3)),
          "open_record, ThresholdKeyProvider t=3", "decrypt_reencrypted, 3 cfrags", target=True)
     pair("owner decrypt (X25519 wrap)", ours.owner_decrypt, um and um.owner_decrypt,
-         "open_record, owner_key_provider", "decrypt_original", target=True)
+         "open_record, owner_key_provider (owner box)", "decrypt_original", target=True)
     pair("owner decrypt (pairing path)", ours.owner_decrypt_pairing, um and um.owner_decrypt,
          "open_record, owner_pairing_key_provider", "decrypt_original", target=False)
     pair("whole access, t=1", lambda: ours.whole_access(1), um and (lambda: um.whole_access(1)),

@@ -335,6 +335,10 @@ class PureBackend:
     def g1_mul(self, a, k: int, secret: bool):
         return multiply(a, k % R)  # same (variable-time) math either way
 
+    def g1_generator_mul(self, k: int):
+        """k g1 (the native backend uses a fixed-base table; here it is a plain multiply)."""
+        return multiply(G1, k % R)
+
     def g1_msm(self, points, scalars):
         return _msm(points, [k % R for k in scalars], Z1)
 

@@ -1,26 +1,53 @@
 """Sealed records: the KEM/DEM format patients store in content-addressed storage.
 
-Layout (version 1). A sealed record is ONE msgpack array, written and read as a
-stream so records of any size (tested to 64 MiB) take bounded memory::
+Layout (version 2; version 1 is still read). A sealed record is ONE msgpack
+array, written and read as a stream so records of any size (tested to 64 MiB)
+take bounded memory::
 
     [ "emrshare/sealed-record",   # str, format tag
-      1,                          # int, format version
+      2,                          # int, format version (= the header's version)
       header,                     # bin, canonical msgpack of the RecordHeader (below)
       nonce,                      # bin(24), random base nonce
       chunk_0, ..., chunk_{n-1} ] # bin, XChaCha20-Poly1305 ciphertext of each chunk
 
-The header is itself a msgpack array in this fixed order::
+The header is itself a msgpack array in this fixed order (version 2)::
 
     [version, owner_id, label, record_id, media_type,
      capsule U (bin 48), owner P1_L (bin 48), size, chunk_size,
-     key_check (bin 16), owner_wrap (bin 80 or nil)]
+     key_check (bin 16), owner_wrap_kind (int), owner_wrap (bin or nil)]
+
+Version 1 headers have 11 fields: no ``owner_wrap_kind``, and ``owner_wrap`` is
+nil or an 80-byte sealed box (kind 1 below). A reader accepts a version-1 blob
+only with a version-1 header and a version-2 blob only with a version-2 header;
+writers write version 2.
 
 Keys: ``K = Z^k`` from the PRE capsule (core.pre); the data key
 ``dk = HKDF-SHA256(ikm = enc(K), salt = "emrshare/v1/dem", info = enc(U) || enc(P1_L))``;
 ``key_check = HMAC-SHA256(dk, "emrshare/v1/key-check")[:16]`` lets a reader test a
-candidate key before decrypting (and makes the AEAD key-committing); the
-optional ``owner_wrap`` is dk sealed to the owner's X25519 key so the owner
-opens its records without a pairing.
+candidate key before decrypting (and makes the AEAD key-committing).
+
+Owner wrap (CRYPTO.md: "the header may also carry dk sealed to the owner's own
+X25519 key, so the owner opens its records without a pairing"), by kind:
+
+* 0 -- none; ``owner_wrap`` is nil. The owner uses the pairing path.
+* 1 -- sealed box (80 bytes): ``SealedBox(owner X25519 public key).encrypt(dk)``
+  (ephemeral X25519 key || XSalsa20-Poly1305). Anyone holding the owner's box
+  public key can write it: the path for third-party sealers.
+* 2 -- owner box (72 bytes): ``nonce (24, random from the OS CSPRNG) ||
+  Box(owner_sk, owner_pk).encrypt(dk, nonce)``, crypto_box of the owner to
+  itself. Its key is HSalsa20(X25519(sk, pk_self)): computing it from the
+  public key alone is the computational Diffie-Hellman problem with both inputs
+  equal (as hard as CDH), so only the owner can open, and only the owner can
+  write, such a wrap (authenticated encryption; with random 24-byte nonces
+  collisions are negligible). The shared key is computed once per owner and
+  kept in a small in-process cache (:func:`_owner_keys`), so wrapping and
+  unwrapping cost one XSalsa20-Poly1305 of 32 bytes instead of an X25519
+  scalar multiplication. It is only written when the sealer is given the owner's
+  box secret key (the patient sealing its own record).
+
+In every kind the unwrapped dk is accepted only if it matches ``key_check``, so
+a wrap moved from another record, or written by someone else (kind 1), is
+refused before any chunk is decrypted.
 
 Chunks: plaintext is cut into ``chunk_size`` pieces (the last may be shorter;
 an empty record has one empty chunk), ``n = max(1, ceil(size / chunk_size))``.
@@ -28,19 +55,30 @@ Chunk i is encrypted with nonce ``nonce XOR i`` (i as 24-byte big-endian) and
 associated data ``header || i (8-byte big-endian) || final (1 byte)``, so
 chunks cannot be reordered, dropped, truncated or moved between records.
 CRYPTO.md's single-shot ``ad = header`` is the one-chunk case with the index and
-final flag appended.
+final flag appended. Each chunk is one msgpack bin (bin8/16/32 header, then the
+raw ciphertext); readers check its length against the header.
 
 Readers (:class:`RecordOpener`) release a chunk's plaintext only after it
 authenticates, and :meth:`RecordOpener.close` fails unless every chunk arrived;
 a caller writing a stream to disk must discard it unless ``close()`` succeeds
 (:func:`open_record` does that for in-memory use).
+
+Performance notes: the sealer encrypts straight from the caller's buffer
+(memoryviews, no intermediate copies when input arrives in chunk-size pieces)
+into an output buffer that already holds the bin header; :func:`seal` and
+:func:`open_record` allocate one buffer for the whole output. The AEAD is
+libsodium's, called through pynacl's low-level binding (``nacl._sodium``) so it
+can read memoryviews and write into preallocated buffers; without that private
+module the public ``nacl.bindings`` functions are used (same bytes, more copies).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
+import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -50,6 +88,7 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_encrypt,
 )
 from nacl.exceptions import CryptoError
+from nacl.public import Box
 from nacl.public import PrivateKey as BoxPrivateKey
 from nacl.public import PublicKey as BoxPublicKey
 from nacl.public import SealedBox
@@ -57,17 +96,39 @@ from nacl.public import SealedBox
 from .curve import GT, G1
 from .errors import DecodeError, DecryptionError
 from .kdf import hkdf_sha256
-from .pre import KeyPair, PublicKey, ReencryptedShare, decapsulate_owner, encapsulate, recover_key
+from .pre import (
+    KeyPair,
+    PublicKey,
+    ReencryptedShare,
+    decapsulate_owner,
+    encapsulate,
+    encapsulate_owner,
+    recover_key,
+)
+
+try:  # libsodium through pynacl's private cffi module: memoryview in, buffer out
+    from nacl._sodium import ffi as _sffi
+    from nacl._sodium import lib as _slib
+
+    _AEAD_ENCRYPT = _slib.crypto_aead_xchacha20poly1305_ietf_encrypt
+    _AEAD_DECRYPT = _slib.crypto_aead_xchacha20poly1305_ietf_decrypt
+except (ImportError, AttributeError):  # pragma: no cover - depends on the pynacl build
+    _sffi = _slib = _AEAD_ENCRYPT = _AEAD_DECRYPT = None
 
 __all__ = [
     "FORMAT_TAG",
     "FORMAT_VERSION",
+    "READ_VERSIONS",
     "DEFAULT_CHUNK_SIZE",
+    "WRAP_NONE",
+    "WRAP_SEALED_BOX",
+    "WRAP_OWNER_BOX",
     "RecordHeader",
     "RecordSealer",
     "RecordOpener",
     "seal",
     "open_record",
+    "peek_header",
     "derive_data_key",
     "owner_key_provider",
     "owner_pairing_key_provider",
@@ -75,7 +136,8 @@ __all__ = [
 ]
 
 FORMAT_TAG = "emrshare/sealed-record"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 DEFAULT_CHUNK_SIZE = 1 << 20
 MIN_CHUNK_SIZE = 1 << 12
 MAX_CHUNK_SIZE = 8 << 20
@@ -86,7 +148,13 @@ MAX_MEDIA_TYPE_LEN = 128
 NONCE_SIZE = 24
 TAG_SIZE = 16
 KEY_CHECK_SIZE = 16
-OWNER_WRAP_SIZE = 80  # sealed box of a 32-byte key
+WRAP_NONE = 0
+WRAP_SEALED_BOX = 1
+WRAP_OWNER_BOX = 2
+OWNER_WRAP_SIZE = 80  # sealed box of a 32-byte key (kind 1)
+OWNER_BOX_WRAP_SIZE = 72  # nonce || crypto_box of a 32-byte key (kind 2)
+_WRAP_SIZES = {WRAP_NONE: None, WRAP_SEALED_BOX: OWNER_WRAP_SIZE, WRAP_OWNER_BOX: OWNER_BOX_WRAP_SIZE}
+_HEADER_FIELDS = {1: 11, 2: 12}
 
 _DEM_SALT = b"emrshare/v1/dem"
 _KEY_CHECK_INFO = b"emrshare/v1/key-check"
@@ -103,6 +171,76 @@ def _key_check(dk: bytes) -> bytes:
     return hmac.new(dk, _KEY_CHECK_INFO, hashlib.sha256).digest()[:KEY_CHECK_SIZE]
 
 
+@functools.lru_cache(maxsize=16)
+def _owner_keys(box_secret_key: bytes) -> tuple[BoxPrivateKey, bytes, Box]:
+    """(private key, public key bytes, Box(sk, pk_self)) for an owner's X25519 key.
+
+    Cached: each costs an X25519 scalar multiplication. The cache holds at most
+    16 owners' keys in process memory (where the caller already holds them).
+    """
+    sk = BoxPrivateKey(box_secret_key)
+    return sk, bytes(sk.public_key), Box(sk, sk.public_key)
+
+
+def _box_secret(value: object) -> bytes:
+    if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
+        raise ValueError("owner box secret key must be 32 bytes")
+    return bytes(value)
+
+
+# ------------------------------------------------------------------ AEAD
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's canonical bin header for n bytes (msgpack-python has no public pack_bin_header)."""
+    if n < 0x100:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def _encrypt_into(dst: memoryview, plain, ad: bytes, nonce: bytes, key: bytes) -> None:
+    """XChaCha20-Poly1305: write ct || tag (len(plain) + 16 bytes) into ``dst``."""
+    if _AEAD_ENCRYPT is not None:
+        mlen = len(plain)
+        rc = _AEAD_ENCRYPT(
+            _sffi.from_buffer("unsigned char[]", dst, require_writable=True), _sffi.NULL,
+            _sffi.from_buffer("unsigned char[]", plain) if mlen else _sffi.NULL, mlen,
+            ad, len(ad), _sffi.NULL, nonce, key,
+        )
+        if rc != 0:  # pragma: no cover - libsodium's encrypt does not fail
+            raise CryptoError("XChaCha20-Poly1305 encryption failed")
+    else:  # pragma: no cover - exercised only without nacl._sodium
+        dst[:] = crypto_aead_xchacha20poly1305_ietf_encrypt(bytes(plain), ad, nonce, key)
+
+
+def _decrypt(ct, ad: bytes, nonce: bytes, key: bytes) -> bytearray:
+    """XChaCha20-Poly1305 open of ``ct`` (any buffer); raises CryptoError on a bad tag."""
+    if _AEAD_DECRYPT is not None:
+        mlen = len(ct) - TAG_SIZE
+        out = bytearray(mlen)
+        target = _sffi.from_buffer("unsigned char[]", out, require_writable=True) if mlen else _sffi.NULL
+        rc = _AEAD_DECRYPT(
+            target, _sffi.NULL, _sffi.NULL, _sffi.from_buffer("unsigned char[]", ct), len(ct),
+            ad, len(ad), nonce, key,
+        )
+        if rc != 0:
+            raise CryptoError("Decryption failed. Ciphertext failed verification")
+        return out
+    return bytearray(crypto_aead_xchacha20poly1305_ietf_decrypt(bytes(ct), ad, nonce, key))  # pragma: no cover
+
+
+def _byte_view(data) -> memoryview:
+    mv = memoryview(data)
+    if mv.ndim != 1 or mv.format not in ("B", "b", "c"):
+        mv = mv.cast("B")
+    return mv
+
+
+# ------------------------------------------------------------------ header
+
+
 def _text(value: object, what: str, limit: int) -> str:
     if not isinstance(value, str) or not value:
         raise DecodeError(f"record header: {what} must be a non-empty string")
@@ -113,6 +251,9 @@ def _text(value: object, what: str, limit: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RecordHeader:
+    """The record header. ``owner_wrap_kind`` defaults from ``owner_wrap``
+    (None -> 0, 80 bytes -> 1); kind 2 must be given explicitly."""
+
     owner_id: str
     label: str
     record_id: str
@@ -124,13 +265,14 @@ class RecordHeader:
     key_check: bytes
     owner_wrap: bytes | None = None
     version: int = FORMAT_VERSION
+    owner_wrap_kind: int | None = None
 
     def __post_init__(self) -> None:
         _text(self.owner_id, "owner id", MAX_ID_LEN)
         _text(self.label, "label", MAX_ID_LEN)
         _text(self.record_id, "record id", MAX_ID_LEN)
         _text(self.media_type, "media type", MAX_MEDIA_TYPE_LEN)
-        if self.version != FORMAT_VERSION:
+        if type(self.version) is not int or self.version not in READ_VERSIONS:
             raise DecodeError(f"record header: unsupported version {self.version!r}")
         for name, value, size in (
             ("capsule", self.capsule, 48),
@@ -139,10 +281,18 @@ class RecordHeader:
         ):
             if not isinstance(value, bytes) or len(value) != size:
                 raise DecodeError(f"record header: {name} must be {size} bytes")
-        if self.owner_wrap is not None and (
-            not isinstance(self.owner_wrap, bytes) or len(self.owner_wrap) != OWNER_WRAP_SIZE
-        ):
-            raise DecodeError(f"record header: owner wrap must be {OWNER_WRAP_SIZE} bytes or absent")
+        kind = self.owner_wrap_kind
+        if kind is None:
+            kind = WRAP_NONE if self.owner_wrap is None else WRAP_SEALED_BOX
+            object.__setattr__(self, "owner_wrap_kind", kind)
+        if type(kind) is not int or kind not in _WRAP_SIZES or (self.version == 1 and kind == WRAP_OWNER_BOX):
+            raise DecodeError(f"record header: unknown owner wrap kind {kind!r}")
+        want = _WRAP_SIZES[kind]
+        if want is None:
+            if self.owner_wrap is not None:
+                raise DecodeError("record header: owner wrap present but its kind is 'none'")
+        elif not isinstance(self.owner_wrap, bytes) or len(self.owner_wrap) != want:
+            raise DecodeError(f"record header: owner wrap of kind {kind} must be {want} bytes")
         if type(self.size) is not int or not 0 <= self.size <= MAX_RECORD_SIZE:
             raise DecodeError("record header: size out of range")
         if type(self.chunk_size) is not int or not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE:
@@ -161,22 +311,22 @@ class RecordHeader:
         return self.size - self.chunk_size * (self.chunk_count - 1)
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb(
-            [
-                self.version,
-                self.owner_id,
-                self.label,
-                self.record_id,
-                self.media_type,
-                self.capsule,
-                self.owner_p1,
-                self.size,
-                self.chunk_size,
-                self.key_check,
-                self.owner_wrap,
-            ],
-            use_bin_type=True,
-        )
+        fields = [
+            self.version,
+            self.owner_id,
+            self.label,
+            self.record_id,
+            self.media_type,
+            self.capsule,
+            self.owner_p1,
+            self.size,
+            self.chunk_size,
+            self.key_check,
+        ]
+        if self.version >= 2:
+            fields.append(self.owner_wrap_kind)
+        fields.append(self.owner_wrap)
+        return msgpack.packb(fields, use_bin_type=True)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "RecordHeader":
@@ -186,12 +336,19 @@ class RecordHeader:
             fields = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_HEADER_SIZE)
         except Exception as exc:
             raise DecodeError(f"record header: not msgpack ({type(exc).__name__})") from exc
-        if not isinstance(fields, list) or len(fields) != 11:
-            raise DecodeError("record header: expected an array of 11 fields")
+        if not isinstance(fields, list) or not fields:
+            raise DecodeError("record header: expected an array")
+        version = fields[0]
+        expected = _HEADER_FIELDS.get(version) if type(version) is int else None
+        if expected is None:
+            raise DecodeError(f"record header: unsupported version {version!r}")
+        if len(fields) != expected:
+            raise DecodeError(f"record header: expected an array of {expected} fields (version {version})")
         (version, owner_id, label, record_id, media_type, capsule, owner_p1, size, chunk_size,
-         key_check, owner_wrap) = fields
+         key_check) = fields[:10]
+        kind = fields[10] if version >= 2 else None
         header = cls(owner_id, label, record_id, media_type, capsule, owner_p1, size, chunk_size,
-                     key_check, owner_wrap, version)
+                     key_check, fields[-1], version, kind)
         if header.to_bytes() != data:
             raise DecodeError("record header: not in canonical encoding")
         return header
@@ -208,17 +365,27 @@ def _ad(header_bytes: bytes, index: int, final: bool) -> bytes:
     return header_bytes + index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")
 
 
+# ------------------------------------------------------------------ sealing
+
+
 class RecordSealer:
     """Sans-I/O streaming encryption of one record.
 
     ``start()`` returns the first bytes of the blob; ``update(data)`` returns
     the blob bytes that complete chunks produce; ``finish()`` the rest. The
-    concatenation is the sealed record.
+    concatenation is the sealed record. ``data`` may be any bytes-like object;
+    pieces of ``chunk_size`` bytes are encrypted without being copied.
+
+    ``owner`` is the owner's PRE public key, or its :class:`~core.pre.KeyPair`
+    when the owner itself seals (faster capsule, same bytes; its label must be
+    ``label``). Owner wrap: with ``owner_box_secret_key`` a kind-2 owner box,
+    else with ``owner_box_public_key`` a kind-1 sealed box, else none (giving
+    both checks that they are one key pair).
     """
 
     def __init__(
         self,
-        owner: PublicKey,
+        owner: PublicKey | KeyPair,
         *,
         owner_id: str,
         label: str,
@@ -227,22 +394,41 @@ class RecordSealer:
         size: int,
         owner_box_public_key: bytes | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        owner_box_secret_key: bytes | None = None,
     ):
-        capsule, k = encapsulate(owner)
-        capsule_b, p1_b = capsule.to_bytes(), owner.p1.to_bytes()
-        self._dk = derive_data_key(k, capsule_b, p1_b)
-        wrap = None
-        if owner_box_public_key is not None:
-            wrap = SealedBox(BoxPublicKey(owner_box_public_key)).encrypt(self._dk)
+        if isinstance(owner, KeyPair):
+            if owner.label != label:
+                raise ValueError(f"key pair is for label {owner.label!r}, not {label!r}")
+            capsule, k = encapsulate_owner(owner)
+            p1 = owner.public.p1
+        elif isinstance(owner, PublicKey):
+            capsule, k = encapsulate(owner)
+            p1 = owner.p1
+        else:
+            raise TypeError("owner must be a core.pre.PublicKey or KeyPair")
+        capsule_b, p1_b = capsule.to_bytes(), p1.to_bytes()
+        dk = derive_data_key(k, capsule_b, p1_b)
+        if owner_box_secret_key is not None:
+            _sk, pk, box = _owner_keys(_box_secret(owner_box_secret_key))
+            if owner_box_public_key is not None and bytes(owner_box_public_key) != pk:
+                raise ValueError("owner box public key does not belong to the owner box secret key")
+            nonce = secrets.token_bytes(Box.NONCE_SIZE)
+            kind, wrap = WRAP_OWNER_BOX, bytes(box.encrypt(dk, nonce))
+        elif owner_box_public_key is not None:
+            kind, wrap = WRAP_SEALED_BOX, SealedBox(BoxPublicKey(owner_box_public_key)).encrypt(dk)
+        else:
+            kind, wrap = WRAP_NONE, None
         try:
             self.header = RecordHeader(
                 owner_id, label, record_id, media_type, capsule_b, p1_b, size, chunk_size,
-                _key_check(self._dk), wrap,
+                _key_check(dk), wrap, FORMAT_VERSION, kind,
             )
         except DecodeError as exc:
             raise ValueError(str(exc).replace("record header: ", "")) from exc
+        self._dk = dk
         self._header_bytes = self.header.to_bytes()
         self._nonce = secrets.token_bytes(NONCE_SIZE)
+        self._count = self.header.chunk_count
         self._pending = bytearray()
         self._index = 0
         self._fed = 0
@@ -253,36 +439,66 @@ class RecordSealer:
         if self._started:
             raise RuntimeError("start() called twice")
         self._started = True
+        return self._prefix()
+
+    def _prefix(self) -> bytes:
         packer = msgpack.Packer(use_bin_type=True)
-        return (
-            packer.pack_array_header(4 + self.header.chunk_count)
-            + packer.pack(FORMAT_TAG)
-            + packer.pack(FORMAT_VERSION)
-            + packer.pack(self._header_bytes)
-            + packer.pack(self._nonce)
-        )
+        return b"".join((
+            packer.pack_array_header(4 + self._count),
+            packer.pack(FORMAT_TAG),
+            packer.pack(FORMAT_VERSION),
+            packer.pack(self._header_bytes),
+            packer.pack(self._nonce),
+        ))
 
-    def _chunk(self, plain: bytes) -> bytes:
-        final = self._index == self.header.chunk_count - 1
-        ct = crypto_aead_xchacha20poly1305_ietf_encrypt(
-            plain, _ad(self._header_bytes, self._index, final), _nonce(self._nonce, self._index), self._dk
-        )
-        self._index += 1
-        return msgpack.packb(ct, use_bin_type=True)
+    def _chunk_into(self, dst: memoryview, plain) -> int:
+        """Write chunk ``self._index`` (bin header + ciphertext) at the start of ``dst``; return its size."""
+        index = self._index
+        hdr = _bin_header(len(plain) + TAG_SIZE)
+        h = len(hdr)
+        end = h + len(plain) + TAG_SIZE
+        dst[:h] = hdr
+        _encrypt_into(dst[h:end], plain, _ad(self._header_bytes, index, index == self._count - 1),
+                      _nonce(self._nonce, index), self._dk)
+        self._index = index + 1
+        return end
 
-    def update(self, data: bytes) -> bytes:
+    def _chunk(self, plain) -> bytearray:
+        out = bytearray(len(plain) + TAG_SIZE + 5)
+        n = self._chunk_into(memoryview(out), plain)
+        del out[n:]
+        return out
+
+    def update(self, data) -> bytes:
         if not self._started or self._finished:
             raise RuntimeError("update() outside start()/finish()")
-        self._fed += len(data)
-        if self._fed > self.header.size:
+        mv = _byte_view(data)
+        n = len(mv)
+        if self._fed + n > self.header.size:
             raise ValueError(f"more plaintext than the declared size {self.header.size}")
-        self._pending += data
-        out = []
+        self._fed += n
+        out: list[bytearray] = []
         size = self.header.chunk_size
-        while len(self._pending) >= size and self._index < self.header.chunk_count - 1:
-            out.append(self._chunk(bytes(self._pending[:size])))
-            del self._pending[:size]
-        return b"".join(out)
+        last = self._count - 1
+        pos = 0
+        if self._pending and self._index < last:
+            pos = min(size - len(self._pending), n)
+            self._pending += mv[:pos]
+            if len(self._pending) == size:
+                out.append(self._chunk(self._pending))
+                self._pending = bytearray()
+        while self._index < last and n - pos >= size:
+            out.append(self._chunk(mv[pos:pos + size]))
+            pos += size
+        if pos < n:
+            if (self._index == last and not self._pending
+                    and n - pos == self.header.chunk_length(last)):
+                out.append(self._chunk(mv[pos:]))  # the whole final chunk at once
+            else:
+                self._pending += mv[pos:]
+        if not out:
+            return b""
+        return bytes(out[0]) if len(out) == 1 else b"".join(out)
 
     def finish(self) -> bytes:
         if not self._started or self._finished:
@@ -290,15 +506,41 @@ class RecordSealer:
         if self._fed != self.header.size:
             raise ValueError(f"declared size {self.header.size}, got {self._fed} bytes")
         self._finished = True
-        out = self._chunk(bytes(self._pending))
-        self._pending.clear()
+        out = b""
+        if self._index < self._count:
+            out = bytes(self._chunk(self._pending))
+        self._pending = bytearray()
         self._dk = b""
         return out
+
+    def _seal_all(self, plaintext) -> bytes:
+        """The whole blob for ``plaintext`` in one buffer (what :func:`seal` uses)."""
+        mv = _byte_view(plaintext)
+        if len(mv) != self.header.size or self._started:
+            raise RuntimeError("_seal_all needs a fresh sealer and the declared size")
+        self._started = True
+        prefix = self._prefix()
+        total = len(prefix)
+        for i in range(self._count):
+            total += len(_bin_header(self.header.chunk_length(i) + TAG_SIZE)) + self.header.chunk_length(i) + TAG_SIZE
+        out = bytearray(total)
+        dst = memoryview(out)
+        dst[: len(prefix)] = prefix
+        pos, off = len(prefix), 0
+        for i in range(self._count):
+            length = self.header.chunk_length(i)
+            pos += self._chunk_into(dst[pos:], mv[off:off + length])
+            off += length
+        dst.release()
+        self._fed = len(mv)
+        self._finished = True
+        self._dk = b""
+        return bytes(out)
 
 
 def seal(
     plaintext: bytes,
-    owner: PublicKey,
+    owner: PublicKey | KeyPair,
     *,
     owner_id: str,
     label: str,
@@ -306,18 +548,24 @@ def seal(
     media_type: str = "application/octet-stream",
     owner_box_public_key: bytes | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    owner_box_secret_key: bytes | None = None,
 ) -> bytes:
-    """Seal ``plaintext`` in memory; returns the blob."""
+    """Seal ``plaintext`` (any bytes-like) in memory; returns the blob.
+
+    ``owner``, ``owner_box_public_key`` and ``owner_box_secret_key`` as for
+    :class:`RecordSealer`.
+    """
     sealer = RecordSealer(
         owner, owner_id=owner_id, label=label, record_id=record_id, media_type=media_type,
-        size=len(plaintext), owner_box_public_key=owner_box_public_key, chunk_size=chunk_size,
+        size=_byte_view(plaintext).nbytes, owner_box_public_key=owner_box_public_key,
+        chunk_size=chunk_size, owner_box_secret_key=owner_box_secret_key,
     )
-    mv = memoryview(plaintext)
-    parts = [sealer.start()]
-    for off in range(0, len(plaintext), chunk_size):
-        parts.append(sealer.update(bytes(mv[off : off + chunk_size])))
-    parts.append(sealer.finish())
-    return b"".join(parts)
+    return sealer._seal_all(plaintext)
+
+
+# ------------------------------------------------------------------ opening
+
+_BIN_HEADER_SIZES = {0xC4: 2, 0xC5: 3, 0xC6: 5}
 
 
 class RecordOpener:
@@ -325,42 +573,74 @@ class RecordOpener:
 
     When the header has been read, ``key_provider(header)`` is called once and
     must return dk (or raise). ``close()`` checks that the blob was complete.
+
+    The prefix (array header, tag, version, header, nonce) is parsed with
+    msgpack's Unpacker; chunks are parsed here, and a chunk that arrives whole
+    in one ``feed`` is decrypted straight from the caller's buffer (a split one
+    is gathered once into a buffer of its exact size).
     """
 
     _FEED_PIECE = 1 << 16
 
     def __init__(self, key_provider: KeyProvider, *, max_chunk_size: int = MAX_CHUNK_SIZE):
         self._provider = key_provider
+        self._max_chunk = max_chunk_size
         self._unpacker = msgpack.Unpacker(
             raw=False,
             use_list=True,
-            max_buffer_size=max_chunk_size + TAG_SIZE + (1 << 17),
-            max_bin_len=max_chunk_size + TAG_SIZE,
+            max_buffer_size=MAX_HEADER_SIZE + (1 << 17),
+            max_bin_len=MAX_HEADER_SIZE,
             max_str_len=64,
             max_array_len=0,
             max_map_len=0,
             max_ext_len=0,
         )
+        self._unpacker_fed = 0
         self._state = "array"
         self._length = 0
+        self._version = 0
         self.header: RecordHeader | None = None
         self._header_bytes = b""
         self._nonce = b""
         self._dk = b""
         self._index = 0
         self._closed = False
+        self._bin_hdr = bytearray()  # a chunk's bin header, while incomplete
+        self._ct: bytearray | None = None  # a chunk's ciphertext, while incomplete
+        self._ct_fill = 0
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data) -> list[bytes]:
+        return [bytes(p) for p in self._feed(data)]
+
+    def _feed(self, data) -> list[bytearray]:
         if self._closed:
             raise DecodeError("sealed record: data after the end")
-        out: list[bytes] = []
-        mv = memoryview(data)
-        for off in range(0, len(mv), self._FEED_PIECE):
-            try:
-                self._unpacker.feed(mv[off : off + self._FEED_PIECE])
-            except msgpack.BufferFull as exc:  # pragma: no cover - guarded by piece size
-                raise DecodeError("sealed record: element too large") from exc
-            self._drain(out)
+        out: list[bytearray] = []
+        mv = _byte_view(data)
+        if self._state != "chunks":
+            off = 0
+            while off < len(mv) and self._state != "chunks":
+                piece = mv[off : off + self._FEED_PIECE]
+                try:
+                    self._unpacker.feed(piece)
+                except msgpack.BufferFull as exc:  # pragma: no cover - guarded by piece size
+                    raise DecodeError("sealed record: element too large") from exc
+                self._unpacker_fed += len(piece)
+                off += len(piece)
+                self._drain_prefix()
+            if self._state != "chunks":
+                return out
+            # The Unpacker holds the last `leftover` bytes of the stream unparsed. Those
+            # from this call are re-read from `mv` (so a whole chunk is still decrypted
+            # in place); only bytes from earlier calls are taken out of the Unpacker.
+            # The Unpacker is not used again.
+            leftover = self._unpacker_fed - self._unpacker.tell()
+            if leftover > off:
+                self._chunks(memoryview(self._unpacker.read_bytes(leftover - off)), out)
+                mv = mv[0:]
+            else:
+                mv = mv[off - leftover:]
+        self._chunks(mv, out)
         return out
 
     def _next(self):
@@ -373,8 +653,8 @@ class RecordOpener:
         except Exception as exc:
             raise DecodeError(f"sealed record: malformed msgpack ({type(exc).__name__})") from exc
 
-    def _drain(self, out: list[bytes]) -> None:
-        while True:
+    def _drain_prefix(self) -> None:
+        while self._state != "chunks":
             try:
                 if self._state == "array":
                     try:
@@ -392,17 +672,22 @@ class RecordOpener:
                     self._state = "version"
                 elif self._state == "version":
                     version = self._next()
-                    if version != FORMAT_VERSION or type(version) is not int:
+                    if type(version) is not int or version not in READ_VERSIONS:
                         raise DecodeError(f"sealed record: unsupported version {version!r}")
+                    self._version = version
                     self._state = "header"
                 elif self._state == "header":
                     hb = self._next()
                     if not isinstance(hb, bytes):
                         raise DecodeError("sealed record: header must be bin")
                     self.header = RecordHeader.from_bytes(hb)
+                    if self.header.version != self._version:
+                        raise DecodeError("sealed record: header version differs from the record's")
                     self._header_bytes = hb
                     if self._length != 4 + self.header.chunk_count:
                         raise DecodeError("sealed record: chunk count does not match the header")
+                    if self.header.chunk_size > self._max_chunk:
+                        raise DecodeError("sealed record: chunk size above this reader's limit")
                     self._state = "nonce"
                 elif self._state == "nonce":
                     nonce = self._next()
@@ -417,37 +702,56 @@ class RecordOpener:
                         raise DecryptionError("sealed record: wrong key for this record")
                     self._dk = dk
                     self._state = "chunks"
-                elif self._state == "chunks":
-                    assert self.header is not None
-                    if self._index >= self.header.chunk_count:
-                        self._state = "done"
-                        continue
-                    ct = self._next()
-                    expected = self.header.chunk_length(self._index) + TAG_SIZE
-                    if not isinstance(ct, bytes) or len(ct) != expected:
-                        raise DecodeError(f"sealed record: chunk {self._index} has the wrong size")
-                    final = self._index == self.header.chunk_count - 1
-                    try:
-                        plain = crypto_aead_xchacha20poly1305_ietf_decrypt(
-                            ct, _ad(self._header_bytes, self._index, final),
-                            _nonce(self._nonce, self._index), self._dk,
-                        )
-                    except CryptoError as exc:
-                        raise DecryptionError(
-                            f"sealed record: chunk {self._index} failed authentication"
-                        ) from exc
-                    self._index += 1
-                    out.append(plain)
-                else:  # done: any further byte is an error
-                    try:
-                        self._unpacker.skip()
-                    except msgpack.OutOfData:
-                        return
-                    except Exception:
-                        pass
-                    raise DecodeError("sealed record: trailing data after the last chunk")
             except msgpack.OutOfData:
                 return
+
+    def _chunks(self, mv: memoryview, out: list[bytearray]) -> None:
+        header = self.header
+        assert header is not None
+        count = header.chunk_count
+        pos, n = 0, len(mv)
+        while pos < n:
+            if self._index >= count:
+                raise DecodeError("sealed record: trailing data after the last chunk")
+            if self._ct is None:  # reading a bin header
+                if not self._bin_hdr:
+                    first = mv[pos]
+                    if first not in _BIN_HEADER_SIZES:
+                        raise DecodeError(f"sealed record: chunk {self._index} is not msgpack bin")
+                want = _BIN_HEADER_SIZES[self._bin_hdr[0] if self._bin_hdr else mv[pos]]
+                take = min(want - len(self._bin_hdr), n - pos)
+                self._bin_hdr += mv[pos : pos + take]
+                pos += take
+                if len(self._bin_hdr) < want:
+                    return
+                length = int.from_bytes(self._bin_hdr[1:], "big")
+                self._bin_hdr = bytearray()
+                if length != header.chunk_length(self._index) + TAG_SIZE:
+                    raise DecodeError(f"sealed record: chunk {self._index} has the wrong size")
+                if n - pos >= length:  # whole chunk in this buffer: no copy
+                    out.append(self._open_chunk(mv[pos : pos + length]))
+                    pos += length
+                    continue
+                self._ct = bytearray(length)
+                self._ct_fill = 0
+            take = min(len(self._ct) - self._ct_fill, n - pos)
+            self._ct[self._ct_fill : self._ct_fill + take] = mv[pos : pos + take]
+            self._ct_fill += take
+            pos += take
+            if self._ct_fill == len(self._ct):
+                ct, self._ct = self._ct, None
+                out.append(self._open_chunk(ct))
+
+    def _open_chunk(self, ct) -> bytearray:
+        assert self.header is not None
+        index = self._index
+        final = index == self.header.chunk_count - 1
+        try:
+            plain = _decrypt(ct, _ad(self._header_bytes, index, final), _nonce(self._nonce, index), self._dk)
+        except CryptoError as exc:
+            raise DecryptionError(f"sealed record: chunk {index} failed authentication") from exc
+        self._index = index + 1
+        return plain
 
     def close(self) -> None:
         """Raise unless the whole record was read and authenticated."""
@@ -464,7 +768,7 @@ class RecordOpener:
 def open_record(blob: bytes, key_provider: KeyProvider) -> tuple[RecordHeader, bytes]:
     """Open a whole in-memory blob; returns (header, plaintext) or raises."""
     opener = RecordOpener(key_provider)
-    parts = opener.feed(blob)
+    parts = opener._feed(blob)
     opener.close()
     assert opener.header is not None
     return opener.header, b"".join(parts)
@@ -493,13 +797,21 @@ def peek_header(blob_prefix: bytes) -> RecordHeader:
 
 
 def owner_key_provider(box_secret_key: bytes) -> KeyProvider:
-    """The owner's fast path: unwrap dk with its X25519 key (no pairing)."""
+    """The owner's fast path: unwrap dk with its X25519 key (no pairing).
+
+    Opens kind-1 (sealed box) and kind-2 (owner box) wraps.
+    """
+    sk_bytes = _box_secret(box_secret_key)
 
     def provide(header: RecordHeader) -> bytes:
-        if header.owner_wrap is None:
+        kind = header.owner_wrap_kind
+        if header.owner_wrap is None or kind == WRAP_NONE:
             raise DecryptionError("record carries no owner wrap; use the pairing path")
+        sk, _pk, box = _owner_keys(sk_bytes)
         try:
-            return SealedBox(BoxPrivateKey(box_secret_key)).decrypt(header.owner_wrap)
+            if kind == WRAP_OWNER_BOX:
+                return bytes(box.decrypt(header.owner_wrap))
+            return SealedBox(sk).decrypt(header.owner_wrap)
         except CryptoError as exc:
             raise DecryptionError("owner wrap does not open with this key") from exc
 

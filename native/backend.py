@@ -9,8 +9,13 @@ little-endian strings.
 mcl is initialised once per process under a lock (:func:`_init_mcl`): curve
 BLS12-381, the ETH (ZCash) serialization, order checks on deserialize turned
 off (:meth:`NativeBackend.g1_decode` checks the order explicitly so that "not on
-the curve" and "not in the subgroup" are told apart), and the fixed-base table
-for Z^k built.
+the curve" and "not in the subgroup" are told apart), and the fixed-base tables
+for Z^k and k g1 built. A short self-test then checks the C++ helpers
+(gt_membership.cpp) against mcl's own routines, so a header/library mismatch
+fails loudly at load instead of silently accepting bad elements.
+
+GT membership on decode uses Scott's test (``emr_gt_is_valid``: cyclotomic
+check plus x^p = x^u, ~70 us) instead of ``mclBnGT_isValid`` (x^r, ~450 us).
 
 Every call into the extension releases the GIL (cffi's default), so worker
 threads run native work in parallel.
@@ -92,6 +97,8 @@ def _init_mcl() -> dict[str, object]:
         z = ffi.new("mclBnGT *")
         lib.mclBn_pairing(z, g1, g2)
         lib.emr_gt_table_init(z)
+        lib.emr_g1_table_init(g1)
+        _self_test(g1, z)
         one = ffi.new("mclBnGT *")
         lib.mclBnGT_setInt32(one, 1)
         g1_zero = ffi.new("mclBnG1 *")
@@ -108,6 +115,22 @@ def _init_mcl() -> dict[str, object]:
             qwords=lib.mclBn_getUint64NumToPrecompute(),
         )
         return _state
+
+
+def _self_test(g1, z) -> None:
+    """Cross-check the C/C++ helpers against mcl on fixed inputs (a few ms, once)."""
+    two = ffi.new("mclBnGT *")
+    lib.mclBnGT_setInt32(two, 2)
+    one = ffi.new("mclBnGT *")
+    lib.mclBnGT_setInt32(one, 1)
+    if not (lib.emr_gt_is_valid(z) and lib.emr_gt_is_valid(one) and not lib.emr_gt_is_valid(two)):
+        raise BackendError("native GT membership test disagrees with mcl (rebuild the extension)")
+    got, want = ffi.new("mclBnG1 *"), ffi.new("mclBnG1 *")
+    for k in (1, 2, R - 1, 0x1234567890ABCDEF << 128):
+        lib.emr_g1_generator_mul(got, _le(k))
+        lib.emr_g1_mul(want, g1, _le(k), 1)
+        if not lib.mclBnG1_isEqual(got, want):
+            raise BackendError("native fixed-base G1 table disagrees with mcl (rebuild the extension)")
 
 
 def _g1(h: bytes):
@@ -192,6 +215,12 @@ class NativeBackend:
     def g1_mul(self, a: bytes, k: int, secret: bool) -> bytes:
         out = ffi.new("mclBnG1 *")
         lib.emr_g1_mul(out, _g1(a), _le(k), 1 if secret else 0)
+        return bytes(ffi.buffer(out))
+
+    def g1_generator_mul(self, k: int) -> bytes:
+        """k g1 for a secret k from the fixed-base table (constant time, ~3x mulCT)."""
+        out = ffi.new("mclBnG1 *")
+        lib.emr_g1_generator_mul(out, _le(k))
         return bytes(ffi.buffer(out))
 
     def g1_msm(self, points: Sequence[bytes], scalars: Sequence[int]) -> bytes:
@@ -327,7 +356,7 @@ class NativeBackend:
         out = ffi.new("mclBnGT *")
         if lib.mclBnGT_deserialize(out, data, GT_SIZE) != GT_SIZE:
             raise DecodeError("GT element: mcl could not deserialize the coefficients")
-        if not lib.mclBnGT_isValid(out):
+        if not lib.emr_gt_is_valid(out):
             raise DecodeError("GT element: not in the order-r subgroup")
         return bytes(ffi.buffer(out))
 

@@ -8,8 +8,10 @@
    under ``${XDG_CACHE_HOME:-~/.cache}/emrshare/mcl-v3.04-<sha prefix>/``, so
    repeated installs do not rebuild it.
 2. Compile ``native._mcl_cffi`` (cffi, out-of-line API mode) from the
-   declarations in ``native/mcl.h`` + ``native/helpers.h`` and the C helpers in
-   ``native/helpers.c``, linking ``libmcl.a`` statically. A stamp (a hash of
+   declarations in ``native/mcl.h`` + ``native/helpers.h``, the C helpers in
+   ``native/helpers.c`` and the C++ helpers in ``native/gt_membership.cpp``
+   (mcl's C++ headers, ``extern "C"`` entry points; compiled to an object with
+   ``g++`` first), linking ``libmcl.a`` statically. A stamp (a hash of
    every input) lets a second run skip the compile; the same hash is compiled
    into the extension, and :mod:`native.backend` refuses an extension built
    from other sources.
@@ -31,6 +33,7 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 PYMCL_VERSION = "1.0.2"
 PYMCL_SHA256 = "ef532851ba7785db68aa55ce21153bff94afd56f537c1bfe11c07afb7d83b438"
@@ -41,7 +44,11 @@ NATIVE_DIR = Path(__file__).resolve().parent
 MODULE_NAME = "native._mcl_cffi"
 CDEF_FILES = ("mcl.h", "helpers.h")
 C_SOURCES = ("helpers.c",)
+CXX_SOURCES = ("gt_membership.cpp",)
 CFLAGS = ("-O2", "-std=c99")
+# Same configuration macros as libmcl.a (none): the header's inline functions must
+# match the library's copies.
+CXXFLAGS = ("-O2", "-std=c++11", "-fPIC")
 LDFLAGS = ("-Wl,--strip-debug",)  # libmcl.a is built with -g3: 8 MB of debug info otherwise
 STAMP_PATH = NATIVE_DIR / "_build" / "stamp.json"
 
@@ -182,7 +189,8 @@ def source_hash() -> str:
     """Hash of everything the extension is built from (also compiled into it)."""
     h = hashlib.sha256()
     h.update(f"pymcl={PYMCL_VERSION};sha={PYMCL_SHA256};cflags={CFLAGS};ldflags={LDFLAGS}".encode())
-    for name in CDEF_FILES + C_SOURCES:
+    h.update(f";cxxflags={CXXFLAGS}".encode())
+    for name in CDEF_FILES + C_SOURCES + CXX_SOURCES:
         data = (NATIVE_DIR / name).read_bytes()
         h.update(name.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
     return h.hexdigest()[:32]
@@ -210,7 +218,33 @@ def up_to_date() -> bool:
     return extension_up_to_date()
 
 
-def make_ffibuilder(mcl: Path):
+def _cxx_compiler() -> str:
+    for cand in (os.environ.get("CXX"), "g++", "c++"):
+        if cand and shutil.which(cand):
+            return cand
+    raise BuildError("no C++ compiler found (g++)")
+
+
+def compile_cxx(mcl: Path, workdir: Path) -> list[Path]:
+    """Compile the C++ helpers to position-independent objects; return their paths."""
+    cxx = _cxx_compiler()
+    objects = []
+    for name in CXX_SOURCES:
+        obj = workdir / (Path(name).stem + ".o")
+        proc = subprocess.run(
+            [cxx, *CXXFLAGS, f"-I{mcl / 'include'}", f"-I{NATIVE_DIR}", "-c", str(NATIVE_DIR / name),
+             "-o", str(obj)],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).splitlines()
+            errors = [ln.strip() for ln in lines if "error" in ln.lower()]
+            raise BuildError(f"compiling {name} failed: {(errors or lines[-1:] or ['?'])[0]}")
+        objects.append(obj)
+    return objects
+
+
+def make_ffibuilder(mcl: Path, objects: Sequence[Path] = ()):
     import cffi
 
     ffibuilder = cffi.FFI()
@@ -220,7 +254,7 @@ def make_ffibuilder(mcl: Path):
         '#include <mcl/bn_c384_256.h>\n#include "helpers.h"\n',
         sources=[str(NATIVE_DIR / name) for name in C_SOURCES],
         include_dirs=[str(mcl / "include"), str(NATIVE_DIR)],
-        extra_objects=[str(mcl / "lib" / "libmcl.a")],
+        extra_objects=[str(o) for o in objects] + [str(mcl / "lib" / "libmcl.a")],
         libraries=["stdc++"],
         extra_link_args=list(LDFLAGS),
         extra_compile_args=list(CFLAGS) + [f'-DEMR_SOURCE_HASH="{source_hash()}"'],
@@ -234,7 +268,7 @@ def build_extension(mcl: Path) -> Path:
     _progress("compiling the cffi extension native._mcl_cffi")
     workdir = NATIVE_DIR / "_build"
     workdir.mkdir(exist_ok=True)
-    ffibuilder = make_ffibuilder(mcl)
+    ffibuilder = make_ffibuilder(mcl, compile_cxx(mcl, workdir))
     # The compiler writes to fd 2 directly: capture it, so that a failure is
     # reported as one line (the first compiler error) and success is quiet.
     with tempfile.TemporaryFile(mode="w+b") as log:

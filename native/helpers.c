@@ -157,13 +157,132 @@ void emr_gt_generator_pow(mclBnGT *out, const uint8_t *k)
     memset(&t, 0, sizeof(t));
 }
 
+/* ------------------------------------------------------------ fixed-base G1 */
+
+/* k g1 for a secret k, constant time. The scalar is made odd without a branch
+   (k' = k + r when k is even: k' g1 = k g1, and k' < 2r < 2^256) and recoded
+   into 64 odd signed 4-bit digits (regular recoding, Joye-Tunstall):
+       d_i = (k_i mod 32) - 16,  k_{i+1} = (k_i >> 4) | 1   for i < 63,
+       d_63 = k_63 = (k' >> 252) | 1,
+   so k' = sum d_i 16^i with every d_i odd in [-15, 15] (never zero). Table
+   row i holds d * 16^i g1 for the 16 odd d in [-15, 15], normalized (z = 1),
+   so no entry is the identity and every lookup is a masked read of the whole
+   row. The accumulator S_i = sum_{j<i} d_j 16^j is odd, hence never the
+   identity; it equals +-(next entry) only when an integer of absolute value
+   below 16^(i+1) < r vanishes mod r, which cannot happen for i < 63, and for the
+   last window only for two specific scalars out of 2^255 (mcl's add then
+   doubles: still correct, a negligible timing difference). So mcl's add never
+   takes its identity branches, and its mixed-addition branch depends only on the
+   window index. 64 x 16 x 144 bytes = 144 KiB. */
+#define G1_WINDOWS 64
+#define G1_ROW 16
+#define G1_WORDS (sizeof(mclBnG1) / sizeof(uint64_t))
+
+static mclBnG1 g1_table[G1_WINDOWS][G1_ROW];
+static int g1_table_ready = 0;
+
+/* r, the group order, little-endian 64-bit limbs. */
+static const uint64_t ORDER_R[4] = {
+    0xffffffff00000001ULL, 0x53bda402fffe5bfeULL, 0x3339d80809a1d805ULL, 0x73eda753299d7d48ULL,
+};
+
+void emr_g1_table_init(const mclBnG1 *g)
+{
+    mclBnG1 base = *g, twice, odd;
+    for (int i = 0; i < G1_WINDOWS; i++) {
+        mclBnG1_dbl(&twice, &base);
+        odd = base;
+        for (int m = 0; m < G1_ROW / 2; m++) {
+            if (m) mclBnG1_add(&odd, &odd, &twice);
+            mclBnG1_normalize(&g1_table[i][G1_ROW / 2 + m], &odd);      /* (2m+1) 16^i g */
+            mclBnG1_neg(&g1_table[i][G1_ROW / 2 - 1 - m], &g1_table[i][G1_ROW / 2 + m]);
+        }
+        for (int s = 0; s < 4; s++) mclBnG1_dbl(&base, &base); /* 16^(i+1) g */
+    }
+    g1_table_ready = 1;
+}
+
+int emr_g1_table_ready(void) { return g1_table_ready; }
+
+size_t emr_g1_table_bytes(void) { return sizeof(g1_table); }
+
+static void ct_select_g1(mclBnG1 *out, const mclBnG1 *row, unsigned idx)
+{
+    uint64_t acc[G1_WORDS];
+    memset(acc, 0, sizeof(acc));
+    for (unsigned j = 0; j < G1_ROW; j++) {
+        uint64_t mask = (uint64_t)0 - ((((uint64_t)(j ^ idx)) - 1) >> 63);
+        const uint64_t *src = (const uint64_t *)&row[j];
+        for (size_t w = 0; w < G1_WORDS; w++) acc[w] |= src[w] & mask;
+    }
+    memcpy(out, acc, sizeof(acc));
+    memset(acc, 0, sizeof(acc));
+}
+
+/* The 64 digits of k (32 bytes little-endian, < r) as row indices (d + 15) / 2. */
+static void g1_recode(uint8_t idx[G1_WINDOWS], const uint8_t *k)
+{
+    uint64_t w[4], carry = 0;
+    for (int i = 0; i < 4; i++) {
+        w[i] = 0;
+        for (int b = 7; b >= 0; b--) w[i] = (w[i] << 8) | k[8 * i + b];
+    }
+    uint64_t even = (w[0] & 1) - 1; /* all ones iff k is even */
+    for (int i = 0; i < 4; i++) {   /* w += r & even, k + r < 2^256 */
+        uint64_t add = ORDER_R[i] & even;
+        uint64_t s = w[i] + add;
+        uint64_t c1 = s < add;
+        uint64_t s2 = s + carry;
+        uint64_t c2 = s2 < carry;
+        w[i] = s2;
+        carry = c1 | c2;
+    }
+    for (int i = 0; i < G1_WINDOWS - 1; i++) {
+        int d = (int)(w[0] & 31) - 16;
+        idx[i] = (uint8_t)((d + 15) >> 1);
+        w[0] = (w[0] >> 4) | (w[1] << 60);
+        w[1] = (w[1] >> 4) | (w[2] << 60);
+        w[2] = (w[2] >> 4) | (w[3] << 60);
+        w[3] >>= 4;
+        w[0] |= 1;
+    }
+    idx[G1_WINDOWS - 1] = (uint8_t)(((int)w[0] + 15) >> 1); /* w < 16 and odd here */
+    memset(w, 0, sizeof(w));
+    even = 0;
+}
+
+void emr_g1_generator_mul(mclBnG1 *out, const uint8_t *k)
+{
+    uint8_t idx[G1_WINDOWS];
+    mclBnG1 acc, t;
+    g1_recode(idx, k);
+    ct_select_g1(&acc, g1_table[0], idx[0]);
+    for (int i = 1; i < G1_WINDOWS; i++) {
+        ct_select_g1(&t, g1_table[i], idx[i]);
+        mclBnG1_add(&acc, &acc, &t);
+    }
+    *out = acc;
+    memset(idx, 0, sizeof(idx));
+    memset(&t, 0, sizeof(t));
+    memset(&acc, 0, sizeof(acc));
+}
+
 /* ------------------------------------------------------------ bare timing loops */
 
-static uint64_t now_ns(void)
+uint64_t emr_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+#define now_ns emr_now_ns
+
+uint64_t emr_bench_g1_generator_mul(const uint8_t *k, size_t n)
+{
+    mclBnG1 r;
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < n; i++) emr_g1_generator_mul(&r, k);
+    return now_ns() - t0;
 }
 
 uint64_t emr_bench_pairing(const mclBnG1 *p, const mclBnG2 *q, size_t n)

@@ -28,7 +28,29 @@ int emr_gt_table_ready(void);
 size_t emr_gt_table_bytes(void);
 void emr_gt_generator_pow(mclBnGT *out, const uint8_t *k);
 
+/* Fixed-base k g1 for a secret k (constant time: signed odd digits, masked
+   table reads; see helpers.c). emr_g1_table_init(g1) once, before any use (not
+   thread-safe, like the GT table). */
+void emr_g1_table_init(const mclBnG1 *g);
+int emr_g1_table_ready(void);
+size_t emr_g1_table_bytes(void);
+void emr_g1_generator_mul(mclBnG1 *out, const uint8_t *k);
+
+/* GT membership (gt_membership.cpp, Scott's test: x != 0, x^(p^4) x = x^(p^2),
+   x^p = x^u): 1 iff x lies in the order-r subgroup. Not constant time (public
+   data). emr_gt_is_cyclotomic: 1 iff x != 0 and x^(p^4 - p^2 + 1) = 1.
+   emr_gt_frobenius: y = x^p. */
+int emr_gt_is_valid(const mclBnGT *x);
+int emr_gt_is_cyclotomic(const mclBnGT *x);
+void emr_gt_frobenius(mclBnGT *y, const mclBnGT *x);
+
+/* Monotonic clock in ns (for the timing loops). */
+uint64_t emr_now_ns(void);
+
 /* Bare timing loops for the benchmark: run the operation n times, return ns. */
+uint64_t emr_bench_g1_generator_mul(const uint8_t *k, size_t n);
+/* fast != 0: emr_gt_is_valid; else mclBnGT_isValid (x^r). */
+uint64_t emr_bench_gt_is_valid(const mclBnGT *x, int fast, size_t n);
 uint64_t emr_bench_pairing(const mclBnG1 *p, const mclBnG2 *q, size_t n);
 uint64_t emr_bench_pairing_prepared(const mclBnG1 *p, const uint64_t *qbuf, size_t n);
 uint64_t emr_bench_g1_mul(const mclBnG1 *p, const uint8_t *k, int ct, size_t n);

@@ -33,6 +33,8 @@ int mclBnG1_isEqual(const mclBnG1 *x, const mclBnG1 *y);
 int mclBnG1_isZero(const mclBnG1 *x);
 void mclBnG1_neg(mclBnG1 *y, const mclBnG1 *x);
 void mclBnG1_add(mclBnG1 *z, const mclBnG1 *x, const mclBnG1 *y);
+void mclBnG1_dbl(mclBnG1 *y, const mclBnG1 *x);
+void mclBnG1_normalize(mclBnG1 *y, const mclBnG1 *x);
 void mclBnG1_mul(mclBnG1 *z, const mclBnG1 *x, const mclBnFr *y);
 void mclBnG1_mulCT(mclBnG1 *z, const mclBnG1 *x, const mclBnFr *y);
 void mclBnG1_mulVec(mclBnG1 *z, mclBnG1 *x, const mclBnFr *y, size_t n);

@@ -275,6 +275,192 @@ def test_threads_share_the_backend():
     assert errors == []
 
 
+# ------------------------------------------------------------------ GT membership (Scott's test)
+
+#: Phi_12(p) = p^4 - p^2 + 1, the order of the cyclotomic subgroup, = r * H_T.
+PHI12 = P**4 - P**2 + 1
+H_T = PHI12 // R
+#: A small prime factor of the cyclotomic cofactor H_T (so elements of order 4513 exist there).
+SMALL_Q = 4513
+
+
+def _mcl_gt(data: bytes):
+    from native._mcl_cffi import ffi, lib
+
+    x = ffi.new("mclBnGT *")
+    assert lib.mclBnGT_deserialize(x, data, 576) == 576  # no subgroup check in deserialize
+    return x
+
+
+def _verdicts(f) -> tuple[bool, bool]:
+    """(fast Scott test, slow x^r check) on a py-ecc FQ12 element."""
+    from native._mcl_cffi import lib
+
+    x = _mcl_gt(load_backend("pure").gt_encode(f))
+    return bool(lib.emr_gt_is_valid(x)), bool(lib.mclBnGT_isValid(x))
+
+
+def _is_cyclotomic(f) -> bool:
+    from native._mcl_cffi import lib
+
+    return bool(lib.emr_gt_is_cyclotomic(_mcl_gt(load_backend("pure").gt_encode(f))))
+
+
+def _fq12(coeffs):
+    from py_ecc.optimized_bls12_381 import FQ12
+
+    return FQ12(list(coeffs))
+
+
+def _cyclotomic_projection(f):
+    """f^((p^6 - 1)(p^2 + 1)): lands in the cyclotomic subgroup G_Phi12 for any f != 0."""
+    from py_ecc.optimized_bls12_381.optimized_pairing import exp_by_p
+
+    g = _conj(f) / f  # f^(p^6 - 1): unitary
+    return exp_by_p(exp_by_p(g)) * g
+
+
+fp12_coeffs = st.lists(st.integers(min_value=0, max_value=P - 1), min_size=12, max_size=12).filter(any)
+
+
+def test_gt_membership_constants():
+    """The facts the test relies on (gt_membership.cpp's comment), checked numerically."""
+    u = -0xD201000000010000
+    assert R == u**4 - u**2 + 1
+    assert P == (u - 1) ** 2 * R // 3 + u and (P - u) % R == 0
+    assert PHI12 % R == 0 and (P**6 + 1) % PHI12 == 0
+    assert H_T % SMALL_Q == 0 and H_T % R != 0
+    assert PHI12 % (P - u) == R % (P - u)  # so gcd(p - u, Phi12(p)) = gcd(p - u, r) = r
+
+
+@settings(max_examples=25)
+@given(scalars)
+def test_gt_membership_accepts_gt_elements(k):
+    from native._mcl_cffi import lib
+
+    for h in (NATIVE.gt_generator_pow(k), NATIVE.gt_inv(NATIVE.gt_generator_pow(k))):
+        x = _mcl_gt(NATIVE.gt_encode(h))
+        assert lib.emr_gt_is_valid(x) == lib.mclBnGT_isValid(x) == 1
+        assert lib.emr_gt_is_cyclotomic(x) == 1
+        assert NATIVE.gt_eq(NATIVE.gt_decode(NATIVE.gt_encode(h)), h)
+
+
+@settings(max_examples=5)
+@given(scalars, scalars)
+def test_gt_membership_accepts_pairings(a, b):
+    e = pairing(G1.generator(NATIVE) * (a or 1), G2.generator(NATIVE) * (b or 1))
+    x = _mcl_gt(e.to_bytes())
+    from native._mcl_cffi import lib
+
+    assert lib.emr_gt_is_valid(x) == lib.mclBnGT_isValid(x) == 1
+
+
+@settings(max_examples=40)
+@given(fp12_coeffs)
+def test_gt_membership_rejects_random_fp12(coeffs):
+    f = _fq12(coeffs)
+    fast, slow = _verdicts(f)
+    assert fast == slow
+    if f != f.one():
+        assert not fast and not _is_cyclotomic(f)
+    # unitary (x^(p^6+1) = 1, so conjugation inverts it), generically not cyclotomic;
+    # 1 when f lies in Fp6, -1 for odd powers of w
+    g = _conj(f) / f
+    fast, slow = _verdicts(g)
+    assert fast == slow == (g == g.one())
+
+
+@settings(max_examples=6, deadline=None)
+@given(fp12_coeffs)
+def test_gt_membership_on_the_cyclotomic_subgroup(coeffs):
+    """Elements that pass the cyclotomic step: only those of order r may pass."""
+    g = _cyclotomic_projection(_fq12(coeffs))
+    assert _is_cyclotomic(g)
+    assert _verdicts(g) == (False, False)  # generic: order has cofactor part
+    in_gt = g**H_T  # cofactor cleared: order r
+    assert _verdicts(in_gt) == (True, True)
+    pure = load_backend("pure")
+    assert pure.gt_eq(pure.gt_decode(pure.gt_encode(in_gt)), in_gt)  # independent x^r check agrees
+    outside = g**R  # order divides H_T: no GT component at all
+    assert outside != outside.one() and _verdicts(outside) == (False, False)
+    small = g ** (PHI12 // SMALL_Q)  # order SMALL_Q (or 1)
+    if small != small.one():
+        assert small**SMALL_Q == small.one()
+        assert _verdicts(small) == (False, False)
+        assert _verdicts(in_gt * small) == (False, False)  # GT element times a small-order one
+        with pytest.raises(DecodeError, match="subgroup"):
+            NATIVE.gt_decode(pure.gt_encode(in_gt * small))
+    assert _verdicts(in_gt * outside) == (False, False)
+
+
+def test_gt_membership_edge_elements():
+    from py_ecc.optimized_bls12_381 import FQ12
+
+    from native._mcl_cffi import lib
+
+    zero = _mcl_gt(bytes(576))
+    assert lib.emr_gt_is_valid(zero) == lib.mclBnGT_isValid(zero) == 0
+    assert lib.emr_gt_is_cyclotomic(zero) == 0  # 0 passes x^(p^4) x == x^(p^2) as an equation
+    assert _verdicts(FQ12.one()) == (True, True)
+    for c in (2, P - 1, 3):  # base-field elements: not cyclotomic (x^Phi12 = x)
+        f = _fq12([c] + [0] * 11)
+        assert _verdicts(f) == (False, False) and not _is_cyclotomic(f)
+    # a primitive cube root of unity in Fp (p = 1 mod 3): order 3, not in G_Phi12
+    omega = pow(2, (P - 1) // 3, P)
+    assert omega != 1 and pow(omega, 3, P) == 1
+    assert _verdicts(_fq12([omega] + [0] * 11)) == (False, False)
+
+
+@settings(max_examples=10)
+@given(fp12_coeffs)
+def test_frobenius_helper_matches_py_ecc(coeffs):
+    """emr_gt_frobenius (mcl's Frobenius, which the test relies on) is x -> x^p."""
+    from py_ecc.optimized_bls12_381.optimized_pairing import exp_by_p
+
+    from native._mcl_cffi import ffi, lib
+
+    pure = load_backend("pure")
+    f = _fq12(coeffs)
+    y = ffi.new("mclBnGT *")
+    lib.emr_gt_frobenius(y, _mcl_gt(pure.gt_encode(f)))
+    assert bytes(ffi.buffer(y)) == bytes(ffi.buffer(_mcl_gt(pure.gt_encode(exp_by_p(f)))))
+
+
+def test_gt_decode_uses_the_fast_test():
+    """gt_decode rejects exactly what Scott's test rejects (it no longer calls x^r)."""
+    src = (native_build.NATIVE_DIR / "backend.py").read_text()
+    assert "emr_gt_is_valid(out)" in src and "mclBnGT_isValid(out)" not in src
+
+
+# ------------------------------------------------------------------ fixed-base G1 table
+
+#: k = 14 * 16^63 - r makes the last window add acc = d 16^63 g1 to itself (mcl doubles).
+LAST_WINDOW_DOUBLING = 14 * 16**63 - R
+
+
+def test_g1_table_is_built():
+    from native._mcl_cffi import lib
+
+    assert lib.emr_g1_table_ready() == 1
+    assert lib.emr_g1_table_bytes() == 64 * 16 * 144
+    assert 0 < LAST_WINDOW_DOUBLING < R and LAST_WINDOW_DOUBLING % 2 == 1
+
+
+@settings(max_examples=60)
+@given(edge_scalars | st.sampled_from([LAST_WINDOW_DOUBLING, R - LAST_WINDOW_DOUBLING, 3, 16**63, R - 16**63]))
+def test_g1_generator_mul_equals_mul_ct_and_pure(k):
+    pure = load_backend("pure")
+    got = NATIVE.g1_generator_mul(k)
+    assert NATIVE.g1_eq(got, NATIVE.g1_mul(NATIVE.g1_generator(), k, True))
+    assert NATIVE.g1_encode(got) == pure.g1_encode(pure.g1_generator_mul(k))
+    assert NATIVE.g1_is_identity(got) == (k == 0)
+
+
+def test_g1_generator_mul_refuses_out_of_range():
+    with pytest.raises(ValueError, match="out of range"):
+        NATIVE.g1_generator_mul(R)
+
+
 # ------------------------------------------------------------------ build
 
 
@@ -291,12 +477,24 @@ def test_build_is_up_to_date_and_a_second_run_is_a_cache_hit(capsys):
 def test_source_hash_covers_the_c_sources(tmp_path, monkeypatch):
     """Editing a helper source changes the hash, so the stamp no longer matches."""
     before = native_build.source_hash()
-    for name in native_build.CDEF_FILES + native_build.C_SOURCES:
+    for name in native_build.CDEF_FILES + native_build.C_SOURCES + native_build.CXX_SOURCES:
         (tmp_path / name).write_bytes((native_build.NATIVE_DIR / name).read_bytes())
     monkeypatch.setattr(native_build, "NATIVE_DIR", tmp_path)
     assert native_build.source_hash() == before
-    (tmp_path / "helpers.c").write_bytes((tmp_path / "helpers.c").read_bytes() + b"\n/* edit */\n")
-    assert native_build.source_hash() != before
+    for name in ("helpers.c", "gt_membership.cpp"):
+        original = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(original + b"\n/* edit */\n")
+        assert native_build.source_hash() != before
+        (tmp_path / name).write_bytes(original)
+    assert native_build.source_hash() == before
+
+
+def test_cxx_compile_failure_is_one_line(tmp_path, monkeypatch):
+    """A broken C++ helper surfaces as a BuildError naming the file and the first error."""
+    (tmp_path / "gt_membership.cpp").write_text("int broken( {\n")
+    monkeypatch.setattr(native_build, "NATIVE_DIR", tmp_path)
+    with pytest.raises(native_build.BuildError, match=r"^compiling gt_membership\.cpp failed: .*error"):
+        native_build.compile_cxx(native_build.build_mcl(), tmp_path)
 
 
 def test_build_failure_is_one_warning_line_unless_strict(monkeypatch, capsys):

@@ -76,6 +76,38 @@ def test_owner_decapsulation(backend):
     assert pre.decapsulate_owner(kp, capsule) == k
 
 
+def test_owner_encapsulation_matches_encapsulate(backend, monkeypatch):
+    """encapsulate_owner gives the very bytes encapsulate gives for the same k."""
+    kp = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
+    capsule, k = pre.encapsulate_owner(kp)
+    assert not capsule.is_identity()
+    assert pre.decapsulate_owner(kp, capsule) == k
+    fixed = random_scalar()
+    monkeypatch.setattr(pre, "random_scalar", lambda: fixed)
+    u1, k1 = pre.encapsulate(kp.public)
+    u2, k2 = pre.encapsulate_owner(kp)
+    assert u1.to_bytes() == u2.to_bytes() and k1.to_bytes() == k2.to_bytes()
+    assert u2 == kp.public.p1 * fixed and k2 == GT.generator_pow(fixed, backend)
+
+
+@settings(max_examples=10)
+@given(st.integers(min_value=0, max_value=R - 1))
+def test_generator_mul_secret_is_k_g1(k):
+    b = get_backend()
+    assert pre.generator_mul_secret(k, b) == G1.generator(b) * k
+
+
+def test_owner_encapsulation_is_byte_identical_across_backends(backend, other_backend, monkeypatch):
+    ms = pre.new_master_secret()
+    fixed = random_scalar()
+    monkeypatch.setattr(pre, "random_scalar", lambda: fixed)
+    out = []
+    for b in (backend, other_backend):
+        capsule, k = pre.encapsulate_owner(pre.KeyPair.derive(ms, "labs", backend=b))
+        out.append((capsule.to_bytes(), k.to_bytes()))
+    assert out[0] == out[1]
+
+
 def test_single_proxy_is_plain_afgh(backend):
     owner = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
     doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)

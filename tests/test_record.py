@@ -284,3 +284,239 @@ def test_large_record_bounded_memory():
         tracemalloc.stop()
     assert opener_out == [] and ok and total == size
     assert peak < 16 << 20, f"peak traced memory {peak} bytes for a 64 MiB record"
+
+
+
+# ------------------------------------------------------------------ format v2: wrap kinds, owner path
+
+
+def _owner_seal(kp, box_sk, data, **kw):
+    """The patient sealing its own record: KeyPair + box secret key (kind-2 wrap)."""
+    return record.seal(data, kp, owner_id="patient-1", label=kp.label, record_id=kw.pop("record_id", "rec-1"),
+                       owner_box_secret_key=box_sk, **kw)
+
+
+def test_wrap_kinds_and_their_sizes(backend):
+    kp, box_sk, box_pk = _owner(backend)
+    data = b"wrap kinds"
+    sealed = _seal(kp, box_pk, data)
+    owner_box = _owner_seal(kp, box_sk, data)
+    bare = record.seal(data, kp.public, owner_id="p", label=kp.label, record_id="r")
+    h1, h2, h0 = (record.peek_header(b) for b in (sealed, owner_box, bare))
+    assert (h1.owner_wrap_kind, len(h1.owner_wrap)) == (record.WRAP_SEALED_BOX, 80)
+    assert (h2.owner_wrap_kind, len(h2.owner_wrap)) == (record.WRAP_OWNER_BOX, 72)
+    assert (h0.owner_wrap_kind, h0.owner_wrap) == (record.WRAP_NONE, None)
+    assert h1.version == h2.version == h0.version == record.FORMAT_VERSION == 2
+    provider = record.owner_key_provider(box_sk)
+    assert record.open_record(sealed, provider)[1] == data
+    assert record.open_record(owner_box, provider)[1] == data
+    with pytest.raises(DecryptionError, match="no owner wrap"):
+        record.open_record(bare, provider)
+    for blob in (sealed, owner_box, bare):  # the pairing path works whatever the wrap
+        assert record.open_record(blob, record.owner_pairing_key_provider(kp))[1] == data
+
+
+def test_owner_box_opens_only_for_its_owner(backend):
+    kp, box_sk, box_pk = _owner(backend)
+    blob = _owner_seal(kp, box_sk, b"mine")
+    other_sk, _ = pre.box_keypair()
+    with pytest.raises(DecryptionError, match="owner wrap does not open"):
+        record.open_record(blob, record.owner_key_provider(other_sk))
+    # nonces are fresh: two wraps of records by the same owner differ in their first 24 bytes
+    w1 = record.peek_header(blob).owner_wrap
+    w2 = record.peek_header(_owner_seal(kp, box_sk, b"mine")).owner_wrap
+    assert w1[:24] != w2[:24]
+
+
+def test_owner_wrap_moved_between_records_is_refused(backend):
+    """A kind-2 wrap from another record unwraps to that record's dk: the key check refuses it."""
+    kp, box_sk, _ = _owner(backend)
+    a = _split(_owner_seal(kp, box_sk, b"record A", record_id="A"))
+    b = _split(_owner_seal(kp, box_sk, b"record B", record_id="B"))
+    fields = msgpack.unpackb(a[2])
+    fields[11] = msgpack.unpackb(b[2])[11]
+    a[2] = msgpack.packb(fields)
+    with pytest.raises(DecryptionError, match="wrong key"):
+        record.open_record(_join(a), record.owner_key_provider(box_sk))
+
+
+def test_sealer_key_arguments_are_checked(backend):
+    kp, box_sk, box_pk = _owner(backend)
+    _, other_pk = pre.box_keypair()
+    with pytest.raises(ValueError, match="does not belong"):
+        record.seal(b"x", kp, owner_id="p", label=kp.label, record_id="r",
+                    owner_box_public_key=other_pk, owner_box_secret_key=box_sk)
+    # both given and matching: fine, kind 2
+    blob = record.seal(b"x", kp, owner_id="p", label=kp.label, record_id="r",
+                       owner_box_public_key=box_pk, owner_box_secret_key=box_sk)
+    assert record.peek_header(blob).owner_wrap_kind == record.WRAP_OWNER_BOX
+    with pytest.raises(ValueError, match="32 bytes"):
+        record.seal(b"x", kp, owner_id="p", label=kp.label, record_id="r", owner_box_secret_key=b"short")
+    with pytest.raises(ValueError, match="label"):
+        record.seal(b"x", kp, owner_id="p", label="another-label", record_id="r")
+    with pytest.raises(TypeError, match="PublicKey or KeyPair"):
+        record.seal(b"x", kp.public.to_bytes(), owner_id="p", label=kp.label, record_id="r")
+
+
+def test_owner_sealed_record_opens_on_the_doctor_path(backend):
+    """The owner's fixed-base capsule is an ordinary capsule: re-encryption works unchanged."""
+    kp, box_sk, _ = _owner(backend)
+    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    sks = {i: pre.box_keypair() for i in (1, 2, 3)}
+    proxies = [pre.Proxy(i, pk) for i, (_, pk) in sks.items()]
+    sealed = pre.make_key_shares(kp, doctor.public, proxies, 2, b"g")
+    shares = [pre.open_key_share(s, sks[s.index][0], expected_context=b"g", expected_index=s.index,
+                                 backend=backend) for s in sealed]
+    blob = _owner_seal(kp, box_sk, b"for the doctor")
+    capsule = record.peek_header(blob).capsule_point(backend)
+    re = [pre.reencrypt(capsule, s) for s in shares[:2]]
+    provider = record.ThresholdKeyProvider(re, 2, doctor.secret)
+    assert record.open_record(blob, provider)[1] == b"for the doctor"
+
+
+def test_owner_sealed_records_cross_backends(backend, other_backend):
+    kp, box_sk, _ = _owner(backend)
+    blob = _owner_seal(kp, box_sk, b"cross v2", chunk_size=4096)
+    other_kp = pre.KeyPair(kp.secret, pre.PublicKey.from_bytes(kp.public.to_bytes(), backend=other_backend),
+                           kp.label)
+    assert record.open_record(blob, record.owner_pairing_key_provider(other_kp))[1] == b"cross v2"
+    assert record.open_record(blob, record.owner_key_provider(box_sk))[1] == b"cross v2"
+
+
+def _v1_blob(kp, box_pk, data, chunk_size=4096):
+    """A version-1 record written by hand, the way the version-1 sealer wrote it."""
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
+    from nacl.public import PublicKey as BoxPublicKey
+    from nacl.public import SealedBox
+
+    capsule, k = pre.encapsulate(kp.public)
+    dk = record.derive_data_key(k, capsule.to_bytes(), kp.public.p1.to_bytes())
+    header = msgpack.packb([1, "patient-1", kp.label, "old", "text/plain", capsule.to_bytes(),
+                            kp.public.p1.to_bytes(), len(data), chunk_size, record._key_check(dk),
+                            SealedBox(BoxPublicKey(box_pk)).encrypt(dk)], use_bin_type=True)
+    nonce = bytes(range(24))
+    n = max(1, -(-len(data) // chunk_size))
+    items = ["emrshare/sealed-record", 1, header, nonce]
+    for i in range(n):
+        piece = data[i * chunk_size:(i + 1) * chunk_size]
+        ad = header + i.to_bytes(8, "big") + (b"\x01" if i == n - 1 else b"\x00")
+        nce = (int.from_bytes(nonce, "big") ^ i).to_bytes(24, "big")
+        items.append(crypto_aead_xchacha20poly1305_ietf_encrypt(piece, ad, nce, dk))
+    return _join(items)
+
+
+def test_version_1_records_still_open(backend):
+    kp, box_sk, box_pk = _owner(backend)
+    data = bytes(range(256)) * 40
+    blob = _v1_blob(kp, box_pk, data)
+    header, plain = record.open_record(blob, record.owner_key_provider(box_sk))
+    assert plain == data and header.version == 1 and header.owner_wrap_kind == record.WRAP_SEALED_BOX
+    assert record.open_record(blob, record.owner_pairing_key_provider(kp))[1] == data
+    assert record.RecordHeader.from_bytes(header.to_bytes()) == header  # 11 fields, canonical
+    assert len(msgpack.unpackb(header.to_bytes())) == 11
+
+
+def test_header_and_record_versions_must_agree(backend):
+    kp, box_sk, box_pk = _owner(backend)
+    items = _split(_v1_blob(kp, box_pk, b"old"))
+    items[1] = 2  # a v2 record claiming a v1 header
+    with pytest.raises(DecodeError, match="header version"):
+        record.open_record(_join(items), record.owner_key_provider(box_sk))
+    fields = msgpack.unpackb(record.peek_header(_seal(kp, box_pk, b"x")).to_bytes())
+    fields[10] = 2  # kind 2 with an 80-byte wrap
+    with pytest.raises(DecodeError, match="kind 2 must be 72 bytes"):
+        record.RecordHeader.from_bytes(msgpack.packb(fields))
+    fields[10] = 7
+    with pytest.raises(DecodeError, match="wrap kind"):
+        record.RecordHeader.from_bytes(msgpack.packb(fields))
+    v1 = [1] + fields[1:10] + [fields[11]]
+    v1[10] = b"\x00" * 72  # version 1 has no kind 2
+    with pytest.raises(DecodeError, match="80 bytes"):
+        record.RecordHeader.from_bytes(msgpack.packb(v1))
+    with pytest.raises(DecodeError, match="12 fields"):
+        record.RecordHeader.from_bytes(msgpack.packb(fields[:11]))
+
+
+# ------------------------------------------------------------------ copies and buffers
+
+
+@settings(max_examples=15, deadline=None)
+@given(size=st.integers(min_value=0, max_value=3 * 4096 + 7),
+       pieces=st.lists(st.integers(min_value=1, max_value=9000), min_size=1, max_size=8))
+def test_sealer_stream_in_any_pieces_equals_one_shot_layout(size, pieces):
+    """update() in arbitrary pieces (bytes, bytearray, memoryview) gives a blob that opens,
+    with the same length as seal()'s, whatever the piece boundaries."""
+    kp, box_sk, box_pk = _cached_owner()
+    data = bytes((i * 7) & 0xFF for i in range(size))
+    s = record.RecordSealer(kp, owner_id="p", label=kp.label, record_id="r", media_type="x/y", size=size,
+                            chunk_size=4096, owner_box_secret_key=box_sk)
+    parts = [s.start()]
+    off, j = 0, 0
+    while off < size:
+        step = pieces[j % len(pieces)]
+        piece = data[off:off + step]
+        kind = j % 3
+        parts.append(s.update(piece if kind == 0 else bytearray(piece) if kind == 1 else memoryview(piece)))
+        assert all(type(p) is bytes for p in parts)
+        off += len(piece)
+        j += 1
+    parts.append(s.finish())
+    blob = b"".join(parts)
+    one_shot = record.seal(data, kp, owner_id="p", label=kp.label, record_id="r", media_type="x/y",
+                           chunk_size=4096, owner_box_secret_key=box_sk)
+    assert len(blob) == len(one_shot)
+    opener = record.RecordOpener(record.owner_key_provider(box_sk))
+    out = []
+    for k in range(0, len(blob), 1000):  # and read back in pieces that split every element
+        out += opener.feed(blob[k:k + 1000])
+    opener.close()
+    assert b"".join(out) == data and all(type(p) is bytes for p in out)
+
+
+def test_chunk_size_pieces_emit_each_chunk_at_once():
+    kp, box_sk, box_pk = _cached_owner()
+    data = bytes(3 * 4096)
+    s = record.RecordSealer(kp.public, owner_id="p", label=kp.label, record_id="r", media_type="x/y",
+                            size=len(data), chunk_size=4096, owner_box_public_key=box_pk)
+    start = s.start()
+    outs = [s.update(memoryview(data)[i:i + 4096]) for i in range(0, len(data), 4096)]
+    assert [len(o) for o in outs] == [3 + 4096 + 16] * 3  # the final chunk too, before finish()
+    assert s.finish() == b""
+    assert record.open_record(start + b"".join(outs), record.owner_key_provider(box_sk))[1] == data
+
+
+def test_canonical_bin_headers():
+    for n in (0, 1, 255, 256, 65535, 65536, (1 << 20) + 16):
+        packed = msgpack.packb(bytes(n), use_bin_type=True)
+        assert packed == record._bin_header(n) + bytes(n)
+
+
+def test_chunk_must_be_bin_and_no_trailing_bytes():
+    kp, box_sk, box_pk = _cached_owner()
+    blob = _seal(kp, box_pk, b"abc", chunk_size=4096)
+    items = _split(blob)
+    with pytest.raises(DecodeError, match="not msgpack bin"):
+        record.open_record(_join(items[:4] + ["a string"]), record.owner_key_provider(box_sk))
+    with pytest.raises(DecodeError, match="wrong size"):
+        record.open_record(_join(items[:4] + [items[4] + b"x"]), record.owner_key_provider(box_sk))
+    # a lone incomplete element after the last chunk is trailing data, not ignored
+    with pytest.raises(DecodeError, match="trailing"):
+        record.open_record(blob + b"\xc4", record.owner_key_provider(box_sk))
+
+
+def test_public_aead_fallback_is_compatible(monkeypatch):
+    """Without nacl._sodium the public pynacl API is used: blobs stay interchangeable."""
+    kp, box_sk, box_pk = _cached_owner()
+    data = bytes(range(256)) * 33
+    fast_blob = _owner_seal(kp, box_sk, data, chunk_size=4096)
+    monkeypatch.setattr(record, "_AEAD_ENCRYPT", None)
+    monkeypatch.setattr(record, "_AEAD_DECRYPT", None)
+    slow_blob = _owner_seal(kp, box_sk, data, chunk_size=4096)
+    provider = record.owner_key_provider(box_sk)
+    assert record.open_record(fast_blob, provider)[1] == data
+    monkeypatch.undo()
+    assert record.open_record(slow_blob, provider)[1] == data
+    bad = bytearray(slow_blob)
+    bad[-1] ^= 1
+    with pytest.raises(DecryptionError):
+        record.open_record(bytes(bad), provider)
