@@ -116,17 +116,20 @@ class PatientAgent(UserAgent):
         record_id = record_id or _new_id("rec")
         kp = await run_crypto(self._label_key, label)
         common = dict(owner_id=self.subject, label=label, record_id=record_id, media_type=media_type,
-                      owner_box_public_key=self.keys.box_public)
+                      owner_box_public_key=self.keys.box_public,
+                      # the owner's own fast path: fixed-base capsule (it knows a_L) and a
+                      # static owner box instead of a sealed box (core/record.py, version 2)
+                      owner_box_secret_key=self.keys.box_private)
         tmp: Path | None = None
         try:
             if isinstance(data, (str, os.PathLike)):
                 path = Path(data)
                 tmp = self.data_dir / "tmp" / f"{record_id}.{secrets.token_hex(4)}.sealed"
-                header, cid, size = await run_crypto(_seal_file, path, tmp, kp.public, **common)
+                header, cid, size = await run_crypto(_seal_file, path, tmp, kp, **common)
                 stored = await self._storage_call(lambda: self.storage.put_file(tmp))
             else:
                 plain = bytes(data)
-                header, blob, cid = await run_crypto(_seal_bytes, plain, kp.public, **common)
+                header, blob, cid = await run_crypto(_seal_bytes, plain, kp, **common)
                 size = len(plain)
                 stored = await self._storage_call(lambda: self.storage.put(blob))
         finally:
@@ -332,7 +335,7 @@ class PatientAgent(UserAgent):
 # ------------------------------------------------------------------ sealing (worker threads)
 
 
-def _seal_bytes(plain: bytes, owner: pre.PublicKey, **kw: Any) -> tuple[recordmod.RecordHeader, bytes, str]:
+def _seal_bytes(plain: bytes, owner: pre.PublicKey | pre.KeyPair, **kw: Any) -> tuple[recordmod.RecordHeader, bytes, str]:
     sealer = recordmod.RecordSealer(owner, size=len(plain), **kw)
     parts = [sealer.start()]
     step = sealer.header.chunk_size
@@ -343,7 +346,7 @@ def _seal_bytes(plain: bytes, owner: pre.PublicKey, **kw: Any) -> tuple[recordmo
     return sealer.header, blob, cidmod.compute(blob)
 
 
-def _seal_file(path: Path, out: Path, owner: pre.PublicKey, **kw: Any) -> tuple[recordmod.RecordHeader, str, int]:
+def _seal_file(path: Path, out: Path, owner: pre.PublicKey | pre.KeyPair, **kw: Any) -> tuple[recordmod.RecordHeader, str, int]:
     """Stream-seal ``path`` into ``out`` computing the CID on the way; bounded memory."""
     size = path.stat().st_size
     sealer = recordmod.RecordSealer(owner, size=size, **kw)
