@@ -16,7 +16,20 @@
   from the genesis. An envelope from a user it does not know yet makes it look
   the certificate up in the background, so the sender's retry gets through;
 * peer selection (the configured peer, else the first of its organization;
-  reads fail over to the other peers), submit-and-wait and queries.
+  reads fail over to the other peers), submit-and-wait and queries;
+* peer health (:class:`agents._health.AgentHealth`, shared by the agents on one
+  bus node): a peer that timed out or could not be reached is tried last for
+  ``cooldown`` seconds (then probed by one request), for queries, submits,
+  share deliveries and re-encryption requests.
+
+Submitting safely through another peer: a transaction is signed once and the
+SAME bytes are re-sent when the first peer did not answer (timeout, broken
+connection, ``submit.timeout``). The ledger keeps at most one copy: a second
+copy is marked ``replayed_nonce`` (its nonce is already used; a nonce is only
+recorded for a valid transaction) or, in the same block, ``duplicate_in_block``.
+After a failover such a mark therefore means "the first copy committed": it is
+confirmed by reading the transaction's effect (the record, request, grant, ...
+with this submitter) and reported as success.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from core.identity import Certificate, ConsortiumConfig
 from core.ledger import Ledger, MemoryKV, Block
 from core.tx import Transaction
 
+from ._health import AgentHealth
 from .errors import AgentError, CertificateRevoked, RegistrationError, TransactionRejected, Unavailable
 from .runtime import (
     ENROLL_PREFIX,
@@ -62,6 +76,9 @@ _TRANSPORT_ERRORS = (bus.UnreachableError, bus.BrokenError, bus.ClosedError)
 _LOOKUP_INTERVAL = 2.0  # seconds between background certificate look-ups of one unknown id
 _MAX_LOOKUPS = 16  # background look-ups in flight
 _STORAGE_RETRIES = 7
+_HEAD_TIMEOUT = 2.0  # a peer that cannot say its height within this is not waited for
+# marks a re-sent copy of a transaction gets when the first copy committed
+_COPY_MARKS = ("replayed_nonce", "duplicate_in_block")
 
 
 @dataclass
@@ -132,6 +149,7 @@ class UserAgent:
         self.state: dict[str, Any] = {"cert": None}
         self.address: str | None = None
         self.endpoint: bus.Endpoint = make_endpoint(node, self.subject, keys.ecdsa_private, self._lookup_key)
+        self.health: AgentHealth = AgentHealth.for_node(node)
 
     # ------------------------------------------------------------ opening
 
@@ -288,18 +306,43 @@ class UserAgent:
         rest = [p for p in self.manifest.peers if p != home and p not in same]
         return [home] + same + rest
 
+    @property
+    def commit_wait(self) -> float:
+        """How long to poll for an entry another agent says it committed (read-your-writes
+        across peers): half the request timeout, between 2 and 5 s."""
+        return min(5.0, max(2.0, self.config.request_timeout / 2))
+
+    def peers_by_health(self) -> list[str]:
+        """:meth:`peer_order`, peers that failed lately last (see :class:`AgentHealth`)."""
+        return self.health.order(self.peer_order())
+
+    async def peer_request(self, peer: str, kind: str, body: dict, *, timeout: float | None = None) -> Any:
+        """``endpoint.request`` to a server agent, noting in :attr:`health` whether it answered
+        (an error reply counts as an answer; a timeout or a transport failure does not)."""
+        timeout = self.config.request_timeout if timeout is None else timeout
+        try:
+            reply = await self.endpoint.request(peer, kind, body, timeout=timeout)
+        except bus.RemoteError:
+            self.health.success(peer)
+            raise
+        except (bus.RequestTimeout, *_TRANSPORT_ERRORS):
+            self.health.failure(peer)
+            raise
+        self.health.success(peer)
+        return reply
+
     async def call_peer(self, kind: str, body: dict, *, timeout: float | None = None,
                         failover: bool = True) -> Any:
-        """Request ``kind`` from the home peer; on transport failure (and ``failover``) from the next.
+        """Request ``kind`` from the home peer (healthy peers first); on a timeout or
+        transport failure (and ``failover``) from the next.
 
         Raises :class:`bus.RemoteError` as the peer answered, :class:`Unavailable`
         when no peer answered.
         """
-        timeout = self.config.request_timeout if timeout is None else timeout
         errors: dict[str, str] = {}
-        for peer in self.peer_order() if failover else [self.home_peer]:
+        for peer in self.peers_by_health() if failover else [self.home_peer]:
             try:
-                return await self.endpoint.request(peer, kind, body, timeout=timeout)
+                return await self.peer_request(peer, kind, body, timeout=timeout)
             except bus.RequestTimeout as exc:
                 errors[peer] = f"timeout: {exc}"
             except _TRANSPORT_ERRORS as exc:
@@ -338,27 +381,66 @@ class UserAgent:
 
     async def query_committed(self, body: dict, *, wait: float = 2.0) -> Any:
         """Like :meth:`query`, for an entry another agent just committed through another
-        peer: peers apply blocks independently, so poll the home peer (briefly) until
-        it has caught up; return None if it still has nothing after ``wait`` seconds."""
+        peer: peers apply blocks independently, so when the first peer asked has
+        nothing yet, ask the others (committed state is final: whichever peer has
+        applied the block answers the same) and poll briefly until one has it;
+        return None if none has after ``wait`` seconds."""
         delay = 0.02
         deadline = trio.current_time() + wait
+        first = True
         while True:
-            entry = await self.query(body)
+            entry = await self.query(body) if first else await self._query_any(body, deadline)
             if entry is not None or trio.current_time() >= deadline:
                 return entry
-            await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
-            delay = min(delay * 2, 0.25)
+            if not first:
+                await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
+                delay = min(delay * 2, 0.25)
+            first = False
+
+    async def _query_any(self, body: dict, deadline: float) -> Any:
+        """Ask every usable peer in parallel; the first non-None answer (else None)."""
+        found: list[Any] = []
+        refused: list[bus.RemoteError] = []
+        use, _ = self.health.split(self.peer_order())
+        timeout = max(0.05, min(self.config.request_timeout, deadline - trio.current_time()))
+
+        async def ask(peer: str, done: trio.CancelScope) -> None:
+            try:
+                entry = await self.peer_request(peer, "peer.query", body, timeout=timeout)
+            except bus.RemoteError as exc:
+                refused.append(exc)
+                return
+            except (bus.RequestTimeout, *_TRANSPORT_ERRORS):
+                return
+            if entry is not None:
+                found.append(entry)
+                done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for peer in use or self.peer_order():
+                nursery.start_soon(ask, peer, nursery.cancel_scope)
+        if found:
+            return found[0]
+        # a peer a block behind on our own certificate says unknown-sender: not final
+        final = [exc for exc in refused if exc.code != "unknown-sender"]
+        if final:
+            raise remote_error(final[0], f"query {body.get('what')}")
+        return None
 
     async def wait_for_peers(self, height: int, *, timeout: float = 5.0) -> list[str]:
         """Wait (at most ``timeout`` s) until every reachable peer has applied block
-        ``height``; return the peers that did."""
+        ``height``; return the peers that did. Peers that failed lately, or that do
+        not answer a height query within a couple of seconds (stalled), are not
+        waited for."""
         done: list[str] = []
+        use, _ = self.health.split(self.manifest.peers)
 
         async def follow(peer: str) -> None:
             delay = 0.02
             while True:
                 try:
-                    head = await self.endpoint.request(peer, "peer.query", {"what": "head"}, timeout=timeout)
+                    head = await self.peer_request(peer, "peer.query", {"what": "head"},
+                                                   timeout=min(timeout, _HEAD_TIMEOUT))
                 except bus.BusError:
                     return
                 if isinstance(head, dict) and isinstance(head.get("height"), int) and head["height"] >= height:
@@ -369,7 +451,7 @@ class UserAgent:
 
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
-                for peer in self.manifest.peers:
+                for peer in use:
                     nursery.start_soon(follow, peer)
         return done
 
@@ -377,33 +459,98 @@ class UserAgent:
         """Sign and submit a transaction, wait for its block; return ``{tx_id, height, mark}``.
 
         Raises :class:`TransactionRejected` when the ledger marks it invalid.
-        Resubmits to another peer only when the first could not be reached at
-        all (a timed-out submission may still commit: :class:`Unavailable`).
+        Peers are tried healthy first; when one does not answer (timeout, broken
+        connection, ``submit.timeout``, ``submit.unavailable``) the same bytes go
+        to the next (see the module docstring: the ledger commits one copy).
+        A copy marked ``replayed_nonce``/``duplicate_in_block`` after such a
+        failover is checked against the ledger and returned as ``ok`` (with
+        ``"resubmitted": True``). :class:`Unavailable` when no peer took it
+        within about twice ``request_timeout``.
         """
         tx = Transaction.create(tx_type, self.subject, body, self.keys.ecdsa_private, _now_ms())
+        raw = tx.to_bytes()
         errors: dict[str, str] = {}
         reply = None
-        for peer in self.peer_order():
-            try:
-                reply = await self.endpoint.request(peer, "peer.submit", {"tx": tx.to_bytes(), "wait": True},
-                                                    timeout=self.config.request_timeout)
+        may_be_queued = False  # a copy may have reached the orderer
+        answered_by = None
+        timeout = self.config.request_timeout
+        deadline = trio.current_time() + 2 * timeout
+        for peer in self.peers_by_health():
+            left = deadline - trio.current_time()
+            if left <= 0:
                 break
-            except bus.RequestTimeout as exc:
-                raise Unavailable(f"{tx_type} transaction: no answer from {peer}: {exc}") from None
+            try:
+                reply = await self.peer_request(peer, "peer.submit", {"tx": raw, "wait": True},
+                                                timeout=min(timeout, left))
+                answered_by = peer
+                break
+            except (bus.RequestTimeout, bus.BrokenError) as exc:
+                errors[peer] = f"{type(exc).__name__}: {exc}"
+                may_be_queued = True
             except (bus.UnreachableError, bus.ClosedError) as exc:
-                errors[peer] = str(exc)
+                errors[peer] = f"{type(exc).__name__}: {exc}"
             except bus.RemoteError as exc:
-                if exc.code == "submit.timeout":
-                    raise Unavailable(f"{tx_type} transaction was not committed in time ({exc.message})") from None
+                if exc.code in ("submit.timeout", "submit.unavailable"):
+                    errors[peer] = f"[{exc.code}] {exc.message}"
+                    may_be_queued = True
+                    continue
                 raise remote_error(exc, f"{tx_type} transaction") from None
         if reply is None:
-            raise Unavailable(f"{tx_type} transaction: no peer reachable: {errors}")
+            detail = "; ".join(f"{p}: {e}" for p, e in errors.items())
+            raise Unavailable(f"{tx_type} transaction: no peer committed it in time ({detail})")
         if not isinstance(reply, dict) or "mark" not in reply:
             raise AgentError(f"{tx_type} transaction: malformed submit reply", code="integrity")
+        if reply["mark"] in _COPY_MARKS and may_be_queued:
+            if await self._committed_earlier(tx, answered_by):
+                log.info("%s: %s committed through an unresponsive peer; the re-sent copy was marked %s",
+                         self.subject, tx_type, reply["mark"])
+                return {**reply, "mark": "ok", "resubmitted": True}
         if reply["mark"] != "ok":
             raise TransactionRejected(f"the ledger marked the {tx_type} transaction invalid: {reply['mark']}",
                                       reason=str(reply["mark"]))
         return reply
+
+    async def _committed_earlier(self, tx: Transaction, peer: str | None) -> bool:
+        """Whether the ledger shows ``tx``'s effect (asked first of ``peer``, which has
+        applied the block of the re-sent copy and so the earlier one)."""
+        body = tx.body
+        if tx.type == "store":
+            query = {"what": "record", "patient": self.subject, "record_id": body.get("record_id")}
+            check = lambda e: e.get("tx") == tx.to_bytes()  # noqa: E731
+        elif tx.type == "access_request":
+            query = {"what": "request", "request_id": body.get("request_id")}
+            check = lambda e: (e.get("doctor"), e.get("patient"), e.get("record_id")) == (  # noqa: E731
+                self.subject, body.get("patient"), body.get("record_id"))
+        elif tx.type == "deny_request":
+            query = {"what": "request", "request_id": body.get("request_id")}
+            check = lambda e: e.get("patient") == self.subject and e.get("status") != "pending"  # noqa: E731
+        elif tx.type == "grant":
+            query = {"what": "grant", "grant_id": body.get("grant_id")}
+            check = lambda e: (e.get("patient"), e.get("request_id")) == (  # noqa: E731
+                self.subject, body.get("request_id"))
+        elif tx.type == "revoke_grant":
+            query = {"what": "grant", "grant_id": body.get("grant_id")}
+            check = lambda e: e.get("patient") == self.subject and bool(e.get("revoked"))  # noqa: E731
+        elif tx.type == "set_policy":
+            query = {"what": "policy", "patient": self.subject}
+            check = lambda e: e.get("policy") == body.get("policy")  # noqa: E731
+        elif tx.type == "revoke_cert":
+            query = {"what": "cert", "subject": body.get("subject")}
+            check = lambda e: bool(e.get("revoked"))  # noqa: E731
+        else:  # the nonce alone says it: only a valid transaction records its nonce
+            return True
+        entry = None
+        if peer is not None:
+            try:
+                entry = await self.peer_request(peer, "peer.query", query)
+            except bus.BusError:
+                entry = None
+        if entry is None:
+            try:
+                entry = await self.query_committed(query)
+            except AgentError:
+                return False
+        return isinstance(entry, dict) and check(entry)
 
     async def storage_retry(self, fn: Callable[[], Any]) -> Any:
         """Run a storage call, retrying while storage nodes do not know this agent yet.

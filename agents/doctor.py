@@ -79,7 +79,8 @@ class DoctorAgent(UserAgent):
     def __init__(self, config: UserConfig, keys, node, nursery):
         super().__init__(config, keys, node, nursery)
         self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
-                                     write_quorum=self.manifest.write_quorum, timeout=config.request_timeout)
+                                     write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
+                                     health=self.health, background=nursery)
         self.reencrypt_timeout = min(10.0, config.request_timeout)
 
     @classmethod
@@ -136,7 +137,8 @@ class DoctorAgent(UserAgent):
             if exc.reason == "not_found":
                 raise RecordNotFound(f"no record {patient}/{record_id} on the ledger") from None
             raise
-        req = await self.query({"what": "request", "request_id": request_id})
+        # committed through whichever peer answered the submit: poll if ours is behind
+        req = await self.query_committed({"what": "request", "request_id": request_id}, wait=self.commit_wait)
         if not isinstance(req, dict):
             raise Unavailable(f"request {request_id} committed but the peer does not show it")
         decision = dict(req.get("decision") or {})
@@ -160,7 +162,7 @@ class DoctorAgent(UserAgent):
         self._require_registered()
         # a record stored a moment ago through another peer may be a block away
         rec = await self.query_committed({"what": "record", "patient": patient, "record_id": record_id},
-                                         wait=0.5)
+                                         wait=1.0)
         if rec is None:
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         store_tx = await self._check_store_tx(patient, record_id, rec)
@@ -222,7 +224,7 @@ class DoctorAgent(UserAgent):
         grant_id = reply.get("grant_id") if isinstance(reply, dict) else None
         if not isinstance(grant_id, str):
             raise AgentError(f"{patient} answered without a grant id", code="integrity")
-        g = await self.query_committed({"what": "grant", "grant_id": grant_id})
+        g = await self.query_committed({"what": "grant", "grant_id": grant_id}, wait=self.commit_wait)
         if not isinstance(g, dict) or g.get("doctor") != self.subject or g.get("patient") != patient \
                 or g.get("label") != label or g.get("revoked"):
             raise IntegrityError(f"grant {grant_id} on the ledger is not a live grant of {label} for us")
@@ -253,35 +255,57 @@ class DoctorAgent(UserAgent):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _collect(self, grant: dict, patient: str, record_id: str, rec: dict) -> list[pre.ReencryptedShare]:
-        """Ask every peer for its share in parallel; return ``threshold`` verified ones."""
+        """Ask the peers for their shares in parallel; return ``threshold`` verified ones.
+
+        Every healthy peer is asked at once and the read goes on as soon as t
+        good shares are in (slower requests are cancelled). Peers that failed
+        lately are asked only when the others cannot make t (one more each time
+        a request fails)."""
         need = grant["threshold"]
         good: dict[str, pre.ReencryptedShare] = {}
         errors: dict[str, str] = {}
         body = {"grant_id": grant["grant_id"], "patient": patient, "record_id": record_id,
                 "request_id": grant["request_id"]}
         cid = rec["cid"]
+        ask_now, reserve = self.health.split(self.manifest.peers)
+        in_flight = 0
 
-        async def ask(peer: str, done: trio.CancelScope) -> None:
+        async def ask(peer: str, nursery: trio.Nursery) -> None:
+            nonlocal in_flight
             try:
-                reply = await self.endpoint.request(peer, "peer.reencrypt", body, timeout=self.reencrypt_timeout)
-            except bus.RemoteError as exc:
-                errors[peer] = exc.code
-                return
-            except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
-                errors[peer] = f"unavailable ({type(exc).__name__})"
-                return
-            try:
-                share = await run_crypto(self._check_share, peer, reply, grant["request_id"], cid)
-            except (IntegrityError, CoreError) as exc:
-                errors[peer] = f"integrity ({exc})"
-                return
-            good[peer] = share
-            if len(good) >= need:
-                done.cancel()
+                try:
+                    reply = await self.peer_request(peer, "peer.reencrypt", body, timeout=self.reencrypt_timeout)
+                except bus.RemoteError as exc:
+                    errors[peer] = exc.code
+                    return
+                except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
+                    errors[peer] = f"unavailable ({type(exc).__name__})"
+                    return
+                try:
+                    share = await run_crypto(self._check_share, peer, reply, grant["request_id"], cid)
+                except (IntegrityError, CoreError) as exc:
+                    errors[peer] = f"integrity ({exc})"
+                    return
+                good[peer] = share
+                if len(good) >= need:
+                    nursery.cancel_scope.cancel()
+            finally:
+                in_flight -= 1
+                top_up(nursery)
+
+        def top_up(nursery: trio.Nursery) -> None:
+            nonlocal in_flight
+            while reserve and len(good) + in_flight < need:
+                in_flight += 1
+                nursery.start_soon(ask, reserve.pop(0), nursery)
 
         async with trio.open_nursery() as nursery:
-            for peer in self.manifest.peers:
-                nursery.start_soon(ask, peer, nursery.cancel_scope)
+            for peer in ask_now:
+                in_flight += 1
+                nursery.start_soon(ask, peer, nursery)
+            top_up(nursery)
+        for peer in reserve:
+            errors[peer] = "skipped (did not answer lately)"
         if len(good) >= need:
             return list(good.values())[:need]
         if any(code == "access.bad_state" for code in errors.values()):

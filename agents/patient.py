@@ -16,6 +16,15 @@ then delegates: t-of-n re-encryption key shares for the doctor's receiving key
 (after verifying its proof of possession), each sealed to its peer and
 delivered with ``peer.deliver_share``, and a ``grant`` transaction carrying
 the shares' hashes.
+
+Degrading under faults: the shares go to every peer in parallel (peers that
+failed lately are skipped while enough others are healthy) while the grant is
+being committed; the patient answers once the grant committed and t peers
+acknowledged their shares, after a short grace (:data:`DELIVERY_GRACE_S`) for
+the others, whose deliveries go on in the background (a peer accepts its share
+after the grant committed: it checks the hash against the grant). Stores
+return once ``write_quorum`` storage nodes hold the blob durably
+(:class:`agents.storage.StorageClient` with the agent's nursery).
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ log = logging.getLogger("agents.patient")
 
 Approver = Callable[[dict], Awaitable[bool]]
 DEFAULT_GRANT_TTL_S = 24 * 3600
+DELIVERY_GRACE_S = 0.5  # after t acknowledgements, wait this long for the other peers' shares
 _READ_PIECE = 1 << 20
 
 
@@ -68,7 +78,8 @@ class PatientAgent(UserAgent):
         self._label_keys: dict[str, pre.KeyPair] = {}
         self._answering: dict[str, trio.Lock] = {}
         self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
-                                     write_quorum=self.manifest.write_quorum, timeout=config.request_timeout)
+                                     write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
+                                     health=self.health, background=nursery)
         self.endpoint.register("patient.access_request", self._on_access_request)
 
     @classmethod
@@ -228,7 +239,7 @@ class PatientAgent(UserAgent):
             if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
                 return {"grant_id": gid}
         # the doctor committed it through its own peer: ours may be a block behind
-        req = await self.query_committed({"what": "request", "request_id": request_id})
+        req = await self.query_committed({"what": "request", "request_id": request_id}, wait=self.commit_wait)
         if req is None or req.get("patient") != self.subject or req.get("doctor") != sender:
             raise AgentError(f"no request {request_id} from {sender} to {self.subject} on the ledger",
                              code="request.unknown")
@@ -283,53 +294,99 @@ class PatientAgent(UserAgent):
         by_peer = {p.id: s for p, s in zip(peers, sealed)}
         shares = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
         expires_at = int(time.time()) + self.grant_ttl_s
-        acks: dict[str, bool] = {}
-        errors: dict[str, str] = {}
-        submitted: dict[str, Any] = {}
-
-        async def deliver(pid: str, share: pre.SealedKeyShare) -> None:
-            try:
-                await self.endpoint.request(pid, "peer.deliver_share",
-                                            {"grant_id": grant_id, "index": share.index, "sealed": share.sealed},
-                                            timeout=self.config.request_timeout)
-                acks[pid] = True
-            except bus.RemoteError as exc:
-                errors[pid] = exc.code
-            except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
-                errors[pid] = f"unavailable ({type(exc).__name__})"
-
-        async def submit_grant(cancel: trio.CancelScope) -> None:
-            try:
-                submitted["reply"] = await self.submit("grant", {
-                    "grant_id": grant_id, "request_id": request_id, "threshold": threshold,
-                    "expires_at": expires_at, "shares": shares,
-                })
-            except AgentError as exc:
-                submitted["error"] = exc
-                cancel.cancel()  # no grant: the peers would refuse the shares anyway
-
+        # peers that failed lately are skipped while t others can take the shares
+        targets, skipped = self.health.split(by_peer)
+        if len(targets) < threshold:
+            targets, skipped = targets + skipped, []
+        delivery = _Delivery(threshold, len(targets))
+        delivery.errors.update({pid: "skipped (did not answer lately)" for pid in skipped})
         # peers wait (<= 10 s) for the grant to commit before accepting a share,
-        # so deliver while the grant is being ordered
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(submit_grant, nursery.cancel_scope)
-            for pid, share in by_peer.items():
-                nursery.start_soon(deliver, pid, share)
-        if "error" in submitted:
-            raise submitted["error"]
+        # so deliver while the grant is being ordered; late deliveries finish in
+        # the background (bounded by the request timeout)
+        self._nursery.start_soon(self._deliver_all, grant_id, {pid: by_peer[pid] for pid in targets}, delivery)
+        try:
+            reply = await self.submit("grant", {
+                "grant_id": grant_id, "request_id": request_id, "threshold": threshold,
+                "expires_at": expires_at, "shares": shares,
+            })
+        except BaseException:
+            delivery.scope.cancel()  # no grant: the peers would refuse the shares anyway
+            raise
+        await delivery.enough.wait()
+        if len(delivery.acks) >= threshold:
+            with trio.move_on_after(DELIVERY_GRACE_S):
+                await delivery.settled.wait()
+        acks, errors = sorted(delivery.acks), dict(delivery.errors)
         self.grants[grant_id] = {
             "request_id": request_id, "doctor": req["doctor"], "label": label, "record_id": req["record_id"],
-            "expires_at": expires_at, "threshold": threshold, "peers": sorted(acks), "revoked": False,
-            "height": submitted["reply"].get("height"),
+            "expires_at": expires_at, "threshold": threshold, "peers": acks, "revoked": False,
+            "height": reply.get("height"),
         }
         await self.save_state()
         if len(acks) < threshold:
+            delivery.scope.cancel()
             with contextlib.suppress(AgentError):
                 await self.revoke(grant_id, "too few peers accepted their key shares")
             raise Unavailable(f"only {len(acks)} of {len(peers)} peers accepted their key shares "
                               f"(need {threshold}): {errors}")
         if errors:
-            log.warning("%s: grant %s: some peers did not take their share: %s", self.subject, grant_id, errors)
+            log.info("%s: grant %s: peers without their share yet: %s", self.subject, grant_id, errors)
         return grant_id
+
+    async def _deliver_all(self, grant_id: str, shares: dict[str, pre.SealedKeyShare], delivery: "_Delivery") -> None:
+        """``peer.deliver_share`` to each peer in parallel (a background task: never raises)."""
+
+        async def deliver(pid: str, share: pre.SealedKeyShare) -> None:
+            try:
+                await self.peer_request(pid, "peer.deliver_share",
+                                        {"grant_id": grant_id, "index": share.index, "sealed": share.sealed},
+                                        timeout=self.config.request_timeout)
+                delivery.acks.add(pid)
+                delivery.errors.pop(pid, None)
+            except bus.RemoteError as exc:
+                delivery.errors[pid] = exc.code
+            except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
+                delivery.errors[pid] = f"unavailable ({type(exc).__name__})"
+            finally:
+                delivery.pending -= 1
+                delivery.update()
+
+        try:
+            with delivery.scope:
+                async with trio.open_nursery() as nursery:
+                    for pid, share in shares.items():
+                        nursery.start_soon(deliver, pid, share)
+        finally:
+            delivery.pending = 0
+            delivery.update()
+        grant = self.grants.get(grant_id)
+        if grant is not None and sorted(delivery.acks) != grant.get("peers"):
+            grant["peers"] = sorted(delivery.acks)  # shares that arrived after the answer
+            try:
+                await self.save_state()
+            except OSError as exc:
+                log.warning("%s: could not save state: %s", self.subject, exc)
+
+
+class _Delivery:
+    """Progress of one grant's share deliveries."""
+
+    def __init__(self, threshold: int, pending: int):
+        self.threshold = threshold
+        self.pending = pending
+        self.acks: set[str] = set()
+        self.errors: dict[str, str] = {}
+        self.enough = trio.Event()  # t acknowledged, or every delivery is over
+        self.settled = trio.Event()  # every delivery is over
+        self.scope = trio.CancelScope()
+        self.update()
+
+    def update(self) -> None:
+        if self.pending <= 0:
+            self.settled.set()
+            self.enough.set()
+        elif len(self.acks) >= self.threshold:
+            self.enough.set()
 
 
 # ------------------------------------------------------------------ sealing (worker threads)

@@ -8,6 +8,18 @@ that ranking in parallel, then, if some failed, to the next ones in order until
 ``write_quorum`` nodes acknowledged a durable write (each node acknowledges
 only after fsync + rename + directory fsync and after checking the CID).
 
+With a ``background`` nursery (the agents pass theirs) a put returns as soon as
+``write_quorum`` durable acknowledgements are in: the CID is never returned
+before that, and the remaining copies (a slow or dead replica, the top-up to
+``replicas``) finish in the background, each attempt bounded by ``timeout``,
+at most ``max_background`` puts at a time (beyond that the stragglers of a put
+that has its quorum are dropped; :meth:`repair` restores missing copies).
+Without one a put waits for every attempt, as before. Failing nodes are
+remembered in an :class:`agents._health.AgentHealth` (open for ``down_for``
+seconds, then probed by one request): puts skip them while the quorum is
+reachable without them, and reads try them last. Agents on one bus node share
+one tracker, so a dead node is found once, not once per agent.
+
 Reads fetch the blob's chunk digests first and check that they hash to the
 CID, then fetch ranges and check every 256 KiB chunk against its digest before
 yielding it, so nothing unverified ever reaches the caller, whatever a node
@@ -26,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +50,7 @@ from bus import BrokenError, BusError, ClosedError, Endpoint, RemoteError, Reque
 from core import cid as cidmod
 from core.errors import DecodeError
 
+from .._health import AgentHealth
 from .errors import (
     BadRequest,
     BlobTooLarge,
@@ -69,6 +83,14 @@ class RepairReport:
 
 
 @dataclass(slots=True)
+class _PutProgress:
+    acks: list[str] = field(default_factory=list)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    quorum: trio.Event = field(default_factory=trio.Event)  # quorum reached, or the attempt is over
+    crash: BaseException | None = None
+
+
+@dataclass(slots=True)
 class ClientStatistics:
     puts: int = 0
     gets: int = 0
@@ -91,6 +113,9 @@ class StorageClient:
         timeout: float = 30.0,
         down_for: float = 5.0,
         pipeline: int = 2,
+        health: AgentHealth | None = None,
+        background: trio.Nursery | None = None,
+        max_background: int = 64,
     ):
         if not 1 <= write_quorum <= replicas:
             raise ValueError("need 1 <= write_quorum <= replicas")
@@ -103,8 +128,11 @@ class StorageClient:
         self.timeout = timeout
         self.down_for = down_for
         self.pipeline = max(1, pipeline)
+        self.health = health if health is not None else AgentHealth(cooldown=down_for)
+        self.max_background = max_background
+        self._background = background
+        self._in_background = 0
         self._nodes: list[str] = []
-        self._down_until: dict[str, float] = {}
         self._stats = ClientStatistics()
         self.set_nodes(nodes)
 
@@ -121,18 +149,17 @@ class StorageClient:
     def set_nodes(self, nodes: Iterable[str]) -> None:
         """Replace the set of storage nodes (a node added, lost or replaced)."""
         self._nodes = sorted(set(nodes))
-        self._down_until = {n: t for n, t in self._down_until.items() if n in self._nodes}
 
     def _is_down(self, node: str) -> bool:
-        return self._down_until.get(node, -1.0) > trio.current_time()
+        return self.health.is_down(node)
 
     def _mark_down(self, node: str) -> None:
-        self._down_until[node] = trio.current_time() + self.down_for
+        self.health.failure(node)
 
     def placement(self, cid: str) -> list[str]:
         """Every known node, in the order to try for ``cid`` (recently failed last)."""
         ranking = cidmod.choose_replicas(cid, self._nodes, len(self._nodes))
-        return [n for n in ranking if not self._is_down(n)] + [n for n in ranking if self._is_down(n)]
+        return self.health.order(ranking)
 
     # -- one request ------------------------------------------------------------
 
@@ -140,12 +167,14 @@ class StorageClient:
         try:
             reply = await self.endpoint.request(node, kind, body, timeout=self.timeout)
         except RemoteError as exc:
+            self.health.success(node)  # it answered
             if exc.code.startswith("storage."):
                 raise from_code(exc.code, exc.message) from None
             raise
         except _TRANSPORT_ERRORS:
             self._mark_down(node)
             raise
+        self.health.success(node)
         if not isinstance(reply, dict):
             raise BusError(f"{node} answered {kind} with a non-map reply")
         return reply
@@ -176,34 +205,74 @@ class StorageClient:
         if reply.get("cid") != cid:
             raise BusError(f"{node} acknowledged {reply.get('cid')!r}, not {cid}")
 
-    async def _replicate(self, cid: str, size: int, read: ReadPiece, pin: bool) -> list[str]:
-        ranking = self.placement(cid)
-        acks: list[str] = []
-        errors: dict[str, BaseException] = {}
+    async def _replicate_run(self, cid: str, size: int, read: ReadPiece, pin: bool, progress: "_PutProgress") -> None:
+        """Put to the first ``replicas`` usable nodes in parallel, then top up in order;
+        ``progress.quorum`` is set as soon as ``write_quorum`` nodes acknowledged."""
+        use, avoid = self.health.split(cidmod.choose_replicas(cid, self._nodes, len(self._nodes)))
 
         async def attempt(node: str) -> None:
             try:
                 await self._put_one(node, cid, size, read, pin)
             except (StorageError, BusError) as exc:
-                errors[node] = exc
+                progress.errors[node] = exc
                 log.info("put %s to %s failed: %s", cid, node, exc)
             else:
-                acks.append(node)
+                progress.acks.append(node)
+                if len(progress.acks) >= self.write_quorum:
+                    progress.quorum.set()
 
-        up = [n for n in ranking if not self._is_down(n)]
-        down = [n for n in ranking if self._is_down(n)]
         async with trio.open_nursery() as nursery:
-            for node in up[: self.replicas]:
+            for node in use[: self.replicas]:
                 nursery.start_soon(attempt, node)
-        # top up to r copies from the next live nodes; nodes that failed
+        # top up to r copies from the next usable nodes; nodes that failed
         # recently are tried only when the quorum is otherwise out of reach
-        for node in up[self.replicas :] + down:
-            if len(acks) >= self.replicas or (node in down and len(acks) >= self.write_quorum):
+        for node in use[self.replicas :] + avoid:
+            if len(progress.acks) >= self.replicas or (node in avoid and len(progress.acks) >= self.write_quorum):
                 break
-            if any(isinstance(e, _CLIENT_FAULTS) for e in errors.values()):
+            if any(isinstance(e, _CLIENT_FAULTS) for e in progress.errors.values()):
                 break
             await attempt(node)
+
+    async def _replicate(self, cid: str, size: int, read: ReadPiece, pin: bool,
+                         cleanup: Callable[[], None] | None = None) -> list[str]:
+        """Replicate; return the nodes that acknowledged once ``write_quorum`` did (see
+        the module docstring for what goes on in the background). ``cleanup`` runs
+        once nothing reads the blob any more."""
+        progress = _PutProgress()
+        try:
+            if self._background is not None and self._in_background < self.max_background:
+                scope = trio.CancelScope()
+                self._background.start_soon(self._replicate_background, cid, size, read, pin, progress, scope,
+                                            cleanup)
+                self._in_background += 1
+                cleanup = None  # the background task owns it now
+                try:
+                    await progress.quorum.wait()
+                finally:
+                    if len(progress.acks) < self.write_quorum:
+                        scope.cancel()  # failed or cancelled before the quorum: stop
+            else:
+                async with trio.open_nursery() as nursery:
+
+                    async def run() -> None:
+                        try:
+                            await self._replicate_run(cid, size, read, pin, progress)
+                        finally:
+                            progress.quorum.set()
+
+                    nursery.start_soon(run)
+                    await progress.quorum.wait()
+                    if self._background is not None and len(progress.acks) >= self.write_quorum:
+                        # too many puts in the background already: drop the stragglers
+                        nursery.cancel_scope.cancel()
+        finally:
+            if cleanup is not None:
+                cleanup()
+        acks = list(progress.acks)
         if len(acks) < self.write_quorum:
+            if progress.crash is not None:
+                raise progress.crash
+            errors = dict(progress.errors)
             kinds = {type(e) for e in errors.values()}
             detail = "; ".join(f"{n}: {e}" for n, e in errors.items()) or "no storage nodes"
             if len(kinds) == 1 and issubclass(next(iter(kinds)), (*_CLIENT_FAULTS, QuotaExceeded)):
@@ -214,39 +283,62 @@ class StorageClient:
         self._stats.puts += 1
         return acks
 
+    async def _replicate_background(self, cid: str, size: int, read: ReadPiece, pin: bool,
+                                    progress: "_PutProgress", scope: trio.CancelScope,
+                                    cleanup: Callable[[], None] | None) -> None:
+        try:
+            with scope:
+                await self._replicate_run(cid, size, read, pin, progress)
+        except Exception as exc:  # a bug or an I/O error must not take the agent's nursery down
+            log.warning("put %s failed: %s", cid, exc, exc_info=True)
+            progress.crash = exc
+        finally:
+            self._in_background -= 1
+            progress.quorum.set()
+            if cleanup is not None:
+                cleanup()
+        if len(progress.acks) < self.replicas and not scope.cancelled_caught:
+            log.info("put %s: %d of %d replicas (repair restores the rest)", cid, len(progress.acks), self.replicas)
+
     async def put(self, data: bytes, *, pin: bool = True) -> str:
         """Store ``data`` on ``replicas`` nodes; return its CID once ``write_quorum`` have it durably."""
         data = bytes(data)
         cid = await trio.to_thread.run_sync(cidmod.compute, data)
-
-        async def read(offset: int, n: int) -> bytes:
-            return data[offset : offset + n]
-
-        await self._replicate(cid, len(data), read, pin)
+        await self._replicate(cid, len(data), _reader(data), pin)
         return cid
 
     async def put_file(self, path: str | Path, *, pin: bool = True) -> str:
-        """Like :meth:`put` for a file, in bounded memory (hashed first, then streamed)."""
+        """Like :meth:`put` for a file, in bounded memory (hashed first, then streamed).
+
+        The file is opened once: it may be removed as soon as this returns, while
+        copies still stream to the remaining replicas in the background."""
         path = Path(path)
+        fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+        try:
 
-        def digest() -> tuple[str, int]:
-            builder = cidmod.CidBuilder()
-            with open(path, "rb") as f:
-                while piece := f.read(4 << 20):
+            def digest() -> tuple[str, int]:
+                builder = cidmod.CidBuilder()
+                offset = 0
+                while piece := os.pread(fd, 4 << 20, offset):
                     builder.update(piece)
-            return builder.finish(), builder.size
+                    offset += len(piece)
+                return builder.finish(), builder.size
 
-        cid, size = await trio.to_thread.run_sync(digest)
+            cid, size = await trio.to_thread.run_sync(digest)
+        except BaseException:
+            os.close(fd)
+            raise
 
         def read_sync(offset: int, n: int) -> bytes:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(n)
+            data = os.pread(fd, n, offset)
+            if len(data) != n:
+                raise StorageError(f"{path} changed while being stored")
+            return data
 
         async def read(offset: int, n: int) -> bytes:
             return await trio.to_thread.run_sync(read_sync, offset, n)
 
-        await self._replicate(cid, size, read, pin)
+        await self._replicate(cid, size, read, pin, cleanup=lambda: os.close(fd))
         return cid
 
     # -- get ----------------------------------------------------------------

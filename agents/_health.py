@@ -1,0 +1,111 @@
+"""Which remote agents (peers, storage nodes) answered lately: a small circuit breaker.
+
+A user agent talks to a handful of server agents. When one of them is dead
+(connection refused: the bus retries its connect for a while before it says
+"unreachable") or stalled (connections open, nothing answers: only the request
+timeout tells), asking it first again costs every later operation that
+delay. :class:`AgentHealth` remembers failures: a remote agent that timed out
+or could not be reached is *open* (tried last, or skipped where others can do
+the job) for ``cooldown`` seconds; after that it is *half-open*: one caller at
+a time gets it in its normal place as a probe (the others keep treating it as
+open until the probe's outcome is reported or ``probe_window`` passes). A
+success closes it again.
+
+Agents on the same bus node share one tracker (:meth:`AgentHealth.for_node`):
+they share that node's connections, so what one of them learnt about a route
+holds for all of them (the load test runs hundreds of users on one node).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Iterable
+
+import trio
+
+__all__ = ["AgentHealth"]
+
+_SHARED: "weakref.WeakKeyDictionary[object, AgentHealth]" = weakref.WeakKeyDictionary()
+
+
+class AgentHealth:
+    """Circuit breaker over remote agent ids (see the module docstring).
+
+    Times come from :func:`trio.current_time`, so use it inside trio.
+    """
+
+    def __init__(self, cooldown: float = 10.0, probe_window: float = 30.0):
+        if cooldown <= 0 or probe_window <= 0:
+            raise ValueError("cooldown and probe_window must be positive")
+        self.cooldown = cooldown
+        self.probe_window = probe_window
+        self._open_until: dict[str, float] = {}  # agent -> end of its cooldown
+        self._probe_until: dict[str, float] = {}  # agent -> a probe is out until then
+        self.failures = 0  # counters (statistics)
+        self.recoveries = 0
+
+    @classmethod
+    def for_node(cls, node: object) -> "AgentHealth":
+        """The tracker shared by every agent on bus node ``node`` (created on first use)."""
+        health = _SHARED.get(node)
+        if health is None:
+            health = _SHARED[node] = cls()
+        return health
+
+    # ------------------------------------------------------------ outcomes
+
+    def failure(self, agent: str) -> None:
+        """``agent`` timed out or could not be reached: open its circuit for ``cooldown`` s."""
+        self.failures += 1
+        self._open_until[agent] = trio.current_time() + self.cooldown
+        self._probe_until.pop(agent, None)
+
+    def success(self, agent: str) -> None:
+        """``agent`` answered (an error reply counts: it is alive): close its circuit."""
+        if self._open_until.pop(agent, None) is not None:
+            self.recoveries += 1
+        self._probe_until.pop(agent, None)
+
+    # ------------------------------------------------------------ views
+
+    def state(self, agent: str) -> str:
+        """``"closed"`` (healthy), ``"open"`` (failed within ``cooldown``) or ``"half-open"``."""
+        until = self._open_until.get(agent)
+        if until is None:
+            return "closed"
+        return "open" if trio.current_time() < until else "half-open"
+
+    def _admit(self, agent: str) -> bool:
+        """Whether a caller may use ``agent`` now (closed, or half-open and no probe out: this
+        caller becomes the probe)."""
+        until = self._open_until.get(agent)
+        if until is None:
+            return True
+        now = trio.current_time()
+        if now < until or now < self._probe_until.get(agent, -1.0):
+            return False
+        self._probe_until[agent] = now + self.probe_window
+        return True
+
+    def split(self, agents: Iterable[str]) -> tuple[list[str], list[str]]:
+        """``(use, avoid)``: the agents to use now (in the given order; a half-open one
+        admitted as this caller's probe) and the ones to use only if those do not do."""
+        use: list[str] = []
+        avoid: list[str] = []
+        for agent in agents:
+            (use if self._admit(agent) else avoid).append(agent)
+        avoid.sort(key=lambda a: self._open_until.get(a, 0.0))  # the longest-failed first
+        return use, avoid
+
+    def order(self, agents: Iterable[str]) -> list[str]:
+        """The agents in the order to try them: usable first (given order), avoided last."""
+        use, avoid = self.split(agents)
+        return use + avoid
+
+    def is_down(self, agent: str) -> bool:
+        """Open, or half-open with a probe out (without admitting a probe)."""
+        until = self._open_until.get(agent)
+        if until is None:
+            return False
+        now = trio.current_time()
+        return now < until or now < self._probe_until.get(agent, -1.0)
