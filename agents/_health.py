@@ -6,10 +6,13 @@ A user agent talks to a handful of server agents. When one of them is dead
 timeout tells), asking it first again costs every later operation that
 delay. :class:`AgentHealth` remembers failures: a remote agent that timed out
 or could not be reached is *open* (tried last, or skipped where others can do
-the job) for ``cooldown`` seconds; after that it is *half-open*: one caller at
-a time gets it in its normal place as a probe (the others keep treating it as
-open until the probe's outcome is reported or ``probe_window`` passes). A
-success closes it again.
+the job) for ``cooldown`` seconds; after that it is *half-open*: one probe at a
+time finds out whether it is back, while everyone else keeps treating it as
+open until the probe's outcome is reported (or ``probe_window`` passes). The
+probe is a cheap background request when the caller passes a ``probe``
+callback to :meth:`AgentHealth.split` (the user agents do: real operations
+never wait for a probe), else the caller's own request in its normal place. A
+success closes the circuit again, a failure opens it for another ``cooldown``.
 
 Agents on the same bus node share one tracker (:meth:`AgentHealth.for_node`):
 they share that node's connections, so what one of them learnt about a route
@@ -19,7 +22,7 @@ holds for all of them (the load test runs hundreds of users on one node).
 from __future__ import annotations
 
 import weakref
-from typing import Iterable
+from typing import Callable, Iterable
 
 import trio
 
@@ -34,7 +37,7 @@ class AgentHealth:
     Times come from :func:`trio.current_time`, so use it inside trio.
     """
 
-    def __init__(self, cooldown: float = 10.0, probe_window: float = 30.0):
+    def __init__(self, cooldown: float = 10.0, probe_window: float = 10.0):
         if cooldown <= 0 or probe_window <= 0:
             raise ValueError("cooldown and probe_window must be positive")
         self.cooldown = cooldown
@@ -75,9 +78,10 @@ class AgentHealth:
             return "closed"
         return "open" if trio.current_time() < until else "half-open"
 
-    def _admit(self, agent: str) -> bool:
-        """Whether a caller may use ``agent`` now (closed, or half-open and no probe out: this
-        caller becomes the probe)."""
+    def _admit(self, agent: str, probe: Callable[[str], None] | None) -> bool:
+        """Whether a caller may use ``agent`` now: closed; or half-open with no probe
+        out and no ``probe`` callback (this caller's request is the probe). With a
+        callback, a half-open agent is probed by ``probe(agent)`` and not used."""
         until = self._open_until.get(agent)
         if until is None:
             return True
@@ -85,21 +89,27 @@ class AgentHealth:
         if now < until or now < self._probe_until.get(agent, -1.0):
             return False
         self._probe_until[agent] = now + self.probe_window
-        return True
+        if probe is None:
+            return True
+        probe(agent)
+        return False
 
-    def split(self, agents: Iterable[str]) -> tuple[list[str], list[str]]:
-        """``(use, avoid)``: the agents to use now (in the given order; a half-open one
-        admitted as this caller's probe) and the ones to use only if those do not do."""
+    def split(self, agents: Iterable[str], probe: Callable[[str], None] | None = None) -> tuple[list[str], list[str]]:
+        """``(use, avoid)``: the agents to use now (in the given order) and the ones to
+        use only if those do not do (the one whose cooldown ends first, first).
+
+        ``probe(agent)``, if given, must start a background request to a half-open
+        agent whose outcome is reported to :meth:`success`/:meth:`failure`."""
         use: list[str] = []
         avoid: list[str] = []
         for agent in agents:
-            (use if self._admit(agent) else avoid).append(agent)
-        avoid.sort(key=lambda a: self._open_until.get(a, 0.0))  # the longest-failed first
+            (use if self._admit(agent, probe) else avoid).append(agent)
+        avoid.sort(key=lambda a: self._open_until.get(a, 0.0))
         return use, avoid
 
-    def order(self, agents: Iterable[str]) -> list[str]:
+    def order(self, agents: Iterable[str], probe: Callable[[str], None] | None = None) -> list[str]:
         """The agents in the order to try them: usable first (given order), avoided last."""
-        use, avoid = self.split(agents)
+        use, avoid = self.split(agents, probe)
         return use + avoid
 
     def is_down(self, agent: str) -> bool:

@@ -65,7 +65,7 @@ from .runtime import (
     run_crypto,
 )
 
-__all__ = ["UserConfig", "UserAgent", "CERT_VALIDITY_S"]
+__all__ = ["UserConfig", "UserAgent", "CERT_VALIDITY_S", "SUSPECT_TIMEOUT"]
 
 log = logging.getLogger("agents.user")
 
@@ -77,6 +77,7 @@ _LOOKUP_INTERVAL = 2.0  # seconds between background certificate look-ups of one
 _MAX_LOOKUPS = 16  # background look-ups in flight
 _STORAGE_RETRIES = 7
 _HEAD_TIMEOUT = 2.0  # a peer that cannot say its height within this is not waited for
+SUSPECT_TIMEOUT = 2.0  # request timeout for a peer that failed lately (asked only as a last resort)
 # marks a re-sent copy of a transaction gets when the first copy committed
 _COPY_MARKS = ("replayed_nonce", "duplicate_in_block")
 
@@ -314,7 +315,18 @@ class UserAgent:
 
     def peers_by_health(self) -> list[str]:
         """:meth:`peer_order`, peers that failed lately last (see :class:`AgentHealth`)."""
-        return self.health.order(self.peer_order())
+        return self.health.order(self.peer_order(), self._probe_peer)
+
+    def _probe_peer(self, peer: str) -> None:
+        """Find out in the background whether a peer that failed lately is back."""
+        try:
+            self._nursery.start_soon(self._probe, peer)
+        except RuntimeError:  # closing: the probe window lapses and someone else probes
+            pass
+
+    async def _probe(self, peer: str) -> None:
+        with contextlib.suppress(bus.BusError):
+            await self.peer_request(peer, "peer.query", {"what": "head"}, timeout=SUSPECT_TIMEOUT)
 
     async def peer_request(self, peer: str, kind: str, body: dict, *, timeout: float | None = None) -> Any:
         """``endpoint.request`` to a server agent, noting in :attr:`health` whether it answered
@@ -340,9 +352,13 @@ class UserAgent:
         when no peer answered.
         """
         errors: dict[str, str] = {}
-        for peer in self.peers_by_health() if failover else [self.home_peer]:
+        timeout = self.config.request_timeout if timeout is None else timeout
+        use, avoid = self.health.split(self.peer_order(), self._probe_peer) if failover else ([self.home_peer], [])
+        for peer in use + avoid:
             try:
-                return await self.peer_request(peer, kind, body, timeout=timeout)
+                # a peer that failed lately gets a short leash: it is the last resort
+                return await self.peer_request(peer, kind, body,
+                                               timeout=min(timeout, SUSPECT_TIMEOUT) if peer in avoid else timeout)
             except bus.RequestTimeout as exc:
                 errors[peer] = f"timeout: {exc}"
             except _TRANSPORT_ERRORS as exc:
@@ -401,7 +417,7 @@ class UserAgent:
         """Ask every usable peer in parallel; the first non-None answer (else None)."""
         found: list[Any] = []
         refused: list[bus.RemoteError] = []
-        use, _ = self.health.split(self.peer_order())
+        use, _ = self.health.split(self.peer_order(), self._probe_peer)
         timeout = max(0.05, min(self.config.request_timeout, deadline - trio.current_time()))
 
         async def ask(peer: str, done: trio.CancelScope) -> None:
@@ -433,7 +449,7 @@ class UserAgent:
         not answer a height query within a couple of seconds (stalled), are not
         waited for."""
         done: list[str] = []
-        use, _ = self.health.split(self.manifest.peers)
+        use, _ = self.health.split(self.manifest.peers, self._probe_peer)
 
         async def follow(peer: str) -> None:
             delay = 0.02

@@ -41,7 +41,7 @@ from core.errors import CoreError, DecodeError
 from core.identity import Certificate
 from core.tx import Transaction
 
-from ._user import UserAgent, UserConfig, remote_error
+from ._user import SUSPECT_TIMEOUT, UserAgent, UserConfig, remote_error
 from .errors import (
     AgentError,
     GrantRevoked,
@@ -62,6 +62,7 @@ __all__ = ["DoctorAgent", "REENCRYPTION_TAG"]
 log = logging.getLogger("agents.doctor")
 
 REENCRYPTION_TAG = "emrshare/v1/reencryption"
+PATIENT_TIMEOUT_FACTOR = 3  # how many request timeouts a doctor waits for a patient's answer
 _UNKNOWN_SENDER_RETRIES = 8  # the patient looks us up when it first hears from us
 
 
@@ -82,6 +83,10 @@ class DoctorAgent(UserAgent):
                                      write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
                                      health=self.health, background=nursery)
         self.reencrypt_timeout = min(10.0, config.request_timeout)
+        # the patient's answer is several round trips (read the request, commit the
+        # grant, deliver the shares), any of which may fail over from a peer that
+        # just stopped answering after ``request_timeout``
+        self.patient_timeout = PATIENT_TIMEOUT_FACTOR * config.request_timeout
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -239,7 +244,7 @@ class DoctorAgent(UserAgent):
         for attempt in range(_UNKNOWN_SENDER_RETRIES):
             try:
                 return await self.endpoint.request(patient, "patient.access_request", {"request_id": request_id},
-                                                   timeout=self.config.request_timeout)
+                                                   timeout=self.patient_timeout)
             except bus.RemoteError as exc:
                 if exc.code == "unknown-sender" and attempt + 1 < _UNKNOWN_SENDER_RETRIES:
                     await trio.sleep(delay)  # the patient is looking our certificate up
@@ -260,21 +265,27 @@ class DoctorAgent(UserAgent):
         Every healthy peer is asked at once and the read goes on as soon as t
         good shares are in (slower requests are cancelled). Peers that failed
         lately are asked only when the others cannot make t (one more each time
-        a request fails)."""
+        a request fails; all at once when fewer than t are healthy), with a
+        short timeout (:data:`agents._user.SUSPECT_TIMEOUT`)."""
         need = grant["threshold"]
         good: dict[str, pre.ReencryptedShare] = {}
         errors: dict[str, str] = {}
         body = {"grant_id": grant["grant_id"], "patient": patient, "record_id": record_id,
                 "request_id": grant["request_id"]}
         cid = rec["cid"]
-        ask_now, reserve = self.health.split(self.manifest.peers)
+        ask_now, reserve = self.health.split(self.manifest.peers, self._probe_peer)
+        suspects = set(reserve)
+        if len(ask_now) < need:  # not enough healthy peers: ask everyone at once
+            ask_now, reserve = ask_now + reserve, []
         in_flight = 0
 
         async def ask(peer: str, nursery: trio.Nursery) -> None:
             nonlocal in_flight
+            # a peer that failed lately gets a short leash
+            timeout = min(self.reencrypt_timeout, SUSPECT_TIMEOUT) if peer in suspects else self.reencrypt_timeout
             try:
                 try:
-                    reply = await self.peer_request(peer, "peer.reencrypt", body, timeout=self.reencrypt_timeout)
+                    reply = await self.peer_request(peer, "peer.reencrypt", body, timeout=timeout)
                 except bus.RemoteError as exc:
                     errors[peer] = exc.code
                     return

@@ -295,7 +295,7 @@ class PatientAgent(UserAgent):
         shares = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
         expires_at = int(time.time()) + self.grant_ttl_s
         # peers that failed lately are skipped while t others can take the shares
-        targets, skipped = self.health.split(by_peer)
+        targets, skipped = self.health.split(by_peer, self._probe_peer)
         if len(targets) < threshold:
             targets, skipped = targets + skipped, []
         delivery = _Delivery(threshold, len(targets))

@@ -107,6 +107,8 @@ class FakeConsortium:
         self.shares: dict[tuple[str, str], pre.KeyShare] = {}
         self.endpoints: dict[str, bus.Endpoint] = {}
         self.reencryptions = 0
+        self.mute_after_commit: set[str] = set()  # peers that commit a submission and never answer
+        self.submissions: list[bytes] = []
         self._lock = trio.Lock()
 
     def token(self, subject: str, org: str, attributes: dict) -> bytes:
@@ -175,7 +177,10 @@ class FakeConsortium:
 
     async def _submit(self, pid: str, msg: bus.Message) -> dict:
         raw = msg.body["tx"]
+        self.submissions.append(raw)
         height, mark = await self.commit(raw)
+        if pid in self.mute_after_commit:
+            await trio.sleep_forever()
         return {"tx_id": hashlib.sha256(raw).digest(), "height": height, "mark": mark}
 
     async def _query(self, pid: str, msg: bus.Message):
@@ -195,6 +200,8 @@ class FakeConsortium:
             return out
         if what in ("request", "grant"):
             return self.ledger.get(f"{what}/{b[what + '_id']}")
+        if what == "policy":
+            return self.ledger.get(f"policy/{b['patient']}")
         raise bus.HandlerError("query.invalid", what)
 
     async def _audit(self, pid: str, msg: bus.Message) -> dict:
@@ -462,3 +469,67 @@ async def test_registration_errors_and_duplicates(world):
             with pytest.raises(RegistrationError) as info:
                 await impostor.register(world.fake.token("bob", "hospital-a", {"role": "patient"}))
             assert info.value.code == "enroll.exists"
+
+
+async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy(world):
+    """A peer commits a submission but never answers: the agent re-sends the SAME
+    transaction through another peer; the ledger marks that copy replayed_nonce, and
+    the agent confirms the first copy's effect and reports success (no duplicates)."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart = [await stack.enter_async_context(cls.open(
+                world.config(subject, org, attrs, request_timeout=2.0), node=world.node))
+                for cls, subject, org, attrs in ((PatientAgent, "alice", "hospital-a", {"role": "patient"}),
+                                                 (DoctorAgent, "dr-heart", "hospital-b", CARDIO))]
+            await alice.register(world.fake.token("alice", "hospital-a", {"role": "patient"}))
+            await heart.register(world.fake.token("dr-heart", "hospital-b", CARDIO))
+            await alice.set_policy(POLICY)
+            world.fake.mute_after_commit.update({"peer-a1", "peer-b1"})  # both home peers
+            before = len(world.fake.submissions)
+            rid = await alice.store(b"written once", label="cardiology", media_type="text/plain")
+            copies = world.fake.submissions[before:]
+            assert len(copies) == 2 and copies[0] == copies[1]  # the same bytes, twice
+            assert world.fake.ledger.get(f"record/alice/{rid}")["tx"] == copies[0]
+            assert alice.health.state("peer-a1") == "open"  # shared by the agents on this node
+            # while peer-a1 is open, submits go to peer-a2 first: one copy
+            before = len(world.fake.submissions)
+            await alice.set_policy(POLICY.replace("version 1", "version 2"))
+            assert len(world.fake.submissions) == before + 1
+
+            # access_request (the doctor), grant (the patient), revoke: each through a mute peer first
+            alice.health.success("peer-a1")
+            alice.health.success("peer-b1")
+            assert await heart.read("alice", rid) == b"written once"
+            grant_id = next(iter(alice.grants))
+            alice.health.success("peer-a1")
+            await alice.revoke(grant_id)
+            assert world.fake.ledger.get(f"grant/{grant_id}")["revoked"]
+            events = [e["event"] for e in await alice.audit()]
+            assert events.count("store") == 1 and events.count("grant") == 1
+            assert events.count("access_request") == 1 and events.count("revoke_grant") == 1
+            marks = [world.fake.ledger.get(f"request/{alice.grants[grant_id]['request_id']}")["status"]]
+            assert marks == ["granted"]
+            with pytest.raises(GrantRevoked):
+                await heart.read("alice", rid)
+
+
+async def test_not_enough_healthy_peers_asks_everyone_with_a_short_leash(world):
+    """Doctors skip peers that failed lately while t others are healthy, and ask them
+    (with a short timeout) only when the healthy ones cannot make t."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            rid = await alice.store(b"x" * 1000, label="cardiology", media_type="text/plain")
+            await alice.set_policy(POLICY)
+            assert await heart.read("alice", rid) == b"x" * 1000
+            # two peers marked failed (they are fine): reads use the two healthy ones only
+            heart.health.failure("peer-a1")
+            heart.health.failure("peer-b2")
+            used = world.fake.reencryptions
+            assert await heart.read("alice", rid) == b"x" * 1000
+            assert world.fake.reencryptions - used == 2
+            # one of the healthy two stops: the suspects are asked too, and they answer
+            await world.fake.stop_peer("peer-a2")
+            assert await heart.read("alice", rid) == b"x" * 1000
+            assert heart.health.state("peer-a1") == "closed" and heart.health.state("peer-a2") == "open"

@@ -67,6 +67,7 @@ log = logging.getLogger("agents.storage.client")
 
 CHUNK = cidmod.CHUNK_SIZE
 _TRANSPORT_ERRORS = (UnreachableError, BrokenError, RequestTimeout, ClosedError)
+_PROBE_TIMEOUT = 2.0  # is a node that failed lately back?
 # errors caused by the blob itself: every replica would say the same
 _CLIENT_FAULTS = (BlobTooLarge, CidMismatch, BadRequest)
 
@@ -159,7 +160,27 @@ class StorageClient:
     def placement(self, cid: str) -> list[str]:
         """Every known node, in the order to try for ``cid`` (recently failed last)."""
         ranking = cidmod.choose_replicas(cid, self._nodes, len(self._nodes))
-        return self.health.order(ranking)
+        return self.health.order(ranking, self._probe if self._background is not None else None)
+
+    def _probe(self, node: str) -> None:
+        """Find out in the background whether a node that failed lately is back."""
+        assert self._background is not None
+        try:
+            self._background.start_soon(self._probe_node, node)
+        except RuntimeError:  # closing
+            pass
+
+    async def _probe_node(self, node: str) -> None:
+        try:
+            await self.endpoint.request(node, "storage.stat", {"cid": None}, timeout=min(self.timeout, _PROBE_TIMEOUT))
+        except RemoteError:
+            self.health.success(node)  # it answered
+        except _TRANSPORT_ERRORS:
+            self.health.failure(node)
+        except BusError:
+            pass
+        else:
+            self.health.success(node)
 
     # -- one request ------------------------------------------------------------
 
@@ -208,7 +229,8 @@ class StorageClient:
     async def _replicate_run(self, cid: str, size: int, read: ReadPiece, pin: bool, progress: "_PutProgress") -> None:
         """Put to the first ``replicas`` usable nodes in parallel, then top up in order;
         ``progress.quorum`` is set as soon as ``write_quorum`` nodes acknowledged."""
-        use, avoid = self.health.split(cidmod.choose_replicas(cid, self._nodes, len(self._nodes)))
+        use, avoid = self.health.split(cidmod.choose_replicas(cid, self._nodes, len(self._nodes)),
+                                       self._probe if self._background is not None else None)
 
         async def attempt(node: str) -> None:
             try:
