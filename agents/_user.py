@@ -354,11 +354,12 @@ class UserAgent:
         errors: dict[str, str] = {}
         timeout = self.config.request_timeout if timeout is None else timeout
         use, avoid = self.health.split(self.peer_order(), self._probe_peer) if failover else ([self.home_peer], [])
+        # a peer that failed lately gets a short leash when it is the last resort after
+        # healthy ones (not when every peer failed lately: then all may just be busy)
+        leash = min(timeout, SUSPECT_TIMEOUT) if use else timeout
         for peer in use + avoid:
             try:
-                # a peer that failed lately gets a short leash: it is the last resort
-                return await self.peer_request(peer, kind, body,
-                                               timeout=min(timeout, SUSPECT_TIMEOUT) if peer in avoid else timeout)
+                return await self.peer_request(peer, kind, body, timeout=leash if peer in avoid else timeout)
             except bus.RequestTimeout as exc:
                 errors[peer] = f"timeout: {exc}"
             except _TRANSPORT_ERRORS as exc:

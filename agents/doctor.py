@@ -266,7 +266,7 @@ class DoctorAgent(UserAgent):
         good shares are in (slower requests are cancelled). Peers that failed
         lately are asked only when the others cannot make t (one more each time
         a request fails; all at once when fewer than t are healthy), with a
-        short timeout (:data:`agents._user.SUSPECT_TIMEOUT`)."""
+        short timeout (:data:`agents._user.SUSPECT_TIMEOUT`) while some peer is healthy."""
         need = grant["threshold"]
         good: dict[str, pre.ReencryptedShare] = {}
         errors: dict[str, str] = {}
@@ -274,7 +274,9 @@ class DoctorAgent(UserAgent):
                 "request_id": grant["request_id"]}
         cid = rec["cid"]
         ask_now, reserve = self.health.split(self.manifest.peers, self._probe_peer)
-        suspects = set(reserve)
+        # the short leash only while some peer is healthy (when every peer failed
+        # lately they may all just be busy)
+        suspects = set(reserve) if ask_now else set()
         if len(ask_now) < need:  # not enough healthy peers: ask everyone at once
             ask_now, reserve = ask_now + reserve, []
         in_flight = 0
