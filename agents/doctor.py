@@ -63,7 +63,8 @@ log = logging.getLogger("agents.doctor")
 
 REENCRYPTION_TAG = "emrshare/v1/reencryption"
 PATIENT_TIMEOUT_FACTOR = 3  # how many request timeouts a doctor waits for a patient's answer
-_UNKNOWN_SENDER_RETRIES = 8  # the patient looks us up when it first hears from us
+_UNKNOWN_SENDER_RETRIES = 8
+_GIVE_UP_GRACE_S = 0.5  # when t shares are out of reach, how long the other requests may still take  # the patient looks us up when it first hears from us
 
 
 def _new_id(prefix: str) -> str:
@@ -311,6 +312,12 @@ class DoctorAgent(UserAgent):
             while reserve and len(good) + in_flight < need:
                 in_flight += 1
                 nursery.start_soon(ask, reserve.pop(0), nursery)
+            if len(good) + in_flight < need:
+                # t good shares are out of reach (e.g. the others say the grant is
+                # revoked): a stalled peer must not hold the answer up; the ones
+                # still out get a moment (their answers make the error precise)
+                scope = nursery.cancel_scope
+                scope.deadline = min(scope.deadline, trio.current_time() + _GIVE_UP_GRACE_S)
 
         async with trio.open_nursery() as nursery:
             for peer in ask_now:

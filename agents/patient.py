@@ -376,7 +376,7 @@ class _Delivery:
         self.pending = pending
         self.acks: set[str] = set()
         self.errors: dict[str, str] = {}
-        self.enough = trio.Event()  # t acknowledged, or every delivery is over
+        self.enough = trio.Event()  # t acknowledged, t out of reach, or every delivery is over
         self.settled = trio.Event()  # every delivery is over
         self.scope = trio.CancelScope()
         self.update()
@@ -385,8 +385,8 @@ class _Delivery:
         if self.pending <= 0:
             self.settled.set()
             self.enough.set()
-        elif len(self.acks) >= self.threshold:
-            self.enough.set()
+        elif len(self.acks) >= self.threshold or len(self.acks) + self.pending < self.threshold:
+            self.enough.set()  # t acknowledged, or t is out of reach
 
 
 # ------------------------------------------------------------------ sealing (worker threads)

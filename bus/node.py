@@ -695,12 +695,13 @@ class Endpoint:
 
 
 class _Link:
-    __slots__ = ("address", "conn", "lock")
+    __slots__ = ("address", "conn", "lock", "failed_at")
 
     def __init__(self, address: Address):
         self.address = address
         self.conn: Connection | None = None
         self.lock = trio.Lock()
+        self.failed_at = -math.inf  # when the last connect loop gave up (trio time)
 
 
 class Node:
@@ -864,9 +865,14 @@ class Node:
         link = self._links.get(address)
         if link is None:
             link = self._links[address] = _Link(address)
+        asked_at = trio.current_time()
         async with link.lock:
             if link.conn is not None and link.conn in self._live:
                 return link.conn
+            if link.failed_at > asked_at:
+                # the connect loop we queued behind just gave up: share its verdict
+                # instead of running a whole loop of our own per queued request
+                raise UnreachableError(f"cannot connect to {address} (failed just now)")
             transport = self._transports[address.scheme]
             delay = self._backoff_base
             for attempt in range(1, self._connect_attempts + 1):
@@ -875,6 +881,7 @@ class Node:
                     break
                 except UnreachableError as exc:
                     if attempt == self._connect_attempts:
+                        link.failed_at = trio.current_time()
                         raise UnreachableError(
                             f"cannot connect to {address} after {attempt} attempts: {exc}"
                         ) from None

@@ -69,6 +69,42 @@ async def test_health_is_shared_per_node():
         assert AgentHealth.for_node(one) is not AgentHealth.for_node(two)
 
 
+async def test_requests_queued_behind_a_failing_connect_share_its_verdict(autojump_clock):
+    """bus: requests waiting for the same dead address fail with the connect loop they
+    queued behind, not with one whole backoff loop each (one agent's dead peer must
+    not cost N loops to N concurrent requests)."""
+    import socket
+
+    from bus import UnreachableError
+    from bus.testing import Keyring
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    keyring = Keyring()
+    async with open_node(routes={"dead": f"tcp://127.0.0.1:{port}"}, connect_attempts=4,
+                         backoff_base=1.0, backoff_cap=1.0) as node:
+        ep = node.endpoint("me", **keyring.credentials("me"))
+        failed: list[float] = []
+
+        async def ask() -> None:
+            with pytest.raises(UnreachableError):
+                await ep.request("dead", "x", {}, timeout=100)
+            failed.append(trio.current_time())
+
+        t0 = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(ask)
+        assert len(failed) == 5
+        assert max(failed) - t0 <= 3.0 + 0.01  # one loop: 3 back-offs of at most 1 s (not 5 loops)
+        # a request made after the verdict tries again (the address may be back)
+        t1 = trio.current_time()
+        with pytest.raises(UnreachableError):
+            await ep.request("dead", "x", {}, timeout=100)
+        assert trio.current_time() - t1 >= 1.5  # its own loop: 3 back-offs of at least 0.5 s
+
+
 # ------------------------------------------------------------------ storage client
 
 

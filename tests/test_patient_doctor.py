@@ -109,6 +109,7 @@ class FakeConsortium:
         self.reencryptions = 0
         self.mute_after_commit: set[str] = set()  # peers that commit a submission and never answer
         self.submissions: list[bytes] = []
+        self.stalled: set[str] = set()  # peers that answer nothing
         self._lock = trio.Lock()
 
     def token(self, subject: str, org: str, attributes: dict) -> bytes:
@@ -150,6 +151,8 @@ class FakeConsortium:
 
     def _handler(self, pid, fn):
         async def handle(msg: bus.Message):
+            if pid in self.stalled:  # SIGSTOP: the connection stays, nothing answers
+                await trio.sleep_forever()
             return await fn(pid, msg)
 
         return handle
@@ -533,3 +536,24 @@ async def test_not_enough_healthy_peers_asks_everyone_with_a_short_leash(world):
             await world.fake.stop_peer("peer-a2")
             assert await heart.read("alice", rid) == b"x" * 1000
             assert heart.health.state("peer-a1") == "closed" and heart.health.state("peer-a2") == "open"
+
+
+async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
+    """A peer that stops answering (not yet known to be bad): the patient answers once t
+    peers took their shares (the stalled one's delivery goes on in the background), the
+    doctor reads with t shares, and a revoked grant is refused without waiting for it."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            rid = await alice.store(b"stalled", label="cardiology", media_type="text/plain")
+            await alice.set_policy(POLICY)
+            world.fake.stalled.add("peer-b2")  # nobody's home peer: only fan-outs meet it
+            with trio.fail_after(3):  # request timeout: 10 s
+                assert await heart.read("alice", rid) == b"stalled"
+            grant_id = next(iter(alice.grants))
+            assert set(alice.grants[grant_id]["peers"]) == {"peer-a1", "peer-a2", "peer-b1"}
+            with trio.fail_after(5):  # revoke waits for the peers' heights: 2 s for the stalled one
+                await alice.revoke(grant_id)
+            with trio.fail_after(3), pytest.raises(GrantRevoked):
+                await heart.read("alice", rid)
