@@ -3,8 +3,10 @@
 It does not validate transactions beyond their framing (order-then-validate:
 every peer validates every transaction). It cuts a block when ``batch_size``
 transactions are queued or ``batch_timeout`` seconds have passed since the
-first of them, signs it, persists it (SQLite, ``synchronous=FULL``) and only
-then publishes it on topic ``blocks``. See docs/protocol.md, "Orderer".
+previous cut (so a transaction reaching an idle orderer is cut at once, and
+under load blocks come at most every ``batch_timeout``), signs it, persists it
+(SQLite, ``synchronous=FULL``) and only then publishes it on topic ``blocks``.
+See docs/protocol.md, "Orderer".
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from core.ledger import MAX_BLOCK_TXS, Block
 from core.tx import MAX_TX_SIZE, Transaction
 
 from .ledger_store import LedgerStore
-from .runtime import make_endpoint, run_crypto
+from .runtime import make_endpoint
 
 __all__ = ["OrdererAgent", "MAX_BLOCKS_PER_REPLY", "MAX_QUEUED"]
 
@@ -66,6 +68,8 @@ class OrdererAgent:
         self._last_ts = last.timestamp
         self._queue: list[bytes] = []
         self._wakeup = trio.Event()
+        self._limiter = trio.CapacityLimiter(1)  # the orderer's own worker: no queue behind other agents' crypto
+        self._last_cut = -float("inf")
         self.endpoint: bus.Endpoint | None = None
 
     # -- lifecycle ----------------------------------------------------------
@@ -125,11 +129,14 @@ class OrdererAgent:
     # -- cutting blocks -------------------------------------------------------
 
     async def _cutter(self) -> None:
+        # A block is cut when batch_size transactions are queued, or batch_timeout after the
+        # previous cut: a transaction arriving at an orderer idle for that long is cut at once
+        # (no waiting at low load), and under load blocks come at most every batch_timeout.
         while True:
             if not self._queue:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
-            with trio.move_on_after(self.batch_timeout):
+            with trio.move_on_at(self._last_cut + self.batch_timeout):
                 while len(self._queue) < self.batch_size:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
@@ -137,11 +144,18 @@ class OrdererAgent:
             del self._queue[: self.batch_size]
             await self._cut(batch)
 
+    def _make_and_store(self, height: int, prev_hash: bytes, ts: int, txs: list[bytes]) -> tuple[Block, bytes]:
+        """Worker thread: sign the block and persist it (one hop off the event loop)."""
+        block = Block.make(height, prev_hash, ts, txs, self._key)
+        data = block.to_bytes()
+        self.store.append_block(block, data)
+        return block, data
+
     async def _cut(self, txs: list[bytes]) -> None:
         ts = max(self._last_ts, int(self._clock() * 1000))
-        block = await run_crypto(Block.make, self.height + 1, self.head_hash, ts, txs, self._key)
-        data = block.to_bytes()
-        await trio.to_thread.run_sync(self.store.append_block, block, data)
+        block, data = await trio.to_thread.run_sync(self._make_and_store, self.height + 1, self.head_hash, ts, txs,
+                                                    limiter=self._limiter)
+        self._last_cut = trio.current_time()
         self.height, self.head_hash, self._last_ts = block.height, block.hash, ts
         log.debug("cut block %d with %d transactions", block.height, len(txs))
         assert self.endpoint is not None

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import msgpack
 import trio
 
 import bus
@@ -137,6 +138,7 @@ class PeerAgent:
         self.endpoint: bus.Endpoint | None = None
         self._nursery: trio.Nursery | None = None
         self._commit_lock = trio.Lock()
+        self._apply_limiter = trio.CapacityLimiter(1)
         self._committed = trio.Event()
         self._waiters: dict[bytes, _TxWaiter] = {}
         self._outgoing: list[_Outgoing] = []
@@ -211,7 +213,10 @@ class PeerAgent:
 
     async def _commit_raw(self, raw: bytes) -> str:
         async with self._commit_lock:
-            status, block, result = await run_crypto(self._apply_persist, raw)
+            # the peer's own worker thread: blocks are applied one at a time anyway, and
+            # waiting behind other agents' crypto in the shared pool only adds latency
+            status, block, result = await trio.to_thread.run_sync(self._apply_persist, raw,
+                                                                  limiter=self._apply_limiter)
             if status == "committed":
                 assert block is not None and result is not None
                 await self._after_commit(block, result)
@@ -223,17 +228,17 @@ class PeerAgent:
             if value is None:
                 continue
             if key.startswith("cert/"):
-                entry = canonical.unpack(value, what=key)
+                entry = _own_state(value)
                 subject = entry["cert"]["subject"]
                 self.directory.set_certificate(subject, None if entry["revoked"] else entry["cert"]["ecdsa_key"])
                 if entry["revoked"]:
                     log.info("peer %s: certificate of %s revoked at block %d", self.peer_id, subject, block.height)
             elif key.startswith("audit/"):
-                entry = canonical.unpack(value, what=key)
+                entry = _own_state(value)
                 if entry.get("event") in EVENT_TYPES:
                     events.append((key, entry))
             elif key.startswith("grant/"):
-                entry = canonical.unpack(value, what=key)
+                entry = _own_state(value)
                 if entry.get("revoked"):
                     self._shares.pop(key[len("grant/"):], None)
         if self._waiters:
@@ -530,6 +535,12 @@ class PeerAgent:
                                    expected_context=share_context(grant_id), expected_index=self.info.index)
         return share.prepare()
 
+    def _open_and_keep_share(self, grant_id: str, index: int, sealed: bytes) -> pre.PreparedKeyShare:
+        """Worker thread: check that the sealed share opens, then keep it (still sealed) at rest."""
+        prepared = self._open_share(grant_id, index, sealed)
+        self.store.put_share(grant_id, index, sealed)
+        return prepared
+
     def _cache_share(self, grant_id: str, prepared: pre.PreparedKeyShare) -> None:
         self._shares[grant_id] = prepared
         self._shares.move_to_end(grant_id)
@@ -557,10 +568,9 @@ class PeerAgent:
         if not hmac.compare_digest(hashlib.sha256(sealed).digest(), expected):
             raise bus.HandlerError("share.mismatch", "sha256 of the sealed share differs from the grant's")
         try:
-            prepared = await run_crypto(self._open_share, grant_id, index, sealed)
+            prepared = await run_crypto(self._open_and_keep_share, grant_id, index, sealed)
         except CoreError:
             raise bus.HandlerError("share.mismatch", "the sealed share does not open for this grant and peer") from None
-        await trio.to_thread.run_sync(self.store.put_share, grant_id, index, sealed)
         self._cache_share(grant_id, prepared)
         log.info("peer %s: stored key share of grant %s", self.peer_id, grant_id)
         return {"ok": True}
@@ -598,22 +608,34 @@ class PeerAgent:
         if self.peer_id not in grant["shares"]:
             raise bus.HandlerError("share.missing", f"grant {grant_id} has no share at {self.peer_id}")
         prepared = await self._prepared_share(grant_id)
-        share = await run_crypto(_reencrypt_capsule, record["capsule"], prepared)
-        signature = await run_crypto(self.keys.sign, REENCRYPTION_TAG,
-                                     canonical.pack([request_id, record["cid"], prepared.index, share]))
+        access = {"grant_id": grant_id, "request_id": request_id, "record_id": record_id, "doctor": doctor,
+                  "index": self.info.index}
+        # one worker job: the re-encryption, its signature and the access transaction
+        share, signature, access_tx = await run_crypto(self._reencrypt_job, record["capsule"], record["cid"],
+                                                       request_id, prepared, access)
         assert self._nursery is not None
-        self._nursery.start_soon(self._log_access, grant_id, request_id, record_id, doctor)
+        self._nursery.start_soon(self._log_access, access_tx, grant_id, doctor)
         return {"index": prepared.index, "share": share, "cid": record["cid"], "signature": signature}
 
-    async def _log_access(self, grant_id: str, request_id: str, record_id: str, doctor: str) -> None:
-        body = {"grant_id": grant_id, "request_id": request_id, "record_id": record_id, "doctor": doctor,
-                "index": self.info.index}
-        tx = await run_crypto(Transaction.create, "access", self.peer_id, body, self.keys.ecdsa_private,
-                              int(self._clock() * 1000))
+    def _reencrypt_job(self, capsule: bytes, cid: str, request_id: str, prepared: pre.PreparedKeyShare,
+                       access: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+        """Worker thread: (share, its signature, the encoded ``access`` transaction)."""
+        share = _reencrypt_capsule(capsule, prepared)
+        signature = self.keys.sign(REENCRYPTION_TAG, canonical.pack([request_id, cid, prepared.index, share]))
+        tx = Transaction.create("access", self.peer_id, access, self.keys.ecdsa_private, int(self._clock() * 1000))
+        return share, signature, tx.to_bytes()
+
+    async def _log_access(self, access_tx: bytes, grant_id: str, doctor: str) -> None:
         try:
-            await self.forward([tx.to_bytes()])
+            await self.forward([access_tx])
         except bus.HandlerError as exc:
             log.warning("peer %s: could not log access to %s for %s: %s", self.peer_id, grant_id, doctor, exc)
+
+
+def _own_state(value: bytes) -> Any:
+    """A state value our own Ledger.apply just wrote (canonical.pack output, in memory):
+    decoded without the canonical re-encoding check, as core.ledger's overlay does."""
+    return msgpack.unpackb(value, raw=False, strict_map_key=True)
 
 
 def _reencrypt_capsule(capsule: bytes, prepared: pre.PreparedKeyShare) -> bytes:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import canonical, ecdsa
@@ -53,6 +53,7 @@ TX_TYPES = (
 )
 MAX_TX_SIZE = 64 * 1024
 NONCE_SIZE = 16
+SIGNATURE_SIZE = 64
 
 
 def tx_tag(tx_type: str) -> str:
@@ -67,8 +68,15 @@ class Transaction:
     timestamp: int
     body: dict[str, Any]
     signature: bytes
+    # the canonical encoding, kept when decoded or created (not part of the value)
+    _raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def signing_bytes(self) -> bytes:
+        raw = self._raw
+        if raw is not None:
+            # canonical([f0..f4]) is canonical([f0..f5]) with a 5-element array header
+            # and without the signature's encoding (bin8: 0xc4, 64, 64 bytes)
+            return b"\x95" + raw[1:-(2 + SIGNATURE_SIZE)]
         return canonical.pack([self.type, self.submitter, self.nonce, self.timestamp, self.body])
 
     @classmethod
@@ -84,14 +92,17 @@ class Transaction:
         if tx_type not in TX_TYPES:
             raise ValueError(f"unknown transaction type {tx_type!r}")
         nonce = secrets.token_bytes(NONCE_SIZE) if nonce is None else nonce
-        unsigned = cls(tx_type, submitter, nonce, timestamp_ms, body, b"")
-        sig = ecdsa.sign(private_key, tx_tag(tx_type), unsigned.signing_bytes())
-        return cls(tx_type, submitter, nonce, timestamp_ms, body, sig)
+        signing = canonical.pack([tx_type, submitter, nonce, timestamp_ms, body])
+        sig = ecdsa.sign(private_key, tx_tag(tx_type), signing)
+        raw = b"\x96" + signing[1:] + b"\xc4\x40" + sig
+        return cls(tx_type, submitter, nonce, timestamp_ms, body, sig, raw)
 
     def verify(self, public_key: bytes) -> bool:
         return ecdsa.is_valid(public_key, tx_tag(self.type), self.signing_bytes(), self.signature)
 
     def to_bytes(self) -> bytes:
+        if self._raw is not None:
+            return self._raw
         return canonical.pack([self.type, self.submitter, self.nonce, self.timestamp, self.body, self.signature])
 
     @property
@@ -114,6 +125,6 @@ class Transaction:
             raise DecodeError("transaction: timestamp must be a non-negative integer (ms)")
         if not isinstance(body, dict):
             raise DecodeError("transaction: body must be a map")
-        if not isinstance(sig, bytes) or len(sig) != 64:
+        if not isinstance(sig, bytes) or len(sig) != SIGNATURE_SIZE:
             raise DecodeError("transaction: signature must be 64 bytes")
-        return cls(tx_type, submitter, nonce, ts, body, sig)
+        return cls(tx_type, submitter, nonce, ts, body, sig, bytes(data))

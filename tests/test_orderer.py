@@ -79,3 +79,28 @@ async def test_batches_persistence_and_access(tmp_path):
                 (raw,) = (await ep.request("orderer", "orderer.blocks", {"from": 4, "limit": 10}))["blocks"]
                 assert Block.from_bytes(raw).prev_hash == prev.hash
                 nursery.cancel_scope.cancel()
+
+
+async def test_idle_orderer_cuts_at_once_and_busy_one_waits_for_the_interval(tmp_path):
+    okey, peer, genesis, directory, _ = _setup(tmp_path)
+    orderer = OrdererAgent(orderer_id="orderer", signing_key=okey, genesis=genesis.to_bytes(), data_dir=tmp_path,
+                           directory=directory, batch_size=3, batch_timeout=600.0)
+    with trio.fail_after(20):  # far below batch_timeout: only the idle cut can deliver the first block
+        async with bus.open_node() as node:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(orderer.run, node)
+                ep = make_endpoint(node, "p1", peer.ecdsa_private, directory)
+                sub = await ep.subscribe("orderer", "blocks")
+                await ep.request("orderer", "orderer.submit", {"tx": _tx(peer, 0)})
+                first = Block.from_bytes((await sub.receive()).body["block"])
+                assert (first.height, len(first.txs)) == (1, 1)
+                # right after a cut, a lone transaction waits for the next interval ...
+                await ep.request("orderer", "orderer.submit", {"tx": _tx(peer, 1)})
+                with trio.move_on_after(0.3):
+                    await sub.receive()
+                    pytest.fail("a block was cut before batch_timeout without a full batch")
+                # ... and a full batch is cut at once
+                await ep.request("orderer", "orderer.submit", {"txs": [_tx(peer, 2), _tx(peer, 3)]})
+                second = Block.from_bytes((await sub.receive()).body["block"])
+                assert (second.height, len(second.txs)) == (2, 3)
+                nursery.cancel_scope.cancel()

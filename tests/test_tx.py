@@ -1,0 +1,41 @@
+"""core.tx: the kept encoding agrees with a fresh canonical encoding."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from core import canonical, ecdsa
+from core.tx import TX_TYPES, Transaction
+
+KEY = ecdsa.generate_private_key()
+PUB = ecdsa.public_key(KEY)
+
+bodies = st.dictionaries(st.text(max_size=6), st.none() | st.integers(-5, 10**12) | st.text(max_size=10)
+                         | st.binary(max_size=40) | st.lists(st.text(max_size=3), max_size=3), max_size=5)
+
+
+def fresh(tx: Transaction) -> Transaction:
+    """The same transaction built field by field (no kept encoding)."""
+    return Transaction(tx.type, tx.submitter, tx.nonce, tx.timestamp, tx.body, tx.signature)
+
+
+@given(st.sampled_from(TX_TYPES), bodies, st.integers(0, 2**63 - 1))
+@settings(max_examples=60, deadline=None)
+def test_kept_encoding_matches_the_canonical_one(tx_type, body, ts):
+    tx = Transaction.create(tx_type, "alice", body, KEY, ts)
+    plain = fresh(tx)
+    assert tx.to_bytes() == plain.to_bytes() == canonical.pack(
+        [tx.type, tx.submitter, tx.nonce, tx.timestamp, tx.body, tx.signature])
+    assert tx.signing_bytes() == plain.signing_bytes()
+    assert tx.verify(PUB) and plain.verify(PUB)
+    decoded = Transaction.from_bytes(tx.to_bytes())
+    assert decoded == tx and decoded.to_bytes() == tx.to_bytes()
+    assert decoded.signing_bytes() == plain.signing_bytes() and decoded.verify(PUB)
+    assert decoded.tx_id == plain.tx_id
+
+
+def test_a_changed_field_does_not_verify():
+    tx = Transaction.create("store", "alice", {"a": 1}, KEY, 1000)
+    other = Transaction(tx.type, tx.submitter, tx.nonce, tx.timestamp + 1, tx.body, tx.signature)
+    assert not other.verify(PUB)
+    assert other.to_bytes() != tx.to_bytes()
