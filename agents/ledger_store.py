@@ -17,12 +17,19 @@ it committed, never between two. :class:`LedgerStore` implements the
 
 The connection is shared between the trio thread and crypto worker threads,
 serialized by a lock (SQLite itself is in serialized mode per connection).
+
+State reads go through a bounded in-memory cache of ``key -> value or None``
+(absent), filled by :meth:`LedgerStore.get` and kept exact by
+:meth:`LedgerStore.commit`, which updates every cached key it writes after the
+SQLite transaction committed (under the same lock): a read never sees a value
+the database does not hold. Only this connection writes the state table.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
@@ -67,11 +74,16 @@ class LedgerStore:
     crashes, the default for peers, which can re-fetch blocks) or "FULL"
     (also against power loss; the orderer's log, the source of blocks)."""
 
-    def __init__(self, path: Path, *, synchronous: str = "NORMAL", readonly: bool = False):
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL", readonly: bool = False,
+                 cache_entries: int = 65536):
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
         self.path = Path(path)
         self._lock = threading.Lock()
+        # state cache (see the module docstring); a read-only handle does not cache,
+        # since another connection writes the database it reads
+        self._cache: OrderedDict[str, bytes | None] = OrderedDict()
+        self._cache_max = 0 if readonly else cache_entries
         if readonly:
             if not self.path.exists():
                 raise StoreError(f"no ledger database at {self.path}")
@@ -115,8 +127,17 @@ class LedgerStore:
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
+            cache = self._cache
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
             row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
+            value = None if row is None else row[0]
+            if self._cache_max:
+                cache[key] = value
+                if len(cache) > self._cache_max:
+                    cache.popitem(last=False)
+        return value
 
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:
         bound = prefix_bound(prefix)
@@ -155,6 +176,11 @@ class LedgerStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            cache = self._cache
+            if cache:
+                for key, value in result.writes.items():
+                    if key in cache:
+                        cache[key] = value
 
     def append_block(self, block: Block, data: bytes | None = None) -> None:
         """The orderer's log: the block alone (no marks, no state)."""

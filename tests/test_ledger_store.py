@@ -76,3 +76,30 @@ def test_shares_table(tmp_path):
     store.put_share("g", 3, b"sealed")
     assert store.share("g") == (3, b"sealed")
     store.close()
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["a", "b", "c", "d/x", "e"]), st.none() | st.binary(max_size=4),
+                                max_size=4), min_size=1, max_size=6),
+       st.integers(min_value=1, max_value=8))
+def test_read_cache_follows_every_commit(tmp_path_factory, commits, cache_entries):
+    genesis, key = _genesis()
+    path = tmp_path_factory.mktemp("c") / "l.sqlite"
+    store = LedgerStore(path, cache_entries=cache_entries)
+    store.init_genesis(genesis)
+    mem = MemoryKV()
+    keys = ["a", "b", "c", "d/x", "e", "never"]
+    prev = genesis
+    for height, writes in enumerate(commits, start=1):
+        for k in keys:  # fill the cache, absent keys included
+            assert store.get(k) == mem.get(k)
+        block = Block.make(height, prev.hash, 1_000 + height, [], key)
+        store.commit(block, CommitResult(height, block.hash, (), dict(writes), bytes(32)))
+        mem.apply(writes)
+        prev = block
+        for k in keys:
+            assert store.get(k) == mem.get(k)
+    fresh = LedgerStore(path, readonly=True)
+    assert all(fresh.get(k) == store.get(k) for k in keys)
+    assert store.scan("") == mem.scan("")
+    fresh.close()
+    store.close()
