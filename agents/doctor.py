@@ -309,6 +309,10 @@ class DoctorAgent(UserAgent):
 
         def top_up(nursery: trio.Nursery) -> None:
             nonlocal in_flight
+            if "access.bad_state" in errors.values():
+                # a peer says the grant is revoked or expired (ledger state only moves
+                # forward): do not go looking for a peer that has not heard yet
+                reserve.clear()
             while reserve and len(good) + in_flight < need:
                 in_flight += 1
                 nursery.start_soon(ask, reserve.pop(0), nursery)
