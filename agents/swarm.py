@@ -71,7 +71,7 @@ class SwarmSpec:
     host: str = "127.0.0.1"
     port: int = 0  # in-process mode: the node's TCP port (0: any free port)
     batch_size: int = 500
-    batch_timeout: float = 0.02
+    batch_timeout: float = 0.03
     consortium: str = "emrshare-local"
 
     def check(self) -> None:
