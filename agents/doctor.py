@@ -64,7 +64,8 @@ log = logging.getLogger("agents.doctor")
 REENCRYPTION_TAG = "emrshare/v1/reencryption"
 PATIENT_TIMEOUT_FACTOR = 3  # how many request timeouts a doctor waits for a patient's answer
 _UNKNOWN_SENDER_RETRIES = 8
-_GIVE_UP_GRACE_S = 0.5  # when t shares are out of reach, how long the other requests may still take  # the patient looks us up when it first hears from us
+_GIVE_UP_GRACE_S = 0.5  # when t shares are out of reach, how long the other requests may still take
+_HEDGE_S = 0.3  # without t good shares by then, the spare healthy peers are asked too
 
 
 def _new_id(prefix: str) -> str:
@@ -84,6 +85,7 @@ class DoctorAgent(UserAgent):
                                      write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
                                      health=self.health, background=nursery)
         self.reencrypt_timeout = min(10.0, config.request_timeout)
+        self._rotation = secrets.randbelow(1 << 16)  # which t peers go first (spread, not secret)
         # the patient's answer is several round trips (read the request, commit the
         # grant, deliver the shares), any of which may fail over from a peer that
         # just stopped answering after ``request_timeout``
@@ -263,8 +265,11 @@ class DoctorAgent(UserAgent):
     async def _collect(self, grant: dict, patient: str, record_id: str, rec: dict) -> list[pre.ReencryptedShare]:
         """Ask the peers for their shares in parallel; return ``threshold`` verified ones.
 
-        Every healthy peer is asked at once and the read goes on as soon as t
-        good shares are in (slower requests are cancelled). Peers that failed
+        t healthy peers are asked at once (rotating between reads, so the
+        pairings spread over the consortium); the other healthy peers are asked
+        when one of those fails, or all at once after :data:`_HEDGE_S` without t
+        good shares. The read goes on as soon as t good shares are in (slower
+        requests are cancelled). Peers that failed
         lately are asked only when the others cannot make t (one more each time
         a request fails; all at once when fewer than t are healthy), with a
         short timeout (:data:`agents._user.SUSPECT_TIMEOUT`) while some peer is healthy."""
@@ -280,7 +285,21 @@ class DoctorAgent(UserAgent):
         suspects = set(reserve) if ask_now else set()
         if len(ask_now) < need:  # not enough healthy peers: ask everyone at once
             ask_now, reserve = ask_now + reserve, []
+        else:
+            # ask exactly t healthy peers (rotating, to spread the pairings); the other
+            # healthy ones are a hedge: asked at once on a failure, or after _HEDGE_S
+            k = self._rotation % len(ask_now)
+            self._rotation += 1
+            ask_now = ask_now[k:] + ask_now[:k]
+            ask_now, reserve = ask_now[:need], ask_now[need:] + reserve
         in_flight = 0
+
+        async def hedge(nursery: trio.Nursery) -> None:
+            nonlocal in_flight
+            await trio.sleep(_HEDGE_S)
+            while reserve and reserve[0] not in suspects:
+                in_flight += 1
+                nursery.start_soon(ask, reserve.pop(0), nursery)
 
         async def ask(peer: str, nursery: trio.Nursery) -> None:
             nonlocal in_flight
@@ -327,6 +346,8 @@ class DoctorAgent(UserAgent):
             for peer in ask_now:
                 in_flight += 1
                 nursery.start_soon(ask, peer, nursery)
+            if reserve:
+                nursery.start_soon(hedge, nursery)
             top_up(nursery)
         for peer in reserve:
             errors[peer] = "skipped (did not answer lately)"
