@@ -11,7 +11,7 @@ verified gets. Next to them, measured in the same run on the same machine:
   directory and fsync it (per op for 4 KiB/1 MiB, like a put does).
 
 Target (reported, not asserted): get of 32 MiB blobs at >= 50% of bare sha256
-throughput. ``--json`` prints one JSON object instead of a table.
+throughput. ``--json FILE`` also writes the results as JSON (``--json -``: JSON on stdout instead of the table).
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def _fmt_size(n: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="emrshare bench storage", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-': stdout only)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the nodes' data (default: a temp dir)")
     parser.add_argument("--message-mib", type=int, default=8, help="data per bus message in MiB (1..8)")
     parser.add_argument("--pipeline", type=int, default=2, help="get requests in flight per read")
@@ -186,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--message-mib must be 1..8")
     with tempfile.TemporaryDirectory(prefix="emrshare-bench-storage-", dir=args.dir) as tmp:
         result = trio.run(_run, Path(tmp), args.message_mib * MiB, args.pipeline)
-    if args.json:
+    if args.json == "-":
         print(json.dumps(result, indent=2))
         return 0
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"storage: r=3, w=2, {result['transport']}")
     print(f"{'size':>8} {'ops':>5} {'put MB/s':>9} {'put op/s':>9} {'get MB/s':>9} {'get op/s':>9} "
           f"{'sha256 MB/s':>12} {'disk+fsync MB/s':>16} {'disk op/s':>10}")  # fmt: skip
