@@ -216,11 +216,33 @@ def doctor_main(argv: list[str]) -> int:
     return _guard(lambda: trio.run(_run_doctor, args))
 
 
+def _leaf(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``kinds`` in ``exc``, looking inside (trio) exception groups."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _leaf(inner, kinds)
+            if found is not None:
+                return found
+    return None
+
+
 def _guard(fn) -> int:
+    from .runtime import KeyStoreError
+
     try:
         return fn() or 0
-    except AgentError as exc:
-        print(f"error ({exc.code}): {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        found = _leaf(exc, (AgentError, KeyStoreError, KeyboardInterrupt))
+        if isinstance(found, AgentError):
+            print(f"error ({found.code}): {found}", file=sys.stderr)
+            return 1
+        if isinstance(found, KeyStoreError):
+            print(f"error: {found}", file=sys.stderr)
+            return 1
+        if isinstance(found, KeyboardInterrupt):
+            return 130
+        raise
