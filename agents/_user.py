@@ -116,6 +116,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _unknown_sender(exc: BaseException) -> bool:
+    """True if every node behind ``exc`` refused us as an unknown sender."""
+    causes = getattr(exc, "causes", None)
+    if causes:
+        return all(_unknown_sender(c) for c in causes.values())
+    return getattr(exc, "code", None) == "unknown-sender"
+
+
 def remote_error(exc: bus.RemoteError, what: str) -> AgentError:
     """An AgentError carrying a peer's error code (for codes with no dedicated type)."""
     if exc.code == "unknown-sender":
@@ -130,8 +138,6 @@ class UserAgent:
     Open with the subclass's ``open()`` async context manager; do not
     construct directly.
     """
-
-    ROLE_KINDS: tuple[str, ...] = ()
 
     def __init__(self, config: UserConfig, keys: AgentKeys, node: bus.Node, nursery: trio.Nursery):
         self.config = config
@@ -582,7 +588,7 @@ class UserAgent:
             try:
                 return await fn()
             except (StorageError, bus.BusError) as exc:
-                if "unknown-sender" not in str(exc) or attempt + 1 == _STORAGE_RETRIES:
+                if not _unknown_sender(exc) or attempt + 1 == _STORAGE_RETRIES:
                     raise
                 await trio.sleep(delay)
                 delay = min(2 * delay, 1.0)

@@ -67,7 +67,7 @@ def _bare_us(loop: Callable[[int], int], n: int) -> float:
     return statistics.median(loop(batch) / batch for _ in range(BARE_BATCHES)) / 1000.0
 
 
-def _curve_ops(backend_name: str, k: int, msgs: dict) -> dict[str, Callable[[], object]]:
+def _curve_ops(backend_name: str, k: int) -> dict[str, Callable[[], object]]:
     from core.curve import G1, G2, GT, multi_pairing, pairing, random_scalar
 
     g1 = G1.generator(backend_name) * random_scalar()
@@ -181,9 +181,9 @@ def run(json_path: str | None = None, iterations: int = DEFAULT_ITERATIONS, *, p
     k = random_scalar()
     rows: list[dict] = []
 
-    native_ops = _curve_ops("native", k, {}) if have_native else {}
+    native_ops = _curve_ops("native", k) if have_native else {}
     bare = _bare_loops(k) if have_native else {}
-    pure_ops = _curve_ops("pure", k, {}) if pure else {}
+    pure_ops = _curve_ops("pure", k) if pure else {}
     names = list((native_ops or pure_ops).keys())
 
     api_ecdsa, pure_ecdsa, cc_ecdsa = _ecdsa_ops()

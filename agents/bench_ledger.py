@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading

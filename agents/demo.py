@@ -11,7 +11,6 @@ every check passed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys

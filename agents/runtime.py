@@ -23,6 +23,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 ENROLL_PREFIX = "enroll:"
+log_rt = logging.getLogger("agents.runtime")
 T = TypeVar("T")
 
 
@@ -404,5 +406,3 @@ class CertificateFollower:
                     started = True
                 await trio.sleep(self.retry)
 
-
-log_rt = __import__("logging").getLogger("agents.runtime")

@@ -32,20 +32,18 @@ import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import trio
 
 from bus import Node, open_node
-from core import ecdsa
 from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import make_genesis
 
 from .runtime import (
     AgentKeys,
-    ConsortiumDirectory,
     KeyStore,
     Manifest,
     atomic_write,

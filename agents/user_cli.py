@@ -90,6 +90,11 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=default))
 
 
+async def _approve_all(request: dict) -> bool:
+    print(f"approving request {request.get('request_id')} from {request.get('doctor')}", flush=True)
+    return True
+
+
 async def _run_patient(args: argparse.Namespace) -> int:
     from .patient import PatientAgent
 
@@ -99,11 +104,7 @@ async def _run_patient(args: argparse.Namespace) -> int:
     async with open_node(routes=_routes(files, config.manifest)) as node:
         if args.cmd == "serve":
             address = await node.listen(args.listen)
-        approve = None
-        if args.cmd == "serve" and args.approve:
-            async def approve(request: dict) -> bool:  # noqa: E306
-                print(f"approving request {request.get('request_id')} from {request.get('doctor')}", flush=True)
-                return True
+        approve = _approve_all if args.cmd == "serve" and args.approve else None
         async with PatientAgent.open(config, node=node, approve=approve) as p:
             if args.cmd == "register":
                 if not config.org:

@@ -523,7 +523,7 @@ class _Parser:
         raise self.unexpected('a value: a string in double quotes, a number, true or false')
 
     def value_list(self, name: str) -> tuple[Value, ...]:
-        self.punct("[", f'a list in square brackets, e.g. ["a", "b"]')
+        self.punct("[", 'a list in square brackets, e.g. ["a", "b"]')
         if self.is_punct("]"):
             raise self.fail(self.peek(), "the list is empty", "at least one value")
         values: list[Value] = []

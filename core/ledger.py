@@ -342,9 +342,8 @@ class Ledger:
             getattr(self, "_tx_" + tx.type)(tx_state, block, index, tx)
         except ValidationError as exc:
             return exc.code
-        except (DecodeError, ValueError, CoreError) as exc:
+        except (DecodeError, ValueError, CoreError):
             # any decode problem deep in a body is a malformed transaction
-            del exc
             return "malformed"
         for k, v in tx_state.writes.items():
             state.writes[k] = v

@@ -78,7 +78,6 @@ import functools
 import hashlib
 import hmac
 import secrets
-import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 

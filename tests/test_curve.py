@@ -106,13 +106,10 @@ def test_g2_structural_rejections(backend):
 def test_g2_bad_point_rejected(backend):
     # x = (0, k) for small k: some are off the curve, some off the subgroup;
     # whichever it is, decoding must refuse with a DecodeError naming it.
-    seen = set()
     for k in range(1, 12):
         data = bytes([0x80]) + bytes(46) + bytes([0]) + k.to_bytes(48, "big")
-        with pytest.raises(DecodeError, match="curve|subgroup") as info:
+        with pytest.raises(DecodeError, match="curve|subgroup"):
             G2.from_bytes(data, backend=backend)
-        seen.add("curve" if "curve" in str(info.value) else "subgroup")
-    assert seen  # at least one message class observed
 
 
 def test_type_errors(backend):

@@ -10,7 +10,7 @@ import trio
 import bus
 from agents.orderer import OrdererAgent
 from agents.runtime import AgentKeys, ConsortiumDirectory, make_endpoint
-from core import ecdsa, pre
+from core import ecdsa
 from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import Block, make_genesis
 from core.tx import Transaction

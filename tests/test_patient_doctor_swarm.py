@@ -23,7 +23,6 @@ from agents.errors import (
     GrantRevoked,
     NotEnoughPeers,
     PolicyDenied,
-    RegistrationError,
     RequestRejected,
 )
 from agents.patient import PatientAgent

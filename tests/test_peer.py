@@ -393,7 +393,6 @@ async def test_tampered_block_is_named_by_verify(tmp_path, capsys):
 
 # ---------------------------------------------------------------- separate processes
 
-import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402

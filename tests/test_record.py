@@ -126,15 +126,10 @@ def test_streaming_feed_in_odd_pieces(backend):
     assert b"".join(out) == data
 
 
-def _flip_cases():
-    return st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=7))
-
-
 @settings(max_examples=60)
 @given(pos=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
 def test_any_flipped_bit_is_detected(pos, bit):
-    backend = get_backend()
-    kp, box_sk, box_pk = _cached_owner()
+    _, box_sk, _ = _cached_owner()
     blob = _cached_blob()
     pos %= len(blob)
     bad = bytearray(blob)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from agents.storage import BlobStore, CidMismatch, CorruptBlob, NotFound, QuotaExceeded, Unavailable
+from agents.storage import BlobStore, CidMismatch, NotFound, QuotaExceeded, Unavailable
 from agents.storage.client import StorageClient
 from agents.storage.node import StorageNode
 from bus import open_node

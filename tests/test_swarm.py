@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import trio
@@ -129,7 +128,6 @@ async def test_processes_mode_tolerates_faults(tmp_path):
                 assert await d.read("alice", rid) == b"after the faults"
         # every peer's stored chain verifies and the peers agree on the head
         from agents import ledger_cli
-        from agents.ledger_store import LedgerStore  # noqa: F401  (import check)
 
         files = SwarmFiles(tmp_path / "swarm")
         for peer in files.manifest().peers:

@@ -103,7 +103,7 @@ async def _probe(wl: EmrWorkload, counter: costs.CryptoCounter | None, n: int) -
             c0 = counter.snapshot() if counter else None
             p0 = time.perf_counter()
             if op == "store":
-                size = await wl._store(patient, "fhir", "cardiology", (wl.spec.seed << 40) + 0xF00 + i, 2048)
+                await wl._store(patient, "fhir", "cardiology", (wl.spec.seed << 40) + 0xF00 + i, 2048)
                 rec = wl.by_patient[patient.subject][-1]
             else:
                 data = await doctor.read(patient.subject, rec.record_id)

@@ -44,7 +44,6 @@ import random
 import secrets
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import trio
@@ -494,9 +493,3 @@ class AccessOnly:
     def next_op(self, rng: random.Random) -> Op:
         return self.parent._op_access(rng)
 
-
-def user_dir_factory(base: Path):
-    def user_dir(subject: str) -> Path:
-        return base / subject
-
-    return user_dir

@@ -151,9 +151,6 @@ class StorageClient:
         """Replace the set of storage nodes (a node added, lost or replaced)."""
         self._nodes = sorted(set(nodes))
 
-    def _is_down(self, node: str) -> bool:
-        return self.health.is_down(node)
-
     def _mark_down(self, node: str) -> None:
         self.health.failure(node)
 
@@ -300,7 +297,8 @@ class StorageClient:
             if len(kinds) == 1 and issubclass(next(iter(kinds)), (*_CLIENT_FAULTS, QuotaExceeded)):
                 raise next(iter(kinds))(f"put {cid} refused: {detail}")
             raise Unavailable(
-                f"put {cid}: {len(acks)} of the {self.write_quorum} required replicas acknowledged ({detail})"
+                f"put {cid}: {len(acks)} of the {self.write_quorum} required replicas acknowledged ({detail})",
+                errors,
             )
         self._stats.puts += 1
         return acks
@@ -458,7 +456,7 @@ class StorageClient:
         if failures and all(isinstance(e, NotFound) for e in failures.values()):
             raise NotFound(f"no storage node has {cid}")
         detail = "; ".join(f"{n}: {e}" for n, e in failures.items()) or "no storage nodes"
-        raise Unavailable(f"could not read {cid} from any replica ({detail})")
+        raise Unavailable(f"could not read {cid} from any replica ({detail})", failures)
 
     async def _ranges(
         self,

@@ -47,9 +47,13 @@ class BadRequest(StorageError, ValueError):
 
 class Unavailable(StorageError):
     """Not enough replicas answered (fewer than w acknowledged a write, or no
-    replica could serve a good copy)."""
+    replica could serve a good copy). ``causes`` maps each node tried to its error."""
 
     code = "storage.unavailable"
+
+    def __init__(self, message: str, causes: dict | None = None):
+        super().__init__(message)
+        self.causes: dict = dict(causes or {})
 
 
 _BY_CODE = {
@@ -69,5 +73,11 @@ _BY_CODE = {
 
 
 def from_code(code: str, message: str) -> StorageError:
-    """Rebuild a storage error received as (code, message); unknown codes give the root type."""
-    return _BY_CODE.get(code, StorageError)(message)
+    """Rebuild a storage error received as (code, message); unknown codes (e.g. the
+    bus's own rejections) give the root type carrying that code."""
+    cls = _BY_CODE.get(code)
+    if cls is not None:
+        return cls(message)
+    err = StorageError(message)
+    err.code = code
+    return err

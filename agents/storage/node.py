@@ -46,20 +46,6 @@ log = logging.getLogger("agents.storage")
 MAX_MESSAGE_DATA = 8 * 1024 * 1024
 """Largest data field of one message (the bus frame limit is 16 MiB)."""
 
-KINDS = (
-    "storage.put",
-    "storage.put.begin",
-    "storage.put.chunk",
-    "storage.put.commit",
-    "storage.put.abort",
-    "storage.get",
-    "storage.leaves",
-    "storage.has",
-    "storage.pin",
-    "storage.unpin",
-    "storage.stat",
-    "storage.list",
-)
 
 
 def _body(msg: Message) -> dict:
