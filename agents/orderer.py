@@ -20,7 +20,7 @@ import trio
 
 import bus
 from core.errors import DecodeError
-from core.ledger import MAX_BLOCK_TXS, Block
+from core.ledger import MAX_BLOCK_TXS, Block, batch_fits
 from core.tx import MAX_TX_SIZE, Transaction
 
 from .ledger_store import LedgerStore
@@ -32,6 +32,7 @@ log = logging.getLogger("agents.orderer")
 
 MAX_BLOCKS_PER_REPLY = 256
 MAX_QUEUED = 50_000
+MAX_QUEUED_BYTES = 256 * 1024 * 1024
 MAX_TXS_PER_SUBMIT = 1024
 
 
@@ -67,6 +68,7 @@ class OrdererAgent:
         self.head_hash = last.hash
         self._last_ts = last.timestamp
         self._queue: list[bytes] = []
+        self._queued_bytes = 0
         self._wakeup = trio.Event()
         self._limiter = trio.CapacityLimiter(1)  # the orderer's own worker: no queue behind other agents' crypto
         self._last_cut = -float("inf")
@@ -112,9 +114,11 @@ class OrdererAgent:
                 ids.append(Transaction.from_bytes(raw).tx_id)
             except DecodeError as exc:
                 raise _bad(f"transaction does not decode: {exc}") from None
-        if len(self._queue) + len(txs) > MAX_QUEUED:
+        size = sum(len(raw) for raw in txs)
+        if len(self._queue) + len(txs) > MAX_QUEUED or self._queued_bytes + size > MAX_QUEUED_BYTES:
             raise bus.HandlerError("orderer.busy", "too many transactions queued; retry later")
         self._queue.extend(txs)
+        self._queued_bytes += size
         self._wakeup.set()
         return {"tx_ids": ids} if "txs" in body else {"tx_id": ids[0]}
 
@@ -129,20 +133,33 @@ class OrdererAgent:
     # -- cutting blocks -------------------------------------------------------
 
     async def _cutter(self) -> None:
-        # A block is cut when batch_size transactions are queued, or batch_timeout after the
-        # previous cut: a transaction arriving at an orderer idle for that long is cut at once
-        # (no waiting at low load), and under load blocks come at most every batch_timeout.
+        # A block is cut when a full block is queued (batch_size transactions or
+        # MAX_BLOCK_BYTES), or batch_timeout after the previous cut: a transaction arriving
+        # at an orderer idle for that long is cut at once (no waiting at low load), and
+        # under load blocks come at most every batch_timeout.
         while True:
             if not self._queue:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
             with trio.move_on_at(self._last_cut + self.batch_timeout):
-                while len(self._queue) < self.batch_size:
+                while self._batch_length() == len(self._queue) < self.batch_size:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
-            batch = self._queue[: self.batch_size]
-            del self._queue[: self.batch_size]
+            n = self._batch_length()
+            batch = self._queue[:n]
+            del self._queue[:n]
+            self._queued_bytes -= sum(len(raw) for raw in batch)
             await self._cut(batch)
+
+    def _batch_length(self) -> int:
+        """How many queued transactions (from the front) the next block takes: at most
+        batch_size, and no more than fit in MAX_BLOCK_BYTES (always at least one)."""
+        size = 0
+        for n, raw in enumerate(self._queue[: self.batch_size]):
+            size += len(raw)
+            if n and not batch_fits(n + 1, size):
+                return n
+        return min(len(self._queue), self.batch_size)
 
     def _make_and_store(self, height: int, prev_hash: bytes, ts: int, txs: list[bytes]) -> tuple[Block, bytes]:
         """Worker thread: sign the block and persist it (one hop off the event loop)."""
@@ -166,8 +183,8 @@ def _range(body: Any) -> tuple[int, int]:
     if not isinstance(body, dict):
         raise _bad("body must be a map")
     start, limit = body.get("from"), body.get("limit", MAX_BLOCKS_PER_REPLY)
-    if type(start) is not int or start < 0:
-        raise _bad("'from' must be a non-negative integer")
+    if type(start) is not int or not 0 <= start < 2**63:
+        raise _bad("'from' must be an integer in [0, 2**63)")
     if type(limit) is not int or limit < 1:
         raise _bad("'limit' must be a positive integer")
     return start, min(limit, MAX_BLOCKS_PER_REPLY)

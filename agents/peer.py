@@ -40,7 +40,7 @@ import bus
 from core import canonical, pre
 from core.curve import G1
 from core.errors import CoreError, DecodeError, ValidationError
-from core.identity import Certificate, check_id
+from core.identity import RESERVED_CERT_ATTRIBUTES, Certificate, check_id
 from core.ledger import Block, CommitResult, Ledger
 from core.tx import MAX_TX_SIZE, Transaction
 
@@ -55,6 +55,9 @@ REENCRYPTION_TAG = "emrshare/v1/reencryption"
 EVENT_TYPES = ("access_request", "grant", "deny_request", "revoke_grant")
 MAX_BLOCKS_PER_REPLY = 256
 MAX_TXS_PER_SUBMIT = 1024
+# Bytes of transactions in one submit (from a client) and in one forward to the orderer
+# (coalesced): half the bus frame, so a forward always fits in one message.
+MAX_SUBMIT_BYTES = 8 * 1024 * 1024
 MAX_VALID_S = 10 * 366 * 86400
 MAX_SEALED_SHARE = 4096
 SHARE_CACHE = 4096
@@ -362,11 +365,15 @@ class PeerAgent:
                 self._outgoing_ready = trio.Event()
                 await self._outgoing_ready.wait()
             batch: list[_Outgoing] = []
-            count = 0
+            count = size = 0
             while self._outgoing and count + len(self._outgoing[0].txs) <= MAX_TXS_PER_SUBMIT:
+                item_size = sum(len(raw) for raw in self._outgoing[0].txs)
+                if batch and size + item_size > MAX_SUBMIT_BYTES:
+                    break
                 item = self._outgoing.pop(0)
                 batch.append(item)
                 count += len(item.txs)
+                size += item_size
             txs = [raw for item in batch for raw in item.txs]
             error = None
             try:
@@ -426,6 +433,9 @@ class PeerAgent:
         for raw in txs:
             if not isinstance(raw, bytes) or len(raw) > MAX_TX_SIZE:
                 raise _bad(f"a transaction must be bytes of at most {MAX_TX_SIZE}")
+        if sum(len(raw) for raw in txs) > MAX_SUBMIT_BYTES:
+            raise _bad(f"a submit carries at most {MAX_SUBMIT_BYTES} bytes of transactions")
+        for raw in txs:
             try:
                 Transaction.from_bytes(raw)
             except DecodeError as exc:
@@ -454,6 +464,10 @@ class PeerAgent:
             raise bus.HandlerError("enroll.denied", f"{self.peer_id} enrolls members of {self.info.org} only")
         if self._enroll_secret is None:
             raise bus.HandlerError("enroll.denied", f"{self.peer_id} does not enroll users")
+        reserved = sorted(RESERVED_CERT_ATTRIBUTES.intersection(attributes))
+        if reserved:
+            raise bus.HandlerError("enroll.invalid", f"attribute names {reserved} are reserved: the certificate's "
+                                                     "subject and organization set them")
         try:
             expected = enrollment_token(self._enroll_secret, subject, org, attributes)
         except ValueError:
@@ -524,8 +538,8 @@ class PeerAgent:
     async def _blocks(self, msg: bus.Message) -> dict[str, Any]:
         start = _field(msg.body, "from", int)
         limit = _field(msg.body, "limit", int)
-        if start < 0 or limit < 1:
-            raise _bad("'from' must be >= 0 and 'limit' >= 1")
+        if not 0 <= start < 2**63 or limit < 1:
+            raise _bad("'from' must be in [0, 2**63) and 'limit' >= 1")
         return {"blocks": await trio.to_thread.run_sync(self.store.blocks, start, min(limit, MAX_BLOCKS_PER_REPLY))}
 
     # -- key shares and re-encryption --------------------------------------------

@@ -54,6 +54,7 @@ from .errors import (
     BrokenError,
     BusError,
     ClosedError,
+    FrameError,
     RemoteError,
     RequestTimeout,
     SubscriptionLagged,
@@ -493,6 +494,18 @@ class Endpoint:
                 {"code": "internal", "message": "internal error"},
                 request.msg_id,
             )
+        if len(data) > self._node._max_frame_size:
+            # A reply that cannot be carried becomes an error the requester receives,
+            # not a silent timeout.
+            log.warning("bus: %s: reply to %r is %d bytes, over the frame limit", self._identity, request.kind,
+                        len(data))
+            env, data = self._make(
+                MessageType.ERROR,
+                request.kind,
+                request.sender,
+                {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
+                request.msg_id,
+            )
         try:
             await self._transmit(env, data, via=conn)
         except BusError as exc:
@@ -721,6 +734,7 @@ class Node:
         clock: Callable[[], float] = time.time,
     ):
         self._nursery = nursery
+        self._max_frame_size = max_frame_size
         self._transports: dict[str, Transport] = {"tcp": TcpTransport(max_frame_size=max_frame_size)}
         if transports:
             self._transports.update(transports)
@@ -824,6 +838,10 @@ class Node:
     async def _route(self, recipient: str, data: bytes, via: Connection | None) -> Connection | None:
         if self._closed:
             raise ClosedError("node is closed")
+        if len(data) > self._max_frame_size:
+            # Enforced for local delivery too, so an in-process swarm meets the limits
+            # a multi-host deployment meets.
+            raise FrameError(f"message of {len(data)} bytes exceeds the {self._max_frame_size}-byte frame limit")
         if via is not None and via in self._live:
             try:
                 await via.send(data)

@@ -19,12 +19,18 @@ from typing import Any, Mapping
 from . import canonical, ecdsa
 from .errors import DecodeError, SignatureError
 
-__all__ = ["Certificate", "PeerInfo", "OrgInfo", "ConsortiumConfig", "CERT_TAG", "check_id"]
+__all__ = ["Certificate", "PeerInfo", "OrgInfo", "ConsortiumConfig", "CERT_TAG", "RESERVED_CERT_ATTRIBUTES",
+           "check_id"]
 
 CERT_TAG = "emrshare/v1/certificate"
 CONFIG_TAG = "emrshare/v1/consortium"
 MAX_ID = 128
 MAX_ATTRIBUTES = 32
+# Attribute names the policy engine fills from the certificate's own fields
+# (``id`` = subject, ``organization`` = issuing organization): a certificate may not
+# carry them as attributes, or they would let a registrar of one hospital dress a
+# user up as someone of another.
+RESERVED_CERT_ATTRIBUTES = frozenset({"id", "organization"})
 
 
 def check_id(value: object, what: str) -> str:
@@ -57,6 +63,8 @@ def _check_attributes(attrs: object) -> dict[str, Any]:
     for k, v in attrs.items():
         if not isinstance(k, str) or not 0 < len(k) <= 64:
             raise DecodeError("attribute names must be strings of 1..64 characters")
+        if k in RESERVED_CERT_ATTRIBUTES:
+            raise DecodeError(f"attribute name {k!r} is reserved: it is set from the certificate's own fields")
         if isinstance(v, bool) or (isinstance(v, int) and -(2**63) <= v < 2**63):
             out[k] = v
         elif isinstance(v, str) and len(v) <= 256:

@@ -42,7 +42,7 @@ from .cid import parse as parse_cid
 from .errors import CoreError, DecodeError, ValidationError
 from .identity import Certificate, ConsortiumConfig, check_id
 from .policy import Policy, Request as PolicyRequest
-from .tx import MAX_TX_SIZE, Transaction
+from .tx import Transaction
 
 __all__ = [
     "Block",
@@ -53,11 +53,27 @@ __all__ = [
     "merkle_root",
     "make_genesis",
     "BLOCK_TAG",
+    "MAX_BLOCK_BYTES",
+    "batch_fits",
     "REASON_CODES",
 ]
 
 BLOCK_TAG = "emrshare/v1/block"
 MAX_BLOCK_TXS = 10_000
+# A block's encoded size is bounded in bytes as well as in count, well below the
+# bus's 16 MiB frame so that a block always fits in a reply or an event with room
+# to spare (an unbounded block could be persisted but never published or served,
+# halting every peer for good).
+MAX_BLOCK_BYTES = 4 * 1024 * 1024
+# Bytes a block's encoding adds to its transactions: the fixed fields (at most
+# 200 bytes) and a 5-byte msgpack bin header per transaction.
+_BLOCK_OVERHEAD = 256
+_TX_OVERHEAD = 5
+
+
+def batch_fits(count: int, tx_bytes: int) -> bool:
+    """Whether ``count`` transactions of ``tx_bytes`` bytes in all fit in one block."""
+    return count <= MAX_BLOCK_TXS and _BLOCK_OVERHEAD + tx_bytes + _TX_OVERHEAD * count <= MAX_BLOCK_BYTES
 ZERO_HASH = bytes(32)
 
 REASON_CODES = {
@@ -123,6 +139,8 @@ class Block:
     def make(cls, height: int, prev_hash: bytes, timestamp: int, txs: Iterable[bytes],
              orderer_key: bytes) -> "Block":
         txs = tuple(txs)
+        if not batch_fits(len(txs), sum(len(t) for t in txs)):
+            raise ValueError(f"a block holds at most {MAX_BLOCK_TXS} transactions and {MAX_BLOCK_BYTES} bytes")
         unsigned = cls(height, prev_hash, timestamp, merkle_root(txs), txs, b"")
         sig = ecdsa.sign(orderer_key, BLOCK_TAG, unsigned.header_bytes())
         return cls(height, prev_hash, timestamp, unsigned.tx_root, txs, sig)
@@ -136,7 +154,7 @@ class Block:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Block":
-        f = canonical.unpack(data, max_size=MAX_BLOCK_TXS * MAX_TX_SIZE, what="block")
+        f = canonical.unpack(data, max_size=MAX_BLOCK_BYTES, what="block")
         if not isinstance(f, list) or len(f) != 6:
             raise DecodeError("block: expected an array of 6 fields")
         height, prev, ts, root, txs, sig = f
@@ -512,9 +530,11 @@ class Ledger:
             return {"effect": "deny", "approval": None, "rule": "no-policy",
                     "reason": "the patient has set no access policy", "policy": "", "version": 0}
         policy = self._policy(pol["policy"])
+        # The reserved names come only from the certificate's own fields, never from
+        # its attributes (Certificate refuses them there; this holds for any ledger).
         attrs = dict(cert["attributes"])
-        attrs.setdefault("organization", cert["org"])
-        attrs.setdefault("id", cert["subject"])
+        attrs["organization"] = cert["org"]
+        attrs["id"] = cert["subject"]
         request = PolicyRequest(attrs, operation, record_id, label, time_s, purpose)
         return policy.evaluate(request).to_dict()
 

@@ -280,3 +280,26 @@ async def test_memory_transport_between_nodes_stale_and_replay():
             assert str(mem_address) == "mem://n1"
             await conn.aclose()
         assert bob.statistics().rejected == {"stale": 1, "replay": 1}
+
+
+async def test_frame_limit_holds_in_process_and_an_oversize_reply_is_an_error():
+    """Local delivery meets the same frame limit as TCP, and a reply too big to carry
+    reaches the requester as a 'too-large' error at once, not as a timeout."""
+    ring = ecdsa_ring()
+    async with open_node(max_frame_size=64 * 1024) as node:
+        a = node.endpoint("alice", **ring.credentials("alice"))
+        b = node.endpoint("bob", **ring.credentials("bob"))
+
+        async def big(msg):
+            return {"data": bytes(msg.body)}
+
+        b.register("big", big)
+        b.register("ping", echo)
+        with trio.fail_after(5):
+            assert (await a.request("bob", "big", 1000, timeout=30))["data"] == bytes(1000)
+            with pytest.raises(RemoteError) as info:
+                await a.request("bob", "big", 100_000, timeout=30)
+            assert info.value.code == "too-large"
+            with pytest.raises(BusError):  # a request over the limit is refused to its sender
+                await a.request("bob", "ping", bytes(100_000), timeout=30)
+            assert await a.request("bob", "ping", 1) == {"echo": 1, "from": "alice", "kind": "ping"}

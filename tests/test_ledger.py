@@ -323,3 +323,61 @@ def test_codecs_reject_garbage():
     with pytest.raises(DecodeError, match="canonical"):
         canonical.unpack(msgpack.packb({"b": 1, "a": 2}))
     assert merkle_root([b"a", b"b", b"c"]) != merkle_root([b"a", b"c", b"b"])
+
+
+SHADOW_POLICY = """
+policy "only-dave-of-b" version 1
+default deny
+rule dave:
+  allow read on all
+  when role == "doctor" and organization == "org-b" and id == "dave"
+  approval auto
+"""
+
+
+def test_reserved_attributes_come_only_from_the_certificate(c):
+    """A registrar of org-a cannot dress a user up as dave of org-b: certificates refuse the
+    reserved names, a register transaction carrying one is invalid, and the engine sets them
+    from the certificate's subject and organization whatever the attributes say."""
+    for attrs in ({"role": "doctor", "organization": "org-b"}, {"role": "doctor", "id": "dave"}):
+        with pytest.raises(DecodeError, match="reserved"):
+            c.cert("mallory", "org-a", attrs)
+    # a register transaction smuggling the reserved names in the encoded certificate is invalid
+    cert = c.cert("mallory", "org-a", {"role": "doctor", "department": "x"})
+    d = cert.to_dict()
+    d["attributes"] = {"role": "doctor", "organization": "org-b", "id": "dave"}
+    assert c.block(c.tx("register", "peer1", {"cert": d}))[1].marks == ("bad_certificate",)
+    assert c.ledger.certificate("mallory") is None
+    c.block(c.tx("store", "alice", store_body()),
+            c.tx("set_policy", "alice", {"policy": parse_policy(SHADOW_POLICY).to_msgpack()}))
+    assert c.register("dave", "org-b", {"role": "doctor"}, peer="peer3") == "ok"
+    assert c.register("eve", "org-a", {"role": "doctor"}) == "ok"
+    assert request(c, "dave", "req-dave") == "ok"
+    assert c.ledger.get("request/req-dave")["decision"]["effect"] == "allow"
+    assert request(c, "eve", "req-eve") == "ok"
+    assert c.ledger.get("request/req-eve")["decision"]["effect"] == "deny"
+    # even a certificate already in state with shadowing attributes (as an older ledger could
+    # hold) is evaluated as its real subject and organization
+    forged = {**c.ledger.certificate("eve")["cert"], "attributes": {"role": "doctor", "organization": "org-b",
+                                                                    "id": "dave"}}
+    decision = c.ledger.evaluate(c.ledger, "alice", forged, "read", "rec-1", "cardiology", T0, None)
+    assert decision["effect"] == "deny"
+
+
+def test_blocks_are_bounded_in_bytes():
+    from core.ledger import MAX_BLOCK_BYTES, batch_fits
+
+    key = ecdsa.generate_private_key()
+    tx = bytes(64 * 1024)
+    n = max(k for k in range(1, 200) if batch_fits(k, k * len(tx)))
+    block = Block.make(1, bytes(32), 1, [tx] * n, key)
+    data = block.to_bytes()
+    assert len(data) <= MAX_BLOCK_BYTES
+    assert Block.from_bytes(data) == block
+    assert not batch_fits(n + 1, (n + 1) * len(tx))
+    with pytest.raises(ValueError, match="at most"):
+        Block.make(1, bytes(32), 1, [tx] * (n + 1), key)
+    # a block over the bound does not decode, however it was made
+    big = canonical.pack([1, bytes(32), 1, bytes(32), [tx] * (n + 1), bytes(64)])
+    with pytest.raises(DecodeError):
+        Block.from_bytes(big)

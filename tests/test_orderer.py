@@ -104,3 +104,50 @@ async def test_idle_orderer_cuts_at_once_and_busy_one_waits_for_the_interval(tmp
                 second = Block.from_bytes((await sub.receive()).body["block"])
                 assert (second.height, len(second.txs)) == (2, 3)
                 nursery.cancel_scope.cancel()
+
+
+async def test_blocks_are_cut_by_bytes_and_every_block_can_be_served(tmp_path):
+    """Large transactions fill blocks by bytes long before batch_size: each block fits in
+    MAX_BLOCK_BYTES, is published, and is served by orderer.blocks (which also refuses a
+    'from' SQLite cannot hold with a typed error)."""
+    from core.ledger import MAX_BLOCK_BYTES
+
+    okey, peer, genesis, directory, _ = _setup(tmp_path)
+    orderer = OrdererAgent(orderer_id="orderer", signing_key=okey, genesis=genesis.to_bytes(), data_dir=tmp_path,
+                           directory=directory, batch_size=500, batch_timeout=0.2)
+
+    def big(i):
+        tx = Transaction.create("revoke_cert", "p1", {"subject": f"s{i}", "reason": "x" * 60_000},
+                                peer.ecdsa_private, int(time.time() * 1000)).to_bytes()
+        assert 60_000 < len(tx) <= 64 * 1024
+        return tx
+
+    txs = [big(i) for i in range(200)]  # 12 MB: three blocks at least
+    with trio.fail_after(30):
+        async with bus.open_node() as node:  # the in-process bus enforces the 16 MiB frame
+            async with trio.open_nursery() as nursery:
+                await nursery.start(orderer.run, node)
+                ep = make_endpoint(node, "p1", peer.ecdsa_private, directory)
+                sub = await ep.subscribe("orderer", "blocks", buffer=64)
+                for i in range(0, len(txs), 50):
+                    await ep.request("orderer", "orderer.submit", {"txs": txs[i:i + 50]})
+                got = []
+                while len(got) < len(txs):
+                    data = (await sub.receive()).body["block"]
+                    assert len(data) <= MAX_BLOCK_BYTES
+                    got.extend(Block.from_bytes(data).txs)
+                assert got == txs
+                height = (await ep.request("orderer", "orderer.head", {}))["height"]
+                assert height >= 3
+                served = []
+                start = 1
+                while start <= height:
+                    blocks = (await ep.request("orderer", "orderer.blocks", {"from": start}))["blocks"]
+                    assert blocks
+                    served.extend(Block.from_bytes(b) for b in blocks)
+                    start = served[-1].height + 1
+                assert [t for b in served for t in b.txs] == txs
+                with pytest.raises(bus.RemoteError) as info:
+                    await ep.request("orderer", "orderer.blocks", {"from": 2**64 - 1})
+                assert info.value.code == "bad-request"
+                nursery.cancel_scope.cancel()

@@ -549,3 +549,20 @@ async def test_bench_ledger_smoke(tmp_path):
         assert r["transactions"] == r["valid"] == 120
         assert r["verify_calls"] >= 4 * 120  # every peer verified every transaction
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+
+
+async def test_enrollment_refuses_reserved_attribute_names(tmp_path):
+    """A token from org-a's registrar for attributes organization=org-b, id=dave does not
+    enroll anyone: the reserved names come from the certificate's own fields only."""
+    c = Consortium(tmp_path)
+    with trio.fail_after(30):
+        async with running(c) as (node, orderer, peers, _):
+            keys = AgentKeys.generate()
+            ep = make_endpoint(node, enroll_id(keys.ecdsa_public), keys.ecdsa_private, c.manifest.directory())
+            for attrs in ({"role": "doctor", "organization": "org-b", "id": "dave"},
+                          {"role": "doctor", "organization": "org-b"}, {"role": "doctor", "id": "dave"}):
+                with pytest.raises(bus.RemoteError) as info:
+                    await ep.request("peer-a-1", "peer.enroll", enroll_body(c, keys, "mallory", "org-a", attrs))
+                assert info.value.code == "enroll.invalid" and "reserved" in info.value.message
+            assert peers["peer-a-1"].ledger.certificate("mallory") is None
+            assert peers["peer-a-1"].ledger.head()[0] == 0  # nothing was written

@@ -132,3 +132,51 @@ async def test_processes_mode_tolerates_faults(tmp_path):
         files = SwarmFiles(tmp_path / "swarm")
         for peer in files.manifest().peers:
             assert ledger_cli.verify_main(["--data", str(files.agent_dir(peer))]) == 0
+
+
+@pytest.mark.slow
+async def test_processes_mode_oversize_batches_do_not_halt_the_ledger(tmp_path):
+    """Across processes on loopback TCP (the frame limits of a multi-host deployment): about
+    20 MB of 60 KiB transactions reach the peers at once. The orderer cuts them into blocks
+    bounded in bytes, every peer commits them, and the ledger keeps advancing (stores and
+    reads still commit afterwards). Before blocks were bounded in bytes, this made one
+    19.6 MB block that no peer could ever fetch."""
+    from core.ledger import MAX_BLOCK_BYTES
+    from core.tx import Transaction
+
+    spec = SwarmSpec(data_dir=tmp_path / "swarm", processes=True)
+    with trio.fail_after(240):
+        async with Swarm.open(spec, fresh=True) as swarm:
+            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p, \
+                    DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d:
+                await p.register(swarm.token(*PATIENT))
+                await d.register(swarm.token(*DOCTOR))
+                await p.set_policy(POLICY)
+                start = (await p.endpoint.request("peer-a1", "peer.query", {"what": "head"}))["height"]
+                peers = list(swarm.manifest.peers)
+                junk = [Transaction.create("store", "alice", {"junk": "x" * 60_000, "i": i}, p.keys.ecdsa_private,
+                                           int(time.time() * 1000)).to_bytes() for i in range(330)]
+                async with trio.open_nursery() as nursery:
+                    for n, i in enumerate(range(0, len(junk), 110)):
+                        nursery.start_soon(p.endpoint.request, peers[n % len(peers)], "peer.submit",
+                                           {"txs": junk[i:i + 110], "wait": False})
+                rid = await p.store(b"after the flood", label="cardiology", media_type="text/plain")
+                assert await d.read("alice", rid) == b"after the flood"
+                for peer in peers:  # 20 MB is at least 5 blocks of MAX_BLOCK_BYTES
+                    while (await p.endpoint.request(peer, "peer.query", {"what": "head"}))["height"] < start + 6:
+                        await trio.sleep(0.1)
+        # every junk transaction was ordered (as invalid) by every peer, in blocks within the bound
+        import sqlite3
+
+        from agents import ledger_cli
+        from core.ledger import Block
+
+        files = SwarmFiles(tmp_path / "swarm")
+        for peer in files.manifest().peers:
+            db = sqlite3.connect(files.agent_dir(peer) / "ledger.sqlite")
+            rows = db.execute("SELECT data FROM blocks WHERE height > ?", (start,)).fetchall()
+            db.close()
+            assert all(len(data) <= MAX_BLOCK_BYTES for (data,) in rows)
+            ordered = {tx for (data,) in rows for tx in Block.from_bytes(data).txs}
+            assert ordered.issuperset(junk)
+            assert ledger_cli.verify_main(["--data", str(files.agent_dir(peer))]) == 0
