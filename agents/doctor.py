@@ -41,8 +41,8 @@ from core.errors import CoreError, DecodeError
 from core.identity import Certificate
 from core.tx import Transaction
 
-from ._user import SUSPECT_TIMEOUT, UserAgent, UserConfig, remote_error
-from .errors import (
+from agents.client import SUSPECT_TIMEOUT, UserAgent, UserConfig, remote_error
+from agents.errors import (
     AgentError,
     GrantRevoked,
     IntegrityError,
@@ -53,9 +53,9 @@ from .errors import (
     RequestRejected,
     Unavailable,
 )
-from .runtime import run_crypto
-from .storage import NotFound as StorageNotFound
-from .storage import StorageClient, StorageError
+from agents.runtime import run_crypto
+from agents.storage import NotFound as StorageNotFound
+from agents.storage import StorageClient, StorageError
 
 __all__ = ["DoctorAgent", "REENCRYPTION_TAG"]
 
@@ -135,7 +135,7 @@ class DoctorAgent(UserAgent):
         """
         self._require_registered()
         request_id = _new_id("req")
-        from .errors import TransactionRejected
+        from agents.errors import TransactionRejected
 
         try:
             await self.submit("access_request", {"request_id": request_id, "patient": patient,
@@ -272,7 +272,7 @@ class DoctorAgent(UserAgent):
         requests are cancelled). Peers that failed
         lately are asked only when the others cannot make t (one more each time
         a request fails; all at once when fewer than t are healthy), with a
-        short timeout (:data:`agents._user.SUSPECT_TIMEOUT`) while some peer is healthy."""
+        short timeout (:data:`agents.client.SUSPECT_TIMEOUT`) while some peer is healthy."""
         need = grant["threshold"]
         good: dict[str, pre.ReencryptedShare] = {}
         errors: dict[str, str] = {}

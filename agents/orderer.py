@@ -23,8 +23,8 @@ from core.errors import DecodeError
 from core.ledger import MAX_BLOCK_TXS, Block, batch_fits
 from core.tx import MAX_TX_SIZE, Transaction
 
-from .ledger_store import LedgerStore
-from .runtime import make_endpoint
+from agents.ledger_store import LedgerStore
+from agents.runtime import make_endpoint
 
 __all__ = ["OrdererAgent", "MAX_BLOCKS_PER_REPLY", "MAX_QUEUED"]
 

@@ -48,10 +48,10 @@ from core.errors import CoreError
 from core.identity import Certificate
 from core.policy import parse as parse_policy
 
-from ._user import UserAgent, UserConfig, check_receiving_key, remote_error
-from .errors import AgentError, PolicyDenied, RequestRejected, Unavailable
-from .runtime import run_crypto
-from .storage import StorageClient
+from agents.client import UserAgent, UserConfig, check_receiving_key, remote_error
+from agents.errors import AgentError, PolicyDenied, RequestRejected, Unavailable
+from agents.runtime import run_crypto
+from agents.storage import StorageClient
 
 __all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S"]
 
@@ -157,7 +157,7 @@ class PatientAgent(UserAgent):
         return record_id
 
     async def _storage_call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        from .storage import StorageError
+        from agents.storage import StorageError
 
         try:
             return await self.storage_retry(fn)
@@ -175,7 +175,7 @@ class PatientAgent(UserAgent):
         self._require_registered()
         rec = await self.query({"what": "record", "patient": self.subject, "record_id": record_id})
         if rec is None:
-            from .errors import RecordNotFound
+            from agents.errors import RecordNotFound
 
             raise RecordNotFound(f"no record {record_id} of {self.subject}")
         blob = await self._storage_call(lambda: self.storage.get(rec["cid"]))

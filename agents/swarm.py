@@ -31,7 +31,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -42,14 +41,9 @@ from bus import Node, open_node
 from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import make_genesis
 
-from .runtime import (
-    AgentKeys,
-    KeyStore,
-    Manifest,
-    atomic_write,
-    enrollment_token,
-    make_endpoint,
-)
+from agents.consortium import Manifest, enrollment_token
+from agents.keys import AgentKeys, KeyStore, atomic_write
+from agents.runtime import make_endpoint
 
 log = logging.getLogger("agents.swarm")
 
@@ -214,23 +208,23 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
     data = files.agent_dir(agent)
     data.mkdir(parents=True, exist_ok=True)
     if agent == manifest.orderer:
-        from .orderer import OrdererAgent
+        from agents.orderer import OrdererAgent
 
         orderer = OrdererAgent(orderer_id=agent, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
                                data_dir=data, directory=manifest.directory(), batch_size=spec.batch_size,
                                batch_timeout=spec.batch_timeout)
         await orderer.run(node, task_status=task_status)
     elif agent in manifest.peers:
-        from .peer import PeerAgent
+        from agents.peer import PeerAgent
 
         org = next(o for o, ps in manifest.peer_orgs.items() if agent in ps)
         peer = PeerAgent(peer_id=agent, keys=keys, genesis=manifest.genesis, data_dir=data,
                          manifest=manifest, enroll_secret=files.enroll_secrets()[org])
         await peer.run(node, task_status=task_status)
     elif agent in manifest.storage:
-        from .storage import BlobStore
-        from .storage.node import StorageNode
-        from .runtime import CertificateFollower
+        from agents.storage import BlobStore
+        from agents.storage.node import StorageNode
+        from agents.consortium import CertificateFollower
 
         directory = manifest.directory()
         endpoint = make_endpoint(node, agent, keys.ecdsa_private, directory)
@@ -379,60 +373,6 @@ class Swarm:
 # ------------------------------------------------------------------ CLI
 
 
-def _spec_from_args(args: argparse.Namespace) -> SwarmSpec:
-    data_dir = Path(args.data).resolve()
-    settings: dict[str, Any] = {}
-    if args.config:
-        with open(args.config, "rb") as f:
-            doc = tomllib.load(f)
-        settings.update(doc.get("swarm", doc))
-    for name in ("hospitals", "peers", "threshold", "storage_nodes", "replicas", "write_quorum", "port",
-                 "batch_size"):
-        value = getattr(args, name)
-        if value is not None:
-            settings[name] = value
-    if args.processes:
-        settings["processes"] = True
-    return SwarmSpec.from_mapping(settings, data_dir)
-
-
-def up_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare swarm up", description="launch a local consortium")
-    parser.add_argument("--data", default="swarm-data", help="data directory (resumed if it exists)")
-    parser.add_argument("--config", help="TOML file with a [swarm] table of the settings below")
-    parser.add_argument("--hospitals", type=int)
-    parser.add_argument("--peers", type=int)
-    parser.add_argument("--threshold", type=int)
-    parser.add_argument("--storage-nodes", dest="storage_nodes", type=int)
-    parser.add_argument("--replicas", type=int)
-    parser.add_argument("--write-quorum", dest="write_quorum", type=int)
-    parser.add_argument("--port", type=int, help="in-process mode: TCP port of the swarm's bus node")
-    parser.add_argument("--batch-size", dest="batch_size", type=int)
-    parser.add_argument("--processes", action="store_true", help="run each agent in its own process")
-    parser.add_argument("--verbose", "-v", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        spec = _spec_from_args(args)
-        spec.check()
-    except (ValueError, OSError, tomllib.TOMLDecodeError) as exc:
-        print(f"emrshare swarm up: {exc}", file=sys.stderr)
-        return 2
-
-    async def main() -> None:
-        async with Swarm.open(spec) as swarm:
-            print(swarm.describe(), flush=True)
-            print(f"manifest: {swarm.files.dir / 'manifest.json'}  (Ctrl-C stops)", flush=True)
-            await trio.sleep_forever()
-
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        print("swarm stopped", file=sys.stderr)
-    return 0
-
-
 def agent_main(argv: list[str]) -> int:
     """``python -m agents.swarm agent --data DIR --id AGENT``: one agent process."""
     parser = argparse.ArgumentParser(prog="python -m agents.swarm agent")
@@ -466,7 +406,5 @@ if __name__ == "__main__":
     cmd, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if cmd == "agent":
         sys.exit(agent_main(rest))
-    if cmd == "up":
-        sys.exit(up_main(rest))
-    print("usage: python -m agents.swarm {up,agent} ...", file=sys.stderr)
+    print("usage: python -m agents.swarm agent --data DIR --id AGENT", file=sys.stderr)
     sys.exit(2)

@@ -21,12 +21,8 @@ from pathlib import Path
 
 import trio
 
-from agents._user import UserConfig
-from agents.doctor import DoctorAgent
-from agents.fhir import check_bundle, encode_bundle, generate_bundle
-from agents.patient import PatientAgent
-from agents.runtime import KeyStore, Manifest
-from agents.swarm import SwarmFiles
+from agents import DoctorAgent, KeyStore, Manifest, PatientAgent, SwarmFiles, UserConfig
+from agents.testing.fhir import check_bundle, encode_bundle, generate_bundle
 
 POLICY = """
 policy "alice" version 1

@@ -27,8 +27,8 @@ import trio
 from bus import open_node
 from core import ecdsa
 
-from .blobstore import DEFAULT_MAX_BLOB, BlobStore
-from .node import StorageNode
+from agents.storage.blobstore import DEFAULT_MAX_BLOB, BlobStore
+from agents.storage.node import StorageNode
 
 
 class FileDirectory:

@@ -39,7 +39,7 @@ from pathlib import Path
 from core import cid as cidmod
 from core.errors import DecodeError
 
-from .errors import (
+from agents.storage.errors import (
     BadRequest,
     BlobTooLarge,
     CidMismatch,

@@ -15,7 +15,7 @@ before that, and the remaining copies (a slow or dead replica, the top-up to
 at most ``max_background`` puts at a time (beyond that the stragglers of a put
 that has its quorum are dropped; :meth:`repair` restores missing copies).
 Without one a put waits for every attempt, as before. Failing nodes are
-remembered in an :class:`agents._health.AgentHealth` (open for ``down_for``
+remembered in an :class:`agents.health.AgentHealth` (open for ``down_for``
 seconds, then probed by one request): puts skip them while the quorum is
 reachable without them, and reads try them last. Agents on one bus node share
 one tracker, so a dead node is found once, not once per agent.
@@ -50,8 +50,8 @@ from bus import BrokenError, BusError, ClosedError, Endpoint, RemoteError, Reque
 from core import cid as cidmod
 from core.errors import DecodeError
 
-from .._health import AgentHealth
-from .errors import (
+from agents.health import AgentHealth
+from agents.storage.errors import (
     BadRequest,
     BlobTooLarge,
     CidMismatch,

@@ -39,7 +39,7 @@ import trio
 
 from core import cid as cidmod
 
-from .errors import BadRequest, CidMismatch, CorruptBlob, NotFound, StorageError, Unavailable
+from agents.storage.errors import BadRequest, CidMismatch, CorruptBlob, NotFound, StorageError, Unavailable
 
 ADD_PARAMS = {
     "cid-version": "1",

@@ -38,8 +38,8 @@ import trio
 
 from bus import Endpoint, Message
 
-from .blobstore import BlobStore, PutSession, canonical_cid
-from .errors import BadRequest, CorruptBlob, StorageError
+from agents.storage.blobstore import BlobStore, PutSession, canonical_cid
+from agents.storage.errors import BadRequest, CorruptBlob, StorageError
 
 log = logging.getLogger("agents.storage")
 

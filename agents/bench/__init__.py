@@ -1,0 +1,1 @@
+"""Benchmarks and the load test: ``emrshare bench ...`` and ``emrshare loadtest``."""

@@ -1,0 +1,289 @@
+"""``emrshare bench ledger``: committed transactions per second and commit latency.
+
+Four consortium peers and the embedded orderer in one process on the in-memory
+bus, each peer with its own SQLite ledger, every peer validating every
+transaction (signatures included). Clients submit pre-signed transactions
+through the peers (``peer.submit``, batches of ``--batch`` with at most
+``--window`` transactions in flight) for two workloads: ``store`` (the
+patient's signed CID) and ``access_request`` (certificate check plus policy
+evaluation). A transaction counts as committed when all four peers committed
+it; latency is from its submission to that moment. The share of CPU time in
+ECDSA verification is measured by timing every ``core.ecdsa`` verify call.
+
+    emrshare bench ledger [--quick] [--txs N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import bus
+from core import ecdsa, pre
+from core._backend import backend_name
+from core.cid import compute as compute_cid
+from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
+from core.ledger import make_genesis
+from core.policy import parse as parse_policy
+from core.tx import Transaction
+
+from agents.orderer import OrdererAgent
+from agents.peer import PeerAgent
+from agents.consortium import Manifest, enroll_id, enrollment_token
+from agents.keys import AgentKeys
+from agents.runtime import make_endpoint
+
+__all__ = ["main", "run_bench"]
+
+POLICY = """
+policy "bench" version 1
+default deny
+rule cardio:
+  allow read on label "cardiology"
+  when role == "doctor" and department == "cardiology"
+  approval auto
+"""
+
+
+class _TimedImpl:
+    """Delegates to core.ecdsa's backend, timing ``verify_digest`` in thread CPU time."""
+
+    def __init__(self, impl: Any, timer: "VerifyTimer"):
+        self._impl = impl
+        self._timer = timer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._impl, name)
+
+    def verify_digest(self, *args: Any) -> bool:
+        t = time.thread_time()
+        try:
+            return self._impl.verify_digest(*args)
+        finally:
+            self._timer.add(time.thread_time() - t)
+
+
+class VerifyTimer:
+    """Counts every ECDSA verification (ledger transactions, certificates, blocks, bus
+    envelopes) and the CPU time it takes, by wrapping core.ecdsa's backend."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._saved: Any = None
+
+    def add(self, dt: float) -> None:
+        with self._lock:
+            self.seconds += dt
+            self.calls += 1
+
+    def __enter__(self) -> "VerifyTimer":
+        self._saved = ecdsa._impl
+        ecdsa._impl = _TimedImpl(self._saved, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ecdsa._impl = self._saved
+
+    def reset(self) -> tuple[float, int]:
+        with self._lock:
+            out = (self.seconds, self.calls)
+            self.seconds, self.calls = 0.0, 0
+        return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def run_bench(n_txs: int, *, batch: int = 100, window: int = 4000, n_peers: int = 4,
+                    users: int = 8, data_dir: Path | None = None) -> dict[str, Any]:
+    tmp = tempfile.TemporaryDirectory(prefix="emrshare-bench-ledger-") if data_dir is None else None
+    root = Path(tmp.name) if tmp is not None else Path(data_dir)  # type: ignore[arg-type]
+    try:
+        return await _run(root, n_txs, batch, window, n_peers, users)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_users: int) -> dict[str, Any]:
+    okey = ecdsa.generate_private_key()
+    peer_keys = {f"peer-{'ab'[i * 2 // n_peers]}-{i + 1}": AgentKeys.generate() for i in range(n_peers)}
+    infos = [PeerInfo(pid, f"org-{pid[5]}", k.ecdsa_public, k.box_public, i + 1)
+             for i, (pid, k) in enumerate(peer_keys.items())]
+    config = ConsortiumConfig("bench", (OrgInfo("org-a", "A"), OrgInfo("org-b", "B")), tuple(infos), "orderer",
+                              ecdsa.public_key(okey), 2, created_at=int(time.time() * 1000))
+    genesis = make_genesis(config, okey).to_bytes()
+    static = {pid: k.ecdsa_public for pid, k in peer_keys.items()} | {"orderer": ecdsa.public_key(okey)}
+    secret = os.urandom(32)
+    manifest = Manifest("bench", genesis, "orderer", list(peer_keys), [], 2, {}, static,
+                        {"org-a": [p for p in peer_keys if "-a-" in p], "org-b": [p for p in peer_keys if "-b-" in p]})
+    peers: dict[str, PeerAgent] = {}
+    committed: dict[bytes, list] = {}  # tx id -> [submitted at, peers left, committed-by-all at, mark]
+
+    def listener(block, result):
+        now = time.perf_counter()
+        for raw, mark in zip(block.txs, result.marks):
+            entry = committed.get(hashlib.sha256(raw).digest())
+            if entry is not None:
+                entry[3] = mark
+                entry[1] -= 1
+                if entry[1] == 0:
+                    entry[2] = now
+                    done_count[0] += 1
+                    if done_count[0] == target[0]:
+                        all_done.set()
+
+    done_count, target = [0], [0]
+    all_done = trio.Event()
+    async with bus.open_node() as node:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(OrdererAgent(orderer_id="orderer", signing_key=okey, genesis=genesis,
+                                             data_dir=root / "orderer", directory=manifest.directory()).run, node)
+            for pid, keys in peer_keys.items():
+                peers[pid] = PeerAgent(peer_id=pid, keys=keys, genesis=genesis, data_dir=root / pid,
+                                       manifest=manifest, enroll_secret=secret)
+                await nursery.start(peers[pid].run, node)
+                peers[pid].add_commit_listener(listener)
+            pids = list(peers)
+
+            async def enroll(subject, org, attrs):
+                keys = AgentKeys.generate()
+                ep = make_endpoint(node, enroll_id(keys.ecdsa_public), keys.ecdsa_private, manifest.directory())
+                recv = keys.receive
+                reply = await ep.request(manifest.peer_orgs[org][0], "peer.enroll", {
+                    "subject": subject, "org": org, "attributes": attrs, "box_key": keys.box_public,
+                    "pre_key": recv.public.to_bytes(), "pre_proof": recv.prove(subject).to_bytes(),
+                    "valid_s": 86400, "token": enrollment_token(secret, subject, org, attrs)})
+                await ep.aclose()
+                for p in peers.values():
+                    await p.wait_for_height(reply["height"])
+                user_eps[subject] = (keys, make_endpoint(node, subject, keys.ecdsa_private, manifest.directory()))
+
+            user_eps: dict[str, tuple[AgentKeys, bus.Endpoint]] = {}
+            async with trio.open_nursery() as n:
+                for i in range(n_users):
+                    n.start_soon(enroll, f"patient-{i}", "org-a", {"role": "patient"})
+                    n.start_soon(enroll, f"doctor-{i}", "org-b", {"role": "doctor", "department": "cardiology"})
+            patients = [s for s in user_eps if s.startswith("patient")]
+            doctors = [s for s in user_eps if s.startswith("doctor")]
+            capsule = pre.encapsulate(user_eps[patients[0]][0].label_key("cardiology").public)[0].to_bytes()
+
+            def sign(subject, tx_type, body):
+                return Transaction.create(tx_type, subject, body, user_eps[subject][0].ecdsa_private,
+                                          int(time.time() * 1000)).to_bytes()
+
+            async def workload(name, txs: list[tuple[str, bytes]]) -> dict[str, Any]:
+                committed.clear()
+                done_count[0], target[0] = 0, len(txs)
+                nonlocal all_done
+                all_done = trio.Event()
+                in_flight = trio.Semaphore(max(1, window // batch))
+                timer.reset()
+                cpu0, t0 = time.process_time(), time.perf_counter()
+
+                async def send(k, chunk):
+                    try:
+                        subject = chunk[0][0]
+                        now = time.perf_counter()
+                        for _, raw in chunk:
+                            committed[hashlib.sha256(raw).digest()] = [now, len(peers), None, None]
+                        await user_eps[subject][1].request(pids[k % len(pids)], "peer.submit",
+                                                           {"txs": [raw for _, raw in chunk], "wait": False})
+                    finally:
+                        in_flight.release()
+
+                async with trio.open_nursery() as n:
+                    for k in range(0, len(txs), batch):
+                        await in_flight.acquire()
+                        n.start_soon(send, k // batch, txs[k:k + batch])
+                await all_done.wait()
+                wall = time.perf_counter() - t0
+                cpu = time.process_time() - cpu0
+                verify_s, verify_calls = timer.reset()
+                lat = [(e[2] - e[0]) * 1000 for e in committed.values()]
+                valid = sum(1 for e in committed.values() if e[3] == "ok")
+                return {
+                    "workload": name, "transactions": len(txs), "valid": valid, "seconds": round(wall, 3),
+                    "tx_per_s": round(len(txs) / wall, 1),
+                    "latency_ms": {"p50": round(_pct(lat, 0.5), 1), "p90": round(_pct(lat, 0.9), 1),
+                                   "p99": round(_pct(lat, 0.99), 1)},
+                    "verify_calls": verify_calls, "verify_s": round(verify_s, 3),
+                    "cpu_s": round(cpu, 3), "verify_share_of_cpu": round(verify_s / cpu, 3) if cpu else None,
+                }
+
+            results = []
+            with VerifyTimer() as timer:
+                stores = [(p := patients[i % len(patients)], sign(p, "store", {
+                    "record_id": f"rec-{i}", "label": "cardiology", "cid": compute_cid(b"%d" % i), "size": i,
+                    "media_type": "application/fhir+json", "capsule": capsule})) for i in range(n_txs)]
+                results.append(await workload("store", stores))
+                # policies for every patient (not measured), then access requests against the stored records
+                for p in patients:
+                    await user_eps[p][1].request(pids[0], "peer.submit", {"tx": sign(p, "set_policy", {
+                        "policy": parse_policy(POLICY).to_msgpack()}), "wait": True})
+                for p in peers.values():
+                    await p.wait_for_height(peers[pids[0]].height)
+                reqs = [(d := doctors[i % len(doctors)], sign(d, "access_request", {
+                    "request_id": f"req-{i}", "patient": patients[i % len(patients)], "record_id": f"rec-{i}",
+                    "operation": "read", "purpose": None})) for i in range(n_txs)]
+                results.append(await workload("access_request", reqs))
+            # every peer ends at the same state
+            heads = {p.ledger.head() for p in peers.values()}
+            if len(heads) != 1:
+                raise RuntimeError("peers disagree on the head after the benchmark")
+            sample = peers[pids[0]].ledger.get("request/req-0")
+            if sample is None or sample["decision"]["effect"] != "allow":
+                raise RuntimeError("access requests were not evaluated as expected")
+            nursery.cancel_scope.cancel()
+    return {"backend": backend_name(), "ecdsa": ecdsa.ecdsa_backend_name(), "peers": n_peers,
+            "batch": batch, "window": window, "cores": os.cpu_count(), "results": results}
+
+
+def _table(report: dict[str, Any]) -> str:
+    lines = [f"ledger commit: {report['peers']} peers + embedded orderer, in-memory bus, one process "
+             f"(pairing {report['backend']}, ECDSA {report['ecdsa']}, {report['cores']} cores)",
+             f"{'workload':<16}{'txs':>8}{'tx/s':>10}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}"
+             f"{'verifies':>10}{'verify/CPU':>12}"]
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        lines.append(f"{r['workload']:<16}{r['transactions']:>8}{r['tx_per_s']:>10.0f}{lat['p50']:>10.1f}"
+                     f"{lat['p90']:>10.1f}{lat['p99']:>10.1f}{r['verify_calls']:>10}"
+                     f"{r['verify_share_of_cpu'] * 100:>11.1f}%")
+    lines.append("committed = applied and persisted by all peers; latency = submit -> last peer's commit")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emrshare bench ledger", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 transactions per workload (default 5,000)")
+    parser.add_argument("--txs", type=int, default=None, help="transactions per workload")
+    parser.add_argument("--batch", type=int, default=100, help="transactions per peer.submit")
+    parser.add_argument("--window", type=int, default=4000, help="transactions in flight at most")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    n = args.txs or (1000 if args.quick else 5000)
+    report = trio.run(lambda: run_bench(n, batch=args.batch, window=args.window))
+    print(_table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""``emrshare loadtest``: load testing, fault injection and the performance report.
+
+What it does, in order:
+
+1. Target: an embedded swarm it starts (default: in-process; ``--processes``
+   or ``--faults``: one process per agent), or an existing deployment
+   (``--target FILE``, format in :mod:`agents.bench.loadtest.target`).
+2. Setup: opens ``--patients`` patient and ``--doctors`` doctor agents,
+   registers them, sets every patient's policy and stores one record each
+   (timed, reported as setup phases, outside the measured window).
+3. Probe: a few isolated store / access / read operations, measuring bus
+   bytes per operation (next to the paper's Table 4) and, with an in-process
+   swarm, every pairing, GT and ECDSA call they cause.
+4. Unit costs of pairing, GT decode, GT multi-exponentiation and ECDSA
+   sign/verify, timed now, in this run.
+5. Optional saturation run (``--saturation SECONDS``): closed loop, accesses
+   only, at ``--saturation-concurrency``; gives the access saturation rate and
+   the efficiency figure (throughput / crypto-bound limit, see
+   :mod:`agents.bench.loadtest.costs`).
+6. The run: the workload mix (:mod:`agents.bench.loadtest.workload`) closed-loop at
+   ``--concurrency`` or open-loop at ``--rate`` (``--rate half``: half the
+   saturation rate), for ``--duration`` seconds or ``--ops`` operations after
+   ``--warmup`` seconds that are not recorded; live progress on stderr;
+   faults injected on schedule (``--faults``, :mod:`agents.bench.loadtest.faults`).
+7. Read-back: every acknowledged record is read by an authorized doctor and
+   compared byte for byte; the report says "0 lost, 0 corrupted" or lists them.
+8. Report: terminal table, ``--json FILE``, ``--html FILE``.
+
+Exit status: 0 when no record was lost or corrupted and every denial had the
+right reason; 1 otherwise; 2 for bad options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from agents.bench.loadtest.engine import Op as Op, Result as Result, RunSettings as RunSettings, run_load as run_load
+from agents.bench.loadtest.metrics import Recorder as Recorder, Sample as Sample, percentile as percentile
+from agents.bench.loadtest.report import render_html as render_html, render_text as render_text, to_json as to_json
+from agents.bench.loadtest.runner import Options as Options, run as run
+from agents.bench.loadtest.workload import DEFAULT_MIX, WorkloadSpec as WorkloadSpec
+
+__all__ = ["main", "run", "Options", "WorkloadSpec", "RunSettings", "Recorder", "Sample", "Op", "Result",
+           "run_load", "percentile", "render_text", "render_html", "to_json"]
+
+
+def _mix(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, weight = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"mix entries look like store=25, not {part!r}")
+        try:
+            out[name.strip()] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad weight in {part!r}") from None
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="emrshare loadtest", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Load test a swarm (the paper's phases under load), with optional fault injection.",
+        epilog="examples:\n"
+               "  emrshare loadtest                                    # 20 patients, 5 doctors, 30 s\n"
+               "  emrshare loadtest --patients 200 --doctors 50 --duration 60 --saturation 15 --rate half \\\n"
+               "                    --json report.json --html report.html\n"
+               "  emrshare loadtest --faults --duration 60 --rate 10   # kill/stall/restart during the run\n"
+               "  emrshare loadtest --target deployment.toml           # an existing deployment\n\n"
+               "deployment.toml: manifest = \"manifest.json\", enroll_secrets = \"enroll.json\" (organization -> hex\n"
+               "secret), optional users_dir; paths relative to the file.")
+    g = p.add_argument_group("workload")
+    g.add_argument("--patients", type=int, default=20)
+    g.add_argument("--doctors", type=int, default=5)
+    g.add_argument("--mix", type=_mix, default=None,
+                   help="operation weights, default " + ",".join(f"{k}={v:g}" for k, v in DEFAULT_MIX.items()))
+    g.add_argument("--imaging-fraction", type=float, default=0.03,
+                   help="share of stores that are multi-MiB imaging blobs (default 0.03)")
+    g.add_argument("--imaging-mib", type=float, nargs=2, default=(1.0, 4.0), metavar=("MIN", "MAX"))
+    g.add_argument("--request-timeout", type=float, default=5.0, help="agents' request timeout, seconds")
+    g.add_argument("--seed", type=int, default=1)
+    g = p.add_argument_group("load")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--concurrency", type=int, default=None, help="closed loop: operations in flight (default 8)")
+    mode.add_argument("--rate", default=None,
+                      help="open loop: arrivals per second, or 'half' (half the measured access saturation rate)")
+    g.add_argument("--poisson", action="store_true", help="open loop: Poisson arrivals instead of evenly spaced")
+    g.add_argument("--duration", type=float, default=30.0, help="measured seconds after the warm-up (default 30)")
+    g.add_argument("--warmup", type=float, default=5.0, help="seconds not recorded at the start (default 5)")
+    g.add_argument("--ops", type=int, default=None, help="stop after this many recorded operations")
+    g.add_argument("--max-inflight", type=int, default=512)
+    g.add_argument("--saturation", type=float, default=None, metavar="SECONDS",
+                   help="first measure the access saturation rate for this long (default 0, or 15 with --rate half)")
+    g.add_argument("--saturation-concurrency", type=int, default=16)
+    g = p.add_argument_group("target")
+    g.add_argument("--target", type=Path, help="existing deployment config (TOML/JSON); default: embedded swarm")
+    g.add_argument("--processes", action="store_true", help="embedded swarm with one process per agent")
+    g.add_argument("--hospitals", type=int)
+    g.add_argument("--peers", type=int)
+    g.add_argument("--threshold", type=int)
+    g.add_argument("--storage-nodes", type=int)
+    g.add_argument("--data", type=Path, help="embedded swarm data directory (kept; default: temporary, removed)")
+    g.add_argument("--faults", nargs="?", const="tolerated", choices=("tolerated", "severe"),
+                   help="inject faults during the run (implies --processes)")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", type=Path, help="write the JSON report here")
+    g.add_argument("--html", type=Path, help="write the HTML report here")
+    g.add_argument("--probes", type=int, default=3, help="isolated probe operations of each kind (default 3)")
+    g.add_argument("--verbose", "-v", action="store_true")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    wspec = WorkloadSpec(patients=args.patients, doctors=args.doctors, imaging_fraction=args.imaging_fraction,
+                         imaging_mib=tuple(args.imaging_mib), request_timeout=args.request_timeout, seed=args.seed)
+    if args.mix is not None:
+        wspec.mix = args.mix
+    wspec.check()
+    rate_half = args.rate == "half"
+    rate = None
+    if args.rate is not None and not rate_half:
+        try:
+            rate = float(args.rate)
+        except ValueError:
+            raise ValueError(f"--rate must be a number or 'half', not {args.rate!r}") from None
+    settings = RunSettings(duration=args.duration, warmup=args.warmup,
+                           concurrency=None if (rate or rate_half) else (args.concurrency or 8),
+                           rate=rate if not rate_half else 1.0, poisson=args.poisson, ops=args.ops,
+                           max_inflight=args.max_inflight, seed=args.seed)
+    settings.check()
+    saturation = args.saturation if args.saturation is not None else (15.0 if rate_half else 0.0)
+    swarm = {k: getattr(args, k) for k in ("hospitals", "peers", "threshold", "storage_nodes")
+             if getattr(args, k) is not None}
+    if args.target and (args.faults or args.processes or swarm or args.data):
+        raise ValueError("--target excludes the embedded swarm's options (--faults, --processes, --peers, ...)")
+    return Options(workload=wspec, run=settings, rate_half=rate_half, saturation=saturation,
+                   saturation_concurrency=args.saturation_concurrency, target_config=args.target,
+                   processes=args.processes, swarm=swarm, data_dir=args.data, faults=args.faults,
+                   probes=args.probes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import trio
+
+    args = parser().parse_args(argv if argv is not None else sys.argv[1:])
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        opts = options_from_args(args)
+    except ValueError as exc:
+        print(f"emrshare loadtest: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = trio.run(run, opts)
+    except ValueError as exc:
+        print(f"emrshare loadtest: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_text(report))
+    if args.json:
+        args.json.write_text(to_json(report))
+        print(f"JSON report: {args.json}")
+    if args.html:
+        args.html.write_text(render_html(report))
+        print(f"HTML report: {args.html}")
+    c = report.get("correctness", {})
+    good = c.get("lost") == 0 and c.get("corrupted") == 0 and not report.get("denials", {}).get("wrong_outcomes")
+    return 0 if good else 1

@@ -1,0 +1,93 @@
+"""What a load test runs against: an embedded swarm it starts, or an existing deployment.
+
+An existing deployment is described by a TOML (or JSON) file::
+
+    # loadtest-target.toml
+    manifest = "/srv/emrshare/manifest.json"        # what `emrshare swarm up` writes:
+                                                    # peers, orderer and storage nodes with
+                                                    # their bus addresses and public keys
+    enroll_secrets = "/srv/emrshare/secrets/enroll.json"  # {"hospital-a": "<hex>", ...}:
+                                                    # the organizations' enrollment secrets,
+                                                    # so the load test can register its users
+    users_dir = "/tmp/emrshare-loadtest-users"      # optional: where the test users' keys go
+
+Relative paths are relative to the file. The manifest lists every peer and
+storage endpoint (``agents``: id -> ``tcp://host:port``); the load test opens
+one bus node routed by it. Fault injection needs the embedded swarm (it owns
+the processes it kills).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import bus
+
+from agents.consortium import Manifest, enrollment_token
+
+
+@dataclass
+class Target:
+    manifest: Manifest
+    node: Any  # bus.Node the users attach to
+    token: Callable[[str, str, dict], bytes]
+    user_dir: Callable[[str], Path]
+    description: str
+    swarm: Any = None  # agents.swarm.Swarm when embedded
+    info: dict = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def embedded(data_dir: Path, *, processes: bool = False, **spec_settings: Any) -> AsyncIterator[Target]:
+    from agents.swarm import Swarm, SwarmSpec
+
+    spec = SwarmSpec(data_dir=data_dir, processes=processes, **spec_settings)
+    async with Swarm.open(spec, fresh=True) as swarm:
+        yield Target(swarm.manifest, swarm.node, swarm.token, swarm.files.user_dir,
+                     f"embedded swarm ({'one process per agent' if processes else 'in-process'}): "
+                     f"{spec.hospitals} hospitals, {spec.peers} peers, threshold {spec.threshold}, "
+                     f"{spec.storage_nodes} storage nodes (replicas {spec.replicas}, write quorum "
+                     f"{spec.write_quorum})", swarm,
+                     {"kind": "embedded", "processes": processes, "hospitals": spec.hospitals, "peers": spec.peers,
+                      "threshold": spec.threshold, "storage_nodes": spec.storage_nodes, "replicas": spec.replicas,
+                      "write_quorum": spec.write_quorum})
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    text = path.read_bytes()
+    doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode())
+    doc = doc.get("target", doc)
+    for key in ("manifest", "enroll_secrets"):
+        if not isinstance(doc.get(key), str):
+            raise ValueError(f"{path}: needs a string {key!r} (see `emrshare loadtest --help`)")
+    base = path.resolve().parent
+    out = {k: (base / doc[k]) for k in ("manifest", "enroll_secrets")}
+    out["users_dir"] = base / doc["users_dir"] if isinstance(doc.get("users_dir"), str) else None
+    return out
+
+
+@contextlib.asynccontextmanager
+async def existing(config_path: Path) -> AsyncIterator[Target]:
+    cfg = load_config(config_path)
+    manifest = Manifest.from_json(cfg["manifest"].read_text())
+    secrets_ = {k: bytes.fromhex(v) for k, v in json.loads(cfg["enroll_secrets"].read_text()).items()}
+    users = cfg["users_dir"] or Path(tempfile.mkdtemp(prefix="emrshare-loadtest-users-"))
+
+    def token(subject: str, org: str, attributes: dict) -> bytes:
+        if org not in secrets_:
+            raise ValueError(f"no enrollment secret for {org!r} in {cfg['enroll_secrets']}")
+        return enrollment_token(secrets_[org], subject, org, attributes)
+
+    async with bus.open_node(routes=manifest.agents) as node:
+        yield Target(manifest, node, token, lambda s: users / s,
+                     f"deployment {manifest.consortium} from {config_path}: {len(manifest.peers)} peers "
+                     f"(threshold {manifest.threshold}), {len(manifest.storage)} storage nodes",
+                     None, {"kind": "existing", "config": str(config_path), "peers": len(manifest.peers),
+                            "threshold": manifest.threshold, "storage_nodes": len(manifest.storage)})

@@ -1,0 +1,184 @@
+"""``emrshare ledger verify`` and ``emrshare ledger audit``: offline checks of a peer's data directory.
+
+``verify`` re-applies every stored block to a fresh in-memory ledger from the
+stored genesis and checks, block by block: the block decodes, its stored hash
+is its hash, it extends the previous one, its Merkle root and orderer
+signature hold (``Ledger.apply``), and the validity marks and state root the
+peer stored are the ones recomputed; at the end, the stored world state must
+equal the replayed one key for key. It names the first bad block (exit 1) or
+prints ``chain OK: N blocks, root <hex>``.
+
+``audit`` prints a patient's access history from the stored state: who
+requested what, the policy decision and rule, who granted, which peers
+re-encrypted, revocations, with UTC times; ``--json`` for machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from core import canonical
+from core.errors import CoreError, DecodeError, ValidationError
+from core.ledger import Block, Ledger, MemoryKV
+
+from agents.ledger_store import LedgerStore, StoreError
+
+__all__ = ["verify_main", "audit_main", "verify_store", "audit_events", "DB_NAME"]
+
+DB_NAME = "ledger.sqlite"
+
+
+class ChainError(Exception):
+    def __init__(self, height: int | None, message: str):
+        super().__init__(f"block {height}: {message}" if height is not None else message)
+        self.height = height
+
+
+def _open(data: Path) -> LedgerStore:
+    path = data / DB_NAME if data.is_dir() else data
+    return LedgerStore(path, readonly=True)
+
+
+def verify_store(store: LedgerStore) -> tuple[int, bytes]:
+    """Replay and check the whole stored chain; (last height, state root) or ChainError."""
+    rows = list(store.block_rows())
+    if not rows or rows[0][0] != 0:
+        raise ChainError(0, "no genesis block stored")
+    try:
+        genesis = Block.from_bytes(rows[0][2])
+        if genesis.hash != rows[0][1]:
+            raise ChainError(0, "stored hash is not the genesis block's hash")
+        kv = MemoryKV()
+        ledger = Ledger(genesis, kv)
+    except (DecodeError, CoreError) as exc:
+        raise ChainError(0, f"genesis does not verify: {exc}") from None
+    expected = 1
+    for height, stored_hash, data, marks, root in rows[1:]:
+        if height != expected:
+            raise ChainError(expected, "missing from the store")
+        try:
+            block = Block.from_bytes(data)
+        except DecodeError as exc:
+            raise ChainError(height, f"does not decode: {exc}") from None
+        if block.height != height:
+            raise ChainError(height, f"stored at height {height} but says {block.height}")
+        if block.hash != stored_hash:
+            raise ChainError(height, "stored hash is not the block's hash")
+        try:
+            result = ledger.apply(block)
+        except ValidationError as exc:
+            raise ChainError(height, f"{exc.code}: {exc.message}") from None
+        if marks is None or canonical.unpack(marks) != list(result.marks):
+            raise ChainError(height, "stored validity marks differ from the recomputed ones")
+        if root != result.state_root:
+            raise ChainError(height, "stored state root differs from the recomputed one")
+        kv.apply(result.writes)
+        expected += 1
+    stored = dict(store.state_items())
+    if stored != kv.data:
+        differing = sorted(set(stored) ^ set(kv.data) | {k for k in stored.keys() & kv.data.keys()
+                                                           if stored[k] != kv.data[k]})
+        raise ChainError(None, f"stored world state differs from the replayed chain at key {differing[0]!r}"
+                               f" ({len(differing)} keys differ)")
+    height, _, root = ledger.head()
+    return height, root
+
+
+def verify_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emrshare ledger verify", description="verify a peer's stored chain")
+    parser.add_argument("--data", type=Path, required=True, help="the peer's data directory (or its ledger.sqlite)")
+    args = parser.parse_args(argv)
+    try:
+        store = _open(args.data)
+    except (StoreError, OSError) as exc:
+        print(f"cannot open the ledger: {exc}", file=sys.stderr)
+        return 2
+    try:
+        height, root = verify_store(store)
+    except ChainError as exc:
+        print(f"chain BAD: {exc}")
+        return 1
+    finally:
+        store.close()
+    print(f"chain OK: {height + 1} blocks, root {root.hex()}")
+    return 0
+
+
+# ------------------------------------------------------------------ audit
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def audit_events(store: LedgerStore, patient: str) -> list[dict[str, Any]]:
+    return [canonical.unpack(v, max_size=1 << 22, what=k) for k, v in store.scan(f"audit/{patient}/")]
+
+
+def describe(event: dict[str, Any]) -> str:
+    kind, actor = event["event"], event["actor"]
+    if kind == "store":
+        what = f"{actor} stored record {event.get('record_id')} (label {event.get('label')}, cid {event.get('cid')})"
+    elif kind == "set_policy":
+        what = f"{actor} set policy {event.get('policy')!r} version {event.get('version')}"
+    elif kind == "access_request":
+        d = event.get("decision") or {}
+        what = (f"{actor} requested record {event.get('record_id')} (request {event.get('request_id')}): "
+                f"{d.get('effect', '?')} by rule {d.get('rule', '?')}"
+                + (f", approval {d['approval']}" if d.get("approval") else "")
+                + (f" - {d['reason']}" if d.get("reason") else ""))
+    elif kind == "grant":
+        what = (f"{actor} granted {event.get('doctor')} label {event.get('label')} (grant {event.get('grant_id')}, "
+                f"request {event.get('request_id')}, shares at {', '.join(event.get('peers') or [])})")
+    elif kind == "deny_request":
+        what = f"{actor} rejected request {event.get('request_id')} of {event.get('doctor')}: {event.get('reason')}"
+    elif kind == "revoke_grant":
+        what = f"{actor} revoked grant {event.get('grant_id')} of {event.get('doctor')}: {event.get('reason')}"
+    elif kind == "access":
+        what = (f"{actor} re-encrypted record {event.get('record_id')} for {event.get('doctor')} "
+                f"(grant {event.get('grant_id')}, share {event.get('share_index')})")
+    else:
+        what = f"{kind} by {actor}"
+    return f"{_utc(event['time'])}  block {event['height']:>6}  {what}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def audit_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emrshare ledger audit", description="a patient's access history")
+    parser.add_argument("--data", type=Path, required=True, help="a peer's data directory (or its ledger.sqlite)")
+    parser.add_argument("--patient", required=True)
+    parser.add_argument("--json", action="store_true", help="print JSON (times as Unix ms and UTC text)")
+    args = parser.parse_args(argv)
+    try:
+        store = _open(args.data)
+    except (StoreError, OSError) as exc:
+        print(f"cannot open the ledger: {exc}", file=sys.stderr)
+        return 2
+    try:
+        events = audit_events(store, args.patient)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([{**_jsonable(e), "utc": _utc(e["time"])} for e in events], indent=2, sort_keys=True))
+        return 0
+    if not events:
+        print(f"no ledger events for {args.patient}")
+        return 0
+    print(f"access history of {args.patient} ({len(events)} events)")
+    for e in events:
+        print(describe(e))
+    return 0

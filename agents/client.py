@@ -1,0 +1,676 @@
+"""What the patient and doctor agents share: configuration, keys, state, endpoints, ledger calls.
+
+:class:`UserConfig` says who the user is and where its deployment is;
+:class:`UserAgent` is the base of :class:`agents.patient.PatientAgent` and
+:class:`agents.doctor.DoctorAgent`. It owns
+
+* the keys (:class:`agents.runtime.AgentKeys`, generated on first open and kept
+  encrypted in ``data_dir/keys.bin``) and small local state
+  (``data_dir/state.msgpack``: certificate, record index, grants, grant cache),
+  written atomically after every change so an agent reopened from its
+  directory continues where it stopped;
+* its bus endpoint (agent id = subject) and, while registering, a second one
+  with the self-certifying id ``enroll:<hex key>`` (docs/protocol.md);
+* its key directory: the manifest's static keys plus certificates learned from
+  peers (``peer.query cert``), each checked against its issuing peer's key
+  from the genesis. An envelope from a user it does not know yet makes it look
+  the certificate up in the background, so the sender's retry gets through;
+* peer selection (the configured peer, else the first of its organization;
+  reads fail over to the other peers), submit-and-wait and queries;
+* peer health (:class:`agents.health.AgentHealth`, shared by the agents on one
+  bus node): a peer that timed out or could not be reached is tried last for
+  ``cooldown`` seconds (then probed by one request), for queries, submits,
+  share deliveries and re-encryption requests.
+
+Submitting safely through another peer: a transaction is signed once and the
+SAME bytes are re-sent when the first peer did not answer (timeout, broken
+connection, ``submit.timeout``). The ledger keeps at most one copy: a second
+copy is marked ``replayed_nonce`` (its nonce is already used; a nonce is only
+recorded for a valid transaction) or, in the same block, ``duplicate_in_block``.
+After a failover such a mark therefore means "the first copy committed": it is
+confirmed by reading the transaction's effect (the record, request, grant, ...
+with this submitter) and reported as success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import msgpack
+import trio
+
+import bus
+from core import pre
+from core.errors import CoreError, DecodeError
+from core.identity import Certificate, ConsortiumConfig
+from core.ledger import Ledger, MemoryKV, Block
+from core.tx import Transaction
+
+from agents.health import AgentHealth
+from agents.errors import AgentError, CertificateRevoked, RegistrationError, TransactionRejected, Unavailable
+from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory, Manifest, enroll_id
+from agents.keys import AgentKeys, KeyStore, atomic_write
+from agents.runtime import make_endpoint, run_crypto
+
+__all__ = ["UserConfig", "UserAgent", "CERT_VALIDITY_S", "SUSPECT_TIMEOUT"]
+
+log = logging.getLogger("agents.user")
+
+CERT_VALIDITY_S = 365 * 86400
+STATE_FILE = "state.msgpack"
+KEY_FILE = "keys.bin"
+_TRANSPORT_ERRORS = (bus.UnreachableError, bus.BrokenError, bus.ClosedError)
+_LOOKUP_INTERVAL = 2.0  # seconds between background certificate look-ups of one unknown id
+_MAX_LOOKUPS = 16  # background look-ups in flight
+_STORAGE_RETRIES = 7
+_HEAD_TIMEOUT = 2.0  # a peer that cannot say its height within this is not waited for
+SUSPECT_TIMEOUT = 2.0  # request timeout for a peer that failed lately (asked only as a last resort)
+# marks a re-sent copy of a transaction gets when the first copy committed
+_COPY_MARKS = ("replayed_nonce", "duplicate_in_block")
+
+
+@dataclass
+class UserConfig:
+    """Who a user agent is and where its deployment is.
+
+    ``attributes`` go on the certificate (``role`` is required: ``"patient"``,
+    ``"doctor"``, ``"nurse"``, ...). ``data_dir`` holds the encrypted keys and
+    the local state. Give exactly one of ``passphrase`` or ``key_file`` (a
+    32-byte file, see :meth:`agents.runtime.KeyStore.create_key_file`);
+    ``fast_kdf`` makes the passphrase KDF cheap (tests only). ``peer`` is the
+    preferred peer (default: the first of ``org``'s). ``listen`` is the bus
+    address this agent accepts connections on when it opens its own node
+    (patients: so doctors can reach them, e.g. ``"tcp://127.0.0.1:0"``).
+    ``routes`` adds bus routes (agent id -> address) beyond the manifest's,
+    e.g. where a patient listens, for a doctor that opens its own node.
+    """
+
+    subject: str
+    org: str
+    attributes: dict
+    data_dir: Path
+    manifest: Manifest
+    passphrase: str | None = None
+    key_file: Path | None = None
+    fast_kdf: bool = False
+    peer: str | None = None
+    listen: str | None = None
+    request_timeout: float = 30.0
+    routes: dict = field(default_factory=dict)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _unknown_sender(exc: BaseException) -> bool:
+    """True if every node behind ``exc`` refused us as an unknown sender."""
+    causes = getattr(exc, "causes", None)
+    if causes:
+        return all(_unknown_sender(c) for c in causes.values())
+    return getattr(exc, "code", None) == "unknown-sender"
+
+
+def remote_error(exc: bus.RemoteError, what: str) -> AgentError:
+    """An AgentError carrying a peer's error code (for codes with no dedicated type)."""
+    if exc.code == "unknown-sender":
+        return RegistrationError(f"{what}: {exc.peer or 'the peer'} does not know this agent "
+                                 "(not registered, or its certificate was revoked)", code="agent.unknown")
+    return AgentError(f"{what}: {exc.peer or 'peer'} answered [{exc.code}] {exc.message}", code=exc.code)
+
+
+class UserAgent:
+    """Base of the patient and doctor agents (see the module docstring).
+
+    Open with the subclass's ``open()`` async context manager; do not
+    construct directly.
+    """
+
+    def __init__(self, config: UserConfig, keys: AgentKeys, node: bus.Node, nursery: trio.Nursery):
+        self.config = config
+        self.subject = config.subject
+        self.manifest = config.manifest
+        self.keys = keys
+        self.node = node
+        self._nursery = nursery
+        self.consortium: ConsortiumConfig = Ledger(Block.from_bytes(config.manifest.genesis), MemoryKV()).config
+        self._peer_info = {p.id: p for p in self.consortium.peers}
+        self._directory: ConsortiumDirectory = config.manifest.directory()
+        self._lookups: dict[str, float] = {}
+        self._lookups_running = 0
+        self._certs: dict[str, Certificate] = {}  # verified, not revoked, as of last look-up
+        self._state_lock = trio.Lock()
+        self.state: dict[str, Any] = {"cert": None}
+        self.address: str | None = None
+        self.endpoint: bus.Endpoint = make_endpoint(node, self.subject, keys.ecdsa_private, self._lookup_key)
+        self.health: AgentHealth = AgentHealth.for_node(node)
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def _open(cls, config: UserConfig, node: bus.Node | None, **kwargs: Any) -> AsyncIterator[Any]:
+        data_dir = Path(config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        keys = await trio.to_thread.run_sync(_load_or_create_keys, config)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                address = None
+                if node is None:
+                    routes = {**config.manifest.agents, **config.routes}
+                    node = await stack.enter_async_context(bus.open_node(routes=routes))
+                    if config.listen:
+                        address = await node.listen(config.listen)
+                else:
+                    for agent, addr in config.routes.items():
+                        node.add_route(agent, addr)
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                agent = cls(config, keys, node, nursery, **kwargs)
+                agent.address = address
+                stack.push_async_callback(agent._close)
+                await agent._load_state()
+                if agent.certificate is not None:
+                    agent._directory.set_certificate(agent.subject, agent.certificate.ecdsa_key)
+                yield agent
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # the caller's own exception, not wrapped in our nurseries' groups
+            lone = _lone(group)
+            if lone is None:
+                raise
+            raise lone from None
+
+    async def _close(self) -> None:
+        await self.endpoint.aclose()
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config.data_dir)
+
+    async def _load_state(self) -> None:
+        path = self.data_dir / STATE_FILE
+
+        def load() -> dict | None:
+            try:
+                return msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+            except FileNotFoundError:
+                return None
+
+        loaded = await trio.to_thread.run_sync(load)
+        if loaded is not None:
+            if not isinstance(loaded, dict) or loaded.get("subject") != self.subject:
+                raise AgentError(f"{path} holds the state of another subject or is corrupt")
+            self.state.update(loaded)
+        self.state["subject"] = self.subject
+
+    async def save_state(self) -> None:
+        """Persist the local state (atomically; serialized so the newest wins)."""
+        async with self._state_lock:
+            data = msgpack.packb(self.state, use_bin_type=True)
+            await trio.to_thread.run_sync(atomic_write, self.data_dir / STATE_FILE, data)
+
+    @property
+    def certificate(self) -> Certificate | None:
+        """This agent's certificate once registered."""
+        raw = self.state.get("cert")
+        return None if raw is None else Certificate.from_dict(raw)
+
+    @property
+    def registered(self) -> bool:
+        return self.state.get("cert") is not None
+
+    def _require_registered(self) -> None:
+        if not self.registered:
+            raise RegistrationError(f"{self.subject} is not registered yet: call register(token) first",
+                                    code="agent.unregistered")
+
+    # ------------------------------------------------------------ directory
+
+    def _lookup_key(self, agent: str) -> bytes | None:
+        """The bus directory: known keys, else look the certificate up in the background."""
+        key = self._directory(agent)
+        if key is not None or agent.startswith(ENROLL_PREFIX) or agent in self._peer_info:
+            return key
+        now = trio.current_time()
+        if now - self._lookups.get(agent, -1e9) >= _LOOKUP_INTERVAL and self._lookups_running < _MAX_LOOKUPS:
+            if len(self._lookups) > 4096:
+                self._lookups.clear()
+            self._lookups[agent] = now
+            self._lookups_running += 1
+            self._nursery.start_soon(self._background_lookup, agent)
+        return None
+
+    async def _background_lookup(self, agent: str) -> None:
+        try:
+            await self.lookup_certificate(agent)
+        except Exception as exc:  # a bad answer must not take the agent down
+            log.info("%s: certificate look-up of %r failed: %s", self.subject, agent, exc)
+        finally:
+            self._lookups_running -= 1
+
+    async def lookup_certificate(self, subject: str, *, fresh: bool = True) -> Certificate | None:
+        """The committed, non-revoked certificate of ``subject`` (None if absent or revoked).
+
+        The certificate is checked against its issuing peer's key from the
+        genesis; a good one is added to the bus directory, a revoked one removed.
+        """
+        if not fresh and subject in self._certs:
+            return self._certs[subject]
+        entry = await self.query({"what": "cert", "subject": subject})
+        if entry is None or entry.get("revoked"):
+            self._directory.set_certificate(subject, None)
+            self._certs.pop(subject, None)
+            return None
+        cert = self._check_certificate(entry.get("cert"), subject)
+        self._directory.set_certificate(subject, cert.ecdsa_key)
+        self._certs[subject] = cert
+        return cert
+
+    def _check_certificate(self, raw: Any, subject: str) -> Certificate:
+        try:
+            cert = Certificate.from_dict(raw)
+        except DecodeError as exc:
+            raise AgentError(f"certificate of {subject} is malformed: {exc}", code="integrity") from exc
+        issuer = self._peer_info.get(cert.issuer)
+        if cert.subject != subject or issuer is None or issuer.org != cert.org:
+            raise AgentError(f"certificate of {subject} names the wrong subject or issuer", code="integrity")
+        try:
+            cert.verify_signature(issuer.ecdsa_key)
+        except CoreError as exc:
+            raise AgentError(str(exc), code="integrity") from exc
+        return cert
+
+    # ------------------------------------------------------------ peers
+
+    @property
+    def home_peer(self) -> str:
+        if self.config.peer:
+            return self.config.peer
+        org_peers = self.manifest.peer_orgs.get(self.config.org) or []
+        if org_peers:
+            return org_peers[0]
+        return self.manifest.peers[0]
+
+    def peer_order(self) -> list[str]:
+        """The home peer first, then the others (same organization first)."""
+        home = self.home_peer
+        same = [p for p in self.manifest.peer_orgs.get(self.config.org, []) if p != home]
+        rest = [p for p in self.manifest.peers if p != home and p not in same]
+        return [home] + same + rest
+
+    @property
+    def commit_wait(self) -> float:
+        """How long to poll for an entry another agent says it committed (read-your-writes
+        across peers): half the request timeout, between 2 and 5 s."""
+        return min(5.0, max(2.0, self.config.request_timeout / 2))
+
+    def peers_by_health(self) -> list[str]:
+        """:meth:`peer_order`, peers that failed lately last (see :class:`AgentHealth`)."""
+        return self.health.order(self.peer_order(), self._probe_peer)
+
+    def _probe_peer(self, peer: str) -> None:
+        """Find out in the background whether a peer that failed lately is back."""
+        try:
+            self._nursery.start_soon(self._probe, peer)
+        except RuntimeError:  # closing: the probe window lapses and someone else probes
+            pass
+
+    async def _probe(self, peer: str) -> None:
+        with contextlib.suppress(bus.BusError):
+            await self.peer_request(peer, "peer.query", {"what": "head"}, timeout=SUSPECT_TIMEOUT)
+
+    async def peer_request(self, peer: str, kind: str, body: dict, *, timeout: float | None = None) -> Any:
+        """``endpoint.request`` to a server agent, noting in :attr:`health` whether it answered
+        (an error reply counts as an answer; a timeout or a transport failure does not)."""
+        timeout = self.config.request_timeout if timeout is None else timeout
+        try:
+            reply = await self.endpoint.request(peer, kind, body, timeout=timeout)
+        except bus.RemoteError:
+            self.health.success(peer)
+            raise
+        except (bus.RequestTimeout, *_TRANSPORT_ERRORS):
+            self.health.failure(peer)
+            raise
+        self.health.success(peer)
+        return reply
+
+    async def call_peer(self, kind: str, body: dict, *, timeout: float | None = None,
+                        failover: bool = True) -> Any:
+        """Request ``kind`` from the home peer (healthy peers first); on a timeout or
+        transport failure (and ``failover``) from the next.
+
+        Raises :class:`bus.RemoteError` as the peer answered, :class:`Unavailable`
+        when no peer answered.
+        """
+        errors: dict[str, str] = {}
+        timeout = self.config.request_timeout if timeout is None else timeout
+        use, avoid = self.health.split(self.peer_order(), self._probe_peer) if failover else ([self.home_peer], [])
+        # a peer that failed lately gets a short leash when it is the last resort after
+        # healthy ones (not when every peer failed lately: then all may just be busy)
+        leash = min(timeout, SUSPECT_TIMEOUT) if use else timeout
+        for peer in use + avoid:
+            try:
+                return await self.peer_request(peer, kind, body, timeout=leash if peer in avoid else timeout)
+            except bus.RequestTimeout as exc:
+                errors[peer] = f"timeout: {exc}"
+            except _TRANSPORT_ERRORS as exc:
+                errors[peer] = f"{type(exc).__name__}: {exc}"
+        raise Unavailable(f"no peer answered {kind}: " + "; ".join(f"{p}: {e}" for p, e in errors.items()))
+
+    async def explain_unknown(self, exc: AgentError) -> AgentError:
+        """Turn a peer's "unknown sender" into CertificateRevoked when that is the reason.
+
+        Peers drop revoked certificates from their key directory, so a revoked
+        agent only hears "unknown sender"; it asks (from its self-certifying
+        enrollment id, which peers accept for certificate queries) whether its
+        own certificate is revoked.
+        """
+        if exc.code != "agent.unknown":
+            return exc
+        ep = make_endpoint(self.node, enroll_id(self.keys.ecdsa_public), self.keys.ecdsa_private, self._lookup_key)
+        try:
+            entry = await ep.request(self.home_peer, "peer.query", {"what": "cert", "subject": self.subject},
+                                     timeout=self.config.request_timeout)
+        except bus.BusError:
+            return exc
+        finally:
+            await ep.aclose()
+        if isinstance(entry, dict) and entry.get("revoked"):
+            return CertificateRevoked(f"the certificate of {self.subject} is revoked: "
+                                      f"{entry.get('revoke_reason', 'no reason given')}")
+        return exc
+
+    async def query(self, body: dict) -> Any:
+        """``peer.query`` (see docs/protocol.md), failing over between peers."""
+        try:
+            return await self.call_peer("peer.query", body)
+        except bus.RemoteError as exc:
+            raise remote_error(exc, f"query {body.get('what')}") from None
+
+    async def query_committed(self, body: dict, *, wait: float = 2.0) -> Any:
+        """Like :meth:`query`, for an entry another agent just committed through another
+        peer: peers apply blocks independently, so when the first peer asked has
+        nothing yet, ask the others (committed state is final: whichever peer has
+        applied the block answers the same) and poll briefly until one has it;
+        return None if none has after ``wait`` seconds."""
+        delay = 0.02
+        deadline = trio.current_time() + wait
+        first = True
+        while True:
+            entry = await self.query(body) if first else await self._query_any(body, deadline)
+            if entry is not None or trio.current_time() >= deadline:
+                return entry
+            if not first:
+                await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
+                delay = min(delay * 2, 0.25)
+            first = False
+
+    async def _query_any(self, body: dict, deadline: float) -> Any:
+        """Ask every usable peer in parallel; the first non-None answer (else None)."""
+        found: list[Any] = []
+        refused: list[bus.RemoteError] = []
+        use, _ = self.health.split(self.peer_order(), self._probe_peer)
+        timeout = max(0.05, min(self.config.request_timeout, deadline - trio.current_time()))
+
+        async def ask(peer: str, done: trio.CancelScope) -> None:
+            try:
+                entry = await self.peer_request(peer, "peer.query", body, timeout=timeout)
+            except bus.RemoteError as exc:
+                refused.append(exc)
+                return
+            except (bus.RequestTimeout, *_TRANSPORT_ERRORS):
+                return
+            if entry is not None:
+                found.append(entry)
+                done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for peer in use or self.peer_order():
+                nursery.start_soon(ask, peer, nursery.cancel_scope)
+        if found:
+            return found[0]
+        # a peer a block behind on our own certificate says unknown-sender: not final
+        final = [exc for exc in refused if exc.code != "unknown-sender"]
+        if final:
+            raise remote_error(final[0], f"query {body.get('what')}")
+        return None
+
+    async def wait_for_peers(self, height: int, *, timeout: float = 5.0) -> list[str]:
+        """Wait (at most ``timeout`` s) until every reachable peer has applied block
+        ``height``; return the peers that did. Peers that failed lately, or that do
+        not answer a height query within a couple of seconds (stalled), are not
+        waited for."""
+        done: list[str] = []
+        use, _ = self.health.split(self.manifest.peers, self._probe_peer)
+
+        async def follow(peer: str) -> None:
+            delay = 0.02
+            while True:
+                try:
+                    head = await self.peer_request(peer, "peer.query", {"what": "head"},
+                                                   timeout=min(timeout, _HEAD_TIMEOUT))
+                except bus.BusError:
+                    return
+                if isinstance(head, dict) and isinstance(head.get("height"), int) and head["height"] >= height:
+                    done.append(peer)
+                    return
+                await trio.sleep(delay)
+                delay = min(2 * delay, 0.25)
+
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                for peer in use:
+                    nursery.start_soon(follow, peer)
+        return done
+
+    async def submit(self, tx_type: str, body: dict) -> dict:
+        """Sign and submit a transaction, wait for its block; return ``{tx_id, height, mark}``.
+
+        Raises :class:`TransactionRejected` when the ledger marks it invalid.
+        Peers are tried healthy first; when one does not answer (timeout, broken
+        connection, ``submit.timeout``, ``submit.unavailable``) the same bytes go
+        to the next (see the module docstring: the ledger commits one copy).
+        A copy marked ``replayed_nonce``/``duplicate_in_block`` after such a
+        failover is checked against the ledger and returned as ``ok`` (with
+        ``"resubmitted": True``). :class:`Unavailable` when no peer took it
+        within about twice ``request_timeout``.
+        """
+        tx = Transaction.create(tx_type, self.subject, body, self.keys.ecdsa_private, _now_ms())
+        raw = tx.to_bytes()
+        errors: dict[str, str] = {}
+        reply = None
+        may_be_queued = False  # a copy may have reached the orderer
+        answered_by = None
+        timeout = self.config.request_timeout
+        deadline = trio.current_time() + 2 * timeout
+        for peer in self.peers_by_health():
+            left = deadline - trio.current_time()
+            if left <= 0:
+                break
+            try:
+                reply = await self.peer_request(peer, "peer.submit", {"tx": raw, "wait": True},
+                                                timeout=min(timeout, left))
+                answered_by = peer
+                break
+            except (bus.RequestTimeout, bus.BrokenError) as exc:
+                errors[peer] = f"{type(exc).__name__}: {exc}"
+                may_be_queued = True
+            except (bus.UnreachableError, bus.ClosedError) as exc:
+                errors[peer] = f"{type(exc).__name__}: {exc}"
+            except bus.RemoteError as exc:
+                if exc.code in ("submit.timeout", "submit.unavailable"):
+                    errors[peer] = f"[{exc.code}] {exc.message}"
+                    may_be_queued = True
+                    continue
+                raise remote_error(exc, f"{tx_type} transaction") from None
+        if reply is None:
+            detail = "; ".join(f"{p}: {e}" for p, e in errors.items())
+            raise Unavailable(f"{tx_type} transaction: no peer committed it in time ({detail})")
+        if not isinstance(reply, dict) or "mark" not in reply:
+            raise AgentError(f"{tx_type} transaction: malformed submit reply", code="integrity")
+        if reply["mark"] in _COPY_MARKS and may_be_queued:
+            if await self._committed_earlier(tx, answered_by):
+                log.info("%s: %s committed through an unresponsive peer; the re-sent copy was marked %s",
+                         self.subject, tx_type, reply["mark"])
+                return {**reply, "mark": "ok", "resubmitted": True}
+        if reply["mark"] != "ok":
+            raise TransactionRejected(f"the ledger marked the {tx_type} transaction invalid: {reply['mark']}",
+                                      reason=str(reply["mark"]))
+        return reply
+
+    async def _committed_earlier(self, tx: Transaction, peer: str | None) -> bool:
+        """Whether the ledger shows ``tx``'s effect (asked first of ``peer``, which has
+        applied the block of the re-sent copy and so the earlier one)."""
+        body = tx.body
+        if tx.type == "store":
+            query = {"what": "record", "patient": self.subject, "record_id": body.get("record_id")}
+            check = lambda e: e.get("tx") == tx.to_bytes()  # noqa: E731
+        elif tx.type == "access_request":
+            query = {"what": "request", "request_id": body.get("request_id")}
+            check = lambda e: (e.get("doctor"), e.get("patient"), e.get("record_id")) == (  # noqa: E731
+                self.subject, body.get("patient"), body.get("record_id"))
+        elif tx.type == "deny_request":
+            query = {"what": "request", "request_id": body.get("request_id")}
+            check = lambda e: e.get("patient") == self.subject and e.get("status") != "pending"  # noqa: E731
+        elif tx.type == "grant":
+            query = {"what": "grant", "grant_id": body.get("grant_id")}
+            check = lambda e: (e.get("patient"), e.get("request_id")) == (  # noqa: E731
+                self.subject, body.get("request_id"))
+        elif tx.type == "revoke_grant":
+            query = {"what": "grant", "grant_id": body.get("grant_id")}
+            check = lambda e: e.get("patient") == self.subject and bool(e.get("revoked"))  # noqa: E731
+        elif tx.type == "set_policy":
+            query = {"what": "policy", "patient": self.subject}
+            check = lambda e: e.get("policy") == body.get("policy")  # noqa: E731
+        elif tx.type == "revoke_cert":
+            query = {"what": "cert", "subject": body.get("subject")}
+            check = lambda e: bool(e.get("revoked"))  # noqa: E731
+        else:  # the nonce alone says it: only a valid transaction records its nonce
+            return True
+        entry = None
+        if peer is not None:
+            try:
+                entry = await self.peer_request(peer, "peer.query", query)
+            except bus.BusError:
+                entry = None
+        if entry is None:
+            try:
+                entry = await self.query_committed(query)
+            except AgentError:
+                return False
+        return isinstance(entry, dict) and check(entry)
+
+    async def storage_retry(self, fn: Callable[[], Any]) -> Any:
+        """Run a storage call, retrying while storage nodes do not know this agent yet.
+
+        Storage nodes learn certificates by following the orderer's blocks, so
+        right after registration they may answer ``unknown-sender`` for a moment.
+        """
+        from agents.storage import StorageError
+
+        delay = 0.1
+        for attempt in range(_STORAGE_RETRIES):
+            try:
+                return await fn()
+            except (StorageError, bus.BusError) as exc:
+                if not _unknown_sender(exc) or attempt + 1 == _STORAGE_RETRIES:
+                    raise
+                await trio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def peer_key(self, peer: str) -> bytes | None:
+        return self.manifest.keys.get(peer)
+
+    # ------------------------------------------------------------ registration
+
+    async def register(self, token: bytes) -> Certificate:
+        """Enroll with a peer of this agent's organization; idempotent once registered.
+
+        ``token`` is the organization's authorization
+        (:func:`agents.runtime.enrollment_token`). Returns the committed certificate.
+        Raises :class:`RegistrationError` (``code`` = the peer's error code).
+        """
+        if self.certificate is not None:
+            return self.certificate
+        recv = self.keys.receive
+        proof = await run_crypto(recv.prove, self.subject)
+        body = {
+            "subject": self.subject, "org": self.config.org, "attributes": dict(self.config.attributes),
+            "box_key": self.keys.box_public, "pre_key": recv.public.to_bytes(), "pre_proof": proof.to_bytes(),
+            "valid_s": CERT_VALIDITY_S, "token": bytes(token),
+        }
+        peer = self.home_peer
+        ep = make_endpoint(self.node, enroll_id(self.keys.ecdsa_public), self.keys.ecdsa_private, self._lookup_key)
+        try:
+            try:
+                reply = await ep.request(peer, "peer.enroll", body, timeout=self.config.request_timeout)
+            except bus.RemoteError as exc:
+                if exc.code != "enroll.exists":
+                    raise RegistrationError(f"enrollment refused by {peer}: {exc.message}", code=exc.code) from None
+                reply = None
+            except (bus.RequestTimeout, *_TRANSPORT_ERRORS) as exc:
+                raise Unavailable(f"enrollment: {peer} did not answer: {exc}") from None
+        finally:
+            await ep.aclose()
+        if reply is None:  # already registered (e.g. we crashed before saving): accept only our own keys
+            try:
+                cert = await self.lookup_certificate(self.subject)
+            except AgentError:  # peers refuse our envelopes: they hold another key for this subject
+                cert = None
+            if cert is None or cert.ecdsa_key != self.keys.ecdsa_public:
+                raise RegistrationError(f"subject {self.subject} is registered with other keys", code="enroll.exists")
+        else:
+            try:
+                cert = self._check_certificate(reply.get("cert") if isinstance(reply, dict) else None, self.subject)
+            except AgentError as exc:
+                raise RegistrationError(f"enrollment reply: {exc}", code="enroll.invalid") from None
+        if (cert.ecdsa_key, cert.box_key, cert.pre_key) != (self.keys.ecdsa_public, self.keys.box_public,
+                                                           recv.public.to_bytes()):
+            raise RegistrationError("the issued certificate does not carry this agent's keys", code="enroll.invalid")
+        self.state["cert"] = cert.to_dict()
+        self._directory.set_certificate(self.subject, cert.ecdsa_key)
+        self._certs[self.subject] = cert
+        await self.save_state()
+        return cert
+
+    async def revoke_certificate(self, reason: str = "revoked by its holder") -> None:
+        """Revoke this agent's own certificate (lost device, left the hospital): a
+        ``revoke_cert`` transaction. Peers refuse the agent's messages from then on."""
+        self._require_registered()
+        await self.submit("revoke_cert", {"subject": self.subject, "reason": reason})
+        self.state["cert_revoked"] = True
+        await self.save_state()
+
+
+def _lone(group: BaseExceptionGroup) -> BaseException | None:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _load_or_create_keys(config: UserConfig) -> AgentKeys:
+    store = KeyStore(Path(config.data_dir) / KEY_FILE, passphrase=config.passphrase,
+                     key_file=config.key_file, fast_kdf=config.fast_kdf)
+    if store.exists():
+        return AgentKeys.from_bytes(store.load())
+    keys = AgentKeys.generate()
+    store.save(keys.to_bytes())
+    return keys
+
+
+def check_receiving_key(cert: Certificate) -> pre.PublicKey:
+    """The certificate's PRE receiving key after its proof of possession verifies (raises CoreError)."""
+    key = pre.PublicKey.from_bytes(cert.pre_key)
+    pre.verify_public_key(key, cert.subject, pre.RECEIVE_LABEL, pre.Proof.from_bytes(cert.pre_proof))
+    return key

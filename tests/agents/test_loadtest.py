@@ -1,0 +1,302 @@
+"""emrshare loadtest: metrics, the engine against a fake workload, reports, counters, faults,
+and a short real load test on a small in-process swarm (asserts correctness, not speed)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+
+import pytest
+import trio
+from hypothesis import given, strategies as st
+
+from agents.bench.loadtest import Op, Recorder, Result, RunSettings, percentile, render_html, render_text, run_load, to_json
+from agents.bench.loadtest import costs, faults
+from agents.bench.loadtest.metrics import histogram
+from agents.bench.loadtest.progress import Progress
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_percentile_nearest_rank():
+    values = sorted(float(i) for i in range(1, 101))
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 90) == 90.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile(values, 0) == 1.0
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=200),
+       st.floats(min_value=0, max_value=100), st.floats(min_value=0, max_value=100))
+def test_percentile_is_an_element_and_monotone(values, p, q):
+    values.sort()
+    lo, hi = sorted((p, q))
+    assert percentile(values, p) in values
+    assert percentile(values, lo) <= percentile(values, hi)
+
+
+def test_recorder_excludes_warmup_and_groups_failures():
+    rec = Recorder(warmup=1.0)
+    rec.record("store", 0.5, 0.6, True)  # scheduled in the warm-up: not recorded
+    rec.record("store", 1.0, 1.2, True, nbytes=10)
+    rec.record("store", 1.5, 1.6, False, "Unavailable [unavailable]")
+    rec.record("read", 2.0, 2.05, True)
+    rec.record("read", 2.1, 2.3, False, "timeout")
+    rec.record("read", 2.2, 2.4, False, "timeout")
+    assert rec.warmup_ops == 1
+    stats = rec.stats()
+    assert (stats["store"].attempted, stats["store"].succeeded, stats["store"].failed) == (2, 1, 1)
+    assert stats["store"].reasons == {"Unavailable [unavailable]": 1}
+    assert stats["read"].reasons == {"timeout": 2}
+    assert stats["store"].nbytes == 10
+    s = stats["read"].summary(window=2.0)
+    assert s["throughput_per_s"] == 0.5
+    assert s["latency_ms"]["p99"] == pytest.approx(50.0)
+    tl = rec.timeline(1.0)
+    assert [b["ok"] for b in tl] == [1, 1]
+    assert [b["failed"] for b in tl] == [1, 2]
+
+
+def test_histogram_counts_everything():
+    vals = [0.001 * (1 + i) for i in range(100)]
+    bins = histogram(vals, bins=10)
+    assert sum(n for _, _, n in bins) == 100
+    assert bins[0][0] == pytest.approx(0.001) and bins[-1][1] == pytest.approx(0.1)
+    assert histogram([]) == []
+
+
+# ------------------------------------------------------------------ engine
+
+
+class FakeWorkload:
+    """Ops that sleep; every fifth fails; 'slow' ops for overload tests."""
+
+    def __init__(self, delay: float = 0.005):
+        self.delay = delay
+        self.started = 0
+        self.running = 0
+        self.max_running = 0
+
+    def classify(self, exc: BaseException) -> str:
+        return f"{type(exc).__name__}: {exc}"
+
+    def next_op(self, rng: random.Random) -> Op:
+        self.started += 1
+        n = self.started
+
+        async def run() -> Result:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+            try:
+                await trio.sleep(self.delay)
+                if n % 5 == 0:
+                    raise RuntimeError("injected")
+                return Result(phase="read" if n % 2 else None, nbytes=3)
+            finally:
+                self.running -= 1
+
+        return Op("write", run)
+
+
+async def test_closed_loop_concurrency_and_failures():
+    wl = FakeWorkload()
+    rec = Recorder()
+    with trio.fail_after(10):
+        await run_load(wl, RunSettings(duration=0.4, warmup=0.1, concurrency=3), rec)
+    stats = rec.stats()
+    assert wl.max_running == 3
+    assert set(stats) <= {"read", "write"} and stats
+    failed = sum(s.failed for s in stats.values())
+    assert failed > 0
+    assert all(r == "RuntimeError: injected" for s in stats.values() for r in s.reasons)
+    assert rec.warmup_ops > 0
+    assert all(s.start >= 0.1 for s in rec.samples)
+    assert stats["read"].nbytes == 3 * stats["read"].succeeded
+
+
+async def test_ops_limit_stops_the_run():
+    wl = FakeWorkload()
+    rec = Recorder()
+    with trio.fail_after(10):
+        await run_load(wl, RunSettings(duration=60, warmup=0, concurrency=2, ops=20), rec)
+    assert 20 <= len(rec.samples) <= 22  # the in-flight ones finish
+
+
+async def test_open_loop_records_overload_and_cuts_off_stragglers():
+    wl = FakeWorkload(delay=5.0)  # far slower than the run
+    rec = Recorder()
+    with trio.fail_after(10):
+        await run_load(wl, RunSettings(duration=0.3, warmup=0, rate=50, concurrency=None, max_inflight=4,
+                                       grace=0.1), rec)
+    reasons = {r for s in rec.stats().values() for r in s.reasons}
+    assert "overload (in-flight cap)" in reasons
+    assert "cut off at end of run" in reasons
+    assert wl.max_running <= 4
+    # latency counts from the scheduled arrival
+    assert all(s.end >= s.start for s in rec.samples)
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError):
+        RunSettings(rate=None, concurrency=0).check()
+    with pytest.raises(ValueError):
+        RunSettings(rate=-1).check()
+    with pytest.raises(ValueError):
+        RunSettings(duration=0, ops=None).check()
+
+
+def test_progress_plain_lines():
+    rec = Recorder(warmup=1.0)
+    out = io.StringIO()
+    prog = Progress(rec, 10, out, tty=False, plain_every=1.0)
+    prog.tick(0.5)
+    rec.record("read", 1.1, 1.3, True)
+    rec.record("read", 1.2, 1.9, False, "timeout")
+    prog.tick(2.0)
+    prog.tick(2.1)  # too soon: no line
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "warm-up" in lines[0]
+    assert "errors 1" in lines[1] and "p50 200ms" in lines[1]
+
+
+# ------------------------------------------------------------------ reports
+
+
+def _synthetic_report() -> dict:
+    rec = Recorder(warmup=0.0)
+    for i in range(50):
+        rec.record("read", i * 0.1, i * 0.1 + 0.01 * (1 + i % 7), i % 10 != 0, "timeout")
+    st_ = rec.stats()
+    return {
+        "started": "now", "backend": "native", "cores": 2,
+        "target": {"description": "test <target>"},
+        "settings": {"rate": None, "concurrency": 2, "warmup": 0.0},
+        "workload": {"patients": 1, "doctors": 1, "mix": {"access": 1}},
+        "window_s": 5.0,
+        "phases": [s.summary(5.0) for s in st_.values()],
+        "timeline": rec.timeline(1.0),
+        "timeline_by_phase": {"read": rec.timeline(1.0, phases=["read"])},
+        "histograms": {"read": [[lo * 1e3, hi * 1e3, n] for lo, hi, n in histogram(st_["read"].latencies)]},
+        "correctness": {"acknowledged": 3, "verified": 2, "lost": 1, "corrupted": 0,
+                        "lost_records": [{"patient": "p", "record_id": "r1", "label": "labs", "size": 9,
+                                          "last_error": "NotEnoughPeers"}], "corrupted_records": []},
+        "faults": faults.impact(rec.timeline(1.0), [{"t": 2.0, "done": 2.1, "action": "kill", "agents": ["peer-a1"],
+                                                     "why": "x", "error": None}]),
+        "targets": [{"what": "lost", "value": "1 lost", "target": "0", "met": False}],
+    }
+
+
+def test_text_report_lists_lost_records_and_failures():
+    text = render_text(_synthetic_report())
+    assert "1 lost, 0 corrupted" in text
+    assert "LOST p/r1" in text
+    assert "timeout" in text
+    assert "MISSED" in text
+
+
+def test_html_is_self_contained_and_json_round_trips():
+    r = _synthetic_report()
+    page = render_html(r)
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("<svg") >= 3  # throughput, latency, a histogram
+    assert "src=" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "test &lt;target&gt;" in page
+    assert json.loads(to_json(r))["correctness"]["lost"] == 1
+
+
+def test_fault_impact_dip_and_recovery():
+    timeline = [{"t": float(t), "throughput_per_s": 10.0 if not 5 <= t < 8 else 2.0, "failed": 0} for t in range(15)]
+    out = faults.impact(timeline, [{"t": 5.0, "action": "kill", "agents": ["x"]}])
+    f = out["faults"][0]
+    assert out["baseline_per_s"] == 10.0
+    assert f["min_throughput_per_s"] == 2.0
+    assert f["dip_fraction"] == pytest.approx(0.8)
+    assert f["recovery_s"] == pytest.approx(3.0)
+
+
+def test_fault_schedule_checks_the_margin():
+    class M:
+        peers = ["p1", "p2", "p3", "p4"]
+        storage = ["s1", "s2", "s3"]
+        threshold = 2
+        replicas = 3
+        write_quorum = 2
+
+    ev = faults.schedule(M(), "severe")
+    kills = [e for e in ev if e.action == "kill" and e.agents[0].startswith("p")]
+    assert len(kills[0].agents) == 1 and len(kills[-1].agents) == 3  # 4 - 3 = 1 < t
+    M.threshold = 3
+    with pytest.raises(ValueError):
+        faults.schedule(M())
+
+
+# ------------------------------------------------------------------ crypto counters
+
+
+def test_crypto_counter_counts_and_uninstalls():
+    from core import ecdsa
+    from core.curve import G1, G2, pairing
+
+    key = ecdsa.generate_private_key()
+    with costs.CryptoCounter() as counter:
+        pairing(G1.generator(), G2.generator())
+        sig = ecdsa.sign(key, "t", b"m")
+        assert ecdsa.is_valid(ecdsa.public_key(key), "t", b"m", sig)
+        snap = counter.snapshot()
+    assert snap.calls("pairing") == 1
+    assert snap.calls("ecdsa_sign") == 1 and snap.calls("ecdsa_verify") == 1
+    pairing(G1.generator(), G2.generator())
+    assert counter.snapshot().calls("pairing") == 1  # uninstalled
+
+
+def test_crypto_bound_arithmetic():
+    b = costs.crypto_bound({"pairing": 2, "ecdsa_verify": 10}, {"pairing": 1e-3, "gt_decode": 1e-4,
+                                                                 "gt_multi_pow": 1e-4, "ecdsa_sign": 1e-5,
+                                                                 "ecdsa_verify": 1e-4}, cores=2)
+    assert b["cost_per_op_ms"] == pytest.approx(3.0)
+    assert b["limit_per_s"] == pytest.approx(2 / 3e-3)
+
+
+# ------------------------------------------------------------------ the real thing, small
+
+
+async def test_short_loadtest_on_a_small_swarm(tmp_path):
+    from agents.bench.loadtest import Options, WorkloadSpec, run
+
+    opts = Options(
+        workload=WorkloadSpec(patients=3, doctors=4, imaging_fraction=0.1, imaging_mib=(1.0, 1.2),
+                              fhir_kib=(2, 20), mix={"store": 3, "access": 5, "denied": 2, "revoke": 2}),
+        run=RunSettings(duration=3.0, warmup=0.5, concurrency=3, seed=3),
+        saturation=1.5, saturation_concurrency=2,
+        data_dir=tmp_path / "swarm", probes=1, unit_iterations=10, progress_stream=io.StringIO(), tty=False,
+    )
+    with trio.fail_after(240):
+        report = await run(opts)
+    c = report["correctness"]
+    assert c["lost"] == 0 and c["corrupted"] == 0, c
+    assert c["acknowledged"] > 0 and c["verified"] == c["acknowledged"]
+    d = report["denials"]
+    assert d.get("wrong_outcomes", 0) == 0, d["wrong"]
+    assert d["denied_correctly"] > 0 and d["revoked_correctly"] > 0
+    phases = {p["phase"]: p for p in report["phases"]}
+    assert phases["store"]["succeeded"] > 0
+    assert report["communication"]["per_operation"][0]["bits"] > 2880
+    assert report["efficiency"]["bound"]["calls_per_op"]["pairing"] >= 2  # t re-encryptions per access
+    assert "0 lost, 0 corrupted" in render_text(report)
+
+
+def test_payload_regenerates_from_the_requested_size():
+    from agents.bench.loadtest.workload import payload
+
+    for seed in range(20):  # generated bundles are not exactly size_kib KiB: regenerate from the request
+        assert payload("fhir", seed, 48 * 1024) == payload("fhir", seed, 48 * 1024)
+    img = payload("imaging", 7, 300_000)
+    assert len(img) == 300_000 and img == payload("imaging", 7, 300_000) and img != payload("imaging", 8, 300_000)

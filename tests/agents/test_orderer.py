@@ -1,0 +1,155 @@
+"""The embedded orderer: batching by size and time, persistence across restarts, access rules."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+import bus
+from agents.orderer import OrdererAgent
+from agents.consortium import ConsortiumDirectory
+from agents.keys import AgentKeys
+from agents.runtime import make_endpoint
+from core import ecdsa
+from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
+from core.ledger import Block, make_genesis
+from core.tx import Transaction
+
+
+def _setup(tmp_path):
+    okey = ecdsa.generate_private_key()
+    peer = AgentKeys.generate()
+    config = ConsortiumConfig("c", (OrgInfo("org", "Org"),), (PeerInfo("p1", "org", peer.ecdsa_public,
+                              peer.box_public, 1),), "orderer", ecdsa.public_key(okey), 1, created_at=1)
+    genesis = make_genesis(config, okey)
+    stranger = ecdsa.generate_private_key()
+    directory = ConsortiumDirectory({"p1": peer.ecdsa_public, "orderer": ecdsa.public_key(okey),
+                                     "x": ecdsa.public_key(stranger)})
+    return okey, peer, genesis, directory, stranger
+
+
+def _tx(peer, i):
+    return Transaction.create("revoke_cert", "p1", {"subject": f"s{i}", "reason": "r"}, peer.ecdsa_private,
+                              int(time.time() * 1000)).to_bytes()
+
+
+async def test_batches_persistence_and_access(tmp_path):
+    okey, peer, genesis, directory, stranger = _setup(tmp_path)
+
+    def orderer(**kw):
+        return OrdererAgent(orderer_id="orderer", signing_key=okey, genesis=genesis.to_bytes(),
+                            data_dir=tmp_path, directory=directory, **kw)
+
+    with trio.fail_after(20):
+        async with bus.open_node() as node:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(orderer(batch_size=3, batch_timeout=0.2).run, node)
+                ep = make_endpoint(node, "p1", peer.ecdsa_private, directory)
+                sub = await ep.subscribe("orderer", "blocks")
+                reply = await ep.request("orderer", "orderer.submit", {"txs": [_tx(peer, i) for i in range(7)]})
+                assert len(reply["tx_ids"]) == 7
+                sizes = []
+                prev = genesis
+                for _ in range(3):
+                    block = Block.from_bytes((await sub.receive()).body["block"])
+                    assert block.verify_signature(ecdsa.public_key(okey))
+                    assert block.height == prev.height + 1 and block.prev_hash == prev.hash
+                    sizes.append(len(block.txs))
+                    prev = block
+                assert sizes == [3, 3, 1]  # two full batches, then the timeout cut the rest
+                with pytest.raises(bus.RemoteError) as info:
+                    await ep.request("orderer", "orderer.submit", {"tx": b"\x93junk"})
+                assert info.value.code == "bad-request"
+                outsider = make_endpoint(node, "x", stranger, directory)
+                with pytest.raises(bus.RemoteError) as info:
+                    await outsider.request("orderer", "orderer.submit", {"tx": _tx(peer, 9)})
+                assert info.value.code == "forbidden"
+                assert await outsider.request("orderer", "orderer.head", {}) == {"height": 3, "hash": prev.hash}
+                nursery.cancel_scope.cancel()
+        # restarted from its database, it continues the chain
+        async with bus.open_node() as node:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(orderer(batch_size=1).run, node)
+                ep = make_endpoint(node, "p1", peer.ecdsa_private, directory)
+                blocks = (await ep.request("orderer", "orderer.blocks", {"from": 1, "limit": 10}))["blocks"]
+                assert [Block.from_bytes(b).height for b in blocks] == [1, 2, 3]
+                await ep.request("orderer", "orderer.submit", {"tx": _tx(peer, 10)})
+                while (await ep.request("orderer", "orderer.head", {}))["height"] < 4:
+                    await trio.sleep(0.01)
+                (raw,) = (await ep.request("orderer", "orderer.blocks", {"from": 4, "limit": 10}))["blocks"]
+                assert Block.from_bytes(raw).prev_hash == prev.hash
+                nursery.cancel_scope.cancel()
+
+
+async def test_idle_orderer_cuts_at_once_and_busy_one_waits_for_the_interval(tmp_path):
+    okey, peer, genesis, directory, _ = _setup(tmp_path)
+    orderer = OrdererAgent(orderer_id="orderer", signing_key=okey, genesis=genesis.to_bytes(), data_dir=tmp_path,
+                           directory=directory, batch_size=3, batch_timeout=600.0)
+    with trio.fail_after(20):  # far below batch_timeout: only the idle cut can deliver the first block
+        async with bus.open_node() as node:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(orderer.run, node)
+                ep = make_endpoint(node, "p1", peer.ecdsa_private, directory)
+                sub = await ep.subscribe("orderer", "blocks")
+                await ep.request("orderer", "orderer.submit", {"tx": _tx(peer, 0)})
+                first = Block.from_bytes((await sub.receive()).body["block"])
+                assert (first.height, len(first.txs)) == (1, 1)
+                # right after a cut, a lone transaction waits for the next interval ...
+                await ep.request("orderer", "orderer.submit", {"tx": _tx(peer, 1)})
+                with trio.move_on_after(0.3):
+                    await sub.receive()
+                    pytest.fail("a block was cut before batch_timeout without a full batch")
+                # ... and a full batch is cut at once
+                await ep.request("orderer", "orderer.submit", {"txs": [_tx(peer, 2), _tx(peer, 3)]})
+                second = Block.from_bytes((await sub.receive()).body["block"])
+                assert (second.height, len(second.txs)) == (2, 3)
+                nursery.cancel_scope.cancel()
+
+
+async def test_blocks_are_cut_by_bytes_and_every_block_can_be_served(tmp_path):
+    """Large transactions fill blocks by bytes long before batch_size: each block fits in
+    MAX_BLOCK_BYTES, is published, and is served by orderer.blocks (which also refuses a
+    'from' SQLite cannot hold with a typed error)."""
+    from core.ledger import MAX_BLOCK_BYTES
+
+    okey, peer, genesis, directory, _ = _setup(tmp_path)
+    orderer = OrdererAgent(orderer_id="orderer", signing_key=okey, genesis=genesis.to_bytes(), data_dir=tmp_path,
+                           directory=directory, batch_size=500, batch_timeout=0.2)
+
+    def big(i):
+        tx = Transaction.create("revoke_cert", "p1", {"subject": f"s{i}", "reason": "x" * 60_000},
+                                peer.ecdsa_private, int(time.time() * 1000)).to_bytes()
+        assert 60_000 < len(tx) <= 64 * 1024
+        return tx
+
+    txs = [big(i) for i in range(200)]  # 12 MB: three blocks at least
+    with trio.fail_after(30):
+        async with bus.open_node() as node:  # the in-process bus enforces the 16 MiB frame
+            async with trio.open_nursery() as nursery:
+                await nursery.start(orderer.run, node)
+                ep = make_endpoint(node, "p1", peer.ecdsa_private, directory)
+                sub = await ep.subscribe("orderer", "blocks", buffer=64)
+                for i in range(0, len(txs), 50):
+                    await ep.request("orderer", "orderer.submit", {"txs": txs[i:i + 50]})
+                got = []
+                while len(got) < len(txs):
+                    data = (await sub.receive()).body["block"]
+                    assert len(data) <= MAX_BLOCK_BYTES
+                    got.extend(Block.from_bytes(data).txs)
+                assert got == txs
+                height = (await ep.request("orderer", "orderer.head", {}))["height"]
+                assert height >= 3
+                served = []
+                start = 1
+                while start <= height:
+                    blocks = (await ep.request("orderer", "orderer.blocks", {"from": start}))["blocks"]
+                    assert blocks
+                    served.extend(Block.from_bytes(b) for b in blocks)
+                    start = served[-1].height + 1
+                assert [t for b in served for t in b.txs] == txs
+                with pytest.raises(bus.RemoteError) as info:
+                    await ep.request("orderer", "orderer.blocks", {"from": 2**64 - 1})
+                assert info.value.code == "bad-request"
+                nursery.cancel_scope.cancel()

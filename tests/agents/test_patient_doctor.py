@@ -1,0 +1,554 @@
+"""Patient and doctor agents against a protocol double of the consortium.
+
+The double (:class:`FakeConsortium`) serves docs/protocol.md's peer messages
+from n peer endpoints over ONE real core.ledger.Ledger (each submitted
+transaction is ordered into its own signed block at once), with real storage
+nodes, real envelopes and real crypto. It stands in for agents/peer.py and
+agents/orderer.py so the user agents' logic is tested on its own;
+tests/test_patient_doctor_swarm.py runs the same flows against the real swarm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pathlib
+import secrets
+import time
+
+import pytest
+import trio
+
+import bus
+from agents.client import UserConfig
+from agents.doctor import REENCRYPTION_TAG, DoctorAgent
+from agents.errors import (
+    AgentError,
+    GrantRevoked,
+    NotEnoughPeers,
+    PolicyDenied,
+    RecordNotFound,
+    RegistrationError,
+    RequestRejected,
+    TransactionRejected,
+)
+from agents.testing.fhir import encode_bundle, generate_bundle
+from agents.patient import PatientAgent
+from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory, Manifest, enrollment_token
+from agents.keys import AgentKeys
+from agents.runtime import make_endpoint
+from agents.storage import BlobStore
+from agents.storage.node import StorageNode
+from core import canonical, ecdsa, pre
+from core.curve import G1
+from core.errors import ValidationError
+from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
+from core.ledger import Block, Ledger, MemoryKV, make_genesis
+from core.tx import Transaction
+
+FHIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-r4"
+
+POLICY = """
+policy "alice-sharing" version 1
+default deny
+rule cardio:
+  allow read on label "cardiology"
+  when role == "doctor" and department == "cardiology"
+  approval auto
+rule gp:
+  allow read on all
+  when role == "doctor" and department == "general"
+  approval patient
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class FakeConsortium:
+    """docs/protocol.md's peers over one shared ledger, plus real storage nodes."""
+
+    def __init__(self, tmp: pathlib.Path, *, n_peers: int = 4, threshold: int = 2, storage_nodes: int = 3):
+        self.tmp = tmp
+        self.orgs = ["hospital-a", "hospital-b"]
+        self.peer_keys: dict[str, AgentKeys] = {}
+        infos, peer_orgs = [], {o: [] for o in self.orgs}
+        for i in range(n_peers):
+            org = self.orgs[i % 2]
+            pid = f"peer-{org[-1]}{len(peer_orgs[org]) + 1}"
+            keys = self.peer_keys[pid] = AgentKeys.generate()
+            infos.append(PeerInfo(pid, org, keys.ecdsa_public, keys.box_public, i + 1))
+            peer_orgs[org].append(pid)
+        self.orderer_key = ecdsa.generate_private_key()
+        config = ConsortiumConfig("test-consortium", tuple(OrgInfo(o, o.upper()) for o in self.orgs),
+                                  tuple(infos), "orderer", ecdsa.public_key(self.orderer_key), threshold,
+                                  created_at=now_ms() - 60_000)
+        self.config = config
+        self.peers = {p.id: p for p in infos}
+        self.genesis = make_genesis(config, self.orderer_key)
+        self.kv = MemoryKV()
+        self.ledger = Ledger(self.genesis, self.kv)
+        self.secrets = {o: os.urandom(32) for o in self.orgs}
+        self.storage_keys = {f"storage-{i + 1}": AgentKeys.generate() for i in range(storage_nodes)}
+        keys = {pid: k.ecdsa_public for pid, k in self.peer_keys.items()}
+        keys.update({sid: k.ecdsa_public for sid, k in self.storage_keys.items()})
+        keys["orderer"] = ecdsa.public_key(self.orderer_key)
+        self.manifest = Manifest("test-consortium", self.genesis.to_bytes(), "orderer", list(self.peers),
+                                 list(self.storage_keys), threshold, {a: "tcp://127.0.0.1:9" for a in keys}, keys,
+                                 peer_orgs, replicas=3, write_quorum=2)
+        self.directory = ConsortiumDirectory(dict(keys))  # what peers and storage nodes trust
+        self.shares: dict[tuple[str, str], pre.KeyShare] = {}
+        self.endpoints: dict[str, bus.Endpoint] = {}
+        self.reencryptions = 0
+        self.mute_after_commit: set[str] = set()  # peers that commit a submission and never answer
+        self.submissions: list[bytes] = []
+        self.stalled: set[str] = set()  # peers that answer nothing
+        self._lock = trio.Lock()
+
+    def token(self, subject: str, org: str, attributes: dict) -> bytes:
+        return enrollment_token(self.secrets[org], subject, org, attributes)
+
+    async def commit(self, raw: bytes) -> tuple[int, str]:
+        async with self._lock:
+            height, head, _ = self.ledger.head()
+            block = Block.make(height + 1, head, now_ms(), [raw], self.orderer_key)
+            result = self.ledger.apply(block)
+            self.kv.apply(result.writes)
+            tx = Transaction.from_bytes(raw)
+            if result.marks[0] == "ok" and tx.type == "register":
+                self.directory.set_certificate(tx.body["cert"]["subject"], tx.body["cert"]["ecdsa_key"])
+            if result.marks[0] == "ok" and tx.type == "revoke_cert":
+                self.directory.set_certificate(tx.body["subject"], None)
+            return result.height, result.marks[0]
+
+    async def revoke_cert(self, subject: str) -> str:
+        org = self.ledger.certificate(subject)["cert"]["org"]
+        pid = next(p for p, info in self.peers.items() if info.org == org)
+        tx = Transaction.create("revoke_cert", pid, {"subject": subject, "reason": "left the hospital"},
+                                self.peer_keys[pid].ecdsa_private, now_ms())
+        return (await self.commit(tx.to_bytes()))[1]
+
+    async def run(self, node: bus.Node, nursery: trio.Nursery) -> None:
+        for pid in self.peers:
+            ep = make_endpoint(node, pid, self.peer_keys[pid].ecdsa_private, self.directory)
+            self.endpoints[pid] = ep
+            for kind in ("enroll", "submit", "query", "audit", "deliver_share", "reencrypt"):
+                ep.register(f"peer.{kind}", self._handler(pid, getattr(self, "_" + kind)))
+        for sid, keys in self.storage_keys.items():
+            ep = make_endpoint(node, sid, keys.ecdsa_private, self.directory)
+            store = StorageNode(ep, BlobStore(self.tmp / sid))
+            await nursery.start(store.run)
+
+    async def stop_peer(self, pid: str) -> None:
+        await self.endpoints[pid].aclose()
+
+    def _handler(self, pid, fn):
+        async def handle(msg: bus.Message):
+            if pid in self.stalled:  # SIGSTOP: the connection stays, nothing answers
+                await trio.sleep_forever()
+            return await fn(pid, msg)
+
+        return handle
+
+    # -- peer messages -----------------------------------------------------
+
+    async def _enroll(self, pid: str, msg: bus.Message) -> dict:
+        b = msg.body
+        if not msg.sender.startswith(ENROLL_PREFIX):
+            raise bus.HandlerError("enroll.invalid", "enroll from an enroll: id")
+        info = self.peers[pid]
+        if b["org"] != info.org or b["token"] != self.token(b["subject"], b["org"], b["attributes"]):
+            raise bus.HandlerError("enroll.denied", "bad token or organization")
+        if self.ledger.certificate(b["subject"]) is not None:
+            raise bus.HandlerError("enroll.exists", "subject already registered")
+        now = int(time.time())
+        cert = Certificate(secrets.token_hex(8), b["subject"], b["org"], b["attributes"],
+                           bytes.fromhex(msg.sender[len(ENROLL_PREFIX):]), b["box_key"], b["pre_key"],
+                           b["pre_proof"], now - 60, now + b["valid_s"], pid).sign(self.peer_keys[pid].ecdsa_private)
+        tx = Transaction.create("register", pid, {"cert": cert.to_dict()}, self.peer_keys[pid].ecdsa_private, now_ms())
+        height, mark = await self.commit(tx.to_bytes())
+        if mark != "ok":
+            raise bus.HandlerError("enroll.invalid", mark)
+        return {"cert": cert.to_dict(), "height": height}
+
+    async def _submit(self, pid: str, msg: bus.Message) -> dict:
+        raw = msg.body["tx"]
+        self.submissions.append(raw)
+        height, mark = await self.commit(raw)
+        if pid in self.mute_after_commit:
+            await trio.sleep_forever()
+        return {"tx_id": hashlib.sha256(raw).digest(), "height": height, "mark": mark}
+
+    async def _query(self, pid: str, msg: bus.Message):
+        b = msg.body
+        what = b["what"]
+        if what == "cert":
+            return self.ledger.get(f"cert/{b['subject']}")
+        if what == "record":
+            return self.ledger.get(f"record/{b['patient']}/{b['record_id']}")
+        if what == "records":
+            out = []
+            for key, raw in self.kv.scan(f"record/{b['patient']}/"):
+                e = canonical.unpack(raw)
+                if b["label"] is None or e["label"] == b["label"]:
+                    out.append({"record_id": key.rsplit("/", 1)[1], **{k: e[k] for k in
+                                ("label", "cid", "size", "media_type", "height")}})
+            return out
+        if what in ("request", "grant"):
+            return self.ledger.get(f"{what}/{b[what + '_id']}")
+        if what == "policy":
+            return self.ledger.get(f"policy/{b['patient']}")
+        raise bus.HandlerError("query.invalid", what)
+
+    async def _audit(self, pid: str, msg: bus.Message) -> dict:
+        if msg.body["patient"] != msg.sender:
+            raise bus.HandlerError("audit.forbidden", "own trail only")
+        return {"events": self.ledger.audit(msg.sender)}
+
+    async def _deliver_share(self, pid: str, msg: bus.Message) -> dict:
+        b = msg.body
+        with trio.move_on_after(10):
+            while (grant := self.ledger.get(f"grant/{b['grant_id']}")) is None:
+                await trio.sleep(0.01)
+        if grant is None:
+            raise bus.HandlerError("share.unknown_grant", b["grant_id"])
+        if hashlib.sha256(b["sealed"]).digest() != grant["shares"].get(pid) or grant["patient"] != msg.sender:
+            raise bus.HandlerError("share.mismatch", "hash")
+        info = self.peers[pid]
+        share = pre.open_key_share(pre.SealedKeyShare(b["index"], b["sealed"]), self.peer_keys[pid].box_private,
+                                   expected_context=b["grant_id"].encode(), expected_index=info.index)
+        self.shares[(pid, b["grant_id"])] = share
+        return {"ok": True}
+
+    async def _reencrypt(self, pid: str, msg: bus.Message) -> dict:
+        b = msg.body
+        try:
+            grant, rec = self.ledger.check_reencryption(b["grant_id"], msg.sender, b["patient"], b["record_id"],
+                                                        int(time.time()))
+        except ValidationError as exc:
+            raise bus.HandlerError(f"access.{exc.code}", str(exc)) from None
+        share = self.shares.get((pid, b["grant_id"]))
+        if share is None:
+            raise bus.HandlerError("share.missing", "no share")
+        s = pre.reencrypt(G1.from_bytes(rec["capsule"]), share).to_bytes()
+        index = self.peers[pid].index
+        sig = ecdsa.sign(self.peer_keys[pid].ecdsa_private, REENCRYPTION_TAG,
+                         canonical.pack([b["request_id"], rec["cid"], index, s]))
+        tx = Transaction.create("access", pid, {"grant_id": b["grant_id"], "request_id": b["request_id"],
+                                                "record_id": b["record_id"], "doctor": msg.sender, "index": index},
+                                self.peer_keys[pid].ecdsa_private, now_ms())
+        await self.commit(tx.to_bytes())
+        self.reencryptions += 1
+        return {"index": index, "share": s, "cid": rec["cid"], "signature": sig}
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+class World:
+    def __init__(self, tmp, node, nursery, fake):
+        self.tmp, self.node, self.nursery, self.fake = tmp, node, nursery, fake
+
+    def config(self, subject: str, org: str, attributes: dict, **kw) -> UserConfig:
+        return UserConfig(subject=subject, org=org, attributes=attributes, data_dir=self.tmp / "users" / subject,
+                          manifest=self.fake.manifest, passphrase="correct horse", fast_kdf=True,
+                          request_timeout=kw.pop("request_timeout", 10.0), **kw)
+
+    async def registered(self, stack, cls, subject, org, attributes, **kw):
+        agent = await stack.enter_async_context(cls.open(self.config(subject, org, attributes), node=self.node, **kw))
+        await agent.register(self.fake.token(subject, org, attributes))
+        return agent
+
+
+@pytest.fixture
+async def world(tmp_path):
+    fake = FakeConsortium(tmp_path)
+    async with bus.open_node() as node, trio.open_nursery() as nursery:
+        await fake.run(node, nursery)
+        yield World(tmp_path, node, nursery, fake)
+        nursery.cancel_scope.cancel()
+
+
+def fhir_file() -> pathlib.Path:
+    files = sorted((FHIR / "synthea-smart-r4").glob("*.json"))
+    if not files:
+        pytest.skip("shared FHIR data not present")
+    return files[0]
+
+
+CARDIO = {"role": "doctor", "department": "cardiology"}
+GP = {"role": "doctor", "department": "general"}
+
+
+# ------------------------------------------------------------------ tests
+
+
+async def test_store_read_revoke_audit(world):
+    approvals = []
+
+    async def approve(info):
+        approvals.append(info)
+        return True
+
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"},
+                                           approve=approve)
+            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            gp = await world.registered(stack, DoctorAgent, "dr-gp", "hospital-a", GP)
+            # registration is idempotent
+            assert (await alice.register(b"ignored")).subject == "alice"
+            path = fhir_file()
+            rid = await alice.store(path, label="cardiology", media_type="application/fhir+json")
+            labs = await alice.store(encode_bundle(generate_bundle(1, 8)), label="labs",
+                                     media_type="application/fhir+json", record_id="labs-1")
+            assert labs == "labs-1"
+            assert await alice.read(rid) == path.read_bytes()
+            await alice.set_policy(POLICY)
+            listed = {r["record_id"]: r for r in await heart.records("alice")}
+            assert set(listed) == {rid, "labs-1"} and listed[rid]["size"] == path.stat().st_size
+            assert [r["record_id"] for r in await heart.records("alice", label="labs")] == ["labs-1"]
+
+            # auto approval: byte-identical plaintext, t shares used
+            assert await heart.read("alice", rid) == path.read_bytes()
+            assert approvals == []
+            used = world.fake.reencryptions
+            assert used >= 2
+            grant_id = alice.grants and next(iter(alice.grants))
+            assert alice.grants[grant_id]["doctor"] == "dr-heart"
+            assert set(alice.grants[grant_id]["peers"]) == set(world.fake.peers)
+            # a second read reuses the grant (no new request)
+            requests_before = sum(1 for e in await alice.audit() if e["event"] == "access_request")
+            assert await heart.read("alice", rid) == path.read_bytes()
+            assert sum(1 for e in await alice.audit() if e["event"] == "access_request") == requests_before
+
+            # the policy denies labs to the cardiologist, with the rule named
+            with pytest.raises(PolicyDenied) as info:
+                await heart.read("alice", "labs-1")
+            assert info.value.rule == "default"
+            # the GP needs the patient's approval: the callback sees the request
+            assert await gp.read("alice", "labs-1", purpose="treatment") == encode_bundle(generate_bundle(1, 8))
+            assert approvals and approvals[0]["doctor"] == "dr-gp" and approvals[0]["label"] == "labs"
+            assert approvals[0]["doctor_attributes"]["department"] == "general"
+
+            # revoke: the next read fails with GrantRevoked and drops the cached grant
+            await alice.revoke(grant_id)
+            assert alice.grants[grant_id]["revoked"]
+            with pytest.raises(GrantRevoked):
+                await heart.read("alice", rid)
+            assert heart.cached_grant("alice", "cardiology") is None
+            # reading again asks afresh (a new grant) and succeeds
+            assert await heart.read("alice", rid) == path.read_bytes()
+
+            events = [e["event"] for e in await alice.audit()]
+            assert events[:3] == ["store", "store", "set_policy"]
+            assert {"access_request", "grant", "access", "revoke_grant"} <= set(events)
+            with pytest.raises(RecordNotFound):
+                await heart.read("alice", "no-such-record")
+
+
+async def test_patient_rejects_without_callback_and_by_callback(world):
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            gp = await world.registered(stack, DoctorAgent, "dr-gp", "hospital-a", GP)
+            rid = await alice.store(b"x" * 3000, label="notes", media_type="text/plain")
+            await alice.set_policy(POLICY)
+            with pytest.raises(RequestRejected):  # no approve callback: deny
+                await gp.read("alice", rid)
+            reqs = [e for e in await alice.audit() if e["event"] == "deny_request"]
+            assert len(reqs) == 1
+        async with contextlib.AsyncExitStack() as stack:
+            async def no(info):
+                return False
+
+            alice = await stack.enter_async_context(
+                PatientAgent.open(world.config("alice", "hospital-a", {"role": "patient"}), node=world.node,
+                                  approve=no))
+            gp = await stack.enter_async_context(DoctorAgent.open(world.config("dr-gp", "hospital-a", GP),
+                                                                  node=world.node))
+            with pytest.raises(RequestRejected):
+                await gp.read("alice", rid)
+            decision = await gp.request("alice", rid, purpose="treatment")
+            assert decision["effect"] == "allow" and decision["approval"] == "patient"
+            assert decision["status"] == "pending" and decision["rule"] == "gp"
+
+
+async def test_not_enough_peers_is_quick(world):
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            data = os.urandom(70_000)
+            rid = await alice.store(data, label="cardiology", media_type="application/octet-stream")
+            await alice.set_policy(POLICY)
+            assert await heart.read("alice", rid) == data
+            await world.fake.stop_peer("peer-a1")
+            await world.fake.stop_peer("peer-b1")
+            # t = 2 of the 2 remaining: still fine (queries fail over from the home peer)
+            assert await heart.read("alice", rid) == data
+            await world.fake.stop_peer("peer-a2")
+            with trio.fail_after(5):
+                with pytest.raises(NotEnoughPeers) as info:
+                    await heart.read("alice", rid)
+            assert info.value.answered == 1 and info.value.needed == 2
+            assert set(info.value.errors) == {"peer-a1", "peer-b1", "peer-a2"}
+
+
+async def test_revoked_doctor_certificate(world):
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            rid = await alice.store(b"ecg" * 1000, label="cardiology", media_type="text/plain")
+            await alice.set_policy(POLICY)
+            assert await heart.read("alice", rid) == b"ecg" * 1000
+            assert await world.fake.revoke_cert("dr-heart") == "ok"
+            with pytest.raises(AgentError) as info:
+                await heart.read("alice", rid)
+            assert not isinstance(info.value, (GrantRevoked, NotEnoughPeers))
+            assert info.value.code in ("agent.unknown", "cert_revoked", "access.cert_revoked")
+
+
+async def test_restart_patient_from_its_directory(world):
+    with trio.fail_after(60):
+        data = encode_bundle(generate_bundle(2, 20))
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            rid = await alice.store(data, label="cardiology", media_type="application/fhir+json")
+            await alice.set_policy(POLICY)
+            assert await heart.read("alice", rid) == data
+            cert, grants = alice.certificate, dict(alice.grants)
+        # both reopen from their directories: same keys, certificate, grants, grant cache
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await stack.enter_async_context(
+                PatientAgent.open(world.config("alice", "hospital-a", {"role": "patient"}), node=world.node))
+            assert alice.certificate == cert and alice.grants == grants
+            assert alice.state["records"][rid]["label"] == "cardiology"
+            assert [r["record_id"] for r in await alice.records()] == [rid]
+            assert await alice.read(rid) == data
+            rid2 = await alice.store(b"after restart", label="cardiology", media_type="text/plain")
+            heart = await stack.enter_async_context(
+                DoctorAgent.open(world.config("dr-heart", "hospital-b", CARDIO), node=world.node))
+            assert heart.cached_grant("alice", "cardiology") is not None
+            assert await heart.read("alice", rid2) == b"after restart"  # cached grant covers the label
+        # a wrong passphrase does not open the key store
+        bad = world.config("alice", "hospital-a", {"role": "patient"})
+        bad.passphrase = "wrong"
+        from agents.keys import KeyStoreError
+
+        with pytest.raises(KeyStoreError):
+            async with PatientAgent.open(bad, node=world.node):
+                pass
+
+
+async def test_registration_errors_and_duplicates(world):
+    with trio.fail_after(30):
+        async with contextlib.AsyncExitStack() as stack:
+            cfg = world.config("bob", "hospital-a", {"role": "patient"})
+            bob = await stack.enter_async_context(PatientAgent.open(cfg, node=world.node))
+            with pytest.raises(RegistrationError) as info:
+                await bob.register(b"\x00" * 32)
+            assert info.value.code == "enroll.denied"
+            with pytest.raises(RegistrationError):
+                await bob.store(b"x", label="l", media_type="text/plain")  # not registered yet
+            await bob.register(world.fake.token("bob", "hospital-a", {"role": "patient"}))
+            await bob.store(b"x", label="l", media_type="text/plain", record_id="r1")
+            with pytest.raises(TransactionRejected) as info:
+                await bob.store(b"y", label="l", media_type="text/plain", record_id="r1")
+            assert info.value.reason == "duplicate"
+        # another agent (other keys) claiming the same subject is refused
+        other = world.config("bob", "hospital-a", {"role": "patient"})
+        other.data_dir = world.tmp / "users" / "bob-impostor"
+        async with PatientAgent.open(other, node=world.node) as impostor:
+            with pytest.raises(RegistrationError) as info:
+                await impostor.register(world.fake.token("bob", "hospital-a", {"role": "patient"}))
+            assert info.value.code == "enroll.exists"
+
+
+async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy(world):
+    """A peer commits a submission but never answers: the agent re-sends the SAME
+    transaction through another peer; the ledger marks that copy replayed_nonce, and
+    the agent confirms the first copy's effect and reports success (no duplicates)."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart = [await stack.enter_async_context(cls.open(
+                world.config(subject, org, attrs, request_timeout=2.0), node=world.node))
+                for cls, subject, org, attrs in ((PatientAgent, "alice", "hospital-a", {"role": "patient"}),
+                                                 (DoctorAgent, "dr-heart", "hospital-b", CARDIO))]
+            await alice.register(world.fake.token("alice", "hospital-a", {"role": "patient"}))
+            await heart.register(world.fake.token("dr-heart", "hospital-b", CARDIO))
+            await alice.set_policy(POLICY)
+            world.fake.mute_after_commit.update({"peer-a1", "peer-b1"})  # both home peers
+            before = len(world.fake.submissions)
+            rid = await alice.store(b"written once", label="cardiology", media_type="text/plain")
+            copies = world.fake.submissions[before:]
+            assert len(copies) == 2 and copies[0] == copies[1]  # the same bytes, twice
+            assert world.fake.ledger.get(f"record/alice/{rid}")["tx"] == copies[0]
+            assert alice.health.state("peer-a1") == "open"  # shared by the agents on this node
+            # while peer-a1 is open, submits go to peer-a2 first: one copy
+            before = len(world.fake.submissions)
+            await alice.set_policy(POLICY.replace("version 1", "version 2"))
+            assert len(world.fake.submissions) == before + 1
+
+            # access_request (the doctor), grant (the patient), revoke: each through a mute peer first
+            alice.health.success("peer-a1")
+            alice.health.success("peer-b1")
+            assert await heart.read("alice", rid) == b"written once"
+            grant_id = next(iter(alice.grants))
+            alice.health.success("peer-a1")
+            await alice.revoke(grant_id)
+            assert world.fake.ledger.get(f"grant/{grant_id}")["revoked"]
+            events = [e["event"] for e in await alice.audit()]
+            assert events.count("store") == 1 and events.count("grant") == 1
+            assert events.count("access_request") == 1 and events.count("revoke_grant") == 1
+            marks = [world.fake.ledger.get(f"request/{alice.grants[grant_id]['request_id']}")["status"]]
+            assert marks == ["granted"]
+            with pytest.raises(GrantRevoked):
+                await heart.read("alice", rid)
+
+
+async def test_not_enough_healthy_peers_asks_everyone_with_a_short_leash(world):
+    """Doctors skip peers that failed lately while t others are healthy, and ask them
+    (with a short timeout) only when the healthy ones cannot make t."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            rid = await alice.store(b"x" * 1000, label="cardiology", media_type="text/plain")
+            await alice.set_policy(POLICY)
+            assert await heart.read("alice", rid) == b"x" * 1000
+            # two peers marked failed (they are fine): reads use the two healthy ones only
+            heart.health.failure("peer-a1")
+            heart.health.failure("peer-b2")
+            used = world.fake.reencryptions
+            assert await heart.read("alice", rid) == b"x" * 1000
+            assert world.fake.reencryptions - used == 2
+            # one of the healthy two stops: the suspects are asked too, and they answer
+            await world.fake.stop_peer("peer-a2")
+            assert await heart.read("alice", rid) == b"x" * 1000
+            assert heart.health.state("peer-a1") == "closed" and heart.health.state("peer-a2") == "open"
+
+
+async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
+    """A peer that stops answering (not yet known to be bad): the patient answers once t
+    peers took their shares (the stalled one's delivery goes on in the background), the
+    doctor reads with t shares, and a revoked grant is refused without waiting for it."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            rid = await alice.store(b"stalled", label="cardiology", media_type="text/plain")
+            await alice.set_policy(POLICY)
+            world.fake.stalled.add("peer-b2")  # nobody's home peer: only fan-outs meet it
+            with trio.fail_after(3):  # request timeout: 10 s
+                assert await heart.read("alice", rid) == b"stalled"
+            grant_id = next(iter(alice.grants))
+            assert set(alice.grants[grant_id]["peers"]) == {"peer-a1", "peer-a2", "peer-b1"}
+            with trio.fail_after(5):  # revoke waits for the peers' heights: 2 s for the stalled one
+                await alice.revoke(grant_id)
+            with trio.fail_after(3), pytest.raises(GrantRevoked):
+                await heart.read("alice", rid)

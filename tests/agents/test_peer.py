@@ -1,0 +1,570 @@
+"""Consortium peers and the orderer over the in-memory bus: enrollment, submit/commit,
+queries, audit, key shares, re-encryption and revocation, events, catch-up, CLI checks."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+import bus
+from agents.cli.ledger import audit_main, verify_main
+from agents.orderer import OrdererAgent
+from agents.peer import REENCRYPTION_TAG, PeerAgent, share_context
+from agents.consortium import Manifest, enroll_id, enrollment_token
+from agents.keys import AgentKeys
+from agents.runtime import make_endpoint
+from core import canonical, ecdsa, pre
+from core.cid import compute as compute_cid
+from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
+from core.ledger import make_genesis
+from core.policy import parse as parse_policy
+from core.tx import Transaction
+
+POLICY = """
+policy "sharing" version 1
+default deny
+rule cardio:
+  allow read on label "cardiology"
+  when role == "doctor" and department == "cardiology"
+  approval auto
+"""
+
+
+class Consortium:
+    """Keys, genesis and manifest of a test consortium (orgs a and b, two peers each)."""
+
+    def __init__(self, tmp: Path, n_peers: int = 4, threshold: int = 2, agents: dict | None = None):
+        self.tmp = tmp
+        self.orderer_key = ecdsa.generate_private_key()
+        self.peer_keys: dict[str, AgentKeys] = {}
+        infos = []
+        for i in range(n_peers):
+            org = "org-a" if i < (n_peers + 1) // 2 else "org-b"
+            pid = f"peer-{org[-1]}-{i + 1}"
+            keys = AgentKeys.generate()
+            self.peer_keys[pid] = keys
+            infos.append(PeerInfo(pid, org, keys.ecdsa_public, keys.box_public, i + 1))
+        self.infos = {p.id: p for p in infos}
+        self.config = ConsortiumConfig("test", (OrgInfo("org-a", "Hospital A"), OrgInfo("org-b", "Hospital B")),
+                                       tuple(infos), "orderer", ecdsa.public_key(self.orderer_key), threshold,
+                                       created_at=int(time.time() * 1000))
+        self.genesis = make_genesis(self.config, self.orderer_key).to_bytes()
+        self.secrets = {"org-a": secrets.token_bytes(32), "org-b": secrets.token_bytes(32)}
+        keys = {pid: k.ecdsa_public for pid, k in self.peer_keys.items()}
+        keys["orderer"] = ecdsa.public_key(self.orderer_key)
+        self.manifest = Manifest("test", self.genesis, "orderer", list(self.peer_keys), [], threshold,
+                                 dict(agents or {}), keys, {"org-a": [p for p in keys if p.startswith("peer-a")],
+                                                            "org-b": [p for p in keys if p.startswith("peer-b")]})
+
+    def orderer(self, **kw) -> OrdererAgent:
+        return OrdererAgent(orderer_id="orderer", signing_key=self.orderer_key, genesis=self.genesis,
+                            data_dir=self.tmp / "orderer", directory=self.manifest.directory(), **kw)
+
+    def peer(self, pid: str, **kw) -> PeerAgent:
+        org = self.infos[pid].org
+        return PeerAgent(peer_id=pid, keys=self.peer_keys[pid], genesis=self.genesis, data_dir=self.tmp / pid,
+                         manifest=self.manifest, enroll_secret=self.secrets[org], **kw)
+
+
+class User:
+    def __init__(self, subject: str, keys: AgentKeys, endpoint: bus.Endpoint, cert: dict):
+        self.subject, self.keys, self.endpoint, self.cert = subject, keys, endpoint, cert
+
+    def tx(self, tx_type: str, body: dict) -> bytes:
+        return Transaction.create(tx_type, self.subject, body, self.keys.ecdsa_private,
+                                  int(time.time() * 1000)).to_bytes()
+
+    async def submit(self, peer: str, tx_type: str, body: dict) -> dict:
+        return await self.endpoint.request(peer, "peer.submit", {"tx": self.tx(tx_type, body), "wait": True})
+
+
+def enroll_body(c: Consortium, keys: AgentKeys, subject: str, org: str, attrs: dict, token: bytes | None = None):
+    recv = keys.receive
+    return {"subject": subject, "org": org, "attributes": attrs, "box_key": keys.box_public,
+            "pre_key": recv.public.to_bytes(), "pre_proof": recv.prove(subject).to_bytes(), "valid_s": 86400,
+            "token": token if token is not None else enrollment_token(c.secrets[org], subject, org, attrs)}
+
+
+async def enroll(c: Consortium, node: bus.Node, peer: str, subject: str, org: str, attrs: dict,
+                 everywhere: dict | None = None) -> User:
+    keys = AgentKeys.generate()
+    ep = make_endpoint(node, enroll_id(keys.ecdsa_public), keys.ecdsa_private, c.manifest.directory())
+    try:
+        reply = await ep.request(peer, "peer.enroll", enroll_body(c, keys, subject, org, attrs))
+    finally:
+        await ep.aclose()
+    assert reply["cert"]["subject"] == subject and reply["cert"]["issuer"] == peer
+    for p in (everywhere or {}).values():  # the other peers commit the register block a moment later
+        await p.wait_for_height(reply["height"])
+    return User(subject, keys, make_endpoint(node, subject, keys.ecdsa_private, c.manifest.directory()),
+                reply["cert"])
+
+
+@asynccontextmanager
+async def running(c: Consortium, peers: list[str] | None = None, **orderer_kw):
+    async with bus.open_node() as node:
+        async with trio.open_nursery() as nursery:
+            orderer = c.orderer(**orderer_kw)
+            await nursery.start(orderer.run, node)
+            agents = {}
+            for pid in peers if peers is not None else list(c.peer_keys):
+                agents[pid] = c.peer(pid)
+                await nursery.start(agents[pid].run, node)
+            yield node, orderer, agents, nursery
+            nursery.cancel_scope.cancel()
+
+
+def store_body(keys: AgentKeys, record_id: str, label: str = "cardiology"):
+    capsule, key = pre.encapsulate(keys.label_key(label).public)
+    return {"record_id": record_id, "label": label, "cid": compute_cid(record_id.encode()), "size": 10,
+            "media_type": "application/fhir+json", "capsule": capsule.to_bytes()}, key
+
+
+async def test_enrollment_good_bad_and_duplicate(tmp_path):
+    c = Consortium(tmp_path)
+    with trio.fail_after(30):
+        async with running(c) as (node, orderer, peers, _):
+            alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"})
+            for p in peers.values():  # every peer committed it and learned the key
+                await p.wait_for_height(1)
+                assert p.ledger.certificate("alice")["cert"]["ecdsa_key"] == alice.keys.ecdsa_public
+                assert p.directory("alice") == alice.keys.ecdsa_public
+            keys = AgentKeys.generate()
+            ep = make_endpoint(node, enroll_id(keys.ecdsa_public), keys.ecdsa_private, c.manifest.directory())
+            with pytest.raises(bus.RemoteError) as info:  # token made with the wrong secret
+                await ep.request("peer-a-1", "peer.enroll", enroll_body(
+                    c, keys, "mallory", "org-a", {"role": "doctor"},
+                    token=enrollment_token(secrets.token_bytes(32), "mallory", "org-a", {"role": "doctor"})))
+            assert info.value.code == "enroll.denied"
+            with pytest.raises(bus.RemoteError) as info:  # token for other attributes
+                body = enroll_body(c, keys, "mallory", "org-a", {"role": "patient"})
+                body["attributes"] = {"role": "doctor"}
+                await ep.request("peer-a-1", "peer.enroll", body)
+            assert info.value.code == "enroll.denied"
+            with pytest.raises(bus.RemoteError) as info:  # another organization's peer
+                await ep.request("peer-b-3", "peer.enroll", enroll_body(c, keys, "bob", "org-a", {"role": "patient"}))
+            assert info.value.code == "enroll.denied"
+            with pytest.raises(bus.RemoteError) as info:
+                await ep.request("peer-a-2", "peer.enroll", enroll_body(c, keys, "alice", "org-a", {"role": "patient"}))
+            assert info.value.code == "enroll.exists"
+            body = enroll_body(c, keys, "bob", "org-a", {"role": "patient"})
+            body["pre_proof"] = enroll_body(c, AgentKeys.generate(), "bob", "org-a", {"role": "patient"})["pre_proof"]
+            with pytest.raises(bus.RemoteError) as info:  # proof of possession for another key
+                await ep.request("peer-a-1", "peer.enroll", body)
+            assert info.value.code == "enroll.invalid"
+            assert peers["peer-a-1"].ledger.certificate("mallory") is None
+            # queries before registering: only cert and head
+            assert (await ep.request("peer-a-1", "peer.query", {"what": "cert", "subject": "alice"}))["revoked"] is False
+            with pytest.raises(bus.RemoteError) as info:
+                await ep.request("peer-a-1", "peer.query", {"what": "policy", "patient": "alice"})
+            assert info.value.code == "forbidden"
+
+
+async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
+    c = Consortium(tmp_path)
+    with trio.fail_after(45):
+        async with running(c) as (node, orderer, peers, _):
+            alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"})
+            doc = await enroll(c, node, "peer-b-3", "dr-heart", "org-b", {"role": "doctor", "department": "cardiology"},
+                             everywhere=peers)
+            events = await doc.endpoint.subscribe("peer-b-4", "events")
+            body, key = store_body(alice.keys, "rec-1")
+            reply = await alice.submit("peer-a-2", "store", body)
+            assert reply["mark"] == "ok" and reply["height"] >= 3
+            reply = await alice.submit("peer-a-2", "set_policy", {"policy": parse_policy(POLICY).to_msgpack()})
+            assert reply["mark"] == "ok"
+            # an invalid transaction is committed with its reason code
+            reply = await alice.submit("peer-a-1", "store", body)
+            assert reply["mark"] == "duplicate"
+            # no-wait submit
+            reply = await alice.endpoint.request("peer-a-1", "peer.submit", {"tx": alice.tx("store", store_body(
+                alice.keys, "rec-2", "labs")[0]), "wait": False})
+            assert set(reply) == {"tx_id"} and len(reply["tx_id"]) == 32
+            reply = await doc.submit("peer-b-3", "access_request", {
+                "request_id": "req-1", "patient": "alice", "record_id": "rec-1", "operation": "read", "purpose": None})
+            assert reply["mark"] == "ok"
+            req = await doc.endpoint.request("peer-b-3", "peer.query", {"what": "request", "request_id": "req-1"})
+            assert req["decision"]["effect"] == "allow" and req["decision"]["rule"] == "cardio"
+            ev = await events.receive()
+            assert ev.body["type"] == "access_request" and ev.body["patient"] == "alice"
+            assert ev.body["doctor"] == "dr-heart" and ev.body["decision"]["rule"] == "cardio"
+            for p in peers.values():
+                await p.wait_for_height(peers["peer-b-3"].height)
+            recs = await doc.endpoint.request("peer-a-1", "peer.query", {"what": "records", "patient": "alice",
+                                                                        "label": None})
+            assert [r["record_id"] for r in recs] == ["rec-1", "rec-2"]  # rec-2 committed before req-1
+            recs = await doc.endpoint.request("peer-a-1", "peer.query", {"what": "records", "patient": "alice",
+                                                                        "label": "labs"})
+            assert [(r["record_id"], r["label"]) for r in recs] == [("rec-2", "labs")]
+            # key shares, 2 of 4, delivered before the grant commits (the peers wait for it)
+            label_keys = alice.keys.label_key("cardiology")
+            receiver = pre.PublicKey.from_bytes(doc.cert["pre_key"])
+            proxies = [pre.Proxy(p.index, p.box_key) for p in c.infos.values()]
+            sealed = pre.make_key_shares(label_keys, receiver, proxies, 2, share_context("g-1"))
+            by_peer = {pid: s for pid, s in zip(c.infos, sealed)}
+            grant = {"grant_id": "g-1", "request_id": "req-1", "threshold": 2, "expires_at": int(time.time()) + 3600,
+                     "shares": {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}}
+            acks = {}
+
+            async def deliver(pid):
+                acks[pid] = await alice.endpoint.request(pid, "peer.deliver_share", {
+                    "grant_id": "g-1", "index": by_peer[pid].index, "sealed": by_peer[pid].sealed})
+
+            async with trio.open_nursery() as n:
+                for pid in by_peer:
+                    n.start_soon(deliver, pid)
+                await trio.sleep(0.05)
+                assert (await alice.submit("peer-a-1", "grant", grant))["mark"] == "ok"
+            assert all(a == {"ok": True} for a in acks.values())
+            with pytest.raises(bus.RemoteError) as info:  # someone else's share
+                await alice.endpoint.request("peer-a-1", "peer.deliver_share", {
+                    "grant_id": "g-1", "index": 1, "sealed": by_peer["peer-a-2"].sealed})
+            assert info.value.code == "share.mismatch"
+            assert (await events.receive()).body["type"] == "grant"
+            # re-encryption by two peers; the shares combine to the record key
+            ask = {"grant_id": "g-1", "patient": "alice", "record_id": "rec-1", "request_id": "req-1"}
+            shares = []
+            for pid in ("peer-a-2", "peer-b-4"):
+                r = await doc.endpoint.request(pid, "peer.reencrypt", ask)
+                assert r["index"] == c.infos[pid].index and r["cid"] == body["cid"]
+                assert ecdsa.is_valid(c.infos[pid].ecdsa_key, REENCRYPTION_TAG,
+                                      canonical.pack([ask["request_id"], r["cid"], r["index"], r["share"]]),
+                                      r["signature"])
+                shares.append(pre.ReencryptedShare.from_bytes(r["share"]))
+            assert pre.combine(shares, doc.keys.receive.secret) == key
+            # the patient alone reads its audit trail; the peers logged their accesses
+            with pytest.raises(bus.RemoteError) as info:
+                await doc.endpoint.request("peer-a-1", "peer.audit", {"patient": "alice"})
+            assert info.value.code == "audit.forbidden"
+            while True:
+                trail = (await alice.endpoint.request("peer-a-1", "peer.audit", {"patient": "alice"}))["events"]
+                if sum(e["event"] == "access" for e in trail) == 2:
+                    break
+                await trio.sleep(0.02)
+            assert sorted(e["peer"] for e in trail if e["event"] == "access") == ["peer-a-2", "peer-b-4"]
+            # someone else asking, and a wrong request id
+            with pytest.raises(bus.RemoteError) as info:
+                await alice.endpoint.request("peer-a-1", "peer.reencrypt", ask)
+            assert info.value.code == "access.forbidden"
+            with pytest.raises(bus.RemoteError) as info:
+                await doc.endpoint.request("peer-a-1", "peer.reencrypt", {**ask, "request_id": "req-x"})
+            assert info.value.code == "access.forbidden"
+            # revocation: every peer refuses from the committing block on
+            assert (await alice.submit("peer-a-1", "revoke_grant", {"grant_id": "g-1", "reason": "done"}))["mark"] == "ok"
+            for pid in peers:
+                await peers[pid].wait_for_height(peers["peer-a-1"].ledger.height)
+                with pytest.raises(bus.RemoteError) as info:
+                    await doc.endpoint.request(pid, "peer.reencrypt", ask)
+                assert info.value.code == "access.bad_state"
+            assert (await events.receive()).body["type"] == "revoke_grant"
+            # all peers agree
+            heads = {pid: p.ledger.head() for pid, p in peers.items()}
+            assert len(set(heads.values())) == 1
+            await events.aclose()
+    # the stored chain verifies; the audit CLI reads the history
+    assert verify_main(["--data", str(tmp_path / "peer-a-1")]) == 0
+    assert audit_main(["--data", str(tmp_path / "peer-b-3"), "--patient", "alice"]) == 0
+
+
+async def test_share_survives_restart_sealed_at_rest(tmp_path):
+    """A delivered share is kept sealed in SQLite and usable after a restart (no cache)."""
+    c = Consortium(tmp_path, n_peers=1, threshold=1)
+    (pid,) = c.infos
+    with trio.fail_after(30):
+        async with running(c) as (node, orderer, peers, _):
+            alice = await enroll(c, node, pid, "alice", "org-a", {"role": "patient"})
+            doc = await enroll(c, node, pid, "dr", "org-a", {"role": "doctor", "department": "cardiology"})
+            body, key = store_body(alice.keys, "rec-1")
+            await alice.submit(pid, "store", body)
+            await alice.submit(pid, "set_policy", {"policy": parse_policy(POLICY).to_msgpack()})
+            await doc.submit(pid, "access_request", {"request_id": "r1", "patient": "alice", "record_id": "rec-1",
+                                                     "operation": "read", "purpose": None})
+            (sealed,) = pre.make_key_shares(alice.keys.label_key("cardiology"),
+                                            pre.PublicKey.from_bytes(doc.cert["pre_key"]),
+                                            [pre.Proxy(1, c.infos[pid].box_key)], 1, share_context("g"))
+            await alice.submit(pid, "grant", {"grant_id": "g", "request_id": "r1", "threshold": 1,
+                                              "expires_at": int(time.time()) + 600,
+                                              "shares": {pid: hashlib.sha256(sealed.sealed).digest()}})
+            await alice.endpoint.request(pid, "peer.deliver_share", {"grant_id": "g", "index": 1,
+                                                                     "sealed": sealed.sealed})
+        # the share rests as delivered: sealed to the peer's X25519 key
+        with sqlite3.connect(tmp_path / pid / "ledger.sqlite") as conn:
+            (stored,) = conn.execute("SELECT sealed FROM shares WHERE grant_id = 'g'").fetchone()
+        assert stored == sealed.sealed
+        async with running(c) as (node, orderer, peers, _):
+            doc_ep = make_endpoint(node, "dr", doc.keys.ecdsa_private, c.manifest.directory())
+            r = await doc_ep.request(pid, "peer.reencrypt", {"grant_id": "g", "patient": "alice",
+                                                            "record_id": "rec-1", "request_id": "r1"})
+            assert pre.combine([pre.ReencryptedShare.from_bytes(r["share"])], doc.keys.receive.secret) == key
+
+
+async def test_catch_up_from_peer_when_orderer_is_gone(tmp_path):
+    c = Consortium(tmp_path, n_peers=3)
+    with trio.fail_after(40):
+        async with bus.open_node() as node:
+            async with trio.open_nursery() as nursery:
+                orderer_scope = trio.CancelScope()
+
+                async def run_orderer(task_status=trio.TASK_STATUS_IGNORED):
+                    with orderer_scope:
+                        await c.orderer(batch_size=2).run(node, task_status=task_status)
+
+                await nursery.start(run_orderer)
+                peers = {}
+                for pid in ("peer-a-1", "peer-a-2"):
+                    peers[pid] = c.peer(pid, retry_interval=0.2)
+                    await nursery.start(peers[pid].run, node)
+                alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"}, everywhere=peers)
+                for i in range(5):
+                    await alice.submit("peer-a-2", "store", store_body(alice.keys, f"rec-{i}")[0])
+                await peers["peer-a-1"].wait_for_height(peers["peer-a-2"].ledger.height)
+                orderer_scope.cancel()
+                await trio.sleep(0.05)
+                late = c.peer("peer-b-3", retry_interval=0.2)
+                await nursery.start(late.run, node)
+                assert late.ledger.head() == peers["peer-a-1"].ledger.head()
+                assert late.ledger.height >= 6
+                assert late.directory("alice") == alice.keys.ecdsa_public
+                # with the orderer gone, submissions fail cleanly
+                with pytest.raises(bus.RemoteError) as info:
+                    await alice.submit("peer-b-3", "store", store_body(alice.keys, "rec-x")[0])
+                assert info.value.code == "submit.unavailable"
+                nursery.cancel_scope.cancel()
+
+
+async def test_gap_in_published_blocks_is_filled(tmp_path):
+    """A peer that misses published blocks (here: started from an old copy of its
+    database while the swarm moved on) fetches the gap before the next block."""
+    c = Consortium(tmp_path, n_peers=2)
+    with trio.fail_after(40):
+        async with running(c, batch_size=1) as (node, orderer, peers, nursery):
+            alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"})
+            p2 = peers["peer-b-2"]
+            # detach peer-b-2's subscription from the orderer side: it misses the next blocks
+            orderer.endpoint._drop_subscriber("blocks", "peer-b-2", None)
+            for i in range(3):
+                await alice.submit("peer-a-1", "store", store_body(alice.keys, f"rec-{i}")[0])
+            target = peers["peer-a-1"].ledger.height
+            assert p2.ledger.height < target
+            with trio.fail_after(15):
+                await p2.wait_for_height(target)  # idle poll of orderer.head finds the gap
+            assert p2.ledger.head() == peers["peer-a-1"].ledger.head()
+
+
+async def test_tampered_block_is_named_by_verify(tmp_path, capsys):
+    c = Consortium(tmp_path, n_peers=1, threshold=1)
+    with trio.fail_after(30):
+        async with running(c, batch_size=1) as (node, orderer, peers, _):
+            alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"})
+            for i in range(3):
+                await alice.submit("peer-a-1", "store", store_body(alice.keys, f"rec-{i}")[0])
+    data = tmp_path / "peer-a-1"
+    assert verify_main(["--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("chain OK: 5 blocks, root ")
+    db = data / "ledger.sqlite"
+    for height, offset in ((3, 40), (2, -70), (4, 5)):
+        with sqlite3.connect(db) as conn:
+            (blob,) = conn.execute("SELECT data FROM blocks WHERE height = ?", (height,)).fetchone()
+            bad = bytearray(blob)
+            bad[offset] ^= 0x01
+            conn.execute("UPDATE blocks SET data = ? WHERE height = ?", (bytes(bad), height))
+        assert verify_main(["--data", str(data)]) == 1
+        assert f"chain BAD: block {height}:" in capsys.readouterr().out
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE blocks SET data = ? WHERE height = ?", (blob, height))
+    assert verify_main(["--data", str(data)]) == 0
+    # a changed state value or mark is caught too
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE blocks SET marks = ? WHERE height = 3", (canonical.pack(["duplicate"]),))
+    assert verify_main(["--data", str(data)]) == 1
+    assert "block 3: stored validity marks" in capsys.readouterr().out
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE blocks SET marks = ? WHERE height = 3", (canonical.pack(["ok"]),))
+        conn.execute("UPDATE state SET value = ? WHERE key = 'record/alice/rec-1'", (canonical.pack({"x": 1}),))
+    assert verify_main(["--data", str(data)]) == 1
+    assert "record/alice/rec-1" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- separate processes
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import msgpack  # noqa: E402
+
+from agents.ledger_store import LedgerStore  # noqa: E402
+from agents.keys import KeyStore  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+REPLAY = """
+import sys, msgpack
+from core.ledger import Block, Ledger, MemoryKV
+from agents.ledger_store import LedgerStore
+blocks = msgpack.unpackb(open(sys.argv[1], "rb").read())
+genesis = Block.from_bytes(blocks[0])
+if sys.argv[2] == "sqlite":
+    kv = LedgerStore(sys.argv[3])
+    kv.init_genesis(genesis)
+else:
+    kv = MemoryKV()
+ledger = Ledger(genesis, kv)
+for raw in blocks[1:]:
+    block = Block.from_bytes(raw)
+    result = ledger.apply(block)
+    kv.commit(block, result) if sys.argv[2] == "sqlite" else kv.apply(result.writes)
+print(ledger.head()[2].hex())
+"""
+
+
+def _env(**extra):
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+async def test_two_processes_replaying_a_chain_reach_the_same_root(tmp_path):
+    """Determinism: the chain of a full flow (every transaction type), replayed in two
+    fresh interpreters with different hash seeds and stores, gives byte-identical roots."""
+    c = Consortium(tmp_path, n_peers=2, threshold=1)
+    with trio.fail_after(40):
+        async with running(c) as (node, orderer, peers, _):
+            alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"}, everywhere=peers)
+            doc = await enroll(c, node, "peer-b-2", "dr", "org-b", {"role": "doctor", "department": "cardiology"},
+                               everywhere=peers)
+            await alice.submit("peer-a-1", "store", store_body(alice.keys, "rec-1")[0])
+            await alice.submit("peer-a-1", "set_policy", {"policy": parse_policy(POLICY).to_msgpack()})
+            for rid in ("r1", "r2"):
+                await doc.submit("peer-b-2", "access_request", {"request_id": rid, "patient": "alice",
+                                                                "record_id": "rec-1", "operation": "read",
+                                                                "purpose": "care"})
+            await alice.submit("peer-a-1", "grant", {"grant_id": "g", "request_id": "r1", "threshold": 1,
+                                                     "expires_at": int(time.time()) + 600,
+                                                     "shares": {"peer-a-1": bytes(32)}})
+            await alice.submit("peer-a-1", "deny_request", {"request_id": "r2", "reason": "no"})
+            await alice.submit("peer-a-1", "revoke_grant", {"grant_id": "g", "reason": "done"})
+            await doc.submit("peer-b-2", "revoke_cert", {"subject": "dr", "reason": "left"})
+            for p in peers.values():
+                await p.wait_for_height(peers["peer-b-2"].height)
+            roots = {p.ledger.head()[2] for p in peers.values()}
+            assert len(roots) == 1
+            chain = peers["peer-a-1"].store.blocks(0, 10_000)
+    (tmp_path / "chain.msgpack").write_bytes(msgpack.packb(chain))
+    outs = []
+    for seed, kind in (("1", "memory"), ("12345", "sqlite")):
+        proc = await trio.run_process(
+            [sys.executable, "-c", REPLAY, str(tmp_path / "chain.msgpack"), kind, str(tmp_path / f"replay-{seed}.db")],
+            capture_stdout=True, env=_env(PYTHONHASHSEED=seed), cwd=tmp_path)
+        outs.append(proc.stdout.decode().strip())
+    assert outs[0] == outs[1] == roots.pop().hex()
+
+
+async def _read_line(stream, buf: bytearray) -> str:
+    while b"\n" not in buf:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            raise EOFError("process closed its output")
+        buf.extend(chunk)
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line.decode()
+
+
+async def test_peer_process_killed_mid_commit_restarts_consistent(tmp_path):
+    """SIGKILL a peer process while blocks stream in; restarted, it reaches the same head
+    and state root as the in-process peer, and its stored chain verifies."""
+    c = Consortium(tmp_path, n_peers=2, threshold=1)
+    remote = "peer-b-2"
+    key_file = tmp_path / "p.key"
+    KeyStore.create_key_file(key_file)
+    KeyStore(tmp_path / "p.keys", key_file=key_file).save(c.peer_keys[remote].to_bytes())
+    with trio.fail_after(50):
+        async with bus.open_node() as node:
+            address = await node.listen("tcp://127.0.0.1:0")
+            c.manifest.agents = {"orderer": address, "peer-a-1": address}
+            (tmp_path / "manifest.json").write_text(c.manifest.to_json())
+            argv = [sys.executable, "-m", "agents.peer", "serve", "--id", remote, "--manifest",
+                    str(tmp_path / "manifest.json"), "--keystore", str(tmp_path / "p.keys"), "--key-file",
+                    str(key_file), "--data", str(tmp_path / remote)]
+
+            async def start_remote():
+                proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, env=_env(), cwd=tmp_path)
+                line = await _read_line(proc.stdout, bytearray())
+                assert line.startswith("ready "), line
+                node.add_route(remote, line.split()[1])
+                return proc
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(c.orderer(batch_size=20, batch_timeout=0.01).run, node)
+                local = c.peer("peer-a-1")
+                await nursery.start(local.run, node)
+                alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"})
+                proc = await start_remote()
+
+                async def remote_height():
+                    return (await alice.endpoint.request(remote, "peer.query", {"what": "head"}, timeout=5))["height"]
+
+                async def stream(first, count):
+                    for i in range(first, first + count):
+                        txs = [alice.tx("store", store_body(alice.keys, f"rec-{i}-{j}")[0]) for j in range(20)]
+                        await alice.endpoint.request("peer-a-1", "peer.submit", {"txs": txs, "wait": False})
+                        await trio.sleep(0.01)
+
+                async with trio.open_nursery() as n:
+                    n.start_soon(stream, 0, 60)
+                    while await remote_height() < 10:
+                        await trio.sleep(0.01)
+                    proc.kill()  # SIGKILL, while blocks keep coming
+                    await proc.wait()
+                assert proc.returncode == -9
+                await stream(60, 10)
+                last = await alice.submit("peer-a-1", "store", store_body(alice.keys, "rec-last")[0])
+                assert last["mark"] == "ok"  # ordered after everything streamed before it
+                # restarted from its data directory, it catches up to the same state
+                proc = await start_remote()
+                while await remote_height() < last["height"]:
+                    await trio.sleep(0.05)
+                head = await alice.endpoint.request(remote, "peer.query", {"what": "head"})
+                assert (head["height"], head["hash"], head["root"]) == local.ledger.head()
+                proc.terminate()
+                await proc.wait()
+                nursery.cancel_scope.cancel()
+    assert verify_main(["--data", str(tmp_path / remote)]) == 0
+    store = LedgerStore(tmp_path / remote / "ledger.sqlite", readonly=True)
+    assert len(store.scan("record/alice/")) == 70 * 20 + 1
+    store.close()
+
+
+async def test_bench_ledger_smoke(tmp_path):
+    from agents.bench.ledger import run_bench
+
+    with trio.fail_after(40):
+        report = await run_bench(120, batch=40, window=80, data_dir=tmp_path)
+    for r in report["results"]:
+        assert r["transactions"] == r["valid"] == 120
+        assert r["verify_calls"] >= 4 * 120  # every peer verified every transaction
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+
+
+async def test_enrollment_refuses_reserved_attribute_names(tmp_path):
+    """A token from org-a's registrar for attributes organization=org-b, id=dave does not
+    enroll anyone: the reserved names come from the certificate's own fields only."""
+    c = Consortium(tmp_path)
+    with trio.fail_after(30):
+        async with running(c) as (node, orderer, peers, _):
+            keys = AgentKeys.generate()
+            ep = make_endpoint(node, enroll_id(keys.ecdsa_public), keys.ecdsa_private, c.manifest.directory())
+            for attrs in ({"role": "doctor", "organization": "org-b", "id": "dave"},
+                          {"role": "doctor", "organization": "org-b"}, {"role": "doctor", "id": "dave"}):
+                with pytest.raises(bus.RemoteError) as info:
+                    await ep.request("peer-a-1", "peer.enroll", enroll_body(c, keys, "mallory", "org-a", attrs))
+                assert info.value.code == "enroll.invalid" and "reserved" in info.value.message
+            assert peers["peer-a-1"].ledger.certificate("mallory") is None
+            assert peers["peer-a-1"].ledger.head()[0] == 0  # nothing was written

@@ -1,0 +1,182 @@
+"""The swarm launcher: resume from a data directory, and one process per agent with faults."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from agents.client import UserConfig
+from agents.doctor import DoctorAgent
+from agents.errors import NotEnoughPeers, PolicyDenied
+from agents.testing.fhir import encode_bundle, generate_bundle
+from agents.patient import PatientAgent
+from agents.swarm import Swarm, SwarmFiles, SwarmSpec
+
+POLICY = """
+policy "p" version 1
+default deny
+rule cardio:
+  allow read on label "cardiology" when role == "doctor" and department == "cardiology"
+  approval auto
+"""
+
+
+def _cfg(swarm: Swarm, subject: str, org: str, attrs: dict) -> UserConfig:
+    return UserConfig(subject=subject, org=org, attributes=attrs, data_dir=swarm.files.user_dir(subject),
+                      manifest=swarm.manifest, passphrase="pw " + subject, fast_kdf=True, request_timeout=10)
+
+
+PATIENT = ("alice", "hospital-a", {"role": "patient"})
+DOCTOR = ("dr-h", "hospital-b", {"role": "doctor", "department": "cardiology"})
+
+
+async def test_swarm_resumes_from_its_data_directory(tmp_path):
+    spec = SwarmSpec(data_dir=tmp_path / "swarm")
+    record = encode_bundle(generate_bundle(seed=7, size_kib=20))
+    with trio.fail_after(60):
+        async with Swarm.open(spec, fresh=True) as swarm:
+            genesis = swarm.manifest.genesis
+            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p, \
+                    DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d:
+                await p.register(swarm.token(*PATIENT))
+                await d.register(swarm.token(*DOCTOR))
+                rid = await p.store(record, label="cardiology", media_type="application/fhir+json")
+                await p.set_policy(POLICY)
+                assert await d.read("alice", rid) == record
+        # a second start from the same directory: same consortium, same state
+        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
+            assert swarm.manifest.genesis == genesis
+            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p, \
+                    DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d:
+                assert [r["record_id"] for r in await p.records()] == [rid]
+                assert await d.read("alice", rid) == record
+                rid2 = await p.store(b"after restart", label="cardiology", media_type="text/plain")
+                assert await d.read("alice", rid2) == b"after restart"
+    with pytest.raises(FileExistsError):
+        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm"), fresh=True):
+            pass
+
+
+def test_spec_validation_and_toml(tmp_path):
+    from agents.cli.swarm import _spec_from_args, up_main
+
+    with pytest.raises(ValueError, match="threshold"):
+        SwarmSpec(data_dir=tmp_path, peers=4, threshold=5).check()
+    with pytest.raises(ValueError, match="replicas"):
+        SwarmSpec(data_dir=tmp_path, storage_nodes=2, replicas=3).check()
+    cfg = tmp_path / "swarm.toml"
+    cfg.write_text("[swarm]\nhospitals = 3\npeers = 6\nthreshold = 3\n")
+    import argparse
+
+    args = argparse.Namespace(data=str(tmp_path / "d"), config=str(cfg), hospitals=None, peers=None,
+                              threshold=4, storage_nodes=None, replicas=None, write_quorum=None, port=None,
+                              batch_size=None, processes=False)
+    spec = _spec_from_args(args)
+    assert (spec.hospitals, spec.peers, spec.threshold) == (3, 6, 4)  # flags override the file
+    cfg.write_text("[swarm]\npeerz = 3\n")
+    assert up_main(["--data", str(tmp_path / "e"), "--config", str(cfg)]) == 2
+
+
+@pytest.mark.slow
+async def test_processes_mode_tolerates_faults(tmp_path):
+    """Each agent in its own process on loopback TCP; SIGKILL a peer and a storage node, stall a
+    peer: reads keep working while t peers answer, fail clearly below t, and nothing is lost."""
+    spec = SwarmSpec(data_dir=tmp_path / "swarm", processes=True)
+    records = {}
+    with trio.fail_after(240):
+        async with Swarm.open(spec, fresh=True) as swarm:
+            assert len(swarm.processes) == 8  # orderer, 4 peers, 3 storage nodes
+            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p, \
+                    DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d, \
+                    DoctorAgent.open(_cfg(swarm, "dr-x", "hospital-a", {"role": "doctor", "department": "x"}),
+                                     node=swarm.node) as other:
+                await p.register(swarm.token(*PATIENT))
+                await d.register(swarm.token(*DOCTOR))
+                await other.register(swarm.token("dr-x", "hospital-a", {"role": "doctor", "department": "x"}))
+                await p.set_policy(POLICY)
+                for i in range(4):
+                    data = encode_bundle(generate_bundle(seed=i, size_kib=8 + i))
+                    records[await p.store(data, label="cardiology", media_type="application/fhir+json")] = data
+                first = next(iter(records))
+                assert await d.read("alice", first) == records[first]
+                with pytest.raises(PolicyDenied):
+                    await other.read("alice", first)
+
+                # SIGKILL one peer and one storage node: still t = 2 of 4 peers, 2 of 3 replicas
+                swarm.kill("peer-b2")
+                swarm.kill("storage-1")
+                for rid, data in records.items():
+                    assert await d.read("alice", rid) == data
+                # a stalled peer (SIGSTOP: connections stay open, nothing answers)
+                swarm.stall("peer-a2")
+                t0 = time.monotonic()
+                assert await d.read("alice", first) == records[first]
+                # below the threshold: a clear error, not a hang
+                swarm.kill("peer-b1")
+                with pytest.raises(NotEnoughPeers):
+                    await d.read("alice", first)
+                assert time.monotonic() - t0 < 60
+                swarm.resume("peer-a2")
+                # bring the dead back: they catch up and the swarm is whole again
+                for agent in ("peer-b1", "peer-b2", "storage-1"):
+                    await swarm.start_process(agent)
+                for rid, data in records.items():
+                    assert await d.read("alice", rid) == data
+                rid = await p.store(b"after the faults", label="cardiology", media_type="text/plain")
+                assert await d.read("alice", rid) == b"after the faults"
+        # every peer's stored chain verifies and the peers agree on the head
+        from agents.cli import ledger as ledger_cli
+
+        files = SwarmFiles(tmp_path / "swarm")
+        for peer in files.manifest().peers:
+            assert ledger_cli.verify_main(["--data", str(files.agent_dir(peer))]) == 0
+
+
+@pytest.mark.slow
+async def test_processes_mode_oversize_batches_do_not_halt_the_ledger(tmp_path):
+    """Across processes on loopback TCP (the frame limits of a multi-host deployment): about
+    20 MB of 60 KiB transactions reach the peers at once. The orderer cuts them into blocks
+    bounded in bytes, every peer commits them, and the ledger keeps advancing (stores and
+    reads still commit afterwards). Before blocks were bounded in bytes, this made one
+    19.6 MB block that no peer could ever fetch."""
+    from core.ledger import MAX_BLOCK_BYTES
+    from core.tx import Transaction
+
+    spec = SwarmSpec(data_dir=tmp_path / "swarm", processes=True)
+    with trio.fail_after(240):
+        async with Swarm.open(spec, fresh=True) as swarm:
+            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p, \
+                    DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d:
+                await p.register(swarm.token(*PATIENT))
+                await d.register(swarm.token(*DOCTOR))
+                await p.set_policy(POLICY)
+                start = (await p.endpoint.request("peer-a1", "peer.query", {"what": "head"}))["height"]
+                peers = list(swarm.manifest.peers)
+                junk = [Transaction.create("store", "alice", {"junk": "x" * 60_000, "i": i}, p.keys.ecdsa_private,
+                                           int(time.time() * 1000)).to_bytes() for i in range(330)]
+                async with trio.open_nursery() as nursery:
+                    for n, i in enumerate(range(0, len(junk), 110)):
+                        nursery.start_soon(p.endpoint.request, peers[n % len(peers)], "peer.submit",
+                                           {"txs": junk[i:i + 110], "wait": False})
+                rid = await p.store(b"after the flood", label="cardiology", media_type="text/plain")
+                assert await d.read("alice", rid) == b"after the flood"
+                for peer in peers:  # 20 MB is at least 5 blocks of MAX_BLOCK_BYTES
+                    while (await p.endpoint.request(peer, "peer.query", {"what": "head"}))["height"] < start + 6:
+                        await trio.sleep(0.1)
+        # every junk transaction was ordered (as invalid) by every peer, in blocks within the bound
+        import sqlite3
+
+        from agents.cli import ledger as ledger_cli
+        from core.ledger import Block
+
+        files = SwarmFiles(tmp_path / "swarm")
+        for peer in files.manifest().peers:
+            db = sqlite3.connect(files.agent_dir(peer) / "ledger.sqlite")
+            rows = db.execute("SELECT data FROM blocks WHERE height > ?", (start,)).fetchall()
+            db.close()
+            assert all(len(data) <= MAX_BLOCK_BYTES for (data,) in rows)
+            ordered = {tx for (data,) in rows for tx in Block.from_bytes(data).txs}
+            assert ordered.issuperset(junk)
+            assert ledger_cli.verify_main(["--data", str(files.agent_dir(peer))]) == 0

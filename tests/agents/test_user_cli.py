@@ -1,0 +1,103 @@
+"""`emrshare swarm up` in one process, patient and doctor commands from others (real loopback TCP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+POLICY = """
+policy "cli" version 1
+default deny
+rule cardio:
+  allow read on label "cardiology" when role == "doctor" and department == "cardiology"
+  approval auto
+"""
+
+
+def _cli(*args: str, env: dict, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "agents.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited: {proc.stdout.read() if proc.stdout else ''}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not ready")
+        time.sleep(0.1)
+
+
+def test_swarm_up_and_user_commands(tmp_path):
+    data = tmp_path / "swarm"
+    env = {**os.environ, "EMRSHARE_PASSPHRASE": "cli test passphrase"}
+    swarm = subprocess.Popen([sys.executable, "-m", "agents.cli", "swarm", "up", "--data", str(data)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    serve = None
+    try:
+        _wait_for(data / "manifest.json", swarm, "swarm")
+        # the manifest is rewritten with the bound address once the node listens
+        deadline = time.monotonic() + 60
+        while ":0" in json.loads((data / "manifest.json").read_text())["agents"]["orderer"]:
+            assert time.monotonic() < deadline and swarm.poll() is None
+            time.sleep(0.1)
+        time.sleep(1.0)  # agents started after the manifest was rewritten
+        common = ["--swarm", str(data)]
+        out = _cli("patient", *common, "--subject", "alice", "--org", "hospital-a", "register", env=env)
+        assert "registered alice at hospital-a" in out.stdout
+        _cli("doctor", *common, "--subject", "dr-h", "--org", "hospital-b", "register",
+             "--attr", "department=cardiology", env=env)
+        _cli("doctor", *common, "--subject", "dr-x", "--org", "hospital-a", "register",
+             "--attr", "department=dermatology", env=env)
+        record = tmp_path / "bundle.json"
+        record.write_bytes(b'{"resourceType": "Bundle", "type": "collection", "entry": []}')
+        out = _cli("patient", *common, "--subject", "alice", "store", str(record), "--label", "cardiology",
+                   "--record-id", "rec-1", env=env)
+        assert "stored rec-1" in out.stdout
+        policy = tmp_path / "policy.txt"
+        policy.write_text(POLICY)
+        _cli("patient", *common, "--subject", "alice", "policy", str(policy), env=env)
+        listed = json.loads(_cli("doctor", *common, "--subject", "dr-h", "records", "alice", env=env).stdout)
+        assert [r["record_id"] for r in listed] == ["rec-1"]
+
+        serve = subprocess.Popen([sys.executable, "-m", "agents.cli", "patient", *common, "--subject", "alice",
+                                  "serve"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        _wait_for(data / "users" / "alice" / "address", serve, "patient serve")
+        out_file = tmp_path / "read.json"
+        _cli("doctor", *common, "--subject", "dr-h", "read", "alice", "rec-1", "--out", str(out_file), env=env)
+        assert out_file.read_bytes() == record.read_bytes()
+        denied = _cli("doctor", *common, "--subject", "dr-x", "read", "alice", "rec-1", env=env, check=False)
+        assert denied.returncode == 1 and "request.denied" in denied.stderr
+        wrong = _cli("patient", *common, "--subject", "alice", "records", check=False,
+                     env={**env, "EMRSHARE_PASSPHRASE": "wrong"})
+        assert wrong.returncode != 0 and "passphrase" in (wrong.stderr + wrong.stdout)
+        audit = _cli("patient", *common, "--subject", "alice", "audit", env=env).stdout
+        assert "re-encrypted rec-1 for dr-h" in audit and "deny by rule default" in audit
+    finally:
+        for proc in (serve, swarm):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc is not None and proc.stdout is not None:
+                proc.stdout.close()
+    # resumable: the peers' chains verify after the stop
+    from agents.cli import ledger as ledger_cli
+
+    assert ledger_cli.verify_main(["--data", str(data / "agents" / "peer-a1")]) == 0
