@@ -10,21 +10,21 @@
 Run a node: ``python -m agents.storage serve --id ID --dir DIR --listen tcp://127.0.0.1:PORT``.
 """
 
-from agents.storage.blobstore import BlobStat as BlobStat
-from agents.storage.blobstore import BlobStore as BlobStore
-from agents.storage.blobstore import PutSession as PutSession
-from agents.storage.blobstore import StoreStat as StoreStat
-from agents.storage.errors import BadRequest as BadRequest
-from agents.storage.errors import BlobTooLarge as BlobTooLarge
-from agents.storage.errors import CidMismatch as CidMismatch
-from agents.storage.errors import CorruptBlob as CorruptBlob
-from agents.storage.errors import DiskFull as DiskFull
-from agents.storage.errors import NotFound as NotFound
-from agents.storage.errors import QuotaExceeded as QuotaExceeded
-from agents.storage.errors import StorageError as StorageError
-from agents.storage.errors import Unavailable as Unavailable
-from agents.storage.client import ClientStatistics as ClientStatistics
-from agents.storage.client import RepairReport as RepairReport
-from agents.storage.client import StorageClient as StorageClient
-from agents.storage.kubo import KuboClient as KuboClient
-from agents.storage.node import StorageNode as StorageNode
+from .blobstore import BlobStat as BlobStat
+from .blobstore import BlobStore as BlobStore
+from .blobstore import PutSession as PutSession
+from .blobstore import StoreStat as StoreStat
+from .errors import BadRequest as BadRequest
+from .errors import BlobTooLarge as BlobTooLarge
+from .errors import CidMismatch as CidMismatch
+from .errors import CorruptBlob as CorruptBlob
+from .errors import DiskFull as DiskFull
+from .errors import NotFound as NotFound
+from .errors import QuotaExceeded as QuotaExceeded
+from .errors import StorageError as StorageError
+from .errors import Unavailable as Unavailable
+from .client import ClientStatistics as ClientStatistics
+from .client import RepairReport as RepairReport
+from .client import StorageClient as StorageClient
+from .kubo import KuboClient as KuboClient
+from .node import StorageNode as StorageNode

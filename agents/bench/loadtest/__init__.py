@@ -37,11 +37,11 @@ import logging
 import sys
 from pathlib import Path
 
-from agents.bench.loadtest.engine import Op as Op, Result as Result, RunSettings as RunSettings, run_load as run_load
-from agents.bench.loadtest.metrics import Recorder as Recorder, Sample as Sample, percentile as percentile
-from agents.bench.loadtest.report import render_html as render_html, render_text as render_text, to_json as to_json
-from agents.bench.loadtest.runner import Options as Options, run as run
-from agents.bench.loadtest.workload import DEFAULT_MIX, WorkloadSpec as WorkloadSpec
+from .engine import Op as Op, Result as Result, RunSettings as RunSettings, run_load as run_load
+from .metrics import Recorder as Recorder, Sample as Sample, percentile as percentile
+from .report import render_html as render_html, render_text as render_text, to_json as to_json
+from .runner import Options as Options, run as run
+from .workload import DEFAULT_MIX, WorkloadSpec as WorkloadSpec
 
 __all__ = ["main", "run", "Options", "WorkloadSpec", "RunSettings", "Recorder", "Sample", "Op", "Result",
            "run_load", "percentile", "render_text", "render_html", "to_json"]
