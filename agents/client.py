@@ -156,7 +156,7 @@ class UserAgent:
     @contextlib.asynccontextmanager
     async def _open(cls, config: UserConfig, node: bus.Node | None, **kwargs: Any) -> AsyncIterator[Any]:
         data_dir = Path(config.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         keys = await trio.to_thread.run_sync(_load_or_create_keys, config)
         try:
             async with contextlib.AsyncExitStack() as stack:

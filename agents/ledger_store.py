@@ -27,6 +27,7 @@ the database does not hold. Only this connection writes the state table.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -90,7 +91,13 @@ class LedgerStore:
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
                                        isolation_level=None)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # the ledger holds sealed key shares and every patient's metadata: owner-only
+            # (0600 files in a 0700 directory; SQLite gives its -wal and -shm files the
+            # database file's mode)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.path.parent, 0o700)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
@@ -234,6 +241,11 @@ class LedgerStore:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO shares (grant_id, idx, sealed) VALUES (?, ?, ?)",
                              (grant_id, index, sealed))
+
+    def share_rows(self) -> list[tuple[str, int, bytes]]:
+        """Every stored share as (grant id, index, sealed), in grant id order (for verification)."""
+        with self._lock:
+            return self._db.execute("SELECT grant_id, idx, sealed FROM shares ORDER BY grant_id").fetchall()
 
     def share(self, grant_id: str) -> tuple[int, bytes] | None:
         with self._lock:

@@ -152,7 +152,7 @@ class SwarmFiles:
     def create(self, spec: SwarmSpec, now: float | None = None) -> Manifest:
         """Generate keys, the genesis and the manifest for a new swarm."""
         spec.check()
-        self.secrets.mkdir(parents=True, exist_ok=True)
+        self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.secrets, 0o700)
         if not self.key_file.exists():
             KeyStore.create_key_file(self.key_file)

@@ -39,6 +39,7 @@ import msgpack
 
 from . import canonical, ecdsa
 from .cid import parse as parse_cid
+from .curve import G1
 from .errors import CoreError, DecodeError, ValidationError
 from .identity import Certificate, ConsortiumConfig, check_id
 from .policy import Policy, Request as PolicyRequest
@@ -257,12 +258,12 @@ def _body(tx: Transaction, spec: dict[str, Any]) -> dict[str, Any]:
         raise ValidationError("malformed", f"{tx.type} body needs fields {sorted(spec)}")
     for name, kind in spec.items():
         value = body[name]
-        if kind is int:
-            ok = type(value) is int
+        if kind is int:  # every integer in a body is a count, size, index or time: 0 <= n < 2**63
+            ok = type(value) is int and 0 <= value < 2**63
         else:
             ok = isinstance(value, kind)
         if not ok:
-            raise ValidationError("malformed", f"{tx.type} body field {name!r} has the wrong type")
+            raise ValidationError("malformed", f"{tx.type} body field {name!r} has the wrong type or range")
     return body
 
 
@@ -472,10 +473,10 @@ class Ledger:
         _id(body["record_id"], "record id")
         _text(body["label"], "label", 128)
         _text(body["media_type"], "media type", 128)
-        if body["size"] < 0:
-            raise ValidationError("malformed", "size must be non-negative")
-        if len(body["capsule"]) != 48 or not body["capsule"][0] & 0x80 or body["capsule"][0] & 0x40:
-            raise ValidationError("malformed", "capsule must be a 48-byte compressed non-identity G1 point")
+        try:  # on the curve, in the order-r subgroup, not the identity: a bad capsule is refused
+            G1.from_bytes(body["capsule"])  # here, never an `internal` at every re-encryption later
+        except DecodeError as exc:
+            raise ValidationError("malformed", f"capsule: {exc}") from exc
         try:
             parse_cid(body["cid"])
         except DecodeError as exc:

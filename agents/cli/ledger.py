@@ -16,6 +16,7 @@ re-encrypted, revocations, with UTC times; ``--json`` for machines.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from datetime import datetime, timezone
@@ -85,8 +86,26 @@ def verify_store(store: LedgerStore) -> tuple[int, bytes]:
                                                            if stored[k] != kv.data[k]})
         raise ChainError(None, f"stored world state differs from the replayed chain at key {differing[0]!r}"
                                f" ({len(differing)} keys differ)")
+    _verify_shares(store, ledger)
     height, _, root = ledger.head()
     return height, root
+
+
+def _verify_shares(store: LedgerStore, ledger: Ledger) -> None:
+    """Every sealed key share the peer keeps belongs to a committed grant and hashes to
+    what the patient committed for this peer's proxy index (grant ``shares[peer id]``)."""
+    by_index = {p.index: p.id for p in ledger.config.peers}
+    for grant_id, index, sealed in store.share_rows():
+        peer = by_index.get(index)
+        if peer is None:
+            raise ChainError(None, f"share for grant {grant_id!r} has index {index}, no peer's proxy index")
+        grant = ledger.get(f"grant/{grant_id}")
+        if grant is None:
+            raise ChainError(None, f"a share is stored for grant {grant_id!r}, which is not on the ledger")
+        expected = grant["shares"].get(peer)
+        if expected is None or hashlib.sha256(sealed).digest() != expected:
+            raise ChainError(None, f"the share stored for grant {grant_id!r} does not match the hash the patient "
+                                   f"committed for {peer}")
 
 
 def verify_main(argv: list[str] | None = None) -> int:

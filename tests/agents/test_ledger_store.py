@@ -103,3 +103,36 @@ def test_read_cache_follows_every_commit(tmp_path_factory, commits, cache_entrie
     assert store.scan("") == mem.scan("")
     fresh.close()
     store.close()
+
+
+def test_ledger_and_key_files_are_owner_only(tmp_path):
+    """Ledgers hold sealed key shares and every patient's metadata, key stores the keys:
+    0600 files in 0700 directories, even under a permissive umask or over an older,
+    world-readable database."""
+    import os
+    import stat
+
+    from agents.keys import AgentKeys, KeyStore
+
+    old = os.umask(0o022)
+    try:
+        genesis, _ = _genesis()
+        path = tmp_path / "peer" / "ledger.sqlite"
+        store = LedgerStore(path)
+        store.init_genesis(genesis)
+        store.close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        for extra in path.parent.glob("ledger.sqlite-*"):  # WAL and shared memory, if present
+            assert stat.S_IMODE(extra.stat().st_mode) & 0o077 == 0
+        os.chmod(path, 0o644)
+        os.chmod(path.parent, 0o755)
+        LedgerStore(path).close()  # reopening tightens what an older version left
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        ks = tmp_path / "user" / "keys.bin"
+        KeyStore(ks, passphrase="pw", fast_kdf=True).save(AgentKeys.generate().to_bytes())
+        assert stat.S_IMODE(ks.stat().st_mode) == 0o600
+        assert stat.S_IMODE(ks.parent.stat().st_mode) == 0o700
+    finally:
+        os.umask(old)

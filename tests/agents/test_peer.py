@@ -303,6 +303,18 @@ async def test_share_survives_restart_sealed_at_rest(tmp_path):
             r = await doc_ep.request(pid, "peer.reencrypt", {"grant_id": "g", "patient": "alice",
                                                             "record_id": "rec-1", "request_id": "r1"})
             assert pre.combine([pre.ReencryptedShare.from_bytes(r["share"])], doc.keys.receive.secret) == key
+    # `ledger verify` checks the stored share against the hash the patient committed in the grant
+    assert verify_main(["--data", str(tmp_path / pid)]) == 0
+    db = tmp_path / pid / "ledger.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE shares SET sealed = ? WHERE grant_id = 'g'", (bytes([stored[0] ^ 1]) + stored[1:],))
+    assert verify_main(["--data", str(tmp_path / pid)]) == 1
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE shares SET sealed = ?, grant_id = 'g-unknown' WHERE grant_id = 'g'", (stored,))
+    assert verify_main(["--data", str(tmp_path / pid)]) == 1
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE shares SET grant_id = 'g' WHERE grant_id = 'g-unknown'")
+    assert verify_main(["--data", str(tmp_path / pid)]) == 0
 
 
 async def test_catch_up_from_peer_when_orderer_is_gone(tmp_path):

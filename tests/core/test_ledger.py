@@ -381,3 +381,37 @@ def test_blocks_are_bounded_in_bytes():
     big = canonical.pack([1, bytes(32), 1, bytes(32), [tx] * (n + 1), bytes(64)])
     with pytest.raises(DecodeError):
         Block.from_bytes(big)
+
+
+def _off_curve_points() -> dict[str, bytes]:
+    """Compressed G1 encodings that are not usable capsules: off the curve, on the curve
+    but outside the order-r subgroup, the identity, and the generator's bytes truncated."""
+    p = 0x1A0111EA397FE69A4B1BA7B6434BACD764774B84F38512BF6730D2A0F6B0F6241EABFFFEB153FFFFB9FEFFFFFFFFAAAB
+
+    def x_with(square: bool) -> bytes:
+        x = 1
+        while (pow((x**3 + 4) % p, (p - 1) // 2, p) == 1) != square:
+            x += 1
+        return (x | (0x80 << 376)).to_bytes(48, "big")
+
+    return {"off the curve": x_with(False), "outside the subgroup": x_with(True),
+            "identity": bytes([0xC0]) + bytes(47), "short": bytes([0x80]) + bytes(10)}
+
+
+@pytest.mark.crypto
+def test_bad_capsules_and_numbers_are_refused_where_they_enter_the_ledger(c):
+    """A capsule off the curve or outside the subgroup used to be committed as valid, and every
+    peer then answered `internal` to each re-encryption for it. Now the store is invalid."""
+    for what, capsule in _off_curve_points().items():
+        body = {**store_body(f"rec-{what.replace(' ', '-')}"), "capsule": capsule}
+        block, result = c.block(c.tx("store", "alice", body))
+        assert result.marks == ("malformed",), what
+        assert c.ledger.get(f"record/alice/{body['record_id']}") is None
+    for size in (-1, 2**63, 2**64 - 1):
+        body = {**store_body("rec-size"), "size": size}
+        assert c.block(c.tx("store", "alice", body))[1].marks == ("malformed",), size
+    assert c.block(c.tx("store", "alice", store_body("rec-ok")))[1].marks == ("ok",)
+    setup_records(c)
+    assert request(c, "dr-heart", "req-big") == "ok"
+    assert c.block(c.tx("grant", "alice", grant_body(c, "g-big", "req-big", expires=2**64 - 1)))[1].marks == (
+        "malformed",)
