@@ -89,6 +89,7 @@ from .envelope import verify_envelope as verify_envelope
 from .errors import BrokenError as BrokenError
 from .errors import BusError as BusError
 from .errors import ClosedError as ClosedError
+from .errors import DeliveryError as DeliveryError
 from .errors import EnvelopeError as EnvelopeError
 from .errors import FrameError as FrameError
 from .errors import HandlerError as HandlerError
