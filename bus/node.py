@@ -653,14 +653,15 @@ class Endpoint:
         topic = env.body.get("topic") if type(env.body) is dict else None
         if not isinstance(topic, str) or not 0 < len(topic) <= MAX_KIND_LENGTH:
             return MessageType.ERROR, {"code": "bad-request", "message": "subscribe needs a topic"}
-        subscribers = self._topics.setdefault(topic, {})
-        if env.sender in subscribers:
+        if env.sender in self._topics.get(topic, {}):
+            # a re-subscription (say, from a restarted subscriber) replaces the old one
             self._drop_subscriber(topic, env.sender, None)
         total = sum(len(s) for s in self._topics.values())
         if total >= self._max_subscribers:
             return MessageType.ERROR, {"code": "overloaded", "message": "too many subscribers"}
         outbox = _Outbox(self._subscriber_queue)
-        subscribers[env.sender] = outbox
+        # looked up after the drop, which deletes a topic left without subscribers
+        self._topics.setdefault(topic, {})[env.sender] = outbox
         self._node._nursery.start_soon(self._outbox_loop, topic, env.sender, outbox)
         return MessageType.REPLY, None
 
