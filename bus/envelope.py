@@ -87,6 +87,9 @@ class MessageType(enum.IntEnum):
     EVENT = 4  # publish/subscribe delivery; kind is the topic
 
 
+_TYPE_CODES = frozenset(t.value for t in MessageType)
+
+
 def _packb(value: Any) -> bytes:
     try:
         return msgpack.packb(value, use_bin_type=True)
@@ -254,7 +257,7 @@ def decode_envelope(data: bytes) -> Envelope:
     if type(fields) is not list or len(fields) != _FIELD_COUNT:
         raise EnvelopeError("malformed", f"envelope must be an array of {_FIELD_COUNT} fields")
     version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig = fields
-    if type(mtype) is not int or mtype not in MessageType._value2member_map_:
+    if type(mtype) is not int or mtype not in _TYPE_CODES:
         raise EnvelopeError("malformed", "unknown message type")
     if type(sig) is not bytes or not 0 < len(sig) <= MAX_SIGNATURE_SIZE:
         raise EnvelopeError("malformed", f"signature must be 1..{MAX_SIGNATURE_SIZE} bytes")
