@@ -368,28 +368,22 @@ class Endpoint:
     async def _reply(
         self, request: Envelope, conn: Connection | None, mtype: MessageType, body: Any
     ) -> None:
+        def answer(mtype: MessageType, body: Any) -> tuple[Envelope, bytes]:
+            return self._make(mtype, request.kind, request.sender, body, request.msg_id)
+
         try:
-            env, data = self._make(mtype, request.kind, request.sender, body, request.msg_id)
+            env, data = answer(mtype, body)
         except EnvelopeError:
             log.warning("bus: %s: reply to %r cannot be encoded", self._identity, request.kind)
-            env, data = self._make(
-                MessageType.ERROR,
-                request.kind,
-                request.sender,
-                {"code": "internal", "message": "internal error"},
-                request.msg_id,
-            )
+            env, data = answer(MessageType.ERROR, {"code": "internal", "message": "internal error"})
         if len(data) > self._host.max_frame_size:
             # A reply that cannot be carried becomes an error the requester receives,
             # not a silent timeout.
             log.warning("bus: %s: reply to %r is %d bytes, over the frame limit", self._identity, request.kind,
                         len(data))
-            env, data = self._make(
+            env, data = answer(
                 MessageType.ERROR,
-                request.kind,
-                request.sender,
                 {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
-                request.msg_id,
             )
         try:
             await self._transmit(env, data, via=conn)

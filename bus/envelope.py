@@ -141,33 +141,10 @@ class Envelope:
         return _packb([*self._signed_fields(), self.signature])
 
     @classmethod
-    def create(
-        cls,
-        *,
-        type: MessageType,
-        kind: str,
-        sender: str,
-        recipient: str,
-        body: Any,
-        timestamp: int,
-        signer: Signer,
-        correlation_id: bytes | None = None,
-        msg_id: bytes | None = None,
-        nonce: bytes | None = None,
-    ) -> Envelope:
-        """A new envelope signed with ``signer``; fresh random id and nonce."""
-        return cls.create_encoded(
-            type=type,
-            kind=kind,
-            sender=sender,
-            recipient=recipient,
-            body=body,
-            timestamp=timestamp,
-            signer=signer,
-            correlation_id=correlation_id,
-            msg_id=msg_id,
-            nonce=nonce,
-        )[0]
+    def create(cls, **fields: Any) -> Envelope:
+        """A new envelope signed with ``signer``; fresh random id and nonce
+        unless given. Takes the keyword arguments of :meth:`create_encoded`."""
+        return cls.create_encoded(**fields)[0]
 
     @classmethod
     def create_encoded(
@@ -184,7 +161,8 @@ class Envelope:
         msg_id: bytes | None = None,
         nonce: bytes | None = None,
     ) -> tuple[Envelope, bytes]:
-        """Like :meth:`create`, also returning the wire bytes (one encoding pass)."""
+        """A new envelope signed with ``signer`` and its wire bytes (one encoding
+        pass); ``msg_id`` and ``nonce`` are fresh random bytes unless given."""
         if msg_id is None or nonce is None:
             fresh = secrets.token_bytes(ID_SIZE + NONCE_SIZE)
             msg_id = fresh[:ID_SIZE] if msg_id is None else msg_id

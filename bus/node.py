@@ -60,6 +60,16 @@ class _Link:
 class Node:
     """Hosts endpoints, listeners and connections. Create with :func:`open_node`.
 
+    Options (keyword arguments of :func:`open_node`): ``routes``, agent id ->
+    address; ``transports``, scheme -> transport (default: plain ``tcp``;
+    pass ``TcpTransport(client_ssl=..., server_ssl=...)`` for TLS and a shared
+    :class:`MemoryTransport` as ``mem`` for in-process links between nodes);
+    ``max_frame_size``, the largest envelope carried, locally too;
+    ``max_connections``, incoming connections at once; ``connect_attempts``,
+    ``backoff_base`` and ``backoff_cap`` (seconds), how an outgoing connection
+    is retried; ``clock``, wall-clock seconds (``time.time``) for envelope
+    timestamps.
+
     The methods under "host interface" are what its endpoints call (the
     ``_Host`` protocol of :mod:`bus._endpoint`); agents need only
     :meth:`endpoint`, :meth:`listen`, :meth:`add_route` and :meth:`statistics`.
@@ -334,37 +344,16 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def open_node(
-    *,
-    routes: Mapping[str, str] | None = None,
-    transports: Mapping[str, Transport] | None = None,
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    max_connections: int = 1024,
-    connect_attempts: int = 6,
-    backoff_base: float = 0.05,
-    backoff_cap: float = 2.0,
-    clock: Callable[[], float] = time.time,
-) -> AsyncIterator[Node]:
+async def open_node(**options: Any) -> AsyncIterator[Node]:
     """Run a :class:`Node` for the duration of the block.
 
-    ``routes``: agent id -> address. ``transports``: scheme -> transport
-    (default: plain ``tcp``; pass ``TcpTransport(client_ssl=..., server_ssl=...)``
-    for TLS and a shared :class:`MemoryTransport` as ``mem`` for in-process
-    links between nodes). ``clock`` is wall-clock seconds (``time.time``).
+    ``options`` are the node's (see :class:`Node`): ``routes``,
+    ``transports``, ``max_frame_size``, ``max_connections``,
+    ``connect_attempts``, ``backoff_base``, ``backoff_cap``, ``clock``.
     Leaving the block closes every endpoint, listener and connection.
     """
     async with trio.open_nursery() as nursery:
-        node = Node(
-            nursery,
-            routes=routes,
-            transports=transports,
-            max_frame_size=max_frame_size,
-            max_connections=max_connections,
-            connect_attempts=connect_attempts,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-            clock=clock,
-        )
+        node = Node(nursery, **options)
         try:
             yield node
         finally:
