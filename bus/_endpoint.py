@@ -5,8 +5,9 @@ fire-and-forget messages, events) and verifies what it receives (addressing,
 timestamp window, signature against the directory's key, replay) before any
 handler sees it. It matches replies to pending requests, runs handlers
 (requests concurrently up to a bound, fire-and-forget messages one at a time in
-arrival order), answers every request (with the handler's result, a typed
-error, or the reason its envelope was rejected) and counts its traffic.
+arrival order), answers requests (with the handler's result, a typed error,
+or, up to a bound in flight, the reason the request's envelope was rejected)
+and counts its traffic.
 Publish/subscribe lives in :mod:`bus._pubsub`; the endpoint carries its
 messages.
 
