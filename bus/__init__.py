@@ -66,6 +66,11 @@ connections), :meth:`Node.endpoint` (one agent's :class:`Endpoint`:
 :func:`decode_envelope`/:func:`verify_envelope`.
 """
 
+from ._endpoint import Endpoint as Endpoint
+from ._endpoint import Handler as Handler
+from ._endpoint import Message as Message
+from ._pubsub import Event as Event
+from ._pubsub import Subscription as Subscription
 from ._stats import EndpointStatistics as EndpointStatistics
 from ._stats import NodeStatistics as NodeStatistics
 from ._stats import Traffic as Traffic
@@ -89,6 +94,7 @@ from .envelope import verify_envelope as verify_envelope
 from .errors import BrokenError as BrokenError
 from .errors import BusError as BusError
 from .errors import ClosedError as ClosedError
+from .errors import DeliveryError as DeliveryError
 from .errors import EnvelopeError as EnvelopeError
 from .errors import FrameError as FrameError
 from .errors import HandlerError as HandlerError
@@ -100,12 +106,7 @@ from .framing import DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE
 from .framing import FRAME_HEADER_SIZE as FRAME_HEADER_SIZE
 from .framing import FrameDecoder as FrameDecoder
 from .framing import encode_frame as encode_frame
-from .node import Endpoint as Endpoint
-from .node import Event as Event
-from .node import Handler as Handler
-from .node import Message as Message
 from .node import Node as Node
-from .node import Subscription as Subscription
 from .node import open_node as open_node
 from .transport import Address as Address
 from .transport import Connection as Connection

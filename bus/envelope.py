@@ -87,6 +87,9 @@ class MessageType(enum.IntEnum):
     EVENT = 4  # publish/subscribe delivery; kind is the topic
 
 
+_TYPE_CODES = frozenset(t.value for t in MessageType)
+
+
 def _packb(value: Any) -> bytes:
     try:
         return msgpack.packb(value, use_bin_type=True)
@@ -138,33 +141,10 @@ class Envelope:
         return _packb([*self._signed_fields(), self.signature])
 
     @classmethod
-    def create(
-        cls,
-        *,
-        type: MessageType,
-        kind: str,
-        sender: str,
-        recipient: str,
-        body: Any,
-        timestamp: int,
-        signer: Signer,
-        correlation_id: bytes | None = None,
-        msg_id: bytes | None = None,
-        nonce: bytes | None = None,
-    ) -> Envelope:
-        """A new envelope signed with ``signer``; fresh random id and nonce."""
-        return cls.create_encoded(
-            type=type,
-            kind=kind,
-            sender=sender,
-            recipient=recipient,
-            body=body,
-            timestamp=timestamp,
-            signer=signer,
-            correlation_id=correlation_id,
-            msg_id=msg_id,
-            nonce=nonce,
-        )[0]
+    def create(cls, **fields: Any) -> Envelope:
+        """A new envelope signed with ``signer``; fresh random id and nonce
+        unless given. Takes the keyword arguments of :meth:`create_encoded`."""
+        return cls.create_encoded(**fields)[0]
 
     @classmethod
     def create_encoded(
@@ -181,7 +161,8 @@ class Envelope:
         msg_id: bytes | None = None,
         nonce: bytes | None = None,
     ) -> tuple[Envelope, bytes]:
-        """Like :meth:`create`, also returning the wire bytes (one encoding pass)."""
+        """A new envelope signed with ``signer`` and its wire bytes (one encoding
+        pass); ``msg_id`` and ``nonce`` are fresh random bytes unless given."""
         if msg_id is None or nonce is None:
             fresh = secrets.token_bytes(ID_SIZE + NONCE_SIZE)
             msg_id = fresh[:ID_SIZE] if msg_id is None else msg_id
@@ -254,7 +235,7 @@ def decode_envelope(data: bytes) -> Envelope:
     if type(fields) is not list or len(fields) != _FIELD_COUNT:
         raise EnvelopeError("malformed", f"envelope must be an array of {_FIELD_COUNT} fields")
     version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig = fields
-    if type(mtype) is not int or mtype not in MessageType._value2member_map_:
+    if type(mtype) is not int or mtype not in _TYPE_CODES:
         raise EnvelopeError("malformed", "unknown message type")
     if type(sig) is not bytes or not 0 < len(sig) <= MAX_SIGNATURE_SIZE:
         raise EnvelopeError("malformed", f"signature must be 1..{MAX_SIGNATURE_SIZE} bytes")

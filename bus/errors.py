@@ -2,8 +2,26 @@
 :class:`BusError`; decoders raise only :class:`FrameError` or
 :class:`EnvelopeError` (both also ``ValueError``), whatever bytes they are fed.
 
-"You closed it" (:class:`ClosedError`) is distinct from "it broke"
-(:class:`BrokenError`), as in trio.
+The hierarchy::
+
+    BusError                    root: every error the bus raises on purpose
+    ├── FrameError              bytes that do not split into frames, or a message
+    │                           over the frame limit (also ValueError)
+    ├── EnvelopeError           an envelope was rejected; ``reason`` says why
+    │                           (also ValueError)
+    ├── RemoteError             the recipient answered with an error reply
+    ├── HandlerError            raised by a handler to answer with a typed error
+    ├── SubscriptionLagged      a subscriber missed events; the stream goes on
+    └── DeliveryError           the message may not have arrived, or was not answered
+        ├── UnreachableError    no route to the recipient, or no connection to it
+        ├── RequestTimeout      no reply in time (also TimeoutError)
+        ├── BrokenError         it broke: the connection or subscription failed
+        └── ClosedError         you closed it: the endpoint, node or subscription
+
+Catch :class:`DeliveryError` to retry or fail over to another agent whatever
+went wrong on the way; a :class:`RemoteError` is an answer, not a delivery
+failure. "You closed it" (:class:`ClosedError`) is distinct from "it broke"
+(:class:`BrokenError`), as in trio, and neither derives from the other.
 """
 
 from __future__ import annotations
@@ -14,6 +32,7 @@ __all__ = [
     "EnvelopeError",
     "RemoteError",
     "HandlerError",
+    "DeliveryError",
     "RequestTimeout",
     "ClosedError",
     "BrokenError",
@@ -72,20 +91,26 @@ class HandlerError(BusError):
         self.message = message
 
 
-class RequestTimeout(TimeoutError, BusError):
+class DeliveryError(BusError):
+    """The message may not have arrived, or its request was not answered:
+    the base of :class:`UnreachableError`, :class:`RequestTimeout`,
+    :class:`BrokenError` and :class:`ClosedError`."""
+
+
+class RequestTimeout(TimeoutError, DeliveryError):
     """No reply arrived within the request's timeout."""
 
 
-class ClosedError(BusError):
+class ClosedError(DeliveryError):
     """The object was closed by its owner (this side) and cannot be used."""
 
 
-class BrokenError(BusError):
+class BrokenError(DeliveryError):
     """The connection or subscription broke (the peer vanished, disconnected
     mid-frame, sent garbage, or dropped us)."""
 
 
-class UnreachableError(BusError):
+class UnreachableError(DeliveryError):
     """No route to the recipient: not hosted here, no live connection from it
     and no entry in the routing table, or every connection attempt failed."""
 

@@ -360,7 +360,10 @@ async def test_gap_in_published_blocks_is_filled(tmp_path):
             alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"})
             p2 = peers["peer-b-2"]
             # detach peer-b-2's subscription from the orderer side: it misses the next blocks
-            orderer.endpoint._drop_subscriber("blocks", "peer-b-2", None)
+            subscribers = orderer.endpoint.statistics().subscribers
+            await p2.endpoint.send(orderer.orderer_id, "bus.unsubscribe", {"topic": "blocks"})
+            while orderer.endpoint.statistics().subscribers == subscribers:
+                await trio.sleep(0.01)
             for i in range(3):
                 await alice.submit("peer-a-1", "store", store_body(alice.keys, f"rec-{i}")[0])
             target = peers["peer-a-1"].ledger.height

@@ -1,4 +1,5 @@
-"""bus re-exports every public name exactly once, and imports no domain code."""
+"""bus re-exports every public name exactly once, imports no domain code, and its
+objects talk to each other only through their public (or protocol) faces."""
 
 import ast
 import importlib
@@ -50,3 +51,20 @@ def test_bus_imports_neither_core_nor_agents():
             for mod in mods:
                 top = mod.split(".")[0]
                 assert top not in ("core", "agents", "native"), f"bus/{path.name} imports {mod}"
+
+
+def test_no_object_reaches_into_another_ones_private_attributes():
+    """Only ``self``/``cls`` may touch ``_names``: the endpoint talks to its node
+    through ``_Host``, the node to its endpoints through ``_Attachment``, and
+    subscriptions share a ``_Feed`` whose methods are public."""
+    reaching = []
+    for path in BUS_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+                continue
+            if node.attr.startswith("__") and node.attr.endswith("__"):
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue
+            reaching.append(f"bus/{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert not reaching

@@ -124,7 +124,8 @@ async def test_bad_signature_and_unknown_sender_get_error_replies():
     ring = Keyring()
     ring.add("alice")
     async with open_node() as node:
-        node.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
+        bob = node.endpoint("bob", **ring.credentials("bob"))
+        bob.register("ping", echo)
         # "eve" signs with alice's key: her own key is not registered
         eve = node.endpoint("eve", signer=ring.signer("alice"), directory=ring.directory, verifier=ring.verifier)
         # "carol" is registered, but signs with alice's key
@@ -137,7 +138,7 @@ async def test_bad_signature_and_unknown_sender_get_error_replies():
             with pytest.raises(RemoteError) as info:
                 await carol.request("bob", "ping", 1)
             assert info.value.code == "bad-signature"
-        rejected = node._endpoints["bob"].statistics().rejected
+        rejected = bob.statistics().rejected
         assert rejected["unknown-sender"] == 1 and rejected["bad-signature"] == 1
 
 

@@ -129,3 +129,19 @@ async def test_subscription_breaks_when_the_publisher_goes_away():
             with pytest.raises(BusError, match="already subscribed"):
                 await doc.subscribe("peer", "blocks", timeout=1)
             await sub.aclose()
+
+
+async def test_a_subscriber_subscribing_again_replaces_its_old_subscription():
+    """A restarted subscriber subscribes again while the publisher still holds its
+    old subscription: the new one takes its place, even as the topic's only one."""
+    ring = Keyring()
+    async with open_node() as node:
+        peer = node.endpoint("peer", **ring.credentials("peer"))
+        doc = node.endpoint("doc", **ring.credentials("doc"))
+        with trio.fail_after(5):
+            sub = await doc.subscribe("peer", "blocks")
+            await doc.request("peer", "bus.subscribe", {"topic": "blocks"})  # as a restarted doc would
+            assert peer.statistics().subscribers == 1
+            assert await peer.publish("blocks", "after") == 1
+            event = await sub.receive()
+            assert (event.seq, event.body) == (0, "after")

@@ -1,0 +1,517 @@
+"""Endpoints: one agent's presence on the bus.
+
+An :class:`Endpoint` signs what its agent sends (requests, replies,
+fire-and-forget messages, events) and verifies what it receives (addressing,
+timestamp window, signature against the directory's key, replay) before any
+handler sees it. It matches replies to pending requests, runs handlers
+(requests concurrently up to a bound, fire-and-forget messages one at a time in
+arrival order), answers requests (with the handler's result, a typed error,
+or, up to a bound in flight, the reason the request's envelope was rejected)
+and counts its traffic.
+Publish/subscribe lives in :mod:`bus._pubsub`; the endpoint carries its
+messages.
+
+An endpoint does no I/O of its own: it hands encoded envelopes to the node
+that hosts it and receives decoded ones from it, through two small interfaces
+and nothing else: :class:`_Host`, what the endpoint asks of its node, and
+:class:`_Attachment`, what the node may call on the endpoint.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Endpoint", "Message", "Handler"]
+
+import dataclasses
+import logging
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from ._pubsub import DROPPED, SUBSCRIBE, UNSUBSCRIBE, Subscription, _Subscriptions, _Topics
+from ._stats import EndpointStatistics, _Counter
+from .envelope import (
+    MAX_KIND_LENGTH,
+    Directory,
+    Envelope,
+    EnvelopeError,
+    MessageType,
+    ReplayGuard,
+    Signer,
+    Verifier,
+    _packb,
+    verify_envelope,
+)
+from .errors import BrokenError, BusError, ClosedError, RemoteError, RequestTimeout
+from .transport import Connection
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("bus")
+
+_RESERVED_PREFIX = "bus."
+_MAX_ERROR_REPLIES_IN_FLIGHT = 64
+_MAX_ERROR_MESSAGE = 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    """What a handler receives: a verified envelope's meaning."""
+
+    sender: str
+    kind: str
+    body: Any
+    msg_id: bytes
+    timestamp: int
+    type: MessageType
+
+
+Handler = Callable[[Message], Awaitable[Any]]
+
+
+class _Host(Protocol):
+    """What an endpoint asks of the node that hosts it (:class:`Node` implements it)."""
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest encoded envelope the node carries, locally or not."""
+        ...
+
+    def now_ms(self) -> int:
+        """The node's wall clock, in milliseconds since the Unix epoch."""
+        ...
+
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``fn(*args)`` in the background, for at most the node's lifetime."""
+        ...
+
+    async def route(self, recipient: str, data: bytes, via: Connection | None) -> Connection | None:
+        """Deliver an encoded envelope (on ``via`` first, if given and live);
+        return the connection it left on, None when delivered locally."""
+        ...
+
+    def note_path(self, agent: str, conn: Connection) -> None:
+        """A verified envelope from ``agent`` arrived on ``conn``: route its replies there."""
+        ...
+
+    def path_to(self, agent: str) -> Connection | None:
+        """The connection noted for ``agent``, if any."""
+        ...
+
+    def is_live(self, conn: Connection) -> bool:
+        """Whether ``conn`` is still open."""
+        ...
+
+    def attach(self, identity: str, attachment: _Attachment) -> None:
+        """Host a new endpoint: deliver envelopes for ``identity`` to it."""
+        ...
+
+    def detach(self, identity: str) -> None:
+        """The endpoint closed: stop delivering to it."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Attachment:
+    """What the node may call on an endpoint it hosts."""
+
+    deliver: Callable[[Envelope, int, Connection | None], Awaitable[None]]
+    """``deliver(envelope, size, conn)``: verify and dispatch a decoded envelope
+    (``conn`` None for one from this node); never raises BusError."""
+    connection_lost: Callable[[Connection], None]
+    """A connection closed: fail what was waiting on it."""
+    aclose: Callable[[], Awaitable[None]]
+
+
+def _error_code(exc: BaseException) -> tuple[str, str]:
+    """(code, message) for an exception raised by a handler."""
+    for attr in ("remote_code", "code"):
+        code = getattr(exc, attr, None)
+        if isinstance(code, str) and code:
+            message = getattr(exc, "message", None)
+            if not isinstance(message, str):
+                message = str(exc)
+            return code[:MAX_KIND_LENGTH], message[:_MAX_ERROR_MESSAGE]
+    return "internal", "internal error"
+
+
+class _Pending:
+    """A request waiting for its reply."""
+
+    __slots__ = ("to", "kind", "done", "envelope", "error", "conn")
+
+    def __init__(self, to: str, kind: str):
+        self.to = to
+        self.kind = kind
+        self.done = trio.Event()
+        self.envelope: Envelope | None = None
+        self.error: BusError | None = None
+        self.conn: Connection | None = None
+
+    def fail(self, error: BusError) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+class Endpoint:
+    """One agent's presence on the bus: identity, keys, handlers, statistics.
+
+    Create with :meth:`Node.endpoint`. Requests are handled concurrently (up
+    to ``max_concurrent``); fire-and-forget messages are handled one at a time
+    in arrival order. Handlers return the reply body; to answer with a typed
+    error raise :class:`HandlerError` (or any exception with a string
+    ``remote_code``/``code``); other exceptions become ``internal`` errors.
+    """
+
+    def __init__(
+        self,
+        host: _Host,
+        identity: str,
+        *,
+        signer: Signer,
+        directory: Directory,
+        verifier: Verifier,
+        skew: float = 30.0,
+        inbox_size: int = 256,
+        max_concurrent: int = 64,
+        max_pending: int = 4096,
+        max_subscribers: int = 1024,
+        subscriber_queue: int = 128,
+        replay_max_entries: int = 1_000_000,
+    ):
+        if not isinstance(identity, str) or not identity:
+            raise BusError("endpoint identity must be a non-empty str")
+        self._host = host
+        self._identity = identity
+        self._signer = signer
+        self._directory = directory
+        self._verifier = verifier
+        self._skew_ms = int(skew * 1000)
+        self._replay = ReplayGuard(self._skew_ms, replay_max_entries)
+        self._handlers: dict[str, Handler] = {}
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[
+            tuple[Envelope, Connection | None]
+        ](inbox_size)
+        self._concurrency = trio.Semaphore(max_concurrent)
+        self._max_pending = max_pending
+        self._pending: dict[bytes, _Pending] = {}
+        self._topics = _Topics(
+            identity,
+            max_subscribers=max_subscribers,
+            queue=subscriber_queue,
+            spawn=host.spawn,
+            emit=self._emit,
+            send=self.send,
+        )
+        self._subscriptions = _Subscriptions(request=self.request, send=self.send, path_to=host.path_to)
+        self._sent_kind = _Counter()
+        self._sent_peer = _Counter()
+        self._recv_kind = _Counter()
+        self._recv_peer = _Counter()
+        self._rejected: Counter[str] = Counter()
+        self._error_replies = 0
+        self._closed = False
+        host.attach(identity, _Attachment(self._receive, self._connection_lost, self.aclose))
+        host.spawn(self._dispatch)
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def node(self) -> Node:
+        return self._host  # type: ignore[return-value]  # Node is the only _Host
+
+    def register(self, kind: str, handler: Handler) -> None:
+        """Handle messages of ``kind`` with ``async handler(message) -> reply``."""
+        if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LENGTH:
+            raise BusError(f"kind must be a non-empty str of at most {MAX_KIND_LENGTH} chars")
+        if kind.startswith(_RESERVED_PREFIX):
+            raise BusError(f"kinds starting with {_RESERVED_PREFIX!r} are reserved for the bus")
+        if kind in self._handlers:
+            raise BusError(f"a handler for {kind!r} is already registered")
+        self._handlers[kind] = handler
+
+    def unregister(self, kind: str) -> None:
+        self._handlers.pop(kind, None)
+
+    async def request(self, to: str, kind: str, body: Any, *, timeout: float | None = 30.0) -> Any:
+        """Send a request and return the reply body.
+
+        Raises :class:`RemoteError` for an error reply, :class:`RequestTimeout`
+        when no reply arrives in ``timeout`` seconds (connecting included),
+        :class:`BrokenError` if the connection carrying it broke first,
+        :class:`UnreachableError` when there is no route.
+        """
+        self._check_open()
+        if len(self._pending) >= self._max_pending:
+            raise BusError(f"too many pending requests ({self._max_pending})")
+        env, data = self._make(MessageType.REQUEST, kind, to, body)
+        slot = _Pending(to, kind)
+        self._pending[env.msg_id] = slot
+        try:
+            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                slot.conn = await self._transmit(env, data)
+                if slot.conn is not None and not self._host.is_live(slot.conn):
+                    slot.fail(BrokenError(f"connection to {to!r} broke before the reply"))
+                await slot.done.wait()
+        finally:
+            del self._pending[env.msg_id]
+        if scope.cancelled_caught and not slot.done.is_set():
+            raise RequestTimeout(f"no reply from {to!r} to {kind!r} within {timeout} s")
+        if slot.error is not None:
+            raise slot.error
+        reply = slot.envelope
+        assert reply is not None
+        if reply.type == MessageType.ERROR:
+            raise RemoteError(reply.body["code"], reply.body["message"], reply.sender)
+        return reply.body
+
+    async def send(self, to: str, kind: str, body: Any) -> None:
+        """Fire-and-forget: returns once the message is handed to the route."""
+        self._check_open()
+        env, data = self._make(MessageType.SEND, kind, to, body)
+        await self._transmit(env, data)
+
+    async def publish(self, topic: str, body: Any) -> int:
+        """Queue ``body`` for every subscriber of ``topic``; return how many.
+
+        Never blocks on a slow subscriber: one whose queue is full is dropped
+        and told so (after the events already queued for it).
+        """
+        self._check_open()
+        if not isinstance(topic, str) or not 0 < len(topic) <= MAX_KIND_LENGTH:
+            raise BusError(f"topic must be a non-empty str of at most {MAX_KIND_LENGTH} chars")
+        _packb(body)  # fail here, not in each subscriber's task
+        await trio.lowlevel.checkpoint()
+        return self._topics.publish(topic, body)
+
+    async def subscribe(
+        self, publisher: str, topic: str, *, buffer: int = 64, timeout: float = 30.0
+    ) -> Subscription:
+        """Subscribe to ``topic`` at ``publisher``; events buffer up to ``buffer``."""
+        self._check_open()
+        return await self._subscriptions.subscribe(publisher, topic, buffer, timeout)
+
+    def statistics(self) -> EndpointStatistics:
+        return EndpointStatistics(
+            identity=self._identity,
+            sent_by_kind=self._sent_kind.snapshot(),
+            received_by_kind=self._recv_kind.snapshot(),
+            sent_by_peer=self._sent_peer.snapshot(),
+            received_by_peer=self._recv_peer.snapshot(),
+            rejected=MappingProxyType(dict(self._rejected)),
+            pending_requests=len(self._pending),
+            inbox=self._inbox_send.statistics().current_buffer_used,
+            subscribers=len(self._topics),
+            subscriptions=len(self._subscriptions),
+        )
+
+    async def aclose(self) -> None:
+        """Detach from the node; pending requests fail with ClosedError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._host.detach(self._identity)
+        for slot in self._pending.values():
+            slot.fail(ClosedError("endpoint closed"))
+        self._topics.close()
+        self._subscriptions.close()
+        await self._inbox_send.aclose()
+        await trio.lowlevel.checkpoint()
+
+    # ------------------------------------------------------------ sending
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"endpoint {self._identity!r} is closed")
+
+    def _make(
+        self,
+        mtype: MessageType,
+        kind: str,
+        to: str,
+        body: Any,
+        correlation_id: bytes | None = None,
+    ) -> tuple[Envelope, bytes]:
+        return Envelope.create_encoded(
+            type=mtype,
+            kind=kind,
+            sender=self._identity,
+            recipient=to,
+            body=body,
+            timestamp=self._host.now_ms(),
+            signer=self._signer,
+            correlation_id=correlation_id,
+        )
+
+    async def _transmit(
+        self, env: Envelope, data: bytes, via: Connection | None = None, count_as: str | None = None
+    ) -> Connection | None:
+        conn = await self._host.route(env.recipient, data, via)
+        kind = count_as or env.kind
+        self._sent_kind.add(kind, len(data))
+        self._sent_peer.add(env.recipient, len(data))
+        return conn
+
+    async def _emit(self, subscriber: str, topic: str, body: Any) -> None:
+        """Send one event of ``topic`` to ``subscriber`` (for the publisher side)."""
+        env, data = self._make(MessageType.EVENT, topic, subscriber, body)
+        await self._transmit(env, data)
+
+    async def _reply(
+        self, request: Envelope, conn: Connection | None, mtype: MessageType, body: Any
+    ) -> None:
+        def answer(mtype: MessageType, body: Any) -> tuple[Envelope, bytes]:
+            return self._make(mtype, request.kind, request.sender, body, request.msg_id)
+
+        try:
+            env, data = answer(mtype, body)
+        except EnvelopeError:
+            log.warning("bus: %s: reply to %r cannot be encoded", self._identity, request.kind)
+            env, data = answer(MessageType.ERROR, {"code": "internal", "message": "internal error"})
+        if len(data) > self._host.max_frame_size:
+            # A reply that cannot be carried becomes an error the requester receives,
+            # not a silent timeout.
+            log.warning("bus: %s: reply to %r is %d bytes, over the frame limit", self._identity, request.kind,
+                        len(data))
+            env, data = answer(
+                MessageType.ERROR,
+                {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
+            )
+        try:
+            await self._transmit(env, data, via=conn)
+        except BusError as exc:
+            log.info("bus: %s could not reply to %s: %s", self._identity, request.sender, exc)
+
+    async def _error_reply(self, request: Envelope, conn: Connection | None, code: str, message: str) -> None:
+        try:
+            await self._reply(request, conn, MessageType.ERROR, {"code": code, "message": message})
+        finally:
+            self._error_replies -= 1
+
+    # ------------------------------------------------------------ receiving
+
+    def _reject(self, reason: str, env: Envelope, conn: Connection | None, detail: str) -> None:
+        self._rejected[reason] += 1
+        where = conn.peer if conn is not None else "local"
+        log.warning("bus: %s rejected %s from %r via %s: %s", self._identity, env.type.name, env.sender, where, detail)
+        if env.type == MessageType.REQUEST and self._error_replies < _MAX_ERROR_REPLIES_IN_FLIGHT:
+            self._error_replies += 1
+            self._host.spawn(self._error_reply, env, conn, reason, detail)
+
+    async def _receive(self, env: Envelope, size: int, conn: Connection | None) -> None:
+        """Verify and dispatch one decoded envelope. Never raises BusError."""
+        if self._closed:
+            return
+        try:
+            verify_envelope(
+                env,
+                recipient=self._identity,
+                directory=self._directory,
+                verifier=self._verifier,
+                now_ms=self._host.now_ms(),
+                skew_ms=self._skew_ms,
+                replay_guard=self._replay,
+            )
+        except EnvelopeError as exc:
+            self._reject(exc.reason, env, conn, exc.message)
+            return
+        if conn is not None:
+            self._host.note_path(env.sender, conn)
+        mtype = env.type
+        if mtype in (MessageType.REPLY, MessageType.ERROR):
+            slot = self._pending.get(env.correlation_id)  # type: ignore[arg-type]
+            if slot is None or slot.to != env.sender or slot.done.is_set():
+                self._reject("unexpected-reply", env, conn, "reply matches no pending request")
+                return
+            self._count_received(slot.kind, env.sender, size)
+            slot.envelope = env
+            slot.done.set()
+            return
+        self._count_received(env.kind, env.sender, size)
+        if mtype == MessageType.EVENT:
+            if not self._subscriptions.on_event(env.sender, env.kind, env.body):
+                self._rejected["unexpected-event"] += 1
+            return
+        try:
+            await self._inbox_send.send((env, conn))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def _count_received(self, kind: str, peer: str, size: int) -> None:
+        self._recv_kind.add(kind, size)
+        self._recv_peer.add(peer, size)
+
+    def _connection_lost(self, conn: Connection) -> None:
+        for slot in self._pending.values():
+            if slot.conn is conn:
+                slot.fail(BrokenError(f"connection {conn.peer} broke before the reply"))
+        self._subscriptions.connection_lost(conn)
+
+    # ------------------------------------------------------------ handlers
+
+    async def _dispatch(self) -> None:
+        """Run handlers: requests concurrently (bounded), sends in order."""
+        async with trio.open_nursery() as nursery:
+            async for env, conn in self._inbox_recv:
+                if env.type == MessageType.REQUEST:
+                    await self._concurrency.acquire()
+                    nursery.start_soon(self._handle_request, env, conn)
+                else:
+                    await self._handle_send(env, conn)
+
+    async def _handle_request(self, env: Envelope, conn: Connection | None) -> None:
+        try:
+            mtype, body = await self._answer(env)
+            await self._reply(env, conn, mtype, body)
+        finally:
+            self._concurrency.release()
+
+    async def _answer(self, env: Envelope) -> tuple[MessageType, Any]:
+        """Run the request's handler: the reply's type and body."""
+        handler = self._serve_subscribe if env.kind == SUBSCRIBE else self._handlers.get(env.kind)
+        if handler is None:
+            self._rejected["unknown-kind"] += 1
+            return MessageType.ERROR, {
+                "code": "unknown-kind",
+                "message": f"{self._identity!r} has no handler for {env.kind!r}",
+            }
+        try:
+            return MessageType.REPLY, await handler(self._message(env))
+        except Exception as exc:
+            code, message = _error_code(exc)
+            if code == "internal":
+                log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
+            return MessageType.ERROR, {"code": code, "message": message}
+
+    async def _serve_subscribe(self, msg: Message) -> None:
+        self._topics.subscribe(msg.sender, msg.body)
+
+    async def _handle_send(self, env: Envelope, conn: Connection | None) -> None:
+        if env.kind == UNSUBSCRIBE:
+            self._topics.unsubscribe(env.sender, env.body)
+            return
+        if env.kind == DROPPED:
+            self._subscriptions.on_dropped(env.sender, env.body)
+            return
+        handler = self._handlers.get(env.kind)
+        if handler is None:
+            self._rejected["unknown-kind"] += 1
+            log.warning("bus: %s has no handler for %r (from %r)", self._identity, env.kind, env.sender)
+            return
+        try:
+            await handler(self._message(env))
+        except Exception:
+            log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
+
+    @staticmethod
+    def _message(env: Envelope) -> Message:
+        return Message(env.sender, env.kind, env.body, env.msg_id, env.timestamp, env.type)
