@@ -100,3 +100,9 @@ rule cardio:
 @pytest.fixture
 def chain() -> Chain:
     return Chain()
+
+
+@pytest.fixture
+def new_chain() -> type[Chain]:
+    """Make chains (one per hypothesis example)."""
+    return Chain
