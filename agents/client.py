@@ -28,8 +28,9 @@ connection, ``submit.timeout``). The ledger keeps at most one copy: a second
 copy is marked ``replayed_nonce`` (its nonce is already used; a nonce is only
 recorded for a valid transaction) or, in the same block, ``duplicate_in_block``.
 After a failover such a mark therefore means "the first copy committed": it is
-confirmed by reading the transaction's effect (the record, request, grant, ...
-with this submitter) and reported as success.
+confirmed by reading the entry that shows the transaction's effect
+(:func:`core.ledger.effect_key` and :func:`core.ledger.shows_effect`: the record,
+request, grant, ... carrying this transaction's data) and reported as success.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ import bus
 from core import pre
 from core.errors import CoreError, DecodeError
 from core.identity import Certificate, ConsortiumConfig
-from core.ledger import Ledger, MemoryKV, Block
+from core.ledger import effect_key, parse_genesis, shows_effect
+from core.state import CertEntry, entry_query
 from core.tx import Transaction
 
 from agents.health import AgentHealth
@@ -138,7 +140,7 @@ class UserAgent:
         self.keys = keys
         self.node = node
         self._nursery = nursery
-        self.consortium: ConsortiumConfig = Ledger(Block.from_bytes(config.manifest.genesis), MemoryKV()).config
+        self.consortium: ConsortiumConfig = parse_genesis(config.manifest.genesis).config
         self._peer_info = {p.id: p for p in self.consortium.peers}
         self._directory: ConsortiumDirectory = config.manifest.directory()
         self._lookups: dict[str, float] = {}
@@ -263,19 +265,20 @@ class UserAgent:
         """
         if not fresh and subject in self._certs:
             return self._certs[subject]
-        entry = await self.query({"what": "cert", "subject": subject})
-        if entry is None or entry.get("revoked"):
+        entry = _cert_entry(await self.query({"what": "cert", "subject": subject}), subject)
+        if entry is None or entry.revoked:
             self._directory.set_certificate(subject, None)
             self._certs.pop(subject, None)
             return None
-        cert = self._check_certificate(entry.get("cert"), subject)
+        cert = self._check_certificate(entry.cert, subject)
         self._directory.set_certificate(subject, cert.ecdsa_key)
         self._certs[subject] = cert
         return cert
 
     def _check_certificate(self, raw: Any, subject: str) -> Certificate:
+        """A certificate (or its map) of ``subject``, checked against its issuing peer's key."""
         try:
-            cert = Certificate.from_dict(raw)
+            cert = raw if isinstance(raw, Certificate) else Certificate.from_dict(raw)
         except DecodeError as exc:
             raise AgentError(f"certificate of {subject} is malformed: {exc}", code="integrity") from exc
         issuer = self._peer_info.get(cert.issuer)
@@ -382,9 +385,13 @@ class UserAgent:
             return exc
         finally:
             await ep.aclose()
-        if isinstance(entry, dict) and entry.get("revoked"):
+        try:
+            cert_entry = _cert_entry(entry, self.subject)
+        except AgentError:
+            return exc
+        if cert_entry is not None and cert_entry.revoked:
             return CertificateRevoked(f"the certificate of {self.subject} is revoked: "
-                                      f"{entry.get('revoke_reason', 'no reason given')}")
+                                      f"{cert_entry.revoke_reason or 'no reason given'}")
         return exc
 
     async def query(self, body: dict) -> Any:
@@ -526,34 +533,16 @@ class UserAgent:
         return reply
 
     async def _committed_earlier(self, tx: Transaction, peer: str | None) -> bool:
-        """Whether the ledger shows ``tx``'s effect (asked first of ``peer``, which has
-        applied the block of the re-sent copy and so the earlier one)."""
-        body = tx.body
-        if tx.type == "store":
-            query = {"what": "record", "patient": self.subject, "record_id": body.get("record_id")}
-            check = lambda e: e.get("tx") == tx.to_bytes()  # noqa: E731
-        elif tx.type == "access_request":
-            query = {"what": "request", "request_id": body.get("request_id")}
-            check = lambda e: (e.get("doctor"), e.get("patient"), e.get("record_id")) == (  # noqa: E731
-                self.subject, body.get("patient"), body.get("record_id"))
-        elif tx.type == "deny_request":
-            query = {"what": "request", "request_id": body.get("request_id")}
-            check = lambda e: e.get("patient") == self.subject and e.get("status") != "pending"  # noqa: E731
-        elif tx.type == "grant":
-            query = {"what": "grant", "grant_id": body.get("grant_id")}
-            check = lambda e: (e.get("patient"), e.get("request_id")) == (  # noqa: E731
-                self.subject, body.get("request_id"))
-        elif tx.type == "revoke_grant":
-            query = {"what": "grant", "grant_id": body.get("grant_id")}
-            check = lambda e: e.get("patient") == self.subject and bool(e.get("revoked"))  # noqa: E731
-        elif tx.type == "set_policy":
-            query = {"what": "policy", "patient": self.subject}
-            check = lambda e: e.get("policy") == body.get("policy")  # noqa: E731
-        elif tx.type == "revoke_cert":
-            query = {"what": "cert", "subject": body.get("subject")}
-            check = lambda e: bool(e.get("revoked"))  # noqa: E731
-        else:  # the nonce alone says it: only a valid transaction records its nonce
+        """Whether the ledger shows ``tx``'s effect (:func:`core.ledger.effect_key`; asked
+        first of ``peer``, which has applied the block of the re-sent copy and so the
+        earlier one)."""
+        try:
+            key = effect_key(tx)
+        except DecodeError:
+            return False
+        if key is None:  # the nonce alone says it: only a valid transaction records its nonce
             return True
+        query = entry_query(key)
         entry = None
         if peer is not None:
             try:
@@ -565,7 +554,7 @@ class UserAgent:
                 entry = await self.query_committed(query)
             except AgentError:
                 return False
-        return isinstance(entry, dict) and check(entry)
+        return shows_effect(tx, entry)
 
     async def storage_retry(self, fn: Callable[[], Any]) -> Any:
         """Run a storage call, retrying while storage nodes do not know this agent yet.
@@ -648,6 +637,16 @@ class UserAgent:
         await self.submit("revoke_cert", {"subject": self.subject, "reason": reason})
         self.state["cert_revoked"] = True
         await self.save_state()
+
+
+def _cert_entry(value: Any, subject: str) -> CertEntry | None:
+    """A ``peer.query cert`` answer as a view (None: not registered); AgentError if malformed."""
+    if value is None:
+        return None
+    try:
+        return CertEntry.from_state(value)
+    except DecodeError as exc:
+        raise AgentError(f"certificate entry of {subject} is malformed: {exc}", code="integrity") from exc
 
 
 def _lone(group: BaseExceptionGroup) -> BaseException | None:

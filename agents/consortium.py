@@ -9,7 +9,8 @@
 * :func:`enroll_id`, :func:`enrollment_token`: enrollment identities and the
   registrar's token.
 * :class:`CertificateFollower`: keeps a directory in step with the ledger's
-  certificates, for agents that do not validate the ledger (storage nodes).
+  certificates, for agents that do not validate the ledger (storage nodes): a
+  trio loop around :class:`core.lightclient.CertificateLightClient`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ import trio
 
 from bus import Endpoint
 from core import canonical, ecdsa
+from core.errors import DecodeError, ValidationError
+from core.ledger import Block
+from core.lightclient import CertificateChange, CertificateLightClient
 
-__all__ = ["ENROLL_PREFIX", "CertificateFollower", "ConsortiumDirectory", "Manifest", "enroll_id",
-           "enrollment_token"]
+__all__ = ["ENROLL_PREFIX", "CertificateFollower", "ConsortiumDirectory", "FollowerStatistics", "Manifest",
+           "enroll_id", "enrollment_token"]
 
 ENROLL_PREFIX = "enroll:"
+MAX_CATCH_UP = 256  # blocks asked of the orderer at a time
 log_rt = logging.getLogger("agents.consortium")
 
 
@@ -123,79 +128,85 @@ class Manifest:
 # ------------------------------------------------------------------ light client
 
 
+@dataclass(frozen=True, slots=True)
+class FollowerStatistics:
+    """What a :class:`CertificateFollower` has done: the height it reached, the
+    certificate changes it passed to its directory, the blocks it refused
+    (undecodable, not extending the chain it follows, not signed by the orderer)."""
+
+    height: int
+    changes: int
+    refused: int
+
+
 class CertificateFollower:
     """Keeps a :class:`ConsortiumDirectory` in step with the ledger's certificates.
 
-    For agents that do not validate the ledger (storage nodes): it follows the
-    orderer's ``blocks`` topic (catching up with ``orderer.blocks``) and learns a
-    certificate from a ``register`` transaction only if the transaction is signed
-    by the issuing peer and the certificate by that same peer of the same
-    organization; it forgets one on a ``revoke_cert`` signed by the subject or a
-    peer of its organization. (A full peer applies every rule; this is the part
-    of them that decides who may talk.)
+    For agents that do not validate the ledger (storage nodes): a trio loop
+    around :class:`core.lightclient.CertificateLightClient`, which applies the
+    ledger's own rules to ``register`` and ``revoke_cert`` transactions. It
+    follows the orderer's ``blocks`` topic (catching up with ``orderer.blocks``
+    on start, on a gap and after a refused block), feeds each block to the light
+    client in a worker thread (it verifies signatures and proofs), and passes
+    the certificates learned and revoked to the directory. A block the light
+    client refuses is logged and counted (:meth:`statistics`), never applied.
     """
 
     def __init__(self, endpoint: Endpoint, manifest: Manifest, directory: ConsortiumDirectory,
                  *, retry: float = 1.0):
-        from core.identity import ConsortiumConfig
-        from core.ledger import Block
-
         self.endpoint = endpoint
         self.manifest = manifest
         self.directory = directory
         self.retry = retry
-        genesis = Block.from_bytes(manifest.genesis)
-        self.config = ConsortiumConfig.from_bytes(genesis.txs[0])
-        self.peers = {p.id: p for p in self.config.peers}
-        self.height = 0
-        self.certs: dict[str, Any] = {}
+        self.client = CertificateLightClient(manifest.genesis)
+        self.config = self.client.config
+        self._limiter = trio.CapacityLimiter(1)  # one block at a time, in order
+        self._changes = 0
+        self._refused = 0
 
-    def apply_block(self, raw: bytes) -> None:
-        from core.identity import Certificate
-        from core.ledger import Block
-        from core.tx import Transaction
+    @property
+    def height(self) -> int:
+        """The last block applied."""
+        return self.client.height
 
+    def statistics(self) -> FollowerStatistics:
+        return FollowerStatistics(self.client.height, self._changes, self._refused)
+
+    def _feed(self, raw: bytes) -> list[CertificateChange] | None:
+        """Worker thread: the block's certificate changes, or None if it is not the next
+        block (already applied, or after a gap); DecodeError/ValidationError if refused."""
         block = Block.from_bytes(raw)
-        if block.height != self.height + 1:
-            return
-        if not block.verify_signature(self.config.orderer_key):
-            log_rt.warning("ignoring a block not signed by the orderer")
-            return
-        for tx_raw in block.txs:
-            try:
-                tx = Transaction.from_bytes(tx_raw)
-                if tx.type == "register":
-                    peer = self.peers.get(tx.submitter)
-                    if peer is None or not tx.verify(peer.ecdsa_key):
-                        continue
-                    cert = Certificate.from_dict(tx.body["cert"])
-                    if cert.issuer != peer.id or cert.org != peer.org or cert.subject in self.certs:
-                        continue
-                    cert.verify_signature(peer.ecdsa_key)
-                    self.certs[cert.subject] = cert
-                    self.directory.set_certificate(cert.subject, cert.ecdsa_key)
-                elif tx.type == "revoke_cert":
-                    subject = tx.body.get("subject")
-                    cert = self.certs.get(subject)
-                    if cert is None:
-                        continue
-                    peer = self.peers.get(tx.submitter)
-                    signer = peer.ecdsa_key if peer is not None and peer.org == cert.org else (
-                        cert.ecdsa_key if tx.submitter == subject else None)
-                    if signer is not None and tx.verify(signer):
-                        self.directory.set_certificate(subject, None)
-            except Exception:  # a malformed transaction is the ledger's business, not ours
-                continue
-        self.height = block.height
+        if block.height != self.client.height + 1:
+            return None
+        return self.client.apply(block)
+
+    async def apply_block(self, raw: bytes) -> bool:
+        """Apply one encoded block if it is the next one; whether it was."""
+        try:
+            changes = await trio.to_thread.run_sync(self._feed, raw, limiter=self._limiter)
+        except (DecodeError, ValidationError) as exc:
+            self._refused += 1
+            log_rt.warning("certificate follower: refused a block: %s", exc)
+            return False
+        if changes is None:
+            return False
+        for change in changes:
+            self.directory.set_certificate(change.subject, change.ecdsa_key)
+        self._changes += len(changes)
+        return True
 
     async def catch_up(self) -> None:
         while True:
             reply = await self.endpoint.request(self.manifest.orderer, "orderer.blocks",
-                                                {"from": self.height + 1, "limit": 256})
-            blocks = reply.get("blocks", []) if isinstance(reply, dict) else []
+                                                {"from": self.height + 1, "limit": MAX_CATCH_UP})
+            blocks = reply.get("blocks") if isinstance(reply, dict) else None
+            if not isinstance(blocks, list) or not all(isinstance(b, bytes) for b in blocks):
+                log_rt.warning("certificate follower: malformed blocks reply from %s", self.manifest.orderer)
+                return
             for raw in blocks:
-                self.apply_block(raw)
-            if len(blocks) < 256:
+                if not await self.apply_block(raw):
+                    return
+            if len(blocks) < MAX_CATCH_UP:
                 return
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -212,9 +223,7 @@ class CertificateFollower:
                     async for event in sub:
                         body = event.body
                         if isinstance(body, dict) and isinstance(body.get("block"), bytes):
-                            before = self.height
-                            self.apply_block(body["block"])
-                            if self.height == before:
+                            if not await self.apply_block(body["block"]):
                                 await self.catch_up()
             except BusError as exc:
                 log_rt.info("certificate follower: %s; retrying", type(exc).__name__)

@@ -19,8 +19,9 @@ from typing import Any, Callable
 import trio
 
 import bus
+from core import ecdsa
 from core.errors import DecodeError
-from core.ledger import MAX_BLOCK_TXS, Block, batch_fits
+from core.ledger import MAX_BLOCK_TXS, Block, batch_fits, parse_genesis
 from core.tx import MAX_TX_SIZE, Transaction
 
 from agents.ledger_store import LedgerStore
@@ -50,10 +51,10 @@ class OrdererAgent:
             raise ValueError("batch_timeout must be positive")
         self.orderer_id = orderer_id
         self._key = signing_key
-        self.genesis = Block.from_bytes(genesis)
-        from core.identity import ConsortiumConfig
-
-        self.config = ConsortiumConfig.from_bytes(self.genesis.txs[0])
+        # the genesis must name this orderer's key: blocks signed with another key bind no peer
+        parsed = parse_genesis(genesis, orderer_key=ecdsa.public_key(signing_key))
+        self.genesis = parsed.block
+        self.config = parsed.config
         self._peers = {p.id for p in self.config.peers}
         self.data_dir = Path(data_dir)
         self._directory = directory

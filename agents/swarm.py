@@ -39,7 +39,7 @@ import trio
 
 from bus import Node, open_node
 from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
-from core.ledger import make_genesis
+from core.ledger import make_genesis, parse_genesis
 
 from agents.consortium import Manifest, enrollment_token
 from agents.keys import AgentKeys, KeyStore, atomic_write
@@ -217,9 +217,11 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
     elif agent in manifest.peers:
         from agents.peer import PeerAgent
 
-        org = next(o for o, ps in manifest.peer_orgs.items() if agent in ps)
+        info = parse_genesis(manifest.genesis).config.peer(agent)
+        if info is None:
+            raise ValueError(f"{agent!r} is not a peer in this swarm's genesis")
         peer = PeerAgent(peer_id=agent, keys=keys, genesis=manifest.genesis, data_dir=data,
-                         manifest=manifest, enroll_secret=files.enroll_secrets()[org])
+                         manifest=manifest, enroll_secret=files.enroll_secrets()[info.org])
         await peer.run(node, task_status=task_status)
     elif agent in manifest.storage:
         from agents.storage import BlobStore

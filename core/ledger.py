@@ -8,20 +8,14 @@ with a reason code and change no state.
 
 World state is a key-value map (``str -> canonical msgpack bytes``) behind the
 small :class:`KV` protocol, so peers keep it in SQLite and tests in memory.
-Keys::
+The keys, and typed read views of their values, are in :mod:`core.state`.
 
-    meta/head            {"height", "hash", "root"}
-    cert/<subject>       {"cert": Certificate map, "revoked": bool, "height"}
-    serial/<serial>      subject
-    nonce/<submitter>/<hex nonce>   1                  (replay protection)
-    record/<owner>/<id>  {"tx": store transaction bytes, "label", "cid", "size", "media_type",
-                          "capsule", "height"}
-    policy/<patient>     {"policy": bytes, "version", "height"}
-    request/<id>         {"doctor", "patient", "record_id", "label", "operation", "purpose",
-                          "decision", "status", "time", "height"}
-    grant/<id>           {"patient", "doctor", "label", "record_id", "request_id", "threshold",
-                          "expires_at", "shares", "revoked", "time", "height"}
-    audit/<patient>/<height:012d>/<index:05d>   {"event", "actor", "time", ...}
+The genesis (block 0, the :class:`~core.identity.ConsortiumConfig` as its only
+transaction, signed by the orderer it names) is read by :func:`parse_genesis`
+alone. The rules on who may submit (timestamp, signature, certificate, nonce)
+and on ``register`` and ``revoke_cert`` are :class:`IdentityRules`, shared with
+the certificate light client (:mod:`core.lightclient`). :func:`effect_key` and
+:func:`shows_effect` say which state entry shows that a transaction committed.
 
 State root: ``root_h = SHA-256(root_{h-1} || block hash || canonical(marks) ||
 canonical(sorted writes))``, a hash chain over every block's effect, so two
@@ -33,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 import msgpack
 
@@ -41,8 +35,12 @@ from . import canonical, ecdsa
 from .cid import parse as parse_cid
 from .curve import G1
 from .errors import CoreError, DecodeError, ValidationError
-from .identity import Certificate, ConsortiumConfig, check_id
+from .identity import Certificate, ConsortiumConfig, PeerInfo, check_id
 from .policy import Policy, Request as PolicyRequest
+from .state import (
+    HEAD_KEY, CertEntry, GrantEntry, PolicyEntry, RecordEntry, RequestEntry, active_key, audit_key, audit_prefix,
+    cert_key, grant_key, nonce_key, policy_key, record_key, request_key, serial_key,
+)
 from .tx import Transaction
 
 __all__ = [
@@ -53,6 +51,11 @@ __all__ = [
     "CommitResult",
     "merkle_root",
     "make_genesis",
+    "Genesis",
+    "parse_genesis",
+    "IdentityRules",
+    "effect_key",
+    "shows_effect",
     "BLOCK_TAG",
     "MAX_BLOCK_BYTES",
     "batch_fits",
@@ -177,6 +180,47 @@ def make_genesis(config: ConsortiumConfig, orderer_key: bytes) -> Block:
     return Block.make(0, ZERO_HASH, config.created_at, [config.to_bytes()], orderer_key)
 
 
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    """A checked genesis block and the consortium configuration it carries."""
+
+    block: Block
+    config: ConsortiumConfig
+
+    @property
+    def hash(self) -> bytes:
+        return self.block.hash
+
+    def to_bytes(self) -> bytes:
+        return self.block.to_bytes()
+
+
+def parse_genesis(genesis: bytes | Block | Genesis, *, orderer_key: bytes | None = None) -> Genesis:
+    """Read a genesis: block 0 (after the zero hash) whose only transaction is the
+    consortium configuration, with a matching Merkle root, signed by the orderer
+    key the configuration names.
+
+    That signature makes the genesis self-consistent (not truncated, not edited),
+    not trusted: the genesis is trusted as the deployment hands it out (the
+    manifest). A caller that holds the orderer's key from elsewhere (the orderer,
+    its own signing key) passes it as ``orderer_key``: a genesis naming another
+    key is refused. Raises DecodeError on any failure.
+    """
+    if isinstance(genesis, Genesis):  # checked when it was made
+        parsed = genesis
+    else:
+        block = genesis if isinstance(genesis, Block) else Block.from_bytes(genesis)
+        if block.height != 0 or len(block.txs) != 1 or block.prev_hash != ZERO_HASH:
+            raise DecodeError("genesis must be block 0 with one configuration entry")
+        config = ConsortiumConfig.from_bytes(block.txs[0])
+        if block.tx_root != merkle_root(block.txs) or not block.verify_signature(config.orderer_key):
+            raise DecodeError("genesis block is not signed by the orderer it names")
+        parsed = Genesis(block, config)
+    if orderer_key is not None and orderer_key != parsed.config.orderer_key:
+        raise DecodeError("genesis names another orderer key")
+    return parsed
+
+
 # ------------------------------------------------------------------ state
 
 
@@ -280,6 +324,123 @@ def _text(value: str, what: str, limit: int = 256) -> str:
     return value
 
 
+class IdentityRules:
+    """The ledger rules on identities, shared by :class:`Ledger` and the certificate
+    light client (:class:`core.lightclient.CertificateLightClient`).
+
+    * :meth:`check_block`: a block extends the given head, its Merkle root holds
+      and the orderer signed it;
+    * :meth:`check_submitter` and :meth:`check_nonce`: every transaction's
+      timestamp is within the skew of its block's, its submitter is a peer or
+      holds a registered certificate, not revoked and valid at the timestamp, its
+      signature verifies, and its nonce is new for its submitter;
+    * :meth:`register` and :meth:`revoke_cert`: the bodies of those transactions.
+
+    ``state`` is a transaction's write buffer over world state (``get(key)`` a
+    decoded value or None, ``put(key, value)``), as :meth:`Ledger.apply` gives it.
+    The checks raise ValidationError with a reason code (DecodeError and the like
+    for bodies that do not decode: the caller marks those ``malformed``).
+    """
+
+    def __init__(self, config: ConsortiumConfig, *, verify_pre_proofs: bool = True):
+        self.config = config
+        self.peers: Mapping[str, PeerInfo] = {p.id: p for p in config.peers}
+        self.verify_pre_proofs = verify_pre_proofs
+
+    def check_block(self, block: Block, height: int, head_hash: bytes) -> None:
+        """Raise ValidationError unless ``block`` is block ``height + 1`` after
+        ``head_hash``, its Merkle root holds and the orderer signed it."""
+        if block.height != height + 1:
+            raise ValidationError("bad_height", f"expected block {height + 1}, got {block.height}")
+        if block.prev_hash != head_hash:
+            raise ValidationError("bad_prev_hash", f"block {block.height} does not extend the head")
+        if block.tx_root != merkle_root(block.txs):
+            raise ValidationError("bad_tx_root", f"block {block.height}: Merkle root mismatch")
+        if not block.verify_signature(self.config.orderer_key):
+            raise ValidationError("bad_block_signature", f"block {block.height} is not signed by the orderer")
+
+    def _submitter_key(self, state: "_Overlay", tx: Transaction) -> tuple[bytes, dict | None]:
+        peer = self.peers.get(tx.submitter)
+        if peer is not None:
+            return peer.ecdsa_key, None
+        entry = state.get(cert_key(tx.submitter))
+        if entry is None:
+            raise ValidationError("unknown_submitter", f"no certificate for {tx.submitter}")
+        return entry["cert"]["ecdsa_key"], entry
+
+    def check_submitter(self, state: "_Overlay", block: Block, tx: Transaction) -> None:
+        if abs(tx.timestamp - block.timestamp) > self.config.max_skew_ms:
+            raise ValidationError("stale_timestamp", "transaction timestamp outside the allowed skew")
+        key, entry = self._submitter_key(state, tx)
+        if not tx.verify(key):
+            raise ValidationError("bad_signature", f"signature of {tx.submitter} does not verify")
+        if entry is not None:
+            if entry["revoked"]:
+                raise ValidationError("cert_revoked", f"certificate of {tx.submitter} is revoked")
+            cert = entry["cert"]
+            t = tx.timestamp // 1000
+            if not cert["valid_from"] <= t < cert["valid_until"]:
+                raise ValidationError("cert_expired", f"certificate of {tx.submitter} is not valid now")
+
+    def check_nonce(self, state: "_Overlay", tx: Transaction) -> None:
+        """Refuse a nonce its submitter used before; record it (in ``state``, so only
+        if the whole transaction is valid)."""
+        key = nonce_key(tx.submitter, tx.nonce)
+        if state.get(key) is not None:
+            raise ValidationError("replayed_nonce", "nonce already used")
+        state.put(key, 1)
+
+    def register(self, state: "_Overlay", block: Block, tx: Transaction) -> None:
+        peer = self.peers.get(tx.submitter)
+        if peer is None:
+            raise ValidationError("forbidden", "only a consortium peer registers users")
+        body = _body(tx, {"cert": dict})
+        try:
+            cert = Certificate.from_dict(body["cert"])
+        except DecodeError as exc:
+            raise ValidationError("bad_certificate", str(exc)) from exc
+        if cert.issuer != peer.id or cert.org != peer.org:
+            raise ValidationError("forbidden", "a peer issues certificates for its own organization only")
+        try:
+            cert.verify_signature(peer.ecdsa_key)
+        except CoreError as exc:
+            raise ValidationError("bad_certificate", str(exc)) from exc
+        if state.get(cert_key(cert.subject)) is not None:
+            raise ValidationError("duplicate", f"subject {cert.subject} is already registered")
+        if state.get(serial_key(cert.serial)) is not None:
+            raise ValidationError("duplicate", f"serial {cert.serial} is already used")
+        if self.verify_pre_proofs:
+            from . import pre
+
+            try:
+                pre.verify_public_key(pre.PublicKey.from_bytes(cert.pre_key), cert.subject,
+                                      pre.RECEIVE_LABEL, pre.Proof.from_bytes(cert.pre_proof))
+            except CoreError as exc:
+                raise ValidationError("bad_certificate", f"PRE key: {exc}") from exc
+        try:
+            ecdsa.decode_public_key(cert.ecdsa_key)
+        except DecodeError as exc:
+            raise ValidationError("bad_certificate", str(exc)) from exc
+        state.put(cert_key(cert.subject), {"cert": cert.to_dict(), "revoked": False, "height": block.height})
+        state.put(serial_key(cert.serial), cert.subject)
+
+    def revoke_cert(self, state: "_Overlay", block: Block, tx: Transaction) -> None:
+        body = _body(tx, {"subject": str, "reason": str})
+        _text(body["reason"], "reason")
+        entry = state.get(cert_key(body["subject"]))
+        if entry is None:
+            raise ValidationError("not_found", f"no certificate for {body['subject']}")
+        peer = self.peers.get(tx.submitter)
+        if not (tx.submitter == body["subject"] or (peer is not None and peer.org == entry["cert"]["org"])):
+            raise ValidationError("forbidden", "only the subject or its organization's peer revokes")
+        if entry["revoked"]:
+            raise ValidationError("bad_state", "certificate already revoked")
+        entry["revoked"] = True
+        entry["revoked_at"] = tx.timestamp
+        entry["revoke_reason"] = body["reason"]
+        state.put(cert_key(body["subject"]), entry)
+
+
 class Ledger:
     """Validates and applies blocks over a KV world state.
 
@@ -289,23 +450,21 @@ class Ledger:
     stored state and the block.
     """
 
-    def __init__(self, genesis: Block, kv: KV, *, verify_pre_proofs: bool = True):
-        if genesis.height != 0 or len(genesis.txs) != 1 or genesis.prev_hash != ZERO_HASH:
-            raise DecodeError("genesis must be block 0 with one configuration entry")
-        self.config = ConsortiumConfig.from_bytes(genesis.txs[0])
-        if genesis.tx_root != merkle_root(genesis.txs) or not genesis.verify_signature(self.config.orderer_key):
-            raise DecodeError("genesis block is not signed by the orderer it names")
-        self.genesis = genesis
+    def __init__(self, genesis: Block | Genesis | bytes, kv: KV, *, verify_pre_proofs: bool = True):
+        parsed = parse_genesis(genesis)
+        self.config = parsed.config
+        self.genesis = parsed.block
         self.kv = kv
         self.verify_pre_proofs = verify_pre_proofs
-        self._peers = {p.id: p for p in self.config.peers}
+        self.rules = IdentityRules(self.config, verify_pre_proofs=verify_pre_proofs)
+        self._peers = self.rules.peers
         self._policies: dict[bytes, Policy] = {}
 
     # -- head -----------------------------------------------------------
 
     def head(self) -> tuple[int, bytes, bytes]:
         """(height, block hash, state root) of the last committed block."""
-        raw = self.kv.get("meta/head")
+        raw = self.kv.get(HEAD_KEY)
         if raw is None:
             return 0, self.genesis.hash, hashlib.sha256(b"emrshare/v1/state" + self.genesis.hash).digest()
         d = canonical.unpack(raw)
@@ -320,14 +479,7 @@ class Ledger:
     def check_block(self, block: Block) -> None:
         """Raise ValidationError unless ``block`` extends the head, is signed and well-formed."""
         height, head_hash, _ = self.head()
-        if block.height != height + 1:
-            raise ValidationError("bad_height", f"expected block {height + 1}, got {block.height}")
-        if block.prev_hash != head_hash:
-            raise ValidationError("bad_prev_hash", f"block {block.height} does not extend the head")
-        if block.tx_root != merkle_root(block.txs):
-            raise ValidationError("bad_tx_root", f"block {block.height}: Merkle root mismatch")
-        if not block.verify_signature(self.config.orderer_key):
-            raise ValidationError("bad_block_signature", f"block {block.height} is not signed by the orderer")
+        self.rules.check_block(block, height, head_hash)
 
     def apply(self, block: Block) -> CommitResult:
         self.check_block(block)
@@ -347,7 +499,7 @@ class Ledger:
             + canonical.pack(sorted([k, v] for k, v in state.writes.items() if v is not None))
             + canonical.pack(sorted(k for k, v in state.writes.items() if v is None))
         ).digest()
-        state.put("meta/head", {"height": block.height, "hash": block.hash, "root": root})
+        state.put(HEAD_KEY, {"height": block.height, "hash": block.hash, "root": root})
         return CommitResult(block.height, block.hash, tuple(marks), dict(state.writes), root)
 
     def _apply_tx(self, state: _Overlay, block: Block, index: int, raw: bytes) -> str:
@@ -370,37 +522,14 @@ class Ledger:
 
     # -- common checks ----------------------------------------------------
 
-    def _submitter_key(self, state: _Overlay, tx: Transaction) -> tuple[bytes, dict | None]:
-        peer = self._peers.get(tx.submitter)
-        if peer is not None:
-            return peer.ecdsa_key, None
-        entry = state.get(f"cert/{tx.submitter}")
-        if entry is None:
-            raise ValidationError("unknown_submitter", f"no certificate for {tx.submitter}")
-        return entry["cert"]["ecdsa_key"], entry
-
     def _check_common(self, state: _Overlay, block: Block, tx: Transaction) -> None:
-        if abs(tx.timestamp - block.timestamp) > self.config.max_skew_ms:
-            raise ValidationError("stale_timestamp", "transaction timestamp outside the allowed skew")
-        key, entry = self._submitter_key(state, tx)
-        if not tx.verify(key):
-            raise ValidationError("bad_signature", f"signature of {tx.submitter} does not verify")
-        if entry is not None:
-            if entry["revoked"]:
-                raise ValidationError("cert_revoked", f"certificate of {tx.submitter} is revoked")
-            cert = entry["cert"]
-            t = tx.timestamp // 1000
-            if not cert["valid_from"] <= t < cert["valid_until"]:
-                raise ValidationError("cert_expired", f"certificate of {tx.submitter} is not valid now")
-        nonce_key = f"nonce/{tx.submitter}/{tx.nonce.hex()}"
-        if state.get(nonce_key) is not None:
-            raise ValidationError("replayed_nonce", "nonce already used")
-        state.put(nonce_key, 1)
+        self.rules.check_submitter(state, block, tx)
+        self.rules.check_nonce(state, tx)
 
     def _user(self, state: _Overlay, tx: Transaction, role: str | None = None) -> dict:
         if tx.submitter in self._peers:
             raise ValidationError("forbidden", f"{tx.type} must be submitted by a user, not a peer")
-        entry = state.get(f"cert/{tx.submitter}")
+        entry = state.get(cert_key(tx.submitter))
         assert entry is not None
         if role is not None and entry["cert"]["attributes"].get("role") != role:
             raise ValidationError("forbidden", f"{tx.type} needs role {role!r}")
@@ -409,7 +538,7 @@ class Ledger:
     def _audit(self, state: _Overlay, patient: str, block: Block, index: int, tx: Transaction,
                **fields: Any) -> None:
         state.put(
-            f"audit/{patient}/{block.height:012d}/{index:05d}",
+            audit_key(patient, block.height, index),
             {"event": tx.type, "actor": tx.submitter, "time": tx.timestamp, "height": block.height,
              "tx": hashlib.sha256(tx.to_bytes()).digest(), **fields},
         )
@@ -417,54 +546,10 @@ class Ledger:
     # -- transaction types -------------------------------------------------
 
     def _tx_register(self, state, block, index, tx) -> None:
-        peer = self._peers.get(tx.submitter)
-        if peer is None:
-            raise ValidationError("forbidden", "only a consortium peer registers users")
-        body = _body(tx, {"cert": dict})
-        try:
-            cert = Certificate.from_dict(body["cert"])
-        except DecodeError as exc:
-            raise ValidationError("bad_certificate", str(exc)) from exc
-        if cert.issuer != peer.id or cert.org != peer.org:
-            raise ValidationError("forbidden", "a peer issues certificates for its own organization only")
-        try:
-            cert.verify_signature(peer.ecdsa_key)
-        except CoreError as exc:
-            raise ValidationError("bad_certificate", str(exc)) from exc
-        if state.get(f"cert/{cert.subject}") is not None:
-            raise ValidationError("duplicate", f"subject {cert.subject} is already registered")
-        if state.get(f"serial/{cert.serial}") is not None:
-            raise ValidationError("duplicate", f"serial {cert.serial} is already used")
-        if self.verify_pre_proofs:
-            from . import pre
-
-            try:
-                pre.verify_public_key(pre.PublicKey.from_bytes(cert.pre_key), cert.subject,
-                                      pre.RECEIVE_LABEL, pre.Proof.from_bytes(cert.pre_proof))
-            except CoreError as exc:
-                raise ValidationError("bad_certificate", f"PRE key: {exc}") from exc
-        try:
-            ecdsa.decode_public_key(cert.ecdsa_key)
-        except DecodeError as exc:
-            raise ValidationError("bad_certificate", str(exc)) from exc
-        state.put(f"cert/{cert.subject}", {"cert": cert.to_dict(), "revoked": False, "height": block.height})
-        state.put(f"serial/{cert.serial}", cert.subject)
+        self.rules.register(state, block, tx)
 
     def _tx_revoke_cert(self, state, block, index, tx) -> None:
-        body = _body(tx, {"subject": str, "reason": str})
-        _text(body["reason"], "reason")
-        entry = state.get(f"cert/{body['subject']}")
-        if entry is None:
-            raise ValidationError("not_found", f"no certificate for {body['subject']}")
-        peer = self._peers.get(tx.submitter)
-        if not (tx.submitter == body["subject"] or (peer is not None and peer.org == entry["cert"]["org"])):
-            raise ValidationError("forbidden", "only the subject or its organization's peer revokes")
-        if entry["revoked"]:
-            raise ValidationError("bad_state", "certificate already revoked")
-        entry["revoked"] = True
-        entry["revoked_at"] = tx.timestamp
-        entry["revoke_reason"] = body["reason"]
-        state.put(f"cert/{body['subject']}", entry)
+        self.rules.revoke_cert(state, block, tx)
 
     def _tx_store(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
@@ -481,7 +566,7 @@ class Ledger:
             parse_cid(body["cid"])
         except DecodeError as exc:
             raise ValidationError("malformed", f"cid: {exc}") from exc
-        key = f"record/{tx.submitter}/{body['record_id']}"
+        key = record_key(tx.submitter, body["record_id"])
         if state.get(key) is not None:
             raise ValidationError("duplicate", f"record {body['record_id']} already stored")
         state.put(key, {"tx": tx.to_bytes(), "label": body["label"], "cid": body["cid"],
@@ -497,7 +582,7 @@ class Ledger:
             policy = Policy.from_msgpack(body["policy"])
         except DecodeError as exc:
             raise ValidationError("malformed", f"policy: {exc}") from exc
-        state.put(f"policy/{tx.submitter}", {"policy": body["policy"], "version": policy.version,
+        state.put(policy_key(tx.submitter), {"policy": body["policy"], "version": policy.version,
                                              "name": policy.name, "height": block.height})
         self._audit(state, tx.submitter, block, index, tx, policy=policy.name, version=policy.version)
 
@@ -507,15 +592,15 @@ class Ledger:
                           "purpose": (str, type(None))})
         _id(body["request_id"], "request id")
         _text(body["operation"], "operation", 64)
-        if state.get(f"request/{body['request_id']}") is not None:
+        if state.get(request_key(body["request_id"])) is not None:
             raise ValidationError("duplicate", "request id already used")
-        rec = state.get(f"record/{body['patient']}/{body['record_id']}")
+        rec = state.get(record_key(body["patient"], body["record_id"]))
         if rec is None:
             raise ValidationError("not_found", f"record {body['patient']}/{body['record_id']} does not exist")
         decision = self.evaluate(state, body["patient"], entry["cert"], body["operation"],
                                  body["record_id"], rec["label"], tx.timestamp // 1000, body["purpose"])
         status = "pending" if decision["effect"] == "allow" else "denied"
-        state.put(f"request/{body['request_id']}", {
+        state.put(request_key(body["request_id"]), {
             "doctor": tx.submitter, "patient": body["patient"], "record_id": body["record_id"],
             "label": rec["label"], "operation": body["operation"], "purpose": body["purpose"],
             "decision": decision, "status": status, "time": tx.timestamp, "height": block.height,
@@ -526,7 +611,7 @@ class Ledger:
     def evaluate(self, state, patient: str, cert: dict, operation: str, record_id: str,
                  label: str, time_s: int, purpose: str | None) -> dict:
         """The patient's policy decision for this requester (a dict, see core.policy.Decision)."""
-        pol = state.get(f"policy/{patient}")
+        pol = state.get(policy_key(patient))
         if pol is None:
             return {"effect": "deny", "approval": None, "rule": "no-policy",
                     "reason": "the patient has set no access policy", "policy": "", "version": 0}
@@ -554,9 +639,9 @@ class Ledger:
         body = _body(tx, {"grant_id": str, "request_id": str, "threshold": int, "expires_at": int,
                           "shares": dict})
         _id(body["grant_id"], "grant id")
-        if state.get(f"grant/{body['grant_id']}") is not None:
+        if state.get(grant_key(body["grant_id"])) is not None:
             raise ValidationError("duplicate", "grant id already used")
-        req = state.get(f"request/{body['request_id']}")
+        req = state.get(request_key(body["request_id"]))
         if req is None:
             raise ValidationError("not_found", "no such request")
         if req["patient"] != tx.submitter:
@@ -575,14 +660,14 @@ class Ledger:
             raise ValidationError("malformed", "grant expires in the past")
         req["status"] = "granted"
         req["grant_id"] = body["grant_id"]
-        state.put(f"request/{body['request_id']}", req)
-        state.put(f"grant/{body['grant_id']}", {
+        state.put(request_key(body["request_id"]), req)
+        state.put(grant_key(body["grant_id"]), {
             "patient": tx.submitter, "doctor": req["doctor"], "label": req["label"],
             "record_id": req["record_id"], "request_id": body["request_id"],
             "threshold": body["threshold"], "expires_at": body["expires_at"], "shares": shares,
             "revoked": False, "time": tx.timestamp, "height": block.height,
         })
-        state.put(f"active/{tx.submitter}/{req['doctor']}/{body['grant_id']}", req["label"])
+        state.put(active_key(tx.submitter, req["doctor"], body["grant_id"]), req["label"])
         self._audit(state, tx.submitter, block, index, tx, grant_id=body["grant_id"],
                     request_id=body["request_id"], doctor=req["doctor"], label=req["label"],
                     peers=sorted(shares))
@@ -590,7 +675,7 @@ class Ledger:
     def _tx_deny_request(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
         body = _body(tx, {"request_id": str, "reason": str})
-        req = state.get(f"request/{body['request_id']}")
+        req = state.get(request_key(body["request_id"]))
         if req is None:
             raise ValidationError("not_found", "no such request")
         if req["patient"] != tx.submitter:
@@ -599,14 +684,14 @@ class Ledger:
             raise ValidationError("bad_state", f"request is {req['status']}")
         req["status"] = "rejected"
         req["reject_reason"] = _text(body["reason"], "reason")
-        state.put(f"request/{body['request_id']}", req)
+        state.put(request_key(body["request_id"]), req)
         self._audit(state, tx.submitter, block, index, tx, request_id=body["request_id"],
                     doctor=req["doctor"], reason=body["reason"])
 
     def _tx_revoke_grant(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
         body = _body(tx, {"grant_id": str, "reason": str})
-        grant = state.get(f"grant/{body['grant_id']}")
+        grant = state.get(grant_key(body["grant_id"]))
         if grant is None:
             raise ValidationError("not_found", "no such grant")
         if grant["patient"] != tx.submitter:
@@ -615,8 +700,8 @@ class Ledger:
             raise ValidationError("bad_state", "grant already revoked")
         grant["revoked"] = True
         grant["revoked_at"] = tx.timestamp
-        state.put(f"grant/{body['grant_id']}", grant)
-        state.writes[f"active/{tx.submitter}/{grant['doctor']}/{body['grant_id']}"] = None
+        state.put(grant_key(body["grant_id"]), grant)
+        state.writes[active_key(tx.submitter, grant["doctor"], body["grant_id"])] = None
         self._audit(state, tx.submitter, block, index, tx, grant_id=body["grant_id"],
                     doctor=grant["doctor"], reason=_text(body["reason"], "reason"))
 
@@ -625,7 +710,7 @@ class Ledger:
         if peer is None:
             raise ValidationError("forbidden", "only a peer logs a re-encryption")
         body = _body(tx, {"grant_id": str, "request_id": str, "record_id": str, "doctor": str, "index": int})
-        grant = state.get(f"grant/{body['grant_id']}")
+        grant = state.get(grant_key(body["grant_id"]))
         if grant is None:
             raise ValidationError("not_found", "no such grant")
         if tx.submitter not in grant["shares"] or body["index"] != peer.index:
@@ -643,32 +728,50 @@ class Ledger:
     # -- queries (read committed state) -------------------------------------
 
     def get(self, key: str) -> Any:
+        """The decoded value at ``key`` (a map for entries; what ``peer.query`` answers), or None."""
         raw = self.kv.get(key)
         return None if raw is None else canonical.unpack(raw, max_size=1 << 22, what=key)
 
-    def certificate(self, subject: str) -> dict | None:
-        return self.get(f"cert/{subject}")
+    def certificate(self, subject: str) -> CertEntry | None:
+        value = self.get(cert_key(subject))
+        return None if value is None else CertEntry.from_state(value)
+
+    def record(self, patient: str, record_id: str) -> RecordEntry | None:
+        value = self.get(record_key(patient, record_id))
+        return None if value is None else RecordEntry.from_state(value)
+
+    def policy(self, patient: str) -> PolicyEntry | None:
+        value = self.get(policy_key(patient))
+        return None if value is None else PolicyEntry.from_state(value)
+
+    def request(self, request_id: str) -> RequestEntry | None:
+        value = self.get(request_key(request_id))
+        return None if value is None else RequestEntry.from_state(value)
+
+    def grant(self, grant_id: str) -> GrantEntry | None:
+        value = self.get(grant_key(grant_id))
+        return None if value is None else GrantEntry.from_state(value)
 
     def check_reencryption(self, grant_id: str, doctor: str, patient: str, record_id: str,
-                           now_s: int) -> tuple[dict, dict]:
+                           now_s: int) -> tuple[GrantEntry, RecordEntry]:
         """A peer's live check before re-encrypting; returns (grant, record) or raises
         ValidationError with a reason code (not_found, forbidden, bad_state, not_allowed,
         cert_revoked, cert_expired)."""
-        grant = self.get(f"grant/{grant_id}")
+        grant = self.grant(grant_id)
         if grant is None:
             raise ValidationError("not_found", f"no grant {grant_id}")
-        if grant["doctor"] != doctor or grant["patient"] != patient:
+        if grant.doctor != doctor or grant.patient != patient:
             raise ValidationError("forbidden", "grant is for another doctor or patient")
-        if grant["revoked"]:
+        if grant.revoked:
             raise ValidationError("bad_state", "grant revoked")
-        if now_s >= grant["expires_at"]:
+        if now_s >= grant.expires_at:
             raise ValidationError("bad_state", "grant expired")
-        rec = self.get(f"record/{patient}/{record_id}")
+        rec = self.record(patient, record_id)
         if rec is None:
             raise ValidationError("not_found", f"no record {patient}/{record_id}")
-        if rec["label"] != grant["label"]:
+        if rec.label != grant.label:
             raise ValidationError("forbidden", "record is under another label than the grant")
-        entry = self.get(f"cert/{doctor}")
+        entry = self.get(cert_key(doctor))
         if entry is None:
             raise ValidationError("unknown_submitter", f"no certificate for {doctor}")
         if entry["revoked"]:
@@ -676,12 +779,89 @@ class Ledger:
         cert = entry["cert"]
         if not cert["valid_from"] <= now_s < cert["valid_until"]:
             raise ValidationError("cert_expired", f"certificate of {doctor} is not valid now")
-        req = self.get(f"request/{grant['request_id']}")
+        req = self.get(request_key(grant.request_id))
         decision = self.evaluate(self, patient, cert, req["operation"] if req else "read", record_id,
-                                 rec["label"], now_s, req["purpose"] if req else None)
+                                 rec.label, now_s, req["purpose"] if req else None)
         if decision["effect"] != "allow":
             raise ValidationError("not_allowed", f"policy now denies: {decision['reason']}")
         return grant, rec
 
     def audit(self, patient: str) -> list[dict]:
-        return [canonical.unpack(v) for _, v in self.kv.scan(f"audit/{patient}/")]
+        return [canonical.unpack(v) for _, v in self.kv.scan(audit_prefix(patient))]
+
+
+# ------------------------------------------------------------------ commit proofs
+
+
+def effect_key(tx: Transaction) -> str | None:
+    """The state key whose entry shows that ``tx`` committed (read it, then ask
+    :func:`shows_effect`); None for ``access``, whose only trace is an audit event
+    at a height nobody knows in advance: its recorded nonce alone shows it (a
+    nonce is recorded only for a valid transaction).
+
+    DecodeError when the body lacks the fields naming the entry (such a
+    transaction cannot have committed).
+    """
+    body = tx.body
+    try:
+        if tx.type == "register":
+            return cert_key(_named(body["cert"]["subject"]))
+        if tx.type == "revoke_cert":
+            return cert_key(_named(body["subject"]))
+        if tx.type == "store":
+            return record_key(tx.submitter, _named(body["record_id"]))
+        if tx.type == "set_policy":
+            return policy_key(tx.submitter)
+        if tx.type in ("access_request", "deny_request"):
+            return request_key(_named(body["request_id"]))
+        if tx.type in ("grant", "revoke_grant"):
+            return grant_key(_named(body["grant_id"]))
+    except (KeyError, TypeError) as exc:
+        raise DecodeError(f"{tx.type} body does not name its entry") from exc
+    return None
+
+
+def _named(value: Any) -> str:
+    return check_id(value, "id")
+
+
+def shows_effect(tx: Transaction, value: Any) -> bool:
+    """Whether ``value``, the decoded entry at :func:`effect_key` (None if absent),
+    shows that ``tx`` committed.
+
+    The entry must carry the transaction's own data: the same certificate, the
+    same ``store`` transaction, the same policy bytes, a request by this doctor
+    for this record, operation and purpose, a grant by this patient of this
+    request with the same threshold, expiry and shares. A revocation shows once
+    the certificate or grant is revoked, a rejection once the request is
+    rejected, by whichever transaction (the outcome asked for holds). A malformed
+    entry shows nothing. For ``access`` (no entry) it is True.
+    """
+    body = tx.body
+    try:
+        if tx.type == "register":
+            return value is not None and CertEntry.from_state(value).cert == Certificate.from_dict(body["cert"])
+        if tx.type == "revoke_cert":
+            return value is not None and CertEntry.from_state(value).revoked
+        if tx.type == "store":
+            return value is not None and RecordEntry.from_state(value).tx == tx.to_bytes()
+        if tx.type == "set_policy":
+            return value is not None and PolicyEntry.from_state(value).policy == body["policy"]
+        if tx.type == "access_request":
+            req = RequestEntry.from_state(value) if value is not None else None
+            return req is not None and (req.doctor, req.patient, req.record_id, req.operation, req.purpose) == (
+                tx.submitter, body["patient"], body["record_id"], body["operation"], body["purpose"])
+        if tx.type == "deny_request":
+            req = RequestEntry.from_state(value) if value is not None else None
+            return req is not None and req.patient == tx.submitter and req.status == "rejected"
+        if tx.type == "grant":
+            grant = GrantEntry.from_state(value) if value is not None else None
+            return grant is not None and (
+                grant.patient, grant.request_id, grant.threshold, grant.expires_at, dict(grant.shares)) == (
+                tx.submitter, body["request_id"], body["threshold"], body["expires_at"], body["shares"])
+        if tx.type == "revoke_grant":
+            grant = GrantEntry.from_state(value) if value is not None else None
+            return grant is not None and grant.patient == tx.submitter and grant.revoked
+    except (KeyError, TypeError, DecodeError):
+        return False
+    return True

@@ -247,8 +247,8 @@ async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_
             heads = {p.ledger.head() for p in peers.values()}
             if len(heads) != 1:
                 raise RuntimeError("peers disagree on the head after the benchmark")
-            sample = peers[pids[0]].ledger.get("request/req-0")
-            if sample is None or sample["decision"]["effect"] != "allow":
+            sample = peers[pids[0]].ledger.request("req-0")
+            if sample is None or not sample.allowed:
                 raise RuntimeError("access requests were not evaluated as expected")
             nursery.cancel_scope.cancel()
     return {"backend": backend_name(), "ecdsa": ecdsa.ecdsa_backend_name(), "peers": n_peers,

@@ -25,7 +25,8 @@ from typing import Any
 
 from core import canonical
 from core.errors import CoreError, DecodeError, ValidationError
-from core.ledger import Block, Ledger, MemoryKV
+from core.ledger import Block, Ledger, MemoryKV, parse_genesis
+from core.state import audit_prefix
 
 from agents.ledger_store import LedgerStore, StoreError
 
@@ -51,13 +52,13 @@ def verify_store(store: LedgerStore) -> tuple[int, bytes]:
     if not rows or rows[0][0] != 0:
         raise ChainError(0, "no genesis block stored")
     try:
-        genesis = Block.from_bytes(rows[0][2])
-        if genesis.hash != rows[0][1]:
-            raise ChainError(0, "stored hash is not the genesis block's hash")
-        kv = MemoryKV()
-        ledger = Ledger(genesis, kv)
+        genesis = parse_genesis(rows[0][2])
     except (DecodeError, CoreError) as exc:
         raise ChainError(0, f"genesis does not verify: {exc}") from None
+    if genesis.hash != rows[0][1]:
+        raise ChainError(0, "stored hash is not the genesis block's hash")
+    kv = MemoryKV()
+    ledger = Ledger(genesis, kv)
     expected = 1
     for height, stored_hash, data, marks, root in rows[1:]:
         if height != expected:
@@ -136,7 +137,7 @@ def _utc(ms: int) -> str:
 
 
 def audit_events(store: LedgerStore, patient: str) -> list[dict[str, Any]]:
-    return [canonical.unpack(v, max_size=1 << 22, what=k) for k, v in store.scan(f"audit/{patient}/")]
+    return [canonical.unpack(v, max_size=1 << 22, what=k) for k, v in store.scan(audit_prefix(patient))]
 
 
 def describe(event: dict[str, Any]) -> str:

@@ -38,7 +38,9 @@ from core import canonical, pre
 from core.curve import G1
 from core.errors import CoreError, DecodeError, ValidationError
 from core.identity import RESERVED_CERT_ATTRIBUTES, Certificate, check_id
-from core.ledger import Block, CommitResult, Ledger
+from core.ledger import Block, CommitResult, Ledger, parse_genesis
+from core.state import ENTRY_QUERIES, CertEntry, GrantEntry, RecordEntry, certs_prefix, entry_key, parse_key, \
+    records_prefix
 from core.tx import MAX_TX_SIZE, Transaction
 
 from agents.ledger_store import LedgerStore
@@ -119,11 +121,12 @@ class PeerAgent:
         self.submit_timeout = submit_timeout
         self.sync_idle = sync_idle
         self.retry_interval = retry_interval
-        self.genesis = Block.from_bytes(genesis)
+        parsed = parse_genesis(genesis)
+        self.genesis = parsed.block
         self.data_dir = Path(data_dir)
         self.store = LedgerStore(self.data_dir / "ledger.sqlite")
         self.store.init_genesis(self.genesis)
-        self.ledger = Ledger(self.genesis, self.store)
+        self.ledger = Ledger(parsed, self.store)
         self.config = self.ledger.config
         info = self.config.peer(peer_id)
         if info is None:
@@ -133,10 +136,10 @@ class PeerAgent:
         self.info = info
         self.orderer = manifest.orderer or self.config.orderer_id
         self.directory = manifest.directory()
-        for key, raw in self.store.scan("cert/"):
-            entry = canonical.unpack(raw, what=key)
-            if not entry["revoked"]:
-                self.directory.set_certificate(entry["cert"]["subject"], entry["cert"]["ecdsa_key"])
+        for key, raw in self.store.scan(certs_prefix()):
+            entry = CertEntry.from_state(canonical.unpack(raw, what=key))
+            if not entry.revoked:
+                self.directory.set_certificate(entry.subject, entry.cert.ecdsa_key)
         self.endpoint: bus.Endpoint | None = None
         self._nursery: trio.Nursery | None = None
         self._commit_lock = trio.Lock()
@@ -229,20 +232,20 @@ class PeerAgent:
         for key, value in result.writes.items():
             if value is None:
                 continue
-            if key.startswith("cert/"):
-                entry = _own_state(value)
-                subject = entry["cert"]["subject"]
-                self.directory.set_certificate(subject, None if entry["revoked"] else entry["cert"]["ecdsa_key"])
-                if entry["revoked"]:
+            state_key = parse_key(key)
+            if state_key.kind == "cert":
+                cert_entry = CertEntry.from_state(_own_state(value))
+                subject = cert_entry.subject
+                self.directory.set_certificate(subject, cert_entry.active_key)
+                if cert_entry.revoked:
                     log.info("peer %s: certificate of %s revoked at block %d", self.peer_id, subject, block.height)
-            elif key.startswith("audit/"):
+            elif state_key.kind == "audit":
                 entry = _own_state(value)
                 if entry.get("event") in EVENT_TYPES:
                     events.append((key, entry))
-            elif key.startswith("grant/"):
-                entry = _own_state(value)
-                if entry.get("revoked"):
-                    self._shares.pop(key[len("grant/"):], None)
+            elif state_key.kind == "grant":
+                if GrantEntry.from_state(_own_state(value)).revoked:
+                    self._shares.pop(state_key.parts[0], None)
         if self._waiters:
             for raw, mark in zip(block.txs, result.marks):
                 waiter = self._waiters.pop(hashlib.sha256(raw).digest(), None)
@@ -259,7 +262,7 @@ class PeerAgent:
                      result.valid_count, len(result.marks))
         assert self.endpoint is not None
         for key, entry in sorted(events):
-            patient = key.split("/")[1]
+            patient = parse_key(key).parts[0]
             event_type = entry["event"]
             doctor = entry.get("doctor", entry["actor"] if event_type == "access_request" else None)
             decision = entry.get("decision")
@@ -506,26 +509,18 @@ class PeerAgent:
         if what == "head":
             height, block_hash, root = ledger.head()
             return {"height": height, "hash": block_hash, "root": root}
-        if what == "cert":
-            return ledger.get(f"cert/{_id_field(body, 'subject')}")
-        if what == "record":
-            return ledger.get(f"record/{_id_field(body, 'patient')}/{_id_field(body, 'record_id')}")
+        if what in ENTRY_QUERIES:  # cert, record, request, grant, policy: one entry, as stored
+            return ledger.get(entry_key(what, *(_id_field(body, name) for name in ENTRY_QUERIES[what])))
         if what == "records":
             patient = _id_field(body, "patient")
             label = _field(body, "label", str, optional=True)
             out = []
-            for key, raw in self.store.scan(f"record/{patient}/"):
-                rec = canonical.unpack(raw, max_size=1 << 22, what=key)
-                if label is None or rec["label"] == label:
-                    out.append({"record_id": key.split("/", 2)[2], "label": rec["label"], "cid": rec["cid"],
-                                "size": rec["size"], "media_type": rec["media_type"], "height": rec["height"]})
+            for key, raw in self.store.scan(records_prefix(patient)):
+                rec = RecordEntry.from_state(canonical.unpack(raw, max_size=1 << 22, what=key))
+                if label is None or rec.label == label:
+                    out.append({"record_id": parse_key(key).parts[1], "label": rec.label, "cid": rec.cid,
+                                "size": rec.size, "media_type": rec.media_type, "height": rec.height})
             return out
-        if what == "request":
-            return ledger.get(f"request/{_id_field(body, 'request_id')}")
-        if what == "grant":
-            return ledger.get(f"grant/{_id_field(body, 'grant_id')}")
-        if what == "policy":
-            return ledger.get(f"policy/{_id_field(body, 'patient')}")
         raise _bad(f"unknown query {what[:32]!r}")
 
     async def _audit(self, msg: bus.Message) -> dict[str, Any]:
@@ -566,16 +561,16 @@ class PeerAgent:
         sealed = _field(msg.body, "sealed", bytes)
         if len(sealed) > MAX_SEALED_SHARE:
             raise bus.HandlerError("share.mismatch", "sealed share too large")
-        grant = self.ledger.get(f"grant/{grant_id}")
+        grant = self.ledger.grant(grant_id)
         with trio.move_on_after(GRANT_WAIT_S):
             while grant is None:
                 await self._committed.wait()
-                grant = self.ledger.get(f"grant/{grant_id}")
+                grant = self.ledger.grant(grant_id)
         if grant is None:
             raise bus.HandlerError("share.unknown_grant", f"grant {grant_id} not committed within {GRANT_WAIT_S:g} s")
-        if grant["patient"] != msg.sender:
+        if grant.patient != msg.sender:
             raise bus.HandlerError("share.forbidden", "only the grantor delivers its shares")
-        expected = grant["shares"].get(self.peer_id)
+        expected = grant.share_digest(self.peer_id)
         if expected is None or index != self.info.index:
             raise bus.HandlerError("share.mismatch", f"the grant holds no share for {self.peer_id} at index {index}")
         if not hmac.compare_digest(hashlib.sha256(sealed).digest(), expected):
@@ -616,19 +611,19 @@ class PeerAgent:
             log.info("peer %s: re-encryption of %s/%s for %s refused: %s", self.peer_id, patient, record_id,
                      doctor, exc.code)
             raise bus.HandlerError(f"access.{exc.code}", exc.message) from None
-        if grant["request_id"] != request_id:
+        if grant.request_id != request_id:
             raise bus.HandlerError("access.forbidden", "the request id is not the grant's")
-        if self.peer_id not in grant["shares"]:
+        if grant.share_digest(self.peer_id) is None:
             raise bus.HandlerError("share.missing", f"grant {grant_id} has no share at {self.peer_id}")
         prepared = await self._prepared_share(grant_id)
         access = {"grant_id": grant_id, "request_id": request_id, "record_id": record_id, "doctor": doctor,
                   "index": self.info.index}
         # one worker job: the re-encryption, its signature and the access transaction
-        share, signature, access_tx = await run_crypto(self._reencrypt_job, record["capsule"], record["cid"],
+        share, signature, access_tx = await run_crypto(self._reencrypt_job, record.capsule, record.cid,
                                                        request_id, prepared, access)
         assert self._nursery is not None
         self._nursery.start_soon(self._log_access, access_tx, grant_id, doctor)
-        return {"index": prepared.index, "share": share, "cid": record["cid"], "signature": signature}
+        return {"index": prepared.index, "share": share, "cid": record.cid, "signature": signature}
 
     def _reencrypt_job(self, capsule: bytes, cid: str, request_id: str, prepared: pre.PreparedKeyShare,
                        access: dict[str, Any]) -> tuple[bytes, bytes, bytes]:

@@ -45,6 +45,7 @@ from core.curve import G1
 from core.errors import ValidationError
 from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import Block, Ledger, MemoryKV, make_genesis
+from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix
 from core.tx import Transaction
 
 FHIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-r4"
@@ -124,7 +125,7 @@ class FakeConsortium:
             return result.height, result.marks[0]
 
     async def revoke_cert(self, subject: str) -> str:
-        org = self.ledger.certificate(subject)["cert"]["org"]
+        org = self.ledger.certificate(subject).cert.org
         pid = next(p for p, info in self.peers.items() if info.org == org)
         tx = Transaction.create("revoke_cert", pid, {"subject": subject, "reason": "left the hospital"},
                                 self.peer_keys[pid].ecdsa_private, now_ms())
@@ -184,22 +185,16 @@ class FakeConsortium:
     async def _query(self, pid: str, msg: bus.Message):
         b = msg.body
         what = b["what"]
-        if what == "cert":
-            return self.ledger.get(f"cert/{b['subject']}")
-        if what == "record":
-            return self.ledger.get(f"record/{b['patient']}/{b['record_id']}")
+        if what in ENTRY_QUERIES:
+            return self.ledger.get(entry_key(what, *(b[name] for name in ENTRY_QUERIES[what])))
         if what == "records":
             out = []
-            for key, raw in self.kv.scan(f"record/{b['patient']}/"):
-                e = canonical.unpack(raw)
-                if b["label"] is None or e["label"] == b["label"]:
-                    out.append({"record_id": key.rsplit("/", 1)[1], **{k: e[k] for k in
-                                ("label", "cid", "size", "media_type", "height")}})
+            for key, raw in self.kv.scan(records_prefix(b["patient"])):
+                e = RecordEntry.from_state(canonical.unpack(raw))
+                if b["label"] is None or e.label == b["label"]:
+                    out.append({"record_id": parse_key(key).parts[1], "label": e.label, "cid": e.cid,
+                                "size": e.size, "media_type": e.media_type, "height": e.height})
             return out
-        if what in ("request", "grant"):
-            return self.ledger.get(f"{what}/{b[what + '_id']}")
-        if what == "policy":
-            return self.ledger.get(f"policy/{b['patient']}")
         raise bus.HandlerError("query.invalid", what)
 
     async def _audit(self, pid: str, msg: bus.Message) -> dict:
@@ -210,11 +205,11 @@ class FakeConsortium:
     async def _deliver_share(self, pid: str, msg: bus.Message) -> dict:
         b = msg.body
         with trio.move_on_after(10):
-            while (grant := self.ledger.get(f"grant/{b['grant_id']}")) is None:
+            while (grant := self.ledger.grant(b["grant_id"])) is None:
                 await trio.sleep(0.01)
         if grant is None:
             raise bus.HandlerError("share.unknown_grant", b["grant_id"])
-        if hashlib.sha256(b["sealed"]).digest() != grant["shares"].get(pid) or grant["patient"] != msg.sender:
+        if hashlib.sha256(b["sealed"]).digest() != grant.share_digest(pid) or grant.patient != msg.sender:
             raise bus.HandlerError("share.mismatch", "hash")
         info = self.peers[pid]
         share = pre.open_key_share(pre.SealedKeyShare(b["index"], b["sealed"]), self.peer_keys[pid].box_private,
@@ -232,16 +227,16 @@ class FakeConsortium:
         share = self.shares.get((pid, b["grant_id"]))
         if share is None:
             raise bus.HandlerError("share.missing", "no share")
-        s = pre.reencrypt(G1.from_bytes(rec["capsule"]), share).to_bytes()
+        s = pre.reencrypt(G1.from_bytes(rec.capsule), share).to_bytes()
         index = self.peers[pid].index
         sig = ecdsa.sign(self.peer_keys[pid].ecdsa_private, REENCRYPTION_TAG,
-                         canonical.pack([b["request_id"], rec["cid"], index, s]))
+                         canonical.pack([b["request_id"], rec.cid, index, s]))
         tx = Transaction.create("access", pid, {"grant_id": b["grant_id"], "request_id": b["request_id"],
                                                 "record_id": b["record_id"], "doctor": msg.sender, "index": index},
                                 self.peer_keys[pid].ecdsa_private, now_ms())
         await self.commit(tx.to_bytes())
         self.reencryptions += 1
-        return {"index": index, "share": s, "cid": rec["cid"], "signature": sig}
+        return {"index": index, "share": s, "cid": rec.cid, "signature": sig}
 
 
 # ------------------------------------------------------------------ fixtures
@@ -487,7 +482,7 @@ async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy
             rid = await alice.store(b"written once", label="cardiology", media_type="text/plain")
             copies = world.fake.submissions[before:]
             assert len(copies) == 2 and copies[0] == copies[1]  # the same bytes, twice
-            assert world.fake.ledger.get(f"record/alice/{rid}")["tx"] == copies[0]
+            assert world.fake.ledger.record("alice", rid).tx == copies[0]
             assert alice.health.state("peer-a1") == "open"  # shared by the agents on this node
             # while peer-a1 is open, submits go to peer-a2 first: one copy
             before = len(world.fake.submissions)
@@ -501,11 +496,11 @@ async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy
             grant_id = next(iter(alice.grants))
             alice.health.success("peer-a1")
             await alice.revoke(grant_id)
-            assert world.fake.ledger.get(f"grant/{grant_id}")["revoked"]
+            assert world.fake.ledger.grant(grant_id).revoked
             events = [e["event"] for e in await alice.audit()]
             assert events.count("store") == 1 and events.count("grant") == 1
             assert events.count("access_request") == 1 and events.count("revoke_grant") == 1
-            marks = [world.fake.ledger.get(f"request/{alice.grants[grant_id]['request_id']}")["status"]]
+            marks = [world.fake.ledger.request(alice.grants[grant_id]["request_id"]).status]
             assert marks == ["granted"]
             with pytest.raises(GrantRevoked):
                 await heart.read("alice", rid)

@@ -134,7 +134,7 @@ async def test_enrollment_good_bad_and_duplicate(tmp_path):
             alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"})
             for p in peers.values():  # every peer committed it and learned the key
                 await p.wait_for_height(1)
-                assert p.ledger.certificate("alice")["cert"]["ecdsa_key"] == alice.keys.ecdsa_public
+                assert p.ledger.certificate("alice").cert.ecdsa_key == alice.keys.ecdsa_public
                 assert p.directory("alice") == alice.keys.ecdsa_public
             keys = AgentKeys.generate()
             ep = make_endpoint(node, enroll_id(keys.ecdsa_public), keys.ecdsa_private, c.manifest.directory())

@@ -124,7 +124,7 @@ def test_full_flow_and_audit(c):
     assert req["status"] == "pending"
     assert c.block(c.tx("grant", "alice", grant_body(c, "g-1", "req-1")))[1].marks == ("ok",)
     grant, rec = c.ledger.check_reencryption("g-1", "dr-heart", "alice", "rec-1", T0 + 10)
-    assert grant["threshold"] == 2 and rec["label"] == "cardiology"
+    assert grant.threshold == 2 and rec.label == "cardiology"
     access = c.tx("access", "peer1", {"grant_id": "g-1", "request_id": "req-1", "record_id": "rec-1",
                                       "doctor": "dr-heart", "index": 1})
     assert c.block(access)[1].marks == ("ok",)
@@ -358,7 +358,7 @@ def test_reserved_attributes_come_only_from_the_certificate(c):
     assert c.ledger.get("request/req-eve")["decision"]["effect"] == "deny"
     # even a certificate already in state with shadowing attributes (as an older ledger could
     # hold) is evaluated as its real subject and organization
-    forged = {**c.ledger.certificate("eve")["cert"], "attributes": {"role": "doctor", "organization": "org-b",
+    forged = {**c.ledger.certificate("eve").cert.to_dict(), "attributes": {"role": "doctor", "organization": "org-b",
                                                                     "id": "dave"}}
     decision = c.ledger.evaluate(c.ledger, "alice", forged, "read", "rec-1", "cardiology", T0, None)
     assert decision["effect"] == "deny"
@@ -415,3 +415,88 @@ def test_bad_capsules_and_numbers_are_refused_where_they_enter_the_ledger(c):
     assert request(c, "dr-heart", "req-big") == "ok"
     assert c.block(c.tx("grant", "alice", grant_body(c, "g-big", "req-big", expires=2**64 - 1)))[1].marks == (
         "malformed",)
+
+
+# ------------------------------------------------------------------ genesis
+
+
+def test_parse_genesis_checks_block_zero_and_its_signature(chain):
+    from core.ledger import Genesis, parse_genesis
+
+    parsed = parse_genesis(chain.genesis.to_bytes())
+    assert parsed.config == chain.config and parsed.block == chain.genesis and parsed.hash == chain.genesis.hash
+    assert parse_genesis(chain.genesis) == parsed == parse_genesis(parsed)
+    assert parse_genesis(parsed, orderer_key=chain.config.orderer_key) is parsed
+    assert Ledger(parsed, MemoryKV()).config == Ledger(chain.genesis.to_bytes(), MemoryKV()).config == chain.config
+    okey = chain.orderer_key
+    other = ecdsa.generate_private_key()
+    bad = [
+        b"\x93junk",
+        Block.make(1, bytes(32), 0, [chain.config.to_bytes()], okey),  # not height 0
+        Block.make(0, b"\x01" * 32, 0, [chain.config.to_bytes()], okey),  # not after the zero hash
+        Block.make(0, bytes(32), 0, [chain.config.to_bytes()] * 2, okey),  # two entries
+        Block.make(0, bytes(32), 0, [b"\x80"], okey),  # not a configuration
+        make_genesis(chain.config, other),  # signed by another key than the one it names
+        Block(0, bytes(32), 0, bytes(32), chain.genesis.txs, chain.genesis.orderer_sig),  # wrong Merkle root
+    ]
+    for genesis in bad:
+        with pytest.raises(DecodeError):
+            parse_genesis(genesis)
+        with pytest.raises(DecodeError):
+            Ledger(genesis, MemoryKV())
+    with pytest.raises(DecodeError):  # a caller holding the orderer's key pins it
+        parse_genesis(chain.genesis.to_bytes(), orderer_key=ecdsa.public_key(other))
+    assert isinstance(parsed, Genesis)
+
+
+# ------------------------------------------------------------------ commit proofs
+
+
+def test_effect_key_and_shows_effect_for_every_transaction_type(chain):
+    from core.ledger import effect_key, shows_effect
+    from core.tx import TX_TYPES
+
+    c = chain
+    covered = set()
+
+    def commit(tx, *, rival=None):
+        """``tx`` shows only once committed; ``rival`` (same entry, other data) never does."""
+        key = effect_key(tx)
+        covered.add(tx.type)
+        if key is None:
+            assert tx.type == "access" and shows_effect(tx, None)
+        else:
+            assert not shows_effect(tx, c.ledger.get(key))
+        assert c.block(tx).marks == ("ok",)
+        if key is not None:
+            assert shows_effect(tx, c.ledger.get(key))
+            assert not shows_effect(tx, {"not": "an entry"})
+        if rival is not None:
+            assert effect_key(rival) == key and not shows_effect(rival, c.ledger.get(key))
+
+    rival = c.register_tx("alice", "org-a")  # made first: the user keeps the key of the one committed
+    commit(c.register_tx("alice", "org-a"), rival=rival)
+    commit(c.register_tx("bob", "org-b", "doctor", peer="p3"))
+    commit(c.register_tx("dave", "org-b", "doctor", peer="p3"))
+    commit(c.tx("store", "alice", c.store_body()), rival=c.tx("store", "alice", c.store_body()))
+    policy = parse_policy(c.POLICY).to_msgpack()
+    other_policy = parse_policy(POLICY).to_msgpack()
+    commit(c.tx("set_policy", "alice", {"policy": policy}), rival=c.tx("set_policy", "alice", {"policy": other_policy}))
+    ask = {"patient": "alice", "record_id": "rec-1", "operation": "read", "purpose": None}
+    commit(c.tx("access_request", "bob", {"request_id": "r1", **ask}),
+           rival=c.tx("access_request", "dave", {"request_id": "r1", **ask}))
+    commit(c.tx("access_request", "dave", {"request_id": "r2", **ask}))
+    grant = c.grant_body("g1", "r1")
+    commit(c.tx("grant", "alice", grant), rival=c.tx("grant", "alice", {**grant, "threshold": 3}))
+    commit(c.tx("deny_request", "alice", {"request_id": "r2", "reason": "no"}),
+           rival=c.tx("deny_request", "bob", {"request_id": "r2", "reason": "no"}))
+    commit(c.tx("access", "p1", {"grant_id": "g1", "request_id": "r1", "record_id": "rec-1", "doctor": "bob",
+                                 "index": 1}))
+    commit(c.tx("revoke_grant", "alice", {"grant_id": "g1", "reason": "done"}))
+    commit(c.tx("revoke_cert", "p3", {"subject": "dave", "reason": "left"}))
+    assert covered == set(TX_TYPES)
+    # a body that does not name its entry cannot have committed
+    for tx_type, body in [("store", {}), ("grant", {"grant_id": 5}), ("register", {"cert": "x"}),
+                          ("revoke_cert", {"subject": "a/b"})]:
+        with pytest.raises(DecodeError):
+            effect_key(c.tx(tx_type, "alice", body))

@@ -1,0 +1,138 @@
+"""A sans-I/O certificate light client: the ledger's certificates, followed from its blocks.
+
+For agents that do not validate the whole ledger (storage nodes), who still
+need to know which users may talk to them. :class:`CertificateLightClient`
+takes the chain's blocks in order (:meth:`~CertificateLightClient.apply`,
+bytes in, :class:`CertificateChange` values out; no I/O, no clock), checks each
+block as a peer does (it extends the last one, its Merkle root holds, the
+orderer signed it) and applies the ledger's own rules
+(:class:`core.ledger.IdentityRules`: timestamp, submitter, signature, nonce,
+then the ``register`` or ``revoke_cert`` body) to its certificate transactions.
+Every other transaction type is skipped without being verified.
+
+It agrees with a full :class:`core.ledger.Ledger` fed the same blocks on the
+set of registered, unrevoked certificates, with one exception it cannot see:
+nonces. It records the nonces of the certificate transactions it applies, not
+those of other types, so a ``register`` or ``revoke_cert`` that reuses a nonce
+its submitter spent on another type of transaction is refused by the ledger
+(``replayed_nonce``) and accepted here. Nonces are random: only a submitter
+doing it on purpose gets there, and that submitter (the issuing peer, or the
+subject or its peer for a revocation) could register or revoke validly anyway.
+
+Errors: :class:`~core.errors.DecodeError` when a block does not decode,
+:class:`~core.errors.ValidationError` (codes ``bad_height``, ``bad_prev_hash``,
+``bad_tx_root``, ``bad_block_signature``, as :meth:`core.ledger.Ledger.check_block`)
+when it does not extend the last block applied or is not the orderer's. A block
+refused changes nothing; the caller logs it and fetches the missing blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from .canonical import unpack
+from .errors import CoreError, DecodeError, ValidationError
+from .identity import Certificate, ConsortiumConfig
+from .ledger import Block, Genesis, IdentityRules, MemoryKV, _Overlay, parse_genesis
+from .state import CertEntry, cert_key, certs_prefix, parse_key
+from .tx import Transaction
+
+__all__ = ["CertificateChange", "CertificateLightClient"]
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateChange:
+    """A certificate registered (``certificate`` set) or revoked (``certificate`` None)
+    by block ``height``."""
+
+    subject: str
+    certificate: Certificate | None
+    height: int
+
+    @property
+    def ecdsa_key(self) -> bytes | None:
+        """The subject's key from now on (None: forget it)."""
+        return None if self.certificate is None else self.certificate.ecdsa_key
+
+
+class CertificateLightClient:
+    """Follows the ledger's certificates from its blocks (see the module docstring).
+
+    ``genesis`` is the chain's genesis (bytes, a Block, or a parsed
+    :class:`core.ledger.Genesis`; checked by :func:`core.ledger.parse_genesis`).
+    ``verify_pre_proofs`` as for :class:`core.ledger.Ledger` (the ledger checks
+    each certificate's PRE key proof; leave it on to agree with the ledger).
+    """
+
+    def __init__(self, genesis: Genesis | Block | bytes, *, verify_pre_proofs: bool = True):
+        parsed = parse_genesis(genesis)
+        self.config: ConsortiumConfig = parsed.config
+        self.rules = IdentityRules(parsed.config, verify_pre_proofs=verify_pre_proofs)
+        self.height = 0
+        self.head_hash = parsed.hash
+        # cert/, serial/ and the certificate transactions' nonce/ entries, as the ledger writes them
+        self._kv = MemoryKV()
+
+    def apply(self, block: Block | bytes) -> list[CertificateChange]:
+        """Apply the next block; the certificates it registered or revoked, by subject.
+
+        Raises DecodeError or ValidationError (then nothing changed)."""
+        if not isinstance(block, Block):
+            block = Block.from_bytes(block)
+        self.rules.check_block(block, self.height, self.head_hash)
+        state = _Overlay(self._kv)
+        seen: set[bytes] = set()
+        for raw in block.txs:
+            tx_id = hashlib.sha256(raw).digest()
+            if tx_id in seen:  # the ledger marks a second copy duplicate_in_block
+                continue
+            seen.add(tx_id)
+            self._apply_tx(state, block, raw)
+        changes = []
+        for key, value in sorted(state.writes.items()):
+            if value is not None and parse_key(key).kind == "cert":
+                entry = CertEntry.from_state(unpack(value, what=key))
+                changes.append(CertificateChange(entry.subject, None if entry.revoked else entry.cert,
+                                                 block.height))
+        self._kv.apply(state.writes)
+        self.height, self.head_hash = block.height, block.hash
+        return changes
+
+    def _apply_tx(self, state: _Overlay, block: Block, raw: bytes) -> str:
+        """The ledger's mark for a certificate transaction ("skipped" for other types)."""
+        try:
+            tx = Transaction.from_bytes(raw)
+        except DecodeError:
+            return "malformed"
+        if tx.type == "register":
+            rule = self.rules.register
+        elif tx.type == "revoke_cert":
+            rule = self.rules.revoke_cert
+        else:
+            return "skipped"
+        tx_state = _Overlay(state)  # an invalid transaction writes nothing
+        try:
+            self.rules.check_submitter(tx_state, block, tx)
+            self.rules.check_nonce(tx_state, tx)
+            rule(tx_state, block, tx)
+        except ValidationError as exc:
+            return exc.code
+        except (DecodeError, ValueError, CoreError):
+            return "malformed"
+        state.writes.update(tx_state.writes)
+        return "ok"
+
+    def certificate(self, subject: str) -> CertEntry | None:
+        """The subject's certificate entry, revoked or not (None: never registered)."""
+        raw = self._kv.get(cert_key(subject))
+        return None if raw is None else CertEntry.from_state(unpack(raw, what=subject))
+
+    def certificates(self) -> dict[str, Certificate]:
+        """Every registered, unrevoked certificate, by subject."""
+        out = {}
+        for key, raw in self._kv.scan(certs_prefix()):
+            entry = CertEntry.from_state(unpack(raw, what=key))
+            if not entry.revoked:
+                out[entry.subject] = entry.cert
+        return out

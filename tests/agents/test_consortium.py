@@ -1,0 +1,112 @@
+"""agents.consortium's CertificateFollower: a storage node's key directory follows the
+ledger's certificates through the orderer's blocks (core.lightclient underneath)."""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+import bus
+from agents.consortium import CertificateFollower, Manifest
+from agents.keys import AgentKeys
+from agents.orderer import OrdererAgent
+from agents.runtime import make_endpoint
+from core import ecdsa, pre
+from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
+from core.ledger import Block, make_genesis
+from core.tx import Transaction
+
+
+class World:
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.orderer_key = ecdsa.generate_private_key()
+        self.peers = {"p-a": AgentKeys.generate(), "p-b": AgentKeys.generate()}
+        self.storage = AgentKeys.generate()
+        infos = (PeerInfo("p-a", "org-a", self.peers["p-a"].ecdsa_public, self.peers["p-a"].box_public, 1),
+                 PeerInfo("p-b", "org-b", self.peers["p-b"].ecdsa_public, self.peers["p-b"].box_public, 2))
+        self.config = ConsortiumConfig("c", (OrgInfo("org-a", "A"), OrgInfo("org-b", "B")), infos, "orderer",
+                                       ecdsa.public_key(self.orderer_key), 1, created_at=1)
+        self.genesis = make_genesis(self.config, self.orderer_key).to_bytes()
+        keys = {"orderer": ecdsa.public_key(self.orderer_key), "storage-1": self.storage.ecdsa_public,
+                **{p: k.ecdsa_public for p, k in self.peers.items()}}
+        self.manifest = Manifest("c", self.genesis, "orderer", list(self.peers), ["storage-1"], 1, {}, keys,
+                                 {"org-a": ["p-a"], "org-b": ["p-b"]})
+        self.users: dict[str, bytes] = {}
+
+    def orderer(self) -> OrdererAgent:
+        return OrdererAgent(orderer_id="orderer", signing_key=self.orderer_key, genesis=self.genesis,
+                            data_dir=self.tmp, directory=self.manifest.directory(), batch_timeout=0.01)
+
+    def register(self, subject: str, peer: str, *, signer: str | None = None, org: str | None = None) -> bytes:
+        """A register transaction by ``peer`` (certificate for ``org``, default the peer's own,
+        signed with ``signer``'s key, default the peer's)."""
+        key = ecdsa.generate_private_key()
+        self.users[subject] = key
+        recv = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL)
+        now = int(time.time())
+        cert = Certificate(f"serial-{subject}", subject, org or self.config.peer(peer).org, {"role": "patient"},
+                           ecdsa.public_key(key), pre.box_keypair()[1], recv.public.to_bytes(),
+                           recv.prove(subject).to_bytes(), now - 60, now + 3600, peer,
+                           ).sign(self.peers[signer or peer].ecdsa_private)
+        return Transaction.create("register", peer, {"cert": cert.to_dict()}, self.peers[peer].ecdsa_private,
+                                  int(now * 1000)).to_bytes()
+
+    def revoke(self, submitter: str, subject: str) -> bytes:
+        key = self.peers[submitter].ecdsa_private if submitter in self.peers else self.users[submitter]
+        return Transaction.create("revoke_cert", submitter, {"subject": subject, "reason": "r"}, key,
+                                  int(time.time() * 1000)).to_bytes()
+
+
+async def _until(predicate) -> None:
+    while not predicate():
+        await trio.sleep(0.01)
+
+
+async def test_follower_learns_and_forgets_certificates(tmp_path):
+    w = World(tmp_path)
+    with trio.fail_after(30):
+        async with bus.open_node() as node, trio.open_nursery() as nursery:
+            await nursery.start(w.orderer().run, node)
+            peer = make_endpoint(node, "p-a", w.peers["p-a"].ecdsa_private, w.manifest.directory())
+
+            async def submit(*txs: bytes) -> None:
+                await peer.request("orderer", "orderer.submit", {"txs": list(txs)})
+
+            # blocks committed before the follower starts are caught up from orderer.blocks
+            await submit(w.register("alice", "p-a"))
+            while (await peer.request("orderer", "orderer.head", {}))["height"] < 1:
+                await trio.sleep(0.01)
+            directory = w.manifest.directory()
+            endpoint = make_endpoint(node, "storage-1", w.storage.ecdsa_private, directory)
+            follower = CertificateFollower(endpoint, w.manifest, directory)
+            await nursery.start(follower.run)
+            assert directory("alice") == ecdsa.public_key(w.users["alice"])
+
+            # then from the blocks topic (one submit: one block): a forged issuer signature and
+            # a peer registering for another organization are not learned, a good registration is
+            await submit(w.register("eve", "p-a", signer="p-b"), w.register("mallory", "p-b", org="org-a"),
+                         w.register("bob", "p-b"))
+            await _until(lambda: directory("bob") is not None)
+            assert directory("bob") == ecdsa.public_key(w.users["bob"])
+            assert directory("eve") is None and directory("mallory") is None
+
+            # revocations by the subject and by its organization's peer apply, by a stranger not
+            await submit(w.revoke("p-a", "bob"), w.revoke("alice", "alice"))
+            await _until(lambda: directory("alice") is None)
+            assert directory("bob") == ecdsa.public_key(w.users["bob"])
+            await submit(w.revoke("p-b", "bob"))
+            await _until(lambda: directory("bob") is None)
+            assert follower.client.certificates() == {}
+            assert follower.statistics().changes == 4 and follower.statistics().refused == 0
+
+            # a block not signed by the orderer is refused and counted, and changes nothing
+            forged = Block.make(follower.height + 1, follower.client.head_hash, int(time.time() * 1000),
+                                [w.register("carol", "p-a")], ecdsa.generate_private_key())
+            assert not await follower.apply_block(forged.to_bytes())
+            assert not await follower.apply_block(b"\x93junk")
+            stats = follower.statistics()
+            assert stats.refused == 2 and stats.height == follower.height
+            assert directory("carol") is None and follower.client.certificates() == {}
+            nursery.cancel_scope.cancel()
