@@ -321,3 +321,20 @@ def test_submit_ignores_replies_it_did_not_ask_for():
     plan.start(0.0)
     assert plan.on_reply("b", Answer(OK), 0.1) == [] and plan.outcome is None
     assert plan.on_timeout(50.0) == []
+
+
+def test_plans_are_sans_io():
+    """agents/plans.py imports nothing that does I/O or reads a clock."""
+    import ast
+    import inspect
+
+    import agents.plans
+
+    tree = ast.parse(inspect.getsource(agents.plans))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported <= {"__future__", "math", "dataclasses", "typing"}, imported
