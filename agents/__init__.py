@@ -8,7 +8,8 @@ their own faces: ``agents.storage`` (storage nodes and client),
 command), ``agents.bench`` (benchmarks and the load test).
 
 Layout: ``client`` (talking to peers: the part patients and doctors share),
-``patient``, ``doctor``, ``peer/`` (a consortium peer), ``orderer``,
+``plans`` (their timing policies, sans-I/O) and ``driver`` (running a plan
+from trio), ``patient``, ``doctor``, ``peer/`` (a consortium peer), ``orderer``,
 ``storage/``, ``swarm`` (launching a local consortium), ``keys`` (keys and the
 encrypted key store), ``consortium`` (the manifest and the bus's key
 directory), ``runtime`` (endpoints and crypto threads), ``ledger_store``

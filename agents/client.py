@@ -1,8 +1,10 @@
 """What the patient and doctor agents share: configuration, keys, state, endpoints, ledger calls.
 
 :class:`UserConfig` says who the user is and where its deployment is;
-:class:`UserAgent` is the base of :class:`agents.patient.PatientAgent` and
-:class:`agents.doctor.DoctorAgent`. It owns
+:class:`PeerClient` is how a user talks to the consortium's peers.
+:class:`agents.patient.PatientAgent` and :class:`agents.doctor.DoctorAgent`
+each hold one (``agent.client``), made by :func:`open_agent`, which opens the
+keys, the bus node (unless given one) and the agent's nursery. The client owns
 
 * the keys (:class:`agents.runtime.AgentKeys`, generated on first open and kept
   encrypted in ``data_dir/keys.bin``) and small local state
@@ -16,7 +18,8 @@
   from the genesis. An envelope from a user it does not know yet makes it look
   the certificate up in the background, so the sender's retry gets through;
 * peer selection (the configured peer, else the first of its organization;
-  reads fail over to the other peers), submit-and-wait and queries;
+  reads fail over to the other peers), submit-and-wait, queries (with
+  read-your-writes across peers) and registration;
 * peer health (:class:`agents.health.AgentHealth`, shared by the agents on one
   bus node): a peer that timed out or could not be reached is tried last for
   ``cooldown`` seconds (then probed by one request), for queries, submits,
@@ -31,6 +34,7 @@ After a failover such a mark therefore means "the first copy committed": it is
 confirmed by reading the entry that shows the transaction's effect
 (:func:`core.ledger.effect_key` and :func:`core.ledger.shows_effect`: the record,
 request, grant, ... carrying this transaction's data) and reported as success.
+The policy is :class:`agents.plans.SubmitFailover`, run by :mod:`agents.driver`.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import msgpack
 import trio
@@ -53,13 +57,15 @@ from core.ledger import effect_key, parse_genesis, shows_effect
 from core.state import CertEntry, entry_query
 from core.tx import Transaction
 
+from agents.driver import result_of, run_plan
 from agents.health import AgentHealth
 from agents.errors import AgentError, CertificateRevoked, RegistrationError, TransactionRejected, Unavailable
 from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory, Manifest, enroll_id
 from agents.keys import AgentKeys, KeyStore, atomic_write
+from agents.plans import Answer, Confirm, Done, SubmitFailover
 from agents.runtime import make_endpoint, run_crypto
 
-__all__ = ["UserConfig", "UserAgent", "CERT_VALIDITY_S", "SUSPECT_TIMEOUT"]
+__all__ = ["UserConfig", "PeerClient", "open_agent", "CERT_VALIDITY_S", "SUSPECT_TIMEOUT"]
 
 log = logging.getLogger("agents.user")
 
@@ -72,8 +78,7 @@ _MAX_LOOKUPS = 16  # background look-ups in flight
 _STORAGE_RETRIES = 7
 _HEAD_TIMEOUT = 2.0  # a peer that cannot say its height within this is not waited for
 SUSPECT_TIMEOUT = 2.0  # request timeout for a peer that failed lately (asked only as a last resort)
-# marks a re-sent copy of a transaction gets when the first copy committed
-_COPY_MARKS = ("replayed_nonce", "duplicate_in_block")
+A = TypeVar("A")
 
 
 @dataclass
@@ -126,11 +131,13 @@ def remote_error(exc: bus.RemoteError, what: str) -> AgentError:
     return AgentError(f"{what}: {exc.peer or 'peer'} answered [{exc.code}] {exc.message}", code=exc.code)
 
 
-class UserAgent:
-    """Base of the patient and doctor agents (see the module docstring).
+class PeerClient:
+    """A user's side of the consortium (see the module docstring): the patient and
+    doctor agents each hold one. Made by :func:`open_agent`; do not construct directly.
 
-    Open with the subclass's ``open()`` async context manager; do not
-    construct directly.
+    ``nursery`` is the agent's, for background work (certificate look-ups,
+    probes, the patient's late share deliveries, storage stragglers);
+    ``address`` is where the agent's own bus node listens (None when it has none).
     """
 
     def __init__(self, config: UserConfig, keys: AgentKeys, node: bus.Node, nursery: trio.Nursery):
@@ -139,9 +146,9 @@ class UserAgent:
         self.manifest = config.manifest
         self.keys = keys
         self.node = node
-        self._nursery = nursery
+        self.nursery = nursery
         self.consortium: ConsortiumConfig = parse_genesis(config.manifest.genesis).config
-        self._peer_info = {p.id: p for p in self.consortium.peers}
+        self.peer_info = {p.id: p for p in self.consortium.peers}
         self._directory: ConsortiumDirectory = config.manifest.directory()
         self._lookups: dict[str, float] = {}
         self._lookups_running = 0
@@ -152,42 +159,7 @@ class UserAgent:
         self.endpoint: bus.Endpoint = make_endpoint(node, self.subject, keys.ecdsa_private, self._lookup_key)
         self.health: AgentHealth = AgentHealth.for_node(node)
 
-    # ------------------------------------------------------------ opening
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def _open(cls, config: UserConfig, node: bus.Node | None, **kwargs: Any) -> AsyncIterator[Any]:
-        data_dir = Path(config.data_dir)
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        keys = await trio.to_thread.run_sync(_load_or_create_keys, config)
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                address = None
-                if node is None:
-                    routes = {**config.manifest.agents, **config.routes}
-                    node = await stack.enter_async_context(bus.open_node(routes=routes))
-                    if config.listen:
-                        address = await node.listen(config.listen)
-                else:
-                    for agent, addr in config.routes.items():
-                        node.add_route(agent, addr)
-                nursery = await stack.enter_async_context(trio.open_nursery())
-                agent = cls(config, keys, node, nursery, **kwargs)
-                agent.address = address
-                stack.push_async_callback(agent._close)
-                await agent._load_state()
-                if agent.certificate is not None:
-                    agent._directory.set_certificate(agent.subject, agent.certificate.ecdsa_key)
-                yield agent
-                nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # the caller's own exception, not wrapped in our nurseries' groups
-            lone = _lone(group)
-            if lone is None:
-                raise
-            raise lone from None
-
-    async def _close(self) -> None:
+    async def aclose(self) -> None:
         await self.endpoint.aclose()
 
     # ------------------------------------------------------------ state
@@ -228,7 +200,7 @@ class UserAgent:
     def registered(self) -> bool:
         return self.state.get("cert") is not None
 
-    def _require_registered(self) -> None:
+    def require_registered(self) -> None:
         if not self.registered:
             raise RegistrationError(f"{self.subject} is not registered yet: call register(token) first",
                                     code="agent.unregistered")
@@ -238,7 +210,7 @@ class UserAgent:
     def _lookup_key(self, agent: str) -> bytes | None:
         """The bus directory: known keys, else look the certificate up in the background."""
         key = self._directory(agent)
-        if key is not None or agent.startswith(ENROLL_PREFIX) or agent in self._peer_info:
+        if key is not None or agent.startswith(ENROLL_PREFIX) or agent in self.peer_info:
             return key
         now = trio.current_time()
         if now - self._lookups.get(agent, -1e9) >= _LOOKUP_INTERVAL and self._lookups_running < _MAX_LOOKUPS:
@@ -246,7 +218,7 @@ class UserAgent:
                 self._lookups.clear()
             self._lookups[agent] = now
             self._lookups_running += 1
-            self._nursery.start_soon(self._background_lookup, agent)
+            self.nursery.start_soon(self._background_lookup, agent)
         return None
 
     async def _background_lookup(self, agent: str) -> None:
@@ -281,7 +253,7 @@ class UserAgent:
             cert = raw if isinstance(raw, Certificate) else Certificate.from_dict(raw)
         except DecodeError as exc:
             raise AgentError(f"certificate of {subject} is malformed: {exc}", code="integrity") from exc
-        issuer = self._peer_info.get(cert.issuer)
+        issuer = self.peer_info.get(cert.issuer)
         if cert.subject != subject or issuer is None or issuer.org != cert.org:
             raise AgentError(f"certificate of {subject} names the wrong subject or issuer", code="integrity")
         try:
@@ -316,12 +288,12 @@ class UserAgent:
 
     def peers_by_health(self) -> list[str]:
         """:meth:`peer_order`, peers that failed lately last (see :class:`AgentHealth`)."""
-        return self.health.order(self.peer_order(), self._probe_peer)
+        return self.health.order(self.peer_order(), self.probe_peer)
 
-    def _probe_peer(self, peer: str) -> None:
+    def probe_peer(self, peer: str) -> None:
         """Find out in the background whether a peer that failed lately is back."""
         try:
-            self._nursery.start_soon(self._probe, peer)
+            self.nursery.start_soon(self._probe, peer)
         except RuntimeError:  # closing: the probe window lapses and someone else probes
             pass
 
@@ -354,7 +326,7 @@ class UserAgent:
         """
         errors: dict[str, str] = {}
         timeout = self.config.request_timeout if timeout is None else timeout
-        use, avoid = self.health.split(self.peer_order(), self._probe_peer) if failover else ([self.home_peer], [])
+        use, avoid = self.health.split(self.peer_order(), self.probe_peer) if failover else ([self.home_peer], [])
         # a peer that failed lately gets a short leash when it is the last resort after
         # healthy ones (not when every peer failed lately: then all may just be busy)
         leash = min(timeout, SUSPECT_TIMEOUT) if use else timeout
@@ -423,7 +395,7 @@ class UserAgent:
         """Ask every usable peer in parallel; the first non-None answer (else None)."""
         found: list[Any] = []
         refused: list[bus.RemoteError] = []
-        use, _ = self.health.split(self.peer_order(), self._probe_peer)
+        use, _ = self.health.split(self.peer_order(), self.probe_peer)
         timeout = max(0.05, min(self.config.request_timeout, deadline - trio.current_time()))
 
         async def ask(peer: str, done: trio.CancelScope) -> None:
@@ -455,7 +427,7 @@ class UserAgent:
         not answer a height query within a couple of seconds (stalled), are not
         waited for."""
         done: list[str] = []
-        use, _ = self.health.split(self.manifest.peers, self._probe_peer)
+        use, _ = self.health.split(self.manifest.peers, self.probe_peer)
 
         async def follow(peer: str) -> None:
             delay = 0.02
@@ -491,46 +463,29 @@ class UserAgent:
         """
         tx = Transaction.create(tx_type, self.subject, body, self.keys.ecdsa_private, _now_ms())
         raw = tx.to_bytes()
-        errors: dict[str, str] = {}
-        reply = None
-        may_be_queued = False  # a copy may have reached the orderer
-        answered_by = None
-        timeout = self.config.request_timeout
-        deadline = trio.current_time() + 2 * timeout
-        for peer in self.peers_by_health():
-            left = deadline - trio.current_time()
-            if left <= 0:
-                break
-            try:
-                reply = await self.peer_request(peer, "peer.submit", {"tx": raw, "wait": True},
-                                                timeout=min(timeout, left))
-                answered_by = peer
-                break
-            except (bus.RequestTimeout, bus.BrokenError) as exc:
-                errors[peer] = f"{type(exc).__name__}: {exc}"
-                may_be_queued = True
-            except (bus.UnreachableError, bus.ClosedError) as exc:
-                errors[peer] = f"{type(exc).__name__}: {exc}"
-            except bus.RemoteError as exc:
-                if exc.code in ("submit.timeout", "submit.unavailable"):
-                    errors[peer] = f"[{exc.code}] {exc.message}"
-                    may_be_queued = True
-                    continue
-                raise remote_error(exc, f"{tx_type} transaction") from None
-        if reply is None:
-            detail = "; ".join(f"{p}: {e}" for p, e in errors.items())
-            raise Unavailable(f"{tx_type} transaction: no peer committed it in time ({detail})")
-        if not isinstance(reply, dict) or "mark" not in reply:
-            raise AgentError(f"{tx_type} transaction: malformed submit reply", code="integrity")
-        if reply["mark"] in _COPY_MARKS and may_be_queued:
-            if await self._committed_earlier(tx, answered_by):
+
+        async def perform(action: Any) -> Any:
+            if isinstance(action, Confirm):
+                return Answer(await self._committed_earlier(tx, action.peer))
+            return await result_of(self.peer_request(action.peer, "peer.submit", {"tx": raw, "wait": True},
+                                                     timeout=action.timeout))
+
+        plan = SubmitFailover(self.peers_by_health(), timeout=self.config.request_timeout)
+        outcome = await run_plan(plan, perform)
+        if isinstance(outcome, Done):
+            if outcome.value.get("resubmitted"):
                 log.info("%s: %s committed through an unresponsive peer; the re-sent copy was marked %s",
-                         self.subject, tx_type, reply["mark"])
-                return {**reply, "mark": "ok", "resubmitted": True}
-        if reply["mark"] != "ok":
-            raise TransactionRejected(f"the ledger marked the {tx_type} transaction invalid: {reply['mark']}",
-                                      reason=str(reply["mark"]))
-        return reply
+                         self.subject, tx_type, plan.copy_mark)
+            return outcome.value
+        if outcome.reason == "refused":
+            raise remote_error(outcome.detail.cause, f"{tx_type} transaction") from None
+        if outcome.reason == "malformed":
+            raise AgentError(f"{tx_type} transaction: malformed submit reply", code="integrity")
+        if outcome.reason == "rejected":
+            raise TransactionRejected(f"the ledger marked the {tx_type} transaction invalid: {outcome.detail}",
+                                      reason=str(outcome.detail))
+        detail = "; ".join(f"{p}: {e}" for p, e in outcome.errors.items())
+        raise Unavailable(f"{tx_type} transaction: no peer committed it in time ({detail})")
 
     async def _committed_earlier(self, tx: Transaction, peer: str | None) -> bool:
         """Whether the ledger shows ``tx``'s effect (:func:`core.ledger.effect_key`; asked
@@ -633,7 +588,7 @@ class UserAgent:
     async def revoke_certificate(self, reason: str = "revoked by its holder") -> None:
         """Revoke this agent's own certificate (lost device, left the hospital): a
         ``revoke_cert`` transaction. Peers refuse the agent's messages from then on."""
-        self._require_registered()
+        self.require_registered()
         await self.submit("revoke_cert", {"subject": self.subject, "reason": reason})
         self.state["cert_revoked"] = True
         await self.save_state()
@@ -647,6 +602,49 @@ def _cert_entry(value: Any, subject: str) -> CertEntry | None:
         return CertEntry.from_state(value)
     except DecodeError as exc:
         raise AgentError(f"certificate entry of {subject} is malformed: {exc}", code="integrity") from exc
+
+
+@contextlib.asynccontextmanager
+async def open_agent(config: UserConfig, node: bus.Node | None, build: Callable[[PeerClient], A]) -> AsyncIterator[A]:
+    """Open a user agent: its keys (created on first use), a bus node unless ``node``
+    is given (TCP, routed by the manifest and ``config.routes``, listening at
+    ``config.listen``), its nursery and its :class:`PeerClient`; ``build(client)``
+    makes the agent (its handlers go on the endpoint before anything awaits); the
+    local state is loaded; yields the agent, closes everything on exit.
+
+    The caller's own exception comes out unchanged, not wrapped in the nurseries'
+    exception groups.
+    """
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys = await trio.to_thread.run_sync(_load_or_create_keys, config)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            address = None
+            if node is None:
+                routes = {**config.manifest.agents, **config.routes}
+                node = await stack.enter_async_context(bus.open_node(routes=routes))
+                if config.listen:
+                    address = await node.listen(config.listen)
+            else:
+                for agent_id, addr in config.routes.items():
+                    node.add_route(agent_id, addr)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            client = PeerClient(config, keys, node, nursery)
+            client.address = address
+            stack.push_async_callback(client.aclose)
+            agent = build(client)
+            await client._load_state()
+            if client.certificate is not None:
+                client._directory.set_certificate(client.subject, client.certificate.ecdsa_key)
+            yield agent
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # the caller's own exception, not wrapped in our nurseries' groups
+        lone = _lone(group)
+        if lone is None:
+            raise
+        raise lone from None
 
 
 def _lone(group: BaseExceptionGroup) -> BaseException | None:

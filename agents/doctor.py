@@ -13,13 +13,17 @@ answer that the grant is revoked or expired it forgets the grant and raises
 :class:`GrantRevoked` (it never asks again behind the caller's back). Without a
 grant it submits an ``access_request`` (:class:`PolicyDenied` when the policy
 says no), asks the patient (:class:`RequestRejected` when the patient says
-no), and then asks every peer for its re-encryption share, keeping the first t
-that verify (:class:`NotEnoughPeers` when fewer come back). Before plaintext is
+no), and then asks the peers for their re-encryption shares, keeping the first t
+that verify (:class:`NotEnoughPeers` when fewer come back; the policy is
+:class:`agents.plans.ShareCollection`). Before plaintext is
 returned: the blob matches the CID on the ledger, the ledger's store
 transaction carries the patient's signature (checked against the patient's
 certificate), the record opens with the combined key (authenticated
 encryption), and the header names the same owner, label, record id and capsule
 as the ledger.
+
+The agent talks to the peers through its :class:`agents.client.PeerClient`
+(``doctor.client``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from core.errors import CoreError, DecodeError
 from core.identity import Certificate
 from core.tx import Transaction
 
-from agents.client import SUSPECT_TIMEOUT, UserAgent, UserConfig, remote_error
+from agents.client import SUSPECT_TIMEOUT, PeerClient, UserConfig, open_agent, remote_error
+from agents.driver import result_of, run_plan
 from agents.errors import (
     AgentError,
     GrantRevoked,
@@ -53,6 +58,7 @@ from agents.errors import (
     RequestRejected,
     Unavailable,
 )
+from agents.plans import Answer, Done, Invalid, ShareCollection
 from agents.runtime import run_crypto
 from agents.storage import NotFound as StorageNotFound
 from agents.storage import StorageClient, StorageError
@@ -64,8 +70,6 @@ log = logging.getLogger("agents.doctor")
 REENCRYPTION_TAG = "emrshare/v1/reencryption"
 PATIENT_TIMEOUT_FACTOR = 3  # how many request timeouts a doctor waits for a patient's answer
 _UNKNOWN_SENDER_RETRIES = 8
-_GIVE_UP_GRACE_S = 0.5  # when t shares are out of reach, how long the other requests may still take
-_HEDGE_S = 0.3  # without t good shares by then, the spare healthy peers are asked too
 
 
 def _new_id(prefix: str) -> str:
@@ -76,14 +80,22 @@ def _cache_key(patient: str, label: str) -> str:
     return f"{patient}\x00{label}"
 
 
-class DoctorAgent(UserAgent):
+class DoctorAgent:
     """A doctor (or nurse, ...): see the module docstring. Open with :meth:`open`."""
 
-    def __init__(self, config: UserConfig, keys, node, nursery):
-        super().__init__(config, keys, node, nursery)
+    def __init__(self, client: PeerClient):
+        self.client = client
+        config = self.config = client.config
+        self.subject = client.subject
+        self.manifest = client.manifest
+        self.keys = client.keys
+        self.endpoint = client.endpoint
+        self.health = client.health
+        self.address = client.address
+        self.state = client.state
         self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
                                      write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
-                                     health=self.health, background=nursery)
+                                     health=self.health, background=client.nursery)
         self.reencrypt_timeout = min(10.0, config.request_timeout)
         self._rotation = secrets.randbelow(1 << 16)  # which t peers go first (spread, not secret)
         # the patient's answer is several round trips (read the request, commit the
@@ -101,9 +113,32 @@ class DoctorAgent(UserAgent):
         manifest and ``config.routes``). ``approve`` is accepted for symmetry with
         :meth:`PatientAgent.open` and ignored.
         """
-        async with cls._open(config, node) as agent:
+        async with open_agent(config, node, cls) as agent:
             agent.state.setdefault("grant_cache", {})
             yield agent
+
+    # ------------------------------------------------------------ identity (see PeerClient)
+
+    @property
+    def certificate(self) -> Certificate | None:
+        """This doctor's certificate once registered."""
+        return self.client.certificate
+
+    @property
+    def registered(self) -> bool:
+        return self.client.registered
+
+    async def register(self, token: bytes) -> Certificate:
+        """Enroll with a peer of this doctor's organization (:meth:`PeerClient.register`)."""
+        return await self.client.register(token)
+
+    async def revoke_certificate(self, reason: str = "revoked by its holder") -> None:
+        """Revoke this doctor's own certificate (:meth:`PeerClient.revoke_certificate`)."""
+        await self.client.revoke_certificate(reason)
+
+    async def lookup_certificate(self, subject: str, *, fresh: bool = True) -> Certificate | None:
+        """Another user's committed, non-revoked certificate (:meth:`PeerClient.lookup_certificate`)."""
+        return await self.client.lookup_certificate(subject, fresh=fresh)
 
     @property
     def grant_cache(self) -> dict[str, dict]:
@@ -122,8 +157,8 @@ class DoctorAgent(UserAgent):
     async def records(self, patient: str, label: str | None = None) -> list[dict]:
         """A patient's records on the ledger (optionally one label):
         ``[{record_id, label, cid, size, media_type, height}]``."""
-        self._require_registered()
-        out = await self.query({"what": "records", "patient": patient, "label": label})
+        self.client.require_registered()
+        out = await self.client.query({"what": "records", "patient": patient, "label": label})
         return list(out or [])
 
     async def request(self, patient: str, record_id: str, *, purpose: str | None = None) -> dict:
@@ -133,20 +168,21 @@ class DoctorAgent(UserAgent):
         Raises RecordNotFound when the ledger has no such record, TransactionRejected
         when the request itself is invalid (e.g. ``cert_revoked``).
         """
-        self._require_registered()
+        self.client.require_registered()
         request_id = _new_id("req")
         from agents.errors import TransactionRejected
 
         try:
-            await self.submit("access_request", {"request_id": request_id, "patient": patient,
-                                                 "record_id": record_id, "operation": "read",
-                                                 "purpose": purpose})
+            await self.client.submit("access_request", {"request_id": request_id, "patient": patient,
+                                                        "record_id": record_id, "operation": "read",
+                                                        "purpose": purpose})
         except TransactionRejected as exc:
             if exc.reason == "not_found":
                 raise RecordNotFound(f"no record {patient}/{record_id} on the ledger") from None
             raise
         # committed through whichever peer answered the submit: poll if ours is behind
-        req = await self.query_committed({"what": "request", "request_id": request_id}, wait=self.commit_wait)
+        req = await self.client.query_committed({"what": "request", "request_id": request_id},
+                                                wait=self.client.commit_wait)
         if not isinstance(req, dict):
             raise Unavailable(f"request {request_id} committed but the peer does not show it")
         decision = dict(req.get("decision") or {})
@@ -164,13 +200,13 @@ class DoctorAgent(UserAgent):
         try:
             return await self._read(patient, record_id, purpose=purpose)
         except RegistrationError as exc:
-            raise await self.explain_unknown(exc) from None
+            raise await self.client.explain_unknown(exc) from None
 
     async def _read(self, patient: str, record_id: str, *, purpose: str | None = None) -> bytes:
-        self._require_registered()
+        self.client.require_registered()
         # a record stored a moment ago through another peer may be a block away
-        rec = await self.query_committed({"what": "record", "patient": patient, "record_id": record_id},
-                                         wait=1.0)
+        rec = await self.client.query_committed({"what": "record", "patient": patient, "record_id": record_id},
+                                                wait=1.0)
         if rec is None:
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         store_tx = await self._check_store_tx(patient, record_id, rec)
@@ -181,7 +217,7 @@ class DoctorAgent(UserAgent):
                 shares = await self._collect(grant, patient, record_id, rec)
             except GrantRevoked:
                 self.grant_cache.pop(_cache_key(patient, label), None)
-                await self.save_state()
+                await self.client.save_state()
                 raise
         else:
             grant = await self._obtain_grant(patient, record_id, label, purpose)
@@ -200,7 +236,7 @@ class DoctorAgent(UserAgent):
         return plain
 
     async def _patient_cert(self, patient: str) -> Certificate:
-        cert = await self.lookup_certificate(patient)
+        cert = await self.client.lookup_certificate(patient)
         if cert is None:
             raise IntegrityError(f"{patient} has no valid certificate on the ledger")
         return cert
@@ -232,14 +268,15 @@ class DoctorAgent(UserAgent):
         grant_id = reply.get("grant_id") if isinstance(reply, dict) else None
         if not isinstance(grant_id, str):
             raise AgentError(f"{patient} answered without a grant id", code="integrity")
-        g = await self.query_committed({"what": "grant", "grant_id": grant_id}, wait=self.commit_wait)
+        g = await self.client.query_committed({"what": "grant", "grant_id": grant_id},
+                                              wait=self.client.commit_wait)
         if not isinstance(g, dict) or g.get("doctor") != self.subject or g.get("patient") != patient \
                 or g.get("label") != label or g.get("revoked"):
             raise IntegrityError(f"grant {grant_id} on the ledger is not a live grant of {label} for us")
         grant = {"patient": patient, "label": label, "grant_id": grant_id, "request_id": request_id,
                  "threshold": int(g["threshold"]), "expires_at": int(g["expires_at"])}
         self.grant_cache[_cache_key(patient, label)] = grant
-        await self.save_state()
+        await self.client.save_state()
         return grant
 
     async def _ask_patient(self, patient: str, request_id: str) -> Any:
@@ -265,103 +302,47 @@ class DoctorAgent(UserAgent):
     async def _collect(self, grant: dict, patient: str, record_id: str, rec: dict) -> list[pre.ReencryptedShare]:
         """Ask the peers for their shares in parallel; return ``threshold`` verified ones.
 
-        t healthy peers are asked at once (rotating between reads, so the
-        pairings spread over the consortium); the other healthy peers are asked
-        when one of those fails, or all at once after :data:`_HEDGE_S` without t
-        good shares. The read goes on as soon as t good shares are in (slower
-        requests are cancelled). Peers that failed
-        lately are asked only when the others cannot make t (one more each time
-        a request fails; all at once when fewer than t are healthy), with a
-        short timeout (:data:`agents.client.SUSPECT_TIMEOUT`) while some peer is healthy."""
+        The policy is :class:`agents.plans.ShareCollection`: t healthy peers
+        first (rotating between reads, so the pairings spread over the
+        consortium), the spare healthy ones on a failure or after
+        :data:`agents.plans.HEDGE_S`, peers that failed lately only when the
+        others cannot make t, with a short timeout
+        (:data:`agents.client.SUSPECT_TIMEOUT`) while some peer is healthy. The
+        read goes on as soon as t good shares are in (slower requests are
+        cancelled)."""
         need = grant["threshold"]
-        good: dict[str, pre.ReencryptedShare] = {}
-        errors: dict[str, str] = {}
         body = {"grant_id": grant["grant_id"], "patient": patient, "record_id": record_id,
                 "request_id": grant["request_id"]}
         cid = rec["cid"]
-        ask_now, reserve = self.health.split(self.manifest.peers, self._probe_peer)
-        # the short leash only while some peer is healthy (when every peer failed
-        # lately they may all just be busy)
-        suspects = set(reserve) if ask_now else set()
-        if len(ask_now) < need:  # not enough healthy peers: ask everyone at once
-            ask_now, reserve = ask_now + reserve, []
-        else:
-            # ask exactly t healthy peers (rotating, to spread the pairings); the other
-            # healthy ones are a hedge: asked at once on a failure, or after _HEDGE_S
-            k = self._rotation % len(ask_now)
+        healthy, suspects = self.health.split(self.manifest.peers, self.client.probe_peer)
+        plan = ShareCollection(healthy, suspects, need, timeout=self.reencrypt_timeout,
+                               suspect_timeout=SUSPECT_TIMEOUT, rotation=self._rotation)
+        if plan.rotated:
             self._rotation += 1
-            ask_now = ask_now[k:] + ask_now[:k]
-            ask_now, reserve = ask_now[:need], ask_now[need:] + reserve
-        in_flight = 0
 
-        async def hedge(nursery: trio.Nursery) -> None:
-            nonlocal in_flight
-            await trio.sleep(_HEDGE_S)
-            while reserve and reserve[0] not in suspects:
-                in_flight += 1
-                nursery.start_soon(ask, reserve.pop(0), nursery)
-
-        async def ask(peer: str, nursery: trio.Nursery) -> None:
-            nonlocal in_flight
-            # a peer that failed lately gets a short leash
-            timeout = min(self.reencrypt_timeout, SUSPECT_TIMEOUT) if peer in suspects else self.reencrypt_timeout
+        async def ask(action: Any) -> Any:
+            result = await result_of(self.client.peer_request(action.peer, "peer.reencrypt", body,
+                                                              timeout=action.timeout))
+            if not isinstance(result, Answer):
+                return result
             try:
-                try:
-                    reply = await self.peer_request(peer, "peer.reencrypt", body, timeout=timeout)
-                except bus.RemoteError as exc:
-                    errors[peer] = exc.code
-                    return
-                except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
-                    errors[peer] = f"unavailable ({type(exc).__name__})"
-                    return
-                try:
-                    share = await run_crypto(self._check_share, peer, reply, grant["request_id"], cid)
-                except (IntegrityError, CoreError) as exc:
-                    errors[peer] = f"integrity ({exc})"
-                    return
-                good[peer] = share
-                if len(good) >= need:
-                    nursery.cancel_scope.cancel()
-            finally:
-                in_flight -= 1
-                top_up(nursery)
+                share = await run_crypto(self._check_share, action.peer, result.value, grant["request_id"], cid)
+            except (IntegrityError, CoreError) as exc:
+                return Invalid(str(exc))
+            return Answer(share)
 
-        def top_up(nursery: trio.Nursery) -> None:
-            nonlocal in_flight
-            if "access.bad_state" in errors.values():
-                # a peer says the grant is revoked or expired (ledger state only moves
-                # forward): do not go looking for a peer that has not heard yet
-                reserve.clear()
-            while reserve and len(good) + in_flight < need:
-                in_flight += 1
-                nursery.start_soon(ask, reserve.pop(0), nursery)
-            if len(good) + in_flight < need:
-                # t good shares are out of reach (e.g. the others say the grant is
-                # revoked): a stalled peer must not hold the answer up; the ones
-                # still out get a moment (their answers make the error precise)
-                scope = nursery.cancel_scope
-                scope.deadline = min(scope.deadline, trio.current_time() + _GIVE_UP_GRACE_S)
-
-        async with trio.open_nursery() as nursery:
-            for peer in ask_now:
-                in_flight += 1
-                nursery.start_soon(ask, peer, nursery)
-            if reserve:
-                nursery.start_soon(hedge, nursery)
-            top_up(nursery)
-        for peer in reserve:
-            errors[peer] = "skipped (did not answer lately)"
-        if len(good) >= need:
-            return list(good.values())[:need]
-        if any(code == "access.bad_state" for code in errors.values()):
+        outcome = await run_plan(plan, ask)
+        if isinstance(outcome, Done):
+            return outcome.value
+        if outcome.reason == "revoked":
             raise GrantRevoked(f"the peers refuse grant {grant['grant_id']}: it is revoked or expired")
-        detail = ", ".join(f"{p}: {e}" for p, e in sorted(errors.items()))
-        raise NotEnoughPeers(f"{len(good)} of the {need} needed peers returned a valid share ({detail})",
-                             answered=len(good), needed=need, errors=dict(errors))
+        detail = ", ".join(f"{p}: {e}" for p, e in sorted(outcome.errors.items()))
+        raise NotEnoughPeers(f"{outcome.answered} of the {need} needed peers returned a valid share ({detail})",
+                             answered=outcome.answered, needed=need, errors=dict(outcome.errors))
 
     def _check_share(self, peer: str, reply: Any, request_id: str, cid: str) -> pre.ReencryptedShare:
-        info = self._peer_info.get(peer)
-        key = self.peer_key(peer)
+        info = self.client.peer_info.get(peer)
+        key = self.client.peer_key(peer)
         if info is None or key is None:
             raise IntegrityError(f"{peer} is not a consortium peer")
         if not isinstance(reply, dict):
@@ -382,7 +363,7 @@ class DoctorAgent(UserAgent):
 
     async def _fetch(self, cid: str) -> bytes:
         try:
-            blob = await self.storage_retry(lambda: self.storage.get(cid))
+            blob = await self.client.storage_retry(lambda: self.storage.get(cid))
         except StorageNotFound:
             raise Unavailable(f"no reachable storage node holds {cid}") from None
         except StorageError as exc:

@@ -20,11 +20,16 @@ the shares' hashes.
 Degrading under faults: the shares go to every peer in parallel (peers that
 failed lately are skipped while enough others are healthy) while the grant is
 being committed; the patient answers once the grant committed and t peers
-acknowledged their shares, after a short grace (:data:`DELIVERY_GRACE_S`) for
-the others, whose deliveries go on in the background (a peer accepts its share
-after the grant committed: it checks the hash against the grant). Stores
-return once ``write_quorum`` storage nodes hold the blob durably
-(:class:`agents.storage.StorageClient` with the agent's nursery).
+acknowledged their shares, after a short grace
+(:data:`agents.plans.DELIVERY_GRACE_S`) for the others, whose deliveries go on
+in the background (a peer accepts its share after the grant committed: it
+checks the hash against the grant); the policy is
+:class:`agents.plans.ShareDelivery`. Stores return once ``write_quorum``
+storage nodes hold the blob durably (:class:`agents.storage.StorageClient`
+with the agent's nursery).
+
+The agent talks to the peers through its :class:`agents.client.PeerClient`
+(``patient.client``).
 """
 
 from __future__ import annotations
@@ -48,8 +53,10 @@ from core.errors import CoreError
 from core.identity import Certificate
 from core.policy import parse as parse_policy
 
-from agents.client import UserAgent, UserConfig, check_receiving_key, remote_error
+from agents.client import PeerClient, UserConfig, check_receiving_key, open_agent, remote_error
+from agents.driver import PlanRun, result_of
 from agents.errors import AgentError, PolicyDenied, RequestRejected, Unavailable
+from agents.plans import Done, ShareDelivery
 from agents.runtime import run_crypto
 from agents.storage import StorageClient
 
@@ -59,7 +66,6 @@ log = logging.getLogger("agents.patient")
 
 Approver = Callable[[dict], Awaitable[bool]]
 DEFAULT_GRANT_TTL_S = 24 * 3600
-DELIVERY_GRACE_S = 0.5  # after t acknowledgements, wait this long for the other peers' shares
 _READ_PIECE = 1 << 20
 
 
@@ -67,19 +73,27 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-class PatientAgent(UserAgent):
+class PatientAgent:
     """A patient: see the module docstring. Open with :meth:`open`."""
 
     grant_ttl_s: int = DEFAULT_GRANT_TTL_S
 
-    def __init__(self, config: UserConfig, keys, node, nursery, *, approve: Approver | None = None):
-        super().__init__(config, keys, node, nursery)
+    def __init__(self, client: PeerClient, *, approve: Approver | None = None):
+        self.client = client
+        config = self.config = client.config
+        self.subject = client.subject
+        self.manifest = client.manifest
+        self.keys = client.keys
+        self.endpoint = client.endpoint
+        self.health = client.health
+        self.address = client.address
+        self.state = client.state
         self._approve = approve
         self._label_keys: dict[str, pre.KeyPair] = {}
         self._answering: dict[str, trio.Lock] = {}
         self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
                                      write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
-                                     health=self.health, background=nursery)
+                                     health=self.health, background=client.nursery)
         self.endpoint.register("patient.access_request", self._on_access_request)
 
     @classmethod
@@ -94,10 +108,33 @@ class PatientAgent(UserAgent):
         (request_id, doctor, doctor_org, doctor_attributes, record_id, label,
         operation, purpose, rule) and returns True to grant.
         """
-        async with cls._open(config, node, approve=approve) as agent:
+        async with open_agent(config, node, lambda client: cls(client, approve=approve)) as agent:
             agent.state.setdefault("records", {})
             agent.state.setdefault("grants", {})
             yield agent
+
+    # ------------------------------------------------------------ identity (see PeerClient)
+
+    @property
+    def certificate(self) -> Certificate | None:
+        """This patient's certificate once registered."""
+        return self.client.certificate
+
+    @property
+    def registered(self) -> bool:
+        return self.client.registered
+
+    async def register(self, token: bytes) -> Certificate:
+        """Enroll with a peer of this patient's organization (:meth:`PeerClient.register`)."""
+        return await self.client.register(token)
+
+    async def revoke_certificate(self, reason: str = "revoked by its holder") -> None:
+        """Revoke this patient's own certificate (:meth:`PeerClient.revoke_certificate`)."""
+        await self.client.revoke_certificate(reason)
+
+    async def lookup_certificate(self, subject: str, *, fresh: bool = True) -> Certificate | None:
+        """Another user's committed, non-revoked certificate (:meth:`PeerClient.lookup_certificate`)."""
+        return await self.client.lookup_certificate(subject, fresh=fresh)
 
     # ------------------------------------------------------------ local views
 
@@ -123,7 +160,7 @@ class PatientAgent(UserAgent):
         Raises TransactionRejected if the ledger marks it invalid (e.g. ``duplicate``
         record id), Unavailable if storage or peers do not answer.
         """
-        self._require_registered()
+        self.client.require_registered()
         record_id = record_id or _new_id("rec")
         kp = await run_crypto(self._label_key, label)
         common = dict(owner_id=self.subject, label=label, record_id=record_id, media_type=media_type,
@@ -135,7 +172,7 @@ class PatientAgent(UserAgent):
         try:
             if isinstance(data, (str, os.PathLike)):
                 path = Path(data)
-                tmp = self.data_dir / "tmp" / f"{record_id}.{secrets.token_hex(4)}.sealed"
+                tmp = self.client.data_dir / "tmp" / f"{record_id}.{secrets.token_hex(4)}.sealed"
                 header, cid, size = await run_crypto(_seal_file, path, tmp, kp, **common)
                 stored = await self._storage_call(lambda: self.storage.put_file(tmp))
             else:
@@ -150,30 +187,30 @@ class PatientAgent(UserAgent):
             raise AgentError(f"storage returned CID {stored}, expected {cid}", code="integrity")
         body = {"record_id": record_id, "label": label, "cid": cid, "size": size,
                 "media_type": media_type, "capsule": header.capsule}
-        reply = await self.submit("store", body)
+        reply = await self.client.submit("store", body)
         self.state["records"][record_id] = {"label": label, "cid": cid, "size": size,
                                             "media_type": media_type, "height": reply.get("height")}
-        await self.save_state()
+        await self.client.save_state()
         return record_id
 
     async def _storage_call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         from agents.storage import StorageError
 
         try:
-            return await self.storage_retry(fn)
+            return await self.client.storage_retry(fn)
         except StorageError as exc:
             raise Unavailable(f"storage: {exc}") from exc
 
     async def records(self) -> list[dict]:
         """This patient's records on the ledger: ``[{record_id, label, cid, size, media_type, height}]``."""
-        self._require_registered()
-        out = await self.query({"what": "records", "patient": self.subject, "label": None})
+        self.client.require_registered()
+        out = await self.client.query({"what": "records", "patient": self.subject, "label": None})
         return list(out or [])
 
     async def read(self, record_id: str) -> bytes:
         """Read one of this patient's own records (owner key path, no pairing)."""
-        self._require_registered()
-        rec = await self.query({"what": "record", "patient": self.subject, "record_id": record_id})
+        self.client.require_registered()
+        rec = await self.client.query({"what": "record", "patient": self.subject, "record_id": record_id})
         if rec is None:
             from agents.errors import RecordNotFound
 
@@ -191,9 +228,9 @@ class PatientAgent(UserAgent):
 
     async def set_policy(self, text: str) -> None:
         """Parse the policy (docs/policy.md; PolicySyntaxError on bad text) and commit it."""
-        self._require_registered()
+        self.client.require_registered()
         policy = parse_policy(text)
-        await self.submit("set_policy", {"policy": policy.to_msgpack()})
+        await self.client.submit("set_policy", {"policy": policy.to_msgpack()})
 
     async def revoke(self, grant_id: str, reason: str = "revoked by patient") -> None:
         """Commit a ``revoke_grant``; peers refuse the grant's shares from that block on.
@@ -201,19 +238,19 @@ class PatientAgent(UserAgent):
         Returns once every reachable peer has applied the block (or after
         ``request_timeout``), so no peer that is up still serves the grant.
         """
-        self._require_registered()
-        reply = await self.submit("revoke_grant", {"grant_id": grant_id, "reason": reason})
+        self.client.require_registered()
+        reply = await self.client.submit("revoke_grant", {"grant_id": grant_id, "reason": reason})
         if isinstance(reply.get("height"), int):
-            await self.wait_for_peers(reply["height"], timeout=self.config.request_timeout)
+            await self.client.wait_for_peers(reply["height"], timeout=self.config.request_timeout)
         if grant_id in self.grants:
             self.grants[grant_id]["revoked"] = True
-            await self.save_state()
+            await self.client.save_state()
 
     async def audit(self) -> list[dict]:
         """This patient's audit trail from the ledger, oldest first."""
-        self._require_registered()
+        self.client.require_registered()
         try:
-            reply = await self.call_peer("peer.audit", {"patient": self.subject})
+            reply = await self.client.call_peer("peer.audit", {"patient": self.subject})
         except bus.RemoteError as exc:
             raise remote_error(exc, "audit") from None
         return list(reply.get("events", [])) if isinstance(reply, dict) else []
@@ -234,12 +271,13 @@ class PatientAgent(UserAgent):
                 self._answering.pop(request_id, None)
 
     async def _answer(self, request_id: str, sender: str) -> dict:
-        self._require_registered()
+        self.client.require_registered()
         for gid, g in self.grants.items():  # a retry after we already granted
             if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
                 return {"grant_id": gid}
         # the doctor committed it through its own peer: ours may be a block behind
-        req = await self.query_committed({"what": "request", "request_id": request_id}, wait=self.commit_wait)
+        req = await self.client.query_committed({"what": "request", "request_id": request_id},
+                                                wait=self.client.commit_wait)
         if req is None or req.get("patient") != self.subject or req.get("doctor") != sender:
             raise AgentError(f"no request {request_id} from {sender} to {self.subject} on the ledger",
                              code="request.unknown")
@@ -251,7 +289,7 @@ class PatientAgent(UserAgent):
             raise RequestRejected("the patient rejected this request")
         if req.get("status") != "pending":
             raise AgentError(f"request {request_id} is {req.get('status')}", code="request.unknown")
-        doctor = await self.lookup_certificate(sender)
+        doctor = await self.client.lookup_certificate(sender)
         if doctor is None:
             await self._deny(request_id, "requester's certificate is revoked or unknown")
             raise RequestRejected("the requester's certificate is revoked or unknown")
@@ -274,7 +312,7 @@ class PatientAgent(UserAgent):
 
     async def _deny(self, request_id: str, reason: str) -> None:
         try:
-            await self.submit("deny_request", {"request_id": request_id, "reason": reason})
+            await self.client.submit("deny_request", {"request_id": request_id, "reason": reason})
         except AgentError as exc:
             log.warning("%s: deny_request for %s not committed: %s", self.subject, request_id, exc)
 
@@ -286,7 +324,7 @@ class PatientAgent(UserAgent):
             raise RequestRejected(f"the doctor's receiving key does not verify: {exc}") from None
         label = req["label"]
         kp = await run_crypto(self._label_key, label)
-        peers = list(self.consortium.peers)
+        peers = list(self.client.consortium.peers)
         threshold = self.manifest.threshold
         grant_id = _new_id("grant")
         proxies = [pre.Proxy(p.index, p.box_key) for p in peers]
@@ -295,36 +333,44 @@ class PatientAgent(UserAgent):
         shares = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
         expires_at = int(time.time()) + self.grant_ttl_s
         # peers that failed lately are skipped while t others can take the shares
-        targets, skipped = self.health.split(by_peer, self._probe_peer)
+        targets, skipped = self.health.split(by_peer, self.client.probe_peer)
         if len(targets) < threshold:
             targets, skipped = targets + skipped, []
-        delivery = _Delivery(threshold, len(targets))
-        delivery.errors.update({pid: "skipped (did not answer lately)" for pid in skipped})
+        plan = ShareDelivery(targets, threshold, timeout=self.config.request_timeout, skipped=skipped)
+
+        async def deliver(action: Any) -> Any:
+            share = by_peer[action.peer]
+            body = {"grant_id": grant_id, "index": share.index, "sealed": share.sealed}
+            return await result_of(self.client.peer_request(action.peer, "peer.deliver_share", body,
+                                                            timeout=action.timeout))
+
+        delivery = PlanRun(plan, deliver)
         # peers wait (<= 10 s) for the grant to commit before accepting a share,
         # so deliver while the grant is being ordered; late deliveries finish in
         # the background (bounded by the request timeout)
-        self._nursery.start_soon(self._deliver_all, grant_id, {pid: by_peer[pid] for pid in targets}, delivery)
+        self.client.nursery.start_soon(self._deliver_all, grant_id, delivery)
         try:
-            reply = await self.submit("grant", {
+            reply = await self.client.submit("grant", {
                 "grant_id": grant_id, "request_id": request_id, "threshold": threshold,
                 "expires_at": expires_at, "shares": shares,
             })
         except BaseException:
-            delivery.scope.cancel()  # no grant: the peers would refuse the shares anyway
+            delivery.cancel()  # no grant: the peers would refuse the shares anyway
             raise
-        await delivery.enough.wait()
-        if len(delivery.acks) >= threshold:
-            with trio.move_on_after(DELIVERY_GRACE_S):
-                await delivery.settled.wait()
-        acks, errors = sorted(delivery.acks), dict(delivery.errors)
+        delivery.tell(plan.on_committed)
+        outcome = await delivery.wait_decided()
+        if isinstance(outcome, Done):
+            acks, errors = outcome.value, outcome.errors
+        else:  # fewer than t acknowledgements
+            acks, errors = sorted(plan.acks), dict(outcome.errors if outcome is not None else plan.errors)
         self.grants[grant_id] = {
             "request_id": request_id, "doctor": req["doctor"], "label": label, "record_id": req["record_id"],
             "expires_at": expires_at, "threshold": threshold, "peers": acks, "revoked": False,
             "height": reply.get("height"),
         }
-        await self.save_state()
-        if len(acks) < threshold:
-            delivery.scope.cancel()
+        await self.client.save_state()
+        if not isinstance(outcome, Done):
+            delivery.cancel()
             with contextlib.suppress(AgentError):
                 await self.revoke(grant_id, "too few peers accepted their key shares")
             raise Unavailable(f"only {len(acks)} of {len(peers)} peers accepted their key shares "
@@ -333,60 +379,19 @@ class PatientAgent(UserAgent):
             log.info("%s: grant %s: peers without their share yet: %s", self.subject, grant_id, errors)
         return grant_id
 
-    async def _deliver_all(self, grant_id: str, shares: dict[str, pre.SealedKeyShare], delivery: "_Delivery") -> None:
-        """``peer.deliver_share`` to each peer in parallel (a background task: never raises)."""
-
-        async def deliver(pid: str, share: pre.SealedKeyShare) -> None:
-            try:
-                await self.peer_request(pid, "peer.deliver_share",
-                                        {"grant_id": grant_id, "index": share.index, "sealed": share.sealed},
-                                        timeout=self.config.request_timeout)
-                delivery.acks.add(pid)
-                delivery.errors.pop(pid, None)
-            except bus.RemoteError as exc:
-                delivery.errors[pid] = exc.code
-            except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
-                delivery.errors[pid] = f"unavailable ({type(exc).__name__})"
-            finally:
-                delivery.pending -= 1
-                delivery.update()
-
-        try:
-            with delivery.scope:
-                async with trio.open_nursery() as nursery:
-                    for pid, share in shares.items():
-                        nursery.start_soon(deliver, pid, share)
-        finally:
-            delivery.pending = 0
-            delivery.update()
+    async def _deliver_all(self, grant_id: str, delivery: PlanRun) -> None:
+        """Run the grant's share deliveries (``peer.deliver_share`` to each peer in
+        parallel; a background task); afterwards record shares that arrived after
+        the answer."""
+        await delivery.run()
+        acks = sorted(delivery.plan.acks)
         grant = self.grants.get(grant_id)
-        if grant is not None and sorted(delivery.acks) != grant.get("peers"):
-            grant["peers"] = sorted(delivery.acks)  # shares that arrived after the answer
+        if grant is not None and acks != grant.get("peers"):
+            grant["peers"] = acks  # shares that arrived after the answer
             try:
-                await self.save_state()
+                await self.client.save_state()
             except OSError as exc:
                 log.warning("%s: could not save state: %s", self.subject, exc)
-
-
-class _Delivery:
-    """Progress of one grant's share deliveries."""
-
-    def __init__(self, threshold: int, pending: int):
-        self.threshold = threshold
-        self.pending = pending
-        self.acks: set[str] = set()
-        self.errors: dict[str, str] = {}
-        self.enough = trio.Event()  # t acknowledged, t out of reach, or every delivery is over
-        self.settled = trio.Event()  # every delivery is over
-        self.scope = trio.CancelScope()
-        self.update()
-
-    def update(self) -> None:
-        if self.pending <= 0:
-            self.settled.set()
-            self.enough.set()
-        elif len(self.acks) >= self.threshold or len(self.acks) + self.pending < self.threshold:
-            self.enough.set()  # t acknowledged, or t is out of reach
 
 
 # ------------------------------------------------------------------ sealing (worker threads)
