@@ -51,7 +51,7 @@ class FakePeers:
 
     async def _query(self, msg: bus.Message) -> dict | None:
         if msg.body.get("what") == "policy":
-            return {"policy": POLICY}
+            return {"policy": POLICY, "version": 1, "name": "p", "height": 7}  # a policy entry (core.state)
         return None
 
     def manifest(self) -> Manifest:
