@@ -22,6 +22,7 @@ from agents.storage.errors import DiskFull as DiskFull
 from agents.storage.errors import NotFound as NotFound
 from agents.storage.errors import QuotaExceeded as QuotaExceeded
 from agents.storage.errors import StorageError as StorageError
+from agents.storage.errors import StorageUnavailable as StorageUnavailable
 from agents.storage.errors import Unavailable as Unavailable
 from agents.storage.client import ClientStatistics as ClientStatistics
 from agents.storage.client import RepairReport as RepairReport

@@ -52,6 +52,7 @@ from core.errors import DecodeError
 
 from agents.health import AgentHealth
 from agents.storage.errors import (
+    STORAGE_ERRORS,
     BadRequest,
     BlobTooLarge,
     CidMismatch,
@@ -59,7 +60,7 @@ from agents.storage.errors import (
     NotFound,
     QuotaExceeded,
     StorageError,
-    Unavailable,
+    StorageUnavailable,
     from_code,
 )
 
@@ -186,7 +187,7 @@ class StorageClient:
             reply = await self.endpoint.request(node, kind, body, timeout=self.timeout)
         except RemoteError as exc:
             self.health.success(node)  # it answered
-            if exc.code.startswith("storage."):
+            if STORAGE_ERRORS.type_for(exc.code) is not None:
                 raise from_code(exc.code, exc.message) from None
             raise
         except _TRANSPORT_ERRORS:
@@ -296,7 +297,7 @@ class StorageClient:
             detail = "; ".join(f"{n}: {e}" for n, e in errors.items()) or "no storage nodes"
             if len(kinds) == 1 and issubclass(next(iter(kinds)), (*_CLIENT_FAULTS, QuotaExceeded)):
                 raise next(iter(kinds))(f"put {cid} refused: {detail}")
-            raise Unavailable(
+            raise StorageUnavailable(
                 f"put {cid}: {len(acks)} of the {self.write_quorum} required replicas acknowledged ({detail})",
                 errors,
             )
@@ -416,7 +417,7 @@ class StorageClient:
         """Pass the blob to ``await sink(piece)`` in verified pieces, in order, with
         fallback across replicas (resuming at the same offset); return its size.
 
-        Raises ``NotFound`` when no node has it, ``Unavailable`` when holders
+        Raises ``NotFound`` when no node has it, ``StorageUnavailable`` when holders
         failed. Nodes found corrupt are appended to ``corrupt`` if given.
         Memory: ``pipeline`` pieces of ``message_size``.
         """
@@ -456,7 +457,7 @@ class StorageClient:
         if failures and all(isinstance(e, NotFound) for e in failures.values()):
             raise NotFound(f"no storage node has {cid}")
         detail = "; ".join(f"{n}: {e}" for n, e in failures.items()) or "no storage nodes"
-        raise Unavailable(f"could not read {cid} from any replica ({detail})", failures)
+        raise StorageUnavailable(f"could not read {cid} from any replica ({detail})", failures)
 
     async def _ranges(
         self,
