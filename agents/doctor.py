@@ -33,17 +33,24 @@ from typing import Any, AsyncIterator
 import trio
 
 import bus
-from core import canonical, ecdsa
 from core import cid as cidmod
 from core import pre
 from core import record as recordmod
 from core.errors import CoreError, DecodeError
 from core.identity import Certificate
+from core.protocol import (
+    REENCRYPTION_TAG,
+    PatientAccessRequest,
+    PatientAccessRequestReply,
+    PeerQuery,
+    PeerReencrypt,
+    PeerReencryptReply,
+    verify_reencrypt_reply,
+)
 from core.tx import Transaction
 
 from agents.client import SUSPECT_TIMEOUT, UserAgent, UserConfig, remote_error
 from agents.errors import (
-    AgentError,
     GrantRevoked,
     IntegrityError,
     NotEnoughPeers,
@@ -52,6 +59,7 @@ from agents.errors import (
     RegistrationError,
     RequestRejected,
     Unavailable,
+    UnknownAgent,
 )
 from agents.runtime import run_crypto
 from agents.storage import NotFound as StorageNotFound
@@ -61,7 +69,6 @@ __all__ = ["DoctorAgent", "REENCRYPTION_TAG"]
 
 log = logging.getLogger("agents.doctor")
 
-REENCRYPTION_TAG = "emrshare/v1/reencryption"
 PATIENT_TIMEOUT_FACTOR = 3  # how many request timeouts a doctor waits for a patient's answer
 _UNKNOWN_SENDER_RETRIES = 8
 _GIVE_UP_GRACE_S = 0.5  # when t shares are out of reach, how long the other requests may still take
@@ -123,7 +130,7 @@ class DoctorAgent(UserAgent):
         """A patient's records on the ledger (optionally one label):
         ``[{record_id, label, cid, size, media_type, height}]``."""
         self._require_registered()
-        out = await self.query({"what": "records", "patient": patient, "label": label})
+        out = await self.query(PeerQuery("records", patient=patient, label=label))
         return list(out or [])
 
     async def request(self, patient: str, record_id: str, *, purpose: str | None = None) -> dict:
@@ -146,7 +153,7 @@ class DoctorAgent(UserAgent):
                 raise RecordNotFound(f"no record {patient}/{record_id} on the ledger") from None
             raise
         # committed through whichever peer answered the submit: poll if ours is behind
-        req = await self.query_committed({"what": "request", "request_id": request_id}, wait=self.commit_wait)
+        req = await self.query_committed(PeerQuery("request", request_id=request_id), wait=self.commit_wait)
         if not isinstance(req, dict):
             raise Unavailable(f"request {request_id} committed but the peer does not show it")
         decision = dict(req.get("decision") or {})
@@ -169,8 +176,7 @@ class DoctorAgent(UserAgent):
     async def _read(self, patient: str, record_id: str, *, purpose: str | None = None) -> bytes:
         self._require_registered()
         # a record stored a moment ago through another peer may be a block away
-        rec = await self.query_committed({"what": "record", "patient": patient, "record_id": record_id},
-                                         wait=1.0)
+        rec = await self.query_committed(PeerQuery("record", patient=patient, record_id=record_id), wait=1.0)
         if rec is None:
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         store_tx = await self._check_store_tx(patient, record_id, rec)
@@ -229,10 +235,11 @@ class DoctorAgent(UserAgent):
         request_id = decision["request_id"]
         await self._patient_cert(patient)  # so the patient's reply envelope verifies
         reply = await self._ask_patient(patient, request_id)
-        grant_id = reply.get("grant_id") if isinstance(reply, dict) else None
-        if not isinstance(grant_id, str):
-            raise AgentError(f"{patient} answered without a grant id", code="integrity")
-        g = await self.query_committed({"what": "grant", "grant_id": grant_id}, wait=self.commit_wait)
+        try:
+            grant_id = PatientAccessRequestReply.from_wire(reply).grant_id
+        except DecodeError:
+            raise IntegrityError(f"{patient} answered without a grant id") from None
+        g = await self.query_committed(PeerQuery("grant", grant_id=grant_id), wait=self.commit_wait)
         if not isinstance(g, dict) or g.get("doctor") != self.subject or g.get("patient") != patient \
                 or g.get("label") != label or g.get("revoked"):
             raise IntegrityError(f"grant {grant_id} on the ledger is not a live grant of {label} for us")
@@ -246,18 +253,20 @@ class DoctorAgent(UserAgent):
         delay = 0.05
         for attempt in range(_UNKNOWN_SENDER_RETRIES):
             try:
-                return await self.endpoint.request(patient, "patient.access_request", {"request_id": request_id},
+                return await self.endpoint.request(patient, PatientAccessRequest.kind,
+                                                   PatientAccessRequest(request_id).to_wire(),
                                                    timeout=self.patient_timeout)
             except bus.RemoteError as exc:
-                if exc.code == "unknown-sender" and attempt + 1 < _UNKNOWN_SENDER_RETRIES:
+                error = remote_error(exc, f"asking {patient}")
+                if isinstance(error, UnknownAgent) and attempt + 1 < _UNKNOWN_SENDER_RETRIES:
                     await trio.sleep(delay)  # the patient is looking our certificate up
                     delay = min(delay * 2, 1.0)
                     continue
-                if exc.code == "request.denied":
+                if isinstance(error, PolicyDenied):
                     raise PolicyDenied(f"{patient}: {exc.message}") from None
-                if exc.code == "request.rejected":
+                if isinstance(error, RequestRejected):
                     raise RequestRejected(f"{patient}: {exc.message}") from None
-                raise remote_error(exc, f"asking {patient}") from None
+                raise error from None
             except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
                 raise Unavailable(f"patient {patient} did not answer: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -276,8 +285,9 @@ class DoctorAgent(UserAgent):
         need = grant["threshold"]
         good: dict[str, pre.ReencryptedShare] = {}
         errors: dict[str, str] = {}
-        body = {"grant_id": grant["grant_id"], "patient": patient, "record_id": record_id,
-                "request_id": grant["request_id"]}
+        revoked: list[str] = []  # peers that say the grant is revoked or expired
+        body = PeerReencrypt(grant_id=grant["grant_id"], patient=patient, record_id=record_id,
+                             request_id=grant["request_id"]).to_wire()
         cid = rec["cid"]
         ask_now, reserve = self.health.split(self.manifest.peers, self._probe_peer)
         # the short leash only while some peer is healthy (when every peer failed
@@ -307,9 +317,11 @@ class DoctorAgent(UserAgent):
             timeout = min(self.reencrypt_timeout, SUSPECT_TIMEOUT) if peer in suspects else self.reencrypt_timeout
             try:
                 try:
-                    reply = await self.peer_request(peer, "peer.reencrypt", body, timeout=timeout)
+                    reply = await self.peer_request(peer, PeerReencrypt.kind, body, timeout=timeout)
                 except bus.RemoteError as exc:
                     errors[peer] = exc.code
+                    if isinstance(remote_error(exc, f"re-encryption at {peer}"), GrantRevoked):
+                        revoked.append(peer)
                     return
                 except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
                     errors[peer] = f"unavailable ({type(exc).__name__})"
@@ -328,7 +340,7 @@ class DoctorAgent(UserAgent):
 
         def top_up(nursery: trio.Nursery) -> None:
             nonlocal in_flight
-            if "access.bad_state" in errors.values():
+            if revoked:
                 # a peer says the grant is revoked or expired (ledger state only moves
                 # forward): do not go looking for a peer that has not heard yet
                 reserve.clear()
@@ -353,32 +365,20 @@ class DoctorAgent(UserAgent):
             errors[peer] = "skipped (did not answer lately)"
         if len(good) >= need:
             return list(good.values())[:need]
-        if any(code == "access.bad_state" for code in errors.values()):
+        if revoked:
             raise GrantRevoked(f"the peers refuse grant {grant['grant_id']}: it is revoked or expired")
         detail = ", ".join(f"{p}: {e}" for p, e in sorted(errors.items()))
         raise NotEnoughPeers(f"{len(good)} of the {need} needed peers returned a valid share ({detail})",
                              answered=len(good), needed=need, errors=dict(errors))
 
     def _check_share(self, peer: str, reply: Any, request_id: str, cid: str) -> pre.ReencryptedShare:
+        """Worker thread: the verified share of ``peer``'s reply (core.protocol.verify_reencrypt_reply)."""
         info = self._peer_info.get(peer)
         key = self.peer_key(peer)
         if info is None or key is None:
             raise IntegrityError(f"{peer} is not a consortium peer")
-        if not isinstance(reply, dict):
-            raise IntegrityError("malformed reply")
-        index, raw, sig = reply.get("index"), reply.get("share"), reply.get("signature")
-        if reply.get("cid") != cid:
-            raise IntegrityError("share for another CID")
-        if type(index) is not int or index != info.index:
-            raise IntegrityError(f"wrong proxy index {index!r}")
-        if not isinstance(raw, bytes) or not isinstance(sig, bytes):
-            raise IntegrityError("malformed share or signature")
-        if not ecdsa.is_valid(key, REENCRYPTION_TAG, canonical.pack([request_id, cid, index, raw]), sig):
-            raise IntegrityError("share signature does not verify")
-        share = pre.ReencryptedShare.from_bytes(raw)
-        if share.index != index:
-            raise IntegrityError("share index does not match the reply")
-        return share
+        return verify_reencrypt_reply(key, PeerReencryptReply.from_wire(reply), request_id=request_id, cid=cid,
+                                      index=info.index)
 
     async def _fetch(self, cid: str) -> bytes:
         try:

@@ -12,8 +12,10 @@ callers rely on them (``KeyError``, ``ValueError``, ``OSError``). There is one
 Each class's ``code`` comes from :mod:`core.protocol.codes`; it is what
 crosses the bus when a handler raises it. :data:`REMOTE_ERRORS` turns a
 received ``(code, message)`` back into the typed error (:func:`from_remote`),
-so agents catch types, not code strings. The bus's ``unknown-sender`` comes
-back as :class:`UnknownAgent`; an unregistered code as a plain
+so agents catch types, not code strings. It types what a peer or a patient
+says about the receiver's enrollment, request, grant or submission; the bus's
+``unknown-sender`` comes back as :class:`UnknownAgent`. Any other code (e.g. a
+patient's own ``agent.unknown`` or ``unavailable``) comes back as a plain
 :class:`AgentError` carrying it.
 """
 
@@ -169,11 +171,13 @@ class SubmitUnavailable(Unavailable):
 REMOTE_ERRORS: ErrorRegistry[AgentError] = ErrorRegistry(lambda code, message: AgentError(message, code=code))
 """A received code -> the agents' error type (see the module docstring)."""
 
-for _cls in (RegistrationError, EnrollmentExists, EnrollmentInvalid, NotRegistered, CertificateRevoked,
-             PolicyDenied, RequestRejected, UnknownRequest, GrantRevoked, RecordNotFound, NotEnoughPeers,
-             IntegrityError, TransactionRejected, Unavailable, SubmitTimeout, SubmitUnavailable):
+# What a peer or a patient says about *our* enrollment, request, grant or submission. The
+# codes an agent sends about its own state (agent.*, tx.rejected, integrity, unavailable, ...)
+# are not typed on the receiving side: they say nothing about the receiver.
+for _cls in (RegistrationError, EnrollmentExists, EnrollmentInvalid, PolicyDenied, RequestRejected, UnknownRequest,
+             GrantRevoked, SubmitTimeout, SubmitUnavailable):
     REMOTE_ERRORS.register(_cls)
-REMOTE_ERRORS.register(UnknownAgent, codes=(codes.AGENT_UNKNOWN, codes.UNKNOWN_SENDER))
+REMOTE_ERRORS.register(UnknownAgent, codes=(codes.UNKNOWN_SENDER,))
 del _cls
 
 
