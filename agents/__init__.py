@@ -11,7 +11,8 @@ Layout: ``client`` (talking to peers: the part patients and doctors share),
 ``patient``, ``doctor``, ``peer/`` (a consortium peer), ``orderer``,
 ``storage/``, ``swarm`` (launching a local consortium), ``keys`` (keys and the
 encrypted key store), ``consortium`` (the manifest and the bus's key
-directory), ``runtime`` (endpoints and crypto threads), ``ledger_store``
+directory), ``runtime`` (endpoints and crypto threads), ``handlers`` (serving
+kinds through core.protocol's types), ``ledger_store``
 (SQLite ledger persistence), ``health`` (peer and storage health), ``errors``.
 """
 
@@ -23,15 +24,22 @@ from agents.consortium import enrollment_token as enrollment_token
 from agents.doctor import DoctorAgent as DoctorAgent
 from agents.errors import AgentError as AgentError
 from agents.errors import CertificateRevoked as CertificateRevoked
+from agents.errors import EnrollmentExists as EnrollmentExists
+from agents.errors import EnrollmentInvalid as EnrollmentInvalid
 from agents.errors import GrantRevoked as GrantRevoked
 from agents.errors import IntegrityError as IntegrityError
 from agents.errors import NotEnoughPeers as NotEnoughPeers
+from agents.errors import NotRegistered as NotRegistered
 from agents.errors import PolicyDenied as PolicyDenied
 from agents.errors import RecordNotFound as RecordNotFound
 from agents.errors import RegistrationError as RegistrationError
 from agents.errors import RequestRejected as RequestRejected
+from agents.errors import SubmitTimeout as SubmitTimeout
+from agents.errors import SubmitUnavailable as SubmitUnavailable
 from agents.errors import TransactionRejected as TransactionRejected
 from agents.errors import Unavailable as Unavailable
+from agents.errors import UnknownAgent as UnknownAgent
+from agents.errors import UnknownRequest as UnknownRequest
 from agents.keys import AgentKeys as AgentKeys
 from agents.keys import KeyStore as KeyStore
 from agents.keys import KeyStoreError as KeyStoreError

@@ -26,7 +26,7 @@ from typing import Callable, Generic, Iterable, TypeVar
 
 from core.ledger import REASON_CODES
 
-__all__ = ["Code", "CODES", "ErrorRegistry", "access_code", "check_code"]
+__all__ = ["Code", "CODES", "ErrorRegistry", "REENCRYPTION_REASONS", "ACCESS_CODES", "access_code", "check_code"]
 
 _STYLE = re.compile(r"^([a-z][a-z0-9]*(-[a-z0-9]+)*\.)?[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -82,17 +82,22 @@ SHARE_FORBIDDEN = _code("share.forbidden", "peer", "only the grant's patient del
 SHARE_MISSING = _code("share.missing", "peer", "the peer holds no usable key share of the grant")
 
 
+REENCRYPTION_REASONS = ("not_found", "forbidden", "bad_state", "not_allowed", "unknown_submitter", "cert_revoked",
+                        "cert_expired")
+"""The ledger reasons :meth:`core.ledger.Ledger.check_reencryption` refuses with."""
+
+
 def access_code(reason: str) -> str:
     """The bus code a peer sends when it refuses to re-encrypt for ledger reason ``reason``
-    (a :data:`core.ledger.REASON_CODES` key): ``access.`` and the reason with ``-``."""
-    if reason not in REASON_CODES or reason == "ok":
-        raise ValueError(f"{reason!r} is not a ledger reason code")
+    (one of :data:`REENCRYPTION_REASONS`): ``access.`` and the reason with ``-``."""
+    if reason not in REENCRYPTION_REASONS:
+        raise ValueError(f"{reason!r} is not a reason a re-encryption is refused for")
     return "access." + reason.replace("_", "-")
 
 
 ACCESS_CODES = {
-    reason: _code(access_code(reason), "peer", f"re-encryption refused: {meaning}")
-    for reason, meaning in REASON_CODES.items() if reason != "ok"
+    reason: _code(access_code(reason), "peer", f"re-encryption refused: {REASON_CODES[reason]}")
+    for reason in REENCRYPTION_REASONS
 }
 """Ledger reason -> the ``access.*`` code a peer relays it as."""
 
