@@ -46,7 +46,6 @@ from core.protocol._peer import BOX_KEY_SIZE as BOX_KEY_SIZE
 from core.protocol._peer import TOKEN_SIZE as TOKEN_SIZE
 from core.protocol._peer import QUERY_FIELDS as QUERY_FIELDS
 from core.protocol._peer import EVENT_TYPES as EVENT_TYPES
-from core.protocol._peer import CID as CID
 from core.protocol._peer import PeerEnroll as PeerEnroll
 from core.protocol._peer import PeerEnrollReply as PeerEnrollReply
 from core.protocol._peer import PeerSubmit as PeerSubmit
@@ -108,3 +107,4 @@ from core.protocol._registry import TopicSpec as TopicSpec
 from core.protocol._registry import KINDS as KINDS
 from core.protocol._registry import TOPICS as TOPICS
 from core.protocol._registry import spec as spec
+from core.protocol import codes as codes

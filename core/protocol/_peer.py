@@ -17,7 +17,7 @@ from core.protocol._schema import (
 
 __all__ = [
     "MAX_SUBMIT_BYTES", "MAX_SEALED_SHARE", "MAX_ENTRIES", "MAX_CID_LENGTH", "BOX_KEY_SIZE", "TOKEN_SIZE",
-    "QUERY_FIELDS", "EVENT_TYPES", "CID",
+    "QUERY_FIELDS", "EVENT_TYPES",
     "PeerEnroll", "PeerEnrollReply", "PeerSubmit", "SubmitResult", "PeerSubmitReply", "PeerQuery",
     "PeerQueryReply", "PeerAudit", "PeerAuditReply", "PeerDeliverShare", "PeerDeliverShareReply",
     "PeerReencrypt", "PeerReencryptReply", "PeerBlocks", "PeerBlocksReply", "Decision", "PeerEvent",

@@ -45,7 +45,8 @@ async def test_serve_parses_requests_and_checks_replies():
     with trio.fail_after(10):
         async with _pair() as (server, client):
             serve(server, {PeerAudit: audit})
-            assert await client.request("server", "peer.audit", {"patient": "alice"}) == {"events": [{"event": "store"}]}
+            reply = await client.request("server", "peer.audit", {"patient": "alice"})
+            assert reply == {"events": [{"event": "store"}]}
             assert seen == [("client", PeerAudit("alice"))]
             with pytest.raises(bus.RemoteError) as info:
                 await client.request("server", "peer.audit", {"patient": "a/b"})
@@ -64,7 +65,8 @@ async def test_serve_uses_the_agents_own_decode_error():
 
     with trio.fail_after(10):
         async with _pair() as (server, client):
-            serve(server, {PeerAudit: audit}, on_decode_error=lambda exc: bus.HandlerError("storage.bad-request", str(exc)))
+            serve(server, {PeerAudit: audit},
+                  on_decode_error=lambda exc: bus.HandlerError("storage.bad-request", str(exc)))
             with pytest.raises(bus.RemoteError) as info:
                 await client.request("server", "peer.audit", [])
             assert info.value.code == "storage.bad-request"
