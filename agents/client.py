@@ -441,7 +441,7 @@ class UserAgent:
             except bus.RemoteError as exc:
                 refused.append(exc)
                 return
-            except (bus.RequestTimeout, *_TRANSPORT_ERRORS):
+            except (bus.RequestTimeout, *_TRANSPORT_ERRORS, IntegrityError):  # no (usable) answer
                 return
             if entry is not None:
                 found.append(entry)
