@@ -12,7 +12,8 @@ Layout: ``client`` (talking to peers: the part patients and doctors share),
 from trio), ``patient``, ``doctor``, ``peer/`` (a consortium peer), ``orderer``,
 ``storage/``, ``swarm`` (launching a local consortium), ``keys`` (keys and the
 encrypted key store), ``consortium`` (the manifest and the bus's key
-directory), ``runtime`` (endpoints and crypto threads), ``ledger_store``
+directory), ``runtime`` (endpoints and crypto threads), ``handlers`` (serving
+kinds through core.protocol's types), ``ledger_store``
 (SQLite ledger persistence), ``health`` (peer and storage health), ``errors``.
 """
 
@@ -24,15 +25,22 @@ from .consortium import enrollment_token as enrollment_token
 from .doctor import DoctorAgent as DoctorAgent
 from .errors import AgentError as AgentError
 from .errors import CertificateRevoked as CertificateRevoked
+from .errors import EnrollmentExists as EnrollmentExists
+from .errors import EnrollmentInvalid as EnrollmentInvalid
 from .errors import GrantRevoked as GrantRevoked
 from .errors import IntegrityError as IntegrityError
 from .errors import NotEnoughPeers as NotEnoughPeers
+from .errors import NotRegistered as NotRegistered
 from .errors import PolicyDenied as PolicyDenied
 from .errors import RecordNotFound as RecordNotFound
 from .errors import RegistrationError as RegistrationError
 from .errors import RequestRejected as RequestRejected
+from .errors import SubmitTimeout as SubmitTimeout
+from .errors import SubmitUnavailable as SubmitUnavailable
 from .errors import TransactionRejected as TransactionRejected
 from .errors import Unavailable as Unavailable
+from .errors import UnknownAgent as UnknownAgent
+from .errors import UnknownRequest as UnknownRequest
 from .keys import AgentKeys as AgentKeys
 from .keys import KeyStore as KeyStore
 from .keys import KeyStoreError as KeyStoreError

@@ -55,11 +55,24 @@ from core.errors import CoreError, DecodeError
 from core.identity import Certificate, ConsortiumConfig
 from core.ledger import effect_key, parse_genesis, shows_effect
 from core.state import CertEntry, entry_query
+from core.protocol import PeerEnroll, PeerEnrollReply, PeerQuery, PeerQueryReply, PeerSubmit, PeerSubmitReply
 from core.tx import Transaction
 
 from agents.driver import result_of, run_plan
 from agents.health import AgentHealth
-from agents.errors import AgentError, CertificateRevoked, RegistrationError, TransactionRejected, Unavailable
+from agents.errors import (
+    AgentError,
+    CertificateRevoked,
+    EnrollmentExists,
+    EnrollmentInvalid,
+    IntegrityError,
+    NotRegistered,
+    RegistrationError,
+    TransactionRejected,
+    Unavailable,
+    UnknownAgent,
+    from_remote,
+)
 from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory, Manifest, enroll_id
 from agents.keys import AgentKeys, KeyStore, atomic_write
 from agents.plans import Answer, Confirm, Done, SubmitFailover
@@ -120,15 +133,17 @@ def _unknown_sender(exc: BaseException) -> bool:
     causes = getattr(exc, "causes", None)
     if causes:
         return all(_unknown_sender(c) for c in causes.values())
-    return getattr(exc, "code", None) == "unknown-sender"
+    code = getattr(exc, "code", None)
+    return isinstance(code, str) and isinstance(from_remote(code, ""), UnknownAgent)
 
 
 def remote_error(exc: bus.RemoteError, what: str) -> AgentError:
-    """An AgentError carrying a peer's error code (for codes with no dedicated type)."""
-    if exc.code == "unknown-sender":
-        return RegistrationError(f"{what}: {exc.peer or 'the peer'} does not know this agent "
-                                 "(not registered, or its certificate was revoked)", code="agent.unknown")
-    return AgentError(f"{what}: {exc.peer or 'peer'} answered [{exc.code}] {exc.message}", code=exc.code)
+    """The typed AgentError for a peer's (or patient's) error reply (:func:`agents.errors.from_remote`)."""
+    error = from_remote(exc.code, f"{what}: {exc.peer or 'peer'} answered [{exc.code}] {exc.message}")
+    if isinstance(error, UnknownAgent):
+        return UnknownAgent(f"{what}: {exc.peer or 'the peer'} does not know this agent "
+                            "(not registered, or its certificate was revoked)")
+    return error
 
 
 class PeerClient:
@@ -202,8 +217,7 @@ class PeerClient:
 
     def require_registered(self) -> None:
         if not self.registered:
-            raise RegistrationError(f"{self.subject} is not registered yet: call register(token) first",
-                                    code="agent.unregistered")
+            raise NotRegistered(f"{self.subject} is not registered yet: call register(token) first")
 
     # ------------------------------------------------------------ directory
 
@@ -237,7 +251,7 @@ class PeerClient:
         """
         if not fresh and subject in self._certs:
             return self._certs[subject]
-        entry = _cert_entry(await self.query({"what": "cert", "subject": subject}), subject)
+        entry = _cert_entry(await self.query(PeerQuery("cert", subject=subject)), subject)
         if entry is None or entry.revoked:
             self._directory.set_certificate(subject, None)
             self._certs.pop(subject, None)
@@ -252,14 +266,14 @@ class PeerClient:
         try:
             cert = raw if isinstance(raw, Certificate) else Certificate.from_dict(raw)
         except DecodeError as exc:
-            raise AgentError(f"certificate of {subject} is malformed: {exc}", code="integrity") from exc
+            raise IntegrityError(f"certificate of {subject} is malformed: {exc}") from exc
         issuer = self.peer_info.get(cert.issuer)
         if cert.subject != subject or issuer is None or issuer.org != cert.org:
-            raise AgentError(f"certificate of {subject} names the wrong subject or issuer", code="integrity")
+            raise IntegrityError(f"certificate of {subject} names the wrong subject or issuer")
         try:
             cert.verify_signature(issuer.ecdsa_key)
         except CoreError as exc:
-            raise AgentError(str(exc), code="integrity") from exc
+            raise IntegrityError(str(exc)) from exc
         return cert
 
     # ------------------------------------------------------------ peers
@@ -299,7 +313,7 @@ class PeerClient:
 
     async def _probe(self, peer: str) -> None:
         with contextlib.suppress(bus.BusError):
-            await self.peer_request(peer, "peer.query", {"what": "head"}, timeout=SUSPECT_TIMEOUT)
+            await self.peer_request(peer, PeerQuery.kind, PeerQuery("head").to_wire(), timeout=SUSPECT_TIMEOUT)
 
     async def peer_request(self, peer: str, kind: str, body: dict, *, timeout: float | None = None) -> Any:
         """``endpoint.request`` to a server agent, noting in :attr:`health` whether it answered
@@ -347,11 +361,11 @@ class PeerClient:
         enrollment id, which peers accept for certificate queries) whether its
         own certificate is revoked.
         """
-        if exc.code != "agent.unknown":
+        if not isinstance(exc, UnknownAgent):
             return exc
         ep = make_endpoint(self.node, enroll_id(self.keys.ecdsa_public), self.keys.ecdsa_private, self._lookup_key)
         try:
-            entry = await ep.request(self.home_peer, "peer.query", {"what": "cert", "subject": self.subject},
+            entry = await ep.request(self.home_peer, PeerQuery.kind, PeerQuery("cert", subject=self.subject).to_wire(),
                                      timeout=self.config.request_timeout)
         except bus.BusError:
             return exc
@@ -366,14 +380,14 @@ class PeerClient:
                                       f"{cert_entry.revoke_reason or 'no reason given'}")
         return exc
 
-    async def query(self, body: dict) -> Any:
-        """``peer.query`` (see docs/protocol.md), failing over between peers."""
+    async def query(self, query: PeerQuery) -> Any:
+        """``peer.query`` (see docs/protocol.md), failing over between peers: the entry (or nil)."""
         try:
-            return await self.call_peer("peer.query", body)
+            return _query_value(await self.call_peer(PeerQuery.kind, query.to_wire()))
         except bus.RemoteError as exc:
-            raise remote_error(exc, f"query {body.get('what')}") from None
+            raise remote_error(exc, f"query {query.what}") from None
 
-    async def query_committed(self, body: dict, *, wait: float = 2.0) -> Any:
+    async def query_committed(self, query: PeerQuery, *, wait: float = 2.0) -> Any:
         """Like :meth:`query`, for an entry another agent just committed through another
         peer: peers apply blocks independently, so when the first peer asked has
         nothing yet, ask the others (committed state is final: whichever peer has
@@ -383,7 +397,7 @@ class PeerClient:
         deadline = trio.current_time() + wait
         first = True
         while True:
-            entry = await self.query(body) if first else await self._query_any(body, deadline)
+            entry = await self.query(query) if first else await self._query_any(query, deadline)
             if entry is not None or trio.current_time() >= deadline:
                 return entry
             if not first:
@@ -391,7 +405,7 @@ class PeerClient:
                 delay = min(delay * 2, 0.25)
             first = False
 
-    async def _query_any(self, body: dict, deadline: float) -> Any:
+    async def _query_any(self, query: PeerQuery, deadline: float) -> Any:
         """Ask every usable peer in parallel; the first non-None answer (else None)."""
         found: list[Any] = []
         refused: list[bus.RemoteError] = []
@@ -400,11 +414,11 @@ class PeerClient:
 
         async def ask(peer: str, done: trio.CancelScope) -> None:
             try:
-                entry = await self.peer_request(peer, "peer.query", body, timeout=timeout)
+                entry = _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire(), timeout=timeout))
             except bus.RemoteError as exc:
                 refused.append(exc)
                 return
-            except (bus.RequestTimeout, *_TRANSPORT_ERRORS):
+            except (bus.RequestTimeout, *_TRANSPORT_ERRORS, IntegrityError):  # no (usable) answer
                 return
             if entry is not None:
                 found.append(entry)
@@ -416,9 +430,9 @@ class PeerClient:
         if found:
             return found[0]
         # a peer a block behind on our own certificate says unknown-sender: not final
-        final = [exc for exc in refused if exc.code != "unknown-sender"]
+        final = [exc for exc in refused if not _unknown_sender(exc)]
         if final:
-            raise remote_error(final[0], f"query {body.get('what')}")
+            raise remote_error(final[0], f"query {query.what}")
         return None
 
     async def wait_for_peers(self, height: int, *, timeout: float = 5.0) -> list[str]:
@@ -433,7 +447,7 @@ class PeerClient:
             delay = 0.02
             while True:
                 try:
-                    head = await self.peer_request(peer, "peer.query", {"what": "head"},
+                    head = await self.peer_request(peer, PeerQuery.kind, PeerQuery("head").to_wire(),
                                                    timeout=min(timeout, _HEAD_TIMEOUT))
                 except bus.BusError:
                     return
@@ -467,8 +481,15 @@ class PeerClient:
         async def perform(action: Any) -> Any:
             if isinstance(action, Confirm):
                 return Answer(await self._committed_earlier(tx, action.peer))
-            return await result_of(self.peer_request(action.peer, "peer.submit", {"tx": raw, "wait": True},
-                                                     timeout=action.timeout))
+            result = await result_of(self.peer_request(action.peer, PeerSubmit.kind,
+                                                       PeerSubmit((raw,), wait=True).to_wire(),
+                                                       timeout=action.timeout))
+            if isinstance(result, Answer):
+                try:  # the plan reads the one result's map ({tx_id, height, mark})
+                    return Answer(PeerSubmitReply.from_wire(result.value).results[0].to_wire())
+                except DecodeError as exc:
+                    return Answer({"malformed": str(exc)})  # no mark: the plan gives up as malformed
+            return result
 
         plan = SubmitFailover(self.peers_by_health(), timeout=self.config.request_timeout)
         outcome = await run_plan(plan, perform)
@@ -480,7 +501,7 @@ class PeerClient:
         if outcome.reason == "refused":
             raise remote_error(outcome.detail.cause, f"{tx_type} transaction") from None
         if outcome.reason == "malformed":
-            raise AgentError(f"{tx_type} transaction: malformed submit reply", code="integrity")
+            raise IntegrityError(f"{tx_type} transaction: malformed submit reply")
         if outcome.reason == "rejected":
             raise TransactionRejected(f"the ledger marked the {tx_type} transaction invalid: {outcome.detail}",
                                       reason=str(outcome.detail))
@@ -497,12 +518,12 @@ class PeerClient:
             return False
         if key is None:  # the nonce alone says it: only a valid transaction records its nonce
             return True
-        query = entry_query(key)
+        query = PeerQuery.from_wire(entry_query(key))
         entry = None
         if peer is not None:
             try:
-                entry = await self.peer_request(peer, "peer.query", query)
-            except bus.BusError:
+                entry = _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire()))
+            except (bus.BusError, AgentError):
                 entry = None
         if entry is None:
             try:
@@ -546,19 +567,22 @@ class PeerClient:
             return self.certificate
         recv = self.keys.receive
         proof = await run_crypto(recv.prove, self.subject)
-        body = {
-            "subject": self.subject, "org": self.config.org, "attributes": dict(self.config.attributes),
-            "box_key": self.keys.box_public, "pre_key": recv.public.to_bytes(), "pre_proof": proof.to_bytes(),
-            "valid_s": CERT_VALIDITY_S, "token": bytes(token),
-        }
+        body = PeerEnroll(
+            subject=self.subject, org=self.config.org, attributes=dict(self.config.attributes),
+            box_key=self.keys.box_public, pre_key=recv.public.to_bytes(), pre_proof=proof.to_bytes(),
+            valid_s=CERT_VALIDITY_S, token=bytes(token),
+        ).to_wire()
         peer = self.home_peer
         ep = make_endpoint(self.node, enroll_id(self.keys.ecdsa_public), self.keys.ecdsa_private, self._lookup_key)
         try:
             try:
-                reply = await ep.request(peer, "peer.enroll", body, timeout=self.config.request_timeout)
+                reply = await ep.request(peer, PeerEnroll.kind, body, timeout=self.config.request_timeout)
             except bus.RemoteError as exc:
-                if exc.code != "enroll.exists":
-                    raise RegistrationError(f"enrollment refused by {peer}: {exc.message}", code=exc.code) from None
+                error = from_remote(exc.code, f"enrollment refused by {peer}: {exc.message}")
+                if not isinstance(error, EnrollmentExists):
+                    if isinstance(error, RegistrationError):
+                        raise error from None
+                    raise RegistrationError(str(error), code=exc.code) from None
                 reply = None
             except (bus.RequestTimeout, *_TRANSPORT_ERRORS) as exc:
                 raise Unavailable(f"enrollment: {peer} did not answer: {exc}") from None
@@ -570,15 +594,15 @@ class PeerClient:
             except AgentError:  # peers refuse our envelopes: they hold another key for this subject
                 cert = None
             if cert is None or cert.ecdsa_key != self.keys.ecdsa_public:
-                raise RegistrationError(f"subject {self.subject} is registered with other keys", code="enroll.exists")
+                raise EnrollmentExists(f"subject {self.subject} is registered with other keys")
         else:
             try:
-                cert = self._check_certificate(reply.get("cert") if isinstance(reply, dict) else None, self.subject)
-            except AgentError as exc:
-                raise RegistrationError(f"enrollment reply: {exc}", code="enroll.invalid") from None
+                cert = self._check_certificate(PeerEnrollReply.from_wire(reply).cert, self.subject)
+            except (AgentError, DecodeError) as exc:
+                raise EnrollmentInvalid(f"enrollment reply: {exc}") from None
         if (cert.ecdsa_key, cert.box_key, cert.pre_key) != (self.keys.ecdsa_public, self.keys.box_public,
                                                            recv.public.to_bytes()):
-            raise RegistrationError("the issued certificate does not carry this agent's keys", code="enroll.invalid")
+            raise EnrollmentInvalid("the issued certificate does not carry this agent's keys")
         self.state["cert"] = cert.to_dict()
         self._directory.set_certificate(self.subject, cert.ecdsa_key)
         self._certs[self.subject] = cert
@@ -645,6 +669,14 @@ async def open_agent(config: UserConfig, node: bus.Node | None, build: Callable[
         if lone is None:
             raise
         raise lone from None
+
+
+def _query_value(reply: Any) -> Any:
+    """A ``peer.query`` reply's value (a map, a list or nil), else IntegrityError."""
+    try:
+        return PeerQueryReply.from_wire(reply).value
+    except DecodeError as exc:
+        raise IntegrityError(f"malformed peer.query reply: {exc}") from None
 
 
 def _lone(group: BaseExceptionGroup) -> BaseException | None:

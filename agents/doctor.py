@@ -37,18 +37,25 @@ from typing import Any, AsyncIterator
 import trio
 
 import bus
-from core import canonical, ecdsa
 from core import cid as cidmod
 from core import pre
 from core import record as recordmod
 from core.errors import CoreError, DecodeError
 from core.identity import Certificate
+from core.protocol import (
+    REENCRYPTION_TAG,
+    PatientAccessRequest,
+    PatientAccessRequestReply,
+    PeerQuery,
+    PeerReencrypt,
+    PeerReencryptReply,
+    verify_reencrypt_reply,
+)
 from core.tx import Transaction
 
 from agents.client import SUSPECT_TIMEOUT, PeerClient, UserConfig, open_agent, remote_error
 from agents.driver import result_of, run_plan
 from agents.errors import (
-    AgentError,
     GrantRevoked,
     IntegrityError,
     NotEnoughPeers,
@@ -57,6 +64,7 @@ from agents.errors import (
     RegistrationError,
     RequestRejected,
     Unavailable,
+    UnknownAgent,
 )
 from agents.plans import Answer, Done, Invalid, ShareCollection
 from agents.runtime import run_crypto
@@ -67,7 +75,6 @@ __all__ = ["DoctorAgent", "REENCRYPTION_TAG"]
 
 log = logging.getLogger("agents.doctor")
 
-REENCRYPTION_TAG = "emrshare/v1/reencryption"
 PATIENT_TIMEOUT_FACTOR = 3  # how many request timeouts a doctor waits for a patient's answer
 _UNKNOWN_SENDER_RETRIES = 8
 
@@ -158,7 +165,7 @@ class DoctorAgent:
         """A patient's records on the ledger (optionally one label):
         ``[{record_id, label, cid, size, media_type, height}]``."""
         self.client.require_registered()
-        out = await self.client.query({"what": "records", "patient": patient, "label": label})
+        out = await self.client.query(PeerQuery("records", patient=patient, label=label))
         return list(out or [])
 
     async def request(self, patient: str, record_id: str, *, purpose: str | None = None) -> dict:
@@ -181,7 +188,7 @@ class DoctorAgent:
                 raise RecordNotFound(f"no record {patient}/{record_id} on the ledger") from None
             raise
         # committed through whichever peer answered the submit: poll if ours is behind
-        req = await self.client.query_committed({"what": "request", "request_id": request_id},
+        req = await self.client.query_committed(PeerQuery("request", request_id=request_id),
                                                 wait=self.client.commit_wait)
         if not isinstance(req, dict):
             raise Unavailable(f"request {request_id} committed but the peer does not show it")
@@ -205,7 +212,7 @@ class DoctorAgent:
     async def _read(self, patient: str, record_id: str, *, purpose: str | None = None) -> bytes:
         self.client.require_registered()
         # a record stored a moment ago through another peer may be a block away
-        rec = await self.client.query_committed({"what": "record", "patient": patient, "record_id": record_id},
+        rec = await self.client.query_committed(PeerQuery("record", patient=patient, record_id=record_id),
                                                 wait=1.0)
         if rec is None:
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
@@ -265,11 +272,11 @@ class DoctorAgent:
         request_id = decision["request_id"]
         await self._patient_cert(patient)  # so the patient's reply envelope verifies
         reply = await self._ask_patient(patient, request_id)
-        grant_id = reply.get("grant_id") if isinstance(reply, dict) else None
-        if not isinstance(grant_id, str):
-            raise AgentError(f"{patient} answered without a grant id", code="integrity")
-        g = await self.client.query_committed({"what": "grant", "grant_id": grant_id},
-                                              wait=self.client.commit_wait)
+        try:
+            grant_id = PatientAccessRequestReply.from_wire(reply).grant_id
+        except DecodeError:
+            raise IntegrityError(f"{patient} answered without a grant id") from None
+        g = await self.client.query_committed(PeerQuery("grant", grant_id=grant_id), wait=self.client.commit_wait)
         if not isinstance(g, dict) or g.get("doctor") != self.subject or g.get("patient") != patient \
                 or g.get("label") != label or g.get("revoked"):
             raise IntegrityError(f"grant {grant_id} on the ledger is not a live grant of {label} for us")
@@ -283,18 +290,20 @@ class DoctorAgent:
         delay = 0.05
         for attempt in range(_UNKNOWN_SENDER_RETRIES):
             try:
-                return await self.endpoint.request(patient, "patient.access_request", {"request_id": request_id},
+                return await self.endpoint.request(patient, PatientAccessRequest.kind,
+                                                   PatientAccessRequest(request_id).to_wire(),
                                                    timeout=self.patient_timeout)
             except bus.RemoteError as exc:
-                if exc.code == "unknown-sender" and attempt + 1 < _UNKNOWN_SENDER_RETRIES:
+                error = remote_error(exc, f"asking {patient}")
+                if isinstance(error, UnknownAgent) and attempt + 1 < _UNKNOWN_SENDER_RETRIES:
                     await trio.sleep(delay)  # the patient is looking our certificate up
                     delay = min(delay * 2, 1.0)
                     continue
-                if exc.code == "request.denied":
+                if isinstance(error, PolicyDenied):
                     raise PolicyDenied(f"{patient}: {exc.message}") from None
-                if exc.code == "request.rejected":
+                if isinstance(error, RequestRejected):
                     raise RequestRejected(f"{patient}: {exc.message}") from None
-                raise remote_error(exc, f"asking {patient}") from None
+                raise error from None
             except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
                 raise Unavailable(f"patient {patient} did not answer: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -311,8 +320,8 @@ class DoctorAgent:
         read goes on as soon as t good shares are in (slower requests are
         cancelled)."""
         need = grant["threshold"]
-        body = {"grant_id": grant["grant_id"], "patient": patient, "record_id": record_id,
-                "request_id": grant["request_id"]}
+        body = PeerReencrypt(grant_id=grant["grant_id"], patient=patient, record_id=record_id,
+                             request_id=grant["request_id"]).to_wire()
         cid = rec["cid"]
         healthy, suspects = self.health.split(self.manifest.peers, self.client.probe_peer)
         plan = ShareCollection(healthy, suspects, need, timeout=self.reencrypt_timeout,
@@ -321,7 +330,7 @@ class DoctorAgent:
             self._rotation += 1
 
         async def ask(action: Any) -> Any:
-            result = await result_of(self.client.peer_request(action.peer, "peer.reencrypt", body,
+            result = await result_of(self.client.peer_request(action.peer, PeerReencrypt.kind, body,
                                                               timeout=action.timeout))
             if not isinstance(result, Answer):
                 return result
@@ -341,25 +350,13 @@ class DoctorAgent:
                              answered=outcome.answered, needed=need, errors=dict(outcome.errors))
 
     def _check_share(self, peer: str, reply: Any, request_id: str, cid: str) -> pre.ReencryptedShare:
+        """Worker thread: the verified share of ``peer``'s reply (core.protocol.verify_reencrypt_reply)."""
         info = self.client.peer_info.get(peer)
         key = self.client.peer_key(peer)
         if info is None or key is None:
             raise IntegrityError(f"{peer} is not a consortium peer")
-        if not isinstance(reply, dict):
-            raise IntegrityError("malformed reply")
-        index, raw, sig = reply.get("index"), reply.get("share"), reply.get("signature")
-        if reply.get("cid") != cid:
-            raise IntegrityError("share for another CID")
-        if type(index) is not int or index != info.index:
-            raise IntegrityError(f"wrong proxy index {index!r}")
-        if not isinstance(raw, bytes) or not isinstance(sig, bytes):
-            raise IntegrityError("malformed share or signature")
-        if not ecdsa.is_valid(key, REENCRYPTION_TAG, canonical.pack([request_id, cid, index, raw]), sig):
-            raise IntegrityError("share signature does not verify")
-        share = pre.ReencryptedShare.from_bytes(raw)
-        if share.index != index:
-            raise IntegrityError("share index does not match the reply")
-        return share
+        return verify_reencrypt_reply(key, PeerReencryptReply.from_wire(reply), request_id=request_id, cid=cid,
+                                      index=info.index)
 
     async def _fetch(self, cid: str) -> bytes:
         try:

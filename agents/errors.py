@@ -1,17 +1,43 @@
-"""The errors an embedding application sees from patient and doctor agents.
+"""The errors agents raise on purpose: one root, typed by bus code.
 
-Each has a stable ``code`` (also what crosses the bus) and a clear message.
+:class:`AgentError` is the root of every error raised on purpose in agents/:
+the patient's and doctor's (below), the storage subsystem's
+(:class:`agents.storage.StorageError`), the key store's
+(:class:`agents.keys.KeyStoreError`) and the ledger store's
+(:class:`agents.ledger_store.StoreError`); they keep builtin mixins where
+callers rely on them (``KeyError``, ``ValueError``, ``OSError``). There is one
+:class:`Unavailable` (storage's is its subclass
+:class:`agents.storage.StorageUnavailable`).
+
+Each class's ``code`` comes from :mod:`core.protocol.codes`; it is what
+crosses the bus when a handler raises it. :data:`REMOTE_ERRORS` turns a
+received ``(code, message)`` back into the typed error (:func:`from_remote`),
+so agents catch types, not code strings. It types what a peer or a patient
+says about the receiver's enrollment, request, grant or submission; the bus's
+``unknown-sender`` comes back as :class:`UnknownAgent`. Any other code (e.g. a
+patient's own ``agent.unknown`` or ``unavailable``) comes back as a plain
+:class:`AgentError` carrying it.
 """
 
 from __future__ import annotations
+
+from core.protocol import codes
+from core.protocol.codes import ErrorRegistry
+
+__all__ = [
+    "AgentError", "RegistrationError", "EnrollmentExists", "EnrollmentInvalid", "NotRegistered", "UnknownAgent",
+    "CertificateRevoked", "PolicyDenied", "RequestRejected", "UnknownRequest", "GrantRevoked", "RecordNotFound",
+    "NotEnoughPeers", "IntegrityError", "TransactionRejected", "Unavailable", "SubmitTimeout", "SubmitUnavailable",
+    "REMOTE_ERRORS", "from_remote",
+]
 
 
 class AgentError(Exception):
     """Root of every error raised on purpose by emrshare's agents."""
 
-    code = "agent.error"
+    code = codes.AGENT_ERROR
 
-    def __init__(self, message: str, *, code: str | None = None):
+    def __init__(self, message: str = "", *, code: str | None = None):
         super().__init__(message)
         if code is not None:
             self.code = code
@@ -22,21 +48,48 @@ class AgentError(Exception):
 
 
 class RegistrationError(AgentError):
-    code = "enroll.denied"
+    """Enrollment refused (and the base of the agent's other registration troubles)."""
+
+    code = codes.ENROLL_DENIED
+
+
+class EnrollmentExists(RegistrationError):
+    """The subject is already registered (with other keys)."""
+
+    code = codes.ENROLL_EXISTS
+
+
+class EnrollmentInvalid(RegistrationError):
+    """The peer found the enrollment malformed, or issued a certificate that does not check."""
+
+    code = codes.ENROLL_INVALID
+
+
+class NotRegistered(RegistrationError):
+    """Called before :meth:`register`."""
+
+    code = codes.AGENT_UNREGISTERED
+
+
+class UnknownAgent(RegistrationError):
+    """Peers do not know this agent (never registered, or its certificate was revoked):
+    the bus's ``unknown-sender``."""
+
+    code = codes.AGENT_UNKNOWN
 
 
 class CertificateRevoked(RegistrationError):
     """This agent's own certificate is revoked: peers no longer talk to it."""
 
-    code = "cert_revoked"
+    code = codes.AGENT_CERT_REVOKED
 
 
 class PolicyDenied(AgentError):
     """The patient's policy does not allow this request (the ledger recorded the decision)."""
 
-    code = "request.denied"
+    code = codes.REQUEST_DENIED
 
-    def __init__(self, message: str, *, rule: str = "", reason: str = "", code: str | None = None):
+    def __init__(self, message: str = "", *, rule: str = "", reason: str = "", code: str | None = None):
         super().__init__(message, code=code)
         self.rule = rule
         self.reason = reason
@@ -45,25 +98,31 @@ class PolicyDenied(AgentError):
 class RequestRejected(AgentError):
     """The patient declined the request."""
 
-    code = "request.rejected"
+    code = codes.REQUEST_REJECTED
+
+
+class UnknownRequest(AgentError):
+    """The patient finds no such pending request from the sender on the ledger."""
+
+    code = codes.REQUEST_UNKNOWN
 
 
 class GrantRevoked(AgentError):
     """The grant was revoked (or expired): peers refuse to re-encrypt."""
 
-    code = "access.bad_state"
+    code = codes.ACCESS_BAD_STATE
 
 
 class RecordNotFound(AgentError):
-    code = "record.not_found"
+    code = codes.RECORD_NOT_FOUND
 
 
 class NotEnoughPeers(AgentError):
     """Fewer than t peers answered with a valid re-encryption share."""
 
-    code = "access.not_enough_peers"
+    code = codes.ACCESS_NOT_ENOUGH_PEERS
 
-    def __init__(self, message: str, *, answered: int = 0, needed: int = 0, errors: dict | None = None):
+    def __init__(self, message: str = "", *, answered: int = 0, needed: int = 0, errors: dict | None = None):
         super().__init__(message)
         self.answered = answered
         self.needed = needed
@@ -73,20 +132,55 @@ class NotEnoughPeers(AgentError):
 class IntegrityError(AgentError):
     """A blob, signature, CID or share failed verification."""
 
-    code = "integrity"
+    code = codes.INTEGRITY
 
 
 class TransactionRejected(AgentError):
     """The ledger marked a transaction invalid; ``reason`` is the core.ledger reason code."""
 
-    code = "tx.rejected"
+    code = codes.TX_REJECTED
 
-    def __init__(self, message: str, *, reason: str):
+    def __init__(self, message: str = "", *, reason: str = ""):
         super().__init__(message)
         self.reason = reason
 
 
 class Unavailable(AgentError):
-    """A needed agent (peer, patient, storage) did not answer in time."""
+    """A needed agent (peer, patient, storage) did not answer in time. ``causes``
+    maps each agent tried to its error, where the caller kept them."""
 
-    code = "unavailable"
+    code = codes.UNAVAILABLE
+
+    def __init__(self, message: str = "", causes: dict | None = None, *, code: str | None = None):
+        super().__init__(message, code=code)
+        self.causes: dict = dict(causes or {})
+
+
+class SubmitTimeout(Unavailable):
+    """A peer took the transaction but did not see it committed in time (another peer may)."""
+
+    code = codes.SUBMIT_TIMEOUT
+
+
+class SubmitUnavailable(Unavailable):
+    """The peer's orderer did not take the transaction (another peer may reach one)."""
+
+    code = codes.SUBMIT_UNAVAILABLE
+
+
+REMOTE_ERRORS: ErrorRegistry[AgentError] = ErrorRegistry(lambda code, message: AgentError(message, code=code))
+"""A received code -> the agents' error type (see the module docstring)."""
+
+# What a peer or a patient says about *our* enrollment, request, grant or submission. The
+# codes an agent sends about its own state (agent.*, tx.rejected, integrity, unavailable, ...)
+# are not typed on the receiving side: they say nothing about the receiver.
+for _cls in (RegistrationError, EnrollmentExists, EnrollmentInvalid, PolicyDenied, RequestRejected, UnknownRequest,
+             GrantRevoked, SubmitTimeout, SubmitUnavailable):
+    REMOTE_ERRORS.register(_cls)
+REMOTE_ERRORS.register(UnknownAgent, codes=(codes.UNKNOWN_SENDER,))
+del _cls
+
+
+def from_remote(code: str, message: str) -> AgentError:
+    """The typed error for a ``(code, message)`` received over the bus."""
+    return REMOTE_ERRORS.rebuild(code, message)

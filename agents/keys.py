@@ -26,12 +26,17 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey as BoxPrivateKey
 
 from core import ecdsa, pre
+from core.protocol import codes
+
+from agents.errors import AgentError
 
 __all__ = ["AgentKeys", "KeyStore", "KeyStoreError", "atomic_write"]
 
 
-class KeyStoreError(Exception):
+class KeyStoreError(AgentError):
     """The key store cannot be opened (wrong passphrase or key file, corrupt file)."""
+
+    code = codes.KEY_STORE
 
 
 # ------------------------------------------------------------------ keys

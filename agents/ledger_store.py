@@ -36,6 +36,9 @@ from typing import Iterable
 
 from core import canonical
 from core.ledger import Block, CommitResult
+from core.protocol import codes
+
+from agents.errors import AgentError
 
 __all__ = ["LedgerStore", "StoreError", "prefix_bound"]
 
@@ -54,8 +57,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITH
 """
 
 
-class StoreError(Exception):
+class StoreError(AgentError):
     """The database does not belong to this chain, or is inconsistent."""
+
+    code = codes.LEDGER_STORE
 
 
 def prefix_bound(prefix: str) -> str | None:

@@ -6,7 +6,8 @@ transactions are queued or ``batch_timeout`` seconds have passed since the
 previous cut (so a transaction reaching an idle orderer is cut at once, and
 under load blocks come at most every ``batch_timeout``), signs it, persists it
 (SQLite, ``synchronous=FULL``) and only then publishes it on topic ``blocks``.
-See docs/protocol.md, "Orderer".
+Its kinds (``orderer.submit``, ``orderer.blocks``, ``orderer.head``) are typed
+by :mod:`core.protocol`; see docs/protocol.md, "Orderer".
 """
 
 from __future__ import annotations
@@ -22,8 +23,20 @@ import bus
 from core import ecdsa
 from core.errors import DecodeError
 from core.ledger import MAX_BLOCK_TXS, Block, batch_fits, parse_genesis
-from core.tx import MAX_TX_SIZE, Transaction
+from core.protocol import (
+    MAX_BLOCKS_PER_REPLY,
+    BlockEvent,
+    OrdererBlocks,
+    OrdererBlocksReply,
+    OrdererHead,
+    OrdererHeadReply,
+    OrdererSubmit,
+    OrdererSubmitReply,
+    codes,
+)
+from core.tx import Transaction
 
+from agents.handlers import serve
 from agents.ledger_store import LedgerStore
 from agents.runtime import make_endpoint
 
@@ -31,14 +44,8 @@ __all__ = ["OrdererAgent", "MAX_BLOCKS_PER_REPLY", "MAX_QUEUED"]
 
 log = logging.getLogger("agents.orderer")
 
-MAX_BLOCKS_PER_REPLY = 256
 MAX_QUEUED = 50_000
 MAX_QUEUED_BYTES = 256 * 1024 * 1024
-MAX_TXS_PER_SUBMIT = 1024
-
-
-def _bad(message: str) -> bus.HandlerError:
-    return bus.HandlerError("bad-request", message)
 
 
 class OrdererAgent:
@@ -80,9 +87,7 @@ class OrdererAgent:
     async def run(self, node: bus.Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         ep = make_endpoint(node, self.orderer_id, self._key, self._directory)
         self.endpoint = ep
-        ep.register("orderer.submit", self._submit)
-        ep.register("orderer.blocks", self._blocks)
-        ep.register("orderer.head", self._head)
+        serve(ep, self.handlers())
         log.info("orderer %s serving at height %d", self.orderer_id, self.height)
         try:
             async with trio.open_nursery() as nursery:
@@ -95,41 +100,35 @@ class OrdererAgent:
 
     # -- handlers -----------------------------------------------------------
 
-    async def _submit(self, msg: bus.Message) -> dict[str, Any]:
+    def handlers(self) -> dict[type, Any]:
+        """The kinds this agent serves: request type -> typed handler."""
+        return {OrdererSubmit: self._submit, OrdererBlocks: self._blocks, OrdererHead: self._head}
+
+    async def _submit(self, msg: bus.Message, request: OrdererSubmit) -> OrdererSubmitReply:
         if msg.sender not in self._peers:
-            raise bus.HandlerError("forbidden", "only consortium peers submit to the orderer")
-        body = msg.body
-        if not isinstance(body, dict):
-            raise _bad("body must be a map")
-        if "txs" in body:
-            txs = body["txs"]
-            if not isinstance(txs, list) or not 0 < len(txs) <= MAX_TXS_PER_SUBMIT:
-                raise _bad(f"txs must be a list of 1..{MAX_TXS_PER_SUBMIT} transactions")
-        else:
-            txs = [body.get("tx")]
+            raise bus.HandlerError(codes.FORBIDDEN, "only consortium peers submit to the orderer")
+        txs = request.txs
         ids = []
         for raw in txs:
-            if not isinstance(raw, bytes) or len(raw) > MAX_TX_SIZE:
-                raise _bad(f"a transaction must be bytes of at most {MAX_TX_SIZE}")
             try:
                 ids.append(Transaction.from_bytes(raw).tx_id)
             except DecodeError as exc:
-                raise _bad(f"transaction does not decode: {exc}") from None
+                raise bus.HandlerError(codes.BAD_REQUEST, f"transaction does not decode: {exc}") from None
         size = sum(len(raw) for raw in txs)
         if len(self._queue) + len(txs) > MAX_QUEUED or self._queued_bytes + size > MAX_QUEUED_BYTES:
-            raise bus.HandlerError("orderer.busy", "too many transactions queued; retry later")
+            raise bus.HandlerError(codes.ORDERER_BUSY, "too many transactions queued; retry later")
         self._queue.extend(txs)
         self._queued_bytes += size
         self._wakeup.set()
-        return {"tx_ids": ids} if "txs" in body else {"tx_id": ids[0]}
+        return OrdererSubmitReply(tuple(ids), request.batch)
 
-    async def _blocks(self, msg: bus.Message) -> dict[str, Any]:
-        start, limit = _range(msg.body)
-        blocks = await trio.to_thread.run_sync(self.store.blocks, start, limit)
-        return {"blocks": blocks}
+    async def _blocks(self, msg: bus.Message, request: OrdererBlocks) -> OrdererBlocksReply:
+        limit = min(request.limit, MAX_BLOCKS_PER_REPLY)
+        blocks = await trio.to_thread.run_sync(self.store.blocks, request.start, limit)
+        return OrdererBlocksReply(tuple(blocks))
 
-    async def _head(self, msg: bus.Message) -> dict[str, Any]:
-        return {"height": self.height, "hash": self.head_hash}
+    async def _head(self, msg: bus.Message, request: OrdererHead) -> OrdererHeadReply:
+        return OrdererHeadReply(self.height, self.head_hash)
 
     # -- cutting blocks -------------------------------------------------------
 
@@ -177,15 +176,5 @@ class OrdererAgent:
         self.height, self.head_hash, self._last_ts = block.height, block.hash, ts
         log.debug("cut block %d with %d transactions", block.height, len(txs))
         assert self.endpoint is not None
-        await self.endpoint.publish("blocks", {"block": data})
+        await self.endpoint.publish(BlockEvent.kind, BlockEvent(data).to_wire())
 
-
-def _range(body: Any) -> tuple[int, int]:
-    if not isinstance(body, dict):
-        raise _bad("body must be a map")
-    start, limit = body.get("from"), body.get("limit", MAX_BLOCKS_PER_REPLY)
-    if type(start) is not int or not 0 <= start < 2**63:
-        raise _bad("'from' must be an integer in [0, 2**63)")
-    if type(limit) is not int or limit < 1:
-        raise _bad("'limit' must be a positive integer")
-    return start, min(limit, MAX_BLOCKS_PER_REPLY)

@@ -49,13 +49,32 @@ import bus
 from core import cid as cidmod
 from core import pre
 from core import record as recordmod
-from core.errors import CoreError
+from core.errors import CoreError, DecodeError
 from core.identity import Certificate
 from core.policy import parse as parse_policy
+from core.protocol import (
+    PatientAccessRequest,
+    PatientAccessRequestReply,
+    PeerAudit,
+    PeerAuditReply,
+    PeerDeliverShare,
+    PeerQuery,
+    codes,
+    share_context,
+)
 
 from agents.client import PeerClient, UserConfig, check_receiving_key, open_agent, remote_error
 from agents.driver import PlanRun, result_of
-from agents.errors import AgentError, PolicyDenied, RequestRejected, Unavailable
+from agents.errors import (
+    AgentError,
+    IntegrityError,
+    PolicyDenied,
+    RecordNotFound,
+    RequestRejected,
+    Unavailable,
+    UnknownRequest,
+)
+from agents.handlers import serve
 from agents.plans import Done, ShareDelivery
 from agents.runtime import run_crypto
 from agents.storage import StorageClient
@@ -94,7 +113,12 @@ class PatientAgent:
         self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
                                      write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
                                      health=self.health, background=client.nursery)
-        self.endpoint.register("patient.access_request", self._on_access_request)
+        serve(self.endpoint, self.handlers(),
+              on_decode_error=lambda exc: UnknownRequest(f"patient.access_request needs a request_id: {exc}"))
+
+    def handlers(self) -> dict[type, Any]:
+        """The kinds a patient serves: request type -> typed handler."""
+        return {PatientAccessRequest: self._on_access_request}
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -184,7 +208,7 @@ class PatientAgent:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
         if stored != cid:
-            raise AgentError(f"storage returned CID {stored}, expected {cid}", code="integrity")
+            raise IntegrityError(f"storage returned CID {stored}, expected {cid}")
         body = {"record_id": record_id, "label": label, "cid": cid, "size": size,
                 "media_type": media_type, "capsule": header.capsule}
         reply = await self.client.submit("store", body)
@@ -204,24 +228,22 @@ class PatientAgent:
     async def records(self) -> list[dict]:
         """This patient's records on the ledger: ``[{record_id, label, cid, size, media_type, height}]``."""
         self.client.require_registered()
-        out = await self.client.query({"what": "records", "patient": self.subject, "label": None})
+        out = await self.client.query(PeerQuery("records", patient=self.subject, label=None))
         return list(out or [])
 
     async def read(self, record_id: str) -> bytes:
         """Read one of this patient's own records (owner key path, no pairing)."""
         self.client.require_registered()
-        rec = await self.client.query({"what": "record", "patient": self.subject, "record_id": record_id})
+        rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=record_id))
         if rec is None:
-            from agents.errors import RecordNotFound
-
             raise RecordNotFound(f"no record {record_id} of {self.subject}")
         blob = await self._storage_call(lambda: self.storage.get(rec["cid"]))
         if not await run_crypto(cidmod.verify, rec["cid"], blob):
-            raise AgentError("stored blob does not match its CID", code="integrity")
+            raise IntegrityError("stored blob does not match its CID")
         header, plain = await run_crypto(recordmod.open_record, blob,
                                          recordmod.owner_key_provider(self.keys.box_private))
         if header.record_id != record_id or header.owner_id != self.subject:
-            raise AgentError("record header does not match the ledger", code="integrity")
+            raise IntegrityError("record header does not match the ledger")
         return plain
 
     # ------------------------------------------------------------ policy, grants, audit
@@ -250,22 +272,22 @@ class PatientAgent:
         """This patient's audit trail from the ledger, oldest first."""
         self.client.require_registered()
         try:
-            reply = await self.client.call_peer("peer.audit", {"patient": self.subject})
+            reply = await self.client.call_peer(PeerAudit.kind, PeerAudit(self.subject).to_wire())
         except bus.RemoteError as exc:
             raise remote_error(exc, "audit") from None
-        return list(reply.get("events", [])) if isinstance(reply, dict) else []
+        try:
+            return list(PeerAuditReply.from_wire(reply).events)
+        except DecodeError as exc:
+            raise IntegrityError(f"malformed audit reply: {exc}") from None
 
     # ------------------------------------------------------------ access requests
 
-    async def _on_access_request(self, msg: bus.Message) -> dict:
-        body = msg.body
-        request_id = body.get("request_id") if isinstance(body, dict) else None
-        if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
-            raise AgentError("patient.access_request needs a request_id", code="request.unknown")
+    async def _on_access_request(self, msg: bus.Message, request: PatientAccessRequest) -> PatientAccessRequestReply:
+        request_id = request.request_id
         lock = self._answering.setdefault(request_id, trio.Lock())
         try:
             async with lock:
-                return await self._answer(request_id, msg.sender)
+                return PatientAccessRequestReply(**await self._answer(request_id, msg.sender))
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._answering.pop(request_id, None)
@@ -276,11 +298,10 @@ class PatientAgent:
             if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
                 return {"grant_id": gid}
         # the doctor committed it through its own peer: ours may be a block behind
-        req = await self.client.query_committed({"what": "request", "request_id": request_id},
+        req = await self.client.query_committed(PeerQuery("request", request_id=request_id),
                                                 wait=self.client.commit_wait)
         if req is None or req.get("patient") != self.subject or req.get("doctor") != sender:
-            raise AgentError(f"no request {request_id} from {sender} to {self.subject} on the ledger",
-                             code="request.unknown")
+            raise UnknownRequest(f"no request {request_id} from {sender} to {self.subject} on the ledger")
         decision = req.get("decision") or {}
         if decision.get("effect") != "allow" or req.get("status") == "denied":
             raise PolicyDenied(f"the policy denies this request: {decision.get('reason', '')}",
@@ -288,7 +309,7 @@ class PatientAgent:
         if req.get("status") == "rejected":
             raise RequestRejected("the patient rejected this request")
         if req.get("status") != "pending":
-            raise AgentError(f"request {request_id} is {req.get('status')}", code="request.unknown")
+            raise UnknownRequest(f"request {request_id} is {req.get('status')}")
         doctor = await self.client.lookup_certificate(sender)
         if doctor is None:
             await self._deny(request_id, "requester's certificate is revoked or unknown")
@@ -328,7 +349,7 @@ class PatientAgent:
         threshold = self.manifest.threshold
         grant_id = _new_id("grant")
         proxies = [pre.Proxy(p.index, p.box_key) for p in peers]
-        sealed = await run_crypto(pre.make_key_shares, kp, receiver, proxies, threshold, grant_id.encode())
+        sealed = await run_crypto(pre.make_key_shares, kp, receiver, proxies, threshold, share_context(grant_id))
         by_peer = {p.id: s for p, s in zip(peers, sealed)}
         shares = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
         expires_at = int(time.time()) + self.grant_ttl_s
@@ -340,8 +361,8 @@ class PatientAgent:
 
         async def deliver(action: Any) -> Any:
             share = by_peer[action.peer]
-            body = {"grant_id": grant_id, "index": share.index, "sealed": share.sealed}
-            return await result_of(self.client.peer_request(action.peer, "peer.deliver_share", body,
+            body = PeerDeliverShare(grant_id, share.index, share.sealed).to_wire()
+            return await result_of(self.client.peer_request(action.peer, PeerDeliverShare.kind, body,
                                                             timeout=action.timeout))
 
         delivery = PlanRun(plan, deliver)
@@ -425,7 +446,7 @@ def _seal_file(path: Path, out: Path, owner: pre.PublicKey | pre.KeyPair, **kw: 
         while fed < size:
             piece = src.read(min(_READ_PIECE, size - fed))
             if not piece:
-                raise AgentError(f"{path} shrank while being read", code="store.io")
+                raise AgentError(f"{path} shrank while being read", code=codes.STORE_IO)
             fed += len(piece)
             emit(sealer.update(piece))
         emit(sealer.finish())

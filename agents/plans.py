@@ -41,6 +41,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from core.protocol import codes
+
 __all__ = [
     "Ask",
     "Confirm",
@@ -67,8 +69,8 @@ DELIVERY_GRACE_S = 0.5  # after t acknowledgements, wait this long for the other
 # marks a re-sent copy of a transaction gets when the first copy committed
 COPY_MARKS = ("replayed_nonce", "duplicate_in_block")
 # a peer's refusals of a submit that mean "not committed through me in time": try the next
-RESEND_CODES = ("submit.timeout", "submit.unavailable")
-_REVOKED = "access.bad_state"  # a peer's answer: the grant is revoked or expired
+RESEND_CODES = (codes.SUBMIT_TIMEOUT, codes.SUBMIT_UNAVAILABLE)
+_REVOKED = codes.ACCESS_BAD_STATE  # a peer's answer: the grant is revoked or expired
 _SKIPPED = "skipped (did not answer lately)"
 
 
@@ -185,7 +187,7 @@ class ShareCollection:
     while some peer is healthy (when every peer failed lately they may all just
     be busy). With fewer than t healthy peers every peer is asked at once.
 
-    Once a peer answers that the grant is revoked or expired (``access.bad_state``:
+    Once a peer answers that the grant is revoked or expired (``access.bad-state``:
     ledger state only moves forward) nobody else is asked. Once t good shares are
     out of reach, the requests still out get ``give_up_after`` seconds (their
     answers make the error precise), then the plan gives up.

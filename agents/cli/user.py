@@ -237,12 +237,12 @@ def _guard(fn) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
-        found = _leaf(exc, (AgentError, KeyStoreError, KeyboardInterrupt))
+        found = _leaf(exc, (AgentError, KeyboardInterrupt))
+        if isinstance(found, KeyStoreError):  # an AgentError, reported without its code
+            print(f"error: {found}", file=sys.stderr)
+            return 1
         if isinstance(found, AgentError):
             print(f"error ({found.code}): {found}", file=sys.stderr)
-            return 1
-        if isinstance(found, KeyStoreError):
-            print(f"error: {found}", file=sys.stderr)
             return 1
         if isinstance(found, KeyboardInterrupt):
             return 130

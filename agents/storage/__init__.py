@@ -22,6 +22,7 @@ from .errors import DiskFull as DiskFull
 from .errors import NotFound as NotFound
 from .errors import QuotaExceeded as QuotaExceeded
 from .errors import StorageError as StorageError
+from .errors import StorageUnavailable as StorageUnavailable
 from .errors import Unavailable as Unavailable
 from .client import ClientStatistics as ClientStatistics
 from .client import RepairReport as RepairReport

@@ -42,16 +42,43 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from bus import BrokenError, BusError, ClosedError, Endpoint, RemoteError, RequestTimeout, UnreachableError
 from core import cid as cidmod
 from core.errors import DecodeError
+from core.protocol import (
+    Message,
+    StorageGet,
+    StorageGetReply,
+    StorageHas,
+    StorageHasReply,
+    StorageLeaves,
+    StorageLeavesReply,
+    StorageList,
+    StorageListReply,
+    StoragePin,
+    StoragePinReply,
+    StoragePut,
+    StoragePutAbort,
+    StoragePutBegin,
+    StoragePutBeginReply,
+    StoragePutChunk,
+    StoragePutChunkReply,
+    StoragePutCommit,
+    StoragePutCommitReply,
+    StoragePutReply,
+    StorageStat,
+    StorageStatReply,
+    StorageUnpin,
+    StorageUnpinReply,
+)
 
 from agents.health import AgentHealth
 from agents.storage.errors import (
+    STORAGE_ERRORS,
     BadRequest,
     BlobTooLarge,
     CidMismatch,
@@ -59,7 +86,7 @@ from agents.storage.errors import (
     NotFound,
     QuotaExceeded,
     StorageError,
-    Unavailable,
+    StorageUnavailable,
     from_code,
 )
 
@@ -72,6 +99,7 @@ _PROBE_TIMEOUT = 2.0  # is a node that failed lately back?
 _CLIENT_FAULTS = (BlobTooLarge, CidMismatch, BadRequest)
 
 ReadPiece = Callable[[int, int], Awaitable[bytes]]
+R = TypeVar("R", bound=Message)
 
 
 @dataclass(slots=True)
@@ -169,7 +197,8 @@ class StorageClient:
 
     async def _probe_node(self, node: str) -> None:
         try:
-            await self.endpoint.request(node, "storage.stat", {"cid": None}, timeout=min(self.timeout, _PROBE_TIMEOUT))
+            await self.endpoint.request(node, StorageStat.kind, StorageStat().to_wire(),
+                                        timeout=min(self.timeout, _PROBE_TIMEOUT))
         except RemoteError:
             self.health.success(node)  # it answered
         except _TRANSPORT_ERRORS:
@@ -181,47 +210,50 @@ class StorageClient:
 
     # -- one request ------------------------------------------------------------
 
-    async def _call(self, node: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, node: str, request: Message, reply_type: type[R], *,
+                    malformed: Callable[[str], Exception] = BusError) -> R:
+        """``request`` to ``node``, its reply parsed as ``reply_type`` (else ``malformed(why)``)."""
         try:
-            reply = await self.endpoint.request(node, kind, body, timeout=self.timeout)
+            reply = await self.endpoint.request(node, request.kind, request.to_wire(), timeout=self.timeout)
         except RemoteError as exc:
             self.health.success(node)  # it answered
-            if exc.code.startswith("storage."):
+            if STORAGE_ERRORS.type_for(exc.code) is not None:
                 raise from_code(exc.code, exc.message) from None
             raise
         except _TRANSPORT_ERRORS:
             self._mark_down(node)
             raise
         self.health.success(node)
-        if not isinstance(reply, dict):
-            raise BusError(f"{node} answered {kind} with a non-map reply")
-        return reply
+        try:
+            return reply_type.from_wire(reply)
+        except DecodeError as exc:
+            raise malformed(f"{node} answered {request.kind} with a malformed reply: {exc}") from None
 
     # -- put ----------------------------------------------------------------
 
     async def _put_one(self, node: str, cid: str, size: int, read: ReadPiece, pin: bool) -> None:
         if size <= self.message_size:
-            reply = await self._call(node, "storage.put", {"cid": cid, "data": await read(0, size), "pin": pin})
+            reply: StoragePutReply | StoragePutCommitReply = await self._call(
+                node, StoragePut(await read(0, size), cid, pin), StoragePutReply)
         else:
-            begun = await self._call(node, "storage.put.begin", {"cid": cid, "size": size, "pin": pin})
-            session = begun.get("session")
-            if not isinstance(session, bytes):
-                raise BusError(f"{node}: bad put session")
+            begun = await self._call(node, StoragePutBegin(size, cid, pin), StoragePutBeginReply)
+            session = begun.session
             try:
                 for offset in range(0, size, self.message_size):
                     data = await read(offset, min(self.message_size, size - offset))
-                    await self._call(node, "storage.put.chunk", {"session": session, "offset": offset, "data": data})
-                reply = await self._call(node, "storage.put.commit", {"session": session})
+                    await self._call(node, StoragePutChunk(session, offset, data), StoragePutChunkReply)
+                reply = await self._call(node, StoragePutCommit(session), StoragePutCommitReply)
             except BaseException:
                 with trio.move_on_after(2) as scope:
                     scope.shield = True
                     try:
-                        await self.endpoint.request(node, "storage.put.abort", {"session": session}, timeout=2)
+                        await self.endpoint.request(node, StoragePutAbort.kind, StoragePutAbort(session).to_wire(),
+                                                    timeout=2)
                     except BusError:
                         pass
                 raise
-        if reply.get("cid") != cid:
-            raise BusError(f"{node} acknowledged {reply.get('cid')!r}, not {cid}")
+        if reply.cid != cid:
+            raise BusError(f"{node} acknowledged {reply.cid!r}, not {cid}")
 
     async def _replicate_run(self, cid: str, size: int, read: ReadPiece, pin: bool, progress: "_PutProgress") -> None:
         """Put to the first ``replicas`` usable nodes in parallel, then top up in order;
@@ -296,7 +328,7 @@ class StorageClient:
             detail = "; ".join(f"{n}: {e}" for n, e in errors.items()) or "no storage nodes"
             if len(kinds) == 1 and issubclass(next(iter(kinds)), (*_CLIENT_FAULTS, QuotaExceeded)):
                 raise next(iter(kinds))(f"put {cid} refused: {detail}")
-            raise Unavailable(
+            raise StorageUnavailable(
                 f"put {cid}: {len(acks)} of the {self.write_quorum} required replicas acknowledged ({detail})",
                 errors,
             )
@@ -376,8 +408,8 @@ class StorageClient:
         return digests
 
     async def _leaves(self, node: str, cid: str, parsed: cidmod.Cid) -> tuple[int, list[bytes]]:
-        reply = await self._call(node, "storage.leaves", {"cid": cid})
-        return reply["size"], self._check_leaves(node, cid, parsed, reply.get("size"), reply.get("digests"))
+        reply = await self._call(node, StorageLeaves(cid), StorageLeavesReply, malformed=CorruptBlob)
+        return reply.size, self._check_leaves(node, cid, parsed, reply.size, reply.digests)
 
     async def _check_data(self, node: str, cid: str, data: Any, offset: int, n: int, digests: list[bytes]) -> bytes:
         if not isinstance(data, bytes) or len(data) != n:
@@ -397,17 +429,16 @@ class StorageClient:
         return data
 
     async def _fetch(self, node: str, cid: str, offset: int, n: int, digests: list[bytes]) -> bytes:
-        reply = await self._call(node, "storage.get", {"cid": cid, "offset": offset, "length": n})
-        return await self._check_data(node, cid, reply.get("data"), offset, n, digests)
+        reply = await self._call(node, StorageGet(cid, offset, n), StorageGetReply, malformed=CorruptBlob)
+        return await self._check_data(node, cid, reply.data, offset, n, digests)
 
     async def _first(self, node: str, cid: str, parsed: cidmod.Cid) -> tuple[int, list[bytes], bytes]:
         """Digests and the first piece in one round trip."""
-        reply = await self._call(
-            node, "storage.get", {"cid": cid, "offset": 0, "length": self.message_size, "leaves": True}
-        )
-        size = reply.get("size")
-        digests = self._check_leaves(node, cid, parsed, size, reply.get("digests"))
-        data = await self._check_data(node, cid, reply.get("data"), 0, min(size, self.message_size), digests)
+        reply = await self._call(node, StorageGet(cid, 0, self.message_size, leaves=True), StorageGetReply,
+                                 malformed=CorruptBlob)
+        size = reply.size
+        digests = self._check_leaves(node, cid, parsed, size, reply.digests)
+        data = await self._check_data(node, cid, reply.data, 0, min(size, self.message_size), digests)
         return size, digests, data
 
     async def read_to(
@@ -416,7 +447,7 @@ class StorageClient:
         """Pass the blob to ``await sink(piece)`` in verified pieces, in order, with
         fallback across replicas (resuming at the same offset); return its size.
 
-        Raises ``NotFound`` when no node has it, ``Unavailable`` when holders
+        Raises ``NotFound`` when no node has it, ``StorageUnavailable`` when holders
         failed. Nodes found corrupt are appended to ``corrupt`` if given.
         Memory: ``pipeline`` pieces of ``message_size``.
         """
@@ -456,7 +487,7 @@ class StorageClient:
         if failures and all(isinstance(e, NotFound) for e in failures.values()):
             raise NotFound(f"no storage node has {cid}")
         detail = "; ".join(f"{n}: {e}" for n, e in failures.items()) or "no storage nodes"
-        raise Unavailable(f"could not read {cid} from any replica ({detail})", failures)
+        raise StorageUnavailable(f"could not read {cid} from any replica ({detail})", failures)
 
     async def _ranges(
         self,
@@ -529,44 +560,39 @@ class StorageClient:
         found = []
         for node in self.placement(cid):
             try:
-                if (await self._call(node, "storage.has", {"cid": cid})).get("has") is True:
+                if (await self._call(node, StorageHas(cid), StorageHasReply)).has:
                     found.append(node)
             except (StorageError, BusError):
                 continue
         return found
 
     async def pin(self, cid: str) -> int:
-        return await self._on_holders(cid, "storage.pin")
+        return await self._on_holders(StoragePin(cid), StoragePinReply)
 
     async def unpin(self, cid: str) -> int:
-        return await self._on_holders(cid, "storage.unpin")
+        return await self._on_holders(StorageUnpin(cid), StorageUnpinReply)
 
-    async def _on_holders(self, cid: str, kind: str) -> int:
+    async def _on_holders(self, request: StoragePin | StorageUnpin, reply_type: type[Message]) -> int:
         done = 0
-        for node in await self.locate(cid):
+        for node in await self.locate(request.cid):
             try:
-                await self._call(node, kind, {"cid": cid})
+                await self._call(node, request, reply_type)
                 done += 1
             except (StorageError, BusError):
                 continue
         return done
 
     async def stat(self, node: str, cid: str | None = None) -> dict[str, Any]:
-        return await self._call(node, "storage.stat", {"cid": cid})
+        return (await self._call(node, StorageStat(cid), StorageStatReply)).to_wire()
 
     async def list(self, node: str, *, page: int = 1000) -> list[tuple[str, int, bool]]:
         out: list[tuple[str, int, bool]] = []
         after: str | None = None
         while True:
-            reply = await self._call(node, "storage.list", {"after": after, "limit": page})
-            blobs = reply.get("blobs")
-            if not isinstance(blobs, list):
-                raise BusError(f"{node}: malformed list reply")
-            for item in blobs:
-                if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
-                    raise BusError(f"{node}: malformed list entry")
-                out.append((item[0], int(item[1]), bool(item[2])))
-            if not reply.get("more") or not blobs:
+            reply = await self._call(node, StorageList(after, page), StorageListReply)
+            blobs = reply.blobs
+            out.extend(blobs)
+            if not reply.more or not blobs:
                 return out
             after = blobs[-1][0]
 

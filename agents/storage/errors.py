@@ -1,17 +1,30 @@
-"""Storage errors. Each has a stable ``code`` so it can cross the bus as data
-(``{"code", "message"}``) and be rebuilt on the other side by :func:`from_code`."""
+"""Storage errors. Each is an :class:`agents.AgentError` with a stable ``code``
+(:mod:`core.protocol.codes`, ``storage.*``) so it can cross the bus as data
+(``{"code", "message"}``) and be rebuilt on the other side by :func:`from_code`.
+
+:class:`StorageUnavailable` is both a :class:`StorageError` and the agents'
+one :class:`Unavailable` (re-exported here).
+"""
 
 from __future__ import annotations
 
+from core.protocol import codes
+from core.protocol.codes import ErrorRegistry
 
-class StorageError(Exception):
+from agents.errors import AgentError, Unavailable
+
+__all__ = ["StorageError", "NotFound", "CorruptBlob", "CidMismatch", "BlobTooLarge", "QuotaExceeded", "DiskFull",
+           "BadRequest", "StorageUnavailable", "Unavailable", "STORAGE_ERRORS", "from_code"]
+
+
+class StorageError(AgentError):
     """Root of the storage subsystem's errors."""
 
-    code = "storage.error"
+    code = codes.STORAGE_ERROR
 
 
 class NotFound(StorageError, KeyError):
-    code = "storage.not_found"
+    code = codes.STORAGE_NOT_FOUND
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else self.code
@@ -20,64 +33,46 @@ class NotFound(StorageError, KeyError):
 class CorruptBlob(StorageError):
     """Bytes on disk do not hash to the blob's CID; they were not served."""
 
-    code = "storage.corrupt"
+    code = codes.STORAGE_CORRUPT
 
 
 class CidMismatch(StorageError, ValueError):
     """The bytes uploaded do not hash to the CID the client claimed."""
 
-    code = "storage.cid_mismatch"
+    code = codes.STORAGE_CID_MISMATCH
 
 
 class BlobTooLarge(StorageError, ValueError):
-    code = "storage.too_large"
+    code = codes.STORAGE_TOO_LARGE
 
 
 class QuotaExceeded(StorageError):
-    code = "storage.quota_exceeded"
+    code = codes.STORAGE_QUOTA_EXCEEDED
 
 
 class DiskFull(StorageError, OSError):
-    code = "storage.disk_full"
+    code = codes.STORAGE_DISK_FULL
 
 
 class BadRequest(StorageError, ValueError):
-    code = "storage.bad_request"
+    code = codes.STORAGE_BAD_REQUEST
 
 
-class Unavailable(StorageError):
+class StorageUnavailable(StorageError, Unavailable):
     """Not enough replicas answered (fewer than w acknowledged a write, or no
     replica could serve a good copy). ``causes`` maps each node tried to its error."""
 
-    code = "storage.unavailable"
-
-    def __init__(self, message: str, causes: dict | None = None):
-        super().__init__(message)
-        self.causes: dict = dict(causes or {})
+    code = codes.STORAGE_UNAVAILABLE
 
 
-_BY_CODE = {
-    cls.code: cls
-    for cls in (
-        StorageError,
-        NotFound,
-        CorruptBlob,
-        CidMismatch,
-        BlobTooLarge,
-        QuotaExceeded,
-        DiskFull,
-        BadRequest,
-        Unavailable,
-    )
-}
+STORAGE_ERRORS: ErrorRegistry[StorageError] = ErrorRegistry(lambda code, message: StorageError(message, code=code))
+for _cls in (StorageError, NotFound, CorruptBlob, CidMismatch, BlobTooLarge, QuotaExceeded, DiskFull, BadRequest,
+             StorageUnavailable):
+    STORAGE_ERRORS.register(_cls)
+del _cls
 
 
 def from_code(code: str, message: str) -> StorageError:
     """Rebuild a storage error received as (code, message); unknown codes (e.g. the
     bus's own rejections) give the root type carrying that code."""
-    cls = _BY_CODE.get(code)
-    if cls is not None:
-        return cls(message)
-    err = StorageError(message)
-    err.code = code
-    return err
+    return STORAGE_ERRORS.rebuild(code, message)

@@ -39,7 +39,7 @@ import trio
 
 from core import cid as cidmod
 
-from agents.storage.errors import BadRequest, CidMismatch, CorruptBlob, NotFound, StorageError, Unavailable
+from agents.storage.errors import BadRequest, CidMismatch, CorruptBlob, NotFound, StorageError, StorageUnavailable
 
 ADD_PARAMS = {
     "cid-version": "1",
@@ -94,7 +94,7 @@ class KuboClient:
                 raise NotFound(f"Kubo {command}: {message}") from None
             raise StorageError(f"Kubo {command} failed (HTTP {exc.code}): {message}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise Unavailable(f"Kubo RPC API at {self.api_url} unreachable: {exc}") from None
+            raise StorageUnavailable(f"Kubo RPC API at {self.api_url} unreachable: {exc}") from None
 
     async def _call(self, command: str, params: dict[str, str], body: Any = None, headers=None) -> bytes:
         return await trio.to_thread.run_sync(self._request, command, params, body, headers)

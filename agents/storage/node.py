@@ -1,23 +1,9 @@
 """The storage node agent: a :class:`BlobStore` served over the bus.
 
-Request kinds and bodies (msgpack maps; every reply is a map; errors travel as
-``{"code": "storage.*", "message"}`` error replies, see :mod:`.errors`):
-
-=====================  ==================================================  ==========================
-kind                   request body                                        reply body
-=====================  ==================================================  ==========================
-storage.put            cid (str|nil), data (bin <= max_message), pin       cid
-storage.put.begin      cid (str|nil), size (int), pin (bool)               session (bin 16)
-storage.put.chunk      session, offset (int), data (bin)                   written (int)
-storage.put.commit     session                                             cid
-storage.put.abort      session                                             {}
-storage.get            cid, offset, length (<= max_message), leaves?       data, size, digests if leaves
-storage.leaves         cid                                                 size (int), digests (bin)
-storage.has            cid                                                 has (bool)
-storage.pin / .unpin   cid                                                 {}
-storage.stat           cid (str|nil)                                       blob or node statistics
-storage.list           after (str|nil), limit (int <= 10000)               blobs [[cid,size,pinned]], more
-=====================  ==================================================  ==========================
+Its kinds are typed by :mod:`core.protocol` (``storage.*``: :class:`~core.protocol.StoragePut`
+and the others, listed with their bodies in docs/protocol.md, "Storage nodes").
+A body that does not decode is answered ``storage.bad-request``; other errors
+travel as ``{"code": "storage.*", "message"}`` error replies (see :mod:`.errors`).
 
 A put session belongs to the agent that began it, must receive its chunks in
 order (``offset`` = bytes written so far) and is aborted, releasing its quota
@@ -37,39 +23,48 @@ from typing import Any
 import trio
 
 from bus import Endpoint, Message
+from core.errors import DecodeError
+from core.protocol import (
+    MAX_MESSAGE_DATA,
+    BlobStatistics,
+    NodeStatistics,
+    StorageGet,
+    StorageGetReply,
+    StorageHas,
+    StorageHasReply,
+    StorageLeaves,
+    StorageLeavesReply,
+    StorageList,
+    StorageListReply,
+    StoragePin,
+    StoragePinReply,
+    StoragePut,
+    StoragePutAbort,
+    StoragePutAbortReply,
+    StoragePutBegin,
+    StoragePutBeginReply,
+    StoragePutChunk,
+    StoragePutChunkReply,
+    StoragePutCommit,
+    StoragePutCommitReply,
+    StoragePutReply,
+    StorageStat,
+    StorageStatReply,
+    StorageUnpin,
+    StorageUnpinReply,
+)
 
+from agents.handlers import serve
 from agents.storage.blobstore import BlobStore, PutSession, canonical_cid
 from agents.storage.errors import BadRequest, CorruptBlob, StorageError
 
 log = logging.getLogger("agents.storage")
 
-MAX_MESSAGE_DATA = 8 * 1024 * 1024
-"""Largest data field of one message (the bus frame limit is 16 MiB)."""
+__all__ = ["StorageNode", "MAX_MESSAGE_DATA"]
 
 
-
-def _body(msg: Message) -> dict:
-    if not isinstance(msg.body, dict):
-        raise BadRequest(f"{msg.kind}: body must be a map")
-    return msg.body
-
-
-def _get(body: dict, key: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
-    value = body.get(key)
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) and kind is int:
-        raise BadRequest(f"field {key!r} must be an integer")
-    if not isinstance(value, kind):
-        raise BadRequest(f"field {key!r} missing or of the wrong type")
-    return value
-
-
-def _nonneg(body: dict, key: str) -> int:
-    value = _get(body, key, int)
-    if value < 0:
-        raise BadRequest(f"field {key!r} must be non-negative")
-    return value
+def _bad_request(exc: DecodeError) -> BadRequest:
+    return BadRequest(str(exc))
 
 
 @dataclass(slots=True)
@@ -100,22 +95,24 @@ class StorageNode:
         self._max_sessions = max_sessions
         self._sessions: dict[bytes, _Session] = {}
         self.corruptions = 0
-        handlers = {
-            "storage.put": self._put,
-            "storage.put.begin": self._begin,
-            "storage.put.chunk": self._chunk,
-            "storage.put.commit": self._commit,
-            "storage.put.abort": self._abort,
-            "storage.get": self._read,
-            "storage.leaves": self._leaves,
-            "storage.has": self._has,
-            "storage.pin": self._pin,
-            "storage.unpin": self._unpin,
-            "storage.stat": self._stat,
-            "storage.list": self._list,
+        serve(endpoint, self.handlers(), on_decode_error=_bad_request)
+
+    def handlers(self) -> dict[type, Any]:
+        """The kinds this agent serves: request type -> typed handler."""
+        return {
+            StoragePut: self._put,
+            StoragePutBegin: self._begin,
+            StoragePutChunk: self._chunk,
+            StoragePutCommit: self._commit,
+            StoragePutAbort: self._abort,
+            StorageGet: self._read,
+            StorageLeaves: self._leaves,
+            StorageHas: self._has,
+            StoragePin: self._pin,
+            StorageUnpin: self._unpin,
+            StorageStat: self._stat,
+            StorageList: self._list,
         }
-        for kind, handler in handlers.items():
-            endpoint.register(kind, handler)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Abort put sessions idle past the timeout, until cancelled."""
@@ -134,60 +131,49 @@ class StorageNode:
 
     # -- puts --------------------------------------------------------------
 
-    async def _put(self, msg: Message) -> dict:
-        body = _body(msg)
-        cid = _get(body, "cid", str, optional=True)
-        data = _get(body, "data", bytes)
-        pin = bool(body.get("pin", True))
-        return {"cid": await self._thread(self.store.put, data, cid, pin=pin)}
+    async def _put(self, msg: Message, request: StoragePut) -> StoragePutReply:
+        return StoragePutReply(await self._thread(self.store.put, request.data, request.cid, pin=request.pin))
 
-    async def _begin(self, msg: Message) -> dict:
-        body = _body(msg)
-        cid = _get(body, "cid", str, optional=True)
-        size = _nonneg(body, "size")
-        pin = bool(body.get("pin", True))
+    async def _begin(self, msg: Message, request: StoragePutBegin) -> StoragePutBeginReply:
         if len(self._sessions) >= self._max_sessions:
             raise StorageError("too many puts in progress on this node; retry later")
-        put = await self._thread(self.store.begin_put, cid, size)
+        put = await self._thread(self.store.begin_put, request.cid, request.size)
         sid = secrets.token_bytes(16)
-        self._sessions[sid] = _Session(msg.sender, put, pin, trio.current_time() + self._session_timeout)
-        return {"session": sid}
+        self._sessions[sid] = _Session(msg.sender, put, request.pin, trio.current_time() + self._session_timeout)
+        return StoragePutBeginReply(sid)
 
-    def _session(self, msg: Message, body: dict) -> tuple[bytes, _Session]:
-        sid = _get(body, "session", bytes)
+    def _session(self, msg: Message, sid: bytes) -> _Session:
         session = self._sessions.get(sid)
         if session is None or session.owner != msg.sender:
             raise BadRequest("unknown or expired put session")
         session.deadline = trio.current_time() + self._session_timeout
-        return sid, session
+        return session
 
-    async def _chunk(self, msg: Message) -> dict:
-        body = _body(msg)
-        sid, session = self._session(msg, body)
-        offset = _nonneg(body, "offset")
-        data = _get(body, "data", bytes)
+    async def _chunk(self, msg: Message, request: StoragePutChunk) -> StoragePutChunkReply:
+        sid = request.session
+        session = self._session(msg, sid)
         async with session.lock:
-            if offset != session.put.written:
-                raise BadRequest(f"chunk at offset {offset}, expected {session.put.written}")
+            if request.offset != session.put.written:
+                raise BadRequest(f"chunk at offset {request.offset}, expected {session.put.written}")
             try:
-                await self._thread(session.put.write, data)
+                await self._thread(session.put.write, request.data)
             except StorageError:
                 self._sessions.pop(sid, None)  # the session aborted itself
                 raise
-            return {"written": session.put.written}
+            return StoragePutChunkReply(session.put.written)
 
-    async def _commit(self, msg: Message) -> dict:
-        sid, session = self._session(msg, _body(msg))
+    async def _commit(self, msg: Message, request: StoragePutCommit) -> StoragePutCommitReply:
+        session = self._session(msg, request.session)
         async with session.lock:
-            self._sessions.pop(sid, None)
-            return {"cid": await self._thread(session.put.commit, pin=session.pin)}
+            self._sessions.pop(request.session, None)
+            return StoragePutCommitReply(await self._thread(session.put.commit, pin=session.pin))
 
-    async def _abort(self, msg: Message) -> dict:
-        sid, session = self._session(msg, _body(msg))
+    async def _abort(self, msg: Message, request: StoragePutAbort) -> StoragePutAbortReply:
+        session = self._session(msg, request.session)
         async with session.lock:
-            self._sessions.pop(sid, None)
+            self._sessions.pop(request.session, None)
             await self._thread(session.put.abort)
-        return {}
+        return StoragePutAbortReply()
 
     # -- reads -------------------------------------------------------------
 
@@ -200,15 +186,11 @@ class StorageNode:
             await self._thread(self.store.quarantine, cid)
             raise
 
-    async def _read(self, msg: Message) -> dict:
-        body = _body(msg)
-        cid = canonical_cid(_get(body, "cid", str))
-        offset = _nonneg(body, "offset")
-        length = _nonneg(body, "length")
-        if length > MAX_MESSAGE_DATA:
-            raise BadRequest(f"length above the {MAX_MESSAGE_DATA}-byte message limit")
+    async def _read(self, msg: Message, request: StorageGet) -> StorageGetReply:
+        cid = canonical_cid(request.cid)
+        offset, length = request.offset, request.length
 
-        if body.get("leaves") is True:  # first read of a blob: digests in the same round trip
+        if request.leaves:  # first read of a blob: digests in the same round trip
 
             def read_with_leaves() -> tuple[bytes, int, list[bytes]]:
                 _, digests = self.store.leaves(cid)
@@ -216,52 +198,39 @@ class StorageNode:
                 return data, size, digests
 
             data, size, digests = await self._guard_corrupt(cid, read_with_leaves)
-            return {"data": data, "size": size, "digests": b"".join(digests)}
+            return StorageGetReply(data, size, b"".join(digests))
         data, size = await self._guard_corrupt(cid, self.store.read_range, cid, offset, length)
-        return {"data": data, "size": size}
+        return StorageGetReply(data, size)
 
-    async def _leaves(self, msg: Message) -> dict:
-        cid = canonical_cid(_get(_body(msg), "cid", str))
+    async def _leaves(self, msg: Message, request: StorageLeaves) -> StorageLeavesReply:
+        cid = canonical_cid(request.cid)
         size, digests = await self._guard_corrupt(cid, self.store.leaves, cid)
-        return {"size": size, "digests": b"".join(digests)}
+        return StorageLeavesReply(size, b"".join(digests))
 
-    async def _has(self, msg: Message) -> dict:
-        cid = _get(_body(msg), "cid", str)
-        return {"has": await self._thread(self.store.has, cid)}
+    async def _has(self, msg: Message, request: StorageHas) -> StorageHasReply:
+        return StorageHasReply(await self._thread(self.store.has, request.cid))
 
-    async def _pin(self, msg: Message) -> dict:
-        await self._thread(self.store.pin, _get(_body(msg), "cid", str))
-        return {}
+    async def _pin(self, msg: Message, request: StoragePin) -> StoragePinReply:
+        await self._thread(self.store.pin, request.cid)
+        return StoragePinReply()
 
-    async def _unpin(self, msg: Message) -> dict:
-        await self._thread(self.store.unpin, _get(_body(msg), "cid", str))
-        return {}
+    async def _unpin(self, msg: Message, request: StorageUnpin) -> StorageUnpinReply:
+        await self._thread(self.store.unpin, request.cid)
+        return StorageUnpinReply()
 
-    async def _stat(self, msg: Message) -> dict:
-        cid = _get(_body(msg), "cid", str, optional=True)
-        if cid is None:
+    async def _stat(self, msg: Message, request: StorageStat) -> StorageStatReply:
+        if request.cid is None:
             s = self.store.statistics()
-            return {
-                "node": self.endpoint.identity,
-                "blobs": s.blobs,
-                "used_bytes": s.used_bytes,
-                "reserved_bytes": s.reserved_bytes,
-                "quota_bytes": s.quota_bytes,
-                "max_blob": s.max_blob,
-                "corruptions": self.corruptions,
-            }
-        b = await self._thread(self.store.stat, cid)
-        return {"cid": b.cid, "size": b.size, "stored_bytes": b.stored_bytes, "pinned": b.pinned}
+            return StorageStatReply(NodeStatistics(
+                node=self.endpoint.identity, blobs=s.blobs, used_bytes=s.used_bytes,
+                reserved_bytes=s.reserved_bytes, quota_bytes=s.quota_bytes, max_blob=s.max_blob,
+                corruptions=self.corruptions,
+            ))
+        b = await self._thread(self.store.stat, request.cid)
+        return StorageStatReply(BlobStatistics(cid=b.cid, size=b.size, stored_bytes=b.stored_bytes, pinned=b.pinned))
 
-    async def _list(self, msg: Message) -> dict:
-        body = _body(msg)
-        after = _get(body, "after", str, optional=True) or ""
-        limit = _nonneg(body, "limit")
-        if not 0 < limit <= 10_000:
-            raise BadRequest("limit must be 1..10000")
+    async def _list(self, msg: Message, request: StorageList) -> StorageListReply:
+        after, limit = request.after or "", request.limit
         blobs = await self._thread(self.store.list)
         page = [b for b in blobs if b.cid > after][: limit + 1]
-        return {
-            "blobs": [[b.cid, b.size, b.pinned] for b in page[:limit]],
-            "more": len(page) > limit,
-        }
+        return StorageListReply(tuple((b.cid, b.size, b.pinned) for b in page[:limit]), len(page) > limit)

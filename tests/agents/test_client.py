@@ -7,6 +7,7 @@ bytes go to the next peer and the outcome is known.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
@@ -45,7 +46,7 @@ class FakePeers:
             if pid in self.stalled:
                 await trio.sleep_forever()
             mark = "ok" if len(self.submissions) == 1 else "replayed_nonce"
-            return {"tx_id": "tx", "height": 7, "mark": mark}
+            return {"tx_id": hashlib.sha256(msg.body["tx"]).digest(), "height": 7, "mark": mark}
 
         return handle
 
@@ -83,7 +84,8 @@ async def test_submit_resends_the_same_bytes_after_the_timeout_and_confirms_the_
     peers.stalled.add("peer-a1")  # it commits the first copy but never answers
     t0 = trio.current_time()
     reply = await client.submit("set_policy", {"policy": POLICY})
-    assert reply == {"tx_id": "tx", "height": 7, "mark": "ok", "resubmitted": True}
+    assert reply == {"tx_id": hashlib.sha256(peers.submissions[0][2]).digest(), "height": 7, "mark": "ok",
+                     "resubmitted": True}
     assert 30.0 <= trio.current_time() - t0 < 30.5
     (t1, p1, raw1), (t2, p2, raw2) = peers.submissions
     assert (p1, p2) == ("peer-a1", "peer-a2") and raw1 == raw2  # the same signed bytes

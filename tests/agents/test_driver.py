@@ -89,10 +89,10 @@ async def test_collection_refusal_does_not_wait_for_a_stalled_peer(autojump_cloc
     """One peer says revoked, the other is stalled: the read is refused 0.5 s later,
     not after the 10 s request timeout, and the spares are never asked."""
     t0 = trio.current_time()
-    peers = FakePeers({"a": (0.1, Refused("access.bad_state")), "b": (NEVER, None),
+    peers = FakePeers({"a": (0.1, Refused("access.bad-state")), "b": (NEVER, None),
                        "c": (0.0, Answer("C")), "d": (0.0, Answer("D"))}, t0)
     outcome = await run_plan(_collection("abcd"), peers)
-    assert outcome == GaveUp("revoked", {"a": "access.bad_state"}, answered=0)
+    assert outcome == GaveUp("revoked", {"a": "access.bad-state"}, answered=0)
     assert trio.current_time() - t0 == pytest.approx(0.6)
     assert sorted(peers.asked) == [(0.0, "a"), (0.0, "b")] and peers.cancelled == ["b"]
 

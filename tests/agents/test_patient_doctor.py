@@ -22,7 +22,7 @@ import trio
 
 import bus
 from agents.client import UserConfig
-from agents.doctor import REENCRYPTION_TAG, DoctorAgent
+from agents.doctor import DoctorAgent
 from agents.errors import (
     AgentError,
     GrantRevoked,
@@ -45,6 +45,7 @@ from core.curve import G1
 from core.errors import ValidationError
 from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import Block, Ledger, MemoryKV, make_genesis
+from core.protocol import codes, make_reencrypt_reply, share_context
 from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix
 from core.tx import Transaction
 
@@ -158,12 +159,12 @@ class FakeConsortium:
     async def _enroll(self, pid: str, msg: bus.Message) -> dict:
         b = msg.body
         if not msg.sender.startswith(ENROLL_PREFIX):
-            raise bus.HandlerError("enroll.invalid", "enroll from an enroll: id")
+            raise bus.HandlerError(codes.ENROLL_INVALID, "enroll from an enroll: id")
         info = self.peers[pid]
         if b["org"] != info.org or b["token"] != self.token(b["subject"], b["org"], b["attributes"]):
-            raise bus.HandlerError("enroll.denied", "bad token or organization")
+            raise bus.HandlerError(codes.ENROLL_DENIED, "bad token or organization")
         if self.ledger.certificate(b["subject"]) is not None:
-            raise bus.HandlerError("enroll.exists", "subject already registered")
+            raise bus.HandlerError(codes.ENROLL_EXISTS, "subject already registered")
         now = int(time.time())
         cert = Certificate(secrets.token_hex(8), b["subject"], b["org"], b["attributes"],
                            bytes.fromhex(msg.sender[len(ENROLL_PREFIX):]), b["box_key"], b["pre_key"],
@@ -171,7 +172,7 @@ class FakeConsortium:
         tx = Transaction.create("register", pid, {"cert": cert.to_dict()}, self.peer_keys[pid].ecdsa_private, now_ms())
         height, mark = await self.commit(tx.to_bytes())
         if mark != "ok":
-            raise bus.HandlerError("enroll.invalid", mark)
+            raise bus.HandlerError(codes.ENROLL_INVALID, mark)
         return {"cert": cert.to_dict(), "height": height}
 
     async def _submit(self, pid: str, msg: bus.Message) -> dict:
@@ -195,11 +196,11 @@ class FakeConsortium:
                     out.append({"record_id": parse_key(key).parts[1], "label": e.label, "cid": e.cid,
                                 "size": e.size, "media_type": e.media_type, "height": e.height})
             return out
-        raise bus.HandlerError("query.invalid", what)
+        raise bus.HandlerError(codes.BAD_REQUEST, what)
 
     async def _audit(self, pid: str, msg: bus.Message) -> dict:
         if msg.body["patient"] != msg.sender:
-            raise bus.HandlerError("audit.forbidden", "own trail only")
+            raise bus.HandlerError(codes.AUDIT_FORBIDDEN, "own trail only")
         return {"events": self.ledger.audit(msg.sender)}
 
     async def _deliver_share(self, pid: str, msg: bus.Message) -> dict:
@@ -208,12 +209,12 @@ class FakeConsortium:
             while (grant := self.ledger.grant(b["grant_id"])) is None:
                 await trio.sleep(0.01)
         if grant is None:
-            raise bus.HandlerError("share.unknown_grant", b["grant_id"])
+            raise bus.HandlerError(codes.SHARE_UNKNOWN_GRANT, b["grant_id"])
         if hashlib.sha256(b["sealed"]).digest() != grant.share_digest(pid) or grant.patient != msg.sender:
-            raise bus.HandlerError("share.mismatch", "hash")
+            raise bus.HandlerError(codes.SHARE_MISMATCH, "hash")
         info = self.peers[pid]
         share = pre.open_key_share(pre.SealedKeyShare(b["index"], b["sealed"]), self.peer_keys[pid].box_private,
-                                   expected_context=b["grant_id"].encode(), expected_index=info.index)
+                                   expected_context=share_context(b["grant_id"]), expected_index=info.index)
         self.shares[(pid, b["grant_id"])] = share
         return {"ok": True}
 
@@ -223,20 +224,20 @@ class FakeConsortium:
             grant, rec = self.ledger.check_reencryption(b["grant_id"], msg.sender, b["patient"], b["record_id"],
                                                         int(time.time()))
         except ValidationError as exc:
-            raise bus.HandlerError(f"access.{exc.code}", str(exc)) from None
+            raise bus.HandlerError(codes.access_code(exc.code), str(exc)) from None
         share = self.shares.get((pid, b["grant_id"]))
         if share is None:
-            raise bus.HandlerError("share.missing", "no share")
+            raise bus.HandlerError(codes.SHARE_MISSING, "no share")
         s = pre.reencrypt(G1.from_bytes(rec.capsule), share).to_bytes()
         index = self.peers[pid].index
-        sig = ecdsa.sign(self.peer_keys[pid].ecdsa_private, REENCRYPTION_TAG,
-                         canonical.pack([b["request_id"], rec.cid, index, s]))
+        reply = make_reencrypt_reply(self.peer_keys[pid].ecdsa_private, request_id=b["request_id"], cid=rec.cid,
+                                     index=index, share=s)
         tx = Transaction.create("access", pid, {"grant_id": b["grant_id"], "request_id": b["request_id"],
                                                 "record_id": b["record_id"], "doctor": msg.sender, "index": index},
                                 self.peer_keys[pid].ecdsa_private, now_ms())
         await self.commit(tx.to_bytes())
         self.reencryptions += 1
-        return {"index": index, "share": s, "cid": rec.cid, "signature": sig}
+        return reply.to_wire()
 
 
 # ------------------------------------------------------------------ fixtures
@@ -404,7 +405,7 @@ async def test_revoked_doctor_certificate(world):
             with pytest.raises(AgentError) as info:
                 await heart.read("alice", rid)
             assert not isinstance(info.value, (GrantRevoked, NotEnoughPeers))
-            assert info.value.code in ("agent.unknown", "cert_revoked", "access.cert_revoked")
+            assert info.value.code in ("agent.unknown", "agent.cert-revoked", "access.cert-revoked")
 
 
 async def test_restart_patient_from_its_directory(world):

@@ -145,7 +145,7 @@ async def test_revoked_doctor_and_patient_restart(users):
             await heart.revoke_certificate("left the hospital")
             with pytest.raises(AgentError) as info:
                 await heart.read("alice", rid)
-            assert isinstance(info.value, CertificateRevoked) and info.value.code == "cert_revoked"
+            assert isinstance(info.value, CertificateRevoked) and info.value.code == "agent.cert-revoked"
             assert "left the hospital" in str(info.value)
         # the patient reopens from its directory and goes on
         async def yes(info):

@@ -262,7 +262,7 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
                 await peers[pid].wait_for_height(peers["peer-a-1"].ledger.height)
                 with pytest.raises(bus.RemoteError) as info:
                     await doc.endpoint.request(pid, "peer.reencrypt", ask)
-                assert info.value.code == "access.bad_state"
+                assert info.value.code == "access.bad-state"
             assert (await events.receive()).body["type"] == "revoke_grant"
             # all peers agree
             heads = {pid: p.ledger.head() for pid, p in peers.items()}

@@ -198,7 +198,7 @@ async def test_malformed_requests_get_clear_errors(tmp_path) -> None:
             ]:
                 with pytest.raises(RemoteError) as info:
                     await ep.request("s0", kind, body)
-                assert info.value.code == "storage.bad_request", (kind, info.value.code)
+                assert info.value.code == "storage.bad-request", (kind, info.value.code)
 
 
 async def test_blob_too_large_is_a_clear_error(tmp_path) -> None:
@@ -229,4 +229,4 @@ async def test_idle_put_session_is_aborted_and_quota_released(tmp_path) -> None:
                 await ep.request(
                     "s0", "storage.put.chunk", {"session": begun["session"], "offset": 1000, "data": b"a"}
                 )
-            assert info.value.code == "storage.bad_request"
+            assert info.value.code == "storage.bad-request"

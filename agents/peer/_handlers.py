@@ -1,0 +1,286 @@
+"""The peer's handlers: each parses its typed request (core.protocol) and returns its typed reply.
+
+``peer.enroll`` (issue a certificate, commit ``register``), ``peer.submit``
+(forward and wait), ``peer.query``, ``peer.audit``, ``peer.deliver_share``
+(keep a sealed re-encryption key share), ``peer.reencrypt`` (re-encrypt for
+the grant's doctor, sign the share, log an ``access`` transaction) and
+``peer.blocks`` (catch-up for other peers). See docs/protocol.md, "Consortium
+peer".
+
+Re-encryption key shares are kept as they arrive, sealed to the peer's X25519
+key (encryption at rest); they are unsealed on first use and the prepared
+share is cached in memory per grant (dropped when the grant is revoked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+import bus
+from core import canonical, pre
+from core.curve import G1
+from core.errors import CoreError, DecodeError, ValidationError
+from core.identity import RESERVED_CERT_ATTRIBUTES, Certificate
+from core.protocol import (
+    MAX_BLOCKS_PER_REPLY,
+    PeerAudit,
+    PeerAuditReply,
+    PeerBlocks,
+    PeerBlocksReply,
+    PeerDeliverShare,
+    PeerDeliverShareReply,
+    PeerEnroll,
+    PeerEnrollReply,
+    PeerQuery,
+    PeerQueryReply,
+    PeerReencrypt,
+    PeerReencryptReply,
+    PeerSubmit,
+    PeerSubmitReply,
+    SubmitResult,
+    codes,
+    make_reencrypt_reply,
+    share_context,
+)
+from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix
+from core.tx import Transaction
+
+from agents.consortium import ENROLL_PREFIX, enrollment_token
+from agents.runtime import run_crypto
+
+if TYPE_CHECKING:
+    from agents.peer._agent import PeerAgent
+
+__all__ = ["PeerHandlers"]
+
+log = logging.getLogger("agents.peer")
+
+MAX_VALID_S = 10 * 366 * 86400
+SHARE_CACHE = 4096
+GRANT_WAIT_S = 10.0
+
+
+class PeerHandlers:
+    """The handlers of one :class:`~agents.peer.PeerAgent` (its ledger, store, keys and forwarder)."""
+
+    def __init__(self, peer: PeerAgent):
+        self.peer = peer
+        self._shares: OrderedDict[str, pre.PreparedKeyShare] = OrderedDict()
+
+    def table(self) -> dict[type, Any]:
+        """The kinds a peer serves: request type -> typed handler."""
+        return {
+            PeerEnroll: self._enroll,
+            PeerSubmit: self._submit,
+            PeerQuery: self._query,
+            PeerAudit: self._audit,
+            PeerDeliverShare: self._deliver_share,
+            PeerReencrypt: self._reencrypt,
+            PeerBlocks: self._blocks,
+        }
+
+    def forget_share(self, grant_id: str) -> None:
+        """Drop the cached share of a revoked grant."""
+        self._shares.pop(grant_id, None)
+
+    # -- submitting and enrolling ---------------------------------------------------
+
+    async def _submit(self, msg: bus.Message, request: PeerSubmit) -> PeerSubmitReply:
+        for raw in request.txs:
+            try:
+                Transaction.from_bytes(raw)
+            except DecodeError as exc:
+                raise bus.HandlerError(codes.BAD_REQUEST, f"transaction does not decode: {exc}") from None
+        results = await self.peer.submit(list(request.txs), wait=request.wait)
+        out = tuple(SubmitResult(i, h, m) if request.wait else SubmitResult(i) for i, h, m in results)
+        return PeerSubmitReply(out, request.batch)
+
+    async def _enroll(self, msg: bus.Message, request: PeerEnroll) -> PeerEnrollReply:
+        peer = self.peer
+        if not msg.sender.startswith(ENROLL_PREFIX):
+            raise bus.HandlerError(codes.ENROLL_INVALID, "enroll from your enrollment id (enroll:<hex ECDSA key>)")
+        ecdsa_key = bytes.fromhex(msg.sender[len(ENROLL_PREFIX):])
+        subject, org, attributes = request.subject, request.org, request.attributes
+        if org != peer.info.org:
+            raise bus.HandlerError(codes.ENROLL_DENIED, f"{peer.peer_id} enrolls members of {peer.info.org} only")
+        if peer.enroll_secret is None:
+            raise bus.HandlerError(codes.ENROLL_DENIED, f"{peer.peer_id} does not enroll users")
+        reserved = sorted(RESERVED_CERT_ATTRIBUTES.intersection(attributes))
+        if reserved:
+            raise bus.HandlerError(codes.ENROLL_INVALID, f"attribute names {reserved} are reserved: the "
+                                                         "certificate's subject and organization set them")
+        try:
+            expected = enrollment_token(peer.enroll_secret, subject, org, attributes)
+        except ValueError:
+            raise bus.HandlerError(codes.ENROLL_INVALID, "attributes have no canonical encoding") from None
+        if not hmac.compare_digest(expected, request.token):
+            log.info("peer %s: enrollment of %r denied (bad token)", peer.peer_id, subject)
+            raise bus.HandlerError(codes.ENROLL_DENIED, "the enrollment token does not match")
+        if not 0 < request.valid_s <= MAX_VALID_S:
+            raise bus.HandlerError(codes.ENROLL_INVALID, f"valid_s must be 1..{MAX_VALID_S}")
+        if peer.ledger.certificate(subject) is not None:
+            raise bus.HandlerError(codes.ENROLL_EXISTS, f"{subject} is already registered")
+        now = int(peer.clock())
+        try:
+            cert = Certificate(secrets.token_hex(16), subject, org, attributes, ecdsa_key, request.box_key,
+                               request.pre_key, request.pre_proof, max(0, now - 60), now + request.valid_s,
+                               peer.peer_id)
+            await run_crypto(pre.verify_public_key, pre.PublicKey.from_bytes(request.pre_key), subject,
+                             pre.RECEIVE_LABEL, pre.Proof.from_bytes(request.pre_proof))
+        except CoreError as exc:
+            raise bus.HandlerError(codes.ENROLL_INVALID, str(exc)[:200]) from None
+        cert = await run_crypto(cert.sign, peer.keys.ecdsa_private)
+        tx = await run_crypto(Transaction.create, "register", peer.peer_id, {"cert": cert.to_dict()},
+                              peer.keys.ecdsa_private, int(peer.clock() * 1000))
+        [(_, height, mark)] = await peer.submit([tx.to_bytes()], wait=True)
+        if mark == "duplicate":
+            raise bus.HandlerError(codes.ENROLL_EXISTS, f"{subject} is already registered")
+        if mark != "ok":
+            raise bus.HandlerError(codes.ENROLL_INVALID, f"the register transaction was marked {mark}")
+        log.info("peer %s: enrolled %s (%s) at block %d", peer.peer_id, subject, cert.role, height)
+        return PeerEnrollReply(cert.to_dict(), height)
+
+    # -- reading the ledger -------------------------------------------------------------
+
+    async def _query(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
+        what = query.what
+        if msg.sender.startswith(ENROLL_PREFIX) and what not in ("cert", "head"):
+            raise bus.HandlerError(codes.FORBIDDEN, "register before querying the ledger")
+        ledger = self.peer.ledger
+        if what == "head":
+            height, block_hash, root = ledger.head()
+            return PeerQueryReply({"height": height, "hash": block_hash, "root": root})
+        if what == "records":
+            patient, label = query.patient, query.label
+            out = []
+            for key, raw in self.peer.store.scan(records_prefix(patient)):
+                rec = RecordEntry.from_state(canonical.unpack(raw, max_size=1 << 22, what=key))
+                if label is None or rec.label == label:
+                    out.append({"record_id": parse_key(key).parts[1], "label": rec.label, "cid": rec.cid,
+                                "size": rec.size, "media_type": rec.media_type, "height": rec.height})
+            return PeerQueryReply(out)
+        # cert, record, request, grant, policy (PeerQuery.from_wire admits only these): one entry, as stored
+        assert what in ENTRY_QUERIES
+        return PeerQueryReply(ledger.get(entry_key(what, *(getattr(query, name) for name in ENTRY_QUERIES[what]))))
+
+    async def _audit(self, msg: bus.Message, request: PeerAudit) -> PeerAuditReply:
+        if msg.sender != request.patient:
+            raise bus.HandlerError(codes.AUDIT_FORBIDDEN, "only the patient reads its audit trail")
+        return PeerAuditReply(tuple(self.peer.ledger.audit(request.patient)))
+
+    async def _blocks(self, msg: bus.Message, request: PeerBlocks) -> PeerBlocksReply:
+        limit = min(request.limit, MAX_BLOCKS_PER_REPLY)
+        return PeerBlocksReply(tuple(await trio.to_thread.run_sync(self.peer.store.blocks, request.start, limit)))
+
+    # -- key shares and re-encryption --------------------------------------------
+
+    def _open_share(self, grant_id: str, index: int, sealed: bytes) -> pre.PreparedKeyShare:
+        peer = self.peer
+        share = pre.open_key_share(pre.SealedKeyShare(index, sealed), peer.keys.box_private,
+                                   expected_context=share_context(grant_id), expected_index=peer.info.index)
+        return share.prepare()
+
+    def _open_and_keep_share(self, grant_id: str, index: int, sealed: bytes) -> pre.PreparedKeyShare:
+        """Worker thread: check that the sealed share opens, then keep it (still sealed) at rest."""
+        prepared = self._open_share(grant_id, index, sealed)
+        self.peer.store.put_share(grant_id, index, sealed)
+        return prepared
+
+    def _cache_share(self, grant_id: str, prepared: pre.PreparedKeyShare) -> None:
+        self._shares[grant_id] = prepared
+        self._shares.move_to_end(grant_id)
+        while len(self._shares) > SHARE_CACHE:
+            self._shares.popitem(last=False)
+
+    async def _deliver_share(self, msg: bus.Message, request: PeerDeliverShare) -> PeerDeliverShareReply:
+        peer = self.peer
+        grant_id, index, sealed = request.grant_id, request.index, request.sealed
+        grant = peer.ledger.grant(grant_id)
+        with trio.move_on_after(GRANT_WAIT_S):
+            while grant is None:
+                await peer.wait_next_commit()
+                grant = peer.ledger.grant(grant_id)
+        if grant is None:
+            raise bus.HandlerError(codes.SHARE_UNKNOWN_GRANT,
+                                   f"grant {grant_id} not committed within {GRANT_WAIT_S:g} s")
+        if grant.patient != msg.sender:
+            raise bus.HandlerError(codes.SHARE_FORBIDDEN, "only the grantor delivers its shares")
+        expected = grant.share_digest(peer.peer_id)
+        if expected is None or index != peer.info.index:
+            raise bus.HandlerError(codes.SHARE_MISMATCH,
+                                   f"the grant holds no share for {peer.peer_id} at index {index}")
+        if not hmac.compare_digest(hashlib.sha256(sealed).digest(), expected):
+            raise bus.HandlerError(codes.SHARE_MISMATCH, "sha256 of the sealed share differs from the grant's")
+        try:
+            prepared = await run_crypto(self._open_and_keep_share, grant_id, index, sealed)
+        except CoreError:
+            raise bus.HandlerError(codes.SHARE_MISMATCH,
+                                   "the sealed share does not open for this grant and peer") from None
+        self._cache_share(grant_id, prepared)
+        log.info("peer %s: stored key share of grant %s", peer.peer_id, grant_id)
+        return PeerDeliverShareReply()
+
+    async def _prepared_share(self, grant_id: str) -> pre.PreparedKeyShare:
+        peer = self.peer
+        prepared = self._shares.get(grant_id)
+        if prepared is not None:
+            self._shares.move_to_end(grant_id)
+            return prepared
+        row = await trio.to_thread.run_sync(peer.store.share, grant_id)
+        if row is None:
+            raise bus.HandlerError(codes.SHARE_MISSING, f"{peer.peer_id} holds no key share of grant {grant_id}")
+        try:
+            prepared = await run_crypto(self._open_share, grant_id, row[0], row[1])
+        except CoreError:
+            log.error("peer %s: stored key share of grant %s does not open", peer.peer_id, grant_id)
+            raise bus.HandlerError(codes.SHARE_MISSING, "the stored key share is unusable") from None
+        self._cache_share(grant_id, prepared)
+        return prepared
+
+    async def _reencrypt(self, msg: bus.Message, request: PeerReencrypt) -> PeerReencryptReply:
+        peer = self.peer
+        grant_id, patient, record_id, request_id = (request.grant_id, request.patient, request.record_id,
+                                                    request.request_id)
+        doctor = msg.sender
+        try:
+            grant, record = peer.ledger.check_reencryption(grant_id, doctor, patient, record_id, int(peer.clock()))
+        except ValidationError as exc:
+            log.info("peer %s: re-encryption of %s/%s for %s refused: %s", peer.peer_id, patient, record_id,
+                     doctor, exc.code)
+            # the one place a ledger reason code becomes a bus code
+            raise bus.HandlerError(codes.access_code(exc.code), exc.message) from None
+        if grant.request_id != request_id:
+            raise bus.HandlerError(codes.ACCESS_FORBIDDEN, "the request id is not the grant's")
+        if grant.share_digest(peer.peer_id) is None:
+            raise bus.HandlerError(codes.SHARE_MISSING, f"grant {grant_id} has no share at {peer.peer_id}")
+        prepared = await self._prepared_share(grant_id)
+        access = {"grant_id": grant_id, "request_id": request_id, "record_id": record_id, "doctor": doctor,
+                  "index": peer.info.index}
+        # one worker job: the re-encryption, its signature and the access transaction
+        reply, access_tx = await run_crypto(self._reencrypt_job, record.capsule, record.cid, request_id,
+                                            prepared, access)
+        peer.spawn(self._log_access, access_tx, grant_id, doctor)
+        return reply
+
+    def _reencrypt_job(self, capsule: bytes, cid: str, request_id: str, prepared: pre.PreparedKeyShare,
+                       access: dict[str, Any]) -> tuple[PeerReencryptReply, bytes]:
+        """Worker thread: (the signed reply, the encoded ``access`` transaction)."""
+        peer = self.peer
+        share = pre.reencrypt(G1.from_bytes(capsule), prepared).to_bytes()  # s_i = e(U, rk_i): 580 bytes
+        reply = make_reencrypt_reply(peer.keys.ecdsa_private, request_id=request_id, cid=cid,
+                                     index=prepared.index, share=share)
+        tx = Transaction.create("access", peer.peer_id, access, peer.keys.ecdsa_private, int(peer.clock() * 1000))
+        return reply, tx.to_bytes()
+
+    async def _log_access(self, access_tx: bytes, grant_id: str, doctor: str) -> None:
+        try:
+            await self.peer.forward([access_tx])
+        except bus.HandlerError as exc:
+            log.warning("peer %s: could not log access to %s for %s: %s", self.peer.peer_id, grant_id, doctor, exc)

@@ -1,0 +1,315 @@
+"""The consortium peer's kinds (``peer.*``) and its ``events`` topic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Self
+
+from core import pre
+from core.errors import DecodeError
+from core.identity import MAX_ATTRIBUTES
+from core.ledger import REASON_CODES
+
+from core.protocol._orderer import HASH_SIZE, MAX_TXS_PER_SUBMIT, BlockList, BlockRange, _txs_from_wire
+from core.protocol._schema import (
+    INT64_MAX, Bool, Bytes, Choice, Id, Int, ListOf, Map, Message, Nested, Optional, Text, wire,
+)
+
+__all__ = [
+    "MAX_SUBMIT_BYTES", "MAX_SEALED_SHARE", "MAX_ENTRIES", "MAX_CID_LENGTH", "BOX_KEY_SIZE", "TOKEN_SIZE",
+    "QUERY_FIELDS", "EVENT_TYPES",
+    "PeerEnroll", "PeerEnrollReply", "PeerSubmit", "SubmitResult", "PeerSubmitReply", "PeerQuery",
+    "PeerQueryReply", "PeerAudit", "PeerAuditReply", "PeerDeliverShare", "PeerDeliverShareReply",
+    "PeerReencrypt", "PeerReencryptReply", "PeerBlocks", "PeerBlocksReply", "Decision", "PeerEvent",
+]
+
+MAX_SUBMIT_BYTES = 8 * 1024 * 1024
+"""Bytes of transactions in one ``peer.submit`` (half a bus frame, so a peer's
+coalesced forward to the orderer always fits in one message)."""
+MAX_SEALED_SHARE = 4096
+MAX_ENTRIES = 1 << 20
+"""Entries of a list reply (audit events, records): more than a frame can hold."""
+MAX_CID_LENGTH = 256
+BOX_KEY_SIZE = 32
+TOKEN_SIZE = 32  # HMAC-SHA256 (agents.enrollment_token)
+MAX_PROXY_INDEX = 2**32 - 1  # a re-encrypted share carries its index in 4 bytes
+SIGNATURE_SIZE = 64
+EVENT_TYPES = ("access_request", "grant", "deny_request", "revoke_grant")
+"""Committed transaction types a peer publishes on topic ``events``."""
+
+CID = Text(MAX_CID_LENGTH, min_len=1)
+_INT64 = Int(-(2**63), INT64_MAX)
+_TX_ID = Bytes(HASH_SIZE)
+
+
+# -- peer.enroll ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEnroll(Message):
+    """From ``enroll:<hex key>``. ``valid_s``: the requested validity in seconds (the
+    peer accepts 1..10 years: ``enroll.invalid`` otherwise). ``token`` =
+    ``agents.enrollment_token(org secret, subject, org, attributes)``."""
+
+    kind = "peer.enroll"
+    subject: str = wire(Id())
+    org: str = wire(Id())
+    attributes: dict = wire(Map(MAX_ATTRIBUTES))
+    box_key: bytes = wire(Bytes(BOX_KEY_SIZE))
+    pre_key: bytes = wire(Bytes(pre.PublicKey.SIZE))
+    pre_proof: bytes = wire(Bytes(pre.Proof.SIZE))
+    valid_s: int = wire(_INT64)
+    token: bytes = wire(Bytes(TOKEN_SIZE))
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEnrollReply(Message):
+    """The certificate (``core.identity.Certificate.to_dict``) once the ``register`` committed."""
+
+    kind = "peer.enroll"
+    cert: dict = wire(Map())
+    height: int = wire(Int(0, INT64_MAX))
+
+
+# -- peer.submit ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSubmit(Message):
+    """``{tx, wait}`` or ``{txs: [..] (1..1024, at most 8 MiB in all), wait}``; ``wait``
+    may be absent (False)."""
+
+    kind = "peer.submit"
+    txs: tuple[bytes, ...]
+    wait: bool = False
+    batch: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"txs": list(self.txs)} if self.batch else {"tx": self.txs[0]}
+        body["wait"] = self.wait
+        return body
+
+    @classmethod
+    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+        what = what or cls.kind
+        txs, batch = _txs_from_wire(cls, obj, what)
+        if sum(len(raw) for raw in txs) > MAX_SUBMIT_BYTES:
+            raise DecodeError(f"{what}: a submit carries at most {MAX_SUBMIT_BYTES} bytes of transactions")
+        wait = Bool().decode(obj["wait"], f"{what}: 'wait'") if "wait" in obj else False
+        return cls(txs, wait, batch)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult(Message):
+    """One transaction's outcome: ``{tx_id}``, and with ``wait`` its block ``height``
+    and ``mark`` (``"ok"`` or a core.ledger reason code)."""
+
+    kind = "peer.submit"
+    tx_id: bytes = wire(_TX_ID)
+    height: int | None = wire(Optional(Int(0, INT64_MAX)), default=None, omit_none=True)
+    mark: str | None = wire(Optional(Choice(tuple(REASON_CODES))), default=None, omit_none=True)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSubmitReply(Message):
+    """One :class:`SubmitResult` as the body, or ``{results: [..]}`` for the list form."""
+
+    kind = "peer.submit"
+    results: tuple[SubmitResult, ...]
+    batch: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        if self.batch:
+            return {"results": [r.to_wire() for r in self.results]}
+        return self.results[0].to_wire()
+
+    @classmethod
+    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+        what = what or cls.kind
+        if isinstance(obj, dict) and "results" in obj:
+            results = ListOf(Nested(SubmitResult), min_len=1, max_len=MAX_TXS_PER_SUBMIT).decode(
+                obj["results"], f"{what}: 'results'")
+            return cls(results, True)
+        return cls((SubmitResult.from_wire(obj, what=what),), False)
+
+
+# -- peer.query -------------------------------------------------------------------
+
+QUERY_FIELDS: dict[str, tuple[str, ...]] = {
+    "cert": ("subject",),
+    "record": ("patient", "record_id"),
+    "records": ("patient", "label"),
+    "request": ("request_id",),
+    "grant": ("grant_id",),
+    "policy": ("patient",),
+    "head": (),
+}
+"""``what`` -> the fields of that query (all ids, except ``label``: str or nil)."""
+
+_LABEL = Optional(Text(128, min_len=1))  # core.ledger's bound on a record label
+
+
+@dataclass(frozen=True, slots=True)
+class PeerQuery(Message):
+    """``{what, ...}``: the fields :data:`QUERY_FIELDS` names for ``what``; the others are None."""
+
+    kind = "peer.query"
+    what: str
+    subject: str | None = None
+    patient: str | None = None
+    record_id: str | None = None
+    label: str | None = None
+    request_id: str | None = None
+    grant_id: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"what": self.what, **{name: getattr(self, name) for name in QUERY_FIELDS[self.what]}}
+
+    @classmethod
+    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+        where = what or cls.kind
+        if not isinstance(obj, dict):
+            raise DecodeError(f"{where}: the body must be a map")
+        if "what" not in obj:
+            raise DecodeError(f"{where}: field 'what' is missing")
+        form = Choice(tuple(QUERY_FIELDS)).decode(obj["what"], f"{where}: 'what'")
+        values: dict[str, Any] = {}
+        for name in QUERY_FIELDS[form]:
+            if name == "label":
+                values[name] = _LABEL.decode(obj.get(name), f"{where}: 'label'")
+            elif name not in obj:
+                raise DecodeError(f"{where}: query {form!r} needs field {name!r}")
+            else:
+                values[name] = Id().decode(obj[name], f"{where}: {name!r}")
+        return cls(form, **values)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerQueryReply(Message):
+    """The peer's committed state entry (a map), a list (``records``) or nil. Unlike
+    the other replies the body is the value itself; its fields are the ledger's
+    (core.ledger's state keys) and are checked by whoever reads them."""
+
+    kind = "peer.query"
+    value: dict | list | None
+
+    def to_wire(self) -> Any:  # type: ignore[override]
+        return self.value
+
+    @classmethod
+    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+        what = what or cls.kind
+        if obj is None or isinstance(obj, dict):
+            return cls(None if obj is None else Map().decode(obj, what))
+        if isinstance(obj, list):
+            return cls(list(ListOf(Map(), max_len=MAX_ENTRIES).decode(obj, what)))
+        raise DecodeError(f"{what}: the reply must be a map, a list or nil")
+
+
+# -- peer.audit -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAudit(Message):
+    """Only the patient itself may ask (``audit.forbidden``)."""
+
+    kind = "peer.audit"
+    patient: str = wire(Id())
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuditReply(Message):
+    """core.ledger audit entries, oldest first."""
+
+    kind = "peer.audit"
+    events: tuple[dict, ...] = wire(ListOf(Map(), max_len=MAX_ENTRIES))
+
+
+# -- peer.deliver_share -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDeliverShare(Message):
+    """A re-encryption key share sealed to the peer (``core.pre.SealedKeyShare``)."""
+
+    kind = "peer.deliver_share"
+    grant_id: str = wire(Id())
+    index: int = wire(Int(1, MAX_PROXY_INDEX))
+    sealed: bytes = wire(Bytes(max_size=MAX_SEALED_SHARE))
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDeliverShareReply(Message):
+    kind = "peer.deliver_share"
+    ok: bool = wire(Bool(), default=True)
+
+
+# -- peer.reencrypt ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReencrypt(Message):
+    kind = "peer.reencrypt"
+    grant_id: str = wire(Id())
+    patient: str = wire(Id())
+    record_id: str = wire(Id())
+    request_id: str = wire(Id())
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReencryptReply(Message):
+    """The re-encrypted share and the peer's signature over it
+    (:func:`core.protocol.make_reencrypt_reply`, :func:`core.protocol.verify_reencrypt_reply`)."""
+
+    kind = "peer.reencrypt"
+    index: int = wire(Int(1, MAX_PROXY_INDEX))
+    share: bytes = wire(Bytes(pre.ReencryptedShare.SIZE))
+    cid: str = wire(CID)
+    signature: bytes = wire(Bytes(SIGNATURE_SIZE))
+
+
+# -- peer.blocks ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBlocks(BlockRange):
+    """Catch-up from another peer: ``{from, limit}`` (both required)."""
+
+    kind = "peer.blocks"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBlocksReply(BlockList):
+    kind = "peer.blocks"
+
+
+# -- topic events -----------------------------------------------------------------
+
+_TEXT = Optional(Text(1024))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision(Message):
+    """The policy decision of an ``access_request`` (core.ledger's, cut to four fields)."""
+
+    kind = "events"
+    effect: str | None = wire(_TEXT)
+    approval: str | None = wire(_TEXT)
+    rule: str | None = wire(_TEXT)
+    reason: str | None = wire(_TEXT)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEvent(Message):
+    """Topic ``events``: a committed ``access_request``, ``grant``, ``deny_request`` or
+    ``revoke_grant`` (``type``) concerning ``patient``."""
+
+    kind = "events"
+    height: int = wire(Int(0, INT64_MAX))
+    type: str = wire(Choice(EVENT_TYPES))
+    patient: str = wire(Id())
+    doctor: str | None = wire(Optional(Id()))
+    request_id: str | None = wire(Optional(Id()))
+    grant_id: str | None = wire(Optional(Id()))
+    decision: Decision | None = wire(Optional(Nested(Decision)))
+

@@ -1,0 +1,238 @@
+"""The storage node's kinds (``storage.*``).
+
+A put of at most one message is ``storage.put``; a larger one is a session:
+``storage.put.begin``, then ``storage.put.chunk`` in order (``offset`` = bytes
+written so far), then ``storage.put.commit`` (or ``storage.put.abort``). Every
+``storage.get`` re-hashes the chunks it returns; ``leaves`` asks for the
+blob's chunk digests in the same round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Self
+
+from core.protocol._peer import CID, MAX_CID_LENGTH
+from core.protocol._schema import INT64_MAX, Bool, Bytes, Id, Int, ListOf, Message, Optional, Row, Text, wire
+
+__all__ = [
+    "MAX_MESSAGE_DATA", "MAX_LIST_LIMIT", "SESSION_SIZE", "DIGEST_SIZE",
+    "StoragePut", "StoragePutReply", "StoragePutBegin", "StoragePutBeginReply", "StoragePutChunk",
+    "StoragePutChunkReply", "StoragePutCommit", "StoragePutCommitReply", "StoragePutAbort", "StoragePutAbortReply",
+    "StorageGet", "StorageGetReply", "StorageLeaves", "StorageLeavesReply", "StorageHas", "StorageHasReply",
+    "StoragePin", "StoragePinReply", "StorageUnpin", "StorageUnpinReply", "StorageStat", "BlobStatistics",
+    "NodeStatistics", "StorageStatReply", "StorageList", "StorageListReply",
+]
+
+MAX_MESSAGE_DATA = 8 * 1024 * 1024
+"""Largest data field of one message (the bus frame limit is 16 MiB)."""
+MAX_LIST_LIMIT = 10_000
+SESSION_SIZE = 16
+DIGEST_SIZE = 32
+
+_SIZE = Int(0, INT64_MAX)
+_DATA = Bytes(max_size=MAX_MESSAGE_DATA)
+_SESSION = Bytes(SESSION_SIZE)
+_DIGESTS = Bytes(max_size=MAX_MESSAGE_DATA, multiple=DIGEST_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePut(Message):
+    """The whole blob; ``cid`` (optional) is what the client claims it hashes to."""
+
+    kind = "storage.put"
+    data: bytes = wire(_DATA)
+    cid: str | None = wire(Optional(CID), default=None)
+    pin: bool = wire(Bool(), default=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePutReply(Message):
+    """Acknowledged once the blob is durable (fsync, rename, directory fsync) and its CID checked."""
+
+    kind = "storage.put"
+    cid: str = wire(CID)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePutBegin(Message):
+    kind = "storage.put.begin"
+    size: int = wire(_SIZE)
+    cid: str | None = wire(Optional(CID), default=None)
+    pin: bool = wire(Bool(), default=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePutBeginReply(Message):
+    kind = "storage.put.begin"
+    session: bytes = wire(_SESSION)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePutChunk(Message):
+    kind = "storage.put.chunk"
+    session: bytes = wire(_SESSION)
+    offset: int = wire(_SIZE)
+    data: bytes = wire(_DATA)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePutChunkReply(Message):
+    kind = "storage.put.chunk"
+    written: int = wire(_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePutCommit(Message):
+    kind = "storage.put.commit"
+    session: bytes = wire(_SESSION)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePutCommitReply(Message):
+    kind = "storage.put.commit"
+    cid: str = wire(CID)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePutAbort(Message):
+    kind = "storage.put.abort"
+    session: bytes = wire(_SESSION)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePutAbortReply(Message):
+    kind = "storage.put.abort"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageGet(Message):
+    kind = "storage.get"
+    cid: str = wire(CID)
+    offset: int = wire(_SIZE)
+    length: int = wire(Int(0, MAX_MESSAGE_DATA))
+    leaves: bool = wire(Bool(), default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageGetReply(Message):
+    """``data`` from ``offset`` (shorter at the end of the blob), the blob's ``size``, and
+    its chunk ``digests`` (32 bytes each, concatenated) when the request asked for ``leaves``."""
+
+    kind = "storage.get"
+    data: bytes = wire(_DATA)
+    size: int = wire(_SIZE)
+    digests: bytes | None = wire(Optional(_DIGESTS), default=None, omit_none=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLeaves(Message):
+    kind = "storage.leaves"
+    cid: str = wire(CID)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLeavesReply(Message):
+    kind = "storage.leaves"
+    size: int = wire(_SIZE)
+    digests: bytes = wire(_DIGESTS)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageHas(Message):
+    kind = "storage.has"
+    cid: str = wire(CID)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageHasReply(Message):
+    kind = "storage.has"
+    has: bool = wire(Bool())
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePin(Message):
+    kind = "storage.pin"
+    cid: str = wire(CID)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePinReply(Message):
+    kind = "storage.pin"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageUnpin(Message):
+    kind = "storage.unpin"
+    cid: str = wire(CID)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageUnpinReply(Message):
+    kind = "storage.unpin"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStat(Message):
+    """One blob's statistics, or (``cid`` nil) the node's."""
+
+    kind = "storage.stat"
+    cid: str | None = wire(Optional(CID), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStatistics(Message):
+    kind = "storage.stat"
+    cid: str = wire(CID)
+    size: int = wire(_SIZE)
+    stored_bytes: int = wire(_SIZE)
+    pinned: bool = wire(Bool())
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics(Message):
+    kind = "storage.stat"
+    node: str = wire(Id())
+    blobs: int = wire(_SIZE)
+    used_bytes: int = wire(_SIZE)
+    reserved_bytes: int = wire(_SIZE)
+    quota_bytes: int | None = wire(Optional(_SIZE))
+    max_blob: int = wire(_SIZE)
+    corruptions: int = wire(_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStatReply(Message):
+    """The body is the :class:`BlobStatistics` or :class:`NodeStatistics` map itself
+    (the node's has a ``node`` field)."""
+
+    kind = "storage.stat"
+    stat: BlobStatistics | NodeStatistics
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.stat.to_wire()
+
+    @classmethod
+    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+        if isinstance(obj, dict) and "node" in obj:
+            return cls(NodeStatistics.from_wire(obj, what=what))
+        return cls(BlobStatistics.from_wire(obj, what=what))
+
+
+@dataclass(frozen=True, slots=True)
+class StorageList(Message):
+    """A page of the node's blobs in CID order, after ``after`` (nil: from the start)."""
+
+    kind = "storage.list"
+    after: str | None = wire(Optional(Text(MAX_CID_LENGTH)))
+    limit: int = wire(Int(1, MAX_LIST_LIMIT))
+
+
+@dataclass(frozen=True, slots=True)
+class StorageListReply(Message):
+    """``blobs``: ``[cid, size, pinned]`` rows; ``more``: another page follows."""
+
+    kind = "storage.list"
+    blobs: tuple[tuple[str, int, bool], ...] = wire(ListOf(Row(CID, _SIZE, Bool()), max_len=MAX_LIST_LIMIT))
+    more: bool = wire(Bool())
+

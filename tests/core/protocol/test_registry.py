@@ -1,0 +1,71 @@
+"""The registry of kinds: consistent with its types, with docs/protocol.md, and pure."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import core.protocol as protocol
+from core.protocol import KINDS, TOPICS, Message, Sender
+from core.protocol.codes import CODES
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+DOC = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def _first_cells(section: str) -> list[str]:
+    """The first cell of every table row in ``section`` (up to the next ``## `` heading)."""
+    start = DOC.index(section)
+    end = DOC.find("\n## ", start + 1)
+    text = DOC[start:end if end != -1 else None]
+    return [m.group(1).strip() for m in re.finditer(r"^\| ([^|]+) \|", text, re.M)]
+
+
+def test_every_kind_and_topic_is_in_the_document_and_nothing_else():
+    kinds, topics = set(), set()
+    for section in ("## Orderer", "## Consortium peer", "## Patient agent", "## Storage nodes"):
+        for cell in _first_cells(section):
+            if cell in ("kind", "---"):
+                continue
+            topic = re.fullmatch(r"topic `([a-z_.]+)`", cell)
+            if topic:
+                topics.add(topic.group(1))
+            else:
+                kinds.add(re.fullmatch(r"`([a-z_.]+)`", cell).group(1))
+    assert kinds == set(KINDS)
+    assert topics == set(TOPICS)
+
+
+def test_every_error_code_is_in_the_document_and_nothing_else():
+    cells = [c for c in _first_cells("## Error codes") if c not in ("code", "---")]
+    documented = [re.fullmatch(r"`([a-z.-]+)`", c).group(1) for c in cells]
+    assert sorted(documented) == sorted(CODES)
+
+
+def test_registry_entries_agree_with_their_types():
+    for kind, spec in KINDS.items():
+        assert spec.kind == kind == spec.request.kind == spec.reply.kind
+        assert issubclass(spec.request, Message) and issubclass(spec.reply, Message)
+        assert spec.server == kind.split(".")[0]
+        assert spec.senders and spec.senders <= set(Sender)
+    for topic, t in TOPICS.items():
+        assert t.topic == topic == t.payload.kind and t.subscribers
+    assert KINDS["orderer.submit"].senders == {Sender.PEER}
+    assert KINDS["peer.enroll"].senders == {Sender.ENROLLING}
+
+
+def test_every_exported_message_type_is_in_the_registry_or_part_of_one():
+    exported = {v for v in vars(protocol).values() if isinstance(v, type) and issubclass(v, Message)}
+    registered = {t for s in KINDS.values() for t in (s.request, s.reply)} | {t.payload for t in TOPICS.values()}
+    parts = {protocol.SubmitResult, protocol.Decision, protocol.BlobStatistics, protocol.NodeStatistics,
+             protocol.BlockRange, protocol.BlockList}
+    assert exported - registered - {Message} == parts
+
+
+def test_core_protocol_imports_no_trio_bus_or_agents():
+    code = ("import sys, core.protocol\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'bus', 'agents'))\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
