@@ -29,7 +29,7 @@ async def swarm(tmp_path, n=3, *, quota=None, max_blob=256 * MiB, session_timeou
             ident,
             signer=lambda m, k=keys[ident]: ecdsa.sign_raw(k, m),
             directory=pubs.get,
-            verifier=ecdsa.verify_raw,
+            verifier=ecdsa.is_valid_raw,
         )
 
     async with open_node() as bus, trio.open_nursery() as nursery:
