@@ -158,7 +158,7 @@ class CertificateFollower:
         block = Block.from_bytes(raw)
         if block.height != self.height + 1:
             return
-        if not block.verify_signature(self.config.orderer_key):
+        if not block.is_valid_signature(self.config.orderer_key):
             log_rt.warning("ignoring a block not signed by the orderer")
             return
         for tx_raw in block.txs:
@@ -166,7 +166,7 @@ class CertificateFollower:
                 tx = Transaction.from_bytes(tx_raw)
                 if tx.type == "register":
                     peer = self.peers.get(tx.submitter)
-                    if peer is None or not tx.verify(peer.ecdsa_key):
+                    if peer is None or not tx.is_valid_signature(peer.ecdsa_key):
                         continue
                     cert = Certificate.from_dict(tx.body["cert"])
                     if cert.issuer != peer.id or cert.org != peer.org or cert.subject in self.certs:
@@ -182,7 +182,7 @@ class CertificateFollower:
                     peer = self.peers.get(tx.submitter)
                     signer = peer.ecdsa_key if peer is not None and peer.org == cert.org else (
                         cert.ecdsa_key if tx.submitter == subject else None)
-                    if signer is not None and tx.verify(signer):
+                    if signer is not None and tx.is_valid_signature(signer):
                         self.directory.set_certificate(subject, None)
             except Exception:  # a malformed transaction is the ledger's business, not ours
                 continue

@@ -387,6 +387,6 @@ class DoctorAgent(UserAgent):
             raise Unavailable(f"no reachable storage node holds {cid}") from None
         except StorageError as exc:
             raise Unavailable(f"storage: {exc}") from None
-        if not await run_crypto(cidmod.verify, cid, blob):
+        if not await run_crypto(cidmod.is_valid, cid, blob):
             raise IntegrityError(f"blob does not match its CID {cid}")
         return blob

@@ -79,6 +79,12 @@ def test_tagged_sign_verify_and_domain_separation():
     with pytest.raises(SignatureError):
         ecdsa.verify(pub, "emrshare/v1/store", b"cid2", sig)
     assert not ecdsa.is_valid_raw(pub, b"cid", sig)  # the raw message is not the tagged one
+    assert ecdsa.is_valid(pub, "emrshare/v1/store", b"cid", sig)
+    assert not ecdsa.is_valid(pub, "emrshare/v1/grant", b"cid", sig)
+    assert not ecdsa.is_valid(pub, "emrshare/v1/store", b"cid", bytes(64))
+    with pytest.raises(SignatureError):
+        ecdsa.verify(pub, "emrshare/v1/store", b"cid", bytes(64))
+    assert ecdsa.is_valid_raw(pub, ecdsa.tagged_message("emrshare/v1/store", b"cid"), sig)
     with pytest.raises(ValueError):
         ecdsa.sign(key, "bad\x00tag", b"")
 
