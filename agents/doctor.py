@@ -217,7 +217,7 @@ class DoctorAgent(UserAgent):
                 or body.get("capsule") != rec.get("capsule")):
             raise IntegrityError(f"record {record_id}: the store transaction does not match the ledger entry")
         cert = await self._patient_cert(patient)
-        if not await run_crypto(tx.verify, cert.ecdsa_key):
+        if not await run_crypto(tx.is_valid_signature, cert.ecdsa_key):
             raise IntegrityError(f"record {record_id}: the store transaction is not signed by {patient}")
         return tx
 
