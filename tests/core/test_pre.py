@@ -268,5 +268,6 @@ def test_cross_backend_shares(backend, other_backend):
     owner, doctor, shares, capsule, k = _flow(backend, 2, 3)
     rs = [pre.reencrypt(capsule, s) for s in shares[:2]]
     moved = [pre.Scheme(other_backend).reencrypted_share_from_bytes(s.to_bytes()) for s in rs]
-    doc_other = pre.KeyPair(doctor.secret, pre.Scheme(other_backend).public_key_from_bytes(doctor.public.to_bytes()), doctor.label)
+    there = pre.Scheme(other_backend)
+    doc_other = pre.KeyPair(doctor.secret, there.public_key_from_bytes(doctor.public.to_bytes()), doctor.label)
     assert pre.combine(moved, doc_other.secret).to_bytes() == k.to_bytes()

@@ -361,7 +361,9 @@ def test_owner_sealed_record_opens_on_the_doctor_path(backend):
     sks = {i: pre.box_keypair() for i in (1, 2, 3)}
     proxies = [pre.Proxy(i, pk) for i, (_, pk) in sks.items()]
     sealed = pre.make_key_shares(kp, doctor.public, proxies, 2, b"g")
-    shares = [pre.Scheme(backend).open_key_share(s, sks[s.index][0], expected_context=b"g", expected_index=s.index) for s in sealed]
+    scheme = pre.Scheme(backend)
+    shares = [scheme.open_key_share(s, sks[s.index][0], expected_context=b"g", expected_index=s.index)
+              for s in sealed]
     blob = _owner_seal(kp, box_sk, b"for the doctor")
     capsule = api(backend).G1.from_bytes(record.peek_header(blob).capsule)
     re = [pre.reencrypt(capsule, s) for s in shares[:2]]
