@@ -260,7 +260,7 @@ class DoctorAgent:
                 or body.get("capsule") != rec.get("capsule")):
             raise IntegrityError(f"record {record_id}: the store transaction does not match the ledger entry")
         cert = await self._patient_cert(patient)
-        if not await run_crypto(tx.verify, cert.ecdsa_key):
+        if not await run_crypto(tx.is_valid_signature, cert.ecdsa_key):
             raise IntegrityError(f"record {record_id}: the store transaction is not signed by {patient}")
         return tx
 
@@ -365,6 +365,6 @@ class DoctorAgent:
             raise Unavailable(f"no reachable storage node holds {cid}") from None
         except StorageError as exc:
             raise Unavailable(f"storage: {exc}") from None
-        if not await run_crypto(cidmod.verify, cid, blob):
+        if not await run_crypto(cidmod.is_valid, cid, blob):
             raise IntegrityError(f"blob does not match its CID {cid}")
         return blob

@@ -238,7 +238,7 @@ class PatientAgent:
         if rec is None:
             raise RecordNotFound(f"no record {record_id} of {self.subject}")
         blob = await self._storage_call(lambda: self.storage.get(rec["cid"]))
-        if not await run_crypto(cidmod.verify, rec["cid"], blob):
+        if not await run_crypto(cidmod.is_valid, rec["cid"], blob):
             raise IntegrityError("stored blob does not match its CID")
         header, plain = await run_crypto(recordmod.open_record, blob,
                                          recordmod.owner_key_provider(self.keys.box_private))

@@ -28,7 +28,7 @@ def make_endpoint(node: Node, agent_id: str, signing_key: bytes, directory: Call
         agent_id,
         signer=lambda message: ecdsa.sign_raw(signing_key, message),
         directory=directory,
-        verifier=ecdsa.verify_raw,
+        verifier=ecdsa.is_valid_raw,
         **options,
     )
 

@@ -2,7 +2,7 @@
 
 :class:`Keyring` takes the signature scheme as callables (tests pass core's
 ECDSA: ``generate_private_key``, ``public_key``, ``sign_raw``,
-``verify_raw``). Without them it falls back to HMAC-SHA256 keyed by a random
+``is_valid_raw``). Without them it falls back to HMAC-SHA256 keyed by a random
 secret that doubles as the "public key": fast and deterministic for bus-only
 tests, and NOT a signature scheme (anyone holding the directory can forge).
 Never use the fallback outside tests.

@@ -9,7 +9,7 @@ zeros. Curve and subgroup membership are checked by the backend afterwards.
 
 from __future__ import annotations
 
-from ._backend import P
+from ._constants import P
 from .errors import DecodeError
 
 FLAG_COMPRESSED = 0x80

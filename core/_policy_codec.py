@@ -5,12 +5,13 @@ UTF-8 bytes; integers in msgpack's shortest form; strings as str (never bin);
 absent optional parts as nil; no floats, no extension types. The decoder
 accepts exactly what the encoder produces: after checking every shape it
 re-encodes and compares, so duplicate keys, long integer forms or a different
-key order are rejected.
+key order are rejected. The decoder builds the class it is given (core.policy
+passes its ``Policy``), so this module imports only the model.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -27,12 +28,14 @@ from ._policy_model import (
     Member,
     Not,
     ObjectSpec,
+    BasePolicy,
     Or,
-    Policy,
     Rule,
     TimeWindow,
 )
 from .errors import DecodeError, PolicyError
+
+P = TypeVar("P", bound=BasePolicy)
 
 FORMAT = 1  #: the "format" field of the encoding; bumped on incompatible change
 
@@ -76,7 +79,7 @@ def _rule(r: Rule) -> dict[str, Any]:
     )
 
 
-def _to_obj(p: Policy) -> dict[str, Any]:
+def _to_obj(p: BasePolicy) -> dict[str, Any]:
     return _m(
         kind="policy",
         format=FORMAT,
@@ -91,7 +94,7 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, strict_types=True)
 
 
-def encode_policy(p: Policy) -> bytes:
+def encode_policy(p: BasePolicy) -> bytes:
     return _pack(_to_obj(p))
 
 
@@ -239,7 +242,7 @@ _K_POLICY = frozenset({"kind", "format", "name", "version", "default", "rules"})
 _K_DEFAULT = frozenset({"effect", "approval"})
 
 
-def _from_obj(obj: Any) -> Policy:
+def _from_obj(obj: Any, cls: type[P]) -> P:
     m = _map("policy", obj, _K_POLICY)
     if m["kind"] != "policy":
         raise _fail("policy.kind", f"expected 'policy', got {m['kind']!r}")
@@ -247,7 +250,7 @@ def _from_obj(obj: Any) -> Policy:
         raise _fail("policy.format", f"unsupported format {m['format']!r} (this decoder reads {FORMAT})")
     d = _map("policy.default", m["default"], _K_DEFAULT)
     rules = _list("policy.rules", m["rules"], MAX_RULES)
-    return Policy(
+    return cls(
         name=_str("policy.name", m["name"]),
         version=_int("policy.version", m["version"]),
         rules=tuple(_decode_rule(f"policy.rules[{i}]", r) for i, r in enumerate(rules)),
@@ -256,7 +259,8 @@ def _from_obj(obj: Any) -> Policy:
     )
 
 
-def decode_policy(data: bytes) -> Policy:
+def decode_policy(data: bytes, cls: type[P]) -> P:
+    """Decode and validate a canonical encoding into a ``cls`` (core.policy.Policy)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"policy encoding must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -276,7 +280,7 @@ def decode_policy(data: bytes) -> Policy:
     except Exception as e:  # msgpack raises several types (ValueError, StackError, ExtraData, ...)
         raise DecodeError(f"policy encoding is not valid msgpack: {type(e).__name__}") from None
     try:
-        policy = _from_obj(obj)
+        policy = _from_obj(obj, cls)
     except _Bad as e:
         raise DecodeError(f"malformed policy: {e}") from None
     except PolicyError as e:

@@ -2,8 +2,12 @@
 
 Every class here is a frozen, slotted dataclass that checks itself at
 construction, so a value that exists is a valid policy: the parser, the msgpack
-decoder and hand-built policies all go through the same checks. Text and msgpack
-forms live in ``_policy_text`` and ``_policy_codec``.
+decoder and hand-built policies all go through the same checks.
+
+This module is the bottom of the policy engine and imports neither form: the
+text language (``_policy_text``) and the msgpack form (``_policy_codec``)
+import the model, and :mod:`core.policy` ties them to its ``Policy`` (a
+:class:`BasePolicy` with ``parse``/``to_text``/``to_msgpack``/``from_msgpack``).
 """
 
 from __future__ import annotations
@@ -544,11 +548,13 @@ _MAX_MISSES_IN_REASON = 8
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class BasePolicy:
     """A patient's policy: a name and version, a default, and rules in order.
 
     ``default_approval`` is "auto" or "patient" when ``default_effect`` is
-    "allow", None when it is "deny"."""
+    "allow", None when it is "deny". This is the value and its evaluation;
+    :class:`core.policy.Policy`, the class everyone uses, adds the text and
+    msgpack forms."""
 
     name: str
     version: int
@@ -578,34 +584,6 @@ class Policy:
                 raise PolicyError("'default allow' needs approval 'auto' or 'patient'")
         elif self.default_approval is not None:
             raise PolicyError("'default deny' cannot carry an approval")
-
-    # -- forms ---------------------------------------------------------------
-
-    def to_text(self) -> str:
-        """The policy in the text language; ``parse(p.to_text()) == p``."""
-        from ._policy_text import format_policy
-
-        return format_policy(self)
-
-    def to_msgpack(self) -> bytes:
-        """The canonical msgpack encoding: equal policies give equal bytes."""
-        from ._policy_codec import encode_policy
-
-        return encode_policy(self)
-
-    @classmethod
-    def from_msgpack(cls, data: bytes) -> Policy:
-        """Decode and validate a canonical encoding; DecodeError on anything else."""
-        from ._policy_codec import decode_policy
-
-        return decode_policy(data)
-
-    @classmethod
-    def parse(cls, text: str) -> Policy:
-        """Parse the text language; PolicySyntaxError (a PolicyError) on bad text."""
-        from ._policy_text import parse_policy
-
-        return parse_policy(text)
 
     # -- evaluation ----------------------------------------------------------
 

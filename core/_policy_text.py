@@ -1,7 +1,9 @@
 """The policy text language: tokenizer, recursive-descent parser and printer.
 
 The grammar is documented in docs/policy.md. ``format_policy`` prints the
-canonical text and ``parse_policy(format_policy(p)) == p`` for every policy.
+canonical text and ``parse_policy(format_policy(p), Policy) == p`` for every
+policy. The parser builds the class it is given (core.policy passes its
+``Policy``), so this module imports only the model.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 from ._policy_model import (
     DAY_NAMES,
@@ -31,14 +34,16 @@ from ._policy_model import (
     Member,
     Not,
     ObjectSpec,
+    BasePolicy,
     Or,
-    Policy,
     Rule,
     TimeWindow,
     Value,
     check_condition_limits,
 )
 from .errors import PolicyError
+
+P = TypeVar("P", bound=BasePolicy)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_SECOND = timedelta(seconds=1)
@@ -324,7 +329,7 @@ class _Parser:
 
     # -- policy --------------------------------------------------------------
 
-    def policy(self) -> Policy:
+    def policy(self, cls: type[P]) -> P:
         self.word("policy", "'policy' to start, as in: policy \"my sharing\" version 1")
         name = self.kind("string", 'the policy name in double quotes, e.g. "my sharing"').value
         version = 1
@@ -357,7 +362,7 @@ class _Parser:
             if not rules and not has_default:
                 expected = "'default', " + expected
             raise self.unexpected(expected)
-        return Policy(name, version, tuple(rules), default_effect, default_approval)
+        return cls(name, version, tuple(rules), default_effect, default_approval)
 
     def rule(self, ids: set[str]) -> Rule:
         start = self.advance()  # 'rule'
@@ -643,12 +648,13 @@ class _Parser:
             self.punct(",", "',' or ']'")
 
 
-def parse_policy(text: str) -> Policy:
+def parse_policy(text: str, cls: type[P]) -> P:
+    """Parse the text language into a ``cls`` (core.policy.Policy)."""
     if not isinstance(text, str):
         raise PolicyError(f"policy text must be a str, got {type(text).__name__}")
     if len(text) > MAX_TEXT_CHARS:
         raise _error(text, MAX_TEXT_CHARS, f"policy text is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}")
-    return _Parser(text).policy()
+    return _Parser(text).policy(cls)
 
 
 # ---------------------------------------------------------------------------
@@ -771,7 +777,7 @@ def format_rule(r: Rule) -> str:
     return "\n".join(lines)
 
 
-def format_policy(p: Policy) -> str:
+def format_policy(p: BasePolicy) -> str:
     head = f"policy {quote(p.name)} version {p.version}\n"
     head += "default deny\n" if p.default_effect == "deny" else f"default allow approval {p.default_approval}\n"
     return head + "".join("\n" + format_rule(r) + "\n" for r in p.rules)

@@ -56,12 +56,12 @@ from py_ecc.optimized_bls12_381 import (
 )
 from py_ecc.optimized_bls12_381.optimized_pairing import exp_by_p, miller_loop
 
-from ._backend import P, R
+from ._constants import P, R
 from ._encoding import FLAG_COMPRESSED, FLAG_INFINITY, FLAG_SIGN, check_gt_coefficients, parse_compressed
 from .errors import DecodeError
 
 if P != field_modulus or R != curve_order:  # pragma: no cover - guards a py-ecc change
-    raise ImportError("py-ecc's BLS12-381 constants do not match core._backend")
+    raise ImportError("py-ecc's BLS12-381 constants do not match core._constants")
 
 _HALF_P = (P - 1) // 2
 _SQRT_EXP = (P + 1) // 4  # p = 3 (mod 4): a^((p+1)/4) is a square root of a square a

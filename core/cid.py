@@ -17,7 +17,9 @@ chunk size, fan-out, leaf kind and CID version are parameters so the same code
 reproduces other real fixtures too (CIDv0 with UnixFS leaves, small chunks).
 
 :func:`parse` turns a CID string (CIDv0 ``Qm...`` or CIDv1 in any multibase)
-into a :class:`Cid` or raises :class:`~core.errors.DecodeError`.
+into a :class:`Cid` or raises :class:`~core.errors.DecodeError` (:func:`is_cid`
+is its bool twin). :func:`is_valid` tells whether bytes hash to a CID and
+:func:`verify` raises :class:`~core.errors.CidMismatchError` when they do not.
 :func:`choose_replicas` is rendezvous (highest random weight) hashing of a CID
 over a set of node ids, used to place replicas.
 
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from multiformats import CID as _MfCID
 
 from ._unixfs import file_branch_node, file_leaf_node, varint
-from .errors import DecodeError
+from .errors import CidMismatchError, DecodeError
 
 __all__ = [
     "CHUNK_SIZE",
@@ -46,6 +48,7 @@ __all__ = [
     "CidBuilder",
     "compute",
     "parse",
+    "is_cid",
     "is_valid",
     "verify",
     "builder_for",
@@ -190,8 +193,8 @@ def _parse_base32_v1(text: str) -> Cid | None:
     return Cid(1, codec, SHA2_256, raw[pos:])
 
 
-def is_valid(text: object) -> bool:
-    """True when ``text`` parses as a CID."""
+def is_cid(text: object) -> bool:
+    """True when ``text`` parses as a CID (the bool twin of :func:`parse`)."""
     try:
         parse(text)  # type: ignore[arg-type]
     except DecodeError:
@@ -409,13 +412,19 @@ def builder_for(cid: Cid | str) -> CidBuilder:
     return CidBuilder()
 
 
-def verify(cid: Cid | str, data: bytes | bytearray | memoryview) -> bool:
+def is_valid(cid: Cid | str, data: bytes | bytearray | memoryview) -> bool:
     """True when ``data`` hashes to ``cid`` (under the layout ``cid``'s version implies)."""
     if isinstance(cid, str):
         cid = parse(cid)
     builder = builder_for(cid)
     builder.update(data)
     return builder.finish_cid() == cid
+
+
+def verify(cid: Cid | str, data: bytes | bytearray | memoryview) -> None:
+    """Raise CidMismatchError unless ``data`` hashes to ``cid`` (see :func:`is_valid`)."""
+    if not is_valid(cid, data):
+        raise CidMismatchError(f"data does not hash to {cid}")
 
 
 def _weight(node_id: str, key: bytes) -> bytes:

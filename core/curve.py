@@ -1,8 +1,12 @@
 """BLS12-381 groups G1, G2, GT and scalars, on the process's arithmetic backend.
 
 Elements are immutable wrappers around a backend handle. Every element keeps
-the backend it was made on; mixing backends in one operation is a ``TypeError``
-(convert with ``X.from_bytes(x.to_bytes(), backend=other)``).
+the backend it was made on, and everything computed from it stays there; mixing
+backends in one operation is a ``TypeError``. The class-level constructors
+(``G1.generator()``, ``GT.from_bytes(data)``, ...) build on the process's
+backend (core/_backend.py); :func:`api` gives the same constructors bound to
+another backend, for contract tests and conversions:
+``api(other).G1.from_bytes(x.to_bytes())``.
 
 Encodings (CRYPTO.md): G1 and G2 in the ZCash compressed form (48 and 96 bytes);
 GT as 576 bytes, the twelve Fp coefficients of the tower
@@ -23,7 +27,8 @@ import hmac
 import secrets
 from typing import Iterable, Sequence
 
-from ._backend import R, Backend, active_backend, load_backend
+from ._backend import Backend, active_backend
+from ._constants import R
 from .errors import DecodeError
 
 __all__ = [
@@ -39,23 +44,11 @@ __all__ = [
     "scalar_to_bytes",
     "scalar_from_bytes",
     "scalar_inverse",
-    "get_backend",
+    "Curve",
+    "api",
 ]
 
 SCALAR_SIZE = 32
-
-
-def get_backend(name: str | None = None) -> Backend:
-    """The active backend, or the one called ``name``."""
-    return active_backend() if name is None else load_backend(name)
-
-
-def _resolve(backend: Backend | str | None) -> Backend:
-    if backend is None:
-        return active_backend()
-    if isinstance(backend, str):
-        return load_backend(backend)
-    return backend
 
 
 # --------------------------------------------------------------------- scalars
@@ -124,11 +117,13 @@ def scalar_inverse(k: int) -> int:
 
 
 # --------------------------------------------------------------------- groups
+#
+# Each group class names its backend operations in explicit methods (g1_add,
+# g2_add, gt_mul, ...); the shared code in the base classes calls those.
 
 
 class _Element:
     __slots__ = ("_b", "_h")
-    _prefix = ""  # backend method prefix: "g1" / "g2" / "gt"
     ENCODED_SIZE = 0
 
     def __init__(self, backend: Backend, handle: object):
@@ -139,6 +134,17 @@ class _Element:
     def backend(self) -> Backend:
         return self._b
 
+    # The backend operations every group has (defined by each group class).
+    @staticmethod
+    def _decode_handle(b: Backend, data: bytes) -> object:
+        raise NotImplementedError
+
+    def _encode(self) -> bytes:
+        raise NotImplementedError
+
+    def _eq(self, other: "_Element") -> bool:
+        raise NotImplementedError
+
     def _same(self, other: "_Element") -> None:
         if type(other) is not type(self):
             raise TypeError(f"cannot combine {type(self).__name__} with {type(other).__name__}")
@@ -148,7 +154,7 @@ class _Element:
             )
 
     def to_bytes(self) -> bytes:
-        return getattr(self._b, self._prefix + "_encode")(self._h)
+        return self._encode()
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
@@ -158,7 +164,7 @@ class _Element:
             return NotImplemented
         if other._b is not self._b:
             return self.to_bytes() == other.to_bytes()
-        return getattr(self._b, self._prefix + "_eq")(self._h, other._h)
+        return self._eq(other)
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.to_bytes()))
@@ -166,60 +172,59 @@ class _Element:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.to_bytes().hex()[:16]}..., {self._b.name})"
 
-    def to_backend(self, backend: Backend | str):
-        """The same element on another backend (through its encoding)."""
-        b = _resolve(backend)
-        if b is self._b:
-            return self
-        return type(self)(b, getattr(b, self._prefix + "_decode")(self.to_bytes()))
-
 
 class _ECPoint(_Element):
     __slots__ = ()
 
-    @classmethod
-    def generator(cls, backend: Backend | str | None = None):
-        b = _resolve(backend)
-        return cls(b, getattr(b, cls._prefix + "_generator")())
+    @staticmethod
+    def _generator_handle(b: Backend) -> object:
+        raise NotImplementedError
+
+    @staticmethod
+    def _identity_handle(b: Backend) -> object:
+        raise NotImplementedError
+
+    @staticmethod
+    def _msm_handle(b: Backend, handles: list, scalars: list[int]) -> object:
+        raise NotImplementedError
+
+    def _add(self, other: "_ECPoint") -> object:
+        raise NotImplementedError
+
+    def _neg(self) -> object:
+        raise NotImplementedError
+
+    def _mul_handle(self, k: int, secret: bool) -> object:
+        raise NotImplementedError
+
+    def is_identity(self) -> bool:
+        raise NotImplementedError
 
     @classmethod
-    def identity(cls, backend: Backend | str | None = None):
-        b = _resolve(backend)
-        return cls(b, getattr(b, cls._prefix + "_identity")())
+    def generator(cls):
+        """The standard generator, on the process's backend."""
+        return api().group(cls).generator()
 
     @classmethod
-    def from_bytes(
-        cls, data: bytes, *, allow_identity: bool = False, backend: Backend | str | None = None
-    ):
-        """Decode and fully validate a compressed point.
+    def identity(cls):
+        return api().group(cls).identity()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, allow_identity: bool = False):
+        """Decode and fully validate a compressed point, on the process's backend.
 
         Raises DecodeError on wrong type or length, bad flags, a coordinate not
         below p, a point off the curve or outside the order-r subgroup, and (unless
         ``allow_identity``) the point at infinity.
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise DecodeError(f"{cls.__name__} point must be bytes, not {type(data).__name__}")
-        data = bytes(data)
-        if len(data) != cls.ENCODED_SIZE:
-            raise DecodeError(
-                f"{cls.__name__} point must be {cls.ENCODED_SIZE} bytes, got {len(data)}"
-            )
-        b = _resolve(backend)
-        handle = getattr(b, cls._prefix + "_decode")(data)
-        point = cls(b, handle)
-        if not allow_identity and point.is_identity():
-            raise DecodeError(f"{cls.__name__} point is the identity where a key/capsule/share is expected")
-        return point
-
-    def is_identity(self) -> bool:
-        return getattr(self._b, self._prefix + "_is_identity")(self._h)
+        return api().group(cls).from_bytes(data, allow_identity=allow_identity)
 
     def __add__(self, other):
         self._same(other)
-        return type(self)(self._b, getattr(self._b, self._prefix + "_add")(self._h, other._h))
+        return type(self)(self._b, self._add(other))
 
     def __neg__(self):
-        return type(self)(self._b, getattr(self._b, self._prefix + "_neg")(self._h))
+        return type(self)(self._b, self._neg())
 
     def __sub__(self, other):
         return self + (-other)
@@ -227,9 +232,7 @@ class _ECPoint(_Element):
     def _mul(self, k: int, secret: bool):
         if not isinstance(k, int):
             return NotImplemented
-        return type(self)(
-            self._b, getattr(self._b, self._prefix + "_mul")(self._h, k % R, secret)
-        )
+        return type(self)(self._b, self._mul_handle(k % R, secret))
 
     def __mul__(self, k: int):
         """Constant-time scalar multiplication (safe for secret scalars)."""
@@ -251,19 +254,90 @@ class _ECPoint(_Element):
         b = points[0]._b
         for p in points:
             points[0]._same(p)
-        return cls(b, getattr(b, cls._prefix + "_msm")([p._h for p in points], [k % R for k in scalars]))
+        return cls(b, cls._msm_handle(b, [p._h for p in points], [k % R for k in scalars]))
 
 
 class G1(_ECPoint):
     __slots__ = ()
-    _prefix = "g1"
     ENCODED_SIZE = 48
+
+    @staticmethod
+    def _generator_handle(b: Backend) -> object:
+        return b.g1_generator()
+
+    @staticmethod
+    def _identity_handle(b: Backend) -> object:
+        return b.g1_identity()
+
+    @staticmethod
+    def _decode_handle(b: Backend, data: bytes) -> object:
+        return b.g1_decode(data)
+
+    @staticmethod
+    def _msm_handle(b: Backend, handles: list, scalars: list[int]) -> object:
+        return b.g1_msm(handles, scalars)
+
+    def _encode(self) -> bytes:
+        return self._b.g1_encode(self._h)
+
+    def _eq(self, other: "_Element") -> bool:
+        return self._b.g1_eq(self._h, other._h)
+
+    def _add(self, other: "_ECPoint") -> object:
+        return self._b.g1_add(self._h, other._h)
+
+    def _neg(self) -> object:
+        return self._b.g1_neg(self._h)
+
+    def _mul_handle(self, k: int, secret: bool) -> object:
+        return self._b.g1_mul(self._h, k, secret)
+
+    def is_identity(self) -> bool:
+        return self._b.g1_is_identity(self._h)
+
+    @classmethod
+    def generator_mul(cls, k: int) -> "G1":
+        """k g1 for a secret k, on the process's backend (see :meth:`Group.generator_mul`)."""
+        return api().G1.generator_mul(k)
 
 
 class G2(_ECPoint):
     __slots__ = ()
-    _prefix = "g2"
     ENCODED_SIZE = 96
+
+    @staticmethod
+    def _generator_handle(b: Backend) -> object:
+        return b.g2_generator()
+
+    @staticmethod
+    def _identity_handle(b: Backend) -> object:
+        return b.g2_identity()
+
+    @staticmethod
+    def _decode_handle(b: Backend, data: bytes) -> object:
+        return b.g2_decode(data)
+
+    @staticmethod
+    def _msm_handle(b: Backend, handles: list, scalars: list[int]) -> object:
+        return b.g2_msm(handles, scalars)
+
+    def _encode(self) -> bytes:
+        return self._b.g2_encode(self._h)
+
+    def _eq(self, other: "_Element") -> bool:
+        return self._b.g2_eq(self._h, other._h)
+
+    def _add(self, other: "_ECPoint") -> object:
+        return self._b.g2_add(self._h, other._h)
+
+    def _neg(self) -> object:
+        return self._b.g2_neg(self._h)
+
+    def _mul_handle(self, k: int, secret: bool) -> object:
+        return self._b.g2_mul(self._h, k, secret)
+
+    def is_identity(self) -> bool:
+        return self._b.g2_is_identity(self._h)
 
     def prepare(self) -> "G2Prepared":
         """Precompute the Miller-loop lines of this point for repeated pairings."""
@@ -284,36 +358,36 @@ class GT(_Element):
     """The target group, written multiplicatively."""
 
     __slots__ = ()
-    _prefix = "gt"
     ENCODED_SIZE = 576
 
-    @classmethod
-    def one(cls, backend: Backend | str | None = None) -> "GT":
-        b = _resolve(backend)
-        return cls(b, b.gt_one())
+    @staticmethod
+    def _decode_handle(b: Backend, data: bytes) -> object:
+        return b.gt_decode(data)
+
+    def _encode(self) -> bytes:
+        return self._b.gt_encode(self._h)
+
+    def _eq(self, other: "_Element") -> bool:
+        return self._b.gt_eq(self._h, other._h)
 
     @classmethod
-    def generator(cls, backend: Backend | str | None = None) -> "GT":
-        """Z = e(g1, g2)."""
-        b = _resolve(backend)
-        return cls(b, b.gt_generator())
+    def one(cls) -> "GT":
+        return api().GT.one()
 
     @classmethod
-    def generator_pow(cls, k: int, backend: Backend | str | None = None) -> "GT":
+    def generator(cls) -> "GT":
+        """Z = e(g1, g2), on the process's backend."""
+        return api().GT.generator()
+
+    @classmethod
+    def generator_pow(cls, k: int) -> "GT":
         """Z^k (fixed-base; the native backend uses a precomputed table)."""
-        b = _resolve(backend)
-        return cls(b, b.gt_generator_pow(k % R))
+        return api().GT.generator_pow(k)
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, backend: Backend | str | None = None) -> "GT":
+    def from_bytes(cls, data: bytes) -> "GT":
         """Decode 576 bytes; checks each coefficient < p and membership of the order-r subgroup."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise DecodeError(f"GT element must be bytes, not {type(data).__name__}")
-        data = bytes(data)
-        if len(data) != cls.ENCODED_SIZE:
-            raise DecodeError(f"GT element must be {cls.ENCODED_SIZE} bytes, got {len(data)}")
-        b = _resolve(backend)
-        return cls(b, b.gt_decode(data))
+        return api().GT.from_bytes(data)
 
     def __mul__(self, other: "GT") -> "GT":
         self._same(other)
@@ -344,6 +418,109 @@ class GT(_Element):
             bases[0]._same(x)
         b = bases[0]._b
         return cls(b, b.gt_multi_pow([x._h for x in bases], [e % R for e in exps]))
+
+
+def _check_bytes(data: object, what: str, size: int) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"{what} must be bytes, not {type(data).__name__}")
+    data = bytes(data)
+    if len(data) != size:
+        raise DecodeError(f"{what} must be {size} bytes, got {len(data)}")
+    return data
+
+
+# --------------------------------------------------------------------- one backend's API
+
+
+class Group:
+    """G1 or G2 on one backend: its generator, identity and decoder."""
+
+    __slots__ = ("element", "backend")
+
+    def __init__(self, element: type[_ECPoint], backend: Backend):
+        self.element = element
+        self.backend = backend
+
+    def generator(self):
+        return self.element(self.backend, self.element._generator_handle(self.backend))
+
+    def identity(self):
+        return self.element(self.backend, self.element._identity_handle(self.backend))
+
+    def from_bytes(self, data: bytes, *, allow_identity: bool = False):
+        """Decode and fully validate a compressed point (see ``G1.from_bytes``)."""
+        cls = self.element
+        data = _check_bytes(data, f"{cls.__name__} point", cls.ENCODED_SIZE)
+        point = cls(self.backend, cls._decode_handle(self.backend, data))
+        if not allow_identity and point.is_identity():
+            raise DecodeError(f"{cls.__name__} point is the identity where a key/capsule/share is expected")
+        return point
+
+    def generator_mul(self, k: int):
+        """k g for a secret k: G1 uses the backend's fixed-base table (native:
+        constant-time signed-digit comb, ~3x faster than ``generator() * k``);
+        G2 a constant-time multiply."""
+        if self.element is G1:
+            return G1(self.backend, self.backend.g1_generator_mul(k % R))
+        return self.generator() * k
+
+
+class TargetGroup:
+    """GT on one backend: one, its generator Z, fixed-base powers and the decoder."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def one(self) -> GT:
+        return GT(self.backend, self.backend.gt_one())
+
+    def generator(self) -> GT:
+        return GT(self.backend, self.backend.gt_generator())
+
+    def generator_pow(self, k: int) -> GT:
+        return GT(self.backend, self.backend.gt_generator_pow(k % R))
+
+    def from_bytes(self, data: bytes) -> GT:
+        data = _check_bytes(data, "GT element", GT.ENCODED_SIZE)
+        return GT(self.backend, self.backend.gt_decode(data))
+
+
+class Curve:
+    """The group API bound to one backend: ``api(b).G1.generator()`` is what
+    ``G1.generator()`` is on the process's backend (py_ecc's model: the same
+    names on each backend). Elements made here carry ``backend``."""
+
+    __slots__ = ("backend", "G1", "G2", "GT")
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.G1 = Group(G1, backend)
+        self.G2 = Group(G2, backend)
+        self.GT = TargetGroup(backend)
+
+    def group(self, element: type[_ECPoint]) -> Group:
+        if element is G1:
+            return self.G1
+        if element is G2:
+            return self.G2
+        raise TypeError(f"{element.__name__} is not an elliptic-curve group of this API")
+
+    def __repr__(self) -> str:
+        return f"Curve({self.backend.name})"
+
+
+_apis: dict[int, Curve] = {}
+
+
+def api(backend: Backend | None = None) -> Curve:
+    """The group API on ``backend``, or on the process's backend (core._backend)."""
+    b = active_backend() if backend is None else backend
+    curve = _apis.get(id(b))
+    if curve is None or curve.backend is not b:
+        curve = _apis[id(b)] = Curve(b)
+    return curve
 
 
 def pairing(p: G1, q: G2 | G2Prepared) -> GT:

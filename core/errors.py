@@ -3,6 +3,10 @@
 Every error raised on purpose by core/ derives from :class:`CoreError`. Where a
 builtin describes the failure too, the error also derives from it, so callers
 may catch either (``DecodeError`` is a ``ValueError``).
+
+Checks come in pairs where both are needed: ``is_valid*`` returns a bool and
+``verify*`` raises (``SignatureError``, ``CidMismatchError``), so an unchecked
+return value can never mean "accepted".
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ class DecryptionError(CoreError):
 
 class SignatureError(CoreError):
     """A signature did not verify."""
+
+
+class CidMismatchError(ValueError, CoreError):
+    """Data that does not hash to the content identifier it should have."""
 
 
 class BackendError(RuntimeError, CoreError):

@@ -135,8 +135,14 @@ class Certificate:
         sig = ecdsa.sign(issuer_private_key, CERT_TAG, self.signed_bytes())
         return Certificate(**{**self._fields(), "signature": sig})
 
+    def is_valid_signature(self, issuer_public_key: bytes) -> bool:
+        """True when the certificate is signed under ``issuer_public_key``."""
+        return bool(self.signature) and ecdsa.is_valid(issuer_public_key, CERT_TAG, self.signed_bytes(),
+                                                        self.signature)
+
     def verify_signature(self, issuer_public_key: bytes) -> None:
-        if not self.signature or not ecdsa.is_valid(issuer_public_key, CERT_TAG, self.signed_bytes(), self.signature):
+        """Raise SignatureError unless the certificate is signed under ``issuer_public_key``."""
+        if not self.is_valid_signature(issuer_public_key):
             raise SignatureError(f"certificate {self.serial} is not signed by {self.issuer}")
 
     def to_dict(self) -> dict[str, Any]:

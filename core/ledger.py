@@ -34,7 +34,7 @@ import msgpack
 from . import canonical, ecdsa
 from .cid import parse as parse_cid
 from .curve import G1
-from .errors import CoreError, DecodeError, ValidationError
+from .errors import CoreError, DecodeError, SignatureError, ValidationError
 from .identity import Certificate, ConsortiumConfig, PeerInfo, check_id
 from .policy import Policy, Request as PolicyRequest
 from .state import (
@@ -149,8 +149,14 @@ class Block:
         sig = ecdsa.sign(orderer_key, BLOCK_TAG, unsigned.header_bytes())
         return cls(height, prev_hash, timestamp, unsigned.tx_root, txs, sig)
 
-    def verify_signature(self, orderer_public_key: bytes) -> bool:
+    def is_valid_signature(self, orderer_public_key: bytes) -> bool:
+        """True when the orderer's signature over the header verifies under the key."""
         return ecdsa.is_valid(orderer_public_key, BLOCK_TAG, self.header_bytes(), self.orderer_sig)
+
+    def verify_signature(self, orderer_public_key: bytes) -> None:
+        """Raise SignatureError unless the orderer's signature over the header verifies."""
+        if not self.is_valid_signature(orderer_public_key):
+            raise SignatureError(f"block {self.height} is not signed by the orderer")
 
     def to_bytes(self) -> bytes:
         return canonical.pack([self.height, self.prev_hash, self.timestamp, self.tx_root,
@@ -213,7 +219,7 @@ def parse_genesis(genesis: bytes | Block | Genesis, *, orderer_key: bytes | None
         if block.height != 0 or len(block.txs) != 1 or block.prev_hash != ZERO_HASH:
             raise DecodeError("genesis must be block 0 with one configuration entry")
         config = ConsortiumConfig.from_bytes(block.txs[0])
-        if block.tx_root != merkle_root(block.txs) or not block.verify_signature(config.orderer_key):
+        if block.tx_root != merkle_root(block.txs) or not block.is_valid_signature(config.orderer_key):
             raise DecodeError("genesis block is not signed by the orderer it names")
         parsed = Genesis(block, config)
     if orderer_key is not None and orderer_key != parsed.config.orderer_key:
@@ -356,7 +362,7 @@ class IdentityRules:
             raise ValidationError("bad_prev_hash", f"block {block.height} does not extend the head")
         if block.tx_root != merkle_root(block.txs):
             raise ValidationError("bad_tx_root", f"block {block.height}: Merkle root mismatch")
-        if not block.verify_signature(self.config.orderer_key):
+        if not block.is_valid_signature(self.config.orderer_key):
             raise ValidationError("bad_block_signature", f"block {block.height} is not signed by the orderer")
 
     def _submitter_key(self, state: "_Overlay", tx: Transaction) -> tuple[bytes, dict | None]:
@@ -372,7 +378,7 @@ class IdentityRules:
         if abs(tx.timestamp - block.timestamp) > self.config.max_skew_ms:
             raise ValidationError("stale_timestamp", "transaction timestamp outside the allowed skew")
         key, entry = self._submitter_key(state, tx)
-        if not tx.verify(key):
+        if not tx.is_valid_signature(key):
             raise ValidationError("bad_signature", f"signature of {tx.submitter} does not verify")
         if entry is not None:
             if entry["revoked"]:

@@ -25,6 +25,11 @@ matching allow rule (in policy order) decides; otherwise the default. The
 evaluation is a pure function of the policy and the request: time comes in the
 request, as integer Unix seconds (UTC).
 
+Layout: the model (``_policy_model``: values, checks, evaluation) is at the
+bottom; the text language (``_policy_text``) and the msgpack form
+(``_policy_codec``) import it; this module ties both forms to :class:`Policy`.
+Nothing imports back up.
+
 Forms: ``parse(text)`` / ``Policy.to_text()`` (the language, docs/policy.md),
 ``Policy.to_msgpack()`` / ``Policy.from_msgpack(bytes)`` (canonical bytes for
 the ledger). Bad text raises :class:`PolicySyntaxError` (a ``PolicyError``,
@@ -56,19 +61,46 @@ from ._policy_model import (
     Member as Member,
     Not as Not,
     ObjectSpec as ObjectSpec,
+    BasePolicy,
     Or as Or,
-    Policy as Policy,
     Request as Request,
     Rule as Rule,
     TimeWindow as TimeWindow,
     Value as Value,
     weekday as weekday,
 )
+from ._policy_codec import decode_policy, encode_policy
 from ._policy_text import (
     PolicySyntaxError as PolicySyntaxError,
     format_condition as format_condition,
 )
+from ._policy_text import format_policy, parse_policy
 from .errors import DecodeError as DecodeError, PolicyError as PolicyError
+
+
+class Policy(BasePolicy):
+    """A patient's policy (see :class:`~core._policy_model.BasePolicy` for the
+    fields, checks and :meth:`evaluate`), with its text and msgpack forms."""
+
+    __slots__ = ()
+
+    def to_text(self) -> str:
+        """The policy in the text language; ``parse(p.to_text()) == p``."""
+        return format_policy(self)
+
+    def to_msgpack(self) -> bytes:
+        """The canonical msgpack encoding: equal policies give equal bytes."""
+        return encode_policy(self)
+
+    @classmethod
+    def from_msgpack(cls, data: bytes) -> "Policy":
+        """Decode and validate a canonical encoding; DecodeError on anything else."""
+        return decode_policy(data, cls)
+
+    @classmethod
+    def parse(cls, text: str) -> "Policy":
+        """Parse the text language; PolicySyntaxError (a PolicyError) on bad text."""
+        return parse_policy(text, cls)
 
 
 def parse(text: str) -> Policy:

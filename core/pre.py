@@ -25,7 +25,10 @@ Decapsulation (doctor B)
     one multi-exponentiation. With faulty shares, other subsets are tried and the
     faulty proxies named.
 
-Nothing here does I/O; randomness comes from the OS CSPRNG (``secrets``).
+Keys, shares and capsules are made on the process's arithmetic backend, and
+everything computed from them stays on theirs; :class:`Scheme` makes them on a
+given backend (contract tests). Nothing here does I/O; randomness comes from
+the OS CSPRNG (``secrets``).
 """
 
 from __future__ import annotations
@@ -41,14 +44,14 @@ from nacl.public import PrivateKey as BoxPrivateKey
 from nacl.public import PublicKey as BoxPublicKey
 from nacl.public import SealedBox
 
-from ._backend import Backend
+from ._backend import Backend, active_backend
 from .curve import (
     G1,
     G2,
     GT,
     G2Prepared,
     R,
-    get_backend,
+    api,
     hash_to_scalar,
     multi_pairing,
     pairing,
@@ -70,16 +73,16 @@ __all__ = [
     "KeyShare",
     "SealedKeyShare",
     "ReencryptedShare",
+    "Scheme",
     "new_master_secret",
     "label_secret",
     "verify_public_key",
     "encapsulate",
     "encapsulate_owner",
-    "generator_mul_secret",
     "decapsulate_owner",
     "make_key_shares",
     "open_key_share",
-    "check_single_rekey",
+    "is_valid_single_rekey",
     "reencrypt",
     "lagrange_at_zero",
     "combine",
@@ -142,16 +145,15 @@ class PublicKey:
         return self.p1.to_bytes() + self.p2.to_bytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, backend: Backend | str | None = None) -> "PublicKey":
-        """Decode and validate points (not the identity). Call :meth:`check` for the pairing check."""
-        if not isinstance(data, (bytes, bytearray)) or len(data) != cls.SIZE:
-            raise DecodeError(f"PRE public key must be {cls.SIZE} bytes")
-        return cls(G1.from_bytes(data[:48], backend=backend), G2.from_bytes(data[48:], backend=backend))
+    def from_bytes(cls, data: bytes) -> "PublicKey":
+        """Decode and validate points (not the identity), on the process's backend.
+        Call :meth:`check` for the pairing check."""
+        return Scheme(active_backend()).public_key_from_bytes(data)
 
     def check(self) -> None:
         """Raise DecodeError unless e(P1, g2) = e(g1, P2) (one multi-pairing)."""
-        b = self.p1.backend
-        if not multi_pairing([(self.p1, -G2.generator(b)), (G1.generator(b), self.p2)]).is_one():
+        c = api(self.p1.backend)
+        if not multi_pairing([(self.p1, -c.G2.generator()), (c.G1.generator(), self.p2)]).is_one():
             raise DecodeError("PRE public key is inconsistent: e(P1, g2) != e(g1, P2)")
 
 
@@ -193,10 +195,9 @@ class KeyPair:
     label: str
 
     @classmethod
-    def derive(cls, master_secret: bytes, label: str, *, backend: Backend | str | None = None) -> "KeyPair":
-        a = label_secret(master_secret, label)
-        b = backend if backend is not None and not isinstance(backend, str) else get_backend(backend)
-        return cls(a, PublicKey(G1.generator(b) * a, G2.generator(b) * a), label)
+    def derive(cls, master_secret: bytes, label: str) -> "KeyPair":
+        """The key pair of ``label``, on the process's backend."""
+        return Scheme(active_backend()).derive_keypair(master_secret, label)
 
     @property
     def backend(self) -> Backend:
@@ -205,7 +206,7 @@ class KeyPair:
     def prove(self, owner_id: str) -> Proof:
         """A fresh proof of possession of this key, bound to ``owner_id`` and the label."""
         r = random_scalar()
-        commitment = G1.generator(self.backend) * r
+        commitment = api(self.backend).G1.generator() * r
         c = _pop_challenge(self.public, owner_id, self.label, commitment)
         return Proof(c, (r + c * self.secret) % R)
 
@@ -216,8 +217,8 @@ def verify_public_key(public: PublicKey, owner_id: str, label: str, proof: Proof
     DecodeError for an inconsistent key, SignatureError for a bad proof.
     """
     public.check()
-    b = public.p1.backend
-    commitment = G1.msm([G1.generator(b), public.p1], [proof.z, (R - proof.c) % R])
+    g1 = api(public.p1.backend).G1.generator()
+    commitment = G1.msm([g1, public.p1], [proof.z, (R - proof.c) % R])
     if commitment.is_identity() or _pop_challenge(public, owner_id, label, commitment) != proof.c:
         raise SignatureError(f"proof of possession for {owner_id!r}/{label!r} does not verify")
 
@@ -228,16 +229,7 @@ def verify_public_key(public: PublicKey, owner_id: str, label: str, proof: Proof
 def encapsulate(owner: PublicKey) -> tuple[G1, GT]:
     """(capsule U = k P1, K = Z^k) for a fresh random k."""
     k = random_scalar()
-    return owner.p1 * k, GT.generator_pow(k, owner.p1.backend)
-
-
-def generator_mul_secret(k: int, backend: Backend) -> G1:
-    """k g1 for a secret k: the backend's fixed-base table when it has one
-    (native: constant-time signed-digit comb), else a constant-time multiply."""
-    table_mul = getattr(backend, "g1_generator_mul", None)
-    if table_mul is None:
-        return G1.generator(backend) * k
-    return G1(backend, table_mul(k % R))
+    return owner.p1 * k, api(owner.p1.backend).GT.generator_pow(k)
 
 
 def encapsulate_owner(keypair: KeyPair) -> tuple[G1, GT]:
@@ -248,14 +240,14 @@ def encapsulate_owner(keypair: KeyPair) -> tuple[G1, GT]:
     fixed-base one.
     """
     k = random_scalar()
-    b = keypair.backend
-    return generator_mul_secret(k * keypair.secret % R, b), GT.generator_pow(k, b)
+    c = api(keypair.backend)
+    return c.G1.generator_mul(k * keypair.secret % R), c.GT.generator_pow(k)
 
 
 def decapsulate_owner(keypair: KeyPair, capsule: G1) -> GT:
     """K = e(a^-1 U, g2), the owner's own path (one pairing)."""
     inv = scalar_inverse(keypair.secret)
-    return pairing(capsule * inv, G2.generator(keypair.backend))
+    return pairing(capsule * inv, api(keypair.backend).G2.generator())
 
 
 # ----------------------------------------------------------------- delegation
@@ -351,32 +343,18 @@ def open_key_share(
     *,
     expected_context: bytes,
     expected_index: int,
-    backend: Backend | str | None = None,
 ) -> KeyShare:
-    """Proxy side: unseal a share and check it is for this grant and this proxy."""
-    try:
-        plain = SealedBox(BoxPrivateKey(box_secret_key)).decrypt(sealed.sealed)
-    except CryptoError as exc:
-        raise DecryptionError("sealed key share does not open with this proxy's key") from exc
-    try:
-        tag, context, index, threshold, rk = msgpack.unpackb(plain, raw=False)
-    except Exception as exc:
-        raise DecodeError("sealed key share has a malformed body") from exc
-    if tag != _SHARE_TAG or not isinstance(context, bytes) or not isinstance(rk, bytes):
-        raise DecodeError("sealed key share has a malformed body")
-    if not isinstance(index, int) or not isinstance(threshold, int):
-        raise DecodeError("sealed key share has a malformed body")
-    if context != expected_context:
-        raise DecodeError("sealed key share is for another grant")
-    if index != expected_index or index != sealed.index:
-        raise DecodeError("sealed key share is for another proxy index")
-    return KeyShare(index, threshold, context, G2.from_bytes(rk, backend=backend))
+    """Proxy side: unseal a share and check it is for this grant and this proxy
+    (rk on the process's backend)."""
+    return Scheme(active_backend()).open_key_share(
+        sealed, box_secret_key, expected_context=expected_context, expected_index=expected_index
+    )
 
 
-def check_single_rekey(owner: PublicKey, receiver: PublicKey, rk: G2) -> bool:
+def is_valid_single_rekey(owner: PublicKey, receiver: PublicKey, rk: G2) -> bool:
     """For t = n = 1 (plain AFGH, rk = (b/a) g2): e(P1_A, rk) = e(g1, P2_B)."""
-    b = owner.p1.backend
-    return multi_pairing([(owner.p1, rk), (-G1.generator(b), receiver.p2)]).is_one()
+    g1 = api(owner.p1.backend).G1.generator()
+    return multi_pairing([(owner.p1, rk), (-g1, receiver.p2)]).is_one()
 
 
 # -------------------------------------------------------------- re-encryption
@@ -395,16 +373,9 @@ class ReencryptedShare:
         return self.index.to_bytes(4, "big") + self.value.to_bytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, backend: Backend | str | None = None) -> "ReencryptedShare":
-        if not isinstance(data, (bytes, bytearray)) or len(data) != cls.SIZE:
-            raise DecodeError(f"re-encrypted share must be {cls.SIZE} bytes")
-        index = int.from_bytes(data[:4], "big")
-        if index == 0:
-            raise DecodeError("re-encrypted share has index 0")
-        value = GT.from_bytes(bytes(data[4:]), backend=backend)
-        if value.is_one():
-            raise DecodeError("re-encrypted share is the identity")
-        return cls(index, value)
+    def from_bytes(cls, data: bytes) -> "ReencryptedShare":
+        """Decode a share (nonzero index, GT value not the identity), on the process's backend."""
+        return Scheme(active_backend()).reencrypted_share_from_bytes(data)
 
 
 def reencrypt(capsule: G1, share: KeyShare | PreparedKeyShare) -> ReencryptedShare:
@@ -494,3 +465,70 @@ def _inconsistent(good: Sequence[ReencryptedShare], others: Sequence[Reencrypted
         if GT.multi_pow([s.value for s in good], lams) != other.value:
             bad.append(other.index)
     return tuple(bad)
+
+
+# ------------------------------------------------------------ one backend
+
+
+class Scheme:
+    """The entry points that build PRE objects from secrets or bytes, bound to one backend.
+
+    ``KeyPair.derive``, ``PublicKey.from_bytes``, ``ReencryptedShare.from_bytes``
+    and :func:`open_key_share` are these on the process's backend; a Scheme on
+    another backend runs the same code there (contract tests, conversions).
+    Everything else in this module works on whatever backend its arguments
+    were made on.
+    """
+
+    __slots__ = ("curve",)
+
+    def __init__(self, backend: Backend):
+        self.curve = api(backend)
+
+    @property
+    def backend(self) -> Backend:
+        return self.curve.backend
+
+    def derive_keypair(self, master_secret: bytes, label: str) -> KeyPair:
+        """The key pair of ``label``: a_L from the master secret, (a_L g1, a_L g2)."""
+        a = label_secret(master_secret, label)
+        return KeyPair(a, PublicKey(self.curve.G1.generator() * a, self.curve.G2.generator() * a), label)
+
+    def public_key_from_bytes(self, data: bytes) -> PublicKey:
+        """Decode and validate points (not the identity). Call :meth:`PublicKey.check` for the pairing check."""
+        if not isinstance(data, (bytes, bytearray)) or len(data) != PublicKey.SIZE:
+            raise DecodeError(f"PRE public key must be {PublicKey.SIZE} bytes")
+        return PublicKey(self.curve.G1.from_bytes(data[:48]), self.curve.G2.from_bytes(data[48:]))
+
+    def reencrypted_share_from_bytes(self, data: bytes) -> ReencryptedShare:
+        if not isinstance(data, (bytes, bytearray)) or len(data) != ReencryptedShare.SIZE:
+            raise DecodeError(f"re-encrypted share must be {ReencryptedShare.SIZE} bytes")
+        index = int.from_bytes(data[:4], "big")
+        if index == 0:
+            raise DecodeError("re-encrypted share has index 0")
+        value = self.curve.GT.from_bytes(bytes(data[4:]))
+        if value.is_one():
+            raise DecodeError("re-encrypted share is the identity")
+        return ReencryptedShare(index, value)
+
+    def open_key_share(
+        self, sealed: SealedKeyShare, box_secret_key: bytes, *, expected_context: bytes, expected_index: int
+    ) -> KeyShare:
+        """Proxy side: unseal a share and check it is for this grant and this proxy."""
+        try:
+            plain = SealedBox(BoxPrivateKey(box_secret_key)).decrypt(sealed.sealed)
+        except CryptoError as exc:
+            raise DecryptionError("sealed key share does not open with this proxy's key") from exc
+        try:
+            tag, context, index, threshold, rk = msgpack.unpackb(plain, raw=False)
+        except Exception as exc:
+            raise DecodeError("sealed key share has a malformed body") from exc
+        if tag != _SHARE_TAG or not isinstance(context, bytes) or not isinstance(rk, bytes):
+            raise DecodeError("sealed key share has a malformed body")
+        if not isinstance(index, int) or not isinstance(threshold, int):
+            raise DecodeError("sealed key share has a malformed body")
+        if context != expected_context:
+            raise DecodeError("sealed key share is for another grant")
+        if index != expected_index or index != sealed.index:
+            raise DecodeError("sealed key share is for another proxy index")
+        return KeyShare(index, threshold, context, self.curve.G2.from_bytes(rk))

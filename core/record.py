@@ -92,7 +92,7 @@ from nacl.public import PrivateKey as BoxPrivateKey
 from nacl.public import PublicKey as BoxPublicKey
 from nacl.public import SealedBox
 
-from .curve import GT, G1
+from .curve import GT, G1, api
 from .errors import DecodeError, DecryptionError
 from .kdf import hkdf_sha256
 from .pre import (
@@ -352,8 +352,9 @@ class RecordHeader:
             raise DecodeError("record header: not in canonical encoding")
         return header
 
-    def capsule_point(self, backend=None) -> G1:
-        return G1.from_bytes(self.capsule, backend=backend)
+    def capsule_point(self) -> G1:
+        """The capsule U, decoded and validated on the process's backend."""
+        return G1.from_bytes(self.capsule)
 
 
 def _nonce(base: bytes, index: int) -> bytes:
@@ -823,7 +824,7 @@ def owner_pairing_key_provider(keypair: KeyPair) -> KeyProvider:
     def provide(header: RecordHeader) -> bytes:
         if header.owner_p1 != keypair.public.p1.to_bytes():
             raise DecryptionError("record is sealed under another key or label")
-        k = decapsulate_owner(keypair, header.capsule_point(keypair.backend))
+        k = decapsulate_owner(keypair, api(keypair.backend).G1.from_bytes(header.capsule))
         return derive_data_key(k, header.capsule, header.owner_p1)
 
     return provide

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import canonical, ecdsa
-from .errors import DecodeError
+from .errors import DecodeError, SignatureError
 
 __all__ = ["Transaction", "TX_TYPES", "MAX_TX_SIZE", "tx_tag"]
 
@@ -97,8 +97,14 @@ class Transaction:
         raw = b"\x96" + signing[1:] + b"\xc4\x40" + sig
         return cls(tx_type, submitter, nonce, timestamp_ms, body, sig, raw)
 
-    def verify(self, public_key: bytes) -> bool:
+    def is_valid_signature(self, public_key: bytes) -> bool:
+        """True when the submitter's signature verifies under ``public_key``."""
         return ecdsa.is_valid(public_key, tx_tag(self.type), self.signing_bytes(), self.signature)
+
+    def verify_signature(self, public_key: bytes) -> None:
+        """Raise SignatureError unless the submitter's signature verifies under ``public_key``."""
+        if not self.is_valid_signature(public_key):
+            raise SignatureError(f"{self.type} transaction of {self.submitter} is not signed by that key")
 
     def to_bytes(self) -> bytes:
         if self._raw is not None:

@@ -2,10 +2,15 @@
 
 ``python -m native.build`` builds the extension in place; :mod:`native.backend`
 holds :class:`~native.backend.NativeBackend`, which core/ loads by name
-("native"). Nothing here imports core/'s domain code or returns cdata.
+("native"). Nothing here imports core/ or returns cdata; errors are this
+package's own (:mod:`native.errors`), translated by core/ at its boundary.
 """
 
 from __future__ import annotations
+
+from .errors import NativeDecodeError as NativeDecodeError
+from .errors import NativeError as NativeError
+from .errors import NativeLoadError as NativeLoadError
 
 
 def is_built() -> bool:

@@ -14,6 +14,14 @@ for Z^k and k g1 built. A short self-test then checks the C++ helpers
 (gt_membership.cpp) against mcl's own routines, so a header/library mismatch
 fails loudly at load instead of silently accepting bad elements.
 
+Decoders take encodings that core/ has already checked structurally (length,
+flags, coordinates below p, the point at infinity: core/_encoding.py) and add
+what needs mcl: on the curve, in the order-r subgroup. They raise
+:class:`~native.errors.NativeDecodeError`, which core/ turns into its own
+``DecodeError`` with the same text (core/_native.py); a stale or mismatched
+extension raises :class:`~native.errors.NativeLoadError`. This package imports
+nothing from core/: the group order r is a constant of its own.
+
 GT membership on decode uses Scott's test (``emr_gt_is_valid``: cyclotomic
 check plus x^p = x^u, ~70 us) instead of ``mclBnGT_isValid`` (x^r, ~450 us).
 
@@ -26,14 +34,14 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-from core._backend import R
-from core._encoding import check_gt_coefficients, parse_compressed
-from core.errors import BackendError, DecodeError
-
-from . import build as _build
 from ._mcl_cffi import ffi, lib
+from ._sources import source_hash
+from .errors import NativeDecodeError, NativeLoadError
 
-__all__ = ["NativeBackend", "G1_GENERATOR", "G2_GENERATOR"]
+__all__ = ["NativeBackend", "G1_GENERATOR", "G2_GENERATOR", "R"]
+
+#: Order r of G1, G2 and GT (the BLS12-381 scalar field modulus; core/ holds the same constant).
+R = 0x73EDA753299D7D483339D80809A1D80553BDA402FFFE5BFEFFFFFFFF00000001
 
 MCL_BLS12_381 = 5
 MCLBN_COMPILED_TIME_VAR = 46  # bn_c384_256: 4 * 10 + 6
@@ -73,27 +81,27 @@ def _init_mcl() -> dict[str, object]:
             return _state
         compiled = ffi.string(lib.emr_source_hash()).decode()
         try:
-            expected = _build.source_hash()
+            expected = source_hash()
         except OSError as exc:
-            raise BackendError(f"cannot hash native sources: {exc}") from exc
+            raise NativeLoadError(f"cannot hash native sources: {exc}") from exc
         if compiled != expected:
-            raise BackendError(
+            raise NativeLoadError(
                 "native extension was built from other sources than this package "
                 "(rebuild with `python -m native.build`)"
             )
         if (G1_SIZE, G2_SIZE, GT_SIZE) != _EXPECTED_SIZES:
-            raise BackendError(f"unexpected mcl struct sizes {(G1_SIZE, G2_SIZE, GT_SIZE)}")
+            raise NativeLoadError(f"unexpected mcl struct sizes {(G1_SIZE, G2_SIZE, GT_SIZE)}")
         if lib.mclBn_init(MCL_BLS12_381, MCLBN_COMPILED_TIME_VAR) != 0:
-            raise BackendError("mclBn_init(BLS12_381) failed: library/header mismatch")
+            raise NativeLoadError("mclBn_init(BLS12_381) failed: library/header mismatch")
         lib.mclBn_setETHserialization(1)
         lib.mclBn_verifyOrderG1(0)
         lib.mclBn_verifyOrderG2(0)
         g1 = ffi.new("mclBnG1 *")
         g2 = ffi.new("mclBnG2 *")
         if lib.mclBnG1_deserialize(g1, G1_GENERATOR, 48) != 48 or not lib.mclBnG1_isValidOrder(g1):
-            raise BackendError("mcl rejected the standard G1 generator")
+            raise NativeLoadError("mcl rejected the standard G1 generator")
         if lib.mclBnG2_deserialize(g2, G2_GENERATOR, 96) != 96 or not lib.mclBnG2_isValidOrder(g2):
-            raise BackendError("mcl rejected the standard G2 generator")
+            raise NativeLoadError("mcl rejected the standard G2 generator")
         z = ffi.new("mclBnGT *")
         lib.mclBn_pairing(z, g1, g2)
         lib.emr_gt_table_init(z)
@@ -124,13 +132,13 @@ def _self_test(g1, z) -> None:
     one = ffi.new("mclBnGT *")
     lib.mclBnGT_setInt32(one, 1)
     if not (lib.emr_gt_is_valid(z) and lib.emr_gt_is_valid(one) and not lib.emr_gt_is_valid(two)):
-        raise BackendError("native GT membership test disagrees with mcl (rebuild the extension)")
+        raise NativeLoadError("native GT membership test disagrees with mcl (rebuild the extension)")
     got, want = ffi.new("mclBnG1 *"), ffi.new("mclBnG1 *")
     for k in (1, 2, R - 1, 0x1234567890ABCDEF << 128):
         lib.emr_g1_generator_mul(got, _le(k))
         lib.emr_g1_mul(want, g1, _le(k), 1)
         if not lib.mclBnG1_isEqual(got, want):
-            raise BackendError("native fixed-base G1 table disagrees with mcl (rebuild the extension)")
+            raise NativeLoadError("native fixed-base G1 table disagrees with mcl (rebuild the extension)")
 
 
 def _g1(h: bytes):
@@ -185,15 +193,14 @@ class NativeBackend:
         return self._g1_zero
 
     def g1_decode(self, data: bytes) -> bytes:
-        data = bytes(data)
-        infinity, _sign, _x = parse_compressed(data, "G1", 1)
-        if infinity:
-            return self._g1_zero
+        """A point from a compressed encoding that passed the structural checks
+        (length, flags, x < p: core/_encoding.py), not the point at infinity;
+        mcl checks the curve, this the subgroup."""
         out = ffi.new("mclBnG1 *")
-        if lib.mclBnG1_deserialize(out, data, 48) != 48:
-            raise DecodeError("G1 point: not on the curve")
+        if len(data) != 48 or lib.mclBnG1_deserialize(out, bytes(data), 48) != 48:
+            raise NativeDecodeError("G1 point: not on the curve")
         if not lib.mclBnG1_isValidOrder(out):
-            raise DecodeError("G1 point: not in the order-r subgroup")
+            raise NativeDecodeError("G1 point: not in the order-r subgroup")
         return bytes(ffi.buffer(out))
 
     def g1_encode(self, a: bytes) -> bytes:
@@ -252,15 +259,12 @@ class NativeBackend:
         return self._g2_zero
 
     def g2_decode(self, data: bytes) -> bytes:
-        data = bytes(data)
-        infinity, _sign, _x = parse_compressed(data, "G2", 2)
-        if infinity:
-            return self._g2_zero
+        """As :meth:`g1_decode`, for 96-byte G2 encodings."""
         out = ffi.new("mclBnG2 *")
-        if lib.mclBnG2_deserialize(out, data, 96) != 96:
-            raise DecodeError("G2 point: not on the curve")
+        if len(data) != 96 or lib.mclBnG2_deserialize(out, bytes(data), 96) != 96:
+            raise NativeDecodeError("G2 point: not on the curve")
         if not lib.mclBnG2_isValidOrder(out):
-            raise DecodeError("G2 point: not in the order-r subgroup")
+            raise NativeDecodeError("G2 point: not in the order-r subgroup")
         return bytes(ffi.buffer(out))
 
     def g2_encode(self, a: bytes) -> bytes:
@@ -351,13 +355,13 @@ class NativeBackend:
         return self._z
 
     def gt_decode(self, data: bytes) -> bytes:
-        data = bytes(data)
-        check_gt_coefficients(data)
+        """A GT element from 576 bytes whose twelve coefficients were checked
+        below p (core/_encoding.py); this checks the order-r subgroup."""
         out = ffi.new("mclBnGT *")
-        if lib.mclBnGT_deserialize(out, data, GT_SIZE) != GT_SIZE:
-            raise DecodeError("GT element: mcl could not deserialize the coefficients")
+        if len(data) != GT_SIZE or lib.mclBnGT_deserialize(out, bytes(data), GT_SIZE) != GT_SIZE:
+            raise NativeDecodeError("GT element: mcl could not deserialize the coefficients")
         if not lib.emr_gt_is_valid(out):
-            raise DecodeError("GT element: not in the order-r subgroup")
+            raise NativeDecodeError("GT element: not in the order-r subgroup")
         return bytes(ffi.buffer(out))
 
     def gt_encode(self, a: bytes) -> bytes:

@@ -12,9 +12,9 @@
    ``native/helpers.c`` and the C++ helpers in ``native/gt_membership.cpp``
    (mcl's C++ headers, ``extern "C"`` entry points; compiled to an object with
    ``g++`` first), linking ``libmcl.a`` statically. A stamp (a hash of
-   every input) lets a second run skip the compile; the same hash is compiled
-   into the extension, and :mod:`native.backend` refuses an extension built
-   from other sources.
+   every input, :mod:`native._sources`) lets a second run skip the compile; the
+   same hash is compiled into the extension, and :mod:`native.backend` refuses
+   an extension built from other sources.
 
 If anything fails the build prints one warning line and exits 0 (the pure
 backend is then used); ``--strict`` exits non-zero instead.
@@ -35,21 +35,22 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-PYMCL_VERSION = "1.0.2"
-PYMCL_SHA256 = "ef532851ba7785db68aa55ce21153bff94afd56f537c1bfe11c07afb7d83b438"
-MCL_VERSION = "v3.04"
-PYPI_JSON = f"https://pypi.org/pypi/pymcl/{PYMCL_VERSION}/json"
+from ._sources import (
+    C_SOURCES,
+    CDEF_FILES,
+    CFLAGS,
+    CXX_SOURCES,
+    CXXFLAGS,
+    LDFLAGS,
+    MCL_VERSION,
+    NATIVE_DIR,
+    PYMCL_SHA256,
+    PYMCL_VERSION,
+)
+from ._sources import source_hash as _source_hash
 
-NATIVE_DIR = Path(__file__).resolve().parent
+PYPI_JSON = f"https://pypi.org/pypi/pymcl/{PYMCL_VERSION}/json"
 MODULE_NAME = "native._mcl_cffi"
-CDEF_FILES = ("mcl.h", "helpers.h")
-C_SOURCES = ("helpers.c",)
-CXX_SOURCES = ("gt_membership.cpp",)
-CFLAGS = ("-O2", "-std=c99")
-# Same configuration macros as libmcl.a (none): the header's inline functions must
-# match the library's copies.
-CXXFLAGS = ("-O2", "-std=c++11", "-fPIC")
-LDFLAGS = ("-Wl,--strip-debug",)  # libmcl.a is built with -g3: 8 MB of debug info otherwise
 STAMP_PATH = NATIVE_DIR / "_build" / "stamp.json"
 
 
@@ -187,13 +188,7 @@ def read_cdef() -> str:
 
 def source_hash() -> str:
     """Hash of everything the extension is built from (also compiled into it)."""
-    h = hashlib.sha256()
-    h.update(f"pymcl={PYMCL_VERSION};sha={PYMCL_SHA256};cflags={CFLAGS};ldflags={LDFLAGS}".encode())
-    h.update(f";cxxflags={CXXFLAGS}".encode())
-    for name in CDEF_FILES + C_SOURCES + CXX_SOURCES:
-        data = (NATIVE_DIR / name).read_bytes()
-        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
-    return h.hexdigest()[:32]
+    return _source_hash(NATIVE_DIR)
 
 
 def extension_path() -> Path:

@@ -1,17 +1,27 @@
 """Shared fixtures: the arithmetic backends available in this process.
 
-``backend`` runs a test once per available backend (native first). On the
-pure backend, tests marked ``slow`` are skipped unless EMRSHARE_SLOW=1.
+``backend`` runs a test once per available backend (native first); build the
+objects under test on it with ``core.curve.api(backend)`` / ``core.pre.Scheme(backend)``.
+On the pure backend, tests marked ``slow`` are skipped unless EMRSHARE_SLOW=1.
+
+The backends are selected here, before any test runs, with a call counter
+(core/_counting.py), as ``emrshare loadtest`` selects them: the load-test tests
+read the crypto call counts, and every other test runs through the counting
+proxies, which must not change a result.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from core._backend import available_backends, backend_name
+from core._backend import available_backends, backend_name, load, select
+from core._counting import CallCounter
+
+select(counter=CallCounter(time.thread_time_ns))
 
 settings.register_profile(
     "emrshare",
@@ -34,20 +44,16 @@ def _backend_params():
 
 @pytest.fixture(params=_backend_params())
 def backend(request):
-    from core.curve import get_backend
-
-    return get_backend(request.param)
+    return load(request.param)
 
 
 @pytest.fixture
 def other_backend(backend):
     """The other backend, for cross-backend checks (skips when only one loads)."""
-    from core.curve import get_backend
-
     others = [n for n in AVAILABLE if n != backend.name]
     if not others:
         pytest.skip("only one backend available")
-    return get_backend(others[0])
+    return load(others[0])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -68,12 +68,14 @@ def _bare_us(loop: Callable[[int], int], n: int) -> float:
 
 
 def _curve_ops(backend_name: str, k: int) -> dict[str, Callable[[], object]]:
-    from core.curve import G1, G2, GT, multi_pairing, pairing, random_scalar
+    from core._backend import load
+    from core.curve import GT, api, multi_pairing, pairing, random_scalar
 
-    g1 = G1.generator(backend_name) * random_scalar()
-    g2 = G2.generator(backend_name) * random_scalar()
+    c = api(load(backend_name))
+    g1 = c.G1.generator() * random_scalar()
+    g2 = c.G2.generator() * random_scalar()
     prepared = g2.prepare()
-    z = GT.generator(backend_name)
+    z = c.GT.generator()
     x = pairing(g1, g2)
     bases3 = [z ** random_scalar() for _ in range(3)]
     bases5 = bases3 + [z ** random_scalar() for _ in range(2)]
@@ -88,29 +90,29 @@ def _curve_ops(backend_name: str, k: int) -> dict[str, Callable[[], object]]:
         "G1 mul (public)": lambda: g1.mul_public(k),
         "G2 mul (CT)": lambda: g2 * k,
         "GT pow (Z^k, mclBnGT_pow)": lambda: z ** k,
-        "Z^k fixed-base table": lambda: GT.generator_pow(k, backend_name),
+        "Z^k fixed-base table": lambda: c.GT.generator_pow(k),
         "GT multi-exp of 3": lambda: GT.multi_pow(bases3, exps5[:3]),
         "GT multi-exp of 5": lambda: GT.multi_pow(bases5, exps5),
-        "G1 decode (subgroup check)": lambda: G1.from_bytes(g1_bytes, backend=backend_name),
-        "GT decode (subgroup check)": lambda: GT.from_bytes(x_bytes, backend=backend_name),
+        "G1 decode (subgroup check)": lambda: c.G1.from_bytes(g1_bytes),
+        "GT decode (subgroup check)": lambda: c.GT.from_bytes(x_bytes),
     }
 
 
 def _bare_loops(k: int) -> dict[str, Callable[[int], int]]:
     """C timing loops over the same operations (native only)."""
-    from core.curve import G1, G2, GT, random_scalar
+    from core._backend import load
+    from core.curve import api, random_scalar
 
     from native._mcl_cffi import ffi, lib
 
-    from core.curve import get_backend
-
-    be = get_backend("native")
-    g1 = (G1.generator(be) * random_scalar())._h
-    g2 = (G2.generator(be) * random_scalar())._h
+    be = load("native")
+    c = api(be)
+    g1 = (c.G1.generator() * random_scalar())._h
+    g2 = (c.G2.generator() * random_scalar())._h
     qbuf = be.g2_prepare(g2)
-    z = GT.generator(be)._h
+    z = c.GT.generator()._h
     kb = k.to_bytes(32, "little")
-    bases5 = b"".join((GT.generator(be) ** random_scalar())._h for _ in range(5))
+    bases5 = b"".join((c.GT.generator() ** random_scalar())._h for _ in range(5))
     ks5 = b"".join(random_scalar().to_bytes(32, "little") for _ in range(5))
     keep = [g1, g2, qbuf, z, kb, bases5, ks5]  # buffers outlive the cdata views
 
@@ -139,6 +141,7 @@ def _ecdsa_ops() -> tuple[dict, dict, dict]:
     import coincurve
 
     from core import ecdsa
+    from core._backend import load_ecdsa
 
     tag = "emrshare/v1/bench"
     msg = b"x" * 100
@@ -147,7 +150,7 @@ def _ecdsa_ops() -> tuple[dict, dict, dict]:
     sig = ecdsa.sign(priv, tag, msg)
     ecdsa.verify(pub, tag, msg, sig)
 
-    pure = ecdsa.get_implementation("pure")
+    pure = load_ecdsa("pure")
     digest = hashlib.sha256(ecdsa.tagged_message(tag, msg)).digest()
     api = {
         "ECDSA sign": lambda: ecdsa.sign(priv, tag, msg),
@@ -155,7 +158,7 @@ def _ecdsa_ops() -> tuple[dict, dict, dict]:
     }
     pure_ops = {
         "ECDSA sign": lambda: pure.sign_digest(priv, digest),
-        "ECDSA verify": lambda: pure.verify_digest(pub, digest, sig),
+        "ECDSA verify": lambda: pure.is_valid_digest(pub, digest, sig),
     }
     cc_priv = coincurve.PrivateKey(priv)
     cc_sig = cc_priv.sign(ecdsa.tagged_message(tag, msg))  # DER, sha256 inside

@@ -8,7 +8,8 @@ through the peers (``peer.submit``, batches of ``--batch`` with at most
 patient's signed CID) and ``access_request`` (certificate check plus policy
 evaluation). A transaction counts as committed when all four peers committed
 it; latency is from its submission to that moment. The share of CPU time in
-ECDSA verification is measured by timing every ``core.ecdsa`` verify call.
+ECDSA verification is measured by the crypto call counter the backends are
+selected with (agents/bench/loadtest/costs.py).
 
     emrshare bench ledger [--quick] [--txs N] [--json FILE]
 """
@@ -21,7 +22,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from core.ledger import make_genesis
 from core.policy import parse as parse_policy
 from core.tx import Transaction
 
+from agents.bench.loadtest import costs
 from agents.orderer import OrdererAgent
 from agents.peer import PeerAgent
 from agents.consortium import Manifest, enroll_id, enrollment_token
@@ -55,52 +56,28 @@ rule cardio:
 """
 
 
-class _TimedImpl:
-    """Delegates to core.ecdsa's backend, timing ``verify_digest`` in thread CPU time."""
-
-    def __init__(self, impl: Any, timer: "VerifyTimer"):
-        self._impl = impl
-        self._timer = timer
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._impl, name)
-
-    def verify_digest(self, *args: Any) -> bool:
-        t = time.thread_time()
-        try:
-            return self._impl.verify_digest(*args)
-        finally:
-            self._timer.add(time.thread_time() - t)
-
-
 class VerifyTimer:
     """Counts every ECDSA verification (ledger transactions, certificates, blocks, bus
-    envelopes) and the CPU time it takes, by wrapping core.ecdsa's backend."""
+    envelopes) and the CPU time it takes, from the process's crypto call counter
+    (:func:`agents.bench.loadtest.costs.counting`)."""
 
     def __init__(self) -> None:
-        self.seconds = 0.0
-        self.calls = 0
-        self._lock = threading.Lock()
-        self._saved: Any = None
-
-    def add(self, dt: float) -> None:
-        with self._lock:
-            self.seconds += dt
-            self.calls += 1
+        self._counter = costs.counting()
+        self._mark = self._counter.snapshot()
 
     def __enter__(self) -> "VerifyTimer":
-        self._saved = ecdsa._impl
-        ecdsa._impl = _TimedImpl(self._saved, self)
+        self.reset()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        ecdsa._impl = self._saved
+        pass
 
     def reset(self) -> tuple[float, int]:
-        with self._lock:
-            out = (self.seconds, self.calls)
-            self.seconds, self.calls = 0.0, 0
-        return out
+        """(seconds, calls) of ECDSA verification since the last reset."""
+        now = self._counter.snapshot()
+        spent = (now - self._mark).by_primitive.get("ecdsa_verify")
+        self._mark = now
+        return (spent.cpu_ns / 1e9, spent.calls) if spent is not None else (0.0, 0)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -277,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=4000, help="transactions in flight at most")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    costs.counting()  # the verify counter is chosen with the backends, before any crypto runs
     n = args.txs or (1000 if args.quick else 5000)
     report = trio.run(lambda: run_bench(n, batch=args.batch, window=args.window))
     print(_table(report))

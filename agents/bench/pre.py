@@ -193,20 +193,20 @@ class _Ours:
 
     def __init__(self, message: bytes):
         from core import pre, record
-        from core.curve import get_backend
+        from core._backend import active_backend
 
         self.pre, self.record = pre, record
-        self.backend = get_backend()
+        self.backend = active_backend()
         self.message = message
-        self.owner = pre.KeyPair.derive(pre.new_master_secret(), _LABEL, backend=self.backend)
+        self.owner = pre.KeyPair.derive(pre.new_master_secret(), _LABEL)
         self.owner_box_sk, self.owner_box_pk = pre.box_keypair()
-        self.doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=self.backend)
+        self.doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL)
         boxes = [pre.box_keypair() for _ in range(5)]
         self.proxies = [pre.Proxy(i + 1, pk) for i, (_, pk) in enumerate(boxes)]
         self.proxy_sks = {i + 1: sk for i, (sk, _) in enumerate(boxes)}
         self.blob = self.encrypt()
         self.capsule_bytes = record.peek_header(self.blob).capsule
-        self.capsule = record.peek_header(self.blob).capsule_point(self.backend)
+        self.capsule = record.peek_header(self.blob).capsule_point()
         self.shares = {
             (1, 1): self._open(self.rekey(1, 1)),
             (3, 5): self._open(self.rekey(3, 5)),
@@ -221,7 +221,7 @@ class _Ours:
     def _open(self, sealed):
         return [
             self.pre.open_key_share(s, self.proxy_sks[s.index], expected_context=_CONTEXT,
-                                    expected_index=s.index, backend=self.backend)
+                                    expected_index=s.index)
             for s in sealed
         ]
 
@@ -235,13 +235,13 @@ class _Ours:
     def capsule_decode(self):
         from core.curve import G1
 
-        return G1.from_bytes(self.capsule_bytes, backend=self.backend)
+        return G1.from_bytes(self.capsule_bytes)
 
     def reencrypt(self) -> bytes:
         return self.pre.reencrypt(self.capsule, self.prepared[(1, 1)][0]).to_bytes()
 
     def share_decode(self):
-        return self.pre.ReencryptedShare.from_bytes(self.wire[(1, 1)][0], backend=self.backend)
+        return self.pre.ReencryptedShare.from_bytes(self.wire[(1, 1)][0])
 
     def _combine_decrypt(self, shares, t: int) -> bytes:
         provider = self.record.ThresholdKeyProvider(shares, t, self.doctor.secret)
@@ -256,7 +256,7 @@ class _Ours:
     def decode_all(self) -> None:
         """Decode the wire shares once (for the combine+decrypt rows, outside the timer)."""
         self._decoded = {
-            key: [self.pre.ReencryptedShare.from_bytes(w, backend=self.backend) for w in wire]
+            key: [self.pre.ReencryptedShare.from_bytes(w) for w in wire]
             for key, wire in self.wire.items()
         }
 
@@ -271,7 +271,7 @@ class _Ours:
         # proxy work: t re-encryptions (each proxy holds its prepared share)
         wire = [self.pre.reencrypt(self.capsule, p).to_bytes() for p in self.prepared[grant][:t]]
         # doctor work: decode each share, combine, decrypt
-        shares = [self.pre.ReencryptedShare.from_bytes(w, backend=self.backend) for w in wire]
+        shares = [self.pre.ReencryptedShare.from_bytes(w) for w in wire]
         return self._combine_decrypt(shares, t)
 
 
@@ -441,12 +441,12 @@ def _machine() -> dict:
 def run(json_path: str | None = None, iterations: int = DEFAULT_ITERATIONS, *,
         sizes: tuple[int, ...] = DEFAULT_SIZES, out=sys.stdout) -> dict:
     """Run the benchmark, print the tables to ``out``, optionally write JSON; return the results."""
-    from core.curve import get_backend
+    from core._backend import backend_name
 
     iterations = max(1, int(iterations))
     umbral = _load_umbral()
     machine = _machine()
-    backend = get_backend().name
+    backend = backend_name()
     t0 = time.perf_counter()
     results = [_bench_size(size, iterations, umbral) for size in sizes]
     elapsed = time.perf_counter() - t0

@@ -111,7 +111,7 @@ async def _run(base: Path, message_size: int = 8 * MiB, pipeline: int = 2, sizes
                 "bench-client",
                 signer=lambda m: ecdsa.sign_raw(keys["bench-client"], m),
                 directory=pubs.get,
-                verifier=ecdsa.verify_raw,
+                verifier=ecdsa.is_valid_raw,
             )
             client = StorageClient(ep, ids[:3], replicas=3, write_quorum=2, message_size=message_size, pipeline=pipeline)
             await client.put(b"warm-up")

@@ -80,7 +80,7 @@ async def serve(args: argparse.Namespace) -> None:
             args.id,
             signer=lambda m: ecdsa.sign_raw(key, m),
             directory=directory,
-            verifier=ecdsa.verify_raw,
+            verifier=ecdsa.is_valid_raw,
         )
         node = StorageNode(endpoint, store, threads=args.threads)
         address = await bus.listen(args.listen)

@@ -283,7 +283,7 @@ class BlobStore:
             if offset >= size:
                 return
 
-    def verify(self, cid: str) -> bool:
+    def is_intact(self, cid: str) -> bool:
         """Re-hash the whole blob; False when it is corrupt (NotFound if absent)."""
         try:
             for _ in self.iter_read(cid, 8 << 20):

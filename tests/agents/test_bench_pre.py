@@ -31,11 +31,11 @@ TARGETED = {
 
 @pytest.fixture(scope="module")
 def native():
-    from core.curve import get_backend
+    from core._backend import active_backend
 
-    if get_backend().name != "native":
+    if active_backend().name != "native":
         pytest.skip("the benchmark runs pairings on the active backend; too slow on the pure one")
-    return get_backend()
+    return active_backend()
 
 
 def _rows(result: dict, size_index: int = 0) -> dict[str, dict]:

@@ -139,7 +139,7 @@ async def _storage(tmp_path, n=3, **client_opts):
 
     def ep(node, ident):
         return node.endpoint(ident, signer=lambda m, k=keys[ident]: ecdsa.sign_raw(k, m), directory=pubs.get,
-                             verifier=ecdsa.verify_raw)
+                             verifier=ecdsa.is_valid_raw)
 
     async with open_node() as bus, trio.open_nursery() as nursery:
         gates, nodes = {}, {}

@@ -54,7 +54,7 @@ async def test_batches_persistence_and_access(tmp_path):
                 prev = genesis
                 for _ in range(3):
                     block = Block.from_bytes((await sub.receive()).body["block"])
-                    assert block.verify_signature(ecdsa.public_key(okey))
+                    assert block.is_valid_signature(ecdsa.public_key(okey))
                     assert block.height == prev.height + 1 and block.prev_hash == prev.hash
                     sizes.append(len(block.txs))
                     prev = block

@@ -142,7 +142,7 @@ def test_flipped_byte_detected_never_served(tmp_path) -> None:
     assert store.read(cid, 0, 1000) == data[:1000]
     with pytest.raises(CorruptBlob, match="chunk 1"):
         store.read(cid)
-    assert not store.verify(cid)
+    assert not store.is_intact(cid)
     store.quarantine(cid)
     assert not store.has(cid)
     assert store.put(data) == cid and store.read(cid) == data

@@ -29,7 +29,7 @@ async def swarm(tmp_path, n=3, *, quota=None, max_blob=256 * MiB, session_timeou
             ident,
             signer=lambda m, k=keys[ident]: ecdsa.sign_raw(k, m),
             directory=pubs.get,
-            verifier=ecdsa.verify_raw,
+            verifier=ecdsa.is_valid_raw,
         )
 
     async with open_node() as bus, trio.open_nursery() as nursery:
@@ -91,7 +91,7 @@ async def test_flipped_byte_detected_good_replica_served_and_healed(tmp_path) ->
             assert nodes[first].corruptions == 1
             assert client.statistics().corrupt_replicas == 1 and client.statistics().healed == 1
             # the bad copy was quarantined and replaced by a good one
-            assert nodes[first].store.verify(cid)
+            assert nodes[first].store.is_intact(cid)
             assert (tmp_path / first / "corrupt" / cid).exists()
 
 

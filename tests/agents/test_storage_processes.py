@@ -87,7 +87,7 @@ async def test_sigkill_during_writes_then_replace_and_repair(tmp_path) -> None:
                     "client",
                     signer=lambda m: ecdsa.sign_raw(keys["client"], m),
                     directory=pubs.get,
-                    verifier=ecdsa.verify_raw,
+                    verifier=ecdsa.is_valid_raw,
                 )
                 client = StorageClient(ep, ["s1", "s2", "s3"], timeout=10)
                 acked: dict[str, str] = {}

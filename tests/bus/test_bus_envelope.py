@@ -47,7 +47,7 @@ def check(env, *, recipient="bob", now=NOW, guard=None, directory=DIRECTORY):
         env,
         recipient=recipient,
         directory=directory,
-        verifier=ecdsa.verify_raw,
+        verifier=ecdsa.is_valid_raw,
         now_ms=now,
         skew_ms=SKEW,
         replay_guard=guard,
@@ -80,7 +80,7 @@ def test_signing_input_is_domain_tag_then_canonical_array():
         msgpack.unpackb(env.encode())[:10], use_bin_type=True
     )
     assert SIGNING_DOMAIN == b"emrshare/v1/envelope\x00"
-    assert ecdsa.verify_raw(ecdsa.public_key(ALICE), env.signing_input(), env.signature)
+    assert ecdsa.is_valid_raw(ecdsa.public_key(ALICE), env.signing_input(), env.signature)
 
 
 def test_fresh_ids_and_nonces():

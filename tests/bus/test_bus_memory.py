@@ -29,7 +29,7 @@ def ecdsa_ring():
         generate=ecdsa.generate_private_key,
         public_key=ecdsa.public_key,
         sign=ecdsa.sign_raw,
-        verify=ecdsa.verify_raw,
+        verify=ecdsa.is_valid_raw,
     )
 
 

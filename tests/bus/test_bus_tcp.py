@@ -58,7 +58,7 @@ async def test_request_reply_over_tcp_with_ecdsa():
         generate=ecdsa.generate_private_key,
         public_key=ecdsa.public_key,
         sign=ecdsa.sign_raw,
-        verify=ecdsa.verify_raw,
+        verify=ecdsa.is_valid_raw,
     )
     async with open_node() as server, open_node() as client:
         address = await server.listen("tcp://127.0.0.1:0")

@@ -21,10 +21,11 @@ from core.cid import (
     CidBuilder,
     choose_replicas,
     compute,
+    is_valid,
     parse,
     verify,
 )
-from core.errors import DecodeError
+from core.errors import CidMismatchError, CoreError, DecodeError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ipfs"
 KUBO = json.loads((FIXTURES / "kubo_cids.json").read_text())
@@ -247,7 +248,7 @@ def test_parse_v1_and_v0() -> None:
 def test_parse_rejects(bad: str) -> None:
     with pytest.raises(DecodeError):
         parse(bad)
-    assert not cidmod.is_valid(bad)
+    assert not cidmod.is_cid(bad)
 
 
 @pytest.mark.parametrize("bad", [None, b"bafk", 12, ["b"]])
@@ -272,10 +273,15 @@ def test_parse_roundtrip_and_verify(data: bytes) -> None:
     text = compute(data)
     c = parse(text)
     assert str(c) == text
-    assert verify(text, data)
-    assert not verify(text, data + b"x")
+    assert is_valid(text, data) and verify(text, data) is None
+    assert not is_valid(text, data + b"x")
+    with pytest.raises(CidMismatchError, match=f"does not hash to {text}") as exc:
+        verify(text, data + b"x")
+    assert isinstance(exc.value, CoreError) and isinstance(exc.value, ValueError)
     v0 = compute(data, version=0, raw_leaves=False)
-    assert verify(v0, data)
+    assert is_valid(v0, data) and not is_valid(v0, data + b"x")
+    with pytest.raises(CidMismatchError):
+        verify(c, data + b"x")
 
 
 # --- rendezvous placement ------------------------------------------------------

@@ -6,11 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core._backend import P, R
+from core._backend import P, R, active_backend, load
 from core.curve import (
     G1,
     G2,
     GT,
+    api,
     hash_to_scalar,
     multi_pairing,
     pairing,
@@ -50,23 +51,23 @@ def _g1_x(square: bool) -> bytes:
 
 
 def test_generators_encode_to_zcash_bytes(backend):
-    assert G1.generator(backend).to_bytes() == G1_GEN
-    assert G2.generator(backend).to_bytes() == G2_GEN
-    assert G1.from_bytes(G1_GEN, backend=backend) == G1.generator(backend)
-    assert G2.from_bytes(G2_GEN, backend=backend) == G2.generator(backend)
+    assert api(backend).G1.generator().to_bytes() == G1_GEN
+    assert api(backend).G2.generator().to_bytes() == G2_GEN
+    assert api(backend).G1.from_bytes(G1_GEN) == api(backend).G1.generator()
+    assert api(backend).G2.from_bytes(G2_GEN) == api(backend).G2.generator()
 
 
 def test_identity_encoding_and_rejection(backend):
     inf1 = bytes([0xC0]) + bytes(47)
     inf2 = bytes([0xC0]) + bytes(95)
-    assert G1.identity(backend).to_bytes() == inf1
-    assert G2.identity(backend).to_bytes() == inf2
+    assert api(backend).G1.identity().to_bytes() == inf1
+    assert api(backend).G2.identity().to_bytes() == inf2
     with pytest.raises(DecodeError, match="identity"):
-        G1.from_bytes(inf1, backend=backend)
+        api(backend).G1.from_bytes(inf1)
     with pytest.raises(DecodeError, match="identity"):
-        G2.from_bytes(inf2, backend=backend)
-    assert G1.from_bytes(inf1, allow_identity=True, backend=backend).is_identity()
-    assert G2.from_bytes(inf2, allow_identity=True, backend=backend).is_identity()
+        api(backend).G2.from_bytes(inf2)
+    assert api(backend).G1.from_bytes(inf1, allow_identity=True).is_identity()
+    assert api(backend).G2.from_bytes(inf2, allow_identity=True).is_identity()
 
 
 @pytest.mark.parametrize(
@@ -82,25 +83,25 @@ def test_identity_encoding_and_rejection(backend):
 )
 def test_g1_structural_rejections(backend, mutate, message):
     with pytest.raises(DecodeError, match=message):
-        G1.from_bytes(mutate(G1_GEN), backend=backend)
+        api(backend).G1.from_bytes(mutate(G1_GEN))
 
 
 def test_g1_off_curve_and_off_subgroup(backend):
     with pytest.raises(DecodeError, match="curve"):
-        G1.from_bytes(_g1_x(square=False), backend=backend)
+        api(backend).G1.from_bytes(_g1_x(square=False))
     with pytest.raises(DecodeError, match="subgroup"):
-        G1.from_bytes(_g1_x(square=True), backend=backend)
+        api(backend).G1.from_bytes(_g1_x(square=True))
 
 
 def test_g2_structural_rejections(backend):
     with pytest.raises(DecodeError, match="96 bytes"):
-        G2.from_bytes(G2_GEN[:95], backend=backend)
+        api(backend).G2.from_bytes(G2_GEN[:95])
     with pytest.raises(DecodeError, match="compression flag"):
-        G2.from_bytes(bytes([G2_GEN[0] & 0x7F]) + G2_GEN[1:], backend=backend)
+        api(backend).G2.from_bytes(bytes([G2_GEN[0] & 0x7F]) + G2_GEN[1:])
     big = bytearray(G2_GEN)
     big[48:96] = P.to_bytes(48, "big")
     with pytest.raises(DecodeError, match="field modulus"):
-        G2.from_bytes(bytes(big), backend=backend)
+        api(backend).G2.from_bytes(bytes(big))
 
 
 def test_g2_bad_point_rejected(backend):
@@ -109,44 +110,44 @@ def test_g2_bad_point_rejected(backend):
     for k in range(1, 12):
         data = bytes([0x80]) + bytes(46) + bytes([0]) + k.to_bytes(48, "big")
         with pytest.raises(DecodeError, match="curve|subgroup"):
-            G2.from_bytes(data, backend=backend)
+            api(backend).G2.from_bytes(data)
 
 
 def test_type_errors(backend):
     with pytest.raises(DecodeError):
-        G1.from_bytes("not bytes", backend=backend)  # type: ignore[arg-type]
+        api(backend).G1.from_bytes("not bytes")  # type: ignore[arg-type]
     with pytest.raises(DecodeError):
-        GT.from_bytes(b"\x00" * 575, backend=backend)
+        api(backend).GT.from_bytes(b"\x00" * 575)
 
 
 def test_group_laws(backend):
-    g = G1.generator(backend)
-    h = G2.generator(backend)
+    g = api(backend).G1.generator()
+    h = api(backend).G2.generator()
     a, b = random_scalar(), random_scalar()
     assert g * a + g * b == g * ((a + b) % R)
-    assert (g * a) - (g * a) == G1.identity(backend)
-    assert -(h * a) + h * a == G2.identity(backend)
+    assert (g * a) - (g * a) == api(backend).G1.identity()
+    assert -(h * a) + h * a == api(backend).G2.identity()
     assert g.mul_public(a) == g * a
     assert h.mul_public(b) == h * b
     assert G1.msm([g, g * 2], [a, b]) == g * ((a + 2 * b) % R)
     assert G2.msm([h, h * 3], [a, b]) == h * ((a + 3 * b) % R)
-    assert g * 0 == G1.identity(backend)
+    assert g * 0 == api(backend).G1.identity()
 
 
 def test_pairing_bilinear_and_nondegenerate(backend):
-    g, h = G1.generator(backend), G2.generator(backend)
+    g, h = api(backend).G1.generator(), api(backend).G2.generator()
     z = pairing(g, h)
-    assert z == GT.generator(backend)
+    assert z == api(backend).GT.generator()
     assert not z.is_one()
-    assert z ** (R - 1) * z == GT.one(backend)  # order divides r
+    assert z ** (R - 1) * z == api(backend).GT.one()  # order divides r
     a, b = random_scalar(), random_scalar()
     assert pairing(g * a, h * b) == z ** (a * b % R)
     assert pairing(g * a, h) == pairing(g, h * a)
-    assert pairing(G1.identity(backend), h).is_one()
+    assert pairing(api(backend).G1.identity(), h).is_one()
 
 
 def test_prepared_and_multi_pairing(backend):
-    g, h = G1.generator(backend), G2.generator(backend)
+    g, h = api(backend).G1.generator(), api(backend).G2.generator()
     a, b, c = random_scalar(), random_scalar(), random_scalar()
     q = h * b
     prepared = q.prepare()
@@ -155,33 +156,49 @@ def test_prepared_and_multi_pairing(backend):
 
 
 def test_gt_operations(backend):
-    z = GT.generator(backend)
+    z = api(backend).GT.generator()
     a, b = random_scalar(), random_scalar()
     za, zb = z**a, z**b
     assert za * zb == z ** ((a + b) % R)
-    assert za * za.inverse() == GT.one(backend)
-    assert za / za == GT.one(backend)
-    assert GT.generator_pow(a, backend) == za
+    assert za * za.inverse() == api(backend).GT.one()
+    assert za / za == api(backend).GT.one()
+    assert api(backend).GT.generator_pow(a) == za
     assert GT.multi_pow([za, zb, z], [3, 5, 7]) == za**3 * zb**5 * z**7
-    assert GT.from_bytes(za.to_bytes(), backend=backend) == za
-    assert GT.one(backend).to_bytes() == GT.from_bytes(GT.one(backend).to_bytes(), backend=backend).to_bytes()
+    assert api(backend).GT.from_bytes(za.to_bytes()) == za
+    assert api(backend).GT.one().to_bytes() == api(backend).GT.from_bytes(api(backend).GT.one().to_bytes()).to_bytes()
 
 
 def test_gt_decode_rejects_non_subgroup(backend):
-    one = GT.one(backend).to_bytes()
+    one = api(backend).GT.one().to_bytes()
     bad = bytearray(one)
     bad[48 * 3 - 1] ^= 2  # perturb a coefficient of the Fp12 one
     with pytest.raises(DecodeError, match="subgroup"):
-        GT.from_bytes(bytes(bad), backend=backend)
+        api(backend).GT.from_bytes(bytes(bad))
     with pytest.raises(DecodeError, match="field modulus"):
-        GT.from_bytes(P.to_bytes(48, "big") + one[48:], backend=backend)
+        api(backend).GT.from_bytes(P.to_bytes(48, "big") + one[48:])
     with pytest.raises(DecodeError, match="subgroup"):
-        GT.from_bytes(bytes(576), backend=backend)
+        api(backend).GT.from_bytes(bytes(576))
+
+
+@settings(max_examples=10)
+@given(st.integers(min_value=0, max_value=R - 1))
+def test_generator_mul_is_k_g(k):
+    assert G1.generator_mul(k) == G1.generator() * k
+    assert api().G2.generator_mul(k) == G2.generator() * k
+
+
+def test_api_is_bound_to_its_backend(backend):
+    c = api(backend)
+    assert c is api(backend) and c.backend is backend
+    assert c.G1.generator().backend is backend and c.GT.one().backend is backend
+    assert c.G1.generator_mul(5) == c.G1.generator() * 5
+    assert api().backend is active_backend()
+    assert G1.generator().backend is active_backend()
 
 
 def test_mixing_backends_is_refused(backend, other_backend):
     with pytest.raises(TypeError):
-        G1.generator(backend) + G1.generator(other_backend)
+        api(backend).G1.generator() + api(other_backend).G1.generator()
 
 
 @settings(max_examples=4)
@@ -189,15 +206,14 @@ def test_mixing_backends_is_refused(backend, other_backend):
 def test_cross_backend_byte_identity(a, b):
     """Every operation gives the same bytes on native and pure (when both load)."""
     from core._backend import available_backends
-    from core.curve import get_backend
 
     names = available_backends()
     if len(names) < 2:
         pytest.skip("needs both backends")
-    nat, pure = get_backend("native"), get_backend("pure")
+    nat, pure = load("native"), load("pure")
     results = []
     for be in (nat, pure):
-        g, h = G1.generator(be), G2.generator(be)
+        g, h = api(be).G1.generator(), api(be).G2.generator()
         p, q = g * a, h * b
         results.append(
             (
@@ -206,14 +222,15 @@ def test_cross_backend_byte_identity(a, b):
                 (p + g).to_bytes(),
                 (-q).to_bytes(),
                 pairing(p, q).to_bytes(),
-                (GT.generator(be) ** a).to_bytes(),
+                (api(be).GT.generator() ** a).to_bytes(),
             )
         )
     assert results[0] == results[1]
     # and each decodes in the other
-    for data, cls in ((results[0][0], G1), (results[0][1], G2), (results[0][4], GT)):
-        assert cls.from_bytes(data, backend=pure).to_bytes() == data
-        assert cls.from_bytes(data, backend=nat).to_bytes() == data
+    for be in (pure, nat):
+        c = api(be)
+        for data, group in ((results[0][0], c.G1), (results[0][1], c.G2), (results[0][4], c.GT)):
+            assert group.from_bytes(data).to_bytes() == data
 
 
 @given(st.binary(min_size=32, max_size=32))

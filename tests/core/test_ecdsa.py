@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import ecdsa
+from core._backend import load_ecdsa
 from core.errors import DecodeError, SignatureError
 
 pytestmark = pytest.mark.crypto
@@ -19,21 +20,21 @@ IMPLS = ["native", "pure"]
 
 @pytest.fixture(params=IMPLS)
 def impl(request):
-    return ecdsa.get_implementation(request.param)
+    return load_ecdsa(request.param)
 
 
 @settings(max_examples=20)
 @given(msg=st.binary(max_size=300))
 def test_native_and_pure_agree(msg):
-    nat, pure = ecdsa.get_implementation("native"), ecdsa.get_implementation("pure")
+    nat, pure = load_ecdsa("native"), load_ecdsa("pure")
     key = ecdsa.generate_private_key()
     digest = hashlib.sha256(msg).digest()
     assert nat.public_key(key) == pure.public_key(key)
     sig_n, sig_p = nat.sign_digest(key, digest), pure.sign_digest(key, digest)
     assert sig_n == sig_p  # RFC 6979 on both sides
     pub = nat.public_key(key)
-    assert nat.verify_digest(pub, digest, sig_p)
-    assert pure.verify_digest(pub, digest, sig_n)
+    assert nat.is_valid_digest(pub, digest, sig_p)
+    assert pure.is_valid_digest(pub, digest, sig_n)
 
 
 def test_coincurve_interop(impl):
@@ -49,8 +50,8 @@ def test_coincurve_interop(impl):
     from coincurve.ecdsa import der_to_cdata, serialize_compact
 
     compact = serialize_compact(der_to_cdata(theirs))
-    assert impl.verify_digest(pk.public_key.format(), digest, compact)
-    assert impl.verify_digest(pk.public_key.format(compressed=False), digest, compact)
+    assert impl.is_valid_digest(pk.public_key.format(), digest, compact)
+    assert impl.is_valid_digest(pk.public_key.format(compressed=False), digest, compact)
 
 
 def test_high_s_and_out_of_range_rejected(impl):
@@ -61,11 +62,11 @@ def test_high_s_and_out_of_range_rejected(impl):
     r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
     assert s <= ecdsa.N // 2
     high = r.to_bytes(32, "big") + (ecdsa.N - s).to_bytes(32, "big")
-    assert not impl.verify_digest(pub, digest, high)
+    assert not impl.is_valid_digest(pub, digest, high)
     for bad_r, bad_s in ((0, s), (r, 0), (ecdsa.N, s), (r + ecdsa.N if r + ecdsa.N < 2**256 else r, s)):
         if (bad_r, bad_s) == (r, s):
             continue
-        assert not impl.verify_digest(pub, digest, bad_r.to_bytes(32, "big") + bad_s.to_bytes(32, "big"))
+        assert not impl.is_valid_digest(pub, digest, bad_r.to_bytes(32, "big") + bad_s.to_bytes(32, "big"))
 
 
 def test_tagged_sign_verify_and_domain_separation():
@@ -77,19 +78,25 @@ def test_tagged_sign_verify_and_domain_separation():
         ecdsa.verify(pub, "emrshare/v1/grant", b"cid", sig)
     with pytest.raises(SignatureError):
         ecdsa.verify(pub, "emrshare/v1/store", b"cid2", sig)
-    assert not ecdsa.verify_raw(pub, b"cid", sig)  # the raw message is not the tagged one
+    assert not ecdsa.is_valid_raw(pub, b"cid", sig)  # the raw message is not the tagged one
+    assert ecdsa.is_valid(pub, "emrshare/v1/store", b"cid", sig)
+    assert not ecdsa.is_valid(pub, "emrshare/v1/grant", b"cid", sig)
+    assert not ecdsa.is_valid(pub, "emrshare/v1/store", b"cid", bytes(64))
+    with pytest.raises(SignatureError):
+        ecdsa.verify(pub, "emrshare/v1/store", b"cid", bytes(64))
+    assert ecdsa.is_valid_raw(pub, ecdsa.tagged_message("emrshare/v1/store", b"cid"), sig)
     with pytest.raises(ValueError):
         ecdsa.sign(key, "bad\x00tag", b"")
 
 
 @given(pub=st.binary(max_size=70), msg=st.binary(max_size=10), sig=st.binary(max_size=70))
-def test_verify_raw_never_raises(pub, msg, sig):
-    assert ecdsa.verify_raw(pub, msg, sig) in (True, False)
+def test_is_valid_raw_never_raises(pub, msg, sig):
+    assert ecdsa.is_valid_raw(pub, msg, sig) in (True, False)
 
 
-def test_verify_raw_rejects_wrong_types():
-    assert ecdsa.verify_raw("pub", b"m", b"s" * 64) is False  # type: ignore[arg-type]
-    assert ecdsa.verify_raw(b"\x02" + bytes(32), None, bytes(64)) is False  # type: ignore[arg-type]
+def test_is_valid_raw_rejects_wrong_types():
+    assert ecdsa.is_valid_raw("pub", b"m", b"s" * 64) is False  # type: ignore[arg-type]
+    assert ecdsa.is_valid_raw(b"\x02" + bytes(32), None, bytes(64)) is False  # type: ignore[arg-type]
 
 
 def test_public_key_validation(impl):
@@ -104,7 +111,7 @@ def test_public_key_validation(impl):
     bad[-1] ^= 1
     with pytest.raises(DecodeError, match="not on secp256k1"):
         ecdsa.decode_public_key(bytes(bad))
-    assert not impl.verify_digest(bytes(bad), bytes(32), bytes(64))
+    assert not impl.is_valid_digest(bytes(bad), bytes(32), bytes(64))
 
 
 def test_private_key_validation(impl):

@@ -10,7 +10,7 @@ from core import canonical, ecdsa, pre
 from core.cid import compute as compute_cid
 from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import Block, Ledger, MemoryKV, make_genesis, merkle_root
-from core.errors import DecodeError, ValidationError
+from core.errors import DecodeError, SignatureError, ValidationError
 from core.policy import parse as parse_policy
 from core.tx import Transaction
 
@@ -136,7 +136,7 @@ def test_full_flow_and_audit(c):
     assert events == ["store", "store", "set_policy", "access_request", "grant", "access", "revoke_grant"]
     # the store transaction in state carries the patient's signature over the CID
     stored = Transaction.from_bytes(c.ledger.get("record/alice/rec-1")["tx"])
-    assert stored.verify(c.users["alice"]["cert"].ecdsa_key)
+    assert stored.is_valid_signature(c.users["alice"]["cert"].ecdsa_key)
 
 
 def test_policy_decisions_recorded(c):
@@ -309,6 +309,31 @@ def test_tampered_blocks_rejected():
         codes.append(info.value.code)
     assert codes == ["bad_tx_root", "bad_block_signature", "bad_prev_hash"]
     assert c.ledger.apply(good).marks == ("unknown_submitter",)
+
+
+def test_block_and_certificate_signatures_have_a_bool_and_a_raising_check():
+    c = Consortium()
+    orderer, stranger = ecdsa.public_key(c.orderer_key), ecdsa.public_key(ecdsa.generate_private_key())
+    block = Block.make(1, c.genesis.hash, c.time_ms, [b"tx"], c.orderer_key)
+    assert block.is_valid_signature(orderer) and not block.is_valid_signature(stranger)
+    block.verify_signature(orderer)
+    with pytest.raises(SignatureError, match="block 1 is not signed by the orderer"):
+        block.verify_signature(stranger)
+    forged = Block(block.height, block.prev_hash, block.timestamp + 1, block.tx_root, block.txs, block.orderer_sig)
+    assert not forged.is_valid_signature(orderer)
+    with pytest.raises(SignatureError):
+        forged.verify_signature(orderer)
+
+    cert = c.cert("alice", "org-a", {"role": "patient"}, peer="peer1")
+    issuer, other = ecdsa.public_key(c.peer_keys["peer1"]), ecdsa.public_key(c.peer_keys["peer2"])
+    assert cert.is_valid_signature(issuer) and not cert.is_valid_signature(other)
+    cert.verify_signature(issuer)
+    with pytest.raises(SignatureError, match="serial-alice is not signed by peer1"):
+        cert.verify_signature(other)
+    unsigned = Certificate.from_dict({**cert.to_dict(), "signature": b""})
+    assert not unsigned.is_valid_signature(issuer)
+    with pytest.raises(SignatureError):
+        unsigned.verify_signature(issuer)
 
 
 def test_codecs_reject_garbage():

@@ -866,3 +866,40 @@ def test_docs_example_and_module_doctest():
                            "cardiology", 1767603600, "treatment"))
     assert (d.effect, d.approval, d.rule) == ("allow", "auto", "cardio-read")
     assert doctest.testmod(P).failed == 0
+
+
+# ---------------------------------------------------------------------------
+# Layout: the model at the bottom, the forms on it, core.policy on top.
+
+
+def _imports(module) -> set[str]:
+    """Every module ``module``'s source imports, at any level (relative ones as ".name")."""
+    import ast
+    import inspect
+
+    out = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            out.add("." * node.level + (node.module or ""))
+    return out
+
+
+def test_the_policy_modules_import_downwards_only():
+    from core import _policy_codec, _policy_model, _policy_text
+
+    forms = {"._policy_text", "._policy_codec", "core._policy_text", "core._policy_codec"}
+    assert not _imports(_policy_model) & (forms | {".policy", "core.policy"})
+    assert "._policy_model" in _imports(_policy_text) and "._policy_model" in _imports(_policy_codec)
+    assert not _imports(_policy_text) & {"._policy_codec", ".policy", "core.policy"}
+    assert not _imports(_policy_codec) & {"._policy_text", ".policy", "core.policy"}
+
+
+def test_parsed_decoded_and_built_policies_are_one_class():
+    built = Policy("p", 2, (), "allow", "auto")
+    parsed = parse(built.to_text())
+    decoded = Policy.from_msgpack(built.to_msgpack())
+    assert type(parsed) is type(decoded) is Policy
+    assert parsed == decoded == built and hash(parsed) == hash(built)
+    assert parsed.to_msgpack() == built.to_msgpack()

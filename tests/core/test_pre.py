@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import pre
-from core.curve import G1, G2, GT, R, get_backend, random_scalar
+from core._backend import active_backend
+from core.curve import R, api, random_scalar
 from core.errors import DecodeError, DecryptionError, FaultyShareError, SignatureError
 
 pytestmark = pytest.mark.crypto
@@ -24,29 +25,29 @@ def _proxies(n: int):
 
 def _open_all(sealed, secrets_, context, backend):
     return [
-        pre.open_key_share(s, secrets_[s.index], expected_context=context, expected_index=s.index, backend=backend)
+        pre.Scheme(backend).open_key_share(s, secrets_[s.index], expected_context=context, expected_index=s.index)
         for s in sealed
     ]
 
 
 def test_label_keys_are_deterministic_and_scoped(backend):
     ms = pre.new_master_secret()
-    a = pre.KeyPair.derive(ms, "cardiology", backend=backend)
-    assert pre.KeyPair.derive(ms, "cardiology", backend=backend).public == a.public
-    assert pre.KeyPair.derive(ms, "labs", backend=backend).public != a.public
-    assert pre.KeyPair.derive(pre.new_master_secret(), "cardiology", backend=backend).public != a.public
+    a = pre.Scheme(backend).derive_keypair(ms, "cardiology")
+    assert pre.Scheme(backend).derive_keypair(ms, "cardiology").public == a.public
+    assert pre.Scheme(backend).derive_keypair(ms, "labs").public != a.public
+    assert pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "cardiology").public != a.public
     assert "secret" not in repr(a) or str(a.secret) not in repr(a)
 
 
 def test_proof_of_possession(backend):
-    kp = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
+    kp = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "labs")
     proof = kp.prove("alice")
     pre.verify_public_key(kp.public, "alice", "labs", proof)
     with pytest.raises(SignatureError):
         pre.verify_public_key(kp.public, "mallory", "labs", proof)  # bound to the owner id
     with pytest.raises(SignatureError):
         pre.verify_public_key(kp.public, "alice", "other", proof)  # and to the label
-    other = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
+    other = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "labs")
     with pytest.raises(SignatureError):
         pre.verify_public_key(other.public, "alice", "labs", proof)
     # inconsistent (P1, P2) pair: pairing check fails before the proof is looked at
@@ -57,13 +58,13 @@ def test_proof_of_possession(backend):
 
 
 def test_public_key_and_proof_decoding(backend):
-    kp = pre.KeyPair.derive(pre.new_master_secret(), "x", backend=backend)
+    kp = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "x")
     data = kp.public.to_bytes()
-    assert pre.PublicKey.from_bytes(data, backend=backend) == kp.public
+    assert pre.Scheme(backend).public_key_from_bytes(data) == kp.public
     with pytest.raises(DecodeError):
-        pre.PublicKey.from_bytes(data[:-1], backend=backend)
+        pre.Scheme(backend).public_key_from_bytes(data[:-1])
     with pytest.raises(DecodeError, match="identity"):
-        pre.PublicKey.from_bytes(bytes([0xC0]) + bytes(47) + data[48:], backend=backend)
+        pre.Scheme(backend).public_key_from_bytes(bytes([0xC0]) + bytes(47) + data[48:])
     with pytest.raises(DecodeError):
         pre.Proof.from_bytes(bytes(64))  # zero challenge
     with pytest.raises(DecodeError):
@@ -71,14 +72,14 @@ def test_public_key_and_proof_decoding(backend):
 
 
 def test_owner_decapsulation(backend):
-    kp = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
+    kp = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "labs")
     capsule, k = pre.encapsulate(kp.public)
     assert pre.decapsulate_owner(kp, capsule) == k
 
 
 def test_owner_encapsulation_matches_encapsulate(backend, monkeypatch):
     """encapsulate_owner gives the very bytes encapsulate gives for the same k."""
-    kp = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
+    kp = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "labs")
     capsule, k = pre.encapsulate_owner(kp)
     assert not capsule.is_identity()
     assert pre.decapsulate_owner(kp, capsule) == k
@@ -87,14 +88,7 @@ def test_owner_encapsulation_matches_encapsulate(backend, monkeypatch):
     u1, k1 = pre.encapsulate(kp.public)
     u2, k2 = pre.encapsulate_owner(kp)
     assert u1.to_bytes() == u2.to_bytes() and k1.to_bytes() == k2.to_bytes()
-    assert u2 == kp.public.p1 * fixed and k2 == GT.generator_pow(fixed, backend)
-
-
-@settings(max_examples=10)
-@given(st.integers(min_value=0, max_value=R - 1))
-def test_generator_mul_secret_is_k_g1(k):
-    b = get_backend()
-    assert pre.generator_mul_secret(k, b) == G1.generator(b) * k
+    assert u2 == kp.public.p1 * fixed and k2 == api(backend).GT.generator_pow(fixed)
 
 
 def test_owner_encapsulation_is_byte_identical_across_backends(backend, other_backend, monkeypatch):
@@ -103,28 +97,28 @@ def test_owner_encapsulation_is_byte_identical_across_backends(backend, other_ba
     monkeypatch.setattr(pre, "random_scalar", lambda: fixed)
     out = []
     for b in (backend, other_backend):
-        capsule, k = pre.encapsulate_owner(pre.KeyPair.derive(ms, "labs", backend=b))
+        capsule, k = pre.encapsulate_owner(pre.Scheme(b).derive_keypair(ms, "labs"))
         out.append((capsule.to_bytes(), k.to_bytes()))
     assert out[0] == out[1]
 
 
 def test_single_proxy_is_plain_afgh(backend):
-    owner = pre.KeyPair.derive(pre.new_master_secret(), "labs", backend=backend)
-    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "labs")
+    doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
     proxies, secrets_ = _proxies(1)
     sealed = pre.make_key_shares(owner, doctor.public, proxies, 1, b"g")
     (share,) = _open_all(sealed, secrets_, b"g", backend)
-    assert pre.check_single_rekey(owner.public, doctor.public, share.rk)
-    other = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
-    assert not pre.check_single_rekey(owner.public, other.public, share.rk)
+    assert pre.is_valid_single_rekey(owner.public, doctor.public, share.rk)
+    other = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
+    assert not pre.is_valid_single_rekey(owner.public, other.public, share.rk)
     capsule, k = pre.encapsulate(owner.public)
     s = pre.reencrypt(capsule, share)
     assert pre.combine([s], doctor.secret) == k
 
 
 def _flow(backend, t, n, label="labs"):
-    owner = pre.KeyPair.derive(pre.new_master_secret(), label, backend=backend)
-    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), label)
+    doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
     proxies, secrets_ = _proxies(n)
     shares = _open_all(pre.make_key_shares(owner, doctor.public, proxies, t, b"grant"), secrets_, b"grant", backend)
     capsule, k = pre.encapsulate(owner.public)
@@ -184,9 +178,9 @@ def test_recover_key_intersection_when_nothing_opens(backend):
 def test_label_scoping(backend):
     """A grant for label L never re-encrypts a record under label M."""
     ms = pre.new_master_secret()
-    owner_l = pre.KeyPair.derive(ms, "L", backend=backend)
-    owner_m = pre.KeyPair.derive(ms, "M", backend=backend)
-    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    owner_l = pre.Scheme(backend).derive_keypair(ms, "L")
+    owner_m = pre.Scheme(backend).derive_keypair(ms, "M")
+    doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
     proxies, secrets_ = _proxies(2)
     shares = _open_all(pre.make_key_shares(owner_l, doctor.public, proxies, 2, b"g"), secrets_, b"g", backend)
     capsule_m, k_m = pre.encapsulate(owner_m.public)
@@ -195,23 +189,23 @@ def test_label_scoping(backend):
 
 
 def test_sealed_share_checks(backend):
-    owner = pre.KeyPair.derive(pre.new_master_secret(), "L", backend=backend)
-    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "L")
+    doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
     proxies, secrets_ = _proxies(2)
     sealed = pre.make_key_shares(owner, doctor.public, proxies, 2, b"grant-7")
     with pytest.raises(DecryptionError):
         pre.open_key_share(sealed[0], secrets_[2], expected_context=b"grant-7", expected_index=1)
     with pytest.raises(DecodeError, match="another grant"):
-        pre.open_key_share(sealed[0], secrets_[1], expected_context=b"grant-8", expected_index=1, backend=backend)
+        pre.Scheme(backend).open_key_share(sealed[0], secrets_[1], expected_context=b"grant-8", expected_index=1)
     with pytest.raises(DecodeError, match="another proxy"):
-        pre.open_key_share(sealed[0], secrets_[1], expected_context=b"grant-7", expected_index=2, backend=backend)
+        pre.Scheme(backend).open_key_share(sealed[0], secrets_[1], expected_context=b"grant-7", expected_index=2)
     # the share itself never appears in the sealed bytes
-    share = pre.open_key_share(sealed[0], secrets_[1], expected_context=b"grant-7", expected_index=1, backend=backend)
+    share = pre.Scheme(backend).open_key_share(sealed[0], secrets_[1], expected_context=b"grant-7", expected_index=1)
     assert share.rk.to_bytes() not in sealed[0].sealed
 
 
 def test_parameter_validation(backend):
-    owner = pre.KeyPair.derive(pre.new_master_secret(), "L", backend=backend)
+    owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "L")
     proxies, _ = _proxies(3)
     with pytest.raises(ValueError, match="threshold"):
         pre.make_key_shares(owner, owner.public, proxies, 4, b"g")
@@ -224,30 +218,30 @@ def test_parameter_validation(backend):
     with pytest.raises(ValueError):
         pre.label_secret(b"short", "L")
     with pytest.raises(DecodeError, match="identity"):
-        pre.reencrypt(G1.identity(backend), pre.KeyShare(1, 1, b"", G2.generator(backend)))
+        pre.reencrypt(api(backend).G1.identity(), pre.KeyShare(1, 1, b"", api(backend).G2.generator()))
 
 
 def test_reencrypted_share_decoding(backend):
-    value = GT.generator(backend) ** 5
+    value = api(backend).GT.generator() ** 5
     share = pre.ReencryptedShare(3, value)
-    assert pre.ReencryptedShare.from_bytes(share.to_bytes(), backend=backend) == share
+    assert pre.Scheme(backend).reencrypted_share_from_bytes(share.to_bytes()) == share
     with pytest.raises(DecodeError):
-        pre.ReencryptedShare.from_bytes(share.to_bytes()[:-1], backend=backend)
+        pre.Scheme(backend).reencrypted_share_from_bytes(share.to_bytes()[:-1])
     with pytest.raises(DecodeError, match="index 0"):
-        pre.ReencryptedShare.from_bytes(bytes(4) + value.to_bytes(), backend=backend)
+        pre.Scheme(backend).reencrypted_share_from_bytes(bytes(4) + value.to_bytes())
     with pytest.raises(DecodeError, match="identity"):
-        pre.ReencryptedShare.from_bytes(b"\x00\x00\x00\x01" + GT.one(backend).to_bytes(), backend=backend)
+        pre.Scheme(backend).reencrypted_share_from_bytes(b"\x00\x00\x00\x01" + api(backend).GT.one().to_bytes())
     bad = bytearray(share.to_bytes())
     bad[-1] ^= 1
     with pytest.raises(DecodeError, match="subgroup"):
-        pre.ReencryptedShare.from_bytes(bytes(bad), backend=backend)
+        pre.Scheme(backend).reencrypted_share_from_bytes(bytes(bad))
 
 
 @settings(max_examples=8)
 @given(data=st.data())
 def test_threshold_property_native(data):
     """Random t <= n <= 10 and random subsets: any t shares recover K, t-1 never do."""
-    backend = get_backend()
+    backend = active_backend()
     n = data.draw(st.integers(1, 10), label="n")
     t = data.draw(st.integers(1, n), label="t")
     owner, doctor, shares, capsule, k = _flow(backend, t, n)
@@ -273,6 +267,7 @@ def test_cross_backend_shares(backend, other_backend):
     """Shares computed by a peer on one backend combine on a doctor on the other."""
     owner, doctor, shares, capsule, k = _flow(backend, 2, 3)
     rs = [pre.reencrypt(capsule, s) for s in shares[:2]]
-    moved = [pre.ReencryptedShare.from_bytes(s.to_bytes(), backend=other_backend) for s in rs]
-    doc_other = pre.KeyPair(doctor.secret, pre.PublicKey.from_bytes(doctor.public.to_bytes(), backend=other_backend), doctor.label)
+    moved = [pre.Scheme(other_backend).reencrypted_share_from_bytes(s.to_bytes()) for s in rs]
+    there = pre.Scheme(other_backend)
+    doc_other = pre.KeyPair(doctor.secret, there.public_key_from_bytes(doctor.public.to_bytes()), doctor.label)
     assert pre.combine(moved, doc_other.secret).to_bytes() == k.to_bytes()

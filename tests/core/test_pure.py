@@ -16,9 +16,9 @@ from py_ecc.optimized_bls12_381 import pairing as pyecc_pairing
 from py_ecc.optimized_bls12_381.optimized_pairing import miller_loop
 
 from core import _pure
-from core._backend import P, R
+from core._backend import P, R, load
 from core._pure import PureBackend
-from core.curve import G1, G2, GT, pairing
+from core.curve import api, pairing
 from core.errors import DecodeError
 
 pytestmark = pytest.mark.crypto
@@ -459,28 +459,29 @@ def test_gt_laws(be, a, c):
 
 
 def test_public_wrappers_on_the_pure_backend():
-    g1, g2 = G1.generator("pure"), G2.generator("pure")
+    pure = api(load("pure"))
+    g1, g2 = pure.G1.generator(), pure.G2.generator()
     assert g1.to_bytes().hex() == G1_GEN_HEX
     a = 987654321
     pa = g1 * a
-    assert G1.from_bytes(pa.to_bytes(), backend="pure") == pa
+    assert pure.G1.from_bytes(pa.to_bytes()) == pa
     with pytest.raises(DecodeError, match="identity"):
-        G1.from_bytes(b"\xc0" + bytes(47), backend="pure")
-    assert pairing(pa, g2) == GT.generator_pow(a, backend="pure")
-    assert pairing(pa, g2.prepare()) == GT.generator("pure") ** a
-    k = GT.from_bytes(GT.generator("pure").to_bytes(), backend="pure")
-    assert k == GT.generator("pure")
+        pure.G1.from_bytes(b"\xc0" + bytes(47))
+    assert pairing(pa, g2) == pure.GT.generator_pow(a)
+    assert pairing(pa, g2.prepare()) == pure.GT.generator() ** a
+    k = pure.GT.from_bytes(pure.GT.generator().to_bytes())
+    assert k == pure.GT.generator()
 
 
 # ------------------------------------------------- against the native backend
 
 
 def _native():
-    from core._backend import available_backends, load_backend
+    from core._backend import available_backends
 
     if "native" not in available_backends():
         pytest.skip("the native backend is not built")
-    return load_backend("native")
+    return load("native")
 
 
 @settings(max_examples=3, deadline=None)

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import pre, record
-from core.curve import get_backend
+from core._backend import active_backend
+from core.curve import api
 from core.errors import CoreError, DecodeError, DecryptionError
 
 pytestmark = pytest.mark.crypto
@@ -21,7 +22,7 @@ FHIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-r
 
 
 def _owner(backend, label="cardiology"):
-    kp = pre.KeyPair.derive(pre.new_master_secret(), label, backend=backend)
+    kp = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), label)
     box_sk, box_pk = pre.box_keypair()
     return kp, box_sk, box_pk
 
@@ -56,19 +57,19 @@ def test_round_trip_fhir_bundle_all_paths(backend):
 
 def test_doctor_path_threshold(backend):
     kp, _, box_pk = _owner(backend)
-    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
     proxies, secrets_ = [], {}
     for i in range(1, 4):
         s, p = pre.box_keypair()
         proxies.append(pre.Proxy(i, p))
         secrets_[i] = s
     shares = [
-        pre.open_key_share(s, secrets_[s.index], expected_context=b"g", expected_index=s.index, backend=backend)
+        pre.Scheme(backend).open_key_share(s, secrets_[s.index], expected_context=b"g", expected_index=s.index)
         for s in pre.make_key_shares(kp, doctor.public, proxies, 2, b"g")
     ]
     data = b"x" * 5000
     blob = _seal(kp, box_pk, data)
-    capsule = record.peek_header(blob).capsule_point(backend)
+    capsule = api(backend).G1.from_bytes(record.peek_header(blob).capsule)
     rs = [pre.reencrypt(capsule, s) for s in shares]
     prov = record.ThresholdKeyProvider(rs, 2, doctor.secret)
     assert record.open_record(blob, prov)[1] == data and prov.suspects == ()
@@ -76,12 +77,12 @@ def test_doctor_path_threshold(backend):
     with pytest.raises(DecryptionError, match="need 2"):
         record.open_record(blob, record.ThresholdKeyProvider(rs[:1], 2, doctor.secret))
     # another doctor's key does not open
-    other = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    other = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
     with pytest.raises(DecryptionError):
         record.open_record(blob, record.ThresholdKeyProvider(rs, 2, other.secret))
     # a share computed on another capsule is detected and its proxy named
     other_blob = _seal(kp, box_pk, b"other", record_id="rec-2")
-    wrong = pre.reencrypt(record.peek_header(other_blob).capsule_point(backend), shares[0])
+    wrong = pre.reencrypt(api(backend).G1.from_bytes(record.peek_header(other_blob).capsule), shares[0])
     prov = record.ThresholdKeyProvider([wrong, rs[1], rs[2]], 2, doctor.secret)
     assert record.open_record(blob, prov)[1] == data
     assert prov.suspects == (1,)
@@ -89,15 +90,15 @@ def test_doctor_path_threshold(backend):
 
 def test_label_scoping_on_records(backend):
     ms = pre.new_master_secret()
-    kl, km = pre.KeyPair.derive(ms, "L", backend=backend), pre.KeyPair.derive(ms, "M", backend=backend)
-    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    kl, km = pre.Scheme(backend).derive_keypair(ms, "L"), pre.Scheme(backend).derive_keypair(ms, "M")
+    doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
     sk, pk = pre.box_keypair()
     (share,) = [
-        pre.open_key_share(s, sk, expected_context=b"g", expected_index=1, backend=backend)
+        pre.Scheme(backend).open_key_share(s, sk, expected_context=b"g", expected_index=1)
         for s in pre.make_key_shares(kl, doctor.public, [pre.Proxy(1, pk)], 1, b"g")
     ]
     blob_m = record.seal(b"secret M", km.public, owner_id="p", label="M", record_id="r")
-    s = pre.reencrypt(record.peek_header(blob_m).capsule_point(backend), share)
+    s = pre.reencrypt(api(backend).G1.from_bytes(record.peek_header(blob_m).capsule), share)
     with pytest.raises(DecryptionError):
         record.open_record(blob_m, record.ThresholdKeyProvider([s], 1, doctor.secret))
     with pytest.raises(DecryptionError, match="another key"):
@@ -143,7 +144,7 @@ _CACHE: dict = {}
 
 def _cached_owner():
     if "owner" not in _CACHE:
-        _CACHE["owner"] = _owner(get_backend())
+        _CACHE["owner"] = _owner(active_backend())
     return _CACHE["owner"]
 
 
@@ -249,7 +250,7 @@ def test_cross_backend_records(backend, other_backend):
     """A record sealed on one backend opens on the other (pairing path and doctor path)."""
     kp, _, _ = _owner(backend)
     blob = record.seal(b"cross", kp.public, owner_id="p", label=kp.label, record_id="r")
-    ms_kp = pre.KeyPair(kp.secret, pre.PublicKey.from_bytes(kp.public.to_bytes(), backend=other_backend), kp.label)
+    ms_kp = pre.KeyPair(kp.secret, pre.Scheme(other_backend).public_key_from_bytes(kp.public.to_bytes()), kp.label)
     assert record.open_record(blob, record.owner_pairing_key_provider(ms_kp))[1] == b"cross"
 
 
@@ -356,14 +357,15 @@ def test_sealer_key_arguments_are_checked(backend):
 def test_owner_sealed_record_opens_on_the_doctor_path(backend):
     """The owner's fixed-base capsule is an ordinary capsule: re-encryption works unchanged."""
     kp, box_sk, _ = _owner(backend)
-    doctor = pre.KeyPair.derive(pre.new_master_secret(), pre.RECEIVE_LABEL, backend=backend)
+    doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
     sks = {i: pre.box_keypair() for i in (1, 2, 3)}
     proxies = [pre.Proxy(i, pk) for i, (_, pk) in sks.items()]
     sealed = pre.make_key_shares(kp, doctor.public, proxies, 2, b"g")
-    shares = [pre.open_key_share(s, sks[s.index][0], expected_context=b"g", expected_index=s.index,
-                                 backend=backend) for s in sealed]
+    scheme = pre.Scheme(backend)
+    shares = [scheme.open_key_share(s, sks[s.index][0], expected_context=b"g", expected_index=s.index)
+              for s in sealed]
     blob = _owner_seal(kp, box_sk, b"for the doctor")
-    capsule = record.peek_header(blob).capsule_point(backend)
+    capsule = api(backend).G1.from_bytes(record.peek_header(blob).capsule)
     re = [pre.reencrypt(capsule, s) for s in shares[:2]]
     provider = record.ThresholdKeyProvider(re, 2, doctor.secret)
     assert record.open_record(blob, provider)[1] == b"for the doctor"
@@ -372,7 +374,7 @@ def test_owner_sealed_record_opens_on_the_doctor_path(backend):
 def test_owner_sealed_records_cross_backends(backend, other_backend):
     kp, box_sk, _ = _owner(backend)
     blob = _owner_seal(kp, box_sk, b"cross v2", chunk_size=4096)
-    other_kp = pre.KeyPair(kp.secret, pre.PublicKey.from_bytes(kp.public.to_bytes(), backend=other_backend),
+    other_kp = pre.KeyPair(kp.secret, pre.Scheme(other_backend).public_key_from_bytes(kp.public.to_bytes()),
                            kp.label)
     assert record.open_record(blob, record.owner_pairing_key_provider(other_kp))[1] == b"cross v2"
     assert record.open_record(blob, record.owner_key_provider(box_sk))[1] == b"cross v2"

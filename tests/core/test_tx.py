@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from core import canonical, ecdsa
+from core.errors import SignatureError
 from core.tx import TX_TYPES, Transaction
 
 KEY = ecdsa.generate_private_key()
@@ -27,15 +29,21 @@ def test_kept_encoding_matches_the_canonical_one(tx_type, body, ts):
     assert tx.to_bytes() == plain.to_bytes() == canonical.pack(
         [tx.type, tx.submitter, tx.nonce, tx.timestamp, tx.body, tx.signature])
     assert tx.signing_bytes() == plain.signing_bytes()
-    assert tx.verify(PUB) and plain.verify(PUB)
+    assert tx.is_valid_signature(PUB) and plain.is_valid_signature(PUB)
     decoded = Transaction.from_bytes(tx.to_bytes())
     assert decoded == tx and decoded.to_bytes() == tx.to_bytes()
-    assert decoded.signing_bytes() == plain.signing_bytes() and decoded.verify(PUB)
+    assert decoded.signing_bytes() == plain.signing_bytes() and decoded.is_valid_signature(PUB)
     assert decoded.tx_id == plain.tx_id
 
 
 def test_a_changed_field_does_not_verify():
     tx = Transaction.create("store", "alice", {"a": 1}, KEY, 1000)
     other = Transaction(tx.type, tx.submitter, tx.nonce, tx.timestamp + 1, tx.body, tx.signature)
-    assert not other.verify(PUB)
+    assert not other.is_valid_signature(PUB)
     assert other.to_bytes() != tx.to_bytes()
+    tx.verify_signature(PUB)
+    with pytest.raises(SignatureError, match="store transaction of alice"):
+        other.verify_signature(PUB)
+    with pytest.raises(SignatureError):
+        tx.verify_signature(ecdsa.public_key(ecdsa.generate_private_key()))
+    assert not tx.is_valid_signature(b"\x02" + bytes(32))  # not a key: False, never an exception

@@ -5,24 +5,27 @@ Skipped when the extension is not built (``python -m native.build``).
 
 from __future__ import annotations
 
+import ast
 import os
+import pathlib
 import threading
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core._backend import P, R, load_backend
-from core.errors import BackendError, DecodeError
+from core._backend import P, R, load
+from core.errors import BackendError, CoreError, DecodeError
 
 try:
-    NATIVE = load_backend("native")
+    NATIVE = load("native")
 except BackendError as exc:  # not built, or built from other sources
     pytest.skip(f"native backend unavailable: {exc}", allow_module_level=True)
 
-from core.curve import G1, G2, GT, multi_pairing, pairing  # noqa: E402
+from core.curve import G1, GT, api, multi_pairing, pairing  # noqa: E402
 from native import backend as native_backend  # noqa: E402
 from native import build as native_build  # noqa: E402
+from native.errors import NativeDecodeError, NativeError  # noqa: E402
 
 pytestmark = pytest.mark.crypto
 
@@ -44,8 +47,8 @@ edge_scalars = st.sampled_from([0, 1, 2, 15, 16, 255, 2**252, R - 2, R - 1]) | s
 def test_generators_are_the_standard_zcash_points():
     assert NATIVE.g1_encode(NATIVE.g1_generator()) == ZCASH_G1
     assert NATIVE.g2_encode(NATIVE.g2_generator()) == ZCASH_G2
-    assert G1.generator(NATIVE).to_bytes() == ZCASH_G1
-    assert G2.generator(NATIVE).to_bytes() == ZCASH_G2
+    assert api(NATIVE).G1.generator().to_bytes() == ZCASH_G1
+    assert api(NATIVE).G2.generator().to_bytes() == ZCASH_G2
     # Z is the pairing of those generators
     assert NATIVE.gt_eq(NATIVE.gt_generator(), NATIVE.pairing(NATIVE.g1_generator(), NATIVE.g2_generator()))
 
@@ -72,7 +75,7 @@ def test_foreign_or_short_handles_are_refused():
 
 
 def test_backend_is_a_process_singleton_and_checks_its_build():
-    assert load_backend("native") is NATIVE
+    assert load("native") is NATIVE
     from native._mcl_cffi import ffi, lib
 
     assert ffi.string(lib.emr_source_hash()).decode() == native_build.source_hash()
@@ -123,6 +126,79 @@ def test_decode_structural_errors_come_from_the_shared_checks():
     assert NATIVE.g2_is_identity(NATIVE.g2_decode(b"\xc0" + bytes(95)))
 
 
+# ------------------------------------------------------------------ the boundary to core/
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Every module a source file imports, at any level (relative ones as ".name")."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            out.add("." * node.level + (node.module or ""))
+    return out
+
+
+def test_native_is_a_leaf():
+    """native/ imports nothing from core/, and the binding not the build script."""
+    native_dir = pathlib.Path(native_backend.__file__).parent
+    for path in native_dir.glob("*.py"):
+        for name in _imports(path):
+            assert name != "core" and not name.startswith("core."), f"{path.name} imports {name}"
+    assert not {"native.build", ".build"} & _imports(native_dir / "backend.py")
+    assert not {"native.build", ".build"} & _imports(native_dir / "_sources.py")
+
+
+def _bad_encodings(group: str) -> list[bytes]:
+    """Encodings both backends refuse: structural faults, off the curve, off the subgroup."""
+    if group == "GT":
+        one = bytearray(load("pure").gt_encode(load("pure").gt_one()))
+        one[48 * 3 - 1] ^= 2
+        return [bytes(575), bytes(576), bytes(one), P.to_bytes(48, "big") + bytes(528)]
+    gen = ZCASH_G1 if group == "G1" else ZCASH_G2
+    size = len(gen)
+    big_x = bytearray(gen)
+    big_x[size - 48 : size] = P.to_bytes(48, "big")
+    return [
+        gen[:-1],
+        bytes([gen[0] & 0x7F]) + gen[1:],  # compression flag not set
+        b"\xc0" + bytes(size - 2) + b"\x01",  # malformed infinity
+        bytes(big_x),  # x not below p
+        _first_x(lambda m: "not on the curve" in m, group),
+        _first_x(lambda m: "order-r subgroup" in m, group),
+    ]
+
+
+@pytest.mark.parametrize("group", ["G1", "G2", "GT"])
+def test_native_errors_reach_callers_as_the_pure_backends_core_errors(group):
+    """native/ raises its own NativeDecodeError; core/ turns it into DecodeError with
+    exactly the text the pure backend gives for the same bytes."""
+    pure = load("pure")
+    native_decode, pure_decode = {
+        "G1": (NATIVE.g1_decode, pure.g1_decode),
+        "G2": (NATIVE.g2_decode, pure.g2_decode),
+        "GT": (NATIVE.gt_decode, pure.gt_decode),
+    }[group]
+    for data in _bad_encodings(group):
+        with pytest.raises(DecodeError) as on_native:
+            native_decode(data)
+        with pytest.raises(DecodeError) as on_pure:
+            pure_decode(data)
+        assert type(on_native.value) is DecodeError and not isinstance(on_native.value, NativeError)
+        assert str(on_native.value) == str(on_pure.value)
+
+
+def test_the_bare_binding_raises_its_own_errors():
+    raw = native_backend.NativeBackend()  # mcl is initialised once per process: cheap
+    for group, decode in (("G1", raw.g1_decode), ("G2", raw.g2_decode)):
+        with pytest.raises(NativeDecodeError, match=f"^{group} point: not on the curve$") as exc:
+            decode(_first_x(lambda m: "not on the curve" in m, group))
+        assert not isinstance(exc.value, CoreError) and isinstance(exc.value, ValueError)
+    with pytest.raises(NativeDecodeError, match="^GT element: not in the order-r subgroup$"):
+        raw.gt_decode(bytes(576))
+
+
 def _conj(f):
     """The p^6 Frobenius in py-ecc's flat basis: negate the odd powers of w."""
     from py_ecc.optimized_bls12_381 import FQ12
@@ -135,7 +211,7 @@ def test_gt_decode_rejects_cyclotomic_element_outside_the_subgroup():
     but, for a generic f, not of order r: decode must still reject it."""
     from py_ecc.optimized_bls12_381 import FQ12
 
-    pure = load_backend("pure")
+    pure = load("pure")
     f = FQ12([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8])
     g = _conj(f) / f  # f^(p^6 - 1)
     g = (g ** (P * P)) * g  # ^(p^2 + 1)
@@ -234,19 +310,19 @@ def test_ct_and_public_multiplication_agree(k):
 @settings(max_examples=3)
 @given(scalars, scalars, st.lists(scalars, min_size=2, max_size=3))
 def test_native_helpers_match_the_pure_backend(a, b, exps):
-    pure = load_backend("pure")
+    pure = load("pure")
     results = []
     for be in (NATIVE, pure):
-        p, q = G1.generator(be) * a, G2.generator(be) * b
-        bases = [GT.generator_pow(e, be) for e in exps]
+        p, q = api(be).G1.generator() * a, api(be).G2.generator() * b
+        bases = [api(be).GT.generator_pow(e) for e in exps]
         results.append(
             (
-                GT.generator_pow(a, be).to_bytes(),
+                api(be).GT.generator_pow(a).to_bytes(),
                 pairing(p, q.prepare()).to_bytes(),
-                multi_pairing([(p, q), (G1.generator(be), q)]).to_bytes(),
+                multi_pairing([(p, q), (api(be).G1.generator(), q)]).to_bytes(),
                 GT.multi_pow(bases, exps).to_bytes(),
-                G1.msm([p, G1.generator(be)], exps[:2]).to_bytes(),
-                (GT.generator(be) ** b).inverse().to_bytes(),
+                G1.msm([p, api(be).G1.generator()], exps[:2]).to_bytes(),
+                (api(be).GT.generator() ** b).inverse().to_bytes(),
             )
         )
     assert results[0] == results[1]
@@ -296,14 +372,14 @@ def _verdicts(f) -> tuple[bool, bool]:
     """(fast Scott test, slow x^r check) on a py-ecc FQ12 element."""
     from native._mcl_cffi import lib
 
-    x = _mcl_gt(load_backend("pure").gt_encode(f))
+    x = _mcl_gt(load("pure").gt_encode(f))
     return bool(lib.emr_gt_is_valid(x)), bool(lib.mclBnGT_isValid(x))
 
 
 def _is_cyclotomic(f) -> bool:
     from native._mcl_cffi import lib
 
-    return bool(lib.emr_gt_is_cyclotomic(_mcl_gt(load_backend("pure").gt_encode(f))))
+    return bool(lib.emr_gt_is_cyclotomic(_mcl_gt(load("pure").gt_encode(f))))
 
 
 def _fq12(coeffs):
@@ -348,7 +424,7 @@ def test_gt_membership_accepts_gt_elements(k):
 @settings(max_examples=5)
 @given(scalars, scalars)
 def test_gt_membership_accepts_pairings(a, b):
-    e = pairing(G1.generator(NATIVE) * (a or 1), G2.generator(NATIVE) * (b or 1))
+    e = pairing(api(NATIVE).G1.generator() * (a or 1), api(NATIVE).G2.generator() * (b or 1))
     x = _mcl_gt(e.to_bytes())
     from native._mcl_cffi import lib
 
@@ -379,7 +455,7 @@ def test_gt_membership_on_the_cyclotomic_subgroup(coeffs):
     assert _verdicts(g) == (False, False)  # generic: order has cofactor part
     in_gt = g**H_T  # cofactor cleared: order r
     assert _verdicts(in_gt) == (True, True)
-    pure = load_backend("pure")
+    pure = load("pure")
     assert pure.gt_eq(pure.gt_decode(pure.gt_encode(in_gt)), in_gt)  # independent x^r check agrees
     outside = g**R  # order divides H_T: no GT component at all
     assert outside != outside.one() and _verdicts(outside) == (False, False)
@@ -419,7 +495,7 @@ def test_frobenius_helper_matches_py_ecc(coeffs):
 
     from native._mcl_cffi import ffi, lib
 
-    pure = load_backend("pure")
+    pure = load("pure")
     f = _fq12(coeffs)
     y = ffi.new("mclBnGT *")
     lib.emr_gt_frobenius(y, _mcl_gt(pure.gt_encode(f)))
@@ -449,7 +525,7 @@ def test_g1_table_is_built():
 @settings(max_examples=60)
 @given(edge_scalars | st.sampled_from([LAST_WINDOW_DOUBLING, R - LAST_WINDOW_DOUBLING, 3, 16**63, R - 16**63]))
 def test_g1_generator_mul_equals_mul_ct_and_pure(k):
-    pure = load_backend("pure")
+    pure = load("pure")
     got = NATIVE.g1_generator_mul(k)
     assert NATIVE.g1_eq(got, NATIVE.g1_mul(NATIVE.g1_generator(), k, True))
     assert NATIVE.g1_encode(got) == pure.g1_encode(pure.g1_generator_mul(k))

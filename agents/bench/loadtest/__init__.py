@@ -147,6 +147,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
 def main(argv: list[str] | None = None) -> int:
     import trio
 
+    from agents.bench.loadtest.costs import counting
+
+    counting()  # the crypto call counters are chosen with the backends, before any crypto runs
     args = parser().parse_args(argv if argv is not None else sys.argv[1:])
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -8,13 +8,15 @@ Two tools:
   doctor does per share), a GT multi-exponentiation of ``t`` bases (combining
   t shares), ECDSA sign and verify (secp256k1; transactions, envelopes, share
   signatures). Median of ``iterations`` runs each.
-* :class:`CryptoCounter` counts every call of those primitives, and the CPU
-  time spent in them (``time.thread_time`` around the call, so waiting for
-  the GIL or being descheduled does not count), by wrapping the arithmetic
-  backend's methods and the ECDSA implementation's sign/verify for as long as
-  it is installed. It sees everything in this process: with the embedded
-  in-process swarm that is every agent (patients, doctors, peers, orderer,
-  storage). With agents in other processes it sees only the clients.
+* :func:`counting` returns the process's :class:`CryptoCounter`: every call of
+  those primitives, and the CPU time spent in them (``time.thread_time_ns``
+  around the call, so waiting for the GIL or being descheduled does not
+  count). The counting is chosen with the backends, before any crypto runs
+  (``core._backend.select(counter=...)`` wraps them in counting proxies,
+  core/_counting.py): ``emrshare loadtest`` and ``emrshare bench ledger`` call
+  :func:`counting` first thing. It sees everything in this process: with the
+  embedded in-process swarm that is every agent (patients, doctors, peers,
+  orderer, storage). With agents in other processes it sees only the clients.
 
 The crypto-bound limit of an operation is ``cores / sum(count_i * unit_i)``:
 how many such operations per second this machine could do if it did nothing
@@ -25,13 +27,15 @@ from __future__ import annotations
 
 import os
 import statistics
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# backend method -> the primitive it is counted as
-_BACKEND_METHODS = {
+from core import _backend
+from core._counting import CallCounter
+
+# counted method (core/_counting.py) -> the primitive it is reported as
+_PRIMITIVES = {
     "pairing": "pairing",
     "pairing_prepared": "pairing",
     "multi_pairing": "multi_pairing",
@@ -43,8 +47,9 @@ _BACKEND_METHODS = {
     "g2_mul": "g2_mul",
     "g1_decode": "g1_decode",
     "g2_decode": "g2_decode",
+    "ecdsa.sign_digest": "ecdsa_sign",
+    "ecdsa.is_valid_digest": "ecdsa_verify",
 }
-_ECDSA_METHODS = {"sign_digest": "ecdsa_sign", "verify_digest": "ecdsa_verify"}
 
 # primitives whose unit cost is timed and that make up the crypto-bound limit
 BOUND_PRIMITIVES = ("pairing", "gt_decode", "gt_multi_pow", "ecdsa_sign", "ecdsa_verify")
@@ -80,69 +85,30 @@ class CryptoCounts:
 
 
 class CryptoCounter:
-    """Install with ``with CryptoCounter() as c:``; ``c.snapshot()`` at any time."""
+    """The process's crypto calls by primitive; ``snapshot()`` at any time, subtract two for a period."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tallies: dict[str, list[int]] = {}
-        self._undo: list[Callable[[], None]] = []
-
-    def _wrap(self, obj: Any, method: str, primitive: str) -> None:
-        original = getattr(obj, method, None)
-        if original is None:
-            return
-        tallies, lock = self._tallies, self._lock
-        tallies.setdefault(primitive, [0, 0])
-        clock = time.thread_time_ns
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            t0 = clock()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                dt = clock() - t0
-                with lock:
-                    entry = tallies[primitive]
-                    entry[0] += 1
-                    entry[1] += dt
-
-        had_own = method in getattr(obj, "__dict__", {})
-        setattr(obj, method, counted)
-
-        def undo() -> None:
-            if had_own:
-                setattr(obj, method, original)
-            else:
-                delattr(obj, method)
-
-        self._undo.append(undo)
-
-    def install(self) -> "CryptoCounter":
-        from core import ecdsa
-        from core._backend import active_backend
-
-        backend = active_backend()
-        for method, primitive in _BACKEND_METHODS.items():
-            self._wrap(backend, method, primitive)
-        impl = getattr(ecdsa, "_impl", None)
-        if impl is not None:
-            for method, primitive in _ECDSA_METHODS.items():
-                self._wrap(impl, method, primitive)
-        return self
-
-    def uninstall(self) -> None:
-        while self._undo:
-            self._undo.pop()()
-
-    def __enter__(self) -> "CryptoCounter":
-        return self.install()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.uninstall()
+    def __init__(self, calls: CallCounter) -> None:
+        self._calls = calls
 
     def snapshot(self) -> CryptoCounts:
-        with self._lock:
-            return CryptoCounts({n: Tally(c, ns) for n, (c, ns) in self._tallies.items()})
+        out = {primitive: Tally() for primitive in _PRIMITIVES.values()}
+        for method, (calls, ns) in self._calls.snapshot().items():
+            primitive = _PRIMITIVES.get(method)
+            if primitive is not None:
+                out[primitive].calls += calls
+                out[primitive].cpu_ns += ns
+        return CryptoCounts(out)
+
+
+def counting() -> CryptoCounter:
+    """The process's crypto call counter, selecting the backends with counting
+    if nothing has selected them yet. Raises BackendError when they were
+    selected without: call this before any crypto runs."""
+    current = _backend.selected()
+    if current is None or current.counter is None:
+        current = _backend.select(counter=CallCounter(time.thread_time_ns))
+    assert current.counter is not None
+    return CryptoCounter(current.counter)
 
 
 def measure_unit_costs(threshold: int, iterations: int = 200) -> dict[str, float]:
@@ -164,7 +130,7 @@ def measure_unit_costs(threshold: int, iterations: int = 200) -> dict[str, float
         "gt_decode": lambda: GT.from_bytes(encoded),
         "gt_multi_pow": lambda: GT.multi_pow(gts, exps),
         "ecdsa_sign": lambda: ecdsa.sign_raw(key, msg),
-        "ecdsa_verify": lambda: ecdsa.verify_raw(pub, msg, sig),
+        "ecdsa_verify": lambda: ecdsa.is_valid_raw(pub, msg, sig),
     }
     out: dict[str, float] = {}
     for name, fn in ops.items():

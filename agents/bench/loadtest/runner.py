@@ -180,87 +180,84 @@ async def run(opts: Options) -> dict:
     stream = opts.progress_stream if opts.progress_stream is not None else sys.stderr
     from core._backend import backend_name
 
+    counter = costs.counting()  # before anything selects the backends without counting
     cores = os.cpu_count() or 1
     report: dict[str, Any] = {"emrshare_loadtest": 1, "started": started, "backend": backend_name(), "cores": cores}
     in_process = opts.target_config is None and not (opts.processes or opts.faults)
-    counter = costs.CryptoCounter().install()
-    try:
-        async with _open_target(opts) as target:
-            report["target"] = {"description": target.description, **target.info}
-            if opts.faults and target.swarm is None:
-                raise ValueError("fault injection needs the embedded swarm (no --target)")
-            events = faultmod.schedule(target.manifest, opts.faults) if opts.faults else []
-            print(f"target: {target.description}", file=stream, flush=True)
-            setup = Recorder(0.0)
-            t_setup = clock()
-            async with EmrWorkload.open(opts.workload, target, setup, clock) as wl:
-                print(f"setup: {len(wl.users.patients)} patients and {len(wl.users.doctors)} doctors registered, "
-                      f"policies set, {len(wl.records)} records stored in {clock() - t_setup:.1f} s",
-                      file=stream, flush=True)
-                report["setup"] = [s.summary(clock() - t_setup) for s in setup.stats().values()]
-                probe = await _probe(wl, counter, opts.probes)
-                report["communication"] = _communication(probe)
-                unit = await trio.to_thread.run_sync(costs.measure_unit_costs, target.manifest.threshold,
-                                                     opts.unit_iterations)
-                settings = opts.run
-                sat_result = None
-                if opts.saturation > 0:
-                    sat_rec = Recorder()
-                    sat = RunSettings(duration=opts.saturation, warmup=min(3.0, opts.saturation / 3),
-                                      concurrency=opts.saturation_concurrency, seed=settings.seed + 7,
-                                      grace=settings.grace)
-                    prog = Progress(sat_rec, sat.warmup + sat.duration, stream, tty=opts.tty, label="saturation")
-                    c0, cpu0 = counter.snapshot(), time.process_time()
-                    await run_load(wl.access_only(), sat, sat_rec, on_tick=prog.tick)
-                    prog.finish()
-                    c1, cpu1 = counter.snapshot(), time.process_time()
-                    st = sat_rec.stats()
-                    a, b = sat_rec.window()
-                    win = max(1e-9, min(b, sat.warmup + sat.duration) - sat.warmup)
-                    ok = {p: st[p].succeeded for p in ACCESS_PHASES if p in st}
-                    sat_result = {"concurrency": sat.concurrency, "window_s": win,
-                                  "access_per_s": sum(ok.values()) / win, "by_phase": ok,
-                                  "phases": [s.summary(win) for s in st.values()],
-                                  "process_cpu_s": cpu1 - cpu0, "crypto": (c1 - c0).to_dict()}
-                    report["saturation"] = sat_result
-                    if in_process:
-                        report["efficiency"] = _efficiency(sat_result, probe, unit, cores)
-                if opts.rate_half:
-                    if sat_result is None or not sat_result["access_per_s"] > 0:
-                        raise ValueError("--rate half needs a saturation measurement (--saturation SECONDS)")
-                    settings.rate = sat_result["access_per_s"] / 2
-                rec = Recorder(settings.warmup)
-                total = settings.warmup + settings.duration
-                prog = Progress(rec, total, stream, tty=opts.tty, label="run")
-                applied: list[dict] = []
-                traffic0 = _traffic([u.endpoint for u in wl.users.patients + wl.users.doctors], set())
+    async with _open_target(opts) as target:
+        report["target"] = {"description": target.description, **target.info}
+        if opts.faults and target.swarm is None:
+            raise ValueError("fault injection needs the embedded swarm (no --target)")
+        events = faultmod.schedule(target.manifest, opts.faults) if opts.faults else []
+        print(f"target: {target.description}", file=stream, flush=True)
+        setup = Recorder(0.0)
+        t_setup = clock()
+        async with EmrWorkload.open(opts.workload, target, setup, clock) as wl:
+            print(f"setup: {len(wl.users.patients)} patients and {len(wl.users.doctors)} doctors registered, "
+                  f"policies set, {len(wl.records)} records stored in {clock() - t_setup:.1f} s",
+                  file=stream, flush=True)
+            report["setup"] = [s.summary(clock() - t_setup) for s in setup.stats().values()]
+            probe = await _probe(wl, counter, opts.probes)
+            report["communication"] = _communication(probe)
+            unit = await trio.to_thread.run_sync(costs.measure_unit_costs, target.manifest.threshold,
+                                                 opts.unit_iterations)
+            settings = opts.run
+            sat_result = None
+            if opts.saturation > 0:
+                sat_rec = Recorder()
+                sat = RunSettings(duration=opts.saturation, warmup=min(3.0, opts.saturation / 3),
+                                  concurrency=opts.saturation_concurrency, seed=settings.seed + 7,
+                                  grace=settings.grace)
+                prog = Progress(sat_rec, sat.warmup + sat.duration, stream, tty=opts.tty, label="saturation")
                 c0, cpu0 = counter.snapshot(), time.process_time()
-                run_clock = Clock()
-                async with trio.open_nursery() as nursery:
-                    if events:
-                        nursery.start_soon(functools.partial(faultmod.inject, target.swarm, events, settings.warmup,
-                                                             settings.duration, run_clock, prog.event,
-                                                             applied=applied))
-                    await run_load(wl, settings, rec, clock=run_clock, on_tick=prog.tick)
-                    nursery.cancel_scope.cancel()
+                await run_load(wl.access_only(), sat, sat_rec, on_tick=prog.tick)
                 prog.finish()
                 c1, cpu1 = counter.snapshot(), time.process_time()
-                traffic = _diff(_traffic([u.endpoint for u in wl.users.patients + wl.users.doctors], set()), traffic0)
-                # faults that left nodes down: bring them back before the read-back
-                if target.swarm is not None and opts.faults:
-                    for agent, proc in list(target.swarm.processes.items()):
-                        with contextlib.suppress(Exception):
-                            target.swarm.resume(agent)
-                        if proc.poll() is not None:
-                            await target.swarm.start_process(agent)
-                print(f"verifying {len(wl.records)} acknowledged records ...", file=stream, flush=True)
-                report["correctness"] = await wl.verify(concurrency=opts.verify_concurrency)
-                report["denials"] = {**wl.checks, "wrong": list(wl.wrong)}
-                report["workload"] = {k: v for k, v in asdict(opts.workload).items()}
-                report["settings"] = asdict(settings)
-                _fill_run(report, rec, settings, c1 - c0, cpu1 - cpu0, traffic, applied, in_process)
-    finally:
-        counter.uninstall()
+                st = sat_rec.stats()
+                a, b = sat_rec.window()
+                win = max(1e-9, min(b, sat.warmup + sat.duration) - sat.warmup)
+                ok = {p: st[p].succeeded for p in ACCESS_PHASES if p in st}
+                sat_result = {"concurrency": sat.concurrency, "window_s": win,
+                              "access_per_s": sum(ok.values()) / win, "by_phase": ok,
+                              "phases": [s.summary(win) for s in st.values()],
+                              "process_cpu_s": cpu1 - cpu0, "crypto": (c1 - c0).to_dict()}
+                report["saturation"] = sat_result
+                if in_process:
+                    report["efficiency"] = _efficiency(sat_result, probe, unit, cores)
+            if opts.rate_half:
+                if sat_result is None or not sat_result["access_per_s"] > 0:
+                    raise ValueError("--rate half needs a saturation measurement (--saturation SECONDS)")
+                settings.rate = sat_result["access_per_s"] / 2
+            rec = Recorder(settings.warmup)
+            total = settings.warmup + settings.duration
+            prog = Progress(rec, total, stream, tty=opts.tty, label="run")
+            applied: list[dict] = []
+            traffic0 = _traffic([u.endpoint for u in wl.users.patients + wl.users.doctors], set())
+            c0, cpu0 = counter.snapshot(), time.process_time()
+            run_clock = Clock()
+            async with trio.open_nursery() as nursery:
+                if events:
+                    nursery.start_soon(functools.partial(faultmod.inject, target.swarm, events, settings.warmup,
+                                                         settings.duration, run_clock, prog.event,
+                                                         applied=applied))
+                await run_load(wl, settings, rec, clock=run_clock, on_tick=prog.tick)
+                nursery.cancel_scope.cancel()
+            prog.finish()
+            c1, cpu1 = counter.snapshot(), time.process_time()
+            traffic = _diff(_traffic([u.endpoint for u in wl.users.patients + wl.users.doctors], set()), traffic0)
+            # faults that left nodes down: bring them back before the read-back
+            if target.swarm is not None and opts.faults:
+                for agent, proc in list(target.swarm.processes.items()):
+                    with contextlib.suppress(Exception):
+                        target.swarm.resume(agent)
+                    if proc.poll() is not None:
+                        await target.swarm.start_process(agent)
+            print(f"verifying {len(wl.records)} acknowledged records ...", file=stream, flush=True)
+            report["correctness"] = await wl.verify(concurrency=opts.verify_concurrency)
+            report["denials"] = {**wl.checks, "wrong": list(wl.wrong)}
+            report["workload"] = {k: v for k, v in asdict(opts.workload).items()}
+            report["settings"] = asdict(settings)
+            _fill_run(report, rec, settings, c1 - c0, cpu1 - cpu0, traffic, applied, in_process)
     report["targets"] = _targets(report, opts)
     return report
 
