@@ -85,7 +85,6 @@ log = logging.getLogger("agents.user")
 CERT_VALIDITY_S = 365 * 86400
 STATE_FILE = "state.msgpack"
 KEY_FILE = "keys.bin"
-_TRANSPORT_ERRORS = (bus.UnreachableError, bus.BrokenError, bus.ClosedError)
 _LOOKUP_INTERVAL = 2.0  # seconds between background certificate look-ups of one unknown id
 _MAX_LOOKUPS = 16  # background look-ups in flight
 _STORAGE_RETRIES = 7
@@ -324,7 +323,7 @@ class PeerClient:
         except bus.RemoteError:
             self.health.success(peer)
             raise
-        except (bus.RequestTimeout, *_TRANSPORT_ERRORS):
+        except bus.DeliveryError:
             self.health.failure(peer)
             raise
         self.health.success(peer)
@@ -349,7 +348,7 @@ class PeerClient:
                 return await self.peer_request(peer, kind, body, timeout=leash if peer in avoid else timeout)
             except bus.RequestTimeout as exc:
                 errors[peer] = f"timeout: {exc}"
-            except _TRANSPORT_ERRORS as exc:
+            except bus.DeliveryError as exc:  # unreachable, broken, closed (a timeout is caught above)
                 errors[peer] = f"{type(exc).__name__}: {exc}"
         raise Unavailable(f"no peer answered {kind}: " + "; ".join(f"{p}: {e}" for p, e in errors.items()))
 
@@ -418,7 +417,7 @@ class PeerClient:
             except bus.RemoteError as exc:
                 refused.append(exc)
                 return
-            except (bus.RequestTimeout, *_TRANSPORT_ERRORS, IntegrityError):  # no (usable) answer
+            except (bus.DeliveryError, IntegrityError):  # no (usable) answer
                 return
             if entry is not None:
                 found.append(entry)
@@ -584,7 +583,7 @@ class PeerClient:
                         raise error from None
                     raise RegistrationError(str(error), code=exc.code) from None
                 reply = None
-            except (bus.RequestTimeout, *_TRANSPORT_ERRORS) as exc:
+            except bus.DeliveryError as exc:
                 raise Unavailable(f"enrollment: {peer} did not answer: {exc}") from None
         finally:
             await ep.aclose()

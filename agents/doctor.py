@@ -304,7 +304,7 @@ class DoctorAgent:
                 if isinstance(error, RequestRejected):
                     raise RequestRejected(f"{patient}: {exc.message}") from None
                 raise error from None
-            except (bus.RequestTimeout, bus.UnreachableError, bus.BrokenError, bus.ClosedError) as exc:
+            except bus.DeliveryError as exc:
                 raise Unavailable(f"patient {patient} did not answer: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 

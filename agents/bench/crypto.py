@@ -68,7 +68,7 @@ def _bare_us(loop: Callable[[int], int], n: int) -> float:
 
 
 def _curve_ops(backend_name: str, k: int) -> dict[str, Callable[[], object]]:
-    from core._backend import load
+    from core.backend import load
     from core.curve import GT, api, multi_pairing, pairing, random_scalar
 
     c = api(load(backend_name))
@@ -100,10 +100,10 @@ def _curve_ops(backend_name: str, k: int) -> dict[str, Callable[[], object]]:
 
 def _bare_loops(k: int) -> dict[str, Callable[[int], int]]:
     """C timing loops over the same operations (native only)."""
-    from core._backend import load
+    from core.backend import load
     from core.curve import api, random_scalar
 
-    from native._mcl_cffi import ffi, lib
+    from native import timing
 
     be = load("native")
     c = api(be)
@@ -114,23 +114,17 @@ def _bare_loops(k: int) -> dict[str, Callable[[int], int]]:
     kb = k.to_bytes(32, "little")
     bases5 = b"".join((c.GT.generator() ** random_scalar())._h for _ in range(5))
     ks5 = b"".join(random_scalar().to_bytes(32, "little") for _ in range(5))
-    keep = [g1, g2, qbuf, z, kb, bases5, ks5]  # buffers outlive the cdata views
-
-    p1 = ffi.from_buffer("mclBnG1 *", g1)
-    p2 = ffi.from_buffer("mclBnG2 *", g2)
-    pq = ffi.from_buffer("uint64_t[]", qbuf)
-    pz = ffi.from_buffer("mclBnGT *", z)
-    pb = ffi.from_buffer("mclBnGT[]", bases5)
+    keep = [g1, g2, qbuf, z, kb, bases5, ks5]
     loops = {
-        "pairing": lambda n: lib.emr_bench_pairing(p1, p2, n),
-        "pairing (prepared G2)": lambda n: lib.emr_bench_pairing_prepared(p1, pq, n),
-        "G1 mul (CT)": lambda n: lib.emr_bench_g1_mul(p1, kb, 1, n),
-        "G1 mul (public)": lambda n: lib.emr_bench_g1_mul(p1, kb, 0, n),
-        "G2 mul (CT)": lambda n: lib.emr_bench_g2_mul(p2, kb, 1, n),
-        "GT pow (Z^k, mclBnGT_pow)": lambda n: lib.emr_bench_gt_pow(pz, kb, n),
-        "Z^k fixed-base table": lambda n: lib.emr_bench_gt_generator_pow(kb, n),
-        "GT multi-exp of 3": lambda n: lib.emr_bench_gt_multi_pow(pb, ks5, 3, n),
-        "GT multi-exp of 5": lambda n: lib.emr_bench_gt_multi_pow(pb, ks5, 5, n),
+        "pairing": lambda n: timing.pairing(g1, g2, n),
+        "pairing (prepared G2)": lambda n: timing.pairing_prepared(g1, qbuf, n),
+        "G1 mul (CT)": lambda n: timing.g1_mul(g1, kb, True, n),
+        "G1 mul (public)": lambda n: timing.g1_mul(g1, kb, False, n),
+        "G2 mul (CT)": lambda n: timing.g2_mul(g2, kb, True, n),
+        "GT pow (Z^k, mclBnGT_pow)": lambda n: timing.gt_pow(z, kb, n),
+        "Z^k fixed-base table": lambda n: timing.gt_generator_pow(kb, n),
+        "GT multi-exp of 3": lambda n: timing.gt_multi_pow(bases5, ks5, 3, n),
+        "GT multi-exp of 5": lambda n: timing.gt_multi_pow(bases5, ks5, 5, n),
     }
     loops["_keep"] = keep  # type: ignore[assignment]
     return loops
@@ -141,7 +135,7 @@ def _ecdsa_ops() -> tuple[dict, dict, dict]:
     import coincurve
 
     from core import ecdsa
-    from core._backend import load_ecdsa
+    from core.backend import load_ecdsa
 
     tag = "emrshare/v1/bench"
     msg = b"x" * 100
@@ -174,7 +168,7 @@ def run(json_path: str | None = None, iterations: int = DEFAULT_ITERATIONS, *, p
         out=sys.stdout) -> dict:
     """Run the benchmark, print a table to ``out``, optionally write JSON; return the results."""
     from core import ecdsa
-    from core._backend import available_backends
+    from core.backend import available_backends
     from core.curve import random_scalar
 
     iterations = max(1, int(iterations))

@@ -30,7 +30,7 @@ import trio
 
 import bus
 from core import ecdsa, pre
-from core._backend import backend_name
+from core.backend import backend_name
 from core.cid import compute as compute_cid
 from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import make_genesis

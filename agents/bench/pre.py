@@ -162,13 +162,12 @@ def _bare_prepared_pairing(capsule, prepared) -> Callable[[], _Elapsed] | None:
     """One bare mcl pairing with a precomputed G2 (native only), timed in C."""
     if capsule.backend.name != "native":
         return None
-    from native._mcl_cffi import ffi, lib
+    from native import timing
 
-    g1, qbuf = capsule._h, prepared.rk._h  # the cdata views below borrow these buffers
-    p, q = ffi.from_buffer("mclBnG1 *", g1), ffi.from_buffer("uint64_t[]", qbuf)
+    g1, qbuf = capsule._h, prepared.rk._h
 
-    def bare(_keep=(g1, qbuf)) -> _Elapsed:
-        return _Elapsed(lib.emr_bench_pairing_prepared(p, q, 1))
+    def bare() -> _Elapsed:
+        return _Elapsed(timing.pairing_prepared(g1, qbuf, 1))
 
     return bare
 
@@ -177,13 +176,12 @@ def _bare_pairing(capsule, rk) -> Callable[[], _Elapsed] | None:
     """One bare mcl pairing, G2 not precomputed (the issue's ~1,200 us figure)."""
     if capsule.backend.name != "native":
         return None
-    from native._mcl_cffi import ffi, lib
+    from native import timing
 
     g1, g2 = capsule._h, rk._h
-    p, q = ffi.from_buffer("mclBnG1 *", g1), ffi.from_buffer("mclBnG2 *", g2)
 
-    def bare(_keep=(g1, g2)) -> _Elapsed:
-        return _Elapsed(lib.emr_bench_pairing(p, q, 1))
+    def bare() -> _Elapsed:
+        return _Elapsed(timing.pairing(g1, g2, 1))
 
     return bare
 
@@ -193,7 +191,7 @@ class _Ours:
 
     def __init__(self, message: bytes):
         from core import pre, record
-        from core._backend import active_backend
+        from core.backend import active_backend
 
         self.pre, self.record = pre, record
         self.backend = active_backend()
@@ -441,7 +439,7 @@ def _machine() -> dict:
 def run(json_path: str | None = None, iterations: int = DEFAULT_ITERATIONS, *,
         sizes: tuple[int, ...] = DEFAULT_SIZES, out=sys.stdout) -> dict:
     """Run the benchmark, print the tables to ``out``, optionally write JSON; return the results."""
-    from core._backend import backend_name
+    from core.backend import backend_name
 
     iterations = max(1, int(iterations))
     umbral = _load_umbral()

@@ -33,7 +33,7 @@ def backend_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="emrshare backend", description=_COMMANDS[("backend",)][2])
     parser.parse_args(argv)
     from core import ecdsa
-    from core._backend import available_backends, backend_name, selection_reason
+    from core.backend import available_backends, backend_name, selection_reason
 
     print(f"pairing backend: {backend_name()} ({selection_reason()})")
     print(f"ecdsa backend:   {ecdsa.ecdsa_backend_name()}")

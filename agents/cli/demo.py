@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from core._backend import backend_name
+from core.backend import backend_name
 
 from agents.errors import AgentError, GrantRevoked, PolicyDenied
 from agents.swarm import Swarm, SwarmSpec

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from bus import BrokenError, BusError, ClosedError, Endpoint, RemoteError, RequestTimeout, UnreachableError
+from bus import BusError, DeliveryError, Endpoint, RemoteError
 from core import cid as cidmod
 from core.errors import DecodeError
 from core.protocol import (
@@ -93,7 +93,6 @@ from agents.storage.errors import (
 log = logging.getLogger("agents.storage.client")
 
 CHUNK = cidmod.CHUNK_SIZE
-_TRANSPORT_ERRORS = (UnreachableError, BrokenError, RequestTimeout, ClosedError)
 _PROBE_TIMEOUT = 2.0  # is a node that failed lately back?
 # errors caused by the blob itself: every replica would say the same
 _CLIENT_FAULTS = (BlobTooLarge, CidMismatch, BadRequest)
@@ -201,7 +200,7 @@ class StorageClient:
                                         timeout=min(self.timeout, _PROBE_TIMEOUT))
         except RemoteError:
             self.health.success(node)  # it answered
-        except _TRANSPORT_ERRORS:
+        except DeliveryError:
             self.health.failure(node)
         except BusError:
             pass
@@ -220,7 +219,7 @@ class StorageClient:
             if STORAGE_ERRORS.type_for(exc.code) is not None:
                 raise from_code(exc.code, exc.message) from None
             raise
-        except _TRANSPORT_ERRORS:
+        except DeliveryError:
             self._mark_down(node)
             raise
         self.health.success(node)

@@ -12,7 +12,7 @@ Two tools:
   those primitives, and the CPU time spent in them (``time.thread_time_ns``
   around the call, so waiting for the GIL or being descheduled does not
   count). The counting is chosen with the backends, before any crypto runs
-  (``core._backend.select(counter=...)`` wraps them in counting proxies,
+  (``core.backend.select(counter=...)`` wraps them in counting proxies,
   core/_counting.py): ``emrshare loadtest`` and ``emrshare bench ledger`` call
   :func:`counting` first thing. It sees everything in this process: with the
   embedded in-process swarm that is every agent (patients, doctors, peers,
@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from core import _backend
-from core._counting import CallCounter
+from core import backend as _backend
+from core.backend import CallCounter
 
 # counted method (core/_counting.py) -> the primitive it is reported as
 _PRIMITIVES = {

@@ -178,7 +178,7 @@ async def run(opts: Options) -> dict:
     clock = Clock()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     stream = opts.progress_stream if opts.progress_stream is not None else sys.stderr
-    from core._backend import backend_name
+    from core.backend import backend_name
 
     counter = costs.counting()  # before anything selects the backends without counting
     cores = os.cpu_count() or 1
