@@ -14,32 +14,9 @@ from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
 from ._policy_model import (
-    DAY_NAMES,
-    DEFAULT_RULE,
-    INT_MAX,
-    INT_MIN,
-    MAX_DEPTH,
-    MAX_LIST,
-    MAX_NAME,
-    MAX_RULES,
-    MAX_STRING,
-    MAX_TEXT_CHARS,
-    NAME_RE,
-    RESERVED_ATTRIBUTES,
-    RESERVED_OPERATIONS,
-    And,
-    Compare,
-    Condition,
-    Has,
-    Member,
-    Not,
-    ObjectSpec,
-    BasePolicy,
-    Or,
-    Rule,
-    TimeWindow,
-    Value,
-    check_condition_limits,
+    DAY_NAMES, DEFAULT_RULE, INT_MAX, INT_MIN, MAX_DEPTH, MAX_LIST, MAX_NAME, MAX_RULES, MAX_STRING, MAX_TEXT_CHARS,
+    NAME_RE, RESERVED_ATTRIBUTES, RESERVED_OPERATIONS, And, Compare, Condition, Has, Member, Not, ObjectSpec,
+    BasePolicy, Or, Rule, TimeWindow, Value, check_condition_limits,
 )
 from .errors import PolicyError
 
