@@ -164,10 +164,7 @@ class Block:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Block":
-        f = canonical.unpack(data, max_size=MAX_BLOCK_BYTES, what="block")
-        if not isinstance(f, list) or len(f) != 6:
-            raise DecodeError("block: expected an array of 6 fields")
-        height, prev, ts, root, txs, sig = f
+        height, prev, ts, root, txs, sig = canonical.unpack_array(data, 6, max_size=MAX_BLOCK_BYTES, what="block")
         if type(height) is not int or height < 0:
             raise DecodeError("block: bad height")
         if not isinstance(prev, bytes) or len(prev) != 32 or not isinstance(root, bytes) or len(root) != 32:
