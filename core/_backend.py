@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from ._constants import P as P
 from ._constants import R as R
@@ -146,18 +146,24 @@ def _load_curve(name: str) -> Backend:
     raise BackendError(f"unknown backend {name!r}: expected 'native' or 'pure'")
 
 
+def _loaded(cache: dict[str, Any], name: str, make: Callable[[str], Any], counting: type) -> Any:
+    """``cache[name]``, made by ``make(name)`` on first use and wrapped in the
+    ``counting`` proxy when counting was selected."""
+    with _lock:
+        obj = cache.get(name)
+        if obj is None:
+            obj = make(name)
+            if _counter is not None:
+                obj = counting(obj, _counter)
+            cache[name] = obj
+        return obj
+
+
 def load(name: str) -> Backend:
     """The curve backend called ``name`` ("native" or "pure"); raises BackendError.
 
     One object per name per process (counting, when selected, included)."""
-    with _lock:
-        backend = _curves.get(name)
-        if backend is None:
-            backend = _load_curve(name)
-            if _counter is not None:
-                backend = CountingBackend(backend, _counter)
-            _curves[name] = backend
-        return backend
+    return _loaded(_curves, name, _load_curve, CountingBackend)
 
 
 def _load_ecdsa(name: str) -> EcdsaBackend:
@@ -173,14 +179,7 @@ def _load_ecdsa(name: str) -> EcdsaBackend:
 
 def load_ecdsa(name: str) -> EcdsaBackend:
     """The ECDSA implementation called ``name`` ("native" or "pure"); raises BackendError."""
-    with _lock:
-        impl = _ecdsas.get(name)
-        if impl is None:
-            impl = _load_ecdsa(name)
-            if _counter is not None:
-                impl = CountingEcdsa(impl, _counter)
-            _ecdsas[name] = impl
-        return impl
+    return _loaded(_ecdsas, name, _load_ecdsa, CountingEcdsa)
 
 
 def available_backends() -> list[str]:

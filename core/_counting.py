@@ -24,8 +24,9 @@ one, only calls are counted.
 
 from __future__ import annotations
 
+import functools
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 __all__ = ["CallCounter", "CountingBackend", "CountingEcdsa", "COUNTED_CURVE_METHODS", "COUNTED_ECDSA_METHODS"]
 
@@ -81,146 +82,105 @@ class CallCounter:
             return {name: (calls, t) for name, (calls, t) in self._tallies.items()}
 
 
-class CountingBackend:
+class _Forward:
+    """A method of the wrapped object: passed through, or counted under ``COUNT_PREFIX`` + its name.
+
+    Declared once per method on the proxy class (``g1_add = _passed()``), so the
+    proxy's methods are listed where a reader looks for them."""
+
+    __slots__ = ("counted", "name", "key")
+
+    def __init__(self, counted: bool) -> None:
+        self.counted = counted
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.key = owner.COUNT_PREFIX + name  # type: ignore[attr-defined]
+
+    def __get__(self, proxy: Any, owner: type | None = None) -> Any:
+        if proxy is None:
+            return self
+        method = getattr(proxy.inner, self.name)
+        if not self.counted:
+            return method
+        return functools.partial(proxy._call, self.key, method)
+
+
+def _passed() -> Any:
+    return _Forward(counted=False)
+
+
+def _counted() -> Any:
+    return _Forward(counted=True)
+
+
+class _Proxy:
+    """What both proxies share: the wrapped object, its name and the counter's ``call``."""
+
+    COUNT_PREFIX = ""
+
+    def __init__(self, inner: Any, counter: CallCounter) -> None:
+        self.inner = inner
+        self.name: str = inner.name
+        self._call = counter.call
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+
+class CountingBackend(_Proxy):
     """A curve backend (core._backend.Backend) that counts its expensive calls in ``counter``."""
 
-    def __init__(self, inner: Any, counter: CallCounter) -> None:
-        self.inner = inner
-        self.name: str = inner.name
-        self._call = counter.call
-
-    def __repr__(self) -> str:
-        return f"CountingBackend({self.inner!r})"
-
     # --- G1 -----------------------------------------------------------
-    def g1_generator(self) -> Any:
-        return self.inner.g1_generator()
-
-    def g1_identity(self) -> Any:
-        return self.inner.g1_identity()
-
-    def g1_decode(self, data: bytes) -> Any:
-        return self._call("g1_decode", self.inner.g1_decode, data)
-
-    def g1_encode(self, a: Any) -> bytes:
-        return self.inner.g1_encode(a)
-
-    def g1_add(self, a: Any, b: Any) -> Any:
-        return self.inner.g1_add(a, b)
-
-    def g1_neg(self, a: Any) -> Any:
-        return self.inner.g1_neg(a)
-
-    def g1_mul(self, a: Any, k: int, secret: bool) -> Any:
-        return self._call("g1_mul", self.inner.g1_mul, a, k, secret)
-
-    def g1_generator_mul(self, k: int) -> Any:
-        return self._call("g1_generator_mul", self.inner.g1_generator_mul, k)
-
-    def g1_msm(self, points: Sequence[Any], scalars: Sequence[int]) -> Any:
-        return self._call("g1_msm", self.inner.g1_msm, points, scalars)
-
-    def g1_eq(self, a: Any, b: Any) -> bool:
-        return self.inner.g1_eq(a, b)
-
-    def g1_is_identity(self, a: Any) -> bool:
-        return self.inner.g1_is_identity(a)
+    g1_generator = _passed()
+    g1_identity = _passed()
+    g1_decode = _counted()
+    g1_encode = _passed()
+    g1_add = _passed()
+    g1_neg = _passed()
+    g1_mul = _counted()
+    g1_generator_mul = _counted()
+    g1_msm = _counted()
+    g1_eq = _passed()
+    g1_is_identity = _passed()
 
     # --- G2 -----------------------------------------------------------
-    def g2_generator(self) -> Any:
-        return self.inner.g2_generator()
-
-    def g2_identity(self) -> Any:
-        return self.inner.g2_identity()
-
-    def g2_decode(self, data: bytes) -> Any:
-        return self._call("g2_decode", self.inner.g2_decode, data)
-
-    def g2_encode(self, a: Any) -> bytes:
-        return self.inner.g2_encode(a)
-
-    def g2_add(self, a: Any, b: Any) -> Any:
-        return self.inner.g2_add(a, b)
-
-    def g2_neg(self, a: Any) -> Any:
-        return self.inner.g2_neg(a)
-
-    def g2_mul(self, a: Any, k: int, secret: bool) -> Any:
-        return self._call("g2_mul", self.inner.g2_mul, a, k, secret)
-
-    def g2_msm(self, points: Sequence[Any], scalars: Sequence[int]) -> Any:
-        return self._call("g2_msm", self.inner.g2_msm, points, scalars)
-
-    def g2_eq(self, a: Any, b: Any) -> bool:
-        return self.inner.g2_eq(a, b)
-
-    def g2_is_identity(self, a: Any) -> bool:
-        return self.inner.g2_is_identity(a)
+    g2_generator = _passed()
+    g2_identity = _passed()
+    g2_decode = _counted()
+    g2_encode = _passed()
+    g2_add = _passed()
+    g2_neg = _passed()
+    g2_mul = _counted()
+    g2_msm = _counted()
+    g2_eq = _passed()
+    g2_is_identity = _passed()
 
     # --- pairing --------------------------------------------------------
-    def pairing(self, p: Any, q: Any) -> Any:
-        return self._call("pairing", self.inner.pairing, p, q)
-
-    def multi_pairing(self, ps: Sequence[Any], qs: Sequence[Any]) -> Any:
-        return self._call("multi_pairing", self.inner.multi_pairing, ps, qs)
-
-    def g2_prepare(self, q: Any) -> Any:
-        return self.inner.g2_prepare(q)
-
-    def pairing_prepared(self, p: Any, prepared: Any) -> Any:
-        return self._call("pairing_prepared", self.inner.pairing_prepared, p, prepared)
+    pairing = _counted()
+    multi_pairing = _counted()
+    g2_prepare = _passed()
+    pairing_prepared = _counted()
 
     # --- GT -------------------------------------------------------------
-    def gt_one(self) -> Any:
-        return self.inner.gt_one()
-
-    def gt_generator(self) -> Any:
-        return self.inner.gt_generator()
-
-    def gt_decode(self, data: bytes) -> Any:
-        return self._call("gt_decode", self.inner.gt_decode, data)
-
-    def gt_encode(self, a: Any) -> bytes:
-        return self.inner.gt_encode(a)
-
-    def gt_mul(self, a: Any, b: Any) -> Any:
-        return self.inner.gt_mul(a, b)
-
-    def gt_inv(self, a: Any) -> Any:
-        return self.inner.gt_inv(a)
-
-    def gt_pow(self, a: Any, k: int) -> Any:
-        return self._call("gt_pow", self.inner.gt_pow, a, k)
-
-    def gt_multi_pow(self, bases: Sequence[Any], exps: Sequence[int]) -> Any:
-        return self._call("gt_multi_pow", self.inner.gt_multi_pow, bases, exps)
-
-    def gt_generator_pow(self, k: int) -> Any:
-        return self._call("gt_generator_pow", self.inner.gt_generator_pow, k)
-
-    def gt_eq(self, a: Any, b: Any) -> bool:
-        return self.inner.gt_eq(a, b)
+    gt_one = _passed()
+    gt_generator = _passed()
+    gt_decode = _counted()
+    gt_encode = _passed()
+    gt_mul = _passed()
+    gt_inv = _passed()
+    gt_pow = _counted()
+    gt_multi_pow = _counted()
+    gt_generator_pow = _counted()
+    gt_eq = _passed()
 
 
-class CountingEcdsa:
+class CountingEcdsa(_Proxy):
     """An ECDSA implementation (core._backend.EcdsaBackend) that counts its calls in ``counter``."""
 
-    def __init__(self, inner: Any, counter: CallCounter) -> None:
-        self.inner = inner
-        self.name: str = inner.name
-        self._call = counter.call
+    COUNT_PREFIX = "ecdsa."
 
-    def __repr__(self) -> str:
-        return f"CountingEcdsa({self.inner!r})"
-
-    def public_key(self, private_key: bytes) -> bytes:
-        return self._call("ecdsa.public_key", self.inner.public_key, private_key)
-
-    def sign_digest(self, private_key: bytes, digest: bytes) -> bytes:
-        return self._call("ecdsa.sign_digest", self.inner.sign_digest, private_key, digest)
-
-    def is_valid_digest(self, public_key: bytes, digest: bytes, signature: bytes) -> bool:
-        return self._call("ecdsa.is_valid_digest", self.inner.is_valid_digest, public_key, digest, signature)
-
-    def check_public_key(self, public_key: bytes) -> bytes:
-        return self.inner.check_public_key(public_key)
+    public_key = _counted()
+    sign_digest = _counted()
+    is_valid_digest = _counted()
+    check_public_key = _passed()

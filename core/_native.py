@@ -15,6 +15,8 @@ missing extension surfaces there as an ImportError.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from native.backend import R as _NATIVE_R
 from native.backend import NativeBackend
 from native.errors import NativeDecodeError, NativeLoadError
@@ -31,32 +33,33 @@ class CheckedNativeBackend(NativeBackend):
     """The mcl backend with core's structural checks before and core's errors after."""
 
     def g1_decode(self, data: bytes) -> bytes:
-        data = bytes(data)
-        infinity, _sign, _x = parse_compressed(data, "G1", 1)
-        if infinity:
-            return self.g1_identity()
-        try:
-            return super().g1_decode(data)
-        except NativeDecodeError as exc:
-            raise DecodeError(str(exc)) from None
+        return self._point_decode(data, "G1", 1, self.g1_identity, super().g1_decode)
 
     def g2_decode(self, data: bytes) -> bytes:
-        data = bytes(data)
-        infinity, _sign, _x = parse_compressed(data, "G2", 2)
-        if infinity:
-            return self.g2_identity()
-        try:
-            return super().g2_decode(data)
-        except NativeDecodeError as exc:
-            raise DecodeError(str(exc)) from None
+        return self._point_decode(data, "G2", 2, self.g2_identity, super().g2_decode)
 
     def gt_decode(self, data: bytes) -> bytes:
         data = bytes(data)
         check_gt_coefficients(data)
-        try:
-            return super().gt_decode(data)
-        except NativeDecodeError as exc:
-            raise DecodeError(str(exc)) from None
+        return _with_core_errors(super().gt_decode, data)
+
+    @staticmethod
+    def _point_decode(data: bytes, group: str, degree: int, identity: Callable[[], bytes],
+                      decode: Callable[[bytes], bytes]) -> bytes:
+        """A G1 or G2 point: core's structural checks, then native's curve and subgroup checks."""
+        data = bytes(data)
+        infinity, _sign, _x = parse_compressed(data, group, degree)
+        if infinity:
+            return identity()
+        return _with_core_errors(decode, data)
+
+
+def _with_core_errors(decode: Callable[[bytes], bytes], data: bytes) -> bytes:
+    """``decode(data)``, native's NativeDecodeError raised as core's DecodeError (same text)."""
+    try:
+        return decode(data)
+    except NativeDecodeError as exc:
+        raise DecodeError(str(exc)) from None
 
 
 def load() -> CheckedNativeBackend:

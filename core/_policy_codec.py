@@ -16,22 +16,8 @@ from typing import Any, TypeVar
 import msgpack
 
 from ._policy_model import (
-    MAX_CONDITION_NODES,
-    MAX_DEPTH,
-    MAX_LIST,
-    MAX_MSGPACK_BYTES,
-    MAX_RULES,
-    And,
-    Compare,
-    Condition,
-    Has,
-    Member,
-    Not,
-    ObjectSpec,
-    BasePolicy,
-    Or,
-    Rule,
-    TimeWindow,
+    MAX_CONDITION_NODES, MAX_DEPTH, MAX_LIST, MAX_MSGPACK_BYTES, MAX_RULES, And, Compare, Condition, Has, Member,
+    Not, ObjectSpec, BasePolicy, Or, Rule, TimeWindow,
 )
 from .errors import DecodeError, PolicyError
 

@@ -11,35 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 from ._policy_model import (
-    DAY_NAMES,
-    DEFAULT_RULE,
-    INT_MAX,
-    INT_MIN,
-    MAX_DEPTH,
-    MAX_LIST,
-    MAX_NAME,
-    MAX_RULES,
-    MAX_STRING,
-    MAX_TEXT_CHARS,
-    NAME_RE,
-    RESERVED_ATTRIBUTES,
-    RESERVED_OPERATIONS,
-    And,
-    Compare,
-    Condition,
-    Has,
-    Member,
-    Not,
-    ObjectSpec,
-    BasePolicy,
-    Or,
-    Rule,
-    TimeWindow,
-    Value,
-    check_condition_limits,
+    DAY_NAMES, DEFAULT_RULE, INT_MAX, INT_MIN, MAX_DEPTH, MAX_LIST, MAX_NAME, MAX_RULES, MAX_STRING, MAX_TEXT_CHARS,
+    NAME_RE, RESERVED_ATTRIBUTES, RESERVED_OPERATIONS, And, Compare, Condition, Has, Member, Not, ObjectSpec,
+    BasePolicy, Or, Rule, TimeWindow, Value, check_condition_limits,
 )
 from .errors import PolicyError
 
@@ -462,18 +439,19 @@ class _Parser:
         return c
 
     def or_expr(self, depth: int) -> Condition:
-        items = [self.and_expr(depth)]
-        while self.is_word("or"):
-            self.advance()
-            items.append(self.and_expr(depth))
-        return items[0] if len(items) == 1 else Or(tuple(items))
+        return self.joined("or", Or, self.and_expr, depth)
 
     def and_expr(self, depth: int) -> Condition:
-        items = [self.not_expr(depth)]
-        while self.is_word("and"):
+        return self.joined("and", And, self.not_expr, depth)
+
+    def joined(self, word: str, make: type[And] | type[Or],
+               operand: Callable[[int], Condition], depth: int) -> Condition:
+        """``operand (word operand)*``: the lone operand, or ``make`` of them all."""
+        items = [operand(depth)]
+        while self.is_word(word):
             self.advance()
-            items.append(self.not_expr(depth))
-        return items[0] if len(items) == 1 else And(tuple(items))
+            items.append(operand(depth))
+        return items[0] if len(items) == 1 else make(tuple(items))
 
     def not_expr(self, depth: int) -> Condition:
         if self.is_word("not"):

@@ -139,3 +139,11 @@ def unpack(data: bytes, *, max_size: int = 1 << 20, what: str = "value") -> Any:
         raise DecodeError(f"{what}: not in canonical encoding")
     _remember(data)
     return value
+
+
+def unpack_array(data: bytes, length: int, *, max_size: int, what: str) -> list:
+    """:func:`unpack` ``data`` and check it is an array of exactly ``length`` fields."""
+    fields = unpack(data, max_size=max_size, what=what)
+    if not isinstance(fields, list) or len(fields) != length:
+        raise DecodeError(f"{what}: expected an array of {length} fields")
+    return fields

@@ -164,10 +164,7 @@ class Block:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Block":
-        f = canonical.unpack(data, max_size=MAX_BLOCK_BYTES, what="block")
-        if not isinstance(f, list) or len(f) != 6:
-            raise DecodeError("block: expected an array of 6 fields")
-        height, prev, ts, root, txs, sig = f
+        height, prev, ts, root, txs, sig = canonical.unpack_array(data, 6, max_size=MAX_BLOCK_BYTES, what="block")
         if type(height) is not int or height < 0:
             raise DecodeError("block: bad height")
         if not isinstance(prev, bytes) or len(prev) != 32 or not isinstance(root, bytes) or len(root) != 32:
@@ -322,6 +319,17 @@ def _id(value: str, what: str) -> str:
         return check_id(value, what)
     except DecodeError as exc:
         raise ValidationError("malformed", str(exc)) from exc
+
+
+def _owned(state: Any, key: str, tx: Transaction, what: str, forbidden: str) -> dict[str, Any]:
+    """The ``what`` (a request or a grant) stored at ``key``, which must exist
+    (``not_found``) and concern the submitting patient (``forbidden``)."""
+    entry = state.get(key)
+    if entry is None:
+        raise ValidationError("not_found", f"no such {what}")
+    if entry["patient"] != tx.submitter:
+        raise ValidationError("forbidden", forbidden)
+    return entry
 
 
 def _text(value: str, what: str, limit: int = 256) -> str:
@@ -647,11 +655,7 @@ class Ledger:
         _id(body["grant_id"], "grant id")
         if state.get(grant_key(body["grant_id"])) is not None:
             raise ValidationError("duplicate", "grant id already used")
-        req = state.get(request_key(body["request_id"]))
-        if req is None:
-            raise ValidationError("not_found", "no such request")
-        if req["patient"] != tx.submitter:
-            raise ValidationError("forbidden", "only the record's owner grants access")
+        req = _owned(state, request_key(body["request_id"]), tx, "request", "only the record's owner grants access")
         if req["decision"]["effect"] != "allow":
             raise ValidationError("not_allowed", "the request was denied by the policy")
         if req["status"] != "pending":
@@ -681,11 +685,8 @@ class Ledger:
     def _tx_deny_request(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
         body = _body(tx, {"request_id": str, "reason": str})
-        req = state.get(request_key(body["request_id"]))
-        if req is None:
-            raise ValidationError("not_found", "no such request")
-        if req["patient"] != tx.submitter:
-            raise ValidationError("forbidden", "only the record's owner answers a request")
+        req = _owned(state, request_key(body["request_id"]), tx, "request",
+                     "only the record's owner answers a request")
         if req["status"] != "pending":
             raise ValidationError("bad_state", f"request is {req['status']}")
         req["status"] = "rejected"
@@ -697,11 +698,7 @@ class Ledger:
     def _tx_revoke_grant(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
         body = _body(tx, {"grant_id": str, "reason": str})
-        grant = state.get(grant_key(body["grant_id"]))
-        if grant is None:
-            raise ValidationError("not_found", "no such grant")
-        if grant["patient"] != tx.submitter:
-            raise ValidationError("forbidden", "only the grantor revokes a grant")
+        grant = _owned(state, grant_key(body["grant_id"]), tx, "grant", "only the grantor revokes a grant")
         if grant["revoked"]:
             raise ValidationError("bad_state", "grant already revoked")
         grant["revoked"] = True

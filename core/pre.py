@@ -46,19 +46,8 @@ from nacl.public import SealedBox
 
 from ._backend import Backend, active_backend
 from .curve import (
-    G1,
-    G2,
-    GT,
-    G2Prepared,
-    R,
-    api,
-    hash_to_scalar,
-    multi_pairing,
-    pairing,
-    random_scalar,
-    scalar_from_bytes,
-    scalar_inverse,
-    scalar_to_bytes,
+    G1, G2, GT, G2Prepared, R, api, hash_to_scalar, multi_pairing, pairing, random_scalar, scalar_from_bytes,
+    scalar_inverse, scalar_to_bytes,
 )
 from .errors import DecodeError, DecryptionError, FaultyShareError, SignatureError
 

@@ -117,9 +117,7 @@ class Transaction:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Transaction":
-        fields = canonical.unpack(data, max_size=MAX_TX_SIZE, what="transaction")
-        if not isinstance(fields, list) or len(fields) != 6:
-            raise DecodeError("transaction: expected an array of 6 fields")
+        fields = canonical.unpack_array(data, 6, max_size=MAX_TX_SIZE, what="transaction")
         tx_type, submitter, nonce, ts, body, sig = fields
         if tx_type not in TX_TYPES:
             raise DecodeError(f"transaction: unknown type {tx_type!r}")

@@ -111,3 +111,13 @@ def test_a_memoized_value_still_obeys_the_size_limit():
     with pytest.raises(DecodeError):
         canonical.unpack(bytearray(data), max_size=50)
     assert canonical.unpack(bytearray(data)) == {"k": b"x" * 100}
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**32), max_size=8), st.integers(min_value=0, max_value=8))
+def test_unpack_array_checks_the_field_count(items, length):
+    data = canonical.pack(items)
+    if len(items) == length:
+        assert canonical.unpack_array(data, length, max_size=1024, what="thing") == items
+    else:
+        with pytest.raises(DecodeError, match=f"thing: expected an array of {length} fields"):
+            canonical.unpack_array(data, length, max_size=1024, what="thing")

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from core._backend import Backend, EcdsaBackend, load_ecdsa
-from core._counting import COUNTED_CURVE_METHODS, CallCounter, CountingBackend, CountingEcdsa
+from core._counting import COUNTED_CURVE_METHODS, COUNTED_ECDSA_METHODS, CallCounter, CountingBackend, CountingEcdsa, _Forward
 from core.curve import G1, G2, GT, api, multi_pairing, pairing
 from core.errors import DecodeError
 
@@ -25,7 +25,7 @@ def _ticking_counter() -> CallCounter:
 
 
 def _public_methods(cls) -> set[str]:
-    return {n for n, v in vars(cls).items() if callable(v) and not n.startswith("_")}
+    return {n for n, v in vars(cls).items() if (callable(v) or isinstance(v, _Forward)) and not n.startswith("_")}
 
 
 def test_proxies_implement_every_method_of_the_contracts(backend):
@@ -101,3 +101,11 @@ def test_a_counter_without_a_clock_counts_calls_only(backend):
     c = api(CountingBackend(_raw(backend), counter))
     c.G1.generator() * 3
     assert counter.snapshot()["g1_mul"] == (1, 0)
+
+
+def test_the_proxies_count_exactly_the_listed_methods():
+    def counted(cls):
+        return {v.key for v in vars(cls).values() if isinstance(v, _Forward) and v.counted}
+
+    assert counted(CountingBackend) == set(COUNTED_CURVE_METHODS)
+    assert counted(CountingEcdsa) == set(COUNTED_ECDSA_METHODS)

@@ -8,16 +8,7 @@ from hypothesis import strategies as st
 
 from core._backend import P, R, active_backend, load
 from core.curve import (
-    G1,
-    G2,
-    GT,
-    api,
-    hash_to_scalar,
-    multi_pairing,
-    pairing,
-    random_scalar,
-    scalar_from_bytes,
-    scalar_to_bytes,
+    G1, G2, GT, api, hash_to_scalar, multi_pairing, pairing, random_scalar, scalar_from_bytes, scalar_to_bytes,
 )
 from core.errors import DecodeError
 
