@@ -110,17 +110,18 @@ class TestConsortium:
 
     @classmethod
     def build(cls, peers: Sequence[tuple[str, str]] | None = None, *, name: str = "test", threshold: int = 2,
-              storage: Iterable[str] = (), org_names: Mapping[str, str] | None = None,
+              storage: Iterable[str] = (), orgs: Sequence[str] = (), org_names: Mapping[str, str] | None = None,
               created_at: int | None = None, max_skew_ms: int | None = None,
               agents: Mapping[str, str] | None = None, **manifest: Any) -> "TestConsortium":
         """A fresh consortium: ``peers`` as (id, organization) pairs (default
         :func:`split_peers` of 4), proxy indices in that order; ``storage`` node
-        ids; ``org_names`` the organizations' display names (default the id in
+        ids; ``orgs`` organizations to list before the peers' own (also those
+        without peers); ``org_names`` the organizations' display names (default the id in
         capitals); ``created_at`` in ms (default a minute ago); ``agents`` the
         manifest's addresses and ``manifest`` its other keyword fields
         (``replicas``, ``write_quorum``)."""
         peers = list(peers if peers is not None else split_peers(4))
-        orgs = tuple(dict.fromkeys(org for _, org in peers))
+        orgs = tuple(dict.fromkeys([*orgs, *(org for _, org in peers)]))
         peer_keys = {pid: AgentKeys.generate() for pid, _ in peers}
         infos = {pid: PeerInfo(pid, org, peer_keys[pid].ecdsa_public, peer_keys[pid].box_public, i + 1)
                  for i, (pid, org) in enumerate(peers)}
