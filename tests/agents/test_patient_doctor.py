@@ -48,6 +48,15 @@ class World:
     def config(self, subject: str, org: str, attributes: dict, **kw) -> UserConfig:
         return user_config(self.fake.manifest, self.tmp / "users" / subject, subject, org, attributes, **kw)
 
+    async def shared_record(self, stack, data, media_type):
+        """Alice (a patient) and dr-heart (a cardiologist), registered; alice stores
+        ``data`` under label cardiology and sets the example policy: (alice, heart, record id)."""
+        alice = await self.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+        heart = await self.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+        rid = await alice.store(data, label="cardiology", media_type=media_type)
+        await alice.set_policy(POLICY)
+        return alice, heart, rid
+
     async def registered(self, stack, cls, subject, org, attributes, **kw):
         agent = await stack.enter_async_context(cls.open(self.config(subject, org, attributes), node=self.node, **kw))
         await agent.register(self.fake.token(subject, org, attributes))
@@ -192,10 +201,7 @@ async def test_not_enough_peers_is_quick(world):
 async def test_revoked_doctor_certificate(world):
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
-            rid = await alice.store(b"ecg" * 1000, label="cardiology", media_type="text/plain")
-            await alice.set_policy(POLICY)
+            alice, heart, rid = await world.shared_record(stack, b"ecg" * 1000, "text/plain")
             assert await heart.read("alice", rid) == b"ecg" * 1000
             assert await world.fake.revoke_cert("dr-heart") == "ok"
             with pytest.raises(AgentError) as info:
@@ -208,10 +214,7 @@ async def test_restart_patient_from_its_directory(world):
     with trio.fail_after(60):
         data = encode_bundle(generate_bundle(2, 20))
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
-            rid = await alice.store(data, label="cardiology", media_type="application/fhir+json")
-            await alice.set_policy(POLICY)
+            alice, heart, rid = await world.shared_record(stack, data, "application/fhir+json")
             assert await heart.read("alice", rid) == data
             cert, grants = alice.certificate, dict(alice.grants)
         # both reopen from their directories: same keys, certificate, grants, grant cache
@@ -308,10 +311,7 @@ async def test_not_enough_healthy_peers_asks_everyone_with_a_short_leash(world):
     (with a short timeout) only when the healthy ones cannot make t."""
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
-            rid = await alice.store(b"x" * 1000, label="cardiology", media_type="text/plain")
-            await alice.set_policy(POLICY)
+            alice, heart, rid = await world.shared_record(stack, b"x" * 1000, "text/plain")
             assert await heart.read("alice", rid) == b"x" * 1000
             # two peers marked failed (they are fine): reads use the two healthy ones only
             heart.health.failure("peer-a1")
@@ -331,10 +331,7 @@ async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
     doctor reads with t shares, and a revoked grant is refused without waiting for it."""
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
-            rid = await alice.store(b"stalled", label="cardiology", media_type="text/plain")
-            await alice.set_policy(POLICY)
+            alice, heart, rid = await world.shared_record(stack, b"stalled", "text/plain")
             world.fake.stalled.add("peer-b2")  # nobody's home peer: only fan-outs meet it
             with trio.fail_after(3):  # request timeout: 10 s
                 assert await heart.read("alice", rid) == b"stalled"
