@@ -1,7 +1,9 @@
 """What the patient and doctor agents share: configuration, keys, state, endpoints, ledger calls.
 
 :class:`UserConfig` says who the user is and where its deployment is;
-:class:`PeerClient` is how a user talks to the consortium's peers.
+:class:`PeerClient` is how a user talks to the consortium's peers;
+:class:`UserAgent` is the base of the two user agents (the client's views, the
+storage client, identity calls).
 :class:`agents.patient.PatientAgent` and :class:`agents.doctor.DoctorAgent`
 each hold one (``agent.client``), made by :func:`open_agent`, which opens the
 keys, the bus node (unless given one) and the agent's nursery. The client owns
@@ -77,8 +79,9 @@ from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory, Manifest, enro
 from agents.keys import AgentKeys, KeyStore, atomic_write
 from agents.plans import Answer, Confirm, Done, SubmitFailover
 from agents.runtime import make_endpoint, run_crypto
+from agents.storage import StorageClient
 
-__all__ = ["UserConfig", "PeerClient", "open_agent", "CERT_VALIDITY_S", "SUSPECT_TIMEOUT"]
+__all__ = ["UserConfig", "PeerClient", "UserAgent", "open_agent", "CERT_VALIDITY_S", "SUSPECT_TIMEOUT"]
 
 log = logging.getLogger("agents.user")
 
@@ -625,6 +628,49 @@ def _cert_entry(value: Any, subject: str) -> CertEntry | None:
         return CertEntry.from_state(value)
     except DecodeError as exc:
         raise AgentError(f"certificate entry of {subject} is malformed: {exc}", code="integrity") from exc
+
+
+class UserAgent:
+    """What :class:`agents.patient.PatientAgent` and :class:`agents.doctor.DoctorAgent`
+    share: views of their :class:`PeerClient` (``config``, ``subject``,
+    ``manifest``, ``keys``, ``endpoint``, ``health``, ``address``, local
+    ``state``), a :class:`agents.storage.StorageClient` on the manifest's storage
+    nodes, and the identity calls, which the client makes."""
+
+    def __init__(self, client: PeerClient):
+        self.client = client
+        config = self.config = client.config
+        self.subject = client.subject
+        self.manifest = client.manifest
+        self.keys = client.keys
+        self.endpoint = client.endpoint
+        self.health = client.health
+        self.address = client.address
+        self.state = client.state
+        self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
+                                     write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
+                                     health=self.health, background=client.nursery)
+
+    @property
+    def certificate(self) -> Certificate | None:
+        """This user's certificate once registered."""
+        return self.client.certificate
+
+    @property
+    def registered(self) -> bool:
+        return self.client.registered
+
+    async def register(self, token: bytes) -> Certificate:
+        """Enroll with a peer of this user's organization (:meth:`PeerClient.register`)."""
+        return await self.client.register(token)
+
+    async def revoke_certificate(self, reason: str = "revoked by its holder") -> None:
+        """Revoke this user's own certificate (:meth:`PeerClient.revoke_certificate`)."""
+        await self.client.revoke_certificate(reason)
+
+    async def lookup_certificate(self, subject: str, *, fresh: bool = True) -> Certificate | None:
+        """Another user's committed, non-revoked certificate (:meth:`PeerClient.lookup_certificate`)."""
+        return await self.client.lookup_certificate(subject, fresh=fresh)
 
 
 @contextlib.asynccontextmanager

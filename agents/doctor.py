@@ -53,7 +53,7 @@ from core.protocol import (
 )
 from core.tx import Transaction
 
-from agents.client import SUSPECT_TIMEOUT, PeerClient, UserConfig, open_agent, remote_error
+from agents.client import SUSPECT_TIMEOUT, PeerClient, UserAgent, UserConfig, open_agent, remote_error
 from agents.driver import result_of, run_plan
 from agents.errors import (
     GrantRevoked,
@@ -69,7 +69,7 @@ from agents.errors import (
 from agents.plans import Answer, Done, Invalid, ShareCollection
 from agents.runtime import run_crypto
 from agents.storage import NotFound as StorageNotFound
-from agents.storage import StorageClient, StorageError
+from agents.storage import StorageError
 
 __all__ = ["DoctorAgent", "REENCRYPTION_TAG"]
 
@@ -87,28 +87,17 @@ def _cache_key(patient: str, label: str) -> str:
     return f"{patient}\x00{label}"
 
 
-class DoctorAgent:
+class DoctorAgent(UserAgent):
     """A doctor (or nurse, ...): see the module docstring. Open with :meth:`open`."""
 
     def __init__(self, client: PeerClient):
-        self.client = client
-        config = self.config = client.config
-        self.subject = client.subject
-        self.manifest = client.manifest
-        self.keys = client.keys
-        self.endpoint = client.endpoint
-        self.health = client.health
-        self.address = client.address
-        self.state = client.state
-        self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
-                                     write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
-                                     health=self.health, background=client.nursery)
-        self.reencrypt_timeout = min(10.0, config.request_timeout)
+        super().__init__(client)
+        self.reencrypt_timeout = min(10.0, self.config.request_timeout)
         self._rotation = secrets.randbelow(1 << 16)  # which t peers go first (spread, not secret)
         # the patient's answer is several round trips (read the request, commit the
         # grant, deliver the shares), any of which may fail over from a peer that
         # just stopped answering after ``request_timeout``
-        self.patient_timeout = PATIENT_TIMEOUT_FACTOR * config.request_timeout
+        self.patient_timeout = PATIENT_TIMEOUT_FACTOR * self.config.request_timeout
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -124,28 +113,7 @@ class DoctorAgent:
             agent.state.setdefault("grant_cache", {})
             yield agent
 
-    # ------------------------------------------------------------ identity (see PeerClient)
-
-    @property
-    def certificate(self) -> Certificate | None:
-        """This doctor's certificate once registered."""
-        return self.client.certificate
-
-    @property
-    def registered(self) -> bool:
-        return self.client.registered
-
-    async def register(self, token: bytes) -> Certificate:
-        """Enroll with a peer of this doctor's organization (:meth:`PeerClient.register`)."""
-        return await self.client.register(token)
-
-    async def revoke_certificate(self, reason: str = "revoked by its holder") -> None:
-        """Revoke this doctor's own certificate (:meth:`PeerClient.revoke_certificate`)."""
-        await self.client.revoke_certificate(reason)
-
-    async def lookup_certificate(self, subject: str, *, fresh: bool = True) -> Certificate | None:
-        """Another user's committed, non-revoked certificate (:meth:`PeerClient.lookup_certificate`)."""
-        return await self.client.lookup_certificate(subject, fresh=fresh)
+    # identity (certificate, register, revoke_certificate, lookup_certificate): UserAgent
 
     @property
     def grant_cache(self) -> dict[str, dict]:

@@ -63,7 +63,7 @@ from core.protocol import (
     share_context,
 )
 
-from agents.client import PeerClient, UserConfig, check_receiving_key, open_agent, remote_error
+from agents.client import PeerClient, UserAgent, UserConfig, check_receiving_key, open_agent, remote_error
 from agents.driver import PlanRun, result_of
 from agents.errors import (
     AgentError,
@@ -77,7 +77,6 @@ from agents.errors import (
 from agents.handlers import serve
 from agents.plans import Done, ShareDelivery
 from agents.runtime import run_crypto
-from agents.storage import StorageClient
 
 __all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S"]
 
@@ -92,27 +91,16 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-class PatientAgent:
+class PatientAgent(UserAgent):
     """A patient: see the module docstring. Open with :meth:`open`."""
 
     grant_ttl_s: int = DEFAULT_GRANT_TTL_S
 
     def __init__(self, client: PeerClient, *, approve: Approver | None = None):
-        self.client = client
-        config = self.config = client.config
-        self.subject = client.subject
-        self.manifest = client.manifest
-        self.keys = client.keys
-        self.endpoint = client.endpoint
-        self.health = client.health
-        self.address = client.address
-        self.state = client.state
+        super().__init__(client)
         self._approve = approve
         self._label_keys: dict[str, pre.KeyPair] = {}
         self._answering: dict[str, trio.Lock] = {}
-        self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
-                                     write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
-                                     health=self.health, background=client.nursery)
         serve(self.endpoint, self.handlers(),
               on_decode_error=lambda exc: UnknownRequest(f"patient.access_request needs a request_id: {exc}"))
 
@@ -137,28 +125,7 @@ class PatientAgent:
             agent.state.setdefault("grants", {})
             yield agent
 
-    # ------------------------------------------------------------ identity (see PeerClient)
-
-    @property
-    def certificate(self) -> Certificate | None:
-        """This patient's certificate once registered."""
-        return self.client.certificate
-
-    @property
-    def registered(self) -> bool:
-        return self.client.registered
-
-    async def register(self, token: bytes) -> Certificate:
-        """Enroll with a peer of this patient's organization (:meth:`PeerClient.register`)."""
-        return await self.client.register(token)
-
-    async def revoke_certificate(self, reason: str = "revoked by its holder") -> None:
-        """Revoke this patient's own certificate (:meth:`PeerClient.revoke_certificate`)."""
-        await self.client.revoke_certificate(reason)
-
-    async def lookup_certificate(self, subject: str, *, fresh: bool = True) -> Certificate | None:
-        """Another user's committed, non-revoked certificate (:meth:`PeerClient.lookup_certificate`)."""
-        return await self.client.lookup_certificate(subject, fresh=fresh)
+    # identity (certificate, register, revoke_certificate, lookup_certificate): UserAgent
 
     # ------------------------------------------------------------ local views
 

@@ -32,28 +32,18 @@ import bus
 from core import ecdsa, pre
 from core.backend import backend_name
 from core.cid import compute as compute_cid
-from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
-from core.ledger import make_genesis
 from core.policy import parse as parse_policy
 from core.tx import Transaction
 
 from agents.bench.loadtest import costs
-from agents.orderer import OrdererAgent
 from agents.peer import PeerAgent
-from agents.consortium import Manifest, enroll_id, enrollment_token
+from agents.consortium import enroll_id
 from agents.keys import AgentKeys
 from agents.runtime import make_endpoint
+from agents.testing.consortium import CARDIOLOGY_POLICY as POLICY
+from agents.testing.consortium import TestConsortium, split_peers
 
 __all__ = ["main", "run_bench"]
-
-POLICY = """
-policy "bench" version 1
-default deny
-rule cardio:
-  allow read on label "cardiology"
-  when role == "doctor" and department == "cardiology"
-  approval auto
-"""
 
 
 class VerifyTimer:
@@ -99,17 +89,9 @@ async def run_bench(n_txs: int, *, batch: int = 100, window: int = 4000, n_peers
 
 
 async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_users: int) -> dict[str, Any]:
-    okey = ecdsa.generate_private_key()
-    peer_keys = {f"peer-{'ab'[i * 2 // n_peers]}-{i + 1}": AgentKeys.generate() for i in range(n_peers)}
-    infos = [PeerInfo(pid, f"org-{pid[5]}", k.ecdsa_public, k.box_public, i + 1)
-             for i, (pid, k) in enumerate(peer_keys.items())]
-    config = ConsortiumConfig("bench", (OrgInfo("org-a", "A"), OrgInfo("org-b", "B")), tuple(infos), "orderer",
-                              ecdsa.public_key(okey), 2, created_at=int(time.time() * 1000))
-    genesis = make_genesis(config, okey).to_bytes()
-    static = {pid: k.ecdsa_public for pid, k in peer_keys.items()} | {"orderer": ecdsa.public_key(okey)}
-    secret = os.urandom(32)
-    manifest = Manifest("bench", genesis, "orderer", list(peer_keys), [], 2, {}, static,
-                        {"org-a": [p for p in peer_keys if "-a-" in p], "org-b": [p for p in peer_keys if "-b-" in p]})
+    consortium = TestConsortium.build(split_peers(n_peers), name="bench", orgs=("org-a", "org-b"),
+                                      created_at=int(time.time() * 1000))
+    manifest = consortium.manifest
     peers: dict[str, PeerAgent] = {}
     committed: dict[bytes, list] = {}  # tx id -> [submitted at, peers left, committed-by-all at, mark]
 
@@ -130,11 +112,9 @@ async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_
     all_done = trio.Event()
     async with bus.open_node() as node:
         async with trio.open_nursery() as nursery:
-            await nursery.start(OrdererAgent(orderer_id="orderer", signing_key=okey, genesis=genesis,
-                                             data_dir=root / "orderer", directory=manifest.directory()).run, node)
-            for pid, keys in peer_keys.items():
-                peers[pid] = PeerAgent(peer_id=pid, keys=keys, genesis=genesis, data_dir=root / pid,
-                                       manifest=manifest, enroll_secret=secret)
+            await nursery.start(consortium.orderer(root / "orderer").run, node)
+            for pid in consortium.peers:
+                peers[pid] = consortium.peer(pid, root / pid)
                 await nursery.start(peers[pid].run, node)
                 peers[pid].add_commit_listener(listener)
             pids = list(peers)
@@ -146,7 +126,7 @@ async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_
                 reply = await ep.request(manifest.peer_orgs[org][0], "peer.enroll", {
                     "subject": subject, "org": org, "attributes": attrs, "box_key": keys.box_public,
                     "pre_key": recv.public.to_bytes(), "pre_proof": recv.prove(subject).to_bytes(),
-                    "valid_s": 86400, "token": enrollment_token(secret, subject, org, attrs)})
+                    "valid_s": 86400, "token": consortium.token(subject, org, attrs)})
                 await ep.aclose()
                 for p in peers.values():
                     await p.wait_for_height(reply["height"])

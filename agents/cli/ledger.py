@@ -109,14 +109,21 @@ def _verify_shares(store: LedgerStore, ledger: Ledger) -> None:
                                    f"committed for {peer}")
 
 
+def _open_or_say(data: Path) -> LedgerStore | None:
+    """The ledger under ``data``, or None after saying on stderr why it cannot be opened."""
+    try:
+        return _open(data)
+    except (StoreError, OSError) as exc:
+        print(f"cannot open the ledger: {exc}", file=sys.stderr)
+        return None
+
+
 def verify_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="emrshare ledger verify", description="verify a peer's stored chain")
     parser.add_argument("--data", type=Path, required=True, help="the peer's data directory (or its ledger.sqlite)")
     args = parser.parse_args(argv)
-    try:
-        store = _open(args.data)
-    except (StoreError, OSError) as exc:
-        print(f"cannot open the ledger: {exc}", file=sys.stderr)
+    store = _open_or_say(args.data)
+    if store is None:
         return 2
     try:
         height, root = verify_store(store)
@@ -183,10 +190,8 @@ def audit_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patient", required=True)
     parser.add_argument("--json", action="store_true", help="print JSON (times as Unix ms and UTC text)")
     args = parser.parse_args(argv)
-    try:
-        store = _open(args.data)
-    except (StoreError, OSError) as exc:
-        print(f"cannot open the ledger: {exc}", file=sys.stderr)
+    store = _open_or_say(args.data)
+    if store is None:
         return 2
     try:
         events = audit_events(store, args.patient)

@@ -15,13 +15,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from bus import open_node
 
 from agents.errors import AgentError
+
+if TYPE_CHECKING:  # imported where used, to keep the command's start quick
+    from agents.client import UserAgent, UserConfig
+    from agents.swarm import SwarmFiles
+    from core.identity import Certificate
 
 PASS_ENV = "EMRSHARE_PASSPHRASE"
 
@@ -95,6 +100,16 @@ async def _approve_all(request: dict) -> bool:
     return True
 
 
+async def _register(agent: "UserAgent", files: "SwarmFiles", config: "UserConfig") -> "Certificate":
+    """Register ``agent`` with its organization's token (from the swarm's files) and
+    remember the organization in the user's directory; returns the certificate."""
+    if not config.org:
+        raise SystemExit("--org is required to register")
+    cert = await agent.register(files.token(config.subject, config.org, config.attributes))
+    (config.data_dir / "cli.json").write_text(json.dumps({"org": config.org}))
+    return cert
+
+
 async def _run_patient(args: argparse.Namespace) -> int:
     from agents.patient import PatientAgent
 
@@ -107,10 +122,7 @@ async def _run_patient(args: argparse.Namespace) -> int:
         approve = _approve_all if args.cmd == "serve" and args.approve else None
         async with PatientAgent.open(config, node=node, approve=approve) as p:
             if args.cmd == "register":
-                if not config.org:
-                    raise SystemExit("--org is required to register")
-                cert = await p.register(files.token(config.subject, config.org, config.attributes))
-                (config.data_dir / "cli.json").write_text(json.dumps({"org": config.org}))
+                cert = await _register(p, files, config)
                 print(f"registered {cert.subject} at {cert.org} (certificate {cert.serial})")
             elif args.cmd == "store":
                 data = Path(args.file)
@@ -149,10 +161,7 @@ async def _run_doctor(args: argparse.Namespace) -> int:
     async with open_node(routes=_routes(files, config.manifest)) as node:
         async with DoctorAgent.open(config, node=node) as d:
             if args.cmd == "register":
-                if not config.org:
-                    raise SystemExit("--org is required to register")
-                cert = await d.register(files.token(config.subject, config.org, config.attributes))
-                (config.data_dir / "cli.json").write_text(json.dumps({"org": config.org}))
+                cert = await _register(d, files, config)
                 print(f"registered {cert.subject} at {cert.org} with {dict(cert.attributes)}")
             elif args.cmd == "records":
                 _print(await d.records(args.patient, args.label))

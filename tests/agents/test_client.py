@@ -8,7 +8,6 @@ bytes go to the next peer and the outcome is known.
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 import trio
@@ -17,11 +16,8 @@ import bus
 from agents.client import PeerClient, UserConfig, open_agent
 from agents.consortium import Manifest
 from agents.errors import Unavailable
-from agents.keys import AgentKeys
 from agents.runtime import make_endpoint
-from core import ecdsa
-from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
-from core.ledger import make_genesis
+from agents.testing.consortium import TestConsortium
 
 PEERS = (("peer-a1", "hospital-a"), ("peer-a2", "hospital-a"), ("peer-b1", "hospital-b"))
 POLICY = b"policy bytes"
@@ -32,7 +28,8 @@ class FakePeers:
     The first submission commits; later copies get ``replayed_nonce``."""
 
     def __init__(self, node: bus.Node, users: dict):
-        self.keys = {pid: AgentKeys.generate() for pid, _ in PEERS}
+        self.consortium = TestConsortium.build(list(PEERS), name="test")
+        self.keys = self.consortium.peer_keys
         self.stalled: set[str] = set()
         self.submissions: list[tuple[float, str, bytes]] = []
         for pid, _ in PEERS:
@@ -56,14 +53,7 @@ class FakePeers:
         return None
 
     def manifest(self) -> Manifest:
-        infos = tuple(PeerInfo(pid, org, self.keys[pid].ecdsa_public, self.keys[pid].box_public, i + 1)
-                      for i, (pid, org) in enumerate(PEERS))
-        orderer = ecdsa.generate_private_key()
-        config = ConsortiumConfig("test", (OrgInfo("hospital-a", "A"), OrgInfo("hospital-b", "B")), infos,
-                                  "orderer", ecdsa.public_key(orderer), 2, created_at=int(time.time() * 1000))
-        keys = {pid: self.keys[pid].ecdsa_public for pid, _ in PEERS}
-        return Manifest("test", make_genesis(config, orderer).to_bytes(), "orderer", [p for p, _ in PEERS], [], 2,
-                        {}, keys, {"hospital-a": ["peer-a1", "peer-a2"], "hospital-b": ["peer-b1"]})
+        return self.consortium.manifest
 
 
 @pytest.fixture

@@ -8,36 +8,27 @@ import time
 import trio
 
 import bus
-from agents.consortium import CertificateFollower, Manifest
-from agents.keys import AgentKeys
+from agents.consortium import CertificateFollower
 from agents.orderer import OrdererAgent
 from agents.runtime import make_endpoint
+from agents.testing.consortium import TestConsortium
 from core import ecdsa, pre
-from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
-from core.ledger import Block, make_genesis
+from core.identity import Certificate
+from core.ledger import Block
 from core.tx import Transaction
 
 
 class World:
     def __init__(self, tmp_path):
         self.tmp = tmp_path
-        self.orderer_key = ecdsa.generate_private_key()
-        self.peers = {"p-a": AgentKeys.generate(), "p-b": AgentKeys.generate()}
-        self.storage = AgentKeys.generate()
-        infos = (PeerInfo("p-a", "org-a", self.peers["p-a"].ecdsa_public, self.peers["p-a"].box_public, 1),
-                 PeerInfo("p-b", "org-b", self.peers["p-b"].ecdsa_public, self.peers["p-b"].box_public, 2))
-        self.config = ConsortiumConfig("c", (OrgInfo("org-a", "A"), OrgInfo("org-b", "B")), infos, "orderer",
-                                       ecdsa.public_key(self.orderer_key), 1, created_at=1)
-        self.genesis = make_genesis(self.config, self.orderer_key).to_bytes()
-        keys = {"orderer": ecdsa.public_key(self.orderer_key), "storage-1": self.storage.ecdsa_public,
-                **{p: k.ecdsa_public for p, k in self.peers.items()}}
-        self.manifest = Manifest("c", self.genesis, "orderer", list(self.peers), ["storage-1"], 1, {}, keys,
-                                 {"org-a": ["p-a"], "org-b": ["p-b"]})
+        c = self.consortium = TestConsortium.build([("p-a", "org-a"), ("p-b", "org-b")], name="c", threshold=1,
+                                                   storage=["storage-1"], created_at=1)
+        self.orderer_key, self.peers, self.storage = c.orderer_key, c.peer_keys, c.storage_keys["storage-1"]
+        self.config, self.genesis, self.manifest = c.config, c.genesis.to_bytes(), c.manifest
         self.users: dict[str, bytes] = {}
 
     def orderer(self) -> OrdererAgent:
-        return OrdererAgent(orderer_id="orderer", signing_key=self.orderer_key, genesis=self.genesis,
-                            data_dir=self.tmp, directory=self.manifest.directory(), batch_timeout=0.01)
+        return self.consortium.orderer(self.tmp, batch_timeout=0.01)
 
     def register(self, subject: str, peer: str, *, signer: str | None = None, org: str | None = None) -> bytes:
         """A register transaction by ``peer`` (certificate for ``org``, default the peer's own,

@@ -21,10 +21,11 @@ import pytest
 import trio
 
 from agents.health import AgentHealth
-from agents.client import UserConfig
 from agents.doctor import DoctorAgent
 from agents.errors import GrantRevoked, NotEnoughPeers
 from agents.patient import PatientAgent
+from agents.testing.consortium import CARDIOLOGY_POLICY as POLICY
+from agents.testing.consortium import swarm_user_config
 from agents.storage import BlobStore
 from agents.storage.client import StorageClient
 from agents.storage.node import StorageNode
@@ -202,23 +203,11 @@ async def test_put_fails_below_the_write_quorum(tmp_path):
 
 # ------------------------------------------------------------------ one process per agent
 
-POLICY = """
-policy "p" version 1
-default deny
-rule cardio:
-  allow read on label "cardiology" when role == "doctor" and department == "cardiology"
-  approval auto
-"""
 PATIENT = ("alice", "hospital-a", {"role": "patient"})  # home peer: peer-a1
 DOCTOR = ("dr-h", "hospital-b", {"role": "doctor", "department": "cardiology"})  # home peer: peer-b1
 DOCTOR2 = ("dr-k", "hospital-b", {"role": "doctor", "department": "cardiology"})
 TIMEOUT = 10.0
 QUICK = 3.0  # "well under the request timeout"
-
-
-def _cfg(swarm: Swarm, subject: str, org: str, attrs: dict) -> UserConfig:
-    return UserConfig(subject=subject, org=org, attributes=attrs, data_dir=swarm.files.user_dir(subject),
-                      manifest=swarm.manifest, passphrase="pw " + subject, fast_kdf=True, request_timeout=TIMEOUT)
 
 
 async def _timed(what: str, durations: dict, coro):
@@ -232,7 +221,7 @@ async def _timed(what: str, durations: dict, coro):
 async def test_stores_with_a_storage_node_killed(tmp_path):
     with trio.fail_after(90):
         async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm", processes=True), fresh=True) as swarm:
-            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p:
+            async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p:
                 await p.register(swarm.token(*PATIENT))
                 await p.store(b"warm-up", label="cardiology", media_type="text/plain")
                 swarm.kill("storage-3")
@@ -261,9 +250,9 @@ async def test_stores_with_a_storage_node_killed(tmp_path):
 async def test_peer_killed_and_peer_stalled_then_below_threshold(tmp_path):
     with trio.fail_after(120):
         async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm", processes=True), fresh=True) as swarm:
-            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p, \
-                    DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d, \
-                    DoctorAgent.open(_cfg(swarm, *DOCTOR2), node=swarm.node) as d2:
+            async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p, \
+                    DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d, \
+                    DoctorAgent.open(swarm_user_config(swarm, *DOCTOR2), node=swarm.node) as d2:
                 for agent, who in ((p, PATIENT), (d, DOCTOR), (d2, DOCTOR2)):
                     await agent.register(swarm.token(*who))
                 await p.set_policy(POLICY)

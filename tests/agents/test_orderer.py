@@ -9,25 +9,20 @@ import trio
 
 import bus
 from agents.orderer import OrdererAgent
-from agents.consortium import ConsortiumDirectory
-from agents.keys import AgentKeys
 from agents.runtime import make_endpoint
+from agents.testing.consortium import TestConsortium
 from core import ecdsa
-from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
-from core.ledger import Block, make_genesis
+from core.ledger import Block
 from core.tx import Transaction
 
 
 def _setup(tmp_path):
-    okey = ecdsa.generate_private_key()
-    peer = AgentKeys.generate()
-    config = ConsortiumConfig("c", (OrgInfo("org", "Org"),), (PeerInfo("p1", "org", peer.ecdsa_public,
-                              peer.box_public, 1),), "orderer", ecdsa.public_key(okey), 1, created_at=1)
-    genesis = make_genesis(config, okey)
+    """A one-peer consortium (p1 of org, threshold 1) and a stranger "x" the directory knows."""
+    c = TestConsortium.build([("p1", "org")], name="c", threshold=1, created_at=1)
     stranger = ecdsa.generate_private_key()
-    directory = ConsortiumDirectory({"p1": peer.ecdsa_public, "orderer": ecdsa.public_key(okey),
-                                     "x": ecdsa.public_key(stranger)})
-    return okey, peer, genesis, directory, stranger
+    directory = c.directory()
+    directory.add_static("x", ecdsa.public_key(stranger))
+    return c.orderer_key, c.peer_keys["p1"], c.genesis, directory, stranger
 
 
 def _tx(peer, i):

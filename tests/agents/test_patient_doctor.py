@@ -1,21 +1,18 @@
 """Patient and doctor agents against a protocol double of the consortium.
 
-The double (:class:`FakeConsortium`) serves docs/protocol.md's peer messages
-from n peer endpoints over ONE real core.ledger.Ledger (each submitted
+The double (:class:`agents.testing.double.FakeConsortium`) serves docs/protocol.md's
+peer messages from n peer endpoints over ONE real core.ledger.Ledger (each submitted
 transaction is ordered into its own signed block at once), with real storage
-nodes, real envelopes and real crypto. It stands in for agents/peer.py and
+nodes, real envelopes and real crypto. It stands in for agents/peer/ and
 agents/orderer.py so the user agents' logic is tested on its own;
-tests/test_patient_doctor_swarm.py runs the same flows against the real swarm.
+tests/agents/test_patient_doctor_swarm.py runs the same flows against the real swarm.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pathlib
-import secrets
-import time
 
 import pytest
 import trio
@@ -33,212 +30,13 @@ from agents.errors import (
     RequestRejected,
     TransactionRejected,
 )
-from agents.testing.fhir import encode_bundle, generate_bundle
 from agents.patient import PatientAgent
-from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory, Manifest, enrollment_token
-from agents.keys import AgentKeys
-from agents.runtime import make_endpoint
-from agents.storage import BlobStore
-from agents.storage.node import StorageNode
-from core import canonical, ecdsa, pre
-from core.curve import G1
-from core.errors import ValidationError
-from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
-from core.ledger import Block, Ledger, MemoryKV, make_genesis
-from core.protocol import codes, make_reencrypt_reply, share_context
-from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix
-from core.tx import Transaction
+from agents.testing.consortium import SHARING_POLICY as POLICY
+from agents.testing.consortium import user_config
+from agents.testing.double import FakeConsortium
+from agents.testing.fhir import encode_bundle, generate_bundle
 
 FHIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-r4"
-
-POLICY = """
-policy "alice-sharing" version 1
-default deny
-rule cardio:
-  allow read on label "cardiology"
-  when role == "doctor" and department == "cardiology"
-  approval auto
-rule gp:
-  allow read on all
-  when role == "doctor" and department == "general"
-  approval patient
-"""
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class FakeConsortium:
-    """docs/protocol.md's peers over one shared ledger, plus real storage nodes."""
-
-    def __init__(self, tmp: pathlib.Path, *, n_peers: int = 4, threshold: int = 2, storage_nodes: int = 3):
-        self.tmp = tmp
-        self.orgs = ["hospital-a", "hospital-b"]
-        self.peer_keys: dict[str, AgentKeys] = {}
-        infos, peer_orgs = [], {o: [] for o in self.orgs}
-        for i in range(n_peers):
-            org = self.orgs[i % 2]
-            pid = f"peer-{org[-1]}{len(peer_orgs[org]) + 1}"
-            keys = self.peer_keys[pid] = AgentKeys.generate()
-            infos.append(PeerInfo(pid, org, keys.ecdsa_public, keys.box_public, i + 1))
-            peer_orgs[org].append(pid)
-        self.orderer_key = ecdsa.generate_private_key()
-        config = ConsortiumConfig("test-consortium", tuple(OrgInfo(o, o.upper()) for o in self.orgs),
-                                  tuple(infos), "orderer", ecdsa.public_key(self.orderer_key), threshold,
-                                  created_at=now_ms() - 60_000)
-        self.config = config
-        self.peers = {p.id: p for p in infos}
-        self.genesis = make_genesis(config, self.orderer_key)
-        self.kv = MemoryKV()
-        self.ledger = Ledger(self.genesis, self.kv)
-        self.secrets = {o: os.urandom(32) for o in self.orgs}
-        self.storage_keys = {f"storage-{i + 1}": AgentKeys.generate() for i in range(storage_nodes)}
-        keys = {pid: k.ecdsa_public for pid, k in self.peer_keys.items()}
-        keys.update({sid: k.ecdsa_public for sid, k in self.storage_keys.items()})
-        keys["orderer"] = ecdsa.public_key(self.orderer_key)
-        self.manifest = Manifest("test-consortium", self.genesis.to_bytes(), "orderer", list(self.peers),
-                                 list(self.storage_keys), threshold, {a: "tcp://127.0.0.1:9" for a in keys}, keys,
-                                 peer_orgs, replicas=3, write_quorum=2)
-        self.directory = ConsortiumDirectory(dict(keys))  # what peers and storage nodes trust
-        self.shares: dict[tuple[str, str], pre.KeyShare] = {}
-        self.endpoints: dict[str, bus.Endpoint] = {}
-        self.reencryptions = 0
-        self.mute_after_commit: set[str] = set()  # peers that commit a submission and never answer
-        self.submissions: list[bytes] = []
-        self.stalled: set[str] = set()  # peers that answer nothing
-        self._lock = trio.Lock()
-
-    def token(self, subject: str, org: str, attributes: dict) -> bytes:
-        return enrollment_token(self.secrets[org], subject, org, attributes)
-
-    async def commit(self, raw: bytes) -> tuple[int, str]:
-        async with self._lock:
-            height, head, _ = self.ledger.head()
-            block = Block.make(height + 1, head, now_ms(), [raw], self.orderer_key)
-            result = self.ledger.apply(block)
-            self.kv.apply(result.writes)
-            tx = Transaction.from_bytes(raw)
-            if result.marks[0] == "ok" and tx.type == "register":
-                self.directory.set_certificate(tx.body["cert"]["subject"], tx.body["cert"]["ecdsa_key"])
-            if result.marks[0] == "ok" and tx.type == "revoke_cert":
-                self.directory.set_certificate(tx.body["subject"], None)
-            return result.height, result.marks[0]
-
-    async def revoke_cert(self, subject: str) -> str:
-        org = self.ledger.certificate(subject).cert.org
-        pid = next(p for p, info in self.peers.items() if info.org == org)
-        tx = Transaction.create("revoke_cert", pid, {"subject": subject, "reason": "left the hospital"},
-                                self.peer_keys[pid].ecdsa_private, now_ms())
-        return (await self.commit(tx.to_bytes()))[1]
-
-    async def run(self, node: bus.Node, nursery: trio.Nursery) -> None:
-        for pid in self.peers:
-            ep = make_endpoint(node, pid, self.peer_keys[pid].ecdsa_private, self.directory)
-            self.endpoints[pid] = ep
-            for kind in ("enroll", "submit", "query", "audit", "deliver_share", "reencrypt"):
-                ep.register(f"peer.{kind}", self._handler(pid, getattr(self, "_" + kind)))
-        for sid, keys in self.storage_keys.items():
-            ep = make_endpoint(node, sid, keys.ecdsa_private, self.directory)
-            store = StorageNode(ep, BlobStore(self.tmp / sid))
-            await nursery.start(store.run)
-
-    async def stop_peer(self, pid: str) -> None:
-        await self.endpoints[pid].aclose()
-
-    def _handler(self, pid, fn):
-        async def handle(msg: bus.Message):
-            if pid in self.stalled:  # SIGSTOP: the connection stays, nothing answers
-                await trio.sleep_forever()
-            return await fn(pid, msg)
-
-        return handle
-
-    # -- peer messages -----------------------------------------------------
-
-    async def _enroll(self, pid: str, msg: bus.Message) -> dict:
-        b = msg.body
-        if not msg.sender.startswith(ENROLL_PREFIX):
-            raise bus.HandlerError(codes.ENROLL_INVALID, "enroll from an enroll: id")
-        info = self.peers[pid]
-        if b["org"] != info.org or b["token"] != self.token(b["subject"], b["org"], b["attributes"]):
-            raise bus.HandlerError(codes.ENROLL_DENIED, "bad token or organization")
-        if self.ledger.certificate(b["subject"]) is not None:
-            raise bus.HandlerError(codes.ENROLL_EXISTS, "subject already registered")
-        now = int(time.time())
-        cert = Certificate(secrets.token_hex(8), b["subject"], b["org"], b["attributes"],
-                           bytes.fromhex(msg.sender[len(ENROLL_PREFIX):]), b["box_key"], b["pre_key"],
-                           b["pre_proof"], now - 60, now + b["valid_s"], pid).sign(self.peer_keys[pid].ecdsa_private)
-        tx = Transaction.create("register", pid, {"cert": cert.to_dict()}, self.peer_keys[pid].ecdsa_private, now_ms())
-        height, mark = await self.commit(tx.to_bytes())
-        if mark != "ok":
-            raise bus.HandlerError(codes.ENROLL_INVALID, mark)
-        return {"cert": cert.to_dict(), "height": height}
-
-    async def _submit(self, pid: str, msg: bus.Message) -> dict:
-        raw = msg.body["tx"]
-        self.submissions.append(raw)
-        height, mark = await self.commit(raw)
-        if pid in self.mute_after_commit:
-            await trio.sleep_forever()
-        return {"tx_id": hashlib.sha256(raw).digest(), "height": height, "mark": mark}
-
-    async def _query(self, pid: str, msg: bus.Message):
-        b = msg.body
-        what = b["what"]
-        if what in ENTRY_QUERIES:
-            return self.ledger.get(entry_key(what, *(b[name] for name in ENTRY_QUERIES[what])))
-        if what == "records":
-            out = []
-            for key, raw in self.kv.scan(records_prefix(b["patient"])):
-                e = RecordEntry.from_state(canonical.unpack(raw))
-                if b["label"] is None or e.label == b["label"]:
-                    out.append({"record_id": parse_key(key).parts[1], "label": e.label, "cid": e.cid,
-                                "size": e.size, "media_type": e.media_type, "height": e.height})
-            return out
-        raise bus.HandlerError(codes.BAD_REQUEST, what)
-
-    async def _audit(self, pid: str, msg: bus.Message) -> dict:
-        if msg.body["patient"] != msg.sender:
-            raise bus.HandlerError(codes.AUDIT_FORBIDDEN, "own trail only")
-        return {"events": self.ledger.audit(msg.sender)}
-
-    async def _deliver_share(self, pid: str, msg: bus.Message) -> dict:
-        b = msg.body
-        with trio.move_on_after(10):
-            while (grant := self.ledger.grant(b["grant_id"])) is None:
-                await trio.sleep(0.01)
-        if grant is None:
-            raise bus.HandlerError(codes.SHARE_UNKNOWN_GRANT, b["grant_id"])
-        if hashlib.sha256(b["sealed"]).digest() != grant.share_digest(pid) or grant.patient != msg.sender:
-            raise bus.HandlerError(codes.SHARE_MISMATCH, "hash")
-        info = self.peers[pid]
-        share = pre.open_key_share(pre.SealedKeyShare(b["index"], b["sealed"]), self.peer_keys[pid].box_private,
-                                   expected_context=share_context(b["grant_id"]), expected_index=info.index)
-        self.shares[(pid, b["grant_id"])] = share
-        return {"ok": True}
-
-    async def _reencrypt(self, pid: str, msg: bus.Message) -> dict:
-        b = msg.body
-        try:
-            grant, rec = self.ledger.check_reencryption(b["grant_id"], msg.sender, b["patient"], b["record_id"],
-                                                        int(time.time()))
-        except ValidationError as exc:
-            raise bus.HandlerError(codes.access_code(exc.code), str(exc)) from None
-        share = self.shares.get((pid, b["grant_id"]))
-        if share is None:
-            raise bus.HandlerError(codes.SHARE_MISSING, "no share")
-        s = pre.reencrypt(G1.from_bytes(rec.capsule), share).to_bytes()
-        index = self.peers[pid].index
-        reply = make_reencrypt_reply(self.peer_keys[pid].ecdsa_private, request_id=b["request_id"], cid=rec.cid,
-                                     index=index, share=s)
-        tx = Transaction.create("access", pid, {"grant_id": b["grant_id"], "request_id": b["request_id"],
-                                                "record_id": b["record_id"], "doctor": msg.sender, "index": index},
-                                self.peer_keys[pid].ecdsa_private, now_ms())
-        await self.commit(tx.to_bytes())
-        self.reencryptions += 1
-        return reply.to_wire()
-
 
 # ------------------------------------------------------------------ fixtures
 
@@ -248,9 +46,16 @@ class World:
         self.tmp, self.node, self.nursery, self.fake = tmp, node, nursery, fake
 
     def config(self, subject: str, org: str, attributes: dict, **kw) -> UserConfig:
-        return UserConfig(subject=subject, org=org, attributes=attributes, data_dir=self.tmp / "users" / subject,
-                          manifest=self.fake.manifest, passphrase="correct horse", fast_kdf=True,
-                          request_timeout=kw.pop("request_timeout", 10.0), **kw)
+        return user_config(self.fake.manifest, self.tmp / "users" / subject, subject, org, attributes, **kw)
+
+    async def shared_record(self, stack, data, media_type):
+        """Alice (a patient) and dr-heart (a cardiologist), registered; alice stores
+        ``data`` under label cardiology and sets the example policy: (alice, heart, record id)."""
+        alice = await self.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+        heart = await self.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+        rid = await alice.store(data, label="cardiology", media_type=media_type)
+        await alice.set_policy(POLICY)
+        return alice, heart, rid
 
     async def registered(self, stack, cls, subject, org, attributes, **kw):
         agent = await stack.enter_async_context(cls.open(self.config(subject, org, attributes), node=self.node, **kw))
@@ -396,10 +201,7 @@ async def test_not_enough_peers_is_quick(world):
 async def test_revoked_doctor_certificate(world):
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
-            rid = await alice.store(b"ecg" * 1000, label="cardiology", media_type="text/plain")
-            await alice.set_policy(POLICY)
+            alice, heart, rid = await world.shared_record(stack, b"ecg" * 1000, "text/plain")
             assert await heart.read("alice", rid) == b"ecg" * 1000
             assert await world.fake.revoke_cert("dr-heart") == "ok"
             with pytest.raises(AgentError) as info:
@@ -412,10 +214,7 @@ async def test_restart_patient_from_its_directory(world):
     with trio.fail_after(60):
         data = encode_bundle(generate_bundle(2, 20))
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
-            rid = await alice.store(data, label="cardiology", media_type="application/fhir+json")
-            await alice.set_policy(POLICY)
+            alice, heart, rid = await world.shared_record(stack, data, "application/fhir+json")
             assert await heart.read("alice", rid) == data
             cert, grants = alice.certificate, dict(alice.grants)
         # both reopen from their directories: same keys, certificate, grants, grant cache
@@ -512,10 +311,7 @@ async def test_not_enough_healthy_peers_asks_everyone_with_a_short_leash(world):
     (with a short timeout) only when the healthy ones cannot make t."""
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
-            rid = await alice.store(b"x" * 1000, label="cardiology", media_type="text/plain")
-            await alice.set_policy(POLICY)
+            alice, heart, rid = await world.shared_record(stack, b"x" * 1000, "text/plain")
             assert await heart.read("alice", rid) == b"x" * 1000
             # two peers marked failed (they are fine): reads use the two healthy ones only
             heart.health.failure("peer-a1")
@@ -535,10 +331,7 @@ async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
     doctor reads with t shares, and a revoked grant is refused without waiting for it."""
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
-            rid = await alice.store(b"stalled", label="cardiology", media_type="text/plain")
-            await alice.set_policy(POLICY)
+            alice, heart, rid = await world.shared_record(stack, b"stalled", "text/plain")
             world.fake.stalled.add("peer-b2")  # nobody's home peer: only fan-outs meet it
             with trio.fail_after(3):  # request timeout: 10 s
                 assert await heart.read("alice", rid) == b"stalled"

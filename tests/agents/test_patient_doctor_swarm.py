@@ -26,24 +26,14 @@ from agents.errors import (
     RequestRejected,
 )
 from agents.patient import PatientAgent
+from agents.testing.consortium import SHARING_POLICY as POLICY
+from agents.testing.consortium import user_config
 from agents.swarm import Swarm, SwarmSpec
 
 pytestmark = pytest.mark.slow  # ~35 s on the pure backend (the protocol-double tests still run there)
 
 FHIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-r4"
 
-POLICY = """
-policy "alice-sharing" version 1
-default deny
-rule cardio:
-  allow read on label "cardiology"
-  when role == "doctor" and department == "cardiology"
-  approval auto
-rule gp:
-  allow read on all
-  when role == "doctor" and department == "general"
-  approval patient
-"""
 PATIENT = ("alice", "hospital-a", {"role": "patient"})
 HEART = ("dr-heart", "hospital-b", {"role": "doctor", "department": "cardiology"})
 GP = ("dr-gp", "hospital-a", {"role": "doctor", "department": "general"})
@@ -61,9 +51,7 @@ class Users:
         self.swarm, self.tmp = swarm, tmp
 
     def config(self, subject, org, attributes, **kw) -> UserConfig:
-        return UserConfig(subject=subject, org=org, attributes=attributes, data_dir=self.tmp / "users" / subject,
-                          manifest=self.swarm.manifest, passphrase="pw", fast_kdf=True,
-                          request_timeout=kw.pop("request_timeout", 10.0), **kw)
+        return user_config(self.swarm.manifest, self.tmp / "users" / subject, subject, org, attributes, **kw)
 
     async def open(self, stack, cls, who, *, register=True, **kw):
         subject, org, attributes = who

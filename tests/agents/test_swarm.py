@@ -7,25 +7,13 @@ import time
 import pytest
 import trio
 
-from agents.client import UserConfig
 from agents.doctor import DoctorAgent
 from agents.errors import NotEnoughPeers, PolicyDenied
 from agents.testing.fhir import encode_bundle, generate_bundle
 from agents.patient import PatientAgent
+from agents.testing.consortium import CARDIOLOGY_POLICY as POLICY
+from agents.testing.consortium import swarm_user_config
 from agents.swarm import Swarm, SwarmFiles, SwarmSpec
-
-POLICY = """
-policy "p" version 1
-default deny
-rule cardio:
-  allow read on label "cardiology" when role == "doctor" and department == "cardiology"
-  approval auto
-"""
-
-
-def _cfg(swarm: Swarm, subject: str, org: str, attrs: dict) -> UserConfig:
-    return UserConfig(subject=subject, org=org, attributes=attrs, data_dir=swarm.files.user_dir(subject),
-                      manifest=swarm.manifest, passphrase="pw " + subject, fast_kdf=True, request_timeout=10)
 
 
 PATIENT = ("alice", "hospital-a", {"role": "patient"})
@@ -38,8 +26,8 @@ async def test_swarm_resumes_from_its_data_directory(tmp_path):
     with trio.fail_after(60):
         async with Swarm.open(spec, fresh=True) as swarm:
             genesis = swarm.manifest.genesis
-            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p, \
-                    DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d:
+            async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p, \
+                    DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d:
                 await p.register(swarm.token(*PATIENT))
                 await d.register(swarm.token(*DOCTOR))
                 rid = await p.store(record, label="cardiology", media_type="application/fhir+json")
@@ -48,8 +36,8 @@ async def test_swarm_resumes_from_its_data_directory(tmp_path):
         # a second start from the same directory: same consortium, same state
         async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
             assert swarm.manifest.genesis == genesis
-            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p, \
-                    DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d:
+            async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p, \
+                    DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d:
                 assert [r["record_id"] for r in await p.records()] == [rid]
                 assert await d.read("alice", rid) == record
                 rid2 = await p.store(b"after restart", label="cardiology", media_type="text/plain")
@@ -88,9 +76,9 @@ async def test_processes_mode_tolerates_faults(tmp_path):
     with trio.fail_after(240):
         async with Swarm.open(spec, fresh=True) as swarm:
             assert len(swarm.processes) == 8  # orderer, 4 peers, 3 storage nodes
-            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p, \
-                    DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d, \
-                    DoctorAgent.open(_cfg(swarm, "dr-x", "hospital-a", {"role": "doctor", "department": "x"}),
+            async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p, \
+                    DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d, \
+                    DoctorAgent.open(swarm_user_config(swarm, "dr-x", "hospital-a", {"role": "doctor", "department": "x"}),
                                      node=swarm.node) as other:
                 await p.register(swarm.token(*PATIENT))
                 await d.register(swarm.token(*DOCTOR))
@@ -147,8 +135,8 @@ async def test_processes_mode_oversize_batches_do_not_halt_the_ledger(tmp_path):
     spec = SwarmSpec(data_dir=tmp_path / "swarm", processes=True)
     with trio.fail_after(240):
         async with Swarm.open(spec, fresh=True) as swarm:
-            async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p, \
-                    DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d:
+            async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p, \
+                    DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d:
                 await p.register(swarm.token(*PATIENT))
                 await d.register(swarm.token(*DOCTOR))
                 await p.set_policy(POLICY)

@@ -12,15 +12,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from agents.testing.consortium import CARDIOLOGY_POLICY as POLICY
 
-POLICY = """
-policy "cli" version 1
-default deny
-rule cardio:
-  allow read on label "cardiology" when role == "doctor" and department == "cardiology"
-  approval auto
-"""
+pytestmark = pytest.mark.slow
 
 
 def _cli(*args: str, env: dict, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

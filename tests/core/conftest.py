@@ -9,9 +9,11 @@ import pytest
 
 from core import ecdsa, pre
 from core.cid import compute as compute_cid
-from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
-from core.ledger import Block, CommitResult, Ledger, MemoryKV, make_genesis
+from core.identity import Certificate
+from core.ledger import Block, CommitResult, Ledger, MemoryKV
 from core.tx import Transaction
+
+from agents.testing.consortium import TestConsortium, split_peers
 
 T0 = 1_780_000_000  # seconds
 
@@ -33,17 +35,10 @@ rule cardio:
 """
 
     def __init__(self) -> None:
-        self.orderer_key = ecdsa.generate_private_key()
-        self.peer_keys: dict[str, bytes] = {}
-        peers = []
-        for i, org in enumerate(("org-a", "org-a", "org-b", "org-b")):
-            pid = f"p{i + 1}"
-            self.peer_keys[pid] = ecdsa.generate_private_key()
-            peers.append(PeerInfo(pid, org, ecdsa.public_key(self.peer_keys[pid]), pre.box_keypair()[1], i + 1))
-        self.config = ConsortiumConfig("chain", (OrgInfo("org-a", "A"), OrgInfo("org-b", "B")), tuple(peers),
-                                       "orderer", ecdsa.public_key(self.orderer_key), 2, max_skew_ms=60_000,
-                                       created_at=T0 * 1000)
-        self.genesis = make_genesis(self.config, self.orderer_key)
+        c = TestConsortium.build(split_peers(4, name="p{number}"), name="chain",
+                                 org_names={"org-a": "A", "org-b": "B"}, max_skew_ms=60_000, created_at=T0 * 1000)
+        self.orderer_key, self.config, self.genesis = c.orderer_key, c.config, c.genesis
+        self.peer_keys: dict[str, bytes] = {pid: k.ecdsa_private for pid, k in c.peer_keys.items()}
         self.kv = MemoryKV()
         self.ledger = Ledger(self.genesis, self.kv)
         self.keys: dict[str, bytes] = dict(self.peer_keys)

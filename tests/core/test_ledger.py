@@ -8,44 +8,25 @@ import pytest
 
 from core import canonical, ecdsa, pre
 from core.cid import compute as compute_cid
-from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
+from core.identity import Certificate
 from core.ledger import Block, Ledger, MemoryKV, make_genesis, merkle_root
 from core.errors import DecodeError, SignatureError, ValidationError
 from core.policy import parse as parse_policy
 from core.tx import Transaction
 
+from agents.testing.consortium import SHARING_POLICY as POLICY
+from agents.testing.consortium import TestConsortium, split_peers
+
 T0 = 1_780_000_000  # seconds; a Tuesday, 2026-05-28 20:26:40 UTC
-POLICY = """
-policy "sharing" version 1
-default deny
-rule cardio:
-  allow read on label "cardiology"
-  when role == "doctor" and department == "cardiology"
-  approval auto
-rule gp:
-  allow read on all
-  when role == "doctor" and department == "general"
-  approval patient
-"""
 
 
 class Consortium:
     def __init__(self, n_peers: int = 4, threshold: int = 2):
-        self.orderer_key = ecdsa.generate_private_key()
-        self.peer_keys = {}
-        peers = []
-        for i in range(n_peers):
-            pid = f"peer{i + 1}"
-            k = ecdsa.generate_private_key()
-            self.peer_keys[pid] = k
-            peers.append(PeerInfo(pid, "org-a" if i < n_peers // 2 else "org-b", ecdsa.public_key(k),
-                                  pre.box_keypair()[1], i + 1))
-        self.config = ConsortiumConfig(
-            "test-consortium", (OrgInfo("org-a", "Hospital A"), OrgInfo("org-b", "Hospital B")),
-            tuple(peers), "orderer", ecdsa.public_key(self.orderer_key), threshold,
-            max_skew_ms=60_000, created_at=T0 * 1000,
-        )
-        self.genesis = make_genesis(self.config, self.orderer_key)
+        c = TestConsortium.build(split_peers(n_peers, name="peer{number}"), threshold=threshold,
+                                 org_names={"org-a": "Hospital A", "org-b": "Hospital B"}, max_skew_ms=60_000,
+                                 created_at=T0 * 1000)
+        self.orderer_key, self.config, self.genesis = c.orderer_key, c.config, c.genesis
+        self.peer_keys = {pid: k.ecdsa_private for pid, k in c.peer_keys.items()}
         self.kv = MemoryKV()
         self.ledger = Ledger(self.genesis, self.kv)
         self.users = {}

@@ -1,0 +1,203 @@
+"""A protocol double of the consortium for testing user agents on their own.
+
+:class:`FakeConsortium` serves docs/protocol.md's peer messages (``peer.enroll``,
+``submit``, ``query``, ``audit``, ``deliver_share``, ``reencrypt``) from n peer
+endpoints over ONE real :class:`core.ledger.Ledger` in memory (each committed
+transaction is ordered into its own signed block at once), with real storage
+nodes, real envelopes and real crypto. It stands in for agents/peer/ and
+agents/orderer.py: no consensus, no SQLite, no catch-up. The consortium's keys
+come from :class:`agents.testing.consortium.TestConsortium`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import secrets
+import time
+
+import trio
+
+import bus
+from core import canonical, pre
+from core.curve import G1
+from core.errors import ValidationError
+from core.identity import Certificate
+from core.ledger import Block, Ledger, MemoryKV
+from core.protocol import codes, make_reencrypt_reply, share_context
+from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix
+from core.tx import Transaction
+
+from agents.consortium import ENROLL_PREFIX
+from agents.runtime import make_endpoint
+from agents.storage import BlobStore
+from agents.storage.node import StorageNode
+from agents.testing.consortium import TestConsortium, split_peers
+
+__all__ = ["FakeConsortium"]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class FakeConsortium:
+    """docs/protocol.md's peers over one shared ledger, plus real storage nodes.
+
+    Each transaction submitted (or made by a peer: registrations, access
+    records) is ordered into its own block at once. Knobs for fault tests:
+    :meth:`stop_peer` (closed), ``stalled`` (answers nothing),
+    ``mute_after_commit`` (commits a submission, never answers); counters:
+    ``submissions`` (raw transactions in order), ``reencryptions``.
+    """
+
+    def __init__(self, tmp: pathlib.Path, *, n_peers: int = 4, threshold: int = 2, storage_nodes: int = 3):
+        self.tmp = tmp
+        self.consortium = c = TestConsortium.build(
+            split_peers(n_peers, ("hospital-a", "hospital-b"), alternate=True, name="peer-{letter}{nth}"),
+            name="test-consortium", threshold=threshold, storage=[f"storage-{i + 1}" for i in range(storage_nodes)],
+            replicas=3, write_quorum=2)
+        c.manifest.agents.update({a: "tcp://127.0.0.1:9" for a in c.static_keys})
+        self.orgs, self.peer_keys, self.peers, self.storage_keys = list(c.orgs), c.peer_keys, c.peers, c.storage_keys
+        self.orderer_key, self.config, self.genesis, self.manifest = c.orderer_key, c.config, c.genesis, c.manifest
+        self.kv = MemoryKV()
+        self.ledger = Ledger(self.genesis, self.kv)
+        self.directory = c.directory()  # what peers and storage nodes trust
+        self.shares: dict[tuple[str, str], pre.KeyShare] = {}
+        self.endpoints: dict[str, bus.Endpoint] = {}
+        self.reencryptions = 0
+        self.mute_after_commit: set[str] = set()  # peers that commit a submission and never answer
+        self.submissions: list[bytes] = []
+        self.stalled: set[str] = set()  # peers that answer nothing
+        self._lock = trio.Lock()
+
+    def token(self, subject: str, org: str, attributes: dict) -> bytes:
+        """``org``'s registrar's enrollment token for ``subject``."""
+        return self.consortium.token(subject, org, attributes)
+
+    async def commit(self, raw: bytes) -> tuple[int, str]:
+        async with self._lock:
+            height, head, _ = self.ledger.head()
+            block = Block.make(height + 1, head, now_ms(), [raw], self.orderer_key)
+            result = self.ledger.apply(block)
+            self.kv.apply(result.writes)
+            tx = Transaction.from_bytes(raw)
+            if result.marks[0] == "ok" and tx.type == "register":
+                self.directory.set_certificate(tx.body["cert"]["subject"], tx.body["cert"]["ecdsa_key"])
+            if result.marks[0] == "ok" and tx.type == "revoke_cert":
+                self.directory.set_certificate(tx.body["subject"], None)
+            return result.height, result.marks[0]
+
+    async def revoke_cert(self, subject: str) -> str:
+        org = self.ledger.certificate(subject).cert.org
+        pid = next(p for p, info in self.peers.items() if info.org == org)
+        tx = Transaction.create("revoke_cert", pid, {"subject": subject, "reason": "left the hospital"},
+                                self.peer_keys[pid].ecdsa_private, now_ms())
+        return (await self.commit(tx.to_bytes()))[1]
+
+    async def run(self, node: bus.Node, nursery: trio.Nursery) -> None:
+        for pid in self.peers:
+            ep = make_endpoint(node, pid, self.peer_keys[pid].ecdsa_private, self.directory)
+            self.endpoints[pid] = ep
+            for kind in ("enroll", "submit", "query", "audit", "deliver_share", "reencrypt"):
+                ep.register(f"peer.{kind}", self._handler(pid, getattr(self, "_" + kind)))
+        for sid, keys in self.storage_keys.items():
+            ep = make_endpoint(node, sid, keys.ecdsa_private, self.directory)
+            store = StorageNode(ep, BlobStore(self.tmp / sid))
+            await nursery.start(store.run)
+
+    async def stop_peer(self, pid: str) -> None:
+        await self.endpoints[pid].aclose()
+
+    def _handler(self, pid, fn):
+        async def handle(msg: bus.Message):
+            if pid in self.stalled:  # SIGSTOP: the connection stays, nothing answers
+                await trio.sleep_forever()
+            return await fn(pid, msg)
+
+        return handle
+
+    # -- peer messages -----------------------------------------------------
+
+    async def _enroll(self, pid: str, msg: bus.Message) -> dict:
+        b = msg.body
+        if not msg.sender.startswith(ENROLL_PREFIX):
+            raise bus.HandlerError(codes.ENROLL_INVALID, "enroll from an enroll: id")
+        info = self.peers[pid]
+        if b["org"] != info.org or b["token"] != self.token(b["subject"], b["org"], b["attributes"]):
+            raise bus.HandlerError(codes.ENROLL_DENIED, "bad token or organization")
+        if self.ledger.certificate(b["subject"]) is not None:
+            raise bus.HandlerError(codes.ENROLL_EXISTS, "subject already registered")
+        now = int(time.time())
+        cert = Certificate(secrets.token_hex(8), b["subject"], b["org"], b["attributes"],
+                           bytes.fromhex(msg.sender[len(ENROLL_PREFIX):]), b["box_key"], b["pre_key"],
+                           b["pre_proof"], now - 60, now + b["valid_s"], pid).sign(self.peer_keys[pid].ecdsa_private)
+        tx = Transaction.create("register", pid, {"cert": cert.to_dict()}, self.peer_keys[pid].ecdsa_private, now_ms())
+        height, mark = await self.commit(tx.to_bytes())
+        if mark != "ok":
+            raise bus.HandlerError(codes.ENROLL_INVALID, mark)
+        return {"cert": cert.to_dict(), "height": height}
+
+    async def _submit(self, pid: str, msg: bus.Message) -> dict:
+        raw = msg.body["tx"]
+        self.submissions.append(raw)
+        height, mark = await self.commit(raw)
+        if pid in self.mute_after_commit:
+            await trio.sleep_forever()
+        return {"tx_id": hashlib.sha256(raw).digest(), "height": height, "mark": mark}
+
+    async def _query(self, pid: str, msg: bus.Message):
+        b = msg.body
+        what = b["what"]
+        if what in ENTRY_QUERIES:
+            return self.ledger.get(entry_key(what, *(b[name] for name in ENTRY_QUERIES[what])))
+        if what == "records":
+            out = []
+            for key, raw in self.kv.scan(records_prefix(b["patient"])):
+                e = RecordEntry.from_state(canonical.unpack(raw))
+                if b["label"] is None or e.label == b["label"]:
+                    out.append({"record_id": parse_key(key).parts[1], "label": e.label, "cid": e.cid,
+                                "size": e.size, "media_type": e.media_type, "height": e.height})
+            return out
+        raise bus.HandlerError(codes.BAD_REQUEST, what)
+
+    async def _audit(self, pid: str, msg: bus.Message) -> dict:
+        if msg.body["patient"] != msg.sender:
+            raise bus.HandlerError(codes.AUDIT_FORBIDDEN, "own trail only")
+        return {"events": self.ledger.audit(msg.sender)}
+
+    async def _deliver_share(self, pid: str, msg: bus.Message) -> dict:
+        b = msg.body
+        with trio.move_on_after(10):
+            while (grant := self.ledger.grant(b["grant_id"])) is None:
+                await trio.sleep(0.01)
+        if grant is None:
+            raise bus.HandlerError(codes.SHARE_UNKNOWN_GRANT, b["grant_id"])
+        if hashlib.sha256(b["sealed"]).digest() != grant.share_digest(pid) or grant.patient != msg.sender:
+            raise bus.HandlerError(codes.SHARE_MISMATCH, "hash")
+        info = self.peers[pid]
+        share = pre.open_key_share(pre.SealedKeyShare(b["index"], b["sealed"]), self.peer_keys[pid].box_private,
+                                   expected_context=share_context(b["grant_id"]), expected_index=info.index)
+        self.shares[(pid, b["grant_id"])] = share
+        return {"ok": True}
+
+    async def _reencrypt(self, pid: str, msg: bus.Message) -> dict:
+        b = msg.body
+        try:
+            grant, rec = self.ledger.check_reencryption(b["grant_id"], msg.sender, b["patient"], b["record_id"],
+                                                        int(time.time()))
+        except ValidationError as exc:
+            raise bus.HandlerError(codes.access_code(exc.code), str(exc)) from None
+        share = self.shares.get((pid, b["grant_id"]))
+        if share is None:
+            raise bus.HandlerError(codes.SHARE_MISSING, "no share")
+        s = pre.reencrypt(G1.from_bytes(rec.capsule), share).to_bytes()
+        index = self.peers[pid].index
+        reply = make_reencrypt_reply(self.peer_keys[pid].ecdsa_private, request_id=b["request_id"], cid=rec.cid,
+                                     index=index, share=s)
+        tx = Transaction.create("access", pid, {"grant_id": b["grant_id"], "request_id": b["request_id"],
+                                                "record_id": b["record_id"], "doctor": msg.sender, "index": index},
+                                self.peer_keys[pid].ecdsa_private, now_ms())
+        await self.commit(tx.to_bytes())
+        self.reencryptions += 1
+        return reply.to_wire()
