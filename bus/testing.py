@@ -1,4 +1,5 @@
-"""Test kit: keyrings that give endpoints a signer, a directory and a verifier.
+"""Test kit: keyrings that give endpoints a signer, a directory and a verifier,
+and :func:`linked_pair`, two nodes talking over loopback TCP.
 
 :class:`Keyring` takes the signature scheme as callables (tests pass core's
 ECDSA: ``generate_private_key``, ``public_key``, ``sign_raw``,
@@ -10,12 +11,13 @@ Never use the fallback outside tests.
 
 from __future__ import annotations
 
-__all__ = ["Keyring"]
+__all__ = ["Keyring", "linked_pair"]
 
+import contextlib
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .directory import StaticDirectory
@@ -67,3 +69,19 @@ class Keyring:
     def credentials(self, agent: str) -> dict[str, Any]:
         """Keyword arguments for :meth:`Node.endpoint`: signer, directory, verifier."""
         return {"signer": self.add(agent), "directory": self.directory, "verifier": self.verifier}
+
+
+@contextlib.asynccontextmanager
+async def linked_pair(ring: Keyring, handler: Callable[[Any], Any], *, server_options: dict[str, Any] | None = None,
+                      client_options: dict[str, Any] | None = None) -> AsyncIterator[tuple[Any, Any, Any, str]]:
+    """Two nodes on loopback TCP: agent "bob" on the server node answers ``ping``
+    with ``handler``; agent "alice" on the client node is routed to it. Yields
+    ``(server, client, alice, address)``; ``*_options`` go to :func:`open_node`
+    (e.g. ``transports`` for TLS)."""
+    from .node import open_node
+
+    async with open_node(**(server_options or {})) as server, open_node(**(client_options or {})) as client:
+        address = await server.listen("tcp://127.0.0.1:0")
+        client.add_route("bob", address)
+        server.endpoint("bob", **ring.credentials("bob")).register("ping", handler)
+        yield server, client, client.endpoint("alice", **ring.credentials("alice")), address

@@ -133,29 +133,21 @@ def _copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("where, line", [
-    ("core/kdf.py", "import trio\n"),
-    ("core/kdf.py", "from bus import Node\n"),
-    ("core/kdf.py", "def f():\n    from agents import Swarm\n"),
-    ("native/__init__.py", "from core.errors import DecodeError\n"),
-    ("native/backend.py", "from native.build import STAMP\n"),
-    ("bus/framing.py", "from core import ecdsa\n"),
+@pytest.mark.parametrize("rule, where, text", [
+    (layering_violations, "core/kdf.py", "import trio\n"),
+    (layering_violations, "core/kdf.py", "from bus import Node\n"),
+    (layering_violations, "core/kdf.py", "def f():\n    from agents import Swarm\n"),
+    (layering_violations, "native/__init__.py", "from core.errors import DecodeError\n"),
+    (layering_violations, "native/backend.py", "from native.build import STAMP\n"),
+    (layering_violations, "bus/framing.py", "from core import ecdsa\n"),
+    (private_import_violations, "agents/doctor.py", "from core._backend import backend_name\n"),
+    (private_import_violations, "examples/integration_service.py", "from agents.peer._agent import PeerAgent\n"),
+    (private_import_violations, "docs/embedding.md", "```python\nfrom agents.client import _now_ms\n```\n"),
 ])
-def test_layering_rules_fail_on_a_violation(tmp_path, where, line):
-    root = _copy(tmp_path)
-    (root / where).write_text((root / where).read_text() + "\n" + line)
-    assert any(v.startswith(where) for v in layering_violations(root))
-
-
-@pytest.mark.parametrize("where, text", [
-    ("agents/doctor.py", "from core._backend import backend_name\n"),
-    ("examples/integration_service.py", "from agents.peer._agent import PeerAgent\n"),
-    ("docs/embedding.md", "```python\nfrom agents.client import _now_ms\n```\n"),
-])
-def test_private_rule_fails_on_a_violation(tmp_path, where, text):
+def test_each_rule_fails_on_a_violation(tmp_path, rule, where, text):
     root = _copy(tmp_path)
     (root / where).write_text((root / where).read_text() + "\n" + text)
-    assert any(v.startswith(where) for v in private_import_violations(root))
+    assert any(v.startswith(where) for v in rule(root))
 
 
 def _reexports(package: str) -> list[tuple[str, str]]:

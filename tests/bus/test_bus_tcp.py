@@ -16,7 +16,7 @@ from bus import (
     open_node,
     FrameDecoder,
 )
-from bus.testing import Keyring
+from bus.testing import Keyring, linked_pair
 from core import ecdsa
 
 
@@ -102,12 +102,8 @@ async def test_ten_thousand_messages_in_order_one_connection():
 
 async def test_peer_disconnecting_mid_frame_affects_no_one_else():
     ring = Keyring()
-    async with open_node() as server, open_node() as client:
-        address = await server.listen("tcp://127.0.0.1:0")
+    async with linked_pair(ring, echo) as (server, client, alice, address):
         port = int(address.rsplit(":", 1)[1])
-        client.add_route("bob", address)
-        server.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
-        alice = client.endpoint("alice", **ring.credentials("alice"))
         with trio.fail_after(10):
             assert (await alice.request("bob", "ping", 1))["echo"] == 1
             raw = await trio.open_tcp_stream("127.0.0.1", port)
@@ -128,12 +124,8 @@ async def test_peer_disconnecting_mid_frame_affects_no_one_else():
 )
 async def test_garbage_closes_only_its_connection(garbage, reason):
     ring = Keyring()
-    async with open_node() as server, open_node() as client:
-        address = await server.listen("tcp://127.0.0.1:0")
+    async with linked_pair(ring, echo) as (server, client, alice, address):
         port = int(address.rsplit(":", 1)[1])
-        client.add_route("bob", address)
-        server.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
-        alice = client.endpoint("alice", **ring.credentials("alice"))
         with trio.fail_after(10):
             assert (await alice.request("bob", "ping", 1))["echo"] == 1
             raw = await trio.open_tcp_stream("127.0.0.1", port)

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import trio
 
-from bus import BusError, TcpTransport, open_node
-from bus.testing import Keyring
+from bus import BusError, TcpTransport
+from bus.testing import Keyring, linked_pair
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
@@ -58,12 +58,9 @@ async def test_request_reply_over_tls(pki, mutual):
     ring = Keyring()
     server_tcp = TcpTransport(server_ssl=server_context(pki, mutual))
     client_tcp = TcpTransport(client_ssl=client_context(pki, with_cert=mutual))
-    async with open_node(transports={"tcp": server_tcp}) as server, open_node(
-        transports={"tcp": client_tcp}
-    ) as client:
-        client.add_route("bob", await server.listen("tcp://127.0.0.1:0"))
-        server.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
-        alice = client.endpoint("alice", **ring.credentials("alice"))
+    client_options = {"transports": {"tcp": client_tcp}}
+    async with linked_pair(ring, echo, server_options={"transports": {"tcp": server_tcp}},
+                           client_options=client_options) as (server, client, alice, _):
         with trio.fail_after(10):
             for i in range(3):
                 assert await alice.request("bob", "ping", {"i": i}) == {"i": i}
@@ -73,12 +70,9 @@ async def test_mutual_tls_refuses_a_client_without_certificate(pki):
     ring = Keyring()
     server_tcp = TcpTransport(server_ssl=server_context(pki, mutual=True))
     client_tcp = TcpTransport(client_ssl=client_context(pki, with_cert=False))
-    async with open_node(transports={"tcp": server_tcp}) as server, open_node(
-        transports={"tcp": client_tcp}, connect_attempts=1
-    ) as client:
-        client.add_route("bob", await server.listen("tcp://127.0.0.1:0"))
-        server.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
-        alice = client.endpoint("alice", **ring.credentials("alice"))
+    client_options = {"transports": {"tcp": client_tcp}, "connect_attempts": 1}
+    async with linked_pair(ring, echo, server_options={"transports": {"tcp": server_tcp}},
+                           client_options=client_options) as (server, client, alice, _):
         with trio.fail_after(10):
             with pytest.raises(BusError):
                 await alice.request("bob", "ping", 1, timeout=5)
@@ -89,10 +83,7 @@ async def test_mutual_tls_refuses_a_client_without_certificate(pki):
 async def test_plain_client_cannot_talk_to_a_tls_server(pki):
     ring = Keyring()
     server_tcp = TcpTransport(server_ssl=server_context(pki, mutual=False))
-    async with open_node(transports={"tcp": server_tcp}) as server, open_node() as client:
-        client.add_route("bob", await server.listen("tcp://127.0.0.1:0"))
-        server.endpoint("bob", **ring.credentials("bob")).register("ping", echo)
-        alice = client.endpoint("alice", **ring.credentials("alice"))
+    async with linked_pair(ring, echo, server_options={"transports": {"tcp": server_tcp}}) as (server, _, alice, _):
         with trio.fail_after(10):
             with pytest.raises(BusError):
                 await alice.request("bob", "ping", 1, timeout=5)

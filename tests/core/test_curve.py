@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,13 +17,9 @@ from core.errors import DecodeError
 
 pytestmark = pytest.mark.crypto
 
-G1_GEN = bytes.fromhex(
-    "97f1d3a73197d7942695638c4fa9ac0fc3688c4f9774b905a14e3a3f171bac586c55e83ff97a1aeffb3af00adb22c6bb"
-)
-G2_GEN = bytes.fromhex(
-    "93e02b6052719f607dacd3a088274f65596bd0d09920b61ab5da61bbdc7f5049334cf11213945d57e5ac7d055d042b7e"
-    "024aa2b2f08f0a91260805272dc51051c6e47ad4fa403b02b4510b647ae3d1770bac0326a805bbefd48056c8c121bdb8"
-)
+_VECTORS = json.loads((pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "bls12_381.json").read_text())
+G1_GEN = bytes.fromhex(_VECTORS["g1_generator"])  # the standard generators, ZCash-compressed
+G2_GEN = bytes.fromhex(_VECTORS["g2_generator"])
 
 scalars = st.integers(min_value=1, max_value=R - 1)
 

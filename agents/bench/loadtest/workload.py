@@ -354,20 +354,29 @@ class EmrWorkload:
 
         async def run() -> None:
             async with self._lock(doctor.subject, rec.patient, rec.label):
-                try:
-                    await doctor.read(rec.patient, rec.record_id)
-                except PolicyDenied:
-                    self.checks["denied_correctly"] += 1
+                if await self._refused(doctor, rec.patient, rec.record_id, PolicyDenied, "denied_correctly",
+                                       f"{doctor.subject} ({self.users.departments[doctor.subject]}) on {rec.label}"):
                     return None
-                except AgentError as exc:
-                    self._wrong(f"{doctor.subject} ({self.users.departments[doctor.subject]}) on "
-                                f"{rec.label}: {type(exc).__name__} instead of PolicyDenied", exc)
-                    raise
             self._wrong(f"{doctor.subject} ({self.users.departments[doctor.subject]}) read a "
                         f"{rec.label} record the policy denies")
             raise WrongOutcome("granted to a doctor outside the policy")
 
         return Op("denied", run)
+
+    async def _refused(self, doctor: Any, patient: str, record_id: str, refusal: type[AgentError], check: str,
+                       who: str) -> bool:
+        """Read a record that must be refused with ``refusal``: True (and ``check``
+        counted) when it is; another error is recorded as a wrong outcome and raised;
+        False when the read succeeded (the caller records that)."""
+        try:
+            await doctor.read(patient, record_id)
+        except refusal:
+            self.checks[check] += 1
+            return True
+        except AgentError as exc:
+            self._wrong(f"{who}: {type(exc).__name__} instead of {refusal.__name__}", exc)
+            raise
+        return False
 
     def _op_revoke(self, rng: random.Random) -> Op:
         held = []
@@ -390,15 +399,9 @@ class EmrWorkload:
                 await patient.revoke(entry["grant_id"], "load test revocation")
                 if not recs:
                     return None
-                try:
-                    await doctor.read(patient.subject, recs[0].record_id)
-                except GrantRevoked:
-                    self.checks["revoked_correctly"] += 1
+                if await self._refused(doctor, patient.subject, recs[0].record_id, GrantRevoked, "revoked_correctly",
+                                       f"{doctor.subject} after revocation of {entry['grant_id']}"):
                     return None
-                except AgentError as exc:
-                    self._wrong(f"{doctor.subject} after revocation of {entry['grant_id']}: "
-                                f"{type(exc).__name__} instead of GrantRevoked", exc)
-                    raise
                 self._wrong(f"{doctor.subject} still read with revoked grant {entry['grant_id']}")
                 raise WrongOutcome("read succeeded with a revoked grant")
 
