@@ -49,6 +49,7 @@ from core.protocol import (
     PeerQuery,
     PeerReencrypt,
     PeerReencryptReply,
+    codes,
     verify_reencrypt_reply,
 )
 from core.tx import Transaction
@@ -56,6 +57,7 @@ from core.tx import Transaction
 from agents.client import SUSPECT_TIMEOUT, PeerClient, UserConfig, open_agent, remote_error
 from agents.driver import result_of, run_plan
 from agents.errors import (
+    AgentError,
     GrantRevoked,
     IntegrityError,
     NotEnoughPeers,
@@ -212,8 +214,17 @@ class DoctorAgent:
     async def _read(self, patient: str, record_id: str, *, purpose: str | None = None) -> bytes:
         self.client.require_registered()
         # a record stored a moment ago through another peer may be a block away
-        rec = await self.client.query_committed(PeerQuery("record", patient=patient, record_id=record_id),
-                                                wait=1.0)
+        try:
+            rec = await self.client.query_committed(PeerQuery("record", patient=patient, record_id=record_id),
+                                                    wait=1.0)
+        except AgentError as exc:
+            if exc.code != codes.FORBIDDEN:
+                raise
+            # the peers show a record only to doctors the patient's policy could allow: ask the ledger
+            # anyway, so the denial is decided (and audited) by the policy, with its rule
+            decision = await self.request(patient, record_id, purpose=purpose)
+            raise PolicyDenied(f"{patient}'s policy denies this request: {decision.get('reason', '')}",
+                               rule=str(decision.get("rule", "")), reason=str(decision.get("reason", ""))) from None
         if rec is None:
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         store_tx = await self._check_store_tx(patient, record_id, rec)

@@ -37,7 +37,8 @@ class World:
 
     def orderer(self) -> OrdererAgent:
         return OrdererAgent(orderer_id="orderer", signing_key=self.orderer_key, genesis=self.genesis,
-                            data_dir=self.tmp, directory=self.manifest.directory(), batch_timeout=0.01)
+                            data_dir=self.tmp, directory=self.manifest.directory(), batch_timeout=0.01,
+                            storage=self.manifest.storage)
 
     def register(self, subject: str, peer: str, *, signer: str | None = None, org: str | None = None) -> bytes:
         """A register transaction by ``peer`` (certificate for ``org``, default the peer's own,
