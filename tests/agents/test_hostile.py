@@ -4,6 +4,7 @@ senders who may not send it, nothing written; floods that must not starve others
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 
 import trio
 
@@ -91,3 +92,42 @@ async def test_every_kind_and_topic_is_refused_to_hostile_senders(tmp_path):
             # the legitimate users still work
             assert await heart.read("alice", rid) == b"ECG: sinus rhythm"
             await anonymous.aclose()
+
+
+async def test_a_slow_handler_flood_from_one_sender_does_not_starve_others(tmp_path):
+    with trio.fail_after(120):
+        async with _world(tmp_path) as (swarm, a):
+            alice, mallory, evil = a["alice"], a["mallory"], a["dr-evil"]
+            peer = swarm.manifest.peers[0]
+            await mallory.client.lookup_certificate("alice")
+            await evil.client.lookup_certificate("alice")
+            await alice.client.lookup_certificate("dr-evil")
+            codes: list[str | None] = []
+            answered = trio.Event()
+
+            async def one(ep, to, kind, body):
+                try:
+                    await ep.request(to, kind, body, timeout=30)
+                    codes.append(None)
+                except bus.RemoteError as exc:
+                    codes.append(exc.code)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(100):  # unknown grant ids: each would wait 10 s for its grant
+                    nursery.start_soon(one, mallory.endpoint, peer, "peer.deliver_share",
+                                       {"grant_id": f"g-unknown-{i}", "index": 1, "sealed": bytes(64)})
+                for i in range(40):  # unknown request ids at a patient
+                    nursery.start_soon(one, evil.endpoint, "alice", "patient.access_request",
+                                       {"request_id": f"r-unknown-{i}"})
+                with trio.move_on_after(5):
+                    while codes.count("busy") < 100 - 4 + 40 - 4:
+                        await trio.sleep(0.01)
+                assert codes.count("busy") == 132, Counter(codes)
+                # the floods are still waiting; a legitimate client is served, never busy
+                assert len(codes) == 100 - 4 + 40 - 4
+                rid = await alice.store(b"still served", label="cardiology", media_type="text/plain")
+                assert [r["record_id"] for r in await alice.records()] == [rid]
+                assert len(codes) < 140  # the waiting ones were in flight all along
+                answered.set()
+            assert codes.count("busy") == 132
+            assert set(codes) <= {"busy", "share.unknown-grant", "request.unknown"}
