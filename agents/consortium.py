@@ -55,16 +55,24 @@ class ConsortiumDirectory:
     def __init__(self, static: dict[str, bytes] | None = None):
         self._static = dict(static or {})
         self._certs: dict[str, bytes] = {}
+        self._roles: dict[str, str] = {}
 
     def add_static(self, agent: str, key: bytes) -> None:
         self._static[agent] = key
 
-    def set_certificate(self, subject: str, key: bytes | None) -> None:
-        """Learn (or, with None, forget: revoked) a user's key from the ledger."""
+    def set_certificate(self, subject: str, key: bytes | None, role: str | None = None) -> None:
+        """Learn (or, with None, forget: revoked) a user's key (and its certificate's role) from the ledger."""
         if key is None:
             self._certs.pop(subject, None)
+            self._roles.pop(subject, None)
         else:
             self._certs[subject] = key
+            if role is not None:
+                self._roles[subject] = role
+
+    def role(self, subject: str) -> str | None:
+        """The role on ``subject``'s committed, unrevoked certificate, when it was learned with one."""
+        return self._roles.get(subject) if subject in self._certs else None
 
     def __call__(self, agent: str) -> bytes | None:
         key = self._static.get(agent) or self._certs.get(agent)
@@ -191,7 +199,8 @@ class CertificateFollower:
         if changes is None:
             return False
         for change in changes:
-            self.directory.set_certificate(change.subject, change.ecdsa_key)
+            cert = change.certificate
+            self.directory.set_certificate(change.subject, change.ecdsa_key, None if cert is None else cert.role)
         self._changes += len(changes)
         return True
 

@@ -49,6 +49,7 @@ from core.protocol import (
     PeerQuery,
     PeerReencrypt,
     PeerReencryptReply,
+    codes,
     verify_reencrypt_reply,
 )
 from core.tx import Transaction
@@ -56,6 +57,7 @@ from core.tx import Transaction
 from agents.client import SUSPECT_TIMEOUT, PeerClient, UserAgent, UserConfig, open_agent, remote_error
 from agents.driver import result_of, run_plan
 from agents.errors import (
+    AgentError,
     GrantRevoked,
     IntegrityError,
     NotEnoughPeers,
@@ -180,8 +182,19 @@ class DoctorAgent(UserAgent):
     async def _read(self, patient: str, record_id: str, *, purpose: str | None = None) -> bytes:
         self.client.require_registered()
         # a record stored a moment ago through another peer may be a block away
-        rec = await self.client.query_committed(PeerQuery("record", patient=patient, record_id=record_id),
-                                                wait=1.0)
+        query = PeerQuery("record", patient=patient, record_id=record_id)
+        decision = None
+        try:
+            rec = await self.client.query_committed(query, wait=1.0)
+        except AgentError as exc:
+            if exc.code != codes.FORBIDDEN:
+                raise
+            # the peers show a record only to doctors the patient's policy could allow (and a peer may
+            # not have the newest policy yet): ask the ledger, so the policy decides (and the audit
+            # shows) the request; when it allows, the peers that committed it show the record
+            decision = await self.request(patient, record_id, purpose=purpose)
+            _check_allowed(patient, decision)
+            rec = await self.client.query_committed(query, wait=self.client.commit_wait)
         if rec is None:
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         store_tx = await self._check_store_tx(patient, record_id, rec)
@@ -195,7 +208,7 @@ class DoctorAgent(UserAgent):
                 await self.client.save_state()
                 raise
         else:
-            grant = await self._obtain_grant(patient, record_id, label, purpose)
+            grant = await self._obtain_grant(patient, record_id, label, purpose, decision)
             shares = await self._collect(grant, patient, record_id, rec)
         blob = await self._fetch(rec["cid"])
         provider = recordmod.ThresholdKeyProvider(shares, grant["threshold"], self.keys.receive.secret)
@@ -232,11 +245,11 @@ class DoctorAgent(UserAgent):
             raise IntegrityError(f"record {record_id}: the store transaction is not signed by {patient}")
         return tx
 
-    async def _obtain_grant(self, patient: str, record_id: str, label: str, purpose: str | None) -> dict:
-        decision = await self.request(patient, record_id, purpose=purpose)
-        if decision.get("effect") != "allow" or decision.get("status") != "pending":
-            raise PolicyDenied(f"{patient}'s policy denies this request: {decision.get('reason', '')}",
-                               rule=str(decision.get("rule", "")), reason=str(decision.get("reason", "")))
+    async def _obtain_grant(self, patient: str, record_id: str, label: str, purpose: str | None,
+                            decision: dict | None = None) -> dict:
+        if decision is None:
+            decision = await self.request(patient, record_id, purpose=purpose)
+        _check_allowed(patient, decision)
         request_id = decision["request_id"]
         await self._patient_cert(patient)  # so the patient's reply envelope verifies
         reply = await self._ask_patient(patient, request_id)
@@ -336,3 +349,10 @@ class DoctorAgent(UserAgent):
         if not await run_crypto(cidmod.is_valid, cid, blob):
             raise IntegrityError(f"blob does not match its CID {cid}")
         return blob
+
+
+def _check_allowed(patient: str, decision: dict) -> None:
+    """PolicyDenied unless the ledger's decision on our request allows it and it is pending."""
+    if decision.get("effect") != "allow" or decision.get("status") != "pending":
+        raise PolicyDenied(f"{patient}'s policy denies this request: {decision.get('reason', '')}",
+                           rule=str(decision.get("rule", "")), reason=str(decision.get("reason", "")))

@@ -1,12 +1,19 @@
-"""Typed handlers: an agent serves each kind through its :mod:`core.protocol` types.
+"""Typed handlers: an agent serves each kind through its :mod:`core.protocol` types,
+admitting only the sender classes the registry names.
 
 :func:`serve` registers ``await handler(message, request) -> reply`` on an
-endpoint for each request type: the body is parsed with the type's
-``from_wire`` (a :class:`core.errors.DecodeError` becomes the agent's
-bad-request error: ``bad-request`` unless the agent says otherwise), and the
-typed reply, checked against :data:`core.protocol.KINDS`, goes out with
-``to_wire``. Agents declare their kinds as such a table, so what each agent
-serves can be compared with the registry (tests do).
+endpoint for each request type. With a ``classifier``, each request is first
+admitted: the sender's class (:class:`agents.admission.Classifier`) must be
+in the kind's ``senders`` column (:data:`core.protocol.KINDS`), else the
+request is refused with ``forbidden`` before the body is parsed and before
+any wait, query or crypto (the refusal is counted and logged once per sender
+and kind by :class:`agents.admission.Refusals`). Then the body is parsed with
+the type's ``from_wire`` (a :class:`core.errors.DecodeError` becomes the
+agent's bad-request error: ``bad-request`` unless the agent says otherwise),
+and the typed reply, checked against the registry, goes out with
+``to_wire``. Object rules (the grant's patient, the request's doctor, ...)
+are the handlers' own first lines. Agents declare their kinds as such a
+table, so what each agent serves can be compared with the registry (tests do).
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import bus
 from core.errors import DecodeError
-from core.protocol import KINDS, Message
+from core.protocol import KINDS, Message, admits
 from core.protocol import codes
+
+from agents.admission import Classifier, Refusals
 
 __all__ = ["TypedHandler", "serve", "bad_request"]
 
@@ -29,25 +38,41 @@ def bad_request(exc: DecodeError) -> BaseException:
 
 
 def serve(endpoint: bus.Endpoint, handlers: Mapping[type[Message], TypedHandler], *,
-          on_decode_error: Callable[[DecodeError], BaseException] = bad_request) -> None:
-    """Register each handler for its request type's kind (see the module docstring)."""
+          on_decode_error: Callable[[DecodeError], BaseException] = bad_request,
+          classifier: Classifier | None = None, refusals: Refusals | None = None) -> None:
+    """Register each handler for its request type's kind (see the module docstring).
+
+    Without a ``classifier`` nothing is refused by class (tests of a handler alone)."""
+    if classifier is not None and refusals is None:
+        refusals = Refusals(endpoint.identity)
     for request_type, handler in handlers.items():
         spec = KINDS[request_type.kind]
         if spec.request is not request_type:
             raise TypeError(f"{request_type.__name__} is not the request type of {spec.kind}")
-        endpoint.register(spec.kind, _typed(request_type, spec.reply, handler, on_decode_error))
+        endpoint.register(spec.kind, _typed(request_type, spec.reply, handler, on_decode_error, classifier,
+                                            refusals))
 
 
 def _typed(request_type: type[Message], reply_type: type[Message], handler: TypedHandler,
-           on_decode_error: Callable[[DecodeError], BaseException]) -> Callable[[bus.Message], Awaitable[Any]]:
+           on_decode_error: Callable[[DecodeError], BaseException], classifier: Classifier | None,
+           refusals: Refusals | None) -> Callable[[bus.Message], Awaitable[Any]]:
+    kind = request_type.kind
+
     async def handle(message: bus.Message) -> Any:
+        if classifier is not None:
+            sender_class = await classifier.classify(message.sender)
+            if not admits(kind, sender_class):
+                assert refusals is not None
+                who = sender_class.value if sender_class is not None else "unknown"
+                raise refusals.refuse(message.sender, kind, codes.FORBIDDEN,
+                                      f"a {who} sender may not send {kind}")
         try:
             request = request_type.from_wire(message.body)
         except DecodeError as exc:
             raise on_decode_error(exc) from None
         reply = await handler(message, request)
         if type(reply) is not reply_type:
-            raise TypeError(f"the {request_type.kind} handler returned {type(reply).__name__}")
+            raise TypeError(f"the {kind} handler returned {type(reply).__name__}")
         return reply.to_wire()
 
     return handle

@@ -7,7 +7,10 @@ previous cut (so a transaction reaching an idle orderer is cut at once, and
 under load blocks come at most every ``batch_timeout``), signs it, persists it
 (SQLite, ``synchronous=FULL``) and only then publishes it on topic ``blocks``.
 Its kinds (``orderer.submit``, ``orderer.blocks``, ``orderer.head``) are typed
-by :mod:`core.protocol`; see docs/protocol.md, "Orderer".
+by :mod:`core.protocol`; see docs/protocol.md, "Orderer". It classifies
+senders from the genesis (peers) and the storage node ids it is given: only
+peers submit, only peers and storage nodes read blocks, the head, and
+subscribe to ``blocks`` (others: ``forbidden``, before any work).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import trio
 
@@ -36,6 +39,7 @@ from core.protocol import (
 )
 from core.tx import Transaction
 
+from agents.admission import Classifier, Refusals
 from agents.handlers import serve
 from agents.ledger_store import LedgerStore
 from agents.runtime import make_endpoint
@@ -51,7 +55,7 @@ MAX_QUEUED_BYTES = 256 * 1024 * 1024
 class OrdererAgent:
     def __init__(self, *, orderer_id: str, signing_key: bytes, genesis: bytes, data_dir: Path,
                  directory: Callable[[str], bytes | None], batch_size: int = 500, batch_timeout: float = 0.05,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, storage: Iterable[str] = ()):
         if not 1 <= batch_size <= MAX_BLOCK_TXS:
             raise ValueError(f"batch_size must be 1..{MAX_BLOCK_TXS}")
         if batch_timeout <= 0:
@@ -63,6 +67,8 @@ class OrdererAgent:
         self.genesis = parsed.block
         self.config = parsed.config
         self._peers = {p.id for p in self.config.peers}
+        self.classifier = Classifier(peers=self._peers, orderer=orderer_id, storage=storage)
+        self.refusals = Refusals(orderer_id)
         self.data_dir = Path(data_dir)
         self._directory = directory
         self.batch_size = batch_size
@@ -85,9 +91,10 @@ class OrdererAgent:
     # -- lifecycle ----------------------------------------------------------
 
     async def run(self, node: bus.Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        ep = make_endpoint(node, self.orderer_id, self._key, self._directory)
+        ep = make_endpoint(node, self.orderer_id, self._key, self._directory,
+                           admit_subscriber=self.classifier.subscriber_admitter(self.refusals))
         self.endpoint = ep
-        serve(ep, self.handlers())
+        serve(ep, self.handlers(), classifier=self.classifier, refusals=self.refusals)
         log.info("orderer %s serving at height %d", self.orderer_id, self.height)
         try:
             async with trio.open_nursery() as nursery:

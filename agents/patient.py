@@ -9,8 +9,11 @@ Embedding (docs/embedding.md)::
         ...
 
 The agent answers ``patient.access_request`` from doctors while it is open
-(docs/protocol.md): it reads the request from the ledger, checks that it is
-for this patient, pending and allowed by the policy, asks ``approve`` when the
+(docs/protocol.md; a sender whose certificate, looked up and cached, is not a
+doctor's is refused ``forbidden`` before any work): it reads the request from the ledger, checks that it is
+for this patient and from the sender (a request not committed yet is waited
+for, at most a few per sender and in total: ``busy`` beyond), pending and
+allowed by the policy, asks ``approve`` when the
 policy wants the patient's approval (no callback: the request is rejected), and
 then delegates: t-of-n re-encryption key shares for the doctor's receiving key
 (after verifying its proof of possession), each sealed to its peer and
@@ -63,6 +66,7 @@ from core.protocol import (
     share_context,
 )
 
+from agents.admission import Classifier, Refusals, WaitGate
 from agents.client import PeerClient, UserAgent, UserConfig, check_receiving_key, open_agent, remote_error
 from agents.driver import PlanRun, result_of
 from agents.errors import (
@@ -101,8 +105,21 @@ class PatientAgent(UserAgent):
         self._approve = approve
         self._label_keys: dict[str, pre.KeyPair] = {}
         self._answering: dict[str, trio.Lock] = {}
+        self.refusals = Refusals(self.subject)
+        self.waiting = WaitGate(self.refusals)  # access requests waiting for their request to commit
         serve(self.endpoint, self.handlers(),
-              on_decode_error=lambda exc: UnknownRequest(f"patient.access_request needs a request_id: {exc}"))
+              on_decode_error=lambda exc: UnknownRequest(f"patient.access_request needs a request_id: {exc}"),
+              classifier=Classifier(peers=self.manifest.peers, orderer=self.manifest.orderer,
+                                    storage=self.manifest.storage, role=self._role),
+              refusals=self.refusals)
+
+    async def _role(self, sender: str) -> str | None:
+        """The role on ``sender``'s committed, unrevoked certificate (looked up once, then cached)."""
+        try:
+            cert = await self.client.lookup_certificate(sender, fresh=False)
+        except AgentError:
+            return None
+        return None if cert is None else cert.role
 
     def handlers(self) -> dict[type, Any]:
         """The kinds a patient serves: request type -> typed handler."""
@@ -264,9 +281,18 @@ class PatientAgent(UserAgent):
         for gid, g in self.grants.items():  # a retry after we already granted
             if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
                 return {"grant_id": gid}
-        # the doctor committed it through its own peer: ours may be a block behind
-        req = await self.client.query_committed(PeerQuery("request", request_id=request_id),
-                                                wait=self.client.commit_wait)
+        query = PeerQuery("request", request_id=request_id)
+        try:
+            req = await self.client.query(query)
+        except AgentError as exc:
+            if exc.code != codes.FORBIDDEN:
+                raise
+            req = {}  # another patient's request: the peers do not show it to us
+        if req is None:
+            # the doctor committed it through its own peer: ours may be a block behind; the waiting is
+            # capped per sender and in total (busy beyond), so unknown ids cannot hold every slot
+            with self.waiting.slot(sender, PatientAccessRequest.kind):
+                req = await self.client.query_committed(query, wait=self.client.commit_wait)
         if req is None or req.get("patient") != self.subject or req.get("doctor") != sender:
             raise UnknownRequest(f"no request {request_id} from {sender} to {self.subject} on the ledger")
         decision = req.get("decision") or {}

@@ -212,7 +212,7 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
 
         orderer = OrdererAgent(orderer_id=agent, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
                                data_dir=data, directory=manifest.directory(), batch_size=spec.batch_size,
-                               batch_timeout=spec.batch_timeout)
+                               batch_timeout=spec.batch_timeout, storage=manifest.storage)
         await orderer.run(node, task_status=task_status)
     elif agent in manifest.peers:
         from agents.peer import PeerAgent
@@ -226,12 +226,15 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
     elif agent in manifest.storage:
         from agents.storage import BlobStore
         from agents.storage.node import StorageNode
+        from agents.admission import Classifier
         from agents.consortium import CertificateFollower
 
         directory = manifest.directory()
         endpoint = make_endpoint(node, agent, keys.ecdsa_private, directory)
         follower = CertificateFollower(endpoint, manifest, directory)
-        storage = StorageNode(endpoint, BlobStore(data))
+        classifier = Classifier(peers=manifest.peers, orderer=manifest.orderer, storage=manifest.storage,
+                                role=directory.role)
+        storage = StorageNode(endpoint, BlobStore(data), classifier=classifier)
         async with trio.open_nursery() as nursery:
             await nursery.start(follower.run)
             await nursery.start(storage.run)

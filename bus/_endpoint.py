@@ -4,8 +4,10 @@ An :class:`Endpoint` signs what its agent sends (requests, replies,
 fire-and-forget messages, events) and verifies what it receives (addressing,
 timestamp window, signature against the directory's key, replay) before any
 handler sees it. It matches replies to pending requests, runs handlers
-(requests concurrently up to a bound, fire-and-forget messages one at a time in
-arrival order), answers requests (with the handler's result, a typed error,
+(requests concurrently up to a bound, and up to a smaller bound per sender, so
+one sender cannot take every slot: beyond it a request is answered at once
+with ``busy``; fire-and-forget messages one at a time in arrival order),
+answers requests (with the handler's result, a typed error,
 or, up to a bound in flight, the reason the request's envelope was rejected)
 and counts its traffic.
 Publish/subscribe lives in :mod:`bus._pubsub`; the endpoint carries its
@@ -162,8 +164,15 @@ class Endpoint:
     """One agent's presence on the bus: identity, keys, handlers, statistics.
 
     Create with :meth:`Node.endpoint`. Requests are handled concurrently (up
-    to ``max_concurrent``); fire-and-forget messages are handled one at a time
-    in arrival order. Handlers return the reply body; to answer with a typed
+    to ``max_concurrent`` (default 64) in all and ``max_concurrent_per_sender``
+    (default 32) per sender: a sender's request beyond that is answered at
+    once with the error ``busy``); fire-and-forget messages are handled one at
+    a time in arrival order. Publishing: at most ``max_subscribers`` (default
+    1024) subscriptions in all and ``max_topics_per_subscriber`` (default 4)
+    per subscriber; ``admit_subscriber(sender, topic) -> bool`` (default:
+    everyone, every topic) decides who may subscribe to what (refused:
+    ``forbidden``); a subscriber's slots are freed when the connection it
+    subscribed on closes. Handlers return the reply body; to answer with a typed
     error raise :class:`HandlerError` (or any exception with a string
     ``remote_code``/``code``); other exceptions become ``internal`` errors.
     """
@@ -179,8 +188,11 @@ class Endpoint:
         skew: float = 30.0,
         inbox_size: int = 256,
         max_concurrent: int = 64,
+        max_concurrent_per_sender: int = 32,
         max_pending: int = 4096,
         max_subscribers: int = 1024,
+        max_topics_per_subscriber: int = 4,
+        admit_subscriber: Callable[[str, str], bool] | None = None,
         subscriber_queue: int = 128,
         replay_max_entries: int = 1_000_000,
     ):
@@ -197,12 +209,19 @@ class Endpoint:
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[
             tuple[Envelope, Connection | None]
         ](inbox_size)
+        if not 1 <= max_concurrent_per_sender <= max_concurrent:
+            raise BusError("need 1 <= max_concurrent_per_sender <= max_concurrent")
         self._concurrency = trio.Semaphore(max_concurrent)
+        self._max_per_sender = max_concurrent_per_sender
+        self._in_flight: Counter[str] = Counter()  # requests being handled, by sender
         self._max_pending = max_pending
         self._pending: dict[bytes, _Pending] = {}
         self._topics = _Topics(
             identity,
             max_subscribers=max_subscribers,
+            max_topics_per_subscriber=max_topics_per_subscriber,
+            admit=admit_subscriber,
+            path_to=host.path_to,
             queue=subscriber_queue,
             spawn=host.spawn,
             emit=self._emit,
@@ -455,6 +474,7 @@ class Endpoint:
             if slot.conn is conn:
                 slot.fail(BrokenError(f"connection {conn.peer} broke before the reply"))
         self._subscriptions.connection_lost(conn)
+        self._topics.connection_lost(conn)
 
     # ------------------------------------------------------------ handlers
 
@@ -463,6 +483,10 @@ class Endpoint:
         async with trio.open_nursery() as nursery:
             async for env, conn in self._inbox_recv:
                 if env.type == MessageType.REQUEST:
+                    if self._in_flight[env.sender] >= self._max_per_sender:
+                        self._busy(env, conn)
+                        continue
+                    self._in_flight[env.sender] += 1
                     await self._concurrency.acquire()
                     nursery.start_soon(self._handle_request, env, conn)
                 else:
@@ -474,6 +498,23 @@ class Endpoint:
             await self._reply(env, conn, mtype, body)
         finally:
             self._concurrency.release()
+            self._in_flight[env.sender] -= 1
+            if not self._in_flight[env.sender]:
+                del self._in_flight[env.sender]
+
+    def _busy(self, env: Envelope, conn: Connection | None) -> None:
+        """Refuse a request at once: its sender has too many in flight here."""
+        self._rejected["busy"] += 1
+        if self._error_replies < _MAX_ERROR_REPLIES_IN_FLIGHT:
+            self._error_replies += 1
+            self._host.spawn(self._busy_reply, env, conn)
+
+    async def _busy_reply(self, request: Envelope, conn: Connection | None) -> None:
+        try:
+            await self._reply(request, conn, MessageType.ERROR,
+                              {"code": "busy", "message": "too many requests in flight; retry later"})
+        finally:
+            self._error_replies -= 1
 
     async def _answer(self, env: Envelope) -> tuple[MessageType, Any]:
         """Run the request's handler: the reply's type and body."""

@@ -309,6 +309,9 @@ class _Topics:
         identity: str,
         *,
         max_subscribers: int,
+        max_topics_per_subscriber: int,
+        admit: Callable[[str, str], bool] | None,
+        path_to: Callable[[str], Connection | None],
         queue: int,
         spawn: Callable[..., None],
         emit: Send,
@@ -316,6 +319,10 @@ class _Topics:
     ):
         self._identity = identity  # for the logs
         self._max_subscribers = max_subscribers
+        self._max_topics = max_topics_per_subscriber
+        self._admit = admit  # admit(subscriber, topic) -> bool; None: anyone, any topic
+        self._path_to = path_to  # the connection a subscriber's request came on (None: this node)
+        self._conns: dict[tuple[str, str], Connection] = {}  # (topic, subscriber) -> its connection
         self._queue = queue
         self._spawn = spawn  # start a background task
         self._emit = emit  # emit(subscriber, topic, body): send one event envelope
@@ -347,14 +354,21 @@ class _Topics:
         topic = _topic_of(body)
         if topic is None or not 0 < len(topic) <= MAX_KIND_LENGTH:
             raise HandlerError("bad-request", "subscribe needs a topic")
+        if self._admit is not None and not self._admit(subscriber, topic):
+            raise HandlerError("forbidden", "you may not subscribe to this topic here")
         if subscriber in self._topics.get(topic, {}):
             # a re-subscription (say, from a restarted subscriber) replaces the old one
             self._drop(topic, subscriber, None)
         if len(self) >= self._max_subscribers:
             raise HandlerError("overloaded", "too many subscribers")
+        if sum(subscriber in subs for subs in self._topics.values()) >= self._max_topics:
+            raise HandlerError("overloaded", "too many topics for this subscriber")
         outbox = _Outbox(self._queue)
         # looked up after the drop, which deletes a topic left without subscribers
         self._topics.setdefault(topic, {})[subscriber] = outbox
+        conn = self._path_to(subscriber)
+        if conn is not None:
+            self._conns[(topic, subscriber)] = conn
         self._spawn(self._drain, topic, subscriber, outbox)
 
     def unsubscribe(self, subscriber: str, body: Any) -> None:
@@ -362,6 +376,12 @@ class _Topics:
         topic = _topic_of(body)
         if topic is not None and subscriber in self._topics.get(topic, {}):
             self._drop(topic, subscriber, None)
+
+    def connection_lost(self, conn: Connection) -> None:
+        """A connection closed: free the slots of the subscribers that subscribed on it."""
+        for (topic, subscriber), c in list(self._conns.items()):
+            if c is conn:
+                self._drop(topic, subscriber, None)
 
     def close(self) -> None:
         """The endpoint closed: drop every subscriber, silently."""
@@ -377,6 +397,7 @@ class _Topics:
         if not subscribers:
             return
         outbox = subscribers.pop(subscriber, None)
+        self._conns.pop((topic, subscriber), None)
         if not subscribers:
             del self._topics[topic]
         if outbox is None:

@@ -630,5 +630,15 @@ class BasePolicy:
         how = "the patient must approve" if self.default_approval == "patient" else "approved in advance"
         return self._decide("allow", self.default_approval, DEFAULT_RULE, f"{lead}; default allow ({how})")
 
+    def could_allow(self, attributes: Mapping[str, Value], record: str, label: str | None) -> bool:
+        """Whether a requester with ``attributes`` could be allowed some operation on
+        this record: an allow rule covers the record and its condition holds for these
+        attributes (operation, purpose and time window aside), or the default allows.
+        Peers use it to decide what a doctor may see of a patient's records."""
+        if self.default_effect == "allow":
+            return True
+        return any(r.effect == "allow" and any(o.matches(record, label) for o in r.objects)
+                   and (r.condition is None or r.condition.holds(attributes)) for r in self.rules)
+
     def _decide(self, effect: str, approval: str | None, rule: str, reason: str) -> Decision:
         return Decision(effect, approval, rule, reason, self.name, self.version)

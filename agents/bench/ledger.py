@@ -156,12 +156,14 @@ async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_
 
                 async def send(k, chunk):
                     try:
-                        subject = chunk[0][0]
                         now = time.perf_counter()
-                        for _, raw in chunk:
+                        by_subject: dict[str, list[bytes]] = {}  # a peer takes only the sender's own txs
+                        for subject, raw in chunk:
                             committed[hashlib.sha256(raw).digest()] = [now, len(peers), None, None]
-                        await user_eps[subject][1].request(pids[k % len(pids)], "peer.submit",
-                                                           {"txs": [raw for _, raw in chunk], "wait": False})
+                            by_subject.setdefault(subject, []).append(raw)
+                        for subject, raws in by_subject.items():
+                            await user_eps[subject][1].request(pids[k % len(pids)], "peer.submit",
+                                                               {"txs": raws, "wait": False})
                     finally:
                         in_flight.release()
 

@@ -16,6 +16,12 @@ block updates the bus's key directory from the certificates written, wakes
 submit waiters, drops the cached shares of revoked grants, calls commit
 listeners and publishes topic ``events`` (:class:`core.protocol.PeerEvent`).
 
+Admission: the agent classifies senders (:class:`agents.admission.Classifier`)
+from the genesis, the manifest and its ledger's committed, unrevoked
+certificates (``roles``); :func:`agents.handlers.serve` refuses classes a
+kind does not admit, and only peers may subscribe to ``events``. Refusals are
+counted in ``refusals``.
+
 ``python -m agents.peer serve ...`` runs one peer as its own process
 (:mod:`agents.peer.__main__`).
 """
@@ -36,6 +42,7 @@ from core.ledger import Block, CommitResult, Ledger, parse_genesis
 from core.protocol import EVENT_TYPES, Decision, PeerEvent
 from core.state import CertEntry, GrantEntry, certs_prefix, parse_key
 
+from agents.admission import Classifier, Refusals
 from agents.consortium import Manifest
 from agents.handlers import serve
 from agents.keys import AgentKeys
@@ -74,10 +81,15 @@ class PeerAgent:
         self.info = info
         self.orderer = manifest.orderer or self.config.orderer_id
         self.directory = manifest.directory()
+        self.roles: dict[str, str] = {}  # subject -> role, for every committed, unrevoked certificate
         for key, raw in self.store.scan(certs_prefix()):
             entry = CertEntry.from_state(canonical.unpack(raw, what=key))
             if not entry.revoked:
                 self.directory.set_certificate(entry.subject, entry.cert.ecdsa_key)
+                self.roles[entry.subject] = entry.cert.role
+        self.refusals = Refusals(peer_id)
+        self.classifier = Classifier(peers=[p.id for p in self.config.peers], orderer=self.orderer,
+                                     storage=manifest.storage, role=self.roles.get)
         self.endpoint: bus.Endpoint | None = None
         self._nursery: trio.Nursery | None = None
         self._committed = trio.Event()
@@ -92,9 +104,10 @@ class PeerAgent:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, node: bus.Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        ep = make_endpoint(node, self.peer_id, self.keys.ecdsa_private, self.directory)
+        ep = make_endpoint(node, self.peer_id, self.keys.ecdsa_private, self.directory,
+                           admit_subscriber=self.classifier.subscriber_admitter(self.refusals))
         self.endpoint = ep
-        serve(ep, self.handlers.table())
+        serve(ep, self.handlers.table(), classifier=self.classifier, refusals=self.refusals)
         for agent, address in self.manifest.agents.items():
             if agent != self.peer_id:
                 try:
@@ -153,6 +166,10 @@ class PeerAgent:
                 cert_entry = CertEntry.from_state(_own_state(value))
                 subject = cert_entry.subject
                 self.directory.set_certificate(subject, cert_entry.active_key)
+                if cert_entry.revoked or cert_entry.active_key is None:
+                    self.roles.pop(subject, None)
+                else:
+                    self.roles[subject] = cert_entry.cert.role
                 if cert_entry.revoked:
                     log.info("peer %s: certificate of %s revoked at block %d", self.peer_id, subject, block.height)
             elif state_key.kind == "audit":

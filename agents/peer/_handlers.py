@@ -7,6 +7,19 @@ the grant's doctor, sign the share, log an ``access`` transaction) and
 ``peer.blocks`` (catch-up for other peers). See docs/protocol.md, "Consortium
 peer".
 
+Every handler runs after admission (:func:`agents.handlers.serve` refused the
+sender classes a kind does not admit, see core.protocol.KINDS) and checks its
+object rule on its first lines, before any wait, query or crypto:
+``peer.submit`` takes only transactions whose submitter is the sender;
+``peer.query`` answers by ``what`` (:meth:`PeerHandlers._visible`: cert and
+head to anyone; policy to its patient; record/records to the patient, and to
+a doctor only where the patient's policy could allow it for the record's
+label, without the fields its request does not need; request and grant to
+their patient and doctor; everything to consortium nodes);
+``peer.deliver_share`` for a grant not committed yet waits under a
+:class:`~agents.admission.WaitGate` (per-sender and total caps, ``busy``
+beyond them).
+
 Re-encryption key shares are kept as they arrive, sealed to the peer's X25519
 key (encryption at rest); they are unsealed on first use and the prepared
 share is cached in memory per grant (dropped when the grant is revoked).
@@ -29,6 +42,7 @@ from core.curve import G1
 from core.errors import CoreError, DecodeError, ValidationError
 from core.identity import RESERVED_CERT_ATTRIBUTES, Certificate
 from core.protocol import (
+    CONSORTIUM,
     MAX_BLOCKS_PER_REPLY,
     PeerAudit,
     PeerAuditReply,
@@ -44,6 +58,7 @@ from core.protocol import (
     PeerReencryptReply,
     PeerSubmit,
     PeerSubmitReply,
+    Sender,
     SubmitResult,
     codes,
     make_reencrypt_reply,
@@ -52,6 +67,7 @@ from core.protocol import (
 from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix
 from core.tx import Transaction
 
+from agents.admission import WaitGate
 from agents.consortium import ENROLL_PREFIX, enrollment_token
 from agents.runtime import run_crypto
 
@@ -73,6 +89,7 @@ class PeerHandlers:
     def __init__(self, peer: PeerAgent):
         self.peer = peer
         self._shares: OrderedDict[str, pre.PreparedKeyShare] = OrderedDict()
+        self.waiting = WaitGate(peer.refusals)  # deliver_share waiting for its grant to commit
 
     def table(self) -> dict[type, Any]:
         """The kinds a peer serves: request type -> typed handler."""
@@ -95,9 +112,13 @@ class PeerHandlers:
     async def _submit(self, msg: bus.Message, request: PeerSubmit) -> PeerSubmitReply:
         for raw in request.txs:
             try:
-                Transaction.from_bytes(raw)
+                tx = Transaction.from_bytes(raw)
             except DecodeError as exc:
                 raise bus.HandlerError(codes.BAD_REQUEST, f"transaction does not decode: {exc}") from None
+            if tx.submitter != msg.sender:
+                # a peer never relays a transaction on someone else's behalf
+                raise self.peer.refusals.refuse(msg.sender, PeerSubmit.kind, codes.FORBIDDEN,
+                                                "every transaction's submitter must be the sender")
         results = await self.peer.submit(list(request.txs), wait=request.wait)
         out = tuple(SubmitResult(i, h, m) if request.wait else SubmitResult(i) for i, h, m in results)
         return PeerSubmitReply(out, request.batch)
@@ -149,26 +170,70 @@ class PeerHandlers:
 
     # -- reading the ledger -------------------------------------------------------------
 
+    def _forbid_query(self, msg: bus.Message, what: str, why: str) -> bus.HandlerError:
+        return self.peer.refusals.refuse(msg.sender, f"{PeerQuery.kind} {what}", codes.FORBIDDEN, why)
+
+    def _doctor_may_see(self, doctor: str, patient: str, record_id: str, label: str) -> bool:
+        """Whether ``patient``'s policy could allow ``doctor`` to request this record."""
+        ledger = self.peer.ledger
+        cert, policy = ledger.certificate(doctor), ledger.policy(patient)
+        if cert is None or cert.revoked or policy is None:
+            return False
+        c = cert.cert
+        # the reserved names come from the certificate's own fields, as the ledger's evaluation does
+        attributes = {**c.attributes, "organization": c.org, "id": c.subject}
+        try:
+            return policy.parsed().could_allow(attributes, record_id, label)
+        except CoreError:
+            return False
+
     async def _query(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
-        what = query.what
-        if msg.sender.startswith(ENROLL_PREFIX) and what not in ("cert", "head"):
-            raise bus.HandlerError(codes.FORBIDDEN, "register before querying the ledger")
+        what, sender = query.what, msg.sender
         ledger = self.peer.ledger
         if what == "head":
             height, block_hash, root = ledger.head()
             return PeerQueryReply({"height": height, "hash": block_hash, "root": root})
+        if what == "cert":
+            return PeerQueryReply(ledger.get(entry_key("cert", query.subject)))
+        sender_class = self.peer.classifier.node_class(sender)
+        node = sender_class in CONSORTIUM
+        if sender_class is Sender.ENROLLING:
+            raise self._forbid_query(msg, what, "register before querying the ledger")
         if what == "records":
             patient, label = query.patient, query.label
+            own = node or sender == patient
+            if not own and self.peer.roles.get(sender) != "doctor":
+                raise self._forbid_query(msg, what, "a patient's records are listed to the patient and its doctors")
             out = []
             for key, raw in self.peer.store.scan(records_prefix(patient)):
                 rec = RecordEntry.from_state(canonical.unpack(raw, max_size=1 << 22, what=key))
-                if label is None or rec.label == label:
-                    out.append({"record_id": parse_key(key).parts[1], "label": rec.label, "cid": rec.cid,
-                                "size": rec.size, "media_type": rec.media_type, "height": rec.height})
+                record_id = parse_key(key).parts[1]
+                if label is not None and rec.label != label:
+                    continue
+                if own:
+                    out.append({"record_id": record_id, "label": rec.label, "cid": rec.cid, "size": rec.size,
+                                "media_type": rec.media_type, "height": rec.height})
+                elif self._doctor_may_see(sender, patient, record_id, rec.label):
+                    # what a request needs: no CID before a grant
+                    out.append({"record_id": record_id, "label": rec.label, "size": rec.size,
+                                "media_type": rec.media_type, "height": rec.height})
             return PeerQueryReply(out)
-        # cert, record, request, grant, policy (PeerQuery.from_wire admits only these): one entry, as stored
+        # record, request, grant, policy (PeerQuery.from_wire admits only these): one entry, as stored
         assert what in ENTRY_QUERIES
-        return PeerQueryReply(ledger.get(entry_key(what, *(getattr(query, name) for name in ENTRY_QUERIES[what]))))
+        entry = ledger.get(entry_key(what, *(getattr(query, name) for name in ENTRY_QUERIES[what])))
+        if node or entry is None and what in ("request", "grant"):
+            return PeerQueryReply(entry)  # an unknown request or grant id tells nothing
+        if what == "policy":
+            if sender != query.patient:
+                raise self._forbid_query(msg, what, "a policy is read by its patient only")
+        elif what == "record":
+            if sender != query.patient and not (
+                    entry is not None and self.peer.roles.get(sender) == "doctor"
+                    and self._doctor_may_see(sender, query.patient, query.record_id, entry["label"])):
+                raise self._forbid_query(msg, what, "the patient's policy does not allow you this record")
+        elif sender not in (entry.get("patient"), entry.get("doctor")):  # request, grant
+            raise self._forbid_query(msg, what, f"a {what} is read by its patient and doctor only")
+        return PeerQueryReply(entry)
 
     async def _audit(self, msg: bus.Message, request: PeerAudit) -> PeerAuditReply:
         if msg.sender != request.patient:
@@ -203,10 +268,13 @@ class PeerHandlers:
         peer = self.peer
         grant_id, index, sealed = request.grant_id, request.index, request.sealed
         grant = peer.ledger.grant(grant_id)
-        with trio.move_on_after(GRANT_WAIT_S):
-            while grant is None:
-                await peer.wait_next_commit()
-                grant = peer.ledger.grant(grant_id)
+        if grant is None:
+            # the patient may deliver a moment before our copy of the grant's block commits: wait,
+            # under the per-sender and total caps (busy beyond them)
+            with self.waiting.slot(msg.sender, PeerDeliverShare.kind), trio.move_on_after(GRANT_WAIT_S):
+                while grant is None:
+                    await peer.wait_next_commit()
+                    grant = peer.ledger.grant(grant_id)
         if grant is None:
             raise bus.HandlerError(codes.SHARE_UNKNOWN_GRANT,
                                    f"grant {grant_id} not committed within {GRANT_WAIT_S:g} s")

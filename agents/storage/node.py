@@ -11,6 +11,13 @@ reservation, when idle longer than ``session_timeout``. Every ``get`` re-hashes
 the chunks it returns; a corrupt blob is answered with ``storage.corrupt``,
 moved to quarantine (so ``has`` turns False) and left for a replica to replace.
 File work runs in worker threads, a few at a time.
+
+With a ``classifier`` (:class:`agents.admission.Classifier`: the consortium's
+node ids and the light client's certificates), each kind admits only the
+sender classes core.protocol.KINDS names (users put, get and pin; only
+consortium nodes list), refusing others with ``forbidden`` before any work;
+without one (a standalone node with a file directory) every sender its
+directory knows is served.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from core.protocol import (
     StorageUnpinReply,
 )
 
+from agents.admission import Classifier, Refusals
 from agents.handlers import serve
 from agents.storage.blobstore import BlobStore, PutSession, canonical_cid
 from agents.storage.errors import BadRequest, CorruptBlob, StorageError
@@ -87,6 +95,7 @@ class StorageNode:
         threads: int = 4,
         session_timeout: float = 120.0,
         max_sessions: int = 256,
+        classifier: Classifier | None = None,
     ):
         self.endpoint = endpoint
         self.store = store
@@ -95,7 +104,9 @@ class StorageNode:
         self._max_sessions = max_sessions
         self._sessions: dict[bytes, _Session] = {}
         self.corruptions = 0
-        serve(endpoint, self.handlers(), on_decode_error=_bad_request)
+        self.refusals = Refusals(endpoint.identity)
+        serve(endpoint, self.handlers(), on_decode_error=_bad_request, classifier=classifier,
+              refusals=self.refusals)
 
     def handlers(self) -> dict[type, Any]:
         """The kinds this agent serves: request type -> typed handler."""

@@ -156,6 +156,7 @@ class TestConsortium:
         """The embedded orderer over this genesis, storing its chain in ``data_dir``."""
         from agents.orderer import OrdererAgent
 
+        kw.setdefault("storage", self.manifest.storage)  # storage nodes follow the orderer's blocks
         return OrdererAgent(orderer_id=self.orderer_id, signing_key=self.orderer_key,
                             genesis=self.genesis.to_bytes(), data_dir=data_dir,
                             directory=kw.pop("directory", None) or self.manifest.directory(), **kw)

@@ -102,6 +102,11 @@ from core.protocol._reencryption import verify_reencrypt_reply as verify_reencry
 from core.protocol._reencryption import share_context as share_context
 from core.protocol._registry import Sender as Sender
 from core.protocol._registry import ANYONE as ANYONE
+from core.protocol._registry import REGISTERED as REGISTERED
+from core.protocol._registry import CONSORTIUM as CONSORTIUM
+from core.protocol._registry import KNOWN as KNOWN
+from core.protocol._registry import admits as admits
+from core.protocol._registry import admits_subscriber as admits_subscriber
 from core.protocol._registry import KindSpec as KindSpec
 from core.protocol._registry import TopicSpec as TopicSpec
 from core.protocol._registry import KINDS as KINDS

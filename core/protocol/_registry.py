@@ -1,13 +1,24 @@
 """The registry: every kind -> its request type, reply type, server and senders.
 
-The ``senders`` column is who may send a kind *today*, as the code enforces
-it: the bus accepts an envelope from anyone its receiver's key directory knows
-(for a peer, a patient, a doctor or a storage node: the consortium's static
-keys, every committed, unrevoked certificate, and every self-certifying
-``enroll:<key>`` id; the orderer does not follow certificates, so no users),
-and a few handlers refuse roles or check the sender against the object
-(``check``). Issue 13 narrows these columns; the handlers will then refuse
-other senders before any work.
+The ``senders`` column is the set of sender classes (:class:`Sender`) that
+may send a kind; the serving agent classifies each sender from what it knows
+(its ledger's certificates and the genesis, the light client, the
+certificates it looks up) and refuses every other class with ``forbidden``
+*before* the body is parsed, before any wait, query or crypto
+(:func:`agents.handlers.serve`). ``check`` names the object rule the handler
+then checks on its first lines (the record's owner, the grant's patient or
+doctor, the request's doctor, the put session's owner, ...): a sender of an
+allowed class asking about someone else's data is refused there.
+
+Sender classes: ``enrolling`` (a self-certifying ``enroll:<key>`` id, before
+a certificate exists), ``patient`` and ``doctor`` (by the role on the
+sender's committed, unrevoked certificate), ``user`` (a registered user of
+any other role), ``peer``, ``orderer`` and ``storage`` (the consortium's
+nodes, by the genesis and the manifest).
+
+:data:`TOPICS` names each topic's subscribers the same way; a publisher
+refuses (``forbidden``) a subscription from any other class, and to any
+undeclared topic.
 """
 
 from __future__ import annotations
@@ -23,21 +34,29 @@ from core.protocol import _peer as p
 from core.protocol import _storage as s
 from core.protocol._schema import Message
 
-__all__ = ["Sender", "ANYONE", "KindSpec", "TopicSpec", "KINDS", "TOPICS", "spec"]
+__all__ = ["Sender", "ANYONE", "REGISTERED", "CONSORTIUM", "KNOWN", "KindSpec", "TopicSpec", "KINDS", "TOPICS",
+           "spec", "admits", "admits_subscriber"]
 
 
 class Sender(enum.Enum):
-    """The roles a sender can have on the bus."""
+    """The classes a sender can belong to on the bus (see the module docstring)."""
 
     ENROLLING = "enrolling"  # enroll:<hex ECDSA key>: a user before it has a certificate
-    USER = "user"  # a registered patient, doctor, nurse, ... (its certificate subject)
+    PATIENT = "patient"  # a registered user whose certificate's role is "patient"
+    DOCTOR = "doctor"  # a registered user whose certificate's role is "doctor"
+    USER = "user"  # a registered user of any other role (nurse, registrar, ...)
     PEER = "peer"
     ORDERER = "orderer"
     STORAGE = "storage"
 
 
 ANYONE = frozenset(Sender)
-_NO_USERS = frozenset({Sender.ENROLLING, Sender.PEER, Sender.ORDERER, Sender.STORAGE})  # the orderer's directory
+REGISTERED = frozenset({Sender.PATIENT, Sender.DOCTOR, Sender.USER})
+"""Every registered user (a committed, unrevoked certificate), whatever its role."""
+CONSORTIUM = frozenset({Sender.PEER, Sender.ORDERER, Sender.STORAGE})
+"""The consortium's own nodes (static keys in the manifest; peers and orderer in the genesis)."""
+KNOWN = REGISTERED | CONSORTIUM
+"""Anyone but an enrolling (not yet registered) sender."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +65,8 @@ class KindSpec:
     request: type[Message]
     reply: type[Message]
     server: str  # who serves it: "orderer", "peer", "patient", "storage"
-    senders: frozenset[Sender]  # today's effective rule (see the module docstring)
-    check: str = ""  # what the handler checks about the sender beyond its role, today
+    senders: frozenset[Sender]  # the classes admitted (refused otherwise with "forbidden", before any work)
+    check: str = ""  # the object rule the handler checks on its first lines (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,52 +82,77 @@ def _kinds(*specs: KindSpec) -> Mapping[str, KindSpec]:
     for k in specs:
         if k.kind in out or k.request.kind != k.kind or k.reply.kind != k.kind:
             raise ValueError(f"registry entry {k.kind!r} is duplicated or names types of another kind")
+        if not k.senders or not k.senders <= ANYONE:
+            raise ValueError(f"registry entry {k.kind!r} admits no sender class")
         out[k.kind] = k
     return MappingProxyType(out)
 
 
-_OWNER = "the put session's owner (the agent that began it)"
+_OWNER = "the put session's owner (the agent that began it): storage.bad-request otherwise"
+_NODES = frozenset({Sender.PEER, Sender.STORAGE})  # the ledger's followers
+_PEERS = frozenset({Sender.PEER})
+_PATIENTS = frozenset({Sender.PATIENT})
+_DOCTORS = frozenset({Sender.DOCTOR})
+_STORAGE_USERS = REGISTERED | frozenset({Sender.STORAGE})  # users, and nodes repairing replicas
 
 KINDS: Mapping[str, KindSpec] = _kinds(
-    KindSpec("orderer.submit", o.OrdererSubmit, o.OrdererSubmitReply, "orderer", frozenset({Sender.PEER}),
-             "a consortium peer (forbidden)"),
-    KindSpec("orderer.blocks", o.OrdererBlocks, o.OrdererBlocksReply, "orderer", _NO_USERS),
-    KindSpec("orderer.head", o.OrdererHead, o.OrdererHeadReply, "orderer", _NO_USERS),
+    KindSpec("orderer.submit", o.OrdererSubmit, o.OrdererSubmitReply, "orderer", _PEERS),
+    KindSpec("orderer.blocks", o.OrdererBlocks, o.OrdererBlocksReply, "orderer", _NODES),
+    KindSpec("orderer.head", o.OrdererHead, o.OrdererHeadReply, "orderer", _NODES),
     KindSpec("peer.enroll", p.PeerEnroll, p.PeerEnrollReply, "peer", frozenset({Sender.ENROLLING}),
-             "an enroll:<key> id (enroll.invalid); the peer's own organization (enroll.denied)"),
-    KindSpec("peer.submit", p.PeerSubmit, p.PeerSubmitReply, "peer", ANYONE,
-             "none: the ledger marks transactions from non-users invalid"),
+             "a valid enrollment token for the peer's own organization (enroll.denied, enroll.invalid)"),
+    KindSpec("peer.submit", p.PeerSubmit, p.PeerSubmitReply, "peer", REGISTERED,
+             "every transaction's submitter is the sender (forbidden)"),
     KindSpec("peer.query", p.PeerQuery, p.PeerQueryReply, "peer", ANYONE,
-             "enroll:<key> ids ask only cert and head (forbidden)"),
-    KindSpec("peer.audit", p.PeerAudit, p.PeerAuditReply, "peer", ANYONE,
+             "by `what` (forbidden): cert and head for anyone (enrolling senders too); policy for its patient "
+             "and peers; record/records for the patient, peers, and a doctor the patient's policy may allow "
+             "for the record's label (fields the request needs only); request and grant for their patient "
+             "and doctor, and peers"),
+    KindSpec("peer.audit", p.PeerAudit, p.PeerAuditReply, "peer", _PATIENTS,
              "the sender is the patient (audit.forbidden)"),
-    KindSpec("peer.deliver_share", p.PeerDeliverShare, p.PeerDeliverShareReply, "peer", ANYONE,
-             "the sender is the grant's patient (share.forbidden)"),
-    KindSpec("peer.reencrypt", p.PeerReencrypt, p.PeerReencryptReply, "peer", ANYONE,
+    KindSpec("peer.deliver_share", p.PeerDeliverShare, p.PeerDeliverShareReply, "peer", _PATIENTS,
+             "the sender is the grant's patient (share.forbidden); waiting for an uncommitted grant is "
+             "capped per sender and in total (busy)"),
+    KindSpec("peer.reencrypt", p.PeerReencrypt, p.PeerReencryptReply, "peer", _DOCTORS,
              "the sender is the grant's doctor, with a valid certificate (access.*)"),
-    KindSpec("peer.blocks", p.PeerBlocks, p.PeerBlocksReply, "peer", ANYONE),
-    KindSpec("patient.access_request", pa.PatientAccessRequest, pa.PatientAccessRequestReply, "patient", ANYONE,
-             "the sender is the request's doctor (request.unknown)"),
-    KindSpec("storage.put", s.StoragePut, s.StoragePutReply, "storage", ANYONE),
-    KindSpec("storage.put.begin", s.StoragePutBegin, s.StoragePutBeginReply, "storage", ANYONE),
-    KindSpec("storage.put.chunk", s.StoragePutChunk, s.StoragePutChunkReply, "storage", ANYONE, _OWNER),
-    KindSpec("storage.put.commit", s.StoragePutCommit, s.StoragePutCommitReply, "storage", ANYONE, _OWNER),
-    KindSpec("storage.put.abort", s.StoragePutAbort, s.StoragePutAbortReply, "storage", ANYONE, _OWNER),
-    KindSpec("storage.get", s.StorageGet, s.StorageGetReply, "storage", ANYONE),
-    KindSpec("storage.leaves", s.StorageLeaves, s.StorageLeavesReply, "storage", ANYONE),
-    KindSpec("storage.has", s.StorageHas, s.StorageHasReply, "storage", ANYONE),
-    KindSpec("storage.pin", s.StoragePin, s.StoragePinReply, "storage", ANYONE),
-    KindSpec("storage.unpin", s.StorageUnpin, s.StorageUnpinReply, "storage", ANYONE),
-    KindSpec("storage.stat", s.StorageStat, s.StorageStatReply, "storage", ANYONE),
-    KindSpec("storage.list", s.StorageList, s.StorageListReply, "storage", ANYONE),
+    KindSpec("peer.blocks", p.PeerBlocks, p.PeerBlocksReply, "peer", _NODES),
+    KindSpec("patient.access_request", pa.PatientAccessRequest, pa.PatientAccessRequestReply, "patient",
+             _DOCTORS, "the sender is the request's doctor (request.unknown); waiting for an uncommitted "
+                       "request is capped per sender and in total (busy)"),
+    KindSpec("storage.put", s.StoragePut, s.StoragePutReply, "storage", _STORAGE_USERS),
+    KindSpec("storage.put.begin", s.StoragePutBegin, s.StoragePutBeginReply, "storage", _STORAGE_USERS),
+    KindSpec("storage.put.chunk", s.StoragePutChunk, s.StoragePutChunkReply, "storage", _STORAGE_USERS, _OWNER),
+    KindSpec("storage.put.commit", s.StoragePutCommit, s.StoragePutCommitReply, "storage", _STORAGE_USERS,
+             _OWNER),
+    KindSpec("storage.put.abort", s.StoragePutAbort, s.StoragePutAbortReply, "storage", _STORAGE_USERS, _OWNER),
+    KindSpec("storage.get", s.StorageGet, s.StorageGetReply, "storage", KNOWN),
+    KindSpec("storage.leaves", s.StorageLeaves, s.StorageLeavesReply, "storage", KNOWN),
+    KindSpec("storage.has", s.StorageHas, s.StorageHasReply, "storage", KNOWN),
+    KindSpec("storage.pin", s.StoragePin, s.StoragePinReply, "storage", _STORAGE_USERS),
+    KindSpec("storage.unpin", s.StorageUnpin, s.StorageUnpinReply, "storage", _STORAGE_USERS,
+             "the record's owner (or the consortium's repair process)"),
+    KindSpec("storage.stat", s.StorageStat, s.StorageStatReply, "storage", KNOWN),
+    KindSpec("storage.list", s.StorageList, s.StorageListReply, "storage", CONSORTIUM),
 )
 """Every request kind on the bus. Add a kind here, with its types, and in docs/protocol.md."""
 
 TOPICS: Mapping[str, TopicSpec] = MappingProxyType({
-    "blocks": TopicSpec("blocks", o.BlockEvent, "orderer", _NO_USERS),
-    "events": TopicSpec("events", p.PeerEvent, "peer", ANYONE),
+    "blocks": TopicSpec("blocks", o.BlockEvent, "orderer", _NODES),
+    "events": TopicSpec("events", p.PeerEvent, "peer", _PEERS),
 })
-"""Every publish/subscribe topic: its event payload type."""
+"""Every publish/subscribe topic: its event payload type and who may subscribe."""
+
+
+def admits(kind: str, sender: Sender | None) -> bool:
+    """Whether ``sender``'s class may send ``kind`` (False for an unknown kind or class)."""
+    entry = KINDS.get(kind)
+    return entry is not None and sender is not None and sender in entry.senders
+
+
+def admits_subscriber(topic: str, sender: Sender | None) -> bool:
+    """Whether ``sender``'s class may subscribe to ``topic`` (False for an undeclared topic)."""
+    entry = TOPICS.get(topic)
+    return entry is not None and sender is not None and sender in entry.subscribers
 
 
 def spec(kind: str) -> KindSpec:

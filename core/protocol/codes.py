@@ -61,10 +61,12 @@ UNKNOWN_KIND = _code("unknown-kind", "bus", "the receiver has no handler for the
 INTERNAL = _code("internal", "bus", "the handler failed unexpectedly (details stay with the receiver)")
 TOO_LARGE = _code("too-large", "bus", "the reply exceeds the frame limit")
 OVERLOADED = _code("overloaded", "bus", "too many subscribers")
+BUSY = _code("busy", "bus", "the sender has too many requests in flight (or waiting) at this agent; retry later")
 
 # -- common to the server agents ------------------------------------------------------
 BAD_REQUEST = _code("bad-request", "peer", "the body does not decode to the kind's request (core.protocol)")
-FORBIDDEN = _code("forbidden", "peer", "the sender may not send this kind (or this query)")
+FORBIDDEN = _code("forbidden", "bus", "the sender's class may not send this kind, ask this query, subscribe to this "
+                  "topic, or act on this object")
 
 # -- orderer ------------------------------------------------------------------------
 ORDERER_BUSY = _code("orderer.busy", "orderer", "too many transactions queued; retry later")

@@ -61,7 +61,11 @@ async def test_batches_persistence_and_access(tmp_path):
                 with pytest.raises(bus.RemoteError) as info:
                     await outsider.request("orderer", "orderer.submit", {"tx": _tx(peer, 9)})
                 assert info.value.code == "forbidden"
-                assert await outsider.request("orderer", "orderer.head", {}) == {"height": 3, "hash": prev.hash}
+                for kind, body in (("orderer.head", {}), ("orderer.blocks", {"from": 0, "limit": 1})):
+                    with pytest.raises(bus.RemoteError) as info:  # consortium nodes only
+                        await outsider.request("orderer", kind, body)
+                    assert info.value.code == "forbidden"
+                assert await ep.request("orderer", "orderer.head", {}) == {"height": 3, "hash": prev.hash}
                 nursery.cancel_scope.cancel()
         # restarted from its database, it continues the chain
         async with bus.open_node() as node:

@@ -174,7 +174,10 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
             alice = await enroll(c, node, "peer-a-1", "alice", "org-a", {"role": "patient"})
             doc = await enroll(c, node, "peer-b-3", "dr-heart", "org-b", {"role": "doctor", "department": "cardiology"},
                              everywhere=peers)
-            events = await doc.endpoint.subscribe("peer-b-4", "events")
+            with pytest.raises(bus.RemoteError) as refused:  # events go to consortium peers only
+                await doc.endpoint.subscribe("peer-b-4", "events")
+            assert refused.value.code == "forbidden"
+            events = await peers["peer-a-1"].endpoint.subscribe("peer-b-4", "events")
             body, key = store_body(alice.keys, "rec-1")
             reply = await alice.submit("peer-a-2", "store", body)
             assert reply["mark"] == "ok" and reply["height"] >= 3
@@ -197,12 +200,23 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
             assert ev.body["doctor"] == "dr-heart" and ev.body["decision"]["rule"] == "cardio"
             for p in peers.values():
                 await p.wait_for_height(peers["peer-b-3"].height)
+            recs = await alice.endpoint.request("peer-a-1", "peer.query", {"what": "records", "patient": "alice",
+                                                                          "label": None})
+            assert [r["record_id"] for r in recs] == ["rec-1", "rec-2"]  # rec-2 committed before req-1
+            recs = await alice.endpoint.request("peer-a-1", "peer.query", {"what": "records", "patient": "alice",
+                                                                          "label": "labs"})
+            assert [(r["record_id"], r["label"]) for r in recs] == [("rec-2", "labs")]
+            # the doctor sees only what alice's policy could allow it (cardiology), without the CID
             recs = await doc.endpoint.request("peer-a-1", "peer.query", {"what": "records", "patient": "alice",
                                                                         "label": None})
-            assert [r["record_id"] for r in recs] == ["rec-1", "rec-2"]  # rec-2 committed before req-1
-            recs = await doc.endpoint.request("peer-a-1", "peer.query", {"what": "records", "patient": "alice",
-                                                                        "label": "labs"})
-            assert [(r["record_id"], r["label"]) for r in recs] == [("rec-2", "labs")]
+            assert [r["record_id"] for r in recs] == ["rec-1"] and "cid" not in recs[0]
+            with pytest.raises(bus.RemoteError) as refused:
+                await doc.endpoint.request("peer-a-1", "peer.query", {"what": "record", "patient": "alice",
+                                                                     "record_id": "rec-2"})
+            assert refused.value.code == "forbidden"
+            with pytest.raises(bus.RemoteError) as refused:
+                await doc.endpoint.request("peer-a-1", "peer.query", {"what": "policy", "patient": "alice"})
+            assert refused.value.code == "forbidden"
             # key shares, 2 of 4, delivered before the grant commits (the peers wait for it)
             label_keys = alice.keys.label_key("cardiology")
             receiver = pre.PublicKey.from_bytes(doc.cert["pre_key"])
@@ -242,7 +256,7 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
             # the patient alone reads its audit trail; the peers logged their accesses
             with pytest.raises(bus.RemoteError) as info:
                 await doc.endpoint.request("peer-a-1", "peer.audit", {"patient": "alice"})
-            assert info.value.code == "audit.forbidden"
+            assert info.value.code == "forbidden"  # a doctor: refused by class, before any work
             while True:
                 trail = (await alice.endpoint.request("peer-a-1", "peer.audit", {"patient": "alice"}))["events"]
                 if sum(e["event"] == "access" for e in trail) == 2:
@@ -252,7 +266,7 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
             # someone else asking, and a wrong request id
             with pytest.raises(bus.RemoteError) as info:
                 await alice.endpoint.request("peer-a-1", "peer.reencrypt", ask)
-            assert info.value.code == "access.forbidden"
+            assert info.value.code == "forbidden"  # a patient: refused by class
             with pytest.raises(bus.RemoteError) as info:
                 await doc.endpoint.request("peer-a-1", "peer.reencrypt", {**ask, "request_id": "req-x"})
             assert info.value.code == "access.forbidden"

@@ -69,3 +69,23 @@ def test_core_protocol_imports_no_trio_bus_or_agents():
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'bus', 'agents'))\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_allowed_senders_table_is_the_registry():
+    order = [c.value for c in Sender]
+    rows = {}
+    start = DOC.index("## Allowed senders")
+    text = DOC[start:DOC.find("\n## ", start + 1)]
+    for m in re.finditer(r"^\| (`[a-z_.]+`|topic `[a-z_.]+`) \| ([a-z, ]+) \|", text, re.M):
+        rows[m.group(1).replace("`", "")] = [c.strip() for c in m.group(2).split(",")]
+    expected = {k: [c for c in order if Sender(c) in s.senders] for k, s in KINDS.items()}
+    expected.update({f"topic {t}": [c for c in order if Sender(c) in s.subscribers] for t, s in TOPICS.items()})
+    assert rows == expected
+
+
+def test_the_narrowed_columns():
+    assert Sender.ENROLLING not in KINDS["peer.submit"].senders
+    assert KINDS["peer.blocks"].senders == KINDS["orderer.blocks"].senders == {Sender.PEER, Sender.STORAGE}
+    assert KINDS["storage.list"].senders.isdisjoint({Sender.ENROLLING, Sender.PATIENT, Sender.DOCTOR, Sender.USER})
+    assert TOPICS["events"].subscribers == {Sender.PEER}
+    assert not any(Sender.ENROLLING in s.senders for k, s in KINDS.items() if k not in ("peer.enroll", "peer.query"))

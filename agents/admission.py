@@ -1,0 +1,154 @@
+"""Admission: who a sender is, whether it may send a kind, and bounded waiting.
+
+Each serving agent classifies a sender into a :class:`core.protocol.Sender`
+class from what it knows, and :func:`agents.handlers.serve` refuses a sender
+whose class is not in the kind's ``senders`` column (core.protocol.KINDS)
+with ``forbidden`` before the body is parsed, before any wait, query or
+crypto. The pieces:
+
+* :class:`Classifier`: sender id -> class, from the consortium's node ids
+  (peers, orderer, storage nodes: genesis and manifest), the ``enroll:``
+  prefix, and a callable giving the role on a user's committed, unrevoked
+  certificate (a peer: its ledger; a storage node: its light client; a
+  patient: the certificates it looks up). Unknown senders have no class.
+* :class:`Refusals`: counts every refusal by (kind, code) and logs each
+  (sender, kind) once, so a flood does not flood the log.
+* :class:`WaitGate`: caps, per sender and in total, the handlers waiting for
+  something another agent is about to commit (a grant, a request); beyond the
+  caps a request is refused at once with ``busy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from types import MappingProxyType
+from typing import Awaitable, Callable, Iterable, Iterator, Mapping
+
+import bus
+from core.protocol import Sender, admits_subscriber, codes
+
+from agents.consortium import ENROLL_PREFIX
+
+__all__ = ["Classifier", "Refusals", "WaitGate", "role_class", "MAX_WAITING_PER_SENDER", "MAX_WAITING"]
+
+log = logging.getLogger("agents.admission")
+
+MAX_WAITING_PER_SENDER = 4
+"""Default: how many of one sender's requests may wait (for a commit) at once."""
+MAX_WAITING = 32
+"""Default: how many requests in all may wait (for a commit) at once (half the bus's 64 request slots)."""
+MAX_LOGGED = 10_000  # (sender, kind) pairs remembered for log-once; beyond, refusals are only counted
+
+
+def role_class(role: str | None) -> Sender | None:
+    """The class of a registered user by its certificate's role (None: not registered)."""
+    if role is None:
+        return None
+    return Sender.PATIENT if role == "patient" else Sender.DOCTOR if role == "doctor" else Sender.USER
+
+
+class Classifier:
+    """sender id -> :class:`Sender` class (None: unknown), see the module docstring.
+
+    ``role(sender)`` returns the role on the sender's committed, unrevoked
+    certificate, or None; it may be a coroutine function (then use
+    :meth:`classify`, which awaits it).
+    """
+
+    def __init__(self, *, peers: Iterable[str] = (), orderer: str | None = None, storage: Iterable[str] = (),
+                 role: Callable[[str], str | None | Awaitable[str | None]] | None = None):
+        self._nodes: dict[str, Sender] = {p: Sender.PEER for p in peers}
+        self._nodes.update({s: Sender.STORAGE for s in storage})
+        if orderer is not None:
+            self._nodes[orderer] = Sender.ORDERER
+        self._role = role
+
+    async def classify(self, sender: str) -> Sender | None:
+        node = self._nodes.get(sender)
+        if node is not None:
+            return node
+        if sender.startswith(ENROLL_PREFIX):
+            return Sender.ENROLLING
+        if self._role is None:
+            return None
+        role = self._role(sender)
+        if isinstance(role, Awaitable):
+            role = await role
+        return role_class(role)
+
+    def node_class(self, sender: str) -> Sender | None:
+        """The class of a consortium node or an enrolling id, without asking about certificates."""
+        node = self._nodes.get(sender)
+        if node is not None:
+            return node
+        return Sender.ENROLLING if sender.startswith(ENROLL_PREFIX) else None
+
+    def subscriber_admitter(self, refusals: Refusals | None = None) -> Callable[[str, str], bool]:
+        """``admit(sender, topic)`` for :class:`bus.Endpoint`: a declared topic, and a consortium
+        node of a class the topic's ``subscribers`` admits (users never subscribe)."""
+
+        def admit(sender: str, topic: str) -> bool:
+            ok = admits_subscriber(topic, self.node_class(sender))
+            if not ok and refusals is not None:
+                refusals.refuse(sender, f"bus.subscribe {topic[:64]}", codes.FORBIDDEN, "may not subscribe")
+            return ok
+
+        return admit
+
+
+class Refusals:
+    """Counts refusals by (kind, code); logs each (sender, kind) once."""
+
+    def __init__(self, agent: str):
+        self._agent = agent
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._logged: set[tuple[str, str]] = set()
+
+    def refuse(self, sender: str, kind: str, code: str, why: str) -> bus.HandlerError:
+        """Count and (once per sender and kind) log a refusal; return the error to raise."""
+        self._counts[(kind, code)] += 1
+        key = (sender, kind)
+        if key not in self._logged and len(self._logged) < MAX_LOGGED:
+            self._logged.add(key)
+            log.warning("%s refused %s from %r: %s (%s; logged once per sender and kind)", self._agent, kind,
+                        sender, code, why)
+        return bus.HandlerError(code, why)
+
+    def counts(self) -> Mapping[tuple[str, str], int]:
+        """(kind, code) -> how many requests were refused so."""
+        return MappingProxyType(dict(self._counts))
+
+    def total(self, code: str | None = None) -> int:
+        return sum(n for (_, c), n in self._counts.items() if code is None or c == code)
+
+
+class WaitGate:
+    """Caps the requests waiting for a commit, per sender and in total (see the module docstring)."""
+
+    def __init__(self, refusals: Refusals, *, per_sender: int = MAX_WAITING_PER_SENDER,
+                 total: int = MAX_WAITING):
+        if per_sender < 1 or total < per_sender:
+            raise ValueError("need 1 <= per_sender <= total")
+        self._refusals = refusals
+        self._per_sender = per_sender
+        self._total = total
+        self._waiting: Counter[str] = Counter()
+
+    @property
+    def waiting(self) -> int:
+        return sum(self._waiting.values())
+
+    @contextlib.contextmanager
+    def slot(self, sender: str, kind: str) -> Iterator[None]:
+        """Hold a waiting slot, or raise ``busy`` at once when the caps are reached."""
+        if self._waiting[sender] >= self._per_sender or self.waiting >= self._total:
+            raise self._refusals.refuse(sender, kind, codes.BUSY, "too many requests waiting; retry later")
+        self._waiting[sender] += 1
+        try:
+            yield
+        finally:
+            self._waiting[sender] -= 1
+            if not self._waiting[sender]:
+                del self._waiting[sender]
