@@ -3,7 +3,7 @@
 Embedding (docs/embedding.md)::
 
     async with DoctorAgent.open(config) as doctor:
-        await doctor.register(token)
+        await doctor.register(registrar_token_for(doctor.enroll_id))
         for rec in await doctor.records("alice", label="cardiology"):
             data = await doctor.read("alice", rec["record_id"], purpose="treatment")
 
@@ -134,6 +134,11 @@ class DoctorAgent:
     @property
     def registered(self) -> bool:
         return self.client.registered
+
+    @property
+    def enroll_id(self) -> str:
+        """The id this doctor enrolls from; its registrar's token is bound to it (:attr:`PeerClient.enroll_id`)."""
+        return self.client.enroll_id
 
     async def register(self, token: bytes) -> Certificate:
         """Enroll with a peer of this doctor's organization (:meth:`PeerClient.register`)."""

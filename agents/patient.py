@@ -3,7 +3,7 @@
 Embedding (docs/embedding.md)::
 
     async with PatientAgent.open(config, approve=ask_the_user) as patient:
-        await patient.register(token)
+        await patient.register(registrar_token_for(patient.enroll_id))
         record_id = await patient.store(path, label="cardiology", media_type="application/fhir+json")
         await patient.set_policy(policy_text)
         ...
@@ -147,6 +147,11 @@ class PatientAgent:
     @property
     def registered(self) -> bool:
         return self.client.registered
+
+    @property
+    def enroll_id(self) -> str:
+        """The id this patient enrolls from; its registrar's token is bound to it (:attr:`PeerClient.enroll_id`)."""
+        return self.client.enroll_id
 
     async def register(self, token: bytes) -> Certificate:
         """Enroll with a peer of this patient's organization (:meth:`PeerClient.register`)."""

@@ -140,11 +140,13 @@ class SwarmFiles:
     def user_dir(self, subject: str) -> Path:
         return self.dir / "users" / subject
 
-    def token(self, subject: str, org: str, attributes: dict[str, Any]) -> bytes:
+    def token(self, subject: str, org: str, attributes: dict[str, Any], enrolling: str) -> bytes:
+        """The registrar's enrollment token for ``subject`` enrolling from ``enrolling``
+        (the agent's ``enroll_id``): :func:`agents.enrollment_token`."""
         secrets_ = self.enroll_secrets()
         if org not in secrets_:
             raise ValueError(f"unknown organization {org!r}; this swarm has {', '.join(secrets_)}")
-        return enrollment_token(secrets_[org], subject, org, attributes)
+        return enrollment_token(secrets_[org], subject, org, attributes, enrolling)
 
     def write_manifest(self, manifest: Manifest) -> None:
         atomic_write(self.dir / "manifest.json", manifest.to_json().encode(), mode=0o644)
@@ -357,8 +359,9 @@ class Swarm:
 
     # -- helpers for clients -------------------------------------------------
 
-    def token(self, subject: str, org: str, attributes: dict[str, Any]) -> bytes:
-        return self.files.token(subject, org, attributes)
+    def token(self, subject: str, org: str, attributes: dict[str, Any], enrolling: str) -> bytes:
+        """The registrar's token for ``subject`` enrolling from ``enrolling`` (``agent.enroll_id``)."""
+        return self.files.token(subject, org, attributes, enrolling)
 
     def describe(self) -> str:
         lines = [f"swarm {self.manifest.consortium} in {self.files.dir}",

@@ -109,7 +109,7 @@ async def _run_patient(args: argparse.Namespace) -> int:
             if args.cmd == "register":
                 if not config.org:
                     raise SystemExit("--org is required to register")
-                cert = await p.register(files.token(config.subject, config.org, config.attributes))
+                cert = await p.register(files.token(config.subject, config.org, config.attributes, p.enroll_id))
                 (config.data_dir / "cli.json").write_text(json.dumps({"org": config.org}))
                 print(f"registered {cert.subject} at {cert.org} (certificate {cert.serial})")
             elif args.cmd == "store":
@@ -151,7 +151,7 @@ async def _run_doctor(args: argparse.Namespace) -> int:
             if args.cmd == "register":
                 if not config.org:
                     raise SystemExit("--org is required to register")
-                cert = await d.register(files.token(config.subject, config.org, config.attributes))
+                cert = await d.register(files.token(config.subject, config.org, config.attributes, d.enroll_id))
                 (config.data_dir / "cli.json").write_text(json.dumps({"org": config.org}))
                 print(f"registered {cert.subject} at {cert.org} with {dict(cert.attributes)}")
             elif args.cmd == "records":

@@ -73,6 +73,7 @@ ORDERER_BUSY = _code("orderer.busy", "orderer", "too many transactions queued; r
 ENROLL_DENIED = _code("enroll.denied", "peer", "the token, the organization or the peer refuses the enrollment")
 ENROLL_EXISTS = _code("enroll.exists", "peer", "the subject is already registered")
 ENROLL_INVALID = _code("enroll.invalid", "peer", "the enrollment is malformed (keys, proof, attributes, validity)")
+ENROLL_EXPIRED = _code("enroll.expired", "peer", "the enrollment token has expired (the registrar issues a new one)")
 SUBMIT_TIMEOUT = _code("submit.timeout", "peer", "the transaction was not committed in time")
 SUBMIT_UNAVAILABLE = _code("submit.unavailable", "peer", "the orderer did not take the transaction")
 AUDIT_FORBIDDEN = _code("audit.forbidden", "peer", "only the patient reads its audit trail")

@@ -233,7 +233,7 @@ async def test_stores_with_a_storage_node_killed(tmp_path):
     with trio.fail_after(90):
         async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm", processes=True), fresh=True) as swarm:
             async with PatientAgent.open(_cfg(swarm, *PATIENT), node=swarm.node) as p:
-                await p.register(swarm.token(*PATIENT))
+                await p.register(swarm.token(*PATIENT, p.enroll_id))
                 await p.store(b"warm-up", label="cardiology", media_type="text/plain")
                 swarm.kill("storage-3")
                 durations: dict = {}
@@ -265,7 +265,7 @@ async def test_peer_killed_and_peer_stalled_then_below_threshold(tmp_path):
                     DoctorAgent.open(_cfg(swarm, *DOCTOR), node=swarm.node) as d, \
                     DoctorAgent.open(_cfg(swarm, *DOCTOR2), node=swarm.node) as d2:
                 for agent, who in ((p, PATIENT), (d, DOCTOR), (d2, DOCTOR2)):
-                    await agent.register(swarm.token(*who))
+                    await agent.register(swarm.token(*who, agent.enroll_id))
                 await p.set_policy(POLICY)
                 first = await p.store(b"before the faults", label="cardiology", media_type="text/plain")
                 assert await d.read("alice", first) == b"before the faults"  # d holds a grant now

@@ -42,7 +42,8 @@ from agents.storage import BlobStore
 from agents.storage.node import StorageNode
 from core import canonical, ecdsa, pre
 from core.curve import G1
-from core.errors import ValidationError
+from core.enrollment import TOKEN_SIZE, EnrollmentToken
+from core.errors import DecodeError, ValidationError
 from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import Block, Ledger, MemoryKV, make_genesis
 from core.protocol import codes, make_reencrypt_reply, share_context
@@ -63,6 +64,11 @@ rule gp:
   when role == "doctor" and department == "general"
   approval patient
 """
+
+
+def register_body(cert: dict | str) -> dict:
+    """A ``register`` body: the certificate and a fresh enrollment token id (core.enrollment)."""
+    return {"cert": cert, "token_id": secrets.token_bytes(16)}
 
 
 def now_ms() -> int:
@@ -109,8 +115,8 @@ class FakeConsortium:
         self.stalled: set[str] = set()  # peers that answer nothing
         self._lock = trio.Lock()
 
-    def token(self, subject: str, org: str, attributes: dict) -> bytes:
-        return enrollment_token(self.secrets[org], subject, org, attributes)
+    def token(self, subject: str, org: str, attributes: dict, enrolling: str) -> bytes:
+        return enrollment_token(self.secrets[org], subject, org, attributes, enrolling)
 
     async def commit(self, raw: bytes) -> tuple[int, str]:
         async with self._lock:
@@ -161,15 +167,22 @@ class FakeConsortium:
         if not msg.sender.startswith(ENROLL_PREFIX):
             raise bus.HandlerError(codes.ENROLL_INVALID, "enroll from an enroll: id")
         info = self.peers[pid]
-        if b["org"] != info.org or b["token"] != self.token(b["subject"], b["org"], b["attributes"]):
-            raise bus.HandlerError(codes.ENROLL_DENIED, "bad token or organization")
+        if b["org"] != info.org:
+            raise bus.HandlerError(codes.ENROLL_DENIED, "bad organization")
+        try:
+            EnrollmentToken.from_bytes(b["token"]).check(
+                self.secrets[b["org"]], subject=b["subject"], org=b["org"], attributes=b["attributes"],
+                enroll_key=bytes.fromhex(msg.sender[len(ENROLL_PREFIX):]), now=time.time())
+        except (DecodeError, ValidationError):
+            raise bus.HandlerError(codes.ENROLL_DENIED, "bad token") from None
         if self.ledger.certificate(b["subject"]) is not None:
             raise bus.HandlerError(codes.ENROLL_EXISTS, "subject already registered")
         now = int(time.time())
         cert = Certificate(secrets.token_hex(8), b["subject"], b["org"], b["attributes"],
                            bytes.fromhex(msg.sender[len(ENROLL_PREFIX):]), b["box_key"], b["pre_key"],
                            b["pre_proof"], now - 60, now + b["valid_s"], pid).sign(self.peer_keys[pid].ecdsa_private)
-        tx = Transaction.create("register", pid, {"cert": cert.to_dict()}, self.peer_keys[pid].ecdsa_private, now_ms())
+        tx = Transaction.create("register", pid, register_body(cert.to_dict()), self.peer_keys[pid].ecdsa_private,
+                                now_ms())
         height, mark = await self.commit(tx.to_bytes())
         if mark != "ok":
             raise bus.HandlerError(codes.ENROLL_INVALID, mark)
@@ -254,7 +267,7 @@ class World:
 
     async def registered(self, stack, cls, subject, org, attributes, **kw):
         agent = await stack.enter_async_context(cls.open(self.config(subject, org, attributes), node=self.node, **kw))
-        await agent.register(self.fake.token(subject, org, attributes))
+        await agent.register(self.fake.token(subject, org, attributes, agent.enroll_id))
         return agent
 
 
@@ -447,11 +460,11 @@ async def test_registration_errors_and_duplicates(world):
             cfg = world.config("bob", "hospital-a", {"role": "patient"})
             bob = await stack.enter_async_context(PatientAgent.open(cfg, node=world.node))
             with pytest.raises(RegistrationError) as info:
-                await bob.register(b"\x00" * 32)
+                await bob.register(bytes(TOKEN_SIZE))
             assert info.value.code == "enroll.denied"
             with pytest.raises(RegistrationError):
                 await bob.store(b"x", label="l", media_type="text/plain")  # not registered yet
-            await bob.register(world.fake.token("bob", "hospital-a", {"role": "patient"}))
+            await bob.register(world.fake.token("bob", "hospital-a", {"role": "patient"}, bob.enroll_id))
             await bob.store(b"x", label="l", media_type="text/plain", record_id="r1")
             with pytest.raises(TransactionRejected) as info:
                 await bob.store(b"y", label="l", media_type="text/plain", record_id="r1")
@@ -461,7 +474,8 @@ async def test_registration_errors_and_duplicates(world):
         other.data_dir = world.tmp / "users" / "bob-impostor"
         async with PatientAgent.open(other, node=world.node) as impostor:
             with pytest.raises(RegistrationError) as info:
-                await impostor.register(world.fake.token("bob", "hospital-a", {"role": "patient"}))
+                await impostor.register(world.fake.token("bob", "hospital-a", {"role": "patient"},
+                                                        impostor.enroll_id))
             assert info.value.code == "enroll.exists"
 
 
@@ -475,8 +489,8 @@ async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy
                 world.config(subject, org, attrs, request_timeout=2.0), node=world.node))
                 for cls, subject, org, attrs in ((PatientAgent, "alice", "hospital-a", {"role": "patient"}),
                                                  (DoctorAgent, "dr-heart", "hospital-b", CARDIO))]
-            await alice.register(world.fake.token("alice", "hospital-a", {"role": "patient"}))
-            await heart.register(world.fake.token("dr-heart", "hospital-b", CARDIO))
+            await alice.register(world.fake.token("alice", "hospital-a", {"role": "patient"}, alice.enroll_id))
+            await heart.register(world.fake.token("dr-heart", "hospital-b", CARDIO, heart.enroll_id))
             await alice.set_policy(POLICY)
             world.fake.mute_after_commit.update({"peer-a1", "peer-b1"})  # both home peers
             before = len(world.fake.submissions)
