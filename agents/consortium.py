@@ -87,6 +87,10 @@ class ConsortiumDirectory:
         else:
             self._certs[subject] = key
 
+    def is_registered(self, agent: str) -> bool:
+        """Whether ``agent`` is a user with a committed, unrevoked certificate (as learned)."""
+        return agent in self._certs and agent not in self._static
+
     def __call__(self, agent: str) -> bytes | None:
         key = self._static.get(agent) or self._certs.get(agent)
         if key is not None:

@@ -227,13 +227,13 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
         await peer.run(node, task_status=task_status)
     elif agent in manifest.storage:
         from agents.storage import BlobStore
-        from agents.storage.node import StorageNode
+        from agents.storage.node import StorageAccess, StorageNode
         from agents.consortium import CertificateFollower
 
         directory = manifest.directory()
         endpoint = make_endpoint(node, agent, keys.ecdsa_private, directory)
         follower = CertificateFollower(endpoint, manifest, directory)
-        storage = StorageNode(endpoint, BlobStore(data))
+        storage = StorageNode(endpoint, BlobStore(data), access=StorageAccess.for_manifest(manifest, directory))
         async with trio.open_nursery() as nursery:
             await nursery.start(follower.run)
             await nursery.start(storage.run)

@@ -117,6 +117,9 @@ STORAGE_TOO_LARGE = _code("storage.too-large", "storage", "the blob exceeds the 
 STORAGE_QUOTA_EXCEEDED = _code("storage.quota-exceeded", "storage", "the node's quota is used up")
 STORAGE_DISK_FULL = _code("storage.disk-full", "storage", "the node's disk is full")
 STORAGE_BAD_REQUEST = _code("storage.bad-request", "storage", "the request is malformed (body, CID, session, range)")
+STORAGE_FORBIDDEN = _code("storage.forbidden", "storage", "the sender may not do this on a storage node "
+                                                           "(not registered, not the blob's owner, not a node)")
+STORAGE_BUSY = _code("storage.busy", "storage", "too many put sessions open (the sender's or the node's); retry later")
 STORAGE_UNAVAILABLE = _code("storage.unavailable", "storage", "not enough replicas answered (client side)")
 
 # -- patient and doctor agents (agents.AgentError's codes) ----------------------------

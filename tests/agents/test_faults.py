@@ -27,7 +27,7 @@ from agents.errors import GrantRevoked, NotEnoughPeers
 from agents.patient import PatientAgent
 from agents.storage import BlobStore
 from agents.storage.client import StorageClient
-from agents.storage.node import StorageNode
+from agents.storage.node import StorageAccess, StorageNode
 from agents.swarm import Swarm, SwarmSpec
 from bus import open_node
 from core import ecdsa
@@ -145,7 +145,8 @@ async def _storage(tmp_path, n=3, **client_opts):
         gates, nodes = {}, {}
         for ident in ids[:-1]:
             gates[ident] = _Gated(ep(bus, ident))
-            nodes[ident] = StorageNode(gates[ident], BlobStore(tmp_path / ident))
+            access = StorageAccess(frozenset(ids[:-1]), frozenset(), {"client"}.__contains__)  # client: a user
+            nodes[ident] = StorageNode(gates[ident], BlobStore(tmp_path / ident), access=access)
             nursery.start_soon(nodes[ident].run)
         client = StorageClient(ep(bus, "client"), ids[:-1], background=nursery, **client_opts)
         yield client, nodes, gates

@@ -39,7 +39,7 @@ from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory, Manifest, enro
 from agents.keys import AgentKeys
 from agents.runtime import make_endpoint
 from agents.storage import BlobStore
-from agents.storage.node import StorageNode
+from agents.storage.node import StorageAccess, StorageNode
 from core import canonical, ecdsa, pre
 from core.curve import G1
 from core.enrollment import TOKEN_SIZE, EnrollmentToken
@@ -146,7 +146,9 @@ class FakeConsortium:
                 ep.register(f"peer.{kind}", self._handler(pid, getattr(self, "_" + kind)))
         for sid, keys in self.storage_keys.items():
             ep = make_endpoint(node, sid, keys.ecdsa_private, self.directory)
-            store = StorageNode(ep, BlobStore(self.tmp / sid))
+            access = StorageAccess(frozenset(self.storage_keys), frozenset(self.peers),
+                                   lambda a: self.ledger.certificate(a) is not None)
+            store = StorageNode(ep, BlobStore(self.tmp / sid), access=access)
             await nursery.start(store.run)
 
     async def stop_peer(self, pid: str) -> None:
