@@ -12,6 +12,10 @@ their given order, float64). The receiver re-encodes the decoded fields: the
 signature binds the values a handler will see, whatever wire encoding of
 them arrived.
 
+Values are msgpack's plain types only (nil, bool, int, float, str, bin, arrays,
+maps): an envelope holding an extension type anywhere, the timestamp extension
+(-1) included, is ``malformed``.
+
 Everything here is sans-I/O: the clock, the signer, the key directory and the
 verifier come in as arguments.
 """
