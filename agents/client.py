@@ -217,6 +217,12 @@ class PeerClient:
     def registered(self) -> bool:
         return self.state.get("cert") is not None
 
+    @property
+    def enroll_id(self) -> str:
+        """The bus id this agent enrolls from (``enroll:<hex ECDSA key>``): its registrar
+        binds the enrollment token to it (:func:`agents.enrollment_token`)."""
+        return enroll_id(self.keys.ecdsa_public)
+
     def require_registered(self) -> None:
         if not self.registered:
             raise NotRegistered(f"{self.subject} is not registered yet: call register(token) first")
@@ -561,8 +567,9 @@ class PeerClient:
     async def register(self, token: bytes) -> Certificate:
         """Enroll with a peer of this agent's organization; idempotent once registered.
 
-        ``token`` is the organization's authorization
-        (:func:`agents.runtime.enrollment_token`). Returns the committed certificate.
+        ``token`` is the organization's authorization for this subject, its
+        attributes and :attr:`enroll_id` (:func:`agents.enrollment_token`: single
+        use, expiring). Returns the committed certificate.
         Raises :class:`RegistrationError` (``code`` = the peer's error code).
         """
         if self.certificate is not None:
@@ -575,7 +582,7 @@ class PeerClient:
             valid_s=CERT_VALIDITY_S, token=bytes(token),
         ).to_wire()
         peer = self.home_peer
-        ep = make_endpoint(self.node, enroll_id(self.keys.ecdsa_public), self.keys.ecdsa_private, self._lookup_key)
+        ep = make_endpoint(self.node, self.enroll_id, self.keys.ecdsa_private, self._lookup_key)
         try:
             try:
                 reply = await ep.request(peer, PeerEnroll.kind, body, timeout=self.config.request_timeout)
@@ -659,6 +666,11 @@ class UserAgent:
     @property
     def registered(self) -> bool:
         return self.client.registered
+
+    @property
+    def enroll_id(self) -> str:
+        """The id this agent enrolls from; its registrar's token is bound to it (:attr:`PeerClient.enroll_id`)."""
+        return self.client.enroll_id
 
     async def register(self, token: bytes) -> Certificate:
         """Enroll with a peer of this user's organization (:meth:`PeerClient.register`)."""

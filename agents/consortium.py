@@ -6,8 +6,9 @@
   the ledger (revoked ones removed), and self-certifying enrollment ids
   (``enroll:<hex compressed ECDSA key>``) so a user can reach its peer before it
   has a certificate.
-* :func:`enroll_id`, :func:`enrollment_token`: enrollment identities and the
-  registrar's token.
+* :func:`enroll_id`, :func:`enroll_key`, :func:`enrollment_token`: enrollment
+  identities and the registrar's token (:mod:`core.enrollment`: bound to the
+  enrolling key, expiring, single use).
 * :class:`CertificateFollower`: keeps a directory in step with the ledger's
   certificates, for agents that do not validate the ledger (storage nodes): a
   trio loop around :class:`core.lightclient.CertificateLightClient`.
@@ -15,25 +16,27 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from bus import Endpoint
-from core import canonical, ecdsa
+from core import ecdsa, enrollment
 from core.errors import DecodeError, ValidationError
 from core.ledger import Block
 from core.lightclient import CertificateChange, CertificateLightClient
 
 __all__ = ["ENROLL_PREFIX", "CertificateFollower", "ConsortiumDirectory", "FollowerStatistics", "Manifest",
-           "enroll_id", "enrollment_token"]
+           "TOKEN_TTL_S", "enroll_id", "enroll_key", "enrollment_token"]
 
 ENROLL_PREFIX = "enroll:"
+TOKEN_TTL_S = 7 * 86400
+"""How long an enrollment token is valid by default (a week)."""
 MAX_CATCH_UP = 256  # blocks asked of the orderer at a time
 log_rt = logging.getLogger("agents.consortium")
 
@@ -43,10 +46,28 @@ def enroll_id(ecdsa_public: bytes) -> str:
     return ENROLL_PREFIX + ecdsa_public.hex()
 
 
-def enrollment_token(org_secret: bytes, subject: str, org: str, attributes: dict[str, Any]) -> bytes:
-    """The organization's authorization of a subject's attributes (its registrar signs off)."""
-    return hmac.new(org_secret, canonical.pack(["emrshare/v1/enroll", subject, org, attributes]),
-                    hashlib.sha256).digest()
+def enroll_key(agent_id: str) -> bytes:
+    """The compressed ECDSA public key an ``enroll:<hex key>`` id names (ValueError otherwise)."""
+    if not agent_id.startswith(ENROLL_PREFIX):
+        raise ValueError(f"{agent_id[:80]!r} is not an enrollment id ({ENROLL_PREFIX}<hex ECDSA key>)")
+    raw = bytes.fromhex(agent_id[len(ENROLL_PREFIX):])
+    ecdsa.decode_public_key(raw)
+    return raw
+
+
+def enrollment_token(org_secret: bytes, subject: str, org: str, attributes: dict[str, Any], enrolling: str, *,
+                     ttl_s: float = TOKEN_TTL_S, now: float | None = None) -> bytes:
+    """The registrar's token for one enrollment (:mod:`core.enrollment`), as ``peer.enroll`` carries it.
+
+    It authorizes ``subject`` of ``org`` with ``attributes``, enrolling from the id
+    ``enrolling`` (``enroll:<hex key>``: the user's agent gives it, e.g.
+    ``PatientAgent.enroll_id``) only, once, for ``ttl_s`` seconds from ``now``
+    (default: the wall clock). ValueError for a malformed enrollment id or
+    attributes without a canonical encoding."""
+    key = enroll_key(enrolling)
+    expires = int((time.time() if now is None else now) + ttl_s)
+    return enrollment.issue(org_secret, subject=subject, org=org, attributes=attributes, enroll_key=key,
+                            expires=expires, token_id=secrets.token_bytes(enrollment.TOKEN_ID_SIZE)).to_bytes()
 
 
 class ConsortiumDirectory:
@@ -73,6 +94,10 @@ class ConsortiumDirectory:
     def role(self, subject: str) -> str | None:
         """The role on ``subject``'s committed, unrevoked certificate, when it was learned with one."""
         return self._roles.get(subject) if subject in self._certs else None
+
+    def is_registered(self, agent: str) -> bool:
+        """Whether ``agent`` is a user with a committed, unrevoked certificate (as learned)."""
+        return agent in self._certs and agent not in self._static
 
     def __call__(self, agent: str) -> bytes | None:
         key = self._static.get(agent) or self._certs.get(agent)

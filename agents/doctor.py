@@ -3,7 +3,7 @@
 Embedding (docs/embedding.md)::
 
     async with DoctorAgent.open(config) as doctor:
-        await doctor.register(token)
+        await doctor.register(registrar_token_for(doctor.enroll_id))
         for rec in await doctor.records("alice", label="cardiology"):
             data = await doctor.read("alice", rec["record_id"], purpose="treatment")
 

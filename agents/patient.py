@@ -3,7 +3,7 @@
 Embedding (docs/embedding.md)::
 
     async with PatientAgent.open(config, approve=ask_the_user) as patient:
-        await patient.register(token)
+        await patient.register(registrar_token_for(patient.enroll_id))
         record_id = await patient.store(path, label="cardiology", media_type="application/fhir+json")
         await patient.set_policy(policy_text)
         ...

@@ -140,11 +140,13 @@ class SwarmFiles:
     def user_dir(self, subject: str) -> Path:
         return self.dir / "users" / subject
 
-    def token(self, subject: str, org: str, attributes: dict[str, Any]) -> bytes:
+    def token(self, subject: str, org: str, attributes: dict[str, Any], enrolling: str) -> bytes:
+        """The registrar's enrollment token for ``subject`` enrolling from ``enrolling``
+        (the agent's ``enroll_id``): :func:`agents.enrollment_token`."""
         secrets_ = self.enroll_secrets()
         if org not in secrets_:
             raise ValueError(f"unknown organization {org!r}; this swarm has {', '.join(secrets_)}")
-        return enrollment_token(secrets_[org], subject, org, attributes)
+        return enrollment_token(secrets_[org], subject, org, attributes, enrolling)
 
     def write_manifest(self, manifest: Manifest) -> None:
         atomic_write(self.dir / "manifest.json", manifest.to_json().encode(), mode=0o644)
@@ -225,8 +227,8 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
         await peer.run(node, task_status=task_status)
     elif agent in manifest.storage:
         from agents.storage import BlobStore
-        from agents.storage.node import StorageNode
         from agents.admission import Classifier
+        from agents.storage.node import StorageAccess, StorageNode
         from agents.consortium import CertificateFollower
 
         directory = manifest.directory()
@@ -234,7 +236,8 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
         follower = CertificateFollower(endpoint, manifest, directory)
         classifier = Classifier(peers=manifest.peers, orderer=manifest.orderer, storage=manifest.storage,
                                 role=directory.role)
-        storage = StorageNode(endpoint, BlobStore(data), classifier=classifier)
+        storage = StorageNode(endpoint, BlobStore(data), classifier=classifier,
+                              access=StorageAccess.for_manifest(manifest, directory))
         async with trio.open_nursery() as nursery:
             await nursery.start(follower.run)
             await nursery.start(storage.run)
@@ -360,8 +363,9 @@ class Swarm:
 
     # -- helpers for clients -------------------------------------------------
 
-    def token(self, subject: str, org: str, attributes: dict[str, Any]) -> bytes:
-        return self.files.token(subject, org, attributes)
+    def token(self, subject: str, org: str, attributes: dict[str, Any], enrolling: str) -> bytes:
+        """The registrar's token for ``subject`` enrolling from ``enrolling`` (``agent.enroll_id``)."""
+        return self.files.token(subject, org, attributes, enrolling)
 
     def describe(self) -> str:
         lines = [f"swarm {self.manifest.consortium} in {self.files.dir}",

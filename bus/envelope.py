@@ -12,6 +12,10 @@ their given order, float64). The receiver re-encodes the decoded fields: the
 signature binds the values a handler will see, whatever wire encoding of
 them arrived.
 
+Values are msgpack's plain types only (nil, bool, int, float, str, bin, arrays,
+maps): an envelope holding an extension type anywhere, the timestamp extension
+(-1) included, is ``malformed``.
+
 Everything here is sans-I/O: the clock, the signer, the key directory and the
 verifier come in as arguments.
 """
@@ -99,6 +103,27 @@ def _packb(value: Any) -> bytes:
 
 def _reject_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _only_plain(value: Any) -> bool:
+    """Whether ``value`` holds nothing but nil, bool, int, float, str, bin, arrays and
+    maps. msgpack decodes the timestamp extension (-1) itself, without calling the
+    ``ext_hook`` that refuses every other extension type: this catches it."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is list:
+            stack.extend(v)
+        elif t is dict:
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif t not in _PLAIN:
+            return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -234,6 +259,8 @@ def decode_envelope(data: bytes) -> Envelope:
         raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None
     if type(fields) is not list or len(fields) != _FIELD_COUNT:
         raise EnvelopeError("malformed", f"envelope must be an array of {_FIELD_COUNT} fields")
+    if not _only_plain(fields):
+        raise EnvelopeError("malformed", "msgpack extension types (e.g. timestamps) are not allowed")
     version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig = fields
     if type(mtype) is not int or mtype not in _TYPE_CODES:
         raise EnvelopeError("malformed", "unknown message type")

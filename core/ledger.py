@@ -35,11 +35,12 @@ from . import canonical, ecdsa
 from .cid import parse as parse_cid
 from .curve import G1
 from .errors import CoreError, DecodeError, SignatureError, ValidationError
+from .enrollment import TOKEN_ID_SIZE
 from .identity import Certificate, ConsortiumConfig, PeerInfo, check_id
 from .policy import Policy, Request as PolicyRequest
 from .state import (
     HEAD_KEY, CertEntry, GrantEntry, PolicyEntry, RecordEntry, RequestEntry, active_key, audit_key, audit_prefix,
-    cert_key, grant_key, nonce_key, policy_key, record_key, request_key, serial_key,
+    cert_key, grant_key, nonce_key, policy_key, record_key, request_key, serial_key, token_key,
 )
 from .tx import Transaction
 
@@ -348,7 +349,10 @@ class IdentityRules:
       timestamp is within the skew of its block's, its submitter is a peer or
       holds a registered certificate, not revoked and valid at the timestamp, its
       signature verifies, and its nonce is new for its submitter;
-    * :meth:`register` and :meth:`revoke_cert`: the bodies of those transactions.
+    * :meth:`register` and :meth:`revoke_cert`: the bodies of those transactions
+      (``register`` = ``{cert, token_id}``: the certificate its organization's peer
+      issued and the id of the enrollment token it spent, refused as ``duplicate``
+      when that organization's token id was spent before; core.enrollment).
 
     ``state`` is a transaction's write buffer over world state (``get(key)`` a
     decoded value or None, ``put(key, value)``), as :meth:`Ledger.apply` gives it.
@@ -408,13 +412,19 @@ class IdentityRules:
         peer = self.peers.get(tx.submitter)
         if peer is None:
             raise ValidationError("forbidden", "only a consortium peer registers users")
-        body = _body(tx, {"cert": dict})
+        body = _body(tx, {"cert": dict, "token_id": bytes})
+        if len(body["token_id"]) != TOKEN_ID_SIZE:
+            raise ValidationError("malformed", f"register token_id must be {TOKEN_ID_SIZE} bytes")
         try:
             cert = Certificate.from_dict(body["cert"])
         except DecodeError as exc:
             raise ValidationError("bad_certificate", str(exc)) from exc
         if cert.issuer != peer.id or cert.org != peer.org:
             raise ValidationError("forbidden", "a peer issues certificates for its own organization only")
+        spent = token_key(cert.org, body["token_id"])
+        if state.get(spent) is not None:
+            raise ValidationError("duplicate", f"enrollment token {body['token_id'].hex()} of {cert.org} "
+                                               "was used before")
         try:
             cert.verify_signature(peer.ecdsa_key)
         except CoreError as exc:
@@ -437,6 +447,7 @@ class IdentityRules:
             raise ValidationError("bad_certificate", str(exc)) from exc
         state.put(cert_key(cert.subject), {"cert": cert.to_dict(), "revoked": False, "height": block.height})
         state.put(serial_key(cert.serial), cert.subject)
+        state.put(spent, cert.subject)
 
     def revoke_cert(self, state: "_Overlay", block: Block, tx: Transaction) -> None:
         body = _body(tx, {"subject": str, "reason": str})

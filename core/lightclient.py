@@ -71,7 +71,8 @@ class CertificateLightClient:
         self.rules = IdentityRules(parsed.config, verify_pre_proofs=verify_pre_proofs)
         self.height = 0
         self.head_hash = parsed.hash
-        # cert/, serial/ and the certificate transactions' nonce/ entries, as the ledger writes them
+        # cert/, serial/, token/ (spent enrollment tokens) and the certificate transactions' nonce/ entries,
+        # as the ledger writes them
         self._kv = MemoryKV()
 
     def apply(self, block: Block | bytes) -> list[CertificateChange]:

@@ -11,6 +11,7 @@ key                                        builder                          valu
 ``cert/<subject>``                         :func:`cert_key`                 :class:`CertEntry`
 ``serial/<serial>``                        :func:`serial_key`               the subject (str)
 ``nonce/<submitter>/<hex nonce>``          :func:`nonce_key`                1
+``token/<org>/<hex token id>``             :func:`token_key`                the subject it enrolled (str)
 ``record/<patient>/<record id>``           :func:`record_key`               :class:`RecordEntry`
 ``policy/<patient>``                       :func:`policy_key`               :class:`PolicyEntry`
 ``request/<request id>``                   :func:`request_key`              :class:`RequestEntry`
@@ -73,6 +74,7 @@ __all__ = [
     "records_prefix",
     "request_key",
     "serial_key",
+    "token_key",
 ]
 
 # ------------------------------------------------------------------ keys
@@ -95,6 +97,11 @@ def serial_key(serial: str) -> str:
 
 def nonce_key(submitter: str, nonce: bytes) -> str:
     return f"nonce/{submitter}/{nonce.hex()}"
+
+
+def token_key(org: str, token_id: bytes) -> str:
+    """A spent enrollment token of ``org`` (core.enrollment: single use)."""
+    return f"token/{org}/{token_id.hex()}"
 
 
 def record_key(patient: str, record_id: str) -> str:
@@ -132,8 +139,8 @@ def audit_prefix(patient: str) -> str:
 
 
 # kind -> number of parts after it
-_ARITY = {"meta": 1, "cert": 1, "serial": 1, "nonce": 2, "record": 2, "policy": 1, "request": 1,
-          "grant": 1, "active": 3, "audit": 3}
+_ARITY = {"meta": 1, "cert": 1, "serial": 1, "nonce": 2, "token": 2, "record": 2, "policy": 1,
+          "request": 1, "grant": 1, "active": 3, "audit": 3}
 
 
 @dataclass(frozen=True, slots=True)

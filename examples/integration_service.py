@@ -10,7 +10,8 @@ EHR connector of cardiologist "dr-heart" lists her records and reads the
 bundle. Keys and local state live under WORKDIR (default ./integration-data),
 encrypted with a key file; run it twice and the agents continue where they
 were. Enrollment tokens come from the organizations' registrar — here, the
-local swarm's secrets next to the manifest.
+local swarm's secrets next to the manifest; each token is bound to the key the
+agent enrolls with (``agent.enroll_id``), expires, and enrolls once.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ async def run(manifest_path: Path, workdir: Path) -> bytes:
     patient_attrs = {"role": "patient"}
     doctor_attrs = {"role": "doctor", "department": "cardiology"}
     async with PatientAgent.open(config("alice", "hospital-a", patient_attrs, listen="tcp://127.0.0.1:0")) as alice:
-        await alice.register(registrar.token("alice", "hospital-a", patient_attrs))
+        await alice.register(registrar.token("alice", "hospital-a", patient_attrs, alice.enroll_id))
         bundle = generate_bundle(seed=42, size_kib=24)
         check_bundle(bundle, require_resolved=True)
         record_id = await alice.store(encode_bundle(bundle), label="cardiology",
@@ -60,7 +61,7 @@ async def run(manifest_path: Path, workdir: Path) -> bytes:
         # the doctor's service knows where the patient's app listens
         doctor_cfg = config("dr-heart", "hospital-b", doctor_attrs, routes={"alice": alice.address})
         async with DoctorAgent.open(doctor_cfg) as heart:
-            await heart.register(registrar.token("dr-heart", "hospital-b", doctor_attrs))
+            await heart.register(registrar.token("dr-heart", "hospital-b", doctor_attrs, heart.enroll_id))
             listed = await heart.records("alice", label="cardiology")
             print(f"dr-heart sees {len(listed)} cardiology record(s) of alice")
             data = await heart.read("alice", record_id, purpose="treatment")

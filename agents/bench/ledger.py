@@ -126,7 +126,7 @@ async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_
                 reply = await ep.request(manifest.peer_orgs[org][0], "peer.enroll", {
                     "subject": subject, "org": org, "attributes": attrs, "box_key": keys.box_public,
                     "pre_key": recv.public.to_bytes(), "pre_proof": recv.prove(subject).to_bytes(),
-                    "valid_s": 86400, "token": consortium.token(subject, org, attrs)})
+                    "valid_s": 86400, "token": consortium.token(subject, org, attrs, enroll_id(keys.ecdsa_public))})
                 await ep.aclose()
                 for p in peers.values():
                     await p.wait_for_height(reply["height"])

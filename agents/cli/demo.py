@@ -120,7 +120,7 @@ async def run_demo(data_dir: Path, report: Report) -> None:
             for agent, subject in ((alice, "alice"), (heart, "dr-heart"), (skin, "dr-skin")):
                 org, attrs = users[subject]
                 cert = await report.timed(f"{subject:<9} registered at {org}",
-                                          lambda a=agent, s=subject, o=org, at=attrs: a.register(swarm.token(s, o, at)))
+                                          lambda a=agent, s=subject, o=org, at=attrs: a.register(swarm.token(s, o, at, a.enroll_id)))
                 report.check(cert.subject == subject and cert.org == org, f"{subject} holds a certificate of {org}")
 
             report.phase("2. Storage (seal under a label, upload to storage, sign the CID onto the ledger)")

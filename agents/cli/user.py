@@ -105,7 +105,7 @@ async def _register(agent: "UserAgent", files: "SwarmFiles", config: "UserConfig
     remember the organization in the user's directory; returns the certificate."""
     if not config.org:
         raise SystemExit("--org is required to register")
-    cert = await agent.register(files.token(config.subject, config.org, config.attributes))
+    cert = await agent.register(files.token(config.subject, config.org, config.attributes, agent.enroll_id))
     (config.data_dir / "cli.json").write_text(json.dumps({"org": config.org}))
     return cert
 

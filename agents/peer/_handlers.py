@@ -39,6 +39,7 @@ import trio
 import bus
 from core import canonical, pre
 from core.curve import G1
+from core.enrollment import EnrollmentToken
 from core.errors import CoreError, DecodeError, ValidationError
 from core.identity import RESERVED_CERT_ATTRIBUTES, Certificate
 from core.protocol import (
@@ -64,11 +65,11 @@ from core.protocol import (
     make_reencrypt_reply,
     share_context,
 )
-from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix
+from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix, token_key
 from core.tx import Transaction
 
 from agents.admission import WaitGate
-from agents.consortium import ENROLL_PREFIX, enrollment_token
+from agents.consortium import ENROLL_PREFIX
 from agents.runtime import run_crypto
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ class PeerHandlers:
         return PeerSubmitReply(out, request.batch)
 
     async def _enroll(self, msg: bus.Message, request: PeerEnroll) -> PeerEnrollReply:
+        """The token (core.enrollment) is checked first: bound to the sender's key,
+        this subject, org and attributes, unexpired, unspent; then the request."""
         peer = self.peer
         if not msg.sender.startswith(ENROLL_PREFIX):
             raise bus.HandlerError(codes.ENROLL_INVALID, "enroll from your enrollment id (enroll:<hex ECDSA key>)")
@@ -133,21 +136,27 @@ class PeerHandlers:
             raise bus.HandlerError(codes.ENROLL_DENIED, f"{peer.peer_id} enrolls members of {peer.info.org} only")
         if peer.enroll_secret is None:
             raise bus.HandlerError(codes.ENROLL_DENIED, f"{peer.peer_id} does not enroll users")
+        try:
+            token = EnrollmentToken.from_bytes(request.token)
+            token.check(peer.enroll_secret, subject=subject, org=org, attributes=attributes, enroll_key=ecdsa_key,
+                        now=peer.clock())
+        except (DecodeError, ValidationError) as exc:
+            log.info("peer %s: enrollment of %r from %s denied (%s)", peer.peer_id, subject, msg.sender,
+                     getattr(exc, "code", "bad token"))
+            if getattr(exc, "code", None) == "token_expired":
+                raise bus.HandlerError(codes.ENROLL_EXPIRED, str(exc)) from None
+            raise bus.HandlerError(codes.ENROLL_DENIED, "the enrollment token does not authorize this enrollment "
+                                                        "(subject, organization, attributes or key)") from None
         reserved = sorted(RESERVED_CERT_ATTRIBUTES.intersection(attributes))
         if reserved:
             raise bus.HandlerError(codes.ENROLL_INVALID, f"attribute names {reserved} are reserved: the "
                                                          "certificate's subject and organization set them")
-        try:
-            expected = enrollment_token(peer.enroll_secret, subject, org, attributes)
-        except ValueError:
-            raise bus.HandlerError(codes.ENROLL_INVALID, "attributes have no canonical encoding") from None
-        if not hmac.compare_digest(expected, request.token):
-            log.info("peer %s: enrollment of %r denied (bad token)", peer.peer_id, subject)
-            raise bus.HandlerError(codes.ENROLL_DENIED, "the enrollment token does not match")
         if not 0 < request.valid_s <= MAX_VALID_S:
             raise bus.HandlerError(codes.ENROLL_INVALID, f"valid_s must be 1..{MAX_VALID_S}")
         if peer.ledger.certificate(subject) is not None:
             raise bus.HandlerError(codes.ENROLL_EXISTS, f"{subject} is already registered")
+        if peer.ledger.get(token_key(org, token.token_id)) is not None:
+            raise bus.HandlerError(codes.ENROLL_DENIED, "the enrollment token was used before")
         now = int(peer.clock())
         try:
             cert = Certificate(secrets.token_hex(16), subject, org, attributes, ecdsa_key, request.box_key,
@@ -158,11 +167,14 @@ class PeerHandlers:
         except CoreError as exc:
             raise bus.HandlerError(codes.ENROLL_INVALID, str(exc)[:200]) from None
         cert = await run_crypto(cert.sign, peer.keys.ecdsa_private)
-        tx = await run_crypto(Transaction.create, "register", peer.peer_id, {"cert": cert.to_dict()},
+        tx = await run_crypto(Transaction.create, "register", peer.peer_id,
+                              {"cert": cert.to_dict(), "token_id": token.token_id},
                               peer.keys.ecdsa_private, int(peer.clock() * 1000))
         [(_, height, mark)] = await peer.submit([tx.to_bytes()], wait=True)
-        if mark == "duplicate":
-            raise bus.HandlerError(codes.ENROLL_EXISTS, f"{subject} is already registered")
+        if mark == "duplicate":  # a concurrent enrollment of the subject, or with the token, came first
+            if peer.ledger.certificate(subject) is not None:
+                raise bus.HandlerError(codes.ENROLL_EXISTS, f"{subject} is already registered")
+            raise bus.HandlerError(codes.ENROLL_DENIED, "the enrollment token was used before")
         if mark != "ok":
             raise bus.HandlerError(codes.ENROLL_INVALID, f"the register transaction was marked {mark}")
         log.info("peer %s: enrolled %s (%s) at block %d", peer.peer_id, subject, cert.role, height)

@@ -15,6 +15,8 @@ from .blobstore import BlobStore as BlobStore
 from .blobstore import PutSession as PutSession
 from .blobstore import StoreStat as StoreStat
 from .errors import BadRequest as BadRequest
+from .errors import Busy as Busy
+from .errors import Forbidden as Forbidden
 from .errors import BlobTooLarge as BlobTooLarge
 from .errors import CidMismatch as CidMismatch
 from .errors import CorruptBlob as CorruptBlob
@@ -28,4 +30,5 @@ from .client import ClientStatistics as ClientStatistics
 from .client import RepairReport as RepairReport
 from .client import StorageClient as StorageClient
 from .kubo import KuboClient as KuboClient
+from .node import StorageAccess as StorageAccess
 from .node import StorageNode as StorageNode

@@ -3,12 +3,16 @@
     python -m agents.storage keygen --id s1 --key-file s1.key --directory dir.json
     python -m agents.storage serve --id s1 --dir /var/lib/emrshare/s1 \\
         --listen tcp://127.0.0.1:7401 --key-file s1.key --directory dir.json \\
-        [--quota BYTES] [--max-blob BYTES]
+        [--storage ID ...] [--node ID ...] [--quota BYTES] [--max-blob BYTES] \
+        [--sender-quota BYTES] [--sessions-per-sender N]
 
 ``--key-file`` holds the node's ECDSA private key in hex (created with mode
 0600 by ``keygen``); ``--directory`` is a JSON map of agent id to public key
 (hex) of every agent allowed to talk to the node (the clients); it is re-read
-when an unknown agent appears. ``serve`` prints ``listening ADDRESS`` once it
+when an unknown agent appears. ``--storage`` names the storage nodes and the
+repair process (they put, unpin and list), ``--node`` the other consortium
+nodes (they list and read); every other agent in the directory is a registered
+user (agents.storage.node.StorageAccess). ``serve`` prints ``listening ADDRESS`` once it
 accepts connections and runs until SIGINT/SIGTERM.
 """
 
@@ -28,7 +32,7 @@ from bus import open_node
 from core import ecdsa
 
 from agents.storage.blobstore import DEFAULT_MAX_BLOB, BlobStore
-from agents.storage.node import StorageNode
+from agents.storage.node import DEFAULT_SENDER_QUOTA, DEFAULT_SESSIONS_PER_SENDER, StorageAccess, StorageNode
 
 
 class FileDirectory:
@@ -82,7 +86,12 @@ async def serve(args: argparse.Namespace) -> None:
             directory=directory,
             verifier=ecdsa.is_valid_raw,
         )
-        node = StorageNode(endpoint, store, threads=args.threads)
+        storage_ids = frozenset(args.storage)
+        nodes = frozenset(args.node)
+        access = StorageAccess(storage_ids, nodes,
+                               lambda a: a not in storage_ids and a not in nodes and directory(a) is not None)
+        node = StorageNode(endpoint, store, access=access, threads=args.threads,
+                           sender_quota=args.sender_quota or None, sessions_per_sender=args.sessions_per_sender)
         address = await bus.listen(args.listen)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
@@ -109,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--quota", type=int, default=None, help="disk quota in bytes (default: none)")
     s.add_argument("--max-blob", type=int, default=DEFAULT_MAX_BLOB)
     s.add_argument("--threads", type=int, default=4)
+    s.add_argument("--storage", action="append", default=[], metavar="ID",
+                   help="a storage node or the repair process (repeatable)")
+    s.add_argument("--node", action="append", default=[], metavar="ID",
+                   help="another consortium node: a peer or the orderer (repeatable)")
+    s.add_argument("--sender-quota", type=int, default=DEFAULT_SENDER_QUOTA,
+                   help=f"bytes one user may store first on this node (0: no limit; default {DEFAULT_SENDER_QUOTA})")
+    s.add_argument("--sessions-per-sender", type=int, default=DEFAULT_SESSIONS_PER_SENDER)
     args = parser.parse_args(argv)
     if args.command == "keygen":
         return keygen(args)

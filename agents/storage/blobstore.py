@@ -4,6 +4,7 @@ Layout under ``root``::
 
     blobs/<last 2 chars of cid>/<cid>       data || trailer
     blobs/<last 2 chars of cid>/<cid>.pin   empty marker: the blob is pinned
+    blobs/<last 2 chars of cid>/<cid>.owner the agent whose put first stored it (utf-8)
     tmp/                                puts in progress (emptied on open)
     corrupt/                            blobs that failed verification (kept for inspection)
 
@@ -51,6 +52,7 @@ from agents.storage.errors import (
 )
 
 MAGIC = b"EMRBLOB1"
+_MARKERS = (".pin", ".owner")
 _TAIL = struct.Struct(">IQ8s")
 DEFAULT_MAX_BLOB = 256 * 1024 * 1024
 CHUNK = cidmod.CHUNK_SIZE
@@ -123,16 +125,39 @@ class BlobStore:
         self._reserved = 0
         self._used = 0
         self._count = 0
+        self._owned: dict[str, int] = {}  # owner -> bytes of the blobs it stored first
         for path in self._blobs.glob("*/*"):
-            if path.suffix == ".pin":
+            if path.suffix in _MARKERS:
                 continue
-            self._used += path.stat().st_size
+            stored = path.stat().st_size
+            self._used += stored
             self._count += 1
+            owner = self._read_owner(path.name)
+            if owner is not None:
+                self._owned[owner] = self._owned.get(owner, 0) + stored
 
     # -- paths -------------------------------------------------------------
 
     def _path(self, cid: str) -> Path:
         return self._blobs / cid[-2:] / cid
+
+    def _owner_path(self, cid: str) -> Path:
+        return self._blobs / cid[-2:] / f"{cid}.owner"
+
+    def _read_owner(self, cid: str) -> str | None:
+        try:
+            return self._owner_path(cid).read_text("utf-8") or None
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def owner_of(self, cid: str) -> str | None:
+        """The agent whose put first stored ``cid`` (None: unknown, e.g. a repaired copy)."""
+        return self._read_owner(canonical_cid(cid))
+
+    def owned_bytes(self, owner: str) -> int:
+        """Bytes on disk of the blobs ``owner`` stored first (its share of the node)."""
+        with self._lock:
+            return self._owned.get(owner, 0)
 
     def _pin_path(self, cid: str) -> Path:
         # next to the blob, so one directory fsync makes both durable
@@ -168,15 +193,16 @@ class BlobStore:
                 raise BlobTooLarge(f"blob of {size} bytes exceeds this node's maximum of {self.max_blob} bytes")
         return PutSession(self, claimed, size)
 
-    def put(self, data: bytes, claimed_cid: str | None = None, *, pin: bool = True) -> str:
-        """Store ``data`` in one call; returns its CID once durable."""
+    def put(self, data: bytes, claimed_cid: str | None = None, *, pin: bool = True, owner: str | None = None) -> str:
+        """Store ``data`` in one call; returns its CID once durable. ``owner``: recorded
+        if this put stores the blob first."""
         with self.begin_put(claimed_cid, len(data)) as session:
             view = memoryview(data)
             for i in range(0, len(view), 1 << 20):
                 session.write(view[i : i + (1 << 20)])
-            return session.commit(pin=pin)
+            return session.commit(pin=pin, owner=owner)
 
-    def _install(self, tmp: Path, cid: str, stored: int, pin: bool) -> None:
+    def _install(self, tmp: Path, cid: str, stored: int, pin: bool, owner: str | None = None) -> None:
         final = self._path(cid)
         shard = final.parent
         new_shard = not shard.exists()
@@ -190,10 +216,18 @@ class BlobStore:
             if exists:
                 tmp.unlink()
             else:
+                # the owner of a quarantined copy stays the owner of its replacement
+                kept = self._read_owner(cid)
+                if kept is not None:
+                    owner = kept
+                elif owner is not None:  # before the blob appears, so a stored blob never lacks its owner
+                    self._owner_path(cid).write_text(owner, "utf-8")
+                if owner is not None:
+                    self._owned[owner] = self._owned.get(owner, 0) + stored
                 os.replace(tmp, final)
                 self._used += stored
                 self._count += 1
-        # one fsync of the shard directory makes the rename and the pin durable
+        # one fsync of the shard directory makes the rename, the pin and the owner durable
         _fsync_dir(shard)
 
     # -- reads ---------------------------------------------------------------
@@ -301,9 +335,12 @@ class BlobStore:
             os.replace(path, self._corrupt / cid)
         except FileNotFoundError:
             return
+        owner = self._read_owner(cid)
         with self._lock:
             self._used -= stored
             self._count -= 1
+            if owner is not None and owner in self._owned:
+                self._owned[owner] -= stored
         _fsync_dir(path.parent)
 
     # -- pins, listing, deletion -----------------------------------------------
@@ -344,7 +381,7 @@ class BlobStore:
         """Every stored blob (for repair and listing), sorted by CID."""
         out = []
         for path in sorted(self._blobs.glob("*/*"), key=lambda p: p.name):
-            if path.suffix == ".pin":
+            if path.suffix in _MARKERS:
                 continue
             try:
                 out.append(self.stat(path.name))
@@ -358,6 +395,7 @@ class BlobStore:
         if not force and self._pin_path(cid).exists():
             raise StorageError(f"blob {cid} is pinned; unpin it first")
         path = self._path(cid)
+        owner = self._read_owner(cid)
         try:
             stored = path.stat().st_size
             path.unlink()
@@ -366,7 +404,10 @@ class BlobStore:
         with self._lock:
             self._used -= stored
             self._count -= 1
+            if owner is not None and owner in self._owned:
+                self._owned[owner] -= stored
         self._pin_path(cid).unlink(missing_ok=True)
+        self._owner_path(cid).unlink(missing_ok=True)
         _fsync_dir(path.parent)
         return True
 
@@ -448,7 +489,7 @@ class PutSession:
         self._builder.update(data)
         self._written = total
 
-    def commit(self, *, pin: bool = True) -> str:
+    def commit(self, *, pin: bool = True, owner: str | None = None) -> str:
         """Make the blob durable and return its CID (see the module docstring)."""
         if self._done:
             raise StorageError("put session already finished")
@@ -473,7 +514,7 @@ class PutSession:
         self._fd = -1
         stored = self._written + len(trailer)
         try:
-            self._store._install(self._tmp, cid, stored, pin)
+            self._store._install(self._tmp, cid, stored, pin, owner)
         except BaseException:
             self._tmp.unlink(missing_ok=True)
             raise

@@ -14,7 +14,7 @@ from core.protocol.codes import ErrorRegistry
 from agents.errors import AgentError, Unavailable
 
 __all__ = ["StorageError", "NotFound", "CorruptBlob", "CidMismatch", "BlobTooLarge", "QuotaExceeded", "DiskFull",
-           "BadRequest", "StorageUnavailable", "Unavailable", "STORAGE_ERRORS", "from_code"]
+           "BadRequest", "Forbidden", "Busy", "StorageUnavailable", "Unavailable", "STORAGE_ERRORS", "from_code"]
 
 
 class StorageError(AgentError):
@@ -58,6 +58,18 @@ class BadRequest(StorageError, ValueError):
     code = codes.STORAGE_BAD_REQUEST
 
 
+class Forbidden(StorageError, PermissionError):
+    """The sender may not do this here (not a registered user, not the blob's owner, not a node)."""
+
+    code = codes.STORAGE_FORBIDDEN
+
+
+class Busy(StorageError):
+    """Too many put sessions are open (the sender's own limit, or the node's); retry later."""
+
+    code = codes.STORAGE_BUSY
+
+
 class StorageUnavailable(StorageError, Unavailable):
     """Not enough replicas answered (fewer than w acknowledged a write, or no
     replica could serve a good copy). ``causes`` maps each node tried to its error."""
@@ -67,7 +79,7 @@ class StorageUnavailable(StorageError, Unavailable):
 
 STORAGE_ERRORS: ErrorRegistry[StorageError] = ErrorRegistry(lambda code, message: StorageError(message, code=code))
 for _cls in (StorageError, NotFound, CorruptBlob, CidMismatch, BlobTooLarge, QuotaExceeded, DiskFull, BadRequest,
-             StorageUnavailable):
+             Forbidden, Busy, StorageUnavailable):
     STORAGE_ERRORS.register(_cls)
 del _cls
 

@@ -5,9 +5,26 @@ and the others, listed with their bodies in docs/protocol.md, "Storage nodes").
 A body that does not decode is answered ``storage.bad-request``; other errors
 travel as ``{"code": "storage.*", "message"}`` error replies (see :mod:`.errors`).
 
-A put session belongs to the agent that began it, must receive its chunks in
-order (``offset`` = bytes written so far) and is aborted, releasing its quota
-reservation, when idle longer than ``session_timeout``. Every ``get`` re-hashes
+Who may do what (:class:`StorageAccess`; a refusal is ``storage.forbidden``,
+checked before any work and logged with the sender):
+
+* ``storage.put``, ``storage.put.begin``: registered users, and storage nodes
+  (the repair process);
+* ``storage.put.chunk``, ``.commit``, ``.abort``: the session's owner;
+* ``storage.unpin``, ``storage.pin``: the blob's owner (the registered user whose
+  put stored it first, recorded durably next to the blob) or a storage node;
+* ``storage.list``: consortium nodes (peers, the orderer, storage nodes);
+* ``storage.get``, ``.leaves``, ``.has``, ``.stat``: registered users and
+  consortium nodes.
+
+A registered user may hold at most ``sender_quota`` bytes of blobs it stored
+first on this node (default :data:`DEFAULT_SENDER_QUOTA`, counting its open put
+sessions' declared sizes; ``storage.quota-exceeded``) and at most
+``sessions_per_sender`` open put sessions (``storage.busy``, as when the node's
+``max_sessions`` are open). A put session belongs to the agent that began it,
+must receive its chunks in order (``offset`` = bytes written so far) and is
+aborted, releasing its quota reservation, when idle longer than
+``session_timeout``. Every ``get`` re-hashes
 the chunks it returns; a corrupt blob is answered with ``storage.corrupt``,
 moved to quarantine (so ``has`` turns False) and left for a replica to replace.
 File work runs in worker threads, a few at a time.
@@ -25,7 +42,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -64,11 +81,47 @@ from core.protocol import (
 from agents.admission import Classifier, Refusals
 from agents.handlers import serve
 from agents.storage.blobstore import BlobStore, PutSession, canonical_cid
-from agents.storage.errors import BadRequest, CorruptBlob, StorageError
+from agents.storage.errors import BadRequest, Busy, CorruptBlob, Forbidden, QuotaExceeded, StorageError
+
+if TYPE_CHECKING:
+    from agents.consortium import ConsortiumDirectory, Manifest
 
 log = logging.getLogger("agents.storage")
 
-__all__ = ["StorageNode", "MAX_MESSAGE_DATA"]
+__all__ = ["StorageNode", "StorageAccess", "MAX_MESSAGE_DATA", "DEFAULT_SENDER_QUOTA", "DEFAULT_SESSIONS_PER_SENDER"]
+
+DEFAULT_SENDER_QUOTA = 1 << 30
+"""Bytes of blobs one registered user may store first on one node (1 GiB)."""
+DEFAULT_SESSIONS_PER_SENDER = 8
+"""Open put sessions one sender may hold on one node."""
+
+
+@dataclass(frozen=True)
+class StorageAccess:
+    """Who a storage node serves: ``storage`` (storage nodes: the repair process),
+    ``nodes`` (the other consortium nodes: peers, the orderer) and ``is_user`` (a
+    registered user with an unrevoked certificate, e.g. from a
+    :class:`~agents.consortium.CertificateFollower`'s directory)."""
+
+    storage: frozenset[str]
+    nodes: frozenset[str]
+    is_user: Callable[[str], bool]
+
+    @classmethod
+    def for_manifest(cls, manifest: Manifest, directory: ConsortiumDirectory) -> "StorageAccess":
+        """A deployment's nodes from its manifest; users as ``directory`` learns them from the ledger."""
+        return cls(frozenset(manifest.storage), frozenset([*manifest.peers, manifest.orderer]),
+                   directory.is_registered)
+
+    def role(self, agent: str) -> str | None:
+        """``"storage"``, ``"node"``, ``"user"`` or None (anyone else)."""
+        if agent in self.storage:
+            return "storage"
+        if agent in self.nodes:
+            return "node"
+        if self.is_user(agent):
+            return "user"
+        return None
 
 
 def _bad_request(exc: DecodeError) -> BadRequest:
@@ -81,6 +134,7 @@ class _Session:
     put: PutSession
     pin: bool
     deadline: float
+    size: int  # declared: counted against the owner's share until the session ends
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
@@ -92,13 +146,19 @@ class StorageNode:
         endpoint: Endpoint,
         store: BlobStore,
         *,
+        access: StorageAccess,
         threads: int = 4,
         session_timeout: float = 120.0,
         max_sessions: int = 256,
         classifier: Classifier | None = None,
+        sessions_per_sender: int = DEFAULT_SESSIONS_PER_SENDER,
+        sender_quota: int | None = DEFAULT_SENDER_QUOTA,
     ):
         self.endpoint = endpoint
         self.store = store
+        self.access = access
+        self._sessions_per_sender = sessions_per_sender
+        self._sender_quota = sender_quota
         self._limiter = trio.CapacityLimiter(threads)
         self._session_timeout = session_timeout
         self._max_sessions = max_sessions
@@ -137,20 +197,61 @@ class StorageNode:
                     await self._thread(s.put.abort)
                     log.info("aborted idle put session from %s", s.owner)
 
+    # -- admission -------------------------------------------------------------
+
+    def _admit(self, msg: Message, allowed: tuple[str, ...], what: str) -> str:
+        """The sender's role if it is in ``allowed``; else Forbidden (logged)."""
+        role = self.access.role(msg.sender)
+        if role not in allowed:
+            log.info("%s: refused %s from %s (%s)", self.endpoint.identity, msg.kind, msg.sender, role or "unknown")
+            raise Forbidden(f"{what} on this node")
+        return role
+
+    def _admit_put(self, msg: Message, size: int) -> None:
+        """Put admission: a user or a storage node; a user within its sessions and bytes."""
+        role = self._admit(msg, ("user", "storage"), "only registered users and storage nodes put")
+        sender = msg.sender
+        if len(self._sessions) >= self._max_sessions:
+            raise Busy("too many puts in progress on this node; retry later")
+        if role != "user":
+            return
+        mine = [s for s in self._sessions.values() if s.owner == sender]
+        if len(mine) >= self._sessions_per_sender:
+            raise Busy(f"{len(mine)} put sessions of yours are open on this node (at most "
+                       f"{self._sessions_per_sender}); finish or abort one")
+        if self._sender_quota is not None:
+            held = self.store.owned_bytes(sender) + sum(s.size for s in mine)
+            if held + size > self._sender_quota:
+                raise QuotaExceeded(f"your share of this node is used up: {held} of {self._sender_quota} bytes "
+                                    f"held, {size} more requested")
+
+    async def _owner_or_storage(self, msg: Message, cid: str, what: str) -> None:
+        role = self._admit(msg, ("user", "storage"), what)
+        if role == "user" and await self._thread(self.store.owner_of, cid) != msg.sender:
+            log.info("%s: refused %s of %s from %s (not the owner)", self.endpoint.identity, msg.kind, cid,
+                     msg.sender)
+            raise Forbidden(f"{what} on this node")
+
     async def _thread(self, fn, *args, **kwargs):
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
 
     # -- puts --------------------------------------------------------------
 
+    def _owner(self, msg: Message) -> str | None:
+        """Whom a put records as the blob's owner: a user (a repair copy has none)."""
+        return msg.sender if self.access.role(msg.sender) == "user" else None
+
     async def _put(self, msg: Message, request: StoragePut) -> StoragePutReply:
-        return StoragePutReply(await self._thread(self.store.put, request.data, request.cid, pin=request.pin))
+        self._admit_put(msg, len(request.data))
+        return StoragePutReply(await self._thread(self.store.put, request.data, request.cid, pin=request.pin,
+                                                  owner=self._owner(msg)))
 
     async def _begin(self, msg: Message, request: StoragePutBegin) -> StoragePutBeginReply:
-        if len(self._sessions) >= self._max_sessions:
-            raise StorageError("too many puts in progress on this node; retry later")
+        self._admit_put(msg, request.size)
         put = await self._thread(self.store.begin_put, request.cid, request.size)
         sid = secrets.token_bytes(16)
-        self._sessions[sid] = _Session(msg.sender, put, request.pin, trio.current_time() + self._session_timeout)
+        self._sessions[sid] = _Session(msg.sender, put, request.pin, trio.current_time() + self._session_timeout,
+                                       request.size)
         return StoragePutBeginReply(sid)
 
     def _session(self, msg: Message, sid: bytes) -> _Session:
@@ -177,7 +278,8 @@ class StorageNode:
         session = self._session(msg, request.session)
         async with session.lock:
             self._sessions.pop(request.session, None)
-            return StoragePutCommitReply(await self._thread(session.put.commit, pin=session.pin))
+            return StoragePutCommitReply(await self._thread(session.put.commit, pin=session.pin,
+                                                            owner=self._owner(msg)))
 
     async def _abort(self, msg: Message, request: StoragePutAbort) -> StoragePutAbortReply:
         session = self._session(msg, request.session)
@@ -197,7 +299,11 @@ class StorageNode:
             await self._thread(self.store.quarantine, cid)
             raise
 
+    def _admit_read(self, msg: Message) -> None:
+        self._admit(msg, ("user", "node", "storage"), "only registered users and consortium nodes read")
+
     async def _read(self, msg: Message, request: StorageGet) -> StorageGetReply:
+        self._admit_read(msg)
         cid = canonical_cid(request.cid)
         offset, length = request.offset, request.length
 
@@ -214,22 +320,27 @@ class StorageNode:
         return StorageGetReply(data, size)
 
     async def _leaves(self, msg: Message, request: StorageLeaves) -> StorageLeavesReply:
+        self._admit_read(msg)
         cid = canonical_cid(request.cid)
         size, digests = await self._guard_corrupt(cid, self.store.leaves, cid)
         return StorageLeavesReply(size, b"".join(digests))
 
     async def _has(self, msg: Message, request: StorageHas) -> StorageHasReply:
+        self._admit_read(msg)
         return StorageHasReply(await self._thread(self.store.has, request.cid))
 
     async def _pin(self, msg: Message, request: StoragePin) -> StoragePinReply:
+        await self._owner_or_storage(msg, request.cid, "only the blob's owner or a storage node pins")
         await self._thread(self.store.pin, request.cid)
         return StoragePinReply()
 
     async def _unpin(self, msg: Message, request: StorageUnpin) -> StorageUnpinReply:
+        await self._owner_or_storage(msg, request.cid, "only the blob's owner or a storage node unpins")
         await self._thread(self.store.unpin, request.cid)
         return StorageUnpinReply()
 
     async def _stat(self, msg: Message, request: StorageStat) -> StorageStatReply:
+        self._admit_read(msg)
         if request.cid is None:
             s = self.store.statistics()
             return StorageStatReply(NodeStatistics(
@@ -241,6 +352,7 @@ class StorageNode:
         return StorageStatReply(BlobStatistics(cid=b.cid, size=b.size, stored_bytes=b.stored_bytes, pinned=b.pinned))
 
     async def _list(self, msg: Message, request: StorageList) -> StorageListReply:
+        self._admit(msg, ("node", "storage"), "only consortium nodes list")
         after, limit = request.after or "", request.limit
         blobs = await self._thread(self.store.list)
         page = [b for b in blobs if b.cid > after][: limit + 1]

@@ -148,9 +148,10 @@ class TestConsortium:
         """A fresh bus key directory trusting the consortium's static keys."""
         return ConsortiumDirectory(dict(self.static_keys))
 
-    def token(self, subject: str, org: str, attributes: dict) -> bytes:
-        """``org``'s registrar's enrollment token for ``subject`` with ``attributes``."""
-        return enrollment_token(self.secrets[org], subject, org, attributes)
+    def token(self, subject: str, org: str, attributes: dict, enrolling: str) -> bytes:
+        """``org``'s registrar's enrollment token for ``subject`` with ``attributes``,
+        bound to the enrolling id ``enrolling`` (``enroll:<hex ECDSA key>``)."""
+        return enrollment_token(self.secrets[org], subject, org, attributes, enrolling)
 
     def orderer(self, data_dir: Path, **kw: Any) -> "OrdererAgent":
         """The embedded orderer over this genesis, storing its chain in ``data_dir``."""

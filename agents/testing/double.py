@@ -21,7 +21,8 @@ import trio
 import bus
 from core import canonical, pre
 from core.curve import G1
-from core.errors import ValidationError
+from core.enrollment import EnrollmentToken
+from core.errors import DecodeError, ValidationError
 from core.identity import Certificate
 from core.ledger import Block, Ledger, MemoryKV
 from core.protocol import codes, make_reencrypt_reply, share_context
@@ -31,7 +32,7 @@ from core.tx import Transaction
 from agents.consortium import ENROLL_PREFIX
 from agents.runtime import make_endpoint
 from agents.storage import BlobStore
-from agents.storage.node import StorageNode
+from agents.storage.node import StorageAccess, StorageNode
 from agents.testing.consortium import TestConsortium, split_peers
 
 __all__ = ["FakeConsortium"]
@@ -71,9 +72,9 @@ class FakeConsortium:
         self.stalled: set[str] = set()  # peers that answer nothing
         self._lock = trio.Lock()
 
-    def token(self, subject: str, org: str, attributes: dict) -> bytes:
-        """``org``'s registrar's enrollment token for ``subject``."""
-        return self.consortium.token(subject, org, attributes)
+    def token(self, subject: str, org: str, attributes: dict, enrolling: str) -> bytes:
+        """``org``'s registrar's enrollment token for ``subject``, bound to its enrolling id."""
+        return self.consortium.token(subject, org, attributes, enrolling)
 
     async def commit(self, raw: bytes) -> tuple[int, str]:
         async with self._lock:
@@ -103,7 +104,9 @@ class FakeConsortium:
                 ep.register(f"peer.{kind}", self._handler(pid, getattr(self, "_" + kind)))
         for sid, keys in self.storage_keys.items():
             ep = make_endpoint(node, sid, keys.ecdsa_private, self.directory)
-            store = StorageNode(ep, BlobStore(self.tmp / sid))
+            access = StorageAccess(frozenset(self.storage_keys), frozenset(self.peers),
+                                   lambda a: self.ledger.certificate(a) is not None)
+            store = StorageNode(ep, BlobStore(self.tmp / sid), access=access)
             await nursery.start(store.run)
 
     async def stop_peer(self, pid: str) -> None:
@@ -124,15 +127,22 @@ class FakeConsortium:
         if not msg.sender.startswith(ENROLL_PREFIX):
             raise bus.HandlerError(codes.ENROLL_INVALID, "enroll from an enroll: id")
         info = self.peers[pid]
-        if b["org"] != info.org or b["token"] != self.token(b["subject"], b["org"], b["attributes"]):
-            raise bus.HandlerError(codes.ENROLL_DENIED, "bad token or organization")
+        if b["org"] != info.org:
+            raise bus.HandlerError(codes.ENROLL_DENIED, "bad organization")
+        try:
+            EnrollmentToken.from_bytes(b["token"]).check(
+                self.consortium.secrets[b["org"]], subject=b["subject"], org=b["org"], attributes=b["attributes"],
+                enroll_key=bytes.fromhex(msg.sender[len(ENROLL_PREFIX):]), now=time.time())
+        except (DecodeError, ValidationError):
+            raise bus.HandlerError(codes.ENROLL_DENIED, "bad token") from None
         if self.ledger.certificate(b["subject"]) is not None:
             raise bus.HandlerError(codes.ENROLL_EXISTS, "subject already registered")
         now = int(time.time())
         cert = Certificate(secrets.token_hex(8), b["subject"], b["org"], b["attributes"],
                            bytes.fromhex(msg.sender[len(ENROLL_PREFIX):]), b["box_key"], b["pre_key"],
                            b["pre_proof"], now - 60, now + b["valid_s"], pid).sign(self.peer_keys[pid].ecdsa_private)
-        tx = Transaction.create("register", pid, {"cert": cert.to_dict()}, self.peer_keys[pid].ecdsa_private, now_ms())
+        tx = Transaction.create("register", pid, {"cert": cert.to_dict(), "token_id": secrets.token_bytes(16)},
+                                self.peer_keys[pid].ecdsa_private, now_ms())
         height, mark = await self.commit(tx.to_bytes())
         if mark != "ok":
             raise bus.HandlerError(codes.ENROLL_INVALID, mark)

@@ -32,13 +32,10 @@ from core.tx import Transaction
 
 __all__ = ["Cast", "Outcome", "Report", "bodies", "run", "REFUSALS"]
 
-REFUSALS = frozenset({"unknown-sender", "forbidden", "audit.forbidden", "share.forbidden", "access.forbidden", "request.unknown",
-                      "storage.bad-request", "enroll.denied", "busy"})
+REFUSALS = frozenset({"unknown-sender", "forbidden", "audit.forbidden", "share.forbidden", "access.forbidden",
+                      "request.unknown", "storage.forbidden", "storage.bad-request", "enroll.denied", "busy"})
 """The typed codes that count as a refusal (``unknown-sender``: the bus's own, e.g. the orderer,
 which knows no users at all)."""
-
-# kinds whose other-data rule another change owns (left out of the other-data column until it lands)
-PENDING_OBJECT_RULES = {"storage.unpin": "owner-only unpin (issue 13's storage part)"}
 
 
 @dataclass
@@ -170,7 +167,7 @@ async def run(cast: Cast, *, progress: Callable[[Outcome], None] | None = None) 
         if wrong:
             note(kind, "wrong-role", await _ask(wrong[0], to, kind, body))
         right = [ep for cls, ep in users.items() if cls in spec.senders]
-        if right and kind not in PENDING_OBJECT_RULES and _has_object(kind):
+        if right and _has_object(kind):
             note(kind, "other-data", await _ask(right[0], to, kind, body))
     for topic, tspec in TOPICS.items():
         to = cast.orderer if tspec.publisher == "orderer" else cast.peer
@@ -183,4 +180,5 @@ async def run(cast: Cast, *, progress: Callable[[Outcome], None] | None = None) 
 def _has_object(kind: str) -> bool:
     """Kinds about someone's data (the other-data column applies)."""
     return kind in {"peer.submit", "peer.query", "peer.audit", "peer.deliver_share", "peer.reencrypt",
-                    "patient.access_request", "storage.put.chunk", "storage.put.commit", "storage.put.abort"}
+                    "patient.access_request", "storage.put.chunk", "storage.put.commit", "storage.put.abort",
+                    "storage.pin", "storage.unpin"}

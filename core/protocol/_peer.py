@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Self
 
-from core import pre
+from core import enrollment, pre
 from core.errors import DecodeError
 from core.identity import MAX_ATTRIBUTES
 from core.ledger import REASON_CODES
@@ -31,7 +31,7 @@ MAX_ENTRIES = 1 << 20
 """Entries of a list reply (audit events, records): more than a frame can hold."""
 MAX_CID_LENGTH = 256
 BOX_KEY_SIZE = 32
-TOKEN_SIZE = 32  # HMAC-SHA256 (agents.enrollment_token)
+TOKEN_SIZE = enrollment.TOKEN_SIZE  # core.enrollment.EnrollmentToken.to_bytes
 MAX_PROXY_INDEX = 2**32 - 1  # a re-encrypted share carries its index in 4 bytes
 SIGNATURE_SIZE = 64
 EVENT_TYPES = ("access_request", "grant", "deny_request", "revoke_grant")
@@ -48,8 +48,9 @@ _TX_ID = Bytes(HASH_SIZE)
 @dataclass(frozen=True, slots=True)
 class PeerEnroll(Message):
     """From ``enroll:<hex key>``. ``valid_s``: the requested validity in seconds (the
-    peer accepts 1..10 years: ``enroll.invalid`` otherwise). ``token`` =
-    ``agents.enrollment_token(org secret, subject, org, attributes)``."""
+    peer accepts 1..10 years: ``enroll.invalid`` otherwise). ``token``: the
+    registrar's :class:`core.enrollment.EnrollmentToken` for this subject, org,
+    attributes and enrolling key (``agents.enrollment_token``)."""
 
     kind = "peer.enroll"
     subject: str = wire(Id())

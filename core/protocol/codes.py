@@ -75,6 +75,7 @@ ORDERER_BUSY = _code("orderer.busy", "orderer", "too many transactions queued; r
 ENROLL_DENIED = _code("enroll.denied", "peer", "the token, the organization or the peer refuses the enrollment")
 ENROLL_EXISTS = _code("enroll.exists", "peer", "the subject is already registered")
 ENROLL_INVALID = _code("enroll.invalid", "peer", "the enrollment is malformed (keys, proof, attributes, validity)")
+ENROLL_EXPIRED = _code("enroll.expired", "peer", "the enrollment token has expired (the registrar issues a new one)")
 SUBMIT_TIMEOUT = _code("submit.timeout", "peer", "the transaction was not committed in time")
 SUBMIT_UNAVAILABLE = _code("submit.unavailable", "peer", "the orderer did not take the transaction")
 AUDIT_FORBIDDEN = _code("audit.forbidden", "peer", "only the patient reads its audit trail")
@@ -118,6 +119,9 @@ STORAGE_TOO_LARGE = _code("storage.too-large", "storage", "the blob exceeds the 
 STORAGE_QUOTA_EXCEEDED = _code("storage.quota-exceeded", "storage", "the node's quota is used up")
 STORAGE_DISK_FULL = _code("storage.disk-full", "storage", "the node's disk is full")
 STORAGE_BAD_REQUEST = _code("storage.bad-request", "storage", "the request is malformed (body, CID, session, range)")
+STORAGE_FORBIDDEN = _code("storage.forbidden", "storage", "the sender may not do this on a storage node "
+                                                           "(not registered, not the blob's owner, not a node)")
+STORAGE_BUSY = _code("storage.busy", "storage", "too many put sessions open (the sender's or the node's); retry later")
 STORAGE_UNAVAILABLE = _code("storage.unavailable", "storage", "not enough replicas answered (client side)")
 
 # -- patient and doctor agents (agents.AgentError's codes) ----------------------------

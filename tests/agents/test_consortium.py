@@ -3,6 +3,7 @@ ledger's certificates through the orderer's blocks (core.lightclient underneath)
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import trio
@@ -16,6 +17,11 @@ from core import ecdsa, pre
 from core.identity import Certificate
 from core.ledger import Block
 from core.tx import Transaction
+
+
+def register_body(cert: dict | str) -> dict:
+    """A ``register`` body: the certificate and a fresh enrollment token id (core.enrollment)."""
+    return {"cert": cert, "token_id": secrets.token_bytes(16)}
 
 
 class World:
@@ -41,7 +47,7 @@ class World:
                            ecdsa.public_key(key), pre.box_keypair()[1], recv.public.to_bytes(),
                            recv.prove(subject).to_bytes(), now - 60, now + 3600, peer,
                            ).sign(self.peers[signer or peer].ecdsa_private)
-        return Transaction.create("register", peer, {"cert": cert.to_dict()}, self.peers[peer].ecdsa_private,
+        return Transaction.create("register", peer, register_body(cert.to_dict()), self.peers[peer].ecdsa_private,
                                   int(now * 1000)).to_bytes()
 
     def revoke(self, submitter: str, subject: str) -> bytes:

@@ -28,7 +28,7 @@ from agents.testing.consortium import CARDIOLOGY_POLICY as POLICY
 from agents.testing.consortium import swarm_user_config
 from agents.storage import BlobStore
 from agents.storage.client import StorageClient
-from agents.storage.node import StorageNode
+from agents.storage.node import StorageAccess, StorageNode
 from agents.swarm import Swarm, SwarmSpec
 from bus import open_node
 from core import ecdsa
@@ -146,7 +146,8 @@ async def _storage(tmp_path, n=3, **client_opts):
         gates, nodes = {}, {}
         for ident in ids[:-1]:
             gates[ident] = _Gated(ep(bus, ident))
-            nodes[ident] = StorageNode(gates[ident], BlobStore(tmp_path / ident))
+            access = StorageAccess(frozenset(ids[:-1]), frozenset(), {"client"}.__contains__)  # client: a user
+            nodes[ident] = StorageNode(gates[ident], BlobStore(tmp_path / ident), access=access)
             nursery.start_soon(nodes[ident].run)
         client = StorageClient(ep(bus, "client"), ids[:-1], background=nursery, **client_opts)
         yield client, nodes, gates
@@ -222,7 +223,7 @@ async def test_stores_with_a_storage_node_killed(tmp_path):
     with trio.fail_after(90):
         async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm", processes=True), fresh=True) as swarm:
             async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p:
-                await p.register(swarm.token(*PATIENT))
+                await p.register(swarm.token(*PATIENT, p.enroll_id))
                 await p.store(b"warm-up", label="cardiology", media_type="text/plain")
                 swarm.kill("storage-3")
                 durations: dict = {}
@@ -254,7 +255,7 @@ async def test_peer_killed_and_peer_stalled_then_below_threshold(tmp_path):
                     DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d, \
                     DoctorAgent.open(swarm_user_config(swarm, *DOCTOR2), node=swarm.node) as d2:
                 for agent, who in ((p, PATIENT), (d, DOCTOR), (d2, DOCTOR2)):
-                    await agent.register(swarm.token(*who))
+                    await agent.register(swarm.token(*who, agent.enroll_id))
                 await p.set_policy(POLICY)
                 first = await p.store(b"before the faults", label="cardiology", media_type="text/plain")
                 assert await d.read("alice", first) == b"before the faults"  # d holds a grant now

@@ -87,7 +87,7 @@ async def test_every_registry_kind_is_served_by_its_server(tmp_path, monkeypatch
             cfg = UserConfig(subject="alice", org="hospital-a", attributes={"role": "patient"},
                              data_dir=tmp_path / "alice", manifest=m, passphrase="pw", fast_kdf=True)
             async with PatientAgent.open(cfg, node=swarm.node) as alice:
-                await alice.register(swarm.token("alice", "hospital-a", {"role": "patient"}))
+                await alice.register(swarm.token("alice", "hospital-a", {"role": "patient"}, alice.enroll_id))
                 servers = {"orderer": [m.orderer], "peer": m.peers, "storage": m.storage, "patient": ["alice"]}
                 # what each agent registered is exactly its server's kinds in the registry
                 for server, agents in servers.items():

@@ -45,7 +45,7 @@ async def _world(tmp_path):
         for who, cls in ((ALICE, PatientAgent), (HEART, DoctorAgent), (MALLORY, PatientAgent),
                          (EVIL, DoctorAgent)):
             agent = await stack.enter_async_context(cls.open(_cfg(swarm, *who), node=swarm.node))
-            await agent.register(swarm.token(*who))
+            await agent.register(swarm.token(*who, agent.enroll_id))
             agents[who[0]] = agent
         yield swarm, agents
 

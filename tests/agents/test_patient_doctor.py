@@ -35,6 +35,7 @@ from agents.testing.consortium import SHARING_POLICY as POLICY
 from agents.testing.consortium import user_config
 from agents.testing.double import FakeConsortium
 from agents.testing.fhir import encode_bundle, generate_bundle
+from core.enrollment import TOKEN_SIZE
 
 FHIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-r4"
 
@@ -59,7 +60,7 @@ class World:
 
     async def registered(self, stack, cls, subject, org, attributes, **kw):
         agent = await stack.enter_async_context(cls.open(self.config(subject, org, attributes), node=self.node, **kw))
-        await agent.register(self.fake.token(subject, org, attributes))
+        await agent.register(self.fake.token(subject, org, attributes, agent.enroll_id))
         return agent
 
 
@@ -246,11 +247,11 @@ async def test_registration_errors_and_duplicates(world):
             cfg = world.config("bob", "hospital-a", {"role": "patient"})
             bob = await stack.enter_async_context(PatientAgent.open(cfg, node=world.node))
             with pytest.raises(RegistrationError) as info:
-                await bob.register(b"\x00" * 32)
+                await bob.register(bytes(TOKEN_SIZE))
             assert info.value.code == "enroll.denied"
             with pytest.raises(RegistrationError):
                 await bob.store(b"x", label="l", media_type="text/plain")  # not registered yet
-            await bob.register(world.fake.token("bob", "hospital-a", {"role": "patient"}))
+            await bob.register(world.fake.token("bob", "hospital-a", {"role": "patient"}, bob.enroll_id))
             await bob.store(b"x", label="l", media_type="text/plain", record_id="r1")
             with pytest.raises(TransactionRejected) as info:
                 await bob.store(b"y", label="l", media_type="text/plain", record_id="r1")
@@ -260,7 +261,8 @@ async def test_registration_errors_and_duplicates(world):
         other.data_dir = world.tmp / "users" / "bob-impostor"
         async with PatientAgent.open(other, node=world.node) as impostor:
             with pytest.raises(RegistrationError) as info:
-                await impostor.register(world.fake.token("bob", "hospital-a", {"role": "patient"}))
+                await impostor.register(world.fake.token("bob", "hospital-a", {"role": "patient"},
+                                                        impostor.enroll_id))
             assert info.value.code == "enroll.exists"
 
 
@@ -274,8 +276,8 @@ async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy
                 world.config(subject, org, attrs, request_timeout=2.0), node=world.node))
                 for cls, subject, org, attrs in ((PatientAgent, "alice", "hospital-a", {"role": "patient"}),
                                                  (DoctorAgent, "dr-heart", "hospital-b", CARDIO))]
-            await alice.register(world.fake.token("alice", "hospital-a", {"role": "patient"}))
-            await heart.register(world.fake.token("dr-heart", "hospital-b", CARDIO))
+            await alice.register(world.fake.token("alice", "hospital-a", {"role": "patient"}, alice.enroll_id))
+            await heart.register(world.fake.token("dr-heart", "hospital-b", CARDIO, heart.enroll_id))
             await alice.set_policy(POLICY)
             world.fake.mute_after_commit.update({"peer-a1", "peer-b1"})  # both home peers
             before = len(world.fake.submissions)

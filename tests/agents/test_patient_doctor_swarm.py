@@ -59,7 +59,7 @@ class Users:
         agent = await stack.enter_async_context(
             cls.open(self.config(subject, org, attributes, request_timeout=timeout), node=self.swarm.node, **kw))
         if register:
-            await agent.register(self.swarm.token(subject, org, attributes))
+            await agent.register(self.swarm.token(subject, org, attributes, agent.enroll_id))
         return agent
 
 

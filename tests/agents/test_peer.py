@@ -20,11 +20,14 @@ from agents.peer import REENCRYPTION_TAG, PeerAgent, share_context
 from agents.consortium import Manifest, enroll_id, enrollment_token
 from agents.keys import AgentKeys
 from agents.runtime import make_endpoint
-from core import canonical, ecdsa, pre
+from core import canonical, ecdsa, enrollment, pre
 from core.cid import compute as compute_cid
-from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
+from core.enrollment import EnrollmentToken
+from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import make_genesis
+from core.lightclient import CertificateLightClient
 from core.policy import parse as parse_policy
+from core.state import token_key
 from core.tx import Transaction
 
 POLICY = """
@@ -86,10 +89,13 @@ class User:
 
 
 def enroll_body(c: Consortium, keys: AgentKeys, subject: str, org: str, attrs: dict, token: bytes | None = None):
+    """A ``peer.enroll`` body from ``keys``, with a fresh token bound to them unless ``token`` is given."""
     recv = keys.receive
+    if token is None:
+        token = enrollment_token(c.secrets[org], subject, org, attrs, enroll_id(keys.ecdsa_public))
     return {"subject": subject, "org": org, "attributes": attrs, "box_key": keys.box_public,
             "pre_key": recv.public.to_bytes(), "pre_proof": recv.prove(subject).to_bytes(), "valid_s": 86400,
-            "token": token if token is not None else enrollment_token(c.secrets[org], subject, org, attrs)}
+            "token": token}
 
 
 async def enroll(c: Consortium, node: bus.Node, peer: str, subject: str, org: str, attrs: dict,
@@ -141,7 +147,8 @@ async def test_enrollment_good_bad_and_duplicate(tmp_path):
             with pytest.raises(bus.RemoteError) as info:  # token made with the wrong secret
                 await ep.request("peer-a-1", "peer.enroll", enroll_body(
                     c, keys, "mallory", "org-a", {"role": "doctor"},
-                    token=enrollment_token(secrets.token_bytes(32), "mallory", "org-a", {"role": "doctor"})))
+                    token=enrollment_token(secrets.token_bytes(32), "mallory", "org-a", {"role": "doctor"},
+                                           enroll_id(keys.ecdsa_public))))
             assert info.value.code == "enroll.denied"
             with pytest.raises(bus.RemoteError) as info:  # token for other attributes
                 body = enroll_body(c, keys, "mallory", "org-a", {"role": "patient"})
@@ -165,6 +172,73 @@ async def test_enrollment_good_bad_and_duplicate(tmp_path):
             with pytest.raises(bus.RemoteError) as info:
                 await ep.request("peer-a-1", "peer.query", {"what": "policy", "patient": "alice"})
             assert info.value.code == "forbidden"
+
+
+async def test_enrollment_tokens_are_bound_to_the_key_expire_and_enroll_once(tmp_path):
+    c = Consortium(tmp_path)
+    attrs = {"role": "doctor", "department": "cardiology"}
+    with trio.fail_after(30):
+        async with running(c) as (node, orderer, peers, _):
+            victim, attacker = AgentKeys.generate(), AgentKeys.generate()
+            victim_ep = make_endpoint(node, enroll_id(victim.ecdsa_public), victim.ecdsa_private,
+                                      c.manifest.directory())
+            attacker_ep = make_endpoint(node, enroll_id(attacker.ecdsa_public), attacker.ecdsa_private,
+                                        c.manifest.directory())
+            # a token captured on the network, replayed from the attacker's own key: refused, nothing written
+            captured = enrollment_token(c.secrets["org-a"], "dr-v", "org-a", attrs, enroll_id(victim.ecdsa_public))
+            height = peers["peer-a-1"].height
+            with pytest.raises(bus.RemoteError) as info:
+                await attacker_ep.request("peer-a-1", "peer.enroll",
+                                          enroll_body(c, attacker, "dr-v", "org-a", attrs, token=captured))
+            assert info.value.code == "enroll.denied"
+            # an expired token: refused with its own code
+            stale = enrollment_token(c.secrets["org-a"], "dr-v", "org-a", attrs, enroll_id(victim.ecdsa_public),
+                                     ttl_s=3600, now=time.time() - 7200)
+            with pytest.raises(bus.RemoteError) as info:
+                await victim_ep.request("peer-a-1", "peer.enroll", enroll_body(c, victim, "dr-v", "org-a", attrs,
+                                                                               token=stale))
+            assert info.value.code == "enroll.expired"
+            assert peers["peer-a-1"].height == height and peers["peer-a-1"].ledger.certificate("dr-v") is None
+            # the victim's own key enrolls with the captured token; the certificate carries the victim's key
+            reply = await victim_ep.request("peer-a-1", "peer.enroll",
+                                            enroll_body(c, victim, "dr-v", "org-a", attrs, token=captured))
+            assert reply["cert"]["ecdsa_key"] == victim.ecdsa_public
+            # used twice: refused (the subject exists; a token re-issued with the same id for another subject too)
+            with pytest.raises(bus.RemoteError) as info:
+                await victim_ep.request("peer-a-2", "peer.enroll",
+                                        enroll_body(c, victim, "dr-v", "org-a", attrs, token=captured))
+            assert info.value.code == "enroll.exists"
+            spent_id = EnrollmentToken.from_bytes(captured).token_id
+            reissued = enrollment.issue(c.secrets["org-a"], subject="dr-w", org="org-a", attributes=attrs,
+                                        enroll_key=attacker.ecdsa_public, expires=int(time.time()) + 3600,
+                                        token_id=spent_id).to_bytes()
+            for p in peers.values():
+                await p.wait_for_height(reply["height"])
+            with pytest.raises(bus.RemoteError) as info:
+                await attacker_ep.request("peer-a-2", "peer.enroll",
+                                          enroll_body(c, attacker, "dr-w", "org-a", attrs, token=reissued))
+            assert info.value.code == "enroll.denied" and "used before" in info.value.message
+            # a register transaction spending the token again (a peer racing, or skipping its check) is invalid
+            # on every peer and in the certificate light client
+            recv = attacker.receive
+            now = int(time.time())
+            cert = Certificate("serial-w", "dr-w", "org-a", attrs, attacker.ecdsa_public, attacker.box_public,
+                               recv.public.to_bytes(), recv.prove("dr-w").to_bytes(), now - 60, now + 3600,
+                               "peer-a-1").sign(c.peer_keys["peer-a-1"].ecdsa_private)
+            tx = Transaction.create("register", "peer-a-1", {"cert": cert.to_dict(), "token_id": spent_id},
+                                    c.peer_keys["peer-a-1"].ecdsa_private, now * 1000)
+            [(_, at, mark)] = await peers["peer-a-1"].submit([tx.to_bytes()], wait=True)
+            assert mark == "duplicate"
+            light = CertificateLightClient(c.genesis)
+            for p in peers.values():
+                await p.wait_for_height(at)
+                assert p.ledger.certificate("dr-w") is None
+                assert p.ledger.get(token_key("org-a", spent_id)) == "dr-v"
+            for raw in peers["peer-b-3"].store.blocks(1, at):
+                light.apply(raw)
+            assert "dr-v" in light.certificates() and "dr-w" not in light.certificates()
+            await victim_ep.aclose()
+            await attacker_ep.aclose()
 
 
 async def test_full_flow_shares_reencryption_revocation_events(tmp_path):

@@ -10,7 +10,7 @@ import trio
 
 from agents.storage import BlobStore, CidMismatch, NotFound, QuotaExceeded, Unavailable
 from agents.storage.client import StorageClient
-from agents.storage.node import StorageNode
+from agents.storage.node import StorageAccess, StorageNode
 from bus import open_node
 from core import ecdsa
 from core.cid import CHUNK_SIZE, compute
@@ -19,10 +19,19 @@ MiB = 1 << 20
 
 
 @asynccontextmanager
-async def swarm(tmp_path, n=3, *, quota=None, max_blob=256 * MiB, session_timeout=120.0, **client_opts):
-    ids = [f"s{i}" for i in range(n)] + ["client"]
+async def swarm(tmp_path, n=3, *, quota=None, max_blob=256 * MiB, session_timeout=120.0, client_role="storage",
+                node_opts=None, **client_opts):
+    """``n`` nodes s0.. and a client ``client`` acting as ``client_role`` ("storage": the
+    repair process; "user": a registered user). ``client.endpoint_for(ident)`` makes
+    endpoints for "alice" and "bob" (registered users), "peer" (a consortium node) and
+    "stranger" (a known key, not registered)."""
+    node_ids = [f"s{i}" for i in range(n)]
+    ids = [*node_ids, "client", "alice", "bob", "peer", "stranger"]
     keys = {i: ecdsa.generate_private_key() for i in ids}
     pubs = {i: ecdsa.public_key(k) for i, k in keys.items()}
+    storage = {*node_ids, *(["client"] if client_role == "storage" else [])}
+    users = {"alice", "bob", *(["client"] if client_role == "user" else [])}
+    access = StorageAccess(frozenset(storage), frozenset({"peer"}), users.__contains__)
 
     def ep(node, ident):
         return node.endpoint(
@@ -34,11 +43,13 @@ async def swarm(tmp_path, n=3, *, quota=None, max_blob=256 * MiB, session_timeou
 
     async with open_node() as bus, trio.open_nursery() as nursery:
         nodes = {}
-        for ident in ids[:-1]:
+        for ident in node_ids:
             store = BlobStore(tmp_path / ident, quota_bytes=quota, max_blob=max_blob)
-            nodes[ident] = StorageNode(ep(bus, ident), store, session_timeout=session_timeout)
+            nodes[ident] = StorageNode(ep(bus, ident), store, access=access, session_timeout=session_timeout,
+                                       **(node_opts or {}))
             nursery.start_soon(nodes[ident].run)
-        client = StorageClient(ep(bus, "client"), ids[:-1], **client_opts)
+        client = StorageClient(ep(bus, "client"), node_ids, **client_opts)
+        client.endpoint_for = lambda ident: ep(bus, ident)  # other senders, for the admission tests
         yield client, nodes
         nursery.cancel_scope.cancel()
 
@@ -230,3 +241,72 @@ async def test_idle_put_session_is_aborted_and_quota_released(tmp_path) -> None:
                     "s0", "storage.put.chunk", {"session": begun["session"], "offset": 1000, "data": b"a"}
                 )
             assert info.value.code == "storage.bad-request"
+
+
+async def test_admission_who_may_put_read_list_and_unpin(tmp_path) -> None:
+    from agents.storage import Forbidden
+    from core.protocol import StorageList, StorageListReply, StorageUnpin, StorageUnpinReply
+
+    with trio.fail_after(30):
+        async with swarm(tmp_path, n=1, replicas=1, write_quorum=1) as (repair, nodes):
+            node = nodes["s0"]
+            alice, bob, peer, stranger = (StorageClient(repair.endpoint_for(i), ["s0"], replicas=1, write_quorum=1)
+                                          for i in ("alice", "bob", "peer", "stranger"))
+            cid = await alice.put(b"alice's record")
+            assert node.store.owner_of(cid) == "alice"
+            assert await bob.get(cid) == b"alice's record" and await peer.get(cid) == b"alice's record"
+            for who in (stranger, peer):  # not registered / not a user: no puts
+                with pytest.raises(Unavailable) as info:
+                    await who.put(b"junk")
+                assert all(isinstance(e, Forbidden) for e in info.value.causes.values())
+            with pytest.raises(Unavailable):
+                await stranger.get(cid)
+            # list only for consortium nodes
+            with pytest.raises(Forbidden):
+                await bob._call("s0", StorageList(None, 10), StorageListReply)
+            assert [c for c, _, _ in await peer.list("s0")] == [cid]
+            # unpin only by the owner or a storage node
+            with pytest.raises(Forbidden):
+                await bob._call("s0", StorageUnpin(cid), StorageUnpinReply)
+            assert node.store.is_pinned(cid)
+            assert await alice.unpin(cid) == 1 and not node.store.is_pinned(cid)
+            node.store.pin(cid)
+            assert await repair.unpin(cid) == 1 and not node.store.is_pinned(cid)
+            assert len(node.store.list()) == 1  # nothing the refused senders sent was stored
+
+
+async def test_per_sender_quota_and_put_sessions(tmp_path) -> None:
+    from agents.storage import Busy
+    from core.protocol import StoragePutBegin, StoragePutBeginReply
+
+    opts = {"sessions_per_sender": 2, "sender_quota": 100_000}
+    with trio.fail_after(30):
+        async with swarm(tmp_path, n=1, replicas=1, write_quorum=1, node_opts=opts) as (repair, nodes):
+            alice, bob = (StorageClient(repair.endpoint_for(i), ["s0"], replicas=1, write_quorum=1)
+                          for i in ("alice", "bob"))
+            # alice holds her share of put sessions; a third is refused, bob's put still succeeds
+            for _ in range(2):
+                await alice._call("s0", StoragePutBegin(10), StoragePutBeginReply)
+            with pytest.raises(Busy):
+                await alice._call("s0", StoragePutBegin(10), StoragePutBeginReply)
+            assert await bob.get(await bob.put(b"bob still stores")) == b"bob still stores"
+            # bytes: bob may store up to his share, then QuotaExceeded
+            await bob.put(os.urandom(60_000))
+            with pytest.raises(QuotaExceeded):
+                await bob.put(os.urandom(60_000))
+            # the repair process (a storage node) has no per-sender share
+            await repair.put(os.urandom(150_000))
+
+
+async def test_idle_put_sessions_expire_and_free_the_senders_slots(tmp_path, autojump_clock) -> None:
+    from core.protocol import StoragePutBegin, StoragePutBeginReply
+
+    opts = {"sessions_per_sender": 1}
+    async with swarm(tmp_path, n=1, replicas=1, write_quorum=1, session_timeout=10.0,
+                     node_opts=opts) as (repair, nodes):
+        # file work runs in threads while the clock jumps: no request timeout may fire meanwhile
+        alice = StorageClient(repair.endpoint_for("alice"), ["s0"], replicas=1, write_quorum=1, timeout=1e6)
+        await alice._call("s0", StoragePutBegin(10), StoragePutBeginReply)
+        await trio.sleep(30)  # idle past the timeout: the reaper aborts it
+        assert not nodes["s0"]._sessions
+        await alice._call("s0", StoragePutBegin(10), StoragePutBeginReply)

@@ -35,6 +35,8 @@ class NodeProcess:
             "--listen", "tcp://127.0.0.1:0",
             "--key-file", str(self.base / f"{self.ident}.key"),
             "--directory", str(self.base / "directory.json"),
+            # the other nodes and the test's client (which runs the repair) act as storage nodes
+            *[arg for ident in ["s1", "s2", "s3", "s4", "client"] for arg in ("--storage", ident)],
         ]  # fmt: skip
         with open(self.base / f"{self.ident}.log", "ab") as log:
             self.proc = await trio.lowlevel.open_process(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log)

@@ -28,8 +28,8 @@ async def test_swarm_resumes_from_its_data_directory(tmp_path):
             genesis = swarm.manifest.genesis
             async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p, \
                     DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d:
-                await p.register(swarm.token(*PATIENT))
-                await d.register(swarm.token(*DOCTOR))
+                await p.register(swarm.token(*PATIENT, p.enroll_id))
+                await d.register(swarm.token(*DOCTOR, d.enroll_id))
                 rid = await p.store(record, label="cardiology", media_type="application/fhir+json")
                 await p.set_policy(POLICY)
                 assert await d.read("alice", rid) == record
@@ -80,9 +80,10 @@ async def test_processes_mode_tolerates_faults(tmp_path):
                     DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d, \
                     DoctorAgent.open(swarm_user_config(swarm, "dr-x", "hospital-a", {"role": "doctor", "department": "x"}),
                                      node=swarm.node) as other:
-                await p.register(swarm.token(*PATIENT))
-                await d.register(swarm.token(*DOCTOR))
-                await other.register(swarm.token("dr-x", "hospital-a", {"role": "doctor", "department": "x"}))
+                await p.register(swarm.token(*PATIENT, p.enroll_id))
+                await d.register(swarm.token(*DOCTOR, d.enroll_id))
+                await other.register(swarm.token("dr-x", "hospital-a", {"role": "doctor", "department": "x"},
+                                                  other.enroll_id))
                 await p.set_policy(POLICY)
                 for i in range(4):
                     data = encode_bundle(generate_bundle(seed=i, size_kib=8 + i))
@@ -137,8 +138,8 @@ async def test_processes_mode_oversize_batches_do_not_halt_the_ledger(tmp_path):
         async with Swarm.open(spec, fresh=True) as swarm:
             async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p, \
                     DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d:
-                await p.register(swarm.token(*PATIENT))
-                await d.register(swarm.token(*DOCTOR))
+                await p.register(swarm.token(*PATIENT, p.enroll_id))
+                await d.register(swarm.token(*DOCTOR, d.enroll_id))
                 await p.set_policy(POLICY)
                 start = (await p.endpoint.request("peer-a1", "peer.query", {"what": "head"}))["height"]
                 peers = list(swarm.manifest.peers)

@@ -308,3 +308,32 @@ def test_create_encoded_wire_equals_encode(body, corr):
     )
     assert wire == env.encode()
     assert decode_envelope(wire).encode() == wire  # (NaN bodies never compare equal)
+
+
+ext_values = st.builds(msgpack.Timestamp, st.integers(-(2**34), 2**34 - 1), st.integers(0, 999_999_999)) | st.builds(
+    msgpack.ExtType, st.integers(0, 127), st.binary(max_size=16))
+
+
+@given(body=msgpack_values, ext=ext_values, where=st.sampled_from(["body", "value", "key", "nested"]))
+@settings(max_examples=200, deadline=None)
+def test_extension_types_anywhere_are_malformed(body, ext, where):
+    """The format allows nil, bool, int, float, str, bin, arrays and maps only: the
+    timestamp extension (-1), which msgpack decodes without the ext hook, included."""
+    env = make(body=body)
+    fields = [env.version, int(env.type), env.kind, env.msg_id, env.correlation_id, env.sender, env.recipient,
+              env.timestamp, env.nonce, env.body, env.signature]
+    if where == "body":
+        fields[9] = ext
+    elif where == "value":
+        fields[9] = {"x": ext, "y": body}
+    elif where == "key":
+        fields[9] = {ext: body} if isinstance(ext, msgpack.Timestamp) else {"k": [body, ext]}
+    else:
+        fields[9] = [body, {"deep": [[ext]]}]
+    wire = msgpack.packb(fields, use_bin_type=True)
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(wire)
+    assert info.value.reason == "malformed"
+    # the same envelope without the extension decodes
+    fields[9] = body
+    check(decode_envelope(msgpack.packb(fields, use_bin_type=True)))

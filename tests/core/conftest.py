@@ -4,6 +4,7 @@ transactions and blocks, and a full Ledger over memory (``chain`` fixture)."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 import pytest
 
@@ -16,6 +17,11 @@ from core.tx import Transaction
 from agents.testing.consortium import TestConsortium, split_peers
 
 T0 = 1_780_000_000  # seconds
+
+
+def register_body(cert: dict | str) -> dict:
+    """A ``register`` body: the certificate and a fresh enrollment token id (core.enrollment)."""
+    return {"cert": cert, "token_id": secrets.token_bytes(16)}
 
 
 class Chain:
@@ -62,7 +68,8 @@ rule cardio:
         return Transaction.create(tx_type, submitter, body, key or self.keys[submitter], self.time_ms)
 
     def register_tx(self, subject: str, org: str, role: str = "patient", *, peer: str = "p1", **kw) -> Transaction:
-        return self.tx("register", peer, {"cert": self.cert(subject, org, {"role": role}, peer=peer, **kw).to_dict()})
+        cert = self.cert(subject, org, {"role": role}, peer=peer, **kw)
+        return self.tx("register", peer, register_body(cert.to_dict()))
 
     def make_block(self, *txs: Transaction | bytes, key: bytes | None = None) -> Block:
         """The next block (after the last one made), not applied."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 import pytest
 
@@ -18,6 +19,11 @@ from agents.testing.consortium import SHARING_POLICY as POLICY
 from agents.testing.consortium import TestConsortium, split_peers
 
 T0 = 1_780_000_000  # seconds; a Tuesday, 2026-05-28 20:26:40 UTC
+
+
+def register_body(cert: dict | str) -> dict:
+    """A ``register`` body: the certificate and a fresh enrollment token id (core.enrollment)."""
+    return {"cert": cert, "token_id": secrets.token_bytes(16)}
 
 
 class Consortium:
@@ -57,7 +63,7 @@ class Consortium:
 
     def register(self, subject, org, attrs, peer="peer1", **kw):
         cert = self.cert(subject, org, attrs, peer=peer, **kw)
-        return self.block(self.tx("register", peer, {"cert": cert.to_dict()}))[1].marks[0]
+        return self.block(self.tx("register", peer, register_body(cert.to_dict())))[1].marks[0]
 
 
 @pytest.fixture
@@ -207,18 +213,18 @@ rule day:
 def test_registration_rules(c):
     # a peer of org-a cannot issue for org-b
     cert = c.cert("bob", "org-b", {"role": "patient"}, peer="peer1")
-    assert c.block(c.tx("register", "peer1", {"cert": cert.to_dict()}))[1].marks == ("forbidden",)
+    assert c.block(c.tx("register", "peer1", register_body(cert.to_dict())))[1].marks == ("forbidden",)
     # a user cannot register others
     cert = c.cert("carol", "org-a", {"role": "patient"})
-    assert c.block(c.tx("register", "alice", {"cert": cert.to_dict()}))[1].marks == ("forbidden",)
+    assert c.block(c.tx("register", "alice", register_body(cert.to_dict())))[1].marks == ("forbidden",)
     # a bad proof of possession
     d = cert.to_dict()
     d["pre_proof"] = pre.KeyPair.derive(pre.new_master_secret(), "receive").prove("carol").to_bytes()
     bad = Certificate.from_dict(d).sign(c.peer_keys["peer1"])
-    assert c.block(c.tx("register", "peer1", {"cert": bad.to_dict()}))[1].marks == ("bad_certificate",)
+    assert c.block(c.tx("register", "peer1", register_body(bad.to_dict())))[1].marks == ("bad_certificate",)
     # a certificate not signed by the submitting peer
     other = Certificate.from_dict({**cert.to_dict(), "signature": b""}).sign(c.peer_keys["peer2"])
-    assert c.block(c.tx("register", "peer1", {"cert": other.to_dict()}))[1].marks == ("bad_certificate",)
+    assert c.block(c.tx("register", "peer1", register_body(other.to_dict())))[1].marks == ("bad_certificate",)
     # duplicate subject
     assert c.register("alice", "org-a", {"role": "patient"}) == "duplicate"
 
@@ -261,7 +267,7 @@ def test_two_ledgers_same_blocks_same_root():
     kv_a, kv_b = MemoryKV(), MemoryKV()
     la, lb = Ledger(c.genesis, kv_a), Ledger(c.genesis, kv_b)
     cert = c.cert("alice", "org-a", {"role": "patient"})
-    txs = [c.tx("register", "peer1", {"cert": cert.to_dict()})]
+    txs = [c.tx("register", "peer1", register_body(cert.to_dict()))]
     txs += [c.tx("store", "alice", store_body(f"r{i}")) for i in range(5)]
     txs.append(c.tx("store", "alice", store_body("r0")))  # an invalid one (duplicate)
     for tx in txs:
@@ -352,7 +358,7 @@ def test_reserved_attributes_come_only_from_the_certificate(c):
     cert = c.cert("mallory", "org-a", {"role": "doctor", "department": "x"})
     d = cert.to_dict()
     d["attributes"] = {"role": "doctor", "organization": "org-b", "id": "dave"}
-    assert c.block(c.tx("register", "peer1", {"cert": d}))[1].marks == ("bad_certificate",)
+    assert c.block(c.tx("register", "peer1", register_body(d)))[1].marks == ("bad_certificate",)
     assert c.ledger.certificate("mallory") is None
     c.block(c.tx("store", "alice", store_body()),
             c.tx("set_policy", "alice", {"policy": parse_policy(SHADOW_POLICY).to_msgpack()}))
@@ -502,7 +508,7 @@ def test_effect_key_and_shows_effect_for_every_transaction_type(chain):
     commit(c.tx("revoke_cert", "p3", {"subject": "dave", "reason": "left"}))
     assert covered == set(TX_TYPES)
     # a body that does not name its entry cannot have committed
-    for tx_type, body in [("store", {}), ("grant", {"grant_id": 5}), ("register", {"cert": "x"}),
+    for tx_type, body in [("store", {}), ("grant", {"grant_id": 5}), ("register", register_body("x")),
                           ("revoke_cert", {"subject": "a/b"})]:
         with pytest.raises(DecodeError):
             effect_key(c.tx(tx_type, "alice", body))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -10,6 +12,11 @@ from core.errors import DecodeError, ValidationError
 from core.ledger import Block, merkle_root
 from core.lightclient import CertificateChange, CertificateLightClient
 from core.state import certs_prefix
+
+
+def register_body(cert: dict | str) -> dict:
+    """A ``register`` body: the certificate and a fresh enrollment token id (core.enrollment)."""
+    return {"cert": cert, "token_id": secrets.token_bytes(16)}
 
 
 def ledger_certificates(chain) -> dict:
@@ -39,8 +46,8 @@ def test_register_rules_agree(chain):
     other_org = c.register_tx("mallory", "org-a", peer="p3")  # a peer of org-b issuing for org-a
     forged = c.register_tx("eve", "org-a", signer="p2")  # issued by p1, signed by p2
     bad_proof = c.register_tx("trudy", "org-a", proof_for="someone-else")
-    by_user = c.tx("register", "alice", {"cert": c.cert("oscar", "org-a", {"role": "patient"}).to_dict()})
-    wrong_key = c.tx("register", "p1", {"cert": c.cert("peggy", "org-a", {"role": "patient"}).to_dict()},
+    by_user = c.tx("register", "alice", register_body(c.cert("oscar", "org-a", {"role": "patient"}).to_dict()))
+    wrong_key = c.tx("register", "p1", register_body(c.cert("peggy", "org-a", {"role": "patient"}).to_dict()),
                      key=c.peer_keys["p2"])
     changes, marks = feed(c, lc, good)
     assert marks == ("ok",)

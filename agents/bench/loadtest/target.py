@@ -36,7 +36,7 @@ from agents.consortium import Manifest, enrollment_token
 class Target:
     manifest: Manifest
     node: Any  # bus.Node the users attach to
-    token: Callable[[str, str, dict], bytes]
+    token: Callable[[str, str, dict, str], bytes]  # (subject, org, attributes, enroll id) -> token
     user_dir: Callable[[str], Path]
     description: str
     swarm: Any = None  # agents.swarm.Swarm when embedded
@@ -80,10 +80,10 @@ async def existing(config_path: Path) -> AsyncIterator[Target]:
     secrets_ = {k: bytes.fromhex(v) for k, v in json.loads(cfg["enroll_secrets"].read_text()).items()}
     users = cfg["users_dir"] or Path(tempfile.mkdtemp(prefix="emrshare-loadtest-users-"))
 
-    def token(subject: str, org: str, attributes: dict) -> bytes:
+    def token(subject: str, org: str, attributes: dict, enrolling: str) -> bytes:
         if org not in secrets_:
             raise ValueError(f"no enrollment secret for {org!r} in {cfg['enroll_secrets']}")
-        return enrollment_token(secrets_[org], subject, org, attributes)
+        return enrollment_token(secrets_[org], subject, org, attributes, enrolling)
 
     async with bus.open_node(routes=manifest.agents) as node:
         yield Target(manifest, node, token, lambda s: users / s,

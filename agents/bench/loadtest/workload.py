@@ -250,7 +250,7 @@ class EmrWorkload:
                         nursery.start_soon(one, item)
 
             await each(patients + doctors, lambda a: timed(
-                "register", lambda: a[0].register(target.token(a[0].subject, a[1], a[2]))))
+                "register", lambda: a[0].register(target.token(a[0].subject, a[1], a[2], a[0].enroll_id))))
             await each(self.users.patients, lambda p: timed("set_policy", lambda: p.set_policy(POLICY)))
             rng = random.Random(spec.seed ^ 0x5EED)
             initial = [(p, self._choose_record(rng)) for p in self.users.patients for _ in range(spec.initial_records)]
