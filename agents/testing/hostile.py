@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import bus
+from core.enrollment import TOKEN_SIZE
 from core.protocol import KINDS, TOPICS, Sender
 from core.tx import Transaction
 
@@ -94,7 +95,7 @@ def bodies(cast: Cast) -> dict[str, Any]:
         "orderer.head": {},
         "peer.enroll": {"subject": "eve", "org": "hospital-a", "attributes": {"role": "patient"},
                         "box_key": bytes(32), "pre_key": bytes(144), "pre_proof": bytes(64), "valid_s": 86400,
-                        "token": bytes(32)},
+                        "token": bytes(TOKEN_SIZE)},  # well-formed, not issued by the registrar
         "peer.submit": {"tx": _tx(cast, cast.victim), "wait": True},
         "peer.query": {"what": "policy", "patient": cast.victim},
         "peer.audit": {"patient": cast.victim},
