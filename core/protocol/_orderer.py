@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from core.errors import DecodeError
 from core.ledger import MAX_BLOCK_BYTES
 from core.tx import MAX_TX_SIZE
 
-from core.protocol._schema import INT64_MAX, UINT64_MAX, Bytes, Int, ListOf, Message, wire
+from core.protocol._schema import INT64_MAX, UINT64_MAX, Bytes, Codec, Int, ListOf, Message, wire
 
 __all__ = [
     "MAX_TXS_PER_SUBMIT", "MAX_BLOCKS_PER_REPLY", "HASH_SIZE",
@@ -26,58 +26,60 @@ HASH_SIZE = 32
 _TX = Bytes(max_size=MAX_TX_SIZE)
 _TX_ID = Bytes(HASH_SIZE)
 _BLOCK = Bytes(max_size=MAX_BLOCK_BYTES)
+_HEIGHT = Int(0, INT64_MAX)
+_LIMIT = Int(1, UINT64_MAX)
 
 
-def _txs_from_wire(cls: type, obj: Any, what: str) -> tuple[tuple[bytes, ...], bool]:
-    """``{tx}`` or ``{txs: [..]}``: (the transactions, whether it was the list form)."""
+def _one_or_list(obj: Any, what: str, one: str, many: str, item: Codec) -> tuple[tuple, bool]:
+    """``{one: x}`` or ``{many: [..]}`` (1..1024 items): (the items, whether it was the list form)."""
     if not isinstance(obj, dict):
         raise DecodeError(f"{what}: the body must be a map")
-    if "txs" in obj:
-        return ListOf(_TX, min_len=1, max_len=MAX_TXS_PER_SUBMIT).decode(obj["txs"], f"{what}: 'txs'"), True
-    if "tx" not in obj:
-        raise DecodeError(f"{what}: field 'tx' (or 'txs') is missing")
-    return (_TX.decode(obj["tx"], f"{what}: 'tx'"),), False
+    if many in obj:
+        return ListOf(item, min_len=1, max_len=MAX_TXS_PER_SUBMIT).decode(obj[many], f"{what}: {many!r}"), True
+    if one not in obj:
+        raise DecodeError(f"{what}: field {one!r} (or {many!r}) is missing")
+    return (item.decode(obj[one], f"{what}: {one!r}"),), False
+
+
+class _OneOrList(Message):
+    """Base of the bodies with two forms: one item, ``{<one>: x}``, or a list of them,
+    ``{<many>: [..]}`` (1..1024 items; then ``batch`` is True). A subclass names the
+    two keys and the item's codec in ``forms`` and declares its fields: first the
+    items (named like the list key), and a ``batch`` field."""
+
+    __slots__ = ()
+
+    forms: ClassVar[tuple[str, str, Codec]]  # (one, many, item)
+    batch: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        one, many, _ = self.forms
+        items = getattr(self, many)
+        return {many: list(items)} if self.batch else {one: items[0]}
+
+    @classmethod
+    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+        return cls(*_one_or_list(obj, what or cls.kind, *cls.forms))
 
 
 @dataclass(frozen=True, slots=True)
-class OrdererSubmit(Message):
+class OrdererSubmit(_OneOrList):
     """``{tx}`` (one encoded core.tx.Transaction) or ``{txs: [..]}`` (1..1024, ``batch``)."""
 
     kind = "orderer.submit"
+    forms = ("tx", "txs", _TX)
     txs: tuple[bytes, ...]
     batch: bool = False
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"txs": list(self.txs)} if self.batch else {"tx": self.txs[0]}
-
-    @classmethod
-    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
-        txs, batch = _txs_from_wire(cls, obj, what or cls.kind)
-        return cls(txs, batch)
-
 
 @dataclass(frozen=True, slots=True)
-class OrdererSubmitReply(Message):
+class OrdererSubmitReply(_OneOrList):
     """``{tx_id}``, or ``{tx_ids: [..]}`` for the list form: queued, not yet committed."""
 
     kind = "orderer.submit"
+    forms = ("tx_id", "tx_ids", _TX_ID)
     tx_ids: tuple[bytes, ...]
     batch: bool = False
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"tx_ids": list(self.tx_ids)} if self.batch else {"tx_id": self.tx_ids[0]}
-
-    @classmethod
-    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
-        what = what or cls.kind
-        if not isinstance(obj, dict):
-            raise DecodeError(f"{what}: the body must be a map")
-        if "tx_ids" in obj:
-            ids = ListOf(_TX_ID, min_len=1, max_len=MAX_TXS_PER_SUBMIT).decode(obj["tx_ids"], f"{what}: 'tx_ids'")
-            return cls(ids, True)
-        if "tx_id" not in obj:
-            raise DecodeError(f"{what}: field 'tx_id' (or 'tx_ids') is missing")
-        return cls((_TX_ID.decode(obj["tx_id"], f"{what}: 'tx_id'"),), False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +87,8 @@ class BlockRange(Message):
     """Base of ``orderer.blocks`` and ``peer.blocks``: blocks ``start``, ``start + 1``, ...,
     at most ``limit`` (cut to 256) and a few MiB."""
 
-    start: int = wire(Int(0, INT64_MAX), name="from")
-    limit: int = wire(Int(1, UINT64_MAX))
+    start: int = wire(_HEIGHT, name="from")
+    limit: int = wire(_LIMIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,7 @@ class OrdererBlocks(BlockRange):
     """``{from, limit}``; ``limit`` may be absent (256)."""
 
     kind = "orderer.blocks"
-    limit: int = wire(Int(1, UINT64_MAX), default=MAX_BLOCKS_PER_REPLY)
+    limit: int = wire(_LIMIT, default=MAX_BLOCKS_PER_REPLY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,7 @@ class OrdererHead(Message):
 @dataclass(frozen=True, slots=True)
 class OrdererHeadReply(Message):
     kind = "orderer.head"
-    height: int = wire(Int(0, INT64_MAX))
+    height: int = wire(_HEIGHT)
     hash: bytes = wire(Bytes(HASH_SIZE))
 
 

@@ -10,7 +10,9 @@ from core.errors import DecodeError
 from core.identity import MAX_ATTRIBUTES
 from core.ledger import REASON_CODES
 
-from core.protocol._orderer import HASH_SIZE, MAX_TXS_PER_SUBMIT, BlockList, BlockRange, _txs_from_wire
+from core.protocol._orderer import (
+    _HEIGHT, _TX, _TX_ID, MAX_TXS_PER_SUBMIT, BlockList, BlockRange, _OneOrList, _one_or_list,
+)
 from core.protocol._schema import (
     INT64_MAX, Bool, Bytes, Choice, Id, Int, ListOf, Map, Message, Nested, Optional, Text, wire,
 )
@@ -39,7 +41,7 @@ EVENT_TYPES = ("access_request", "grant", "deny_request", "revoke_grant")
 
 CID = Text(MAX_CID_LENGTH, min_len=1)
 _INT64 = Int(-(2**63), INT64_MAX)
-_TX_ID = Bytes(HASH_SIZE)
+_PROXY_INDEX = Int(1, MAX_PROXY_INDEX)
 
 
 # -- peer.enroll ------------------------------------------------------------------
@@ -69,31 +71,30 @@ class PeerEnrollReply(Message):
 
     kind = "peer.enroll"
     cert: dict = wire(Map())
-    height: int = wire(Int(0, INT64_MAX))
+    height: int = wire(_HEIGHT)
 
 
 # -- peer.submit ------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class PeerSubmit(Message):
+class PeerSubmit(_OneOrList):
     """``{tx, wait}`` or ``{txs: [..] (1..1024, at most 8 MiB in all), wait}``; ``wait``
     may be absent (False)."""
 
     kind = "peer.submit"
+    forms = ("tx", "txs", _TX)
     txs: tuple[bytes, ...]
     wait: bool = False
     batch: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"txs": list(self.txs)} if self.batch else {"tx": self.txs[0]}
-        body["wait"] = self.wait
-        return body
+        return {**_OneOrList.to_wire(self), "wait": self.wait}
 
     @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
         what = what or cls.kind
-        txs, batch = _txs_from_wire(cls, obj, what)
+        txs, batch = _one_or_list(obj, what, *cls.forms)
         if sum(len(raw) for raw in txs) > MAX_SUBMIT_BYTES:
             raise DecodeError(f"{what}: a submit carries at most {MAX_SUBMIT_BYTES} bytes of transactions")
         wait = Bool().decode(obj["wait"], f"{what}: 'wait'") if "wait" in obj else False
@@ -107,7 +108,7 @@ class SubmitResult(Message):
 
     kind = "peer.submit"
     tx_id: bytes = wire(_TX_ID)
-    height: int | None = wire(Optional(Int(0, INT64_MAX)), default=None, omit_none=True)
+    height: int | None = wire(Optional(_HEIGHT), default=None, omit_none=True)
     mark: str | None = wire(Optional(Choice(tuple(REASON_CODES))), default=None, omit_none=True)
 
 
@@ -235,7 +236,7 @@ class PeerDeliverShare(Message):
 
     kind = "peer.deliver_share"
     grant_id: str = wire(Id())
-    index: int = wire(Int(1, MAX_PROXY_INDEX))
+    index: int = wire(_PROXY_INDEX)
     sealed: bytes = wire(Bytes(max_size=MAX_SEALED_SHARE))
 
 
@@ -263,7 +264,7 @@ class PeerReencryptReply(Message):
     (:func:`core.protocol.make_reencrypt_reply`, :func:`core.protocol.verify_reencrypt_reply`)."""
 
     kind = "peer.reencrypt"
-    index: int = wire(Int(1, MAX_PROXY_INDEX))
+    index: int = wire(_PROXY_INDEX)
     share: bytes = wire(Bytes(pre.ReencryptedShare.SIZE))
     cid: str = wire(CID)
     signature: bytes = wire(Bytes(SIGNATURE_SIZE))
@@ -306,7 +307,7 @@ class PeerEvent(Message):
     ``revoke_grant`` (``type``) concerning ``patient``."""
 
     kind = "events"
-    height: int = wire(Int(0, INT64_MAX))
+    height: int = wire(_HEIGHT)
     type: str = wire(Choice(EVENT_TYPES))
     patient: str = wire(Id())
     doctor: str | None = wire(Optional(Id()))

@@ -72,8 +72,7 @@ class Text(Codec):
     def decode(self, value: Any, what: str) -> str:
         if not isinstance(value, str):
             raise DecodeError(f"{what} must be a string, not {_type(value)}")
-        if not self.min_len <= len(value) <= self.max_len:
-            raise DecodeError(f"{what} must have {self.min_len}..{self.max_len} characters, not {len(value)}")
+        _check_length(value, self.min_len, self.max_len, "characters", what)
         return value
 
 
@@ -168,8 +167,7 @@ class ListOf(Codec):
     def decode(self, value: Any, what: str) -> tuple:
         if not isinstance(value, list):
             raise DecodeError(f"{what} must be a list, not {_type(value)}")
-        if not self.min_len <= len(value) <= self.max_len:
-            raise DecodeError(f"{what} must have {self.min_len}..{self.max_len} items, not {len(value)}")
+        _check_length(value, self.min_len, self.max_len, "items", what)
         return tuple(self.item.decode(v, f"{what}[{i}]") for i, v in enumerate(value))
 
     def encode(self, value: Any) -> list:
@@ -291,3 +289,9 @@ class Message:
 
 def _type(value: Any) -> str:
     return "nil" if value is None else type(value).__name__
+
+
+def _check_length(value: str | list, min_len: int, max_len: int, unit: str, what: str) -> None:
+    """Raise unless ``value`` has ``min_len..max_len`` characters or items (``unit``)."""
+    if not min_len <= len(value) <= max_len:
+        raise DecodeError(f"{what} must have {min_len}..{max_len} {unit}, not {len(value)}")

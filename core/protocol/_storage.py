@@ -36,6 +36,32 @@ _SESSION = Bytes(SESSION_SIZE)
 _DIGESTS = Bytes(max_size=MAX_MESSAGE_DATA, multiple=DIGEST_SIZE)
 
 
+# -- the field groups several kinds share ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _OneBlob(Message):
+    """Base of the bodies that name one stored blob: ``{cid, ...}``."""
+
+    cid: str = wire(CID)
+
+
+@dataclass(frozen=True, slots=True)
+class _OneSession(Message):
+    """Base of the bodies that name one put session: ``{session, ...}`` (the id the node
+    gave in its ``storage.put.begin`` reply)."""
+
+    session: bytes = wire(_SESSION)
+
+
+@dataclass(frozen=True, slots=True)
+class _Done(Message):
+    """Base of the replies that only acknowledge: the empty map."""
+
+
+# -- the kinds ---------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class StoragePut(Message):
     """The whole blob; ``cid`` (optional) is what the client claims it hashes to."""
@@ -47,11 +73,10 @@ class StoragePut(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutReply(Message):
+class StoragePutReply(_OneBlob):
     """Acknowledged once the blob is durable (fsync, rename, directory fsync) and its CID checked."""
 
     kind = "storage.put"
-    cid: str = wire(CID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +88,13 @@ class StoragePutBegin(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutBeginReply(Message):
+class StoragePutBeginReply(_OneSession):
     kind = "storage.put.begin"
-    session: bytes = wire(_SESSION)
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutChunk(Message):
+class StoragePutChunk(_OneSession):
     kind = "storage.put.chunk"
-    session: bytes = wire(_SESSION)
     offset: int = wire(_SIZE)
     data: bytes = wire(_DATA)
 
@@ -83,32 +106,28 @@ class StoragePutChunkReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutCommit(Message):
+class StoragePutCommit(_OneSession):
     kind = "storage.put.commit"
-    session: bytes = wire(_SESSION)
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutCommitReply(Message):
+class StoragePutCommitReply(_OneBlob):
     kind = "storage.put.commit"
-    cid: str = wire(CID)
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutAbort(Message):
-    kind = "storage.put.abort"
-    session: bytes = wire(_SESSION)
-
-
-@dataclass(frozen=True, slots=True)
-class StoragePutAbortReply(Message):
+class StoragePutAbort(_OneSession):
     kind = "storage.put.abort"
 
 
 @dataclass(frozen=True, slots=True)
-class StorageGet(Message):
+class StoragePutAbortReply(_Done):
+    kind = "storage.put.abort"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageGet(_OneBlob):
     kind = "storage.get"
-    cid: str = wire(CID)
     offset: int = wire(_SIZE)
     length: int = wire(Int(0, MAX_MESSAGE_DATA))
     leaves: bool = wire(Bool(), default=False)
@@ -126,9 +145,8 @@ class StorageGetReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StorageLeaves(Message):
+class StorageLeaves(_OneBlob):
     kind = "storage.leaves"
-    cid: str = wire(CID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +157,8 @@ class StorageLeavesReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StorageHas(Message):
+class StorageHas(_OneBlob):
     kind = "storage.has"
-    cid: str = wire(CID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,24 +168,22 @@ class StorageHasReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePin(Message):
-    kind = "storage.pin"
-    cid: str = wire(CID)
-
-
-@dataclass(frozen=True, slots=True)
-class StoragePinReply(Message):
+class StoragePin(_OneBlob):
     kind = "storage.pin"
 
 
 @dataclass(frozen=True, slots=True)
-class StorageUnpin(Message):
+class StoragePinReply(_Done):
+    kind = "storage.pin"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageUnpin(_OneBlob):
     kind = "storage.unpin"
-    cid: str = wire(CID)
 
 
 @dataclass(frozen=True, slots=True)
-class StorageUnpinReply(Message):
+class StorageUnpinReply(_Done):
     kind = "storage.unpin"
 
 
@@ -181,9 +196,8 @@ class StorageStat(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class BlobStatistics(Message):
+class BlobStatistics(_OneBlob):
     kind = "storage.stat"
-    cid: str = wire(CID)
     size: int = wire(_SIZE)
     stored_bytes: int = wire(_SIZE)
     pinned: bool = wire(Bool())

@@ -275,3 +275,17 @@ def test_events_carry_a_typed_decision():
     assert event.decision == protocol.Decision("allow", "auto", "cardio", "ok")
     assert event.to_wire() == body
     assert "'type'" in _error(PeerEvent, {**body, "type": "store"})
+
+
+def test_kinds_built_on_a_shared_field_group_keep_their_own_names_and_field_order():
+    # storage kinds on _OneBlob / _OneSession / _Done, the submits on _OneOrList
+    assert "storage.pin: field 'cid' is missing" in _error(protocol.StoragePin, {})
+    assert "storage.put.commit: 'session'" in _error(protocol.StoragePutCommit, {"session": b"s" * 15})
+    get = protocol.StorageGet("bafy", 3, 4, True)  # cid first, then the kind's own fields
+    assert get.to_wire() == {"cid": "bafy", "offset": 3, "length": 4, "leaves": True}
+    chunk = protocol.StoragePutChunk(b"s" * 16, 0, b"d")
+    assert chunk.to_wire() == {"session": b"s" * 16, "offset": 0, "data": b"d"}
+    assert protocol.StoragePinReply().to_wire() == {} and protocol.StoragePinReply.from_wire({"x": 1})
+    assert "'tx_id' (or 'tx_ids') is missing" in _error(OrdererSubmitReply, {"tx": b"t"})
+    assert "'tx_ids'[0] must be 32 bytes" in _error(OrdererSubmitReply, {"tx_ids": [b"i"]})
+    assert PeerSubmit((b"t", b"u"), wait=True, batch=True).to_wire() == {"txs": [b"t", b"u"], "wait": True}
