@@ -88,6 +88,8 @@ def _kinds(*specs: KindSpec) -> Mapping[str, KindSpec]:
     return MappingProxyType(out)
 
 
+_BLOB_OWNER = ("the blob's owner (the registered user whose put stored it first, recorded by the node) or a "
+               "storage node, for repair (storage.forbidden)")
 _OWNER = "the put session's owner (the agent that began it): storage.bad-request otherwise"
 _NODES = frozenset({Sender.PEER, Sender.STORAGE})  # the ledger's followers
 _PEERS = frozenset({Sender.PEER})
@@ -128,9 +130,8 @@ KINDS: Mapping[str, KindSpec] = _kinds(
     KindSpec("storage.get", s.StorageGet, s.StorageGetReply, "storage", KNOWN),
     KindSpec("storage.leaves", s.StorageLeaves, s.StorageLeavesReply, "storage", KNOWN),
     KindSpec("storage.has", s.StorageHas, s.StorageHasReply, "storage", KNOWN),
-    KindSpec("storage.pin", s.StoragePin, s.StoragePinReply, "storage", _STORAGE_USERS),
-    KindSpec("storage.unpin", s.StorageUnpin, s.StorageUnpinReply, "storage", _STORAGE_USERS,
-             "the record's owner (or the consortium's repair process)"),
+    KindSpec("storage.pin", s.StoragePin, s.StoragePinReply, "storage", _STORAGE_USERS, _BLOB_OWNER),
+    KindSpec("storage.unpin", s.StorageUnpin, s.StorageUnpinReply, "storage", _STORAGE_USERS, _BLOB_OWNER),
     KindSpec("storage.stat", s.StorageStat, s.StorageStatReply, "storage", KNOWN),
     KindSpec("storage.list", s.StorageList, s.StorageListReply, "storage", CONSORTIUM),
 )
