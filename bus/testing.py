@@ -1,5 +1,6 @@
 """Test kit: keyrings that give endpoints a signer, a directory and a verifier,
-and :func:`linked_pair`, two nodes talking over loopback TCP.
+:func:`linked_pair`, two nodes talking over loopback TCP, and
+:func:`eventually`, which waits for a condition the test cannot await.
 
 :class:`Keyring` takes the signature scheme as callables (tests pass core's
 ECDSA: ``generate_private_key``, ``public_key``, ``sign_raw``,
@@ -11,7 +12,7 @@ Never use the fallback outside tests.
 
 from __future__ import annotations
 
-__all__ = ["Keyring", "linked_pair"]
+__all__ = ["Keyring", "eventually", "linked_pair"]
 
 import contextlib
 import hashlib
@@ -19,6 +20,8 @@ import hmac
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import trio
 
 from .directory import StaticDirectory
 from .envelope import Signer
@@ -85,3 +88,11 @@ async def linked_pair(ring: Keyring, handler: Callable[[Any], Any], *, server_op
         client.add_route("bob", address)
         server.endpoint("bob", **ring.credentials("bob")).register("ping", handler)
         yield server, client, client.endpoint("alice", **ring.credentials("alice")), address
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5) -> None:
+    """Poll ``predicate`` every few milliseconds until it holds; ``trio.TooSlowError``
+    after ``timeout`` seconds (of the test's clock)."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)

@@ -25,13 +25,14 @@ import trio
 from agents import DoctorAgent, KeyStore, Manifest, PatientAgent, SwarmFiles, UserConfig
 from agents.testing.fhir import check_bundle, encode_bundle, generate_bundle
 
+# alice's policy (docs/policy.md): cardiologists may read her cardiology records
+# for treatment, without asking her each time; everything else is refused.
 POLICY = """
 policy "alice" version 1
 default deny
 rule cardiology:
-  allow read on label "cardiology"
-  when role == "doctor" and department == "cardiology"
-  approval auto
+  allow read on label "cardiology" when role == "doctor" and department == "cardiology"
+  purpose in ["treatment"] approval auto
 """
 
 

@@ -31,11 +31,18 @@ if TYPE_CHECKING:  # imported where used, to keep the command's start quick
 PASS_ENV = "EMRSHARE_PASSPHRASE"
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _user_parser(role: str, attr_help: str) -> tuple[argparse.ArgumentParser, Any, argparse.ArgumentParser]:
+    """``emrshare ROLE``'s parser with the options every user takes, its subcommands
+    (``dest="cmd"``) and their ``register`` (with ``--attr``): ``(parser, sub, register)``."""
+    parser = argparse.ArgumentParser(prog=f"emrshare {role}", description=f"act as a {role} against a running swarm")
     parser.add_argument("--swarm", default="swarm-data", help="the swarm's data directory (default swarm-data)")
     parser.add_argument("--subject", required=True, help="your user id")
     parser.add_argument("--org", help="your hospital (e.g. hospital-a); needed to register")
     parser.add_argument("--key-file", type=Path, help="32-byte key file protecting your keys (instead of a passphrase)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    register = sub.add_parser("register", help="enroll at your hospital's peer")
+    register.add_argument("--attr", action="append", default=[], help=attr_help)
+    return parser, sub, register
 
 
 def _attrs(pairs: list[str]) -> dict[str, Any]:
@@ -178,11 +185,7 @@ async def _run_doctor(args: argparse.Namespace) -> int:
 
 
 def patient_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare patient", description="act as a patient against a running swarm")
-    _common(parser)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("register", help="enroll at your hospital's peer")
-    r.add_argument("--attr", action="append", default=[], help="extra attribute NAME=VALUE")
+    parser, sub, _ = _user_parser("patient", "extra attribute NAME=VALUE")
     s = sub.add_parser("store", help="seal and store a record")
     s.add_argument("file")
     s.add_argument("--label", required=True)
@@ -205,11 +208,7 @@ def patient_main(argv: list[str]) -> int:
 
 
 def doctor_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare doctor", description="act as a doctor against a running swarm")
-    _common(parser)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("register", help="enroll at your hospital's peer")
-    r.add_argument("--attr", action="append", default=[], help="attribute NAME=VALUE (e.g. department=cardiology)")
+    parser, sub, r = _user_parser("doctor", "attribute NAME=VALUE (e.g. department=cardiology)")
     r.add_argument("--role", default="doctor")
     rs = sub.add_parser("records", help="list a patient's records")
     rs.add_argument("patient")

@@ -21,16 +21,7 @@ import trio
 import bus
 from core.errors import DecodeError, ValidationError
 from core.ledger import Block, CommitResult, Ledger
-from core.protocol import (
-    MAX_BLOCKS_PER_REPLY,
-    BlockEvent,
-    OrdererBlocks,
-    OrdererBlocksReply,
-    OrdererHead,
-    OrdererHeadReply,
-    PeerBlocks,
-    PeerBlocksReply,
-)
+from core import protocol
 
 from agents.ledger_store import LedgerStore
 
@@ -99,7 +90,7 @@ class BlockSync:
         while True:
             sub = None
             try:
-                sub = await endpoint.subscribe(self.orderer, BlockEvent.kind, buffer=256, timeout=5.0)
+                sub = await endpoint.subscribe(self.orderer, protocol.BlockEvent.kind, buffer=256, timeout=5.0)
             except bus.BusError as exc:
                 log.warning("peer %s: cannot subscribe to %s's blocks: %s", self.peer_id, self.orderer, exc)
             await self.catch_up(endpoint)
@@ -129,16 +120,17 @@ class BlockSync:
                     await self.catch_up(endpoint)
                     continue
             if event is None:
-                reply = await endpoint.request(self.orderer, OrdererHead.kind, OrdererHead().to_wire(), timeout=5.0)
+                head = protocol.OrdererHead()
+                reply = await endpoint.request(self.orderer, head.kind, head.to_wire(), timeout=5.0)
                 try:
-                    ahead = OrdererHeadReply.from_wire(reply).height > self.ledger.height
+                    ahead = protocol.OrdererHeadReply.from_wire(reply).height > self.ledger.height
                 except DecodeError:
                     ahead = False
                 if ahead:
                     await self.catch_up(endpoint)
                 continue
             try:
-                raw = BlockEvent.from_wire(event.body).block
+                raw = protocol.BlockEvent.from_wire(event.body).block
             except DecodeError:
                 log.warning("peer %s: malformed block event from %s", self.peer_id, event.publisher)
                 continue
@@ -150,12 +142,12 @@ class BlockSync:
     async def catch_up(self, endpoint: bus.Endpoint) -> None:
         """Fetch and commit missing blocks: from the orderer, else from the other peers."""
         for source in [self.orderer, *self.peers]:
-            request_type, reply_type = ((OrdererBlocks, OrdererBlocksReply) if source == self.orderer
-                                        else (PeerBlocks, PeerBlocksReply))
+            request_type, reply_type = ((protocol.OrdererBlocks, protocol.OrdererBlocksReply) if source == self.orderer
+                                        else (protocol.PeerBlocks, protocol.PeerBlocksReply))
             ok = True
             while ok:
                 start = self.ledger.height + 1
-                request = request_type(start=start, limit=MAX_BLOCKS_PER_REPLY)
+                request = request_type(start=start, limit=protocol.MAX_BLOCKS_PER_REPLY)
                 try:
                     reply = await endpoint.request(source, request.kind, request.to_wire(), timeout=10.0)
                 except bus.BusError as exc:

@@ -49,32 +49,7 @@ import trio
 from bus import BusError, DeliveryError, Endpoint, RemoteError
 from core import cid as cidmod
 from core.errors import DecodeError
-from core.protocol import (
-    Message,
-    StorageGet,
-    StorageGetReply,
-    StorageHas,
-    StorageHasReply,
-    StorageLeaves,
-    StorageLeavesReply,
-    StorageList,
-    StorageListReply,
-    StoragePin,
-    StoragePinReply,
-    StoragePut,
-    StoragePutAbort,
-    StoragePutBegin,
-    StoragePutBeginReply,
-    StoragePutChunk,
-    StoragePutChunkReply,
-    StoragePutCommit,
-    StoragePutCommitReply,
-    StoragePutReply,
-    StorageStat,
-    StorageStatReply,
-    StorageUnpin,
-    StorageUnpinReply,
-)
+from core import protocol
 
 from agents.health import AgentHealth
 from agents.storage.errors import (
@@ -98,7 +73,7 @@ _PROBE_TIMEOUT = 2.0  # is a node that failed lately back?
 _CLIENT_FAULTS = (BlobTooLarge, CidMismatch, BadRequest)
 
 ReadPiece = Callable[[int, int], Awaitable[bytes]]
-R = TypeVar("R", bound=Message)
+R = TypeVar("R", bound=protocol.Message)
 
 
 @dataclass(slots=True)
@@ -196,7 +171,7 @@ class StorageClient:
 
     async def _probe_node(self, node: str) -> None:
         try:
-            await self.endpoint.request(node, StorageStat.kind, StorageStat().to_wire(),
+            await self.endpoint.request(node, protocol.StorageStat.kind, protocol.StorageStat().to_wire(),
                                         timeout=min(self.timeout, _PROBE_TIMEOUT))
         except RemoteError:
             self.health.success(node)  # it answered
@@ -209,7 +184,7 @@ class StorageClient:
 
     # -- one request ------------------------------------------------------------
 
-    async def _call(self, node: str, request: Message, reply_type: type[R], *,
+    async def _call(self, node: str, request: protocol.Message, reply_type: type[R], *,
                     malformed: Callable[[str], Exception] = BusError) -> R:
         """``request`` to ``node``, its reply parsed as ``reply_type`` (else ``malformed(why)``)."""
         try:
@@ -232,22 +207,23 @@ class StorageClient:
 
     async def _put_one(self, node: str, cid: str, size: int, read: ReadPiece, pin: bool) -> None:
         if size <= self.message_size:
-            reply: StoragePutReply | StoragePutCommitReply = await self._call(
-                node, StoragePut(await read(0, size), cid, pin), StoragePutReply)
+            reply: protocol.StoragePutReply | protocol.StoragePutCommitReply = await self._call(
+                node, protocol.StoragePut(await read(0, size), cid, pin), protocol.StoragePutReply)
         else:
-            begun = await self._call(node, StoragePutBegin(size, cid, pin), StoragePutBeginReply)
+            begun = await self._call(node, protocol.StoragePutBegin(size, cid, pin), protocol.StoragePutBeginReply)
             session = begun.session
             try:
                 for offset in range(0, size, self.message_size):
                     data = await read(offset, min(self.message_size, size - offset))
-                    await self._call(node, StoragePutChunk(session, offset, data), StoragePutChunkReply)
-                reply = await self._call(node, StoragePutCommit(session), StoragePutCommitReply)
+                    await self._call(node, protocol.StoragePutChunk(session, offset, data),
+                                     protocol.StoragePutChunkReply)
+                reply = await self._call(node, protocol.StoragePutCommit(session), protocol.StoragePutCommitReply)
             except BaseException:
                 with trio.move_on_after(2) as scope:
                     scope.shield = True
                     try:
-                        await self.endpoint.request(node, StoragePutAbort.kind, StoragePutAbort(session).to_wire(),
-                                                    timeout=2)
+                        abort = protocol.StoragePutAbort(session)
+                        await self.endpoint.request(node, abort.kind, abort.to_wire(), timeout=2)
                     except BusError:
                         pass
                 raise
@@ -407,7 +383,7 @@ class StorageClient:
         return digests
 
     async def _leaves(self, node: str, cid: str, parsed: cidmod.Cid) -> tuple[int, list[bytes]]:
-        reply = await self._call(node, StorageLeaves(cid), StorageLeavesReply, malformed=CorruptBlob)
+        reply = await self._call(node, protocol.StorageLeaves(cid), protocol.StorageLeavesReply, malformed=CorruptBlob)
         return reply.size, self._check_leaves(node, cid, parsed, reply.size, reply.digests)
 
     async def _check_data(self, node: str, cid: str, data: Any, offset: int, n: int, digests: list[bytes]) -> bytes:
@@ -428,13 +404,14 @@ class StorageClient:
         return data
 
     async def _fetch(self, node: str, cid: str, offset: int, n: int, digests: list[bytes]) -> bytes:
-        reply = await self._call(node, StorageGet(cid, offset, n), StorageGetReply, malformed=CorruptBlob)
+        reply = await self._call(node, protocol.StorageGet(cid, offset, n), protocol.StorageGetReply,
+                                 malformed=CorruptBlob)
         return await self._check_data(node, cid, reply.data, offset, n, digests)
 
     async def _first(self, node: str, cid: str, parsed: cidmod.Cid) -> tuple[int, list[bytes], bytes]:
         """Digests and the first piece in one round trip."""
-        reply = await self._call(node, StorageGet(cid, 0, self.message_size, leaves=True), StorageGetReply,
-                                 malformed=CorruptBlob)
+        reply = await self._call(node, protocol.StorageGet(cid, 0, self.message_size, leaves=True),
+                                 protocol.StorageGetReply, malformed=CorruptBlob)
         size = reply.size
         digests = self._check_leaves(node, cid, parsed, size, reply.digests)
         data = await self._check_data(node, cid, reply.data, 0, min(size, self.message_size), digests)
@@ -559,19 +536,20 @@ class StorageClient:
         found = []
         for node in self.placement(cid):
             try:
-                if (await self._call(node, StorageHas(cid), StorageHasReply)).has:
+                if (await self._call(node, protocol.StorageHas(cid), protocol.StorageHasReply)).has:
                     found.append(node)
             except (StorageError, BusError):
                 continue
         return found
 
     async def pin(self, cid: str) -> int:
-        return await self._on_holders(StoragePin(cid), StoragePinReply)
+        return await self._on_holders(protocol.StoragePin(cid), protocol.StoragePinReply)
 
     async def unpin(self, cid: str) -> int:
-        return await self._on_holders(StorageUnpin(cid), StorageUnpinReply)
+        return await self._on_holders(protocol.StorageUnpin(cid), protocol.StorageUnpinReply)
 
-    async def _on_holders(self, request: StoragePin | StorageUnpin, reply_type: type[Message]) -> int:
+    async def _on_holders(self, request: protocol.StoragePin | protocol.StorageUnpin,
+                          reply_type: type[protocol.Message]) -> int:
         done = 0
         for node in await self.locate(request.cid):
             try:
@@ -582,13 +560,13 @@ class StorageClient:
         return done
 
     async def stat(self, node: str, cid: str | None = None) -> dict[str, Any]:
-        return (await self._call(node, StorageStat(cid), StorageStatReply)).to_wire()
+        return (await self._call(node, protocol.StorageStat(cid), protocol.StorageStatReply)).to_wire()
 
     async def list(self, node: str, *, page: int = 1000) -> list[tuple[str, int, bool]]:
         out: list[tuple[str, int, bool]] = []
         after: str | None = None
         while True:
-            reply = await self._call(node, StorageList(after, page), StorageListReply)
+            reply = await self._call(node, protocol.StorageList(after, page), protocol.StorageListReply)
             blobs = reply.blobs
             out.extend(blobs)
             if not reply.more or not blobs:

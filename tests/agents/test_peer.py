@@ -20,6 +20,7 @@ from agents.peer import REENCRYPTION_TAG, PeerAgent, share_context
 from agents.consortium import Manifest, enroll_id, enrollment_token
 from agents.keys import AgentKeys
 from agents.runtime import make_endpoint
+from agents.testing.consortium import CARDIOLOGY_POLICY
 from core import canonical, ecdsa, enrollment, pre
 from core.cid import compute as compute_cid
 from core.enrollment import EnrollmentToken
@@ -29,15 +30,6 @@ from core.lightclient import CertificateLightClient
 from core.policy import parse as parse_policy
 from core.state import token_key
 from core.tx import Transaction
-
-POLICY = """
-policy "sharing" version 1
-default deny
-rule cardio:
-  allow read on label "cardiology"
-  when role == "doctor" and department == "cardiology"
-  approval auto
-"""
 
 
 class Consortium:
@@ -255,7 +247,8 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
             body, key = store_body(alice.keys, "rec-1")
             reply = await alice.submit("peer-a-2", "store", body)
             assert reply["mark"] == "ok" and reply["height"] >= 3
-            reply = await alice.submit("peer-a-2", "set_policy", {"policy": parse_policy(POLICY).to_msgpack()})
+            reply = await alice.submit("peer-a-2", "set_policy",
+                                       {"policy": parse_policy(CARDIOLOGY_POLICY).to_msgpack()})
             assert reply["mark"] == "ok"
             # an invalid transaction is committed with its reason code
             reply = await alice.submit("peer-a-1", "store", body)
@@ -371,7 +364,7 @@ async def test_share_survives_restart_sealed_at_rest(tmp_path):
             doc = await enroll(c, node, pid, "dr", "org-a", {"role": "doctor", "department": "cardiology"})
             body, key = store_body(alice.keys, "rec-1")
             await alice.submit(pid, "store", body)
-            await alice.submit(pid, "set_policy", {"policy": parse_policy(POLICY).to_msgpack()})
+            await alice.submit(pid, "set_policy", {"policy": parse_policy(CARDIOLOGY_POLICY).to_msgpack()})
             await doc.submit(pid, "access_request", {"request_id": "r1", "patient": "alice", "record_id": "rec-1",
                                                      "operation": "read", "purpose": None})
             (sealed,) = pre.make_key_shares(alice.keys.label_key("cardiology"),
@@ -543,7 +536,7 @@ async def test_two_processes_replaying_a_chain_reach_the_same_root(tmp_path):
             doc = await enroll(c, node, "peer-b-2", "dr", "org-b", {"role": "doctor", "department": "cardiology"},
                                everywhere=peers)
             await alice.submit("peer-a-1", "store", store_body(alice.keys, "rec-1")[0])
-            await alice.submit("peer-a-1", "set_policy", {"policy": parse_policy(POLICY).to_msgpack()})
+            await alice.submit("peer-a-1", "set_policy", {"policy": parse_policy(CARDIOLOGY_POLICY).to_msgpack()})
             for rid in ("r1", "r2"):
                 await doc.submit("peer-b-2", "access_request", {"request_id": rid, "patient": "alice",
                                                                 "record_id": "rec-1", "operation": "read",

@@ -7,17 +7,7 @@ import os
 
 import pytest
 
-from agents.storage import (
-    BadRequest,
-    BlobStore,
-    BlobTooLarge,
-    CidMismatch,
-    CorruptBlob,
-    DiskFull,
-    NotFound,
-    QuotaExceeded,
-    StorageError,
-)
+from agents.storage import BlobStore, errors
 from agents.storage import blobstore as bsmod
 from core.cid import CHUNK_SIZE, compute
 
@@ -65,7 +55,7 @@ def test_streaming_put_with_claimed_cid(tmp_path) -> None:
 
 def test_claimed_cid_mismatch_rejected_nothing_left(tmp_path) -> None:
     store = BlobStore(tmp_path)
-    with pytest.raises(CidMismatch):
+    with pytest.raises(errors.CidMismatch):
         store.put(b"hello", claimed_cid=compute(b"world"))
     assert _files(tmp_path) == []
     assert store.statistics().used_bytes == 0 and store.statistics().reserved_bytes == 0
@@ -74,19 +64,19 @@ def test_claimed_cid_mismatch_rejected_nothing_left(tmp_path) -> None:
 def test_bad_cids_rejected(tmp_path) -> None:
     store = BlobStore(tmp_path)
     for bad in ["", "../../etc/passwd", "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH", "bafy"]:
-        with pytest.raises(BadRequest):
+        with pytest.raises(errors.BadRequest):
             store.has(bad)
-    with pytest.raises(NotFound):
+    with pytest.raises(errors.NotFound):
         store.read(compute(b"absent"))
 
 
 def test_max_blob(tmp_path) -> None:
     store = BlobStore(tmp_path, max_blob=1000)
-    with pytest.raises(BlobTooLarge, match="maximum of 1000"):
+    with pytest.raises(errors.BlobTooLarge, match="maximum of 1000"):
         store.begin_put(size=1001)
     with store.begin_put() as s:  # undeclared size: caught while streaming
         s.write(b"x" * 600)
-        with pytest.raises(BlobTooLarge):
+        with pytest.raises(errors.BlobTooLarge):
             s.write(b"x" * 600)
     assert _files(tmp_path) == []
     assert store.put(b"y" * 1000)
@@ -95,11 +85,11 @@ def test_max_blob(tmp_path) -> None:
 def test_quota(tmp_path) -> None:
     store = BlobStore(tmp_path, quota_bytes=10_000)
     store.put(b"a" * 5000)
-    with pytest.raises(QuotaExceeded, match="quota exceeded"):
+    with pytest.raises(errors.QuotaExceeded, match="quota exceeded"):
         store.put(b"b" * 6000)
     with store.begin_put() as s:
         s.write(b"c" * 4000)
-        with pytest.raises(QuotaExceeded):
+        with pytest.raises(errors.QuotaExceeded):
             s.write(b"c" * 4000)
     assert len([f for f in _files(tmp_path / "blobs") if not f.endswith(".pin")]) == 1
     assert _files(tmp_path / "tmp") == []
@@ -123,7 +113,7 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch) -> None:
         return real_write(fd, data)
 
     monkeypatch.setattr(bsmod.os, "write", write)
-    with pytest.raises(DiskFull, match="disk full"):
+    with pytest.raises(errors.DiskFull, match="disk full"):
         store.put(os.urandom(1 << 20))
     monkeypatch.setattr(bsmod.os, "write", real_write)
     assert _files(tmp_path) == []
@@ -140,7 +130,7 @@ def test_flipped_byte_detected_never_served(tmp_path) -> None:
     path.write_bytes(bytes(raw))
     # chunk 0 is intact and still served; any read touching chunk 1 fails
     assert store.read(cid, 0, 1000) == data[:1000]
-    with pytest.raises(CorruptBlob, match="chunk 1"):
+    with pytest.raises(errors.CorruptBlob, match="chunk 1"):
         store.read(cid)
     assert not store.is_intact(cid)
     store.quarantine(cid)
@@ -164,7 +154,7 @@ def test_other_damage_detected(tmp_path, damage) -> None:
     else:  # a leaf digest in the trailer
         raw[len(data) + 3] ^= 0x10
     path.write_bytes(bytes(raw))
-    with pytest.raises(CorruptBlob):
+    with pytest.raises(errors.CorruptBlob):
         store.read(cid, 0, 10)
 
 
@@ -174,13 +164,13 @@ def test_pins_list_delete(tmp_path) -> None:
     b = store.put(b"b")
     assert [x.cid for x in store.list()] == sorted([a, b])
     assert not store.is_pinned(a) and store.is_pinned(b)
-    with pytest.raises(StorageError, match="pinned"):
+    with pytest.raises(errors.StorageError, match="pinned"):
         store.delete(b)
     store.pin(a)
     store.unpin(b)
     assert store.gc() == 1
     assert store.has(a) and not store.has(b)
-    with pytest.raises(NotFound):
+    with pytest.raises(errors.NotFound):
         store.pin(b)
 
 

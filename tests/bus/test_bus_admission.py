@@ -6,13 +6,7 @@ import pytest
 import trio
 
 from bus import RemoteError, open_node
-from bus.testing import Keyring
-
-
-async def eventually(predicate, timeout=5):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
+from bus.testing import Keyring, eventually
 
 
 async def test_a_flood_from_one_sender_gets_busy_while_another_sender_is_served():

@@ -15,13 +15,7 @@ from bus import (
     encode_frame,
     open_node,
 )
-from bus.testing import Keyring
-
-
-async def eventually(predicate, timeout=5):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
+from bus.testing import Keyring, eventually
 
 
 async def test_fan_out_over_tcp_to_many_subscribers():

@@ -16,18 +16,12 @@ from bus import (
     open_node,
     FrameDecoder,
 )
-from bus.testing import Keyring, linked_pair
+from bus.testing import Keyring, eventually, linked_pair
 from core import ecdsa
 
 
 async def echo(msg):
     return {"echo": msg.body, "from": msg.sender}
-
-
-async def eventually(predicate, timeout=5):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
 
 
 def signed(ring, sender, recipient, body=1, kind="ping", mtype=MessageType.REQUEST):
@@ -100,13 +94,17 @@ async def test_ten_thousand_messages_in_order_one_connection():
         assert not bob.statistics().rejected
 
 
+async def served_then_raw(alice, address):
+    """Check that ``alice`` is served by bob, then open a raw TCP connection to bob's node."""
+    assert (await alice.request("bob", "ping", 1))["echo"] == 1
+    return await trio.open_tcp_stream("127.0.0.1", int(address.rsplit(":", 1)[1]))
+
+
 async def test_peer_disconnecting_mid_frame_affects_no_one_else():
     ring = Keyring()
     async with linked_pair(ring, echo) as (server, client, alice, address):
-        port = int(address.rsplit(":", 1)[1])
         with trio.fail_after(10):
-            assert (await alice.request("bob", "ping", 1))["echo"] == 1
-            raw = await trio.open_tcp_stream("127.0.0.1", port)
+            raw = await served_then_raw(alice, address)
             frame = encode_frame(signed(ring, "alice", "bob").encode())
             await raw.send_all(frame[: len(frame) // 2])
             await raw.aclose()
@@ -125,10 +123,8 @@ async def test_peer_disconnecting_mid_frame_affects_no_one_else():
 async def test_garbage_closes_only_its_connection(garbage, reason):
     ring = Keyring()
     async with linked_pair(ring, echo) as (server, client, alice, address):
-        port = int(address.rsplit(":", 1)[1])
         with trio.fail_after(10):
-            assert (await alice.request("bob", "ping", 1))["echo"] == 1
-            raw = await trio.open_tcp_stream("127.0.0.1", port)
+            raw = await served_then_raw(alice, address)
             await raw.send_all(garbage)
             assert await raw.receive_some(100) == b""  # the server hung up
             await raw.aclose()
