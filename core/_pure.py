@@ -285,6 +285,15 @@ def _gt_in_subgroup(f: FQ12) -> bool:
 # --------------------------------------------------------------- G1 and G2 points
 
 
+def _checked_point(pt, curve_b, in_subgroup, group: str):
+    """``pt`` if it is on the curve y^2 = x^3 + curve_b and in the order-r subgroup; else DecodeError."""
+    if not is_on_curve(pt, curve_b):
+        raise DecodeError(f"{group} point: not on the curve")
+    if not in_subgroup(pt):
+        raise DecodeError(f"{group} point: not in the order-r subgroup")
+    return pt
+
+
 def _g1_decode(data: bytes):
     infinity, sign, (x,) = parse_compressed(data, "G1", 1)
     if infinity:
@@ -294,12 +303,8 @@ def _g1_decode(data: bytes):
         raise DecodeError("G1 point: not on the curve")
     if (y > _HALF_P) != sign:
         y = (P - y) % P
-    pt = (FQ(x), FQ(y), FQ.one())
-    if not is_on_curve(pt, b):  # holds by construction; kept as a cheap guard
-        raise DecodeError("G1 point: not on the curve")
-    if not _in_g1(pt):
-        raise DecodeError("G1 point: not in the order-r subgroup")
-    return pt
+    # on the curve by construction; checked anyway as a cheap guard
+    return _checked_point((FQ(x), FQ(y), FQ.one()), b, _in_g1, "G1")
 
 
 def _g1_encode(a) -> bytes:
@@ -323,12 +328,7 @@ def _g2_decode(data: bytes):
     y0, y1 = root
     if _fp2_sign(y0, y1) != sign:
         y0, y1 = (P - y0) % P, (P - y1) % P
-    pt = (x, FQ2([y0, y1]), FQ2.one())
-    if not is_on_curve(pt, b2):
-        raise DecodeError("G2 point: not on the curve")
-    if not _in_g2(pt):
-        raise DecodeError("G2 point: not in the order-r subgroup")
-    return pt
+    return _checked_point((x, FQ2([y0, y1]), FQ2.one()), b2, _in_g2, "G2")
 
 
 def _g2_encode(a) -> bytes:
