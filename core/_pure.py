@@ -282,6 +282,101 @@ def _gt_in_subgroup(f: FQ12) -> bool:
     return f != FQ12.zero() and _pow(f, R) == FQ12.one()
 
 
+# --------------------------------------------------------------- G1 and G2 points
+
+
+def _checked_point(pt, curve_b, in_subgroup, group: str):
+    """``pt`` if it is on the curve y^2 = x^3 + curve_b and in the order-r subgroup; else DecodeError."""
+    if not is_on_curve(pt, curve_b):
+        raise DecodeError(f"{group} point: not on the curve")
+    if not in_subgroup(pt):
+        raise DecodeError(f"{group} point: not in the order-r subgroup")
+    return pt
+
+
+def _g1_decode(data: bytes):
+    infinity, sign, (x,) = parse_compressed(data, "G1", 1)
+    if infinity:
+        return Z1
+    y = _fp_sqrt((x * x * x + 4) % P)
+    if y is None:
+        raise DecodeError("G1 point: not on the curve")
+    if (y > _HALF_P) != sign:
+        y = (P - y) % P
+    # on the curve by construction; checked anyway as a cheap guard
+    return _checked_point((FQ(x), FQ(y), FQ.one()), b, _in_g1, "G1")
+
+
+def _g1_encode(a) -> bytes:
+    if _is_inf(a):
+        return _INFINITY_G1
+    x, y = _affine(a)
+    out = bytearray(x.n.to_bytes(48, "big"))
+    out[0] |= FLAG_COMPRESSED | (FLAG_SIGN if y.n > _HALF_P else 0)
+    return bytes(out)
+
+
+def _g2_decode(data: bytes):
+    infinity, sign, (x1, x0) = parse_compressed(data, "G2", 2)
+    if infinity:
+        return Z2
+    x = FQ2([x0, x1])
+    rhs = x * x * x + b2
+    root = _fp2_sqrt(*(int(c) for c in rhs.coeffs))
+    if root is None:
+        raise DecodeError("G2 point: not on the curve")
+    y0, y1 = root
+    if _fp2_sign(y0, y1) != sign:
+        y0, y1 = (P - y0) % P, (P - y1) % P
+    return _checked_point((x, FQ2([y0, y1]), FQ2.one()), b2, _in_g2, "G2")
+
+
+def _g2_encode(a) -> bytes:
+    if _is_inf(a):
+        return _INFINITY_G2
+    x, y = _affine(a)
+    x0, x1 = (int(c) for c in x.coeffs)
+    y0, y1 = (int(c) for c in y.coeffs)
+    out = bytearray(x1.to_bytes(48, "big") + x0.to_bytes(48, "big"))
+    out[0] |= FLAG_COMPRESSED | (FLAG_SIGN if _fp2_sign(y0, y1) else 0)
+    return bytes(out)
+
+
+def _mul(a, k: int, secret: bool):
+    return multiply(a, k % R)  # same (variable-time) math either way
+
+
+class _Points:
+    """What differs between G1 and G2 on py-ecc: the generator, the identity
+    and the encoding (the arithmetic is one function for both groups:
+    :class:`PureBackend`)."""
+
+    def __init__(self, generator, identity, decode, encode) -> None:
+        self._generator = generator
+        self._identity = identity
+        self._decode = decode
+        self._encode = encode
+
+    def generator(self):
+        return self._generator
+
+    def identity(self):
+        return self._identity
+
+    def decode(self, data: bytes):
+        return self._decode(data)
+
+    def encode(self, a) -> bytes:
+        return self._encode(a)
+
+    def msm(self, points, scalars):
+        return _msm(points, [k % R for k in scalars], self._identity)
+
+
+_G1 = _Points(G1, Z1, _g1_decode, _g1_encode)
+_G2 = _Points(G2, Z2, _g2_decode, _g2_encode)
+
+
 # ------------------------------------------------------------------ backend
 
 
@@ -295,112 +390,23 @@ class PureBackend:
         self._z: FQ12 | None = None
         self._z_table: list[list[FQ12]] | None = None
 
-    # --- G1 -----------------------------------------------------------
-    def g1_generator(self):
-        return G1
-
-    def g1_identity(self):
-        return Z1
-
-    def g1_decode(self, data: bytes):
-        infinity, sign, (x,) = parse_compressed(data, "G1", 1)
-        if infinity:
-            return Z1
-        y = _fp_sqrt((x * x * x + 4) % P)
-        if y is None:
-            raise DecodeError("G1 point: not on the curve")
-        if (y > _HALF_P) != sign:
-            y = (P - y) % P
-        pt = (FQ(x), FQ(y), FQ.one())
-        if not is_on_curve(pt, b):  # holds by construction; kept as a cheap guard
-            raise DecodeError("G1 point: not on the curve")
-        if not _in_g1(pt):
-            raise DecodeError("G1 point: not in the order-r subgroup")
-        return pt
-
-    def g1_encode(self, a) -> bytes:
-        if _is_inf(a):
-            return _INFINITY_G1
-        x, y = _affine(a)
-        out = bytearray(x.n.to_bytes(48, "big"))
-        out[0] |= FLAG_COMPRESSED | (FLAG_SIGN if y.n > _HALF_P else 0)
-        return bytes(out)
-
-    def g1_add(self, a, b_):
-        return add(a, b_)
-
-    def g1_neg(self, a):
-        return neg(a)
-
-    def g1_mul(self, a, k: int, secret: bool):
-        return multiply(a, k % R)  # same (variable-time) math either way
+    # --- G1 and G2 -----------------------------------------------------
+    # py-ecc's point arithmetic works over Fp and Fp2 alike: one function
+    # serves both groups; the rest is the group's own (_Points).
+    g1_add = g2_add = staticmethod(add)
+    g1_neg = g2_neg = staticmethod(neg)
+    g1_mul = g2_mul = staticmethod(_mul)
+    g1_eq = g2_eq = staticmethod(_point_eq)
+    g1_is_identity = g2_is_identity = staticmethod(_is_inf)
+    g1_generator, g2_generator = _G1.generator, _G2.generator
+    g1_identity, g2_identity = _G1.identity, _G2.identity
+    g1_decode, g2_decode = _G1.decode, _G2.decode
+    g1_encode, g2_encode = _G1.encode, _G2.encode
+    g1_msm, g2_msm = _G1.msm, _G2.msm
 
     def g1_generator_mul(self, k: int):
         """k g1 (the native backend uses a fixed-base table; here it is a plain multiply)."""
         return multiply(G1, k % R)
-
-    def g1_msm(self, points, scalars):
-        return _msm(points, [k % R for k in scalars], Z1)
-
-    def g1_eq(self, a, b_) -> bool:
-        return _point_eq(a, b_)
-
-    def g1_is_identity(self, a) -> bool:
-        return _is_inf(a)
-
-    # --- G2 -----------------------------------------------------------
-    def g2_generator(self):
-        return G2
-
-    def g2_identity(self):
-        return Z2
-
-    def g2_decode(self, data: bytes):
-        infinity, sign, (x1, x0) = parse_compressed(data, "G2", 2)
-        if infinity:
-            return Z2
-        x = FQ2([x0, x1])
-        rhs = x * x * x + b2
-        root = _fp2_sqrt(*(int(c) for c in rhs.coeffs))
-        if root is None:
-            raise DecodeError("G2 point: not on the curve")
-        y0, y1 = root
-        if _fp2_sign(y0, y1) != sign:
-            y0, y1 = (P - y0) % P, (P - y1) % P
-        pt = (x, FQ2([y0, y1]), FQ2.one())
-        if not is_on_curve(pt, b2):
-            raise DecodeError("G2 point: not on the curve")
-        if not _in_g2(pt):
-            raise DecodeError("G2 point: not in the order-r subgroup")
-        return pt
-
-    def g2_encode(self, a) -> bytes:
-        if _is_inf(a):
-            return _INFINITY_G2
-        x, y = _affine(a)
-        x0, x1 = (int(c) for c in x.coeffs)
-        y0, y1 = (int(c) for c in y.coeffs)
-        out = bytearray(x1.to_bytes(48, "big") + x0.to_bytes(48, "big"))
-        out[0] |= FLAG_COMPRESSED | (FLAG_SIGN if _fp2_sign(y0, y1) else 0)
-        return bytes(out)
-
-    def g2_add(self, a, b_):
-        return add(a, b_)
-
-    def g2_neg(self, a):
-        return neg(a)
-
-    def g2_mul(self, a, k: int, secret: bool):
-        return multiply(a, k % R)
-
-    def g2_msm(self, points, scalars):
-        return _msm(points, [k % R for k in scalars], Z2)
-
-    def g2_eq(self, a, b_) -> bool:
-        return _point_eq(a, b_)
-
-    def g2_is_identity(self, a) -> bool:
-        return _is_inf(a)
 
     # --- pairing --------------------------------------------------------
     def pairing(self, p, q) -> FQ12:

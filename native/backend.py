@@ -141,18 +141,6 @@ def _self_test(g1, z) -> None:
             raise NativeLoadError("native fixed-base G1 table disagrees with mcl (rebuild the extension)")
 
 
-def _g1(h: bytes):
-    if len(h) != G1_SIZE:
-        raise TypeError("not a native G1 handle")
-    return _from_buffer("mclBnG1 *", h)
-
-
-def _g2(h: bytes):
-    if len(h) != G2_SIZE:
-        raise TypeError("not a native G2 handle")
-    return _from_buffer("mclBnG2 *", h)
-
-
 def _gt(h: bytes):
     if len(h) != GT_SIZE:
         raise TypeError("not a native GT handle")
@@ -165,6 +153,110 @@ def _check_handles(handles: Sequence[bytes], size: int, what: str) -> None:
             raise TypeError(f"not a native {what} handle")
 
 
+def _common_length(xs: Sequence, ys: Sequence, message: str) -> int:
+    """The length of two sequences that must be as long as each other (ValueError(message) if not)."""
+    if len(xs) != len(ys):
+        raise ValueError(message)
+    return len(xs)
+
+
+def _result(ctype: str, fn, *args) -> bytes:
+    """``fn(out, *args)`` into a fresh ``ctype`` struct, returned as a handle's bytes."""
+    out = ffi.new(ctype)
+    fn(out, *args)
+    return bytes(ffi.buffer(out))
+
+
+class _Points:
+    """G1 or G2 on mcl: the point operations, written once for both groups.
+
+    ``name`` ("G1" or "G2") selects mcl's struct (``mclBnG1``) and routines
+    (``mclBnG1_add``) and the C helpers' (``emr_g1_mul``); the messages name the
+    group. :class:`NativeBackend` exposes these as its ``g1_*``/``g2_*`` methods.
+    """
+
+    def __init__(self, name: str, encoded_size: int) -> None:
+        self.name = name
+        self.key = name.lower()  # the generator's key in _state, and the C helpers' prefix
+        self.ctype = f"mclBn{name} *"
+        self.size = ffi.sizeof(f"mclBn{name}")
+        self.encoded_size = encoded_size
+        self._lib_add = getattr(lib, f"mclBn{name}_add")
+        self._lib_neg = getattr(lib, f"mclBn{name}_neg")
+        self._lib_is_equal = getattr(lib, f"mclBn{name}_isEqual")
+        self._lib_is_zero = getattr(lib, f"mclBn{name}_isZero")
+        self._lib_serialize = getattr(lib, f"mclBn{name}_serialize")
+        self._lib_deserialize = getattr(lib, f"mclBn{name}_deserialize")
+        self._lib_is_valid_order = getattr(lib, f"mclBn{name}_isValidOrder")
+        self._emr_mul = getattr(lib, f"emr_{self.key}_mul")
+        self._emr_msm_name = f"emr_{self.key}_msm"
+        self._emr_msm = getattr(lib, self._emr_msm_name)
+
+    def handle(self, h: bytes):
+        """A cdata pointer onto a handle's bytes (no copy); TypeError for a wrong size."""
+        if len(h) != self.size:
+            raise TypeError(f"not a native {self.name} handle")
+        return _from_buffer(self.ctype, h)
+
+    def generator(self) -> bytes:
+        return _state[self.key]  # type: ignore[return-value]
+
+    def identity(self) -> bytes:
+        return _state[self.key + "_zero"]  # type: ignore[return-value]
+
+    def decode(self, data: bytes) -> bytes:
+        """A point from a compressed encoding that passed the structural checks
+        (length, flags, x < p: core/_encoding.py), not the point at infinity;
+        mcl checks the curve, this the subgroup."""
+        n = self.encoded_size
+        out = ffi.new(self.ctype)
+        if len(data) != n or self._lib_deserialize(out, bytes(data), n) != n:
+            raise NativeDecodeError(f"{self.name} point: not on the curve")
+        if not self._lib_is_valid_order(out):
+            raise NativeDecodeError(f"{self.name} point: not in the order-r subgroup")
+        return bytes(ffi.buffer(out))
+
+    def encode(self, a: bytes) -> bytes:
+        n = self.encoded_size
+        buf = ffi.new("char[]", n)
+        if self._lib_serialize(buf, n, self.handle(a)) != n:
+            raise ValueError(f"mcl could not serialize a {self.name} point")
+        return ffi.unpack(buf, n)
+
+    def add(self, a: bytes, b: bytes) -> bytes:
+        return _result(self.ctype, self._lib_add, self.handle(a), self.handle(b))
+
+    def neg(self, a: bytes) -> bytes:
+        return _result(self.ctype, self._lib_neg, self.handle(a))
+
+    def mul(self, a: bytes, k: int, secret: bool) -> bytes:
+        return _result(self.ctype, self._emr_mul, self.handle(a), _le(k), 1 if secret else 0)
+
+    def msm(self, points: Sequence[bytes], scalars: Sequence[int]) -> bytes:
+        n = _common_length(points, scalars, "msm needs as many scalars as points")
+        if n == 0:
+            return self.identity()
+        _check_handles(points, self.size, self.name)
+        pts = ffi.new(f"mclBn{self.name}[]", n)  # mulVec may normalize its input: give it a copy
+        ffi.memmove(pts, b"".join(points), n * self.size)
+        out = ffi.new(self.ctype)
+        if self._emr_msm(out, pts, b"".join(_le(k) for k in scalars), n) != 0:
+            raise MemoryError(self._emr_msm_name)
+        return bytes(ffi.buffer(out))
+
+    def eq(self, a: bytes, b: bytes) -> bool:
+        return bool(self._lib_is_equal(self.handle(a), self.handle(b)))
+
+    def is_identity(self, a: bytes) -> bool:
+        return bool(self._lib_is_zero(self.handle(a)))
+
+
+_G1 = _Points("G1", 48)
+_G2 = _Points("G2", 96)
+_g1 = _G1.handle
+_g2 = _G2.handle
+
+
 class NativeBackend:
     """BLS12-381 arithmetic on mcl (constant-time multiplication for secrets)."""
 
@@ -172,153 +264,39 @@ class NativeBackend:
 
     def __init__(self) -> None:
         st = _init_mcl()
-        self._g1: bytes = st["g1"]  # type: ignore[assignment]
-        self._g2: bytes = st["g2"]  # type: ignore[assignment]
         self._z: bytes = st["z"]  # type: ignore[assignment]
         self._one: bytes = st["one"]  # type: ignore[assignment]
-        self._g1_zero: bytes = st["g1_zero"]  # type: ignore[assignment]
-        self._g2_zero: bytes = st["g2_zero"]  # type: ignore[assignment]
         self._qwords: int = st["qwords"]  # type: ignore[assignment]
         self._qbytes = 8 * self._qwords
 
     def __repr__(self) -> str:
         return "NativeBackend(mcl v3.04, BLS12-381)"
 
-    # ------------------------------------------------------------------ G1
+    # ------------------------------------------------------------------ G1 and G2
+    # One implementation for both groups (_Points), under the protocol's names.
 
-    def g1_generator(self) -> bytes:
-        return self._g1
-
-    def g1_identity(self) -> bytes:
-        return self._g1_zero
-
-    def g1_decode(self, data: bytes) -> bytes:
-        """A point from a compressed encoding that passed the structural checks
-        (length, flags, x < p: core/_encoding.py), not the point at infinity;
-        mcl checks the curve, this the subgroup."""
-        out = ffi.new("mclBnG1 *")
-        if len(data) != 48 or lib.mclBnG1_deserialize(out, bytes(data), 48) != 48:
-            raise NativeDecodeError("G1 point: not on the curve")
-        if not lib.mclBnG1_isValidOrder(out):
-            raise NativeDecodeError("G1 point: not in the order-r subgroup")
-        return bytes(ffi.buffer(out))
-
-    def g1_encode(self, a: bytes) -> bytes:
-        buf = ffi.new("char[48]")
-        if lib.mclBnG1_serialize(buf, 48, _g1(a)) != 48:
-            raise ValueError("mcl could not serialize a G1 point")
-        return ffi.unpack(buf, 48)
-
-    def g1_add(self, a: bytes, b: bytes) -> bytes:
-        out = ffi.new("mclBnG1 *")
-        lib.mclBnG1_add(out, _g1(a), _g1(b))
-        return bytes(ffi.buffer(out))
-
-    def g1_neg(self, a: bytes) -> bytes:
-        out = ffi.new("mclBnG1 *")
-        lib.mclBnG1_neg(out, _g1(a))
-        return bytes(ffi.buffer(out))
-
-    def g1_mul(self, a: bytes, k: int, secret: bool) -> bytes:
-        out = ffi.new("mclBnG1 *")
-        lib.emr_g1_mul(out, _g1(a), _le(k), 1 if secret else 0)
-        return bytes(ffi.buffer(out))
+    g1_generator, g2_generator = _G1.generator, _G2.generator
+    g1_identity, g2_identity = _G1.identity, _G2.identity
+    g1_decode, g2_decode = _G1.decode, _G2.decode
+    g1_encode, g2_encode = _G1.encode, _G2.encode
+    g1_add, g2_add = _G1.add, _G2.add
+    g1_neg, g2_neg = _G1.neg, _G2.neg
+    g1_mul, g2_mul = _G1.mul, _G2.mul
+    g1_msm, g2_msm = _G1.msm, _G2.msm
+    g1_eq, g2_eq = _G1.eq, _G2.eq
+    g1_is_identity, g2_is_identity = _G1.is_identity, _G2.is_identity
 
     def g1_generator_mul(self, k: int) -> bytes:
         """k g1 for a secret k from the fixed-base table (constant time, ~3x mulCT)."""
-        out = ffi.new("mclBnG1 *")
-        lib.emr_g1_generator_mul(out, _le(k))
-        return bytes(ffi.buffer(out))
-
-    def g1_msm(self, points: Sequence[bytes], scalars: Sequence[int]) -> bytes:
-        n = len(points)
-        if n != len(scalars):
-            raise ValueError("msm needs as many scalars as points")
-        if n == 0:
-            return self._g1_zero
-        _check_handles(points, G1_SIZE, "G1")
-        pts = ffi.new("mclBnG1[]", n)  # mulVec may normalize its input: give it a copy
-        ffi.memmove(pts, b"".join(points), n * G1_SIZE)
-        out = ffi.new("mclBnG1 *")
-        if lib.emr_g1_msm(out, pts, b"".join(_le(k) for k in scalars), n) != 0:
-            raise MemoryError("emr_g1_msm")
-        return bytes(ffi.buffer(out))
-
-    def g1_eq(self, a: bytes, b: bytes) -> bool:
-        return bool(lib.mclBnG1_isEqual(_g1(a), _g1(b)))
-
-    def g1_is_identity(self, a: bytes) -> bool:
-        return bool(lib.mclBnG1_isZero(_g1(a)))
-
-    # ------------------------------------------------------------------ G2
-
-    def g2_generator(self) -> bytes:
-        return self._g2
-
-    def g2_identity(self) -> bytes:
-        return self._g2_zero
-
-    def g2_decode(self, data: bytes) -> bytes:
-        """As :meth:`g1_decode`, for 96-byte G2 encodings."""
-        out = ffi.new("mclBnG2 *")
-        if len(data) != 96 or lib.mclBnG2_deserialize(out, bytes(data), 96) != 96:
-            raise NativeDecodeError("G2 point: not on the curve")
-        if not lib.mclBnG2_isValidOrder(out):
-            raise NativeDecodeError("G2 point: not in the order-r subgroup")
-        return bytes(ffi.buffer(out))
-
-    def g2_encode(self, a: bytes) -> bytes:
-        buf = ffi.new("char[96]")
-        if lib.mclBnG2_serialize(buf, 96, _g2(a)) != 96:
-            raise ValueError("mcl could not serialize a G2 point")
-        return ffi.unpack(buf, 96)
-
-    def g2_add(self, a: bytes, b: bytes) -> bytes:
-        out = ffi.new("mclBnG2 *")
-        lib.mclBnG2_add(out, _g2(a), _g2(b))
-        return bytes(ffi.buffer(out))
-
-    def g2_neg(self, a: bytes) -> bytes:
-        out = ffi.new("mclBnG2 *")
-        lib.mclBnG2_neg(out, _g2(a))
-        return bytes(ffi.buffer(out))
-
-    def g2_mul(self, a: bytes, k: int, secret: bool) -> bytes:
-        out = ffi.new("mclBnG2 *")
-        lib.emr_g2_mul(out, _g2(a), _le(k), 1 if secret else 0)
-        return bytes(ffi.buffer(out))
-
-    def g2_msm(self, points: Sequence[bytes], scalars: Sequence[int]) -> bytes:
-        n = len(points)
-        if n != len(scalars):
-            raise ValueError("msm needs as many scalars as points")
-        if n == 0:
-            return self._g2_zero
-        _check_handles(points, G2_SIZE, "G2")
-        pts = ffi.new("mclBnG2[]", n)
-        ffi.memmove(pts, b"".join(points), n * G2_SIZE)
-        out = ffi.new("mclBnG2 *")
-        if lib.emr_g2_msm(out, pts, b"".join(_le(k) for k in scalars), n) != 0:
-            raise MemoryError("emr_g2_msm")
-        return bytes(ffi.buffer(out))
-
-    def g2_eq(self, a: bytes, b: bytes) -> bool:
-        return bool(lib.mclBnG2_isEqual(_g2(a), _g2(b)))
-
-    def g2_is_identity(self, a: bytes) -> bool:
-        return bool(lib.mclBnG2_isZero(_g2(a)))
+        return _result("mclBnG1 *", lib.emr_g1_generator_mul, _le(k))
 
     # ------------------------------------------------------------------ pairing
 
     def pairing(self, p: bytes, q: bytes) -> bytes:
-        out = ffi.new("mclBnGT *")
-        lib.mclBn_pairing(out, _g1(p), _g2(q))
-        return bytes(ffi.buffer(out))
+        return _result("mclBnGT *", lib.mclBn_pairing, _g1(p), _g2(q))
 
     def multi_pairing(self, ps: Sequence[bytes], qs: Sequence[bytes]) -> bytes:
-        n = len(ps)
-        if n != len(qs):
-            raise ValueError("multi_pairing needs as many G2 as G1 points")
+        n = _common_length(ps, qs, "multi_pairing needs as many G2 as G1 points")
         if n == 0:
             return self._one
         _check_handles(ps, G1_SIZE, "G1")
@@ -371,26 +349,18 @@ class NativeBackend:
         return ffi.unpack(buf, GT_SIZE)
 
     def gt_mul(self, a: bytes, b: bytes) -> bytes:
-        out = ffi.new("mclBnGT *")
-        lib.mclBnGT_mul(out, _gt(a), _gt(b))
-        return bytes(ffi.buffer(out))
+        return _result("mclBnGT *", lib.mclBnGT_mul, _gt(a), _gt(b))
 
     def gt_inv(self, a: bytes) -> bytes:
         # Conjugation: the inverse for every element of the order-r subgroup,
         # which is all a GT handle can hold (decode checks membership).
-        out = ffi.new("mclBnGT *")
-        lib.mclBnGT_inv(out, _gt(a))
-        return bytes(ffi.buffer(out))
+        return _result("mclBnGT *", lib.mclBnGT_inv, _gt(a))
 
     def gt_pow(self, a: bytes, k: int) -> bytes:
-        out = ffi.new("mclBnGT *")
-        lib.emr_gt_pow(out, _gt(a), _le(k))
-        return bytes(ffi.buffer(out))
+        return _result("mclBnGT *", lib.emr_gt_pow, _gt(a), _le(k))
 
     def gt_multi_pow(self, bases: Sequence[bytes], exps: Sequence[int]) -> bytes:
-        n = len(bases)
-        if n != len(exps):
-            raise ValueError("multi_pow needs as many exponents as bases")
+        n = _common_length(bases, exps, "multi_pow needs as many exponents as bases")
         if n == 0:
             return self._one
         _check_handles(bases, GT_SIZE, "GT")
@@ -403,9 +373,7 @@ class NativeBackend:
         return bytes(ffi.buffer(out))
 
     def gt_generator_pow(self, k: int) -> bytes:
-        out = ffi.new("mclBnGT *")
-        lib.emr_gt_generator_pow(out, _le(k))
-        return bytes(ffi.buffer(out))
+        return _result("mclBnGT *", lib.emr_gt_generator_pow, _le(k))
 
     def gt_eq(self, a: bytes, b: bytes) -> bool:
         return bool(lib.mclBnGT_isEqual(_gt(a), _gt(b)))
