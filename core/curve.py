@@ -118,9 +118,8 @@ def scalar_inverse(k: int) -> int:
 
 # --------------------------------------------------------------------- groups
 #
-# The backend names its operations after the group (g1_add, g2_add, gt_mul,
-# ...). G1 and G2 share one implementation (_ECPoint, which picks the backend
-# method by the group's name); GT names its own.
+# Each group class names its backend operations in explicit methods (g1_add,
+# g2_add, gt_mul, ...); the shared code in the base classes calls those.
 
 
 class _Element:
@@ -135,7 +134,7 @@ class _Element:
     def backend(self) -> Backend:
         return self._b
 
-    # The backend operations every group has (defined by _ECPoint and GT).
+    # The backend operations every group has (defined by each group class).
     @staticmethod
     def _decode_handle(b: Backend, data: bytes) -> object:
         raise NotImplementedError
@@ -175,40 +174,31 @@ class _Element:
 
 
 class _ECPoint(_Element):
-    """A point of G1 or G2: one implementation for both groups.
-
-    The backend names its operations on a group after the group
-    (``g1_add``, ``g2_add``, ...; core/_backend.py); a subclass says which
-    with ``_GROUP`` and :meth:`_op` picks the backend's method."""
-
     __slots__ = ()
-    _GROUP: str  # "g1" or "g2"
 
-    @classmethod
-    def _op(cls, b: Backend, name: str):
-        """The backend's ``<group>_<name>`` method, e.g. ``b.g1_add`` for G1."""
-        return getattr(b, f"{cls._GROUP}_{name}")
+    @staticmethod
+    def _generator_handle(b: Backend) -> object:
+        raise NotImplementedError
 
-    @classmethod
-    def _generator_handle(cls, b: Backend) -> object:
-        return cls._op(b, "generator")()
+    @staticmethod
+    def _identity_handle(b: Backend) -> object:
+        raise NotImplementedError
 
-    @classmethod
-    def _identity_handle(cls, b: Backend) -> object:
-        return cls._op(b, "identity")()
+    @staticmethod
+    def _msm_handle(b: Backend, handles: list, scalars: list[int]) -> object:
+        raise NotImplementedError
 
-    @classmethod
-    def _decode_handle(cls, b: Backend, data: bytes) -> object:
-        return cls._op(b, "decode")(data)
+    def _add(self, other: "_ECPoint") -> object:
+        raise NotImplementedError
 
-    def _encode(self) -> bytes:
-        return self._op(self._b, "encode")(self._h)
+    def _neg(self) -> object:
+        raise NotImplementedError
 
-    def _eq(self, other: "_Element") -> bool:
-        return self._op(self._b, "eq")(self._h, other._h)
+    def _mul_handle(self, k: int, secret: bool) -> object:
+        raise NotImplementedError
 
     def is_identity(self) -> bool:
-        return self._op(self._b, "is_identity")(self._h)
+        raise NotImplementedError
 
     @classmethod
     def generator(cls):
@@ -231,10 +221,10 @@ class _ECPoint(_Element):
 
     def __add__(self, other):
         self._same(other)
-        return type(self)(self._b, self._op(self._b, "add")(self._h, other._h))
+        return type(self)(self._b, self._add(other))
 
     def __neg__(self):
-        return type(self)(self._b, self._op(self._b, "neg")(self._h))
+        return type(self)(self._b, self._neg())
 
     def __sub__(self, other):
         return self + (-other)
@@ -242,7 +232,7 @@ class _ECPoint(_Element):
     def _mul(self, k: int, secret: bool):
         if not isinstance(k, int):
             return NotImplemented
-        return type(self)(self._b, self._op(self._b, "mul")(self._h, k % R, secret))
+        return type(self)(self._b, self._mul_handle(k % R, secret))
 
     def __mul__(self, k: int):
         """Constant-time scalar multiplication (safe for secret scalars)."""
@@ -264,13 +254,46 @@ class _ECPoint(_Element):
         b = points[0]._b
         for p in points:
             points[0]._same(p)
-        return cls(b, cls._op(b, "msm")([p._h for p in points], [k % R for k in scalars]))
+        return cls(b, cls._msm_handle(b, [p._h for p in points], [k % R for k in scalars]))
 
 
 class G1(_ECPoint):
     __slots__ = ()
     ENCODED_SIZE = 48
-    _GROUP = "g1"
+
+    @staticmethod
+    def _generator_handle(b: Backend) -> object:
+        return b.g1_generator()
+
+    @staticmethod
+    def _identity_handle(b: Backend) -> object:
+        return b.g1_identity()
+
+    @staticmethod
+    def _decode_handle(b: Backend, data: bytes) -> object:
+        return b.g1_decode(data)
+
+    @staticmethod
+    def _msm_handle(b: Backend, handles: list, scalars: list[int]) -> object:
+        return b.g1_msm(handles, scalars)
+
+    def _encode(self) -> bytes:
+        return self._b.g1_encode(self._h)
+
+    def _eq(self, other: "_Element") -> bool:
+        return self._b.g1_eq(self._h, other._h)
+
+    def _add(self, other: "_ECPoint") -> object:
+        return self._b.g1_add(self._h, other._h)
+
+    def _neg(self) -> object:
+        return self._b.g1_neg(self._h)
+
+    def _mul_handle(self, k: int, secret: bool) -> object:
+        return self._b.g1_mul(self._h, k, secret)
+
+    def is_identity(self) -> bool:
+        return self._b.g1_is_identity(self._h)
 
     @classmethod
     def generator_mul(cls, k: int) -> "G1":
@@ -281,7 +304,40 @@ class G1(_ECPoint):
 class G2(_ECPoint):
     __slots__ = ()
     ENCODED_SIZE = 96
-    _GROUP = "g2"
+
+    @staticmethod
+    def _generator_handle(b: Backend) -> object:
+        return b.g2_generator()
+
+    @staticmethod
+    def _identity_handle(b: Backend) -> object:
+        return b.g2_identity()
+
+    @staticmethod
+    def _decode_handle(b: Backend, data: bytes) -> object:
+        return b.g2_decode(data)
+
+    @staticmethod
+    def _msm_handle(b: Backend, handles: list, scalars: list[int]) -> object:
+        return b.g2_msm(handles, scalars)
+
+    def _encode(self) -> bytes:
+        return self._b.g2_encode(self._h)
+
+    def _eq(self, other: "_Element") -> bool:
+        return self._b.g2_eq(self._h, other._h)
+
+    def _add(self, other: "_ECPoint") -> object:
+        return self._b.g2_add(self._h, other._h)
+
+    def _neg(self) -> object:
+        return self._b.g2_neg(self._h)
+
+    def _mul_handle(self, k: int, secret: bool) -> object:
+        return self._b.g2_mul(self._h, k, secret)
+
+    def is_identity(self) -> bool:
+        return self._b.g2_is_identity(self._h)
 
     def prepare(self) -> "G2Prepared":
         """Precompute the Miller-loop lines of this point for repeated pairings."""
