@@ -22,10 +22,11 @@ routine and is only for public scalars.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from ._backend import Backend, active_backend
 from ._constants import R
@@ -118,8 +119,9 @@ def scalar_inverse(k: int) -> int:
 
 # --------------------------------------------------------------------- groups
 #
-# Each group class names its backend operations in explicit methods (g1_add,
-# g2_add, gt_mul, ...); the shared code in the base classes calls those.
+# Each group names its backend operations explicitly (G1 and G2 through a
+# _PointOps table of the backend's g1_*/g2_* methods, GT in its own methods);
+# the shared code in the base classes calls those.
 
 
 class _Element:
@@ -173,32 +175,72 @@ class _Element:
         return f"{type(self).__name__}({self.to_bytes().hex()[:16]}..., {self._b.name})"
 
 
+class _PointOps(NamedTuple):
+    """One group's point operations on one backend (bound methods, named explicitly)."""
+
+    generator: Callable[[], object]
+    identity: Callable[[], object]
+    decode: Callable[[bytes], object]
+    msm: Callable[[list, list[int]], object]
+    encode: Callable[[object], bytes]
+    eq: Callable[[object, object], bool]
+    add: Callable[[object, object], object]
+    neg: Callable[[object], object]
+    mul: Callable[[object, int, bool], object]
+    is_identity: Callable[[object], bool]
+
+
+@functools.cache
+def _g1_ops(b: Backend) -> _PointOps:
+    return _PointOps(b.g1_generator, b.g1_identity, b.g1_decode, b.g1_msm, b.g1_encode, b.g1_eq, b.g1_add,
+                     b.g1_neg, b.g1_mul, b.g1_is_identity)
+
+
+@functools.cache
+def _g2_ops(b: Backend) -> _PointOps:
+    return _PointOps(b.g2_generator, b.g2_identity, b.g2_decode, b.g2_msm, b.g2_encode, b.g2_eq, b.g2_add,
+                     b.g2_neg, b.g2_mul, b.g2_is_identity)
+
+
 class _ECPoint(_Element):
+    """What G1 and G2 share; each names its backend's operations in ``_ops``."""
+
     __slots__ = ()
+    _ops: Callable[[Backend], _PointOps]
 
-    @staticmethod
-    def _generator_handle(b: Backend) -> object:
-        raise NotImplementedError
+    @classmethod
+    def _generator_handle(cls, b: Backend) -> object:
+        return cls._ops(b).generator()
 
-    @staticmethod
-    def _identity_handle(b: Backend) -> object:
-        raise NotImplementedError
+    @classmethod
+    def _identity_handle(cls, b: Backend) -> object:
+        return cls._ops(b).identity()
 
-    @staticmethod
-    def _msm_handle(b: Backend, handles: list, scalars: list[int]) -> object:
-        raise NotImplementedError
+    @classmethod
+    def _decode_handle(cls, b: Backend, data: bytes) -> object:
+        return cls._ops(b).decode(data)
+
+    @classmethod
+    def _msm_handle(cls, b: Backend, handles: list, scalars: list[int]) -> object:
+        return cls._ops(b).msm(handles, scalars)
+
+    def _encode(self) -> bytes:
+        return self._ops(self._b).encode(self._h)
+
+    def _eq(self, other: "_Element") -> bool:
+        return self._ops(self._b).eq(self._h, other._h)
 
     def _add(self, other: "_ECPoint") -> object:
-        raise NotImplementedError
+        return self._ops(self._b).add(self._h, other._h)
 
     def _neg(self) -> object:
-        raise NotImplementedError
+        return self._ops(self._b).neg(self._h)
 
     def _mul_handle(self, k: int, secret: bool) -> object:
-        raise NotImplementedError
+        return self._ops(self._b).mul(self._h, k, secret)
 
     def is_identity(self) -> bool:
-        raise NotImplementedError
+        return self._ops(self._b).is_identity(self._h)
 
     @classmethod
     def generator(cls):
@@ -260,40 +302,7 @@ class _ECPoint(_Element):
 class G1(_ECPoint):
     __slots__ = ()
     ENCODED_SIZE = 48
-
-    @staticmethod
-    def _generator_handle(b: Backend) -> object:
-        return b.g1_generator()
-
-    @staticmethod
-    def _identity_handle(b: Backend) -> object:
-        return b.g1_identity()
-
-    @staticmethod
-    def _decode_handle(b: Backend, data: bytes) -> object:
-        return b.g1_decode(data)
-
-    @staticmethod
-    def _msm_handle(b: Backend, handles: list, scalars: list[int]) -> object:
-        return b.g1_msm(handles, scalars)
-
-    def _encode(self) -> bytes:
-        return self._b.g1_encode(self._h)
-
-    def _eq(self, other: "_Element") -> bool:
-        return self._b.g1_eq(self._h, other._h)
-
-    def _add(self, other: "_ECPoint") -> object:
-        return self._b.g1_add(self._h, other._h)
-
-    def _neg(self) -> object:
-        return self._b.g1_neg(self._h)
-
-    def _mul_handle(self, k: int, secret: bool) -> object:
-        return self._b.g1_mul(self._h, k, secret)
-
-    def is_identity(self) -> bool:
-        return self._b.g1_is_identity(self._h)
+    _ops = staticmethod(_g1_ops)
 
     @classmethod
     def generator_mul(cls, k: int) -> "G1":
@@ -304,40 +313,7 @@ class G1(_ECPoint):
 class G2(_ECPoint):
     __slots__ = ()
     ENCODED_SIZE = 96
-
-    @staticmethod
-    def _generator_handle(b: Backend) -> object:
-        return b.g2_generator()
-
-    @staticmethod
-    def _identity_handle(b: Backend) -> object:
-        return b.g2_identity()
-
-    @staticmethod
-    def _decode_handle(b: Backend, data: bytes) -> object:
-        return b.g2_decode(data)
-
-    @staticmethod
-    def _msm_handle(b: Backend, handles: list, scalars: list[int]) -> object:
-        return b.g2_msm(handles, scalars)
-
-    def _encode(self) -> bytes:
-        return self._b.g2_encode(self._h)
-
-    def _eq(self, other: "_Element") -> bool:
-        return self._b.g2_eq(self._h, other._h)
-
-    def _add(self, other: "_ECPoint") -> object:
-        return self._b.g2_add(self._h, other._h)
-
-    def _neg(self) -> object:
-        return self._b.g2_neg(self._h)
-
-    def _mul_handle(self, k: int, secret: bool) -> object:
-        return self._b.g2_mul(self._h, k, secret)
-
-    def is_identity(self) -> bool:
-        return self._b.g2_is_identity(self._h)
+    _ops = staticmethod(_g2_ops)
 
     def prepare(self) -> "G2Prepared":
         """Precompute the Miller-loop lines of this point for repeated pairings."""
