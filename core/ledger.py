@@ -758,6 +758,11 @@ class Ledger:
         value = self.get(policy_key(patient))
         return None if value is None else PolicyEntry.from_state(value)
 
+    def parsed_policy(self, patient: str) -> Policy | None:
+        """The patient's committed policy, parsed (cached by its bytes, as validation does)."""
+        entry = self.policy(patient)
+        return None if entry is None else self._policy(entry.policy)
+
     def request(self, request_id: str) -> RequestEntry | None:
         value = self.get(request_key(request_id))
         return None if value is None else RequestEntry.from_state(value)

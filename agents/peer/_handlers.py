@@ -188,16 +188,19 @@ class PeerHandlers:
     def _doctor_may_see(self, doctor: str, patient: str, record_id: str, label: str) -> bool:
         """Whether ``patient``'s policy could allow ``doctor`` to request this record."""
         ledger = self.peer.ledger
-        cert, policy = ledger.certificate(doctor), ledger.policy(patient)
-        if cert is None or cert.revoked or policy is None:
+        cert = ledger.certificate(doctor)
+        if cert is None or cert.revoked:
+            return False
+        try:
+            policy = ledger.parsed_policy(patient)
+        except CoreError:
+            return False
+        if policy is None:
             return False
         c = cert.cert
         # the reserved names come from the certificate's own fields, as the ledger's evaluation does
         attributes = {**c.attributes, "organization": c.org, "id": c.subject}
-        try:
-            return policy.parsed().could_allow(attributes, record_id, label)
-        except CoreError:
-            return False
+        return policy.could_allow(attributes, record_id, label)
 
     async def _query(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
         what, sender = query.what, msg.sender
