@@ -528,6 +528,14 @@ class _Parser:
 
     # -- time, purpose -------------------------------------------------------
 
+    def _period_end(self, valid_from: int | None, expected: str) -> int:
+        """The validity period's end date (``expected`` says what one looks like),
+        which must come after ``valid_from`` when that is given."""
+        end = self.kind("datetime", expected)
+        if valid_from is not None and end.value <= valid_from:
+            raise self.fail(end, "the validity period ends before it starts", "an end later than the start")
+        return end.value
+
     def during(self) -> TimeWindow:
         valid_from = valid_until = hours = days = None
         while True:
@@ -537,10 +545,7 @@ class _Parser:
                     raise self.fail(tok, "the validity period is given twice")
                 valid_from = self.advance().value
                 self.punct("..", "'..' and the end date, e.g. 2026-01-01 .. 2027-01-01")
-                end = self.kind("datetime", "the end date, e.g. 2027-01-01T00:00Z")
-                valid_until = end.value
-                if valid_until <= valid_from:
-                    raise self.fail(end, "the validity period ends before it starts", "an end later than the start")
+                valid_until = self._period_end(valid_from, "the end date, e.g. 2027-01-01T00:00Z")
             elif self.is_word("from"):
                 self.advance()
                 if valid_from is not None:
@@ -553,10 +558,7 @@ class _Parser:
                 self.advance()
                 if valid_until is not None:
                     raise self.fail(tok, "the end of the validity period is given twice")
-                end = self.kind("datetime", "a UTC date such as 2027-01-01 or 2027-01-01T00:00Z")
-                valid_until = end.value
-                if valid_from is not None and valid_until <= valid_from:
-                    raise self.fail(end, "the validity period ends before it starts", "an end later than the start")
+                valid_until = self._period_end(valid_from, "a UTC date such as 2027-01-01 or 2027-01-01T00:00Z")
             elif self.is_word("hours"):
                 self.advance()
                 if hours is not None:

@@ -131,17 +131,22 @@ int emr_gt_table_ready(void) { return gt_table_ready; }
 
 size_t emr_gt_table_bytes(void) { return sizeof(gt_table); }
 
-static void ct_select(mclBnGT *out, const mclBnGT *row, unsigned idx)
+/* Constant-time table lookup: out = rows[idx] (each row `words` 64-bit words,
+   `count` rows), reading every row, with no branch or address depending on idx. */
+static void ct_select_words(uint64_t *out, const uint64_t *rows, size_t words, unsigned count, unsigned idx)
 {
-    uint64_t acc[GT_WORDS];
-    memset(acc, 0, sizeof(acc));
-    for (unsigned j = 0; j < WIN_SIZE; j++) {
+    memset(out, 0, words * sizeof(uint64_t));
+    for (unsigned j = 0; j < count; j++) {
         /* mask = all ones iff j == idx, computed without a branch */
         uint64_t mask = (uint64_t)0 - ((((uint64_t)(j ^ idx)) - 1) >> 63);
-        const uint64_t *src = (const uint64_t *)&row[j];
-        for (size_t w = 0; w < GT_WORDS; w++) acc[w] |= src[w] & mask;
+        const uint64_t *src = rows + (size_t)j * words;
+        for (size_t w = 0; w < words; w++) out[w] |= src[w] & mask;
     }
-    memcpy(out, acc, sizeof(acc));
+}
+
+static void ct_select(mclBnGT *out, const mclBnGT *row, unsigned idx)
+{
+    ct_select_words((uint64_t *)out, (const uint64_t *)row, GT_WORDS, WIN_SIZE, idx);
 }
 
 void emr_gt_generator_pow(mclBnGT *out, const uint8_t *k)
@@ -208,15 +213,7 @@ size_t emr_g1_table_bytes(void) { return sizeof(g1_table); }
 
 static void ct_select_g1(mclBnG1 *out, const mclBnG1 *row, unsigned idx)
 {
-    uint64_t acc[G1_WORDS];
-    memset(acc, 0, sizeof(acc));
-    for (unsigned j = 0; j < G1_ROW; j++) {
-        uint64_t mask = (uint64_t)0 - ((((uint64_t)(j ^ idx)) - 1) >> 63);
-        const uint64_t *src = (const uint64_t *)&row[j];
-        for (size_t w = 0; w < G1_WORDS; w++) acc[w] |= src[w] & mask;
-    }
-    memcpy(out, acc, sizeof(acc));
-    memset(acc, 0, sizeof(acc));
+    ct_select_words((uint64_t *)out, (const uint64_t *)row, G1_WORDS, G1_ROW, idx);
 }
 
 /* The 64 digits of k (32 bytes little-endian, < r) as row indices (d + 15) / 2. */
