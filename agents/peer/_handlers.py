@@ -32,7 +32,7 @@ import hmac
 import logging
 import secrets
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -185,22 +185,21 @@ class PeerHandlers:
     def _forbid_query(self, msg: bus.Message, what: str, why: str) -> bus.HandlerError:
         return self.peer.refusals.refuse(msg.sender, f"{PeerQuery.kind} {what}", codes.FORBIDDEN, why)
 
-    def _doctor_may_see(self, doctor: str, patient: str, record_id: str, label: str) -> bool:
-        """Whether ``patient``'s policy could allow ``doctor`` to request this record."""
+    def _doctor_view(self, doctor: str, patient: str) -> Callable[[str, str], bool]:
+        """``may_see(record_id, label)``: whether ``patient``'s policy could allow
+        ``doctor`` to request that record (certificate and policy read once)."""
         ledger = self.peer.ledger
         cert = ledger.certificate(doctor)
-        if cert is None or cert.revoked:
-            return False
         try:
-            policy = ledger.parsed_policy(patient)
+            policy = None if cert is None or cert.revoked else ledger.parsed_policy(patient)
         except CoreError:
-            return False
+            policy = None
         if policy is None:
-            return False
+            return lambda record_id, label: False
         c = cert.cert
         # the reserved names come from the certificate's own fields, as the ledger's evaluation does
         attributes = {**c.attributes, "organization": c.org, "id": c.subject}
-        return policy.could_allow(attributes, record_id, label)
+        return lambda record_id, label: policy.could_allow(attributes, record_id, label)
 
     async def _query(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
         what, sender = query.what, msg.sender
@@ -219,6 +218,7 @@ class PeerHandlers:
             own = node or sender == patient
             if not own and self.peer.roles.get(sender) != "doctor":
                 raise self._forbid_query(msg, what, "a patient's records are listed to the patient and its doctors")
+            may_see = None if own else self._doctor_view(sender, patient)
             out = []
             for key, raw in self.peer.store.scan(records_prefix(patient)):
                 rec = RecordEntry.from_state(canonical.unpack(raw, max_size=1 << 22, what=key))
@@ -228,7 +228,7 @@ class PeerHandlers:
                 if own:
                     out.append({"record_id": record_id, "label": rec.label, "cid": rec.cid, "size": rec.size,
                                 "media_type": rec.media_type, "height": rec.height})
-                elif self._doctor_may_see(sender, patient, record_id, rec.label):
+                elif may_see(record_id, rec.label):
                     # what a request needs: no CID before a grant
                     out.append({"record_id": record_id, "label": rec.label, "size": rec.size,
                                 "media_type": rec.media_type, "height": rec.height})
@@ -244,7 +244,7 @@ class PeerHandlers:
         elif what == "record":
             if sender != query.patient and not (
                     entry is not None and self.peer.roles.get(sender) == "doctor"
-                    and self._doctor_may_see(sender, query.patient, query.record_id, entry["label"])):
+                    and self._doctor_view(sender, query.patient)(query.record_id, entry["label"])):
                 raise self._forbid_query(msg, what, "the patient's policy does not allow you this record")
         elif sender not in (entry.get("patient"), entry.get("doctor")):  # request, grant
             raise self._forbid_query(msg, what, f"a {what} is read by its patient and doctor only")

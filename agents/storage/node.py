@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import trio
 
@@ -50,6 +50,7 @@ from bus import Endpoint, Message
 from core.errors import DecodeError
 from core.protocol import (
     MAX_MESSAGE_DATA,
+    codes,
     BlobStatistics,
     NodeStatistics,
     StorageGet,
@@ -203,9 +204,13 @@ class StorageNode:
         """The sender's role if it is in ``allowed``; else Forbidden (logged)."""
         role = self.access.role(msg.sender)
         if role not in allowed:
-            log.info("%s: refused %s from %s (%s)", self.endpoint.identity, msg.kind, msg.sender, role or "unknown")
-            raise Forbidden(f"{what} on this node")
+            self._refuse(msg, what)
         return role
+
+    def _refuse(self, msg: Message, what: str) -> NoReturn:
+        """Count the refusal and log it once per sender and kind (a flood does not flood the log)."""
+        self.refusals.refuse(msg.sender, msg.kind, codes.STORAGE_FORBIDDEN, what)
+        raise Forbidden(f"{what} on this node")
 
     def _admit_put(self, msg: Message, size: int) -> None:
         """Put admission: a user or a storage node; a user within its sessions and bytes."""
@@ -228,9 +233,7 @@ class StorageNode:
     async def _owner_or_storage(self, msg: Message, cid: str, what: str) -> None:
         role = self._admit(msg, ("user", "storage"), what)
         if role == "user" and await self._thread(self.store.owner_of, cid) != msg.sender:
-            log.info("%s: refused %s of %s from %s (not the owner)", self.endpoint.identity, msg.kind, cid,
-                     msg.sender)
-            raise Forbidden(f"{what} on this node")
+            self._refuse(msg, what)
 
     async def _thread(self, fn, *args, **kwargs):
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)

@@ -243,7 +243,7 @@ async def test_idle_put_session_is_aborted_and_quota_released(tmp_path) -> None:
             assert info.value.code == "storage.bad-request"
 
 
-async def test_admission_who_may_put_read_list_and_unpin(tmp_path) -> None:
+async def test_admission_who_may_put_read_list_and_unpin(tmp_path, caplog) -> None:
     from agents.storage import Forbidden
     from core.protocol import StorageList, StorageListReply, StorageUnpin, StorageUnpinReply
 
@@ -273,6 +273,12 @@ async def test_admission_who_may_put_read_list_and_unpin(tmp_path) -> None:
             node.store.pin(cid)
             assert await repair.unpin(cid) == 1 and not node.store.is_pinned(cid)
             assert len(node.store.list()) == 1  # nothing the refused senders sent was stored
+            # refusals are counted, and logged once per sender and kind (a flood does not flood the log)
+            for _ in range(3):
+                with pytest.raises(Forbidden):
+                    await bob._call("s0", StorageUnpin(cid), StorageUnpinReply)
+            assert node.refusals.counts()[("storage.unpin", "storage.forbidden")] == 4
+            assert sum(1 for r in caplog.records if "storage.unpin from 'bob'" in r.getMessage()) == 1
 
 
 async def test_per_sender_quota_and_put_sessions(tmp_path) -> None:
