@@ -47,7 +47,9 @@ void emr_gt_frobenius(mclBnGT *y, const mclBnGT *x);
 /* Monotonic clock in ns (for the timing loops). */
 uint64_t emr_now_ns(void);
 
-/* Bare timing loops for the benchmark: run the operation n times, return ns. */
+/* Bare timing loops for the benchmark: run the operation n times, return ns.
+   The scalar multiplications time emr_g1_mul / emr_g2_mul, the very calls the
+   backend makes (scalar decoding and wiping included; mulCT when ct). */
 uint64_t emr_bench_g1_generator_mul(const uint8_t *k, size_t n);
 /* fast != 0: emr_gt_is_valid; else mclBnGT_isValid (x^r). */
 uint64_t emr_bench_gt_is_valid(const mclBnGT *x, int fast, size_t n);
