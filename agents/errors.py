@@ -9,7 +9,9 @@ callers rely on them (``KeyError``, ``ValueError``, ``OSError``). There is one
 :class:`Unavailable` (storage's is its subclass
 :class:`agents.storage.StorageUnavailable`).
 
-Each class's ``code`` comes from :mod:`core.protocol.codes`; it is what
+Each class's ``code`` comes from :mod:`core.protocol.codes`, named in the class
+header (``class GrantRevoked(AgentError, code=codes.ACCESS_BAD_STATE)``, checked
+against :data:`core.protocol.codes.CODES` when the class is defined); it is what
 crosses the bus when a handler raises it. :data:`REMOTE_ERRORS` turns a
 received ``(code, message)`` back into the typed error (:func:`from_remote`),
 so agents catch types, not code strings. It types what a peer or a patient
@@ -21,8 +23,10 @@ patient's own ``agent.unknown`` or ``unavailable``) comes back as a plain
 
 from __future__ import annotations
 
+from typing import Any
+
 from core.protocol import codes
-from core.protocol.codes import ErrorRegistry
+from core.protocol.codes import ErrorRegistry, check_code
 
 __all__ = [
     "AgentError", "RegistrationError", "EnrollmentExists", "EnrollmentInvalid", "NotRegistered", "UnknownAgent",
@@ -37,6 +41,13 @@ class AgentError(Exception):
 
     code = codes.AGENT_ERROR
 
+    def __init_subclass__(cls, *, code: str | None = None, **kwargs: Any) -> None:
+        """``class X(AgentError, code=codes.Y)`` sets ``X.code`` (a defined code, checked
+        here); without ``code=`` a subclass keeps its base's."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = check_code(code)
+
     def __init__(self, message: str = "", *, code: str | None = None):
         super().__init__(message)
         if code is not None:
@@ -47,47 +58,33 @@ class AgentError(Exception):
         return self.code
 
 
-class RegistrationError(AgentError):
+class RegistrationError(AgentError, code=codes.ENROLL_DENIED):
     """Enrollment refused (and the base of the agent's other registration troubles)."""
 
-    code = codes.ENROLL_DENIED
 
-
-class EnrollmentExists(RegistrationError):
+class EnrollmentExists(RegistrationError, code=codes.ENROLL_EXISTS):
     """The subject is already registered (with other keys)."""
 
-    code = codes.ENROLL_EXISTS
 
-
-class EnrollmentInvalid(RegistrationError):
+class EnrollmentInvalid(RegistrationError, code=codes.ENROLL_INVALID):
     """The peer found the enrollment malformed, or issued a certificate that does not check."""
 
-    code = codes.ENROLL_INVALID
 
-
-class NotRegistered(RegistrationError):
+class NotRegistered(RegistrationError, code=codes.AGENT_UNREGISTERED):
     """Called before :meth:`register`."""
 
-    code = codes.AGENT_UNREGISTERED
 
-
-class UnknownAgent(RegistrationError):
+class UnknownAgent(RegistrationError, code=codes.AGENT_UNKNOWN):
     """Peers do not know this agent (never registered, or its certificate was revoked):
     the bus's ``unknown-sender``."""
 
-    code = codes.AGENT_UNKNOWN
 
-
-class CertificateRevoked(RegistrationError):
+class CertificateRevoked(RegistrationError, code=codes.AGENT_CERT_REVOKED):
     """This agent's own certificate is revoked: peers no longer talk to it."""
 
-    code = codes.AGENT_CERT_REVOKED
 
-
-class PolicyDenied(AgentError):
+class PolicyDenied(AgentError, code=codes.REQUEST_DENIED):
     """The patient's policy does not allow this request (the ledger recorded the decision)."""
-
-    code = codes.REQUEST_DENIED
 
     def __init__(self, message: str = "", *, rule: str = "", reason: str = "", code: str | None = None):
         super().__init__(message, code=code)
@@ -95,32 +92,24 @@ class PolicyDenied(AgentError):
         self.reason = reason
 
 
-class RequestRejected(AgentError):
+class RequestRejected(AgentError, code=codes.REQUEST_REJECTED):
     """The patient declined the request."""
 
-    code = codes.REQUEST_REJECTED
 
-
-class UnknownRequest(AgentError):
+class UnknownRequest(AgentError, code=codes.REQUEST_UNKNOWN):
     """The patient finds no such pending request from the sender on the ledger."""
 
-    code = codes.REQUEST_UNKNOWN
 
-
-class GrantRevoked(AgentError):
+class GrantRevoked(AgentError, code=codes.ACCESS_BAD_STATE):
     """The grant was revoked (or expired): peers refuse to re-encrypt."""
 
-    code = codes.ACCESS_BAD_STATE
+
+class RecordNotFound(AgentError, code=codes.RECORD_NOT_FOUND):
+    """No such record on the ledger."""
 
 
-class RecordNotFound(AgentError):
-    code = codes.RECORD_NOT_FOUND
-
-
-class NotEnoughPeers(AgentError):
+class NotEnoughPeers(AgentError, code=codes.ACCESS_NOT_ENOUGH_PEERS):
     """Fewer than t peers answered with a valid re-encryption share."""
-
-    code = codes.ACCESS_NOT_ENOUGH_PEERS
 
     def __init__(self, message: str = "", *, answered: int = 0, needed: int = 0, errors: dict | None = None):
         super().__init__(message)
@@ -129,43 +118,33 @@ class NotEnoughPeers(AgentError):
         self.errors = errors or {}
 
 
-class IntegrityError(AgentError):
+class IntegrityError(AgentError, code=codes.INTEGRITY):
     """A blob, signature, CID or share failed verification."""
 
-    code = codes.INTEGRITY
 
-
-class TransactionRejected(AgentError):
+class TransactionRejected(AgentError, code=codes.TX_REJECTED):
     """The ledger marked a transaction invalid; ``reason`` is the core.ledger reason code."""
-
-    code = codes.TX_REJECTED
 
     def __init__(self, message: str = "", *, reason: str = ""):
         super().__init__(message)
         self.reason = reason
 
 
-class Unavailable(AgentError):
+class Unavailable(AgentError, code=codes.UNAVAILABLE):
     """A needed agent (peer, patient, storage) did not answer in time. ``causes``
     maps each agent tried to its error, where the caller kept them."""
-
-    code = codes.UNAVAILABLE
 
     def __init__(self, message: str = "", causes: dict | None = None, *, code: str | None = None):
         super().__init__(message, code=code)
         self.causes: dict = dict(causes or {})
 
 
-class SubmitTimeout(Unavailable):
+class SubmitTimeout(Unavailable, code=codes.SUBMIT_TIMEOUT):
     """A peer took the transaction but did not see it committed in time (another peer may)."""
 
-    code = codes.SUBMIT_TIMEOUT
 
-
-class SubmitUnavailable(Unavailable):
+class SubmitUnavailable(Unavailable, code=codes.SUBMIT_UNAVAILABLE):
     """The peer's orderer did not take the transaction (another peer may reach one)."""
-
-    code = codes.SUBMIT_UNAVAILABLE
 
 
 REMOTE_ERRORS: ErrorRegistry[AgentError] = ErrorRegistry(lambda code, message: AgentError(message, code=code))

@@ -33,10 +33,8 @@ from agents.errors import AgentError
 __all__ = ["AgentKeys", "KeyStore", "KeyStoreError", "atomic_write"]
 
 
-class KeyStoreError(AgentError):
+class KeyStoreError(AgentError, code=codes.KEY_STORE):
     """The key store cannot be opened (wrong passphrase or key file, corrupt file)."""
-
-    code = codes.KEY_STORE
 
 
 # ------------------------------------------------------------------ keys

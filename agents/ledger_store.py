@@ -57,10 +57,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITH
 """
 
 
-class StoreError(AgentError):
+class StoreError(AgentError, code=codes.LEDGER_STORE):
     """The database does not belong to this chain, or is inconsistent."""
-
-    code = codes.LEDGER_STORE
 
 
 def prefix_bound(prefix: str) -> str | None:

@@ -17,64 +17,52 @@ __all__ = ["StorageError", "NotFound", "CorruptBlob", "CidMismatch", "BlobTooLar
            "BadRequest", "Forbidden", "Busy", "StorageUnavailable", "Unavailable", "STORAGE_ERRORS", "from_code"]
 
 
-class StorageError(AgentError):
+class StorageError(AgentError, code=codes.STORAGE_ERROR):
     """Root of the storage subsystem's errors."""
 
-    code = codes.STORAGE_ERROR
 
-
-class NotFound(StorageError, KeyError):
-    code = codes.STORAGE_NOT_FOUND
+class NotFound(StorageError, KeyError, code=codes.STORAGE_NOT_FOUND):
+    """The node does not hold the blob."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else self.code
 
 
-class CorruptBlob(StorageError):
+class CorruptBlob(StorageError, code=codes.STORAGE_CORRUPT):
     """Bytes on disk do not hash to the blob's CID; they were not served."""
 
-    code = codes.STORAGE_CORRUPT
 
-
-class CidMismatch(StorageError, ValueError):
+class CidMismatch(StorageError, ValueError, code=codes.STORAGE_CID_MISMATCH):
     """The bytes uploaded do not hash to the CID the client claimed."""
 
-    code = codes.STORAGE_CID_MISMATCH
+
+class BlobTooLarge(StorageError, ValueError, code=codes.STORAGE_TOO_LARGE):
+    """The blob exceeds the node's maximum size."""
 
 
-class BlobTooLarge(StorageError, ValueError):
-    code = codes.STORAGE_TOO_LARGE
+class QuotaExceeded(StorageError, code=codes.STORAGE_QUOTA_EXCEEDED):
+    """The node's quota (or the sender's share of it) is used up."""
 
 
-class QuotaExceeded(StorageError):
-    code = codes.STORAGE_QUOTA_EXCEEDED
+class DiskFull(StorageError, OSError, code=codes.STORAGE_DISK_FULL):
+    """The node's disk is full."""
 
 
-class DiskFull(StorageError, OSError):
-    code = codes.STORAGE_DISK_FULL
+class BadRequest(StorageError, ValueError, code=codes.STORAGE_BAD_REQUEST):
+    """The request is malformed (body, CID, session, range)."""
 
 
-class BadRequest(StorageError, ValueError):
-    code = codes.STORAGE_BAD_REQUEST
-
-
-class Forbidden(StorageError, PermissionError):
+class Forbidden(StorageError, PermissionError, code=codes.STORAGE_FORBIDDEN):
     """The sender may not do this here (not a registered user, not the blob's owner, not a node)."""
 
-    code = codes.STORAGE_FORBIDDEN
 
-
-class Busy(StorageError):
+class Busy(StorageError, code=codes.STORAGE_BUSY):
     """Too many put sessions are open (the sender's own limit, or the node's); retry later."""
 
-    code = codes.STORAGE_BUSY
 
-
-class StorageUnavailable(StorageError, Unavailable):
+class StorageUnavailable(StorageError, Unavailable, code=codes.STORAGE_UNAVAILABLE):
     """Not enough replicas answered (fewer than w acknowledged a write, or no
     replica could serve a good copy). ``causes`` maps each node tried to its error."""
-
-    code = codes.STORAGE_UNAVAILABLE
 
 
 STORAGE_ERRORS: ErrorRegistry[StorageError] = ErrorRegistry(lambda code, message: StorageError(message, code=code))
