@@ -27,6 +27,7 @@ from agents.storage import BadRequest, CidMismatch, DiskFull, NotFound, StorageE
 from agents.consortium import ConsortiumDirectory
 from agents.runtime import make_endpoint
 from core import ecdsa
+from core.protocol import codes
 from core.protocol.codes import CODES
 
 
@@ -93,3 +94,18 @@ async def test_a_raised_agent_error_crosses_the_bus_with_its_code():
             assert type(from_remote(info.value.code, info.value.message)) is PolicyDenied
             await patient.aclose()
             await doctor.aclose()
+
+
+def test_a_class_names_its_code_in_its_header_checked_when_defined():
+    class Refused(RegistrationError, code=codes.ENROLL_EXPIRED):
+        pass
+
+    class StillRefused(Refused):  # no code=: the base's
+        pass
+
+    assert Refused.code == StillRefused.code == "enroll.expired"
+    assert RegistrationError.code == "enroll.denied"  # the base is untouched
+    assert Refused("x", code="busy").code == "busy"  # an instance may still carry another
+    with pytest.raises(ValueError, match="not a defined error code"):
+        class Typo(AgentError, code="enroll.expird"):
+            pass
