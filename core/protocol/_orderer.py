@@ -63,20 +63,18 @@ class _OneOrList(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class OrdererSubmit(_OneOrList):
+class OrdererSubmit(_OneOrList, kind="orderer.submit"):
     """``{tx}`` (one encoded core.tx.Transaction) or ``{txs: [..]}`` (1..1024, ``batch``)."""
 
-    kind = "orderer.submit"
     forms = ("tx", "txs", _TX)
     txs: tuple[bytes, ...]
     batch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class OrdererSubmitReply(_OneOrList):
+class OrdererSubmitReply(_OneOrList, kind="orderer.submit"):
     """``{tx_id}``, or ``{tx_ids: [..]}`` for the list form: queued, not yet committed."""
 
-    kind = "orderer.submit"
     forms = ("tx_id", "tx_ids", _TX_ID)
     tx_ids: tuple[bytes, ...]
     batch: bool = False
@@ -92,10 +90,9 @@ class BlockRange(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class OrdererBlocks(BlockRange):
+class OrdererBlocks(BlockRange, kind="orderer.blocks"):
     """``{from, limit}``; ``limit`` may be absent (256)."""
 
-    kind = "orderer.blocks"
     limit: int = wire(_LIMIT, default=MAX_BLOCKS_PER_REPLY)
 
 
@@ -107,27 +104,23 @@ class BlockList(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class OrdererBlocksReply(BlockList):
+class OrdererBlocksReply(BlockList, kind="orderer.blocks"):
     """``{blocks: [bin]}``: encoded core.ledger.Block, heights from ``from`` on."""
 
-    kind = "orderer.blocks"
+
+@dataclass(frozen=True, slots=True)
+class OrdererHead(Message, kind="orderer.head"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class OrdererHead(Message):
-    kind = "orderer.head"
-
-
-@dataclass(frozen=True, slots=True)
-class OrdererHeadReply(Message):
-    kind = "orderer.head"
+class OrdererHeadReply(Message, kind="orderer.head"):
     height: int = wire(_HEIGHT)
     hash: bytes = wire(Bytes(HASH_SIZE))
 
 
 @dataclass(frozen=True, slots=True)
-class BlockEvent(Message):
+class BlockEvent(Message, kind="blocks"):
     """Topic ``blocks`` (published by the orderer after it persisted the block)."""
 
-    kind = "blocks"
     block: bytes = wire(_BLOCK)

@@ -10,16 +10,14 @@ __all__ = ["PatientAccessRequest", "PatientAccessRequestReply"]
 
 
 @dataclass(frozen=True, slots=True)
-class PatientAccessRequest(Message):
+class PatientAccessRequest(Message, kind="patient.access_request"):
     """From the doctor of a committed ``access_request``: please grant it."""
 
-    kind = "patient.access_request"
     request_id: str = wire(Id())
 
 
 @dataclass(frozen=True, slots=True)
-class PatientAccessRequestReply(Message):
+class PatientAccessRequestReply(Message, kind="patient.access_request"):
     """Once the ``grant`` committed and t peers acknowledged their key shares."""
 
-    kind = "patient.access_request"
     grant_id: str = wire(Id())

@@ -48,13 +48,12 @@ _PROXY_INDEX = Int(1, MAX_PROXY_INDEX)
 
 
 @dataclass(frozen=True, slots=True)
-class PeerEnroll(Message):
+class PeerEnroll(Message, kind="peer.enroll"):
     """From ``enroll:<hex key>``. ``valid_s``: the requested validity in seconds (the
     peer accepts 1..10 years: ``enroll.invalid`` otherwise). ``token``: the
     registrar's :class:`core.enrollment.EnrollmentToken` for this subject, org,
     attributes and enrolling key (``agents.enrollment_token``)."""
 
-    kind = "peer.enroll"
     subject: str = wire(Id())
     org: str = wire(Id())
     attributes: dict = wire(Map(MAX_ATTRIBUTES))
@@ -66,10 +65,9 @@ class PeerEnroll(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerEnrollReply(Message):
+class PeerEnrollReply(Message, kind="peer.enroll"):
     """The certificate (``core.identity.Certificate.to_dict``) once the ``register`` committed."""
 
-    kind = "peer.enroll"
     cert: dict = wire(Map())
     height: int = wire(_HEIGHT)
 
@@ -78,11 +76,10 @@ class PeerEnrollReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerSubmit(_OneOrList):
+class PeerSubmit(_OneOrList, kind="peer.submit"):
     """``{tx, wait}`` or ``{txs: [..] (1..1024, at most 8 MiB in all), wait}``; ``wait``
     may be absent (False)."""
 
-    kind = "peer.submit"
     forms = ("tx", "txs", _TX)
     txs: tuple[bytes, ...]
     wait: bool = False
@@ -102,21 +99,19 @@ class PeerSubmit(_OneOrList):
 
 
 @dataclass(frozen=True, slots=True)
-class SubmitResult(Message):
+class SubmitResult(Message, kind="peer.submit"):
     """One transaction's outcome: ``{tx_id}``, and with ``wait`` its block ``height``
     and ``mark`` (``"ok"`` or a core.ledger reason code)."""
 
-    kind = "peer.submit"
     tx_id: bytes = wire(_TX_ID)
     height: int | None = wire(Optional(_HEIGHT), default=None, omit_none=True)
     mark: str | None = wire(Optional(Choice(tuple(REASON_CODES))), default=None, omit_none=True)
 
 
 @dataclass(frozen=True, slots=True)
-class PeerSubmitReply(Message):
+class PeerSubmitReply(Message, kind="peer.submit"):
     """One :class:`SubmitResult` as the body, or ``{results: [..]}`` for the list form."""
 
-    kind = "peer.submit"
     results: tuple[SubmitResult, ...]
     batch: bool = False
 
@@ -152,10 +147,9 @@ _LABEL = Optional(Text(128, min_len=1))  # core.ledger's bound on a record label
 
 
 @dataclass(frozen=True, slots=True)
-class PeerQuery(Message):
+class PeerQuery(Message, kind="peer.query"):
     """``{what, ...}``: the fields :data:`QUERY_FIELDS` names for ``what``; the others are None."""
 
-    kind = "peer.query"
     what: str
     subject: str | None = None
     patient: str | None = None
@@ -187,12 +181,11 @@ class PeerQuery(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerQueryReply(Message):
+class PeerQueryReply(Message, kind="peer.query"):
     """The peer's committed state entry (a map), a list (``records``) or nil. Unlike
     the other replies the body is the value itself; its fields are the ledger's
     (core.ledger's state keys) and are checked by whoever reads them."""
 
-    kind = "peer.query"
     value: dict | list | None
 
     def to_wire(self) -> Any:  # type: ignore[override]
@@ -212,18 +205,16 @@ class PeerQueryReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerAudit(Message):
+class PeerAudit(Message, kind="peer.audit"):
     """Only the patient itself may ask (``audit.forbidden``)."""
 
-    kind = "peer.audit"
     patient: str = wire(Id())
 
 
 @dataclass(frozen=True, slots=True)
-class PeerAuditReply(Message):
+class PeerAuditReply(Message, kind="peer.audit"):
     """core.ledger audit entries, oldest first."""
 
-    kind = "peer.audit"
     events: tuple[dict, ...] = wire(ListOf(Map(), max_len=MAX_ENTRIES))
 
 
@@ -231,18 +222,16 @@ class PeerAuditReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerDeliverShare(Message):
+class PeerDeliverShare(Message, kind="peer.deliver_share"):
     """A re-encryption key share sealed to the peer (``core.pre.SealedKeyShare``)."""
 
-    kind = "peer.deliver_share"
     grant_id: str = wire(Id())
     index: int = wire(_PROXY_INDEX)
     sealed: bytes = wire(Bytes(max_size=MAX_SEALED_SHARE))
 
 
 @dataclass(frozen=True, slots=True)
-class PeerDeliverShareReply(Message):
-    kind = "peer.deliver_share"
+class PeerDeliverShareReply(Message, kind="peer.deliver_share"):
     ok: bool = wire(Bool(), default=True)
 
 
@@ -250,8 +239,7 @@ class PeerDeliverShareReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerReencrypt(Message):
-    kind = "peer.reencrypt"
+class PeerReencrypt(Message, kind="peer.reencrypt"):
     grant_id: str = wire(Id())
     patient: str = wire(Id())
     record_id: str = wire(Id())
@@ -259,11 +247,10 @@ class PeerReencrypt(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerReencryptReply(Message):
+class PeerReencryptReply(Message, kind="peer.reencrypt"):
     """The re-encrypted share and the peer's signature over it
     (:func:`core.protocol.make_reencrypt_reply`, :func:`core.protocol.verify_reencrypt_reply`)."""
 
-    kind = "peer.reencrypt"
     index: int = wire(_PROXY_INDEX)
     share: bytes = wire(Bytes(pre.ReencryptedShare.SIZE))
     cid: str = wire(CID)
@@ -274,15 +261,13 @@ class PeerReencryptReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerBlocks(BlockRange):
+class PeerBlocks(BlockRange, kind="peer.blocks"):
     """Catch-up from another peer: ``{from, limit}`` (both required)."""
-
-    kind = "peer.blocks"
 
 
 @dataclass(frozen=True, slots=True)
-class PeerBlocksReply(BlockList):
-    kind = "peer.blocks"
+class PeerBlocksReply(BlockList, kind="peer.blocks"):
+    pass
 
 
 # -- topic events -----------------------------------------------------------------
@@ -291,10 +276,9 @@ _TEXT = Optional(Text(1024))
 
 
 @dataclass(frozen=True, slots=True)
-class Decision(Message):
+class Decision(Message, kind="events"):
     """The policy decision of an ``access_request`` (core.ledger's, cut to four fields)."""
 
-    kind = "events"
     effect: str | None = wire(_TEXT)
     approval: str | None = wire(_TEXT)
     rule: str | None = wire(_TEXT)
@@ -302,11 +286,10 @@ class Decision(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerEvent(Message):
+class PeerEvent(Message, kind="events"):
     """Topic ``events``: a committed ``access_request``, ``grant``, ``deny_request`` or
     ``revoke_grant`` (``type``) concerning ``patient``."""
 
-    kind = "events"
     height: int = wire(_HEIGHT)
     type: str = wire(Choice(EVENT_TYPES))
     patient: str = wire(Id())
@@ -314,4 +297,3 @@ class PeerEvent(Message):
     request_id: str | None = wire(Optional(Id()))
     grant_id: str | None = wire(Optional(Id()))
     decision: Decision | None = wire(Optional(Nested(Decision)))
-

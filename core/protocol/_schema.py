@@ -1,11 +1,11 @@
 """The machinery under every wire type: field codecs and the :class:`Message` base.
 
 A wire type is a frozen, slotted dataclass deriving from :class:`Message`, with
-a string class attribute ``kind`` and one :func:`wire` field per body field::
+its ``kind`` named in the class header (it becomes the class attribute ``kind``)
+and one :func:`wire` field per body field::
 
     @dataclass(frozen=True, slots=True)
-    class PeerAudit(Message):
-        kind = "peer.audit"
+    class PeerAudit(Message, kind="peer.audit"):
         patient: str = wire(Id())
 
 ``to_wire()`` gives the body (a msgpack-ready map); ``from_wire(obj)`` checks
@@ -259,6 +259,13 @@ class Message:
     __slots__ = ()
 
     kind: ClassVar[str]
+
+    def __init_subclass__(cls, *, kind: str | None = None, **kwargs: Any) -> None:
+        """``class PeerAudit(Message, kind="peer.audit")`` sets ``PeerAudit.kind``; a base
+        declared without ``kind=`` (``BlockRange``) leaves it to its subclasses."""
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            cls.kind = kind
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

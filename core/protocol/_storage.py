@@ -63,149 +63,136 @@ class _Done(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePut(Message):
+class StoragePut(Message, kind="storage.put"):
     """The whole blob; ``cid`` (optional) is what the client claims it hashes to."""
 
-    kind = "storage.put"
     data: bytes = wire(_DATA)
     cid: str | None = wire(Optional(CID), default=None)
     pin: bool = wire(Bool(), default=True)
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutReply(_OneBlob):
+class StoragePutReply(_OneBlob, kind="storage.put"):
     """Acknowledged once the blob is durable (fsync, rename, directory fsync) and its CID checked."""
-
-    kind = "storage.put"
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutBegin(Message):
-    kind = "storage.put.begin"
+class StoragePutBegin(Message, kind="storage.put.begin"):
     size: int = wire(_SIZE)
     cid: str | None = wire(Optional(CID), default=None)
     pin: bool = wire(Bool(), default=True)
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutBeginReply(_OneSession):
-    kind = "storage.put.begin"
+class StoragePutBeginReply(_OneSession, kind="storage.put.begin"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutChunk(_OneSession):
-    kind = "storage.put.chunk"
+class StoragePutChunk(_OneSession, kind="storage.put.chunk"):
     offset: int = wire(_SIZE)
     data: bytes = wire(_DATA)
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutChunkReply(Message):
-    kind = "storage.put.chunk"
+class StoragePutChunkReply(Message, kind="storage.put.chunk"):
     written: int = wire(_SIZE)
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutCommit(_OneSession):
-    kind = "storage.put.commit"
+class StoragePutCommit(_OneSession, kind="storage.put.commit"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutCommitReply(_OneBlob):
-    kind = "storage.put.commit"
+class StoragePutCommitReply(_OneBlob, kind="storage.put.commit"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutAbort(_OneSession):
-    kind = "storage.put.abort"
+class StoragePutAbort(_OneSession, kind="storage.put.abort"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutAbortReply(_Done):
-    kind = "storage.put.abort"
+class StoragePutAbortReply(_Done, kind="storage.put.abort"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StorageGet(_OneBlob):
-    kind = "storage.get"
+class StorageGet(_OneBlob, kind="storage.get"):
     offset: int = wire(_SIZE)
     length: int = wire(Int(0, MAX_MESSAGE_DATA))
     leaves: bool = wire(Bool(), default=False)
 
 
 @dataclass(frozen=True, slots=True)
-class StorageGetReply(Message):
+class StorageGetReply(Message, kind="storage.get"):
     """``data`` from ``offset`` (shorter at the end of the blob), the blob's ``size``, and
     its chunk ``digests`` (32 bytes each, concatenated) when the request asked for ``leaves``."""
 
-    kind = "storage.get"
     data: bytes = wire(_DATA)
     size: int = wire(_SIZE)
     digests: bytes | None = wire(Optional(_DIGESTS), default=None, omit_none=True)
 
 
 @dataclass(frozen=True, slots=True)
-class StorageLeaves(_OneBlob):
-    kind = "storage.leaves"
+class StorageLeaves(_OneBlob, kind="storage.leaves"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StorageLeavesReply(Message):
-    kind = "storage.leaves"
+class StorageLeavesReply(Message, kind="storage.leaves"):
     size: int = wire(_SIZE)
     digests: bytes = wire(_DIGESTS)
 
 
 @dataclass(frozen=True, slots=True)
-class StorageHas(_OneBlob):
-    kind = "storage.has"
+class StorageHas(_OneBlob, kind="storage.has"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StorageHasReply(Message):
-    kind = "storage.has"
+class StorageHasReply(Message, kind="storage.has"):
     has: bool = wire(Bool())
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePin(_OneBlob):
-    kind = "storage.pin"
+class StoragePin(_OneBlob, kind="storage.pin"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePinReply(_Done):
-    kind = "storage.pin"
+class StoragePinReply(_Done, kind="storage.pin"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StorageUnpin(_OneBlob):
-    kind = "storage.unpin"
+class StorageUnpin(_OneBlob, kind="storage.unpin"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StorageUnpinReply(_Done):
-    kind = "storage.unpin"
+class StorageUnpinReply(_Done, kind="storage.unpin"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class StorageStat(Message):
+class StorageStat(Message, kind="storage.stat"):
     """One blob's statistics, or (``cid`` nil) the node's."""
 
-    kind = "storage.stat"
     cid: str | None = wire(Optional(CID), default=None)
 
 
 @dataclass(frozen=True, slots=True)
-class BlobStatistics(_OneBlob):
-    kind = "storage.stat"
+class BlobStatistics(_OneBlob, kind="storage.stat"):
     size: int = wire(_SIZE)
     stored_bytes: int = wire(_SIZE)
     pinned: bool = wire(Bool())
 
 
 @dataclass(frozen=True, slots=True)
-class NodeStatistics(Message):
-    kind = "storage.stat"
+class NodeStatistics(Message, kind="storage.stat"):
     node: str = wire(Id())
     blobs: int = wire(_SIZE)
     used_bytes: int = wire(_SIZE)
@@ -216,11 +203,10 @@ class NodeStatistics(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StorageStatReply(Message):
+class StorageStatReply(Message, kind="storage.stat"):
     """The body is the :class:`BlobStatistics` or :class:`NodeStatistics` map itself
     (the node's has a ``node`` field)."""
 
-    kind = "storage.stat"
     stat: BlobStatistics | NodeStatistics
 
     def to_wire(self) -> dict[str, Any]:
@@ -234,19 +220,16 @@ class StorageStatReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class StorageList(Message):
+class StorageList(Message, kind="storage.list"):
     """A page of the node's blobs in CID order, after ``after`` (nil: from the start)."""
 
-    kind = "storage.list"
     after: str | None = wire(Optional(Text(MAX_CID_LENGTH)))
     limit: int = wire(Int(1, MAX_LIST_LIMIT))
 
 
 @dataclass(frozen=True, slots=True)
-class StorageListReply(Message):
+class StorageListReply(Message, kind="storage.list"):
     """``blobs``: ``[cid, size, pinned]`` rows; ``more``: another page follows."""
 
-    kind = "storage.list"
     blobs: tuple[tuple[str, int, bool], ...] = wire(ListOf(Row(CID, _SIZE, Bool()), max_len=MAX_LIST_LIMIT))
     more: bool = wire(Bool())
-

@@ -34,7 +34,7 @@ from core.protocol import (
     SubmitResult,
 )
 from core.protocol._schema import (
-    Bool, Bytes, Choice, Codec, Id, Int, ListOf, Map, Message, Nested, Optional, Row, Text, _fields,
+    Bool, Bytes, Choice, Codec, Id, Int, ListOf, Map, Message, Nested, Optional, Row, Text, _fields, wire,
 )
 
 ID_CHARS = "abcXYZ019._:@-"
@@ -289,3 +289,20 @@ def test_kinds_built_on_a_shared_field_group_keep_their_own_names_and_field_orde
     assert "'tx_id' (or 'tx_ids') is missing" in _error(OrdererSubmitReply, {"tx": b"t"})
     assert "'tx_ids'[0] must be 32 bytes" in _error(OrdererSubmitReply, {"tx_ids": [b"i"]})
     assert PeerSubmit((b"t", b"u"), wait=True, batch=True).to_wire() == {"txs": [b"t", b"u"], "wait": True}
+
+
+def test_the_kind_named_in_the_class_header_survives_the_slotted_dataclass():
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Ping(Message, kind="test.ping"):
+        n: int = wire(Int(0, 9))
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Pong(Ping):  # no kind=: the base's
+        pass
+
+    assert Ping.kind == Pong.kind == "test.ping" and "__slots__" in Ping.__dict__
+    assert Ping.from_wire({"n": 3}) == Ping(3)
+    with pytest.raises(DecodeError, match="test.ping: 'n'"):
+        Ping.from_wire({"n": 10})
+    assert not hasattr(protocol.BlockRange, "kind")  # a base declared without kind=
+    assert {spec.request.kind for spec in KINDS.values()} == set(KINDS)
