@@ -15,6 +15,8 @@ configurations the tests share.
   practitioners read everything once the patient approves).
 * :func:`user_config`, :func:`swarm_user_config`: a :class:`agents.client.UserConfig`
   with test settings (fast key derivation, a 10 s request timeout).
+* :func:`expect_not_enough_peers`: a doctor's read with fewer than t peers up
+  fails quickly with :class:`agents.errors.NotEnoughPeers` naming the peers that failed.
 
 For tests, benchmarks and integrators' experiments only: every secret here is
 fresh (``secrets``/key generation) but nothing is kept safe.
@@ -29,21 +31,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from core import ecdsa
 from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import Block, make_genesis
 
 from agents.client import UserConfig
 from agents.consortium import ConsortiumDirectory, Manifest, enrollment_token
+from agents.errors import NotEnoughPeers
 from agents.keys import AgentKeys
 
 if TYPE_CHECKING:  # the agents import only where they are made
+    from agents.doctor import DoctorAgent
     from agents.orderer import OrdererAgent
     from agents.peer import PeerAgent
     from agents.swarm import Swarm
 
-__all__ = ["CARDIOLOGY_POLICY", "SHARING_POLICY", "TestConsortium", "split_peers", "swarm_user_config",
-           "user_config"]
+__all__ = ["CARDIOLOGY_POLICY", "SHARING_POLICY", "TestConsortium", "expect_not_enough_peers", "split_peers",
+           "swarm_user_config", "user_config"]
 
 CARDIOLOGY_POLICY = """
 policy "cardiology" version 1
@@ -182,3 +188,25 @@ def user_config(manifest: Manifest, data_dir: Path, subject: str, org: str, attr
 def swarm_user_config(swarm: "Swarm", subject: str, org: str, attributes: dict, **kw: Any) -> UserConfig:
     """:func:`user_config` for a user of ``swarm`` (its manifest, the swarm's user directory)."""
     return user_config(swarm.manifest, swarm.files.user_dir(subject), subject, org, attributes, **kw)
+
+
+async def expect_not_enough_peers(doctor: "DoctorAgent", patient: str, record_id: str, *, answered: int,
+                                  needed: int, failed: Iterable[str], timeout: float) -> NotEnoughPeers:
+    """``doctor.read(patient, record_id)`` while fewer than t peers are up must raise
+    :class:`NotEnoughPeers` within ``timeout`` seconds (a clear error, not a hang: else
+    trio.TooSlowError), with ``answered`` valid shares of the ``needed`` and an error
+    from exactly the peers in ``failed``; anything else raises AssertionError.
+    Returns the error."""
+    with trio.fail_after(timeout):
+        try:
+            await doctor.read(patient, record_id)
+        except NotEnoughPeers as exc:
+            error = exc
+        else:
+            raise AssertionError(f"the read of {record_id!r} succeeded with fewer than t peers up")
+    if (error.answered, error.needed) != (answered, needed):
+        raise AssertionError(f"NotEnoughPeers: {error.answered} of {error.needed} shares, "
+                             f"expected {answered} of {needed}")
+    if set(error.errors) != set(failed):
+        raise AssertionError(f"NotEnoughPeers names {sorted(error.errors)}, expected {sorted(failed)}")
+    return error

@@ -21,13 +21,12 @@ from agents.errors import (
     AgentError,
     CertificateRevoked,
     GrantRevoked,
-    NotEnoughPeers,
     PolicyDenied,
     RequestRejected,
 )
 from agents.patient import PatientAgent
 from agents.testing.consortium import SHARING_POLICY as POLICY
-from agents.testing.consortium import user_config
+from agents.testing.consortium import expect_not_enough_peers, user_config
 from agents.swarm import Swarm, SwarmSpec
 
 pytestmark = pytest.mark.slow  # ~35 s on the pure backend (the protocol-double tests still run there)
@@ -112,11 +111,8 @@ async def test_end_to_end(users):
             assert await heart.read("alice", rid) == path.read_bytes()
             for peer in ("peer-a1", "peer-a2", "peer-b2"):  # heart's home peer-b1 stays up
                 users.swarm._scopes[peer].cancel()
-            with trio.fail_after(15):
-                with pytest.raises(NotEnoughPeers) as info:
-                    await heart.read("alice", rid)
-            assert info.value.needed == 2 and info.value.answered == 1
-            assert set(info.value.errors) == {"peer-a1", "peer-a2", "peer-b2"}
+            await expect_not_enough_peers(heart, "alice", rid, answered=1, needed=2,
+                                          failed={"peer-a1", "peer-a2", "peer-b2"}, timeout=15)
 
 
 async def test_revoked_doctor_and_patient_restart(users):
