@@ -1,8 +1,8 @@
 """Bare C timing loops over single mcl calls, for the benchmarks' wrapper/bare
 ratios (``emrshare bench crypto``, ``emrshare bench pre``).
 
-Each function runs one mcl operation ``n`` times in C and returns the elapsed
-nanoseconds. Points and GT elements are the native backend's handles (bytes
+Each function runs one mcl operation ``n`` times in C (``g1_mul``/``g2_mul``:
+through the C helper the backend calls) and returns the elapsed nanoseconds. Points and GT elements are the native backend's handles (bytes
 holding mcl's in-memory structs, as :class:`native.backend.NativeBackend`
 keeps them); scalars are 32 bytes little-endian. No cdata leaves this module.
 """
@@ -32,11 +32,15 @@ def pairing_prepared(g1: bytes, prepared_g2: bytes, n: int) -> int:
 
 
 def g1_mul(g1: bytes, k: bytes, constant_time: bool, n: int) -> int:
+    """k g1, ``n`` times, through emr_g1_mul, the C helper the backend's ``g1_mul`` calls
+    (mclBnG1_mulCT when ``constant_time``, else mclBnG1_mul, after decoding k)."""
     ffi, lib = _binding()
     return lib.emr_bench_g1_mul(ffi.from_buffer("mclBnG1 *", g1), k, 1 if constant_time else 0, n)
 
 
 def g2_mul(g2: bytes, k: bytes, constant_time: bool, n: int) -> int:
+    """k g2, ``n`` times, through emr_g2_mul, the C helper the backend's ``g2_mul`` calls
+    (mclBnG2_mulCT when ``constant_time``, else mclBnG2_mul, after decoding k)."""
     ffi, lib = _binding()
     return lib.emr_bench_g2_mul(ffi.from_buffer("mclBnG2 *", g2), k, 1 if constant_time else 0, n)
 
