@@ -43,7 +43,7 @@ from core.ledger import make_genesis, parse_genesis
 
 from agents.consortium import Manifest, enrollment_token
 from agents.keys import AgentKeys, KeyStore, atomic_write
-from agents.runtime import make_endpoint
+from agents.runtime import make_endpoint, serve_until_signal
 
 log = logging.getLogger("agents.swarm")
 
@@ -393,19 +393,15 @@ def agent_main(argv: list[str]) -> int:
     manifest = files.manifest()
     address = manifest.agents[args.id]
 
+    def ready() -> None:
+        atomic_write(files.dir / "run" / f"{args.id}.ready", str(os.getpid()).encode(), mode=0o644)
+        log.info("%s ready at %s", args.id, address)
+
     async def main() -> None:
         routes = {a: addr for a, addr in manifest.agents.items() if a != args.id}
         async with open_node(routes=routes) as node:
             await node.listen(address)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(run_server_agent, files, args.id, node, manifest)
-                    ready = files.dir / "run" / f"{args.id}.ready"
-                    atomic_write(ready, str(os.getpid()).encode(), mode=0o644)
-                    log.info("%s ready at %s", args.id, address)
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-                        break
+            await serve_until_signal(run_server_agent, files, args.id, node, manifest, ready=ready)
 
     trio.run(main)
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import bus
 from agents.consortium import Manifest
 from agents.keys import AgentKeys
 from agents.peer._agent import PeerAgent
+from agents.runtime import serve_until_signal
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -26,13 +26,8 @@ async def _serve(args: argparse.Namespace) -> None:
                      manifest=manifest, enroll_secret=secret)
     async with bus.open_node() as node:
         address = await node.listen(args.listen)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(peer.run, node)
-                print(f"ready {address} {peer.ledger.height}", flush=True)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
+        await serve_until_signal(peer.run, node,
+                                 ready=lambda: print(f"ready {address} {peer.ledger.height}", flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:

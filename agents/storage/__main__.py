@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import trio
 from bus import open_node
 from core import ecdsa
 
+from agents.runtime import make_endpoint, serve_until_signal
 from agents.storage.blobstore import DEFAULT_MAX_BLOB, BlobStore
 from agents.storage.node import DEFAULT_SENDER_QUOTA, DEFAULT_SESSIONS_PER_SENDER, StorageAccess, StorageNode
 
@@ -80,12 +80,7 @@ async def serve(args: argparse.Namespace) -> None:
     directory = FileDirectory(args.directory)
     store = BlobStore(args.dir, quota_bytes=args.quota, max_blob=args.max_blob)
     async with open_node() as bus:
-        endpoint = bus.endpoint(
-            args.id,
-            signer=lambda m: ecdsa.sign_raw(key, m),
-            directory=directory,
-            verifier=ecdsa.is_valid_raw,
-        )
+        endpoint = make_endpoint(bus, args.id, key, directory)
         storage_ids = frozenset(args.storage)
         nodes = frozenset(args.node)
         access = StorageAccess(storage_ids, nodes,
@@ -93,13 +88,7 @@ async def serve(args: argparse.Namespace) -> None:
         node = StorageNode(endpoint, store, access=access, threads=args.threads,
                            sender_quota=args.sender_quota or None, sessions_per_sender=args.sessions_per_sender)
         address = await bus.listen(args.listen)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(node.run)
-                print(f"listening {address}", flush=True)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
+        await serve_until_signal(node.run, ready=lambda: print(f"listening {address}", flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:
