@@ -207,7 +207,8 @@ def test_html_is_self_contained_and_json_round_trips():
     page = render_html(r)
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("<svg") >= 3  # throughput, latency, a histogram
-    assert "src=" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    namespaces = ('xmlns="http://www.w3.org/2000/svg"', 'xmlns:xlink="http://www.w3.org/1999/xlink"')
+    assert "src=" not in page and "http://" not in page.replace(namespaces[0], "").replace(namespaces[1], "")
     assert "test &lt;target&gt;" in page
     assert json.loads(to_json(r))["correctness"]["lost"] == 1
 
@@ -293,6 +294,16 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path):
     assert report["communication"]["per_operation"][0]["bits"] > 2880
     assert report["efficiency"]["bound"]["calls_per_op"]["pairing"] >= 2  # t re-encryptions per access
     assert "0 lost, 0 corrupted" in render_text(report)
+    # the HTML summary of this live run: one row per phase, its numbers those of the JSON
+    page = render_html(json.loads(to_json(report)))
+    assert page.index('id="phases"') < page.index("<svg")
+    for p in report["phases"]:
+        lat = p["latency_ms"]
+        row = "".join(f"<td>{c}</td>" for c in (p["phase"], f"{p['attempted']:,}", f"{p['succeeded']:,}"))
+        row += f"<td>{p['failed']:,}</td>" if not p["failed"] else f'<td class="bad-num">{p["failed"]:,}</td>'
+        row += "".join(f"<td>{v:,.{nd}f}</td>" for v, nd in ((p["throughput_per_s"], 2), (lat["p50"], 1),
+                                                               (lat["p90"], 1), (lat["p99"], 1), (lat["max"], 1)))
+        assert f"<tr>{row}</tr>" in page, p["phase"]
 
 
 def test_payload_regenerates_from_the_requested_size():
