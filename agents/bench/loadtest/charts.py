@@ -315,7 +315,7 @@ def crypto_cost_chart(eff: dict, salt: str = "crypto") -> str | None:
         ax.barh(y, [parts[n] for n in names], color=OKABE_ITO[: len(names)], height=0.6)
         calls = b.get("calls_per_op", {})
         unit = b.get("unit_cost_us", {})
-        ax.set_yticks(y, [f"{n}  ({calls.get(n, 0):.1f} x {unit.get(n, 0):,.0f} us)" for n in names])
+        ax.set_yticks(y, [f"{n}  ({calls.get(n, 0):.1f} × {unit.get(n, 0):,.0f} µs)" for n in names])
         for yi, n in zip(y, names):
             ax.annotate(f"{parts[n]:.2f} ms", xy=(parts[n], yi), xytext=(4, 0), textcoords="offset points",
                         va="center", fontsize=9)
