@@ -271,8 +271,18 @@ def test_crypto_bound_arithmetic():
 # ------------------------------------------------------------------ the real thing, small
 
 
-async def test_short_loadtest_on_a_small_swarm(tmp_path):
-    from agents.bench.loadtest import Options, WorkloadSpec, run
+async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
+    from agents.bench.loadtest import Options, WorkloadSpec, run, runner
+    from agents.bench.loadtest.progress import SetupProgress
+
+    seen: list[SetupProgress] = []
+
+    class Recording(SetupProgress):
+        def __enter__(self) -> SetupProgress:
+            seen.append(self)
+            return super().__enter__()
+
+    monkeypatch.setattr(runner, "SetupProgress", Recording)
 
     opts = Options(
         workload=WorkloadSpec(patients=3, doctors=4, imaging_fraction=0.1, imaging_mib=(1.0, 1.2),
@@ -285,6 +295,10 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path):
         report = await run(opts)
     c = report["correctness"]
     assert c["lost"] == 0 and c["corrupted"] == 0, c
+    # the setup's progress: every step counted to its end; no bars drawn (the stream is not a terminal)
+    assert [b.counts for b in seen] == [{"opening agents": [7, 7], "registering users": [7, 7],
+                                         "setting policies": [3, 3], "storing initial records": [3, 3]}]
+    assert not seen[0].enabled and "━" not in opts.progress_stream.getvalue()
     assert c["acknowledged"] > 0 and c["verified"] == c["acknowledged"]
     d = report["denials"]
     assert d.get("wrong_outcomes", 0) == 0, d["wrong"]

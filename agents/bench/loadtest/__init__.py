@@ -112,7 +112,9 @@ def parser() -> argparse.ArgumentParser:
                    help="inject faults during the run (implies --processes)")
     g = p.add_argument_group("output")
     g.add_argument("--json", type=Path, help="write the JSON report here")
-    g.add_argument("--html", type=Path, help="write the HTML report here")
+    g.add_argument("--html", type=Path,
+                   help="write the HTML report here: one offline page, summary tables first, then charts "
+                        "with the faults marked (needs matplotlib, from the bench extra)")
     g.add_argument("--probes", type=int, default=3, help="isolated probe operations of each kind (default 3)")
     g.add_argument("--verbose", "-v", action="store_true")
     return p

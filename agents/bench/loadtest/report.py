@@ -199,7 +199,8 @@ table.kv { width: 100%; }
 table.kv th { background: none; text-align: left; font-weight: normal; color: var(--muted); width: 42%;
               white-space: normal; }
 table.kv td { text-align: left; overflow-wrap: anywhere; }
-td.text, th.text { text-align: left; overflow-wrap: anywhere; }
+td.text, th.text { text-align: left; overflow-wrap: break-word; min-width: 8em; }
+td.wide { min-width: 18em; }
 .met { color: var(--good); font-weight: 600; } .missed { color: var(--bad); font-weight: 600; }
 .na { color: var(--muted); }
 .bad-num { color: var(--bad); font-weight: 600; }
@@ -217,7 +218,7 @@ def _esc(v: Any) -> str:
 
 
 def _html_table(headers: list[str], rows: list[list[Any]], *, id: str | None = None,
-                text_cols: tuple[int, ...] = ()) -> str:
+                text_cols: tuple[int, ...] = (), wide_cols: tuple[int, ...] = ()) -> str:
     """A table (wrapped so that a wide one scrolls inside the page rather than overflowing it).
     Cells may be (text, css class) pairs."""
     head = "".join(f'<th class="text">{_esc(h)}</th>' if i in text_cols else f"<th>{_esc(h)}</th>"
@@ -229,6 +230,8 @@ def _html_table(headers: list[str], rows: list[list[Any]], *, id: str | None = N
             text, cls = c if isinstance(c, tuple) else (c, "")
             if i in text_cols:
                 cls = (cls + " text").strip()
+            if i in wide_cols:
+                cls = (cls + " wide").strip()
             cells.append(f'<td class="{cls}">{_esc(text)}</td>' if cls else f"<td>{_esc(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     ident = f' id="{id}"' if id else ""
@@ -384,7 +387,7 @@ def render_html(r: dict) -> str:
     fails = [[p["phase"], _f(n), reason] for p in phases for reason, n in p["failures_by_reason"].items()]
     if fails:
         out.append("<h3>Failures by reason</h3>" + _html_table(["phase", "count", "reason"], fails, id="failures",
-                                                               text_cols=(2,)))
+                                                               text_cols=(2,), wide_cols=(2,)))
     tg = r.get("targets")
     if tg:
         rows = []
@@ -399,7 +402,7 @@ def render_html(r: dict) -> str:
         headers = FAULT_HEADERS
         if not any(r[-1] for r in rows):  # no fault failed to apply: no empty error column
             headers, rows = headers[:-1], [r[:-1] for r in rows]
-        out.append(_html_table(headers, rows, id="faults", text_cols=(3, 8, 9)))
+        out.append(_html_table(headers, rows, id="faults", text_cols=(3, 8, 9), wide_cols=(8, 9)))
         out.append('<p class="note">F1, F2, ... mark the faults on the charts\' time axes; grey bands: an agent '
                    "was down (killed until restarted, or stalled until resumed). Dip: worst 1 s throughput within "
                    "10 s of the fault against the median before the first fault; recovery: until a 3 s moving "
