@@ -207,7 +207,8 @@ def test_html_is_self_contained_and_json_round_trips():
     page = render_html(r)
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("<svg") >= 3  # throughput, latency, a histogram
-    assert "src=" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    namespaces = ('xmlns="http://www.w3.org/2000/svg"', 'xmlns:xlink="http://www.w3.org/1999/xlink"')
+    assert "src=" not in page and "http://" not in page.replace(namespaces[0], "").replace(namespaces[1], "")
     assert "test &lt;target&gt;" in page
     assert json.loads(to_json(r))["correctness"]["lost"] == 1
 
@@ -270,8 +271,18 @@ def test_crypto_bound_arithmetic():
 # ------------------------------------------------------------------ the real thing, small
 
 
-async def test_short_loadtest_on_a_small_swarm(tmp_path):
-    from agents.bench.loadtest import Options, WorkloadSpec, run
+async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
+    from agents.bench.loadtest import Options, WorkloadSpec, run, runner
+    from agents.bench.loadtest.progress import SetupProgress
+
+    seen: list[SetupProgress] = []
+
+    class Recording(SetupProgress):
+        def __enter__(self) -> SetupProgress:
+            seen.append(self)
+            return super().__enter__()
+
+    monkeypatch.setattr(runner, "SetupProgress", Recording)
 
     opts = Options(
         workload=WorkloadSpec(patients=3, doctors=4, imaging_fraction=0.1, imaging_mib=(1.0, 1.2),
@@ -284,6 +295,10 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path):
         report = await run(opts)
     c = report["correctness"]
     assert c["lost"] == 0 and c["corrupted"] == 0, c
+    # the setup's progress: every step counted to its end; no bars drawn (the stream is not a terminal)
+    assert [b.counts for b in seen] == [{"opening agents": [7, 7], "registering users": [7, 7],
+                                         "setting policies": [3, 3], "storing initial records": [3, 3]}]
+    assert not seen[0].enabled and "━" not in opts.progress_stream.getvalue()
     assert c["acknowledged"] > 0 and c["verified"] == c["acknowledged"]
     d = report["denials"]
     assert d.get("wrong_outcomes", 0) == 0, d["wrong"]
@@ -293,6 +308,16 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path):
     assert report["communication"]["per_operation"][0]["bits"] > 2880
     assert report["efficiency"]["bound"]["calls_per_op"]["pairing"] >= 2  # t re-encryptions per access
     assert "0 lost, 0 corrupted" in render_text(report)
+    # the HTML summary of this live run: one row per phase, its numbers those of the JSON
+    page = render_html(json.loads(to_json(report)))
+    assert page.index('id="phases"') < page.index("<svg")
+    for p in report["phases"]:
+        lat = p["latency_ms"]
+        row = "".join(f"<td>{c}</td>" for c in (p["phase"], f"{p['attempted']:,}", f"{p['succeeded']:,}"))
+        row += f"<td>{p['failed']:,}</td>" if not p["failed"] else f'<td class="bad-num">{p["failed"]:,}</td>'
+        row += "".join(f"<td>{v:,.{nd}f}</td>" for v, nd in ((p["throughput_per_s"], 2), (lat["p50"], 1),
+                                                               (lat["p90"], 1), (lat["p99"], 1), (lat["max"], 1)))
+        assert f"<tr>{row}</tr>" in page, p["phase"]
 
 
 def test_payload_regenerates_from_the_requested_size():

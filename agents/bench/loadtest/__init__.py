@@ -7,7 +7,8 @@ What it does, in order:
    (``--target FILE``, format in :mod:`agents.bench.loadtest.target`).
 2. Setup: opens ``--patients`` patient and ``--doctors`` doctor agents,
    registers them, sets every patient's policy and stores one record each
-   (timed, reported as setup phases, outside the measured window).
+   (timed, reported as setup phases, outside the measured window; progress
+   bars on stderr when it is a terminal).
 3. Probe: a few isolated store / access / read operations, measuring bus
    bytes per operation (next to the paper's Table 4) and, with an in-process
    swarm, every pairing, GT and ECDSA call they cause.
@@ -24,7 +25,9 @@ What it does, in order:
    faults injected on schedule (``--faults``, :mod:`agents.bench.loadtest.faults`).
 7. Read-back: every acknowledged record is read by an authorized doctor and
    compared byte for byte; the report says "0 lost, 0 corrupted" or lists them.
-8. Report: terminal table, ``--json FILE``, ``--html FILE``.
+8. Report: terminal table, ``--json FILE``, ``--html FILE`` (a self-contained
+   page: summary tables, then matplotlib charts as inline SVG; needs the
+   ``bench`` extra).
 
 Exit status: 0 when no record was lost or corrupted and every denial had the
 right reason; 1 otherwise; 2 for bad options.
@@ -109,7 +112,9 @@ def parser() -> argparse.ArgumentParser:
                    help="inject faults during the run (implies --processes)")
     g = p.add_argument_group("output")
     g.add_argument("--json", type=Path, help="write the JSON report here")
-    g.add_argument("--html", type=Path, help="write the HTML report here")
+    g.add_argument("--html", type=Path,
+                   help="write the HTML report here: one offline page, summary tables first, then charts "
+                        "with the faults marked (needs matplotlib, from the bench extra)")
     g.add_argument("--probes", type=int, default=3, help="isolated probe operations of each kind (default 3)")
     g.add_argument("--verbose", "-v", action="store_true")
     return p
@@ -158,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"emrshare loadtest: {exc}", file=sys.stderr)
         return 2
+    if args.html:
+        try:
+            import matplotlib  # noqa: F401  (before the run, not after it)
+        except ImportError:
+            print("emrshare loadtest: cannot write the HTML report: matplotlib is not installed; "
+                  "install the bench extra (pip install -e '.[bench]') or drop --html", file=sys.stderr)
+            return 2
     try:
         report = trio.run(run, opts)
     except ValueError as exc:

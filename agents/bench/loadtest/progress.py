@@ -1,10 +1,18 @@
-"""Live progress of a load test on stderr: one line refreshed in place on a TTY,
-plain periodic lines otherwise (logs, CI)."""
+"""Live progress of a load test on stderr.
+
+* :class:`Progress`: the measured run, one line refreshed in place on a TTY,
+  plain periodic lines otherwise (logs, CI).
+* :class:`SetupProgress`: the setup (opening the agents, registering users,
+  setting policies, storing the initial records) as ``rich`` progress bars,
+  one per step; shown only when the stream is a terminal, and removed when the
+  setup ends (the runner then prints one summary line). ``rich`` is the CLI's
+  progress library; it is imported only when bars are shown.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from agents.bench.loadtest.metrics import Recorder
 
@@ -60,3 +68,43 @@ class Progress:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class SetupProgress:
+    """Progress bars for the setup steps (see the module docstring). ``enabled``: None to show them
+    when ``stream`` is a terminal; True forces them (tests), False never draws. ``counts`` holds
+    each step's [done, total] either way."""
+
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.enabled = (bool(isatty and isatty())) if enabled is None else enabled
+        self.counts: dict[str, list[int]] = {}
+        self._bars: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "SetupProgress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            console = Console(file=self.stream, force_terminal=True, highlight=False)
+            self._bars = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=console, transient=True, refresh_per_second=8)
+            self._bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+            self._bars = None
+
+    def stage(self, name: str, total: int) -> None:
+        self.counts[name] = [0, total]
+        if self._bars is not None:
+            self._tasks[name] = self._bars.add_task(name, total=total)
+
+    def advance(self, name: str) -> None:
+        self.counts[name][0] += 1
+        if self._bars is not None:
+            self._bars.advance(self._tasks[name])

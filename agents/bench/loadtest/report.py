@@ -2,8 +2,13 @@
 
 The report is one JSON-able dict (see :func:`agents.bench.loadtest.runner.run`);
 the JSON output is that dict, with every number. The HTML page needs nothing
-from the network: its plots are inline SVG drawn here (latency over time per
-phase, throughput over time with the faults marked, latency histograms).
+from the network (no script, no CDN, no external file): the summary first
+(verdict, settings, efficiency and cost, per-phase throughput and p50/p90/p99,
+failures, targets, faults), then charts drawn with matplotlib as inline SVG
+(:mod:`agents.bench.loadtest.charts`: throughput over time, one chart per
+phase family, latency histograms, the crypto cost of an access), the detailed
+tables, the text report and the JSON itself in a
+``<script type="application/json" id="report">`` element.
 """
 
 from __future__ import annotations
@@ -172,133 +177,281 @@ def render_text(r: dict) -> str:
 
 # ------------------------------------------------------------------ HTML
 
-_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+_CSS = """
+:root { --ink: #1d1d1f; --muted: #5f6368; --line: #d9d9de; --good: #00694d; --bad: #b3261e; }
+* { box-sizing: border-box; }
+body { font-family: "DejaVu Sans", Arial, Helvetica, sans-serif; color: var(--ink); margin: 0 auto;
+       padding: 24px 28px 48px; max-width: 1180px; font-size: 14px; line-height: 1.4; }
+h1 { font-size: 24px; margin: 0 0 4px; }
+h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
+h3 { font-size: 15px; margin: 14px 0 6px; }
+.sub { color: var(--muted); margin: 0 0 14px; overflow-wrap: anywhere; }
+.verdict { border-radius: 6px; padding: 10px 14px; margin: 10px 0 6px; font-size: 15px; border: 1px solid; }
+.verdict.good { background: #e8f5ef; border-color: #9fd3bd; color: var(--good); }
+.verdict.bad { background: #fdecea; border-color: #f1aca6; color: var(--bad); }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 8px 24px; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; margin: 4px 0 12px; font-variant-numeric: tabular-nums; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: right; vertical-align: top; }
+th { background: #f4f4f6; font-weight: 600; white-space: nowrap; }
+td:first-child, th:first-child { text-align: left; }
+table.kv { width: 100%; }
+table.kv th { background: none; text-align: left; font-weight: normal; color: var(--muted); width: 42%;
+              white-space: normal; }
+table.kv td { text-align: left; overflow-wrap: anywhere; }
+td.text, th.text { text-align: left; overflow-wrap: break-word; min-width: 8em; }
+td.wide { min-width: 18em; }
+.met { color: var(--good); font-weight: 600; } .missed { color: var(--bad); font-weight: 600; }
+.na { color: var(--muted); }
+.bad-num { color: var(--bad); font-weight: 600; }
+.note { color: var(--muted); font-size: 12.5px; margin: 2px 0 10px; }
+figure { margin: 8px 0 18px; }
+svg.chart { width: 100%; height: auto; display: block; }
+details { margin-top: 24px; }
+summary { cursor: pointer; font-weight: 600; }
+pre { background: #f6f6f8; padding: 12px; overflow-x: auto; font-size: 12px; max-width: 100%; }
+"""
 
 
-def _svg_lines(series: dict[str, list[tuple[float, float]]], *, title: str, ylabel: str, log_y: bool = False,
-               markers: list[tuple[float, str]] | None = None, width: int = 760, height: int = 260) -> str:
-    pts = [(x, y) for s in series.values() for x, y in s if y is not None and (y > 0 or not log_y)]
-    if not pts:
-        return f"<p><em>{html.escape(title)}: no data</em></p>"
-    left, right, top, bottom = 60, 150, 24, 34
-    xs = [p[0] for p in pts] + [m[0] for m in markers or []]
-    x0, x1 = min(xs), max(xs)
-    if x1 <= x0:
-        x1 = x0 + 1
-    ys = [p[1] for p in pts]
-    fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
-    y0, y1 = (fy(min(ys)), fy(max(ys))) if log_y else (0.0, max(ys))
-    if y1 <= y0:
-        y1 = y0 + 1
-    w, h = width - left - right, height - top - bottom
-
-    def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * w
-
-    def py(y: float) -> float:
-        return top + h - (fy(y) - y0) / (y1 - y0) * h
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-family="sans-serif" font-size="11">',
-             f'<text x="{left}" y="14" font-weight="bold">{html.escape(title)}</text>',
-             f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>']
-    ticks = ([10 ** k for k in range(math.floor(y0), math.ceil(y1) + 1)] if log_y
-             else [y0 + (y1 - y0) * i / 4 for i in range(5)])
-    for t in ticks:
-        if fy(t) < y0 - 1e-9 or fy(t) > y1 + 1e-9:
-            continue
-        y = py(t)
-        parts.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{t:g}</text>')
-    for i in range(6):
-        x = x0 + (x1 - x0) * i / 5
-        parts.append(f'<text x="{px(x):.1f}" y="{top + h + 14}" text-anchor="middle">{x:.0f}</text>')
-    parts.append(f'<text x="{left + w / 2}" y="{height - 4}" text-anchor="middle">seconds</text>')
-    parts.append(f'<text x="12" y="{top + h / 2}" transform="rotate(-90 12 {top + h / 2})" '
-                 f'text-anchor="middle">{html.escape(ylabel)}</text>')
-    for (mx, label) in markers or []:
-        parts.append(f'<line x1="{px(mx):.1f}" x2="{px(mx):.1f}" y1="{top}" y2="{top + h}" stroke="#c00" '
-                     f'stroke-dasharray="4 3"><title>{html.escape(label)}</title></line>')
-    for i, (name, s) in enumerate(series.items()):
-        color = _COLORS[i % len(_COLORS)]
-        good = [(x, y) for x, y in s if y is not None and (y > 0 or not log_y)]
-        if good:
-            d = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in good)
-            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{d}"/>')
-        ly = top + 12 + 14 * i
-        parts.append(f'<rect x="{left + w + 10}" y="{ly - 8}" width="10" height="10" fill="{color}"/>')
-        parts.append(f'<text x="{left + w + 24}" y="{ly + 1}">{html.escape(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def _esc(v: Any) -> str:
+    return html.escape(str(v))
 
 
-def _svg_histogram(bins: list[list[float]], *, title: str, width: int = 370, height: int = 200) -> str:
-    if not bins:
-        return f"<p><em>{html.escape(title)}: no data</em></p>"
-    left, right, top, bottom = 40, 10, 24, 30
-    w, h = width - left - right, height - top - bottom
-    peak = max(b[2] for b in bins) or 1
-    bw = w / len(bins)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-family="sans-serif" font-size="10">',
-             f'<text x="{left}" y="14" font-weight="bold">{html.escape(title)}</text>']
-    for i, (lo, hi, n) in enumerate(bins):
-        bh = n / peak * h
-        parts.append(f'<rect x="{left + i * bw:.1f}" y="{top + h - bh:.1f}" width="{max(bw - 1, 1):.1f}" '
-                     f'height="{bh:.1f}" fill="#1f77b4"><title>{lo:.1f}-{hi:.1f} ms: {n}</title></rect>')
-    parts.append(f'<text x="{left}" y="{top + h + 14}">{bins[0][0]:.1f} ms</text>')
-    parts.append(f'<text x="{left + w}" y="{top + h + 14}" text-anchor="end">{bins[-1][1]:.0f} ms (log scale)</text>')
-    parts.append(f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{peak}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def _html_table(headers: list[str], rows: list[list[Any]], *, id: str | None = None,
+                text_cols: tuple[int, ...] = (), wide_cols: tuple[int, ...] = ()) -> str:
+    """A table (wrapped so that a wide one scrolls inside the page rather than overflowing it).
+    Cells may be (text, css class) pairs."""
+    head = "".join(f'<th class="text">{_esc(h)}</th>' if i in text_cols else f"<th>{_esc(h)}</th>"
+                   for i, h in enumerate(headers))
+    body = []
+    for r in rows:
+        cells = []
+        for i, c in enumerate(r):
+            text, cls = c if isinstance(c, tuple) else (c, "")
+            if i in text_cols:
+                cls = (cls + " text").strip()
+            if i in wide_cols:
+                cls = (cls + " wide").strip()
+            cells.append(f'<td class="{cls}">{_esc(text)}</td>' if cls else f"<td>{_esc(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    ident = f' id="{id}"' if id else ""
+    return f'<div class="scroll"><table{ident}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
-def _html_table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _kv_table(rows: list[tuple[str, Any]], *, id: str | None = None) -> str:
+    ident = f' id="{id}"' if id else ""
+    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows if v not in (None, ""))
+    return f'<table class="kv"{ident}><tbody>{body}</tbody></table>'
+
+
+def _load_mode(r: dict) -> str:
+    s = r.get("settings", {})
+    if s.get("rate"):
+        return f"open loop, {_f(s.get('rate'), 2)} arrivals/s" + (" (Poisson)" if s.get("poisson") else "")
+    return f"closed loop, {s.get('concurrency')} operations in flight"
+
+
+def settings_rows(r: dict) -> list[tuple[str, Any]]:
+    s = r.get("settings", {})
+    w = r.get("workload", {})
+    mix = w.get("mix") or {}
+    rows: list[tuple[str, Any]] = [
+        ("started (UTC)", r.get("started", "")),
+        ("target", (r.get("target") or {}).get("description", "")),
+        ("crypto backend, cores", f"{r.get('backend', '')}, {r.get('cores', '?')} cores"),
+        ("load", _load_mode(r)),
+        ("measured window", f"{_f(r.get('window_s'))} s after a {_f(s.get('warmup'))} s warm-up "
+                            f"({_f(r.get('warmup_ops_excluded'))} warm-up operations excluded)"),
+        ("users", f"{w.get('patients')} patients, {w.get('doctors')} doctors"),
+        ("operation mix (weights)", ", ".join(f"{k} {v:g}" for k, v in mix.items())),
+    ]
+    if w.get("imaging_fraction") is not None:
+        lo, hi = (w.get("imaging_mib") or (None, None))[:2]
+        rows.append(("record sizes", f"{w['imaging_fraction'] * 100:g} % imaging of {lo:g}-{hi:g} MiB, "
+                                     f"the rest FHIR bundles" if lo is not None else ""))
+    if w.get("request_timeout") is not None:
+        rows.append(("request timeout", f"{w['request_timeout']:g} s"))
+    if s.get("seed") is not None:
+        rows.append(("seed", s["seed"]))
+    sat = r.get("saturation")
+    if sat:
+        rows.append(("access saturation", f"{_f(sat.get('access_per_s'), 2)} accesses/s "
+                                          f"(closed loop, concurrency {sat.get('concurrency')})"))
+    return rows
+
+
+def efficiency_rows(r: dict) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    eff = r.get("efficiency")
+    if eff:
+        b = eff.get("bound", {})
+        rows.append(("efficiency (accesses/s measured / crypto-bound limit)", f"{_f(eff.get('percent'))} %"))
+        rows.append(("accesses/s at saturation", _f(eff.get("measured_per_s"), 2)))
+        rows.append(("crypto-bound limit (accesses/s)",
+                     f"{_f(b.get('limit_per_s'), 1)} ({b.get('cores')} cores / {_f(b.get('cost_per_op_ms'), 2)} ms)"))
+        if eff.get("process_cpu_per_access_ms") is not None:
+            rows.append(("process CPU per access", f"{_f(eff['process_cpu_per_access_ms'], 2)} ms"))
+    acc = r.get("access_all") or {}
+    if acc.get("count"):
+        rows.append(("access p50 / p99 (full accesses and reads)",
+                     f"{_f(acc.get('p50_ms'))} / {_f(acc.get('p99_ms'))} ms over {_f(acc['count'])}"))
+    cr = r.get("crypto")
+    if cr and cr.get("process_cpu_s") is not None:
+        rows.append(("pairing + GT + ECDSA share of process CPU",
+                     f"{_f(cr.get('bound_share_percent'))} % ({_f(cr.get('bound_cpu_s'), 2)} s of "
+                     f"{_f(cr.get('process_cpu_s'), 2)} s; {cr.get('scope', '')})"))
+    bus = r.get("bus_traffic_run")
+    if bus:
+        rows.append(("client bus traffic in the window", f"{_f(bus.get('bytes_per_s', 0) / 1e6, 2)} MB/s"))
+    for op in (r.get("communication") or {}).get("per_operation", []):
+        rows.append((f"bits per {op['operation'].split(' ')[0]} (without payload)",
+                     f"{_f(op.get('bits_without_payload'), 0)} = {_f(op.get('ratio_to_paper'), 1)} x the paper's "
+                     f"{_f(op.get('paper_bits'), 0)}"))
+    return rows
+
+
+def _num_cell(v: Any, nd: int, bad: bool = False) -> Any:
+    text = _f(float(v), nd) if isinstance(v, (int, float)) and nd else _f(v, nd)
+    return (text, "bad-num") if bad else text
+
+
+def phase_html_rows(phases: list[dict]) -> list[list[Any]]:
+    rows = []
+    for p in phases:
+        lat = p["latency_ms"]
+        rows.append([p["phase"], _f(p["attempted"]), _f(p["succeeded"]), _num_cell(p["failed"], 0, p["failed"] > 0),
+                     _f(p["throughput_per_s"], 2), _f(lat.get("p50")), _f(lat.get("p90")), _f(lat.get("p99")),
+                     _f(lat.get("max"))])
+    return rows
+
+
+def fault_rows(fi: dict) -> list[list[Any]]:
+    rows = []
+    for i, f in enumerate(fi.get("faults", []), 1):
+        dip = f.get("dip_fraction")
+        rows.append([f"F{i}", _f(float(f["t"]), 1), f["action"], ", ".join(f["agents"]),
+                     _f(f.get("min_throughput_per_s"), 1), _f(dip * 100, 0) if dip is not None else "-",
+                     _num_cell(f["failed_within_window"], 0, f["failed_within_window"] > 0),
+                     _f(f.get("recovery_s"), 1), f.get("why") or "", f.get("error") or ""])
+    return rows
+
+
+FAULT_HEADERS = ["fault", "at (s)", "action", "agents", "min ops/s in 10 s", "dip %", "failed in 10 s",
+                 "recovery (s)", "what", "error"]
+PHASE_HTML_HEADERS = ["phase", "attempted", "ok", "failed", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"]
+
+
+def _verdict(r: dict) -> tuple[bool, str]:
+    c = r.get("correctness", {})
+    den = r.get("denials", {})
+    ok = c.get("lost") == 0 and c.get("corrupted") == 0 and not den.get("wrong_outcomes")
+    parts = [correctness_line(c)]
+    if den:
+        parts.append(f"{_f(den.get('denied_correctly', 0))} policy denials and "
+                     f"{_f(den.get('revoked_correctly', 0))} revocations refused for the right reason, "
+                     f"{_f(den.get('wrong_outcomes', 0))} wrong outcomes")
+    failed = sum(p["failed"] for p in r.get("phases", []))
+    attempted = sum(p["attempted"] for p in r.get("phases", []))
+    parts.append(f"{_f(failed)} of {_f(attempted)} operations failed in the measured window")
+    return ok, ("PASS: " if ok else "FAIL: ") + "; ".join(parts)
 
 
 def render_html(r: dict) -> str:
-    text = render_text(r)
-    markers = [(f["t"], f"{f['action']} {','.join(f['agents'])}") for f in (r.get("faults") or {}).get("faults", [])]
+    """The self-contained HTML page: summary tables first, then the charts (inline SVG, matplotlib),
+    the detailed tables, the text report and the JSON (in a ``<script type="application/json">``)."""
+    from agents.bench.loadtest import charts
+
+    faults = (r.get("faults") or {}).get("faults", [])
+    phases = r.get("phases", [])
+    ok, verdict = _verdict(r)
+    out: list[str] = []
+    out.append(f'<h1>emrshare load test</h1><p class="sub">{_esc(r.get("started", ""))} · '
+               f'{_esc((r.get("target") or {}).get("description", ""))}</p>')
+    out.append(f'<div class="verdict {"good" if ok else "bad"}" id="verdict"><strong>{_esc(verdict)}</strong></div>')
+    for item in (r.get("correctness") or {}).get("lost_records", [])[:20]:
+        out.append(f'<p class="note">LOST {_esc(item["patient"])}/{_esc(item["record_id"])} ({_esc(item["label"])}, '
+                   f'{_f(item["size"])} B): {_esc(item["last_error"])}</p>')
+    for item in (r.get("correctness") or {}).get("corrupted_records", [])[:20]:
+        out.append(f'<p class="note">CORRUPTED {_esc(item["patient"])}/{_esc(item["record_id"])}</p>')
+    for w in (r.get("denials") or {}).get("wrong", [])[:10]:
+        out.append(f'<p class="note">wrong outcome: {_esc(w)}</p>')
+
+    out.append("<h2>Summary</h2>")
+    out.append('<div class="grid"><section><h3>Settings</h3>' + _kv_table(settings_rows(r), id="settings") +
+               "</section><section><h3>Efficiency and cost</h3>" +
+               (_kv_table(efficiency_rows(r), id="efficiency") or "") + "</section></div>")
+    out.append("<h3>Measured window, per phase</h3>")
+    out.append(_html_table(PHASE_HTML_HEADERS, phase_html_rows(phases), id="phases"))
+    out.append('<p class="note">ops/s: operations completed successfully per second of the measured window; '
+               "latencies of successful operations (nearest-rank percentiles), from the scheduled start.</p>")
+    fails = [[p["phase"], _f(n), reason] for p in phases for reason, n in p["failures_by_reason"].items()]
+    if fails:
+        out.append("<h3>Failures by reason</h3>" + _html_table(["phase", "count", "reason"], fails, id="failures",
+                                                               text_cols=(2,), wide_cols=(2,)))
+    tg = r.get("targets")
+    if tg:
+        rows = []
+        for t in tg:
+            mark = ("met", "met") if t["met"] else (("n/a", "na") if t["met"] is None else ("MISSED", "missed"))
+            rows.append([t["what"], t["value"], t["target"], mark])
+        out.append("<h3>Targets</h3>" + _html_table(["what", "value", "target", "verdict"], rows, id="targets"))
+    fi = r.get("faults")
+    if fi:
+        out.append(f"<h3>Faults injected (baseline {_f(fi.get('baseline_per_s'), 1)} ops/s)</h3>")
+        rows = fault_rows(fi)
+        headers = FAULT_HEADERS
+        if not any(r[-1] for r in rows):  # no fault failed to apply: no empty error column
+            headers, rows = headers[:-1], [r[:-1] for r in rows]
+        out.append(_html_table(headers, rows, id="faults", text_cols=(3, 8, 9), wide_cols=(8, 9)))
+        out.append('<p class="note">F1, F2, ... mark the faults on the charts\' time axes; grey bands: an agent '
+                   "was down (killed until restarted, or stalled until resumed). Dip: worst 1 s throughput within "
+                   "10 s of the fault against the median before the first fault; recovery: until a 3 s moving "
+                   "average is back to 90 % of it.</p>")
+
+    out.append("<h2>Over time</h2>")
+    if r.get("timeline"):
+        out.append(f"<figure>{charts.throughput_chart(r['timeline'], faults, salt='thr')}</figure>")
     by_phase = r.get("timeline_by_phase", {})
-    lat_series = {}
-    for phase, tl in by_phase.items():
-        lat_series[f"{phase} p50"] = [(b["t"], b["p50_ms"]) for b in tl]
-        lat_series[f"{phase} p99"] = [(b["t"], b["p99_ms"]) for b in tl]
-    thr_series = {"all ok": [(b["t"], b["throughput_per_s"]) for b in r.get("timeline", [])],
-                  "failed": [(b["t"], float(b["failed"])) for b in r.get("timeline", [])]}
-    plots = [
-        _svg_lines(thr_series, title="Throughput over time (completed per second)", ylabel="ops/s",
-                   markers=markers),
-        _svg_lines(lat_series, title="Latency over time (per second, by phase)", ylabel="ms (log)", log_y=True,
-                   markers=markers),
-    ]
-    hists = "".join(_svg_histogram(b, title=f"{phase} latency") for phase, b in r.get("histograms", {}).items())
-    c = r.get("correctness", {})
-    ok = c.get("lost") == 0 and c.get("corrupted") == 0
-    verdict = (f'<p class="{"good" if ok else "bad"}"><strong>{html.escape(correctness_line(c))}</strong></p>')
-    tables = "<h2>Measured window</h2>" + _html_table(PHASE_HEADERS, phase_rows(r.get("phases", [])))
+    order = [p["phase"] for p in phases] + [p for p in by_phase if p not in {q["phase"] for q in phases}]
+    for i, (title, members) in enumerate(charts.families(p for p in order if p in by_phase)):
+        out.append(f'<figure data-family="{_esc(title)}">'
+                   f"{charts.family_chart(title, members, by_phase, faults, salt=f'fam{i}')}</figure>")
+    hist = {p: b for p, b in (r.get("histograms") or {}).items() if b}
+    if hist:
+        out.append("<h2>Latency distributions</h2>")
+        out.append('<p class="note">Successful operations of the measured window; the solid line marks the p50, '
+                   "the dashed one the p99.</p>")
+        out.append(f"<figure>{charts.histograms_chart(hist, {p['phase']: p for p in phases}, salt='hist')}</figure>")
+    crypto_chart = charts.crypto_cost_chart(r.get("efficiency") or {}, salt="crypto")
+    if crypto_chart:
+        out.append("<h2>Crypto cost</h2>" + f"<figure>{crypto_chart}</figure>")
+
+    out.append("<h2>Details</h2>")
     if r.get("setup"):
-        tables += "<h2>Setup</h2>" + _html_table(PHASE_HEADERS, phase_rows(r["setup"]))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>emrshare loadtest {html.escape(str(r.get('started', '')))}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }}
-.good {{ color: #060; }} .bad {{ color: #b00; }}
-</style></head><body>
-<h1>emrshare load test</h1>
-{verdict}
-{''.join(plots)}
-<div>{hists}</div>
-{tables}
-<h2>Full report</h2>
-<pre>{html.escape(text)}</pre>
-<script type="application/json" id="report">{html.escape(to_json(r))}</script>
-</body></html>
-"""
+        out.append("<h3>Setup (not in the measured window)</h3>")
+        out.append(_html_table(PHASE_HTML_HEADERS, phase_html_rows(r["setup"]), id="setup"))
+    comm = r.get("communication")
+    if comm:
+        rows = [[op["operation"], _f(op["messages"]), _f(op["bits"], 0), _f(op.get("bits_without_payload"), 0),
+                 _f(op.get("paper_bits"), 0), _f(op.get("ratio_to_paper"), 1)] for op in comm.get("per_operation", [])]
+        out.append("<h3>Bus traffic per operation (client side, isolated operations)</h3>")
+        out.append(_html_table(["operation", "messages", "bits", "bits w/o payload", "paper bits", "x paper"], rows,
+                               id="communication"))
+        out += [f'<p class="note">{_esc(n)}</p>' for n in comm.get("notes", [])]
+    cr = r.get("crypto")
+    if cr:
+        rows = [[name, _f(v["calls"], 0), _f(v["cpu_ms"] / 1000, 2)] for name, v in cr.get("run_totals", {}).items()]
+        out.append(f"<h3>Crypto CPU time in the measured window ({_esc(cr.get('scope', ''))})</h3>")
+        out.append(_html_table(["primitive", "calls", "CPU s"], rows, id="crypto"))
+    out.append(f"<details><summary>Plain-text report</summary><pre>{_esc(render_text(r))}</pre></details>")
+    title = f"emrshare load test {r.get('started', '')}"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(out) +
+            f'\n<script type="application/json" id="report">{_json_in_html(r)}</script>\n</body></html>\n')
+
+
+def _json_in_html(r: dict) -> str:
+    # inside <script> nothing is unescaped: keep the JSON valid and make "</script>" impossible
+    return to_json(r).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

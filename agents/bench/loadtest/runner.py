@@ -19,7 +19,7 @@ import trio
 from agents.bench.loadtest import costs, faults as faultmod, target as targetmod
 from agents.bench.loadtest.engine import Clock, RunSettings, run_load
 from agents.bench.loadtest.metrics import Recorder, histogram
-from agents.bench.loadtest.progress import Progress
+from agents.bench.loadtest.progress import Progress, SetupProgress
 from agents.bench.loadtest.report import PAPER_BITS
 from agents.bench.loadtest.workload import EmrWorkload, WorkloadSpec
 
@@ -192,7 +192,10 @@ async def run(opts: Options) -> dict:
         print(f"target: {target.description}", file=stream, flush=True)
         setup = Recorder(0.0)
         t_setup = clock()
-        async with EmrWorkload.open(opts.workload, target, setup, clock) as wl:
+        async with contextlib.AsyncExitStack() as stack:
+            with SetupProgress(stream, enabled=opts.tty) as bars:
+                wl = await stack.enter_async_context(EmrWorkload.open(opts.workload, target, setup, clock,
+                                                                      progress=bars))
             print(f"setup: {len(wl.users.patients)} patients and {len(wl.users.doctors)} doctors registered, "
                   f"policies set, {len(wl.records)} records stored in {clock() - t_setup:.1f} s",
                   file=stream, flush=True)

@@ -193,9 +193,10 @@ class EmrWorkload:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, spec: WorkloadSpec, target: Any, setup_recorder: Any = None,
-                   clock: Any = None) -> AsyncIterator["EmrWorkload"]:
+                   clock: Any = None, progress: Any = None) -> AsyncIterator["EmrWorkload"]:
         """Open every agent on ``target`` (see :mod:`agents.bench.loadtest.target`), register them,
-        set the policies and store the initial records (timed into ``setup_recorder``)."""
+        set the policies and store the initial records (timed into ``setup_recorder``; each step
+        reported to ``progress``, a :class:`agents.bench.loadtest.progress.SetupProgress`, if given)."""
         from agents.client import UserConfig
         from agents.doctor import DoctorAgent
         from agents.patient import PatientAgent
@@ -221,10 +222,14 @@ class EmrWorkload:
                 departments[subject] = dept
                 plan.append((subject, orgs[(i + 1) % len(orgs)], {"role": "doctor", "department": dept}, False))
             patients, doctors = [], []
+            stage = progress.stage if progress is not None else (lambda name, total: None)
+            advance = progress.advance if progress is not None else (lambda name: None)
+            stage("opening agents", len(plan))
             for subject, org, attrs, is_patient in plan:
                 kind = PatientAgent if is_patient else DoctorAgent
                 agent = await stack.enter_async_context(kind.open(config(subject, org, attrs), node=target.node))
                 (patients if is_patient else doctors).append((agent, org, attrs))
+                advance("opening agents")
             self = cls(spec, Users([a for a, _, _ in patients], [a for a, _, _ in doctors], departments))
 
             async def timed(phase: str, fn) -> None:
@@ -240,21 +245,26 @@ class EmrWorkload:
 
             limiter = trio.CapacityLimiter(spec.setup_concurrency)
 
-            async def each(items, fn) -> None:
+            async def each(name: str, items, fn) -> None:
+                stage(name, len(items))
+
                 async def one(item) -> None:
                     async with limiter:
                         await fn(item)
+                    advance(name)
 
                 async with trio.open_nursery() as nursery:
                     for item in items:
                         nursery.start_soon(one, item)
 
-            await each(patients + doctors, lambda a: timed(
+            await each("registering users", patients + doctors, lambda a: timed(
                 "register", lambda: a[0].register(target.token(a[0].subject, a[1], a[2], a[0].enroll_id))))
-            await each(self.users.patients, lambda p: timed("set_policy", lambda: p.set_policy(POLICY)))
+            await each("setting policies", self.users.patients,
+                       lambda p: timed("set_policy", lambda: p.set_policy(POLICY)))
             rng = random.Random(spec.seed ^ 0x5EED)
             initial = [(p, self._choose_record(rng)) for p in self.users.patients for _ in range(spec.initial_records)]
-            await each(initial, lambda pr: timed("store", lambda: self._store(pr[0], *pr[1])))
+            await each("storing initial records", initial,
+                       lambda pr: timed("store", lambda: self._store(pr[0], *pr[1])))
             yield self
 
     # ------------------------------------------------------------ helpers
