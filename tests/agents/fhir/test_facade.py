@@ -1,0 +1,194 @@
+"""The FHIR facade on real loopback HTTP, driven by SMART's fhirclient (a client nobody here wrote).
+
+One session (printed with ``-s``): the patient reads the CapabilityStatement, sets
+its Consent (PUT), posts a Synthea transaction Bundle; the cardiologist the
+Consent permits searches by type and category, runs ``$everything`` and reads by
+id, and gets back every resource equal to what was posted (after FHIR's
+transaction rule: ``urn:uuid`` references become ``Type/id``); the dermatologist
+gets 403 with an OperationOutcome naming the deciding rule; the patient reads its
+audit trail as AuditEvents that validate with fhir.resources' R4B models. Tokens
+with a wrong scope, an expired one and none are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+import requests
+import trio
+
+pytest.importorskip("fhir.resources")
+pytest.importorskip("hypercorn")
+
+from fhirclient import client as fhir_client  # noqa: E402
+from fhirclient.auth import FHIROAuth2Auth  # noqa: E402
+from fhirclient.models.consent import Consent  # noqa: E402
+from fhirclient.models.observation import Observation  # noqa: E402
+from fhirclient.server import FHIRPermissionDeniedException  # noqa: E402
+
+from agents.fhir import LabelMap, plan_transaction  # noqa: E402
+from agents.testing.smart import CARDIOLOGY_CONSENT, FhirDeployment  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+FHIR = pathlib.Path(__file__).resolve().parents[4] / "shared" / "data" / "fhir-r4"
+ALL = "user/*.cruds"
+
+
+def synthea() -> dict:
+    files = sorted((FHIR / "synthea-smart-r4").glob("*.json"))
+    if not files:
+        pytest.skip("shared FHIR data not present")
+    return json.loads(files[0].read_text())
+
+
+def connect(base: str, token: str) -> fhir_client.FHIRClient:
+    """A fhirclient session holding a bearer token (fhirclient replaces its auth after /metadata)."""
+    smart = fhir_client.FHIRClient(settings={"app_id": "emrshare-test", "api_base": base})
+
+    def sign() -> None:
+        auth = FHIROAuth2Auth()
+        auth.access_token = token
+        smart.server.auth = auth
+
+    sign()
+    smart.server.get_capability()
+    sign()
+    return smart
+
+
+def session(dep: FhirDeployment, bundle: dict, log: list[str]) -> dict:
+    """The fhirclient session (a worker thread: fhirclient is synchronous)."""
+    say = log.append
+    base, issue = dep.base, dep.issuer.token
+    out: dict = {}
+
+    alice = connect(base, issue("alice", "patient/*.cruds", patient="alice"))
+    cs = alice.server.capabilityStatement
+    say(f"alice: GET /metadata -> CapabilityStatement fhirVersion {cs.fhirVersion}, "
+        f"{len(cs.rest[0].resource)} resource types, interactions {[i.code for i in cs.rest[0].interaction]}")
+    consent = Consent(CARDIOLOGY_CONSENT)
+    stored = consent.update(alice.server)
+    say(f"alice: PUT /Consent/cardiology -> Consent version {stored['meta']['versionId']}, "
+        f"{len(stored['provision']['provision'])} provision(s)")
+    reply = alice.server.post_json("", bundle).json()
+    say(f"alice: POST / transaction Bundle of {len(bundle['entry'])} entries -> "
+        f"{reply['type']} with {sum(e['response']['status'].startswith('201') for e in reply['entry'])} x 201 Created")
+    out["consent"] = stored
+
+    heart = connect(base, issue("dr-heart", ALL, patient="alice", purpose="TREAT"))
+    labs = list(Observation.where({"patient": "alice", "category": "laboratory"}).perform_resources_iter(heart.server))
+    say(f"dr-heart: GET /Observation?patient=alice&category=laboratory -> {len(labs)} Observations")
+    out["labs"] = [o.as_json() for o in labs]
+    everything = heart.server.request_json("Patient/alice/$everything")
+    say(f"dr-heart: GET /Patient/alice/$everything -> searchset of {everything['total']} resources")
+    out["everything"] = everything
+    first = out["labs"][0]["id"]
+    one = Observation.read(first, heart.server)
+    say(f"dr-heart: GET /Observation/{first} -> {one.code.coding[0].display!r} {one.valueQuantity.value} "
+        f"{one.valueQuantity.unit}")
+    out["read"] = one.as_json()
+
+    skin = connect(base, issue("dr-skin", ALL, patient="alice"))
+    try:
+        Observation.read(first, skin.server)
+        out["skin"] = None
+    except FHIRPermissionDeniedException as exc:
+        out["skin"] = (exc.response.status_code, exc.response.json())
+        say(f"dr-skin: GET /Observation/{first} -> HTTP {exc.response.status_code} "
+            f"{exc.response.json()['issue'][0]['diagnostics']}")
+
+    audit = alice.server.request_json("AuditEvent?patient=alice")
+    kinds: dict[str, int] = {}
+    for e in audit["entry"]:
+        code = e["resource"]["subtype"][0]["code"]
+        kinds[code] = kinds.get(code, 0) + 1
+    say(f"alice: GET /AuditEvent?patient=alice -> {audit['total']} AuditEvents {kinds}")
+    out["audit"] = audit
+    return out
+
+
+async def test_fhirclient_session(tmp_path, capsys):
+    bundle = synthea()
+    expected = {f"{e.resource_type}/{e.resource_id}": dict(e.resource)
+                for e in plan_transaction(bundle, LabelMap.default_map(), max_entries=1000)}
+    log: list[str] = []
+    with trio.fail_after(240):
+        async with FhirDeployment.open(tmp_path) as dep:
+            try:
+                out = await trio.to_thread.run_sync(session, dep, bundle, log)
+            except requests.HTTPError as exc:
+                raise AssertionError(f"{log}\n{exc.response.status_code} {exc.response.text}") from None
+            with capsys.disabled():
+                print("\n" + "\n".join(log))
+
+    # the Consent became the policy, and reads back the same
+    policy_text = (await_policy := out["consent"])  # noqa: F841 - kept for the assertion below
+    assert out["consent"]["provision"]["provision"][0]["id"] == "cardio-read"
+    # $everything: every posted resource, equal to what was posted (references resolved)
+    got = {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"]
+           for e in out["everything"]["entry"] if e["search"]["mode"] == "match"}
+    assert got == expected
+    assert out["everything"]["entry"][0]["resource"]["resourceType"] == "Patient"
+    # the type search: exactly the posted laboratory Observations, equal as fhirclient reads them
+    labs = {k: v for k, v in expected.items() if v["resourceType"] == "Observation"
+            and any(c.get("code") == "laboratory" for cat in v.get("category", []) for c in cat.get("coding", []))}
+    assert {f"Observation/{o['id']}" for o in out["labs"]} == set(labs)
+    for o in out["labs"]:
+        assert o == Observation(labs[f"Observation/{o['id']}"]).as_json()
+    assert out["read"] == Observation(labs[f"Observation/{out['read']['id']}"]).as_json()
+    # the dermatologist: 403 with the policy's deciding rule
+    status, outcome = out["skin"]
+    assert status == 403 and outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["details"]["coding"][0]["code"] == "default"
+    # the audit trail validates as R4 AuditEvents, and shows the stores, the grant and the accesses
+    from fhir.resources.R4B.auditevent import AuditEvent
+    from fhir.resources.R4B.bundle import Bundle
+
+    Bundle.model_validate(out["audit"])
+    kinds = [e["resource"]["subtype"][0]["code"] for e in out["audit"]["entry"]]
+    for e in out["audit"]["entry"]:
+        AuditEvent.model_validate(e["resource"])
+    assert kinds.count("create") == len(expected)
+    assert "grant" in kinds and "read" in kinds and "access_request" in kinds
+    denied = [e["resource"] for e in out["audit"]["entry"] if e["resource"]["subtype"][0]["code"] == "access_request"
+              and e["resource"]["outcome"] == "4"]
+    assert denied and "dr-skin" in json.dumps(denied[0]["agent"])
+
+
+async def test_tokens_refused(tmp_path):
+    """No token, an expired token, a token with the wrong scope, another issuer's token: refused."""
+    with trio.fail_after(120):
+        async with FhirDeployment.open(tmp_path) as dep:
+            def probe() -> list[tuple[int, dict, str]]:
+                url = dep.base + "Observation?patient=alice"
+                issue = dep.issuer.token
+                other = type(dep.issuer)()  # same issuer name and audience, another key
+                cases = [None,
+                         issue("dr-heart", ALL, expires_in=-120),
+                         issue("dr-heart", "user/Patient.rs"),
+                         issue("dr-heart", "patient/Observation.rs", patient="bob"),
+                         other.token("dr-heart", ALL),
+                         issue("mallory", ALL)]
+                out = []
+                for token in cases:
+                    headers = {"Accept": "application/fhir+json"}
+                    if token:
+                        headers["Authorization"] = f"Bearer {token}"
+                    r = requests.get(url, headers=headers, timeout=30)
+                    out.append((r.status_code, r.json(), r.headers.get("www-authenticate", "")))
+                r = requests.get(dep.base + "metadata", timeout=30)
+                out.append((r.status_code, r.json(), r.headers.get("www-authenticate", "")))
+                return out
+
+            results = await trio.to_thread.run_sync(probe)
+    statuses = [s for s, _, _ in results]
+    assert statuses == [401, 401, 403, 403, 401, 403, 401]
+    for status, body, challenge in results:
+        assert body["resourceType"] == "OperationOutcome"
+        if status == 401:
+            assert challenge.startswith("Bearer")
+    assert "expired" in results[1][1]["issue"][0]["diagnostics"]
+    assert "insufficient_scope" in results[2][2]
