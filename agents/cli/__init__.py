@@ -25,6 +25,7 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("patient",): ("agents.cli.user", "patient_main", "act as a patient against a running swarm"),
     ("doctor",): ("agents.cli.user", "doctor_main", "act as a doctor against a running swarm"),
     ("demo",): ("agents.cli.demo", "main", "run the paper's scenario end to end on a fresh embedded swarm"),
+    ("fhir", "serve"): ("agents.cli.fhir", "serve_main", "serve a FHIR R4 facade (SMART tokens) for your agent"),
     ("loadtest",): ("agents.bench.loadtest", "main", "load test a swarm, with optional fault injection"),
 }
 

@@ -486,9 +486,10 @@ class Facade:
 # ------------------------------------------------------------------ the agents' side
 
 
-async def store_entries(patient: PatientAgent, entries: list, *, parallel: int = 8) -> None:
-    """Seal and store each planned entry as a record (at most ``parallel`` at once); the first
-    failure stops the others and is raised as itself (not in an exception group)."""
+async def store_entries(patient: PatientAgent, entries: list, *, parallel: int = 8,
+                        on_stored: Callable[[Any], None] | None = None) -> None:
+    """Seal and store each planned entry as a record (at most ``parallel`` at once; ``on_stored(entry)``
+    after each); the first failure stops the others and is raised as itself (not in an exception group)."""
     limiter = trio.CapacityLimiter(parallel)
     failures: list[AgentError] = []
 
@@ -497,6 +498,8 @@ async def store_entries(patient: PatientAgent, entries: list, *, parallel: int =
             try:
                 await patient.store(resource_bytes(e.resource), label=e.label, media_type=FHIR_MEDIA_TYPE,
                                     record_id=e.record_id)
+                if on_stored is not None:
+                    on_stored(e)
             except TransactionRejected as exc:
                 if exc.reason == "duplicate":
                     failures.append(FhirError(f"{e.resource_type}/{e.resource_id} is already stored; records are "

@@ -125,7 +125,6 @@ async def test_fhirclient_session(tmp_path, capsys):
                 print("\n" + "\n".join(log))
 
     # the Consent became the policy, and reads back the same
-    policy_text = (await_policy := out["consent"])  # noqa: F841 - kept for the assertion below
     assert out["consent"]["provision"]["provision"][0]["id"] == "cardio-read"
     # $everything: every posted resource, equal to what was posted (references resolved)
     got = {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"]
