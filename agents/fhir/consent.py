@@ -18,7 +18,8 @@ The mapping, briefly (R4 semantics; see docs/fhir.md for the whole table):
   root may carry only a ``period``, which bounds every rule; each nested
   provision (one level) is a rule: ``type`` permit/deny -> allow/deny, ``id``
   -> the rule id. Without nested provisions the root itself is the one rule
-  ``root``, permitting under OPTIN and denying under OPTOUT.
+  ``root``, permitting under OPTIN and denying under OPTOUT. No provision at
+  all: no rules, the default alone.
 * ``actor`` (role PRCP or IRCP, the recipients) -> ``when``: several actors
   are alternatives (``or``); ``Organization/x`` -> ``organization == "x"``,
   ``Practitioner/x`` -> ``id == "x"``, a contained ``Group`` -> the ``and``
@@ -220,14 +221,16 @@ def consent_to_policy(consent: Mapping[str, Any], *, labels: LabelMap, patient: 
         base = code
     contained = _contained(consent.get("contained"))
     used: set[str] = set()
-    root = consent.get("provision") or {}
+    root = consent.get("provision")
+    if root is None:  # no provision: the base alone (the form of a policy without rules)
+        root = {"provision": []}
     if not isinstance(root, Mapping):
         raise _fail("Consent.provision", "a provision is expected")
     if "type" in root:
         raise _fail("Consent.provision.type", "R4 allows no type on the root provision; use policyRule")
     nested = root.get("provision") or []
     rules: list[Rule] = []
-    if not nested:
+    if "provision" not in root:
         effect = "allow" if base == "OPTIN" else "deny"
         rules.append(_rule(root, "Consent.provision", effect, "root", labels, contained, used, None))
     else:
@@ -292,11 +295,11 @@ def _period(period: Any, path: str) -> tuple[int | None, int | None]:
 def _rule(p: Mapping[str, Any], path: str, effect: str, default_id: str, labels: LabelMap,
           contained: Mapping[str, Mapping[str, Any]], used: set[str],
           scope: tuple[int | None, int | None] | None) -> Rule:
-    extra = sorted(set(p) - _RULE_KEYS - ({"provision"} if default_id == "root" else set()))
+    if p.get("provision"):
+        raise _fail(f"{path}.provision", "provisions nest one level only")
+    extra = sorted(set(p) - _RULE_KEYS - {"provision"})
     if extra:
         raise _fail(f"{path}.{extra[0]}", "not expressible in the policy language")
-    if "provision" in p and p["provision"]:
-        raise _fail(f"{path}.provision", "provisions nest one level only")
     rule_id = p.get("id") or default_id
     approval = "auto" if effect == "allow" else None
     for j, ext in enumerate(p.get("extension") or []):
@@ -411,9 +414,7 @@ def _actors(actors: Any, path: str, contained: Mapping[str, Mapping[str, Any]], 
             roles = [c for _, c in _codings(actor.get("role"), f"{apath}.role")]
             raise _fail(f"{apath}.role", f"role {roles} is not a recipient (PRCP, IRCP); a policy says only "
                                          "who may receive records")
-        cond = _actor_condition(actor.get("reference") or {}, f"{apath}.reference", contained, used)
-        if cond not in conditions:
-            conditions.append(cond)
+        conditions.append(_actor_condition(actor.get("reference") or {}, f"{apath}.reference", contained, used))
     try:
         return conditions[0] if len(conditions) == 1 else Or(tuple(conditions))
     except PolicyError as exc:

@@ -28,7 +28,7 @@ from fhirclient.models.consent import Consent  # noqa: E402
 from fhirclient.models.observation import Observation  # noqa: E402
 from fhirclient.server import FHIRPermissionDeniedException  # noqa: E402
 
-from agents.fhir import LabelMap, plan_transaction  # noqa: E402
+from agents.fhir import LabelMap, plan_transaction, record_id_for  # noqa: E402
 from agents.testing.smart import CARDIOLOGY_CONSENT, FhirDeployment  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -191,3 +191,97 @@ async def test_tokens_refused(tmp_path):
             assert challenge.startswith("Bearer")
     assert "expired" in results[1][1]["issue"][0]["diagnostics"]
     assert "insufficient_scope" in results[2][2]
+
+
+async def test_hostile_requests_get_operation_outcomes(tmp_path):
+    """Oversized, mistyped, malformed and invalid bodies, wrong agents and unknown routes: each is an
+    OperationOutcome with the right status, and nothing is stored."""
+    with trio.fail_after(120):
+        async with FhirDeployment.open(tmp_path) as dep:
+            dep.facade.config.max_body_bytes = 4096
+            alice = dep.issuer.token("alice", "patient/*.cruds", patient="alice")
+            heart = dep.issuer.token("dr-heart", ALL, patient="alice")
+            obs_bad = {"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "Observation", "code": {"text": "x"}},
+                 "request": {"method": "POST", "url": "Observation"}}]}
+            obs_ok = {"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"}},
+                 "request": {"method": "POST", "url": "Observation"}}]}
+
+            def probe() -> list[tuple[int, dict]]:
+                def call(method, path, token, body=None, ctype="application/fhir+json"):
+                    headers = {"Authorization": f"Bearer {token}", "Content-Type": ctype}
+                    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+                    r = requests.request(method, dep.base + path, data=data, headers=headers, timeout=30)
+                    return r.status_code, r.json()
+
+                return [
+                    call("POST", "", alice, b"{" + b" " * 5000 + b"}"),
+                    call("POST", "", alice, obs_ok, ctype="text/plain"),
+                    call("POST", "", alice, b'{"resourceType": "Bundle", "type": "transac'),
+                    call("POST", "", alice, obs_bad),
+                    call("POST", "", alice, {"resourceType": "Bundle", "type": "collection"}),
+                    call("POST", "", heart, obs_ok),
+                    call("POST", "", dep.issuer.token("alice", "patient/Observation.rs", patient="alice"), obs_ok),
+                    call("PUT", "Consent/other", alice, {**CARDIOLOGY_CONSENT}),
+                    call("GET", "Observation?patient=alice&code=1234", heart),
+                    call("GET", "Nothing/here/at/all", heart),
+                    call("GET", "AuditEvent?patient=alice", heart),
+                    call("GET", "Observation?patient=bob", alice),
+                    call("POST", "", alice, obs_ok),
+                    call("POST", "", alice, obs_ok),
+                ]
+
+            results = await trio.to_thread.run_sync(probe)
+            records = await dep.agents["alice"].records()
+    assert [s for s, _ in results] == [413, 415, 400, 422, 400, 403, 403, 400, 400, 404, 403, 403, 200, 409]
+    assert all(body["resourceType"] in ("OperationOutcome", "Bundle") for _, body in results)
+    assert "status" in results[3][1]["issue"][0]["diagnostics"]
+    assert [r["record_id"] for r in records] == [record_id_for("Observation", "o1")]
+    assert records[0]["media_type"] == "application/fhir+json; fhirVersion=4.0"
+
+
+async def test_cli_store_and_fhir_audit(tmp_path, capsys):
+    """``patient store`` takes a Bundle, a resource and a directory through the facade's mapping,
+    refuses to call non-FHIR content FHIR; ``ledger audit --fhir`` writes a valid AuditEvent Bundle."""
+    from agents.cli.fhir import FhirCliError, store_path
+    from agents.cli.ledger import audit_main
+    from agents.testing.fhir import generate_bundle
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    bundle = generate_bundle(7, 8)
+    (folder / "bundle.json").write_text(json.dumps(bundle))
+    (folder / "allergy.json").write_text(json.dumps({"resourceType": "AllergyIntolerance", "id": "a1",
+                                                     "patient": {"reference": "Patient/alice"}}))
+    note = tmp_path / "note.txt"
+    note.write_text("not FHIR")
+    with trio.fail_after(120):
+        async with FhirDeployment.open(tmp_path / "dep") as dep:
+            alice = dep.agents["alice"]
+            lines = await store_path(alice, folder, label=None, media_type=None, record_id=None)
+            with pytest.raises(FhirCliError, match="name its media type"):
+                await store_path(alice, note, label="notes", media_type=None, record_id=None)
+            with pytest.raises(FhirCliError, match="not stored as application/fhir"):
+                await store_path(alice, note, label="notes", media_type="application/fhir+json", record_id=None)
+            (tmp_path / "bad.json").write_text('{"resourceType": "Observation"}')
+            with pytest.raises(FhirCliError, match="not valid FHIR R4"):
+                await store_path(alice, tmp_path / "bad.json", label=None, media_type=None, record_id=None)
+            plain = await store_path(alice, note, label="notes", media_type="text/plain", record_id="note-1")
+            records = await alice.records()
+    assert lines[0].startswith(f"stored {len(bundle['entry']) + 1} FHIR resources from 2 file(s)")
+    assert plain == ["stored note-1 under label notes (text/plain)"]
+    kinds = {r["record_id"]: r["media_type"] for r in records}
+    assert kinds.pop("note-1") == "text/plain"
+    assert record_id_for("AllergyIntolerance", "a1") in kinds
+    assert set(kinds.values()) == {"application/fhir+json; fhirVersion=4.0"} and len(kinds) == len(bundle["entry"]) + 1
+
+    capsys.readouterr()
+    assert audit_main(["--data", str(tmp_path / "dep" / "swarm" / "agents" / "peer-a1"), "--patient", "alice",
+                       "--fhir"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    from fhir.resources.R4B.bundle import Bundle
+
+    Bundle.model_validate(out)
+    assert out["type"] == "collection" and len(out["entry"]) == len(records)
+    assert {e["resource"]["subtype"][0]["code"] for e in out["entry"]} == {"create"}
