@@ -301,6 +301,10 @@ class Facade:
 
     async def _transaction(self, request: Request, principal: Principal, agent: Any) -> Response:
         patient = self._patient_agent(agent, "storing records")
+        if not any("c" in s.perms for s in principal.scopes if s.context != "patient"
+                   or principal.patient in (None, patient.subject)):
+            raise ScopeError("forbidden: the token's scopes allow creating nothing; ask for a scope such as "
+                             "patient/*.c")
         bundle = await self._body(request)
         if not isinstance(bundle, dict):
             raise FhirError("POST /: a Bundle is expected", expression="Bundle")
