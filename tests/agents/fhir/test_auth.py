@@ -74,3 +74,53 @@ async def test_bad_tokens_are_refused(header, why):
     with pytest.raises(AuthError) as info:
         await verifier().verify(header)
     assert info.value.status == 401 and why.lower() in str(info.value).lower()
+
+
+async def test_jwks_url_fetched_cached_and_refreshed():
+    """Keys from a JWKS URL (a local HTTP server): fetched on first use, refreshed on an unknown kid at
+    most once a minute, and an unreachable URL is a 503, not a crash."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import trio
+
+    served = {"jwks": ISSUER.jwks(), "hits": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            served["hits"] += 1
+            body = json.dumps(served["jwks"]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        v = TokenVerifier(issuer=ISSUER.issuer, audience=ISSUER.audience, jwks_url=url)
+        assert (await v.verify("Bearer " + ISSUER.token("dr", "user/*.rs"))).subject == "dr"
+        assert (await v.verify("Bearer " + ISSUER.token("dr2", "user/*.rs"))).subject == "dr2"
+        assert served["hits"] == 1
+        rotated = TokenIssuer()  # the issuer rotates its key: one refresh per minute at most
+        served["jwks"] = rotated.jwks()
+        with pytest.raises(AuthError, match="no key"):
+            await v.verify("Bearer " + rotated.token("dr", "user/*.rs"))
+        assert served["hits"] == 1
+        v._fetched -= 61  # noqa: SLF001 - a minute later
+        assert (await v.verify("Bearer " + rotated.token("dr", "user/*.rs"))).subject == "dr"
+        assert served["hits"] == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    down = TokenVerifier(issuer=ISSUER.issuer, audience=ISSUER.audience, jwks_url=url, fetch_timeout=2)
+    with pytest.raises(AuthError) as info:
+        await down.verify("Bearer " + ISSUER.token("dr", "user/*.rs"))
+    assert info.value.status == 503
+    await trio.sleep(0)

@@ -289,3 +289,73 @@ async def test_cli_store_and_fhir_audit(tmp_path, capsys):
     Bundle.model_validate(out)
     assert out["type"] == "collection" and len(out["entry"]) == len(records)
     assert {e["resource"]["subtype"][0]["code"] for e in out["entry"]} == {"create"}
+
+
+def _pki(tmp: pathlib.Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def cert(subject, key, issuer, issuer_key, ca=False, san=None):
+        b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    out = {}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = cert("test ca", ca_key, "test ca", ca_key, ca=True)
+    for who, san in (("server", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), ("client", None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        (tmp / f"{who}.pem").write_bytes(cert(who, key, "test ca", ca_key, san=san).public_bytes(serialization.Encoding.PEM))
+        (tmp / f"{who}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+        out[who], out[f"{who}_key"] = str(tmp / f"{who}.pem"), str(tmp / f"{who}.key")
+    (tmp / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    out["ca"] = str(tmp / "ca.pem")
+    return out
+
+
+async def test_mutual_tls(tmp_path):
+    """With --certfile/--keyfile/--client-ca: HTTPS, and a client without a certificate of the CA is
+    refused at the handshake; with one, the bearer token is still required."""
+    pki = _pki(tmp_path)
+    with trio.fail_after(120):
+        async with FhirDeployment.open(tmp_path / "dep") as dep:
+            async with trio.open_nursery() as nursery:
+                (url,) = await nursery.start(lambda task_status: dep.facade.serve(
+                    ["127.0.0.1:0"], certfile=pki["server"], keyfile=pki["server_key"], client_ca=pki["ca"],
+                    task_status=task_status))
+                assert url.startswith("https://")
+                token = dep.issuer.token("dr-heart", ALL)
+
+                def probe() -> tuple[int, int, str]:
+                    with_cert = requests.get(url + "/metadata", verify=pki["ca"], timeout=30,
+                                             cert=(pki["client"], pki["client_key"]),
+                                             headers={"Authorization": f"Bearer {token}"})
+                    no_token = requests.get(url + "/metadata", verify=pki["ca"], timeout=30,
+                                            cert=(pki["client"], pki["client_key"]))
+                    try:
+                        requests.get(url + "/metadata", verify=pki["ca"], timeout=30,
+                                     headers={"Authorization": f"Bearer {token}"})
+                        refused = "no"
+                    except requests.exceptions.ConnectionError as exc:  # SSLError is one
+                        refused = type(exc).__name__
+                    return with_cert.status_code, no_token.status_code, refused
+
+                ok, no_token, refused = await trio.to_thread.run_sync(probe)
+                nursery.cancel_scope.cancel()
+    assert (ok, no_token) == (200, 401) and refused != "no"
