@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ log = logging.getLogger("agents.fhir")
 FHIR_VERSION = "4.0.1"
 FHIR_JSON = "application/fhir+json"
 _SEARCH_PARAMS = {"patient", "category", "_id", "_format"}
+_TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 GRANTS_AT_ONCE = 3  # labels whose first read (a possible new grant) runs at once, see read_records
 
 
@@ -382,12 +385,12 @@ class Facade:
         if not principal.may_any("r", patient):
             raise ScopeError(f"forbidden: the token's scopes allow reading nothing of {patient}; "
                              "ask for a scope such as user/*.rs")
-        found, denials = await self._collect(agent, principal, patient, None, None)
+        found, denials, listed = await self._collect(agent, principal, patient, None, None)
         found = [r for r in found if principal.may(r["resourceType"], "r", patient)]
-        return self._answer(request, found, denials)
+        return self._answer(request, found, denials, listed=listed, agent=agent, patient=patient)
 
     async def _search(self, request: Request, principal: Principal, agent: Any) -> dict[str, Any]:
-        rtype = request.path_params["rtype"]
+        rtype = _resource_type(request.path_params["rtype"])
         params = request.query_params
         unknown = sorted(set(params) - _SEARCH_PARAMS)
         if unknown:
@@ -399,11 +402,13 @@ class Facade:
             raise FhirError(f"search of {rtype} refused: name the patient (?patient=ID)", issue="required")
         self._require(principal, rtype, "s", patient)
         category, rid = params.get("category"), params.get("_id")
-        found, denials = await self._collect(agent, principal, patient, rtype, category, rid)
-        return self._answer(request, found, denials)
+        found, denials, listed = await self._collect(agent, principal, patient, rtype, category, rid)
+        return self._answer(request, found, denials, listed=listed, agent=agent, patient=patient)
 
     async def _read(self, request: Request, principal: Principal, agent: Any) -> dict[str, Any]:
-        rtype, rid = request.path_params["rtype"], request.path_params["rid"]
+        rtype, rid = _resource_type(request.path_params["rtype"]), request.path_params["rid"]
+        if not _FHIR_ID.match(rid):
+            raise FhirError(f"read of {rtype}/{rid[:80]!r} refused: not a FHIR id", issue="value")
         patient = _patient_param(request.query_params.get("patient")) or principal.patient or (
             agent.subject if isinstance(agent, PatientAgent) else None)
         if patient is None:
@@ -416,10 +421,16 @@ class Facade:
             raise IntegrityError(f"record of {rtype}/{rid} holds {resource.get('resourceType')}/{resource.get('id')}")
         return resource
 
-    def _answer(self, request: Request, found: list[dict], denials: list[PolicyDenied | RequestRejected]) -> dict:
+    def _answer(self, request: Request, found: list[dict], denials: list[AgentError], *, listed: int,
+                agent: Any, patient: str) -> dict:
         if denials and not found:
             raise _agent_error(denials[0])
         outcome = None
+        if not listed and isinstance(agent, DoctorAgent):
+            outcome = operation_outcome(
+                f"no record of {patient} is visible to you: the peers list a patient's records only to doctors "
+                "the patient's policy could allow (or there are none); a read by id gets the policy's decision",
+                issue="informational", severity="information")
         if denials:
             text = "; ".join(f"{d}" for d in denials[:8])
             outcome = operation_outcome(f"some records were not released: {text}", issue="suppressed",
@@ -427,11 +438,11 @@ class Facade:
         return searchset(found, self.base_url, outcome=outcome, self_link=str(request.url))
 
     async def _collect(self, agent: Any, principal: Principal, patient: str, rtype: str | None,
-                       category: str | None, rid: str | None = None) -> tuple[list[dict], list[AgentError]]:
+                       category: str | None, rid: str | None = None) -> tuple[list[dict], list[AgentError], int]:
         """The FHIR resources of ``patient`` this agent may read (of ``rtype``/``category``/``_id``
-        when given) and the denials met on the way."""
-        records = [r for r in await list_records(agent, patient)
-                   if str(r.get("media_type", "")).startswith(FHIR_JSON)]
+        when given), the denials met on the way, and how many records the peers listed."""
+        listing = await list_records(agent, patient)
+        records = [r for r in listing if str(r.get("media_type", "")).startswith(FHIR_JSON)]
         if rtype is not None:
             labels = set(self.labels.labels_for_type(rtype, category))
             records = [r for r in records if r.get("label") in labels]
@@ -458,7 +469,7 @@ class Facade:
                 continue
             out.append(res)
         out.sort(key=lambda r: (r.get("resourceType") != "Patient", r.get("resourceType", ""), r.get("id", "")))
-        return out, denials
+        return out, denials, len(listing)
 
     # ------------------------------------------------------------ serving
 
@@ -583,6 +594,12 @@ async def read_records(agent: Any, patient: str, records: list[dict], purpose: s
     if failures:
         raise failures[0]
     return plain, denials
+
+
+def _resource_type(name: str) -> str:
+    if not _TYPE_NAME.match(name):
+        raise FhirError(f"{name[:80]!r} is not a resource type; see GET /metadata", status=404, issue="not-found")
+    return name
 
 
 def _decode_resource(data: bytes, what: str) -> dict[str, Any]:

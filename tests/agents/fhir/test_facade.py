@@ -230,14 +230,20 @@ async def test_hostile_requests_get_operation_outcomes(tmp_path):
                     call("GET", "Observation?patient=bob", alice),
                     call("POST", "", alice, obs_ok),
                     call("POST", "", alice, obs_ok),
+                    call("GET", "observation/o1?patient=alice", heart),
+                    call("GET", "Observation/o1%20x?patient=alice", heart),
+                    call("GET", "Observation?patient=alice", heart),  # no policy yet: nothing listed
                     call("GET", "metadata", heart),
                 ]
 
             results = await trio.to_thread.run_sync(probe)
             records = await dep.agents["alice"].records()
-    assert [s for s, _ in results] == [413, 415, 400, 422, 400, 403, 403, 400, 400, 404, 403, 403, 200, 409, 200]
+    assert [s for s, _ in results] == [413, 415, 400, 422, 400, 403, 403, 400, 400, 404, 403, 403, 200, 409, 404, 400, 200, 200]
     assert all(body["resourceType"] in ("OperationOutcome", "Bundle") for _, body in results[:-1])
     assert "status" in results[3][1]["issue"][0]["diagnostics"]
+    empty = results[-2][1]
+    assert empty["total"] == 0 and empty["entry"][0]["search"]["mode"] == "outcome"
+    assert "visible to you" in empty["entry"][0]["resource"]["issue"][0]["diagnostics"]
     from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
     CapabilityStatement.model_validate(results[-1][1])  # the CapabilityStatement is valid R4(B)
