@@ -238,6 +238,19 @@ async def test_hostile_requests_get_operation_outcomes(tmp_path):
 
             results = await trio.to_thread.run_sync(probe)
             records = await dep.agents["alice"].records()
+            # every slot in flight taken: the next request is a 429, before any work
+            limiter = dep.facade._in_flight  # noqa: SLF001 - filled by hand, deterministic
+            for i in range(dep.facade.config.max_in_flight):
+                limiter.acquire_on_behalf_of_nowait(f"slot-{i}")
+
+            def busy() -> tuple[int, dict, str | None]:
+                r = requests.get(dep.base + "metadata", headers={"Authorization": f"Bearer {heart}"}, timeout=30)
+                return r.status_code, r.json(), r.headers.get("retry-after")
+
+            throttled = await trio.to_thread.run_sync(busy)
+            for i in range(dep.facade.config.max_in_flight):
+                limiter.release_on_behalf_of(f"slot-{i}")
+    assert throttled[0] == 429 and throttled[1]["issue"][0]["code"] == "throttled" and throttled[2] == "1"
     assert [s for s, _ in results] == [413, 415, 400, 422, 400, 403, 403, 400, 400, 404, 403, 403, 200, 409, 404, 400, 200, 200]
     assert all(body["resourceType"] in ("OperationOutcome", "Bundle") for _, body in results[:-1])
     assert "status" in results[3][1]["issue"][0]["diagnostics"]
