@@ -3,7 +3,8 @@ nodes, each an autonomous trio task group talking over the bus.
 
 This module is the public face for hospital integration services and for the
 other layers: import from ``agents``, not from its modules. Subpackages with
-their own faces: ``agents.storage`` (storage nodes and client),
+their own faces: ``agents.storage`` (storage nodes and client), ``agents.fhir``
+(the FHIR R4 facade's mappings; the server is ``agents.fhir.app``),
 ``agents.testing`` (synthetic FHIR data), ``agents.cli`` (the ``emrshare``
 command), ``agents.bench`` (benchmarks and the load test).
 

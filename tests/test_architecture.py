@@ -162,7 +162,7 @@ def _reexports(package: str) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("package", ["core", "bus", "agents", "agents.storage"])
+@pytest.mark.parametrize("package", ["core", "bus", "agents", "agents.storage", "agents.fhir"])
 def test_public_faces_export_each_name_once(package):
     names = _reexports(package)
     assert names, f"{package} has no public face"

@@ -19,12 +19,14 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("bench", "bus"): ("agents.bench.bus", "main", "message bus round trips and throughput"),
     ("bench", "storage"): ("agents.bench.storage", "main", "storage put/get throughput vs bare disk and sha256"),
     ("bench", "ledger"): ("agents.bench.ledger", "main", "ledger commit throughput and latency"),
+    ("bench", "fhir"): ("agents.bench.fhir", "main", "FHIR facade overhead: $everything over HTTP vs the Python API"),
     ("ledger", "verify"): ("agents.cli.ledger", "verify_main", "verify a peer's stored chain end to end"),
     ("ledger", "audit"): ("agents.cli.ledger", "audit_main", "print the access history of a patient's records"),
     ("swarm", "up"): ("agents.cli.swarm", "up_main", "launch a local consortium (peers, orderer, storage)"),
     ("patient",): ("agents.cli.user", "patient_main", "act as a patient against a running swarm"),
     ("doctor",): ("agents.cli.user", "doctor_main", "act as a doctor against a running swarm"),
     ("demo",): ("agents.cli.demo", "main", "run the paper's scenario end to end on a fresh embedded swarm"),
+    ("fhir", "serve"): ("agents.cli.fhir", "serve_main", "serve a FHIR R4 facade (SMART tokens) for your agent"),
     ("loadtest",): ("agents.bench.loadtest", "main", "load test a swarm, with optional fault injection"),
 }
 

@@ -10,7 +10,8 @@ prints ``chain OK: N blocks, root <hex>``.
 
 ``audit`` prints a patient's access history from the stored state: who
 requested what, the policy decision and rule, who granted, which peers
-re-encrypted, revocations, with UTC times; ``--json`` for machines.
+re-encrypted, revocations, with UTC times; ``--json`` for machines; ``--fhir``
+for a FHIR R4 Bundle of AuditEvents (agents.fhir.audit).
 """
 
 from __future__ import annotations
@@ -189,6 +190,8 @@ def audit_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="a peer's data directory (or its ledger.sqlite)")
     parser.add_argument("--patient", required=True)
     parser.add_argument("--json", action="store_true", help="print JSON (times as Unix ms and UTC text)")
+    parser.add_argument("--fhir", action="store_true",
+                        help="print a FHIR R4 Bundle of AuditEvents (IHE Basic Audit Log Patterns; docs/fhir.md)")
     args = parser.parse_args(argv)
     store = _open_or_say(args.data)
     if store is None:
@@ -197,6 +200,11 @@ def audit_main(argv: list[str] | None = None) -> int:
         events = audit_events(store, args.patient)
     finally:
         store.close()
+    if args.fhir:
+        from agents.fhir import audit_bundle
+
+        print(json.dumps(audit_bundle(events, args.patient), indent=2))
+        return 0
     if args.json:
         print(json.dumps([{**_jsonable(e), "utc": _utc(e["time"])} for e in events], indent=2, sort_keys=True))
         return 0

@@ -131,10 +131,12 @@ async def _run_patient(args: argparse.Namespace) -> int:
             if args.cmd == "register":
                 cert = await _register(p, files, config)
                 print(f"registered {cert.subject} at {cert.org} (certificate {cert.serial})")
-            elif args.cmd == "store":
-                data = Path(args.file)
-                rid = await p.store(data, label=args.label, media_type=args.media_type, record_id=args.record_id)
-                print(f"stored {rid} under label {args.label}")
+            elif args.cmd == "store":  # FHIR Bundles, resources and directories go through the FHIR mapping
+                from agents.cli.fhir import store_path
+
+                for line in await store_path(p, Path(args.file), label=args.label, media_type=args.media_type,
+                                             record_id=args.record_id, labels_file=args.labels):
+                    print(line)
             elif args.cmd == "policy":
                 await p.set_policy(Path(args.file).read_text())
                 print("policy committed")
@@ -186,11 +188,12 @@ async def _run_doctor(args: argparse.Namespace) -> int:
 
 def patient_main(argv: list[str]) -> int:
     parser, sub, _ = _user_parser("patient", "extra attribute NAME=VALUE")
-    s = sub.add_parser("store", help="seal and store a record")
-    s.add_argument("file")
-    s.add_argument("--label", required=True)
-    s.add_argument("--media-type", default="application/fhir+json")
-    s.add_argument("--record-id")
+    s = sub.add_parser("store", help="seal and store a record, a FHIR Bundle or resource, or a directory of them")
+    s.add_argument("file", help="a file, or a directory whose files are stored one by one")
+    s.add_argument("--label", help="the label of a non-FHIR file (FHIR resources get theirs from the label table)")
+    s.add_argument("--media-type", help="the media type of a non-FHIR file (required for it: text/plain, ...)")
+    s.add_argument("--record-id", help="the record id of a non-FHIR file (default: a fresh one)")
+    s.add_argument("--labels", type=Path, help="JSON label table for FHIR resources (docs/fhir.md)")
     p = sub.add_parser("policy", help="set your access policy from a policy text file (docs/policy.md)")
     p.add_argument("file")
     v = sub.add_parser("revoke", help="revoke a grant")

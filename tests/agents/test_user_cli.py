@@ -56,10 +56,10 @@ def test_swarm_up_and_user_commands(tmp_path):
              "--attr", "department=cardiology", env=env)
         _cli("doctor", *common, "--subject", "dr-x", "--org", "hospital-a", "register",
              "--attr", "department=dermatology", env=env)
-        record = tmp_path / "bundle.json"
-        record.write_bytes(b'{"resourceType": "Bundle", "type": "collection", "entry": []}')
+        record = tmp_path / "ecg.txt"
+        record.write_bytes(b"ECG 2026-01-05: sinus rhythm, 64 bpm")
         out = _cli("patient", *common, "--subject", "alice", "store", str(record), "--label", "cardiology",
-                   "--record-id", "rec-1", env=env)
+                   "--media-type", "text/plain", "--record-id", "rec-1", env=env)
         assert "stored rec-1" in out.stdout
         policy = tmp_path / "policy.txt"
         policy.write_text(POLICY)

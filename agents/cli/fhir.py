@@ -1,0 +1,219 @@
+"""``emrshare fhir serve`` (the FHIR R4 facade next to one agent) and the FHIR side of ``patient store``.
+
+``fhir serve`` opens the user's agent from ``DIR/users/<subject>`` (as
+``emrshare patient|doctor`` do), serves :class:`agents.fhir.app.Facade` for it
+on ``--listen`` until Ctrl-C and, for a patient, also answers doctors' access
+requests (like ``patient serve``). Tokens are checked against ``--issuer`` with
+keys from ``--jwks-file`` or ``--jwks-url`` (docs/fhir.md).
+
+:func:`store_path` is what ``emrshare patient store`` does with a FHIR file: a
+transaction Bundle, a single resource, or a directory of them goes through the
+facade's mapping (validated, one record per resource of a transaction Bundle,
+one for any other resource; labels from the label table unless ``--label``
+names one; record ids from ``Type/id``); any other file is stored under the media type and label the caller
+names, and is never labelled FHIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agents.errors import AgentError
+
+__all__ = ["serve_main", "store_path", "is_fhir_media_type"]
+
+
+class FhirCliError(AgentError):
+    """An expected failure of a FHIR command (bad options, unreadable files)."""
+
+
+def is_fhir_media_type(media_type: str | None) -> bool:
+    return bool(media_type) and media_type.split(";")[0].strip().lower() == "application/fhir+json"
+
+
+class _Progress:
+    """One line on stderr, rewritten in place on a terminal (``stored 12/66``)."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what, self.done = total, what, 0
+        self.tty = sys.stderr.isatty()
+
+    def step(self, _: Any = None) -> None:
+        self.done += 1
+        if self.tty:
+            print(f"\r{self.what} {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
+        elif self.done == self.total or self.done % 50 == 0:
+            print(f"{self.what} {self.done}/{self.total}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty and self.done:
+            print(file=sys.stderr)
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+async def store_path(patient: Any, path: Path, *, label: str | None, media_type: str | None,
+                     record_id: str | None, labels_file: Path | None = None) -> list[str]:
+    """Store ``path`` for ``patient`` (see the module docstring); returns lines to print."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    if path.is_dir() and record_id:
+        raise FhirCliError(f"store of {path}: --record-id names one record; a directory holds several")
+    fhir_docs = []
+    plain = []
+    for f in files:
+        doc = _load_json(f) if f.suffix.lower() == ".json" or is_fhir_media_type(media_type) else None
+        if isinstance(doc, dict) and isinstance(doc.get("resourceType"), str):
+            fhir_docs.append((f, doc))
+        else:
+            plain.append(f)
+    out: list[str] = []
+    if fhir_docs:
+        out += await _store_fhir(patient, fhir_docs, label=label, record_id=record_id, labels_file=labels_file)
+    for f in plain:
+        if media_type is None or is_fhir_media_type(media_type):
+            raise FhirCliError(f"store of {f}: not FHIR R4 JSON, so it is not stored as {media_type or 'FHIR'}; "
+                               "name its media type (--media-type text/plain, application/pdf, ...)")
+        if not label:
+            raise FhirCliError(f"store of {f}: not FHIR, so no label can be derived; give --label")
+        rid = await patient.store(f, label=label, media_type=media_type, record_id=record_id)
+        out.append(f"stored {rid} under label {label} ({media_type})")
+    return out
+
+
+async def _store_fhir(patient: Any, docs: list[tuple[Path, dict]], *, label: str | None, record_id: str | None,
+                      labels_file: Path | None) -> list[str]:
+    from agents.fhir import FhirError, LabelMap, LabelMapError, plan_transaction
+    from agents.fhir.app import store_entries, validate_resource
+
+    if record_id:
+        raise FhirCliError("store of FHIR content: record ids come from the resources' Type/id (so doctors find "
+                           "them); drop --record-id")
+    try:
+        labels = LabelMap.load(labels_file) if labels_file else LabelMap.default_map()
+    except LabelMapError as exc:
+        raise FhirCliError(f"label table {labels_file}: {exc}; fix the JSON file (docs/fhir.md)") from None
+    entries = []
+    for f, doc in docs:
+        try:
+            await trio.to_thread.run_sync(validate_resource, doc, f.name)
+            if doc["resourceType"] == "Bundle" and doc.get("type") == "transaction":
+                planned = plan_transaction(doc, labels, max_entries=100_000)
+            else:  # one resource (a collection Bundle too): a transaction of one POST
+                planned = plan_transaction({"resourceType": "Bundle", "type": "transaction",
+                                            "entry": [{"resource": doc, "request": {"method": "POST",
+                                                                                    "url": doc["resourceType"]}}]},
+                                           labels, max_entries=1)
+            for i, e in enumerate(planned):
+                await trio.to_thread.run_sync(validate_resource, e.resource, f"{f.name} entry {i}")
+        except FhirError as exc:
+            raise FhirCliError(f"store of {f}: {exc}") from None
+        if label:  # the caller names the label of everything in this call
+            planned = [dataclasses.replace(e, label=label) for e in planned]
+        entries += planned
+    progress = _Progress(len(entries), "stored")
+    try:
+        await store_entries(patient, entries, on_stored=progress.step)
+    finally:
+        progress.close()
+    by_label: dict[str, int] = {}
+    for e in entries:
+        by_label[e.label] = by_label.get(e.label, 0) + 1
+    return [f"stored {len(entries)} FHIR resources from {len(docs)} file(s): "
+            + ", ".join(f"{n} under {lab}" for lab, n in sorted(by_label.items()))]
+
+
+# ------------------------------------------------------------------ fhir serve
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emrshare fhir serve",
+                                description="serve a FHIR R4 facade for your agent (docs/fhir.md)")
+    p.add_argument("--swarm", default="swarm-data", help="the swarm's data directory (default swarm-data)")
+    p.add_argument("--subject", required=True, help="the user the facade acts for (a registered patient or doctor)")
+    p.add_argument("--role", choices=("patient", "doctor"), required=True, help="the user's agent kind")
+    p.add_argument("--org", help="the user's hospital (default: remembered at registration)")
+    p.add_argument("--key-file", type=Path, help="32-byte key file protecting the user's keys (instead of a passphrase)")
+    p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT to serve HTTP on (default 127.0.0.1:8080)")
+    p.add_argument("--base-url", help="the public base URL (default http(s)://LISTEN); also the token audience")
+    p.add_argument("--issuer", required=True, help="the token issuer (the 'iss' every token must carry)")
+    p.add_argument("--audience", help="the 'aud' every token must carry (default: the base URL)")
+    keys = p.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--jwks-file", type=Path, help="the issuer's signing keys as a JWKS JSON file")
+    keys.add_argument("--jwks-url", help="where to fetch the issuer's JWKS (cached; refreshed on an unknown key)")
+    p.add_argument("--subject-claim", default="sub", help="the token claim naming the user (default sub)")
+    p.add_argument("--labels", type=Path, help="JSON label table (resource type/category -> label; docs/fhir.md)")
+    p.add_argument("--certfile", help="TLS certificate (PEM) to serve HTTPS")
+    p.add_argument("--keyfile", help="TLS private key (PEM) for --certfile")
+    p.add_argument("--client-ca", help="also require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--max-body-mib", type=int, default=16, help="largest request body in MiB (default 16)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take (default 120)")
+    p.add_argument("--max-results", type=int, default=1000, help="most resources in one answer (default 1000)")
+    p.add_argument("--approve", action="store_true",
+                   help="patient: approve access requests whose policy asks for the patient's approval")
+    return p
+
+
+def serve_main(argv: list[str]) -> int:
+    from agents.cli.user import _guard
+
+    args = _parser().parse_args(argv)
+    return _guard(lambda: trio.run(_serve, args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from bus import open_node
+
+    from agents.cli.user import _approve_all, _config, _routes
+    from agents.doctor import DoctorAgent
+    from agents.fhir import LabelMap, LabelMapError
+    from agents.fhir.app import Facade, FacadeConfig
+    from agents.fhir.auth import TokenVerifier
+    from agents.patient import PatientAgent
+
+    if bool(args.certfile) != bool(args.keyfile) or (args.client_ca and not args.certfile):
+        raise FhirCliError("fhir serve: TLS needs --certfile and --keyfile together (and --client-ca needs both)")
+    scheme = "https" if args.certfile else "http"
+    base = (args.base_url or f"{scheme}://{args.listen}").rstrip("/")
+    try:
+        labels = LabelMap.load(args.labels) if args.labels else LabelMap.default_map()
+    except LabelMapError as exc:
+        raise FhirCliError(f"fhir serve: label table {args.labels}: {exc}; fix the file (docs/fhir.md)") from None
+    verifier = TokenVerifier(issuer=args.issuer, audience=args.audience or base, jwks_file=args.jwks_file,
+                             jwks_url=args.jwks_url, subject_claim=args.subject_claim)
+    files, config = _config(args, args.role, {})
+    kind = PatientAgent if args.role == "patient" else DoctorAgent
+    async with open_node(routes=_routes(files, config.manifest)) as node:
+        address = await node.listen("tcp://127.0.0.1:0") if args.role == "patient" else None
+        extra = {"approve": _approve_all if args.approve else None} if args.role == "patient" else {}
+        async with kind.open(config, node=node, **extra) as agent:
+            if not agent.registered:
+                raise FhirCliError(f"fhir serve: {args.subject} is not registered; run "
+                                   f"`emrshare {args.role} --subject {args.subject} --org ORG register` first")
+            facade = Facade(FacadeConfig(base_url=base, labels=labels, max_body_bytes=args.max_body_mib << 20,
+                                         request_timeout=args.timeout, max_results=args.max_results),
+                            {args.subject: agent}, verifier)
+            if address is not None:
+                (config.data_dir / "address").write_text(address)
+            try:
+                async with trio.open_nursery() as nursery:
+                    binds = await nursery.start(lambda task_status: facade.serve(
+                        [args.listen], certfile=args.certfile, keyfile=args.keyfile, client_ca=args.client_ca,
+                        task_status=task_status))
+                    print(f"FHIR R4 facade for {args.role} {args.subject} at {', '.join(binds)} "
+                          f"(base URL {base}; Ctrl-C stops)", flush=True)
+            finally:
+                if address is not None:
+                    (config.data_dir / "address").unlink(missing_ok=True)
+    return 0
