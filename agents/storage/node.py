@@ -164,6 +164,7 @@ class StorageNode:
         self._session_timeout = session_timeout
         self._max_sessions = max_sessions
         self._sessions: dict[bytes, _Session] = {}
+        self.pulls: set = set()  # temporary files of the reconciler's pulls (agents.storage.reconcile)
         self.corruptions = 0
         self.refusals = Refusals(endpoint.identity)
         serve(endpoint, self.handlers(), on_decode_error=_bad_request, classifier=classifier,
@@ -187,7 +188,8 @@ class StorageNode:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Abort put sessions idle past the timeout, until cancelled."""
+        """Abort put sessions idle past the timeout (their partial files are deleted), and
+        delete partial files no session owns once older than the timeout, until cancelled."""
         task_status.started()
         while True:
             await trio.sleep(min(5.0, self._session_timeout / 2))
@@ -197,6 +199,18 @@ class StorageNode:
                     del self._sessions[sid]
                     await self._thread(s.put.abort)
                     log.info("aborted idle put session from %s", s.owner)
+            live = {s.put.path for s in self._sessions.values()} | self.pulls
+            expired = await self._thread(self.store.expire_partial, self._session_timeout, live)
+            if expired:
+                log.info("deleted %d partial uploads no session owns", expired)
+
+    def uploading(self, cid: str) -> bool:
+        """Whether a put session claiming ``cid`` is open on this node."""
+        return any(s.put.claimed == cid for s in self._sessions.values())
+
+    def partial_uploads(self) -> int:
+        """Put sessions open on this node."""
+        return len(self._sessions)
 
     # -- admission -------------------------------------------------------------
 
