@@ -22,6 +22,7 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("ledger", "verify"): ("agents.cli.ledger", "verify_main", "verify a peer's stored chain end to end"),
     ("ledger", "audit"): ("agents.cli.ledger", "audit_main", "print the access history of a patient's records"),
     ("swarm", "up"): ("agents.cli.swarm", "up_main", "launch a local consortium (peers, orderer, storage)"),
+    ("storage", "status"): ("agents.cli.storage", "status_main", "storage copies per record, repair progress"),
     ("patient",): ("agents.cli.user", "patient_main", "act as a patient against a running swarm"),
     ("doctor",): ("agents.cli.user", "doctor_main", "act as a doctor against a running swarm"),
     ("demo",): ("agents.cli.demo", "main", "run the paper's scenario end to end on a fresh embedded swarm"),

@@ -23,7 +23,7 @@ def _spec_from_args(args: argparse.Namespace) -> SwarmSpec:
         settings.update(doc.get("swarm", doc))
     for name in ("hospitals", "peers", "threshold", "storage_nodes", "replicas", "write_quorum", "port",
                  "batch_size", "reconcile_interval"):
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
     if args.processes:

@@ -204,9 +204,12 @@ class StorageNode:
             if expired:
                 log.info("deleted %d partial uploads no session owns", expired)
 
-    def uploading(self, cid: str) -> bool:
-        """Whether a put session claiming ``cid`` is open on this node."""
-        return any(s.put.claimed == cid for s in self._sessions.values())
+    def uploading(self, cid: str, within: float | None = None) -> bool:
+        """Whether a put session claiming ``cid`` is open on this node (with ``within``:
+        and received something in the last ``within`` seconds)."""
+        now = trio.current_time()
+        return any(s.put.claimed == cid and (within is None or s.deadline - self._session_timeout >= now - within)
+                   for s in self._sessions.values())
 
     def partial_uploads(self) -> int:
         """Put sessions open on this node."""

@@ -19,7 +19,8 @@ Every ``interval`` seconds a storage node's :class:`Reconciler`:
      source that answers junk, stalls (each request has ``request_timeout``, a
      whole copy ``request_timeout`` plus a minimum rate) or lacks the blob is
      skipped for the next one; nothing partial stays. A CID with a put in
-     progress on this node (the writer's own third copy) is left for a round.
+     progress on this node (the writer's own copy) is left alone while that put
+     received bytes within the last ``interval``.
    * :class:`Verify`: a held committed blob not re-hashed since this process
      started is re-hashed once (:meth:`BlobStore.is_intact`); a corrupt copy is
      quarantined and pulled again next round.
@@ -263,7 +264,12 @@ class Reconciler:
             log.info("reconcile: the orderer did not answer (%s); collecting nothing this round", exc)
         committed = self.follower.cids()
         held = [b.cid for b in await self._thread(self.store.list)]
-        busy = self.node.uploading if self.node is not None else (lambda cid: False)
+        if self.node is not None:  # a writer's put under way: left alone while it makes progress
+            def busy(cid: str) -> bool:
+                return self.node.uploading(cid, within=self.interval)
+        else:
+            def busy(cid: str) -> bool:
+                return False
         actions = self.plan.round(trio.current_time(), committed, held, synced_at=self.synced_at, busy=busy)
         self._write_status(committed)
         async with trio.open_nursery() as nursery:
