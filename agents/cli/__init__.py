@@ -19,6 +19,7 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("bench", "bus"): ("agents.bench.bus", "main", "message bus round trips and throughput"),
     ("bench", "storage"): ("agents.bench.storage", "main", "storage put/get throughput vs bare disk and sha256"),
     ("bench", "ledger"): ("agents.bench.ledger", "main", "ledger commit throughput and latency"),
+    ("bench", "heal"): ("agents.bench.heal", "main", "seconds until storage has r copies again (CLI killed, node wiped)"),
     ("ledger", "verify"): ("agents.cli.ledger", "verify_main", "verify a peer's stored chain end to end"),
     ("ledger", "audit"): ("agents.cli.ledger", "audit_main", "print the access history of a patient's records"),
     ("swarm", "up"): ("agents.cli.swarm", "up_main", "launch a local consortium (peers, orderer, storage)"),
