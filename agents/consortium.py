@@ -23,7 +23,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -196,6 +196,8 @@ class CertificateFollower:
         self.client = CertificateLightClient(manifest.genesis)
         self.config = self.client.config
         self._limiter = trio.CapacityLimiter(1)  # one block at a time, in order
+        # called with the records each applied block stored (the storage reconciler wakes up)
+        self.on_records: list[Callable[[list[StoredRecord]], None]] = []
         self._changes = 0
         self._refused = 0
 
@@ -233,6 +235,9 @@ class CertificateFollower:
             cert = change.certificate
             self.directory.set_certificate(change.subject, change.ecdsa_key, None if cert is None else cert.role)
         self._changes += len(changes.certificates)
+        if changes.records:
+            for listener in self.on_records:
+                listener(changes.records)
         return True
 
     async def catch_up(self, *, timeout: float | None = None) -> bool:

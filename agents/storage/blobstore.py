@@ -390,6 +390,18 @@ class BlobStore:
                 continue
         return out
 
+    def cids(self) -> set[str]:
+        """The CIDs of every stored blob, from the directory names alone (no file is opened)."""
+        out = set()
+        for shard in os.scandir(self._blobs):
+            if not shard.is_dir():
+                continue
+            for entry in os.scandir(shard.path):
+                name = entry.name
+                if not name.endswith(_MARKERS):
+                    out.add(name)
+        return out
+
     def delete(self, cid: str, *, force: bool = False) -> bool:
         """Delete a blob; pinned blobs only with ``force``. True if something was deleted."""
         cid = canonical_cid(cid)

@@ -208,7 +208,7 @@ class StorageNode:
         """Whether a put session claiming ``cid`` is open on this node (with ``within``:
         and received something in the last ``within`` seconds)."""
         now = trio.current_time()
-        return any(s.put.claimed == cid and (within is None or s.deadline - self._session_timeout >= now - within)
+        return any(s.put.claimed == cid and (within is None or s.deadline - self._session_timeout > now - within)
                    for s in self._sessions.values())
 
     def partial_uploads(self) -> int:

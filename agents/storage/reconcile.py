@@ -20,10 +20,13 @@ Every ``interval`` seconds a storage node's :class:`Reconciler`:
      whole copy ``request_timeout`` plus a minimum rate) or lacks the blob is
      skipped for the next one; nothing partial stays. A CID with a put in
      progress on this node (the writer's own copy) is left alone while that put
-     received bytes within the last ``interval``.
-   * :class:`Verify`: a held committed blob not re-hashed since this process
-     started is re-hashed once (:meth:`BlobStore.is_intact`); a corrupt copy is
-     quarantined and pulled again next round.
+     received bytes within the last ``writer_idle`` seconds (5, or the interval
+     if shorter).
+   * :class:`Verify`: a held committed blob that was on disk when this process
+     started is re-hashed once (:meth:`BlobStore.is_intact`; at most
+     ``max_verifies`` a round); a corrupt copy is quarantined and pulled again
+     next round. Blobs that appear while it runs were installed by a put that
+     checked their CID: they count as verified.
    * :class:`Collect`: a blob that no committed ``store`` transaction names is
      deleted (pinned or not) once it was seen unnamed for ``grace`` seconds *and*
      a later confirmation that the light client is at the orderer's head still
@@ -37,7 +40,10 @@ pushes unrequested bytes to another (the trust this costs is in docs/security.md
 node aborts a put session idle past its ``session_timeout`` and deletes its
 temporary file (:class:`~agents.storage.node.StorageNode`).
 
-After each round the node writes its view to ``status.json`` in its store's
+Rounds also run soon after the light client applies a block with ``store``
+transactions (at most one per ``min_gap``), and after ``writer_idle`` when a
+writer's put blocked a pull. After each round with work, and at least once per
+interval, the node writes its view to ``status.json`` in its store's
 directory (:data:`STATUS_FILE`): per committed CID its owner, record, placement
 and whether this node holds a verified copy; the CIDs pending and being pulled;
 the time of the round. ``emrshare storage status`` merges the nodes' files.
@@ -75,6 +81,8 @@ DEFAULT_INTERVAL = 30.0
 DEFAULT_GRACE = 900.0
 """Seconds a blob no committed transaction names is kept (a writer's window between put and commit)."""
 MIN_RATE = 1 << 20  # bytes/s a source must sustain for a whole copy (beyond one request timeout)
+WRITER_IDLE = 5.0  # seconds without bytes after which a writer's put no longer blocks a pull
+MIN_GAP = 1.0  # seconds between the starts of two rounds woken by commits
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +129,7 @@ class ReconcilePlan:
     :meth:`pulled`, :meth:`verified`, :meth:`collected`."""
 
     def __init__(self, me: str, nodes: Iterable[str], replicas: int, *, grace: float = DEFAULT_GRACE,
-                 max_pulls: int = 4):
+                 max_pulls: int = 4, max_verifies: int = 32):
         self.me = me
         self.nodes = sorted(set(nodes))
         if me not in self.nodes:
@@ -129,17 +137,24 @@ class ReconcilePlan:
         self.replicas = replicas
         self.grace = grace
         self.max_pulls = max_pulls
-        self.verified: set[str] = set()  # held copies re-hashed (or pulled) by this process
+        self.max_verifies = max_verifies
+        self.verified: set[str] = set()  # held copies known good (see round())
         self.unnamed_since: dict[str, float] = {}  # held blobs no committed transaction names: first seen
         self.active: set[str] = set()  # pulls under way
         self.pending: list[str] = []  # committed CIDs placed here and missing, not being pulled
+        self.deferred: list[str] = []  # ... left alone this round: a writer's put of it is under way here
         self.held: set[str] = set()
+        self._rounds_seen = False
+        self._placements: dict[str, list[str]] = {}
         self.counters = _Counters()
         self.last_round: float | None = None
 
     def placement(self, cid: str) -> list[str]:
         """The ``replicas`` nodes that hold ``cid``, best first."""
-        return cidmod.choose_replicas(cid, self.nodes, self.replicas)
+        placed = self._placements.get(cid)
+        if placed is None:
+            placed = self._placements[cid] = cidmod.choose_replicas(cid, self.nodes, self.replicas)
+        return placed
 
     def round(self, now: float, committed: Mapping[str, StoredRecord], held: Iterable[str], *,
               synced_at: float | None, busy: Callable[[str], bool] = lambda cid: False) -> list[Action]:
@@ -149,16 +164,29 @@ class ReconcilePlan:
         ``committed``'s time or earlier; ``busy(cid)``: a put of ``cid`` is in progress here."""
         self.counters.rounds += 1
         self.last_round = now
-        self.held = held = set(held)
+        held = set(held)
+        if self._rounds_seen:
+            # blobs that appeared since the last round were installed by a put while this
+            # process ran, which checked them against their CID: known good. What was on
+            # disk at the first round is re-hashed once (Verify).
+            self.verified |= held - self.held
+        self._rounds_seen = True
+        self.held = held
         self.verified &= held
         actions: list[Action] = []
         missing = []
+        self.deferred = []
+        verifies = 0
         for cid in sorted(committed):
             if cid in held:
-                if cid not in self.verified:
+                if cid not in self.verified and verifies < self.max_verifies:  # the rest next round
                     actions.append(Verify(cid))
-            elif self.me in self.placement(cid) and cid not in self.active and not busy(cid):
-                missing.append(cid)
+                    verifies += 1
+            elif self.me in self.placement(cid) and cid not in self.active:
+                if busy(cid):
+                    self.deferred.append(cid)
+                else:
+                    missing.append(cid)
         room = max(0, self.max_pulls - len(self.active))
         for cid in missing[:room]:
             ranking = cidmod.choose_replicas(cid, self.nodes, len(self.nodes))
@@ -204,7 +232,7 @@ class ReconcilePlan:
                             "height": rec.height, "placement": self.placement(cid),
                             "held": cid in self.held, "verified": cid in self.verified})
         return {"node": self.me, "replicas": self.replicas, "records": records,
-                "pending": list(self.pending), "active": sorted(self.active),
+                "pending": [*self.pending, *self.deferred], "active": sorted(self.active),
                 "unnamed": sorted(self.unnamed_since), "rounds": self.counters.rounds,
                 "pulled": self.counters.pulled, "pull_failures": self.counters.pull_failures,
                 "collected": self.counters.collected, "quarantined": self.counters.quarantined}
@@ -238,19 +266,35 @@ class Reconciler:
         self.wall_clock = wall_clock
         self._limiter = trio.CapacityLimiter(max_pulls)
         self._files = trio.CapacityLimiter(2)
-        self.round_done = trio.Event()  # set after each round (tests wait on it), then replaced
+        # a writer's put of a CID on this node blocks a pull while it received bytes this recently
+        self.writer_idle = min(interval, WRITER_IDLE)
+        self.min_gap = min(interval, MIN_GAP)
+        self._wake = trio.Event()
+        self._status_written: float | None = None
+        if hasattr(follower, "on_records"):  # new store transactions committed: a round soon
+            follower.on_records.append(lambda records: self.wake())
+
+    def wake(self) -> None:
+        """Run the next round soon (at most one round per ``min_gap`` seconds)."""
+        self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Reconcile every ``interval`` seconds until cancelled."""
+        """Reconcile every ``interval`` seconds, and soon after new store transactions commit
+        (or after ``writer_idle`` while a writer's put blocks a pull), until cancelled."""
         task_status.started()
         while True:
+            started = trio.current_time()
             try:
                 await self.reconcile()
             except (StorageError, BusError, OSError) as exc:
                 log.warning("reconcile round failed: %s", exc)
             except Exception:  # a bug here must not take the node's serving down with it
                 log.exception("reconcile round failed")
-            await trio.sleep(self.interval)
+            delay = self.writer_idle if self.plan.deferred else self.interval
+            with trio.move_on_after(delay):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.sleep_until(started + self.min_gap)  # a burst of commits: one round
 
     async def _thread(self, fn, *args):
         return await trio.to_thread.run_sync(lambda: fn(*args), limiter=self._files)
@@ -263,28 +307,31 @@ class Reconciler:
         except BusError as exc:
             log.info("reconcile: the orderer did not answer (%s); collecting nothing this round", exc)
         committed = self.follower.cids()
-        held = [b.cid for b in await self._thread(self.store.list)]
+        held = await self._thread(self.store.cids)
         if self.node is not None:  # a writer's put under way: left alone while it makes progress
             def busy(cid: str) -> bool:
-                return self.node.uploading(cid, within=self.interval)
+                return self.node.uploading(cid, within=self.writer_idle)
         else:
             def busy(cid: str) -> bool:
                 return False
-        actions = self.plan.round(trio.current_time(), committed, held, synced_at=self.synced_at, busy=busy)
-        self._write_status(committed)
+        now = trio.current_time()
+        actions = self.plan.round(now, committed, held, synced_at=self.synced_at, busy=busy)
+        stale = self._status_written is None or now - self._status_written >= self.interval
+        if actions or stale:  # a round with nothing to do rewrites the status once per interval
+            self._write_status(committed)
         async with trio.open_nursery() as nursery:
             for action in actions:
                 if isinstance(action, Pull):
                     nursery.start_soon(self._pull, action)
                 elif isinstance(action, Verify):
-                    await self._verify(action.cid)
+                    nursery.start_soon(self._verify, action.cid)
                 else:
                     await self._collect(action.cid)
-        self._write_status(committed)
-        self.round_done.set()
-        self.round_done = trio.Event()
+        if actions:
+            self._write_status(committed)
 
     def _write_status(self, committed: Mapping[str, StoredRecord]) -> None:
+        self._status_written = trio.current_time()
         status = self.plan.status(committed)
         status.update(time=self.wall_clock(), interval=self.interval, grace=self.plan.grace,
                       height=getattr(self.follower, "height", None),

@@ -71,9 +71,9 @@ def test_a_put_in_progress_is_left_alone_and_pulls_are_bounded():
     busy = cids[0]
     actions = plan.round(0.0, committed, [], synced_at=0.0, busy=lambda c: c == busy)
     assert [a.cid for a in actions] == sorted(c for c in committed if c != busy)[:2]
-    assert len(plan.pending) == 2 and busy not in plan.pending
+    assert len(plan.pending) == 2 and busy not in plan.pending and plan.deferred == [busy]
     status = plan.status(committed)
-    assert status["active"] == sorted(a.cid for a in actions) and status["pending"] == plan.pending
+    assert status["active"] == sorted(a.cid for a in actions) and status["pending"] == [*plan.pending, busy]
 
 
 def test_held_copies_are_verified_once_and_a_corrupt_one_is_pulled_again():
@@ -119,6 +119,13 @@ class FakeFollower:
         self.committed: dict[str, StoredRecord] = {}
         self.reachable = True
         self.height = 0
+        self.on_records = []
+
+    def commit(self, cid: str, rec: StoredRecord) -> None:
+        """A block naming ``cid`` was applied: the reconcilers are told, as by the real follower."""
+        self.committed[cid] = rec
+        for listener in self.on_records:
+            listener([rec])
 
     def cids(self):
         return dict(self.committed)
@@ -354,3 +361,44 @@ async def test_a_hostile_replica_does_not_get_its_blob_kept(tmp_path, clock, mod
         await trio.sleep(31)
         assert holders(c, cid) == ["s0", "s1"]
         assert c.stores["s1"].read(cid) == data
+
+
+def test_only_blobs_on_disk_at_the_first_round_are_re_hashed():
+    """A blob that appears while the node runs was installed by a put that checked its CID."""
+    old, new = compute(b"on disk at start"), compute(b"put while running")
+    committed = {old: record(old), new: record(new, rid="r2")}
+    plan = ReconcilePlan("s0", NODES, 3)
+    assert plan.round(0.0, committed, [old], synced_at=0.0) == [Verify(old)]
+    # `new` appears (a writer's put); `old` is still being verified
+    assert plan.round(1.0, committed, [old, new], synced_at=1.0) == [Verify(old)]
+    assert new in plan.verified
+
+
+async def test_a_commit_wakes_the_reconcilers_and_a_stalled_writer_is_waited_for_briefly(tmp_path, clock):
+    data = os.urandom(2 * MiB)
+    cid = compute(data)
+    async with cluster(tmp_path, n=3, interval=60.0) as c:
+        await trio.sleep(1)  # first rounds done: the next timed ones are at t = 61
+        c.stores["s0"].put(data, owner="alice")
+        # alice's put to s1 is under way (begun, one chunk), to s2 nothing yet
+        alice = c.ep("alice")
+        begin = protocol.StoragePutBegin(len(data), cid, True)
+        sid = protocol.StoragePutBeginReply.from_wire(await alice.request("s1", begin.kind, begin.to_wire())).session
+        chunk = protocol.StoragePutChunk(sid, 0, data[:MiB])
+        await alice.request("s1", chunk.kind, chunk.to_wire())
+        t0 = trio.current_time()
+        c.follower.commit(cid, record(cid))
+        await trio.sleep(2)
+        await settle(c)
+        assert holders(c, cid) == ["s0", "s2"]  # s2 pulled at once; s1 leaves the writer alone
+        assert c.reconcilers["s1"].plan.deferred == [cid]
+        await trio.sleep(5)  # the writer sent nothing for writer_idle: s1 pulls (well before t = 61)
+        await settle(c)
+        assert holders(c, cid) == ["s0", "s1", "s2"] and trio.current_time() - t0 < 10
+        # the writer's late commit finds the blob there; its session ends cleanly
+        chunk = protocol.StoragePutChunk(sid, MiB, data[MiB:])
+        await alice.request("s1", chunk.kind, chunk.to_wire())
+        commit = protocol.StoragePutCommit(sid)
+        assert protocol.StoragePutCommitReply.from_wire(
+            await alice.request("s1", commit.kind, commit.to_wire())).cid == cid
+        assert c.stores["s1"].read(cid) == data and c.stores["s1"].partial_files() == []
