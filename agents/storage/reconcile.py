@@ -42,8 +42,8 @@ temporary file (:class:`~agents.storage.node.StorageNode`).
 
 Rounds also run soon after the light client applies a block with ``store``
 transactions (at most one per ``min_gap``), and after ``writer_idle`` when a
-writer's put blocked a pull. After each round with work, and at least once per
-interval, the node writes its view to ``status.json`` in its store's
+writer's put blocked a pull. After each round that changed something, and at
+least once per interval, the node writes its view to ``status.json`` in its store's
 directory (:data:`STATUS_FILE`): per committed CID its owner, record, placement
 and whether this node holds a verified copy; the CIDs pending and being pulled;
 the time of the round. ``emrshare storage status`` merges the nodes' files.
@@ -271,6 +271,7 @@ class Reconciler:
         self.min_gap = min(interval, MIN_GAP)
         self._wake = trio.Event()
         self._status_written: float | None = None
+        self._status_shape: tuple[int, ...] = ()
         if hasattr(follower, "on_records"):  # new store transactions committed: a round soon
             follower.on_records.append(lambda records: self.wake())
 
@@ -317,7 +318,7 @@ class Reconciler:
         now = trio.current_time()
         actions = self.plan.round(now, committed, held, synced_at=self.synced_at, busy=busy)
         stale = self._status_written is None or now - self._status_written >= self.interval
-        if actions or stale:  # a round with nothing to do rewrites the status once per interval
+        if actions or stale or self._status_changed(committed):  # else once per interval
             self._write_status(committed)
         async with trio.open_nursery() as nursery:
             for action in actions:
@@ -330,8 +331,14 @@ class Reconciler:
         if actions:
             self._write_status(committed)
 
+    def _status_changed(self, committed: Mapping[str, StoredRecord]) -> bool:
+        plan = self.plan
+        return self._status_shape != (len(committed), len(plan.held), len(plan.verified), len(plan.unnamed_since))
+
     def _write_status(self, committed: Mapping[str, StoredRecord]) -> None:
         self._status_written = trio.current_time()
+        plan = self.plan
+        self._status_shape = (len(committed), len(plan.held), len(plan.verified), len(plan.unnamed_since))
         status = self.plan.status(committed)
         status.update(time=self.wall_clock(), interval=self.interval, grace=self.plan.grace,
                       height=getattr(self.follower, "height", None),
