@@ -319,7 +319,7 @@ class Reconciler:
         actions = self.plan.round(now, committed, held, synced_at=self.synced_at, busy=busy)
         stale = self._status_written is None or now - self._status_written >= self.interval
         if actions or stale or self._status_changed(committed):  # else once per interval
-            self._write_status(committed)
+            await self._write_status(committed)
         async with trio.open_nursery() as nursery:
             for action in actions:
                 if isinstance(action, Pull):
@@ -329,13 +329,13 @@ class Reconciler:
                 else:
                     await self._collect(action.cid)
         if actions:
-            self._write_status(committed)
+            await self._write_status(committed)
 
     def _status_changed(self, committed: Mapping[str, StoredRecord]) -> bool:
         plan = self.plan
         return self._status_shape != (len(committed), len(plan.held), len(plan.verified), len(plan.unnamed_since))
 
-    def _write_status(self, committed: Mapping[str, StoredRecord]) -> None:
+    async def _write_status(self, committed: Mapping[str, StoredRecord]) -> None:
         self._status_written = trio.current_time()
         plan = self.plan
         self._status_shape = (len(committed), len(plan.held), len(plan.verified), len(plan.unnamed_since))
@@ -343,8 +343,12 @@ class Reconciler:
         status.update(time=self.wall_clock(), interval=self.interval, grace=self.plan.grace,
                       height=getattr(self.follower, "height", None),
                       partial_uploads=self.node.partial_uploads() if self.node is not None else 0)
-        try:
+
+        def write() -> None:  # encoding and fsync off the event loop
             atomic_write(self.status_path, json.dumps(status, sort_keys=True).encode(), mode=0o644)
+
+        try:
+            await self._thread(write)
         except OSError as exc:  # a wiped directory: the next round writes it again
             log.info("reconcile: could not write %s: %s", self.status_path, exc)
 
