@@ -23,8 +23,10 @@ sessions' declared sizes; ``storage.quota-exceeded``) and at most
 ``sessions_per_sender`` open put sessions (``storage.busy``, as when the node's
 ``max_sessions`` are open). A put session belongs to the agent that began it,
 must receive its chunks in order (``offset`` = bytes written so far) and is
-aborted, releasing its quota reservation, when idle longer than
-``session_timeout``. Every ``get`` re-hashes
+aborted, releasing its quota reservation and deleting its partial file, when
+idle longer than ``session_timeout``; partial files no session owns (nor a
+pull of the node's reconciler, :mod:`agents.storage.reconcile`) are deleted
+once that old. Every ``get`` re-hashes
 the chunks it returns; a corrupt blob is answered with ``storage.corrupt``,
 moved to quarantine (so ``has`` turns False) and left for a replica to replace.
 File work runs in worker threads, a few at a time.
