@@ -11,7 +11,10 @@ Every ``interval`` seconds a storage node's :class:`Reconciler`:
 
    * :class:`Pull`: a committed CID whose rendezvous placement
      (:func:`core.cid.choose_replicas` over the deployment's storage nodes, top
-     ``replicas``) includes this node, and which it lacks: fetch it from the
+     ``replicas``; a node that has not answered this node's probe, one
+     ``storage.stat`` a round, for ``gone_after`` seconds is left out, so the
+     next node in the ranking takes its copies) includes this node, and which
+     it lacks: fetch it from the
      other storage nodes in ranking order. The chunk digests are fetched first
      and must hash to the CID (so the size is known and bounded by the node's
      maximum blob size), every range is checked against its digest before it is
@@ -61,7 +64,7 @@ from typing import Any
 
 import trio
 
-from bus import BusError, Endpoint
+from bus import BusError, Endpoint, RemoteError
 from core import cid as cidmod
 from core.lightclient import StoredRecord
 
@@ -73,7 +76,7 @@ from agents.storage.errors import BlobTooLarge, CorruptBlob, NotFound, StorageEr
 log = logging.getLogger("agents.storage.reconcile")
 
 __all__ = ["Collect", "Pull", "ReconcilePlan", "Reconciler", "STATUS_FILE", "Verify",
-           "DEFAULT_INTERVAL", "DEFAULT_GRACE"]
+           "DEFAULT_INTERVAL", "DEFAULT_GRACE", "DEFAULT_GONE_AFTER"]
 
 STATUS_FILE = "status.json"
 DEFAULT_INTERVAL = 30.0
@@ -83,6 +86,8 @@ DEFAULT_GRACE = 900.0
 MIN_RATE = 1 << 20  # bytes/s a source must sustain for a whole copy (beyond one request timeout)
 WRITER_IDLE = 5.0  # seconds without bytes after which a writer's put no longer blocks a pull
 MIN_GAP = 1.0  # seconds between the starts of two rounds woken by commits
+DEFAULT_GONE_AFTER = 600.0
+"""Seconds a storage node stays unreachable before the others take its copies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,22 +151,31 @@ class ReconcilePlan:
         self.held: set[str] = set()
         self._rounds_seen = False
         self._placements: dict[str, list[str]] = {}
+        self.gone: frozenset[str] = frozenset()
         self.counters = _Counters()
         self.last_round: float | None = None
 
     def placement(self, cid: str) -> list[str]:
-        """The ``replicas`` nodes that hold ``cid``, best first."""
+        """The ``replicas`` nodes that hold ``cid``, best first, among the nodes not gone."""
         placed = self._placements.get(cid)
         if placed is None:
-            placed = self._placements[cid] = cidmod.choose_replicas(cid, self.nodes, self.replicas)
+            alive = [n for n in self.nodes if n not in self.gone]
+            placed = self._placements[cid] = cidmod.choose_replicas(cid, alive, self.replicas)
         return placed
 
     def round(self, now: float, committed: Mapping[str, StoredRecord], held: Iterable[str], *,
-              synced_at: float | None, busy: Callable[[str], bool] = lambda cid: False) -> list[Action]:
+              synced_at: float | None, busy: Callable[[str], bool] = lambda cid: False,
+              gone: Iterable[str] = ()) -> list[Action]:
         """This round's actions. ``committed``: every CID committed store transactions
         name; ``held``: the blobs on this node; ``synced_at``: when the light client
         last confirmed it was at the orderer's head (None: never), which must be
-        ``committed``'s time or earlier; ``busy(cid)``: a put of ``cid`` is in progress here."""
+        ``committed``'s time or earlier; ``busy(cid)``: a put of ``cid`` is in progress here;
+        ``gone``: storage nodes unreachable for long, left out of the placement (the
+        next ones in the ranking take their copies; they keep theirs when back)."""
+        gone = frozenset(gone) - {self.me}
+        if gone != self.gone:
+            self.gone = gone
+            self._placements.clear()
         self.counters.rounds += 1
         self.last_round = now
         held = set(held)
@@ -233,6 +247,7 @@ class ReconcilePlan:
                             "held": cid in self.held, "verified": cid in self.verified})
         return {"node": self.me, "replicas": self.replicas, "records": records,
                 "pending": [*self.pending, *self.deferred], "active": sorted(self.active),
+                "gone": sorted(self.gone),
                 "unnamed": sorted(self.unnamed_since), "rounds": self.counters.rounds,
                 "pulled": self.counters.pulled, "pull_failures": self.counters.pull_failures,
                 "collected": self.counters.collected, "quarantined": self.counters.quarantined}
@@ -250,7 +265,8 @@ class Reconciler:
     def __init__(self, endpoint: Endpoint, store: BlobStore, follower: Any, nodes: Iterable[str], *,
                  replicas: int, interval: float = DEFAULT_INTERVAL, grace: float = DEFAULT_GRACE,
                  request_timeout: float = 10.0, node: Any = None, max_pulls: int = 2,
-                 status_path: Path | None = None, wall_clock: Callable[[], float] = time.time):
+                 status_path: Path | None = None, wall_clock: Callable[[], float] = time.time,
+                 gone_after: float = DEFAULT_GONE_AFTER):
         self.endpoint = endpoint
         self.store = store
         self.follower = follower
@@ -263,6 +279,8 @@ class Reconciler:
                                     timeout=request_timeout)
         self.status_path = status_path if status_path is not None else Path(store.root) / STATUS_FILE
         self.synced_at: float | None = None
+        self.gone_after = gone_after
+        self.last_seen: dict[str, float] = {}  # other storage nodes: when they last answered
         self.wall_clock = wall_clock
         self._limiter = trio.CapacityLimiter(max_pulls)
         self._files = trio.CapacityLimiter(2)
@@ -282,7 +300,20 @@ class Reconciler:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Reconcile every ``interval`` seconds, and soon after new store transactions commit
         (or after ``writer_idle`` while a writer's put blocks a pull), until cancelled."""
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._probe_loop)
+            task_status.started()
+            await self._loop()
+
+    async def _probe_loop(self) -> None:
+        while True:
+            try:
+                await self._probe()
+            except Exception:  # a bug here must not take the node's serving down with it
+                log.exception("probing the other storage nodes failed")
+            await trio.sleep(self.interval)
+
+    async def _loop(self) -> None:
         while True:
             started = trio.current_time()
             try:
@@ -316,7 +347,8 @@ class Reconciler:
             def busy(cid: str) -> bool:
                 return False
         now = trio.current_time()
-        actions = self.plan.round(now, committed, held, synced_at=self.synced_at, busy=busy)
+        gone = [n for n, seen in self.last_seen.items() if now - seen > self.gone_after]
+        actions = self.plan.round(now, committed, held, synced_at=self.synced_at, busy=busy, gone=gone)
         stale = self._status_written is None or now - self._status_written >= self.interval
         if actions or stale or self._status_changed(committed):  # else once per interval
             await self._write_status(committed)
@@ -330,6 +362,26 @@ class Reconciler:
                     await self._collect(action.cid)
         if actions:
             await self._write_status(committed)
+
+    async def _probe(self) -> None:
+        """Ask every other storage node for its statistics (all at once, each bounded by
+        the request timeout); remember when each last answered."""
+        now = trio.current_time()
+
+        async def probe(node: str) -> None:
+            self.last_seen.setdefault(node, now)  # unreachable since we started counts from now
+            try:
+                await self.client.stat(node)
+            except BusError as exc:
+                if not isinstance(exc, RemoteError):  # an error reply is an answer
+                    return
+            except StorageError:
+                pass
+            self.last_seen[node] = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            for node in self.client.nodes:
+                nursery.start_soon(probe, node)
 
     def _status_changed(self, committed: Mapping[str, StoredRecord]) -> bool:
         plan = self.plan

@@ -136,7 +136,7 @@ class FakeFollower:
 
 @asynccontextmanager
 async def cluster(tmp_path, n=3, *, replicas=3, interval=30.0, grace=300.0, session_timeout=60.0,
-                  request_timeout=600.0, evil=()):
+                  request_timeout=600.0, evil=(), gone_after=600.0):
     """``n`` storage nodes s0.. with reconcilers (sharing one FakeFollower); ``evil``: extra
     node ids that are hostile storage nodes (the caller registers their handlers)."""
     ids = [f"s{i}" for i in range(n)]
@@ -162,7 +162,7 @@ async def cluster(tmp_path, n=3, *, replicas=3, interval=30.0, grace=300.0, sess
             store = BlobStore(tmp_path / ident)
             node = StorageNode(ep(ident), store, access=access, session_timeout=session_timeout)
             rec = Reconciler(node.endpoint, store, follower, all_storage, replicas=replicas, interval=interval,
-                             grace=grace, request_timeout=request_timeout, node=node)
+                             grace=grace, request_timeout=request_timeout, node=node, gone_after=gone_after)
             scope = trio.CancelScope()
 
             async def run():
@@ -402,3 +402,39 @@ async def test_a_commit_wakes_the_reconcilers_and_a_stalled_writer_is_waited_for
         assert protocol.StoragePutCommitReply.from_wire(
             await alice.request("s1", commit.kind, commit.to_wire())).cid == cid
         assert c.stores["s1"].read(cid) == data and c.stores["s1"].partial_files() == []
+
+
+def test_a_node_gone_for_long_is_replaced_in_the_placement():
+    nodes = ["s0", "s1", "s2", "s3"]
+    cid = next(c for c in (compute(f"g{i}".encode()) for i in range(1000))
+               if choose_replicas(c, nodes, 4)[3] == "s0")  # s0 is fourth: not placed
+    first = choose_replicas(cid, nodes, 1)[0]
+    plan = ReconcilePlan("s0", nodes, 3)
+    assert plan.round(0.0, {cid: record(cid)}, [], synced_at=0.0) == []
+    actions = plan.round(1.0, {cid: record(cid)}, [], synced_at=1.0, gone=[first])
+    assert [type(a) for a in actions] == [Pull] and plan.placement(cid) == [
+        n for n in choose_replicas(cid, nodes, 4) if n != first]
+    assert plan.status({cid: record(cid)})["gone"] == [first]
+    plan.pulled(cid, True)
+    # back: the placement is the usual one again; s0 keeps its copy (a committed blob is never collected)
+    assert plan.round(2.0, {cid: record(cid)}, [cid], synced_at=2.0, gone=[]) == []
+    assert "s0" not in plan.placement(cid)
+
+
+async def test_the_next_node_takes_the_copies_of_a_node_gone_for_long(tmp_path, clock):
+    data = os.urandom(MiB)
+    cid = compute(data)
+    async with cluster(tmp_path, n=4, interval=10.0, gone_after=100.0) as c:
+        ranking = choose_replicas(cid, list(c.stores), 4)
+        dead, spare = ranking[0], ranking[3]
+        c.scopes[dead].cancel()  # gone (its endpoint closed: requests to it fail at once)
+        for n in ranking[1:3]:
+            c.stores[n].put(data, owner="alice")
+        c.follower.commit(cid, record(cid))
+        await trio.sleep(50)
+        await settle(c)
+        assert holders(c, cid) == sorted(ranking[1:3])  # not gone long enough
+        await trio.sleep(70)
+        await settle(c)
+        assert holders(c, cid) == sorted(ranking[1:])
+        assert json.loads((tmp_path / spare / "status.json").read_text())["gone"] == [dead]
