@@ -260,7 +260,10 @@ class Reconciler:
     orderer's head (``catch_up(timeout=...)`` -> bool), as
     :class:`agents.consortium.CertificateFollower` does. ``node`` (the
     :class:`~agents.storage.node.StorageNode`, optional) tells which CIDs have a
-    put in progress and how many partial uploads are open."""
+    put in progress and how many partial uploads are open. Alongside the rounds
+    it probes the other storage nodes once an interval (``storage.stat``); one
+    silent for ``gone_after`` seconds leaves the placement. ``request_timeout``
+    bounds every request to another node."""
 
     def __init__(self, endpoint: Endpoint, store: BlobStore, follower: Any, nodes: Iterable[str], *,
                  replicas: int, interval: float = DEFAULT_INTERVAL, grace: float = DEFAULT_GRACE,
