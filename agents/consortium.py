@@ -11,7 +11,9 @@
   enrolling key, expiring, single use).
 * :class:`CertificateFollower`: keeps a directory in step with the ledger's
   certificates, for agents that do not validate the ledger (storage nodes): a
-  trio loop around :class:`core.lightclient.CertificateLightClient`.
+  trio loop around :class:`core.lightclient.CertificateLightClient`, which also
+  follows the CIDs committed ``store`` transactions name (:meth:`CertificateFollower.cids`,
+  read by the storage reconciler, :mod:`agents.storage.reconcile`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -29,7 +31,7 @@ from bus import Endpoint
 from core import ecdsa, enrollment
 from core.errors import DecodeError, ValidationError
 from core.ledger import Block
-from core.lightclient import CertificateChange, CertificateLightClient
+from core.lightclient import BlockChanges, CertificateLightClient, StoredRecord
 
 __all__ = ["ENROLL_PREFIX", "CertificateFollower", "ConsortiumDirectory", "FollowerStatistics", "Manifest",
            "TOKEN_TTL_S", "enroll_id", "enroll_key", "enrollment_token"]
@@ -194,6 +196,8 @@ class CertificateFollower:
         self.client = CertificateLightClient(manifest.genesis)
         self.config = self.client.config
         self._limiter = trio.CapacityLimiter(1)  # one block at a time, in order
+        # called with the records each applied block stored (the storage reconciler wakes up)
+        self.on_records: list[Callable[[list[StoredRecord]], None]] = []
         self._changes = 0
         self._refused = 0
 
@@ -205,13 +209,17 @@ class CertificateFollower:
     def statistics(self) -> FollowerStatistics:
         return FollowerStatistics(self.client.height, self._changes, self._refused)
 
-    def _feed(self, raw: bytes) -> list[CertificateChange] | None:
-        """Worker thread: the block's certificate changes, or None if it is not the next
+    def cids(self) -> dict[str, StoredRecord]:
+        """Every CID committed ``store`` transactions named (as far as followed), with its record."""
+        return self.client.cids()
+
+    def _feed(self, raw: bytes) -> BlockChanges | None:
+        """Worker thread: the block's changes, or None if it is not the next
         block (already applied, or after a gap); DecodeError/ValidationError if refused."""
         block = Block.from_bytes(raw)
         if block.height != self.client.height + 1:
             return None
-        return self.client.apply(block)
+        return self.client.apply_all(block)
 
     async def apply_block(self, raw: bytes) -> bool:
         """Apply one encoded block if it is the next one; whether it was."""
@@ -223,25 +231,34 @@ class CertificateFollower:
             return False
         if changes is None:
             return False
-        for change in changes:
+        for change in changes.certificates:
             cert = change.certificate
             self.directory.set_certificate(change.subject, change.ecdsa_key, None if cert is None else cert.role)
-        self._changes += len(changes)
+        self._changes += len(changes.certificates)
+        if changes.records:
+            for listener in self.on_records:
+                listener(changes.records)
         return True
 
-    async def catch_up(self) -> None:
+    async def catch_up(self, *, timeout: float | None = None) -> bool:
+        """Fetch and apply the blocks after ours from the orderer; whether this reached
+        the orderer's head (False: a malformed reply or a refused block). Bus errors
+        propagate."""
         while True:
+            kw = {} if timeout is None else {"timeout": timeout}
+            start = self.height + 1
             reply = await self.endpoint.request(self.manifest.orderer, "orderer.blocks",
-                                                {"from": self.height + 1, "limit": MAX_CATCH_UP})
+                                                {"from": start, "limit": MAX_CATCH_UP}, **kw)
             blocks = reply.get("blocks") if isinstance(reply, dict) else None
             if not isinstance(blocks, list) or not all(isinstance(b, bytes) for b in blocks):
                 log_rt.warning("certificate follower: malformed blocks reply from %s", self.manifest.orderer)
-                return
-            for raw in blocks:
-                if not await self.apply_block(raw):
-                    return
+                return False
+            for i, raw in enumerate(blocks):
+                # not applied: refused, or applied meanwhile by the other caller (the subscription loop)
+                if not await self.apply_block(raw) and self.height < start + i:
+                    return False
             if len(blocks) < MAX_CATCH_UP:
-                return
+                return True
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         from bus import BusError

@@ -11,9 +11,14 @@ each agent runs in its own process on its own loopback TCP port
     DIR/manifest.json       addresses, public keys, genesis (what clients need)
     DIR/secrets/            agent keys (encrypted with DIR/secrets/swarm.key),
                             organizations' enrollment secrets (mode 0600)
-    DIR/agents/<id>/        each agent's ledger/blob store
+    DIR/agents/<id>/        each agent's ledger/blob store (a storage node's
+                            status.json: its reconciler's view, agents.storage.reconcile)
     DIR/users/<subject>/    patients' and doctors' own directories (CLI)
     DIR/logs/<id>.log       per-process logs (--processes)
+
+Every storage node runs a reconciler (:mod:`agents.storage.reconcile`) every
+``reconcile_interval`` seconds: committed blobs get their r copies back, blobs
+no committed transaction names are collected after ``collect_grace``.
 
 Starting again with the same directory resumes: same keys, same genesis, same
 ledgers and blobs.
@@ -65,6 +70,9 @@ class SwarmSpec:
     batch_size: int = 500
     batch_timeout: float = 0.03
     consortium: str = "emrshare-local"
+    reconcile_interval: float = 30.0  # storage nodes: seconds between reconcile rounds
+    collect_grace: float = 900.0  # storage nodes: seconds an unnamed blob is kept (put-to-commit window)
+    upload_timeout: float = 120.0  # storage nodes: a put session idle this long is aborted
 
     def check(self) -> None:
         if self.hospitals < 1:
@@ -79,6 +87,8 @@ class SwarmSpec:
             raise ValueError("need 1 <= write quorum <= replicas")
         if self.replicas > self.storage_nodes:
             raise ValueError(f"replicas ({self.replicas}) exceed storage nodes ({self.storage_nodes})")
+        if not (self.reconcile_interval > 0 and self.collect_grace >= 0 and self.upload_timeout > 0):
+            raise ValueError("reconcile interval and upload timeout must be positive, collect grace non-negative")
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -236,11 +246,17 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
         follower = CertificateFollower(endpoint, manifest, directory)
         classifier = Classifier(peers=manifest.peers, orderer=manifest.orderer, storage=manifest.storage,
                                 role=directory.role)
-        storage = StorageNode(endpoint, BlobStore(data), classifier=classifier,
+        from agents.storage.reconcile import Reconciler
+
+        store = BlobStore(data)
+        storage = StorageNode(endpoint, store, classifier=classifier, session_timeout=spec.upload_timeout,
                               access=StorageAccess.for_manifest(manifest, directory))
+        reconciler = Reconciler(endpoint, store, follower, manifest.storage, replicas=manifest.replicas,
+                                interval=spec.reconcile_interval, grace=spec.collect_grace, node=storage)
         async with trio.open_nursery() as nursery:
             await nursery.start(follower.run)
             await nursery.start(storage.run)
+            await nursery.start(reconciler.run)
             task_status.started()
     else:
         raise ValueError(f"{agent!r} is not an agent of this swarm")

@@ -12,7 +12,7 @@ face of its own: :mod:`core.backend` (choosing the arithmetic backend),
 language), :mod:`core.identity` (certificates, the consortium), :mod:`core.tx`
 (transactions), :mod:`core.ledger` (blocks and the ledger rules),
 :mod:`core.state` (state keys and typed views), :mod:`core.lightclient` (the
-certificate light client), :mod:`core.protocol` (the wire protocol),
+light client of certificates and stored CIDs), :mod:`core.protocol` (the wire protocol),
 :mod:`core.canonical` (canonical msgpack), :mod:`core.kdf`, :mod:`core.errors`.
 Modules starting with ``_`` are private to core.
 """
@@ -39,5 +39,6 @@ from .ledger import Ledger as Ledger
 from .ledger import make_genesis as make_genesis
 from .ledger import parse_genesis as parse_genesis
 from .lightclient import CertificateLightClient as CertificateLightClient
+from .lightclient import StoredRecord as StoredRecord
 from .policy import Policy as Policy
 from .tx import Transaction as Transaction

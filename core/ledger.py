@@ -55,6 +55,7 @@ __all__ = [
     "Genesis",
     "parse_genesis",
     "IdentityRules",
+    "store_record",
     "effect_key",
     "shows_effect",
     "BLOCK_TAG",
@@ -339,6 +340,35 @@ def _text(value: str, what: str, limit: int = 256) -> str:
     return value
 
 
+def store_record(state: Any, block: Block, tx: Transaction) -> dict[str, Any]:
+    """The ``store`` rule after its submitter was found to be a patient: check the body
+    (record id, label, media type, capsule on the curve, CID) and write
+    ``record/<patient>/<record id>`` (``duplicate`` if it exists); returns the body.
+
+    Shared by :class:`Ledger` and the light client (:mod:`core.lightclient`), so
+    both agree on which CIDs committed ``store`` transactions name."""
+    body = _body(tx, {"record_id": str, "label": str, "cid": str, "size": int,
+                      "media_type": str, "capsule": bytes})
+    _id(body["record_id"], "record id")
+    _text(body["label"], "label", 128)
+    _text(body["media_type"], "media type", 128)
+    try:  # on the curve, in the order-r subgroup, not the identity: a bad capsule is refused
+        G1.from_bytes(body["capsule"])  # here, never an `internal` at every re-encryption later
+    except DecodeError as exc:
+        raise ValidationError("malformed", f"capsule: {exc}") from exc
+    try:
+        parse_cid(body["cid"])
+    except DecodeError as exc:
+        raise ValidationError("malformed", f"cid: {exc}") from exc
+    key = record_key(tx.submitter, body["record_id"])
+    if state.get(key) is not None:
+        raise ValidationError("duplicate", f"record {body['record_id']} already stored")
+    state.put(key, {"tx": tx.to_bytes(), "label": body["label"], "cid": body["cid"],
+                    "size": body["size"], "media_type": body["media_type"],
+                    "capsule": body["capsule"], "height": block.height})
+    return body
+
+
 class IdentityRules:
     """The ledger rules on identities, shared by :class:`Ledger` and the certificate
     light client (:class:`core.lightclient.CertificateLightClient`).
@@ -407,6 +437,17 @@ class IdentityRules:
         if state.get(key) is not None:
             raise ValidationError("replayed_nonce", "nonce already used")
         state.put(key, 1)
+
+    def user(self, state: "_Overlay", tx: Transaction, role: str | None = None) -> dict:
+        """The submitter's certificate entry: it must be a user (``forbidden`` for a peer)
+        holding ``role`` if given; call after :meth:`check_submitter`."""
+        if tx.submitter in self.peers:
+            raise ValidationError("forbidden", f"{tx.type} must be submitted by a user, not a peer")
+        entry = state.get(cert_key(tx.submitter))
+        assert entry is not None
+        if role is not None and entry["cert"]["attributes"].get("role") != role:
+            raise ValidationError("forbidden", f"{tx.type} needs role {role!r}")
+        return entry
 
     def register(self, state: "_Overlay", block: Block, tx: Transaction) -> None:
         peer = self.peers.get(tx.submitter)
@@ -552,13 +593,7 @@ class Ledger:
         self.rules.check_nonce(state, tx)
 
     def _user(self, state: _Overlay, tx: Transaction, role: str | None = None) -> dict:
-        if tx.submitter in self._peers:
-            raise ValidationError("forbidden", f"{tx.type} must be submitted by a user, not a peer")
-        entry = state.get(cert_key(tx.submitter))
-        assert entry is not None
-        if role is not None and entry["cert"]["attributes"].get("role") != role:
-            raise ValidationError("forbidden", f"{tx.type} needs role {role!r}")
-        return entry
+        return self.rules.user(state, tx, role)
 
     def _audit(self, state: _Overlay, patient: str, block: Block, index: int, tx: Transaction,
                **fields: Any) -> None:
@@ -578,25 +613,7 @@ class Ledger:
 
     def _tx_store(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
-        body = _body(tx, {"record_id": str, "label": str, "cid": str, "size": int,
-                          "media_type": str, "capsule": bytes})
-        _id(body["record_id"], "record id")
-        _text(body["label"], "label", 128)
-        _text(body["media_type"], "media type", 128)
-        try:  # on the curve, in the order-r subgroup, not the identity: a bad capsule is refused
-            G1.from_bytes(body["capsule"])  # here, never an `internal` at every re-encryption later
-        except DecodeError as exc:
-            raise ValidationError("malformed", f"capsule: {exc}") from exc
-        try:
-            parse_cid(body["cid"])
-        except DecodeError as exc:
-            raise ValidationError("malformed", f"cid: {exc}") from exc
-        key = record_key(tx.submitter, body["record_id"])
-        if state.get(key) is not None:
-            raise ValidationError("duplicate", f"record {body['record_id']} already stored")
-        state.put(key, {"tx": tx.to_bytes(), "label": body["label"], "cid": body["cid"],
-                        "size": body["size"], "media_type": body["media_type"],
-                        "capsule": body["capsule"], "height": block.height})
+        body = store_record(state, block, tx)
         self._audit(state, tx.submitter, block, index, tx, record_id=body["record_id"],
                     label=body["label"], cid=body["cid"])
 

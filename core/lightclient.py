@@ -1,23 +1,31 @@
-"""A sans-I/O certificate light client: the ledger's certificates, followed from its blocks.
+"""A sans-I/O certificate light client: the ledger's certificates and stored CIDs, followed from its blocks.
 
 For agents that do not validate the whole ledger (storage nodes), who still
-need to know which users may talk to them. :class:`CertificateLightClient`
+need to know which users may talk to them and which blobs committed ``store``
+transactions name (the blobs they must keep, :mod:`agents.storage.reconcile`). :class:`CertificateLightClient`
 takes the chain's blocks in order (:meth:`~CertificateLightClient.apply`,
 bytes in, :class:`CertificateChange` values out; no I/O, no clock), checks each
 block as a peer does (it extends the last one, its Merkle root holds, the
 orderer signed it) and applies the ledger's own rules
 (:class:`core.ledger.IdentityRules`: timestamp, submitter, signature, nonce,
-then the ``register`` or ``revoke_cert`` body) to its certificate transactions.
-Every other transaction type is skipped without being verified.
+then the ``register`` or ``revoke_cert`` body) to its certificate transactions,
+and the ledger's ``store`` rule (a patient's certificate,
+:func:`core.ledger.store_record`) to its ``store`` transactions
+(:meth:`~CertificateLightClient.apply_all` returns the :class:`StoredRecord` values
+a block committed, :meth:`~CertificateLightClient.records` all of them). Every
+other transaction type is skipped without being verified.
 
 It agrees with a full :class:`core.ledger.Ledger` fed the same blocks on the
-set of registered, unrevoked certificates, with one exception it cannot see:
-nonces. It records the nonces of the certificate transactions it applies, not
-those of other types, so a ``register`` or ``revoke_cert`` that reuses a nonce
-its submitter spent on another type of transaction is refused by the ledger
+set of registered, unrevoked certificates and on the set of stored records,
+with one exception it cannot see: nonces. It records the nonces of the
+certificate and store transactions it applies, not those of other types, so a
+``register``, ``revoke_cert`` or ``store`` that reuses a nonce its submitter
+spent on another type of transaction is refused by the ledger
 (``replayed_nonce``) and accepted here. Nonces are random: only a submitter
-doing it on purpose gets there, and that submitter (the issuing peer, or the
-subject or its peer for a revocation) could register or revoke validly anyway.
+doing it on purpose gets there, and that submitter (the issuing peer, the
+subject or its peer for a revocation, the patient for a store) could register,
+revoke or store validly anyway (a store so accepted only makes the storage
+nodes keep a blob the patient could have stored with a fresh nonce).
 
 Errors: :class:`~core.errors.DecodeError` when a block does not decode,
 :class:`~core.errors.ValidationError` (codes ``bad_height``, ``bad_prev_hash``,
@@ -34,11 +42,11 @@ from dataclasses import dataclass
 from .canonical import unpack
 from .errors import CoreError, DecodeError, ValidationError
 from .identity import Certificate, ConsortiumConfig
-from .ledger import Block, Genesis, IdentityRules, MemoryKV, _Overlay, parse_genesis
-from .state import CertEntry, cert_key, certs_prefix, parse_key
+from .ledger import Block, Genesis, IdentityRules, MemoryKV, _Overlay, parse_genesis, store_record
+from .state import CertEntry, cert_key, certs_prefix, parse_key, record_key
 from .tx import Transaction
 
-__all__ = ["CertificateChange", "CertificateLightClient"]
+__all__ = ["BlockChanges", "CertificateChange", "CertificateLightClient", "StoredRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,27 @@ class CertificateChange:
         return None if self.certificate is None else self.certificate.ecdsa_key
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record a committed ``store`` transaction named: the blob ``cid`` (``size``
+    bytes, as the patient declared it) that ``patient`` stored as ``record_id`` in
+    block ``height``."""
+
+    patient: str
+    record_id: str
+    cid: str
+    size: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockChanges:
+    """What one block changed for a light client: certificates and stored records."""
+
+    certificates: list[CertificateChange]
+    records: list[StoredRecord]
+
+
 class CertificateLightClient:
     """Follows the ledger's certificates from its blocks (see the module docstring).
 
@@ -71,12 +100,20 @@ class CertificateLightClient:
         self.rules = IdentityRules(parsed.config, verify_pre_proofs=verify_pre_proofs)
         self.height = 0
         self.head_hash = parsed.hash
-        # cert/, serial/, token/ (spent enrollment tokens) and the certificate transactions' nonce/ entries,
-        # as the ledger writes them
+        # cert/, serial/, token/ (spent enrollment tokens), record/ and the certificate and store
+        # transactions' nonce/ entries, as the ledger writes them
         self._kv = MemoryKV()
+        self._records: dict[tuple[str, str], StoredRecord] = {}
 
     def apply(self, block: Block | bytes) -> list[CertificateChange]:
         """Apply the next block; the certificates it registered or revoked, by subject.
+
+        Raises DecodeError or ValidationError (then nothing changed)."""
+        return self.apply_all(block).certificates
+
+    def apply_all(self, block: Block | bytes) -> BlockChanges:
+        """Apply the next block; the certificates it registered or revoked (by subject)
+        and the records it stored (in block order).
 
         Raises DecodeError or ValidationError (then nothing changed)."""
         if not isinstance(block, Block):
@@ -84,12 +121,15 @@ class CertificateLightClient:
         self.rules.check_block(block, self.height, self.head_hash)
         state = _Overlay(self._kv)
         seen: set[bytes] = set()
+        stored: list[StoredRecord] = []
         for raw in block.txs:
             tx_id = hashlib.sha256(raw).digest()
             if tx_id in seen:  # the ledger marks a second copy duplicate_in_block
                 continue
             seen.add(tx_id)
-            self._apply_tx(state, block, raw)
+            record = self._apply_tx(state, block, raw)
+            if isinstance(record, StoredRecord):
+                stored.append(record)
         changes = []
         for key, value in sorted(state.writes.items()):
             if value is not None and parse_key(key).kind == "cert":
@@ -98,31 +138,40 @@ class CertificateLightClient:
                                                  block.height))
         self._kv.apply(state.writes)
         self.height, self.head_hash = block.height, block.hash
-        return changes
+        for record in stored:
+            self._records[(record.patient, record.record_id)] = record
+        return BlockChanges(changes, stored)
 
-    def _apply_tx(self, state: _Overlay, block: Block, raw: bytes) -> str:
-        """The ledger's mark for a certificate transaction ("skipped" for other types)."""
+    def _apply_tx(self, state: _Overlay, block: Block, raw: bytes) -> str | StoredRecord:
+        """The ledger's mark for a certificate transaction ("skipped" for other types);
+        for a valid ``store``, the record it stored."""
         try:
             tx = Transaction.from_bytes(raw)
         except DecodeError:
             return "malformed"
-        if tx.type == "register":
-            rule = self.rules.register
-        elif tx.type == "revoke_cert":
-            rule = self.rules.revoke_cert
-        else:
+        if tx.type not in ("register", "revoke_cert", "store"):
             return "skipped"
         tx_state = _Overlay(state)  # an invalid transaction writes nothing
+        result: str | StoredRecord = "ok"
         try:
             self.rules.check_submitter(tx_state, block, tx)
             self.rules.check_nonce(tx_state, tx)
-            rule(tx_state, block, tx)
+            if tx.type == "register":
+                self.rules.register(tx_state, block, tx)
+            elif tx.type == "revoke_cert":
+                self.rules.revoke_cert(tx_state, block, tx)
+            else:
+                self.rules.user(tx_state, tx, "patient")
+                body = store_record(tx_state, block, tx)
+                # the entry's bytes (the transaction, the capsule) are not needed here: a marker
+                tx_state.put(record_key(tx.submitter, body["record_id"]), 1)
+                result = StoredRecord(tx.submitter, body["record_id"], body["cid"], body["size"], block.height)
         except ValidationError as exc:
             return exc.code
         except (DecodeError, ValueError, CoreError):
             return "malformed"
         state.writes.update(tx_state.writes)
-        return "ok"
+        return result
 
     def certificate(self, subject: str) -> CertEntry | None:
         """The subject's certificate entry, revoked or not (None: never registered)."""
@@ -136,4 +185,15 @@ class CertificateLightClient:
             entry = CertEntry.from_state(unpack(raw, what=key))
             if not entry.revoked:
                 out[entry.subject] = entry.cert
+        return out
+
+    def records(self) -> list[StoredRecord]:
+        """Every record committed ``store`` transactions named, in commit order."""
+        return list(self._records.values())
+
+    def cids(self) -> dict[str, StoredRecord]:
+        """Every CID committed ``store`` transactions named, with the first record naming it."""
+        out: dict[str, StoredRecord] = {}
+        for record in self._records.values():
+            out.setdefault(record.cid, record)
         return out

@@ -22,8 +22,8 @@ def _spec_from_args(args: argparse.Namespace) -> SwarmSpec:
             doc = tomllib.load(f)
         settings.update(doc.get("swarm", doc))
     for name in ("hospitals", "peers", "threshold", "storage_nodes", "replicas", "write_quorum", "port",
-                 "batch_size"):
-        value = getattr(args, name)
+                 "batch_size", "reconcile_interval"):
+        value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
     if args.processes:
@@ -43,6 +43,8 @@ def up_main(argv: list[str]) -> int:
     parser.add_argument("--write-quorum", dest="write_quorum", type=int)
     parser.add_argument("--port", type=int, help="in-process mode: TCP port of the swarm's bus node")
     parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--reconcile-interval", dest="reconcile_interval", type=float,
+                        help="seconds between storage nodes' reconcile rounds (default 30)")
     parser.add_argument("--processes", action="store_true", help="run each agent in its own process")
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)

@@ -6,6 +6,9 @@
 * :class:`StorageClient` (``client``): replicated put (w of r acknowledgements,
   replicas chosen by rendezvous hashing), verified reads with fallback, repair.
 * :class:`KuboClient` (``kubo``): the same client API over a Kubo node's RPC API.
+* :class:`Reconciler` (``reconcile``): a storage node's background loop matching its
+  blobs to the ledger (pulls missing copies of committed blobs, collects unnamed ones),
+  around the sans-I/O :class:`ReconcilePlan`.
 
 Run a node: ``python -m agents.storage serve --id ID --dir DIR --listen tcp://127.0.0.1:PORT``.
 """
@@ -32,3 +35,5 @@ from .client import StorageClient as StorageClient
 from .kubo import KuboClient as KuboClient
 from .node import StorageAccess as StorageAccess
 from .node import StorageNode as StorageNode
+from .reconcile import ReconcilePlan as ReconcilePlan
+from .reconcile import Reconciler as Reconciler

@@ -33,6 +33,7 @@ import os
 import shutil
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -389,6 +390,18 @@ class BlobStore:
                 continue
         return out
 
+    def cids(self) -> set[str]:
+        """The CIDs of every stored blob, from the directory names alone (no file is opened)."""
+        out = set()
+        for shard in os.scandir(self._blobs):
+            if not shard.is_dir():
+                continue
+            for entry in os.scandir(shard.path):
+                name = entry.name
+                if not name.endswith(_MARKERS):
+                    out.add(name)
+        return out
+
     def delete(self, cid: str, *, force: bool = False) -> bool:
         """Delete a blob; pinned blobs only with ``force``. True if something was deleted."""
         cid = canonical_cid(cid)
@@ -414,6 +427,26 @@ class BlobStore:
     def gc(self) -> int:
         """Delete every unpinned blob; returns how many."""
         return sum(self.delete(b.cid) for b in self.list() if not b.pinned)
+
+    def expire_partial(self, max_age: float, keep: set[Path] | frozenset[Path] = frozenset()) -> int:
+        """Delete the temporary files of puts (``tmp/``) not in ``keep`` and not modified
+        for ``max_age`` seconds (wall clock); returns how many."""
+        now = time.time()
+        expired = 0
+        for path in self._tmp.iterdir():
+            if path in keep:
+                continue
+            try:
+                if now - path.stat().st_mtime >= max_age:
+                    path.unlink()
+                    expired += 1
+            except FileNotFoundError:
+                continue
+        return expired
+
+    def partial_files(self) -> list[Path]:
+        """The temporary files of puts in progress (or abandoned)."""
+        return sorted(self._tmp.iterdir())
 
     def statistics(self) -> StoreStat:
         with self._lock:
@@ -447,6 +480,11 @@ class PutSession:
     @property
     def written(self) -> int:
         return self._written
+
+    @property
+    def path(self) -> Path:
+        """The temporary file the bytes go to until the commit."""
+        return self._tmp
 
     def __enter__(self) -> PutSession:
         return self

@@ -30,7 +30,10 @@ skipped and the read resumes at the same offset on the next replica. After a
 :meth:`repair` lists every reachable node, and copies each blob to the nodes of
 its top-``replicas`` placement that lack it (node to node through the client,
 streaming, every chunk verified on the way and the CID re-checked by the
-receiving node). :meth:`repair_loop` runs it periodically.
+receiving node). :meth:`repair_loop` runs it periodically. A deployment's
+storage nodes heal themselves without it (:mod:`agents.storage.reconcile`: each
+node pulls the copies of committed blobs it lacks); :meth:`repair` remains for
+standalone nodes without a ledger.
 """
 
 from __future__ import annotations

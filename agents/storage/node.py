@@ -23,8 +23,10 @@ sessions' declared sizes; ``storage.quota-exceeded``) and at most
 ``sessions_per_sender`` open put sessions (``storage.busy``, as when the node's
 ``max_sessions`` are open). A put session belongs to the agent that began it,
 must receive its chunks in order (``offset`` = bytes written so far) and is
-aborted, releasing its quota reservation, when idle longer than
-``session_timeout``. Every ``get`` re-hashes
+aborted, releasing its quota reservation and deleting its partial file, when
+idle longer than ``session_timeout``; partial files no session owns (nor a
+pull of the node's reconciler, :mod:`agents.storage.reconcile`) are deleted
+once that old. Every ``get`` re-hashes
 the chunks it returns; a corrupt blob is answered with ``storage.corrupt``,
 moved to quarantine (so ``has`` turns False) and left for a replica to replace.
 File work runs in worker threads, a few at a time.
@@ -164,6 +166,7 @@ class StorageNode:
         self._session_timeout = session_timeout
         self._max_sessions = max_sessions
         self._sessions: dict[bytes, _Session] = {}
+        self.pulls: set = set()  # temporary files of the reconciler's pulls (agents.storage.reconcile)
         self.corruptions = 0
         self.refusals = Refusals(endpoint.identity)
         serve(endpoint, self.handlers(), on_decode_error=_bad_request, classifier=classifier,
@@ -187,7 +190,8 @@ class StorageNode:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Abort put sessions idle past the timeout, until cancelled."""
+        """Abort put sessions idle past the timeout (their partial files are deleted), and
+        delete partial files no session owns once older than the timeout, until cancelled."""
         task_status.started()
         while True:
             await trio.sleep(min(5.0, self._session_timeout / 2))
@@ -197,6 +201,21 @@ class StorageNode:
                     del self._sessions[sid]
                     await self._thread(s.put.abort)
                     log.info("aborted idle put session from %s", s.owner)
+            live = {s.put.path for s in self._sessions.values()} | self.pulls
+            expired = await self._thread(self.store.expire_partial, self._session_timeout, live)
+            if expired:
+                log.info("deleted %d partial uploads no session owns", expired)
+
+    def uploading(self, cid: str, within: float | None = None) -> bool:
+        """Whether a put session claiming ``cid`` is open on this node (with ``within``:
+        and received something in the last ``within`` seconds)."""
+        now = trio.current_time()
+        return any(s.put.claimed == cid and (within is None or s.deadline - self._session_timeout > now - within)
+                   for s in self._sessions.values())
+
+    def partial_uploads(self) -> int:
+        """Put sessions open on this node."""
+        return len(self._sessions)
 
     # -- admission -------------------------------------------------------------
 

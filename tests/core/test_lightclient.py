@@ -171,3 +171,71 @@ def test_light_client_and_ledger_agree_on_any_history(new_chain, actions):
     for s in subjects:
         mine, theirs = lc.certificate(s), c.ledger.certificate(s)
         assert mine == theirs
+
+
+def ledger_records(chain) -> set:
+    """(patient, record id, cid) of every record in the full ledger's state."""
+    out = set()
+    for key, _ in chain.kv.scan("record/"):
+        _, patient, record_id = key.split("/", 2)
+        out.add((patient, record_id, chain.ledger.record(patient, record_id).cid))
+    return out
+
+
+def test_store_rules_agree(chain):
+    """The light client names exactly the CIDs of the store transactions the ledger commits."""
+    c = chain
+    lc = CertificateLightClient(c.genesis)
+    feed(c, lc, c.register_tx("alice", "org-a"), c.register_tx("dr", "org-b", "doctor", peer="p3"))
+    good = c.tx("store", "alice", c.store_body("rec-1"))
+    by_doctor = c.tx("store", "dr", c.store_body("rec-2"))  # not a patient
+    by_peer = c.tx("store", "p1", c.store_body("rec-3"))
+    bad_capsule = c.tx("store", "alice", {**c.store_body("rec-4"), "capsule": b"\x00" * 48})
+    bad_cid = c.tx("store", "alice", {**c.store_body("rec-5"), "cid": "not-a-cid"})
+    forged = c.tx("store", "alice", c.store_body("rec-6"), key=c.keys["dr"])
+    missing = c.tx("store", "alice", {"record_id": "rec-7"})
+    block = c.make_block(good, by_doctor, by_peer, bad_capsule, bad_cid, forged, missing, good)
+    marks = c.commit(block).marks
+    update = lc.apply_all(block.to_bytes())
+    assert marks == ("ok", "forbidden", "forbidden", "malformed", "malformed", "bad_signature", "malformed",
+                     "duplicate_in_block")
+    assert [(r.patient, r.record_id, r.cid, r.height) for r in update.records] == [
+        ("alice", "rec-1", good.body["cid"], 2)]
+    # the same record id again (a new nonce), a replayed nonce: refused by both
+    dup = c.tx("store", "alice", c.store_body("rec-1"))
+    second = c.tx("store", "alice", c.store_body("rec-8"))
+    block = c.make_block(dup, second)
+    assert c.commit(block).marks == ("duplicate", "ok")
+    assert [r.record_id for r in lc.apply_all(block).records] == ["rec-8"]
+    assert {(r.patient, r.record_id, r.cid) for r in lc.records()} == ledger_records(c)
+    assert set(lc.cids()) == {good.body["cid"], second.body["cid"]}
+    # after a revocation the patient's stores are refused by both
+    feed(c, lc, c.tx("revoke_cert", "alice", {"subject": "alice", "reason": "r"}))
+    block = c.make_block(c.tx("store", "alice", c.store_body("rec-9")))
+    assert c.commit(block).marks == ("cert_revoked",)
+    assert lc.apply_all(block).records == [] and len(lc.records()) == 2
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.sampled_from(["good", "dup-id", "doctor", "bad-cid", "replay"]), min_size=1, max_size=6))
+def test_store_rules_agree_on_random_sequences(new_chain, steps):
+    c = new_chain()
+    lc = CertificateLightClient(c.genesis)
+    feed(c, lc, c.register_tx("alice", "org-a"), c.register_tx("dr", "org-b", "doctor", peer="p3"))
+    last = None
+    for i, step in enumerate(steps):
+        if step == "good" or last is None:
+            tx = c.tx("store", "alice", c.store_body(f"rec-{i}"))
+        elif step == "dup-id":
+            tx = c.tx("store", "alice", c.store_body(last.body["record_id"]))
+        elif step == "doctor":
+            tx = c.tx("store", "dr", c.store_body(f"rec-{i}"))
+        elif step == "bad-cid":
+            tx = c.tx("store", "alice", {**c.store_body(f"rec-{i}"), "cid": "bafy-nope"})
+        else:
+            tx = last
+        last = tx
+        block = c.make_block(tx)
+        c.commit(block)
+        lc.apply_all(block)
+        assert {(r.patient, r.record_id, r.cid) for r in lc.records()} == ledger_records(c)
