@@ -128,7 +128,7 @@ async def test_large_store_killed_at_quorum_is_healed_wiped_node_refilled_refuse
             small = tmp_path / "note.txt"
             small.write_bytes(b"a second record under the same id")
             refused = await cli("patient", *common, "store", str(small), "--label", "imaging",
-                                "--record-id", "scan-1", check=False)
+                                "--record-id", "scan-1", "--media-type", "text/plain", check=False)
             assert refused.returncode != 0 and b"duplicate" in refused.stderr
             orphans = {n: set(blob_files(dirs[n])) - {cid} for n in nodes}
             assert sum(len(o) for o in orphans.values()) >= 2  # its quorum was written
