@@ -14,15 +14,20 @@ each agent runs in its own process on its own loopback TCP port
     DIR/agents/<id>/        each agent's ledger/blob store
     DIR/users/<subject>/    patients' and doctors' own directories (CLI)
     DIR/logs/<id>.log       per-process logs (--processes)
+    DIR/run/swarm.lock      held (flock) by the process running the swarm; it
+                            names that process (pid, start time, mode)
 
 Starting again with the same directory resumes: same keys, same genesis, same
-ledgers and blobs.
+ledgers and blobs. A directory runs one swarm at a time: :meth:`Swarm.open`
+holds the lock while the swarm runs and raises :class:`SwarmRunning` if
+another process holds it (:meth:`SwarmFiles.running` says who).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -42,12 +47,22 @@ from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import make_genesis, parse_genesis
 
 from agents.consortium import Manifest, enrollment_token
+from agents.errors import AgentError
 from agents.keys import AgentKeys, KeyStore, atomic_write
 from agents.runtime import make_endpoint
 
 log = logging.getLogger("agents.swarm")
 
 ORDERER_ID = "orderer"
+LOCK_NAME = "swarm.lock"
+
+
+class SwarmRunning(AgentError):
+    """The data directory's swarm is already running in another process (``holder``: its lock record)."""
+
+    def __init__(self, message: str, holder: dict[str, Any]):
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclass
@@ -115,6 +130,53 @@ class SwarmFiles:
     @property
     def exists(self) -> bool:
         return (self.dir / "manifest.json").exists()
+
+    @property
+    def lock_path(self) -> Path:
+        return self.dir / "run" / LOCK_NAME
+
+    @contextlib.contextmanager
+    def lock(self, **info: Any):
+        """Hold the directory's lock while the block runs (SwarmRunning if another process holds it);
+        the lock file records this process's pid, start time and ``info``."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self.running() or {}
+            pid = holder.get("pid")
+            raise SwarmRunning(f"the swarm in {self.dir} is already running"
+                               + (f" (pid {pid})" if pid else ""), holder) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": time.time(), **info}).encode(), 0)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing the last descriptor releases the flock
+
+    def running(self) -> dict[str, Any] | None:
+        """The lock record of the process running this directory's swarm, or None if none runs."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raw = os.pread(fd, 4096, 0)
+                try:
+                    record = json.loads(raw) if raw else {}
+                except ValueError:
+                    record = {}
+                return record if isinstance(record, dict) else {}
+            return None
+        finally:
+            os.close(fd)
 
     def keystore(self, agent: str) -> KeyStore:
         return KeyStore(self.secrets / f"{agent}.keys", key_file=self.key_file)
@@ -269,6 +331,13 @@ class Swarm:
         files = SwarmFiles(spec.data_dir)
         if fresh and files.dir.exists() and any(files.dir.iterdir()):
             raise FileExistsError(f"{files.dir} is not empty")
+        with files.lock(processes=spec.processes if not files.exists else files.spec().processes):
+            async with cls._open_locked(files, spec) as swarm:
+                yield swarm
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def _open_locked(cls, files: "SwarmFiles", spec: SwarmSpec) -> AsyncIterator["Swarm"]:
         if files.exists:
             spec = files.spec()
             manifest = files.manifest()
