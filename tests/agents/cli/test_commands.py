@@ -231,3 +231,50 @@ def test_sigterm_on_processes_mode_stops_every_child(tmp_path):
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in children)
     assert run_cli("swarm", "status", "--data", str(data)).returncode == 3
+
+
+def _on_terminal(argv: list[str], answers: list[str], env: dict, timeout: float = 60) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as its controlling terminal, typing ``answers`` at its
+    prompts; (exit status, everything it wrote)."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its terminal
+        os.execve(sys.executable, [sys.executable, "-m", "agents.cli", *argv], env)
+    out = b""
+    pending = list(answers)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            if pending and chunk.endswith(b": "):  # a prompt (getpass flushes what is typed ahead)
+                os.write(fd, pending.pop(0).encode() + b"\n")
+    else:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_new_key_store_passphrase_is_confirmed_at_a_prompt(swarm):
+    env = cli_env()
+    del env["EMRSHARE_PASSPHRASE"]
+    argv = ["patient", "--swarm", str(swarm.data), "--subject", "pat-tty", "--org", "hospital-a", "register"]
+    code, out = _on_terminal(argv, ["one passphrase", "another one"], env)
+    assert code == 2 and "the two passphrases differ" in out, out
+    assert not (swarm.data / "users" / "pat-tty").exists()
+    code, out = _on_terminal(argv, ["same passphrase", "same passphrase"], env)
+    assert code == 0 and "registered pat-tty at hospital-a" in out, out
+    # an existing key store is asked for once
+    code, out = _on_terminal(["patient", "--swarm", str(swarm.data), "--subject", "pat-tty", "records"],
+                             ["same passphrase"], env)
+    assert code == 0 and out.count("passphrase") == 1, out
