@@ -97,7 +97,6 @@ class _Role:
     def parse(self, argv: list[str]) -> argparse.Namespace:
         args = self.parser.parse_args(argv)
         if not args.cmd:
-            self.parser.print_help(sys.stderr)
             raise UsageError(self.role, "a subcommand is needed", f"see `emrshare {self.role} --help`")
         if not args.subject:
             raise UsageError(f"{self.role} {args.cmd}", "--subject is required",
@@ -419,7 +418,7 @@ async def _approve_all(request: dict) -> bool:
 def _write_out(data: bytes, out: str | None) -> None:
     if out:
         Path(out).write_bytes(data)
-        print(f"wrote {len(data)} bytes to {out}", file=sys.stderr if out == "-" else sys.stdout)
+        print(f"wrote {len(data)} bytes to {out}")
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -45,6 +46,27 @@ async def test_swarm_resumes_from_its_data_directory(tmp_path):
     with pytest.raises(FileExistsError):
         async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm"), fresh=True):
             pass
+
+
+async def test_one_swarm_per_directory(tmp_path):
+    """The directory's lock: a second open of a running swarm is refused and names the holder;
+    once the first stops, the lock is free and the swarm resumes."""
+    from agents.swarm import SwarmRunning
+
+    spec = SwarmSpec(data_dir=tmp_path / "swarm")
+    files = SwarmFiles(tmp_path / "swarm")
+    assert files.running() is None
+    with trio.fail_after(60):
+        async with Swarm.open(spec):
+            holder = files.running()
+            assert holder is not None and holder["pid"] == os.getpid() and holder["processes"] is False
+            with pytest.raises(SwarmRunning, match="already running") as info:
+                async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")):
+                    pass
+            assert info.value.holder["pid"] == os.getpid()
+        assert files.running() is None
+        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")):
+            assert files.running() is not None
 
 
 def test_spec_validation_and_toml(tmp_path, capsys):
