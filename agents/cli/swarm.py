@@ -8,6 +8,9 @@ non-empty directory that holds no swarm, a path that is a file, and a
 directory whose swarm already runs (the directory's lock,
 :meth:`agents.swarm.SwarmFiles.lock`). Ctrl-C or SIGTERM stops every agent
 (with ``--processes``, every child process too) and prints ``swarm stopped``.
+Log lines go to ``DIR/logs/swarm.log`` (warnings; everything on the terminal
+with ``--verbose``); with ``--processes`` each agent also logs to
+``DIR/logs/<agent>.log``.
 
 ``status`` says whether the swarm runs (and which process runs it), its
 settings, and for every agent its address and whether it accepts TCP
@@ -111,8 +114,6 @@ def up_main(argv: list[str]) -> int:
                         help="most transactions per block (default 500)")
     parser.add_argument("--processes", action="store_true", help="run each agent in its own process")
     args = parser.parse_args(argv)
-    if not verbose():
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from agents.swarm import SwarmSpec
 
     files = _files(args.data, "swarm up")
@@ -137,7 +138,21 @@ def up_main(argv: list[str]) -> int:
     if holder is not None:
         fail("swarm up", f"the swarm in {files.dir} is already running (pid {holder.get('pid', '?')})",
              f"use it, or stop it with `emrshare swarm down --data {args.data}`")
+    _log_to_file(files.dir / "logs" / "swarm.log")
     return _run_swarm(spec)
+
+
+def _log_to_file(path: Path) -> None:
+    """Warnings (e.g. the agents' refusals of bad requests) go to the swarm's log file; the
+    terminal sees log lines only with --verbose."""
+    if verbose():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 def _run_swarm(spec: Any) -> int:
@@ -157,13 +172,13 @@ def _run_swarm(spec: Any) -> int:
                 nursery.start_soon(stop_on_signal)
                 async with Swarm.open(spec) as swarm:
                     print(swarm.describe(), flush=True)
-                    print(f"manifest: {swarm.files.dir / 'manifest.json'}  (Ctrl-C or `emrshare swarm down` "
-                          "stops)", flush=True)
+                    print(f"manifest: {swarm.files.dir / 'manifest.json'}, logs: {swarm.files.dir / 'logs'}  "
+                          "(Ctrl-C or `emrshare swarm down` stops)", flush=True)
                     await trio.sleep_forever()
 
     from agents.cli.base import doing
 
-    with doing("swarm up"):
+    with doing(f"swarm up on port {spec.port}" if spec.port and not spec.processes else "swarm up"):
         trio.run(main)
     print("swarm stopped", file=sys.stderr)
     return 0

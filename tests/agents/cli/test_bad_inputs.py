@@ -142,7 +142,7 @@ def test_port_in_use(swarm):
         s.listen()
         port = s.getsockname()[1]
         line = one_line(cli("swarm", "up", "--data", str(swarm.tmp / "port-swarm"), "--port", str(port)), 1,
-                        "address already in use", "--port")
+                        "address already in use", "--port", f"port {port}")
     assert "swarm up" in line
 
 
