@@ -66,7 +66,9 @@ def backend_main(argv: list[str]) -> int:
 
 _GROUP_HELP = {
     "bench": "benchmarks (each prints its numbers; --json FILE saves them)",
+    "fhir": "a FHIR front end to the swarm",
     "ledger": "offline checks of the peers' stored ledgers",
+    "storage": "the storage nodes: copies per record, repair",
     "swarm": "run and inspect a local consortium",
 }
 
