@@ -7,7 +7,9 @@ Every expected failure reaches the person as ONE line on stderr::
 and a non-zero exit: 2 for usage (bad arguments, :class:`UsageError`), 1 for
 failures (:class:`CliError`, any other :class:`agents.errors.AgentError`, an
 ``OSError`` such as a missing file or a port in use, a policy text that does
-not parse), 130 after Ctrl-C or SIGTERM. A traceback is printed only with
+not parse), 130 when Ctrl-C interrupts a command (``swarm up`` and ``patient
+serve``, which run until stopped, stop on Ctrl-C or SIGTERM with one line and
+exit 0). A traceback is printed only with
 ``--verbose``, or for a real bug (an exception nobody raised on purpose), and
 then the last line says it is a bug.
 
@@ -36,7 +38,7 @@ from typing import Any, Callable, Iterator, NoReturn
 from agents.errors import AgentError
 
 __all__ = [
-    "CliError", "UsageError", "Interrupted", "ENV_SWARM", "ENV_SUBJECT", "ENV_PASSPHRASE", "env_default",
+    "CliError", "UsageError", "ENV_SWARM", "ENV_SUBJECT", "ENV_PASSPHRASE", "env_default",
     "env_help", "set_verbose", "verbose", "doing", "unwrap", "explain", "hint", "report", "run",
     "one_line_usage_errors", "fail", "check_output_path", "check_input_file",
 ]
@@ -65,16 +67,6 @@ class UsageError(CliError):
     """Bad arguments: exit status 2."""
 
     exit_code = 2
-
-
-class Interrupted(CliError):
-    """Ctrl-C or SIGTERM: the command stopped cleanly (exit status 130)."""
-
-    exit_code = 130
-
-    def __init__(self, message: str = "interrupted"):
-        AgentError.__init__(self, message)
-        self.what, self.why, self.todo = message, "", ""
 
 
 def fail(what: str, why: str, todo: str = "") -> NoReturn:
@@ -141,7 +133,6 @@ def _expected(exc: BaseException) -> bool:
 
 _HINTS: list[tuple[str, str]] = [
     # (error class name in its MRO, what to do); the first match wins
-    ("Interrupted", ""),
     ("KeyStoreError", f"check {ENV_PASSPHRASE} (or --key-file) and --subject"),
     ("PolicyDenied", "the patient's policy decides; ask the patient to change it or give --purpose"),
     ("RequestRejected", "the patient declined; ask the patient"),

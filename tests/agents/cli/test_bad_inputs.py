@@ -188,3 +188,13 @@ def test_unwrap_finds_the_error_inside_trio_groups():
                                                  "runs (`emrshare swarm status`) and retry")
     group = BaseExceptionGroup("x", [ValueError("a"), KeyboardInterrupt()])
     assert isinstance(unwrap(group), KeyboardInterrupt)
+
+
+def test_interrupt_inside_a_group_is_one_line():
+    import io
+
+    from agents.cli.base import report
+
+    out = io.StringIO()
+    assert report(BaseExceptionGroup("g", [KeyboardInterrupt()]), "doctor read", stream=out) == 130
+    assert out.getvalue() == "emrshare: interrupted\n"
