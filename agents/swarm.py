@@ -57,6 +57,10 @@ ORDERER_ID = "orderer"
 LOCK_NAME = "swarm.lock"
 
 
+class AgentStartError(AgentError):
+    """An agent process of the swarm exited, or did not report ready in time, while starting."""
+
+
 class SwarmRunning(AgentError):
     """The data directory's swarm is already running in another process (``holder``: its lock record)."""
 
@@ -397,11 +401,14 @@ class Swarm:
         out.close()
         self.processes[agent] = proc
         ready = self.files.dir / "run" / f"{agent}.ready"
-        with trio.fail_after(timeout):
+        log_file = logs / f"{agent}.log"
+        with trio.move_on_after(timeout) as waiting:
             while not (ready.exists() and ready.read_text().strip() == str(proc.pid)):
                 if proc.poll() is not None:
-                    raise RuntimeError(f"agent {agent} exited with {proc.returncode}; see {logs / (agent + '.log')}")
+                    raise AgentStartError(f"agent {agent} exited with {proc.returncode}; see {log_file}")
                 await trio.sleep(0.05)
+        if waiting.cancelled_caught:
+            raise AgentStartError(f"agent {agent} did not report ready within {timeout:g} s; see {log_file}")
 
     def kill(self, agent: str) -> None:
         """SIGKILL an agent process (fault injection)."""

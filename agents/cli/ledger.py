@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.cli.base import ENV_SWARM, env_default, env_help, fail
-from agents.cli.output import print_json, utc
+from agents.cli.output import print_json, table, utc
 from core import canonical
 from core.errors import CoreError, DecodeError, ValidationError
 from core.ledger import Block, Ledger, MemoryKV, parse_genesis
@@ -185,6 +185,12 @@ def audit_events(store: LedgerStore, patient: str) -> list[dict[str, Any]]:
 
 
 def describe(event: dict[str, Any]) -> str:
+    """One event as a line: its UTC date, block and what happened."""
+    return f"{utc(event['time'])}  block {event['height']:>6}  {event_text(event)}"
+
+
+def event_text(event: dict[str, Any]) -> str:
+    """What happened, as a sentence (no date or block)."""
     kind, actor = event["event"], event["actor"]
     if kind == "store":
         what = f"{actor} stored record {event.get('record_id')} (label {event.get('label')}, cid {event.get('cid')})"
@@ -208,7 +214,7 @@ def describe(event: dict[str, Any]) -> str:
                 f"(grant {event.get('grant_id')}, share {event.get('share_index')})")
     else:
         what = f"{kind} by {actor}"
-    return f"{utc(event['time'])}  block {event['height']:>6}  {what}"
+    return what
 
 
 def audit_main(argv: list[str] | None = None) -> int:
@@ -230,7 +236,6 @@ def audit_main(argv: list[str] | None = None) -> int:
     if not events:
         print(f"no ledger events for {args.patient}")
         return 0
-    print(f"access history of {args.patient} ({len(events)} events, from {name}'s ledger)")
-    for e in events:
-        print(describe(e))
+    table(["time (UTC)", "block", "event"], [[utc(e["time"]), e["height"], event_text(e)] for e in events],
+          title=f"access history of {args.patient} ({len(events)} events, from {name}'s ledger)")
     return 0

@@ -278,3 +278,16 @@ def test_new_key_store_passphrase_is_confirmed_at_a_prompt(swarm):
     code, out = _on_terminal(["patient", "--swarm", str(swarm.data), "--subject", "pat-tty", "records"],
                              ["same passphrase"], env)
     assert code == 0 and out.count("passphrase") == 1, out
+
+
+@pytest.mark.slow
+def test_an_agent_that_cannot_start_is_one_line_and_stops_the_others(tmp_path):
+    data = tmp_path / "swarm"
+    code, err = stop_process(start_swarm(data, "--processes"), signal.SIGTERM, timeout=60)
+    assert code == 0
+    (data / "secrets" / "storage-3.keys").write_bytes(b"not a key store")
+    out = run_cli("swarm", "up", "--data", str(data))
+    line = error_line(out, 1, "agent storage-3 exited with", "storage-3.log")
+    assert line.startswith("emrshare: swarm up: ")
+    started = [int(p.read_text()) for p in (data / "run").glob("*.ready")]
+    assert started and not any(_alive(pid) for pid in started)
