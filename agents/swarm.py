@@ -17,6 +17,10 @@ each agent runs in its own process on its own loopback TCP port
     DIR/run/swarm.lock      held (flock) by the process running the swarm; it
                             names that process (pid, start time, mode)
 
+With ``--processes`` on Linux, each agent process asks the kernel for SIGTERM
+when the process that started it dies (``PR_SET_PDEATHSIG``), so even a
+SIGKILLed ``swarm up`` leaves no agent behind.
+
 Starting again with the same directory resumes: same keys, same genesis, same
 ledgers and blobs. A directory runs one swarm at a time: :meth:`Swarm.open`
 holds the lock while the swarm runs and raises :class:`SwarmRunning` if
@@ -55,6 +59,24 @@ log = logging.getLogger("agents.swarm")
 
 ORDERER_ID = "orderer"
 LOCK_NAME = "swarm.lock"
+PARENT_ENV = "EMRSHARE_SWARM_PARENT"  # the launching process's pid, for agent processes
+
+
+def _stop_with_parent() -> None:
+    """Linux: SIGTERM this agent process when the swarm process that started it dies,
+    even by SIGKILL (no orphaned agents holding ports); exit now if it is already gone."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        return
+    if os.getppid() != int(parent):  # the parent died before the prctl
+        raise SystemExit(0)
 
 
 class AgentStartError(AgentError):
@@ -396,7 +418,7 @@ class Swarm:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agents.swarm", "agent", "--data", str(self.files.dir), "--id", agent],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())},
         )
         out.close()
         self.processes[agent] = proc
@@ -465,6 +487,7 @@ def agent_main(argv: list[str]) -> int:
     parser.add_argument("--id", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.id} %(name)s %(levelname)s %(message)s")
+    _stop_with_parent()
     files = SwarmFiles(Path(args.data))
     manifest = files.manifest()
     address = manifest.agents[args.id]

@@ -291,3 +291,21 @@ def test_an_agent_that_cannot_start_is_one_line_and_stops_the_others(tmp_path):
     assert line.startswith("emrshare: swarm up: ")
     started = [int(p.read_text()) for p in (data / "run").glob("*.ready")]
     assert started and not any(_alive(pid) for pid in started)
+
+
+@pytest.mark.slow
+def test_sigkill_of_swarm_up_leaves_no_agent_process(tmp_path):
+    """Even without a chance to clean up, the agent processes follow their parent (PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    data = tmp_path / "swarm"
+    proc = start_swarm(data, "--processes")
+    children = [int(p.read_text()) for p in (data / "run").glob("*.ready")]
+    assert len(children) == 8
+    proc.kill()
+    stop_process(proc)
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children)
+    assert run_cli("swarm", "status", "--data", str(data)).returncode == 3  # the lock went with it
