@@ -84,7 +84,7 @@ class _Role:
         self.shared = argparse.ArgumentParser(add_help=False)
         _common(self.shared, suppress=True)
         self.sub = self.parser.add_subparsers(dest="cmd", metavar="SUBCOMMAND", title="subcommands")
-        self.register = self.add("register", "enroll at your hospital's peer (creates your keys)")
+        self.register = self.add("register", "enroll at your hospital's peer (creates your keys)", json_=True)
         self.register.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE", help=attr_help)
 
     def add(self, name: str, help_: str, *, json_: bool = False) -> argparse.ArgumentParser:
@@ -308,6 +308,14 @@ def event_text(e: dict[str, Any]) -> str:
     return f"{kind} by {actor}"
 
 
+def _print_cert(cert: Any, as_json: bool, text: str) -> None:
+    if not as_json:
+        print(text)
+        return
+    print_json({"subject": cert.subject, "org": cert.org, "serial": cert.serial, "attributes": dict(cert.attributes),
+                "valid_from": utc_seconds(cert.valid_from), "valid_until": utc_seconds(cert.valid_until)})
+
+
 def _print_records(records: list[dict], as_json: bool, title: str) -> None:
     if as_json:
         print_json(records)
@@ -368,13 +376,16 @@ async def _patient(files: "SwarmFiles", config: "UserConfig", args: argparse.Nam
         async with PatientAgent.open(config, node=node, approve=approve) as p:
             if args.cmd == "register":
                 cert = await _register(p, files, config)
-                print(f"registered {cert.subject} at {cert.org} (certificate {cert.serial})")
+                _print_cert(cert, args.json, f"registered {cert.subject} at {cert.org} (certificate {cert.serial})")
             elif args.cmd == "store":
                 size = Path(args.file).stat().st_size
                 with progress(f"storing {Path(args.file).name}", size) as update:
                     rid = await p.store(Path(args.file), label=args.label, media_type=args.media_type,
                                         record_id=args.record_id, progress=update)
-                print(f"stored {rid} under label {args.label}")
+                if args.json:
+                    print_json({"record_id": rid, "label": args.label, "size": size})
+                else:
+                    print(f"stored {rid} under label {args.label}")
             elif args.cmd == "read":
                 with progress(f"reading {args.record_id}") as update:
                     data = await p.read(args.record_id, progress=update)
@@ -426,7 +437,7 @@ def _write_out(data: bytes, out: str | None) -> None:
 
 def patient_main(argv: list[str]) -> int:
     r = _Role("patient", "extra attribute NAME=VALUE for your certificate")
-    s = r.add("store", "seal and store a record from a file")
+    s = r.add("store", "seal and store a record from a file", json_=True)
     s.add_argument("file", help="the record (e.g. a FHIR bundle)")
     s.add_argument("--label", required=True, help="the label the record is sealed under (grants are per label)")
     s.add_argument("--media-type", default="application/fhir+json", help="its media type (default %(default)s)")
@@ -490,7 +501,7 @@ async def _doctor(files: "SwarmFiles", config: "UserConfig", args: argparse.Name
         async with DoctorAgent.open(config, node=node) as d:
             if args.cmd == "register":
                 cert = await _register(d, files, config)
-                print(f"registered {cert.subject} at {cert.org} with {dict(cert.attributes)}")
+                _print_cert(cert, args.json, f"registered {cert.subject} at {cert.org} with {dict(cert.attributes)}")
             elif args.cmd == "records":
                 records = await d.records(args.patient, args.label)
                 if not records and await d.client.lookup_certificate(args.patient) is None:
