@@ -74,6 +74,9 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 
 class _Role:
+    """``emrshare ROLE``'s parser: the common options (also after the subcommand),
+    ``register``, and :meth:`add` for the role's other subcommands."""
+
     def __init__(self, role: str, attr_help: str):
         self.role = role
         self.parser = argparse.ArgumentParser(
