@@ -50,4 +50,6 @@ from .patient import PatientAgent as PatientAgent
 from .peer import PeerAgent as PeerAgent
 from .swarm import Swarm as Swarm
 from .swarm import SwarmFiles as SwarmFiles
+from .swarm import AgentStartError as AgentStartError
+from .swarm import SwarmRunning as SwarmRunning
 from .swarm import SwarmSpec as SwarmSpec

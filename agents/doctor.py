@@ -32,7 +32,7 @@ import contextlib
 import logging
 import secrets
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import trio
 
@@ -167,19 +167,22 @@ class DoctorAgent(UserAgent):
 
     # ------------------------------------------------------------ read
 
-    async def read(self, patient: str, record_id: str, *, purpose: str | None = None) -> bytes:
+    async def read(self, patient: str, record_id: str, *, purpose: str | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> bytes:
         """The plaintext of ``patient``'s record, verified end to end (see the module docstring).
+        ``progress(done, size)`` follows the blob's download.
 
         Errors: RecordNotFound, PolicyDenied, RequestRejected, GrantRevoked,
         NotEnoughPeers, IntegrityError, Unavailable, TransactionRejected,
         CertificateRevoked (this doctor's own certificate was revoked).
         """
         try:
-            return await self._read(patient, record_id, purpose=purpose)
+            return await self._read(patient, record_id, purpose=purpose, progress=progress)
         except RegistrationError as exc:
             raise await self.client.explain_unknown(exc) from None
 
-    async def _read(self, patient: str, record_id: str, *, purpose: str | None = None) -> bytes:
+    async def _read(self, patient: str, record_id: str, *, purpose: str | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> bytes:
         self.client.require_registered()
         # a record stored a moment ago through another peer may be a block away
         query = PeerQuery("record", patient=patient, record_id=record_id)
@@ -210,7 +213,7 @@ class DoctorAgent(UserAgent):
         else:
             grant = await self._obtain_grant(patient, record_id, label, purpose, decision)
             shares = await self._collect(grant, patient, record_id, rec)
-        blob = await self._fetch(rec["cid"])
+        blob = await self._fetch(rec["cid"], progress)
         provider = recordmod.ThresholdKeyProvider(shares, grant["threshold"], self.keys.receive.secret)
         try:
             header, plain = await run_crypto(recordmod.open_record, blob, provider)
@@ -339,9 +342,9 @@ class DoctorAgent(UserAgent):
         return verify_reencrypt_reply(key, PeerReencryptReply.from_wire(reply), request_id=request_id, cid=cid,
                                       index=info.index)
 
-    async def _fetch(self, cid: str) -> bytes:
+    async def _fetch(self, cid: str, progress: Callable[[int, int], None] | None = None) -> bytes:
         try:
-            blob = await self.client.storage_retry(lambda: self.storage.get(cid))
+            blob = await self.client.storage_retry(lambda: self.storage.get(cid, progress=progress))
         except StorageNotFound:
             raise Unavailable(f"no reachable storage node holds {cid}") from None
         except StorageError as exc:

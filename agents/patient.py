@@ -161,9 +161,10 @@ class PatientAgent(UserAgent):
     # ------------------------------------------------------------ store
 
     async def store(self, data: bytes | Path, *, label: str, media_type: str,
-                    record_id: str | None = None) -> str:
+                    record_id: str | None = None, progress: Callable[[int, int], None] | None = None) -> str:
         """Encrypt ``data`` (bytes, or a file path: streamed in bounded memory), put the
         ciphertext to storage, commit a signed ``store`` transaction; return the record id.
+        ``progress(done, size)`` follows a file's upload (bytes of ciphertext).
 
         Raises TransactionRejected if the ledger marks it invalid (e.g. ``duplicate``
         record id), Unavailable if storage or peers do not answer.
@@ -182,7 +183,7 @@ class PatientAgent(UserAgent):
                 path = Path(data)
                 tmp = self.client.data_dir / "tmp" / f"{record_id}.{secrets.token_hex(4)}.sealed"
                 header, cid, size = await run_crypto(_seal_file, path, tmp, kp, **common)
-                stored = await self._storage_call(lambda: self.storage.put_file(tmp))
+                stored = await self._storage_call(lambda: self.storage.put_file(tmp, progress=progress))
             else:
                 plain = bytes(data)
                 header, blob, cid = await run_crypto(_seal_bytes, plain, kp, **common)
@@ -215,13 +216,14 @@ class PatientAgent(UserAgent):
         out = await self.client.query(PeerQuery("records", patient=self.subject, label=None))
         return list(out or [])
 
-    async def read(self, record_id: str) -> bytes:
-        """Read one of this patient's own records (owner key path, no pairing)."""
+    async def read(self, record_id: str, *, progress: Callable[[int, int], None] | None = None) -> bytes:
+        """Read one of this patient's own records (owner key path, no pairing);
+        ``progress(done, size)`` follows the download."""
         self.client.require_registered()
         rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=record_id))
         if rec is None:
             raise RecordNotFound(f"no record {record_id} of {self.subject}")
-        blob = await self._storage_call(lambda: self.storage.get(rec["cid"]))
+        blob = await self._storage_call(lambda: self.storage.get(rec["cid"], progress=progress))
         if not await run_crypto(cidmod.is_valid, rec["cid"], blob):
             raise IntegrityError("stored blob does not match its CID")
         header, plain = await run_crypto(recordmod.open_record, blob,

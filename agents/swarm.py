@@ -15,19 +15,28 @@ each agent runs in its own process on its own loopback TCP port
                             status.json: its reconciler's view, agents.storage.reconcile)
     DIR/users/<subject>/    patients' and doctors' own directories (CLI)
     DIR/logs/<id>.log       per-process logs (--processes)
+    DIR/run/swarm.lock      held (flock) by the process running the swarm; it
+                            names that process (pid, start time, mode)
+
+With ``--processes`` on Linux, each agent process asks the kernel for SIGTERM
+when the process that started it dies (``PR_SET_PDEATHSIG``), so even a
+SIGKILLed ``swarm up`` leaves no agent behind.
 
 Every storage node runs a reconciler (:mod:`agents.storage.reconcile`) every
 ``reconcile_interval`` seconds: committed blobs get their r copies back, blobs
 no committed transaction names are collected after ``collect_grace``.
 
 Starting again with the same directory resumes: same keys, same genesis, same
-ledgers and blobs.
+ledgers and blobs. A directory runs one swarm at a time: :meth:`Swarm.open`
+holds the lock while the swarm runs and raises :class:`SwarmRunning` if
+another process holds it (:meth:`SwarmFiles.running` says who).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -47,12 +56,44 @@ from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import make_genesis, parse_genesis
 
 from agents.consortium import Manifest, enrollment_token
+from agents.errors import AgentError
 from agents.keys import AgentKeys, KeyStore, atomic_write
 from agents.runtime import make_endpoint, serve_until_signal
 
 log = logging.getLogger("agents.swarm")
 
 ORDERER_ID = "orderer"
+LOCK_NAME = "swarm.lock"
+PARENT_ENV = "EMRSHARE_SWARM_PARENT"  # the launching process's pid, for agent processes
+
+
+def _stop_with_parent() -> None:
+    """Linux: SIGTERM this agent process when the swarm process that started it dies,
+    even by SIGKILL (no orphaned agents holding ports); exit now if it is already gone."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        return
+    if os.getppid() != int(parent):  # the parent died before the prctl
+        raise SystemExit(0)
+
+
+class AgentStartError(AgentError):
+    """An agent process of the swarm exited, or did not report ready in time, while starting."""
+
+
+class SwarmRunning(AgentError):
+    """The data directory's swarm is already running in another process (``holder``: its lock record)."""
+
+    def __init__(self, message: str, holder: dict[str, Any]):
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclass
@@ -125,6 +166,53 @@ class SwarmFiles:
     @property
     def exists(self) -> bool:
         return (self.dir / "manifest.json").exists()
+
+    @property
+    def lock_path(self) -> Path:
+        return self.dir / "run" / LOCK_NAME
+
+    @contextlib.contextmanager
+    def lock(self, **info: Any):
+        """Hold the directory's lock while the block runs (SwarmRunning if another process holds it);
+        the lock file records this process's pid, start time and ``info``."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self.running() or {}
+            pid = holder.get("pid")
+            raise SwarmRunning(f"the swarm in {self.dir} is already running"
+                               + (f" (pid {pid})" if pid else ""), holder) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": time.time(), **info}).encode(), 0)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing the last descriptor releases the flock
+
+    def running(self) -> dict[str, Any] | None:
+        """The lock record of the process running this directory's swarm, or None if none runs."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raw = os.pread(fd, 4096, 0)
+                try:
+                    record = json.loads(raw) if raw else {}
+                except ValueError:
+                    record = {}
+                return record if isinstance(record, dict) else {}
+            return None
+        finally:
+            os.close(fd)
 
     def keystore(self, agent: str) -> KeyStore:
         return KeyStore(self.secrets / f"{agent}.keys", key_file=self.key_file)
@@ -285,6 +373,13 @@ class Swarm:
         files = SwarmFiles(spec.data_dir)
         if fresh and files.dir.exists() and any(files.dir.iterdir()):
             raise FileExistsError(f"{files.dir} is not empty")
+        with files.lock(processes=spec.processes if not files.exists else files.spec().processes):
+            async with cls._open_locked(files, spec) as swarm:
+                yield swarm
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def _open_locked(cls, files: "SwarmFiles", spec: SwarmSpec) -> AsyncIterator["Swarm"]:
         if files.exists:
             spec = files.spec()
             manifest = files.manifest()
@@ -339,16 +434,19 @@ class Swarm:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agents.swarm", "agent", "--data", str(self.files.dir), "--id", agent],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())},
         )
         out.close()
         self.processes[agent] = proc
         ready = self.files.dir / "run" / f"{agent}.ready"
-        with trio.fail_after(timeout):
+        log_file = logs / f"{agent}.log"
+        with trio.move_on_after(timeout) as waiting:
             while not (ready.exists() and ready.read_text().strip() == str(proc.pid)):
                 if proc.poll() is not None:
-                    raise RuntimeError(f"agent {agent} exited with {proc.returncode}; see {logs / (agent + '.log')}")
+                    raise AgentStartError(f"agent {agent} exited with {proc.returncode}; see {log_file}")
                 await trio.sleep(0.05)
+        if waiting.cancelled_caught:
+            raise AgentStartError(f"agent {agent} did not report ready within {timeout:g} s; see {log_file}")
 
     def kill(self, agent: str) -> None:
         """SIGKILL an agent process (fault injection)."""
@@ -405,6 +503,7 @@ def agent_main(argv: list[str]) -> int:
     parser.add_argument("--id", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.id} %(name)s %(levelname)s %(message)s")
+    _stop_with_parent()
     files = SwarmFiles(Path(args.data))
     manifest = files.manifest()
     address = manifest.agents[args.id]

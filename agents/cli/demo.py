@@ -181,7 +181,7 @@ async def run_demo(data_dir: Path, report: Report) -> None:
 
 
 def describe_event(e: dict[str, Any]) -> str:
-    when = datetime.fromtimestamp(e["time"] / 1000, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    when = datetime.fromtimestamp(e["time"] / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     kind = e["event"]
     if kind == "store":
         what = f"stored {e.get('record_id')} ({e.get('label')})"
@@ -200,20 +200,23 @@ def describe_event(e: dict[str, Any]) -> str:
         what = f"rejected request {e.get('request_id')} of {e.get('doctor')}"
     else:
         what = kind
-    return f"{when} UTC  block {e.get('height', '?'):>3}  {e['actor']:<12} {what}"
+    return f"{when}  block {e.get('height', '?'):>3}  {e['actor']:<12} {what}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="emrshare demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="data directory (default: a fresh temporary one, removed after)")
+    parser.add_argument("--data", help="a new or empty data directory (default: a fresh temporary one, removed after)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
-    parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv or [])
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+    from agents.cli.base import fail, verbose
+
+    logging.basicConfig(level=logging.INFO if verbose() else logging.ERROR,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     tmp = None
     if args.data:
         data_dir = Path(args.data)
+        if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
+            fail("demo", f"{data_dir} is not an empty directory", "give --data a new or empty directory")
     else:
         tmp = Path(tempfile.mkdtemp(prefix="emrshare-demo-"))
         data_dir = tmp / "swarm"

@@ -10,21 +10,24 @@ keys from ``--jwks-file`` or ``--jwks-url`` (docs/fhir.md).
 transaction Bundle, a single resource, or a directory of them goes through the
 facade's mapping (validated, one record per resource of a transaction Bundle,
 one for any other resource; labels from the label table unless ``--label``
-names one; record ids from ``Type/id``); any other file is stored under the media type and label the caller
-names, and is never labelled FHIR.
+names one; record ids from ``Type/id``), unless ``--record-id`` names one record: then the
+one file, validated as FHIR, is stored whole under that id and ``--label``. Any other file
+is stored under the media type and label the caller names, and is never labelled FHIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
+from agents.cli.base import ENV_SUBJECT, ENV_SWARM, env_default, env_help
 from agents.errors import AgentError
 
 __all__ = ["serve_main", "store_path", "is_fhir_media_type"]
@@ -39,7 +42,7 @@ def is_fhir_media_type(media_type: str | None) -> bool:
 
 
 class _Progress:
-    """One line on stderr, rewritten in place on a terminal (``stored 12/66``)."""
+    """One line on stderr, rewritten in place, when stderr is a terminal (``stored 12/66``); silent otherwise."""
 
     def __init__(self, total: int, what: str):
         self.total, self.what, self.done = total, what, 0
@@ -49,8 +52,6 @@ class _Progress:
         self.done += 1
         if self.tty:
             print(f"\r{self.what} {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
-        elif self.done == self.total or self.done % 50 == 0:
-            print(f"{self.what} {self.done}/{self.total}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.tty and self.done:
@@ -65,8 +66,12 @@ def _load_json(path: Path) -> Any:
 
 
 async def store_path(patient: Any, path: Path, *, label: str | None, media_type: str | None,
-                     record_id: str | None, labels_file: Path | None = None) -> list[str]:
-    """Store ``path`` for ``patient`` (see the module docstring); returns lines to print."""
+                     record_id: str | None, labels_file: Path | None = None,
+                     progress: Callable[..., Any] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Store ``path`` for ``patient`` (see the module docstring): returns the stored records
+    (``record_id``, ``label``, ``media_type``, ``file``) and the lines to print. Every file is
+    classified and checked before anything is stored. ``progress(description, total)`` is a
+    context manager yielding ``update(done, total)`` (bytes of a non-FHIR file)."""
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     if path.is_dir() and record_id:
         raise FhirCliError(f"store of {path}: --record-id names one record; a directory holds several")
@@ -78,28 +83,56 @@ async def store_path(patient: Any, path: Path, *, label: str | None, media_type:
             fhir_docs.append((f, doc))
         else:
             plain.append(f)
-    out: list[str] = []
-    if fhir_docs:
-        out += await _store_fhir(patient, fhir_docs, label=label, record_id=record_id, labels_file=labels_file)
     for f in plain:
         if media_type is None or is_fhir_media_type(media_type):
             raise FhirCliError(f"store of {f}: not FHIR R4 JSON, so it is not stored as {media_type or 'FHIR'}; "
                                "name its media type (--media-type text/plain, application/pdf, ...)")
         if not label:
             raise FhirCliError(f"store of {f}: not FHIR, so no label can be derived; give --label")
-        rid = await patient.store(f, label=label, media_type=media_type, record_id=record_id)
-        out.append(f"stored {rid} under label {label} ({media_type})")
-    return out
+    stored: list[dict[str, Any]] = []
+    lines: list[str] = []
+    if record_id and fhir_docs:  # one FHIR file stored whole, as one record the caller names
+        plain, fhir_docs = [f for f, _ in fhir_docs], []
+        await _validate_whole(plain[0], label)
+        media_type = "application/fhir+json"
+    if fhir_docs:
+        entries = await _store_fhir(patient, fhir_docs, label=label, record_id=record_id, labels_file=labels_file)
+        stored += [{"record_id": e.record_id, "label": e.label, "media_type": "application/fhir+json",
+                    "resource": f"{e.resource_type}/{e.resource_id}"} for e in entries]
+        by_label: dict[str, int] = {}
+        for e in entries:
+            by_label[e.label] = by_label.get(e.label, 0) + 1
+        lines.append(f"stored {len(entries)} FHIR resources from {len(fhir_docs)} file(s): "
+                     + ", ".join(f"{n} under {lab}" for lab, n in sorted(by_label.items())))
+    for f in plain:
+        bar = progress(f"storing {f.name}", f.stat().st_size) if progress else contextlib.nullcontext(None)
+        with bar as update:
+            rid = await patient.store(f, label=label, media_type=media_type, record_id=record_id,
+                                      progress=update)
+        stored.append({"record_id": rid, "label": label, "media_type": media_type, "file": str(f)})
+        lines.append(f"stored {rid} under label {label} ({media_type})")
+    return stored, lines
+
+
+async def _validate_whole(f: Path, label: str | None) -> None:
+    """A FHIR file stored whole (``--record-id``): valid FHIR R4, under the label the caller names."""
+    from agents.fhir import FhirError
+    from agents.fhir.app import validate_resource
+
+    if not label:
+        raise FhirCliError(f"store of {f} as one record: give --label (or drop --record-id to store each "
+                           "resource under the label table's label)")
+    try:
+        await trio.to_thread.run_sync(validate_resource, json.loads(f.read_bytes()), f.name)
+    except FhirError as exc:
+        raise FhirCliError(f"store of {f}: {exc}") from None
 
 
 async def _store_fhir(patient: Any, docs: list[tuple[Path, dict]], *, label: str | None, record_id: str | None,
-                      labels_file: Path | None) -> list[str]:
+                      labels_file: Path | None) -> list[Any]:
     from agents.fhir import FhirError, LabelMap, LabelMapError, plan_transaction
     from agents.fhir.app import store_entries, validate_resource
 
-    if record_id:
-        raise FhirCliError("store of FHIR content: record ids come from the resources' Type/id (so doctors find "
-                           "them); drop --record-id")
     try:
         labels = LabelMap.load(labels_file) if labels_file else LabelMap.default_map()
     except LabelMapError as exc:
@@ -127,11 +160,7 @@ async def _store_fhir(patient: Any, docs: list[tuple[Path, dict]], *, label: str
         await store_entries(patient, entries, on_stored=progress.step)
     finally:
         progress.close()
-    by_label: dict[str, int] = {}
-    for e in entries:
-        by_label[e.label] = by_label.get(e.label, 0) + 1
-    return [f"stored {len(entries)} FHIR resources from {len(docs)} file(s): "
-            + ", ".join(f"{n} under {lab}" for lab, n in sorted(by_label.items()))]
+    return entries
 
 
 # ------------------------------------------------------------------ fhir serve
@@ -140,8 +169,10 @@ async def _store_fhir(patient: Any, docs: list[tuple[Path, dict]], *, label: str
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emrshare fhir serve",
                                 description="serve a FHIR R4 facade for your agent (docs/fhir.md)")
-    p.add_argument("--swarm", default="swarm-data", help="the swarm's data directory (default swarm-data)")
-    p.add_argument("--subject", required=True, help="the user the facade acts for (a registered patient or doctor)")
+    p.add_argument("--swarm", default=env_default(ENV_SWARM, "swarm-data"),
+                   help=env_help("the swarm's data directory", ENV_SWARM, "swarm-data"))
+    p.add_argument("--subject", required=env_default(ENV_SUBJECT) is None, default=env_default(ENV_SUBJECT),
+                   help=env_help("the user the facade acts for (a registered patient or doctor)", ENV_SUBJECT))
     p.add_argument("--role", choices=("patient", "doctor"), required=True, help="the user's agent kind")
     p.add_argument("--org", help="the user's hospital (default: remembered at registration)")
     p.add_argument("--key-file", type=Path, help="32-byte key file protecting the user's keys (instead of a passphrase)")
@@ -166,16 +197,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def serve_main(argv: list[str]) -> int:
-    from agents.cli.user import _guard
+    from agents.cli.base import doing
 
     args = _parser().parse_args(argv)
-    return _guard(lambda: trio.run(_serve, args))
+    args.cmd = "serve"  # for the checks `emrshare patient|doctor` make before any work
+    with doing(f"fhir serve {args.subject}"):
+        return trio.run(_serve, args) or 0
 
 
 async def _serve(args: argparse.Namespace) -> int:
     from bus import open_node
 
-    from agents.cli.user import _approve_all, _config, _routes
+    from agents.cli.user import _approve_all, _prepare, _routes
     from agents.doctor import DoctorAgent
     from agents.fhir import LabelMap, LabelMapError
     from agents.fhir.app import Facade, FacadeConfig
@@ -192,7 +225,7 @@ async def _serve(args: argparse.Namespace) -> int:
         raise FhirCliError(f"fhir serve: label table {args.labels}: {exc}; fix the file (docs/fhir.md)") from None
     verifier = TokenVerifier(issuer=args.issuer, audience=args.audience or base, jwks_file=args.jwks_file,
                              jwks_url=args.jwks_url, subject_claim=args.subject_claim)
-    files, config = _config(args, args.role, {})
+    files, config, _ = _prepare(args, {})
     kind = PatientAgent if args.role == "patient" else DoctorAgent
     async with open_node(routes=_routes(files, config.manifest)) as node:
         address = await node.listen("tcp://127.0.0.1:0") if args.role == "patient" else None

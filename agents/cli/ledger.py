@@ -1,4 +1,8 @@
-"""``emrshare ledger verify`` and ``emrshare ledger audit``: offline checks of a peer's data directory.
+"""``emrshare ledger verify`` and ``emrshare ledger audit``: offline checks of the peers' stored ledgers.
+
+``--data`` is the swarm's data directory (default ``EMRSHARE_SWARM``; every
+peer's ledger under ``agents/<peer>/``, or the one ``--peer`` names), a
+peer's data directory, or its ``ledger.sqlite``.
 
 ``verify`` re-applies every stored block to a fresh in-memory ledger from the
 stored genesis and checks, block by block: the block decodes, its stored hash
@@ -6,11 +10,11 @@ is its hash, it extends the previous one, its Merkle root and orderer
 signature hold (``Ledger.apply``), and the validity marks and state root the
 peer stored are the ones recomputed; at the end, the stored world state must
 equal the replayed one key for key. It names the first bad block (exit 1) or
-prints ``chain OK: N blocks, root <hex>``.
+prints ``chain OK: N blocks, root <hex>``, one line per peer (``--json``).
 
 ``audit`` prints a patient's access history from the stored state: who
 requested what, the policy decision and rule, who granted, which peers
-re-encrypted, revocations, with UTC times; ``--json`` for machines; ``--fhir``
+re-encrypted, revocations, with ISO 8601 UTC dates; ``--json`` for machines; ``--fhir``
 for a FHIR R4 Bundle of AuditEvents (agents.fhir.audit).
 """
 
@@ -18,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from agents.cli.base import ENV_SWARM, env_default, env_help, fail
+from agents.cli.output import print_json, table, utc
 from core import canonical
 from core.errors import CoreError, DecodeError, ValidationError
 from core.ledger import Block, Ledger, MemoryKV, parse_genesis
@@ -110,38 +113,72 @@ def _verify_shares(store: LedgerStore, ledger: Ledger) -> None:
                                    f"committed for {peer}")
 
 
-def _open_or_say(data: Path) -> LedgerStore | None:
-    """The ledger under ``data``, or None after saying on stderr why it cannot be opened."""
+def _ledgers(data: Path, peer: str | None, what: str) -> list[tuple[str, Path]]:
+    """(name, ledger path) for ``--data``: a swarm directory (its peers, or ``--peer``),
+    a peer's data directory, or a ledger file."""
+    if not data.exists():
+        fail(what, f"{data}: no such file or directory", f"give --data the swarm's directory (or set {ENV_SWARM})")
+    if data.is_dir() and (data / "manifest.json").exists():
+        from agents.swarm import SwarmFiles
+
+        peers = SwarmFiles(data).manifest().peers
+        if peer is not None:
+            if peer not in peers:
+                fail(what, f"no peer {peer!r} in the swarm at {data}", f"its peers: {', '.join(peers)}")
+            peers = [peer]
+        found = [(p, data / "agents" / p / DB_NAME) for p in peers if (data / "agents" / p / DB_NAME).exists()]
+        if not found:
+            fail(what, f"no peer of the swarm at {data} has a ledger yet", "start the swarm once (`emrshare swarm up`)")
+        return found
+    path = data / DB_NAME if data.is_dir() else data
+    if not path.exists():
+        fail(what, f"no ledger in {data} (no {DB_NAME}, no manifest.json)",
+             "give --data a swarm directory, a peer's directory or its ledger.sqlite")
+    return [(data.name if data.is_dir() else data.parent.name, path)]
+
+
+def _open_ledger(path: Path, what: str) -> LedgerStore:
     try:
-        return _open(data)
+        return LedgerStore(path, readonly=True)
     except (StoreError, OSError) as exc:
-        print(f"cannot open the ledger: {exc}", file=sys.stderr)
-        return None
+        fail(what, f"cannot open {path}: {exc}", "check that it is a peer's ledger.sqlite")
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=env_default(ENV_SWARM, "swarm-data"), metavar="DIR",
+                        help=env_help("the swarm's data directory, a peer's data directory or its ledger.sqlite",
+                                      ENV_SWARM, "swarm-data"))
+    parser.add_argument("--peer", help="in a swarm directory: only this peer's ledger (default: every peer's)")
 
 
 def verify_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare ledger verify", description="verify a peer's stored chain")
-    parser.add_argument("--data", type=Path, required=True, help="the peer's data directory (or its ledger.sqlite)")
+    parser = argparse.ArgumentParser(
+        prog="emrshare ledger verify",
+        description="Re-validate the peers' stored chains block by block; name the first bad block. "
+                    "Exit status 1 if any chain is bad.")
+    _data_options(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
-    store = _open_or_say(args.data)
-    if store is None:
-        return 2
-    try:
-        height, root = verify_store(store)
-    except ChainError as exc:
-        print(f"chain BAD: {exc}")
-        return 1
-    finally:
-        store.close()
-    print(f"chain OK: {height + 1} blocks, root {root.hex()}")
-    return 0
+    results = []
+    for name, path in _ledgers(args.data, args.peer, "ledger verify"):
+        store = _open_ledger(path, "ledger verify")
+        try:
+            height, root = verify_store(store)
+            results.append({"peer": name, "ok": True, "blocks": height + 1, "root": root.hex()})
+        except ChainError as exc:
+            results.append({"peer": name, "ok": False, "error": str(exc), "height": exc.height})
+        finally:
+            store.close()
+    if args.json:
+        print_json(results)
+    else:
+        for r in results:
+            status = f"chain OK: {r['blocks']} blocks, root {r['root']}" if r["ok"] else f"chain BAD: {r['error']}"
+            print(f"{r['peer']}: {status}" if len(results) > 1 else status)
+    return 0 if all(r["ok"] for r in results) else 1
 
 
 # ------------------------------------------------------------------ audit
-
-
-def _utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def audit_events(store: LedgerStore, patient: str) -> list[dict[str, Any]]:
@@ -149,6 +186,12 @@ def audit_events(store: LedgerStore, patient: str) -> list[dict[str, Any]]:
 
 
 def describe(event: dict[str, Any]) -> str:
+    """One event as a line: its UTC date, block and what happened."""
+    return f"{utc(event['time'])}  block {event['height']:>6}  {event_text(event)}"
+
+
+def event_text(event: dict[str, Any]) -> str:
+    """What happened, as a sentence (no date or block)."""
     kind, actor = event["event"], event["actor"]
     if kind == "store":
         what = f"{actor} stored record {event.get('record_id')} (label {event.get('label')}, cid {event.get('cid')})"
@@ -172,30 +215,20 @@ def describe(event: dict[str, Any]) -> str:
                 f"(grant {event.get('grant_id')}, share {event.get('share_index')})")
     else:
         what = f"{kind} by {actor}"
-    return f"{_utc(event['time'])}  block {event['height']:>6}  {what}"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
+    return what
 
 
 def audit_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare ledger audit", description="a patient's access history")
-    parser.add_argument("--data", type=Path, required=True, help="a peer's data directory (or its ledger.sqlite)")
-    parser.add_argument("--patient", required=True)
-    parser.add_argument("--json", action="store_true", help="print JSON (times as Unix ms and UTC text)")
+    parser = argparse.ArgumentParser(prog="emrshare ledger audit",
+                                     description="A patient's access history, read from a peer's stored ledger.")
+    _data_options(parser)
+    parser.add_argument("--patient", required=True, help="the patient's id")
+    parser.add_argument("--json", action="store_true", help="print JSON (times as Unix ms and as UTC text)")
     parser.add_argument("--fhir", action="store_true",
                         help="print a FHIR R4 Bundle of AuditEvents (IHE Basic Audit Log Patterns; docs/fhir.md)")
     args = parser.parse_args(argv)
-    store = _open_or_say(args.data)
-    if store is None:
-        return 2
+    name, path = _ledgers(args.data, args.peer, "ledger audit")[0]  # one peer's view is the ledger's
+    store = _open_ledger(path, "ledger audit")
     try:
         events = audit_events(store, args.patient)
     finally:
@@ -203,15 +236,14 @@ def audit_main(argv: list[str] | None = None) -> int:
     if args.fhir:
         from agents.fhir import audit_bundle
 
-        print(json.dumps(audit_bundle(events, args.patient), indent=2))
+        print_json(audit_bundle(events, args.patient))
         return 0
     if args.json:
-        print(json.dumps([{**_jsonable(e), "utc": _utc(e["time"])} for e in events], indent=2, sort_keys=True))
+        print_json([{**e, "utc": utc(e["time"])} for e in events])
         return 0
     if not events:
         print(f"no ledger events for {args.patient}")
         return 0
-    print(f"access history of {args.patient} ({len(events)} events)")
-    for e in events:
-        print(describe(e))
+    table(["time (UTC)", "block", "event"], [[utc(e["time"]), e["height"], event_text(e)] for e in events],
+          title=f"access history of {args.patient} ({len(events)} events, from {name}'s ledger)")
     return 0

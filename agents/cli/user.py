@@ -4,7 +4,24 @@ Each command opens the user's agent from ``DIR/users/<subject>`` (keys
 encrypted at rest: passphrase from ``EMRSHARE_PASSPHRASE``, a prompt, or
 ``--key-file``), does one thing, and exits — except ``patient serve``, which
 stays up answering doctors' access requests (its address is written to
-``DIR/users/<subject>/address`` so doctors' commands can reach it).
+``DIR/users/<subject>/address`` so doctors' commands can reach it) until
+Ctrl-C or SIGTERM.
+
+The common options (``--swarm``, ``--subject``, ``--org``, ``--key-file``)
+are accepted before or after the subcommand; ``--swarm`` defaults to
+``EMRSHARE_SWARM`` and ``--subject`` to ``EMRSHARE_SUBJECT``. Everything
+that can be checked before the work starts is: the swarm directory and that
+its swarm runs, that the subject has keys here (a mistyped subject creates
+nothing), ``--org`` and that the organization exists (``register``), the
+input file, a non-empty label, the ``--out`` directory. A failed ``register``
+removes the key store it created. A new key store's passphrase, when typed
+at a prompt, is asked twice.
+
+Output: tables for a person (plain text when stdout is not a terminal),
+``--json`` for machines; dates are ISO 8601 UTC. Long transfers (store,
+read) show a progress bar on a terminal. Log lines go to
+``DIR/logs/<subject>.log`` (and to the terminal only with ``--verbose``), so
+``patient serve`` shows the requests it answers, not the bus's rejections.
 """
 
 from __future__ import annotations
@@ -12,77 +29,212 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
+import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import trio
-
-from bus import open_node
-
-from agents.errors import AgentError
+from agents.cli.base import (ENV_PASSPHRASE, ENV_SUBJECT, ENV_SWARM, CliError, UsageError, check_input_file,
+                             check_output_path, doing, env_default, env_help, fail, verbose)
+from agents.cli.output import print_json, progress, table, utc, utc_seconds
 
 if TYPE_CHECKING:  # imported where used, to keep the command's start quick
     from agents.client import UserAgent, UserConfig
     from agents.swarm import SwarmFiles
     from core.identity import Certificate
 
-PASS_ENV = "EMRSHARE_PASSPHRASE"
+__all__ = ["patient_main", "doctor_main", "PASS_ENV", "event_text"]
+
+PASS_ENV = ENV_PASSPHRASE
+DEFAULT_SWARM = "swarm-data"
 
 
-def _user_parser(role: str, attr_help: str) -> tuple[argparse.ArgumentParser, Any, argparse.ArgumentParser]:
-    """``emrshare ROLE``'s parser with the options every user takes, its subcommands
-    (``dest="cmd"``) and their ``register`` (with ``--attr``): ``(parser, sub, register)``."""
-    parser = argparse.ArgumentParser(prog=f"emrshare {role}", description=f"act as a {role} against a running swarm")
-    parser.add_argument("--swarm", default="swarm-data", help="the swarm's data directory (default swarm-data)")
-    parser.add_argument("--subject", required=True, help="your user id")
-    parser.add_argument("--org", help="your hospital (e.g. hospital-a); needed to register")
-    parser.add_argument("--key-file", type=Path, help="32-byte key file protecting your keys (instead of a passphrase)")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    register = sub.add_parser("register", help="enroll at your hospital's peer")
-    register.add_argument("--attr", action="append", default=[], help=attr_help)
-    return parser, sub, register
+# ------------------------------------------------------------------ parsers
 
 
-def _attrs(pairs: list[str]) -> dict[str, Any]:
+def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options every user command takes. On subcommands they default to SUPPRESS so that
+    the value given before the subcommand is kept when none is given after it."""
+
+    def d(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--swarm", default=d(env_default(ENV_SWARM, DEFAULT_SWARM)), metavar="DIR",
+                        help=env_help("the swarm's data directory", ENV_SWARM, DEFAULT_SWARM))
+    parser.add_argument("--subject", default=d(env_default(ENV_SUBJECT)), metavar="ID",
+                        help=env_help("your user id", ENV_SUBJECT))
+    parser.add_argument("--org", default=d(None), metavar="ORG",
+                        help="your hospital (e.g. hospital-a); needed to register, remembered after")
+    parser.add_argument("--key-file", type=Path, default=d(None), metavar="FILE",
+                        help=f"32-byte key file protecting your keys (instead of a passphrase: {ENV_PASSPHRASE} "
+                             "or a prompt)")
+
+
+class _Role:
+    """``emrshare ROLE``'s parser: the common options (also after the subcommand),
+    ``register``, and :meth:`add` for the role's other subcommands."""
+
+    def __init__(self, role: str, attr_help: str):
+        self.role = role
+        self.parser = argparse.ArgumentParser(
+            prog=f"emrshare {role}", description=f"Act as a {role} against a running swarm.",
+            epilog=f"Your keys are unlocked with {ENV_PASSPHRASE}, a prompt, or --key-file. "
+                   f"`emrshare {role} SUBCOMMAND --help` describes a subcommand's options.")
+        _common(self.parser, suppress=False)
+        self.shared = argparse.ArgumentParser(add_help=False)
+        _common(self.shared, suppress=True)
+        self.sub = self.parser.add_subparsers(dest="cmd", metavar="SUBCOMMAND", title="subcommands")
+        self.register = self.add("register", "enroll at your hospital's peer (creates your keys)", json_=True)
+        self.register.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE", help=attr_help)
+
+    def add(self, name: str, help_: str, *, json_: bool = False) -> argparse.ArgumentParser:
+        p = self.sub.add_parser(name, help=help_, description=help_[:1].upper() + help_[1:] + ".",
+                                parents=[self.shared], prog=f"emrshare {self.role} {name}")
+        if json_:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    def parse(self, argv: list[str]) -> argparse.Namespace:
+        args = self.parser.parse_args(argv)
+        if not args.cmd:
+            raise UsageError(self.role, "a subcommand is needed", f"see `emrshare {self.role} --help`")
+        if not args.subject:
+            raise UsageError(f"{self.role} {args.cmd}", "--subject is required",
+                             f"give --subject ID or set {ENV_SUBJECT}")
+        return args
+
+
+def _attrs(pairs: list[str], what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs or []:
-        if "=" not in pair:
-            raise SystemExit(f"--attr needs NAME=VALUE, got {pair!r}")
-        k, v = pair.split("=", 1)
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise UsageError(what, f"--attr needs NAME=VALUE, got {pair!r}", "e.g. --attr department=cardiology")
         out[k] = int(v) if v.lstrip("-").isdigit() else v
     return out
 
 
-def _config(args: argparse.Namespace, role: str, attributes: dict[str, Any]):
-    from agents.client import UserConfig
+# ------------------------------------------------------------------ checks before any work
+
+
+def _swarm_files(args: argparse.Namespace, what: str) -> "SwarmFiles":
     from agents.swarm import SwarmFiles
 
-    files = SwarmFiles(Path(args.swarm))
+    path = Path(args.swarm)
+    if path.exists() and not path.is_dir():
+        fail(what, f"--swarm {path} is a file, not a directory", "give the swarm's data directory")
+    files = SwarmFiles(path)
     if not files.exists:
-        raise SystemExit(f"no swarm at {files.dir} (start one with `emrshare swarm up --data {args.swarm}`)")
-    passphrase = None
-    if args.key_file is None:
-        passphrase = os.environ.get(PASS_ENV)
-        if passphrase is None:
-            if not sys.stdin.isatty():
-                raise SystemExit(f"set {PASS_ENV} or give --key-file to unlock your keys")
-            passphrase = getpass.getpass(f"passphrase for {args.subject}: ")
-    org = args.org or _saved_org(files.user_dir(args.subject)) or ""
-    return files, UserConfig(subject=args.subject, org=org, attributes={"role": role, **attributes},
-                             data_dir=files.user_dir(args.subject), manifest=files.manifest(),
-                             passphrase=passphrase, key_file=args.key_file)
+        fail(what, f"no swarm in {files.dir}", f"start one with `emrshare swarm up --data {args.swarm}` "
+                                               f"or give --swarm (or {ENV_SWARM})")
+    if files.running() is None:
+        fail(what, f"the swarm in {files.dir} is not running", f"start it with `emrshare swarm up --data {args.swarm}`")
+    return files
+
+
+def _known_users(files: "SwarmFiles") -> list[str]:
+    from agents.client import KEY_FILE
+
+    users = files.dir / "users"
+    return sorted(d.name for d in users.iterdir() if (d / KEY_FILE).exists()) if users.is_dir() else []
+
+
+def _check_subject(files: "SwarmFiles", args: argparse.Namespace, what: str, *, registering: bool) -> bool:
+    """Whether the subject's key store exists; for any command but register it must."""
+    from agents.client import KEY_FILE
+
+    subject = args.subject
+    if not subject.strip() or "/" in subject or subject in (".", ".."):
+        raise UsageError(what, f"{subject!r} is not a user id", "give --subject a name without '/'")
+    exists = (files.user_dir(subject) / KEY_FILE).exists()
+    if not exists and not registering:
+        known = _known_users(files)
+        close = [u for u in known if _similar(u, subject)]
+        fail(what, f"no user {subject!r} in {files.dir}",
+             (f"did you mean --subject {close[0]}? " if close else "")
+             + f"register first with `emrshare {args.role} --subject {subject} --org ORG register`")
+    return exists
+
+
+def _similar(a: str, b: str) -> bool:
+    import difflib
+
+    return difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
+
+
+def _check_org(files: "SwarmFiles", org: str | None, what: str) -> str:
+    orgs = list(files.enroll_secrets())
+    if not org:
+        raise UsageError(what, "--org is required to register", f"give your hospital: --org {' or --org '.join(orgs)}")
+    if org not in orgs:
+        fail(what, f"unknown organization {org!r}", f"this swarm has {', '.join(orgs)}")
+    return org
+
+
+def _passphrase(args: argparse.Namespace, new: bool, what: str) -> str | None:
+    if args.key_file is not None:
+        check_input_file(args.key_file, what)
+        return None
+    passphrase = os.environ.get(ENV_PASSPHRASE)
+    if passphrase is not None:
+        return passphrase
+    if not sys.stdin.isatty():
+        fail(what, "no passphrase to unlock your keys", f"set {ENV_PASSPHRASE} or give --key-file")
+    if not new:
+        return getpass.getpass(f"passphrase for {args.subject}: ")
+    first = getpass.getpass(f"new passphrase for {args.subject}'s keys: ")
+    if not first:
+        raise UsageError(what, "an empty passphrase", "type a passphrase, or give --key-file")
+    if getpass.getpass("the same passphrase again: ") != first:
+        raise UsageError(what, "the two passphrases differ", "run the command again")
+    return first
 
 
 def _saved_org(user_dir: Path) -> str | None:
     meta = user_dir / "cli.json"
-    if meta.exists():
+    try:
         return json.loads(meta.read_text()).get("org")
-    return None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
-def _routes(files, manifest) -> dict[str, str]:
+def _prepare(args: argparse.Namespace, attributes: dict[str, Any]) -> tuple["SwarmFiles", "UserConfig", bool]:
+    """(files, config, key store existed) after every check that needs no network."""
+    from agents.client import UserConfig
+
+    what = f"{args.role} {args.cmd}"
+    files = _swarm_files(args, what)
+    registering = args.cmd == "register"
+    existed = _check_subject(files, args, what, registering=registering)
+    user_dir = files.user_dir(args.subject)
+    org = args.org or _saved_org(user_dir) or ""
+    if registering:
+        org = _check_org(files, org, what)
+    passphrase = _passphrase(args, new=not existed, what=what)
+    _log_to_file(files, args.subject)
+    role = getattr(args, "cert_role", args.role)
+    return files, UserConfig(subject=args.subject, org=org, attributes={"role": role, **attributes},
+                             data_dir=user_dir, manifest=files.manifest(), passphrase=passphrase,
+                             key_file=args.key_file), existed
+
+
+def _log_to_file(files: "SwarmFiles", subject: str) -> None:
+    """Log lines go to DIR/logs/<subject>.log; the terminal sees them only with --verbose."""
+    root = logging.getLogger()
+    if verbose():
+        return
+    logs = files.dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logs / f"{subject}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _routes(files: "SwarmFiles", manifest: Any) -> dict[str, str]:
     routes = dict(manifest.agents)
     users = files.dir / "users"
     if users.exists():
@@ -93,34 +245,131 @@ def _routes(files, manifest) -> dict[str, str]:
     return routes
 
 
-def _print(obj: Any) -> None:
-    def default(o: Any) -> Any:
-        if isinstance(o, bytes):
-            return o.hex()
-        return str(o)
-
-    print(json.dumps(obj, indent=2, sort_keys=True, default=default))
-
-
-async def _approve_all(request: dict) -> bool:
-    print(f"approving request {request.get('request_id')} from {request.get('doctor')}", flush=True)
-    return True
-
-
 async def _register(agent: "UserAgent", files: "SwarmFiles", config: "UserConfig") -> "Certificate":
     """Register ``agent`` with its organization's token (from the swarm's files) and
     remember the organization in the user's directory; returns the certificate."""
-    if not config.org:
-        raise SystemExit("--org is required to register")
     cert = await agent.register(files.token(config.subject, config.org, config.attributes, agent.enroll_id))
     (config.data_dir / "cli.json").write_text(json.dumps({"org": config.org}))
     return cert
 
 
-async def _run_patient(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, body: Any, attributes: dict[str, Any]) -> int:
+    """Prepare, run ``await body(files, config, args)`` under trio, report errors as one line;
+    a register that fails removes the user directory it created."""
+    import trio
+
+    files, config, existed = _prepare(args, attributes)
+    user_dir = config.data_dir
+    created = not user_dir.exists()
+    what = _what(args)
+    try:
+        with doing(what):
+            return trio.run(body, files, config, args) or 0
+    except BaseException:
+        if args.cmd == "register" and not existed:  # leave no key store behind
+            from agents.client import KEY_FILE
+
+            if created:
+                shutil.rmtree(user_dir, ignore_errors=True)
+            else:
+                for name in (KEY_FILE, "cli.json"):
+                    (user_dir / name).unlink(missing_ok=True)
+        raise
+
+
+def _what(args: argparse.Namespace) -> str:
+    parts = [args.role, args.cmd]
+    for name in ("file", "patient", "record_id", "grant_id"):
+        value = getattr(args, name, None)
+        if value:
+            parts.append(str(value))
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------ output
+
+
+def event_text(e: dict[str, Any]) -> str:
+    """One audit event as a sentence (without its time and block)."""
+    kind = e.get("event")
+    actor = e.get("actor")
+    if kind == "store":
+        return f"{actor} stored {e.get('record_id')} ({e.get('label')})"
+    if kind == "set_policy":
+        return f"{actor} set policy {e.get('policy')} v{e.get('version')}"
+    if kind == "access_request":
+        d = e.get("decision") or {}
+        return f"{actor} asked for {e.get('record_id')}: {d.get('effect')} by rule {d.get('rule')}"
+    if kind == "grant":
+        return f"{actor} granted {e.get('label')} to {e.get('doctor')} via {', '.join(e.get('peers') or [])}"
+    if kind == "access":
+        return f"{e.get('peer') or actor} re-encrypted {e.get('record_id')} for {e.get('doctor')}"
+    if kind == "revoke_grant":
+        return f"{actor} revoked {e.get('grant_id')} of {e.get('doctor')}"
+    if kind == "deny_request":
+        return f"{actor} rejected request {e.get('request_id')} of {e.get('doctor')}"
+    return f"{kind} by {actor}"
+
+
+def _print_cert(cert: Any, as_json: bool, text: str) -> None:
+    if not as_json:
+        print(text)
+        return
+    print_json({"subject": cert.subject, "org": cert.org, "serial": cert.serial, "attributes": dict(cert.attributes),
+                "valid_from": utc_seconds(cert.valid_from), "valid_until": utc_seconds(cert.valid_until)})
+
+
+def _print_records(records: list[dict], as_json: bool, title: str) -> None:
+    if as_json:
+        print_json(records)
+        return
+    table(["record", "label", "size", "media type", "block"],
+          [[r.get("record_id"), r.get("label"), _size(r.get("size")), r.get("media_type"), r.get("height")]
+           for r in records], title=title)
+
+
+def _size(n: Any) -> str:
+    if not isinstance(n, int):
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _print_audit(events: list[dict], as_json: bool, subject: str) -> None:
+    if as_json:
+        print_json([{**e, "utc": utc(e.get("time"))} for e in events])
+        return
+    if not events:
+        print(f"no ledger events for {subject}")
+        return
+    table(["time (UTC)", "block", "event"], [[utc(e.get("time")), e.get("height"), event_text(e)] for e in events],
+          title=f"audit trail of {subject} ({len(events)} events)")
+
+
+def _print_grants(grants: dict[str, dict], as_json: bool) -> None:
+    if as_json:
+        print_json({gid: {**g, "expires": utc_seconds(g.get("expires_at"))} for gid, g in grants.items()})
+        return
+    if not grants:
+        print("no grants issued")
+        return
+    table(["grant", "doctor", "label", "record", "expires (UTC)", "peers", "state"],
+          [[gid, g.get("doctor"), g.get("label"), g.get("record_id"), utc_seconds(g.get("expires_at")),
+            f"{len(g.get('peers') or [])} (t={g.get('threshold')})", "revoked" if g.get("revoked") else "active"]
+           for gid, g in grants.items()])
+
+
+# ------------------------------------------------------------------ patient
+
+
+async def _patient(files: "SwarmFiles", config: "UserConfig", args: argparse.Namespace) -> int:
+    from bus import open_node
+
     from agents.patient import PatientAgent
 
-    files, config = _config(args, "patient", _attrs(getattr(args, "attr", [])))
     if args.cmd == "serve":
         config.listen = args.listen
     async with open_node(routes=_routes(files, config.manifest)) as node:
@@ -130,131 +379,190 @@ async def _run_patient(args: argparse.Namespace) -> int:
         async with PatientAgent.open(config, node=node, approve=approve) as p:
             if args.cmd == "register":
                 cert = await _register(p, files, config)
-                print(f"registered {cert.subject} at {cert.org} (certificate {cert.serial})")
+                _print_cert(cert, args.json, f"registered {cert.subject} at {cert.org} (certificate {cert.serial})")
             elif args.cmd == "store":  # FHIR Bundles, resources and directories go through the FHIR mapping
                 from agents.cli.fhir import store_path
 
-                for line in await store_path(p, Path(args.file), label=args.label, media_type=args.media_type,
-                                             record_id=args.record_id, labels_file=args.labels):
-                    print(line)
+                stored, lines = await store_path(p, Path(args.file), label=args.label, media_type=args.media_type,
+                                                 record_id=args.record_id, labels_file=args.labels,
+                                                 progress=progress)
+                if args.json:
+                    print_json(stored)
+                else:
+                    for line in lines:
+                        print(line)
+            elif args.cmd == "read":
+                with progress(f"reading {args.record_id}") as update:
+                    data = await p.read(args.record_id, progress=update)
+                _write_out(data, args.out)
             elif args.cmd == "policy":
-                await p.set_policy(Path(args.file).read_text())
+                await p.set_policy(args.text)
                 print("policy committed")
             elif args.cmd == "revoke":
                 await p.revoke(args.grant_id, args.reason)
                 print(f"revoked {args.grant_id}")
             elif args.cmd == "records":
-                _print(await p.records())
+                _print_records(await p.records(), args.json, f"records of {config.subject}")
             elif args.cmd == "grants":
-                _print(p.grants)
+                _print_grants(p.grants, args.json)
             elif args.cmd == "audit":
-                from agents.cli.demo import describe_event
-
-                for e in await p.audit():
-                    print(describe_event(e))
+                _print_audit(await p.audit(), args.json, config.subject)
             elif args.cmd == "serve":
-                (config.data_dir / "address").write_text(address)
-                print(f"{config.subject} answering access requests at {address} (Ctrl-C stops)", flush=True)
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    (config.data_dir / "address").unlink(missing_ok=True)
+                await _serve(p, config, address)
     return 0
 
 
-async def _run_doctor(args: argparse.Namespace) -> int:
+async def _serve(p: Any, config: "UserConfig", address: str) -> None:
+    import trio
+
+    (config.data_dir / "address").write_text(address)
+    print(f"{config.subject} answering access requests at {address} (Ctrl-C stops)", flush=True)
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+    finally:
+        (config.data_dir / "address").unlink(missing_ok=True)
+    print("stopped", file=sys.stderr)
+
+
+async def _approve_all(request: dict) -> bool:
+    print(f"approving request {request.get('request_id')} from {request.get('doctor')}", flush=True)
+    return True
+
+
+def _write_out(data: bytes, out: str | None) -> None:
+    if out:
+        Path(out).write_bytes(data)
+        print(f"wrote {len(data)} bytes to {out}")
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def patient_main(argv: list[str]) -> int:
+    r = _Role("patient", "extra attribute NAME=VALUE for your certificate")
+    s = r.add("store", "seal and store a record, a FHIR Bundle or resource, or a directory of them", json_=True)
+    s.add_argument("file", help="a file, or a directory whose files are stored one by one")
+    s.add_argument("--label", help="the label a non-FHIR file is sealed under (grants are per label); FHIR "
+                   "resources get theirs from the label table (docs/fhir.md) unless this names one")
+    s.add_argument("--media-type", help="the media type of a non-FHIR file (required for it: text/plain, "
+                   "application/pdf, ...); FHIR JSON is recognised as such")
+    s.add_argument("--record-id", help="the record id of a non-FHIR file (default: a new random one); FHIR "
+                   "resources get theirs from Type/id")
+    s.add_argument("--labels", type=Path, metavar="FILE", help="JSON label table for FHIR resources (docs/fhir.md)")
+    rd = r.add("read", "read one of your own records")
+    rd.add_argument("record_id", help="the record's id")
+    rd.add_argument("--out", help="write the record to this file (default: stdout)")
+    p = r.add("policy", "set your access policy from a policy text file (docs/policy.md)")
+    p.add_argument("file", help="the policy text")
+    v = r.add("revoke", "revoke a grant")
+    v.add_argument("grant_id", help="the grant's id (see `grants`)")
+    v.add_argument("--reason", default="revoked by patient", help="why (recorded on the ledger)")
+    r.add("records", "list your records on the ledger", json_=True)
+    r.add("grants", "list the grants you issued, with their expiry", json_=True)
+    r.add("audit", "print your audit trail (who asked for what, who read it)", json_=True)
+    sv = r.add("serve", "stay up and answer doctors' access requests (Ctrl-C stops)")
+    sv.add_argument("--listen", default="tcp://127.0.0.1:0", help="bus address to listen on (default %(default)s)")
+    sv.add_argument("--approve", action="store_true",
+                    help="approve requests whose policy asks for the patient's approval (default: refuse them)")
+    args = r.parse(argv)
+    args.role = "patient"
+    what = f"patient {args.cmd}"
+    attrs = _attrs(getattr(args, "attr", []), what)
+    if args.cmd == "store":
+        check_input_file(args.file, what, directory=True)
+        if args.label is not None and not args.label.strip():
+            raise UsageError(what, "the label is empty", "give --label a name, e.g. --label cardiology")
+        if args.labels is not None:
+            check_input_file(args.labels, what)
+    elif args.cmd == "policy":
+        args.text = _policy_text(args.file, what)
+    elif args.cmd == "read" and args.out:
+        check_output_path(args.out, f"{what} {args.record_id}")
+    return _run(args, _patient, attrs)
+
+
+def _policy_text(path: str, what: str) -> str:
+    """The policy file's text, parsed here first so a syntax error names its line and column."""
+    from core.errors import PolicyError
+    from core.policy import parse as parse_policy
+
+    p = check_input_file(path, what)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        fail(what, f"{p} is not a text file (UTF-8)", "give the policy text")
+    try:
+        parse_policy(text)
+    except PolicyError as exc:  # its first line is "line L, column C: why" (then the line and a caret)
+        fail(what, f"{p}: {str(exc).splitlines()[0]}", "fix the policy text (syntax: docs/policy.md)")
+    return text
+
+
+# ------------------------------------------------------------------ doctor
+
+
+async def _doctor(files: "SwarmFiles", config: "UserConfig", args: argparse.Namespace) -> int:
+    from bus import open_node
+
     from agents.doctor import DoctorAgent
 
-    attrs = _attrs(getattr(args, "attr", []))
-    files, config = _config(args, args.role if hasattr(args, "role") and args.role else "doctor", attrs)
     async with open_node(routes=_routes(files, config.manifest)) as node:
         async with DoctorAgent.open(config, node=node) as d:
             if args.cmd == "register":
                 cert = await _register(d, files, config)
-                print(f"registered {cert.subject} at {cert.org} with {dict(cert.attributes)}")
+                _print_cert(cert, args.json, f"registered {cert.subject} at {cert.org} with {dict(cert.attributes)}")
             elif args.cmd == "records":
-                _print(await d.records(args.patient, args.label))
-            elif args.cmd == "request":
-                _print(await d.request(args.patient, args.record_id, purpose=args.purpose))
-            elif args.cmd == "read":
-                data = await d.read(args.patient, args.record_id, purpose=args.purpose)
-                if args.out:
-                    Path(args.out).write_bytes(data)
-                    print(f"wrote {len(data)} bytes to {args.out}")
+                records = await d.records(args.patient, args.label)
+                if not records and await d.client.lookup_certificate(args.patient) is None:
+                    fail(f"doctor records {args.patient}", f"no patient {args.patient!r} is registered in this swarm",
+                         "check the patient's id")
+                if not records and not args.json:
+                    print(f"{args.patient} has no records" + (f" under label {args.label}" if args.label else ""))
                 else:
-                    sys.stdout.buffer.write(data)
+                    _print_records(records, args.json, f"records of {args.patient}")
+            elif args.cmd == "request":
+                decision = await d.request(args.patient, args.record_id, purpose=args.purpose)
+                if args.json:
+                    print_json(decision)
+                else:
+                    table(["field", "value"], [[k, decision.get(k)] for k in
+                                               ("request_id", "status", "effect", "rule", "approval", "reason")
+                                               if decision.get(k) not in (None, "")])
+            elif args.cmd == "read":
+                from agents.errors import Unavailable
+
+                try:
+                    with progress(f"reading {args.record_id}") as update:
+                        data = await d.read(args.patient, args.record_id, purpose=args.purpose, progress=update)
+                except Unavailable as exc:
+                    if (files.user_dir(args.patient) / "address").exists():
+                        raise
+                    raise CliError(_what(args), str(exc), f"a patient grants access while online: ask {args.patient} "
+                                   f"to run `emrshare patient --subject {args.patient} serve`") from exc
+                _write_out(data, args.out)
     return 0
 
 
-def patient_main(argv: list[str]) -> int:
-    parser, sub, _ = _user_parser("patient", "extra attribute NAME=VALUE")
-    s = sub.add_parser("store", help="seal and store a record, a FHIR Bundle or resource, or a directory of them")
-    s.add_argument("file", help="a file, or a directory whose files are stored one by one")
-    s.add_argument("--label", help="the label of a non-FHIR file (FHIR resources get theirs from the label table)")
-    s.add_argument("--media-type", help="the media type of a non-FHIR file (required for it: text/plain, ...)")
-    s.add_argument("--record-id", help="the record id of a non-FHIR file (default: a fresh one)")
-    s.add_argument("--labels", type=Path, help="JSON label table for FHIR resources (docs/fhir.md)")
-    p = sub.add_parser("policy", help="set your access policy from a policy text file (docs/policy.md)")
-    p.add_argument("file")
-    v = sub.add_parser("revoke", help="revoke a grant")
-    v.add_argument("grant_id")
-    v.add_argument("--reason", default="revoked by patient")
-    sub.add_parser("records", help="list your records on the ledger")
-    sub.add_parser("grants", help="list the grants you issued")
-    sub.add_parser("audit", help="print your audit trail")
-    sv = sub.add_parser("serve", help="stay up and answer doctors' access requests")
-    sv.add_argument("--listen", default="tcp://127.0.0.1:0")
-    sv.add_argument("--approve", action="store_true",
-                    help="approve requests whose policy asks for the patient's approval (default: refuse them)")
-    args = parser.parse_args(argv)
-    return _guard(lambda: trio.run(_run_patient, args))
-
-
 def doctor_main(argv: list[str]) -> int:
-    parser, sub, r = _user_parser("doctor", "attribute NAME=VALUE (e.g. department=cardiology)")
-    r.add_argument("--role", default="doctor")
-    rs = sub.add_parser("records", help="list a patient's records")
-    rs.add_argument("patient")
-    rs.add_argument("--label")
-    for name, help_ in (("request", "submit an access request and print the decision"),
-                        ("read", "read a record (request, authorization, re-encryption, decryption)")):
-        c = sub.add_parser(name, help=help_)
-        c.add_argument("patient")
-        c.add_argument("record_id")
-        c.add_argument("--purpose")
-        if name == "read":
-            c.add_argument("--out", help="write the record here (default: stdout)")
-    args = parser.parse_args(argv)
-    return _guard(lambda: trio.run(_run_doctor, args))
-
-
-def _leaf(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first exception of ``kinds`` in ``exc``, looking inside (trio) exception groups."""
-    if isinstance(exc, kinds):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _leaf(inner, kinds)
-            if found is not None:
-                return found
-    return None
-
-
-def _guard(fn) -> int:
-    from agents.keys import KeyStoreError
-
-    try:
-        return fn() or 0
-    except KeyboardInterrupt:
-        return 130
-    except BaseException as exc:
-        found = _leaf(exc, (AgentError, KeyboardInterrupt))
-        if isinstance(found, KeyStoreError):  # an AgentError, reported without its code
-            print(f"error: {found}", file=sys.stderr)
-            return 1
-        if isinstance(found, AgentError):
-            print(f"error ({found.code}): {found}", file=sys.stderr)
-            return 1
-        if isinstance(found, KeyboardInterrupt):
-            return 130
-        raise
+    r = _Role("doctor", "attribute NAME=VALUE for your certificate (e.g. department=cardiology)")
+    r.register.add_argument("--role", default="doctor", help="your role on the certificate (default %(default)s)")
+    rs = r.add("records", "list a patient's records", json_=True)
+    rs.add_argument("patient", help="the patient's id")
+    rs.add_argument("--label", help="only records under this label")
+    rq = r.add("request", "submit an access request and print the ledger's decision", json_=True)
+    rd = r.add("read", "read a record (request, authorization, re-encryption, decryption)")
+    for c in (rq, rd):
+        c.add_argument("patient", help="the patient's id")
+        c.add_argument("record_id", help="the record's id (see `records`)")
+        c.add_argument("--purpose", help="the purpose of use the policy may ask for (e.g. treatment)")
+    rd.add_argument("--out", help="write the record to this file (default: stdout)")
+    args = r.parse(argv)
+    what = f"doctor {args.cmd}"
+    attrs = _attrs(getattr(args, "attr", []), what)
+    args.cert_role = getattr(args, "role", None) or "doctor"  # `register --role nurse`
+    args.role = "doctor"
+    if args.cmd == "read" and args.out:
+        check_output_path(args.out, f"{what} {args.patient} {args.record_id}")
+    return _run(args, _doctor, attrs)

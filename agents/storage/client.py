@@ -337,11 +337,13 @@ class StorageClient:
         await self._replicate(cid, len(data), _reader(data), pin)
         return cid
 
-    async def put_file(self, path: str | Path, *, pin: bool = True) -> str:
+    async def put_file(self, path: str | Path, *, pin: bool = True,
+                       progress: Callable[[int, int], None] | None = None) -> str:
         """Like :meth:`put` for a file, in bounded memory (hashed first, then streamed).
 
         The file is opened once: it may be removed as soon as this returns, while
-        copies still stream to the remaining replicas in the background."""
+        copies still stream to the remaining replicas in the background.
+        ``progress(done, size)`` is called as the furthest replica's upload advances."""
         path = Path(path)
         fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)
         try:
@@ -365,8 +367,15 @@ class StorageClient:
                 raise StorageError(f"{path} changed while being stored")
             return data
 
+        furthest = 0
+
         async def read(offset: int, n: int) -> bytes:
-            return await trio.to_thread.run_sync(read_sync, offset, n)
+            nonlocal furthest
+            data = await trio.to_thread.run_sync(read_sync, offset, n)
+            if progress is not None and offset + n > furthest:
+                furthest = offset + n
+                progress(furthest, size)
+            return data
 
         await self._replicate(cid, size, read, pin, cleanup=lambda: os.close(fd))
         return cid
@@ -421,10 +430,12 @@ class StorageClient:
         return size, digests, data
 
     async def read_to(
-        self, cid: str, sink: Callable[[bytes], Awaitable[None]], *, corrupt: list[str] | None = None
+        self, cid: str, sink: Callable[[bytes], Awaitable[None]], *, corrupt: list[str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> int:
         """Pass the blob to ``await sink(piece)`` in verified pieces, in order, with
         fallback across replicas (resuming at the same offset); return its size.
+        ``progress(done, size)`` is called after each piece.
 
         Raises ``NotFound`` when no node has it, ``StorageUnavailable`` when holders
         failed. Nodes found corrupt are appended to ``corrupt`` if given.
@@ -443,6 +454,8 @@ class StorageClient:
             nonlocal offset
             await sink(piece)
             offset += len(piece)
+            if progress is not None and size is not None:
+                progress(offset, size)
 
         for attempt_no, node in enumerate(self.placement(cid)):
             if attempt_no:
@@ -514,15 +527,16 @@ class StorageClient:
         if error is not None:
             raise error
 
-    async def get(self, cid: str) -> bytes:
-        """The whole blob, verified; corrupt replicas met on the way are rewritten."""
+    async def get(self, cid: str, *, progress: Callable[[int, int], None] | None = None) -> bytes:
+        """The whole blob, verified; corrupt replicas met on the way are rewritten.
+        ``progress(done, size)`` is called as verified pieces arrive."""
         corrupt: list[str] = []
         pieces: list[bytes] = []
 
         async def collect(piece: bytes) -> None:
             pieces.append(piece)
 
-        await self.read_to(cid, collect, corrupt=corrupt)
+        await self.read_to(cid, collect, corrupt=corrupt, progress=progress)
         data = b"".join(pieces)
         for node in corrupt:
             try:

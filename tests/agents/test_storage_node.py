@@ -69,6 +69,24 @@ async def test_round_trip_replicated(tmp_path, size) -> None:
             assert await client.get(cid) == data
 
 
+async def test_put_file_and_get_report_progress(tmp_path) -> None:
+    """The CLI's progress bars: ``progress(done, size)`` rises to the blob's size on put_file and get."""
+    data = os.urandom(5 * MiB + 3)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    put_seen: list[tuple[int, int]] = []
+    get_seen: list[tuple[int, int]] = []
+    with trio.fail_after(30):
+        async with swarm(tmp_path, message_size=1 * MiB) as (client, nodes):
+            cid = await client.put_file(path, progress=lambda done, size: put_seen.append((done, size)))
+            assert await client.get(cid, progress=lambda done, size: get_seen.append((done, size))) == data
+    for seen in (put_seen, get_seen):
+        assert len(seen) >= 5  # one call per piece at least
+        assert {size for _, size in seen} == {len(data)}
+        dones = [done for done, _ in seen]
+        assert dones == sorted(dones) and len(set(dones)) == len(dones) and dones[-1] == len(data)
+
+
 @pytest.mark.slow
 async def test_round_trip_50_mib(tmp_path) -> None:
     data = os.urandom(50 * MiB)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -47,8 +48,30 @@ async def test_swarm_resumes_from_its_data_directory(tmp_path):
             pass
 
 
-def test_spec_validation_and_toml(tmp_path):
-    from agents.cli.swarm import _spec_from_args, up_main
+async def test_one_swarm_per_directory(tmp_path):
+    """The directory's lock: a second open of a running swarm is refused and names the holder;
+    once the first stops, the lock is free and the swarm resumes."""
+    from agents.swarm import SwarmRunning
+
+    spec = SwarmSpec(data_dir=tmp_path / "swarm")
+    files = SwarmFiles(tmp_path / "swarm")
+    assert files.running() is None
+    with trio.fail_after(60):
+        async with Swarm.open(spec):
+            holder = files.running()
+            assert holder is not None and holder["pid"] == os.getpid() and holder["processes"] is False
+            with pytest.raises(SwarmRunning, match="already running") as info:
+                async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")):
+                    pass
+            assert info.value.holder["pid"] == os.getpid()
+        assert files.running() is None
+        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")):
+            assert files.running() is not None
+
+
+def test_spec_validation_and_toml(tmp_path, capsys):
+    from agents.cli import main
+    from agents.cli.swarm import _settings
 
     with pytest.raises(ValueError, match="threshold"):
         SwarmSpec(data_dir=tmp_path, peers=4, threshold=5).check()
@@ -61,10 +84,15 @@ def test_spec_validation_and_toml(tmp_path):
     args = argparse.Namespace(data=str(tmp_path / "d"), config=str(cfg), hospitals=None, peers=None,
                               threshold=4, storage_nodes=None, replicas=None, write_quorum=None, port=None,
                               batch_size=None, processes=False)
-    spec = _spec_from_args(args)
+    settings, source = _settings(args)
+    spec = SwarmSpec.from_mapping(settings, tmp_path / "d")
     assert (spec.hospitals, spec.peers, spec.threshold) == (3, 6, 4)  # flags override the file
+    assert source["threshold"] == "--threshold 4" and source["peers"].startswith("peers = 6 in ")
     cfg.write_text("[swarm]\npeerz = 3\n")
-    assert up_main(["--data", str(tmp_path / "e"), "--config", str(cfg)]) == 2
+    assert main(["swarm", "up", "--data", str(tmp_path / "e"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err == "emrshare: swarm up: unknown swarm settings: peerz; see `emrshare swarm up --help`\n"
+    assert not (tmp_path / "e").exists()
 
 
 @pytest.mark.slow

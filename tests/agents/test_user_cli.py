@@ -64,7 +64,8 @@ def test_swarm_up_and_user_commands(tmp_path):
         policy = tmp_path / "policy.txt"
         policy.write_text(POLICY)
         _cli("patient", *common, "--subject", "alice", "policy", str(policy), env=env)
-        listed = json.loads(_cli("doctor", *common, "--subject", "dr-h", "records", "alice", env=env).stdout)
+        listed = json.loads(_cli("doctor", *common, "--subject", "dr-h", "records", "alice", "--json",
+                                 env=env).stdout)
         assert [r["record_id"] for r in listed] == ["rec-1"]
 
         serve = subprocess.Popen([sys.executable, "-m", "agents.cli", "patient", *common, "--subject", "alice",

@@ -78,15 +78,16 @@ def parser() -> argparse.ArgumentParser:
                "deployment.toml: manifest = \"manifest.json\", enroll_secrets = \"enroll.json\" (organization -> hex\n"
                "secret), optional users_dir; paths relative to the file.")
     g = p.add_argument_group("workload")
-    g.add_argument("--patients", type=int, default=20)
-    g.add_argument("--doctors", type=int, default=5)
+    g.add_argument("--patients", type=int, default=20, help="simulated patients (default 20)")
+    g.add_argument("--doctors", type=int, default=5, help="simulated doctors (default 5)")
     g.add_argument("--mix", type=_mix, default=None,
                    help="operation weights, default " + ",".join(f"{k}={v:g}" for k, v in DEFAULT_MIX.items()))
     g.add_argument("--imaging-fraction", type=float, default=0.03,
                    help="share of stores that are multi-MiB imaging blobs (default 0.03)")
-    g.add_argument("--imaging-mib", type=float, nargs=2, default=(1.0, 4.0), metavar=("MIN", "MAX"))
+    g.add_argument("--imaging-mib", type=float, nargs=2, default=(1.0, 4.0), metavar=("MIN", "MAX"),
+                   help="size range of imaging blobs in MiB (default 1 4)")
     g.add_argument("--request-timeout", type=float, default=5.0, help="agents' request timeout, seconds")
-    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--seed", type=int, default=1, help="seed of the workload's random choices (default 1)")
     g = p.add_argument_group("load")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", type=int, default=None, help="closed loop: operations in flight (default 8)")
@@ -96,17 +97,19 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--duration", type=float, default=30.0, help="measured seconds after the warm-up (default 30)")
     g.add_argument("--warmup", type=float, default=5.0, help="seconds not recorded at the start (default 5)")
     g.add_argument("--ops", type=int, default=None, help="stop after this many recorded operations")
-    g.add_argument("--max-inflight", type=int, default=512)
+    g.add_argument("--max-inflight", type=int, default=512,
+                   help="open loop: most operations in flight before arrivals are dropped (default 512)")
     g.add_argument("--saturation", type=float, default=None, metavar="SECONDS",
                    help="first measure the access saturation rate for this long (default 0, or 15 with --rate half)")
-    g.add_argument("--saturation-concurrency", type=int, default=16)
+    g.add_argument("--saturation-concurrency", type=int, default=16,
+                   help="operations in flight while measuring saturation (default 16)")
     g = p.add_argument_group("target")
     g.add_argument("--target", type=Path, help="existing deployment config (TOML/JSON); default: embedded swarm")
     g.add_argument("--processes", action="store_true", help="embedded swarm with one process per agent")
-    g.add_argument("--hospitals", type=int)
-    g.add_argument("--peers", type=int)
-    g.add_argument("--threshold", type=int)
-    g.add_argument("--storage-nodes", type=int)
+    g.add_argument("--hospitals", type=int, help="embedded swarm: hospitals (default 2)")
+    g.add_argument("--peers", type=int, help="embedded swarm: peers (default 4)")
+    g.add_argument("--threshold", type=int, help="embedded swarm: peers needed to re-encrypt (default 2)")
+    g.add_argument("--storage-nodes", type=int, help="embedded swarm: storage nodes (default 3)")
     g.add_argument("--data", type=Path, help="embedded swarm data directory (kept; default: temporary, removed)")
     g.add_argument("--faults", nargs="?", const="tolerated", choices=("tolerated", "severe"),
                    help="inject faults during the run (implies --processes)")
@@ -116,7 +119,7 @@ def parser() -> argparse.ArgumentParser:
                    help="write the HTML report here: one offline page, summary tables first, then charts "
                         "with the faults marked (needs matplotlib, from the bench extra)")
     g.add_argument("--probes", type=int, default=3, help="isolated probe operations of each kind (default 3)")
-    g.add_argument("--verbose", "-v", action="store_true")
+    g.add_argument("--verbose", "-v", action="store_true", help="log what happens (emrshare's global -v)")
     return p
 
 

@@ -1,0 +1,208 @@
+"""The CLI's bad-input table: each mistake a person makes, run as a subprocess against a real
+swarm, gives exit status 2 (usage) or 1 (failure), ONE line on stderr
+(``emrshare: <what failed>: <why>; <what to do>``), no traceback, and leaves nothing
+half-written (no key store for a failed register or a mistyped subject, no fetch before a
+bad ``--out`` is refused)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from agents.testing.cli import cli_env as base_env
+from agents.testing.cli import error_line as one_line
+from agents.testing.cli import run_cli as cli
+
+pytestmark = pytest.mark.slow
+
+
+def _access_requests(swarm) -> int:
+    out = cli("ledger", "audit", "--data", str(swarm.data), "--patient", "alice", "--json")
+    assert out.returncode == 0, out.stderr
+    return sum(1 for e in json.loads(out.stdout) if e["event"] == "access_request")
+
+
+def _users(swarm) -> set[str]:
+    users = swarm.data / "users"
+    return {p.name for p in users.iterdir()} if users.exists() else set()
+
+
+# (id, argv after `--swarm DIR`-style prefix is added by the runner, exit status, needles)
+# `P` and `D` are the patient's and the doctor's prefixes; `{tmp}` and `{data}` are filled in.
+CASES: list[tuple[str, list[str], int, tuple[str, ...]]] = [
+    ("missing file", ["P", "store", "{tmp}/nope.json", "--label", "x"], 1, ("nope.json: no such file",)),
+    ("directory as file", ["P", "policy", "{tmp}"], 1, ("is a directory",)),
+    ("store: empty directory", ["P", "store", "{tmp}/empty"], 1, ("holds no files",)),
+    ("store: non-FHIR without media type", ["P", "store", "{tmp}/binary.bin", "--label", "x"], 1,
+     ("not FHIR R4 JSON", "--media-type")),
+    ("store: non-FHIR without label", ["P", "store", "{tmp}/binary.bin", "--media-type", "text/plain"], 1,
+     ("no label can be derived",)),
+    ("store: bundle whole without label", ["P", "store", "{tmp}/bundle.json", "--record-id", "rec-9"], 1,
+     ("give --label",)),
+    ("malformed policy", ["P", "policy", "{tmp}/bad-policy.txt"], 1,
+     ("line 6, column 13: a single '=' is not an operator",)),
+    ("missing policy file", ["P", "policy", "{tmp}/none.txt"], 1, ("none.txt: no such file",)),
+    ("policy file not text", ["P", "policy", "{tmp}/binary.bin"], 1, ("not a text file",)),
+    ("empty --label", ["P", "store", "{tmp}/bundle.json", "--label", ""], 2, ("the label is empty",)),
+    ("bad --attr", ["doctor", "--swarm", "{data}", "--subject", "dr-z", "--org", "hospital-b", "register",
+                    "--attr", "x"], 2, ("--attr needs NAME=VALUE",)),
+    ("unknown option", ["P", "records", "--colour"], 2, ("unrecognized arguments: --colour",)),
+    ("no subcommand option value", ["P", "store"], 2, ("the following arguments are required",)),
+    ("doctor: unknown patient", ["D", "records", "bob"], 1, ("no patient 'bob' is registered",)),
+    ("doctor: unknown record", ["D", "read", "alice", "rec-404"], 1, ("doctor read alice rec-404",)),
+    ("unknown command", ["swarn", "up"], 2, ("did you mean `emrshare swarm`",)),
+    ("unknown subcommand", ["swarm", "upp"], 2, ("did you mean `emrshare swarm up`",)),
+    ("ledger verify: no such dir", ["ledger", "verify", "--data", "{tmp}/nowhere"], 1, ("no such file",)),
+    ("swarm status: no swarm", ["swarm", "status", "--data", "{tmp}/nowhere"], 1, ("no swarm in",)),
+    ("no swarm at --swarm", ["patient", "--swarm", "{tmp}/nowhere", "--subject", "alice", "records"], 1,
+     ("no swarm in", "swarm up")),
+    ("--swarm is a file", ["patient", "--swarm", "{tmp}/bundle.json", "--subject", "alice", "records"], 1,
+     ("is a file",)),
+    ("--subject missing", ["patient", "--swarm", "{data}", "records"], 2, ("--subject is required",)),
+    ("swarm up: --data is a file", ["swarm", "up", "--data", "{tmp}/bundle.json"], 1, ("is a file",)),
+    ("swarm up: unrelated non-empty --data", ["swarm", "up", "--data", "{tmp}/stuff"], 1,
+     ("is not empty and holds no swarm",)),
+    ("swarm up: already running", ["swarm", "up", "--data", "{data}"], 1, ("already running (pid ",)),
+    ("swarm up: resume with other flags", ["swarm", "up", "--data", "{data}", "--peers", "6", "--threshold", "3"], 2,
+     ("--peers 6 (saved: 4)", "--threshold 3 (saved: 2)", "drop these flags")),
+    ("swarm up: bad settings", ["swarm", "up", "--data", "{tmp}/new-swarm", "--threshold", "9"], 2,
+     ("threshold must be between",)),
+    ("swarm up: bad TOML", ["swarm", "up", "--data", "{tmp}/new-swarm", "--config", "{tmp}/bad-policy.txt"], 1,
+     ("not valid TOML",)),
+]
+
+
+@pytest.fixture(scope="module")
+def files(swarm) -> Path:
+    tmp = swarm.tmp
+    (tmp / "bad-policy.txt").write_text((swarm.tmp / "policy.txt").read_text().replace("==", "=", 1))
+    (tmp / "binary.bin").write_bytes(b"\xff\xfe\x00policy")
+    (tmp / "empty").mkdir(exist_ok=True)
+    (tmp / "stuff").mkdir(exist_ok=True)
+    (tmp / "stuff" / "notes.txt").write_text("not a swarm")
+    return tmp
+
+
+def _expand(argv: list[str], swarm) -> list[str]:
+    prefix = {"P": ["patient", "--swarm", str(swarm.data), "--subject", "alice"],
+              "D": ["doctor", "--swarm", str(swarm.data), "--subject", "dr-h"]}
+    out: list[str] = []
+    for a in argv:
+        out.extend(prefix.get(a, [a.format(tmp=swarm.tmp, data=swarm.data)]))
+    return out
+
+
+@pytest.mark.parametrize("name,argv,code,needles", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(swarm, files, name, argv, code, needles):
+    users = _users(swarm)
+    one_line(cli(*_expand(argv, swarm)), code, *needles)
+    assert _users(swarm) == users  # no user directory appears
+    assert not (swarm.tmp / "new-swarm").exists()
+
+
+def test_unknown_organization_leaves_no_key_store(swarm):
+    one_line(swarm.user("patient", "bob", "--org", "hospital-z", "register"), 1,
+             "unknown organization 'hospital-z'", "hospital-a, hospital-b")
+    assert "bob" not in _users(swarm)
+
+
+def test_register_without_org_leaves_no_key_store(swarm):
+    one_line(swarm.user("patient", "bob", "register"), 2, "--org is required", "--org hospital-a")
+    assert "bob" not in _users(swarm)
+
+
+def test_mistyped_subject_leaves_no_key_store(swarm):
+    line = one_line(swarm.user("patient", "alcie", "records"), 1, "no user 'alcie'", "did you mean --subject alice")
+    assert "register" in line
+    assert "alcie" not in _users(swarm)
+
+
+def test_failed_register_removes_its_key_store(swarm):
+    # carol registers, loses her directory, registers again with new keys: the peer refuses
+    assert swarm.user("patient", "carol", "--org", "hospital-a", "register").returncode == 0
+    shutil.rmtree(swarm.data / "users" / "carol")
+    one_line(swarm.user("patient", "carol", "--org", "hospital-a", "register"), 1, "patient register")
+    assert "carol" not in _users(swarm)
+
+
+def test_read_into_missing_directory_is_refused_before_fetching(swarm):
+    before = _access_requests(swarm)
+    one_line(swarm.user("doctor", "dr-h", "read", "alice", "rec-1", "--out", str(swarm.tmp / "no" / "such" / "x")),
+             1, "directory", "does not exist")
+    assert _access_requests(swarm) == before  # nothing was asked of the ledger
+
+
+def test_passphrase_missing_or_wrong(swarm):
+    env = base_env()
+    del env["EMRSHARE_PASSPHRASE"]
+    one_line(swarm.user("patient", "alice", "records", env=env), 1, "EMRSHARE_PASSPHRASE")
+    one_line(swarm.user("patient", "alice", "records", env=base_env(EMRSHARE_PASSPHRASE="wrong")), 1,
+             "wrong passphrase")
+
+
+def test_port_in_use(swarm):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        line = one_line(cli("swarm", "up", "--data", str(swarm.tmp / "port-swarm"), "--port", str(port)), 1,
+                        "address already in use", "--port", f"port {port}")
+    assert "swarm up" in line
+
+
+def test_verbose_adds_the_traceback(swarm):
+    out = cli("-v", "patient", "--swarm", str(swarm.data), "--subject", "alice", "store", "/nonexistent")
+    assert out.returncode == 2  # --label missing: a usage error even with -v
+    out = cli("patient", "--swarm", str(swarm.data), "--subject", "alcie", "records", "--verbose")
+    assert out.returncode == 1 and "Traceback" in out.stderr
+    assert out.stderr.splitlines()[-1].startswith("emrshare: patient records: no user 'alcie'")
+
+
+def test_a_bug_says_it_is_a_bug(monkeypatch, capsys):
+    """An exception nobody raised on purpose: the traceback, then one line saying it is a bug."""
+    from agents import cli as cli_mod
+
+    def broken(argv: list[str]) -> int:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setitem(cli_mod._COMMANDS, ("backend",), ("agents.cli", "broken_for_test", "x"))
+    monkeypatch.setattr(cli_mod, "broken_for_test", broken, raising=False)
+    assert cli_mod.main(["backend"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: boom" in err
+    assert err.splitlines()[-1].startswith("emrshare: backend: this is a bug in emrshare: ZeroDivisionError: boom")
+
+
+def test_unwrap_finds_the_error_inside_trio_groups():
+    import trio
+
+    from agents.cli.base import explain, unwrap
+    from agents.errors import Unavailable
+
+    async def fails() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(trio.sleep_forever)
+            raise Unavailable("no peer answered")
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        trio.run(fails)
+    leaf = unwrap(info.value)
+    assert isinstance(leaf, Unavailable)
+    assert str(explain(leaf, "doctor read")) == ("doctor read: no peer answered (unavailable); check that the swarm "
+                                                 "runs (`emrshare swarm status`) and retry")
+    group = BaseExceptionGroup("x", [ValueError("a"), KeyboardInterrupt()])
+    assert isinstance(unwrap(group), KeyboardInterrupt)
+
+
+def test_interrupt_inside_a_group_is_one_line():
+    import io
+
+    from agents.cli.base import report
+
+    out = io.StringIO()
+    assert report(BaseExceptionGroup("g", [KeyboardInterrupt()]), "doctor read", stream=out) == 130
+    assert out.getvalue() == "emrshare: interrupted\n"
