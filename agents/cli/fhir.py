@@ -74,7 +74,7 @@ async def store_path(patient: Any, path: Path, *, label: str | None, media_type:
     context manager yielding ``update(done, total)`` (bytes of a non-FHIR file)."""
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     if path.is_dir() and record_id:
-        raise FhirCliError(f"store of {path}: --record-id names one record; a directory holds several")
+        raise FhirCliError(f"{path} is a directory of several records; drop --record-id")
     fhir_docs = []
     plain = []
     for f in files:
@@ -85,10 +85,10 @@ async def store_path(patient: Any, path: Path, *, label: str | None, media_type:
             plain.append(f)
     for f in plain:
         if media_type is None or is_fhir_media_type(media_type):
-            raise FhirCliError(f"store of {f}: not FHIR R4 JSON, so it is not stored as {media_type or 'FHIR'}; "
+            raise FhirCliError(f"{f} is not FHIR R4 JSON, so it is not stored as {media_type or 'FHIR'}; "
                                "name its media type (--media-type text/plain, application/pdf, ...)")
         if not label:
-            raise FhirCliError(f"store of {f}: not FHIR, so no label can be derived; give --label")
+            raise FhirCliError(f"{f} is not FHIR, so no label can be derived; give --label")
     stored: list[dict[str, Any]] = []
     lines: list[str] = []
     if record_id and fhir_docs:  # one FHIR file stored whole, as one record the caller names
@@ -120,12 +120,12 @@ async def _validate_whole(f: Path, label: str | None) -> None:
     from agents.fhir.app import validate_resource
 
     if not label:
-        raise FhirCliError(f"store of {f} as one record: give --label (or drop --record-id to store each "
+        raise FhirCliError(f"{f} stored whole as one record needs a label; give --label (or drop --record-id to store each "
                            "resource under the label table's label)")
     try:
         await trio.to_thread.run_sync(validate_resource, json.loads(f.read_bytes()), f.name)
     except FhirError as exc:
-        raise FhirCliError(f"store of {f}: {exc}") from None
+        raise FhirCliError(f"{f}: {exc}; fix the resource (docs/fhir.md)") from None
 
 
 async def _store_fhir(patient: Any, docs: list[tuple[Path, dict]], *, label: str | None, record_id: str | None,
@@ -151,7 +151,7 @@ async def _store_fhir(patient: Any, docs: list[tuple[Path, dict]], *, label: str
             for i, e in enumerate(planned):
                 await trio.to_thread.run_sync(validate_resource, e.resource, f"{f.name} entry {i}")
         except FhirError as exc:
-            raise FhirCliError(f"store of {f}: {exc}") from None
+            raise FhirCliError(f"{f}: {exc}; fix the resource (docs/fhir.md)") from None
         if label:  # the caller names the label of everything in this call
             planned = [dataclasses.replace(e, label=label) for e in planned]
         entries += planned
@@ -216,13 +216,13 @@ async def _serve(args: argparse.Namespace) -> int:
     from agents.patient import PatientAgent
 
     if bool(args.certfile) != bool(args.keyfile) or (args.client_ca and not args.certfile):
-        raise FhirCliError("fhir serve: TLS needs --certfile and --keyfile together (and --client-ca needs both)")
+        raise FhirCliError("TLS needs --certfile and --keyfile together; give both (and --client-ca only with them)")
     scheme = "https" if args.certfile else "http"
     base = (args.base_url or f"{scheme}://{args.listen}").rstrip("/")
     try:
         labels = LabelMap.load(args.labels) if args.labels else LabelMap.default_map()
     except LabelMapError as exc:
-        raise FhirCliError(f"fhir serve: label table {args.labels}: {exc}; fix the file (docs/fhir.md)") from None
+        raise FhirCliError(f"label table {args.labels}: {exc}; fix the file (docs/fhir.md)") from None
     verifier = TokenVerifier(issuer=args.issuer, audience=args.audience or base, jwks_file=args.jwks_file,
                              jwks_url=args.jwks_url, subject_claim=args.subject_claim)
     files, config, _ = _prepare(args, {})
@@ -232,7 +232,7 @@ async def _serve(args: argparse.Namespace) -> int:
         extra = {"approve": _approve_all if args.approve else None} if args.role == "patient" else {}
         async with kind.open(config, node=node, **extra) as agent:
             if not agent.registered:
-                raise FhirCliError(f"fhir serve: {args.subject} is not registered; run "
+                raise FhirCliError(f"{args.subject} is not registered; run "
                                    f"`emrshare {args.role} --subject {args.subject} --org ORG register` first")
             facade = Facade(FacadeConfig(base_url=base, labels=labels, max_body_bytes=args.max_body_mib << 20,
                                          request_timeout=args.timeout, max_results=args.max_results),

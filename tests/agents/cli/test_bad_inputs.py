@@ -155,8 +155,8 @@ def test_port_in_use(swarm):
 
 
 def test_verbose_adds_the_traceback(swarm):
-    out = cli("-v", "patient", "--swarm", str(swarm.data), "--subject", "alice", "store", "/nonexistent")
-    assert out.returncode == 2  # --label missing: a usage error even with -v
+    out = cli("-v", "patient", "--swarm", str(swarm.data), "--subject", "alice", "store")
+    assert out.returncode == 2  # the file missing: a usage error even with -v
     out = cli("patient", "--swarm", str(swarm.data), "--subject", "alcie", "records", "--verbose")
     assert out.returncode == 1 and "Traceback" in out.stderr
     assert out.stderr.splitlines()[-1].startswith("emrshare: patient records: no user 'alcie'")

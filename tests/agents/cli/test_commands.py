@@ -133,9 +133,10 @@ def test_json_outputs_parse(swarm):
     cert = json.loads(reg.stdout)
     assert (cert["subject"], cert["org"], cert["attributes"]["department"]) == ("dr-j", "hospital-a", "oncology")
     assert cert["valid_from"] < cert["valid_until"] and cert["valid_until"].endswith("Z")
-    stored = json.loads(swarm.user("patient", "alice", "store", str(swarm.tmp / "bundle.json"), "--label", "labs",
-                                   "--json").stdout)
-    assert stored["label"] == "labs" and stored["record_id"].startswith("rec-")
+    (stored,) = json.loads(swarm.user("patient", "alice", "store", str(swarm.tmp / "bundle.json"), "--label", "labs",
+                                      "--record-id", "rec-labs", "--json").stdout)  # the bundle whole, one record
+    assert stored == {"record_id": "rec-labs", "label": "labs", "media_type": "application/fhir+json",
+                      "file": str(swarm.tmp / "bundle.json")}
     dr = swarm.user("doctor", "dr-h", "records", "alice", "--json")
     assert [r["record_id"] for r in json.loads(dr.stdout)] == ["rec-1"]  # the cardiologist sees cardiology only
     own = json.loads(swarm.user("patient", "alice", "records", "--json").stdout)

@@ -282,7 +282,7 @@ async def test_cli_store_and_fhir_audit(tmp_path, capsys):
     with trio.fail_after(120):
         async with FhirDeployment.open(tmp_path / "dep") as dep:
             alice = dep.agents["alice"]
-            lines = await store_path(alice, folder, label=None, media_type=None, record_id=None)
+            stored, lines = await store_path(alice, folder, label=None, media_type=None, record_id=None)
             with pytest.raises(FhirCliError, match="name its media type"):
                 await store_path(alice, note, label="notes", media_type=None, record_id=None)
             with pytest.raises(FhirCliError, match="not stored as application/fhir"):
@@ -290,9 +290,10 @@ async def test_cli_store_and_fhir_audit(tmp_path, capsys):
             (tmp_path / "bad.json").write_text('{"resourceType": "Observation"}')
             with pytest.raises(FhirCliError, match="not valid FHIR R4"):
                 await store_path(alice, tmp_path / "bad.json", label=None, media_type=None, record_id=None)
-            plain = await store_path(alice, note, label="notes", media_type="text/plain", record_id="note-1")
+            _, plain = await store_path(alice, note, label="notes", media_type="text/plain", record_id="note-1")
             records = await alice.records()
     assert lines[0].startswith(f"stored {len(bundle['entry']) + 1} FHIR resources from 2 file(s)")
+    assert len(stored) == len(bundle["entry"]) + 1 and all(s["media_type"] == "application/fhir+json" for s in stored)
     assert plain == ["stored note-1 under label notes (text/plain)"]
     kinds = {r["record_id"]: r["media_type"] for r in records}
     assert kinds.pop("note-1") == "text/plain"
