@@ -31,6 +31,21 @@ checks the hash against the grant); the policy is
 storage nodes hold the blob durably (:class:`agents.storage.StorageClient`
 with the agent's nursery).
 
+Standing delegation (docs/security.md): :meth:`PatientAgent.set_policy` also
+hands the peers, once per label, its parts of a standing delegation
+(:meth:`PatientAgent.deposit_standing`: f(x_i) sealed to each peer, a
+``standing`` transaction with their hashes), so the ledger grants doctors that
+the policy pre-authorizes (``approval auto``) and the peers serve them while the
+patient is offline; labels it chooses only (``standing=``). A policy with an
+``emergency`` clause makes it deposit emergency-only parts for its other labels,
+usable under a co-signed ``break_glass`` only. :meth:`PatientAgent.while_away`
+lists what happened without it.
+
+Consent scope: a request the patient approves is granted for exactly what the
+prompt showed (``scope`` in the approver's dict: the one record, unless the
+approver answers ``"label"``, which grants the label with its future records
+until the grant expires); the peers check the scope at every re-encryption.
+
 The agent talks to the peers through its :class:`agents.client.PeerClient`
 (``patient.client``).
 """
@@ -38,6 +53,7 @@ The agent talks to the peers through its :class:`agents.client.PeerClient`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -54,7 +70,7 @@ from core import pre
 from core import record as recordmod
 from core.errors import CoreError, DecodeError
 from core.identity import Certificate
-from core.policy import parse as parse_policy
+from core.policy import Policy, Request as PolicyRequest, parse as parse_policy
 from core.protocol import (
     PatientAccessRequest,
     PatientAccessRequestReply,
@@ -79,14 +95,14 @@ from agents.errors import (
     UnknownRequest,
 )
 from agents.handlers import serve
-from agents.plans import Done, ShareDelivery
+from agents.plans import Done, GaveUp, ShareDelivery
 from agents.runtime import run_crypto
 
-__all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S"]
+__all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S", "narrowed_policy", "standing_labels"]
 
 log = logging.getLogger("agents.patient")
 
-Approver = Callable[[dict], Awaitable[bool]]
+Approver = Callable[[dict], Awaitable[bool | str]]
 DEFAULT_GRANT_TTL_S = 24 * 3600
 _READ_PIECE = 1 << 20
 
@@ -140,6 +156,7 @@ class PatientAgent(UserAgent):
         async with open_agent(config, node, lambda client: cls(client, approve=approve)) as agent:
             agent.state.setdefault("records", {})
             agent.state.setdefault("grants", {})
+            agent.state.setdefault("standing", {})
             yield agent
 
     # identity (certificate, register, revoke_certificate, lookup_certificate): UserAgent
@@ -232,25 +249,158 @@ class PatientAgent(UserAgent):
 
     # ------------------------------------------------------------ policy, grants, audit
 
-    async def set_policy(self, text: str) -> None:
-        """Parse the policy (docs/policy.md; PolicySyntaxError on bad text) and commit it."""
+    async def set_policy(self, text: str, *, standing: Any = None) -> dict[str, str]:
+        """Parse the policy (docs/policy.md; PolicySyntaxError on bad text) and commit it;
+        then deposit standing parts where needed. Returns ``{label: mode}`` deposited.
+
+        ``standing``: the labels whose doctors the peers may serve without this
+        patient (default: every label an ``approval auto`` rule names; ``()``:
+        none). With an ``emergency`` clause, the labels of this patient's records
+        not in ``standing`` get emergency-only parts (break-glass needs them).
+        Labels already deposited in that mode are not deposited again. Committing
+        the committed policy again is a no-op; another policy must carry a higher
+        version (TransactionRejected ``bad_state`` otherwise).
+        """
         self.client.require_registered()
         policy = parse_policy(text)
-        await self.client.submit("set_policy", {"policy": policy.to_msgpack()})
+        committed = await self.client.query(PeerQuery("policy", patient=self.subject))
+        if not (isinstance(committed, dict) and committed.get("policy") == policy.to_msgpack()):
+            # the same policy again is a no-op; another one must raise the version (ledger rule)
+            await self.client.submit("set_policy", {"policy": policy.to_msgpack()})
+        self.state["policy"] = policy.to_msgpack()
+        await self.client.save_state()
+        return await self._deposit_for(policy, standing)
 
-    async def revoke(self, grant_id: str, reason: str = "revoked by patient") -> None:
+    async def _deposit_for(self, policy: Policy, standing: Any = None, labels: Any = None) -> dict[str, str]:
+        auto = set(standing_labels(policy) if standing is None else standing)
+        wanted = {label: "auto" for label in auto}
+        if policy.emergency is not None:
+            known = labels if labels is not None else {r["label"] for r in await self.records()}
+            wanted.update({label: "emergency" for label in known if label not in auto})
+        done = {}
+        for label, mode in sorted(wanted.items()):
+            if "/" in label or self.standing.get(label, {}).get("mode") == mode:
+                continue
+            await self.deposit_standing(label, mode)
+            done[label] = mode
+        return done
+
+    @property
+    def standing(self) -> dict[str, dict]:
+        """Standing delegations this patient made: label -> {delegation_id, mode, threshold, peers, height}."""
+        return self.state.setdefault("standing", {})
+
+    async def deposit_standing(self, label: str, mode: str = "auto") -> str:
+        """Hand the peers this label's standing parts (t of n, each sealed to its peer) and
+        commit the ``standing`` transaction; return the delegation id. ``mode`` "auto":
+        the ledger grants doctors the policy pre-authorizes; "emergency": co-signed
+        break-glass accesses only. The trust this costs: docs/security.md."""
+        self.client.require_registered()
+        kp = await run_crypto(self._label_key, label)
+        peers = list(self.client.consortium.peers)
+        threshold = self.manifest.threshold
+        delegation_id = _new_id("std")
+        proxies = [pre.Proxy(p.index, p.box_key) for p in peers]
+        sealed = await run_crypto(pre.make_standing_parts, kp, proxies, threshold, share_context(delegation_id))
+        by_peer = {p.id: s for p, s in zip(peers, sealed)}
+        parts = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
+        reply, acks, outcome = await self._commit_and_deliver(
+            delegation_id, by_peer, threshold, "standing",
+            {"delegation_id": delegation_id, "label": label, "mode": mode, "threshold": threshold, "parts": parts})
+        self.standing[label] = {"delegation_id": delegation_id, "mode": mode, "threshold": threshold,
+                                "peers": acks, "height": reply.get("height")}
+        await self.client.save_state()
+        if not isinstance(outcome, Done):
+            with contextlib.suppress(AgentError):
+                await self.withdraw_standing(label)
+            raise Unavailable(f"only {len(acks)} of {len(peers)} peers accepted their standing parts "
+                              f"(need {threshold})")
+        log.info("%s: standing delegation %s of %s (%s) at %d peers", self.subject, delegation_id, label, mode,
+                 len(acks))
+        return delegation_id
+
+    async def withdraw_standing(self, label: str) -> None:
+        """Withdraw the label's standing delegation: the peers stop serving grants made from it."""
+        self.client.require_registered()
+        await self.client.submit("standing", {"delegation_id": _new_id("off"), "label": label, "mode": "off",
+                                              "threshold": 0, "parts": {}})
+        self.standing.pop(label, None)
+        await self.client.save_state()
+
+    async def still_allowed(self, grant_id: str) -> bool:
+        """Whether the committed policy would still allow the grant's doctor its label
+        (revoking then leaves the door open until the policy is narrowed)."""
+        grant = await self.client.query(PeerQuery("grant", grant_id=grant_id))
+        raw = self.state.get("policy")
+        if not isinstance(grant, dict) or raw is None:
+            return False
+        doctor = await self.client.lookup_certificate(grant["doctor"])
+        if doctor is None:
+            return False
+        attributes = {**doctor.attributes, "organization": doctor.org, "id": doctor.subject}
+        req = await self.client.query(PeerQuery("request", request_id=grant["request_id"]))
+        purpose = req.get("purpose") if isinstance(req, dict) else None
+        request = PolicyRequest(attributes, "read", grant["record_id"], grant["label"], int(time.time()), purpose)
+        return Policy.from_msgpack(raw).evaluate(request).effect == "allow"
+
+    async def revoke(self, grant_id: str, reason: str = "revoked by patient", *, narrow: bool = False) -> dict:
         """Commit a ``revoke_grant``; peers refuse the grant's shares from that block on.
+
+        The ledger will not grant that doctor automatically again until the policy
+        changes. ``narrow``: commit, in the same transaction, this patient's policy
+        with a rule denying that doctor the grant's label (:func:`narrowed_policy`).
+        Returns ``{still_allowed}``: whether the policy still allows the doctor
+        afterwards (the CLI warns and offers ``--narrow``).
 
         Returns once every reachable peer has applied the block (or after
         ``request_timeout``), so no peer that is up still serves the grant.
         """
         self.client.require_registered()
-        reply = await self.client.submit("revoke_grant", {"grant_id": grant_id, "reason": reason})
+        body: dict[str, Any] = {"grant_id": grant_id, "reason": reason}
+        if narrow:
+            grant = await self.client.query(PeerQuery("grant", grant_id=grant_id))
+            raw = self.state.get("policy")
+            if not isinstance(grant, dict) or raw is None:
+                raise AgentError("revoke: cannot narrow the policy: no committed policy or grant known here; "
+                                 "revoke without narrowing and set a new policy", code=codes.BAD_REQUEST)
+            narrowed = narrowed_policy(Policy.from_msgpack(raw), grant["doctor"], grant["label"])
+            body["policy"] = narrowed.to_msgpack()
+        reply = await self.client.submit("revoke_grant", body)
+        if "policy" in body:
+            self.state["policy"] = body["policy"]
         if isinstance(reply.get("height"), int):
             await self.client.wait_for_peers(reply["height"], timeout=self.config.request_timeout)
         if grant_id in self.grants:
             self.grants[grant_id]["revoked"] = True
+        await self.client.save_state()
+        return {"still_allowed": await self.still_allowed(grant_id)}
+
+    async def while_away(self, since_height: int | None = None) -> dict:
+        """What happened without this patient since ``since_height`` (default: since
+        the last call): requests granted from standing delegations, re-encryptions
+        served under them, emergency (break-glass) accesses and what was read under
+        them, requests denied by the policy, and requests waiting for the patient.
+        Returns ``{since, height, standing_grants, standing_reads, emergencies,
+        emergency_reads, denied, waiting}`` (lists of audit events)."""
+        events = await self.audit()
+        since = self.state.get("seen_height", 0) if since_height is None else since_height
+        new = [e for e in events if e.get("height", 0) > since]
+        out: dict[str, Any] = {"since": since, "height": max([since] + [e.get("height", 0) for e in events])}
+        out["standing_grants"] = [e for e in new if e["event"] == "access_request" and e.get("standing")]
+        out["standing_reads"] = [e for e in new if e["event"] == "access" and e.get("standing")
+                                 and not e.get("emergency")]
+        out["emergencies"] = [e for e in new if e["event"] == "break_glass"]
+        out["emergency_reads"] = [e for e in new if e["event"] == "access" and e.get("emergency")]
+        out["denied"] = [e for e in new if e["event"] == "access_request"
+                         and (e.get("decision") or {}).get("effect") == "deny"]
+        answered = {e.get("request_id") for e in events if e["event"] in ("grant", "deny_request")}
+        out["waiting"] = [e for e in new if e["event"] == "access_request" and not e.get("grant_id")
+                          and (e.get("decision") or {}).get("effect") == "allow"
+                          and e.get("request_id") not in answered]
+        if since_height is None:
+            self.state["seen_height"] = out["height"]
             await self.client.save_state()
+        return out
 
     async def audit(self) -> list[dict]:
         """This patient's audit trail from the ledger, oldest first."""
@@ -307,22 +457,27 @@ class PatientAgent(UserAgent):
         if doctor is None:
             await self._deny(request_id, "requester's certificate is revoked or unknown")
             raise RequestRejected("the requester's certificate is revoked or unknown")
-        if decision.get("approval") == "patient":
+        scope = "label"  # the policy pre-authorized the label
+        if decision.get("approval") == "patient" or req.get("hold"):
+            # a doctor revoked under this policy is the patient's to decide again (the ledger holds it)
             info = {"request_id": request_id, "doctor": sender, "doctor_org": doctor.org,
                     "doctor_attributes": dict(doctor.attributes), "record_id": req.get("record_id"),
                     "label": req.get("label"), "operation": req.get("operation"),
-                    "purpose": req.get("purpose"), "rule": decision.get("rule")}
-            approved = False
+                    "purpose": req.get("purpose"), "rule": decision.get("rule"), "scope": "record",
+                    "hold": req.get("hold"), "expires_in_s": self.grant_ttl_s}
+            answer: bool | str = False
             if self._approve is not None:
                 try:
-                    approved = bool(await self._approve(info))
+                    answer = await self._approve(info)
                 except Exception:
                     log.exception("%s: the approval callback failed; rejecting %s", self.subject, request_id)
-                    approved = False
-            if not approved:
+                    answer = False
+            if not answer:
                 await self._deny(request_id, "declined by the patient")
                 raise RequestRejected("the patient declined the request")
-        return {"grant_id": await self._grant(request_id, req, doctor)}
+            # exactly what the prompt showed: the record, or the label if the patient said so
+            scope = "label" if answer == "label" else "record"
+        return {"grant_id": await self._grant(request_id, req, doctor, scope)}
 
     async def _deny(self, request_id: str, reason: str) -> None:
         try:
@@ -330,7 +485,7 @@ class PatientAgent(UserAgent):
         except AgentError as exc:
             log.warning("%s: deny_request for %s not committed: %s", self.subject, request_id, exc)
 
-    async def _grant(self, request_id: str, req: dict, doctor: Certificate) -> str:
+    async def _grant(self, request_id: str, req: dict, doctor: Certificate, scope: str = "label") -> str:
         try:
             receiver = await run_crypto(check_receiving_key, doctor)
         except CoreError as exc:
@@ -346,45 +501,18 @@ class PatientAgent(UserAgent):
         by_peer = {p.id: s for p, s in zip(peers, sealed)}
         shares = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
         expires_at = int(time.time()) + self.grant_ttl_s
-        # peers that failed lately are skipped while t others can take the shares
-        targets, skipped = self.health.split(by_peer, self.client.probe_peer)
-        if len(targets) < threshold:
-            targets, skipped = targets + skipped, []
-        plan = ShareDelivery(targets, threshold, timeout=self.config.request_timeout, skipped=skipped)
-
-        async def deliver(action: Any) -> Any:
-            share = by_peer[action.peer]
-            body = PeerDeliverShare(grant_id, share.index, share.sealed).to_wire()
-            return await result_of(self.client.peer_request(action.peer, PeerDeliverShare.kind, body,
-                                                            timeout=action.timeout))
-
-        delivery = PlanRun(plan, deliver)
-        # peers wait (<= 10 s) for the grant to commit before accepting a share,
-        # so deliver while the grant is being ordered; late deliveries finish in
-        # the background (bounded by the request timeout)
-        self.client.nursery.start_soon(self._deliver_all, grant_id, delivery)
-        try:
-            reply = await self.client.submit("grant", {
-                "grant_id": grant_id, "request_id": request_id, "threshold": threshold,
-                "expires_at": expires_at, "shares": shares,
-            })
-        except BaseException:
-            delivery.cancel()  # no grant: the peers would refuse the shares anyway
-            raise
-        delivery.tell(plan.on_committed)
-        outcome = await delivery.wait_decided()
-        if isinstance(outcome, Done):
-            acks, errors = outcome.value, outcome.errors
-        else:  # fewer than t acknowledgements
-            acks, errors = sorted(plan.acks), dict(outcome.errors if outcome is not None else plan.errors)
+        reply, acks, outcome = await self._commit_and_deliver(grant_id, by_peer, threshold, "grant", {
+            "grant_id": grant_id, "request_id": request_id, "threshold": threshold,
+            "expires_at": expires_at, "shares": shares, "scope": scope,
+        })
+        errors = dict(outcome.errors) if outcome is not None else {}
         self.grants[grant_id] = {
             "request_id": request_id, "doctor": req["doctor"], "label": label, "record_id": req["record_id"],
             "expires_at": expires_at, "threshold": threshold, "peers": acks, "revoked": False,
-            "height": reply.get("height"),
+            "height": reply.get("height"), "scope": scope,
         }
         await self.client.save_state()
         if not isinstance(outcome, Done):
-            delivery.cancel()
             with contextlib.suppress(AgentError):
                 await self.revoke(grant_id, "too few peers accepted their key shares")
             raise Unavailable(f"only {len(acks)} of {len(peers)} peers accepted their key shares "
@@ -393,7 +521,43 @@ class PatientAgent(UserAgent):
             log.info("%s: grant %s: peers without their share yet: %s", self.subject, grant_id, errors)
         return grant_id
 
-    async def _deliver_all(self, grant_id: str, delivery: PlanRun) -> None:
+    async def _commit_and_deliver(self, object_id: str, by_peer: dict[str, pre.SealedKeyShare], threshold: int,
+                                  tx_type: str, body: dict) -> tuple[dict, list[str], Any]:
+        """Deliver sealed shares or parts (``peer.deliver_share`` under ``object_id``) while the
+        transaction naming their hashes commits; (submit reply, acknowledging peers, plan outcome)."""
+        # peers that failed lately are skipped while t others can take the shares
+        targets, skipped = self.health.split(by_peer, self.client.probe_peer)
+        if len(targets) < threshold:
+            targets, skipped = targets + skipped, []
+        plan = ShareDelivery(targets, threshold, timeout=self.config.request_timeout, skipped=skipped)
+
+        async def deliver(action: Any) -> Any:
+            share = by_peer[action.peer]
+            wire = PeerDeliverShare(object_id, share.index, share.sealed).to_wire()
+            return await result_of(self.client.peer_request(action.peer, PeerDeliverShare.kind, wire,
+                                                            timeout=action.timeout))
+
+        delivery = PlanRun(plan, deliver)
+        # peers wait (<= 10 s) for the transaction to commit before accepting a share,
+        # so deliver while it is being ordered; late deliveries finish in
+        # the background (bounded by the request timeout)
+        self.client.nursery.start_soon(self._deliver_all, object_id, delivery)
+        try:
+            reply = await self.client.submit(tx_type, body)
+        except BaseException:
+            delivery.cancel()  # not committed: the peers would refuse the shares anyway
+            raise
+        delivery.tell(plan.on_committed)
+        outcome = await delivery.wait_decided()
+        if isinstance(outcome, Done):
+            acks = list(outcome.value)
+        else:  # fewer than t acknowledgements
+            acks = sorted(plan.acks)
+            if outcome is None:
+                outcome = GaveUp("not-enough", dict(plan.errors), len(acks))
+        return reply, acks, outcome
+
+    async def _deliver_all(self, grant_id: str, delivery: PlanRun) -> None:  # a grant's or a delegation's
         """Run the grant's share deliveries (``peer.deliver_share`` to each peer in
         parallel; a background task); afterwards record shares that arrived after
         the answer."""
@@ -406,6 +570,38 @@ class PatientAgent(UserAgent):
                 await self.client.save_state()
             except OSError as exc:
                 log.warning("%s: could not save state: %s", self.subject, exc)
+
+
+# ------------------------------------------------------------------ policies
+
+
+def standing_labels(policy: Policy) -> list[str]:
+    """The labels an ``approval auto`` allow rule of ``policy`` names (what
+    :meth:`PatientAgent.set_policy` deposits standing parts for by default)."""
+    out: list[str] = []
+    for rule in policy.rules:
+        if rule.effect == "allow" and rule.approval == "auto":
+            out.extend(o.value for o in rule.objects if o.kind == "label" and o.value not in out)
+    return out
+
+
+def narrowed_policy(policy: Policy, doctor: str, label: str) -> Policy:
+    """``policy`` with its version raised by one and a rule denying ``doctor`` every
+    operation on ``label`` (deny overrides allow; docs/policy.md)."""
+    base = "revoked-" + "".join(c if c.isalnum() or c in "_-" else "-" for c in doctor)
+    names = {r.id for r in policy.rules}
+    name, n = base, 1
+    while name in names:
+        n += 1
+        name = f"{base}-{n}"
+    text = (f"policy \"x\" version 1\nrule {name}:\n  deny any on label {_quote(label)}\n"
+            f"  when id == {_quote(doctor)}\n")
+    rule = parse_policy(text).rules[0]
+    return dataclasses.replace(policy, version=policy.version + 1, rules=(rule, *policy.rules))
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # ------------------------------------------------------------------ sealing (worker threads)

@@ -71,6 +71,7 @@ __all__ = [
     "revoked_key",
     "break_glass_key",
     "active_key",
+    "active_prefix",
     "audit_key",
     "audit_prefix",
     "cert_key",
@@ -138,6 +139,11 @@ def grant_key(grant_id: str) -> str:
 
 def active_key(patient: str, doctor: str, grant_id: str) -> str:
     return f"active/{patient}/{doctor}/{grant_id}"
+
+
+def active_prefix(patient: str, doctor: str) -> str:
+    """The prefix of every unrevoked grant of ``patient`` to ``doctor``."""
+    return f"active/{patient}/{doctor}/"
 
 
 def audit_key(patient: str, height: int, index: int) -> str:

@@ -135,7 +135,7 @@ async def run_demo(data_dir: Path, report: Report) -> None:
             now = time.time()
             await report.timed("policy set: cardiology doctors may read 'cardiology' records "
                                f"from {_utc(now - 3600)} to {_utc(now + 6 * 3600)}",
-                               lambda: alice.set_policy(policy_text(now)))
+                               lambda: alice.set_policy(policy_text(now), standing=()))
 
             report.phase("3-5. Access request, authorization, retrieval (cardiologist inside the policy)")
             target = "cardiology-1"

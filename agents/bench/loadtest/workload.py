@@ -30,6 +30,16 @@ Each (doctor, patient, label) is used by one operation at a time (a doctor's
 grant cache is per such triple), so a revocation check is never raced by a
 read of the same grant.
 
+The load test's patients approve what the ledger leaves to them (a doctor
+whose grant they revoked asks again under the unchanged policy: the ledger no
+longer grants it by itself), for the label.
+
+Patients-offline mode (``patients_offline``, ``emrshare loadtest
+--patients-offline``): each patient sets the policy with its standing
+delegation, stores its initial records and closes; the mix then has no
+``store`` or ``revoke`` (both need the patient), and every grant is the one the
+ledger makes from a standing delegation, served by the peers alone.
+
 At the end, :meth:`EmrWorkload.verify` reads back every record whose store
 was acknowledged, through an authorized doctor, and compares it byte for byte
 with the data stored (regenerated from its seed).
@@ -92,6 +102,7 @@ class WorkloadSpec:
     setup_concurrency: int = 8
     request_timeout: float = 5.0
     seed: int = 1
+    patients_offline: bool = False  # patients close after setup (standing delegations serve the doctors)
 
     def check(self) -> None:
         if self.patients < 1 or self.doctors < 1:
@@ -182,7 +193,10 @@ class EmrWorkload:
         self.checks: dict[str, int] = {"denied_correctly": 0, "revoked_correctly": 0, "reads_verified": 0}
         self.wrong: list[str] = []  # wrong outcomes (first few kept verbatim)
         self.corrupted_reads: list[str] = []
-        self._mix = [(k, w) for k, w in spec.mix.items() if w > 0]
+        self._mix = [(k, w) for k, w in spec.mix.items()
+                     if w > 0 and not (spec.patients_offline and k in ("store", "revoke"))]
+        if not self._mix:
+            raise ValueError("with patients offline the mix needs access or denied operations")
         self.readers = {label: [d for d in users.doctors if users.departments[d.subject] in depts]
                         for label, depts in LABEL_READERS.items()}
         self.non_readers = {label: [d for d in users.doctors if users.departments[d.subject] not in depts]
@@ -221,9 +235,14 @@ class EmrWorkload:
                 departments[subject] = dept
                 plan.append((subject, orgs[(i + 1) % len(orgs)], {"role": "doctor", "department": dept}, False))
             patients, doctors = [], []
+
+            async def approve(info: dict) -> str:
+                return "label"
+
             for subject, org, attrs, is_patient in plan:
-                kind = PatientAgent if is_patient else DoctorAgent
-                agent = await stack.enter_async_context(kind.open(config(subject, org, attrs), node=target.node))
+                opening = (PatientAgent.open(config(subject, org, attrs), node=target.node, approve=approve)
+                           if is_patient else DoctorAgent.open(config(subject, org, attrs), node=target.node))
+                agent = await stack.enter_async_context(opening)
                 (patients if is_patient else doctors).append((agent, org, attrs))
             self = cls(spec, Users([a for a, _, _ in patients], [a for a, _, _ in doctors], departments))
 
@@ -251,10 +270,15 @@ class EmrWorkload:
 
             await each(patients + doctors, lambda a: timed(
                 "register", lambda: a[0].register(target.token(a[0].subject, a[1], a[2], a[0].enroll_id))))
-            await each(self.users.patients, lambda p: timed("set_policy", lambda: p.set_policy(POLICY)))
             rng = random.Random(spec.seed ^ 0x5EED)
             initial = [(p, self._choose_record(rng)) for p in self.users.patients for _ in range(spec.initial_records)]
+            standing = None if spec.patients_offline else ()  # offline: standing parts for the policy's labels
+            await each(self.users.patients,
+                       lambda p: timed("set_policy", lambda: p.set_policy(POLICY, standing=standing)))
             await each(initial, lambda pr: timed("store", lambda: self._store(pr[0], *pr[1])))
+            if spec.patients_offline:
+                for p in self.users.patients:  # the patients go offline: nothing reaches or answers them
+                    await p.endpoint.aclose()
             yield self
 
     # ------------------------------------------------------------ helpers
