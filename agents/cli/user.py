@@ -41,7 +41,8 @@ def _user_parser(role: str, attr_help: str) -> tuple[argparse.ArgumentParser, An
     parser.add_argument("--key-file", type=Path, help="32-byte key file protecting your keys (instead of a passphrase)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     register = sub.add_parser("register", help="enroll at your hospital's peer")
-    register.add_argument("--attr", action="append", default=[], help=attr_help)
+    register.add_argument("--attr", action="append", default=[],
+                          help=attr_help + " (integers, true and false are typed; e.g. officer=true)")
     return parser, sub, register
 
 
@@ -51,7 +52,7 @@ def _attrs(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise SystemExit(f"--attr needs NAME=VALUE, got {pair!r}")
         k, v = pair.split("=", 1)
-        out[k] = int(v) if v.lstrip("-").isdigit() else v
+        out[k] = int(v) if v.lstrip("-").isdigit() else {"true": True, "false": False}.get(v, v)
     return out
 
 
@@ -136,11 +137,26 @@ async def _run_patient(args: argparse.Namespace) -> int:
                 rid = await p.store(data, label=args.label, media_type=args.media_type, record_id=args.record_id)
                 print(f"stored {rid} under label {args.label}")
             elif args.cmd == "policy":
-                await p.set_policy(Path(args.file).read_text())
+                standing = () if args.no_standing else (args.standing or None)
+                deposited = await p.set_policy(Path(args.file).read_text(), standing=standing)
                 print("policy committed")
+                for label, mode in sorted(deposited.items()):
+                    what = ("the peers may now serve doctors this policy pre-authorizes without you"
+                            if mode == "auto" else "usable only under a co-signed emergency access")
+                    print(f"standing delegation of {label!r} ({mode}): {what}")
             elif args.cmd == "revoke":
-                await p.revoke(args.grant_id, args.reason)
-                print(f"revoked {args.grant_id}")
+                outcome = await p.revoke(args.grant_id, args.reason, narrow=args.narrow)
+                print(f"revoked {args.grant_id}" + (" and narrowed the policy" if args.narrow else ""))
+                if outcome["still_allowed"]:
+                    print("warning: your policy still allows that doctor; the ledger will not grant it again "
+                          "by itself, but you will be asked. To close the door, rerun with --narrow on the "
+                          "next revocation or set a narrower policy (higher version)", file=sys.stderr)
+            elif args.cmd == "away":
+                away = await p.while_away(args.since)
+                if args.json:
+                    _print(away)
+                else:
+                    _print_away(away)
             elif args.cmd == "records":
                 _print(await p.records())
             elif args.cmd == "grants":
@@ -174,6 +190,27 @@ async def _run_doctor(args: argparse.Namespace) -> int:
                 _print(await d.records(args.patient, args.label))
             elif args.cmd == "request":
                 _print(await d.request(args.patient, args.record_id, purpose=args.purpose))
+            elif args.cmd == "cosign":
+                from agents.doctor import cosign_break_glass
+
+                sig = cosign_break_glass(d.keys.ecdsa_private, args.id, args.doctor, args.patient, args.record_id,
+                                         args.reason)
+                print(f"{config.subject}={sig.hex()}")
+            elif args.cmd == "break-glass":
+                cosigners = {}
+                for pair in args.cosign:
+                    officer, _, sig = pair.partition("=")
+                    try:
+                        cosigners[officer] = bytes.fromhex(sig)
+                    except ValueError:
+                        raise SystemExit(f"--cosign needs OFFICER=HEX_SIGNATURE, got {pair!r}") from None
+                data = await d.break_glass(args.patient, args.record_id, args.reason, cosigners,
+                                           break_glass_id=args.id)
+                if args.out:
+                    Path(args.out).write_bytes(data)
+                    print(f"wrote {len(data)} bytes to {args.out} (emergency access, the patient is notified)")
+                else:
+                    sys.stdout.buffer.write(data)
             elif args.cmd == "read":
                 data = await d.read(args.patient, args.record_id, purpose=args.purpose)
                 if args.out:
@@ -182,6 +219,20 @@ async def _run_doctor(args: argparse.Namespace) -> int:
                 else:
                     sys.stdout.buffer.write(data)
     return 0
+
+
+def _print_away(away: dict) -> None:
+    from agents.cli.demo import describe_event
+
+    print(f"since block {away['since']} (now {away['height']}):")
+    for title, key in (("emergency accesses", "emergencies"), ("read under emergency access", "emergency_reads"),
+                       ("granted from your standing delegation", "standing_grants"),
+                       ("re-encrypted under standing grants", "standing_reads"),
+                       ("denied by your policy", "denied"), ("waiting for you", "waiting")):
+        events = away[key]
+        print(f"  {title}: {len(events)}")
+        for e in events:
+            print(f"    {describe_event(e)}")
 
 
 def patient_main(argv: list[str]) -> int:
@@ -193,9 +244,19 @@ def patient_main(argv: list[str]) -> int:
     s.add_argument("--record-id")
     p = sub.add_parser("policy", help="set your access policy from a policy text file (docs/policy.md)")
     p.add_argument("file")
+    p.add_argument("--standing", action="append", metavar="LABEL",
+                   help="let the peers serve doctors the policy pre-authorizes for LABEL while you are offline "
+                        "(repeatable; default: every label an 'approval auto' rule names; docs/security.md)")
+    p.add_argument("--no-standing", action="store_true",
+                   help="no standing delegation: every new doctor waits for your agent")
     v = sub.add_parser("revoke", help="revoke a grant")
     v.add_argument("grant_id")
     v.add_argument("--reason", default="revoked by patient")
+    v.add_argument("--narrow", action="store_true",
+                   help="in the same transaction, commit your policy with a rule denying that doctor the label")
+    a = sub.add_parser("away", help="what happened while you were offline (standing grants, emergency accesses)")
+    a.add_argument("--since", type=int, default=None, help="from this block height (default: since the last call)")
+    a.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("records", help="list your records on the ledger")
     sub.add_parser("grants", help="list the grants you issued")
     sub.add_parser("audit", help="print your audit trail")
@@ -221,6 +282,17 @@ def doctor_main(argv: list[str]) -> int:
         c.add_argument("--purpose")
         if name == "read":
             c.add_argument("--out", help="write the record here (default: stdout)")
+    cs = sub.add_parser("cosign", help="as an officer: co-sign a doctor's emergency access (prints OFFICER=SIG)")
+    bg = sub.add_parser("break-glass", help="emergency access without the patient, with officers' co-signatures")
+    for c in (cs, bg):
+        c.add_argument("patient", help="the patient")
+        c.add_argument("record_id", help="the record")
+        c.add_argument("--reason", required=True, help="why (the patient will read it)")
+        c.add_argument("--id", required=True, help="the break-glass id every co-signer signs (e.g. bg-0042)")
+    cs.add_argument("--doctor", required=True, help="the requesting doctor")
+    bg.add_argument("--cosign", action="append", default=[], metavar="OFFICER=SIG",
+                    help="an officer's co-signature from `emrshare doctor cosign` (repeat per officer)")
+    bg.add_argument("--out", help="write the record here (default: stdout)")
     args = parser.parse_args(argv)
     return _guard(lambda: trio.run(_run_doctor, args))
 
