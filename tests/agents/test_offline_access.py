@@ -148,3 +148,26 @@ async def test_revocation_sticks_until_the_policy_changes(users):  # noqa: F811
                 await heart.read("alice", rid)
             with pytest.raises(PolicyDenied):
                 await heart.read("alice", rid)
+
+
+async def test_standing_parts_are_taken_from_their_patient_only_and_must_match(users):  # noqa: F811
+    import bus
+    from core.protocol import PeerDeliverShare, codes
+
+    mallory_who = ("mallory", "hospital-b", {"role": "patient"})
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await users.open(stack, PatientAgent, PATIENT)
+            mallory = await users.open(stack, PatientAgent, mallory_who)
+            await alice.store(ECG, label="cardiology", media_type="application/fhir+json")
+            await alice.set_policy(POLICY)
+            delegation_id = alice.standing["cardiology"]["delegation_id"]
+            peer = users.swarm.manifest.peers[0]
+            index = alice.client.peer_info[peer].index
+            body = PeerDeliverShare(delegation_id, index, b"\x00" * 80).to_wire()
+            with pytest.raises(bus.RemoteError) as info:  # someone else's delegation
+                await mallory.endpoint.request(peer, PeerDeliverShare.kind, body)
+            assert info.value.code == codes.SHARE_FORBIDDEN
+            with pytest.raises(bus.RemoteError) as info:  # not the part the ledger committed
+                await alice.endpoint.request(peer, PeerDeliverShare.kind, body)
+            assert info.value.code == codes.SHARE_MISMATCH
