@@ -369,6 +369,14 @@ def _owned(state: Any, key: str, tx: Transaction, what: str, forbidden: str) -> 
     return entry
 
 
+def _epoch(body: dict[str, Any]) -> int:
+    """A body's optional label-key ``epoch`` (0 when absent), at most core.pre.MAX_EPOCH."""
+    epoch = body.get("epoch", 0)
+    if epoch > 2**32 - 1:
+        raise ValidationError("malformed", "epoch must be at most 2**32 - 1")
+    return epoch
+
+
 def _text(value: str, what: str, limit: int = 256) -> str:
     if not 0 < len(value) <= limit:
         raise ValidationError("malformed", f"{what} must be 1..{limit} characters")
@@ -614,11 +622,42 @@ class Ledger:
 
     def _tx_store(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
+        body = self._record_body(tx)
+        key = record_key(tx.submitter, body["record_id"])
+        if state.get(key) is not None:
+            raise ValidationError("duplicate", f"record {body['record_id']} already stored")
+        self._put_record(state, block, tx, key, body)
+        self._audit(state, tx.submitter, block, index, tx, record_id=body["record_id"],
+                    label=body["label"], cid=body["cid"], **({"epoch": body["epoch"]} if "epoch" in body else {}))
+
+    def _tx_reseal(self, state, block, index, tx) -> None:
+        """The patient re-sealed a record under a later label-key epoch (a rotation):
+        same record id and label, a new blob, capsule and signature."""
+        self._user(state, tx, "patient")
+        body = self._record_body(tx)
+        if "epoch" not in body:
+            raise ValidationError("malformed", "reseal needs the epoch the record is re-sealed under")
+        key = record_key(tx.submitter, body["record_id"])
+        rec = state.get(key)
+        if rec is None:
+            raise ValidationError("not_found", f"record {body['record_id']} does not exist")
+        if rec["label"] != body["label"]:
+            raise ValidationError("malformed", "a re-sealed record keeps its label")
+        if body["epoch"] <= rec.get("epoch", 0):
+            raise ValidationError("bad_state", f"record {body['record_id']} is sealed under epoch "
+                                               f"{rec.get('epoch', 0)} already; re-seal under a later one")
+        self._put_record(state, block, tx, key, body)
+        self._audit(state, tx.submitter, block, index, tx, record_id=body["record_id"], label=body["label"],
+                    cid=body["cid"], epoch=body["epoch"], previous_cid=rec["cid"])
+
+    def _record_body(self, tx: Transaction) -> dict[str, Any]:
         body = _body(tx, {"record_id": str, "label": str, "cid": str, "size": int,
-                          "media_type": str, "capsule": bytes})
+                          "media_type": str, "capsule": bytes}, {"epoch": int})
         _id(body["record_id"], "record id")
         _text(body["label"], "label", 128)
         _text(body["media_type"], "media type", 128)
+        if "epoch" in body:
+            _epoch(body)
         try:  # on the curve, in the order-r subgroup, not the identity: a bad capsule is refused
             G1.from_bytes(body["capsule"])  # here, never an `internal` at every re-encryption later
         except DecodeError as exc:
@@ -627,14 +666,13 @@ class Ledger:
             parse_cid(body["cid"])
         except DecodeError as exc:
             raise ValidationError("malformed", f"cid: {exc}") from exc
-        key = record_key(tx.submitter, body["record_id"])
-        if state.get(key) is not None:
-            raise ValidationError("duplicate", f"record {body['record_id']} already stored")
+        return body
+
+    def _put_record(self, state, block, tx: Transaction, key: str, body: dict[str, Any]) -> None:
         state.put(key, {"tx": tx.to_bytes(), "label": body["label"], "cid": body["cid"],
                         "size": body["size"], "media_type": body["media_type"],
-                        "capsule": body["capsule"], "height": block.height})
-        self._audit(state, tx.submitter, block, index, tx, record_id=body["record_id"],
-                    label=body["label"], cid=body["cid"])
+                        "capsule": body["capsule"], "height": block.height,
+                        **({"epoch": body["epoch"]} if body.get("epoch") else {})})
 
     def _tx_set_policy(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
@@ -682,13 +720,14 @@ class Ledger:
                 req["hold"] = "revoked"
                 extra["hold"] = "revoked"
             else:
-                delegation_id = state.get(standing_key(body["patient"], rec["label"]))
+                epoch = rec.get("epoch", 0)
+                delegation_id = state.get(standing_key(body["patient"], rec["label"], epoch))
                 delegation = None if delegation_id is None else state.get(delegation_key(delegation_id))
                 if delegation is not None and delegation["mode"] == "auto":
                     grant_id = standing_grant_id(body["request_id"])
                     self._put_grant(state, tx.timestamp, block, grant_id, body["patient"], tx.submitter, req,
                                     body["request_id"], delegation["threshold"], delegation["parts"],
-                                    tx.timestamp // 1000 + STANDING_GRANT_TTL_S, "label",
+                                    tx.timestamp // 1000 + STANDING_GRANT_TTL_S, "label", epoch,
                                     delegation=delegation_id)
                     extra.update(grant_id=grant_id, standing=True)
         state.put(request_key(body["request_id"]), req)
@@ -744,23 +783,26 @@ class Ledger:
                 raise ValidationError("malformed", "shares must map peer ids to 32-byte hashes")
         if body["expires_at"] <= tx.timestamp // 1000:
             raise ValidationError("malformed", "grant expires in the past")
+        rec = state.get(record_key(tx.submitter, req["record_id"]))
         self._put_grant(state, tx.timestamp, block, body["grant_id"], tx.submitter, req["doctor"], req,
-                        body["request_id"], body["threshold"], shares, body["expires_at"], scope)
+                        body["request_id"], body["threshold"], shares, body["expires_at"], scope,
+                        rec.get("epoch", 0) if rec is not None else 0)
         state.put(request_key(body["request_id"]), req)
         self._audit(state, tx.submitter, block, index, tx, grant_id=body["grant_id"],
                     request_id=body["request_id"], doctor=req["doctor"], label=req["label"],
                     peers=sorted(shares), scope=scope)
 
     def _put_grant(self, state, time_ms: int, block, grant_id: str, patient: str, doctor: str, req: dict,
-                   request_id: str, threshold: int, shares: dict, expires_at: int, scope: str,
+                   request_id: str, threshold: int, shares: dict, expires_at: int, scope: str, epoch: int,
                    **origin: str) -> None:
-        """Write a grant (and mark ``req``, which the caller puts, granted)."""
+        """Write a grant of the label key at ``epoch`` (and mark ``req``, which the caller puts, granted)."""
         req["status"] = "granted"
         req["grant_id"] = grant_id
+        extra: dict[str, Any] = {"epoch": epoch} if epoch else {}
         state.put(grant_key(grant_id), {
             "patient": patient, "doctor": doctor, "label": req["label"], "record_id": req["record_id"],
             "request_id": request_id, "threshold": threshold, "expires_at": expires_at, "shares": shares,
-            "revoked": False, "time": time_ms, "height": block.height, "scope": scope, **origin,
+            "revoked": False, "time": time_ms, "height": block.height, "scope": scope, **origin, **extra,
         })
         state.put(active_key(patient, doctor, grant_id), req["label"])
 
@@ -803,18 +845,20 @@ class Ledger:
 
     def _tx_standing(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
-        body = _body(tx, {"delegation_id": str, "label": str, "mode": str, "threshold": int, "parts": dict})
+        body = _body(tx, {"delegation_id": str, "label": str, "mode": str, "threshold": int, "parts": dict},
+                     {"epoch": int})
         label = _text(body["label"], "label", 128)
         if "/" in label:
             raise ValidationError("malformed", "a standing delegation's label may not contain '/'")
-        current = standing_key(tx.submitter, label)
+        epoch = _epoch(body)
+        current = standing_key(tx.submitter, label, epoch)
         if body["mode"] == "off":  # withdraw
             if body["parts"] or body["threshold"] != 0:
                 raise ValidationError("malformed", "withdrawing (mode off) carries no parts and threshold 0")
             if state.get(current) is None:
                 raise ValidationError("not_found", f"no standing delegation of {label}")
             state.writes[current] = None
-            self._audit(state, tx.submitter, block, index, tx, label=label, mode="off")
+            self._audit(state, tx.submitter, block, index, tx, label=label, mode="off", epoch=epoch)
             return
         if body["mode"] not in DELEGATION_MODES:
             raise ValidationError("malformed", f"mode must be one of {DELEGATION_MODES + ('off',)}")
@@ -829,10 +873,10 @@ class Ledger:
                 raise ValidationError("malformed", "parts must map peer ids to 32-byte hashes")
         state.put(delegation_key(body["delegation_id"]), {
             "patient": tx.submitter, "label": label, "mode": body["mode"], "threshold": body["threshold"],
-            "parts": parts, "time": tx.timestamp, "height": block.height})
+            "parts": parts, "time": tx.timestamp, "height": block.height, "epoch": epoch})
         state.put(current, body["delegation_id"])
         self._audit(state, tx.submitter, block, index, tx, delegation_id=body["delegation_id"], label=label,
-                    mode=body["mode"], peers=sorted(parts))
+                    mode=body["mode"], peers=sorted(parts), epoch=epoch)
 
     def _tx_break_glass(self, state, block, index, tx) -> None:
         entry = self._user(state, tx)
@@ -875,16 +919,17 @@ class Ledger:
         if len(cosigners) < emergency.cosign:
             raise ValidationError("not_allowed", f"{len(cosigners)} officers co-signed; the patient's policy "
                                                  f"needs {emergency.cosign}")
-        delegation_id = state.get(standing_key(body["patient"], rec["label"]))
+        epoch = rec.get("epoch", 0)
+        delegation_id = state.get(standing_key(body["patient"], rec["label"], epoch))
         delegation = None if delegation_id is None else state.get(delegation_key(delegation_id))
         if delegation is None:
             raise ValidationError("not_found", f"the patient deposited no standing or emergency parts for "
-                                               f"label {rec['label']}")
+                                               f"label {rec['label']} (key epoch {epoch})")
         grant_id = break_glass_grant_id(bg_id)
         expires_at = t + emergency.window
         req = {"label": rec["label"], "record_id": body["record_id"]}
         self._put_grant(state, tx.timestamp, block, grant_id, body["patient"], tx.submitter, req, bg_id,
-                        delegation["threshold"], delegation["parts"], expires_at, "label",
+                        delegation["threshold"], delegation["parts"], expires_at, "label", epoch,
                         delegation=delegation_id, break_glass=bg_id)
         state.put(break_glass_key(bg_id), {
             "doctor": tx.submitter, "patient": body["patient"], "record_id": body["record_id"],
@@ -955,9 +1000,9 @@ class Ledger:
         value = self.get(delegation_key(delegation_id))
         return None if value is None else DelegationEntry.from_state(value)
 
-    def current_delegation(self, patient: str, label: str) -> str | None:
-        """The id of ``patient``'s current standing delegation of ``label`` (None: none)."""
-        value = self.get(standing_key(patient, label))
+    def current_delegation(self, patient: str, label: str, epoch: int = 0) -> str | None:
+        """The id of ``patient``'s current standing delegation of ``label`` at ``epoch`` (None: none)."""
+        value = self.get(standing_key(patient, label, epoch))
         return value if isinstance(value, str) else None
 
     def check_reencryption(self, grant_id: str, doctor: str, patient: str, record_id: str,
@@ -982,7 +1027,11 @@ class Ledger:
         if not grant.covers(record_id):
             raise ValidationError("forbidden", f"the grant covers record {grant.record_id} only (the patient "
                                                "approved that record)")
-        if grant.delegation is not None and self.current_delegation(patient, rec.label) != grant.delegation:
+        if (grant.epoch or 0) != rec.key_epoch:
+            raise ValidationError("forbidden", f"record {record_id} is sealed under label-key epoch "
+                                               f"{rec.key_epoch}, the grant under {grant.epoch or 0}: request again")
+        if grant.delegation is not None and \
+                self.current_delegation(patient, rec.label, rec.key_epoch) != grant.delegation:
             raise ValidationError("bad_state", "the patient withdrew or replaced the standing delegation")
         entry = self.get(cert_key(doctor))
         if entry is None:
@@ -1035,7 +1084,12 @@ def effect_key(tx: Transaction) -> str | None:
         if tx.type in ("grant", "revoke_grant"):
             return grant_key(_named(body["grant_id"]))
         if tx.type == "standing":
-            return standing_key(tx.submitter, _label(body["label"]))
+            epoch = body.get("epoch", 0)
+            if type(epoch) is not int or epoch < 0:
+                raise DecodeError("standing epoch must be a non-negative integer")
+            return standing_key(tx.submitter, _label(body["label"]), epoch)
+        if tx.type == "reseal":
+            return record_key(tx.submitter, _named(body["record_id"]))
         if tx.type == "break_glass":
             return break_glass_key(_named(body["break_glass_id"]))
     except (KeyError, TypeError) as exc:
@@ -1071,7 +1125,7 @@ def shows_effect(tx: Transaction, value: Any) -> bool:
             return value is not None and CertEntry.from_state(value).cert == Certificate.from_dict(body["cert"])
         if tx.type == "revoke_cert":
             return value is not None and CertEntry.from_state(value).revoked
-        if tx.type == "store":
+        if tx.type in ("store", "reseal"):  # (a later reseal replaces what a store showed)
             return value is not None and RecordEntry.from_state(value).tx == tx.to_bytes()
         if tx.type == "set_policy":
             return value is not None and PolicyEntry.from_state(value).policy == body["policy"]

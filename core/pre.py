@@ -2,7 +2,10 @@
 
 Keys
     Each user holds a 32-byte master secret ``s``. Its PRE secret for label L is
-    ``a_L = hash_to_scalar("emrshare/v1/pre-label", s, L)`` and its public key is
+    ``a_L = hash_to_scalar("emrshare/v1/pre-label", s, L)``; at epoch e > 0 (after
+    a rotation, docs/crypto-standing.md) it is
+    ``a_{L,e} = hash_to_scalar("emrshare/v1/pre-label-epoch", s, L, e)``, so epoch 0
+    is the original key and every epoch's key is independent. Its public key is
     ``(P1, P2) = (a_L g1, a_L g2)``, published with a Schnorr proof of possession
     of ``a_L`` bound to the owner's id and label. A doctor's receiving key is the
     key of the label ``"receive"``.
@@ -63,6 +66,7 @@ __all__ = [
     "MASTER_SECRET_SIZE",
     "RECEIVE_LABEL",
     "MAX_PROXIES",
+    "MAX_EPOCH",
     "PublicKey",
     "KeyPair",
     "Proof",
@@ -98,6 +102,8 @@ MAX_LABEL_LEN = 128
 MAX_ID_LEN = 256
 
 _LABEL_TAG = "emrshare/v1/pre-label"
+_EPOCH_TAG = "emrshare/v1/pre-label-epoch"
+MAX_EPOCH = 2**32 - 1
 _POP_TAG = "emrshare/v1/pre-pop"
 _SHARE_TAG = "emrshare/v1/rk-share"
 _PART_TAG = "emrshare/v1/standing-part"
@@ -124,11 +130,17 @@ def _check_text(value: str, what: str, limit: int) -> bytes:
     return data
 
 
-def label_secret(master_secret: bytes, label: str) -> int:
-    """a_L, the PRE secret scalar of ``label`` (nonzero by construction)."""
+def label_secret(master_secret: bytes, label: str, epoch: int = 0) -> int:
+    """a_{L,e}, the PRE secret scalar of ``label`` at ``epoch`` (nonzero by construction;
+    epoch 0 is a_L)."""
     if not isinstance(master_secret, (bytes, bytearray)) or len(master_secret) != MASTER_SECRET_SIZE:
         raise ValueError(f"master secret must be {MASTER_SECRET_SIZE} bytes")
-    return hash_to_scalar(_LABEL_TAG, bytes(master_secret), _check_text(label, "label", MAX_LABEL_LEN))
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+        raise ValueError(f"epoch must be an integer in [0, {MAX_EPOCH}]")
+    name = _check_text(label, "label", MAX_LABEL_LEN)
+    if epoch == 0:
+        return hash_to_scalar(_LABEL_TAG, bytes(master_secret), name)
+    return hash_to_scalar(_EPOCH_TAG, bytes(master_secret), name, epoch.to_bytes(4, "big"))
 
 
 # ----------------------------------------------------------------- public keys
@@ -195,11 +207,12 @@ class KeyPair:
     secret: int = field(repr=False)
     public: PublicKey
     label: str
+    epoch: int = 0
 
     @classmethod
-    def derive(cls, master_secret: bytes, label: str) -> "KeyPair":
-        """The key pair of ``label``, on the process's backend."""
-        return Scheme(active_backend()).derive_keypair(master_secret, label)
+    def derive(cls, master_secret: bytes, label: str, epoch: int = 0) -> "KeyPair":
+        """The key pair of ``label`` (at ``epoch``), on the process's backend."""
+        return Scheme(active_backend()).derive_keypair(master_secret, label, epoch)
 
     @property
     def backend(self) -> Backend:
@@ -575,10 +588,10 @@ class Scheme:
     def backend(self) -> Backend:
         return self.curve.backend
 
-    def derive_keypair(self, master_secret: bytes, label: str) -> KeyPair:
-        """The key pair of ``label``: a_L from the master secret, (a_L g1, a_L g2)."""
-        a = label_secret(master_secret, label)
-        return KeyPair(a, PublicKey(self.curve.G1.generator() * a, self.curve.G2.generator() * a), label)
+    def derive_keypair(self, master_secret: bytes, label: str, epoch: int = 0) -> KeyPair:
+        """The key pair of ``label`` at ``epoch``: a_{L,e} from the master secret, (a g1, a g2)."""
+        a = label_secret(master_secret, label, epoch)
+        return KeyPair(a, PublicKey(self.curve.G1.generator() * a, self.curve.G2.generator() * a), label, epoch)
 
     def public_key_from_bytes(self, data: bytes) -> PublicKey:
         """Decode and validate points (not the identity). Call :meth:`PublicKey.check` for the pairing check."""

@@ -19,7 +19,7 @@ key                                        builder                          valu
 ``active/<patient>/<doctor>/<grant id>``   :func:`active_key`               the grant's label (str)
 ``audit/<patient>/<height>/<index>``       :func:`audit_key`                an audit event (map)
 ``delegation/<delegation id>``             :func:`delegation_key`           :class:`DelegationEntry`
-``standing/<patient>/<label>``             :func:`standing_key`             the label's current delegation id
+``standing/<patient>/<label>/<epoch>``     :func:`standing_key`             the current delegation id
 ``revoked/<patient>/<doctor>``             :func:`revoked_key`              the policy version at the revocation
 ``breakglass/<break-glass id>``            :func:`break_glass_key`          :class:`BreakGlassEntry`
 =========================================  ===============================  ==========================
@@ -160,9 +160,10 @@ def delegation_key(delegation_id: str) -> str:
     return f"delegation/{delegation_id}"
 
 
-def standing_key(patient: str, label: str) -> str:
-    """The id of ``patient``'s current standing delegation of ``label`` (absent: none)."""
-    return f"standing/{patient}/{label}"
+def standing_key(patient: str, label: str, epoch: int = 0) -> str:
+    """The id of ``patient``'s current standing delegation of ``label`` at label-key
+    ``epoch`` (absent: none)."""
+    return f"standing/{patient}/{label}/{epoch}"
 
 
 def revoked_key(patient: str, doctor: str) -> str:
@@ -177,7 +178,7 @@ def break_glass_key(break_glass_id: str) -> str:
 
 # kind -> number of parts after it
 _ARITY = {"meta": 1, "cert": 1, "serial": 1, "nonce": 2, "token": 2, "record": 2, "policy": 1,
-          "request": 1, "grant": 1, "active": 3, "audit": 3, "delegation": 1, "standing": 2, "revoked": 2,
+          "request": 1, "grant": 1, "active": 3, "audit": 3, "delegation": 1, "standing": 3, "revoked": 2,
           "breakglass": 1}
 
 
@@ -308,15 +309,22 @@ class RecordEntry:
     media_type: str
     capsule: bytes
     height: int
+    epoch: int | None = None
 
     @classmethod
     def from_state(cls, value: Any) -> "RecordEntry":
         f = _fields(value, "record", {"tx": bytes, "label": str, "cid": str, "size": int, "media_type": str,
-                                      "capsule": bytes, "height": int})
+                                      "capsule": bytes, "height": int}, {"epoch": int})
         return cls(**f)
 
+    @property
+    def key_epoch(self) -> int:
+        """The label-key epoch the record is sealed under (0 unless re-sealed or stored after a rotation)."""
+        return self.epoch or 0
+
     def store_transaction(self) -> Transaction:
-        """The committed ``store`` transaction (the patient's signature over the CID and metadata)."""
+        """The committed ``store`` (or latest ``reseal``) transaction: the patient's signature
+        over the CID and metadata."""
         return Transaction.from_bytes(self.tx)
 
 
@@ -401,13 +409,14 @@ class GrantEntry:
     scope: str | None = None
     delegation: str | None = None
     break_glass: str | None = None
+    epoch: int | None = None
 
     @classmethod
     def from_state(cls, value: Any) -> "GrantEntry":
         f = _fields(value, "grant", {"patient": str, "doctor": str, "label": str, "record_id": str,
                                      "request_id": str, "threshold": int, "expires_at": int, "shares": dict,
                                      "revoked": bool, "time": int, "height": int},
-                    {"revoked_at": int, "scope": str, "delegation": str, "break_glass": str})
+                    {"revoked_at": int, "scope": str, "delegation": str, "break_glass": str, "epoch": int})
         shares = f["shares"]
         if not all(isinstance(k, str) and isinstance(v, bytes) and len(v) == 32 for k, v in shares.items()):
             raise DecodeError("grant entry: shares must map peer ids to 32-byte hashes")
@@ -444,11 +453,12 @@ class DelegationEntry:
     parts: Mapping[str, bytes]
     time: int
     height: int
+    epoch: int = 0
 
     @classmethod
     def from_state(cls, value: Any) -> "DelegationEntry":
         f = _fields(value, "delegation", {"patient": str, "label": str, "mode": str, "threshold": int,
-                                          "parts": dict, "time": int, "height": int})
+                                          "parts": dict, "time": int, "height": int, "epoch": int})
         if f["mode"] not in DELEGATION_MODES:
             raise DecodeError(f"delegation entry: unknown mode {f['mode'][:32]!r}")
         parts = f["parts"]

@@ -518,6 +518,8 @@ def test_effect_key_and_shows_effect_for_every_transaction_type(chain):
                                                                            "unconscious"))
     commit(c.tx("break_glass", "bob", {**bg, "cosigners": {"olga": sig}}),
            rival=c.tx("break_glass", "dave", {**bg, "cosigners": {"olga": sig}}))
+    resealed = {**c.store_body(), "epoch": 1}
+    commit(c.tx("reseal", "alice", resealed), rival=c.tx("reseal", "alice", {**resealed, "epoch": 2}))
     commit(c.tx("revoke_cert", "p3", {"subject": "dave", "reason": "left"}))
     assert covered == set(TX_TYPES)
     # a body that does not name its entry cannot have committed

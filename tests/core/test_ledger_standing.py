@@ -226,3 +226,38 @@ def test_break_glass_needs_the_clause_the_parts_and_enough_officers_of_the_docto
     assert c.block(c.tx("access", "p1", {"grant_id": gid, "request_id": "bg1", "record_id": "rec-1",
                                          "doctor": "bob", "index": 1})).marks == ("ok",)
     assert c.ledger.audit("alice")[-1]["emergency"] is True
+
+
+def test_rotation_epochs_scope_grants_delegations_and_reseals(c):
+    c.block(c.tx("set_policy", "alice", policy()))
+    assert standing(c) == "ok"  # epoch 0
+    gid = ask(c, "bob", "r1").grant_id
+    assert c.ledger.grant(gid).epoch is None  # epoch 0
+    # a re-seal: same record, later epoch, new blob and capsule
+    body = {**c.store_body("rec-1"), "epoch": 1}
+    assert c.block(c.tx("reseal", "alice", {**body, "label": "labs"})).marks == ("malformed",)  # keeps its label
+    assert c.block(c.tx("reseal", "alice", {k: v for k, v in body.items() if k != "epoch"})).marks == (
+        "malformed",)
+    assert c.block(c.tx("reseal", "alice", {**body, "record_id": "nope"})).marks == ("not_found",)
+    assert c.block(c.tx("reseal", "bob", body)).marks == ("forbidden",)
+    assert c.block(c.tx("reseal", "alice", {**body, "epoch": 2**32})).marks == ("malformed",)
+    assert c.block(c.tx("reseal", "alice", body)).marks == ("ok",)
+    assert c.block(c.tx("reseal", "alice", body)).marks == ("bad_state",)  # not a later epoch
+    rec = c.ledger.record("alice", "rec-1")
+    assert rec.key_epoch == 1 and rec.store_transaction().type == "reseal"
+    # the old grant (epoch 0) no longer serves the re-sealed record, still the others
+    with pytest.raises(ValidationError, match="epoch 1"):
+        c.ledger.check_reencryption(gid, "bob", "alice", "rec-1", T0 + 1)
+    c.ledger.check_reencryption(gid, "bob", "alice", "rec-2", T0 + 1)
+    # the epoch-0 delegation does not grant epoch-1 records; an epoch-1 delegation does
+    assert ask(c, "carol", "r2").status == "pending"
+    assert c.block(c.tx("standing", "alice", {"delegation_id": "d1e1", "label": "cardiology", "mode": "auto",
+                                              "threshold": 2, "parts": PARTS, "epoch": 1})).marks == ("ok",)
+    req = ask(c, "carol", "r3")
+    assert req.status == "granted" and c.ledger.grant(req.grant_id).epoch == 1
+    c.ledger.check_reencryption(req.grant_id, "carol", "alice", "rec-1", T0 + 1)
+    assert DelegationEntry.from_state(c.ledger.get("delegation/d1e1")).epoch == 1
+    assert c.ledger.current_delegation("alice", "cardiology", 0) == "d1"  # each epoch its own
+    # a store under a later epoch straight away (what the patient does after a revocation)
+    assert c.block(c.tx("store", "alice", {**c.store_body("rec-9"), "epoch": 2})).marks == ("ok",)
+    assert c.ledger.record("alice", "rec-9").key_epoch == 2

@@ -173,3 +173,26 @@ def test_derivation_is_byte_identical_across_backends(backend, other_backend):
         shares = [pre.derive_key_share(p, doctor.public) for p in parts]
         out.append([(s.rk.to_bytes(), pre.reencrypt(u, s).to_bytes()) for s in shares])
     assert out[0] == out[1]
+
+
+def test_epoch_keys_are_independent_and_old_shares_do_not_open_new_epochs(backend):
+    """Rotation: a_{L,e} for e > 0 is a fresh key; a revoked doctor's shares (or a
+    standing delegation) of epoch 0 give nothing on records sealed under epoch 1."""
+    ms = pre.new_master_secret()
+    e0 = pre.Scheme(backend).derive_keypair(ms, "labs")
+    e1 = pre.Scheme(backend).derive_keypair(ms, "labs", 1)
+    assert e0.epoch == 0 and e1.epoch == 1 and e0.secret == pre.label_secret(ms, "labs", 0)
+    assert len({e0.secret, e1.secret, pre.label_secret(ms, "labs", 2), pre.label_secret(ms, "lab", 1)}) == 4
+    doctor = _doctor(backend)
+    proxies, secrets_ = _proxies(3)
+    old = [pre.Scheme(backend).open_key_share(s, secrets_[s.index], expected_context=b"g", expected_index=s.index)
+           for s in pre.make_key_shares(e0, doctor.public, proxies, 2, b"g")]
+    old_parts, _, _ = _parts(e0, 2, 3)
+    capsule, k = pre.encapsulate_owner(e1)
+    assert pre.combine([pre.reencrypt(capsule, s) for s in old[:2]], doctor.secret) != k
+    derived = [pre.derive_key_share(p, doctor.public) for p in old_parts]
+    assert pre.combine([pre.reencrypt(capsule, s) for s in derived[:2]], doctor.secret) != k
+    with pytest.raises(ValueError):
+        pre.label_secret(ms, "labs", -1)
+    with pytest.raises(ValueError):
+        pre.label_secret(ms, "labs", pre.MAX_EPOCH + 1)
