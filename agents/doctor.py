@@ -132,14 +132,18 @@ class DoctorAgent(UserAgent):
         threshold, expires_at}. Keys are ``"patient\\0label"``."""
         return self.state["grant_cache"]
 
-    def cached_grant(self, patient: str, label: str, record_id: str | None = None) -> dict | None:
-        """The live grant held for (patient, label), if it covers ``record_id`` (when given)."""
+    def cached_grant(self, patient: str, label: str, record_id: str | None = None,
+                     epoch: int | None = None) -> dict | None:
+        """The live grant held for (patient, label), if it covers ``record_id`` and the
+        label-key ``epoch`` the record is sealed under (when given)."""
         entry = self.grant_cache.get(_cache_key(patient, label))
         if entry is not None and entry["expires_at"] <= time.time():
             return None
         if entry is not None and record_id is not None and entry.get("scope") == "record" \
                 and entry.get("record_id") != record_id:
             return None
+        if entry is not None and epoch is not None and entry.get("epoch", 0) != epoch:
+            return None  # the record was re-sealed (or stored) under another key: a new grant
         return entry
 
     # ------------------------------------------------------------ queries
@@ -213,7 +217,7 @@ class DoctorAgent(UserAgent):
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         store_tx = await self._check_store_tx(patient, record_id, rec)
         label = store_tx.body["label"]
-        grant = self.cached_grant(patient, label, record_id)
+        grant = self.cached_grant(patient, label, record_id, int(rec.get("epoch", 0)))
         if grant is not None:
             try:
                 shares = await self._collect(grant, patient, record_id, rec)
@@ -270,7 +274,7 @@ class DoctorAgent(UserAgent):
         except (DecodeError, KeyError, TypeError) as exc:
             raise IntegrityError(f"record {record_id}: malformed store transaction: {exc}") from None
         body = tx.body
-        if (tx.type != "store" or tx.submitter != patient or body.get("record_id") != record_id
+        if (tx.type not in ("store", "reseal") or tx.submitter != patient or body.get("record_id") != record_id
                 or body.get("cid") != rec.get("cid") or body.get("label") != rec.get("label")
                 or body.get("capsule") != rec.get("capsule")):
             raise IntegrityError(f"record {record_id}: the store transaction does not match the ledger entry")
@@ -304,7 +308,8 @@ class DoctorAgent(UserAgent):
             raise IntegrityError(f"grant {grant_id} on the ledger is not a live grant of {label} for us")
         grant = {"patient": patient, "label": label, "grant_id": grant_id, "request_id": request_id,
                  "threshold": int(g["threshold"]), "expires_at": int(g["expires_at"]),
-                 "scope": g.get("scope") or "label", "record_id": g.get("record_id")}
+                 "scope": g.get("scope") or "label", "record_id": g.get("record_id"),
+                 "epoch": int(g.get("epoch", 0))}
         self.grant_cache[_cache_key(patient, label)] = grant
         await self.client.save_state()
         return grant

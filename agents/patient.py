@@ -41,6 +41,12 @@ patient is offline; labels it chooses only (``standing=``). A policy with an
 usable under a co-signed ``break_glass`` only. :meth:`PatientAgent.while_away`
 lists what happened without it.
 
+Rotation: each label has a key epoch (core.pre: a_{L,e}); a revocation moves
+new records of its label to the next epoch, and :meth:`PatientAgent.rotate`
+re-seals the label's older records under a fresh one (``reseal``
+transactions), so key material a revoked doctor (or peers) kept no longer
+opens them.
+
 Consent scope: a request the patient approves is granted for exactly what the
 prompt showed (``scope`` in the approver's dict: the one record, unless the
 approver answers ``"label"``, which grants the label with its future records
@@ -91,6 +97,7 @@ from agents.errors import (
     PolicyDenied,
     RecordNotFound,
     RequestRejected,
+    TransactionRejected,
     Unavailable,
     UnknownRequest,
 )
@@ -119,7 +126,7 @@ class PatientAgent(UserAgent):
     def __init__(self, client: PeerClient, *, approve: Approver | None = None):
         super().__init__(client)
         self._approve = approve
-        self._label_keys: dict[str, pre.KeyPair] = {}
+        self._label_keys: dict[tuple[str, int], pre.KeyPair] = {}
         self._answering: dict[str, trio.Lock] = {}
         self.refusals = Refusals(self.subject)
         self.waiting = WaitGate(self.refusals)  # access requests waiting for their request to commit
@@ -169,11 +176,18 @@ class PatientAgent(UserAgent):
         expires_at, threshold, peers, revoked, height}."""
         return self.state["grants"]
 
-    def _label_key(self, label: str) -> pre.KeyPair:
-        kp = self._label_keys.get(label)
+    def _label_key(self, label: str, epoch: int | None = None) -> pre.KeyPair:
+        """The label's key pair at ``epoch`` (default: the label's current epoch)."""
+        epoch = self.epoch(label) if epoch is None else epoch
+        kp = self._label_keys.get((label, epoch))
         if kp is None:
-            kp = self._label_keys[label] = self.keys.label_key(label)
+            kp = self._label_keys[(label, epoch)] = self.keys.label_key(label, epoch)
         return kp
+
+    def epoch(self, label: str) -> int:
+        """The label-key epoch new records of ``label`` are sealed under (a revocation and
+        :meth:`rotate` move it on)."""
+        return int(self.state.setdefault("epochs", {}).get(label, 0))
 
     # ------------------------------------------------------------ store
 
@@ -187,7 +201,8 @@ class PatientAgent(UserAgent):
         """
         self.client.require_registered()
         record_id = record_id or _new_id("rec")
-        kp = await run_crypto(self._label_key, label)
+        epoch = self.epoch(label)
+        kp = await run_crypto(self._label_key, label, epoch)
         common = dict(owner_id=self.subject, label=label, record_id=record_id, media_type=media_type,
                       owner_box_public_key=self.keys.box_public,
                       # the owner's own fast path: fixed-base capsule (it knows a_L) and a
@@ -211,10 +226,11 @@ class PatientAgent(UserAgent):
         if stored != cid:
             raise IntegrityError(f"storage returned CID {stored}, expected {cid}")
         body = {"record_id": record_id, "label": label, "cid": cid, "size": size,
-                "media_type": media_type, "capsule": header.capsule}
+                "media_type": media_type, "capsule": header.capsule, **({"epoch": epoch} if epoch else {})}
         reply = await self.client.submit("store", body)
         self.state["records"][record_id] = {"label": label, "cid": cid, "size": size,
-                                            "media_type": media_type, "height": reply.get("height")}
+                                            "media_type": media_type, "height": reply.get("height"),
+                                            "epoch": epoch}
         await self.client.save_state()
         return record_id
 
@@ -279,7 +295,8 @@ class PatientAgent(UserAgent):
             wanted.update({label: "emergency" for label in known if label not in auto})
         done = {}
         for label, mode in sorted(wanted.items()):
-            if "/" in label or self.standing.get(label, {}).get("mode") == mode:
+            entry = self.standing.get(label, {})
+            if "/" in label or (entry.get("mode") == mode and entry.get("epoch", 0) == self.epoch(label)):
                 continue
             await self.deposit_standing(label, mode)
             done[label] = mode
@@ -290,13 +307,14 @@ class PatientAgent(UserAgent):
         """Standing delegations this patient made: label -> {delegation_id, mode, threshold, peers, height}."""
         return self.state.setdefault("standing", {})
 
-    async def deposit_standing(self, label: str, mode: str = "auto") -> str:
+    async def deposit_standing(self, label: str, mode: str = "auto", *, epoch: int | None = None) -> str:
         """Hand the peers this label's standing parts (t of n, each sealed to its peer) and
         commit the ``standing`` transaction; return the delegation id. ``mode`` "auto":
         the ledger grants doctors the policy pre-authorizes; "emergency": co-signed
         break-glass accesses only. The trust this costs: docs/security.md."""
         self.client.require_registered()
-        kp = await run_crypto(self._label_key, label)
+        epoch = self.epoch(label) if epoch is None else epoch
+        kp = await run_crypto(self._label_key, label, epoch)
         peers = list(self.client.consortium.peers)
         threshold = self.manifest.threshold
         delegation_id = _new_id("std")
@@ -306,9 +324,11 @@ class PatientAgent(UserAgent):
         parts = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
         reply, acks, outcome = await self._commit_and_deliver(
             delegation_id, by_peer, threshold, "standing",
-            {"delegation_id": delegation_id, "label": label, "mode": mode, "threshold": threshold, "parts": parts})
+            {"delegation_id": delegation_id, "label": label, "mode": mode, "threshold": threshold, "parts": parts,
+             **({"epoch": epoch} if epoch else {})})
+        epochs = sorted(set(self.standing.get(label, {}).get("epochs", [])) | {epoch})
         self.standing[label] = {"delegation_id": delegation_id, "mode": mode, "threshold": threshold,
-                                "peers": acks, "height": reply.get("height")}
+                                "peers": acks, "height": reply.get("height"), "epoch": epoch, "epochs": epochs}
         await self.client.save_state()
         if not isinstance(outcome, Done):
             with contextlib.suppress(AgentError):
@@ -319,12 +339,70 @@ class PatientAgent(UserAgent):
                  len(acks))
         return delegation_id
 
-    async def withdraw_standing(self, label: str) -> None:
-        """Withdraw the label's standing delegation: the peers stop serving grants made from it."""
+    async def withdraw_standing(self, label: str, epochs: Any = None) -> None:
+        """Withdraw the label's standing delegations (of ``epochs``; default every epoch this
+        agent delegated): the peers stop serving grants made from them."""
         self.client.require_registered()
-        await self.client.submit("standing", {"delegation_id": _new_id("off"), "label": label, "mode": "off",
-                                              "threshold": 0, "parts": {}})
-        self.standing.pop(label, None)
+        entry = self.standing.get(label, {})
+        for epoch in sorted(entry.get("epochs", [entry.get("epoch", 0)]) if epochs is None else epochs):
+            with contextlib.suppress(TransactionRejected):  # not_found: withdrawn already
+                await self.client.submit("standing", {"delegation_id": _new_id("off"), "label": label,
+                                                      "mode": "off", "threshold": 0, "parts": {},
+                                                      **({"epoch": epoch} if epoch else {})})
+        if epochs is None:
+            self.standing.pop(label, None)
+        elif label in self.standing:
+            self.standing[label]["epochs"] = sorted(set(entry.get("epochs", [])) - set(epochs))
+        await self.client.save_state()
+
+    async def rotate(self, label: str) -> dict:
+        """Move ``label`` to a fresh label-key epoch and re-seal its records under it.
+
+        Each record of the label sealed under an older epoch is downloaded once
+        (the owner path: no pairing), sealed again under a_{L,e+1} with the same
+        record id and media type, uploaded, and committed with a ``reseal``
+        transaction; grants and standing parts of the older epochs no longer open
+        it (the peers refuse them, and their key material is for another key). A
+        standing delegation of the label is deposited again for the new epoch
+        and the older epochs' are withdrawn. What a doctor read before stays read.
+        Returns ``{label, epoch, resealed: [record ids]}``.
+        """
+        self.client.require_registered()
+        new = self.epoch(label) + 1
+        self.state.setdefault("epochs", {})[label] = new
+        await self.client.save_state()
+        resealed = []
+        for listed in await self.records():
+            if listed["label"] != label:
+                continue
+            rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=listed["record_id"]))
+            if not isinstance(rec, dict) or int(rec.get("epoch", 0)) >= new:
+                continue
+            plain = await self.read(listed["record_id"])
+            await self._reseal(listed["record_id"], label, rec["media_type"], plain, new)
+            resealed.append(listed["record_id"])
+        mode = self.standing.get(label, {}).get("mode")
+        if mode is not None:
+            old = [e for e in self.standing[label].get("epochs", []) if e < new]
+            await self.deposit_standing(label, mode, epoch=new)
+            await self.withdraw_standing(label, old)
+        log.info("%s: rotated %s to epoch %d, re-sealed %d records", self.subject, label, new, len(resealed))
+        return {"label": label, "epoch": new, "resealed": resealed}
+
+    async def _reseal(self, record_id: str, label: str, media_type: str, plain: bytes, epoch: int) -> None:
+        kp = await run_crypto(self._label_key, label, epoch)
+        header, blob, cid = await run_crypto(
+            _seal_bytes, plain, kp, owner_id=self.subject, label=label, record_id=record_id, media_type=media_type,
+            owner_box_public_key=self.keys.box_public, owner_box_secret_key=self.keys.box_private)
+        stored = await self._storage_call(lambda: self.storage.put(blob))
+        if stored != cid:
+            raise IntegrityError(f"storage returned CID {stored}, expected {cid}")
+        reply = await self.client.submit("reseal", {"record_id": record_id, "label": label, "cid": cid,
+                                                    "size": len(plain), "media_type": media_type,
+                                                    "capsule": header.capsule, "epoch": epoch})
+        self.state["records"][record_id] = {"label": label, "cid": cid, "size": len(plain),
+                                            "media_type": media_type, "height": reply.get("height"),
+                                            "epoch": epoch}
         await self.client.save_state()
 
     async def still_allowed(self, grant_id: str) -> bool:
@@ -368,12 +446,26 @@ class PatientAgent(UserAgent):
         reply = await self.client.submit("revoke_grant", body)
         if "policy" in body:
             self.state["policy"] = body["policy"]
+        revoked = await self.client.query(PeerQuery("grant", grant_id=grant_id))
+        if isinstance(revoked, dict) and isinstance(revoked.get("label"), str):
+            # new records of the label go under a fresh key the revoked doctor's shares cannot open
+            await self._next_epoch(revoked["label"])
         if isinstance(reply.get("height"), int):
             await self.client.wait_for_peers(reply["height"], timeout=self.config.request_timeout)
         if grant_id in self.grants:
             self.grants[grant_id]["revoked"] = True
         await self.client.save_state()
         return {"still_allowed": await self.still_allowed(grant_id)}
+
+    async def _next_epoch(self, label: str) -> None:
+        """Move new records of ``label`` to the next epoch (after a revocation); a standing
+        delegation is deposited for it too, so those records are served alike."""
+        new = self.epoch(label) + 1
+        self.state.setdefault("epochs", {})[label] = new
+        await self.client.save_state()
+        mode = self.standing.get(label, {}).get("mode")
+        if mode is not None:
+            await self.deposit_standing(label, mode, epoch=new)
 
     async def while_away(self, since_height: int | None = None) -> dict:
         """What happened without this patient since ``since_height`` (default: since
@@ -492,7 +584,9 @@ class PatientAgent(UserAgent):
             await self._deny(request_id, "requester's receiving key does not verify")
             raise RequestRejected(f"the doctor's receiving key does not verify: {exc}") from None
         label = req["label"]
-        kp = await run_crypto(self._label_key, label)
+        rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=req["record_id"]))
+        epoch = int(rec.get("epoch", 0)) if isinstance(rec, dict) else 0
+        kp = await run_crypto(self._label_key, label, epoch)  # the key the requested record is sealed under
         peers = list(self.client.consortium.peers)
         threshold = self.manifest.threshold
         grant_id = _new_id("grant")

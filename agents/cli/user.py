@@ -151,6 +151,13 @@ async def _run_patient(args: argparse.Namespace) -> int:
                     print("warning: your policy still allows that doctor; the ledger will not grant it again "
                           "by itself, but you will be asked. To close the door, rerun with --narrow on the "
                           "next revocation or set a narrower policy (higher version)", file=sys.stderr)
+            elif args.cmd == "rotate":
+                rotated = await p.rotate(args.label)
+                if args.json:
+                    _print(rotated)
+                else:
+                    print(f"{args.label}: label key epoch {rotated['epoch']}, re-sealed "
+                          f"{len(rotated['resealed'])} records; older grants and standing parts no longer open them")
             elif args.cmd == "away":
                 away = await p.while_away(args.since)
                 if args.json:
@@ -254,6 +261,9 @@ def patient_main(argv: list[str]) -> int:
     v.add_argument("--reason", default="revoked by patient")
     v.add_argument("--narrow", action="store_true",
                    help="in the same transaction, commit your policy with a rule denying that doctor the label")
+    ro = sub.add_parser("rotate", help="re-seal a label's records under a fresh label key (after a revocation)")
+    ro.add_argument("label", help="the label to rotate")
+    ro.add_argument("--json", action="store_true", help="print JSON")
     a = sub.add_parser("away", help="what happened while you were offline (standing grants, emergency accesses)")
     a.add_argument("--since", type=int, default=None, help="from this block height (default: since the last call)")
     a.add_argument("--json", action="store_true", help="print JSON")

@@ -109,6 +109,12 @@ def test_swarm_up_and_user_commands(tmp_path):
         assert out_file.read_bytes() == record.read_bytes()
         away = _cli("patient", *common, "--subject", "alice", "away", env=env).stdout
         assert "emergency accesses: 1" in away and "cardiac arrest" in away and "o1, o2" in away
+        rotated = json.loads(_cli("patient", *common, "--subject", "alice", "rotate", "cardiology", "--json",
+                                  env=env).stdout)
+        assert rotated == {"label": "cardiology", "epoch": 1, "resealed": ["rec-1"]}
+        out_file.unlink()
+        _cli("doctor", *common, "--subject", "dr-h", "read", "alice", "rec-1", "--out", str(out_file), env=env)
+        assert out_file.read_bytes() == record.read_bytes()  # served from the new epoch's standing parts
     finally:
         for proc in (serve, swarm):
             if proc is not None and proc.poll() is None:
