@@ -156,9 +156,11 @@ class PatientAgent(UserAgent):
 
         ``node``: attach to this bus node (default: open a TCP node routed by
         the manifest, listening at ``config.listen``). ``approve(request)`` is
-        awaited when the policy asks for the patient's approval; it gets a dict
-        (request_id, doctor, doctor_org, doctor_attributes, record_id, label,
-        operation, purpose, rule) and returns True to grant.
+        awaited when the policy asks for the patient's approval (or the ledger
+        holds a revoked doctor's request); it gets a dict (request_id, doctor,
+        doctor_org, doctor_attributes, record_id, label, operation, purpose,
+        rule, scope, hold, expires_in_s) and returns True to grant that record,
+        ``"label"`` to grant the label with its future records until expiry.
         """
         async with open_agent(config, node, lambda client: cls(client, approve=approve)) as agent:
             agent.state.setdefault("records", {})

@@ -1,9 +1,9 @@
-"""Rotation (issue 16): after a revocation new records go under a fresh label key, and
+"""Rotation and consent scope (issue 16). Rotation: after a revocation new records go under a fresh label key, and
 ``PatientAgent.rotate`` re-seals the label's records; a revoked doctor holding its old
 key shares, even with t colluding peers' help, cannot open them.
 
 Against the protocol double (agents.testing.double), which keeps each peer's opened
-key shares in ``fake.shares``: the test plays the colluding peers with them.
+key shares in ``fake.shares``: the test plays the colluding peers with them. Consent scope: an approval grants what the prompt showed.
 """
 
 from __future__ import annotations
@@ -99,3 +99,42 @@ async def test_rotation_keeps_standing_service_on_the_new_epoch_and_withdraws_th
                 False, False, True]
             for record_id, data in ((old_id, b"old ECG"), (new_id, b"new ECG")):
                 assert await other.read("alice", record_id) == data
+
+
+async def test_an_approval_covers_what_the_prompt_showed(world):  # noqa: F811
+    """Consent scope: approving a prompt for one record grants that record; answering
+    "label" grants the label with its future records; the peers check it on every read."""
+    from agents.testing.consortium import SHARING_POLICY
+
+    prompts, answer = [], [True]
+
+    async def approve(info):
+        prompts.append(info)
+        return answer[0]
+
+    gp_attrs = {"role": "doctor", "department": "general"}  # 'approval patient' in the sharing policy
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"},
+                                           approve=approve)
+            gp = await world.registered(stack, DoctorAgent, "dr-gp", "hospital-a", gp_attrs)
+            first = await alice.store(b"lab 1", label="labs", media_type="text/plain")
+            second = await alice.store(b"lab 2", label="labs", media_type="text/plain")
+            await alice.set_policy(SHARING_POLICY, standing=())
+            assert await gp.read("alice", first) == b"lab 1"
+            assert prompts[-1]["scope"] == "record" and prompts[-1]["record_id"] == first
+            grant = gp.cached_grant("alice", "labs")
+            assert world.fake.ledger.grant(grant["grant_id"]).scope == "record"
+            # the peers refuse the record grant for the other record, even to a doctor that tries
+            from agents.errors import AgentError
+
+            with pytest.raises(AgentError, match="access.forbidden"):
+                await gp._collect(grant, "alice", second, world.fake.ledger.get(f"record/alice/{second}"))
+            # the agent knows it: a new prompt for the second record
+            assert await gp.read("alice", second) == b"lab 2" and len(prompts) == 2
+            assert prompts[-1]["record_id"] == second
+            answer[0] = "label"
+            third = await alice.store(b"lab 3", label="labs", media_type="text/plain")
+            assert await gp.read("alice", third) == b"lab 3" and len(prompts) == 3
+            fourth = await alice.store(b"lab 4", label="labs", media_type="text/plain")  # a future record
+            assert await gp.read("alice", fourth) == b"lab 4" and len(prompts) == 3  # no new prompt
