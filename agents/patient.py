@@ -245,7 +245,8 @@ class PatientAgent(UserAgent):
             raise Unavailable(f"storage: {exc}") from exc
 
     async def records(self) -> list[dict]:
-        """This patient's records on the ledger: ``[{record_id, label, cid, size, media_type, height}]``."""
+        """This patient's records on the ledger: ``[{record_id, label, cid, size, media_type, height}]``
+        (and ``epoch``, the label-key epoch, when not 0)."""
         self.client.require_registered()
         out = await self.client.query(PeerQuery("records", patient=self.subject, label=None))
         return list(out or [])
@@ -289,24 +290,31 @@ class PatientAgent(UserAgent):
         await self.client.save_state()
         return await self._deposit_for(policy, standing)
 
-    async def _deposit_for(self, policy: Policy, standing: Any = None, labels: Any = None) -> dict[str, str]:
+    async def _deposit_for(self, policy: Policy, standing: Any = None) -> dict[str, str]:
         auto = set(standing_labels(policy) if standing is None else standing)
         wanted = {label: "auto" for label in auto}
+        # every label-key epoch that has records (older ones until rotated), and the current one
+        epochs: dict[str, set[int]] = {}
+        for r in await self.records():
+            epochs.setdefault(r["label"], set()).add(int(r.get("epoch", 0)))
         if policy.emergency is not None:
-            known = labels if labels is not None else {r["label"] for r in await self.records()}
-            wanted.update({label: "emergency" for label in known if label not in auto})
+            wanted.update({label: "emergency" for label in epochs if label not in auto})
         done = {}
         for label, mode in sorted(wanted.items()):
-            entry = self.standing.get(label, {})
-            if "/" in label or (entry.get("mode") == mode and entry.get("epoch", 0) == self.epoch(label)):
+            if "/" in label:
                 continue
-            await self.deposit_standing(label, mode)
-            done[label] = mode
+            for epoch in sorted(epochs.get(label, set()) | {self.epoch(label)}):
+                entry = self.standing.get(label, {})
+                if entry.get("mode") == mode and epoch in entry.get("epochs", []):
+                    continue
+                await self.deposit_standing(label, mode, epoch=epoch)
+                done[label] = mode
         return done
 
     @property
     def standing(self) -> dict[str, dict]:
-        """Standing delegations this patient made: label -> {delegation_id, mode, threshold, peers, height}."""
+        """Standing delegations this patient made: label -> {delegation_id, mode, threshold, peers, height,
+        epoch (of the latest), epochs (every label-key epoch delegated in that mode)}."""
         return self.state.setdefault("standing", {})
 
     async def deposit_standing(self, label: str, mode: str = "auto", *, epoch: int | None = None) -> str:
@@ -328,7 +336,8 @@ class PatientAgent(UserAgent):
             delegation_id, by_peer, threshold, "standing",
             {"delegation_id": delegation_id, "label": label, "mode": mode, "threshold": threshold, "parts": parts,
              **({"epoch": epoch} if epoch else {})})
-        epochs = sorted(set(self.standing.get(label, {}).get("epochs", [])) | {epoch})
+        entry = self.standing.get(label, {})
+        epochs = sorted((set(entry.get("epochs", [])) if entry.get("mode") == mode else set()) | {epoch})
         self.standing[label] = {"delegation_id": delegation_id, "mode": mode, "threshold": threshold,
                                 "peers": acks, "height": reply.get("height"), "epoch": epoch, "epochs": epochs}
         await self.client.save_state()

@@ -244,7 +244,8 @@ class PeerHandlers:
                     continue
                 if own:
                     out.append({"record_id": record_id, "label": rec.label, "cid": rec.cid, "size": rec.size,
-                                "media_type": rec.media_type, "height": rec.height})
+                                "media_type": rec.media_type, "height": rec.height,
+                                **({"epoch": rec.epoch} if rec.epoch else {})})
                 elif may_see(record_id, rec.label):
                     # what a request needs: no CID before a grant
                     out.append({"record_id": record_id, "label": rec.label, "size": rec.size,

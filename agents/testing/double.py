@@ -169,7 +169,8 @@ class FakeConsortium:
                 e = RecordEntry.from_state(canonical.unpack(raw))
                 if b["label"] is None or e.label == b["label"]:
                     out.append({"record_id": parse_key(key).parts[1], "label": e.label, "cid": e.cid,
-                                "size": e.size, "media_type": e.media_type, "height": e.height})
+                                "size": e.size, "media_type": e.media_type, "height": e.height,
+                                **({"epoch": e.epoch} if e.epoch else {})})
             return out
         raise bus.HandlerError(codes.BAD_REQUEST, what)
 
