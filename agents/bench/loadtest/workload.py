@@ -419,7 +419,11 @@ class EmrWorkload:
                 current = doctor.cached_grant(patient.subject, label)
                 if current is None or current["grant_id"] != entry["grant_id"]:
                     return Result(phase="revoke-skipped")  # already consumed by another revocation
-                recs = [r for r in self.by_patient.get(patient.subject, []) if r.label == label]
+                # a record the revoked grant covered: same label and label-key epoch (records stored after an
+                # earlier revocation are under a later epoch: a new grant, not this one, would serve them)
+                epochs = {rid: r.get("epoch", 0) for rid, r in patient.state["records"].items()}
+                recs = [r for r in self.by_patient.get(patient.subject, [])
+                        if r.label == label and epochs.get(r.record_id, 0) == entry.get("epoch", 0)]
                 await patient.revoke(entry["grant_id"], "load test revocation")
                 if not recs:
                     return None
