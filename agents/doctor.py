@@ -407,10 +407,6 @@ def cosign_break_glass(officer_key: bytes, break_glass_id: str, doctor: str, pat
                       break_glass_message(break_glass_id, doctor, patient, record_id, reason))
 
 
-def new_break_glass_id() -> str:
-    return _new_id("bg")
-
-
 def _check_allowed(patient: str, decision: dict) -> None:
     """PolicyDenied unless the ledger's decision on our request allows it and it is pending
     (or granted by the ledger from a standing delegation)."""
