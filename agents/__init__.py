@@ -24,6 +24,7 @@ from .consortium import Manifest as Manifest
 from .consortium import enroll_id as enroll_id
 from .consortium import enrollment_token as enrollment_token
 from .doctor import DoctorAgent as DoctorAgent
+from .doctor import cosign_break_glass as cosign_break_glass
 from .errors import AgentError as AgentError
 from .errors import CertificateRevoked as CertificateRevoked
 from .errors import EnrollmentExists as EnrollmentExists
@@ -47,6 +48,7 @@ from .keys import KeyStore as KeyStore
 from .keys import KeyStoreError as KeyStoreError
 from .orderer import OrdererAgent as OrdererAgent
 from .patient import PatientAgent as PatientAgent
+from .patient import narrowed_policy as narrowed_policy
 from .peer import PeerAgent as PeerAgent
 from .swarm import Swarm as Swarm
 from .swarm import SwarmFiles as SwarmFiles

@@ -12,8 +12,10 @@ grant it holds for (patient, label) while the peers honour it; when they
 answer that the grant is revoked or expired it forgets the grant and raises
 :class:`GrantRevoked` (it never asks again behind the caller's back). Without a
 grant it submits an ``access_request`` (:class:`PolicyDenied` when the policy
-says no), asks the patient (:class:`RequestRejected` when the patient says
-no), and then asks the peers for their re-encryption shares, keeping the first t
+says no); when the ledger granted it from the patient's standing delegation
+(the policy pre-authorizes this doctor, ``approval auto``) it goes straight on,
+without the patient; otherwise it asks the patient (:class:`RequestRejected`
+when the patient says no), and then asks the peers for their re-encryption shares, keeping the first t
 that verify (:class:`NotEnoughPeers` when fewer come back; the policy is
 :class:`agents.plans.ShareCollection`). Before plaintext is
 returned: the blob matches the CID on the ledger, the ledger's store
@@ -21,6 +23,11 @@ transaction carries the patient's signature (checked against the patient's
 certificate), the record opens with the combined key (authenticated
 encryption), and the header names the same owner, label, record id and capsule
 as the ledger.
+
+A grant scoped to one record (what the patient approved) is used for that
+record only. :meth:`DoctorAgent.break_glass` is the emergency path: a
+``break_glass`` transaction co-signed by officers of the doctor's hospital
+(:func:`cosign_break_glass`), then a read under the grant the ledger made.
 
 The agent talks to the peers through its :class:`agents.client.PeerClient`
 (``doctor.client``).
@@ -52,6 +59,8 @@ from core.protocol import (
     codes,
     verify_reencrypt_reply,
 )
+from core import ecdsa
+from core.ledger import BREAK_GLASS_TAG, break_glass_grant_id, break_glass_message
 from core.tx import Transaction
 
 from agents.client import SUSPECT_TIMEOUT, PeerClient, UserAgent, UserConfig, open_agent, remote_error
@@ -73,7 +82,7 @@ from agents.runtime import run_crypto
 from agents.storage import NotFound as StorageNotFound
 from agents.storage import StorageError
 
-__all__ = ["DoctorAgent", "REENCRYPTION_TAG"]
+__all__ = ["DoctorAgent", "REENCRYPTION_TAG", "cosign_break_glass"]
 
 log = logging.getLogger("agents.doctor")
 
@@ -123,10 +132,18 @@ class DoctorAgent(UserAgent):
         threshold, expires_at}. Keys are ``"patient\\0label"``."""
         return self.state["grant_cache"]
 
-    def cached_grant(self, patient: str, label: str) -> dict | None:
+    def cached_grant(self, patient: str, label: str, record_id: str | None = None,
+                     epoch: int | None = None) -> dict | None:
+        """The live grant held for (patient, label), if it covers ``record_id`` and the
+        label-key ``epoch`` the record is sealed under (when given)."""
         entry = self.grant_cache.get(_cache_key(patient, label))
         if entry is not None and entry["expires_at"] <= time.time():
             return None
+        if entry is not None and record_id is not None and entry.get("scope") == "record" \
+                and entry.get("record_id") != record_id:
+            return None
+        if entry is not None and epoch is not None and entry.get("epoch", 0) != epoch:
+            return None  # the record was re-sealed (or stored) under another key: a new grant
         return entry
 
     # ------------------------------------------------------------ queries
@@ -163,7 +180,8 @@ class DoctorAgent(UserAgent):
         if not isinstance(req, dict):
             raise Unavailable(f"request {request_id} committed but the peer does not show it")
         decision = dict(req.get("decision") or {})
-        return {**decision, "request_id": request_id, "status": req.get("status")}
+        return {**decision, "request_id": request_id, "status": req.get("status"), "grant_id": req.get("grant_id"),
+                "hold": req.get("hold")}
 
     # ------------------------------------------------------------ read
 
@@ -202,7 +220,7 @@ class DoctorAgent(UserAgent):
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         store_tx = await self._check_store_tx(patient, record_id, rec)
         label = store_tx.body["label"]
-        grant = self.cached_grant(patient, label)
+        grant = self.cached_grant(patient, label, record_id, int(rec.get("epoch", 0)))
         if grant is not None:
             try:
                 shares = await self._collect(grant, patient, record_id, rec)
@@ -226,6 +244,26 @@ class DoctorAgent(UserAgent):
             raise IntegrityError(f"record {record_id}: the sealed header does not match the ledger")
         return plain
 
+    async def break_glass(self, patient: str, record_id: str, reason: str, cosigners: dict[str, bytes], *,
+                          break_glass_id: str) -> bytes:
+        """Emergency access without the patient: commit a ``break_glass`` (``reason``,
+        ``cosigners``: officer id -> :func:`cosign_break_glass` signature over this very
+        ``break_glass_id``, doctor, patient, record and reason), then read the record
+        under the time-boxed grant the ledger made. TransactionRejected with the
+        ledger's reason when refused (``not_allowed``: too few officers or no
+        emergency clause; ``forbidden``: not an officer of this hospital, or a role
+        the clause does not name; ``not_found``: the patient deposited no parts)."""
+        self.client.require_registered()
+        await self.client.submit("break_glass", {"break_glass_id": break_glass_id, "patient": patient,
+                                                 "record_id": record_id, "reason": reason,
+                                                 "cosigners": dict(cosigners)})
+        rec = await self.client.query_committed(PeerQuery("record", patient=patient, record_id=record_id),
+                                                wait=self.client.commit_wait)
+        if rec is None:
+            raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
+        await self._hold_grant(patient, rec["label"], break_glass_grant_id(break_glass_id), break_glass_id)
+        return await self.read(patient, record_id)
+
     async def _patient_cert(self, patient: str) -> Certificate:
         cert = await self.client.lookup_certificate(patient)
         if cert is None:
@@ -239,7 +277,7 @@ class DoctorAgent(UserAgent):
         except (DecodeError, KeyError, TypeError) as exc:
             raise IntegrityError(f"record {record_id}: malformed store transaction: {exc}") from None
         body = tx.body
-        if (tx.type != "store" or tx.submitter != patient or body.get("record_id") != record_id
+        if (tx.type not in ("store", "reseal") or tx.submitter != patient or body.get("record_id") != record_id
                 or body.get("cid") != rec.get("cid") or body.get("label") != rec.get("label")
                 or body.get("capsule") != rec.get("capsule")):
             raise IntegrityError(f"record {record_id}: the store transaction does not match the ledger entry")
@@ -254,18 +292,27 @@ class DoctorAgent(UserAgent):
             decision = await self.request(patient, record_id, purpose=purpose)
         _check_allowed(patient, decision)
         request_id = decision["request_id"]
-        await self._patient_cert(patient)  # so the patient's reply envelope verifies
-        reply = await self._ask_patient(patient, request_id)
-        try:
-            grant_id = PatientAccessRequestReply.from_wire(reply).grant_id
-        except DecodeError:
-            raise IntegrityError(f"{patient} answered without a grant id") from None
+        grant_id = decision.get("grant_id")
+        if decision.get("status") != "granted" or not isinstance(grant_id, str):
+            # not pre-authorized (or held after a revocation): the patient decides
+            await self._patient_cert(patient)  # so the patient's reply envelope verifies
+            reply = await self._ask_patient(patient, request_id)
+            try:
+                grant_id = PatientAccessRequestReply.from_wire(reply).grant_id
+            except DecodeError:
+                raise IntegrityError(f"{patient} answered without a grant id") from None
+        return await self._hold_grant(patient, label, grant_id, request_id)
+
+    async def _hold_grant(self, patient: str, label: str, grant_id: str, request_id: str) -> dict:
+        """Check the committed grant is a live one of ``label`` for us; cache and return it."""
         g = await self.client.query_committed(PeerQuery("grant", grant_id=grant_id), wait=self.client.commit_wait)
         if not isinstance(g, dict) or g.get("doctor") != self.subject or g.get("patient") != patient \
                 or g.get("label") != label or g.get("revoked"):
             raise IntegrityError(f"grant {grant_id} on the ledger is not a live grant of {label} for us")
         grant = {"patient": patient, "label": label, "grant_id": grant_id, "request_id": request_id,
-                 "threshold": int(g["threshold"]), "expires_at": int(g["expires_at"])}
+                 "threshold": int(g["threshold"]), "expires_at": int(g["expires_at"]),
+                 "scope": g.get("scope") or "label", "record_id": g.get("record_id"),
+                 "epoch": int(g.get("epoch", 0))}
         self.grant_cache[_cache_key(patient, label)] = grant
         await self.client.save_state()
         return grant
@@ -354,8 +401,18 @@ class DoctorAgent(UserAgent):
         return blob
 
 
+def cosign_break_glass(officer_key: bytes, break_glass_id: str, doctor: str, patient: str, record_id: str,
+                       reason: str) -> bytes:
+    """An officer's co-signature of a doctor's break-glass (core.ledger ``break_glass_message``),
+    made with the officer's own ECDSA key (``agent.keys.ecdsa_private``) after it has
+    heard the doctor's reason. The ledger counts it for officers of the doctor's hospital only."""
+    return ecdsa.sign(officer_key, BREAK_GLASS_TAG,
+                      break_glass_message(break_glass_id, doctor, patient, record_id, reason))
+
+
 def _check_allowed(patient: str, decision: dict) -> None:
-    """PolicyDenied unless the ledger's decision on our request allows it and it is pending."""
-    if decision.get("effect") != "allow" or decision.get("status") != "pending":
+    """PolicyDenied unless the ledger's decision on our request allows it and it is pending
+    (or granted by the ledger from a standing delegation)."""
+    if decision.get("effect") != "allow" or decision.get("status") not in ("pending", "granted"):
         raise PolicyDenied(f"{patient}'s policy denies this request: {decision.get('reason', '')}",
                            rule=str(decision.get("rule", "")), reason=str(decision.get("reason", "")))

@@ -63,8 +63,9 @@ class AgentKeys:
         """The PRE receiving key pair (label "receive")."""
         return pre.KeyPair.derive(self.master, pre.RECEIVE_LABEL)
 
-    def label_key(self, label: str) -> pre.KeyPair:
-        return pre.KeyPair.derive(self.master, label)
+    def label_key(self, label: str, epoch: int = 0) -> pre.KeyPair:
+        """The PRE key pair of ``label`` at ``epoch`` (0: the original; a rotation moves on)."""
+        return pre.KeyPair.derive(self.master, label, epoch)
 
     def sign(self, tag: str, message: bytes) -> bytes:
         return ecdsa.sign(self.ecdsa_private, tag, message)

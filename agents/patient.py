@@ -31,6 +31,27 @@ checks the hash against the grant); the policy is
 storage nodes hold the blob durably (:class:`agents.storage.StorageClient`
 with the agent's nursery).
 
+Standing delegation (docs/security.md): :meth:`PatientAgent.set_policy` also
+hands the peers, once per label, its parts of a standing delegation
+(:meth:`PatientAgent.deposit_standing`: f(x_i) sealed to each peer, a
+``standing`` transaction with their hashes), so the ledger grants doctors that
+the policy pre-authorizes (``approval auto``) and the peers serve them while the
+patient is offline; labels it chooses only (``standing=``). A policy with an
+``emergency`` clause makes it deposit emergency-only parts for its other labels,
+usable under a co-signed ``break_glass`` only. :meth:`PatientAgent.while_away`
+lists what happened without it.
+
+Rotation: each label has a key epoch (core.pre: a_{L,e}); a revocation moves
+new records of its label to the next epoch, and :meth:`PatientAgent.rotate`
+re-seals the label's older records under a fresh one (``reseal``
+transactions), so key material a revoked doctor (or peers) kept no longer
+opens them.
+
+Consent scope: a request the patient approves is granted for exactly what the
+prompt showed (``scope`` in the approver's dict: the one record, unless the
+approver answers ``"label"``, which grants the label with its future records
+until the grant expires); the peers check the scope at every re-encryption.
+
 The agent talks to the peers through its :class:`agents.client.PeerClient`
 (``patient.client``).
 """
@@ -38,6 +59,7 @@ The agent talks to the peers through its :class:`agents.client.PeerClient`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -54,7 +76,7 @@ from core import pre
 from core import record as recordmod
 from core.errors import CoreError, DecodeError
 from core.identity import Certificate
-from core.policy import parse as parse_policy
+from core.policy import Policy, Request as PolicyRequest, parse as parse_policy
 from core.protocol import (
     PatientAccessRequest,
     PatientAccessRequestReply,
@@ -75,18 +97,19 @@ from agents.errors import (
     PolicyDenied,
     RecordNotFound,
     RequestRejected,
+    TransactionRejected,
     Unavailable,
     UnknownRequest,
 )
 from agents.handlers import serve
-from agents.plans import Done, ShareDelivery
+from agents.plans import Done, GaveUp, ShareDelivery
 from agents.runtime import run_crypto
 
-__all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S"]
+__all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S", "narrowed_policy", "standing_labels"]
 
 log = logging.getLogger("agents.patient")
 
-Approver = Callable[[dict], Awaitable[bool]]
+Approver = Callable[[dict], Awaitable[bool | str]]
 DEFAULT_GRANT_TTL_S = 24 * 3600
 _READ_PIECE = 1 << 20
 
@@ -103,7 +126,7 @@ class PatientAgent(UserAgent):
     def __init__(self, client: PeerClient, *, approve: Approver | None = None):
         super().__init__(client)
         self._approve = approve
-        self._label_keys: dict[str, pre.KeyPair] = {}
+        self._label_keys: dict[tuple[str, int], pre.KeyPair] = {}
         self._answering: dict[str, trio.Lock] = {}
         self.refusals = Refusals(self.subject)
         self.waiting = WaitGate(self.refusals)  # access requests waiting for their request to commit
@@ -133,13 +156,16 @@ class PatientAgent(UserAgent):
 
         ``node``: attach to this bus node (default: open a TCP node routed by
         the manifest, listening at ``config.listen``). ``approve(request)`` is
-        awaited when the policy asks for the patient's approval; it gets a dict
-        (request_id, doctor, doctor_org, doctor_attributes, record_id, label,
-        operation, purpose, rule) and returns True to grant.
+        awaited when the policy asks for the patient's approval (or the ledger
+        holds a revoked doctor's request); it gets a dict (request_id, doctor,
+        doctor_org, doctor_attributes, record_id, label, operation, purpose,
+        rule, scope, hold, expires_in_s) and returns True to grant that record,
+        ``"label"`` to grant the label with its future records until expiry.
         """
         async with open_agent(config, node, lambda client: cls(client, approve=approve)) as agent:
             agent.state.setdefault("records", {})
             agent.state.setdefault("grants", {})
+            agent.state.setdefault("standing", {})
             yield agent
 
     # identity (certificate, register, revoke_certificate, lookup_certificate): UserAgent
@@ -152,11 +178,18 @@ class PatientAgent(UserAgent):
         expires_at, threshold, peers, revoked, height}."""
         return self.state["grants"]
 
-    def _label_key(self, label: str) -> pre.KeyPair:
-        kp = self._label_keys.get(label)
+    def _label_key(self, label: str, epoch: int | None = None) -> pre.KeyPair:
+        """The label's key pair at ``epoch`` (default: the label's current epoch)."""
+        epoch = self.epoch(label) if epoch is None else epoch
+        kp = self._label_keys.get((label, epoch))
         if kp is None:
-            kp = self._label_keys[label] = self.keys.label_key(label)
+            kp = self._label_keys[(label, epoch)] = self.keys.label_key(label, epoch)
         return kp
+
+    def epoch(self, label: str) -> int:
+        """The label-key epoch new records of ``label`` are sealed under (a revocation and
+        :meth:`rotate` move it on)."""
+        return int(self.state.setdefault("epochs", {}).get(label, 0))
 
     # ------------------------------------------------------------ store
 
@@ -171,7 +204,8 @@ class PatientAgent(UserAgent):
         """
         self.client.require_registered()
         record_id = record_id or _new_id("rec")
-        kp = await run_crypto(self._label_key, label)
+        epoch = self.epoch(label)
+        kp = await run_crypto(self._label_key, label, epoch)
         common = dict(owner_id=self.subject, label=label, record_id=record_id, media_type=media_type,
                       owner_box_public_key=self.keys.box_public,
                       # the owner's own fast path: fixed-base capsule (it knows a_L) and a
@@ -195,10 +229,11 @@ class PatientAgent(UserAgent):
         if stored != cid:
             raise IntegrityError(f"storage returned CID {stored}, expected {cid}")
         body = {"record_id": record_id, "label": label, "cid": cid, "size": size,
-                "media_type": media_type, "capsule": header.capsule}
+                "media_type": media_type, "capsule": header.capsule, **({"epoch": epoch} if epoch else {})}
         reply = await self.client.submit("store", body)
         self.state["records"][record_id] = {"label": label, "cid": cid, "size": size,
-                                            "media_type": media_type, "height": reply.get("height")}
+                                            "media_type": media_type, "height": reply.get("height"),
+                                            "epoch": epoch}
         await self.client.save_state()
         return record_id
 
@@ -211,7 +246,8 @@ class PatientAgent(UserAgent):
             raise Unavailable(f"storage: {exc}") from exc
 
     async def records(self) -> list[dict]:
-        """This patient's records on the ledger: ``[{record_id, label, cid, size, media_type, height}]``."""
+        """This patient's records on the ledger: ``[{record_id, label, cid, size, media_type, height}]``
+        (and ``epoch``, the label-key epoch, when not 0)."""
         self.client.require_registered()
         out = await self.client.query(PeerQuery("records", patient=self.subject, label=None))
         return list(out or [])
@@ -234,25 +270,242 @@ class PatientAgent(UserAgent):
 
     # ------------------------------------------------------------ policy, grants, audit
 
-    async def set_policy(self, text: str) -> None:
-        """Parse the policy (docs/policy.md; PolicySyntaxError on bad text) and commit it."""
+    async def set_policy(self, text: str, *, standing: Any = None) -> dict[str, str]:
+        """Parse the policy (docs/policy.md; PolicySyntaxError on bad text) and commit it;
+        then deposit standing parts where needed. Returns ``{label: mode}`` deposited.
+
+        ``standing``: the labels whose doctors the peers may serve without this
+        patient (default: every label an ``approval auto`` rule names; ``()``:
+        none). With an ``emergency`` clause, the labels of this patient's records
+        not in ``standing`` get emergency-only parts (break-glass needs them).
+        Labels already deposited in that mode are not deposited again. Committing
+        the committed policy again is a no-op; another policy must carry a higher
+        version (TransactionRejected ``bad_state`` otherwise).
+        """
         self.client.require_registered()
         policy = parse_policy(text)
-        await self.client.submit("set_policy", {"policy": policy.to_msgpack()})
+        committed = await self.client.query(PeerQuery("policy", patient=self.subject))
+        if not (isinstance(committed, dict) and committed.get("policy") == policy.to_msgpack()):
+            # the same policy again is a no-op; another one must raise the version (ledger rule)
+            await self.client.submit("set_policy", {"policy": policy.to_msgpack()})
+        self.state["policy"] = policy.to_msgpack()
+        await self.client.save_state()
+        return await self._deposit_for(policy, standing)
 
-    async def revoke(self, grant_id: str, reason: str = "revoked by patient") -> None:
+    async def _deposit_for(self, policy: Policy, standing: Any = None) -> dict[str, str]:
+        auto = set(standing_labels(policy) if standing is None else standing)
+        wanted = {label: "auto" for label in auto}
+        # every label-key epoch that has records (older ones until rotated), and the current one
+        epochs: dict[str, set[int]] = {}
+        for r in await self.records():
+            epochs.setdefault(r["label"], set()).add(int(r.get("epoch", 0)))
+        if policy.emergency is not None:
+            wanted.update({label: "emergency" for label in epochs if label not in auto})
+        done = {}
+        for label, mode in sorted(wanted.items()):
+            if "/" in label:
+                continue
+            for epoch in sorted(epochs.get(label, set()) | {self.epoch(label)}):
+                entry = self.standing.get(label, {})
+                if entry.get("mode") == mode and epoch in entry.get("epochs", []):
+                    continue
+                await self.deposit_standing(label, mode, epoch=epoch)
+                done[label] = mode
+        return done
+
+    @property
+    def standing(self) -> dict[str, dict]:
+        """Standing delegations this patient made: label -> {delegation_id, mode, threshold, peers, height,
+        epoch (of the latest), epochs (every label-key epoch delegated in that mode)}."""
+        return self.state.setdefault("standing", {})
+
+    async def deposit_standing(self, label: str, mode: str = "auto", *, epoch: int | None = None) -> str:
+        """Hand the peers this label's standing parts (t of n, each sealed to its peer) and
+        commit the ``standing`` transaction; return the delegation id. ``mode`` "auto":
+        the ledger grants doctors the policy pre-authorizes; "emergency": co-signed
+        break-glass accesses only. The trust this costs: docs/security.md."""
+        self.client.require_registered()
+        epoch = self.epoch(label) if epoch is None else epoch
+        kp = await run_crypto(self._label_key, label, epoch)
+        peers = list(self.client.consortium.peers)
+        threshold = self.manifest.threshold
+        delegation_id = _new_id("std")
+        proxies = [pre.Proxy(p.index, p.box_key) for p in peers]
+        sealed = await run_crypto(pre.make_standing_parts, kp, proxies, threshold, share_context(delegation_id))
+        by_peer = {p.id: s for p, s in zip(peers, sealed)}
+        parts = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
+        reply, acks, outcome = await self._commit_and_deliver(
+            delegation_id, by_peer, threshold, "standing",
+            {"delegation_id": delegation_id, "label": label, "mode": mode, "threshold": threshold, "parts": parts,
+             **({"epoch": epoch} if epoch else {})})
+        entry = self.standing.get(label, {})
+        epochs = sorted((set(entry.get("epochs", [])) if entry.get("mode") == mode else set()) | {epoch})
+        self.standing[label] = {"delegation_id": delegation_id, "mode": mode, "threshold": threshold,
+                                "peers": acks, "height": reply.get("height"), "epoch": epoch, "epochs": epochs}
+        await self.client.save_state()
+        if not isinstance(outcome, Done):
+            with contextlib.suppress(AgentError):
+                await self.withdraw_standing(label)
+            raise Unavailable(f"only {len(acks)} of {len(peers)} peers accepted their standing parts "
+                              f"(need {threshold})")
+        log.info("%s: standing delegation %s of %s (%s) at %d peers", self.subject, delegation_id, label, mode,
+                 len(acks))
+        return delegation_id
+
+    async def withdraw_standing(self, label: str, epochs: Any = None) -> None:
+        """Withdraw the label's standing delegations (of ``epochs``; default every epoch this
+        agent delegated): the peers stop serving grants made from them."""
+        self.client.require_registered()
+        entry = self.standing.get(label, {})
+        for epoch in sorted(entry.get("epochs", [entry.get("epoch", 0)]) if epochs is None else epochs):
+            with contextlib.suppress(TransactionRejected):  # not_found: withdrawn already
+                await self.client.submit("standing", {"delegation_id": _new_id("off"), "label": label,
+                                                      "mode": "off", "threshold": 0, "parts": {},
+                                                      **({"epoch": epoch} if epoch else {})})
+        if epochs is None:
+            self.standing.pop(label, None)
+        elif label in self.standing:
+            self.standing[label]["epochs"] = sorted(set(entry.get("epochs", [])) - set(epochs))
+        await self.client.save_state()
+
+    async def rotate(self, label: str) -> dict:
+        """Move ``label`` to a fresh label-key epoch and re-seal its records under it.
+
+        Each record of the label sealed under an older epoch is downloaded once
+        (the owner path: no pairing), sealed again under a_{L,e+1} with the same
+        record id and media type, uploaded, and committed with a ``reseal``
+        transaction; grants and standing parts of the older epochs no longer open
+        it (the peers refuse them, and their key material is for another key). A
+        standing delegation of the label is deposited again for the new epoch
+        and the older epochs' are withdrawn. What a doctor read before stays read.
+        Returns ``{label, epoch, resealed: [record ids]}``.
+        """
+        self.client.require_registered()
+        new = self.epoch(label) + 1
+        self.state.setdefault("epochs", {})[label] = new
+        await self.client.save_state()
+        resealed = []
+        for listed in await self.records():
+            if listed["label"] != label:
+                continue
+            rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=listed["record_id"]))
+            if not isinstance(rec, dict) or int(rec.get("epoch", 0)) >= new:
+                continue
+            plain = await self.read(listed["record_id"])
+            await self._reseal(listed["record_id"], label, rec["media_type"], plain, new)
+            resealed.append(listed["record_id"])
+        mode = self.standing.get(label, {}).get("mode")
+        if mode is not None:
+            old = [e for e in self.standing[label].get("epochs", []) if e < new]
+            await self.deposit_standing(label, mode, epoch=new)
+            await self.withdraw_standing(label, old)
+        log.info("%s: rotated %s to epoch %d, re-sealed %d records", self.subject, label, new, len(resealed))
+        return {"label": label, "epoch": new, "resealed": resealed}
+
+    async def _reseal(self, record_id: str, label: str, media_type: str, plain: bytes, epoch: int) -> None:
+        kp = await run_crypto(self._label_key, label, epoch)
+        header, blob, cid = await run_crypto(
+            _seal_bytes, plain, kp, owner_id=self.subject, label=label, record_id=record_id, media_type=media_type,
+            owner_box_public_key=self.keys.box_public, owner_box_secret_key=self.keys.box_private)
+        stored = await self._storage_call(lambda: self.storage.put(blob))
+        if stored != cid:
+            raise IntegrityError(f"storage returned CID {stored}, expected {cid}")
+        reply = await self.client.submit("reseal", {"record_id": record_id, "label": label, "cid": cid,
+                                                    "size": len(plain), "media_type": media_type,
+                                                    "capsule": header.capsule, "epoch": epoch})
+        self.state["records"][record_id] = {"label": label, "cid": cid, "size": len(plain),
+                                            "media_type": media_type, "height": reply.get("height"),
+                                            "epoch": epoch}
+        await self.client.save_state()
+
+    async def still_allowed(self, grant_id: str) -> bool:
+        """Whether the committed policy would still allow the grant's doctor its label
+        (revoking then leaves the door open until the policy is narrowed)."""
+        grant = await self.client.query(PeerQuery("grant", grant_id=grant_id))
+        raw = self.state.get("policy")
+        if not isinstance(grant, dict) or raw is None:
+            return False
+        doctor = await self.client.lookup_certificate(grant["doctor"])
+        if doctor is None:
+            return False
+        attributes = {**doctor.attributes, "organization": doctor.org, "id": doctor.subject}
+        req = await self.client.query(PeerQuery("request", request_id=grant["request_id"]))
+        purpose = req.get("purpose") if isinstance(req, dict) else None
+        request = PolicyRequest(attributes, "read", grant["record_id"], grant["label"], int(time.time()), purpose)
+        return Policy.from_msgpack(raw).evaluate(request).effect == "allow"
+
+    async def revoke(self, grant_id: str, reason: str = "revoked by patient", *, narrow: bool = False) -> dict:
         """Commit a ``revoke_grant``; peers refuse the grant's shares from that block on.
+
+        The ledger will not grant that doctor automatically again until the policy
+        changes. ``narrow``: commit, in the same transaction, this patient's policy
+        with a rule denying that doctor the grant's label (:func:`narrowed_policy`).
+        Returns ``{still_allowed}``: whether the policy still allows the doctor
+        afterwards (the CLI warns and offers ``--narrow``).
 
         Returns once every reachable peer has applied the block (or after
         ``request_timeout``), so no peer that is up still serves the grant.
         """
         self.client.require_registered()
-        reply = await self.client.submit("revoke_grant", {"grant_id": grant_id, "reason": reason})
+        body: dict[str, Any] = {"grant_id": grant_id, "reason": reason}
+        if narrow:
+            grant = await self.client.query(PeerQuery("grant", grant_id=grant_id))
+            raw = self.state.get("policy")
+            if not isinstance(grant, dict) or raw is None:
+                raise AgentError("revoke: cannot narrow the policy: no committed policy or grant known here; "
+                                 "revoke without narrowing and set a new policy", code=codes.BAD_REQUEST)
+            narrowed = narrowed_policy(Policy.from_msgpack(raw), grant["doctor"], grant["label"])
+            body["policy"] = narrowed.to_msgpack()
+        reply = await self.client.submit("revoke_grant", body)
+        if "policy" in body:
+            self.state["policy"] = body["policy"]
+        revoked = await self.client.query(PeerQuery("grant", grant_id=grant_id))
+        if isinstance(revoked, dict) and isinstance(revoked.get("label"), str):
+            # new records of the label go under a fresh key the revoked doctor's shares cannot open
+            await self._next_epoch(revoked["label"])
         if isinstance(reply.get("height"), int):
             await self.client.wait_for_peers(reply["height"], timeout=self.config.request_timeout)
         if grant_id in self.grants:
             self.grants[grant_id]["revoked"] = True
+        await self.client.save_state()
+        return {"still_allowed": await self.still_allowed(grant_id)}
+
+    async def _next_epoch(self, label: str) -> None:
+        """Move new records of ``label`` to the next epoch (after a revocation); a standing
+        delegation is deposited for it too, so those records are served alike."""
+        new = self.epoch(label) + 1
+        self.state.setdefault("epochs", {})[label] = new
+        await self.client.save_state()
+        mode = self.standing.get(label, {}).get("mode")
+        if mode is not None:
+            await self.deposit_standing(label, mode, epoch=new)
+
+    async def while_away(self, since_height: int | None = None) -> dict:
+        """What happened without this patient since ``since_height`` (default: since
+        the last call): requests granted from standing delegations, re-encryptions
+        served under them, emergency (break-glass) accesses and what was read under
+        them, requests denied by the policy, and requests waiting for the patient.
+        Returns ``{since, height, standing_grants, standing_reads, emergencies,
+        emergency_reads, denied, waiting}`` (lists of audit events)."""
+        events = await self.audit()
+        since = self.state.get("seen_height", 0) if since_height is None else since_height
+        new = [e for e in events if e.get("height", 0) > since]
+        out: dict[str, Any] = {"since": since, "height": max([since] + [e.get("height", 0) for e in events])}
+        out["standing_grants"] = [e for e in new if e["event"] == "access_request" and e.get("standing")]
+        out["standing_reads"] = [e for e in new if e["event"] == "access" and e.get("standing")
+                                 and not e.get("emergency")]
+        out["emergencies"] = [e for e in new if e["event"] == "break_glass"]
+        out["emergency_reads"] = [e for e in new if e["event"] == "access" and e.get("emergency")]
+        out["denied"] = [e for e in new if e["event"] == "access_request"
+                         and (e.get("decision") or {}).get("effect") == "deny"]
+        answered = {e.get("request_id") for e in events if e["event"] in ("grant", "deny_request")}
+        out["waiting"] = [e for e in new if e["event"] == "access_request" and not e.get("grant_id")
+                          and (e.get("decision") or {}).get("effect") == "allow"
+                          and e.get("request_id") not in answered]
+        if since_height is None:
+            self.state["seen_height"] = out["height"]
             await self.client.save_state()
+        return out
 
     async def audit(self) -> list[dict]:
         """This patient's audit trail from the ledger, oldest first."""
@@ -309,22 +562,27 @@ class PatientAgent(UserAgent):
         if doctor is None:
             await self._deny(request_id, "requester's certificate is revoked or unknown")
             raise RequestRejected("the requester's certificate is revoked or unknown")
-        if decision.get("approval") == "patient":
+        scope = "label"  # the policy pre-authorized the label
+        if decision.get("approval") == "patient" or req.get("hold"):
+            # a doctor revoked under this policy is the patient's to decide again (the ledger holds it)
             info = {"request_id": request_id, "doctor": sender, "doctor_org": doctor.org,
                     "doctor_attributes": dict(doctor.attributes), "record_id": req.get("record_id"),
                     "label": req.get("label"), "operation": req.get("operation"),
-                    "purpose": req.get("purpose"), "rule": decision.get("rule")}
-            approved = False
+                    "purpose": req.get("purpose"), "rule": decision.get("rule"), "scope": "record",
+                    "hold": req.get("hold"), "expires_in_s": self.grant_ttl_s}
+            answer: bool | str = False
             if self._approve is not None:
                 try:
-                    approved = bool(await self._approve(info))
+                    answer = await self._approve(info)
                 except Exception:
                     log.exception("%s: the approval callback failed; rejecting %s", self.subject, request_id)
-                    approved = False
-            if not approved:
+                    answer = False
+            if not answer:
                 await self._deny(request_id, "declined by the patient")
                 raise RequestRejected("the patient declined the request")
-        return {"grant_id": await self._grant(request_id, req, doctor)}
+            # exactly what the prompt showed: the record, or the label if the patient said so
+            scope = "label" if answer == "label" else "record"
+        return {"grant_id": await self._grant(request_id, req, doctor, scope)}
 
     async def _deny(self, request_id: str, reason: str) -> None:
         try:
@@ -332,14 +590,16 @@ class PatientAgent(UserAgent):
         except AgentError as exc:
             log.warning("%s: deny_request for %s not committed: %s", self.subject, request_id, exc)
 
-    async def _grant(self, request_id: str, req: dict, doctor: Certificate) -> str:
+    async def _grant(self, request_id: str, req: dict, doctor: Certificate, scope: str = "label") -> str:
         try:
             receiver = await run_crypto(check_receiving_key, doctor)
         except CoreError as exc:
             await self._deny(request_id, "requester's receiving key does not verify")
             raise RequestRejected(f"the doctor's receiving key does not verify: {exc}") from None
         label = req["label"]
-        kp = await run_crypto(self._label_key, label)
+        rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=req["record_id"]))
+        epoch = int(rec.get("epoch", 0)) if isinstance(rec, dict) else 0
+        kp = await run_crypto(self._label_key, label, epoch)  # the key the requested record is sealed under
         peers = list(self.client.consortium.peers)
         threshold = self.manifest.threshold
         grant_id = _new_id("grant")
@@ -348,45 +608,18 @@ class PatientAgent(UserAgent):
         by_peer = {p.id: s for p, s in zip(peers, sealed)}
         shares = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
         expires_at = int(time.time()) + self.grant_ttl_s
-        # peers that failed lately are skipped while t others can take the shares
-        targets, skipped = self.health.split(by_peer, self.client.probe_peer)
-        if len(targets) < threshold:
-            targets, skipped = targets + skipped, []
-        plan = ShareDelivery(targets, threshold, timeout=self.config.request_timeout, skipped=skipped)
-
-        async def deliver(action: Any) -> Any:
-            share = by_peer[action.peer]
-            body = PeerDeliverShare(grant_id, share.index, share.sealed).to_wire()
-            return await result_of(self.client.peer_request(action.peer, PeerDeliverShare.kind, body,
-                                                            timeout=action.timeout))
-
-        delivery = PlanRun(plan, deliver)
-        # peers wait (<= 10 s) for the grant to commit before accepting a share,
-        # so deliver while the grant is being ordered; late deliveries finish in
-        # the background (bounded by the request timeout)
-        self.client.nursery.start_soon(self._deliver_all, grant_id, delivery)
-        try:
-            reply = await self.client.submit("grant", {
-                "grant_id": grant_id, "request_id": request_id, "threshold": threshold,
-                "expires_at": expires_at, "shares": shares,
-            })
-        except BaseException:
-            delivery.cancel()  # no grant: the peers would refuse the shares anyway
-            raise
-        delivery.tell(plan.on_committed)
-        outcome = await delivery.wait_decided()
-        if isinstance(outcome, Done):
-            acks, errors = outcome.value, outcome.errors
-        else:  # fewer than t acknowledgements
-            acks, errors = sorted(plan.acks), dict(outcome.errors if outcome is not None else plan.errors)
+        reply, acks, outcome = await self._commit_and_deliver(grant_id, by_peer, threshold, "grant", {
+            "grant_id": grant_id, "request_id": request_id, "threshold": threshold,
+            "expires_at": expires_at, "shares": shares, "scope": scope,
+        })
+        errors = dict(outcome.errors) if outcome is not None else {}
         self.grants[grant_id] = {
             "request_id": request_id, "doctor": req["doctor"], "label": label, "record_id": req["record_id"],
             "expires_at": expires_at, "threshold": threshold, "peers": acks, "revoked": False,
-            "height": reply.get("height"),
+            "height": reply.get("height"), "scope": scope,
         }
         await self.client.save_state()
         if not isinstance(outcome, Done):
-            delivery.cancel()
             with contextlib.suppress(AgentError):
                 await self.revoke(grant_id, "too few peers accepted their key shares")
             raise Unavailable(f"only {len(acks)} of {len(peers)} peers accepted their key shares "
@@ -395,7 +628,43 @@ class PatientAgent(UserAgent):
             log.info("%s: grant %s: peers without their share yet: %s", self.subject, grant_id, errors)
         return grant_id
 
-    async def _deliver_all(self, grant_id: str, delivery: PlanRun) -> None:
+    async def _commit_and_deliver(self, object_id: str, by_peer: dict[str, pre.SealedKeyShare], threshold: int,
+                                  tx_type: str, body: dict) -> tuple[dict, list[str], Any]:
+        """Deliver sealed shares or parts (``peer.deliver_share`` under ``object_id``) while the
+        transaction naming their hashes commits; (submit reply, acknowledging peers, plan outcome)."""
+        # peers that failed lately are skipped while t others can take the shares
+        targets, skipped = self.health.split(by_peer, self.client.probe_peer)
+        if len(targets) < threshold:
+            targets, skipped = targets + skipped, []
+        plan = ShareDelivery(targets, threshold, timeout=self.config.request_timeout, skipped=skipped)
+
+        async def deliver(action: Any) -> Any:
+            share = by_peer[action.peer]
+            wire = PeerDeliverShare(object_id, share.index, share.sealed).to_wire()
+            return await result_of(self.client.peer_request(action.peer, PeerDeliverShare.kind, wire,
+                                                            timeout=action.timeout))
+
+        delivery = PlanRun(plan, deliver)
+        # peers wait (<= 10 s) for the transaction to commit before accepting a share,
+        # so deliver while it is being ordered; late deliveries finish in
+        # the background (bounded by the request timeout)
+        self.client.nursery.start_soon(self._deliver_all, object_id, delivery)
+        try:
+            reply = await self.client.submit(tx_type, body)
+        except BaseException:
+            delivery.cancel()  # not committed: the peers would refuse the shares anyway
+            raise
+        delivery.tell(plan.on_committed)
+        outcome = await delivery.wait_decided()
+        if isinstance(outcome, Done):
+            acks = list(outcome.value)
+        else:  # fewer than t acknowledgements
+            acks = sorted(plan.acks)
+            if outcome is None:
+                outcome = GaveUp("not-enough", dict(plan.errors), len(acks))
+        return reply, acks, outcome
+
+    async def _deliver_all(self, grant_id: str, delivery: PlanRun) -> None:  # a grant's or a delegation's
         """Run the grant's share deliveries (``peer.deliver_share`` to each peer in
         parallel; a background task); afterwards record shares that arrived after
         the answer."""
@@ -408,6 +677,38 @@ class PatientAgent(UserAgent):
                 await self.client.save_state()
             except OSError as exc:
                 log.warning("%s: could not save state: %s", self.subject, exc)
+
+
+# ------------------------------------------------------------------ policies
+
+
+def standing_labels(policy: Policy) -> list[str]:
+    """The labels an ``approval auto`` allow rule of ``policy`` names (what
+    :meth:`PatientAgent.set_policy` deposits standing parts for by default)."""
+    out: list[str] = []
+    for rule in policy.rules:
+        if rule.effect == "allow" and rule.approval == "auto":
+            out.extend(o.value for o in rule.objects if o.kind == "label" and o.value not in out)
+    return out
+
+
+def narrowed_policy(policy: Policy, doctor: str, label: str) -> Policy:
+    """``policy`` with its version raised by one and a rule denying ``doctor`` every
+    operation on ``label`` (deny overrides allow; docs/policy.md)."""
+    base = "revoked-" + "".join(c if c.isalnum() or c in "_-" else "-" for c in doctor)
+    names = {r.id for r in policy.rules}
+    name, n = base, 1
+    while name in names:
+        n += 1
+        name = f"{base}-{n}"
+    text = (f"policy \"x\" version 1\nrule {name}:\n  deny any on label {_quote(label)}\n"
+            f"  when id == {_quote(doctor)}\n")
+    rule = parse_policy(text).rules[0]
+    return dataclasses.replace(policy, version=policy.version + 1, rules=(rule, *policy.rules))
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # ------------------------------------------------------------------ sealing (worker threads)

@@ -19,6 +19,7 @@ from ._policy_model import (
     MAX_CONDITION_NODES, MAX_DEPTH, MAX_LIST, MAX_MSGPACK_BYTES, MAX_RULES, And, Compare, Condition, Has, Member,
     Not, ObjectSpec, BasePolicy, Or, Rule, TimeWindow,
 )
+from ._policy_model import Emergency
 from .errors import DecodeError, PolicyError
 
 P = TypeVar("P", bound=BasePolicy)
@@ -66,7 +67,7 @@ def _rule(r: Rule) -> dict[str, Any]:
 
 
 def _to_obj(p: BasePolicy) -> dict[str, Any]:
-    return _m(
+    obj = _m(
         kind="policy",
         format=FORMAT,
         name=p.name,
@@ -74,6 +75,9 @@ def _to_obj(p: BasePolicy) -> dict[str, Any]:
         default=_m(effect=p.default_effect, approval=p.default_approval),
         rules=[_rule(r) for r in p.rules],
     )
+    if p.emergency is not None:  # absent otherwise: policies without one keep their bytes
+        obj["emergency"] = _m(roles=list(p.emergency.roles), cosign=p.emergency.cosign, window=p.emergency.window)
+    return obj
 
 
 def _pack(obj: Any) -> bytes:
@@ -228,7 +232,18 @@ _K_POLICY = frozenset({"kind", "format", "name", "version", "default", "rules"})
 _K_DEFAULT = frozenset({"effect", "approval"})
 
 
+_K_EMERGENCY = frozenset({"roles", "cosign", "window"})
+
+
 def _from_obj(obj: Any, cls: type[P]) -> P:
+    emergency = None
+    if isinstance(obj, dict) and "emergency" in obj:
+        obj = dict(obj)
+        e = _map("policy.emergency", obj.pop("emergency"), _K_EMERGENCY)
+        roles = _list("policy.emergency.roles", e["roles"], MAX_LIST)
+        emergency = Emergency(tuple(_str(f"policy.emergency.roles[{i}]", r) for i, r in enumerate(roles)),
+                              _int("policy.emergency.cosign", e["cosign"]),
+                              _int("policy.emergency.window", e["window"]))
     m = _map("policy", obj, _K_POLICY)
     if m["kind"] != "policy":
         raise _fail("policy.kind", f"expected 'policy', got {m['kind']!r}")
@@ -242,6 +257,7 @@ def _from_obj(obj: Any, cls: type[P]) -> P:
         rules=tuple(_decode_rule(f"policy.rules[{i}]", r) for i, r in enumerate(rules)),
         default_effect=_str("policy.default.effect", d["effect"]),
         default_approval=_opt_str("policy.default.approval", d["approval"]),
+        emergency=emergency,
     )
 
 

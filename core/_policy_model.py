@@ -545,6 +545,30 @@ class Decision:
 
 
 _MAX_MISSES_IN_REASON = 8
+MAX_EMERGENCY_COSIGN = 16  #: officers an emergency clause may require
+MAX_EMERGENCY_WINDOW = 7 * 86400  #: longest emergency access, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Emergency:
+    """The policy's emergency (break-glass) clause: which requester roles may
+    invoke it, how many officers of the requester's hospital must co-sign, and
+    how long (seconds) the access lasts (docs/policy.md, "Emergency access")."""
+
+    roles: tuple[str, ...]
+    cosign: int
+    window: int
+
+    def __post_init__(self) -> None:
+        _check_tuple("emergency roles", self.roles)
+        for r in self.roles:
+            _check_string("emergency role", r)
+        if len(set(self.roles)) != len(self.roles):
+            raise PolicyError("emergency roles must be distinct")
+        if type(self.cosign) is not int or not 1 <= self.cosign <= MAX_EMERGENCY_COSIGN:
+            raise PolicyError(f"emergency cosign must be 1..{MAX_EMERGENCY_COSIGN}")
+        if type(self.window) is not int or not 1 <= self.window <= MAX_EMERGENCY_WINDOW:
+            raise PolicyError(f"emergency window must be 1..{MAX_EMERGENCY_WINDOW} seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,9 +585,12 @@ class BasePolicy:
     rules: tuple[Rule, ...] = ()
     default_effect: str = "deny"
     default_approval: str | None = None
+    emergency: Emergency | None = None
 
     def __post_init__(self) -> None:
         _check_string("policy name", self.name)
+        if self.emergency is not None and not isinstance(self.emergency, Emergency):
+            raise PolicyError("emergency must be an Emergency clause")
         if not isinstance(self.version, int) or isinstance(self.version, bool) or not 0 <= self.version <= INT_MAX:
             raise PolicyError("policy version must be a non-negative 64-bit integer")
         if not isinstance(self.rules, tuple):

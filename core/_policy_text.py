@@ -18,6 +18,7 @@ from ._policy_model import (
     NAME_RE, RESERVED_ATTRIBUTES, RESERVED_OPERATIONS, And, Compare, Condition, Has, Member, Not, ObjectSpec,
     BasePolicy, Or, Rule, TimeWindow, Value, check_condition_limits,
 )
+from ._policy_model import MAX_EMERGENCY_COSIGN, MAX_EMERGENCY_WINDOW, Emergency
 from .errors import PolicyError
 
 P = TypeVar("P", bound=BasePolicy)
@@ -328,6 +329,9 @@ class _Parser:
                 default_approval = self.choice(("auto", "patient")).text
             elif default_effect == "allow":
                 default_approval = "patient"
+        emergency = None
+        if self.is_word("emergency"):
+            emergency = self.emergency()
         rules: list[Rule] = []
         ids: set[str] = set()
         while self.is_word("rule"):
@@ -336,10 +340,35 @@ class _Parser:
             rules.append(self.rule(ids))
         if self.peek().kind != "eof":
             expected = "'rule' or the end of the text"
-            if not rules and not has_default:
+            if not rules and emergency is None:
+                expected = "'emergency', " + expected
+            if not rules and emergency is None and not has_default:
                 expected = "'default', " + expected
             raise self.unexpected(expected)
-        return cls(name, version, tuple(rules), default_effect, default_approval)
+        return cls(name, version, tuple(rules), default_effect, default_approval, emergency)
+
+    def emergency(self) -> Emergency:
+        """``emergency roles NAME {, NAME} cosign INT window INT`` (seconds)."""
+        self.advance()  # 'emergency'
+        self.word("roles", "'roles' and the roles that may break the glass, e.g. roles doctor")
+        roles = [self.kind("name", "a role name, e.g. doctor")]
+        while self.is_punct(","):
+            self.advance()
+            roles.append(self.kind("name", "a role name, e.g. doctor"))
+        seen: set[str] = set()
+        for tok in roles:
+            if tok.text in seen:
+                raise self.fail(tok, f"role {tok.text!r} is listed twice")
+            seen.add(tok.text)
+        self.word("cosign", "'cosign' and how many officers must co-sign, e.g. cosign 2")
+        cosign = self.kind("int", "the number of co-signing officers, e.g. 2")
+        if not 1 <= cosign.value <= MAX_EMERGENCY_COSIGN:
+            raise self.fail(cosign, f"cosign must be 1..{MAX_EMERGENCY_COSIGN}")
+        self.word("window", "'window' and the access's length in seconds, e.g. window 3600")
+        window = self.kind("int", "the access's length in seconds, e.g. 3600")
+        if not 1 <= window.value <= MAX_EMERGENCY_WINDOW:
+            raise self.fail(window, f"window must be 1..{MAX_EMERGENCY_WINDOW} seconds")
+        return Emergency(tuple(t.text for t in roles), cosign.value, window.value)
 
     def rule(self, ids: set[str]) -> Rule:
         start = self.advance()  # 'rule'
@@ -760,4 +789,7 @@ def format_rule(r: Rule) -> str:
 def format_policy(p: BasePolicy) -> str:
     head = f"policy {quote(p.name)} version {p.version}\n"
     head += "default deny\n" if p.default_effect == "deny" else f"default allow approval {p.default_approval}\n"
+    if p.emergency is not None:
+        e = p.emergency
+        head += f"emergency roles {', '.join(e.roles)} cosign {e.cosign} window {e.window}\n"
     return head + "".join("\n" + format_rule(r) + "\n" for r in p.rules)

@@ -39,8 +39,9 @@ from .enrollment import TOKEN_ID_SIZE
 from .identity import Certificate, ConsortiumConfig, PeerInfo, check_id
 from .policy import Policy, Request as PolicyRequest
 from .state import (
-    HEAD_KEY, CertEntry, GrantEntry, PolicyEntry, RecordEntry, RequestEntry, active_key, audit_key, audit_prefix,
-    cert_key, grant_key, nonce_key, policy_key, record_key, request_key, serial_key, token_key,
+    DELEGATION_MODES, HEAD_KEY, CertEntry, DelegationEntry, GrantEntry, PolicyEntry, RecordEntry, RequestEntry,
+    active_key, audit_key, audit_prefix, break_glass_key, cert_key, delegation_key, grant_key, nonce_key,
+    policy_key, record_key, request_key, revoked_key, serial_key, standing_key, token_key,
 )
 from .tx import Transaction
 
@@ -56,13 +57,45 @@ __all__ = [
     "parse_genesis",
     "IdentityRules",
     "store_record",
+    "reseal_record",
+    "record_body",
     "effect_key",
     "shows_effect",
     "BLOCK_TAG",
     "MAX_BLOCK_BYTES",
     "batch_fits",
     "REASON_CODES",
+    "STANDING_GRANT_TTL_S",
+    "BREAK_GLASS_TAG",
+    "OFFICER_ATTRIBUTE",
+    "break_glass_message",
+    "standing_grant_id",
+    "break_glass_grant_id",
 ]
+
+STANDING_GRANT_TTL_S = 24 * 3600
+"""Lifetime of a grant the ledger makes from a standing delegation (the policy is
+re-evaluated at every re-encryption anyway)."""
+BREAK_GLASS_TAG = "emrshare/v1/break-glass"
+OFFICER_ATTRIBUTE = "officer"
+"""A co-signing officer's certificate carries ``officer: true``, put there by its
+hospital's registrar at enrollment (core.enrollment binds the attributes)."""
+MAX_COSIGNERS = 16
+
+
+def break_glass_message(break_glass_id: str, doctor: str, patient: str, record_id: str, reason: str) -> bytes:
+    """What each co-signing officer signs (ECDSA, under :data:`BREAK_GLASS_TAG`)."""
+    return canonical.pack([break_glass_id, doctor, patient, record_id, reason])
+
+
+def standing_grant_id(request_id: str) -> str:
+    """The id of the grant the ledger makes for ``request_id`` from a standing delegation."""
+    return "sg-" + hashlib.sha256(b"emrshare/v1/standing-grant" + request_id.encode()).hexdigest()[:32]
+
+
+def break_glass_grant_id(break_glass_id: str) -> str:
+    """The id of the grant a committed ``break_glass`` makes."""
+    return "bg-" + hashlib.sha256(b"emrshare/v1/break-glass-grant" + break_glass_id.encode()).hexdigest()[:32]
 
 BLOCK_TAG = "emrshare/v1/block"
 MAX_BLOCK_TXS = 10_000
@@ -300,12 +333,17 @@ class CommitResult:
 # ------------------------------------------------------------------ rules
 
 
-def _body(tx: Transaction, spec: dict[str, Any]) -> dict[str, Any]:
-    """Check the body has exactly the fields of ``spec`` (name -> type or tuple of types)."""
+def _body(tx: Transaction, spec: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check the body has exactly the fields of ``spec`` (name -> type or tuple of types),
+    and maybe those of ``optional``."""
     body = tx.body
-    if set(body) != set(spec):
-        raise ValidationError("malformed", f"{tx.type} body needs fields {sorted(spec)}")
-    for name, kind in spec.items():
+    optional = optional or {}
+    if not set(spec) <= set(body) <= set(spec) | set(optional):
+        raise ValidationError("malformed", f"{tx.type} body needs fields {sorted(spec)}"
+                                           + (f" (optional: {sorted(optional)})" if optional else ""))
+    for name, kind in {**spec, **optional}.items():
+        if name not in body:
+            continue
         value = body[name]
         if kind is int:  # every integer in a body is a count, size, index or time: 0 <= n < 2**63
             ok = type(value) is int and 0 <= value < 2**63
@@ -334,39 +372,81 @@ def _owned(state: Any, key: str, tx: Transaction, what: str, forbidden: str) -> 
     return entry
 
 
+def _epoch(body: dict[str, Any]) -> int:
+    """A body's optional label-key ``epoch`` (0 when absent), at most core.pre.MAX_EPOCH."""
+    epoch = body.get("epoch", 0)
+    if epoch > 2**32 - 1:
+        raise ValidationError("malformed", "epoch must be at most 2**32 - 1")
+    return epoch
+
+
 def _text(value: str, what: str, limit: int = 256) -> str:
     if not 0 < len(value) <= limit:
         raise ValidationError("malformed", f"{what} must be 1..{limit} characters")
     return value
 
 
-def store_record(state: Any, block: Block, tx: Transaction) -> dict[str, Any]:
-    """The ``store`` rule after its submitter was found to be a patient: check the body
-    (record id, label, media type, capsule on the curve, CID) and write
-    ``record/<patient>/<record id>`` (``duplicate`` if it exists); returns the body.
-
-    Shared by :class:`Ledger` and the light client (:mod:`core.lightclient`), so
-    both agree on which CIDs committed ``store`` transactions name."""
+def record_body(tx: Transaction) -> dict[str, Any]:
+    """A ``store`` or ``reseal`` body, checked: record id, label, media type, optional
+    label-key ``epoch``, capsule on the curve (order-r subgroup, not the identity), CID."""
     body = _body(tx, {"record_id": str, "label": str, "cid": str, "size": int,
-                      "media_type": str, "capsule": bytes})
+                      "media_type": str, "capsule": bytes}, {"epoch": int})
     _id(body["record_id"], "record id")
     _text(body["label"], "label", 128)
     _text(body["media_type"], "media type", 128)
-    try:  # on the curve, in the order-r subgroup, not the identity: a bad capsule is refused
-        G1.from_bytes(body["capsule"])  # here, never an `internal` at every re-encryption later
+    if "epoch" in body:
+        _epoch(body)
+    try:  # a bad capsule is refused here, never an `internal` at every re-encryption later
+        G1.from_bytes(body["capsule"])
     except DecodeError as exc:
         raise ValidationError("malformed", f"capsule: {exc}") from exc
     try:
         parse_cid(body["cid"])
     except DecodeError as exc:
         raise ValidationError("malformed", f"cid: {exc}") from exc
+    return body
+
+
+def _put_record(state: Any, block: Block, tx: Transaction, key: str, body: dict[str, Any]) -> None:
+    state.put(key, {"tx": tx.to_bytes(), "label": body["label"], "cid": body["cid"],
+                    "size": body["size"], "media_type": body["media_type"],
+                    "capsule": body["capsule"], "height": block.height,
+                    **({"epoch": body["epoch"]} if body.get("epoch") else {})})
+
+
+def store_record(state: Any, block: Block, tx: Transaction) -> dict[str, Any]:
+    """The ``store`` rule after its submitter was found to be a patient: check the body
+    (:func:`record_body`) and write ``record/<patient>/<record id>`` (``duplicate`` if
+    it exists); returns the body.
+
+    Shared by :class:`Ledger` and the light client (:mod:`core.lightclient`), as is
+    :func:`reseal_record`, so both agree on which CIDs committed transactions name."""
+    body = record_body(tx)
     key = record_key(tx.submitter, body["record_id"])
     if state.get(key) is not None:
         raise ValidationError("duplicate", f"record {body['record_id']} already stored")
-    state.put(key, {"tx": tx.to_bytes(), "label": body["label"], "cid": body["cid"],
-                    "size": body["size"], "media_type": body["media_type"],
-                    "capsule": body["capsule"], "height": block.height})
+    _put_record(state, block, tx, key, body)
     return body
+
+
+def reseal_record(state: Any, block: Block, tx: Transaction) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``reseal`` rule after its submitter was found to be a patient: the record is
+    re-sealed under a later label-key epoch (a rotation): same record id and label, a new
+    blob, capsule and signature. Returns (the body, the record entry it replaced)."""
+    body = record_body(tx)
+    if "epoch" not in body:
+        raise ValidationError("malformed", "reseal needs the epoch the record is re-sealed under")
+    key = record_key(tx.submitter, body["record_id"])
+    rec = state.get(key)
+    if rec is None:
+        raise ValidationError("not_found", f"record {body['record_id']} does not exist")
+    if rec["label"] != body["label"]:
+        raise ValidationError("malformed", "a re-sealed record keeps its label")
+    if body["epoch"] <= rec.get("epoch", 0):
+        raise ValidationError("bad_state", f"record {body['record_id']} is sealed under epoch "
+                                           f"{rec.get('epoch', 0)} already; re-seal under a later one")
+    _put_record(state, block, tx, key, body)
+    return body, rec
 
 
 class IdentityRules:
@@ -615,7 +695,13 @@ class Ledger:
         self._user(state, tx, "patient")
         body = store_record(state, block, tx)
         self._audit(state, tx.submitter, block, index, tx, record_id=body["record_id"],
-                    label=body["label"], cid=body["cid"])
+                    label=body["label"], cid=body["cid"], **({"epoch": body["epoch"]} if "epoch" in body else {}))
+
+    def _tx_reseal(self, state, block, index, tx) -> None:
+        self._user(state, tx, "patient")
+        body, rec = reseal_record(state, block, tx)
+        self._audit(state, tx.submitter, block, index, tx, record_id=body["record_id"], label=body["label"],
+                    cid=body["cid"], epoch=body["epoch"], previous_cid=rec["cid"])
 
     def _tx_set_policy(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
@@ -624,9 +710,17 @@ class Ledger:
             policy = Policy.from_msgpack(body["policy"])
         except DecodeError as exc:
             raise ValidationError("malformed", f"policy: {exc}") from exc
-        state.put(policy_key(tx.submitter), {"policy": body["policy"], "version": policy.version,
-                                             "name": policy.name, "height": block.height})
+        self._put_policy(state, block, tx, body["policy"], policy)
         self._audit(state, tx.submitter, block, index, tx, policy=policy.name, version=policy.version)
+
+    def _put_policy(self, state, block, tx, raw: bytes, policy: Policy) -> None:
+        """Commit ``policy`` as the submitter's, refusing a version not above the current one."""
+        current = state.get(policy_key(tx.submitter))
+        if current is not None and policy.version <= current["version"]:
+            raise ValidationError("bad_state", f"policy version {policy.version} is not above the committed "
+                                               f"version {current['version']}")
+        state.put(policy_key(tx.submitter), {"policy": raw, "version": policy.version,
+                                             "name": policy.name, "height": block.height})
 
     def _tx_access_request(self, state, block, index, tx) -> None:
         entry = self._user(state, tx)
@@ -642,13 +736,32 @@ class Ledger:
         decision = self.evaluate(state, body["patient"], entry["cert"], body["operation"],
                                  body["record_id"], rec["label"], tx.timestamp // 1000, body["purpose"])
         status = "pending" if decision["effect"] == "allow" else "denied"
-        state.put(request_key(body["request_id"]), {
+        req = {
             "doctor": tx.submitter, "patient": body["patient"], "record_id": body["record_id"],
             "label": rec["label"], "operation": body["operation"], "purpose": body["purpose"],
             "decision": decision, "status": status, "time": tx.timestamp, "height": block.height,
-        })
+        }
+        extra: dict[str, Any] = {}
+        if status == "pending" and decision["approval"] == "auto":
+            revoked_under = state.get(revoked_key(body["patient"], tx.submitter))
+            if revoked_under is not None and revoked_under == decision["version"]:
+                # revoked under this very policy: the patient decides, until it changes the policy
+                req["hold"] = "revoked"
+                extra["hold"] = "revoked"
+            else:
+                epoch = rec.get("epoch", 0)
+                delegation_id = state.get(standing_key(body["patient"], rec["label"], epoch))
+                delegation = None if delegation_id is None else state.get(delegation_key(delegation_id))
+                if delegation is not None and delegation["mode"] == "auto":
+                    grant_id = standing_grant_id(body["request_id"])
+                    self._put_grant(state, tx.timestamp, block, grant_id, body["patient"], tx.submitter, req,
+                                    body["request_id"], delegation["threshold"], delegation["parts"],
+                                    tx.timestamp // 1000 + STANDING_GRANT_TTL_S, "label", epoch,
+                                    delegation=delegation_id)
+                    extra.update(grant_id=grant_id, standing=True)
+        state.put(request_key(body["request_id"]), req)
         self._audit(state, body["patient"], block, index, tx, request_id=body["request_id"],
-                    record_id=body["record_id"], label=rec["label"], decision=decision)
+                    record_id=body["record_id"], label=rec["label"], decision=decision, **extra)
 
     def evaluate(self, state, patient: str, cert: dict, operation: str, record_id: str,
                  label: str, time_s: int, purpose: str | None) -> dict:
@@ -679,7 +792,10 @@ class Ledger:
     def _tx_grant(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
         body = _body(tx, {"grant_id": str, "request_id": str, "threshold": int, "expires_at": int,
-                          "shares": dict})
+                          "shares": dict}, {"scope": str})
+        scope = body.get("scope", "label")
+        if scope not in ("record", "label"):
+            raise ValidationError("malformed", "grant scope must be 'record' or 'label'")
         _id(body["grant_id"], "grant id")
         if state.get(grant_key(body["grant_id"])) is not None:
             raise ValidationError("duplicate", "grant id already used")
@@ -696,19 +812,28 @@ class Ledger:
                 raise ValidationError("malformed", "shares must map peer ids to 32-byte hashes")
         if body["expires_at"] <= tx.timestamp // 1000:
             raise ValidationError("malformed", "grant expires in the past")
-        req["status"] = "granted"
-        req["grant_id"] = body["grant_id"]
+        rec = state.get(record_key(tx.submitter, req["record_id"]))
+        self._put_grant(state, tx.timestamp, block, body["grant_id"], tx.submitter, req["doctor"], req,
+                        body["request_id"], body["threshold"], shares, body["expires_at"], scope,
+                        rec.get("epoch", 0) if rec is not None else 0)
         state.put(request_key(body["request_id"]), req)
-        state.put(grant_key(body["grant_id"]), {
-            "patient": tx.submitter, "doctor": req["doctor"], "label": req["label"],
-            "record_id": req["record_id"], "request_id": body["request_id"],
-            "threshold": body["threshold"], "expires_at": body["expires_at"], "shares": shares,
-            "revoked": False, "time": tx.timestamp, "height": block.height,
-        })
-        state.put(active_key(tx.submitter, req["doctor"], body["grant_id"]), req["label"])
         self._audit(state, tx.submitter, block, index, tx, grant_id=body["grant_id"],
                     request_id=body["request_id"], doctor=req["doctor"], label=req["label"],
-                    peers=sorted(shares))
+                    peers=sorted(shares), scope=scope)
+
+    def _put_grant(self, state, time_ms: int, block, grant_id: str, patient: str, doctor: str, req: dict,
+                   request_id: str, threshold: int, shares: dict, expires_at: int, scope: str, epoch: int,
+                   **origin: str) -> None:
+        """Write a grant of the label key at ``epoch`` (and mark ``req``, which the caller puts, granted)."""
+        req["status"] = "granted"
+        req["grant_id"] = grant_id
+        extra: dict[str, Any] = {"epoch": epoch} if epoch else {}
+        state.put(grant_key(grant_id), {
+            "patient": patient, "doctor": doctor, "label": req["label"], "record_id": req["record_id"],
+            "request_id": request_id, "threshold": threshold, "expires_at": expires_at, "shares": shares,
+            "revoked": False, "time": time_ms, "height": block.height, "scope": scope, **origin, **extra,
+        })
+        state.put(active_key(patient, doctor, grant_id), req["label"])
 
     def _tx_deny_request(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
@@ -725,16 +850,123 @@ class Ledger:
 
     def _tx_revoke_grant(self, state, block, index, tx) -> None:
         self._user(state, tx, "patient")
-        body = _body(tx, {"grant_id": str, "reason": str})
+        body = _body(tx, {"grant_id": str, "reason": str}, {"policy": bytes})
         grant = _owned(state, grant_key(body["grant_id"]), tx, "grant", "only the grantor revokes a grant")
         if grant["revoked"]:
             raise ValidationError("bad_state", "grant already revoked")
+        extra: dict[str, Any] = {}
+        if "policy" in body:  # narrow the policy in the same step
+            try:
+                policy = Policy.from_msgpack(body["policy"])
+            except DecodeError as exc:
+                raise ValidationError("malformed", f"policy: {exc}") from exc
+            self._put_policy(state, block, tx, body["policy"], policy)
+            extra.update(policy=policy.name, version=policy.version)
         grant["revoked"] = True
         grant["revoked_at"] = tx.timestamp
         state.put(grant_key(body["grant_id"]), grant)
         state.writes[active_key(tx.submitter, grant["doctor"], body["grant_id"])] = None
+        pol = state.get(policy_key(tx.submitter))
+        # no automatic grant for this doctor again until the policy changes
+        state.put(revoked_key(tx.submitter, grant["doctor"]), pol["version"] if pol is not None else 0)
         self._audit(state, tx.submitter, block, index, tx, grant_id=body["grant_id"],
-                    doctor=grant["doctor"], reason=_text(body["reason"], "reason"))
+                    doctor=grant["doctor"], reason=_text(body["reason"], "reason"), **extra)
+
+    def _tx_standing(self, state, block, index, tx) -> None:
+        self._user(state, tx, "patient")
+        body = _body(tx, {"delegation_id": str, "label": str, "mode": str, "threshold": int, "parts": dict},
+                     {"epoch": int})
+        label = _text(body["label"], "label", 128)
+        if "/" in label:
+            raise ValidationError("malformed", "a standing delegation's label may not contain '/'")
+        epoch = _epoch(body)
+        current = standing_key(tx.submitter, label, epoch)
+        if body["mode"] == "off":  # withdraw
+            if body["parts"] or body["threshold"] != 0:
+                raise ValidationError("malformed", "withdrawing (mode off) carries no parts and threshold 0")
+            if state.get(current) is None:
+                raise ValidationError("not_found", f"no standing delegation of {label}")
+            state.writes[current] = None
+            self._audit(state, tx.submitter, block, index, tx, label=label, mode="off", epoch=epoch)
+            return
+        if body["mode"] not in DELEGATION_MODES:
+            raise ValidationError("malformed", f"mode must be one of {DELEGATION_MODES + ('off',)}")
+        _id(body["delegation_id"], "delegation id")
+        if state.get(delegation_key(body["delegation_id"])) is not None:
+            raise ValidationError("duplicate", "delegation id already used")
+        parts = body["parts"]
+        if not 1 <= body["threshold"] <= len(parts) or body["threshold"] < self.config.threshold:
+            raise ValidationError("malformed", "threshold must be at least the consortium's and at most the part count")
+        for peer_id, digest in parts.items():
+            if peer_id not in self._peers or not isinstance(digest, bytes) or len(digest) != 32:
+                raise ValidationError("malformed", "parts must map peer ids to 32-byte hashes")
+        state.put(delegation_key(body["delegation_id"]), {
+            "patient": tx.submitter, "label": label, "mode": body["mode"], "threshold": body["threshold"],
+            "parts": parts, "time": tx.timestamp, "height": block.height, "epoch": epoch})
+        state.put(current, body["delegation_id"])
+        self._audit(state, tx.submitter, block, index, tx, delegation_id=body["delegation_id"], label=label,
+                    mode=body["mode"], peers=sorted(parts), epoch=epoch)
+
+    def _tx_break_glass(self, state, block, index, tx) -> None:
+        entry = self._user(state, tx)
+        body = _body(tx, {"break_glass_id": str, "patient": str, "record_id": str, "reason": str,
+                          "cosigners": dict})
+        bg_id = _id(body["break_glass_id"], "break-glass id")
+        reason = _text(body["reason"], "reason", 512)
+        if state.get(break_glass_key(bg_id)) is not None:
+            raise ValidationError("duplicate", "break-glass id already used")
+        rec = state.get(record_key(body["patient"], body["record_id"]))
+        if rec is None:
+            raise ValidationError("not_found", f"record {body['patient']}/{body['record_id']} does not exist")
+        pol = state.get(policy_key(body["patient"]))
+        emergency = None if pol is None else self._policy(pol["policy"]).emergency
+        if emergency is None:
+            raise ValidationError("not_allowed", "the patient's policy has no emergency clause")
+        cert = entry["cert"]
+        if cert["attributes"].get("role") not in emergency.roles:
+            raise ValidationError("forbidden", f"role {cert['attributes'].get('role')!r} may not break the glass")
+        cosigners = body["cosigners"]
+        if len(cosigners) > MAX_COSIGNERS:
+            raise ValidationError("malformed", f"at most {MAX_COSIGNERS} co-signers")
+        message = break_glass_message(bg_id, tx.submitter, body["patient"], body["record_id"], reason)
+        t = tx.timestamp // 1000
+        for officer, signature in sorted(cosigners.items()):
+            if not isinstance(officer, str) or not isinstance(signature, bytes) or len(signature) != 64:
+                raise ValidationError("malformed", "cosigners must map officer ids to 64-byte signatures")
+            if officer == tx.submitter:
+                raise ValidationError("forbidden", "the requesting doctor cannot co-sign its own break-glass")
+            oentry = state.get(cert_key(officer))
+            if oentry is None:
+                raise ValidationError("unknown_submitter", f"no certificate for co-signer {officer}")
+            ocert = oentry["cert"]
+            if oentry["revoked"] or not ocert["valid_from"] <= t < ocert["valid_until"]:
+                raise ValidationError("cert_revoked", f"co-signer {officer}'s certificate is not valid now")
+            if ocert["org"] != cert["org"] or ocert["attributes"].get(OFFICER_ATTRIBUTE) is not True:
+                raise ValidationError("forbidden", f"{officer} is not an officer of {cert['org']}")
+            if not ecdsa.is_valid(ocert["ecdsa_key"], BREAK_GLASS_TAG, message, signature):
+                raise ValidationError("bad_signature", f"co-signature of {officer} does not verify")
+        if len(cosigners) < emergency.cosign:
+            raise ValidationError("not_allowed", f"{len(cosigners)} officers co-signed; the patient's policy "
+                                                 f"needs {emergency.cosign}")
+        epoch = rec.get("epoch", 0)
+        delegation_id = state.get(standing_key(body["patient"], rec["label"], epoch))
+        delegation = None if delegation_id is None else state.get(delegation_key(delegation_id))
+        if delegation is None:
+            raise ValidationError("not_found", f"the patient deposited no standing or emergency parts for "
+                                               f"label {rec['label']} (key epoch {epoch})")
+        grant_id = break_glass_grant_id(bg_id)
+        expires_at = t + emergency.window
+        req = {"label": rec["label"], "record_id": body["record_id"]}
+        self._put_grant(state, tx.timestamp, block, grant_id, body["patient"], tx.submitter, req, bg_id,
+                        delegation["threshold"], delegation["parts"], expires_at, "label", epoch,
+                        delegation=delegation_id, break_glass=bg_id)
+        state.put(break_glass_key(bg_id), {
+            "doctor": tx.submitter, "patient": body["patient"], "record_id": body["record_id"],
+            "label": rec["label"], "reason": reason, "cosigners": sorted(cosigners), "expires_at": expires_at,
+            "grant_id": grant_id, "time": tx.timestamp, "height": block.height})
+        self._audit(state, body["patient"], block, index, tx, break_glass_id=bg_id, grant_id=grant_id,
+                    doctor=tx.submitter, record_id=body["record_id"], label=rec["label"], reason=reason,
+                    cosigners=sorted(cosigners), expires_at=expires_at, emergency=True)
 
     def _tx_access(self, state, block, index, tx) -> None:
         peer = self._peers.get(tx.submitter)
@@ -752,9 +984,14 @@ class Ledger:
             raise ValidationError("bad_state", "grant revoked")
         if tx.timestamp // 1000 >= grant["expires_at"]:
             raise ValidationError("bad_state", "grant expired")
+        flags = {}
+        if grant.get("delegation") is not None:
+            flags["standing"] = True
+        if grant.get("break_glass") is not None:
+            flags["emergency"] = True
         self._audit(state, grant["patient"], block, index, tx, grant_id=body["grant_id"],
                     request_id=body["request_id"], record_id=body["record_id"],
-                    doctor=body["doctor"], peer=tx.submitter, share_index=body["index"])
+                    doctor=body["doctor"], peer=tx.submitter, share_index=body["index"], **flags)
 
     # -- queries (read committed state) -------------------------------------
 
@@ -788,6 +1025,15 @@ class Ledger:
         value = self.get(grant_key(grant_id))
         return None if value is None else GrantEntry.from_state(value)
 
+    def delegation(self, delegation_id: str) -> DelegationEntry | None:
+        value = self.get(delegation_key(delegation_id))
+        return None if value is None else DelegationEntry.from_state(value)
+
+    def current_delegation(self, patient: str, label: str, epoch: int = 0) -> str | None:
+        """The id of ``patient``'s current standing delegation of ``label`` at ``epoch`` (None: none)."""
+        value = self.get(standing_key(patient, label, epoch))
+        return value if isinstance(value, str) else None
+
     def check_reencryption(self, grant_id: str, doctor: str, patient: str, record_id: str,
                            now_s: int) -> tuple[GrantEntry, RecordEntry]:
         """A peer's live check before re-encrypting; returns (grant, record) or raises
@@ -807,6 +1053,15 @@ class Ledger:
             raise ValidationError("not_found", f"no record {patient}/{record_id}")
         if rec.label != grant.label:
             raise ValidationError("forbidden", "record is under another label than the grant")
+        if not grant.covers(record_id):
+            raise ValidationError("forbidden", f"the grant covers record {grant.record_id} only (the patient "
+                                               "approved that record)")
+        if (grant.epoch or 0) != rec.key_epoch:
+            raise ValidationError("forbidden", f"record {record_id} is sealed under label-key epoch "
+                                               f"{rec.key_epoch}, the grant under {grant.epoch or 0}: request again")
+        if grant.delegation is not None and \
+                self.current_delegation(patient, rec.label, rec.key_epoch) != grant.delegation:
+            raise ValidationError("bad_state", "the patient withdrew or replaced the standing delegation")
         entry = self.get(cert_key(doctor))
         if entry is None:
             raise ValidationError("unknown_submitter", f"no certificate for {doctor}")
@@ -815,11 +1070,16 @@ class Ledger:
         cert = entry["cert"]
         if not cert["valid_from"] <= now_s < cert["valid_until"]:
             raise ValidationError("cert_expired", f"certificate of {doctor} is not valid now")
+        if grant.break_glass is not None:
+            return grant, rec  # an emergency access: co-signed, time-boxed, and not the policy's to decide
         req = self.get(request_key(grant.request_id))
         decision = self.evaluate(self, patient, cert, req["operation"] if req else "read", record_id,
                                  rec.label, now_s, req["purpose"] if req else None)
         if decision["effect"] != "allow":
             raise ValidationError("not_allowed", f"policy now denies: {decision['reason']}")
+        if grant.delegation is not None and decision["approval"] != "auto":
+            raise ValidationError("not_allowed", "the policy no longer pre-authorizes this doctor "
+                                                 "(approval patient): ask the patient")
         return grant, rec
 
     def audit(self, patient: str) -> list[dict]:
@@ -852,6 +1112,15 @@ def effect_key(tx: Transaction) -> str | None:
             return request_key(_named(body["request_id"]))
         if tx.type in ("grant", "revoke_grant"):
             return grant_key(_named(body["grant_id"]))
+        if tx.type == "standing":
+            epoch = body.get("epoch", 0)
+            if type(epoch) is not int or epoch < 0:
+                raise DecodeError("standing epoch must be a non-negative integer")
+            return standing_key(tx.submitter, _label(body["label"]), epoch)
+        if tx.type == "reseal":
+            return record_key(tx.submitter, _named(body["record_id"]))
+        if tx.type == "break_glass":
+            return break_glass_key(_named(body["break_glass_id"]))
     except (KeyError, TypeError) as exc:
         raise DecodeError(f"{tx.type} body does not name its entry") from exc
     return None
@@ -859,6 +1128,12 @@ def effect_key(tx: Transaction) -> str | None:
 
 def _named(value: Any) -> str:
     return check_id(value, "id")
+
+
+def _label(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or "/" in value:
+        raise DecodeError("label must be 1..128 characters without '/'")
+    return value
 
 
 def shows_effect(tx: Transaction, value: Any) -> bool:
@@ -879,7 +1154,7 @@ def shows_effect(tx: Transaction, value: Any) -> bool:
             return value is not None and CertEntry.from_state(value).cert == Certificate.from_dict(body["cert"])
         if tx.type == "revoke_cert":
             return value is not None and CertEntry.from_state(value).revoked
-        if tx.type == "store":
+        if tx.type in ("store", "reseal"):  # (a later reseal replaces what a store showed)
             return value is not None and RecordEntry.from_state(value).tx == tx.to_bytes()
         if tx.type == "set_policy":
             return value is not None and PolicyEntry.from_state(value).policy == body["policy"]
@@ -898,6 +1173,11 @@ def shows_effect(tx: Transaction, value: Any) -> bool:
         if tx.type == "revoke_grant":
             grant = GrantEntry.from_state(value) if value is not None else None
             return grant is not None and grant.patient == tx.submitter and grant.revoked
+        if tx.type == "standing":
+            return value is None if body["mode"] == "off" else value == body["delegation_id"]
+        if tx.type == "break_glass":
+            return isinstance(value, dict) and (value.get("doctor"), value.get("patient"), value.get("record_id")) \
+                == (tx.submitter, body["patient"], body["record_id"])
     except (KeyError, TypeError, DecodeError):
         return False
     return True

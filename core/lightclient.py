@@ -9,17 +9,19 @@ block as a peer does (it extends the last one, its Merkle root holds, the
 orderer signed it) and applies the ledger's own rules
 (:class:`core.ledger.IdentityRules`: timestamp, submitter, signature, nonce,
 then the ``register`` or ``revoke_cert`` body) to its certificate transactions,
-and the ledger's ``store`` rule (a patient's certificate,
-:func:`core.ledger.store_record`) to its ``store`` transactions
-(:meth:`~CertificateLightClient.apply_all` returns the :class:`StoredRecord` values
-a block committed, :meth:`~CertificateLightClient.records` all of them). Every
+and the ledger's ``store`` and ``reseal`` rules (a patient's certificate,
+:func:`core.ledger.store_record`, :func:`core.ledger.reseal_record`) to its
+``store`` and ``reseal`` transactions (:meth:`~CertificateLightClient.apply_all`
+returns the :class:`StoredRecord` values a block committed,
+:meth:`~CertificateLightClient.records` the current one of every record: a re-seal
+replaces the record's blob, so the old CID is no longer named). Every
 other transaction type is skipped without being verified.
 
 It agrees with a full :class:`core.ledger.Ledger` fed the same blocks on the
 set of registered, unrevoked certificates and on the set of stored records,
 with one exception it cannot see: nonces. It records the nonces of the
-certificate and store transactions it applies, not those of other types, so a
-``register``, ``revoke_cert`` or ``store`` that reuses a nonce its submitter
+certificate, store and reseal transactions it applies, not those of other types, so a
+``register``, ``revoke_cert``, ``store`` or ``reseal`` that reuses a nonce its submitter
 spent on another type of transaction is refused by the ledger
 (``replayed_nonce``) and accepted here. Nonces are random: only a submitter
 doing it on purpose gets there, and that submitter (the issuing peer, the
@@ -42,7 +44,7 @@ from dataclasses import dataclass
 from .canonical import unpack
 from .errors import CoreError, DecodeError, ValidationError
 from .identity import Certificate, ConsortiumConfig
-from .ledger import Block, Genesis, IdentityRules, MemoryKV, _Overlay, parse_genesis, store_record
+from .ledger import Block, Genesis, IdentityRules, MemoryKV, _Overlay, parse_genesis, reseal_record, store_record
 from .state import CertEntry, cert_key, certs_prefix, parse_key, record_key
 from .tx import Transaction
 
@@ -149,7 +151,7 @@ class CertificateLightClient:
             tx = Transaction.from_bytes(raw)
         except DecodeError:
             return "malformed"
-        if tx.type not in ("register", "revoke_cert", "store"):
+        if tx.type not in ("register", "revoke_cert", "store", "reseal"):
             return "skipped"
         tx_state = _Overlay(state)  # an invalid transaction writes nothing
         result: str | StoredRecord = "ok"
@@ -162,9 +164,15 @@ class CertificateLightClient:
                 self.rules.revoke_cert(tx_state, block, tx)
             else:
                 self.rules.user(tx_state, tx, "patient")
-                body = store_record(tx_state, block, tx)
-                # the entry's bytes (the transaction, the capsule) are not needed here: a marker
-                tx_state.put(record_key(tx.submitter, body["record_id"]), 1)
+                if tx.type == "store":
+                    body = store_record(tx_state, block, tx)
+                else:  # a re-seal names the record's new blob; the old one is no longer named
+                    body, _ = reseal_record(tx_state, block, tx)
+                # the entry's bytes (the transaction, the capsule) are not needed here: what the
+                # reseal rule reads
+                tx_state.put(record_key(tx.submitter, body["record_id"]),
+                             {"label": body["label"], "cid": body["cid"],
+                              **({"epoch": body["epoch"]} if body.get("epoch") else {})})
                 result = StoredRecord(tx.submitter, body["record_id"], body["cid"], body["size"], block.height)
         except ValidationError as exc:
             return exc.code
@@ -188,7 +196,8 @@ class CertificateLightClient:
         return out
 
     def records(self) -> list[StoredRecord]:
-        """Every record committed ``store`` transactions named, in commit order."""
+        """Every record committed ``store`` transactions named (its current blob: after a
+        ``reseal``, the re-sealed one), in commit order."""
         return list(self._records.values())
 
     def cids(self) -> dict[str, StoredRecord]:

@@ -57,6 +57,7 @@ from ._policy_model import (
     Compare as Compare,
     Condition as Condition,
     Decision as Decision,
+    Emergency as Emergency,
     Has as Has,
     Member as Member,
     Not as Not,

@@ -2,7 +2,10 @@
 
 Keys
     Each user holds a 32-byte master secret ``s``. Its PRE secret for label L is
-    ``a_L = hash_to_scalar("emrshare/v1/pre-label", s, L)`` and its public key is
+    ``a_L = hash_to_scalar("emrshare/v1/pre-label", s, L)``; at epoch e > 0 (after
+    a rotation, docs/crypto-standing.md) it is
+    ``a_{L,e} = hash_to_scalar("emrshare/v1/pre-label-epoch", s, L, e)``, so epoch 0
+    is the original key and every epoch's key is independent. Its public key is
     ``(P1, P2) = (a_L g1, a_L g2)``, published with a Schnorr proof of possession
     of ``a_L`` bound to the owner's id and label. A doctor's receiving key is the
     key of the label ``"receive"``.
@@ -16,6 +19,14 @@ Encapsulation (patient, label L)
 Delegation (t of n proxies)
     A random polynomial ``f`` of degree t-1 with ``f(0) = 1/a_L``; proxy i gets
     ``rk_i = f(x_i) P2_B``, sealed to its X25519 key with the grant context inside.
+
+Standing delegation (t of n proxies, any later receiver)
+    The same polynomial ``f`` drawn once per label, but proxy i gets the scalar
+    ``f(x_i)`` itself, sealed to its X25519 key (:func:`make_standing_parts`);
+    for a receiver B the ledger allows later it derives its own key share
+    ``rk_i = f(x_i) P2_B`` (:func:`derive_key_share`: one constant-time G2
+    multiplication), with no message to the owner. Any t parts interpolate
+    ``1/a_L`` (docs/security.md, "Standing delegation", says what that costs).
 
 Re-encryption (proxy i)
     ``s_i = e(U, rk_i) = Z^(k b f(x_i) a_L)``.
@@ -55,12 +66,14 @@ __all__ = [
     "MASTER_SECRET_SIZE",
     "RECEIVE_LABEL",
     "MAX_PROXIES",
+    "MAX_EPOCH",
     "PublicKey",
     "KeyPair",
     "Proof",
     "Proxy",
     "KeyShare",
     "SealedKeyShare",
+    "StandingPart",
     "ReencryptedShare",
     "Scheme",
     "new_master_secret",
@@ -71,6 +84,9 @@ __all__ = [
     "decapsulate_owner",
     "make_key_shares",
     "open_key_share",
+    "make_standing_parts",
+    "open_standing_part",
+    "derive_key_share",
     "is_valid_single_rekey",
     "reencrypt",
     "lagrange_at_zero",
@@ -86,8 +102,11 @@ MAX_LABEL_LEN = 128
 MAX_ID_LEN = 256
 
 _LABEL_TAG = "emrshare/v1/pre-label"
+_EPOCH_TAG = "emrshare/v1/pre-label-epoch"
+MAX_EPOCH = 2**32 - 1
 _POP_TAG = "emrshare/v1/pre-pop"
 _SHARE_TAG = "emrshare/v1/rk-share"
+_PART_TAG = "emrshare/v1/standing-part"
 
 
 def new_master_secret() -> bytes:
@@ -111,11 +130,17 @@ def _check_text(value: str, what: str, limit: int) -> bytes:
     return data
 
 
-def label_secret(master_secret: bytes, label: str) -> int:
-    """a_L, the PRE secret scalar of ``label`` (nonzero by construction)."""
+def label_secret(master_secret: bytes, label: str, epoch: int = 0) -> int:
+    """a_{L,e}, the PRE secret scalar of ``label`` at ``epoch`` (nonzero by construction;
+    epoch 0 is a_L)."""
     if not isinstance(master_secret, (bytes, bytearray)) or len(master_secret) != MASTER_SECRET_SIZE:
         raise ValueError(f"master secret must be {MASTER_SECRET_SIZE} bytes")
-    return hash_to_scalar(_LABEL_TAG, bytes(master_secret), _check_text(label, "label", MAX_LABEL_LEN))
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+        raise ValueError(f"epoch must be an integer in [0, {MAX_EPOCH}]")
+    name = _check_text(label, "label", MAX_LABEL_LEN)
+    if epoch == 0:
+        return hash_to_scalar(_LABEL_TAG, bytes(master_secret), name)
+    return hash_to_scalar(_EPOCH_TAG, bytes(master_secret), name, epoch.to_bytes(4, "big"))
 
 
 # ----------------------------------------------------------------- public keys
@@ -182,11 +207,12 @@ class KeyPair:
     secret: int = field(repr=False)
     public: PublicKey
     label: str
+    epoch: int = 0
 
     @classmethod
-    def derive(cls, master_secret: bytes, label: str) -> "KeyPair":
-        """The key pair of ``label``, on the process's backend."""
-        return Scheme(active_backend()).derive_keypair(master_secret, label)
+    def derive(cls, master_secret: bytes, label: str, epoch: int = 0) -> "KeyPair":
+        """The key pair of ``label`` (at ``epoch``), on the process's backend."""
+        return Scheme(active_backend()).derive_keypair(master_secret, label, epoch)
 
     @property
     def backend(self) -> Backend:
@@ -310,6 +336,17 @@ def make_key_shares(
     proxy checks it on opening. The caller must have checked the receiver's key
     on the ledger (``verify_public_key``).
     """
+    out = []
+    for proxy, y in _inverse_shares(keypair, proxies, threshold, context):
+        share = KeyShare(proxy.index, threshold, context, receiver.p2 * y)
+        box = SealedBox(BoxPublicKey(proxy.box_public_key))
+        out.append(SealedKeyShare(proxy.index, box.encrypt(share.to_bytes())))
+    return out
+
+
+def _inverse_shares(keypair: KeyPair, proxies: Sequence[Proxy], threshold: int,
+                    context: bytes) -> list[tuple[Proxy, int]]:
+    """(proxy, f(x_i)) for a fresh random f of degree t-1 with f(0) = 1/a_L."""
     _check_proxies(proxies, threshold)
     if not isinstance(context, bytes):
         raise TypeError("context must be bytes")
@@ -320,10 +357,83 @@ def make_key_shares(
         y = 0
         for c in reversed(coeffs):
             y = (y * proxy.index + c) % R
-        share = KeyShare(proxy.index, threshold, context, receiver.p2 * y)
-        box = SealedBox(BoxPublicKey(proxy.box_public_key))
-        out.append(SealedKeyShare(proxy.index, box.encrypt(share.to_bytes())))
+        out.append((proxy, y))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class StandingPart:
+    """An opened standing-delegation part: proxy i's scalar f(x_i) (held by proxy i only).
+
+    ``repr`` never shows the scalar. With a receiver's key it gives proxy i's
+    re-encryption key share for that receiver (:func:`derive_key_share`)."""
+
+    index: int
+    threshold: int
+    context: bytes
+    scalar: int = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """The part's plaintext encoding (what gets sealed; keep it secret)."""
+        return msgpack.packb([_PART_TAG, self.context, self.index, self.threshold, scalar_to_bytes(self.scalar)])
+
+
+def make_standing_parts(
+    keypair: KeyPair,
+    proxies: Sequence[Proxy],
+    threshold: int,
+    context: bytes,
+) -> list[SealedKeyShare]:
+    """Standing-delegation parts of ``keypair``'s label, t of n: f(x_i) for a fresh
+    f of degree t-1 with f(0) = 1/a_L, each sealed to its proxy's X25519 key with
+    ``context`` (e.g. the delegation id) inside.
+
+    Any t parts together give 1/a_L, hence a_L: the owner hands its t proxies
+    jointly the power to serve any receiver (and to read the label's records);
+    t-1 of them learn nothing about a_L (the parts are t-1-wise uniform).
+    """
+    out = []
+    for proxy, y in _inverse_shares(keypair, proxies, threshold, context):
+        part = StandingPart(proxy.index, threshold, context, y)
+        box = SealedBox(BoxPublicKey(proxy.box_public_key))
+        out.append(SealedKeyShare(proxy.index, box.encrypt(part.to_bytes())))
+    return out
+
+
+def open_standing_part(
+    sealed: SealedKeyShare,
+    box_secret_key: bytes,
+    *,
+    expected_context: bytes,
+    expected_index: int,
+) -> StandingPart:
+    """Proxy side: unseal a standing part and check it is for this delegation and this proxy."""
+    try:
+        plain = SealedBox(BoxPrivateKey(box_secret_key)).decrypt(sealed.sealed)
+    except CryptoError as exc:
+        raise DecryptionError("sealed standing part does not open with this proxy's key") from exc
+    try:
+        tag, context, index, threshold, y = msgpack.unpackb(plain, raw=False)
+    except Exception as exc:
+        raise DecodeError("sealed standing part has a malformed body") from exc
+    if tag != _PART_TAG or not isinstance(context, bytes) or not isinstance(y, bytes):
+        raise DecodeError("sealed standing part has a malformed body")
+    if type(index) is not int or type(threshold) is not int or not 1 <= threshold <= MAX_PROXIES:
+        raise DecodeError("sealed standing part has a malformed body")
+    if context != expected_context:
+        raise DecodeError("sealed standing part is for another delegation")
+    if index != expected_index or index != sealed.index:
+        raise DecodeError("sealed standing part is for another proxy index")
+    return StandingPart(index, threshold, context, scalar_from_bytes(y))
+
+
+def derive_key_share(part: StandingPart, receiver: PublicKey) -> KeyShare:
+    """Proxy i's re-encryption key share for ``receiver``: rk_i = f(x_i) P2_B (one
+    constant-time G2 multiplication). The caller must have checked the receiver's
+    key on the ledger (``verify_public_key``); the share is what
+    :func:`make_key_shares` would have sealed to this proxy for that receiver,
+    with the same f."""
+    return KeyShare(part.index, part.threshold, part.context, receiver.p2 * part.scalar)
 
 
 def open_key_share(
@@ -478,10 +588,10 @@ class Scheme:
     def backend(self) -> Backend:
         return self.curve.backend
 
-    def derive_keypair(self, master_secret: bytes, label: str) -> KeyPair:
-        """The key pair of ``label``: a_L from the master secret, (a_L g1, a_L g2)."""
-        a = label_secret(master_secret, label)
-        return KeyPair(a, PublicKey(self.curve.G1.generator() * a, self.curve.G2.generator() * a), label)
+    def derive_keypair(self, master_secret: bytes, label: str, epoch: int = 0) -> KeyPair:
+        """The key pair of ``label`` at ``epoch``: a_{L,e} from the master secret, (a g1, a g2)."""
+        a = label_secret(master_secret, label, epoch)
+        return KeyPair(a, PublicKey(self.curve.G1.generator() * a, self.curve.G2.generator() * a), label, epoch)
 
     def public_key_from_bytes(self, data: bytes) -> PublicKey:
         """Decode and validate points (not the identity). Call :meth:`PublicKey.check` for the pairing check."""

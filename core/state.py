@@ -18,6 +18,10 @@ key                                        builder                          valu
 ``grant/<grant id>``                       :func:`grant_key`                :class:`GrantEntry`
 ``active/<patient>/<doctor>/<grant id>``   :func:`active_key`               the grant's label (str)
 ``audit/<patient>/<height>/<index>``       :func:`audit_key`                an audit event (map)
+``delegation/<delegation id>``             :func:`delegation_key`           :class:`DelegationEntry`
+``standing/<patient>/<label>/<epoch>``     :func:`standing_key`             the current delegation id
+``revoked/<patient>/<doctor>``             :func:`revoked_key`              the policy version at the revocation
+``breakglass/<break-glass id>``            :func:`break_glass_key`          :class:`BreakGlassEntry`
 =========================================  ===============================  ==========================
 
 Builders only format: they do not check their arguments, because the ledger
@@ -59,7 +63,15 @@ __all__ = [
     "PolicyEntry",
     "RequestEntry",
     "GrantEntry",
+    "DelegationEntry",
+    "DELEGATION_MODES",
+    "BreakGlassEntry",
+    "delegation_key",
+    "standing_key",
+    "revoked_key",
+    "break_glass_key",
     "active_key",
+    "active_prefix",
     "audit_key",
     "audit_prefix",
     "cert_key",
@@ -129,6 +141,11 @@ def active_key(patient: str, doctor: str, grant_id: str) -> str:
     return f"active/{patient}/{doctor}/{grant_id}"
 
 
+def active_prefix(patient: str, doctor: str) -> str:
+    """The prefix of every unrevoked grant of ``patient`` to ``doctor``."""
+    return f"active/{patient}/{doctor}/"
+
+
 def audit_key(patient: str, height: int, index: int) -> str:
     return f"audit/{patient}/{height:012d}/{index:05d}"
 
@@ -138,9 +155,31 @@ def audit_prefix(patient: str) -> str:
     return f"audit/{patient}/"
 
 
+def delegation_key(delegation_id: str) -> str:
+    """A patient's standing delegation of one label (docs/security.md, "Standing delegation")."""
+    return f"delegation/{delegation_id}"
+
+
+def standing_key(patient: str, label: str, epoch: int = 0) -> str:
+    """The id of ``patient``'s current standing delegation of ``label`` at label-key
+    ``epoch`` (absent: none)."""
+    return f"standing/{patient}/{label}/{epoch}"
+
+
+def revoked_key(patient: str, doctor: str) -> str:
+    """``patient`` revoked a grant of ``doctor`` under the policy version it holds:
+    no automatic grant for that doctor until the policy changes."""
+    return f"revoked/{patient}/{doctor}"
+
+
+def break_glass_key(break_glass_id: str) -> str:
+    return f"breakglass/{break_glass_id}"
+
+
 # kind -> number of parts after it
 _ARITY = {"meta": 1, "cert": 1, "serial": 1, "nonce": 2, "token": 2, "record": 2, "policy": 1,
-          "request": 1, "grant": 1, "active": 3, "audit": 3}
+          "request": 1, "grant": 1, "active": 3, "audit": 3, "delegation": 1, "standing": 3, "revoked": 2,
+          "breakglass": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,15 +309,22 @@ class RecordEntry:
     media_type: str
     capsule: bytes
     height: int
+    epoch: int | None = None
 
     @classmethod
     def from_state(cls, value: Any) -> "RecordEntry":
         f = _fields(value, "record", {"tx": bytes, "label": str, "cid": str, "size": int, "media_type": str,
-                                      "capsule": bytes, "height": int})
+                                      "capsule": bytes, "height": int}, {"epoch": int})
         return cls(**f)
 
+    @property
+    def key_epoch(self) -> int:
+        """The label-key epoch the record is sealed under (0 unless re-sealed or stored after a rotation)."""
+        return self.epoch or 0
+
     def store_transaction(self) -> Transaction:
-        """The committed ``store`` transaction (the patient's signature over the CID and metadata)."""
+        """The committed ``store`` (or latest ``reseal``) transaction: the patient's signature
+        over the CID and metadata."""
         return Transaction.from_bytes(self.tx)
 
 
@@ -320,13 +366,14 @@ class RequestEntry:
     height: int
     grant_id: str | None = None
     reject_reason: str | None = None
+    hold: str | None = None
 
     @classmethod
     def from_state(cls, value: Any) -> "RequestEntry":
         f = _fields(value, "request", {"doctor": str, "patient": str, "record_id": str, "label": str,
                                        "operation": str, "purpose": (str, None), "decision": dict,
                                        "status": str, "time": int, "height": int},
-                    {"grant_id": str, "reject_reason": str})
+                    {"grant_id": str, "reject_reason": str, "hold": str})
         if f["status"] not in REQUEST_STATUSES:
             raise DecodeError(f"request entry: unknown status {f['status'][:32]!r}")
         f["decision"] = Decision(**_fields(f["decision"], "request decision", _DECISION))
@@ -340,8 +387,12 @@ class RequestEntry:
 
 @dataclass(frozen=True, slots=True)
 class GrantEntry:
-    """``grant/<grant id>``: a patient's grant of a label to a doctor, with the SHA-256 of
-    each peer's sealed re-encryption key share."""
+    """``grant/<grant id>``: a patient's grant of a label (``scope`` "label", or None
+    for grants older than scopes) or of one record (``scope`` "record") to a doctor,
+    with the SHA-256 of each peer's sealed re-encryption key share. A grant the
+    ledger made itself from a standing delegation names it (``delegation``; the
+    shares are then the delegation's parts), and one made by a break-glass names
+    that (``break_glass``)."""
 
     patient: str
     doctor: str
@@ -355,12 +406,17 @@ class GrantEntry:
     time: int
     height: int
     revoked_at: int | None = None
+    scope: str | None = None
+    delegation: str | None = None
+    break_glass: str | None = None
+    epoch: int | None = None
 
     @classmethod
     def from_state(cls, value: Any) -> "GrantEntry":
         f = _fields(value, "grant", {"patient": str, "doctor": str, "label": str, "record_id": str,
                                      "request_id": str, "threshold": int, "expires_at": int, "shares": dict,
-                                     "revoked": bool, "time": int, "height": int}, {"revoked_at": int})
+                                     "revoked": bool, "time": int, "height": int},
+                    {"revoked_at": int, "scope": str, "delegation": str, "break_glass": str, "epoch": int})
         shares = f["shares"]
         if not all(isinstance(k, str) and isinstance(v, bytes) and len(v) == 32 for k, v in shares.items()):
             raise DecodeError("grant entry: shares must map peer ids to 32-byte hashes")
@@ -374,3 +430,69 @@ class GrantEntry:
     def active_at(self, now_s: int) -> bool:
         """Not revoked and not expired at Unix second ``now_s``."""
         return not self.revoked and now_s < self.expires_at
+
+    def covers(self, record_id: str) -> bool:
+        """Whether the grant's scope includes ``record_id`` (the label's check is the caller's)."""
+        return self.scope != "record" or record_id == self.record_id
+
+
+DELEGATION_MODES = ("auto", "emergency")
+
+
+@dataclass(frozen=True, slots=True)
+class DelegationEntry:
+    """``delegation/<id>``: a patient's standing delegation of ``label``: the SHA-256 of
+    each peer's sealed standing part (core.pre.make_standing_parts), t of n. ``mode``
+    "auto": the ledger grants any doctor the policy allows with approval auto (and
+    break-glass accesses); "emergency": break-glass accesses only."""
+
+    patient: str
+    label: str
+    mode: str
+    threshold: int
+    parts: Mapping[str, bytes]
+    time: int
+    height: int
+    epoch: int = 0
+
+    @classmethod
+    def from_state(cls, value: Any) -> "DelegationEntry":
+        f = _fields(value, "delegation", {"patient": str, "label": str, "mode": str, "threshold": int,
+                                          "parts": dict, "time": int, "height": int, "epoch": int})
+        if f["mode"] not in DELEGATION_MODES:
+            raise DecodeError(f"delegation entry: unknown mode {f['mode'][:32]!r}")
+        parts = f["parts"]
+        if not all(isinstance(k, str) and isinstance(v, bytes) and len(v) == 32 for k, v in parts.items()):
+            raise DecodeError("delegation entry: parts must map peer ids to 32-byte hashes")
+        f["parts"] = MappingProxyType(dict(parts))
+        return cls(**f)
+
+    def part_digest(self, peer_id: str) -> bytes | None:
+        return self.parts.get(peer_id)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakGlassEntry:
+    """``breakglass/<id>``: an emergency access: the doctor, the record, the stated
+    reason, the officers who co-signed, the window's end and the grant it made."""
+
+    doctor: str
+    patient: str
+    record_id: str
+    label: str
+    reason: str
+    cosigners: tuple[str, ...]
+    expires_at: int
+    grant_id: str
+    time: int
+    height: int
+
+    @classmethod
+    def from_state(cls, value: Any) -> "BreakGlassEntry":
+        f = _fields(value, "break-glass", {"doctor": str, "patient": str, "record_id": str, "label": str,
+                                           "reason": str, "cosigners": list, "expires_at": int,
+                                           "grant_id": str, "time": int, "height": int})
+        if not all(isinstance(c, str) for c in f["cosigners"]):
+            raise DecodeError("break-glass entry: cosigners must be ids")
+        f["cosigners"] = tuple(f["cosigners"])
+        return cls(**f)

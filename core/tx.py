@@ -14,13 +14,23 @@ register           org's peer   cert (Certificate map)
 revoke_cert        org's peer   subject, reason
                    or subject
 store              patient      record_id, label, cid, size, media_type, capsule (48 B)
+                                [, epoch: the label-key epoch it is sealed under (absent: 0)]
+reseal             patient      the fields of store and epoch: the record re-sealed under a
+                                later label-key epoch (a rotation), same id and label
 set_policy         patient      policy (canonical policy msgpack, core.policy)
 access_request     any user     request_id, patient, record_id, operation, purpose (str|nil)
 grant              patient      grant_id, request_id, threshold, expires_at (Unix s),
                                 shares (map peer id -> SHA-256 of its sealed key share)
+                                [, scope: "record" or "label" (absent: label)]
 deny_request       patient      request_id, reason
-revoke_grant       patient      grant_id, reason
+revoke_grant       patient      grant_id, reason [, policy: a new policy committed with it]
 access             peer         grant_id, request_id, record_id, doctor, index
+standing           patient      delegation_id, label, mode (auto|emergency|off), threshold,
+                                parts (map peer id -> SHA-256 of its sealed standing part)
+                                [, epoch: the label-key epoch delegated (absent: 0)]
+break_glass        doctor       break_glass_id, patient, record_id, reason,
+                                cosigners (map officer id -> ECDSA signature, core.ledger
+                                ``break_glass_message``)
 =================  ===========  ===========================================================
 
 The store transaction's signature is the patient's ECDSA signature over the
@@ -50,6 +60,9 @@ TX_TYPES = (
     "deny_request",
     "revoke_grant",
     "access",
+    "standing",
+    "break_glass",
+    "reseal",
 )
 MAX_TX_SIZE = 64 * 1024
 NONCE_SIZE = 16

@@ -18,6 +18,21 @@ What each row contains
                         G2 multiplications, each share sealed to its proxy's
                         X25519 key); Umbral: ``generate_kfrags`` (n signed kfrags,
                         *not* encrypted to the proxies: NuCypher does that later).
+    standing parts 3-of-5
+                        ours: ``pre.make_standing_parts`` (issue 16: the
+                        patient's one-time delegation of a label, scalars f(x_i)
+                        sealed to 5 proxies, no receiver); Umbral has no
+                        equivalent (a kfrag set names its receiver). Context.
+    derive share        ours: ``pre.derive_key_share`` (a peer's rk_i = f(x_i) P2_B
+                        for a newly allowed doctor, once per doctor and label),
+                        timed interleaved with one constant-time G2
+                        multiplication by a secret scalar. Target: at most one G2
+                        multiplication (+5 % for the call): with it a peer's first
+                        share for a new doctor costs one G2 multiplication plus the
+                        re-encryption below.
+    re-encrypt, derived share
+                        ``pre.reencrypt`` with the derived share prepared: the
+                        same work as today's re-encrypt (context).
     capsule decode      ours: ``G1.from_bytes`` of the header's capsule (subgroup
                         check); Umbral: ``Capsule.from_bytes`` (checks the
                         capsule). Not part of the other rows.
@@ -70,6 +85,7 @@ QUICK_ITERATIONS = 5
 WARMUP = 3
 DEFAULT_SIZES = (1 << 10, 1 << 20)
 REENCRYPT_BARE_TARGET = 1.15
+DERIVE_G2_TARGET = 1.05
 NOT_INSTALLED = "umbral-pre not installed (pip install 'emrshare[bench]')"
 
 _OWNER_ID = "patient-bench"
@@ -210,6 +226,10 @@ class _Ours:
             (3, 5): self._open(self.rekey(3, 5)),
         }
         self.prepared = {key: [s.prepare() for s in shares] for key, shares in self.shares.items()}
+        sealed_parts = self.standing_parts()
+        self.parts = [pre.open_standing_part(s, self.proxy_sks[s.index], expected_context=_CONTEXT,
+                                             expected_index=s.index) for s in sealed_parts]
+        self.derived = pre.derive_key_share(self.parts[0], self.doctor.public).prepare()
         # re-encrypted shares as the doctor receives them (bytes), per grant
         self.wire = {
             key: [pre.reencrypt(self.capsule, p).to_bytes() for p in prepared]
@@ -234,6 +254,18 @@ class _Ours:
         from core.curve import G1
 
         return G1.from_bytes(self.capsule_bytes)
+
+    def standing_parts(self):
+        return self.pre.make_standing_parts(self.owner, self.proxies, 3, _CONTEXT)
+
+    def derive(self):
+        return self.pre.derive_key_share(self.parts[0], self.doctor.public)
+
+    def g2_mul(self):
+        return self.doctor.public.p2 * self.parts[0].scalar
+
+    def reencrypt_derived(self) -> bytes:
+        return self.pre.reencrypt(self.capsule, self.derived).to_bytes()
 
     def reencrypt(self) -> bytes:
         return self.pre.reencrypt(self.capsule, self.prepared[(1, 1)][0]).to_bytes()
@@ -371,6 +403,14 @@ def _bench_size(size: int, iterations: int, umbral) -> SizeResult:
          "make_key_shares, 1 sealed share", "generate_kfrags, 1 signed kfrag", target=True)
     pair("rekey 3-of-5", lambda: ours.rekey(3, 5), um and (lambda: um.rekey(3, 5)),
          "make_key_shares, 5 sealed shares", "generate_kfrags, 5 signed kfrags", target=True)
+    pair("standing parts 3-of-5", ours.standing_parts, None,
+         "make_standing_parts, 5 sealed scalars (once per label)", "", target=False)
+    row, med = pair("derive share (peer, 1 doctor)", ours.derive, None,
+                    "derive_key_share: rk_i = f(x_i) P2_B", "", target=False, extra={"g2_mul": ours.g2_mul})
+    row.target = f"<= {DERIVE_G2_TARGET:.2f}x one G2 mul"
+    row.bare_ratio = row.ours_us / med["g2_mul"]
+    row.met = row.bare_ratio <= DERIVE_G2_TARGET
+    result.rows.append(Row("G2 mul, secret scalar (CT)", med["g2_mul"], ours="P2_B * k (timed with derive)"))
     pair("capsule decode (proxy)", ours.capsule_decode, um and um.capsule_decode,
          "G1.from_bytes (subgroup check)", "Capsule.from_bytes", target=False)
 
@@ -395,6 +435,8 @@ def _bench_size(size: int, iterations: int, umbral) -> SizeResult:
     else:
         row.target += " (n/a: not native)"
 
+    pair("re-encrypt, derived share", ours.reencrypt_derived, None,
+         "pre.reencrypt, prepared derived share, + to_bytes", "", target=False)
     pair("share decode (doctor, 1 share)", ours.share_decode, um and um.share_decode,
          "ReencryptedShare.from_bytes (GT subgroup check)", "CapsuleFrag.from_bytes + verify",
          target=False)

@@ -3,7 +3,12 @@
 Phases (the paper's, section 4): registration of two hospitals' users; a
 patient stores FHIR records under labels; a cardiologist inside the policy's
 time window reads one; a doctor outside the policy is denied; the patient
-revokes and the next read fails; the audit trail is printed. Every decrypted
+revokes and the next read fails; the audit trail is printed. Then issue 16's
+access while the patient is offline: the patient sets a new policy (standing
+delegation, an emergency clause) and stops; a newly registered cardiologist
+reads without it; an emergency physician is refused with one officer's
+co-signature and served with two (break-glass); the patient, back online, sees
+both in one call. Every decrypted
 record is compared byte for byte with the original. Exit status 0 only if
 every check passed.
 """
@@ -11,6 +16,7 @@ every check passed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
 import sys
@@ -73,10 +79,12 @@ def demo_records() -> list[tuple[str, str, bytes]]:
     return records
 
 
-def policy_text(now: float) -> str:
+def policy_text(now: float, version: int = 1, emergency: bool = False) -> str:
+    clause = "emergency roles doctor cosign 2 window 900\n" if emergency else ""
     return f"""
-policy "alice-sharing" version 1
+policy "alice-sharing" version {version}
 default deny
+{clause}
 rule cardiology-team:
   allow read on label "cardiology"
   when role == "doctor" and department == "cardiology"
@@ -135,7 +143,7 @@ async def run_demo(data_dir: Path, report: Report) -> None:
             now = time.time()
             await report.timed("policy set: cardiology doctors may read 'cardiology' records "
                                f"from {_utc(now - 3600)} to {_utc(now + 6 * 3600)}",
-                               lambda: alice.set_policy(policy_text(now)))
+                               lambda: alice.set_policy(policy_text(now), standing=()))
 
             report.phase("3-5. Access request, authorization, retrieval (cardiologist inside the policy)")
             target = "cardiology-1"
@@ -179,6 +187,84 @@ async def run_demo(data_dir: Path, report: Report) -> None:
             report.check(len({e.get("peer") for e in accesses}) >= spec.threshold,
                          f"at least {spec.threshold} peers re-encrypted (logged as access transactions)")
 
+            report.phase("7. Going offline: standing delegation and an emergency clause (docs/security.md)")
+            deposited = await report.timed(
+                "alice sets policy v2 (emergency: 2 officers, 15 min) and deposits standing parts",
+                lambda: alice.set_policy(policy_text(now, version=2, emergency=True)))
+            for label, mode in sorted(deposited.items()):
+                report.line(f"standing parts of {label!r} at the peers, mode {mode}")
+            report.check(deposited.get("cardiology") == "auto", "cardiology: the peers may serve the policy alone")
+        report.line("alice's process stops")
+        await offline_phases(swarm, config, originals, report)
+
+
+async def offline_phases(swarm: Any, config: Any, originals: dict[str, bytes], report: Report) -> None:
+    """Phases 8-10: doctors served while the patient is offline, a break-glass, the patient's return."""
+    from agents.doctor import DoctorAgent, cosign_break_glass
+    from agents.errors import TransactionRejected
+    from agents.patient import PatientAgent
+
+    users = {
+        "dr-new": ("hospital-a", {"role": "doctor", "department": "cardiology"}),
+        "dr-er": ("hospital-b", {"role": "doctor", "department": "emergency"}),
+        "olga": ("hospital-b", {"role": "nurse", "officer": True}),
+        "oscar": ("hospital-b", {"role": "nurse", "officer": True}),
+    }
+    agents: dict[str, Any] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        report.phase("8. A cardiologist registered after the patient left reads (no message to the patient)")
+        for subject, (org, attrs) in users.items():
+            agent = agents[subject] = await stack.enter_async_context(
+                DoctorAgent.open(config(subject, org, attrs), node=swarm.node))
+            await agent.register(swarm.token(subject, org, attrs, agent.enroll_id))
+        report.line("registered dr-new (cardiology, hospital-a), dr-er (emergency, hospital-b), officers olga "
+                    "and oscar (hospital-b)")
+        plain = await report.timed("dr-new reads alice/cardiology-1", lambda: agents["dr-new"].read(
+            "alice", "cardiology-1"))
+        report.check(plain == originals["cardiology-1"], "byte-identical, served by the peers from their parts")
+
+        report.phase("9. Break-glass: an emergency physician outside the policy")
+        target = "hl7-bundle-example" if "hl7-bundle-example" in originals else "labs-3"
+        er = agents["dr-er"]
+        try:
+            await er.read("alice", target)
+            report.check(False, "dr-er is denied by the policy")
+        except PolicyDenied:
+            report.check(True, f"dr-er is denied alice/{target} by the policy")
+        reason = "unconscious on arrival, no family reachable"
+
+        def cosign(officer: str, bg_id: str) -> bytes:
+            return cosign_break_glass(agents[officer].keys.ecdsa_private, bg_id, "dr-er", "alice", target, reason)
+
+        try:
+            await er.break_glass("alice", target, reason, {"olga": cosign("olga", "bg-demo-1")},
+                                 break_glass_id="bg-demo-1")
+            report.check(False, "one officer's co-signature is refused")
+        except TransactionRejected as exc:
+            report.check(exc.reason == "not_allowed", f"one officer's co-signature is refused ({exc.reason})")
+        plain = await report.timed(
+            f"dr-er breaks the glass on alice/{target} with olga and oscar co-signing",
+            lambda: er.break_glass("alice", target, reason,
+                                   {o: cosign(o, "bg-demo-2") for o in ("olga", "oscar")},
+                                   break_glass_id="bg-demo-2"))
+        report.check(plain == originals[target], f"{target} byte-identical, for 15 minutes")
+
+    report.phase("10. alice comes back: what happened while she was away")
+    async with PatientAgent.open(config("alice", "hospital-a", {"role": "patient"}), node=swarm.node) as alice:
+        away = await alice.while_away(0)
+        with trio.move_on_after(5):  # the peers log their re-encryptions a moment after serving them
+            while not away["emergency_reads"]:
+                await trio.sleep(0.1)
+                away = await alice.while_away(0)
+        for key in ("standing_grants", "standing_reads", "emergencies", "emergency_reads"):
+            for e in away[key]:
+                report.line(describe_event(e))
+        report.check([e["actor"] for e in away["standing_grants"]] == ["dr-new"],
+                     "alice sees dr-new's request, granted from her standing delegation")
+        report.check(any(e.get("reason") == reason and e.get("cosigners") == ["olga", "oscar"]
+                         for e in away["emergencies"]), "alice sees the emergency access: who, why, co-signers")
+        report.check(bool(away["emergency_reads"]), "and the re-encryptions made under it")
+
 
 def describe_event(e: dict[str, Any]) -> str:
     when = datetime.fromtimestamp(e["time"] / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -190,14 +276,22 @@ def describe_event(e: dict[str, Any]) -> str:
     elif kind == "access_request":
         d = e.get("decision", {})
         what = f"{e['actor']} asked for {e.get('record_id')}: {d.get('effect')} by rule {d.get('rule')}"
+        what += " [granted by the ledger from the standing delegation]" if e.get("standing") else ""
     elif kind == "grant":
         what = f"granted {e.get('label')} to {e.get('doctor')} via {', '.join(e.get('peers', []))}"
     elif kind == "access":
         what = f"{e.get('peer')} re-encrypted {e.get('record_id')} for {e.get('doctor')}"
+        what += " [emergency]" if e.get("emergency") else " [standing]" if e.get("standing") else ""
     elif kind == "revoke_grant":
         what = f"revoked {e.get('grant_id')} of {e.get('doctor')}"
     elif kind == "deny_request":
         what = f"rejected request {e.get('request_id')} of {e.get('doctor')}"
+    elif kind == "standing":
+        what = (f"standing delegation of {e.get('label')} withdrawn" if e.get("mode") == "off" else
+                f"standing delegation of {e.get('label')} ({e.get('mode')}) to {', '.join(e.get('peers', []))}")
+    elif kind == "break_glass":
+        what = (f"EMERGENCY: {e.get('doctor')} opened {e.get('label')} ({e.get('record_id')}) because "
+                f"{e.get('reason')!r}, co-signed by {', '.join(e.get('cosigners', []))}")
     else:
         what = kind
     return f"{when}  block {e.get('height', '?'):>3}  {e['actor']:<12} {what}"

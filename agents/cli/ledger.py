@@ -97,17 +97,19 @@ def verify_store(store: LedgerStore) -> tuple[int, bytes]:
 
 
 def _verify_shares(store: LedgerStore, ledger: Ledger) -> None:
-    """Every sealed key share the peer keeps belongs to a committed grant and hashes to
-    what the patient committed for this peer's proxy index (grant ``shares[peer id]``)."""
+    """Every sealed key share the peer keeps belongs to a committed grant (or standing
+    delegation) and hashes to what the patient committed for this peer's proxy index
+    (grant ``shares[peer id]``, delegation ``parts[peer id]``)."""
     by_index = {p.index: p.id for p in ledger.config.peers}
     for grant_id, index, sealed in store.share_rows():
         peer = by_index.get(index)
         if peer is None:
             raise ChainError(None, f"share for grant {grant_id!r} has index {index}, no peer's proxy index")
         grant = ledger.get(f"grant/{grant_id}")
-        if grant is None:
+        delegation = ledger.get(f"delegation/{grant_id}") if grant is None else None
+        if grant is None and delegation is None:
             raise ChainError(None, f"a share is stored for grant {grant_id!r}, which is not on the ledger")
-        expected = grant["shares"].get(peer)
+        expected = grant["shares"].get(peer) if grant is not None else delegation["parts"].get(peer)
         if expected is None or hashlib.sha256(sealed).digest() != expected:
             raise ChainError(None, f"the share stored for grant {grant_id!r} does not match the hash the patient "
                                    f"committed for {peer}")

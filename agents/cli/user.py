@@ -88,7 +88,8 @@ class _Role:
         _common(self.shared, suppress=True)
         self.sub = self.parser.add_subparsers(dest="cmd", metavar="SUBCOMMAND", title="subcommands")
         self.register = self.add("register", "enroll at your hospital's peer (creates your keys)", json_=True)
-        self.register.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE", help=attr_help)
+        self.register.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE",
+                                   help=attr_help + " (integers, true and false are typed; e.g. officer=true)")
 
     def add(self, name: str, help_: str, *, json_: bool = False) -> argparse.ArgumentParser:
         p = self.sub.add_parser(name, help=help_, description=help_[:1].upper() + help_[1:] + ".",
@@ -113,7 +114,7 @@ def _attrs(pairs: list[str], what: str) -> dict[str, Any]:
         k, sep, v = pair.partition("=")
         if not sep or not k:
             raise UsageError(what, f"--attr needs NAME=VALUE, got {pair!r}", "e.g. --attr department=cardiology")
-        out[k] = int(v) if v.lstrip("-").isdigit() else v
+        out[k] = int(v) if v.lstrip("-").isdigit() else {"true": True, "false": False}.get(v, v)
     return out
 
 
@@ -396,11 +397,33 @@ async def _patient(files: "SwarmFiles", config: "UserConfig", args: argparse.Nam
                     data = await p.read(args.record_id, progress=update)
                 _write_out(data, args.out)
             elif args.cmd == "policy":
-                await p.set_policy(args.text)
+                standing = () if args.no_standing else (args.standing or None)
+                deposited = await p.set_policy(args.text, standing=standing)
                 print("policy committed")
+                for label, mode in sorted(deposited.items()):
+                    what = ("the peers may now serve doctors this policy pre-authorizes without you"
+                            if mode == "auto" else "usable only under a co-signed emergency access")
+                    print(f"standing delegation of {label!r} ({mode}): {what}")
             elif args.cmd == "revoke":
-                await p.revoke(args.grant_id, args.reason)
-                print(f"revoked {args.grant_id}")
+                outcome = await p.revoke(args.grant_id, args.reason, narrow=args.narrow)
+                print(f"revoked {args.grant_id}" + (" and narrowed the policy" if args.narrow else ""))
+                if outcome["still_allowed"]:
+                    print("warning: your policy still allows that doctor; the ledger will not grant it again "
+                          "by itself, but you will be asked. To close the door, rerun with --narrow on the "
+                          "next revocation or set a narrower policy (higher version)", file=sys.stderr)
+            elif args.cmd == "rotate":
+                rotated = await p.rotate(args.label)
+                if args.json:
+                    print_json(rotated)
+                else:
+                    print(f"{args.label}: label key epoch {rotated['epoch']}, re-sealed "
+                          f"{len(rotated['resealed'])} records; older grants and standing parts no longer open them")
+            elif args.cmd == "away":
+                away = await p.while_away(args.since)
+                if args.json:
+                    print_json(away)
+                else:
+                    _print_away(away)
             elif args.cmd == "records":
                 _print_records(await p.records(), args.json, f"records of {config.subject}")
             elif args.cmd == "grants":
@@ -410,6 +433,20 @@ async def _patient(files: "SwarmFiles", config: "UserConfig", args: argparse.Nam
             elif args.cmd == "serve":
                 await _serve(p, config, address)
     return 0
+
+
+def _print_away(away: dict) -> None:
+    from agents.cli.demo import describe_event
+
+    print(f"since block {away['since']} (now {away['height']}):")
+    for title, key in (("emergency accesses", "emergencies"), ("read under emergency access", "emergency_reads"),
+                       ("granted from your standing delegation", "standing_grants"),
+                       ("re-encrypted under standing grants", "standing_reads"),
+                       ("denied by your policy", "denied"), ("waiting for you", "waiting")):
+        events = away[key]
+        print(f"  {title}: {len(events)}")
+        for e in events:
+            print(f"    {describe_event(e)}")
 
 
 async def _serve(p: Any, config: "UserConfig", address: str) -> None:
@@ -456,9 +493,20 @@ def patient_main(argv: list[str]) -> int:
     rd.add_argument("--out", help="write the record to this file (default: stdout)")
     p = r.add("policy", "set your access policy from a policy text file (docs/policy.md)")
     p.add_argument("file", help="the policy text")
+    p.add_argument("--standing", action="append", metavar="LABEL",
+                   help="let the peers serve doctors the policy pre-authorizes for LABEL while you are offline "
+                        "(repeatable; default: every label an 'approval auto' rule names; docs/security.md)")
+    p.add_argument("--no-standing", action="store_true",
+                   help="no standing delegation: every new doctor waits for your agent")
     v = r.add("revoke", "revoke a grant")
     v.add_argument("grant_id", help="the grant's id (see `grants`)")
     v.add_argument("--reason", default="revoked by patient", help="why (recorded on the ledger)")
+    v.add_argument("--narrow", action="store_true",
+                   help="in the same transaction, commit your policy with a rule denying that doctor the label")
+    ro = r.add("rotate", "re-seal a label's records under a fresh label key (after a revocation)", json_=True)
+    ro.add_argument("label", help="the label to rotate")
+    a = r.add("away", "what happened while you were offline (standing grants, emergency accesses)", json_=True)
+    a.add_argument("--since", type=int, default=None, help="from this block height (default: since the last call)")
     r.add("records", "list your records on the ledger", json_=True)
     r.add("grants", "list the grants you issued, with their expiry", json_=True)
     r.add("audit", "print your audit trail (who asked for what, who read it)", json_=True)
@@ -539,10 +587,38 @@ async def _doctor(files: "SwarmFiles", config: "UserConfig", args: argparse.Name
                 except Unavailable as exc:
                     if (files.user_dir(args.patient) / "address").exists():
                         raise
-                    raise CliError(_what(args), str(exc), f"a patient grants access while online: ask {args.patient} "
-                                   f"to run `emrshare patient --subject {args.patient} serve`") from exc
+                    raise CliError(_what(args), str(exc), f"a patient grants access while online, or through a standing "
+                                   f"delegation: ask {args.patient} to run `emrshare patient --subject {args.patient} "
+                                   f"serve` (or to set a policy with standing delegation)") from exc
                 _write_out(data, args.out)
+            elif args.cmd == "cosign":
+                from agents.doctor import cosign_break_glass
+
+                sig = cosign_break_glass(d.keys.ecdsa_private, args.id, args.doctor, args.patient, args.record_id,
+                                         args.reason)
+                print(f"{config.subject}={sig.hex()}")
+            elif args.cmd == "break-glass":
+                data = await d.break_glass(args.patient, args.record_id, args.reason, args.cosigners,
+                                           break_glass_id=args.id)
+                _write_out(data, args.out)
+                if args.out:
+                    print("(an emergency access: the patient is notified)")
     return 0
+
+
+def _cosigners(pairs: list[str], what: str) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for pair in pairs:
+        officer, _, sig = pair.partition("=")
+        try:
+            out[officer] = bytes.fromhex(sig)
+        except ValueError:
+            raise UsageError(what, f"--cosign needs OFFICER=HEX_SIGNATURE, got {pair!r}",
+                             "paste the line `emrshare doctor cosign` printed") from None
+        if not officer:
+            raise UsageError(what, f"--cosign needs OFFICER=HEX_SIGNATURE, got {pair!r}",
+                             "paste the line `emrshare doctor cosign` printed")
+    return out
 
 
 def doctor_main(argv: list[str]) -> int:
@@ -558,11 +634,24 @@ def doctor_main(argv: list[str]) -> int:
         c.add_argument("record_id", help="the record's id (see `records`)")
         c.add_argument("--purpose", help="the purpose of use the policy may ask for (e.g. treatment)")
     rd.add_argument("--out", help="write the record to this file (default: stdout)")
+    cs = r.add("cosign", "as an officer: co-sign a doctor's emergency access (prints OFFICER=SIG)")
+    bg = r.add("break-glass", "emergency access without the patient, with officers' co-signatures")
+    for c in (cs, bg):
+        c.add_argument("patient", help="the patient's id")
+        c.add_argument("record_id", help="the record's id")
+        c.add_argument("--reason", required=True, help="why (the patient will read it)")
+        c.add_argument("--id", required=True, help="the break-glass id every co-signer signs (e.g. bg-0042)")
+    cs.add_argument("--doctor", required=True, help="the requesting doctor")
+    bg.add_argument("--cosign", action="append", default=[], metavar="OFFICER=SIG",
+                    help="an officer's co-signature from `emrshare doctor cosign` (repeat per officer)")
+    bg.add_argument("--out", help="write the record to this file (default: stdout)")
     args = r.parse(argv)
     what = f"doctor {args.cmd}"
+    if args.cmd == "break-glass":
+        args.cosigners = _cosigners(args.cosign, what)
     attrs = _attrs(getattr(args, "attr", []), what)
     args.cert_role = getattr(args, "role", None) or "doctor"  # `register --role nurse`
     args.role = "doctor"
-    if args.cmd == "read" and args.out:
+    if args.cmd in ("read", "break-glass") and args.out:
         check_output_path(args.out, f"{what} {args.patient} {args.record_id}")
     return _run(args, _doctor, attrs)

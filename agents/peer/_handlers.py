@@ -23,6 +23,15 @@ beyond them).
 Re-encryption key shares are kept as they arrive, sealed to the peer's X25519
 key (encryption at rest); they are unsealed on first use and the prepared
 share is cached in memory per grant (dropped when the grant is revoked).
+
+Standing delegations (docs/security.md, "Standing delegation") arrive the same
+way: ``peer.deliver_share`` whose id names a committed ``standing`` delegation
+instead of a grant carries this peer's sealed part f(x_i), kept sealed at rest.
+For a grant the ledger made from a delegation (an allowed request under
+``approval auto``, or a co-signed ``break_glass``), the peer derives its key
+share for the grant's doctor itself: rk_i = f(x_i) P2_B, one constant-time G2
+multiplication with the doctor's receiving key from its committed certificate
+(whose proof of possession the ledger checked at ``register``).
 """
 
 from __future__ import annotations
@@ -65,7 +74,10 @@ from core.protocol import (
     make_reencrypt_reply,
     share_context,
 )
-from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix, token_key
+from core.state import (
+    ENTRY_QUERIES, DelegationEntry, GrantEntry, RecordEntry, active_prefix, entry_key, parse_key, records_prefix,
+    token_key,
+)
 from core.tx import Transaction
 
 from agents.admission import WaitGate
@@ -90,6 +102,7 @@ class PeerHandlers:
     def __init__(self, peer: PeerAgent):
         self.peer = peer
         self._shares: OrderedDict[str, pre.PreparedKeyShare] = OrderedDict()
+        self._parts: OrderedDict[str, pre.StandingPart] = OrderedDict()  # opened standing parts
         self.waiting = WaitGate(peer.refusals)  # deliver_share waiting for its grant to commit
 
     def table(self) -> dict[type, Any]:
@@ -194,12 +207,16 @@ class PeerHandlers:
             policy = None if cert is None or cert.revoked else ledger.parsed_policy(patient)
         except CoreError:
             policy = None
+        # labels the doctor holds a grant of (a break-glass one, say, which the policy need not allow)
+        granted = set() if cert is None or cert.revoked else {
+            canonical.unpack(raw, max_size=1024, what=key) for key, raw in self.peer.store.scan(
+                active_prefix(patient, doctor))}
         if policy is None:
-            return lambda record_id, label: False
+            return lambda record_id, label: label in granted
         c = cert.cert
         # the reserved names come from the certificate's own fields, as the ledger's evaluation does
         attributes = {**c.attributes, "organization": c.org, "id": c.subject}
-        return lambda record_id, label: policy.could_allow(attributes, record_id, label)
+        return lambda record_id, label: label in granted or policy.could_allow(attributes, record_id, label)
 
     async def _query(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
         what, sender = query.what, msg.sender
@@ -227,7 +244,8 @@ class PeerHandlers:
                     continue
                 if own:
                     out.append({"record_id": record_id, "label": rec.label, "cid": rec.cid, "size": rec.size,
-                                "media_type": rec.media_type, "height": rec.height})
+                                "media_type": rec.media_type, "height": rec.height,
+                                **({"epoch": rec.epoch} if rec.epoch else {})})
                 elif may_see(record_id, rec.label):
                     # what a request needs: no CID before a grant
                     out.append({"record_id": record_id, "label": rec.label, "size": rec.size,
@@ -283,13 +301,17 @@ class PeerHandlers:
         peer = self.peer
         grant_id, index, sealed = request.grant_id, request.index, request.sealed
         grant = peer.ledger.grant(grant_id)
-        if grant is None:
+        delegation = None if grant is not None else peer.ledger.delegation(grant_id)
+        if grant is None and delegation is None:
             # the patient may deliver a moment before our copy of the grant's block commits: wait,
             # under the per-sender and total caps (busy beyond them)
             with self.waiting.slot(msg.sender, PeerDeliverShare.kind), trio.move_on_after(GRANT_WAIT_S):
-                while grant is None:
+                while grant is None and delegation is None:
                     await peer.wait_next_commit()
                     grant = peer.ledger.grant(grant_id)
+                    delegation = None if grant is not None else peer.ledger.delegation(grant_id)
+        if delegation is not None:
+            return await self._deliver_part(msg, grant_id, delegation, index, sealed)
         if grant is None:
             raise bus.HandlerError(codes.SHARE_UNKNOWN_GRANT,
                                    f"grant {grant_id} not committed within {GRANT_WAIT_S:g} s")
@@ -310,11 +332,81 @@ class PeerHandlers:
         log.info("peer %s: stored key share of grant %s", peer.peer_id, grant_id)
         return PeerDeliverShareReply()
 
-    async def _prepared_share(self, grant_id: str) -> pre.PreparedKeyShare:
+    async def _deliver_part(self, msg: bus.Message, delegation_id: str, delegation: DelegationEntry, index: int,
+                            sealed: bytes) -> PeerDeliverShareReply:
+        """Keep this peer's sealed part of a committed standing delegation (checked as a share is)."""
+        peer = self.peer
+        if delegation.patient != msg.sender:
+            raise bus.HandlerError(codes.SHARE_FORBIDDEN, "only the delegating patient delivers its parts")
+        expected = delegation.part_digest(peer.peer_id)
+        if expected is None or index != peer.info.index:
+            raise bus.HandlerError(codes.SHARE_MISMATCH,
+                                   f"the delegation holds no part for {peer.peer_id} at index {index}")
+        if not hmac.compare_digest(hashlib.sha256(sealed).digest(), expected):
+            raise bus.HandlerError(codes.SHARE_MISMATCH, "sha256 of the sealed part differs from the delegation's")
+        try:
+            part = await run_crypto(self._open_and_keep_part, delegation_id, index, sealed)
+        except CoreError:
+            raise bus.HandlerError(codes.SHARE_MISMATCH,
+                                   "the sealed part does not open for this delegation and peer") from None
+        self._cache(self._parts, delegation_id, part)
+        log.info("peer %s: stored standing part of %s/%s (%s)", peer.peer_id, delegation.patient,
+                 delegation.label, delegation_id)
+        return PeerDeliverShareReply()
+
+    def _open_part(self, delegation_id: str, index: int, sealed: bytes) -> pre.StandingPart:
+        peer = self.peer
+        return pre.open_standing_part(pre.SealedKeyShare(index, sealed), peer.keys.box_private,
+                                      expected_context=share_context(delegation_id),
+                                      expected_index=peer.info.index)
+
+    def _open_and_keep_part(self, delegation_id: str, index: int, sealed: bytes) -> pre.StandingPart:
+        part = self._open_part(delegation_id, index, sealed)
+        self.peer.store.put_share(delegation_id, index, sealed)
+        return part
+
+    @staticmethod
+    def _cache(cache: OrderedDict, key: str, value: Any) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > SHARE_CACHE:
+            cache.popitem(last=False)
+
+    async def _derived_share(self, grant: GrantEntry) -> pre.PreparedKeyShare:
+        """This peer's key share for a grant the ledger made from a standing delegation:
+        rk_i = f(x_i) P2_B from its part and the doctor's certified receiving key."""
+        peer = self.peer
+        delegation_id = grant.delegation
+        assert delegation_id is not None
+        part = self._parts.get(delegation_id)
+        if part is None:
+            row = await trio.to_thread.run_sync(peer.store.share, delegation_id)
+            if row is None:
+                raise bus.HandlerError(codes.SHARE_MISSING,
+                                       f"{peer.peer_id} holds no standing part of delegation {delegation_id}")
+            try:
+                part = await run_crypto(self._open_part, delegation_id, row[0], row[1])
+            except CoreError:
+                log.error("peer %s: stored standing part %s does not open", peer.peer_id, delegation_id)
+                raise bus.HandlerError(codes.SHARE_MISSING, "the stored standing part is unusable") from None
+            self._cache(self._parts, delegation_id, part)
+        cert = peer.ledger.certificate(grant.doctor)
+        if cert is None:
+            raise bus.HandlerError(codes.ACCESS_FORBIDDEN, f"no certificate for {grant.doctor}")
+        try:
+            return await run_crypto(_derive_prepared, part, cert.cert.pre_key)
+        except CoreError:
+            raise bus.HandlerError(codes.ACCESS_FORBIDDEN, "the doctor's receiving key does not decode") from None
+
+    async def _prepared_share(self, grant_id: str, grant: GrantEntry | None = None) -> pre.PreparedKeyShare:
         peer = self.peer
         prepared = self._shares.get(grant_id)
         if prepared is not None:
             self._shares.move_to_end(grant_id)
+            return prepared
+        if grant is not None and grant.delegation is not None:
+            prepared = await self._derived_share(grant)
+            self._cache_share(grant_id, prepared)
             return prepared
         row = await trio.to_thread.run_sync(peer.store.share, grant_id)
         if row is None:
@@ -343,7 +435,7 @@ class PeerHandlers:
             raise bus.HandlerError(codes.ACCESS_FORBIDDEN, "the request id is not the grant's")
         if grant.share_digest(peer.peer_id) is None:
             raise bus.HandlerError(codes.SHARE_MISSING, f"grant {grant_id} has no share at {peer.peer_id}")
-        prepared = await self._prepared_share(grant_id)
+        prepared = await self._prepared_share(grant_id, grant)
         access = {"grant_id": grant_id, "request_id": request_id, "record_id": record_id, "doctor": doctor,
                   "index": peer.info.index}
         # one worker job: the re-encryption, its signature and the access transaction
@@ -367,3 +459,8 @@ class PeerHandlers:
             await self.peer.forward([access_tx])
         except bus.HandlerError as exc:
             log.warning("peer %s: could not log access to %s for %s: %s", self.peer.peer_id, grant_id, doctor, exc)
+
+
+def _derive_prepared(part: pre.StandingPart, pre_key: bytes) -> pre.PreparedKeyShare:
+    """Worker thread: the doctor's key share from a standing part, prepared for pairings."""
+    return pre.derive_key_share(part, pre.PublicKey.from_bytes(pre_key)).prepare()

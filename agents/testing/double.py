@@ -1,7 +1,8 @@
 """A protocol double of the consortium for testing user agents on their own.
 
 :class:`FakeConsortium` serves docs/protocol.md's peer messages (``peer.enroll``,
-``submit``, ``query``, ``audit``, ``deliver_share``, ``reencrypt``) from n peer
+``submit``, ``query``, ``audit``, ``deliver_share`` for grants and standing
+delegations, ``reencrypt``) from n peer
 endpoints over ONE real :class:`core.ledger.Ledger` in memory (each committed
 transaction is ordered into its own signed block at once), with real storage
 nodes, real envelopes and real crypto. It stands in for agents/peer/ and
@@ -65,6 +66,7 @@ class FakeConsortium:
         self.ledger = Ledger(self.genesis, self.kv)
         self.directory = c.directory()  # what peers and storage nodes trust
         self.shares: dict[tuple[str, str], pre.KeyShare] = {}
+        self.parts: dict[tuple[str, str], pre.StandingPart] = {}  # (peer, delegation id) -> standing part
         self.endpoints: dict[str, bus.Endpoint] = {}
         self.reencryptions = 0
         self.mute_after_commit: set[str] = set()  # peers that commit a submission and never answer
@@ -167,7 +169,8 @@ class FakeConsortium:
                 e = RecordEntry.from_state(canonical.unpack(raw))
                 if b["label"] is None or e.label == b["label"]:
                     out.append({"record_id": parse_key(key).parts[1], "label": e.label, "cid": e.cid,
-                                "size": e.size, "media_type": e.media_type, "height": e.height})
+                                "size": e.size, "media_type": e.media_type, "height": e.height,
+                                **({"epoch": e.epoch} if e.epoch else {})})
             return out
         raise bus.HandlerError(codes.BAD_REQUEST, what)
 
@@ -180,6 +183,15 @@ class FakeConsortium:
         b = msg.body
         with trio.move_on_after(10):
             while (grant := self.ledger.grant(b["grant_id"])) is None:
+                delegation = self.ledger.delegation(b["grant_id"])
+                if delegation is not None:  # a standing delegation's part
+                    if hashlib.sha256(b["sealed"]).digest() != delegation.part_digest(pid) \
+                            or delegation.patient != msg.sender:
+                        raise bus.HandlerError(codes.SHARE_MISMATCH, "hash")
+                    self.parts[(pid, b["grant_id"])] = pre.open_standing_part(
+                        pre.SealedKeyShare(b["index"], b["sealed"]), self.peer_keys[pid].box_private,
+                        expected_context=share_context(b["grant_id"]), expected_index=self.peers[pid].index)
+                    return {"ok": True}
                 await trio.sleep(0.01)
         if grant is None:
             raise bus.HandlerError(codes.SHARE_UNKNOWN_GRANT, b["grant_id"])
@@ -199,6 +211,10 @@ class FakeConsortium:
         except ValidationError as exc:
             raise bus.HandlerError(codes.access_code(exc.code), str(exc)) from None
         share = self.shares.get((pid, b["grant_id"]))
+        part = None if grant.delegation is None else self.parts.get((pid, grant.delegation))
+        if part is not None:  # derive rk_i = f(x_i) P2_B as a peer does
+            share = pre.derive_key_share(part, pre.PublicKey.from_bytes(
+                self.ledger.certificate(msg.sender).cert.pre_key))
         if share is None:
             raise bus.HandlerError(codes.SHARE_MISSING, "no share")
         s = pre.reencrypt(G1.from_bytes(rec.capsule), share).to_bytes()

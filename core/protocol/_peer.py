@@ -36,7 +36,7 @@ BOX_KEY_SIZE = 32
 TOKEN_SIZE = enrollment.TOKEN_SIZE  # core.enrollment.EnrollmentToken.to_bytes
 MAX_PROXY_INDEX = 2**32 - 1  # a re-encrypted share carries its index in 4 bytes
 SIGNATURE_SIZE = 64
-EVENT_TYPES = ("access_request", "grant", "deny_request", "revoke_grant")
+EVENT_TYPES = ("access_request", "grant", "deny_request", "revoke_grant", "break_glass")
 """Committed transaction types a peer publishes on topic ``events``."""
 
 CID = Text(MAX_CID_LENGTH, min_len=1)
@@ -287,8 +287,8 @@ class Decision(Message, kind="events"):
 
 @dataclass(frozen=True, slots=True)
 class PeerEvent(Message, kind="events"):
-    """Topic ``events``: a committed ``access_request``, ``grant``, ``deny_request`` or
-    ``revoke_grant`` (``type``) concerning ``patient``."""
+    """Topic ``events``: a committed ``access_request``, ``grant``, ``deny_request``,
+    ``revoke_grant`` or ``break_glass`` (``type``) concerning ``patient``."""
 
     height: int = wire(_HEIGHT)
     type: str = wire(Choice(EVENT_TYPES))

@@ -113,8 +113,8 @@ KINDS: Mapping[str, KindSpec] = _kinds(
     KindSpec("peer.audit", p.PeerAudit, p.PeerAuditReply, "peer", _PATIENTS,
              "the sender is the patient (audit.forbidden)"),
     KindSpec("peer.deliver_share", p.PeerDeliverShare, p.PeerDeliverShareReply, "peer", _PATIENTS,
-             "the sender is the grant's patient (share.forbidden); waiting for an uncommitted grant is "
-             "capped per sender and in total (busy)"),
+             "the sender is the grant's (or standing delegation's) patient (share.forbidden); waiting for an "
+             "uncommitted grant or delegation is capped per sender and in total (busy)"),
     KindSpec("peer.reencrypt", p.PeerReencrypt, p.PeerReencryptReply, "peer", _DOCTORS,
              "the sender is the grant's doctor, with a valid certificate (access.*)"),
     KindSpec("peer.blocks", p.PeerBlocks, p.PeerBlocksReply, "peer", _NODES),

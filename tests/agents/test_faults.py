@@ -256,7 +256,7 @@ async def test_peer_killed_and_peer_stalled_then_below_threshold(tmp_path):
                     DoctorAgent.open(swarm_user_config(swarm, *DOCTOR2), node=swarm.node) as d2:
                 for agent, who in ((p, PATIENT), (d, DOCTOR), (d2, DOCTOR2)):
                     await agent.register(swarm.token(*who, agent.enroll_id))
-                await p.set_policy(POLICY)
+                await p.set_policy(POLICY, standing=())
                 first = await p.store(b"before the faults", label="cardiology", media_type="text/plain")
                 assert await d.read("alice", first) == b"before the faults"  # d holds a grant now
 

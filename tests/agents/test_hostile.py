@@ -63,7 +63,7 @@ async def test_every_kind_and_topic_is_refused_to_hostile_senders(tmp_path):
         async with _world(tmp_path) as (swarm, a):
             alice, heart = a["alice"], a["dr-h"]
             rid = await alice.store(b"ECG: sinus rhythm", label="cardiology", media_type="text/plain")
-            await alice.set_policy(POLICY)
+            await alice.set_policy(POLICY, standing=())
             assert await heart.read("alice", rid) == b"ECG: sinus rhythm"
             [(grant_id, grant)] = alice.grants.items()
             [rec] = await alice.records()

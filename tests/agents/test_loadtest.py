@@ -327,3 +327,28 @@ def test_payload_regenerates_from_the_requested_size():
         assert payload("fhir", seed, 48 * 1024) == payload("fhir", seed, 48 * 1024)
     img = payload("imaging", 7, 300_000)
     assert len(img) == 300_000 and img == payload("imaging", 7, 300_000) and img != payload("imaging", 8, 300_000)
+
+
+async def test_patients_offline_loadtest_keeps_its_correctness_checks(tmp_path):
+    """--patients-offline: the patients stop after setup; every access is served from standing delegations."""
+    from agents.bench.loadtest import Options, WorkloadSpec, run
+
+    opts = Options(
+        workload=WorkloadSpec(patients=3, doctors=4, imaging_fraction=0.0, fhir_kib=(2, 20), initial_records=2,
+                              mix={"store": 3, "access": 5, "denied": 2, "revoke": 2}, patients_offline=True),
+        run=RunSettings(duration=2.0, warmup=0.5, concurrency=3, seed=4),
+        saturation=1.0, saturation_concurrency=2,
+        data_dir=tmp_path / "swarm", probes=1, unit_iterations=10, progress_stream=io.StringIO(), tty=False,
+    )
+    with trio.fail_after(240):
+        report = await run(opts)
+    c = report["correctness"]
+    assert c["lost"] == 0 and c["corrupted"] == 0, c
+    assert c["acknowledged"] == 6 and c["verified"] == 6  # the setup's records only: no store while offline
+    d = report["denials"]
+    assert d.get("wrong_outcomes", 0) == 0, d["wrong"]
+    assert d["denied_correctly"] > 0
+    phases = {p["phase"]: p for p in report["phases"]}
+    reads = [phases[p] for p in ("access", "read") if p in phases]
+    assert "revoke" not in phases and "store" not in phases and sum(p["succeeded"] for p in reads) > 0
+    assert sum(p["failed"] for p in reads) == 0

@@ -55,7 +55,7 @@ class World:
         alice = await self.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
         heart = await self.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
         rid = await alice.store(data, label="cardiology", media_type=media_type)
-        await alice.set_policy(POLICY)
+        await alice.set_policy(POLICY, standing=())
         return alice, heart, rid
 
     async def registered(self, stack, cls, subject, org, attributes, **kw):
@@ -108,7 +108,7 @@ async def test_store_read_revoke_audit(world):
                                      media_type="application/fhir+json", record_id="labs-1")
             assert labs == "labs-1"
             assert await alice.read(rid) == path.read_bytes()
-            await alice.set_policy(POLICY)
+            await alice.set_policy(POLICY, standing=())
             listed = {r["record_id"]: r for r in await heart.records("alice")}
             assert set(listed) == {rid, "labs-1"} and listed[rid]["size"] == path.stat().st_size
             assert [r["record_id"] for r in await heart.records("alice", label="labs")] == ["labs-1"]
@@ -157,7 +157,7 @@ async def test_patient_rejects_without_callback_and_by_callback(world):
             alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
             gp = await world.registered(stack, DoctorAgent, "dr-gp", "hospital-a", GP)
             rid = await alice.store(b"x" * 3000, label="notes", media_type="text/plain")
-            await alice.set_policy(POLICY)
+            await alice.set_policy(POLICY, standing=())
             with pytest.raises(RequestRejected):  # no approve callback: deny
                 await gp.read("alice", rid)
             reqs = [e for e in await alice.audit() if e["event"] == "deny_request"]
@@ -185,7 +185,7 @@ async def test_not_enough_peers_is_quick(world):
             heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
             data = os.urandom(70_000)
             rid = await alice.store(data, label="cardiology", media_type="application/octet-stream")
-            await alice.set_policy(POLICY)
+            await alice.set_policy(POLICY, standing=())
             assert await heart.read("alice", rid) == data
             await world.fake.stop_peer("peer-a1")
             await world.fake.stop_peer("peer-b1")
@@ -275,7 +275,7 @@ async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy
                                                  (DoctorAgent, "dr-heart", "hospital-b", CARDIO))]
             await alice.register(world.fake.token("alice", "hospital-a", {"role": "patient"}, alice.enroll_id))
             await heart.register(world.fake.token("dr-heart", "hospital-b", CARDIO, heart.enroll_id))
-            await alice.set_policy(POLICY)
+            await alice.set_policy(POLICY, standing=())
             world.fake.mute_after_commit.update({"peer-a1", "peer-b1"})  # both home peers
             before = len(world.fake.submissions)
             rid = await alice.store(b"written once", label="cardiology", media_type="text/plain")
@@ -285,7 +285,7 @@ async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy
             assert alice.health.state("peer-a1") == "open"  # shared by the agents on this node
             # while peer-a1 is open, submits go to peer-a2 first: one copy
             before = len(world.fake.submissions)
-            await alice.set_policy(POLICY.replace("version 1", "version 2"))
+            await alice.set_policy(POLICY.replace("version 1", "version 2"), standing=())
             assert len(world.fake.submissions) == before + 1
 
             # access_request (the doctor), grant (the patient), revoke: each through a mute peer first

@@ -83,7 +83,7 @@ async def test_end_to_end(users):
             gp = await users.open(stack, DoctorAgent, GP)
             rid = await alice.store(path, label="cardiology", media_type="application/fhir+json")
             await alice.store(b"HbA1c 5.9 %", label="labs", media_type="text/plain", record_id="labs-1")
-            await alice.set_policy(POLICY)
+            await alice.set_policy(POLICY, standing=())
 
             # store + read, byte-identical
             assert await heart.read("alice", rid) == path.read_bytes()
@@ -107,7 +107,9 @@ async def test_end_to_end(users):
             assert events.count("access_request") == 4 and events.count("revoke_grant") == 1
             assert events.count("access") >= 4  # t = 2 shares logged per successful read
 
-            # a fresh grant, then fewer than t peers up -> NotEnoughPeers, quickly
+            # a fresh grant once the policy changed (a revoked doctor is not auto-granted under the
+            # policy it was revoked under), then fewer than t peers up -> NotEnoughPeers, quickly
+            await alice.set_policy(POLICY.replace("version 1", "version 2"), standing=())
             assert await heart.read("alice", rid) == path.read_bytes()
             for peer in ("peer-a1", "peer-a2", "peer-b2"):  # heart's home peer-b1 stays up
                 users.swarm._scopes[peer].cancel()
@@ -122,7 +124,7 @@ async def test_revoked_doctor_and_patient_restart(users):
             alice = await users.open(stack, PatientAgent, PATIENT)
             heart = await users.open(stack, DoctorAgent, HEART)
             rid = await alice.store(data, label="cardiology", media_type="application/fhir+json")
-            await alice.set_policy(POLICY)
+            await alice.set_policy(POLICY, standing=())
             assert await heart.read("alice", rid) == data
             cert, grants = alice.certificate, dict(alice.grants)
             # the doctor's certificate is revoked: peers no longer serve it

@@ -32,7 +32,7 @@ async def test_swarm_resumes_from_its_data_directory(tmp_path):
                 await p.register(swarm.token(*PATIENT, p.enroll_id))
                 await d.register(swarm.token(*DOCTOR, d.enroll_id))
                 rid = await p.store(record, label="cardiology", media_type="application/fhir+json")
-                await p.set_policy(POLICY)
+                await p.set_policy(POLICY, standing=())
                 assert await d.read("alice", rid) == record
         # a second start from the same directory: same consortium, same state
         async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
@@ -112,7 +112,7 @@ async def test_processes_mode_tolerates_faults(tmp_path):
                 await d.register(swarm.token(*DOCTOR, d.enroll_id))
                 await other.register(swarm.token("dr-x", "hospital-a", {"role": "doctor", "department": "x"},
                                                   other.enroll_id))
-                await p.set_policy(POLICY)
+                await p.set_policy(POLICY, standing=())
                 for i in range(4):
                     data = encode_bundle(generate_bundle(seed=i, size_kib=8 + i))
                     records[await p.store(data, label="cardiology", media_type="application/fhir+json")] = data
@@ -168,7 +168,7 @@ async def test_processes_mode_oversize_batches_do_not_halt_the_ledger(tmp_path):
                     DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d:
                 await p.register(swarm.token(*PATIENT, p.enroll_id))
                 await d.register(swarm.token(*DOCTOR, d.enroll_id))
-                await p.set_policy(POLICY)
+                await p.set_policy(POLICY, standing=())
                 start = (await p.endpoint.request("peer-a1", "peer.query", {"what": "head"}))["height"]
                 peers = list(swarm.manifest.peers)
                 junk = [Transaction.create("store", "alice", {"junk": "x" * 60_000, "i": i}, p.keys.ecdsa_private,

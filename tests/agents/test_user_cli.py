@@ -81,6 +81,41 @@ def test_swarm_up_and_user_commands(tmp_path):
         assert wrong.returncode != 0 and "passphrase" in (wrong.stderr + wrong.stdout)
         audit = _cli("patient", *common, "--subject", "alice", "audit", env=env).stdout
         assert "re-encrypted rec-1 for dr-h" in audit and "deny by rule default" in audit
+        away = json.loads(_cli("patient", *common, "--subject", "alice", "away", "--json", env=env).stdout)
+        assert [e["actor"] for e in away["standing_grants"]] == ["dr-h"]  # served from the standing parts
+        assert [e["actor"] for e in away["denied"]] == ["dr-x"]
+
+        # break-glass from the command line: two officers of dr-e's hospital co-sign
+        policy.write_text(POLICY.replace("version 1", "version 2").replace(
+            "default deny", "default deny\nemergency roles doctor cosign 2 window 600"))
+        _cli("patient", *common, "--subject", "alice", "policy", str(policy), env=env)
+        _cli("doctor", *common, "--subject", "dr-e", "--org", "hospital-b", "register",
+             "--attr", "department=emergency", env=env)
+        sigs = []
+        for officer in ("o1", "o2"):
+            _cli("doctor", *common, "--subject", officer, "--org", "hospital-b", "register", "--role", "nurse",
+                 "--attr", "officer=true", env=env)
+            sigs.append(_cli("doctor", *common, "--subject", officer, "cosign", "alice", "rec-1", "--doctor", "dr-e",
+                             "--reason", "cardiac arrest", "--id", "bg-1", env=env).stdout.strip())
+        refused = _cli("doctor", *common, "--subject", "dr-e", "break-glass", "alice", "rec-1", "--reason",
+                       "cardiac arrest", "--id", "bg-1", "--cosign", sigs[0], env=env, check=False)
+        assert refused.returncode == 1 and "not_allowed" in refused.stderr
+        _cli("doctor", *common, "--subject", "dr-e", "break-glass", "alice", "rec-1", "--reason", "cardiac arrest",
+             "--id", "bg-2", "--cosign", sigs[0], "--cosign", sigs[1], env=env, check=False)  # signed bg-1: refused
+        out_file.unlink()
+        sigs = [_cli("doctor", *common, "--subject", o, "cosign", "alice", "rec-1", "--doctor", "dr-e", "--reason",
+                     "cardiac arrest", "--id", "bg-3", env=env).stdout.strip() for o in ("o1", "o2")]
+        _cli("doctor", *common, "--subject", "dr-e", "break-glass", "alice", "rec-1", "--reason", "cardiac arrest",
+             "--id", "bg-3", "--cosign", sigs[0], "--cosign", sigs[1], "--out", str(out_file), env=env)
+        assert out_file.read_bytes() == record.read_bytes()
+        away = _cli("patient", *common, "--subject", "alice", "away", env=env).stdout
+        assert "emergency accesses: 1" in away and "cardiac arrest" in away and "o1, o2" in away
+        rotated = json.loads(_cli("patient", *common, "--subject", "alice", "rotate", "cardiology", "--json",
+                                  env=env).stdout)
+        assert rotated == {"label": "cardiology", "epoch": 1, "resealed": ["rec-1"]}
+        out_file.unlink()
+        _cli("doctor", *common, "--subject", "dr-h", "read", "alice", "rec-1", "--out", str(out_file), env=env)
+        assert out_file.read_bytes() == record.read_bytes()  # served from the new epoch's standing parts
     finally:
         for proc in (serve, swarm):
             if proc is not None and proc.poll() is None:

@@ -10,7 +10,7 @@ import pytest
 from core import canonical, ecdsa, pre
 from core.cid import compute as compute_cid
 from core.identity import Certificate
-from core.ledger import Block, Ledger, MemoryKV, make_genesis, merkle_root
+from core.ledger import BREAK_GLASS_TAG, Block, Ledger, MemoryKV, break_glass_message, make_genesis, merkle_root
 from core.errors import DecodeError, SignatureError, ValidationError
 from core.policy import parse as parse_policy
 from core.tx import Transaction
@@ -505,6 +505,21 @@ def test_effect_key_and_shows_effect_for_every_transaction_type(chain):
     commit(c.tx("access", "p1", {"grant_id": "g1", "request_id": "r1", "record_id": "rec-1", "doctor": "bob",
                                  "index": 1}))
     commit(c.tx("revoke_grant", "alice", {"grant_id": "g1", "reason": "done"}))
+    parts = {p: hashlib.sha256(b"part" + p.encode()).digest() for p in ("p1", "p2", "p3")}
+    std = {"delegation_id": "d1", "label": "cardiology", "mode": "emergency", "threshold": 2, "parts": parts}
+    commit(c.tx("standing", "alice", std), rival=c.tx("standing", "alice", {**std, "delegation_id": "d2"}))
+    emergency = c.POLICY.replace("default deny", "default deny\nemergency roles doctor cosign 1 window 600")
+    commit(c.tx("set_policy", "alice", {"policy": parse_policy(emergency.replace("version 1", "version 2"))
+                                        .to_msgpack()}))
+    officer = c.cert("olga", "org-b", {"role": "nurse", "officer": True}, peer="p3")
+    commit(c.tx("register", "p3", register_body(officer.to_dict())))
+    bg = {"break_glass_id": "bg1", "patient": "alice", "record_id": "rec-1", "reason": "unconscious"}
+    sig = ecdsa.sign(c.keys["olga"], BREAK_GLASS_TAG, break_glass_message("bg1", "bob", "alice", "rec-1",
+                                                                           "unconscious"))
+    commit(c.tx("break_glass", "bob", {**bg, "cosigners": {"olga": sig}}),
+           rival=c.tx("break_glass", "dave", {**bg, "cosigners": {"olga": sig}}))
+    resealed = {**c.store_body(), "epoch": 1}
+    commit(c.tx("reseal", "alice", resealed), rival=c.tx("reseal", "alice", {**resealed, "epoch": 2}))
     commit(c.tx("revoke_cert", "p3", {"subject": "dave", "reason": "left"}))
     assert covered == set(TX_TYPES)
     # a body that does not name its entry cannot have committed

@@ -15,7 +15,8 @@ from core.state import (
 
 ids = st.text(alphabet="abcXYZ019._:@-", min_size=1, max_size=20)
 
-OPTIONAL = {"revoked_at", "revoke_reason", "grant_id", "reject_reason"}
+OPTIONAL = {"revoked_at", "revoke_reason", "grant_id", "reject_reason", "hold", "scope", "delegation", "break_glass",
+            "epoch"}
 VIEWS = {"cert": CertEntry, "record": RecordEntry, "policy": PolicyEntry, "request": RequestEntry,
          "grant": GrantEntry}
 

@@ -88,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
                    help="size range of imaging blobs in MiB (default 1 4)")
     g.add_argument("--request-timeout", type=float, default=5.0, help="agents' request timeout, seconds")
     g.add_argument("--seed", type=int, default=1, help="seed of the workload's random choices (default 1)")
+    g.add_argument("--patients-offline", action="store_true",
+                   help="patients set their policy with a standing delegation, store their initial records and "
+                        "stop; doctors are served by the peers alone (no store or revoke operations)")
     g = p.add_argument_group("load")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", type=int, default=None, help="closed loop: operations in flight (default 8)")
@@ -125,7 +128,8 @@ def parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     wspec = WorkloadSpec(patients=args.patients, doctors=args.doctors, imaging_fraction=args.imaging_fraction,
-                         imaging_mib=tuple(args.imaging_mib), request_timeout=args.request_timeout, seed=args.seed)
+                         imaging_mib=tuple(args.imaging_mib), request_timeout=args.request_timeout, seed=args.seed,
+                         patients_offline=args.patients_offline)
     if args.mix is not None:
         wspec.mix = args.mix
     wspec.check()

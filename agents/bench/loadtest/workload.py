@@ -30,6 +30,16 @@ Each (doctor, patient, label) is used by one operation at a time (a doctor's
 grant cache is per such triple), so a revocation check is never raced by a
 read of the same grant.
 
+The load test's patients approve what the ledger leaves to them (a doctor
+whose grant they revoked asks again under the unchanged policy: the ledger no
+longer grants it by itself), for the label.
+
+Patients-offline mode (``patients_offline``, ``emrshare loadtest
+--patients-offline``): each patient sets the policy with its standing
+delegation, stores its initial records and closes; the mix then has no
+``store`` or ``revoke`` (both need the patient), and every grant is the one the
+ledger makes from a standing delegation, served by the peers alone.
+
 At the end, :meth:`EmrWorkload.verify` reads back every record whose store
 was acknowledged, through an authorized doctor, and compares it byte for byte
 with the data stored (regenerated from its seed).
@@ -92,6 +102,7 @@ class WorkloadSpec:
     setup_concurrency: int = 8
     request_timeout: float = 5.0
     seed: int = 1
+    patients_offline: bool = False  # patients close after setup (standing delegations serve the doctors)
 
     def check(self) -> None:
         if self.patients < 1 or self.doctors < 1:
@@ -182,7 +193,10 @@ class EmrWorkload:
         self.checks: dict[str, int] = {"denied_correctly": 0, "revoked_correctly": 0, "reads_verified": 0}
         self.wrong: list[str] = []  # wrong outcomes (first few kept verbatim)
         self.corrupted_reads: list[str] = []
-        self._mix = [(k, w) for k, w in spec.mix.items() if w > 0]
+        self._mix = [(k, w) for k, w in spec.mix.items()
+                     if w > 0 and not (spec.patients_offline and k in ("store", "revoke"))]
+        if not self._mix:
+            raise ValueError("with patients offline the mix needs access or denied operations")
         self.readers = {label: [d for d in users.doctors if users.departments[d.subject] in depts]
                         for label, depts in LABEL_READERS.items()}
         self.non_readers = {label: [d for d in users.doctors if users.departments[d.subject] not in depts]
@@ -225,9 +239,14 @@ class EmrWorkload:
             stage = progress.stage if progress is not None else (lambda name, total: None)
             advance = progress.advance if progress is not None else (lambda name: None)
             stage("opening agents", len(plan))
+
+            async def approve(info: dict) -> str:
+                return "label"
+
             for subject, org, attrs, is_patient in plan:
-                kind = PatientAgent if is_patient else DoctorAgent
-                agent = await stack.enter_async_context(kind.open(config(subject, org, attrs), node=target.node))
+                opening = (PatientAgent.open(config(subject, org, attrs), node=target.node, approve=approve)
+                           if is_patient else DoctorAgent.open(config(subject, org, attrs), node=target.node))
+                agent = await stack.enter_async_context(opening)
                 (patients if is_patient else doctors).append((agent, org, attrs))
                 advance("opening agents")
             self = cls(spec, Users([a for a, _, _ in patients], [a for a, _, _ in doctors], departments))
@@ -259,12 +278,16 @@ class EmrWorkload:
 
             await each("registering users", patients + doctors, lambda a: timed(
                 "register", lambda: a[0].register(target.token(a[0].subject, a[1], a[2], a[0].enroll_id))))
-            await each("setting policies", self.users.patients,
-                       lambda p: timed("set_policy", lambda: p.set_policy(POLICY)))
             rng = random.Random(spec.seed ^ 0x5EED)
             initial = [(p, self._choose_record(rng)) for p in self.users.patients for _ in range(spec.initial_records)]
+            standing = None if spec.patients_offline else ()  # offline: standing parts for the policy's labels
+            await each("setting policies", self.users.patients,
+                       lambda p: timed("set_policy", lambda: p.set_policy(POLICY, standing=standing)))
             await each("storing initial records", initial,
                        lambda pr: timed("store", lambda: self._store(pr[0], *pr[1])))
+            if spec.patients_offline:
+                for p in self.users.patients:  # the patients go offline: nothing reaches or answers them
+                    await p.endpoint.aclose()
             yield self
 
     # ------------------------------------------------------------ helpers
@@ -405,7 +428,11 @@ class EmrWorkload:
                 current = doctor.cached_grant(patient.subject, label)
                 if current is None or current["grant_id"] != entry["grant_id"]:
                     return Result(phase="revoke-skipped")  # already consumed by another revocation
-                recs = [r for r in self.by_patient.get(patient.subject, []) if r.label == label]
+                # a record the revoked grant covered: same label and label-key epoch (records stored after an
+                # earlier revocation are under a later epoch: a new grant, not this one, would serve them)
+                epochs = {rid: r.get("epoch", 0) for rid, r in patient.state["records"].items()}
+                recs = [r for r in self.by_patient.get(patient.subject, [])
+                        if r.label == label and epochs.get(r.record_id, 0) == entry.get("epoch", 0)]
                 await patient.revoke(entry["grant_id"], "load test revocation")
                 if not recs:
                     return None
