@@ -66,3 +66,13 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     return f"emrshare backend: {ACTIVE} (available: {', '.join(AVAILABLE)})"
+
+
+@pytest.fixture
+def idle_clock():
+    """Trio's autojump clock, jumping only after 0.1 s of real idleness: a worker thread
+    hashing or writing a file does not let virtual time (and the timeouts) run away
+    while it works. (pytest-trio runs a test on the clock a fixture returns.)"""
+    import trio.testing
+
+    return trio.testing.MockClock(autojump_threshold=0.1)

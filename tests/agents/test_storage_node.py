@@ -322,14 +322,14 @@ async def test_per_sender_quota_and_put_sessions(tmp_path) -> None:
             await repair.put(os.urandom(150_000))
 
 
-async def test_idle_put_sessions_expire_and_free_the_senders_slots(tmp_path, autojump_clock) -> None:
+async def test_idle_put_sessions_expire_and_free_the_senders_slots(tmp_path, idle_clock) -> None:
     from core.protocol import StoragePutBegin, StoragePutBeginReply
 
     opts = {"sessions_per_sender": 1}
     async with swarm(tmp_path, n=1, replicas=1, write_quorum=1, session_timeout=10.0,
                      node_opts=opts) as (repair, nodes):
-        # file work runs in threads while the clock jumps: no request timeout may fire meanwhile
-        alice = StorageClient(repair.endpoint_for("alice"), ["s0"], replicas=1, write_quorum=1, timeout=1e6)
+        # file work runs in threads: the clock jumps only when nothing, not even a thread, works
+        alice = StorageClient(repair.endpoint_for("alice"), ["s0"], replicas=1, write_quorum=1, timeout=60)
         await alice._call("s0", StoragePutBegin(10), StoragePutBeginReply)
         await trio.sleep(30)  # idle past the timeout: the reaper aborts it
         assert not nodes["s0"]._sessions

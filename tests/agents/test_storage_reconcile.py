@@ -182,13 +182,6 @@ async def cluster(tmp_path, n=3, *, replicas=3, interval=30.0, grace=300.0, sess
         nursery.cancel_scope.cancel()
 
 
-@pytest.fixture
-def clock():
-    """Trio's autojump clock, jumping only after 0.1 s of real idleness: a worker thread
-    hashing or writing a blob does not let virtual time (and the timeouts) run away."""
-    return trio.testing.MockClock(autojump_threshold=0.1)
-
-
 async def settle(c):
     """Wait until no reconciler has a pull under way (each pull is bounded in time)."""
     while any(r.plan.active for r in c.reconcilers.values()):
@@ -199,7 +192,7 @@ def holders(c, cid):
     return sorted(i for i, s in c.stores.items() if s.has(cid) and s.is_intact(cid))
 
 
-async def test_a_committed_blob_held_once_gets_its_copies_within_an_interval(tmp_path, clock):
+async def test_a_committed_blob_held_once_gets_its_copies_within_an_interval(tmp_path, idle_clock):
     data = os.urandom(3 * MiB + 123)
     cid = compute(data)
     async with cluster(tmp_path, n=4, interval=30.0) as c:
@@ -220,7 +213,7 @@ async def test_a_committed_blob_held_once_gets_its_copies_within_an_interval(tmp
             assert status["active"] == [] and status["pending"] == []
 
 
-async def test_a_wiped_node_is_refilled(tmp_path, clock):
+async def test_a_wiped_node_is_refilled(tmp_path, idle_clock):
     blobs = [os.urandom(n) for n in (10, CHUNK_SIZE + 1, 2 * MiB)]
     cids = [compute(b) for b in blobs]
     async with cluster(tmp_path, n=3, interval=20.0) as c:
@@ -242,7 +235,7 @@ async def test_a_wiped_node_is_refilled(tmp_path, clock):
         assert c.reconcilers["s2"].plan.counters.pulled == 3
 
 
-async def test_a_corrupt_copy_is_replaced(tmp_path, clock):
+async def test_a_corrupt_copy_is_replaced(tmp_path, idle_clock):
     data = os.urandom(2 * CHUNK_SIZE)
     cid = compute(data)
     async with cluster(tmp_path, n=3, interval=20.0) as c:
@@ -259,7 +252,7 @@ async def test_a_corrupt_copy_is_replaced(tmp_path, clock):
         assert c.reconcilers["s1"].plan.counters.quarantined == 1
 
 
-async def test_a_refused_stores_blob_is_collected_after_the_grace(tmp_path, clock):
+async def test_a_refused_stores_blob_is_collected_after_the_grace(tmp_path, idle_clock):
     refused, kept = os.urandom(1000), os.urandom(1000)
     async with cluster(tmp_path, n=3, interval=10.0, grace=100.0) as c:
         for s in c.stores.values():
@@ -275,7 +268,7 @@ async def test_a_refused_stores_blob_is_collected_after_the_grace(tmp_path, cloc
         assert all(s.owned_bytes("alice") == s.stat(compute(kept)).stored_bytes for s in c.stores.values())
 
 
-async def test_a_blob_put_just_before_its_commit_is_kept(tmp_path, clock):
+async def test_a_blob_put_just_before_its_commit_is_kept(tmp_path, idle_clock):
     data = os.urandom(1000)
     cid = compute(data)
     async with cluster(tmp_path, n=3, interval=10.0, grace=100.0) as c:
@@ -288,7 +281,7 @@ async def test_a_blob_put_just_before_its_commit_is_kept(tmp_path, clock):
         assert holders(c, cid) == ["s0", "s1", "s2"]
 
 
-async def test_an_abandoned_partial_upload_expires(tmp_path, clock):
+async def test_an_abandoned_partial_upload_expires(tmp_path, idle_clock):
     async with cluster(tmp_path, n=1, replicas=1, session_timeout=30.0) as c:
         alice = c.ep("alice")
         begin = protocol.StoragePutBegin(4 * MiB, compute(b"x" * 4 * MiB), True)
@@ -344,7 +337,7 @@ def serve_hostile(ep, mode: str, data: bytes):
 
 
 @pytest.mark.parametrize("mode", ["junk", "lying-leaves", "stall"])
-async def test_a_hostile_replica_does_not_get_its_blob_kept(tmp_path, clock, mode):
+async def test_a_hostile_replica_does_not_get_its_blob_kept(tmp_path, idle_clock, mode):
     data = os.urandom(2 * MiB + 5)
     cid = compute(data)
     async with cluster(tmp_path, n=2, replicas=3, interval=30.0, request_timeout=5.0, evil=("evil",)) as c:
@@ -374,7 +367,7 @@ def test_only_blobs_on_disk_at_the_first_round_are_re_hashed():
     assert new in plan.verified
 
 
-async def test_a_commit_wakes_the_reconcilers_and_a_stalled_writer_is_waited_for_briefly(tmp_path, clock):
+async def test_a_commit_wakes_the_reconcilers_and_a_stalled_writer_is_waited_for_briefly(tmp_path, idle_clock):
     data = os.urandom(2 * MiB)
     cid = compute(data)
     async with cluster(tmp_path, n=3, interval=60.0) as c:
@@ -421,7 +414,7 @@ def test_a_node_gone_for_long_is_replaced_in_the_placement():
     assert "s0" not in plan.placement(cid)
 
 
-async def test_the_next_node_takes_the_copies_of_a_node_gone_for_long(tmp_path, clock):
+async def test_the_next_node_takes_the_copies_of_a_node_gone_for_long(tmp_path, idle_clock):
     data = os.urandom(MiB)
     cid = compute(data)
     async with cluster(tmp_path, n=4, interval=10.0, gone_after=100.0) as c:

@@ -83,7 +83,7 @@ def test_spec_validation_and_toml(tmp_path, capsys):
 
     args = argparse.Namespace(data=str(tmp_path / "d"), config=str(cfg), hospitals=None, peers=None,
                               threshold=4, storage_nodes=None, replicas=None, write_quorum=None, port=None,
-                              batch_size=None, processes=False)
+                              batch_size=None, reconcile_interval=None, processes=False)
     settings, source = _settings(args)
     spec = SwarmSpec.from_mapping(settings, tmp_path / "d")
     assert (spec.hospitals, spec.peers, spec.threshold) == (3, 6, 4)  # flags override the file
