@@ -267,6 +267,12 @@ def report(exc: BaseException, what: str, *, stream=None) -> int:
     if isinstance(leaf, KeyboardInterrupt):
         print("emrshare: interrupted", file=stream)
         return 130
+    if isinstance(leaf, BrokenPipeError):  # `emrshare ... | head`: the reader left; say nothing
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     if isinstance(leaf, SystemExit):
         code = leaf.code
         if isinstance(code, str):

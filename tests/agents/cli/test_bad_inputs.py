@@ -177,6 +177,26 @@ def test_a_bug_says_it_is_a_bug(monkeypatch, capsys):
     assert err.splitlines()[-1].startswith("emrshare: backend: this is a bug in emrshare: ZeroDivisionError: boom")
 
 
+def test_a_closed_output_pipe_is_quiet():
+    """`emrshare ... | head`: the reader leaves; the command stops with SIGPIPE's status
+    and prints no error line (a real pipe, a real process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom agents import cli\n"
+            "def flood(argv):\n    while True:\n        print('x' * 1000)\n"
+            "cli.flood = flood\n"
+            "cli._COMMANDS[('backend',)] = ('agents.cli', 'flood', 'x')\n"
+            "sys.exit(cli.main(['backend']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+    assert err == b""
+
+
 def test_unwrap_finds_the_error_inside_trio_groups():
     import trio
 
