@@ -12,9 +12,12 @@ import pathlib
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.policy import parse
-from agents.fhir import ConsentMappingError, LabelMap, consent_to_policy, policy_to_consent
+from agents.fhir import (ConsentMappingError, FhirError, LabelMap, break_glass_parameters, consent_to_policy,
+                         parse_break_glass, policy_to_consent)
 from agents.fhir.audit import BREAK_GLASS_SYSTEM, FLAG_SYSTEM, audit_bundle, audit_event
 from agents.fhir.consent import BREAK_GLASS_EXTENSION
 from agents.testing.smart import CARDIOLOGY_CONSENT
@@ -170,6 +173,53 @@ rule provision-2:
     assert consent_to_policy(back, labels=LABELS) == policy
 
 
+# ------------------------------------------------------------------ $break-glass Parameters (pure)
+
+officer_ids = st.text(st.characters(categories=("L", "N", "P")), min_size=1, max_size=20)
+reasons = st.text(st.characters(categories=("L", "N", "P"), include_characters=" "), min_size=1,
+                  max_size=512).filter(str.strip)
+
+
+@given(reasons, st.from_regex(r"[A-Za-z0-9\-.]{1,64}", fullmatch=True),
+       st.dictionaries(officer_ids, st.binary(min_size=64, max_size=64), min_size=1, max_size=16))
+def test_break_glass_parameters_round_trip(reason, bg_id, cosigners):
+    params = break_glass_parameters(reason, bg_id, cosigners)
+    r4b("Parameters", params)
+    asked = parse_break_glass(json.loads(json.dumps(params)))
+    assert (asked.reason, asked.break_glass_id, asked.cosigners) == (reason, bg_id, cosigners)
+
+
+GOOD = break_glass_parameters("why", "bg-1", {"olga": bytes(64)})
+
+
+def _with(*changed) -> dict:
+    return {"resourceType": "Parameters", "parameter": [*GOOD["parameter"][:2], *changed]}
+
+
+@pytest.mark.parametrize("params, where", [
+    ({"resourceType": "Bundle"}, "Parameters"),
+    ({"resourceType": "Parameters", "parameter": GOOD["parameter"][1:]}, "Parameters.parameter"),
+    (_with(), "Parameters.parameter"),
+    (_with(GOOD["parameter"][2], GOOD["parameter"][2]), "Parameters.parameter[3]"),
+    (_with({"name": "cosignature", "part": [{"name": "officer", "valueString": "olga"},
+                                             {"name": "signature", "valueBase64Binary": "AAAA"}]}), "part"),
+    (_with({"name": "cosignature", "part": [{"name": "officer", "valueString": "olga"}]}), "part"),
+    (_with({"name": "cosignature", "part": [{"name": "officer", "valueString": "o"}, {"name": "officer",
+                                                                                       "valueString": "p"}]}), "part[1]"),
+    (_with(GOOD["parameter"][2], {"name": "purpose", "valueString": "x"}), "parameter[3]"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": " "}, *GOOD["parameter"][1:]]},
+     "parameter[0].valueString"),
+    ({"resourceType": "Parameters", "parameter": [GOOD["parameter"][0], {"name": "breakGlassId", "valueId": "a b"},
+                                                  GOOD["parameter"][2]]}, "parameter[1]"),
+    ({"resourceType": "Parameters", "parameter": [*GOOD["parameter"], *[GOOD["parameter"][2]] * 16]},
+     "Parameters.parameter"),
+])
+def test_bad_break_glass_parameters_are_refused(params, where):
+    with pytest.raises(FhirError) as info:
+        parse_break_glass(params)
+    assert info.value.status == 400 and where in info.value.expression
+
+
 # ------------------------------------------------------------------ AuditEvent (pure)
 
 TX = bytes(range(32))
@@ -230,14 +280,16 @@ ECG = {"resourceType": "Observation", "id": "ecg-1", "status": "final", "code": 
 @pytest.mark.slow
 async def test_break_glass_on_a_swarm_as_audit_events(tmp_path, capsys):
     """The patient sets an emergency Consent over FHIR; the dermatologist, whom the Consent does not
-    let read, is refused (403), breaks the glass with two officers of its hospital, then reads the
-    record over FHIR for the window; the patient's ``GET /AuditEvent`` and ``ledger audit --fhir``
-    show the break-glass (ETREAT, the reason, the officers) and the reads under it, flagged."""
+    let read, is refused (403); its ``$break-glass`` is refused without an ETREAT token, with too few
+    officers, from the patient's facade and with bad Parameters, then served with two officers of its
+    hospital; it reads the record again over FHIR within the window; the patient's ``GET /AuditEvent``
+    and ``ledger audit --fhir`` show the break-glass (ETREAT, the reason, the officers) and the reads
+    under it, flagged emergency."""
     requests = pytest.importorskip("requests")
     pytest.importorskip("hypercorn")
     from agents.cli.ledger import audit_main
     from agents.doctor import DoctorAgent, cosign_break_glass
-    from agents.fhir import record_id_for
+    from agents.fhir import break_glass_parameters, record_id_for
     from agents.testing.consortium import user_config
     from agents.testing.smart import FhirDeployment
 
@@ -251,28 +303,50 @@ async def test_break_glass_on_a_swarm_as_audit_events(tmp_path, capsys):
                 officers.append(officer)
             alice_token = dep.issuer.token("alice", "patient/*.cruds", patient="alice")
             skin_token = dep.issuer.token("dr-skin", "user/*.rs", patient="alice")
+            skin_etreat = dep.issuer.token("dr-skin", "user/*.rs", patient="alice", purpose="ETREAT")
             consent = emergency_consent()
             bundle = {"resourceType": "Bundle", "type": "transaction",
                       "entry": [{"resource": ECG, "request": {"method": "POST", "url": "Observation"}}]}
 
             def call(method, path, token, body=None):
                 data = None if body is None else json.dumps(body)
-                r = requests.request(method, dep.base + path, timeout=60, data=data, headers={"Authorization": f"Bearer {token}",
+                r = requests.request(method, dep.base + path, timeout=60, data=data,
+                                     headers={"Authorization": f"Bearer {token}",
                                               "Content-Type": "application/fhir+json"})
                 return r.status_code, r.json()
 
-            assert (await trio.to_thread.run_sync(call, "POST", "", alice_token, bundle))[0] == 200
-            status, stored = await trio.to_thread.run_sync(call, "PUT", "Consent/cardiology", alice_token, consent)
+            async def http(*args):
+                return await trio.to_thread.run_sync(call, *args)
+
+            assert (await http("POST", "", alice_token, bundle))[0] == 200
+            status, stored = await http("PUT", "Consent/cardiology", alice_token, consent)
             assert status == 200 and stored["provision"]["provision"][0]["purpose"] == [ETREAT]
-            status, outcome = await trio.to_thread.run_sync(call, "GET", "Observation/ecg-1?patient=alice", skin_token)
+            status, outcome = await http("GET", "Observation/ecg-1?patient=alice", skin_token)
             assert status == 403 and outcome["resourceType"] == "OperationOutcome"
 
-            rid, reason, bg_id = record_id_for("Observation", "ecg-1"), "collapsed in the ward, no history", "bg-fhir-1"
-            cosigners = {o.subject: cosign_break_glass(o.keys.ecdsa_private, bg_id, "dr-skin", "alice", rid, reason)
-                         for o in officers}
-            plain = await dep.agents["dr-skin"].break_glass("alice", rid, reason, cosigners, break_glass_id=bg_id)
-            assert json.loads(plain) == ECG
-            status, read = await trio.to_thread.run_sync(call, "GET", "Observation/ecg-1?patient=alice", skin_token)
+            rid, reason = record_id_for("Observation", "ecg-1"), "collapsed in the ward, no history"
+
+            def signed(bg_id, who=officers):
+                return break_glass_parameters(reason, bg_id, {
+                    o.subject: cosign_break_glass(o.keys.ecdsa_private, bg_id, "dr-skin", "alice", rid, reason)
+                    for o in who})
+
+            op = "Observation/ecg-1/$break-glass?patient=alice"
+            refused = [await http("POST", op, skin_token, signed("bg-1")),  # not an ETREAT token
+                       await http("POST", op, skin_etreat, signed("bg-2", officers[:1])),  # one officer of two
+                       await http("POST", op, dep.issuer.token("alice", "user/*.rs", purpose="ETREAT"),
+                                  signed("bg-3")),  # the patient's own facade agent
+                       await http("POST", op, skin_etreat, {"resourceType": "Parameters"}),
+                       await http("POST", op.replace("ecg-1", "nope"), skin_etreat, signed("bg-4"))]
+            assert [s for s, _ in refused] == [403, 403, 403, 400, 404]
+            assert all(o["resourceType"] == "OperationOutcome" for _, o in refused)
+            assert "ETREAT" in refused[0][1]["issue"][0]["diagnostics"]
+            assert "not_allowed" in refused[1][1]["issue"][0]["diagnostics"]
+
+            status, read = await http("POST", op, skin_etreat, signed("bg-fhir-1"))
+            assert (status, read) == (200, ECG)
+            assert (await http("POST", op, skin_etreat, signed("bg-fhir-1")))[0] == 409  # an id is used once
+            status, read = await http("GET", "Observation/ecg-1?patient=alice", skin_token)
             assert (status, read) == (200, ECG)  # the facade reads under the break-glass grant for its window
 
             def emergency_events(bundle):
@@ -281,7 +355,7 @@ async def test_break_glass_on_a_swarm_as_audit_events(tmp_path, capsys):
 
             with trio.move_on_after(20):  # the peers log their re-encryptions just after serving
                 while True:
-                    status, trail = await trio.to_thread.run_sync(call, "GET", "AuditEvent?patient=alice", alice_token)
+                    status, trail = await http("GET", "AuditEvent?patient=alice", alice_token)
                     if len(emergency_events(trail)) >= 3:
                         break
                     await trio.sleep(0.2)
