@@ -348,6 +348,8 @@ async def test_break_glass_on_a_swarm_as_audit_events(tmp_path, capsys):
             assert (await http("POST", op, skin_etreat, signed("bg-fhir-1")))[0] == 409  # an id is used once
             status, read = await http("GET", "Observation/ecg-1?patient=alice", skin_token)
             assert (status, read) == (200, ECG)  # the facade reads under the break-glass grant for its window
+            status, found = await http("GET", "Observation?patient=alice&category=laboratory", skin_token)
+            assert status == 200 and [e["resource"] for e in found["entry"]] == [ECG]  # searches too
 
             def emergency_events(bundle):
                 return [e["resource"] for e in bundle["entry"]
@@ -376,7 +378,7 @@ async def test_break_glass_on_a_swarm_as_audit_events(tmp_path, capsys):
                        "--fhir"]) == 0
     out = json.loads(capsys.readouterr().out)
     r4b("Bundle", out)
-    # the same events (a peer may have logged a later re-encryption since the facade answered)
+    # the same break-glass and reads under it (peer-a1's copy of the chain may be a block behind or ahead)
     from_cli = {e["id"]: e for e in emergency_events(out)}
-    assert {e["id"] for e in flagged} <= set(from_cli)
-    assert from_cli[glass["id"]]["agent"] == glass["agent"]
+    assert from_cli[glass["id"]] == glass
+    assert any(e["action"] == "R" and e["purposeOfEvent"][0]["text"] == reason for e in from_cli.values())
