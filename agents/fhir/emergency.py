@@ -13,7 +13,8 @@ ETREAT (IHE IUA's claim) and a read scope on the type. The body is a FHIR
 * ``cosignature`` (one per officer), parts ``officer`` (valueString, the
   officer's subject id) and ``signature`` (valueBase64Binary, the 64-byte
   ECDSA signature :func:`agents.doctor.cosign_break_glass` makes over the id,
-  the doctor, the patient, the record id and the reason).
+  the doctor, the patient, the record id and the reason; ``emrshare doctor
+  cosign`` prints the same bytes in hex).
 
 :func:`parse_break_glass` checks and reads it; :func:`break_glass_parameters`
 writes it (for clients and tests). The officers sign with their own agents'
