@@ -8,6 +8,7 @@ as a Consent, read the audit trail as AuditEvents) and to doctors' agents
 Modules: ``app`` (the Starlette app served by Hypercorn on trio, and the
 agent calls it makes), ``auth`` (bearer JWTs, SMART scopes), ``consent``
 (Consent <-> policy, pure), ``audit`` (ledger event -> AuditEvent, pure),
+``emergency`` (the ``$break-glass`` operation's Parameters, pure),
 ``labels`` (resource -> label and record id, pure), ``bundles`` (transaction
 in, searchset out, pure), ``errors`` (OperationOutcome). The pure modules need
 no FHIR library; the app validates with ``fhir.resources`` (R4B models).
@@ -24,6 +25,8 @@ from .bundles import plan_transaction as plan_transaction
 from .bundles import resource_bytes as resource_bytes
 from .consent import consent_to_policy as consent_to_policy
 from .consent import policy_to_consent as policy_to_consent
+from .emergency import break_glass_parameters as break_glass_parameters
+from .emergency import parse_break_glass as parse_break_glass
 from .errors import AuthError as AuthError
 from .errors import ConsentMappingError as ConsentMappingError
 from .errors import FhirError as FhirError

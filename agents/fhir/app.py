@@ -20,6 +20,8 @@ Routes (docs/fhir.md):
   OperationOutcome naming the deciding rule.
 * ``GET /AuditEvent?patient=`` (patient): the ledger's audit trail
   (:mod:`agents.fhir.audit`).
+* ``POST /{Type}/{id}/$break-glass?patient=`` (doctor, token purpose ETREAT):
+  emergency access with officers' co-signatures (:mod:`agents.fhir.emergency`).
 
 Every request needs a bearer token; every answer that is not a resource is
 an OperationOutcome. Bounds (:class:`FacadeConfig`): body size, entries per
@@ -66,6 +68,7 @@ from agents.fhir.audit import audit_bundle
 from agents.fhir.auth import Principal, TokenVerifier
 from agents.fhir.bundles import plan_transaction, resource_bytes, searchset, transaction_response
 from agents.fhir.consent import consent_to_policy, policy_to_consent
+from agents.fhir.emergency import is_emergency_purpose, parse_break_glass
 from agents.fhir.errors import FhirError, ScopeError, operation_outcome
 from agents.fhir.labels import FHIR_MEDIA_TYPE, LabelMap, record_id_for
 from agents.patient import PatientAgent
@@ -79,6 +82,7 @@ FHIR_JSON = "application/fhir+json"
 _SEARCH_PARAMS = {"patient", "category", "_id", "_format"}
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+BREAK_GLASS_OPERATION = "https://emrshare.org/fhir/OperationDefinition/break-glass"
 GRANTS_AT_ONCE = 3  # labels whose first read (a possible new grant) runs at once, see read_records
 
 
@@ -159,6 +163,7 @@ class Facade:
             Route("/Consent/{rid}", e(self._consent_put), methods=["PUT"]),
             Route("/AuditEvent", e(self._audit), methods=["GET"]),
             Route("/Patient/{pid}/$everything", e(self._everything), methods=["GET"]),
+            Route("/{rtype}/{rid}/$break-glass", e(self._break_glass), methods=["POST"]),
             Route("/{rtype}", e(self._search), methods=["GET"]),
             Route("/{rtype}/{rid}", e(self._read), methods=["GET"]),
         ]
@@ -265,9 +270,14 @@ class Facade:
         for rtype in sorted(self.labels.types):
             entry: dict[str, Any] = {"type": rtype, "interaction": [{"code": "read"}, {"code": "search-type"}],
                                      "searchParam": params}
+            operations = []
             if rtype == "Patient":
-                entry["operation"] = [{"name": "everything",
-                                       "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
+                operations.append({"name": "everything",
+                                   "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"})
+            if has_doctor:
+                operations.append({"name": "break-glass", "definition": BREAK_GLASS_OPERATION})
+            if operations:
+                entry["operation"] = operations
             resources.append(entry)
         if has_patient:
             resources.append({"type": "Consent", "interaction": [{"code": "read"}, {"code": "update"},
@@ -416,6 +426,38 @@ class Facade:
                             f"add ?patient=ID", issue="required")
         self._require(principal, rtype, "r", patient)
         data = await read_record(agent, patient, record_id_for(rtype, rid), principal.purpose)
+        resource = _decode_resource(data, f"{rtype}/{rid}")
+        if resource.get("resourceType") != rtype or resource.get("id") != rid:
+            raise IntegrityError(f"record of {rtype}/{rid} holds {resource.get('resourceType')}/{resource.get('id')}")
+        return resource
+
+    async def _break_glass(self, request: Request, principal: Principal, agent: Any) -> dict[str, Any]:
+        rtype, rid = _resource_type(request.path_params["rtype"]), request.path_params["rid"]
+        if not _FHIR_ID.match(rid):
+            raise FhirError(f"$break-glass on {rtype}/{rid[:80]!r} refused: not a FHIR id", issue="value")
+        if not isinstance(agent, DoctorAgent):
+            raise ScopeError("forbidden: a break-glass is a doctor's emergency access; a patient reads its own "
+                             "records with GET")
+        if not is_emergency_purpose(principal.claims):
+            raise ScopeError("forbidden: a break-glass needs a token whose purpose_of_use is ETREAT (emergency "
+                             "treatment); ask the authorization server for one")
+        patient = _patient_param(request.query_params.get("patient")) or principal.patient
+        if patient is None:
+            raise FhirError(f"$break-glass on {rtype}/{rid} refused: no patient in the token's launch context; "
+                            "add ?patient=ID", issue="required")
+        self._require(principal, rtype, "r", patient)
+        params = await self._body(request)
+        asked = parse_break_glass(params)
+        validate_resource(params, "Parameters")
+        try:
+            data = await agent.break_glass(patient, record_id_for(rtype, rid), asked.reason, asked.cosigners,
+                                           break_glass_id=asked.break_glass_id)
+        except TransactionRejected as exc:
+            status = {"duplicate": 409, "not_found": 404, "malformed": 400}.get(exc.reason, 403)
+            raise FhirError(f"$break-glass refused by the ledger ({exc.reason or 'rejected'}): {exc}; "
+                            "check the officers, their signatures over this id, doctor, patient, record and "
+                            "reason, and the patient's emergency clause", status=status,
+                            issue="forbidden" if status == 403 else "business-rule") from None
         resource = _decode_resource(data, f"{rtype}/{rid}")
         if resource.get("resourceType") != rtype or resource.get("id") != rid:
             raise IntegrityError(f"record of {rtype}/{rid} holds {resource.get('resourceType')}/{resource.get('id')}")

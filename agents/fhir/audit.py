@@ -21,8 +21,21 @@ grant          DCM 110110               ledger-event grant          E       0
 deny_request   DCM 110110               ledger-event deny_request   E       0 (the patient said no)
 revoke_grant   DCM 110110               ledger-event revoke_grant   D       0
 access         audit-event-type rest    restful-interaction read    R       0 (a peer re-encrypted)
+break_glass    DCM 110113 Security Al.  DCM 110127 Emergency Over-  E       0
+                                        ride Started + ledger-event
 other          DCM 110110               ledger-event <its name>     E       0
 =============  =======================  ==========================  ======  ============================
+
+Emergency access (issue 16): a ``break_glass`` AuditEvent has v3-ActReason
+ETREAT with the doctor's stated reason as its text (``purposeOfEvent``, R4's
+name, and the ``purposeOfUse`` of the doctor's agent: the requestor, IRCP), each co-signing officer as an
+agent of type v3-ParticipationType VRF (verifier), and an entity for the
+break-glass (its id, reason, co-signers, expiry). Every re-encryption served
+under it (an ``access`` event the ledger flags ``emergency``) carries the same
+purpose and, when the break-glass is in the same trail
+(:func:`audit_bundle`), its reason and id. Both are flagged in ``meta.tag``
+(:data:`FLAG_SYSTEM` ``emergency``; a re-encryption under a standing
+delegation: ``standing``).
 """
 
 from __future__ import annotations
@@ -33,13 +46,19 @@ from typing import Any
 
 from agents.fhir.consent import POLICY_SYSTEM, RECORD_SYSTEM, SUBJECT_SYSTEM
 
-__all__ = ["audit_event", "audit_bundle", "LEDGER_EVENT_SYSTEM", "TX_SYSTEM"]
+__all__ = ["audit_event", "audit_bundle", "LEDGER_EVENT_SYSTEM", "TX_SYSTEM", "FLAG_SYSTEM", "BREAK_GLASS_SYSTEM"]
 
 _BASE = "https://emrshare.org/fhir"
 LEDGER_EVENT_SYSTEM = f"{_BASE}/CodeSystem/ledger-event"
 TX_SYSTEM = f"{_BASE}/NamingSystem/ledger-tx"
 REQUEST_SYSTEM = f"{_BASE}/NamingSystem/request-id"
 GRANT_SYSTEM = f"{_BASE}/NamingSystem/grant-id"
+BREAK_GLASS_SYSTEM = f"{_BASE}/NamingSystem/break-glass-id"
+FLAG_SYSTEM = f"{_BASE}/CodeSystem/audit-flag"
+_DCM = "http://dicom.nema.org/resources/ontology/DCM"
+_SECURITY_ALERT = {"system": _DCM, "code": "110113", "display": "Security Alert"}
+_OVERRIDE_STARTED = {"system": _DCM, "code": "110127", "display": "Emergency Override Started"}
+_ACTREASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 _REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
          "display": "Restful Operation"}
 _PATIENT_RECORD = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110",
@@ -55,6 +74,7 @@ _KINDS: dict[str, tuple[dict, dict, str]] = {
     "set_policy": (_REST, {"system": _INTERACTION, "code": "update"}, "U"),
     "access": (_REST, {"system": _INTERACTION, "code": "read"}, "R"),
     "revoke_grant": (_PATIENT_RECORD, {"system": LEDGER_EVENT_SYSTEM, "code": "revoke_grant"}, "D"),
+    "break_glass": (_SECURITY_ALERT, _OVERRIDE_STARTED, "E"),
 }
 
 
@@ -90,8 +110,19 @@ def _entity(system: str, value: str, type_code: str, role_code: str | None, deta
     return out
 
 
-def audit_event(event: Mapping[str, Any], patient: str, *, site: str | None = None) -> dict[str, Any]:
-    """The AuditEvent (JSON form) of one ledger audit event of ``patient``'s trail."""
+def _emergency_purpose(reason: Any) -> list[dict[str, Any]]:
+    out: dict[str, Any] = {"coding": [{"system": _ACTREASON, "code": "ETREAT", "display": "Emergency Treatment"}]}
+    if isinstance(reason, str) and reason.strip():
+        out["text"] = reason
+    return [out]
+
+
+def audit_event(event: Mapping[str, Any], patient: str, *, site: str | None = None,
+                break_glass: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The AuditEvent (JSON form) of one ledger audit event of ``patient``'s trail.
+
+    ``break_glass``: for an ``access`` event the ledger flags ``emergency``, the
+    ``break_glass`` event whose grant it was served under (its reason and id are added)."""
     kind = str(event.get("event"))
     actor = str(event.get("actor"))
     tx = event.get("tx") or b""
@@ -104,10 +135,20 @@ def audit_event(event: Mapping[str, Any], patient: str, *, site: str | None = No
                  else {"identifier": {"system": SUBJECT_SYSTEM, "value": patient}},
                  "type": {"system": _ENTITY_TYPE, "code": "1"}, "role": {"system": _OBJECT_ROLE, "code": "1"}}]
     doctor = event.get("doctor")
+    emergency = bool(event.get("emergency"))
+    if kind != "break_glass" and break_glass is not None and break_glass.get("grant_id") != event.get("grant_id"):
+        break_glass = None
+    if kind == "break_glass":
+        break_glass = event
+    reason = break_glass.get("reason") if emergency and break_glass is not None else None
     if kind == "access":
         agents.append(_agent(actor, "CST", False))  # the peer that re-encrypted (custodian of a key share)
         if doctor:
             agents.append(_agent(str(doctor), "IRCP", True))
+    elif kind == "break_glass":
+        agents.append(_agent(actor, "IRCP", True))  # the doctor who broke the glass reads
+        for officer in event.get("cosigners") or []:
+            agents.append(_agent(str(officer), "VRF", False))  # a co-signing officer of the doctor's hospital
     else:
         agents.append(_agent(actor, "IRCP" if kind == "access_request" else "AUT", True))
         if doctor:
@@ -133,6 +174,13 @@ def audit_event(event: Mapping[str, Any], patient: str, *, site: str | None = No
                                  "peers": ", ".join(event.get("peers") or []) or None,
                                  "share-index": event.get("share_index"),
                                  "reason": event.get("reason") if kind == "revoke_grant" else None}))
+    if emergency and break_glass is not None and break_glass.get("break_glass_id"):
+        expires = break_glass.get("expires_at")
+        entities.append(_entity(BREAK_GLASS_SYSTEM, str(break_glass["break_glass_id"]), "2", None,
+                                {"reason": break_glass.get("reason"),
+                                 "cosigners": ", ".join(break_glass.get("cosigners") or []) or None,
+                                 "expires-at": _instant(int(expires) * 1000) if isinstance(expires, int) else None},
+                                name="break-glass"))
     entities.append(_entity(TX_SYSTEM, tx_hex, "2", None, {"block-height": height}, name=kind))
     out: dict[str, Any] = {
         "resourceType": "AuditEvent",
@@ -147,6 +195,15 @@ def audit_event(event: Mapping[str, Any], patient: str, *, site: str | None = No
                    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}]},
         "entity": entities,
     }
+    if emergency:
+        out["purposeOfEvent"] = _emergency_purpose(reason)
+        for agent in agents:
+            if agent["requestor"]:
+                agent["purposeOfUse"] = _emergency_purpose(reason)
+    tags = [{"system": FLAG_SYSTEM, "code": flag} for flag in ("emergency", "standing") if event.get(flag)]
+    if tags:
+        out = {"resourceType": "AuditEvent", "id": out["id"], "meta": {"tag": tags},
+               **{k: v for k, v in out.items() if k not in ("resourceType", "id")}}
     if site:
         out["source"]["site"] = site
     if outcome_desc:
@@ -158,8 +215,10 @@ def audit_bundle(events: Iterable[Mapping[str, Any]], patient: str, *, bundle_ty
                  base_url: str | None = None, site: str | None = None) -> dict[str, Any]:
     """A Bundle (``collection``, or ``searchset``) of the AuditEvents of ``patient``'s trail, oldest first."""
     entries = []
+    events = list(events)
+    glass = {e.get("grant_id"): e for e in events if e.get("event") == "break_glass" and e.get("grant_id")}
     for e in events:
-        res = audit_event(e, patient, site=site)
+        res = audit_event(e, patient, site=site, break_glass=glass.get(e.get("grant_id")))
         entry: dict[str, Any] = {"resource": res}
         if base_url:
             entry["fullUrl"] = f"{base_url.rstrip('/')}/AuditEvent/{res['id']}"

@@ -31,9 +31,17 @@ The mapping, briefly (R4 semantics; see docs/fhir.md for the whole table):
   ``data`` (meaning ``instance``) -> ``record`` objects; none -> ``all``.
 * ``period`` -> ``during`` from .. until (FHIR's end is inclusive: the end
   second, or the end day, is inside).
-* ``purpose`` v3-ActReason -> ``purpose in [...]`` (TREAT -> treatment, ...);
-  ETREAT (emergency treatment) is refused until the policy language has its
-  emergency clause (issue 16).
+* ``purpose`` v3-ActReason -> ``purpose in [...]`` (TREAT -> treatment, ...).
+* A nested permit provision whose one purpose is v3-ActReason ETREAT
+  (emergency treatment) is the policy's emergency clause (break-glass,
+  docs/policy.md): its actors are contained Groups whose one characteristic is
+  the requester's ``role`` (the clause's roles), and the extension
+  :data:`BREAK_GLASS_EXTENSION` gives ``cosign`` (valuePositiveInt) and
+  ``window`` (valueDuration); without that extension it is refused (emrshare
+  does not choose how many officers co-sign for the patient). Anything that
+  would narrow it (labels, records, a period, other purposes, organizations or
+  people as actors) is refused: the clause opens every label for its window and
+  the policy's rules, deny rules included, do not apply to a break-glass.
 * The extension :data:`APPROVAL_EXTENSION` on a permit provision ->
   ``approval auto|patient`` (absent: auto, the patient consented).
 """
@@ -46,14 +54,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from core.errors import PolicyError
-from core.policy import And, Compare, Not, ObjectSpec, Or, Policy, Rule, TimeWindow
+from core.policy import And, Compare, Emergency, Not, ObjectSpec, Or, Policy, Rule, TimeWindow
 
 from agents.fhir.errors import ConsentMappingError
 from agents.fhir.labels import RESOURCE_TYPES_SYSTEM, LabelMap, record_id_for
 
 __all__ = [
     "consent_to_policy", "policy_to_consent", "PURPOSES", "LABEL_SYSTEM", "RECORD_SYSTEM", "ATTRIBUTE_SYSTEM",
-    "PURPOSE_SYSTEM", "POLICY_SYSTEM", "SUBJECT_SYSTEM", "APPROVAL_EXTENSION", "fhir_instant", "parse_fhir_time",
+    "PURPOSE_SYSTEM", "POLICY_SYSTEM", "SUBJECT_SYSTEM", "APPROVAL_EXTENSION", "BREAK_GLASS_EXTENSION",
+    "fhir_instant", "parse_fhir_time",
 ]
 
 _BASE = "https://emrshare.org/fhir"
@@ -64,6 +73,10 @@ RECORD_SYSTEM = f"{_BASE}/NamingSystem/record-id"
 POLICY_SYSTEM = f"{_BASE}/NamingSystem/policy-name"
 SUBJECT_SYSTEM = f"{_BASE}/NamingSystem/subject"
 APPROVAL_EXTENSION = f"{_BASE}/StructureDefinition/approval"
+#: complex extension on an ETREAT permit provision: ``cosign`` (valuePositiveInt), ``window`` (valueDuration)
+BREAK_GLASS_EXTENSION = f"{_BASE}/StructureDefinition/break-glass"
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+_DURATION_SECONDS = {"s": 1, "min": 60, "h": 3600, "d": 86400}
 
 SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
 ACTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentaction"
@@ -172,16 +185,102 @@ def _walk_modifiers(value: Any, path: str) -> None:
             _walk_modifiers(item, f"{path}[{i}]")
 
 
-def _refuse_emergency(p: Any, path: str) -> None:
-    """ETREAT anywhere: refused with the reason first (it is the reason a reader wants)."""
-    if not isinstance(p, Mapping):
-        return
-    for i, coding in enumerate(p.get("purpose") or []):
+def _etreat_index(p: Any) -> int | None:
+    """The index of the v3-ActReason ETREAT coding in a provision's purposes, or None."""
+    if not isinstance(p, Mapping) or not isinstance(p.get("purpose"), list):
+        return None
+    for i, coding in enumerate(p["purpose"]):
         if isinstance(coding, Mapping) and coding.get("system") == ACTREASON_SYSTEM and coding.get("code") == "ETREAT":
-            raise _fail(f"{path}.purpose[{i}]", "emergency treatment (ETREAT) needs the policy language's emergency "
-                                                "clause (issue 16), which is not there yet; leave it out or wait for it")
-    for i, q in enumerate(p.get("provision") or []):
-        _refuse_emergency(q, f"{path}.provision[{i}]")
+            return i
+    return None
+
+
+_EMERGENCY_FORM = ("the emergency clause is a nested permit provision of its own: purpose ETREAT alone, actors "
+                   "naming requester roles, and the break-glass extension (cosign, window)")
+
+
+def _emergency(p: Mapping[str, Any], path: str, contained: Mapping[str, Mapping[str, Any]],
+               used: set[str]) -> Emergency:
+    """The emergency clause an ETREAT provision says (see the module docstring)."""
+    if p.get("provision"):
+        raise _fail(f"{path}.provision", "provisions nest one level only")
+    extra = sorted(set(p) - {"id", "type", "purpose", "actor", "action", "extension"})
+    if extra:
+        raise _fail(f"{path}.{extra[0]}", "the emergency clause opens every label for its window and nothing "
+                                          "narrows it (the policy's rules do not apply to a break-glass); "
+                                          f"{_EMERGENCY_FORM}")
+    if p.get("type") != "permit":
+        raise _fail(f"{path}.type", "an ETREAT provision is the emergency clause, which permits; to allow no "
+                                    "break-glass, leave ETREAT out")
+    if len(p.get("purpose") or []) != 1:
+        raise _fail(f"{path}.purpose", f"ETREAT stands alone: {_EMERGENCY_FORM}; write other purposes in a "
+                                       "provision of their own")
+    _operations(p.get("action"), f"{path}.action")  # access or none: a break-glass reads
+    actors = p.get("actor") or []
+    if not actors:
+        raise _fail(f"{path}.actor", f"an emergency provision names the roles that may invoke it; {_EMERGENCY_FORM}")
+    roles: list[str] = []
+    for i, actor in enumerate(actors):
+        apath = f"{path}.actor[{i}]"
+        if not isinstance(actor, Mapping):
+            raise _fail(apath, "an actor is expected")
+        if _has_code(actor.get("role"), f"{apath}.role", PARTICIPATION_SYSTEM, RECIPIENT_ROLES) is None:
+            raise _fail(f"{apath}.role", "the emergency actors are the recipients (PRCP, IRCP) who may invoke it")
+        target = (actor.get("reference") or {}).get("reference")
+        cond = (_actor_condition(actor.get("reference") or {}, f"{apath}.reference", contained, used)
+                if isinstance(target, str) and target.startswith("#") else None)
+        if not (isinstance(cond, Compare) and cond.attribute == "role" and isinstance(cond.value, str)):
+            raise _fail(f"{apath}.reference", "the emergency clause names requester roles only: a contained Group "
+                                              "whose one characteristic is the attribute 'role', not excluded "
+                                              "(not organizations, people or other attributes)")
+        if cond.value not in roles:
+            roles.append(cond.value)
+    cosign = window = None
+    for j, ext in enumerate(p.get("extension") or []):
+        epath = f"{path}.extension[{j}]"
+        if not isinstance(ext, Mapping) or ext.get("url") != BREAK_GLASS_EXTENSION:
+            raise _fail(epath, "an ETREAT provision carries only the break-glass extension (a break-glass does not "
+                               "ask the patient, so it has no approval)")
+        if cosign is not None:
+            raise _fail(epath, "one break-glass extension per emergency provision")
+        cosign, window = _break_glass_extension(ext, epath)
+    if cosign is None or window is None:
+        raise _fail(f"{path}.extension", f"an ETREAT permit needs the extension {BREAK_GLASS_EXTENSION} with "
+                                         "'cosign' (how many officers of the requester's hospital co-sign) and "
+                                         "'window' (how long the access lasts); emrshare does not choose them for "
+                                         "the patient")
+    try:
+        return Emergency(tuple(roles), cosign, window)
+    except PolicyError as exc:
+        raise _fail(path, str(exc)) from None
+
+
+def _break_glass_extension(ext: Mapping[str, Any], path: str) -> tuple[int, int]:
+    if set(ext) - {"url", "extension"}:
+        raise _fail(path, "the break-glass extension is complex: its values are the sub-extensions cosign, window")
+    cosign = window = None
+    for k, sub in enumerate(ext.get("extension") or []):
+        spath = f"{path}.extension[{k}]"
+        url = sub.get("url") if isinstance(sub, Mapping) else None
+        if url == "cosign" and cosign is None and set(sub) == {"url", "valuePositiveInt"}:
+            value = sub["valuePositiveInt"]
+            if type(value) is not int or value < 1:
+                raise _fail(f"{spath}.valuePositiveInt", "a positive integer is expected")
+            cosign = value
+        elif url == "window" and window is None and set(sub) <= {"url", "valueDuration"}:
+            d = sub.get("valueDuration")
+            if not isinstance(d, Mapping) or set(d) - {"value", "unit", "system", "code"} \
+                    or d.get("system") != UCUM_SYSTEM or d.get("code") not in _DURATION_SECONDS \
+                    or type(d.get("value")) is not int or d["value"] < 1:
+                raise _fail(f"{spath}.valueDuration", "a Duration of a positive whole number of UCUM s, min, h or d "
+                                                      "is expected")
+            window = d["value"] * _DURATION_SECONDS[d["code"]]
+        else:
+            raise _fail(spath, "the break-glass extension has one 'cosign' (valuePositiveInt) and one 'window' "
+                               "(valueDuration)")
+    if cosign is None or window is None:
+        raise _fail(path, "the break-glass extension needs both 'cosign' and 'window'")
+    return cosign, window
 
 
 def consent_to_policy(consent: Mapping[str, Any], *, labels: LabelMap, patient: str | None = None,
@@ -195,7 +294,10 @@ def consent_to_policy(consent: Mapping[str, Any], *, labels: LabelMap, patient: 
     if not isinstance(consent, Mapping) or consent.get("resourceType") != "Consent":
         raise _fail("Consent", "a Consent resource is expected")
     _walk_modifiers(consent, "Consent")
-    _refuse_emergency(consent.get("provision"), "Consent.provision")
+    etreat = _etreat_index(consent.get("provision"))
+    if etreat is not None:  # checked first: the reason a reader of an emergency Consent wants
+        raise _fail(f"Consent.provision.purpose[{etreat}]", f"ETREAT on the root provision would bound every "
+                                                            f"rule; {_EMERGENCY_FORM}")
     unknown = sorted(set(consent) - _INFORMATIVE - {"status", "scope", "patient", "policyRule", "policy",
                                                      "provision", "contained"})
     if unknown:
@@ -230,6 +332,7 @@ def consent_to_policy(consent: Mapping[str, Any], *, labels: LabelMap, patient: 
         raise _fail("Consent.provision.type", "R4 allows no type on the root provision; use policyRule")
     nested = root.get("provision") or []
     rules: list[Rule] = []
+    emergency: Emergency | None = None
     if "provision" not in root:
         effect = "allow" if base == "OPTIN" else "deny"
         rules.append(_rule(root, "Consent.provision", effect, "root", labels, contained, used, None))
@@ -243,6 +346,14 @@ def consent_to_policy(consent: Mapping[str, Any], *, labels: LabelMap, patient: 
             path = f"Consent.provision.provision[{i}]"
             if not isinstance(p, Mapping):
                 raise _fail(path, "a provision is expected")
+            if _etreat_index(p) is not None:
+                if emergency is not None:
+                    raise _fail(f"{path}.purpose", "a policy has one emergency clause: one ETREAT provision")
+                if scope != (None, None):
+                    raise _fail("Consent.provision.period", "the emergency clause has no period, so a root period "
+                                                            "cannot bound it; give the rules their own periods")
+                emergency = _emergency(p, path, contained, used)
+                continue
             if p.get("type") not in ("permit", "deny"):
                 raise _fail(f"{path}.type", "a nested provision must say permit or deny")
             effect = "allow" if p["type"] == "permit" else "deny"
@@ -256,8 +367,9 @@ def consent_to_policy(consent: Mapping[str, Any], *, labels: LabelMap, patient: 
         version = int(vid) if isinstance(vid, str) and vid.isdigit() and len(vid) < 19 else 1
     try:
         if base == "OPTIN":
-            return Policy(name, version, tuple(rules))
-        return Policy(name, version, tuple(rules), default_effect="allow", default_approval="auto")
+            return Policy(name, version, tuple(rules), emergency=emergency)
+        return Policy(name, version, tuple(rules), default_effect="allow", default_approval="auto",
+                      emergency=emergency)
     except PolicyError as exc:
         raise _fail("Consent", f"the policy it makes is not valid: {exc}") from None
 
@@ -488,11 +600,13 @@ def policy_to_consent(policy: Policy, *, patient: str) -> dict[str, Any]:
         raise _fail("Policy.default", "'default allow approval patient' has no Consent form (OPTOUT pre-approves)")
     groups: list[dict[str, Any]] = []
     root_effect = "allow" if base == "OPTIN" else "deny"
-    if len(policy.rules) == 1 and policy.rules[0].id == "root" and policy.rules[0].effect == root_effect:
+    if (policy.emergency is None and len(policy.rules) == 1 and policy.rules[0].id == "root"
+            and policy.rules[0].effect == root_effect):
         root = _provision(policy.rules[0], "Policy.rules[0]", groups, nested=False)
     else:
-        root = {"provision": [_provision(r, f"Policy.rules[{i}]", groups, nested=True)
-                              for i, r in enumerate(policy.rules)]}
+        nested = [] if policy.emergency is None else [_emergency_provision(policy, groups)]
+        root = {"provision": nested + [_provision(r, f"Policy.rules[{i}]", groups, nested=True)
+                                       for i, r in enumerate(policy.rules)]}
     consent: dict[str, Any] = {
         "resourceType": "Consent",
         "id": policy.name if _FHIR_ID.match(policy.name) else "policy",
@@ -510,6 +624,26 @@ def policy_to_consent(policy: Policy, *, patient: str) -> dict[str, Any]:
     if root:
         consent["provision"] = root
     return consent
+
+
+def _emergency_provision(policy: Policy, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    e = policy.emergency
+    assert e is not None
+    out: dict[str, Any] = {}
+    if all(r.id != "emergency" for r in policy.rules):
+        out["id"] = "emergency"
+    out.update({
+        "type": "permit",
+        "actor": [_actor(Compare("role", "==", role), "Policy.emergency.roles", groups)
+                  for role in e.roles],
+        "action": [{"coding": [{"system": ACTION_SYSTEM, "code": "access"}]}],
+        "purpose": [{"system": ACTREASON_SYSTEM, "code": "ETREAT"}],
+        "extension": [{"url": BREAK_GLASS_EXTENSION, "extension": [
+            {"url": "cosign", "valuePositiveInt": e.cosign},
+            {"url": "window", "valueDuration": {"value": e.window, "unit": "s", "system": UCUM_SYSTEM,
+                                                "code": "s"}}]}],
+    })
+    return out
 
 
 def _code(value: str, path: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.policy import And, Compare, Has, Member, Not, ObjectSpec, Or, Policy, Rule, TimeWindow, parse
+from core.policy import And, Compare, Emergency, Has, Member, Not, ObjectSpec, Or, Policy, Rule, TimeWindow, parse
 from agents.fhir import ConsentMappingError, LabelMap, consent_to_policy, policy_to_consent, record_id_for
 from agents.testing.smart import CARDIOLOGY_CONSENT
 
@@ -36,7 +36,7 @@ rule provision-1:
 """,
 }
 REFUSED = {
-    "Emergency": ("Consent.provision.purpose[0]", "ETREAT"),
+    "Emergency": ("Consent.provision.purpose[0]", "ETREAT on the root provision"),
     "notThis": ("Consent.provision.data[0].meaning", "'related'"),
     "pkb": ("Consent.provision.action", "root may carry only a period"),
     "signature": ("Consent.provision.actor", "root may carry only a period"),
@@ -87,8 +87,6 @@ def nested(**provision) -> dict:
 
 
 @pytest.mark.parametrize("provision, path, why", [
-    ({"purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}]},
-     "purpose[0]", "issue 16"),
     ({"actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
                                       "code": "CST"}]}, "reference": {"reference": "Organization/x"}}]},
      "actor[0].role", "not a recipient"),
@@ -198,11 +196,15 @@ def rules(draw, rid):
 @st.composite
 def policies(draw):
     n = draw(st.integers(0, 4))
-    ids = draw(st.lists(st.sampled_from(["root", "r1", "cardio-read", "deny_x", "p-2"]), min_size=n, max_size=n,
-                        unique=True))
+    ids = draw(st.lists(st.sampled_from(["root", "r1", "cardio-read", "deny_x", "p-2", "emergency"]),
+                        min_size=n, max_size=n, unique=True))
     base = draw(st.sampled_from([("deny", None), ("allow", "auto")]))
+    emergency = draw(st.one_of(st.none(), st.builds(
+        Emergency, st.lists(st.sampled_from(["doctor", "nurse", "er physician", "x:y"]), min_size=1, max_size=3,
+                            unique=True).map(tuple),
+        st.integers(1, 16), st.integers(1, 7 * 86400))))
     return Policy(draw(st.sampled_from(["cardiology", "my policy", "p.1"])), draw(st.integers(0, 1 << 40)),
-                  tuple(draw(rules(i)) for i in ids), *base)
+                  tuple(draw(rules(i)) for i in ids), *base, emergency=emergency)
 
 
 @given(policies())
