@@ -103,6 +103,9 @@ class ClientStatistics:
     fallbacks: int = 0
     corrupt_replicas: int = 0
     healed: int = 0
+    pieces_held_max: int = 0
+    """Most read pieces (of ``message_size``) one read held at once: fetched and not yet
+    passed on, or being passed on (structural memory bound: at most ``pipeline``)."""
 
 
 class StorageClient:
@@ -496,9 +499,14 @@ class StorageClient:
         ready = {s: trio.Event() for s in starts}
         gate = trio.Semaphore(self.pipeline)
 
+        held = 0
+
         async def fetch(start: int) -> None:
+            nonlocal held
             try:
                 results[start] = await self._fetch(node, cid, start, min(self.message_size, size - start), digests)
+                held += 1
+                self._stats.pieces_held_max = max(self._stats.pieces_held_max, held)
             except (StorageError, BusError) as exc:
                 results[start] = exc
             finally:
@@ -517,11 +525,16 @@ class StorageClient:
                 for s in starts:
                     await ready[s].wait()
                     result = results.pop(s)
-                    gate.release()
                     if isinstance(result, BaseException):
+                        gate.release()
                         error = result
                         break
-                    await deliver(result)
+                    try:
+                        await deliver(result)
+                    finally:
+                        del result
+                        held -= 1
+                        gate.release()  # the next fetch starts once this piece is passed on
             finally:
                 nursery.cancel_scope.cancel()
         if error is not None:
