@@ -441,8 +441,10 @@ class StorageClient:
         ``progress(done, size)`` is called after each piece.
 
         Raises ``NotFound`` when no node has it, ``StorageUnavailable`` when holders
-        failed. Nodes found corrupt are appended to ``corrupt`` if given.
-        Memory: ``pipeline`` pieces of ``message_size``.
+        failed; what ``sink`` raises is raised as is (no other replica is tried).
+        Nodes found corrupt are appended to ``corrupt`` if given.
+        Memory: at most ``pipeline`` pieces of ``message_size`` (fetched, waiting or
+        being passed to ``sink``; a fetch starts only when a piece has been passed on).
         """
         parsed = cidmod.parse(cid)
         cid = str(parsed)
@@ -455,7 +457,10 @@ class StorageClient:
 
         async def deliver(piece: bytes) -> None:
             nonlocal offset
-            await sink(piece)
+            try:
+                await sink(piece)
+            except Exception as exc:  # the caller's failure: no other replica would fix it
+                raise _SinkFailed(exc) from exc
             offset += len(piece)
             if progress is not None and size is not None:
                 progress(offset, size)
@@ -471,6 +476,8 @@ class StorageClient:
                 await self._ranges(node, cid, offset, size, digests, deliver)
                 self._stats.gets += 1
                 return size
+            except _SinkFailed as exc:
+                raise exc.error from None
             except CorruptBlob as exc:
                 failures[node] = exc
                 self._stats.corrupt_replicas += 1
@@ -531,6 +538,9 @@ class StorageClient:
                         break
                     try:
                         await deliver(result)
+                    except _SinkFailed as exc:  # raised below, outside the nursery (no exception group)
+                        error = exc
+                        break
                     finally:
                         del result
                         held -= 1
@@ -665,6 +675,14 @@ class StorageClient:
             except (StorageError, BusError) as exc:
                 log.warning("repair pass failed: %s", exc)
             await trio.sleep(interval)
+
+
+class _SinkFailed(Exception):
+    """What a read's sink raised, carried past the replica fallback to the caller."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _reader(data: bytes) -> ReadPiece:
