@@ -44,7 +44,7 @@ async def read_record(
     storage: StorageClient,
     cid: str,
     key_provider: recordmod.KeyProvider,
-    write: Callable[[list[bytes]], None],
+    write: Callable[[list[bytearray]], None],
     *,
     check_header: Callable[[recordmod.RecordHeader], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -62,7 +62,7 @@ async def read_record(
     opener = recordmod.RecordOpener(provider)
 
     def consume(piece: bytes) -> None:
-        chunks = opener.feed(piece)
+        chunks = opener.feed_buffers(piece)
         if chunks:
             write(chunks)
 
@@ -91,7 +91,7 @@ async def read_record_to_file(
     fd = await trio.to_thread.run_sync(lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     written = 0
 
-    def write(chunks: list[bytes]) -> None:
+    def write(chunks: list[bytearray]) -> None:
         nonlocal written
         for chunk in chunks:
             view = memoryview(chunk)

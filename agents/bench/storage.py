@@ -16,8 +16,8 @@ verified pieces), as the record read path uses them.
 Then the memory of a record read (``--read-mib``, default 200; 0 skips it): a
 sealed record of that many MiB of plaintext is sealed to a file and stored
 with ``put_file``, and a fresh child process (``python -c``, the same imports
-as a patient's CLI) reads it the way ``emrshare patient read --out FILE``
-does once the ledger named the CID: streamed from the storage nodes through
+as a patient's CLI, and its :func:`agents.runtime.return_freed_memory`) reads
+it the way ``emrshare patient read --out FILE`` does once the ledger named the CID: streamed from the storage nodes through
 the record opener into a file (:func:`agents.recordio.read_record_to_file`,
 owner key path). It reports its peak RSS (``VmHWM``) and its RSS after the
 imports, before the read. A second child reads the same record the in-memory
@@ -131,7 +131,9 @@ async def _child_read(spec: dict) -> dict:
     from bus import open_node
     from core import ecdsa
     from core import record as recordmod
+    from agents.runtime import return_freed_memory
 
+    return_freed_memory()  # as the user CLI does (agents/cli/user.py)
     after_imports = _status_kib("VmRSS")
     key = bytes.fromhex(spec["key"])
     pubs = {i: bytes.fromhex(p) for i, p in spec["pubs"].items()}

@@ -259,6 +259,9 @@ def _run(args: argparse.Namespace, body: Any, attributes: dict[str, Any]) -> int
     a register that fails removes the user directory it created."""
     import trio
 
+    from agents.runtime import return_freed_memory
+
+    return_freed_memory()  # a streamed read stays within its bounded working set
     files, config, existed = _prepare(args, attributes)
     user_dir = config.data_dir
     created = not user_dir.exists()
