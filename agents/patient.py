@@ -217,7 +217,8 @@ class PatientAgent(UserAgent):
                 path = Path(data)
                 tmp = self.client.data_dir / "tmp" / f"{record_id}.{secrets.token_hex(4)}.sealed"
                 header, cid, size = await run_crypto(_seal_file, path, tmp, kp, **common)
-                stored = await self._storage_call(lambda: self.storage.put_file(tmp, progress=progress))
+                # the sealer computed the CID while writing the file: not hashed again before the put
+                stored = await self._storage_call(lambda: self.storage.put_file(tmp, progress=progress, cid=cid))
             else:
                 plain = bytes(data)
                 header, blob, cid = await run_crypto(_seal_bytes, plain, kp, **common)

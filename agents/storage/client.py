@@ -341,9 +341,12 @@ class StorageClient:
         return cid
 
     async def put_file(self, path: str | Path, *, pin: bool = True,
-                       progress: Callable[[int, int], None] | None = None) -> str:
+                       progress: Callable[[int, int], None] | None = None, cid: str | None = None) -> str:
         """Like :meth:`put` for a file, in bounded memory (hashed first, then streamed).
 
+        ``cid``: the file's CID when the caller computed it while writing the file
+        (the sealer does): the file is not hashed again here; every node checks
+        the bytes it receives against it anyway and refuses a mismatch.
         The file is opened once: it may be removed as soon as this returns, while
         copies still stream to the remaining replicas in the background.
         ``progress(done, size)`` is called as the furthest replica's upload advances."""
@@ -359,7 +362,10 @@ class StorageClient:
                     offset += len(piece)
                 return builder.finish(), builder.size
 
-            cid, size = await trio.to_thread.run_sync(digest)
+            if cid is None:
+                cid, size = await trio.to_thread.run_sync(digest)
+            else:
+                cid, size = str(cidmod.parse(cid)), os.fstat(fd).st_size
         except BaseException:
             os.close(fd)
             raise

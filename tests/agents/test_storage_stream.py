@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.recordio import read_record_to_file
-from agents.storage import BlobStore, StorageUnavailable
+from agents.storage import BlobStore, CidMismatch, StorageUnavailable
 from agents.storage.client import StorageClient
 from agents.storage.errors import CorruptBlob
 from agents.errors import IntegrityError
@@ -288,3 +288,17 @@ async def test_what_the_sink_raises_reaches_the_caller_as_is_without_trying_othe
                     await client.read_to(cid, sink)
                 assert len(seen) == fail_at + 1
             assert client.statistics().fallbacks == 0
+
+
+async def test_put_file_with_a_known_cid_skips_the_hash_and_the_nodes_still_check_it(tmp_path):
+    data = os.urandom(5 * CHUNK_SIZE + 1)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    with trio.fail_after(60):
+        async with swarm(tmp_path, message_size=MiB) as (client, nodes):
+            cid = await client.put_file(path, cid=cidmod.compute(data))
+            assert cid == cidmod.compute(data) and await client.get(cid) == data
+            wrong = cidmod.compute(data + b"!")
+            with pytest.raises(CidMismatch):
+                await client.put_file(path, cid=wrong)
+            assert not any(n.store.has(wrong) for n in nodes.values())
