@@ -24,8 +24,13 @@ Reads fetch the blob's chunk digests first and check that they hash to the
 CID, then fetch ranges and check every 256 KiB chunk against its digest before
 yielding it, so nothing unverified ever reaches the caller, whatever a node
 sends. A node that fails, answers ``storage.corrupt`` or sends bad bytes is
-skipped and the read resumes at the same offset on the next replica. After a
-:meth:`get` that met corrupt replicas, the good bytes are written back to them.
+skipped and the read resumes at the same offset on the next replica; what the
+caller's sink raises ends the read as is. A read holds at most ``pipeline``
+pieces of ``message_size`` (:attr:`ClientStatistics.pieces_held_max` counts
+them). After a :meth:`get` that met corrupt replicas, the good bytes are
+written back to them (a node re-checks a copy it holds when it is put again,
+so a copy that rotted under its verified-at-rest mark is replaced).
+:mod:`agents.recordio` streams a record through the opener into a file.
 
 :meth:`repair` lists every reachable node, and copies each blob to the nodes of
 its top-``replicas`` placement that lack it (node to node through the client,
