@@ -18,11 +18,16 @@ without the patient; otherwise it asks the patient (:class:`RequestRejected`
 when the patient says no), and then asks the peers for their re-encryption shares, keeping the first t
 that verify (:class:`NotEnoughPeers` when fewer come back; the policy is
 :class:`agents.plans.ShareCollection`). Before plaintext is
-returned: the blob matches the CID on the ledger, the ledger's store
+returned: the blob matches the CID on the ledger (each 256 KiB chunk is checked
+against the CID's leaf digests as it arrives, nothing unverified is used), the ledger's store
 transaction carries the patient's signature (checked against the patient's
 certificate), the record opens with the combined key (authenticated
 encryption), and the header names the same owner, label, record id and capsule
 as the ledger.
+
+:meth:`DoctorAgent.read_to_file` does the same in bounded memory, streaming the
+blob through the record opener into a file (:mod:`agents.recordio`); the header
+is checked against the ledger before the first chunk is decrypted.
 
 A grant scoped to one record (what the patient approved) is used for that
 record only. :meth:`DoctorAgent.break_glass` is the emergency path: a
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import time
 from typing import Any, AsyncIterator, Callable
@@ -44,7 +50,6 @@ from typing import Any, AsyncIterator, Callable
 import trio
 
 import bus
-from core import cid as cidmod
 from core import pre
 from core import record as recordmod
 from core.errors import CoreError, DecodeError
@@ -199,8 +204,51 @@ class DoctorAgent(UserAgent):
         except RegistrationError as exc:
             raise await self.client.explain_unknown(exc) from None
 
+    async def read_to_file(self, patient: str, record_id: str, out: str | os.PathLike[str], *,
+                           purpose: str | None = None, progress: Callable[[int, int], None] | None = None) -> int:
+        """Like :meth:`read`, writing the plaintext to the file ``out`` in bounded memory
+        (:func:`agents.recordio.read_record_to_file`: nothing is left under ``out``'s name
+        unless the whole record authenticated and its header matched the ledger);
+        returns the bytes written. Same errors as :meth:`read`."""
+        from agents.recordio import read_record_to_file
+
+        try:
+            prepared = await self._prepare_read(patient, record_id, purpose)
+            rec, provider, check = prepared
+            try:
+                _, written = await self.client.storage_retry(lambda: read_record_to_file(
+                    self.storage, rec["cid"], provider, out, check_header=check, progress=progress))
+            except StorageNotFound:
+                raise Unavailable(f"no reachable storage node holds {rec['cid']}") from None
+            except StorageError as exc:
+                raise Unavailable(f"storage: {exc}") from None
+            except CoreError as exc:
+                raise self._open_failed(record_id, provider, exc) from None
+            return written
+        except RegistrationError as exc:
+            raise await self.client.explain_unknown(exc) from None
+
     async def _read(self, patient: str, record_id: str, *, purpose: str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> bytes:
+        rec, provider, check = await self._prepare_read(patient, record_id, purpose)
+        blob = await self._fetch(rec["cid"], progress)
+        try:
+            header, plain = await run_crypto(recordmod.open_record, blob, provider)
+        except CoreError as exc:
+            raise self._open_failed(record_id, provider, exc) from None
+        check(header)
+        return plain
+
+    @staticmethod
+    def _open_failed(record_id: str, provider: recordmod.ThresholdKeyProvider, exc: Exception) -> IntegrityError:
+        suspects = ", ".join(str(i) for i in provider.suspects) or "unknown"
+        return IntegrityError(f"record {record_id} does not open with the peers' shares "
+                              f"(suspect proxy indices: {suspects}): {exc}")
+
+    async def _prepare_read(self, patient: str, record_id: str, purpose: str | None) -> tuple[
+            dict, recordmod.ThresholdKeyProvider, Callable[[recordmod.RecordHeader], None]]:
+        """Everything before the blob: the ledger entry, its store transaction, a grant and
+        t verified shares; returns (ledger entry, key provider, header check)."""
         self.client.require_registered()
         # a record stored a moment ago through another peer may be a block away
         query = PeerQuery("record", patient=patient, record_id=record_id)
@@ -231,18 +279,14 @@ class DoctorAgent(UserAgent):
         else:
             grant = await self._obtain_grant(patient, record_id, label, purpose, decision)
             shares = await self._collect(grant, patient, record_id, rec)
-        blob = await self._fetch(rec["cid"], progress)
         provider = recordmod.ThresholdKeyProvider(shares, grant["threshold"], self.keys.receive.secret)
-        try:
-            header, plain = await run_crypto(recordmod.open_record, blob, provider)
-        except CoreError as exc:
-            suspects = ", ".join(str(i) for i in provider.suspects) or "unknown"
-            raise IntegrityError(f"record {record_id} does not open with the peers' shares "
-                                 f"(suspect proxy indices: {suspects}): {exc}") from None
         expected = (patient, label, record_id, store_tx.body["capsule"])
-        if (header.owner_id, header.label, header.record_id, header.capsule) != expected:
-            raise IntegrityError(f"record {record_id}: the sealed header does not match the ledger")
-        return plain
+
+        def check(header: recordmod.RecordHeader) -> None:
+            if (header.owner_id, header.label, header.record_id, header.capsule) != expected:
+                raise IntegrityError(f"record {record_id}: the sealed header does not match the ledger")
+
+        return rec, provider, check
 
     async def break_glass(self, patient: str, record_id: str, reason: str, cosigners: dict[str, bytes], *,
                           break_glass_id: str) -> bytes:
@@ -396,9 +440,7 @@ class DoctorAgent(UserAgent):
             raise Unavailable(f"no reachable storage node holds {cid}") from None
         except StorageError as exc:
             raise Unavailable(f"storage: {exc}") from None
-        if not await run_crypto(cidmod.is_valid, cid, blob):
-            raise IntegrityError(f"blob does not match its CID {cid}")
-        return blob
+        return blob  # every chunk the storage client released hashed to the CID
 
 
 def cosign_break_glass(officer_key: bytes, break_glass_id: str, doctor: str, patient: str, record_id: str,

@@ -217,7 +217,8 @@ class PatientAgent(UserAgent):
                 path = Path(data)
                 tmp = self.client.data_dir / "tmp" / f"{record_id}.{secrets.token_hex(4)}.sealed"
                 header, cid, size = await run_crypto(_seal_file, path, tmp, kp, **common)
-                stored = await self._storage_call(lambda: self.storage.put_file(tmp, progress=progress))
+                # the sealer computed the CID while writing the file: not hashed again before the put
+                stored = await self._storage_call(lambda: self.storage.put_file(tmp, progress=progress, cid=cid))
             else:
                 plain = bytes(data)
                 header, blob, cid = await run_crypto(_seal_bytes, plain, kp, **common)
@@ -259,14 +260,36 @@ class PatientAgent(UserAgent):
         rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=record_id))
         if rec is None:
             raise RecordNotFound(f"no record {record_id} of {self.subject}")
+        # every chunk the storage client releases hashed to the CID: no second whole-blob check
         blob = await self._storage_call(lambda: self.storage.get(rec["cid"], progress=progress))
-        if not await run_crypto(cidmod.is_valid, rec["cid"], blob):
-            raise IntegrityError("stored blob does not match its CID")
         header, plain = await run_crypto(recordmod.open_record, blob,
                                          recordmod.owner_key_provider(self.keys.box_private))
+        self._check_own_header(header, record_id)
+        return plain
+
+    def _check_own_header(self, header: recordmod.RecordHeader, record_id: str) -> None:
         if header.record_id != record_id or header.owner_id != self.subject:
             raise IntegrityError("record header does not match the ledger")
-        return plain
+
+    async def read_to_file(self, record_id: str, out: str | os.PathLike[str], *,
+                           progress: Callable[[int, int], None] | None = None) -> int:
+        """Like :meth:`read`, writing the plaintext to the file ``out`` in bounded memory
+        (:func:`agents.recordio.read_record_to_file`: nothing is left under ``out``'s name
+        unless the whole record authenticated); returns the bytes written."""
+        from agents.recordio import read_record_to_file
+        from agents.storage import StorageError
+
+        self.client.require_registered()
+        rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=record_id))
+        if rec is None:
+            raise RecordNotFound(f"no record {record_id} of {self.subject}")
+        try:
+            _, written = await self.client.storage_retry(lambda: read_record_to_file(
+                self.storage, rec["cid"], recordmod.owner_key_provider(self.keys.box_private), out,
+                check_header=lambda h: self._check_own_header(h, record_id), progress=progress))
+        except StorageError as exc:
+            raise Unavailable(f"storage: {exc}") from exc
+        return written
 
     # ------------------------------------------------------------ policy, grants, audit
 

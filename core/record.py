@@ -612,6 +612,11 @@ class RecordOpener:
     def feed(self, data) -> list[bytes]:
         return [bytes(p) for p in self._feed(data)]
 
+    def feed_buffers(self, data) -> list[bytearray]:
+        """Like :meth:`feed`, returning the plaintext buffers the AEAD wrote (no copy);
+        the caller owns them."""
+        return self._feed(data)
+
     def _feed(self, data) -> list[bytearray]:
         if self._closed:
             raise DecodeError("sealed record: data after the end")

@@ -259,6 +259,9 @@ def _run(args: argparse.Namespace, body: Any, attributes: dict[str, Any]) -> int
     a register that fails removes the user directory it created."""
     import trio
 
+    from agents.runtime import return_freed_memory
+
+    return_freed_memory()  # a streamed read stays within its bounded working set
     files, config, existed = _prepare(args, attributes)
     user_dir = config.data_dir
     created = not user_dir.exists()
@@ -394,8 +397,14 @@ async def _patient(files: "SwarmFiles", config: "UserConfig", args: argparse.Nam
                         print(line)
             elif args.cmd == "read":
                 with progress(f"reading {args.record_id}") as update:
-                    data = await p.read(args.record_id, progress=update)
-                _write_out(data, args.out)
+                    if args.out:  # streamed to the file in bounded memory
+                        written = await p.read_to_file(args.record_id, args.out, progress=update)
+                    else:
+                        data = await p.read(args.record_id, progress=update)
+                if args.out:
+                    print(f"wrote {written} bytes to {args.out}")
+                else:
+                    _write_out(data, None)
             elif args.cmd == "policy":
                 standing = () if args.no_standing else (args.standing or None)
                 deposited = await p.set_policy(args.text, standing=standing)
@@ -490,7 +499,7 @@ def patient_main(argv: list[str]) -> int:
     s.add_argument("--labels", type=Path, metavar="FILE", help="JSON label table for FHIR resources (docs/fhir.md)")
     rd = r.add("read", "read one of your own records")
     rd.add_argument("record_id", help="the record's id")
-    rd.add_argument("--out", help="write the record to this file (default: stdout)")
+    rd.add_argument("--out", help="write the record to this file, streamed in bounded memory (default: stdout)")
     p = r.add("policy", "set your access policy from a policy text file (docs/policy.md)")
     p.add_argument("file", help="the policy text")
     p.add_argument("--standing", action="append", metavar="LABEL",
@@ -583,14 +592,22 @@ async def _doctor(files: "SwarmFiles", config: "UserConfig", args: argparse.Name
 
                 try:
                     with progress(f"reading {args.record_id}") as update:
-                        data = await d.read(args.patient, args.record_id, purpose=args.purpose, progress=update)
+                        if args.out:  # streamed to the file in bounded memory
+                            written = await d.read_to_file(args.patient, args.record_id, args.out,
+                                                           purpose=args.purpose, progress=update)
+                        else:
+                            data = await d.read(args.patient, args.record_id, purpose=args.purpose,
+                                                progress=update)
                 except Unavailable as exc:
                     if (files.user_dir(args.patient) / "address").exists():
                         raise
                     raise CliError(_what(args), str(exc), f"a patient grants access while online, or through a standing "
                                    f"delegation: ask {args.patient} to run `emrshare patient --subject {args.patient} "
                                    f"serve` (or to set a policy with standing delegation)") from exc
-                _write_out(data, args.out)
+                if args.out:
+                    print(f"wrote {written} bytes to {args.out}")
+                else:
+                    _write_out(data, None)
             elif args.cmd == "cosign":
                 from agents.doctor import cosign_break_glass
 
@@ -633,7 +650,7 @@ def doctor_main(argv: list[str]) -> int:
         c.add_argument("patient", help="the patient's id")
         c.add_argument("record_id", help="the record's id (see `records`)")
         c.add_argument("--purpose", help="the purpose of use the policy may ask for (e.g. treatment)")
-    rd.add_argument("--out", help="write the record to this file (default: stdout)")
+    rd.add_argument("--out", help="write the record to this file, streamed in bounded memory (default: stdout)")
     cs = r.add("cosign", "as an officer: co-sign a doctor's emergency access (prints OFFICER=SIG)")
     bg = r.add("break-glass", "emergency access without the patient, with officers' co-signatures")
     for c in (cs, bg):

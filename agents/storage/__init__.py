@@ -1,7 +1,8 @@
 """Storage nodes: content-addressed blobs on disk, replicated over the bus.
 
 * :class:`BlobStore` (``blobstore``): one node's directory of blobs — durable
-  atomic puts, reads that re-hash every chunk they serve, pins, quota.
+  atomic puts, reads that hash every chunk they serve once (then keep a
+  verified-at-rest mark), pins, quota.
 * :class:`StorageNode` (``node``): the agent serving a store over the bus.
 * :class:`StorageClient` (``client``): replicated put (w of r acknowledgements,
   replicas chosen by rendezvous hashing), verified reads with fallback, repair.

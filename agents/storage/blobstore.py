@@ -12,8 +12,23 @@ The trailer is ``leaf digests (32 bytes each) || n (u32 BE) || size (u64 BE)
 || b"EMRBLOB1"``: the sha2-256 of every 262,144-byte chunk. A read first
 rebuilds the CID from those digests (:func:`core.cid.cid_from_leaves`) and
 compares it with the blob's name, then hashes every chunk it is about to
-return and compares it with its digest, so any flipped, truncated or appended
-byte is reported as :class:`CorruptBlob` before a single bad byte is served.
+return that is not yet *verified at rest* and compares it with its digest, so
+a flipped, truncated or appended byte is reported as :class:`CorruptBlob`
+before a bad byte of an unverified chunk is served.
+
+Verified-at-rest marks (in memory, at most ``max_marks`` blobs, least recently
+used dropped first): a put marks every chunk it hashed on the way in, a read
+marks the chunks it hashed; a marked chunk is served without hashing it again
+(each byte is hashed once on the way out, not once per read). A mark holds the
+blob's digests and the file's identity (inode, size, mtime, ctime): it is
+dropped when the file changes, on quarantine and delete, and after
+``mark_ttl`` seconds (monotonic clock; ``mark_ttl=0`` hashes on every read, as
+before marks). Silent corruption of a marked blob's bytes (bit rot changes no
+timestamp) is served until the mark expires; the client's check of every chunk
+against the CID refuses it and reads another replica, the heal put of that
+client makes this store re-check its copy (a put of a blob already held
+re-hashes the held copy, quarantining it if it is corrupt), and
+:meth:`is_intact` (the reconciler's scrub) ignores marks.
 
 A put streams into a temporary file while hashing, then: checks the CID the
 client claimed, appends the trailer, fsyncs the file, renames it into place and
@@ -34,8 +49,9 @@ import shutil
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import cid as cidmod
@@ -57,6 +73,10 @@ _MARKERS = (".pin", ".owner")
 _TAIL = struct.Struct(">IQ8s")
 DEFAULT_MAX_BLOB = 256 * 1024 * 1024
 CHUNK = cidmod.CHUNK_SIZE
+DEFAULT_MARK_TTL = 600.0
+"""Seconds a verified-at-rest mark lets reads skip re-hashing a chunk."""
+DEFAULT_MAX_MARKS = 4096
+"""Blobs whose verified-at-rest marks one store keeps (about 32 bytes per chunk each)."""
 
 
 def trailer_size(size: int) -> int:
@@ -96,6 +116,28 @@ class StoreStat:
     max_blob: int
 
 
+@dataclass(slots=True)
+class _Mark:
+    """What a store knows about one blob file it checked: its identity on disk,
+    its size and digests (checked against the CID), and which chunks hashed right."""
+
+    ident: tuple[int, int, int, int]
+    size: int
+    digests: list[bytes]
+    expires: float
+    verified: bytearray = field(default_factory=bytearray)  # one byte per chunk: 1 = hashed right
+    missing: int = 0  # chunks not yet verified
+
+    def __post_init__(self) -> None:
+        if not self.verified:
+            self.verified = bytearray(len(self.digests))
+            self.missing = len(self.digests)
+
+
+def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -107,7 +149,8 @@ def _fsync_dir(path: Path) -> None:
 class BlobStore:
     """Blobs by CID under ``root``, with a disk quota and a maximum blob size."""
 
-    def __init__(self, root: str | os.PathLike[str], *, quota_bytes: int | None = None, max_blob: int = DEFAULT_MAX_BLOB):
+    def __init__(self, root: str | os.PathLike[str], *, quota_bytes: int | None = None, max_blob: int = DEFAULT_MAX_BLOB,
+                 mark_ttl: float = DEFAULT_MARK_TTL, max_marks: int = DEFAULT_MAX_MARKS):
         if quota_bytes is not None and quota_bytes < 0:
             raise ValueError("quota_bytes must be non-negative")
         if max_blob < 0:
@@ -123,6 +166,13 @@ class BlobStore:
         for leftover in self._tmp.iterdir():  # interrupted puts: never committed
             leftover.unlink(missing_ok=True)
         self._lock = threading.Lock()
+        self.mark_ttl = mark_ttl
+        self.max_marks = max_marks
+        self._marks: OrderedDict[str, _Mark] = OrderedDict()  # guarded by _lock
+        self.chunks_hashed = 0
+        """Chunks hashed by reads (a structural measure: a marked chunk is not hashed again)."""
+        self.corruptions = 0
+        """Corrupt blobs found and quarantined on this store."""
         self._reserved = 0
         self._used = 0
         self._count = 0
@@ -203,13 +253,23 @@ class BlobStore:
                 session.write(view[i : i + (1 << 20)])
             return session.commit(pin=pin, owner=owner)
 
-    def _install(self, tmp: Path, cid: str, stored: int, pin: bool, owner: str | None = None) -> None:
+    def _install(self, tmp: Path, cid: str, stored: int, pin: bool, owner: str | None = None,
+                 digests: list[bytes] | None = None) -> None:
         final = self._path(cid)
         shard = final.parent
         new_shard = not shard.exists()
         shard.mkdir(exist_ok=True)
         if new_shard:
             _fsync_dir(self._blobs)
+        if final.exists():
+            # a put of a blob already held (a duplicate, or a client healing a copy it found
+            # corrupt): re-check the held copy, ignoring its mark, and replace it if corrupt
+            try:
+                intact = self.is_intact(cid)
+            except NotFound:
+                intact = True  # gone meanwhile: installed below
+            if not intact:
+                self.quarantine(cid)
         if pin:
             self._pin_path(cid).touch()
         with self._lock:
@@ -228,23 +288,66 @@ class BlobStore:
                 os.replace(tmp, final)
                 self._used += stored
                 self._count += 1
+                if digests is not None:  # every chunk was hashed on the way in
+                    size = stored - 32 * len(digests) - _TAIL.size
+                    mark = self._new_mark(os.stat(final), size, digests)
+                    mark.verified[:] = b"\x01" * len(digests)
+                    mark.missing = 0
+                    self._remember(cid, mark)
         # one fsync of the shard directory makes the rename, the pin and the owner durable
         _fsync_dir(shard)
+
+    # -- verified-at-rest marks ------------------------------------------------
+
+    def _new_mark(self, st: os.stat_result, size: int, digests: list[bytes]) -> _Mark:
+        return _Mark(_ident(st), size, digests, time.monotonic() + self.mark_ttl)
+
+    def _remember(self, cid: str, mark: _Mark) -> None:
+        """Keep ``mark`` (caller holds ``_lock``); the least recently used go beyond ``max_marks``."""
+        if self.mark_ttl <= 0 or self.max_marks <= 0:
+            return
+        self._marks[cid] = mark
+        self._marks.move_to_end(cid)
+        while len(self._marks) > self.max_marks:
+            self._marks.popitem(last=False)
+
+    def _forget(self, cid: str) -> None:
+        with self._lock:
+            self._marks.pop(cid, None)
+
+    def forget_marks(self) -> None:
+        """Drop every verified-at-rest mark (the next reads hash what they serve)."""
+        with self._lock:
+            self._marks.clear()
+
+    def verified_chunks(self, cid: str) -> int:
+        """Chunks of ``cid`` a live mark says hashed right (0 without a mark)."""
+        with self._lock:
+            mark = self._marks.get(canonical_cid(cid))
+            return 0 if mark is None else len(mark.digests) - mark.missing
 
     # -- reads ---------------------------------------------------------------
 
     def has(self, cid: str) -> bool:
         return self._path(canonical_cid(cid)).exists()
 
-    def _open_verified(self, cid: str) -> tuple[int, int, list[bytes]]:
-        """Open ``cid``, check its trailer against the CID; return (fd, size, digests)."""
+    def _open_verified(self, cid: str, *, use_mark: bool = True) -> tuple[int, _Mark]:
+        """Open ``cid`` and return (fd, its mark): a live mark of the same file, or a new
+        one after checking the trailer against the CID (no chunk verified yet)."""
         path = self._path(cid)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise NotFound(f"blob {cid} is not stored on this node") from None
         try:
-            total = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if use_mark:
+                with self._lock:
+                    mark = self._marks.get(cid)
+                    if mark is not None and mark.ident == _ident(st) and mark.expires > time.monotonic():
+                        self._marks.move_to_end(cid)
+                        return fd, mark
+            total = st.st_size
             if total < _TAIL.size:
                 raise CorruptBlob(f"blob {cid}: file too short for its trailer")
             n, size, magic = _TAIL.unpack(os.pread(fd, _TAIL.size, total - _TAIL.size))
@@ -260,7 +363,11 @@ class BlobStore:
                 raise CorruptBlob(f"blob {cid}: {exc}") from None
             if str(root) != cid:
                 raise CorruptBlob(f"blob {cid}: chunk digests on disk do not hash to the CID")
-            return fd, size, digests
+            mark = self._new_mark(st, size, digests)
+            if use_mark:
+                with self._lock:
+                    self._remember(cid, mark)
+            return fd, mark
         except BaseException:
             os.close(fd)
             raise
@@ -268,25 +375,28 @@ class BlobStore:
     def leaves(self, cid: str) -> tuple[int, list[bytes]]:
         """(size, chunk digests) of a blob, checked against its CID."""
         cid = canonical_cid(cid)
-        fd, size, digests = self._open_verified(cid)
+        fd, mark = self._open_verified(cid)
         os.close(fd)
-        return size, digests
+        return mark.size, mark.digests
 
     def size_of(self, cid: str) -> int:
         return self.leaves(cid)[0]
 
     def read(self, cid: str, offset: int = 0, length: int | None = None) -> bytes:
-        """Bytes ``[offset, offset+length)`` of the blob, every chunk re-hashed first.
+        """Bytes ``[offset, offset+length)`` of the blob, every chunk not verified at rest hashed first.
 
         Raises ``NotFound``, or ``CorruptBlob`` (nothing is returned then).
         """
         return self.read_range(cid, offset, length)[0]
 
-    def read_range(self, cid: str, offset: int = 0, length: int | None = None) -> tuple[bytes, int]:
-        """Like :meth:`read`, also returning the blob's total size."""
+    def read_range(self, cid: str, offset: int = 0, length: int | None = None, *,
+                   use_mark: bool = True) -> tuple[bytes, int]:
+        """Like :meth:`read`, also returning the blob's total size. ``use_mark=False``
+        hashes every chunk of the range whatever the marks say."""
         cid = canonical_cid(cid)
-        fd, size, digests = self._open_verified(cid)
+        fd, mark = self._open_verified(cid, use_mark=use_mark)
         try:
+            size, digests = mark.size, mark.digests
             if offset < 0 or offset > size:
                 raise BadRequest(f"offset {offset} outside blob of {size} bytes")
             end = size if length is None else min(size, offset + max(0, length))
@@ -295,36 +405,59 @@ class BlobStore:
             first, last = offset // CHUNK, (end - 1) // CHUNK
             base = first * CHUNK
             buf = os.pread(fd, min(size, (last + 1) * CHUNK) - base, base)
+            if len(buf) != min(size, (last + 1) * CHUNK) - base:
+                raise CorruptBlob(f"blob {cid}: file shorter than its trailer says")
             view = memoryview(buf)
+            verified = mark.verified
+            hashed = []
             for i in range(first, last + 1):
+                if verified[i] and use_mark:
+                    continue
                 piece = view[(i - first) * CHUNK : (i - first + 1) * CHUNK]
                 if hashlib.sha256(piece).digest() != digests[i]:
+                    self._forget(cid)
                     raise CorruptBlob(f"blob {cid}: chunk {i} does not match its hash")
+                hashed.append(i)
+            if hashed:
+                with self._lock:
+                    self.chunks_hashed += len(hashed)
+                    for i in hashed:
+                        if not verified[i]:
+                            verified[i] = 1
+                            mark.missing -= 1
             if offset == base and end - base == len(buf):
                 return buf, size
             return bytes(view[offset - base : end - base]), size
         finally:
             os.close(fd)
 
-    def iter_read(self, cid: str, piece: int = 1 << 20) -> Iterator[bytes]:
+    def iter_read(self, cid: str, piece: int = 1 << 20, *, use_mark: bool = True) -> Iterator[bytes]:
         """Stream the whole blob in verified pieces (``piece`` rounded to chunks)."""
         size = self.size_of(cid)
         step = max(CHUNK, piece - piece % CHUNK)
         offset = 0
         while True:
-            data = self.read(cid, offset, step)
+            data, _ = self.read_range(cid, offset, step, use_mark=use_mark)
             yield data
             offset += len(data)
             if offset >= size:
                 return
 
     def is_intact(self, cid: str) -> bool:
-        """Re-hash the whole blob; False when it is corrupt (NotFound if absent)."""
+        """Re-hash the whole blob, whatever its mark says; False when it is corrupt
+        (NotFound if absent). An intact blob is then marked verified at rest."""
+        cid = canonical_cid(cid)
+        self._forget(cid)
         try:
-            for _ in self.iter_read(cid, 8 << 20):
+            for _ in self.iter_read(cid, 8 << 20, use_mark=False):
                 pass
         except CorruptBlob:
             return False
+        fd, mark = self._open_verified(cid)
+        os.close(fd)
+        with self._lock:
+            mark.verified[:] = b"\x01" * len(mark.digests)
+            mark.missing = 0
         return True
 
     def quarantine(self, cid: str) -> None:
@@ -338,6 +471,8 @@ class BlobStore:
             return
         owner = self._read_owner(cid)
         with self._lock:
+            self._marks.pop(cid, None)
+            self.corruptions += 1
             self._used -= stored
             self._count -= 1
             if owner is not None and owner in self._owned:
@@ -415,6 +550,7 @@ class BlobStore:
         except FileNotFoundError:
             return False
         with self._lock:
+            self._marks.pop(cid, None)
             self._used -= stored
             self._count -= 1
             if owner is not None and owner in self._owned:
@@ -552,7 +688,7 @@ class PutSession:
         self._fd = -1
         stored = self._written + len(trailer)
         try:
-            self._store._install(self._tmp, cid, stored, pin, owner)
+            self._store._install(self._tmp, cid, stored, pin, owner, digests)
         except BaseException:
             self._tmp.unlink(missing_ok=True)
             raise

@@ -24,8 +24,13 @@ Reads fetch the blob's chunk digests first and check that they hash to the
 CID, then fetch ranges and check every 256 KiB chunk against its digest before
 yielding it, so nothing unverified ever reaches the caller, whatever a node
 sends. A node that fails, answers ``storage.corrupt`` or sends bad bytes is
-skipped and the read resumes at the same offset on the next replica. After a
-:meth:`get` that met corrupt replicas, the good bytes are written back to them.
+skipped and the read resumes at the same offset on the next replica; what the
+caller's sink raises ends the read as is. A read holds at most ``pipeline``
+pieces of ``message_size`` (:attr:`ClientStatistics.pieces_held_max` counts
+them). After a :meth:`get` that met corrupt replicas, the good bytes are
+written back to them (a node re-checks a copy it holds when it is put again,
+so a copy that rotted under its verified-at-rest mark is replaced).
+:mod:`agents.recordio` streams a record through the opener into a file.
 
 :meth:`repair` lists every reachable node, and copies each blob to the nodes of
 its top-``replicas`` placement that lack it (node to node through the client,
@@ -103,6 +108,9 @@ class ClientStatistics:
     fallbacks: int = 0
     corrupt_replicas: int = 0
     healed: int = 0
+    pieces_held_max: int = 0
+    """Most read pieces (of ``message_size``) one read held at once: fetched and not yet
+    passed on, or being passed on (structural memory bound: at most ``pipeline``)."""
 
 
 class StorageClient:
@@ -338,9 +346,12 @@ class StorageClient:
         return cid
 
     async def put_file(self, path: str | Path, *, pin: bool = True,
-                       progress: Callable[[int, int], None] | None = None) -> str:
+                       progress: Callable[[int, int], None] | None = None, cid: str | None = None) -> str:
         """Like :meth:`put` for a file, in bounded memory (hashed first, then streamed).
 
+        ``cid``: the file's CID when the caller computed it while writing the file
+        (the sealer does): the file is not hashed again here; every node checks
+        the bytes it receives against it anyway and refuses a mismatch.
         The file is opened once: it may be removed as soon as this returns, while
         copies still stream to the remaining replicas in the background.
         ``progress(done, size)`` is called as the furthest replica's upload advances."""
@@ -356,7 +367,10 @@ class StorageClient:
                     offset += len(piece)
                 return builder.finish(), builder.size
 
-            cid, size = await trio.to_thread.run_sync(digest)
+            if cid is None:
+                cid, size = await trio.to_thread.run_sync(digest)
+            else:
+                cid, size = str(cidmod.parse(cid)), os.fstat(fd).st_size
         except BaseException:
             os.close(fd)
             raise
@@ -438,8 +452,10 @@ class StorageClient:
         ``progress(done, size)`` is called after each piece.
 
         Raises ``NotFound`` when no node has it, ``StorageUnavailable`` when holders
-        failed. Nodes found corrupt are appended to ``corrupt`` if given.
-        Memory: ``pipeline`` pieces of ``message_size``.
+        failed; what ``sink`` raises is raised as is (no other replica is tried).
+        Nodes found corrupt are appended to ``corrupt`` if given.
+        Memory: at most ``pipeline`` pieces of ``message_size`` (fetched, waiting or
+        being passed to ``sink``; a fetch starts only when a piece has been passed on).
         """
         parsed = cidmod.parse(cid)
         cid = str(parsed)
@@ -452,7 +468,10 @@ class StorageClient:
 
         async def deliver(piece: bytes) -> None:
             nonlocal offset
-            await sink(piece)
+            try:
+                await sink(piece)
+            except Exception as exc:  # the caller's failure: no other replica would fix it
+                raise _SinkFailed(exc) from exc
             offset += len(piece)
             if progress is not None and size is not None:
                 progress(offset, size)
@@ -468,6 +487,8 @@ class StorageClient:
                 await self._ranges(node, cid, offset, size, digests, deliver)
                 self._stats.gets += 1
                 return size
+            except _SinkFailed as exc:
+                raise exc.error from None
             except CorruptBlob as exc:
                 failures[node] = exc
                 self._stats.corrupt_replicas += 1
@@ -496,9 +517,14 @@ class StorageClient:
         ready = {s: trio.Event() for s in starts}
         gate = trio.Semaphore(self.pipeline)
 
+        held = 0
+
         async def fetch(start: int) -> None:
+            nonlocal held
             try:
                 results[start] = await self._fetch(node, cid, start, min(self.message_size, size - start), digests)
+                held += 1
+                self._stats.pieces_held_max = max(self._stats.pieces_held_max, held)
             except (StorageError, BusError) as exc:
                 results[start] = exc
             finally:
@@ -517,11 +543,19 @@ class StorageClient:
                 for s in starts:
                     await ready[s].wait()
                     result = results.pop(s)
-                    gate.release()
                     if isinstance(result, BaseException):
+                        gate.release()
                         error = result
                         break
-                    await deliver(result)
+                    try:
+                        await deliver(result)
+                    except _SinkFailed as exc:  # raised below, outside the nursery (no exception group)
+                        error = exc
+                        break
+                    finally:
+                        del result
+                        held -= 1
+                        gate.release()  # the next fetch starts once this piece is passed on
             finally:
                 nursery.cancel_scope.cancel()
         if error is not None:
@@ -652,6 +686,14 @@ class StorageClient:
             except (StorageError, BusError) as exc:
                 log.warning("repair pass failed: %s", exc)
             await trio.sleep(interval)
+
+
+class _SinkFailed(Exception):
+    """What a read's sink raised, carried past the replica fallback to the caller."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _reader(data: bytes) -> ReadPiece:

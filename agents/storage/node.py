@@ -26,9 +26,12 @@ must receive its chunks in order (``offset`` = bytes written so far) and is
 aborted, releasing its quota reservation and deleting its partial file, when
 idle longer than ``session_timeout``; partial files no session owns (nor a
 pull of the node's reconciler, :mod:`agents.storage.reconcile`) are deleted
-once that old. Every ``get`` re-hashes
-the chunks it returns; a corrupt blob is answered with ``storage.corrupt``,
-moved to quarantine (so ``has`` turns False) and left for a replica to replace.
+once that old. A ``get`` hashes the chunks it returns unless the store's
+verified-at-rest mark says they hashed right already (:mod:`.blobstore`: each
+byte is hashed once on the way out, not once per get); a corrupt blob is
+answered with ``storage.corrupt``, moved to quarantine (so ``has`` turns False)
+and left for a replica to replace. A put of a blob already held re-checks the
+held copy (the client that found it corrupt heals it that way).
 File work runs in worker threads, a few at a time.
 
 With a ``classifier`` (:class:`agents.admission.Classifier`: the consortium's
@@ -167,7 +170,6 @@ class StorageNode:
         self._max_sessions = max_sessions
         self._sessions: dict[bytes, _Session] = {}
         self.pulls: set = set()  # temporary files of the reconciler's pulls (agents.storage.reconcile)
-        self.corruptions = 0
         self.refusals = Refusals(endpoint.identity)
         serve(endpoint, self.handlers(), on_decode_error=_bad_request, classifier=classifier,
               refusals=self.refusals)
@@ -212,6 +214,11 @@ class StorageNode:
         now = trio.current_time()
         return any(s.put.claimed == cid and (within is None or s.deadline - self._session_timeout > now - within)
                    for s in self._sessions.values())
+
+    @property
+    def corruptions(self) -> int:
+        """Corrupt blobs found (on a read, a re-checking put or a scrub) and quarantined."""
+        return self.store.corruptions
 
     def partial_uploads(self) -> int:
         """Put sessions open on this node."""
@@ -316,7 +323,6 @@ class StorageNode:
         try:
             return await self._thread(fn, *args)
         except CorruptBlob:
-            self.corruptions += 1
             log.warning("corrupt blob %s detected on read; quarantined, not served", cid)
             await self._thread(self.store.quarantine, cid)
             raise

@@ -23,6 +23,7 @@ from agents.doctor import DoctorAgent
 from agents.errors import (
     AgentError,
     GrantRevoked,
+    IntegrityError,
     NotEnoughPeers,
     PolicyDenied,
     RecordNotFound,
@@ -340,3 +341,32 @@ async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
                 await alice.revoke(grant_id)
             with trio.fail_after(3), pytest.raises(GrantRevoked):
                 await heart.read("alice", rid)
+
+
+async def test_read_to_file_streams_the_same_plaintext_and_refuses_a_foreign_header(world, tmp_path):
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            data = os.urandom(3 * (1 << 20) + 17)  # several record chunks and storage messages
+            rid = await alice.store(data, label="cardiology", media_type="application/octet-stream")
+            other = await alice.store(b"another record", label="cardiology", media_type="text/plain")
+            await alice.set_policy(POLICY, standing=())
+            out = tmp_path / "mine.bin"
+            assert await alice.read_to_file(rid, out) == len(data) and out.read_bytes() == data
+            out = tmp_path / "doctor.bin"
+            assert await heart.read_to_file("alice", rid, out, purpose="treatment") == len(data)
+            assert out.read_bytes() == data
+            # storage serves another record of hers (its CID checks out, its header names the other
+            # record): refused before any chunk is decrypted, nothing written
+            other_cid = alice.state["records"][other]["cid"]
+            real = heart.storage.read_to
+
+            async def swapped(cid, sink, **kw):
+                return await real(other_cid, sink, **kw)
+
+            heart.storage.read_to = swapped
+            with pytest.raises(IntegrityError):
+                await heart.read_to_file("alice", rid, tmp_path / "swapped.bin", purpose="treatment")
+            assert not (tmp_path / "swapped.bin").exists()
+            assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]

@@ -45,3 +45,11 @@ async def test_a_task_that_fails_to_start_is_not_reported_ready():
     except* OSError as group:  # raised out of the nursery
         failed.extend(group.exceptions)
     assert [str(e) for e in failed] == ["address in use"]
+
+
+def test_return_freed_memory_sets_the_trim_threshold_on_glibc():
+    import platform
+
+    from agents.runtime import return_freed_memory
+
+    assert return_freed_memory() is (platform.libc_ver()[0] == "glibc")
