@@ -1080,6 +1080,11 @@ class Ledger:
         if grant.delegation is not None and decision["approval"] != "auto":
             raise ValidationError("not_allowed", "the policy no longer pre-authorizes this doctor "
                                                  "(approval patient): ask the patient")
+        if grant.delegation is not None and self.get(revoked_key(patient, doctor)) == decision["version"]:
+            # a grant the policy made is held as a new request would be: the patient revoked this
+            # doctor under the policy version now in force (any of its grants, not only this one)
+            raise ValidationError("not_allowed", "the patient revoked this doctor under the policy now in "
+                                                 "force: ask the patient")
         return grant, rec
 
     def audit(self, patient: str) -> list[dict]:

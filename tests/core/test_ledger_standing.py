@@ -261,3 +261,21 @@ def test_rotation_epochs_scope_grants_delegations_and_reseals(c):
     # a store under a later epoch straight away (what the patient does after a revocation)
     assert c.block(c.tx("store", "alice", {**c.store_body("rec-9"), "epoch": 2})).marks == ("ok",)
     assert c.ledger.record("alice", "rec-9").key_epoch == 2
+
+
+def test_revoking_one_standing_grant_stops_the_doctors_other_standing_grants_too(c):
+    """Attack: a doctor asks twice while the policy pre-authorizes it, so the ledger makes it
+    two standing grants; the patient revokes the one it sees. The other must not keep serving
+    the label under the policy version the revocation happened under."""
+    c.block(c.tx("set_policy", "alice", policy()))
+    standing(c)
+    first, second = ask(c, "bob", "r1").grant_id, ask(c, "bob", "r2").grant_id
+    other = ask(c, "carol", "r3").grant_id
+    c.block(c.tx("revoke_grant", "alice", {"grant_id": first, "reason": "done"}))
+    with pytest.raises(ValidationError) as info:
+        c.ledger.check_reencryption(second, "bob", "alice", "rec-1", T0 + 1)
+    assert info.value.code == "not_allowed"
+    c.ledger.check_reencryption(other, "carol", "alice", "rec-1", T0 + 1)  # others are unaffected
+    # a new policy version lifts the hold, for new requests and standing grants alike
+    c.block(c.tx("set_policy", "alice", policy(version=2)))
+    c.ledger.check_reencryption(second, "bob", "alice", "rec-1", T0 + 1)
