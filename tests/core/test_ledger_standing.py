@@ -279,3 +279,29 @@ def test_revoking_one_standing_grant_stops_the_doctors_other_standing_grants_too
     # a new policy version lifts the hold, for new requests and standing grants alike
     c.block(c.tx("set_policy", "alice", policy(version=2)))
     c.ledger.check_reencryption(second, "bob", "alice", "rec-1", T0 + 1)
+
+
+def test_a_request_naming_another_operation_does_not_read_around_a_deny_read_rule(c):
+    """Attack: the patient denies bob reading cardiology but allows doctors any operation on
+    everything. Bob asks for operation "share": the deny-read rule does not match, the ledger
+    grants from the standing delegation, and a grant only ever serves re-encryptions, which are
+    reads. The peers must decide the re-encryption as the read it is."""
+    text = """
+policy "ops" version 1
+default deny
+rule no-bob:
+  deny read on label "cardiology" when id == "bob"
+rule doctors:
+  allow any on all when role == "doctor" approval auto
+"""
+    c.block(c.tx("set_policy", "alice", {"policy": parse_policy(text).to_msgpack()}))
+    standing(c)
+    mark = c.block(c.tx("access_request", "bob", {"request_id": "r1", "patient": "alice", "record_id": "rec-1",
+                                                  "operation": "share", "purpose": None})).marks[0]
+    assert mark == "ok"
+    grant_id = c.ledger.request("r1").grant_id
+    with pytest.raises(ValidationError) as info:
+        c.ledger.check_reencryption(grant_id, "bob", "alice", "rec-1", T0 + 1)
+    assert info.value.code == "not_allowed" and "no-bob" in info.value.message
+    assert ask(c, "carol", "r2").status == "granted"
+    c.ledger.check_reencryption(c.ledger.request("r2").grant_id, "carol", "alice", "rec-1", T0 + 1)
