@@ -46,6 +46,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core.errors import DecodeError
+from core.identity import MAX_ID, check_id
 from core.policy import Policy
 from core.protocol import PeerQuery
 
@@ -134,7 +135,16 @@ def validate_resource(resource: Any, path: str = "") -> None:
 def _patient_param(value: str | None) -> str | None:
     if value is None:
         return None
-    return value.split("/", 1)[1] if value.startswith("Patient/") else value
+    return _patient_id(value.split("/", 1)[1] if value.startswith("Patient/") else value)
+
+
+def _patient_id(value: str) -> str:
+    """``value`` if the ledger can name a user so (core.identity.check_id), else FhirError 400."""
+    try:
+        return check_id(value, "patient id")
+    except DecodeError:
+        raise FhirError(f"patient id {value[:80]!r} refused: ids are 1..{MAX_ID} characters of "
+                        "[A-Za-z0-9._:@-]; name an emrshare patient", issue="value") from None
 
 
 class Facade:
@@ -381,7 +391,7 @@ class Facade:
     # ------------------------------------------------------------ reading records
 
     async def _everything(self, request: Request, principal: Principal, agent: Any) -> dict[str, Any]:
-        patient = request.path_params["pid"]
+        patient = _patient_id(request.path_params["pid"])
         if not principal.may_any("r", patient):
             raise ScopeError(f"forbidden: the token's scopes allow reading nothing of {patient}; "
                              "ask for a scope such as user/*.rs")

@@ -379,3 +379,24 @@ async def test_mutual_tls(tmp_path):
                 ok, no_token, refused = await trio.to_thread.run_sync(probe)
                 nursery.cancel_scope.cancel()
     assert (ok, no_token) == (200, 401) and refused != "no"
+
+
+async def test_a_patient_id_that_is_no_ledger_id_is_a_400(tmp_path):
+    """Attack: a client names a patient the ledger cannot name (non-ASCII, too long, a slash);
+    the facade must refuse it as the client's error (400), before any peer is asked, not
+    answer 500 'exception' relaying the peers' internal refusal."""
+    with trio.fail_after(120):
+        async with FhirDeployment.open(tmp_path) as dep:
+            heart = dep.issuer.token("dr-heart", ALL)
+
+            def probe() -> list[tuple[int, str]]:
+                out = []
+                for path in ("Patient/%C3%A9/$everything", "Patient/" + "a" * 300 + "/$everything",
+                             "Observation?patient=a/b", "Observation/o1?patient=%00", "Consent?patient=%C3%A9"):
+                    r = requests.get(dep.base + path, headers={"Authorization": f"Bearer {heart}"}, timeout=30)
+                    out.append((r.status_code, r.json()["issue"][0]["diagnostics"]))
+                return out
+
+            results = await trio.to_thread.run_sync(probe)
+    assert [s for s, _ in results] == [400] * 5, results
+    assert all("patient id" in d and "peer" not in d for _, d in results)
