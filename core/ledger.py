@@ -980,6 +980,15 @@ class Ledger:
             raise ValidationError("forbidden", "this peer holds no share of the grant")
         if grant["doctor"] != body["doctor"]:
             raise ValidationError("forbidden", "grant is for another doctor")
+        if grant["request_id"] != body["request_id"]:
+            raise ValidationError("forbidden", "the request id is not the grant's")
+        # only an access a re-encryption under this grant could have served enters the audit trail
+        rec = state.get(record_key(grant["patient"], body["record_id"]))
+        if rec is None:
+            raise ValidationError("not_found", f"no record {grant['patient']}/{body['record_id']}")
+        if rec["label"] != grant["label"] or (grant.get("scope") == "record"
+                                              and body["record_id"] != grant["record_id"]):
+            raise ValidationError("forbidden", "the grant does not cover this record")
         if grant["revoked"]:
             raise ValidationError("bad_state", "grant revoked")
         if tx.timestamp // 1000 >= grant["expires_at"]:

@@ -305,3 +305,26 @@ rule doctors:
     assert info.value.code == "not_allowed" and "no-bob" in info.value.message
     assert ask(c, "carol", "r2").status == "granted"
     c.ledger.check_reencryption(c.ledger.request("r2").grant_id, "carol", "alice", "rec-1", T0 + 1)
+
+
+def test_a_peer_cannot_log_an_access_its_grant_does_not_cover(c):
+    """Attack: a hostile hospital's peer holding a share of a grant writes `access` events
+    into the patient's audit trail for records the grant never covered (another label, a
+    record outside a record-scoped grant, one that does not exist) or under another request,
+    framing the doctor. The ledger keeps only accesses a re-encryption could have served."""
+    c.block(c.tx("set_policy", "alice", policy(approval="patient")))
+    ask(c, "bob", "r1")
+    assert c.block(c.tx("grant", "alice", {**c.grant_body("g1", "r1"), "scope": "record"})).marks == ("ok",)
+    index = c.ledger.config.peers[0].index
+    assert c.ledger.config.peers[0].id == "p1"
+
+    def log(record_id, request_id="r1"):
+        return c.block(c.tx("access", "p1", {"grant_id": "g1", "request_id": request_id, "record_id": record_id,
+                                             "doctor": "bob", "index": index})).marks[0]
+
+    assert log("rec-3") == "forbidden"  # another label
+    assert log("rec-2") == "forbidden"  # outside the record the patient approved
+    assert log("nope") == "not_found"
+    assert log("rec-1", request_id="r-other") == "forbidden"
+    assert log("rec-1") == "ok"
+    assert [e["record_id"] for e in c.ledger.audit("alice") if e["event"] == "access"] == ["rec-1"]
