@@ -29,6 +29,7 @@ in flight (429 beyond), and Hypercorn's read and keep-alive timeouts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -80,6 +81,7 @@ FHIR_JSON = "application/fhir+json"
 _SEARCH_PARAMS = {"patient", "category", "_id", "_format"}
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+MAX_JSON_DEPTH = 100  # nesting of a body or a record (FHIR resources nest a few levels)
 GRANTS_AT_ONCE = 3  # labels whose first read (a possible new grant) runs at once, see read_records
 
 
@@ -249,8 +251,12 @@ class Facade:
                 raise FhirError(f"request body refused: more than {limit} bytes; split it", status=413,
                                 issue="too-costly")
             chunks.append(chunk)
+        body = b"".join(chunks)
+        if not _nesting_ok(body):
+            raise FhirError(f"request body refused: not JSON (nested deeper than {MAX_JSON_DEPTH} levels); "
+                            "send FHIR R4 JSON", issue="structure")
         try:
-            return json.loads(b"".join(chunks))
+            return json.loads(body)
         except ValueError as exc:
             raise FhirError(f"request body refused: not JSON ({exc}); send FHIR R4 JSON", issue="structure") from None
 
@@ -612,7 +618,25 @@ def _resource_type(name: str) -> str:
     return name
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NESTING = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
+
+
+def _nesting_ok(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``data``'s arrays and objects nest at most ``limit`` deep (strings skipped).
+
+    Checked before ``json.loads``, whose C decoder recurses once per level: every
+    process that imports py_ecc (core's ECDSA fallback) runs with a recursion limit
+    of 100 000, so a body of 100 000 ``[`` overflowed the C stack and killed the
+    process instead of raising RecursionError."""
+    skeleton = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS).translate(_NESTING)
+    return max(itertools.accumulate(memoryview(skeleton).cast("b")), default=0) <= limit
+
+
 def _decode_resource(data: bytes, what: str) -> dict[str, Any]:
+    if not _nesting_ok(data):
+        raise IntegrityError(f"record {what} is labelled FHIR but nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         res = json.loads(data)
     except ValueError:
