@@ -88,6 +88,10 @@ def break_glass_message(break_glass_id: str, doctor: str, patient: str, record_i
     return canonical.pack([break_glass_id, doctor, patient, record_id, reason])
 
 
+LEDGER_GRANT_PREFIXES = ("sg-", "bg-")
+"""Prefixes of the grant ids the ledger derives; a patient's ``grant`` may not use them."""
+
+
 def standing_grant_id(request_id: str) -> str:
     """The id of the grant the ledger makes for ``request_id`` from a standing delegation."""
     return "sg-" + hashlib.sha256(b"emrshare/v1/standing-grant" + request_id.encode()).hexdigest()[:32]
@@ -797,6 +801,11 @@ class Ledger:
         if scope not in ("record", "label"):
             raise ValidationError("malformed", "grant scope must be 'record' or 'label'")
         _id(body["grant_id"], "grant id")
+        if body["grant_id"].startswith(LEDGER_GRANT_PREFIXES):
+            # the ids of the grants the ledger makes (standing_grant_id, break_glass_grant_id): a
+            # patient's grant under one would be overwritten by it, key shares and all
+            raise ValidationError("malformed", f"grant ids starting with {' or '.join(LEDGER_GRANT_PREFIXES)} "
+                                               "are the ledger's own")
         if state.get(grant_key(body["grant_id"])) is not None:
             raise ValidationError("duplicate", "grant id already used")
         req = _owned(state, request_key(body["request_id"]), tx, "request", "only the record's owner grants access")

@@ -328,3 +328,18 @@ def test_a_peer_cannot_log_an_access_its_grant_does_not_cover(c):
     assert log("rec-1", request_id="r-other") == "forbidden"
     assert log("rec-1") == "ok"
     assert [e["record_id"] for e in c.ledger.audit("alice") if e["event"] == "access"] == ["rec-1"]
+
+
+def test_a_patient_cannot_take_the_id_of_a_grant_the_ledger_will_make(c):
+    """Attack: a patient (with a peer that saw a doctor's request before forwarding it)
+    commits its own grant under the id the ledger derives for that request
+    (standing_grant_id) or for a break-glass (break_glass_grant_id). The ledger then
+    overwrote that grant with the victim patient's, and peers that cached the attacker's
+    key share under the id served it for the victim's records: garbage shares, with honest
+    peers named faulty. The ledger's own grant ids are not the patients' to choose."""
+    c.block(c.tx("set_policy", "alice", policy(approval="patient")))
+    ask(c, "bob", "r1")
+    for taken in (standing_grant_id("r9"), break_glass_grant_id("bg9")):
+        assert c.block(c.tx("grant", "alice", c.grant_body(taken, "r1"))).marks == ("malformed",)
+        assert c.ledger.grant(taken) is None
+    assert c.block(c.tx("grant", "alice", c.grant_body("grant-1", "r1"))).marks == ("ok",)
