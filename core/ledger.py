@@ -71,6 +71,7 @@ __all__ = [
     "break_glass_message",
     "standing_grant_id",
     "break_glass_grant_id",
+    "LEDGER_GRANT_PREFIXES",
 ]
 
 STANDING_GRANT_TTL_S = 24 * 3600
