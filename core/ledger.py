@@ -71,6 +71,7 @@ __all__ = [
     "break_glass_message",
     "standing_grant_id",
     "break_glass_grant_id",
+    "LEDGER_GRANT_PREFIXES",
 ]
 
 STANDING_GRANT_TTL_S = 24 * 3600
@@ -86,6 +87,10 @@ MAX_COSIGNERS = 16
 def break_glass_message(break_glass_id: str, doctor: str, patient: str, record_id: str, reason: str) -> bytes:
     """What each co-signing officer signs (ECDSA, under :data:`BREAK_GLASS_TAG`)."""
     return canonical.pack([break_glass_id, doctor, patient, record_id, reason])
+
+
+LEDGER_GRANT_PREFIXES = ("sg-", "bg-")
+"""Prefixes of the grant ids the ledger derives; a patient's ``grant`` may not use them."""
 
 
 def standing_grant_id(request_id: str) -> str:
@@ -797,6 +802,11 @@ class Ledger:
         if scope not in ("record", "label"):
             raise ValidationError("malformed", "grant scope must be 'record' or 'label'")
         _id(body["grant_id"], "grant id")
+        if body["grant_id"].startswith(LEDGER_GRANT_PREFIXES):
+            # the ids of the grants the ledger makes (standing_grant_id, break_glass_grant_id): a
+            # patient's grant under one would be overwritten by it, key shares and all
+            raise ValidationError("malformed", f"grant ids starting with {' or '.join(LEDGER_GRANT_PREFIXES)} "
+                                               "are the ledger's own")
         if state.get(grant_key(body["grant_id"])) is not None:
             raise ValidationError("duplicate", "grant id already used")
         req = _owned(state, request_key(body["request_id"]), tx, "request", "only the record's owner grants access")
@@ -980,6 +990,15 @@ class Ledger:
             raise ValidationError("forbidden", "this peer holds no share of the grant")
         if grant["doctor"] != body["doctor"]:
             raise ValidationError("forbidden", "grant is for another doctor")
+        if grant["request_id"] != body["request_id"]:
+            raise ValidationError("forbidden", "the request id is not the grant's")
+        # only an access a re-encryption under this grant could have served enters the audit trail
+        rec = state.get(record_key(grant["patient"], body["record_id"]))
+        if rec is None:
+            raise ValidationError("not_found", f"no record {grant['patient']}/{body['record_id']}")
+        if rec["label"] != grant["label"] or (grant.get("scope") == "record"
+                                              and body["record_id"] != grant["record_id"]):
+            raise ValidationError("forbidden", "the grant does not cover this record")
         if grant["revoked"]:
             raise ValidationError("bad_state", "grant revoked")
         if tx.timestamp // 1000 >= grant["expires_at"]:
@@ -1073,13 +1092,19 @@ class Ledger:
         if grant.break_glass is not None:
             return grant, rec  # an emergency access: co-signed, time-boxed, and not the policy's to decide
         req = self.get(request_key(grant.request_id))
-        decision = self.evaluate(self, patient, cert, req["operation"] if req else "read", record_id,
+        # a re-encryption lets the doctor read the record, whatever operation its request named
+        decision = self.evaluate(self, patient, cert, "read", record_id,
                                  rec.label, now_s, req["purpose"] if req else None)
         if decision["effect"] != "allow":
             raise ValidationError("not_allowed", f"policy now denies: {decision['reason']}")
         if grant.delegation is not None and decision["approval"] != "auto":
             raise ValidationError("not_allowed", "the policy no longer pre-authorizes this doctor "
                                                  "(approval patient): ask the patient")
+        if grant.delegation is not None and self.get(revoked_key(patient, doctor)) == decision["version"]:
+            # a grant the policy made is held as a new request would be: the patient revoked this
+            # doctor under the policy version now in force (any of its grants, not only this one)
+            raise ValidationError("not_allowed", "the patient revoked this doctor under the policy now in "
+                                                 "force: ask the patient")
         return grant, rec
 
     def audit(self, patient: str) -> list[dict]:

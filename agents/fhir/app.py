@@ -31,6 +31,7 @@ in flight (429 beyond), and Hypercorn's read and keep-alive timeouts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -48,6 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core.errors import DecodeError
+from core.identity import MAX_ID, check_id
 from core.policy import Policy
 from core.protocol import PeerQuery
 
@@ -83,6 +85,7 @@ _SEARCH_PARAMS = {"patient", "category", "_id", "_format"}
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 BREAK_GLASS_OPERATION = "https://emrshare.org/fhir/OperationDefinition/break-glass"
+MAX_JSON_DEPTH = 100  # nesting of a body or a record (FHIR resources nest a few levels)
 GRANTS_AT_ONCE = 3  # labels whose first read (a possible new grant) runs at once, see read_records
 
 
@@ -138,7 +141,16 @@ def validate_resource(resource: Any, path: str = "") -> None:
 def _patient_param(value: str | None) -> str | None:
     if value is None:
         return None
-    return value.split("/", 1)[1] if value.startswith("Patient/") else value
+    return _patient_id(value.split("/", 1)[1] if value.startswith("Patient/") else value)
+
+
+def _patient_id(value: str) -> str:
+    """``value`` if the ledger can name a user so (core.identity.check_id), else FhirError 400."""
+    try:
+        return check_id(value, "patient id")
+    except DecodeError:
+        raise FhirError(f"patient id {value[:80]!r} refused: ids are 1..{MAX_ID} characters of "
+                        "[A-Za-z0-9._:@-]; name an emrshare patient", issue="value") from None
 
 
 class Facade:
@@ -244,8 +256,12 @@ class Facade:
                 raise FhirError(f"request body refused: more than {limit} bytes; split it", status=413,
                                 issue="too-costly")
             chunks.append(chunk)
+        body = b"".join(chunks)
+        if not _nesting_ok(body):
+            raise FhirError(f"request body refused: not JSON (nested deeper than {MAX_JSON_DEPTH} levels); "
+                            "send FHIR R4 JSON", issue="structure")
         try:
-            return json.loads(b"".join(chunks))
+            return json.loads(body)
         except ValueError as exc:
             raise FhirError(f"request body refused: not JSON ({exc}); send FHIR R4 JSON", issue="structure") from None
 
@@ -391,7 +407,7 @@ class Facade:
     # ------------------------------------------------------------ reading records
 
     async def _everything(self, request: Request, principal: Principal, agent: Any) -> dict[str, Any]:
-        patient = request.path_params["pid"]
+        patient = _patient_id(request.path_params["pid"])
         if not principal.may_any("r", patient):
             raise ScopeError(f"forbidden: the token's scopes allow reading nothing of {patient}; "
                              "ask for a scope such as user/*.rs")
@@ -644,7 +660,25 @@ def _resource_type(name: str) -> str:
     return name
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NESTING = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
+
+
+def _nesting_ok(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``data``'s arrays and objects nest at most ``limit`` deep (strings skipped).
+
+    Checked before ``json.loads``, whose C decoder recurses once per level: every
+    process that imports py_ecc (core's ECDSA fallback) runs with a recursion limit
+    of 100 000, so a body of 100 000 ``[`` overflowed the C stack and killed the
+    process instead of raising RecursionError."""
+    skeleton = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS).translate(_NESTING)
+    return max(itertools.accumulate(memoryview(skeleton).cast("b")), default=0) <= limit
+
+
 def _decode_resource(data: bytes, what: str) -> dict[str, Any]:
+    if not _nesting_ok(data):
+        raise IntegrityError(f"record {what} is labelled FHIR but nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         res = json.loads(data)
     except ValueError:

@@ -182,6 +182,8 @@ class TokenVerifier:
             raise AuthError("access token refused: expired; get a new one from the issuer") from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"access token refused: {exc}") from None
+        except (TypeError, ValueError):  # PyJWT handing an RSA algorithm an EC key (or the like)
+            raise AuthError(f"access token refused: algorithm {alg} does not fit key {kid!r}") from None
         subject = claims.get(self.subject_claim)
         if not isinstance(subject, str) or not subject:
             raise AuthError(f"access token refused: no {self.subject_claim!r} claim naming the user")

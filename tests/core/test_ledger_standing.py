@@ -261,3 +261,85 @@ def test_rotation_epochs_scope_grants_delegations_and_reseals(c):
     # a store under a later epoch straight away (what the patient does after a revocation)
     assert c.block(c.tx("store", "alice", {**c.store_body("rec-9"), "epoch": 2})).marks == ("ok",)
     assert c.ledger.record("alice", "rec-9").key_epoch == 2
+
+
+def test_revoking_one_standing_grant_stops_the_doctors_other_standing_grants_too(c):
+    """Attack: a doctor asks twice while the policy pre-authorizes it, so the ledger makes it
+    two standing grants; the patient revokes the one it sees. The other must not keep serving
+    the label under the policy version the revocation happened under."""
+    c.block(c.tx("set_policy", "alice", policy()))
+    standing(c)
+    first, second = ask(c, "bob", "r1").grant_id, ask(c, "bob", "r2").grant_id
+    other = ask(c, "carol", "r3").grant_id
+    c.block(c.tx("revoke_grant", "alice", {"grant_id": first, "reason": "done"}))
+    with pytest.raises(ValidationError) as info:
+        c.ledger.check_reencryption(second, "bob", "alice", "rec-1", T0 + 1)
+    assert info.value.code == "not_allowed"
+    c.ledger.check_reencryption(other, "carol", "alice", "rec-1", T0 + 1)  # others are unaffected
+    # a new policy version lifts the hold, for new requests and standing grants alike
+    c.block(c.tx("set_policy", "alice", policy(version=2)))
+    c.ledger.check_reencryption(second, "bob", "alice", "rec-1", T0 + 1)
+
+
+def test_a_request_naming_another_operation_does_not_read_around_a_deny_read_rule(c):
+    """Attack: the patient denies bob reading cardiology but allows doctors any operation on
+    everything. Bob asks for operation "share": the deny-read rule does not match, the ledger
+    grants from the standing delegation, and a grant only ever serves re-encryptions, which are
+    reads. The peers must decide the re-encryption as the read it is."""
+    text = """
+policy "ops" version 1
+default deny
+rule no-bob:
+  deny read on label "cardiology" when id == "bob"
+rule doctors:
+  allow any on all when role == "doctor" approval auto
+"""
+    c.block(c.tx("set_policy", "alice", {"policy": parse_policy(text).to_msgpack()}))
+    standing(c)
+    mark = c.block(c.tx("access_request", "bob", {"request_id": "r1", "patient": "alice", "record_id": "rec-1",
+                                                  "operation": "share", "purpose": None})).marks[0]
+    assert mark == "ok"
+    grant_id = c.ledger.request("r1").grant_id
+    with pytest.raises(ValidationError) as info:
+        c.ledger.check_reencryption(grant_id, "bob", "alice", "rec-1", T0 + 1)
+    assert info.value.code == "not_allowed" and "no-bob" in info.value.message
+    assert ask(c, "carol", "r2").status == "granted"
+    c.ledger.check_reencryption(c.ledger.request("r2").grant_id, "carol", "alice", "rec-1", T0 + 1)
+
+
+def test_a_peer_cannot_log_an_access_its_grant_does_not_cover(c):
+    """Attack: a hostile hospital's peer holding a share of a grant writes `access` events
+    into the patient's audit trail for records the grant never covered (another label, a
+    record outside a record-scoped grant, one that does not exist) or under another request,
+    framing the doctor. The ledger keeps only accesses a re-encryption could have served."""
+    c.block(c.tx("set_policy", "alice", policy(approval="patient")))
+    ask(c, "bob", "r1")
+    assert c.block(c.tx("grant", "alice", {**c.grant_body("g1", "r1"), "scope": "record"})).marks == ("ok",)
+    index = c.ledger.config.peers[0].index
+    assert c.ledger.config.peers[0].id == "p1"
+
+    def log(record_id, request_id="r1"):
+        return c.block(c.tx("access", "p1", {"grant_id": "g1", "request_id": request_id, "record_id": record_id,
+                                             "doctor": "bob", "index": index})).marks[0]
+
+    assert log("rec-3") == "forbidden"  # another label
+    assert log("rec-2") == "forbidden"  # outside the record the patient approved
+    assert log("nope") == "not_found"
+    assert log("rec-1", request_id="r-other") == "forbidden"
+    assert log("rec-1") == "ok"
+    assert [e["record_id"] for e in c.ledger.audit("alice") if e["event"] == "access"] == ["rec-1"]
+
+
+def test_a_patient_cannot_take_the_id_of_a_grant_the_ledger_will_make(c):
+    """Attack: a patient (with a peer that saw a doctor's request before forwarding it)
+    commits its own grant under the id the ledger derives for that request
+    (standing_grant_id) or for a break-glass (break_glass_grant_id). The ledger then
+    overwrote that grant with the victim patient's, and peers that cached the attacker's
+    key share under the id served it for the victim's records: garbage shares, with honest
+    peers named faulty. The ledger's own grant ids are not the patients' to choose."""
+    c.block(c.tx("set_policy", "alice", policy(approval="patient")))
+    ask(c, "bob", "r1")
+    for taken in (standing_grant_id("r9"), break_glass_grant_id("bg9")):
+        assert c.block(c.tx("grant", "alice", c.grant_body(taken, "r1"))).marks == ("malformed",)
+        assert c.ledger.grant(taken) is None
+    assert c.block(c.tx("grant", "alice", c.grant_body("grant-1", "r1"))).marks == ("ok",)

@@ -124,3 +124,16 @@ async def test_jwks_url_fetched_cached_and_refreshed():
         await down.verify("Bearer " + ISSUER.token("dr", "user/*.rs"))
     assert info.value.status == 503
     await trio.sleep(0)
+
+
+@pytest.mark.parametrize("alg", ["RS256", "RS384", "PS256"])
+async def test_an_algorithm_that_does_not_fit_the_key_is_a_401_not_a_crash(alg):
+    """Attack: an anonymous client names the issuer's EC key (kid) with an RSA algorithm; the
+    verifier must refuse it as any bad token (401), not fail with an internal error and a
+    logged traceback per request."""
+    now = int(time.time())
+    claims = {"iss": ISSUER.issuer, "aud": ISSUER.audience, "sub": "dr", "scope": "user/*.rs", "exp": now + 60}
+    token = b64({"alg": alg, "kid": ISSUER.kid}) + "." + b64(claims) + "." + b64("x" * 48)
+    with pytest.raises(AuthError) as info:
+        await verifier().verify("Bearer " + token)
+    assert info.value.status == 401 and "key" in str(info.value)

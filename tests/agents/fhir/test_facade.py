@@ -379,3 +379,74 @@ async def test_mutual_tls(tmp_path):
                 ok, no_token, refused = await trio.to_thread.run_sync(probe)
                 nursery.cancel_scope.cancel()
     assert (ok, no_token) == (200, 401) and refused != "no"
+
+
+async def test_a_patient_id_that_is_no_ledger_id_is_a_400(tmp_path):
+    """Attack: a client names a patient the ledger cannot name (non-ASCII, too long, a slash);
+    the facade must refuse it as the client's error (400), before any peer is asked, not
+    answer 500 'exception' relaying the peers' internal refusal."""
+    with trio.fail_after(120):
+        async with FhirDeployment.open(tmp_path) as dep:
+            heart = dep.issuer.token("dr-heart", ALL)
+
+            def probe() -> list[tuple[int, str]]:
+                out = []
+                for path in ("Patient/%C3%A9/$everything", "Patient/" + "a" * 300 + "/$everything",
+                             "Observation?patient=a/b", "Observation/o1?patient=%00", "Consent?patient=%C3%A9"):
+                    r = requests.get(dep.base + path, headers={"Authorization": f"Bearer {heart}"}, timeout=30)
+                    out.append((r.status_code, r.json()["issue"][0]["diagnostics"]))
+                return out
+
+            results = await trio.to_thread.run_sync(probe)
+    assert [s for s, _ in results] == [400] * 5, results
+    assert all("patient id" in d and "peer" not in d for _, d in results)
+
+
+async def test_a_deeply_nested_body_is_a_400(tmp_path):
+    """Attack: a token holder posts 100 000 nested arrays (100 kB, well under the body bound);
+    Python's JSON decoder raises RecursionError, which is no ValueError: the facade answered
+    500 and logged a traceback per request. It is the client's malformed body (400)."""
+    with trio.fail_after(120):
+        async with FhirDeployment.open(tmp_path) as dep:
+            alice = dep.issuer.token("alice", "patient/*.cruds", patient="alice")
+
+            def probe() -> list[tuple[int, dict]]:
+                out = []
+                for method, path in (("POST", ""), ("PUT", "Consent/cardiology")):
+                    r = requests.request(method, dep.base + path, data=b"[" * 100_000, timeout=30,
+                                         headers={"Authorization": f"Bearer {alice}",
+                                                  "Content-Type": "application/fhir+json"})
+                    out.append((r.status_code, r.json()))
+                return out
+
+            results = await trio.to_thread.run_sync(probe)
+    assert [s for s, _ in results] == [400, 400]
+    assert all("not JSON" in body["issue"][0]["diagnostics"] for _, body in results)
+
+
+async def test_a_hostile_patients_deeply_nested_record_does_not_kill_a_doctors_facade(tmp_path):
+    """Attack: a patient stores a 'FHIR' record of 100 000 nested arrays (its own agent does not
+    validate what it seals) and lets doctors read it; a hospital's facade decoding it for a
+    doctor crashed its whole process (C stack overflow under py_ecc's recursion limit). It must
+    answer the one read with an integrity error and keep serving."""
+    from agents.fhir.labels import FHIR_MEDIA_TYPE
+
+    with trio.fail_after(120):
+        async with FhirDeployment.open(tmp_path) as dep:
+            alice = dep.agents["alice"]
+            await alice.set_policy('policy "all" version 1\ndefault deny\nrule docs:\n'
+                                   '  allow read on all when role == "doctor"\n  approval auto\n')
+            label = dep.facade.labels.labels_for_type("Observation", None)[0]
+            await alice.store(b"[" * 100_000, label=label, media_type=FHIR_MEDIA_TYPE,
+                              record_id=record_id_for("Observation", "deep"))
+            heart = dep.issuer.token("dr-heart", ALL, patient="alice")
+
+            def probe() -> list[int]:
+                out = []
+                for path in ("Observation/deep?patient=alice", "metadata"):
+                    r = requests.get(dep.base + path, headers={"Authorization": f"Bearer {heart}"}, timeout=60)
+                    out.append((r.status_code, r.json()["resourceType"]))
+                return out
+
+            results = await trio.to_thread.run_sync(probe)
+    assert results == [(502, "OperationOutcome"), (200, "CapabilityStatement")]
