@@ -37,6 +37,7 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
+from . import _pyecc  # noqa: F401  (first: keeps the recursion limit py_ecc would raise)
 from py_ecc.optimized_bls12_381 import (
     FQ,
     FQ2,

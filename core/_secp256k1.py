@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from . import _pyecc  # noqa: F401  (first: keeps the recursion limit py_ecc would raise)
 from py_ecc.secp256k1 import secp256k1 as _ec
 
 from .errors import DecodeError, SignatureError
