@@ -26,8 +26,14 @@ spent on another type of transaction is refused by the ledger
 (``replayed_nonce``) and accepted here. Nonces are random: only a submitter
 doing it on purpose gets there, and that submitter (the issuing peer, the
 subject or its peer for a revocation, the patient for a store) could register,
-revoke or store validly anyway (a store so accepted only makes the storage
-nodes keep a blob the patient could have stored with a fresh nonce).
+revoke or store validly anyway. A store so accepted only makes the storage
+nodes keep a blob the patient could have stored with a fresh nonce; a
+revocation so accepted is worse: the storage nodes then treat the subject as
+revoked while the ledger does not, refuse its later puts, and no longer
+count its later stores, so a blob it puts and commits afterwards can be
+collected as unnamed after the grace period. Only the subject or its own
+hospital's peer can cause this, to that subject alone (an open gap:
+docs/security.md).
 
 Errors: :class:`~core.errors.DecodeError` when a block does not decode,
 :class:`~core.errors.ValidationError` (codes ``bad_height``, ``bad_prev_hash``,
