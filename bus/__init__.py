@@ -124,8 +124,9 @@ from .limits import DEFAULT_IDLE_TIMEOUT as DEFAULT_IDLE_TIMEOUT
 from .limits import DEFAULT_FRAME_TIMEOUT as DEFAULT_FRAME_TIMEOUT
 from .limits import DEFAULT_MAX_OBJECTS as DEFAULT_MAX_OBJECTS
 from .limits import DEFAULT_MAX_DEPTH as DEFAULT_MAX_DEPTH
-from .limits import DEFAULT_THREAD_DECODE_SIZE as DEFAULT_THREAD_DECODE_SIZE
+from .limits import DEFAULT_THREAD_DECODE_OBJECTS as DEFAULT_THREAD_DECODE_OBJECTS
 from .structure import StructureError as StructureError
+from .structure import TooManyObjects as TooManyObjects
 from .structure import check_structure as check_structure
 from .node import Node as Node
 from .node import open_node as open_node

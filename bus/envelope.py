@@ -263,6 +263,11 @@ def decode_envelope(
             check_structure(data, max_objects=max_objects, max_depth=max_depth)
         except StructureError as exc:
             raise EnvelopeError("malformed", f"refused by structure: {exc}") from None
+    return _decode_checked(data, max_objects)
+
+
+def _decode_checked(data: bytes, max_objects: int) -> Envelope:
+    """decode_envelope for bytes whose structure is known to be within the limits."""
     try:
         fields = msgpack.unpackb(
             data, raw=False, use_list=True, strict_map_key=True, ext_hook=_reject_ext,

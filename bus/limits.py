@@ -20,7 +20,7 @@ __all__ = [
     "DEFAULT_FRAME_TIMEOUT",
     "DEFAULT_MAX_OBJECTS",
     "DEFAULT_MAX_DEPTH",
-    "DEFAULT_THREAD_DECODE_SIZE",
+    "DEFAULT_THREAD_DECODE_OBJECTS",
 ]
 
 DEFAULT_MAX_CONNECTIONS = 1024
@@ -65,6 +65,9 @@ DEFAULT_MAX_DEPTH = 64
 with the object count for frames longer than ``max_objects`` bytes (shorter
 ones cannot hold more objects than bytes; msgpack's own stack bounds their depth)."""
 
-DEFAULT_THREAD_DECODE_SIZE = 64 * 1024
-"""Frames longer than this many bytes are checked and decoded in a worker
-thread, one at a time per node (``thread_decode_size``), not on the event loop."""
+DEFAULT_THREAD_DECODE_OBJECTS = 4096
+"""A frame found (by structure, on the event loop, within this many steps) to hold
+more msgpack objects than this is checked and decoded in a worker thread, one at a
+time per node (``thread_decode_objects``); the event loop's share of any frame is
+bounded by this count, whatever the frame's length (a large binary body is a few
+objects and stays on the loop)."""

@@ -26,10 +26,12 @@ No client can stall others (the limits are in :mod:`bus.limits`):
   never wait for queue room (a full queue drops the connection); requests,
   fire-and-forget messages and events wait for room, bounded by the write
   timeout that empties the queue.
-* Frames longer than ``max_objects`` bytes are refused by structure before
-  msgpack builds anything from them; frames longer than
-  ``thread_decode_size`` are checked and decoded in a worker thread, one at a
-  time per node.
+* A frame of more than ``max_objects`` msgpack objects, or nested deeper than
+  ``max_depth``, is refused by structure before msgpack builds anything from
+  it; one that holds more than
+  ``thread_decode_objects`` objects (found by a structure walk of at most that
+  many steps on the event loop) is checked and decoded in a worker thread, one
+  at a time per node.
 * An incoming connection must complete its first frame within
   ``handshake_timeout``, is closed after ``idle_timeout`` without a frame
   either way (unless an endpoint still needs it), and any connection is
@@ -58,9 +60,10 @@ import trio
 
 from ._endpoint import Endpoint, _Attachment
 from ._stats import NodeStatistics
-from .envelope import Directory, Envelope, EnvelopeError, Signer, Verifier, decode_envelope
+from .envelope import Directory, Envelope, EnvelopeError, Signer, Verifier, _decode_checked, decode_envelope
 from .errors import BrokenError, BusError, ClosedError, FrameError, UnreachableError
 from .framing import DEFAULT_MAX_FRAME_SIZE
+from .structure import StructureError, TooManyObjects, check_structure
 from .limits import (
     DEFAULT_FRAME_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -71,7 +74,7 @@ from .limits import (
     DEFAULT_MAX_OBJECTS,
     DEFAULT_SEND_QUEUE_BYTES,
     DEFAULT_SEND_QUEUE_FRAMES,
-    DEFAULT_THREAD_DECODE_SIZE,
+    DEFAULT_THREAD_DECODE_OBJECTS,
     DEFAULT_WRITE_TIMEOUT,
 )
 from .transport import Address, Connection, TcpTransport, Transport, parse_address
@@ -156,7 +159,7 @@ class Node:
     ``send_queue_bytes`` and ``write_timeout``, each connection's send queue;
     ``handshake_timeout``, ``idle_timeout`` and ``frame_timeout`` (seconds);
     ``max_objects`` and ``max_depth``, what one envelope's msgpack may hold;
-    ``thread_decode_size``, above which frames are decoded off the event loop
+    ``thread_decode_objects``, above which frames are decoded off the event loop
     (defaults and reasons in :mod:`bus.limits`); ``connect_attempts``,
     ``backoff_base`` and ``backoff_cap`` (seconds), how an outgoing connection
     is retried; ``clock``, wall-clock seconds (``time.time``) for envelope
@@ -184,7 +187,7 @@ class Node:
         frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
         max_objects: int = DEFAULT_MAX_OBJECTS,
         max_depth: int = DEFAULT_MAX_DEPTH,
-        thread_decode_size: int = DEFAULT_THREAD_DECODE_SIZE,
+        thread_decode_objects: int = DEFAULT_THREAD_DECODE_OBJECTS,
         connect_attempts: int = 6,
         backoff_base: float = 0.05,
         backoff_cap: float = 2.0,
@@ -206,7 +209,9 @@ class Node:
         self._idle_timeout = idle_timeout
         self._frame_timeout = frame_timeout
         self._decode = functools.partial(decode_envelope, max_objects=max_objects, max_depth=max_depth)
-        self._thread_decode_size = thread_decode_size
+        self._max_objects = max_objects
+        self._max_depth = max_depth
+        self._thread_objects = min(thread_decode_objects, max_objects)
         self._decode_limiter = trio.CapacityLimiter(1)
         self._outboxes: dict[Connection, _Outbox] = {}
         self._scopes: dict[Connection, trio.CancelScope] = {}
@@ -525,9 +530,17 @@ class Node:
                 return None
 
     async def _decode_frame(self, data: bytes) -> Envelope:
-        if len(data) <= self._thread_decode_size:
+        """Decode on the event loop what holds at most ``thread_decode_objects``
+        objects (a frame no longer than that cannot hold more); the rest in a thread."""
+        if len(data) <= self._thread_objects:
             return self._decode(data)
-        return await trio.to_thread.run_sync(self._decode, data, limiter=self._decode_limiter)
+        try:
+            check_structure(data, max_objects=self._thread_objects, max_depth=self._max_depth)
+        except TooManyObjects:
+            return await trio.to_thread.run_sync(self._decode, data, limiter=self._decode_limiter)
+        except StructureError as exc:
+            raise EnvelopeError("malformed", f"refused by structure: {exc}") from None
+        return _decode_checked(data, self._max_objects)
 
     async def _serve_connection(self, conn: Connection, link: _Link | None) -> None:
         incoming = link is None
@@ -597,7 +610,7 @@ async def open_node(**options: Any) -> AsyncIterator[Node]:
     ``max_connections_per_source``, ``send_queue_frames``,
     ``send_queue_bytes``, ``write_timeout``, ``handshake_timeout``,
     ``idle_timeout``, ``frame_timeout``, ``max_objects``, ``max_depth``,
-    ``thread_decode_size``, ``connect_attempts``, ``backoff_base``,
+    ``thread_decode_objects``, ``connect_attempts``, ``backoff_base``,
     ``backoff_cap``, ``clock``.
     Leaving the block closes every endpoint, listener and connection.
     """

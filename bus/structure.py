@@ -13,11 +13,15 @@ the frame's length.
 
 from __future__ import annotations
 
-__all__ = ["StructureError", "check_structure"]
+__all__ = ["StructureError", "TooManyObjects", "check_structure"]
 
 
 class StructureError(ValueError):
     """The bytes are not one msgpack value within the limits."""
+
+
+class TooManyObjects(StructureError):
+    """The value holds more than ``max_objects`` objects (the rest was not looked at)."""
 
 
 # First byte 0xc4..0xdf: (size of the length field, extra bytes after it, what it is)
@@ -89,7 +93,7 @@ def check_structure(data: bytes, *, max_objects: int, max_depth: int) -> int:
             continue
         objects += items
         if objects > max_objects:
-            raise StructureError(f"more than {max_objects} msgpack objects")
+            raise TooManyObjects(f"more than {max_objects} msgpack objects")
         if items > end - pos:
             raise StructureError("msgpack container is longer than the bytes left")
         if len(stack) >= max_depth:

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from bus import (
+    BrokenError,
     DEFAULT_MAX_FRAME_SIZE,
     Envelope,
     FrameDecoder,
@@ -252,6 +253,20 @@ async def test_bytes_after_a_failed_first_frame_are_never_read():
         await while_attacked(scene, attack)
         assert "mallory" not in scene.calls
         assert scene.server.statistics().rejected["malformed"] == 1
+
+    await run_scene(test)
+
+
+async def test_bodies_of_many_objects_and_large_binaries_still_travel():
+    async def test(scene):
+        many = list(range(50_000))  # decoded in the worker thread
+        assert await scene.alice.request("bob", "ping", many, timeout=15) == many
+        blob = b"\x90" * (4 << 20)  # a few objects: decoded on the loop
+        assert await scene.alice.request("bob", "ping", blob, timeout=15) == blob
+        with pytest.raises(BrokenError):  # over the object limit: the receiver closes the connection
+            await scene.alice.request("bob", "ping", [0] * 300_000, timeout=15)
+        assert scene.server.statistics().rejected["malformed"] == 1
+        assert await scene.alice.request("bob", "ping", "again", timeout=15) == "again"
 
     await run_scene(test)
 
