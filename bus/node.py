@@ -517,17 +517,15 @@ class Node:
                     deadline = min(deadline, idle_at)
         return deadline
 
-    async def _receive(self, conn: Connection, incoming: bool, started: float,
-                       last_frame: float | None) -> bytes | None:
-        """The next frame on ``conn``; None at its end or when a timeout closes it."""
+    async def _watch(self, conn: Connection, incoming: bool, started: float, seen: list[float | None]) -> None:
+        """``conn``'s timeouts, in a task of their own (the reader sets up no timer per
+        frame): sleep to the next deadline, drop the connection if one expired."""
         while True:
-            with trio.move_on_at(self._deadline(conn, incoming, started, last_frame)):
-                return await conn.receive()
-            reason = self._timed_out(conn, incoming, started, last_frame)
+            await trio.sleep_until(self._deadline(conn, incoming, started, seen[0]))
+            reason = self._timed_out(conn, incoming, started, seen[0])
             if reason is not None:
-                self._dropped[reason] += 1
-                log.warning("bus: closing %s: %s", conn.peer, reason)
-                return None
+                self._drop(conn, reason)
+                return
 
     async def _decode_frame(self, data: bytes) -> Envelope:
         """Decode on the event loop what holds at most ``thread_decode_objects``
@@ -542,48 +540,55 @@ class Node:
             raise EnvelopeError("malformed", f"refused by structure: {exc}") from None
         return _decode_checked(data, self._max_objects)
 
+    async def _read(self, conn: Connection, seen: list[float | None]) -> None:
+        """Receive, decode and deliver ``conn``'s frames until it ends or must close."""
+        while True:
+            try:
+                data = await conn.receive()
+            except BrokenError as exc:
+                self._broken += 1
+                log.warning("bus: connection %s broke: %s", conn.peer, exc)
+                break
+            except ClosedError:
+                break
+            if data is None:
+                break
+            seen[0] = trio.current_time()
+            self._frames_received += 1
+            self._bytes_received += len(data)
+            try:
+                env = await self._decode_frame(data)
+            except EnvelopeError as exc:
+                self._rejected[exc.reason] += 1
+                log.warning("bus: closing %s after an undecodable envelope: %s", conn.peer, exc)
+                break
+            ep = self._endpoints.get(env.recipient)
+            if ep is None:
+                self._rejected["misaddressed"] += 1
+                log.warning(
+                    "bus: envelope from %r via %s for %r, who is not hosted here",
+                    env.sender,
+                    conn.peer,
+                    env.recipient,
+                )
+                continue
+            try:
+                await ep.deliver(env, len(data), conn)
+            except Exception:  # a bug must not take the node down
+                log.error("bus: failure handling an envelope from %s", conn.peer, exc_info=True)
+                break
+
     async def _serve_connection(self, conn: Connection, link: _Link | None) -> None:
         incoming = link is None
         started = trio.current_time()
-        last_frame: float | None = None
         scope = self._scopes.get(conn) or trio.CancelScope()
+        seen: list[float | None] = [None]  # when the last frame arrived (for the watchdog)
         try:
             with scope:
-                while True:
-                    try:
-                        data = await self._receive(conn, incoming, started, last_frame)
-                    except BrokenError as exc:
-                        self._broken += 1
-                        log.warning("bus: connection %s broke: %s", conn.peer, exc)
-                        break
-                    except ClosedError:
-                        break
-                    if data is None:
-                        break
-                    last_frame = trio.current_time()
-                    self._frames_received += 1
-                    self._bytes_received += len(data)
-                    try:
-                        env = await self._decode_frame(data)
-                    except EnvelopeError as exc:
-                        self._rejected[exc.reason] += 1
-                        log.warning("bus: closing %s after an undecodable envelope: %s", conn.peer, exc)
-                        break
-                    ep = self._endpoints.get(env.recipient)
-                    if ep is None:
-                        self._rejected["misaddressed"] += 1
-                        log.warning(
-                            "bus: envelope from %r via %s for %r, who is not hosted here",
-                            env.sender,
-                            conn.peer,
-                            env.recipient,
-                        )
-                        continue
-                    try:
-                        await ep.deliver(env, len(data), conn)
-                    except Exception:  # a bug must not take the node down
-                        log.error("bus: failure handling an envelope from %s", conn.peer, exc_info=True)
-                        break
+                async with trio.open_nursery() as watchdog:
+                    watchdog.start_soon(self._watch, conn, incoming, started, seen)
+                    await self._read(conn, seen)
+                    watchdog.cancel_scope.cancel()
         finally:
             self._live.discard(conn)
             self._incoming.discard(conn)
