@@ -175,8 +175,9 @@ class Endpoint:
 
     Create with :meth:`Node.endpoint`. Requests are handled concurrently (up
     to ``max_concurrent`` (default 64) in all and ``max_concurrent_per_sender``
-    (default 32) per sender: a sender's request beyond that is answered at
-    once with the error ``busy``); fire-and-forget messages are handled one at
+    (default 32) per sender: a sender's request beyond that, or one that
+    arrives on a connection while the inbox (``inbox_size``) is full, is
+    answered at once with the error ``busy``); fire-and-forget messages are handled one at
     a time in arrival order. Publishing: at most ``max_subscribers`` (default
     1024) subscriptions in all and ``max_topics_per_subscriber`` (default 4)
     per subscriber; ``admit_subscriber(sender, topic) -> bool`` (default:
@@ -530,7 +531,8 @@ class Endpoint:
         await self._reply(env, conn, mtype, body)
 
     def _busy(self, env: Envelope, conn: Connection | None) -> None:
-        """Refuse a request at once: its sender has too many in flight here."""
+        """Refuse a request at once: its sender has too many in flight here, or it came
+        on a connection and the inbox is full."""
         self._rejected["busy"] += 1
         if self._error_replies < _MAX_ERROR_REPLIES_IN_FLIGHT:
             self._error_replies += 1
