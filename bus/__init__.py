@@ -62,8 +62,16 @@ Acceptance
 Entry points: :func:`open_node` (a :class:`Node` with listeners, routes and
 connections), :meth:`Node.endpoint` (one agent's :class:`Endpoint`:
 ``request``, ``send``, ``publish``, ``subscribe``, ``register``,
-``statistics``), the sans-I/O :class:`FrameDecoder` and
-:func:`decode_envelope`/:func:`verify_envelope`.
+``statistics``), the sans-I/O :class:`FrameDecoder`,
+:func:`check_structure` and :func:`decode_envelope`/:func:`verify_envelope`.
+
+Limits
+    Every resource a client can hold is bounded: the ``DEFAULT_*`` constants of
+    :mod:`bus.limits` (connections in all and per remote address, each
+    connection's send queue and write timeout, handshake, idle and
+    partial-frame timeouts, msgpack objects and depth per envelope), each
+    overridable by the :func:`open_node` option of the same name in lower case
+    without ``DEFAULT_``.
 """
 
 from ._endpoint import Endpoint as Endpoint
@@ -106,6 +114,20 @@ from .framing import DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE
 from .framing import FRAME_HEADER_SIZE as FRAME_HEADER_SIZE
 from .framing import FrameDecoder as FrameDecoder
 from .framing import encode_frame as encode_frame
+from .limits import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
+from .limits import DEFAULT_MAX_CONNECTIONS_PER_SOURCE as DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+from .limits import DEFAULT_SEND_QUEUE_FRAMES as DEFAULT_SEND_QUEUE_FRAMES
+from .limits import DEFAULT_SEND_QUEUE_BYTES as DEFAULT_SEND_QUEUE_BYTES
+from .limits import DEFAULT_WRITE_TIMEOUT as DEFAULT_WRITE_TIMEOUT
+from .limits import DEFAULT_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
+from .limits import DEFAULT_IDLE_TIMEOUT as DEFAULT_IDLE_TIMEOUT
+from .limits import DEFAULT_FRAME_TIMEOUT as DEFAULT_FRAME_TIMEOUT
+from .limits import DEFAULT_MAX_OBJECTS as DEFAULT_MAX_OBJECTS
+from .limits import DEFAULT_MAX_DEPTH as DEFAULT_MAX_DEPTH
+from .limits import DEFAULT_THREAD_DECODE_OBJECTS as DEFAULT_THREAD_DECODE_OBJECTS
+from .structure import StructureError as StructureError
+from .structure import TooManyObjects as TooManyObjects
+from .structure import check_structure as check_structure
 from .node import Node as Node
 from .node import open_node as open_node
 from .transport import Address as Address

@@ -5,8 +5,11 @@ fire-and-forget messages, events) and verifies what it receives (addressing,
 timestamp window, signature against the directory's key, replay) before any
 handler sees it. It matches replies to pending requests, runs handlers
 (requests concurrently up to a bound, and up to a smaller bound per sender, so
-one sender cannot take every slot: beyond it a request is answered at once
-with ``busy``; fire-and-forget messages one at a time in arrival order),
+one sender cannot take every slot: beyond it, or when the inbox is full, a
+request from a connection is answered at once with ``busy``; a handler's slot
+is freed when its handler returns, before the reply is queued, and replies
+never wait for a slow reader (the node drops it instead); fire-and-forget
+messages one at a time in arrival order),
 answers requests (with the handler's result, a typed error,
 or, up to a bound in flight, the reason the request's envelope was rejected)
 and counts its traffic.
@@ -91,9 +94,13 @@ class _Host(Protocol):
         """Run ``fn(*args)`` in the background, for at most the node's lifetime."""
         ...
 
-    async def route(self, recipient: str, data: bytes, via: Connection | None) -> Connection | None:
+    async def route(
+        self, recipient: str, data: bytes, via: Connection | None, *, wait: bool = True
+    ) -> Connection | None:
         """Deliver an encoded envelope (on ``via`` first, if given and live);
-        return the connection it left on, None when delivered locally."""
+        return the connection it left on, None when delivered locally. Without
+        ``wait`` it never waits for a connection's send queue: a full one is
+        dropped (BrokenError)."""
         ...
 
     def note_path(self, agent: str, conn: Connection) -> None:
@@ -126,6 +133,9 @@ class _Attachment:
     (``conn`` None for one from this node); never raises BusError."""
     connection_lost: Callable[[Connection], None]
     """A connection closed: fail what was waiting on it."""
+    holds: Callable[[Connection], bool]
+    """Whether the endpoint still needs the connection (a request waits on it,
+    a subscriber or a subscription lives on it): idleness does not close it."""
     aclose: Callable[[], Awaitable[None]]
 
 
@@ -165,8 +175,9 @@ class Endpoint:
 
     Create with :meth:`Node.endpoint`. Requests are handled concurrently (up
     to ``max_concurrent`` (default 64) in all and ``max_concurrent_per_sender``
-    (default 32) per sender: a sender's request beyond that is answered at
-    once with the error ``busy``); fire-and-forget messages are handled one at
+    (default 32) per sender: a sender's request beyond that, or one that
+    arrives on a connection while the inbox (``inbox_size``) is full, is
+    answered at once with the error ``busy``); fire-and-forget messages are handled one at
     a time in arrival order. Publishing: at most ``max_subscribers`` (default
     1024) subscriptions in all and ``max_topics_per_subscriber`` (default 4)
     per subscriber; ``admit_subscriber(sender, topic) -> bool`` (default:
@@ -235,7 +246,7 @@ class Endpoint:
         self._rejected: Counter[str] = Counter()
         self._error_replies = 0
         self._closed = False
-        host.attach(identity, _Attachment(self._receive, self._connection_lost, self.aclose))
+        host.attach(identity, _Attachment(self._receive, self._connection_lost, self._holds, self.aclose))
         host.spawn(self._dispatch)
 
     # ------------------------------------------------------------ public API
@@ -372,9 +383,10 @@ class Endpoint:
         )
 
     async def _transmit(
-        self, env: Envelope, data: bytes, via: Connection | None = None, count_as: str | None = None
+        self, env: Envelope, data: bytes, via: Connection | None = None, count_as: str | None = None,
+        wait: bool = True,
     ) -> Connection | None:
-        conn = await self._host.route(env.recipient, data, via)
+        conn = await self._host.route(env.recipient, data, via, wait=wait)
         kind = count_as or env.kind
         self._sent_kind.add(kind, len(data))
         self._sent_peer.add(env.recipient, len(data))
@@ -406,7 +418,7 @@ class Endpoint:
                 {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
             )
         try:
-            await self._transmit(env, data, via=conn)
+            await self._transmit(env, data, via=conn, wait=False)
         except BusError as exc:
             log.info("bus: %s could not reply to %s: %s", self._identity, request.sender, exc)
 
@@ -461,6 +473,14 @@ class Endpoint:
                 self._rejected["unexpected-event"] += 1
             return
         try:
+            if mtype == MessageType.REQUEST and conn is not None:
+                # A connection's reader never waits on one endpoint: a request that
+                # finds the inbox full is refused at once.
+                try:
+                    self._inbox_send.send_nowait((env, conn))
+                except trio.WouldBlock:
+                    self._busy(env, conn)
+                return
             await self._inbox_send.send((env, conn))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
@@ -468,6 +488,13 @@ class Endpoint:
     def _count_received(self, kind: str, peer: str, size: int) -> None:
         self._recv_kind.add(kind, size)
         self._recv_peer.add(peer, size)
+
+    def _holds(self, conn: Connection) -> bool:
+        return (
+            any(slot.conn is conn for slot in self._pending.values())
+            or self._topics.holds(conn)
+            or self._subscriptions.holds(conn)
+        )
 
     def _connection_lost(self, conn: Connection) -> None:
         for slot in self._pending.values():
@@ -495,15 +522,17 @@ class Endpoint:
     async def _handle_request(self, env: Envelope, conn: Connection | None) -> None:
         try:
             mtype, body = await self._answer(env)
-            await self._reply(env, conn, mtype, body)
         finally:
+            # the slots are freed before the reply is sent: sending never holds them
             self._concurrency.release()
             self._in_flight[env.sender] -= 1
             if not self._in_flight[env.sender]:
                 del self._in_flight[env.sender]
+        await self._reply(env, conn, mtype, body)
 
     def _busy(self, env: Envelope, conn: Connection | None) -> None:
-        """Refuse a request at once: its sender has too many in flight here."""
+        """Refuse a request at once: its sender has too many in flight here, or it came
+        on a connection and the inbox is full."""
         self._rejected["busy"] += 1
         if self._error_replies < _MAX_ERROR_REPLIES_IN_FLIGHT:
             self._error_replies += 1

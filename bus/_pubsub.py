@@ -274,6 +274,9 @@ class _Subscriptions:
             reason = body.get("reason")
             feed.fail(f"dropped by the publisher ({reason if isinstance(reason, str) else '?'})")
 
+    def holds(self, conn: Connection) -> bool:
+        return any(feed.conn is conn for feed in self._feeds.values())
+
     def connection_lost(self, conn: Connection) -> None:
         for feed in self._feeds.values():
             if feed.conn is conn:
@@ -376,6 +379,9 @@ class _Topics:
         topic = _topic_of(body)
         if topic is not None and subscriber in self._topics.get(topic, {}):
             self._drop(topic, subscriber, None)
+
+    def holds(self, conn: Connection) -> bool:
+        return any(c is conn for c in self._conns.values())
 
     def connection_lost(self, conn: Connection) -> None:
         """A connection closed: free the slots of the subscribers that subscribed on it."""

@@ -68,6 +68,10 @@ class NodeStatistics:
     rejected: Mapping[str, int]
     broken_connections: int
     refused_connections: int
+    dropped_connections: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Connections the node closed, by reason: ``send-queue-full``,
+    ``write-timeout``, ``send-failed``, ``handshake-timeout``, ``idle-timeout``,
+    ``frame-timeout``."""
 
 
 class _Counter:

@@ -51,6 +51,8 @@ from typing import Any
 import msgpack
 
 from .errors import EnvelopeError
+from .limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_OBJECTS
+from .structure import StructureError, check_structure
 
 PROTOCOL_VERSION = 1
 SIGNING_DOMAIN = b"emrshare/v1/envelope\x00"
@@ -244,16 +246,32 @@ def _check_values(version, mtype, kind, msg_id, corr, sender, recipient, timesta
             raise EnvelopeError("malformed", "error reply body must be {code: str, message: str}")
 
 
-def decode_envelope(data: bytes) -> Envelope:
+def decode_envelope(
+    data: bytes, *, max_objects: int = DEFAULT_MAX_OBJECTS, max_depth: int = DEFAULT_MAX_DEPTH
+) -> Envelope:
     """Parse and shape-check a wire envelope (does not verify the signature).
 
+    At most ``max_objects`` msgpack objects are decoded: longer data is first
+    checked by structure (:func:`bus.structure.check_structure`, also bounding
+    the nesting depth), so nothing is built from a frame over the limits.
     Raises only :class:`EnvelopeError` (reason ``malformed`` or ``version``).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EnvelopeError("malformed", f"envelope must be bytes, not {type(data).__name__}")
+    if len(data) > max_objects:
+        try:
+            check_structure(data, max_objects=max_objects, max_depth=max_depth)
+        except StructureError as exc:
+            raise EnvelopeError("malformed", f"refused by structure: {exc}") from None
+    return _decode_checked(data, max_objects)
+
+
+def _decode_checked(data: bytes, max_objects: int) -> Envelope:
+    """decode_envelope for bytes whose structure is known to be within the limits."""
     try:
         fields = msgpack.unpackb(
-            data, raw=False, use_list=True, strict_map_key=True, ext_hook=_reject_ext
+            data, raw=False, use_list=True, strict_map_key=True, ext_hook=_reject_ext,
+            max_array_len=max_objects, max_map_len=max_objects, max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, ...)
         raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None

@@ -17,6 +17,28 @@ not, must fit the frame limit.
 
 A frame that does not decode closes its connection; one addressed to an agent
 not hosted here is dropped and counted. Either way other connections go on.
+
+No client can stall others (the limits are in :mod:`bus.limits`):
+
+* Every connection has a bounded send queue drained by its own writer task,
+  whose every frame must be written within ``write_timeout``; a connection
+  that does not read is dropped, not waited on. Replies and error replies
+  never wait for queue room (a full queue drops the connection); requests,
+  fire-and-forget messages and events wait for room, bounded by the write
+  timeout that empties the queue.
+* A frame of more than ``max_objects`` msgpack objects, or nested deeper than
+  ``max_depth``, is refused by structure before msgpack builds anything from
+  it; one that holds more than
+  ``thread_decode_objects`` objects (found by a structure walk of at most that
+  many steps on the event loop) is checked and decoded in a worker thread, one
+  at a time per node.
+* An incoming connection must complete its first frame within
+  ``handshake_timeout``, is closed after ``idle_timeout`` without a frame
+  either way (unless an endpoint still needs it), and any connection is
+  closed when a frame takes longer than ``frame_timeout`` from its first byte
+  to its last.
+* At most ``max_connections`` incoming connections, and at most
+  ``max_connections_per_source`` from one remote address.
 """
 
 from __future__ import annotations
@@ -24,11 +46,12 @@ from __future__ import annotations
 __all__ = ["Node", "open_node"]
 
 import contextlib
+import functools
 import logging
 import math
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -37,9 +60,23 @@ import trio
 
 from ._endpoint import Endpoint, _Attachment
 from ._stats import NodeStatistics
-from .envelope import Directory, EnvelopeError, Signer, Verifier, decode_envelope
+from .envelope import Directory, Envelope, EnvelopeError, Signer, Verifier, _decode_checked, decode_envelope
 from .errors import BrokenError, BusError, ClosedError, FrameError, UnreachableError
 from .framing import DEFAULT_MAX_FRAME_SIZE
+from .structure import StructureError, TooManyObjects, check_structure
+from .limits import (
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_OBJECTS,
+    DEFAULT_SEND_QUEUE_BYTES,
+    DEFAULT_SEND_QUEUE_FRAMES,
+    DEFAULT_THREAD_DECODE_OBJECTS,
+    DEFAULT_WRITE_TIMEOUT,
+)
 from .transport import Address, Connection, TcpTransport, Transport, parse_address
 
 log = logging.getLogger("bus")
@@ -57,6 +94,58 @@ class _Link:
         self.failed_at = -math.inf  # when the last connect loop gave up (trio time)
 
 
+class _Outbox:
+    """One connection's send queue: bounded in frames and bytes, drained by one writer."""
+
+    __slots__ = ("_frames", "_bytes", "_max_frames", "_max_bytes", "_writer", "_room", "closed",
+                 "last_sent")
+
+    def __init__(self, max_frames: int, max_bytes: int):
+        self._frames: deque[bytes] = deque()
+        self._bytes = 0
+        self._max_frames = max_frames
+        self._max_bytes = max_bytes
+        self._writer = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()
+        self.closed: str | None = None
+        self.last_sent = trio.current_time()
+
+    def has_room(self, size: int) -> bool:
+        if not self._frames:
+            return True  # an empty queue always takes one frame
+        return len(self._frames) < self._max_frames and self._bytes + size <= self._max_bytes
+
+    def put_nowait(self, data: bytes) -> None:
+        self._frames.append(data)
+        self._bytes += len(data)
+        self._writer.unpark_all()
+
+    async def wait_room(self, size: int) -> None:
+        while self.closed is None and not self.has_room(size):
+            await self._room.park()
+
+    async def take(self) -> bytes | None:
+        """The next frame to write; None once closed."""
+        while not self._frames:
+            if self.closed is not None:
+                return None
+            await self._writer.park()
+        if self.closed is not None:
+            return None
+        data = self._frames.popleft()
+        self._bytes -= len(data)
+        self._room.unpark_all()
+        return data
+
+    def close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+        self._frames.clear()
+        self._bytes = 0
+        self._writer.unpark_all()
+        self._room.unpark_all()
+
+
 class Node:
     """Hosts endpoints, listeners and connections. Create with :func:`open_node`.
 
@@ -65,7 +154,13 @@ class Node:
     pass ``TcpTransport(client_ssl=..., server_ssl=...)`` for TLS and a shared
     :class:`MemoryTransport` as ``mem`` for in-process links between nodes);
     ``max_frame_size``, the largest envelope carried, locally too;
-    ``max_connections``, incoming connections at once; ``connect_attempts``,
+    ``max_connections``, incoming connections at once, and
+    ``max_connections_per_source``, from one remote address; ``send_queue_frames``,
+    ``send_queue_bytes`` and ``write_timeout``, each connection's send queue;
+    ``handshake_timeout``, ``idle_timeout`` and ``frame_timeout`` (seconds);
+    ``max_objects`` and ``max_depth``, what one envelope's msgpack may hold;
+    ``thread_decode_objects``, above which frames are decoded off the event loop
+    (defaults and reasons in :mod:`bus.limits`); ``connect_attempts``,
     ``backoff_base`` and ``backoff_cap`` (seconds), how an outgoing connection
     is retried; ``clock``, wall-clock seconds (``time.time``) for envelope
     timestamps.
@@ -82,7 +177,17 @@ class Node:
         routes: Mapping[str, str] | None = None,
         transports: Mapping[str, Transport] | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        max_connections: int = 1024,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        send_queue_frames: int = DEFAULT_SEND_QUEUE_FRAMES,
+        send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+        max_objects: int = DEFAULT_MAX_OBJECTS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        thread_decode_objects: int = DEFAULT_THREAD_DECODE_OBJECTS,
         connect_attempts: int = 6,
         backoff_base: float = 0.05,
         backoff_cap: float = 2.0,
@@ -97,6 +202,21 @@ class Node:
         for agent, address in (routes or {}).items():
             self.add_route(agent, address)
         self._max_connections = max_connections
+        self._max_per_source = max_connections_per_source
+        self._send_queue = (send_queue_frames, send_queue_bytes)
+        self._write_timeout = write_timeout
+        self._handshake_timeout = handshake_timeout
+        self._idle_timeout = idle_timeout
+        self._frame_timeout = frame_timeout
+        self._decode = functools.partial(decode_envelope, max_objects=max_objects, max_depth=max_depth)
+        self._max_objects = max_objects
+        self._max_depth = max_depth
+        self._thread_objects = min(thread_decode_objects, max_objects)
+        self._decode_limiter = trio.CapacityLimiter(1)
+        self._outboxes: dict[Connection, _Outbox] = {}
+        self._scopes: dict[Connection, trio.CancelScope] = {}
+        self._sources: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
         self._connect_attempts = max(1, connect_attempts)
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -164,6 +284,7 @@ class Node:
             rejected=MappingProxyType(dict(self._rejected)),
             broken_connections=self._broken,
             refused_connections=self._refused,
+            dropped_connections=MappingProxyType(dict(self._dropped)),
         )
 
     async def aclose(self) -> None:
@@ -206,7 +327,9 @@ class Node:
     def path_to(self, agent: str) -> Connection | None:
         return self._paths.get(agent)
 
-    async def route(self, recipient: str, data: bytes, via: Connection | None) -> Connection | None:
+    async def route(
+        self, recipient: str, data: bytes, via: Connection | None, *, wait: bool = True
+    ) -> Connection | None:
         if self._closed:
             raise ClosedError("node is closed")
         if len(data) > self._max_frame_size:
@@ -215,22 +338,19 @@ class Node:
             raise FrameError(f"message of {len(data)} bytes exceeds the {self._max_frame_size}-byte frame limit")
         if via is not None and via in self._live:
             try:
-                await via.send(data)
+                await self._enqueue(via, data, wait)
                 return via
             except (BrokenError, ClosedError):
                 pass
         local = self._endpoints.get(recipient)
         if local is not None:
-            try:
-                env = decode_envelope(data)
-            except EnvelopeError:  # pragma: no cover - we just encoded it
-                raise
+            env = self._decode(data)
             await local.deliver(env, len(data), None)
             return None
         conn = self._paths.get(recipient)
         if conn is not None:
             try:
-                await conn.send(data)
+                await self._enqueue(conn, data, wait)
                 return conn
             except (BrokenError, ClosedError):
                 self._paths.pop(recipient, None)
@@ -240,7 +360,7 @@ class Node:
         for attempt in (1, 2):
             conn = await self._connect(address)
             try:
-                await conn.send(data)
+                await self._enqueue(conn, data, wait)
                 return conn
             except (BrokenError, ClosedError):
                 link = self._links.get(address)
@@ -249,6 +369,53 @@ class Node:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _enqueue(self, conn: Connection, data: bytes, wait: bool) -> None:
+        """Queue ``data`` on ``conn``'s writer. Without ``wait``, a full queue
+        drops the connection (its reader is too slow to be waited on)."""
+        box = self._outboxes.get(conn)
+        if box is None or box.closed is not None:
+            raise BrokenError(f"connection to {conn.peer} is closed")
+        if not box.has_room(len(data)):
+            if not wait:
+                self._drop(conn, "send-queue-full")
+                raise BrokenError(f"connection to {conn.peer} dropped: its send queue is full")
+            await box.wait_room(len(data))
+            if box.closed is not None:
+                raise BrokenError(f"connection to {conn.peer} dropped: {box.closed}")
+        box.put_nowait(data)
+
+    def _drop(self, conn: Connection, reason: str) -> None:
+        """Close ``conn`` now for ``reason`` (counted in statistics)."""
+        box = self._outboxes.get(conn)
+        if box is not None and box.closed is not None:
+            return
+        self._dropped[reason] += 1
+        log.warning("bus: dropping connection %s: %s", conn.peer, reason)
+        if box is not None:
+            box.close(reason)
+        scope = self._scopes.get(conn)
+        if scope is not None:
+            scope.cancel()
+
+    async def _write(self, conn: Connection, box: _Outbox) -> None:
+        """The connection's writer: every frame within the write timeout, or drop it."""
+        while True:
+            data = await box.take()
+            if data is None:
+                return
+            with trio.move_on_after(self._write_timeout) as scope:
+                try:
+                    await conn.send(data)
+                except (BrokenError, ClosedError) as exc:
+                    if box.closed is None:
+                        self._drop(conn, "send-failed")
+                        log.info("bus: sending on %s failed: %s", conn.peer, exc)
+                    return
+            if scope.cancelled_caught:
+                self._drop(conn, "write-timeout")
+                return
+            box.last_sent = trio.current_time()
 
     # ------------------------------------------------------------ connections
 
@@ -280,59 +447,155 @@ class Node:
                     await trio.sleep(delay * jitter)
                     delay = min(delay * 2, self._backoff_cap)
             link.conn = conn
-            self._live.add(conn)
+            self._open(conn)
             self._nursery.start_soon(self._serve_connection, conn, link)
             return conn
 
+    def _open(self, conn: Connection) -> None:
+        self._live.add(conn)
+        box = self._outboxes[conn] = _Outbox(*self._send_queue)
+        self._scopes[conn] = trio.CancelScope()
+        self._nursery.start_soon(self._write, conn, box)
+
     async def _accept(self, conn: Connection) -> None:
+        source = getattr(conn, "source", conn.peer)
         if self._closed or len(self._incoming) >= self._max_connections:
             self._refused += 1
             log.warning("bus: refusing connection from %s (limit %d)", conn.peer, self._max_connections)
             await conn.aclose()
             return
+        if self._sources[source] >= self._max_per_source:
+            self._refused += 1
+            log.warning("bus: refusing connection from %s (limit %d per source)", conn.peer, self._max_per_source)
+            await conn.aclose()
+            return
+        self._sources[source] += 1
         self._incoming.add(conn)
-        self._live.add(conn)
-        await self._serve_connection(conn, None)
+        self._open(conn)
+        try:
+            await self._serve_connection(conn, None)
+        finally:
+            self._sources[source] -= 1
+            if not self._sources[source]:
+                del self._sources[source]
+
+    def _held(self, conn: Connection) -> bool:
+        """Whether an endpoint still needs ``conn`` (so idleness does not close it)."""
+        return any(ep.holds(conn) for ep in self._endpoints.values())
+
+    def _timed_out(self, conn: Connection, incoming: bool, started: float, last_frame: float | None) -> str | None:
+        """The timeout that expired for ``conn``, if any (None: keep waiting)."""
+        now = trio.current_time()
+        partial = getattr(conn, "partial_since", None)
+        if partial is not None and now >= partial + self._frame_timeout:
+            return "frame-timeout"
+        if not incoming:
+            return None
+        if last_frame is None:
+            return "handshake-timeout" if now >= started + self._handshake_timeout else None
+        box = self._outboxes.get(conn)
+        last = max(last_frame, box.last_sent if box is not None else last_frame)
+        if now >= last + self._idle_timeout and not self._held(conn):
+            return "idle-timeout"
+        return None
+
+    def _deadline(self, conn: Connection, incoming: bool, started: float, last_frame: float | None) -> float:
+        """When to look at ``conn``'s timeouts next (at least every ``frame_timeout``,
+        so a frame that begins while the node waits is timed too)."""
+        now = trio.current_time()
+        deadline = now + self._frame_timeout
+        partial = getattr(conn, "partial_since", None)
+        if partial is not None:
+            deadline = min(deadline, partial + self._frame_timeout)
+        if incoming:
+            if last_frame is None:
+                deadline = min(deadline, started + self._handshake_timeout)
+            else:
+                box = self._outboxes.get(conn)
+                idle_at = max(last_frame, box.last_sent if box is not None else last_frame) + self._idle_timeout
+                if idle_at > now:  # else held by an endpoint: the frame-timeout tick looks again
+                    deadline = min(deadline, idle_at)
+        return deadline
+
+    async def _watch(self, conn: Connection, incoming: bool, started: float, seen: list[float | None]) -> None:
+        """``conn``'s timeouts, in a task of their own (the reader sets up no timer per
+        frame): sleep to the next deadline, drop the connection if one expired."""
+        while True:
+            await trio.sleep_until(self._deadline(conn, incoming, started, seen[0]))
+            reason = self._timed_out(conn, incoming, started, seen[0])
+            if reason is not None:
+                self._drop(conn, reason)
+                return
+
+    async def _decode_frame(self, data: bytes) -> Envelope:
+        """Decode on the event loop what holds at most ``thread_decode_objects``
+        objects (a frame no longer than that cannot hold more); the rest in a thread."""
+        if len(data) <= self._thread_objects:
+            return self._decode(data)
+        try:
+            check_structure(data, max_objects=self._thread_objects, max_depth=self._max_depth)
+        except TooManyObjects:
+            return await trio.to_thread.run_sync(self._decode, data, limiter=self._decode_limiter)
+        except StructureError as exc:
+            raise EnvelopeError("malformed", f"refused by structure: {exc}") from None
+        return _decode_checked(data, self._max_objects)
+
+    async def _read(self, conn: Connection, seen: list[float | None]) -> None:
+        """Receive, decode and deliver ``conn``'s frames until it ends or must close."""
+        while True:
+            try:
+                data = await conn.receive()
+            except BrokenError as exc:
+                self._broken += 1
+                log.warning("bus: connection %s broke: %s", conn.peer, exc)
+                break
+            except ClosedError:
+                break
+            if data is None:
+                break
+            seen[0] = trio.current_time()
+            self._frames_received += 1
+            self._bytes_received += len(data)
+            try:
+                env = await self._decode_frame(data)
+            except EnvelopeError as exc:
+                self._rejected[exc.reason] += 1
+                log.warning("bus: closing %s after an undecodable envelope: %s", conn.peer, exc)
+                break
+            ep = self._endpoints.get(env.recipient)
+            if ep is None:
+                self._rejected["misaddressed"] += 1
+                log.warning(
+                    "bus: envelope from %r via %s for %r, who is not hosted here",
+                    env.sender,
+                    conn.peer,
+                    env.recipient,
+                )
+                continue
+            try:
+                await ep.deliver(env, len(data), conn)
+            except Exception:  # a bug must not take the node down
+                log.error("bus: failure handling an envelope from %s", conn.peer, exc_info=True)
+                break
 
     async def _serve_connection(self, conn: Connection, link: _Link | None) -> None:
+        incoming = link is None
+        started = trio.current_time()
+        scope = self._scopes.get(conn) or trio.CancelScope()
+        seen: list[float | None] = [None]  # when the last frame arrived (for the watchdog)
         try:
-            while True:
-                try:
-                    data = await conn.receive()
-                except BrokenError as exc:
-                    self._broken += 1
-                    log.warning("bus: connection %s broke: %s", conn.peer, exc)
-                    break
-                except ClosedError:
-                    break
-                if data is None:
-                    break
-                self._frames_received += 1
-                self._bytes_received += len(data)
-                try:
-                    env = decode_envelope(data)
-                except EnvelopeError as exc:
-                    self._rejected[exc.reason] += 1
-                    log.warning("bus: closing %s after an undecodable envelope: %s", conn.peer, exc)
-                    break
-                ep = self._endpoints.get(env.recipient)
-                if ep is None:
-                    self._rejected["misaddressed"] += 1
-                    log.warning(
-                        "bus: envelope from %r via %s for %r, who is not hosted here",
-                        env.sender,
-                        conn.peer,
-                        env.recipient,
-                    )
-                    continue
-                try:
-                    await ep.deliver(env, len(data), conn)
-                except Exception:  # a bug must not take the node down
-                    log.error("bus: failure handling an envelope from %s", conn.peer, exc_info=True)
-                    break
+            with scope:
+                async with trio.open_nursery() as watchdog:
+                    watchdog.start_soon(self._watch, conn, incoming, started, seen)
+                    await self._read(conn, seen)
+                    watchdog.cancel_scope.cancel()
         finally:
             self._live.discard(conn)
             self._incoming.discard(conn)
+            self._scopes.pop(conn, None)
+            box = self._outboxes.pop(conn, None)
+            if box is not None:
+                box.close("connection closed")
             if link is not None and link.conn is conn:
                 link.conn = None
             for agent in [a for a, c in self._paths.items() if c is conn]:
@@ -349,7 +612,11 @@ async def open_node(**options: Any) -> AsyncIterator[Node]:
 
     ``options`` are the node's (see :class:`Node`): ``routes``,
     ``transports``, ``max_frame_size``, ``max_connections``,
-    ``connect_attempts``, ``backoff_base``, ``backoff_cap``, ``clock``.
+    ``max_connections_per_source``, ``send_queue_frames``,
+    ``send_queue_bytes``, ``write_timeout``, ``handshake_timeout``,
+    ``idle_timeout``, ``frame_timeout``, ``max_objects``, ``max_depth``,
+    ``thread_decode_objects``, ``connect_attempts``, ``backoff_base``,
+    ``backoff_cap``, ``clock``.
     Leaving the block closes every endpoint, listener and connection.
     """
     async with trio.open_nursery() as nursery:

@@ -76,9 +76,16 @@ class Connection(Protocol):
     ``None`` at a clean end of stream; both raise :class:`ClosedError` after
     :meth:`aclose` and :class:`BrokenError` when the connection broke
     (including a stream that ended mid-frame or an oversized frame).
+    ``receive`` may be cancelled and called again without losing bytes.
+    ``source`` names the remote end for per-source limits (the remote IP for
+    TCP); ``partial_since`` is the trio time at which the frame being received
+    began to arrive, None between frames (always None where payloads arrive
+    whole).
     """
 
     peer: str
+    source: str
+    partial_since: float | None
 
     async def send(self, payload: bytes) -> None: ...
 
@@ -111,9 +118,11 @@ class Transport(Protocol):
 class _StreamConnection:
     """A Connection over a trio byte stream (TCP or TLS)."""
 
-    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame_size: int):
+    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame_size: int, source: str = ""):
         self._stream = stream
         self.peer = peer
+        self.source = source or peer
+        self.partial_since: float | None = None
         self._max = max_frame_size
         self._decoder = FrameDecoder(max_frame_size)
         self._frames: deque[bytes] = deque()
@@ -158,9 +167,15 @@ class _StreamConnection:
                 self._eof = True
                 continue
             try:
-                self._frames.extend(self._decoder.feed(data))
+                frames = self._decoder.feed(data)
             except FrameError as exc:
                 self._broken = str(exc)
+                continue
+            self._frames.extend(frames)
+            if not self._decoder.buffered:
+                self.partial_since = None
+            elif frames or self.partial_since is None:
+                self.partial_since = trio.current_time()
         return self._frames.popleft()
 
     async def aclose(self) -> None:
@@ -180,6 +195,7 @@ class TcpTransport:
     certificate into it for mutual TLS); ``server_ssl``: context for
     listeners (set ``verify_mode = CERT_REQUIRED`` for mutual TLS).
     ``server_hostname`` overrides the name checked in the server certificate.
+    ``local_address`` binds outgoing connections to that local IP.
     """
 
     scheme = "tcp"
@@ -192,8 +208,10 @@ class TcpTransport:
         server_ssl: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         connect_timeout: float = 10.0,
+        local_address: str | None = None,
     ):
         self._max = max_frame_size
+        self._local_address = local_address
         self._client_ssl = client_ssl
         self._server_ssl = server_ssl
         self._server_hostname = server_hostname
@@ -202,7 +220,9 @@ class TcpTransport:
     async def connect(self, address: Address) -> Connection:
         try:
             with trio.fail_after(self._connect_timeout):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
+                stream: trio.abc.Stream = await trio.open_tcp_stream(
+                    address.host, address.port, local_address=self._local_address
+                )
                 if self._client_ssl is not None:
                     ssl_stream = trio.SSLStream(
                         stream,
@@ -230,11 +250,11 @@ class TcpTransport:
                 peer_host, peer_port = stream.socket.getpeername()[:2]
                 peer = str(Address("tcp", peer_host, peer_port))
             except OSError:
-                peer = "tcp://?"
+                peer_host, peer = "?", "tcp://?"
             s: trio.abc.Stream = stream
             if self._server_ssl is not None:
                 s = trio.SSLStream(stream, self._server_ssl, server_side=True)
-            await handler(_StreamConnection(s, peer, self._max))
+            await handler(_StreamConnection(s, peer, self._max, source=str(peer_host)))
 
         async def serve_all(task_status=trio.TASK_STATUS_IGNORED):
             with trio.CancelScope() as scope:
@@ -260,6 +280,8 @@ class _MemoryConnection:
         self._send = send
         self._receive = receive
         self.peer = peer
+        self.source = peer
+        self.partial_since: float | None = None
         self._max = max_frame_size
         self._closed = False
 

@@ -1,0 +1,353 @@
+"""No client can stall others: hostile clients against a node while a legitimate
+client keeps doing request/reply round trips that must keep completing.
+
+Each attack runs on real loopback TCP (the transport is what the attacker
+abuses), started before the legitimate client's rounds and kept up during
+them; every round has a generous liveness bound (a frozen node fails it), not a
+latency assertion. The timeout logic itself is also tested on the in-memory
+transport with trio's autojump clock.
+"""
+
+import resource
+import time
+
+import pytest
+import trio
+import trio.testing
+
+from bus import (
+    BrokenError,
+    DEFAULT_MAX_FRAME_SIZE,
+    Envelope,
+    FrameDecoder,
+    MemoryTransport,
+    MessageType,
+    TcpTransport,
+    decode_envelope,
+    encode_frame,
+    open_node,
+    parse_address,
+)
+from bus.testing import Keyring, eventually
+
+ROUNDS = 30
+BIG = 64 * 1024
+
+
+def signed(ring, sender, kind="ping", body=1, recipient="bob", mtype=MessageType.REQUEST, key_of=None):
+    return Envelope.create(
+        type=mtype, kind=kind, sender=sender, recipient=recipient, body=body,
+        timestamp=int(time.time() * 1000), signer=ring.signer(key_of or sender),
+    ).encode()
+
+
+class Scene:
+    """A server node with ``bob`` (``ping`` echoes, ``big`` answers 64 KiB) and a
+    legitimate client ``alice`` on her own node, connecting from 127.0.0.2."""
+
+    def __init__(self, ring, server, alice, address, calls):
+        self.ring, self.server, self.alice, self.address, self.calls = ring, server, alice, address, calls
+
+    @property
+    def host_port(self):
+        a = parse_address(self.address)
+        return a.host, a.port
+
+    async def keep_working(self, rounds=ROUNDS):
+        for i in range(rounds):
+            assert await self.alice.request("bob", "ping", i, timeout=15) == i
+
+
+async def run_scene(test, **server_options):
+    ring = Keyring()
+    for who in ("mallory", "mallory1", "mallory2"):
+        ring.add(who)
+    calls = []
+
+    async def ping(msg):
+        calls.append(msg.sender)
+        return msg.body
+
+    async def big(msg):
+        calls.append(msg.sender)
+        return b"\xab" * BIG
+
+    client_tcp = TcpTransport(local_address="127.0.0.2")
+    with trio.fail_after(120):
+        async with open_node(**server_options) as server, \
+                open_node(transports={"tcp": client_tcp}) as client:
+            address = await server.listen("tcp://127.0.0.1:0")
+            bob = server.endpoint("bob", **ring.credentials("bob"))
+            bob.register("ping", ping)
+            bob.register("big", big)
+            client.add_route("bob", address)
+            alice = client.endpoint("alice", **ring.credentials("alice"))
+            scene = Scene(ring, server, alice, address, calls)
+            assert await alice.request("bob", "ping", "hello", timeout=15) == "hello"
+            await test(scene)
+
+
+async def while_attacked(scene, attack, then=None):
+    """Start ``attack(scene, ready)``; once it calls ready.set(), the legitimate
+    client does its rounds, then ``await then()`` if given; then the attack is cancelled."""
+    async with trio.open_nursery() as nursery:
+        ready = trio.Event()
+        nursery.start_soon(attack, scene, ready)
+        await ready.wait()
+        await scene.keep_working()
+        if then is not None:
+            await then()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_never_reads_is_dropped_and_stalls_no_one():
+    sent = 0
+
+    async def attack(scene, ready):
+        nonlocal sent
+        senders = ("mallory", "mallory1", "mallory2")  # with their replies pending, enough to fill every slot
+        async with await trio.open_tcp_stream(*scene.host_port) as stream:
+            try:
+                while True:
+                    await stream.send_all(encode_frame(signed(scene.ring, senders[sent % 3], kind="big")))
+                    sent += 1
+                    if sent == 300:
+                        ready.set()
+                    await trio.sleep(0)
+            except (trio.BrokenResourceError, OSError):
+                ready.set()  # the node dropped us: now prove the others go on
+                await trio.sleep_forever()
+
+    async def test(scene):
+        await while_attacked(scene, attack)
+        await eventually(lambda: sum(scene.server.statistics().dropped_connections.values()) >= 1, timeout=30)
+        dropped = scene.server.statistics().dropped_connections
+        assert dropped.get("send-queue-full", 0) + dropped.get("write-timeout", 0) >= 1
+
+    await run_scene(test, write_timeout=2.0, send_queue_bytes=1 << 20)
+
+
+@pytest.mark.parametrize("shape", ["wide", "deep", "many-arrays"])
+async def test_a_16_mib_frame_of_tiny_arrays_is_refused_without_stalling(shape):
+    n = DEFAULT_MAX_FRAME_SIZE
+    payload = {
+        "wide": b"\xdd" + (n - 5).to_bytes(4, "big") + b"\x90" * (n - 5),
+        "deep": b"\x91" * (n - 1) + b"\xc0",
+        "many-arrays": b"\xdc\xff\xff" + (b"\xdc\x00\xff" + b"\xc0" * 255) * 0xFFFF,
+    }[shape][:n]
+    payload += b"\xc0" * (n - len(payload))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    async def attack(scene, ready):
+        for _ in range(3):
+            async with await trio.open_tcp_stream(*scene.host_port) as stream:
+                try:
+                    await stream.send_all(encode_frame(payload))
+                    await stream.receive_some(1)  # until the node closes it
+                except (trio.BrokenResourceError, OSError):
+                    pass
+            ready.set()
+        await trio.sleep_forever()
+
+    async def test(scene):
+        await while_attacked(scene, attack)
+        await eventually(lambda: scene.server.statistics().rejected.get("malformed", 0) >= 1, timeout=30)
+
+    await run_scene(test)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 300  # the frames themselves are 16 MiB each; the unbounded decode took 1.2 GB
+
+
+async def test_two_thousand_idle_connections_from_one_address_lock_no_one_out():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 8192)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    count = min(2000, (want - 200) // 2)
+    streams = []
+
+    async def attack(scene, ready):
+        for _ in range(count):
+            streams.append(await trio.open_tcp_stream(*scene.host_port))
+        ready.set()
+        await trio.sleep_forever()
+
+    async def test(scene):
+        try:
+            await while_attacked(scene, attack)
+            stats = scene.server.statistics()
+            assert stats.incoming_connections <= 64 + 1
+            assert stats.refused_connections >= count - 64
+            # a new client from another address still gets in (the global cap is not held)
+            async with open_node(transports={"tcp": TcpTransport(local_address="127.0.0.3")}) as other:
+                other.add_route("bob", scene.address)
+                carol = other.endpoint("carol", **scene.ring.credentials("carol"))
+                assert await carol.request("bob", "ping", "in", timeout=15) == "in"
+            # the admitted idle ones never sent a frame: the handshake timeout closes them
+            await eventually(lambda: scene.server.statistics().incoming_connections <= 2, timeout=30)
+            assert scene.server.statistics().dropped_connections["handshake-timeout"] >= 60
+            await scene.keep_working(5)
+        finally:
+            for s in streams:
+                await trio.aclose_forcefully(s)
+
+    await run_scene(test, handshake_timeout=2.0)
+
+
+async def test_a_half_sent_frame_held_open_is_closed():
+    async def attack(scene, ready):
+        async with await trio.open_tcp_stream(*scene.host_port) as stream:
+            await stream.send_all(encode_frame(signed(scene.ring, "mallory")))  # past the handshake
+            half = encode_frame(signed(scene.ring, "mallory", body="x" * 1000))
+            await stream.send_all(half[: len(half) // 2])
+            ready.set()
+            await trio.sleep_forever()
+
+    async def test(scene):
+        async def closed_then_others_go_on():
+            await eventually(lambda: scene.server.statistics().dropped_connections.get("frame-timeout", 0) >= 1,
+                             timeout=30)
+            await scene.keep_working(5)
+
+        await while_attacked(scene, attack, then=closed_then_others_go_on)
+
+    await run_scene(test, frame_timeout=1.0)
+
+
+async def test_a_forged_sender_is_refused_and_hijacks_nothing():
+    codes = []
+
+    async def attack(scene, ready):
+        async with await trio.open_tcp_stream(*scene.host_port) as stream:
+            decoder = FrameDecoder()
+            while True:
+                # claims to be alice, signed with mallory's key
+                await stream.send_all(encode_frame(signed(scene.ring, "alice", body="forged", key_of="mallory")))
+                frames = []
+                while not frames:
+                    frames = decoder.feed(await stream.receive_some(65536))
+                codes.append(decode_envelope(frames[0]).body["code"])
+                ready.set()
+                await trio.sleep(0.01)
+
+    async def test(scene):
+        await while_attacked(scene, attack)
+        assert codes and set(codes) == {"bad-signature"}
+        assert "forged" not in [c for c in scene.calls if c != "alice"]
+        assert scene.server.statistics().rejected.get("misaddressed", 0) == 0
+
+    await run_scene(test)
+
+
+async def test_bytes_after_a_failed_first_frame_are_never_read():
+    async def attack(scene, ready):
+        async with await trio.open_tcp_stream(*scene.host_port) as stream:
+            good = encode_frame(signed(scene.ring, "mallory"))
+            await stream.send_all(encode_frame(b"\xc1 not msgpack") + good * 5)
+            with trio.fail_after(15):
+                assert await stream.receive_some(65536) == b""  # closed, nothing answered
+            ready.set()
+            await trio.sleep_forever()
+
+    async def test(scene):
+        await while_attacked(scene, attack)
+        assert "mallory" not in scene.calls
+        assert scene.server.statistics().rejected["malformed"] == 1
+
+    await run_scene(test)
+
+
+async def test_bodies_of_many_objects_and_large_binaries_still_travel():
+    async def test(scene):
+        many = list(range(50_000))  # decoded in the worker thread
+        assert await scene.alice.request("bob", "ping", many, timeout=15) == many
+        blob = b"\x90" * (4 << 20)  # a few objects: decoded on the loop
+        assert await scene.alice.request("bob", "ping", blob, timeout=15) == blob
+        with pytest.raises(BrokenError):  # over the object limit: the receiver closes the connection
+            await scene.alice.request("bob", "ping", [0] * 300_000, timeout=15)
+        assert scene.server.statistics().rejected["malformed"] == 1
+        assert await scene.alice.request("bob", "ping", "again", timeout=15) == "again"
+
+    await run_scene(test)
+
+
+# ------------------------------------------------------------ timeout logic, autojump clock
+
+
+async def test_handshake_idle_and_held_connections(autojump_clock):
+    ring = Keyring()
+    mem = MemoryTransport()
+    async with open_node(transports={"mem": mem}, handshake_timeout=10, idle_timeout=100) as server, \
+            open_node(transports={"mem": mem}) as client:
+        await server.listen("mem://srv")
+        bob = server.endpoint("bob", **ring.credentials("bob"))
+        bob.register("ping", _echo)
+        client.add_route("bob", "mem://srv")
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+
+        silent = await mem.connect(parse_address("mem://srv"))  # never sends a frame
+        await trio.sleep(9)
+        assert server.statistics().incoming_connections == 1
+        await trio.sleep(2)
+        assert server.statistics().dropped_connections == {"handshake-timeout": 1}
+        assert await silent.receive() is None
+
+        assert await alice.request("bob", "ping", 1) == 1  # a connection that did its first frame
+        await trio.sleep(99)
+        assert server.statistics().incoming_connections == 1
+        await trio.sleep(102)  # then nothing either way for the idle timeout
+        assert server.statistics().dropped_connections["idle-timeout"] == 1
+        assert server.statistics().incoming_connections == 0
+        assert await alice.request("bob", "ping", 2) == 2  # (the client reconnects)
+
+        sub = await alice.subscribe("bob", "news")  # a connection an endpoint needs is kept
+        await trio.sleep(1000)
+        assert server.statistics().incoming_connections == 1
+        await bob.publish("news", "still here")
+        assert (await sub.receive()).body == "still here"
+
+
+async def _echo(msg):
+    return msg.body
+
+
+async def test_a_full_inbox_answers_remote_requests_busy_instead_of_blocking_the_reader(autojump_clock):
+    ring = Keyring()
+    mem = MemoryTransport()
+    release = trio.Event()
+
+    async def stuck(msg):
+        await release.wait()
+        return "late"
+
+    async with open_node(transports={"mem": mem}) as server, open_node(transports={"mem": mem}) as client:
+        await server.listen("mem://srv")
+        bob = server.endpoint("bob", inbox_size=2, max_concurrent=2, max_concurrent_per_sender=2,
+                              **ring.credentials("bob"))
+        bob.register("stuck", stuck)
+        bob.register("ping", _echo)
+        client.add_route("bob", "mem://srv")
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        dave = client.endpoint("dave", **ring.credentials("dave"))
+        carol = client.endpoint("carol", **ring.credentials("carol"))
+        results = []
+
+        async def ask(who, kind):
+            try:
+                results.append(await who.request("bob", kind, 0, timeout=50))
+            except Exception as exc:  # noqa: BLE001 - the test records what came back
+                results.append(getattr(exc, "code", type(exc).__name__))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(ask, alice, "stuck")  # both slots
+            await trio.sleep(1)
+            for _ in range(3):
+                nursery.start_soon(ask, dave, "stuck")  # one waits for a slot, two fill the inbox
+            await trio.sleep(1)
+            assert results == []
+            nursery.start_soon(ask, carol, "ping")
+            await trio.sleep(1)
+            assert results == ["busy"]  # answered at once, not left waiting behind a full inbox
+            release.set()
+        assert results.count("late") == 5
