@@ -577,6 +577,10 @@ class PeerClient:
         (healthy first); False when it cannot be (not registered, refused, every peer
         down: then submits wait on the peer, and another try comes after
         :data:`RESUBSCRIBE_S`)."""
+        sub = self._commit_sub
+        if sub is not None and self.health.state(sub.publisher) == "open":
+            # its publisher failed lately (stalled, unreachable): move to a healthy peer
+            await self._leave_commits(sub)
         if self._commit_sub is not None:
             return True
         if not self.registered or trio.current_time() < self._commit_retry_at:
@@ -631,6 +635,13 @@ class PeerClient:
                 self._commit_retry_at = trio.current_time() + RESUBSCRIBE_S
             self._commits_lost()
 
+    async def _leave_commits(self, sub: bus.Subscription) -> None:
+        """Stop using ``sub`` (the next submit subscribes again, healthy peers first)."""
+        if self._commit_sub is sub:
+            self._commit_sub = None
+        with contextlib.suppress(bus.BusError):
+            await sub.aclose()
+
     def _commits_lost(self) -> None:
         for waiter in self._commit_waiters.values():
             waiter.event.set()
@@ -671,6 +682,10 @@ class PeerClient:
         self.commit_stats["fallbacks"] += 1
         log.info("%s: no commit notice for %s within %.1f s: waiting on %s", self.subject, tx.type,
                  self.notice_wait, peer)
+        sub = self._commit_sub
+        if sub is not None:  # its publisher is slow or stalled: the next submit subscribes afresh
+            with contextlib.suppress(RuntimeError):  # closing
+                self.nursery.start_soon(self._leave_commits, sub)
         result = await wait_on_peer(peer, timeout)
         if isinstance(result, Answer) and isinstance(result.value, dict) and result.value.get("mark") in COPY_MARKS:
             if await self._committed_earlier(tx, peer):
