@@ -22,6 +22,15 @@ keys, the bus node (unless given one) and the agent's nursery. The client owns
 * peer selection (the configured peer, else the first of its organization;
   reads fail over to the other peers), submit-and-wait, queries (with
   read-your-writes across peers) and registration;
+* commit notices: once registered it subscribes to its own topic
+  ``commits/<subject>`` at one peer (healthy first). A submit hands the bytes
+  over (``wait`` false) and learns the commit, its height and its effect from
+  the notice (:class:`core.protocol.CommitNotice`); reads that must see a
+  write name its height (``PeerQuery.min_height``), so no loop polls for a
+  commit. When the notice does not come within :attr:`PeerClient.notice_wait`
+  (or the subscription lags or breaks) the same bytes go once more to the same
+  peer with ``wait`` (the fallback), and the next submit subscribes afresh.
+  ``commit_stats`` counts notices, fallbacks and polls;
 * peer health (:class:`agents.health.AgentHealth`, shared by the agents on one
   bus node): a peer that timed out or could not be reached is tried last for
   ``cooldown`` seconds (then probed by one request), for queries, submits,
