@@ -334,7 +334,7 @@ class DoctorAgent(UserAgent):
         grant = {"patient": patient, "label": label, "grant_id": grant_id, "request_id": request_id,
                  "threshold": int(g["threshold"]), "expires_at": int(g["expires_at"]),
                  "scope": g.get("scope") or "label", "record_id": g.get("record_id"),
-                 "epoch": int(g.get("epoch", 0))}
+                 "epoch": int(g.get("epoch", 0)), "height": height}
         self.grant_cache[_cache_key(patient, label)] = grant
         await self.client.save_state()
         return grant
@@ -374,7 +374,7 @@ class DoctorAgent(UserAgent):
         cancelled)."""
         need = grant["threshold"]
         body = PeerReencrypt(grant_id=grant["grant_id"], patient=patient, record_id=record_id,
-                             request_id=grant["request_id"]).to_wire()
+                             request_id=grant["request_id"], min_height=grant.get("height")).to_wire()
         cid = rec["cid"]
         healthy, suspects = self.health.split(self.manifest.peers, self.client.probe_peer)
         plan = ShareCollection(healthy, suspects, need, timeout=self.reencrypt_timeout,

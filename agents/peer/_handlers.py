@@ -273,13 +273,13 @@ class PeerHandlers:
             raise self._forbid_query(msg, what, f"a {what} is read by its patient and doctor only")
         return PeerQueryReply(entry)
 
-    async def _reach(self, msg: bus.Message, height: int) -> None:
+    async def _reach(self, msg: bus.Message, height: int, kind: str = PeerQuery.kind) -> None:
         """Wait (at most :data:`QUERY_WAIT_S`, under the waiting caps: ``busy`` beyond
         them) until this peer applied block ``height``; ``query.behind`` if it did not
         (the reader asks another peer: read-your-writes after a commit notice)."""
         if self.peer.classifier.node_class(msg.sender) is Sender.ENROLLING:
             raise self._forbid_query(msg, "min_height", "register before querying the ledger")
-        with self.waiting.slot(msg.sender, PeerQuery.kind), trio.move_on_after(QUERY_WAIT_S):
+        with self.waiting.slot(msg.sender, kind), trio.move_on_after(QUERY_WAIT_S):
             await self.peer.wait_for_height(height)
         if self.peer.height < height:
             raise bus.HandlerError(codes.QUERY_BEHIND, f"{self.peer.peer_id} is at height {self.peer.height}, "
@@ -441,6 +441,8 @@ class PeerHandlers:
         grant_id, patient, record_id, request_id = (request.grant_id, request.patient, request.record_id,
                                                     request.request_id)
         doctor = msg.sender
+        if request.min_height is not None and peer.height < request.min_height:
+            await self._reach(msg, request.min_height, PeerReencrypt.kind)
         try:
             grant, record = peer.ledger.check_reencryption(grant_id, doctor, patient, record_id, int(peer.clock()))
         except ValidationError as exc:

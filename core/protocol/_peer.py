@@ -250,10 +250,14 @@ class PeerDeliverShareReply(Message, kind="peer.deliver_share"):
 
 @dataclass(frozen=True, slots=True)
 class PeerReencrypt(Message, kind="peer.reencrypt"):
+    """``min_height`` (optional): the grant's block; a peer below it waits a bounded
+    time for it (``query.behind`` after), so a grant just committed is found."""
+
     grant_id: str = wire(Id())
     patient: str = wire(Id())
     record_id: str = wire(Id())
     request_id: str = wire(Id())
+    min_height: int | None = wire(Optional(_HEIGHT), default=None, omit_none=True)
 
 
 @dataclass(frozen=True, slots=True)
