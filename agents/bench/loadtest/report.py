@@ -133,6 +133,11 @@ def render_text(r: dict) -> str:
             out += ["  " + x for x in _table(["operation", "queries", "polls", "notices", "fallbacks"], rows)]
         for note in comm.get("notes", []):
             out.append(f"  - {note}")
+    cl = r.get("commits_under_load")
+    if cl:
+        out.append("")
+        out.append("commits in the measured window (every patient and doctor): "
+                   + ", ".join(f"{k} {v:,}" for k, v in sorted(cl.items())))
     cr = r.get("crypto")
     if cr:
         out.append("")

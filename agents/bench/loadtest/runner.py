@@ -262,6 +262,7 @@ async def run(opts: Options) -> dict:
             prog = Progress(rec, total, stream, tty=opts.tty, label="run")
             applied: list[dict] = []
             traffic0 = _traffic([u.endpoint for u in wl.users.patients + wl.users.doctors], set())
+            commits0 = _commit_stats(tuple(wl.users.patients + wl.users.doctors))
             c0, cpu0 = counter.snapshot(), time.process_time()
             run_clock = Clock()
             async with trio.open_nursery() as nursery:
@@ -274,6 +275,8 @@ async def run(opts: Options) -> dict:
             prog.finish()
             c1, cpu1 = counter.snapshot(), time.process_time()
             traffic = _diff(_traffic([u.endpoint for u in wl.users.patients + wl.users.doctors], set()), traffic0)
+            commits1 = _commit_stats(tuple(wl.users.patients + wl.users.doctors))
+            report["commits_under_load"] = {k: v - commits0.get(k, 0) for k, v in commits1.items()}
             # faults that left nodes down: bring them back before the read-back
             if target.swarm is not None and opts.faults:
                 for agent, proc in list(target.swarm.processes.items()):
