@@ -201,3 +201,36 @@ async def test_min_height_reads_wait_for_the_block_or_say_behind(tmp_path):
                 # a height it has: answered at once, from a state that includes it
                 now = await alice.client.query(PeerQuery("policy", patient="alice", min_height=head["height"]))
                 assert now is None  # no policy set yet
+
+
+async def test_a_flood_of_reads_ahead_of_the_ledger_waits_in_capped_slots(tmp_path):
+    """A hostile user asks for heights the ledger will not reach: 4 wait (its per-sender
+    cap), the rest are ``busy`` at once, each waiter ends ``query.behind``; others are served."""
+    with trio.fail_after(120):
+        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
+            users = Users(swarm, tmp_path)
+            async with contextlib.AsyncExitStack() as stack:
+                alice = await users.open(stack, PatientAgent, PATIENT)
+                mallory = await users.open(stack, PatientAgent, MALLORY)
+                peer = swarm.manifest.peers[0]
+                answers: list[str | None] = []
+
+                async def ahead(i: int) -> None:
+                    body = PeerQuery("policy", patient="mallory", min_height=10**9 + i).to_wire()
+                    try:
+                        await mallory.endpoint.request(peer, PeerQuery.kind, body, timeout=30)
+                        answers.append(None)
+                    except bus.RemoteError as exc:
+                        answers.append(exc.code)
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(40):
+                        nursery.start_soon(ahead, i)
+                    with trio.move_on_after(1.5):
+                        while len(answers) < 36:
+                            await trio.sleep(0.01)
+                    assert answers.count(codes.BUSY) == 36, Counter(answers)
+                    # the legitimate patient is served meanwhile
+                    rid = await alice.store(b"still served", label="cardiology", media_type="text/plain")
+                    assert [r["record_id"] for r in await alice.records()] == [rid]
+                assert Counter(answers) == {codes.BUSY: 36, codes.QUERY_BEHIND: 4}
