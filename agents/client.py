@@ -104,7 +104,8 @@ KEY_FILE = "keys.bin"
 _LOOKUP_INTERVAL = 2.0  # seconds between background certificate look-ups of one unknown id
 _MAX_LOOKUPS = 16  # background look-ups in flight
 _STORAGE_RETRIES = 7
-_HEAD_TIMEOUT = 2.0  # a peer that cannot say its height within this is not waited for
+_HEAD_TIMEOUT = 2.0  # a peer that cannot say its height within this (plus its own wait) is not waited for
+_PEER_WAIT = 2.0  # how long a peer waits for a query's min_height (agents.peer QUERY_WAIT_S)
 SUSPECT_TIMEOUT = 2.0  # request timeout for a peer that failed lately (asked only as a last resort)
 RESUBSCRIBE_S = 5.0  # after a failed or broken commit subscription, submits wait on the peer this long
 COMMIT_BUFFER = 64  # commit notices buffered for the reader task
@@ -199,7 +200,7 @@ class PeerClient:
         """``notices``: commits learned from a notice; ``fallbacks``: submits whose notice
         did not come in time (the same bytes re-sent, waiting on the peer); ``polls``:
         queries repeated because a commit was not visible yet (:meth:`query_committed`,
-        :meth:`wait_for_peers`)."""
+        :meth:`wait_for_peers`), also by ``what`` (``"polls record"``, ...)."""
 
     async def aclose(self) -> None:
         if self._commit_sub is not None:
@@ -454,7 +455,7 @@ class PeerClient:
         first = True
         while True:
             if not first:
-                self.commit_stats["polls"] += 1
+                self._count_poll(query.what)
             entry = await self.query(query) if first else await self._query_any(query, deadline)
             if entry is not None or trio.current_time() >= deadline:
                 return entry
@@ -462,6 +463,12 @@ class PeerClient:
                 await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
                 delay = min(delay * 2, 0.25)
             first = False
+
+    def _count_poll(self, what: str) -> None:
+        """Count a query repeated because a commit was not visible yet (``polls`` and ``polls <what>``)."""
+        self.commit_stats["polls"] += 1
+        key = f"polls {what}"
+        self.commit_stats[key] = self.commit_stats.get(key, 0) + 1
 
     async def _query_any(self, query: PeerQuery, deadline: float) -> Any:
         """Ask every usable peer in parallel; the first non-None answer (else None)."""
@@ -495,26 +502,34 @@ class PeerClient:
 
     async def wait_for_peers(self, height: int, *, timeout: float = 5.0) -> list[str]:
         """Wait (at most ``timeout`` s) until every reachable peer has applied block
-        ``height``; return the peers that did. Peers that failed lately, or that do
-        not answer a height query within a couple of seconds (stalled), are not
+        ``height``; return the peers that did. Each peer is asked once for its head
+        with ``min_height`` (it answers when it has the block). Peers that failed
+        lately, or that do not answer within a few seconds (stalled), are not
         waited for."""
         done: list[str] = []
         use, _ = self.health.split(self.manifest.peers, self.probe_peer)
 
         async def follow(peer: str) -> None:
-            delay = 0.02
+            # one request per peer: it answers once it applied the block (it waits up to
+            # QUERY_WAIT_S for it; asked again after query.behind, which counts as a poll)
+            first = True
             while True:
-                self.commit_stats["polls"] += 1
+                if not first:
+                    self._count_poll("head")
+                first = False
                 try:
-                    head = await self.peer_request(peer, PeerQuery.kind, PeerQuery("head").to_wire(),
-                                                   timeout=min(timeout, _HEAD_TIMEOUT))
+                    head = await self.peer_request(peer, PeerQuery.kind,
+                                                   PeerQuery("head", min_height=height).to_wire(),
+                                                   timeout=min(timeout, _HEAD_TIMEOUT + _PEER_WAIT))
+                except bus.RemoteError as exc:
+                    if exc.code == codes.QUERY_BEHIND:
+                        continue
+                    return
                 except bus.BusError:
                     return
                 if isinstance(head, dict) and isinstance(head.get("height"), int) and head["height"] >= height:
                     done.append(peer)
-                    return
-                await trio.sleep(delay)
-                delay = min(2 * delay, 0.25)
+                return
 
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
