@@ -86,11 +86,17 @@ class Classifier:
         return Sender.ENROLLING if sender.startswith(ENROLL_PREFIX) else None
 
     def subscriber_admitter(self, refusals: Refusals | None = None) -> Callable[[str, str], bool]:
-        """``admit(sender, topic)`` for :class:`bus.Endpoint`: a declared topic, and a consortium
-        node of a class the topic's ``subscribers`` admits (users never subscribe)."""
+        """``admit(sender, topic)`` for :class:`bus.Endpoint`: a declared topic, and a sender
+        of a class the topic's ``subscribers`` admits; a user only to its own
+        ``commits/<subject>`` (core.protocol.admits_subscriber). Users are classified by
+        the synchronous ``role`` look-up (a coroutine look-up admits no user)."""
 
         def admit(sender: str, topic: str) -> bool:
-            ok = admits_subscriber(topic, self.node_class(sender))
+            cls = self.node_class(sender)
+            if cls is None and self._role is not None:
+                role = self._role(sender)
+                cls = role_class(role) if isinstance(role, str) else None
+            ok = admits_subscriber(topic, cls, sender)
             if not ok and refusals is not None:
                 refusals.refuse(sender, f"bus.subscribe {topic[:64]}", codes.FORBIDDEN, "may not subscribe")
             return ok

@@ -22,6 +22,15 @@ keys, the bus node (unless given one) and the agent's nursery. The client owns
 * peer selection (the configured peer, else the first of its organization;
   reads fail over to the other peers), submit-and-wait, queries (with
   read-your-writes across peers) and registration;
+* commit notices: once registered it subscribes to its own topic
+  ``commits/<subject>`` at one peer (healthy first). A submit hands the bytes
+  over (``wait`` false) and learns the commit, its height and its effect from
+  the notice (:class:`core.protocol.CommitNotice`); reads that must see a
+  write name its height (``PeerQuery.min_height``), so no loop polls for a
+  commit. When the notice does not come within :attr:`PeerClient.notice_wait`
+  (or the subscription lags or breaks) the same bytes go once more to the same
+  peer with ``wait`` (the fallback), and the next submit subscribes afresh.
+  ``commit_stats`` counts notices, fallbacks and polls;
 * peer health (:class:`agents.health.AgentHealth`, shared by the agents on one
   bus node): a peer that timed out or could not be reached is tried last for
   ``cooldown`` seconds (then probed by one request), for queries, submits,
@@ -43,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +67,10 @@ from core.errors import CoreError, DecodeError
 from core.identity import Certificate, ConsortiumConfig
 from core.ledger import effect_key, parse_genesis, shows_effect
 from core.state import CertEntry, entry_query
-from core.protocol import PeerEnroll, PeerEnrollReply, PeerQuery, PeerQueryReply, PeerSubmit, PeerSubmitReply
+from core.protocol import (
+    CommitNotice, PeerEnroll, PeerEnrollReply, PeerQuery, PeerQueryReply, PeerSubmit, PeerSubmitReply, codes,
+    commits_topic,
+)
 from core.tx import Transaction
 
 from agents.driver import result_of, run_plan
@@ -77,7 +90,7 @@ from agents.errors import (
 )
 from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory, Manifest, enroll_id
 from agents.keys import AgentKeys, KeyStore, atomic_write
-from agents.plans import Answer, Confirm, Done, SubmitFailover
+from agents.plans import COPY_MARKS, Answer, Confirm, Done, SubmitFailover
 from agents.runtime import make_endpoint, run_crypto
 from agents.storage import StorageClient
 
@@ -91,8 +104,11 @@ KEY_FILE = "keys.bin"
 _LOOKUP_INTERVAL = 2.0  # seconds between background certificate look-ups of one unknown id
 _MAX_LOOKUPS = 16  # background look-ups in flight
 _STORAGE_RETRIES = 7
-_HEAD_TIMEOUT = 2.0  # a peer that cannot say its height within this is not waited for
+_HEAD_TIMEOUT = 2.0  # a peer that cannot say its height within this (plus its own wait) is not waited for
+_PEER_WAIT = 2.0  # how long a peer waits for a query's min_height (agents.peer QUERY_WAIT_S)
 SUSPECT_TIMEOUT = 2.0  # request timeout for a peer that failed lately (asked only as a last resort)
+RESUBSCRIBE_S = 5.0  # after a failed or broken commit subscription, submits wait on the peer this long
+COMMIT_BUFFER = 64  # commit notices buffered for the reader task
 A = TypeVar("A")
 
 
@@ -175,8 +191,21 @@ class PeerClient:
         self.address: str | None = None
         self.endpoint: bus.Endpoint = make_endpoint(node, self.subject, keys.ecdsa_private, self._lookup_key)
         self.health: AgentHealth = AgentHealth.for_node(node)
+        # commit notices (topic commits/<subject> at one peer; see "Commit notices" below)
+        self._commit_sub: bus.Subscription | None = None
+        self._commit_waiters: dict[bytes, _CommitWaiter] = {}
+        self._commit_retry_at = -math.inf
+        self._commit_lock = trio.Lock()
+        self.commit_stats: dict[str, int] = {"notices": 0, "fallbacks": 0, "polls": 0}
+        """``notices``: commits learned from a notice; ``fallbacks``: submits whose notice
+        did not come in time (the same bytes re-sent, waiting on the peer); ``polls``:
+        queries repeated because a commit was not visible yet (:meth:`query_committed`,
+        :meth:`wait_for_peers`), also by ``what`` (``"polls record"``, ...)."""
 
     async def aclose(self) -> None:
+        if self._commit_sub is not None:
+            with contextlib.suppress(bus.BusError):
+                await self._commit_sub.aclose()
         await self.endpoint.aclose()
 
     # ------------------------------------------------------------ state
@@ -389,11 +418,31 @@ class PeerClient:
         return exc
 
     async def query(self, query: PeerQuery) -> Any:
-        """``peer.query`` (see docs/protocol.md), failing over between peers: the entry (or nil)."""
-        try:
-            return _query_value(await self.call_peer(PeerQuery.kind, query.to_wire()))
-        except bus.RemoteError as exc:
-            raise remote_error(exc, f"query {query.what}") from None
+        """``peer.query`` (see docs/protocol.md), failing over between peers: the entry (or nil).
+
+        With ``query.min_height`` (the height of a commit notice) the answer comes from
+        a peer that has applied that block: a peer below it waits for it a bounded
+        time (``QUERY_WAIT_S`` at the peer), then answers ``query.behind`` and the next
+        peer is asked, healthy ones first (read-your-writes without polling)."""
+        if query.min_height is None:
+            try:
+                return _query_value(await self.call_peer(PeerQuery.kind, query.to_wire()))
+            except bus.RemoteError as exc:
+                raise remote_error(exc, f"query {query.what}") from None
+        behind: bus.RemoteError | None = None
+        for peer in self.peers_by_health():
+            try:
+                return _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire()))
+            except bus.RemoteError as exc:
+                if exc.code != codes.QUERY_BEHIND:
+                    raise remote_error(exc, f"query {query.what}") from None
+                behind = exc
+            except bus.DeliveryError:
+                continue
+        if behind is not None:
+            raise Unavailable(f"query {query.what}: no peer reached height {query.min_height} in time "
+                              f"({behind.message}); try again")
+        raise Unavailable(f"query {query.what}: no peer answered")
 
     async def query_committed(self, query: PeerQuery, *, wait: float = 2.0) -> Any:
         """Like :meth:`query`, for an entry another agent just committed through another
@@ -405,6 +454,8 @@ class PeerClient:
         deadline = trio.current_time() + wait
         first = True
         while True:
+            if not first:
+                self._count_poll(query.what)
             entry = await self.query(query) if first else await self._query_any(query, deadline)
             if entry is not None or trio.current_time() >= deadline:
                 return entry
@@ -412,6 +463,12 @@ class PeerClient:
                 await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
                 delay = min(delay * 2, 0.25)
             first = False
+
+    def _count_poll(self, what: str) -> None:
+        """Count a query repeated because a commit was not visible yet (``polls`` and ``polls <what>``)."""
+        self.commit_stats["polls"] += 1
+        key = f"polls {what}"
+        self.commit_stats[key] = self.commit_stats.get(key, 0) + 1
 
     async def _query_any(self, query: PeerQuery, deadline: float) -> Any:
         """Ask every usable peer in parallel; the first non-None answer (else None)."""
@@ -445,25 +502,34 @@ class PeerClient:
 
     async def wait_for_peers(self, height: int, *, timeout: float = 5.0) -> list[str]:
         """Wait (at most ``timeout`` s) until every reachable peer has applied block
-        ``height``; return the peers that did. Peers that failed lately, or that do
-        not answer a height query within a couple of seconds (stalled), are not
+        ``height``; return the peers that did. Each peer is asked once for its head
+        with ``min_height`` (it answers when it has the block). Peers that failed
+        lately, or that do not answer within a few seconds (stalled), are not
         waited for."""
         done: list[str] = []
         use, _ = self.health.split(self.manifest.peers, self.probe_peer)
 
         async def follow(peer: str) -> None:
-            delay = 0.02
+            # one request per peer: it answers once it applied the block (it waits up to
+            # QUERY_WAIT_S for it; asked again after query.behind, which counts as a poll)
+            first = True
             while True:
+                if not first:
+                    self._count_poll("head")
+                first = False
                 try:
-                    head = await self.peer_request(peer, PeerQuery.kind, PeerQuery("head").to_wire(),
-                                                   timeout=min(timeout, _HEAD_TIMEOUT))
+                    head = await self.peer_request(peer, PeerQuery.kind,
+                                                   PeerQuery("head", min_height=height).to_wire(),
+                                                   timeout=min(timeout, _HEAD_TIMEOUT + _PEER_WAIT))
+                except bus.RemoteError as exc:
+                    if exc.code == codes.QUERY_BEHIND:
+                        continue
+                    return
                 except bus.BusError:
                     return
                 if isinstance(head, dict) and isinstance(head.get("height"), int) and head["height"] >= height:
                     done.append(peer)
-                    return
-                await trio.sleep(delay)
-                delay = min(2 * delay, 0.25)
+                return
 
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
@@ -485,13 +551,11 @@ class PeerClient:
         """
         tx = Transaction.create(tx_type, self.subject, body, self.keys.ecdsa_private, _now_ms())
         raw = tx.to_bytes()
+        notified = await self._commit_notices()
 
-        async def perform(action: Any) -> Any:
-            if isinstance(action, Confirm):
-                return Answer(await self._committed_earlier(tx, action.peer))
-            result = await result_of(self.peer_request(action.peer, PeerSubmit.kind,
-                                                       PeerSubmit((raw,), wait=True).to_wire(),
-                                                       timeout=action.timeout))
+        async def wait_on_peer(peer: str, timeout: float) -> Any:
+            result = await result_of(self.peer_request(peer, PeerSubmit.kind, PeerSubmit((raw,), wait=True).to_wire(),
+                                                       timeout=timeout))
             if isinstance(result, Answer):
                 try:  # the plan reads the one result's map ({tx_id, height, mark})
                     return Answer(PeerSubmitReply.from_wire(result.value).results[0].to_wire())
@@ -499,8 +563,22 @@ class PeerClient:
                     return Answer({"malformed": str(exc)})  # no mark: the plan gives up as malformed
             return result
 
+        async def perform(action: Any) -> Any:
+            if isinstance(action, Confirm):
+                return Answer(await self._committed_earlier(tx, action.peer))
+            if waiter is None or (self._commit_sub is None and waiter.notice is None):
+                return await wait_on_peer(action.peer, action.timeout)
+            return await self._submit_notified(tx, raw, action.peer, action.timeout, waiter, wait_on_peer)
+
         plan = SubmitFailover(self.peers_by_health(), timeout=self.config.request_timeout)
-        outcome = await run_plan(plan, perform)
+        waiter = _CommitWaiter() if notified else None
+        if waiter is not None:
+            self._commit_waiters[tx.tx_id] = waiter
+        try:
+            outcome = await run_plan(plan, perform)
+        finally:
+            if waiter is not None and self._commit_waiters.get(tx.tx_id) is waiter:
+                del self._commit_waiters[tx.tx_id]
         if isinstance(outcome, Done):
             if outcome.value.get("resubmitted"):
                 log.info("%s: %s committed through an unresponsive peer; the re-sent copy was marked %s",
@@ -515,6 +593,128 @@ class PeerClient:
                                       reason=str(outcome.detail))
         detail = "; ".join(f"{p}: {e}" for p, e in outcome.errors.items())
         raise Unavailable(f"{tx_type} transaction: no peer committed it in time ({detail})")
+
+    # ------------------------------------------------------------ commit notices
+
+    async def _commit_notices(self) -> bool:
+        """Make sure this user is subscribed to its own ``commits/<subject>`` at a peer
+        (healthy first); False when it cannot be (not registered, refused, every peer
+        down: then submits wait on the peer, and another try comes after
+        :data:`RESUBSCRIBE_S`)."""
+        sub = self._commit_sub
+        if sub is not None and self.health.state(sub.publisher) == "open":
+            # its publisher failed lately (stalled, unreachable): move to a healthy peer
+            await self._leave_commits(sub)
+        if self._commit_sub is not None:
+            return True
+        if not self.registered or trio.current_time() < self._commit_retry_at:
+            return False
+        async with self._commit_lock:
+            if self._commit_sub is not None:
+                return True
+            for peer in self.peers_by_health():
+                try:
+                    sub = await self.endpoint.subscribe(peer, commits_topic(self.subject), buffer=COMMIT_BUFFER,
+                                                        timeout=min(SUSPECT_TIMEOUT, self.config.request_timeout))
+                except bus.BusError as exc:
+                    log.info("%s: no commit notices from %s: %s", self.subject, peer, exc)
+                    continue
+                self._commit_sub = sub
+                try:
+                    self.nursery.start_soon(self._read_commits, sub)
+                except RuntimeError:  # closing
+                    self._commit_sub = None
+                    return False
+                return True
+            self._commit_retry_at = trio.current_time() + RESUBSCRIBE_S
+            return False
+
+    async def _read_commits(self, sub: bus.Subscription) -> None:
+        """The reader of the commit subscription: wake the submit waiting for each notice;
+        on a gap (we lagged) or a break (the peer dropped us, crashed, closed) wake every
+        waiter without a notice, so it falls back at once instead of at its bound."""
+        try:
+            while True:
+                try:
+                    event = await sub.receive()
+                except bus.SubscriptionLagged:
+                    self._commits_lost()
+                    continue
+                try:
+                    notice = CommitNotice.from_wire(event.body)
+                except DecodeError as exc:
+                    log.warning("%s: malformed commit notice from %s: %s", self.subject, sub.publisher, exc)
+                    continue
+                waiter = self._commit_waiters.get(notice.tx_id)
+                if waiter is not None and waiter.notice is None:
+                    waiter.notice = notice
+                    waiter.event.set()
+                    for scope in waiter.scopes:
+                        scope.cancel()
+        except (bus.BrokenError, bus.ClosedError) as exc:
+            log.info("%s: commit notices from %s stopped: %s", self.subject, sub.publisher, exc)
+        finally:
+            if self._commit_sub is sub:
+                self._commit_sub = None
+                self._commit_retry_at = trio.current_time() + RESUBSCRIBE_S
+            self._commits_lost()
+
+    async def _leave_commits(self, sub: bus.Subscription) -> None:
+        """Stop using ``sub`` (the next submit subscribes again, healthy peers first)."""
+        if self._commit_sub is sub:
+            self._commit_sub = None
+        with contextlib.suppress(bus.BusError):
+            await sub.aclose()
+
+    def _commits_lost(self) -> None:
+        for waiter in self._commit_waiters.values():
+            waiter.event.set()
+
+    @property
+    def notice_wait(self) -> float:
+        """How long a submit waits for its commit notice before the fallback: the
+        commit wait (between 2 and 5 s)."""
+        return self.commit_wait
+
+    async def _submit_notified(self, tx: Transaction, raw: bytes, peer: str, timeout: float,
+                               waiter: _CommitWaiter, wait_on_peer: Callable[[str, float], Any]) -> Any:
+        """One submit with a commit notice: hand the bytes to ``peer`` (``wait`` false: the
+        peer returns once the orderer took them), then wait for the notice (registered
+        for the whole submit, so a notice of a copy sent through a peer that then did not
+        answer counts too, and ends that request). The fallback when it does not come
+        within :attr:`notice_wait` (or the subscription broke): the same bytes once more
+        to the same peer, waiting there for the commit (a copy of a transaction that
+        committed meanwhile is marked ``replayed_nonce`` or ``duplicate_in_block`` and
+        confirmed by reading its effect)."""
+        start = trio.current_time()
+        if waiter.notice is None:
+            result: Any = None
+            with trio.CancelScope() as scope:
+                waiter.scopes.append(scope)  # the reader cancels the request when the notice comes
+                result = await result_of(self.peer_request(peer, PeerSubmit.kind, PeerSubmit((raw,)).to_wire(),
+                                                           timeout=timeout))
+            waiter.scopes.remove(scope)
+            if waiter.notice is None and not isinstance(result, Answer):
+                return result
+            with trio.move_on_after(max(0.0, min(timeout, self.notice_wait) - (trio.current_time() - start))):
+                await waiter.event.wait()
+        notice = waiter.notice
+        if notice is not None:
+            self.commit_stats["notices"] += 1
+            return Answer({"tx_id": notice.tx_id, "height": notice.height, "mark": notice.mark,
+                           "effect": dict(notice.effect)})
+        self.commit_stats["fallbacks"] += 1
+        log.info("%s: no commit notice for %s within %.1f s: waiting on %s", self.subject, tx.type,
+                 self.notice_wait, peer)
+        sub = self._commit_sub
+        if sub is not None:  # its publisher is slow or stalled: the next submit subscribes afresh
+            with contextlib.suppress(RuntimeError):  # closing
+                self.nursery.start_soon(self._leave_commits, sub)
+        result = await wait_on_peer(peer, timeout)
+        if isinstance(result, Answer) and isinstance(result.value, dict) and result.value.get("mark") in COPY_MARKS:
+            if await self._committed_earlier(tx, peer):
+                return Answer({**result.value, "mark": "ok", "resubmitted": True})
+        return result
 
     async def _committed_earlier(self, tx: Transaction, peer: str | None) -> bool:
         """Whether the ledger shows ``tx``'s effect (:func:`core.ledger.effect_key`; asked
@@ -625,6 +825,17 @@ class PeerClient:
         await self.submit("revoke_cert", {"subject": self.subject, "reason": reason})
         self.state["cert_revoked"] = True
         await self.save_state()
+
+
+class _CommitWaiter:
+    """A submit waiting for its commit notice (``notice`` None when woken without one)."""
+
+    __slots__ = ("event", "notice", "scopes")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.notice: CommitNotice | None = None
+        self.scopes: list[trio.CancelScope] = []  # submit requests in flight, cancelled by the notice
 
 
 def _cert_entry(value: Any, subject: str) -> CertEntry | None:

@@ -66,6 +66,7 @@ from core.protocol import (
 )
 from core import ecdsa
 from core.ledger import BREAK_GLASS_TAG, break_glass_grant_id, break_glass_message
+from core.state import entry_key
 from core.tx import Transaction
 
 from agents.client import SUSPECT_TIMEOUT, PeerClient, UserAgent, UserConfig, open_agent, remote_error
@@ -172,21 +173,26 @@ class DoctorAgent(UserAgent):
         from agents.errors import TransactionRejected
 
         try:
-            await self.client.submit("access_request", {"request_id": request_id, "patient": patient,
-                                                        "record_id": record_id, "operation": "read",
-                                                        "purpose": purpose})
+            reply = await self.client.submit("access_request", {"request_id": request_id, "patient": patient,
+                                                                "record_id": record_id, "operation": "read",
+                                                                "purpose": purpose})
         except TransactionRejected as exc:
             if exc.reason == "not_found":
                 raise RecordNotFound(f"no record {patient}/{record_id} on the ledger") from None
             raise
-        # committed through whichever peer answered the submit: poll if ours is behind
-        req = await self.client.query_committed(PeerQuery("request", request_id=request_id),
-                                                wait=self.client.commit_wait)
+        height = reply.get("height")
+        effect = reply.get("effect") or {}
+        req = effect.get(entry_key("request", request_id))
+        if not isinstance(req, dict):
+            # no commit notice (its fallback): read it from a peer at least at the commit's height
+            req = await self.client.query(PeerQuery("request", request_id=request_id, min_height=height))
         if not isinstance(req, dict):
             raise Unavailable(f"request {request_id} committed but the peer does not show it")
         decision = dict(req.get("decision") or {})
-        return {**decision, "request_id": request_id, "status": req.get("status"), "grant_id": req.get("grant_id"),
-                "hold": req.get("hold")}
+        grant_id = req.get("grant_id")
+        grant = effect.get(entry_key("grant", grant_id)) if isinstance(grant_id, str) else None
+        return {**decision, "request_id": request_id, "status": req.get("status"), "grant_id": grant_id,
+                "hold": req.get("hold"), "height": height, "grant": grant}
 
     # ------------------------------------------------------------ read
 
@@ -263,7 +269,8 @@ class DoctorAgent(UserAgent):
             # shows) the request; when it allows, the peers that committed it show the record
             decision = await self.request(patient, record_id, purpose=purpose)
             _check_allowed(patient, decision)
-            rec = await self.client.query_committed(query, wait=self.client.commit_wait)
+            rec = await self.client.query(PeerQuery("record", patient=patient, record_id=record_id,
+                                                    min_height=decision.get("height")))
         if rec is None:
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         store_tx = await self._check_store_tx(patient, record_id, rec)
@@ -308,8 +315,8 @@ class DoctorAgent(UserAgent):
         await self._hold_grant(patient, rec["label"], break_glass_grant_id(break_glass_id), break_glass_id)
         return await self.read(patient, record_id)
 
-    async def _patient_cert(self, patient: str) -> Certificate:
-        cert = await self.client.lookup_certificate(patient)
+    async def _patient_cert(self, patient: str, *, fresh: bool = True) -> Certificate:
+        cert = await self.client.lookup_certificate(patient, fresh=fresh)
         if cert is None:
             raise IntegrityError(f"{patient} has no valid certificate on the ledger")
         return cert
@@ -337,36 +344,51 @@ class DoctorAgent(UserAgent):
         _check_allowed(patient, decision)
         request_id = decision["request_id"]
         grant_id = decision.get("grant_id")
-        if decision.get("status") != "granted" or not isinstance(grant_id, str):
-            # not pre-authorized (or held after a revocation): the patient decides
-            await self._patient_cert(patient)  # so the patient's reply envelope verifies
-            reply = await self._ask_patient(patient, request_id)
-            try:
-                grant_id = PatientAccessRequestReply.from_wire(reply).grant_id
-            except DecodeError:
-                raise IntegrityError(f"{patient} answered without a grant id") from None
-        return await self._hold_grant(patient, label, grant_id, request_id)
+        height = decision.get("height")
+        if decision.get("status") == "granted" and isinstance(grant_id, str):
+            # the ledger granted it (standing delegation): the commit notice carried the grant
+            return await self._hold_grant(patient, label, grant_id, request_id, height=height,
+                                          entry=decision.get("grant"))
+        # not pre-authorized (or held after a revocation): the patient decides
+        # so the patient's reply envelope verifies (looked up fresh by _check_store_tx a moment ago)
+        await self._patient_cert(patient, fresh=False)
+        raw = await self._ask_patient(patient, request_id, height)
+        try:
+            reply = PatientAccessRequestReply.from_wire(raw)
+        except DecodeError:
+            raise IntegrityError(f"{patient} answered without a grant id") from None
+        return await self._hold_grant(patient, label, reply.grant_id, request_id, height=reply.height)
 
-    async def _hold_grant(self, patient: str, label: str, grant_id: str, request_id: str) -> dict:
-        """Check the committed grant is a live one of ``label`` for us; cache and return it."""
-        g = await self.client.query_committed(PeerQuery("grant", grant_id=grant_id), wait=self.client.commit_wait)
+    async def _hold_grant(self, patient: str, label: str, grant_id: str, request_id: str, *,
+                          height: int | None = None, entry: dict | None = None) -> dict:
+        """Check the committed grant is a live one of ``label`` for us; cache and return it.
+        ``entry``: the grant as our own commit notice carried it; else it is read from a
+        peer at least at ``height`` (the grant's block, as the patient said), and polled
+        for only when no height is known."""
+        if isinstance(entry, dict):
+            g: Any = entry
+        elif height is not None:
+            g = await self.client.query(PeerQuery("grant", grant_id=grant_id, min_height=height))
+        else:
+            g = await self.client.query_committed(PeerQuery("grant", grant_id=grant_id),
+                                                  wait=self.client.commit_wait)
         if not isinstance(g, dict) or g.get("doctor") != self.subject or g.get("patient") != patient \
                 or g.get("label") != label or g.get("revoked"):
             raise IntegrityError(f"grant {grant_id} on the ledger is not a live grant of {label} for us")
         grant = {"patient": patient, "label": label, "grant_id": grant_id, "request_id": request_id,
                  "threshold": int(g["threshold"]), "expires_at": int(g["expires_at"]),
                  "scope": g.get("scope") or "label", "record_id": g.get("record_id"),
-                 "epoch": int(g.get("epoch", 0))}
+                 "epoch": int(g.get("epoch", 0)), "height": height}
         self.grant_cache[_cache_key(patient, label)] = grant
         await self.client.save_state()
         return grant
 
-    async def _ask_patient(self, patient: str, request_id: str) -> Any:
+    async def _ask_patient(self, patient: str, request_id: str, height: int | None = None) -> Any:
         delay = 0.05
         for attempt in range(_UNKNOWN_SENDER_RETRIES):
             try:
                 return await self.endpoint.request(patient, PatientAccessRequest.kind,
-                                                   PatientAccessRequest(request_id).to_wire(),
+                                                   PatientAccessRequest(request_id, height).to_wire(),
                                                    timeout=self.patient_timeout)
             except bus.RemoteError as exc:
                 error = remote_error(exc, f"asking {patient}")
@@ -396,7 +418,7 @@ class DoctorAgent(UserAgent):
         cancelled)."""
         need = grant["threshold"]
         body = PeerReencrypt(grant_id=grant["grant_id"], patient=patient, record_id=record_id,
-                             request_id=grant["request_id"]).to_wire()
+                             request_id=grant["request_id"], min_height=grant.get("height")).to_wire()
         cid = rec["cid"]
         healthy, suspects = self.health.split(self.manifest.peers, self.client.probe_peer)
         plan = ShareCollection(healthy, suspects, need, timeout=self.reencrypt_timeout,

@@ -549,24 +549,28 @@ class PatientAgent(UserAgent):
         lock = self._answering.setdefault(request_id, trio.Lock())
         try:
             async with lock:
-                return PatientAccessRequestReply(**await self._answer(request_id, msg.sender))
+                return PatientAccessRequestReply(**await self._answer(request_id, msg.sender, request.height))
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._answering.pop(request_id, None)
 
-    async def _answer(self, request_id: str, sender: str) -> dict:
+    async def _answer(self, request_id: str, sender: str, height: int | None = None) -> dict:
         self.client.require_registered()
         for gid, g in self.grants.items():  # a retry after we already granted
             if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
-                return {"grant_id": gid}
+                return {"grant_id": gid, "height": g.get("height")}
         query = PeerQuery("request", request_id=request_id)
         try:
-            req = await self.client.query(query)
+            if height is None:
+                req = await self.client.query(query)
+            else:  # the doctor said where it committed: read there or later, no polling
+                with self.waiting.slot(sender, PatientAccessRequest.kind):
+                    req = await self.client.query(PeerQuery("request", request_id=request_id, min_height=height))
         except AgentError as exc:
             if exc.code != codes.FORBIDDEN:
                 raise
             req = {}  # another patient's request: the peers do not show it to us
-        if req is None:
+        if req is None and height is None:
             # the doctor committed it through its own peer: ours may be a block behind; the waiting is
             # capped per sender and in total (busy beyond), so unknown ids cannot hold every slot
             with self.waiting.slot(sender, PatientAccessRequest.kind):
@@ -605,7 +609,8 @@ class PatientAgent(UserAgent):
                 raise RequestRejected("the patient declined the request")
             # exactly what the prompt showed: the record, or the label if the patient said so
             scope = "label" if answer == "label" else "record"
-        return {"grant_id": await self._grant(request_id, req, doctor, scope)}
+        grant_id, grant_height = await self._grant(request_id, req, doctor, scope)
+        return {"grant_id": grant_id, "height": grant_height}
 
     async def _deny(self, request_id: str, reason: str) -> None:
         try:
@@ -613,7 +618,8 @@ class PatientAgent(UserAgent):
         except AgentError as exc:
             log.warning("%s: deny_request for %s not committed: %s", self.subject, request_id, exc)
 
-    async def _grant(self, request_id: str, req: dict, doctor: Certificate, scope: str = "label") -> str:
+    async def _grant(self, request_id: str, req: dict, doctor: Certificate, scope: str = "label") -> tuple[str, int]:
+        """Commit a grant for ``req`` and deliver its key shares; (grant id, its block's height)."""
         try:
             receiver = await run_crypto(check_receiving_key, doctor)
         except CoreError as exc:
@@ -649,7 +655,7 @@ class PatientAgent(UserAgent):
                               f"(need {threshold}): {errors}")
         if errors:
             log.info("%s: grant %s: peers without their share yet: %s", self.subject, grant_id, errors)
-        return grant_id
+        return grant_id, int(reply["height"])
 
     async def _commit_and_deliver(self, object_id: str, by_peer: dict[str, pre.SealedKeyShare], threshold: int,
                                   tx_type: str, body: dict) -> tuple[dict, list[str], Any]:

@@ -14,12 +14,16 @@
 The agent itself opens the endpoint, runs the parts, and after each committed
 block updates the bus's key directory from the certificates written, wakes
 submit waiters, drops the cached shares of revoked grants, calls commit
-listeners and publishes topic ``events`` (:class:`core.protocol.PeerEvent`).
+listeners and publishes topic ``events`` (:class:`core.protocol.PeerEvent`)
+and, to each user subscribed to its own ``commits/<subject>``, a
+:class:`core.protocol.CommitNotice` per transaction it submitted (height,
+mark, the entries that show its effect), whichever peer it was submitted to.
 
 Admission: the agent classifies senders (:class:`agents.admission.Classifier`)
 from the genesis, the manifest and its ledger's committed, unrevoked
 certificates (``roles``); :func:`agents.handlers.serve` refuses classes a
-kind does not admit, and only peers may subscribe to ``events``. Refusals are
+kind does not admit, only peers may subscribe to ``events``, and a registered
+user only to its own ``commits/<subject>``. Refusals are
 counted in ``refusals``.
 
 ``python -m agents.peer serve ...`` runs one peer as its own process
@@ -28,6 +32,8 @@ counted in ``refusals``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -38,9 +44,11 @@ import trio
 
 import bus
 from core import canonical
-from core.ledger import Block, CommitResult, Ledger, parse_genesis
-from core.protocol import EVENT_TYPES, Decision, PeerEvent
-from core.state import CertEntry, GrantEntry, certs_prefix, parse_key
+from core.errors import DecodeError
+from core.ledger import Block, CommitResult, Ledger, effect_key, parse_genesis
+from core.protocol import COMMITS, EVENT_TYPES, CommitNotice, Decision, PeerEvent, commits_owner, commits_topic
+from core.state import CertEntry, GrantEntry, certs_prefix, entry_key, parse_key
+from core.tx import Transaction
 
 from agents.admission import Classifier, Refusals
 from agents.consortium import Manifest
@@ -55,6 +63,7 @@ from agents.runtime import make_endpoint
 __all__ = ["PeerAgent"]
 
 log = logging.getLogger("agents.peer")
+MAX_COMMIT_HINTS = 65536  # users remembered as commit subscribers (cleared beyond: a hint only)
 
 
 class PeerAgent:
@@ -94,6 +103,7 @@ class PeerAgent:
         self._nursery: trio.Nursery | None = None
         self._committed = trio.Event()
         self._listeners: list[Callable[[Block, CommitResult], None]] = []
+        self._commit_subscribers: set[str | None] = set()  # users that subscribed to commits/<them>
         self.height = self.ledger.height  # last block whose effects are fully processed
         self.forwarder = TxForwarder(orderer=self.orderer, submit_timeout=submit_timeout)
         self.sync = BlockSync(peer_id=peer_id, ledger=self.ledger, store=self.store, orderer=self.orderer,
@@ -104,8 +114,19 @@ class PeerAgent:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, node: bus.Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        admit = self.classifier.subscriber_admitter(self.refusals)
+
+        def admit_subscriber(sender: str, topic: str) -> bool:
+            ok = admit(sender, topic)
+            if ok and topic.startswith(COMMITS + "/"):
+                # a hint of whom to build commit notices for (publish() finds the live ones)
+                if len(self._commit_subscribers) >= MAX_COMMIT_HINTS:
+                    self._commit_subscribers.clear()
+                self._commit_subscribers.add(commits_owner(topic))
+            return ok
+
         ep = make_endpoint(node, self.peer_id, self.keys.ecdsa_private, self.directory,
-                           admit_subscriber=self.classifier.subscriber_admitter(self.refusals))
+                           admit_subscriber=admit_subscriber)
         self.endpoint = ep
         serve(ep, self.handlers.table(), classifier=self.classifier, refusals=self.refusals)
         for agent, address in self.manifest.agents.items():
@@ -192,6 +213,36 @@ class PeerAgent:
         for key, entry in sorted(events):
             event = _event(block.height, parse_key(key).parts[0], entry)
             await self.endpoint.publish(PeerEvent.kind, event.to_wire())
+        if self._commit_subscribers:
+            await self._notify_commits(block, result)
+
+    async def _notify_commits(self, block: Block, result: CommitResult) -> None:
+        """Tell each subscribed submitter that its transaction committed, and what it wrote
+        (topic ``commits/<submitter>``, :class:`core.protocol.CommitNotice`)."""
+        assert self.endpoint is not None
+        for raw, mark in zip(block.txs, result.marks):
+            try:
+                tx = Transaction.from_bytes(raw)
+            except DecodeError:
+                continue
+            if tx.submitter not in self._commit_subscribers:
+                continue
+            effect: dict[str, Any] = {}
+            if mark == "ok":
+                with contextlib.suppress(DecodeError):
+                    key = effect_key(tx)
+                    entry = self.ledger.get(key) if key is not None else None
+                    if entry is not None:
+                        effect[key] = entry
+                        grant_id = entry.get("grant_id") if tx.type == "access_request" else None
+                        if isinstance(grant_id, str):  # granted by the ledger (standing delegation)
+                            gkey = entry_key("grant", grant_id)
+                            grant = self.ledger.get(gkey)
+                            if grant is not None:
+                                effect[gkey] = grant
+            notice = CommitNotice(tx_id=hashlib.sha256(raw).digest(), height=block.height, type=tx.type,
+                                  mark=mark, effect=effect)
+            await self.endpoint.publish(commits_topic(tx.submitter), notice.to_wire())
 
 
 def _event(height: int, patient: str, entry: dict[str, Any]) -> PeerEvent:

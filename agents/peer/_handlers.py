@@ -16,6 +16,8 @@ head to anyone; policy to its patient; record/records to the patient, and to
 a doctor only where the patient's policy could allow it for the record's
 label, without the fields its request does not need; request and grant to
 their patient and doctor; everything to consortium nodes);
+a query with ``min_height`` above the peer's height waits for that block
+(at most ``QUERY_WAIT_S``, ``query.behind`` after) and
 ``peer.deliver_share`` for a grant not committed yet waits under a
 :class:`~agents.admission.WaitGate` (per-sender and total caps, ``busy``
 beyond them).
@@ -94,6 +96,7 @@ log = logging.getLogger("agents.peer")
 MAX_VALID_S = 10 * 366 * 86400
 SHARE_CACHE = 4096
 GRANT_WAIT_S = 10.0
+QUERY_WAIT_S = 2.0  # a query's min_height: how long a peer behind it waits for the block
 
 
 class PeerHandlers:
@@ -221,6 +224,8 @@ class PeerHandlers:
     async def _query(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
         what, sender = query.what, msg.sender
         ledger = self.peer.ledger
+        if query.min_height is not None and self.peer.height < query.min_height:
+            await self._reach(msg, query.min_height)
         if what == "head":
             height, block_hash, root = ledger.head()
             return PeerQueryReply({"height": height, "hash": block_hash, "root": root})
@@ -267,6 +272,18 @@ class PeerHandlers:
         elif sender not in (entry.get("patient"), entry.get("doctor")):  # request, grant
             raise self._forbid_query(msg, what, f"a {what} is read by its patient and doctor only")
         return PeerQueryReply(entry)
+
+    async def _reach(self, msg: bus.Message, height: int, kind: str = PeerQuery.kind) -> None:
+        """Wait (at most :data:`QUERY_WAIT_S`, under the waiting caps: ``busy`` beyond
+        them) until this peer applied block ``height``; ``query.behind`` if it did not
+        (the reader asks another peer: read-your-writes after a commit notice)."""
+        if self.peer.classifier.node_class(msg.sender) is Sender.ENROLLING:
+            raise self._forbid_query(msg, "min_height", "register before querying the ledger")
+        with self.waiting.slot(msg.sender, kind), trio.move_on_after(QUERY_WAIT_S):
+            await self.peer.wait_for_height(height)
+        if self.peer.height < height:
+            raise bus.HandlerError(codes.QUERY_BEHIND, f"{self.peer.peer_id} is at height {self.peer.height}, "
+                                                       f"below {height}")
 
     async def _audit(self, msg: bus.Message, request: PeerAudit) -> PeerAuditReply:
         if msg.sender != request.patient:
@@ -424,6 +441,8 @@ class PeerHandlers:
         grant_id, patient, record_id, request_id = (request.grant_id, request.patient, request.record_id,
                                                     request.request_id)
         doctor = msg.sender
+        if request.min_height is not None and peer.height < request.min_height:
+            await self._reach(msg, request.min_height, PeerReencrypt.kind)
         try:
             grant, record = peer.ledger.check_reencryption(grant_id, doctor, patient, record_id, int(peer.clock()))
         except ValidationError as exc:

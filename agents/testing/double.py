@@ -12,6 +12,7 @@ come from :class:`agents.testing.consortium.TestConsortium`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pathlib
 import secrets
@@ -26,7 +27,8 @@ from core.enrollment import EnrollmentToken
 from core.errors import DecodeError, ValidationError
 from core.identity import Certificate
 from core.ledger import Block, Ledger, MemoryKV
-from core.protocol import codes, make_reencrypt_reply, share_context
+from core.ledger import effect_key
+from core.protocol import CommitNotice, codes, commits_topic, make_reencrypt_reply, share_context
 from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix
 from core.tx import Transaction
 
@@ -49,7 +51,9 @@ class FakeConsortium:
     Each transaction submitted (or made by a peer: registrations, access
     records) is ordered into its own block at once. Knobs for fault tests:
     :meth:`stop_peer` (closed), ``stalled`` (answers nothing),
-    ``mute_after_commit`` (commits a submission, never answers); counters:
+    ``mute_after_commit`` (commits a submission, never answers),
+    ``commit_notices`` (publish ``commits/<subject>`` notices; False: refuse the
+    subscriptions, so clients wait on the peer); counters:
     ``submissions`` (raw transactions in order), ``reencryptions``.
     """
 
@@ -70,6 +74,7 @@ class FakeConsortium:
         self.endpoints: dict[str, bus.Endpoint] = {}
         self.reencryptions = 0
         self.mute_after_commit: set[str] = set()  # peers that commit a submission and never answer
+        self.commit_notices = True  # publish commits/<subject> (False: refuse the subscriptions, publish none)
         self.submissions: list[bytes] = []
         self.stalled: set[str] = set()  # peers that answer nothing
         self._lock = trio.Lock()
@@ -89,7 +94,28 @@ class FakeConsortium:
                 self.directory.set_certificate(tx.body["cert"]["subject"], tx.body["cert"]["ecdsa_key"])
             if result.marks[0] == "ok" and tx.type == "revoke_cert":
                 self.directory.set_certificate(tx.body["subject"], None)
+            await self._notify(tx, raw, result.height, result.marks[0])
             return result.height, result.marks[0]
+
+    async def _notify(self, tx: Transaction, raw: bytes, height: int, mark: str) -> None:
+        """Publish the commit notice on ``commits/<submitter>`` from every peer (the one the
+        submitter subscribed at sends it), as agents/peer does."""
+        if not self.commit_notices:
+            return
+        effect = {}
+        key = effect_key(tx) if mark == "ok" else None
+        entry = self.ledger.get(key) if key is not None else None
+        if entry is not None:
+            effect[key] = entry
+            if tx.type == "access_request" and isinstance(entry.get("grant_id"), str):
+                gkey = entry_key("grant", entry["grant_id"])
+                if self.ledger.get(gkey) is not None:
+                    effect[gkey] = self.ledger.get(gkey)
+        notice = CommitNotice(tx_id=hashlib.sha256(raw).digest(), height=height, type=tx.type, mark=mark,
+                              effect=effect).to_wire()
+        for ep in self.endpoints.values():
+            with contextlib.suppress(bus.BusError):
+                await ep.publish(commits_topic(tx.submitter), notice)
 
     async def revoke_cert(self, subject: str) -> str:
         org = self.ledger.certificate(subject).cert.org
@@ -100,7 +126,8 @@ class FakeConsortium:
 
     async def run(self, node: bus.Node, nursery: trio.Nursery) -> None:
         for pid in self.peers:
-            ep = make_endpoint(node, pid, self.peer_keys[pid].ecdsa_private, self.directory)
+            ep = make_endpoint(node, pid, self.peer_keys[pid].ecdsa_private, self.directory,
+                               admit_subscriber=self._admit)
             self.endpoints[pid] = ep
             for kind in ("enroll", "submit", "query", "audit", "deliver_share", "reencrypt"):
                 ep.register(f"peer.{kind}", self._handler(pid, getattr(self, "_" + kind)))
@@ -110,6 +137,11 @@ class FakeConsortium:
                                    lambda a: self.ledger.certificate(a) is not None)
             store = StorageNode(ep, BlobStore(self.tmp / sid), access=access)
             await nursery.start(store.run)
+
+    def _admit(self, sender: str, topic: str) -> bool:
+        """A registered user, to its own commit notices only (while ``commit_notices``)."""
+        cert = self.ledger.certificate(sender)
+        return self.commit_notices and cert is not None and not cert.revoked and topic == commits_topic(sender)
 
     async def stop_peer(self, pid: str) -> None:
         await self.endpoints[pid].aclose()

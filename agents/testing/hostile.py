@@ -12,7 +12,8 @@ kit), :func:`run` sends a well-formed request on a running swarm from
 * ``other-data``: a registered user of an admitted class asking about someone
   else's data (another patient's grant, record, policy, audit; another
   doctor's request or grant; a put session it did not begin; a transaction
-  it did not sign as submitter),
+  it did not sign as submitter; another user's commit notices,
+  ``commits/<victim>``),
 
 and records whether the answer was a typed refusal. :class:`Cast` is who
 plays: the victims (a patient with a record, a policy and a grant to its
@@ -175,6 +176,10 @@ async def run(cast: Cast, *, progress: Callable[[Outcome], None] | None = None) 
         note(f"topic {topic}", "enrolling", await _subscribe(cast.anonymous, to, topic))
         note(f"topic {topic}", "wrong-role", await _subscribe(cast.patient, to, topic))
         note(f"topic {topic}", "wrong-role", await _subscribe(cast.doctor, to, topic))
+        if tspec.per_subject:  # a user's own notices: another user's are refused
+            note(f"topic {topic}", "other-data", await _subscribe(cast.patient, to, f"{topic}/{cast.victim}"))
+            note(f"topic {topic}", "other-data",
+                 await _subscribe(cast.doctor, to, f"{topic}/{cast.victim_doctor}"))
     return report
 
 

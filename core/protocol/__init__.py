@@ -10,7 +10,8 @@ them.
 
 * Message types, by server: ``orderer.*`` (:class:`OrdererSubmit`, ...),
   ``peer.*`` (:class:`PeerEnroll`, ...), ``patient.*``, ``storage.*``, and the
-  topic payloads :class:`BlockEvent` (``blocks``) and :class:`PeerEvent` (``events``).
+  topic payloads :class:`BlockEvent` (``blocks``), :class:`PeerEvent` (``events``) and
+  :class:`CommitNotice` (``commits/<subject>``, :func:`commits_topic`).
 * :data:`KINDS`, :data:`TOPICS`: kind -> :class:`KindSpec` (request type, reply
   type, server, senders); topic -> :class:`TopicSpec`.
 * The re-encryption reply's signature: :func:`make_reencrypt_reply`,
@@ -63,6 +64,10 @@ from core.protocol._peer import PeerBlocks as PeerBlocks
 from core.protocol._peer import PeerBlocksReply as PeerBlocksReply
 from core.protocol._peer import Decision as Decision
 from core.protocol._peer import PeerEvent as PeerEvent
+from core.protocol._peer import CommitNotice as CommitNotice
+from core.protocol._peer import COMMITS as COMMITS
+from core.protocol._peer import commits_topic as commits_topic
+from core.protocol._peer import commits_owner as commits_owner
 from core.protocol._patient import PatientAccessRequest as PatientAccessRequest
 from core.protocol._patient import PatientAccessRequestReply as PatientAccessRequestReply
 from core.protocol._storage import MAX_MESSAGE_DATA as MAX_MESSAGE_DATA

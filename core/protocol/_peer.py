@@ -23,6 +23,7 @@ __all__ = [
     "PeerEnroll", "PeerEnrollReply", "PeerSubmit", "SubmitResult", "PeerSubmitReply", "PeerQuery",
     "PeerQueryReply", "PeerAudit", "PeerAuditReply", "PeerDeliverShare", "PeerDeliverShareReply",
     "PeerReencrypt", "PeerReencryptReply", "PeerBlocks", "PeerBlocksReply", "Decision", "PeerEvent",
+    "CommitNotice", "COMMITS", "commits_topic", "commits_owner", "MAX_EFFECT_ENTRIES",
 ]
 
 MAX_SUBMIT_BYTES = 8 * 1024 * 1024
@@ -148,7 +149,10 @@ _LABEL = Optional(Text(128, min_len=1))  # core.ledger's bound on a record label
 
 @dataclass(frozen=True, slots=True)
 class PeerQuery(Message, kind="peer.query"):
-    """``{what, ...}``: the fields :data:`QUERY_FIELDS` names for ``what``; the others are None."""
+    """``{what, ...}``: the fields :data:`QUERY_FIELDS` names for ``what``; the others are None.
+    ``min_height`` (optional, any ``what``): answer only from a state at least that
+    high (read-your-writes: the height of a commit notice); a peer below it waits a
+    bounded time for the block, then answers ``query.behind`` (ask another peer)."""
 
     what: str
     subject: str | None = None
@@ -157,9 +161,13 @@ class PeerQuery(Message, kind="peer.query"):
     label: str | None = None
     request_id: str | None = None
     grant_id: str | None = None
+    min_height: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"what": self.what, **{name: getattr(self, name) for name in QUERY_FIELDS[self.what]}}
+        out = {"what": self.what, **{name: getattr(self, name) for name in QUERY_FIELDS[self.what]}}
+        if self.min_height is not None:
+            out["min_height"] = self.min_height
+        return out
 
     @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
@@ -177,6 +185,8 @@ class PeerQuery(Message, kind="peer.query"):
                 raise DecodeError(f"{where}: query {form!r} needs field {name!r}")
             else:
                 values[name] = Id().decode(obj[name], f"{where}: {name!r}")
+        if obj.get("min_height") is not None:
+            values["min_height"] = _HEIGHT.decode(obj["min_height"], f"{where}: 'min_height'")
         return cls(form, **values)
 
 
@@ -240,10 +250,14 @@ class PeerDeliverShareReply(Message, kind="peer.deliver_share"):
 
 @dataclass(frozen=True, slots=True)
 class PeerReencrypt(Message, kind="peer.reencrypt"):
+    """``min_height`` (optional): the grant's block; a peer below it waits a bounded
+    time for it (``query.behind`` after), so a grant just committed is found."""
+
     grant_id: str = wire(Id())
     patient: str = wire(Id())
     record_id: str = wire(Id())
     request_id: str = wire(Id())
+    min_height: int | None = wire(Optional(_HEIGHT), default=None, omit_none=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,3 +311,40 @@ class PeerEvent(Message, kind="events"):
     request_id: str | None = wire(Optional(Id()))
     grant_id: str | None = wire(Optional(Id()))
     decision: Decision | None = wire(Optional(Nested(Decision)))
+
+
+# -- topic family commits/<subject> ------------------------------------------------
+
+COMMITS = "commits"
+"""The topic family of commit notices: ``commits/<subject>`` carries :class:`CommitNotice`
+for the transactions ``subject`` submitted, to ``subject`` only."""
+MAX_EFFECT_ENTRIES = 4
+
+
+def commits_topic(subject: str) -> str:
+    """The topic on which a peer tells ``subject`` that its transactions committed."""
+    return f"{COMMITS}/{subject}"
+
+
+def commits_owner(topic: str) -> str | None:
+    """The subject of a ``commits/<subject>`` topic (None for any other topic)."""
+    prefix = COMMITS + "/"
+    if not topic.startswith(prefix) or len(topic) == len(prefix):
+        return None
+    return topic[len(prefix):]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitNotice(Message, kind="commits"):
+    """Topic ``commits/<subject>``: a transaction ``subject`` submitted was ordered
+    into block ``height`` with ``mark`` (``"ok"`` or a core.ledger reason code).
+    ``effect``: state key -> entry, as committed at ``height``, of the entries the
+    transaction wrote that show its effect (core.ledger ``effect_key``: the request
+    with its decision, the grant, the record, ...; for an ``access_request`` the
+    ledger granted, the grant too); empty when the mark is not ``"ok"``."""
+
+    tx_id: bytes = wire(_TX_ID)
+    height: int = wire(_HEIGHT)
+    type: str = wire(Text(64, min_len=1))
+    mark: str = wire(Choice(tuple(REASON_CODES)))
+    effect: dict = wire(Map(MAX_EFFECT_ENTRIES))

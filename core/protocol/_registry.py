@@ -18,7 +18,8 @@ nodes, by the genesis and the manifest).
 
 :data:`TOPICS` names each topic's subscribers the same way; a publisher
 refuses (``forbidden``) a subscription from any other class, and to any
-undeclared topic.
+undeclared topic. A per-subject family (``commits``) is one topic per user,
+``commits/<subject>``, which only that subject may subscribe to.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class TopicSpec:
     payload: type[Message]
     publisher: str
     subscribers: frozenset[Sender]
+    per_subject: bool = False  # a family: each subscriber only to ``<topic>/<its own id>``
 
 
 def _kinds(*specs: KindSpec) -> Mapping[str, KindSpec]:
@@ -140,6 +142,7 @@ KINDS: Mapping[str, KindSpec] = _kinds(
 TOPICS: Mapping[str, TopicSpec] = MappingProxyType({
     "blocks": TopicSpec("blocks", o.BlockEvent, "orderer", _NODES),
     "events": TopicSpec("events", p.PeerEvent, "peer", _PEERS),
+    "commits": TopicSpec("commits", p.CommitNotice, "peer", REGISTERED, per_subject=True),
 })
 """Every publish/subscribe topic: its event payload type and who may subscribe."""
 
@@ -150,10 +153,18 @@ def admits(kind: str, sender: Sender | None) -> bool:
     return entry is not None and sender is not None and sender in entry.senders
 
 
-def admits_subscriber(topic: str, sender: Sender | None) -> bool:
-    """Whether ``sender``'s class may subscribe to ``topic`` (False for an undeclared topic)."""
-    entry = TOPICS.get(topic)
-    return entry is not None and sender is not None and sender in entry.subscribers
+def admits_subscriber(topic: str, sender: Sender | None, subscriber: str | None = None) -> bool:
+    """Whether ``sender``'s class may subscribe to ``topic`` (False for an undeclared topic).
+
+    A per-subject family (``commits``) is subscribed as ``<family>/<subscriber id>``:
+    only by ``subscriber`` itself, never by its bare name."""
+    family, _, owner = topic.partition("/")
+    entry = TOPICS.get(family)
+    if entry is None or sender is None or sender not in entry.subscribers:
+        return False
+    if entry.per_subject:
+        return bool(owner) and owner == subscriber
+    return not owner
 
 
 def spec(kind: str) -> KindSpec:

@@ -77,6 +77,7 @@ ENROLL_EXISTS = _code("enroll.exists", "peer", "the subject is already registere
 ENROLL_INVALID = _code("enroll.invalid", "peer", "the enrollment is malformed (keys, proof, attributes, validity)")
 ENROLL_EXPIRED = _code("enroll.expired", "peer", "the enrollment token has expired (the registrar issues a new one)")
 SUBMIT_TIMEOUT = _code("submit.timeout", "peer", "the transaction was not committed in time")
+QUERY_BEHIND = _code("query.behind", "peer", "the peer has not reached the query's min_height yet (ask another)")
 SUBMIT_UNAVAILABLE = _code("submit.unavailable", "peer", "the orderer did not take the transaction")
 AUDIT_FORBIDDEN = _code("audit.forbidden", "peer", "only the patient reads its audit trail")
 SHARE_MISMATCH = _code("share.mismatch", "peer", "the key share does not match the grant, the peer or its index")

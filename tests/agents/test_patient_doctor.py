@@ -267,7 +267,9 @@ async def test_registration_errors_and_duplicates(world):
 async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy(world):
     """A peer commits a submission but never answers: the agent re-sends the SAME
     transaction through another peer; the ledger marks that copy replayed_nonce, and
-    the agent confirms the first copy's effect and reports success (no duplicates)."""
+    the agent confirms the first copy's effect and reports success (no duplicates).
+    Without commit notices (the peers refuse the subscription): the submit waits on the peer."""
+    world.fake.commit_notices = False
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
             alice, heart = [await stack.enter_async_context(cls.open(
@@ -304,6 +306,24 @@ async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy
             assert marks == ["granted"]
             with pytest.raises(GrantRevoked):
                 await heart.read("alice", rid)
+
+
+async def test_a_commit_notice_ends_a_submit_through_a_peer_that_does_not_answer(world):
+    """A peer commits a submission but never answers: the commit notice (from the peer
+    the agent subscribed at) tells the agent; nothing is re-sent, nothing polled."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await stack.enter_async_context(PatientAgent.open(
+                world.config("alice", "hospital-a", {"role": "patient"}, request_timeout=2.0), node=world.node))
+            await alice.register(world.fake.token("alice", "hospital-a", {"role": "patient"}, alice.enroll_id))
+            await alice.set_policy(POLICY, standing=())
+            assert alice.client.commit_stats["notices"] == 1
+            world.fake.mute_after_commit.update({"peer-a1", "peer-b1"})
+            before = len(world.fake.submissions)
+            rid = await alice.store(b"written once", label="cardiology", media_type="text/plain")
+            assert len(world.fake.submissions) == before + 1  # one copy: the notice answered
+            assert world.fake.ledger.record("alice", rid) is not None
+            assert alice.client.commit_stats == {"notices": 2, "fallbacks": 0, "polls": 0}
 
 
 async def test_not_enough_healthy_peers_asks_everyone_with_a_short_leash(world):

@@ -127,8 +127,17 @@ def render_text(r: dict) -> str:
                          _f(op.get("paper_bits"), 0), _f(op.get("ratio_to_paper"), 1)])
         out += ["  " + x for x in _table(["operation", "messages", "bits", "bits w/o payload", "paper bits",
                                            "x paper"], rows)]
+        rows = [[op["operation"], _f(op.get("queries"), 1), _f(op.get("polls"), 1), _f(op.get("notices"), 1),
+                 _f(op.get("fallbacks"), 1)] for op in comm.get("per_operation", []) if "polls" in op]
+        if rows:
+            out += ["  " + x for x in _table(["operation", "queries", "polls", "notices", "fallbacks"], rows)]
         for note in comm.get("notes", []):
             out.append(f"  - {note}")
+    cl = r.get("commits_under_load")
+    if cl:
+        out.append("")
+        out.append("commits in the measured window (every patient and doctor): "
+                   + ", ".join(f"{k} {v:,}" for k, v in sorted(cl.items())))
     cr = r.get("crypto")
     if cr:
         out.append("")

@@ -106,6 +106,7 @@ async def _probe(wl: EmrWorkload, counter: costs.CryptoCounter | None, n: int) -
     for i in range(n):
         for op in ops:
             t0 = _traffic(eps, set())
+            s0 = _commit_stats((patient, doctor))
             c0 = counter.snapshot() if counter else None
             p0 = time.perf_counter()
             if op == "store":
@@ -118,8 +119,11 @@ async def _probe(wl: EmrWorkload, counter: costs.CryptoCounter | None, n: int) -
             elapsed = time.perf_counter() - p0
             await trio.sleep(0.2)  # let trailing messages (access transactions, events) land
             d = _diff(_traffic(eps, set()), t0)
+            s1 = _commit_stats((patient, doctor))
             entry = per.setdefault(op, {"runs": 0, "messages": 0, "bytes": 0, "payload": 0, "kinds": {},
-                                        "latency_s": 0.0, "crypto": None})
+                                        "latency_s": 0.0, "crypto": None, "commits": {}})
+            for k, v in s1.items():
+                entry["commits"][k] = entry["commits"].get(k, 0) + v - s0.get(k, 0)
             entry["runs"] += 1
             entry["messages"] += sum(m for m, _ in d.values())
             entry["bytes"] += sum(b for _, b in d.values())
@@ -134,6 +138,15 @@ async def _probe(wl: EmrWorkload, counter: costs.CryptoCounter | None, n: int) -
                 entry["crypto"] = delta if entry["crypto"] is None else _add_counts(entry["crypto"], delta)
         doctor.grant_cache.pop(f"{patient.subject}\x00{rec.label}", None)  # next round: full access again
     return per
+
+
+def _commit_stats(agents: tuple[Any, ...]) -> dict[str, int]:
+    """The user agents' commit counters summed (:attr:`agents.client.PeerClient.commit_stats`)."""
+    out: dict[str, int] = {}
+    for agent in agents:
+        for k, v in agent.client.commit_stats.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def _payload_of(rec: Any) -> bytes:
@@ -163,10 +176,17 @@ def _communication(probe: dict) -> dict:
                      "bits_without_payload": bits - payload_bits, "paper_bits": paper,
                      "ratio_to_paper": (bits - payload_bits) / paper if paper else None,
                      "by_kind": {k: {"messages": m / runs, "bits": b * 8 / runs} for k, (m, b) in e["kinds"].items()},
+                     "queries": e["kinds"].get("peer.query", [0, 0])[0] / 2 / runs,
+                     "polls": e.get("commits", {}).get("polls", 0) / runs,
+                     "notices": e.get("commits", {}).get("notices", 0) / runs,
+                     "fallbacks": e.get("commits", {}).get("fallbacks", 0) / runs,
                      "probe_latency_ms": e["latency_s"] / runs * 1000})
     return {
         "per_operation": rows,
         "notes": [
+            "queries: peer.query round trips of the patient and the doctor; polls: queries repeated because a "
+            "commit was not visible yet (PeerClient.commit_stats); notices: commits learned from a commit notice "
+            "(topic commits/<subject>); fallbacks: submits whose notice did not come in time",
             "client-side bus bytes: every message a patient or doctor sends or receives (encoded signed envelopes), "
             "each message counted once; peer-orderer traffic, block distribution and storage replication are not "
             "included (the paper counts the client's messages too)",
@@ -242,6 +262,7 @@ async def run(opts: Options) -> dict:
             prog = Progress(rec, total, stream, tty=opts.tty, label="run")
             applied: list[dict] = []
             traffic0 = _traffic([u.endpoint for u in wl.users.patients + wl.users.doctors], set())
+            commits0 = _commit_stats(tuple(wl.users.patients + wl.users.doctors))
             c0, cpu0 = counter.snapshot(), time.process_time()
             run_clock = Clock()
             async with trio.open_nursery() as nursery:
@@ -254,6 +275,8 @@ async def run(opts: Options) -> dict:
             prog.finish()
             c1, cpu1 = counter.snapshot(), time.process_time()
             traffic = _diff(_traffic([u.endpoint for u in wl.users.patients + wl.users.doctors], set()), traffic0)
+            commits1 = _commit_stats(tuple(wl.users.patients + wl.users.doctors))
+            report["commits_under_load"] = {k: v - commits0.get(k, 0) for k, v in commits1.items()}
             # faults that left nodes down: bring them back before the read-back
             if target.swarm is not None and opts.faults:
                 for agent, proc in list(target.swarm.processes.items()):
