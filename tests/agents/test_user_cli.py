@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.testing.cli import stop_process
 from agents.testing.consortium import CARDIOLOGY_POLICY as POLICY
 
 pytestmark = pytest.mark.slow
@@ -118,15 +118,8 @@ def test_swarm_up_and_user_commands(tmp_path):
         assert out_file.read_bytes() == record.read_bytes()  # served from the new epoch's standing parts
     finally:
         for proc in (serve, swarm):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc is not None and proc.stdout is not None:
-                proc.stdout.close()
+            if proc is not None:
+                stop_process(proc, timeout=20)
     # resumable: the peers' chains verify after the stop
     from agents.cli import ledger as ledger_cli
 

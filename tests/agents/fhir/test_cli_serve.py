@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 pytest.importorskip("hypercorn")
 import requests  # noqa: E402
 
+from agents.testing.cli import stop_process  # noqa: E402
 from agents.testing.fhir import generate_bundle  # noqa: E402
 from agents.testing.smart import CARDIOLOGY_CONSENT, TokenIssuer  # noqa: E402
 
@@ -40,18 +40,6 @@ def _start(args: list[str], env: dict) -> tuple[subprocess.Popen, str]:
         if m:
             return proc, m.group(1) + "/"
     raise AssertionError(f"{args} did not start")
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc is not None and proc.stdout is not None:
-        proc.stdout.close()
 
 
 def test_fhir_serve_processes(tmp_path):
@@ -100,5 +88,5 @@ def test_fhir_serve_processes(tmp_path):
         assert consent["provision"]["provision"][0]["id"] == "cardio-read"
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc, timeout=20)
     assert not (data / "users" / "alice" / "address").exists()
