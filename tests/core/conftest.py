@@ -1,5 +1,6 @@
 """A small consortium chain for the ledger-state tests: keys, genesis, users, signed
-transactions and blocks, and a full Ledger over memory (``chain`` fixture)."""
+transactions and blocks, and a full Ledger over memory (``chain`` fixture); PRE proxies
+for the core.pre tests (:func:`make_proxies`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ T0 = 1_780_000_000  # seconds
 def register_body(cert: dict | str) -> dict:
     """A ``register`` body: the certificate and a fresh enrollment token id (core.enrollment)."""
     return {"cert": cert, "token_id": secrets.token_bytes(16)}
+
+
+def make_proxies(n: int) -> tuple[list[pre.Proxy], dict[int, bytes]]:
+    """``n`` PRE proxies with indices 1..n and fresh box keys: (the proxies, their secret keys by index)."""
+    secrets_, proxies = {}, []
+    for i in range(1, n + 1):
+        sk, pk = pre.box_keypair()
+        proxies.append(pre.Proxy(i, pk))
+        secrets_[i] = sk
+    return proxies, secrets_
 
 
 class Chain:

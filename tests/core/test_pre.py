@@ -11,16 +11,9 @@ from core._backend import active_backend
 from core.curve import R, api, random_scalar
 from core.errors import DecodeError, DecryptionError, FaultyShareError, SignatureError
 
+from tests.core.conftest import make_proxies
+
 pytestmark = pytest.mark.crypto
-
-
-def _proxies(n: int):
-    secrets_, proxies = {}, []
-    for i in range(1, n + 1):
-        sk, pk = pre.box_keypair()
-        proxies.append(pre.Proxy(i, pk))
-        secrets_[i] = sk
-    return proxies, secrets_
 
 
 def _open_all(sealed, secrets_, context, backend):
@@ -105,7 +98,7 @@ def test_owner_encapsulation_is_byte_identical_across_backends(backend, other_ba
 def test_single_proxy_is_plain_afgh(backend):
     owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "labs")
     doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
-    proxies, secrets_ = _proxies(1)
+    proxies, secrets_ = make_proxies(1)
     sealed = pre.make_key_shares(owner, doctor.public, proxies, 1, b"g")
     (share,) = _open_all(sealed, secrets_, b"g", backend)
     assert pre.is_valid_single_rekey(owner.public, doctor.public, share.rk)
@@ -119,7 +112,7 @@ def test_single_proxy_is_plain_afgh(backend):
 def _flow(backend, t, n, label="labs"):
     owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), label)
     doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
-    proxies, secrets_ = _proxies(n)
+    proxies, secrets_ = make_proxies(n)
     shares = _open_all(pre.make_key_shares(owner, doctor.public, proxies, t, b"grant"), secrets_, b"grant", backend)
     capsule, k = pre.encapsulate(owner.public)
     return owner, doctor, shares, capsule, k
@@ -181,7 +174,7 @@ def test_label_scoping(backend):
     owner_l = pre.Scheme(backend).derive_keypair(ms, "L")
     owner_m = pre.Scheme(backend).derive_keypair(ms, "M")
     doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
-    proxies, secrets_ = _proxies(2)
+    proxies, secrets_ = make_proxies(2)
     shares = _open_all(pre.make_key_shares(owner_l, doctor.public, proxies, 2, b"g"), secrets_, b"g", backend)
     capsule_m, k_m = pre.encapsulate(owner_m.public)
     rs = [pre.reencrypt(capsule_m, s) for s in shares]
@@ -191,7 +184,7 @@ def test_label_scoping(backend):
 def test_sealed_share_checks(backend):
     owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "L")
     doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
-    proxies, secrets_ = _proxies(2)
+    proxies, secrets_ = make_proxies(2)
     sealed = pre.make_key_shares(owner, doctor.public, proxies, 2, b"grant-7")
     with pytest.raises(DecryptionError):
         pre.open_key_share(sealed[0], secrets_[2], expected_context=b"grant-7", expected_index=1)
@@ -206,7 +199,7 @@ def test_sealed_share_checks(backend):
 
 def test_parameter_validation(backend):
     owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "L")
-    proxies, _ = _proxies(3)
+    proxies, _ = make_proxies(3)
     with pytest.raises(ValueError, match="threshold"):
         pre.make_key_shares(owner, owner.public, proxies, 4, b"g")
     with pytest.raises(ValueError, match="threshold"):

@@ -10,20 +10,13 @@ from core import pre
 from core.curve import R, scalar_inverse
 from core.errors import DecodeError, DecryptionError
 
+from tests.core.conftest import make_proxies
+
 pytestmark = pytest.mark.crypto
 
 
-def _proxies(n: int):
-    secrets_, proxies = {}, []
-    for i in range(1, n + 1):
-        sk, pk = pre.box_keypair()
-        proxies.append(pre.Proxy(i, pk))
-        secrets_[i] = sk
-    return proxies, secrets_
-
-
 def _parts(owner, t, n, context=b"std-1"):
-    proxies, secrets_ = _proxies(n)
+    proxies, secrets_ = make_proxies(n)
     sealed = pre.make_standing_parts(owner, proxies, t, context)
     return [pre.open_standing_part(s, secrets_[s.index], expected_context=context, expected_index=s.index)
             for s in sealed], sealed, secrets_
@@ -140,7 +133,7 @@ def test_faulty_derived_share_is_named(backend):
 
 def test_sealed_part_checks(backend):
     owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "L")
-    proxies, secrets_ = _proxies(2)
+    proxies, secrets_ = make_proxies(2)
     sealed = pre.make_standing_parts(owner, proxies, 2, b"std-7")
     with pytest.raises(DecryptionError):
         pre.open_standing_part(sealed[0], secrets_[2], expected_context=b"std-7", expected_index=1)
@@ -184,7 +177,7 @@ def test_epoch_keys_are_independent_and_old_shares_do_not_open_new_epochs(backen
     assert e0.epoch == 0 and e1.epoch == 1 and e0.secret == pre.label_secret(ms, "labs", 0)
     assert len({e0.secret, e1.secret, pre.label_secret(ms, "labs", 2), pre.label_secret(ms, "lab", 1)}) == 4
     doctor = _doctor(backend)
-    proxies, secrets_ = _proxies(3)
+    proxies, secrets_ = make_proxies(3)
     old = [pre.Scheme(backend).open_key_share(s, secrets_[s.index], expected_context=b"g", expected_index=s.index)
            for s in pre.make_key_shares(e0, doctor.public, proxies, 2, b"g")]
     old_parts, _, _ = _parts(e0, 2, 3)
