@@ -18,19 +18,9 @@ import pytest
 import trio
 
 import bus
+from agents import errors
 from agents.client import UserConfig
 from agents.doctor import DoctorAgent
-from agents.errors import (
-    AgentError,
-    GrantRevoked,
-    IntegrityError,
-    NotEnoughPeers,
-    PolicyDenied,
-    RecordNotFound,
-    RegistrationError,
-    RequestRejected,
-    TransactionRejected,
-)
 from agents.patient import PatientAgent
 from agents.testing.consortium import SHARING_POLICY as POLICY
 from agents.testing.consortium import expect_not_enough_peers, user_config
@@ -128,7 +118,7 @@ async def test_store_read_revoke_audit(world):
             assert sum(1 for e in await alice.audit() if e["event"] == "access_request") == requests_before
 
             # the policy denies labs to the cardiologist, with the rule named
-            with pytest.raises(PolicyDenied) as info:
+            with pytest.raises(errors.PolicyDenied) as info:
                 await heart.read("alice", "labs-1")
             assert info.value.rule == "default"
             # the GP needs the patient's approval: the callback sees the request
@@ -139,7 +129,7 @@ async def test_store_read_revoke_audit(world):
             # revoke: the next read fails with GrantRevoked and drops the cached grant
             await alice.revoke(grant_id)
             assert alice.grants[grant_id]["revoked"]
-            with pytest.raises(GrantRevoked):
+            with pytest.raises(errors.GrantRevoked):
                 await heart.read("alice", rid)
             assert heart.cached_grant("alice", "cardiology") is None
             # reading again asks afresh (a new grant) and succeeds
@@ -148,7 +138,7 @@ async def test_store_read_revoke_audit(world):
             events = [e["event"] for e in await alice.audit()]
             assert events[:3] == ["store", "store", "set_policy"]
             assert {"access_request", "grant", "access", "revoke_grant"} <= set(events)
-            with pytest.raises(RecordNotFound):
+            with pytest.raises(errors.RecordNotFound):
                 await heart.read("alice", "no-such-record")
 
 
@@ -159,7 +149,7 @@ async def test_patient_rejects_without_callback_and_by_callback(world):
             gp = await world.registered(stack, DoctorAgent, "dr-gp", "hospital-a", GP)
             rid = await alice.store(b"x" * 3000, label="notes", media_type="text/plain")
             await alice.set_policy(POLICY, standing=())
-            with pytest.raises(RequestRejected):  # no approve callback: deny
+            with pytest.raises(errors.RequestRejected):  # no approve callback: deny
                 await gp.read("alice", rid)
             reqs = [e for e in await alice.audit() if e["event"] == "deny_request"]
             assert len(reqs) == 1
@@ -172,7 +162,7 @@ async def test_patient_rejects_without_callback_and_by_callback(world):
                                   approve=no))
             gp = await stack.enter_async_context(DoctorAgent.open(world.config("dr-gp", "hospital-a", GP),
                                                                   node=world.node))
-            with pytest.raises(RequestRejected):
+            with pytest.raises(errors.RequestRejected):
                 await gp.read("alice", rid)
             decision = await gp.request("alice", rid, purpose="treatment")
             assert decision["effect"] == "allow" and decision["approval"] == "patient"
@@ -203,9 +193,9 @@ async def test_revoked_doctor_certificate(world):
             alice, heart, rid = await world.shared_record(stack, b"ecg" * 1000, "text/plain")
             assert await heart.read("alice", rid) == b"ecg" * 1000
             assert await world.fake.revoke_cert("dr-heart") == "ok"
-            with pytest.raises(AgentError) as info:
+            with pytest.raises(errors.AgentError) as info:
                 await heart.read("alice", rid)
-            assert not isinstance(info.value, (GrantRevoked, NotEnoughPeers))
+            assert not isinstance(info.value, (errors.GrantRevoked, errors.NotEnoughPeers))
             assert info.value.code in ("agent.unknown", "agent.cert-revoked", "access.cert-revoked")
 
 
@@ -244,21 +234,21 @@ async def test_registration_errors_and_duplicates(world):
         async with contextlib.AsyncExitStack() as stack:
             cfg = world.config("bob", "hospital-a", {"role": "patient"})
             bob = await stack.enter_async_context(PatientAgent.open(cfg, node=world.node))
-            with pytest.raises(RegistrationError) as info:
+            with pytest.raises(errors.RegistrationError) as info:
                 await bob.register(bytes(TOKEN_SIZE))
             assert info.value.code == "enroll.denied"
-            with pytest.raises(RegistrationError):
+            with pytest.raises(errors.RegistrationError):
                 await bob.store(b"x", label="l", media_type="text/plain")  # not registered yet
             await bob.register(world.fake.token("bob", "hospital-a", {"role": "patient"}, bob.enroll_id))
             await bob.store(b"x", label="l", media_type="text/plain", record_id="r1")
-            with pytest.raises(TransactionRejected) as info:
+            with pytest.raises(errors.TransactionRejected) as info:
                 await bob.store(b"y", label="l", media_type="text/plain", record_id="r1")
             assert info.value.reason == "duplicate"
         # another agent (other keys) claiming the same subject is refused
         other = world.config("bob", "hospital-a", {"role": "patient"})
         other.data_dir = world.tmp / "users" / "bob-impostor"
         async with PatientAgent.open(other, node=world.node) as impostor:
-            with pytest.raises(RegistrationError) as info:
+            with pytest.raises(errors.RegistrationError) as info:
                 await impostor.register(world.fake.token("bob", "hospital-a", {"role": "patient"},
                                                         impostor.enroll_id))
             assert info.value.code == "enroll.exists"
@@ -304,7 +294,7 @@ async def test_submit_fails_over_with_the_same_bytes_and_confirms_the_first_copy
             assert events.count("access_request") == 1 and events.count("revoke_grant") == 1
             marks = [world.fake.ledger.request(alice.grants[grant_id]["request_id"]).status]
             assert marks == ["granted"]
-            with pytest.raises(GrantRevoked):
+            with pytest.raises(errors.GrantRevoked):
                 await heart.read("alice", rid)
 
 
@@ -359,7 +349,7 @@ async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
             assert set(alice.grants[grant_id]["peers"]) == {"peer-a1", "peer-a2", "peer-b1"}
             with trio.fail_after(5):  # revoke waits for the peers' heights: 2 s for the stalled one
                 await alice.revoke(grant_id)
-            with trio.fail_after(3), pytest.raises(GrantRevoked):
+            with trio.fail_after(3), pytest.raises(errors.GrantRevoked):
                 await heart.read("alice", rid)
 
 
@@ -386,7 +376,7 @@ async def test_read_to_file_streams_the_same_plaintext_and_refuses_a_foreign_hea
                 return await real(other_cid, sink, **kw)
 
             heart.storage.read_to = swapped
-            with pytest.raises(IntegrityError):
+            with pytest.raises(errors.IntegrityError):
                 await heart.read_to_file("alice", rid, tmp_path / "swapped.bin", purpose="treatment")
             assert not (tmp_path / "swapped.bin").exists()
             assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
