@@ -53,19 +53,8 @@ from core.identity import MAX_ID, check_id
 from core.policy import Policy
 from core.protocol import PeerQuery
 
+from agents import errors
 from agents.doctor import DoctorAgent
-from agents.errors import (
-    AgentError,
-    GrantRevoked,
-    IntegrityError,
-    NotEnoughPeers,
-    PolicyDenied,
-    RecordNotFound,
-    RegistrationError,
-    RequestRejected,
-    TransactionRejected,
-    Unavailable,
-)
 from agents.fhir.audit import audit_bundle
 from agents.fhir.auth import Principal, TokenVerifier
 from agents.fhir.bundles import plan_transaction, resource_bytes, searchset, transaction_response
@@ -214,7 +203,7 @@ class Facade:
                                              "narrow it (category, _id) or retry", status=504, issue="timeout"))
             except FhirError as exc:
                 return self._error(exc)
-            except AgentError as exc:
+            except errors.AgentError as exc:
                 return self._error(_agent_error(exc))
             except Exception:  # a bug: logged with its traceback here, never sent to the client
                 log.exception("FHIR facade: %s %s failed", request.method, request.url.path)
@@ -354,7 +343,7 @@ class Facade:
         try:
             return Policy.from_msgpack(entry["policy"])
         except (DecodeError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"the ledger's policy of {patient.subject} does not decode: {exc}") from None
+            raise errors.IntegrityError(f"the ledger's policy of {patient.subject} does not decode: {exc}") from None
 
     async def _consent(self, agent: Any, principal: Principal, perm: str) -> dict[str, Any] | None:
         patient = self._patient_agent(agent, "reading the Consent")
@@ -444,7 +433,8 @@ class Facade:
         data = await read_record(agent, patient, record_id_for(rtype, rid), principal.purpose)
         resource = _decode_resource(data, f"{rtype}/{rid}")
         if resource.get("resourceType") != rtype or resource.get("id") != rid:
-            raise IntegrityError(f"record of {rtype}/{rid} holds {resource.get('resourceType')}/{resource.get('id')}")
+            raise errors.IntegrityError(
+                f"record of {rtype}/{rid} holds {resource.get('resourceType')}/{resource.get('id')}")
         return resource
 
     async def _break_glass(self, request: Request, principal: Principal, agent: Any) -> dict[str, Any]:
@@ -468,7 +458,7 @@ class Facade:
         try:
             data = await agent.break_glass(patient, record_id_for(rtype, rid), asked.reason, asked.cosigners,
                                            break_glass_id=asked.break_glass_id)
-        except TransactionRejected as exc:
+        except errors.TransactionRejected as exc:
             status = {"duplicate": 409, "not_found": 404, "malformed": 400}.get(exc.reason, 403)
             raise FhirError(f"$break-glass refused by the ledger ({exc.reason or 'rejected'}): {exc}; "
                             "check the officers, their signatures over this id, doctor, patient, record and "
@@ -476,10 +466,11 @@ class Facade:
                             issue="forbidden" if status == 403 else "business-rule") from None
         resource = _decode_resource(data, f"{rtype}/{rid}")
         if resource.get("resourceType") != rtype or resource.get("id") != rid:
-            raise IntegrityError(f"record of {rtype}/{rid} holds {resource.get('resourceType')}/{resource.get('id')}")
+            raise errors.IntegrityError(
+                f"record of {rtype}/{rid} holds {resource.get('resourceType')}/{resource.get('id')}")
         return resource
 
-    def _answer(self, request: Request, found: list[dict], denials: list[AgentError], *, listed: int,
+    def _answer(self, request: Request, found: list[dict], denials: list[errors.AgentError], *, listed: int,
                 agent: Any, patient: str) -> dict:
         if denials and not found:
             raise _agent_error(denials[0])
@@ -496,7 +487,7 @@ class Facade:
         return searchset(found, self.base_url, outcome=outcome, self_link=str(request.url))
 
     async def _collect(self, agent: Any, principal: Principal, patient: str, rtype: str | None,
-                       category: str | None, rid: str | None = None) -> tuple[list[dict], list[AgentError], int]:
+                       category: str | None, rid: str | None = None) -> tuple[list[dict], list[errors.AgentError], int]:
         """The FHIR resources of ``patient`` this agent may read (of ``rtype``/``category``/``_id``
         when given), the denials met on the way, and how many records the peers listed."""
         listing = await list_records(agent, patient)
@@ -564,7 +555,7 @@ async def store_entries(patient: PatientAgent, entries: list, *, parallel: int =
     """Seal and store each planned entry as a record (at most ``parallel`` at once; ``on_stored(entry)``
     after each); the first failure stops the others and is raised as itself (not in an exception group)."""
     limiter = trio.CapacityLimiter(parallel)
-    failures: list[AgentError] = []
+    failures: list[errors.AgentError] = []
 
     async def one(e: Any, scope: trio.CancelScope) -> None:
         async with limiter:
@@ -573,14 +564,14 @@ async def store_entries(patient: PatientAgent, entries: list, *, parallel: int =
                                     record_id=e.record_id)
                 if on_stored is not None:
                     on_stored(e)
-            except TransactionRejected as exc:
+            except errors.TransactionRejected as exc:
                 if exc.reason == "duplicate":
                     failures.append(FhirError(f"{e.resource_type}/{e.resource_id} is already stored; records are "
                                               "immutable, store a new resource id", status=409, issue="duplicate"))
                 else:
                     failures.append(exc)
                 scope.cancel()
-            except AgentError as exc:
+            except errors.AgentError as exc:
                 failures.append(exc)
                 scope.cancel()
 
@@ -606,12 +597,12 @@ async def read_record(agent: Any, patient: str, record_id: str, purpose: str | N
         return await agent.read(record_id)
     try:
         return await agent.read(patient, record_id, purpose=purpose)
-    except GrantRevoked:  # the doctor's request stands: ask once more under the current policy
+    except errors.GrantRevoked:  # the doctor's request stands: ask once more under the current policy
         return await agent.read(patient, record_id, purpose=purpose)
 
 
 async def read_records(agent: Any, patient: str, records: list[dict], purpose: str | None, *,
-                       parallel: int = 8) -> tuple[dict[str, bytes], list[AgentError]]:
+                       parallel: int = 8) -> tuple[dict[str, bytes], list[errors.AgentError]]:
     """Read ``records`` (the first of each label first, so one grant serves the label's others);
     a label whose first read is refused by the policy or the patient is not asked again. Any other
     failure stops the reads and is raised as itself. At most :data:`GRANTS_AT_ONCE` first reads
@@ -621,8 +612,8 @@ async def read_records(agent: Any, patient: str, records: list[dict], purpose: s
     limiter = trio.CapacityLimiter(parallel)
     firsts = trio.CapacityLimiter(GRANTS_AT_ONCE)
     plain: dict[str, bytes] = {}
-    denials: list[AgentError] = []
-    failures: list[AgentError] = []
+    denials: list[errors.AgentError] = []
+    failures: list[errors.AgentError] = []
     by_label: dict[str, list[dict]] = {}
     for rec in records:
         by_label.setdefault(str(rec.get("label")), []).append(rec)
@@ -633,9 +624,9 @@ async def read_records(agent: Any, patient: str, records: list[dict], purpose: s
                 try:
                     plain[rec["record_id"]] = await read_record(agent, patient, rec["record_id"], purpose)
                     return True
-                except (PolicyDenied, RequestRejected) as exc:
+                except (errors.PolicyDenied, errors.RequestRejected) as exc:
                     denials.append(exc)
-                except AgentError as exc:
+                except errors.AgentError as exc:
                     failures.append(exc)
                     nursery.cancel_scope.cancel()
                 return False
@@ -678,13 +669,13 @@ def _nesting_ok(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
 
 def _decode_resource(data: bytes, what: str) -> dict[str, Any]:
     if not _nesting_ok(data):
-        raise IntegrityError(f"record {what} is labelled FHIR but nests deeper than {MAX_JSON_DEPTH} levels")
+        raise errors.IntegrityError(f"record {what} is labelled FHIR but nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         res = json.loads(data)
     except ValueError:
-        raise IntegrityError(f"record {what} is labelled FHIR but is not JSON") from None
+        raise errors.IntegrityError(f"record {what} is labelled FHIR but is not JSON") from None
     if not isinstance(res, dict):
-        raise IntegrityError(f"record {what} is labelled FHIR but is not a resource")
+        raise errors.IntegrityError(f"record {what} is labelled FHIR but is not a resource")
     return res
 
 
@@ -695,22 +686,22 @@ def _categories(resource: Mapping[str, Any]) -> set[str]:
             for c in cat.get("coding") or [] if isinstance(c, Mapping)}
 
 
-def _agent_error(exc: AgentError) -> FhirError:
+def _agent_error(exc: errors.AgentError) -> FhirError:
     """The HTTP form of an agent's expected failure."""
-    if isinstance(exc, PolicyDenied):
+    if isinstance(exc, errors.PolicyDenied):
         return FhirError(f"forbidden: {exc}; the patient's policy decides (rule {exc.rule or '?'})", status=403,
                          issue="forbidden", rule=exc.rule or None)
-    if isinstance(exc, (RequestRejected, GrantRevoked)):
+    if isinstance(exc, (errors.RequestRejected, errors.GrantRevoked)):
         return FhirError(f"forbidden: {exc}; ask the patient", status=403, issue="forbidden")
-    if isinstance(exc, RecordNotFound):
+    if isinstance(exc, errors.RecordNotFound):
         return FhirError(f"not found: {exc}", status=404, issue="not-found")
-    if isinstance(exc, RegistrationError):
+    if isinstance(exc, errors.RegistrationError):
         return FhirError(f"the facade's agent cannot act: {exc}; register it (emrshare patient|doctor register)",
                          status=503, issue="security")
-    if isinstance(exc, (Unavailable, NotEnoughPeers)):
+    if isinstance(exc, (errors.Unavailable, errors.NotEnoughPeers)):
         return FhirError(f"unavailable: {exc}; retry later", status=503, issue="transient")
-    if isinstance(exc, IntegrityError):
+    if isinstance(exc, errors.IntegrityError):
         return FhirError(f"integrity check failed: {exc}", status=502, issue="processing")
-    if isinstance(exc, TransactionRejected):
+    if isinstance(exc, errors.TransactionRejected):
         return FhirError(f"the ledger refused the transaction: {exc}", status=422, issue="business-rule")
     return FhirError(f"{exc}", status=500, issue="exception")
