@@ -35,19 +35,28 @@ MALLORY = ("mallory", "hospital-a", {"role": "patient"})
 
 
 class Users:
-    def __init__(self, swarm: Swarm, tmp: pathlib.Path):
-        self.swarm, self.tmp = swarm, tmp
+    """Registered users' agents on ``swarm``, closed by ``stack`` (before the swarm)."""
+
+    def __init__(self, swarm: Swarm, tmp: pathlib.Path, stack: contextlib.AsyncExitStack):
+        self.swarm, self.tmp, self.stack = swarm, tmp, stack
 
     def config(self, subject, org, attributes, **kw) -> UserConfig:
         return user_config(self.swarm.manifest, self.tmp / "users" / subject, subject, org, attributes, **kw)
 
-    async def open(self, stack, cls, who, **kw):
+    async def open(self, cls, who, **kw):
         subject, org, attributes = who
         timeout = kw.pop("request_timeout", 10.0)
-        agent = await stack.enter_async_context(
+        agent = await self.stack.enter_async_context(
             cls.open(self.config(subject, org, attributes, request_timeout=timeout), node=self.swarm.node, **kw))
         await agent.register(self.swarm.token(subject, org, attributes, agent.enroll_id))
         return agent
+
+
+@contextlib.asynccontextmanager
+async def _swarm_and_users(tmp_path: pathlib.Path):
+    """The real in-process swarm and its :class:`Users` (their agents close before the swarm)."""
+    async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm, contextlib.AsyncExitStack() as stack:
+        yield swarm, Users(swarm, tmp_path, stack)
 
 
 def _count_requests(client) -> list:
@@ -73,68 +82,64 @@ async def _approve(info):
 
 async def test_an_access_completes_without_polling(tmp_path):
     with trio.fail_after(120):
-        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
-            users = Users(swarm, tmp_path)
-            async with contextlib.AsyncExitStack() as stack:
-                alice = await users.open(stack, PatientAgent, PATIENT, approve=_approve)
-                heart = await users.open(stack, DoctorAgent, HEART)
-                await alice.set_policy(POLICY, standing=())
-                rid = await alice.store(b"ECG: sinus rhythm", label="cardiology", media_type="text/plain")
-                await heart.client.lookup_certificate("alice")
-                await alice.client.lookup_certificate("dr-heart")
-                sent = {who.subject: _count_requests(who.client) for who in (alice, heart)}
-                notices = {who.subject: who.client.commit_stats["notices"] for who in (alice, heart)}
-                before = {who.subject: who.endpoint.statistics().sent_by_kind.get(PeerQuery.kind)
-                          for who in (alice, heart)}
-                assert await heart.read("alice", rid) == b"ECG: sinus rhythm"
-                for who in (alice, heart):
-                    stats = who.client.commit_stats
-                    assert stats["polls"] == 0, (who.subject, stats)
-                    assert stats["fallbacks"] == 0, (who.subject, stats)
-                    # one each: the doctor's access_request, the patient's grant
-                    assert stats["notices"] - notices[who.subject] == 1, (who.subject, stats)
-                    queries = Counter(_query_key(b) for k, b in sent[who.subject] if k == PeerQuery.kind)
-                    assert [q for q, n in queries.items() if n > 1] == [], who.subject
-                    assert ("what", "head") not in {x for q in queries for x in q}
-                    # submits hand the bytes over and do not wait on the peer
-                    submits = [b for k, b in sent[who.subject] if k == PeerSubmit.kind]
-                    assert len(submits) == 1 and submits[0]["wait"] is False
-                    # the bus agrees: every peer.query the endpoint sent is one of those one-off reads
-                    after = who.endpoint.statistics().sent_by_kind[PeerQuery.kind].messages
-                    assert after - (before[who.subject].messages if before[who.subject] else 0) == \
-                        sum(queries.values())
-                    # the reads after a commit name its height (read-your-writes at any peer)
-                reads = [b for k, b in sent["alice"] + sent["dr-heart"]
-                         if k == PeerQuery.kind and b["what"] in ("request", "grant")]
-                assert reads and all(isinstance(b.get("min_height"), int) for b in reads)
+        async with _swarm_and_users(tmp_path) as (swarm, users):
+            alice = await users.open(PatientAgent, PATIENT, approve=_approve)
+            heart = await users.open(DoctorAgent, HEART)
+            await alice.set_policy(POLICY, standing=())
+            rid = await alice.store(b"ECG: sinus rhythm", label="cardiology", media_type="text/plain")
+            await heart.client.lookup_certificate("alice")
+            await alice.client.lookup_certificate("dr-heart")
+            sent = {who.subject: _count_requests(who.client) for who in (alice, heart)}
+            notices = {who.subject: who.client.commit_stats["notices"] for who in (alice, heart)}
+            before = {who.subject: who.endpoint.statistics().sent_by_kind.get(PeerQuery.kind)
+                      for who in (alice, heart)}
+            assert await heart.read("alice", rid) == b"ECG: sinus rhythm"
+            for who in (alice, heart):
+                stats = who.client.commit_stats
+                assert stats["polls"] == 0, (who.subject, stats)
+                assert stats["fallbacks"] == 0, (who.subject, stats)
+                # one each: the doctor's access_request, the patient's grant
+                assert stats["notices"] - notices[who.subject] == 1, (who.subject, stats)
+                queries = Counter(_query_key(b) for k, b in sent[who.subject] if k == PeerQuery.kind)
+                assert [q for q, n in queries.items() if n > 1] == [], who.subject
+                assert ("what", "head") not in {x for q in queries for x in q}
+                # submits hand the bytes over and do not wait on the peer
+                submits = [b for k, b in sent[who.subject] if k == PeerSubmit.kind]
+                assert len(submits) == 1 and submits[0]["wait"] is False
+                # the bus agrees: every peer.query the endpoint sent is one of those one-off reads
+                after = who.endpoint.statistics().sent_by_kind[PeerQuery.kind].messages
+                assert after - (before[who.subject].messages if before[who.subject] else 0) == \
+                    sum(queries.values())
+                # the reads after a commit name its height (read-your-writes at any peer)
+            reads = [b for k, b in sent["alice"] + sent["dr-heart"]
+                     if k == PeerQuery.kind and b["what"] in ("request", "grant")]
+            assert reads and all(isinstance(b.get("min_height"), int) for b in reads)
 
 
 async def test_a_user_subscribes_only_to_its_own_notices(tmp_path):
     with trio.fail_after(120):
-        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
-            users = Users(swarm, tmp_path)
-            async with contextlib.AsyncExitStack() as stack:
-                alice = await users.open(stack, PatientAgent, PATIENT)
-                mallory = await users.open(stack, PatientAgent, MALLORY)
-                heart = await users.open(stack, DoctorAgent, HEART)
-                peer = swarm.manifest.peers[0]
-                for ep, topic in ((mallory.endpoint, commits_topic("alice")),
-                                  (heart.endpoint, commits_topic("alice")),
-                                  (mallory.endpoint, "commits"),
-                                  (mallory.endpoint, commits_topic("mallory") + "/x"),
-                                  (mallory.endpoint, "events")):
-                    with pytest.raises(bus.RemoteError) as info:
-                        await ep.subscribe(peer, topic, timeout=5)
-                    assert info.value.code == codes.FORBIDDEN, topic
-                # alice's own notices reach alice only, with what her transaction wrote
-                async with await mallory.endpoint.subscribe(peer, commits_topic("mallory"), timeout=5) as spy:
-                    rid = await alice.store(b"x-ray", label="cardiology", media_type="text/plain")
-                    await trio.sleep(0.3)
-                    with pytest.raises(trio.WouldBlock):
-                        spy.receive_nowait()
-                assert alice.client.commit_stats["notices"] >= 1
-                rec = await alice.client.query(PeerQuery("record", patient="alice", record_id=rid))
-                assert rec is not None
+        async with _swarm_and_users(tmp_path) as (swarm, users):
+            alice = await users.open(PatientAgent, PATIENT)
+            mallory = await users.open(PatientAgent, MALLORY)
+            heart = await users.open(DoctorAgent, HEART)
+            peer = swarm.manifest.peers[0]
+            for ep, topic in ((mallory.endpoint, commits_topic("alice")),
+                              (heart.endpoint, commits_topic("alice")),
+                              (mallory.endpoint, "commits"),
+                              (mallory.endpoint, commits_topic("mallory") + "/x"),
+                              (mallory.endpoint, "events")):
+                with pytest.raises(bus.RemoteError) as info:
+                    await ep.subscribe(peer, topic, timeout=5)
+                assert info.value.code == codes.FORBIDDEN, topic
+            # alice's own notices reach alice only, with what her transaction wrote
+            async with await mallory.endpoint.subscribe(peer, commits_topic("mallory"), timeout=5) as spy:
+                rid = await alice.store(b"x-ray", label="cardiology", media_type="text/plain")
+                await trio.sleep(0.3)
+                with pytest.raises(trio.WouldBlock):
+                    spy.receive_nowait()
+            assert alice.client.commit_stats["notices"] >= 1
+            rec = await alice.client.query(PeerQuery("record", patient="alice", record_id=rid))
+            assert rec is not None
 
 
 async def test_a_lost_notice_falls_back_within_its_bound(tmp_path, idle_clock, monkeypatch):
@@ -142,95 +147,87 @@ async def test_a_lost_notice_falls_back_within_its_bound(tmp_path, idle_clock, m
         return None
 
     with trio.fail_after(300):
-        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
-            users = Users(swarm, tmp_path)
-            async with contextlib.AsyncExitStack() as stack:
-                alice = await users.open(stack, PatientAgent, PATIENT)
-                monkeypatch.setattr(PeerAgent, "_notify_commits", silent)
-                client = alice.client
-                bound = client.notice_wait + client.config.request_timeout
-                start = trio.current_time()
-                rid = await alice.store(b"ECG", label="cardiology", media_type="text/plain")
-                elapsed = trio.current_time() - start
-                assert client.commit_stats["fallbacks"] == 1
-                assert client.notice_wait <= elapsed <= bound
-                assert rid in {r["record_id"] for r in await alice.records()}
+        async with _swarm_and_users(tmp_path) as (swarm, users):
+            alice = await users.open(PatientAgent, PATIENT)
+            monkeypatch.setattr(PeerAgent, "_notify_commits", silent)
+            client = alice.client
+            bound = client.notice_wait + client.config.request_timeout
+            start = trio.current_time()
+            rid = await alice.store(b"ECG", label="cardiology", media_type="text/plain")
+            elapsed = trio.current_time() - start
+            assert client.commit_stats["fallbacks"] == 1
+            assert client.notice_wait <= elapsed <= bound
+            assert rid in {r["record_id"] for r in await alice.records()}
 
 
 async def test_a_broken_subscription_falls_back_at_once(tmp_path, idle_clock, monkeypatch):
     with trio.fail_after(300):
-        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
-            users = Users(swarm, tmp_path)
-            async with contextlib.AsyncExitStack() as stack:
-                alice = await users.open(stack, PatientAgent, PATIENT)
-                client = alice.client
-                assert await client._commit_notices()
-                entered = trio.Event()
+        async with _swarm_and_users(tmp_path) as (swarm, users):
+            alice = await users.open(PatientAgent, PATIENT)
+            client = alice.client
+            assert await client._commit_notices()
+            entered = trio.Event()
 
-                async def drop_instead(self, block, result):
-                    # the publisher drops its subscriber (as the bus does one that lags: bus.dropped)
-                    # instead of publishing; private bus state, only to stage the break
-                    entered.set()
-                    self.endpoint._topics._drop(commits_topic("alice"), "alice", "lagged")
+            async def drop_instead(self, block, result):
+                # the publisher drops its subscriber (as the bus does one that lags: bus.dropped)
+                # instead of publishing; private bus state, only to stage the break
+                entered.set()
+                self.endpoint._topics._drop(commits_topic("alice"), "alice", "lagged")
 
-                monkeypatch.setattr(PeerAgent, "_notify_commits", drop_instead)
-                start = trio.current_time()
-                await alice.store(b"ECG", label="cardiology", media_type="text/plain")
-                elapsed = trio.current_time() - start
-                assert entered.is_set()
-                assert client.commit_stats["fallbacks"] == 1
-                assert elapsed < client.notice_wait  # woken by the break, not by the bound
-                assert client._commit_sub is None  # re-made on a submit after RESUBSCRIBE_S
+            monkeypatch.setattr(PeerAgent, "_notify_commits", drop_instead)
+            start = trio.current_time()
+            await alice.store(b"ECG", label="cardiology", media_type="text/plain")
+            elapsed = trio.current_time() - start
+            assert entered.is_set()
+            assert client.commit_stats["fallbacks"] == 1
+            assert elapsed < client.notice_wait  # woken by the break, not by the bound
+            assert client._commit_sub is None  # re-made on a submit after RESUBSCRIBE_S
 
 
 async def test_min_height_reads_wait_for_the_block_or_say_behind(tmp_path):
     with trio.fail_after(120):
-        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
-            users = Users(swarm, tmp_path)
-            async with contextlib.AsyncExitStack() as stack:
-                alice = await users.open(stack, PatientAgent, PATIENT)
-                peer = swarm.manifest.peers[0]
-                head = await alice.client.peer_request(peer, PeerQuery.kind, PeerQuery("head").to_wire())
-                far = head["height"] + 1000
-                t0 = trio.current_time()
-                with pytest.raises(bus.RemoteError) as info:
-                    await alice.client.peer_request(peer, PeerQuery.kind,
-                                                    PeerQuery("policy", patient="alice", min_height=far).to_wire())
-                assert info.value.code == codes.QUERY_BEHIND
-                assert trio.current_time() - t0 >= 1.5  # it waited for the block first
-                # a height it has: answered at once, from a state that includes it
-                now = await alice.client.query(PeerQuery("policy", patient="alice", min_height=head["height"]))
-                assert now is None  # no policy set yet
+        async with _swarm_and_users(tmp_path) as (swarm, users):
+            alice = await users.open(PatientAgent, PATIENT)
+            peer = swarm.manifest.peers[0]
+            head = await alice.client.peer_request(peer, PeerQuery.kind, PeerQuery("head").to_wire())
+            far = head["height"] + 1000
+            t0 = trio.current_time()
+            with pytest.raises(bus.RemoteError) as info:
+                await alice.client.peer_request(peer, PeerQuery.kind,
+                                                PeerQuery("policy", patient="alice", min_height=far).to_wire())
+            assert info.value.code == codes.QUERY_BEHIND
+            assert trio.current_time() - t0 >= 1.5  # it waited for the block first
+            # a height it has: answered at once, from a state that includes it
+            now = await alice.client.query(PeerQuery("policy", patient="alice", min_height=head["height"]))
+            assert now is None  # no policy set yet
 
 
 async def test_a_flood_of_reads_ahead_of_the_ledger_waits_in_capped_slots(tmp_path):
     """A hostile user asks for heights the ledger will not reach: 4 wait (its per-sender
     cap), the rest are ``busy`` at once, each waiter ends ``query.behind``; others are served."""
     with trio.fail_after(120):
-        async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
-            users = Users(swarm, tmp_path)
-            async with contextlib.AsyncExitStack() as stack:
-                alice = await users.open(stack, PatientAgent, PATIENT)
-                mallory = await users.open(stack, PatientAgent, MALLORY)
-                peer = swarm.manifest.peers[0]
-                answers: list[str | None] = []
+        async with _swarm_and_users(tmp_path) as (swarm, users):
+            alice = await users.open(PatientAgent, PATIENT)
+            mallory = await users.open(PatientAgent, MALLORY)
+            peer = swarm.manifest.peers[0]
+            answers: list[str | None] = []
 
-                async def ahead(i: int) -> None:
-                    body = PeerQuery("policy", patient="mallory", min_height=10**9 + i).to_wire()
-                    try:
-                        await mallory.endpoint.request(peer, PeerQuery.kind, body, timeout=30)
-                        answers.append(None)
-                    except bus.RemoteError as exc:
-                        answers.append(exc.code)
+            async def ahead(i: int) -> None:
+                body = PeerQuery("policy", patient="mallory", min_height=10**9 + i).to_wire()
+                try:
+                    await mallory.endpoint.request(peer, PeerQuery.kind, body, timeout=30)
+                    answers.append(None)
+                except bus.RemoteError as exc:
+                    answers.append(exc.code)
 
-                async with trio.open_nursery() as nursery:
-                    for i in range(40):
-                        nursery.start_soon(ahead, i)
-                    with trio.move_on_after(1.5):
-                        while len(answers) < 36:
-                            await trio.sleep(0.01)
-                    assert answers.count(codes.BUSY) == 36, Counter(answers)
-                    # the legitimate patient is served meanwhile
-                    rid = await alice.store(b"still served", label="cardiology", media_type="text/plain")
-                    assert [r["record_id"] for r in await alice.records()] == [rid]
-                assert Counter(answers) == {codes.BUSY: 36, codes.QUERY_BEHIND: 4}
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(ahead, i)
+                with trio.move_on_after(1.5):
+                    while len(answers) < 36:
+                        await trio.sleep(0.01)
+                assert answers.count(codes.BUSY) == 36, Counter(answers)
+                # the legitimate patient is served meanwhile
+                rid = await alice.store(b"still served", label="cardiology", media_type="text/plain")
+                assert [r["record_id"] for r in await alice.records()] == [rid]
+            assert Counter(answers) == {codes.BUSY: 36, codes.QUERY_BEHIND: 4}
