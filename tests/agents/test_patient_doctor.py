@@ -43,11 +43,16 @@ class World:
     async def shared_record(self, stack, data, media_type):
         """Alice (a patient) and dr-heart (a cardiologist), registered; alice stores
         ``data`` under label cardiology and sets the example policy: (alice, heart, record id)."""
-        alice = await self.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-        heart = await self.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+        alice, heart = await self.patient_and_cardiologist(stack)
         rid = await alice.store(data, label="cardiology", media_type=media_type)
         await alice.set_policy(POLICY, standing=())
         return alice, heart, rid
+
+    async def patient_and_cardiologist(self, stack, **kw):
+        """Alice (a patient; ``kw`` for her PatientAgent) and dr-heart (a cardiologist), registered."""
+        alice = await self.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"}, **kw)
+        heart = await self.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+        return alice, heart
 
     async def registered(self, stack, cls, subject, org, attributes, **kw):
         agent = await stack.enter_async_context(cls.open(self.config(subject, org, attributes), node=self.node, **kw))
@@ -87,9 +92,7 @@ async def test_store_read_revoke_audit(world):
 
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"},
-                                           approve=approve)
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            alice, heart = await world.patient_and_cardiologist(stack, approve=approve)
             gp = await world.registered(stack, DoctorAgent, "dr-gp", "hospital-a", GP)
             # registration is idempotent
             assert (await alice.register(b"ignored")).subject == "alice"
@@ -172,8 +175,7 @@ async def test_patient_rejects_without_callback_and_by_callback(world):
 async def test_not_enough_peers_is_quick(world):
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            alice, heart = await world.patient_and_cardiologist(stack)
             data = os.urandom(70_000)
             rid = await alice.store(data, label="cardiology", media_type="application/octet-stream")
             await alice.set_policy(POLICY, standing=())
@@ -356,8 +358,7 @@ async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
 async def test_read_to_file_streams_the_same_plaintext_and_refuses_a_foreign_header(world, tmp_path):
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            alice, heart = await world.patient_and_cardiologist(stack)
             data = os.urandom(3 * (1 << 20) + 17)  # several record chunks and storage messages
             rid = await alice.store(data, label="cardiology", media_type="application/octet-stream")
             other = await alice.store(b"another record", label="cardiology", media_type="text/plain")

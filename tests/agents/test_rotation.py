@@ -39,9 +39,7 @@ async def test_a_revoked_doctors_old_shares_do_not_open_records_stored_or_reseal
 
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"},
-                                           approve=approve)
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            alice, heart = await world.patient_and_cardiologist(stack, approve=approve)
             other = await world.registered(stack, DoctorAgent, "dr-other", "hospital-a", CARDIO)
             old_id = await alice.store(b"old ECG", label="cardiology", media_type="text/plain")
             await alice.set_policy(POLICY, standing=())  # the patient makes each doctor's shares
@@ -80,8 +78,7 @@ async def test_a_revoked_doctors_old_shares_do_not_open_records_stored_or_reseal
 async def test_rotation_keeps_standing_service_on_the_new_epoch_and_withdraws_the_old(world):  # noqa: F811
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
-            heart = await world.registered(stack, DoctorAgent, "dr-heart", "hospital-b", CARDIO)
+            alice, heart = await world.patient_and_cardiologist(stack)
             other = await world.registered(stack, DoctorAgent, "dr-other", "hospital-a", CARDIO)
             old_id = await alice.store(b"old ECG", label="cardiology", media_type="text/plain")
             assert await alice.set_policy(POLICY) == {"cardiology": "auto"}
