@@ -815,11 +815,7 @@ class Ledger:
         if req["status"] != "pending":
             raise ValidationError("bad_state", f"request is {req['status']}")
         shares = body["shares"]
-        if not 1 <= body["threshold"] <= len(shares) or body["threshold"] < self.config.threshold:
-            raise ValidationError("malformed", "threshold must be at least the consortium's and at most the share count")
-        for peer_id, digest in shares.items():
-            if peer_id not in self._peers or not isinstance(digest, bytes) or len(digest) != 32:
-                raise ValidationError("malformed", "shares must map peer ids to 32-byte hashes")
+        self._check_split(body["threshold"], shares, "share")
         if body["expires_at"] <= tx.timestamp // 1000:
             raise ValidationError("malformed", "grant expires in the past")
         rec = state.get(record_key(tx.submitter, req["record_id"]))
@@ -830,6 +826,15 @@ class Ledger:
         self._audit(state, tx.submitter, block, index, tx, grant_id=body["grant_id"],
                     request_id=body["request_id"], doctor=req["doctor"], label=req["label"],
                     peers=sorted(shares), scope=scope)
+
+    def _check_split(self, threshold: int, digests: dict, noun: str) -> None:
+        """A t-of-n split of key material over peers (a grant's shares, a delegation's
+        parts): t at least the consortium's and at most n, one 32-byte hash per known peer."""
+        if not 1 <= threshold <= len(digests) or threshold < self.config.threshold:
+            raise ValidationError("malformed", f"threshold must be at least the consortium's and at most the {noun} count")
+        for peer_id, digest in digests.items():
+            if peer_id not in self._peers or not isinstance(digest, bytes) or len(digest) != 32:
+                raise ValidationError("malformed", f"{noun}s must map peer ids to 32-byte hashes")
 
     def _put_grant(self, state, time_ms: int, block, grant_id: str, patient: str, doctor: str, req: dict,
                    request_id: str, threshold: int, shares: dict, expires_at: int, scope: str, epoch: int,
@@ -905,11 +910,7 @@ class Ledger:
         if state.get(delegation_key(body["delegation_id"])) is not None:
             raise ValidationError("duplicate", "delegation id already used")
         parts = body["parts"]
-        if not 1 <= body["threshold"] <= len(parts) or body["threshold"] < self.config.threshold:
-            raise ValidationError("malformed", "threshold must be at least the consortium's and at most the part count")
-        for peer_id, digest in parts.items():
-            if peer_id not in self._peers or not isinstance(digest, bytes) or len(digest) != 32:
-                raise ValidationError("malformed", "parts must map peer ids to 32-byte hashes")
+        self._check_split(body["threshold"], parts, "part")
         state.put(delegation_key(body["delegation_id"]), {
             "patient": tx.submitter, "label": label, "mode": body["mode"], "threshold": body["threshold"],
             "parts": parts, "time": tx.timestamp, "height": block.height, "epoch": epoch})

@@ -338,10 +338,52 @@ def make_key_shares(
     """
     out = []
     for proxy, y in _inverse_shares(keypair, proxies, threshold, context):
-        share = KeyShare(proxy.index, threshold, context, receiver.p2 * y)
-        box = SealedBox(BoxPublicKey(proxy.box_public_key))
-        out.append(SealedKeyShare(proxy.index, box.encrypt(share.to_bytes())))
+        out.append(_seal(proxy, KeyShare(proxy.index, threshold, context, receiver.p2 * y).to_bytes()))
     return out
+
+
+def _seal(proxy: Proxy, plain: bytes) -> SealedKeyShare:
+    """``plain`` sealed to ``proxy``'s X25519 key, under its index."""
+    return SealedKeyShare(proxy.index, SealedBox(BoxPublicKey(proxy.box_public_key)).encrypt(plain))
+
+
+def _open_sealed(
+    sealed: SealedKeyShare,
+    box_secret_key: bytes,
+    *,
+    tag: str,
+    what: str,
+    holder: str,
+    strict: bool,
+    expected_context: bytes,
+    expected_index: int,
+) -> tuple[int, int, bytes, bytes]:
+    """Proxy side: unseal a ``[tag, context, index, threshold, value]`` body and
+    check it is for ``expected_context`` and this proxy; (index, threshold,
+    context, value bytes). ``what`` names the body and ``holder`` what its
+    context names, in the errors. ``strict`` (standing parts) also refuses
+    bools as integers and a threshold outside 1..MAX_PROXIES."""
+    try:
+        plain = SealedBox(BoxPrivateKey(box_secret_key)).decrypt(sealed.sealed)
+    except CryptoError as exc:
+        raise DecryptionError(f"{what} does not open with this proxy's key") from exc
+    try:
+        body_tag, context, index, threshold, value = msgpack.unpackb(plain, raw=False)
+    except Exception as exc:
+        raise DecodeError(f"{what} has a malformed body") from exc
+    if body_tag != tag or not isinstance(context, bytes) or not isinstance(value, bytes):
+        raise DecodeError(f"{what} has a malformed body")
+    if strict:
+        ints_ok = type(index) is int and type(threshold) is int and 1 <= threshold <= MAX_PROXIES
+    else:
+        ints_ok = isinstance(index, int) and isinstance(threshold, int)
+    if not ints_ok:
+        raise DecodeError(f"{what} has a malformed body")
+    if context != expected_context:
+        raise DecodeError(f"{what} is for another {holder}")
+    if index != expected_index or index != sealed.index:
+        raise DecodeError(f"{what} is for another proxy index")
+    return index, threshold, context, value
 
 
 def _inverse_shares(keypair: KeyPair, proxies: Sequence[Proxy], threshold: int,
@@ -394,9 +436,7 @@ def make_standing_parts(
     """
     out = []
     for proxy, y in _inverse_shares(keypair, proxies, threshold, context):
-        part = StandingPart(proxy.index, threshold, context, y)
-        box = SealedBox(BoxPublicKey(proxy.box_public_key))
-        out.append(SealedKeyShare(proxy.index, box.encrypt(part.to_bytes())))
+        out.append(_seal(proxy, StandingPart(proxy.index, threshold, context, y).to_bytes()))
     return out
 
 
@@ -408,22 +448,10 @@ def open_standing_part(
     expected_index: int,
 ) -> StandingPart:
     """Proxy side: unseal a standing part and check it is for this delegation and this proxy."""
-    try:
-        plain = SealedBox(BoxPrivateKey(box_secret_key)).decrypt(sealed.sealed)
-    except CryptoError as exc:
-        raise DecryptionError("sealed standing part does not open with this proxy's key") from exc
-    try:
-        tag, context, index, threshold, y = msgpack.unpackb(plain, raw=False)
-    except Exception as exc:
-        raise DecodeError("sealed standing part has a malformed body") from exc
-    if tag != _PART_TAG or not isinstance(context, bytes) or not isinstance(y, bytes):
-        raise DecodeError("sealed standing part has a malformed body")
-    if type(index) is not int or type(threshold) is not int or not 1 <= threshold <= MAX_PROXIES:
-        raise DecodeError("sealed standing part has a malformed body")
-    if context != expected_context:
-        raise DecodeError("sealed standing part is for another delegation")
-    if index != expected_index or index != sealed.index:
-        raise DecodeError("sealed standing part is for another proxy index")
+    index, threshold, context, y = _open_sealed(
+        sealed, box_secret_key, tag=_PART_TAG, what="sealed standing part", holder="delegation", strict=True,
+        expected_context=expected_context, expected_index=expected_index,
+    )
     return StandingPart(index, threshold, context, scalar_from_bytes(y))
 
 
@@ -614,20 +642,8 @@ class Scheme:
         self, sealed: SealedKeyShare, box_secret_key: bytes, *, expected_context: bytes, expected_index: int
     ) -> KeyShare:
         """Proxy side: unseal a share and check it is for this grant and this proxy."""
-        try:
-            plain = SealedBox(BoxPrivateKey(box_secret_key)).decrypt(sealed.sealed)
-        except CryptoError as exc:
-            raise DecryptionError("sealed key share does not open with this proxy's key") from exc
-        try:
-            tag, context, index, threshold, rk = msgpack.unpackb(plain, raw=False)
-        except Exception as exc:
-            raise DecodeError("sealed key share has a malformed body") from exc
-        if tag != _SHARE_TAG or not isinstance(context, bytes) or not isinstance(rk, bytes):
-            raise DecodeError("sealed key share has a malformed body")
-        if not isinstance(index, int) or not isinstance(threshold, int):
-            raise DecodeError("sealed key share has a malformed body")
-        if context != expected_context:
-            raise DecodeError("sealed key share is for another grant")
-        if index != expected_index or index != sealed.index:
-            raise DecodeError("sealed key share is for another proxy index")
+        index, threshold, context, rk = _open_sealed(
+            sealed, box_secret_key, tag=_SHARE_TAG, what="sealed key share", holder="grant", strict=False,
+            expected_context=expected_context, expected_index=expected_index,
+        )
         return KeyShare(index, threshold, context, self.curve.G2.from_bytes(rk))

@@ -43,7 +43,7 @@ import hmac
 import logging
 import secrets
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import trio
 
@@ -92,6 +92,7 @@ if TYPE_CHECKING:
 __all__ = ["PeerHandlers"]
 
 log = logging.getLogger("agents.peer")
+T = TypeVar("T")
 
 MAX_VALID_S = 10 * 366 * 86400
 SHARE_CACHE = 4096
@@ -332,19 +333,11 @@ class PeerHandlers:
         if grant is None:
             raise bus.HandlerError(codes.SHARE_UNKNOWN_GRANT,
                                    f"grant {grant_id} not committed within {GRANT_WAIT_S:g} s")
-        if grant.patient != msg.sender:
-            raise bus.HandlerError(codes.SHARE_FORBIDDEN, "only the grantor delivers its shares")
-        expected = grant.share_digest(peer.peer_id)
-        if expected is None or index != peer.info.index:
-            raise bus.HandlerError(codes.SHARE_MISMATCH,
-                                   f"the grant holds no share for {peer.peer_id} at index {index}")
-        if not hmac.compare_digest(hashlib.sha256(sealed).digest(), expected):
-            raise bus.HandlerError(codes.SHARE_MISMATCH, "sha256 of the sealed share differs from the grant's")
-        try:
-            prepared = await run_crypto(self._open_and_keep_share, grant_id, index, sealed)
-        except CoreError:
-            raise bus.HandlerError(codes.SHARE_MISMATCH,
-                                   "the sealed share does not open for this grant and peer") from None
+        prepared = await self._open_delivered(
+            msg, grant_id, index, sealed, owner=grant.patient, expected=grant.share_digest(peer.peer_id),
+            not_owner="only the grantor delivers its shares", noun="share", entry="grant",
+            opener=self._open_and_keep_share,
+        )
         self._cache_share(grant_id, prepared)
         log.info("peer %s: stored key share of grant %s", peer.peer_id, grant_id)
         return PeerDeliverShareReply()
@@ -353,23 +346,36 @@ class PeerHandlers:
                             sealed: bytes) -> PeerDeliverShareReply:
         """Keep this peer's sealed part of a committed standing delegation (checked as a share is)."""
         peer = self.peer
-        if delegation.patient != msg.sender:
-            raise bus.HandlerError(codes.SHARE_FORBIDDEN, "only the delegating patient delivers its parts")
-        expected = delegation.part_digest(peer.peer_id)
-        if expected is None or index != peer.info.index:
-            raise bus.HandlerError(codes.SHARE_MISMATCH,
-                                   f"the delegation holds no part for {peer.peer_id} at index {index}")
-        if not hmac.compare_digest(hashlib.sha256(sealed).digest(), expected):
-            raise bus.HandlerError(codes.SHARE_MISMATCH, "sha256 of the sealed part differs from the delegation's")
-        try:
-            part = await run_crypto(self._open_and_keep_part, delegation_id, index, sealed)
-        except CoreError:
-            raise bus.HandlerError(codes.SHARE_MISMATCH,
-                                   "the sealed part does not open for this delegation and peer") from None
+        part = await self._open_delivered(
+            msg, delegation_id, index, sealed, owner=delegation.patient,
+            expected=delegation.part_digest(peer.peer_id),
+            not_owner="only the delegating patient delivers its parts", noun="part", entry="delegation",
+            opener=self._open_and_keep_part,
+        )
         self._cache(self._parts, delegation_id, part)
         log.info("peer %s: stored standing part of %s/%s (%s)", peer.peer_id, delegation.patient,
                  delegation.label, delegation_id)
         return PeerDeliverShareReply()
+
+    async def _open_delivered(self, msg: bus.Message, entry_id: str, index: int, sealed: bytes, *, owner: str,
+                              expected: bytes | None, not_owner: str, noun: str, entry: str,
+                              opener: Callable[[str, int, bytes], T]) -> T:
+        """Check a delivered sealed share or part against its committed ledger ``entry`` (the sender
+        is its ``owner``; it holds this peer's digest ``expected`` at this peer's index; the sha256
+        matches), then open and keep it with ``opener`` off the event loop."""
+        peer = self.peer
+        if owner != msg.sender:
+            raise bus.HandlerError(codes.SHARE_FORBIDDEN, not_owner)
+        if expected is None or index != peer.info.index:
+            raise bus.HandlerError(codes.SHARE_MISMATCH,
+                                   f"the {entry} holds no {noun} for {peer.peer_id} at index {index}")
+        if not hmac.compare_digest(hashlib.sha256(sealed).digest(), expected):
+            raise bus.HandlerError(codes.SHARE_MISMATCH, f"sha256 of the sealed {noun} differs from the {entry}'s")
+        try:
+            return await run_crypto(opener, entry_id, index, sealed)
+        except CoreError:
+            raise bus.HandlerError(codes.SHARE_MISMATCH,
+                                   f"the sealed {noun} does not open for this {entry} and peer") from None
 
     def _open_part(self, delegation_id: str, index: int, sealed: bytes) -> pre.StandingPart:
         peer = self.peer
