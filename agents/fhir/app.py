@@ -58,7 +58,7 @@ from agents.doctor import DoctorAgent
 from agents.fhir.audit import audit_bundle
 from agents.fhir.auth import Principal, TokenVerifier
 from agents.fhir.bundles import plan_transaction, resource_bytes, searchset, transaction_response
-from agents.fhir.consent import consent_to_policy, policy_to_consent
+from agents.fhir.consent import FHIR_BASE, consent_to_policy, policy_to_consent
 from agents.fhir.emergency import is_emergency_purpose, parse_break_glass
 from agents.fhir.errors import FhirError, ScopeError, operation_outcome
 from agents.fhir.labels import FHIR_MEDIA_TYPE, LabelMap, record_id_for
@@ -73,7 +73,7 @@ FHIR_JSON = "application/fhir+json"
 _SEARCH_PARAMS = {"patient", "category", "_id", "_format"}
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-BREAK_GLASS_OPERATION = "https://emrshare.org/fhir/OperationDefinition/break-glass"
+BREAK_GLASS_OPERATION = f"{FHIR_BASE}/OperationDefinition/break-glass"
 MAX_JSON_DEPTH = 100  # nesting of a body or a record (FHIR resources nest a few levels)
 GRANTS_AT_ONCE = 3  # labels whose first read (a possible new grant) runs at once, see read_records
 

@@ -44,17 +44,16 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from agents.fhir.consent import POLICY_SYSTEM, RECORD_SYSTEM, SUBJECT_SYSTEM
+from agents.fhir.consent import FHIR_BASE, POLICY_SYSTEM, RECORD_SYSTEM, SUBJECT_SYSTEM
 
 __all__ = ["audit_event", "audit_bundle", "LEDGER_EVENT_SYSTEM", "TX_SYSTEM", "FLAG_SYSTEM", "BREAK_GLASS_SYSTEM"]
 
-_BASE = "https://emrshare.org/fhir"
-LEDGER_EVENT_SYSTEM = f"{_BASE}/CodeSystem/ledger-event"
-TX_SYSTEM = f"{_BASE}/NamingSystem/ledger-tx"
-REQUEST_SYSTEM = f"{_BASE}/NamingSystem/request-id"
-GRANT_SYSTEM = f"{_BASE}/NamingSystem/grant-id"
-BREAK_GLASS_SYSTEM = f"{_BASE}/NamingSystem/break-glass-id"
-FLAG_SYSTEM = f"{_BASE}/CodeSystem/audit-flag"
+LEDGER_EVENT_SYSTEM = f"{FHIR_BASE}/CodeSystem/ledger-event"
+TX_SYSTEM = f"{FHIR_BASE}/NamingSystem/ledger-tx"
+REQUEST_SYSTEM = f"{FHIR_BASE}/NamingSystem/request-id"
+GRANT_SYSTEM = f"{FHIR_BASE}/NamingSystem/grant-id"
+BREAK_GLASS_SYSTEM = f"{FHIR_BASE}/NamingSystem/break-glass-id"
+FLAG_SYSTEM = f"{FHIR_BASE}/CodeSystem/audit-flag"
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _SECURITY_ALERT = {"system": _DCM, "code": "110113", "display": "Security Alert"}
 _OVERRIDE_STARTED = {"system": _DCM, "code": "110127", "display": "Emergency Override Started"}

@@ -62,19 +62,20 @@ from agents.fhir.labels import RESOURCE_TYPES_SYSTEM, LabelMap, record_id_for
 __all__ = [
     "consent_to_policy", "policy_to_consent", "PURPOSES", "LABEL_SYSTEM", "RECORD_SYSTEM", "ATTRIBUTE_SYSTEM",
     "PURPOSE_SYSTEM", "POLICY_SYSTEM", "SUBJECT_SYSTEM", "APPROVAL_EXTENSION", "BREAK_GLASS_EXTENSION",
-    "fhir_instant", "parse_fhir_time",
+    "fhir_instant", "parse_fhir_time", "FHIR_BASE",
 ]
 
-_BASE = "https://emrshare.org/fhir"
-LABEL_SYSTEM = f"{_BASE}/CodeSystem/label"
-ATTRIBUTE_SYSTEM = f"{_BASE}/CodeSystem/attribute"
-PURPOSE_SYSTEM = f"{_BASE}/CodeSystem/purpose"
-RECORD_SYSTEM = f"{_BASE}/NamingSystem/record-id"
-POLICY_SYSTEM = f"{_BASE}/NamingSystem/policy-name"
-SUBJECT_SYSTEM = f"{_BASE}/NamingSystem/subject"
-APPROVAL_EXTENSION = f"{_BASE}/StructureDefinition/approval"
+FHIR_BASE = "https://emrshare.org/fhir"
+"""The namespace of emrshare's own FHIR code systems, naming systems, extensions and operations."""
+LABEL_SYSTEM = f"{FHIR_BASE}/CodeSystem/label"
+ATTRIBUTE_SYSTEM = f"{FHIR_BASE}/CodeSystem/attribute"
+PURPOSE_SYSTEM = f"{FHIR_BASE}/CodeSystem/purpose"
+RECORD_SYSTEM = f"{FHIR_BASE}/NamingSystem/record-id"
+POLICY_SYSTEM = f"{FHIR_BASE}/NamingSystem/policy-name"
+SUBJECT_SYSTEM = f"{FHIR_BASE}/NamingSystem/subject"
+APPROVAL_EXTENSION = f"{FHIR_BASE}/StructureDefinition/approval"
 #: complex extension on an ETREAT permit provision: ``cosign`` (valuePositiveInt), ``window`` (valueDuration)
-BREAK_GLASS_EXTENSION = f"{_BASE}/StructureDefinition/break-glass"
+BREAK_GLASS_EXTENSION = f"{FHIR_BASE}/StructureDefinition/break-glass"
 UCUM_SYSTEM = "http://unitsofmeasure.org"
 _DURATION_SECONDS = {"s": 1, "min": 60, "h": 3600, "d": 86400}
 
