@@ -1,15 +1,32 @@
-"""bus: typed, signed messages between agents, over trio and msgpack.
+"""bus: typed, authenticated messages between agents, over trio and msgpack.
 
 The bus knows nothing of the domain: message bodies are opaque msgpack values,
 and signing, the key directory and signature verification are injected
 callables (the agents pass core's ECDSA). It does not import core/ or agents/.
+
+Channels
+========
+By default every connection is an authenticated encrypted channel
+(:mod:`bus.channel`): an ephemeral X25519 handshake, then each side proves the
+agents it speaks for once, with each agent's own signing key over the
+channel's transcript, and every later frame is ChaCha20-Poly1305 with
+per-direction counters (no replay, reorder or change goes unnoticed).
+Envelopes on a channel are unsigned (signature field empty); a receiver
+accepts one only from an agent the other side proved under the key its
+directory holds. Envelopes between agents of one node are delivered with no
+crypto at all. ``open_node(channels=False)`` keeps the older signed mode
+(every envelope signed and verified, in the clear) for comparison; nodes of
+the two modes do not talk to each other.
 
 Wire format
 ===========
 
 Frame (stream transports: TCP, TLS)
     ``length (4 bytes, unsigned big-endian) || payload (length bytes)``.
-    The payload is one encoded envelope. Frames above the configured maximum
+    On a channel the two first frames are the hellos and every later payload
+    is a sealed channel frame (type byte, ciphertext, tag) holding an encoded
+    envelope or an identity proof; in signed mode the payload is one encoded
+    envelope. Frames above the configured maximum
     (default 16 MiB) are refused as soon as their header is read, and the
     connection is closed. The in-memory transport carries payloads without
     the header, under the same limit.
@@ -39,7 +56,9 @@ Envelope (the payload)
                           str or bin. Error replies: ``{"code": str,
                           "message": str}``; events: ``{"seq": int, "data":
                           value}``; subscribe: ``{"topic": str}``
-    10    signature       bin, 1..512 bytes (64-byte ECDSA r||s with core's signer)
+    10    signature       bin, 0..512 bytes: empty on a channel and between agents
+                          of one node; in signed mode the 64-byte ECDSA r||s
+                          with core's signer
     ====  ==============  =======================================================
 
 Signature input
@@ -52,7 +71,11 @@ Signature input
     str or bin map keys (receivers refuse other keys as malformed).
 
 Acceptance
-    A receiver accepts an envelope only if it is addressed to it, its timestamp
+    On a channel, a receiver accepts an envelope only if it is addressed to it
+    and its sender is an agent the other side proved on that channel under the
+    key the receiver's directory holds (else ``unknown-sender`` or
+    ``unproven-sender``). In signed mode it accepts one only if it is addressed
+    to it, its timestamp
     is within the skew window (default 30 s) of the receiver's clock, the
     sender's public key is in the directory and the signature verifies, and
     the (sender, nonce) pair was not seen within the window. Otherwise it is
@@ -82,6 +105,14 @@ from ._pubsub import Subscription as Subscription
 from ._stats import EndpointStatistics as EndpointStatistics
 from ._stats import NodeStatistics as NodeStatistics
 from ._stats import Traffic as Traffic
+from ._secure import THREAD_SEAL_BYTES as THREAD_SEAL_BYTES
+from ._secure import ChannelConnection as ChannelConnection
+from ._secure import channel_handshake as channel_handshake
+from .channel import CHANNEL_OVERHEAD as CHANNEL_OVERHEAD
+from .channel import MAX_CLAIMS as MAX_CLAIMS
+from .channel import Channel as Channel
+from .channel import ChannelError as ChannelError
+from .channel import Handshake as Handshake
 from .directory import StaticDirectory as StaticDirectory
 from .envelope import ID_SIZE as ID_SIZE
 from .envelope import MAX_AGENT_ID_LENGTH as MAX_AGENT_ID_LENGTH
@@ -98,6 +129,7 @@ from .envelope import ReplayGuard as ReplayGuard
 from .envelope import Signer as Signer
 from .envelope import Verifier as Verifier
 from .envelope import decode_envelope as decode_envelope
+from .envelope import sign_wire as sign_wire
 from .envelope import verify_envelope as verify_envelope
 from .errors import BrokenError as BrokenError
 from .errors import BusError as BusError

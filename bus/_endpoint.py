@@ -50,6 +50,7 @@ from .envelope import (
     _packb,
     verify_envelope,
 )
+from ._secure import ChannelConnection
 from .errors import BrokenError, BusError, ClosedError, RemoteError, RequestTimeout
 from .transport import Connection
 
@@ -95,12 +96,14 @@ class _Host(Protocol):
         ...
 
     async def route(
-        self, recipient: str, data: bytes, via: Connection | None, *, wait: bool = True
+        self, sender: str, recipient: str, data: bytes, via: Connection | None, *, wait: bool = True
     ) -> Connection | None:
-        """Deliver an encoded envelope (on ``via`` first, if given and live);
-        return the connection it left on, None when delivered locally. Without
-        ``wait`` it never waits for a connection's send queue: a full one is
-        dropped (BrokenError)."""
+        """Deliver an encoded, unsigned envelope from the hosted agent ``sender``
+        (on ``via`` first, if given and live): as it is to an agent of this node
+        or on a channel (after proving ``sender`` there), signed with the
+        sender's signer otherwise; return the connection it left on, None when
+        delivered locally. Without ``wait`` it never waits for a connection's
+        send queue: a full one is dropped (BrokenError)."""
         ...
 
     def note_path(self, agent: str, conn: Connection) -> None:
@@ -131,6 +134,11 @@ class _Attachment:
     deliver: Callable[[Envelope, int, Connection | None], Awaitable[None]]
     """``deliver(envelope, size, conn)``: verify and dispatch a decoded envelope
     (``conn`` None for one from this node); never raises BusError."""
+    signer: Signer
+    """Signs for the agent: its identity proofs on channels, its envelopes in signed mode."""
+    directory: Directory
+    """The agent's view of who holds which key (to check who the other side of a channel proved)."""
+    verifier: Verifier
     connection_lost: Callable[[Connection], None]
     """A connection closed: fail what was waiting on it."""
     holds: Callable[[Connection], bool]
@@ -246,7 +254,8 @@ class Endpoint:
         self._rejected: Counter[str] = Counter()
         self._error_replies = 0
         self._closed = False
-        host.attach(identity, _Attachment(self._receive, self._connection_lost, self._holds, self.aclose))
+        host.attach(identity, _Attachment(self._receive, signer, directory, verifier, self._connection_lost,
+                                          self._holds, self.aclose))
         host.spawn(self._dispatch)
 
     # ------------------------------------------------------------ public API
@@ -378,7 +387,7 @@ class Endpoint:
             recipient=to,
             body=body,
             timestamp=self._host.now_ms(),
-            signer=self._signer,
+            signer=None,  # the node signs it only where no channel carries it
             correlation_id=correlation_id,
         )
 
@@ -386,7 +395,7 @@ class Endpoint:
         self, env: Envelope, data: bytes, via: Connection | None = None, count_as: str | None = None,
         wait: bool = True,
     ) -> Connection | None:
-        conn = await self._host.route(env.recipient, data, via, wait=wait)
+        conn = await self._host.route(self._identity, env.recipient, data, via, wait=wait)
         kind = count_as or env.kind
         self._sent_kind.add(kind, len(data))
         self._sent_peer.add(env.recipient, len(data))
@@ -442,19 +451,38 @@ class Endpoint:
         """Verify and dispatch one decoded envelope. Never raises BusError."""
         if self._closed:
             return
-        try:
-            verify_envelope(
-                env,
-                recipient=self._identity,
-                directory=self._directory,
-                verifier=self._verifier,
-                now_ms=self._host.now_ms(),
-                skew_ms=self._skew_ms,
-                replay_guard=self._replay,
-            )
-        except EnvelopeError as exc:
-            self._reject(exc.reason, env, conn, exc.message)
-            return
+        if conn is None:  # from an agent of this node: nothing to verify
+            if env.recipient != self._identity:
+                self._reject("misaddressed", env, conn, f"addressed to {env.recipient!r}")
+                return
+        elif isinstance(conn, ChannelConnection):
+            # the channel authenticated every frame and stops replays; the sender
+            # must be an agent the other side proved under the key we know
+            if env.recipient != self._identity:
+                self._reject("misaddressed", env, conn, f"addressed to {env.recipient!r}")
+                return
+            try:
+                key = self._directory(env.sender)
+            except Exception:
+                key = None
+            reason = conn.channel.claim_ok(env.sender, key, self._verifier)
+            if reason is not None:
+                self._reject(reason, env, conn, f"{env.sender!r} is not proved on this channel")
+                return
+        else:
+            try:
+                verify_envelope(
+                    env,
+                    recipient=self._identity,
+                    directory=self._directory,
+                    verifier=self._verifier,
+                    now_ms=self._host.now_ms(),
+                    skew_ms=self._skew_ms,
+                    replay_guard=self._replay,
+                )
+            except EnvelopeError as exc:
+                self._reject(exc.reason, env, conn, exc.message)
+                return
         if conn is not None:
             self._host.note_path(env.sender, conn)
         mtype = env.type

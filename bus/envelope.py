@@ -38,6 +38,7 @@ __all__ = [
     "Verifier",
     "decode_envelope",
     "verify_envelope",
+    "sign_wire",
     "ReplayGuard",
 ]
 
@@ -73,6 +74,7 @@ REJECT_REASONS = (
     "bad-signature",
     "replay",
     "replay-cache-full",
+    "unproven-sender",
 )
 
 Signer = Callable[[bytes], bytes]
@@ -183,13 +185,15 @@ class Envelope:
         recipient: str,
         body: Any,
         timestamp: int,
-        signer: Signer,
+        signer: Signer | None,
         correlation_id: bytes | None = None,
         msg_id: bytes | None = None,
         nonce: bytes | None = None,
     ) -> tuple[Envelope, bytes]:
         """A new envelope signed with ``signer`` and its wire bytes (one encoding
-        pass); ``msg_id`` and ``nonce`` are fresh random bytes unless given."""
+        pass); ``msg_id`` and ``nonce`` are fresh random bytes unless given.
+        ``signer=None`` leaves the signature empty: an envelope for a channel or
+        for an agent of the same node (:func:`sign_wire` signs it later)."""
         if msg_id is None or nonce is None:
             fresh = secrets.token_bytes(ID_SIZE + NONCE_SIZE)
             msg_id = fresh[:ID_SIZE] if msg_id is None else msg_id
@@ -199,12 +203,30 @@ class Envelope:
         packed = _packb(
             [PROTOCOL_VERSION, int(mtype), kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body]
         )
-        signature = signer(SIGNING_DOMAIN + packed)
-        if not isinstance(signature, bytes) or not 0 < len(signature) <= MAX_SIGNATURE_SIZE:
-            raise EnvelopeError("malformed", "signer returned no valid signature bytes")
+        signature = b"" if signer is None else _signature(signer, packed)
         env = cls(PROTOCOL_VERSION, mtype, kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body, signature)
         # fixarray(10) -> fixarray(11): the same fields, then the signature
         return env, b"\x9b" + packed[1:] + _packb(signature)
+
+
+def _signature(signer: Signer, packed_fields: bytes) -> bytes:
+    signature = signer(SIGNING_DOMAIN + packed_fields)
+    if not isinstance(signature, bytes) or not 0 < len(signature) <= MAX_SIGNATURE_SIZE:
+        raise EnvelopeError("malformed", "signer returned no valid signature bytes")
+    return signature
+
+
+_UNSIGNED_TAIL = b"\xc4\x00"  # msgpack bin 8 of length 0: the empty signature
+
+
+def sign_wire(unsigned: bytes, signer: Signer) -> bytes:
+    """The signed wire form of an unsigned envelope's wire bytes (as
+    :meth:`Envelope.create_encoded` makes them without a signer): what signed
+    mode sends where a channel would carry the unsigned bytes."""
+    if unsigned[:1] != b"\x9b" or not unsigned.endswith(_UNSIGNED_TAIL):
+        raise EnvelopeError("malformed", "not an unsigned envelope")
+    fields = unsigned[1:-len(_UNSIGNED_TAIL)]
+    return unsigned[:-len(_UNSIGNED_TAIL)] + _packb(_signature(signer, b"\x9a" + fields))
 
 
 def _check_str(name: str, value: Any, max_len: int) -> None:
@@ -282,8 +304,8 @@ def _decode_checked(data: bytes, max_objects: int) -> Envelope:
     version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig = fields
     if type(mtype) is not int or mtype not in _TYPE_CODES:
         raise EnvelopeError("malformed", "unknown message type")
-    if type(sig) is not bytes or not 0 < len(sig) <= MAX_SIGNATURE_SIZE:
-        raise EnvelopeError("malformed", f"signature must be 1..{MAX_SIGNATURE_SIZE} bytes")
+    if type(sig) is not bytes or len(sig) > MAX_SIGNATURE_SIZE:
+        raise EnvelopeError("malformed", f"signature must be 0..{MAX_SIGNATURE_SIZE} bytes")
     mtype = MessageType(mtype)
     _check_values(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body)
     return Envelope(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig)

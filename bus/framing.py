@@ -58,6 +58,12 @@ class FrameDecoder:
     def max_frame_size(self) -> int:
         return self._max
 
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        """Change the limit for the frames still to come (a handshake reads its
+        first frame under a small one)."""
+        self._max = _check_max(value)
+
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete frame (non-zero at EOF means truncation)."""

@@ -59,8 +59,19 @@ from typing import Any
 import trio
 
 from ._endpoint import Endpoint, _Attachment
+from ._secure import ChannelConnection, channel_handshake
+from .channel import CHANNEL_OVERHEAD, ChannelError
 from ._stats import NodeStatistics
-from .envelope import Directory, Envelope, EnvelopeError, Signer, Verifier, _decode_checked, decode_envelope
+from .envelope import (
+    Directory,
+    Envelope,
+    EnvelopeError,
+    Signer,
+    Verifier,
+    _decode_checked,
+    decode_envelope,
+    sign_wire,
+)
 from .errors import BrokenError, BusError, ClosedError, FrameError, UnreachableError
 from .framing import DEFAULT_MAX_FRAME_SIZE
 from .structure import StructureError, TooManyObjects, check_structure
@@ -101,7 +112,7 @@ class _Outbox:
                  "last_sent")
 
     def __init__(self, max_frames: int, max_bytes: int):
-        self._frames: deque[bytes] = deque()
+        self._frames: deque[tuple[bytes, bool]] = deque()  # (payload, is an identity proof)
         self._bytes = 0
         self._max_frames = max_frames
         self._max_bytes = max_bytes
@@ -115,8 +126,8 @@ class _Outbox:
             return True  # an empty queue always takes one frame
         return len(self._frames) < self._max_frames and self._bytes + size <= self._max_bytes
 
-    def put_nowait(self, data: bytes) -> None:
-        self._frames.append(data)
+    def put_nowait(self, data: bytes, proof: bool = False) -> None:
+        self._frames.append((data, proof))
         self._bytes += len(data)
         self._writer.unpark_all()
 
@@ -124,18 +135,18 @@ class _Outbox:
         while self.closed is None and not self.has_room(size):
             await self._room.park()
 
-    async def take(self) -> bytes | None:
-        """The next frame to write; None once closed."""
+    async def take(self) -> tuple[bytes, bool] | None:
+        """The next frame to write and whether it is an identity proof; None once closed."""
         while not self._frames:
             if self.closed is not None:
                 return None
             await self._writer.park()
         if self.closed is not None:
             return None
-        data = self._frames.popleft()
-        self._bytes -= len(data)
+        item = self._frames.popleft()
+        self._bytes -= len(item[0])
         self._room.unpark_all()
-        return data
+        return item
 
     def close(self, reason: str) -> None:
         if self.closed is None:
@@ -163,7 +174,11 @@ class Node:
     (defaults and reasons in :mod:`bus.limits`); ``connect_attempts``,
     ``backoff_base`` and ``backoff_cap`` (seconds), how an outgoing connection
     is retried; ``clock``, wall-clock seconds (``time.time``) for envelope
-    timestamps.
+    timestamps; ``channels`` (default True), whether connections are
+    authenticated encrypted channels (:mod:`bus.channel`: unsigned envelopes,
+    agents proved once per connection) or carry signed envelopes in the clear
+    (False: every envelope signed and verified, kept for comparison; a node of
+    one mode refuses connections of the other).
 
     The methods under "host interface" are what its endpoints call (the
     ``_Host`` protocol of :mod:`bus._endpoint`); agents need only
@@ -192,10 +207,13 @@ class Node:
         backoff_base: float = 0.05,
         backoff_cap: float = 2.0,
         clock: Callable[[], float] = time.time,
+        channels: bool = True,
     ):
         self._nursery = nursery
         self._max_frame_size = max_frame_size
-        self._transports: dict[str, Transport] = {"tcp": TcpTransport(max_frame_size=max_frame_size)}
+        self._channels = channels
+        wire_max = max_frame_size + (CHANNEL_OVERHEAD if channels else 0)
+        self._transports: dict[str, Transport] = {"tcp": TcpTransport(max_frame_size=wire_max)}
         if transports:
             self._transports.update(transports)
         self._routes: dict[str, Address] = {}
@@ -226,6 +244,7 @@ class Node:
         self._links: dict[Address, _Link] = {}
         self._live: set[Connection] = set()
         self._incoming: set[Connection] = set()
+        self._handshaking = 0  # incoming connections in the channel handshake (count toward the cap)
         self._listeners: list[Callable[[], Awaitable[None]]] = []
         self._frames_received = 0
         self._bytes_received = 0
@@ -313,6 +332,9 @@ class Node:
 
     def attach(self, identity: str, attachment: _Attachment) -> None:
         self._endpoints[identity] = attachment
+        for conn in list(self._incoming):  # prove the newcomer on the channels already open
+            if isinstance(conn, ChannelConnection):
+                self._prove(conn, identity, attachment)
 
     def detach(self, identity: str) -> None:
         self._endpoints.pop(identity, None)
@@ -328,7 +350,7 @@ class Node:
         return self._paths.get(agent)
 
     async def route(
-        self, recipient: str, data: bytes, via: Connection | None, *, wait: bool = True
+        self, sender: str, recipient: str, data: bytes, via: Connection | None, *, wait: bool = True
     ) -> Connection | None:
         if self._closed:
             raise ClosedError("node is closed")
@@ -338,19 +360,21 @@ class Node:
             raise FrameError(f"message of {len(data)} bytes exceeds the {self._max_frame_size}-byte frame limit")
         if via is not None and via in self._live:
             try:
-                await self._enqueue(via, data, wait)
+                await self._enqueue(via, sender, recipient, data, wait)
                 return via
             except (BrokenError, ClosedError):
                 pass
         local = self._endpoints.get(recipient)
         if local is not None:
+            # no crypto between agents of one node: a decoded copy (so sender and
+            # handler share no mutable body), delivered as from this node
             env = self._decode(data)
             await local.deliver(env, len(data), None)
             return None
         conn = self._paths.get(recipient)
         if conn is not None:
             try:
-                await self._enqueue(conn, data, wait)
+                await self._enqueue(conn, sender, recipient, data, wait)
                 return conn
             except (BrokenError, ClosedError):
                 self._paths.pop(recipient, None)
@@ -360,7 +384,7 @@ class Node:
         for attempt in (1, 2):
             conn = await self._connect(address)
             try:
-                await self._enqueue(conn, data, wait)
+                await self._enqueue(conn, sender, recipient, data, wait)
                 return conn
             except (BrokenError, ClosedError):
                 link = self._links.get(address)
@@ -370,12 +394,24 @@ class Node:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _enqueue(self, conn: Connection, data: bytes, wait: bool) -> None:
-        """Queue ``data`` on ``conn``'s writer. Without ``wait``, a full queue
-        drops the connection (its reader is too slow to be waited on)."""
+    async def _enqueue(self, conn: Connection, sender: str, recipient: str, data: bytes, wait: bool) -> None:
+        """Queue ``data`` (an unsigned envelope from ``sender``) on ``conn``'s
+        writer: on a channel, after the proof of ``sender`` the first time and
+        only once the other side proved ``recipient``; else signed. Without
+        ``wait``, a full queue drops the connection (its reader is too slow to
+        be waited on)."""
         box = self._outboxes.get(conn)
         if box is None or box.closed is not None:
             raise BrokenError(f"connection to {conn.peer} is closed")
+        own = self._endpoints.get(sender)
+        if own is None:
+            raise ClosedError(f"endpoint {sender!r} is not attached")
+        if isinstance(conn, ChannelConnection):
+            await self._check_recipient(conn, own, recipient)
+            if sender not in conn.channel.proven_here:
+                self._prove(conn, sender, own)
+        else:
+            data = sign_wire(data, own.signer)
         if not box.has_room(len(data)):
             if not wait:
                 self._drop(conn, "send-queue-full")
@@ -384,6 +420,28 @@ class Node:
             if box.closed is not None:
                 raise BrokenError(f"connection to {conn.peer} dropped: {box.closed}")
         box.put_nowait(data)
+
+    async def _check_recipient(self, conn: ChannelConnection, own: _Attachment, recipient: str) -> None:
+        """Wait (bounded by the handshake timeout) until the other side of ``conn``
+        proved ``recipient`` under the key ``own``'s directory holds for it."""
+        reason = conn.channel.claim_ok(recipient, own.directory(recipient), own.verifier)
+        if reason is None:
+            return
+        if recipient not in conn.channel.claims:
+            with trio.move_on_after(self._handshake_timeout):
+                await conn.wait_claim(recipient)
+            reason = conn.channel.claim_ok(recipient, own.directory(recipient), own.verifier)
+        if reason is not None:
+            raise UnreachableError(
+                f"{conn.peer} did not prove it hosts {recipient!r} ({reason}); not sending to it"
+            )
+
+    def _prove(self, conn: ChannelConnection, agent: str, attachment: _Attachment) -> None:
+        """Queue the proof that we speak for ``agent`` on ``conn`` (ahead of its envelopes)."""
+        box = self._outboxes.get(conn)
+        if box is None or box.closed is not None:
+            return
+        box.put_nowait(conn.channel.make_proof(agent, attachment.signer), proof=True)
 
     def _drop(self, conn: Connection, reason: str) -> None:
         """Close ``conn`` now for ``reason`` (counted in statistics)."""
@@ -400,14 +458,20 @@ class Node:
 
     async def _write(self, conn: Connection, box: _Outbox) -> None:
         """The connection's writer: every frame within the write timeout, or drop it."""
+        send_proof = conn.send_proof if isinstance(conn, ChannelConnection) else None
         while True:
-            data = await box.take()
-            if data is None:
+            item = await box.take()
+            if item is None:
                 return
+            data, proof = item
             with trio.move_on_after(self._write_timeout) as scope:
                 try:
-                    await conn.send(data)
-                except (BrokenError, ClosedError) as exc:
+                    if proof:
+                        assert send_proof is not None
+                        await send_proof(data)
+                    else:
+                        await conn.send(data)
+                except (BrokenError, ClosedError, ChannelError) as exc:
                     if box.closed is None:
                         self._drop(conn, "send-failed")
                         log.info("bus: sending on %s failed: %s", conn.peer, exc)
@@ -436,6 +500,8 @@ class Node:
             for attempt in range(1, self._connect_attempts + 1):
                 try:
                     conn = await transport.connect(address)
+                    if self._channels:
+                        conn = await self._secure(conn, initiator=True)
                     break
                 except UnreachableError as exc:
                     if attempt == self._connect_attempts:
@@ -451,6 +517,20 @@ class Node:
             self._nursery.start_soon(self._serve_connection, conn, link)
             return conn
 
+    async def _secure(self, conn: Connection, *, initiator: bool) -> ChannelConnection:
+        """Run the channel handshake on ``conn`` within the handshake timeout
+        (closing it on failure: UnreachableError for ours, ChannelError for theirs)."""
+        try:
+            with trio.fail_after(self._handshake_timeout):
+                return await channel_handshake(conn, initiator=initiator)
+        except (ChannelError, BrokenError, ClosedError, FrameError, trio.TooSlowError) as exc:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+            what = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            if initiator:
+                raise UnreachableError(f"channel handshake with {conn.peer} failed: {what}") from None
+            raise ChannelError(f"channel handshake from {conn.peer} failed: {what}") from None
+
     def _open(self, conn: Connection) -> None:
         self._live.add(conn)
         box = self._outboxes[conn] = _Outbox(*self._send_queue)
@@ -459,7 +539,7 @@ class Node:
 
     async def _accept(self, conn: Connection) -> None:
         source = getattr(conn, "source", conn.peer)
-        if self._closed or len(self._incoming) >= self._max_connections:
+        if self._closed or len(self._incoming) + self._handshaking >= self._max_connections:
             self._refused += 1
             log.warning("bus: refusing connection from %s (limit %d)", conn.peer, self._max_connections)
             await conn.aclose()
@@ -470,9 +550,22 @@ class Node:
             await conn.aclose()
             return
         self._sources[source] += 1
-        self._incoming.add(conn)
-        self._open(conn)
         try:
+            if self._channels:
+                self._handshaking += 1
+                try:
+                    conn = await self._secure(conn, initiator=False)
+                except ChannelError as exc:
+                    self._dropped["handshake-failed"] += 1
+                    log.warning("bus: %s", exc)
+                    return
+                finally:
+                    self._handshaking -= 1
+            self._incoming.add(conn)
+            self._open(conn)
+            if isinstance(conn, ChannelConnection):
+                for identity, attachment in list(self._endpoints.items()):
+                    self._prove(conn, identity, attachment)
             await self._serve_connection(conn, None)
         finally:
             self._sources[source] -= 1

@@ -12,7 +12,7 @@ Never use the fallback outside tests.
 
 from __future__ import annotations
 
-__all__ = ["Keyring", "eventually", "linked_pair"]
+__all__ = ["Keyring", "connect_channel", "eventually", "linked_pair"]
 
 import contextlib
 import hashlib
@@ -23,8 +23,12 @@ from typing import Any
 
 import trio
 
+from ._secure import ChannelConnection, channel_handshake
+from .channel import CHANNEL_OVERHEAD
 from .directory import StaticDirectory
 from .envelope import Signer
+from .framing import DEFAULT_MAX_FRAME_SIZE
+from .transport import TcpTransport, parse_address
 
 
 def _hmac_sign(key: bytes, message: bytes) -> bytes:
@@ -96,3 +100,16 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5) -> None:
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.005)
+
+
+async def connect_channel(address: str, *, prove: dict[str, Signer] | None = None,
+                          max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> ChannelConnection:
+    """A bare channel to the node at ``address`` (TCP), for tests that play a
+    client by hand: it has done the handshake and proved each agent of
+    ``prove`` (agent id -> signer); ``send`` carries raw envelope bytes, and
+    ``send_proof(conn.channel.make_proof(agent, signer))`` proves more."""
+    conn = await TcpTransport(max_frame_size=max_frame_size + CHANNEL_OVERHEAD).connect(parse_address(address))
+    channel_conn = await channel_handshake(conn, initiator=True)
+    for agent, signer in (prove or {}).items():
+        await channel_conn.send_proof(channel_conn.channel.make_proof(agent, signer))
+    return channel_conn

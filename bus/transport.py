@@ -178,6 +178,11 @@ class _StreamConnection:
                 self.partial_since = trio.current_time()
         return self._frames.popleft()
 
+    def limit_frames(self, max_frame_size: int | None) -> None:
+        """Refuse frames above ``max_frame_size`` from now on (None: the
+        transport's own limit again)."""
+        self._decoder.max_frame_size = self._max if max_frame_size is None else max_frame_size
+
     async def aclose(self) -> None:
         self._closed = True
         with trio.move_on_after(1) as scope:

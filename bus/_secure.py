@@ -1,0 +1,127 @@
+"""Channels over connections: the handshake run on a :class:`Connection`, and the
+connection that seals and opens every frame after it (:mod:`bus.channel` has the
+protocol; the node decides when to prove whom).
+
+:func:`channel_handshake` exchanges the two hellos within a deadline and returns a
+:class:`ChannelConnection`, a :class:`Connection` whose ``send`` carries an
+envelope and whose ``receive`` returns the next envelope, recording on the way
+the identity proofs the other side sends (``channel.claims``). A frame that
+fails authentication (forged, changed, replayed, reordered) breaks the
+connection. Frames larger than :data:`THREAD_SEAL_BYTES` are sealed and opened
+in a worker thread (libsodium releases the GIL), one at a time per direction, so
+the order of counters is the order on the wire.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ChannelConnection", "channel_handshake", "THREAD_SEAL_BYTES"]
+
+import trio
+
+from .channel import ENVELOPE, MAX_HELLO_SIZE, PROOF, Channel, ChannelError, Handshake
+from .errors import BrokenError, ClosedError, FrameError
+from .transport import Connection
+
+THREAD_SEAL_BYTES = 256 * 1024
+"""Frames at least this large are sealed/opened off the event loop."""
+
+
+class ChannelConnection:
+    """A :class:`Connection` whose frames travel sealed on an established channel."""
+
+    def __init__(self, conn: Connection, channel: Channel):
+        self.inner = conn
+        self.channel = channel
+        self.peer = conn.peer
+        self.source = getattr(conn, "source", conn.peer)
+        self._claimed = trio.lowlevel.ParkingLot()
+        self._ended = False
+
+    @property
+    def partial_since(self) -> float | None:
+        return getattr(self.inner, "partial_since", None)
+
+    async def _seal(self, frame_type: int, payload: bytes) -> bytes:
+        if len(payload) >= THREAD_SEAL_BYTES:
+            return await trio.to_thread.run_sync(self.channel.seal, frame_type, payload)
+        return self.channel.seal(frame_type, payload)
+
+    async def send(self, payload: bytes) -> None:
+        """Send one envelope (called by one writer task, in order)."""
+        await self.inner.send(await self._seal(ENVELOPE, payload))
+
+    async def send_proof(self, payload: bytes) -> None:
+        """Send one identity proof (a PROOF payload made by the channel)."""
+        await self.inner.send(await self._seal(PROOF, payload))
+
+    async def receive(self) -> bytes | None:
+        """The next envelope's bytes; proofs are recorded on the way. BrokenError
+        when a frame does not authenticate or a proof is malformed."""
+        while True:
+            try:
+                frame = await self.inner.receive()
+            except BaseException:
+                self.connection_ended()
+                raise
+            if frame is None:
+                self.connection_ended()
+                return None
+            try:
+                if len(frame) >= THREAD_SEAL_BYTES:
+                    frame_type, payload = await trio.to_thread.run_sync(self.channel.open, frame)
+                else:
+                    frame_type, payload = self.channel.open(frame)
+                if frame_type == ENVELOPE:
+                    return payload
+                self.channel.add_claim(payload)
+            except ChannelError as exc:
+                self.connection_ended()
+                raise BrokenError(f"channel from {self.peer}: {exc}") from None
+            self._claimed.unpark_all()
+
+    async def wait_claim(self, agent: str) -> bool:
+        """Wait (the caller bounds the time) until the other side has proved
+        ``agent``; False if the connection closed first."""
+        while agent not in self.channel.claims:
+            if self._ended:
+                return False
+            await self._claimed.park()
+        return True
+
+    def connection_ended(self) -> None:
+        """Wake waiters: no more proofs will come."""
+        self._ended = True
+        self._claimed.unpark_all()
+
+    async def aclose(self) -> None:
+        self.connection_ended()
+        await self.inner.aclose()
+
+
+async def channel_handshake(conn: Connection, *, initiator: bool) -> ChannelConnection:
+    """Run the handshake on ``conn`` (the caller bounds the time). Raises
+    :class:`ChannelError` when the other side does not speak the channel
+    protocol, BrokenError/ClosedError when the connection fails."""
+    hs = Handshake(initiator=initiator)
+    if initiator:
+        await conn.send(hs.hello)
+    # a responder reads the first frame of an unknown client under the hello's size
+    # limit (the client sends nothing more before our hello); an initiator may get
+    # our peer's identity proofs in the same read, so it keeps the full limit
+    limit = None if initiator else getattr(conn, "limit_frames", None)
+    if limit is not None:
+        limit(MAX_HELLO_SIZE)
+    try:
+        theirs = await conn.receive()
+    except FrameError:
+        raise ChannelError("handshake: the first frame is not a channel hello") from None
+    if limit is not None:
+        limit(None)
+    if theirs is None:
+        raise ClosedError(f"{conn.peer} closed the connection during the channel handshake")
+    if len(theirs) > MAX_HELLO_SIZE:
+        raise ChannelError("handshake: the first frame is not a channel hello")
+    channel = hs.finish(theirs)
+    if not initiator:
+        await conn.send(hs.hello)
+    return ChannelConnection(conn, channel)

@@ -1,0 +1,254 @@
+"""Authenticated encrypted channels between two nodes (sans-I/O).
+
+A link between two nodes is set up once with an ephemeral X25519 exchange and
+then authenticated, per agent, by identity proofs: each side proves every
+agent it speaks for with that agent's own signing key (the key the directory
+holds for it: a certificate on the ledger, a genesis entry, or the key an
+``enroll:`` id names), over the channel's transcript. After that, every frame
+is encrypted and authenticated with ChaCha20-Poly1305 under a per-direction key
+and a counter nonce, so a frame cannot be read, changed, dropped from the
+middle, reordered or replayed without the receiver noticing (the connection is
+closed). Envelopes on a channel carry no signature of their own.
+
+Handshake (two frames, each one msgpack array)::
+
+    initiator -> responder   HELLO_I = ["emrshare/channel", 1, e_i]   (e_i: 32-byte X25519 public key)
+    responder -> initiator   HELLO_R = ["emrshare/channel", 1, e_r]
+
+    h       = SHA-256(TRANSCRIPT_DOMAIN || u32(len HELLO_I) || HELLO_I || HELLO_R)
+    shared  = X25519(own ephemeral secret, other's e)        (all-zero output refused)
+    k_i2r || k_r2i = HKDF-SHA256(ikm=shared, salt=h, info=KEY_INFO, length=64)
+
+Frames after the handshake: ``type (1 byte) || ChaCha20-Poly1305-IETF(key,
+nonce = u64le(counter) || 4 zero bytes, plaintext, ad = type)``; each direction
+has its own key and counter, starting at 0. Types: :data:`ENVELOPE` (an
+envelope's wire bytes, signature field empty) and :data:`PROOF` (msgpack
+``[agent_id, signature]``).
+
+An identity proof is ``signature = sign_agent(PROOF_DOMAIN || h || role ||
+agent_id)`` where ``role`` is ``b"i"`` when the initiator makes it and ``b"r"``
+when the responder does. ``h`` covers both ephemeral keys, so a proof is good
+on this channel only; the role byte keeps a proof from being reflected back as
+the other side's. Proofs travel encrypted, so an active attacker who relays
+the hellos cannot swap a proof for its own (it has no key), and one who runs
+its own handshake with each side gets two different ``h``: the SIGMA pattern
+(sign the transcript, protect identities under the session key).
+
+This module keeps the handshake and frame state; :mod:`bus._secure` runs it
+over a connection and the node and endpoints decide who may send what. It
+imports nothing from the domain: the signer and verifier come in as callables.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CHANNEL_OVERHEAD", "MAX_CLAIMS", "ChannelError", "Handshake", "Channel"]
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable
+
+import msgpack
+import nacl.bindings as sodium
+from nacl.exceptions import CryptoError
+from nacl.public import PrivateKey
+
+from .errors import BusError
+
+CHANNEL_PROTOCOL = "emrshare/channel"
+CHANNEL_VERSION = 1
+TRANSCRIPT_DOMAIN = b"emrshare/v1/channel/transcript\x00"
+KEY_INFO = b"emrshare/v1/channel/keys"
+PROOF_DOMAIN = b"emrshare/v1/channel/identity\x00"
+ENVELOPE = 0
+PROOF = 1
+_TYPES = (bytes([ENVELOPE]), bytes([PROOF]))
+_TAG_SIZE = sodium.crypto_aead_chacha20poly1305_ietf_ABYTES
+CHANNEL_OVERHEAD = 1 + _TAG_SIZE
+"""Bytes a channel frame adds to its payload (type byte and Poly1305 tag)."""
+MAX_HELLO_SIZE = 64
+"""A hello is 38 bytes; anything longer is refused before it is parsed."""
+MAX_CLAIMS = 256
+"""Agents one side of a channel may prove (a node hosting more is refused)."""
+MAX_PROOF_SIZE = 1024
+_MAX_COUNTER = 2**64 - 1
+_ZERO_DH = bytes(32)
+
+
+class ChannelError(BusError):
+    """A handshake or frame that does not check out; the connection must close."""
+
+
+def _hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 (RFC 5869)."""
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    out, block, counter = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        out += block
+        counter += 1
+    return out[:length]
+
+
+def _hello(public: bytes) -> bytes:
+    return msgpack.packb([CHANNEL_PROTOCOL, CHANNEL_VERSION, public], use_bin_type=True)
+
+
+def _parse_hello(data: bytes) -> bytes:
+    """The peer's ephemeral public key from its hello (ChannelError otherwise)."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_HELLO_SIZE:
+        raise ChannelError("handshake: the first frame is not a channel hello")
+    try:
+        fields = msgpack.unpackb(bytes(data), raw=False, max_array_len=3, max_map_len=0, max_ext_len=0,
+                                 max_str_len=32, max_bin_len=32)
+    except Exception:
+        raise ChannelError("handshake: the first frame is not a channel hello") from None
+    if type(fields) is not list or len(fields) != 3 or fields[0] != CHANNEL_PROTOCOL:
+        raise ChannelError("handshake: the first frame is not a channel hello")
+    if fields[1] != CHANNEL_VERSION or type(fields[1]) is not int:
+        raise ChannelError(f"handshake: unsupported channel version {fields[1]!r}")
+    public = fields[2]
+    if type(public) is not bytes or len(public) != 32:
+        raise ChannelError("handshake: the ephemeral key must be 32 bytes")
+    return public
+
+
+class Handshake:
+    """One side's handshake: make our hello, take theirs, get the :class:`Channel`.
+
+    ``ephemeral`` (32 bytes) is for tests only; by default a fresh X25519 key
+    from the OS's randomness (libsodium) is drawn and forgotten with the object.
+    """
+
+    def __init__(self, *, initiator: bool, ephemeral: bytes | None = None):
+        self.initiator = initiator
+        self._secret = PrivateKey(ephemeral) if ephemeral is not None else PrivateKey.generate()
+        self.hello = _hello(bytes(self._secret.public_key))
+
+    def finish(self, their_hello: bytes) -> "Channel":
+        """Derive the channel from the other side's hello (ChannelError if it is not one)."""
+        theirs = _parse_hello(their_hello)
+        try:
+            shared = sodium.crypto_scalarmult(bytes(self._secret), theirs)
+        except Exception:
+            raise ChannelError("handshake: bad ephemeral key") from None
+        if hmac.compare_digest(shared, _ZERO_DH):
+            raise ChannelError("handshake: low-order ephemeral key")
+        hello_i, hello_r = (self.hello, bytes(their_hello)) if self.initiator else (bytes(their_hello), self.hello)
+        transcript = hashlib.sha256(
+            TRANSCRIPT_DOMAIN + struct.pack(">I", len(hello_i)) + hello_i + hello_r
+        ).digest()
+        keys = _hkdf(shared, transcript, KEY_INFO, 64)
+        i2r, r2i = keys[:32], keys[32:]
+        send, receive = (i2r, r2i) if self.initiator else (r2i, i2r)
+        return Channel(transcript, self.initiator, send, receive)
+
+
+Signer = Callable[[bytes], bytes]
+Verifier = Callable[[bytes, bytes, bytes], bool]
+
+
+class Channel:
+    """An established channel: frame sealing and opening with counters, identity
+    proofs made and checked.
+
+    ``binding`` is the transcript hash ``h``. ``claims`` maps each agent id the
+    other side proved to its proof signature (not yet checked: who an agent is
+    depends on the directory of the endpoint that receives, see
+    :meth:`claim_ok`); ``proven_here`` holds the agents we have proved to it.
+    """
+
+    __slots__ = ("binding", "initiator", "_send_key", "_receive_key", "_send_counter", "_receive_counter",
+                 "claims", "proven_here", "_verified")
+
+    def __init__(self, binding: bytes, initiator: bool, send_key: bytes, receive_key: bytes):
+        self.binding = binding
+        self.initiator = initiator
+        self._send_key = send_key
+        self._receive_key = receive_key
+        self._send_counter = 0
+        self._receive_counter = 0
+        self.claims: dict[str, bytes] = {}
+        self.proven_here: set[str] = set()
+        self._verified: dict[str, bytes] = {}  # agent -> the key its proof verified under
+
+    # ------------------------------------------------------------ frames
+
+    @staticmethod
+    def _nonce(counter: int) -> bytes:
+        return struct.pack("<Q", counter) + b"\x00\x00\x00\x00"
+
+    def seal(self, frame_type: int, payload: bytes) -> bytes:
+        """The next outgoing frame carrying ``payload`` (call in send order)."""
+        if self._send_counter >= _MAX_COUNTER:
+            raise ChannelError("channel exhausted its nonces; reconnect")
+        kind = _TYPES[frame_type]
+        sealed = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
+            bytes(payload), kind, self._nonce(self._send_counter), self._send_key
+        )
+        self._send_counter += 1
+        return kind + sealed
+
+    def open(self, frame: bytes) -> tuple[int, bytes]:
+        """(type, payload) of the next incoming frame; ChannelError when it was
+        forged, changed, replayed, reordered or is not a channel frame."""
+        if len(frame) < CHANNEL_OVERHEAD or frame[0] not in (ENVELOPE, PROOF):
+            raise ChannelError("not a channel frame")
+        try:
+            payload = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
+                bytes(frame[1:]), bytes(frame[:1]), self._nonce(self._receive_counter), self._receive_key
+            )
+        except CryptoError:
+            raise ChannelError("a frame failed authentication (forged, replayed or reordered)") from None
+        self._receive_counter += 1
+        return frame[0], payload
+
+    # ------------------------------------------------------------ identities
+
+    def _proof_message(self, agent: str, by_initiator: bool) -> bytes:
+        return PROOF_DOMAIN + self.binding + (b"i" if by_initiator else b"r") + agent.encode()
+
+    def make_proof(self, agent: str, sign: Signer) -> bytes:
+        """The PROOF payload by which we prove ``agent`` (signed with its key)."""
+        signature = sign(self._proof_message(agent, self.initiator))
+        self.proven_here.add(agent)
+        return msgpack.packb([agent, signature], use_bin_type=True)
+
+    def add_claim(self, payload: bytes) -> str:
+        """Record a PROOF payload the other side sent; return the agent it names."""
+        if len(payload) > MAX_PROOF_SIZE:
+            raise ChannelError("identity proof too large")
+        try:
+            fields = msgpack.unpackb(payload, raw=False, max_array_len=2, max_map_len=0, max_ext_len=0)
+        except Exception:
+            raise ChannelError("identity proof is not [agent, signature]") from None
+        if (type(fields) is not list or len(fields) != 2 or type(fields[0]) is not str or not fields[0]
+                or type(fields[1]) is not bytes or not fields[1]):
+            raise ChannelError("identity proof is not [agent, signature]")
+        agent, signature = fields
+        if agent not in self.claims and len(self.claims) >= MAX_CLAIMS:
+            raise ChannelError(f"more than {MAX_CLAIMS} identities proved on one channel")
+        self.claims[agent] = signature
+        self._verified.pop(agent, None)
+        return agent
+
+    def claim_ok(self, agent: str, key: bytes | None, verify: Verifier) -> str | None:
+        """Whether the other side proved ``agent`` under ``key`` (its key in the
+        asking endpoint's directory): None when it did, else the reason
+        (``unknown-sender``: no key; ``unproven-sender``: no proof, or one that
+        does not verify under that key). Checked once per (agent, key)."""
+        if key is None:
+            return "unknown-sender"
+        if self._verified.get(agent) == key:
+            return None
+        signature = self.claims.get(agent)
+        if signature is None:
+            return "unproven-sender"
+        try:
+            ok = verify(key, self._proof_message(agent, not self.initiator), signature) is True
+        except Exception:
+            ok = False
+        if not ok:
+            return "unproven-sender"
+        self._verified[agent] = key
+        return None
