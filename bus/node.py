@@ -360,7 +360,9 @@ class Node:
             raise FrameError(f"message of {len(data)} bytes exceeds the {self._max_frame_size}-byte frame limit")
         if via is not None and via in self._live:
             try:
-                await self._enqueue(via, sender, recipient, data, wait)
+                # a reply goes back on the connection its request came on, to whoever
+                # sent it there (an error reply may answer a sender nobody proved)
+                await self._enqueue(via, sender, recipient, data, wait, check_recipient=False)
                 return via
             except (BrokenError, ClosedError):
                 pass
@@ -394,7 +396,8 @@ class Node:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _enqueue(self, conn: Connection, sender: str, recipient: str, data: bytes, wait: bool) -> None:
+    async def _enqueue(self, conn: Connection, sender: str, recipient: str, data: bytes, wait: bool, *,
+                       check_recipient: bool = True) -> None:
         """Queue ``data`` (an unsigned envelope from ``sender``) on ``conn``'s
         writer: on a channel, after the proof of ``sender`` the first time and
         only once the other side proved ``recipient``; else signed. Without
@@ -407,7 +410,8 @@ class Node:
         if own is None:
             raise ClosedError(f"endpoint {sender!r} is not attached")
         if isinstance(conn, ChannelConnection):
-            await self._check_recipient(conn, own, recipient)
+            if check_recipient:
+                await self._check_recipient(conn, own, recipient)
             if sender not in conn.channel.proven_here:
                 self._prove(conn, sender, own)
         else:
@@ -424,13 +428,19 @@ class Node:
     async def _check_recipient(self, conn: ChannelConnection, own: _Attachment, recipient: str) -> None:
         """Wait (bounded by the handshake timeout) until the other side of ``conn``
         proved ``recipient`` under the key ``own``'s directory holds for it."""
-        reason = conn.channel.claim_ok(recipient, own.directory(recipient), own.verifier)
+        def key() -> bytes | None:
+            try:
+                return own.directory(recipient)
+            except Exception:
+                return None
+
+        reason = conn.channel.claim_ok(recipient, key(), own.verifier)
         if reason is None:
             return
         if recipient not in conn.channel.claims:
             with trio.move_on_after(self._handshake_timeout):
                 await conn.wait_claim(recipient)
-            reason = conn.channel.claim_ok(recipient, own.directory(recipient), own.verifier)
+            reason = conn.channel.claim_ok(recipient, key(), own.verifier)
         if reason is not None:
             raise UnreachableError(
                 f"{conn.peer} did not prove it hosts {recipient!r} ({reason}); not sending to it"
