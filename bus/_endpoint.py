@@ -91,6 +91,11 @@ class _Host(Protocol):
         """The node's wall clock, in milliseconds since the Unix epoch."""
         ...
 
+    @property
+    def signs_envelopes(self) -> bool:
+        """Whether envelopes leave this node signed (signed mode), so they need a nonce."""
+        ...
+
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run ``fn(*args)`` in the background, for at most the node's lifetime."""
         ...
@@ -390,6 +395,7 @@ class Endpoint:
             timestamp=self._host.now_ms(),
             signer=None,  # the node signs it only where no channel carries it
             correlation_id=correlation_id,
+            with_nonce=self._host.signs_envelopes,
         )
 
     async def _transmit(

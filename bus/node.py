@@ -324,6 +324,10 @@ class Node:
     def max_frame_size(self) -> int:
         return self._max_frame_size
 
+    @property
+    def signs_envelopes(self) -> bool:
+        return not self._channels
+
     def now_ms(self) -> int:
         return math.floor(self._clock() * 1000)
 
