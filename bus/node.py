@@ -60,7 +60,7 @@ import trio
 
 from ._endpoint import Endpoint, _Attachment
 from ._secure import ChannelConnection, channel_handshake
-from .channel import CHANNEL_OVERHEAD, ChannelError
+from .channel import CHANNEL_OVERHEAD, ChannelError, is_channel_hello
 from ._stats import NodeStatistics
 from .envelope import (
     Directory,
@@ -413,6 +413,10 @@ class Node:
         own = self._endpoints.get(sender)
         if own is None:
             raise ClosedError(f"endpoint {sender!r} is not attached")
+        limit = getattr(conn, "max_payload", None)
+        if limit is not None and len(data) + (0 if isinstance(conn, ChannelConnection) else 80) > limit:
+            # (signed mode adds the signature, at most 80 bytes with its header)
+            raise FrameError(f"message of {len(data)} bytes exceeds the {limit}-byte limit of {conn.peer}")
         if isinstance(conn, ChannelConnection):
             if check_recipient:
                 await self._check_recipient(conn, own, recipient)
@@ -485,6 +489,11 @@ class Node:
                         await send_proof(data)
                     else:
                         await conn.send(data)
+                except FrameError as exc:  # checked when queued: a bug, not the peer's doing
+                    log.error("bus: a frame for %s was refused by its transport: %s", conn.peer, exc)
+                    if box.closed is None:
+                        self._drop(conn, "send-failed")
+                    return
                 except (BrokenError, ClosedError, ChannelError) as exc:
                     if box.closed is None:
                         self._drop(conn, "send-failed")
@@ -649,6 +658,7 @@ class Node:
 
     async def _read(self, conn: Connection, seen: list[float | None]) -> None:
         """Receive, decode and deliver ``conn``'s frames until it ends or must close."""
+        frames = 0
         while True:
             try:
                 data = await conn.receive()
@@ -661,11 +671,16 @@ class Node:
             if data is None:
                 break
             seen[0] = trio.current_time()
+            frames += 1
             self._frames_received += 1
             self._bytes_received += len(data)
             try:
                 env = await self._decode_frame(data)
             except EnvelopeError as exc:
+                if frames == 1 and not self._channels and is_channel_hello(data):
+                    self._dropped["handshake-failed"] += 1  # a channel node calling a signed-mode one
+                    log.warning("bus: %s asked for a channel; this node runs signed mode", conn.peer)
+                    break
                 self._rejected[exc.reason] += 1
                 log.warning("bus: closing %s after an undecodable envelope: %s", conn.peer, exc)
                 break
