@@ -458,9 +458,16 @@ class Endpoint:
         """Verify and dispatch one decoded envelope. Never raises BusError."""
         if self._closed:
             return
-        if conn is None:  # from an agent of this node: nothing to verify
+        if conn is None:  # from an agent of this node: authentic, no crypto; still one we know
             if env.recipient != self._identity:
                 self._reject("misaddressed", env, conn, f"addressed to {env.recipient!r}")
+                return
+            try:
+                known = self._directory(env.sender) is not None
+            except Exception:
+                known = False
+            if not known:
+                self._reject("unknown-sender", env, conn, f"no public key registered for {env.sender!r}")
                 return
         elif isinstance(conn, ChannelConnection):
             # the channel authenticated every frame and stops replays; the sender
