@@ -42,6 +42,11 @@ class ChannelConnection:
         return getattr(self.inner, "partial_since", None)
 
     @property
+    def peer_certificate(self) -> bytes | None:
+        """The TLS certificate (DER) the other side presented under the channel, if any."""
+        return getattr(self.inner, "peer_certificate", None)
+
+    @property
     def max_payload(self) -> int | None:
         """The largest envelope this connection carries (the transport's frame
         limit less the channel's overhead), None if the transport does not say."""

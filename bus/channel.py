@@ -169,7 +169,7 @@ class Channel:
     """
 
     __slots__ = ("binding", "initiator", "_send_key", "_receive_key", "_send_counter", "_receive_counter",
-                 "claims", "proven_here", "_verified")
+                 "claims", "proven_here", "_verified", "admit")
 
     def __init__(self, binding: bytes, initiator: bool, send_key: bytes, receive_key: bytes):
         self.binding = binding
@@ -181,6 +181,9 @@ class Channel:
         self.claims: dict[str, bytes] = {}
         self.proven_here: set[str] = set()
         self._verified: dict[str, bytes] = {}  # agent -> the key its proof verified under
+        self.admit: Callable[[str], bool] | None = None
+        """Set by the node: whether an agent proved here may speak on this connection at
+        all (e.g. the TLS certificate under the channel must name it); None: any."""
 
     # ------------------------------------------------------------ frames
 
@@ -260,5 +263,12 @@ class Channel:
             ok = False
         if not ok:
             return "unproven-sender"
+        if self.admit is not None:
+            try:
+                admitted = self.admit(agent) is True
+            except Exception:
+                admitted = False
+            if not admitted:
+                return "unproven-sender"
         self._verified[agent] = key
         return None

@@ -178,7 +178,12 @@ class Node:
     authenticated encrypted channels (:mod:`bus.channel`: unsigned envelopes,
     agents proved once per connection) or carry signed envelopes in the clear
     (False: every envelope signed and verified, kept for comparison; a node of
-    one mode refuses connections of the other).
+    one mode refuses connections of the other); ``admit_peer(agent,
+    certificate)``, on a channel, whether an agent the other side proved may
+    speak on that connection given the TLS certificate (DER, or None) it
+    presented under the channel (mutual TLS: a node certificate must name the
+    agent it proves); checked once per agent and connection, refused as
+    ``unproven-sender``.
 
     The methods under "host interface" are what its endpoints call (the
     ``_Host`` protocol of :mod:`bus._endpoint`); agents need only
@@ -208,10 +213,12 @@ class Node:
         backoff_cap: float = 2.0,
         clock: Callable[[], float] = time.time,
         channels: bool = True,
+        admit_peer: Callable[[str, bytes | None], bool] | None = None,
     ):
         self._nursery = nursery
         self._max_frame_size = max_frame_size
         self._channels = channels
+        self._admit_peer = admit_peer
         wire_max = max_frame_size + (CHANNEL_OVERHEAD if channels else 0)
         self._transports: dict[str, Transport] = {"tcp": TcpTransport(max_frame_size=wire_max)}
         if transports:
@@ -545,7 +552,11 @@ class Node:
         (closing it on failure: UnreachableError for ours, ChannelError for theirs)."""
         try:
             with trio.fail_after(self._handshake_timeout):
-                return await channel_handshake(conn, initiator=initiator)
+                secured = await channel_handshake(conn, initiator=initiator)
+            if self._admit_peer is not None:
+                admit_peer, certificate = self._admit_peer, secured.peer_certificate
+                secured.channel.admit = lambda agent: admit_peer(agent, certificate)
+            return secured
         except (ChannelError, BrokenError, ClosedError, FrameError, trio.TooSlowError) as exc:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
@@ -738,7 +749,7 @@ async def open_node(**options: Any) -> AsyncIterator[Node]:
     ``send_queue_bytes``, ``write_timeout``, ``handshake_timeout``,
     ``idle_timeout``, ``frame_timeout``, ``max_objects``, ``max_depth``,
     ``thread_decode_objects``, ``connect_attempts``, ``backoff_base``,
-    ``backoff_cap``, ``clock``.
+    ``backoff_cap``, ``clock``, ``channels``, ``admit_peer``.
     Leaving the block closes every endpoint, listener and connection.
     """
     async with trio.open_nursery() as nursery:

@@ -78,7 +78,8 @@ class Connection(Protocol):
     (including a stream that ended mid-frame or an oversized frame).
     ``receive`` may be cancelled and called again without losing bytes.
     ``source`` names the remote end for per-source limits (the remote IP for
-    TCP); ``max_payload`` (optional) is the largest payload ``send`` takes; ``partial_since`` is the trio time at which the frame being received
+    TCP); ``max_payload`` (optional) is the largest payload ``send`` takes;
+    ``peer_certificate`` (optional) the other side's TLS certificate (DER); ``partial_since`` is the trio time at which the frame being received
     began to arrive, None between frames (always None where payloads arrive
     whole).
     """
@@ -135,6 +136,17 @@ class _StreamConnection:
     def max_payload(self) -> int:
         return self._max
 
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """The other side's TLS certificate (DER) once the TLS handshake is done;
+        None on plain TCP or when it sent none."""
+        if isinstance(self._stream, trio.SSLStream):
+            try:
+                return self._stream.getpeercert(binary_form=True)
+            except (ValueError, trio.NeedHandshakeError, AttributeError):
+                return None
+        return None
+
     async def send(self, payload: bytes) -> None:
         if self._closed:
             raise ClosedError("connection closed")
@@ -188,13 +200,15 @@ class _StreamConnection:
         self._decoder.max_frame_size = self._max if max_frame_size is None else max_frame_size
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         with trio.move_on_after(1) as scope:
             scope.shield = True
             try:
                 await self._stream.aclose()
-            except (trio.BrokenResourceError, OSError):
-                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # (a TLS stream whose socket is already gone cannot say goodbye)
 
 
 class TcpTransport:

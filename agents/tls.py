@@ -1,0 +1,115 @@
+"""Mutual TLS under the bus's channels: ``ssl`` contexts from an organization's TLS
+material, and the rule that a consortium node's certificate names the agents it proves.
+
+TLS is the *node* layer (docs/security.md, "Authenticated encrypted channels"): it
+decides which machines may connect at all, a certificate chaining to the TLS CA of
+a member organization (the genesis lists them); the bus's channel above it decides
+which agents speak, each proved with its own key. A consortium node (peer, orderer,
+storage node) must present a certificate naming, as a URI SAN
+``emrshare:agent:<id>``, every agent id it proves on the channel
+(:func:`admit_nodes`, given to ``bus.open_node(admit_peer=...)``); a user proves
+its agent id with its ledger key alone.
+
+TLS 1.3 only, the standard library's ``ssl`` (OpenSSL) for the protocol and the
+``cryptography`` package to read certificates. A private key is handed to OpenSSL
+through an anonymous in-memory file (``memfd_create``), never written to disk.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Callable, Iterable
+
+from cryptography import x509
+
+from bus import TcpTransport
+
+__all__ = ["AGENT_URI_PREFIX", "admit_nodes", "certificate_agents", "client_context", "server_context",
+           "tls_transport"]
+
+AGENT_URI_PREFIX = "emrshare:agent:"
+
+
+def _base(purpose: ssl.Purpose, ca_pems: Iterable[bytes]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(purpose)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    cadata = "".join(pem.decode() if isinstance(pem, bytes) else pem for pem in ca_pems)
+    if not cadata.strip():
+        raise ValueError("no TLS CA certificate to trust: the genesis names none")
+    ctx.load_verify_locations(cadata=cadata)
+    return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """Load a certificate and its private key without writing the key to disk."""
+    fd = os.memfd_create("emrshare-tls", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, cert_pem + b"\n" + key_pem)
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+def server_context(cert_pem: bytes, key_pem: bytes, ca_pems: Iterable[bytes], *,
+                   require_client_cert: bool = True) -> ssl.SSLContext:
+    """A listener's context: our certificate, and a client must present one chaining
+    to one of ``ca_pems`` (the member organizations' TLS CAs); with
+    ``require_client_cert=False`` a client may present none (a user without a TLS
+    certificate), but one it presents must still chain."""
+    ctx = _base(ssl.Purpose.CLIENT_AUTH, ca_pems)
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    _load_chain(ctx, cert_pem, key_pem)
+    return ctx
+
+
+def client_context(cert_pem: bytes | None, key_pem: bytes | None, ca_pems: Iterable[bytes]) -> ssl.SSLContext:
+    """A connecting side's context: the server must chain to one of ``ca_pems`` and
+    name the host it was reached at; our certificate, if given, for mutual TLS."""
+    ctx = _base(ssl.Purpose.SERVER_AUTH, ca_pems)
+    if cert_pem is not None and key_pem is not None:
+        _load_chain(ctx, cert_pem, key_pem)
+    return ctx
+
+
+def tls_transport(cert_pem: bytes | None, key_pem: bytes | None, ca_pems: Iterable[bytes], *,
+                  require_client_cert: bool = True, max_frame_size: int | None = None) -> TcpTransport:
+    """The ``tcp`` transport of a node speaking mutual TLS (pass as
+    ``open_node(transports={"tcp": ...})``); without a certificate of its own (a
+    user) it can only connect."""
+    cas = list(ca_pems)
+    options = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
+    server = (server_context(cert_pem, key_pem, cas, require_client_cert=require_client_cert)
+              if cert_pem is not None and key_pem is not None else None)
+    return TcpTransport(client_ssl=client_context(cert_pem, key_pem, cas), server_ssl=server, **options)
+
+
+def certificate_agents(der: bytes) -> frozenset[str]:
+    """The agent ids a certificate names (its ``emrshare:agent:`` URI SANs)."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return frozenset()
+    return frozenset(uri[len(AGENT_URI_PREFIX):] for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+                     if uri.startswith(AGENT_URI_PREFIX))
+
+
+def admit_nodes(node_ids: Iterable[str] | Callable[[], Iterable[str]]) -> Callable[[str, bytes | None], bool]:
+    """``admit_peer`` for ``bus.open_node``: an agent that is a consortium node
+    (``node_ids``, or a callable giving them now, so a configuration change is
+    followed) speaks on a connection only if the TLS certificate under the channel
+    names it; any other agent (a user) proves itself with its key alone."""
+    current = node_ids if callable(node_ids) else (lambda ids=frozenset(node_ids): ids)
+
+    def admit(agent: str, certificate: bytes | None) -> bool:
+        if agent not in set(current()):
+            return True
+        if certificate is None:
+            return False
+        try:
+            return agent in certificate_agents(certificate)
+        except ValueError:
+            return False
+
+    return admit

@@ -1,0 +1,187 @@
+"""Mutual TLS under the channels (agents.tls): real TCP on loopback, certificates from two
+organizations' TLS CAs; a node certificate must name the agent its side proves."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import bus
+from agents.tls import AGENT_URI_PREFIX, admit_nodes, certificate_agents, tls_transport
+from bus.testing import Keyring
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+def _key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _ca(org: str):
+    key = _key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{org} TLS CA")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(secrets.randbits(64)).not_valid_before(NOW - datetime.timedelta(minutes=5))
+            .not_valid_after(NOW + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert, key
+
+
+def _leaf(ca, agents: list[str]):
+    ca_cert, ca_key = ca
+    key = _key()
+    names = [x509.UniformResourceIdentifier(AGENT_URI_PREFIX + a) for a in agents]
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, agents[0])]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(secrets.randbits(64))
+            .not_valid_before(NOW - datetime.timedelta(minutes=5)).not_valid_after(NOW + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+@pytest.fixture(scope="module")
+def pki():
+    a, b, rogue = _ca("hospital-a"), _ca("hospital-b"), _ca("rogue")
+    pem = lambda ca: ca[0].public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    return {"a": a, "b": b, "rogue": rogue, "trusted": [pem(a), pem(b)]}
+
+
+NODES = {"peer-a", "peer-b", "peer-c"}
+
+
+async def _echo(msg):
+    return {"echo": msg.body, "from": msg.sender}
+
+
+async def _serve(nursery, pki, *, agent="peer-a", names=None, require_client_cert=True):
+    cert, key = _leaf(pki["a"], names or [agent])
+    node = await nursery.start(_node, tls_transport(cert, key, pki["trusted"], require_client_cert=require_client_cert))
+    address = await node.listen("tcp://127.0.0.1:0")
+    return node, address
+
+
+async def _node(transport, task_status=trio.TASK_STATUS_IGNORED):
+    async with bus.open_node(transports={"tcp": transport}, admit_peer=admit_nodes(NODES), connect_attempts=1,
+                             handshake_timeout=2) as node:
+        task_status.started(node)
+        await trio.sleep_forever()
+
+
+async def _client(nursery, transport, address, routes=("peer-a",)):
+    node = await nursery.start(_node, transport)
+    for r in routes:
+        node.add_route(r, address)
+    return node
+
+
+async def test_two_hospitals_talk_over_mutual_tls_and_channels(pki):
+    ring = Keyring()
+    async with trio.open_nursery() as nursery:
+        server, address = await _serve(nursery, pki)
+        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
+        cert, key = _leaf(pki["b"], ["peer-b"])
+        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address)
+        peer_b = client.endpoint("peer-b", **ring.credentials("peer-b"))
+        assert await peer_b.request("peer-a", "ping", "hi", timeout=10) == {"echo": "hi", "from": "peer-b"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_certificate_from_an_unknown_ca_is_refused(pki):
+    ring = Keyring()
+    async with trio.open_nursery() as nursery:
+        server, address = await _serve(nursery, pki)
+        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
+        cert, key = _leaf(pki["rogue"], ["peer-b"])
+        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address)
+        peer_b = client.endpoint("peer-b", **ring.credentials("peer-b"))
+        with pytest.raises(bus.DeliveryError):
+            await peer_b.request("peer-a", "ping", "hi", timeout=10)
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_client_certificate_is_refused_where_one_is_required(pki):
+    ring = Keyring()
+    async with trio.open_nursery() as nursery:
+        server, address = await _serve(nursery, pki)
+        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
+        client = await _client(nursery, tls_transport(None, None, pki["trusted"]), address)
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        with pytest.raises(bus.DeliveryError):
+            await alice.request("peer-a", "ping", "hi", timeout=10)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_user_without_certificate_where_none_is_required_proves_itself_by_key(pki):
+    ring = Keyring()
+    async with trio.open_nursery() as nursery:
+        server, address = await _serve(nursery, pki, require_client_cert=False)
+        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
+        client = await _client(nursery, tls_transport(None, None, pki["trusted"]), address)
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        assert await alice.request("peer-a", "ping", 1, timeout=10) == {"echo": 1, "from": "alice"}
+        # ... but nobody without a certificate naming it may speak as a consortium node
+        impostor = client.endpoint("peer-c", **ring.credentials("peer-c"))
+        with pytest.raises(bus.RemoteError) as info:
+            await impostor.request("peer-a", "ping", 2, timeout=10)
+        assert info.value.code == "unproven-sender"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_certificate_that_does_not_name_the_agent_it_proves_is_refused(pki):
+    ring = Keyring()
+    async with trio.open_nursery() as nursery:
+        server, address = await _serve(nursery, pki)
+        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
+        cert, key = _leaf(pki["b"], ["peer-b"])  # a valid hospital-b certificate for peer-b ...
+        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address)
+        peer_c = client.endpoint("peer-c", **ring.credentials("peer-c"))  # ... proving peer-c
+        with pytest.raises(bus.RemoteError) as info:
+            await peer_c.request("peer-a", "ping", "x", timeout=10)
+        assert info.value.code == "unproven-sender"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_server_whose_certificate_names_another_agent_gets_nothing(pki):
+    ring = Keyring()
+    got = []
+
+    async def record(msg):
+        got.append(msg.body)
+        return "ok"
+
+    async with trio.open_nursery() as nursery:
+        # the listener holds peer-a's key but a certificate for peer-c only
+        server, address = await _serve(nursery, pki, names=["peer-c"])
+        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", record)
+        cert, key = _leaf(pki["b"], ["peer-b"])
+        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address)
+        peer_b = client.endpoint("peer-b", **ring.credentials("peer-b"))
+        with pytest.raises(bus.UnreachableError):
+            await peer_b.request("peer-a", "ping", "secret", timeout=10)
+        assert got == []
+        nursery.cancel_scope.cancel()
+
+
+def test_certificate_agents_reads_the_uri_sans(pki):
+    pem, _ = _leaf(pki["a"], ["peer-a", "storage-1"])
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    assert certificate_agents(der) == {"peer-a", "storage-1"}
+    admit = admit_nodes({"peer-a", "storage-1", "orderer"})
+    assert admit("peer-a", der) and admit("storage-1", der)
+    assert not admit("orderer", der) and not admit("peer-a", None)
+    assert admit("alice", None)  # users prove themselves by key
