@@ -29,6 +29,7 @@ __all__ = ["Endpoint", "Message", "Handler"]
 import dataclasses
 import logging
 import math
+import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from types import MappingProxyType
@@ -39,6 +40,7 @@ import trio
 from ._pubsub import DROPPED, SUBSCRIBE, UNSUBSCRIBE, Subscription, _Subscriptions, _Topics
 from ._stats import EndpointStatistics, _Counter
 from .envelope import (
+    ID_SIZE,
     MAX_KIND_LENGTH,
     Directory,
     Envelope,
@@ -259,6 +261,8 @@ class Endpoint:
         self._rejected: Counter[str] = Counter()
         self._error_replies = 0
         self._handler_nursery: trio.Nursery | None = None  # set once _dispatch runs
+        self._id_prefix = secrets.token_bytes(ID_SIZE - 8)
+        self._id_counter = 0
         self._closed = False
         host.attach(identity, _Attachment(self._receive, signer, directory, verifier, self._connection_lost,
                                           self._holds, self.aclose))
@@ -395,8 +399,17 @@ class Endpoint:
             timestamp=self._host.now_ms(),
             signer=None,  # the node signs it only where no channel carries it
             correlation_id=correlation_id,
+            msg_id=self._next_id(),
             with_nonce=self._host.signs_envelopes,
         )
+
+    def _next_id(self) -> bytes:
+        """A message id unique to this endpoint: a random prefix drawn once and a
+        counter (ids only match replies to requests, and a reply is accepted only
+        from the agent asked, so they need not be unpredictable; no system call
+        per message, which on a busy event loop costs a trip through the GIL)."""
+        self._id_counter += 1
+        return self._id_prefix + self._id_counter.to_bytes(8, "big")
 
     async def _transmit(
         self, env: Envelope, data: bytes, via: Connection | None = None, count_as: str | None = None,

@@ -77,7 +77,7 @@ async def _serve(nursery, pki, *, agent="peer-a", names=None, require_client_cer
 
 async def _node(transport, task_status=trio.TASK_STATUS_IGNORED):
     async with bus.open_node(transports={"tcp": transport}, admit_peer=admit_nodes(NODES), connect_attempts=1,
-                             handshake_timeout=2) as node:
+                             handshake_timeout=5) as node:
         task_status.started(node)
         await trio.sleep_forever()
 
