@@ -116,6 +116,12 @@ class RawChannel:
     async def aclose(self):
         await trio.aclose_forcefully(self.stream)
 
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
 
 def unsigned(sender, recipient="bob", kind="ping", body=1, mtype=None, **fields):
     """An unsigned envelope's wire bytes (what a channel carries)."""
