@@ -279,3 +279,26 @@ async def test_memory_connections_report_their_source_and_no_partial_frames(requ
 async def test_tcp_connections_name_the_remote_ip_as_source(request):
     async with connected("tcp", request) as (client, server):
         assert server.source == "127.0.0.1"
+
+
+async def test_a_cancelled_channel_receive_still_lets_proofs_be_awaited(kind, request):
+    from bus.testing import Keyring
+
+    request.applymarker(pytest.mark.xfail(strict=True, reason=(
+        "bus: ChannelConnection.receive treats its own cancellation as the connection ending "
+        "(connection_ended on BaseException), so wait_claim returns False from then on")))
+    signer = Keyring().add("alice")
+    async with connected(kind, request, channel=True) as (client, server):
+        with trio.move_on_after(0.05):
+            await server.receive()
+        proved = []
+
+        async def wait_for_alice():
+            proved.append(await server.wait_claim("alice"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_alice)
+            await client.send_proof(client.channel.make_proof("alice", signer))
+            await client.send(b"after the proof")
+            assert await server.receive() == b"after the proof"
+        assert proved == [True]
