@@ -1,5 +1,8 @@
 """Fixtures shared by the bus tests: a throwaway PKI (made with the openssl CLI)
-and TLS contexts from it, for the TLS tests and the transport conformance suite."""
+and TLS contexts from it, for the TLS tests and the transport conformance suite;
+``raw_channel``, a hostile client that does the channel handshake by hand over a
+bare TCP stream and then controls every byte, and ``unsigned_envelope``, the
+wire bytes a channel carries."""
 
 import shutil
 import ssl

@@ -273,3 +273,31 @@ async def test_connection_limit():
             await extra.aclose()
             assert (await alice.request("bob", "ping", 2))["echo"] == 2
         assert server.statistics().refused_connections == 1
+
+
+async def test_a_signed_mode_node_refuses_unsigned_envelopes():
+    """The empty signature field that channels use is no signature in signed mode."""
+    ring = Keyring()
+    ring.add("alice")
+    calls = []
+
+    async def record(msg):
+        calls.append(msg.body)
+        return msg.body
+
+    async with open_node(channels=False) as server:
+        address = await server.listen("tcp://127.0.0.1:0")
+        bob = server.endpoint("bob", **ring.credentials("bob"))
+        bob.register("ping", record)
+        with trio.fail_after(10):
+            raw = await trio.open_tcp_stream("127.0.0.1", int(address.rsplit(":", 1)[1]))
+            env, data = Envelope.create_encoded(type=MessageType.REQUEST, kind="ping", sender="alice",
+                                                recipient="bob", body="unsigned",
+                                                timestamp=int(time.time() * 1000), signer=None)
+            assert env.signature == b""
+            await raw.send_all(encode_frame(data))
+            reply = await read_envelope(raw, FrameDecoder())
+            assert reply.type == MessageType.ERROR and reply.body["code"] == "bad-signature"
+            await raw.aclose()
+        assert calls == []
+        assert bob.statistics().rejected["bad-signature"] == 1
