@@ -691,3 +691,20 @@ async def test_forged_envelopes_do_not_silence_busy_replies(raw_channel, unsigne
                     await alice.request("bob", "stuck", 2, timeout=4)
             finally:
                 release.set()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bus: a node proves every sender on the pooled channel and the other side refuses the "
+    "(MAX_CLAIMS + 1)-th identity by breaking the channel, failing every request in flight on it; "
+    "a client process hosting more than MAX_CLAIMS agents (a loadtest) loses requests each time"))
+async def test_more_than_max_claims_agents_of_one_node_can_all_use_one_peer():
+    ring = Keyring()
+    async with open_node() as server, open_node() as client:
+        address = await server.listen("tcp://127.0.0.1:0")
+        server.endpoint("bob", **ring.credentials("bob")).register("ping", _echo)
+        client.add_route("bob", address)
+        users = [client.endpoint(f"u{i}", **ring.credentials(f"u{i}")) for i in range(MAX_CLAIMS + 10)]
+        with trio.fail_after(60):
+            for i, user in enumerate(users):
+                assert await user.request("bob", "ping", i, timeout=15) == i
+        assert server.statistics().broken_connections == 0
