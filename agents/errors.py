@@ -156,7 +156,7 @@ REMOTE_ERRORS: ErrorRegistry[AgentError] = ErrorRegistry(lambda code, message: A
 for _cls in (RegistrationError, EnrollmentExists, EnrollmentInvalid, PolicyDenied, RequestRejected, UnknownRequest,
              GrantRevoked, SubmitTimeout, SubmitUnavailable):
     REMOTE_ERRORS.register(_cls)
-REMOTE_ERRORS.register(UnknownAgent, codes=(codes.UNKNOWN_SENDER,))
+REMOTE_ERRORS.register(UnknownAgent, codes=(codes.UNKNOWN_SENDER, codes.UNPROVEN_SENDER))
 del _cls
 
 

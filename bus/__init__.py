@@ -51,7 +51,9 @@ Envelope (the payload)
      5    sender          str, 1..256 chars: the sender's agent id
      6    recipient       str, 1..256 chars: the recipient's agent id
      7    timestamp       int, milliseconds since the Unix epoch (sender's clock)
-     8    nonce           bin, 16 random bytes (OS CSPRNG)
+     8    nonce           bin: in signed mode 16 random bytes (OS CSPRNG), for
+                          the replay cache; empty on a channel (its counters
+                          stop replays) and between agents of one node
      9    body            any msgpack value without extension types; map keys
                           str or bin. Error replies: ``{"code": str,
                           "message": str}``; events: ``{"seq": int, "data":

@@ -18,7 +18,7 @@ __all__ = ["ChannelConnection", "channel_handshake", "THREAD_SEAL_BYTES"]
 
 import trio
 
-from .channel import ENVELOPE, MAX_HELLO_SIZE, PROOF, Channel, ChannelError, Handshake
+from .channel import CHANNEL_OVERHEAD, ENVELOPE, MAX_HELLO_SIZE, PROOF, Channel, ChannelError, Handshake
 from .errors import BrokenError, ClosedError, FrameError
 from .transport import Connection
 
@@ -41,13 +41,24 @@ class ChannelConnection:
     def partial_since(self) -> float | None:
         return getattr(self.inner, "partial_since", None)
 
+    @property
+    def max_payload(self) -> int | None:
+        """The largest envelope this connection carries (the transport's frame
+        limit less the channel's overhead), None if the transport does not say."""
+        inner = getattr(self.inner, "max_payload", None)
+        return None if inner is None else inner - CHANNEL_OVERHEAD
+
     async def _seal(self, frame_type: int, payload: bytes) -> bytes:
         if len(payload) >= THREAD_SEAL_BYTES:
             return await trio.to_thread.run_sync(self.channel.seal, frame_type, payload)
         return self.channel.seal(frame_type, payload)
 
     async def send(self, payload: bytes) -> None:
-        """Send one envelope (called by one writer task, in order)."""
+        """Send one envelope (called by one writer task, in order). FrameError,
+        before any counter is used, when it would not fit the transport's frame."""
+        limit = self.max_payload
+        if limit is not None and len(payload) > limit:
+            raise FrameError(f"envelope of {len(payload)} bytes exceeds this channel's {limit}-byte limit")
         await self.inner.send(await self._seal(ENVELOPE, payload))
 
     async def send_proof(self, payload: bytes) -> None:
@@ -60,7 +71,7 @@ class ChannelConnection:
         while True:
             try:
                 frame = await self.inner.receive()
-            except BaseException:
+            except (BrokenError, ClosedError):
                 self.connection_ended()
                 raise
             if frame is None:

@@ -113,6 +113,16 @@ def _parse_hello(data: bytes) -> bytes:
     return public
 
 
+def is_channel_hello(data: bytes) -> bool:
+    """Whether ``data`` is a channel hello (a signed-mode node tells a channel
+    client from garbage with it)."""
+    try:
+        _parse_hello(data)
+    except ChannelError:
+        return False
+    return True
+
+
 class Handshake:
     """One side's handshake: make our hello, take theirs, get the :class:`Channel`.
 

@@ -189,11 +189,16 @@ class Envelope:
         correlation_id: bytes | None = None,
         msg_id: bytes | None = None,
         nonce: bytes | None = None,
+        with_nonce: bool = True,
     ) -> tuple[Envelope, bytes]:
         """A new envelope signed with ``signer`` and its wire bytes (one encoding
         pass); ``msg_id`` and ``nonce`` are fresh random bytes unless given.
         ``signer=None`` leaves the signature empty: an envelope for a channel or
-        for an agent of the same node (:func:`sign_wire` signs it later)."""
+        for an agent of the same node (:func:`sign_wire` signs it later);
+        ``with_nonce=False`` leaves the nonce empty too (it only feeds signed
+        mode's replay cache: a channel's counters stop replays)."""
+        if nonce is None and not with_nonce:
+            nonce = b""
         if msg_id is None or nonce is None:
             fresh = secrets.token_bytes(ID_SIZE + NONCE_SIZE)
             msg_id = fresh[:ID_SIZE] if msg_id is None else msg_id
@@ -257,7 +262,8 @@ def _check_values(version, mtype, kind, msg_id, corr, sender, recipient, timesta
     _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
     if type(timestamp) is not int or not 0 <= timestamp <= _MAX_TIMESTAMP:
         raise EnvelopeError("malformed", "timestamp must be a non-negative int64 (ms)")
-    _check_bytes("nonce", nonce, NONCE_SIZE)
+    if type(nonce) is not bytes or len(nonce) not in (0, NONCE_SIZE):
+        raise EnvelopeError("malformed", f"nonce must be empty or {NONCE_SIZE} bytes")
     if mtype == MessageType.ERROR:
         if (
             type(body) is not dict
@@ -368,6 +374,8 @@ def verify_envelope(
     """
     if env.recipient != recipient:
         raise EnvelopeError("misaddressed", f"addressed to {env.recipient!r}, not {recipient!r}")
+    if len(env.nonce) != NONCE_SIZE:
+        raise EnvelopeError("malformed", f"a signed envelope needs a {NONCE_SIZE}-byte nonce")
     if abs(now_ms - env.timestamp) > skew_ms:
         raise EnvelopeError(
             "stale", f"timestamp {env.timestamp} is outside {skew_ms} ms of now ({now_ms})"

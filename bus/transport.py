@@ -78,7 +78,7 @@ class Connection(Protocol):
     (including a stream that ended mid-frame or an oversized frame).
     ``receive`` may be cancelled and called again without losing bytes.
     ``source`` names the remote end for per-source limits (the remote IP for
-    TCP); ``partial_since`` is the trio time at which the frame being received
+    TCP); ``max_payload`` (optional) is the largest payload ``send`` takes; ``partial_since`` is the trio time at which the frame being received
     began to arrive, None between frames (always None where payloads arrive
     whole).
     """
@@ -130,6 +130,10 @@ class _StreamConnection:
         self._closed = False
         self._broken: str | None = None
         self._eof = False
+
+    @property
+    def max_payload(self) -> int:
+        return self._max
 
     async def send(self, payload: bytes) -> None:
         if self._closed:
@@ -289,6 +293,10 @@ class _MemoryConnection:
         self.partial_since: float | None = None
         self._max = max_frame_size
         self._closed = False
+
+    @property
+    def max_payload(self) -> int:
+        return self._max
 
     async def send(self, payload: bytes) -> None:
         if self._closed:

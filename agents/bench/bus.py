@@ -1,11 +1,15 @@
 """Benchmark of the message bus: ``emrshare bench bus [--json FILE] [--quick]``.
 
-Measures signed round trips per second (request/reply) and messages per second
-one way (fire-and-forget), for small (200 B) and large (64 KiB) bodies, on the
-in-memory hub and on loopback TCP, with real ECDSA (core.ecdsa) signing and
-verification. Both ends run in this process, so the time split covers the
+Measures round trips per second (request/reply) and messages per second one
+way (fire-and-forget), for small (200 B) and large (64 KiB) bodies, in three
+modes: ``local`` (two agents of one node: no crypto), ``channel`` (loopback
+TCP on an authenticated encrypted channel: the default) and ``signed``
+(loopback TCP with every envelope ECDSA-signed and verified, the bus before
+channels, kept for comparison), with real ECDSA (core.ecdsa) wherever the bus
+signs or verifies. Both ends run in this process, so the time split covers the
 whole exchange: the share spent in signing, in verifying, and in everything
-else (msgpack, framing, trio, sockets).
+else (msgpack, framing, channel encryption, trio, sockets). The last line is
+the channel/signed ratio of small round trips, from this run.
 """
 
 from __future__ import annotations
@@ -52,7 +56,10 @@ class _Timed:
         self.sign_s = self.verify_s = 0.0
 
 
-async def _scenario(transport: str, size: int, pattern: str, count: int) -> dict[str, Any]:
+MODES = ("local", "channel", "signed")
+
+
+async def _scenario(mode: str, size: int, pattern: str, count: int) -> dict[str, Any]:
     timed = _Timed()
     ring = Keyring(
         generate=ecdsa.generate_private_key,
@@ -73,8 +80,9 @@ async def _scenario(transport: str, size: int, pattern: str, count: int) -> dict
         if received == count:
             done.set()
 
-    async with open_node() as server, open_node() as client:
-        if transport == "tcp":
+    channels = mode != "signed"
+    async with open_node(channels=channels) as server, open_node(channels=channels) as client:
+        if mode != "local":
             client.add_route("server", await server.listen("tcp://127.0.0.1:0"))
             caller = client.endpoint("client", inbox_size=1024, **ring.credentials("client"))
         else:
@@ -98,7 +106,7 @@ async def _scenario(transport: str, size: int, pattern: str, count: int) -> dict
     sign_share = timed.sign_s / wall
     verify_share = timed.verify_s / wall
     return {
-        "transport": transport,
+        "mode": mode,
         "body_bytes": size,
         "pattern": pattern,
         "count": count,
@@ -120,26 +128,34 @@ async def _run_all(quick: bool, progress: Callable[[str], None]) -> list[dict[st
         ("one-way", LARGE): 1000,
     }
     results = []
-    for transport in ("memory", "tcp"):
+    for mode in MODES:
         for size in (SMALL, LARGE):
             for pattern in ("round-trip", "one-way"):
                 n = counts[(pattern, size)]
                 if quick:
                     n = max(20, n // 20)
-                progress(f"{transport} {size} B {pattern} x{n}")
-                results.append(await _scenario(transport, size, pattern, n))
+                progress(f"{mode} {size} B {pattern} x{n}")
+                results.append(await _scenario(mode, size, pattern, n))
     return results
+
+
+def channel_ratio(results: list[dict[str, Any]]) -> float | None:
+    """Small round trips per second on a channel over those in signed mode (this run)."""
+    rate = {r["mode"]: r["per_second"] for r in results if r["pattern"] == "round-trip" and r["body_bytes"] == SMALL}
+    if not rate.get("signed") or "channel" not in rate:
+        return None
+    return rate["channel"] / rate["signed"]
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
     head = (
-        f"{'transport':<9} {'body':>8} {'pattern':<10} {'ops/s':>9} {'us/op':>8} "
+        f"{'mode':<9} {'body':>8} {'pattern':<10} {'ops/s':>9} {'us/op':>8} "
         f"{'env B':>7} {'sign':>6} {'verify':>7} {'other':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            f"{r['transport']:<9} {r['body_bytes']:>8} {r['pattern']:<10} {r['per_second']:>9.0f} "
+            f"{r['mode']:<9} {r['body_bytes']:>8} {r['pattern']:<10} {r['per_second']:>9.0f} "
             f"{r['us_per_op']:>8.1f} {r['envelope_bytes']:>7} {100 * r['sign_share']:>5.1f}% "
             f"{100 * r['verify_share']:>6.1f}% {100 * r['other_share']:>5.1f}%"
         )
@@ -154,11 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     results = trio.run(_run_all, args.quick, lambda s: print(f"  {s}", file=sys.stderr))
     print(f"bus benchmark (ECDSA backend: {ecdsa.ecdsa_backend_name()}; both ends in one process)")
     print(format_table(results))
+    ratio = channel_ratio(results)
+    if ratio is not None:
+        print(f"round trips (200 B, loopback TCP): channel / signed = {ratio:.2f}x")
     if args.json:
         report = {
             "benchmark": "bus",
             "ecdsa_backend": ecdsa.ecdsa_backend_name(),
             "quick": args.quick,
+            "channel_over_signed": None if ratio is None else round(ratio, 2),
             "results": results,
         }
         with open(args.json, "w") as f:

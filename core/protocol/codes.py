@@ -55,6 +55,8 @@ MISADDRESSED = _code("misaddressed", "bus", "the envelope is addressed to anothe
 STALE = _code("stale", "bus", "the envelope's timestamp is outside the skew window")
 UNKNOWN_SENDER = _code("unknown-sender", "bus", "the receiver's key directory does not know the sender")
 BAD_SIGNATURE = _code("bad-signature", "bus", "the envelope's signature does not verify")
+UNPROVEN_SENDER = _code("unproven-sender", "bus", "the other side of the channel did not prove the sender under the "
+                        "key the receiver's directory holds")
 REPLAY = _code("replay", "bus", "the (sender, nonce) pair was seen within the window")
 REPLAY_CACHE_FULL = _code("replay-cache-full", "bus", "the receiver's replay cache is full")
 UNKNOWN_KIND = _code("unknown-kind", "bus", "the receiver has no handler for the kind")
