@@ -146,10 +146,7 @@ async def test_a_frame_of_exactly_the_limit_passes_and_one_byte_more_is_refused(
 
 
 async def test_a_refused_oversized_frame_leaves_the_connection_usable(kind, channel, request):
-    if channel:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "bus: ChannelConnection.send seals (using up a counter) before the transport refuses the "
-            "oversized frame, so the next frame fails authentication on the other side")))
+    # (on a channel: refused before the frame is sealed, so no counter is used up)
     async with connected(kind, request, channel=channel) as (client, server):
         with pytest.raises(FrameError):
             await client.send(secrets.token_bytes(limit_of(channel) + 1))
@@ -284,9 +281,6 @@ async def test_tcp_connections_name_the_remote_ip_as_source(request):
 async def test_a_cancelled_channel_receive_still_lets_proofs_be_awaited(kind, request):
     from bus.testing import Keyring
 
-    request.applymarker(pytest.mark.xfail(strict=True, reason=(
-        "bus: ChannelConnection.receive treats its own cancellation as the connection ending "
-        "(connection_ended on BaseException), so wait_claim returns False from then on")))
     signer = Keyring().add("alice")
     async with connected(kind, request, channel=True) as (client, server):
         with trio.move_on_after(0.05):
