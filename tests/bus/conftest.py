@@ -1,11 +1,15 @@
 """Fixtures shared by the bus tests: a throwaway PKI (made with the openssl CLI)
-and TLS contexts from it, for the TLS tests and the transport conformance suite."""
+and TLS contexts from it, for the TLS tests and the transport conformance suite;
+``raw_channel``, a hostile client that does the channel handshake by hand over a
+bare TCP stream and then controls every byte, and ``unsigned_envelope``, the
+wire bytes a channel carries."""
 
 import shutil
 import ssl
 import subprocess
 
 import pytest
+import trio
 
 
 def _run(*args, cwd):
@@ -54,3 +58,93 @@ class Tls:
 @pytest.fixture
 def tls(pki):
     return Tls(pki)
+
+
+class RawChannel:
+    """A hostile client's channel done by hand over a bare TCP stream: the
+    handshake of :mod:`bus.channel` (so the attack comes after it), then full
+    control of what goes on the wire (sealed envelopes, proofs, raw bytes, half
+    frames) and of what is read back."""
+
+    def __init__(self, stream, channel, decoder, frames):
+        self.stream, self.channel, self.decoder, self.frames = stream, channel, decoder, frames
+
+    @classmethod
+    async def open(cls, address, prove=None, local_address=None):
+        from bus import FrameDecoder, Handshake, encode_frame, parse_address
+
+        where = parse_address(address)
+        stream = await trio.open_tcp_stream(where.host, where.port, local_address=local_address)
+        hs = Handshake(initiator=True)
+        await stream.send_all(encode_frame(hs.hello))
+        decoder = FrameDecoder()
+        frames = []
+        while not frames:
+            data = await stream.receive_some(65536)
+            assert data, "the node closed the connection during the handshake"
+            frames.extend(decoder.feed(data))
+        raw = cls(stream, hs.finish(frames.pop(0)), decoder, frames)
+        for agent, signer in (prove or {}).items():
+            await raw.prove(agent, signer)
+        return raw
+
+    def sealed(self, payload, frame_type=0):
+        """The wire bytes (length header included) of the next sealed frame."""
+        from bus import encode_frame
+
+        frame = self.channel.seal(frame_type, payload)
+        return encode_frame(frame, max(len(frame), 1))  # the attacker sets its own limit
+
+    async def send(self, envelope_bytes):
+        await self.stream.send_all(self.sealed(envelope_bytes))
+
+    async def prove(self, agent, signer):
+        await self.stream.send_all(self.sealed(self.channel.make_proof(agent, signer), frame_type=1))
+
+    async def receive(self):
+        """The next envelope from the node (proofs recorded on the way); None at EOF."""
+        from bus import decode_envelope
+
+        while True:
+            while not self.frames:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    return None
+                self.frames.extend(self.decoder.feed(data))
+            frame_type, payload = self.channel.open(self.frames.pop(0))
+            if frame_type == 0:
+                return decode_envelope(payload)
+            self.channel.add_claim(payload)
+
+    async def aclose(self):
+        await trio.aclose_forcefully(self.stream)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
+
+def unsigned(sender, recipient="bob", kind="ping", body=1, mtype=None, **fields):
+    """An unsigned envelope's wire bytes (what a channel carries)."""
+    import time
+
+    from bus import Envelope, MessageType
+
+    return Envelope.create_encoded(
+        type=mtype or MessageType.REQUEST, kind=kind, sender=sender, recipient=recipient, body=body,
+        timestamp=int(time.time() * 1000), signer=None, **fields,
+    )[1]
+
+
+@pytest.fixture
+def raw_channel():
+    """``await raw_channel(address, prove={agent: signer})``: a :class:`RawChannel`."""
+    return RawChannel.open
+
+
+@pytest.fixture
+def unsigned_envelope():
+    """``unsigned_envelope(sender, recipient="bob", kind="ping", body=1)``: wire bytes."""
+    return unsigned

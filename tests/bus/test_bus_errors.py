@@ -16,6 +16,7 @@ from bus import (
     RemoteError,
     RequestTimeout,
     UnreachableError,
+    channel_handshake,
     open_node,
     parse_address,
 )
@@ -82,7 +83,10 @@ async def test_a_connection_that_breaks_under_a_request_is_a_delivery_error():
     mem = MemoryTransport()
 
     async def hang_up_after_request(conn):
-        await conn.receive()
+        # a "bob" that does the channel handshake, proves bob, reads the request, hangs up
+        conn = await channel_handshake(conn, initiator=False)
+        await conn.send_proof(conn.channel.make_proof("bob", ring.add("bob")))
+        assert await conn.receive() is not None
         await conn.aclose()
 
     async with open_node(transports={"mem": mem}, routes={"bob": "mem://bob"}) as node, trio.open_nursery() as nursery:

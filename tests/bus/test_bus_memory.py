@@ -121,10 +121,15 @@ async def test_timeout_and_unreachable(autojump_clock):
 
 
 async def test_bad_signature_and_unknown_sender_get_error_replies():
+    """Signed mode (``channels=False``) between two nodes: within one node
+    nothing is verified (no crypto between agents of one node)."""
     ring = Keyring()
     ring.add("alice")
-    async with open_node() as node:
-        bob = node.endpoint("bob", **ring.credentials("bob"))
+    mem = MemoryTransport()
+    async with open_node(channels=False, transports={"mem": mem}) as server, \
+            open_node(channels=False, transports={"mem": mem}, routes={"bob": "mem://server"}) as node:
+        await server.listen("mem://server")
+        bob = server.endpoint("bob", **ring.credentials("bob"))
         bob.register("ping", echo)
         # "eve" signs with alice's key: her own key is not registered
         eve = node.endpoint("eve", signer=ring.signer("alice"), directory=ring.directory, verifier=ring.verifier)
@@ -243,10 +248,10 @@ async def test_memory_transport_between_nodes_stale_and_replay():
     ring = Keyring()
     mem = MemoryTransport()
     skewed = lambda: time.time() + 120  # noqa: E731
-    async with (
-        open_node(transports={"mem": mem}) as n1,
-        open_node(transports={"mem": mem}, routes={"bob": "mem://n1"}) as n2,
-        open_node(transports={"mem": mem}, routes={"bob": "mem://n1"}, clock=skewed) as n3,
+    async with (  # signed mode: timestamps and the replay guard are what protect it
+        open_node(transports={"mem": mem}, channels=False) as n1,
+        open_node(transports={"mem": mem}, routes={"bob": "mem://n1"}, channels=False) as n2,
+        open_node(transports={"mem": mem}, routes={"bob": "mem://n1"}, clock=skewed, channels=False) as n3,
     ):
         assert await n1.listen("mem://n1") == "mem://n1"
         bob = n1.endpoint("bob", **ring.credentials("bob"))

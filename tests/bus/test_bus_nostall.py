@@ -2,15 +2,16 @@
 client keeps doing request/reply round trips that must keep completing.
 
 Each attack runs on real loopback TCP (the transport is what the attacker
-abuses), started before the legitimate client's rounds and kept up during
-them; every round has a generous liveness bound (a frozen node fails it), not a
+abuses) against a node with the default authenticated channels: the attacker
+either attacks the channel handshake itself (a huge or half-sent first frame,
+connections that never say hello) or does the handshake by hand
+(``raw_channel``, conftest) and attacks after it. Attacks start before the
+legitimate client's rounds and are kept up during them; every round has a generous liveness bound (a frozen node fails it), not a
 latency assertion. The timeout logic itself is also tested on the in-memory
 transport with trio's autojump clock.
 """
 
 import resource
-import time
-
 import pytest
 import trio
 import trio.testing
@@ -18,12 +19,9 @@ import trio.testing
 from bus import (
     BrokenError,
     DEFAULT_MAX_FRAME_SIZE,
-    Envelope,
-    FrameDecoder,
+    Handshake,
     MemoryTransport,
-    MessageType,
     TcpTransport,
-    decode_envelope,
     encode_frame,
     open_node,
     parse_address,
@@ -32,13 +30,6 @@ from bus.testing import Keyring, eventually
 
 ROUNDS = 30
 BIG = 64 * 1024
-
-
-def signed(ring, sender, kind="ping", body=1, recipient="bob", mtype=MessageType.REQUEST, key_of=None):
-    return Envelope.create(
-        type=mtype, kind=kind, sender=sender, recipient=recipient, body=body,
-        timestamp=int(time.time() * 1000), signer=ring.signer(key_of or sender),
-    ).encode()
 
 
 class Scene:
@@ -83,6 +74,7 @@ async def run_scene(test, **server_options):
             client.add_route("bob", address)
             alice = client.endpoint("alice", **ring.credentials("alice"))
             scene = Scene(ring, server, alice, address, calls)
+            scene.bob = bob
             assert await alice.request("bob", "ping", "hello", timeout=15) == "hello"
             await test(scene)
 
@@ -100,16 +92,17 @@ async def while_attacked(scene, attack, then=None):
         nursery.cancel_scope.cancel()
 
 
-async def test_a_client_that_never_reads_is_dropped_and_stalls_no_one():
+async def test_a_client_that_never_reads_is_dropped_and_stalls_no_one(raw_channel, unsigned_envelope):
     sent = 0
 
     async def attack(scene, ready):
         nonlocal sent
         senders = ("mallory", "mallory1", "mallory2")  # with their replies pending, enough to fill every slot
-        async with await trio.open_tcp_stream(*scene.host_port) as stream:
+        raw = await raw_channel(scene.address, prove={m: scene.ring.signer(m) for m in senders})
+        async with raw.stream as stream:
             try:
                 while True:
-                    await stream.send_all(encode_frame(signed(scene.ring, senders[sent % 3], kind="big")))
+                    await stream.send_all(raw.sealed(unsigned_envelope(senders[sent % 3], kind="big")))
                     sent += 1
                     if sent == 300:
                         ready.set()
@@ -127,22 +120,28 @@ async def test_a_client_that_never_reads_is_dropped_and_stalls_no_one():
     await run_scene(test, write_timeout=2.0, send_queue_bytes=1 << 20)
 
 
-@pytest.mark.parametrize("shape", ["wide", "deep", "many-arrays"])
-async def test_a_16_mib_frame_of_tiny_arrays_is_refused_without_stalling(shape):
+def _tiny_arrays(shape):
     n = DEFAULT_MAX_FRAME_SIZE
     payload = {
         "wide": b"\xdd" + (n - 5).to_bytes(4, "big") + b"\x90" * (n - 5),
         "deep": b"\x91" * (n - 1) + b"\xc0",
         "many-arrays": b"\xdc\xff\xff" + (b"\xdc\x00\xff" + b"\xc0" * 255) * 0xFFFF,
     }[shape][:n]
-    payload += b"\xc0" * (n - len(payload))
+    return payload + b"\xc0" * (n - len(payload))
+
+
+@pytest.mark.parametrize("shape", ["wide", "deep", "many-arrays"])
+async def test_a_16_mib_frame_of_tiny_arrays_is_refused_without_stalling(shape, raw_channel):
+    payload = _tiny_arrays(shape)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     async def attack(scene, ready):
         for _ in range(3):
-            async with await trio.open_tcp_stream(*scene.host_port) as stream:
+            # on an authenticated channel (mallory proved): the frame reaches the decoder
+            raw = await raw_channel(scene.address, prove={"mallory": scene.ring.signer("mallory")})
+            async with raw.stream as stream:
                 try:
-                    await stream.send_all(encode_frame(payload))
+                    await stream.send_all(raw.sealed(payload))
                     await stream.receive_some(1)  # until the node closes it
                 except (trio.BrokenResourceError, OSError):
                     pass
@@ -156,6 +155,32 @@ async def test_a_16_mib_frame_of_tiny_arrays_is_refused_without_stalling(shape):
     await run_scene(test)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 300  # the frames themselves are 16 MiB each; the unbounded decode took 1.2 GB
+
+
+async def test_a_16_mib_first_frame_is_refused_under_the_hello_limit():
+    payload = _tiny_arrays("wide")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    async def attack(scene, ready):
+        for _ in range(3):
+            async with await trio.open_tcp_stream(*scene.host_port) as stream:
+                try:
+                    await stream.send_all(encode_frame(payload))
+                    assert await stream.receive_some(1) == b""  # the node closes it, answering nothing
+                except (trio.BrokenResourceError, OSError):
+                    pass
+            ready.set()
+        await trio.sleep_forever()
+
+    async def test(scene):
+        await while_attacked(scene, attack)
+        await eventually(lambda: scene.server.statistics().dropped_connections.get("handshake-failed", 0) >= 3,
+                         timeout=30)
+        assert not scene.server.statistics().rejected  # nothing of it was ever decoded
+
+    await run_scene(test)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 100  # refused on its header: not even buffered
 
 
 async def test_two_thousand_idle_connections_from_one_address_lock_no_one_out():
@@ -183,22 +208,27 @@ async def test_two_thousand_idle_connections_from_one_address_lock_no_one_out():
                 other.add_route("bob", scene.address)
                 carol = other.endpoint("carol", **scene.ring.credentials("carol"))
                 assert await carol.request("bob", "ping", "in", timeout=15) == "in"
-            # the admitted idle ones never sent a frame: the handshake timeout closes them
-            await eventually(lambda: scene.server.statistics().incoming_connections <= 2, timeout=30)
-            assert scene.server.statistics().dropped_connections["handshake-timeout"] >= 60
+            # the admitted idle ones never said hello: the handshake timeout closes them
+            await eventually(
+                lambda: scene.server.statistics().dropped_connections.get("handshake-failed", 0) >= 60, timeout=30
+            )
+            assert scene.server.statistics().incoming_connections <= 2
+            with trio.fail_after(15):
+                assert await streams[0].receive_some(1) == b""  # closed by the node
             await scene.keep_working(5)
         finally:
             for s in streams:
                 await trio.aclose_forcefully(s)
 
-    await run_scene(test, handshake_timeout=2.0)
+    await run_scene(test, handshake_timeout=8.0)  # longer than opening the 2,000 connections takes
 
 
-async def test_a_half_sent_frame_held_open_is_closed():
+async def test_a_half_sent_frame_held_open_is_closed(raw_channel, unsigned_envelope):
     async def attack(scene, ready):
-        async with await trio.open_tcp_stream(*scene.host_port) as stream:
-            await stream.send_all(encode_frame(signed(scene.ring, "mallory")))  # past the handshake
-            half = encode_frame(signed(scene.ring, "mallory", body="x" * 1000))
+        raw = await raw_channel(scene.address, prove={"mallory": scene.ring.signer("mallory")})
+        async with raw.stream as stream:
+            await raw.send(unsigned_envelope("mallory"))  # past the handshake, one whole envelope
+            half = raw.sealed(unsigned_envelope("mallory", body="x" * 1000))
             await stream.send_all(half[: len(half) // 2])
             ready.set()
             await trio.sleep_forever()
@@ -210,30 +240,48 @@ async def test_a_half_sent_frame_held_open_is_closed():
             await scene.keep_working(5)
 
         await while_attacked(scene, attack, then=closed_then_others_go_on)
+        assert "mallory" in scene.calls  # the whole envelope before the half one was served
 
     await run_scene(test, frame_timeout=1.0)
 
 
-async def test_a_forged_sender_is_refused_and_hijacks_nothing():
-    codes = []
-
+async def test_a_half_sent_hello_held_open_is_closed():
     async def attack(scene, ready):
         async with await trio.open_tcp_stream(*scene.host_port) as stream:
-            decoder = FrameDecoder()
+            hello = encode_frame(Handshake(initiator=True).hello)
+            await stream.send_all(hello[: len(hello) // 2])
+            ready.set()
+            with trio.fail_after(30):
+                assert await stream.receive_some(1) == b""  # the node hangs up
+            await trio.sleep_forever()
+
+    async def test(scene):
+        async def closed_then_others_go_on():
+            await eventually(
+                lambda: scene.server.statistics().dropped_connections.get("handshake-failed", 0) >= 1, timeout=30
+            )
+            await scene.keep_working(5)
+
+        await while_attacked(scene, attack, then=closed_then_others_go_on)
+
+    await run_scene(test, handshake_timeout=1.0)
+
+
+async def test_a_forged_sender_is_refused_and_hijacks_nothing(raw_channel, unsigned_envelope):
+    async def attack(scene, ready):
+        # proves mallory on the channel, then claims to be alice
+        raw = await raw_channel(scene.address, prove={"mallory": scene.ring.signer("mallory")})
+        async with raw.stream as stream:
             while True:
-                # claims to be alice, signed with mallory's key
-                await stream.send_all(encode_frame(signed(scene.ring, "alice", body="forged", key_of="mallory")))
-                frames = []
-                while not frames:
-                    frames = decoder.feed(await stream.receive_some(65536))
-                codes.append(decode_envelope(frames[0]).body["code"])
+                await stream.send_all(raw.sealed(unsigned_envelope("alice", body="forged")))
                 ready.set()
                 await trio.sleep(0.01)
 
     async def test(scene):
         await while_attacked(scene, attack)
-        assert codes and set(codes) == {"bad-signature"}
         assert "forged" not in [c for c in scene.calls if c != "alice"]
+        assert scene.calls.count("alice") == ROUNDS + 1  # every forged request was refused
+        assert scene.bob.statistics().rejected["unproven-sender"] >= 1
         assert scene.server.statistics().rejected.get("misaddressed", 0) == 0
 
     await run_scene(test)
@@ -242,10 +290,31 @@ async def test_a_forged_sender_is_refused_and_hijacks_nothing():
 async def test_bytes_after_a_failed_first_frame_are_never_read():
     async def attack(scene, ready):
         async with await trio.open_tcp_stream(*scene.host_port) as stream:
-            good = encode_frame(signed(scene.ring, "mallory"))
+            good = encode_frame(Handshake(initiator=True).hello)
             await stream.send_all(encode_frame(b"\xc1 not msgpack") + good * 5)
             with trio.fail_after(15):
                 assert await stream.receive_some(65536) == b""  # closed, nothing answered
+            ready.set()
+            await trio.sleep_forever()
+
+    async def test(scene):
+        await while_attacked(scene, attack)
+        assert "mallory" not in scene.calls
+        assert scene.server.statistics().dropped_connections["handshake-failed"] == 1
+
+    await run_scene(test)
+
+
+async def test_bytes_after_an_undecodable_envelope_on_a_channel_are_never_read(raw_channel, unsigned_envelope):
+    async def attack(scene, ready):
+        raw = await raw_channel(scene.address, prove={"mallory": scene.ring.signer("mallory")})
+        async with raw.stream as stream:
+            wire = raw.sealed(b"\xc1 not msgpack")
+            for _ in range(5):
+                wire += raw.sealed(unsigned_envelope("mallory"))
+            await stream.send_all(wire)
+            with trio.fail_after(15):
+                assert await raw.receive() is None  # closed, nothing answered
             ready.set()
             await trio.sleep_forever()
 
@@ -287,9 +356,10 @@ async def test_handshake_idle_and_held_connections(autojump_clock):
 
         silent = await mem.connect(parse_address("mem://srv"))  # never sends a frame
         await trio.sleep(9)
-        assert server.statistics().incoming_connections == 1
+        # (a connection still in the channel handshake is not in incoming_connections)
+        assert server.statistics().dropped_connections == {}
         await trio.sleep(2)
-        assert server.statistics().dropped_connections == {"handshake-timeout": 1}
+        assert server.statistics().dropped_connections == {"handshake-failed": 1}
         assert await silent.receive() is None
 
         assert await alice.request("bob", "ping", 1) == 1  # a connection that did its first frame

@@ -1,6 +1,5 @@
 """Publish/subscribe: fan-out, lag, slow subscribers dropped, unsubscribe."""
 
-import time
 
 import pytest
 import trio
@@ -9,10 +8,7 @@ import trio.testing
 from bus import (
     BrokenError,
     BusError,
-    Envelope,
-    MessageType,
     SubscriptionLagged,
-    encode_frame,
     open_node,
 )
 from bus.testing import Keyring, eventually
@@ -69,28 +65,18 @@ async def test_slow_local_subscriber_is_told_it_lagged():
             assert await peer.publish("blocks", 21) == 0
 
 
-async def test_publisher_drops_a_subscriber_that_does_not_read():
+async def test_publisher_drops_a_subscriber_that_does_not_read(raw_channel, unsigned_envelope):
     ring = Keyring()
     async with open_node() as node:
         address = await node.listen("tcp://127.0.0.1:0")
-        port = int(address.rsplit(":", 1)[1])
         peer = node.endpoint("peer", subscriber_queue=4, **ring.credentials("peer"))
         fast = node.endpoint("fast", **ring.credentials("fast"))
         ring.add("slow")
         with trio.fail_after(20):
             fast_sub = await fast.subscribe("peer", "blocks", buffer=1000)
-            # a raw subscriber: subscribes, then never reads its socket
-            raw = await trio.open_tcp_stream("127.0.0.1", port)
-            req = Envelope.create(
-                type=MessageType.REQUEST,
-                kind="bus.subscribe",
-                sender="slow",
-                recipient="peer",
-                body={"topic": "blocks"},
-                timestamp=int(time.time() * 1000),
-                signer=ring.signer("slow"),
-            )
-            await raw.send_all(encode_frame(req.encode()))
+            # a raw subscriber on a channel: proves slow, subscribes, then never reads its socket
+            raw = await raw_channel(address, prove={"slow": ring.signer("slow")})
+            await raw.send(unsigned_envelope("slow", "peer", kind="bus.subscribe", body={"topic": "blocks"}))
             await eventually(lambda: peer.statistics().subscribers == 2)
             big = bytes(256 * 1024)
             published = 0

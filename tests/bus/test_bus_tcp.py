@@ -15,6 +15,7 @@ from bus import (
     encode_frame,
     open_node,
     FrameDecoder,
+    Handshake,
 )
 from bus.testing import Keyring, eventually, linked_pair
 from core import ecdsa
@@ -100,13 +101,14 @@ async def served_then_raw(alice, address):
     return await trio.open_tcp_stream("127.0.0.1", int(address.rsplit(":", 1)[1]))
 
 
-async def test_peer_disconnecting_mid_frame_affects_no_one_else():
+async def test_peer_disconnecting_mid_frame_affects_no_one_else(raw_channel, unsigned_envelope):
     ring = Keyring()
     async with linked_pair(ring, echo) as (server, client, alice, address):
         with trio.fail_after(10):
-            raw = await served_then_raw(alice, address)
-            frame = encode_frame(signed(ring, "alice", "bob").encode())
-            await raw.send_all(frame[: len(frame) // 2])
+            assert (await alice.request("bob", "ping", 1))["echo"] == 1
+            raw = await raw_channel(address, prove={"mallory": ring.add("mallory")})
+            frame = raw.sealed(unsigned_envelope("mallory"))
+            await raw.stream.send_all(frame[: len(frame) // 2])
             await raw.aclose()
             await eventually(lambda: server.statistics().broken_connections == 1)
             assert (await alice.request("bob", "ping", 2))["echo"] == 2
@@ -115,18 +117,28 @@ async def test_peer_disconnecting_mid_frame_affects_no_one_else():
 @pytest.mark.parametrize(
     "garbage,reason",
     [
-        (encode_frame(b"\xc1not msgpack"), "malformed"),
-        (encode_frame(b"\x93\x01\x02\x03"), "malformed"),  # wrong shape
-        ((2**31).to_bytes(4, "big") + b"xx", None),  # oversized frame
+        (b"\xc1not msgpack", "malformed"),
+        (b"\x93\x01\x02\x03", "malformed"),  # wrong shape
+        (None, None),  # oversized frame
+        (b"unsealed", None),  # a frame the channel did not seal
     ],
 )
-async def test_garbage_closes_only_its_connection(garbage, reason):
+async def test_garbage_closes_only_its_connection(garbage, reason, raw_channel):
+    """Garbage after the channel handshake: sealed (reaches the decoder), an
+    oversized header, or bytes not sealed on the channel."""
     ring = Keyring()
     async with linked_pair(ring, echo) as (server, client, alice, address):
         with trio.fail_after(10):
-            raw = await served_then_raw(alice, address)
-            await raw.send_all(garbage)
-            assert await raw.receive_some(100) == b""  # the server hung up
+            assert (await alice.request("bob", "ping", 1))["echo"] == 1
+            raw = await raw_channel(address, prove={"mallory": ring.add("mallory")})
+            if reason:
+                wire = raw.sealed(garbage)
+            elif garbage is None:
+                wire = (2**31).to_bytes(4, "big") + b"xx"
+            else:
+                wire = encode_frame(b"\x00" + garbage + bytes(16))
+            await raw.stream.send_all(wire)
+            assert await raw.receive() is None  # the server hung up
             await raw.aclose()
             assert (await alice.request("bob", "ping", 2))["echo"] == 2
         stats = server.statistics()
@@ -136,10 +148,25 @@ async def test_garbage_closes_only_its_connection(garbage, reason):
             assert stats.broken_connections == 1
 
 
+@pytest.mark.parametrize("garbage", [b"\xc1not msgpack", b"\x93\x01\x02\x03", (2**31).to_bytes(4, "big")])
+async def test_garbage_instead_of_a_hello_fails_the_handshake_only(garbage):
+    ring = Keyring()
+    async with linked_pair(ring, echo) as (server, client, alice, address):
+        with trio.fail_after(10):
+            raw = await served_then_raw(alice, address)
+            await raw.send_all(garbage if len(garbage) == 4 else encode_frame(garbage))
+            assert await raw.receive_some(100) == b""  # the server hung up
+            await raw.aclose()
+            assert (await alice.request("bob", "ping", 2))["echo"] == 2
+        assert server.statistics().dropped_connections["handshake-failed"] == 1
+
+
 async def test_rejected_envelopes_get_error_replies_on_the_same_connection():
+    """Signed mode (``channels=False``): a badly signed envelope gets an error
+    reply on the connection it came on, which stays usable."""
     ring = Keyring()
     ring.add("alice")
-    async with open_node() as server:
+    async with open_node(channels=False) as server:
         address = await server.listen("tcp://127.0.0.1:0")
         port = int(address.rsplit(":", 1)[1])
         bob = server.endpoint("bob", **ring.credentials("bob"))
@@ -203,8 +230,26 @@ async def test_broken_connection_fails_pending_request_fast():
             async with trio.open_nursery() as nursery:
 
                 async def hang_up_after_request():
+                    # a "bob" that does the channel handshake and proves bob, reads
+                    # the request, then hangs up
                     stream = await listeners[0].accept()
-                    await stream.receive_some(65536)
+                    decoder = FrameDecoder()
+                    frames = []
+                    while not frames:
+                        frames += decoder.feed(await stream.receive_some(65536))
+                    hs = Handshake(initiator=False)
+                    channel = hs.finish(frames.pop(0))
+                    proof = channel.seal(1, channel.make_proof("bob", ring.add("bob")))
+                    await stream.send_all(encode_frame(hs.hello) + encode_frame(proof))
+                    while not frames:
+                        frames += decoder.feed(await stream.receive_some(65536))
+                    while True:  # alice's proof, then the request
+                        kind, payload = channel.open(frames.pop(0))
+                        if kind == 0:
+                            break
+                        while not frames:
+                            frames += decoder.feed(await stream.receive_some(65536))
+                    assert decode_envelope(payload).kind == "ping"
                     await stream.aclose()
 
                 nursery.start_soon(hang_up_after_request)
@@ -228,3 +273,31 @@ async def test_connection_limit():
             await extra.aclose()
             assert (await alice.request("bob", "ping", 2))["echo"] == 2
         assert server.statistics().refused_connections == 1
+
+
+async def test_a_signed_mode_node_refuses_unsigned_envelopes():
+    """The empty signature field that channels use is no signature in signed mode."""
+    ring = Keyring()
+    ring.add("alice")
+    calls = []
+
+    async def record(msg):
+        calls.append(msg.body)
+        return msg.body
+
+    async with open_node(channels=False) as server:
+        address = await server.listen("tcp://127.0.0.1:0")
+        bob = server.endpoint("bob", **ring.credentials("bob"))
+        bob.register("ping", record)
+        with trio.fail_after(10):
+            raw = await trio.open_tcp_stream("127.0.0.1", int(address.rsplit(":", 1)[1]))
+            env, data = Envelope.create_encoded(type=MessageType.REQUEST, kind="ping", sender="alice",
+                                                recipient="bob", body="unsigned",
+                                                timestamp=int(time.time() * 1000), signer=None)
+            assert env.signature == b""
+            await raw.send_all(encode_frame(data))
+            reply = await read_envelope(raw, FrameDecoder())
+            assert reply.type == MessageType.ERROR and reply.body["code"] == "bad-signature"
+            await raw.aclose()
+        assert calls == []
+        assert bob.statistics().rejected["bad-signature"] == 1
