@@ -112,6 +112,7 @@ from ._secure import ChannelConnection as ChannelConnection
 from ._secure import channel_handshake as channel_handshake
 from .channel import CHANNEL_OVERHEAD as CHANNEL_OVERHEAD
 from .channel import MAX_CLAIMS as MAX_CLAIMS
+from .channel import MAX_PROVED_AT_HANDSHAKE as MAX_PROVED_AT_HANDSHAKE
 from .channel import Channel as Channel
 from .channel import ChannelError as ChannelError
 from .channel import Handshake as Handshake

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 __all__ = ["ChannelConnection", "channel_handshake", "THREAD_SEAL_BYTES"]
 
+from collections.abc import Callable
+
 import trio
 
-from .channel import CHANNEL_OVERHEAD, ENVELOPE, MAX_HELLO_SIZE, PROOF, Channel, ChannelError, Handshake
+from .channel import CHANNEL_OVERHEAD, ENVELOPE, MAX_HELLO_SIZE, PROOF, WANT, Channel, ChannelError, Handshake
 from .errors import BrokenError, ClosedError, FrameError
 from .transport import Connection
 
@@ -32,6 +34,10 @@ class ChannelConnection:
     def __init__(self, conn: Connection, channel: Channel):
         self.inner = conn
         self.channel = channel
+        self.on_want: Callable[[str], None] | None = None
+        """Set by the node: the other side asks us to prove an agent (WANT)."""
+        self.wanted: set[str] = set()
+        """Agents we asked the other side to prove (each asked once)."""
         self.peer = conn.peer
         self.source = getattr(conn, "source", conn.peer)
         self._claimed = trio.lowlevel.ParkingLot()
@@ -70,6 +76,10 @@ class ChannelConnection:
         """Send one identity proof (a PROOF payload made by the channel)."""
         await self.inner.send(await self._seal(PROOF, payload))
 
+    async def send_control(self, frame_type: int, payload: bytes) -> None:
+        """Send one PROOF or WANT frame."""
+        await self.inner.send(await self._seal(frame_type, payload))
+
     async def receive(self) -> bytes | None:
         """The next envelope's bytes; proofs are recorded on the way. BrokenError
         when a frame does not authenticate or a proof is malformed."""
@@ -89,6 +99,11 @@ class ChannelConnection:
                     frame_type, payload = self.channel.open(frame)
                 if frame_type == ENVELOPE:
                     return payload
+                if frame_type == WANT:
+                    agent = self.channel.wanted(payload)
+                    if self.on_want is not None:
+                        self.on_want(agent)
+                    continue
                 self.channel.add_claim(payload)
             except ChannelError as exc:
                 self.connection_ended()

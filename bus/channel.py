@@ -22,7 +22,8 @@ Handshake (two frames, each one msgpack array)::
 Frames after the handshake: ``type (1 byte) || ChaCha20-Poly1305-IETF(key,
 nonce = u64le(counter) || 4 zero bytes, plaintext, ad = type)``; each direction
 has its own key and counter, starting at 0. Types: :data:`ENVELOPE` (an
-envelope's wire bytes, signature field empty) and :data:`PROOF` (msgpack
+envelope's wire bytes, signature field empty), :data:`WANT` (an agent id, UTF-8:
+"prove this agent if you host it") and :data:`PROOF` (msgpack
 ``[agent_id, signature]``).
 
 An identity proof is ``signature = sign_agent(PROOF_DOMAIN || h || role ||
@@ -41,7 +42,7 @@ imports nothing from the domain: the signer and verifier come in as callables.
 
 from __future__ import annotations
 
-__all__ = ["CHANNEL_OVERHEAD", "MAX_CLAIMS", "ChannelError", "Handshake", "Channel"]
+__all__ = ["CHANNEL_OVERHEAD", "MAX_CLAIMS", "MAX_PROVED_AT_HANDSHAKE", "ChannelError", "Handshake", "Channel"]
 
 import hashlib
 import hmac
@@ -62,7 +63,8 @@ KEY_INFO = b"emrshare/v1/channel/keys"
 PROOF_DOMAIN = b"emrshare/v1/channel/identity\x00"
 ENVELOPE = 0
 PROOF = 1
-_TYPES = (bytes([ENVELOPE]), bytes([PROOF]))
+WANT = 2
+_TYPES = (bytes([ENVELOPE]), bytes([PROOF]), bytes([WANT]))
 _TAG_SIZE = sodium.crypto_aead_chacha20poly1305_ietf_ABYTES
 CHANNEL_OVERHEAD = 1 + _TAG_SIZE
 """Bytes a channel frame adds to its payload (type byte and Poly1305 tag)."""
@@ -71,6 +73,10 @@ MAX_HELLO_SIZE = 64
 MAX_CLAIMS = 256
 """Agents one side of a channel may prove (a node hosting more is refused)."""
 MAX_PROOF_SIZE = 1024
+MAX_PROVED_AT_HANDSHAKE = 32
+"""A listening node hosting at most this many agents proves them all right after
+the handshake; one hosting more proves each when the other side asks (WANT)."""
+MAX_AGENT_ID_BYTES = 1024
 _MAX_COUNTER = 2**64 - 1
 _ZERO_DH = bytes(32)
 
@@ -205,7 +211,7 @@ class Channel:
     def open(self, frame: bytes) -> tuple[int, bytes]:
         """(type, payload) of the next incoming frame; ChannelError when it was
         forged, changed, replayed, reordered or is not a channel frame."""
-        if len(frame) < CHANNEL_OVERHEAD or frame[0] not in (ENVELOPE, PROOF):
+        if len(frame) < CHANNEL_OVERHEAD or frame[0] not in (ENVELOPE, PROOF, WANT):
             raise ChannelError("not a channel frame")
         try:
             payload = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
@@ -226,6 +232,16 @@ class Channel:
         signature = sign(self._proof_message(agent, self.initiator))
         self.proven_here.add(agent)
         return msgpack.packb([agent, signature], use_bin_type=True)
+
+    @staticmethod
+    def wanted(payload: bytes) -> str:
+        """The agent id a WANT payload names (ChannelError if it is not one)."""
+        if not 0 < len(payload) <= MAX_AGENT_ID_BYTES:
+            raise ChannelError("a WANT frame must name an agent")
+        try:
+            return payload.decode()
+        except UnicodeDecodeError:
+            raise ChannelError("a WANT frame must name an agent in UTF-8") from None
 
     def add_claim(self, payload: bytes) -> str:
         """Record a PROOF payload the other side sent; return the agent it names."""

@@ -60,7 +60,16 @@ import trio
 
 from ._endpoint import Endpoint, _Attachment
 from ._secure import ChannelConnection, channel_handshake
-from .channel import CHANNEL_OVERHEAD, ChannelError, is_channel_hello
+from .channel import (
+    CHANNEL_OVERHEAD,
+    ENVELOPE,
+    MAX_CLAIMS,
+    MAX_PROVED_AT_HANDSHAKE,
+    PROOF,
+    WANT,
+    ChannelError,
+    is_channel_hello,
+)
 from ._stats import NodeStatistics
 from .envelope import (
     Directory,
@@ -93,6 +102,10 @@ from .transport import Address, Connection, TcpTransport, Transport, parse_addre
 log = logging.getLogger("bus")
 
 
+class _ChannelFull(BusError):
+    """The channel proved MAX_CLAIMS agents already: route the sender on another."""
+
+
 class _Link:
     """A pooled outgoing connection to one address, and its reconnect state."""
 
@@ -112,7 +125,7 @@ class _Outbox:
                  "last_sent")
 
     def __init__(self, max_frames: int, max_bytes: int):
-        self._frames: deque[tuple[bytes, bool]] = deque()  # (payload, is an identity proof)
+        self._frames: deque[tuple[bytes, int]] = deque()  # (payload, channel frame type)
         self._bytes = 0
         self._max_frames = max_frames
         self._max_bytes = max_bytes
@@ -126,8 +139,8 @@ class _Outbox:
             return True  # an empty queue always takes one frame
         return len(self._frames) < self._max_frames and self._bytes + size <= self._max_bytes
 
-    def put_nowait(self, data: bytes, proof: bool = False) -> None:
-        self._frames.append((data, proof))
+    def put_nowait(self, data: bytes, frame_type: int = ENVELOPE) -> None:
+        self._frames.append((data, frame_type))
         self._bytes += len(data)
         self._writer.unpark_all()
 
@@ -135,8 +148,9 @@ class _Outbox:
         while self.closed is None and not self.has_room(size):
             await self._room.park()
 
-    async def take(self) -> tuple[bytes, bool] | None:
-        """The next frame to write and whether it is an identity proof; None once closed."""
+    async def take(self) -> tuple[bytes, int] | None:
+        """The next frame to write and its channel frame type (ENVELOPE for an
+        envelope, else an identity proof or request); None once closed."""
         while not self._frames:
             if self.closed is not None:
                 return None
@@ -248,7 +262,7 @@ class Node:
         self._clock = clock
         self._endpoints: dict[str, _Attachment] = {}
         self._paths: dict[str, Connection] = {}
-        self._links: dict[Address, _Link] = {}
+        self._links: dict[tuple[Address, int], _Link] = {}  # (address, shard) -> link
         self._live: set[Connection] = set()
         self._incoming: set[Connection] = set()
         self._handshaking = 0  # incoming connections in the channel handshake (count toward the cap)
@@ -343,9 +357,10 @@ class Node:
 
     def attach(self, identity: str, attachment: _Attachment) -> None:
         self._endpoints[identity] = attachment
-        for conn in list(self._incoming):  # prove the newcomer on the channels already open
-            if isinstance(conn, ChannelConnection):
-                self._prove(conn, identity, attachment)
+        if len(self._endpoints) <= MAX_PROVED_AT_HANDSHAKE:
+            for conn in list(self._incoming):  # prove the newcomer on the channels already open
+                if isinstance(conn, ChannelConnection) and len(conn.channel.proven_here) < MAX_CLAIMS:
+                    self._prove(conn, identity, attachment)
 
     def detach(self, identity: str) -> None:
         self._endpoints.pop(identity, None)
@@ -375,7 +390,7 @@ class Node:
                 # sent it there (an error reply may answer a sender nobody proved)
                 await self._enqueue(via, sender, recipient, data, wait, check_recipient=False)
                 return via
-            except (BrokenError, ClosedError):
+            except (BrokenError, ClosedError, _ChannelFull):
                 pass
         local = self._endpoints.get(recipient)
         if local is not None:
@@ -389,23 +404,30 @@ class Node:
             try:
                 await self._enqueue(conn, sender, recipient, data, wait)
                 return conn
+            except _ChannelFull:
+                pass  # the recipient's connection has no room to prove this sender: another one
             except (BrokenError, ClosedError):
                 self._paths.pop(recipient, None)
         address = self._routes.get(recipient)
         if address is None:
             raise UnreachableError(f"no route to {recipient!r}")
-        for attempt in (1, 2):
-            conn = await self._connect(address)
+        attempt = 0
+        while True:
+            attempt += 1
+            shard = self._shard_for(address, sender)
+            conn = await self._connect(address, shard)
             try:
                 await self._enqueue(conn, sender, recipient, data, wait)
                 return conn
+            except _ChannelFull:
+                attempt -= 1  # another sender took the last place meanwhile: the next shard
+                continue
             except (BrokenError, ClosedError):
-                link = self._links.get(address)
+                link = self._links.get((address, shard))
                 if link is not None and link.conn is conn:
                     link.conn = None
                 if attempt == 2:
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _enqueue(self, conn: Connection, sender: str, recipient: str, data: bytes, wait: bool, *,
                        check_recipient: bool = True) -> None:
@@ -428,6 +450,8 @@ class Node:
             if check_recipient:
                 await self._check_recipient(conn, own, recipient)
             if sender not in conn.channel.proven_here:
+                if len(conn.channel.proven_here) >= MAX_CLAIMS:
+                    raise _ChannelFull()
                 self._prove(conn, sender, own)
         else:
             data = sign_wire(data, own.signer)
@@ -453,6 +477,9 @@ class Node:
         if reason is None:
             return
         if recipient not in conn.channel.claims:
+            if recipient not in conn.wanted and len(conn.wanted) < MAX_CLAIMS:
+                conn.wanted.add(recipient)
+                self._want(conn, recipient)
             with trio.move_on_after(self._handshake_timeout):
                 await conn.wait_claim(recipient)
             reason = conn.channel.claim_ok(recipient, key(), own.verifier)
@@ -466,7 +493,22 @@ class Node:
         box = self._outboxes.get(conn)
         if box is None or box.closed is not None:
             return
-        box.put_nowait(conn.channel.make_proof(agent, attachment.signer), proof=True)
+        box.put_nowait(conn.channel.make_proof(agent, attachment.signer), PROOF)
+
+    def _want(self, conn: ChannelConnection, agent: str) -> None:
+        """Ask the other side of ``conn`` to prove ``agent``."""
+        box = self._outboxes.get(conn)
+        if box is not None and box.closed is None:
+            box.put_nowait(agent.encode(), WANT)
+
+    def _on_want(self, conn: ChannelConnection, agent: str) -> None:
+        """The other side asks us to prove ``agent``: if we host it (within the
+        channel's MAX_CLAIMS), once."""
+        attachment = self._endpoints.get(agent)
+        if (attachment is None or agent in conn.channel.proven_here
+                or len(conn.channel.proven_here) >= MAX_CLAIMS):
+            return
+        self._prove(conn, agent, attachment)
 
     def _drop(self, conn: Connection, reason: str) -> None:
         """Close ``conn`` now for ``reason`` (counted in statistics)."""
@@ -483,17 +525,17 @@ class Node:
 
     async def _write(self, conn: Connection, box: _Outbox) -> None:
         """The connection's writer: every frame within the write timeout, or drop it."""
-        send_proof = conn.send_proof if isinstance(conn, ChannelConnection) else None
+        send_control = conn.send_control if isinstance(conn, ChannelConnection) else None
         while True:
             item = await box.take()
             if item is None:
                 return
-            data, proof = item
+            data, frame_type = item
             with trio.move_on_after(self._write_timeout) as scope:
                 try:
-                    if proof:
-                        assert send_proof is not None
-                        await send_proof(data)
+                    if frame_type != ENVELOPE:
+                        assert send_control is not None
+                        await send_control(frame_type, data)
                     else:
                         await conn.send(data)
                 except FrameError as exc:  # checked when queued: a bug, not the peer's doing
@@ -513,10 +555,23 @@ class Node:
 
     # ------------------------------------------------------------ connections
 
-    async def _connect(self, address: Address) -> Connection:
-        link = self._links.get(address)
+    def _shard_for(self, address: Address, sender: str) -> int:
+        """Which of the connections to ``address`` carries ``sender``: the first
+        that proved it or has room to (the other side hears at most MAX_CLAIMS
+        agents per channel, so a node hosting more opens more connections)."""
+        shard = 0
+        while True:
+            link = self._links.get((address, shard))
+            conn = None if link is None else link.conn
+            if (not isinstance(conn, ChannelConnection) or conn not in self._live
+                    or sender in conn.channel.proven_here or len(conn.channel.proven_here) < MAX_CLAIMS):
+                return shard
+            shard += 1
+
+    async def _connect(self, address: Address, shard: int = 0) -> Connection:
+        link = self._links.get((address, shard))
         if link is None:
-            link = self._links[address] = _Link(address)
+            link = self._links[(address, shard)] = _Link(address)
         asked_at = trio.current_time()
         async with link.lock:
             if link.conn is not None and link.conn in self._live:
@@ -556,6 +611,7 @@ class Node:
             if self._admit_peer is not None:
                 admit_peer, certificate = self._admit_peer, secured.peer_certificate
                 secured.channel.admit = lambda agent: admit_peer(agent, certificate)
+            secured.on_want = lambda agent: self._on_want(secured, agent)
             return secured
         except (ChannelError, BrokenError, ClosedError, FrameError, trio.TooSlowError) as exc:
             with trio.CancelScope(shield=True):
@@ -597,7 +653,7 @@ class Node:
                     self._handshaking -= 1
             self._incoming.add(conn)
             self._open(conn)
-            if isinstance(conn, ChannelConnection):
+            if isinstance(conn, ChannelConnection) and len(self._endpoints) <= MAX_PROVED_AT_HANDSHAKE:
                 for identity, attachment in list(self._endpoints.items()):
                     self._prove(conn, identity, attachment)
             await self._serve_connection(conn, None)

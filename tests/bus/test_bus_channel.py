@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from bus import (
     MAX_CLAIMS,
+    MAX_PROVED_AT_HANDSHAKE,
     ChannelError,
     DeliveryError,
     Envelope,
@@ -694,10 +695,6 @@ async def test_forged_envelopes_do_not_silence_busy_replies(raw_channel, unsigne
                 release.set()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bus: a node proves every sender on the pooled channel and the other side refuses the "
-    "(MAX_CLAIMS + 1)-th identity by breaking the channel, failing every request in flight on it; "
-    "a client process hosting more than MAX_CLAIMS agents (a loadtest) loses requests each time"))
 async def test_more_than_max_claims_agents_of_one_node_can_all_use_one_peer():
     ring = Keyring()
     async with open_node() as server, open_node() as client:
@@ -709,3 +706,40 @@ async def test_more_than_max_claims_agents_of_one_node_can_all_use_one_peer():
             for i, user in enumerate(users):
                 assert await user.request("bob", "ping", i, timeout=15) == i
         assert server.statistics().broken_connections == 0
+
+
+async def test_a_listener_hosting_more_agents_than_a_channel_hears_proves_each_on_demand():
+    # a hospital integration service embedding many patients behind one listener: past
+    # MAX_PROVED_AT_HANDSHAKE hosted agents it proves each only when asked (WANT), so a
+    # client reaches any of them, and no channel is asked to hear more than MAX_CLAIMS
+    ring = Keyring()
+    async with open_node() as server, open_node() as client:
+        address = await server.listen("tcp://127.0.0.1:0")
+        hosted = [f"p{i}" for i in range(MAX_CLAIMS + 20)]
+        for agent in hosted:
+            server.endpoint(agent, **ring.credentials(agent)).register("ping", _echo)
+        for agent in hosted:
+            client.add_route(agent, address)
+        doctor = client.endpoint("doctor", **ring.credentials("doctor"))
+        with trio.fail_after(60):
+            for agent in (hosted[0], hosted[MAX_PROVED_AT_HANDSHAKE + 1], hosted[-1]):
+                assert await doctor.request(agent, "ping", agent, timeout=15) == agent
+        assert server.statistics().broken_connections == 0
+        assert client.statistics().broken_connections == 0
+
+
+async def test_wants_for_unhosted_or_proven_agents_cost_nothing(raw_channel, unsigned_envelope):
+    ring = Keyring()
+    alice = ring.add("alice")
+    async with open_node() as server:
+        address = await server.listen("tcp://127.0.0.1:0")
+        server.endpoint("bob", **ring.credentials("bob")).register("ping", _echo)
+        async with await raw_channel(address, prove={"alice": alice}) as raw:
+            for i in range(500):
+                await raw.stream.send_all(raw.sealed(f"nobody-{i}".encode(), frame_type=2))
+                await raw.stream.send_all(raw.sealed(b"bob", frame_type=2))
+            await raw.send(unsigned_envelope("alice", body="still here"))
+            with trio.fail_after(10):
+                reply = await raw.receive()
+            assert reply.body == "still here" and "bob" in raw.channel.claims
+    assert server.statistics().broken_connections == 0
