@@ -867,7 +867,8 @@ class UserAgent:
         self.state = client.state
         self.storage = StorageClient(self.endpoint, self.manifest.storage, replicas=self.manifest.replicas,
                                      write_quorum=self.manifest.write_quorum, timeout=config.request_timeout,
-                                     health=self.health, background=client.nursery)
+                                     health=self.health, background=client.nursery,
+                                     node_keys=self.manifest.directory())
 
     @property
     def certificate(self) -> Certificate | None:

@@ -43,6 +43,7 @@ standalone nodes without a ledger.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -77,6 +78,8 @@ log = logging.getLogger("agents.storage.client")
 
 CHUNK = cidmod.CHUNK_SIZE
 _PROBE_TIMEOUT = 2.0  # is a node that failed lately back?
+MAX_RECEIPTS_KEPT = 1024
+"""CIDs whose put receipts a client keeps (the latest puts)."""
 # errors caused by the blob itself: every replica would say the same
 _CLIENT_FAULTS = (BlobTooLarge, CidMismatch, BadRequest)
 
@@ -130,12 +133,15 @@ class StorageClient:
         health: AgentHealth | None = None,
         background: trio.Nursery | None = None,
         max_background: int = 64,
+        node_keys: Callable[[str], bytes | None] | None = None,
     ):
         if not 1 <= write_quorum <= replicas:
             raise ValueError("need 1 <= write_quorum <= replicas")
         if message_size < CHUNK or message_size % CHUNK:
             raise ValueError(f"message_size must be a positive multiple of {CHUNK}")
         self.endpoint = endpoint
+        self.node_keys = node_keys
+        self._receipts: collections.OrderedDict[str, dict[str, bytes]] = collections.OrderedDict()
         self.replicas = replicas
         self.write_quorum = write_quorum
         self.message_size = message_size
@@ -240,6 +246,24 @@ class StorageClient:
                 raise
         if reply.cid != cid:
             raise BusError(f"{node} acknowledged {reply.cid!r}, not {cid}")
+        if self.node_keys is not None:
+            key = self.node_keys(node)
+            if key is None or not protocol.verify_receipt(key, node, cid, size, self.endpoint.identity, reply.receipt):
+                raise BusError(f"{node} acknowledged {cid} without a valid signed receipt")
+        self._keep_receipt(cid, node, reply.receipt)
+
+    def _keep_receipt(self, cid: str, node: str, receipt: bytes) -> None:
+        held = self._receipts.pop(cid, {})
+        held[node] = receipt
+        self._receipts[cid] = held
+        while len(self._receipts) > MAX_RECEIPTS_KEPT:
+            self._receipts.popitem(last=False)
+
+    def receipts(self, cid: str) -> dict[str, bytes]:
+        """The signed receipts (node -> signature, :func:`core.protocol.verify_receipt`)
+        of the nodes that acknowledged our latest puts of ``cid`` (the last
+        :data:`MAX_RECEIPTS_KEPT` CIDs put): evidence that they held it."""
+        return dict(self._receipts.get(cid, {}))
 
     async def _replicate_run(self, cid: str, size: int, read: ReadPiece, pin: bool, progress: "_PutProgress") -> None:
         """Put to the first ``replicas`` usable nodes in parallel, then top up in order;

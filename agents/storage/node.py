@@ -52,8 +52,11 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 import trio
 
 from bus import Endpoint, Message
+from core import ecdsa
 from core.errors import DecodeError
 from core.protocol import (
+    RECEIPT_TAG,
+    receipt_message,
     MAX_MESSAGE_DATA,
     codes,
     BlobStatistics,
@@ -270,10 +273,15 @@ class StorageNode:
         """Whom a put records as the blob's owner: a user (a repair copy has none)."""
         return msg.sender if self.access.role(msg.sender) == "user" else None
 
+    def _receipt(self, cid: str, size: int, putter: str) -> bytes:
+        """Our signed acknowledgement of a durable put (core.protocol's storage receipt)."""
+        return self.endpoint.sign(ecdsa.tagged_message(RECEIPT_TAG, receipt_message(
+            self.endpoint.identity, cid, size, putter)))
+
     async def _put(self, msg: Message, request: StoragePut) -> StoragePutReply:
         self._admit_put(msg, len(request.data))
-        return StoragePutReply(await self._thread(self.store.put, request.data, request.cid, pin=request.pin,
-                                                  owner=self._owner(msg)))
+        cid = await self._thread(self.store.put, request.data, request.cid, pin=request.pin, owner=self._owner(msg))
+        return StoragePutReply(cid, self._receipt(cid, len(request.data), msg.sender))
 
     async def _begin(self, msg: Message, request: StoragePutBegin) -> StoragePutBeginReply:
         self._admit_put(msg, request.size)
@@ -307,8 +315,8 @@ class StorageNode:
         session = self._session(msg, request.session)
         async with session.lock:
             self._sessions.pop(request.session, None)
-            return StoragePutCommitReply(await self._thread(session.put.commit, pin=session.pin,
-                                                            owner=self._owner(msg)))
+            cid = await self._thread(session.put.commit, pin=session.pin, owner=self._owner(msg))
+            return StoragePutCommitReply(cid, self._receipt(cid, session.size, msg.sender))
 
     async def _abort(self, msg: Message, request: StoragePutAbort) -> StoragePutAbortReply:
         session = self._session(msg, request.session)

@@ -71,6 +71,10 @@ from core.protocol._peer import commits_owner as commits_owner
 from core.protocol._patient import PatientAccessRequest as PatientAccessRequest
 from core.protocol._patient import PatientAccessRequestReply as PatientAccessRequestReply
 from core.protocol._storage import MAX_MESSAGE_DATA as MAX_MESSAGE_DATA
+from core.protocol._storage import RECEIPT_TAG as RECEIPT_TAG
+from core.protocol._storage import make_receipt as make_receipt
+from core.protocol._storage import receipt_message as receipt_message
+from core.protocol._storage import verify_receipt as verify_receipt
 from core.protocol._storage import MAX_LIST_LIMIT as MAX_LIST_LIMIT
 from core.protocol._storage import SESSION_SIZE as SESSION_SIZE
 from core.protocol._storage import DIGEST_SIZE as DIGEST_SIZE

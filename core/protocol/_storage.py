@@ -5,6 +5,12 @@ A put of at most one message is ``storage.put``; a larger one is a session:
 written so far), then ``storage.put.commit`` (or ``storage.put.abort``). Every
 ``storage.get`` re-hashes the chunks it returns; ``leaves`` asks for the
 blob's chunk digests in the same round trip.
+
+A put's reply carries the node's **receipt**: its ECDSA signature (tag
+:data:`RECEIPT_TAG`) over :func:`receipt_message` ``(node, cid, size, putter)``,
+"this node durably holds this blob, put by this agent": evidence the putter can
+show a third party later (the channel that carried the reply authenticates it
+only to the putter). :func:`make_receipt` and :func:`verify_receipt`.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Self
 
+from core import canonical, ecdsa
 from core.protocol._peer import CID, MAX_CID_LENGTH
 from core.protocol._schema import INT64_MAX, Bool, Bytes, Id, Int, ListOf, Message, Optional, Row, Text, wire
 
@@ -22,7 +29,24 @@ __all__ = [
     "StorageGet", "StorageGetReply", "StorageLeaves", "StorageLeavesReply", "StorageHas", "StorageHasReply",
     "StoragePin", "StoragePinReply", "StorageUnpin", "StorageUnpinReply", "StorageStat", "BlobStatistics",
     "NodeStatistics", "StorageStatReply", "StorageList", "StorageListReply",
+    "RECEIPT_TAG", "receipt_message", "make_receipt", "verify_receipt",
 ]
+
+RECEIPT_TAG = "emrshare/v1/storage-receipt"
+
+
+def receipt_message(node: str, cid: str, size: int, putter: str) -> bytes:
+    """What a storage node signs when it acknowledges a put."""
+    return canonical.pack([node, cid, size, putter])
+
+
+def make_receipt(private_key: bytes, node: str, cid: str, size: int, putter: str) -> bytes:
+    return ecdsa.sign(private_key, RECEIPT_TAG, receipt_message(node, cid, size, putter))
+
+
+def verify_receipt(public_key: bytes, node: str, cid: str, size: int, putter: str, receipt: bytes) -> bool:
+    """Whether ``receipt`` is ``node``'s acknowledgement of this put (never raises)."""
+    return ecdsa.is_valid(public_key, RECEIPT_TAG, receipt_message(node, cid, size, putter), receipt)
 
 MAX_MESSAGE_DATA = 8 * 1024 * 1024
 """Largest data field of one message (the bus frame limit is 16 MiB)."""
@@ -71,9 +95,15 @@ class StoragePut(Message, kind="storage.put"):
     pin: bool = wire(Bool(), default=True)
 
 
+_RECEIPT = Bytes(max_size=128)
+
+
 @dataclass(frozen=True, slots=True)
 class StoragePutReply(_OneBlob, kind="storage.put"):
-    """Acknowledged once the blob is durable (fsync, rename, directory fsync) and its CID checked."""
+    """Acknowledged once the blob is durable (fsync, rename, directory fsync) and its CID
+    checked; ``receipt``: the node's signature (see the module docstring)."""
+
+    receipt: bytes = wire(_RECEIPT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +136,7 @@ class StoragePutCommit(_OneSession, kind="storage.put.commit"):
 
 @dataclass(frozen=True, slots=True)
 class StoragePutCommitReply(_OneBlob, kind="storage.put.commit"):
-    pass
+    receipt: bytes = wire(_RECEIPT)
 
 
 @dataclass(frozen=True, slots=True)

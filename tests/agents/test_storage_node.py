@@ -12,7 +12,7 @@ from agents.storage import BlobStore, CidMismatch, NotFound, QuotaExceeded, Unav
 from agents.storage.client import StorageClient
 from agents.storage.node import StorageAccess, StorageNode
 from bus import open_node
-from core import ecdsa
+from core import ecdsa, protocol
 from core.cid import CHUNK_SIZE, compute
 
 MiB = 1 << 20
@@ -48,8 +48,9 @@ async def swarm(tmp_path, n=3, *, quota=None, max_blob=256 * MiB, session_timeou
             nodes[ident] = StorageNode(ep(bus, ident), store, access=access, session_timeout=session_timeout,
                                        **(node_opts or {}))
             nursery.start_soon(nodes[ident].run)
-        client = StorageClient(ep(bus, "client"), node_ids, **client_opts)
+        client = StorageClient(ep(bus, "client"), node_ids, **{"node_keys": pubs.get, **client_opts})
         client.endpoint_for = lambda ident: ep(bus, ident)  # other senders, for the admission tests
+        client.node_pubs = pubs
         yield client, nodes
         nursery.cancel_scope.cancel()
 
@@ -177,6 +178,34 @@ async def test_write_quorum_and_fallback(tmp_path) -> None:
             nodes["s2"].store.quota_bytes = 0
             with pytest.raises((Unavailable, QuotaExceeded)):
                 await client.put(b"nope" * 1000)
+
+
+@pytest.mark.parametrize("size", [100, 3 * MiB + 5])  # one message, and a put session
+async def test_puts_are_acknowledged_with_signed_receipts(tmp_path, size) -> None:
+    with trio.fail_after(30):
+        async with swarm(tmp_path, n=3) as (client, nodes):
+            cid = await client.put(os.urandom(size))
+            receipts = client.receipts(cid)
+            assert len(receipts) >= 2
+            for node, receipt in receipts.items():
+                key = client.node_pubs[node]
+                assert protocol.verify_receipt(key, node, cid, size, "client", receipt)
+                # bound to the node, the blob, its size and who put it
+                assert not protocol.verify_receipt(key, node, cid, size + 1, "client", receipt)
+                assert not protocol.verify_receipt(key, node, cid, size, "alice", receipt)
+                assert not protocol.verify_receipt(key, "s9", cid, size, "client", receipt)
+                assert not protocol.verify_receipt(client.node_pubs["client"], node, cid, size, "client", receipt)
+
+
+async def test_an_acknowledgement_without_a_valid_receipt_does_not_count(tmp_path) -> None:
+    with trio.fail_after(30):
+        async with swarm(tmp_path, n=3) as (client, nodes):
+            nodes["s1"]._receipt = lambda cid, size, putter: bytes(64)  # stores, but signs nothing valid
+            cid = await client.put(b"evidence" * 100)
+            assert "s1" not in client.receipts(cid) and len(client.receipts(cid)) == 2
+            nodes["s2"]._receipt = lambda cid, size, putter: nodes["s0"]._receipt(cid, size, putter)  # s0's
+            with pytest.raises(Unavailable):
+                await client.put(b"no quorum" * 100)
 
 
 async def test_repair_restores_replicas(tmp_path) -> None:
