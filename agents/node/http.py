@@ -23,6 +23,7 @@ __all__ = ["Route", "serve_http", "unix_listener", "MAX_HEAD"]
 log = logging.getLogger("agents.node.http")
 
 MAX_HEAD = 8192
+MAX_DRAIN = 65536  # bytes read and dropped after the answer, at most
 Route = Callable[[], tuple[int, str, bytes]]
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
@@ -90,6 +91,14 @@ async def serve_http(listeners: list[trio.abc.Listener], routes: dict[str, Route
             with trio.move_on_after(timeout) as scope:
                 head = await _read_head(stream)
                 await stream.send_all(handle_head(head, routes))
+                # end our side, then read (a bounded amount of) what the client still sends:
+                # closing with unread input would reset the connection before it read the answer
+                if isinstance(stream, trio.abc.HalfCloseableStream):
+                    await stream.send_eof()
+                with trio.move_on_after(1.0):
+                    drained = 0
+                    while drained < MAX_DRAIN and (chunk := await stream.receive_some(MAX_HEAD)):
+                        drained += len(chunk)
             if scope.cancelled_caught:
                 log.debug("HTTP client too slow; closed")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
