@@ -284,9 +284,10 @@ class SwarmFiles:
 
 
 async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: Manifest,
-                           *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                           *, runners: dict[str, Any] | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run one server agent (orderer, peer or storage node) on ``node`` (the in-process swarm;
-    node processes run the same :func:`agents.node.build_agent` through ``emrshare node start``)."""
+    node processes run the same :func:`agents.node.build_agent` through ``emrshare node start``).
+    ``runners``, if given, receives the agent's :class:`agents.node.RoleAgent` (its metrics)."""
     from agents.node.roles import RoleSettings, build_agent, role_of
 
     spec = files.spec()
@@ -301,6 +302,8 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
                             reconcile_interval=spec.reconcile_interval, collect_grace=spec.collect_grace,
                             upload_timeout=spec.upload_timeout, enroll_secret=enroll)
     runner = build_agent(agent, role, files.agent_keys(agent), manifest, files.agent_dir(agent), settings)
+    if runners is not None:
+        runners[agent] = runner
     await runner.run(node, task_status=task_status)
 
 
@@ -320,6 +323,7 @@ class Swarm:
         self.processes: dict[str, subprocess.Popen] = {}
         self._nursery: trio.Nursery | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
+        self.runners: dict[str, Any] = {}  # in-process agents: id -> agents.node.RoleAgent (metrics)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -375,7 +379,8 @@ class Swarm:
         async def runner(task_status=trio.TASK_STATUS_IGNORED):
             with trio.CancelScope() as scope:
                 self._scopes[agent] = scope
-                await run_server_agent(self.files, agent, self.node, self.manifest, task_status=task_status)
+                await run_server_agent(self.files, agent, self.node, self.manifest, runners=self.runners,
+                                       task_status=task_status)
 
         await self._nursery.start(runner)
 
