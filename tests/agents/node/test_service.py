@@ -210,3 +210,34 @@ def test_a_signal_before_the_node_listens_is_not_lost(short_dir):
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("node orderer (orderer) serving at ")
     assert lines[1] == "node orderer stopped (SIGTERM)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_stops_swarm_and_nodes_with_their_lines(short_dir, sig):
+    """systemd (KillMode=control-group) and a terminal's Ctrl-C signal every process of the group: the
+    nodes get the signal twice (from the group, then from the swarm) and still stop cleanly."""
+    import os
+
+    data = short_dir / "swarm"
+    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "swarm", "up", "--data", str(data), "--processes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert proc.stdout.readline().startswith("swarm ")
+        children = [int(p.read_text()) for p in (data / "run").glob("*.ready")]
+        assert len(children) == 8
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert (proc.returncode, err) == (0, "swarm stopped\n")
+    name = signal.Signals(sig).name
+    for log in sorted((data / "logs").glob("*.log")):
+        if log.name == "swarm.log":
+            continue
+        text = log.read_text()
+        assert "Traceback" not in text, log
+        assert text.rstrip().endswith(f"node {log.stem} stopped ({name})"), (log, text[-300:])
