@@ -114,8 +114,8 @@ def _coerce(value: Any, typ: type, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise NodeConfigError(f"{where} must be text; quote it")
-    if isinstance(value, bool):
-        raise NodeConfigError(f"{where} must be a number; fix it")
+    if isinstance(value, bool) or (typ is int and isinstance(value, float) and not value.is_integer()):
+        raise NodeConfigError(f"{where} must be {'a whole' if typ is int else 'a'} number; fix it")
     try:
         number = typ(value)
     except (TypeError, ValueError):

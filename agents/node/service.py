@@ -54,6 +54,21 @@ PARENT_ENV = "EMRSHARE_SWARM_PARENT"  # the launching swarm's pid, for its node 
 MAX_UNIX_PATH = 100  # sockaddr_un's sun_path is 108 bytes on Linux
 
 
+def _answers(path: Any) -> bool:
+    """Whether a process accepts connections on the Unix socket ``path`` (a stale file does not)."""
+    import socket
+
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def stop_with_parent() -> None:
     """Linux: SIGTERM this process when the swarm process that started it dies, even by
     SIGKILL (no orphaned nodes holding ports); exit now if it is already gone."""
@@ -88,10 +103,13 @@ class NodeService:
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> "NodeService":
-        keys = config.unlock()
         genesis = config.genesis_bytes()
         manifest = config.manifest(genesis)
         config.check_role(manifest)
+        if _answers(config.control_socket):  # before the agent opens its ledger or blob store
+            raise NodeConfigError(f"another node runs on data directory {config.data_dir} (its control socket "
+                                  "answers); stop it, or give this node another data_dir")
+        keys = config.unlock()  # last: a passphrase costs an Argon2id derivation
         o, s = config.orderer, config.storage_settings
         settings = RoleSettings(batch_size=o["batch_size"], batch_timeout=o["batch_timeout"],
                                 reconcile_interval=s["reconcile_interval"], collect_grace=s["collect_grace"],

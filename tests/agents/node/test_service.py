@@ -145,6 +145,9 @@ def test_an_exported_node_serves_on_its_own_and_stops_with_one_line(short_dir, s
             info.value.close()
         status = run_cli("node", "status", "--config", str(config), "--json", env=env)
         assert status.returncode == 0 and json.loads(status.stdout)["role"] == "orderer"
+        # a second node on the same data directory is refused before it opens the chain
+        error_line(run_cli("node", "start", "--config", str(config), env=env), 1,
+                   "another node runs on data directory")
     finally:
         code, out, err = stop_node(proc, sig)
     assert code == 0, err
