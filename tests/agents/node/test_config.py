@@ -90,7 +90,7 @@ MINIMAL = '[node]\nid = "orderer"\nrole = "orderer"\ngenesis = "g"\nkeystore = "
     (MINIMAL + 'metrics = "9464"\n', "write HOST:PORT"),
     (MINIMAL + "[keys]\nstorage-1 = \"zz\"\n", "[keys] storage-1 is not hex"),
     (MINIMAL + "[consortium]\nreplicas = 1\nwrite_quorum = 2\n", "write_quorum <= replicas"),
-    (MINIMAL + "[orderer]\nbatch_size = true\n", "must be a number"),
+    (MINIMAL + "[orderer]\nbatch_size = true\n", "must be a whole number; fix it"),
     (MINIMAL + "[orderer]\nbatch_size = 2.5\n", "must be a whole number"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, needle):
