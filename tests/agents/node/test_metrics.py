@@ -141,3 +141,33 @@ async def test_a_slow_client_is_closed_after_the_timeout(autojump_clock):
         assert await client.receive_some() == b""  # closed without an answer
         assert 5.0 <= trio.current_time() - start < 6.0
         nursery.cancel_scope.cancel()
+
+
+async def test_connections_beyond_the_cap_are_closed_unanswered():
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        await nursery.start(lambda task_status: serve_http(listeners, ROUTES, max_connections=2, timeout=30.0,
+                                                           task_status=task_status))
+        idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        await idle[0].send_all(b"GET")  # both held by the server (partial heads)
+        await idle[1].send_all(b"GET")
+        await trio.sleep(0.2)
+        with trio.fail_after(10):
+            try:
+                third = await _get(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            except trio.BrokenResourceError:  # closed (reset: our request was never read)
+                third = b""
+        assert third == b""  # refused: closed without an answer
+        await idle[0].send_all(b" /metrics HTTP/1.1\r\n\r\n")
+        with trio.fail_after(10):
+            answer = b""
+            while chunk := await idle[0].receive_some(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+        for stream in idle:
+            await stream.aclose()
+        await trio.sleep(0.2)
+        with trio.fail_after(10):
+            assert (await _get(port, b"GET /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        nursery.cancel_scope.cancel()
