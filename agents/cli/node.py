@@ -121,6 +121,8 @@ def status_main(argv: list[str]) -> int:
     print(f"node {st['id']} ({st['role']}) {st['state']} at {st['address']}, height {st['height']}, "
           f"up {st['uptime_seconds']:.0f} s")
     print(f"  connections: {c.get('incoming', 0)} in, {c.get('outgoing', 0)} out; refusals {st.get('refusals', 0)}")
+    if st.get("agents_connected") is not None:
+        print(f"  agents heard over open connections: {', '.join(st['agents_connected']) or 'none'}")
     print(f"  queues: {q}")
     return 0
 

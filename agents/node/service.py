@@ -138,8 +138,18 @@ class NodeService:
             "queues": {"bus_inbox": getattr(ep, "inbox", 0), "bus_pending_requests": getattr(ep, "pending_requests", 0),
                        **self.agent.queues()},
             "refusals": sum(self.agent.refusals().values()),
+            "agents_connected": self._connected(),
             **self.agent.status(),
         }
+
+    def _connected(self) -> list[str] | None:
+        """The configured agents this node heard from over a connection that is still open (None if
+        the bus does not say)."""
+        path_to = getattr(self.bus_node, "path_to", None)
+        is_live = getattr(self.bus_node, "is_live", None)
+        if path_to is None or is_live is None:
+            return None
+        return sorted(a for a in self.config.routes if (c := path_to(a)) is not None and is_live(c))
 
     def routes(self) -> dict[str, Any]:
         def health() -> tuple[int, str, bytes]:

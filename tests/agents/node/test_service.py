@@ -81,6 +81,11 @@ def test_swarm_processes_are_nodes_whose_metrics_move_after_work(short_dir):
         assert st["connections"]["outgoing"] >= 1 and st["queues"]["forward"] == 0
         text = run_cli("node", "status", "--config", str(data / "nodes" / "orderer.toml"))
         assert text.returncode == 0 and text.stdout.startswith("node orderer (orderer) serving at tcp://127.0.0.1:")
+        orderer = json.loads(run_cli("node", "status", "--config", str(data / "nodes" / "orderer.toml"),
+                                     "--json").stdout)
+        # every peer and storage node follows the orderer's blocks over its own connection
+        assert orderer["agents_connected"] == sorted(["peer-a1", "peer-a2", "peer-b1", "peer-b2", "storage-1",
+                                                      "storage-2", "storage-3"])
         before = {a: metrics_of(data, a) for a in ("orderer", "peer-a1", "peer-b2")}
         health = unix_get(data / "agents" / "storage-1" / "run" / "node.sock", "/health")
         assert health[0] == 200 and json.loads(health[1])["status"] == "ok"
