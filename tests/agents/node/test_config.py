@@ -144,3 +144,13 @@ def test_check_role(files, tmp_path):
     cfg = load_config(out, environ={"EMRSHARE_NODE_ROLE": "storage"})
     with pytest.raises(NodeConfigError, match="'peer-a2' is not a storage of consortium"):
         cfg.check_role(cfg.manifest())
+
+
+@pytest.mark.parametrize("listen, outside", [
+    ("tcp://127.0.0.1:7101", False), ("tcp://127.0.0.2:7101", False), ("tcp://localhost:0", False),
+    ("tcp://[::1]:7101", False), ("tcp://0.0.0.0:7101", True), ("tcp://10.0.0.5:7101", True),
+    ("tcp://[::]:7101", True), ("tcp://node-a.example:7101", True),
+])
+def test_which_binds_are_outside_loopback(tmp_path, listen, outside):
+    cfg = load_config(_write(tmp_path, MINIMAL + f'listen = "{listen}"\n'), environ={})
+    assert cfg.binds_non_loopback is outside
