@@ -11,7 +11,8 @@ command), ``agents.bench`` (benchmarks and the load test).
 Layout: ``client`` (talking to peers: the part patients and doctors share),
 ``plans`` (their timing policies, sans-I/O) and ``driver`` (running a plan
 from trio), ``patient``, ``doctor``, ``peer/`` (a consortium peer), ``orderer``,
-``storage/``, ``swarm`` (launching a local consortium), ``keys`` (keys and the
+``storage/``, ``swarm`` (launching a local consortium), ``node/`` (one node as a
+service: configuration, graceful stop, status and metrics), ``keys`` (keys and the
 encrypted key store), ``consortium`` (the manifest and the bus's key
 directory), ``runtime`` (endpoints and crypto threads), ``handlers`` (serving
 kinds through core.protocol's types), ``ledger_store``

@@ -88,6 +88,11 @@ class OrdererAgent:
         self._last_cut = -float("inf")
         self.endpoint: bus.Endpoint | None = None
 
+    @property
+    def queued(self) -> int:
+        """Transactions accepted and not yet cut into a block (node metrics, graceful stop)."""
+        return len(self._queue)
+
     # -- lifecycle ----------------------------------------------------------
 
     async def run(self, node: bus.Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

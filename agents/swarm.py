@@ -15,10 +15,13 @@ each agent runs in its own process on its own loopback TCP port
                             status.json: its reconciler's view, agents.storage.reconcile)
     DIR/users/<subject>/    patients' and doctors' own directories (CLI)
     DIR/logs/<id>.log       per-process logs (--processes)
+    DIR/nodes/<id>.toml     each node process's configuration (--processes: every agent
+                            process is ``emrshare node start --config DIR/nodes/<id>.toml``,
+                            agents.node), DIR/genesis.block the genesis it names
     DIR/run/swarm.lock      held (flock) by the process running the swarm; it
                             names that process (pid, start time, mode)
 
-With ``--processes`` on Linux, each agent process asks the kernel for SIGTERM
+With ``--processes`` on Linux, each agent process (:mod:`agents.node.service`) asks the kernel for SIGTERM
 when the process that started it dies (``PR_SET_PDEATHSIG``), so even a
 SIGKILLed ``swarm up`` leaves no agent behind.
 
@@ -34,7 +37,6 @@ another process holds it (:meth:`SwarmFiles.running` says who).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -58,30 +60,11 @@ from core.ledger import make_genesis, parse_genesis
 from agents.consortium import Manifest, enrollment_token
 from agents.errors import AgentError
 from agents.keys import AgentKeys, KeyStore, atomic_write
-from agents.runtime import make_endpoint, serve_until_signal
 
 log = logging.getLogger("agents.swarm")
 
 ORDERER_ID = "orderer"
 LOCK_NAME = "swarm.lock"
-PARENT_ENV = "EMRSHARE_SWARM_PARENT"  # the launching process's pid, for agent processes
-
-
-def _stop_with_parent() -> None:
-    """Linux: SIGTERM this agent process when the swarm process that started it dies,
-    even by SIGKILL (no orphaned agents holding ports); exit now if it is already gone."""
-    parent = os.environ.get(PARENT_ENV)
-    if not parent or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-        return
-    if os.getppid() != int(parent):  # the parent died before the prctl
-        raise SystemExit(0)
 
 
 class AgentStartError(AgentError):
@@ -301,53 +284,27 @@ class SwarmFiles:
 
 
 async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: Manifest,
-                           *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Run one server agent (orderer, peer or storage node) on ``node``."""
-    keys = files.agent_keys(agent)
+                           *, runners: dict[str, Any] | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run one server agent (orderer, peer or storage node) on ``node`` (the in-process swarm;
+    node processes run the same :func:`agents.node.build_agent` through ``emrshare node start``).
+    ``runners``, if given, receives the agent's :class:`agents.node.RoleAgent` (its metrics)."""
+    from agents.node.roles import RoleSettings, build_agent, role_of
+
     spec = files.spec()
-    data = files.agent_dir(agent)
-    data.mkdir(parents=True, exist_ok=True)
-    if agent == manifest.orderer:
-        from agents.orderer import OrdererAgent
-
-        orderer = OrdererAgent(orderer_id=agent, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
-                               data_dir=data, directory=manifest.directory(), batch_size=spec.batch_size,
-                               batch_timeout=spec.batch_timeout, storage=manifest.storage)
-        await orderer.run(node, task_status=task_status)
-    elif agent in manifest.peers:
-        from agents.peer import PeerAgent
-
+    role = role_of(agent, manifest)
+    enroll = None
+    if role == "peer":
         info = parse_genesis(manifest.genesis).config.peer(agent)
         if info is None:
             raise ValueError(f"{agent!r} is not a peer in this swarm's genesis")
-        peer = PeerAgent(peer_id=agent, keys=keys, genesis=manifest.genesis, data_dir=data,
-                         manifest=manifest, enroll_secret=files.enroll_secrets()[info.org])
-        await peer.run(node, task_status=task_status)
-    elif agent in manifest.storage:
-        from agents.storage import BlobStore
-        from agents.admission import Classifier
-        from agents.storage.node import StorageAccess, StorageNode
-        from agents.consortium import CertificateFollower
-
-        directory = manifest.directory()
-        endpoint = make_endpoint(node, agent, keys.ecdsa_private, directory)
-        follower = CertificateFollower(endpoint, manifest, directory)
-        classifier = Classifier(peers=manifest.peers, orderer=manifest.orderer, storage=manifest.storage,
-                                role=directory.role)
-        from agents.storage.reconcile import Reconciler
-
-        store = BlobStore(data)
-        storage = StorageNode(endpoint, store, classifier=classifier, session_timeout=spec.upload_timeout,
-                              access=StorageAccess.for_manifest(manifest, directory))
-        reconciler = Reconciler(endpoint, store, follower, manifest.storage, replicas=manifest.replicas,
-                                interval=spec.reconcile_interval, grace=spec.collect_grace, node=storage)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(follower.run)
-            await nursery.start(storage.run)
-            await nursery.start(reconciler.run)
-            task_status.started()
-    else:
-        raise ValueError(f"{agent!r} is not an agent of this swarm")
+        enroll = files.enroll_secrets()[info.org]
+    settings = RoleSettings(batch_size=spec.batch_size, batch_timeout=spec.batch_timeout,
+                            reconcile_interval=spec.reconcile_interval, collect_grace=spec.collect_grace,
+                            upload_timeout=spec.upload_timeout, enroll_secret=enroll)
+    runner = build_agent(agent, role, files.agent_keys(agent), manifest, files.agent_dir(agent), settings)
+    if runners is not None:
+        runners[agent] = runner
+    await runner.run(node, task_status=task_status)
 
 
 def server_agents(manifest: Manifest) -> list[str]:
@@ -366,6 +323,7 @@ class Swarm:
         self.processes: dict[str, subprocess.Popen] = {}
         self._nursery: trio.Nursery | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
+        self.runners: dict[str, Any] = {}  # in-process agents: id -> agents.node.RoleAgent (metrics)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -421,7 +379,8 @@ class Swarm:
         async def runner(task_status=trio.TASK_STATUS_IGNORED):
             with trio.CancelScope() as scope:
                 self._scopes[agent] = scope
-                await run_server_agent(self.files, agent, self.node, self.manifest, task_status=task_status)
+                await run_server_agent(self.files, agent, self.node, self.manifest, runners=self.runners,
+                                       task_status=task_status)
 
         await self._nursery.start(runner)
 
@@ -431,10 +390,15 @@ class Swarm:
         logs = self.files.dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         out = open(logs / f"{agent}.log", "ab")
+        from agents.node.export import swarm_node_config
+        from agents.node.service import PARENT_ENV
+
+        config = swarm_node_config(self.files, agent)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EMRSHARE_NODE_")}  # the config rules
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.swarm", "agent", "--data", str(self.files.dir), "--id", agent],
+            [sys.executable, "-m", "agents.cli", "node", "start", "--config", str(config)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())},
+            env={**env, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())},
         )
         out.close()
         self.processes[agent] = proc
@@ -491,40 +455,3 @@ class Swarm:
             org = next((o for o, ps in self.manifest.peer_orgs.items() if agent in ps), "")
             lines.append(f"  {agent:<14} {role:<8} {org:<12} {self.manifest.agents[agent]}")
         return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ CLI
-
-
-def agent_main(argv: list[str]) -> int:
-    """``python -m agents.swarm agent --data DIR --id AGENT``: one agent process."""
-    parser = argparse.ArgumentParser(prog="python -m agents.swarm agent")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--id", required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.id} %(name)s %(levelname)s %(message)s")
-    _stop_with_parent()
-    files = SwarmFiles(Path(args.data))
-    manifest = files.manifest()
-    address = manifest.agents[args.id]
-
-    def ready() -> None:
-        atomic_write(files.dir / "run" / f"{args.id}.ready", str(os.getpid()).encode(), mode=0o644)
-        log.info("%s ready at %s", args.id, address)
-
-    async def main() -> None:
-        routes = {a: addr for a, addr in manifest.agents.items() if a != args.id}
-        async with open_node(routes=routes) as node:
-            await node.listen(address)
-            await serve_until_signal(run_server_agent, files, args.id, node, manifest, ready=ready)
-
-    trio.run(main)
-    return 0
-
-
-if __name__ == "__main__":
-    cmd, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if cmd == "agent":
-        sys.exit(agent_main(rest))
-    print("usage: python -m agents.swarm agent --data DIR --id AGENT", file=sys.stderr)
-    sys.exit(2)

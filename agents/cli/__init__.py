@@ -45,6 +45,9 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("demo",): ("agents.cli.demo", "main", "run the paper's scenario end to end on a fresh embedded swarm"),
     ("fhir", "serve"): ("agents.cli.fhir", "serve_main", "serve a FHIR R4 facade (SMART tokens) for your agent"),
     ("loadtest",): ("agents.bench.loadtest", "main", "load test a swarm, with optional fault injection"),
+    ("node", "start"): ("agents.cli.node", "start_main", "run one peer, orderer or storage node from its config"),
+    ("node", "status"): ("agents.cli.node", "status_main", "ask a running node: height, connections, queues"),
+    ("node", "config"): ("agents.cli.node", "config_main", "export a node config + key store for a swarm's agent"),
 }
 
 
@@ -72,6 +75,7 @@ _GROUP_HELP = {
     "bench": "benchmarks (each prints its numbers; --json FILE saves them)",
     "fhir": "a FHIR front end to the swarm",
     "ledger": "offline checks of the peers' stored ledgers",
+    "node": "one consortium node as a service (config, start, status)",
     "storage": "the storage nodes: copies per record, repair",
     "swarm": "run and inspect a local consortium",
 }

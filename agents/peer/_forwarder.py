@@ -50,6 +50,16 @@ class TxForwarder:
         self._outgoing: list[_Outgoing] = []
         self._outgoing_ready = trio.Event()
 
+    @property
+    def queued(self) -> int:
+        """Submissions waiting to be forwarded to the orderer (node metrics, graceful stop)."""
+        return len(self._outgoing)
+
+    @property
+    def waiting(self) -> int:
+        """Transactions whose submitters wait for their commit."""
+        return len(self._waiters)
+
     async def run(self, endpoint: bus.Endpoint) -> None:
         """Forward queued transactions to the orderer, coalescing concurrent submissions."""
         while True:

@@ -108,6 +108,7 @@ class PeerHandlers:
         self._shares: OrderedDict[str, pre.PreparedKeyShare] = OrderedDict()
         self._parts: OrderedDict[str, pre.StandingPart] = OrderedDict()  # opened standing parts
         self.waiting = WaitGate(peer.refusals)  # deliver_share waiting for its grant to commit
+        self.reencryptions = 0  # re-encryption shares served (node metrics)
 
     def table(self) -> dict[type, Any]:
         """The kinds a peer serves: request type -> typed handler."""
@@ -467,6 +468,7 @@ class PeerHandlers:
         reply, access_tx = await run_crypto(self._reencrypt_job, record.capsule, record.cid, request_id,
                                             prepared, access)
         peer.spawn(self._log_access, access_tx, grant_id, doctor)
+        self.reencryptions += 1
         return reply
 
     def _reencrypt_job(self, capsule: bytes, cid: str, request_id: str, prepared: pre.PreparedKeyShare,

@@ -1,3 +1,4 @@
 """Test kits for emrshare and for those who embed it: synthetic FHIR R4 data (``fhir``), consortium
 fixtures (``consortium``), the protocol double (``double``), the hostile-client kit (``hostile``) and
-a SMART-style token issuer for the FHIR facade (``smart``)."""
+a SMART-style token issuer for the FHIR facade (``smart``), a strict Prometheus text-format reader
+(``promtext``)."""

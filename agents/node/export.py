@@ -1,0 +1,131 @@
+"""Node configurations for the agents of a swarm directory.
+
+* :func:`export_node` (``emrshare node config --swarm DIR --id AGENT --out
+  node.toml``): a self-contained node for one agent of an existing swarm, to
+  run on its own (another machine): beside the config it writes the genesis,
+  the agent's keys re-encrypted in a key store of their own under a NEW key
+  file (or a passphrase), never the swarm's key that opens every agent's
+  keys, and, for a peer, its organization's enrollment secret (until
+  registrar-signed tokens replace it). Secret files are mode 0600.
+* :func:`swarm_node_config` (``swarm up --processes``): the config of one of
+  the swarm's node processes, referring to the swarm's own files (its key
+  store and key file, its agent directory, its ready file).
+
+Both write what :func:`agents.node.config.load_config` reads, so every node
+process goes through ``emrshare node start``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from core.ledger import parse_genesis
+
+from agents.keys import KeyStore, atomic_write
+from agents.node.config import render_config
+from agents.node.roles import role_of
+
+__all__ = ["export_node", "swarm_node_config", "GENESIS_FILE"]
+
+GENESIS_FILE = "genesis.block"
+
+
+def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Path, data_dir: Path,
+            key_file: Path | None = None, passphrase_file: Path | None = None, enroll: Path | None = None,
+            ready_file: Path | None = None, metrics: str = "") -> dict[str, dict[str, Any]]:
+    manifest = files.manifest()
+    spec = files.spec()
+    config = parse_genesis(manifest.genesis).config
+    in_genesis = {p.id for p in config.peers} | {config.orderer_id}
+    node: dict[str, Any] = {
+        "id": agent, "role": role_of(agent, manifest), "listen": listen, "genesis": str(genesis),
+        "keystore": str(keystore), "key_file": str(key_file) if key_file else None,
+        "passphrase_file": str(passphrase_file) if passphrase_file else None, "data_dir": str(data_dir),
+        "metrics": metrics or None, "enroll_secret_file": str(enroll) if enroll else None,
+        "ready_file": str(ready_file) if ready_file else None,
+    }
+    return {
+        "node": node,
+        "consortium": {"storage": list(manifest.storage), "replicas": manifest.replicas,
+                       "write_quorum": manifest.write_quorum},
+        "routes": {a: addr for a, addr in manifest.agents.items() if a != agent},
+        "keys": {a: k.hex() for a, k in manifest.keys.items() if a not in in_genesis},
+        "orderer": {"batch_size": spec.batch_size, "batch_timeout": spec.batch_timeout},
+        "storage": {"reconcile_interval": spec.reconcile_interval, "collect_grace": spec.collect_grace,
+                    "upload_timeout": spec.upload_timeout},
+    }
+
+
+def _org_of(files: Any, agent: str) -> str | None:
+    return next((o for o, ps in files.manifest().peer_orgs.items() if agent in ps), None)
+
+
+def swarm_node_config(files: Any, agent: str) -> Path:
+    """Write ``DIR/nodes/AGENT.toml`` for the swarm's node process ``agent``; return its path."""
+    manifest = files.manifest()
+    genesis = files.dir / GENESIS_FILE
+    if not genesis.exists() or genesis.read_bytes() != manifest.genesis:
+        atomic_write(genesis, manifest.genesis, mode=0o644)
+    enroll = None
+    org = _org_of(files, agent)
+    if org is not None:
+        enroll = files.secrets / f"enroll-{org}.hex"
+        if not enroll.exists():
+            atomic_write(enroll, files.enroll_secrets()[org].hex().encode())
+    path = files.dir / "nodes" / f"{agent}.toml"
+    tables = _tables(files, agent, listen=manifest.agents[agent], genesis=genesis, keystore=files.keystore(agent).path,
+                     key_file=files.key_file, data_dir=files.agent_dir(agent), enroll=enroll,
+                     ready_file=files.dir / "run" / f"{agent}.ready")
+    text = render_config(tables, f"node {agent} of the swarm in {files.dir} (written by `swarm up --processes`)")
+    atomic_write(path, text.encode(), mode=0o644)
+    return path
+
+
+def export_node(files: Any, agent: str, out: Path, *, listen: str | None = None, data_dir: str = "",
+                passphrase: str | None = None, metrics: str = "") -> list[Path]:
+    """Write a self-contained node configuration for ``agent`` to ``out`` and its files beside it
+    (see the module docstring); return the files written. ``passphrase``: encrypt the key store
+    under it (the config then expects ``EMRSHARE_NODE_PASSPHRASE`` or a passphrase_file) instead
+    of a new key file."""
+    manifest = files.manifest()
+    role_of(agent, manifest)  # ValueError for an unknown agent
+    out = Path(out)
+    base = out.parent if str(out.parent) else Path(".")
+    written = []
+    genesis = base / GENESIS_FILE
+    atomic_write(genesis, manifest.genesis, mode=0o644)
+    written.append(genesis)
+    keys = files.keystore(agent).load()
+    keystore = base / f"{agent}.keys"
+    key_file = None
+    if passphrase is None:
+        key_file = base / f"{agent}.key"
+        KeyStore.create_key_file(key_file)
+        written.append(key_file)
+        KeyStore(keystore, key_file=key_file).save(keys)
+    else:
+        KeyStore(keystore, passphrase=passphrase).save(keys)
+    written.append(keystore)
+    enroll = None
+    org = _org_of(files, agent)
+    if org is not None:
+        enroll = base / f"{org}.enroll"
+        atomic_write(enroll, files.enroll_secrets()[org].hex().encode())
+        written.append(enroll)
+
+    def rel(p: Path | None) -> Path | None:
+        return Path(os.path.relpath(p, base)) if p is not None else None
+
+    tables = _tables(files, agent, listen=listen or manifest.agents[agent], genesis=rel(genesis),
+                     keystore=rel(keystore), key_file=rel(key_file), data_dir=Path(data_dir or f"data-{agent}"),
+                     enroll=rel(enroll), metrics=metrics)
+    comment = (f"node {agent} of consortium {manifest.consortium}, exported from {files.dir}.\n"
+               "Start it with: emrshare node start --config " + out.name
+               + ("" if key_file else f"   (passphrase in {json.dumps('EMRSHARE_NODE_PASSPHRASE')} or "
+                  "[node] passphrase_file)"))
+    atomic_write(out, render_config(tables, comment).encode(), mode=0o644)
+    written.append(out)
+    return written

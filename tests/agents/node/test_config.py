@@ -1,0 +1,156 @@
+"""agents.node.config and agents.node.export: a node's TOML file, environment overrides, unlocking."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agents.keys import KeyStore
+from agents.node import NodeConfigError, export_node, load_config, swarm_node_config
+from agents.node.config import ENV_PASSPHRASE
+from agents.swarm import SwarmFiles, SwarmSpec
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> SwarmFiles:
+    data = tmp_path_factory.mktemp("node-config") / "swarm"
+    files = SwarmFiles(data)
+    files.create(SwarmSpec(data_dir=data, processes=True, batch_size=77))
+    return files
+
+
+def _export(files: SwarmFiles, tmp_path: Path, agent: str, **kw) -> Path:
+    out = tmp_path / agent / "node.toml"
+    out.parent.mkdir()
+    export_node(files, agent, out, **kw)
+    return out
+
+
+def test_exported_config_rebuilds_the_swarm_manifest_and_unlocks_with_its_own_key(files, tmp_path):
+    out = _export(files, tmp_path, "peer-a1")
+    cfg = load_config(out, environ={})
+    swarm = files.manifest()
+    manifest = cfg.manifest()
+    assert (cfg.id, cfg.role, cfg.listen) == ("peer-a1", "peer", swarm.agents["peer-a1"])
+    assert manifest.genesis == swarm.genesis and manifest.orderer == swarm.orderer
+    assert manifest.peers == swarm.peers and manifest.storage == swarm.storage
+    assert manifest.keys == swarm.keys and manifest.agents == swarm.agents
+    assert manifest.peer_orgs == swarm.peer_orgs and manifest.threshold == swarm.threshold
+    assert cfg.orderer["batch_size"] == 77
+    assert cfg.unlock().ecdsa_public == swarm.keys["peer-a1"]
+    assert cfg.enroll_secret() == files.enroll_secrets()["hospital-a"]
+    # a key file of its own: the swarm's key (which opens every agent's keys) is not what unlocks it
+    assert cfg.key_file is not None and cfg.key_file.read_bytes() != files.key_file.read_bytes()
+    for secret in (cfg.key_file, cfg.keystore, cfg.enroll_secret_file):
+        assert os.stat(secret).st_mode & 0o077 == 0, secret
+    assert cfg.data_dir == (out.parent / "data-peer-a1").resolve()  # relative to the file
+
+
+def test_swarm_node_config_refers_to_the_swarm_files(files):
+    cfg = load_config(swarm_node_config(files, "storage-2"), environ={})
+    assert cfg.role == "storage" and cfg.data_dir == files.agent_dir("storage-2")
+    assert cfg.key_file == files.key_file and cfg.ready_file == files.dir / "run" / "storage-2.ready"
+    assert cfg.manifest().keys["storage-2"] == files.manifest().keys["storage-2"]
+
+
+def test_environment_overrides_every_table(files, tmp_path):
+    out = _export(files, tmp_path, "orderer")
+    env = {"EMRSHARE_NODE_LISTEN": "tcp://127.0.0.1:7999", "EMRSHARE_NODE_METRICS": "127.0.0.1:9464",
+           "EMRSHARE_NODE_GRACE": "2.5", "EMRSHARE_NODE_ORDERER__BATCH_SIZE": "9",
+           "EMRSHARE_NODE_ROUTES__PEER_A1": "tcp://10.0.0.7:7101", "EMRSHARE_NODE_CONSORTIUM__STORAGE": "s-1, s-2",
+           "EMRSHARE_NODE_DATA_DIR": str(tmp_path / "elsewhere")}
+    cfg = load_config(out, environ=env)
+    assert cfg.listen == "tcp://127.0.0.1:7999" and cfg.metrics == "127.0.0.1:9464" and cfg.grace == 2.5
+    assert cfg.orderer["batch_size"] == 9 and cfg.routes["peer-a1"] == "tcp://10.0.0.7:7101"
+    assert cfg.storage == ["s-1", "s-2"] and cfg.data_dir == tmp_path / "elsewhere"
+    assert sorted(cfg.overridden) == sorted(env)
+    with pytest.raises(NodeConfigError, match="EMRSHARE_NODE_ORDERER__BATCH_SIZE must be a number"):
+        load_config(out, environ={"EMRSHARE_NODE_ORDERER__BATCH_SIZE": "lots"})
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = '[node]\nid = "orderer"\nrole = "orderer"\ngenesis = "g"\nkeystore = "k"\ndata_dir = "d"\n'
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[node\n", "is not valid TOML"),
+    ('[node]\nid = "x"\n', "[node] role is missing; add it, or set EMRSHARE_NODE_ROLE"),
+    (MINIMAL.replace('"orderer"\ngenesis', '"miner"\ngenesis'), "use one of peer, orderer, storage"),
+    (MINIMAL + 'listen = "127.0.0.1:80"\n', "write tcp://HOST:PORT"),
+    (MINIMAL + 'colour = "blue"\n', "unknown key(s) in [node]: colour"),
+    (MINIMAL + "[extras]\n", "unknown table(s) extras"),
+    (MINIMAL + "grace = -1\n", "grace must be >= 0"),
+    (MINIMAL + 'metrics = "9464"\n', "write HOST:PORT"),
+    (MINIMAL + "[keys]\nstorage-1 = \"zz\"\n", "[keys] storage-1 is not hex"),
+    (MINIMAL + "[consortium]\nreplicas = 1\nwrite_quorum = 2\n", "write_quorum <= replicas"),
+    (MINIMAL + "[orderer]\nbatch_size = true\n", "must be a whole number; fix it"),
+    (MINIMAL + "[orderer]\nbatch_size = 2.5\n", "must be a whole number"),
+])
+def test_bad_config_is_one_line_naming_the_key(tmp_path, text, needle):
+    with pytest.raises(NodeConfigError) as info:
+        load_config(_write(tmp_path, text), environ={})
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(NodeConfigError, match="no such file or directory; check the path"):
+        load_config(tmp_path / "absent.toml", environ={})
+
+
+def test_unlock_takes_exactly_one_secret(files, tmp_path, monkeypatch):
+    out = _export(files, tmp_path, "storage-1", passphrase="correct horse")
+    monkeypatch.delenv(ENV_PASSPHRASE, raising=False)
+    cfg = load_config(out, environ={})
+    assert cfg.key_file is None
+    with pytest.raises(NodeConfigError, match="nothing unlocks the key store"):
+        cfg.unlock()
+    monkeypatch.setenv(ENV_PASSPHRASE, "wrong")
+    with pytest.raises(NodeConfigError, match="wrong passphrase or key file; check the key file or passphrase"):
+        cfg.unlock()
+    monkeypatch.setenv(ENV_PASSPHRASE, "correct horse")
+    assert cfg.unlock().ecdsa_public == files.manifest().keys["storage-1"]
+    (tmp_path / "pass").write_text("correct horse\n")
+    both = load_config(out, environ={"EMRSHARE_NODE_PASSPHRASE_FILE": str(tmp_path / "pass")})
+    with pytest.raises(NodeConfigError, match="passphrase_file and EMRSHARE_NODE_PASSPHRASE are both given"):
+        both.unlock()
+    monkeypatch.delenv(ENV_PASSPHRASE)
+    assert both.unlock().ecdsa_public == files.manifest().keys["storage-1"]
+
+
+def test_wrong_key_file_and_bad_genesis(files, tmp_path):
+    out = _export(files, tmp_path, "peer-b1")
+    KeyStore.create_key_file(tmp_path / "other.key")
+    cfg = load_config(out, environ={"EMRSHARE_NODE_KEY_FILE": str(tmp_path / "other.key")})
+    with pytest.raises(NodeConfigError, match="wrong passphrase or key file"):
+        cfg.unlock()
+    (tmp_path / "bad.block").write_bytes(b"\x93not a block")
+    cfg = load_config(out, environ={"EMRSHARE_NODE_GENESIS": str(tmp_path / "bad.block")})
+    with pytest.raises(NodeConfigError, match="is not a valid genesis block"):
+        cfg.manifest()
+    cfg = load_config(out, environ={"EMRSHARE_NODE_GENESIS": str(tmp_path / "none.block")})
+    with pytest.raises(NodeConfigError, match="no such file or directory; check \\[node\\] genesis"):
+        cfg.manifest()
+
+
+def test_check_role(files, tmp_path):
+    out = _export(files, tmp_path, "peer-a2")
+    cfg = load_config(out, environ={"EMRSHARE_NODE_ROLE": "storage"})
+    with pytest.raises(NodeConfigError, match="'peer-a2' is not a storage of consortium"):
+        cfg.check_role(cfg.manifest())
+
+
+@pytest.mark.parametrize("listen, outside", [
+    ("tcp://127.0.0.1:7101", False), ("tcp://127.0.0.2:7101", False), ("tcp://localhost:0", False),
+    ("tcp://[::1]:7101", False), ("tcp://0.0.0.0:7101", True), ("tcp://10.0.0.5:7101", True),
+    ("tcp://[::]:7101", True), ("tcp://node-a.example:7101", True),
+])
+def test_which_binds_are_outside_loopback(tmp_path, listen, outside):
+    cfg = load_config(_write(tmp_path, MINIMAL + f'listen = "{listen}"\n'), environ={})
+    assert cfg.binds_non_loopback is outside
