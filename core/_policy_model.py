@@ -13,10 +13,10 @@ import the model, and :mod:`core.policy` ties them to its ``Policy`` (a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Union
+from typing import ClassVar, Union
 
 from .errors import PolicyError
 
@@ -216,29 +216,36 @@ class Not:
 
 
 @dataclass(frozen=True, slots=True)
-class And:
-    """``a and b and ...`` (two or more operands)."""
+class _Junction:
+    """Base of :class:`And` and :class:`Or`: two or more operands joined by ``word``,
+    holding when ``combine`` (all or any) of them hold."""
 
     operands: tuple[Condition, ...]
 
+    word: ClassVar[str]
+    combine: ClassVar[Callable[[Iterable[bool]], bool]]
+
     def __post_init__(self) -> None:
-        _check_operands("and", self.operands)
+        _check_operands(self.word, self.operands)
 
     def holds(self, attributes: Mapping[str, Value]) -> bool:
-        return all(c.holds(attributes) for c in self.operands)
+        return self.combine(c.holds(attributes) for c in self.operands)
 
 
 @dataclass(frozen=True, slots=True)
-class Or:
+class And(_Junction):
+    """``a and b and ...`` (two or more operands)."""
+
+    word = "and"
+    combine = staticmethod(all)
+
+
+@dataclass(frozen=True, slots=True)
+class Or(_Junction):
     """``a or b or ...`` (two or more operands)."""
 
-    operands: tuple[Condition, ...]
-
-    def __post_init__(self) -> None:
-        _check_operands("or", self.operands)
-
-    def holds(self, attributes: Mapping[str, Value]) -> bool:
-        return any(c.holds(attributes) for c in self.operands)
+    word = "or"
+    combine = staticmethod(any)
 
 
 Condition = Union[Has, Compare, Member, Not, And, Or]
