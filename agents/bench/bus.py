@@ -10,8 +10,6 @@ else (msgpack, framing, trio, sockets).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +20,8 @@ import trio
 from bus import open_node
 from bus.testing import Keyring
 from core import ecdsa
+
+from agents.bench._output import bench_parser, write_json
 
 SMALL = 200
 LARGE = 64 * 1024
@@ -147,22 +147,16 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare bench bus", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser = bench_parser("bus", __doc__)
     parser.add_argument("--quick", action="store_true", help="few iterations (a smoke run)")
     args = parser.parse_args(argv)
     results = trio.run(_run_all, args.quick, lambda s: print(f"  {s}", file=sys.stderr))
+    report = {"benchmark": "bus", "ecdsa_backend": ecdsa.ecdsa_backend_name(), "quick": args.quick,
+              "results": results}
+    if write_json(args.json, report):
+        return 0
     print(f"bus benchmark (ECDSA backend: {ecdsa.ecdsa_backend_name()}; both ends in one process)")
     print(format_table(results))
-    if args.json:
-        report = {
-            "benchmark": "bus",
-            "ecdsa_backend": ecdsa.ecdsa_backend_name(),
-            "quick": args.quick,
-            "results": results,
-        }
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
     return 0
 
 
