@@ -272,22 +272,24 @@ def _check_operands(op: str, operands: object) -> None:
         _check_condition_type(c)
 
 
+def _operands(c: Condition) -> tuple[Condition, ...]:
+    """The conditions directly under ``c``: one for ``not``, two or more for ``and``/``or``,
+    none for a comparison."""
+    if isinstance(c, Not):
+        return (c.operand,)
+    if isinstance(c, _Junction):
+        return c.operands
+    return ()
+
+
 def condition_depth(c: Condition) -> int:
     """Nesting depth: 1 for a comparison, one more for each and/or/not around it."""
-    if isinstance(c, Not):
-        return 1 + condition_depth(c.operand)
-    if isinstance(c, (And, Or)):
-        return 1 + max(condition_depth(o) for o in c.operands)
-    return 1
+    return 1 + max((condition_depth(o) for o in _operands(c)), default=0)
 
 
 def condition_size(c: Condition) -> int:
     """Number of nodes."""
-    if isinstance(c, Not):
-        return 1 + condition_size(c.operand)
-    if isinstance(c, (And, Or)):
-        return 1 + sum(condition_size(o) for o in c.operands)
-    return 1
+    return 1 + sum(condition_size(o) for o in _operands(c))
 
 
 def check_condition_limits(c: Condition) -> None:
