@@ -131,8 +131,26 @@ class Has:
         return self.attribute in attributes
 
 
+class _TypedEquality:
+    """Equality and hash by ``_key()``, in which the condition's values are :func:`_typed`
+    (so ``1``, ``true`` and ``"1"`` make different conditions)."""
+
+    __slots__ = ()
+
+    def _key(self) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._key()))
+
+
 @dataclass(frozen=True, slots=True, eq=False)
-class Compare:
+class Compare(_TypedEquality):
     """``name == value`` or ``name != value``. Values compare with their type:
     the string ``"1"``, the integer ``1`` and ``true`` are all different. A
     missing attribute makes either operator false."""
@@ -147,13 +165,8 @@ class Compare:
             raise PolicyError(f"comparison operator must be '==' or '!=', got {self.op!r}")
         _check_value("comparison value", self.value)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Compare):
-            return NotImplemented
-        return (self.attribute, self.op, _typed(self.value)) == (other.attribute, other.op, _typed(other.value))
-
-    def __hash__(self) -> int:
-        return hash((Compare, self.attribute, self.op, _typed(self.value)))
+    def _key(self) -> tuple:
+        return (self.attribute, self.op, _typed(self.value))
 
     def holds(self, attributes: Mapping[str, Value]) -> bool:
         if self.attribute not in attributes:
@@ -163,7 +176,7 @@ class Compare:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Member:
+class Member(_TypedEquality):
     """``name in [v, ...]`` or, with ``negated``, ``name not in [v, ...]``. A
     missing attribute makes either form false."""
 
@@ -185,14 +198,6 @@ class Member:
 
     def _key(self) -> tuple:
         return (self.attribute, tuple(_typed(v) for v in self.values), self.negated)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Member):
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash((Member, self._key()))
 
     def holds(self, attributes: Mapping[str, Value]) -> bool:
         if self.attribute not in attributes:
