@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from ._policy_model import (
     DAY_NAMES, DEFAULT_RULE, INT_MAX, INT_MIN, MAX_DEPTH, MAX_LIST, MAX_NAME, MAX_RULES, MAX_STRING, MAX_TEXT_CHARS,
@@ -768,20 +768,21 @@ def format_object(o: ObjectSpec) -> str:
     return "all" if o.kind == "all" else f"{o.kind} {quote(o.value or '')}"
 
 
+def format_purposes(purposes: tuple[str, ...]) -> str:
+    """What follows ``purpose`` in a rule: ``== "x"`` for one purpose, else ``in ["x", "y"]``."""
+    if len(purposes) == 1:
+        return f"== {quote(purposes[0])}"
+    return f"in [{', '.join(quote(p) for p in purposes)}]"
+
+
 def format_rule(r: Rule) -> str:
-    lines = [f"rule {r.id}:"]
-    lines.append(f"  {r.effect} {', '.join(r.operations)} on {', '.join(format_object(o) for o in r.objects)}")
-    if r.condition is not None:
-        lines.append(f"  when {format_condition(r.condition)}")
-    if r.window is not None:
-        lines.append(f"  during {format_window(r.window)}")
-    if r.purposes is not None:
-        if len(r.purposes) == 1:
-            lines.append(f"  purpose == {quote(r.purposes[0])}")
-        else:
-            lines.append(f"  purpose in [{', '.join(quote(p) for p in r.purposes)}]")
-    if r.approval is not None:
-        lines.append(f"  approval {r.approval}")
+    objects = ", ".join(format_object(o) for o in r.objects)
+    lines = [f"rule {r.id}:", f"  {r.effect} {', '.join(r.operations)} on {objects}"]
+    # The optional clauses, each on its own line, in the order of _CLAUSES.
+    clauses: tuple[tuple[str, Any, Callable[[Any], str]], ...] = (
+        ("when", r.condition, format_condition), ("during", r.window, format_window),
+        ("purpose", r.purposes, format_purposes), ("approval", r.approval, str))
+    lines += [f"  {word} {fmt(value)}" for word, value, fmt in clauses if value is not None]
     return "\n".join(lines)
 
 
