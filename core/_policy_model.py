@@ -118,9 +118,12 @@ def _check_time(what: str, t: object) -> None:
 # Conditions over the requester's attributes.
 
 
-@dataclass(frozen=True, slots=True)
-class Has:
-    """``has name``: the requester carries the attribute, whatever its value."""
+@dataclass(frozen=True, slots=True, eq=False)
+class _OnAttribute:
+    """Base of the conditions on one requester attribute (``has``, ``==``/``!=``,
+    ``in``/``not in``): the attribute's name, checked, and the rule they share: a
+    requester without the attribute satisfies none of them (not even ``!=`` or
+    ``not in``); with it, :meth:`_holds_for` its value decides."""
 
     attribute: str
 
@@ -128,7 +131,21 @@ class Has:
         _check_attribute(self.attribute)
 
     def holds(self, attributes: Mapping[str, Value]) -> bool:
-        return self.attribute in attributes
+        if self.attribute not in attributes:
+            return False
+        return self._holds_for(_typed(attributes[self.attribute]))
+
+    def _holds_for(self, actual: tuple[str, Value]) -> bool:  # pragma: no cover - abstract
+        """Whether the requester's value of the attribute (:func:`_typed`) satisfies the condition."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Has(_OnAttribute):
+    """``has name``: the requester carries the attribute, whatever its value."""
+
+    def _holds_for(self, actual: tuple[str, Value]) -> bool:
+        return True
 
 
 class _TypedEquality:
@@ -150,12 +167,11 @@ class _TypedEquality:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Compare(_TypedEquality):
+class Compare(_TypedEquality, _OnAttribute):
     """``name == value`` or ``name != value``. Values compare with their type:
     the string ``"1"``, the integer ``1`` and ``true`` are all different. A
     missing attribute makes either operator false."""
 
-    attribute: str
     op: str  # "==" or "!="
     value: Value
 
@@ -168,19 +184,16 @@ class Compare(_TypedEquality):
     def _key(self) -> tuple:
         return (self.attribute, self.op, _typed(self.value))
 
-    def holds(self, attributes: Mapping[str, Value]) -> bool:
-        if self.attribute not in attributes:
-            return False
-        equal = _typed(attributes[self.attribute]) == _typed(self.value)
+    def _holds_for(self, actual: tuple[str, Value]) -> bool:
+        equal = actual == _typed(self.value)
         return equal if self.op == "==" else not equal
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Member(_TypedEquality):
+class Member(_TypedEquality, _OnAttribute):
     """``name in [v, ...]`` or, with ``negated``, ``name not in [v, ...]``. A
     missing attribute makes either form false."""
 
-    attribute: str
     values: tuple[Value, ...]
     negated: bool = False
 
@@ -199,12 +212,8 @@ class Member(_TypedEquality):
     def _key(self) -> tuple:
         return (self.attribute, tuple(_typed(v) for v in self.values), self.negated)
 
-    def holds(self, attributes: Mapping[str, Value]) -> bool:
-        if self.attribute not in attributes:
-            return False
-        actual = _typed(attributes[self.attribute])
-        found = any(actual == _typed(v) for v in self.values)
-        return found != self.negated
+    def _holds_for(self, actual: tuple[str, Value]) -> bool:
+        return any(actual == _typed(v) for v in self.values) != self.negated
 
 
 @dataclass(frozen=True, slots=True)
