@@ -41,7 +41,7 @@ def _cond(c: Condition) -> dict[str, Any]:
     if isinstance(c, Not):
         return _m(op="not", arg=_cond(c.operand))
     assert isinstance(c, (And, Or))
-    return _m(op="and" if isinstance(c, And) else "or", args=[_cond(o) for o in c.operands])
+    return _m(op=c.word, args=[_cond(o) for o in c.operands])
 
 
 def _window(w: TimeWindow) -> dict[str, Any]:

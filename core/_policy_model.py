@@ -13,10 +13,10 @@ import the model, and :mod:`core.policy` ties them to its ``Policy`` (a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Union
+from typing import ClassVar, Union
 
 from .errors import PolicyError
 
@@ -118,9 +118,12 @@ def _check_time(what: str, t: object) -> None:
 # Conditions over the requester's attributes.
 
 
-@dataclass(frozen=True, slots=True)
-class Has:
-    """``has name``: the requester carries the attribute, whatever its value."""
+@dataclass(frozen=True, slots=True, eq=False)
+class _OnAttribute:
+    """Base of the conditions on one requester attribute (``has``, ``==``/``!=``,
+    ``in``/``not in``): the attribute's name, checked, and the rule they share: a
+    requester without the attribute satisfies none of them (not even ``!=`` or
+    ``not in``); with it, :meth:`_holds_for` its value decides."""
 
     attribute: str
 
@@ -128,16 +131,47 @@ class Has:
         _check_attribute(self.attribute)
 
     def holds(self, attributes: Mapping[str, Value]) -> bool:
-        return self.attribute in attributes
+        if self.attribute not in attributes:
+            return False
+        return self._holds_for(_typed(attributes[self.attribute]))
+
+    def _holds_for(self, actual: tuple[str, Value]) -> bool:  # pragma: no cover - abstract
+        """Whether the requester's value of the attribute (:func:`_typed`) satisfies the condition."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Has(_OnAttribute):
+    """``has name``: the requester carries the attribute, whatever its value."""
+
+    def _holds_for(self, actual: tuple[str, Value]) -> bool:
+        return True
+
+
+class _TypedEquality:
+    """Equality and hash by ``_key()``, in which the condition's values are :func:`_typed`
+    (so ``1``, ``true`` and ``"1"`` make different conditions)."""
+
+    __slots__ = ()
+
+    def _key(self) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._key()))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Compare:
+class Compare(_TypedEquality, _OnAttribute):
     """``name == value`` or ``name != value``. Values compare with their type:
     the string ``"1"``, the integer ``1`` and ``true`` are all different. A
     missing attribute makes either operator false."""
 
-    attribute: str
     op: str  # "==" or "!="
     value: Value
 
@@ -147,27 +181,19 @@ class Compare:
             raise PolicyError(f"comparison operator must be '==' or '!=', got {self.op!r}")
         _check_value("comparison value", self.value)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Compare):
-            return NotImplemented
-        return (self.attribute, self.op, _typed(self.value)) == (other.attribute, other.op, _typed(other.value))
+    def _key(self) -> tuple:
+        return (self.attribute, self.op, _typed(self.value))
 
-    def __hash__(self) -> int:
-        return hash((Compare, self.attribute, self.op, _typed(self.value)))
-
-    def holds(self, attributes: Mapping[str, Value]) -> bool:
-        if self.attribute not in attributes:
-            return False
-        equal = _typed(attributes[self.attribute]) == _typed(self.value)
+    def _holds_for(self, actual: tuple[str, Value]) -> bool:
+        equal = actual == _typed(self.value)
         return equal if self.op == "==" else not equal
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Member:
+class Member(_TypedEquality, _OnAttribute):
     """``name in [v, ...]`` or, with ``negated``, ``name not in [v, ...]``. A
     missing attribute makes either form false."""
 
-    attribute: str
     values: tuple[Value, ...]
     negated: bool = False
 
@@ -186,20 +212,8 @@ class Member:
     def _key(self) -> tuple:
         return (self.attribute, tuple(_typed(v) for v in self.values), self.negated)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Member):
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash((Member, self._key()))
-
-    def holds(self, attributes: Mapping[str, Value]) -> bool:
-        if self.attribute not in attributes:
-            return False
-        actual = _typed(attributes[self.attribute])
-        found = any(actual == _typed(v) for v in self.values)
-        return found != self.negated
+    def _holds_for(self, actual: tuple[str, Value]) -> bool:
+        return any(actual == _typed(v) for v in self.values) != self.negated
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,29 +230,36 @@ class Not:
 
 
 @dataclass(frozen=True, slots=True)
-class And:
-    """``a and b and ...`` (two or more operands)."""
+class _Junction:
+    """Base of :class:`And` and :class:`Or`: two or more operands joined by ``word``,
+    holding when ``combine`` (all or any) of them hold."""
 
     operands: tuple[Condition, ...]
 
+    word: ClassVar[str]
+    combine: ClassVar[Callable[[Iterable[bool]], bool]]
+
     def __post_init__(self) -> None:
-        _check_operands("and", self.operands)
+        _check_operands(self.word, self.operands)
 
     def holds(self, attributes: Mapping[str, Value]) -> bool:
-        return all(c.holds(attributes) for c in self.operands)
+        return self.combine(c.holds(attributes) for c in self.operands)
 
 
 @dataclass(frozen=True, slots=True)
-class Or:
+class And(_Junction):
+    """``a and b and ...`` (two or more operands)."""
+
+    word = "and"
+    combine = staticmethod(all)
+
+
+@dataclass(frozen=True, slots=True)
+class Or(_Junction):
     """``a or b or ...`` (two or more operands)."""
 
-    operands: tuple[Condition, ...]
-
-    def __post_init__(self) -> None:
-        _check_operands("or", self.operands)
-
-    def holds(self, attributes: Mapping[str, Value]) -> bool:
-        return any(c.holds(attributes) for c in self.operands)
+    word = "or"
+    combine = staticmethod(any)
 
 
 Condition = Union[Has, Compare, Member, Not, And, Or]
@@ -265,22 +286,24 @@ def _check_operands(op: str, operands: object) -> None:
         _check_condition_type(c)
 
 
+def _operands(c: Condition) -> tuple[Condition, ...]:
+    """The conditions directly under ``c``: one for ``not``, two or more for ``and``/``or``,
+    none for a comparison."""
+    if isinstance(c, Not):
+        return (c.operand,)
+    if isinstance(c, _Junction):
+        return c.operands
+    return ()
+
+
 def condition_depth(c: Condition) -> int:
     """Nesting depth: 1 for a comparison, one more for each and/or/not around it."""
-    if isinstance(c, Not):
-        return 1 + condition_depth(c.operand)
-    if isinstance(c, (And, Or)):
-        return 1 + max(condition_depth(o) for o in c.operands)
-    return 1
+    return 1 + max((condition_depth(o) for o in _operands(c)), default=0)
 
 
 def condition_size(c: Condition) -> int:
     """Number of nodes."""
-    if isinstance(c, Not):
-        return 1 + condition_size(c.operand)
-    if isinstance(c, (And, Or)):
-        return 1 + sum(condition_size(o) for o in c.operands)
-    return 1
+    return 1 + sum(condition_size(o) for o in _operands(c))
 
 
 def check_condition_limits(c: Condition) -> None:

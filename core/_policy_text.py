@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from ._policy_model import (
     DAY_NAMES, DEFAULT_RULE, INT_MAX, INT_MIN, MAX_DEPTH, MAX_LIST, MAX_NAME, MAX_RULES, MAX_STRING, MAX_TEXT_CHARS,
@@ -565,6 +565,17 @@ class _Parser:
             raise self.fail(end, "the validity period ends before it starts", "an end later than the start")
         return end.value
 
+    def _time_part(self, word: str, given: object, what: str) -> bool:
+        """Whether the next part of a ``during`` clause starts with ``word`` (then it is
+        consumed); ``given`` is that part's value so far, and ``what`` names the part
+        in the error when it is not None (the part is given twice)."""
+        if not self.is_word(word):
+            return False
+        tok = self.advance()
+        if given is not None:
+            raise self.fail(tok, f"{what} is given twice")
+        return True
+
     def during(self) -> TimeWindow:
         valid_from = valid_until = hours = days = None
         while True:
@@ -575,23 +586,14 @@ class _Parser:
                 valid_from = self.advance().value
                 self.punct("..", "'..' and the end date, e.g. 2026-01-01 .. 2027-01-01")
                 valid_until = self._period_end(valid_from, "the end date, e.g. 2027-01-01T00:00Z")
-            elif self.is_word("from"):
-                self.advance()
-                if valid_from is not None:
-                    raise self.fail(tok, "the start of the validity period is given twice")
+            elif self._time_part("from", valid_from, "the start of the validity period"):
                 from_tok = self.kind("datetime", "a UTC date such as 2026-01-01 or 2026-01-01T08:00Z")
                 valid_from = from_tok.value
                 if valid_until is not None and valid_until <= valid_from:
                     raise self.fail(from_tok, "the validity period starts after it ends")
-            elif self.is_word("until"):
-                self.advance()
-                if valid_until is not None:
-                    raise self.fail(tok, "the end of the validity period is given twice")
+            elif self._time_part("until", valid_until, "the end of the validity period"):
                 valid_until = self._period_end(valid_from, "a UTC date such as 2027-01-01 or 2027-01-01T00:00Z")
-            elif self.is_word("hours"):
-                self.advance()
-                if hours is not None:
-                    raise self.fail(tok, "'hours' is given twice")
+            elif self._time_part("hours", hours, "'hours'"):
                 start = self.kind("time", "a start time such as 08:00")
                 if start.value == 1440:
                     raise self.fail(start, "a window cannot start at 24:00", "00:00 to 23:59")
@@ -602,10 +604,7 @@ class _Parser:
                 if end.value == start.value:
                     raise self.fail(end, "the hours window is empty", "an end different from the start")
                 hours = (start.value, end.value)
-            elif self.is_word("days"):
-                self.advance()
-                if days is not None:
-                    raise self.fail(tok, "'days' is given twice")
+            elif self._time_part("days", days, "'days'"):
                 days = self.days()
             else:
                 raise self.unexpected("a time: 2026-01-01 .. 2027-01-01, from DATE, until DATE, hours HH:MM-HH:MM or days mon-fri")
@@ -769,20 +768,21 @@ def format_object(o: ObjectSpec) -> str:
     return "all" if o.kind == "all" else f"{o.kind} {quote(o.value or '')}"
 
 
+def format_purposes(purposes: tuple[str, ...]) -> str:
+    """What follows ``purpose`` in a rule: ``== "x"`` for one purpose, else ``in ["x", "y"]``."""
+    if len(purposes) == 1:
+        return f"== {quote(purposes[0])}"
+    return f"in [{', '.join(quote(p) for p in purposes)}]"
+
+
 def format_rule(r: Rule) -> str:
-    lines = [f"rule {r.id}:"]
-    lines.append(f"  {r.effect} {', '.join(r.operations)} on {', '.join(format_object(o) for o in r.objects)}")
-    if r.condition is not None:
-        lines.append(f"  when {format_condition(r.condition)}")
-    if r.window is not None:
-        lines.append(f"  during {format_window(r.window)}")
-    if r.purposes is not None:
-        if len(r.purposes) == 1:
-            lines.append(f"  purpose == {quote(r.purposes[0])}")
-        else:
-            lines.append(f"  purpose in [{', '.join(quote(p) for p in r.purposes)}]")
-    if r.approval is not None:
-        lines.append(f"  approval {r.approval}")
+    objects = ", ".join(format_object(o) for o in r.objects)
+    lines = [f"rule {r.id}:", f"  {r.effect} {', '.join(r.operations)} on {objects}"]
+    # The optional clauses, each on its own line, in the order of _CLAUSES.
+    clauses: tuple[tuple[str, Any, Callable[[Any], str]], ...] = (
+        ("when", r.condition, format_condition), ("during", r.window, format_window),
+        ("purpose", r.purposes, format_purposes), ("approval", r.approval, str))
+    lines += [f"  {word} {fmt(value)}" for word, value, fmt in clauses if value is not None]
     return "\n".join(lines)
 
 

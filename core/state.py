@@ -270,6 +270,14 @@ def _fields(value: Any, what: str, required: dict[str, Any], optional: dict[str,
     return out
 
 
+def _peer_digests(value: dict, what: str) -> Mapping[str, bytes]:
+    """``value`` checked as peer id -> 32-byte SHA-256 (a grant's key shares, a delegation's
+    standing parts), read-only."""
+    if not all(isinstance(k, str) and isinstance(v, bytes) and len(v) == 32 for k, v in value.items()):
+        raise DecodeError(f"{what} must map peer ids to 32-byte hashes")
+    return MappingProxyType(dict(value))
+
+
 @dataclass(frozen=True, slots=True)
 class CertEntry:
     """``cert/<subject>``: a registered certificate, revoked or not."""
@@ -417,10 +425,7 @@ class GrantEntry:
                                      "request_id": str, "threshold": int, "expires_at": int, "shares": dict,
                                      "revoked": bool, "time": int, "height": int},
                     {"revoked_at": int, "scope": str, "delegation": str, "break_glass": str, "epoch": int})
-        shares = f["shares"]
-        if not all(isinstance(k, str) and isinstance(v, bytes) and len(v) == 32 for k, v in shares.items()):
-            raise DecodeError("grant entry: shares must map peer ids to 32-byte hashes")
-        f["shares"] = MappingProxyType(dict(shares))
+        f["shares"] = _peer_digests(f["shares"], "grant entry: shares")
         return cls(**f)
 
     def share_digest(self, peer_id: str) -> bytes | None:
@@ -461,10 +466,7 @@ class DelegationEntry:
                                           "parts": dict, "time": int, "height": int, "epoch": int})
         if f["mode"] not in DELEGATION_MODES:
             raise DecodeError(f"delegation entry: unknown mode {f['mode'][:32]!r}")
-        parts = f["parts"]
-        if not all(isinstance(k, str) and isinstance(v, bytes) and len(v) == 32 for k, v in parts.items()):
-            raise DecodeError("delegation entry: parts must map peer ids to 32-byte hashes")
-        f["parts"] = MappingProxyType(dict(parts))
+        f["parts"] = _peer_digests(f["parts"], "delegation entry: parts")
         return cls(**f)
 
     def part_digest(self, peer_id: str) -> bytes | None:

@@ -153,11 +153,14 @@ def _check_handles(handles: Sequence[bytes], size: int, what: str) -> None:
             raise TypeError(f"not a native {what} handle")
 
 
-def _common_length(xs: Sequence, ys: Sequence, message: str) -> int:
-    """The length of two sequences that must be as long as each other (ValueError(message) if not)."""
-    if len(xs) != len(ys):
+def _batch(handles: Sequence[bytes], others: Sequence, message: str, size: int, what: str) -> int:
+    """The size of a batch operation's input: ``handles`` (native ``what`` handles of
+    ``size`` bytes; TypeError for another) paired with as many ``others`` (scalars,
+    exponents, points; ValueError(message) if their numbers differ)."""
+    if len(handles) != len(others):
         raise ValueError(message)
-    return len(xs)
+    _check_handles(handles, size, what)
+    return len(handles)
 
 
 def _result(ctype: str, fn, *args) -> bytes:
@@ -233,10 +236,9 @@ class _Points:
         return _result(self.ctype, self._emr_mul, self.handle(a), _le(k), 1 if secret else 0)
 
     def msm(self, points: Sequence[bytes], scalars: Sequence[int]) -> bytes:
-        n = _common_length(points, scalars, "msm needs as many scalars as points")
+        n = _batch(points, scalars, "msm needs as many scalars as points", self.size, self.name)
         if n == 0:
             return self.identity()
-        _check_handles(points, self.size, self.name)
         pts = ffi.new(f"mclBn{self.name}[]", n)  # mulVec may normalize its input: give it a copy
         ffi.memmove(pts, b"".join(points), n * self.size)
         out = ffi.new(self.ctype)
@@ -296,11 +298,10 @@ class NativeBackend:
         return _result("mclBnGT *", lib.mclBn_pairing, _g1(p), _g2(q))
 
     def multi_pairing(self, ps: Sequence[bytes], qs: Sequence[bytes]) -> bytes:
-        n = _common_length(ps, qs, "multi_pairing needs as many G2 as G1 points")
+        n = _batch(ps, qs, "multi_pairing needs as many G2 as G1 points", G1_SIZE, "G1")
+        _check_handles(qs, G2_SIZE, "G2")
         if n == 0:
             return self._one
-        _check_handles(ps, G1_SIZE, "G1")
-        _check_handles(qs, G2_SIZE, "G2")
         out = ffi.new("mclBnGT *")
         lib.emr_multi_pairing(
             out,
@@ -360,10 +361,9 @@ class NativeBackend:
         return _result("mclBnGT *", lib.emr_gt_pow, _gt(a), _le(k))
 
     def gt_multi_pow(self, bases: Sequence[bytes], exps: Sequence[int]) -> bytes:
-        n = _common_length(bases, exps, "multi_pow needs as many exponents as bases")
+        n = _batch(bases, exps, "multi_pow needs as many exponents as bases", GT_SIZE, "GT")
         if n == 0:
             return self._one
-        _check_handles(bases, GT_SIZE, "GT")
         out = ffi.new("mclBnGT *")
         rc = lib.emr_gt_multi_pow(
             out, ffi.from_buffer("mclBnGT[]", b"".join(bases)), b"".join(_le(e) for e in exps), n

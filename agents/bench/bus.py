@@ -14,8 +14,6 @@ the channel/signed ratio of small round trips, from this run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +24,8 @@ import trio
 from bus import open_node
 from bus.testing import Keyring
 from core import ecdsa
+
+from agents.bench._output import bench_parser, write_json
 
 SMALL = 200
 LARGE = 64 * 1024
@@ -163,26 +163,19 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare bench bus", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser = bench_parser("bus", __doc__)
     parser.add_argument("--quick", action="store_true", help="few iterations (a smoke run)")
     args = parser.parse_args(argv)
     results = trio.run(_run_all, args.quick, lambda s: print(f"  {s}", file=sys.stderr))
+    ratio = channel_ratio(results)
+    report = {"benchmark": "bus", "ecdsa_backend": ecdsa.ecdsa_backend_name(), "quick": args.quick,
+              "channel_over_signed": None if ratio is None else round(ratio, 2), "results": results}
+    if write_json(args.json, report):
+        return 0
     print(f"bus benchmark (ECDSA backend: {ecdsa.ecdsa_backend_name()}; both ends in one process)")
     print(format_table(results))
-    ratio = channel_ratio(results)
     if ratio is not None:
         print(f"round trips (200 B, loopback TCP): channel / signed = {ratio:.2f}x")
-    if args.json:
-        report = {
-            "benchmark": "bus",
-            "ecdsa_backend": ecdsa.ecdsa_backend_name(),
-            "quick": args.quick,
-            "channel_over_signed": None if ratio is None else round(ratio, 2),
-            "results": results,
-        }
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
     return 0
 
 

@@ -23,7 +23,6 @@ median and minimum of each, and the ratio of the medians (target: at most
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
+from agents.bench._output import bench_parser, write_json
 
 TARGET_RATIO = 1.5
 _DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-r4" / "synthea-smart-r4"
@@ -99,10 +100,9 @@ async def _run(tmp: Path, bundle: dict, rounds: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare bench fhir", description=__doc__.splitlines()[0])
+    parser = bench_parser("fhir", __doc__)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of each (default 5)")
     parser.add_argument("--bundle", type=Path, help="a transaction Bundle to store (default: the first Synthea one)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-': stdout only)")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -113,11 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="emrshare-bench-fhir-") as tmp:
         result = trio.run(_run, Path(tmp), bundle, args.rounds)
     result["bundle"] = name
-    if args.json == "-":
-        print(json.dumps(result, indent=2))
+    if write_json(args.json, result):
         return 0
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"fhir: $everything of {result['resources']} resources ({name}), {args.rounds} rounds each, "
           f"doctor with cached grants, every record re-encrypted (t=2) and decrypted")
     print(f"{'path':<34} {'median ms':>10} {'min ms':>8}")

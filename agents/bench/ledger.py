@@ -16,9 +16,7 @@ selected with (agents/bench/loadtest/costs.py).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from core.cid import compute as compute_cid
 from core.policy import parse as parse_policy
 from core.tx import Transaction
 
+from agents.bench._output import bench_parser, write_json
 from agents.bench.loadtest import costs
 from agents.peer import PeerAgent
 from agents.consortium import enroll_id
@@ -229,19 +228,17 @@ def _table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare bench ledger", description=__doc__.splitlines()[0])
+    parser = bench_parser("ledger", __doc__)
     parser.add_argument("--quick", action="store_true", help="1,000 transactions per workload (default 5,000)")
     parser.add_argument("--txs", type=int, default=None, help="transactions per workload")
     parser.add_argument("--batch", type=int, default=100, help="transactions per peer.submit")
     parser.add_argument("--window", type=int, default=4000, help="transactions in flight at most")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     costs.counting()  # the verify counter is chosen with the backends, before any crypto runs
     n = args.txs or (1000 if args.quick else 5000)
     report = trio.run(lambda: run_bench(n, batch=args.batch, window=args.window))
-    print(_table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if not write_json(args.json, report):
+        print(_table(report))
     return 0
 
 

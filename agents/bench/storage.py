@@ -37,7 +37,6 @@ stdout instead of the table).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -50,6 +49,8 @@ import time
 from pathlib import Path
 
 import trio
+
+from agents.bench._output import bench_parser, write_json
 
 MiB = 1 << 20
 SIZES = [(4 * 1024, 200), (MiB, 40), (32 * MiB, 4)]
@@ -376,8 +377,7 @@ def _fmt_size(n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare bench storage", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-': stdout only)")
+    parser = bench_parser("storage", __doc__)
     parser.add_argument("--dir", type=Path, default=None, help="where to put the nodes' data (default: a temp dir)")
     parser.add_argument("--message-mib", type=int, default=1, help="data per bus message in MiB (1..8; default 1)")
     parser.add_argument("--pipeline", type=int, default=4, help="get requests in flight per read (default 4)")
@@ -390,11 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--read-mib must be 0..250 (a storage node stores blobs up to 256 MiB)")
     with tempfile.TemporaryDirectory(prefix="emrshare-bench-storage-", dir=args.dir) as tmp:
         result = trio.run(_run, Path(tmp), args.message_mib * MiB, args.pipeline, tuple(SIZES), args.read_mib)
-    if args.json == "-":
-        print(json.dumps(result, indent=2))
+    if write_json(args.json, result):
         return 0
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"storage: r=3, w=2, {result['transport']}")
     print(f"{'size':>8} {'ops':>5} {'put MB/s':>9} {'put op/s':>9} {'get MB/s':>9} {'get op/s':>9} "
           f"{'sha256 MB/s':>12} {'disk+fsync MB/s':>16} {'disk op/s':>10}")  # fmt: skip

@@ -44,7 +44,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from agents.fhir.consent import FHIR_BASE, POLICY_SYSTEM, RECORD_SYSTEM, SUBJECT_SYSTEM
+from agents.fhir.consent import (
+    ACTREASON_SYSTEM, FHIR_BASE, PARTICIPATION_SYSTEM, POLICY_SYSTEM, RECORD_SYSTEM, SUBJECT_SYSTEM,
+)
 
 __all__ = ["audit_event", "audit_bundle", "LEDGER_EVENT_SYSTEM", "TX_SYSTEM", "FLAG_SYSTEM", "BREAK_GLASS_SYSTEM"]
 
@@ -57,15 +59,12 @@ FLAG_SYSTEM = f"{FHIR_BASE}/CodeSystem/audit-flag"
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _SECURITY_ALERT = {"system": _DCM, "code": "110113", "display": "Security Alert"}
 _OVERRIDE_STARTED = {"system": _DCM, "code": "110127", "display": "Emergency Override Started"}
-_ACTREASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 _REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
          "display": "Restful Operation"}
-_PATIENT_RECORD = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110",
-                   "display": "Patient Record"}
+_PATIENT_RECORD = {"system": _DCM, "code": "110110", "display": "Patient Record"}
 _INTERACTION = "http://hl7.org/fhir/restful-interaction"
 _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
-_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
 # event -> (type, subtype coding, action)
 _KINDS: dict[str, tuple[dict, dict, str]] = {
@@ -87,7 +86,7 @@ def _who(subject: str) -> dict[str, Any]:
 
 
 def _agent(subject: str, role: str, requestor: bool) -> dict[str, Any]:
-    return {"type": {"coding": [{"system": _PARTICIPATION, "code": role}]}, "who": _who(subject),
+    return {"type": {"coding": [{"system": PARTICIPATION_SYSTEM, "code": role}]}, "who": _who(subject),
             "requestor": requestor}
 
 
@@ -110,7 +109,7 @@ def _entity(system: str, value: str, type_code: str, role_code: str | None, deta
 
 
 def _emergency_purpose(reason: Any) -> list[dict[str, Any]]:
-    out: dict[str, Any] = {"coding": [{"system": _ACTREASON, "code": "ETREAT", "display": "Emergency Treatment"}]}
+    out: dict[str, Any] = {"coding": [{"system": ACTREASON_SYSTEM, "code": "ETREAT", "display": "Emergency Treatment"}]}
     if isinstance(reason, str) and reason.strip():
         out["text"] = reason
     return [out]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-import trio
-
 import bus
+from agents._entry import agent_parser, run_agent, serve_command
 from agents.consortium import Manifest
 from agents.keys import AgentKeys
 from agents.peer._agent import PeerAgent
@@ -38,21 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     ``agents`` give the orderer's and the other peers' addresses. Prints ``ready ADDRESS HEIGHT``
     once it is subscribed and caught up.
     """
-    parser = argparse.ArgumentParser(prog="python -m agents.peer")
-    sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run a consortium peer")
-    s.add_argument("--id", required=True)
-    s.add_argument("--manifest", type=Path, required=True)
-    s.add_argument("--keystore", type=Path, required=True)
-    s.add_argument("--key-file", type=Path, required=True)
-    s.add_argument("--data", type=Path, required=True)
-    s.add_argument("--listen", default="tcp://127.0.0.1:0")
+    parser, commands = agent_parser("python -m agents.peer")
+    s = serve_command(commands, "run a consortium peer", key_file="the key file that opens --keystore")
+    s.add_argument("--manifest", type=Path, required=True, help="the consortium's manifest (JSON)")
+    s.add_argument("--keystore", type=Path, required=True, help="the key store holding the peer's keys")
+    s.add_argument("--data", type=Path, required=True, help="the peer's data directory (its copy of the ledger)")
     s.add_argument("--enroll-secret-file", type=Path, default=None, help="hex of the organization's enroll secret")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    trio.run(_serve, args)
-    return 0
-
+    return run_agent(_serve, parser.parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
-import trio
-
 from bus import open_node
 from core import ecdsa
 
+from agents._entry import agent_parser, run_agent, serve_command
 from agents.runtime import make_endpoint, serve_until_signal
 from agents.storage.blobstore import DEFAULT_MAX_BLOB, BlobStore
 from agents.storage.node import DEFAULT_SENDER_QUOTA, DEFAULT_SESSIONS_PER_SENDER, StorageAccess, StorageNode
@@ -92,35 +90,30 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agents.storage")
-    sub = parser.add_subparsers(dest="command", required=True)
-    k = sub.add_parser("keygen", help="create a node or client key and register it in a directory file")
-    k.add_argument("--id", required=True)
-    k.add_argument("--key-file", type=Path, required=True)
-    k.add_argument("--directory", type=Path, required=True)
-    s = sub.add_parser("serve", help="run a storage node")
-    s.add_argument("--id", required=True)
+    parser, commands = agent_parser("python -m agents.storage")
+    k = commands.add_parser("keygen", help="create a node or client key and register it in a directory file")
+    k.add_argument("--id", required=True, help="the agent whose key to create")
+    k.add_argument("--key-file", type=Path, required=True, help="where to write the private key (hex, mode 0600)")
+    k.add_argument("--directory", type=Path, required=True, help="the directory file to add the public key to")
+    s = serve_command(commands, "run a storage node", key_file="the node's ECDSA private key (hex)")
     s.add_argument("--dir", type=Path, required=True, help="the node's data directory")
-    s.add_argument("--listen", default="tcp://127.0.0.1:0")
-    s.add_argument("--key-file", type=Path, required=True)
-    s.add_argument("--directory", type=Path, required=True)
+    s.add_argument("--directory", type=Path, required=True, help="the directory file: agent id -> public key")
     s.add_argument("--quota", type=int, default=None, help="disk quota in bytes (default: none)")
-    s.add_argument("--max-blob", type=int, default=DEFAULT_MAX_BLOB)
-    s.add_argument("--threads", type=int, default=4)
+    s.add_argument("--max-blob", type=int, default=DEFAULT_MAX_BLOB,
+                   help=f"the largest blob in bytes (default {DEFAULT_MAX_BLOB})")
+    s.add_argument("--threads", type=int, default=4, help="threads for disk work (default 4)")
     s.add_argument("--storage", action="append", default=[], metavar="ID",
                    help="a storage node or the repair process (repeatable)")
     s.add_argument("--node", action="append", default=[], metavar="ID",
                    help="another consortium node: a peer or the orderer (repeatable)")
     s.add_argument("--sender-quota", type=int, default=DEFAULT_SENDER_QUOTA,
                    help=f"bytes one user may store first on this node (0: no limit; default {DEFAULT_SENDER_QUOTA})")
-    s.add_argument("--sessions-per-sender", type=int, default=DEFAULT_SESSIONS_PER_SENDER)
+    s.add_argument("--sessions-per-sender", type=int, default=DEFAULT_SESSIONS_PER_SENDER,
+                   help=f"put sessions one sender may hold open (default {DEFAULT_SESSIONS_PER_SENDER})")
     args = parser.parse_args(argv)
     if args.command == "keygen":
         return keygen(args)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    trio.run(serve, args)
-    return 0
-
+    return run_agent(serve, args)
 
 if __name__ == "__main__":
     sys.exit(main())

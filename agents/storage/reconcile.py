@@ -54,6 +54,7 @@ the time of the round. ``emrshare storage status`` merges the nodes' files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -248,9 +249,7 @@ class ReconcilePlan:
         return {"node": self.me, "replicas": self.replicas, "records": records,
                 "pending": [*self.pending, *self.deferred], "active": sorted(self.active),
                 "gone": sorted(self.gone),
-                "unnamed": sorted(self.unnamed_since), "rounds": self.counters.rounds,
-                "pulled": self.counters.pulled, "pull_failures": self.counters.pull_failures,
-                "collected": self.counters.collected, "quarantined": self.counters.quarantined}
+                "unnamed": sorted(self.unnamed_since), **dataclasses.asdict(self.counters)}
 
 
 class Reconciler:

@@ -31,9 +31,8 @@ _LIMIT = Int(1, UINT64_MAX)
 
 
 def _one_or_list(obj: Any, what: str, one: str, many: str, item: Codec) -> tuple[tuple, bool]:
-    """``{one: x}`` or ``{many: [..]}`` (1..1024 items): (the items, whether it was the list form)."""
-    if not isinstance(obj, dict):
-        raise DecodeError(f"{what}: the body must be a map")
+    """``{one: x}`` or ``{many: [..]}`` (1..1024 items) from the map ``obj``: (the items,
+    whether it was the list form)."""
     if many in obj:
         return ListOf(item, min_len=1, max_len=MAX_TXS_PER_SUBMIT).decode(obj[many], f"{what}: {many!r}"), True
     if one not in obj:
@@ -59,7 +58,7 @@ class _OneOrList(Message):
 
     @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
-        return cls(*_one_or_list(obj, what or cls.kind, *cls.forms))
+        return cls(*_one_or_list(*cls._body(obj, what), *cls.forms))
 
 
 @dataclass(frozen=True, slots=True)

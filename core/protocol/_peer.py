@@ -91,7 +91,7 @@ class PeerSubmit(_OneOrList, kind="peer.submit"):
 
     @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
-        what = what or cls.kind
+        obj, what = cls._body(obj, what)
         txs, batch = _one_or_list(obj, what, *cls.forms)
         if sum(len(raw) for raw in txs) > MAX_SUBMIT_BYTES:
             raise DecodeError(f"{what}: a submit carries at most {MAX_SUBMIT_BYTES} bytes of transactions")
@@ -171,9 +171,7 @@ class PeerQuery(Message, kind="peer.query"):
 
     @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
-        where = what or cls.kind
-        if not isinstance(obj, dict):
-            raise DecodeError(f"{where}: the body must be a map")
+        obj, where = cls._body(obj, what)
         if "what" not in obj:
             raise DecodeError(f"{where}: field 'what' is missing")
         form = Choice(tuple(QUERY_FIELDS)).decode(obj["what"], f"{where}: 'what'")

@@ -277,10 +277,17 @@ class Message:
         return out
 
     @classmethod
-    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+    def _body(cls, obj: Any, what: str | None) -> tuple[dict, str]:
+        """The check every ``from_wire`` starts with: (``obj``, which must be a map, and the
+        name its errors give: ``what``, or the kind)."""
         what = what or cls.kind
         if not isinstance(obj, dict):
             raise DecodeError(f"{what}: the body must be a map, not {_type(obj)}")
+        return obj, what
+
+    @classmethod
+    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+        obj, what = cls._body(obj, what)
         values = {}
         for f in _fields(cls):
             if f.name in obj:
