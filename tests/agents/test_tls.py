@@ -3,6 +3,7 @@ organizations' TLS CAs; a node certificate must name the agent its side proves."
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import secrets
@@ -89,92 +90,67 @@ async def _client(nursery, transport, address, routes=("peer-a",)):
     return node
 
 
+@contextlib.asynccontextmanager
+async def _link(pki, speaker, *, client_ca=None, client_names=None, server_names=None, require_client_cert=True,
+                handler=_echo):
+    """A hospital-a listener hosting peer-a (its certificate naming ``server_names``, default
+    peer-a) and a client node with a certificate from ``client_ca`` naming ``client_names``
+    (none without ``client_ca``); yields the client's endpoint ``speaker``, the client node
+    and the keyring."""
+    ring = Keyring()
+    async with trio.open_nursery() as nursery:
+        server, address = await _serve(nursery, pki, names=server_names, require_client_cert=require_client_cert)
+        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", handler)
+        cert, key = _leaf(pki[client_ca], client_names) if client_ca else (None, None)
+        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address)
+        yield client.endpoint(speaker, **ring.credentials(speaker)), client, ring
+        nursery.cancel_scope.cancel()
+
+
 async def test_two_hospitals_talk_over_mutual_tls_and_channels(pki):
-    ring = Keyring()
-    async with trio.open_nursery() as nursery:
-        server, address = await _serve(nursery, pki)
-        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
-        cert, key = _leaf(pki["b"], ["peer-b"])
-        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address)
-        peer_b = client.endpoint("peer-b", **ring.credentials("peer-b"))
+    async with _link(pki, "peer-b", client_ca="b", client_names=["peer-b"]) as (peer_b, _, _):
         assert await peer_b.request("peer-a", "ping", "hi", timeout=10) == {"echo": "hi", "from": "peer-b"}
-        nursery.cancel_scope.cancel()
 
 
-async def test_a_client_certificate_from_an_unknown_ca_is_refused(pki):
-    ring = Keyring()
-    async with trio.open_nursery() as nursery:
-        server, address = await _serve(nursery, pki)
-        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
-        cert, key = _leaf(pki["rogue"], ["peer-b"])
-        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address)
-        peer_b = client.endpoint("peer-b", **ring.credentials("peer-b"))
+@pytest.mark.parametrize("client_ca, speaker", [("rogue", "peer-b"), (None, "alice")],
+                         ids=["certificate-from-an-unknown-ca", "no-certificate-where-one-is-required"])
+async def test_a_client_without_a_member_certificate_is_refused(pki, client_ca, speaker):
+    async with _link(pki, speaker, client_ca=client_ca, client_names=[speaker]) as (agent, _, _):
         with pytest.raises(bus.DeliveryError):
-            await peer_b.request("peer-a", "ping", "hi", timeout=10)
-        nursery.cancel_scope.cancel()
-
-
-async def test_no_client_certificate_is_refused_where_one_is_required(pki):
-    ring = Keyring()
-    async with trio.open_nursery() as nursery:
-        server, address = await _serve(nursery, pki)
-        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
-        client = await _client(nursery, tls_transport(None, None, pki["trusted"]), address)
-        alice = client.endpoint("alice", **ring.credentials("alice"))
-        with pytest.raises(bus.DeliveryError):
-            await alice.request("peer-a", "ping", "hi", timeout=10)
-        nursery.cancel_scope.cancel()
+            await agent.request("peer-a", "ping", "hi", timeout=10)
 
 
 async def test_a_user_without_certificate_where_none_is_required_proves_itself_by_key(pki):
-    ring = Keyring()
-    async with trio.open_nursery() as nursery:
-        server, address = await _serve(nursery, pki, require_client_cert=False)
-        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
-        client = await _client(nursery, tls_transport(None, None, pki["trusted"]), address)
-        alice = client.endpoint("alice", **ring.credentials("alice"))
+    async with _link(pki, "alice", require_client_cert=False) as (alice, client, ring):
         assert await alice.request("peer-a", "ping", 1, timeout=10) == {"echo": 1, "from": "alice"}
         # ... but nobody without a certificate naming it may speak as a consortium node
         impostor = client.endpoint("peer-c", **ring.credentials("peer-c"))
         with pytest.raises(bus.RemoteError) as info:
             await impostor.request("peer-a", "ping", 2, timeout=10)
         assert info.value.code == "unproven-sender"
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_node_certificate_that_does_not_name_the_agent_it_proves_is_refused(pki):
-    ring = Keyring()
-    async with trio.open_nursery() as nursery:
-        server, address = await _serve(nursery, pki)
-        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
-        cert, key = _leaf(pki["b"], ["peer-b"])  # a valid hospital-b certificate for peer-b ...
-        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address)
-        peer_c = client.endpoint("peer-c", **ring.credentials("peer-c"))  # ... proving peer-c
+    # a valid hospital-b certificate for peer-b, on a node proving peer-c
+    async with _link(pki, "peer-c", client_ca="b", client_names=["peer-b"]) as (peer_c, _, _):
         with pytest.raises(bus.RemoteError) as info:
             await peer_c.request("peer-a", "ping", "x", timeout=10)
         assert info.value.code == "unproven-sender"
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_server_whose_certificate_names_another_agent_gets_nothing(pki):
-    ring = Keyring()
     got = []
 
     async def record(msg):
         got.append(msg.body)
         return "ok"
 
-    async with trio.open_nursery() as nursery:
-        # the listener holds peer-a's key but a certificate for peer-c only
-        server, address = await _serve(nursery, pki, names=["peer-c"])
-        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", record)
-        cert, key = _leaf(pki["b"], ["peer-b"])
-        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address)
-        peer_b = client.endpoint("peer-b", **ring.credentials("peer-b"))
+    # the listener holds peer-a's key but a certificate for peer-c only
+    async with _link(pki, "peer-b", client_ca="b", client_names=["peer-b"], server_names=["peer-c"],
+                     handler=record) as (peer_b, _, _):
         with pytest.raises(bus.UnreachableError):
             await peer_b.request("peer-a", "ping", "secret", timeout=10)
-        assert got == []
-        nursery.cancel_scope.cancel()
+    assert got == []
 
 
 def test_certificate_agents_reads_the_uri_sans(pki):
