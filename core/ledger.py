@@ -10,9 +10,9 @@ World state is a key-value map (``str -> canonical msgpack bytes``) behind the
 small :class:`KV` protocol, so peers keep it in SQLite and tests in memory.
 The keys, and typed read views of their values, are in :mod:`core.state`.
 
-The genesis (block 0, the :class:`~core.identity.ConsortiumConfig` as its only
-transaction, signed by the orderer it names) is read by :func:`parse_genesis`
-alone. The rules on who may submit (timestamp, signature, certificate, nonce)
+The genesis (block 0: the :class:`~core.identity.ConsortiumConfig` and every
+member organization's signature over it, :func:`make_genesis`) is read by
+:func:`parse_genesis` alone, which refuses one that lacks a member's signature. The rules on who may submit (timestamp, signature, certificate, nonce)
 and on ``register`` and ``revoke_cert`` are :class:`IdentityRules`, shared with
 the certificate light client (:mod:`core.lightclient`). :func:`effect_key` and
 :func:`shows_effect` say which state entry shows that a transaction committed.
@@ -55,6 +55,9 @@ __all__ = [
     "make_genesis",
     "Genesis",
     "parse_genesis",
+    "read_genesis_draft",
+    "missing_signatures",
+    "GENESIS_SIGNATURE",
     "IdentityRules",
     "store_record",
     "reseal_record",
@@ -218,9 +221,59 @@ class Block:
         return cls(height, prev, ts, root, tuple(txs), sig)
 
 
-def make_genesis(config: ConsortiumConfig, orderer_key: bytes) -> Block:
-    """Block 0: the consortium configuration, signed by the orderer."""
-    return Block.make(0, ZERO_HASH, config.created_at, [config.to_bytes()], orderer_key)
+GENESIS_SIGNATURE = bytes(64)
+"""Block 0's ``orderer_sig``: none. The genesis's authority is its member
+organizations' signatures over the configuration, not an orderer's."""
+MAX_GENESIS_SIGNATURES = 256
+
+
+def _signatures_bytes(signatures: Mapping[str, bytes]) -> bytes:
+    return canonical.pack({org: bytes(sig) for org, sig in sorted(signatures.items())})
+
+
+def make_genesis(config: ConsortiumConfig, signatures: Mapping[str, bytes]) -> Block:
+    """Block 0: the consortium configuration and its organizations' signatures
+    (org id -> :meth:`ConsortiumConfig.sign_as_org`), as two entries; no orderer
+    signature (:data:`GENESIS_SIGNATURE`). With some signatures missing this is a
+    draft (:func:`read_genesis_draft`), which :func:`parse_genesis` refuses."""
+    txs = (config.to_bytes(), _signatures_bytes(signatures))
+    if not batch_fits(len(txs), sum(len(t) for t in txs)):
+        raise ValueError("the genesis does not fit in a block")
+    return Block(0, ZERO_HASH, config.created_at, merkle_root(txs), txs, GENESIS_SIGNATURE)
+
+
+def read_genesis_draft(genesis: bytes | Block) -> tuple[ConsortiumConfig, dict[str, bytes]]:
+    """The configuration and the valid member signatures of a genesis that may
+    still lack some (a draft being signed). Raises DecodeError when the block is not
+    a genesis, or when a signature is not a member's or does not verify."""
+    block = genesis if isinstance(genesis, Block) else Block.from_bytes(genesis)
+    if block.height != 0 or len(block.txs) != 2 or block.prev_hash != ZERO_HASH:
+        raise DecodeError("genesis must be block 0 with a configuration and its signatures")
+    if block.tx_root != merkle_root(block.txs) or block.orderer_sig != GENESIS_SIGNATURE:
+        raise DecodeError("genesis block is malformed (Merkle root or block signature)")
+    config = ConsortiumConfig.from_bytes(block.txs[0])
+    if block.timestamp != config.created_at:
+        raise DecodeError("genesis block time differs from the configuration's")
+    sigs = canonical.unpack(block.txs[1], max_size=MAX_BLOCK_BYTES, what="genesis signatures")
+    if not isinstance(sigs, dict) or len(sigs) > MAX_GENESIS_SIGNATURES:
+        raise DecodeError("genesis signatures must be a map of organization -> signature")
+    out: dict[str, bytes] = {}
+    for org, sig in sigs.items():
+        if not isinstance(org, str) or not isinstance(sig, bytes):
+            raise DecodeError("genesis signatures must be a map of organization -> signature")
+        if config.org(org) is None:
+            raise DecodeError(f"genesis carries a signature of {org[:80]!r}, not a member organization")
+        if not config.is_signed_by(org, sig):
+            raise DecodeError(f"genesis signature of {org} does not verify under its admin key")
+        out[org] = sig
+    if block.txs[1] != _signatures_bytes(out):
+        raise DecodeError("genesis signatures are not in canonical form")
+    return config, out
+
+
+def missing_signatures(config: ConsortiumConfig, signatures: Mapping[str, bytes]) -> list[str]:
+    """The member organizations whose valid signature over ``config`` is not in ``signatures``."""
+    return [o.id for o in config.orgs if not (o.id in signatures and config.is_signed_by(o.id, signatures[o.id]))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,25 +292,28 @@ class Genesis:
 
 
 def parse_genesis(genesis: bytes | Block | Genesis, *, orderer_key: bytes | None = None) -> Genesis:
-    """Read a genesis: block 0 (after the zero hash) whose only transaction is the
-    consortium configuration, with a matching Merkle root, signed by the orderer
-    key the configuration names.
+    """Read a genesis: block 0 (after the zero hash) with two entries, the
+    consortium configuration and its member organizations' signatures, with a
+    matching Merkle root and no orderer signature (:func:`make_genesis`).
 
-    That signature makes the genesis self-consistent (not truncated, not edited),
-    not trusted: the genesis is trusted as the deployment hands it out (the
-    manifest). A caller that holds the orderer's key from elsewhere (the orderer,
-    its own signing key) passes it as ``orderer_key``: a genesis naming another
-    key is refused. Raises DecodeError on any failure.
+    Every member organization must have signed the configuration's digest with
+    its admin key (:meth:`ConsortiumConfig.sign_as_org`): a node refuses a genesis
+    that lacks one, so no organization can be made a member of, or bound by, a
+    configuration it did not sign. Signatures make the genesis the members'
+    agreement; which members to expect is still the deployment's: a node
+    checks its own organization is in it (its keys are). A caller that holds the
+    orderer's key from elsewhere (the orderer, its own signing key) passes it as
+    ``orderer_key``: a genesis naming another key is refused. Raises DecodeError
+    on any failure.
     """
     if isinstance(genesis, Genesis):  # checked when it was made
         parsed = genesis
     else:
         block = genesis if isinstance(genesis, Block) else Block.from_bytes(genesis)
-        if block.height != 0 or len(block.txs) != 1 or block.prev_hash != ZERO_HASH:
-            raise DecodeError("genesis must be block 0 with one configuration entry")
-        config = ConsortiumConfig.from_bytes(block.txs[0])
-        if block.tx_root != merkle_root(block.txs) or not block.is_valid_signature(config.orderer_key):
-            raise DecodeError("genesis block is not signed by the orderer it names")
+        config, signatures = read_genesis_draft(block)
+        missing = missing_signatures(config, signatures)
+        if missing:
+            raise DecodeError(f"genesis lacks the signature of member organization(s) {', '.join(missing)}")
         parsed = Genesis(block, config)
     if orderer_key is not None and orderer_key != parsed.config.orderer_key:
         raise DecodeError("genesis names another orderer key")

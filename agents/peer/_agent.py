@@ -68,12 +68,12 @@ MAX_COMMIT_HINTS = 65536  # users remembered as commit subscribers (cleared beyo
 
 class PeerAgent:
     def __init__(self, *, peer_id: str, keys: AgentKeys, genesis: bytes, data_dir: Path, manifest: Manifest,
-                 enroll_secret: bytes | None, clock: Callable[[], float] = time.time,
+                 enrolls: bool = True, clock: Callable[[], float] = time.time,
                  submit_timeout: float = 20.0, sync_idle: float = 5.0, retry_interval: float = 1.0):
         self.peer_id = peer_id
         self.keys = keys
         self.manifest = manifest
-        self.enroll_secret = enroll_secret
+        self.enrolls = enrolls  # issues certificates to its organization's users (tokens: the registrar's key)
         self.clock = clock
         parsed = parse_genesis(genesis)
         self.genesis = parsed.block

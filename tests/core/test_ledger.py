@@ -432,24 +432,28 @@ def test_bad_capsules_and_numbers_are_refused_where_they_enter_the_ledger(c):
 # ------------------------------------------------------------------ genesis
 
 
-def test_parse_genesis_checks_block_zero_and_its_signature(chain):
-    from core.ledger import Genesis, parse_genesis
+def test_parse_genesis_checks_block_zero_and_the_org_signatures(chain):
+    from core.ledger import GENESIS_SIGNATURE, Genesis, parse_genesis
 
     parsed = parse_genesis(chain.genesis.to_bytes())
     assert parsed.config == chain.config and parsed.block == chain.genesis and parsed.hash == chain.genesis.hash
     assert parse_genesis(chain.genesis) == parsed == parse_genesis(parsed)
     assert parse_genesis(parsed, orderer_key=chain.config.orderer_key) is parsed
     assert Ledger(parsed, MemoryKV()).config == Ledger(chain.genesis.to_bytes(), MemoryKV()).config == chain.config
+    assert chain.genesis.orderer_sig == GENESIS_SIGNATURE  # no orderer signs block 0: the orgs do
     okey = chain.orderer_key
     other = ecdsa.generate_private_key()
+    txs = chain.genesis.txs
     bad = [
         b"\x93junk",
-        Block.make(1, bytes(32), 0, [chain.config.to_bytes()], okey),  # not height 0
-        Block.make(0, b"\x01" * 32, 0, [chain.config.to_bytes()], okey),  # not after the zero hash
-        Block.make(0, bytes(32), 0, [chain.config.to_bytes()] * 2, okey),  # two entries
-        Block.make(0, bytes(32), 0, [b"\x80"], okey),  # not a configuration
-        make_genesis(chain.config, other),  # signed by another key than the one it names
-        Block(0, bytes(32), 0, bytes(32), chain.genesis.txs, chain.genesis.orderer_sig),  # wrong Merkle root
+        Block.make(1, bytes(32), 0, txs, okey),  # not height 0
+        Block(0, b"\x01" * 32, chain.config.created_at, merkle_root(txs), txs, GENESIS_SIGNATURE),  # not after zero
+        Block(0, bytes(32), chain.config.created_at, merkle_root(txs[:1]), txs[:1], GENESIS_SIGNATURE),  # one entry
+        Block(0, bytes(32), chain.config.created_at, merkle_root([b"\x80", txs[1]]), (b"\x80", txs[1]),
+              GENESIS_SIGNATURE),  # not a configuration
+        Block.make(0, bytes(32), chain.config.created_at, txs, okey),  # an orderer signature where none belongs
+        Block(0, bytes(32), chain.config.created_at, bytes(32), txs, GENESIS_SIGNATURE),  # wrong Merkle root
+        Block(0, bytes(32), 1, merkle_root(txs), txs, GENESIS_SIGNATURE),  # block time is not the config's
     ]
     for genesis in bad:
         with pytest.raises(DecodeError):
