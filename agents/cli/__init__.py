@@ -45,6 +45,14 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("demo",): ("agents.cli.demo", "main", "run the paper's scenario end to end on a fresh embedded swarm"),
     ("fhir", "serve"): ("agents.cli.fhir", "serve_main", "serve a FHIR R4 facade (SMART tokens) for your agent"),
     ("loadtest",): ("agents.bench.loadtest", "main", "load test a swarm, with optional fault injection"),
+    ("org", "init"): ("agents.cli.org", "org_init_main", "create a hospital's keys, TLS CA and public profile"),
+    ("org", "profile"): ("agents.cli.org", "org_profile_main", "print or export a hospital's public profile"),
+    ("consortium", "genesis"): ("agents.cli.org", "consortium_genesis_main", "build a genesis draft from profiles"),
+    ("consortium", "sign"): ("agents.cli.org", "consortium_sign_main", "sign a genesis draft as this hospital"),
+    ("consortium", "seal"): ("agents.cli.org", "consortium_seal_main", "check every member signed; write genesis"),
+    ("registrar", "issue"): ("agents.cli.org", "registrar_issue_main", "issue an enrollment token for a subject"),
+    ("user", "init"): ("agents.cli.org", "user_init_main", "create your keys; print your enrolling key"),
+    ("user", "enroll"): ("agents.cli.org", "user_enroll_main", "enroll with your hospital's peer using a token"),
 }
 
 
@@ -70,6 +78,10 @@ def backend_main(argv: list[str]) -> int:
 
 _GROUP_HELP = {
     "bench": "benchmarks (each prints its numbers; --json FILE saves them)",
+    "consortium": "the genesis: built from the members' profiles, signed by each",
+    "org": "a hospital's own keys and public profile",
+    "registrar": "a hospital's registrar: enrollment tokens",
+    "user": "a user's own keys and enrollment, on their own machine",
     "fhir": "a FHIR front end to the swarm",
     "ledger": "offline checks of the peers' stored ledgers",
     "storage": "the storage nodes: copies per record, repair",

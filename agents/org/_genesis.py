@@ -36,9 +36,9 @@ def build_config(profiles: Sequence[OrgProfile], *, name: str, threshold: int, c
     chosen = orderer or next(iter(orderers))
     if chosen not in orderers:
         raise OrgError(f"{what}: no orderer node {chosen!r}; the profiles have {', '.join(orderers)}")
-    peers = [PeerInfo(n.id, p.org, n.ecdsa_key, n.box_key, 0) for p in profiles for n in p.nodes_with("peer")]
-    peers = [PeerInfo(x.id, x.org, x.ecdsa_key, x.box_key, i + 1) for i, x in enumerate(peers)]
     try:
+        nodes = [(p.org, n) for p in profiles for n in p.nodes_with("peer")]
+        peers = [PeerInfo(n.id, org, n.ecdsa_key, n.box_key, i + 1) for i, (org, n) in enumerate(nodes)]
         return ConsortiumConfig(
             name, tuple(OrgInfo(p.org, p.name, p.admin_key, p.registrar_key, p.tls_ca) for p in profiles),
             tuple(peers), chosen, orderers[chosen].ecdsa_key, threshold, max_skew_ms=max_skew_ms,
