@@ -104,7 +104,6 @@ class CertificateLightClient:
 
     def __init__(self, genesis: Genesis | Block | bytes, *, verify_pre_proofs: bool = True):
         parsed = parse_genesis(genesis)
-        self.config: ConsortiumConfig = parsed.config
         self.rules = IdentityRules(parsed.config, verify_pre_proofs=verify_pre_proofs)
         self.height = 0
         self.head_hash = parsed.hash
@@ -112,6 +111,11 @@ class CertificateLightClient:
         # transactions' nonce/ entries, as the ledger writes them
         self._kv = MemoryKV()
         self._records: dict[tuple[str, str], StoredRecord] = {}
+
+    @property
+    def config(self) -> ConsortiumConfig:
+        """The configuration in force (the genesis's, or the last committed ``config`` transaction's)."""
+        return self.rules.config
 
     def apply(self, block: Block | bytes) -> list[CertificateChange]:
         """Apply the next block; the certificates it registered or revoked, by subject.
@@ -126,6 +130,7 @@ class CertificateLightClient:
         Raises DecodeError or ValidationError (then nothing changed)."""
         if not isinstance(block, Block):
             block = Block.from_bytes(block)
+        self.rules = self.rules.following(self._kv)
         self.rules.check_block(block, self.height, self.head_hash)
         state = _Overlay(self._kv)
         seen: set[bytes] = set()
@@ -145,6 +150,7 @@ class CertificateLightClient:
                 changes.append(CertificateChange(entry.subject, None if entry.revoked else entry.cert,
                                                  block.height))
         self._kv.apply(state.writes)
+        self.rules = self.rules.following(self._kv)
         self.height, self.head_hash = block.height, block.hash
         for record in stored:
             self._records[(record.patient, record.record_id)] = record
@@ -157,7 +163,7 @@ class CertificateLightClient:
             tx = Transaction.from_bytes(raw)
         except DecodeError:
             return "malformed"
-        if tx.type not in ("register", "revoke_cert", "store", "reseal"):
+        if tx.type not in ("register", "revoke_cert", "store", "reseal", "config"):
             return "skipped"
         tx_state = _Overlay(state)  # an invalid transaction writes nothing
         result: str | StoredRecord = "ok"
@@ -168,6 +174,8 @@ class CertificateLightClient:
                 self.rules.register(tx_state, block, tx)
             elif tx.type == "revoke_cert":
                 self.rules.revoke_cert(tx_state, block, tx)
+            elif tx.type == "config":  # who registers and who submits follows the configuration
+                self.rules.config_change(tx_state, block, tx)
             else:
                 self.rules.user(tx_state, tx, "patient")
                 if tx.type == "store":

@@ -10,7 +10,9 @@ import pytest
 from core import canonical, ecdsa, pre
 from core.cid import compute as compute_cid
 from core.identity import Certificate
-from core.ledger import BREAK_GLASS_TAG, Block, Ledger, MemoryKV, break_glass_message, make_genesis, merkle_root
+from core.identity import ConsortiumConfig
+from core.ledger import (BREAK_GLASS_TAG, Block, Ledger, MemoryKV, break_glass_message, merkle_root,
+                         sign_config_change)
 from core.errors import DecodeError, SignatureError, ValidationError
 from core.policy import parse as parse_policy
 from core.tx import Transaction
@@ -525,6 +527,11 @@ def test_effect_key_and_shows_effect_for_every_transaction_type(chain):
     resealed = {**c.store_body(), "epoch": 1}
     commit(c.tx("reseal", "alice", resealed), rival=c.tx("reseal", "alice", {**resealed, "epoch": 2}))
     commit(c.tx("revoke_cert", "p3", {"subject": "dave", "reason": "left"}))
+    cur = c.config  # both organizations agree org-b leaves (a later change would replace what this shows)
+    gone = ConsortiumConfig(cur.name, cur.orgs[:1], tuple(p for p in cur.peers if p.org == "org-a"), cur.orderer_id,
+                            cur.orderer_key, cur.threshold, cur.max_skew_ms, cur.created_at)
+    commit(c.tx("config", "p1", {"config": gone.to_bytes(), "signatures": {
+        o: sign_config_change(cur, 0, gone, c.admins[o]) for o in ("org-a", "org-b")}}))
     assert covered == set(TX_TYPES)
     # a body that does not name its entry cannot have committed
     for tx_type, body in [("store", {}), ("grant", {"grant_id": 5}), ("register", register_body("x")),
