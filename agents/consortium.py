@@ -84,6 +84,10 @@ class ConsortiumDirectory:
     def add_static(self, agent: str, key: bytes) -> None:
         self._static[agent] = key
 
+    def remove_static(self, agent: str) -> None:
+        """Forget a consortium node (a configuration change removed it)."""
+        self._static.pop(agent, None)
+
     def set_certificate(self, subject: str, key: bytes | None, role: str | None = None) -> None:
         """Learn (or, with None, forget: revoked) a user's key (and its certificate's role) from the ledger."""
         if key is None:

@@ -47,7 +47,7 @@ class Consortium:
             infos.append(PeerInfo(pid, org, keys.ecdsa_public, keys.box_public, i + 1))
         self.infos = {p.id: p for p in infos}
         self.registrars = {"org-a": ecdsa.generate_private_key(), "org-b": ecdsa.generate_private_key()}
-        admins = {"org-a": ecdsa.generate_private_key(), "org-b": ecdsa.generate_private_key()}
+        self.admins = admins = {"org-a": ecdsa.generate_private_key(), "org-b": ecdsa.generate_private_key()}
         orgs = tuple(OrgInfo(o, name, ecdsa.public_key(admins[o]), ecdsa.public_key(self.registrars[o]))
                      for o, name in (("org-a", "Hospital A"), ("org-b", "Hospital B")))
         self.config = ConsortiumConfig("test", orgs, tuple(infos), "orderer", ecdsa.public_key(self.orderer_key),
@@ -164,6 +164,37 @@ async def test_enrollment_good_bad_and_duplicate(tmp_path):
             with pytest.raises(bus.RemoteError) as info:
                 await ep.request("peer-a-1", "peer.query", {"what": "policy", "patient": "alice"})
             assert info.value.code == "forbidden"
+
+
+async def test_peers_follow_a_configuration_change(tmp_path):
+    """org-b leaves (both organizations sign): every peer drops its peers from the bus
+    directory and the classifier, and org-b's peers enroll nobody any more."""
+    from core.identity import ConsortiumConfig
+    from core.ledger import sign_config_change
+
+    c = Consortium(tmp_path)
+    cur = c.config
+    gone = ConsortiumConfig(cur.name, cur.orgs[:1], tuple(p for p in cur.peers if p.org == "org-a"), cur.orderer_id,
+                            cur.orderer_key, cur.threshold, cur.max_skew_ms, cur.created_at)
+    body = {"config": gone.to_bytes(),
+            "signatures": {o: sign_config_change(cur, 0, gone, c.admins[o]) for o in ("org-a", "org-b")}}
+    with trio.fail_after(30):
+        async with running(c) as (node, orderer, peers, _):
+            assert peers["peer-a-1"].directory("peer-b-3") is not None
+            tx = Transaction.create("config", "peer-a-1", body, c.peer_keys["peer-a-1"].ecdsa_private,
+                                    int(time.time() * 1000))
+            [(_, height, mark)] = await peers["peer-a-1"].submit([tx.to_bytes()], wait=True)
+            assert mark == "ok"
+            for p in peers.values():
+                await p.wait_for_height(height)
+                assert p.config == gone == p.ledger.config
+                assert p.directory("peer-b-3") is None and p.directory("peer-a-2") is not None
+                assert p.classifier.node_class("peer-b-3") is None
+            keys = AgentKeys.generate()
+            ep = make_endpoint(node, enroll_id(keys.ecdsa_public), keys.ecdsa_private, c.manifest.directory())
+            with pytest.raises(bus.RemoteError) as info:
+                await ep.request("peer-b-3", "peer.enroll", enroll_body(c, keys, "bob", "org-b", {"role": "patient"}))
+            assert info.value.code == "enroll.denied"
 
 
 async def test_enrollment_tokens_are_bound_to_the_key_expire_and_enroll_once(tmp_path):
