@@ -31,7 +31,7 @@ from agents.cli.base import (ENV_PASSPHRASE, CliError, UsageError, check_input_f
 from agents.cli.output import print_json
 from agents.errors import AgentError
 
-__all__ = ["consortium_genesis_main", "consortium_seal_main", "consortium_sign_main", "org_init_main",
+__all__ = ["consortium_change_main", "consortium_sign_change_main", "consortium_genesis_main", "consortium_seal_main", "consortium_sign_main", "org_init_main",
            "org_profile_main", "registrar_issue_main", "user_enroll_main", "user_init_main"]
 
 DEFAULT_PORT = 7400
@@ -315,6 +315,83 @@ def consortium_seal_main(argv: list[str]) -> int:
         else:
             _print_summary(summary)
             print(f"genesis {genesis.hash.hex()} written to {args.out}")
+        return 0
+
+    return run(body, what)
+
+
+def consortium_change_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare consortium change",
+                                description="Prepare adding or removing one member organization (a change file "
+                                            "the members sign with `emrshare consortium sign-change`).")
+    base = p.add_mutually_exclusive_group(required=True)
+    base.add_argument("--genesis", type=Path, default=None, help="change the genesis's configuration (first change)")
+    base.add_argument("--after", type=Path, default=None,
+                      help="change the configuration a committed change file made (every later change)")
+    what_ = p.add_mutually_exclusive_group(required=True)
+    what_.add_argument("--add", type=Path, default=None, metavar="PROFILE",
+                       help="add the organization of this profile.json (its peers take the next proxy indices)")
+    what_.add_argument("--remove", default=None, metavar="ORG", help="remove this member organization")
+    p.add_argument("--threshold", type=int, default=None, help="the new threshold (default: unchanged)")
+    p.add_argument("--out", required=True, help="where to write the change file")
+    p.add_argument("--json", action="store_true", help="print the new configuration's summary as JSON")
+    args = p.parse_args(argv)
+    what = "consortium change"
+
+    def body() -> int:
+        from agents.org import ConfigChange, change_draft
+
+        genesis = check_input_file(args.genesis, what).read_bytes() if args.genesis else None
+        after = None
+        if args.after is not None:
+            with _doing(what):
+                after = ConfigChange.from_json(check_input_file(args.after, what).read_text(), source=str(args.after))
+        add = _read_profiles([str(args.add)], what)[0] if args.add is not None else None
+        check_output_path(args.out, what)
+        with _doing(what):
+            change = change_draft(genesis=genesis, after=after, add=add, remove=args.remove,
+                                  threshold=args.threshold)
+        Path(args.out).write_text(change.to_json())
+        summary = {**_summary(change.new, {}), "seq": change.seq, "needs": change.missing()}
+        if args.json:
+            print_json(summary)
+        else:
+            _print_summary(summary)
+            print(f"change {change.seq} written to {args.out}; it needs {change.missing()} member signature(s): "
+                  f"`emrshare consortium sign-change --org-dir DIR {args.out}`")
+        return 0
+
+    return run(body, what)
+
+
+def consortium_sign_change_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare consortium sign-change",
+                                description="Approve a configuration change as this organization (its admin key).")
+    p.add_argument("change", help="the change file (signed in place)")
+    p.add_argument("--org-dir", required=True, type=Path, help="this organization's directory")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _unlock_options(p, "the organization's")
+    args = p.parse_args(argv)
+    what = f"consortium sign-change {args.change}"
+
+    def body() -> int:
+        from agents.keys import atomic_write
+        from agents.org import ConfigChange, sign_change
+
+        path = check_input_file(args.change, what)
+        org_dir = _org_dir(args, what)
+        with _doing(what):
+            change = sign_change(ConfigChange.from_json(path.read_text(), source=str(path)), org_dir)
+        atomic_write(path, change.to_json().encode(), mode=0o644)
+        summary = {**_summary(change.new, change.signatures), "seq": change.seq, "signed_by": sorted(change.signatures),
+                   "needs": change.missing()}
+        if args.json:
+            print_json(summary)
+        else:
+            _print_summary(summary)
+            print(f"signed by {', '.join(sorted(change.signatures))}; "
+                  + ("enough signatures: a member's peer can submit it" if not change.missing()
+                     else f"needs {change.missing()} more"))
         return 0
 
     return run(body, what)

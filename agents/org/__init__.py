@@ -11,13 +11,17 @@
   :func:`genesis_manifest` give the clients' view of it.
 * :func:`issue_token` (``emrshare registrar issue``) and :class:`TokenFile`: an
   enrollment token bound to the subject's enrolling key.
+* :func:`change_draft`, :func:`sign_change`, :class:`ConfigChange`
+  (``emrshare consortium change|sign-change``) and :func:`config_transaction`:
+  adding or removing a member later, signed by more than half of the members.
 """
 
+from agents.org._change import ConfigChange, change_draft, config_transaction, sign_change
 from agents.org._genesis import build_config, draft, genesis_manifest, manifest_for, read_draft, seal, sign_draft
 from agents.org._material import (ROLES, NodeProfile, OrgDir, OrgError, OrgProfile, Unlock, default_node_ids,
                                   init_org)
 from agents.org._registrar import TokenFile, issue_token, parse_enroll_key
 
-__all__ = ["ROLES", "NodeProfile", "OrgDir", "OrgError", "OrgProfile", "TokenFile", "Unlock", "build_config",
+__all__ = ["ConfigChange", "change_draft", "config_transaction", "sign_change", "ROLES", "NodeProfile", "OrgDir", "OrgError", "OrgProfile", "TokenFile", "Unlock", "build_config",
            "default_node_ids", "draft", "genesis_manifest", "init_org", "issue_token", "manifest_for",
            "parse_enroll_key", "read_draft", "seal", "sign_draft"]

@@ -334,3 +334,57 @@ def test_the_embedded_swarm_makes_one_org_directory_per_hospital(tmp_path):
         for peer in manifest.peer_orgs[org.id]:
             assert files.agent_keys(peer).ecdsa_public == manifest.keys[peer] == config.peer(peer).ecdsa_key
     assert not (files.secrets / "enroll.json").exists()  # no shared enrollment secret any more
+
+
+def test_members_add_then_remove_an_org_with_change_files(tmp_path):
+    """consortium change / sign-change (subprocesses), then the config transactions on a ledger."""
+    from agents.org import ConfigChange, config_transaction
+    from core.ledger import Block, Ledger, MemoryKV
+
+    h1, p1 = make_org(tmp_path, "h1", peers=1, orderer=True)
+    h2, p2 = make_org(tmp_path, "h2", peers=1)
+    h3, p3 = make_org(tmp_path, "h3", peers=2)
+    genesis = seal(sign_draft(sign_draft(draft(build_config([p1, p2], name="c", threshold=1, created_at=1000)), h1),
+                              h2)).to_bytes()
+    (tmp_path / "genesis").write_bytes(genesis)
+    t = tmp_path
+    out = cli("consortium", "change", "--genesis", t / "genesis", "--add", t / "h3", "--threshold", "2",
+              "--out", t / "c1", "--json")
+    assert json.loads(out.stdout)["needs"] == 2  # more than half of the 2 current members
+    refused = cli("consortium", "sign-change", "--org-dir", t / "h3", "--key-file", t / "h3.key", t / "c1",
+                  check=False)
+    assert "not a current member" in one_line_error(refused)
+    cli("consortium", "sign-change", "--org-dir", t / "h1", "--key-file", t / "h1.key", t / "c1")
+    with pytest.raises(OrgError, match="needs more than half"):
+        config_transaction(ConfigChange.from_json((t / "c1").read_text()), "peer-h1-1",
+                           h1.node_keys("peer-h1-1").ecdsa_private)
+    out = cli("consortium", "sign-change", "--org-dir", t / "h2", "--key-file", t / "h2.key", t / "c1", "--json")
+    assert json.loads(out.stdout)["needs"] == 0
+    add = ConfigChange.from_json((t / "c1").read_text())
+    assert [(p.id, p.index) for p in add.new.peers] == [("peer-h1-1", 1), ("peer-h2-1", 2), ("peer-h3-1", 3),
+                                                       ("peer-h3-2", 4)]
+
+    kv = MemoryKV()
+    ledger = Ledger(genesis, kv)
+    orderer_key = h1.node_keys("orderer-h1").ecdsa_private
+
+    def commit(tx) -> str:
+        height, head, _ = ledger.head()
+        block = Block.make(height + 1, head, tx.timestamp, [tx.to_bytes()], orderer_key)
+        result = ledger.apply(block)
+        kv.apply(result.writes)
+        return result.marks[0]
+
+    assert commit(config_transaction(add, "peer-h1-1", h1.node_keys("peer-h1-1").ecdsa_private)) == "ok"
+    assert ledger.config == add.new and ledger.config.threshold == 2
+    # the next change starts from the committed one: h2 leaves, h1 and h3 approve (2 of 3)
+    cli("consortium", "change", "--after", t / "c1", "--remove", "h2", "--out", t / "c2")
+    for org in ("h1", "h3"):
+        cli("consortium", "sign-change", "--org-dir", t / org, "--key-file", t / f"{org}.key", t / "c2")
+    remove = ConfigChange.from_json((t / "c2").read_text())
+    assert remove.seq == 1
+    assert commit(config_transaction(remove, "peer-h3-2", h3.node_keys("peer-h3-2").ecdsa_private)) == "ok"
+    assert [o.id for o in ledger.config.orgs] == ["h1", "h3"]
+    # the removed org's peer submits nothing any more
+    again = config_transaction(remove, "peer-h2-1", h2.node_keys("peer-h2-1").ecdsa_private)
+    assert commit(again) == "unknown_submitter"
