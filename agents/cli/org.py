@@ -523,9 +523,13 @@ def user_enroll_main(argv: list[str]) -> int:
                                             "your certificate and the consortium's files go in your directory.")
     p.add_argument("--dir", required=True, type=Path, help="your key directory (made by `emrshare user init`)")
     p.add_argument("--token", required=True, type=Path, help="the token file your registrar gave you")
-    p.add_argument("--genesis", required=True, type=Path, help="the consortium's genesis file")
-    p.add_argument("--peer", required=True, metavar="[ID=]tcp://HOST:PORT",
-                   help="a peer of your organization (ID defaults to its first peer in the genesis)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--genesis", type=Path, default=None, help="the consortium's genesis file")
+    src.add_argument("--manifest", type=Path, default=None,
+                     help="the consortium's manifest.json (genesis and every node's address), kept in your directory")
+    p.add_argument("--peer", default=None, metavar="[ID=]tcp://HOST:PORT",
+                   help="a peer of your organization (ID defaults to its first peer in the genesis; "
+                        "with --manifest, its address there)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the peer (default 30)")
     p.add_argument("--json", action="store_true", help="print the certificate as JSON")
     _unlock_options(p, "your")
@@ -539,11 +543,22 @@ def user_enroll_main(argv: list[str]) -> int:
         from agents.consortium import enroll_id
         from agents.keys import AgentKeys, KeyStore, atomic_write
         from agents.org import TokenFile, genesis_manifest
+        from agents.consortium import Manifest
         from core.errors import DecodeError
         from core.ledger import parse_genesis
 
         token_text = check_input_file(args.token, what).read_text()
-        genesis = check_input_file(args.genesis, what).read_bytes()
+        full = None
+        if args.manifest is not None:
+            try:
+                full = Manifest.from_json(check_input_file(args.manifest, what).read_text())
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                fail(what, f"{args.manifest} is not a manifest ({exc})", "ask your organization for manifest.json")
+            genesis = full.genesis
+        else:
+            genesis = check_input_file(args.genesis, what).read_bytes()
+            if args.peer is None:
+                raise UsageError(what, "--peer is needed with --genesis", "give --peer [ID=]tcp://HOST:PORT")
         unlock = _unlock(args, what)
         if not (args.dir / KEY_FILE).exists():
             fail(what, f"no keys in {args.dir}", f"create them with `emrshare user init --dir {args.dir}`")
@@ -557,8 +572,12 @@ def user_enroll_main(argv: list[str]) -> int:
         try:
             config = parse_genesis(genesis).config
         except DecodeError as exc:
-            fail(what, f"{args.genesis} is not a sealed genesis: {exc}", "ask your organization for the genesis")
-        peer_id, sep, address = args.peer.rpartition("=")
+            fail(what, f"{args.genesis or args.manifest} does not hold a sealed genesis: {exc}",
+                 "ask your organization for the genesis")
+        peer_id, sep, address = (args.peer or "").rpartition("=")
+        if full is not None and not address:
+            peer_id = next((p for p in full.peer_orgs.get(token.org, []) if p in full.agents), "")
+            address, sep = full.agents.get(peer_id, ""), "="
         if not sep:
             peers = [p.id for p in config.peers if p.org == token.org]
             if not peers:
@@ -568,7 +587,11 @@ def user_enroll_main(argv: list[str]) -> int:
             fail(what, f"{peer_id} is not a peer of {token.org}", "give --peer ID=ADDRESS for one of its peers")
         if not address.startswith("tcp://"):
             raise UsageError(what, f"--peer {args.peer!r}", "give [ID=]tcp://HOST:PORT")
-        manifest = genesis_manifest(genesis, {peer_id: address})
+        if full is not None:
+            manifest = full
+            manifest.agents = {**manifest.agents, peer_id: address}
+        else:
+            manifest = genesis_manifest(genesis, {peer_id: address})
         user = UserConfig(subject=token.subject, org=token.org, attributes=dict(token.attributes),
                           data_dir=args.dir, manifest=manifest, passphrase=unlock.passphrase,
                           key_file=unlock.key_file, peer=peer_id, request_timeout=args.timeout)

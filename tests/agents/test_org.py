@@ -313,6 +313,16 @@ async def test_join_a_consortium_and_enroll_users_from_their_own_machines(tmp_pa
             assert cert["attributes"] == {"role": "patient", "ward": 3}
             assert (t / "alice" / "manifest.json").exists() and (t / "alice" / "genesis").read_bytes() == genesis
 
+            # with the consortium's full manifest instead, the peer's address comes from it
+            (t / "manifest.json").write_text(manifest.to_json())
+            await cli_("user", "init", "--dir", t / "bob", "--key-file", t / "bob.key")
+            await cli_("registrar", "issue", "--org-dir", t / "h2", "--key-file", t / "h2.key", "--subject", "dr-bob",
+                       "--role", "doctor", "--attr", "department=cardiology",
+                       "--enroll-key-file", t / "bob" / "enroll.pub", "--out", t / "bob.token")
+            out = await cli_("user", "enroll", "--dir", t / "bob", "--key-file", t / "bob.key",
+                             "--token", t / "bob.token", "--manifest", t / "manifest.json", "--json")
+            assert (json.loads(out.stdout)["issuer"], json.loads(out.stdout)["org"]) == ("peer-h2-1", "h2")
+
             nursery.cancel_scope.cancel()
 
 
