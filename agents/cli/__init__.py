@@ -50,6 +50,8 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("consortium", "genesis"): ("agents.cli.org", "consortium_genesis_main", "build a genesis draft from profiles"),
     ("consortium", "sign"): ("agents.cli.org", "consortium_sign_main", "sign a genesis draft as this hospital"),
     ("consortium", "seal"): ("agents.cli.org", "consortium_seal_main", "check every member signed; write genesis"),
+    ("consortium", "manifest"): ("agents.cli.org", "consortium_manifest_main",
+                                 "write manifest.json (genesis, node addresses) for clients"),
     ("consortium", "change"): ("agents.cli.org", "consortium_change_main", "prepare adding or removing a member"),
     ("consortium", "sign-change"): ("agents.cli.org", "consortium_sign_change_main",
                                     "approve a configuration change as this hospital"),

@@ -31,7 +31,7 @@ from agents.cli.base import (ENV_PASSPHRASE, CliError, UsageError, check_input_f
 from agents.cli.output import print_json
 from agents.errors import AgentError
 
-__all__ = ["consortium_change_main", "consortium_sign_change_main", "consortium_genesis_main", "consortium_seal_main", "consortium_sign_main", "org_init_main",
+__all__ = ["consortium_manifest_main", "consortium_change_main", "consortium_sign_change_main", "consortium_genesis_main", "consortium_seal_main", "consortium_sign_main", "org_init_main",
            "org_profile_main", "registrar_issue_main", "user_enroll_main", "user_init_main"]
 
 DEFAULT_PORT = 7400
@@ -315,6 +315,43 @@ def consortium_seal_main(argv: list[str]) -> int:
         else:
             _print_summary(summary)
             print(f"genesis {genesis.hash.hex()} written to {args.out}")
+        return 0
+
+    return run(body, what)
+
+
+def consortium_manifest_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare consortium manifest",
+                                description="Write the clients' manifest.json (the genesis and every node's "
+                                            "address and key) from the sealed genesis and the members' profiles.")
+    p.add_argument("--genesis", required=True, type=Path, help="the sealed genesis")
+    p.add_argument("--profile", action="append", required=True, metavar="FILE",
+                   help="a member's profile.json (repeat for each member)")
+    p.add_argument("--replicas", type=int, default=3, help="storage copies per blob (default 3, at most the nodes)")
+    p.add_argument("--write-quorum", type=int, default=2, help="copies a put waits for (default 2)")
+    p.add_argument("--out", required=True, help="where to write manifest.json")
+    p.add_argument("--json", action="store_true", help="print the manifest")
+    args = p.parse_args(argv)
+    what = "consortium manifest"
+
+    def body() -> int:
+        from agents.org import manifest_for
+        from core.errors import DecodeError
+
+        genesis = check_input_file(args.genesis, what).read_bytes()
+        profiles = _read_profiles(args.profile, what)
+        check_output_path(args.out, what)
+        try:
+            with _doing(what):
+                manifest = manifest_for(genesis, profiles, replicas=args.replicas, write_quorum=args.write_quorum)
+        except DecodeError as exc:
+            fail(what, f"{args.genesis} is not a sealed genesis: {exc}", "seal it with `emrshare consortium seal`")
+        Path(args.out).write_text(manifest.to_json())
+        if args.json:
+            print(manifest.to_json())
+        else:
+            print(f"manifest of {manifest.consortium}: {len(manifest.peers)} peers, {len(manifest.storage)} storage "
+                  f"nodes, orderer {manifest.orderer}; written to {args.out}")
         return 0
 
     return run(body, what)

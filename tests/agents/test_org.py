@@ -314,7 +314,9 @@ async def test_join_a_consortium_and_enroll_users_from_their_own_machines(tmp_pa
             assert (t / "alice" / "manifest.json").exists() and (t / "alice" / "genesis").read_bytes() == genesis
 
             # with the consortium's full manifest instead, the peer's address comes from it
-            (t / "manifest.json").write_text(manifest.to_json())
+            await cli_("consortium", "manifest", "--genesis", t / "genesis", "--profile", t / "h1",
+                       "--profile", t / "h2-profile.json", "--out", t / "manifest.json")
+            assert json.loads((t / "manifest.json").read_text()) == json.loads(manifest.to_json())
             await cli_("user", "init", "--dir", t / "bob", "--key-file", t / "bob.key")
             await cli_("registrar", "issue", "--org-dir", t / "h2", "--key-file", t / "h2.key", "--subject", "dr-bob",
                        "--role", "doctor", "--attr", "department=cardiology",
