@@ -12,7 +12,10 @@ The keys, and typed read views of their values, are in :mod:`core.state`.
 
 The genesis (block 0: the :class:`~core.identity.ConsortiumConfig` and every
 member organization's signature over it, :func:`make_genesis`) is read by
-:func:`parse_genesis` alone, which refuses one that lacks a member's signature. The rules on who may submit (timestamp, signature, certificate, nonce)
+:func:`parse_genesis` alone, which refuses one that lacks a member's signature.
+A ``config`` transaction signed by more than half of the members adds or removes
+one organization (:func:`check_config_change`); the configuration in force is at
+:data:`CONFIG_KEY` and :attr:`Ledger.config` follows it from the next block. The rules on who may submit (timestamp, signature, certificate, nonce)
 and on ``register`` and ``revoke_cert`` are :class:`IdentityRules`, shared with
 the certificate light client (:mod:`core.lightclient`). :func:`effect_key` and
 :func:`shows_effect` say which state entry shows that a transaction committed.

@@ -14,8 +14,11 @@ and the ledger's ``store`` and ``reseal`` rules (a patient's certificate,
 ``store`` and ``reseal`` transactions (:meth:`~CertificateLightClient.apply_all`
 returns the :class:`StoredRecord` values a block committed,
 :meth:`~CertificateLightClient.records` the current one of every record: a re-seal
-replaces the record's blob, so the old CID is no longer named). Every
-other transaction type is skipped without being verified.
+replaces the record's blob, so the old CID is no longer named), and the
+ledger's ``config`` rule (:meth:`core.ledger.IdentityRules.config_change`: a
+majority of member organizations adds or removes one), whose new configuration
+decides, from the next block on, which peers may register users. Every other
+transaction type is skipped without being verified.
 
 It agrees with a full :class:`core.ledger.Ledger` fed the same blocks on the
 set of registered, unrevoked certificates and on the set of stored records,
