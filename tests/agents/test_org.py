@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import bus
 from agents.keys import KeyStore
-from agents.org import (OrgDir, OrgError, OrgProfile, TokenFile, Unlock, build_config, default_node_ids, draft,
+from agents.org import (OrgDir, cert_agent_ids, OrgError, OrgProfile, TokenFile, Unlock, build_config, default_node_ids, draft,
                         init_org, manifest_for, seal, sign_draft)
 from core import ecdsa
 from core.errors import DecodeError
@@ -131,6 +131,7 @@ def test_tls_material_is_an_org_ca_and_node_certificates_for_mutual_tls_1_3(tmp_
         assert node.id in san.get_values_for_type(x509.DNSName)
         assert f"emrshare:agent:{node.id}" in san.get_values_for_type(x509.UniformResourceIdentifier)
         assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+        assert cert_agent_ids(org.tls_cert_pem(node.id)) == [node.id]
     # mutual TLS 1.3 between two of the org's nodes, each trusting only the org's CA
     pems = {}
     for node in ("peer-h1-1", "peer-h1-2"):
