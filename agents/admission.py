@@ -65,6 +65,11 @@ class Classifier:
             self._nodes[orderer] = Sender.ORDERER
         self._role = role
 
+    def set_peers(self, peers: Iterable[str]) -> None:
+        """The consortium's peers from now on (a configuration change added or removed some)."""
+        self._nodes = {n: c for n, c in self._nodes.items() if c is not Sender.PEER}
+        self._nodes.update({p: Sender.PEER for p in peers})
+
     async def classify(self, sender: str) -> Sender | None:
         node = self._nodes.get(sender)
         if node is not None:

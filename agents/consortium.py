@@ -57,18 +57,19 @@ def enroll_key(agent_id: str) -> bytes:
     return raw
 
 
-def enrollment_token(org_secret: bytes, subject: str, org: str, attributes: dict[str, Any], enrolling: str, *,
+def enrollment_token(registrar_key: bytes, subject: str, org: str, attributes: dict[str, Any], enrolling: str, *,
                      ttl_s: float = TOKEN_TTL_S, now: float | None = None) -> bytes:
     """The registrar's token for one enrollment (:mod:`core.enrollment`), as ``peer.enroll`` carries it.
 
     It authorizes ``subject`` of ``org`` with ``attributes``, enrolling from the id
     ``enrolling`` (``enroll:<hex key>``: the user's agent gives it, e.g.
     ``PatientAgent.enroll_id``) only, once, for ``ttl_s`` seconds from ``now``
-    (default: the wall clock). ValueError for a malformed enrollment id or
+    (default: the wall clock), signed with the organization's registrar private
+    key ``registrar_key``. ValueError for a malformed enrollment id or
     attributes without a canonical encoding."""
     key = enroll_key(enrolling)
     expires = int((time.time() if now is None else now) + ttl_s)
-    return enrollment.issue(org_secret, subject=subject, org=org, attributes=attributes, enroll_key=key,
+    return enrollment.issue(registrar_key, subject=subject, org=org, attributes=attributes, enroll_key=key,
                             expires=expires, token_id=secrets.token_bytes(enrollment.TOKEN_ID_SIZE)).to_bytes()
 
 
@@ -82,6 +83,10 @@ class ConsortiumDirectory:
 
     def add_static(self, agent: str, key: bytes) -> None:
         self._static[agent] = key
+
+    def remove_static(self, agent: str) -> None:
+        """Forget a consortium node (a configuration change removed it)."""
+        self._static.pop(agent, None)
 
     def set_certificate(self, subject: str, key: bytes | None, role: str | None = None) -> None:
         """Learn (or, with None, forget: revoked) a user's key (and its certificate's role) from the ledger."""

@@ -9,8 +9,13 @@ each agent runs in its own process on its own loopback TCP port
 
     DIR/swarm.json          the spec the swarm was created with
     DIR/manifest.json       addresses, public keys, genesis (what clients need)
-    DIR/secrets/            agent keys (encrypted with DIR/secrets/swarm.key),
-                            organizations' enrollment secrets (mode 0600)
+    DIR/orgs/<org>/         each hospital's organization directory, made by the same
+                            function as `emrshare org init` (agents.org): its admin,
+                            registrar and peer keys, TLS CA and certificates, profile
+    DIR/secrets/<org>.key   the key file that unlocks DIR/orgs/<org>/keys (held by the
+                            swarm: one operator runs every hospital here)
+    DIR/secrets/            the orderer's and storage nodes' keys (encrypted with
+                            DIR/secrets/swarm.key; mode 0600)
     DIR/agents/<id>/        each agent's ledger/blob store (a storage node's
                             status.json: its reconciler's view, agents.storage.reconcile)
     DIR/users/<subject>/    patients' and doctors' own directories (CLI)
@@ -55,8 +60,9 @@ import trio
 
 from bus import Node, open_node
 from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
-from core.ledger import make_genesis, parse_genesis
+from core.ledger import make_genesis
 
+from agents import org as orgs_
 from agents.consortium import Manifest, enrollment_token
 from agents.errors import AgentError
 from agents.keys import AgentKeys, KeyStore, atomic_write
@@ -200,7 +206,17 @@ class SwarmFiles:
     def keystore(self, agent: str) -> KeyStore:
         return KeyStore(self.secrets / f"{agent}.keys", key_file=self.key_file)
 
+    def org_dir(self, org: str) -> "orgs_.OrgDir":
+        """Hospital ``org``'s organization directory, unlocked by the key file the swarm holds."""
+        return orgs_.OrgDir(self.dir / "orgs" / org, orgs_.Unlock(key_file=self.secrets / f"{org}.key"))
+
+    def orgs(self) -> list[str]:
+        return list(self.manifest().peer_orgs)
+
     def agent_keys(self, agent: str) -> AgentKeys:
+        for org, peers in self.manifest().peer_orgs.items():
+            if agent in peers:
+                return self.org_dir(org).node_keys(agent)
         return AgentKeys.from_bytes(self.keystore(agent).load())
 
     def manifest(self) -> Manifest:
@@ -211,10 +227,6 @@ class SwarmFiles:
         d.pop("data_dir", None)
         return SwarmSpec.from_mapping(d, self.dir)
 
-    def enroll_secrets(self) -> dict[str, bytes]:
-        d = json.loads((self.secrets / "enroll.json").read_text())
-        return {k: bytes.fromhex(v) for k, v in d.items()}
-
     def agent_dir(self, agent: str) -> Path:
         return self.dir / "agents" / agent
 
@@ -223,11 +235,11 @@ class SwarmFiles:
 
     def token(self, subject: str, org: str, attributes: dict[str, Any], enrolling: str) -> bytes:
         """The registrar's enrollment token for ``subject`` enrolling from ``enrolling``
-        (the agent's ``enroll_id``): :func:`agents.enrollment_token`."""
-        secrets_ = self.enroll_secrets()
-        if org not in secrets_:
-            raise ValueError(f"unknown organization {org!r}; this swarm has {', '.join(secrets_)}")
-        return enrollment_token(secrets_[org], subject, org, attributes, enrolling)
+        (the agent's ``enroll_id``), signed with ``org``'s registrar key: :func:`agents.enrollment_token`."""
+        known = self.orgs()
+        if org not in known:
+            raise ValueError(f"unknown organization {org!r}; this swarm has {', '.join(known)}")
+        return enrollment_token(self.org_dir(org).registrar_key(), subject, org, attributes, enrolling)
 
     def write_manifest(self, manifest: Manifest) -> None:
         atomic_write(self.dir / "manifest.json", manifest.to_json().encode(), mode=0o644)
@@ -240,39 +252,52 @@ class SwarmFiles:
         if not self.key_file.exists():
             KeyStore.create_key_file(self.key_file)
         orgs = org_ids(spec.hospitals)
-        enroll = {org: os.urandom(32) for org in orgs}
-        atomic_write(self.secrets / "enroll.json", json.dumps({k: v.hex() for k, v in enroll.items()}).encode())
-        agents: dict[str, AgentKeys] = {}
-        peers: list[PeerInfo] = []
+        peer_ids: list[tuple[str, str]] = []
         peer_orgs: dict[str, list[str]] = {org: [] for org in orgs}
-        counts = {org: 0 for org in orgs}
         for i in range(spec.peers):
             org = orgs[i % len(orgs)]
-            counts[org] += 1
-            pid = f"peer-{org.removeprefix('hospital-')}{counts[org]}"
-            keys = AgentKeys.generate()
-            agents[pid] = keys
-            peers.append(PeerInfo(pid, org, keys.ecdsa_public, keys.box_public, i + 1))
+            pid = f"peer-{org.removeprefix('hospital-')}{len(peer_orgs[org]) + 1}"
+            peer_ids.append((pid, org))
             peer_orgs[org].append(pid)
-        agents[ORDERER_ID] = AgentKeys.generate()
         storage = [f"storage-{i + 1}" for i in range(spec.storage_nodes)]
+        all_agents = [ORDERER_ID, *(p for p, _ in peer_ids), *storage]
+        if spec.processes:
+            addresses = {a: f"tcp://{spec.host}:{_free_port(spec.host)}" for a in all_agents}
+        else:
+            addresses = {a: f"tcp://{spec.host}:{spec.port}" for a in all_agents}
+        # each hospital's material through the same function as `emrshare org init`
+        profiles = {}
+        for org in orgs:
+            unlock = orgs_.Unlock(key_file=self.secrets / f"{org}.key")
+            if not unlock.key_file.exists():
+                KeyStore.create_key_file(unlock.key_file)
+            profiles[org] = orgs_.init_org(self.dir / "orgs" / org, org, unlock,
+                                           nodes=[(p, "peer") for p in peer_orgs[org]], addresses=addresses,
+                                           name=f"Hospital {org.removeprefix('hospital-').upper()}")
+        agents: dict[str, AgentKeys] = {}
+        nodes = {n.id: n for p in profiles.values() for n in p.nodes}
+        peers = [PeerInfo(pid, org, nodes[pid].ecdsa_key, nodes[pid].box_key, i + 1)
+                 for i, (pid, org) in enumerate(peer_ids)]
+        agents[ORDERER_ID] = AgentKeys.generate()
         for sid in storage:
             agents[sid] = AgentKeys.generate()
         for agent, keys in agents.items():
             self.keystore(agent).save(keys.to_bytes())
         created = int((now if now is not None else time.time()) * 1000)
         config = ConsortiumConfig(
-            spec.consortium, tuple(OrgInfo(o, f"Hospital {o.removeprefix('hospital-').upper()}") for o in orgs),
+            spec.consortium,
+            tuple(OrgInfo(o, p.name, p.admin_key, p.registrar_key, p.tls_ca) for o, p in profiles.items()),
             tuple(peers), ORDERER_ID, agents[ORDERER_ID].ecdsa_public, spec.threshold, created_at=created,
         )
-        genesis = make_genesis(config, agents[ORDERER_ID].ecdsa_private)
-        if spec.processes:
-            addresses = {a: f"tcp://{spec.host}:{_free_port(spec.host)}" for a in agents}
-        else:
-            addresses = {a: f"tcp://{spec.host}:{spec.port}" for a in agents}
+        genesis = make_genesis(config, {}).to_bytes()
+        for org in orgs:  # every hospital signs, as `emrshare consortium sign` does
+            genesis = orgs_.sign_draft(genesis, self.org_dir(org))
+        genesis = orgs_.seal(genesis).block
+        keys = {a: k.ecdsa_public for a, k in agents.items()}
+        keys.update({pid: nodes[pid].ecdsa_key for pid, _ in peer_ids})
         manifest = Manifest(
             spec.consortium, genesis.to_bytes(), ORDERER_ID, [p.id for p in peers], storage,
-            spec.threshold, addresses, {a: k.ecdsa_public for a, k in agents.items()}, peer_orgs,
+            spec.threshold, addresses, keys, peer_orgs,
             spec.replicas, spec.write_quorum,
         )
         atomic_write(self.dir / "swarm.json", spec.to_json().encode(), mode=0o644)
@@ -292,15 +317,9 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
 
     spec = files.spec()
     role = role_of(agent, manifest)
-    enroll = None
-    if role == "peer":
-        info = parse_genesis(manifest.genesis).config.peer(agent)
-        if info is None:
-            raise ValueError(f"{agent!r} is not a peer in this swarm's genesis")
-        enroll = files.enroll_secrets()[info.org]
     settings = RoleSettings(batch_size=spec.batch_size, batch_timeout=spec.batch_timeout,
                             reconcile_interval=spec.reconcile_interval, collect_grace=spec.collect_grace,
-                            upload_timeout=spec.upload_timeout, enroll_secret=enroll)
+                            upload_timeout=spec.upload_timeout)
     runner = build_agent(agent, role, files.agent_keys(agent), manifest, files.agent_dir(agent), settings)
     if runners is not None:
         runners[agent] = runner

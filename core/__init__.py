@@ -38,6 +38,7 @@ from .ledger import Genesis as Genesis
 from .ledger import Ledger as Ledger
 from .ledger import make_genesis as make_genesis
 from .ledger import parse_genesis as parse_genesis
+from .ledger import read_genesis_draft as read_genesis_draft
 from .lightclient import CertificateLightClient as CertificateLightClient
 from .lightclient import StoredRecord as StoredRecord
 from .policy import Policy as Policy

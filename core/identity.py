@@ -5,8 +5,10 @@ department, specialty, ...), its three public keys (ECDSA for signatures,
 X25519 for sealed boxes, the PRE receiving key with its proof of possession),
 a validity window and a serial, signed by the issuing peer of its organization
 (as a Fabric MSP does). The consortium configuration (genesis) names the
-organizations, their peers (with ECDSA key, X25519 key and proxy index), the
-orderer's key and the re-encryption threshold.
+organizations (each with its admin key, which signs the configuration, its
+registrar key, which signs enrollment tokens, and its TLS CA certificate), their
+peers (with ECDSA key, X25519 key and proxy index), the orderer's key and the
+re-encryption threshold.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from . import canonical, ecdsa
 from .errors import DecodeError, SignatureError
 
 __all__ = ["Certificate", "PeerInfo", "OrgInfo", "ConsortiumConfig", "CERT_TAG", "RESERVED_CERT_ATTRIBUTES",
-           "check_id"]
+           "check_id", "CONFIG_SIGN_TAG"]
 
 CERT_TAG = "emrshare/v1/certificate"
 CONFIG_TAG = "emrshare/v1/consortium"
+CONFIG_SIGN_TAG = "emrshare/v1/consortium-config"  # an organization admin's signature over a configuration
 MAX_ID = 128
 MAX_ATTRIBUTES = 32
 # Attribute names the policy engine fills from the certificate's own fields
@@ -195,18 +198,34 @@ class PeerInfo:
                 "box_key": self.box_key, "index": self.index}
 
 
+MAX_TLS_CA = 8192  # characters of an organization's TLS CA certificate (PEM)
+
+
 @dataclass(frozen=True, slots=True)
 class OrgInfo:
+    """A member organization: its id and name, its admin key (signs the consortium
+    configuration: the genesis, and later configuration changes), its registrar key
+    (signs enrollment tokens, :mod:`core.enrollment`) and its TLS CA certificate
+    (PEM; empty when the organization runs without TLS, as the embedded swarm)."""
+
     id: str
     name: str
+    admin_key: bytes
+    registrar_key: bytes
+    tls_ca: str = ""
 
     def __post_init__(self) -> None:
         check_id(self.id, "organization id")
         if not isinstance(self.name, str) or not 0 < len(self.name) <= 256:
             raise DecodeError("organization name must be 1..256 characters")
+        _check_bytes(self.admin_key, 33, "organization admin key")
+        _check_bytes(self.registrar_key, 33, "organization registrar key")
+        if not isinstance(self.tls_ca, str) or len(self.tls_ca) > MAX_TLS_CA:
+            raise DecodeError(f"organization TLS CA must be a PEM string of at most {MAX_TLS_CA} characters")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name}
+        return {"id": self.id, "name": self.name, "admin_key": self.admin_key,
+                "registrar_key": self.registrar_key, "tls_ca": self.tls_ca}
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +261,12 @@ class ConsortiumConfig:
             raise DecodeError("threshold must be between 1 and the number of peers")
         _check_int(self.max_skew_ms, "max_skew_ms")
         _check_int(self.created_at, "created_at")
+
+    def org(self, org_id: str) -> OrgInfo | None:
+        for o in self.orgs:
+            if o.id == org_id:
+                return o
+        return None
 
     def peer(self, peer_id: str) -> PeerInfo | None:
         for p in self.peers:
@@ -283,3 +308,13 @@ class ConsortiumConfig:
 
     def digest(self) -> bytes:
         return hashlib.sha256(self.to_bytes()).digest()
+
+    def sign_as_org(self, admin_private_key: bytes) -> bytes:
+        """An organization's signature over this configuration (its admin key):
+        what the genesis carries for every member (:func:`core.ledger.parse_genesis`)."""
+        return ecdsa.sign(admin_private_key, CONFIG_SIGN_TAG, self.digest())
+
+    def is_signed_by(self, org_id: str, signature: bytes) -> bool:
+        """Whether ``signature`` is member ``org_id``'s admin signature over this configuration."""
+        org = self.org(org_id)
+        return org is not None and ecdsa.is_valid(org.admin_key, CONFIG_SIGN_TAG, self.digest(), signature)

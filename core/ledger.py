@@ -10,9 +10,12 @@ World state is a key-value map (``str -> canonical msgpack bytes``) behind the
 small :class:`KV` protocol, so peers keep it in SQLite and tests in memory.
 The keys, and typed read views of their values, are in :mod:`core.state`.
 
-The genesis (block 0, the :class:`~core.identity.ConsortiumConfig` as its only
-transaction, signed by the orderer it names) is read by :func:`parse_genesis`
-alone. The rules on who may submit (timestamp, signature, certificate, nonce)
+The genesis (block 0: the :class:`~core.identity.ConsortiumConfig` and every
+member organization's signature over it, :func:`make_genesis`) is read by
+:func:`parse_genesis` alone, which refuses one that lacks a member's signature.
+A ``config`` transaction signed by more than half of the members adds or removes
+one organization (:func:`check_config_change`); the configuration in force is at
+:data:`CONFIG_KEY` and :attr:`Ledger.config` follows it from the next block. The rules on who may submit (timestamp, signature, certificate, nonce)
 and on ``register`` and ``revoke_cert`` are :class:`IdentityRules`, shared with
 the certificate light client (:mod:`core.lightclient`). :func:`effect_key` and
 :func:`shows_effect` say which state entry shows that a transaction committed.
@@ -55,6 +58,13 @@ __all__ = [
     "make_genesis",
     "Genesis",
     "parse_genesis",
+    "read_genesis_draft",
+    "missing_signatures",
+    "GENESIS_SIGNATURE",
+    "CONFIG_KEY",
+    "check_config_change",
+    "config_change_message",
+    "sign_config_change",
     "IdentityRules",
     "store_record",
     "reseal_record",
@@ -218,9 +228,110 @@ class Block:
         return cls(height, prev, ts, root, tuple(txs), sig)
 
 
-def make_genesis(config: ConsortiumConfig, orderer_key: bytes) -> Block:
-    """Block 0: the consortium configuration, signed by the orderer."""
-    return Block.make(0, ZERO_HASH, config.created_at, [config.to_bytes()], orderer_key)
+GENESIS_SIGNATURE = bytes(64)
+"""Block 0's ``orderer_sig``: none. The genesis's authority is its member
+organizations' signatures over the configuration, not an orderer's."""
+MAX_GENESIS_SIGNATURES = 256
+
+
+def _signatures_bytes(signatures: Mapping[str, bytes]) -> bytes:
+    return canonical.pack({org: bytes(sig) for org, sig in sorted(signatures.items())})
+
+
+def make_genesis(config: ConsortiumConfig, signatures: Mapping[str, bytes]) -> Block:
+    """Block 0: the consortium configuration and its organizations' signatures
+    (org id -> :meth:`ConsortiumConfig.sign_as_org`), as two entries; no orderer
+    signature (:data:`GENESIS_SIGNATURE`). With some signatures missing this is a
+    draft (:func:`read_genesis_draft`), which :func:`parse_genesis` refuses."""
+    txs = (config.to_bytes(), _signatures_bytes(signatures))
+    if not batch_fits(len(txs), sum(len(t) for t in txs)):
+        raise ValueError("the genesis does not fit in a block")
+    return Block(0, ZERO_HASH, config.created_at, merkle_root(txs), txs, GENESIS_SIGNATURE)
+
+
+def read_genesis_draft(genesis: bytes | Block) -> tuple[ConsortiumConfig, dict[str, bytes]]:
+    """The configuration and the valid member signatures of a genesis that may
+    still lack some (a draft being signed). Raises DecodeError when the block is not
+    a genesis, or when a signature is not a member's or does not verify."""
+    block = genesis if isinstance(genesis, Block) else Block.from_bytes(genesis)
+    if block.height != 0 or len(block.txs) != 2 or block.prev_hash != ZERO_HASH:
+        raise DecodeError("genesis must be block 0 with a configuration and its signatures")
+    if block.tx_root != merkle_root(block.txs) or block.orderer_sig != GENESIS_SIGNATURE:
+        raise DecodeError("genesis block is malformed (Merkle root or block signature)")
+    config = ConsortiumConfig.from_bytes(block.txs[0])
+    if block.timestamp != config.created_at:
+        raise DecodeError("genesis block time differs from the configuration's")
+    sigs = canonical.unpack(block.txs[1], max_size=MAX_BLOCK_BYTES, what="genesis signatures")
+    if not isinstance(sigs, dict) or len(sigs) > MAX_GENESIS_SIGNATURES:
+        raise DecodeError("genesis signatures must be a map of organization -> signature")
+    out: dict[str, bytes] = {}
+    for org, sig in sigs.items():
+        if not isinstance(org, str) or not isinstance(sig, bytes):
+            raise DecodeError("genesis signatures must be a map of organization -> signature")
+        if config.org(org) is None:
+            raise DecodeError(f"genesis carries a signature of {org[:80]!r}, not a member organization")
+        if not config.is_signed_by(org, sig):
+            raise DecodeError(f"genesis signature of {org} does not verify under its admin key")
+        out[org] = sig
+    if block.txs[1] != _signatures_bytes(out):
+        raise DecodeError("genesis signatures are not in canonical form")
+    return config, out
+
+
+def missing_signatures(config: ConsortiumConfig, signatures: Mapping[str, bytes]) -> list[str]:
+    """The member organizations whose valid signature over ``config`` is not in ``signatures``."""
+    return [o.id for o in config.orgs if not (o.id in signatures and config.is_signed_by(o.id, signatures[o.id]))]
+
+
+CONFIG_KEY = "meta/config"
+"""World state: the configuration in force once a ``config`` transaction changed the
+genesis's: ``{config: bytes, seq: int, height: int}`` (absent: the genesis's, seq 0)."""
+CONFIG_CHANGE_TAG = "emrshare/v1/config-change"
+
+
+def config_change_message(current: ConsortiumConfig, seq: int, new: ConsortiumConfig) -> bytes:
+    """What a member organization's admin signs to approve the change from ``current``
+    (the ``seq``-th configuration: 0 is the genesis's) to ``new``."""
+    return canonical.pack([seq, current.digest(), new.digest()])
+
+
+def sign_config_change(current: ConsortiumConfig, seq: int, new: ConsortiumConfig, admin_private_key: bytes) -> bytes:
+    return ecdsa.sign(admin_private_key, CONFIG_CHANGE_TAG, config_change_message(current, seq, new))
+
+
+def check_config_change(current: ConsortiumConfig, seq: int, new: ConsortiumConfig,
+                        signatures: Mapping[str, bytes]) -> None:
+    """Raise ValidationError unless ``new`` adds or removes exactly one organization
+    (with its peers) to or from ``current`` and a majority of ``current``'s members
+    (more than half) signed the change (:func:`sign_config_change`).
+
+    Everything else stays: the name, orderer, time rules, the other organizations
+    and their peers (so a new organization's peers take ids and proxy indices no
+    current peer holds: a configuration has them distinct). The threshold may
+    change (still at most the number of peers)."""
+    if (new.name, new.orderer_id, new.orderer_key, new.max_skew_ms, new.created_at) != (
+            current.name, current.orderer_id, current.orderer_key, current.max_skew_ms, current.created_at):
+        raise ValidationError("bad_config", "a configuration change keeps the name, orderer and time rules")
+    cur_orgs, new_orgs = {o.id: o for o in current.orgs}, {o.id: o for o in new.orgs}
+    added, removed = set(new_orgs) - set(cur_orgs), set(cur_orgs) - set(new_orgs)
+    if len(added) + len(removed) != 1:
+        raise ValidationError("bad_config", "a configuration change adds or removes exactly one organization")
+    for org in set(cur_orgs) & set(new_orgs):
+        if cur_orgs[org] != new_orgs[org] or [p for p in current.peers if p.org == org] != [
+                p for p in new.peers if p.org == org]:
+            raise ValidationError("bad_config", f"organization {org} and its peers must stay as they are")
+    message = config_change_message(current, seq, new)
+    approvals = 0
+    for org, sig in signatures.items():
+        info = cur_orgs.get(org) if isinstance(org, str) else None
+        if info is None or not isinstance(sig, bytes):
+            raise ValidationError("bad_config", "config signatures must be current members' (org -> signature)")
+        if not ecdsa.is_valid(info.admin_key, CONFIG_CHANGE_TAG, message, sig):
+            raise ValidationError("bad_signature", f"the config change signature of {org} does not verify")
+        approvals += 1
+    if approvals * 2 <= len(cur_orgs):
+        raise ValidationError("forbidden", f"a configuration change needs more than half of the "
+                                           f"{len(cur_orgs)} member organizations; {approvals} signed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,25 +350,28 @@ class Genesis:
 
 
 def parse_genesis(genesis: bytes | Block | Genesis, *, orderer_key: bytes | None = None) -> Genesis:
-    """Read a genesis: block 0 (after the zero hash) whose only transaction is the
-    consortium configuration, with a matching Merkle root, signed by the orderer
-    key the configuration names.
+    """Read a genesis: block 0 (after the zero hash) with two entries, the
+    consortium configuration and its member organizations' signatures, with a
+    matching Merkle root and no orderer signature (:func:`make_genesis`).
 
-    That signature makes the genesis self-consistent (not truncated, not edited),
-    not trusted: the genesis is trusted as the deployment hands it out (the
-    manifest). A caller that holds the orderer's key from elsewhere (the orderer,
-    its own signing key) passes it as ``orderer_key``: a genesis naming another
-    key is refused. Raises DecodeError on any failure.
+    Every member organization must have signed the configuration's digest with
+    its admin key (:meth:`ConsortiumConfig.sign_as_org`): a node refuses a genesis
+    that lacks one, so no organization can be made a member of, or bound by, a
+    configuration it did not sign. Signatures make the genesis the members'
+    agreement; which members to expect is still the deployment's: a node
+    checks its own organization is in it (its keys are). A caller that holds the
+    orderer's key from elsewhere (the orderer, its own signing key) passes it as
+    ``orderer_key``: a genesis naming another key is refused. Raises DecodeError
+    on any failure.
     """
     if isinstance(genesis, Genesis):  # checked when it was made
         parsed = genesis
     else:
         block = genesis if isinstance(genesis, Block) else Block.from_bytes(genesis)
-        if block.height != 0 or len(block.txs) != 1 or block.prev_hash != ZERO_HASH:
-            raise DecodeError("genesis must be block 0 with one configuration entry")
-        config = ConsortiumConfig.from_bytes(block.txs[0])
-        if block.tx_root != merkle_root(block.txs) or not block.is_valid_signature(config.orderer_key):
-            raise DecodeError("genesis block is not signed by the orderer it names")
+        config, signatures = read_genesis_draft(block)
+        missing = missing_signatures(config, signatures)
+        if missing:
+            raise DecodeError(f"genesis lacks the signature of member organization(s) {', '.join(missing)}")
         parsed = Genesis(block, config)
     if orderer_key is not None and orderer_key != parsed.config.orderer_key:
         raise DecodeError("genesis names another orderer key")
@@ -475,10 +589,21 @@ class IdentityRules:
     for bodies that do not decode: the caller marks those ``malformed``).
     """
 
-    def __init__(self, config: ConsortiumConfig, *, verify_pre_proofs: bool = True):
+    def __init__(self, config: ConsortiumConfig, *, verify_pre_proofs: bool = True,
+                 genesis_config: ConsortiumConfig | None = None):
         self.config = config
+        self.genesis_config = genesis_config or config
         self.peers: Mapping[str, PeerInfo] = {p.id: p for p in config.peers}
         self.verify_pre_proofs = verify_pre_proofs
+
+    def following(self, kv: "KV") -> "IdentityRules":
+        """These rules, or new ones when ``kv``'s committed configuration (a ``config``
+        transaction's, :data:`CONFIG_KEY`) is not the one they enforce."""
+        raw = kv.get(CONFIG_KEY)
+        wanted = self.genesis_config if raw is None else ConsortiumConfig.from_bytes(canonical.unpack(raw)["config"])
+        if wanted == self.config:
+            return self
+        return IdentityRules(wanted, verify_pre_proofs=self.verify_pre_proofs, genesis_config=self.genesis_config)
 
     def check_block(self, block: Block, height: int, head_hash: bytes) -> None:
         """Raise ValidationError unless ``block`` is block ``height + 1`` after
@@ -575,6 +700,25 @@ class IdentityRules:
         state.put(serial_key(cert.serial), cert.subject)
         state.put(spent, cert.subject)
 
+    def current_config(self, state: "_Overlay") -> tuple[ConsortiumConfig, int]:
+        """The configuration in force in ``state`` and its sequence number (0: the genesis's)."""
+        entry = state.get(CONFIG_KEY)
+        if entry is None:
+            return self.genesis_config, 0
+        return ConsortiumConfig.from_bytes(entry["config"]), entry["seq"]
+
+    def config_change(self, state: "_Overlay", block: Block, tx: Transaction) -> None:
+        """``config`` = ``{config, signatures}``: a peer submits a new configuration a
+        majority of the member organizations signed (:func:`check_config_change`); it
+        is in force from the next block on, on every peer."""
+        if tx.submitter not in self.peers:
+            raise ValidationError("forbidden", "only a consortium peer submits a configuration change")
+        body = _body(tx, {"config": bytes, "signatures": dict})
+        new = ConsortiumConfig.from_bytes(body["config"])
+        current, seq = self.current_config(state)
+        check_config_change(current, seq, new, body["signatures"])
+        state.put(CONFIG_KEY, {"config": body["config"], "seq": seq + 1, "height": block.height})
+
     def revoke_cert(self, state: "_Overlay", block: Block, tx: Transaction) -> None:
         body = _body(tx, {"subject": str, "reason": str})
         _text(body["reason"], "reason")
@@ -603,13 +747,23 @@ class Ledger:
 
     def __init__(self, genesis: Block | Genesis | bytes, kv: KV, *, verify_pre_proofs: bool = True):
         parsed = parse_genesis(genesis)
-        self.config = parsed.config
+        self.genesis_config = parsed.config
         self.genesis = parsed.block
         self.kv = kv
         self.verify_pre_proofs = verify_pre_proofs
-        self.rules = IdentityRules(self.config, verify_pre_proofs=verify_pre_proofs)
-        self._peers = self.rules.peers
+        self.rules = IdentityRules(parsed.config, verify_pre_proofs=verify_pre_proofs).following(kv)
         self._policies: dict[bytes, Policy] = {}
+
+    @property
+    def config(self) -> ConsortiumConfig:
+        """The configuration in force: the genesis's, or the last committed ``config``
+        transaction's (as the KV holds it: once the caller persisted that block)."""
+        self.rules = self.rules.following(self.kv)
+        return self.rules.config
+
+    @property
+    def _peers(self) -> Mapping[str, PeerInfo]:
+        return self.rules.peers
 
     # -- head -----------------------------------------------------------
 
@@ -633,6 +787,7 @@ class Ledger:
         self.rules.check_block(block, height, head_hash)
 
     def apply(self, block: Block) -> CommitResult:
+        self.rules = self.rules.following(self.kv)  # a config transaction committed before this block
         self.check_block(block)
         _, _, prev_root = self.head()
         state = _Overlay(self.kv)
@@ -692,6 +847,9 @@ class Ledger:
 
     def _tx_register(self, state, block, index, tx) -> None:
         self.rules.register(state, block, tx)
+
+    def _tx_config(self, state, block, index, tx) -> None:
+        self.rules.config_change(state, block, tx)
 
     def _tx_revoke_cert(self, state, block, index, tx) -> None:
         self.rules.revoke_cert(state, block, tx)
@@ -1147,6 +1305,8 @@ def effect_key(tx: Transaction) -> str | None:
             return record_key(tx.submitter, _named(body["record_id"]))
         if tx.type == "break_glass":
             return break_glass_key(_named(body["break_glass_id"]))
+        if tx.type == "config":
+            return CONFIG_KEY
     except (KeyError, TypeError) as exc:
         raise DecodeError(f"{tx.type} body does not name its entry") from exc
     return None
@@ -1204,6 +1364,8 @@ def shows_effect(tx: Transaction, value: Any) -> bool:
         if tx.type == "break_glass":
             return isinstance(value, dict) and (value.get("doctor"), value.get("patient"), value.get("record_id")) \
                 == (tx.submitter, body["patient"], body["record_id"])
+        if tx.type == "config":  # (a later change replaces what this one showed)
+            return isinstance(value, dict) and value.get("config") == body["config"]
     except (KeyError, TypeError, DecodeError):
         return False
     return True

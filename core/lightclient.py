@@ -14,8 +14,11 @@ and the ledger's ``store`` and ``reseal`` rules (a patient's certificate,
 ``store`` and ``reseal`` transactions (:meth:`~CertificateLightClient.apply_all`
 returns the :class:`StoredRecord` values a block committed,
 :meth:`~CertificateLightClient.records` the current one of every record: a re-seal
-replaces the record's blob, so the old CID is no longer named). Every
-other transaction type is skipped without being verified.
+replaces the record's blob, so the old CID is no longer named), and the
+ledger's ``config`` rule (:meth:`core.ledger.IdentityRules.config_change`: a
+majority of member organizations adds or removes one), whose new configuration
+decides, from the next block on, which peers may register users. Every other
+transaction type is skipped without being verified.
 
 It agrees with a full :class:`core.ledger.Ledger` fed the same blocks on the
 set of registered, unrevoked certificates and on the set of stored records,
@@ -104,7 +107,6 @@ class CertificateLightClient:
 
     def __init__(self, genesis: Genesis | Block | bytes, *, verify_pre_proofs: bool = True):
         parsed = parse_genesis(genesis)
-        self.config: ConsortiumConfig = parsed.config
         self.rules = IdentityRules(parsed.config, verify_pre_proofs=verify_pre_proofs)
         self.height = 0
         self.head_hash = parsed.hash
@@ -112,6 +114,11 @@ class CertificateLightClient:
         # transactions' nonce/ entries, as the ledger writes them
         self._kv = MemoryKV()
         self._records: dict[tuple[str, str], StoredRecord] = {}
+
+    @property
+    def config(self) -> ConsortiumConfig:
+        """The configuration in force (the genesis's, or the last committed ``config`` transaction's)."""
+        return self.rules.config
 
     def apply(self, block: Block | bytes) -> list[CertificateChange]:
         """Apply the next block; the certificates it registered or revoked, by subject.
@@ -126,6 +133,7 @@ class CertificateLightClient:
         Raises DecodeError or ValidationError (then nothing changed)."""
         if not isinstance(block, Block):
             block = Block.from_bytes(block)
+        self.rules = self.rules.following(self._kv)
         self.rules.check_block(block, self.height, self.head_hash)
         state = _Overlay(self._kv)
         seen: set[bytes] = set()
@@ -145,6 +153,7 @@ class CertificateLightClient:
                 changes.append(CertificateChange(entry.subject, None if entry.revoked else entry.cert,
                                                  block.height))
         self._kv.apply(state.writes)
+        self.rules = self.rules.following(self._kv)
         self.height, self.head_hash = block.height, block.hash
         for record in stored:
             self._records[(record.patient, record.record_id)] = record
@@ -157,7 +166,7 @@ class CertificateLightClient:
             tx = Transaction.from_bytes(raw)
         except DecodeError:
             return "malformed"
-        if tx.type not in ("register", "revoke_cert", "store", "reseal"):
+        if tx.type not in ("register", "revoke_cert", "store", "reseal", "config"):
             return "skipped"
         tx_state = _Overlay(state)  # an invalid transaction writes nothing
         result: str | StoredRecord = "ok"
@@ -168,6 +177,8 @@ class CertificateLightClient:
                 self.rules.register(tx_state, block, tx)
             elif tx.type == "revoke_cert":
                 self.rules.revoke_cert(tx_state, block, tx)
+            elif tx.type == "config":  # who registers and who submits follows the configuration
+                self.rules.config_change(tx_state, block, tx)
             else:
                 self.rules.user(tx_state, tx, "patient")
                 if tx.type == "store":

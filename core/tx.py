@@ -63,6 +63,7 @@ TX_TYPES = (
     "standing",
     "break_glass",
     "reseal",
+    "config",
 )
 MAX_TX_SIZE = 64 * 1024
 NONCE_SIZE = 16

@@ -48,6 +48,19 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("node", "start"): ("agents.cli.node", "start_main", "run one peer, orderer or storage node from its config"),
     ("node", "status"): ("agents.cli.node", "status_main", "ask a running node: height, connections, queues"),
     ("node", "config"): ("agents.cli.node", "config_main", "export a node config + key store for a swarm's agent"),
+    ("org", "init"): ("agents.cli.org", "org_init_main", "create a hospital's keys, TLS CA and public profile"),
+    ("org", "profile"): ("agents.cli.org", "org_profile_main", "print or export a hospital's public profile"),
+    ("consortium", "genesis"): ("agents.cli.org", "consortium_genesis_main", "build a genesis draft from profiles"),
+    ("consortium", "sign"): ("agents.cli.org", "consortium_sign_main", "sign a genesis draft as this hospital"),
+    ("consortium", "seal"): ("agents.cli.org", "consortium_seal_main", "check every member signed; write genesis"),
+    ("consortium", "manifest"): ("agents.cli.org", "consortium_manifest_main",
+                                 "write manifest.json (genesis, node addresses) for clients"),
+    ("consortium", "change"): ("agents.cli.org", "consortium_change_main", "prepare adding or removing a member"),
+    ("consortium", "sign-change"): ("agents.cli.org", "consortium_sign_change_main",
+                                    "approve a configuration change as this hospital"),
+    ("registrar", "issue"): ("agents.cli.org", "registrar_issue_main", "issue an enrollment token for a subject"),
+    ("user", "init"): ("agents.cli.org", "user_init_main", "create your keys; print your enrolling key"),
+    ("user", "enroll"): ("agents.cli.org", "user_enroll_main", "enroll with your hospital's peer using a token"),
 }
 
 
@@ -73,6 +86,10 @@ def backend_main(argv: list[str]) -> int:
 
 _GROUP_HELP = {
     "bench": "benchmarks (each prints its numbers; --json FILE saves them)",
+    "consortium": "the genesis: built from the members' profiles, signed by each",
+    "org": "a hospital's own keys and public profile",
+    "registrar": "a hospital's registrar: enrollment tokens",
+    "user": "a user's own keys and enrollment, on their own machine",
     "fhir": "a FHIR front end to the swarm",
     "ledger": "offline checks of the peers' stored ledgers",
     "node": "one consortium node as a service (config, start, status)",

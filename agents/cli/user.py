@@ -167,7 +167,7 @@ def _similar(a: str, b: str) -> bool:
 
 
 def _check_org(files: "SwarmFiles", org: str | None, what: str) -> str:
-    orgs = list(files.enroll_secrets())
+    orgs = files.orgs()
     if not org:
         raise UsageError(what, "--org is required to register", f"give your hospital: --org {' or --org '.join(orgs)}")
     if org not in orgs:

@@ -14,7 +14,7 @@ orderer or a storage node) from a file like::
     data_dir = "data"                      # ledger / blob store
     metrics = "127.0.0.1:9464"             # optional: HTTP /metrics, /health, /status
     grace = 10.0                           # seconds in-flight work gets after SIGTERM/SIGINT
-    enroll_secret_file = "hospital-a.enroll"   # peers: the organization's enrollment secret (hex)
+    enrolls = true                         # peers: enroll users (tokens checked against the genesis's registrar keys)
     ready_file = ""                        # optional: the pid is written here once the node serves
 
     [consortium]                           # what the genesis does not say
@@ -83,7 +83,7 @@ MAX_CONFIG_BYTES = 1 << 20
 _NODE_KEYS: dict[str, tuple[type, Any]] = {
     "id": (str, None), "role": (str, None), "listen": (str, "tcp://127.0.0.1:0"), "genesis": (str, None),
     "keystore": (str, None), "key_file": (str, ""), "passphrase_file": (str, ""), "data_dir": (str, None),
-    "metrics": (str, ""), "grace": (float, 10.0), "enroll_secret_file": (str, ""), "ready_file": (str, ""),
+    "metrics": (str, ""), "grace": (float, 10.0), "enrolls": (bool, True), "ready_file": (str, ""),
 }
 _TABLE_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "consortium": {"storage": (list, []), "replicas": (int, 3), "write_quorum": (int, 2)},
@@ -114,6 +114,12 @@ def _coerce(value: Any, typ: type, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise NodeConfigError(f"{where} must be text; quote it")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.strip().lower() in ("true", "1", "yes")
+        raise NodeConfigError(f"{where} must be true or false; fix it")
     if isinstance(value, bool) or (typ is int and isinstance(value, float) and not value.is_integer()):
         raise NodeConfigError(f"{where} must be {'a whole' if typ is int else 'a'} number; fix it")
     try:
@@ -154,7 +160,7 @@ class NodeConfig:
     passphrase_file: Path | None = None
     metrics: str = ""
     grace: float = 10.0
-    enroll_secret_file: Path | None = None
+    enrolls: bool = True
     ready_file: Path | None = None
     storage: list[str] = field(default_factory=list)
     replicas: int = 3
@@ -241,14 +247,6 @@ class NodeConfig:
         except KeyStoreError as exc:
             raise NodeConfigError(f"{exc}; check the key file or passphrase") from None
 
-    def enroll_secret(self) -> bytes | None:
-        if self.enroll_secret_file is None:
-            return None
-        try:
-            return bytes.fromhex(self.enroll_secret_file.read_text().strip())
-        except (OSError, ValueError) as exc:
-            raise NodeConfigError(f"enrollment secret {self.enroll_secret_file}: {exc}; "
-                                  "check [node] enroll_secret_file") from None
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -343,7 +341,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
         path=path, id=node["id"], role=node["role"], listen=node["listen"], genesis=at(node["genesis"]),
         keystore=at(node["keystore"]), data_dir=at(node["data_dir"]), key_file=at(node["key_file"]),
         passphrase_file=at(node["passphrase_file"]), metrics=node["metrics"], grace=node["grace"],
-        enroll_secret_file=at(node["enroll_secret_file"]), ready_file=at(node["ready_file"]),
+        enrolls=node["enrolls"], ready_file=at(node["ready_file"]),
         storage=cons["storage"], replicas=cons["replicas"], write_quorum=cons["write_quorum"],
         routes=maps["routes"], keys=keys, orderer=values["orderer"], storage_settings=values["storage"],
         overridden=overridden,

@@ -4,9 +4,10 @@
   node.toml``): a self-contained node for one agent of an existing swarm, to
   run on its own (another machine): beside the config it writes the genesis,
   the agent's keys re-encrypted in a key store of their own under a NEW key
-  file (or a passphrase), never the swarm's key that opens every agent's
-  keys, and, for a peer, its organization's enrollment secret (until
-  registrar-signed tokens replace it). Secret files are mode 0600.
+  file (or a passphrase), never the key that opens the swarm's other keys.
+  Secret files are mode 0600. (Users enroll with tokens their hospital's
+  registrar signs; a peer checks them against the genesis, so it needs no secret
+  for that.)
 * :func:`swarm_node_config` (``swarm up --processes``): the config of one of
   the swarm's node processes, referring to the swarm's own files (its key
   store and key file, its agent directory, its ready file).
@@ -34,7 +35,7 @@ GENESIS_FILE = "genesis.block"
 
 
 def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Path, data_dir: Path,
-            key_file: Path | None = None, passphrase_file: Path | None = None, enroll: Path | None = None,
+            key_file: Path | None = None, passphrase_file: Path | None = None,
             ready_file: Path | None = None, metrics: str = "") -> dict[str, dict[str, Any]]:
     manifest = files.manifest()
     spec = files.spec()
@@ -44,7 +45,7 @@ def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Pat
         "id": agent, "role": role_of(agent, manifest), "listen": listen, "genesis": str(genesis),
         "keystore": str(keystore), "key_file": str(key_file) if key_file else None,
         "passphrase_file": str(passphrase_file) if passphrase_file else None, "data_dir": str(data_dir),
-        "metrics": metrics or None, "enroll_secret_file": str(enroll) if enroll else None,
+        "metrics": metrics or None,
         "ready_file": str(ready_file) if ready_file else None,
     }
     return {
@@ -63,21 +64,25 @@ def _org_of(files: Any, agent: str) -> str | None:
     return next((o for o, ps in files.manifest().peer_orgs.items() if agent in ps), None)
 
 
+def _keystore_of(files: Any, agent: str) -> tuple[Path, Path]:
+    """The key store holding ``agent``'s keys in a swarm directory, and the key file that opens
+    it: a peer's in its hospital's organization directory, the others' in the swarm's."""
+    org = _org_of(files, agent)
+    if org is not None:
+        return files.org_dir(org).dir / "keys" / f"{agent}.keys", files.secrets / f"{org}.key"
+    return files.keystore(agent).path, files.key_file
+
+
 def swarm_node_config(files: Any, agent: str) -> Path:
     """Write ``DIR/nodes/AGENT.toml`` for the swarm's node process ``agent``; return its path."""
     manifest = files.manifest()
     genesis = files.dir / GENESIS_FILE
     if not genesis.exists() or genesis.read_bytes() != manifest.genesis:
         atomic_write(genesis, manifest.genesis, mode=0o644)
-    enroll = None
-    org = _org_of(files, agent)
-    if org is not None:
-        enroll = files.secrets / f"enroll-{org}.hex"
-        if not enroll.exists():
-            atomic_write(enroll, files.enroll_secrets()[org].hex().encode())
+    keystore, key_file = _keystore_of(files, agent)
     path = files.dir / "nodes" / f"{agent}.toml"
-    tables = _tables(files, agent, listen=manifest.agents[agent], genesis=genesis, keystore=files.keystore(agent).path,
-                     key_file=files.key_file, data_dir=files.agent_dir(agent), enroll=enroll,
+    tables = _tables(files, agent, listen=manifest.agents[agent], genesis=genesis, keystore=keystore,
+                     key_file=key_file, data_dir=files.agent_dir(agent),
                      ready_file=files.dir / "run" / f"{agent}.ready")
     text = render_config(tables, f"node {agent} of the swarm in {files.dir} (written by `swarm up --processes`)")
     atomic_write(path, text.encode(), mode=0o644)
@@ -98,7 +103,7 @@ def export_node(files: Any, agent: str, out: Path, *, listen: str | None = None,
     genesis = base / GENESIS_FILE
     atomic_write(genesis, manifest.genesis, mode=0o644)
     written.append(genesis)
-    keys = files.keystore(agent).load()
+    keys = files.agent_keys(agent).to_bytes()
     keystore = base / f"{agent}.keys"
     key_file = None
     if passphrase is None:
@@ -109,19 +114,12 @@ def export_node(files: Any, agent: str, out: Path, *, listen: str | None = None,
     else:
         KeyStore(keystore, passphrase=passphrase).save(keys)
     written.append(keystore)
-    enroll = None
-    org = _org_of(files, agent)
-    if org is not None:
-        enroll = base / f"{org}.enroll"
-        atomic_write(enroll, files.enroll_secrets()[org].hex().encode())
-        written.append(enroll)
-
     def rel(p: Path | None) -> Path | None:
         return Path(os.path.relpath(p, base)) if p is not None else None
 
     tables = _tables(files, agent, listen=listen or manifest.agents[agent], genesis=rel(genesis),
                      keystore=rel(keystore), key_file=rel(key_file), data_dir=Path(data_dir or f"data-{agent}"),
-                     enroll=rel(enroll), metrics=metrics)
+                     metrics=metrics)
     comment = (f"node {agent} of consortium {manifest.consortium}, exported from {files.dir}.\n"
                "Start it with: emrshare node start --config " + out.name
                + ("" if key_file else f"   (passphrase in {json.dumps('EMRSHARE_NODE_PASSPHRASE')} or "

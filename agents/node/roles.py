@@ -34,7 +34,7 @@ class RoleSettings:
     reconcile_interval: float = 30.0
     collect_grace: float = 900.0
     upload_timeout: float = 120.0
-    enroll_secret: bytes | None = None
+    enrolls: bool = True  # peers: enroll users (tokens signed by a registrar the genesis names)
 
 
 def role_of(agent: str, manifest: Manifest) -> str:
@@ -102,7 +102,7 @@ class _Peer(RoleAgent):
         if parse_genesis(manifest.genesis).config.peer(agent_id) is None:
             raise ValueError(f"{agent_id!r} is not a peer in this consortium's genesis")
         self.peer = PeerAgent(peer_id=agent_id, keys=keys, genesis=manifest.genesis, data_dir=data_dir,
-                              manifest=manifest, enroll_secret=settings.enroll_secret)
+                              manifest=manifest, enrolls=settings.enrolls)
         self.blocks = self.txs_valid = self.txs_invalid = 0
         self.peer.add_commit_listener(self._committed)
 

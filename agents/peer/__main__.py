@@ -19,9 +19,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
     manifest = Manifest.from_json(args.manifest.read_text())
     keys = AgentKeys.from_bytes(KeyStore(args.keystore, key_file=args.key_file).load())
-    secret = bytes.fromhex(args.enroll_secret_file.read_text().strip()) if args.enroll_secret_file else None
     peer = PeerAgent(peer_id=args.id, keys=keys, genesis=manifest.genesis, data_dir=args.data,
-                     manifest=manifest, enroll_secret=secret)
+                     manifest=manifest, enrolls=not args.no_enroll)
     async with bus.open_node() as node:
         address = await node.listen(args.listen)
         await serve_until_signal(peer.run, node,
@@ -30,7 +29,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m agents.peer serve --id ID --manifest FILE --keystore FILE --key-file FILE --data DIR
-    [--listen tcp://127.0.0.1:0] [--enroll-secret-file FILE]``: run one peer until SIGINT/SIGTERM.
+    [--listen tcp://127.0.0.1:0] [--no-enroll]``: run one peer until SIGINT/SIGTERM.
 
     The key store holds the peer's :class:`AgentKeys` (``KeyStore`` with a key file); the manifest's
     ``agents`` give the orderer's and the other peers' addresses. Prints ``ready ADDRESS HEIGHT``
@@ -41,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--manifest", type=Path, required=True, help="the consortium's manifest (JSON)")
     s.add_argument("--keystore", type=Path, required=True, help="the key store holding the peer's keys")
     s.add_argument("--data", type=Path, required=True, help="the peer's data directory (its copy of the ledger)")
-    s.add_argument("--enroll-secret-file", type=Path, default=None, help="hex of the organization's enroll secret")
+    s.add_argument("--no-enroll", action="store_true",
+                   help="do not enroll users (tokens are checked against the registrar key in the genesis)")
     return run_agent(_serve, parser.parse_args(argv))
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ import trio
 import bus
 from core import canonical
 from core.errors import DecodeError
-from core.ledger import Block, CommitResult, Ledger, effect_key, parse_genesis
+from core.ledger import CONFIG_KEY, Block, CommitResult, Ledger, effect_key, parse_genesis
 from core.protocol import COMMITS, EVENT_TYPES, CommitNotice, Decision, PeerEvent, commits_owner, commits_topic
 from core.state import CertEntry, GrantEntry, certs_prefix, entry_key, parse_key
 from core.tx import Transaction
@@ -68,12 +68,12 @@ MAX_COMMIT_HINTS = 65536  # users remembered as commit subscribers (cleared beyo
 
 class PeerAgent:
     def __init__(self, *, peer_id: str, keys: AgentKeys, genesis: bytes, data_dir: Path, manifest: Manifest,
-                 enroll_secret: bytes | None, clock: Callable[[], float] = time.time,
+                 enrolls: bool = True, clock: Callable[[], float] = time.time,
                  submit_timeout: float = 20.0, sync_idle: float = 5.0, retry_interval: float = 1.0):
         self.peer_id = peer_id
         self.keys = keys
         self.manifest = manifest
-        self.enroll_secret = enroll_secret
+        self.enrolls = enrolls  # issues certificates to its organization's users (tokens: the registrar's key)
         self.clock = clock
         parsed = parse_genesis(genesis)
         self.genesis = parsed.block
@@ -177,6 +177,21 @@ class PeerAgent:
 
     # ------------------------------------------------------------ after a commit
 
+    def _follow_config(self, height: int) -> None:
+        """A ``config`` transaction committed: the peers it added are known on the bus and
+        classified as peers from now on, the ones it removed are not (the ledger enforces
+        the new configuration from the next block)."""
+        old, new = {p.id for p in self.config.peers}, {p.id: p for p in self.ledger.config.peers}
+        self.config = self.ledger.config
+        for pid in old - set(new):
+            self.directory.remove_static(pid)
+        for pid, info in new.items():
+            if pid not in old:
+                self.directory.add_static(pid, info.ecdsa_key)
+        self.classifier.set_peers(new)
+        log.info("peer %s: configuration changed at block %d: organizations %s", self.peer_id, height,
+                 ", ".join(o.id for o in self.config.orgs))
+
     async def _after_commit(self, block: Block, result: CommitResult) -> None:
         events = []
         for key, value in result.writes.items():
@@ -200,6 +215,8 @@ class PeerAgent:
             elif state_key.kind == "grant":
                 if GrantEntry.from_state(_own_state(value)).revoked:
                     self.handlers.forget_share(state_key.parts[0])
+        if CONFIG_KEY in result.writes:
+            self._follow_config(block.height)
         self.forwarder.resolve(block, result)
         self.height = block.height
         committed, self._committed = self._committed, trio.Event()

@@ -152,12 +152,13 @@ class PeerHandlers:
         subject, org, attributes = request.subject, request.org, request.attributes
         if org != peer.info.org:
             raise bus.HandlerError(codes.ENROLL_DENIED, f"{peer.peer_id} enrolls members of {peer.info.org} only")
-        if peer.enroll_secret is None:
+        org_info = peer.config.org(org)
+        if not peer.enrolls or org_info is None:
             raise bus.HandlerError(codes.ENROLL_DENIED, f"{peer.peer_id} does not enroll users")
         try:
             token = EnrollmentToken.from_bytes(request.token)
-            token.check(peer.enroll_secret, subject=subject, org=org, attributes=attributes, enroll_key=ecdsa_key,
-                        now=peer.clock())
+            await run_crypto(token.check, org_info.registrar_key, subject=subject, org=org, attributes=attributes,
+                             enroll_key=ecdsa_key, now=peer.clock())
         except (DecodeError, ValidationError) as exc:
             log.info("peer %s: enrollment of %r from %s denied (%s)", peer.peer_id, subject, msg.sender,
                      getattr(exc, "code", "bad token"))

@@ -5,8 +5,9 @@ configurations the tests share.
   exists only in a test or a benchmark: organizations, peers (:class:`AgentKeys`
   each, proxy indices 1..n in the order given), optional storage nodes, the
   orderer's key, the :class:`core.identity.ConsortiumConfig`, the signed
-  genesis block, the :class:`agents.consortium.Manifest`, each organization's
-  registrar secret (enrollment tokens) and the bus's key directory. It runs
+  genesis block (signed by every organization's admin key), the
+  :class:`agents.consortium.Manifest`, each organization's admin and registrar
+  keys (configuration signatures, enrollment tokens) and the bus's key directory. It runs
   nothing; :meth:`TestConsortium.orderer` and :meth:`TestConsortium.peer` make
   the real agents over it.
 * :func:`split_peers`: peer ids and organizations laid out as the tests name them.
@@ -24,7 +25,6 @@ fresh (``secrets``/key generation) but nothing is kept safe.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -110,7 +110,8 @@ class TestConsortium:
     threshold: int
     config: ConsortiumConfig
     genesis: Block
-    secrets: dict[str, bytes]
+    registrars: dict[str, bytes]  # org -> registrar ECDSA private key (signs enrollment tokens)
+    admins: dict[str, bytes]  # org -> admin ECDSA private key (signs the configuration)
     static_keys: dict[str, bytes]
     manifest: Manifest
 
@@ -137,16 +138,19 @@ class TestConsortium:
         if max_skew_ms is not None:
             timing["max_skew_ms"] = max_skew_ms
         names = org_names or {}
-        config = ConsortiumConfig(name, tuple(OrgInfo(o, names.get(o, o.upper())) for o in orgs),
+        admins = {o: ecdsa.generate_private_key() for o in orgs}
+        registrars = {o: ecdsa.generate_private_key() for o in orgs}
+        config = ConsortiumConfig(name, tuple(OrgInfo(o, names.get(o, o.upper()), ecdsa.public_key(admins[o]),
+                                                      ecdsa.public_key(registrars[o])) for o in orgs),
                                   tuple(infos.values()), "orderer", ecdsa.public_key(orderer_key), threshold,
                                   **timing)
-        genesis = make_genesis(config, orderer_key)
+        genesis = make_genesis(config, {o: config.sign_as_org(admins[o]) for o in orgs})
         static = {pid: k.ecdsa_public for pid, k in peer_keys.items()}
         static.update({sid: k.ecdsa_public for sid, k in storage_keys.items()})
         static["orderer"] = ecdsa.public_key(orderer_key)
         peer_orgs = {o: [pid for pid, org in peers if org == o] for o in orgs}
         return cls(name, orgs, "orderer", orderer_key, peer_keys, infos, storage_keys, threshold, config, genesis,
-                   {o: secrets.token_bytes(32) for o in orgs}, static,
+                   registrars, admins, static,
                    Manifest(name, genesis.to_bytes(), "orderer", list(infos), list(storage_keys), threshold,
                             dict(agents or {}), dict(static), peer_orgs, **manifest))
 
@@ -157,7 +161,7 @@ class TestConsortium:
     def token(self, subject: str, org: str, attributes: dict, enrolling: str) -> bytes:
         """``org``'s registrar's enrollment token for ``subject`` with ``attributes``,
         bound to the enrolling id ``enrolling`` (``enroll:<hex ECDSA key>``)."""
-        return enrollment_token(self.secrets[org], subject, org, attributes, enrolling)
+        return enrollment_token(self.registrars[org], subject, org, attributes, enrolling)
 
     def orderer(self, data_dir: Path, **kw: Any) -> "OrdererAgent":
         """The embedded orderer over this genesis, storing its chain in ``data_dir``."""
@@ -169,11 +173,11 @@ class TestConsortium:
                             directory=kw.pop("directory", None) or self.manifest.directory(), **kw)
 
     def peer(self, pid: str, data_dir: Path, **kw: Any) -> "PeerAgent":
-        """Peer ``pid`` (its own keys and its organization's registrar secret)."""
+        """Peer ``pid`` (its own keys; it checks enrollment tokens against the registrar keys in the genesis)."""
         from agents.peer import PeerAgent
 
         return PeerAgent(peer_id=pid, keys=self.peer_keys[pid], genesis=self.genesis.to_bytes(), data_dir=data_dir,
-                         manifest=self.manifest, enroll_secret=self.secrets[self.peers[pid].org], **kw)
+                         manifest=self.manifest, **kw)
 
 
 def user_config(manifest: Manifest, data_dir: Path, subject: str, org: str, attributes: dict, *,

@@ -165,7 +165,7 @@ class FakeConsortium:
             raise bus.HandlerError(codes.ENROLL_DENIED, "bad organization")
         try:
             EnrollmentToken.from_bytes(b["token"]).check(
-                self.consortium.secrets[b["org"]], subject=b["subject"], org=b["org"], attributes=b["attributes"],
+                self.consortium.config.org(b["org"]).registrar_key, subject=b["subject"], org=b["org"], attributes=b["attributes"],
                 enroll_key=bytes.fromhex(msg.sender[len(ENROLL_PREFIX):]), now=time.time())
         except (DecodeError, ValidationError):
             raise bus.HandlerError(codes.ENROLL_DENIED, "bad token") from None

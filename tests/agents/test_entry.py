@@ -27,7 +27,7 @@ def test_a_subcommand_is_required(capsys):
     assert e.value.code == 2
 
 
-@pytest.mark.parametrize("module, own", [("agents.peer.__main__", "--enroll-secret-file"),
+@pytest.mark.parametrize("module, own", [("agents.peer.__main__", "--no-enroll"),
                                          ("agents.storage.__main__", "--sessions-per-sender")])
 def test_agent_processes_serve_with_the_common_options(module, own, capsys):
     import importlib

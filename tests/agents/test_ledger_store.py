@@ -16,9 +16,10 @@ from core.ledger import Block, CommitResult, Ledger, MemoryKV, make_genesis
 def _genesis(key=None):
     key = key or ecdsa.generate_private_key()
     peer = PeerInfo("peer-1", "org", ecdsa.public_key(ecdsa.generate_private_key()), pre.box_keypair()[1], 1)
-    config = ConsortiumConfig("c", (OrgInfo("org", "Org"),), (peer,), "orderer", ecdsa.public_key(key), 1,
-                              created_at=1_000)
-    return make_genesis(config, key), key
+    admin = ecdsa.generate_private_key()
+    org = OrgInfo("org", "Org", ecdsa.public_key(admin), ecdsa.public_key(ecdsa.generate_private_key()))
+    config = ConsortiumConfig("c", (org,), (peer,), "orderer", ecdsa.public_key(key), 1, created_at=1_000)
+    return make_genesis(config, {"org": config.sign_as_org(admin)}), key
 
 
 @given(st.lists(st.text(alphabet="ab/\u00e9\U0001f600z", max_size=6), max_size=30),

@@ -4,7 +4,6 @@ queries, audit, key shares, re-encryption and revocation, events, catch-up, CLI 
 from __future__ import annotations
 
 import hashlib
-import secrets
 import sqlite3
 import time
 from contextlib import asynccontextmanager
@@ -47,11 +46,13 @@ class Consortium:
             self.peer_keys[pid] = keys
             infos.append(PeerInfo(pid, org, keys.ecdsa_public, keys.box_public, i + 1))
         self.infos = {p.id: p for p in infos}
-        self.config = ConsortiumConfig("test", (OrgInfo("org-a", "Hospital A"), OrgInfo("org-b", "Hospital B")),
-                                       tuple(infos), "orderer", ecdsa.public_key(self.orderer_key), threshold,
-                                       created_at=int(time.time() * 1000))
-        self.genesis = make_genesis(self.config, self.orderer_key).to_bytes()
-        self.secrets = {"org-a": secrets.token_bytes(32), "org-b": secrets.token_bytes(32)}
+        self.registrars = {"org-a": ecdsa.generate_private_key(), "org-b": ecdsa.generate_private_key()}
+        self.admins = admins = {"org-a": ecdsa.generate_private_key(), "org-b": ecdsa.generate_private_key()}
+        orgs = tuple(OrgInfo(o, name, ecdsa.public_key(admins[o]), ecdsa.public_key(self.registrars[o]))
+                     for o, name in (("org-a", "Hospital A"), ("org-b", "Hospital B")))
+        self.config = ConsortiumConfig("test", orgs, tuple(infos), "orderer", ecdsa.public_key(self.orderer_key),
+                                       threshold, created_at=int(time.time() * 1000))
+        self.genesis = make_genesis(self.config, {o: self.config.sign_as_org(k) for o, k in admins.items()}).to_bytes()
         keys = {pid: k.ecdsa_public for pid, k in self.peer_keys.items()}
         keys["orderer"] = ecdsa.public_key(self.orderer_key)
         self.manifest = Manifest("test", self.genesis, "orderer", list(self.peer_keys), [], threshold,
@@ -63,9 +64,8 @@ class Consortium:
                             data_dir=self.tmp / "orderer", directory=self.manifest.directory(), **kw)
 
     def peer(self, pid: str, **kw) -> PeerAgent:
-        org = self.infos[pid].org
         return PeerAgent(peer_id=pid, keys=self.peer_keys[pid], genesis=self.genesis, data_dir=self.tmp / pid,
-                         manifest=self.manifest, enroll_secret=self.secrets[org], **kw)
+                         manifest=self.manifest, **kw)
 
 
 class User:
@@ -84,7 +84,7 @@ def enroll_body(c: Consortium, keys: AgentKeys, subject: str, org: str, attrs: d
     """A ``peer.enroll`` body from ``keys``, with a fresh token bound to them unless ``token`` is given."""
     recv = keys.receive
     if token is None:
-        token = enrollment_token(c.secrets[org], subject, org, attrs, enroll_id(keys.ecdsa_public))
+        token = enrollment_token(c.registrars[org], subject, org, attrs, enroll_id(keys.ecdsa_public))
     return {"subject": subject, "org": org, "attributes": attrs, "box_key": keys.box_public,
             "pre_key": recv.public.to_bytes(), "pre_proof": recv.prove(subject).to_bytes(), "valid_s": 86400,
             "token": token}
@@ -136,10 +136,10 @@ async def test_enrollment_good_bad_and_duplicate(tmp_path):
                 assert p.directory("alice") == alice.keys.ecdsa_public
             keys = AgentKeys.generate()
             ep = make_endpoint(node, enroll_id(keys.ecdsa_public), keys.ecdsa_private, c.manifest.directory())
-            with pytest.raises(bus.RemoteError) as info:  # token made with the wrong secret
+            with pytest.raises(bus.RemoteError) as info:  # token signed by a key that is not the registrar's
                 await ep.request("peer-a-1", "peer.enroll", enroll_body(
                     c, keys, "mallory", "org-a", {"role": "doctor"},
-                    token=enrollment_token(secrets.token_bytes(32), "mallory", "org-a", {"role": "doctor"},
+                    token=enrollment_token(ecdsa.generate_private_key(), "mallory", "org-a", {"role": "doctor"},
                                            enroll_id(keys.ecdsa_public))))
             assert info.value.code == "enroll.denied"
             with pytest.raises(bus.RemoteError) as info:  # token for other attributes
@@ -166,6 +166,37 @@ async def test_enrollment_good_bad_and_duplicate(tmp_path):
             assert info.value.code == "forbidden"
 
 
+async def test_peers_follow_a_configuration_change(tmp_path):
+    """org-b leaves (both organizations sign): every peer drops its peers from the bus
+    directory and the classifier, and org-b's peers enroll nobody any more."""
+    from core.identity import ConsortiumConfig
+    from core.ledger import sign_config_change
+
+    c = Consortium(tmp_path)
+    cur = c.config
+    gone = ConsortiumConfig(cur.name, cur.orgs[:1], tuple(p for p in cur.peers if p.org == "org-a"), cur.orderer_id,
+                            cur.orderer_key, cur.threshold, cur.max_skew_ms, cur.created_at)
+    body = {"config": gone.to_bytes(),
+            "signatures": {o: sign_config_change(cur, 0, gone, c.admins[o]) for o in ("org-a", "org-b")}}
+    with trio.fail_after(30):
+        async with running(c) as (node, orderer, peers, _):
+            assert peers["peer-a-1"].directory("peer-b-3") is not None
+            tx = Transaction.create("config", "peer-a-1", body, c.peer_keys["peer-a-1"].ecdsa_private,
+                                    int(time.time() * 1000))
+            [(_, height, mark)] = await peers["peer-a-1"].submit([tx.to_bytes()], wait=True)
+            assert mark == "ok"
+            for p in peers.values():
+                await p.wait_for_height(height)
+                assert p.config == gone == p.ledger.config
+                assert p.directory("peer-b-3") is None and p.directory("peer-a-2") is not None
+                assert p.classifier.node_class("peer-b-3") is None
+            keys = AgentKeys.generate()
+            ep = make_endpoint(node, enroll_id(keys.ecdsa_public), keys.ecdsa_private, c.manifest.directory())
+            with pytest.raises(bus.RemoteError) as info:
+                await ep.request("peer-b-3", "peer.enroll", enroll_body(c, keys, "bob", "org-b", {"role": "patient"}))
+            assert info.value.code == "enroll.denied"
+
+
 async def test_enrollment_tokens_are_bound_to_the_key_expire_and_enroll_once(tmp_path):
     c = Consortium(tmp_path)
     attrs = {"role": "doctor", "department": "cardiology"}
@@ -177,14 +208,14 @@ async def test_enrollment_tokens_are_bound_to_the_key_expire_and_enroll_once(tmp
             attacker_ep = make_endpoint(node, enroll_id(attacker.ecdsa_public), attacker.ecdsa_private,
                                         c.manifest.directory())
             # a token captured on the network, replayed from the attacker's own key: refused, nothing written
-            captured = enrollment_token(c.secrets["org-a"], "dr-v", "org-a", attrs, enroll_id(victim.ecdsa_public))
+            captured = enrollment_token(c.registrars["org-a"], "dr-v", "org-a", attrs, enroll_id(victim.ecdsa_public))
             height = peers["peer-a-1"].height
             with pytest.raises(bus.RemoteError) as info:
                 await attacker_ep.request("peer-a-1", "peer.enroll",
                                           enroll_body(c, attacker, "dr-v", "org-a", attrs, token=captured))
             assert info.value.code == "enroll.denied"
             # an expired token: refused with its own code
-            stale = enrollment_token(c.secrets["org-a"], "dr-v", "org-a", attrs, enroll_id(victim.ecdsa_public),
+            stale = enrollment_token(c.registrars["org-a"], "dr-v", "org-a", attrs, enroll_id(victim.ecdsa_public),
                                      ttl_s=3600, now=time.time() - 7200)
             with pytest.raises(bus.RemoteError) as info:
                 await victim_ep.request("peer-a-1", "peer.enroll", enroll_body(c, victim, "dr-v", "org-a", attrs,
@@ -201,7 +232,7 @@ async def test_enrollment_tokens_are_bound_to_the_key_expire_and_enroll_once(tmp
                                         enroll_body(c, victim, "dr-v", "org-a", attrs, token=captured))
             assert info.value.code == "enroll.exists"
             spent_id = EnrollmentToken.from_bytes(captured).token_id
-            reissued = enrollment.issue(c.secrets["org-a"], subject="dr-w", org="org-a", attributes=attrs,
+            reissued = enrollment.issue(c.registrars["org-a"], subject="dr-w", org="org-a", attributes=attrs,
                                         enroll_key=attacker.ecdsa_public, expires=int(time.time()) + 3600,
                                         token_id=spent_id).to_bytes()
             for p in peers.values():

@@ -55,6 +55,7 @@ rule cardio:
         c = TestConsortium.build(split_peers(4, name="p{number}"), name="chain",
                                  org_names={"org-a": "A", "org-b": "B"}, max_skew_ms=60_000, created_at=T0 * 1000)
         self.orderer_key, self.config, self.genesis = c.orderer_key, c.config, c.genesis
+        self.admins = c.admins  # org -> admin key (signs configuration changes)
         self.peer_keys: dict[str, bytes] = {pid: k.ecdsa_private for pid, k in c.peer_keys.items()}
         self.kv = MemoryKV()
         self.ledger = Ledger(self.genesis, self.kv)

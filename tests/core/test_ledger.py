@@ -10,7 +10,9 @@ import pytest
 from core import canonical, ecdsa, pre
 from core.cid import compute as compute_cid
 from core.identity import Certificate
-from core.ledger import BREAK_GLASS_TAG, Block, Ledger, MemoryKV, break_glass_message, make_genesis, merkle_root
+from core.identity import ConsortiumConfig
+from core.ledger import (BREAK_GLASS_TAG, Block, Ledger, MemoryKV, break_glass_message, merkle_root,
+                         sign_config_change)
 from core.errors import DecodeError, SignatureError, ValidationError
 from core.policy import parse as parse_policy
 from core.tx import Transaction
@@ -432,24 +434,28 @@ def test_bad_capsules_and_numbers_are_refused_where_they_enter_the_ledger(c):
 # ------------------------------------------------------------------ genesis
 
 
-def test_parse_genesis_checks_block_zero_and_its_signature(chain):
-    from core.ledger import Genesis, parse_genesis
+def test_parse_genesis_checks_block_zero_and_the_org_signatures(chain):
+    from core.ledger import GENESIS_SIGNATURE, Genesis, parse_genesis
 
     parsed = parse_genesis(chain.genesis.to_bytes())
     assert parsed.config == chain.config and parsed.block == chain.genesis and parsed.hash == chain.genesis.hash
     assert parse_genesis(chain.genesis) == parsed == parse_genesis(parsed)
     assert parse_genesis(parsed, orderer_key=chain.config.orderer_key) is parsed
     assert Ledger(parsed, MemoryKV()).config == Ledger(chain.genesis.to_bytes(), MemoryKV()).config == chain.config
+    assert chain.genesis.orderer_sig == GENESIS_SIGNATURE  # no orderer signs block 0: the orgs do
     okey = chain.orderer_key
     other = ecdsa.generate_private_key()
+    txs = chain.genesis.txs
     bad = [
         b"\x93junk",
-        Block.make(1, bytes(32), 0, [chain.config.to_bytes()], okey),  # not height 0
-        Block.make(0, b"\x01" * 32, 0, [chain.config.to_bytes()], okey),  # not after the zero hash
-        Block.make(0, bytes(32), 0, [chain.config.to_bytes()] * 2, okey),  # two entries
-        Block.make(0, bytes(32), 0, [b"\x80"], okey),  # not a configuration
-        make_genesis(chain.config, other),  # signed by another key than the one it names
-        Block(0, bytes(32), 0, bytes(32), chain.genesis.txs, chain.genesis.orderer_sig),  # wrong Merkle root
+        Block.make(1, bytes(32), 0, txs, okey),  # not height 0
+        Block(0, b"\x01" * 32, chain.config.created_at, merkle_root(txs), txs, GENESIS_SIGNATURE),  # not after zero
+        Block(0, bytes(32), chain.config.created_at, merkle_root(txs[:1]), txs[:1], GENESIS_SIGNATURE),  # one entry
+        Block(0, bytes(32), chain.config.created_at, merkle_root([b"\x80", txs[1]]), (b"\x80", txs[1]),
+              GENESIS_SIGNATURE),  # not a configuration
+        Block.make(0, bytes(32), chain.config.created_at, txs, okey),  # an orderer signature where none belongs
+        Block(0, bytes(32), chain.config.created_at, bytes(32), txs, GENESIS_SIGNATURE),  # wrong Merkle root
+        Block(0, bytes(32), 1, merkle_root(txs), txs, GENESIS_SIGNATURE),  # block time is not the config's
     ]
     for genesis in bad:
         with pytest.raises(DecodeError):
@@ -521,6 +527,11 @@ def test_effect_key_and_shows_effect_for_every_transaction_type(chain):
     resealed = {**c.store_body(), "epoch": 1}
     commit(c.tx("reseal", "alice", resealed), rival=c.tx("reseal", "alice", {**resealed, "epoch": 2}))
     commit(c.tx("revoke_cert", "p3", {"subject": "dave", "reason": "left"}))
+    cur = c.config  # both organizations agree org-b leaves (a later change would replace what this shows)
+    gone = ConsortiumConfig(cur.name, cur.orgs[:1], tuple(p for p in cur.peers if p.org == "org-a"), cur.orderer_id,
+                            cur.orderer_key, cur.threshold, cur.max_skew_ms, cur.created_at)
+    commit(c.tx("config", "p1", {"config": gone.to_bytes(), "signatures": {
+        o: sign_config_change(cur, 0, gone, c.admins[o]) for o in ("org-a", "org-b")}}))
     assert covered == set(TX_TYPES)
     # a body that does not name its entry cannot have committed
     for tx_type, body in [("store", {}), ("grant", {"grant_id": 5}), ("register", register_body("x")),

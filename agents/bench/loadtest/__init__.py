@@ -75,8 +75,9 @@ def parser() -> argparse.ArgumentParser:
                "                    --json report.json --html report.html\n"
                "  emrshare loadtest --faults --duration 60 --rate 10   # kill/stall/restart during the run\n"
                "  emrshare loadtest --target deployment.toml           # an existing deployment\n\n"
-               "deployment.toml: manifest = \"manifest.json\", enroll_secrets = \"enroll.json\" (organization -> hex\n"
-               "secret), optional users_dir; paths relative to the file.")
+               "deployment.toml: manifest = \"manifest.json\", [registrars.<org>] org_dir = \"...\" and\n"
+               "key_file = \"...\" per organization (its registrar signs the test users' tokens), optional\n"
+               "users_dir; paths relative to the file.")
     g = p.add_argument_group("workload")
     g.add_argument("--patients", type=int, default=20, help="simulated patients (default 20)")
     g.add_argument("--doctors", type=int, default=5, help="simulated doctors (default 5)")

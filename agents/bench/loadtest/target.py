@@ -6,9 +6,10 @@ An existing deployment is described by a TOML (or JSON) file::
     manifest = "/srv/emrshare/manifest.json"        # what `emrshare swarm up` writes:
                                                     # peers, orderer and storage nodes with
                                                     # their bus addresses and public keys
-    enroll_secrets = "/srv/emrshare/secrets/enroll.json"  # {"hospital-a": "<hex>", ...}:
-                                                    # the organizations' enrollment secrets,
-                                                    # so the load test can register its users
+    [registrars.hospital-a]                         # per organization: its directory
+    org_dir = "/srv/emrshare/orgs/hospital-a"       # (`emrshare org init`) and the key file
+    key_file = "/root/hospital-a.key"               # that unlocks it, so the load test can
+                                                    # issue its users' enrollment tokens
     users_dir = "/tmp/emrshare-loadtest-users"      # optional: where the test users' keys go
 
 Relative paths are relative to the file. The manifest lists every peer and
@@ -64,11 +65,16 @@ def load_config(path: Path) -> dict[str, Any]:
     text = path.read_bytes()
     doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode())
     doc = doc.get("target", doc)
-    for key in ("manifest", "enroll_secrets"):
-        if not isinstance(doc.get(key), str):
-            raise ValueError(f"{path}: needs a string {key!r} (see `emrshare loadtest --help`)")
+    if not isinstance(doc.get("manifest"), str):
+        raise ValueError(f"{path}: needs a string 'manifest' (see `emrshare loadtest --help`)")
+    registrars = doc.get("registrars")
+    if not isinstance(registrars, dict) or not all(
+            isinstance(r, dict) and isinstance(r.get("org_dir"), str) and isinstance(r.get("key_file"), str)
+            for r in registrars.values()):
+        raise ValueError(f"{path}: needs a table [registrars.<org>] with org_dir and key_file for each organization")
     base = path.resolve().parent
-    out = {k: (base / doc[k]) for k in ("manifest", "enroll_secrets")}
+    out: dict[str, Any] = {"manifest": base / doc["manifest"]}
+    out["registrars"] = {org: (base / r["org_dir"], base / r["key_file"]) for org, r in registrars.items()}
     out["users_dir"] = base / doc["users_dir"] if isinstance(doc.get("users_dir"), str) else None
     return out
 
@@ -77,13 +83,15 @@ def load_config(path: Path) -> dict[str, Any]:
 async def existing(config_path: Path) -> AsyncIterator[Target]:
     cfg = load_config(config_path)
     manifest = Manifest.from_json(cfg["manifest"].read_text())
-    secrets_ = {k: bytes.fromhex(v) for k, v in json.loads(cfg["enroll_secrets"].read_text()).items()}
+    from agents.org import OrgDir, Unlock
+
+    registrars = {org: OrgDir(d, Unlock(key_file=k)).registrar_key() for org, (d, k) in cfg["registrars"].items()}
     users = cfg["users_dir"] or Path(tempfile.mkdtemp(prefix="emrshare-loadtest-users-"))
 
     def token(subject: str, org: str, attributes: dict, enrolling: str) -> bytes:
-        if org not in secrets_:
-            raise ValueError(f"no enrollment secret for {org!r} in {cfg['enroll_secrets']}")
-        return enrollment_token(secrets_[org], subject, org, attributes, enrolling)
+        if org not in registrars:
+            raise ValueError(f"no registrar for {org!r} in {config_path}")
+        return enrollment_token(registrars[org], subject, org, attributes, enrolling)
 
     async with bus.open_node(routes=manifest.agents) as node:
         yield Target(manifest, node, token, lambda s: users / s,

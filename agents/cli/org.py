@@ -1,0 +1,655 @@
+"""``emrshare org|consortium|registrar|user ...``: joining a consortium across machines.
+
+Each hospital runs, on its own machine (:mod:`agents.org`):
+
+* ``org init``: its admin, registrar and node keys, TLS CA and node certificates,
+  encrypted under a passphrase file or key file kept outside the directory;
+  ``org profile`` prints (or ``--out`` copies) the public profile to hand to the others;
+* ``consortium genesis``: one member builds the draft from every profile;
+  ``consortium sign``: each member signs it with its admin key;
+  ``consortium seal``: checks every member signed and writes the genesis;
+* ``registrar issue``: a token for one subject, bound to the key the subject
+  enrolls from (``user init`` prints it), expiring, single use.
+
+A user, on their own machine: ``user init --dir DIR`` (keys, prints the enrolling
+key), then ``user enroll --dir DIR --token FILE --genesis FILE --peer ID=ADDRESS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from agents.cli.base import (ENV_PASSPHRASE, CliError, UsageError, check_input_file, check_output_path, doing,
+                              fail, run)
+from agents.cli.output import print_json
+from agents.errors import AgentError
+
+__all__ = ["consortium_manifest_main", "consortium_change_main", "consortium_sign_change_main", "consortium_genesis_main", "consortium_seal_main", "consortium_sign_main", "org_init_main",
+           "org_profile_main", "registrar_issue_main", "user_enroll_main", "user_init_main"]
+
+DEFAULT_PORT = 7400
+
+
+class _OrgFailure(CliError):
+    """An OrgError, whose message already reads "<what failed>: <why>; <what to do>"."""
+
+    def __init__(self, message: str):
+        AgentError.__init__(self, message)
+        self.what, self.why, self.todo = message, "", ""
+
+
+@contextlib.contextmanager
+def _doing(what: str) -> Iterator[None]:
+    """:func:`agents.cli.base.doing`, printing agents.org's own messages as they are."""
+    from agents.org import OrgError
+
+    with doing(what):
+        try:
+            yield
+        except OrgError as exc:
+            raise _OrgFailure(str(exc)) from None
+
+
+def _unlock_options(parser: argparse.ArgumentParser, whose: str) -> None:
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--passphrase-file", type=Path, metavar="F",
+                   help=f"a file holding the passphrase of {whose} keys (Argon2id); not inside the directory")
+    g.add_argument("--key-file", type=Path, metavar="F",
+                   help=f"a 32-byte key file that unlocks {whose} keys (created if absent with `org init`); "
+                        "not inside the directory")
+
+
+def _unlock(args: argparse.Namespace, what: str, *, create_key_file: bool = False,
+            outside: Path | None = None) -> Any:
+    """The Unlock the options give; ``outside``: refuse a key or passphrase file inside it
+    (before a key file is created)."""
+    from agents.keys import KeyStore
+    from agents.org import Unlock
+
+    if outside is not None and (args.key_file is not None or args.passphrase_file is not None):
+        probe = Unlock(passphrase="-") if args.key_file is None else Unlock(key_file=args.key_file)
+        with _doing(what):
+            probe.check_outside(outside, what, passphrase_file=args.passphrase_file)
+    if args.key_file is not None:
+        if create_key_file and not args.key_file.exists():
+            check_output_path(args.key_file, what)
+            KeyStore.create_key_file(args.key_file)
+        check_input_file(args.key_file, what)
+        return Unlock(key_file=args.key_file)
+    if args.passphrase_file is not None:
+        check_input_file(args.passphrase_file, what)
+        return Unlock.from_files(args.passphrase_file, None)
+    passphrase = os.environ.get(ENV_PASSPHRASE)
+    if passphrase:
+        return Unlock(passphrase=passphrase)
+    fail(what, "no passphrase or key file to protect the keys",
+         f"give --passphrase-file or --key-file (kept outside the directory), or set {ENV_PASSPHRASE}")
+
+
+def _org_dir(args: argparse.Namespace, what: str) -> Any:
+    from agents.org import OrgDir
+
+    directory = OrgDir(args.org_dir if hasattr(args, "org_dir") else args.dir)
+    if not directory.exists():
+        fail(what, f"no organization in {directory.dir}", f"create it with `emrshare org init --dir {directory.dir}`")
+    directory.unlock = _unlock(args, what)
+    return directory
+
+
+# ------------------------------------------------------------------ org
+
+
+def org_init_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare org init", description="Create a hospital's keys, TLS CA and node "
+                                "certificates on its own machine, and its public profile (DIR/profile.json).")
+    p.add_argument("--org", required=True, help="the organization id (e.g. h1; [A-Za-z0-9._:@-])")
+    p.add_argument("--name", default=None, help="display name (default: the id)")
+    p.add_argument("--dir", required=True, type=Path, help="the organization directory to create (must be new)")
+    p.add_argument("--peers", type=int, default=1, help="peers (default 1), ids peer-ORG-N")
+    p.add_argument("--storage-nodes", type=int, default=0, help="storage nodes (default 0), ids storage-ORG-N")
+    p.add_argument("--orderer", action="store_true", help="also an orderer node, id orderer-ORG")
+    p.add_argument("--host", default="127.0.0.1", help="the host nodes listen on (in addresses and TLS SANs)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"first port; nodes take consecutive ports (default {DEFAULT_PORT})")
+    p.add_argument("--address", action="append", default=[], metavar="ID=tcp://HOST:PORT",
+                   help="one node's address (repeatable; overrides --host/--port for it)")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    _unlock_options(p, "the organization's")
+    args = p.parse_args(argv)
+    what = f"org init {args.org}"
+
+    def body() -> int:
+        from agents.org import default_node_ids, init_org
+
+        if args.peers < 0 or args.storage_nodes < 0 or not 0 < args.port < 65536:
+            raise UsageError(what, "--peers and --storage-nodes must be >= 0, --port 1..65535", "fix the numbers")
+        nodes = default_node_ids(args.org, args.peers, args.storage_nodes, args.orderer)
+        if not nodes:
+            raise UsageError(what, "no nodes", "give --peers, --storage-nodes or --orderer")
+        addresses = {n: f"tcp://{args.host}:{args.port + i}" for i, (n, _) in enumerate(nodes)}
+        for item in args.address:
+            node, sep, address = item.partition("=")
+            if not sep or node not in addresses or not address.startswith("tcp://"):
+                raise UsageError(what, f"--address {item!r}", f"give ID=tcp://HOST:PORT for one of "
+                                                              f"{', '.join(addresses)}")
+            addresses[node] = address
+        unlock = _unlock(args, what, create_key_file=True, outside=args.dir)
+        with _doing(what):
+            profile = init_org(args.dir, args.org, unlock, nodes=nodes, addresses=addresses, name=args.name,
+                               passphrase_file=args.passphrase_file)
+        if args.json:
+            print(profile.to_json())
+            return 0
+        print(f"organization {profile.org} created in {args.dir}")
+        for n in profile.nodes:
+            print(f"  {n.id:<24} {n.role:<8} {n.address}")
+        print(f"public profile: {args.dir / 'profile.json'} (send it to the other members)")
+        print("keep the passphrase or key file away from this directory; it unlocks every key in it")
+        return 0
+
+    return run(body, what)
+
+
+def org_profile_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare org profile",
+                                description="Print (or copy with --out) an organization's public profile.")
+    p.add_argument("--dir", required=True, type=Path, help="the organization directory")
+    p.add_argument("--out", default=None, help="write the profile to this file instead of printing it")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON (the default with --out)")
+    args = p.parse_args(argv)
+    what = "org profile"
+
+    def body() -> int:
+        from agents.org import OrgDir
+
+        with _doing(what):
+            profile = OrgDir(args.dir).profile()
+        if args.out:
+            check_output_path(args.out, what)
+            Path(args.out).write_text(profile.to_json())
+            print(f"profile of {profile.org} written to {args.out}", file=sys.stderr)
+        elif args.json:
+            print(profile.to_json())
+        else:
+            print(f"organization {profile.org} ({profile.name})")
+            print(f"  admin key      {profile.admin_key.hex()}")
+            print(f"  registrar key  {profile.registrar_key.hex()}")
+            for n in profile.nodes:
+                print(f"  {n.id:<24} {n.role:<8} {n.address}  ecdsa {n.ecdsa_key.hex()[:16]}...")
+        return 0
+
+    return run(body, what)
+
+
+# ------------------------------------------------------------------ consortium
+
+
+def _read_profiles(paths: list[str], what: str) -> list[Any]:
+    from agents.org import OrgProfile
+
+    out = []
+    for path in paths:
+        p = Path(path)
+        p = check_input_file(p / "profile.json" if p.is_dir() else p, what)
+        with _doing(what):
+            out.append(OrgProfile.from_json(p.read_text(), source=str(p)))
+    return out
+
+
+def _summary(config: Any, signatures: dict[str, bytes]) -> dict[str, Any]:
+    return {"consortium": config.name, "digest": config.digest().hex(), "threshold": config.threshold,
+            "orderer": config.orderer_id, "max_skew_ms": config.max_skew_ms, "created_at": config.created_at,
+            "orgs": [{"id": o.id, "name": o.name, "signed": o.id in signatures} for o in config.orgs],
+            "peers": [{"id": p.id, "org": p.org, "index": p.index} for p in config.peers]}
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    print(f"consortium {s['consortium']}: threshold {s['threshold']} of {len(s['peers'])} peers, "
+          f"orderer {s['orderer']}")
+    print(f"  configuration digest {s['digest']}")
+    for o in s["orgs"]:
+        print(f"  {o['id']:<16} {'signed' if o['signed'] else 'NOT signed'}")
+    for p in s["peers"]:
+        print(f"  peer {p['id']:<20} {p['org']:<16} proxy index {p['index']}")
+
+
+def consortium_genesis_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare consortium genesis",
+                                description="Build the unsigned genesis draft from the members' profiles.")
+    p.add_argument("--profile", action="append", required=True, metavar="FILE",
+                   help="a member's profile.json (repeat for each member; proxy indices follow this order)")
+    p.add_argument("--threshold", type=int, required=True, help="re-encryption shares needed (t of the peers)")
+    p.add_argument("--name", default="emrshare", help="consortium name (default emrshare)")
+    p.add_argument("--orderer", default=None, help="the orderer node id (default: the first profile's orderer)")
+    p.add_argument("--max-skew-ms", type=int, default=120_000,
+                   help="how far a transaction's time may be from its block's (ms, default 120000)")
+    p.add_argument("--out", required=True, help="where to write the draft")
+    p.add_argument("--json", action="store_true", help="print the draft's summary as JSON")
+    args = p.parse_args(argv)
+    what = "consortium genesis"
+
+    def body() -> int:
+        from agents.org import build_config, draft
+
+        profiles = _read_profiles(args.profile, what)
+        check_output_path(args.out, what)
+        with _doing(what):
+            config = build_config(profiles, name=args.name, threshold=args.threshold, orderer=args.orderer,
+                                  created_at=int(time.time() * 1000), max_skew_ms=args.max_skew_ms)
+        Path(args.out).write_bytes(draft(config))
+        summary = _summary(config, {})
+        if args.json:
+            print_json(summary)
+        else:
+            _print_summary(summary)
+            print(f"draft written to {args.out}; each member runs `emrshare consortium sign --org-dir DIR {args.out}`")
+        return 0
+
+    return run(body, what)
+
+
+def consortium_sign_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare consortium sign",
+                                description="Add this organization's signature (its admin key) to a genesis draft.")
+    p.add_argument("draft", help="the genesis draft (signed in place unless --out)")
+    p.add_argument("--org-dir", required=True, type=Path, help="this organization's directory")
+    p.add_argument("--out", default=None, help="write the signed draft here instead of in place")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _unlock_options(p, "the organization's")
+    args = p.parse_args(argv)
+    what = f"consortium sign {args.draft}"
+
+    def body() -> int:
+        from agents.org import read_draft, sign_draft
+
+        path = check_input_file(args.draft, what)
+        out = Path(args.out) if args.out else path
+        check_output_path(out, what)
+        org_dir = _org_dir(args, what)
+        with _doing(what):
+            signed = sign_draft(path.read_bytes(), org_dir, source=str(path))
+            config, signatures = read_draft(signed)
+        from agents.keys import atomic_write
+
+        atomic_write(out, signed, mode=0o644)
+        summary = _summary(config, signatures)
+        if args.json:
+            print_json(summary)
+        else:
+            _print_summary(summary)
+            print(f"signed draft written to {out}")
+        return 0
+
+    return run(body, what)
+
+
+def consortium_seal_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare consortium seal",
+                                description="Check that every member signed the draft; write the genesis.")
+    p.add_argument("draft", help="the signed genesis draft")
+    p.add_argument("--out", required=True, help="where to write the genesis (what every node and user takes)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = p.parse_args(argv)
+    what = f"consortium seal {args.draft}"
+
+    def body() -> int:
+        from agents.org import read_draft, seal
+
+        path = check_input_file(args.draft, what)
+        check_output_path(args.out, what)
+        raw = path.read_bytes()
+        with _doing(what):
+            genesis = seal(raw, source=str(path))
+            _, signatures = read_draft(raw)
+        Path(args.out).write_bytes(genesis.to_bytes())
+        summary = {**_summary(genesis.config, signatures), "genesis_hash": genesis.hash.hex()}
+        if args.json:
+            print_json(summary)
+        else:
+            _print_summary(summary)
+            print(f"genesis {genesis.hash.hex()} written to {args.out}")
+        return 0
+
+    return run(body, what)
+
+
+def consortium_manifest_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare consortium manifest",
+                                description="Write the clients' manifest.json (the genesis and every node's "
+                                            "address and key) from the sealed genesis and the members' profiles.")
+    p.add_argument("--genesis", required=True, type=Path, help="the sealed genesis")
+    p.add_argument("--profile", action="append", required=True, metavar="FILE",
+                   help="a member's profile.json (repeat for each member)")
+    p.add_argument("--replicas", type=int, default=3, help="storage copies per blob (default 3, at most the nodes)")
+    p.add_argument("--write-quorum", type=int, default=2, help="copies a put waits for (default 2)")
+    p.add_argument("--out", required=True, help="where to write manifest.json")
+    p.add_argument("--json", action="store_true", help="print the manifest")
+    args = p.parse_args(argv)
+    what = "consortium manifest"
+
+    def body() -> int:
+        from agents.org import manifest_for
+        from core.errors import DecodeError
+
+        genesis = check_input_file(args.genesis, what).read_bytes()
+        profiles = _read_profiles(args.profile, what)
+        check_output_path(args.out, what)
+        try:
+            with _doing(what):
+                manifest = manifest_for(genesis, profiles, replicas=args.replicas, write_quorum=args.write_quorum)
+        except DecodeError as exc:
+            fail(what, f"{args.genesis} is not a sealed genesis: {exc}", "seal it with `emrshare consortium seal`")
+        Path(args.out).write_text(manifest.to_json())
+        if args.json:
+            print(manifest.to_json())
+        else:
+            print(f"manifest of {manifest.consortium}: {len(manifest.peers)} peers, {len(manifest.storage)} storage "
+                  f"nodes, orderer {manifest.orderer}; written to {args.out}")
+        return 0
+
+    return run(body, what)
+
+
+def consortium_change_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare consortium change",
+                                description="Prepare adding or removing one member organization (a change file "
+                                            "the members sign with `emrshare consortium sign-change`).")
+    base = p.add_mutually_exclusive_group(required=True)
+    base.add_argument("--genesis", type=Path, default=None, help="change the genesis's configuration (first change)")
+    base.add_argument("--after", type=Path, default=None,
+                      help="change the configuration a committed change file made (every later change)")
+    what_ = p.add_mutually_exclusive_group(required=True)
+    what_.add_argument("--add", type=Path, default=None, metavar="PROFILE",
+                       help="add the organization of this profile.json (its peers take the next proxy indices)")
+    what_.add_argument("--remove", default=None, metavar="ORG", help="remove this member organization")
+    p.add_argument("--threshold", type=int, default=None, help="the new threshold (default: unchanged)")
+    p.add_argument("--out", required=True, help="where to write the change file")
+    p.add_argument("--json", action="store_true", help="print the new configuration's summary as JSON")
+    args = p.parse_args(argv)
+    what = "consortium change"
+
+    def body() -> int:
+        from agents.org import ConfigChange, change_draft
+
+        genesis = check_input_file(args.genesis, what).read_bytes() if args.genesis else None
+        after = None
+        if args.after is not None:
+            with _doing(what):
+                after = ConfigChange.from_json(check_input_file(args.after, what).read_text(), source=str(args.after))
+        add = _read_profiles([str(args.add)], what)[0] if args.add is not None else None
+        check_output_path(args.out, what)
+        with _doing(what):
+            change = change_draft(genesis=genesis, after=after, add=add, remove=args.remove,
+                                  threshold=args.threshold)
+        Path(args.out).write_text(change.to_json())
+        summary = {**_summary(change.new, {}), "seq": change.seq, "needs": change.missing()}
+        if args.json:
+            print_json(summary)
+        else:
+            _print_summary(summary)
+            print(f"change {change.seq} written to {args.out}; it needs {change.missing()} member signature(s): "
+                  f"`emrshare consortium sign-change --org-dir DIR {args.out}`")
+        return 0
+
+    return run(body, what)
+
+
+def consortium_sign_change_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare consortium sign-change",
+                                description="Approve a configuration change as this organization (its admin key).")
+    p.add_argument("change", help="the change file (signed in place)")
+    p.add_argument("--org-dir", required=True, type=Path, help="this organization's directory")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _unlock_options(p, "the organization's")
+    args = p.parse_args(argv)
+    what = f"consortium sign-change {args.change}"
+
+    def body() -> int:
+        from agents.keys import atomic_write
+        from agents.org import ConfigChange, sign_change
+
+        path = check_input_file(args.change, what)
+        org_dir = _org_dir(args, what)
+        with _doing(what):
+            change = sign_change(ConfigChange.from_json(path.read_text(), source=str(path)), org_dir)
+        atomic_write(path, change.to_json().encode(), mode=0o644)
+        summary = {**_summary(change.new, change.signatures), "seq": change.seq, "signed_by": sorted(change.signatures),
+                   "needs": change.missing()}
+        if args.json:
+            print_json(summary)
+        else:
+            _print_summary(summary)
+            print(f"signed by {', '.join(sorted(change.signatures))}; "
+                  + ("enough signatures: a member's peer can submit it" if not change.missing()
+                     else f"needs {change.missing()} more"))
+        return 0
+
+    return run(body, what)
+
+
+# ------------------------------------------------------------------ registrar
+
+
+def _duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 1h, 7d") from None
+    if not 0 < value <= 366 * 86400:
+        raise argparse.ArgumentTypeError("a token lives more than 0 s and at most a year")
+    return int(value)
+
+
+def _attrs(pairs: list[str], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(what, f"--attr {pair!r}", "give attributes as k=v")
+        out[key] = int(value) if value.lstrip("-").isdigit() and len(value) < 18 else value
+    return out
+
+
+def registrar_issue_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare registrar issue",
+                                description="Issue an enrollment token for one subject, bound to the key it "
+                                            "enrolls from (what `emrshare user init` printed).")
+    p.add_argument("--org-dir", required=True, type=Path, help="this organization's directory")
+    p.add_argument("--subject", required=True, help="the user id to enroll")
+    p.add_argument("--role", required=True, help="the certificate's role (patient, doctor, nurse, ...)")
+    p.add_argument("--attr", action="append", default=[], metavar="K=V",
+                   help="another certificate attribute (repeatable; e.g. department=cardiology)")
+    key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--enroll-key", default=None, metavar="HEX",
+                     help="the subject's enrolling public key (hex or enroll:<hex>)")
+    key.add_argument("--enroll-key-file", type=Path, default=None, metavar="FILE",
+                     help="a file holding the enrolling public key (DIR/enroll.pub after `user init`)")
+    p.add_argument("--expires", type=_duration, default=86400, metavar="DURATION",
+                   help="how long the token is valid: 90s, 30m, 1h, 7d (default 1d)")
+    p.add_argument("--out", required=True, help="where to write the token file (hand it to the subject)")
+    p.add_argument("--json", action="store_true", help="print the token file's fields as JSON")
+    _unlock_options(p, "the organization's")
+    args = p.parse_args(argv)
+    what = f"registrar issue {args.subject}"
+
+    def body() -> int:
+        from agents.org import issue_token, parse_enroll_key
+
+        attributes = {"role": args.role, **_attrs(args.attr, what)}
+        if args.enroll_key_file is not None:
+            text = check_input_file(args.enroll_key_file, what).read_text()
+        else:
+            text = args.enroll_key
+        check_output_path(args.out, what)
+        org_dir = _org_dir(args, what)
+        with _doing(what):
+            enroll_key = parse_enroll_key(text)
+            token = issue_token(org_dir, subject=args.subject, attributes=attributes, enroll_key=enroll_key,
+                                expires=int(time.time()) + args.expires)
+        from agents.keys import atomic_write
+
+        atomic_write(Path(args.out), token.to_json().encode(), mode=0o600)
+        if args.json:
+            print(token.to_json())
+        else:
+            print(f"token for {token.subject} of {token.org} ({attributes}) written to {args.out}; "
+                  f"valid until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(token.expires))}, once, "
+                  "from the given key only")
+        return 0
+
+    return run(body, what)
+
+
+# ------------------------------------------------------------------ user
+
+
+def user_init_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare user init",
+                                description="Create your keys in your own directory and print the public key "
+                                            "your registrar binds your enrollment token to.")
+    p.add_argument("--dir", required=True, type=Path, help="your key directory (e.g. ~/.emrshare)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _unlock_options(p, "your")
+    args = p.parse_args(argv)
+    what = f"user init {args.dir}"
+
+    def body() -> int:
+        from agents.client import KEY_FILE
+        from agents.consortium import enroll_id
+        from agents.keys import AgentKeys, KeyStore, atomic_write
+
+        unlock = _unlock(args, what, create_key_file=True, outside=args.dir)
+        store = KeyStore(args.dir / KEY_FILE, passphrase=unlock.passphrase, key_file=unlock.key_file)
+        if store.exists():
+            with _doing(what):
+                keys = AgentKeys.from_bytes(store.load())
+            created = False
+        else:
+            args.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            keys = AgentKeys.generate()
+            store.save(keys.to_bytes())
+            created = True
+        atomic_write(args.dir / "enroll.pub", (keys.ecdsa_public.hex() + "\n").encode(), mode=0o644)
+        if args.json:
+            print_json({"dir": str(args.dir), "created": created, "enroll_key": keys.ecdsa_public.hex(),
+                        "enroll_id": enroll_id(keys.ecdsa_public)})
+        else:
+            print(f"{'created' if created else 'found'} keys in {args.dir}")
+            print(f"enrolling public key: {keys.ecdsa_public.hex()}")
+            print(f"give it to your registrar (also in {args.dir / 'enroll.pub'}); they issue your token with "
+                  "`emrshare registrar issue --enroll-key ...`")
+        return 0
+
+    return run(body, what)
+
+
+def user_enroll_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emrshare user enroll",
+                                description="Enroll with your organization's peer using the registrar's token; "
+                                            "your certificate and the consortium's files go in your directory.")
+    p.add_argument("--dir", required=True, type=Path, help="your key directory (made by `emrshare user init`)")
+    p.add_argument("--token", required=True, type=Path, help="the token file your registrar gave you")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--genesis", type=Path, default=None, help="the consortium's genesis file")
+    src.add_argument("--manifest", type=Path, default=None,
+                     help="the consortium's manifest.json (genesis and every node's address), kept in your directory")
+    p.add_argument("--peer", default=None, metavar="[ID=]tcp://HOST:PORT",
+                   help="a peer of your organization (ID defaults to its first peer in the genesis; "
+                        "with --manifest, its address there)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the peer (default 30)")
+    p.add_argument("--json", action="store_true", help="print the certificate as JSON")
+    _unlock_options(p, "your")
+    args = p.parse_args(argv)
+    what = f"user enroll {args.dir}"
+
+    def body() -> int:
+        import trio
+
+        from agents.client import KEY_FILE, UserConfig, open_agent
+        from agents.consortium import enroll_id
+        from agents.keys import AgentKeys, KeyStore, atomic_write
+        from agents.org import TokenFile, genesis_manifest
+        from agents.consortium import Manifest
+        from core.errors import DecodeError
+        from core.ledger import parse_genesis
+
+        token_text = check_input_file(args.token, what).read_text()
+        full = None
+        if args.manifest is not None:
+            try:
+                full = Manifest.from_json(check_input_file(args.manifest, what).read_text())
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                fail(what, f"{args.manifest} is not a manifest ({exc})", "ask your organization for manifest.json")
+            genesis = full.genesis
+        else:
+            genesis = check_input_file(args.genesis, what).read_bytes()
+            if args.peer is None:
+                raise UsageError(what, "--peer is needed with --genesis", "give --peer [ID=]tcp://HOST:PORT")
+        unlock = _unlock(args, what)
+        if not (args.dir / KEY_FILE).exists():
+            fail(what, f"no keys in {args.dir}", f"create them with `emrshare user init --dir {args.dir}`")
+        with _doing(what):
+            token = TokenFile.from_json(token_text, source=str(args.token))
+            keys = AgentKeys.from_bytes(KeyStore(args.dir / KEY_FILE, passphrase=unlock.passphrase,
+                                                 key_file=unlock.key_file).load())
+        if token.enroll_key != keys.ecdsa_public:
+            fail(what, f"the token is bound to another key than the one in {args.dir}",
+                 "give the registrar the key `emrshare user init` printed for this directory")
+        try:
+            config = parse_genesis(genesis).config
+        except DecodeError as exc:
+            fail(what, f"{args.genesis or args.manifest} does not hold a sealed genesis: {exc}",
+                 "ask your organization for the genesis")
+        peer_id, sep, address = (args.peer or "").rpartition("=")
+        if full is not None and not address:
+            peer_id = next((p for p in full.peer_orgs.get(token.org, []) if p in full.agents), "")
+            address, sep = full.agents.get(peer_id, ""), "="
+        if not sep:
+            peers = [p.id for p in config.peers if p.org == token.org]
+            if not peers:
+                fail(what, f"{token.org} has no peer in the genesis", "check the genesis and the token")
+            peer_id = peers[0]
+        if config.peer(peer_id) is None or config.peer(peer_id).org != token.org:
+            fail(what, f"{peer_id} is not a peer of {token.org}", "give --peer ID=ADDRESS for one of its peers")
+        if not address.startswith("tcp://"):
+            raise UsageError(what, f"--peer {args.peer!r}", "give [ID=]tcp://HOST:PORT")
+        if full is not None:
+            manifest = full
+            manifest.agents = {**manifest.agents, peer_id: address}
+        else:
+            manifest = genesis_manifest(genesis, {peer_id: address})
+        user = UserConfig(subject=token.subject, org=token.org, attributes=dict(token.attributes),
+                          data_dir=args.dir, manifest=manifest, passphrase=unlock.passphrase,
+                          key_file=unlock.key_file, peer=peer_id, request_timeout=args.timeout)
+
+        async def enroll() -> Any:
+            async with open_agent(user, None, lambda client: client) as client:
+                return await client.register(token.token)
+
+        with _doing(what):
+            cert = trio.run(enroll)
+        atomic_write(args.dir / "genesis", genesis, mode=0o644)
+        atomic_write(args.dir / "manifest.json", manifest.to_json().encode(), mode=0o644)
+        atomic_write(args.dir / "cli.json", json.dumps({"subject": cert.subject, "org": cert.org}).encode(),
+                     mode=0o644)
+        if args.json:
+            print_json({"subject": cert.subject, "org": cert.org, "attributes": dict(cert.attributes),
+                        "serial": cert.serial, "issuer": cert.issuer, "valid_until": cert.valid_until,
+                        "enroll_id": enroll_id(keys.ecdsa_public)})
+        else:
+            print(f"enrolled {cert.subject} of {cert.org} ({cert.role}): certificate {cert.serial} issued by "
+                  f"{cert.issuer}, valid until {time.strftime('%Y-%m-%d', time.gmtime(cert.valid_until))}")
+        return 0
+
+    return run(body, what)

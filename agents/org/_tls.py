@@ -1,0 +1,114 @@
+"""An organization's TLS CA and its nodes' certificates (X.509 through ``cryptography``).
+
+Keys are ECDSA P-256 (every TLS 1.3 stack offers ``ecdsa_secp256r1_sha256``).
+The CA certificate is self-signed, may sign end-entity certificates only
+(path length 0) and is what the organization's profile and the genesis carry.
+A node certificate names its agent id as a DNS SAN and as the URI SAN
+``emrshare:agent:<id>``, plus the host it listens on (an IP SAN for an address,
+a DNS SAN for a name); it may serve and be a client (mutual TLS).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+AGENT_URI_PREFIX = "emrshare:agent:"
+CA_DAYS = 3650
+NODE_DAYS = 825
+
+
+def _serial() -> int:
+    return int.from_bytes(secrets.token_bytes(16), "big") >> 1
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_to_der(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def key_from_der(der: bytes) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_der_private_key(der, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("not an EC private key")
+    return key
+
+
+def key_to_pem(der: bytes) -> bytes:
+    """The unencrypted PEM of a PKCS#8 DER key (for an ``ssl`` context, in memory only)."""
+    return key_from_der(der).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption())
+
+
+def make_ca(org: str, key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> bytes:
+    """The organization's self-signed TLS CA certificate (PEM)."""
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                      x509.NameAttribute(NameOID.COMMON_NAME, f"{org} TLS CA")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(_serial()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _host_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def make_node_cert(org: str, agent: str, hosts: list[str], node_key: ec.EllipticCurvePrivateKey,
+                   ca_pem: bytes, ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> bytes:
+    """A node's TLS certificate (PEM) issued by the organization's CA: SANs
+    ``DNS:<agent>``, ``URI:emrshare:agent:<agent>`` and each of ``hosts``."""
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    names: list[x509.GeneralName] = [x509.DNSName(agent), x509.UniformResourceIdentifier(AGENT_URI_PREFIX + agent)]
+    for host in dict.fromkeys(hosts):
+        names.append(_host_name(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                                 x509.NameAttribute(NameOID.COMMON_NAME, agent)]))
+        .issuer_name(ca.subject).public_key(node_key.public_key()).serial_number(_serial())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(min(now + datetime.timedelta(days=NODE_DAYS), ca.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def cert_agent_ids(cert_pem: bytes) -> list[str]:
+    """The agent ids a node certificate names (its ``emrshare:agent:`` URI SANs)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [u[len(AGENT_URI_PREFIX):] for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+            if u.startswith(AGENT_URI_PREFIX)]
