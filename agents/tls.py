@@ -6,9 +6,10 @@ decides which machines may connect at all, a certificate chaining to the TLS CA 
 a member organization (the genesis lists them); the bus's channel above it decides
 which agents speak, each proved with its own key. A consortium node (peer, orderer,
 storage node) must present a certificate naming, as a URI SAN
-``emrshare:agent:<id>``, every agent id it proves on the channel
-(:func:`admit_nodes`, given to ``bus.open_node(admit_peer=...)``); a user proves
-its agent id with its ledger key alone.
+``emrshare:agent:<id>``, every agent id it proves on the channel, issued by its
+own organization's TLS CA (:func:`admit_nodes`, given to
+``bus.open_node(admit_peer=...)``); a user proves its agent id with its ledger
+key alone.
 
 TLS 1.3 only, the standard library's ``ssl`` (OpenSSL) for the protocol and the
 ``cryptography`` package to read certificates. A private key is handed to OpenSSL
@@ -19,9 +20,10 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from bus import TcpTransport
 
@@ -95,21 +97,34 @@ def certificate_agents(der: bytes) -> frozenset[str]:
                      if uri.startswith(AGENT_URI_PREFIX))
 
 
-def admit_nodes(node_ids: Iterable[str] | Callable[[], Iterable[str]]) -> Callable[[str, bytes | None], bool]:
-    """``admit_peer`` for ``bus.open_node``: an agent that is a consortium node
-    (``node_ids``, or a callable giving them now, so a configuration change is
-    followed) speaks on a connection only if the TLS certificate under the channel
-    names it; any other agent (a user) proves itself with its key alone."""
-    current = node_ids if callable(node_ids) else (lambda ids=frozenset(node_ids): ids)
+def admit_nodes(node_cas: Mapping[str, bytes] | Callable[[], Mapping[str, bytes]]
+                ) -> Callable[[str, bytes | None], bool]:
+    """``admit_peer`` for ``bus.open_node``: ``node_cas`` maps each consortium node's
+    agent id to the TLS CA certificate (PEM) of the organization that runs it (the
+    genesis says which; a callable is asked each time, so a configuration change is
+    followed). Such an agent speaks on a connection only if the TLS certificate under
+    the channel names it and was issued by *its own* organization's CA (another
+    member's CA cannot vouch for it); any other agent (a user) proves itself with its
+    key alone."""
+    current = node_cas if callable(node_cas) else (lambda cas=dict(node_cas): cas)
 
     def admit(agent: str, certificate: bytes | None) -> bool:
-        if agent not in set(current()):
+        ca_pem = current().get(agent)
+        if ca_pem is None:
             return True
         if certificate is None:
             return False
         try:
-            return agent in certificate_agents(certificate)
-        except ValueError:
+            cert = x509.load_der_x509_certificate(certificate)
+            if agent not in certificate_agents(certificate):
+                return False
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(_pem_bytes(ca_pem)))
+        except (ValueError, TypeError, InvalidSignature):
             return False
+        return True
 
     return admit
+
+
+def _pem_bytes(pem: bytes | str) -> bytes:
+    return pem.encode() if isinstance(pem, str) else pem

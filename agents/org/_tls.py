@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-AGENT_URI_PREFIX = "emrshare:agent:"
+from agents.tls import AGENT_URI_PREFIX, certificate_agents
+
 CA_DAYS = 3650
 NODE_DAYS = 825
 
@@ -104,11 +105,6 @@ def make_node_cert(org: str, agent: str, hosts: list[str], node_key: ec.Elliptic
 
 
 def cert_agent_ids(cert_pem: bytes) -> list[str]:
-    """The agent ids a node certificate names (its ``emrshare:agent:`` URI SANs)."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [u[len(AGENT_URI_PREFIX):] for u in san.get_values_for_type(x509.UniformResourceIdentifier)
-            if u.startswith(AGENT_URI_PREFIX)]
+    """The agent ids a node certificate (PEM) names (its ``emrshare:agent:`` URI SANs)."""
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return sorted(certificate_agents(der))

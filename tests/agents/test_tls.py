@@ -62,7 +62,10 @@ def pki():
     return {"a": a, "b": b, "rogue": rogue, "trusted": [pem(a), pem(b)]}
 
 
-NODES = {"peer-a", "peer-b", "peer-c"}
+def _node_cas(pki):
+    """Which organization's TLS CA vouches for each consortium node (the genesis says it)."""
+    pem = lambda ca: ca[0].public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    return {"peer-a": pem(pki["a"]), "peer-b": pem(pki["b"]), "peer-c": pem(pki["a"])}
 
 
 async def _echo(msg):
@@ -71,20 +74,21 @@ async def _echo(msg):
 
 async def _serve(nursery, pki, *, agent="peer-a", names=None, require_client_cert=True):
     cert, key = _leaf(pki["a"], names or [agent])
-    node = await nursery.start(_node, tls_transport(cert, key, pki["trusted"], require_client_cert=require_client_cert))
+    node = await nursery.start(_node, tls_transport(cert, key, pki["trusted"], require_client_cert=require_client_cert),
+                               _node_cas(pki))
     address = await node.listen("tcp://127.0.0.1:0")
     return node, address
 
 
-async def _node(transport, task_status=trio.TASK_STATUS_IGNORED):
-    async with bus.open_node(transports={"tcp": transport}, admit_peer=admit_nodes(NODES), connect_attempts=1,
+async def _node(transport, node_cas, task_status=trio.TASK_STATUS_IGNORED):
+    async with bus.open_node(transports={"tcp": transport}, admit_peer=admit_nodes(node_cas), connect_attempts=1,
                              handshake_timeout=5) as node:
         task_status.started(node)
         await trio.sleep_forever()
 
 
-async def _client(nursery, transport, address, routes=("peer-a",)):
-    node = await nursery.start(_node, transport)
+async def _client(nursery, transport, address, routes=("peer-a",), node_cas=None):
+    node = await nursery.start(_node, transport, node_cas)
     for r in routes:
         node.add_route(r, address)
     return node
@@ -102,7 +106,7 @@ async def _link(pki, speaker, *, client_ca=None, client_names=None, server_names
         server, address = await _serve(nursery, pki, names=server_names, require_client_cert=require_client_cert)
         server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", handler)
         cert, key = _leaf(pki[client_ca], client_names) if client_ca else (None, None)
-        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address)
+        client = await _client(nursery, tls_transport(cert, key, pki["trusted"]), address, node_cas=_node_cas(pki))
         yield client.endpoint(speaker, **ring.credentials(speaker)), client, ring
         nursery.cancel_scope.cancel()
 
@@ -138,6 +142,15 @@ async def test_a_node_certificate_that_does_not_name_the_agent_it_proves_is_refu
         assert info.value.code == "unproven-sender"
 
 
+async def test_a_node_certificate_from_another_members_ca_is_refused(pki):
+    # hospital-b's CA issues a certificate naming hospital-a's peer-c: a valid chain, the right
+    # name, and still refused, since only hospital-a's CA vouches for hospital-a's nodes
+    async with _link(pki, "peer-c", client_ca="b", client_names=["peer-c"]) as (peer_c, _, _):
+        with pytest.raises(bus.RemoteError) as info:
+            await peer_c.request("peer-a", "ping", "x", timeout=10)
+        assert info.value.code == "unproven-sender"
+
+
 async def test_a_server_whose_certificate_names_another_agent_gets_nothing(pki):
     got = []
 
@@ -157,7 +170,10 @@ def test_certificate_agents_reads_the_uri_sans(pki):
     pem, _ = _leaf(pki["a"], ["peer-a", "storage-1"])
     der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
     assert certificate_agents(der) == {"peer-a", "storage-1"}
-    admit = admit_nodes({"peer-a", "storage-1", "orderer"})
-    assert admit("peer-a", der) and admit("storage-1", der)
+    ca_a = pki["a"][0].public_bytes(serialization.Encoding.PEM)
+    ca_b = pki["b"][0].public_bytes(serialization.Encoding.PEM)
+    admit = admit_nodes({"peer-a": ca_a, "storage-1": ca_b, "orderer": ca_a})
+    assert admit("peer-a", der)
+    assert not admit("storage-1", der)  # named, but its organization's CA did not issue it
     assert not admit("orderer", der) and not admit("peer-a", None)
     assert admit("alice", None)  # users prove themselves by key
