@@ -195,6 +195,11 @@ class CertificateFollower:
         self.retry = retry
         self.client = CertificateLightClient(manifest.genesis)
         self.config = self.client.config
+        # etcd ordering: the orderer set's nodes, the manifest's first; the next one when it fails
+        ids = list(self.config.orderer_ids) if self.config.orderers else [manifest.orderer]
+        self._orderers = [manifest.orderer, *(o for o in ids if o != manifest.orderer)] if manifest.orderer in ids \
+            else ids
+        self.orderer = self._orderers[0]
         self._limiter = trio.CapacityLimiter(1)  # one block at a time, in order
         # called with the records each applied block stored (the storage reconciler wakes up)
         self.on_records: list[Callable[[list[StoredRecord]], None]] = []
@@ -247,11 +252,11 @@ class CertificateFollower:
         while True:
             kw = {} if timeout is None else {"timeout": timeout}
             start = self.height + 1
-            reply = await self.endpoint.request(self.manifest.orderer, "orderer.blocks",
+            reply = await self.endpoint.request(self.orderer, "orderer.blocks",
                                                 {"from": start, "limit": MAX_CATCH_UP}, **kw)
             blocks = reply.get("blocks") if isinstance(reply, dict) else None
             if not isinstance(blocks, list) or not all(isinstance(b, bytes) for b in blocks):
-                log_rt.warning("certificate follower: malformed blocks reply from %s", self.manifest.orderer)
+                log_rt.warning("certificate follower: malformed blocks reply from %s", self.orderer)
                 return False
             for i, raw in enumerate(blocks):
                 # not applied: refused, or applied meanwhile by the other caller (the subscription loop)
@@ -266,7 +271,7 @@ class CertificateFollower:
         started = False
         while True:
             try:
-                async with await self.endpoint.subscribe(self.manifest.orderer, "blocks") as sub:
+                async with await self.endpoint.subscribe(self.orderer, "blocks") as sub:
                     await self.catch_up()
                     if not started:
                         task_status.started()
@@ -278,6 +283,7 @@ class CertificateFollower:
                                 await self.catch_up()
             except BusError as exc:
                 log_rt.info("certificate follower: %s; retrying", type(exc).__name__)
+                self.orderer = self._orderers[(self._orderers.index(self.orderer) + 1) % len(self._orderers)]
                 if not started:
                     task_status.started()
                     started = True

@@ -26,6 +26,12 @@ Every storage node runs a reconciler (:mod:`agents.storage.reconcile`) every
 ``reconcile_interval`` seconds: committed blobs get their r copies back, blobs
 no committed transaction names are collected after ``collect_grace``.
 
+With ``ordering="etcd"`` (``swarm up --ordering etcd``) the ordering service is
+``orderer_nodes`` etcd orderer nodes (``orderer-1``, ...; the genesis names them
+as its orderer set, :mod:`agents.ordering`) over a local ``etcd_members``-member
+etcd cluster that the swarm starts as child processes (data and logs in
+DIR/etcd/, loopback ports kept in DIR/etcd/cluster.json) and stops with it.
+
 Starting again with the same directory resumes: same keys, same genesis, same
 ledgers and blobs. A directory runs one swarm at a time: :meth:`Swarm.open`
 holds the lock while the swarm runs and raises :class:`SwarmRunning` if
@@ -52,7 +58,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from bus import Node, open_node
-from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
+from core.identity import ConsortiumConfig, OrdererInfo, OrgInfo, PeerInfo
 from core.ledger import make_genesis, parse_genesis
 
 from agents.consortium import Manifest, enrollment_token
@@ -114,6 +120,10 @@ class SwarmSpec:
     reconcile_interval: float = 30.0  # storage nodes: seconds between reconcile rounds
     collect_grace: float = 900.0  # storage nodes: seconds an unnamed blob is kept (put-to-commit window)
     upload_timeout: float = 120.0  # storage nodes: a put session idle this long is aborted
+    ordering: str = "embedded"  # or "etcd": orderer nodes over a local etcd cluster (agents.ordering)
+    orderer_nodes: int = 2  # etcd ordering: orderer nodes
+    etcd_members: int = 3  # etcd ordering: etcd cluster members
+    etcd_window: int = 10_000  # etcd ordering: recent blocks kept in etcd
 
     def check(self) -> None:
         if self.hospitals < 1:
@@ -130,6 +140,11 @@ class SwarmSpec:
             raise ValueError(f"replicas ({self.replicas}) exceed storage nodes ({self.storage_nodes})")
         if not (self.reconcile_interval > 0 and self.collect_grace >= 0 and self.upload_timeout > 0):
             raise ValueError("reconcile interval and upload timeout must be positive, collect grace non-negative")
+        if self.ordering not in ("embedded", "etcd"):
+            raise ValueError(f"ordering must be embedded or etcd, not {self.ordering!r}")
+        if self.ordering == "etcd" and not (1 <= self.orderer_nodes <= 16 and self.etcd_members in (1, 3, 5)
+                                            and self.etcd_window >= 1):
+            raise ValueError("etcd ordering needs 1..16 orderer nodes, 1, 3 or 5 etcd members and a window >= 1")
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -271,7 +286,12 @@ class SwarmFiles:
             agents[pid] = keys
             peers.append(PeerInfo(pid, org, keys.ecdsa_public, keys.box_public, i + 1))
             peer_orgs[org].append(pid)
-        agents[ORDERER_ID] = AgentKeys.generate()
+        if spec.ordering == "etcd":
+            orderers = [f"orderer-{i + 1}" for i in range(spec.orderer_nodes)]
+        else:
+            orderers = [ORDERER_ID]
+        for oid in orderers:
+            agents[oid] = AgentKeys.generate()
         storage = [f"storage-{i + 1}" for i in range(spec.storage_nodes)]
         for sid in storage:
             agents[sid] = AgentKeys.generate()
@@ -280,21 +300,36 @@ class SwarmFiles:
         created = int((now if now is not None else time.time()) * 1000)
         config = ConsortiumConfig(
             spec.consortium, tuple(OrgInfo(o, f"Hospital {o.removeprefix('hospital-').upper()}") for o in orgs),
-            tuple(peers), ORDERER_ID, agents[ORDERER_ID].ecdsa_public, spec.threshold, created_at=created,
+            tuple(peers), orderers[0], agents[orderers[0]].ecdsa_public, spec.threshold, created_at=created,
+            orderers=tuple(OrdererInfo(o, agents[o].ecdsa_public) for o in orderers) if spec.ordering == "etcd" else (),
         )
-        genesis = make_genesis(config, agents[ORDERER_ID].ecdsa_private)
+        genesis = make_genesis(config, agents[orderers[0]].ecdsa_private)
         if spec.processes:
             addresses = {a: f"tcp://{spec.host}:{_free_port(spec.host)}" for a in agents}
         else:
             addresses = {a: f"tcp://{spec.host}:{spec.port}" for a in agents}
         manifest = Manifest(
-            spec.consortium, genesis.to_bytes(), ORDERER_ID, [p.id for p in peers], storage,
+            spec.consortium, genesis.to_bytes(), orderers[0], [p.id for p in peers], storage,
             spec.threshold, addresses, {a: k.ecdsa_public for a, k in agents.items()}, peer_orgs,
             spec.replicas, spec.write_quorum,
         )
+        if spec.ordering == "etcd":
+            etcd_dir = self.dir / "etcd"
+            etcd_dir.mkdir(parents=True, exist_ok=True)
+            ports = {"client": [_free_port(spec.host) for _ in range(spec.etcd_members)],
+                     "peer": [_free_port(spec.host) for _ in range(spec.etcd_members)]}
+            atomic_write(etcd_dir / "cluster.json", json.dumps(ports).encode(), mode=0o644)
         atomic_write(self.dir / "swarm.json", spec.to_json().encode(), mode=0o644)
         self.write_manifest(manifest)
         return manifest
+
+    def etcd_cluster(self, spec: SwarmSpec) -> Any:
+        """The swarm's etcd cluster (not started): :class:`agents.ordering.EtcdCluster` on its saved ports."""
+        from agents.ordering import EtcdCluster
+
+        ports = json.loads((self.dir / "etcd" / "cluster.json").read_text())
+        return EtcdCluster(self.dir / "etcd", members=spec.etcd_members, host=spec.host,
+                           client_ports=ports["client"], peer_ports=ports["peer"])
 
 
 # ------------------------------------------------------------------ running agents
@@ -307,7 +342,16 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
     spec = files.spec()
     data = files.agent_dir(agent)
     data.mkdir(parents=True, exist_ok=True)
-    if agent == manifest.orderer:
+    config = parse_genesis(manifest.genesis).config
+    if agent in {o.id for o in config.orderers}:
+        from agents.ordering import EtcdOrderer
+
+        orderer_node = EtcdOrderer(orderer_id=agent, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
+                                   etcd=files.etcd_cluster(spec).endpoints, directory=manifest.directory(),
+                                   batch_size=spec.batch_size, batch_timeout=spec.batch_timeout,
+                                   window=spec.etcd_window, storage=manifest.storage)
+        await orderer_node.run(node, task_status=task_status)
+    elif agent == manifest.orderer:
         from agents.orderer import OrdererAgent
 
         orderer = OrdererAgent(orderer_id=agent, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
@@ -350,9 +394,14 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
         raise ValueError(f"{agent!r} is not an agent of this swarm")
 
 
+def orderer_agents(manifest: Manifest) -> list[str]:
+    """The ordering service's agents: the embedded orderer, or the etcd orderer nodes."""
+    return list(parse_genesis(manifest.genesis).config.orderer_ids)
+
+
 def server_agents(manifest: Manifest) -> list[str]:
-    """Start order: the orderer, then peers, then storage nodes."""
-    return [manifest.orderer, *manifest.peers, *manifest.storage]
+    """Start order: the orderer (nodes), then peers, then storage nodes."""
+    return [*orderer_agents(manifest), *manifest.peers, *manifest.storage]
 
 
 class Swarm:
@@ -366,6 +415,7 @@ class Swarm:
         self.processes: dict[str, subprocess.Popen] = {}
         self._nursery: trio.Nursery | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
+        self.etcd: Any = None  # etcd ordering: the running agents.ordering.EtcdCluster
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -386,6 +436,29 @@ class Swarm:
             log.info("resuming swarm from %s", files.dir)
         else:
             manifest = files.create(spec)
+        async with cls._etcd(files, spec) as etcd:
+            async with cls._open_agents(files, spec, manifest) as swarm:
+                swarm.etcd = etcd
+                yield swarm
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def _etcd(cls, files: "SwarmFiles", spec: SwarmSpec) -> AsyncIterator[Any]:
+        """etcd ordering: the local etcd cluster, running until the swarm stops (else None)."""
+        if spec.ordering != "etcd":
+            yield None
+            return
+        cluster = files.etcd_cluster(spec)
+        try:
+            cluster.start()
+            await cluster.wait_ready()
+            yield cluster
+        finally:
+            cluster.stop()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def _open_agents(cls, files: "SwarmFiles", spec: SwarmSpec, manifest: Manifest) -> AsyncIterator["Swarm"]:
         if spec.processes:
             swarm = cls(files, spec, manifest, None)
             try:
@@ -487,7 +560,8 @@ class Swarm:
                  f"{len(self.manifest.storage)} storage nodes (replicas {self.manifest.replicas}, "
                  f"write quorum {self.manifest.write_quorum})"]
         for agent in server_agents(self.manifest):
-            role = "orderer" if agent == self.manifest.orderer else "peer" if agent in self.manifest.peers else "storage"
+            role = ("orderer" if agent in orderer_agents(self.manifest) else "peer" if agent in self.manifest.peers
+                    else "storage")
             org = next((o for o, ps in self.manifest.peer_orgs.items() if agent in ps), "")
             lines.append(f"  {agent:<14} {role:<8} {org:<12} {self.manifest.agents[agent]}")
         return "\n".join(lines)

@@ -280,7 +280,8 @@ class EtcdCluster:
     """``members`` local etcd processes (see the module docstring); data under ``data_dir``."""
 
     def __init__(self, data_dir: Path, *, members: int = 3, host: str = "127.0.0.1",
-                 max_request_bytes: int = ETCD_MAX_REQUEST_BYTES, binary: str | None = None):
+                 max_request_bytes: int = ETCD_MAX_REQUEST_BYTES, binary: str | None = None,
+                 client_ports: list[int] | None = None, peer_ports: list[int] | None = None):
         self.binary = binary or etcd_binary()
         if self.binary is None:
             raise EtcdUnavailable("starting etcd failed: no etcd binary; install etcd-server (apt) or set "
@@ -289,8 +290,8 @@ class EtcdCluster:
         self.host = host
         self.max_request_bytes = max_request_bytes
         self.names = [f"etcd-{i}" for i in range(members)]
-        self.client_ports = [_free_port(host) for _ in self.names]
-        self.peer_ports = [_free_port(host) for _ in self.names]
+        self.client_ports = list(client_ports or [_free_port(host) for _ in self.names])
+        self.peer_ports = list(peer_ports or [_free_port(host) for _ in self.names])
         self.procs: list[subprocess.Popen | None] = [None] * members
 
     @property
@@ -308,7 +309,7 @@ class EtcdCluster:
             "--initial-cluster-token", "emrshare-" + self.data_dir.name,
             "--max-request-bytes", str(self.max_request_bytes),
             "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
-            "--heartbeat-interval", "100", "--election-timeout", "1000",
+            "--heartbeat-interval", "100", "--election-timeout", "500",
         ]
 
     def start_member(self, i: int) -> None:

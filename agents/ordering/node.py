@@ -8,7 +8,8 @@ hash>/``:
 * ``leader``: the election key. A node campaigns with one txn: "if ``leader``
   does not exist, put it (my id) under my lease". The winner keeps its lease
   alive (every TTL/4); when it dies or cannot reach a quorum the lease expires
-  after ``lease_ttl`` s, etcd deletes the key and another node wins.
+  after ``lease_ttl`` s (default 1 s: etcd's minimum with the 500 ms election
+  timeout our clusters run with), etcd deletes the key and another node wins.
 * ``block/<height, 20 digits>``: block ``height`` (core.ledger.Block bytes).
   Only the leader cuts blocks; it signs each with its own key (one of the
   genesis's orderer set) and appends it with one txn whose compares are "the
@@ -92,7 +93,7 @@ class EtcdOrderer:
 
     def __init__(self, *, orderer_id: str, signing_key: bytes, genesis: bytes, etcd: list[str],
                  directory: Callable[[str], bytes | None], batch_size: int = 500, batch_timeout: float = 0.05,
-                 lease_ttl: int = 2, window: int = 10_000, storage: Iterable[str] = (),
+                 lease_ttl: int = 1, window: int = 10_000, storage: Iterable[str] = (),
                  clock: Callable[[], float] = time.time, max_block_bytes: int = ETCD_BLOCK_BYTES):
         if not 1 <= batch_size <= MAX_BLOCK_TXS:
             raise ValueError(f"batch_size must be 1..{MAX_BLOCK_TXS}")
@@ -327,22 +328,33 @@ class EtcdOrderer:
             nursery.start_soon(self._cutter, election_revision, nursery.cancel_scope)
 
     async def _keepalive(self, lease: int, scope: trio.CancelScope) -> None:
-        """Refresh the lease every TTL/4; give up leadership when it is gone or etcd has been
-        unreachable for most of the TTL (the lease may have expired: another node may lead)."""
-        last_ok = trio.current_time()
-        while True:
-            await trio.sleep(self.lease_ttl / 4)
-            try:
-                ttl = await self.etcd.lease_keepalive(lease)
-            except EtcdUnavailable:
-                if trio.current_time() - last_ok > self.lease_ttl * 0.75:
-                    scope.cancel()
-                    return
-                continue
-            if ttl <= 0:
-                scope.cancel()
-                return
-            last_ok = trio.current_time()
+        """Refresh the lease every TTL/4. Lead on while etcd is unreachable (a Raft election
+        extends every lease) until the lease may have expired (TTL after the last refresh that
+        succeeded was sent); then, or when etcd says the lease is gone, step down (revoking the
+        lease so that another node need not wait for it). Safety does not rest on this timing:
+        an append of a node that lost the election key fails on the txn's compare."""
+        sent_ok = trio.current_time()
+        try:
+            while True:
+                await trio.sleep(self.lease_ttl / 4)
+                sent = trio.current_time()
+                ttl = None
+                with trio.move_on_at(sent_ok + self.lease_ttl):
+                    try:
+                        ttl = await self.etcd.lease_keepalive(lease)
+                    except EtcdUnavailable:
+                        pass
+                if ttl is not None and ttl > 0:
+                    sent_ok = sent
+                elif ttl is not None or trio.current_time() >= sent_ok + self.lease_ttl:
+                    return  # etcd says the lease is gone, or it may have expired
+        finally:
+            scope.cancel()
+            with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+                try:
+                    await self.etcd.lease_revoke(lease)
+                except EtcdUnavailable:
+                    pass  # it expires
 
     async def _cutter(self, election_revision: int, scope: trio.CancelScope) -> None:
         last_cut = -float("inf")
