@@ -75,7 +75,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]
             settings[k] = v
             source[k] = f"{k} = {v!r} in {path}"
     for name in _SETTINGS:
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
             source[name] = f"--{name.replace('_', '-')} {value}"
