@@ -16,6 +16,7 @@ from .etcd import EtcdUnavailable as EtcdUnavailable
 from .etcd import etcd_binary as etcd_binary
 from .node import EtcdOrderer as EtcdOrderer
 from .node import chain_prefix as chain_prefix
+from .node import current_leader as current_leader
 
 __all__ = ["ETCD_BLOCK_BYTES", "ETCD_MAX_REQUEST_BYTES", "EtcdClient", "EtcdCluster", "EtcdOrderer", "EtcdUnavailable",
-           "chain_prefix", "etcd_binary"]
+           "chain_prefix", "current_leader", "etcd_binary"]

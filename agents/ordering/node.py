@@ -66,7 +66,7 @@ from agents.handlers import serve
 from agents.ordering.etcd import ETCD_BLOCK_BYTES, EtcdClient, EtcdUnavailable, prefix_end
 from agents.runtime import make_endpoint
 
-__all__ = ["EtcdOrderer", "MAX_QUEUED", "chain_prefix"]
+__all__ = ["EtcdOrderer", "MAX_QUEUED", "chain_prefix", "current_leader"]
 
 log = logging.getLogger("agents.ordering")
 
@@ -81,6 +81,13 @@ _TX_OVERHEAD = 5
 def chain_prefix(genesis: Block, consortium: str) -> bytes:
     """The etcd key prefix of a chain: its consortium name and genesis hash."""
     return f"/emrshare/{consortium}/{genesis.hash.hex()[:32]}/".encode()
+
+
+async def current_leader(etcd: list[str], genesis: Block, consortium: str) -> str | None:
+    """The id of the orderer node holding the chain's election key now (None: no leader)."""
+    async with EtcdClient(etcd) as client:
+        kv = await client.get(chain_prefix(genesis, consortium) + b"leader")
+    return kv.value.decode("utf-8", "replace") if kv is not None else None
 
 
 def _height_key(prefix: bytes, height: int) -> bytes:
