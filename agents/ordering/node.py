@@ -40,6 +40,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from contextlib import aclosing
 from typing import Any, Callable, Iterable
 
 import trio
@@ -251,10 +252,12 @@ class EtcdOrderer:
         while True:
             try:
                 revision = await self._catch_up()
-                async for events in self.etcd.watch(self._blocks_key, prefix_end(self._blocks_key), revision + 1):
-                    for event in events:
-                        if event.type == "PUT":
-                            await self._seen(event.kv.value)
+                watch = self.etcd.watch(self._blocks_key, prefix_end(self._blocks_key), revision + 1)
+                async with aclosing(watch) as batches:
+                    async for events in batches:
+                        for event in events:
+                            if event.type == "PUT":
+                                await self._seen(event.kv.value)
             except EtcdUnavailable as exc:
                 log.info("orderer node %s: block watch: %s", self.orderer_id, exc)
                 await trio.sleep(0.1)

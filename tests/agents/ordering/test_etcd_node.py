@@ -170,3 +170,48 @@ async def test_block_window_and_pruned_reads(etcd):
                 await ep.request("orderer-1", "orderer.blocks", {"from": 2, "limit": 10})
             assert info.value.code == "orderer.pruned"
             nursery.cancel_scope.cancel()
+
+
+async def test_only_peers_and_orderer_nodes_submit_and_only_nodes_read(etcd):
+    c = TestConsortium.build([("p1", "org")], name="c", threshold=1, orderers=2, storage=["s1"])
+    stranger = ecdsa.generate_private_key()
+    directory = c.directory()
+    directory.add_static("x", ecdsa.public_key(stranger))
+    with trio.fail_after(60):
+        async with bus.open_node() as node, trio.open_nursery() as nursery:
+            n = c.ordering_node("orderer-1", etcd.endpoints, directory=directory)
+            await nursery.start(n.run, node)
+            await _wait_leader(n)
+            outsider = make_endpoint(node, "x", stranger, directory)
+            storage = make_endpoint(node, "s1", c.storage_keys["s1"].ecdsa_private, directory)
+            for ep, kinds in ((outsider, ("orderer.submit", "orderer.head", "orderer.blocks")),
+                              (storage, ("orderer.submit",))):
+                for kind in kinds:
+                    body = {"tx": _tx(c, 0)} if kind == "orderer.submit" else {"from": 0, "limit": 1} \
+                        if kind == "orderer.blocks" else {}
+                    with pytest.raises(bus.RemoteError) as info:
+                        await ep.request("orderer-1", kind, body)
+                    assert info.value.code == "forbidden"
+            assert (await storage.request("orderer-1", "orderer.head", {}))["height"] == 0
+            # another orderer node of the set may submit (forwarding to its leader)
+            other = make_endpoint(node, "orderer-2", c.orderer_nodes["orderer-2"], directory)
+            reply = await other.request("orderer-1", "orderer.submit", {"tx": _tx(c, 1)})
+            assert len(reply["tx_id"]) == 32
+            nursery.cancel_scope.cancel()
+
+
+async def test_client_moves_to_another_member_when_one_dies(etcd):
+    async with EtcdClient(etcd.endpoints, timeout=1.0) as client:
+        ok, _, _ = await client.txn([EtcdClient.create_revision_is(b"/k", 0)], [EtcdClient.put(b"/k", b"v1")])
+        assert ok
+        ok, _, _ = await client.txn([EtcdClient.create_revision_is(b"/k", 0)], [EtcdClient.put(b"/k", b"v2")])
+        assert not ok  # the key exists: the compare fails, nothing is written
+        etcd.kill(0)
+        with trio.fail_after(20):
+            while True:
+                try:
+                    kv = await client.get(b"/k")
+                    break
+                except Exception:
+                    await trio.sleep(0.1)
+        assert kv is not None and kv.value == b"v1"
