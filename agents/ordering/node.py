@@ -214,6 +214,8 @@ class EtcdOrderer:
             raise bus.HandlerError(exc.code if exc.code in (codes.ORDERER_BUSY, codes.BAD_REQUEST)
                                    else codes.ORDERER_NO_LEADER, f"the leader {leader} refused: {exc.code}") from None
         except bus.BusError as exc:
+            if self.leader_id == leader:
+                self.leader_id = None  # until the election key says who leads (its lease expires if it died)
             raise bus.HandlerError(codes.ORDERER_NO_LEADER, f"the leader {leader} did not answer "
                                                             f"({type(exc).__name__}); retry shortly") from None
         return OrdererSubmitReply(tuple(ids), request.batch)
@@ -338,26 +340,28 @@ class EtcdOrderer:
             nursery.start_soon(self._cutter, election_revision, nursery.cancel_scope)
 
     async def _keepalive(self, lease: int, scope: trio.CancelScope) -> None:
-        """Refresh the lease every TTL/4. Lead on while etcd is unreachable (a Raft election
-        extends every lease) until the lease may have expired (TTL after the last refresh that
-        succeeded was sent); then, or when etcd says the lease is gone, step down (revoking the
-        lease so that another node need not wait for it). Safety does not rest on this timing:
-        an append of a node that lost the election key fails on the txn's compare."""
+        """Refresh the lease every TTL/4. Lead on while etcd does not answer: an etcd Raft
+        election extends every lease, so a leader that steps down during one only delays the
+        next append by a lease expiry and a campaign. Step down when etcd says the lease is
+        gone, or after 3 TTLs without a refresh (surely expired: this node is cut off),
+        revoking the lease so that another node need not wait for it. Safety does not rest on
+        this timing: an append of a node that lost the election key fails on the txn's compare."""
+        give_up = 3 * self.lease_ttl
         sent_ok = trio.current_time()
         try:
             while True:
                 await trio.sleep(self.lease_ttl / 4)
                 sent = trio.current_time()
                 ttl = None
-                with trio.move_on_at(sent_ok + self.lease_ttl):
+                with trio.move_on_at(sent_ok + give_up):
                     try:
                         ttl = await self.etcd.lease_keepalive(lease)
                     except EtcdUnavailable:
                         pass
                 if ttl is not None and ttl > 0:
                     sent_ok = sent
-                elif ttl is not None or trio.current_time() >= sent_ok + self.lease_ttl:
-                    return  # etcd says the lease is gone, or it may have expired
+                elif ttl is not None or trio.current_time() >= sent_ok + give_up:
+                    return  # etcd says the lease is gone, or it has surely expired
         finally:
             scope.cancel()
             with trio.CancelScope(shield=True), trio.move_on_after(0.5):

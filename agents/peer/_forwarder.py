@@ -11,7 +11,9 @@ the agent calls :meth:`TxForwarder.resolve` with every committed block.
 With several orderer nodes (etcd ordering, the genesis's orderer set) a
 forward that finds its node unreachable, or answering ``orderer.no-leader``,
 moves to the next node and tries again for up to ``failover_timeout``
-seconds. Every transaction forwarded is remembered until a committed block
+seconds; a node that could not be reached is passed over for
+``DOWN_FOR`` seconds while another one answers (reconnecting to a dead
+address costs the bus about a second of connect attempts). Every transaction forwarded is remembered until a committed block
 holds it; one not committed ``resubmit_after`` seconds after its last
 forward (lost in a leader that died) is forwarded again, for at most
 ``MAX_PENDING_AGE`` seconds: the ledger commits a transaction once (a copy is
@@ -37,6 +39,7 @@ log = logging.getLogger("agents.peer")
 
 MAX_PENDING = 100_000  # transactions remembered for resubmission (the oldest forgotten beyond)
 MAX_PENDING_AGE = 60.0  # seconds a transaction is resubmitted for (its timestamp skew bounds it anyway)
+DOWN_FOR = 5.0  # seconds an unreachable orderer node is passed over
 
 
 @dataclass
@@ -69,6 +72,7 @@ class TxForwarder:
         self._outgoing: list[_Outgoing] = []
         self._outgoing_ready = trio.Event()
         self._pending: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # tx id -> (raw, forwarded at)
+        self._down_until: dict[str, float] = {}  # orderer node -> until when it is passed over
 
     @property
     def failover(self) -> bool:
@@ -95,9 +99,10 @@ class TxForwarder:
                     return error
             except bus.BusError as exc:
                 error = f"orderer unavailable: {type(exc).__name__}"
+                self._down_until[self.orderer] = trio.current_time() + DOWN_FOR
             if not self.failover or trio.current_time() >= deadline:
                 return error
-            self.orderer = self.orderers[(self.orderers.index(self.orderer) + 1) % len(self.orderers)]
+            self.orderer = self._next_orderer()
             await trio.sleep(0.05)
         if self.failover:
             now = trio.current_time()
@@ -108,6 +113,13 @@ class TxForwarder:
             while len(self._pending) > MAX_PENDING:
                 self._pending.popitem(last=False)
         return None
+
+    def _next_orderer(self) -> str:
+        """The next node after the current one that is not passed over (else simply the next)."""
+        now = trio.current_time()
+        i = self.orderers.index(self.orderer)
+        ring = self.orderers[i + 1:] + self.orderers[:i + 1]
+        return next((o for o in ring if self._down_until.get(o, 0) <= now), ring[0])
 
     async def _resubmitter(self) -> None:
         """Forward again what no committed block holds ``resubmit_after`` s after its last forward."""
