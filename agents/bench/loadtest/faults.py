@@ -67,7 +67,8 @@ def schedule(manifest: Any, kind: str = "tolerated") -> list[FaultEvent]:
         FaultEvent(0.60, "resume", (stalled,), "SIGCONT the stalled peer"),
         FaultEvent(0.70, "restart", (storage, killed), "restart the killed storage node and peer"),
     ]
-    if parse_genesis(manifest.genesis).config.orderers:  # etcd ordering
+    genesis = getattr(manifest, "genesis", None)
+    if genesis is not None and parse_genesis(genesis).config.orderers:  # etcd ordering
         events += [
             FaultEvent(0.22, "kill-orderer-leader", (), "SIGKILL the leading orderer node"),
             FaultEvent(0.52, "kill-etcd-leader", (), "SIGKILL the etcd Raft leader"),
