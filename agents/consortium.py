@@ -27,11 +27,12 @@ from typing import Any, Callable
 
 import trio
 
-from bus import Endpoint
+from bus import BusError, Endpoint, RemoteError
 from core import ecdsa, enrollment
 from core.errors import DecodeError, ValidationError
 from core.ledger import Block
 from core.lightclient import BlockChanges, CertificateLightClient, StoredRecord
+from core.protocol import codes
 
 __all__ = ["ENROLL_PREFIX", "CertificateFollower", "ConsortiumDirectory", "FollowerStatistics", "Manifest",
            "TOKEN_TTL_S", "enroll_id", "enroll_key", "enrollment_token"]
@@ -185,6 +186,9 @@ class CertificateFollower:
     client in a worker thread (it verifies signatures and proofs), and passes
     the certificates learned and revoked to the directory. A block the light
     client refuses is logged and counted (:meth:`statistics`), never applied.
+    With etcd ordering it follows one node of the genesis's orderer set, moves
+    to the next when that one fails, and fetches blocks below the nodes' etcd
+    window from the peers (``peer.blocks``).
     """
 
     def __init__(self, endpoint: Endpoint, manifest: Manifest, directory: ConsortiumDirectory,
@@ -252,8 +256,7 @@ class CertificateFollower:
         while True:
             kw = {} if timeout is None else {"timeout": timeout}
             start = self.height + 1
-            reply = await self.endpoint.request(self.orderer, "orderer.blocks",
-                                                {"from": start, "limit": MAX_CATCH_UP}, **kw)
+            reply = await self._fetch(start, kw)
             blocks = reply.get("blocks") if isinstance(reply, dict) else None
             if not isinstance(blocks, list) or not all(isinstance(b, bytes) for b in blocks):
                 log_rt.warning("certificate follower: malformed blocks reply from %s", self.orderer)
@@ -265,9 +268,24 @@ class CertificateFollower:
             if len(blocks) < MAX_CATCH_UP:
                 return True
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        from bus import BusError
+    async def _fetch(self, start: int, kw: dict[str, Any]) -> Any:
+        """``orderer.blocks`` from ``start``; below an etcd orderer node's window
+        (``orderer.pruned``) ``peer.blocks`` from the first peer that answers."""
+        body = {"from": start, "limit": MAX_CATCH_UP}
+        try:
+            return await self.endpoint.request(self.orderer, "orderer.blocks", body, **kw)
+        except RemoteError as exc:
+            if exc.code != codes.ORDERER_PRUNED:
+                raise
+            pruned = exc
+        for peer in self.manifest.peers:
+            try:
+                return await self.endpoint.request(peer, "peer.blocks", body, **kw)
+            except BusError:
+                continue
+        raise pruned
 
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         started = False
         while True:
             try:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import pytest
 import trio
 
 import bus
+from agents.consortium import CertificateFollower
+from agents.runtime import make_endpoint
 from agents.testing.consortium import TestConsortium
 from core import ecdsa
 from core.ledger import Block
@@ -41,7 +44,7 @@ async def test_peer_accepts_any_orderer_of_the_set_and_refuses_others(tmp_path):
 
 
 async def test_late_peer_catches_up_from_peers_beyond_the_window(etcd, tmp_path):
-    c = TestConsortium.build([("p1", "org"), ("p2", "org")], name="c", threshold=1, orderers=2)
+    c = TestConsortium.build([("p1", "org"), ("p2", "org")], name="c", threshold=1, orderers=2, storage=["s1"])
     with trio.fail_after(90):
         async with bus.open_node() as node, trio.open_nursery() as nursery:
             for node_id in c.orderer_nodes:
@@ -58,6 +61,15 @@ async def test_late_peer_catches_up_from_peers_beyond_the_window(etcd, tmp_path)
             # and it follows new blocks from then on
             await p1.submit([_tx(c, "p1", 99)], wait=True)
             await p2.wait_for_height(p1.ledger.height)
+            # a storage node's certificate follower, too, fetches the pruned blocks from the peers
+            directory = c.manifest.directory()
+            follower = CertificateFollower(make_endpoint(node, "s1", c.storage_keys["s1"].ecdsa_private, directory),
+                                           c.manifest, directory)
+            with pytest.raises(bus.RemoteError) as info:
+                await follower.endpoint.request("orderer-1", "orderer.blocks", {"from": 1, "limit": 10})
+            assert info.value.code == "orderer.pruned"
+            assert await follower.catch_up()
+            assert follower.height == p1.ledger.height
             nursery.cancel_scope.cancel()
 
 
