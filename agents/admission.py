@@ -58,9 +58,11 @@ class Classifier:
     """
 
     def __init__(self, *, peers: Iterable[str] = (), orderer: str | None = None, storage: Iterable[str] = (),
-                 role: Callable[[str], str | None | Awaitable[str | None]] | None = None):
+                 role: Callable[[str], str | None | Awaitable[str | None]] | None = None,
+                 orderers: Iterable[str] = ()):
         self._nodes: dict[str, Sender] = {p: Sender.PEER for p in peers}
         self._nodes.update({s: Sender.STORAGE for s in storage})
+        self._nodes.update({o: Sender.ORDERER for o in orderers})  # the nodes of an etcd ordering service
         if orderer is not None:
             self._nodes[orderer] = Sender.ORDERER
         self._role = role

@@ -27,11 +27,12 @@ from typing import Any, Callable
 
 import trio
 
-from bus import Endpoint
+from bus import BusError, Endpoint, RemoteError
 from core import ecdsa, enrollment
 from core.errors import DecodeError, ValidationError
 from core.ledger import Block
 from core.lightclient import BlockChanges, CertificateLightClient, StoredRecord
+from core.protocol import codes
 
 __all__ = ["ENROLL_PREFIX", "CertificateFollower", "ConsortiumDirectory", "FollowerStatistics", "Manifest",
            "TOKEN_TTL_S", "enroll_id", "enroll_key", "enrollment_token"]
@@ -190,6 +191,9 @@ class CertificateFollower:
     client in a worker thread (it verifies signatures and proofs), and passes
     the certificates learned and revoked to the directory. A block the light
     client refuses is logged and counted (:meth:`statistics`), never applied.
+    With etcd ordering it follows one node of the genesis's orderer set, moves
+    to the next when that one fails, and fetches blocks below the nodes' etcd
+    window from the peers (``peer.blocks``).
     """
 
     def __init__(self, endpoint: Endpoint, manifest: Manifest, directory: ConsortiumDirectory,
@@ -200,6 +204,11 @@ class CertificateFollower:
         self.retry = retry
         self.client = CertificateLightClient(manifest.genesis)
         self.config = self.client.config
+        # etcd ordering: the orderer set's nodes, the manifest's first; the next one when it fails
+        ids = list(self.config.orderer_ids) if self.config.orderers else [manifest.orderer]
+        self._orderers = [manifest.orderer, *(o for o in ids if o != manifest.orderer)] if manifest.orderer in ids \
+            else ids
+        self.orderer = self._orderers[0]
         self._limiter = trio.CapacityLimiter(1)  # one block at a time, in order
         # called with the records each applied block stored (the storage reconciler wakes up)
         self.on_records: list[Callable[[list[StoredRecord]], None]] = []
@@ -252,11 +261,10 @@ class CertificateFollower:
         while True:
             kw = {} if timeout is None else {"timeout": timeout}
             start = self.height + 1
-            reply = await self.endpoint.request(self.manifest.orderer, "orderer.blocks",
-                                                {"from": start, "limit": MAX_CATCH_UP}, **kw)
+            reply = await self._fetch(start, kw)
             blocks = reply.get("blocks") if isinstance(reply, dict) else None
             if not isinstance(blocks, list) or not all(isinstance(b, bytes) for b in blocks):
-                log_rt.warning("certificate follower: malformed blocks reply from %s", self.manifest.orderer)
+                log_rt.warning("certificate follower: malformed blocks reply from %s", self.orderer)
                 return False
             for i, raw in enumerate(blocks):
                 # not applied: refused, or applied meanwhile by the other caller (the subscription loop)
@@ -265,13 +273,28 @@ class CertificateFollower:
             if len(blocks) < MAX_CATCH_UP:
                 return True
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        from bus import BusError
+    async def _fetch(self, start: int, kw: dict[str, Any]) -> Any:
+        """``orderer.blocks`` from ``start``; below an etcd orderer node's window
+        (``orderer.pruned``) ``peer.blocks`` from the first peer that answers."""
+        body = {"from": start, "limit": MAX_CATCH_UP}
+        try:
+            return await self.endpoint.request(self.orderer, "orderer.blocks", body, **kw)
+        except RemoteError as exc:
+            if exc.code != codes.ORDERER_PRUNED:
+                raise
+            pruned = exc
+        for peer in self.manifest.peers:
+            try:
+                return await self.endpoint.request(peer, "peer.blocks", body, **kw)
+            except BusError:
+                continue
+        raise pruned
 
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         started = False
         while True:
             try:
-                async with await self.endpoint.subscribe(self.manifest.orderer, "blocks") as sub:
+                async with await self.endpoint.subscribe(self.orderer, "blocks") as sub:
                     await self.catch_up()
                     if not started:
                         task_status.started()
@@ -283,6 +306,7 @@ class CertificateFollower:
                                 await self.catch_up()
             except BusError as exc:
                 log_rt.info("certificate follower: %s; retrying", type(exc).__name__)
+                self.orderer = self._orderers[(self._orderers.index(self.orderer) + 1) % len(self._orderers)]
                 if not started:
                     task_status.started()
                     started = True

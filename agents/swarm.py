@@ -34,6 +34,12 @@ Every storage node runs a reconciler (:mod:`agents.storage.reconcile`) every
 ``reconcile_interval`` seconds: committed blobs get their r copies back, blobs
 no committed transaction names are collected after ``collect_grace``.
 
+With ``ordering="etcd"`` (``swarm up --ordering etcd``) the ordering service is
+``orderer_nodes`` etcd orderer nodes (``orderer-1``, ...; the genesis names them
+as its orderer set, :mod:`agents.ordering`) over a local ``etcd_members``-member
+etcd cluster that the swarm starts as child processes (data and logs in
+DIR/etcd/, loopback ports kept in DIR/etcd/cluster.json) and stops with it.
+
 Starting again with the same directory resumes: same keys, same genesis, same
 ledgers and blobs. A directory runs one swarm at a time: :meth:`Swarm.open`
 holds the lock while the swarm runs and raises :class:`SwarmRunning` if
@@ -59,8 +65,8 @@ from typing import Any, AsyncIterator
 import trio
 
 from bus import Node, open_node
-from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
-from core.ledger import make_genesis
+from core.identity import ConsortiumConfig, OrdererInfo, OrgInfo, PeerInfo
+from core.ledger import make_genesis, parse_genesis
 
 from agents import org as orgs_
 from agents.consortium import Manifest, enrollment_token
@@ -103,6 +109,10 @@ class SwarmSpec:
     reconcile_interval: float = 30.0  # storage nodes: seconds between reconcile rounds
     collect_grace: float = 900.0  # storage nodes: seconds an unnamed blob is kept (put-to-commit window)
     upload_timeout: float = 120.0  # storage nodes: a put session idle this long is aborted
+    ordering: str = "embedded"  # or "etcd": orderer nodes over a local etcd cluster (agents.ordering)
+    orderer_nodes: int = 2  # etcd ordering: orderer nodes
+    etcd_members: int = 3  # etcd ordering: etcd cluster members
+    etcd_window: int = 10_000  # etcd ordering: recent blocks kept in etcd
 
     def check(self) -> None:
         if self.hospitals < 1:
@@ -119,6 +129,11 @@ class SwarmSpec:
             raise ValueError(f"replicas ({self.replicas}) exceed storage nodes ({self.storage_nodes})")
         if not (self.reconcile_interval > 0 and self.collect_grace >= 0 and self.upload_timeout > 0):
             raise ValueError("reconcile interval and upload timeout must be positive, collect grace non-negative")
+        if self.ordering not in ("embedded", "etcd"):
+            raise ValueError(f"ordering must be embedded or etcd, not {self.ordering!r}")
+        if self.ordering == "etcd" and not (1 <= self.orderer_nodes <= 16 and self.etcd_members in (1, 3, 5)
+                                            and self.etcd_window >= 1):
+            raise ValueError("etcd ordering needs 1..16 orderer nodes, 1, 3 or 5 etcd members and a window >= 1")
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -259,8 +274,10 @@ class SwarmFiles:
             pid = f"peer-{org.removeprefix('hospital-')}{len(peer_orgs[org]) + 1}"
             peer_ids.append((pid, org))
             peer_orgs[org].append(pid)
+        orderers = ([f"orderer-{i + 1}" for i in range(spec.orderer_nodes)] if spec.ordering == "etcd"
+                    else [ORDERER_ID])
         storage = [f"storage-{i + 1}" for i in range(spec.storage_nodes)]
-        all_agents = [ORDERER_ID, *(p for p, _ in peer_ids), *storage]
+        all_agents = [*orderers, *(p for p, _ in peer_ids), *storage]
         if spec.processes:
             addresses = {a: f"tcp://{spec.host}:{_free_port(spec.host)}" for a in all_agents}
         else:
@@ -278,7 +295,8 @@ class SwarmFiles:
         nodes = {n.id: n for p in profiles.values() for n in p.nodes}
         peers = [PeerInfo(pid, org, nodes[pid].ecdsa_key, nodes[pid].box_key, i + 1)
                  for i, (pid, org) in enumerate(peer_ids)]
-        agents[ORDERER_ID] = AgentKeys.generate()
+        for oid in orderers:
+            agents[oid] = AgentKeys.generate()
         for sid in storage:
             agents[sid] = AgentKeys.generate()
         for agent, keys in agents.items():
@@ -287,7 +305,8 @@ class SwarmFiles:
         config = ConsortiumConfig(
             spec.consortium,
             tuple(OrgInfo(o, p.name, p.admin_key, p.registrar_key, p.tls_ca) for o, p in profiles.items()),
-            tuple(peers), ORDERER_ID, agents[ORDERER_ID].ecdsa_public, spec.threshold, created_at=created,
+            tuple(peers), orderers[0], agents[orderers[0]].ecdsa_public, spec.threshold, created_at=created,
+            orderers=tuple(OrdererInfo(o, agents[o].ecdsa_public) for o in orderers) if spec.ordering == "etcd" else (),
         )
         genesis = make_genesis(config, {}).to_bytes()
         for org in orgs:  # every hospital signs, as `emrshare consortium sign` does
@@ -296,13 +315,27 @@ class SwarmFiles:
         keys = {a: k.ecdsa_public for a, k in agents.items()}
         keys.update({pid: nodes[pid].ecdsa_key for pid, _ in peer_ids})
         manifest = Manifest(
-            spec.consortium, genesis.to_bytes(), ORDERER_ID, [p.id for p in peers], storage,
+            spec.consortium, genesis.to_bytes(), orderers[0], [p.id for p in peers], storage,
             spec.threshold, addresses, keys, peer_orgs,
             spec.replicas, spec.write_quorum,
         )
+        if spec.ordering == "etcd":
+            etcd_dir = self.dir / "etcd"
+            etcd_dir.mkdir(parents=True, exist_ok=True)
+            ports = {"client": [_free_port(spec.host) for _ in range(spec.etcd_members)],
+                     "peer": [_free_port(spec.host) for _ in range(spec.etcd_members)]}
+            atomic_write(etcd_dir / "cluster.json", json.dumps(ports).encode(), mode=0o644)
         atomic_write(self.dir / "swarm.json", spec.to_json().encode(), mode=0o644)
         self.write_manifest(manifest)
         return manifest
+
+    def etcd_cluster(self, spec: SwarmSpec) -> Any:
+        """The swarm's etcd cluster (not started): :class:`agents.ordering.EtcdCluster` on its saved ports."""
+        from agents.ordering import EtcdCluster
+
+        ports = json.loads((self.dir / "etcd" / "cluster.json").read_text())
+        return EtcdCluster(self.dir / "etcd", members=spec.etcd_members, host=spec.host,
+                           client_ports=ports["client"], peer_ports=ports["peer"])
 
 
 # ------------------------------------------------------------------ running agents
@@ -316,6 +349,17 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
     from agents.node.roles import RoleSettings, build_agent, role_of
 
     spec = files.spec()
+    config = parse_genesis(manifest.genesis).config
+    if agent in {o.id for o in config.orderers}:  # etcd ordering: an orderer node of the set
+        from agents.ordering import EtcdOrderer
+
+        keys = files.agent_keys(agent)
+        orderer_node = EtcdOrderer(orderer_id=agent, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
+                                   etcd=files.etcd_cluster(spec).endpoints, directory=manifest.directory(),
+                                   batch_size=spec.batch_size, batch_timeout=spec.batch_timeout,
+                                   window=spec.etcd_window, storage=manifest.storage)
+        await orderer_node.run(node, task_status=task_status)
+        return
     role = role_of(agent, manifest)
     settings = RoleSettings(batch_size=spec.batch_size, batch_timeout=spec.batch_timeout,
                             reconcile_interval=spec.reconcile_interval, collect_grace=spec.collect_grace,
@@ -326,9 +370,19 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
     await runner.run(node, task_status=task_status)
 
 
+def orderer_agents(manifest: Manifest) -> list[str]:
+    """The ordering service's agents: the embedded orderer, or the etcd orderer nodes."""
+    return list(parse_genesis(manifest.genesis).config.orderer_ids)
+
+
+def etcd_orderer_ids(manifest: Manifest) -> set[str]:
+    """The etcd orderer nodes of the swarm's genesis (empty with the embedded orderer)."""
+    return {o.id for o in parse_genesis(manifest.genesis).config.orderers}
+
+
 def server_agents(manifest: Manifest) -> list[str]:
-    """Start order: the orderer, then peers, then storage nodes."""
-    return [manifest.orderer, *manifest.peers, *manifest.storage]
+    """Start order: the orderer (nodes), then peers, then storage nodes."""
+    return [*orderer_agents(manifest), *manifest.peers, *manifest.storage]
 
 
 class Swarm:
@@ -343,6 +397,7 @@ class Swarm:
         self._nursery: trio.Nursery | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
         self.runners: dict[str, Any] = {}  # in-process agents: id -> agents.node.RoleAgent (metrics)
+        self.etcd: Any = None  # etcd ordering: the running agents.ordering.EtcdCluster
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -363,6 +418,29 @@ class Swarm:
             log.info("resuming swarm from %s", files.dir)
         else:
             manifest = files.create(spec)
+        async with cls._etcd(files, spec) as etcd:
+            async with cls._open_agents(files, spec, manifest) as swarm:
+                swarm.etcd = etcd
+                yield swarm
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def _etcd(cls, files: "SwarmFiles", spec: SwarmSpec) -> AsyncIterator[Any]:
+        """etcd ordering: the local etcd cluster, running until the swarm stops (else None)."""
+        if spec.ordering != "etcd":
+            yield None
+            return
+        cluster = files.etcd_cluster(spec)
+        try:
+            cluster.start()
+            await cluster.wait_ready()
+            yield cluster
+        finally:
+            cluster.stop()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def _open_agents(cls, files: "SwarmFiles", spec: SwarmSpec, manifest: Manifest) -> AsyncIterator["Swarm"]:
         if spec.processes:
             swarm = cls(files, spec, manifest, None)
             try:
@@ -412,10 +490,15 @@ class Swarm:
         from agents.node.export import swarm_node_config
         from agents.node.service import PARENT_ENV
 
-        config = swarm_node_config(self.files, agent)
+        if agent in etcd_orderer_ids(self.manifest):
+            # an etcd orderer node runs on the swarm's etcd cluster (not yet a `node start` role)
+            command = [sys.executable, "-m", "agents.swarm", "agent", "--data", str(self.files.dir), "--id", agent]
+        else:
+            command = [sys.executable, "-m", "agents.cli", "node", "start", "--config",
+                       str(swarm_node_config(self.files, agent))]
         env = {k: v for k, v in os.environ.items() if not k.startswith("EMRSHARE_NODE_")}  # the config rules
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "node", "start", "--config", str(config)],
+            command,
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**env, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())},
         )
@@ -470,7 +553,49 @@ class Swarm:
                  f"{len(self.manifest.storage)} storage nodes (replicas {self.manifest.replicas}, "
                  f"write quorum {self.manifest.write_quorum})"]
         for agent in server_agents(self.manifest):
-            role = "orderer" if agent == self.manifest.orderer else "peer" if agent in self.manifest.peers else "storage"
+            role = ("orderer" if agent in orderer_agents(self.manifest) else "peer" if agent in self.manifest.peers
+                    else "storage")
             org = next((o for o, ps in self.manifest.peer_orgs.items() if agent in ps), "")
             lines.append(f"  {agent:<14} {role:<8} {org:<12} {self.manifest.agents[agent]}")
         return "\n".join(lines)
+
+
+def agent_main(argv: list[str]) -> int:
+    """``python -m agents.swarm agent --data DIR --id AGENT``: one etcd orderer node of a
+    ``--processes --ordering etcd`` swarm as its own process (every other agent process is
+    ``emrshare node start``)."""
+    import argparse
+    import logging as logging_
+
+    from agents.node.service import stop_with_parent
+    from agents.runtime import serve_until_signal
+
+    parser = argparse.ArgumentParser(prog="python -m agents.swarm agent")
+    parser.add_argument("--data", required=True, help="the swarm's data directory")
+    parser.add_argument("--id", required=True, help="the orderer node's agent id")
+    args = parser.parse_args(argv)
+    logging_.basicConfig(level=logging_.INFO, format=f"%(asctime)s {args.id} %(name)s %(levelname)s %(message)s")
+    stop_with_parent()
+    files = SwarmFiles(Path(args.data))
+    manifest = files.manifest()
+    address = manifest.agents[args.id]
+
+    def ready() -> None:
+        atomic_write(files.dir / "run" / f"{args.id}.ready", str(os.getpid()).encode(), mode=0o644)
+        log.info("%s ready at %s", args.id, address)
+
+    async def main() -> None:
+        routes = {a: addr for a, addr in manifest.agents.items() if a != args.id}
+        async with open_node(routes=routes) as node:
+            await node.listen(address)
+            await serve_until_signal(run_server_agent, files, args.id, node, manifest, ready=ready)
+
+    trio.run(main)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["agent"]:
+        sys.exit(agent_main(sys.argv[2:]))
+    print("usage: python -m agents.swarm agent --data DIR --id AGENT", file=sys.stderr)
+    sys.exit(2)

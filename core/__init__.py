@@ -32,6 +32,7 @@ from .errors import ValidationError as ValidationError
 from .identity import Certificate as Certificate
 from .identity import ConsortiumConfig as ConsortiumConfig
 from .identity import OrgInfo as OrgInfo
+from .identity import OrdererInfo as OrdererInfo
 from .identity import PeerInfo as PeerInfo
 from .ledger import Block as Block
 from .ledger import Genesis as Genesis

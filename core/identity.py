@@ -21,13 +21,14 @@ from typing import Any, Mapping
 from . import canonical, ecdsa
 from .errors import DecodeError, SignatureError
 
-__all__ = ["Certificate", "PeerInfo", "OrgInfo", "ConsortiumConfig", "CERT_TAG", "RESERVED_CERT_ATTRIBUTES",
-           "check_id", "CONFIG_SIGN_TAG"]
+__all__ = ["Certificate", "PeerInfo", "OrgInfo", "OrdererInfo", "ConsortiumConfig", "MAX_ORDERERS", "CERT_TAG",
+           "RESERVED_CERT_ATTRIBUTES", "check_id", "CONFIG_SIGN_TAG"]
 
 CERT_TAG = "emrshare/v1/certificate"
 CONFIG_TAG = "emrshare/v1/consortium"
 CONFIG_SIGN_TAG = "emrshare/v1/consortium-config"  # an organization admin's signature over a configuration
 MAX_ID = 128
+MAX_ORDERERS = 16  # a consortium's orderer set: one node per organization is the usual size
 MAX_ATTRIBUTES = 32
 # Attribute names the policy engine fills from the certificate's own fields
 # (``id`` = subject, ``organization`` = issuing organization): a certificate may not
@@ -229,8 +230,30 @@ class OrgInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class OrdererInfo:
+    """One node of the ordering service's set (etcd ordering: any of them may lead and sign)."""
+
+    id: str
+    key: bytes  # ECDSA public key (33 bytes, compressed)
+
+    def __post_init__(self) -> None:
+        check_id(self.id, "orderer id")
+        _check_bytes(self.key, 33, "orderer key")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "key": self.key}
+
+
+@dataclass(frozen=True, slots=True)
 class ConsortiumConfig:
-    """The genesis: organizations, peers, orderer key, threshold and time rules."""
+    """The genesis: organizations, peers, orderer key, threshold and time rules.
+
+    ``orderer_id``/``orderer_key`` name the orderer that signed the genesis (the
+    embedded orderer signs every block with it). ``orderers`` is the ordering
+    service's set when it has several nodes (etcd ordering): a block signed by
+    any key of :attr:`orderer_keys` binds the peers. It is encoded only when not
+    empty, so a single-orderer genesis keeps its bytes and hash.
+    """
 
     name: str
     orgs: tuple[OrgInfo, ...]
@@ -240,11 +263,18 @@ class ConsortiumConfig:
     threshold: int
     max_skew_ms: int = 120_000
     created_at: int = 0
+    orderers: tuple[OrdererInfo, ...] = ()
 
     def __post_init__(self) -> None:
         check_id(self.name, "consortium name")
         check_id(self.orderer_id, "orderer id")
         _check_bytes(self.orderer_key, 33, "orderer key")
+        if not isinstance(self.orderers, tuple) or len(self.orderers) > MAX_ORDERERS:
+            raise DecodeError(f"the orderer set holds at most {MAX_ORDERERS} nodes")
+        if len({o.id for o in self.orderers}) != len(self.orderers):
+            raise DecodeError("orderer ids must be distinct")
+        if len({o.key for o in self.orderers}) != len(self.orderers):
+            raise DecodeError("orderer keys must be distinct")
         if not self.orgs or not self.peers:
             raise DecodeError("a consortium needs at least one organization and one peer")
         org_ids = [o.id for o in self.orgs]
@@ -267,6 +297,15 @@ class ConsortiumConfig:
             if o.id == org_id:
                 return o
         return None
+    @property
+    def orderer_keys(self) -> tuple[bytes, ...]:
+        """The keys whose block signatures bind the peers: the genesis orderer's, then the set's."""
+        return tuple(dict.fromkeys([self.orderer_key, *(o.key for o in self.orderers)]))
+
+    @property
+    def orderer_ids(self) -> tuple[str, ...]:
+        """The orderer nodes peers follow: the set when there is one, else the genesis orderer."""
+        return tuple(o.id for o in self.orderers) or (self.orderer_id,)
 
     def peer(self, peer_id: str) -> PeerInfo | None:
         for p in self.peers:
@@ -275,7 +314,7 @@ class ConsortiumConfig:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name,
             "orgs": [o.to_dict() for o in self.orgs],
             "peers": [p.to_dict() for p in self.peers],
@@ -285,6 +324,9 @@ class ConsortiumConfig:
             "max_skew_ms": self.max_skew_ms,
             "created_at": self.created_at,
         }
+        if self.orderers:
+            d["orderers"] = [o.to_dict() for o in self.orderers]
+        return d
 
     def to_bytes(self) -> bytes:
         return canonical.pack(self.to_dict())
@@ -302,6 +344,7 @@ class ConsortiumConfig:
                 d["threshold"],
                 d["max_skew_ms"],
                 d["created_at"],
+                tuple(OrdererInfo(**o) for o in d.get("orderers", ())),
             )
         except (KeyError, TypeError) as exc:
             raise DecodeError(f"consortium config: malformed ({exc})") from exc

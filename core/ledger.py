@@ -309,9 +309,10 @@ def check_config_change(current: ConsortiumConfig, seq: int, new: ConsortiumConf
     and their peers (so a new organization's peers take ids and proxy indices no
     current peer holds: a configuration has them distinct). The threshold may
     change (still at most the number of peers)."""
-    if (new.name, new.orderer_id, new.orderer_key, new.max_skew_ms, new.created_at) != (
-            current.name, current.orderer_id, current.orderer_key, current.max_skew_ms, current.created_at):
-        raise ValidationError("bad_config", "a configuration change keeps the name, orderer and time rules")
+    if (new.name, new.orderer_id, new.orderer_key, new.orderers, new.max_skew_ms, new.created_at) != (
+            current.name, current.orderer_id, current.orderer_key, current.orderers, current.max_skew_ms,
+            current.created_at):
+        raise ValidationError("bad_config", "a configuration change keeps the name, orderers and time rules")
     cur_orgs, new_orgs = {o.id: o for o in current.orgs}, {o.id: o for o in new.orgs}
     added, removed = set(new_orgs) - set(cur_orgs), set(cur_orgs) - set(new_orgs)
     if len(added) + len(removed) != 1:
@@ -573,7 +574,7 @@ class IdentityRules:
     light client (:class:`core.lightclient.CertificateLightClient`).
 
     * :meth:`check_block`: a block extends the given head, its Merkle root holds
-      and the orderer signed it;
+      and an orderer of the genesis's set signed it (ConsortiumConfig.orderer_keys);
     * :meth:`check_submitter` and :meth:`check_nonce`: every transaction's
       timestamp is within the skew of its block's, its submitter is a peer or
       holds a registered certificate, not revoked and valid at the timestamp, its
@@ -607,15 +608,16 @@ class IdentityRules:
 
     def check_block(self, block: Block, height: int, head_hash: bytes) -> None:
         """Raise ValidationError unless ``block`` is block ``height + 1`` after
-        ``head_hash``, its Merkle root holds and the orderer signed it."""
+        ``head_hash``, its Merkle root holds and an orderer of the set signed it."""
         if block.height != height + 1:
             raise ValidationError("bad_height", f"expected block {height + 1}, got {block.height}")
         if block.prev_hash != head_hash:
             raise ValidationError("bad_prev_hash", f"block {block.height} does not extend the head")
         if block.tx_root != merkle_root(block.txs):
             raise ValidationError("bad_tx_root", f"block {block.height}: Merkle root mismatch")
-        if not block.is_valid_signature(self.config.orderer_key):
-            raise ValidationError("bad_block_signature", f"block {block.height} is not signed by the orderer")
+        if not any(block.is_valid_signature(key) for key in self.config.orderer_keys):
+            raise ValidationError("bad_block_signature", f"block {block.height} is not signed by an orderer "
+                                                         "of the consortium's set")
 
     def _submitter_key(self, state: "_Overlay", tx: Transaction) -> tuple[bytes, dict | None]:
         peer = self.peers.get(tx.submitter)

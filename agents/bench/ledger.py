@@ -11,7 +11,11 @@ it; latency is from its submission to that moment. The share of CPU time in
 ECDSA verification is measured by the crypto call counter the backends are
 selected with (agents/bench/loadtest/costs.py).
 
-    emrshare bench ledger [--quick] [--txs N] [--json FILE]
+``--ordering etcd`` orders with two etcd orderer nodes over a local 3-member
+etcd cluster (agents.ordering) instead; ``--ordering both`` runs the embedded
+orderer and then etcd ordering in the same run and prints the ratio.
+
+    emrshare bench ledger [--quick] [--txs N] [--ordering embedded|etcd|both] [--json FILE]
 """
 
 from __future__ import annotations
@@ -77,19 +81,45 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def run_bench(n_txs: int, *, batch: int = 100, window: int = 4000, n_peers: int = 4,
-                    users: int = 8, data_dir: Path | None = None) -> dict[str, Any]:
+                    users: int = 8, data_dir: Path | None = None, ordering: str = "embedded") -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="emrshare-bench-ledger-") if data_dir is None else None
     root = Path(tmp.name) if tmp is not None else Path(data_dir)  # type: ignore[arg-type]
     try:
-        return await _run(root, n_txs, batch, window, n_peers, users)
+        return await _run(root, n_txs, batch, window, n_peers, users, ordering)
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
-async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_users: int) -> dict[str, Any]:
+async def _start_ordering(nursery: trio.Nursery, node: bus.Node, consortium: TestConsortium, root: Path,
+                          ordering: str, cluster: list) -> None:
+    if ordering == "embedded":
+        await nursery.start(consortium.orderer(root / "orderer").run, node)
+        return
+    from agents.ordering import EtcdCluster
+
+    etcd = EtcdCluster(root / "etcd", members=3)
+    cluster.append(etcd)
+    etcd.start()
+    await etcd.wait_ready()
+    for node_id in consortium.orderer_nodes:
+        await nursery.start(consortium.ordering_node(node_id, etcd.endpoints).run, node)
+
+
+async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_users: int,
+               ordering: str = "embedded") -> dict[str, Any]:
+    cluster: list = []
+    try:
+        return await _run_with(root, n_txs, batch, window, n_peers, n_users, ordering, cluster)
+    finally:
+        for etcd in cluster:
+            etcd.stop()
+
+
+async def _run_with(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_users: int, ordering: str,
+                    cluster: list) -> dict[str, Any]:
     consortium = TestConsortium.build(split_peers(n_peers), name="bench", orgs=("org-a", "org-b"),
-                                      created_at=int(time.time() * 1000))
+                                      created_at=int(time.time() * 1000), orderers=2 if ordering == "etcd" else 0)
     manifest = consortium.manifest
     peers: dict[str, PeerAgent] = {}
     committed: dict[bytes, list] = {}  # tx id -> [submitted at, peers left, committed-by-all at, mark]
@@ -111,7 +141,7 @@ async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_
     all_done = trio.Event()
     async with bus.open_node() as node:
         async with trio.open_nursery() as nursery:
-            await nursery.start(consortium.orderer(root / "orderer").run, node)
+            await _start_ordering(nursery, node, consortium, root, ordering, cluster)
             for pid in consortium.peers:
                 peers[pid] = consortium.peer(pid, root / pid)
                 await nursery.start(peers[pid].run, node)
@@ -210,11 +240,13 @@ async def _run(root: Path, n_txs: int, batch: int, window: int, n_peers: int, n_
                 raise RuntimeError("access requests were not evaluated as expected")
             nursery.cancel_scope.cancel()
     return {"backend": backend_name(), "ecdsa": ecdsa.ecdsa_backend_name(), "peers": n_peers,
-            "batch": batch, "window": window, "cores": os.cpu_count(), "results": results}
+            "batch": batch, "window": window, "cores": os.cpu_count(), "ordering": ordering, "results": results}
 
 
 def _table(report: dict[str, Any]) -> str:
-    lines = [f"ledger commit: {report['peers']} peers + embedded orderer, in-memory bus, one process "
+    orderer = ("embedded orderer" if report.get("ordering", "embedded") == "embedded"
+               else "2 etcd orderer nodes (3-member etcd cluster)")
+    lines = [f"ledger commit: {report['peers']} peers + {orderer}, in-memory bus, one process "
              f"(pairing {report['backend']}, ECDSA {report['ecdsa']}, {report['cores']} cores)",
              f"{'workload':<16}{'txs':>8}{'tx/s':>10}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}"
              f"{'verifies':>10}{'verify/CPU':>12}"]
@@ -233,12 +265,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--txs", type=int, default=None, help="transactions per workload")
     parser.add_argument("--batch", type=int, default=100, help="transactions per peer.submit")
     parser.add_argument("--window", type=int, default=4000, help="transactions in flight at most")
+    parser.add_argument("--ordering", choices=("embedded", "etcd", "both"), default="embedded",
+                        help="ordering service: the embedded orderer (default), etcd orderer nodes over a local "
+                             "3-member etcd cluster (needs the etcd binary), or both in one run, compared")
     args = parser.parse_args(argv)
     costs.counting()  # the verify counter is chosen with the backends, before any crypto runs
     n = args.txs or (1000 if args.quick else 5000)
-    report = trio.run(lambda: run_bench(n, batch=args.batch, window=args.window))
-    if not write_json(args.json, report):
+    kinds = ("embedded", "etcd") if args.ordering == "both" else (args.ordering,)
+    reports = [trio.run(lambda: run_bench(n, batch=args.batch, window=args.window, ordering=kind))
+               for kind in kinds]
+    if write_json(args.json, reports[0] if len(reports) == 1 else reports):
+        return 0
+    for report in reports:
         print(_table(report))
+    if len(reports) == 2:
+        for a, b in zip(reports[0]["results"], reports[1]["results"]):
+            print(f"{a['workload']}: etcd ordering commits {b['tx_per_s'] / a['tx_per_s'] * 100:.0f} % of the "
+                  f"embedded orderer's rate ({b['tx_per_s']:.0f} vs {a['tx_per_s']:.0f} tx/s)")
     return 0
 
 

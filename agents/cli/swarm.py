@@ -38,7 +38,7 @@ __all__ = ["up_main", "status_main", "down_main"]
 
 DEFAULT_DATA = "swarm-data"
 _SETTINGS = ("hospitals", "peers", "threshold", "storage_nodes", "replicas", "write_quorum", "port", "batch_size",
-             "reconcile_interval")
+             "reconcile_interval", "ordering")
 
 
 def _data_option(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]
             settings[k] = v
             source[k] = f"{k} = {v!r} in {path}"
     for name in _SETTINGS:
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
             source[name] = f"--{name.replace('_', '-')} {value}"
@@ -116,6 +116,9 @@ def up_main(argv: list[str]) -> int:
     parser.add_argument("--reconcile-interval", dest="reconcile_interval", type=float, metavar="SECONDS",
                         help="seconds between the storage nodes' reconcile rounds (default 30)")
     parser.add_argument("--processes", action="store_true", help="run each agent in its own process")
+    parser.add_argument("--ordering", choices=("embedded", "etcd"),
+                        help="ordering service: the embedded orderer (default), or etcd: two orderer nodes over a "
+                             "local 3-member etcd cluster (needs the etcd binary: apt-get install etcd-server)")
     args = parser.parse_args(argv)
     from agents.swarm import SwarmSpec
 
@@ -205,8 +208,11 @@ def status(files: Any) -> dict[str, Any]:
     manifest = files.manifest()
     agents = []
     seen: dict[str, bool] = {}
-    for agent in [manifest.orderer, *manifest.peers, *manifest.storage]:
-        role = "orderer" if agent == manifest.orderer else "peer" if agent in manifest.peers else "storage"
+    from agents.swarm import orderer_agents, server_agents
+
+    orderers = orderer_agents(manifest)
+    for agent in server_agents(manifest):
+        role = "orderer" if agent in orderers else "peer" if agent in manifest.peers else "storage"
         org = next((o for o, ps in manifest.peer_orgs.items() if agent in ps), "")
         address = manifest.agents.get(agent, "")
         if holder is not None and address not in seen:

@@ -89,7 +89,15 @@ class PeerAgent:
             raise ValueError(f"the keys given for {peer_id} are not the ones in the genesis")
         self.info = info
         self.orderer = manifest.orderer or self.config.orderer_id
+        # etcd ordering: every node of the genesis's orderer set, the manifest's first
+        self.orderers = [self.orderer]
+        if self.config.orderers:
+            ids = list(self.config.orderer_ids)
+            self.orderers = [self.orderer, *(o for o in ids if o != self.orderer)] if self.orderer in ids else ids
+            self.orderer = self.orderers[0]
         self.directory = manifest.directory()
+        for node in self.config.orderers:  # the genesis vouches for the orderer set's keys
+            self.directory.add_static(node.id, node.key)
         self.roles: dict[str, str] = {}  # subject -> role, for every committed, unrevoked certificate
         for key, raw in self.store.scan(certs_prefix()):
             entry = CertEntry.from_state(canonical.unpack(raw, what=key))
@@ -98,15 +106,15 @@ class PeerAgent:
                 self.roles[entry.subject] = entry.cert.role
         self.refusals = Refusals(peer_id)
         self.classifier = Classifier(peers=[p.id for p in self.config.peers], orderer=self.orderer,
-                                     storage=manifest.storage, role=self.roles.get)
+                                     storage=manifest.storage, role=self.roles.get, orderers=self.orderers)
         self.endpoint: bus.Endpoint | None = None
         self._nursery: trio.Nursery | None = None
         self._committed = trio.Event()
         self._listeners: list[Callable[[Block, CommitResult], None]] = []
         self._commit_subscribers: set[str | None] = set()  # users that subscribed to commits/<them>
         self.height = self.ledger.height  # last block whose effects are fully processed
-        self.forwarder = TxForwarder(orderer=self.orderer, submit_timeout=submit_timeout)
-        self.sync = BlockSync(peer_id=peer_id, ledger=self.ledger, store=self.store, orderer=self.orderer,
+        self.forwarder = TxForwarder(orderers=self.orderers, submit_timeout=submit_timeout)
+        self.sync = BlockSync(peer_id=peer_id, ledger=self.ledger, store=self.store, orderers=self.orderers,
                               peers=list(manifest.peers), on_commit=self._after_commit, sync_idle=sync_idle,
                               retry_interval=retry_interval)
         self.handlers = PeerHandlers(self)

@@ -7,12 +7,24 @@ arrive while a forward is in flight into one message (at most
 :data:`core.protocol.MAX_SUBMIT_BYTES` bytes). :meth:`TxForwarder.submit`
 also waits, if asked, until each transaction's block is committed here:
 the agent calls :meth:`TxForwarder.resolve` with every committed block.
+
+With several orderer nodes (etcd ordering, the genesis's orderer set) a
+forward that finds its node unreachable, or answering ``orderer.no-leader``,
+moves to the next node and tries again for up to ``failover_timeout``
+seconds; a node that could not be reached is passed over for
+``DOWN_FOR`` seconds while another one answers (reconnecting to a dead
+address costs the bus about a second of connect attempts). Every transaction forwarded is remembered until a committed block
+holds it; one not committed ``resubmit_after`` seconds after its last
+forward (lost in a leader that died) is forwarded again, for at most
+``MAX_PENDING_AGE`` seconds: the ledger commits a transaction once (a copy is
+refused by its nonce) and the leader drops copies it has seen.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import trio
@@ -24,6 +36,10 @@ from core.protocol import MAX_SUBMIT_BYTES, MAX_TXS_PER_SUBMIT, OrdererSubmit, c
 __all__ = ["TxForwarder"]
 
 log = logging.getLogger("agents.peer")
+
+MAX_PENDING = 100_000  # transactions remembered for resubmission (the oldest forgotten beyond)
+MAX_PENDING_AGE = 60.0  # seconds a transaction is resubmitted for (its timestamp skew bounds it anyway)
+DOWN_FOR = 5.0  # seconds an unreachable orderer node is passed over
 
 
 @dataclass
@@ -41,14 +57,26 @@ class _Outgoing:
 
 
 class TxForwarder:
-    """Forwards to ``orderer`` once :meth:`run` is running; waits ``submit_timeout`` for commits."""
+    """Forwards to ``orderers[0]`` (then the next ones, see the module docstring) once
+    :meth:`run` is running; waits ``submit_timeout`` for commits."""
 
-    def __init__(self, *, orderer: str, submit_timeout: float):
-        self.orderer = orderer
+    def __init__(self, *, orderers: list[str], submit_timeout: float, failover_timeout: float = 10.0,
+                 resubmit_after: float = 4.0):
+        self.orderers = list(orderers)
+        self.orderer = self.orderers[0]
         self.submit_timeout = submit_timeout
+        self.failover_timeout = failover_timeout
+        self.resubmit_after = resubmit_after
+        self.resubmitted = 0
         self._waiters: dict[bytes, _TxWaiter] = {}
         self._outgoing: list[_Outgoing] = []
         self._outgoing_ready = trio.Event()
+        self._pending: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # tx id -> (raw, forwarded at)
+        self._down_until: dict[str, float] = {}  # orderer node -> until when it is passed over
+
+    @property
+    def failover(self) -> bool:
+        return len(self.orderers) > 1
 
     @property
     def queued(self) -> int:
@@ -62,6 +90,68 @@ class TxForwarder:
 
     async def run(self, endpoint: bus.Endpoint) -> None:
         """Forward queued transactions to the orderer, coalescing concurrent submissions."""
+        async with trio.open_nursery() as nursery:
+            if self.failover:
+                nursery.start_soon(self._resubmitter)
+            await self._forward_loop(endpoint)
+
+    async def _send(self, endpoint: bus.Endpoint, txs: tuple[bytes, ...]) -> str | None:
+        """Forward to the current orderer node (moving on to the others when failing over); the error or None."""
+        body = OrdererSubmit(txs, batch=True).to_wire()
+        deadline = trio.current_time() + (self.failover_timeout if self.failover else 0)
+        while True:
+            try:
+                await endpoint.request(self.orderer, OrdererSubmit.kind, body, timeout=10.0 if not self.failover else 3.0)
+                break
+            except bus.RemoteError as exc:
+                error = f"orderer refused: {exc.code}"
+                if exc.code != codes.ORDERER_NO_LEADER:
+                    return error
+            except bus.BusError as exc:
+                error = f"orderer unavailable: {type(exc).__name__}"
+                self._down_until[self.orderer] = trio.current_time() + DOWN_FOR
+            if not self.failover or trio.current_time() >= deadline:
+                return error
+            self.orderer = self._next_orderer()
+            await trio.sleep(0.05)
+        if self.failover:
+            now = trio.current_time()
+            for raw in txs:
+                tx_id = hashlib.sha256(raw).digest()
+                self._pending.pop(tx_id, None)
+                self._pending[tx_id] = (raw, now)
+            while len(self._pending) > MAX_PENDING:
+                self._pending.popitem(last=False)
+        return None
+
+    def _next_orderer(self) -> str:
+        """The next node after the current one that is not passed over (else simply the next)."""
+        now = trio.current_time()
+        i = self.orderers.index(self.orderer)
+        ring = self.orderers[i + 1:] + self.orderers[:i + 1]
+        return next((o for o in ring if self._down_until.get(o, 0) <= now), ring[0])
+
+    async def _resubmitter(self) -> None:
+        """Forward again what no committed block holds ``resubmit_after`` s after its last forward."""
+        while True:
+            await trio.sleep(self.resubmit_after / 2)
+            now = trio.current_time()
+            due = []
+            for tx_id, (raw, sent) in list(self._pending.items()):
+                if now - sent > MAX_PENDING_AGE + self.resubmit_after:
+                    del self._pending[tx_id]
+                elif now - sent >= self.resubmit_after:
+                    due.append(raw)
+            for i in range(0, len(due), MAX_TXS_PER_SUBMIT):
+                chunk = due[i:i + MAX_TXS_PER_SUBMIT]
+                log.info("resubmitting %d transactions not committed after %.1f s", len(chunk), self.resubmit_after)
+                self.resubmitted += len(chunk)
+                item = _Outgoing(chunk, trio.Event())
+                self._outgoing.append(item)
+                self._outgoing_ready.set()
+                await item.done.wait()
+
+    async def _forward_loop(self, endpoint: bus.Endpoint) -> None:
         while True:
             if not self._outgoing:
                 self._outgoing_ready = trio.Event()
@@ -77,14 +167,7 @@ class TxForwarder:
                 count += len(item.txs)
                 size += item_size
             txs = tuple(raw for item in batch for raw in item.txs)
-            error = None
-            try:
-                await endpoint.request(self.orderer, OrdererSubmit.kind, OrdererSubmit(txs, batch=True).to_wire(),
-                                       timeout=10.0)
-            except bus.RemoteError as exc:
-                error = f"orderer refused: {exc.code}"
-            except bus.BusError as exc:
-                error = f"orderer unavailable: {type(exc).__name__}"
+            error = await self._send(endpoint, txs)
             for item in batch:
                 item.error = error
                 item.done.set()
@@ -125,6 +208,9 @@ class TxForwarder:
 
     def resolve(self, block: Block, result: CommitResult) -> None:
         """Wake the submissions waiting for a transaction of this committed block."""
+        if self._pending:
+            for raw in block.txs:
+                self._pending.pop(hashlib.sha256(raw).digest(), None)
         if not self._waiters:
             return
         for raw, mark in zip(block.txs, result.marks):

@@ -9,6 +9,10 @@ seconds and the orderer's head is ahead. Every block is applied by
 signatures and proofs) and persisted with its marks, state writes and head in
 one SQLite transaction (:mod:`agents.ledger_store`); then ``on_commit(block,
 result)`` runs on the event loop, one block at a time.
+
+With several orderer nodes (etcd ordering) it follows one; when that node's
+subscription breaks or it does not answer, it moves on to the next node of
+the set (catching up first: blocks below an etcd node's window come from peers).
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ log = logging.getLogger("agents.peer")
 class BlockSync:
     """Commits the chain's blocks into ``ledger`` and ``store`` (see the module docstring)."""
 
-    def __init__(self, *, peer_id: str, ledger: Ledger, store: LedgerStore, orderer: str, peers: list[str],
+    def __init__(self, *, peer_id: str, ledger: Ledger, store: LedgerStore, orderers: list[str], peers: list[str],
                  on_commit: Callable[[Block, CommitResult], Awaitable[None]], sync_idle: float,
                  retry_interval: float):
         self.peer_id = peer_id
         self.ledger = ledger
         self.store = store
-        self.orderer = orderer
+        self.orderers = list(orderers)
+        self.orderer = self.orderers[0]  # the node followed now
         self.peers = [p for p in peers if p != peer_id]  # catch-up sources after the orderer
         self.sync_idle = sync_idle
         self.retry_interval = retry_interval
@@ -98,7 +103,7 @@ class BlockSync:
                 task_status.started()
                 started = True
             if sub is None:
-                await trio.sleep(self.retry_interval)
+                await trio.sleep(self.retry_interval / 10 if self._next_orderer() else self.retry_interval)
                 continue
             try:
                 await self._follow(endpoint, sub)
@@ -106,7 +111,16 @@ class BlockSync:
                 log.warning("peer %s: block subscription ended: %s", self.peer_id, exc)
             finally:
                 await sub.aclose()
-            await trio.sleep(self.retry_interval / 10)
+            if not self._next_orderer():
+                await trio.sleep(self.retry_interval / 10)
+
+    def _next_orderer(self) -> bool:
+        """Move on to the next orderer node (True), or False when there is only one."""
+        if len(self.orderers) == 1:
+            return False
+        self.orderer = self.orderers[(self.orderers.index(self.orderer) + 1) % len(self.orderers)]
+        log.info("peer %s: following orderer node %s", self.peer_id, self.orderer)
+        return True
 
     async def _follow(self, endpoint: bus.Endpoint, sub: bus.Subscription) -> None:
         """Commit published blocks until the subscription breaks or the orderer stops answering."""

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from core import ecdsa
-from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
+from core.identity import ConsortiumConfig, OrdererInfo, OrgInfo, PeerInfo
 from core.ledger import Block, make_genesis
 
 from agents.client import UserConfig
@@ -45,6 +45,7 @@ from agents.keys import AgentKeys
 if TYPE_CHECKING:  # the agents import only where they are made
     from agents.doctor import DoctorAgent
     from agents.orderer import OrdererAgent
+    from agents.ordering import EtcdOrderer
     from agents.peer import PeerAgent
     from agents.swarm import Swarm
 
@@ -114,19 +115,22 @@ class TestConsortium:
     admins: dict[str, bytes]  # org -> admin ECDSA private key (signs the configuration)
     static_keys: dict[str, bytes]
     manifest: Manifest
+    orderer_nodes: dict[str, bytes] = field(default_factory=dict)  # etcd ordering: node id -> private key
 
     @classmethod
     def build(cls, peers: Sequence[tuple[str, str]] | None = None, *, name: str = "test", threshold: int = 2,
               storage: Iterable[str] = (), orgs: Sequence[str] = (), org_names: Mapping[str, str] | None = None,
               created_at: int | None = None, max_skew_ms: int | None = None,
-              agents: Mapping[str, str] | None = None, **manifest: Any) -> "TestConsortium":
+              agents: Mapping[str, str] | None = None, orderers: int = 0, **manifest: Any) -> "TestConsortium":
         """A fresh consortium: ``peers`` as (id, organization) pairs (default
         :func:`split_peers` of 4), proxy indices in that order; ``storage`` node
         ids; ``orgs`` organizations to list before the peers' own (also those
         without peers); ``org_names`` the organizations' display names (default the id in
         capitals); ``created_at`` in ms (default a minute ago); ``agents`` the
         manifest's addresses and ``manifest`` its other keyword fields
-        (``replicas``, ``write_quorum``)."""
+        (``replicas``, ``write_quorum``). ``orderers`` > 0: the genesis names an orderer set
+        of that many etcd orderer nodes (``orderer-1``, ...; their keys in ``orderer_nodes``)
+        and the manifest points at the first."""
         peers = list(peers if peers is not None else split_peers(4))
         orgs = tuple(dict.fromkeys([*orgs, *(org for _, org in peers)]))
         peer_keys = {pid: AgentKeys.generate() for pid, _ in peers}
@@ -140,19 +144,22 @@ class TestConsortium:
         names = org_names or {}
         admins = {o: ecdsa.generate_private_key() for o in orgs}
         registrars = {o: ecdsa.generate_private_key() for o in orgs}
+        nodes = {f"orderer-{i + 1}": ecdsa.generate_private_key() for i in range(orderers)}
         config = ConsortiumConfig(name, tuple(OrgInfo(o, names.get(o, o.upper()), ecdsa.public_key(admins[o]),
                                                       ecdsa.public_key(registrars[o])) for o in orgs),
                                   tuple(infos.values()), "orderer", ecdsa.public_key(orderer_key), threshold,
-                                  **timing)
+                                  **timing, orderers=tuple(OrdererInfo(n, ecdsa.public_key(k))
+                                                           for n, k in nodes.items()))
         genesis = make_genesis(config, {o: config.sign_as_org(admins[o]) for o in orgs})
         static = {pid: k.ecdsa_public for pid, k in peer_keys.items()}
         static.update({sid: k.ecdsa_public for sid, k in storage_keys.items()})
         static["orderer"] = ecdsa.public_key(orderer_key)
+        static.update({n: ecdsa.public_key(k) for n, k in nodes.items()})
         peer_orgs = {o: [pid for pid, org in peers if org == o] for o in orgs}
         return cls(name, orgs, "orderer", orderer_key, peer_keys, infos, storage_keys, threshold, config, genesis,
                    registrars, admins, static,
-                   Manifest(name, genesis.to_bytes(), "orderer", list(infos), list(storage_keys), threshold,
-                            dict(agents or {}), dict(static), peer_orgs, **manifest))
+                   Manifest(name, genesis.to_bytes(), next(iter(nodes), "orderer"), list(infos), list(storage_keys),
+                            threshold, dict(agents or {}), dict(static), peer_orgs, **manifest), nodes)
 
     def directory(self) -> ConsortiumDirectory:
         """A fresh bus key directory trusting the consortium's static keys."""
@@ -171,6 +178,14 @@ class TestConsortium:
         return OrdererAgent(orderer_id=self.orderer_id, signing_key=self.orderer_key,
                             genesis=self.genesis.to_bytes(), data_dir=data_dir,
                             directory=kw.pop("directory", None) or self.manifest.directory(), **kw)
+
+    def ordering_node(self, node_id: str, etcd: list[str], **kw: Any) -> "EtcdOrderer":
+        """Etcd orderer node ``node_id`` (built with ``orderers=``) over the etcd cluster at ``etcd``."""
+        from agents.ordering import EtcdOrderer
+
+        kw.setdefault("storage", self.manifest.storage)
+        return EtcdOrderer(orderer_id=node_id, signing_key=self.orderer_nodes[node_id], genesis=self.genesis.to_bytes(),
+                           etcd=etcd, directory=kw.pop("directory", None) or self.manifest.directory(), **kw)
 
     def peer(self, pid: str, data_dir: Path, **kw: Any) -> "PeerAgent":
         """Peer ``pid`` (its own keys; it checks enrollment tokens against the registrar keys in the genesis)."""

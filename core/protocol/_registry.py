@@ -95,12 +95,13 @@ _BLOB_OWNER = ("the blob's owner (the registered user whose put stored it first,
 _OWNER = "the put session's owner (the agent that began it): storage.bad-request otherwise"
 _NODES = frozenset({Sender.PEER, Sender.STORAGE})  # the ledger's followers
 _PEERS = frozenset({Sender.PEER})
+_SUBMITTERS = frozenset({Sender.PEER, Sender.ORDERER})  # peers; an etcd orderer node forwarding to its leader
 _PATIENTS = frozenset({Sender.PATIENT})
 _DOCTORS = frozenset({Sender.DOCTOR})
 _STORAGE_USERS = REGISTERED | frozenset({Sender.STORAGE})  # users, and nodes repairing replicas
 
 KINDS: Mapping[str, KindSpec] = _kinds(
-    KindSpec("orderer.submit", o.OrdererSubmit, o.OrdererSubmitReply, "orderer", _PEERS),
+    KindSpec("orderer.submit", o.OrdererSubmit, o.OrdererSubmitReply, "orderer", _SUBMITTERS),
     KindSpec("orderer.blocks", o.OrdererBlocks, o.OrdererBlocksReply, "orderer", _NODES),
     KindSpec("orderer.head", o.OrdererHead, o.OrdererHeadReply, "orderer", _NODES),
     KindSpec("peer.enroll", p.PeerEnroll, p.PeerEnrollReply, "peer", frozenset({Sender.ENROLLING}),

@@ -72,6 +72,10 @@ FORBIDDEN = _code("forbidden", "bus", "the sender's class may not send this kind
 
 # -- orderer ------------------------------------------------------------------------
 ORDERER_BUSY = _code("orderer.busy", "orderer", "too many transactions queued; retry later")
+ORDERER_NO_LEADER = _code("orderer.no-leader", "orderer", "no orderer node leads right now (etcd ordering); "
+                          "retry shortly or ask another orderer node")
+ORDERER_PRUNED = _code("orderer.pruned", "orderer", "the block is older than the orderer's window (etcd "
+                       "ordering); ask a peer")
 
 # -- peer ---------------------------------------------------------------------------
 ENROLL_DENIED = _code("enroll.denied", "peer", "the token, the organization or the peer refuses the enrollment")

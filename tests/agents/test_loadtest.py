@@ -239,6 +239,16 @@ def test_fault_schedule_checks_the_margin():
         faults.schedule(M())
 
 
+def test_fault_schedule_with_etcd_ordering_kills_the_leaders():
+    from agents.testing.consortium import TestConsortium
+
+    manifest = TestConsortium.build(orderers=2, storage=["s1", "s2", "s3"]).manifest
+    actions = [e.action for e in faults.schedule(manifest)]
+    assert {"kill-orderer-leader", "kill-etcd-leader", "restart-ordering"} <= set(actions)
+    plain = TestConsortium.build(storage=["s1", "s2", "s3"]).manifest
+    assert not {a for a in (e.action for e in faults.schedule(plain)) if "ordering" in a or "leader" in a}
+
+
 # ------------------------------------------------------------------ crypto counters
 
 

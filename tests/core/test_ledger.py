@@ -179,6 +179,11 @@ def test_rejection_paths(c):
     # the same bytes twice in one block
     t = c.tx("store", "alice", store_body("rec-d"))
     assert c.block(t, t)[1].marks == ("ok", "duplicate_in_block")
+    # the same bytes resubmitted in a later block (a peer resubmitting after an orderer
+    # failover): committed once, the copy is refused by its nonce
+    again = c.tx("store", "alice", store_body("rec-again"))
+    assert c.block(again)[1].marks == ("ok",)
+    assert c.block(again)[1].marks == ("replayed_nonce",)
 
 
 def test_revoked_and_expired_certificates(c):

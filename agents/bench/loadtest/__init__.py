@@ -115,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=int, help="embedded swarm: peers needed to re-encrypt (default 2)")
     g.add_argument("--storage-nodes", type=int, help="embedded swarm: storage nodes (default 3)")
     g.add_argument("--data", type=Path, help="embedded swarm data directory (kept; default: temporary, removed)")
+    g.add_argument("--ordering", choices=("embedded", "etcd"),
+                   help="embedded swarm: ordering service (default embedded; etcd: two orderer nodes over a local "
+                        "3-member etcd cluster, and --faults also kills the leading orderer node and the etcd leader)")
     g.add_argument("--faults", nargs="?", const="tolerated", choices=("tolerated", "severe"),
                    help="inject faults during the run (implies --processes)")
     g = p.add_argument_group("output")
@@ -147,8 +150,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
                            max_inflight=args.max_inflight, seed=args.seed)
     settings.check()
     saturation = args.saturation if args.saturation is not None else (15.0 if rate_half else 0.0)
-    swarm = {k: getattr(args, k) for k in ("hospitals", "peers", "threshold", "storage_nodes")
-             if getattr(args, k) is not None}
+    swarm = {k: getattr(args, k) for k in ("hospitals", "peers", "threshold", "storage_nodes", "ordering")
+             if getattr(args, k, None) is not None}
     if args.target and (args.faults or args.processes or swarm or args.data):
         raise ValueError("--target excludes the embedded swarm's options (--faults, --processes, --peers, ...)")
     return Options(workload=wspec, run=settings, rate_half=rate_half, saturation=saturation,

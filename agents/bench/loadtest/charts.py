@@ -158,9 +158,9 @@ def fault_intervals(faults: Sequence[dict], end: float) -> list[tuple[float, flo
     out = []
     for f in sorted(faults, key=lambda f: f["t"]):
         for agent in f.get("agents", []):
-            if f["action"] in ("kill", "stall"):
+            if f["action"] in ("kill", "stall", "kill-orderer-leader", "kill-etcd-leader"):
                 down.setdefault(agent, f["t"])
-            elif f["action"] in ("restart", "resume") and agent in down:
+            elif f["action"] in ("restart", "resume", "restart-ordering") and agent in down:
                 out.append((down.pop(agent), f["t"], agent))
     out += [(t, end, agent) for agent, t in down.items()]
     return sorted(out)

@@ -170,10 +170,11 @@ def render_text(r: dict) -> str:
         out.append(f"faults (baseline {_f(fi.get('baseline_per_s'), 1)} ops/s):")
         rows = [[f"{f['t']:.1f}s", f["action"], ",".join(f["agents"]), _f(f.get("min_throughput_per_s"), 1),
                  _f((f.get("dip_fraction") or 0) * 100 if f.get("dip_fraction") is not None else None, 0),
-                 f["failed_within_window"], _f(f.get("recovery_s"), 1), f.get("error") or ""]
+                 f["failed_within_window"], _f(f.get("recovery_s"), 1), _f(f.get("write_gap_s"), 2),
+                 f.get("error") or ""]
                 for f in fi.get("faults", [])]
         out += ["  " + x for x in _table(["at", "action", "agents", "min ops/s", "dip %", "failed 10s",
-                                           "recovery s", "error"], rows)]
+                                           "recovery s", "write gap s", "error"], rows)]
     tg = r.get("targets")
     if tg:
         out.append("")

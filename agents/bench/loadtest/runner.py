@@ -284,6 +284,10 @@ async def run(opts: Options) -> dict:
                         target.swarm.resume(agent)
                     if proc.poll() is not None:
                         await target.swarm.start_process(agent)
+                etcd = target.swarm.etcd
+                for member in range(len(etcd.names) if etcd is not None else 0):
+                    if not etcd.running(member):
+                        etcd.start_member(member)
             print(f"verifying {len(wl.records)} acknowledged records ...", file=stream, flush=True)
             report["correctness"] = await wl.verify(concurrency=opts.verify_concurrency)
             report["denials"] = {**wl.checks, "wrong": list(wl.wrong)}
@@ -332,7 +336,7 @@ def _fill_run(report: dict, rec: Recorder, settings: RunSettings, crypto: costs.
     if applied:
         from agents.bench.loadtest.faults import impact
 
-        report["faults"] = impact(report["timeline"], applied)
+        report["faults"] = impact(report["timeline"], applied, samples=rec.samples)
 
 
 def _efficiency(sat: dict, probe: dict, unit: dict, cores: int) -> dict:

@@ -52,7 +52,7 @@ def test_registry_entries_agree_with_their_types():
         assert spec.senders and spec.senders <= set(Sender)
     for topic, t in TOPICS.items():
         assert t.topic == topic == t.payload.kind and t.subscribers
-    assert KINDS["orderer.submit"].senders == {Sender.PEER}
+    assert KINDS["orderer.submit"].senders == {Sender.PEER, Sender.ORDERER}  # etcd nodes forward to their leader
     assert KINDS["peer.enroll"].senders == {Sender.ENROLLING}
 
 
