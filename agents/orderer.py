@@ -44,7 +44,8 @@ from agents.handlers import serve
 from agents.ledger_store import LedgerStore
 from agents.runtime import make_endpoint
 
-__all__ = ["OrdererAgent", "MAX_BLOCKS_PER_REPLY", "MAX_QUEUED"]
+__all__ = ["OrdererAgent", "OrdererBase", "TxQueue", "MAX_BLOCKS_PER_REPLY", "MAX_QUEUED", "check_batching",
+           "tx_ids"]
 
 log = logging.getLogger("agents.orderer")
 
@@ -52,27 +53,149 @@ MAX_QUEUED = 50_000
 MAX_QUEUED_BYTES = 256 * 1024 * 1024
 
 
-class OrdererAgent:
+def check_batching(batch_size: int, batch_timeout: float) -> None:
+    """Refuse a batch size no block holds and a batch timeout that is not positive."""
+    if not 1 <= batch_size <= MAX_BLOCK_TXS:
+        raise ValueError(f"batch_size must be 1..{MAX_BLOCK_TXS}")
+    if batch_timeout <= 0:
+        raise ValueError("batch_timeout must be positive")
+
+
+def tx_ids(txs: Iterable[bytes], *, max_tx_bytes: int | None = None, cap: int = 0) -> tuple[bytes, ...]:
+    """The ids of submitted transactions; ``bad-request`` for one that does not decode or (with
+    ``max_tx_bytes``) is larger than a block of ``cap`` bytes holds."""
+    ids = []
+    for raw in txs:
+        try:
+            ids.append(Transaction.from_bytes(raw).tx_id)
+        except DecodeError as exc:
+            raise bus.HandlerError(codes.BAD_REQUEST, f"transaction does not decode: {exc}") from None
+        if max_tx_bytes is not None and len(raw) > max_tx_bytes:
+            raise bus.HandlerError(codes.BAD_REQUEST, f"transaction larger than the block cap ({cap} bytes)")
+    return tuple(ids)
+
+
+class TxQueue:
+    """The transactions an orderer accepted and has not cut yet, bounded in count and bytes.
+
+    ``fits(count, size)``: whether ``count`` transactions of ``size`` bytes in all fit in one block."""
+
+    def __init__(self, batch_size: int, fits: Callable[[int, int], bool]):
+        self.batch_size = batch_size
+        self._fits = fits
+        self._txs: list[bytes] = []
+        self.bytes = 0
+        self._wakeup = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def add(self, txs: tuple[bytes, ...]) -> None:
+        """Queue ``txs`` (``orderer.busy`` when the queue would pass its bounds) and wake the cutter."""
+        size = sum(len(raw) for raw in txs)
+        if len(self._txs) + len(txs) > MAX_QUEUED or self.bytes + size > MAX_QUEUED_BYTES:
+            raise bus.HandlerError(codes.ORDERER_BUSY, "too many transactions queued; retry later")
+        self._txs.extend(txs)
+        self.bytes += size
+        self._wakeup.set()
+
+    def clear(self) -> None:
+        self._txs.clear()
+        self.bytes = 0
+
+    def batch_length(self) -> int:
+        """How many queued transactions (from the front) the next block takes: at most
+        batch_size, and no more than fit in a block (always at least one)."""
+        size = 0
+        for n, raw in enumerate(self._txs[: self.batch_size]):
+            size += len(raw)
+            if n and not self._fits(n + 1, size):
+                return n
+        return min(len(self._txs), self.batch_size)
+
+    async def take(self, cut_at: float) -> list[bytes]:
+        """The next block's transactions, taken off the queue: once a full block is queued
+        (batch_size transactions or a block's bytes), or at ``cut_at`` (trio time) with what
+        is queued then; waits for a first transaction."""
+        while not self._txs:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        with trio.move_on_at(cut_at):
+            while self.batch_length() == len(self._txs) < self.batch_size:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+        n = self.batch_length()
+        batch = self._txs[:n]
+        del self._txs[:n]
+        self.bytes -= sum(len(raw) for raw in batch)
+        return batch
+
+
+class OrdererBase:
+    """What every orderer shares: the endpoint it serves the orderer kinds on, who may ask
+    (peers submit; peers, orderers and storage nodes read), the queue of accepted transactions."""
+
+    endpoint: bus.Endpoint | None
+    height: int
+    head_hash: bytes
+
+    def __init__(self, *, orderer_id: str, signing_key: bytes, directory: Callable[[str], bytes | None],
+                 peers: set[str], classifier: Classifier, queue: TxQueue, batch_timeout: float):
+        self.orderer_id = orderer_id
+        self._key = signing_key
+        self._directory = directory
+        self._peers = peers
+        self.classifier = classifier
+        self.refusals = Refusals(orderer_id)
+        self._queue = queue
+        self.batch_size = queue.batch_size
+        self.batch_timeout = batch_timeout
+        self._limiter = trio.CapacityLimiter(1)  # the orderer's own worker: no queue behind other agents' crypto
+        self.endpoint = None
+
+    @property
+    def queued(self) -> int:
+        """Transactions accepted and not yet cut into a block (node metrics, graceful stop)."""
+        return len(self._queue)
+
+    def _open_endpoint(self, node: bus.Node) -> bus.Endpoint:
+        ep = make_endpoint(node, self.orderer_id, self._key, self._directory,
+                           admit_subscriber=self.classifier.subscriber_admitter(self.refusals))
+        self.endpoint = ep
+        return ep
+
+    def _serve(self, ep: bus.Endpoint) -> None:
+        serve(ep, self.handlers(), classifier=self.classifier, refusals=self.refusals)
+        log.info("orderer %s serving at height %d", self.orderer_id, self.height)
+
+    def handlers(self) -> dict[type, Any]:
+        """The kinds this agent serves: request type -> typed handler."""
+        return {OrdererSubmit: self._submit, OrdererBlocks: self._blocks, OrdererHead: self._head}
+
+    async def _submit(self, msg: bus.Message, request: OrdererSubmit) -> OrdererSubmitReply:
+        raise NotImplementedError
+
+    async def _blocks(self, msg: bus.Message, request: OrdererBlocks) -> OrdererBlocksReply:
+        raise NotImplementedError
+
+    async def _head(self, msg: bus.Message, request: OrdererHead) -> OrdererHeadReply:
+        return OrdererHeadReply(self.height, self.head_hash)
+
+
+class OrdererAgent(OrdererBase):
     def __init__(self, *, orderer_id: str, signing_key: bytes, genesis: bytes, data_dir: Path,
                  directory: Callable[[str], bytes | None], batch_size: int = 500, batch_timeout: float = 0.05,
                  clock: Callable[[], float] = time.time, storage: Iterable[str] = ()):
-        if not 1 <= batch_size <= MAX_BLOCK_TXS:
-            raise ValueError(f"batch_size must be 1..{MAX_BLOCK_TXS}")
-        if batch_timeout <= 0:
-            raise ValueError("batch_timeout must be positive")
-        self.orderer_id = orderer_id
-        self._key = signing_key
+        check_batching(batch_size, batch_timeout)
         # the genesis must name this orderer's key: blocks signed with another key bind no peer
         parsed = parse_genesis(genesis, orderer_key=ecdsa.public_key(signing_key))
         self.genesis = parsed.block
         self.config = parsed.config
-        self._peers = {p.id for p in self.config.peers}
-        self.classifier = Classifier(peers=self._peers, orderer=orderer_id, storage=storage)
-        self.refusals = Refusals(orderer_id)
+        peers = {p.id for p in self.config.peers}
+        super().__init__(orderer_id=orderer_id, signing_key=signing_key, directory=directory, peers=peers,
+                         classifier=Classifier(peers=peers, orderer=orderer_id, storage=storage),
+                         queue=TxQueue(batch_size, batch_fits), batch_timeout=batch_timeout)
         self.data_dir = Path(data_dir)
-        self._directory = directory
-        self.batch_size = batch_size
-        self.batch_timeout = batch_timeout
         self._clock = clock
         self.store = LedgerStore(self.data_dir / "orderer.sqlite", synchronous="FULL")
         self.store.init_genesis(self.genesis)
@@ -81,26 +204,13 @@ class OrdererAgent:
         self.height = last.height
         self.head_hash = last.hash
         self._last_ts = last.timestamp
-        self._queue: list[bytes] = []
-        self._queued_bytes = 0
-        self._wakeup = trio.Event()
-        self._limiter = trio.CapacityLimiter(1)  # the orderer's own worker: no queue behind other agents' crypto
         self._last_cut = -float("inf")
-        self.endpoint: bus.Endpoint | None = None
-
-    @property
-    def queued(self) -> int:
-        """Transactions accepted and not yet cut into a block (node metrics, graceful stop)."""
-        return len(self._queue)
 
     # -- lifecycle ----------------------------------------------------------
 
     async def run(self, node: bus.Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        ep = make_endpoint(node, self.orderer_id, self._key, self._directory,
-                           admit_subscriber=self.classifier.subscriber_admitter(self.refusals))
-        self.endpoint = ep
-        serve(ep, self.handlers(), classifier=self.classifier, refusals=self.refusals)
-        log.info("orderer %s serving at height %d", self.orderer_id, self.height)
+        ep = self._open_endpoint(node)
+        self._serve(ep)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._cutter)
@@ -112,35 +222,17 @@ class OrdererAgent:
 
     # -- handlers -----------------------------------------------------------
 
-    def handlers(self) -> dict[type, Any]:
-        """The kinds this agent serves: request type -> typed handler."""
-        return {OrdererSubmit: self._submit, OrdererBlocks: self._blocks, OrdererHead: self._head}
-
     async def _submit(self, msg: bus.Message, request: OrdererSubmit) -> OrdererSubmitReply:
         if msg.sender not in self._peers:
             raise bus.HandlerError(codes.FORBIDDEN, "only consortium peers submit to the orderer")
-        txs = request.txs
-        ids = []
-        for raw in txs:
-            try:
-                ids.append(Transaction.from_bytes(raw).tx_id)
-            except DecodeError as exc:
-                raise bus.HandlerError(codes.BAD_REQUEST, f"transaction does not decode: {exc}") from None
-        size = sum(len(raw) for raw in txs)
-        if len(self._queue) + len(txs) > MAX_QUEUED or self._queued_bytes + size > MAX_QUEUED_BYTES:
-            raise bus.HandlerError(codes.ORDERER_BUSY, "too many transactions queued; retry later")
-        self._queue.extend(txs)
-        self._queued_bytes += size
-        self._wakeup.set()
-        return OrdererSubmitReply(tuple(ids), request.batch)
+        ids = tx_ids(request.txs)
+        self._queue.add(request.txs)
+        return OrdererSubmitReply(ids, request.batch)
 
     async def _blocks(self, msg: bus.Message, request: OrdererBlocks) -> OrdererBlocksReply:
         limit = min(request.limit, MAX_BLOCKS_PER_REPLY)
         blocks = await trio.to_thread.run_sync(self.store.blocks, request.start, limit)
         return OrdererBlocksReply(tuple(blocks))
-
-    async def _head(self, msg: bus.Message, request: OrdererHead) -> OrdererHeadReply:
-        return OrdererHeadReply(self.height, self.head_hash)
 
     # -- cutting blocks -------------------------------------------------------
 
@@ -150,28 +242,7 @@ class OrdererAgent:
         # at an orderer idle for that long is cut at once (no waiting at low load), and
         # under load blocks come at most every batch_timeout.
         while True:
-            if not self._queue:
-                self._wakeup = trio.Event()
-                await self._wakeup.wait()
-            with trio.move_on_at(self._last_cut + self.batch_timeout):
-                while self._batch_length() == len(self._queue) < self.batch_size:
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-            n = self._batch_length()
-            batch = self._queue[:n]
-            del self._queue[:n]
-            self._queued_bytes -= sum(len(raw) for raw in batch)
-            await self._cut(batch)
-
-    def _batch_length(self) -> int:
-        """How many queued transactions (from the front) the next block takes: at most
-        batch_size, and no more than fit in MAX_BLOCK_BYTES (always at least one)."""
-        size = 0
-        for n, raw in enumerate(self._queue[: self.batch_size]):
-            size += len(raw)
-            if n and not batch_fits(n + 1, size):
-                return n
-        return min(len(self._queue), self.batch_size)
+            await self._cut(await self._queue.take(self._last_cut + self.batch_timeout))
 
     def _make_and_store(self, height: int, prev_hash: bytes, ts: int, txs: list[bytes]) -> tuple[Block, bytes]:
         """Worker thread: sign the block and persist it (one hop off the event loop)."""

@@ -41,38 +41,25 @@ import logging
 import time
 from collections import OrderedDict
 from contextlib import aclosing
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import trio
 
 import bus
 from core import ecdsa
 from core.errors import DecodeError
-from core.ledger import MAX_BLOCK_TXS, Block, parse_genesis
-from core.protocol import (
-    MAX_BLOCKS_PER_REPLY,
-    BlockEvent,
-    OrdererBlocks,
-    OrdererBlocksReply,
-    OrdererHead,
-    OrdererHeadReply,
-    OrdererSubmit,
-    OrdererSubmitReply,
-    codes,
-)
-from core.tx import Transaction
+from core.ledger import Block, parse_genesis
+from core.protocol import MAX_BLOCKS_PER_REPLY, BlockEvent, OrdererBlocks, OrdererBlocksReply, OrdererSubmit, \
+    OrdererSubmitReply, codes
 
-from agents.admission import Classifier, Refusals
-from agents.handlers import serve
+from agents.admission import Classifier
+from agents.orderer import MAX_QUEUED, OrdererBase, TxQueue, check_batching, tx_ids
 from agents.ordering.etcd import ETCD_BLOCK_BYTES, EtcdClient, EtcdUnavailable, prefix_end
-from agents.runtime import make_endpoint
 
 __all__ = ["EtcdOrderer", "MAX_QUEUED", "chain_prefix", "current_leader"]
 
 log = logging.getLogger("agents.ordering")
 
-MAX_QUEUED = 50_000
-MAX_QUEUED_BYTES = 256 * 1024 * 1024
 MAX_REPLY_BYTES = 8 << 20
 RECENT_TX_IDS = 200_000  # tx ids of recent blocks the leader remembers (drops resubmitted copies)
 _BLOCK_OVERHEAD = 256
@@ -95,7 +82,7 @@ def _height_key(prefix: bytes, height: int) -> bytes:
     return prefix + b"block/" + b"%020d" % height
 
 
-class EtcdOrderer:
+class EtcdOrderer(OrdererBase):
     """One orderer node (see the module docstring): ``orderer_id`` and ``signing_key`` must be in
     the genesis's orderer set; ``etcd`` the cluster's client URLs."""
 
@@ -103,28 +90,27 @@ class EtcdOrderer:
                  directory: Callable[[str], bytes | None], batch_size: int = 500, batch_timeout: float = 0.05,
                  lease_ttl: int = 1, window: int = 10_000, storage: Iterable[str] = (),
                  clock: Callable[[], float] = time.time, max_block_bytes: int = ETCD_BLOCK_BYTES):
-        if not 1 <= batch_size <= MAX_BLOCK_TXS:
-            raise ValueError(f"batch_size must be 1..{MAX_BLOCK_TXS}")
-        if batch_timeout <= 0 or lease_ttl < 1 or window < 1:
-            raise ValueError("batch_timeout, lease_ttl and window must be positive")
+        check_batching(batch_size, batch_timeout)
+        if lease_ttl < 1 or window < 1:
+            raise ValueError("lease_ttl and window must be positive")
         parsed = parse_genesis(genesis)
         self.genesis, self.config = parsed.block, parsed.config
         members = {o.id: o.key for o in self.config.orderers}
         if members.get(orderer_id) != ecdsa.public_key(signing_key):
             raise ValueError(f"{orderer_id} with this key is not in the genesis's orderer set")
-        self.orderer_id = orderer_id
-        self._key = signing_key
         self._orderers = set(members)
-        self._peers = {p.id for p in self.config.peers}
-        self.classifier = Classifier(peers=self._peers, orderers=self._orderers, storage=storage)
-        self.refusals = Refusals(orderer_id)
-        self._directory = directory
+        peers = {p.id for p in self.config.peers}
+
+        def fits(count: int, size: int) -> bool:
+            return _BLOCK_OVERHEAD + size + count * _TX_OVERHEAD <= max_block_bytes
+
+        super().__init__(orderer_id=orderer_id, signing_key=signing_key, directory=directory, peers=peers,
+                         classifier=Classifier(peers=peers, orderers=self._orderers, storage=storage),
+                         queue=TxQueue(batch_size, fits), batch_timeout=batch_timeout)
         self.etcd = EtcdClient(etcd)
         self.prefix = chain_prefix(self.genesis, self.config.name)
         self._leader_key = self.prefix + b"leader"
         self._blocks_key = self.prefix + b"block/"
-        self.batch_size = batch_size
-        self.batch_timeout = batch_timeout
         self.lease_ttl = lease_ttl
         self.window = window
         self.max_block_bytes = max_block_bytes
@@ -137,23 +123,15 @@ class EtcdOrderer:
         self.leader_id: str | None = None
         self.is_leader = False
         self.blocks_cut = 0
-        self._queue: list[bytes] = []
-        self._queued_bytes = 0
-        self._wakeup = trio.Event()
         self._recent: OrderedDict[bytes, None] = OrderedDict()
-        self._limiter = trio.CapacityLimiter(1)
-        self.endpoint: bus.Endpoint | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
     async def run(self, node: bus.Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        ep = make_endpoint(node, self.orderer_id, self._key, self._directory,
-                           admit_subscriber=self.classifier.subscriber_admitter(self.refusals))
-        self.endpoint = ep
+        ep = self._open_endpoint(node)
         try:
             await self._read_head()
-            serve(ep, self.handlers(), classifier=self.classifier, refusals=self.refusals)
-            log.info("orderer node %s serving at height %d", self.orderer_id, self.height)
+            self._serve(ep)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow)
                 nursery.start_soon(self._campaign)
@@ -181,29 +159,14 @@ class EtcdOrderer:
 
     # -- handlers -----------------------------------------------------------
 
-    def handlers(self) -> dict[type, Any]:
-        return {OrdererSubmit: self._submit, OrdererBlocks: self._blocks, OrdererHead: self._head}
-
     async def _submit(self, msg: bus.Message, request: OrdererSubmit) -> OrdererSubmitReply:
         if msg.sender not in self._peers and msg.sender not in self._orderers:
             raise bus.HandlerError(codes.FORBIDDEN, "only consortium peers submit to the orderer")
-        ids = []
-        for raw in request.txs:
-            try:
-                ids.append(Transaction.from_bytes(raw).tx_id)
-            except DecodeError as exc:
-                raise bus.HandlerError(codes.BAD_REQUEST, f"transaction does not decode: {exc}") from None
-            if _BLOCK_OVERHEAD + _TX_OVERHEAD + len(raw) > self.max_block_bytes:
-                raise bus.HandlerError(codes.BAD_REQUEST, f"transaction larger than the block cap "
-                                                          f"({self.max_block_bytes} bytes)")
+        ids = tx_ids(request.txs, max_tx_bytes=self.max_block_bytes - _BLOCK_OVERHEAD - _TX_OVERHEAD,
+                     cap=self.max_block_bytes)
         if self.is_leader:
-            size = sum(len(raw) for raw in request.txs)
-            if len(self._queue) + len(request.txs) > MAX_QUEUED or self._queued_bytes + size > MAX_QUEUED_BYTES:
-                raise bus.HandlerError(codes.ORDERER_BUSY, "too many transactions queued; retry later")
-            self._queue.extend(request.txs)
-            self._queued_bytes += size
-            self._wakeup.set()
-            return OrdererSubmitReply(tuple(ids), request.batch)
+            self._queue.add(request.txs)
+            return OrdererSubmitReply(ids, request.batch)
         leader = self.leader_id
         if msg.sender in self._orderers or leader is None or leader == self.orderer_id:
             raise bus.HandlerError(codes.ORDERER_NO_LEADER, "no orderer node leads right now; retry shortly")
@@ -218,7 +181,7 @@ class EtcdOrderer:
                 self.leader_id = None  # until the election key says who leads (its lease expires if it died)
             raise bus.HandlerError(codes.ORDERER_NO_LEADER, f"the leader {leader} did not answer "
                                                             f"({type(exc).__name__}); retry shortly") from None
-        return OrdererSubmitReply(tuple(ids), request.batch)
+        return OrdererSubmitReply(ids, request.batch)
 
     async def _blocks(self, msg: bus.Message, request: OrdererBlocks) -> OrdererBlocksReply:
         limit = min(request.limit, MAX_BLOCKS_PER_REPLY)
@@ -243,9 +206,6 @@ class EtcdOrderer:
                 break
             out.append(kv.value)
         return OrdererBlocksReply(tuple(out))
-
-    async def _head(self, msg: bus.Message, request: OrdererHead) -> OrdererHeadReply:
-        return OrdererHeadReply(self.height, self.head_hash)
 
     # -- following the chain in etcd ----------------------------------------
 
@@ -328,7 +288,6 @@ class EtcdOrderer:
                 self.is_leader = False
                 self.leader_id = None
                 self._queue.clear()
-                self._queued_bytes = 0
             log.info("orderer node %s no longer leads", self.orderer_id)
 
     async def _lead(self, lease: int, election_revision: int) -> None:
@@ -373,17 +332,7 @@ class EtcdOrderer:
     async def _cutter(self, election_revision: int, scope: trio.CancelScope) -> None:
         last_cut = -float("inf")
         while True:
-            if not self._queue:
-                self._wakeup = trio.Event()
-                await self._wakeup.wait()
-            with trio.move_on_at(last_cut + self.batch_timeout):
-                while self._batch_length() == len(self._queue) < self.batch_size:
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-            n = self._batch_length()
-            batch = self._queue[:n]
-            del self._queue[:n]
-            self._queued_bytes -= sum(len(raw) for raw in batch)
+            batch = await self._queue.take(last_cut + self.batch_timeout)
             batch = self._fresh(batch)
             if batch and not await self._append(batch, election_revision):
                 scope.cancel()  # deposed: campaign again
@@ -400,14 +349,6 @@ class EtcdOrderer:
             seen.add(tx_id)
             out.append(raw)
         return out
-
-    def _batch_length(self) -> int:
-        size = _BLOCK_OVERHEAD
-        for n, raw in enumerate(self._queue[: self.batch_size]):
-            size += len(raw) + _TX_OVERHEAD
-            if n and size > self.max_block_bytes:
-                return n
-        return min(len(self._queue), self.batch_size)
 
     async def _append(self, txs: list[bytes], election_revision: int) -> bool:
         """Cut, sign and append one block; False when this node no longer leads."""
