@@ -430,13 +430,8 @@ class Swarm:
         if spec.ordering != "etcd":
             yield None
             return
-        cluster = files.etcd_cluster(spec)
-        try:
-            cluster.start()
-            await cluster.wait_ready()
+        async with files.etcd_cluster(spec) as cluster:
             yield cluster
-        finally:
-            cluster.stop()
 
     @classmethod
     @contextlib.asynccontextmanager

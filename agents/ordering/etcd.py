@@ -338,6 +338,19 @@ class EtcdCluster:
                         await trio.sleep(0.1)
         raise EtcdUnavailable(f"starting etcd failed: no leader within {timeout} s; see {self.data_dir}/*.log")
 
+    async def __aenter__(self) -> "EtcdCluster":
+        """``async with cluster``: start every member, wait for a leader, stop them on the way out."""
+        try:
+            self.start()
+            await self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+
     async def leader(self) -> int | None:
         """The index of the Raft leader (None when no running member knows one)."""
         ids: dict[int, int] = {}

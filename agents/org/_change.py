@@ -15,13 +15,12 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from core import ecdsa
 from core.errors import DecodeError, ValidationError
 from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import check_config_change, parse_genesis, sign_config_change
 from core.tx import Transaction
 
-from agents.org._material import OrgDir, OrgError, OrgProfile
+from agents.org._material import OrgDir, OrgError, OrgProfile, read_versioned
 
 CHANGE_VERSION = 1
 
@@ -41,9 +40,9 @@ class ConfigChange:
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "change file") -> "ConfigChange":
         try:
-            d = json.loads(text)
-            if not isinstance(d, dict) or d.get("version") != CHANGE_VERSION or type(d.get("seq")) is not int:
-                raise ValueError(f"not a configuration change file of version {CHANGE_VERSION}")
+            d = read_versioned(text, CHANGE_VERSION, "a configuration change file")
+            if type(d.get("seq")) is not int:
+                raise ValueError("seq must be an integer")
             return cls(ConsortiumConfig.from_bytes(bytes.fromhex(d["current"])), d["seq"],
                        ConsortiumConfig.from_bytes(bytes.fromhex(d["new"])),
                        {o: bytes.fromhex(s) for o, s in d["signatures"].items()})
@@ -89,15 +88,10 @@ def change_draft(*, genesis: bytes | None = None, after: ConfigChange | None = N
 
 def sign_change(change: ConfigChange, org_dir: OrgDir) -> ConfigChange:
     """``change`` with the signature of ``org_dir``'s organization (its admin key) added."""
-    org = org_dir.profile().org
-    info = change.current.org(org)
-    if info is None:
-        raise OrgError(f"signing the configuration change for {org}: {org} is not a current member; "
-                       "only current members approve a change")
-    admin = org_dir.admin_key()
-    if ecdsa.public_key(admin) != info.admin_key:
-        raise OrgError(f"signing the configuration change for {org}: the configuration names another admin key "
-                       f"for {org}; sign with the organization's current directory")
+    org, admin = org_dir.member_admin_key(
+        change.current, "signing the configuration change",
+        member="a current member; only current members approve a change", document="configuration",
+        todo="sign with the organization's current directory")
     change.signatures[org] = sign_config_change(change.current, change.seq, change.new, admin)
     return change
 

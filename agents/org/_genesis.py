@@ -63,17 +63,9 @@ def read_draft(raw: bytes, *, source: str = "draft") -> tuple[ConsortiumConfig, 
 def sign_draft(raw: bytes, org_dir: OrgDir, *, source: str = "draft") -> bytes:
     """``raw`` with the signature of ``org_dir``'s organization (its admin key) added."""
     config, signatures = read_draft(raw, source=source)
-    org = org_dir.profile().org
-    info = config.org(org)
-    if info is None:
-        raise OrgError(f"signing {source} for {org}: {org} is not a member of {config.name}; "
-                       "sign only a genesis built with your profile")
-    admin = org_dir.admin_key()
-    from core import ecdsa
-
-    if ecdsa.public_key(admin) != info.admin_key:
-        raise OrgError(f"signing {source} for {org}: the genesis names another admin key for {org}; "
-                       "build the genesis from this organization's current profile")
+    org, admin = org_dir.member_admin_key(
+        config, f"signing {source}", member=f"a member of {config.name}; sign only a genesis built with your profile",
+        document="genesis", todo="build the genesis from this organization's current profile")
     signatures[org] = config.sign_as_org(admin)
     return make_genesis(config, signatures).to_bytes()
 

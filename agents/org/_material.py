@@ -124,6 +124,15 @@ def _hex(value: Any, size: int, what: str) -> bytes:
     return raw
 
 
+def read_versioned(text: str | bytes, version: int, what: str) -> dict[str, Any]:
+    """The JSON object of one of agents.org's files; DecodeError unless it is an object of
+    ``version`` (``what``: "an organization profile", ...). Raises ValueError on bad JSON."""
+    d = json.loads(text)
+    if not isinstance(d, dict) or d.get("version") != version:
+        raise DecodeError(f"not {what} of version {version}")
+    return d
+
+
 @dataclass(frozen=True)
 class OrgProfile:
     """An organization's public profile (``profile.json``): its id and name, admin
@@ -147,9 +156,7 @@ class OrgProfile:
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "profile") -> "OrgProfile":
         try:
-            d = json.loads(text)
-            if not isinstance(d, dict) or d.get("version") != PROFILE_VERSION:
-                raise DecodeError(f"not an organization profile of version {PROFILE_VERSION}")
+            d = read_versioned(text, PROFILE_VERSION, "an organization profile")
             nodes = d.get("nodes")
             if not isinstance(nodes, list):
                 raise DecodeError("nodes must be a list")
@@ -206,6 +213,20 @@ class OrgDir:
     def admin_key(self) -> bytes:
         """The org admin's ECDSA private key (signs consortium configurations)."""
         return self._load("admin.keys")
+
+    def member_admin_key(self, config: Any, doing: str, *, member: str, document: str,
+                         todo: str) -> tuple[str, bytes]:
+        """This organization's id and admin key, checked against ``config`` (a ConsortiumConfig):
+        the organization is in it and it names this admin key, else OrgError "<doing> for <org>:
+        <org> is not <member>" or "...: the <document> names another admin key for <org>; <todo>"."""
+        org = self.profile().org
+        info = config.org(org)
+        if info is None:
+            raise OrgError(f"{doing} for {org}: {org} is not {member}")
+        admin = self.admin_key()
+        if ecdsa.public_key(admin) != info.admin_key:
+            raise OrgError(f"{doing} for {org}: the {document} names another admin key for {org}; {todo}")
+        return org, admin
 
     def registrar_key(self) -> bytes:
         """The registrar's ECDSA private key (signs enrollment tokens)."""

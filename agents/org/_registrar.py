@@ -17,7 +17,7 @@ from typing import Any
 from core import ecdsa, enrollment
 from core.errors import DecodeError
 
-from agents.org._material import OrgDir, OrgError
+from agents.org._material import OrgDir, OrgError, read_versioned
 
 TOKEN_FILE_VERSION = 1
 
@@ -39,9 +39,7 @@ class TokenFile:
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "token file") -> "TokenFile":
         try:
-            d = json.loads(text)
-            if not isinstance(d, dict) or d.get("version") != TOKEN_FILE_VERSION:
-                raise ValueError(f"not an enrollment token file of version {TOKEN_FILE_VERSION}")
+            d = read_versioned(text, TOKEN_FILE_VERSION, "an enrollment token file")
             out = cls(d["org"], d["subject"], d["attributes"], bytes.fromhex(d["enroll_key"]), d["expires"],
                       bytes.fromhex(d["token"]))
             if not (isinstance(out.org, str) and isinstance(out.subject, str) and isinstance(out.attributes, dict)

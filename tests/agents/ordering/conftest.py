@@ -12,10 +12,5 @@ from agents.ordering import EtcdCluster, etcd_binary
 async def etcd(tmp_path):
     if etcd_binary() is None:
         pytest.skip("no etcd binary: install etcd-server (apt-get install etcd-server) or set EMRSHARE_ETCD")
-    cluster = EtcdCluster(tmp_path / "etcd", members=3)
-    try:
-        cluster.start()
-        await cluster.wait_ready()
+    async with EtcdCluster(tmp_path / "etcd", members=3) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
