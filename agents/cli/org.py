@@ -57,6 +57,22 @@ def _doing(what: str) -> Iterator[None]:
             raise _OrgFailure(str(exc)) from None
 
 
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"emrshare {command}", description=description)
+
+
+def _parse(p: argparse.ArgumentParser, argv: list[str], *, json_help: str, unlock: str | None = None,
+           org_dir: bool = False) -> argparse.Namespace:
+    """Parse ``argv`` after adding the options org commands share: ``--json`` (``json_help``),
+    ``--org-dir`` (with ``org_dir``) and the options that unlock ``unlock``'s keys."""
+    if org_dir:
+        p.add_argument("--org-dir", required=True, type=Path, help="this organization's directory")
+    p.add_argument("--json", action="store_true", help=json_help)
+    if unlock is not None:
+        _unlock_options(p, unlock)
+    return p.parse_args(argv)
+
+
 def _unlock_options(parser: argparse.ArgumentParser, whose: str) -> None:
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--passphrase-file", type=Path, metavar="F",
@@ -107,8 +123,8 @@ def _org_dir(args: argparse.Namespace, what: str) -> Any:
 
 
 def org_init_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare org init", description="Create a hospital's keys, TLS CA and node "
-                                "certificates on its own machine, and its public profile (DIR/profile.json).")
+    p = _parser("org init", "Create a hospital's keys, TLS CA and node "
+                "certificates on its own machine, and its public profile (DIR/profile.json).")
     p.add_argument("--org", required=True, help="the organization id (e.g. h1; [A-Za-z0-9._:@-])")
     p.add_argument("--name", default=None, help="display name (default: the id)")
     p.add_argument("--dir", required=True, type=Path, help="the organization directory to create (must be new)")
@@ -120,9 +136,7 @@ def org_init_main(argv: list[str]) -> int:
                    help=f"first port; nodes take consecutive ports (default {DEFAULT_PORT})")
     p.add_argument("--address", action="append", default=[], metavar="ID=tcp://HOST:PORT",
                    help="one node's address (repeatable; overrides --host/--port for it)")
-    p.add_argument("--json", action="store_true", help="print the profile as JSON")
-    _unlock_options(p, "the organization's")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print the profile as JSON", unlock="the organization's")
     what = f"org init {args.org}"
 
     def body() -> int:
@@ -158,12 +172,10 @@ def org_init_main(argv: list[str]) -> int:
 
 
 def org_profile_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare org profile",
-                                description="Print (or copy with --out) an organization's public profile.")
+    p = _parser("org profile", "Print (or copy with --out) an organization's public profile.")
     p.add_argument("--dir", required=True, type=Path, help="the organization directory")
     p.add_argument("--out", default=None, help="write the profile to this file instead of printing it")
-    p.add_argument("--json", action="store_true", help="print the profile as JSON (the default with --out)")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print the profile as JSON (the default with --out)")
     what = "org profile"
 
     def body() -> int:
@@ -220,9 +232,17 @@ def _print_summary(s: dict[str, Any]) -> None:
         print(f"  peer {p['id']:<20} {p['org']:<16} proxy index {p['index']}")
 
 
+def _show_summary(args: argparse.Namespace, summary: dict[str, Any], then: str) -> None:
+    """Print ``summary`` as JSON with ``--json``, else as text and the line ``then``."""
+    if args.json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+        print(then)
+
+
 def consortium_genesis_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare consortium genesis",
-                                description="Build the unsigned genesis draft from the members' profiles.")
+    p = _parser("consortium genesis", "Build the unsigned genesis draft from the members' profiles.")
     p.add_argument("--profile", action="append", required=True, metavar="FILE",
                    help="a member's profile.json (repeat for each member; proxy indices follow this order)")
     p.add_argument("--threshold", type=int, required=True, help="re-encryption shares needed (t of the peers)")
@@ -231,8 +251,7 @@ def consortium_genesis_main(argv: list[str]) -> int:
     p.add_argument("--max-skew-ms", type=int, default=120_000,
                    help="how far a transaction's time may be from its block's (ms, default 120000)")
     p.add_argument("--out", required=True, help="where to write the draft")
-    p.add_argument("--json", action="store_true", help="print the draft's summary as JSON")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print the draft's summary as JSON")
     what = "consortium genesis"
 
     def body() -> int:
@@ -244,26 +263,18 @@ def consortium_genesis_main(argv: list[str]) -> int:
             config = build_config(profiles, name=args.name, threshold=args.threshold, orderer=args.orderer,
                                   created_at=int(time.time() * 1000), max_skew_ms=args.max_skew_ms)
         Path(args.out).write_bytes(draft(config))
-        summary = _summary(config, {})
-        if args.json:
-            print_json(summary)
-        else:
-            _print_summary(summary)
-            print(f"draft written to {args.out}; each member runs `emrshare consortium sign --org-dir DIR {args.out}`")
+        _show_summary(args, _summary(config, {}),
+                      f"draft written to {args.out}; each member runs `emrshare consortium sign --org-dir DIR {args.out}`")
         return 0
 
     return run(body, what)
 
 
 def consortium_sign_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare consortium sign",
-                                description="Add this organization's signature (its admin key) to a genesis draft.")
+    p = _parser("consortium sign", "Add this organization's signature (its admin key) to a genesis draft.")
     p.add_argument("draft", help="the genesis draft (signed in place unless --out)")
-    p.add_argument("--org-dir", required=True, type=Path, help="this organization's directory")
     p.add_argument("--out", default=None, help="write the signed draft here instead of in place")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _unlock_options(p, "the organization's")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print the summary as JSON", unlock="the organization's", org_dir=True)
     what = f"consortium sign {args.draft}"
 
     def body() -> int:
@@ -280,23 +291,17 @@ def consortium_sign_main(argv: list[str]) -> int:
 
         atomic_write(out, signed, mode=0o644)
         summary = _summary(config, signatures)
-        if args.json:
-            print_json(summary)
-        else:
-            _print_summary(summary)
-            print(f"signed draft written to {out}")
+        _show_summary(args, summary, f"signed draft written to {out}")
         return 0
 
     return run(body, what)
 
 
 def consortium_seal_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare consortium seal",
-                                description="Check that every member signed the draft; write the genesis.")
+    p = _parser("consortium seal", "Check that every member signed the draft; write the genesis.")
     p.add_argument("draft", help="the signed genesis draft")
     p.add_argument("--out", required=True, help="where to write the genesis (what every node and user takes)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print the summary as JSON")
     what = f"consortium seal {args.draft}"
 
     def body() -> int:
@@ -310,28 +315,22 @@ def consortium_seal_main(argv: list[str]) -> int:
             _, signatures = read_draft(raw)
         Path(args.out).write_bytes(genesis.to_bytes())
         summary = {**_summary(genesis.config, signatures), "genesis_hash": genesis.hash.hex()}
-        if args.json:
-            print_json(summary)
-        else:
-            _print_summary(summary)
-            print(f"genesis {genesis.hash.hex()} written to {args.out}")
+        _show_summary(args, summary, f"genesis {genesis.hash.hex()} written to {args.out}")
         return 0
 
     return run(body, what)
 
 
 def consortium_manifest_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare consortium manifest",
-                                description="Write the clients' manifest.json (the genesis and every node's "
-                                            "address and key) from the sealed genesis and the members' profiles.")
+    p = _parser("consortium manifest", "Write the clients' manifest.json (the genesis and every node's "
+                "address and key) from the sealed genesis and the members' profiles.")
     p.add_argument("--genesis", required=True, type=Path, help="the sealed genesis")
     p.add_argument("--profile", action="append", required=True, metavar="FILE",
                    help="a member's profile.json (repeat for each member)")
     p.add_argument("--replicas", type=int, default=3, help="storage copies per blob (default 3, at most the nodes)")
     p.add_argument("--write-quorum", type=int, default=2, help="copies a put waits for (default 2)")
     p.add_argument("--out", required=True, help="where to write manifest.json")
-    p.add_argument("--json", action="store_true", help="print the manifest")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print the manifest")
     what = "consortium manifest"
 
     def body() -> int:
@@ -358,9 +357,8 @@ def consortium_manifest_main(argv: list[str]) -> int:
 
 
 def consortium_change_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare consortium change",
-                                description="Prepare adding or removing one member organization (a change file "
-                                            "the members sign with `emrshare consortium sign-change`).")
+    p = _parser("consortium change", "Prepare adding or removing one member organization (a change file "
+                "the members sign with `emrshare consortium sign-change`).")
     base = p.add_mutually_exclusive_group(required=True)
     base.add_argument("--genesis", type=Path, default=None, help="change the genesis's configuration (first change)")
     base.add_argument("--after", type=Path, default=None,
@@ -371,8 +369,7 @@ def consortium_change_main(argv: list[str]) -> int:
     what_.add_argument("--remove", default=None, metavar="ORG", help="remove this member organization")
     p.add_argument("--threshold", type=int, default=None, help="the new threshold (default: unchanged)")
     p.add_argument("--out", required=True, help="where to write the change file")
-    p.add_argument("--json", action="store_true", help="print the new configuration's summary as JSON")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print the new configuration's summary as JSON")
     what = "consortium change"
 
     def body() -> int:
@@ -390,25 +387,17 @@ def consortium_change_main(argv: list[str]) -> int:
                                   threshold=args.threshold)
         Path(args.out).write_text(change.to_json())
         summary = {**_summary(change.new, {}), "seq": change.seq, "needs": change.missing()}
-        if args.json:
-            print_json(summary)
-        else:
-            _print_summary(summary)
-            print(f"change {change.seq} written to {args.out}; it needs {change.missing()} member signature(s): "
-                  f"`emrshare consortium sign-change --org-dir DIR {args.out}`")
+        _show_summary(args, summary, f"change {change.seq} written to {args.out}; it needs {change.missing()} member "
+                                     f"signature(s): `emrshare consortium sign-change --org-dir DIR {args.out}`")
         return 0
 
     return run(body, what)
 
 
 def consortium_sign_change_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare consortium sign-change",
-                                description="Approve a configuration change as this organization (its admin key).")
+    p = _parser("consortium sign-change", "Approve a configuration change as this organization (its admin key).")
     p.add_argument("change", help="the change file (signed in place)")
-    p.add_argument("--org-dir", required=True, type=Path, help="this organization's directory")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _unlock_options(p, "the organization's")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print the summary as JSON", unlock="the organization's", org_dir=True)
     what = f"consortium sign-change {args.change}"
 
     def body() -> int:
@@ -422,13 +411,9 @@ def consortium_sign_change_main(argv: list[str]) -> int:
         atomic_write(path, change.to_json().encode(), mode=0o644)
         summary = {**_summary(change.new, change.signatures), "seq": change.seq, "signed_by": sorted(change.signatures),
                    "needs": change.missing()}
-        if args.json:
-            print_json(summary)
-        else:
-            _print_summary(summary)
-            print(f"signed by {', '.join(sorted(change.signatures))}; "
-                  + ("enough signatures: a member's peer can submit it" if not change.missing()
-                     else f"needs {change.missing()} more"))
+        _show_summary(args, summary, f"signed by {', '.join(sorted(change.signatures))}; "
+                                     + ("enough signatures: a member's peer can submit it" if not change.missing()
+                                        else f"needs {change.missing()} more"))
         return 0
 
     return run(body, what)
@@ -462,10 +447,8 @@ def _attrs(pairs: list[str], what: str) -> dict[str, Any]:
 
 
 def registrar_issue_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare registrar issue",
-                                description="Issue an enrollment token for one subject, bound to the key it "
-                                            "enrolls from (what `emrshare user init` printed).")
-    p.add_argument("--org-dir", required=True, type=Path, help="this organization's directory")
+    p = _parser("registrar issue", "Issue an enrollment token for one subject, bound to the key it "
+                "enrolls from (what `emrshare user init` printed).")
     p.add_argument("--subject", required=True, help="the user id to enroll")
     p.add_argument("--role", required=True, help="the certificate's role (patient, doctor, nurse, ...)")
     p.add_argument("--attr", action="append", default=[], metavar="K=V",
@@ -478,9 +461,8 @@ def registrar_issue_main(argv: list[str]) -> int:
     p.add_argument("--expires", type=_duration, default=86400, metavar="DURATION",
                    help="how long the token is valid: 90s, 30m, 1h, 7d (default 1d)")
     p.add_argument("--out", required=True, help="where to write the token file (hand it to the subject)")
-    p.add_argument("--json", action="store_true", help="print the token file's fields as JSON")
-    _unlock_options(p, "the organization's")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print the token file's fields as JSON", unlock="the organization's",
+                  org_dir=True)
     what = f"registrar issue {args.subject}"
 
     def body() -> int:
@@ -515,13 +497,10 @@ def registrar_issue_main(argv: list[str]) -> int:
 
 
 def user_init_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare user init",
-                                description="Create your keys in your own directory and print the public key "
-                                            "your registrar binds your enrollment token to.")
+    p = _parser("user init", "Create your keys in your own directory and print the public key "
+                "your registrar binds your enrollment token to.")
     p.add_argument("--dir", required=True, type=Path, help="your key directory (e.g. ~/.emrshare)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    _unlock_options(p, "your")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print JSON", unlock="your")
     what = f"user init {args.dir}"
 
     def body() -> int:
@@ -555,9 +534,8 @@ def user_init_main(argv: list[str]) -> int:
 
 
 def user_enroll_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="emrshare user enroll",
-                                description="Enroll with your organization's peer using the registrar's token; "
-                                            "your certificate and the consortium's files go in your directory.")
+    p = _parser("user enroll", "Enroll with your organization's peer using the registrar's token; "
+                "your certificate and the consortium's files go in your directory.")
     p.add_argument("--dir", required=True, type=Path, help="your key directory (made by `emrshare user init`)")
     p.add_argument("--token", required=True, type=Path, help="the token file your registrar gave you")
     src = p.add_mutually_exclusive_group(required=True)
@@ -568,9 +546,7 @@ def user_enroll_main(argv: list[str]) -> int:
                    help="a peer of your organization (ID defaults to its first peer in the genesis; "
                         "with --manifest, its address there)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the peer (default 30)")
-    p.add_argument("--json", action="store_true", help="print the certificate as JSON")
-    _unlock_options(p, "your")
-    args = p.parse_args(argv)
+    args = _parse(p, argv, json_help="print the certificate as JSON", unlock="your")
     what = f"user enroll {args.dir}"
 
     def body() -> int:
