@@ -49,6 +49,12 @@ def pair(e_i=None, e_r=None):
     return hs_i.finish(hs_r.hello), hs_r.finish(hs_i.hello)
 
 
+def assert_refused(channel, frame):
+    """``channel`` refuses to open ``frame`` (ChannelError)."""
+    with pytest.raises(ChannelError):
+        channel.open(frame)
+
+
 # ------------------------------------------------------------ handshake and frames (sans-I/O)
 
 
@@ -76,8 +82,7 @@ def test_any_single_bit_flipped_is_refused(payload, data):
     frame = bytearray(ci.seal(ENVELOPE, payload))
     bit = data.draw(st.integers(0, len(frame) * 8 - 1))
     frame[bit // 8] ^= 1 << (bit % 8)
-    with pytest.raises(ChannelError):
-        cr.open(bytes(frame))
+    assert_refused(cr, bytes(frame))
 
 
 @SETTINGS
@@ -86,10 +91,8 @@ def test_a_truncated_or_extended_frame_is_refused(payload, data):
     ci, cr = pair()
     frame = ci.seal(ENVELOPE, payload)
     cut = data.draw(st.integers(0, len(frame) - 1))
-    with pytest.raises(ChannelError):
-        cr.open(frame[:cut])
-    with pytest.raises(ChannelError):
-        cr.open(frame + data.draw(st.binary(min_size=1, max_size=8)))
+    assert_refused(cr, frame[:cut])
+    assert_refused(cr, frame + data.draw(st.binary(min_size=1, max_size=8)))
     assert cr.open(frame) == (ENVELOPE, payload)  # a refused frame moved nothing
 
 
@@ -99,13 +102,10 @@ def test_a_replayed_frame_is_refused(p1, p2):
     ci, cr = pair()
     f1, f2 = ci.seal(ENVELOPE, p1), ci.seal(ENVELOPE, p2)
     assert cr.open(f1) == (ENVELOPE, p1)
-    with pytest.raises(ChannelError):
-        cr.open(f1)
+    assert_refused(cr, f1)
     assert cr.open(f2) == (ENVELOPE, p2)
-    with pytest.raises(ChannelError):
-        cr.open(f2)
-    with pytest.raises(ChannelError):
-        cr.open(f1)
+    assert_refused(cr, f2)
+    assert_refused(cr, f1)
 
 
 @SETTINGS
@@ -113,8 +113,7 @@ def test_a_replayed_frame_is_refused(p1, p2):
 def test_two_frames_swapped_are_refused(p1, p2):
     ci, cr = pair()
     f1, f2 = ci.seal(ENVELOPE, p1), ci.seal(ENVELOPE, p2)
-    with pytest.raises(ChannelError):
-        cr.open(f2)
+    assert_refused(cr, f2)
     assert cr.open(f1) == (ENVELOPE, p1)  # (in order they open)
     assert cr.open(f2) == (ENVELOPE, p2)
 
@@ -124,15 +123,12 @@ def test_two_frames_swapped_are_refused(p1, p2):
 def test_a_frame_from_the_other_direction_or_another_channel_is_refused(payload):
     ci, cr = pair()
     own = ci.seal(ENVELOPE, payload)
-    with pytest.raises(ChannelError):
-        ci.open(own)  # reflected back to its sender
+    assert_refused(ci, own)  # reflected back to its sender
     # the responder's first frame has the same counter (0) as the initiator's:
     # only the per-direction key tells them apart
-    with pytest.raises(ChannelError):
-        ci.open(bytes([ENVELOPE]) + own[1:])
+    assert_refused(ci, bytes([ENVELOPE]) + own[1:])
     other_i, other_r = pair()
-    with pytest.raises(ChannelError):
-        other_r.open(own)
+    assert_refused(other_r, own)
 
 
 @SETTINGS
@@ -140,13 +136,26 @@ def test_a_frame_from_the_other_direction_or_another_channel_is_refused(payload)
 def test_the_frame_type_is_authenticated(payload):
     ci, cr = pair()
     frame = ci.seal(ENVELOPE, payload)
-    with pytest.raises(ChannelError):
-        cr.open(bytes([PROOF]) + frame[1:])
-    with pytest.raises(ChannelError):
-        cr.open(bytes([7]) + frame[1:])
+    assert_refused(cr, bytes([PROOF]) + frame[1:])
+    assert_refused(cr, bytes([7]) + frame[1:])
 
 
 # ------------------------------------------------------------ identity proofs
+
+
+agent_ids = st.text(min_size=1, max_size=64)
+
+
+def agent_and_channels(agent):
+    """A keyring holding ``agent``, its signer, and a fresh (initiator's, responder's) channel pair."""
+    ring = Keyring()
+    return (ring, ring.add(agent), *pair())
+
+
+def claim(channel, proof, ring, agent):
+    """Present ``proof`` (of ``agent``) on ``channel``: what claim_ok then says (None: proven)."""
+    channel.add_claim(proof)
+    return channel.claim_ok(agent, ring.directory(agent), ring.verifier)
 
 
 def test_a_proof_verifies_on_its_channel_under_the_right_key_only():
@@ -174,31 +183,23 @@ def test_a_proof_verifies_on_its_channel_under_the_right_key_only():
 
 
 @SETTINGS
-@given(st.text(min_size=1, max_size=64))
+@given(agent_ids)
 def test_a_proof_made_for_one_channel_does_not_verify_on_another(agent):
-    ring = Keyring()
-    signer = ring.add(agent)
-    ci, cr = pair()
+    ring, signer, ci, cr = agent_and_channels(agent)
     proof = ci.make_proof(agent, signer)
     other_i, other_r = pair()
-    other_r.add_claim(proof)  # replayed onto another channel (same role)
-    assert other_r.claim_ok(agent, ring.directory(agent), ring.verifier) == "unproven-sender"
-    cr.add_claim(proof)
-    assert cr.claim_ok(agent, ring.directory(agent), ring.verifier) is None
+    assert claim(other_r, proof, ring, agent) == "unproven-sender"  # replayed onto another channel (same role)
+    assert claim(cr, proof, ring, agent) is None
 
 
 @SETTINGS
-@given(st.text(min_size=1, max_size=64))
+@given(agent_ids)
 def test_a_reflected_proof_does_not_verify(agent):
-    ring = Keyring()
-    signer = ring.add(agent)
-    ci, cr = pair()
+    ring, signer, ci, cr = agent_and_channels(agent)
     # the initiator's proof, presented back to the initiator as the responder's
-    ci.add_claim(ci.make_proof(agent, signer))
-    assert ci.claim_ok(agent, ring.directory(agent), ring.verifier) == "unproven-sender"
+    assert claim(ci, ci.make_proof(agent, signer), ring, agent) == "unproven-sender"
     # and the responder's presented back to the responder
-    cr.add_claim(cr.make_proof(agent, signer))
-    assert cr.claim_ok(agent, ring.directory(agent), ring.verifier) == "unproven-sender"
+    assert claim(cr, cr.make_proof(agent, signer), ring, agent) == "unproven-sender"
 
 
 def test_more_than_max_claims_identities_are_refused():

@@ -80,16 +80,42 @@ async def run_scene(test, **server_options):
 
 
 async def while_attacked(scene, attack, then=None):
-    """Start ``attack(scene, ready)``; once it calls ready.set(), the legitimate
+    """Start ``attack(scene, ready)``; once it calls ready.set() (or returns), the legitimate
     client does its rounds, then ``await then()`` if given; then the attack is cancelled."""
+
+    async def attacking(ready):
+        await attack(scene, ready)
+        ready.set()
+
     async with trio.open_nursery() as nursery:
         ready = trio.Event()
-        nursery.start_soon(attack, scene, ready)
+        nursery.start_soon(attacking, ready)
         await ready.wait()
         await scene.keep_working()
         if then is not None:
             await then()
         nursery.cancel_scope.cancel()
+
+
+async def send_until_closed(stream, data):
+    """Send ``data``, then read until the node closes the connection: what it answered
+    (b"" when it answered nothing), or b"" when it closed it while we were sending."""
+    try:
+        await stream.send_all(data)
+        return await stream.receive_some(1)
+    except (trio.BrokenResourceError, OSError):
+        return b""
+
+
+def dropped_then_others_go_on(scene, reason):
+    """A ``then`` for :func:`while_attacked`: the node drops a connection for ``reason``, then
+    the legitimate client still gets answers."""
+
+    async def then():
+        await eventually(lambda: scene.server.statistics().dropped_connections.get(reason, 0) >= 1, timeout=30)
+        await scene.keep_working(5)
+
+    return then
 
 
 async def test_a_client_that_never_reads_is_dropped_and_stalls_no_one(raw_channel, unsigned_envelope):
@@ -140,13 +166,8 @@ async def test_a_16_mib_frame_of_tiny_arrays_is_refused_without_stalling(shape, 
             # on an authenticated channel (mallory proved): the frame reaches the decoder
             raw = await raw_channel(scene.address, prove={"mallory": scene.ring.signer("mallory")})
             async with raw.stream as stream:
-                try:
-                    await stream.send_all(raw.sealed(payload))
-                    await stream.receive_some(1)  # until the node closes it
-                except (trio.BrokenResourceError, OSError):
-                    pass
+                await send_until_closed(stream, raw.sealed(payload))
             ready.set()
-        await trio.sleep_forever()
 
     async def test(scene):
         await while_attacked(scene, attack)
@@ -164,13 +185,8 @@ async def test_a_16_mib_first_frame_is_refused_under_the_hello_limit():
     async def attack(scene, ready):
         for _ in range(3):
             async with await trio.open_tcp_stream(*scene.host_port) as stream:
-                try:
-                    await stream.send_all(encode_frame(payload))
-                    assert await stream.receive_some(1) == b""  # the node closes it, answering nothing
-                except (trio.BrokenResourceError, OSError):
-                    pass
+                assert await send_until_closed(stream, encode_frame(payload)) == b""  # the node answers nothing
             ready.set()
-        await trio.sleep_forever()
 
     async def test(scene):
         await while_attacked(scene, attack)
@@ -234,12 +250,7 @@ async def test_a_half_sent_frame_held_open_is_closed(raw_channel, unsigned_envel
             await trio.sleep_forever()
 
     async def test(scene):
-        async def closed_then_others_go_on():
-            await eventually(lambda: scene.server.statistics().dropped_connections.get("frame-timeout", 0) >= 1,
-                             timeout=30)
-            await scene.keep_working(5)
-
-        await while_attacked(scene, attack, then=closed_then_others_go_on)
+        await while_attacked(scene, attack, then=dropped_then_others_go_on(scene, "frame-timeout"))
         assert "mallory" in scene.calls  # the whole envelope before the half one was served
 
     await run_scene(test, frame_timeout=1.0)
@@ -256,13 +267,7 @@ async def test_a_half_sent_hello_held_open_is_closed():
             await trio.sleep_forever()
 
     async def test(scene):
-        async def closed_then_others_go_on():
-            await eventually(
-                lambda: scene.server.statistics().dropped_connections.get("handshake-failed", 0) >= 1, timeout=30
-            )
-            await scene.keep_working(5)
-
-        await while_attacked(scene, attack, then=closed_then_others_go_on)
+        await while_attacked(scene, attack, then=dropped_then_others_go_on(scene, "handshake-failed"))
 
     await run_scene(test, handshake_timeout=1.0)
 
@@ -294,8 +299,6 @@ async def test_bytes_after_a_failed_first_frame_are_never_read():
             await stream.send_all(encode_frame(b"\xc1 not msgpack") + good * 5)
             with trio.fail_after(15):
                 assert await stream.receive_some(65536) == b""  # closed, nothing answered
-            ready.set()
-            await trio.sleep_forever()
 
     async def test(scene):
         await while_attacked(scene, attack)
@@ -315,8 +318,6 @@ async def test_bytes_after_an_undecodable_envelope_on_a_channel_are_never_read(r
             await stream.send_all(wire)
             with trio.fail_after(15):
                 assert await raw.receive() is None  # closed, nothing answered
-            ready.set()
-            await trio.sleep_forever()
 
     async def test(scene):
         await while_attacked(scene, attack)

@@ -6,6 +6,7 @@ block holds after ``resubmit_after`` seconds, and stops once a block holds it.""
 from __future__ import annotations
 
 import hashlib
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -37,8 +38,16 @@ class ScriptedEndpoint:
         return {"tx_ids": [hashlib.sha256(raw).digest() for raw in txs]}
 
 
-def _forwarder(**kw):
-    return TxForwarder(orderers=["o1", "o2", "o3"], submit_timeout=30.0, **kw)
+@asynccontextmanager
+async def running(behaviour: dict[str, str], **kw):
+    """A forwarder to the orderer nodes of ``behaviour`` (TxForwarder options ``kw``) running
+    against a ScriptedEndpoint: yields (forwarder, endpoint), stops the forwarder after."""
+    ep = ScriptedEndpoint(behaviour)
+    fw = TxForwarder(orderers=list(behaviour), submit_timeout=30.0, **kw)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fw.run, ep)
+        yield fw, ep
+        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture
@@ -47,10 +56,7 @@ def autojump(autojump_clock):
 
 
 async def test_failover_past_dead_and_leaderless_nodes(autojump):
-    ep = ScriptedEndpoint({"o1": "dead", "o2": "no-leader", "o3": "ok"})
-    fw = _forwarder()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fw.run, ep)
+    async with running({"o1": "dead", "o2": "no-leader", "o3": "ok"}) as (fw, ep):
         await fw.forward([b"tx-1"])
         assert [to for _, to, _ in ep.calls] == ["o1", "o2", "o3"]
         assert fw.orderer == "o3"
@@ -59,27 +65,19 @@ async def test_failover_past_dead_and_leaderless_nodes(autojump):
         ep.calls.clear()
         await fw.forward([b"tx-2"])
         assert [to for _, to, _ in ep.calls] == ["o3", "o2"]
-        nursery.cancel_scope.cancel()
 
 
 async def test_no_node_answers_within_the_failover_timeout(autojump):
-    ep = ScriptedEndpoint({"o1": "no-leader", "o2": "no-leader", "o3": "no-leader"})
-    fw = _forwarder(failover_timeout=2.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fw.run, ep)
+    async with running({"o1": "no-leader", "o2": "no-leader", "o3": "no-leader"}, failover_timeout=2.0) as (fw, ep):
         t0 = trio.current_time()
         with pytest.raises(bus.HandlerError) as info:
             await fw.forward([b"tx"])
         assert info.value.code == codes.SUBMIT_UNAVAILABLE
         assert 2.0 <= trio.current_time() - t0 < 3.0
-        nursery.cancel_scope.cancel()
 
 
 async def test_resubmits_until_a_block_holds_it(autojump):
-    ep = ScriptedEndpoint({"o1": "ok", "o2": "ok", "o3": "ok"})
-    fw = _forwarder(resubmit_after=4.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fw.run, ep)
+    async with running({"o1": "ok", "o2": "ok", "o3": "ok"}, resubmit_after=4.0) as (fw, ep):
         await fw.forward([b"lost", b"kept"])
         t0 = trio.current_time()
         fw.resolve(_block([b"kept"]), CommitResult(1, b"\0" * 32, ("ok",), {}, b"\0" * 32))
@@ -91,19 +89,14 @@ async def test_resubmits_until_a_block_holds_it(autojump):
         fw.resolve(_block([b"lost"]), CommitResult(2, b"\0" * 32, ("ok",), {}, b"\0" * 32))
         await trio.sleep(20)
         assert len(ep.calls) == 3  # committed: no more resubmissions
-        nursery.cancel_scope.cancel()
 
 
 async def test_one_orderer_never_resubmits_or_retries(autojump):
-    ep = ScriptedEndpoint({"o1": "no-leader"})
-    fw = TxForwarder(orderers=["o1"], submit_timeout=30.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fw.run, ep)
+    async with running({"o1": "no-leader"}) as (fw, ep):
         with pytest.raises(bus.HandlerError):
             await fw.forward([b"tx"])
         await trio.sleep(30)
         assert len(ep.calls) == 1
-        nursery.cancel_scope.cancel()
 
 
 def _block(txs):
