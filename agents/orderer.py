@@ -11,6 +11,11 @@ by :mod:`core.protocol`; see docs/protocol.md, "Orderer". It classifies
 senders from the genesis (peers) and the storage node ids it is given: only
 peers submit, only peers and storage nodes read blocks, the head, and
 subscribe to ``blocks`` (others: ``forbidden``, before any work).
+
+What every orderer shares lives here too: :class:`OrdererBase` (the endpoint,
+the admission, the handler table, ``orderer.head``) and :class:`TxQueue` (the
+bounded queue of accepted transactions and when to cut the next block), which
+the etcd orderer node (:class:`agents.ordering.node.EtcdOrderer`) builds on.
 """
 
 from __future__ import annotations
