@@ -92,7 +92,26 @@ class RoleAgent:
             await trio.sleep(poll)
 
 
-class _Peer(RoleAgent):
+class _Serving(RoleAgent):
+    """A role whose agent (``self.agent``) runs on the bus itself and has ``endpoint``,
+    ``height`` and ``refusals`` of its own."""
+
+    agent: Any
+
+    async def run(self, node: bus.Node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await self.agent.run(node, task_status=task_status)
+
+    def _endpoint(self) -> bus.Endpoint | None:
+        return self.agent.endpoint
+
+    def height(self) -> int:
+        return self.agent.height
+
+    def refusals(self) -> Mapping[tuple[str, str], int]:
+        return self.agent.refusals.counts()
+
+
+class _Peer(_Serving):
     role = "peer"
 
     def __init__(self, agent_id: str, keys: AgentKeys, manifest: Manifest, data_dir: Path, settings: RoleSettings):
@@ -101,7 +120,7 @@ class _Peer(RoleAgent):
 
         if parse_genesis(manifest.genesis).config.peer(agent_id) is None:
             raise ValueError(f"{agent_id!r} is not a peer in this consortium's genesis")
-        self.peer = PeerAgent(peer_id=agent_id, keys=keys, genesis=manifest.genesis, data_dir=data_dir,
+        self.agent = self.peer = PeerAgent(peer_id=agent_id, keys=keys, genesis=manifest.genesis, data_dir=data_dir,
                               manifest=manifest, enrolls=settings.enrolls)
         self.blocks = self.txs_valid = self.txs_invalid = 0
         self.peer.add_commit_listener(self._committed)
@@ -110,18 +129,6 @@ class _Peer(RoleAgent):
         self.blocks += 1
         self.txs_valid += result.valid_count
         self.txs_invalid += len(result.marks) - result.valid_count
-
-    async def run(self, node: bus.Node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await self.peer.run(node, task_status=task_status)
-
-    def _endpoint(self) -> bus.Endpoint | None:
-        return self.peer.endpoint
-
-    def height(self) -> int:
-        return self.peer.height
-
-    def refusals(self) -> Mapping[tuple[str, str], int]:
-        return self.peer.refusals.counts()
 
     def busy(self) -> int:
         return self.peer.forwarder.queued
@@ -145,30 +152,18 @@ class _Peer(RoleAgent):
         return {"reencryptions": self.peer.handlers.reencryptions, "blocks_committed": self.blocks}
 
 
-class _Orderer(RoleAgent):
+class _Orderer(_Serving):
     role = "orderer"
 
     def __init__(self, agent_id: str, keys: AgentKeys, manifest: Manifest, data_dir: Path, settings: RoleSettings):
         super().__init__(agent_id)
         from agents.orderer import OrdererAgent
 
-        self.orderer = OrdererAgent(orderer_id=agent_id, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
+        self.agent = self.orderer = OrdererAgent(orderer_id=agent_id, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
                                     data_dir=data_dir, directory=manifest.directory(),
                                     batch_size=settings.batch_size, batch_timeout=settings.batch_timeout,
                                     storage=manifest.storage)
         self._start_height = self.orderer.height
-
-    async def run(self, node: bus.Node, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await self.orderer.run(node, task_status=task_status)
-
-    def _endpoint(self) -> bus.Endpoint | None:
-        return self.orderer.endpoint
-
-    def height(self) -> int:
-        return self.orderer.height
-
-    def refusals(self) -> Mapping[tuple[str, str], int]:
-        return self.orderer.refusals.counts()
 
     def busy(self) -> int:
         return self.orderer.queued
