@@ -496,6 +496,14 @@ def registrar_issue_main(argv: list[str]) -> int:
 # ------------------------------------------------------------------ user
 
 
+def _user_store(directory: Path, unlock: Any) -> Any:
+    """The user's key store in ``directory``, under ``unlock`` (agents.org.Unlock)."""
+    from agents.client import KEY_FILE
+    from agents.keys import KeyStore
+
+    return KeyStore(directory / KEY_FILE, passphrase=unlock.passphrase, key_file=unlock.key_file)
+
+
 def user_init_main(argv: list[str]) -> int:
     p = _parser("user init", "Create your keys in your own directory and print the public key "
                 "your registrar binds your enrollment token to.")
@@ -504,12 +512,11 @@ def user_init_main(argv: list[str]) -> int:
     what = f"user init {args.dir}"
 
     def body() -> int:
-        from agents.client import KEY_FILE
         from agents.consortium import enroll_id
-        from agents.keys import AgentKeys, KeyStore, atomic_write
+        from agents.keys import AgentKeys, atomic_write
 
         unlock = _unlock(args, what, create_key_file=True, outside=args.dir)
-        store = KeyStore(args.dir / KEY_FILE, passphrase=unlock.passphrase, key_file=unlock.key_file)
+        store = _user_store(args.dir, unlock)
         if store.exists():
             with _doing(what):
                 keys = AgentKeys.from_bytes(store.load())
@@ -552,9 +559,9 @@ def user_enroll_main(argv: list[str]) -> int:
     def body() -> int:
         import trio
 
-        from agents.client import KEY_FILE, UserConfig, open_agent
+        from agents.client import UserConfig, open_agent
         from agents.consortium import enroll_id
-        from agents.keys import AgentKeys, KeyStore, atomic_write
+        from agents.keys import AgentKeys, atomic_write
         from agents.org import TokenFile, genesis_manifest
         from agents.consortium import Manifest
         from core.errors import DecodeError
@@ -573,12 +580,12 @@ def user_enroll_main(argv: list[str]) -> int:
             if args.peer is None:
                 raise UsageError(what, "--peer is needed with --genesis", "give --peer [ID=]tcp://HOST:PORT")
         unlock = _unlock(args, what)
-        if not (args.dir / KEY_FILE).exists():
+        store = _user_store(args.dir, unlock)
+        if not store.exists():
             fail(what, f"no keys in {args.dir}", f"create them with `emrshare user init --dir {args.dir}`")
         with _doing(what):
             token = TokenFile.from_json(token_text, source=str(args.token))
-            keys = AgentKeys.from_bytes(KeyStore(args.dir / KEY_FILE, passphrase=unlock.passphrase,
-                                                 key_file=unlock.key_file).load())
+            keys = AgentKeys.from_bytes(store.load())
         if token.enroll_key != keys.ecdsa_public:
             fail(what, f"the token is bound to another key than the one in {args.dir}",
                  "give the registrar the key `emrshare user init` printed for this directory")
