@@ -102,6 +102,10 @@ from .transport import Address, Connection, TcpTransport, Transport, parse_addre
 log = logging.getLogger("bus")
 
 
+class _HandshakeTimeout(ChannelError):
+    """An incoming connection did not finish the channel handshake in time."""
+
+
 class _ChannelFull(BusError):
     """The channel proved MAX_CLAIMS agents already: route the sender on another."""
 
@@ -325,6 +329,7 @@ class Node:
             broken_connections=self._broken,
             refused_connections=self._refused,
             dropped_connections=MappingProxyType(dict(self._dropped)),
+            handshaking=self._handshaking,
         )
 
     async def aclose(self) -> None:
@@ -616,10 +621,12 @@ class Node:
         except (ChannelError, BrokenError, ClosedError, FrameError, trio.TooSlowError) as exc:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
-            what = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            timed_out = isinstance(exc, trio.TooSlowError)
+            what = "timed out" if timed_out else str(exc)
             if initiator:
                 raise UnreachableError(f"channel handshake with {conn.peer} failed: {what}") from None
-            raise ChannelError(f"channel handshake from {conn.peer} failed: {what}") from None
+            raise (_HandshakeTimeout if timed_out else ChannelError)(
+                f"channel handshake from {conn.peer} failed: {what}") from None
 
     def _open(self, conn: Connection) -> None:
         self._live.add(conn)
@@ -646,7 +653,7 @@ class Node:
                 try:
                     conn = await self._secure(conn, initiator=False)
                 except ChannelError as exc:
-                    self._dropped["handshake-failed"] += 1
+                    self._dropped["handshake-timeout" if isinstance(exc, _HandshakeTimeout) else "handshake-failed"] += 1
                     log.warning("bus: %s", exc)
                     return
                 finally:
