@@ -1,0 +1,87 @@
+"""Attacks on the authenticated channels (security review, issue 14): a hostile
+client, registered user or consortium node against real TCP nodes.
+
+Each test states what the attacker tries and asserts the node's correct
+behaviour; a test marked ``xfail(strict=True)`` is an open finding (the reason
+says what the attacker can do), so it fails the suite the day it is fixed
+without its mark being removed. The hostile clients do the channel handshake by
+hand (``raw_channel``, conftest) and then control every byte.
+"""
+
+import pytest
+import trio
+
+from bus import RemoteError, TcpTransport, open_node
+from bus.testing import Keyring, eventually
+
+pytestmark = pytest.mark.crypto
+
+
+def _mallorys_box(server):
+    """The server's send queue of the connection that is not alice's (white box)."""
+    boxes = [box for conn, box in server._outboxes.items() if conn.source != "127.0.0.2"]
+    return boxes[0] if len(boxes) == 1 else None
+
+
+async def test_a_forged_request_cannot_answer_a_victims_pending_request(raw_channel, unsigned_envelope):
+    """Mallory (a registered user) sends a request *as alice*, unproven, carrying
+    the message id of alice's pending request to bob, at a moment her own
+    connection's send queue is full (she stopped reading). Bob rejects it
+    (``unproven-sender``); its error reply must go on mallory's connection or
+    nowhere, never be re-routed by name to the real alice, where it would answer
+    (and fail) alice's genuine request with an error mallory provoked."""
+    ring = Keyring()
+    ring.add("mallory")
+    release = trio.Event()
+    big = b"x" * (1 << 20)
+
+    async def slow(msg):
+        await release.wait()
+        return "genuine"
+
+    async def fat(msg):
+        return big
+
+    with trio.fail_after(60):
+        async with open_node(send_queue_frames=1) as server, \
+                open_node(transports={"tcp": TcpTransport(local_address="127.0.0.2")}) as client:
+            address = await server.listen("tcp://127.0.0.1:0")
+            bob = server.endpoint("bob", **ring.credentials("bob"))
+            bob.register("slow", slow)
+            bob.register("fat", fat)
+            client.add_route("bob", address)
+            alice = client.endpoint("alice", **ring.credentials("alice"))
+            outcome = []
+
+            async def ask():
+                try:
+                    outcome.append(await alice.request("bob", "slow", None, timeout=30))
+                except RemoteError as exc:
+                    outcome.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask)
+                await eventually(lambda: alice.statistics().pending_requests == 1)
+                # the id only makes the damage visible; ids are a random prefix and a
+                # counter, which any agent alice ever wrote to has seen
+                (victim_id,) = alice._pending
+                async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
+                    for i in range(64):  # fat replies she never reads, until one waits in the queue
+                        await raw.send(unsigned_envelope("mallory", kind="fat", body=i))
+                        await eventually(lambda: bob.statistics().sent_by_peer["mallory"].messages == i + 1
+                                         if "mallory" in bob.statistics().sent_by_peer else False)
+                        for _ in range(5):  # (settles: the writer is stuck on a full TCP buffer)
+                            await trio.sleep(0.02)
+                        box = _mallorys_box(server)
+                        if box is not None and len(box._frames) == 1:
+                            break
+                    else:
+                        pytest.fail("mallory's send queue never filled")
+                    forged = unsigned_envelope("alice", recipient="bob", kind="slow", msg_id=victim_id)
+                    await raw.send(forged)
+                    await eventually(lambda: bob.statistics().rejected.get("unproven-sender", 0) == 1)
+                    for _ in range(50):  # let any error reply cross before bob answers
+                        await trio.sleep(0.01)
+                release.set()
+            assert outcome == ["genuine"], outcome
+            assert alice.statistics().rejected.get("unexpected-reply", 0) == 0
