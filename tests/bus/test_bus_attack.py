@@ -11,7 +11,7 @@ hand (``raw_channel``, conftest) and then control every byte.
 import pytest
 import trio
 
-from bus import RemoteError, TcpTransport, open_node
+from bus import RemoteError, TcpTransport, encode_frame, open_node
 from bus.testing import Keyring, eventually
 
 pytestmark = pytest.mark.crypto
@@ -85,3 +85,46 @@ async def test_a_forged_request_cannot_answer_a_victims_pending_request(raw_chan
                 release.set()
             assert outcome == ["genuine"], outcome
             assert alice.statistics().rejected.get("unexpected-reply", 0) == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open finding: a node hosting up to MAX_PROVED_AT_HANDSHAKE (32) agents signs an identity proof for "
+    "each of them on every channel right after the handshake, before the client proved anything; an "
+    "outsider replaying one 38-byte hello (no crypto of its own) costs the node ~32 ECDSA signatures "
+    "(~4 ms of CPU here) per TCP connection, and learns which agents it hosts (WANT frames do the same "
+    "for larger nodes, up to MAX_CLAIMS per connection). Fix needs a design choice: prove only once the "
+    "client proved a known agent, or rate-limit proofs per source"))
+async def test_an_anonymous_hello_costs_the_node_no_signatures():
+    from bus import FrameDecoder, Handshake, parse_address
+
+    ring = Keyring()
+    signatures = []
+
+    def counting(agent):
+        sign = ring.add(agent)
+
+        def signer(message):
+            signatures.append(agent)
+            return sign(message)
+        return signer
+
+    hello = Handshake(initiator=True).hello  # drawn once, replayed on every connection
+    with trio.fail_after(60):
+        async with open_node() as server:
+            address = await server.listen("tcp://127.0.0.1:0")
+            for i in range(8):
+                server.endpoint(f"agent-{i}", signer=counting(f"agent-{i}"), directory=ring.directory,
+                                verifier=ring.verifier)
+            where = parse_address(address)
+            for _ in range(5):
+                async with await trio.open_tcp_stream(where.host, where.port) as stream:
+                    await stream.send_all(encode_frame(hello))
+                    decoder, frames = FrameDecoder(), []
+                    while not frames:  # the node's hello back: the handshake is done on its side
+                        data = await stream.receive_some(65536)
+                        assert data
+                        frames.extend(decoder.feed(data))
+                    with trio.move_on_after(0.2):  # whatever the node sends unasked
+                        while await stream.receive_some(65536):
+                            pass
+            assert signatures == []
