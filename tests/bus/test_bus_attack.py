@@ -11,7 +11,7 @@ hand (``raw_channel``, conftest) and then control every byte.
 import pytest
 import trio
 
-from bus import RemoteError, TcpTransport, encode_frame, open_node
+from bus import MessageType, RemoteError, TcpTransport, encode_frame, open_node
 from bus.testing import Keyring, eventually
 
 pytestmark = pytest.mark.crypto
@@ -128,3 +128,50 @@ async def test_an_anonymous_hello_costs_the_node_no_signatures():
                         while await stream.receive_some(65536):
                             pass
             assert signatures == []
+
+
+async def test_forged_envelopes_and_wants_do_not_redirect_messages_meant_for_another_agent(
+        raw_channel, unsigned_envelope):
+    """Alice has no listener: bob reaches her on the connection she last wrote on.
+    Mallory, proved as herself on her own channel, sends envelopes *as alice*
+    (every message type) and asks the node to prove alice to her (WANT): none of
+    it makes bob's next request to alice travel on mallory's connection."""
+    from bus.channel import WANT
+
+    ring = Keyring()
+    ring.add("mallory")
+
+    async def echo(msg):
+        return msg.body
+
+    with trio.fail_after(60):
+        async with open_node() as server, \
+                open_node(transports={"tcp": TcpTransport(local_address="127.0.0.2")}) as client:
+            address = await server.listen("tcp://127.0.0.1:0")
+            bob = server.endpoint("bob", **ring.credentials("bob"))
+            bob.register("ping", echo)
+            client.add_route("bob", address)
+            alice = client.endpoint("alice", **ring.credentials("alice"))
+            alice.register("secret", echo)
+            assert await alice.request("bob", "ping", "hi", timeout=15) == "hi"
+            async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
+                await raw.stream.send_all(raw.sealed(b"alice", frame_type=WANT))
+                for mtype in MessageType:
+                    reply = mtype in (MessageType.REPLY, MessageType.ERROR)
+                    body = {"code": "x", "message": "y"} if mtype == MessageType.ERROR else 1
+                    await raw.send(unsigned_envelope("alice", recipient="bob", kind="ping", mtype=mtype, body=body,
+                                                     correlation_id=bytes(16) if reply else None))
+                await raw.send(unsigned_envelope("mallory", recipient="bob", kind="ping", body="own"))
+                seen = []
+                with trio.move_on_after(2):
+                    while True:
+                        env = await raw.receive()
+                        seen.append(env)
+                        if env.type == MessageType.REPLY:
+                            break
+                assert [e.body for e in seen if e.type == MessageType.REPLY] == ["own"]
+                assert "alice" not in raw.channel.claims  # the node proved only bob to her
+                assert await bob.request("alice", "secret", "for alice", timeout=15) == "for alice"
+                with trio.move_on_after(0.5):
+                    leaked = await raw.receive()
+                    pytest.fail(f"mallory received {leaked!r}")
