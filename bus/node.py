@@ -12,7 +12,9 @@ Routing an envelope to agent ``R``, in order: a local endpoint ``R``; else the
 live connection on which a verified envelope from ``R`` last arrived (so
 replies and events reach clients that have no listener); else the address of
 ``R`` in the routing table (a pooled connection, reconnected with capped
-exponential backoff); else :class:`UnreachableError`. Every envelope, local or
+exponential backoff); else :class:`UnreachableError`. A reply to a request
+that came on a connection goes back on that connection only, never re-routed
+by name (the request's sender may be one nobody proved). Every envelope, local or
 not, must fit the frame limit.
 
 A frame that does not decode closes its connection; one addressed to an agent
@@ -389,14 +391,19 @@ class Node:
             # Enforced for local delivery too, so an in-process swarm meets the limits
             # a multi-host deployment meets.
             raise FrameError(f"message of {len(data)} bytes exceeds the {self._max_frame_size}-byte frame limit")
-        if via is not None and via in self._live:
+        if via is not None:
+            # a reply goes back on the connection its request came on, to whoever
+            # sent it there, or nowhere: an error reply may answer a sender nobody
+            # proved (re-routed by name it would reach the real agent, answering its
+            # own pending request with an error a forger provoked), and a requester
+            # whose connection is gone has already failed the request
+            if via not in self._live:
+                raise BrokenError(f"connection {via.peer} closed before the reply")
             try:
-                # a reply goes back on the connection its request came on, to whoever
-                # sent it there (an error reply may answer a sender nobody proved)
                 await self._enqueue(via, sender, recipient, data, wait, check_recipient=False)
-                return via
-            except (BrokenError, ClosedError, _ChannelFull):
-                pass
+            except _ChannelFull:
+                raise BrokenError(f"connection {via.peer} has no room to prove {sender!r}") from None
+            return via
         local = self._endpoints.get(recipient)
         if local is not None:
             # no crypto between agents of one node: a decoded copy (so sender and
