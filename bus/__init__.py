@@ -9,7 +9,7 @@ Channels
 By default every connection is an authenticated encrypted channel
 (:mod:`bus.channel`): an ephemeral X25519 handshake, then each side proves the
 agents it speaks for once, with each agent's own signing key over the
-channel's transcript, and every later frame is ChaCha20-Poly1305 with
+channel's transcript, and every later frame is AES-256-GCM with
 per-direction counters (no replay, reorder or change goes unnoticed).
 Envelopes on a channel are unsigned (signature field empty); a receiver
 accepts one only from an agent the other side proved under the key its

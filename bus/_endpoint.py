@@ -106,7 +106,7 @@ class _Host(Protocol):
         self, sender: str, recipient: str, data: bytes, via: Connection | None, *, wait: bool = True
     ) -> Connection | None:
         """Deliver an encoded, unsigned envelope from the hosted agent ``sender``
-        (on ``via`` first, if given and live): as it is to an agent of this node
+        (a reply: on ``via`` only, BrokenError if it is gone): as it is to an agent of this node
         or on a channel (after proving ``sender`` there), signed with the
         sender's signer otherwise; return the connection it left on, None when
         delivered locally. Without ``wait`` it never waits for a connection's

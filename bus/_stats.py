@@ -70,8 +70,12 @@ class NodeStatistics:
     refused_connections: int
     dropped_connections: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """Connections the node closed, by reason: ``send-queue-full``,
-    ``write-timeout``, ``send-failed``, ``handshake-timeout``, ``idle-timeout``,
-    ``frame-timeout``."""
+    ``write-timeout``, ``send-failed``, ``handshake-failed`` (not a channel
+    hello, a bad key, a signed-mode peer), ``handshake-timeout`` (no hello
+    within the handshake timeout), ``idle-timeout``, ``frame-timeout``."""
+    handshaking: int = 0
+    """Incoming connections still in the channel handshake (they count against
+    the connection caps but are not yet in ``incoming_connections``)."""
 
 
 class _Counter:

@@ -5,7 +5,7 @@ then authenticated, per agent, by identity proofs: each side proves every
 agent it speaks for with that agent's own signing key (the key the directory
 holds for it: a certificate on the ledger, a genesis entry, or the key an
 ``enroll:`` id names), over the channel's transcript. After that, every frame
-is encrypted and authenticated with ChaCha20-Poly1305 under a per-direction key
+is encrypted and authenticated with AES-256-GCM under a per-direction key
 and a counter nonce, so a frame cannot be read, changed, dropped from the
 middle, reordered or replayed without the receiver noticing (the connection is
 closed). Envelopes on a channel carry no signature of their own.
@@ -19,7 +19,12 @@ Handshake (two frames, each one msgpack array)::
     shared  = X25519(own ephemeral secret, other's e)        (all-zero output refused)
     k_i2r || k_r2i = HKDF-SHA256(ikm=shared, salt=h, info=KEY_INFO, length=64)
 
-Frames after the handshake: ``type (1 byte) || ChaCha20-Poly1305-IETF(key,
+AES-256-GCM is OpenSSL's, through the ``cryptography`` package: with AES
+instructions it seals a MiB in about a tenth of the time libsodium's
+ChaCha20-Poly1305 takes here (``emrshare bench storage`` shows the data path
+it is on), and counter nonces never repeat under one key.
+
+Frames after the handshake: ``type (1 byte) || AES-256-GCM(key,
 nonce = u64le(counter) || 4 zero bytes, plaintext, ad = type)``; each direction
 has its own key and counter, starting at 0. Types: :data:`ENVELOPE` (an
 envelope's wire bytes, signature field empty), :data:`WANT` (an agent id, UTF-8:
@@ -51,7 +56,8 @@ from collections.abc import Callable
 
 import msgpack
 import nacl.bindings as sodium
-from nacl.exceptions import CryptoError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nacl.public import PrivateKey
 
 from .errors import BusError
@@ -65,7 +71,7 @@ ENVELOPE = 0
 PROOF = 1
 WANT = 2
 _TYPES = (bytes([ENVELOPE]), bytes([PROOF]), bytes([WANT]))
-_TAG_SIZE = sodium.crypto_aead_chacha20poly1305_ietf_ABYTES
+_TAG_SIZE = 16  # the GCM tag
 CHANNEL_OVERHEAD = 1 + _TAG_SIZE
 """Bytes a channel frame adds to its payload (type byte and Poly1305 tag)."""
 MAX_HELLO_SIZE = 64
@@ -174,14 +180,14 @@ class Channel:
     :meth:`claim_ok`); ``proven_here`` holds the agents we have proved to it.
     """
 
-    __slots__ = ("binding", "initiator", "_send_key", "_receive_key", "_send_counter", "_receive_counter",
+    __slots__ = ("binding", "initiator", "_send_aead", "_receive_aead", "_send_counter", "_receive_counter",
                  "claims", "proven_here", "_verified", "admit")
 
     def __init__(self, binding: bytes, initiator: bool, send_key: bytes, receive_key: bytes):
         self.binding = binding
         self.initiator = initiator
-        self._send_key = send_key
-        self._receive_key = receive_key
+        self._send_aead = AESGCM(send_key)
+        self._receive_aead = AESGCM(receive_key)
         self._send_counter = 0
         self._receive_counter = 0
         self.claims: dict[str, bytes] = {}
@@ -202,9 +208,7 @@ class Channel:
         if self._send_counter >= _MAX_COUNTER:
             raise ChannelError("channel exhausted its nonces; reconnect")
         kind = _TYPES[frame_type]
-        sealed = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
-            bytes(payload), kind, self._nonce(self._send_counter), self._send_key
-        )
+        sealed = self._send_aead.encrypt(self._nonce(self._send_counter), payload, kind)
         self._send_counter += 1
         return kind + sealed
 
@@ -214,10 +218,9 @@ class Channel:
         if len(frame) < CHANNEL_OVERHEAD or frame[0] not in (ENVELOPE, PROOF, WANT):
             raise ChannelError("not a channel frame")
         try:
-            payload = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-                bytes(frame[1:]), bytes(frame[:1]), self._nonce(self._receive_counter), self._receive_key
-            )
-        except CryptoError:
+            payload = self._receive_aead.decrypt(self._nonce(self._receive_counter), memoryview(frame)[1:],
+                                                 bytes(frame[:1]))
+        except InvalidTag:
             raise ChannelError("a frame failed authentication (forged, replayed or reordered)") from None
         self._receive_counter += 1
         return frame[0], payload

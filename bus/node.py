@@ -12,7 +12,9 @@ Routing an envelope to agent ``R``, in order: a local endpoint ``R``; else the
 live connection on which a verified envelope from ``R`` last arrived (so
 replies and events reach clients that have no listener); else the address of
 ``R`` in the routing table (a pooled connection, reconnected with capped
-exponential backoff); else :class:`UnreachableError`. Every envelope, local or
+exponential backoff); else :class:`UnreachableError`. A reply to a request
+that came on a connection goes back on that connection only, never re-routed
+by name (the request's sender may be one nobody proved). Every envelope, local or
 not, must fit the frame limit.
 
 A frame that does not decode closes its connection; one addressed to an agent
@@ -100,6 +102,10 @@ from .limits import (
 from .transport import Address, Connection, TcpTransport, Transport, parse_address
 
 log = logging.getLogger("bus")
+
+
+class _HandshakeTimeout(ChannelError):
+    """An incoming connection did not finish the channel handshake in time."""
 
 
 class _ChannelFull(BusError):
@@ -325,6 +331,7 @@ class Node:
             broken_connections=self._broken,
             refused_connections=self._refused,
             dropped_connections=MappingProxyType(dict(self._dropped)),
+            handshaking=self._handshaking,
         )
 
     async def aclose(self) -> None:
@@ -384,14 +391,19 @@ class Node:
             # Enforced for local delivery too, so an in-process swarm meets the limits
             # a multi-host deployment meets.
             raise FrameError(f"message of {len(data)} bytes exceeds the {self._max_frame_size}-byte frame limit")
-        if via is not None and via in self._live:
+        if via is not None:
+            # a reply goes back on the connection its request came on, to whoever
+            # sent it there, or nowhere: an error reply may answer a sender nobody
+            # proved (re-routed by name it would reach the real agent, answering its
+            # own pending request with an error a forger provoked), and a requester
+            # whose connection is gone has already failed the request
+            if via not in self._live:
+                raise BrokenError(f"connection {via.peer} closed before the reply")
             try:
-                # a reply goes back on the connection its request came on, to whoever
-                # sent it there (an error reply may answer a sender nobody proved)
                 await self._enqueue(via, sender, recipient, data, wait, check_recipient=False)
-                return via
-            except (BrokenError, ClosedError, _ChannelFull):
-                pass
+            except _ChannelFull:
+                raise BrokenError(f"connection {via.peer} has no room to prove {sender!r}") from None
+            return via
         local = self._endpoints.get(recipient)
         if local is not None:
             # no crypto between agents of one node: a decoded copy (so sender and
@@ -616,10 +628,12 @@ class Node:
         except (ChannelError, BrokenError, ClosedError, FrameError, trio.TooSlowError) as exc:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
-            what = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            timed_out = isinstance(exc, trio.TooSlowError)
+            what = "timed out" if timed_out else str(exc)
             if initiator:
                 raise UnreachableError(f"channel handshake with {conn.peer} failed: {what}") from None
-            raise ChannelError(f"channel handshake from {conn.peer} failed: {what}") from None
+            raise (_HandshakeTimeout if timed_out else ChannelError)(
+                f"channel handshake from {conn.peer} failed: {what}") from None
 
     def _open(self, conn: Connection) -> None:
         self._live.add(conn)
@@ -646,7 +660,7 @@ class Node:
                 try:
                     conn = await self._secure(conn, initiator=False)
                 except ChannelError as exc:
-                    self._dropped["handshake-failed"] += 1
+                    self._dropped["handshake-timeout" if isinstance(exc, _HandshakeTimeout) else "handshake-failed"] += 1
                     log.warning("bus: %s", exc)
                     return
                 finally:

@@ -6,7 +6,10 @@ frame payloads in, whole frame payloads out. TCP connections carry
 length-prefixed frames (:mod:`bus.framing`), optionally inside TLS
 (``trio.SSLStream``; mutual TLS when the server context requires client
 certificates). In-memory connections carry the same payloads over bounded trio
-channels, with the same size limit.
+channels, with the same size limit. By default a transport carries frames of the
+default envelope limit plus a channel frame's overhead (so a default node's
+largest envelope fits on a channel); a transport given a smaller limit makes the
+node refuse envelopes that do not fit it (FrameError to the sender).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Protocol
 import trio
 
 from .errors import BrokenError, BusError, ClosedError, FrameError, UnreachableError
+from .channel import CHANNEL_OVERHEAD
 from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
 
 _RECEIVE_SIZE = 64 * 1024
@@ -226,7 +230,7 @@ class TcpTransport:
     def __init__(
         self,
         *,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE + CHANNEL_OVERHEAD,
         client_ssl: ssl.SSLContext | None = None,
         server_ssl: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
@@ -349,7 +353,7 @@ class MemoryTransport:
 
     scheme = "mem"
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, buffer: int = 64):
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE + CHANNEL_OVERHEAD, buffer: int = 64):
         self._max = max_frame_size
         self._buffer = buffer
         self._listeners: dict[str, tuple[Handler, trio.Nursery]] = {}

@@ -226,7 +226,7 @@ async def test_two_thousand_idle_connections_from_one_address_lock_no_one_out():
                 assert await carol.request("bob", "ping", "in", timeout=15) == "in"
             # the admitted idle ones never said hello: the handshake timeout closes them
             await eventually(
-                lambda: scene.server.statistics().dropped_connections.get("handshake-failed", 0) >= 60, timeout=30
+                lambda: scene.server.statistics().dropped_connections.get("handshake-timeout", 0) >= 60, timeout=30
             )
             assert scene.server.statistics().incoming_connections <= 2
             with trio.fail_after(15):
@@ -267,7 +267,7 @@ async def test_a_half_sent_hello_held_open_is_closed():
             await trio.sleep_forever()
 
     async def test(scene):
-        await while_attacked(scene, attack, then=dropped_then_others_go_on(scene, "handshake-failed"))
+        await while_attacked(scene, attack, then=dropped_then_others_go_on(scene, "handshake-timeout"))
 
     await run_scene(test, handshake_timeout=1.0)
 
@@ -360,7 +360,7 @@ async def test_handshake_idle_and_held_connections(autojump_clock):
         # (a connection still in the channel handshake is not in incoming_connections)
         assert server.statistics().dropped_connections == {}
         await trio.sleep(2)
-        assert server.statistics().dropped_connections == {"handshake-failed": 1}
+        assert server.statistics().dropped_connections == {"handshake-timeout": 1}
         assert await silent.receive() is None
 
         assert await alice.request("bob", "ping", 1) == 1  # a connection that did its first frame

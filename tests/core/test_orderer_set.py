@@ -25,6 +25,11 @@ def _with_set(n: int = 3):
     return c, config, keys
 
 
+def _signed(c, config):
+    """Every member organization's signature over ``config`` (a genesis needs them all)."""
+    return {org: config.sign_as_org(key) for org, key in c.admins.items()}
+
+
 def test_single_orderer_genesis_keeps_its_bytes():
     c = TestConsortium.build(split_peers(2), threshold=1)
     assert "orderers" not in c.config.to_dict()
@@ -39,13 +44,13 @@ def test_set_round_trips_and_names_its_nodes():
     assert again == config
     assert again.orderer_ids == ("orderer-0", "orderer-1", "orderer-2")
     assert again.orderer_keys == (c.config.orderer_key, *(ecdsa.public_key(k) for k in keys))
-    genesis = make_genesis(config, c.orderer_key)
+    genesis = make_genesis(config, _signed(c, config))
     assert parse_genesis(genesis.to_bytes()).config == config
 
 
 def test_blocks_from_any_orderer_of_the_set_commit_and_others_are_refused():
     c, config, keys = _with_set()
-    ledger = Ledger(make_genesis(config, c.orderer_key), MemoryKV())
+    ledger = Ledger(make_genesis(config, _signed(c, config)), MemoryKV())
     ts = config.created_at + 1000
     for height, key in enumerate([keys[2], keys[0], c.orderer_key, keys[1]], start=1):
         block = Block.make(height, ledger.head()[1], ts, [], key)
