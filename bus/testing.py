@@ -79,18 +79,25 @@ class Keyring:
 
 
 @contextlib.asynccontextmanager
-async def linked_pair(ring: Keyring, handler: Callable[[Any], Any], *, server_options: dict[str, Any] | None = None,
-                      client_options: dict[str, Any] | None = None) -> AsyncIterator[tuple[Any, Any, Any, str]]:
+async def linked_pair(ring: Keyring, handler: Callable[[Any], Any] | None, *,
+                      server_options: dict[str, Any] | None = None, client_options: dict[str, Any] | None = None,
+                      client_address: str | None = None) -> AsyncIterator[tuple[Any, Any, Any, str]]:
     """Two nodes on loopback TCP: agent "bob" on the server node answers ``ping``
-    with ``handler``; agent "alice" on the client node is routed to it. Yields
+    with ``handler`` (None: no bob; the caller adds its own endpoints to the server
+    node); agent "alice" on the client node is routed to it. Yields
     ``(server, client, alice, address)``; ``*_options`` go to :func:`open_node`
-    (e.g. ``transports`` for TLS)."""
+    (e.g. ``transports`` for TLS); ``client_address``: the local address the
+    client node connects from (e.g. 127.0.0.2, apart from an attacker on 127.0.0.1)."""
     from .node import open_node
 
-    async with open_node(**(server_options or {})) as server, open_node(**(client_options or {})) as client:
+    client_options = dict(client_options or {})
+    if client_address is not None:
+        client_options["transports"] = {"tcp": TcpTransport(local_address=client_address)}
+    async with open_node(**(server_options or {})) as server, open_node(**client_options) as client:
         address = await server.listen("tcp://127.0.0.1:0")
         client.add_route("bob", address)
-        server.endpoint("bob", **ring.credentials("bob")).register("ping", handler)
+        if handler is not None:
+            server.endpoint("bob", **ring.credentials("bob")).register("ping", handler)
         yield server, client, client.endpoint("alice", **ring.credentials("alice")), address
 
 

@@ -11,8 +11,8 @@ hand (``raw_channel``, conftest) and then control every byte.
 import pytest
 import trio
 
-from bus import MessageType, RemoteError, TcpTransport, encode_frame, open_node
-from bus.testing import Keyring, eventually
+from bus import MessageType, RemoteError, encode_frame, open_node
+from bus.testing import Keyring, eventually, linked_pair
 
 pytestmark = pytest.mark.crypto
 
@@ -43,14 +43,11 @@ async def test_a_forged_request_cannot_answer_a_victims_pending_request(raw_chan
         return big
 
     with trio.fail_after(60):
-        async with open_node(send_queue_frames=1) as server, \
-                open_node(transports={"tcp": TcpTransport(local_address="127.0.0.2")}) as client:
-            address = await server.listen("tcp://127.0.0.1:0")
+        async with linked_pair(ring, None, server_options={"send_queue_frames": 1}, client_address="127.0.0.2") as (
+                server, _, alice, address):
             bob = server.endpoint("bob", **ring.credentials("bob"))
             bob.register("slow", slow)
             bob.register("fat", fat)
-            client.add_route("bob", address)
-            alice = client.endpoint("alice", **ring.credentials("alice"))
             outcome = []
 
             async def ask():
@@ -145,13 +142,9 @@ async def test_forged_envelopes_and_wants_do_not_redirect_messages_meant_for_ano
         return msg.body
 
     with trio.fail_after(60):
-        async with open_node() as server, \
-                open_node(transports={"tcp": TcpTransport(local_address="127.0.0.2")}) as client:
-            address = await server.listen("tcp://127.0.0.1:0")
+        async with linked_pair(ring, None, client_address="127.0.0.2") as (server, _, alice, address):
             bob = server.endpoint("bob", **ring.credentials("bob"))
             bob.register("ping", echo)
-            client.add_route("bob", address)
-            alice = client.endpoint("alice", **ring.credentials("alice"))
             alice.register("secret", echo)
             assert await alice.request("bob", "ping", "hi", timeout=15) == "hi"
             async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:

@@ -34,7 +34,7 @@ from bus import (
     open_node,
 )
 from bus.channel import CHANNEL_PROTOCOL, CHANNEL_VERSION, ENVELOPE, PROOF
-from bus.testing import Keyring, eventually
+from bus.testing import Keyring, eventually, linked_pair
 
 pytestmark = pytest.mark.crypto
 
@@ -341,13 +341,10 @@ async def run_scene(test, **server_options):
         return msg.body
 
     with trio.fail_after(60):
-        async with open_node(**server_options) as server, \
-                open_node(transports={"tcp": TcpTransport(local_address="127.0.0.2")}) as client:
-            address = await server.listen("tcp://127.0.0.1:0")
+        async with linked_pair(ring, None, server_options=server_options, client_address="127.0.0.2") as (
+                server, _, alice, address):
             bob = server.endpoint("bob", **ring.credentials("bob"))
             bob.register("ping", ping)
-            client.add_route("bob", address)
-            alice = client.endpoint("alice", **ring.credentials("alice"))
             scene = Scene(ring, server, bob, alice, address, calls)
             assert await alice.request("bob", "ping", "hello", timeout=15) == "hello"
             await test(scene)

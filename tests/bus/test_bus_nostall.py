@@ -26,7 +26,7 @@ from bus import (
     open_node,
     parse_address,
 )
-from bus.testing import Keyring, eventually
+from bus.testing import Keyring, eventually, linked_pair
 
 ROUNDS = 30
 BIG = 64 * 1024
@@ -63,16 +63,12 @@ async def run_scene(test, **server_options):
         calls.append(msg.sender)
         return b"\xab" * BIG
 
-    client_tcp = TcpTransport(local_address="127.0.0.2")
     with trio.fail_after(120):
-        async with open_node(**server_options) as server, \
-                open_node(transports={"tcp": client_tcp}) as client:
-            address = await server.listen("tcp://127.0.0.1:0")
+        async with linked_pair(ring, None, server_options=server_options, client_address="127.0.0.2") as (
+                server, _, alice, address):
             bob = server.endpoint("bob", **ring.credentials("bob"))
             bob.register("ping", ping)
             bob.register("big", big)
-            client.add_route("bob", address)
-            alice = client.endpoint("alice", **ring.credentials("alice"))
             scene = Scene(ring, server, alice, address, calls)
             scene.bob = bob
             assert await alice.request("bob", "ping", "hello", timeout=15) == "hello"
