@@ -75,17 +75,21 @@ class RawChannel:
 
         where = parse_address(address)
         stream = await trio.open_tcp_stream(where.host, where.port, local_address=local_address)
-        hs = Handshake(initiator=True)
-        await stream.send_all(encode_frame(hs.hello))
-        decoder = FrameDecoder()
-        frames = []
-        while not frames:
-            data = await stream.receive_some(65536)
-            assert data, "the node closed the connection during the handshake"
-            frames.extend(decoder.feed(data))
-        raw = cls(stream, hs.finish(frames.pop(0)), decoder, frames)
-        for agent, signer in (prove or {}).items():
-            await raw.prove(agent, signer)
+        try:
+            hs = Handshake(initiator=True)
+            await stream.send_all(encode_frame(hs.hello))
+            decoder = FrameDecoder()
+            frames = []
+            while not frames:
+                data = await stream.receive_some(65536)
+                assert data, "the node closed the connection during the handshake"
+                frames.extend(decoder.feed(data))
+            raw = cls(stream, hs.finish(frames.pop(0)), decoder, frames)
+            for agent, signer in (prove or {}).items():
+                await raw.prove(agent, signer)
+        except BaseException:  # cancelled or refused mid-handshake: do not leak the socket
+            await trio.aclose_forcefully(stream)
+            raise
         return raw
 
     def sealed(self, payload, frame_type=0):
