@@ -151,6 +151,7 @@ from .framing import FrameDecoder as FrameDecoder
 from .framing import encode_frame as encode_frame
 from .limits import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
 from .limits import DEFAULT_MAX_CONNECTIONS_PER_SOURCE as DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+from .limits import DEFAULT_HANDSHAKES_PER_SOURCE as DEFAULT_HANDSHAKES_PER_SOURCE
 from .limits import DEFAULT_SEND_QUEUE_FRAMES as DEFAULT_SEND_QUEUE_FRAMES
 from .limits import DEFAULT_SEND_QUEUE_BYTES as DEFAULT_SEND_QUEUE_BYTES
 from .limits import DEFAULT_WRITE_TIMEOUT as DEFAULT_WRITE_TIMEOUT

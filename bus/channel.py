@@ -79,9 +79,10 @@ MAX_HELLO_SIZE = 64
 MAX_CLAIMS = 256
 """Agents one side of a channel may prove (a node hosting more is refused)."""
 MAX_PROOF_SIZE = 1024
-MAX_PROVED_AT_HANDSHAKE = 32
+MAX_PROVED_AT_HANDSHAKE = 8
 """A listening node hosting at most this many agents proves them all right after
-the handshake; one hosting more proves each when the other side asks (WANT)."""
+the handshake (a signature each, for any client that completes one: kept small);
+one hosting more proves each when the other side asks (WANT)."""
 MAX_AGENT_ID_BYTES = 1024
 _MAX_COUNTER = 2**64 - 1
 _ZERO_DH = bytes(32)

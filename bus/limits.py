@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_CONNECTIONS_PER_SOURCE",
+    "DEFAULT_HANDSHAKES_PER_SOURCE",
     "DEFAULT_SEND_QUEUE_FRAMES",
     "DEFAULT_SEND_QUEUE_BYTES",
     "DEFAULT_WRITE_TIMEOUT",
@@ -29,6 +30,14 @@ DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 64
 """Incoming connections from one remote address (IP) at once
 (``max_connections_per_source``), so one address cannot hold the global cap."""
+
+DEFAULT_HANDSHAKES_PER_SOURCE = (100.0, 1000)
+"""Channel handshakes one remote address may start: ``(per second, burst)``
+(``handshakes_per_source``, a token bucket). A handshake costs the node an
+X25519 exchange and, when it hosts few agents, one signature per hosted agent:
+an address that opens connections only to drop them cannot make the node spend
+more than this on it (about 3 % of a core at 100 a second); the burst lets a
+load test or a hospital's NAT connect its clients at once."""
 
 DEFAULT_SEND_QUEUE_FRAMES = 4096
 """Frames queued for one connection's writer (``send_queue_frames``). A reply or

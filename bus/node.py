@@ -91,6 +91,7 @@ from .limits import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_HANDSHAKES_PER_SOURCE,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_OBJECTS,
@@ -186,7 +187,8 @@ class Node:
     :class:`MemoryTransport` as ``mem`` for in-process links between nodes);
     ``max_frame_size``, the largest envelope carried, locally too;
     ``max_connections``, incoming connections at once, and
-    ``max_connections_per_source``, from one remote address; ``send_queue_frames``,
+    ``max_connections_per_source``, from one remote address; ``handshakes_per_source``,
+    (per second, burst) channel handshakes one address may start; ``send_queue_frames``,
     ``send_queue_bytes`` and ``write_timeout``, each connection's send queue;
     ``handshake_timeout``, ``idle_timeout`` and ``frame_timeout`` (seconds);
     ``max_objects`` and ``max_depth``, what one envelope's msgpack may hold;
@@ -219,6 +221,7 @@ class Node:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        handshakes_per_source: tuple[float, int] = DEFAULT_HANDSHAKES_PER_SOURCE,
         send_queue_frames: int = DEFAULT_SEND_QUEUE_FRAMES,
         send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
@@ -248,6 +251,8 @@ class Node:
             self.add_route(agent, address)
         self._max_connections = max_connections
         self._max_per_source = max_connections_per_source
+        self._handshake_rate, self._handshake_burst = handshakes_per_source
+        self._handshake_buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
         self._send_queue = (send_queue_frames, send_queue_bytes)
         self._write_timeout = write_timeout
         self._handshake_timeout = handshake_timeout
@@ -648,6 +653,12 @@ class Node:
             log.warning("bus: refusing connection from %s (limit %d)", conn.peer, self._max_connections)
             await conn.aclose()
             return
+        if self._channels and not self._take_handshake_token(source):
+            self._refused += 1
+            self._dropped["handshake-rate"] += 1
+            log.warning("bus: refusing connection from %s (over %g handshakes/s)", conn.peer, self._handshake_rate)
+            await conn.aclose()
+            return
         if self._sources[source] >= self._max_per_source:
             self._refused += 1
             log.warning("bus: refusing connection from %s (limit %d per source)", conn.peer, self._max_per_source)
@@ -675,6 +686,18 @@ class Node:
             self._sources[source] -= 1
             if not self._sources[source]:
                 del self._sources[source]
+
+    def _take_handshake_token(self, source: str) -> bool:
+        """Whether ``source`` may start a handshake now (a token bucket per address;
+        at most 4,096 addresses remembered, the least recently seen forgotten first)."""
+        now = trio.current_time()
+        tokens, at = self._handshake_buckets.pop(source, (float(self._handshake_burst), now))
+        tokens = min(float(self._handshake_burst), tokens + (now - at) * self._handshake_rate)
+        ok = tokens >= 1.0
+        self._handshake_buckets[source] = (tokens - 1.0 if ok else tokens, now)
+        if len(self._handshake_buckets) > 4096:
+            del self._handshake_buckets[next(iter(self._handshake_buckets))]
+        return ok
 
     def _held(self, conn: Connection) -> bool:
         """Whether an endpoint still needs ``conn`` (so idleness does not close it)."""
@@ -815,7 +838,7 @@ async def open_node(**options: Any) -> AsyncIterator[Node]:
 
     ``options`` are the node's (see :class:`Node`): ``routes``,
     ``transports``, ``max_frame_size``, ``max_connections``,
-    ``max_connections_per_source``, ``send_queue_frames``,
+    ``max_connections_per_source``, ``handshakes_per_source``, ``send_queue_frames``,
     ``send_queue_bytes``, ``write_timeout``, ``handshake_timeout``,
     ``idle_timeout``, ``frame_timeout``, ``max_objects``, ``max_depth``,
     ``thread_decode_objects``, ``connect_attempts``, ``backoff_base``,

@@ -116,7 +116,11 @@ async def connect_channel(address: str, *, prove: dict[str, Signer] | None = Non
     ``prove`` (agent id -> signer); ``send`` carries raw envelope bytes, and
     ``send_proof(conn.channel.make_proof(agent, signer))`` proves more."""
     conn = await TcpTransport(max_frame_size=max_frame_size + CHANNEL_OVERHEAD).connect(parse_address(address))
-    channel_conn = await channel_handshake(conn, initiator=True)
+    try:
+        channel_conn = await channel_handshake(conn, initiator=True)
+    except BaseException:
+        await conn.aclose()
+        raise
     for agent, signer in (prove or {}).items():
         await channel_conn.send_proof(channel_conn.channel.make_proof(agent, signer))
     return channel_conn

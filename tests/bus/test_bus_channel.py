@@ -726,3 +726,24 @@ async def test_wants_for_unhosted_or_proven_agents_cost_nothing(raw_channel, uns
                 reply = await raw.receive()
             assert reply.body == "still here" and "bob" in raw.channel.claims
     assert server.statistics().broken_connections == 0
+
+
+async def test_handshakes_from_one_address_are_rate_limited():
+    # each completed handshake costs the node an X25519 exchange and a signature per agent it
+    # proves at once: one address gets a bucket of them, then is refused until it refills
+    from bus import BusError
+    from bus.testing import connect_channel
+
+    ring = Keyring()
+    async with open_node(handshakes_per_source=(0.01, 3)) as server:
+        address = await server.listen("tcp://127.0.0.1:0")
+        server.endpoint("bob", **ring.credentials("bob")).register("ping", _echo)
+        opened = [await connect_channel(address) for _ in range(3)]
+        with pytest.raises(BusError):
+            await connect_channel(address)
+        assert server.statistics().dropped_connections["handshake-rate"] == 1
+        for conn in opened:  # the admitted ones are channels the node proves bob on
+            with trio.move_on_after(1):
+                await conn.receive()  # (records the proofs; no envelope comes)
+            assert "bob" in conn.channel.claims
+            await conn.aclose()
