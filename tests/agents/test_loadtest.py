@@ -326,6 +326,13 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
     assert phases["store"]["succeeded"] > 0
     assert report["communication"]["per_operation"][0]["bits"] > 2880
     assert report["efficiency"]["bound"]["calls_per_op"]["pairing"] >= 2  # t re-encryptions per access
+    # the essential bound: the same pairings, and per ledger transaction one signature and 4 verifications
+    # (the swarm's peers), so its cost is at most the full bound's and its limit at least the full one
+    essential = report["efficiency"]["essential_bound"]
+    assert essential["calls_per_op"]["pairing"] == report["efficiency"]["bound"]["calls_per_op"]["pairing"]
+    assert essential["calls_per_op"]["ecdsa_verify"] == pytest.approx(4 * essential["calls_per_op"]["ecdsa_sign"])
+    assert essential["limit_per_s"] >= report["efficiency"]["bound"]["limit_per_s"]
+    assert "against the essential bound" in render_text(report)
     assert "0 lost, 0 corrupted" in render_text(report)
     # the HTML summary of this live run: one row per phase, its numbers those of the JSON
     page = render_html(json.loads(to_json(report)))

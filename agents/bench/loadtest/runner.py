@@ -252,7 +252,8 @@ async def run(opts: Options) -> dict:
                               "process_cpu_s": cpu1 - cpu0, "crypto": (c1 - c0).to_dict()}
                 report["saturation"] = sat_result
                 if in_process:
-                    report["efficiency"] = _efficiency(sat_result, probe, unit, cores)
+                    report["efficiency"] = _efficiency(sat_result, probe, unit, cores,
+                                                       peers=len(target.manifest.peers))
             if opts.rate_half:
                 if sat_result is None or not sat_result["access_per_s"] > 0:
                     raise ValueError("--rate half needs a saturation measurement (--saturation SECONDS)")
@@ -339,21 +340,34 @@ def _fill_run(report: dict, rec: Recorder, settings: RunSettings, crypto: costs.
         report["faults"] = impact(report["timeline"], applied, samples=rec.samples)
 
 
-def _efficiency(sat: dict, probe: dict, unit: dict, cores: int) -> dict:
+def _efficiency(sat: dict, probe: dict, unit: dict, cores: int, *, peers: int) -> dict:
     n_access = sat["by_phase"].get("access", 0)
     n_read = sat["by_phase"].get("read", 0)
     total = n_access + n_read
     per: dict[str, float] = {}
+    essential: dict[str, float] = {}
     for op, n in (("access", n_access), ("read", n_read)):
         e = probe.get(op)
         if not e or not e["crypto"] or not total:
             continue
+        weight = n / total
         for name in costs.BOUND_PRIMITIVES:
-            per[name] = per.get(name, 0.0) + e["crypto"].calls(name) / e["runs"] * n / total
+            per[name] = per.get(name, 0.0) + e["crypto"].calls(name) / e["runs"] * weight
+        # the essential bound: the paper's pairings and GT operations as counted, and for each
+        # ledger transaction the operation submits one signature and one verification per peer
+        txs = e["kinds"].get("peer.submit", [0, 0])[0] / 2 / e["runs"]
+        for name in ("pairing", "gt_decode", "gt_multi_pow"):
+            essential[name] = essential.get(name, 0.0) + e["crypto"].calls(name) / e["runs"] * weight
+        essential["ecdsa_sign"] = essential.get("ecdsa_sign", 0.0) + txs * weight
+        essential["ecdsa_verify"] = essential.get("ecdsa_verify", 0.0) + txs * peers * weight
     bound = costs.crypto_bound(per, unit, cores)
+    essential_bound = costs.crypto_bound(essential, unit, cores)
     measured = sat["access_per_s"]
     done = max(1, total)
     return {
+        "essential_bound": essential_bound,
+        "essential_percent": (measured / essential_bound["limit_per_s"] * 100
+                              if essential_bound["limit_per_s"] else None),
         "measured_per_s": measured,
         "process_cpu_per_access_ms": sat["process_cpu_s"] / done * 1000,
         "machine_share_used_percent": sat["process_cpu_s"] / (sat["window_s"] * cores) * 100,
@@ -382,4 +396,9 @@ def _targets(r: dict, opts: Options) -> list[dict]:
     out.append({"what": "efficiency (access throughput / crypto-bound limit)",
                 "value": f"{eff:.1f} %" if eff is not None else "-", "target": ">= 50 %",
                 "met": (eff >= 50) if eff is not None else None})
+    ess = (r.get("efficiency") or {}).get("essential_percent")
+    out.append({"what": "efficiency against the essential bound (the paper's pairings and GT operations, one "
+                        "signature and its verifications per ledger transaction)",
+                "value": f"{ess:.1f} %" if ess is not None else "-", "target": ">= 25 %",
+                "met": (ess >= 25) if ess is not None else None})
     return out
