@@ -228,6 +228,22 @@ def doing(what: str) -> Iterator[None]:
         raise err from leaf
 
 
+def parse_attributes(pairs: list[str] | None, what: str) -> dict[str, Any]:
+    """``--attr NAME=VALUE`` options as certificate attributes, read the same way by every
+    command that takes them (``patient|doctor register``, ``registrar issue``): a whole
+    number of at most 17 digits is an int, ``true``/``false`` a bool, anything else text."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(what, f"--attr needs NAME=VALUE, got {pair!r}", "e.g. --attr department=cardiology")
+        if value.lstrip("-").isdigit() and len(value) < 18:
+            out[key] = int(value)
+        else:
+            out[key] = {"true": True, "false": False}.get(value, value)
+    return out
+
+
 def check_input_file(path: str | Path, what: str, *, directory: bool = False) -> Path:
     """``path`` as a readable regular file (or, with ``directory``, a directory holding
     at least one file), else CliError (checked before any work)."""

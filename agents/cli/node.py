@@ -132,8 +132,8 @@ def config_main(argv: list[str]) -> int:
         prog="emrshare node config",
         description="Export a node configuration for one agent of a swarm directory, so it can run on its own "
         "(`emrshare node start --config FILE`): the TOML file, the genesis, the agent's keys in a key store of "
-        "their own under a NEW key file (or --passphrase-file), and a peer's organization enrollment secret, "
-        "all beside FILE (secrets mode 0600).")
+        "their own under a NEW key file (or --passphrase-file), all beside FILE (secrets mode 0600). No "
+        "enrollment secret: peers check users' tokens against the registrar keys in the genesis.")
     parser.add_argument("--swarm", "--data", dest="swarm", default=env_default(ENV_SWARM, "swarm-data"),
                         help=env_help("the swarm's data directory", ENV_SWARM, "swarm-data"))
     parser.add_argument("--id", required=True, metavar="AGENT", help="the agent (peer, orderer or storage node)")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from agents.cli.base import (ENV_PASSPHRASE, CliError, UsageError, check_input_file, check_output_path, doing,
-                              fail, run)
+                              fail, parse_attributes, run)
 from agents.cli.output import print_json
 from agents.errors import AgentError
 
@@ -436,16 +436,6 @@ def _duration(text: str) -> int:
     return int(value)
 
 
-def _attrs(pairs: list[str], what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(what, f"--attr {pair!r}", "give attributes as k=v")
-        out[key] = int(value) if value.lstrip("-").isdigit() and len(value) < 18 else value
-    return out
-
-
 def registrar_issue_main(argv: list[str]) -> int:
     p = _parser("registrar issue", "Issue an enrollment token for one subject, bound to the key it "
                 "enrolls from (what `emrshare user init` printed).")
@@ -468,7 +458,7 @@ def registrar_issue_main(argv: list[str]) -> int:
     def body() -> int:
         from agents.org import issue_token, parse_enroll_key
 
-        attributes = {"role": args.role, **_attrs(args.attr, what)}
+        attributes = {"role": args.role, **parse_attributes(args.attr, what)}
         if args.enroll_key_file is not None:
             text = check_input_file(args.enroll_key_file, what).read_text()
         else:

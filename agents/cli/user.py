@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agents.cli.base import (ENV_PASSPHRASE, ENV_SUBJECT, ENV_SWARM, CliError, UsageError, check_input_file,
-                             check_output_path, doing, env_default, env_help, fail, verbose)
+                             check_output_path, doing, env_default, env_help, fail, parse_attributes, verbose)
 from agents.cli.output import print_json, progress, table, utc, utc_seconds
 
 if TYPE_CHECKING:  # imported where used, to keep the command's start quick
@@ -106,16 +106,6 @@ class _Role:
             raise UsageError(f"{self.role} {args.cmd}", "--subject is required",
                              f"give --subject ID or set {ENV_SUBJECT}")
         return args
-
-
-def _attrs(pairs: list[str], what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        k, sep, v = pair.partition("=")
-        if not sep or not k:
-            raise UsageError(what, f"--attr needs NAME=VALUE, got {pair!r}", "e.g. --attr department=cardiology")
-        out[k] = int(v) if v.lstrip("-").isdigit() else {"true": True, "false": False}.get(v, v)
-    return out
 
 
 # ------------------------------------------------------------------ checks before any work
@@ -526,7 +516,7 @@ def patient_main(argv: list[str]) -> int:
     args = r.parse(argv)
     args.role = "patient"
     what = f"patient {args.cmd}"
-    attrs = _attrs(getattr(args, "attr", []), what)
+    attrs = parse_attributes(getattr(args, "attr", []), what)
     if args.cmd == "store":
         check_input_file(args.file, what, directory=True)
         if args.label is not None and not args.label.strip():
@@ -666,7 +656,7 @@ def doctor_main(argv: list[str]) -> int:
     what = f"doctor {args.cmd}"
     if args.cmd == "break-glass":
         args.cosigners = _cosigners(args.cosign, what)
-    attrs = _attrs(getattr(args, "attr", []), what)
+    attrs = parse_attributes(getattr(args, "attr", []), what)
     args.cert_role = getattr(args, "role", None) or "doctor"  # `register --role nurse`
     args.role = "doctor"
     if args.cmd in ("read", "break-glass") and args.out:
