@@ -43,13 +43,19 @@ def _f(v: Any, nd: int = 1) -> str:
 
 
 def _table(headers: list[str], rows: Iterable[list[Any]]) -> list[str]:
+    """A text table's lines, indented two spaces under the heading of its section."""
     rows = [[str(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))
     out = [line, "  ".join("-" * w for w in widths)]
     for r in rows:
         out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    return out
+    return ["  " + x for x in out]
+
+
+def _section(out: list[str], heading: str) -> None:
+    """Start a section of the text report: a blank line, then its heading."""
+    out += ["", heading]
 
 
 def phase_rows(phases: list[dict]) -> list[list[Any]]:
@@ -90,21 +96,17 @@ def render_text(r: dict) -> str:
         out.append(f"saturation (closed loop, access only, concurrency {sat.get('concurrency')}): "
                    f"{_f(sat.get('access_per_s'), 2)} accesses/s")
     if r.get("setup"):
-        out.append("")
-        out.append("setup (not in the measured window):")
-        out += ["  " + x for x in _table(PHASE_HEADERS, phase_rows(r["setup"]))]
-    out.append("")
-    out.append("measured window:")
-    out += ["  " + x for x in _table(PHASE_HEADERS, phase_rows(r.get("phases", [])))]
+        _section(out, "setup (not in the measured window):")
+        out += _table(PHASE_HEADERS, phase_rows(r["setup"]))
+    _section(out, "measured window:")
+    out += _table(PHASE_HEADERS, phase_rows(r.get("phases", [])))
     fails = [(p["phase"], reason, n) for p in r.get("phases", []) for reason, n in p["failures_by_reason"].items()]
     if fails:
-        out.append("")
-        out.append("failures by reason:")
+        _section(out, "failures by reason:")
         for phase, reason, n in fails:
             out.append(f"  {phase:<14} {n:>6}  {reason}")
     c = r.get("correctness", {})
-    out.append("")
-    out.append("correctness: " + correctness_line(c))
+    _section(out, "correctness: " + correctness_line(c))
     den = r.get("denials", {})
     if den:
         out.append(f"denials:     {den.get('denied_correctly', 0)} policy denials and "
@@ -119,31 +121,27 @@ def render_text(r: dict) -> str:
         out.append(f"  CORRUPTED {item['patient']}/{item['record_id']}")
     comm = r.get("communication")
     if comm:
-        out.append("")
-        out.append("bus traffic per operation (client side; measured on isolated operations):")
+        _section(out, "bus traffic per operation (client side; measured on isolated operations):")
         rows = []
         for op in comm.get("per_operation", []):
             rows.append([op["operation"], op["messages"], _f(op["bits"], 0), _f(op.get("bits_without_payload"), 0),
                          _f(op.get("paper_bits"), 0), _f(op.get("ratio_to_paper"), 1)])
-        out += ["  " + x for x in _table(["operation", "messages", "bits", "bits w/o payload", "paper bits",
-                                           "x paper"], rows)]
+        out += _table(["operation", "messages", "bits", "bits w/o payload", "paper bits", "x paper"], rows)
         rows = [[op["operation"], _f(op.get("queries"), 1), _f(op.get("polls"), 1), _f(op.get("notices"), 1),
                  _f(op.get("fallbacks"), 1)] for op in comm.get("per_operation", []) if "polls" in op]
         if rows:
-            out += ["  " + x for x in _table(["operation", "queries", "polls", "notices", "fallbacks"], rows)]
+            out += _table(["operation", "queries", "polls", "notices", "fallbacks"], rows)
         for note in comm.get("notes", []):
             out.append(f"  - {note}")
     cl = r.get("commits_under_load")
     if cl:
-        out.append("")
-        out.append("commits in the measured window (every patient and doctor): "
-                   + ", ".join(f"{k} {v:,}" for k, v in sorted(cl.items())))
+        _section(out, "commits in the measured window (every patient and doctor): "
+                 + ", ".join(f"{k} {v:,}" for k, v in sorted(cl.items())))
     cr = r.get("crypto")
     if cr:
-        out.append("")
-        out.append(f"crypto CPU time ({cr.get('scope', '')}):")
+        _section(out, f"crypto CPU time ({cr.get('scope', '')}):")
         rows = [[name, _f(v["calls"], 0), _f(v["cpu_ms"] / 1000, 2)] for name, v in cr.get("run_totals", {}).items()]
-        out += ["  " + x for x in _table(["primitive", "calls", "cpu s"], rows)]
+        out += _table(["primitive", "calls", "cpu s"], rows)
         if cr.get("process_cpu_s") is not None:
             out.append(f"  pairing + GT + ECDSA: {_f(cr.get('bound_cpu_s'), 2)} s of {_f(cr['process_cpu_s'], 2)} s "
                        f"process CPU ({_f(cr.get('bound_share_percent'))} %)")
@@ -153,11 +151,10 @@ def render_text(r: dict) -> str:
             out.append(f"  per {op}: {items}")
     eff = r.get("efficiency")
     if eff:
-        out.append("")
         b = eff.get("bound", {})
-        out.append(f"efficiency: {_f(eff.get('measured_per_s'), 2)} accesses/s measured / "
-                   f"{_f(b.get('limit_per_s'), 1)} crypto-bound ({b.get('cores')} cores / "
-                   f"{_f(b.get('cost_per_op_ms'), 2)} ms per access) = {_f(eff.get('percent'))} %")
+        _section(out, f"efficiency: {_f(eff.get('measured_per_s'), 2)} accesses/s measured / "
+                 f"{_f(b.get('limit_per_s'), 1)} crypto-bound ({b.get('cores')} cores / "
+                 f"{_f(b.get('cost_per_op_ms'), 2)} ms per access) = {_f(eff.get('percent'))} %")
         e = eff.get("essential_bound")
         if e:
             out.append(f"  against the essential bound (the paper's pairings and GT operations, and for each ledger "
@@ -174,19 +171,17 @@ def render_text(r: dict) -> str:
             f"{n} {b['calls_per_op'][n]:.1f} x {b['unit_cost_us'].get(n, 0):.0f} us" for n in b.get("calls_per_op", {})))
     fi = r.get("faults")
     if fi:
-        out.append("")
-        out.append(f"faults (baseline {_f(fi.get('baseline_per_s'), 1)} ops/s):")
+        _section(out, f"faults (baseline {_f(fi.get('baseline_per_s'), 1)} ops/s):")
         rows = [[f"{f['t']:.1f}s", f["action"], ",".join(f["agents"]), _f(f.get("min_throughput_per_s"), 1),
                  _f((f.get("dip_fraction") or 0) * 100 if f.get("dip_fraction") is not None else None, 0),
                  f["failed_within_window"], _f(f.get("recovery_s"), 1), _f(f.get("write_gap_s"), 2),
                  f.get("error") or ""]
                 for f in fi.get("faults", [])]
-        out += ["  " + x for x in _table(["at", "action", "agents", "min ops/s", "dip %", "failed 10s",
-                                           "recovery s", "write gap s", "error"], rows)]
+        out += _table(["at", "action", "agents", "min ops/s", "dip %", "failed 10s", "recovery s", "write gap s",
+                       "error"], rows)
     tg = r.get("targets")
     if tg:
-        out.append("")
-        out.append("targets:")
+        _section(out, "targets:")
         for t in tg:
             mark = "met" if t["met"] else ("n/a" if t["met"] is None else "MISSED")
             out.append(f"  [{mark:^6}] {t['what']}: {t['value']} (target {t['target']})")
