@@ -163,10 +163,14 @@ def _batch(handles: Sequence[bytes], others: Sequence, message: str, size: int, 
     return len(handles)
 
 
-def _result(ctype: str, fn, *args) -> bytes:
-    """``fn(out, *args)`` into a fresh ``ctype`` struct, returned as a handle's bytes."""
+def _result(ctype: str, fn, *args, may_fail: str | None = None) -> bytes:
+    """``fn(out, *args)`` into a fresh ``ctype`` struct, returned as a handle's bytes.
+    ``may_fail`` names a C helper that returns nonzero when it cannot allocate its
+    scratch memory (MemoryError then)."""
     out = ffi.new(ctype)
-    fn(out, *args)
+    rc = fn(out, *args)
+    if may_fail is not None and rc != 0:
+        raise MemoryError(may_fail)
     return bytes(ffi.buffer(out))
 
 
@@ -241,10 +245,8 @@ class _Points:
             return self.identity()
         pts = ffi.new(f"mclBn{self.name}[]", n)  # mulVec may normalize its input: give it a copy
         ffi.memmove(pts, b"".join(points), n * self.size)
-        out = ffi.new(self.ctype)
-        if self._emr_msm(out, pts, b"".join(_le(k) for k in scalars), n) != 0:
-            raise MemoryError(self._emr_msm_name)
-        return bytes(ffi.buffer(out))
+        return _result(self.ctype, self._emr_msm, pts, b"".join(_le(k) for k in scalars), n,
+                       may_fail=self._emr_msm_name)
 
     def eq(self, a: bytes, b: bytes) -> bool:
         return bool(self._lib_is_equal(self.handle(a), self.handle(b)))
@@ -302,14 +304,8 @@ class NativeBackend:
         _check_handles(qs, G2_SIZE, "G2")
         if n == 0:
             return self._one
-        out = ffi.new("mclBnGT *")
-        lib.emr_multi_pairing(
-            out,
-            ffi.from_buffer("mclBnG1[]", b"".join(ps)),
-            ffi.from_buffer("mclBnG2[]", b"".join(qs)),
-            n,
-        )
-        return bytes(ffi.buffer(out))
+        return _result("mclBnGT *", lib.emr_multi_pairing, ffi.from_buffer("mclBnG1[]", b"".join(ps)),
+                       ffi.from_buffer("mclBnG2[]", b"".join(qs)), n)
 
     def g2_prepare(self, q: bytes) -> bytes:
         buf = ffi.new("uint64_t[]", self._qwords)
@@ -319,11 +315,7 @@ class NativeBackend:
     def pairing_prepared(self, p: bytes, prepared: bytes) -> bytes:
         if type(prepared) is not bytes or len(prepared) != self._qbytes:
             raise TypeError("not a native prepared G2 handle")
-        out = ffi.new("mclBnGT *")
-        lib.emr_pairing_prepared(
-            out, _g1(p), ffi.from_buffer("uint64_t[]", prepared)
-        )
-        return bytes(ffi.buffer(out))
+        return _result("mclBnGT *", lib.emr_pairing_prepared, _g1(p), ffi.from_buffer("uint64_t[]", prepared))
 
     # ------------------------------------------------------------------ GT
 
@@ -364,13 +356,8 @@ class NativeBackend:
         n = _batch(bases, exps, "multi_pow needs as many exponents as bases", GT_SIZE, "GT")
         if n == 0:
             return self._one
-        out = ffi.new("mclBnGT *")
-        rc = lib.emr_gt_multi_pow(
-            out, ffi.from_buffer("mclBnGT[]", b"".join(bases)), b"".join(_le(e) for e in exps), n
-        )
-        if rc != 0:
-            raise MemoryError("emr_gt_multi_pow")
-        return bytes(ffi.buffer(out))
+        return _result("mclBnGT *", lib.emr_gt_multi_pow, ffi.from_buffer("mclBnGT[]", b"".join(bases)),
+                       b"".join(_le(e) for e in exps), n, may_fail="emr_gt_multi_pow")
 
     def gt_generator_pow(self, k: int) -> bytes:
         return _result("mclBnGT *", lib.emr_gt_generator_pow, _le(k))
