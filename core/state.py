@@ -34,8 +34,13 @@ Views are frozen dataclasses read from a decoded state value (what
 ``Ledger.get`` and ``peer.query`` return): ``View.from_state(value)`` checks the
 value's shape (a map with exactly the fields the ledger writes, each of the
 right type) and raises :class:`~core.errors.DecodeError` otherwise. Their fields
-are named as the stored map's keys. They are for reading: the ledger writes
-plain maps, whose bytes feed the state root and must not change.
+are named as the stored map's keys, and a view's dataclass fields are the one
+place its stored shape is written: a field whose default is None may be absent
+(read as None; nil when present is refused), every other field must be present,
+with the value type its annotation gives (a nested dataclass, a peer-digest
+mapping or a tuple is stored as a map or an array, and ``from_state`` checks it
+further). They are for reading: the ledger writes plain maps, whose bytes feed
+the state root and must not change.
 
 :data:`ENTRY_QUERIES` names the ``peer.query`` forms that read one entry (the
 query's ``what`` is the key's kind), and :func:`entry_query` gives the query
@@ -44,9 +49,12 @@ that reads a given key (docs/protocol.md).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, get_args, get_type_hints
 
 from .errors import DecodeError
 from .identity import Certificate
@@ -270,6 +278,37 @@ def _fields(value: Any, what: str, required: dict[str, Any], optional: dict[str,
     return out
 
 
+# a view field's annotation -> the type its value has in the stored map (what _is checks)
+_STORED: dict[Any, Any] = {str: str, int: int, bool: bool, bytes: bytes, Mapping[str, bytes]: dict,
+                           tuple[str, ...]: list, Decision: dict, Certificate: dict}
+
+
+@functools.cache
+def _stored_shape(view: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``required`` and ``optional`` fields of :func:`_fields` for the dataclass
+    ``view`` (see the module docstring); TypeError for an annotation :data:`_STORED`
+    does not know, so a new field cannot go unchecked."""
+    hints = get_type_hints(view)
+    required: dict[str, Any] = {}
+    optional: dict[str, Any] = {}
+    for f in dataclasses.fields(view):
+        hint = hints[f.name]
+        arms = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if not all(arm is type(None) or arm in _STORED for arm in arms):
+            raise TypeError(f"{view.__name__}.{f.name}: no stored type for {hint}")
+        kinds = tuple(None if arm is type(None) else _STORED[arm] for arm in arms)
+        if f.default is None:  # may be absent; when present, the one type besides None
+            optional[f.name] = next(k for k in kinds if k is not None)
+        else:
+            required[f.name] = kinds if len(kinds) > 1 else kinds[0]
+    return required, optional
+
+
+def _read(view: type, value: Any, what: str) -> dict[str, Any]:
+    """``value`` checked as a stored ``view`` (:func:`_fields` with its :func:`_stored_shape`)."""
+    return _fields(value, what, *_stored_shape(view))
+
+
 def _peer_digests(value: dict, what: str) -> Mapping[str, bytes]:
     """``value`` checked as peer id -> 32-byte SHA-256 (a grant's key shares, a delegation's
     standing parts), read-only."""
@@ -290,8 +329,7 @@ class CertEntry:
 
     @classmethod
     def from_state(cls, value: Any) -> "CertEntry":
-        f = _fields(value, "certificate", {"cert": dict, "revoked": bool, "height": int},
-                    {"revoked_at": int, "revoke_reason": str})
+        f = _read(cls, value, "certificate")
         return cls(Certificate.from_dict(f["cert"]), f["revoked"], f["height"], f["revoked_at"],
                    f["revoke_reason"])
 
@@ -321,9 +359,7 @@ class RecordEntry:
 
     @classmethod
     def from_state(cls, value: Any) -> "RecordEntry":
-        f = _fields(value, "record", {"tx": bytes, "label": str, "cid": str, "size": int, "media_type": str,
-                                      "capsule": bytes, "height": int}, {"epoch": int})
-        return cls(**f)
+        return cls(**_read(cls, value, "record"))
 
     @property
     def key_epoch(self) -> int:
@@ -347,13 +383,12 @@ class PolicyEntry:
 
     @classmethod
     def from_state(cls, value: Any) -> "PolicyEntry":
-        return cls(**_fields(value, "policy", {"policy": bytes, "version": int, "name": str, "height": int}))
+        return cls(**_read(cls, value, "policy"))
 
     def parsed(self) -> Policy:
         return Policy.from_msgpack(self.policy)
 
 
-_DECISION = {"effect": str, "approval": (str, None), "rule": str, "reason": str, "policy": str, "version": int}
 REQUEST_STATUSES = ("pending", "denied", "granted", "rejected")
 
 
@@ -378,13 +413,10 @@ class RequestEntry:
 
     @classmethod
     def from_state(cls, value: Any) -> "RequestEntry":
-        f = _fields(value, "request", {"doctor": str, "patient": str, "record_id": str, "label": str,
-                                       "operation": str, "purpose": (str, None), "decision": dict,
-                                       "status": str, "time": int, "height": int},
-                    {"grant_id": str, "reject_reason": str, "hold": str})
+        f = _read(cls, value, "request")
         if f["status"] not in REQUEST_STATUSES:
             raise DecodeError(f"request entry: unknown status {f['status'][:32]!r}")
-        f["decision"] = Decision(**_fields(f["decision"], "request decision", _DECISION))
+        f["decision"] = Decision(**_read(Decision, f["decision"], "request decision"))
         return cls(**f)
 
     @property
@@ -421,10 +453,7 @@ class GrantEntry:
 
     @classmethod
     def from_state(cls, value: Any) -> "GrantEntry":
-        f = _fields(value, "grant", {"patient": str, "doctor": str, "label": str, "record_id": str,
-                                     "request_id": str, "threshold": int, "expires_at": int, "shares": dict,
-                                     "revoked": bool, "time": int, "height": int},
-                    {"revoked_at": int, "scope": str, "delegation": str, "break_glass": str, "epoch": int})
+        f = _read(cls, value, "grant")
         f["shares"] = _peer_digests(f["shares"], "grant entry: shares")
         return cls(**f)
 
@@ -462,8 +491,7 @@ class DelegationEntry:
 
     @classmethod
     def from_state(cls, value: Any) -> "DelegationEntry":
-        f = _fields(value, "delegation", {"patient": str, "label": str, "mode": str, "threshold": int,
-                                          "parts": dict, "time": int, "height": int, "epoch": int})
+        f = _read(cls, value, "delegation")
         if f["mode"] not in DELEGATION_MODES:
             raise DecodeError(f"delegation entry: unknown mode {f['mode'][:32]!r}")
         f["parts"] = _peer_digests(f["parts"], "delegation entry: parts")
@@ -491,9 +519,7 @@ class BreakGlassEntry:
 
     @classmethod
     def from_state(cls, value: Any) -> "BreakGlassEntry":
-        f = _fields(value, "break-glass", {"doctor": str, "patient": str, "record_id": str, "label": str,
-                                           "reason": str, "cosigners": list, "expires_at": int,
-                                           "grant_id": str, "time": int, "height": int})
+        f = _read(cls, value, "break-glass")
         if not all(isinstance(c, str) for c in f["cosigners"]):
             raise DecodeError("break-glass entry: cosigners must be ids")
         f["cosigners"] = tuple(f["cosigners"])

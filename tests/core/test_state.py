@@ -10,7 +10,8 @@ from core.errors import DecodeError
 from core.identity import check_id
 from core.policy import parse as parse_policy
 from core.state import (
-    CertEntry, GrantEntry, PolicyEntry, RecordEntry, RequestEntry, entry_key, entry_query, parse_key,
+    BreakGlassEntry, CertEntry, DelegationEntry, GrantEntry, PolicyEntry, RecordEntry, RequestEntry, entry_key,
+    entry_query, parse_key,
 )
 
 ids = st.text(alphabet="abcXYZ019._:@-", min_size=1, max_size=20)
@@ -173,6 +174,123 @@ def test_views_decode_or_raise_decode_error(kind, data):
         VIEWS[kind].from_state(value)
     except DecodeError:
         pass
+
+
+# ------------------------------------------------------------------ the stored shapes, written out
+
+# Each view's stored map as the ledger writes it: (required fields, optional fields), name -> type
+# (a tuple: any of them; None: nil). This is the decoder's contract as it was written in each
+# from_state before the views derived it from their dataclass fields; the reference below
+# refuses by it, independently of core.state.
+SHAPES: dict[type, tuple[dict, dict]] = {
+    CertEntry: ({"cert": dict, "revoked": bool, "height": int}, {"revoked_at": int, "revoke_reason": str}),
+    RecordEntry: ({"tx": bytes, "label": str, "cid": str, "size": int, "media_type": str, "capsule": bytes,
+                   "height": int}, {"epoch": int}),
+    PolicyEntry: ({"policy": bytes, "version": int, "name": str, "height": int}, {}),
+    RequestEntry: ({"doctor": str, "patient": str, "record_id": str, "label": str, "operation": str,
+                    "purpose": (str, None), "decision": dict, "status": str, "time": int, "height": int},
+                   {"grant_id": str, "reject_reason": str, "hold": str}),
+    GrantEntry: ({"patient": str, "doctor": str, "label": str, "record_id": str, "request_id": str, "threshold": int,
+                  "expires_at": int, "shares": dict, "revoked": bool, "time": int, "height": int},
+                 {"revoked_at": int, "scope": str, "delegation": str, "break_glass": str, "epoch": int}),
+    DelegationEntry: ({"patient": str, "label": str, "mode": str, "threshold": int, "parts": dict, "time": int,
+                       "height": int, "epoch": int}, {}),
+    BreakGlassEntry: ({"doctor": str, "patient": str, "record_id": str, "label": str, "reason": str,
+                       "cosigners": list, "expires_at": int, "grant_id": str, "time": int, "height": int}, {}),
+}
+DECISION_SHAPE = ({"effect": str, "approval": (str, None), "rule": str, "reason": str, "policy": str,
+                   "version": int}, {})
+# fields from_state checks beyond their type (a value of the right type may still be refused)
+CHECKED_FURTHER = {"cert", "decision", "status", "mode", "shares", "parts", "cosigners"}
+
+_DIGESTS = {"p1": bytes(32), "p2": b"\x01" * 32}
+_DECISION = {"effect": "allow", "approval": "patient", "rule": "r", "reason": "ok", "policy": "p", "version": 1}
+_CERT = {"serial": "s1", "subject": "alice", "org": "org-a", "attributes": {"role": "patient"},
+         "ecdsa_key": b"\x02" * 33, "box_key": bytes(32), "pre_key": bytes(144), "pre_proof": bytes(64),
+         "valid_from": 0, "valid_until": 10, "issuer": "org-a", "signature": b""}
+# one good stored map of each view, every optional field present
+GOOD: dict[type, dict] = {
+    CertEntry: {"cert": _CERT, "revoked": True, "height": 3, "revoked_at": 4, "revoke_reason": "left"},
+    RecordEntry: {"tx": b"tx", "label": "cardiology", "cid": "c1", "size": 10, "media_type": "text/plain",
+                  "capsule": b"k", "height": 2, "epoch": 1},
+    PolicyEntry: {"policy": b"p", "version": 1, "name": "sharing", "height": 2},
+    RequestEntry: {"doctor": "bob", "patient": "alice", "record_id": "rec-1", "label": "cardiology",
+                   "operation": "read", "purpose": None, "decision": _DECISION, "status": "granted", "time": 5,
+                   "height": 3, "grant_id": "g1", "reject_reason": "no", "hold": "h1"},
+    GrantEntry: {"patient": "alice", "doctor": "bob", "label": "cardiology", "record_id": "rec-1",
+                 "request_id": "r1", "threshold": 2, "expires_at": 99, "shares": _DIGESTS, "revoked": False,
+                 "time": 5, "height": 4, "revoked_at": 6, "scope": "record", "delegation": "d1",
+                 "break_glass": "bg1", "epoch": 0},
+    DelegationEntry: {"patient": "alice", "label": "cardiology", "mode": "auto", "threshold": 2,
+                      "parts": _DIGESTS, "time": 5, "height": 4, "epoch": 0},
+    BreakGlassEntry: {"doctor": "bob", "patient": "alice", "record_id": "rec-1", "label": "cardiology",
+                      "reason": "unconscious", "cosigners": ["o1", "o2"], "expires_at": 99, "grant_id": "g1",
+                      "time": 5, "height": 4},
+}
+
+
+def _of_type(value, kind) -> bool:
+    if isinstance(kind, tuple):
+        return any(_of_type(value, k) for k in kind)
+    if kind is None:
+        return value is None
+    if kind in (int, bool):  # True is no int here, and 1 no bool
+        return type(value) is kind
+    return isinstance(value, kind)
+
+
+def _refused_by_shape(value, shape) -> bool:
+    """The reference: whether ``value`` breaks ``shape`` (not a map, a required field
+    missing, an unknown field, a field of the wrong type)."""
+    required, optional = shape
+    if not isinstance(value, dict):
+        return True
+    if required.keys() - value.keys() or value.keys() - required.keys() - optional.keys():
+        return True
+    return not all(_of_type(v, {**required, **optional}[k]) for k, v in value.items())
+
+
+def _refused(view, value) -> bool:
+    if _refused_by_shape(value, SHAPES[view]):
+        return True
+    return view is RequestEntry and _refused_by_shape(value["decision"], DECISION_SHAPE)
+
+
+def test_every_good_map_decodes_and_every_view_is_written_out():
+    assert set(SHAPES) == set(GOOD) == {v for v in vars(state).values() if isinstance(v, type)
+                                        and v.__name__.endswith("Entry") and hasattr(v, "from_state")}
+    for view, value in GOOD.items():
+        assert not _refused(view, value)
+        decoded = view.from_state(value)
+        for name in value.keys() - CHECKED_FURTHER:
+            assert getattr(decoded, name) == value[name]
+
+
+_FIELD_NAMES = sorted({n for required, optional in SHAPES.values() for n in (*required, *optional)})
+
+
+@given(st.sampled_from(sorted(GOOD, key=lambda v: v.__name__)), st.data())
+def test_decoding_refuses_what_the_written_out_shapes_refuse(view, data):
+    """Good maps with fields dropped, added, or given random values: a view refuses every
+    one the written-out shape refuses (its nested decision too), and decodes every one the
+    shape accepts whose further-checked fields are untouched, field for field."""
+    value = dict(GOOD[view])
+    for name in data.draw(st.sets(st.sampled_from(sorted(value))), label="dropped"):
+        del value[name]
+    value.update(data.draw(st.dictionaries(st.sampled_from(_FIELD_NAMES) | st.text(max_size=8), values,
+                                           max_size=3), label="set"))
+    if _refused(view, value):
+        with pytest.raises(DecodeError):
+            view.from_state(value)
+        return
+    try:
+        decoded = view.from_state(value)
+    except DecodeError:
+        assert any(value[n] != GOOD[view][n] for n in CHECKED_FURTHER & value.keys())
+        return
+    required, optional = SHAPES[view]
+    for name in (required.keys() | optional.keys()) - CHECKED_FURTHER:
+        assert getattr(decoded, name) == value.get(name)
 
 
 def test_ids_never_hold_the_key_separator():
