@@ -83,6 +83,18 @@ class _Done(Message):
     """Base of the replies that only acknowledge: the empty map."""
 
 
+_RECEIPT = Bytes(max_size=128)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored(_OneBlob):
+    """Base of the replies that acknowledge a put, whole or in a session: ``{cid, receipt}``,
+    sent once the blob is durable (fsync, rename, directory fsync) and its CID checked;
+    ``receipt``: the node's signature (see the module docstring)."""
+
+    receipt: bytes = wire(_RECEIPT)
+
+
 # -- the kinds ---------------------------------------------------------------------
 
 
@@ -95,15 +107,9 @@ class StoragePut(Message, kind="storage.put"):
     pin: bool = wire(Bool(), default=True)
 
 
-_RECEIPT = Bytes(max_size=128)
-
-
 @dataclass(frozen=True, slots=True)
-class StoragePutReply(_OneBlob, kind="storage.put"):
-    """Acknowledged once the blob is durable (fsync, rename, directory fsync) and its CID
-    checked; ``receipt``: the node's signature (see the module docstring)."""
-
-    receipt: bytes = wire(_RECEIPT)
+class StoragePutReply(_Stored, kind="storage.put"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +141,8 @@ class StoragePutCommit(_OneSession, kind="storage.put.commit"):
 
 
 @dataclass(frozen=True, slots=True)
-class StoragePutCommitReply(_OneBlob, kind="storage.put.commit"):
-    receipt: bytes = wire(_RECEIPT)
+class StoragePutCommitReply(_Stored, kind="storage.put.commit"):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
