@@ -822,7 +822,13 @@ class PeerClient:
         """Revoke this agent's own certificate (lost device, left the hospital): a
         ``revoke_cert`` transaction. Peers refuse the agent's messages from then on."""
         self.require_registered()
-        await self.submit("revoke_cert", {"subject": self.subject, "reason": reason})
+        try:
+            await self.submit("revoke_cert", {"subject": self.subject, "reason": reason})
+        except UnknownAgent as exc:
+            # the revocation may have committed before its confirmation reached us: peers
+            # then refuse this agent ("unknown sender"); the ledger says whether it did
+            if not isinstance(await self.explain_unknown(exc), CertificateRevoked):
+                raise
         self.state["cert_revoked"] = True
         await self.save_state()
 
