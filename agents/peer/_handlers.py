@@ -172,7 +172,11 @@ class PeerHandlers:
                                                          "certificate's subject and organization set them")
         if not 0 < request.valid_s <= MAX_VALID_S:
             raise bus.HandlerError(codes.ENROLL_INVALID, f"valid_s must be 1..{MAX_VALID_S}")
-        if peer.ledger.certificate(subject) is not None:
+        existing = peer.ledger.certificate(subject)
+        if existing is not None and existing.revoked:
+            raise bus.HandlerError(codes.ENROLL_DENIED, f"the certificate of {subject} was revoked and a subject "
+                                                        "enrolls once: the registrar issues a token for a new id")
+        if existing is not None:  # (the client accepts this when the certificate carries its own keys)
             raise bus.HandlerError(codes.ENROLL_EXISTS, f"{subject} is already registered")
         if peer.ledger.get(token_key(org, token.token_id)) is not None:
             raise bus.HandlerError(codes.ENROLL_DENIED, "the enrollment token was used before")

@@ -260,6 +260,16 @@ async def test_enrollment_tokens_are_bound_to_the_key_expire_and_enroll_once(tmp
             for raw in peers["peer-b-3"].store.blocks(1, at):
                 light.apply(raw)
             assert "dr-v" in light.certificates() and "dr-w" not in light.certificates()
+            # the holder revokes its certificate; the token again, with the same key: refused as revoked
+            # (a subject enrolls once), not as "already registered" (which a client takes for its own crash)
+            revoke = Transaction.create("revoke_cert", "dr-v", {"subject": "dr-v", "reason": "lost device"},
+                                        victim.ecdsa_private, int(time.time() * 1000))
+            [(_, at, mark)] = await peers["peer-a-1"].submit([revoke.to_bytes()], wait=True)
+            assert mark == "ok" and peers["peer-a-1"].ledger.certificate("dr-v").revoked
+            with pytest.raises(bus.RemoteError) as info:
+                await victim_ep.request("peer-a-1", "peer.enroll",
+                                        enroll_body(c, victim, "dr-v", "org-a", attrs, token=captured))
+            assert info.value.code == "enroll.denied" and "revoked" in info.value.message
             await victim_ep.aclose()
             await attacker_ep.aclose()
 
