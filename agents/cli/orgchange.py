@@ -148,6 +148,8 @@ def submit_change_main(argv: list[str]) -> int:
     def body() -> int:
         from agents.org import ConfigChange, OrgError
 
+        if not 0 < args.timeout <= 3600:
+            fail(what, f"--timeout {args.timeout:g} is out of range", "give 1..3600 seconds")
         path = check_input_file(args.change, what)
         try:
             change = ConfigChange.from_json(path.read_text(), source=str(path))

@@ -2,7 +2,7 @@
 the CLI runs as a subprocess from the hospitals' own organization directories. A change adding a
 third hospital is refused with one member's signature, committed with both (every peer applies it
 at the same height, as the peers themselves answer), reported as already in force when submitted
-again; a change prepared for the old configuration is refused as stale; unreachable peers give a
+again (from a peer's node configuration); a change prepared for the old configuration is refused as stale; unreachable peers give a
 clear error."""
 
 from __future__ import annotations
@@ -77,8 +77,11 @@ async def test_submit_change_adds_a_hospital_on_every_peer_at_one_height(tmp_pat
             answers = [await ep.request(p, "peer.query", {"what": "config"}) for p in swarm.manifest.peers]
             assert {(a["seq"], a["height"], a["config"]) for a in answers} == {(1, result["height"], new.to_bytes())}
 
-            # the same change again: already in force, nothing submitted
-            _, out, _ = await cli(*submit, *org_a, "--peer", "peer-a2", t / "c1")
+            # the same change again, from a peer's node configuration: already in force, nothing submitted
+            (t / "node").mkdir()
+            await cli("node", "config", "--swarm", data, "--id", "peer-a2", "--out", t / "node" / "peer-a2.toml")
+            _, out, _ = await cli("consortium", "submit-change", "--node-config", t / "node" / "peer-a2.toml",
+                                  t / "c1")
             assert out.startswith(f"already in force: configuration 1 of {new.name}, digest {new.digest().hex()}")
             assert f"applied at height {result['height']}" in out
 
