@@ -311,6 +311,23 @@ class _FakeSwarm:
         self.calls.append(("restart", agent, trio.current_time()))
 
 
+async def test_inject_keeps_the_planned_spacing_after_a_slow_restart(autojump_clock):
+    swarm = _FakeSwarm(slow_restart=4.0)
+    swarm.stall = lambda agent: swarm.calls.append(("stall", agent, trio.current_time()))
+    swarm.resume = lambda agent: swarm.calls.append(("resume", agent, trio.current_time()))
+    events = [faults.FaultEvent(0.1, "restart", ("p4",), "restart"), faults.FaultEvent(0.2, "stall", ("s2",), "stall"),
+              faults.FaultEvent(0.3, "resume", ("s2",), "resume")]
+    applied: list[dict] = []
+    t0 = trio.current_time()
+    await faults.inject(swarm, events, 0.0, 10.0, lambda: trio.current_time() - t0, lambda t, text: None,
+                        applied=applied)
+    # the restart (at 1 s) took 4 s, past the stall's 2 s: the stall comes when it is done, and the
+    # resume the planned 1 s after the stall, not at once
+    assert [(c[0], c[2] - t0) for c in swarm.calls] == [("restart", pytest.approx(5.0)), ("stall", pytest.approx(5.0)),
+                                                       ("resume", pytest.approx(6.0))]
+    assert [a["error"] for a in applied] == [None, None, None]
+
+
 async def test_inject_reports_an_event_the_run_cut_short_and_those_never_reached(autojump_clock):
     swarm = _FakeSwarm(slow_restart=30.0)
     events = [faults.FaultEvent(0.1, "kill", ("p4",), "kill"), faults.FaultEvent(0.2, "restart", ("p4",), "restart"),

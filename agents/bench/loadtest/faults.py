@@ -27,9 +27,10 @@ name; a fault comes at the start of its slot and is undone (restart, SIGCONT)
 halfway through it, so every fault's effect is measured apart from the others'.
 
 Events run one after the other: an event waits for the one before it (a
-restart waits until the process reports ready). An event the run's end cut
-short is reported with that error; one it never reached is listed as not
-reached.
+restart waits until the process reports ready), and when one overruns the
+next event's time the rest move later by as much, so the planned spacing
+(how long a node stays stalled, say) holds. An event the run's end cut short
+is reported with that error; one it never reached is listed as not reached.
 
 :func:`impact` measures, for each fault, the throughput dip (the worst
 one-second throughput within 10 s of the fault, against the median before the
@@ -177,8 +178,10 @@ async def inject(swarm: Any, events: list[FaultEvent], start: float, length: flo
     happened to ``applied`` as each starts (an event the caller cancels keeps an error saying so)."""
     killed_orderers: list[str] = []
     killed_members: list[int] = []
-    for ev in sorted(events, key=lambda e: e.at):
-        when = start + ev.at * length
+    ordered = sorted(events, key=lambda e: e.at)
+    shift = 0.0  # how far an event that overran (a slow restart) pushed the rest
+    for i, ev in enumerate(ordered):
+        when = start + ev.at * length + shift
         delay = when - clock()
         if delay > 0:
             await trio.sleep(delay)
@@ -230,6 +233,8 @@ async def inject(swarm: Any, events: list[FaultEvent], start: float, length: flo
             error = f"{type(exc).__name__}: {exc}"
         done = clock()
         entry.update(done=done, error=error)
+        if i + 1 < len(ordered):  # keep the planned spacing after an overrun (a stall lasts its planned time)
+            shift += max(0.0, done - (start + ordered[i + 1].at * length + shift))
         log(t, f"fault: {ev.why} [{', '.join(entry['agents'])}]" + (f" FAILED: {error}" if error else
                                                                      f" ({(done - t) * 1000:.0f} ms)"))
 
