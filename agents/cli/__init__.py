@@ -58,6 +58,7 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("consortium", "change"): ("agents.cli.org", "consortium_change_main", "prepare adding or removing a member"),
     ("consortium", "sign-change"): ("agents.cli.org", "consortium_sign_change_main",
                                     "approve a configuration change as this hospital"),
+    ("consortium", "submit-change"): ("agents.cli.orgchange", "submit_change_main", "submit a signed change; wait for the peers"),
     ("registrar", "issue"): ("agents.cli.org", "registrar_issue_main", "issue an enrollment token for a subject"),
     ("user", "init"): ("agents.cli.org", "user_init_main", "create your keys; print your enrolling key"),
     ("user", "enroll"): ("agents.cli.org", "user_enroll_main", "enroll with your hospital's peer using a token"),

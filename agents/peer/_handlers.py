@@ -11,8 +11,8 @@ Every handler runs after admission (:func:`agents.handlers.serve` refused the
 sender classes a kind does not admit, see core.protocol.KINDS) and checks its
 object rule on its first lines, before any wait, query or crypto:
 ``peer.submit`` takes only transactions whose submitter is the sender;
-``peer.query`` answers by ``what`` (:meth:`PeerHandlers._visible`: cert and
-head to anyone; policy to its patient; record/records to the patient, and to
+``peer.query`` answers by ``what`` (:meth:`PeerHandlers._visible`: cert,
+head and the configuration in force to anyone; policy to its patient; record/records to the patient, and to
 a doctor only where the patient's policy could allow it for the record's
 label, without the fields its request does not need; request and grant to
 their patient and doctor; everything to consortium nodes);
@@ -53,6 +53,7 @@ from core.curve import G1
 from core.enrollment import EnrollmentToken
 from core.errors import CoreError, DecodeError, ValidationError
 from core.identity import RESERVED_CERT_ATTRIBUTES, Certificate
+from core.ledger import CONFIG_KEY
 from core.protocol import (
     CONSORTIUM,
     MAX_BLOCKS_PER_REPLY,
@@ -238,6 +239,11 @@ class PeerHandlers:
             return PeerQueryReply({"height": height, "hash": block_hash, "root": root})
         if what == "cert":
             return PeerQueryReply(ledger.get(entry_key("cert", query.subject)))
+        if what == "config":  # public, like the genesis it succeeds
+            entry = ledger.get(CONFIG_KEY)
+            if entry is None:
+                return PeerQueryReply({"config": ledger.genesis_config.to_bytes(), "seq": 0, "height": 0})
+            return PeerQueryReply({"config": entry["config"], "seq": entry["seq"], "height": entry["height"]})
         sender_class = self.peer.classifier.node_class(sender)
         node = sender_class in CONSORTIUM
         if sender_class is Sender.ENROLLING:

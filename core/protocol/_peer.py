@@ -141,6 +141,7 @@ QUERY_FIELDS: dict[str, tuple[str, ...]] = {
     "grant": ("grant_id",),
     "policy": ("patient",),
     "head": (),
+    "config": (),
 }
 """``what`` -> the fields of that query (all ids, except ``label``: str or nil)."""
 

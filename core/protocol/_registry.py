@@ -109,7 +109,7 @@ KINDS: Mapping[str, KindSpec] = _kinds(
     KindSpec("peer.submit", p.PeerSubmit, p.PeerSubmitReply, "peer", REGISTERED,
              "every transaction's submitter is the sender (forbidden)"),
     KindSpec("peer.query", p.PeerQuery, p.PeerQueryReply, "peer", ANYONE,
-             "by `what` (forbidden): cert and head for anyone (enrolling senders too); policy for its patient "
+             "by `what` (forbidden): cert, head and config for anyone (enrolling senders too); policy for its patient "
              "and peers; record/records for the patient, peers, and a doctor the patient's policy may allow "
              "for the record's label (fields the request needs only); request and grant for their patient "
              "and doctor, and peers"),

@@ -249,6 +249,105 @@ def test_fault_schedule_with_etcd_ordering_kills_the_leaders():
     assert not {a for a in (e.action for e in faults.schedule(plain)) if "ordering" in a or "leader" in a}
 
 
+def test_named_faults_run_one_after_the_other_each_undone_before_the_next():
+    from agents.testing.consortium import TestConsortium
+
+    manifest = TestConsortium.build(orderers=2, storage=["s1", "s2", "s3"]).manifest
+    spec = faults.parse_spec(" orderer-leader, etcd-leader,peer-kill,storage-stall ")
+    assert spec == "orderer-leader,etcd-leader,peer-kill,storage-stall"
+    ev = faults.schedule(manifest, spec)
+    assert [e.action for e in ev] == ["kill-orderer-leader", "restart-ordering", "kill-etcd-leader",
+                                      "restart-ordering", "kill", "restart", "stall", "resume"]
+    ats = [e.at for e in ev]
+    assert ats == sorted(ats) and 0 < ats[0] and ats[-1] < 1
+    assert ev[4].agents == ev[5].agents == (manifest.peers[-1],)
+    assert ev[6].agents == ev[7].agents == ("s2",)
+    # each fault is undone before the next one comes, at the same spacing
+    assert ats[1] - ats[0] == pytest.approx(ats[2] - ats[1]) == pytest.approx(0.1)
+    plain = TestConsortium.build(storage=["s1", "s2", "s3"]).manifest
+    with pytest.raises(ValueError, match="need etcd ordering"):
+        faults.schedule(plain, "peer-kill,etcd-leader")
+    assert [e.action for e in faults.schedule(plain, "storage-kill")] == ["kill", "restart"]
+
+
+@pytest.mark.parametrize("text, error", [("peer-kill,bogus", "unknown fault bogus"), ("", "unknown fault"),
+                                         ("peer-kill,peer-kill", "named twice")])
+def test_fault_names_are_checked(text, error):
+    with pytest.raises(ValueError, match=error):
+        faults.parse_spec(text)
+
+
+def test_the_tolerated_schedule_stalls_a_storage_node_after_the_restart():
+    class M:
+        peers = ["p1", "p2", "p3", "p4"]
+        storage = ["s1", "s2", "s3"]
+        threshold = 2
+        replicas = 3
+        write_quorum = 2
+
+    ev = faults.schedule(M())
+    restart = next(e for e in ev if e.action == "restart")
+    stall = next(e for e in ev if e.action == "stall" and e.agents == ("s2",))
+    resume = next(e for e in ev if e.action == "resume" and e.agents == ("s2",))
+    assert "s3" in restart.agents and restart.at < stall.at < resume.at  # never two of three replicas away
+
+
+class _FakeSwarm:
+    def __init__(self, slow_restart: float):
+        self.calls: list[tuple[str, str, float]] = []
+        self.slow_restart = slow_restart
+
+        class P:
+            def poll(self):
+                return -9
+
+        self.processes = {"p4": P()}
+
+    def kill(self, agent):
+        self.calls.append(("kill", agent, trio.current_time()))
+
+    async def start_process(self, agent):
+        await trio.sleep(self.slow_restart)
+        self.calls.append(("restart", agent, trio.current_time()))
+
+
+async def test_inject_keeps_the_planned_spacing_after_a_slow_restart(autojump_clock):
+    swarm = _FakeSwarm(slow_restart=4.0)
+    swarm.stall = lambda agent: swarm.calls.append(("stall", agent, trio.current_time()))
+    swarm.resume = lambda agent: swarm.calls.append(("resume", agent, trio.current_time()))
+    events = [faults.FaultEvent(0.1, "restart", ("p4",), "restart"), faults.FaultEvent(0.2, "stall", ("s2",), "stall"),
+              faults.FaultEvent(0.3, "resume", ("s2",), "resume")]
+    applied: list[dict] = []
+    t0 = trio.current_time()
+    await faults.inject(swarm, events, 0.0, 10.0, lambda: trio.current_time() - t0, lambda t, text: None,
+                        applied=applied)
+    # the restart (at 1 s) took 4 s, past the stall's 2 s: the stall comes when it is done, and the
+    # resume the planned 1 s after the stall, not at once
+    assert [(c[0], c[2] - t0) for c in swarm.calls] == [("restart", pytest.approx(5.0)), ("stall", pytest.approx(5.0)),
+                                                       ("resume", pytest.approx(6.0))]
+    assert [a["error"] for a in applied] == [None, None, None]
+
+
+async def test_inject_reports_an_event_the_run_cut_short_and_those_never_reached(autojump_clock):
+    swarm = _FakeSwarm(slow_restart=30.0)
+    events = [faults.FaultEvent(0.1, "kill", ("p4",), "kill"), faults.FaultEvent(0.2, "restart", ("p4",), "restart"),
+              faults.FaultEvent(0.9, "kill", ("p4",), "kill again")]
+    applied: list[dict] = []
+    logged: list[str] = []
+    t0 = trio.current_time()
+    with trio.move_on_after(20.0):  # the run ends while the restart waits for the process
+        await faults.inject(swarm, events, 0.0, 10.0, lambda: trio.current_time() - t0,
+                            lambda t, text: logged.append(text), applied=applied)
+    assert swarm.calls == [("kill", "p4", pytest.approx(t0 + 1.0))]
+    assert [(a["action"], a["t"], a["error"]) for a in applied] == [
+        ("kill", pytest.approx(1.0), None), ("restart", pytest.approx(2.0), "cut short: the run ended before it completed")]
+    assert applied[1]["done"] is None and len(logged) == 1
+    assert faults.not_reached(events, applied) == [{"at_fraction": 0.9, "action": "kill", "agents": ["p4"],
+                                                    "why": "kill again"}]
+    fi = faults.impact([{"t": float(i), "throughput_per_s": 5.0, "failed": 0} for i in range(10)], applied)
+    assert [f["action"] for f in fi["faults"]] == ["kill", "restart"]
+
+
 # ------------------------------------------------------------------ crypto counters
 
 

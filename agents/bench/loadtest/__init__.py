@@ -40,6 +40,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .faults import FAULTS, parse_spec as parse_faults
 from .engine import Op as Op, Result as Result, RunSettings as RunSettings, run_load as run_load
 from .metrics import Recorder as Recorder, Sample as Sample, percentile as percentile
 from .report import render_html as render_html, render_text as render_text, to_json as to_json
@@ -65,6 +66,13 @@ def _mix(text: str) -> dict[str, float]:
     return out
 
 
+def _faults(text: str) -> str:
+    try:
+        return parse_faults(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="emrshare loadtest", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -74,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
                "  emrshare loadtest --patients 200 --doctors 50 --duration 60 --saturation 15 --rate half \\\n"
                "                    --json report.json --html report.html\n"
                "  emrshare loadtest --faults --duration 60 --rate 10   # kill/stall/restart during the run\n"
+               "  emrshare loadtest --ordering etcd --faults orderer-leader,etcd-leader,peer-kill,storage-stall \\\n"
+               "                    --duration 20 --rate 6              # four faults, one after the other\n"
                "  emrshare loadtest --target deployment.toml           # an existing deployment\n\n"
                "deployment.toml: manifest = \"manifest.json\", [registrars.<org>] org_dir = \"...\" and\n"
                "key_file = \"...\" per organization (its registrar signs the test users' tokens), optional\n"
@@ -118,8 +128,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--ordering", choices=("embedded", "etcd"),
                    help="embedded swarm: ordering service (default embedded; etcd: two orderer nodes over a local "
                         "3-member etcd cluster, and --faults also kills the leading orderer node and the etcd leader)")
-    g.add_argument("--faults", nargs="?", const="tolerated", choices=("tolerated", "severe"),
-                   help="inject faults during the run (implies --processes)")
+    g.add_argument("--faults", nargs="?", const="tolerated", type=_faults, metavar="SCHEDULE|NAME,...",
+                   help="inject faults during the run (implies --processes): the schedule tolerated (default) or "
+                        "severe, or named faults one after the other, each undone before the next: "
+                        + ", ".join(FAULTS))
     g = p.add_argument_group("output")
     g.add_argument("--json", type=Path, help="write the JSON report here")
     g.add_argument("--html", type=Path,

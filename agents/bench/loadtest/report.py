@@ -179,6 +179,9 @@ def render_text(r: dict) -> str:
                 for f in fi.get("faults", [])]
         out += _table(["at", "action", "agents", "min ops/s", "dip %", "failed 10s", "recovery s", "write gap s",
                        "error"], rows)
+        for ev in fi.get("not_reached", []):
+            out.append(f"  not reached (the run ended first): {ev['why']} at {ev['at_fraction'] * 100:.0f} % "
+                       "of the window")
     tg = r.get("targets")
     if tg:
         _section(out, "targets:")
@@ -349,12 +352,13 @@ def fault_rows(fi: dict) -> list[list[Any]]:
         rows.append([f"F{i}", _f(float(f["t"]), 1), f["action"], ", ".join(f["agents"]),
                      _f(f.get("min_throughput_per_s"), 1), _f(dip * 100, 0) if dip is not None else "-",
                      _num_cell(f["failed_within_window"], 0, f["failed_within_window"] > 0),
-                     _f(f.get("recovery_s"), 1), f.get("why") or "", f.get("error") or ""])
+                     _f(f.get("recovery_s"), 1), _f(f.get("write_gap_s"), 2), f.get("why") or "",
+                     f.get("error") or ""])
     return rows
 
 
 FAULT_HEADERS = ["fault", "at (s)", "action", "agents", "min ops/s in 10 s", "dip %", "failed in 10 s",
-                 "recovery (s)", "what", "error"]
+                 "recovery (s)", "write gap (s)", "what", "error"]
 PHASE_HTML_HEADERS = ["phase", "attempted", "ok", "failed", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"]
 
 
@@ -419,11 +423,15 @@ def render_html(r: dict) -> str:
         headers = FAULT_HEADERS
         if not any(r[-1] for r in rows):  # no fault failed to apply: no empty error column
             headers, rows = headers[:-1], [r[:-1] for r in rows]
-        out.append(_html_table(headers, rows, id="faults", text_cols=(3, 8, 9), wide_cols=(8, 9)))
+        out.append(_html_table(headers, rows, id="faults", text_cols=(3, 9, 10), wide_cols=(9, 10)))
         out.append('<p class="note">F1, F2, ... mark the faults on the charts\' time axes; grey bands: an agent '
                    "was down (killed until restarted, or stalled until resumed). Dip: worst 1 s throughput within "
                    "10 s of the fault against the median before the first fault; recovery: until a 3 s moving "
-                   "average is back to 90 % of it.</p>")
+                   "average is back to 90 % of it; write gap: from the fault until the first successful store or "
+                   "revoke that started after it.</p>")
+        for ev in fi.get("not_reached", []):
+            out.append(f'<p class="note">Not reached (the run ended first): {html.escape(ev["why"])} at '
+                       f'{ev["at_fraction"] * 100:.0f} % of the window.</p>')
 
     out.append("<h2>Over time</h2>")
     if r.get("timeline"):

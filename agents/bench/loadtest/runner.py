@@ -274,6 +274,7 @@ async def run(opts: Options) -> dict:
                 await run_load(wl, settings, rec, clock=run_clock, on_tick=prog.tick)
                 nursery.cancel_scope.cancel()
             prog.finish()
+            skipped = faultmod.not_reached(events, applied)
             c1, cpu1 = counter.snapshot(), time.process_time()
             traffic = _diff(_traffic([u.endpoint for u in wl.users.patients + wl.users.doctors], set()), traffic0)
             commits1 = _commit_stats(tuple(wl.users.patients + wl.users.doctors))
@@ -292,9 +293,14 @@ async def run(opts: Options) -> dict:
             print(f"verifying {len(wl.records)} acknowledged records ...", file=stream, flush=True)
             report["correctness"] = await wl.verify(concurrency=opts.verify_concurrency)
             report["denials"] = {**wl.checks, "wrong": list(wl.wrong)}
+            # what the agents were told was committed: a fault test checks each is on every peer exactly once
+            report["acknowledged"] = {"store": [[r.patient, r.record_id] for r in wl.records],
+                                      "revoke": list(wl.revoked)}
             report["workload"] = {k: v for k, v in asdict(opts.workload).items()}
             report["settings"] = asdict(settings)
             _fill_run(report, rec, settings, c1 - c0, cpu1 - cpu0, traffic, applied, in_process)
+            if skipped:
+                report.setdefault("faults", {"baseline_per_s": None, "faults": []})["not_reached"] = skipped
     report["targets"] = _targets(report, opts)
     return report
 

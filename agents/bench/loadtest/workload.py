@@ -188,6 +188,7 @@ class EmrWorkload:
         self.by_patient: dict[str, list[StoredRecord]] = {}
         self.store_attempts = 0
         self.unacknowledged: list[tuple[str, str, str]] = []  # (patient, record id, reason)
+        self.revoked: list[str] = []  # grant ids whose revocation was acknowledged
         self._locks: dict[tuple[str, str, str], trio.Lock] = {}
         self._counter = 0
         self.checks: dict[str, int] = {"denied_correctly": 0, "revoked_correctly": 0, "reads_verified": 0}
@@ -434,6 +435,7 @@ class EmrWorkload:
                 recs = [r for r in self.by_patient.get(patient.subject, [])
                         if r.label == label and epochs.get(r.record_id, 0) == entry.get("epoch", 0)]
                 await patient.revoke(entry["grant_id"], "load test revocation")
+                self.revoked.append(entry["grant_id"])
                 if not recs:
                     return None
                 if await self._refused(doctor, patient.subject, recs[0].record_id, GrantRevoked, "revoked_correctly",
