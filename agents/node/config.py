@@ -392,11 +392,12 @@ def _check_ordering(path: Path, ordering: dict[str, Any], role: str) -> None:
     if not endpoints:
         raise NodeConfigError(f"{path}: [ordering] endpoints is missing; list the etcd cluster's client URLs "
                               f"(http://HOST:PORT), or set {_env_name('ordering', 'endpoints')}")
-    for url in endpoints:
+    for i, url in enumerate(endpoints):
         host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
         if not url.startswith("http://") or not host or not port.isdigit():
             raise NodeConfigError(f"{path}: [ordering] endpoint {url!r} is not http://HOST:PORT; write the etcd "
                                   "members' client URLs (TLS to etcd is not supported yet)")
+        endpoints[i] = url.rstrip("/")  # the client appends /v3/...
 
 
 def _toml_value(value: Any) -> str:

@@ -197,6 +197,11 @@ def stop_nodes(c: Consortium) -> None:
 
 @pytest.fixture(scope="module")
 def consortium():
+    for host in {*HOSTS.values(), ETCD_HOST, PATIENT_HOST}:
+        try:
+            free_port(host)
+        except OSError as exc:  # Linux routes all of 127.0.0.0/8 to loopback; other systems need aliases
+            pytest.skip(f"cannot bind {host} ({exc}): add loopback aliases 127.0.0.2-127.0.0.10")
     root = Path(tempfile.mkdtemp(prefix="emrs-mh-", dir="/tmp"))  # short: control sockets live under it
     with pytest.MonkeyPatch.context() as mp:
         for var in [v for v in os.environ if v.startswith("EMRSHARE_")]:
@@ -332,6 +337,9 @@ def test_two_hospitals_run_the_flow_on_their_own_hosts(consortium):
             break
         time.sleep(0.3)
     assert len(set(heights.values())) == 1 and min(heights.values()) >= 5, heights
+    for node in HOSTS:
+        log = (c.root / "hosts" / node / "node.log").read_text()
+        assert "Traceback" not in log and " ERROR " not in log, f"{node}:\n{log}"
 
 
 # ------------------------------------------------------------------ refusals

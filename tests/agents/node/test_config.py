@@ -185,7 +185,7 @@ def test_an_etcd_orderer_node_config_names_the_cluster_and_is_an_orderer_of_the_
 
 def test_ordering_environment_overrides(etcd_files):
     path = swarm_node_config(etcd_files, "orderer-2")
-    cfg = load_config(path, environ={"EMRSHARE_NODE_ORDERING__ENDPOINTS": "http://10.0.0.5:2379, http://10.0.0.6:2379",
+    cfg = load_config(path, environ={"EMRSHARE_NODE_ORDERING__ENDPOINTS": "http://10.0.0.5:2379, http://10.0.0.6:2379/",
                                      "EMRSHARE_NODE_ORDERING__WINDOW": "50"})
     assert cfg.ordering["endpoints"] == ["http://10.0.0.5:2379", "http://10.0.0.6:2379"]
     assert cfg.ordering["window"] == 50
