@@ -458,3 +458,31 @@ def test_a_node_certificate_from_a_ca_the_genesis_does_not_name_is_refused(conso
     member, outsider = trio.run(main)
     assert member == "ok", member
     assert outsider.startswith("refused") and "unknown ca" in outsider.lower(), outsider
+
+
+def test_ordering_goes_on_when_a_hospitals_orderer_node_dies(consortium):
+    """SIGKILL the leading orderer node (one hospital's host goes down): the other hospital's node
+    takes the lead and a patient's store still commits; the node, started again, catches up."""
+    c = consortium
+    leader = next(o for o in ORDERERS if node_status(c, o)["leads"])
+    other = next(o for o in ORDERERS if o != leader)
+    erin_dir, erin_key = enroll_user(c, "erin", "h2", "patient")
+    c.procs[leader].kill()
+    c.procs[leader].wait()
+
+    from agents.patient import PatientAgent
+
+    async def store() -> bytes:
+        with trio.fail_after(60):
+            async with PatientAgent.open(user_config(erin_dir, erin_key, "erin", "h2", {"role": "patient"})) as erin:
+                rid = await erin.store(b"allergy: penicillin", label="allergies", media_type="text/plain")
+                return await erin.read(rid)
+
+    assert trio.run(store) == b"allergy: penicillin"
+    assert node_status(c, other)["leads"]
+    (c.root / "hosts" / leader / "ready").unlink()
+    start_nodes(c, [leader])  # the same data directory and configuration
+    deadline = time.monotonic() + 20
+    while node_status(c, leader)["height"] != node_status(c, other)["height"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert node_status(c, leader)["height"] == node_status(c, other)["height"]
