@@ -38,7 +38,9 @@ With ``ordering="etcd"`` (``swarm up --ordering etcd``) the ordering service is
 ``orderer_nodes`` etcd orderer nodes (``orderer-1``, ...; the genesis names them
 as its orderer set, :mod:`agents.ordering`) over a local ``etcd_members``-member
 etcd cluster that the swarm starts as child processes (data and logs in
-DIR/etcd/, loopback ports kept in DIR/etcd/cluster.json) and stops with it.
+DIR/etcd/, loopback ports kept in DIR/etcd/cluster.json) and stops with it;
+with ``--processes`` each orderer node is ``emrshare node start`` too, its
+config's ``[ordering]`` table naming the cluster.
 
 Starting again with the same directory resumes: same keys, same genesis, same
 ledgers and blobs. A directory runs one swarm at a time: :meth:`Swarm.open`
@@ -349,21 +351,11 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
     from agents.node.roles import RoleSettings, build_agent, role_of
 
     spec = files.spec()
-    config = parse_genesis(manifest.genesis).config
-    if agent in {o.id for o in config.orderers}:  # etcd ordering: an orderer node of the set
-        from agents.ordering import EtcdOrderer
-
-        keys = files.agent_keys(agent)
-        orderer_node = EtcdOrderer(orderer_id=agent, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
-                                   etcd=files.etcd_cluster(spec).endpoints, directory=manifest.directory(),
-                                   batch_size=spec.batch_size, batch_timeout=spec.batch_timeout,
-                                   window=spec.etcd_window, storage=manifest.storage)
-        await orderer_node.run(node, task_status=task_status)
-        return
     role = role_of(agent, manifest)
+    etcd = tuple(files.etcd_cluster(spec).endpoints) if spec.ordering == "etcd" else ()
     settings = RoleSettings(batch_size=spec.batch_size, batch_timeout=spec.batch_timeout,
                             reconcile_interval=spec.reconcile_interval, collect_grace=spec.collect_grace,
-                            upload_timeout=spec.upload_timeout)
+                            upload_timeout=spec.upload_timeout, etcd_endpoints=etcd, etcd_window=spec.etcd_window)
     runner = build_agent(agent, role, files.agent_keys(agent), manifest, files.agent_dir(agent), settings)
     if runners is not None:
         runners[agent] = runner
@@ -373,11 +365,6 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
 def orderer_agents(manifest: Manifest) -> list[str]:
     """The ordering service's agents: the embedded orderer, or the etcd orderer nodes."""
     return list(parse_genesis(manifest.genesis).config.orderer_ids)
-
-
-def etcd_orderer_ids(manifest: Manifest) -> set[str]:
-    """The etcd orderer nodes of the swarm's genesis (empty with the embedded orderer)."""
-    return {o.id for o in parse_genesis(manifest.genesis).config.orderers}
 
 
 def server_agents(manifest: Manifest) -> list[str]:
@@ -485,12 +472,8 @@ class Swarm:
         from agents.node.export import swarm_node_config
         from agents.node.service import PARENT_ENV
 
-        if agent in etcd_orderer_ids(self.manifest):
-            # an etcd orderer node runs on the swarm's etcd cluster (not yet a `node start` role)
-            command = [sys.executable, "-m", "agents.swarm", "agent", "--data", str(self.files.dir), "--id", agent]
-        else:
-            command = [sys.executable, "-m", "agents.cli", "node", "start", "--config",
-                       str(swarm_node_config(self.files, agent))]
+        command = [sys.executable, "-m", "agents.cli", "node", "start", "--config",
+                   str(swarm_node_config(self.files, agent))]
         env = {k: v for k, v in os.environ.items() if not k.startswith("EMRSHARE_NODE_")}  # the config rules
         proc = subprocess.Popen(
             command,
@@ -554,43 +537,3 @@ class Swarm:
             lines.append(f"  {agent:<14} {role:<8} {org:<12} {self.manifest.agents[agent]}")
         return "\n".join(lines)
 
-
-def agent_main(argv: list[str]) -> int:
-    """``python -m agents.swarm agent --data DIR --id AGENT``: one etcd orderer node of a
-    ``--processes --ordering etcd`` swarm as its own process (every other agent process is
-    ``emrshare node start``)."""
-    import argparse
-    import logging as logging_
-
-    from agents.node.service import stop_with_parent
-    from agents.runtime import serve_until_signal
-
-    parser = argparse.ArgumentParser(prog="python -m agents.swarm agent")
-    parser.add_argument("--data", required=True, help="the swarm's data directory")
-    parser.add_argument("--id", required=True, help="the orderer node's agent id")
-    args = parser.parse_args(argv)
-    logging_.basicConfig(level=logging_.INFO, format=f"%(asctime)s {args.id} %(name)s %(levelname)s %(message)s")
-    stop_with_parent()
-    files = SwarmFiles(Path(args.data))
-    manifest = files.manifest()
-    address = manifest.agents[args.id]
-
-    def ready() -> None:
-        atomic_write(files.dir / "run" / f"{args.id}.ready", str(os.getpid()).encode(), mode=0o644)
-        log.info("%s ready at %s", args.id, address)
-
-    async def main() -> None:
-        routes = {a: addr for a, addr in manifest.agents.items() if a != args.id}
-        async with open_node(routes=routes) as node:
-            await node.listen(address)
-            await serve_until_signal(run_server_agent, files, args.id, node, manifest, ready=ready)
-
-    trio.run(main)
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["agent"]:
-        sys.exit(agent_main(sys.argv[2:]))
-    print("usage: python -m agents.swarm agent --data DIR --id AGENT", file=sys.stderr)
-    sys.exit(2)

@@ -217,7 +217,7 @@ def _read_profiles(paths: list[str], what: str) -> list[Any]:
 
 def _summary(config: Any, signatures: dict[str, bytes]) -> dict[str, Any]:
     return {"consortium": config.name, "digest": config.digest().hex(), "threshold": config.threshold,
-            "orderer": config.orderer_id, "max_skew_ms": config.max_skew_ms, "created_at": config.created_at,
+            "orderer": config.orderer_id, "orderers": list(config.orderer_ids), "max_skew_ms": config.max_skew_ms, "created_at": config.created_at,
             "orgs": [{"id": o.id, "name": o.name, "signed": o.id in signatures} for o in config.orgs],
             "peers": [{"id": p.id, "org": p.org, "index": p.index} for p in config.peers]}
 
@@ -248,6 +248,9 @@ def consortium_genesis_main(argv: list[str]) -> int:
     p.add_argument("--threshold", type=int, required=True, help="re-encryption shares needed (t of the peers)")
     p.add_argument("--name", default="emrshare", help="consortium name (default emrshare)")
     p.add_argument("--orderer", default=None, help="the orderer node id (default: the first profile's orderer)")
+    p.add_argument("--ordering", choices=("embedded", "etcd"), default="embedded",
+                   help="etcd: every profile's orderer node joins the orderer set, ordering on an etcd cluster "
+                        "(docs/ordering.md); embedded (default): the one --orderer node")
     p.add_argument("--max-skew-ms", type=int, default=120_000,
                    help="how far a transaction's time may be from its block's (ms, default 120000)")
     p.add_argument("--out", required=True, help="where to write the draft")
@@ -261,7 +264,8 @@ def consortium_genesis_main(argv: list[str]) -> int:
         check_output_path(args.out, what)
         with _doing(what):
             config = build_config(profiles, name=args.name, threshold=args.threshold, orderer=args.orderer,
-                                  created_at=int(time.time() * 1000), max_skew_ms=args.max_skew_ms)
+                                  created_at=int(time.time() * 1000), max_skew_ms=args.max_skew_ms,
+                                  orderer_set=args.ordering == "etcd")
         Path(args.out).write_bytes(draft(config))
         _show_summary(args, _summary(config, {}),
                       f"draft written to {args.out}; each member runs `emrshare consortium sign --org-dir DIR {args.out}`")

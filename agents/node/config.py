@@ -37,11 +37,17 @@ orderer or a storage node) from a file like::
     collect_grace = 900.0
     upload_timeout = 120.0
 
+    [ordering]                             # orderer nodes of the genesis's orderer set (etcd ordering)
+    kind = "etcd"                          # embedded (default) | etcd
+    endpoints = ["http://10.0.0.5:2379", "http://10.0.0.6:2379", "http://10.0.0.7:2379"]
+    window = 10000                         # recent blocks kept in etcd
+    lease_ttl = 1                          # seconds: the leader's election lease
+
 Relative paths are relative to the file's directory. Every key can be
 overridden by an environment variable: ``EMRSHARE_NODE_<KEY>`` for the
 ``[node]`` table (``EMRSHARE_NODE_LISTEN``, ``EMRSHARE_NODE_KEY_FILE``, ...),
 ``EMRSHARE_NODE_<TABLE>__<KEY>`` for the others (``EMRSHARE_NODE_ORDERER__BATCH_SIZE``,
-``EMRSHARE_NODE_ROUTES__ORDERER``; an agent id's ``-`` and ``.`` become ``_``,
+``EMRSHARE_NODE_ROUTES__ORDERER``, ``EMRSHARE_NODE_ORDERING__ENDPOINTS``; an agent id's ``-`` and ``.`` become ``_``,
 and only ids the file names can be overridden). Values are parsed as the key's
 type (numbers, lists as comma-separated text). The key store is unlocked by
 exactly one of ``key_file``, ``passphrase_file`` or the passphrase itself in
@@ -90,7 +96,12 @@ _TABLE_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "orderer": {"batch_size": (int, 500), "batch_timeout": (float, 0.03)},
     "storage": {"reconcile_interval": (float, 30.0), "collect_grace": (float, 900.0),
                 "upload_timeout": (float, 120.0)},
+    "ordering": {"kind": (str, "embedded"), "endpoints": (list, []), "window": (int, 10_000), "lease_ttl": (int, 1)},
 }
+ORDERING_KINDS = ("embedded", "etcd")
+# TODO(tls helper): the contract's [tls] table replaces this placeholder, which only accepts
+# `enabled = false` (nodes speak plaintext in this build) so that configs written to the contract load.
+_TABLE_KEYS["tls"] = {"enabled": (bool, False)}
 _MAPS = ("routes", "keys")  # free tables: agent id -> text
 
 
@@ -169,6 +180,7 @@ class NodeConfig:
     keys: dict[str, bytes] = field(default_factory=dict)
     orderer: dict[str, Any] = field(default_factory=dict)
     storage_settings: dict[str, Any] = field(default_factory=dict)
+    ordering: dict[str, Any] = field(default_factory=dict)  # [ordering]: kind, endpoints, window, lease_ttl
     overridden: list[str] = field(default_factory=list)  # the environment variables that applied
 
     @property
@@ -204,6 +216,7 @@ class NodeConfig:
             peer_orgs.setdefault(p.org, []).append(p.id)
         keys = {p.id: p.ecdsa_key for p in config.peers}
         keys[config.orderer_id] = config.orderer_key
+        keys.update({o.id: o.key for o in config.orderers})
         for agent, key in self.keys.items():
             keys.setdefault(agent, key)
         agents = dict(self.routes)
@@ -212,13 +225,24 @@ class NodeConfig:
                         config.threshold, agents, keys, peer_orgs, self.replicas, self.write_quorum)
 
     def check_role(self, manifest: Manifest) -> None:
-        """The id names an agent of this role in the consortium, and its key is known."""
-        where = {"peer": manifest.peers, "orderer": [manifest.orderer], "storage": manifest.storage}[self.role]
+        """The id names an agent of this role in the consortium, and its key is known; an orderer
+        node of the genesis's orderer set orders on etcd (``[ordering] kind = "etcd"``), the
+        embedded orderer does not."""
+        orderer_set = [o.id for o in parse_genesis(manifest.genesis).config.orderers]
+        orderers = orderer_set or [manifest.orderer]
+        where = {"peer": manifest.peers, "orderer": orderers, "storage": manifest.storage}[self.role]
         if self.id not in where:
             raise NodeConfigError(f"{self.id!r} is not a {self.role} of consortium {manifest.consortium} "
                                   f"(its {self.role}s: {', '.join(where) or 'none'}); check [node] id and role")
         if self.id not in manifest.keys:
             raise NodeConfigError(f"no public key for {self.id!r}; add it to [keys]")
+        etcd = self.ordering.get("kind") == "etcd"
+        if self.role == "orderer" and orderer_set and not etcd:
+            raise NodeConfigError(f"{self.id!r} is a node of the genesis's orderer set, which orders on etcd; "
+                                  'add [ordering] kind = "etcd" with the cluster\'s endpoints')
+        if self.role == "orderer" and not orderer_set and etcd:
+            raise NodeConfigError(f"the genesis of {manifest.consortium} has no orderer set: {self.id!r} is its "
+                                  'embedded orderer; remove [ordering] kind = "etcd"')
 
     def unlock(self) -> AgentKeys:
         """The node's keys from its key store, unlocked by the one secret configured."""
@@ -337,6 +361,10 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
         raise NodeConfigError(f"{path}: [consortium] needs 1 <= write_quorum <= replicas; fix them")
     if values["orderer"]["batch_size"] < 1 or values["orderer"]["batch_timeout"] <= 0:
         raise NodeConfigError(f"{path}: [orderer] batch_size and batch_timeout must be positive; fix them")
+    _check_ordering(path, values["ordering"], node["role"])
+    if values["tls"]["enabled"]:  # TODO(tls helper): placeholder, see _TABLE_KEYS["tls"]
+        raise NodeConfigError(f"{path}: [tls] enabled = true, but TLS between nodes is not wired in this build; "
+                              "set enabled = false")
     return NodeConfig(
         path=path, id=node["id"], role=node["role"], listen=node["listen"], genesis=at(node["genesis"]),
         keystore=at(node["keystore"]), data_dir=at(node["data_dir"]), key_file=at(node["key_file"]),
@@ -344,8 +372,32 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
         enrolls=node["enrolls"], ready_file=at(node["ready_file"]),
         storage=cons["storage"], replicas=cons["replicas"], write_quorum=cons["write_quorum"],
         routes=maps["routes"], keys=keys, orderer=values["orderer"], storage_settings=values["storage"],
-        overridden=overridden,
+        ordering=values["ordering"], overridden=overridden,
     )
+
+
+def _check_ordering(path: Path, ordering: dict[str, Any], role: str) -> None:
+    """``[ordering]``: a known kind; etcd only for an orderer, with the cluster's http:// client URLs."""
+    kind = ordering["kind"]
+    if kind not in ORDERING_KINDS:
+        raise NodeConfigError(f"{path}: [ordering] kind is {kind!r}; use {' or '.join(ORDERING_KINDS)}")
+    if ordering["window"] < 1 or ordering["lease_ttl"] < 1:
+        raise NodeConfigError(f"{path}: [ordering] window and lease_ttl must be >= 1; fix them")
+    if kind != "etcd":
+        return
+    if role != "orderer":
+        raise NodeConfigError(f'{path}: [ordering] kind = "etcd" is for orderer nodes, this is a {role}; '
+                              "remove [ordering]")
+    endpoints = ordering["endpoints"]
+    if not endpoints:
+        raise NodeConfigError(f"{path}: [ordering] endpoints is missing; list the etcd cluster's client URLs "
+                              f"(http://HOST:PORT), or set {_env_name('ordering', 'endpoints')}")
+    for i, url in enumerate(endpoints):
+        host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+        if not url.startswith("http://") or not host or not port.isdigit():
+            raise NodeConfigError(f"{path}: [ordering] endpoint {url!r} is not http://HOST:PORT; write the etcd "
+                                  "members' client URLs (TLS to etcd is not supported yet)")
+        endpoints[i] = url.rstrip("/")  # the client appends /v3/...
 
 
 def _toml_value(value: Any) -> str:

@@ -40,7 +40,7 @@ def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Pat
     manifest = files.manifest()
     spec = files.spec()
     config = parse_genesis(manifest.genesis).config
-    in_genesis = {p.id for p in config.peers} | {config.orderer_id}
+    in_genesis = {p.id for p in config.peers} | set(config.orderer_ids) | {config.orderer_id}
     node: dict[str, Any] = {
         "id": agent, "role": role_of(agent, manifest), "listen": listen, "genesis": str(genesis),
         "keystore": str(keystore), "key_file": str(key_file) if key_file else None,
@@ -48,7 +48,7 @@ def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Pat
         "metrics": metrics or None,
         "ready_file": str(ready_file) if ready_file else None,
     }
-    return {
+    tables: dict[str, dict[str, Any]] = {
         "node": node,
         "consortium": {"storage": list(manifest.storage), "replicas": manifest.replicas,
                        "write_quorum": manifest.write_quorum},
@@ -58,6 +58,10 @@ def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Pat
         "storage": {"reconcile_interval": spec.reconcile_interval, "collect_grace": spec.collect_grace,
                     "upload_timeout": spec.upload_timeout},
     }
+    if agent in {o.id for o in config.orderers}:  # an etcd orderer node: on the swarm's etcd cluster
+        tables["ordering"] = {"kind": "etcd", "endpoints": files.etcd_cluster(spec).endpoints,
+                              "window": spec.etcd_window}
+    return tables
 
 
 def _org_of(files: Any, agent: str) -> str | None:

@@ -7,6 +7,12 @@ swarm (:func:`agents.swarm.run_server_agent`, all agents on one node) and
 --processes`` starts) both go through here. A RoleAgent also answers what the
 node service asks: its height, its metric families, a status summary, and
 ``drain()`` (the in-flight work to finish before a graceful stop).
+
+An orderer that the genesis's orderer set names is an etcd orderer node
+(:class:`agents.ordering.EtcdOrderer`, docs/ordering.md): it needs the etcd
+cluster's client URLs in :attr:`RoleSettings.etcd_endpoints` (a node's
+``[ordering]`` table); the genesis orderer of a consortium without a set is the
+embedded :class:`agents.orderer.OrdererAgent`.
 """
 
 from __future__ import annotations
@@ -35,10 +41,13 @@ class RoleSettings:
     collect_grace: float = 900.0
     upload_timeout: float = 120.0
     enrolls: bool = True  # peers: enroll users (tokens signed by a registrar the genesis names)
+    etcd_endpoints: tuple[str, ...] = ()  # etcd orderer nodes: the cluster's client URLs
+    etcd_window: int = 10_000  # etcd orderer nodes: recent blocks kept in etcd
+    lease_ttl: int = 1  # etcd orderer nodes: seconds of the leader's election lease
 
 
 def role_of(agent: str, manifest: Manifest) -> str:
-    if agent == manifest.orderer:
+    if agent == manifest.orderer or agent in parse_genesis(manifest.genesis).config.orderer_ids:
         return "orderer"
     if agent in manifest.peers:
         return "peer"
@@ -178,6 +187,40 @@ class _Orderer(_Serving):
         return {"orderer": self.orderer.queued}
 
 
+class _EtcdOrderer(_Serving):
+    """An orderer node of the genesis's orderer set, ordering on an etcd cluster."""
+
+    role = "orderer"
+
+    def __init__(self, agent_id: str, keys: AgentKeys, manifest: Manifest, data_dir: Path, settings: RoleSettings):
+        super().__init__(agent_id)
+        from agents.ordering import EtcdOrderer
+
+        if not settings.etcd_endpoints:
+            raise ValueError(f"{agent_id!r} is an orderer node of the genesis's orderer set and needs the etcd "
+                             "cluster's endpoints")
+        self.agent = self.orderer = EtcdOrderer(
+            orderer_id=agent_id, signing_key=keys.ecdsa_private, genesis=manifest.genesis,
+            etcd=list(settings.etcd_endpoints), directory=manifest.directory(), batch_size=settings.batch_size,
+            batch_timeout=settings.batch_timeout, lease_ttl=settings.lease_ttl, window=settings.etcd_window,
+            storage=manifest.storage)
+
+    def busy(self) -> int:
+        return self.orderer.queued
+
+    def families(self) -> list[Family]:
+        return [
+            Family("emrshare_blocks_committed_total", "counter", "blocks this orderer node cut (appended to etcd) "
+                   "since it started").add(self.orderer.blocks_cut),
+        ]
+
+    def queues(self) -> dict[str, int]:
+        return {"orderer": self.orderer.queued}
+
+    def status(self) -> dict[str, Any]:
+        return {"ordering": "etcd", "leader": self.orderer.leader_id, "leads": self.orderer.is_leader}
+
+
 class _Storage(RoleAgent):
     role = "storage"
 
@@ -256,5 +299,8 @@ def build_agent(agent_id: str, role: str, keys: AgentKeys, manifest: Manifest, d
     """The agent ``agent_id`` in ``role``, its state under ``data_dir`` (created)."""
     if role not in _ROLES:
         raise ValueError(f"unknown role {role!r}")
+    cls = _ROLES[role]
+    if role == "orderer" and agent_id in {o.id for o in parse_genesis(manifest.genesis).config.orderers}:
+        cls = _EtcdOrderer
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    return _ROLES[role](agent_id, keys, manifest, Path(data_dir), settings)
+    return cls(agent_id, keys, manifest, Path(data_dir), settings)

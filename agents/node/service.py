@@ -113,7 +113,9 @@ class NodeService:
         o, s = config.orderer, config.storage_settings
         settings = RoleSettings(batch_size=o["batch_size"], batch_timeout=o["batch_timeout"],
                                 reconcile_interval=s["reconcile_interval"], collect_grace=s["collect_grace"],
-                                upload_timeout=s["upload_timeout"], enrolls=config.enrolls)
+                                upload_timeout=s["upload_timeout"], enrolls=config.enrolls,
+                                etcd_endpoints=tuple(config.ordering["endpoints"]),
+                                etcd_window=config.ordering["window"], lease_ttl=config.ordering["lease_ttl"])
         if keys.ecdsa_public != manifest.keys.get(config.id):
             raise NodeConfigError(f"the key store {config.keystore} does not hold {config.id}'s key (its public key "
                                   "is not the one the genesis or [keys] names); check [node] keystore and id")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import signal
@@ -52,6 +53,11 @@ ETCD_MAX_REQUEST_BYTES = 2 * 1024 * 1024
 ETCD_BLOCK_BYTES = 1024 * 1024
 """The etcd orderer's block cap: one block plus the txn around it (compares, the window's
 delete, gRPC framing: a few hundred bytes) stays well under :data:`ETCD_MAX_REQUEST_BYTES`."""
+
+# httpx logs every request at INFO: an orderer node's campaign (every 100 ms) and lease keepalives
+# would fill a node's log at 10 lines a second. Quiet unless someone set the logger's level.
+if logging.getLogger("httpx").level == logging.NOTSET:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # etcd error messages that another member may not give: try the next one
 _RETRYABLE = ("no leader", "leader changed", "stopped", "timed out", "too many requests", "not capable",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from core.errors import DecodeError
-from core.identity import ConsortiumConfig, OrgInfo, PeerInfo
+from core.identity import ConsortiumConfig, OrdererInfo, OrgInfo, PeerInfo
 from core.ledger import Genesis, make_genesis, missing_signatures, parse_genesis, read_genesis_draft
 
 from agents.consortium import Manifest
@@ -20,10 +20,13 @@ from agents.org._material import OrgDir, OrgError, OrgProfile
 
 
 def build_config(profiles: Sequence[OrgProfile], *, name: str, threshold: int, created_at: int,
-                 orderer: str | None = None, max_skew_ms: int = 120_000) -> ConsortiumConfig:
+                 orderer: str | None = None, max_skew_ms: int = 120_000,
+                 orderer_set: bool = False) -> ConsortiumConfig:
     """The consortium configuration of ``profiles``: their organizations, their
     peers with proxy indices 1..n in profile order, the orderer node ``orderer``
-    (default: the first profile's orderer node), ``threshold`` of the peers."""
+    (default: the first profile's orderer node), ``threshold`` of the peers.
+    ``orderer_set`` (etcd ordering, docs/ordering.md): every profile's orderer node
+    is in the genesis's orderer set, ``orderer`` first."""
     what = f"building the genesis of {name}"
     if len({p.org for p in profiles}) != len(profiles):
         raise OrgError(f"{what}: an organization's profile is given twice; give each once")
@@ -39,10 +42,11 @@ def build_config(profiles: Sequence[OrgProfile], *, name: str, threshold: int, c
     try:
         nodes = [(p.org, n) for p in profiles for n in p.nodes_with("peer")]
         peers = [PeerInfo(n.id, org, n.ecdsa_key, n.box_key, i + 1) for i, (org, n) in enumerate(nodes)]
+        in_set = [chosen, *(o for o in orderers if o != chosen)] if orderer_set else []
         return ConsortiumConfig(
             name, tuple(OrgInfo(p.org, p.name, p.admin_key, p.registrar_key, p.tls_ca) for p in profiles),
             tuple(peers), chosen, orderers[chosen].ecdsa_key, threshold, max_skew_ms=max_skew_ms,
-            created_at=created_at)
+            created_at=created_at, orderers=tuple(OrdererInfo(o, orderers[o].ecdsa_key) for o in in_set))
     except DecodeError as exc:
         raise OrgError(f"{what}: {exc}; check --threshold and the profiles") from None
 
@@ -91,8 +95,13 @@ def manifest_for(genesis: bytes, profiles: Sequence[OrgProfile], *, replicas: in
         if node is None or node.ecdsa_key != peer.ecdsa_key:
             raise OrgError(f"building the manifest: no profile gives peer {peer.id} with the genesis's key; "
                            "give every member's current profile")
+    for orderer in config.orderers:
+        node = by_id.get(orderer.id)
+        if node is None or node.ecdsa_key != orderer.key:
+            raise OrgError(f"building the manifest: no profile gives orderer node {orderer.id} with the genesis's "
+                           "key; give every member's current profile")
     storage = [n.id for p in profiles for n in p.nodes_with("storage")]
-    used = [config.orderer_id, *(p.id for p in config.peers), *storage]
+    used = list(dict.fromkeys([config.orderer_id, *config.orderer_ids, *(p.id for p in config.peers), *storage]))
     return Manifest(config.name, genesis, config.orderer_id, [p.id for p in config.peers], storage,
                     config.threshold, {a: by_id[a].address for a in used}, {a: by_id[a].ecdsa_key for a in used},
                     {o.id: [p.id for p in config.peers if p.org == o.id] for o in config.orgs},

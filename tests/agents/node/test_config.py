@@ -154,3 +154,71 @@ def test_check_role(files, tmp_path):
 def test_which_binds_are_outside_loopback(tmp_path, listen, outside):
     cfg = load_config(_write(tmp_path, MINIMAL + f'listen = "{listen}"\n'), environ={})
     assert cfg.binds_non_loopback is outside
+
+
+# ------------------------------------------------------------------ [ordering]: etcd orderer nodes
+
+
+@pytest.fixture(scope="module")
+def etcd_files(tmp_path_factory) -> SwarmFiles:
+    data = tmp_path_factory.mktemp("node-config-etcd") / "swarm"
+    files = SwarmFiles(data)
+    files.create(SwarmSpec(data_dir=data, processes=True, ordering="etcd", etcd_window=321))
+    return files
+
+
+def test_an_etcd_orderer_node_config_names_the_cluster_and_is_an_orderer_of_the_set(etcd_files):
+    endpoints = etcd_files.etcd_cluster(etcd_files.spec()).endpoints
+    for agent in ("orderer-1", "orderer-2"):
+        cfg = load_config(swarm_node_config(etcd_files, agent), environ={})
+        assert cfg.role == "orderer"
+        assert cfg.ordering == {"kind": "etcd", "endpoints": endpoints, "window": 321, "lease_ttl": 1}
+        manifest = cfg.manifest()
+        cfg.check_role(manifest)  # orderer-2 too: any node of the genesis's orderer set
+        assert manifest.keys[agent] == etcd_files.manifest().keys[agent]
+    peer = load_config(swarm_node_config(etcd_files, "peer-a1"), environ={})
+    assert peer.ordering["kind"] == "embedded"  # no [ordering] table for the other nodes
+    # the manifest a node rebuilds from the genesis names every node of the orderer set with its key
+    assert {k: peer.manifest().keys[k] for k in ("orderer-1", "orderer-2")} == \
+        {k: etcd_files.manifest().keys[k] for k in ("orderer-1", "orderer-2")}
+
+
+def test_ordering_environment_overrides(etcd_files):
+    path = swarm_node_config(etcd_files, "orderer-2")
+    cfg = load_config(path, environ={"EMRSHARE_NODE_ORDERING__ENDPOINTS": "http://10.0.0.5:2379, http://10.0.0.6:2379/",
+                                     "EMRSHARE_NODE_ORDERING__WINDOW": "50"})
+    assert cfg.ordering["endpoints"] == ["http://10.0.0.5:2379", "http://10.0.0.6:2379"]
+    assert cfg.ordering["window"] == 50
+    assert sorted(cfg.overridden) == ["EMRSHARE_NODE_ORDERING__ENDPOINTS", "EMRSHARE_NODE_ORDERING__WINDOW"]
+
+
+def test_the_genesis_decides_which_orderers_order_on_etcd(etcd_files, files, tmp_path):
+    # a node of the orderer set without [ordering] kind = "etcd"
+    cfg = load_config(swarm_node_config(etcd_files, "orderer-1"), environ={"EMRSHARE_NODE_ORDERING__KIND": "embedded"})
+    with pytest.raises(NodeConfigError, match="is a node of the genesis's orderer set, which orders on etcd; add "
+                                              r"\[ordering\] kind = \"etcd\""):
+        cfg.check_role(cfg.manifest())
+    # the embedded orderer of a genesis without a set, told to order on etcd
+    out = _export(files, tmp_path, "orderer")
+    text = out.read_text() + '\n[ordering]\nkind = "etcd"\nendpoints = ["http://127.0.0.1:2379"]\n'
+    out.write_text(text)
+    cfg = load_config(out, environ={})
+    with pytest.raises(NodeConfigError, match="has no orderer set: 'orderer' is its embedded orderer"):
+        cfg.check_role(cfg.manifest())
+
+
+@pytest.mark.parametrize("text, needle", [
+    (MINIMAL + '[ordering]\nkind = "raft"\n', "[ordering] kind is 'raft'; use embedded or etcd"),
+    (MINIMAL + '[ordering]\nkind = "etcd"\n', "[ordering] endpoints is missing; list the etcd cluster's client "
+                                               "URLs (http://HOST:PORT), or set EMRSHARE_NODE_ORDERING__ENDPOINTS"),
+    (MINIMAL + '[ordering]\nkind = "etcd"\nendpoints = ["10.0.0.5:2379"]\n', "is not http://HOST:PORT"),
+    (MINIMAL + '[ordering]\nkind = "etcd"\nendpoints = "http://a:1"\nwindow = 0\n', "window and lease_ttl must be"),
+    (MINIMAL.replace('role = "orderer"', 'role = "peer"') + '[ordering]\nkind = "etcd"\nendpoints = ["http://a:1"]\n',
+     'kind = "etcd" is for orderer nodes, this is a peer'),
+    (MINIMAL + "[ordering]\nwindow = 10\nleader = true\n", "unknown key(s) in [ordering]: leader"),
+    (MINIMAL + "[tls]\nenabled = true\n", "TLS between nodes is not wired in this build; set enabled = false"),
+])
+def test_bad_ordering_is_one_line(tmp_path, text, needle):
+    with pytest.raises(NodeConfigError) as info:
+        load_config(_write(tmp_path, text), environ={})
+    assert needle in str(info.value) and "\n" not in str(info.value)
