@@ -82,6 +82,11 @@ class RoleAgent:
         """Other facts for ``/status``."""
         return {}
 
+    def consortium_config(self) -> Any:
+        """The consortium configuration the agent's ledger holds now (None: the genesis's, as it
+        follows no configuration change)."""
+        return None
+
     def busy(self) -> int:
         """Units of in-flight work a graceful stop waits for (0: nothing to finish)."""
         return 0
@@ -132,6 +137,9 @@ class _Peer(_Serving):
 
     def busy(self) -> int:
         return self.peer.forwarder.queued
+
+    def consortium_config(self) -> Any:
+        return self.peer.config
 
     def families(self) -> list[Family]:
         return [

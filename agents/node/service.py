@@ -36,9 +36,15 @@ import sys
 import time
 from typing import Any
 
+import ssl
+from collections.abc import Callable
+
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bus import open_node
+from core.ledger import parse_genesis
 
 from agents.keys import atomic_write
 from agents.node.config import NodeConfig, NodeConfigError, is_loopback
@@ -89,9 +95,12 @@ def stop_with_parent() -> None:
 class NodeService:
     """A configured node: its agent, bus node and HTTP routes. :meth:`run` runs it."""
 
-    def __init__(self, config: NodeConfig, agent: RoleAgent):
+    def __init__(self, config: NodeConfig, agent: RoleAgent, *, transport: Any = None,
+                 admit: Callable[[str, bytes | None], bool] | None = None):
         self.config = config
         self.agent = agent
+        self.transport = transport  # the bus's tcp transport: mutual TLS (None: plain TCP, [tls] enabled = false)
+        self.admit = admit  # admit_peer: a consortium node's certificate names it, from its organization's CA
         self.bus_node: Any = None
         self.address = ""
         self.started = time.time()
@@ -117,11 +126,15 @@ class NodeService:
         if keys.ecdsa_public != manifest.keys.get(config.id):
             raise NodeConfigError(f"the key store {config.keystore} does not hold {config.id}'s key (its public key "
                                   "is not the one the genesis or [keys] names); check [node] keystore and id")
+        transport = _tls_transport(config, genesis)  # before the agent opens its ledger or blob store
         try:
             agent = build_agent(config.id, config.role, keys, manifest, config.data_dir, settings)
         except ValueError as exc:
             raise NodeConfigError(f"{exc}; check [node] id, role and keystore") from None
-        return cls(config, agent)
+        admit = None
+        if transport is not None:
+            admit = _admission(config, agent, parse_genesis(genesis).config, manifest.storage)
+        return cls(config, agent, transport=transport, admit=admit)
 
     # ------------------------------------------------------------ routes
 
@@ -193,11 +206,15 @@ class NodeService:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with open_node(routes={a: addr for a, addr in cfg.routes.items() if a != cfg.id}) as node:
+            tls = {"transports": {"tcp": self.transport}, "admit_peer": self.admit} if self.transport else {}
+            async with open_node(routes={a: addr for a, addr in cfg.routes.items() if a != cfg.id}, **tls) as node:
                 self.bus_node = node
                 self.address = await node.listen(cfg.listen)
                 if cfg.binds_non_loopback:
                     log.warning("node %s listens on %s, outside loopback", cfg.id, self.address)
+                if self.transport is None:
+                    log.warning("node %s speaks plain TCP ([tls] enabled = false): any local process reaches its "
+                                "channels; never outside tests", cfg.id)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.agent.run, node)
                     control, metrics = await self._listeners()
@@ -243,6 +260,52 @@ class NodeService:
         why = self.signal_name or "cancelled"
         tail = f"; {self.abandoned} in-flight item(s) abandoned after {self.config.grace:g} s" if self.abandoned else ""
         return f"node {self.config.id} stopped ({why}{tail})"
+
+
+def _tls_transport(config: NodeConfig, genesis: bytes) -> Any:
+    """The node's mutual-TLS transport from ``[tls]`` (None when ``enabled = false``): its
+    certificate, its key (PEM in memory only) and the member organizations' TLS CAs of the genesis."""
+    if not config.tls.enabled:
+        return None
+    from agents.org import key_to_pem
+    from agents.tls import certificate_agents, genesis_cas, tls_transport
+
+    cas = genesis_cas(parse_genesis(genesis).config)
+    if not cas:
+        raise NodeConfigError(f"genesis {config.genesis} names no organization TLS CA, so no TLS peer could be "
+                              "trusted; build the genesis from `emrshare org init` profiles")
+    cert_pem, key_der = config.tls_material()
+    try:
+        named = certificate_agents(x509.load_pem_x509_certificate(cert_pem).public_bytes(Encoding.DER))
+        key_pem = key_to_pem(key_der)
+    except ValueError as exc:
+        raise NodeConfigError(f"TLS certificate {config.tls.cert} or its key store {config.tls.keystore} is "
+                              f"unreadable ({exc}); check [tls] cert and keystore") from None
+    if config.id not in named:
+        raise NodeConfigError(f"TLS certificate {config.tls.cert} names {', '.join(sorted(named)) or 'no agent'}, "
+                              f"not {config.id}; give [tls] cert the certificate `emrshare org init` made for it")
+    try:
+        return tls_transport(cert_pem, key_pem, cas, require_client_cert=config.tls.require_client_cert)
+    except (ssl.SSLError, ValueError) as exc:
+        raise NodeConfigError(f"TLS certificate {config.tls.cert} does not go with the key in "
+                              f"{config.tls.keystore} ({exc}); check [tls] cert and keystore") from None
+
+
+def _admission(config: NodeConfig, agent: RoleAgent, genesis_config: Any,
+               storage: list[str]) -> Callable[[str, bytes | None], bool]:
+    """``admit_peer``: the CAs that vouch for each consortium node, following the configuration
+    the node's ledger holds now (a peer follows configuration changes; others keep the genesis's)."""
+    from agents.tls import admit_nodes, node_cas
+
+    cache: dict[str, Any] = {}
+
+    def current() -> dict[str, Any]:
+        now = agent.consortium_config() or genesis_config
+        if cache.get("config") is not now:
+            cache["config"], cache["cas"] = now, node_cas(now, config.tls.orgs, storage)
+        return cache["cas"]
+
+    return admit_nodes(current)
 
 
 def start_node(config: NodeConfig) -> int:

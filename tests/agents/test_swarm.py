@@ -95,6 +95,24 @@ def test_spec_validation_and_toml(tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
+async def _every_node_speaks_tls_only(swarm: Swarm) -> None:
+    """Each node process runs with its organization's TLS certificate ([tls] in its config) and
+    refuses a channel opened over plain TCP; the swarm's own clients (below) speak mutual TLS."""
+    from agents.node.config import load_config
+    from bus.testing import connect_channel
+
+    orgs = swarm.files.node_orgs()
+    for agent in swarm.processes:
+        config = load_config(swarm.files.dir / "nodes" / f"{agent}.toml")
+        assert config.tls.enabled and config.tls.require_client_cert
+        assert config.tls.cert == swarm.files.dir / "orgs" / orgs[agent] / "tls" / f"{agent}.pem"
+        with pytest.raises(Exception):
+            conn = await connect_channel(swarm.manifest.agents[agent])
+            await conn.aclose()
+    # orderer and storage nodes are placed in the hospitals round-robin
+    assert orgs["orderer"] == "hospital-a" and orgs["storage-2"] == "hospital-b"
+
+
 @pytest.mark.slow
 async def test_processes_mode_tolerates_faults(tmp_path):
     """Each agent in its own process on loopback TCP; SIGKILL a peer and a storage node, stall a
@@ -104,6 +122,7 @@ async def test_processes_mode_tolerates_faults(tmp_path):
     with trio.fail_after(240):
         async with Swarm.open(spec, fresh=True) as swarm:
             assert len(swarm.processes) == 8  # orderer, 4 peers, 3 storage nodes
+            await _every_node_speaks_tls_only(swarm)
             async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p, \
                     DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d, \
                     DoctorAgent.open(swarm_user_config(swarm, "dr-x", "hospital-a", {"role": "doctor", "department": "x"}),
