@@ -101,6 +101,7 @@ class NodeService:
         self.agent = agent
         self.transport = transport  # the bus's tcp transport: mutual TLS (None: plain TCP, [tls] enabled = false)
         self.admit = admit  # admit_peer: a consortium node's certificate names it, from its organization's CA
+        self.bus_options: dict[str, Any] = {}  # further open_node options (limits: handshake_timeout, ...)
         self.bus_node: Any = None
         self.address = ""
         self.started = time.time()
@@ -207,7 +208,8 @@ class NodeService:
         cfg = self.config
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             tls = {"transports": {"tcp": self.transport}, "admit_peer": self.admit} if self.transport else {}
-            async with open_node(routes={a: addr for a, addr in cfg.routes.items() if a != cfg.id}, **tls) as node:
+            async with open_node(routes={a: addr for a, addr in cfg.routes.items() if a != cfg.id}, **tls,
+                                 **self.bus_options) as node:
                 self.bus_node = node
                 self.address = await node.listen(cfg.listen)
                 if cfg.binds_non_loopback:
