@@ -625,7 +625,7 @@ class Swarm:
         for agent in server_agents(self.manifest):
             role = ("orderer" if agent in orderer_agents(self.manifest) else "peer" if agent in self.manifest.peers
                     else "storage")
-            org = next((o for o, ps in self.manifest.peer_orgs.items() if agent in ps), "")
+            org = self.files.node_org(agent) or ""
             lines.append(f"  {agent:<14} {role:<8} {org:<12} {self.manifest.agents[agent]}")
         return "\n".join(lines)
 

@@ -12,8 +12,7 @@
 * :func:`swarm_node_config` (``swarm up --processes``): the config of one of
   the swarm's node processes, referring to the swarm's own files (its key
   store and key file, its agent directory, its ready file, and with
-  ``--processes`` its organization's TLS certificate and key store: ``[tls]``;
-  the in-process swarm's agents get ``enabled = false``, loopback only).
+  its organization's TLS certificate and key store: ``[tls]``).
 
 Both write what :func:`agents.node.config.load_config` reads, so every node
 process goes through ``emrshare node start``.
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from core.ledger import parse_genesis
 
+from agents.errors import AgentError
 from agents.keys import KeyStore, atomic_write
 from agents.node.config import render_config
 from agents.node.roles import role_of
@@ -95,11 +95,12 @@ def swarm_node_config(files: Any, agent: str) -> Path:
                      key_file=key_file, data_dir=files.agent_dir(agent),
                      ready_file=files.dir / "run" / f"{agent}.ready")
     org = files.node_org(agent)
-    if files.uses_tls() and org is not None:
-        org_dir = files.org_dir(org).dir
-        tables.update(_tls_table(files, agent, org_dir / "tls" / f"{agent}.pem", org_dir / "keys" / f"{agent}.tls.keys"))
-    else:  # the in-process swarm's agents, or a directory made before they had organizations: loopback only
-        tables["tls"] = {"enabled": False}
+    if org is None:
+        raise AgentError(f"configuring {agent}: no hospital of the swarm in {files.dir} holds it, so it has no TLS "
+                         "certificate (the directory predates TLS for orderer and storage nodes); recreate the swarm "
+                         "in a new directory")
+    org_dir = files.org_dir(org).dir
+    tables.update(_tls_table(files, agent, org_dir / "tls" / f"{agent}.pem", org_dir / "keys" / f"{agent}.tls.keys"))
     text = render_config(tables, f"node {agent} of the swarm in {files.dir} (written by `swarm up --processes`)")
     atomic_write(path, text.encode(), mode=0o644)
     return path

@@ -187,3 +187,23 @@ def _client_hello() -> bytes:
     hello = outgoing.read()
     assert hello[0] == 0x16 and len(hello) > 40  # a TLS handshake record, longer than the part sent
     return hello
+
+
+async def test_the_load_tests_client_of_an_existing_deployment_speaks_tls(swarm_files, tmp_path):
+    """`loadtest --target FILE` mints its client certificate from the first registrar's organization
+    (in memory) when the genesis names TLS CAs: a node lets it through to the channel layer."""
+    from agents.bench.loadtest.target import _tls as loadtest_tls
+
+    files = swarm_files
+    user = AgentKeys.generate()
+    registrars = {org: (files.dir / "orgs" / org, files.secrets / f"{org}.key") for org in files.orgs()}
+    options = loadtest_tls(files.manifest(), registrars)
+
+    async def body(service: NodeService) -> None:
+        async with bus.open_node(routes={"orderer": service.address}, connect_attempts=1, **options) as node:
+            ep = make_endpoint(node, enroll_id(user.ecdsa_public), user.ecdsa_private, files.manifest().directory())
+            with pytest.raises(bus.RemoteError) as info:
+                await ep.request("orderer", "orderer.head", {}, timeout=20)
+            assert info.value.code == "forbidden"  # past TLS and the channel: the orderer's own admission
+
+    await _with_node(files, tmp_path, body)
