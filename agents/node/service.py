@@ -3,7 +3,13 @@
 :func:`start_node` checks the configuration (:mod:`agents.node.config`),
 unlocks the key, builds the agent (:func:`agents.node.roles.build_agent`)
 and runs it on its own bus node bound to ``[node] listen``; a bind outside
-loopback is logged once (a warning). Beside it the node serves, over a tiny
+loopback is logged once (a warning). The bus node speaks mutual TLS 1.3
+(``[tls]``: :func:`agents.tls.tls_transport` with the node's certificate, its
+key as PEM in memory only, and the member organizations' TLS CAs from the
+genesis) and admits a consortium agent only under a certificate naming it from
+its organization's CA (:func:`agents.tls.admit_nodes`; a peer follows the
+configuration its ledger holds); ``[tls] enabled = false`` (loopback only) is
+plain TCP, logged as a warning. Beside it the node serves, over a tiny
 HTTP server (:mod:`agents.node.http`):
 
 * on its control socket ``DATA_DIR/run/node.sock`` (a Unix socket, mode 0600
