@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidSignature
 
 from bus import TcpTransport
 
-__all__ = ["AGENT_URI_PREFIX", "admit_nodes", "certificate_agents", "client_context", "genesis_cas", "node_cas",
+__all__ = ["AGENT_URI_PREFIX", "NodeTls", "admit_nodes", "certificate_agents", "client_context", "genesis_cas", "node_cas",
            "server_context", "tls_transport"]
 
 AGENT_URI_PREFIX = "emrshare:agent:"
@@ -80,11 +80,38 @@ def tls_transport(cert_pem: bytes | None, key_pem: bytes | None, ca_pems: Iterab
     """The ``tcp`` transport of a node speaking mutual TLS (pass as
     ``open_node(transports={"tcp": ...})``); without a certificate of its own (a
     user) it can only connect."""
-    cas = list(ca_pems)
-    options = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
-    server = (server_context(cert_pem, key_pem, cas, require_client_cert=require_client_cert)
-              if cert_pem is not None and key_pem is not None else None)
-    return TcpTransport(client_ssl=client_context(cert_pem, key_pem, cas), server_ssl=server, **options)
+    return NodeTls(cert_pem, key_pem, ca_pems, require_client_cert=require_client_cert,
+                   max_frame_size=max_frame_size).transport
+
+
+class NodeTls:
+    """A node's TLS: its :attr:`transport` (as :func:`tls_transport`) and the set of CAs
+    it trusts, which :meth:`trust` widens while it runs (a member a configuration
+    change added: its nodes connect without a restart). CAs are only ever added; an
+    organization removed stays trusted at the TLS layer until the node restarts."""
+
+    def __init__(self, cert_pem: bytes | None, key_pem: bytes | None, ca_pems: Iterable[bytes], *,
+                 require_client_cert: bool = True, max_frame_size: int | None = None):
+        cas = [_pem_bytes(p) for p in ca_pems]
+        options = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
+        server = (server_context(cert_pem, key_pem, cas, require_client_cert=require_client_cert)
+                  if cert_pem is not None and key_pem is not None else None)
+        client = client_context(cert_pem, key_pem, cas)
+        self._contexts = [c for c in (server, client) if c is not None]
+        self.trusted: set[bytes] = set(cas)
+        self.transport = TcpTransport(client_ssl=client, server_ssl=server, **options)
+
+    def trust(self, ca_pems: Iterable[bytes | str]) -> list[bytes]:
+        """Trust ``ca_pems`` too from the next handshake on; the CAs that were new."""
+        added = []
+        for pem in map(_pem_bytes, ca_pems):
+            if pem in self.trusted:
+                continue
+            for ctx in self._contexts:
+                ctx.load_verify_locations(cadata=pem.decode())
+            self.trusted.add(pem)
+            added.append(pem)
+        return added
 
 
 def certificate_agents(der: bytes) -> frozenset[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Mapping
 
 import trio
@@ -87,6 +88,9 @@ class RoleAgent:
         follows no configuration change)."""
         return None
 
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each block the agent commits (roles that commit: peers)."""
+
     def busy(self) -> int:
         """Units of in-flight work a graceful stop waits for (0: nothing to finish)."""
         return 0
@@ -140,6 +144,9 @@ class _Peer(_Serving):
 
     def consortium_config(self) -> Any:
         return self.peer.config
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        self.peer.add_commit_listener(lambda block, result: listener())
 
     def families(self) -> list[Family]:
         return [

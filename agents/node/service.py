@@ -133,15 +133,15 @@ class NodeService:
         if keys.ecdsa_public != manifest.keys.get(config.id):
             raise NodeConfigError(f"the key store {config.keystore} does not hold {config.id}'s key (its public key "
                                   "is not the one the genesis or [keys] names); check [node] keystore and id")
-        transport = _tls_transport(config, genesis)  # before the agent opens its ledger or blob store
+        tls = _node_tls(config, genesis)  # before the agent opens its ledger or blob store
         try:
             agent = build_agent(config.id, config.role, keys, manifest, config.data_dir, settings)
         except ValueError as exc:
             raise NodeConfigError(f"{exc}; check [node] id, role and keystore") from None
-        admit = None
-        if transport is not None:
-            admit = _admission(config, agent, parse_genesis(genesis).config, manifest.storage)
-        return cls(config, agent, transport=transport, admit=admit)
+        if tls is None:
+            return cls(config, agent)
+        admit = _admission(config, agent, tls, parse_genesis(genesis).config, manifest.storage)
+        return cls(config, agent, transport=tls.transport, admit=admit)
 
     # ------------------------------------------------------------ routes
 
@@ -270,13 +270,14 @@ class NodeService:
         return f"node {self.config.id} stopped ({why}{tail})"
 
 
-def _tls_transport(config: NodeConfig, genesis: bytes) -> Any:
-    """The node's mutual-TLS transport from ``[tls]`` (None when ``enabled = false``): its
-    certificate, its key (PEM in memory only) and the member organizations' TLS CAs of the genesis."""
+def _node_tls(config: NodeConfig, genesis: bytes) -> Any:
+    """The node's mutual TLS (:class:`agents.tls.NodeTls`) from ``[tls]`` (None when ``enabled =
+    false``): its certificate, its key (PEM in memory only) and the member organizations' TLS CAs
+    of the genesis."""
     if not config.tls.enabled:
         return None
     from agents.org import key_to_pem
-    from agents.tls import certificate_agents, genesis_cas, tls_transport
+    from agents.tls import NodeTls, certificate_agents, genesis_cas
 
     cas = genesis_cas(parse_genesis(genesis).config)
     if not cas:
@@ -293,26 +294,31 @@ def _tls_transport(config: NodeConfig, genesis: bytes) -> Any:
         raise NodeConfigError(f"TLS certificate {config.tls.cert} names {', '.join(sorted(named)) or 'no agent'}, "
                               f"not {config.id}; give [tls] cert the certificate `emrshare org init` made for it")
     try:
-        return tls_transport(cert_pem, key_pem, cas, require_client_cert=config.tls.require_client_cert)
+        return NodeTls(cert_pem, key_pem, cas, require_client_cert=config.tls.require_client_cert)
     except (ssl.SSLError, ValueError) as exc:
         raise NodeConfigError(f"TLS certificate {config.tls.cert} does not go with the key in "
                               f"{config.tls.keystore} ({exc}); check [tls] cert and keystore") from None
 
 
-def _admission(config: NodeConfig, agent: RoleAgent, genesis_config: Any,
+def _admission(config: NodeConfig, agent: RoleAgent, tls: Any, genesis_config: Any,
                storage: list[str]) -> Callable[[str, bytes | None], bool]:
     """``admit_peer``: the CAs that vouch for each consortium node, following the configuration
-    the node's ledger holds now (a peer follows configuration changes; others keep the genesis's)."""
-    from agents.tls import admit_nodes, node_cas
+    the node's ledger holds now (a peer follows configuration changes, and trusts a member they
+    add from its next commit on; other roles keep the genesis's)."""
+    from agents.tls import admit_nodes, genesis_cas, node_cas
 
     cache: dict[str, Any] = {}
 
     def current() -> dict[str, Any]:
         now = agent.consortium_config() or genesis_config
         if cache.get("config") is not now:
+            added = tls.trust(genesis_cas(now))
+            if added:
+                log.info("node %s: trusting %d more member TLS CA(s) (configuration change)", config.id, len(added))
             cache["config"], cache["cas"] = now, node_cas(now, config.tls.orgs, storage)
         return cache["cas"]
 
+    agent.on_commit(current)
     return admit_nodes(current)
 
 
