@@ -11,11 +11,16 @@ each agent runs in its own process on its own loopback TCP port
     DIR/manifest.json       addresses, public keys, genesis (what clients need)
     DIR/orgs/<org>/         each hospital's organization directory, made by the same
                             function as `emrshare org init` (agents.org): its admin,
-                            registrar and peer keys, TLS CA and certificates, profile
+                            registrar and node keys (its peers, and the orderer and
+                            storage nodes placed in it round-robin), TLS CA and node
+                            certificates, profile
     DIR/secrets/<org>.key   the key file that unlocks DIR/orgs/<org>/keys (held by the
                             swarm: one operator runs every hospital here)
-    DIR/secrets/            the orderer's and storage nodes' keys (encrypted with
-                            DIR/secrets/swarm.key; mode 0600)
+    DIR/secrets/swarm.key   the key file of the swarm's own key stores (mode 0600):
+                            DIR/secrets/tls-users/<subject>.keys, each swarm user's TLS
+                            client certificate and key (:meth:`SwarmFiles.client_tls`),
+                            and, in directories made before the orderer and storage
+                            nodes had organizations, their keys
     DIR/agents/<id>/        each agent's ledger/blob store (a storage node's
                             status.json: its reconciler's view, agents.storage.reconcile)
     DIR/users/<subject>/    patients' and doctors' own directories (CLI)
@@ -26,7 +31,12 @@ each agent runs in its own process on its own loopback TCP port
     DIR/run/swarm.lock      held (flock) by the process running the swarm; it
                             names that process (pid, start time, mode)
 
-With ``--processes`` on Linux, each agent process (:mod:`agents.node.service`) asks the kernel for SIGTERM
+With ``--processes`` every link is mutual TLS 1.3 (:mod:`agents.tls`): each node
+process has its organization's certificate (DIR/nodes/<id>.toml's ``[tls]``), and
+every client of the swarm (the CLI's users, the load test, the swarm's own bus node)
+presents a client certificate the swarm mints from the user's hospital's TLS CA
+(:meth:`SwarmFiles.client_tls`). The in-process swarm stays plaintext (one process,
+loopback). With ``--processes`` on Linux, each agent process (:mod:`agents.node.service`) asks the kernel for SIGTERM
 when the process that started it dies (``PR_SET_PDEATHSIG``), so even a
 SIGKILLed ``swarm up`` leaves no agent behind.
 
@@ -230,11 +240,60 @@ class SwarmFiles:
     def orgs(self) -> list[str]:
         return list(self.manifest().peer_orgs)
 
+    def node_orgs(self) -> dict[str, str]:
+        """Every node's organization (node id -> org id), from the organizations' profiles."""
+        out: dict[str, str] = {}
+        for org in self.orgs():
+            path = self.dir / "orgs" / org / "profile.json"
+            out.update({n.id: org for n in orgs_.OrgProfile.from_json(path.read_text(), source=str(path)).nodes})
+        return out
+
+    def node_org(self, agent: str) -> str | None:
+        return self.node_orgs().get(agent)
+
     def agent_keys(self, agent: str) -> AgentKeys:
-        for org, peers in self.manifest().peer_orgs.items():
-            if agent in peers:
-                return self.org_dir(org).node_keys(agent)
+        org = self.node_org(agent)
+        if org is not None:
+            return self.org_dir(org).node_keys(agent)
         return AgentKeys.from_bytes(self.keystore(agent).load())
+
+    def uses_tls(self) -> bool:
+        """Whether the swarm's nodes speak TLS: a ``--processes`` swarm does, the in-process one not."""
+        return self.spec().processes
+
+    def trusted_cas(self) -> list[bytes]:
+        from agents.tls import genesis_cas
+
+        return genesis_cas(parse_genesis(self.manifest().genesis).config)
+
+    def client_tls(self, subject: str, org: str | None = None) -> Any:
+        """The bus ``tcp`` transport a swarm user ``subject`` connects with: mutual TLS with a client
+        certificate from ``org``'s TLS CA (default: the first hospital), minted once and kept in
+        DIR/secrets/tls-users/<subject>.keys (encrypted under the swarm's key file) until it nears
+        its end or the organization changes; None for the in-process swarm (plaintext). The
+        certificate also names the swarm's host, so a user that listens (``patient serve``) serves
+        TLS with it."""
+        if not self.uses_tls():
+            return None
+        from cryptography import x509
+
+        from agents.tls import tls_transport
+
+        known = self.orgs()
+        org = org if org in known else known[0]
+        store = KeyStore(self.secrets / "tls-users" / f"{subject}.keys", key_file=self.key_file)
+        cert = key = None
+        if store.path.exists():
+            saved = json.loads(store.load())
+            fresh = x509.load_pem_x509_certificate(saved["cert"].encode()).not_valid_after_utc.timestamp() \
+                > time.time() + 86400
+            if saved.get("org") == org and fresh:
+                cert, key = saved["cert"].encode(), bytes.fromhex(saved["key"])
+        if cert is None or key is None:
+            cert, key = orgs_.user_tls(self.org_dir(org), subject, hosts=[self.spec().host])
+            store.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            store.save(json.dumps({"org": org, "cert": cert.decode(), "key": key.hex()}).encode())
+        return tls_transport(cert, orgs_.key_to_pem(key), self.trusted_cas())
 
     def manifest(self) -> Manifest:
         return Manifest.from_json((self.dir / "manifest.json").read_text())
@@ -279,30 +338,30 @@ class SwarmFiles:
         orderers = ([f"orderer-{i + 1}" for i in range(spec.orderer_nodes)] if spec.ordering == "etcd"
                     else [ORDERER_ID])
         storage = [f"storage-{i + 1}" for i in range(spec.storage_nodes)]
+        # orderer and storage nodes belong to the hospitals too, round-robin (their TLS certificates)
+        placed: dict[str, list[tuple[str, str]]] = {org: [(p, "peer") for p in peer_orgs[org]] for org in orgs}
+        for i, oid in enumerate(orderers):
+            placed[orgs[i % len(orgs)]].append((oid, "orderer"))
+        for i, sid in enumerate(storage):
+            placed[orgs[i % len(orgs)]].append((sid, "storage"))
         all_agents = [*orderers, *(p for p, _ in peer_ids), *storage]
         if spec.processes:
             addresses = {a: f"tcp://{spec.host}:{_free_port(spec.host)}" for a in all_agents}
         else:
             addresses = {a: f"tcp://{spec.host}:{spec.port}" for a in all_agents}
         # each hospital's material through the same function as `emrshare org init`
+        agents: dict[str, AgentKeys] = {a: AgentKeys.generate() for a in [*orderers, *storage]}
         profiles = {}
         for org in orgs:
             unlock = orgs_.Unlock(key_file=self.secrets / f"{org}.key")
             if not unlock.key_file.exists():
                 KeyStore.create_key_file(unlock.key_file)
             profiles[org] = orgs_.init_org(self.dir / "orgs" / org, org, unlock,
-                                           nodes=[(p, "peer") for p in peer_orgs[org]], addresses=addresses,
+                                           nodes=placed[org], addresses=addresses, node_keys=agents,
                                            name=f"Hospital {org.removeprefix('hospital-').upper()}")
-        agents: dict[str, AgentKeys] = {}
         nodes = {n.id: n for p in profiles.values() for n in p.nodes}
         peers = [PeerInfo(pid, org, nodes[pid].ecdsa_key, nodes[pid].box_key, i + 1)
                  for i, (pid, org) in enumerate(peer_ids)]
-        for oid in orderers:
-            agents[oid] = AgentKeys.generate()
-        for sid in storage:
-            agents[sid] = AgentKeys.generate()
-        for agent, keys in agents.items():
-            self.keystore(agent).save(keys.to_bytes())
         created = int((now if now is not None else time.time()) * 1000)
         config = ConsortiumConfig(
             spec.consortium,
@@ -430,8 +489,9 @@ class Swarm:
                     swarm._nursery = nursery
                     for agent in server_agents(manifest):
                         await swarm.start_process(agent)
-                    # clients need a node of their own: route by the manifest
-                    async with open_node(routes=manifest.agents) as node:
+                    # clients need a node of their own: route by the manifest, mutual TLS as the swarm's operator
+                    tls = files.client_tls("swarm-operator")
+                    async with open_node(routes=manifest.agents, transports={"tcp": tls}) as node:
                         swarm.node = node
                         yield swarm
                     nursery.cancel_scope.cancel()
@@ -533,7 +593,7 @@ class Swarm:
         for agent in server_agents(self.manifest):
             role = ("orderer" if agent in orderer_agents(self.manifest) else "peer" if agent in self.manifest.peers
                     else "storage")
-            org = next((o for o, ps in self.manifest.peer_orgs.items() if agent in ps), "")
+            org = self.files.node_org(agent) or ""
             lines.append(f"  {agent:<14} {role:<8} {org:<12} {self.manifest.agents[agent]}")
         return "\n".join(lines)
 

@@ -21,14 +21,15 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from bus import TcpTransport
 
-__all__ = ["AGENT_URI_PREFIX", "admit_nodes", "certificate_agents", "client_context", "server_context",
-           "tls_transport"]
+__all__ = ["AGENT_URI_PREFIX", "NodeTls", "admit_nodes", "certificate_agents", "client_context", "genesis_cas", "node_cas",
+           "server_context", "tls_transport"]
 
 AGENT_URI_PREFIX = "emrshare:agent:"
 
@@ -79,11 +80,38 @@ def tls_transport(cert_pem: bytes | None, key_pem: bytes | None, ca_pems: Iterab
     """The ``tcp`` transport of a node speaking mutual TLS (pass as
     ``open_node(transports={"tcp": ...})``); without a certificate of its own (a
     user) it can only connect."""
-    cas = list(ca_pems)
-    options = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
-    server = (server_context(cert_pem, key_pem, cas, require_client_cert=require_client_cert)
-              if cert_pem is not None and key_pem is not None else None)
-    return TcpTransport(client_ssl=client_context(cert_pem, key_pem, cas), server_ssl=server, **options)
+    return NodeTls(cert_pem, key_pem, ca_pems, require_client_cert=require_client_cert,
+                   max_frame_size=max_frame_size).transport
+
+
+class NodeTls:
+    """A node's TLS: its :attr:`transport` (as :func:`tls_transport`) and the set of CAs
+    it trusts, which :meth:`trust` widens while it runs (a member a configuration
+    change added: its nodes connect without a restart). CAs are only ever added; an
+    organization removed stays trusted at the TLS layer until the node restarts."""
+
+    def __init__(self, cert_pem: bytes | None, key_pem: bytes | None, ca_pems: Iterable[bytes], *,
+                 require_client_cert: bool = True, max_frame_size: int | None = None):
+        cas = [_pem_bytes(p) for p in ca_pems]
+        options = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
+        server = (server_context(cert_pem, key_pem, cas, require_client_cert=require_client_cert)
+                  if cert_pem is not None and key_pem is not None else None)
+        client = client_context(cert_pem, key_pem, cas)
+        self._contexts = [c for c in (server, client) if c is not None]
+        self.trusted: set[bytes] = set(cas)
+        self.transport = TcpTransport(client_ssl=client, server_ssl=server, **options)
+
+    def trust(self, ca_pems: Iterable[bytes | str]) -> list[bytes]:
+        """Trust ``ca_pems`` too from the next handshake on; the CAs that were new."""
+        added = []
+        for pem in map(_pem_bytes, ca_pems):
+            if pem in self.trusted:
+                continue
+            for ctx in self._contexts:
+                ctx.load_verify_locations(cadata=pem.decode())
+            self.trusted.add(pem)
+            added.append(pem)
+        return added
 
 
 def certificate_agents(der: bytes) -> frozenset[str]:
@@ -97,20 +125,23 @@ def certificate_agents(der: bytes) -> frozenset[str]:
                      if uri.startswith(AGENT_URI_PREFIX))
 
 
-def admit_nodes(node_cas: Mapping[str, bytes] | Callable[[], Mapping[str, bytes]]
-                ) -> Callable[[str, bytes | None], bool]:
+NodeCas = Mapping[str, "bytes | str | tuple[bytes | str, ...]"]
+
+
+def admit_nodes(node_cas: NodeCas | Callable[[], NodeCas]) -> Callable[[str, bytes | None], bool]:
     """``admit_peer`` for ``bus.open_node``: ``node_cas`` maps each consortium node's
     agent id to the TLS CA certificate (PEM) of the organization that runs it (the
     genesis says which; a callable is asked each time, so a configuration change is
-    followed). Such an agent speaks on a connection only if the TLS certificate under
-    the channel names it and was issued by *its own* organization's CA (another
-    member's CA cannot vouch for it); any other agent (a user) proves itself with its
-    key alone."""
+    followed), or to a tuple of CA certificates any of which may vouch for it (a node
+    whose organization nobody told us: :func:`node_cas`). Such an agent speaks on a
+    connection only if the TLS certificate under the channel names it and was issued
+    by *its own* organization's CA (another member's CA cannot vouch for it); any
+    other agent (a user) proves itself with its key alone."""
     current = node_cas if callable(node_cas) else (lambda cas=dict(node_cas): cas)
 
     def admit(agent: str, certificate: bytes | None) -> bool:
-        ca_pem = current().get(agent)
-        if ca_pem is None:
+        cas = current().get(agent)
+        if cas is None:
             return True
         if certificate is None:
             return False
@@ -118,12 +149,42 @@ def admit_nodes(node_cas: Mapping[str, bytes] | Callable[[], Mapping[str, bytes]
             cert = x509.load_der_x509_certificate(certificate)
             if agent not in certificate_agents(certificate):
                 return False
-            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(_pem_bytes(ca_pem)))
-        except (ValueError, TypeError, InvalidSignature):
+        except (ValueError, TypeError):
             return False
-        return True
+        for ca_pem in (cas if isinstance(cas, tuple) else (cas,)):
+            try:
+                cert.verify_directly_issued_by(x509.load_pem_x509_certificate(_pem_bytes(ca_pem)))
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+        return False
 
     return admit
+
+
+def genesis_cas(config: Any) -> list[bytes]:
+    """The member organizations' TLS CA certificates (PEM) a consortium configuration
+    (``core.identity.ConsortiumConfig``) names: what a node or user trusts."""
+    return [o.tls_ca.encode() for o in config.orgs if o.tls_ca]
+
+
+def node_cas(config: Any, node_orgs: Mapping[str, str], others: Iterable[str] = ()) -> dict[str, Any]:
+    """Which CA vouches for each consortium node, for :func:`admit_nodes`: a peer's
+    organization's CA (the configuration says which); an orderer or storage node
+    (``others``, and the configuration's orderers) its organization's CA when
+    ``node_orgs`` (agent id -> organization id: the node configuration's
+    ``[tls.orgs]``) names a member, else any member's CA (a tuple): the residual
+    trust docs/security.md writes down."""
+    by_org = {o.id: o.tls_ca.encode() for o in config.orgs if o.tls_ca}
+    every = tuple(by_org.values())
+    out: dict[str, Any] = {}
+    for agent in [*config.orderer_ids, *others]:
+        org = node_orgs.get(agent)
+        out[agent] = by_org[org] if org in by_org else every
+    for peer in config.peers:
+        if peer.org in by_org:
+            out[peer.id] = by_org[peer.org]
+    return out
 
 
 def _pem_bytes(pem: bytes | str) -> bytes:

@@ -50,6 +50,7 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("node", "config"): ("agents.cli.node", "config_main", "export a node config + key store for a swarm's agent"),
     ("org", "init"): ("agents.cli.org", "org_init_main", "create a hospital's keys, TLS CA and public profile"),
     ("org", "profile"): ("agents.cli.org", "org_profile_main", "print or export a hospital's public profile"),
+    ("org", "node-config"): ("agents.cli.orgnode", "main", "write a node's config (keys, [tls], routes) from the org dir"),
     ("consortium", "genesis"): ("agents.cli.org", "consortium_genesis_main", "build a genesis draft from profiles"),
     ("consortium", "sign"): ("agents.cli.org", "consortium_sign_main", "sign a genesis draft as this hospital"),
     ("consortium", "seal"): ("agents.cli.org", "consortium_seal_main", "check every member signed; write genesis"),

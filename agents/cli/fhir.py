@@ -206,9 +206,7 @@ def serve_main(argv: list[str]) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from bus import open_node
-
-    from agents.cli.user import _approve_all, _prepare, _routes
+    from agents.cli.user import _approve_all, _open_bus, _prepare
     from agents.doctor import DoctorAgent
     from agents.fhir import LabelMap, LabelMapError
     from agents.fhir.app import Facade, FacadeConfig
@@ -227,7 +225,7 @@ async def _serve(args: argparse.Namespace) -> int:
                              jwks_url=args.jwks_url, subject_claim=args.subject_claim)
     files, config, _ = _prepare(args, {})
     kind = PatientAgent if args.role == "patient" else DoctorAgent
-    async with open_node(routes=_routes(files, config.manifest)) as node:
+    async with _open_bus(files, config) as node:
         address = await node.listen("tcp://127.0.0.1:0") if args.role == "patient" else None
         extra = {"approve": _approve_all if args.approve else None} if args.role == "patient" else {}
         async with kind.open(config, node=node, **extra) as agent:

@@ -236,6 +236,16 @@ def _routes(files: "SwarmFiles", manifest: Any) -> dict[str, str]:
     return routes
 
 
+def _open_bus(files: "SwarmFiles", config: "UserConfig") -> Any:
+    """The user's bus node (async context manager): routed by the manifest and the listening users'
+    addresses; against a ``--processes`` swarm, mutual TLS with the user's client certificate from
+    its hospital's TLS CA (:meth:`agents.swarm.SwarmFiles.client_tls`)."""
+    from bus import open_node
+
+    tls = files.client_tls(config.subject, config.org)
+    return open_node(routes=_routes(files, config.manifest), **({"transports": {"tcp": tls}} if tls else {}))
+
+
 async def _register(agent: "UserAgent", files: "SwarmFiles", config: "UserConfig") -> "Certificate":
     """Register ``agent`` with its organization's token (from the swarm's files) and
     remember the organization in the user's directory; returns the certificate."""
@@ -360,13 +370,11 @@ def _print_grants(grants: dict[str, dict], as_json: bool) -> None:
 
 
 async def _patient(files: "SwarmFiles", config: "UserConfig", args: argparse.Namespace) -> int:
-    from bus import open_node
-
     from agents.patient import PatientAgent
 
     if args.cmd == "serve":
         config.listen = args.listen
-    async with open_node(routes=_routes(files, config.manifest)) as node:
+    async with _open_bus(files, config) as node:
         if args.cmd == "serve":
             address = await node.listen(args.listen)
         approve = _approve_all if args.cmd == "serve" and args.approve else None
@@ -551,11 +559,9 @@ def _policy_text(path: str, what: str) -> str:
 
 
 async def _doctor(files: "SwarmFiles", config: "UserConfig", args: argparse.Namespace) -> int:
-    from bus import open_node
-
     from agents.doctor import DoctorAgent
 
-    async with open_node(routes=_routes(files, config.manifest)) as node:
+    async with _open_bus(files, config) as node:
         async with DoctorAgent.open(config, node=node) as d:
             if args.cmd == "register":
                 cert = await _register(d, files, config)

@@ -42,6 +42,22 @@ orderer or a storage node) from a file like::
     endpoints = ["http://10.0.0.5:2379", "http://10.0.0.6:2379", "http://10.0.0.7:2379"]
     window = 10000                         # recent blocks kept in etcd
     lease_ttl = 1                          # seconds: the leader's election lease
+    [tls]                                  # mutual TLS 1.3 on the listen address and every link out
+    cert = "tls/peer-a1.pem"               # this node's certificate, from its organization's TLS CA
+    keystore = "keys/peer-a1.tls.keys"     # its private key (PKCS#8 in a KeyStore), unlocked by the
+                                           # same key_file / passphrase_file / passphrase as [node]
+    require_client_cert = true             # clients (users too) present a certificate of a member CA
+    # enabled = false                      # plaintext: refused unless listen is loopback (tests)
+
+    [tls.orgs]                             # optional: the organization of orderer and storage nodes
+    storage-1 = "hospital-a"               # (the genesis places only peers); one not named here is
+                                           # vouched for by any member's TLS CA
+
+The node trusts the member organizations' TLS CAs the genesis names
+(``OrgInfo.tls_ca``), never a file; a consortium node's certificate must name
+it (URI SAN ``emrshare:agent:<id>``) and come from its organization's CA
+(:func:`agents.tls.admit_nodes`). A configuration without ``[tls]`` is
+refused; ``enabled = false`` is refused unless ``listen`` is loopback.
 
 Relative paths are relative to the file's directory. Every key can be
 overridden by an environment variable: ``EMRSHARE_NODE_<KEY>`` for the
@@ -76,7 +92,7 @@ from agents.consortium import Manifest
 from agents.errors import AgentError
 from agents.keys import AgentKeys, KeyStore, KeyStoreError
 
-__all__ = ["NodeConfig", "NodeConfigError", "load_config", "render_config", "ENV_PREFIX", "ENV_PASSPHRASE",
+__all__ = ["NodeConfig", "NodeConfigError", "TlsSettings", "load_config", "render_config", "ENV_PREFIX", "ENV_PASSPHRASE",
            "ROLES", "is_loopback"]
 
 ENV_PREFIX = "EMRSHARE_NODE_"
@@ -99,10 +115,10 @@ _TABLE_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "ordering": {"kind": (str, "embedded"), "endpoints": (list, []), "window": (int, 10_000), "lease_ttl": (int, 1)},
 }
 ORDERING_KINDS = ("embedded", "etcd")
-# TODO(tls helper): the contract's [tls] table replaces this placeholder, which only accepts
-# `enabled = false` (nodes speak plaintext in this build) so that configs written to the contract load.
-_TABLE_KEYS["tls"] = {"enabled": (bool, False)}
 _MAPS = ("routes", "keys")  # free tables: agent id -> text
+_TLS_KEYS: dict[str, tuple[type, Any]] = {
+    "enabled": (bool, True), "cert": (str, ""), "keystore": (str, ""), "require_client_cert": (bool, True),
+}
 
 
 class NodeConfigError(AgentError):
@@ -157,6 +173,17 @@ def _host_of(address: str) -> str:
 
 
 @dataclass
+class TlsSettings:
+    """The ``[tls]`` table, checked (paths resolved): see the module docstring."""
+
+    enabled: bool = True
+    cert: Path | None = None
+    keystore: Path | None = None
+    require_client_cert: bool = True
+    orgs: dict[str, str] = field(default_factory=dict)  # orderer / storage node id -> its organization
+
+
+@dataclass
 class NodeConfig:
     """A checked node configuration (paths resolved). Build with :func:`load_config`."""
 
@@ -182,6 +209,7 @@ class NodeConfig:
     storage_settings: dict[str, Any] = field(default_factory=dict)
     ordering: dict[str, Any] = field(default_factory=dict)  # [ordering]: kind, endpoints, window, lease_ttl
     overridden: list[str] = field(default_factory=list)  # the environment variables that applied
+    tls: TlsSettings = field(default_factory=lambda: TlsSettings(enabled=False))  # load_config: from [tls]
 
     @property
     def control_socket(self) -> Path:
@@ -246,6 +274,24 @@ class NodeConfig:
 
     def unlock(self) -> AgentKeys:
         """The node's keys from its key store, unlocked by the one secret configured."""
+        try:
+            return AgentKeys.from_bytes(self._open(self.keystore, "[node] keystore"))
+        except (ValueError, DecodeError) as exc:
+            raise NodeConfigError(f"key store {self.keystore} does not hold a node's keys ({exc}); "
+                                  "check [node] keystore") from None
+
+    def tls_material(self) -> tuple[bytes, bytes]:
+        """(certificate PEM, private key PKCS#8 DER) of ``[tls]``, the key unlocked by the same secret
+        as the node's key store."""
+        assert self.tls.enabled and self.tls.cert is not None and self.tls.keystore is not None
+        try:
+            cert = self.tls.cert.read_bytes()
+        except OSError as exc:
+            raise NodeConfigError(f"TLS certificate {self.tls.cert}: {(exc.strerror or str(exc)).lower()}; "
+                                  "check [tls] cert") from None
+        return cert, self._open(self.tls.keystore, "[tls] keystore")
+
+    def _open(self, path: Path, where: str) -> bytes:
         passphrase = os.environ.get(ENV_PASSPHRASE) or None
         given = [n for n, v in (("key_file", self.key_file), ("passphrase_file", self.passphrase_file),
                                 (ENV_PASSPHRASE, passphrase)) if v]
@@ -253,8 +299,8 @@ class NodeConfig:
             why = "nothing unlocks the key store" if not given else f"{' and '.join(given)} are both given"
             raise NodeConfigError(f"{why}; give exactly one of [node] key_file, [node] passphrase_file or "
                                   f"{ENV_PASSPHRASE}")
-        if not self.keystore.is_file():
-            raise NodeConfigError(f"key store {self.keystore}: no such file; check [node] keystore")
+        if not path.is_file():
+            raise NodeConfigError(f"key store {path}: no such file; check {where}")
         if self.passphrase_file is not None:
             try:
                 passphrase = self.passphrase_file.read_text().rstrip("\r\n")
@@ -264,10 +310,10 @@ class NodeConfig:
                 raise NodeConfigError(f"passphrase file {self.passphrase_file} is empty; write the passphrase")
         if self.key_file is not None and not self.key_file.is_file():
             raise NodeConfigError(f"key file {self.key_file}: no such file; check [node] key_file")
-        store = (KeyStore(self.keystore, key_file=self.key_file) if self.key_file is not None
-                 else KeyStore(self.keystore, passphrase=passphrase))
+        store = (KeyStore(path, key_file=self.key_file) if self.key_file is not None
+                 else KeyStore(path, passphrase=passphrase))
         try:
-            return AgentKeys.from_bytes(store.load())
+            return store.load()
         except KeyStoreError as exc:
             raise NodeConfigError(f"{exc}; check the key file or passphrase") from None
 
@@ -292,10 +338,10 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
     path = Path(path)
     env = os.environ if environ is None else environ
     doc = _read(path)
-    unknown = set(doc) - {"node", *_TABLE_KEYS, *_MAPS}
+    unknown = set(doc) - {"node", *_TABLE_KEYS, *_MAPS, "tls"}
     if unknown:
         raise NodeConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; "
-                              f"the tables are node, {', '.join([*_TABLE_KEYS, *_MAPS])}")
+                              f"the tables are node, {', '.join([*_TABLE_KEYS, *_MAPS, 'tls'])}")
     for table in doc:
         if not isinstance(doc[table], dict):
             raise NodeConfigError(f"{path}: {table} is not a table; write [{table}]")
@@ -362,9 +408,6 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
     if values["orderer"]["batch_size"] < 1 or values["orderer"]["batch_timeout"] <= 0:
         raise NodeConfigError(f"{path}: [orderer] batch_size and batch_timeout must be positive; fix them")
     _check_ordering(path, values["ordering"], node["role"])
-    if values["tls"]["enabled"]:  # TODO(tls helper): placeholder, see _TABLE_KEYS["tls"]
-        raise NodeConfigError(f"{path}: [tls] enabled = true, but TLS between nodes is not wired in this build; "
-                              "set enabled = false")
     return NodeConfig(
         path=path, id=node["id"], role=node["role"], listen=node["listen"], genesis=at(node["genesis"]),
         keystore=at(node["keystore"]), data_dir=at(node["data_dir"]), key_file=at(node["key_file"]),
@@ -373,6 +416,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
         storage=cons["storage"], replicas=cons["replicas"], write_quorum=cons["write_quorum"],
         routes=maps["routes"], keys=keys, orderer=values["orderer"], storage_settings=values["storage"],
         ordering=values["ordering"], overridden=overridden,
+        tls=_tls(path, doc.get("tls"), env, overridden, at, node["listen"]),
     )
 
 
@@ -398,6 +442,55 @@ def _check_ordering(path: Path, ordering: dict[str, Any], role: str) -> None:
             raise NodeConfigError(f"{path}: [ordering] endpoint {url!r} is not http://HOST:PORT; write the etcd "
                                   "members' client URLs (TLS to etcd is not supported yet)")
         endpoints[i] = url.rstrip("/")  # the client appends /v3/...
+
+
+def _tls(path: Path, given: dict[str, Any] | None, env: Mapping[str, str], overridden: list[str], at: Any,
+         listen: str) -> TlsSettings:
+    """The checked ``[tls]`` table (see the module docstring)."""
+    given = dict(given or {})
+    orgs_given = given.pop("orgs", {})
+    if not isinstance(orgs_given, dict):
+        raise NodeConfigError(f"{path}: [tls] orgs is not a table; write [tls.orgs] with id = \"org\" lines")
+    extra = set(given) - set(_TLS_KEYS)
+    if extra:
+        raise NodeConfigError(f"{path}: unknown key(s) in [tls]: {', '.join(sorted(extra))}; "
+                              f"the keys are {', '.join(_TLS_KEYS)} and the table [tls.orgs]")
+    out: dict[str, Any] = {}
+    present = bool(given)
+    for key, (typ, default) in _TLS_KEYS.items():
+        var = _env_name("tls", key)
+        if env.get(var):
+            value, where = env[var], var
+            overridden.append(var)
+            present = True
+        elif key in given:
+            value, where = given[key], f"[tls] {key} in {path}"
+        else:
+            out[key] = default
+            continue
+        out[key] = _coerce(value, typ, where)
+    orgs: dict[str, str] = {}
+    for agent, org in orgs_given.items():
+        var = f"{ENV_PREFIX}TLS__ORGS__{agent.upper().replace('-', '_').replace('.', '_')}"
+        if env.get(var):
+            org = env[var]
+            overridden.append(var)
+        orgs[agent] = _coerce(org, str, f"[tls.orgs] {agent} in {path}")
+    loopback = is_loopback(_host_of(listen))
+    if not present and not orgs_given:
+        raise NodeConfigError(f"{path}: no [tls] table; add [tls] with cert and keystore (`emrshare org node-config` "
+                              "writes it), or enabled = false for a loopback-only test node")
+    if not out["enabled"]:
+        if not loopback:
+            raise NodeConfigError(f"{path}: [tls] enabled = false with listen {listen}, outside loopback; "
+                                  "give the node its TLS certificate and key ([tls] cert, keystore)")
+        return TlsSettings(enabled=False, require_client_cert=out["require_client_cert"], orgs=orgs)
+    for key in ("cert", "keystore"):
+        if not out[key]:
+            raise NodeConfigError(f"{path}: [tls] {key} is missing; add it (the node's TLS "
+                                  f"{'certificate' if key == 'cert' else 'key store'}), or set {_env_name('tls', key)}")
+    return TlsSettings(enabled=True, cert=at(out["cert"]), keystore=at(out["keystore"]),
+                       require_client_cert=out["require_client_cert"], orgs=orgs)
 
 
 def _toml_value(value: Any) -> str:

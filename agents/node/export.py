@@ -3,14 +3,16 @@
 * :func:`export_node` (``emrshare node config --swarm DIR --id AGENT --out
   node.toml``): a self-contained node for one agent of an existing swarm, to
   run on its own (another machine): beside the config it writes the genesis,
-  the agent's keys re-encrypted in a key store of their own under a NEW key
-  file (or a passphrase), never the key that opens the swarm's other keys.
+  the agent's keys and TLS key re-encrypted in key stores of their own under a
+  NEW key file (or a passphrase), never the key that opens the swarm's other
+  keys, and its TLS certificate (``[tls]``).
   Secret files are mode 0600. (Users enroll with tokens their hospital's
   registrar signs; a peer checks them against the genesis, so it needs no secret
   for that.)
 * :func:`swarm_node_config` (``swarm up --processes``): the config of one of
   the swarm's node processes, referring to the swarm's own files (its key
-  store and key file, its agent directory, its ready file).
+  store and key file, its agent directory, its ready file, and with
+  its organization's TLS certificate and key store: ``[tls]``).
 
 Both write what :func:`agents.node.config.load_config` reads, so every node
 process goes through ``emrshare node start``.
@@ -23,8 +25,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
 from core.ledger import parse_genesis
 
+from agents.errors import AgentError
 from agents.keys import KeyStore, atomic_write
 from agents.node.config import render_config
 from agents.node.roles import role_of
@@ -64,17 +69,22 @@ def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Pat
     return tables
 
 
-def _org_of(files: Any, agent: str) -> str | None:
-    return next((o for o, ps in files.manifest().peer_orgs.items() if agent in ps), None)
-
-
 def _keystore_of(files: Any, agent: str) -> tuple[Path, Path]:
     """The key store holding ``agent``'s keys in a swarm directory, and the key file that opens
-    it: a peer's in its hospital's organization directory, the others' in the swarm's."""
-    org = _org_of(files, agent)
+    it: in its hospital's organization directory (in a directory made before orderer and
+    storage nodes had organizations, the swarm's)."""
+    org = files.node_org(agent)
     if org is not None:
         return files.org_dir(org).dir / "keys" / f"{agent}.keys", files.secrets / f"{org}.key"
     return files.keystore(agent).path, files.key_file
+
+
+def _tls_table(files: Any, agent: str, cert: Path, keystore: Path) -> dict[str, dict[str, Any]]:
+    """``[tls]`` and ``[tls.orgs]`` (the organization of each orderer and storage node)."""
+    orgs = files.node_orgs()
+    others = [*parse_genesis(files.manifest().genesis).config.orderer_ids, *files.manifest().storage]
+    return {"tls": {"cert": str(cert), "keystore": str(keystore), "require_client_cert": True},
+            "tls.orgs": {a: orgs[a] for a in others if a in orgs}}
 
 
 def swarm_node_config(files: Any, agent: str) -> Path:
@@ -88,6 +98,13 @@ def swarm_node_config(files: Any, agent: str) -> Path:
     tables = _tables(files, agent, listen=manifest.agents[agent], genesis=genesis, keystore=keystore,
                      key_file=key_file, data_dir=files.agent_dir(agent),
                      ready_file=files.dir / "run" / f"{agent}.ready")
+    org = files.node_org(agent)
+    if org is None:
+        raise AgentError(f"configuring {agent}: no hospital of the swarm in {files.dir} holds it, so it has no TLS "
+                         "certificate (the directory predates TLS for orderer and storage nodes); recreate the swarm "
+                         "in a new directory")
+    org_dir = files.org_dir(org).dir
+    tables.update(_tls_table(files, agent, org_dir / "tls" / f"{agent}.pem", org_dir / "keys" / f"{agent}.tls.keys"))
     text = render_config(tables, f"node {agent} of the swarm in {files.dir} (written by `swarm up --processes`)")
     atomic_write(path, text.encode(), mode=0o644)
     return path
@@ -108,22 +125,31 @@ def export_node(files: Any, agent: str, out: Path, *, listen: str | None = None,
     atomic_write(genesis, manifest.genesis, mode=0o644)
     written.append(genesis)
     keys = files.agent_keys(agent).to_bytes()
-    keystore = base / f"{agent}.keys"
+    org = files.node_org(agent)
+    if org is None:
+        raise ValueError(f"{agent} has no organization in {files.dir}, so no TLS certificate: the directory "
+                         "predates TLS for orderer and storage nodes; recreate the swarm")
+    org_dir = files.org_dir(org)
+    tls_key = serialization.load_pem_private_key(org_dir.tls_key_pem(agent), None).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    keystore, tls_keystore, cert = base / f"{agent}.keys", base / f"{agent}.tls.keys", base / f"{agent}.pem"
     key_file = None
     if passphrase is None:
         key_file = base / f"{agent}.key"
         KeyStore.create_key_file(key_file)
         written.append(key_file)
-        KeyStore(keystore, key_file=key_file).save(keys)
-    else:
-        KeyStore(keystore, passphrase=passphrase).save(keys)
-    written.append(keystore)
+    for path, secret in ((keystore, keys), (tls_keystore, tls_key)):
+        (KeyStore(path, key_file=key_file) if key_file else KeyStore(path, passphrase=passphrase)).save(secret)
+        written.append(path)
+    atomic_write(cert, org_dir.tls_cert_pem(agent), mode=0o644)
+    written.append(cert)
     def rel(p: Path | None) -> Path | None:
         return Path(os.path.relpath(p, base)) if p is not None else None
 
     tables = _tables(files, agent, listen=listen or manifest.agents[agent], genesis=rel(genesis),
                      keystore=rel(keystore), key_file=rel(key_file), data_dir=Path(data_dir or f"data-{agent}"),
                      metrics=metrics)
+    tables.update(_tls_table(files, agent, rel(cert), rel(tls_keystore)))
     comment = (f"node {agent} of consortium {manifest.consortium}, exported from {files.dir}.\n"
                "Start it with: emrshare node start --config " + out.name
                + ("" if key_file else f"   (passphrase in {json.dumps('EMRSHARE_NODE_PASSPHRASE')} or "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Mapping
 
 import trio
@@ -91,6 +92,14 @@ class RoleAgent:
         """Other facts for ``/status``."""
         return {}
 
+    def consortium_config(self) -> Any:
+        """The consortium configuration the agent's ledger holds now (None: the genesis's, as it
+        follows no configuration change)."""
+        return None
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each block the agent commits (roles that commit: peers)."""
+
     def busy(self) -> int:
         """Units of in-flight work a graceful stop waits for (0: nothing to finish)."""
         return 0
@@ -141,6 +150,12 @@ class _Peer(_Serving):
 
     def busy(self) -> int:
         return self.peer.forwarder.queued
+
+    def consortium_config(self) -> Any:
+        return self.peer.config
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        self.peer.add_commit_listener(lambda block, result: listener())
 
     def families(self) -> list[Family]:
         return [

@@ -3,7 +3,13 @@
 :func:`start_node` checks the configuration (:mod:`agents.node.config`),
 unlocks the key, builds the agent (:func:`agents.node.roles.build_agent`)
 and runs it on its own bus node bound to ``[node] listen``; a bind outside
-loopback is logged once (a warning). Beside it the node serves, over a tiny
+loopback is logged once (a warning). The bus node speaks mutual TLS 1.3
+(``[tls]``: :func:`agents.tls.tls_transport` with the node's certificate, its
+key as PEM in memory only, and the member organizations' TLS CAs from the
+genesis) and admits a consortium agent only under a certificate naming it from
+its organization's CA (:func:`agents.tls.admit_nodes`; a peer follows the
+configuration its ledger holds); ``[tls] enabled = false`` (loopback only) is
+plain TCP, logged as a warning. Beside it the node serves, over a tiny
 HTTP server (:mod:`agents.node.http`):
 
 * on its control socket ``DATA_DIR/run/node.sock`` (a Unix socket, mode 0600
@@ -36,9 +42,15 @@ import sys
 import time
 from typing import Any
 
+import ssl
+from collections.abc import Callable
+
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bus import open_node
+from core.ledger import parse_genesis
 
 from agents.keys import atomic_write
 from agents.node.config import NodeConfig, NodeConfigError, is_loopback
@@ -89,9 +101,13 @@ def stop_with_parent() -> None:
 class NodeService:
     """A configured node: its agent, bus node and HTTP routes. :meth:`run` runs it."""
 
-    def __init__(self, config: NodeConfig, agent: RoleAgent):
+    def __init__(self, config: NodeConfig, agent: RoleAgent, *, transport: Any = None,
+                 admit: Callable[[str, bytes | None], bool] | None = None):
         self.config = config
         self.agent = agent
+        self.transport = transport  # the bus's tcp transport: mutual TLS (None: plain TCP, [tls] enabled = false)
+        self.admit = admit  # admit_peer: a consortium node's certificate names it, from its organization's CA
+        self.bus_options: dict[str, Any] = {}  # further open_node options (limits: handshake_timeout, ...)
         self.bus_node: Any = None
         self.address = ""
         self.started = time.time()
@@ -119,11 +135,15 @@ class NodeService:
         if keys.ecdsa_public != manifest.keys.get(config.id):
             raise NodeConfigError(f"the key store {config.keystore} does not hold {config.id}'s key (its public key "
                                   "is not the one the genesis or [keys] names); check [node] keystore and id")
+        tls = _node_tls(config, genesis)  # before the agent opens its ledger or blob store
         try:
             agent = build_agent(config.id, config.role, keys, manifest, config.data_dir, settings)
         except ValueError as exc:
             raise NodeConfigError(f"{exc}; check [node] id, role and keystore") from None
-        return cls(config, agent)
+        if tls is None:
+            return cls(config, agent)
+        admit = _admission(config, agent, tls, parse_genesis(genesis).config, manifest.storage)
+        return cls(config, agent, transport=tls.transport, admit=admit)
 
     # ------------------------------------------------------------ routes
 
@@ -195,11 +215,16 @@ class NodeService:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with open_node(routes={a: addr for a, addr in cfg.routes.items() if a != cfg.id}) as node:
+            tls = {"transports": {"tcp": self.transport}, "admit_peer": self.admit} if self.transport else {}
+            async with open_node(routes={a: addr for a, addr in cfg.routes.items() if a != cfg.id}, **tls,
+                                 **self.bus_options) as node:
                 self.bus_node = node
                 self.address = await node.listen(cfg.listen)
                 if cfg.binds_non_loopback:
                     log.warning("node %s listens on %s, outside loopback", cfg.id, self.address)
+                if self.transport is None:
+                    log.warning("node %s speaks plain TCP ([tls] enabled = false): any local process reaches its "
+                                "channels; never outside tests", cfg.id)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.agent.run, node)
                     control, metrics = await self._listeners()
@@ -245,6 +270,58 @@ class NodeService:
         why = self.signal_name or "cancelled"
         tail = f"; {self.abandoned} in-flight item(s) abandoned after {self.config.grace:g} s" if self.abandoned else ""
         return f"node {self.config.id} stopped ({why}{tail})"
+
+
+def _node_tls(config: NodeConfig, genesis: bytes) -> Any:
+    """The node's mutual TLS (:class:`agents.tls.NodeTls`) from ``[tls]`` (None when ``enabled =
+    false``): its certificate, its key (PEM in memory only) and the member organizations' TLS CAs
+    of the genesis."""
+    if not config.tls.enabled:
+        return None
+    from agents.org import key_to_pem
+    from agents.tls import NodeTls, certificate_agents, genesis_cas
+
+    cas = genesis_cas(parse_genesis(genesis).config)
+    if not cas:
+        raise NodeConfigError(f"genesis {config.genesis} names no organization TLS CA, so no TLS peer could be "
+                              "trusted; build the genesis from `emrshare org init` profiles")
+    cert_pem, key_der = config.tls_material()
+    try:
+        named = certificate_agents(x509.load_pem_x509_certificate(cert_pem).public_bytes(Encoding.DER))
+        key_pem = key_to_pem(key_der)
+    except ValueError as exc:
+        raise NodeConfigError(f"TLS certificate {config.tls.cert} or its key store {config.tls.keystore} is "
+                              f"unreadable ({exc}); check [tls] cert and keystore") from None
+    if config.id not in named:
+        raise NodeConfigError(f"TLS certificate {config.tls.cert} names {', '.join(sorted(named)) or 'no agent'}, "
+                              f"not {config.id}; give [tls] cert the certificate `emrshare org init` made for it")
+    try:
+        return NodeTls(cert_pem, key_pem, cas, require_client_cert=config.tls.require_client_cert)
+    except (ssl.SSLError, ValueError) as exc:
+        raise NodeConfigError(f"TLS certificate {config.tls.cert} does not go with the key in "
+                              f"{config.tls.keystore} ({exc}); check [tls] cert and keystore") from None
+
+
+def _admission(config: NodeConfig, agent: RoleAgent, tls: Any, genesis_config: Any,
+               storage: list[str]) -> Callable[[str, bytes | None], bool]:
+    """``admit_peer``: the CAs that vouch for each consortium node, following the configuration
+    the node's ledger holds now (a peer follows configuration changes, and trusts a member they
+    add from its next commit on; other roles keep the genesis's)."""
+    from agents.tls import admit_nodes, genesis_cas, node_cas
+
+    cache: dict[str, Any] = {}
+
+    def current() -> dict[str, Any]:
+        now = agent.consortium_config() or genesis_config
+        if cache.get("config") is not now:
+            added = tls.trust(genesis_cas(now))
+            if added:
+                log.info("node %s: trusting %d more member TLS CA(s) (configuration change)", config.id, len(added))
+            cache["config"], cache["cas"] = now, node_cas(now, config.tls.orgs, storage)
+        return cache["cas"]
+
+    agent.on_commit(current)
+    return admit_nodes(current)
 
 
 def start_node(config: NodeConfig) -> int:

@@ -11,6 +11,9 @@
   :func:`genesis_manifest` give the clients' view of it.
 * :func:`issue_token` (``emrshare registrar issue``) and :class:`TokenFile`: an
   enrollment token bound to the subject's enrolling key.
+* :func:`make_user_cert` and :func:`user_tls`: a user's TLS client certificate from its
+  organization's TLS CA (URI SAN ``emrshare:agent:<subject>``); :func:`key_to_pem`: a
+  TLS key store's PKCS#8 as PEM, for an ``ssl`` context in memory.
 * :func:`cert_agent_ids`: the agent ids a node's TLS certificate names (URI SANs
   ``emrshare:agent:<id>``), for checking a peer's certificate against the id it claims.
 * :func:`change_draft`, :func:`sign_change`, :class:`ConfigChange`
@@ -23,8 +26,8 @@ from agents.org._genesis import build_config, draft, genesis_manifest, manifest_
 from agents.org._material import (ROLES, NodeProfile, OrgDir, OrgError, OrgProfile, Unlock, default_node_ids,
                                   init_org)
 from agents.org._registrar import TokenFile, issue_token, parse_enroll_key
-from agents.org._tls import AGENT_URI_PREFIX, cert_agent_ids
+from agents.org._tls import AGENT_URI_PREFIX, cert_agent_ids, key_to_pem, make_user_cert, user_tls
 
-__all__ = ["AGENT_URI_PREFIX", "cert_agent_ids", "ConfigChange", "change_draft", "config_transaction", "sign_change", "ROLES", "NodeProfile", "OrgDir", "OrgError", "OrgProfile", "TokenFile", "Unlock", "build_config",
+__all__ = ["AGENT_URI_PREFIX", "cert_agent_ids", "key_to_pem", "make_user_cert", "user_tls", "ConfigChange", "change_draft", "config_transaction", "sign_change", "ROLES", "NodeProfile", "OrgDir", "OrgError", "OrgProfile", "TokenFile", "Unlock", "build_config",
            "default_node_ids", "draft", "genesis_manifest", "init_org", "issue_token", "manifest_for",
            "parse_enroll_key", "read_draft", "seal", "sign_draft"]

@@ -5,7 +5,10 @@ The CA certificate is self-signed, may sign end-entity certificates only
 (path length 0) and is what the organization's profile and the genesis carry.
 A node certificate names its agent id as a DNS SAN and as the URI SAN
 ``emrshare:agent:<id>``, plus the host it listens on (an IP SAN for an address,
-a DNS SAN for a name); it may serve and be a client (mutual TLS).
+a DNS SAN for a name); it may serve and be a client (mutual TLS). A user
+certificate (:func:`make_user_cert`) names its subject as the URI SAN
+``emrshare:agent:<subject>`` and is a client certificate only (unless it is
+given hosts it listens on: a patient serving its doctors' requests).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from agents.tls import AGENT_URI_PREFIX, certificate_agents
 
 CA_DAYS = 3650
 NODE_DAYS = 825
+USER_DAYS = 365
 
 
 def _serial() -> int:
@@ -102,6 +106,48 @@ def make_node_cert(org: str, agent: str, hosts: list[str], node_key: ec.Elliptic
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def make_user_cert(org: str, subject: str, user_public_key: ec.EllipticCurvePublicKey, ca_pem: bytes,
+                   ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime, days: int = USER_DAYS, *,
+                   hosts: tuple[str, ...] | list[str] = ()) -> bytes:
+    """A user's TLS client certificate (PEM) issued by its organization's CA: the URI SAN
+    ``emrshare:agent:<subject>``, extended key usage clientAuth only, valid ``days`` (at most
+    as long as the CA). With ``hosts`` (addresses or names it listens on) it may serve too
+    (serverAuth, and those hosts as SANs)."""
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(AGENT_URI_PREFIX + subject)]
+    names += [_host_name(h) for h in dict.fromkeys(hosts)]
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if hosts else [])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                                 x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(ca.subject).public_key(user_public_key).serial_number(_serial())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(min(now + datetime.timedelta(days=days), ca.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def user_tls(org_dir, subject: str, *, hosts: tuple[str, ...] | list[str] = (), days: int = USER_DAYS,
+             now: datetime.datetime | None = None) -> tuple[bytes, bytes]:
+    """A fresh TLS key and certificate for user ``subject`` from the TLS CA of ``org_dir``
+    (an unlocked :class:`agents.org.OrgDir`): (certificate PEM, private key PKCS#8 DER)."""
+    org = org_dir.profile().org
+    ca_key = key_from_der(org_dir._load("tls-ca.keys"))
+    key = new_key()
+    cert = make_user_cert(org, subject, key.public_key(), org_dir.tls_ca_pem(), ca_key,
+                          now or datetime.datetime.now(datetime.timezone.utc), days, hosts=hosts)
+    return cert, key_to_der(key)
 
 
 def cert_agent_ids(cert_pem: bytes) -> list[str]:

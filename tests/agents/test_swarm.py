@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -95,6 +96,24 @@ def test_spec_validation_and_toml(tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
+async def _every_node_speaks_tls_only(swarm: Swarm) -> None:
+    """Each node process runs with its organization's TLS certificate ([tls] in its config) and
+    refuses a channel opened over plain TCP; the swarm's own clients (below) speak mutual TLS."""
+    from agents.node.config import load_config
+    from bus.testing import connect_channel
+
+    orgs = swarm.files.node_orgs()
+    for agent in swarm.processes:
+        config = load_config(swarm.files.dir / "nodes" / f"{agent}.toml")
+        assert config.tls.enabled and config.tls.require_client_cert
+        assert config.tls.cert == swarm.files.dir / "orgs" / orgs[agent] / "tls" / f"{agent}.pem"
+        with pytest.raises(Exception):
+            conn = await connect_channel(swarm.manifest.agents[agent])
+            await conn.aclose()
+    # orderer and storage nodes are placed in the hospitals round-robin
+    assert orgs["orderer"] == "hospital-a" and orgs["storage-2"] == "hospital-b"
+
+
 @pytest.mark.slow
 async def test_processes_mode_tolerates_faults(tmp_path):
     """Each agent in its own process on loopback TCP; SIGKILL a peer and a storage node, stall a
@@ -104,6 +123,7 @@ async def test_processes_mode_tolerates_faults(tmp_path):
     with trio.fail_after(240):
         async with Swarm.open(spec, fresh=True) as swarm:
             assert len(swarm.processes) == 8  # orderer, 4 peers, 3 storage nodes
+            await _every_node_speaks_tls_only(swarm)
             async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p, \
                     DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d, \
                     DoctorAgent.open(swarm_user_config(swarm, "dr-x", "hospital-a", {"role": "doctor", "department": "x"}),
@@ -197,3 +217,55 @@ async def test_processes_mode_oversize_batches_do_not_halt_the_ledger(tmp_path):
             ordered = {tx for (data,) in rows for tx in Block.from_bytes(data).txs}
             assert ordered.issuperset(junk)
             assert ledger_cli.verify_main(["--data", str(files.agent_dir(peer))]) == 0
+
+
+@pytest.mark.slow
+def test_the_user_cli_against_a_processes_swarm_speaks_mutual_tls(tmp_path):
+    """`patient`/`doctor` commands against `swarm up --processes`: each user connects with a client
+    certificate the swarm minted from its hospital's TLS CA (kept encrypted in the swarm's secrets);
+    `patient serve` listens with it, and the doctor's read goes through (grant from the serving patient)."""
+    import signal
+    import subprocess
+    import sys
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from agents.keys import KeyStore
+    from agents.tls import certificate_agents
+    from agents.testing.cli import cli_env, run_cli, start_swarm, stop_process
+    from agents.testing.consortium import CARDIOLOGY_POLICY
+
+    data = tmp_path / "swarm"
+    swarm = start_swarm(data, "--processes")
+    serve = None
+    try:
+        def user(role: str, subject: str, *args: str) -> subprocess.CompletedProcess:
+            out = run_cli(role, "--swarm", str(data), "--subject", subject, *args)
+            assert out.returncode == 0, out.stderr
+            return out
+
+        user("patient", "alice", "--org", "hospital-a", "register")
+        user("doctor", "dr-h", "--org", "hospital-b", "register", "--attr", "department=cardiology")
+        record, policy = tmp_path / "bundle.json", tmp_path / "policy.txt"
+        record.write_text('{"resourceType": "Bundle", "type": "collection", "entry": []}')
+        policy.write_text(CARDIOLOGY_POLICY)
+        user("patient", "alice", "store", str(record), "--label", "cardiology", "--record-id", "rec-1")
+        user("patient", "alice", "policy", str(policy))
+        serve = subprocess.Popen([sys.executable, "-m", "agents.cli", "patient", "serve", "--swarm", str(data),
+                                  "--subject", "alice"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=cli_env(), stdin=subprocess.DEVNULL)
+        assert serve.stdout.readline().startswith("alice answering access requests at tcp://")
+        user("doctor", "dr-h", "read", "alice", "rec-1", "--out", str(tmp_path / "read.json"))
+        assert (tmp_path / "read.json").read_bytes() == record.read_bytes()
+    finally:
+        if serve is not None:
+            stop_process(serve, signal.SIGTERM)
+        stop_process(swarm)
+    files = SwarmFiles(data)
+    for subject, org in (("alice", "hospital-a"), ("dr-h", "hospital-b")):
+        store = KeyStore(files.secrets / "tls-users" / f"{subject}.keys", key_file=files.key_file)
+        assert b"PRIVATE" not in store.path.read_bytes()  # encrypted under the swarm's key file
+        cert = x509.load_pem_x509_certificate(json.loads(store.load())["cert"].encode())
+        assert cert.issuer == x509.load_pem_x509_certificate(files.org_dir(org).tls_ca_pem()).subject
+        assert certificate_agents(cert.public_bytes(Encoding.DER)) == {subject}

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import bus
-from agents.tls import AGENT_URI_PREFIX, admit_nodes, certificate_agents, tls_transport
+from agents.tls import (AGENT_URI_PREFIX, NodeTls, admit_nodes, certificate_agents, genesis_cas, node_cas,
+                        tls_transport)
 from bus.testing import Keyring
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -177,3 +178,51 @@ def test_certificate_agents_reads_the_uri_sans(pki):
     assert not admit("storage-1", der)  # named, but its organization's CA did not issue it
     assert not admit("orderer", der) and not admit("peer-a", None)
     assert admit("alice", None)  # users prove themselves by key
+
+
+async def test_a_node_trusts_a_member_ca_added_while_it_runs(pki):
+    """NodeTls.trust: a hospital a configuration change adds can connect without a restart."""
+    pem = lambda ca: ca[0].public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    ring = Keyring()
+    cert, key = _leaf(pki["a"], ["peer-a"])
+    server_tls = NodeTls(cert, key, [pem(pki["a"])])  # hospital-b is not a member yet
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(_node, server_tls.transport, _node_cas(pki))
+        address = await server.listen("tcp://127.0.0.1:0")
+        server.endpoint("peer-a", **ring.credentials("peer-a")).register("ping", _echo)
+        b_cert, b_key = _leaf(pki["b"], ["peer-b"])
+
+        async def ask() -> object:
+            client = await nursery.start(_node, tls_transport(b_cert, b_key, pki["trusted"]), _node_cas(pki))
+            client.add_route("peer-a", address)
+            try:
+                return await client.endpoint("peer-b", **ring.credentials("peer-b")).request("peer-a", "ping", 1,
+                                                                                           timeout=10)
+            except bus.DeliveryError as exc:
+                return exc
+
+        assert isinstance(await ask(), bus.DeliveryError)
+        assert server_tls.trust([pem(pki["b"]), pem(pki["a"])]) == [pem(pki["b"])]  # only the new one
+        assert await ask() == {"echo": 1, "from": "peer-b"}
+        nursery.cancel_scope.cancel()
+
+
+def test_node_cas_places_peers_by_the_configuration_and_others_by_tls_orgs(pki):
+    from types import SimpleNamespace
+
+    pem = lambda ca: ca[0].public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    org = lambda i, ca: SimpleNamespace(id=i, tls_ca=pem(ca).decode())  # noqa: E731
+    config = SimpleNamespace(orgs=[org("hospital-a", pki["a"]), org("hospital-b", pki["b"])],
+                             peers=[SimpleNamespace(id="peer-a", org="hospital-a"),
+                                    SimpleNamespace(id="peer-b", org="hospital-b")],
+                             orderer_ids=("orderer",))
+    assert genesis_cas(config) == [pem(pki["a"]), pem(pki["b"])]
+    cas = node_cas(config, {"storage-1": "hospital-b"}, ["storage-1", "storage-2"])
+    assert (cas["peer-a"], cas["peer-b"], cas["storage-1"]) == (pem(pki["a"]), pem(pki["b"]), pem(pki["b"]))
+    assert cas["orderer"] == cas["storage-2"] == (pem(pki["a"]), pem(pki["b"]))  # any member (the residual)
+    cert, _ = _leaf(pki["a"], ["storage-2"])
+    der = x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER)
+    admit = admit_nodes(cas)
+    assert admit("storage-2", der) and not admit("storage-1", der)
+    cert, _ = _leaf(pki["a"], ["storage-1"])  # named, but hospital-b runs storage-1
+    assert not admit("storage-1", x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER))

@@ -14,7 +14,10 @@ An existing deployment is described by a TOML (or JSON) file::
 
 Relative paths are relative to the file. The manifest lists every peer and
 storage endpoint (``agents``: id -> ``tcp://host:port``); the load test opens
-one bus node routed by it. Fault injection needs the embedded swarm (it owns
+one bus node routed by it. When the genesis names the members' TLS CAs (a
+deployment made with ``emrshare org init``), that node speaks mutual TLS with
+a client certificate it mints in memory from the first registrar's
+organization's TLS CA (:func:`agents.org.user_tls`; the key never touches disk). Fault injection needs the embedded swarm (it owns
 the processes it kills).
 """
 
@@ -79,6 +82,21 @@ def load_config(path: Path) -> dict[str, Any]:
     return out
 
 
+def _tls(manifest: Manifest, registrars: dict[str, tuple[Path, Path]]) -> dict[str, Any]:
+    """``open_node`` options for a deployment: mutual TLS when its genesis names TLS CAs."""
+    from core.ledger import parse_genesis
+
+    from agents.org import OrgDir, Unlock, key_to_pem, user_tls
+    from agents.tls import genesis_cas, tls_transport
+
+    cas = genesis_cas(parse_genesis(manifest.genesis).config)
+    if not cas:
+        return {}
+    org_dir, key_file = next(iter(registrars.values()))
+    cert, key = user_tls(OrgDir(org_dir, Unlock(key_file=key_file)), "loadtest", days=2)
+    return {"transports": {"tcp": tls_transport(cert, key_to_pem(key), cas)}}
+
+
 @contextlib.asynccontextmanager
 async def existing(config_path: Path) -> AsyncIterator[Target]:
     cfg = load_config(config_path)
@@ -93,7 +111,7 @@ async def existing(config_path: Path) -> AsyncIterator[Target]:
             raise ValueError(f"no registrar for {org!r} in {config_path}")
         return enrollment_token(registrars[org], subject, org, attributes, enrolling)
 
-    async with bus.open_node(routes=manifest.agents) as node:
+    async with bus.open_node(routes=manifest.agents, **_tls(manifest, cfg["registrars"])) as node:
         yield Target(manifest, node, token, lambda s: users / s,
                      f"deployment {manifest.consortium} from {config_path}: {len(manifest.peers)} peers "
                      f"(threshold {manifest.threshold}), {len(manifest.storage)} storage nodes",

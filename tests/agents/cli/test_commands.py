@@ -293,7 +293,7 @@ def test_an_agent_that_cannot_start_is_one_line_and_stops_the_others(tmp_path):
     data = tmp_path / "swarm"
     code, err = stop_process(start_swarm(data, "--processes"), signal.SIGTERM, timeout=60)
     assert code == 0
-    (data / "secrets" / "storage-3.keys").write_bytes(b"not a key store")
+    (data / "orgs" / "hospital-a" / "keys" / "storage-3.keys").write_bytes(b"not a key store")  # its hospital's
     out = run_cli("swarm", "up", "--data", str(data))
     line = error_line(out, 1, "agent storage-3 exited with", "storage-3.log")
     assert line.startswith("emrshare: swarm up: ")

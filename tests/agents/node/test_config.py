@@ -51,8 +51,29 @@ def test_exported_config_rebuilds_the_swarm_manifest_and_unlocks_with_its_own_ke
 def test_swarm_node_config_refers_to_the_swarm_files(files):
     cfg = load_config(swarm_node_config(files, "storage-2"), environ={})
     assert cfg.role == "storage" and cfg.data_dir == files.agent_dir("storage-2")
-    assert cfg.key_file == files.key_file and cfg.ready_file == files.dir / "run" / "storage-2.ready"
+    # storage nodes are placed in the hospitals round-robin: storage-2 is hospital-b's
+    org = files.dir / "orgs" / "hospital-b"
+    assert cfg.key_file == files.secrets / "hospital-b.key" and cfg.ready_file == files.dir / "run" / "storage-2.ready"
+    assert cfg.keystore == org / "keys" / "storage-2.keys"
     assert cfg.manifest().keys["storage-2"] == files.manifest().keys["storage-2"]
+    assert cfg.tls.enabled and cfg.tls.require_client_cert
+    assert (cfg.tls.cert, cfg.tls.keystore) == (org / "tls" / "storage-2.pem", org / "keys" / "storage-2.tls.keys")
+    assert cfg.tls.orgs == {"orderer": "hospital-a", "storage-1": "hospital-a", "storage-2": "hospital-b",
+                            "storage-3": "hospital-a"}
+    cert, key = cfg.tls_material()  # unlocked by the same key file as [node] keystore
+    assert cert == (org / "tls" / "storage-2.pem").read_bytes() and key.startswith(b"\x30")
+
+
+def test_exported_config_carries_its_tls_certificate_and_key(files, tmp_path):
+    out = _export(files, tmp_path, "peer-b1")
+    cfg = load_config(out, environ={})
+    from agents.org import cert_agent_ids
+
+    cert, key = cfg.tls_material()
+    assert cfg.tls.cert == (out.parent / "peer-b1.pem").resolve() and cert_agent_ids(cert) == ["peer-b1"]
+    assert os.stat(cfg.tls.keystore).st_mode & 0o077 == 0
+    assert load_config(out, environ={"EMRSHARE_NODE_TLS__REQUIRE_CLIENT_CERT": "false"}).tls.require_client_cert \
+        is False
 
 
 def test_environment_overrides_every_table(files, tmp_path):
@@ -77,6 +98,17 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 MINIMAL = '[node]\nid = "orderer"\nrole = "orderer"\ngenesis = "g"\nkeystore = "k"\ndata_dir = "d"\n'
+TLS = '[tls]\ncert = "c.pem"\nkeystore = "c.keys"\n'
+
+
+def test_tls_table(tmp_path):
+    cfg = load_config(_write(tmp_path, MINIMAL + TLS + '[tls.orgs]\nstorage-1 = "hospital-a"\n'), environ={})
+    assert cfg.tls.enabled and cfg.tls.cert == tmp_path / "c.pem" and cfg.tls.keystore == tmp_path / "c.keys"
+    assert cfg.tls.orgs == {"storage-1": "hospital-a"} and cfg.tls.require_client_cert
+    plain = load_config(_write(tmp_path, MINIMAL + "[tls]\nenabled = false\n"), environ={})
+    assert not plain.tls.enabled and plain.listen.startswith("tcp://127.0.0.1:")
+    env = {"EMRSHARE_NODE_TLS__ENABLED": "false"}  # the environment alone may say it, on loopback
+    assert not load_config(_write(tmp_path, MINIMAL), environ=env).tls.enabled
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -92,6 +124,12 @@ MINIMAL = '[node]\nid = "orderer"\nrole = "orderer"\ngenesis = "g"\nkeystore = "
     (MINIMAL + "[consortium]\nreplicas = 1\nwrite_quorum = 2\n", "write_quorum <= replicas"),
     (MINIMAL + "[orderer]\nbatch_size = true\n", "must be a whole number; fix it"),
     (MINIMAL + "[orderer]\nbatch_size = 2.5\n", "must be a whole number"),
+    (MINIMAL, "no [tls] table; add [tls] with cert and keystore"),
+    (MINIMAL + 'listen = "tcp://10.0.0.5:7100"\n[tls]\nenabled = false\n',
+     "enabled = false with listen tcp://10.0.0.5:7100, outside loopback"),
+    (MINIMAL + '[tls]\ncert = "c.pem"\n', "[tls] keystore is missing"),
+    (MINIMAL + TLS + 'ca = "ca.pem"\n', "unknown key(s) in [tls]: ca"),
+    (MINIMAL + TLS + "require_client_cert = 3\n", "must be true or false"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, needle):
     with pytest.raises(NodeConfigError) as info:
@@ -152,7 +190,7 @@ def test_check_role(files, tmp_path):
     ("tcp://[::]:7101", True), ("tcp://node-a.example:7101", True),
 ])
 def test_which_binds_are_outside_loopback(tmp_path, listen, outside):
-    cfg = load_config(_write(tmp_path, MINIMAL + f'listen = "{listen}"\n'), environ={})
+    cfg = load_config(_write(tmp_path, MINIMAL + f'listen = "{listen}"\n' + TLS), environ={})
     assert cfg.binds_non_loopback is outside
 
 

@@ -1,59 +1,209 @@
 """Attacks on a consortium node as `emrshare node start` runs it (security review,
-issue 14). A test marked ``xfail(strict=True)`` is an open finding."""
+issue 14; TLS: issue 15). A test marked ``xfail(strict=True)`` is an open finding.
+
+The node here is the real thing built from its configuration
+(:meth:`NodeService.from_config` of the swarm's ``DIR/nodes/orderer.toml``: mutual
+TLS from ``[tls]``, the genesis's member CAs, :func:`agents.tls.admit_nodes`),
+probed over real TCP on loopback by clients holding various certificates."""
 
 from __future__ import annotations
 
+import datetime
 import shutil
+import ssl
 import tempfile
 from pathlib import Path
 
 import pytest
 import trio
 
-from agents.node.config import NodeConfig
-from agents.node.roles import RoleAgent
+import bus
+from agents.consortium import enroll_id
+from agents.keys import AgentKeys
+from agents.node.config import load_config
 from agents.node.service import NodeService
+from agents.org import _tls
+from agents.runtime import make_endpoint
+from agents.swarm import SwarmFiles, SwarmSpec
+from agents.tls import tls_transport
 from bus.testing import connect_channel
 
-
-class IdleAgent(RoleAgent):
-    role = "orderer"
-
-    async def run(self, node, *, task_status=trio.TASK_STATUS_IGNORED):
-        task_status.started()
-        await trio.sleep_forever()
-
-    def busy(self) -> int:
-        return 0
+NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open finding: no node service, swarm or client wires agents.tls in (tls_transport, admit_nodes: "
-    "nothing outside agents/tls.py calls them; a `tls://` listen passes config validation and then "
-    "fails with 'unknown address scheme'), so every consortium node listens in plain TCP: any machine reaches "
-    "the channel layer, and a stolen node ledger key alone speaks as that node from anywhere "
-    "(docs/security.md's TLS node layer holds only 'where both run')"))
-async def test_a_consortium_node_refuses_a_channel_without_tls():
+@pytest.fixture(scope="module")
+def swarm_files():
     root = Path(tempfile.mkdtemp(prefix="emrs-a-", dir="/tmp"))
-    config = NodeConfig(path=root / "node.toml", id="orderer", role="orderer", listen="tcp://127.0.0.1:0",
-                        genesis=root / "g", keystore=root / "k", data_dir=root / "data", grace=0)
-    service = NodeService(config, IdleAgent("orderer"))
-    with trio.fail_after(30):
-        refused = await _plain_channel_refused(service)
+    files = SwarmFiles(root / "s")
+    files.create(SwarmSpec(data_dir=files.dir, processes=True))
+    yield files
     shutil.rmtree(root, ignore_errors=True)
-    assert refused, "a plain-TCP client completed a channel handshake with a consortium node"
 
 
-async def _plain_channel_refused(service: NodeService) -> bool:
-    """Whether a client with no TLS at all fails to open a channel to ``service``."""
+def _service(files: SwarmFiles, tmp: Path, **bus_options) -> NodeService:
+    """The swarm's orderer as `node start` builds it, on a fresh data directory and any free port."""
+    from agents.node.export import swarm_node_config
+
+    config = load_config(swarm_node_config(files, "orderer"), environ={})
+    config.listen, config.data_dir, config.ready_file = "tcp://127.0.0.1:0", tmp / "data", None
+    service = NodeService.from_config(config)
+    service.bus_options = bus_options
+    return service
+
+
+def _ca_key(files: SwarmFiles, org: str):
+    return _tls.key_from_der(files.org_dir(org)._load("tls-ca.keys"))
+
+
+def _client_cert(files: SwarmFiles, org: str | None, names: list[str]) -> tuple[bytes, bytes]:
+    """A client certificate naming ``names[0]`` from ``org``'s TLS CA (None: a rogue CA no member knows)."""
+    key = _tls.new_key()
+    if org is None:
+        ca_key = _tls.new_key()
+        ca_pem = _tls.make_ca("rogue", ca_key, NOW)
+    else:
+        ca_key, ca_pem = _ca_key(files, org), files.org_dir(org).tls_ca_pem()
+    cert = _tls.make_node_cert(org or "rogue", names[0], ["127.0.0.1"], key, ca_pem, ca_key, NOW)
+    return cert, _tls.key_to_pem(_tls.key_to_der(key))
+
+
+async def _ask(files: SwarmFiles, address: str, agent: str, keys: AgentKeys, tls: tuple[bytes, bytes] | None,
+               *, attempts: int = 1) -> object:
+    """Ask the orderer at ``address`` for its head as ``agent`` (proved with ``keys``) over a
+    connection with the client certificate ``tls`` (None: TLS without one); the reply or the error."""
+    transport = tls_transport(*(tls or (None, None)), files.trusted_cas())
+    async with bus.open_node(transports={"tcp": transport}, routes={"orderer": address},
+                             connect_attempts=attempts) as node:
+        directory = files.manifest().directory()
+        ep = make_endpoint(node, agent, keys.ecdsa_private, directory)
+        try:
+            return await ep.request("orderer", "orderer.head", {}, timeout=20)
+        except bus.BusError as exc:
+            return exc
+
+
+async def _with_node(files: SwarmFiles, tmp: Path, body, **bus_options):
+    service = _service(files, tmp, **bus_options)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         try:
+            with trio.fail_after(60):
+                await body(service)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_consortium_node_refuses_a_channel_without_tls(swarm_files, tmp_path):
+    async def body(service: NodeService) -> None:
+        assert service.transport is not None  # [tls] is on: the config `swarm up --processes` writes
+        with pytest.raises((bus.BusError, OSError, trio.BrokenResourceError)):
             conn = await connect_channel(service.address)  # plain TCP, no certificate
-        except Exception:
-            refused = True
-        else:
-            refused = False
             await conn.aclose()
-        nursery.cancel_scope.cancel()
-    return refused
+
+    await _with_node(swarm_files, tmp_path, body)
+
+
+async def test_who_may_speak_to_a_node_over_tls(swarm_files, tmp_path):
+    files = swarm_files
+    peer_a1, peer_a2 = files.agent_keys("peer-a1"), files.agent_keys("peer-a2")
+    user = AgentKeys.generate()
+
+    async def body(service: NodeService) -> None:
+        address = service.address
+        # peer-a1 with its own certificate from hospital-a's CA: answered
+        own = files.org_dir("hospital-a")
+        reply = await _ask(files, address, "peer-a1", peer_a1, (own.tls_cert_pem("peer-a1"),
+                                                                own.tls_key_pem("peer-a1")))
+        assert isinstance(reply, dict) and reply["height"] >= 0, reply
+        # a certificate from a CA no member knows: the TLS handshake fails, nothing is asked
+        assert isinstance(await _ask(files, address, "peer-a1", peer_a1, _client_cert(files, None, ["peer-a1"])),
+                          bus.UnreachableError)
+        # no certificate at all where one is required
+        assert isinstance(await _ask(files, address, "peer-a1", peer_a1, None), bus.UnreachableError)
+        # hospital-b's CA names hospital-a's peer (a valid chain, the right name, the peer's real key)
+        reply = await _ask(files, address, "peer-a1", peer_a1, _client_cert(files, "hospital-b", ["peer-a1"]))
+        assert isinstance(reply, bus.RemoteError) and reply.code == "unproven-sender", reply
+        # hospital-a's own certificate for peer-a2, proving peer-a1
+        reply = await _ask(files, address, "peer-a1", peer_a1, (own.tls_cert_pem("peer-a2"),
+                                                                own.tls_key_pem("peer-a2")))
+        assert isinstance(reply, bus.RemoteError) and reply.code == "unproven-sender", reply
+        # ... while peer-a2 on that certificate is heard
+        reply = await _ask(files, address, "peer-a2", peer_a2, (own.tls_cert_pem("peer-a2"),
+                                                                own.tls_key_pem("peer-a2")))
+        assert isinstance(reply, dict), reply
+        # a user with a client certificate from its hospital's CA: through TLS and the channel, and the
+        # orderer's own admission answers (users may not read the orderer's head)
+        cert, key = _tls.user_tls(files.org_dir("hospital-b"), "carol")
+        reply = await _ask(files, address, enroll_id(user.ecdsa_public), user, (cert, _tls.key_to_pem(key)))
+        assert isinstance(reply, bus.RemoteError) and reply.code == "forbidden", reply
+
+    await _with_node(files, tmp_path, body)
+
+
+async def test_hostile_tls_handshakes_are_bounded_and_others_are_served(swarm_files, tmp_path):
+    """Garbage instead of a ClientHello is dropped at once; a ClientHello cut short and held open is
+    dropped at the handshake timeout; meanwhile a valid peer is served."""
+    files = swarm_files
+    own = files.org_dir("hospital-a")
+    good = (own.tls_cert_pem("peer-a1"), own.tls_key_pem("peer-a1"))
+    peer_a1 = files.agent_keys("peer-a1")
+
+    async def body(service: NodeService) -> None:
+        host, port = service.address.removeprefix("tcp://").rsplit(":", 1)
+        garbage = await trio.open_tcp_stream(host, int(port))
+        await garbage.send_all(b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)) * 4)
+        assert await _read_until_closed(garbage) < 4096  # closed: no TLS, no channel
+        # a half handshake: the first bytes of a genuine ClientHello, then silence
+        half = await trio.open_tcp_stream(host, int(port))
+        await half.send_all(_client_hello()[:40])
+        assert isinstance(await _ask(files, service.address, "peer-a1", peer_a1, good), dict)
+        await _read_until_closed(half)  # the node hangs up at its handshake timeout (fail_after bounds it)
+        dropped = service.bus_node.statistics().dropped_connections
+        assert dropped.get("handshake-failed", 0) >= 1 and dropped.get("handshake-timeout", 0) >= 1, dropped
+        assert isinstance(await _ask(files, service.address, "peer-a1", peer_a1, good), dict)
+
+    await _with_node(files, tmp_path, body, handshake_timeout=2.0)
+
+
+async def _read_until_closed(stream: trio.SocketStream) -> int:
+    got = 0
+    try:
+        while chunk := await stream.receive_some(65536):
+            got += len(chunk)
+    except trio.BrokenResourceError:
+        pass
+    await stream.aclose()
+    return got
+
+
+def _client_hello() -> bytes:
+    """The bytes of a real TLS 1.3 ClientHello (an in-memory handshake's first flight)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="orderer")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    hello = outgoing.read()
+    assert hello[0] == 0x16 and len(hello) > 40  # a TLS handshake record, longer than the part sent
+    return hello
+
+
+async def test_the_load_tests_client_of_an_existing_deployment_speaks_tls(swarm_files, tmp_path):
+    """`loadtest --target FILE` mints its client certificate from the first registrar's organization
+    (in memory) when the genesis names TLS CAs: a node lets it through to the channel layer."""
+    from agents.bench.loadtest.target import _tls as loadtest_tls
+
+    files = swarm_files
+    user = AgentKeys.generate()
+    registrars = {org: (files.dir / "orgs" / org, files.secrets / f"{org}.key") for org in files.orgs()}
+    options = loadtest_tls(files.manifest(), registrars)
+
+    async def body(service: NodeService) -> None:
+        async with bus.open_node(routes={"orderer": service.address}, connect_attempts=1, **options) as node:
+            ep = make_endpoint(node, enroll_id(user.ecdsa_public), user.ecdsa_private, files.manifest().directory())
+            with pytest.raises(bus.RemoteError) as info:
+                await ep.request("orderer", "orderer.head", {}, timeout=20)
+            assert info.value.code == "forbidden"  # past TLS and the channel: the orderer's own admission
+
+    await _with_node(files, tmp_path, body)

@@ -128,7 +128,7 @@ def test_an_exported_node_serves_on_its_own_and_stops_with_one_line(short_dir, s
                        "--listen", "tcp://127.0.0.1:0", "--json")
     assert exported.returncode == 0, exported.stderr
     assert {Path(p).name for p in json.loads(exported.stdout)["files"]} == {
-        "genesis.block", "orderer.key", "orderer.keys", "node.toml"}
+        "genesis.block", "orderer.key", "orderer.keys", "orderer.tls.keys", "orderer.pem", "node.toml"}
     # environment overrides: the swarm's orderer state (its chain), and a metrics endpoint
     env = cli_env(EMRSHARE_NODE_DATA_DIR=str(data / "agents" / "orderer"), EMRSHARE_NODE_GRACE="3")
     proc, first = start_node(config, "--metrics", "127.0.0.1:0", env=env)
@@ -180,8 +180,16 @@ def test_bad_configurations_are_one_line(short_dir):
     error_line(run_cli("node", "start", "--config", str(config), env=cli_env(
         EMRSHARE_NODE_GENESIS=str(short_dir / "wrong.key"))), 1, "is not a valid genesis block")
     error_line(run_cli("node", "start", "--config", str(config), env=cli_env(
-        EMRSHARE_NODE_KEYSTORE=str(data / "secrets" / "storage-1.keys"),
-        EMRSHARE_NODE_KEY_FILE=str(data / "secrets" / "swarm.key"))), 1, "does not hold storage-2's key")
+        EMRSHARE_NODE_KEYSTORE=str(data / "orgs" / "hospital-a" / "keys" / "storage-1.keys"),
+        EMRSHARE_NODE_KEY_FILE=str(data / "secrets" / "hospital-a.key"))), 1, "does not hold storage-2's key")
+    error_line(run_cli("node", "start", "--config", str(config), env=cli_env(
+        EMRSHARE_NODE_TLS__CERT=str(data / "orgs" / "hospital-a" / "tls" / "storage-1.pem"))), 1,
+        "names storage-1, not storage-2")
+    error_line(run_cli("node", "start", "--config", str(config), env=cli_env(
+        EMRSHARE_NODE_TLS__CERT=str(short_dir / "none.pem"))), 1, "none.pem: no such file")
+    error_line(run_cli("node", "start", "--config", str(config), env=cli_env(
+        EMRSHARE_NODE_LISTEN="tcp://0.0.0.0:0", EMRSHARE_NODE_TLS__ENABLED="false")), 1,
+        "enabled = false with listen tcp://0.0.0.0:0, outside loopback")
     error_line(run_cli("node", "start", "--config", str(config), env=cli_env(EMRSHARE_NODE_ROLE="peer")), 1,
                "'storage-2' is not a peer of consortium")
     error_line(run_cli("node", "config", "--swarm", str(data), "--id", "nobody", "--out", str(config)), 2,
