@@ -254,7 +254,7 @@ def test_the_genesis_decides_which_orderers_order_on_etcd(etcd_files, files, tmp
     (MINIMAL.replace('role = "orderer"', 'role = "peer"') + '[ordering]\nkind = "etcd"\nendpoints = ["http://a:1"]\n',
      'kind = "etcd" is for orderer nodes, this is a peer'),
     (MINIMAL + "[ordering]\nwindow = 10\nleader = true\n", "unknown key(s) in [ordering]: leader"),
-    (MINIMAL + "[tls]\nenabled = true\n", "TLS between nodes is not wired in this build; set enabled = false"),
+    (MINIMAL + "[tls]\nenabled = true\n", "[tls] cert is missing"),
 ])
 def test_bad_ordering_is_one_line(tmp_path, text, needle):
     with pytest.raises(NodeConfigError) as info:
