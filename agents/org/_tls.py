@@ -5,7 +5,9 @@ The CA certificate is self-signed, may sign end-entity certificates only
 (path length 0) and is what the organization's profile and the genesis carry.
 A node certificate names its agent id as a DNS SAN and as the URI SAN
 ``emrshare:agent:<id>``, plus the host it listens on (an IP SAN for an address,
-a DNS SAN for a name); it may serve and be a client (mutual TLS).
+a DNS SAN for a name); it may serve and be a client (mutual TLS). A user
+certificate (:func:`make_user_cert`) names its subject as the URI SAN
+``emrshare:agent:<subject>`` only and may be a TLS client only.
 """
 
 from __future__ import annotations
@@ -98,6 +100,35 @@ def make_node_cert(org: str, agent: str, hosts: list[str], node_key: ec.Elliptic
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                        critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def make_user_cert(org: str, subject: str, user_tls_public_key: ec.EllipticCurvePublicKey,
+                   ca_pem: bytes, ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime, days: int) -> bytes:
+    """A user's TLS client certificate (PEM) issued by the organization's CA for
+    ``user_tls_public_key``: the URI SAN ``emrshare:agent:<subject>``
+    only, extended key usage clientAuth only, valid ``days`` from ``now`` but never
+    beyond the CA's own expiry."""
+    if days <= 0:
+        raise ValueError("a certificate must be valid for at least one day")
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                                 x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(ca.subject).public_key(user_tls_public_key).serial_number(_serial())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(min(now + datetime.timedelta(days=days), ca.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(AGENT_URI_PREFIX + subject)]),
+                       critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
