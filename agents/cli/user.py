@@ -253,6 +253,7 @@ def _prepare_dir(args: argparse.Namespace, what: str) -> "UserConfig":
     passphrase = _passphrase(args, new=False, what=what)
     args.transport = None
     if enrolled.tls_cert is not None:
+        _check_tls_cert_dates(enrolled.tls_cert, args.dir, what)
         store = tls_store(args.dir, passphrase=passphrase, key_file=args.key_file)
         try:
             key_der = store.load()
@@ -265,6 +266,25 @@ def _prepare_dir(args: argparse.Namespace, what: str) -> "UserConfig":
     _log_to_file(args.dir / "logs", enrolled.subject)
     return UserConfig(subject=enrolled.subject, org=enrolled.org, attributes={"role": args.role},
                       data_dir=args.dir, manifest=enrolled.manifest, passphrase=passphrase, key_file=args.key_file)
+
+
+def _check_tls_cert_dates(cert_pem: bytes, directory: Path, what: str) -> None:
+    """A one-line failure when the directory's TLS certificate is not valid now (the node would
+    only break the handshake)."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        fail(what, f"{directory}/tls.pem is not a certificate", "enroll again with a new token from your registrar")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        fail(what, f"your TLS certificate is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                   f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now",
+             f"ask your registrar to issue again from {directory}/request.json (`registrar issue --request`) "
+             f"and run `emrshare user enroll --dir {directory} --token FILE --manifest FILE`")
 
 
 def _log_to_file(logs: Path, subject: str) -> None:

@@ -110,6 +110,20 @@ async def _raw_enroll(t: Path, manifest: Manifest, keys_of: str, token: TokenFil
     return None
 
 
+def _expired_cert(org: OrgDir, t: Path) -> str:
+    """A certificate of ``org``'s CA for alice's TLS key that expired a day ago."""
+    import datetime
+    import time
+
+    from agents.org import EnrollRequest, issue_token, parse_tls_key
+
+    request = EnrollRequest.from_json((t / "alice" / "request.json").read_text())
+    then = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=3)
+    return issue_token(org, subject="alice", attributes={"role": "patient"}, enroll_key=request.enroll_key,
+                       expires=int(time.time()) + 60, tls_key=parse_tls_key(request.tls_key), cert_days=2,
+                       now=then).tls_cert
+
+
 async def test_users_enroll_over_tls_and_work_from_their_own_directories(tmp_path):
     t = tmp_path
     port = _free_port()
@@ -202,6 +216,16 @@ async def test_users_enroll_over_tls_and_work_from_their_own_directories(tmp_pat
             assert (t / "read.txt").read_bytes() == record.read_bytes()
             error_line(await cli(*doctor, "--subject", "alice", "records", "alice", ok=False), 1,
                        "enrolled as 'dr-bob'")
+
+            # renewing the TLS certificate: the registrar issues again from the same request, `user enroll`
+            # replaces tls.pem (alice is enrolled already: the new token is not spent)
+            renewed = await _user(t, "alice", "h1", "--role", "patient", "--cert-days", "2", out="renew.token")
+            await cli(*_enroll(t, "alice", renewed))
+            assert (t / "alice" / "tls.pem").read_text() == TokenFile.from_json(renewed.read_text()).tls_cert
+            assert [r["record_id"] for r in json.loads((await cli(*alice, "records", "--json")).stdout)] == ["ecg-1"]
+            # an expired certificate in the directory: one line saying how to renew, before any connection
+            (t / "alice" / "tls.pem").write_text(_expired_cert(orgs["h1"], t))
+            error_line(await cli(*alice, "records", ok=False), 1, "not now", "registrar issue --request")
             nursery.cancel_scope.cancel()
 
 
