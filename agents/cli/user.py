@@ -13,9 +13,10 @@ doctors' access requests (its address is written to
 Ctrl-C or SIGTERM; ``register`` and ``serve`` are swarm commands. Every bus
 node a command opens goes through :func:`_open`.
 
-The common options (``--swarm``, ``--subject``, ``--org``, ``--key-file``)
-are accepted before or after the subcommand; ``--swarm`` defaults to
-``EMRSHARE_SWARM`` and ``--subject`` to ``EMRSHARE_SUBJECT``. Everything
+The common options (``--swarm``, ``--dir``, ``--subject``, ``--org``,
+``--key-file``) are accepted before or after the subcommand; ``--swarm``
+defaults to ``EMRSHARE_SWARM`` and ``--subject`` to ``EMRSHARE_SUBJECT`` (with
+``--dir``, the directory's subject; a different ``--subject`` is refused). Everything
 that can be checked before the work starts is: the swarm directory and that
 its swarm runs, that the subject has keys here (a mistyped subject creates
 nothing), ``--org`` and that the organization exists (``register``), the
@@ -90,7 +91,8 @@ class _Role:
     def __init__(self, role: str, attr_help: str):
         self.role = role
         self.parser = argparse.ArgumentParser(
-            prog=f"emrshare {role}", description=f"Act as a {role} against a running swarm.",
+            prog=f"emrshare {role}", description=f"Act as a {role} against a running swarm (--swarm), or from "
+                                                 "your own enrolled key directory (--dir) over mutual TLS.",
             epilog=f"Your keys are unlocked with {ENV_PASSPHRASE}, a prompt, or --key-file. "
                    f"`emrshare {role} SUBCOMMAND --help` describes a subcommand's options.")
         _common(self.parser, suppress=False)
