@@ -210,7 +210,7 @@ def _prepare(args: argparse.Namespace, attributes: dict[str, Any]) -> tuple["Swa
     from agents.client import UserConfig
 
     what = f"{args.role} {args.cmd}"
-    if args.dir is not None:
+    if getattr(args, "dir", None) is not None:  # `fhir serve` shares this with a namespace of its own
         return None, _prepare_dir(args, what), True
     args.transport = None
     files = _swarm_files(args, what)
