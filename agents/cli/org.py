@@ -440,39 +440,64 @@ def _duration(text: str) -> int:
     return int(value)
 
 
+def _days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if not 0 < value <= 3650:
+        raise argparse.ArgumentTypeError("a certificate lives 1 to 3650 days")
+    return value
+
+
 def registrar_issue_main(argv: list[str]) -> int:
     p = _parser("registrar issue", "Issue an enrollment token for one subject, bound to the key it "
-                "enrolls from (what `emrshare user init` printed).")
+                "enrolls from, and its TLS client certificate from this organization's TLS CA (from the "
+                "request `emrshare user init` wrote).")
     p.add_argument("--subject", required=True, help="the user id to enroll")
     p.add_argument("--role", required=True, help="the certificate's role (patient, doctor, nurse, ...)")
     p.add_argument("--attr", action="append", default=[], metavar="K=V",
                    help="another certificate attribute (repeatable; e.g. department=cardiology)")
     key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--request", type=Path, default=None, metavar="FILE",
+                     help="the subject's request.json (enrolling key and TLS public key): the token also "
+                          "carries a TLS client certificate")
     key.add_argument("--enroll-key", default=None, metavar="HEX",
-                     help="the subject's enrolling public key (hex or enroll:<hex>)")
+                     help="the subject's enrolling public key (hex or enroll:<hex>); no TLS certificate: "
+                          "enrolls only at nodes running without TLS")
     key.add_argument("--enroll-key-file", type=Path, default=None, metavar="FILE",
-                     help="a file holding the enrolling public key (DIR/enroll.pub after `user init`)")
+                     help="a file holding the enrolling public key (DIR/enroll.pub after `user init`); "
+                          "no TLS certificate, as --enroll-key")
     p.add_argument("--expires", type=_duration, default=86400, metavar="DURATION",
                    help="how long the token is valid: 90s, 30m, 1h, 7d (default 1d)")
+    p.add_argument("--cert-days", type=_days, default=365, metavar="DAYS",
+                   help="how long the TLS certificate is valid, in days (default 365; never beyond the CA's)")
     p.add_argument("--out", required=True, help="where to write the token file (hand it to the subject)")
     args = _parse(p, argv, json_help="print the token file's fields as JSON", unlock="the organization's",
                   org_dir=True)
     what = f"registrar issue {args.subject}"
 
     def body() -> int:
-        from agents.org import issue_token, parse_enroll_key
+        from agents.org import EnrollRequest, issue_token, parse_enroll_key, parse_tls_key
 
         attributes = {"role": args.role, **parse_attributes(args.attr, what)}
-        if args.enroll_key_file is not None:
+        request = None
+        if args.request is not None:
+            text = check_input_file(args.request, what).read_text()
+        elif args.enroll_key_file is not None:
             text = check_input_file(args.enroll_key_file, what).read_text()
         else:
             text = args.enroll_key
         check_output_path(args.out, what)
         org_dir = _org_dir(args, what)
         with _doing(what):
-            enroll_key = parse_enroll_key(text)
+            if args.request is not None:
+                request = EnrollRequest.from_json(text, source=str(args.request))
+                enroll_key, tls_key = request.enroll_key, parse_tls_key(request.tls_key, source=str(args.request))
+            else:
+                enroll_key, tls_key = parse_enroll_key(text), None
             token = issue_token(org_dir, subject=args.subject, attributes=attributes, enroll_key=enroll_key,
-                                expires=int(time.time()) + args.expires)
+                                expires=int(time.time()) + args.expires, tls_key=tls_key, cert_days=args.cert_days)
         from agents.keys import atomic_write
 
         atomic_write(Path(args.out), token.to_json().encode(), mode=0o600)
@@ -481,7 +506,9 @@ def registrar_issue_main(argv: list[str]) -> int:
         else:
             print(f"token for {token.subject} of {token.org} ({attributes}) written to {args.out}; "
                   f"valid until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(token.expires))}, once, "
-                  "from the given key only")
+                  "from the given key only"
+                  + (f"; with a TLS client certificate for {args.cert_days} days" if token.tls_cert else
+                     "; no TLS certificate (give --request for one)"))
         return 0
 
     return run(body, what)
@@ -499,46 +526,70 @@ def _user_store(directory: Path, unlock: Any) -> Any:
 
 
 def user_init_main(argv: list[str]) -> int:
-    p = _parser("user init", "Create your keys in your own directory and print the public key "
-                "your registrar binds your enrollment token to.")
+    p = _parser("user init", "Create your keys (and your TLS key) in your own directory and write the "
+                "public request your registrar issues your enrollment token and TLS certificate from.")
     p.add_argument("--dir", required=True, type=Path, help="your key directory (e.g. ~/.emrshare)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="also write the request (public: enrolling key and TLS public key) to FILE for the "
+                        "registrar (it is always in DIR/request.json)")
     args = _parse(p, argv, json_help="print JSON", unlock="your")
     what = f"user init {args.dir}"
 
     def body() -> int:
+        from agents.cli.userdir import REQUEST_FILE, tls_store
         from agents.consortium import enroll_id
         from agents.keys import AgentKeys, atomic_write
+        from agents.org import EnrollRequest, new_user_tls_key, tls_public_pem
 
+        if args.out is not None:
+            check_output_path(args.out, what)
         unlock = _unlock(args, what, create_key_file=True, outside=args.dir)
         store = _user_store(args.dir, unlock)
+        tls = tls_store(args.dir, passphrase=unlock.passphrase, key_file=unlock.key_file)
+        created = []
         if store.exists():
             with _doing(what):
                 keys = AgentKeys.from_bytes(store.load())
-            created = False
         else:
             args.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             keys = AgentKeys.generate()
             store.save(keys.to_bytes())
-            created = True
+            created.append("keys")
+        if tls.exists():  # an older directory may lack it: made below, under the same unlock
+            with _doing(what):
+                tls_public = tls_public_pem(tls.load())
+        else:
+            der, tls_public = new_user_tls_key()
+            tls.save(der)
+            created.append("TLS key")
+        request = EnrollRequest(keys.ecdsa_public, tls_public).to_json().encode()
         atomic_write(args.dir / "enroll.pub", (keys.ecdsa_public.hex() + "\n").encode(), mode=0o644)
+        atomic_write(args.dir / REQUEST_FILE, request, mode=0o644)
+        if args.out is not None:
+            atomic_write(args.out, request, mode=0o644)
         if args.json:
             print_json({"dir": str(args.dir), "created": created, "enroll_key": keys.ecdsa_public.hex(),
-                        "enroll_id": enroll_id(keys.ecdsa_public)})
+                        "enroll_id": enroll_id(keys.ecdsa_public), "tls_key": tls_public,
+                        "request": str(args.out or args.dir / REQUEST_FILE)})
         else:
-            print(f"{'created' if created else 'found'} keys in {args.dir}")
+            print(f"{'created ' + ' and '.join(created) if created else 'found keys'} in {args.dir}")
             print(f"enrolling public key: {keys.ecdsa_public.hex()}")
-            print(f"give it to your registrar (also in {args.dir / 'enroll.pub'}); they issue your token with "
-                  "`emrshare registrar issue --enroll-key ...`")
+            print(f"give your registrar {args.out or args.dir / REQUEST_FILE} (your enrolling key and TLS public "
+                  "key, nothing secret); they issue your token and TLS certificate with "
+                  "`emrshare registrar issue --request FILE`")
         return 0
 
     return run(body, what)
 
 
 def user_enroll_main(argv: list[str]) -> int:
-    p = _parser("user enroll", "Enroll with your organization's peer using the registrar's token; "
-                "your certificate and the consortium's files go in your directory.")
+    p = _parser("user enroll", "Enroll with your organization's peer using the registrar's token, over "
+                "mutual TLS with the certificate the token carries; your certificates and the consortium's "
+                "files go in your directory. Without --token, in a directory already enrolled: save the "
+                "consortium's manifest (--manifest) there.")
     p.add_argument("--dir", required=True, type=Path, help="your key directory (made by `emrshare user init`)")
-    p.add_argument("--token", required=True, type=Path, help="the token file your registrar gave you")
+    p.add_argument("--token", type=Path, default=None,
+                   help="the token file your registrar gave you (needed unless already enrolled)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--genesis", type=Path, default=None, help="the consortium's genesis file")
     src.add_argument("--manifest", type=Path, default=None,
@@ -551,17 +602,19 @@ def user_enroll_main(argv: list[str]) -> int:
     what = f"user enroll {args.dir}"
 
     def body() -> int:
+        import datetime
+
         import trio
 
+        from agents.cli.user import _open
+        from agents.cli.userdir import META_FILE, TLS_CERT_FILE, tls_store, user_transport
         from agents.client import UserConfig, open_agent
-        from agents.consortium import enroll_id
+        from agents.consortium import Manifest, enroll_id
         from agents.keys import AgentKeys, atomic_write
-        from agents.org import TokenFile, genesis_manifest
-        from agents.consortium import Manifest
+        from agents.org import TokenFile, check_user_cert, genesis_manifest, parse_tls_key, tls_public_pem
         from core.errors import DecodeError
         from core.ledger import parse_genesis
 
-        token_text = check_input_file(args.token, what).read_text()
         full = None
         if args.manifest is not None:
             try:
@@ -571,8 +624,11 @@ def user_enroll_main(argv: list[str]) -> int:
             genesis = full.genesis
         else:
             genesis = check_input_file(args.genesis, what).read_bytes()
-            if args.peer is None:
-                raise UsageError(what, "--peer is needed with --genesis", "give --peer [ID=]tcp://HOST:PORT")
+        if args.token is None:
+            return _save_manifest(args, full, what)
+        token_text = check_input_file(args.token, what).read_text()
+        if full is None and args.peer is None:
+            raise UsageError(what, "--peer is needed with --genesis", "give --peer [ID=]tcp://HOST:PORT")
         unlock = _unlock(args, what)
         store = _user_store(args.dir, unlock)
         if not store.exists():
@@ -582,12 +638,29 @@ def user_enroll_main(argv: list[str]) -> int:
             keys = AgentKeys.from_bytes(store.load())
         if token.enroll_key != keys.ecdsa_public:
             fail(what, f"the token is bound to another key than the one in {args.dir}",
-                 "give the registrar the key `emrshare user init` printed for this directory")
+                 "give the registrar the request `emrshare user init` wrote in this directory")
         try:
             config = parse_genesis(genesis).config
         except DecodeError as exc:
             fail(what, f"{args.genesis or args.manifest} does not hold a sealed genesis: {exc}",
                  "ask your organization for the genesis")
+        transport = None
+        if token.tls_cert:  # mutual TLS: the certificate must be ours, from our organization's CA
+            tls = tls_store(args.dir, passphrase=unlock.passphrase, key_file=unlock.key_file)
+            if not tls.exists():
+                fail(what, f"no TLS key in {args.dir} for the token's certificate",
+                     f"run `emrshare user init --dir {args.dir}` and have the registrar issue the token from "
+                     "the request it writes")
+            org_info = config.org(token.org)
+            if org_info is None or not org_info.tls_ca:
+                fail(what, f"{token.org} is not a member with a TLS CA in the genesis",
+                     "check the token and the genesis")
+            with _doing(what):
+                tls_der = tls.load()
+                check_user_cert(token.tls_cert, subject=token.subject, org=token.org, ca_pem=org_info.tls_ca,
+                                tls_key=parse_tls_key(tls_public_pem(tls_der)),
+                                now=datetime.datetime.now(datetime.timezone.utc))
+            transport = user_transport(token.tls_cert.encode(), tls_der, genesis)
         peer_id, sep, address = (args.peer or "").rpartition("=")
         if full is not None and not address:
             peer_id = next((p for p in full.peer_orgs.get(token.org, []) if p in full.agents), "")
@@ -611,22 +684,54 @@ def user_enroll_main(argv: list[str]) -> int:
                           key_file=unlock.key_file, peer=peer_id, request_timeout=args.timeout)
 
         async def enroll() -> Any:
-            async with open_agent(user, None, lambda client: client) as client:
-                return await client.register(token.token)
+            async with _open(dict(manifest.agents), transport) as node:
+                async with open_agent(user, node, lambda client: client) as client:
+                    return await client.register(token.token)
 
         with _doing(what):
             cert = trio.run(enroll)
+        if token.tls_cert:
+            atomic_write(args.dir / TLS_CERT_FILE, token.tls_cert.encode(), mode=0o644)
         atomic_write(args.dir / "genesis", genesis, mode=0o644)
         atomic_write(args.dir / "manifest.json", manifest.to_json().encode(), mode=0o644)
-        atomic_write(args.dir / "cli.json", json.dumps({"subject": cert.subject, "org": cert.org}).encode(),
+        atomic_write(args.dir / META_FILE, json.dumps({"subject": cert.subject, "org": cert.org,
+                                                       "manifest": "full" if full else "peer"}).encode(),
                      mode=0o644)
         if args.json:
             print_json({"subject": cert.subject, "org": cert.org, "attributes": dict(cert.attributes),
                         "serial": cert.serial, "issuer": cert.issuer, "valid_until": cert.valid_until,
-                        "enroll_id": enroll_id(keys.ecdsa_public)})
+                        "enroll_id": enroll_id(keys.ecdsa_public), "tls": bool(token.tls_cert)})
         else:
             print(f"enrolled {cert.subject} of {cert.org} ({cert.role}): certificate {cert.serial} issued by "
-                  f"{cert.issuer}, valid until {time.strftime('%Y-%m-%d', time.gmtime(cert.valid_until))}")
+                  f"{cert.issuer}, valid until {time.strftime('%Y-%m-%d', time.gmtime(cert.valid_until))}"
+                  + (" (over mutual TLS)" if token.tls_cert else ""))
+            if not full:
+                print(f"your directory knows only {peer_id}'s address: before daily use, save the consortium's "
+                      f"manifest with `emrshare user enroll --dir {args.dir} --manifest manifest.json`",
+                      file=sys.stderr)
         return 0
 
     return run(body, what)
+
+
+def _save_manifest(args: argparse.Namespace, manifest: Any, what: str) -> int:
+    """``user enroll --manifest FILE`` without a token, in an enrolled directory: keep the
+    consortium's manifest there (same genesis only)."""
+    from agents.cli.userdir import META_FILE, read_enrolled
+    from agents.keys import atomic_write
+
+    if manifest is None:
+        raise UsageError(what, "--token is required", "give the token file your registrar gave you (or, once "
+                         "enrolled, --manifest FILE to save the consortium's manifest)")
+    enrolled = read_enrolled(args.dir, what)
+    if manifest.genesis != enrolled.manifest.genesis:
+        fail(what, f"{args.manifest} is of another consortium (another genesis) than the one you enrolled in",
+             "ask your organization for this consortium's manifest.json")
+    atomic_write(args.dir / "manifest.json", manifest.to_json().encode(), mode=0o644)
+    atomic_write(args.dir / META_FILE, json.dumps({"subject": enrolled.subject, "org": enrolled.org,
+                                                   "manifest": "full"}).encode(), mode=0o644)
+    if args.json:
+        print_json({"subject": enrolled.subject, "org": enrolled.org, "manifest": str(args.dir / "manifest.json")})
+    else:
+        print(f"manifest of {manifest.consortium} saved in {args.dir} for {enrolled.subject}")
+    return 0

@@ -1,15 +1,22 @@
-"""``emrshare patient ...`` and ``emrshare doctor ...``: act against a running swarm.
+"""``emrshare patient ...`` and ``emrshare doctor ...``: act against a running swarm,
+or a consortium, from your own key directory.
 
-Each command opens the user's agent from ``DIR/users/<subject>`` (keys
-encrypted at rest: passphrase from ``EMRSHARE_PASSPHRASE``, a prompt, or
-``--key-file``), does one thing, and exits — except ``patient serve``, which
-stays up answering doctors' access requests (its address is written to
+Each command opens the user's agent from ``DIR/users/<subject>`` of a swarm
+(``--swarm``), or from the user's own directory (``--dir``, after ``emrshare
+user init`` and ``user enroll``: :mod:`agents.cli.userdir`; subject, organization,
+routes and TLS certificate come from there, and the node is reached over mutual
+TLS when the directory holds a TLS certificate), with keys encrypted at rest
+(passphrase from ``EMRSHARE_PASSPHRASE``, a prompt, or ``--key-file``), does
+one thing, and exits — except ``patient serve``, which stays up answering
+doctors' access requests (its address is written to
 ``DIR/users/<subject>/address`` so doctors' commands can reach it) until
-Ctrl-C or SIGTERM.
+Ctrl-C or SIGTERM; ``register`` and ``serve`` are swarm commands. Every bus
+node a command opens goes through :func:`_open`.
 
-The common options (``--swarm``, ``--subject``, ``--org``, ``--key-file``)
-are accepted before or after the subcommand; ``--swarm`` defaults to
-``EMRSHARE_SWARM`` and ``--subject`` to ``EMRSHARE_SUBJECT``. Everything
+The common options (``--swarm``, ``--dir``, ``--subject``, ``--org``,
+``--key-file``) are accepted before or after the subcommand; ``--swarm``
+defaults to ``EMRSHARE_SWARM`` and ``--subject`` to ``EMRSHARE_SUBJECT`` (with
+``--dir``, the directory's subject; a different ``--subject`` is refused). Everything
 that can be checked before the work starts is: the swarm directory and that
 its swarm runs, that the subject has keys here (a mistyped subject creates
 nothing), ``--org`` and that the organization exists (``register``), the
@@ -64,6 +71,10 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
     parser.add_argument("--swarm", default=d(env_default(ENV_SWARM, DEFAULT_SWARM)), metavar="DIR",
                         help=env_help("the swarm's data directory", ENV_SWARM, DEFAULT_SWARM))
+    parser.add_argument("--dir", type=Path, default=d(None), metavar="DIR",
+                        help="your own key directory (`emrshare user init` and `user enroll` made it): no swarm, "
+                             "the consortium's manifest and your TLS certificate there say where to connect; "
+                             "wins over --swarm")
     parser.add_argument("--subject", default=d(env_default(ENV_SUBJECT)), metavar="ID",
                         help=env_help("your user id", ENV_SUBJECT))
     parser.add_argument("--org", default=d(None), metavar="ORG",
@@ -80,7 +91,8 @@ class _Role:
     def __init__(self, role: str, attr_help: str):
         self.role = role
         self.parser = argparse.ArgumentParser(
-            prog=f"emrshare {role}", description=f"Act as a {role} against a running swarm.",
+            prog=f"emrshare {role}", description=f"Act as a {role} against a running swarm (--swarm), or from "
+                                                 "your own enrolled key directory (--dir) over mutual TLS.",
             epilog=f"Your keys are unlocked with {ENV_PASSPHRASE}, a prompt, or --key-file. "
                    f"`emrshare {role} SUBCOMMAND --help` describes a subcommand's options.")
         _common(self.parser, suppress=False)
@@ -102,9 +114,9 @@ class _Role:
         args = self.parser.parse_args(argv)
         if not args.cmd:
             raise UsageError(self.role, "a subcommand is needed", f"see `emrshare {self.role} --help`")
-        if not args.subject:
+        if not args.subject and args.dir is None:
             raise UsageError(f"{self.role} {args.cmd}", "--subject is required",
-                             f"give --subject ID or set {ENV_SUBJECT}")
+                             f"give --subject ID or set {ENV_SUBJECT} (or --dir DIR, your own key directory)")
         return args
 
 
@@ -192,11 +204,14 @@ def _saved_org(user_dir: Path) -> str | None:
         return None
 
 
-def _prepare(args: argparse.Namespace, attributes: dict[str, Any]) -> tuple["SwarmFiles", "UserConfig", bool]:
-    """(files, config, key store existed) after every check that needs no network."""
+def _prepare(args: argparse.Namespace, attributes: dict[str, Any]) -> tuple["SwarmFiles | None", "UserConfig", bool]:
+    """(files, config, key store existed) after every check that needs no network;
+    files is None with ``--dir`` (:func:`_prepare_dir`)."""
     from agents.client import UserConfig
 
     what = f"{args.role} {args.cmd}"
+    if getattr(args, "dir", None) is not None:  # `fhir serve` shares this with a namespace of its own
+        return None, _prepare_dir(args, what), True
     files = _swarm_files(args, what)
     registering = args.cmd == "register"
     existed = _check_subject(files, args, what, registering=registering)
@@ -204,20 +219,81 @@ def _prepare(args: argparse.Namespace, attributes: dict[str, Any]) -> tuple["Swa
     org = args.org or _saved_org(user_dir) or ""
     if registering:
         org = _check_org(files, org, what)
+    args.transport = files.client_tls(args.subject, org or None)  # None: the in-process swarm (plaintext)
     passphrase = _passphrase(args, new=not existed, what=what)
-    _log_to_file(files, args.subject)
+    _log_to_file(files.dir / "logs", args.subject)
     role = getattr(args, "cert_role", args.role)
     return files, UserConfig(subject=args.subject, org=org, attributes={"role": role, **attributes},
                              data_dir=user_dir, manifest=files.manifest(), passphrase=passphrase,
                              key_file=args.key_file), existed
 
 
-def _log_to_file(files: "SwarmFiles", subject: str) -> None:
-    """Log lines go to DIR/logs/<subject>.log; the terminal sees them only with --verbose."""
+def _prepare_dir(args: argparse.Namespace, what: str) -> "UserConfig":
+    """The config of the user enrolled in ``--dir`` (and ``args.transport``: mutual TLS
+    with its certificate, when it holds one), after every check that needs no network."""
+    from agents.cli.userdir import read_enrolled, tls_store, user_transport
+    from agents.client import UserConfig
+    from agents.keys import KeyStoreError
+
+    if args.cmd == "register":
+        raise UsageError(what, "--dir is enrolled with `emrshare user enroll`, not register",
+                         f"run `emrshare user enroll --dir {args.dir} --token FILE --manifest FILE`")
+    if args.cmd == "serve":
+        raise UsageError(what, "serve needs an address doctors can reach, which a user directory does not "
+                               "publish yet", "let your policy delegate standing access (`approval auto` rules, "
+                                             "docs/crypto-standing.md) so doctors read while you are offline")
+    enrolled = read_enrolled(args.dir, what)
+    if args.subject and args.subject != enrolled.subject:
+        fail(what, f"{args.dir} is enrolled as {enrolled.subject!r}, not {args.subject!r}",
+             "drop --subject or give the directory of that user")
+    args.subject = enrolled.subject
+    if not enrolled.full:
+        peers = ", ".join(enrolled.manifest.agents) or "no node"
+        fail(what, f"{args.dir} knows the address of {peers} only (you enrolled with --genesis and --peer)",
+             f"get the consortium's manifest.json from your organization and save it with "
+             f"`emrshare user enroll --dir {args.dir} --manifest manifest.json`")
+    passphrase = _passphrase(args, new=False, what=what)
+    args.transport = None
+    if enrolled.tls_cert is not None:
+        _check_tls_cert_dates(enrolled.tls_cert, args.dir, what)
+        store = tls_store(args.dir, passphrase=passphrase, key_file=args.key_file)
+        try:
+            key_der = store.load()
+        except FileNotFoundError:
+            fail(what, f"{args.dir} holds a TLS certificate but no TLS key",
+                 f"run `emrshare user init --dir {args.dir}` and enroll again with a token issued from its request")
+        except KeyStoreError as exc:
+            fail(what, str(exc), "give the passphrase or --key-file your keys were created with")
+        args.transport = user_transport(enrolled.tls_cert, key_der, enrolled.manifest.genesis)
+    _log_to_file(args.dir / "logs", enrolled.subject)
+    return UserConfig(subject=enrolled.subject, org=enrolled.org, attributes={"role": args.role},
+                      data_dir=args.dir, manifest=enrolled.manifest, passphrase=passphrase, key_file=args.key_file)
+
+
+def _check_tls_cert_dates(cert_pem: bytes, directory: Path, what: str) -> None:
+    """A one-line failure when the directory's TLS certificate is not valid now (the node would
+    only break the handshake)."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        fail(what, f"{directory}/tls.pem is not a certificate", "enroll again with a new token from your registrar")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        fail(what, f"your TLS certificate is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                   f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now",
+             f"ask your registrar to issue again from {directory}/request.json (`registrar issue --request`) "
+             f"and run `emrshare user enroll --dir {directory} --token FILE --manifest FILE`")
+
+
+def _log_to_file(logs: Path, subject: str) -> None:
+    """Log lines go to LOGS/<subject>.log; the terminal sees them only with --verbose."""
     root = logging.getLogger()
     if verbose():
         return
-    logs = files.dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(logs / f"{subject}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -225,10 +301,22 @@ def _log_to_file(files: "SwarmFiles", subject: str) -> None:
     root.setLevel(logging.INFO)
 
 
-def _routes(files: "SwarmFiles", manifest: Any) -> dict[str, str]:
+def _open(routes: dict[str, str], transport: Any = None) -> Any:
+    """The user's bus node (an async context manager): ``routes``; its ``tcp`` over
+    ``transport`` (mutual TLS, :func:`agents.tls.tls_transport`) when given, else plain TCP
+    (the embedded swarm)."""
+    from bus import open_node
+
+    if transport is None:
+        return open_node(routes=routes)
+    return open_node(routes=routes, transports={"tcp": transport})
+
+
+def _routes(files: "SwarmFiles | None", manifest: Any) -> dict[str, str]:
+    """The manifest's routes, and in a swarm where its patients listen (``patient serve``)."""
     routes = dict(manifest.agents)
-    users = files.dir / "users"
-    if users.exists():
+    users = files.dir / "users" if files is not None else None
+    if users is not None and users.exists():
         for d in users.iterdir():
             addr = d / "address"
             if addr.exists():
@@ -237,13 +325,10 @@ def _routes(files: "SwarmFiles", manifest: Any) -> dict[str, str]:
 
 
 def _open_bus(files: "SwarmFiles", config: "UserConfig") -> Any:
-    """The user's bus node (async context manager): routed by the manifest and the listening users'
+    """A swarm user's bus node (:func:`_open`) routed by the manifest and the listening users'
     addresses; against a ``--processes`` swarm, mutual TLS with the user's client certificate from
     its hospital's TLS CA (:meth:`agents.swarm.SwarmFiles.client_tls`)."""
-    from bus import open_node
-
-    tls = files.client_tls(config.subject, config.org)
-    return open_node(routes=_routes(files, config.manifest), **({"transports": {"tcp": tls}} if tls else {}))
+    return _open(_routes(files, config.manifest), files.client_tls(config.subject, config.org))
 
 
 async def _register(agent: "UserAgent", files: "SwarmFiles", config: "UserConfig") -> "Certificate":
@@ -369,12 +454,12 @@ def _print_grants(grants: dict[str, dict], as_json: bool) -> None:
 # ------------------------------------------------------------------ patient
 
 
-async def _patient(files: "SwarmFiles", config: "UserConfig", args: argparse.Namespace) -> int:
+async def _patient(files: "SwarmFiles | None", config: "UserConfig", args: argparse.Namespace) -> int:
     from agents.patient import PatientAgent
 
     if args.cmd == "serve":
         config.listen = args.listen
-    async with _open_bus(files, config) as node:
+    async with _open(_routes(files, config.manifest), args.transport) as node:
         if args.cmd == "serve":
             address = await node.listen(args.listen)
         approve = _approve_all if args.cmd == "serve" and args.approve else None
@@ -558,10 +643,10 @@ def _policy_text(path: str, what: str) -> str:
 # ------------------------------------------------------------------ doctor
 
 
-async def _doctor(files: "SwarmFiles", config: "UserConfig", args: argparse.Namespace) -> int:
+async def _doctor(files: "SwarmFiles | None", config: "UserConfig", args: argparse.Namespace) -> int:
     from agents.doctor import DoctorAgent
 
-    async with _open_bus(files, config) as node:
+    async with _open(_routes(files, config.manifest), args.transport) as node:
         async with DoctorAgent.open(config, node=node) as d:
             if args.cmd == "register":
                 cert = await _register(d, files, config)
@@ -595,6 +680,10 @@ async def _doctor(files: "SwarmFiles", config: "UserConfig", args: argparse.Name
                             data = await d.read(args.patient, args.record_id, purpose=args.purpose,
                                                 progress=update)
                 except Unavailable as exc:
+                    if files is None:
+                        raise CliError(_what(args), str(exc), f"a patient grants access while online, or through a "
+                                       f"standing delegation: ask {args.patient} to set a policy whose `approval "
+                                       f"auto` rule covers you (standing delegation)") from exc
                     if (files.user_dir(args.patient) / "address").exists():
                         raise
                     raise CliError(_what(args), str(exc), f"a patient grants access while online, or through a standing "

@@ -10,7 +10,9 @@
   members' profiles and signed by each; :func:`manifest_for` and
   :func:`genesis_manifest` give the clients' view of it.
 * :func:`issue_token` (``emrshare registrar issue``) and :class:`TokenFile`: an
-  enrollment token bound to the subject's enrolling key.
+  enrollment token bound to the subject's enrolling key, with the subject's TLS
+  client certificate when its :class:`EnrollRequest` gave a TLS key
+  (:func:`new_user_tls_key` makes one; :func:`check_user_cert` is the user's check).
 * :func:`make_user_cert` and :func:`user_tls`: a user's TLS client certificate from its
   organization's TLS CA (URI SAN ``emrshare:agent:<subject>``); :func:`key_to_pem`: a
   TLS key store's PKCS#8 as PEM, for an ``ssl`` context in memory.
@@ -25,9 +27,12 @@ from agents.org._change import ConfigChange, change_draft, config_transaction, s
 from agents.org._genesis import build_config, draft, genesis_manifest, manifest_for, read_draft, seal, sign_draft
 from agents.org._material import (ROLES, NodeProfile, OrgDir, OrgError, OrgProfile, Unlock, default_node_ids,
                                   init_org)
-from agents.org._registrar import TokenFile, issue_token, parse_enroll_key
+from agents.org._registrar import (USER_CERT_DAYS, EnrollRequest, TokenFile, check_user_cert, issue_token,
+                                   new_user_tls_key, parse_enroll_key, parse_tls_key, tls_private_pem,
+                                   tls_public_pem)
 from agents.org._tls import AGENT_URI_PREFIX, cert_agent_ids, key_to_pem, make_user_cert, user_tls
 
 __all__ = ["AGENT_URI_PREFIX", "cert_agent_ids", "key_to_pem", "make_user_cert", "user_tls", "ConfigChange", "change_draft", "config_transaction", "sign_change", "ROLES", "NodeProfile", "OrgDir", "OrgError", "OrgProfile", "TokenFile", "Unlock", "build_config",
            "default_node_ids", "draft", "genesis_manifest", "init_org", "issue_token", "manifest_for",
-           "parse_enroll_key", "read_draft", "seal", "sign_draft"]
+           "parse_enroll_key", "read_draft", "seal", "sign_draft", "USER_CERT_DAYS", "EnrollRequest",
+           "check_user_cert", "new_user_tls_key", "parse_tls_key", "tls_private_pem", "tls_public_pem"]

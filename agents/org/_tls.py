@@ -115,6 +115,8 @@ def make_user_cert(org: str, subject: str, user_public_key: ec.EllipticCurvePubl
     ``emrshare:agent:<subject>``, extended key usage clientAuth only, valid ``days`` (at most
     as long as the CA). With ``hosts`` (addresses or names it listens on) it may serve too
     (serverAuth, and those hosts as SANs)."""
+    if days <= 0:
+        raise ValueError("a certificate must be valid for at least one day")
     ca = x509.load_pem_x509_certificate(ca_pem)
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(AGENT_URI_PREFIX + subject)]
     names += [_host_name(h) for h in dict.fromkeys(hosts)]

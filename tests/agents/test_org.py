@@ -401,3 +401,116 @@ def test_members_add_then_remove_an_org_with_change_files(tmp_path):
     # the removed org's peer submits nothing any more
     again = config_transaction(remove, "peer-h2-1", h2.node_keys("peer-h2-1").ecdsa_private)
     assert commit(again) == "unknown_submitter"
+
+
+# ------------------------------------------------------------------ user TLS certificates
+
+
+def _user_token(org: OrgDir, subject: str, tls_public: str, *, days: int = 30, now=None):
+    import time as _time
+
+    from agents.org import issue_token, parse_tls_key
+
+    return issue_token(org, subject=subject, attributes={"role": "patient"},
+                       enroll_key=ecdsa.public_key(ecdsa.generate_private_key()), expires=int(_time.time()) + 60,
+                       tls_key=parse_tls_key(tls_public), cert_days=days, now=now)
+
+
+def test_a_token_carries_a_tls_client_certificate_naming_the_subject_for_the_request_key(tmp_path):
+    import datetime
+
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from agents.org import check_user_cert, new_user_tls_key, parse_tls_key, tls_private_pem, tls_public_pem
+    from agents.tls import client_context, server_context
+
+    h1, p1 = make_org(tmp_path, "h1")
+    h2, p2 = make_org(tmp_path, "h2")
+    der, public = new_user_tls_key()
+    assert public == tls_public_pem(der)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    token = _user_token(h1, "alice", public, days=30, now=now)
+    assert TokenFile.from_json(token.to_json()) == token
+    cert = x509.load_pem_x509_certificate(token.tls_cert.encode())
+    ca = x509.load_pem_x509_certificate(p1.tls_ca.encode())
+    cert.verify_directly_issued_by(ca)  # chains to the org's CA
+    with pytest.raises(Exception):
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(p2.tls_ca.encode()))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["emrshare:agent:alice"]
+    assert san.get_values_for_type(x509.DNSName) == [] and san.get_values_for_type(x509.IPAddress) == []
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert cert.public_key().public_numbers() == parse_tls_key(public).public_numbers()  # bound to the request's key
+    assert cert.not_valid_after_utc == now + datetime.timedelta(days=30)
+    # never beyond the CA's own validity
+    long = x509.load_pem_x509_certificate(_user_token(h1, "alice", public, days=9000, now=now).tls_cert.encode())
+    assert long.not_valid_after_utc == ca.not_valid_after_utc
+
+    # the user's own check
+    check_user_cert(token.tls_cert, subject="alice", org="h1", ca_pem=p1.tls_ca, tls_key=parse_tls_key(public),
+                    now=now)
+    _, other_public = new_user_tls_key()
+    for kw, why in (({"org": "h2", "ca_pem": p2.tls_ca}, "not issued by the TLS CA of h2"),
+                    ({"subject": "bob"}, "does not name bob"),
+                    ({"tls_key": parse_tls_key(other_public)}, "another TLS key"),
+                    ({"now": now + datetime.timedelta(days=31)}, "not now")):
+        args = {"subject": "alice", "org": "h1", "ca_pem": p1.tls_ca, "tls_key": parse_tls_key(public), "now": now,
+                **kw}
+        with pytest.raises(OrgError, match=why):
+            check_user_cert(token.tls_cert, **args)
+
+    # mutual TLS 1.3 with a node of h1 trusting the members' CAs; a node trusting only h2 refuses the user
+    node_cert, node_key = h1.tls_cert_pem("peer-h1-1"), h1.tls_key_pem("peer-h1-1")
+    user = client_context(token.tls_cert.encode(), tls_private_pem(der), [p1.tls_ca.encode(), p2.tls_ca.encode()])
+    for cas, ok in (([p1.tls_ca.encode(), p2.tls_ca.encode()], True), ([p2.tls_ca.encode()], False)):
+        b = [ssl.MemoryBIO() for _ in range(4)]
+        client = user.wrap_bio(b[0], b[1], server_hostname="127.0.0.1")
+        server = server_context(node_cert, node_key, cas).wrap_bio(b[2], b[3], server_side=True)
+        if ok:
+            _handshake(client, server, *b)
+            seen = server.getpeercert(binary_form=True)
+            assert cert_agent_ids(x509.load_der_x509_certificate(seen).public_bytes(ssl_encoding())) == ["alice"]
+        else:
+            with pytest.raises(ssl.SSLError):
+                _handshake(client, server, *b)
+                client.write(b"x")  # TLS 1.3: the server's verdict on the client certificate comes after
+                b[2].write(b[1].read())
+                server.read()
+
+
+def test_a_token_file_without_a_certificate_still_reads_and_requests_are_checked(tmp_path):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from agents.org import EnrollRequest, new_user_tls_key
+
+    h1, _ = make_org(tmp_path, "h1")
+    token = _user_token(h1, "alice", new_user_tls_key()[1])
+    old = json.loads(token.to_json())
+    del old["tls_cert"]  # a token file written before user TLS certificates
+    assert TokenFile.from_json(json.dumps(old)).tls_cert == ""
+    bad = {**json.loads(token.to_json()), "tls_cert": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}
+    with pytest.raises(OrgError, match="ask the registrar for a new token"):
+        TokenFile.from_json(json.dumps(bad))
+
+    good = EnrollRequest(ecdsa.public_key(ecdsa.generate_private_key()), new_user_tls_key()[1])
+    assert EnrollRequest.from_json(good.to_json()) == good
+    fields = json.loads(good.to_json())
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.sampled_from(sorted(fields)), st.one_of(st.none(), st.integers(), st.text(max_size=40),
+                                                       st.just(fields["tls_key"][:-40])))
+    def altered(name, value):
+        doc = {**fields, name: value}
+        if doc == fields:
+            return
+        try:
+            EnrollRequest.from_json(json.dumps(doc))
+        except OrgError as exc:
+            assert str(exc).startswith("reading ")
+        else:
+            raise AssertionError(f"accepted {doc}")
+
+    altered()
