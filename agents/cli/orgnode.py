@@ -6,7 +6,7 @@ sealed genesis and the consortium's manifest (``emrshare consortium seal`` and
 
     emrshare org node-config --org-dir DIR --id NODE --genesis genesis.block \\
         --manifest manifest.json --out NODE.toml [--listen tcp://HOST:PORT] \\
-        [--data-dir PATH] [--passphrase-file F | --key-file F]
+        [--data-dir PATH] [--passphrase-file F | --key-file F] [--etcd http://HOST:PORT ...]
 
 The file points at the organization directory's own key stores (nothing is
 copied or re-encrypted): ``[node] keystore`` = ``DIR/keys/NODE.keys``, ``[tls]
@@ -16,7 +16,9 @@ neither, ``EMRSHARE_NODE_PASSPHRASE`` when the node starts). Routes (every
 other node's address) and the public keys the genesis does not hold (storage
 nodes) come from the manifest; ``[tls.orgs]`` names this organization's own
 orderer and storage nodes (another member's are vouched for by any member CA:
-docs/security.md). :func:`write_node_config` does the work.
+docs/security.md). An orderer node of an etcd-ordered consortium also gets
+``[ordering]`` with the etcd members' client URLs (``--etcd``, once per member).
+:func:`write_node_config` does the work.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ WHAT = "org node-config"
 
 def write_node_config(org_dir: Path, node: str, genesis: Path, manifest: Path, out: Path, *,
                       listen: str | None = None, data_dir: str = "", key_file: Path | None = None,
-                      passphrase_file: Path | None = None) -> dict[str, dict[str, Any]]:
+                      passphrase_file: Path | None = None, etcd: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Write ``out``, the TOML of ``node`` of the organization in ``org_dir``; return its tables.
-    CliError (one line) when the node, genesis or manifest do not agree."""
+    ``etcd``: the etcd cluster's client URLs, for an orderer node of the genesis's orderer set
+    (``[ordering]``). CliError (one line) when the node, genesis or manifest do not agree."""
     from core.errors import DecodeError
     from core.ledger import parse_genesis
 
@@ -99,6 +102,15 @@ def write_node_config(org_dir: Path, node: str, genesis: Path, manifest: Path, o
         "tls": {"cert": str(cert.resolve()), "keystore": str(tls_keys.resolve()), "require_client_cert": True},
         "tls.orgs": {n.id: profile.org for n in profile.nodes if n.id in others},
     }
+    etcd_set = {o.id for o in config.orderers}
+    if node in etcd_set:
+        if not etcd:
+            raise UsageError(what, f"{node} is an orderer node of an etcd-ordered consortium",
+                             "give the etcd cluster's client URLs with --etcd http://HOST:PORT (once per member)")
+        tables["ordering"] = {"kind": "etcd", "endpoints": list(etcd)}
+    elif etcd:
+        raise UsageError(what, f"--etcd is for the orderer nodes of an etcd-ordered consortium, not {node}",
+                         "drop --etcd")
     unlock = ("" if key_file or passphrase_file else
               "\nThe key stores open with EMRSHARE_NODE_PASSPHRASE (the organization's passphrase).")
     comment = (f"node {node} ({me.role}) of {profile.org} in consortium {config.name}, from {org.dir.resolve()}.\n"
@@ -129,6 +141,9 @@ def main(argv: list[str]) -> int:
                    help="the file holding the organization's passphrase (the node reads it at start)")
     g.add_argument("--key-file", type=Path, metavar="F",
                    help="the organization's 32-byte key file (the node reads it at start)")
+    p.add_argument("--etcd", action="append", default=[], metavar="http://HOST:PORT",
+                   help="an etcd member's client URL (repeat for each): required for an orderer node of an "
+                   "etcd-ordered consortium ([ordering])")
     p.add_argument("--json", action="store_true", help="print the configuration's tables as JSON")
     args = p.parse_args(argv)
 
@@ -141,7 +156,7 @@ def main(argv: list[str]) -> int:
         check_output_path(args.out, WHAT)
         tables = write_node_config(args.org_dir, args.id, args.genesis, args.manifest, args.out,
                                    listen=args.listen, data_dir=args.data_dir, key_file=args.key_file,
-                                   passphrase_file=args.passphrase_file)
+                                   passphrase_file=args.passphrase_file, etcd=args.etcd)
         if args.json:
             from agents.cli.output import print_json
 
