@@ -125,7 +125,7 @@ async def _validate_whole(f: Path, label: str | None) -> None:
     try:
         await trio.to_thread.run_sync(validate_resource, json.loads(f.read_bytes()), f.name)
     except FhirError as exc:
-        raise FhirCliError(f"{f}: {exc}; fix the resource (docs/fhir.md)") from None
+        raise FhirCliError(f"{f}: {exc} (docs/fhir.md)") from None
 
 
 async def _store_fhir(patient: Any, docs: list[tuple[Path, dict]], *, label: str | None, record_id: str | None,
@@ -151,7 +151,7 @@ async def _store_fhir(patient: Any, docs: list[tuple[Path, dict]], *, label: str
             for i, e in enumerate(planned):
                 await trio.to_thread.run_sync(validate_resource, e.resource, f"{f.name} entry {i}")
         except FhirError as exc:
-            raise FhirCliError(f"{f}: {exc}; fix the resource (docs/fhir.md)") from None
+            raise FhirCliError(f"{f}: {exc} (docs/fhir.md)") from None
         if label:  # the caller names the label of everything in this call
             planned = [dataclasses.replace(e, label=label) for e in planned]
         entries += planned

@@ -288,8 +288,9 @@ async def test_cli_store_and_fhir_audit(tmp_path, capsys):
             with pytest.raises(FhirCliError, match="not stored as application/fhir"):
                 await store_path(alice, note, label="notes", media_type="application/fhir+json", record_id=None)
             (tmp_path / "bad.json").write_text('{"resourceType": "Observation"}')
-            with pytest.raises(FhirCliError, match="not valid FHIR R4"):
+            with pytest.raises(FhirCliError, match="not valid FHIR R4") as info:
                 await store_path(alice, tmp_path / "bad.json", label=None, media_type=None, record_id=None)
+            assert str(info.value).count("fix the resource") == 1  # one what-to-do, not the facade's twice
             _, plain = await store_path(alice, note, label="notes", media_type="text/plain", record_id="note-1")
             records = await alice.records()
     assert lines[0].startswith(f"stored {len(bundle['entry']) + 1} FHIR resources from 2 file(s)")
