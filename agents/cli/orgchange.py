@@ -24,8 +24,11 @@ peer's own node configuration, as ``emrshare node start`` does) with
 Trust: step 1 and 3 believe the peers' answers (as every client does); step
 2 speaks with the peer's key from a second process: while that short-lived
 connection is open, the orderer may route the peer's block events to it; the
-peer catches up from its next gap or idle check. Node-to-node TLS is not yet
-used here: the peers and orderers are reached as the manifest's addresses say.
+peer catches up from its next gap or idle check. Both bus nodes speak mutual
+TLS with the peer's own TLS certificate (from the organization directory, or the
+node configuration's ``[tls]``), trusting the member organizations' TLS CAs of
+the genesis; ``--plaintext`` (with ``--org-dir``) is for a consortium whose nodes
+run without TLS (the embedded swarm).
 """
 
 from __future__ import annotations
@@ -90,14 +93,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --org-dir: a file holding the passphrase of the organization's keys")
     g.add_argument("--key-file", type=Path, metavar="F",
                    help="with --org-dir: the key file that unlocks the organization's keys")
+    p.add_argument("--plaintext", action="store_true",
+                   help="with --org-dir: connect without TLS, for a consortium whose nodes run without it (the "
+                        "embedded swarm, loopback tests); by default the peer's TLS certificate is presented "
+                        "(mutual TLS), and with --node-config its [tls] table decides")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for the peers to apply it (default 30)")
     p.add_argument("--json", action="store_true", help="print the new configuration and the heights as JSON")
     return p
 
 
-def _org_peer(args: argparse.Namespace, what: str) -> tuple[str, bytes, Any]:
-    """(peer id, its ECDSA private key, the manifest) from --org-dir, --peer, --manifest."""
+def _org_peer(args: argparse.Namespace, what: str) -> tuple[str, bytes, Any, Any]:
+    """(peer id, its ECDSA private key, the manifest, its TLS transport or None with --plaintext)
+    from --org-dir, --peer, --manifest."""
     from agents.consortium import Manifest
     from agents.org import OrgDir, OrgError, Unlock
 
@@ -124,21 +132,38 @@ def _org_peer(args: argparse.Namespace, what: str) -> tuple[str, bytes, Any]:
              f"its peers: {', '.join(sorted(nodes)) or 'none'}")
     try:
         keys = directory.node_keys(args.peer)
-    except OrgError as exc:
+        transport = None if args.plaintext else _tls_transport(
+            directory.tls_cert_pem(args.peer), directory.tls_key_pem(args.peer), manifest.genesis)
+    except (OrgError, OSError) as exc:
         raise CliError(what, str(exc)) from None
-    return args.peer, keys.ecdsa_private, manifest
+    return args.peer, keys.ecdsa_private, manifest, transport
 
 
-def _node_peer(args: argparse.Namespace, what: str) -> tuple[str, bytes, Any]:
+def _tls_transport(cert_pem: bytes, key_pem: bytes, genesis: bytes) -> Any:
+    """Mutual TLS as the peer (its certificate), trusting the member organizations' TLS CAs."""
+    from core.ledger import parse_genesis
+
+    from agents.tls import genesis_cas, tls_transport
+
+    return tls_transport(cert_pem, key_pem, genesis_cas(parse_genesis(genesis).config))
+
+
+def _node_peer(args: argparse.Namespace, what: str) -> tuple[str, bytes, Any, Any]:
     from agents.node.config import load_config
+    from agents.org import key_to_pem
 
-    if args.peer or args.manifest or args.key_file or args.passphrase_file:
-        fail(what, "--node-config takes the peer, addresses and key store from the file",
-             "drop --peer, --manifest, --key-file and --passphrase-file")
+    if args.peer or args.manifest or args.key_file or args.passphrase_file or args.plaintext:
+        fail(what, "--node-config takes the peer, addresses, key store and TLS from the file",
+             "drop --peer, --manifest, --key-file, --passphrase-file and --plaintext")
     config = load_config(check_input_file(args.node_config, what))
     if config.role != "peer":
         fail(what, f"{args.node_config} configures a {config.role}, not a peer", "give a peer's node configuration")
-    return config.id, config.unlock().ecdsa_private, config.manifest()
+    manifest = config.manifest()
+    transport = None
+    if config.tls.enabled:
+        cert_pem, key_der = config.tls_material()
+        transport = _tls_transport(cert_pem, key_to_pem(key_der), manifest.genesis)
+    return config.id, config.unlock().ecdsa_private, manifest, transport
 
 
 def submit_change_main(argv: list[str]) -> int:
@@ -156,8 +181,8 @@ def submit_change_main(argv: list[str]) -> int:
         except OrgError as exc:
             raise CliError(what, str(exc)) from None
         with doing(what):
-            peer_id, key, manifest = (_org_peer if args.org_dir is not None else _node_peer)(args, what)
-            outcome = trio.run(submit_change, change, peer_id, key, manifest, what, args.timeout)
+            peer_id, key, manifest, transport = (_org_peer if args.org_dir is not None else _node_peer)(args, what)
+            outcome = trio.run(submit_change, change, peer_id, key, manifest, what, args.timeout, transport)
         if args.json:
             print_json(outcome.to_json())
             return 0
@@ -183,8 +208,9 @@ async def _config_of(endpoint: Any, peer: str, timeout: float) -> tuple[Any, int
 
 
 async def submit_change(change: Any, peer_id: str, peer_key: bytes, manifest: Any, what: str,
-                        timeout: float = 30.0) -> ChangeOutcome:
-    """Check, submit and follow ``change`` (see the module docstring); CliError for every expected failure."""
+                        timeout: float = 30.0, transport: Any = None) -> ChangeOutcome:
+    """Check, submit and follow ``change`` (see the module docstring); CliError for every expected failure.
+    ``transport``: the bus's ``tcp`` transport (mutual TLS as the peer), None for plain TCP."""
     import bus
     from core import ecdsa
     from core.errors import DecodeError
@@ -217,7 +243,8 @@ async def submit_change(change: Any, peer_id: str, peer_key: bytes, manifest: An
     asker = ecdsa.generate_private_key()
     ask = min(5.0, max(1.0, timeout / 3))
     new_bytes = change.new.to_bytes()
-    async with bus.open_node(routes=manifest.agents) as node:
+    tcp = {"transports": {"tcp": transport}} if transport is not None else {}
+    async with bus.open_node(routes=manifest.agents, **tcp) as node:
         ep = make_endpoint(node, enroll_id(ecdsa.public_key(asker)), asker, directory)
         # 1. what is in force, as the peers say
         answered: dict[str, tuple[Any, int, int]] = {}
@@ -246,7 +273,7 @@ async def submit_change(change: Any, peer_id: str, peer_key: bytes, manifest: An
         # 2. submit as the peer, from a node of its own that closes right after
         submitted = False
         refusals: list[str] = []
-        async with bus.open_node(routes=manifest.agents) as as_peer:
+        async with bus.open_node(routes=manifest.agents, **tcp) as as_peer:
             sender = make_endpoint(as_peer, peer_id, peer_key, directory)
             for orderer in orderers:
                 try:

@@ -80,7 +80,7 @@ def change_draft(*, genesis: bytes | None = None, after: ConfigChange | None = N
     try:
         new = ConsortiumConfig(current.name, tuple(orgs), tuple(peers), current.orderer_id, current.orderer_key,
                                current.threshold if threshold is None else threshold, current.max_skew_ms,
-                               current.created_at)
+                               current.created_at, orderers=current.orderers)
     except DecodeError as exc:
         raise OrgError(f"preparing a configuration change: {exc}; give --threshold") from None
     return ConfigChange(current, seq, new)

@@ -497,3 +497,30 @@ def test_ordering_goes_on_when_a_hospitals_orderer_node_dies(consortium):
     while node_status(c, leader)["height"] != node_status(c, other)["height"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert node_status(c, leader)["height"] == node_status(c, other)["height"]
+
+
+def test_a_configuration_change_adding_a_hospital_is_submitted_over_mutual_tls(consortium):
+    """h4 asks to join: the members sign the change on their own machines and h1 submits it through
+    its peer's identity over mutual TLS; every running peer applies it at the same height. (Last in
+    the module: the consortium has three members afterwards.)"""
+    c = consortium
+    h4 = Org("h4", c.root / "h4" / "org", c.root / "h4" / "secrets" / "h4.key")
+    h4.key_file.parent.mkdir(parents=True, mode=0o700)
+    ok("org", "init", "--org", "h4", "--dir", h4.dir, "--peers", 1, "--host", "127.0.0.12", "--key-file", h4.key_file)
+    ok("org", "profile", "--dir", h4.dir, "--out", c.public / "h4-profile.json")
+    change = c.public / "change-1.json"
+    ok("consortium", "change", "--genesis", c.genesis, "--add", c.public / "h4-profile.json", "--out", change)
+    for org in c.orgs.values():
+        ok("consortium", "sign-change", "--org-dir", org.dir, "--key-file", org.key_file, change)
+    h1 = c.orgs["h1"]
+    out = json.loads(ok("consortium", "submit-change", "--org-dir", h1.dir, "--key-file", h1.key_file,
+                        "--peer", "peer-h1-1", "--manifest", c.public / "manifest.json", "--timeout", "60",
+                        change, "--json").out)
+    assert out["submitted"] is True and [o["id"] for o in out["orgs"]] == ["h1", "h2", "h4"]
+    assert set(out["applied"]) == {"peer-h1-1", "peer-h1-2", "peer-h2-1"}
+    assert len(set(out["applied"].values())) == 1
+    # plain TCP is refused by the TLS nodes: the command says no peer answered
+    refused = emrshare("consortium", "submit-change", "--org-dir", h1.dir, "--key-file", h1.key_file,
+                       "--peer", "peer-h1-1", "--manifest", c.public / "manifest.json", "--timeout", "3",
+                       "--plaintext", change)
+    assert "no peer answered" in refused.line(), refused.line()

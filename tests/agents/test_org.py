@@ -403,6 +403,23 @@ def test_members_add_then_remove_an_org_with_change_files(tmp_path):
     assert commit(again) == "unknown_submitter"
 
 
+def test_a_change_of_an_etcd_ordered_consortium_keeps_its_orderer_set(tmp_path):
+    """The ledger refuses a change that alters the orderer set; the draft must carry it over (it
+    dropped it: every change of an etcd-ordered consortium was refused)."""
+    from agents.org import change_draft, sign_change
+    from core.ledger import check_config_change
+
+    h1, p1 = make_org(tmp_path, "h1", peers=1, orderer=True)
+    h2, p2 = make_org(tmp_path, "h2", peers=1, orderer=True)
+    h3, p3 = make_org(tmp_path, "h3", peers=1)
+    config = build_config([p1, p2], name="c", threshold=1, created_at=1000, orderer_set=True)
+    assert [o.id for o in config.orderers] == ["orderer-h1", "orderer-h2"]
+    genesis = seal(sign_draft(sign_draft(draft(config), h1), h2)).to_bytes()
+    change = sign_change(sign_change(change_draft(genesis=genesis, add=p3), h1), h2)
+    assert change.new.orderers == config.orderers
+    check_config_change(change.current, change.seq, change.new, change.signatures)  # raises if refused
+
+
 # ------------------------------------------------------------------ user TLS certificates
 
 

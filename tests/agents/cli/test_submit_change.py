@@ -11,12 +11,14 @@ import json
 import os
 import socket
 import sys
+import tomllib
 from pathlib import Path
 
 import trio
 
 from agents.consortium import Manifest, enroll_id
 from agents.keys import KeyStore
+from agents.node.config import render_config
 from agents.org import Unlock, default_node_ids, init_org
 from agents.runtime import make_endpoint
 from agents.swarm import Swarm, SwarmSpec
@@ -54,7 +56,9 @@ async def test_submit_change_adds_a_hospital_on_every_peer_at_one_height(tmp_pat
             org_a = ("--org-dir", data / "orgs" / "hospital-a", "--key-file", data / "secrets" / "hospital-a.key")
             org_b = ("--org-dir", data / "orgs" / "hospital-b", "--key-file", data / "secrets" / "hospital-b.key")
             await cli("consortium", "sign-change", *org_a, t / "c1")
-            submit = ("consortium", "submit-change", "--manifest", data / "manifest.json", "--timeout", "30")
+            # the in-process swarm runs without TLS (the multi-host test submits one over mutual TLS)
+            submit = ("consortium", "submit-change", "--manifest", data / "manifest.json", "--timeout", "30",
+                      "--plaintext")
 
             # one of two members signed: refused before anything is submitted
             _, _, err = await cli(*submit, *org_a, "--peer", "peer-a1", t / "c1", ok=False)
@@ -80,6 +84,11 @@ async def test_submit_change_adds_a_hospital_on_every_peer_at_one_height(tmp_pat
             # the same change again, from a peer's node configuration: already in force, nothing submitted
             (t / "node").mkdir()
             await cli("node", "config", "--swarm", data, "--id", "peer-a2", "--out", t / "node" / "peer-a2.toml")
+            exported = tomllib.loads((t / "node" / "peer-a2.toml").read_text())
+            assert exported["tls"]["cert"]  # an exported node speaks TLS; this swarm runs in-process, in plaintext
+            exported["tls"] = {"enabled": False}
+            exported.pop("tls.orgs", None)
+            (t / "node" / "peer-a2.toml").write_text(render_config(exported, "peer-a2, plaintext on loopback"))
             _, out, _ = await cli("consortium", "submit-change", "--node-config", t / "node" / "peer-a2.toml",
                                   t / "c1")
             assert out.startswith(f"already in force: configuration 1 of {new.name}, digest {new.digest().hex()}")
@@ -101,7 +110,7 @@ async def test_submit_change_adds_a_hospital_on_every_peer_at_one_height(tmp_pat
             manifest.agents = {a: dead for a in manifest.agents}
             (t / "dead.json").write_text(manifest.to_json())
             _, _, err = await cli("consortium", "submit-change", "--manifest", t / "dead.json", "--timeout", "3",
-                                  *org_a, "--peer", "peer-a1", t / "c1", ok=False)
+                                  "--plaintext", *org_a, "--peer", "peer-a1", t / "c1", ok=False)
             assert "no peer answered" in err and "addresses" in err
 
             # a peer of another hospital is not this organization's to sign with
