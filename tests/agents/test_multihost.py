@@ -499,6 +499,28 @@ def test_ordering_goes_on_when_a_hospitals_orderer_node_dies(consortium):
     assert node_status(c, leader)["height"] == node_status(c, other)["height"]
 
 
+def test_a_load_test_runs_against_the_deployment(consortium):
+    """`emrshare loadtest --target` against the two hospitals: its users enroll with tokens from each
+    hospital's registrar and connect over mutual TLS; nothing is lost or corrupted."""
+    c = consortium
+    target = c.root / "loadtest.toml"
+    target.write_text(render_config({
+        "target": {"manifest": str(c.public / "manifest.json"), "users_dir": str(c.root / "loadtest-users")},
+        **{f"target.registrars.{o.id}": {"org_dir": str(o.dir), "key_file": str(o.key_file)} for o in c.orgs.values()},
+    }, "the multi-host deployment"))
+    out = c.root / "loadtest.json"
+    ok("loadtest", "--target", target, "--duration", 6, "--warmup", 1, "--concurrency", 3, "--patients", 3,
+       "--doctors", 2, "--json", out)
+    report = json.loads(out.read_text())
+    assert report["target"]["kind"] == "existing" and report["target"]["peers"] == 3
+    assert report["correctness"]["lost"] == 0 and report["correctness"]["corrupted"] == 0, report["correctness"]
+    met = {t["what"]: t["met"] for t in report["targets"]}
+    assert met["lost or corrupted records"] and met["denials for the wrong reason"], report["targets"]
+    phases = {p["phase"]: (p["succeeded"], p["failed"], p["failures_by_reason"]) for p in report["phases"]}
+    assert phases["access"][0] > 0 and phases["store"][0] > 0, phases
+    assert all(failed == 0 for _, failed, _ in phases.values()), phases
+
+
 def test_a_configuration_change_adding_a_hospital_is_submitted_over_mutual_tls(consortium):
     """h4 asks to join: the members sign the change on their own machines and h1 submits it through
     its peer's identity over mutual TLS; every running peer applies it at the same height. (Last in

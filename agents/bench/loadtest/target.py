@@ -11,11 +11,12 @@ An existing deployment is described by a TOML (or JSON) file::
     key_file = "/root/hospital-a.key"               # that unlocks it, so the load test can
                                                     # issue its users' enrollment tokens
     users_dir = "/tmp/emrshare-loadtest-users"      # optional: where the test users' keys go
+    tls = true                                      # optional: false for nodes running without
+                                                    # TLS (an in-process `swarm up`)
 
 Relative paths are relative to the file. The manifest lists every peer and
 storage endpoint (``agents``: id -> ``tcp://host:port``); the load test opens
-one bus node routed by it. When the genesis names the members' TLS CAs (a
-deployment made with ``emrshare org init``), that node speaks mutual TLS with
+one bus node routed by it. Unless ``tls = false``, that node speaks mutual TLS with
 a client certificate it mints in memory from the first registrar's
 organization's TLS CA (:func:`agents.org.user_tls`; the key never touches disk). Fault injection needs the embedded swarm (it owns
 the processes it kills).
@@ -79,11 +80,14 @@ def load_config(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"manifest": base / doc["manifest"]}
     out["registrars"] = {org: (base / r["org_dir"], base / r["key_file"]) for org, r in registrars.items()}
     out["users_dir"] = base / doc["users_dir"] if isinstance(doc.get("users_dir"), str) else None
+    if not isinstance(doc.get("tls", True), bool):
+        raise ValueError(f"{path}: 'tls' is true or false")
+    out["tls"] = doc.get("tls", True)
     return out
 
 
 def _tls(manifest: Manifest, registrars: dict[str, tuple[Path, Path]]) -> dict[str, Any]:
-    """``open_node`` options for a deployment: mutual TLS when its genesis names TLS CAs."""
+    """``open_node`` options for a deployment: mutual TLS, trusting the TLS CAs its genesis names."""
     from core.ledger import parse_genesis
 
     from agents.org import OrgDir, Unlock, key_to_pem, user_tls
@@ -91,7 +95,8 @@ def _tls(manifest: Manifest, registrars: dict[str, tuple[Path, Path]]) -> dict[s
 
     cas = genesis_cas(parse_genesis(manifest.genesis).config)
     if not cas:
-        return {}
+        raise ValueError("the deployment's genesis names no TLS CA (made without `emrshare org init`?); "
+                         "set tls = false in the target file if its nodes run without TLS")
     org_dir, key_file = next(iter(registrars.values()))
     cert, key = user_tls(OrgDir(org_dir, Unlock(key_file=key_file)), "loadtest", days=2)
     return {"transports": {"tcp": tls_transport(cert, key_to_pem(key), cas)}}
@@ -111,7 +116,8 @@ async def existing(config_path: Path) -> AsyncIterator[Target]:
             raise ValueError(f"no registrar for {org!r} in {config_path}")
         return enrollment_token(registrars[org], subject, org, attributes, enrolling)
 
-    async with bus.open_node(routes=manifest.agents, **_tls(manifest, cfg["registrars"])) as node:
+    tls = _tls(manifest, cfg["registrars"]) if cfg["tls"] else {}
+    async with bus.open_node(routes=manifest.agents, **tls) as node:
         yield Target(manifest, node, token, lambda s: users / s,
                      f"deployment {manifest.consortium} from {config_path}: {len(manifest.peers)} peers "
                      f"(threshold {manifest.threshold}), {len(manifest.storage)} storage nodes",
