@@ -639,6 +639,10 @@ class Node:
                 raise UnreachableError(f"channel handshake with {conn.peer} failed: {what}") from None
             raise (_HandshakeTimeout if timed_out else ChannelError)(
                 f"channel handshake from {conn.peer} failed: {what}") from None
+        except BaseException:  # cancelled (a request's timeout, the node closing): the socket is ours to close
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+            raise
 
     def _open(self, conn: Connection) -> None:
         self._live.add(conn)

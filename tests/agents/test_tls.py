@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 import bus
 from agents.tls import (AGENT_URI_PREFIX, NodeTls, admit_nodes, certificate_agents, genesis_cas, node_cas,
-                        tls_transport)
+                        server_context, tls_transport)
 from bus.testing import Keyring
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -226,3 +226,40 @@ def test_node_cas_places_peers_by_the_configuration_and_others_by_tls_orgs(pki):
     assert admit("storage-2", der) and not admit("storage-1", der)
     cert, _ = _leaf(pki["a"], ["storage-1"])  # named, but hospital-b runs storage-1
     assert not admit("storage-1", x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER))
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_a_request_timing_out_in_a_handshake_leaves_no_socket_open(pki, tls):
+    """A node that accepts but never answers (a stopped process): the request times out while
+    the connection is in its TLS or channel handshake, and the client's socket is closed, not left
+    to the garbage collector (it was, when cancelled during the channel handshake)."""
+    import gc
+    import warnings
+
+    held = []
+
+    async def hold(stream):
+        if tls:  # complete TLS, then say nothing on the channel
+            cert, key = _leaf(pki["a"], ["peer-a"])
+            stream = trio.SSLStream(stream, server_context(cert, key, pki["trusted"]), server_side=True)
+            await stream.do_handshake()
+        held.append(stream)
+        await trio.sleep_forever()
+
+    ring = Keyring()
+    cert, key = _leaf(pki["b"], ["peer-b"])
+    options = {"transports": {"tcp": tls_transport(cert, key, pki["trusted"])}} if tls else {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(trio.serve_listeners, hold, listeners)
+            async with bus.open_node(routes={"peer-a": f"tcp://127.0.0.1:{port}"}, connect_attempts=1,
+                                     **options) as node:
+                ep = node.endpoint("peer-b", **ring.credentials("peer-b"))
+                with pytest.raises(bus.RequestTimeout):
+                    await ep.request("peer-a", "ping", 1, timeout=1)
+            nursery.cancel_scope.cancel()
+        gc.collect()
+    assert held and not [w for w in caught if issubclass(w.category, ResourceWarning)], caught
