@@ -85,12 +85,13 @@ async def test_a_forged_request_cannot_answer_a_victims_pending_request(raw_chan
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "open finding: a node hosting up to MAX_PROVED_AT_HANDSHAKE (32) agents signs an identity proof for "
-    "each of them on every channel right after the handshake, before the client proved anything; an "
-    "outsider replaying one 38-byte hello (no crypto of its own) costs the node ~32 ECDSA signatures "
-    "(~4 ms of CPU here) per TCP connection, and learns which agents it hosts (WANT frames do the same "
-    "for larger nodes, up to MAX_CLAIMS per connection). Fix needs a design choice: prove only once the "
-    "client proved a known agent, or rate-limit proofs per source"))
+    "open finding: a node signs an identity proof for up to MAX_PROVED_AT_HANDSHAKE (8) of its agents on "
+    "every channel right after the handshake, before the client proved anything; an outsider replaying one "
+    "38-byte hello (no crypto of its own) costs the node up to 8 ECDSA signatures per TCP connection and "
+    "learns which agents it hosts (WANT frames do the same for larger nodes, up to MAX_CLAIMS per "
+    "connection). Bounded: 100 handshakes/s per remote address (burst 1,000); and where nodes run mutual "
+    "TLS (every node service, swarm --processes) only a machine holding a member's certificate reaches the "
+    "hello. Closing it needs a design choice: prove only once the client proved a known agent"))
 async def test_an_anonymous_hello_costs_the_node_no_signatures():
     from bus import FrameDecoder, Handshake, parse_address
 
