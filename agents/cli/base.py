@@ -244,6 +244,14 @@ def parse_attributes(pairs: list[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
+def unlock_options(parser: argparse.ArgumentParser, *, passphrase_help: str, key_file_help: str) -> None:
+    """The options that unlock an organization's or a user's key stores, one or the other:
+    ``--passphrase-file F`` and ``--key-file F`` (as paths; the command reads them)."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--passphrase-file", type=Path, metavar="F", help=passphrase_help)
+    g.add_argument("--key-file", type=Path, metavar="F", help=key_file_help)
+
+
 def check_input_file(path: str | Path, what: str, *, directory: bool = False) -> Path:
     """``path`` as a readable regular file (or, with ``directory``, a directory holding
     at least one file), else CliError (checked before any work)."""

@@ -27,7 +27,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from agents.cli.base import UsageError, check_input_file, check_output_path, fail, run
+from agents.cli.base import UsageError, check_input_file, check_output_path, fail, run, unlock_options
 
 __all__ = ["main", "write_node_config"]
 
@@ -136,11 +136,8 @@ def main(argv: list[str]) -> int:
                    help="the address the node binds (default: its address in the organization's profile)")
     p.add_argument("--data-dir", default="", metavar="PATH",
                    help="the node's ledger or blob directory (default data-NODE, relative to --out)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--passphrase-file", type=Path, metavar="F",
-                   help="the file holding the organization's passphrase (the node reads it at start)")
-    g.add_argument("--key-file", type=Path, metavar="F",
-                   help="the organization's 32-byte key file (the node reads it at start)")
+    unlock_options(p, passphrase_help="the file holding the organization's passphrase (the node reads it at start)",
+                   key_file_help="the organization's 32-byte key file (the node reads it at start)")
     p.add_argument("--etcd", action="append", default=[], metavar="http://HOST:PORT",
                    help="an etcd member's client URL (repeat for each): required for an orderer node of an "
                    "etcd-ordered consortium ([ordering])")
