@@ -46,6 +46,7 @@ def write_node_config(org_dir: Path, node: str, genesis: Path, manifest: Path, o
     from agents.consortium import Manifest
     from agents.keys import atomic_write
     from agents.node.config import render_config
+    from agents.node.export import consortium_tables
     from agents.org import OrgDir, cert_agent_ids
 
     what = f"{WHAT} {node}"
@@ -95,10 +96,7 @@ def write_node_config(org_dir: Path, node: str, genesis: Path, manifest: Path, o
                  "key_file": str(key_file.resolve()) if key_file else None,
                  "passphrase_file": str(passphrase_file.resolve()) if passphrase_file else None,
                  "data_dir": data_dir or f"data-{node}"},
-        "consortium": {"storage": list(clients.storage), "replicas": clients.replicas,
-                       "write_quorum": clients.write_quorum},
-        "routes": {a: addr for a, addr in clients.agents.items() if a != node},
-        "keys": {a: k.hex() for a, k in clients.keys.items() if a not in in_genesis},
+        **consortium_tables(clients, node),
         "tls": {"cert": str(cert.resolve()), "keystore": str(tls_keys.resolve()), "require_client_cert": True},
         "tls.orgs": {n.id: profile.org for n in profile.nodes if n.id in others},
     }
