@@ -22,6 +22,10 @@ argparse reports a usage error in one line too: while a command runs,
 :func:`one_line_usage_errors` makes every ``ArgumentParser.error`` (also in
 commands registered later, whose parsers are plain argparse) raise
 :class:`UsageError` instead of printing the usage block.
+
+Shared option parsing: :func:`parse_attributes` (``--attr NAME=VALUE``),
+:func:`unlock_options` (``--passphrase-file`` | ``--key-file``), and
+:func:`check_input_file` / :func:`check_output_path` before any work.
 """
 
 from __future__ import annotations
