@@ -6,6 +6,8 @@
 * :class:`KeyStore`: keys at rest, encrypted with XSalsa20-Poly1305 (pynacl
   SecretBox) under a key derived from a passphrase (Argon2id) or read from a
   32-byte key file. Written atomically (temp file, fsync, rename).
+* :func:`read_passphrase_file`: the passphrase a passphrase file holds, read the
+  same way by every command and node that takes one.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from core.protocol import codes
 
 from agents.errors import AgentError
 
-__all__ = ["AgentKeys", "KeyStore", "KeyStoreError", "atomic_write"]
+__all__ = ["AgentKeys", "KeyStore", "KeyStoreError", "atomic_write", "read_passphrase_file"]
 
 
 class KeyStoreError(AgentError, code=codes.KEY_STORE):
@@ -102,6 +104,20 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def read_passphrase_file(path: Path) -> str:
+    """The passphrase in the file ``path``: its text without the trailing line endings an
+    editor or ``echo`` leaves (``\\n``, ``\\r``); every other character counts. KeyStoreError
+    ("passphrase file P: <why>; <what to do>") when it does not read as text or is empty."""
+    try:
+        text = Path(path).read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = (exc.strerror or str(exc)).lower() if isinstance(exc, OSError) else "not text"
+        raise KeyStoreError(f"passphrase file {path}: {why}; check the path") from None
+    if not text:
+        raise KeyStoreError(f"passphrase file {path} is empty; write the passphrase in it")
+    return text
 
 
 class KeyStore:

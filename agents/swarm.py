@@ -566,18 +566,10 @@ class Swarm:
         self.processes[agent].send_signal(signal.SIGCONT)
 
     def stop_processes(self) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGCONT)
-                    proc.terminate()
-        deadline = time.monotonic() + 5
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """SIGTERM every agent process (resuming a stalled one), SIGKILL any still running after 5 s."""
+        from agents.node.processes import stop_processes
+
+        stop_processes(self.processes.values(), grace=5)
 
     # -- helpers for clients -------------------------------------------------
 

@@ -22,6 +22,10 @@ argparse reports a usage error in one line too: while a command runs,
 :func:`one_line_usage_errors` makes every ``ArgumentParser.error`` (also in
 commands registered later, whose parsers are plain argparse) raise
 :class:`UsageError` instead of printing the usage block.
+
+Shared option parsing: :func:`parse_attributes` (``--attr NAME=VALUE``),
+:func:`unlock_options` (``--passphrase-file`` | ``--key-file``), and
+:func:`check_input_file` / :func:`check_output_path` before any work.
 """
 
 from __future__ import annotations
@@ -242,6 +246,14 @@ def parse_attributes(pairs: list[str] | None, what: str) -> dict[str, Any]:
         else:
             out[key] = {"true": True, "false": False}.get(value, value)
     return out
+
+
+def unlock_options(parser: argparse.ArgumentParser, *, passphrase_help: str, key_file_help: str) -> None:
+    """The options that unlock an organization's or a user's key stores, one or the other:
+    ``--passphrase-file F`` and ``--key-file F`` (as paths; the command reads them)."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--passphrase-file", type=Path, metavar="F", help=passphrase_help)
+    g.add_argument("--key-file", type=Path, metavar="F", help=key_file_help)
 
 
 def check_input_file(path: str | Path, what: str, *, directory: bool = False) -> Path:

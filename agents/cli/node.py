@@ -159,16 +159,15 @@ def config_main(argv: list[str]) -> int:
         raise UsageError("node config", f"{args.id!r} is not a node of the swarm in {files.dir}",
                          f"choose one of {', '.join(agents)}")
     out = check_output_path(args.out, "node config")
+    from agents.keys import KeyStoreError, read_passphrase_file
+    from agents.node import export_node
+
     passphrase = None
     if args.passphrase_file:
         try:
-            passphrase = Path(args.passphrase_file).read_text().rstrip("\r\n")
-        except OSError as exc:
-            fail("node config", f"{args.passphrase_file}: {(exc.strerror or str(exc)).lower()}", "check the path")
-        if not passphrase:
-            fail("node config", f"{args.passphrase_file} is empty", "write the passphrase in it")
-    from agents.node import export_node
-
+            passphrase = read_passphrase_file(args.passphrase_file)
+        except KeyStoreError as exc:
+            fail("node config", str(exc))  # it says what to do
     with doing("node config"):
         written = export_node(files, args.id, out, listen=args.listen, data_dir=args.data_dir,
                               passphrase=passphrase, metrics=args.metrics)

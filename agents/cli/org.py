@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from agents.cli.base import (ENV_PASSPHRASE, CliError, UsageError, check_input_file, check_output_path, doing,
-                              fail, parse_attributes, run)
+                              fail, parse_attributes, run, unlock_options)
 from agents.cli.output import print_json
 from agents.errors import AgentError
 
@@ -69,17 +69,10 @@ def _parse(p: argparse.ArgumentParser, argv: list[str], *, json_help: str, unloc
         p.add_argument("--org-dir", required=True, type=Path, help="this organization's directory")
     p.add_argument("--json", action="store_true", help=json_help)
     if unlock is not None:
-        _unlock_options(p, unlock)
+        unlock_options(p, passphrase_help=f"a file holding the passphrase of {unlock} keys (Argon2id); not inside the "
+                       "directory", key_file_help=f"a 32-byte key file that unlocks {unlock} keys (created if absent "
+                       "with `org init`); not inside the directory")
     return p.parse_args(argv)
-
-
-def _unlock_options(parser: argparse.ArgumentParser, whose: str) -> None:
-    g = parser.add_mutually_exclusive_group()
-    g.add_argument("--passphrase-file", type=Path, metavar="F",
-                   help=f"a file holding the passphrase of {whose} keys (Argon2id); not inside the directory")
-    g.add_argument("--key-file", type=Path, metavar="F",
-                   help=f"a 32-byte key file that unlocks {whose} keys (created if absent with `org init`); "
-                        "not inside the directory")
 
 
 def _unlock(args: argparse.Namespace, what: str, *, create_key_file: bool = False,

@@ -41,7 +41,7 @@ from typing import Any
 
 import trio
 
-from agents.cli.base import CliError, check_input_file, doing, fail, run
+from agents.cli.base import CliError, check_input_file, doing, fail, run, unlock_options
 from agents.cli.output import print_json
 
 __all__ = ["submit_change_main", "submit_change", "ChangeOutcome"]
@@ -88,11 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", help="with --org-dir: the peer of this organization that submits (signs) it")
     p.add_argument("--manifest", type=Path,
                    help="with --org-dir: the consortium's manifest.json (every node's address)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--passphrase-file", type=Path, metavar="F",
-                   help="with --org-dir: a file holding the passphrase of the organization's keys")
-    g.add_argument("--key-file", type=Path, metavar="F",
-                   help="with --org-dir: the key file that unlocks the organization's keys")
+    unlock_options(p, passphrase_help="with --org-dir: a file holding the passphrase of the organization's keys",
+                   key_file_help="with --org-dir: the key file that unlocks the organization's keys")
     p.add_argument("--plaintext", action="store_true",
                    help="with --org-dir: connect without TLS, for a consortium whose nodes run without it (the "
                         "embedded swarm, loopback tests); by default the peer's TLS certificate is presented "

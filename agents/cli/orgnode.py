@@ -27,7 +27,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from agents.cli.base import UsageError, check_input_file, check_output_path, fail, run
+from agents.cli.base import UsageError, check_input_file, check_output_path, fail, run, unlock_options
 
 __all__ = ["main", "write_node_config"]
 
@@ -46,6 +46,7 @@ def write_node_config(org_dir: Path, node: str, genesis: Path, manifest: Path, o
     from agents.consortium import Manifest
     from agents.keys import atomic_write
     from agents.node.config import render_config
+    from agents.node.export import consortium_tables
     from agents.org import OrgDir, cert_agent_ids
 
     what = f"{WHAT} {node}"
@@ -95,10 +96,7 @@ def write_node_config(org_dir: Path, node: str, genesis: Path, manifest: Path, o
                  "key_file": str(key_file.resolve()) if key_file else None,
                  "passphrase_file": str(passphrase_file.resolve()) if passphrase_file else None,
                  "data_dir": data_dir or f"data-{node}"},
-        "consortium": {"storage": list(clients.storage), "replicas": clients.replicas,
-                       "write_quorum": clients.write_quorum},
-        "routes": {a: addr for a, addr in clients.agents.items() if a != node},
-        "keys": {a: k.hex() for a, k in clients.keys.items() if a not in in_genesis},
+        **consortium_tables(clients, node),
         "tls": {"cert": str(cert.resolve()), "keystore": str(tls_keys.resolve()), "require_client_cert": True},
         "tls.orgs": {n.id: profile.org for n in profile.nodes if n.id in others},
     }
@@ -136,11 +134,8 @@ def main(argv: list[str]) -> int:
                    help="the address the node binds (default: its address in the organization's profile)")
     p.add_argument("--data-dir", default="", metavar="PATH",
                    help="the node's ledger or blob directory (default data-NODE, relative to --out)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--passphrase-file", type=Path, metavar="F",
-                   help="the file holding the organization's passphrase (the node reads it at start)")
-    g.add_argument("--key-file", type=Path, metavar="F",
-                   help="the organization's 32-byte key file (the node reads it at start)")
+    unlock_options(p, passphrase_help="the file holding the organization's passphrase (the node reads it at start)",
+                   key_file_help="the organization's 32-byte key file (the node reads it at start)")
     p.add_argument("--etcd", action="append", default=[], metavar="http://HOST:PORT",
                    help="an etcd member's client URL (repeat for each): required for an orderer node of an "
                    "etcd-ordered consortium ([ordering])")

@@ -7,7 +7,8 @@ status`` and ``emrshare node config`` (:func:`export_node`); the swarm's
 overrides, unlocking the key store), ``roles`` (building and running a role's
 agent: the one code path), ``service`` (signals, graceful stop, the control
 socket and metrics endpoint), ``metrics`` (Prometheus text format), ``http``
-(the tiny GET-only server), ``export`` (configs for a swarm's agents).
+(the tiny GET-only server), ``export`` (configs for a swarm's agents),
+``processes`` (stopping node processes this process started).
 See docs/deploy.md.
 """
 

@@ -90,7 +90,7 @@ from core.ledger import parse_genesis
 
 from agents.consortium import Manifest
 from agents.errors import AgentError
-from agents.keys import AgentKeys, KeyStore, KeyStoreError
+from agents.keys import AgentKeys, KeyStore, KeyStoreError, read_passphrase_file
 
 __all__ = ["NodeConfig", "NodeConfigError", "TlsSettings", "load_config", "render_config", "ENV_PREFIX", "ENV_PASSPHRASE",
            "ROLES", "is_loopback"]
@@ -303,11 +303,9 @@ class NodeConfig:
             raise NodeConfigError(f"key store {path}: no such file; check {where}")
         if self.passphrase_file is not None:
             try:
-                passphrase = self.passphrase_file.read_text().rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise NodeConfigError(f"passphrase file {self.passphrase_file}: {exc}; check the path") from None
-            if not passphrase:
-                raise NodeConfigError(f"passphrase file {self.passphrase_file} is empty; write the passphrase")
+                passphrase = read_passphrase_file(self.passphrase_file)
+            except KeyStoreError as exc:
+                raise NodeConfigError(str(exc)) from None
         if self.key_file is not None and not self.key_file.is_file():
             raise NodeConfigError(f"key file {self.key_file}: no such file; check [node] key_file")
         store = (KeyStore(path, key_file=self.key_file) if self.key_file is not None

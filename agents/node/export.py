@@ -15,7 +15,9 @@
   its organization's TLS certificate and key store: ``[tls]``).
 
 Both write what :func:`agents.node.config.load_config` reads, so every node
-process goes through ``emrshare node start``.
+process goes through ``emrshare node start``; :func:`consortium_tables` is the
+part every node configuration takes from the manifest (``emrshare org
+node-config`` too).
 """
 
 from __future__ import annotations
@@ -34,9 +36,23 @@ from agents.keys import KeyStore, atomic_write
 from agents.node.config import render_config
 from agents.node.roles import role_of
 
-__all__ = ["export_node", "swarm_node_config", "GENESIS_FILE"]
+__all__ = ["consortium_tables", "export_node", "swarm_node_config", "GENESIS_FILE"]
 
 GENESIS_FILE = "genesis.block"
+
+
+def consortium_tables(manifest: Any, agent: str) -> dict[str, dict[str, Any]]:
+    """``[consortium]``, ``[routes]`` and ``[keys]`` of ``agent``'s configuration from the
+    consortium's manifest: the storage nodes and their replication, every other agent's
+    address, and the public keys the genesis does not hold (storage nodes')."""
+    config = parse_genesis(manifest.genesis).config
+    in_genesis = {p.id for p in config.peers} | set(config.orderer_ids) | {config.orderer_id}
+    return {
+        "consortium": {"storage": list(manifest.storage), "replicas": manifest.replicas,
+                       "write_quorum": manifest.write_quorum},
+        "routes": {a: addr for a, addr in manifest.agents.items() if a != agent},
+        "keys": {a: k.hex() for a, k in manifest.keys.items() if a not in in_genesis},
+    }
 
 
 def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Path, data_dir: Path,
@@ -45,7 +61,6 @@ def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Pat
     manifest = files.manifest()
     spec = files.spec()
     config = parse_genesis(manifest.genesis).config
-    in_genesis = {p.id for p in config.peers} | set(config.orderer_ids) | {config.orderer_id}
     node: dict[str, Any] = {
         "id": agent, "role": role_of(agent, manifest), "listen": listen, "genesis": str(genesis),
         "keystore": str(keystore), "key_file": str(key_file) if key_file else None,
@@ -55,10 +70,7 @@ def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Pat
     }
     tables: dict[str, dict[str, Any]] = {
         "node": node,
-        "consortium": {"storage": list(manifest.storage), "replicas": manifest.replicas,
-                       "write_quorum": manifest.write_quorum},
-        "routes": {a: addr for a, addr in manifest.agents.items() if a != agent},
-        "keys": {a: k.hex() for a, k in manifest.keys.items() if a not in in_genesis},
+        **consortium_tables(manifest, agent),
         "orderer": {"batch_size": spec.batch_size, "batch_timeout": spec.batch_timeout},
         "storage": {"reconcile_interval": spec.reconcile_interval, "collect_grace": spec.collect_grace,
                     "upload_timeout": spec.upload_timeout},

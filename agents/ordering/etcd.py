@@ -35,7 +35,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -385,15 +384,6 @@ class EtcdCluster:
 
     def stop(self) -> None:
         """Stop every member (SIGTERM, then SIGKILL after 5 s)."""
-        for proc in self.procs:
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 5
-        for proc in self.procs:
-            if proc is None:
-                continue
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        from agents.node.processes import stop_processes
+
+        stop_processes(self.procs, grace=5)

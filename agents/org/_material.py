@@ -30,7 +30,7 @@ from core.identity import check_id
 from core.errors import DecodeError
 
 from agents.errors import AgentError
-from agents.keys import AgentKeys, KeyStore, KeyStoreError, atomic_write
+from agents.keys import AgentKeys, KeyStore, KeyStoreError, atomic_write, read_passphrase_file
 from agents.org import _tls
 
 PROFILE_VERSION = 1
@@ -59,13 +59,9 @@ class Unlock:
     def from_files(cls, passphrase_file: Path | None, key_file: Path | None, *, fast_kdf: bool = False) -> "Unlock":
         if passphrase_file is not None and key_file is None:
             try:
-                text = Path(passphrase_file).read_text().rstrip("\r\n")
-            except OSError as exc:
-                raise OrgError(f"reading passphrase file {passphrase_file}: {exc.strerror}; "
-                               "give a readable file") from None
-            if not text:
-                raise OrgError(f"reading passphrase file {passphrase_file}: it is empty; write the passphrase in it")
-            return cls(passphrase=text, fast_kdf=fast_kdf)
+                return cls(passphrase=read_passphrase_file(passphrase_file), fast_kdf=fast_kdf)
+            except KeyStoreError as exc:
+                raise OrgError(str(exc)) from None
         return cls(key_file=None if key_file is None else Path(key_file), fast_kdf=fast_kdf)
 
     def keystore(self, path: Path) -> KeyStore:

@@ -80,52 +80,18 @@ def _host_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def make_node_cert(org: str, agent: str, hosts: list[str], node_key: ec.EllipticCurvePrivateKey,
-                   ca_pem: bytes, ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> bytes:
-    """A node's TLS certificate (PEM) issued by the organization's CA: SANs
-    ``DNS:<agent>``, ``URI:emrshare:agent:<agent>`` and each of ``hosts``."""
+def _issue(org: str, name: str, public_key: ec.EllipticCurvePublicKey, names: list[x509.GeneralName],
+           usages: list[x509.ObjectIdentifier], ca_pem: bytes, ca_key: ec.EllipticCurvePrivateKey,
+           now: datetime.datetime, days: int) -> bytes:
+    """An end-entity certificate (PEM) issued by the CA ``ca_pem``/``ca_key``: subject O=org, CN=name,
+    SANs ``names``, extended key usages ``usages``, digitalSignature only, valid ``days`` (at most as
+    long as the CA)."""
     ca = x509.load_pem_x509_certificate(ca_pem)
-    names: list[x509.GeneralName] = [x509.DNSName(agent), x509.UniformResourceIdentifier(AGENT_URI_PREFIX + agent)]
-    for host in dict.fromkeys(hosts):
-        names.append(_host_name(host))
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, agent)]))
-        .issuer_name(ca.subject).public_key(node_key.public_key()).serial_number(_serial())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(min(now + datetime.timedelta(days=NODE_DAYS), ca.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def make_user_cert(org: str, subject: str, user_public_key: ec.EllipticCurvePublicKey, ca_pem: bytes,
-                   ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime, days: int = USER_DAYS, *,
-                   hosts: tuple[str, ...] | list[str] = ()) -> bytes:
-    """A user's TLS client certificate (PEM) issued by its organization's CA: the URI SAN
-    ``emrshare:agent:<subject>``, extended key usage clientAuth only, valid ``days`` (at most
-    as long as the CA). With ``hosts`` (addresses or names it listens on) it may serve too
-    (serverAuth, and those hosts as SANs)."""
-    if days <= 0:
-        raise ValueError("a certificate must be valid for at least one day")
-    ca = x509.load_pem_x509_certificate(ca_pem)
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(AGENT_URI_PREFIX + subject)]
-    names += [_host_name(h) for h in dict.fromkeys(hosts)]
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if hosts else [])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(ca.subject).public_key(user_public_key).serial_number(_serial())
+                                 x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject).public_key(public_key).serial_number(_serial())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(min(now + datetime.timedelta(days=days), ca.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -138,6 +104,31 @@ def make_user_cert(org: str, subject: str, user_public_key: ec.EllipticCurvePubl
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def make_node_cert(org: str, agent: str, hosts: list[str], node_key: ec.EllipticCurvePrivateKey,
+                   ca_pem: bytes, ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> bytes:
+    """A node's TLS certificate (PEM) issued by the organization's CA: SANs
+    ``DNS:<agent>``, ``URI:emrshare:agent:<agent>`` and each of ``hosts``."""
+    names: list[x509.GeneralName] = [x509.DNSName(agent), x509.UniformResourceIdentifier(AGENT_URI_PREFIX + agent)]
+    names += [_host_name(h) for h in dict.fromkeys(hosts)]
+    return _issue(org, agent, node_key.public_key(), names,
+                  [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], ca_pem, ca_key, now, NODE_DAYS)
+
+
+def make_user_cert(org: str, subject: str, user_public_key: ec.EllipticCurvePublicKey, ca_pem: bytes,
+                   ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime, days: int = USER_DAYS, *,
+                   hosts: tuple[str, ...] | list[str] = ()) -> bytes:
+    """A user's TLS client certificate (PEM) issued by its organization's CA: the URI SAN
+    ``emrshare:agent:<subject>``, extended key usage clientAuth only, valid ``days`` (at most
+    as long as the CA). With ``hosts`` (addresses or names it listens on) it may serve too
+    (serverAuth, and those hosts as SANs)."""
+    if days <= 0:
+        raise ValueError("a certificate must be valid for at least one day")
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(AGENT_URI_PREFIX + subject)]
+    names += [_host_name(h) for h in dict.fromkeys(hosts)]
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if hosts else [])
+    return _issue(org, subject, user_public_key, names, usages, ca_pem, ca_key, now, days)
 
 
 def user_tls(org_dir, subject: str, *, hosts: tuple[str, ...] | list[str] = (), days: int = USER_DAYS,

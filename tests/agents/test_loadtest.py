@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -223,20 +224,18 @@ def test_fault_impact_dip_and_recovery():
     assert f["recovery_s"] == pytest.approx(3.0)
 
 
-def test_fault_schedule_checks_the_margin():
-    class M:
-        peers = ["p1", "p2", "p3", "p4"]
-        storage = ["s1", "s2", "s3"]
-        threshold = 2
-        replicas = 3
-        write_quorum = 2
+def _manifest(threshold: int = 2) -> SimpleNamespace:
+    """What faults.schedule reads of a manifest: 4 peers, 3 storage nodes, 3 replicas, write quorum 2."""
+    return SimpleNamespace(peers=["p1", "p2", "p3", "p4"], storage=["s1", "s2", "s3"], threshold=threshold,
+                           replicas=3, write_quorum=2)
 
-    ev = faults.schedule(M(), "severe")
+
+def test_fault_schedule_checks_the_margin():
+    ev = faults.schedule(_manifest(), "severe")
     kills = [e for e in ev if e.action == "kill" and e.agents[0].startswith("p")]
     assert len(kills[0].agents) == 1 and len(kills[-1].agents) == 3  # 4 - 3 = 1 < t
-    M.threshold = 3
     with pytest.raises(ValueError):
-        faults.schedule(M())
+        faults.schedule(_manifest(threshold=3))
 
 
 def test_fault_schedule_with_etcd_ordering_kills_the_leaders():
@@ -278,14 +277,7 @@ def test_fault_names_are_checked(text, error):
 
 
 def test_the_tolerated_schedule_stalls_a_storage_node_after_the_restart():
-    class M:
-        peers = ["p1", "p2", "p3", "p4"]
-        storage = ["s1", "s2", "s3"]
-        threshold = 2
-        replicas = 3
-        write_quorum = 2
-
-    ev = faults.schedule(M())
+    ev = faults.schedule(_manifest())
     restart = next(e for e in ev if e.action == "restart")
     stall = next(e for e in ev if e.action == "stall" and e.agents == ("s2",))
     resume = next(e for e in ev if e.action == "resume" and e.agents == ("s2",))

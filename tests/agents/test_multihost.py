@@ -30,7 +30,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +45,9 @@ import trio
 from agents.cli import main as cli_main
 from agents.consortium import Manifest
 from agents.node.config import render_config
+from agents.node.processes import stop_processes
 from agents.ordering import EtcdCluster, etcd_binary
+from agents.testing.consortium import CARDIOLOGY_POLICY as POLICY
 from core.ledger import parse_genesis
 
 pytestmark = [pytest.mark.multihost,
@@ -62,14 +63,6 @@ ETCD_HOST = "127.0.0.9"
 NODES = {"h1": ["peer-h1-1", "peer-h1-2", "storage-h1-1", "orderer-h1"],
          "h2": ["peer-h2-1", "storage-h2-1", "orderer-h2"]}
 ORDERERS = ["orderer-h1", "orderer-h2"]
-POLICY = """
-policy "cardiology" version 1
-default deny
-rule cardio:
-  allow read on label "cardiology"
-  when role == "doctor" and department == "cardiology"
-  approval auto
-"""
 
 
 @dataclass
@@ -177,16 +170,7 @@ def start_nodes(c: Consortium, nodes: list[str], timeout: float = 90.0) -> None:
 
 
 def stop_nodes(c: Consortium) -> None:
-    for proc in c.procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for proc in c.procs.values():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_processes(c.procs.values(), grace=15)
 
 
 @pytest.fixture(scope="module")

@@ -194,6 +194,10 @@ def test_bad_configurations_are_one_line(short_dir):
                "'storage-2' is not a peer of consortium")
     error_line(run_cli("node", "config", "--swarm", str(data), "--id", "nobody", "--out", str(config)), 2,
                "'nobody' is not a node of the swarm")
+    (short_dir / "empty.pass").write_text("\n")
+    error_line(run_cli("node", "config", "--swarm", str(data), "--id", "storage-2", "--out", str(short_dir / "n2.toml"),
+                       "--passphrase-file", str(short_dir / "empty.pass")), 1,
+               "node config: passphrase file", "empty.pass is empty; write the passphrase in it")
     error_line(run_cli("node", "status", "--config", str(config)), 3, "does not answer")
 
 
