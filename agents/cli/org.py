@@ -724,14 +724,21 @@ def user_enroll_main(argv: list[str]) -> int:
         atomic_write(args.dir / META_FILE, json.dumps({"subject": cert.subject, "org": cert.org,
                                                        "manifest": "full" if full else "peer"}).encode(),
                      mode=0o644)
+        tls_until = None  # the TLS client certificate's own expiry (renewing it changes this only)
+        if token.tls_cert:
+            from cryptography import x509
+
+            tls_until = int(x509.load_pem_x509_certificate(token.tls_cert.encode()).not_valid_after_utc.timestamp())
         if args.json:
             print_json({"subject": cert.subject, "org": cert.org, "attributes": dict(cert.attributes),
                         "serial": cert.serial, "issuer": cert.issuer, "valid_until": cert.valid_until,
-                        "enroll_id": enroll_id(keys.ecdsa_public), "tls": bool(token.tls_cert)})
+                        "enroll_id": enroll_id(keys.ecdsa_public), "tls": bool(token.tls_cert),
+                        "tls_valid_until": tls_until})
         else:
             print(f"enrolled {cert.subject} of {cert.org} ({cert.role}): certificate {cert.serial} issued by "
                   f"{cert.issuer}, valid until {time.strftime('%Y-%m-%d', time.gmtime(cert.valid_until))}"
-                  + (" (over mutual TLS)" if token.tls_cert else ""))
+                  + (f"; TLS client certificate ({TLS_CERT_FILE}) valid until "
+                     f"{time.strftime('%Y-%m-%d', time.gmtime(tls_until))} (over mutual TLS)" if tls_until else ""))
             if not full:
                 print(f"your directory knows only {peer_id}'s address: before daily use, save the consortium's "
                       f"manifest with `emrshare user enroll --dir {args.dir} --manifest manifest.json`",

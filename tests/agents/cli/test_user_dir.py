@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -219,8 +220,12 @@ async def test_users_enroll_over_tls_and_work_from_their_own_directories(tmp_pat
 
             # renewing the TLS certificate: the registrar issues again from the same request, `user enroll`
             # replaces tls.pem (alice is enrolled already: the new token is not spent)
+            days = {time.strftime("%Y-%m-%d", time.gmtime(time.time() + 2 * 86400))}
             renewed = await _user(t, "alice", "h1", "--role", "patient", "--cert-days", "2", out="renew.token")
-            await cli(*_enroll(t, "alice", renewed))
+            days.add(time.strftime("%Y-%m-%d", time.gmtime(time.time() + 2 * 86400)))  # (if midnight passed)
+            out = (await cli(*_enroll(t, "alice", renewed))).stdout
+            # it says when the new TLS certificate expires, not only the ledger certificate (a year away)
+            assert any(f"TLS client certificate (tls.pem) valid until {d}" in out for d in days), out
             assert (t / "alice" / "tls.pem").read_text() == TokenFile.from_json(renewed.read_text()).tls_cert
             assert [r["record_id"] for r in json.loads((await cli(*alice, "records", "--json")).stdout)] == ["ecg-1"]
             # an expired certificate in the directory: one line saying how to renew, before any connection
