@@ -229,7 +229,8 @@ def _summary(config: Any, signatures: dict[str, bytes]) -> dict[str, Any]:
     return {"consortium": config.name, "digest": config.digest().hex(), "threshold": config.threshold,
             "orderer": config.orderer_id, "orderers": list(config.orderer_ids),
             "ordering": "etcd" if config.orderers else "embedded", "max_skew_ms": config.max_skew_ms, "created_at": config.created_at,
-            "orgs": [{"id": o.id, "name": o.name, "signed": o.id in signatures} for o in config.orgs],
+            "orgs": [{"id": o.id, "name": o.name, "signed": o.id in signatures, "admin_key": o.admin_key.hex()}
+                     for o in config.orgs],
             "peers": [{"id": p.id, "org": p.org, "index": p.index} for p in config.peers]}
 
 
@@ -244,8 +245,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         orgs = s["signers"]
     else:
         orgs = s["orgs"]
-    for o in orgs:
-        print(f"  {o['id']:<16} {'signed' if o['signed'] else 'NOT signed'}")
+    for o in orgs:  # the admin key's start, to compare with the member's `emrshare org profile`
+        print(f"  {o['id']:<16} {'signed' if o['signed'] else 'NOT signed':<11}  admin key {o['admin_key'][:16]}...")
     for p in s["peers"]:
         print(f"  peer {p['id']:<20} {p['org']:<16} proxy index {p['index']}")
 
@@ -254,7 +255,8 @@ def _change_summary(change: Any) -> dict[str, Any]:
     """The summary of a configuration change: the new configuration, and who of the current
     members (those who approve it) signed."""
     return {**_summary(change.new, change.signatures), "seq": change.seq, "configuration": change.seq + 1,
-            "signers": [{"id": o.id, "signed": o.id in change.signatures} for o in change.current.orgs],
+            "signers": [{"id": o.id, "signed": o.id in change.signatures, "admin_key": o.admin_key.hex()}
+                        for o in change.current.orgs],
             "signers_needed": len(change.current.orgs) // 2 + 1,
             "signed_by": sorted(change.signatures), "needs": change.missing()}
 

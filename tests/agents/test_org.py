@@ -123,6 +123,9 @@ def test_the_genesis_summary_names_the_etcd_orderer_set(tmp_path):
     profiles = [a for org in ("h1", "h2") for a in ("--profile", tmp_path / org / "profile.json")]
     etcd = cli("consortium", "genesis", *profiles, "--threshold", "1", "--ordering", "etcd", "--out", tmp_path / "d1")
     assert "orderer nodes orderer-h1, orderer-h2 (etcd ordering)" in etcd.stdout
+    # each member's admin key, to compare with what the member's `org profile` shows
+    h2_key = OrgProfile.from_json((tmp_path / "h2" / "profile.json").read_text()).admin_key.hex()
+    assert f"h2               NOT signed   admin key {h2_key[:16]}..." in etcd.stdout
     embedded = cli("consortium", "genesis", *profiles, "--threshold", "1", "--out", tmp_path / "d2")
     assert "orderer orderer-h1\n" in embedded.stdout and "etcd" not in embedded.stdout
 
@@ -392,7 +395,8 @@ def test_members_add_then_remove_an_org_with_change_files(tmp_path):
     summary = json.loads(out.stdout)
     assert summary["needs"] == 2  # more than half of the 2 current members
     # the approvers are the current members, not the new configuration's (h3 cannot sign its own joining)
-    assert summary["signers"] == [{"id": "h1", "signed": False}, {"id": "h2", "signed": False}]
+    assert [(o["id"], o["signed"]) for o in summary["signers"]] == [("h1", False), ("h2", False)]
+    assert summary["signers"][1]["admin_key"] == p2.admin_key.hex()
     assert [o["id"] for o in summary["orgs"]] == ["h1", "h2", "h3"] and summary["configuration"] == 1
     text = cli("consortium", "change", "--genesis", t / "genesis", "--add", t / "h3", "--out", t / "c1-text").stdout
     assert "members after the change: h1, h2, h3" in text and "2 of 2" in text
