@@ -115,7 +115,7 @@ def _unlock(args: argparse.Namespace, what: str, *, create_key_file: bool = Fals
     passphrase = os.environ.get(ENV_PASSPHRASE)
     if passphrase:
         return Unlock(passphrase=passphrase)
-    fail(what, "no passphrase or key file to protect the keys",
+    fail(what, f"no passphrase or key file to {'protect' if create_key_file else 'unlock'} the keys",
          f"give --passphrase-file or --key-file (kept outside the directory), or set {ENV_PASSPHRASE}")
 
 

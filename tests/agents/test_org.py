@@ -115,6 +115,9 @@ def test_org_init_says_it_created_a_key_file_and_how_to_make_a_missing_passphras
     assert f"created key file {key}" in proc.stderr and len(key.read_bytes()) == 32
     proc = cli("org", "init", "--org", "h3", "--dir", tmp_path / "h3", "--key-file", key)
     assert "created key file" not in proc.stderr  # an existing key file is used as it is
+    (tmp_path / "draft").write_bytes(b"x")
+    proc = cli("consortium", "sign", "--org-dir", tmp_path / "h2", tmp_path / "draft", check=False)
+    assert "no passphrase or key file to unlock the keys" in one_line_error(proc)  # nothing is created here
 
 
 def test_the_genesis_summary_names_the_etcd_orderer_set(tmp_path):
