@@ -382,8 +382,13 @@ def consortium_manifest_main(argv: list[str]) -> int:
         if args.json:
             print(manifest.to_json())
         else:
-            print(f"manifest of {manifest.consortium}: {len(manifest.peers)} peers, {len(manifest.storage)} storage "
-                  f"nodes, orderer {manifest.orderer}; written to {args.out}")
+            n = len(manifest.storage)
+            storage = ("no storage nodes (no record can be stored)" if not n else
+                       f"{n} storage node{'' if n == 1 else 's'} ({manifest.replicas} "
+                       f"cop{'y' if manifest.replicas == 1 else 'ies'} per record, puts wait for "
+                       f"{manifest.write_quorum})")
+            print(f"manifest of {manifest.consortium}: {len(manifest.peers)} peers, {storage}, "
+                  f"orderer {manifest.orderer}; written to {args.out}")
         return 0
 
     return run(body, what)

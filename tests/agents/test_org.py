@@ -256,8 +256,10 @@ async def test_join_a_consortium_and_enroll_users_from_their_own_machines(tmp_pa
     assert "PRIVATE" not in (t / "h2-profile.json").read_text()
     out = await cli_("consortium", "genesis", "--profile", t / "h1", "--profile", t / "h2-profile.json",
                      "--threshold", "2", "--name", "joined", "--out", t / "g.draft", "--json")
-    assert json.loads(out.stdout)["orgs"] == [{"id": "h1", "name": "h1", "signed": False},
-                                             {"id": "h2", "name": "h2", "signed": False}]
+    orgs = json.loads(out.stdout)["orgs"]
+    assert [{k: o[k] for k in ("id", "name", "signed")} for o in orgs] == [
+        {"id": "h1", "name": "h1", "signed": False}, {"id": "h2", "name": "h2", "signed": False}]
+    assert orgs[1]["admin_key"] == json.loads((t / "h2-profile.json").read_text())["admin_key"]
     await cli_("consortium", "sign", "--org-dir", t / "h1", "--passphrase-file", t / "h1.pass", t / "g.draft")
     missing = await cli_("consortium", "seal", t / "g.draft", "--out", t / "genesis", check=False)
     assert "not signed by h2" in one_line_error(missing) and not (t / "genesis").exists()
@@ -347,8 +349,9 @@ async def test_join_a_consortium_and_enroll_users_from_their_own_machines(tmp_pa
             assert (t / "alice" / "manifest.json").exists() and (t / "alice" / "genesis").read_bytes() == genesis
 
             # with the consortium's full manifest instead, the peer's address comes from it
-            await cli_("consortium", "manifest", "--genesis", t / "genesis", "--profile", t / "h1",
-                       "--profile", t / "h2-profile.json", "--out", t / "manifest.json")
+            out = await cli_("consortium", "manifest", "--genesis", t / "genesis", "--profile", t / "h1",
+                             "--profile", t / "h2-profile.json", "--out", t / "manifest.json")
+            assert "3 peers, no storage nodes (no record can be stored)" in out.stdout, out.stdout
             assert json.loads((t / "manifest.json").read_text()) == json.loads(manifest.to_json())
             await cli_("user", "init", "--dir", t / "bob", "--key-file", t / "bob.key")
             await cli_("registrar", "issue", "--org-dir", t / "h2", "--key-file", t / "h2.key", "--subject", "dr-bob",
