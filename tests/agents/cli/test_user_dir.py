@@ -165,6 +165,9 @@ async def test_users_enroll_over_tls_and_work_from_their_own_directories(tmp_pat
             error_line(await cli(*_enroll(t, "mallory", token_path), ok=False), 1, "bound to another key")
             await _user(t, "mallory", "h1", "--role", "patient")
             await cli(*_enroll(t, "mallory", t / "mallory.token"))
+            mallory = ("patient", "--dir", t / "mallory", "--key-file", t / "mallory.key", "records")
+            assert (await cli(*mallory)).stdout.startswith("mallory has no records yet; store one with")
+            assert json.loads((await cli(*mallory, "--json")).stdout) == []
             assert await _raw_enroll(t, manifest, "mallory", token) == codes.ENROLL_DENIED
 
             # a certificate from another member's CA, put in this organization's token: the CLI refuses it
