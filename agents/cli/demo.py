@@ -298,7 +298,7 @@ def describe_event(e: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emrshare demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="emrshare demo", description=__doc__.splitlines()[0].replace("``emrshare demo``: ", "").capitalize())
     parser.add_argument("--data", help="a new or empty data directory (default: a fresh temporary one, removed after)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = parser.parse_args(argv or [])

@@ -62,16 +62,21 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
 
 
 def _parse(p: argparse.ArgumentParser, argv: list[str], *, json_help: str, unlock: str | None = None,
-           org_dir: bool = False) -> argparse.Namespace:
+           org_dir: bool = False, creates: bool = False) -> argparse.Namespace:
     """Parse ``argv`` after adding the options org commands share: ``--json`` (``json_help``),
-    ``--org-dir`` (with ``org_dir``) and the options that unlock ``unlock``'s keys."""
+    ``--org-dir`` (with ``org_dir``) and the options that unlock ``unlock``'s keys (``creates``:
+    the command creates those keys, and a missing key file)."""
     if org_dir:
         p.add_argument("--org-dir", required=True, type=Path, help="this organization's directory")
     p.add_argument("--json", action="store_true", help=json_help)
     if unlock is not None:
-        unlock_options(p, passphrase_help=f"a file holding the passphrase of {unlock} keys (Argon2id); not inside the "
-                       "directory", key_file_help=f"a 32-byte key file that unlocks {unlock} keys (created if absent "
-                       "with `org init`); not inside the directory")
+        unlock_options(
+            p, passphrase_help=f"a file holding the passphrase of {unlock} keys (its first line; Argon2id)"
+            + ("; write it before, e.g. `umask 077; openssl rand -base64 24 > F`" if creates else "")
+            + "; not inside the directory",
+            key_file_help=f"a 32-byte key file that unlocks {unlock} keys "
+            + ("(created, 32 random bytes, if absent)" if creates else "(the one the keys were made with)")
+            + "; not inside the directory")
     return p.parse_args(argv)
 
 
@@ -90,15 +95,21 @@ def _unlock(args: argparse.Namespace, what: str, *, create_key_file: bool = Fals
         if create_key_file and not args.key_file.exists():
             check_output_path(args.key_file, what)
             KeyStore.create_key_file(args.key_file)
+            print(f"created key file {args.key_file} (32 random bytes): it unlocks the keys; keep it safe, "
+                  "outside the directory", file=sys.stderr)
         check_input_file(args.key_file, what)
         return Unlock(key_file=args.key_file)
     if args.passphrase_file is not None:
+        if create_key_file and not args.passphrase_file.exists():
+            fail(what, f"{args.passphrase_file}: no such file (the passphrase is not made for you)",
+                 f"write a passphrase on its first line first (`umask 077; openssl rand -base64 24 > "
+                 f"{args.passphrase_file}`), or give --key-file F instead (created if absent)")
         check_input_file(args.passphrase_file, what)
         return Unlock.from_files(args.passphrase_file, None)
     passphrase = os.environ.get(ENV_PASSPHRASE)
     if passphrase:
         return Unlock(passphrase=passphrase)
-    fail(what, "no passphrase or key file to protect the keys",
+    fail(what, f"no passphrase or key file to {'protect' if create_key_file else 'unlock'} the keys",
          f"give --passphrase-file or --key-file (kept outside the directory), or set {ENV_PASSPHRASE}")
 
 
@@ -129,7 +140,7 @@ def org_init_main(argv: list[str]) -> int:
                    help=f"first port; nodes take consecutive ports (default {DEFAULT_PORT})")
     p.add_argument("--address", action="append", default=[], metavar="ID=tcp://HOST:PORT",
                    help="one node's address (repeatable; overrides --host/--port for it)")
-    args = _parse(p, argv, json_help="print the profile as JSON", unlock="the organization's")
+    args = _parse(p, argv, json_help="print the profile as JSON", unlock="the organization's", creates=True)
     what = f"org init {args.org}"
 
     def body() -> int:
@@ -210,19 +221,38 @@ def _read_profiles(paths: list[str], what: str) -> list[Any]:
 
 def _summary(config: Any, signatures: dict[str, bytes]) -> dict[str, Any]:
     return {"consortium": config.name, "digest": config.digest().hex(), "threshold": config.threshold,
-            "orderer": config.orderer_id, "orderers": list(config.orderer_ids), "max_skew_ms": config.max_skew_ms, "created_at": config.created_at,
-            "orgs": [{"id": o.id, "name": o.name, "signed": o.id in signatures} for o in config.orgs],
+            "orderer": config.orderer_id, "orderers": list(config.orderer_ids),
+            "ordering": "etcd" if config.orderers else "embedded", "max_skew_ms": config.max_skew_ms, "created_at": config.created_at,
+            "orgs": [{"id": o.id, "name": o.name, "signed": o.id in signatures, "admin_key": o.admin_key.hex()}
+                     for o in config.orgs],
             "peers": [{"id": p.id, "org": p.org, "index": p.index} for p in config.peers]}
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    print(f"consortium {s['consortium']}: threshold {s['threshold']} of {len(s['peers'])} peers, "
-          f"orderer {s['orderer']}")
+    orderers = (f"orderer nodes {', '.join(s['orderers'])} (etcd ordering)" if s["ordering"] == "etcd"
+                else f"orderer {s['orderer']}")
+    print(f"consortium {s['consortium']}: threshold {s['threshold']} of {len(s['peers'])} peers, {orderers}")
     print(f"  configuration digest {s['digest']}")
-    for o in s["orgs"]:
-        print(f"  {o['id']:<16} {'signed' if o['signed'] else 'NOT signed'}")
+    if "signers" in s:  # a change: the current members approve it, whatever it adds or removes
+        print(f"  members after the change: {', '.join(o['id'] for o in s['orgs'])}")
+        print(f"  approvals (more than half of the current members, {s['signers_needed']} of {len(s['signers'])}):")
+        orgs = s["signers"]
+    else:
+        orgs = s["orgs"]
+    for o in orgs:  # the admin key's start, to compare with the member's `emrshare org profile`
+        print(f"  {o['id']:<16} {'signed' if o['signed'] else 'NOT signed':<11}  admin key {o['admin_key'][:16]}...")
     for p in s["peers"]:
         print(f"  peer {p['id']:<20} {p['org']:<16} proxy index {p['index']}")
+
+
+def _change_summary(change: Any) -> dict[str, Any]:
+    """The summary of a configuration change: the new configuration, and who of the current
+    members (those who approve it) signed."""
+    return {**_summary(change.new, change.signatures), "seq": change.seq, "configuration": change.seq + 1,
+            "signers": [{"id": o.id, "signed": o.id in change.signatures, "admin_key": o.admin_key.hex()}
+                        for o in change.current.orgs],
+            "signers_needed": len(change.current.orgs) // 2 + 1,
+            "signed_by": sorted(change.signatures), "needs": change.missing()}
 
 
 def _show_summary(args: argparse.Namespace, summary: dict[str, Any], then: str) -> None:
@@ -346,8 +376,13 @@ def consortium_manifest_main(argv: list[str]) -> int:
         if args.json:
             print(manifest.to_json())
         else:
-            print(f"manifest of {manifest.consortium}: {len(manifest.peers)} peers, {len(manifest.storage)} storage "
-                  f"nodes, orderer {manifest.orderer}; written to {args.out}")
+            n = len(manifest.storage)
+            storage = ("no storage nodes (no record can be stored)" if not n else
+                       f"{n} storage node{'' if n == 1 else 's'} ({manifest.replicas} "
+                       f"cop{'y' if manifest.replicas == 1 else 'ies'} per record, puts wait for "
+                       f"{manifest.write_quorum})")
+            print(f"manifest of {manifest.consortium}: {len(manifest.peers)} peers, {storage}, "
+                  f"orderer {manifest.orderer}; written to {args.out}")
         return 0
 
     return run(body, what)
@@ -383,9 +418,10 @@ def consortium_change_main(argv: list[str]) -> int:
             change = change_draft(genesis=genesis, after=after, add=add, remove=args.remove,
                                   threshold=args.threshold)
         Path(args.out).write_text(change.to_json())
-        summary = {**_summary(change.new, {}), "seq": change.seq, "needs": change.missing()}
-        _show_summary(args, summary, f"change {change.seq} written to {args.out}; it needs {change.missing()} member "
-                                     f"signature(s): `emrshare consortium sign-change --org-dir DIR {args.out}`")
+        _show_summary(args, _change_summary(change),
+                      f"the change to configuration {change.seq + 1} written to {args.out}; it needs "
+                      f"{change.missing()} member signature(s), each member running "
+                      f"`emrshare consortium sign-change --org-dir DIR {args.out}`")
         return 0
 
     return run(body, what)
@@ -406,11 +442,9 @@ def consortium_sign_change_main(argv: list[str]) -> int:
         with _doing(what):
             change = sign_change(ConfigChange.from_json(path.read_text(), source=str(path)), org_dir)
         atomic_write(path, change.to_json().encode(), mode=0o644)
-        summary = {**_summary(change.new, change.signatures), "seq": change.seq, "signed_by": sorted(change.signatures),
-                   "needs": change.missing()}
-        _show_summary(args, summary, f"signed by {', '.join(sorted(change.signatures))}; "
-                                     + ("enough signatures: a member's peer can submit it" if not change.missing()
-                                        else f"needs {change.missing()} more"))
+        then = ("enough signatures: a member's peer can submit it (`emrshare consortium submit-change`)"
+                if not change.missing() else f"needs {change.missing()} more")
+        _show_summary(args, _change_summary(change), f"signed by {', '.join(sorted(change.signatures))}; {then}")
         return 0
 
     return run(body, what)
@@ -497,7 +531,8 @@ def registrar_issue_main(argv: list[str]) -> int:
         if args.json:
             print(token.to_json())
         else:
-            print(f"token for {token.subject} of {token.org} ({attributes}) written to {args.out}; "
+            shown = ", ".join(f"{k}={v}" for k, v in attributes.items())
+            print(f"token for {token.subject} of {token.org} ({shown}) written to {args.out}; "
                   f"valid until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(token.expires))}, once, "
                   "from the given key only"
                   + (f"; with a TLS client certificate for {args.cert_days} days" if token.tls_cert else
@@ -525,7 +560,7 @@ def user_init_main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="also write the request (public: enrolling key and TLS public key) to FILE for the "
                         "registrar (it is always in DIR/request.json)")
-    args = _parse(p, argv, json_help="print JSON", unlock="your")
+    args = _parse(p, argv, json_help="print JSON", unlock="your", creates=True)
     what = f"user init {args.dir}"
 
     def body() -> int:
@@ -690,14 +725,21 @@ def user_enroll_main(argv: list[str]) -> int:
         atomic_write(args.dir / META_FILE, json.dumps({"subject": cert.subject, "org": cert.org,
                                                        "manifest": "full" if full else "peer"}).encode(),
                      mode=0o644)
+        tls_until = None  # the TLS client certificate's own expiry (renewing it changes this only)
+        if token.tls_cert:
+            from cryptography import x509
+
+            tls_until = int(x509.load_pem_x509_certificate(token.tls_cert.encode()).not_valid_after_utc.timestamp())
         if args.json:
             print_json({"subject": cert.subject, "org": cert.org, "attributes": dict(cert.attributes),
                         "serial": cert.serial, "issuer": cert.issuer, "valid_until": cert.valid_until,
-                        "enroll_id": enroll_id(keys.ecdsa_public), "tls": bool(token.tls_cert)})
+                        "enroll_id": enroll_id(keys.ecdsa_public), "tls": bool(token.tls_cert),
+                        "tls_valid_until": tls_until})
         else:
             print(f"enrolled {cert.subject} of {cert.org} ({cert.role}): certificate {cert.serial} issued by "
                   f"{cert.issuer}, valid until {time.strftime('%Y-%m-%d', time.gmtime(cert.valid_until))}"
-                  + (" (over mutual TLS)" if token.tls_cert else ""))
+                  + (f"; TLS client certificate ({TLS_CERT_FILE}) valid until "
+                     f"{time.strftime('%Y-%m-%d', time.gmtime(tls_until))} (over mutual TLS)" if tls_until else ""))
             if not full:
                 print(f"your directory knows only {peer_id}'s address: before daily use, save the consortium's "
                       f"manifest with `emrshare user enroll --dir {args.dir} --manifest manifest.json`",

@@ -517,7 +517,12 @@ async def _patient(files: "SwarmFiles | None", config: "UserConfig", args: argpa
                 else:
                     _print_away(away)
             elif args.cmd == "records":
-                _print_records(await p.records(), args.json, f"records of {config.subject}")
+                records = await p.records()
+                if not records and not args.json:
+                    print(f"{config.subject} has no records yet; store one with "
+                          "`emrshare patient store FILE --label LABEL`")
+                else:
+                    _print_records(records, args.json, f"records of {config.subject}")
             elif args.cmd == "grants":
                 _print_grants(p.grants, args.json)
             elif args.cmd == "audit":

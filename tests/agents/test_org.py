@@ -101,6 +101,38 @@ def test_a_key_or_passphrase_file_inside_the_directory_is_refused(tmp_path):
     assert not (tmp_path / "h2").exists()
 
 
+def test_org_init_says_it_created_a_key_file_and_how_to_make_a_missing_passphrase_file(tmp_path):
+    """A newcomer following docs/deploy.md step 1: the passphrase file is theirs to write (one line
+    saying how, nothing created); a missing key file is created, and the command says so."""
+    missing = tmp_path / "secrets" / "h1.passphrase"
+    proc = cli("org", "init", "--org", "h1", "--dir", tmp_path / "h1", "--passphrase-file", missing, check=False)
+    line = one_line_error(proc)
+    assert "no such file" in line and "write a passphrase on its first line" in line and "--key-file" in line
+    assert not (tmp_path / "h1").exists() and not missing.exists()
+    key = tmp_path / "secrets" / "h2.key"
+    key.parent.mkdir()
+    proc = cli("org", "init", "--org", "h2", "--dir", tmp_path / "h2", "--key-file", key)
+    assert f"created key file {key}" in proc.stderr and len(key.read_bytes()) == 32
+    proc = cli("org", "init", "--org", "h3", "--dir", tmp_path / "h3", "--key-file", key)
+    assert "created key file" not in proc.stderr  # an existing key file is used as it is
+    (tmp_path / "draft").write_bytes(b"x")
+    proc = cli("consortium", "sign", "--org-dir", tmp_path / "h2", tmp_path / "draft", check=False)
+    assert "no passphrase or key file to unlock the keys" in one_line_error(proc)  # nothing is created here
+
+
+def test_the_genesis_summary_names_the_etcd_orderer_set(tmp_path):
+    for org in ("h1", "h2"):
+        make_org(tmp_path, org, peers=1, orderer=True)
+    profiles = [a for org in ("h1", "h2") for a in ("--profile", tmp_path / org / "profile.json")]
+    etcd = cli("consortium", "genesis", *profiles, "--threshold", "1", "--ordering", "etcd", "--out", tmp_path / "d1")
+    assert "orderer nodes orderer-h1, orderer-h2 (etcd ordering)" in etcd.stdout
+    # each member's admin key, to compare with what the member's `org profile` shows
+    h2_key = OrgProfile.from_json((tmp_path / "h2" / "profile.json").read_text()).admin_key.hex()
+    assert f"h2               NOT signed   admin key {h2_key[:16]}..." in etcd.stdout
+    embedded = cli("consortium", "genesis", *profiles, "--threshold", "1", "--out", tmp_path / "d2")
+    assert "orderer orderer-h1\n" in embedded.stdout and "etcd" not in embedded.stdout
+
+
 def _handshake(client: ssl.SSLObject, server: ssl.SSLObject, c_in: ssl.MemoryBIO, c_out: ssl.MemoryBIO,
                s_in: ssl.MemoryBIO, s_out: ssl.MemoryBIO) -> None:
     done = {"c": False, "s": False}
@@ -224,8 +256,10 @@ async def test_join_a_consortium_and_enroll_users_from_their_own_machines(tmp_pa
     assert "PRIVATE" not in (t / "h2-profile.json").read_text()
     out = await cli_("consortium", "genesis", "--profile", t / "h1", "--profile", t / "h2-profile.json",
                      "--threshold", "2", "--name", "joined", "--out", t / "g.draft", "--json")
-    assert json.loads(out.stdout)["orgs"] == [{"id": "h1", "name": "h1", "signed": False},
-                                             {"id": "h2", "name": "h2", "signed": False}]
+    orgs = json.loads(out.stdout)["orgs"]
+    assert [{k: o[k] for k in ("id", "name", "signed")} for o in orgs] == [
+        {"id": "h1", "name": "h1", "signed": False}, {"id": "h2", "name": "h2", "signed": False}]
+    assert orgs[1]["admin_key"] == json.loads((t / "h2-profile.json").read_text())["admin_key"]
     await cli_("consortium", "sign", "--org-dir", t / "h1", "--passphrase-file", t / "h1.pass", t / "g.draft")
     missing = await cli_("consortium", "seal", t / "g.draft", "--out", t / "genesis", check=False)
     assert "not signed by h2" in one_line_error(missing) and not (t / "genesis").exists()
@@ -315,8 +349,9 @@ async def test_join_a_consortium_and_enroll_users_from_their_own_machines(tmp_pa
             assert (t / "alice" / "manifest.json").exists() and (t / "alice" / "genesis").read_bytes() == genesis
 
             # with the consortium's full manifest instead, the peer's address comes from it
-            await cli_("consortium", "manifest", "--genesis", t / "genesis", "--profile", t / "h1",
-                       "--profile", t / "h2-profile.json", "--out", t / "manifest.json")
+            out = await cli_("consortium", "manifest", "--genesis", t / "genesis", "--profile", t / "h1",
+                             "--profile", t / "h2-profile.json", "--out", t / "manifest.json")
+            assert "3 peers, no storage nodes (no record can be stored)" in out.stdout, out.stdout
             assert json.loads((t / "manifest.json").read_text()) == json.loads(manifest.to_json())
             await cli_("user", "init", "--dir", t / "bob", "--key-file", t / "bob.key")
             await cli_("registrar", "issue", "--org-dir", t / "h2", "--key-file", t / "h2.key", "--subject", "dr-bob",
@@ -363,7 +398,15 @@ def test_members_add_then_remove_an_org_with_change_files(tmp_path):
     t = tmp_path
     out = cli("consortium", "change", "--genesis", t / "genesis", "--add", t / "h3", "--threshold", "2",
               "--out", t / "c1", "--json")
-    assert json.loads(out.stdout)["needs"] == 2  # more than half of the 2 current members
+    summary = json.loads(out.stdout)
+    assert summary["needs"] == 2  # more than half of the 2 current members
+    # the approvers are the current members, not the new configuration's (h3 cannot sign its own joining)
+    assert [(o["id"], o["signed"]) for o in summary["signers"]] == [("h1", False), ("h2", False)]
+    assert summary["signers"][1]["admin_key"] == p2.admin_key.hex()
+    assert [o["id"] for o in summary["orgs"]] == ["h1", "h2", "h3"] and summary["configuration"] == 1
+    text = cli("consortium", "change", "--genesis", t / "genesis", "--add", t / "h3", "--out", t / "c1-text").stdout
+    assert "members after the change: h1, h2, h3" in text and "2 of 2" in text
+    assert "h3               NOT signed" not in text and "change to configuration 1 written" in text
     refused = cli("consortium", "sign-change", "--org-dir", t / "h3", "--key-file", t / "h3.key", t / "c1",
                   check=False)
     assert "not a current member" in one_line_error(refused)
@@ -391,7 +434,10 @@ def test_members_add_then_remove_an_org_with_change_files(tmp_path):
     assert commit(config_transaction(add, "peer-h1-1", h1.node_keys("peer-h1-1").ecdsa_private)) == "ok"
     assert ledger.config == add.new and ledger.config.threshold == 2
     # the next change starts from the committed one: h2 leaves, h1 and h3 approve (2 of 3)
-    cli("consortium", "change", "--after", t / "c1", "--remove", "h2", "--out", t / "c2")
+    text = cli("consortium", "change", "--after", t / "c1", "--remove", "h2", "--out", t / "c2").stdout
+    # removing h2: h2 is still one of the members who approve it (2 of h1, h2, h3)
+    assert "members after the change: h1, h3" in text and "h2               NOT signed" in text
+    assert "2 of 3" in text and "change to configuration 2 written" in text
     for org in ("h1", "h3"):
         cli("consortium", "sign-change", "--org-dir", t / org, "--key-file", t / f"{org}.key", t / "c2")
     remove = ConfigChange.from_json((t / "c2").read_text())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,9 @@ async def test_users_enroll_over_tls_and_work_from_their_own_directories(tmp_pat
             error_line(await cli(*_enroll(t, "mallory", token_path), ok=False), 1, "bound to another key")
             await _user(t, "mallory", "h1", "--role", "patient")
             await cli(*_enroll(t, "mallory", t / "mallory.token"))
+            mallory = ("patient", "--dir", t / "mallory", "--key-file", t / "mallory.key", "records")
+            assert (await cli(*mallory)).stdout.startswith("mallory has no records yet; store one with")
+            assert json.loads((await cli(*mallory, "--json")).stdout) == []
             assert await _raw_enroll(t, manifest, "mallory", token) == codes.ENROLL_DENIED
 
             # a certificate from another member's CA, put in this organization's token: the CLI refuses it
@@ -219,8 +223,12 @@ async def test_users_enroll_over_tls_and_work_from_their_own_directories(tmp_pat
 
             # renewing the TLS certificate: the registrar issues again from the same request, `user enroll`
             # replaces tls.pem (alice is enrolled already: the new token is not spent)
+            days = {time.strftime("%Y-%m-%d", time.gmtime(time.time() + 2 * 86400))}
             renewed = await _user(t, "alice", "h1", "--role", "patient", "--cert-days", "2", out="renew.token")
-            await cli(*_enroll(t, "alice", renewed))
+            days.add(time.strftime("%Y-%m-%d", time.gmtime(time.time() + 2 * 86400)))  # (if midnight passed)
+            out = (await cli(*_enroll(t, "alice", renewed))).stdout
+            # it says when the new TLS certificate expires, not only the ledger certificate (a year away)
+            assert any(f"TLS client certificate (tls.pem) valid until {d}" in out for d in days), out
             assert (t / "alice" / "tls.pem").read_text() == TokenFile.from_json(renewed.read_text()).tls_cert
             assert [r["record_id"] for r in json.loads((await cli(*alice, "records", "--json")).stdout)] == ["ecg-1"]
             # an expired certificate in the directory: one line saying how to renew, before any connection
