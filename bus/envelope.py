@@ -205,13 +205,15 @@ class Envelope:
             nonce = fresh[ID_SIZE:] if nonce is None else nonce
         mtype = MessageType(type)
         _check_values(PROTOCOL_VERSION, mtype, kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body)
-        packed = _packb(
-            [PROTOCOL_VERSION, int(mtype), kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body]
-        )
-        signature = b"" if signer is None else _signature(signer, packed)
+        fields = [PROTOCOL_VERSION, int(mtype), kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body]
+        if signer is None:  # one pass: a large body is copied once, not three times
+            env = cls(PROTOCOL_VERSION, mtype, kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body, b"")
+            return env, _packb([*fields, b""])
+        packed = _packb(fields)
+        signature = _signature(signer, packed)
         env = cls(PROTOCOL_VERSION, mtype, kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body, signature)
         # fixarray(10) -> fixarray(11): the same fields, then the signature
-        return env, b"\x9b" + packed[1:] + _packb(signature)
+        return env, b"".join((b"\x9b", memoryview(packed)[1:], _packb(signature)))
 
 
 def _signature(signer: Signer, packed_fields: bytes) -> bytes:

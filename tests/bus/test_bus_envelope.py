@@ -336,3 +336,21 @@ def test_extension_types_anywhere_are_malformed(body, ext, where):
     # the same envelope without the extension decodes
     fields[9] = body
     check(decode_envelope(msgpack.packb(fields, use_bin_type=True)))
+
+
+@given(body=st.one_of(st.binary(max_size=200_000), st.dictionaries(st.text(max_size=5), st.binary(max_size=2000))))
+@settings(max_examples=50, deadline=None)
+def test_unsigned_encoding_is_the_signed_layout_with_an_empty_signature(body):
+    import msgpack
+
+    from bus import decode_envelope, sign_wire
+
+    fields = dict(type=MessageType.REPLY, kind="k", sender="a", recipient="b", body=body, timestamp=5,
+                  correlation_id=b"c" * 16, msg_id=b"m" * 16, nonce=b"")
+    env, wire = Envelope.create_encoded(signer=None, **fields)
+    ten = msgpack.packb([1, int(MessageType.REPLY), "k", b"m" * 16, b"c" * 16, "a", "b", 5, b"", body],
+                        use_bin_type=True)
+    assert wire == b"\x9b" + ten[1:] + b"\xc4\x00"
+    assert decode_envelope(wire) == env
+    signed_env, signed_wire = Envelope.create_encoded(signer=lambda m: b"S" + m[:3], **fields)
+    assert signed_wire == sign_wire(wire, lambda m: b"S" + m[:3]) and decode_envelope(signed_wire) == signed_env
