@@ -46,6 +46,7 @@ import dataclasses
 import enum
 import heapq
 import secrets
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -98,11 +99,30 @@ class MessageType(enum.IntEnum):
 _TYPE_CODES = frozenset(t.value for t in MessageType)
 
 
+_packers = threading.local()
+_KEEP_PACKER_BYTES = 2 << 20
+"""A thread keeps its msgpack packer (and the buffer it grew) after packing at most
+this many bytes; after a larger value it starts a fresh one (the memory goes back)."""
+
+
 def _packb(value: Any) -> bytes:
+    """``msgpack.packb(value)`` through this thread's packer: packb makes a packer
+    with a fresh 1 MiB buffer per call and grows it for a large body (a malloc, a
+    realloc and page faults per envelope); a kept one packs into memory it has."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        packed = packer.pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
+        _packers.packer = None  # whatever it holds of the failed value goes with it
         raise EnvelopeError("malformed", f"body cannot be encoded as msgpack: {exc}") from None
+    except BaseException:
+        _packers.packer = None
+        raise
+    if len(packed) > _KEEP_PACKER_BYTES:
+        _packers.packer = None
+    return packed
 
 
 def _reject_ext(code: int, data: bytes) -> Any:

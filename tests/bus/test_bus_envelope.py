@@ -354,3 +354,19 @@ def test_unsigned_encoding_is_the_signed_layout_with_an_empty_signature(body):
     assert decode_envelope(wire) == env
     signed_env, signed_wire = Envelope.create_encoded(signer=lambda m: b"S" + m[:3], **fields)
     assert signed_wire == sign_wire(wire, lambda m: b"S" + m[:3]) and decode_envelope(signed_wire) == signed_env
+
+
+@given(values=st.lists(st.one_of(st.binary(max_size=3 << 20).map(lambda b: b * 2), st.integers(), st.text(),
+                                 st.just(object())), max_size=6))
+@settings(max_examples=30, deadline=None)
+def test_kept_packer_packs_as_packb_after_large_values_and_failures(values):
+    import msgpack
+
+    from bus import envelope as envmod
+
+    for value in values:
+        if type(value) is object:
+            with pytest.raises(envmod.EnvelopeError):
+                envmod._packb([1, value])
+            continue
+        assert envmod._packb([value, {"k": value}]) == msgpack.packb([value, {"k": value}], use_bin_type=True)
