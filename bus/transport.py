@@ -39,7 +39,10 @@ _RECEIVE_SIZE = 64 * 1024
 _MAX_RECEIVE_SIZE = 4 * 1024 * 1024
 """A read asks for the rest of the frame being received (the decoder's ``pending``),
 at least :data:`_RECEIVE_SIZE` and at most this: a 1 MiB frame is a few reads, not
-sixteen (each read is a trip through the event loop)."""
+sixteen (each read is a trip through the event loop). What a connection holds is
+unchanged: a read returns only bytes that arrived, and one larger than
+:data:`_RECEIVE_SIZE` never reaches past the frame being read (so no large read
+stays pinned by the few bytes of a next frame it carried)."""
 _SEND_APART_BYTES = 64 * 1024
 """Payloads from this size are sent after their length prefix, not copied behind it."""
 
