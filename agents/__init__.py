@@ -17,15 +17,18 @@ encrypted key store), ``consortium`` (the manifest and the bus's key
 directory), ``runtime`` (endpoints and crypto threads), ``handlers`` (serving
 kinds through core.protocol's types), ``ledger_store``
 (SQLite ledger persistence), ``health`` (peer and storage health), ``errors``.
+
+The names are those of the ``from .x import Name as Name`` lines below. Only
+``errors`` is imported with the package; the other modules load on the first
+use of one of their names (``__getattr__``), so a process that needs one role
+(a patient's read, a storage node) does not import every role: ``import
+agents.recordio`` costs the modules it uses, not the peer, orderer and swarm
+(``emrshare bench storage`` measures a reader's memory after its imports).
+Type checkers and readers see the names in the ``TYPE_CHECKING`` block.
 """
 
-from .client import UserConfig as UserConfig
-from .consortium import ConsortiumDirectory as ConsortiumDirectory
-from .consortium import Manifest as Manifest
-from .consortium import enroll_id as enroll_id
-from .consortium import enrollment_token as enrollment_token
-from .doctor import DoctorAgent as DoctorAgent
-from .doctor import cosign_break_glass as cosign_break_glass
+import typing
+
 from .errors import AgentError as AgentError
 from .errors import CertificateRevoked as CertificateRevoked
 from .errors import EnrollmentExists as EnrollmentExists
@@ -44,15 +47,62 @@ from .errors import TransactionRejected as TransactionRejected
 from .errors import Unavailable as Unavailable
 from .errors import UnknownAgent as UnknownAgent
 from .errors import UnknownRequest as UnknownRequest
-from .keys import AgentKeys as AgentKeys
-from .keys import KeyStore as KeyStore
-from .keys import KeyStoreError as KeyStoreError
-from .orderer import OrdererAgent as OrdererAgent
-from .patient import PatientAgent as PatientAgent
-from .patient import narrowed_policy as narrowed_policy
-from .peer import PeerAgent as PeerAgent
-from .swarm import Swarm as Swarm
-from .swarm import SwarmFiles as SwarmFiles
-from .swarm import AgentStartError as AgentStartError
-from .swarm import SwarmRunning as SwarmRunning
-from .swarm import SwarmSpec as SwarmSpec
+
+if typing.TYPE_CHECKING:
+    from .client import UserConfig as UserConfig
+    from .consortium import ConsortiumDirectory as ConsortiumDirectory
+    from .consortium import Manifest as Manifest
+    from .consortium import enroll_id as enroll_id
+    from .consortium import enrollment_token as enrollment_token
+    from .doctor import DoctorAgent as DoctorAgent
+    from .doctor import cosign_break_glass as cosign_break_glass
+    from .keys import AgentKeys as AgentKeys
+    from .keys import KeyStore as KeyStore
+    from .keys import KeyStoreError as KeyStoreError
+    from .orderer import OrdererAgent as OrdererAgent
+    from .patient import PatientAgent as PatientAgent
+    from .patient import narrowed_policy as narrowed_policy
+    from .peer import PeerAgent as PeerAgent
+    from .swarm import Swarm as Swarm
+    from .swarm import SwarmFiles as SwarmFiles
+    from .swarm import AgentStartError as AgentStartError
+    from .swarm import SwarmRunning as SwarmRunning
+    from .swarm import SwarmSpec as SwarmSpec
+
+_LAZY = {
+    "UserConfig": "client",
+    "ConsortiumDirectory": "consortium",
+    "Manifest": "consortium",
+    "enroll_id": "consortium",
+    "enrollment_token": "consortium",
+    "DoctorAgent": "doctor",
+    "cosign_break_glass": "doctor",
+    "AgentKeys": "keys",
+    "KeyStore": "keys",
+    "KeyStoreError": "keys",
+    "OrdererAgent": "orderer",
+    "PatientAgent": "patient",
+    "narrowed_policy": "patient",
+    "PeerAgent": "peer",
+    "Swarm": "swarm",
+    "SwarmFiles": "swarm",
+    "AgentStartError": "swarm",
+    "SwarmRunning": "swarm",
+    "SwarmSpec": "swarm",
+}
+"""Lazily re-exported name -> the module of this package that defines it."""
+
+
+def __getattr__(name: str) -> typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

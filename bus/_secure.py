@@ -26,7 +26,10 @@ from .transport import Connection
 
 THREAD_SEAL_BYTES = 4 * 1024 * 1024
 """Frames at least this large are sealed/opened off the event loop (AES-GCM takes
-well under a millisecond per MiB: smaller frames are not worth a thread hop)."""
+well under a millisecond per MiB: smaller frames are not worth a thread hop). A
+storage read's 1 MiB pieces stay on the loop: sealing one takes ~0.13 ms and
+opening ~0.2 ms (``emrshare bench storage``), less than a hop to a worker thread
+and back costs on a busy machine."""
 
 
 class ChannelConnection:

@@ -85,6 +85,10 @@ the handshake (a signature each, for any client that completes one: kept small);
 one hosting more proves each when the other side asks (WANT)."""
 MAX_AGENT_ID_BYTES = 1024
 _MAX_COUNTER = 2**64 - 1
+_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")  # cryptography >= 45
+_SEAL_INTO_BYTES = 64 * 1024
+"""Frames from this size are sealed into one buffer with the type byte (a copy of a
+large frame saved); smaller ones as ``type + ciphertext`` (bytes)."""
 _ZERO_DH = bytes(32)
 
 
@@ -204,14 +208,21 @@ class Channel:
     def _nonce(counter: int) -> bytes:
         return struct.pack("<Q", counter) + b"\x00\x00\x00\x00"
 
-    def seal(self, frame_type: int, payload: bytes) -> bytes:
-        """The next outgoing frame carrying ``payload`` (call in send order)."""
+    def seal(self, frame_type: int, payload: bytes) -> bytes | bytearray:
+        """The next outgoing frame carrying ``payload`` (call in send order); a large
+        one as a bytearray (written once by the cipher, not copied after it)."""
         if self._send_counter >= _MAX_COUNTER:
             raise ChannelError("channel exhausted its nonces; reconnect")
         kind = _TYPES[frame_type]
-        sealed = self._send_aead.encrypt(self._nonce(self._send_counter), payload, kind)
+        nonce = self._nonce(self._send_counter)
+        if _ENCRYPT_INTO and len(payload) >= _SEAL_INTO_BYTES:  # the type byte and the ciphertext in one buffer
+            frame = bytearray(1 + len(payload) + _TAG_SIZE)
+            frame[0] = kind[0]
+            self._send_aead.encrypt_into(nonce, payload, kind, memoryview(frame)[1:])
+        else:
+            frame = kind + self._send_aead.encrypt(nonce, payload, kind)
         self._send_counter += 1
-        return kind + sealed
+        return frame
 
     def open(self, frame: bytes) -> tuple[int, bytes]:
         """(type, payload) of the next incoming frame; ChannelError when it was

@@ -46,6 +46,7 @@ import dataclasses
 import enum
 import heapq
 import secrets
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -98,11 +99,30 @@ class MessageType(enum.IntEnum):
 _TYPE_CODES = frozenset(t.value for t in MessageType)
 
 
+_packers = threading.local()
+_KEEP_PACKER_BYTES = 2 << 20
+"""A thread keeps its msgpack packer (and the buffer it grew) after packing at most
+this many bytes; after a larger value it starts a fresh one (the memory goes back)."""
+
+
 def _packb(value: Any) -> bytes:
+    """``msgpack.packb(value)`` through this thread's packer: packb makes a packer
+    with a fresh 1 MiB buffer per call and grows it for a large body (a malloc, a
+    realloc and page faults per envelope); a kept one packs into memory it has."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        packed = packer.pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
+        _packers.packer = None  # whatever it holds of the failed value goes with it
         raise EnvelopeError("malformed", f"body cannot be encoded as msgpack: {exc}") from None
+    except BaseException:
+        _packers.packer = None
+        raise
+    if len(packed) > _KEEP_PACKER_BYTES:
+        _packers.packer = None
+    return packed
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -205,13 +225,15 @@ class Envelope:
             nonce = fresh[ID_SIZE:] if nonce is None else nonce
         mtype = MessageType(type)
         _check_values(PROTOCOL_VERSION, mtype, kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body)
-        packed = _packb(
-            [PROTOCOL_VERSION, int(mtype), kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body]
-        )
-        signature = b"" if signer is None else _signature(signer, packed)
+        fields = [PROTOCOL_VERSION, int(mtype), kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body]
+        if signer is None:  # one pass: a large body is copied once, not three times
+            env = cls(PROTOCOL_VERSION, mtype, kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body, b"")
+            return env, _packb([*fields, b""])
+        packed = _packb(fields)
+        signature = _signature(signer, packed)
         env = cls(PROTOCOL_VERSION, mtype, kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body, signature)
         # fixarray(10) -> fixarray(11): the same fields, then the signature
-        return env, b"\x9b" + packed[1:] + _packb(signature)
+        return env, b"".join((b"\x9b", memoryview(packed)[1:], _packb(signature)))
 
 
 def _signature(signer: Signer, packed_fields: bytes) -> bytes:

@@ -42,15 +42,23 @@ def encode_frame(payload: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -
 class FrameDecoder:
     """Streaming decoder: ``feed(data)`` returns the payloads completed by it.
 
+    A frame's body is kept as views of the chunks it arrived in and joined once
+    when its last byte arrives: each payload byte is copied once, however many
+    reads a large frame takes (:attr:`pending` tells a reader how much to ask
+    for). Only bytes that arrived are held: a header announcing a large frame
+    reserves nothing.
+
     After a :class:`FrameError` the decoder is broken (a byte stream cannot be
     resynchronised) and every further ``feed`` raises again.
     """
 
-    __slots__ = ("_max", "_buf", "_need", "_error")
+    __slots__ = ("_max", "_head", "_parts", "_have", "_need", "_error")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
         self._max = _check_max(max_frame_size)
-        self._buf = bytearray()
+        self._head = b""  # the first bytes of a header not yet complete
+        self._parts: list[memoryview] = []  # the body received so far of the frame being read
+        self._have = 0  # bytes in _parts
         self._need: int | None = None  # body length of the frame being read
         self._error: FrameError | None = None
 
@@ -67,38 +75,51 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete frame (non-zero at EOF means truncation)."""
-        return len(self._buf) + (FRAME_HEADER_SIZE if self._need is not None else 0)
+        return len(self._head) + self._have + (FRAME_HEADER_SIZE if self._need is not None else 0)
+
+    @property
+    def pending(self) -> int:
+        """Bytes still missing from the frame being read (0 between frames, where
+        the next frame's size is not known yet)."""
+        return 0 if self._need is None else self._need - self._have
 
     def feed(self, data: bytes) -> list[bytes]:
         if self._error is not None:
             raise FrameError(f"decoder is broken by an earlier error: {self._error}")
-        buf = self._buf
-        buf += data
+        if type(data) is not bytes:
+            data = bytes(data)  # views of it are kept: it must not change under them
+        view = memoryview(data)
         frames: list[bytes] = []
         pos = 0
-        end = len(buf)
-        need = self._need
-        while True:
+        end = len(data)
+        while pos < end:
+            need = self._need
             if need is None:
-                if end - pos < FRAME_HEADER_SIZE:
+                take = min(FRAME_HEADER_SIZE - len(self._head), end - pos)
+                head = self._head + data[pos : pos + take]
+                pos += take
+                if len(head) < FRAME_HEADER_SIZE:
+                    self._head = head
                     break
-                need = int.from_bytes(buf[pos : pos + FRAME_HEADER_SIZE], "big")
-                pos += FRAME_HEADER_SIZE
+                self._head = b""
+                need = int.from_bytes(head, "big")
                 if need > self._max:
-                    del buf[:]
-                    self._need = None
-                    self._error = FrameError(
-                        f"frame of {need} bytes exceeds the maximum of {self._max}"
-                    )
+                    self._error = FrameError(f"frame of {need} bytes exceeds the maximum of {self._max}")
                     raise self._error
-            if end - pos < need:
-                break
-            frames.append(bytes(buf[pos : pos + need]))
-            pos += need
-            need = None
-        if pos:
-            del buf[:pos]
-        self._need = need
+                self._need = need
+            take = min(need - self._have, end - pos)
+            if take == need:  # the whole body (maybe empty) in this read
+                frames.append(data[pos : pos + take])
+                self._need = None
+            elif take:
+                self._parts.append(view[pos : pos + take])
+                self._have += take
+                if self._have == need:
+                    frames.append(b"".join(self._parts))
+                    self._parts = []
+                    self._have = 0
+                    self._need = None
+            pos += take
         return frames
 
     def check_eof(self) -> None:

@@ -33,9 +33,18 @@ import trio
 
 from .errors import BrokenError, BusError, ClosedError, FrameError, UnreachableError
 from .channel import CHANNEL_OVERHEAD
-from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from .framing import DEFAULT_MAX_FRAME_SIZE, FRAME_HEADER_SIZE, FrameDecoder, encode_frame
 
 _RECEIVE_SIZE = 64 * 1024
+_MAX_RECEIVE_SIZE = 4 * 1024 * 1024
+"""A read asks for the rest of the frame being received (the decoder's ``pending``),
+at least :data:`_RECEIVE_SIZE` and at most this: a 1 MiB frame is a few reads, not
+sixteen (each read is a trip through the event loop). What a connection holds is
+unchanged: a read returns only bytes that arrived, and one larger than
+:data:`_RECEIVE_SIZE` never reaches past the frame being read (so no large read
+stays pinned by the few bytes of a next frame it carried)."""
+_SEND_APART_BYTES = 64 * 1024
+"""Payloads from this size are sent after their length prefix, not copied behind it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -156,10 +165,15 @@ class _StreamConnection:
             raise ClosedError("connection closed")
         if self._broken:
             raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
-        frame = encode_frame(payload, self._max)
+        if len(payload) > self._max:
+            raise FrameError(f"frame payload of {len(payload)} bytes exceeds the maximum of {self._max}")
         async with self._send_lock:
             try:
-                await self._stream.send_all(frame)
+                if len(payload) < _SEND_APART_BYTES:
+                    await self._stream.send_all(encode_frame(payload, self._max))
+                else:  # the length prefix, then the payload as it is: a large payload is not copied
+                    await self._stream.send_all(len(payload).to_bytes(FRAME_HEADER_SIZE, "big"))
+                    await self._stream.send_all(payload)
             except trio.ClosedResourceError:
                 raise ClosedError("connection closed") from None
             except (trio.BrokenResourceError, OSError) as exc:
@@ -175,7 +189,8 @@ class _StreamConnection:
             if self._eof:
                 return None
             try:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
+                data = await self._stream.receive_some(
+                    min(max(self._decoder.pending, _RECEIVE_SIZE), _MAX_RECEIVE_SIZE))
             except trio.ClosedResourceError:
                 raise ClosedError("connection closed") from None
             except (trio.BrokenResourceError, OSError) as exc:

@@ -153,7 +153,11 @@ def test_each_rule_fails_on_a_violation(tmp_path, rule, where, text):
 def _reexports(package: str) -> list[tuple[str, str]]:
     init = ROOT / package.replace(".", "/") / "__init__.py"
     out = []
-    for node in ast.parse(init.read_text()).body:
+    body = ast.parse(init.read_text()).body
+    # a lazy face (agents) lists its names under `if TYPE_CHECKING:` and loads them in __getattr__
+    lazy = [n for node in body if isinstance(node, ast.If) and ast.unparse(node.test) == "typing.TYPE_CHECKING"
+            for n in node.body]
+    for node in body + lazy:
         if isinstance(node, ast.ImportFrom):
             assert node.level == 1, f"{package}/__init__.py: re-export with relative imports"
             for alias in node.names:
@@ -172,3 +176,23 @@ def test_public_faces_export_each_name_once(package):
     for module, name in names:
         source = importlib.import_module(f"{package}.{module}")
         assert getattr(face, name) is getattr(source, name)
+
+
+@pytest.mark.parametrize("package", ["agents", "agents.storage"])
+def test_lazy_face_loads_what_it_lists(package):
+    """A lazy face's table is exactly its TYPE_CHECKING re-exports, and importing the
+    package loads none of those modules (a reader does not import every role)."""
+    import subprocess
+    import sys
+
+    tree = ast.parse((ROOT / package.replace(".", "/") / "__init__.py").read_text()).body
+    listed = {alias.name: node.module for top in tree if isinstance(top, ast.If)
+              for node in top.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    face = importlib.import_module(package)
+    assert listed and face._LAZY == listed
+    assert set(listed) <= set(dir(face))
+    code = f"import sys, {package}; print(sorted(m for m in sys.modules if m.startswith('{package}.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == f"['{package}.errors']"
+    with pytest.raises(AttributeError):
+        face.NoSuchName  # noqa: B018

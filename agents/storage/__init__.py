@@ -12,12 +12,14 @@
   around the sans-I/O :class:`ReconcilePlan`.
 
 Run a node: ``python -m agents.storage serve --id ID --dir DIR --listen tcp://127.0.0.1:PORT``.
+
+Only ``errors`` is imported with the package; the names below load their
+module on first use (``__getattr__``, as in :mod:`agents`), so a reader that uses
+the client does not load the node, the reconciler or the Kubo client.
 """
 
-from .blobstore import BlobStat as BlobStat
-from .blobstore import BlobStore as BlobStore
-from .blobstore import PutSession as PutSession
-from .blobstore import StoreStat as StoreStat
+import typing
+
 from .errors import BadRequest as BadRequest
 from .errors import Busy as Busy
 from .errors import Forbidden as Forbidden
@@ -30,11 +32,48 @@ from .errors import QuotaExceeded as QuotaExceeded
 from .errors import StorageError as StorageError
 from .errors import StorageUnavailable as StorageUnavailable
 from .errors import Unavailable as Unavailable
-from .client import ClientStatistics as ClientStatistics
-from .client import RepairReport as RepairReport
-from .client import StorageClient as StorageClient
-from .kubo import KuboClient as KuboClient
-from .node import StorageAccess as StorageAccess
-from .node import StorageNode as StorageNode
-from .reconcile import ReconcilePlan as ReconcilePlan
-from .reconcile import Reconciler as Reconciler
+
+if typing.TYPE_CHECKING:
+    from .blobstore import BlobStat as BlobStat
+    from .blobstore import BlobStore as BlobStore
+    from .blobstore import PutSession as PutSession
+    from .blobstore import StoreStat as StoreStat
+    from .client import ClientStatistics as ClientStatistics
+    from .client import RepairReport as RepairReport
+    from .client import StorageClient as StorageClient
+    from .kubo import KuboClient as KuboClient
+    from .node import StorageAccess as StorageAccess
+    from .node import StorageNode as StorageNode
+    from .reconcile import ReconcilePlan as ReconcilePlan
+    from .reconcile import Reconciler as Reconciler
+
+_LAZY = {
+    "BlobStat": "blobstore",
+    "BlobStore": "blobstore",
+    "PutSession": "blobstore",
+    "StoreStat": "blobstore",
+    "ClientStatistics": "client",
+    "RepairReport": "client",
+    "StorageClient": "client",
+    "KuboClient": "kubo",
+    "StorageAccess": "node",
+    "StorageNode": "node",
+    "ReconcilePlan": "reconcile",
+    "Reconciler": "reconcile",
+}
+"""Lazily re-exported name -> the module of this package that defines it."""
+
+
+def __getattr__(name: str) -> typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -78,6 +78,11 @@ log = logging.getLogger("agents.storage.client")
 
 CHUNK = cidmod.CHUNK_SIZE
 _PROBE_TIMEOUT = 2.0  # is a node that failed lately back?
+_THREAD_CHECK_BYTES = 1 << 20
+"""Pieces larger than this are hashed in a worker thread; a default piece (1 MiB,
+~1 ms of sha256) is hashed on the event loop: the hop to a thread and back cost
+about a third of that in CPU, more in wall time on a busy machine, and bought no
+parallelism the bench could see (``emrshare bench storage``)."""
 MAX_RECEIPTS_KEPT = 1024
 """CIDs whose put receipts a client keeps (the latest puts)."""
 # errors caused by the blob itself: every replica would say the same
@@ -447,7 +452,7 @@ class StorageClient:
                 if hashlib.sha256(view[i : i + CHUNK]).digest() != digests[first + i // CHUNK]:
                     raise CorruptBlob(f"{node} sent bytes of {cid} that do not match chunk {first + i // CHUNK}")
 
-        if n >= 4 * CHUNK:
+        if n > _THREAD_CHECK_BYTES:
             await trio.to_thread.run_sync(check)
         else:
             check()

@@ -747,3 +747,22 @@ async def test_handshakes_from_one_address_are_rate_limited():
                 await conn.receive()  # (records the proofs; no envelope comes)
             assert "bob" in conn.channel.claims
             await conn.aclose()
+
+
+@pytest.mark.parametrize("size", [0, 100, 64 * 1024, 1 << 20])
+def test_sealing_into_one_buffer_gives_the_same_frame(size, monkeypatch):
+    """A large frame is sealed into one buffer with its type byte: the same bytes as
+    ``type || AES-GCM(...)``, opened by the other side."""
+    import bus.channel as channelmod
+    from bus.channel import Channel
+
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    k1, k2 = b"\x01" * 32, b"\x02" * 32
+    fast = Channel(b"h" * 32, True, k1, k2)
+    monkeypatch.setattr(channelmod, "_ENCRYPT_INTO", False)
+    plain = Channel(b"h" * 32, True, k1, k2)
+    reference = plain.seal(channelmod.ENVELOPE, payload)
+    monkeypatch.undo()
+    frame = fast.seal(channelmod.ENVELOPE, payload)
+    assert bytes(frame) == bytes(reference)
+    assert Channel(b"h" * 32, False, k2, k1).open(bytes(frame)) == (channelmod.ENVELOPE, payload)

@@ -336,3 +336,37 @@ def test_extension_types_anywhere_are_malformed(body, ext, where):
     # the same envelope without the extension decodes
     fields[9] = body
     check(decode_envelope(msgpack.packb(fields, use_bin_type=True)))
+
+
+@given(body=st.one_of(st.binary(max_size=200_000), st.dictionaries(st.text(max_size=5), st.binary(max_size=2000))))
+@settings(max_examples=50, deadline=None)
+def test_unsigned_encoding_is_the_signed_layout_with_an_empty_signature(body):
+    import msgpack
+
+    from bus import decode_envelope, sign_wire
+
+    fields = dict(type=MessageType.REPLY, kind="k", sender="a", recipient="b", body=body, timestamp=5,
+                  correlation_id=b"c" * 16, msg_id=b"m" * 16, nonce=b"")
+    env, wire = Envelope.create_encoded(signer=None, **fields)
+    ten = msgpack.packb([1, int(MessageType.REPLY), "k", b"m" * 16, b"c" * 16, "a", "b", 5, b"", body],
+                        use_bin_type=True)
+    assert wire == b"\x9b" + ten[1:] + b"\xc4\x00"
+    assert decode_envelope(wire) == env
+    signed_env, signed_wire = Envelope.create_encoded(signer=lambda m: b"S" + m[:3], **fields)
+    assert signed_wire == sign_wire(wire, lambda m: b"S" + m[:3]) and decode_envelope(signed_wire) == signed_env
+
+
+@given(values=st.lists(st.one_of(st.binary(max_size=3 << 20).map(lambda b: b * 2), st.integers(), st.text(),
+                                 st.just(object())), max_size=6))
+@settings(max_examples=30, deadline=None)
+def test_kept_packer_packs_as_packb_after_large_values_and_failures(values):
+    import msgpack
+
+    from bus import envelope as envmod
+
+    for value in values:
+        if type(value) is object:
+            with pytest.raises(envmod.EnvelopeError):
+                envmod._packb([1, value])
+            continue
+        assert envmod._packb([value, {"k": value}]) == msgpack.packb([value, {"k": value}], use_bin_type=True)

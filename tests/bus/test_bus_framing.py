@@ -87,3 +87,36 @@ def test_arbitrary_bytes_raise_only_frame_error(chunks):
         except FrameError:
             return
         assert all(len(f) <= 1024 for f in frames)
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=300_000), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(min_value=0, max_value=2_000_000), max_size=12),
+)
+@settings(max_examples=60, deadline=None)
+def test_large_frames_over_many_reads_and_pending(sizes, cuts):
+    payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    data = b"".join(encode_frame(p) for p in payloads)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    dec = FrameDecoder()
+    out = []
+    for a, b in zip(points, points[1:]):
+        out += dec.feed(bytearray(data[a:b]))  # any bytes-like input
+        # what is missing of the frame being read: its size less what arrived (0 between frames)
+        done = sum(len(encode_frame(p)) for p in out)
+        if dec.pending:
+            assert done + 4 + len(payloads[len(out)]) - dec.pending == b
+            assert dec.buffered == b - done
+    assert out == payloads and all(type(p) is bytes for p in out)
+    assert dec.buffered == 0 and dec.pending == 0
+
+
+def test_a_large_header_reserves_nothing_and_fed_bytes_are_not_aliased():
+    dec = FrameDecoder()
+    assert dec.feed((10_000_000).to_bytes(4, "big")) == []
+    assert dec.buffered == 4 and dec.pending == 10_000_000
+    chunk = bytearray(b"a" * 1000)
+    dec.feed(chunk)
+    chunk[:] = b"b" * 1000  # the caller reuses its buffer: the frame keeps what was fed
+    [frame] = dec.feed(b"c" * (10_000_000 - 1000))
+    assert frame[:1000] == b"a" * 1000 and frame[1000:] == b"c" * (10_000_000 - 1000)
