@@ -59,7 +59,7 @@ def start_main(argv: list[str]) -> int:
     from agents.node import start_node
 
     if config.role == "storage":  # this process serves blobs alone: keep freed 1-2 MiB buffers
-        from agents.storage.__main__ import keep_freed_buffers
+        from agents.runtime import keep_freed_buffers
 
         keep_freed_buffers()
     with doing(what):

@@ -73,31 +73,9 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
-
-
-def keep_freed_buffers(mmap_threshold: int = 4 << 20, trim_threshold: int = 8 << 20) -> bool:
-    """Let glibc's malloc serve the node's 1-2 MiB buffers (a read piece, its reply,
-    its sealed frame) from memory it keeps, instead of mapping and faulting in
-    fresh pages for each (~150 page faults per MiB served, ``emrshare bench
-    storage``'s nodes; none after this): buffers below ``mmap_threshold`` come
-    from the heap, which keeps up to ``trim_threshold`` bytes free. The opposite
-    of a reader's :func:`agents.runtime.return_freed_memory`: a node holds a few
-    MiB more to spend less CPU per MiB served. False where the C library is not
-    glibc (nothing changed)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1 and mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1
-
-
 async def serve(args: argparse.Namespace) -> None:
+    from agents.runtime import keep_freed_buffers
+
     keep_freed_buffers()
     key = load_private_key(args.key_file)
     directory = FileDirectory(args.directory)

@@ -1,4 +1,4 @@
-"""A storage node keeps its freed 1-2 MiB buffers (agents.storage.__main__.keep_freed_buffers)."""
+"""A storage node keeps its freed 1-2 MiB buffers (agents.runtime.keep_freed_buffers)."""
 
 import subprocess
 import sys
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 _CHILD = """
 import os, resource, sys
-from agents.storage.__main__ import keep_freed_buffers
+from agents.runtime import keep_freed_buffers
 if sys.argv[1] == "keep":
     assert keep_freed_buffers()
 blob = os.urandom(1 << 20)
