@@ -25,6 +25,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from bus import TcpTransport
 
@@ -135,8 +136,10 @@ def admit_nodes(node_cas: NodeCas | Callable[[], NodeCas]) -> Callable[[str, byt
     followed), or to a tuple of CA certificates any of which may vouch for it (a node
     whose organization nobody told us: :func:`node_cas`). Such an agent speaks on a
     connection only if the TLS certificate under the channel names it and was issued
-    by *its own* organization's CA (another member's CA cannot vouch for it); any
-    other agent (a user) proves itself with its key alone."""
+    by *its own* organization's CA (another member's CA cannot vouch for it) for a
+    node: a certificate whose extended key usage does not allow serving (a user's,
+    clientAuth only: :func:`agents.org.make_user_cert`) never proves a consortium
+    node. Any other agent (a user) proves itself with its key alone."""
     current = node_cas if callable(node_cas) else (lambda cas=dict(node_cas): cas)
 
     def admit(agent: str, certificate: bytes | None) -> bool:
@@ -147,7 +150,7 @@ def admit_nodes(node_cas: NodeCas | Callable[[], NodeCas]) -> Callable[[str, byt
             return False
         try:
             cert = x509.load_der_x509_certificate(certificate)
-            if agent not in certificate_agents(certificate):
+            if agent not in certificate_agents(certificate) or not _may_serve(cert):
                 return False
         except (ValueError, TypeError):
             return False
@@ -160,6 +163,16 @@ def admit_nodes(node_cas: NodeCas | Callable[[], NodeCas]) -> Callable[[str, byt
         return False
 
     return admit
+
+
+def _may_serve(cert: x509.Certificate) -> bool:
+    """Whether a certificate may be a TLS server's: no extended key usage (any purpose, RFC
+    5280) or one listing serverAuth. Node certificates serve and connect; a user's only connects."""
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return ExtendedKeyUsageOID.SERVER_AUTH in usages
 
 
 def genesis_cas(config: Any) -> list[bytes]:

@@ -207,3 +207,33 @@ async def test_the_load_tests_client_of_an_existing_deployment_speaks_tls(swarm_
             assert info.value.code == "forbidden"  # past TLS and the channel: the orderer's own admission
 
     await _with_node(files, tmp_path, body)
+
+
+# ---------------------------------------------------------------- attack review of issue 15's surfaces
+
+
+def _user_cert_naming(files: SwarmFiles, org: str, subject: str) -> tuple[bytes, bytes]:
+    """A user (client-only) certificate naming ``subject`` straight from ``org``'s TLS CA: what a
+    registrar's `issue --request` made for a subject that is a node id before it refused them."""
+    key = _tls.new_key()
+    cert = _tls.make_user_cert(org, subject, key.public_key(), files.org_dir(org).tls_ca_pem(), _ca_key(files, org),
+                               NOW)
+    return cert, _tls.key_to_pem(_tls.key_to_der(key))
+
+
+async def test_a_user_certificate_never_proves_a_consortium_node(swarm_files, tmp_path):
+    """Finding: a user TLS certificate (clientAuth only) from the node's own organization's CA, naming
+    the node's id, was accepted as that node's certificate. A node certificate must be allowed to
+    serve (serverAuth); the same holder with the node's real certificate is heard."""
+    files = swarm_files
+    peer_a1 = files.agent_keys("peer-a1")
+
+    async def body(service: NodeService) -> None:
+        reply = await _ask(files, service.address, "peer-a1", peer_a1, _user_cert_naming(files, "hospital-a", "peer-a1"))
+        assert isinstance(reply, bus.RemoteError) and reply.code == "unproven-sender", reply
+        own = files.org_dir("hospital-a")
+        reply = await _ask(files, service.address, "peer-a1", peer_a1, (own.tls_cert_pem("peer-a1"),
+                                                                        own.tls_key_pem("peer-a1")))
+        assert isinstance(reply, dict), reply
+
+    await _with_node(files, tmp_path, body)
