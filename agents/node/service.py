@@ -58,7 +58,7 @@ from agents.node.http import serve_http, unix_listener
 from agents.node.metrics import CONTENT_TYPE, node_families, render
 from agents.node.roles import RoleAgent, RoleSettings, build_agent
 
-__all__ = ["NodeService", "start_node", "stop_with_parent", "PARENT_ENV"]
+__all__ = ["NodeService", "exposed_secrets", "start_node", "stop_with_parent", "PARENT_ENV"]
 
 log = logging.getLogger("agents.node")
 
@@ -135,6 +135,8 @@ class NodeService:
         if keys.ecdsa_public != manifest.keys.get(config.id):
             raise NodeConfigError(f"the key store {config.keystore} does not hold {config.id}'s key (its public key "
                                   "is not the one the genesis or [keys] names); check [node] keystore and id")
+        for line in exposed_secrets(config):
+            log.warning("node %s: %s", config.id, line)
         tls = _node_tls(config, genesis)  # before the agent opens its ledger or blob store
         try:
             agent = build_agent(config.id, config.role, keys, manifest, config.data_dir, settings)
@@ -270,6 +272,22 @@ class NodeService:
         why = self.signal_name or "cancelled"
         tail = f"; {self.abandoned} in-flight item(s) abandoned after {self.config.grace:g} s" if self.abandoned else ""
         return f"node {self.config.id} stopped ({why}{tail})"
+
+
+def exposed_secrets(config: NodeConfig) -> list[str]:
+    """One line for each secret file of the configuration (``key_file``, ``passphrase_file``) that
+    users other than its owner may read or write (mode bits 0o077): whoever reads it and the key
+    stores is this node (its ledger and TLS keys). Warned at start, not refused (ssh refuses)."""
+    out = []
+    for what, path in (("key_file", config.key_file), ("passphrase_file", config.passphrase_file)):
+        try:
+            mode = path.stat().st_mode & 0o777 if path is not None else 0
+        except OSError:
+            continue  # unlocking says what is wrong with it
+        if mode & 0o077:
+            out.append(f"[node] {what} {path} is open to other users (mode {mode:04o}); `chmod 600 {path}`: whoever "
+                       "reads it and the key stores holds this node's keys")
+    return out
 
 
 def _node_tls(config: NodeConfig, genesis: bytes) -> Any:

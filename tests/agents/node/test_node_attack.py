@@ -237,3 +237,29 @@ async def test_a_user_certificate_never_proves_a_consortium_node(swarm_files, tm
         assert isinstance(reply, dict), reply
 
     await _with_node(files, tmp_path, body)
+
+
+def test_a_secret_file_other_users_can_read_is_warned_at_start(swarm_files, tmp_path, caplog):
+    """Finding: `node start` opened a key file or passphrase file that every local user could read
+    (a `0644` file from `echo ... > pass`) without a word; whoever reads it and the key stores is the
+    node. It now warns once per file at start (not refused: ssh-style refusal would break configs
+    that work today); a 0600 file is silent."""
+    import logging
+    import os
+
+    from agents.node.export import swarm_node_config
+    from agents.node.service import exposed_secrets
+
+    config = load_config(swarm_node_config(swarm_files, "orderer"), environ={})
+    assert config.key_file is not None and exposed_secrets(config) == []  # the swarm's key file is 0600
+    shared = tmp_path / "shared.key"
+    shared.write_bytes(config.key_file.read_bytes())
+    os.chmod(shared, 0o644)
+    config.key_file, config.data_dir, config.ready_file = shared, tmp_path / "data", None
+    with caplog.at_level(logging.WARNING, logger="agents.node"):
+        NodeService.from_config(config)
+    warned = [r.getMessage() for r in caplog.records if "open to other users" in r.getMessage()]
+    assert len(warned) == 1 and "mode 0644" in warned[0] and str(shared) in warned[0], warned
+    assert config.key_file.read_bytes() not in "".join(warned).encode()  # the secret itself never logged
+    os.chmod(shared, 0o600)
+    assert exposed_secrets(config) == []
