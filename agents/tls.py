@@ -18,6 +18,7 @@ through an anonymous in-memory file (``memfd_create``), never written to disk.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from collections.abc import Callable, Iterable, Mapping
@@ -29,20 +30,55 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from bus import TcpTransport
 
-__all__ = ["AGENT_URI_PREFIX", "NodeTls", "admit_nodes", "certificate_agents", "client_context", "genesis_cas", "node_cas",
-           "server_context", "tls_transport"]
+__all__ = ["AGENT_URI_PREFIX", "NodeTls", "admit_nodes", "certificate_agents", "check_ca_pem", "client_context",
+           "genesis_cas", "node_cas", "server_context", "tls_transport"]
 
 AGENT_URI_PREFIX = "emrshare:agent:"
+
+log = logging.getLogger("agents.tls")
 
 
 def _base(purpose: ssl.Purpose, ca_pems: Iterable[bytes]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    cadata = "".join(pem.decode() if isinstance(pem, bytes) else pem for pem in ca_pems)
-    if not cadata.strip():
-        raise ValueError("no TLS CA certificate to trust: the genesis names none")
-    ctx.load_verify_locations(cadata=cadata)
+    if not _load_cas([ctx], ca_pems):
+        raise ValueError("no TLS CA certificate to trust: the genesis names none OpenSSL can load")
     return ctx
+
+
+def _load_cas(contexts: list[ssl.SSLContext], ca_pems: Iterable[bytes | str]) -> list[bytes]:
+    """Trust each of ``ca_pems`` in every context; the ones loaded. A member's CA that OpenSSL
+    cannot load (the consortium configuration checks only its length) is skipped with a
+    warning: one member's bad text must not stop every node (its own nodes are not trusted)."""
+    loaded = []
+    for pem in map(_pem_bytes, ca_pems):
+        if not pem.strip():
+            continue
+        try:
+            check_ca_pem(pem)
+            for ctx in contexts:
+                ctx.load_verify_locations(cadata=pem.decode("utf-8", "replace"))
+        except (ssl.SSLError, ValueError) as exc:
+            log.warning("a member organization's TLS CA is refused (%s); its nodes and users are not trusted",
+                        str(exc)[:200])
+            continue
+        loaded.append(pem)
+    return loaded
+
+
+def check_ca_pem(pem: bytes | str) -> None:
+    """ValueError unless ``pem`` is exactly one certificate, of a CA (basic constraints CA:TRUE):
+    what a member organization's ``tls_ca`` must be. A member cannot slip a second certificate
+    (a public web CA, say) into every node's trust store."""
+    certs = x509.load_pem_x509_certificates(_pem_bytes(pem))  # ValueError when none parses
+    if len(certs) != 1:
+        raise ValueError(f"{len(certs)} certificates where one CA certificate belongs")
+    try:
+        ca = certs[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        ca = False
+    if not ca:
+        raise ValueError("the certificate is not a CA's (no basic constraints CA:TRUE)")
 
 
 def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
@@ -93,25 +129,23 @@ class NodeTls:
 
     def __init__(self, cert_pem: bytes | None, key_pem: bytes | None, ca_pems: Iterable[bytes], *,
                  require_client_cert: bool = True, max_frame_size: int | None = None):
-        cas = [_pem_bytes(p) for p in ca_pems]
+        given = [_pem_bytes(p) for p in ca_pems]
+        cas = _load_cas([ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)], given)  # the ones OpenSSL loads (warns once)
         options = {} if max_frame_size is None else {"max_frame_size": max_frame_size}
         server = (server_context(cert_pem, key_pem, cas, require_client_cert=require_client_cert)
                   if cert_pem is not None and key_pem is not None else None)
         client = client_context(cert_pem, key_pem, cas)
         self._contexts = [c for c in (server, client) if c is not None]
         self.trusted: set[bytes] = set(cas)
+        self._refused: set[bytes] = set(given) - self.trusted
         self.transport = TcpTransport(client_ssl=client, server_ssl=server, **options)
 
     def trust(self, ca_pems: Iterable[bytes | str]) -> list[bytes]:
         """Trust ``ca_pems`` too from the next handshake on; the CAs that were new."""
-        added = []
-        for pem in map(_pem_bytes, ca_pems):
-            if pem in self.trusted:
-                continue
-            for ctx in self._contexts:
-                ctx.load_verify_locations(cadata=pem.decode())
-            self.trusted.add(pem)
-            added.append(pem)
+        new = [pem for pem in dict.fromkeys(map(_pem_bytes, ca_pems)) if pem not in self.trusted | self._refused]
+        added = _load_cas(self._contexts, new)
+        self.trusted.update(added)
+        self._refused.update(set(new) - set(added))  # warned once, not at every commit
         return added
 
 

@@ -25,8 +25,10 @@ from agents.node.service import NodeService
 from agents.org import _tls
 from agents.runtime import make_endpoint
 from agents.swarm import SwarmFiles, SwarmSpec
-from agents.tls import tls_transport
+from agents.tls import NodeTls, genesis_cas, tls_transport
 from bus.testing import connect_channel
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -263,3 +265,55 @@ def test_a_secret_file_other_users_can_read_is_warned_at_start(swarm_files, tmp_
     assert config.key_file.read_bytes() not in "".join(warned).encode()  # the secret itself never logged
     os.chmod(shared, 0o600)
     assert exposed_secrets(config) == []
+
+
+NOT_A_CA = ("-----BEGIN CERTIFICATE-----\nTUlJQnNqQ0NBVmVnQXdJQkFnSVVkZWFk\n-----END CERTIFICATE-----\n")
+
+
+def test_a_member_tls_ca_that_is_not_a_certificate_stops_no_node(swarm_files, tmp_path):
+    """Finding: a configuration change may add a member whose `tls_ca` is any text (the ledger checks
+    its length only). On commit, every running peer handed it to OpenSSL (`NodeTls.trust` from its
+    commit listener) and the SSLError escaped the listener, out of the peer's block-commit path; a
+    node restarted on such a configuration failed its admission the same way at the first connection.
+    Now a CA OpenSSL cannot load is skipped (logged once), the others are trusted."""
+    import dataclasses
+    import logging
+    from types import SimpleNamespace
+
+    from agents.node.service import _admission
+    from core.identity import OrgInfo
+    from core.ledger import parse_genesis
+
+    files = swarm_files
+    from agents.node.export import swarm_node_config
+
+    config = load_config(swarm_node_config(files, "peer-a1"), environ={})
+    genesis = parse_genesis(config.genesis_bytes()).config
+    own = files.org_dir("hospital-a")
+    tls = NodeTls(own.tls_cert_pem("peer-a1"), own.tls_key_pem("peer-a1"), genesis_cas(genesis))
+    listeners = []
+    agent = SimpleNamespace(config=genesis, consortium_config=lambda: agent.config, on_commit=listeners.append)
+    admit = _admission(config, agent, tls, genesis, config.storage)
+    b = files.org_dir("hospital-b")
+    peer_b1 = x509.load_pem_x509_certificate(b.tls_cert_pem("peer-b1")).public_bytes(Encoding.DER)
+    assert admit("peer-b1", peer_b1)
+    # a change commits a new member "h9" whose tls_ca is not a certificate (and hospital-b stays)
+    rogue = OrgInfo("h9", "Nine", genesis.orgs[0].admin_key, genesis.orgs[0].registrar_key, NOT_A_CA)
+    agent.config = dataclasses.replace(genesis, orgs=(*genesis.orgs, rogue))
+    logging.getLogger("agents.tls").setLevel(logging.WARNING)
+    for listener in listeners:
+        listener()  # the peer's commit listener: must not raise
+    assert admit("peer-b1", peer_b1)  # the other members are still trusted
+    assert NOT_A_CA.encode() not in tls.trusted
+    # a node starting with it trusts the others (and says which it skipped)
+    started = NodeTls(own.tls_cert_pem("peer-a1"), own.tls_key_pem("peer-a1"), [*genesis_cas(genesis),
+                                                                                NOT_A_CA.encode()])
+    assert started.trusted == set(genesis_cas(genesis))
+    with pytest.raises(ValueError, match="no TLS CA certificate"):
+        NodeTls(own.tls_cert_pem("peer-a1"), own.tls_key_pem("peer-a1"), [NOT_A_CA.encode()])
+    # nor can a member slip a second CA (a public web CA, say) or a non-CA certificate into the trust store
+    rogue_ca = _tls.make_ca("rogue", _tls.new_key(), NOW)
+    bundle = _tls.make_ca("h9", _tls.new_key(), NOW) + rogue_ca
+    leaf = own.tls_cert_pem("peer-a2")
+    for bad in (bundle, leaf):
+        assert tls.trust([bad]) == [] and bad not in tls.trusted
