@@ -112,3 +112,21 @@ def test_a_profile_whose_tls_ca_is_not_one_ca_certificate_is_refused(real_files)
         with pytest.raises(OrgError, match="reading profile"):
             OrgProfile.from_json(json.dumps(doc))
     assert OrgProfile.from_json(json.dumps({**real_files["profile"], "tls_ca": ca.decode()})).tls_ca == ca.decode()
+
+
+def test_registrar_issue_shows_the_enrolling_key_to_compare(tmp_path):
+    """Finding: request.json is public but its integrity is everything (a request swapped on its way,
+    by mail say, gets the swapper a token and a TLS certificate in the person's name), and `registrar
+    issue --request` did not show which key it bound the token to. It now prints the enrolling key,
+    as `user init` printed it to the person, to compare."""
+    from agents.testing.cli import run_cli
+
+    _real_files(tmp_path)
+    _, tls_public = new_user_tls_key()
+    enroll_key = ecdsa.public_key(ecdsa.generate_private_key())
+    (tmp_path / "alice.request").write_text(EnrollRequest(enroll_key, tls_public).to_json())
+    out = run_cli("registrar", "issue", "--org-dir", str(tmp_path / "h1"), "--key-file", str(tmp_path / "h1.key"),
+                  "--subject", "alice", "--role", "patient", "--request", str(tmp_path / "alice.request"),
+                  "--out", str(tmp_path / "alice.token"))
+    assert out.returncode == 0, out.stderr
+    assert f"enrolling public key {enroll_key.hex()}" in out.stdout, out.stdout
