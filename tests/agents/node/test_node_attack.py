@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 import bus
 from agents.consortium import enroll_id
@@ -25,10 +27,8 @@ from agents.node.service import NodeService
 from agents.org import _tls
 from agents.runtime import make_endpoint
 from agents.swarm import SwarmFiles, SwarmSpec
-from agents.tls import NodeTls, genesis_cas, tls_transport
+from agents.tls import AGENT_URI_PREFIX, NodeTls, genesis_cas, tls_transport
 from bus.testing import connect_channel
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -317,3 +317,39 @@ def test_a_member_tls_ca_that_is_not_a_certificate_stops_no_node(swarm_files, tm
     leaf = own.tls_cert_pem("peer-a2")
     for bad in (bundle, leaf):
         assert tls.trust([bad]) == [] and bad not in tls.trusted
+
+
+def _big_client_cert(files: SwarmFiles, org: str, sans: int) -> tuple[bytes, bytes]:
+    """A client certificate from ``org``'s CA (a hostile member) stuffed with ``sans`` URI SANs."""
+    from cryptography.hazmat.primitives import hashes
+
+    key = _tls.new_key()
+    ca = x509.load_pem_x509_certificate(files.org_dir(org).tls_ca_pem())
+    names = [x509.UniformResourceIdentifier(f"{AGENT_URI_PREFIX}u{i:06d}{'x' * 20}") for i in range(sans)]
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(1).not_valid_before(NOW - datetime.timedelta(minutes=5))
+            .not_valid_after(NOW + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False).sign(_ca_key(files, org), hashes.SHA256()))
+    return cert.public_bytes(Encoding.PEM), _tls.key_to_pem(_tls.key_to_der(key))
+
+
+async def test_a_huge_member_client_certificate_is_refused_at_the_handshake(swarm_files, tmp_path):
+    """Holds: a member's CA may sign any certificate, a 120 KB one too; OpenSSL's limit on the peer's
+    certificate list (100 KiB) refuses it in the TLS handshake, before the channel or the admission
+    parses it; one of 6 KB goes through to the node's own admission; a peer is served after both."""
+    files = swarm_files
+    user = AgentKeys.generate()
+    own = files.org_dir("hospital-a")
+    good = (own.tls_cert_pem("peer-a1"), own.tls_key_pem("peer-a1"))
+
+    async def body(service: NodeService) -> None:
+        huge = _big_client_cert(files, "hospital-b", 2000)
+        assert len(huge[0]) > 110_000
+        assert isinstance(await _ask(files, service.address, enroll_id(user.ecdsa_public), user, huge),
+                          bus.UnreachableError)
+        small = _big_client_cert(files, "hospital-b", 100)
+        reply = await _ask(files, service.address, enroll_id(user.ecdsa_public), user, small)
+        assert isinstance(reply, bus.RemoteError) and reply.code == "forbidden", reply  # the orderer's own rule
+        assert isinstance(await _ask(files, service.address, "peer-a1", files.agent_keys("peer-a1"), good), dict)
+
+    await _with_node(files, tmp_path, body)
