@@ -227,6 +227,10 @@ class NodeService:
                 if self.transport is None:
                     log.warning("node %s speaks plain TCP ([tls] enabled = false): any local process reaches its "
                                 "channels; never outside tests", cfg.id)
+                elif not cfg.tls.require_client_cert:
+                    log.warning("node %s accepts TLS clients without a certificate ([tls] require_client_cert = "
+                                "false): any machine that reaches %s gets to the channel handshake", cfg.id,
+                                self.address)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.agent.run, node)
                     control, metrics = await self._listeners()

@@ -353,3 +353,27 @@ async def test_a_huge_member_client_certificate_is_refused_at_the_handshake(swar
         assert isinstance(await _ask(files, service.address, "peer-a1", files.agent_keys("peer-a1"), good), dict)
 
     await _with_node(files, tmp_path, body)
+
+
+async def test_a_node_accepting_clients_without_certificates_says_so(swarm_files, tmp_path, caplog):
+    """Finding: `[tls] require_client_cert = false` (or EMRSHARE_NODE_TLS__REQUIRE_CLIENT_CERT=false in
+    the service's environment) let every machine reach the channel handshake without a word, where
+    `enabled = false` warns. It now warns at start; a client without a certificate gets through TLS
+    to the node's own admission, as that setting means."""
+    import logging
+
+    from agents.node.export import swarm_node_config
+
+    config = load_config(swarm_node_config(swarm_files, "orderer"),
+                         environ={"EMRSHARE_NODE_TLS__REQUIRE_CLIENT_CERT": "false"})
+    config.listen, config.data_dir, config.ready_file = "tcp://127.0.0.1:0", tmp_path / "data", None
+    service = NodeService.from_config(config)
+    user = AgentKeys.generate()
+    async with trio.open_nursery() as nursery:
+        with caplog.at_level(logging.WARNING, logger="agents.node"):
+            await nursery.start(service.run)
+        reply = await _ask(swarm_files, service.address, enroll_id(user.ecdsa_public), user, None)
+        assert isinstance(reply, bus.RemoteError) and reply.code == "forbidden", reply
+        nursery.cancel_scope.cancel()
+    warned = [r.getMessage() for r in caplog.records if "require_client_cert = false" in r.getMessage()]
+    assert len(warned) == 1 and service.address in warned[0], warned
