@@ -130,3 +130,43 @@ def test_registrar_issue_shows_the_enrolling_key_to_compare(tmp_path):
                   "--out", str(tmp_path / "alice.token"))
     assert out.returncode == 0, out.stderr
     assert f"enrolling public key {enroll_key.hex()}" in out.stdout, out.stdout
+
+
+def test_submit_change_refuses_a_forged_change_file_before_submitting(tmp_path):
+    """Finding: `consortium submit-change` counted a change file's signatures without checking them:
+    a forged or spoiled file (a member's signature that does not verify, a new member whose TLS CA is
+    not a CA certificate) was signed and submitted as the peer, refused by every peer's ledger, and
+    the command waited its whole timeout to say "no peer applied it" and "run the command again
+    later". It now checks the change as the ledger will and says why, before any connection."""
+    import dataclasses
+
+    import trio
+
+    from agents.cli.base import CliError
+    from agents.cli.orgchange import submit_change
+    from agents.org import (OrgDir, build_config, change_draft, draft, manifest_for, seal, sign_change,
+                            sign_draft)
+
+    def org(name: str, orderer: bool = False):
+        KeyStore.create_key_file(tmp_path / f"{name}.key")
+        unlock = Unlock(key_file=tmp_path / f"{name}.key")
+        nodes = default_node_ids(name, 1, 0, orderer)
+        profile = init_org(tmp_path / name, name, unlock, nodes=nodes,
+                           addresses={n: "tcp://127.0.0.1:9" for n, _ in nodes})
+        return OrgDir(tmp_path / name, unlock), profile
+
+    (h1, p1), (h2, p2), (_, p3) = org("h1", orderer=True), org("h2"), org("h3")
+    genesis = seal(sign_draft(sign_draft(draft(build_config([p1, p2], name="c", threshold=1, created_at=1000)), h1),
+                              h2)).to_bytes()
+    manifest = manifest_for(genesis, [p1, p2])
+    signed = sign_change(sign_change(change_draft(genesis=genesis, add=p3), h1), h2)
+    peer_key = h1.node_keys("peer-h1-1").ecdsa_private
+    spoiled = dataclasses.replace(signed, signatures={**signed.signatures, "h2": bytes(64)})
+    new_orgs = tuple(dataclasses.replace(o, tls_ca="not a certificate") if o.id == "h3" else o
+                     for o in signed.new.orgs)
+    bad_ca = sign_change(sign_change(dataclasses.replace(signed, new=dataclasses.replace(signed.new, orgs=new_orgs),
+                                                         signatures={}), h1), h2)
+    for change, why in ((spoiled, "bad_signature"), (bad_ca, "the TLS CA of h3")):
+        with pytest.raises(CliError) as info:
+            trio.run(submit_change, change, "peer-h1-1", peer_key, manifest, "consortium submit-change c1", 30.0)
+        assert "the ledger would refuse this change" in str(info.value) and why in str(info.value), info.value
