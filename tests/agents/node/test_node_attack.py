@@ -377,3 +377,21 @@ async def test_a_node_accepting_clients_without_certificates_says_so(swarm_files
         nursery.cancel_scope.cancel()
     warned = [r.getMessage() for r in caplog.records if "require_client_cert = false" in r.getMessage()]
     assert len(warned) == 1 and service.address in warned[0], warned
+
+
+async def test_the_control_socket_is_the_nodes_users_only(swarm_files, tmp_path):
+    """Holds: the status socket (`DATA_DIR/run/node.sock`) is 0600 in a 0700 directory while the node
+    runs, even when the run directory was left 0777 (by a previous run or another tool)."""
+    import os
+    import stat
+
+    (tmp_path / "data" / "run").mkdir(parents=True)
+    os.chmod(tmp_path / "data" / "run", 0o777)
+
+    async def body(service: NodeService) -> None:
+        sock = service.config.control_socket
+        assert stat.S_ISSOCK(os.stat(sock).st_mode)
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
+
+    await _with_node(swarm_files, tmp_path, body)
