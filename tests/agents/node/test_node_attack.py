@@ -395,3 +395,41 @@ async def test_the_control_socket_is_the_nodes_users_only(swarm_files, tmp_path)
         assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
 
     await _with_node(swarm_files, tmp_path, body)
+
+
+async def test_half_tls_handshakes_from_one_source_hold_only_its_share(swarm_files, tmp_path):
+    """Holds: a client holding TLS handshakes open (the first bytes of a ClientHello, then silence)
+    counts against its address's connection cap while the handshake lasts (the TLS handshake runs
+    inside the channel handshake): past the cap its next connection is closed at once, and a peer
+    from another address is served meanwhile."""
+    from bus import TcpTransport
+    from agents.tls import client_context
+
+    files = swarm_files
+    own = files.org_dir("hospital-a")
+    hello = _client_hello()[:40]
+
+    async def body(service: NodeService) -> None:
+        host, port = service.address.removeprefix("tcp://").rsplit(":", 1)
+        held = []
+        for _ in range(4):
+            s = await trio.open_tcp_stream(host, int(port))
+            await s.send_all(hello)
+            held.append(s)
+        await trio.sleep(0.2)  # the node has accepted them (counted per source)
+        extra = await trio.open_tcp_stream(host, int(port))
+        await extra.send_all(hello)
+        with trio.fail_after(2):  # closed at once, not at the handshake timeout (10 s here)
+            await _read_until_closed(extra)
+        ctx = client_context(own.tls_cert_pem("peer-a1"), own.tls_key_pem("peer-a1"), files.trusted_cas())
+        transport = TcpTransport(client_ssl=ctx, local_address="127.0.0.2")
+        async with bus.open_node(transports={"tcp": transport}, routes={"orderer": service.address},
+                                 connect_attempts=1) as node:
+            ep = make_endpoint(node, "peer-a1", files.agent_keys("peer-a1").ecdsa_private,
+                               files.manifest().directory())
+            assert isinstance(await ep.request("orderer", "orderer.head", {}, timeout=20), dict)
+        assert service.bus_node.statistics().refused_connections >= 1
+        for s in held:
+            await s.aclose()
+
+    await _with_node(files, tmp_path, body, max_connections_per_source=4, handshake_timeout=10.0)
