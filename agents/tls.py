@@ -163,7 +163,8 @@ def certificate_agents(der: bytes) -> frozenset[str]:
 NodeCas = Mapping[str, "bytes | str | tuple[bytes | str, ...]"]
 
 
-def admit_nodes(node_cas: NodeCas | Callable[[], NodeCas]) -> Callable[[str, bytes | None], bool]:
+def admit_nodes(node_cas: NodeCas | Callable[[], NodeCas],
+                member_cas: Callable[[], Iterable[bytes | str]] | None = None) -> Callable[[str, bytes | None], bool]:
     """``admit_peer`` for ``bus.open_node``: ``node_cas`` maps each consortium node's
     agent id to the TLS CA certificate (PEM) of the organization that runs it (the
     genesis says which; a callable is asked each time, so a configuration change is
@@ -173,13 +174,22 @@ def admit_nodes(node_cas: NodeCas | Callable[[], NodeCas]) -> Callable[[str, byt
     by *its own* organization's CA (another member's CA cannot vouch for it) for a
     node: a certificate whose extended key usage does not allow serving (a user's,
     clientAuth only: :func:`agents.org.make_user_cert`) never proves a consortium
-    node. Any other agent (a user) proves itself with its key alone."""
+    node. Any other agent (a user) proves itself with its key alone; with
+    ``member_cas`` (the current members' TLS CAs, asked each time) a certificate under
+    it, if any, must have been issued by one of them: the TLS trust store only grows
+    while a node runs, so this is what stops a removed member's machines at once."""
     current = node_cas if callable(node_cas) else (lambda cas=dict(node_cas): cas)
 
     def admit(agent: str, certificate: bytes | None) -> bool:
         cas = current().get(agent)
         if cas is None:
-            return True
+            if certificate is None or member_cas is None:
+                return True
+            try:
+                cert = x509.load_der_x509_certificate(certificate)
+            except ValueError:
+                return False
+            return _issued_by_any(cert, tuple(member_cas()))
         if certificate is None:
             return False
         try:
@@ -188,15 +198,19 @@ def admit_nodes(node_cas: NodeCas | Callable[[], NodeCas]) -> Callable[[str, byt
                 return False
         except (ValueError, TypeError):
             return False
-        for ca_pem in (cas if isinstance(cas, tuple) else (cas,)):
-            try:
-                cert.verify_directly_issued_by(x509.load_pem_x509_certificate(_pem_bytes(ca_pem)))
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return True
-        return False
+        return _issued_by_any(cert, cas if isinstance(cas, tuple) else (cas,))
 
     return admit
+
+
+def _issued_by_any(cert: x509.Certificate, ca_pems: tuple[bytes | str, ...]) -> bool:
+    for ca_pem in ca_pems:
+        try:
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(_pem_bytes(ca_pem)))
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
 
 
 def _may_serve(cert: x509.Certificate) -> bool:

@@ -328,7 +328,8 @@ def _admission(config: NodeConfig, agent: RoleAgent, tls: Any, genesis_config: A
                storage: list[str]) -> Callable[[str, bytes | None], bool]:
     """``admit_peer``: the CAs that vouch for each consortium node, following the configuration
     the node's ledger holds now (a peer follows configuration changes, and trusts a member they
-    add from its next commit on; other roles keep the genesis's)."""
+    add from its next commit on; other roles keep the genesis's); a user's certificate must come
+    from a member of that configuration (a removed member's machines are refused at once)."""
     from agents.tls import admit_nodes, genesis_cas, node_cas
 
     cache: dict[str, Any] = {}
@@ -340,10 +341,17 @@ def _admission(config: NodeConfig, agent: RoleAgent, tls: Any, genesis_config: A
             if added:
                 log.info("node %s: trusting %d more member TLS CA(s) (configuration change)", config.id, len(added))
             cache["config"], cache["cas"] = now, node_cas(now, config.tls.orgs, storage)
+            cache["members"] = tuple(genesis_cas(now))
         return cache["cas"]
 
+    def members() -> tuple[bytes, ...]:
+        current()
+        return cache["members"]
+
     agent.on_commit(current)
-    return admit_nodes(current)
+    # a user's certificate from a member CA of the configuration in force (a removed member's CA stays in the
+    # TLS trust store until restart; this stops its machines at the channel)
+    return admit_nodes(current, members)
 
 
 def start_node(config: NodeConfig) -> int:

@@ -433,3 +433,36 @@ async def test_half_tls_handshakes_from_one_source_hold_only_its_share(swarm_fil
             await s.aclose()
 
     await _with_node(files, tmp_path, body, max_connections_per_source=4, handshake_timeout=10.0)
+
+
+def test_a_removed_members_machines_are_refused_at_once(swarm_files):
+    """Finding (was a documented residual): a change removing a member leaves its CA in every running
+    node's TLS trust store (OpenSSL contexts only grow), so its machines kept completing handshakes and
+    speaking as users until the nodes restarted. The admission now wants a user's certificate issued
+    by a member of the configuration in force: refused from the commit that removes the member on."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from agents.node.export import swarm_node_config
+    from agents.node.service import _admission
+    from core.ledger import parse_genesis
+
+    files = swarm_files
+    config = load_config(swarm_node_config(files, "peer-a1"), environ={})
+    genesis = parse_genesis(config.genesis_bytes()).config
+    own = files.org_dir("hospital-a")
+    tls = NodeTls(own.tls_cert_pem("peer-a1"), own.tls_key_pem("peer-a1"), genesis_cas(genesis))
+    agent = SimpleNamespace(config=genesis, consortium_config=lambda: agent.config, on_commit=lambda listener: None)
+    admit = _admission(config, agent, tls, genesis, config.storage)
+    der = lambda pem: x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)  # noqa: E731
+    carol = der(_tls.user_tls(files.org_dir("hospital-b"), "carol")[0])
+    alice = der(_tls.user_tls(own, "alice")[0])
+    user = enroll_id(AgentKeys.generate().ecdsa_public)
+    assert admit(user, carol) and admit(user, alice) and admit(user, None)
+    # hospital-b is removed (with its peers)
+    agent.config = dataclasses.replace(genesis, orgs=tuple(o for o in genesis.orgs if o.id != "hospital-b"),
+                                       peers=tuple(p for p in genesis.peers if p.org != "hospital-b"), threshold=1)
+    assert not admit(user, carol)
+    assert admit(user, alice) and admit(user, None)  # a member's user, and one without a certificate
+    assert x509.load_pem_x509_certificate(files.org_dir("hospital-b").tls_ca_pem()).public_bytes(Encoding.PEM) \
+        in tls.trusted  # still in the TLS trust store: the admission is what stops it
