@@ -22,7 +22,7 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import trio
@@ -129,7 +129,10 @@ class Manifest:
     ``agents`` maps every server agent (peers, orderer, storage nodes) to its
     bus address (``tcp://host:port``, or ``mem://...`` inside one process);
     ``keys`` maps them to their ECDSA public keys. ``peer_orgs`` maps each
-    organization to its peers (users enroll through one of them).
+    organization to its peers (users enroll through one of them). ``node_orgs``
+    maps each orderer and storage node to the organization whose profile lists it
+    (the genesis does not say; a node's ``[tls.orgs]``: which member's TLS CA
+    vouches for it, :func:`agents.tls.node_cas`); empty in older manifests.
     """
 
     consortium: str
@@ -143,6 +146,7 @@ class Manifest:
     peer_orgs: dict[str, list[str]]
     replicas: int = 3
     write_quorum: int = 2
+    node_orgs: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -150,6 +154,7 @@ class Manifest:
             "peers": self.peers, "storage": self.storage, "threshold": self.threshold,
             "agents": self.agents, "keys": {k: v.hex() for k, v in self.keys.items()},
             "peer_orgs": self.peer_orgs, "replicas": self.replicas, "write_quorum": self.write_quorum,
+            **({"node_orgs": self.node_orgs} if self.node_orgs else {}),
         }, indent=2, sort_keys=True)
 
     @classmethod
@@ -160,6 +165,7 @@ class Manifest:
             list(d["storage"]), int(d["threshold"]), dict(d["agents"]),
             {k: bytes.fromhex(v) for k, v in d["keys"].items()}, {k: list(v) for k, v in d["peer_orgs"].items()},
             int(d.get("replicas", 3)), int(d.get("write_quorum", 2)),
+            {str(k): str(v) for k, v in d.get("node_orgs", {}).items()},
         )
 
     def directory(self) -> ConsortiumDirectory:

@@ -534,7 +534,8 @@ def registrar_issue_main(argv: list[str]) -> int:
             shown = ", ".join(f"{k}={v}" for k, v in attributes.items())
             print(f"token for {token.subject} of {token.org} ({shown}) written to {args.out}; "
                   f"valid until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(token.expires))}, once, "
-                  "from the given key only"
+                  f"from enrolling public key {token.enroll_key.hex()} only (compare it with the one "
+                  "`user init` printed for the person: a request swapped on its way enrolls its swapper)"
                   + (f"; with a TLS client certificate for {args.cert_days} days" if token.tls_cert else
                      "; no TLS certificate (give --request for one)"))
         return 0

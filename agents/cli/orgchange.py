@@ -6,7 +6,10 @@ submit the ``config`` transaction (the ledger takes it from a consortium peer
 only): this command signs it with that peer's key (``--org-dir DIR --peer ID``
 unlocks it from the organization's directory; ``--node-config FILE`` from the
 peer's own node configuration, as ``emrshare node start`` does) with
-:func:`agents.org.config_transaction`, and then:
+:func:`agents.org.config_transaction`, after checking the change as every
+peer's ledger will (``core.ledger.check_config_change``: the rules and each
+member's signature; and that a new member's TLS CA is one CA certificate), so a
+forged or spoiled file is refused in one line before any connection, and then:
 
 1. asks the peers of the configuration in force (``peer.query {what:
    "config"}``, from a throwaway ``enroll:`` identity) which configuration is
@@ -196,6 +199,28 @@ def submit_change_main(argv: list[str]) -> int:
     return run(body, what)
 
 
+def _refusal(change: Any) -> str:
+    """Why the ledger would refuse ``change`` (its rules and every signature, checked here as every
+    peer will: a forged or spoiled file is said so at once instead of timing out), or ""; also a new
+    member's TLS CA that is not one CA certificate (which nodes would not trust)."""
+    from core.errors import ValidationError
+    from core.ledger import check_config_change
+
+    from agents.tls import check_ca_pem
+
+    try:
+        check_config_change(change.current, change.seq, change.new, change.signatures)
+    except ValidationError as exc:
+        return str(exc)
+    for org in change.new.orgs:
+        if change.current.org(org.id) is None and org.tls_ca:
+            try:
+                check_ca_pem(org.tls_ca)
+            except ValueError as exc:
+                return f"the TLS CA of {org.id}: {exc}"
+    return ""
+
+
 async def _config_of(endpoint: Any, peer: str, timeout: float) -> tuple[Any, int, int]:
     """(configuration in force, its seq, the height it was committed at) as ``peer`` answers."""
     from core.identity import ConsortiumConfig
@@ -226,6 +251,11 @@ async def submit_change(change: Any, peer_id: str, peer_key: bytes, manifest: An
     if current.peer(peer_id) is None:
         fail(what, f"{peer_id} is not a peer of the configuration the change starts from",
              "submit it from a current member's peer")
+    refused = _refusal(change)
+    if refused:
+        fail(what, f"the ledger would refuse this change ({refused})",
+             "prepare it again with `emrshare consortium change` and have the members sign that "
+             "(`consortium sign-change`)")
     try:
         tx = config_transaction(change, peer_id, peer_key)
     except OrgError as exc:

@@ -14,9 +14,11 @@ cert`` = ``DIR/tls/NODE.pem``, ``[tls] keystore`` = ``DIR/keys/NODE.tls.keys``,
 both unlocked by the organization's key file or passphrase file (or, with
 neither, ``EMRSHARE_NODE_PASSPHRASE`` when the node starts). Routes (every
 other node's address) and the public keys the genesis does not hold (storage
-nodes) come from the manifest; ``[tls.orgs]`` names this organization's own
-orderer and storage nodes (another member's are vouched for by any member CA:
-docs/security.md). An orderer node of an etcd-ordered consortium also gets
+nodes) come from the manifest; ``[tls.orgs]`` names the organization of every
+orderer and storage node the manifest places (``Manifest.node_orgs``, from the
+members' profiles; this organization's own from its profile), so only that
+organization's TLS CA vouches for each (one the manifest does not place, from
+a manifest made before it did, is vouched for by any member CA: docs/security.md). An orderer node of an etcd-ordered consortium also gets
 ``[ordering]`` with the etcd members' client URLs (``--etcd``, once per member).
 :func:`write_node_config` does the work.
 """
@@ -98,7 +100,11 @@ def write_node_config(org_dir: Path, node: str, genesis: Path, manifest: Path, o
                  "data_dir": data_dir or f"data-{node}"},
         **consortium_tables(clients, node),
         "tls": {"cert": str(cert.resolve()), "keystore": str(tls_keys.resolve()), "require_client_cert": True},
-        "tls.orgs": {n.id: profile.org for n in profile.nodes if n.id in others},
+        # every orderer and storage node's organization: the manifest's (from the members' profiles), this
+        # organization's own profile for its own nodes; a node named nowhere is vouched for by any member CA
+        "tls.orgs": {a: org for a, org in sorted({**clients.node_orgs,
+                                                  **{n.id: profile.org for n in profile.nodes}}.items())
+                     if a in others},
     }
     etcd_set = {o.id for o in config.orderers}
     if node in etcd_set:

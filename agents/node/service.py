@@ -58,7 +58,7 @@ from agents.node.http import serve_http, unix_listener
 from agents.node.metrics import CONTENT_TYPE, node_families, render
 from agents.node.roles import RoleAgent, RoleSettings, build_agent
 
-__all__ = ["NodeService", "start_node", "stop_with_parent", "PARENT_ENV"]
+__all__ = ["NodeService", "exposed_secrets", "start_node", "stop_with_parent", "PARENT_ENV"]
 
 log = logging.getLogger("agents.node")
 
@@ -135,6 +135,8 @@ class NodeService:
         if keys.ecdsa_public != manifest.keys.get(config.id):
             raise NodeConfigError(f"the key store {config.keystore} does not hold {config.id}'s key (its public key "
                                   "is not the one the genesis or [keys] names); check [node] keystore and id")
+        for line in exposed_secrets(config):
+            log.warning("node %s: %s", config.id, line)
         tls = _node_tls(config, genesis)  # before the agent opens its ledger or blob store
         try:
             agent = build_agent(config.id, config.role, keys, manifest, config.data_dir, settings)
@@ -225,6 +227,10 @@ class NodeService:
                 if self.transport is None:
                     log.warning("node %s speaks plain TCP ([tls] enabled = false): any local process reaches its "
                                 "channels; never outside tests", cfg.id)
+                elif not cfg.tls.require_client_cert:
+                    log.warning("node %s accepts TLS clients without a certificate ([tls] require_client_cert = "
+                                "false): any machine that reaches %s gets to the channel handshake", cfg.id,
+                                self.address)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.agent.run, node)
                     control, metrics = await self._listeners()
@@ -272,6 +278,22 @@ class NodeService:
         return f"node {self.config.id} stopped ({why}{tail})"
 
 
+def exposed_secrets(config: NodeConfig) -> list[str]:
+    """One line for each secret file of the configuration (``key_file``, ``passphrase_file``) that
+    users other than its owner may read or write (mode bits 0o077): whoever reads it and the key
+    stores is this node (its ledger and TLS keys). Warned at start, not refused (ssh refuses)."""
+    out = []
+    for what, path in (("key_file", config.key_file), ("passphrase_file", config.passphrase_file)):
+        try:
+            mode = path.stat().st_mode & 0o777 if path is not None else 0
+        except OSError:
+            continue  # unlocking says what is wrong with it
+        if mode & 0o077:
+            out.append(f"[node] {what} {path} is open to other users (mode {mode:04o}); `chmod 600 {path}`: whoever "
+                       "reads it and the key stores holds this node's keys")
+    return out
+
+
 def _node_tls(config: NodeConfig, genesis: bytes) -> Any:
     """The node's mutual TLS (:class:`agents.tls.NodeTls`) from ``[tls]`` (None when ``enabled =
     false``): its certificate, its key (PEM in memory only) and the member organizations' TLS CAs
@@ -306,7 +328,8 @@ def _admission(config: NodeConfig, agent: RoleAgent, tls: Any, genesis_config: A
                storage: list[str]) -> Callable[[str, bytes | None], bool]:
     """``admit_peer``: the CAs that vouch for each consortium node, following the configuration
     the node's ledger holds now (a peer follows configuration changes, and trusts a member they
-    add from its next commit on; other roles keep the genesis's)."""
+    add from its next commit on; other roles keep the genesis's); a user's certificate must come
+    from a member of that configuration (a removed member's machines are refused at once)."""
     from agents.tls import admit_nodes, genesis_cas, node_cas
 
     cache: dict[str, Any] = {}
@@ -318,10 +341,17 @@ def _admission(config: NodeConfig, agent: RoleAgent, tls: Any, genesis_config: A
             if added:
                 log.info("node %s: trusting %d more member TLS CA(s) (configuration change)", config.id, len(added))
             cache["config"], cache["cas"] = now, node_cas(now, config.tls.orgs, storage)
+            cache["members"] = tuple(genesis_cas(now))
         return cache["cas"]
 
+    def members() -> tuple[bytes, ...]:
+        current()
+        return cache["members"]
+
     agent.on_commit(current)
-    return admit_nodes(current)
+    # a user's certificate from a member CA of the configuration in force (a removed member's CA stays in the
+    # TLS trust store until restart; this stops its machines at the channel)
+    return admit_nodes(current, members)
 
 
 def start_node(config: NodeConfig) -> int:

@@ -87,7 +87,8 @@ def seal(raw: bytes, *, source: str = "draft") -> Genesis:
 def manifest_for(genesis: bytes, profiles: Sequence[OrgProfile], *, replicas: int = 3,
                  write_quorum: int = 2) -> Manifest:
     """The clients' view of a sealed genesis: every node's address and key from the
-    members' profiles, which must carry the keys the genesis names."""
+    members' profiles, which must carry the keys the genesis names, and the organization
+    of each orderer and storage node (``node_orgs``: which TLS CA vouches for it)."""
     config = parse_genesis(genesis).config
     by_id = {n.id: n for p in profiles for n in p.nodes}
     for peer in config.peers:
@@ -105,7 +106,8 @@ def manifest_for(genesis: bytes, profiles: Sequence[OrgProfile], *, replicas: in
     return Manifest(config.name, genesis, config.orderer_id, [p.id for p in config.peers], storage,
                     config.threshold, {a: by_id[a].address for a in used}, {a: by_id[a].ecdsa_key for a in used},
                     {o.id: [p.id for p in config.peers if p.org == o.id] for o in config.orgs},
-                    min(replicas, max(1, len(storage))), min(write_quorum, max(1, len(storage))))
+                    min(replicas, max(1, len(storage))), min(write_quorum, max(1, len(storage))),
+                    {n.id: p.org for p in profiles for n in p.nodes if n.id in used and n.role != "peer"})
 
 
 def genesis_manifest(genesis: bytes, addresses: dict[str, str]) -> Manifest:

@@ -32,6 +32,7 @@ from core.errors import DecodeError
 from agents.errors import AgentError
 from agents.keys import AgentKeys, KeyStore, KeyStoreError, atomic_write, read_passphrase_file
 from agents.org import _tls
+from agents.tls import check_ca_pem
 
 PROFILE_VERSION = 1
 ROLES = ("peer", "orderer", "storage")
@@ -122,8 +123,12 @@ def _hex(value: Any, size: int, what: str) -> bytes:
 
 def read_versioned(text: str | bytes, version: int, what: str) -> dict[str, Any]:
     """The JSON object of one of agents.org's files; DecodeError unless it is an object of
-    ``version`` (``what``: "an organization profile", ...). Raises ValueError on bad JSON."""
-    d = json.loads(text)
+    ``version`` (``what``: "an organization profile", ...). Raises ValueError on bad JSON
+    (nesting too deep for the parser included: these files come from other people)."""
+    try:
+        d = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(d, dict) or d.get("version") != version:
         raise DecodeError(f"not {what} of version {version}")
     return d
@@ -161,6 +166,8 @@ class OrgProfile:
                           d.get("tls_ca", ""), tuple(NodeProfile.from_json(n) for n in nodes))
             if not isinstance(profile.name, str) or not profile.name or not isinstance(profile.tls_ca, str):
                 raise DecodeError("name and tls_ca must be strings")
+            if profile.tls_ca:
+                check_ca_pem(profile.tls_ca)  # one CA certificate: what every member's nodes will trust
             if len({n.id for n in profile.nodes}) != len(profile.nodes):
                 raise DecodeError("node ids must be distinct")
         except (ValueError, DecodeError) as exc:

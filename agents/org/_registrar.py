@@ -146,7 +146,12 @@ def issue_token(org_dir: OrgDir, *, subject: str, attributes: dict[str, Any], en
     valid until ``expires`` (unix seconds), signed with the organization's registrar key;
     with ``tls_key``, also the subject's TLS client certificate from the organization's
     TLS CA, valid ``cert_days`` (at most the CA's own validity)."""
-    org = org_dir.profile().org
+    profile = org_dir.profile()
+    org = profile.org
+    try:
+        _tls.check_user_subject(subject, [n.id for n in profile.nodes])
+    except ValueError as exc:
+        raise OrgError(f"issuing a token for {subject}: {exc}; give the person's own subject") from None
     registrar = org_dir.registrar_key()
     cert = ""
     if tls_key is not None:

@@ -134,13 +134,29 @@ def make_user_cert(org: str, subject: str, user_public_key: ec.EllipticCurvePubl
 def user_tls(org_dir, subject: str, *, hosts: tuple[str, ...] | list[str] = (), days: int = USER_DAYS,
              now: datetime.datetime | None = None) -> tuple[bytes, bytes]:
     """A fresh TLS key and certificate for user ``subject`` from the TLS CA of ``org_dir``
-    (an unlocked :class:`agents.org.OrgDir`): (certificate PEM, private key PKCS#8 DER)."""
-    org = org_dir.profile().org
+    (an unlocked :class:`agents.org.OrgDir`): (certificate PEM, private key PKCS#8 DER).
+    OrgError when ``subject`` is one of the organization's nodes (:func:`check_user_subject`)."""
+    from agents.org._material import OrgError
+
+    profile = org_dir.profile()
+    org = profile.org
+    try:
+        check_user_subject(subject, [n.id for n in profile.nodes])
+    except ValueError as exc:
+        raise OrgError(f"issuing a TLS certificate for {subject}: {exc}; choose a user's own subject") from None
     ca_key = key_from_der(org_dir._load("tls-ca.keys"))
     key = new_key()
     cert = make_user_cert(org, subject, key.public_key(), org_dir.tls_ca_pem(), ca_key,
                           now or datetime.datetime.now(datetime.timezone.utc), days, hosts=hosts)
     return cert, key_to_der(key)
+
+
+def check_user_subject(subject: str, node_ids: list[str]) -> None:
+    """A user certificate must not name a node of its organization (ValueError): it would name
+    that node at the TLS layer (a node refuses a client-only certificate as a node's,
+    :func:`agents.tls.admit_nodes`, but a registrar should not make one)."""
+    if subject in node_ids:
+        raise ValueError(f"{subject!r} is a node of this organization, not a user")
 
 
 def cert_agent_ids(cert_pem: bytes) -> list[str]:

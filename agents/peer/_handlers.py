@@ -167,6 +167,10 @@ class PeerHandlers:
                 raise bus.HandlerError(codes.ENROLL_EXPIRED, str(exc)) from None
             raise bus.HandlerError(codes.ENROLL_DENIED, "the enrollment token does not authorize this enrollment "
                                                         "(subject, organization, attributes or key)") from None
+        if peer.classifier.node_class(subject) is not None or subject in peer.config.orderer_ids \
+                or peer.config.peer(subject) is not None:
+            # a user named like a consortium node would shadow it wherever the node is not known statically
+            raise bus.HandlerError(codes.ENROLL_DENIED, f"{subject!r} is a consortium node's id, not a user's")
         reserved = sorted(RESERVED_CERT_ATTRIBUTES.intersection(attributes))
         if reserved:
             raise bus.HandlerError(codes.ENROLL_INVALID, f"attribute names {reserved} are reserved: the "

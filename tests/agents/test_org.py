@@ -577,3 +577,19 @@ def test_a_token_file_without_a_certificate_still_reads_and_requests_are_checked
             raise AssertionError(f"accepted {doc}")
 
     altered()
+
+
+def test_a_registrar_issues_no_user_certificate_naming_one_of_its_nodes(tmp_path):
+    """Attack review (issue 15): a user TLS certificate naming a node id (`registrar issue --subject
+    peer-h1-1`) would name that node at the TLS layer; the registrar refuses the subject, for the
+    token and for the swarm's and load test's in-memory user certificates."""
+    from agents.org import new_user_tls_key, user_tls
+
+    h1, p1 = make_org(tmp_path, "h1", peers=1, orderer=True)
+    _, public = new_user_tls_key()
+    for node in (n.id for n in p1.nodes):
+        with pytest.raises(OrgError, match="is a node of this organization"):
+            _user_token(h1, node, public)
+        with pytest.raises(OrgError, match="is a node of this organization"):
+            user_tls(h1, node)
+    assert _user_token(h1, "alice", public).subject == "alice"  # a person is issued as before

@@ -705,3 +705,25 @@ async def test_enrollment_refuses_reserved_attribute_names(tmp_path):
                 assert info.value.code == "enroll.invalid" and "reserved" in info.value.message
             assert peers["peer-a-1"].ledger.certificate("mallory") is None
             assert peers["peer-a-1"].ledger.head()[0] == 0  # nothing was written
+
+
+async def test_enrollment_refuses_a_subject_named_like_a_consortium_node(tmp_path):
+    """Attack review (issue 15): a registrar's token for subject "peer-b-3" (another hospital's peer)
+    or the orderer's id enrolled a *user* of that name (the ledger checks no name against the
+    configuration: tests/core/test_register_node_ids.py keeps that open). Such a user would shadow
+    the node wherever it is not known statically (a node removed by a change, one added later that a
+    storage node does not know). An honest peer now refuses to issue it."""
+    c = Consortium(tmp_path)
+    with trio.fail_after(30):
+        async with running(c) as (node, orderer, peers, _):
+            keys = AgentKeys.generate()
+            ep = make_endpoint(node, enroll_id(keys.ecdsa_public), keys.ecdsa_private, c.manifest.directory())
+            for subject in ("peer-b-3", "peer-a-2", c.manifest.orderer):
+                with pytest.raises(bus.RemoteError) as info:
+                    await ep.request("peer-a-1", "peer.enroll",
+                                     enroll_body(c, keys, subject, "org-a", {"role": "patient"}))
+                assert info.value.code == "enroll.denied" and "consortium node" in info.value.message, info.value
+            assert peers["peer-a-1"].ledger.head()[0] == 0  # nothing was written
+            reply = await ep.request("peer-a-1", "peer.enroll", enroll_body(c, keys, "mallory", "org-a",
+                                                                            {"role": "patient"}))
+            assert reply["cert"]["subject"] == "mallory"

@@ -83,7 +83,8 @@ def test_node_config_points_at_the_organization_directory(consortium):
     assert cfg.keystore == t / "h2" / "keys" / "storage-h2-1.keys" and cfg.key_file == t / "h2.key"
     assert (cfg.tls.cert, cfg.tls.keystore) == (t / "h2" / "tls" / "storage-h2-1.pem",
                                                 t / "h2" / "keys" / "storage-h2-1.tls.keys")
-    assert cfg.tls.orgs == {"storage-h2-1": "h2"}  # its own; h1's orderer: any member CA (docs/security.md)
+    # every orderer and storage node placed (the manifest's node_orgs, from the profiles): h1's orderer too
+    assert cfg.tls.orgs == {"orderer-h1": "h1", "storage-h2-1": "h2"}
     assert cfg.storage == ["storage-h2-1"] and set(cfg.routes) == {"peer-h1-1", "peer-h2-1", "orderer-h1"}
     assert cfg.unlock().ecdsa_public == cfg.manifest().keys["storage-h2-1"]
     cert, _ = cfg.tls_material()
@@ -130,3 +131,40 @@ def test_node_config_errors_are_one_line(consortium):
                "none.key: no such file")
     error_line(run_cli(*base, "--org-dir", str(t / "h1"), "--id", "peer-h1-1", "--listen", "10.0.0.1:7"), 2,
                "write tcp://HOST:PORT")
+
+
+def test_another_hospitals_ca_cannot_vouch_for_an_orderer_or_storage_node(consortium):
+    """Attack review (issue 15): `org node-config` wrote [tls.orgs] for its own organization's nodes
+    only, so any member's CA vouched for another hospital's orderer or storage node (with that
+    node's stolen ledger key, h2 could speak as h1's orderer to h2's and third hospitals' nodes).
+    Now every node the manifest places is bound to its organization's CA: the admission h2's peer
+    builds from its configuration refuses h2's certificate naming orderer-h1 and hears h1's."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from agents.org import OrgDir, Unlock, _tls
+    from agents.tls import admit_nodes, node_cas
+    from core.ledger import parse_genesis
+
+    t = consortium
+    cfg = load_config(_node_config(t, "h2", "peer-h2-1"), environ={})
+    assert cfg.tls.orgs == {"orderer-h1": "h1", "storage-h2-1": "h2"}
+    admit = admit_nodes(node_cas(parse_genesis(cfg.genesis_bytes()).config, cfg.tls.orgs, cfg.storage))
+    h2 = OrgDir(t / "h2", Unlock(key_file=t / "h2.key"))
+    key = _tls.new_key()
+    forged = _tls.make_node_cert("h2", "orderer-h1", ["127.0.0.1"], key, h2.tls_ca_pem(),
+                                 _tls.key_from_der(h2._load("tls-ca.keys")), datetime.datetime.now(datetime.timezone.utc))
+    der = lambda pem: x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)  # noqa: E731
+    assert not admit("orderer-h1", der(forged))
+    assert admit("orderer-h1", der((t / "h1" / "tls" / "orderer-h1.pem").read_bytes()))
+    # a manifest from before node_orgs: the organization's own nodes only, the residual docs/security.md keeps
+    manifest = json.loads((t / "manifest.json").read_text())
+    assert manifest["node_orgs"] == {"orderer-h1": "h1", "storage-h2-1": "h2"}
+    del manifest["node_orgs"]
+    (t / "old-manifest.json").write_text(json.dumps(manifest))
+    out = t / "old-peer-h2-1.toml"
+    _ok("org", "node-config", "--org-dir", t / "h2", "--id", "peer-h2-1", "--genesis", t / "genesis",
+        "--manifest", t / "old-manifest.json", "--out", out, "--key-file", t / "h2.key")
+    assert load_config(out, environ={}).tls.orgs == {"storage-h2-1": "h2"}
