@@ -674,6 +674,10 @@ class IdentityRules:
             raise ValidationError("bad_certificate", str(exc)) from exc
         if cert.issuer != peer.id or cert.org != peer.org:
             raise ValidationError("forbidden", "a peer issues certificates for its own organization only")
+        if cert.subject in self.peers or cert.subject in self.config.orderer_ids or \
+                cert.subject == self.config.orderer_id:
+            # a user named like a node would shadow it wherever the node is not known statically
+            raise ValidationError("forbidden", f"{cert.subject} is a consortium node's id; a user may not take it")
         spent = token_key(cert.org, body["token_id"])
         if state.get(spent) is not None:
             raise ValidationError("duplicate", f"enrollment token {body['token_id'].hex()} of {cert.org} "

@@ -1,18 +1,15 @@
-"""Attack review (issue 15), open finding: the ledger registers a user under a consortium
-node's id. ``Ledger.register`` checks the issuing peer, the token, the signature and that the
-subject is new, but not that the subject is not a peer or orderer of the configuration, so a
-hostile member's peer (its registrar's token, its own peer's signature) can put a user
-certificate named ``p3`` (another organization's peer) or ``orderer`` on the ledger. Honest
-peers refuse to issue one (``peer.enroll``, tests/agents/test_peer.py); closing it on the ledger
-changes a validity rule every peer must apply alike (a consensus change), left to a release
-that can say so (docs/security.md, "Users' TLS certificates")."""
+"""Attack review (issue 15): the ledger refused no user named like a consortium node, so a
+hostile member's peer (its registrar's token, its own peer's signature) could put a user
+certificate named ``p3`` (another organization's peer) or ``orderer`` on the ledger, shadowing
+that node wherever it is not known statically. ``Ledger.register`` now refuses a subject that is
+a peer or orderer id of the configuration in force (``forbidden``), on every peer alike; honest
+peers also refuse to issue one (``peer.enroll``, tests/agents/test_peer.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 
-@pytest.mark.xfail(strict=True, reason="open finding: the ledger registers users named like consortium nodes")
 @pytest.mark.parametrize("subject", ["p3", "orderer"])
 def test_the_ledger_refuses_a_user_named_like_a_consortium_node(chain, subject):
     assert chain.config.peer("p3") is not None and chain.config.orderer_id == "orderer"
