@@ -260,4 +260,7 @@ def test_a_signal_to_the_whole_process_group_stops_swarm_and_nodes_with_their_li
             continue
         text = log.read_text()
         assert "Traceback" not in text, log
-        assert text.rstrip().endswith(f"node {log.stem} stopped ({name})"), (log, text[-300:])
+        # the group's signal, or the swarm's SIGTERM when it reaches the node's handler first (both are
+        # delivered at once; which one a node's event loop reads first is not ordered)
+        assert text.rstrip().endswith((f"node {log.stem} stopped ({name})", f"node {log.stem} stopped (SIGTERM)")), \
+            (log, text[-300:])
