@@ -158,6 +158,9 @@ def _reexports(package: str) -> list[tuple[str, str]]:
     lazy = [n for node in body if isinstance(node, ast.If) and ast.unparse(node.test) == "typing.TYPE_CHECKING"
             for n in node.body]
     for node in body + lazy:
+        if isinstance(node, ast.ImportFrom) and node.module == "_lazy" or (
+                isinstance(node, ast.ImportFrom) and node.module is not None and node.module.endswith("._lazy")):
+            continue  # the lazy face's own helper (agents._lazy), not a re-export
         if isinstance(node, ast.ImportFrom):
             assert node.level == 1, f"{package}/__init__.py: re-export with relative imports"
             for alias in node.names:
@@ -193,6 +196,7 @@ def test_lazy_face_loads_what_it_lists(package):
     assert set(listed) <= set(dir(face))
     code = f"import sys, {package}; print(sorted(m for m in sys.modules if m.startswith('{package}.')))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip() == f"['{package}.errors']"
+    assert loaded.stdout.strip() == f"['{package}.errors']" or (
+        package == "agents" and loaded.stdout.strip() == "['agents._lazy', 'agents.errors']")
     with pytest.raises(AttributeError):
         face.NoSuchName  # noqa: B018

@@ -33,6 +33,8 @@ from .errors import StorageError as StorageError
 from .errors import StorageUnavailable as StorageUnavailable
 from .errors import Unavailable as Unavailable
 
+from .._lazy import exports as _exports
+
 if typing.TYPE_CHECKING:
     from .blobstore import BlobStat as BlobStat
     from .blobstore import BlobStore as BlobStore
@@ -64,16 +66,4 @@ _LAZY = {
 """Lazily re-exported name -> the module of this package that defines it."""
 
 
-def __getattr__(name: str) -> typing.Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # found once; later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = _exports(__name__, _LAZY, globals())
