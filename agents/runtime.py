@@ -60,8 +60,8 @@ def return_freed_memory(threshold: int = 256 * 1024) -> bool:
 def keep_freed_buffers(mmap_threshold: int = 4 << 20, trim_threshold: int = 8 << 20) -> bool:
     """Let glibc's malloc serve a storage node's 1-2 MiB buffers (a read piece, its
     reply, its sealed frame) from memory it keeps, instead of mapping and faulting
-    in fresh pages for each (~150 page faults per MiB served, ``emrshare bench
-    storage``'s nodes; none after this): buffers below ``mmap_threshold`` come
+    in fresh pages for each (256 page faults per fresh 1 MiB buffer; none after
+    this: tests/agents/test_storage_malloc.py counts them): buffers below ``mmap_threshold`` come
     from the heap, which keeps up to ``trim_threshold`` bytes free. The opposite
     of a reader's :func:`return_freed_memory`: a node holds a few MiB more to
     spend less CPU per MiB served. Process-wide (a node process only); False

@@ -27,7 +27,7 @@ from typing import Any
 
 from agents.cli.base import fail
 
-__all__ = ["TLS_KEY_FILE", "TLS_CERT_FILE", "REQUEST_FILE", "META_FILE", "Enrolled", "tls_store", "genesis_cas",
+__all__ = ["TLS_KEY_FILE", "TLS_CERT_FILE", "REQUEST_FILE", "META_FILE", "Enrolled", "tls_store",
            "user_transport", "read_enrolled"]
 
 TLS_KEY_FILE = "tls.keys"
@@ -43,20 +43,15 @@ def tls_store(directory: Path, *, passphrase: str | None, key_file: Path | None)
     return KeyStore(Path(directory) / TLS_KEY_FILE, passphrase=passphrase, key_file=key_file)
 
 
-def genesis_cas(genesis: bytes) -> list[bytes]:
-    """The TLS CA certificates (PEM) of the genesis's member organizations (those that have one)."""
-    from core.ledger import parse_genesis
-
-    return [o.tls_ca.encode() for o in parse_genesis(genesis).config.orgs if o.tls_ca]
-
-
 def user_transport(cert_pem: bytes, key_der: bytes, genesis: bytes) -> Any:
     """The ``tcp`` transport of a user speaking mutual TLS: its certificate and key, trusting
     the genesis's member organizations' TLS CAs (never a file)."""
-    from agents.org import tls_private_pem
-    from agents.tls import tls_transport
+    from core.ledger import parse_genesis
 
-    return tls_transport(cert_pem, tls_private_pem(key_der), genesis_cas(genesis))
+    from agents.org import key_to_pem
+    from agents.tls import genesis_cas, tls_transport
+
+    return tls_transport(cert_pem, key_to_pem(key_der), genesis_cas(parse_genesis(genesis).config))
 
 
 @dataclass(frozen=True)

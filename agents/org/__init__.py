@@ -28,11 +28,11 @@ from agents.org._genesis import build_config, draft, genesis_manifest, manifest_
 from agents.org._material import (ROLES, NodeProfile, OrgDir, OrgError, OrgProfile, Unlock, default_node_ids,
                                   init_org)
 from agents.org._registrar import (USER_CERT_DAYS, EnrollRequest, TokenFile, check_user_cert, issue_token,
-                                   new_user_tls_key, parse_enroll_key, parse_tls_key, tls_private_pem,
+                                   new_user_tls_key, parse_enroll_key, parse_tls_key,
                                    tls_public_pem)
 from agents.org._tls import AGENT_URI_PREFIX, cert_agent_ids, key_to_pem, make_user_cert, user_tls
 
 __all__ = ["AGENT_URI_PREFIX", "cert_agent_ids", "key_to_pem", "make_user_cert", "user_tls", "ConfigChange", "change_draft", "config_transaction", "sign_change", "ROLES", "NodeProfile", "OrgDir", "OrgError", "OrgProfile", "TokenFile", "Unlock", "build_config",
            "default_node_ids", "draft", "genesis_manifest", "init_org", "issue_token", "manifest_for",
            "parse_enroll_key", "read_draft", "seal", "sign_draft", "USER_CERT_DAYS", "EnrollRequest",
-           "check_user_cert", "new_user_tls_key", "parse_tls_key", "tls_private_pem", "tls_public_pem"]
+           "check_user_cert", "new_user_tls_key", "parse_tls_key", "tls_public_pem"]

@@ -124,19 +124,14 @@ def parse_tls_key(pem: str | bytes, *, source: str = "the TLS key") -> ec.Ellipt
 def new_user_tls_key() -> tuple[bytes, str]:
     """A fresh TLS key for a user: (PKCS#8 DER to keep in the user's encrypted key store,
     the public key's PEM for the request)."""
-    key = _tls.new_key()
-    return _tls.key_to_der(key), tls_public_pem(_tls.key_to_der(key))
+    der = _tls.key_to_der(_tls.new_key())
+    return der, tls_public_pem(der)
 
 
 def tls_public_pem(der: bytes) -> str:
     """The public key's PEM of a PKCS#8 DER private key."""
     return _tls.key_from_der(der).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-
-def tls_private_pem(der: bytes) -> bytes:
-    """The unencrypted PEM of a PKCS#8 DER key, for an ``ssl`` context (in memory only)."""
-    return _tls.key_to_pem(der)
 
 
 def issue_token(org_dir: OrgDir, *, subject: str, attributes: dict[str, Any], enroll_key: bytes,

@@ -484,7 +484,7 @@ def test_a_token_carries_a_tls_client_certificate_naming_the_subject_for_the_req
 
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    from agents.org import check_user_cert, new_user_tls_key, parse_tls_key, tls_private_pem, tls_public_pem
+    from agents.org import check_user_cert, new_user_tls_key, parse_tls_key, key_to_pem, tls_public_pem
     from agents.tls import client_context, server_context
 
     h1, p1 = make_org(tmp_path, "h1")
@@ -526,7 +526,7 @@ def test_a_token_carries_a_tls_client_certificate_naming_the_subject_for_the_req
 
     # mutual TLS 1.3 with a node of h1 trusting the members' CAs; a node trusting only h2 refuses the user
     node_cert, node_key = h1.tls_cert_pem("peer-h1-1"), h1.tls_key_pem("peer-h1-1")
-    user = client_context(token.tls_cert.encode(), tls_private_pem(der), [p1.tls_ca.encode(), p2.tls_ca.encode()])
+    user = client_context(token.tls_cert.encode(), key_to_pem(der), [p1.tls_ca.encode(), p2.tls_ca.encode()])
     for cas, ok in (([p1.tls_ca.encode(), p2.tls_ca.encode()], True), ([p2.tls_ca.encode()], False)):
         b = [ssl.MemoryBIO() for _ in range(4)]
         client = user.wrap_bio(b[0], b[1], server_hostname="127.0.0.1")

@@ -27,7 +27,7 @@ from agents.cli.userdir import tls_store, user_transport
 from agents.consortium import Manifest, enroll_id
 from agents.keys import AgentKeys, KeyStore
 from agents.node.roles import RoleSettings, build_agent
-from agents.org import OrgDir, TokenFile, Unlock, tls_private_pem
+from agents.org import OrgDir, TokenFile, Unlock, key_to_pem
 from agents.runtime import make_endpoint
 from agents.testing.cli import cli_env, error_line, run_cli
 from agents.testing.consortium import CARDIOLOGY_POLICY
@@ -272,7 +272,7 @@ def test_the_user_tls_key_is_encrypted_and_the_request_is_public(tmp_path):
     raw = (tmp_path / "u" / "tls.keys").read_bytes()
     assert b"PRIVATE" not in raw
     der = tls_store(tmp_path / "u", passphrase=None, key_file=tmp_path / "u.key").load()
-    assert b"BEGIN PRIVATE KEY" in tls_private_pem(der)
+    assert b"BEGIN PRIVATE KEY" in key_to_pem(der)
     again = json.loads(run_cli("user", "init", "--dir", str(tmp_path / "u"), "--key-file", str(tmp_path / "u.key"),
                                "--json", env=ENV).stdout)
     assert again["created"] == [] and again["tls_key"] == out["tls_key"]
