@@ -133,6 +133,8 @@ from .envelope import Signer as Signer
 from .envelope import Verifier as Verifier
 from .envelope import decode_envelope as decode_envelope
 from .envelope import sign_wire as sign_wire
+from .envelope import encode_compact as encode_compact
+from .envelope import COMPACT_VERSION as COMPACT_VERSION
 from .envelope import verify_envelope as verify_envelope
 from .errors import BrokenError as BrokenError
 from .errors import BusError as BusError

@@ -41,6 +41,7 @@ from ._pubsub import DROPPED, SUBSCRIBE, UNSUBSCRIBE, Subscription, _Subscriptio
 from ._stats import EndpointStatistics, _Counter
 from .envelope import (
     ID_SIZE,
+    MAX_AGENT_ID_LENGTH,
     MAX_KIND_LENGTH,
     Directory,
     Envelope,
@@ -50,6 +51,7 @@ from .envelope import (
     Signer,
     Verifier,
     _packb,
+    encode_compact,
     verify_envelope,
 )
 from ._secure import ChannelConnection
@@ -73,8 +75,12 @@ class Message:
     sender: str
     kind: str
     body: Any
-    msg_id: bytes
+    msg_id: bytes | int
+    """The envelope's id: an int (compact envelopes: channels, agents of one node) or
+    16 bytes (signed mode)."""
     timestamp: int
+    """Milliseconds since the Unix epoch: the sender's clock in signed mode; the
+    receiving node's at delivery otherwise (compact envelopes carry no timestamp)."""
     type: MessageType
 
 
@@ -96,6 +102,10 @@ class _Host(Protocol):
     @property
     def signs_envelopes(self) -> bool:
         """Whether envelopes leave this node signed (signed mode), so they need a nonce."""
+        ...
+
+    def next_id(self) -> int:
+        """A compact envelope id no other envelope of this node had while it runs."""
         ...
 
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
@@ -222,8 +232,8 @@ class Endpoint:
         subscriber_queue: int = 128,
         replay_max_entries: int = 1_000_000,
     ):
-        if not isinstance(identity, str) or not identity:
-            raise BusError("endpoint identity must be a non-empty str")
+        if not isinstance(identity, str) or not 0 < len(identity) <= MAX_AGENT_ID_LENGTH:
+            raise BusError(f"endpoint identity must be a non-empty str of at most {MAX_AGENT_ID_LENGTH} chars")
         self._host = host
         self._identity = identity
         self._signer = signer
@@ -308,17 +318,17 @@ class Endpoint:
         self._check_open()
         if len(self._pending) >= self._max_pending:
             raise BusError(f"too many pending requests ({self._max_pending})")
-        env, data = self._make(MessageType.REQUEST, kind, to, body)
+        msg_id, data = self._make(MessageType.REQUEST, kind, to, body)
         slot = _Pending(to, kind)
-        self._pending[env.msg_id] = slot
+        self._pending[msg_id] = slot
         try:
             with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                slot.conn = await self._transmit(env, data)
+                slot.conn = await self._transmit(to, kind, data)
                 if slot.conn is not None and not self._host.is_live(slot.conn):
                     slot.fail(BrokenError(f"connection to {to!r} broke before the reply"))
                 await slot.done.wait()
         finally:
-            del self._pending[env.msg_id]
+            del self._pending[msg_id]
         if scope.cancelled_caught and not slot.done.is_set():
             raise RequestTimeout(f"no reply from {to!r} to {kind!r} within {timeout} s")
         if slot.error is not None:
@@ -332,8 +342,8 @@ class Endpoint:
     async def send(self, to: str, kind: str, body: Any) -> None:
         """Fire-and-forget: returns once the message is handed to the route."""
         self._check_open()
-        env, data = self._make(MessageType.SEND, kind, to, body)
-        await self._transmit(env, data)
+        _, data = self._make(MessageType.SEND, kind, to, body)
+        await self._transmit(to, kind, data)
 
     async def publish(self, topic: str, body: Any) -> int:
         """Queue ``body`` for every subscriber of ``topic``; return how many.
@@ -394,20 +404,26 @@ class Endpoint:
         kind: str,
         to: str,
         body: Any,
-        correlation_id: bytes | None = None,
-    ) -> tuple[Envelope, bytes]:
-        return Envelope.create_encoded(
-            type=mtype,
-            kind=kind,
-            sender=self._identity,
-            recipient=to,
-            body=body,
-            timestamp=self._host.now_ms(),
-            signer=None,  # the node signs it only where no channel carries it
-            correlation_id=correlation_id,
-            msg_id=self._next_id(),
-            with_nonce=self._host.signs_envelopes,
-        )
+        correlation_id: bytes | int | None = None,
+    ) -> tuple[bytes | int, bytes]:
+        """(msg_id, wire bytes) of a new envelope from this agent: compact, unless the
+        node signs envelopes (signed mode) or it answers a request in the full form."""
+        if self._host.signs_envelopes or type(correlation_id) is bytes:
+            env, data = Envelope.create_encoded(
+                type=mtype,
+                kind=kind,
+                sender=self._identity,
+                recipient=to,
+                body=body,
+                timestamp=self._host.now_ms(),
+                signer=None,  # the node signs it only where no channel carries it
+                correlation_id=correlation_id,
+                msg_id=self._next_id(),
+                with_nonce=self._host.signs_envelopes,
+            )
+            return env.msg_id, data
+        msg_id = self._host.next_id()
+        return msg_id, encode_compact(mtype, kind, msg_id, correlation_id, self._identity, to, body)
 
     def _next_id(self) -> bytes:
         """A message id unique to this endpoint: a random prefix drawn once and a
@@ -418,42 +434,40 @@ class Endpoint:
         return self._id_prefix + self._id_counter.to_bytes(8, "big")
 
     async def _transmit(
-        self, env: Envelope, data: bytes, via: Connection | None = None, count_as: str | None = None,
-        wait: bool = True,
+        self, to: str, kind: str, data: bytes, via: Connection | None = None, wait: bool = True,
     ) -> Connection | None:
-        conn = await self._host.route(self._identity, env.recipient, data, via, wait=wait)
-        kind = count_as or env.kind
+        conn = await self._host.route(self._identity, to, data, via, wait=wait)
         self._sent_kind.add(kind, len(data))
-        self._sent_peer.add(env.recipient, len(data))
+        self._sent_peer.add(to, len(data))
         return conn
 
     async def _emit(self, subscriber: str, topic: str, body: Any) -> None:
         """Send one event of ``topic`` to ``subscriber`` (for the publisher side)."""
-        env, data = self._make(MessageType.EVENT, topic, subscriber, body)
-        await self._transmit(env, data)
+        _, data = self._make(MessageType.EVENT, topic, subscriber, body)
+        await self._transmit(subscriber, topic, data)
 
     async def _reply(
         self, request: Envelope, conn: Connection | None, mtype: MessageType, body: Any
     ) -> None:
-        def answer(mtype: MessageType, body: Any) -> tuple[Envelope, bytes]:
-            return self._make(mtype, request.kind, request.sender, body, request.msg_id)
+        def answer(mtype: MessageType, body: Any) -> bytes:
+            return self._make(mtype, request.kind, request.sender, body, request.msg_id)[1]
 
         try:
-            env, data = answer(mtype, body)
+            data = answer(mtype, body)
         except EnvelopeError:
             log.warning("bus: %s: reply to %r cannot be encoded", self._identity, request.kind)
-            env, data = answer(MessageType.ERROR, {"code": "internal", "message": "internal error"})
+            data = answer(MessageType.ERROR, {"code": "internal", "message": "internal error"})
         if len(data) > self._host.max_frame_size:
             # A reply that cannot be carried becomes an error the requester receives,
             # not a silent timeout.
             log.warning("bus: %s: reply to %r is %d bytes, over the frame limit", self._identity, request.kind,
                         len(data))
-            env, data = answer(
+            data = answer(
                 MessageType.ERROR,
                 {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
             )
         try:
-            await self._transmit(env, data, via=conn, wait=False)
+            await self._transmit(request.sender, request.kind, data, via=conn, wait=False)
         except BusError as exc:
             log.info("bus: %s could not reply to %s: %s", self._identity, request.sender, exc)
 
@@ -662,6 +676,5 @@ class Endpoint:
         except Exception:
             log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
 
-    @staticmethod
-    def _message(env: Envelope) -> Message:
-        return Message(env.sender, env.kind, env.body, env.msg_id, env.timestamp, env.type)
+    def _message(self, env: Envelope) -> Message:
+        return Message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._host.now_ms(), env.type)

@@ -12,8 +12,8 @@ closed). Envelopes on a channel carry no signature of their own.
 
 Handshake (two frames, each one msgpack array)::
 
-    initiator -> responder   HELLO_I = ["emrshare/channel", 1, e_i]   (e_i: 32-byte X25519 public key)
-    responder -> initiator   HELLO_R = ["emrshare/channel", 1, e_r]
+    initiator -> responder   HELLO_I = ["emrshare/channel", 2, e_i]   (e_i: 32-byte X25519 public key)
+    responder -> initiator   HELLO_R = ["emrshare/channel", 2, e_r]
 
     h       = SHA-256(TRANSCRIPT_DOMAIN || u32(len HELLO_I) || HELLO_I || HELLO_R)
     shared  = X25519(own ephemeral secret, other's e)        (all-zero output refused)
@@ -63,7 +63,9 @@ from nacl.public import PrivateKey
 from .errors import BusError
 
 CHANNEL_PROTOCOL = "emrshare/channel"
-CHANNEL_VERSION = 1
+CHANNEL_VERSION = 2
+"""2: envelopes after the handshake are compact (:func:`bus.envelope.encode_compact`);
+a node of channel version 1 refuses the hello instead of misreading them."""
 TRANSCRIPT_DOMAIN = b"emrshare/v1/channel/transcript\x00"
 KEY_INFO = b"emrshare/v1/channel/keys"
 PROOF_DOMAIN = b"emrshare/v1/channel/identity\x00"

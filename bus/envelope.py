@@ -1,9 +1,23 @@
-"""Signed envelopes: the unit the bus moves between agents.
+"""Envelopes: the unit the bus moves between agents.
 
-Wire form: a msgpack array of 11 elements, in this order::
+Two wire forms. The full (signed) form, version 1: a msgpack array of 11
+elements, in this order::
 
     [version, type, kind, msg_id, correlation_id, sender, recipient,
      timestamp_ms, nonce, body, signature]
+
+The compact form, version 2, what channels and agents of one node carry (the
+channel authenticates and orders every frame, so no nonce, signature or
+timestamp travels): a msgpack array of 8 elements::
+
+    [2, type, kind, msg_id, correlation_id, sender, recipient, body]
+
+where ``msg_id`` is an unsigned integer unique among the sending node's
+envelopes while the node runs (:func:`encode_compact`), ``correlation_id`` the
+request's ``msg_id`` on replies and error replies (nil otherwise) and ``kind``
+nil on replies and error replies (the requester knows what it asked). A
+decoded compact envelope has ``timestamp`` 0 and empty ``nonce`` and
+``signature``.
 
 The signature covers ``SIGNING_DOMAIN + msgpack([first 10 elements])``, where
 the msgpack encoding is the canonical one produced by msgpack-python's packer
@@ -39,6 +53,8 @@ __all__ = [
     "decode_envelope",
     "verify_envelope",
     "sign_wire",
+    "encode_compact",
+    "COMPACT_VERSION",
     "ReplayGuard",
 ]
 
@@ -57,6 +73,7 @@ from .limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_OBJECTS
 from .structure import StructureError, check_structure
 
 PROTOCOL_VERSION = 1
+COMPACT_VERSION = 2
 SIGNING_DOMAIN = b"emrshare/v1/envelope\x00"
 ID_SIZE = 16
 NONCE_SIZE = 16
@@ -64,7 +81,9 @@ MAX_KIND_LENGTH = 128
 MAX_AGENT_ID_LENGTH = 256
 MAX_SIGNATURE_SIZE = 512
 _MAX_TIMESTAMP = 2**63 - 1
+_MAX_COMPACT_ID = 2**64 - 1
 _FIELD_COUNT = 11
+_COMPACT_FIELD_COUNT = 8
 
 REJECT_REASONS = (
     "malformed",
@@ -97,6 +116,8 @@ class MessageType(enum.IntEnum):
 
 
 _TYPE_CODES = frozenset(t.value for t in MessageType)
+_TYPE_OF = tuple(MessageType)  # code -> MessageType without an enum call (codes are 0..4)
+_REPLY_TYPES = (MessageType.REPLY, MessageType.ERROR)
 
 
 _packers = threading.local()
@@ -186,7 +207,10 @@ class Envelope:
         return SIGNING_DOMAIN + _packb(self._signed_fields())
 
     def encode(self) -> bytes:
-        """The wire form (a frame payload)."""
+        """The wire form (a frame payload), in the envelope's own form (full or compact)."""
+        if self.version == COMPACT_VERSION:
+            return encode_compact(self.type, self.kind, self.msg_id, self.correlation_id, self.sender,  # type: ignore[arg-type]
+                                  self.recipient, self.body)
         return _packb([*self._signed_fields(), self.signature])
 
     @classmethod
@@ -234,6 +258,31 @@ class Envelope:
         env = cls(PROTOCOL_VERSION, mtype, kind, msg_id, correlation_id, sender, recipient, timestamp, nonce, body, signature)
         # fixarray(10) -> fixarray(11): the same fields, then the signature
         return env, b"".join((b"\x9b", memoryview(packed)[1:], _packb(signature)))
+
+
+def encode_compact(mtype: int, kind: str | None, msg_id: int, correlation_id: int | None, sender: str,
+                   recipient: str, body: Any) -> bytes:
+    """A compact (version 2) envelope's wire bytes: what a channel or an agent of the
+    same node carries. ``kind`` is dropped on replies and error replies. The values
+    are checked as :func:`decode_envelope` checks them, except the body's content
+    (msgpack refuses what it cannot encode: EnvelopeError ``malformed``)."""
+    if mtype not in _TYPE_CODES:
+        raise EnvelopeError("malformed", "unknown message type")
+    if mtype == 2 or mtype == 3:  # a reply or an error reply
+        kind = None
+        if type(correlation_id) is not int or not 0 <= correlation_id <= _MAX_COMPACT_ID:
+            raise EnvelopeError("malformed", "a reply's correlation_id must be an unsigned 64-bit int")
+        if mtype == 3:
+            _check_error_body(body)
+    else:
+        if correlation_id is not None:
+            raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
+        _check_str("kind", kind, MAX_KIND_LENGTH)
+    if type(msg_id) is not int or not 0 <= msg_id <= _MAX_COMPACT_ID:
+        raise EnvelopeError("malformed", "msg_id must be an unsigned 64-bit int")
+    _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
+    _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
+    return _packb([COMPACT_VERSION, int(mtype), kind, msg_id, correlation_id, sender, recipient, body])
 
 
 def _signature(signer: Signer, packed_fields: bytes) -> bytes:
@@ -287,13 +336,17 @@ def _check_values(version, mtype, kind, msg_id, corr, sender, recipient, timesta
     if type(nonce) is not bytes or len(nonce) not in (0, NONCE_SIZE):
         raise EnvelopeError("malformed", f"nonce must be empty or {NONCE_SIZE} bytes")
     if mtype == MessageType.ERROR:
-        if (
-            type(body) is not dict
-            or set(body) != {"code", "message"}
-            or type(body["code"]) is not str
-            or type(body["message"]) is not str
-        ):
-            raise EnvelopeError("malformed", "error reply body must be {code: str, message: str}")
+        _check_error_body(body)
+
+
+def _check_error_body(body: Any) -> None:
+    if (
+        type(body) is not dict
+        or len(body) != 2
+        or type(body.get("code")) is not str
+        or type(body.get("message")) is not str
+    ):
+        raise EnvelopeError("malformed", "error reply body must be {code: str, message: str}")
 
 
 def decode_envelope(
@@ -325,10 +378,13 @@ def _decode_checked(data: bytes, max_objects: int) -> Envelope:
         )
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, ...)
         raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None
-    if type(fields) is not list or len(fields) != _FIELD_COUNT:
-        raise EnvelopeError("malformed", f"envelope must be an array of {_FIELD_COUNT} fields")
+    if type(fields) is not list or len(fields) not in (_FIELD_COUNT, _COMPACT_FIELD_COUNT):
+        raise EnvelopeError("malformed", f"envelope must be an array of {_FIELD_COUNT} fields "
+                                         f"(or {_COMPACT_FIELD_COUNT}: compact)")
     if not _only_plain(fields):
         raise EnvelopeError("malformed", "msgpack extension types (e.g. timestamps) are not allowed")
+    if len(fields) == _COMPACT_FIELD_COUNT:
+        return _compact_fields(fields)
     version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig = fields
     if type(mtype) is not int or mtype not in _TYPE_CODES:
         raise EnvelopeError("malformed", "unknown message type")
@@ -337,6 +393,50 @@ def _decode_checked(data: bytes, max_objects: int) -> Envelope:
     mtype = MessageType(mtype)
     _check_values(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body)
     return Envelope(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig)
+
+
+def _compact_fields(fields: list[Any]) -> Envelope:
+    """The Envelope a decoded compact (version 2) array holds, checked."""
+    version, mtype, kind, msg_id, corr, sender, recipient, body = fields
+    if type(version) is not int:
+        raise EnvelopeError("malformed", "version must be an int")
+    if version != COMPACT_VERSION:
+        raise EnvelopeError("version", f"unsupported compact envelope version {version}")
+    if type(mtype) is not int or mtype not in _TYPE_CODES:
+        raise EnvelopeError("malformed", "unknown message type")
+    mtype = _TYPE_OF[mtype]
+    if type(msg_id) is not int or not 0 <= msg_id <= _MAX_COMPACT_ID:
+        raise EnvelopeError("malformed", "msg_id must be an unsigned 64-bit int")
+    if mtype in _REPLY_TYPES:
+        if kind is not None:
+            raise EnvelopeError("malformed", "a compact reply carries no kind")
+        if type(corr) is not int or not 0 <= corr <= _MAX_COMPACT_ID:
+            raise EnvelopeError("malformed", "a reply's correlation_id must be an unsigned 64-bit int")
+        if mtype is MessageType.ERROR:
+            _check_error_body(body)
+    else:
+        _check_str("kind", kind, MAX_KIND_LENGTH)
+        if corr is not None:
+            raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
+    _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
+    _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
+    return Envelope(COMPACT_VERSION, mtype, kind, msg_id, corr, sender, recipient, 0, b"", body, b"")
+
+
+def _decode_local(data: bytes) -> Envelope:
+    """The envelope in wire bytes this node's own endpoint built (full or compact), for
+    delivery to an agent of the same node: a fresh copy of every value (sender and
+    handler share nothing mutable), with no re-check of what the sender's endpoint
+    checked when it encoded them. Extension types are still refused (the packer
+    writes any ``msgpack.ExtType`` it is given) except the timestamp (-1), which
+    msgpack decodes without asking: only code of this process can put one there."""
+    try:
+        f = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True, ext_hook=_reject_ext)
+    except Exception as exc:
+        raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None
+    if len(f) == _COMPACT_FIELD_COUNT:
+        return Envelope(COMPACT_VERSION, _TYPE_OF[f[1]], f[2], f[3], f[4], f[5], f[6], 0, b"", f[7], b"")
+    return Envelope(f[0], _TYPE_OF[f[1]], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10])
 
 
 class ReplayGuard:

@@ -130,16 +130,18 @@ class RawChannel:
         await self.aclose()
 
 
-def unsigned(sender, recipient="bob", kind="ping", body=1, mtype=None, **fields):
-    """An unsigned envelope's wire bytes (what a channel carries)."""
-    import time
+def unsigned(sender, recipient="bob", kind="ping", body=1, mtype=None, msg_id=None, correlation_id=None):
+    """A compact envelope's wire bytes (what a channel carries); ``msg_id`` a random
+    64-bit id unless given, a bytes ``correlation_id`` read as a big-endian int."""
+    import secrets
 
-    from bus import Envelope, MessageType
+    from bus import MessageType
+    from bus.envelope import encode_compact
 
-    return Envelope.create_encoded(
-        type=mtype or MessageType.REQUEST, kind=kind, sender=sender, recipient=recipient, body=body,
-        timestamp=int(time.time() * 1000), signer=None, **fields,
-    )[1]
+    if isinstance(correlation_id, bytes):
+        correlation_id = int.from_bytes(correlation_id, "big")
+    return encode_compact(mtype or MessageType.REQUEST, kind, secrets.randbits(64) if msg_id is None else msg_id,
+                          correlation_id, sender, recipient, body)
 
 
 @pytest.fixture
