@@ -131,7 +131,7 @@ class _Outbox:
     """One connection's send queue: bounded in frames and bytes, drained by one writer."""
 
     __slots__ = ("_frames", "_bytes", "_max_frames", "_max_bytes", "_writer", "_room", "closed",
-                 "last_sent")
+                 "last_sent", "writing_since")
 
     def __init__(self, max_frames: int, max_bytes: int):
         self._frames: deque[tuple[bytes, int]] = deque()  # (payload, channel frame type)
@@ -142,6 +142,9 @@ class _Outbox:
         self._room = trio.lowlevel.ParkingLot()
         self.closed: str | None = None
         self.last_sent = trio.current_time()
+        self.writing_since: float | None = None
+        """When the frame being written began to be written (None: no write under
+        way); the connection's watchdog drops it ``write_timeout`` after."""
 
     def has_room(self, size: int) -> bool:
         if not self._frames:
@@ -554,34 +557,34 @@ class Node:
             scope.cancel()
 
     async def _write(self, conn: Connection, box: _Outbox) -> None:
-        """The connection's writer: every frame within the write timeout, or drop it."""
+        """The connection's writer: every frame within the write timeout, or the
+        connection's watchdog drops it (closing the connection wakes a write stuck
+        on a reader that does not read; no timer is set up per frame)."""
         send_control = conn.send_control if isinstance(conn, ChannelConnection) else None
         while True:
             item = await box.take()
             if item is None:
                 return
             data, frame_type = item
-            with trio.move_on_after(self._write_timeout) as scope:
-                try:
-                    if frame_type != ENVELOPE:
-                        assert send_control is not None
-                        await send_control(frame_type, data)
-                    else:
-                        await conn.send(data)
-                except FrameError as exc:  # checked when queued: a bug, not the peer's doing
-                    log.error("bus: a frame for %s was refused by its transport: %s", conn.peer, exc)
-                    if box.closed is None:
-                        self._drop(conn, "send-failed")
-                    return
-                except (BrokenError, ClosedError, ChannelError) as exc:
-                    if box.closed is None:
-                        self._drop(conn, "send-failed")
-                        log.info("bus: sending on %s failed: %s", conn.peer, exc)
-                    return
-            if scope.cancelled_caught:
-                self._drop(conn, "write-timeout")
+            box.writing_since = trio.current_time()
+            try:
+                if frame_type != ENVELOPE:
+                    assert send_control is not None
+                    await send_control(frame_type, data)
+                else:
+                    await conn.send(data)
+            except FrameError as exc:  # checked when queued: a bug, not the peer's doing
+                log.error("bus: a frame for %s was refused by its transport: %s", conn.peer, exc)
+                if box.closed is None:
+                    self._drop(conn, "send-failed")
+                return
+            except (BrokenError, ClosedError, ChannelError) as exc:
+                if box.closed is None:
+                    self._drop(conn, "send-failed")
+                    log.info("bus: sending on %s failed: %s", conn.peer, exc)
                 return
             box.last_sent = trio.current_time()
+            box.writing_since = None
 
     # ------------------------------------------------------------ connections
 
@@ -723,6 +726,10 @@ class Node:
     def _timed_out(self, conn: Connection, incoming: bool, started: float, last_frame: float | None) -> str | None:
         """The timeout that expired for ``conn``, if any (None: keep waiting)."""
         now = trio.current_time()
+        box = self._outboxes.get(conn)
+        writing = None if box is None else box.writing_since
+        if writing is not None and now >= writing + self._write_timeout:
+            return "write-timeout"
         partial = getattr(conn, "partial_since", None)
         if partial is not None and now >= partial + self._frame_timeout:
             return "frame-timeout"
@@ -730,17 +737,22 @@ class Node:
             return None
         if last_frame is None:
             return "handshake-timeout" if now >= started + self._handshake_timeout else None
-        box = self._outboxes.get(conn)
         last = max(last_frame, box.last_sent if box is not None else last_frame)
         if now >= last + self._idle_timeout and not self._held(conn):
             return "idle-timeout"
         return None
 
     def _deadline(self, conn: Connection, incoming: bool, started: float, last_frame: float | None) -> float:
-        """When to look at ``conn``'s timeouts next (at least every ``frame_timeout``,
-        so a frame that begins while the node waits is timed too)."""
+        """When to look at ``conn``'s timeouts next (at least every ``frame_timeout``
+        and every ``write_timeout``, so a frame that begins to arrive or to be written
+        while the node waits is timed too: a write is dropped at most
+        ``write_timeout`` after it began)."""
         now = trio.current_time()
-        deadline = now + self._frame_timeout
+        deadline = now + min(self._frame_timeout, self._write_timeout)
+        box = self._outboxes.get(conn)
+        writing = None if box is None else box.writing_since
+        if writing is not None:
+            deadline = min(deadline, writing + self._write_timeout)
         partial = getattr(conn, "partial_since", None)
         if partial is not None:
             deadline = min(deadline, partial + self._frame_timeout)
@@ -748,7 +760,6 @@ class Node:
             if last_frame is None:
                 deadline = min(deadline, started + self._handshake_timeout)
             else:
-                box = self._outboxes.get(conn)
                 idle_at = max(last_frame, box.last_sent if box is not None else last_frame) + self._idle_timeout
                 if idle_at > now:  # else held by an endpoint: the frame-timeout tick looks again
                     deadline = min(deadline, idle_at)

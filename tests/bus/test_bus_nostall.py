@@ -423,3 +423,25 @@ async def test_a_full_inbox_answers_remote_requests_busy_instead_of_blocking_the
             assert results == ["busy"]  # answered at once, not left waiting behind a full inbox
             release.set()
         assert results.count("late") == 5
+
+
+async def test_a_write_stuck_on_a_reader_that_never_reads_is_dropped_at_the_write_timeout(autojump_clock,
+                                                                                         unsigned_envelope):
+    # no timer per frame: the connection's watchdog times the write under way
+    from bus import channel_handshake
+
+    ring = Keyring()
+    mem = MemoryTransport(buffer=1)
+    async with open_node(transports={"mem": mem}, write_timeout=7, idle_timeout=1000, frame_timeout=1000) as server:
+        await server.listen("mem://srv")
+        server.endpoint("bob", **ring.credentials("bob")).register("ping", _echo)
+        await trio.sleep(50)  # the watchdog sleeps at most a write timeout at a time
+        conn = await channel_handshake(await mem.connect(parse_address("mem://srv")), initiator=True)
+        await conn.send_proof(conn.channel.make_proof("mallory", ring.add("mallory")))
+        for i in range(4):  # replies it never reads: the first fills the buffer, the next write waits
+            await conn.send(unsigned_envelope("mallory", body=i))
+        sent_at = trio.current_time()
+        await eventually(lambda: server.statistics().dropped_connections.get("write-timeout") == 1, timeout=100)
+        dropped_at = trio.current_time()
+        assert sent_at + 7 - 1 <= dropped_at <= sent_at + 7 + 1  # the write began about when the requests came
+        assert server.statistics().incoming_connections == 0
