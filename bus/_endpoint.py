@@ -245,6 +245,7 @@ class Endpoint:
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[
             tuple[Envelope, Connection | None]
         ](inbox_size)
+        self._inbox_queued = 0  # handed to the inbox, not yet taken by _dispatch
         if not 1 <= max_concurrent_per_sender <= max_concurrent:
             raise BusError("need 1 <= max_concurrent_per_sender <= max_concurrent")
         self._concurrency = trio.Semaphore(max_concurrent)
@@ -555,10 +556,12 @@ class Endpoint:
                 # finds the inbox full is refused at once.
                 try:
                     self._inbox_send.send_nowait((env, conn))
+                    self._inbox_queued += 1
                 except trio.WouldBlock:
                     self._busy(env, conn)
                 return
             await self._inbox_send.send((env, conn))
+            self._inbox_queued += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
@@ -587,7 +590,7 @@ class Endpoint:
         of it and it gets a slot without waiting (one task hop less than going
         through the inbox); False: take the inbox path."""
         nursery = self._handler_nursery
-        if (nursery is None or self._inbox_send.statistics().current_buffer_used
+        if (nursery is None or self._inbox_queued
                 or self._in_flight[env.sender] >= self._max_per_sender):
             return False
         try:
@@ -603,6 +606,7 @@ class Endpoint:
         async with trio.open_nursery() as nursery:
             self._handler_nursery = nursery
             async for env, conn in self._inbox_recv:
+                self._inbox_queued -= 1
                 if env.type == MessageType.REQUEST:
                     if self._in_flight[env.sender] >= self._max_per_sender:
                         self._busy(env, conn)

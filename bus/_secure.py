@@ -76,6 +76,25 @@ class ChannelConnection:
             raise FrameError(f"envelope of {len(payload)} bytes exceeds this channel's {limit}-byte limit")
         await self.inner.send(await self._seal(ENVELOPE, payload))
 
+    def can_try_send(self) -> bool:
+        """Whether :meth:`try_send` may be called now (the transport can write at once)."""
+        inner = getattr(self.inner, "can_try_send", None)
+        return inner is not None and inner()
+
+    def try_send(self, payload: bytes) -> bytes:
+        """Seal one envelope and write it at once (see the transport's ``try_send``,
+        whose conditions apply); returns the rest of the sealed frame to send with
+        :meth:`send_raw` before any other frame. FrameError, before any counter is
+        used, when it would not fit the transport's frame."""
+        limit = self.max_payload
+        if limit is not None and len(payload) > limit:
+            raise FrameError(f"envelope of {len(payload)} bytes exceeds this channel's {limit}-byte limit")
+        return self.inner.try_send(self.channel.seal(ENVELOPE, payload))  # type: ignore[attr-defined]
+
+    async def send_raw(self, data: bytes) -> None:
+        """Send the rest of a frame :meth:`try_send` began, as it is."""
+        await self.inner.send_raw(data)  # type: ignore[attr-defined]
+
     async def send_proof(self, payload: bytes) -> None:
         """Send one identity proof (a PROOF payload made by the channel)."""
         await self.inner.send(await self._seal(PROOF, payload))

@@ -102,7 +102,7 @@ from .limits import (
     DEFAULT_THREAD_DECODE_OBJECTS,
     DEFAULT_WRITE_TIMEOUT,
 )
-from .transport import Address, Connection, TcpTransport, Transport, parse_address
+from .transport import TRY_SEND_BYTES, Address, Connection, TcpTransport, Transport, parse_address
 
 log = logging.getLogger("bus")
 
@@ -125,6 +125,10 @@ class _Link:
         self.conn: Connection | None = None
         self.lock = trio.Lock()
         self.failed_at = -math.inf  # when the last connect loop gave up (trio time)
+
+
+_RAW = -1
+"""An outbox item that is the rest of a frame begun by a write at once (sent as it is)."""
 
 
 class _Outbox:
@@ -155,6 +159,11 @@ class _Outbox:
         self._frames.append((data, frame_type))
         self._bytes += len(data)
         self._writer.unpark_all()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no write under way: a frame may be written at once."""
+        return not self._frames and self.writing_since is None and self.closed is None
 
     async def wait_room(self, size: int) -> None:
         while self.closed is None and not self.has_room(size):
@@ -488,6 +497,14 @@ class Node:
                 self._prove(conn, sender, own)
         else:
             data = sign_wire(data, own.signer)
+        if box.idle and len(data) < TRY_SEND_BYTES and getattr(conn, "can_try_send", bool)():
+            # nothing ahead of it: write it now, from this task (no writer woken); what
+            # the socket does not take goes first in the queue, for the writer
+            rest = conn.try_send(data)  # type: ignore[attr-defined]
+            box.last_sent = trio.current_time()
+            if rest:
+                box.put_nowait(rest, _RAW)
+            return
         if not box.has_room(len(data)):
             if not wait:
                 self._drop(conn, "send-queue-full")
@@ -568,7 +585,9 @@ class Node:
             data, frame_type = item
             box.writing_since = trio.current_time()
             try:
-                if frame_type != ENVELOPE:
+                if frame_type == _RAW:
+                    await conn.send_raw(data)  # type: ignore[attr-defined]
+                elif frame_type != ENVELOPE:
                     assert send_control is not None
                     await send_control(frame_type, data)
                 else:

@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 import dataclasses
+import os
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,8 @@ unchanged: a read returns only bytes that arrived, and one larger than
 stays pinned by the few bytes of a next frame it carried)."""
 _SEND_APART_BYTES = 64 * 1024
 """Payloads from this size are sent after their length prefix, not copied behind it."""
+TRY_SEND_BYTES = _SEND_APART_BYTES
+"""Payloads below this size may be written at once by :meth:`_StreamConnection.try_send`."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -160,16 +163,54 @@ class _StreamConnection:
                 return None
         return None
 
+    def _try_fd(self) -> int:
+        """The socket's descriptor when a frame may be written at once (plain TCP, open,
+        not broken, no send under way), else -1."""
+        if self._closed or self._broken or self._send_lock.locked() or type(self._stream) is not trio.SocketStream:
+            return -1
+        return self._stream.socket.fileno()  # -1 once the socket is closed
+
+    def can_try_send(self) -> bool:
+        """Whether :meth:`try_send` may be called now."""
+        return self._try_fd() >= 0
+
+    def try_send(self, payload: bytes) -> bytes:
+        """Write ``payload``'s frame now, without waiting, from the calling task (no
+        writer task woken, no trip through the event loop): call only when
+        :meth:`can_try_send` and no frame is waiting to be sent before it, with a
+        payload below :data:`TRY_SEND_BYTES` within the frame limit. Returns what the
+        socket did not take (empty when it took it all): the caller must send that,
+        with :meth:`send_raw`, before any other frame. A socket that fails leaves
+        the connection broken and returns the whole frame (send_raw then raises)."""
+        data = encode_frame(payload, self._max)
+        try:
+            written = os.write(self._try_fd(), data)  # the socket is non-blocking (trio's)
+        except BlockingIOError:
+            return data
+        except OSError as exc:
+            self._broken = f"send failed: {type(exc).__name__}"
+            return data
+        return data[written:]
+
+    async def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are: the rest of a frame :meth:`try_send` began."""
+        await self._send(data, framed=False)
+
     async def send(self, payload: bytes) -> None:
+        if len(payload) > self._max:
+            raise FrameError(f"frame payload of {len(payload)} bytes exceeds the maximum of {self._max}")
+        await self._send(payload, framed=True)
+
+    async def _send(self, payload: bytes, *, framed: bool) -> None:
         if self._closed:
             raise ClosedError("connection closed")
         if self._broken:
             raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
-        if len(payload) > self._max:
-            raise FrameError(f"frame payload of {len(payload)} bytes exceeds the maximum of {self._max}")
         async with self._send_lock:
             try:
-                if len(payload) < _SEND_APART_BYTES:
+                if not framed:
+                    await self._stream.send_all(payload)
+                elif len(payload) < _SEND_APART_BYTES:
                     await self._stream.send_all(encode_frame(payload, self._max))
                 else:  # the length prefix, then the payload as it is: a large payload is not copied
                     await self._stream.send_all(len(payload).to_bytes(FRAME_HEADER_SIZE, "big"))
