@@ -373,3 +373,74 @@ def test_kept_packer_packs_as_packb_after_large_values_and_failures(values):
                 envmod._packb([1, value])
             continue
         assert envmod._packb([value, {"k": value}]) == expected
+
+
+# ------------------------------------------------------------ compact envelopes (version 2)
+
+ids = st.integers(0, 2**64 - 1)
+names = st.text(min_size=1, max_size=40)
+
+
+@given(mtype=st.sampled_from(list(MessageType)), kind=st.text(min_size=1, max_size=128), msg_id=ids, corr=ids,
+       sender=names, recipient=names, body=msgpack_values)
+@settings(max_examples=300, deadline=None)
+def test_compact_envelopes_round_trip_and_local_decoding_agrees(mtype, kind, msg_id, corr, sender, recipient, body):
+    from bus import COMPACT_VERSION, encode_compact
+    from bus.envelope import _decode_local
+
+    reply = mtype in (MessageType.REPLY, MessageType.ERROR)
+    if mtype == MessageType.ERROR:
+        body = {"code": kind, "message": sender}
+    wire = encode_compact(mtype, kind, msg_id, corr if reply else None, sender, recipient, body)
+    env = decode_envelope(wire)
+    assert (env.version, env.type, env.msg_id, env.sender, env.recipient) == (
+        COMPACT_VERSION, mtype, msg_id, sender, recipient)
+    assert env.kind == (None if reply else kind) and env.correlation_id == (corr if reply else None)
+    assert (env.timestamp, env.nonce, env.signature) == (0, b"", b"")
+    assert env.encode() == wire
+    assert _decode_local(wire).encode() == wire  # (NaN bodies never compare equal: compare bytes)
+    assert len(wire) < len(Envelope.create_encoded(type=mtype, kind=kind, sender=sender, recipient=recipient,
+                                                   body=body, timestamp=NOW, signer=None,
+                                                   correlation_id=b"c" * 16 if reply else None)[1])
+    with pytest.raises(EnvelopeError):  # compact envelopes carry no nonce: signed mode refuses them
+        check(env)
+
+
+@given(st.lists(msgpack_values, min_size=8, max_size=8), st.sampled_from([2, 1, 3, True, 2.0]))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_compact_arrays_raise_only_envelope_error(fields, version):
+    fields[0] = version
+    try:
+        env = decode_envelope(_wire(fields))
+    except EnvelopeError as exc:
+        assert exc.reason in ("malformed", "version")
+        return
+    assert env.version == 2 and type(env.msg_id) is int and (env.kind is None or type(env.kind) is str)
+
+
+@pytest.mark.parametrize("fields", [
+    [2, 2, "ping", 1, 1, "a", "b", None],  # a compact reply carries no kind
+    [2, 1, None, 1, None, "a", "b", None],  # a request needs one
+    [2, 1, "ping", 1, 1, "a", "b", None],  # a request has no correlation id
+    [2, 2, None, 1, None, "a", "b", None],  # a reply needs one
+    [2, 1, "ping", -1, None, "a", "b", None],  # ids are unsigned
+    [2, 1, "ping", b"\x00" * 16, None, "a", "b", None],  # and integers
+    [2, 3, None, 1, 1, "a", "b", {"code": "x"}],  # an error reply's body
+    [2, 5, "ping", 1, None, "a", "b", None],  # no such type
+    [2, 1, "ping", 1, None, "", "b", None],  # an empty sender
+    [1, 1, "ping", 1, None, "a", "b", None],  # eight fields are version 2
+])
+def test_malformed_compact_envelopes(fields):
+    with pytest.raises(EnvelopeError):
+        decode_envelope(_wire(fields))
+
+
+def test_compact_encoding_checks_what_decoding_checks():
+    from bus import encode_compact
+
+    for args in [(1, "", 1, None, "a", "b", 0), (1, "k", -1, None, "a", "b", 0), (1, "k", 1, 5, "a", "b", 0),
+                 (2, "k", 1, None, "a", "b", 0), (3, "k", 1, 1, "a", "b", {"code": 1}), (9, "k", 1, None, "a", "b", 0),
+                 (1, "k", 1, None, "a" * 257, "b", 0), (1, "k", 2**64, None, "a", "b", 0),
+                 (1, "k", 1, None, "a", "b", object())]:
+        with pytest.raises(EnvelopeError):
+            encode_compact(*args)
