@@ -11,7 +11,7 @@ By default every connection is an authenticated encrypted channel
 agents it speaks for once, with each agent's own signing key over the
 channel's transcript, and every later frame is AES-256-GCM with
 per-direction counters (no replay, reorder or change goes unnoticed).
-Envelopes on a channel are unsigned (signature field empty); a receiver
+Envelopes on a channel are compact and unsigned (see below); a receiver
 accepts one only from an agent the other side proved under the key its
 directory holds. Envelopes between agents of one node are delivered with no
 crypto at all. ``open_node(channels=False)`` keeps the older signed mode
@@ -32,7 +32,17 @@ Frame (stream transports: TCP, TLS)
     the header, under the same limit.
 
 Envelope (the payload)
-    A msgpack array of exactly 11 elements, in this order:
+    Two forms, told apart by their length. On a channel and between agents of
+    one node, the compact form (version 2, :func:`encode_compact`): a msgpack
+    array of exactly 8 elements ``[2, type, kind, msg_id, correlation_id,
+    sender, recipient, body]``, where ``kind`` is nil on replies and error
+    replies (the requester knows what it asked), ``msg_id`` an unsigned 64-bit
+    int from one counter per node (unique while the node runs: replies are
+    matched by id at the requesting endpoint, from the agent asked only, so ids
+    need not be unpredictable) and ``correlation_id`` the request's ``msg_id``
+    on replies and error replies, nil otherwise. A channel also accepts the full
+    form unsigned (answered in the same form). In signed mode the full form
+    (version 1), a msgpack array of exactly 11 elements, in this order:
 
     ====  ==============  =======================================================
      #    field           type and meaning
@@ -45,22 +55,21 @@ Envelope (the payload)
                           its topic; kinds starting with ``bus.`` are the bus's
                           own (``bus.subscribe``, ``bus.unsubscribe``,
                           ``bus.dropped``)
-     3    msg_id          bin, 16 random bytes
+     3    msg_id          bin, 16 bytes: a random prefix per endpoint and a counter
      4    correlation_id  nil, or (replies and error replies only) bin 16: the
                           msg_id of the request answered
      5    sender          str, 1..256 chars: the sender's agent id
      6    recipient       str, 1..256 chars: the recipient's agent id
      7    timestamp       int, milliseconds since the Unix epoch (sender's clock)
      8    nonce           bin: in signed mode 16 random bytes (OS CSPRNG), for
-                          the replay cache; empty on a channel (its counters
-                          stop replays) and between agents of one node
+                          the replay cache; empty in a full-form envelope on a
+                          channel (its counters stop replays)
      9    body            any msgpack value without extension types; map keys
                           str or bin. Error replies: ``{"code": str,
                           "message": str}``; events: ``{"seq": int, "data":
                           value}``; subscribe: ``{"topic": str}``
-    10    signature       bin, 0..512 bytes: empty on a channel and between agents
-                          of one node; in signed mode the 64-byte ECDSA r||s
-                          with core's signer
+    10    signature       bin, 0..512 bytes: empty on a channel; in signed mode
+                          the 64-byte ECDSA r||s with core's signer
     ====  ==============  =======================================================
 
 Signature input
