@@ -173,14 +173,16 @@ def _only_plain(value: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Envelope:
-    """One signed message. ``timestamp`` is integer milliseconds since the Unix
-    epoch (exact and canonical in msgpack, unlike floats)."""
+    """One message. ``timestamp`` is integer milliseconds since the Unix epoch
+    (exact and canonical in msgpack, unlike floats). A compact one (``version``
+    2) has an int ``msg_id`` (and ``correlation_id``), no ``kind`` if it is a
+    reply, ``timestamp`` 0 and empty ``nonce`` and ``signature``."""
 
     version: int
     type: MessageType
-    kind: str
-    msg_id: bytes
-    correlation_id: bytes | None
+    kind: str | None
+    msg_id: bytes | int
+    correlation_id: bytes | int | None
     sender: str
     recipient: str
     timestamp: int
