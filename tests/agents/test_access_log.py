@@ -251,3 +251,41 @@ async def test_a_peer_whose_log_is_full_serves_no_share_and_a_stopping_peer_flus
             while len(await _logged(swarm, watcher)) < before + len(busy):
                 await trio.sleep(0.05)
             assert all(peers[pid].audit.dropped == 0 for pid in busy)
+
+
+async def test_a_hostile_peers_forged_batches_are_refused_on_every_peer(tmp_path):
+    import time
+
+    from core.ledger import MAX_ACCESS_ENTRIES
+    from core.tx import Transaction
+
+    with trio.fail_after(120):
+        async with _swarm(tmp_path) as (swarm, p, d, rid):
+            peers = _peers(swarm)
+            await d.read("alice", rid)
+            served = sum(peer.handlers.reencryptions for peer in peers.values())
+            for pid in peers:
+                while len(await _logged(swarm, pid)) < served:
+                    await trio.sleep(0.05)
+            real = (await _logged(swarm, "peer-a1"))[0]
+            hostile = "peer-a1"
+            key = swarm.files.agent_keys(hostile).ecdsa_private
+            now = int(time.time() * 1000)
+            ok = {k: real[k] for k in ("grant_id", "request_id", "record_id", "doctor")}
+
+            def forged(entries, index=peers[hostile].info.index):
+                return Transaction.create("access_batch", hostile, {"index": index, "entries": entries}, key,
+                                          now).to_bytes()
+
+            cases = {
+                "not_found": forged([{**ok, "time": now}, {**ok, "grant_id": "g-none", "time": now - 1}]),
+                "forbidden": forged([{**ok, "doctor": "someone-else", "time": now}]),
+                "malformed": forged([{**ok, "time": now - i} for i in range(MAX_ACCESS_ENTRIES + 1)]),
+            }
+            cases["duplicate"] = forged([{**ok, "time": now}, {**ok, "time": now}])
+            before = served
+            for expected, raw in cases.items():
+                [(_, _, mark)] = await peers[hostile].submit([raw], wait=True)
+                assert mark == ("malformed" if expected == "duplicate" else expected)
+            for pid in peers:
+                assert len(await _logged(swarm, pid)) == before
