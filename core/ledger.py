@@ -1217,11 +1217,12 @@ class Ledger:
         return grant
 
     def _tx_access_batch(self, state, block, index, tx) -> None:
-        """A peer's re-encryptions since its last batch, one audit event each (docs/protocol.md,
-        "Ledger transactions"). The batch is refused whole when an entry could not have been
-        served (:meth:`_served_grant`), is malformed, or repeats another; an entry whose grant
-        was revoked, or had expired, by the time the batch was signed is recorded flagged
-        ``late: "revoked"`` / ``"expired"`` (its share was served before this peer saw that)."""
+        """A peer's re-encryptions since its last batch, one ``access`` audit event each
+        (docs/protocol.md, "Ledger transaction ``access_batch``"). The batch is refused whole
+        when an entry could not have been served (:meth:`_served_grant`), is malformed, or
+        repeats another; an entry whose grant is revoked when the batch commits, or had
+        expired at the batch's timestamp, is recorded flagged ``late: "revoked"`` /
+        ``"expired"`` (its share was served before the peer saw that)."""
         peer = self._peers.get(tx.submitter)
         if peer is None:
             raise ValidationError("forbidden", "only a peer logs re-encryptions")
