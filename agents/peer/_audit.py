@@ -46,7 +46,7 @@ __all__ = ["AccessLog", "WINDOW_S"]
 
 log = logging.getLogger("agents.peer")
 
-WINDOW_S = 0.03
+WINDOW_S = 0.05
 """Seconds a peer collects re-encryptions before it signs them as one batch."""
 MAX_PENDING = 4096
 
