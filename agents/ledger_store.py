@@ -23,6 +23,10 @@ State reads go through a bounded in-memory cache of ``key -> value or None``
 :meth:`LedgerStore.commit`, which updates every cached key it writes after the
 SQLite transaction committed (under the same lock): a read never sees a value
 the database does not hold. Only this connection writes the state table.
+:meth:`LedgerStore.get_many` (what :meth:`core.ledger.Ledger.apply` reads a
+block's nonce entries with) answers from the cache where it can and reads the
+rest in one ``IN`` query, without caching what it read: a fresh nonce is read
+once, so caching it would only push useful entries out.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ CREATE TABLE IF NOT EXISTS shares (grant_id TEXT PRIMARY KEY, idx INTEGER NOT NU
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 """
+
+
+_IN_CHUNK = 500  # keys per IN (...) query (SQLite's default limit is 999 host parameters or more)
 
 
 class StoreError(AgentError, code=codes.LEDGER_STORE):
@@ -148,6 +155,26 @@ class LedgerStore:
                 if len(cache) > self._cache_max:
                     cache.popitem(last=False)
         return value
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """``{key: get(key)}`` for every key, in one query per :data:`_IN_CHUNK` keys not cached."""
+        out: dict[str, bytes | None] = {}
+        with self._lock:
+            cache = self._cache
+            missing = []
+            for key in keys:
+                if key in cache:
+                    out[key] = cache[key]
+                elif key not in out:
+                    missing.append(key)
+            for i in range(0, len(missing), _IN_CHUNK):
+                chunk = missing[i:i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found = dict(self._db.execute(f"SELECT key, value FROM state WHERE key IN ({marks})",
+                                              chunk).fetchall())
+                for key in chunk:
+                    out[key] = found.get(key)
+        return out
 
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:
         bound = prefix_bound(prefix)

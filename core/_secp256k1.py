@@ -9,6 +9,13 @@ never raises on malformed input; core.ecdsa builds the raising ``verify`` on it.
 * :class:`NativeEcdsa`: libsecp256k1 through coincurve's cffi binding (the GIL
   is released in calls). Constructing it raises ImportError without coincurve.
 * :class:`PureEcdsa`: py-ecc's secp256k1 arithmetic, for portability and tests.
+
+Both keep the public keys they parsed for verification (:data:`PUBKEY_CACHE`
+entries, keyed by the key's bytes, a failed parse too): a ledger verifies the
+same few hundred submitters' and peers' keys over and over, and parsing a
+compressed key costs a square root mod p. The cache holds public data only; it
+is bounded (the oldest entry goes first) and safe across threads (a lost race
+parses twice).
 """
 
 from __future__ import annotations
@@ -29,6 +36,36 @@ _HALF_N = N // 2
 PRIVATE_KEY_SIZE = 32
 PUBLIC_KEY_SIZE = 33
 SIGNATURE_SIZE = 64
+PUBKEY_CACHE = 4096
+"""Parsed public keys kept per implementation."""
+
+
+class _KeyCache:
+    """A bounded map of public key bytes -> parsed key (or None: does not parse)."""
+
+    __slots__ = ("_entries", "_limit")
+
+    def __init__(self, limit: int = PUBKEY_CACHE) -> None:
+        self._entries: dict[bytes, object] = {}
+        self._limit = limit
+
+    def get(self, pub: bytes, parse):
+        try:
+            return self._entries[pub]
+        except KeyError:
+            pass
+        parsed = parse(pub)
+        entries = self._entries
+        if len(entries) >= self._limit:
+            try:  # the oldest entry (dicts keep insertion order); another thread may have taken it
+                del entries[next(iter(entries))]
+            except (KeyError, StopIteration, RuntimeError):
+                pass
+        entries[bytes(pub)] = parsed
+        return parsed
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # ------------------------------------------------------------------ pure math
@@ -82,10 +119,20 @@ def _rfc6979_k(priv: int, digest: bytes) -> int:
         v = hmac.new(k, v, hashlib.sha256).digest()
 
 
+def _pure_point_or_none(data: bytes) -> tuple[int, int] | None:
+    try:
+        return _pure_decode_point(data)
+    except DecodeError:
+        return None
+
+
 class PureEcdsa:
     """secp256k1 ECDSA in Python on py-ecc's field arithmetic (not constant time)."""
 
     name = "pure"
+
+    def __init__(self) -> None:
+        self._keys = _KeyCache()
 
     def public_key(self, priv: bytes) -> bytes:
         d = _private_scalar(priv)
@@ -108,10 +155,10 @@ class PureEcdsa:
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
     def is_valid_digest(self, pub: bytes, digest: bytes, sig: bytes) -> bool:
-        try:
-            qx, qy = _pure_decode_point(pub)
-        except DecodeError:
+        point = self._keys.get(pub, _pure_point_or_none)
+        if point is None:
             return False
+        qx, qy = point
         r = int.from_bytes(sig[:32], "big")
         s = int.from_bytes(sig[32:], "big")
         if not (1 <= r < N and 1 <= s <= _HALF_N):
@@ -142,8 +189,13 @@ class NativeEcdsa:
         self._ffi = ffi
         self._lib = lib
         self._ctx = GLOBAL_CONTEXT.ctx
+        self._keys = _KeyCache()
 
     def _parse_pub(self, pub: bytes):
+        """The parsed key (cached, read-only once made), or None when ``pub`` does not parse."""
+        return self._keys.get(pub, self._parse_pub_uncached)
+
+    def _parse_pub_uncached(self, pub: bytes):
         ffi, lib = self._ffi, self._lib
         if len(pub) not in (33, 65):
             return None

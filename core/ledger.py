@@ -82,6 +82,8 @@ __all__ = [
     "standing_grant_id",
     "break_glass_grant_id",
     "LEDGER_GRANT_PREFIXES",
+    "MAX_ACCESS_ENTRIES",
+    "ACCESS_ENTRY_FIELDS",
 ]
 
 STANDING_GRANT_TTL_S = 24 * 3600
@@ -111,6 +113,13 @@ def standing_grant_id(request_id: str) -> str:
 def break_glass_grant_id(break_glass_id: str) -> str:
     """The id of the grant a committed ``break_glass`` makes."""
     return "bg-" + hashlib.sha256(b"emrshare/v1/break-glass-grant" + break_glass_id.encode()).hexdigest()[:32]
+
+MAX_ACCESS_ENTRIES = 64
+"""Entries an ``access_batch`` transaction may carry (more: ``malformed``); 64 entries
+of the longest ids (128 characters each) stay well below core.tx.MAX_TX_SIZE."""
+ACCESS_ENTRY_FIELDS = ("grant_id", "request_id", "record_id", "doctor", "time")
+"""The fields of an ``access_batch`` entry: what the re-encryption was asked for and
+when the peer served it (Unix ms)."""
 
 BLOCK_TAG = "emrshare/v1/block"
 MAX_BLOCK_TXS = 10_000
@@ -383,6 +392,11 @@ def parse_genesis(genesis: bytes | Block | Genesis, *, orderer_key: bytes | None
 
 
 class KV(Protocol):
+    """World state as :class:`Ledger` reads it. A KV may also offer
+    ``get_many(keys) -> {key: value or None}`` (what ``get`` would return for each):
+    :meth:`Ledger.apply` then reads every transaction's nonce entry of a block in
+    one call instead of one ``get`` each (agents.ledger_store: one SQL query)."""
+
     def get(self, key: str) -> bytes | None: ...
     def scan(self, prefix: str) -> list[tuple[str, bytes]]: ...
 
@@ -399,6 +413,9 @@ class MemoryKV:
     def scan(self, prefix: str) -> list[tuple[str, bytes]]:
         return sorted((k, v) for k, v in self.data.items() if k.startswith(prefix))
 
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        return {k: self.data.get(k) for k in keys}
+
     def apply(self, writes: dict[str, bytes | None]) -> None:
         for k, v in writes.items():
             if v is None:
@@ -408,17 +425,22 @@ class MemoryKV:
 
 
 class _Overlay:
-    """Reads through to the KV (or a parent overlay), buffers writes."""
+    """Reads through to the KV (or a parent overlay), buffers writes. A block's
+    overlay may hold values read ahead from the KV (``prefetched``: key -> the
+    KV's value or None, read in one go before the block's first transaction)."""
 
-    def __init__(self, parent: "KV | _Overlay") -> None:
+    def __init__(self, parent: "KV | _Overlay", prefetched: Mapping[str, bytes | None] | None = None) -> None:
         self.parent = parent
         self.writes: dict[str, bytes | None] = {}
+        self.prefetched = prefetched or {}
 
     def lookup(self, key: str) -> bytes | None:
         if key in self.writes:
             return self.writes[key]
         if isinstance(self.parent, _Overlay):
             return self.parent.lookup(key)
+        if key in self.prefetched:
+            return self.prefetched[key]
         return self.parent.get(key)
 
     def get(self, key: str) -> Any:
@@ -796,16 +818,26 @@ class Ledger:
         self.rules = self.rules.following(self.kv)  # a config transaction committed before this block
         self.check_block(block)
         _, _, prev_root = self.head()
-        state = _Overlay(self.kv)
+        decoded: list[Transaction | None] = []
+        for raw in block.txs:
+            try:
+                decoded.append(Transaction.from_bytes(raw))
+            except (DecodeError, ValueError, CoreError):
+                decoded.append(None)  # marked malformed below
+        get_many = getattr(self.kv, "get_many", None)
+        prefetched = None
+        if get_many is not None:  # every nonce check of the block in one read (a new nonce is never cached)
+            prefetched = get_many([nonce_key(tx.submitter, tx.nonce) for tx in decoded if tx is not None])
+        state = _Overlay(self.kv, prefetched)
         marks = []
         seen: set[bytes] = set()
-        for index, raw in enumerate(block.txs):
+        for index, (raw, tx) in enumerate(zip(block.txs, decoded)):
             tx_id = hashlib.sha256(raw).digest()
             if tx_id in seen:
                 marks.append("duplicate_in_block")
                 continue
             seen.add(tx_id)
-            marks.append(self._apply_tx(state, block, index, raw))
+            marks.append(self._apply_tx(state, block, index, tx))
         root = hashlib.sha256(
             prev_root + block.hash + canonical.pack(marks)
             + canonical.pack(sorted([k, v] for k, v in state.writes.items() if v is not None))
@@ -814,13 +846,12 @@ class Ledger:
         state.put(HEAD_KEY, {"height": block.height, "hash": block.hash, "root": root})
         return CommitResult(block.height, block.hash, tuple(marks), dict(state.writes), root)
 
-    def _apply_tx(self, state: _Overlay, block: Block, index: int, raw: bytes) -> str:
+    def _apply_tx(self, state: _Overlay, block: Block, index: int, tx: Transaction | None) -> str:
+        """The mark of ``tx`` (None: it did not decode, ``malformed``), its writes into ``state`` if valid."""
+        if tx is None:
+            return "malformed"
         tx_state = _Overlay(state)  # per-transaction buffer: invalid txs write nothing
         try:
-            try:
-                tx = Transaction.from_bytes(raw)
-            except DecodeError as exc:
-                raise ValidationError("malformed", str(exc)) from exc
             self._check_common(tx_state, block, tx)
             getattr(self, "_tx_" + tx.type)(tx_state, block, index, tx)
         except ValidationError as exc:
@@ -842,9 +873,13 @@ class Ledger:
         return self.rules.user(state, tx, role)
 
     def _audit(self, state: _Overlay, patient: str, block: Block, index: int, tx: Transaction,
-               **fields: Any) -> None:
+               entry: int | None = None, **fields: Any) -> None:
+        """Write the audit event of ``tx`` (``entry``: of its ``entry``-th entry); ``fields``
+        add to, or override, the event's ``event``, ``actor``, ``time``, ``height``, ``tx``."""
+        if entry is not None:
+            fields["entry"] = entry
         state.put(
-            audit_key(patient, block.height, index),
+            audit_key(patient, block.height, index, entry),
             {"event": tx.type, "actor": tx.submitter, "time": tx.timestamp, "height": block.height,
              "tx": hashlib.sha256(tx.to_bytes()).digest(), **fields},
         )
@@ -1148,34 +1183,83 @@ class Ledger:
         if peer is None:
             raise ValidationError("forbidden", "only a peer logs a re-encryption")
         body = _body(tx, {"grant_id": str, "request_id": str, "record_id": str, "doctor": str, "index": int})
-        grant = state.get(grant_key(body["grant_id"]))
-        if grant is None:
-            raise ValidationError("not_found", "no such grant")
-        if tx.submitter not in grant["shares"] or body["index"] != peer.index:
-            raise ValidationError("forbidden", "this peer holds no share of the grant")
-        if grant["doctor"] != body["doctor"]:
-            raise ValidationError("forbidden", "grant is for another doctor")
-        if grant["request_id"] != body["request_id"]:
-            raise ValidationError("forbidden", "the request id is not the grant's")
-        # only an access a re-encryption under this grant could have served enters the audit trail
-        rec = state.get(record_key(grant["patient"], body["record_id"]))
-        if rec is None:
-            raise ValidationError("not_found", f"no record {grant['patient']}/{body['record_id']}")
-        if rec["label"] != grant["label"] or (grant.get("scope") == "record"
-                                              and body["record_id"] != grant["record_id"]):
-            raise ValidationError("forbidden", "the grant does not cover this record")
+        grant = self._served_grant(state, tx.submitter, body, body["index"] == peer.index)
         if grant["revoked"]:
             raise ValidationError("bad_state", "grant revoked")
         if tx.timestamp // 1000 >= grant["expires_at"]:
             raise ValidationError("bad_state", "grant expired")
-        flags = {}
-        if grant.get("delegation") is not None:
-            flags["standing"] = True
-        if grant.get("break_glass") is not None:
-            flags["emergency"] = True
         self._audit(state, grant["patient"], block, index, tx, grant_id=body["grant_id"],
                     request_id=body["request_id"], record_id=body["record_id"],
-                    doctor=body["doctor"], peer=tx.submitter, share_index=body["index"], **flags)
+                    doctor=body["doctor"], peer=tx.submitter, share_index=body["index"], **_grant_flags(grant))
+
+    def _served_grant(self, state, peer_id: str, entry: Mapping[str, Any], index_ok: bool) -> dict[str, Any]:
+        """The grant an access entry of ``peer_id`` names, after checking that a re-encryption
+        under it could have served the entry: the peer holds a share of it (at its own
+        index: ``index_ok``), and the doctor,
+        request and record (in the grant's label and scope) are the grant's. The caller
+        checks revocation and expiry."""
+        grant = state.get(grant_key(entry["grant_id"]))
+        if grant is None:
+            raise ValidationError("not_found", "no such grant")
+        if peer_id not in grant["shares"] or not index_ok:
+            raise ValidationError("forbidden", "this peer holds no share of the grant")
+        if grant["doctor"] != entry["doctor"]:
+            raise ValidationError("forbidden", "grant is for another doctor")
+        if grant["request_id"] != entry["request_id"]:
+            raise ValidationError("forbidden", "the request id is not the grant's")
+        # only an access a re-encryption under this grant could have served enters the audit trail
+        rec = state.get(record_key(grant["patient"], entry["record_id"]))
+        if rec is None:
+            raise ValidationError("not_found", f"no record {grant['patient']}/{entry['record_id']}")
+        if rec["label"] != grant["label"] or (grant.get("scope") == "record"
+                                              and entry["record_id"] != grant["record_id"]):
+            raise ValidationError("forbidden", "the grant does not cover this record")
+        return grant
+
+    def _tx_access_batch(self, state, block, index, tx) -> None:
+        """A peer's re-encryptions since its last batch, one ``access`` audit event each
+        (docs/protocol.md, "Ledger transaction ``access_batch``"). The batch is refused whole
+        when an entry could not have been served (:meth:`_served_grant`), is malformed, or
+        repeats another; an entry whose grant is revoked when the batch commits, or had
+        expired at the batch's timestamp, is recorded flagged ``late: "revoked"`` /
+        ``"expired"`` (its share was served before the peer saw that)."""
+        peer = self._peers.get(tx.submitter)
+        if peer is None:
+            raise ValidationError("forbidden", "only a peer logs re-encryptions")
+        body = _body(tx, {"index": int, "entries": list})
+        if body["index"] != peer.index:
+            raise ValidationError("forbidden", "the index is not this peer's")
+        entries = body["entries"]
+        if not 0 < len(entries) <= MAX_ACCESS_ENTRIES:
+            raise ValidationError("malformed", f"an access batch carries 1..{MAX_ACCESS_ENTRIES} entries")
+        oldest = max(0, tx.timestamp - self.rules.config.max_skew_ms)
+        seen: set[tuple] = set()
+        events = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise ValidationError("malformed", "an access batch entry is a map")
+            fields = tuple(entry.get(name) for name in ACCESS_ENTRY_FIELDS)
+            if len(entry) != len(ACCESS_ENTRY_FIELDS) or not all(isinstance(v, str) for v in fields[:4]) or \
+                    type(fields[4]) is not int:
+                raise ValidationError("malformed", f"an access batch entry has exactly the fields "
+                                                   f"{', '.join(ACCESS_ENTRY_FIELDS)} (4 strings, an integer)")
+            if not oldest <= entry["time"] <= tx.timestamp:
+                raise ValidationError("malformed", "an access entry is served at most the allowed skew "
+                                                   "before its batch, and not after it")
+            if fields in seen:
+                raise ValidationError("malformed", "an access batch lists the same entry twice")
+            seen.add(fields)
+            grant = self._served_grant(state, tx.submitter, entry, True)
+            flags = _grant_flags(grant)
+            if grant["revoked"]:
+                flags["late"] = "revoked"
+            elif tx.timestamp // 1000 >= grant["expires_at"]:
+                flags["late"] = "expired"
+            events.append((grant["patient"], entry, flags))
+        for n, (patient, entry, flags) in enumerate(events):
+            self._audit(state, patient, block, index, tx, n, event="access", time=entry["time"],
+                        grant_id=entry["grant_id"], request_id=entry["request_id"], record_id=entry["record_id"],
+                        doctor=entry["doctor"], peer=tx.submitter, share_index=body["index"], **flags)
 
     # -- queries (read committed state) -------------------------------------
 
@@ -1279,9 +1363,19 @@ class Ledger:
 # ------------------------------------------------------------------ commit proofs
 
 
+def _grant_flags(grant: Mapping[str, Any]) -> dict[str, bool]:
+    """The audit flags of an access under ``grant``: made from a standing delegation, or a break-glass."""
+    flags = {}
+    if grant.get("delegation") is not None:
+        flags["standing"] = True
+    if grant.get("break_glass") is not None:
+        flags["emergency"] = True
+    return flags
+
+
 def effect_key(tx: Transaction) -> str | None:
     """The state key whose entry shows that ``tx`` committed (read it, then ask
-    :func:`shows_effect`); None for ``access``, whose only trace is an audit event
+    :func:`shows_effect`); None for ``access`` and ``access_batch``, whose only trace is an audit event
     at a height nobody knows in advance: its recorded nonce alone shows it (a
     nonce is recorded only for a valid transaction).
 
@@ -1338,7 +1432,7 @@ def shows_effect(tx: Transaction, value: Any) -> bool:
     request with the same threshold, expiry and shares. A revocation shows once
     the certificate or grant is revoked, a rejection once the request is
     rejected, by whichever transaction (the outcome asked for holds). A malformed
-    entry shows nothing. For ``access`` (no entry) it is True.
+    entry shows nothing. For ``access`` and ``access_batch`` (no entry) it is True.
     """
     body = tx.body
     try:

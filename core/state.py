@@ -4,25 +4,25 @@
 canonical msgpack values. This module is the one place that knows how those
 keys are built and split:
 
-=========================================  ===============================  ==========================
-key                                        builder                          value (view)
-=========================================  ===============================  ==========================
-``meta/head``                              :data:`HEAD_KEY`                 ``{height, hash, root}``
-``cert/<subject>``                         :func:`cert_key`                 :class:`CertEntry`
-``serial/<serial>``                        :func:`serial_key`               the subject (str)
-``nonce/<submitter>/<hex nonce>``          :func:`nonce_key`                1
-``token/<org>/<hex token id>``             :func:`token_key`                the subject it enrolled (str)
-``record/<patient>/<record id>``           :func:`record_key`               :class:`RecordEntry`
-``policy/<patient>``                       :func:`policy_key`               :class:`PolicyEntry`
-``request/<request id>``                   :func:`request_key`              :class:`RequestEntry`
-``grant/<grant id>``                       :func:`grant_key`                :class:`GrantEntry`
-``active/<patient>/<doctor>/<grant id>``   :func:`active_key`               the grant's label (str)
-``audit/<patient>/<height>/<index>``       :func:`audit_key`                an audit event (map)
-``delegation/<delegation id>``             :func:`delegation_key`           :class:`DelegationEntry`
-``standing/<patient>/<label>/<epoch>``     :func:`standing_key`             the current delegation id
-``revoked/<patient>/<doctor>``             :func:`revoked_key`              the policy version at the revocation
-``breakglass/<break-glass id>``            :func:`break_glass_key`          :class:`BreakGlassEntry`
-=========================================  ===============================  ==========================
+==========================================  ===============================  ==========================
+key                                         builder                          value (view)
+==========================================  ===============================  ==========================
+``meta/head``                               :data:`HEAD_KEY`                 ``{height, hash, root}``
+``cert/<subject>``                          :func:`cert_key`                 :class:`CertEntry`
+``serial/<serial>``                         :func:`serial_key`               the subject (str)
+``nonce/<submitter>/<hex nonce>``           :func:`nonce_key`                1
+``token/<org>/<hex token id>``              :func:`token_key`                the subject it enrolled (str)
+``record/<patient>/<record id>``            :func:`record_key`               :class:`RecordEntry`
+``policy/<patient>``                        :func:`policy_key`               :class:`PolicyEntry`
+``request/<request id>``                    :func:`request_key`              :class:`RequestEntry`
+``grant/<grant id>``                        :func:`grant_key`                :class:`GrantEntry`
+``active/<patient>/<doctor>/<grant id>``    :func:`active_key`               the grant's label (str)
+``audit/<patient>/<height>/<index>[.<e>]``  :func:`audit_key`                an audit event (map)
+``delegation/<delegation id>``              :func:`delegation_key`           :class:`DelegationEntry`
+``standing/<patient>/<label>/<epoch>``      :func:`standing_key`             the current delegation id
+``revoked/<patient>/<doctor>``              :func:`revoked_key`              the policy version at the revocation
+``breakglass/<break-glass id>``             :func:`break_glass_key`          :class:`BreakGlassEntry`
+==========================================  ===============================  ==========================
 
 Builders only format: they do not check their arguments, because the ledger
 also looks up keys built from unchecked transaction fields (a lookup that finds
@@ -154,8 +154,13 @@ def active_prefix(patient: str, doctor: str) -> str:
     return f"active/{patient}/{doctor}/"
 
 
-def audit_key(patient: str, height: int, index: int) -> str:
-    return f"audit/{patient}/{height:012d}/{index:05d}"
+def audit_key(patient: str, height: int, index: int, entry: int | None = None) -> str:
+    """The audit event of the transaction at ``index`` of block ``height``; ``entry``: the
+    entry's position in a transaction that records several events (``access_batch``),
+    written ``.<entry>`` after the index so that keys sort in commit order (``00007`` <
+    ``00007.0000`` < ``00007.0001`` < ``00008``)."""
+    key = f"audit/{patient}/{height:012d}/{index:05d}"
+    return key if entry is None else f"{key}.{entry:04d}"
 
 
 def audit_prefix(patient: str) -> str:

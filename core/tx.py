@@ -24,7 +24,11 @@ grant              patient      grant_id, request_id, threshold, expires_at (Uni
                                 [, scope: "record" or "label" (absent: label)]
 deny_request       patient      request_id, reason
 revoke_grant       patient      grant_id, reason [, policy: a new policy committed with it]
-access             peer         grant_id, request_id, record_id, doctor, index
+access             peer         grant_id, request_id, record_id, doctor, index (one
+                                re-encryption; peers now log them in batches)
+access_batch       peer         index (the peer's proxy index), entries: 1..64 maps
+                                {grant_id, request_id, record_id, doctor, time (ms, when
+                                the share was served)}, each an ``access`` audit event
 standing           patient      delegation_id, label, mode (auto|emergency|off), threshold,
                                 parts (map peer id -> SHA-256 of its sealed standing part)
                                 [, epoch: the label-key epoch delegated (absent: 0)]
@@ -64,6 +68,7 @@ TX_TYPES = (
     "break_glass",
     "reseal",
     "config",
+    "access_batch",
 )
 MAX_TX_SIZE = 64 * 1024
 NONCE_SIZE = 16

@@ -30,6 +30,7 @@ import trio
 
 from core.backend import backend_name
 
+from agents.cli.ledger import late_note
 from agents.errors import AgentError, GrantRevoked, PolicyDenied
 from agents.swarm import Swarm, SwarmSpec
 
@@ -282,6 +283,7 @@ def describe_event(e: dict[str, Any]) -> str:
     elif kind == "access":
         what = f"{e.get('peer')} re-encrypted {e.get('record_id')} for {e.get('doctor')}"
         what += " [emergency]" if e.get("emergency") else " [standing]" if e.get("standing") else ""
+        what += late_note(e)
     elif kind == "revoke_grant":
         what = f"revoked {e.get('grant_id')} of {e.get('doctor')}"
     elif kind == "deny_request":

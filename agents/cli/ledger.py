@@ -214,10 +214,17 @@ def event_text(event: dict[str, Any]) -> str:
         what = f"{actor} revoked grant {event.get('grant_id')} of {event.get('doctor')}: {event.get('reason')}"
     elif kind == "access":
         what = (f"{actor} re-encrypted record {event.get('record_id')} for {event.get('doctor')} "
-                f"(grant {event.get('grant_id')}, share {event.get('share_index')})")
+                f"(grant {event.get('grant_id')}, share {event.get('share_index')})" + late_note(event))
     else:
         what = f"{kind} by {actor}"
     return what
+
+
+def late_note(event: dict[str, Any]) -> str:
+    """For an ``access`` the ledger flagged ``late``: the grant was revoked or had expired
+    by the time the peer's access batch committed (the share was served before that)."""
+    late = event.get("late")
+    return f" [logged after the grant was {late}]" if late in ("revoked", "expired") else ""
 
 
 def audit_main(argv: list[str] | None = None) -> int:

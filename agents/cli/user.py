@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents.cli.base import (ENV_PASSPHRASE, ENV_SUBJECT, ENV_SWARM, CliError, UsageError, check_input_file,
                              check_output_path, doing, env_default, env_help, fail, parse_attributes, verbose)
+from agents.cli.ledger import late_note
 from agents.cli.output import print_json, progress, table, utc, utc_seconds
 
 if TYPE_CHECKING:  # imported where used, to keep the command's start quick
@@ -392,7 +393,7 @@ def event_text(e: dict[str, Any]) -> str:
     if kind == "grant":
         return f"{actor} granted {e.get('label')} to {e.get('doctor')} via {', '.join(e.get('peers') or [])}"
     if kind == "access":
-        return f"{e.get('peer') or actor} re-encrypted {e.get('record_id')} for {e.get('doctor')}"
+        return f"{e.get('peer') or actor} re-encrypted {e.get('record_id')} for {e.get('doctor')}" + late_note(e)
     if kind == "revoke_grant":
         return f"{actor} revoked {e.get('grant_id')} of {e.get('doctor')}"
     if kind == "deny_request":

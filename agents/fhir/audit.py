@@ -9,7 +9,9 @@ signer of the transaction is the requesting agent, the doctor a grant or a
 re-encryption is for is the information recipient (IRCP), the observer is the
 consortium ledger (an application server), and the transaction's hash and
 block height are an entity of their own so the AuditEvent can be checked
-against the chain. ``id`` is ``<height>-<first 16 hex of the tx hash>``.
+against the chain. ``id`` is ``<height>-<first 16 hex of the tx hash>``, and
+``-<n>`` after it for the n-th entry of a transaction that records several
+events (a peer's ``access_batch``: the event's ``entry``).
 
 =============  =======================  ==========================  ======  ============================
 ledger event   type                     subtype                     action  outcome
@@ -35,7 +37,10 @@ under it (an ``access`` event the ledger flags ``emergency``) carries the same
 purpose and, when the break-glass is in the same trail
 (:func:`audit_bundle`), its reason and id. Both are flagged in ``meta.tag``
 (:data:`FLAG_SYSTEM` ``emergency``; a re-encryption under a standing
-delegation: ``standing``).
+delegation: ``standing``). An access whose grant was revoked, or had expired,
+by the time the peer's batch committed (the ledger's ``late`` flag: the share
+was served before the peer saw that) is tagged ``late-revoked`` /
+``late-expired``.
 """
 
 from __future__ import annotations
@@ -182,7 +187,7 @@ def audit_event(event: Mapping[str, Any], patient: str, *, site: str | None = No
     entities.append(_entity(TX_SYSTEM, tx_hex, "2", None, {"block-height": height}, name=kind))
     out: dict[str, Any] = {
         "resourceType": "AuditEvent",
-        "id": f"{height}-{tx_hex[:16]}",
+        "id": f"{height}-{tx_hex[:16]}" + (f"-{int(event['entry'])}" if event.get("entry") is not None else ""),
         "type": type_,
         "subtype": [subtype],
         "action": action,
@@ -199,6 +204,8 @@ def audit_event(event: Mapping[str, Any], patient: str, *, site: str | None = No
             if agent["requestor"]:
                 agent["purposeOfUse"] = _emergency_purpose(reason)
     tags = [{"system": FLAG_SYSTEM, "code": flag} for flag in ("emergency", "standing") if event.get(flag)]
+    if event.get("late") in ("revoked", "expired"):
+        tags.append({"system": FLAG_SYSTEM, "code": f"late-{event['late']}"})
     if tags:
         out = {"resourceType": "AuditEvent", "id": out["id"], "meta": {"tag": tags},
                **{k: v for k, v in out.items() if k not in ("resourceType", "id")}}

@@ -9,7 +9,10 @@
   orderer (coalescing concurrent submissions) and wakes the submissions
   waiting for their commits;
 * :class:`~agents.peer._handlers.PeerHandlers` serves the ``peer.*`` kinds
-  (typed by :mod:`core.protocol`; docs/protocol.md, "Consortium peer").
+  (typed by :mod:`core.protocol`; docs/protocol.md, "Consortium peer");
+* :class:`~agents.peer._audit.AccessLog` collects the re-encryptions the
+  handlers served and forwards them as signed ``access_batch`` transactions
+  (flushed, within a second, when the peer stops).
 
 The agent itself opens the endpoint, runs the parts, and after each committed
 block updates the bus's key directory from the certificates written, wakes
@@ -55,6 +58,7 @@ from agents.consortium import Manifest
 from agents.handlers import serve
 from agents.keys import AgentKeys
 from agents.ledger_store import LedgerStore
+from agents.peer._audit import WINDOW_S, AccessLog
 from agents.peer._forwarder import TxForwarder
 from agents.peer._handlers import PeerHandlers
 from agents.peer._sync import BlockSync
@@ -69,7 +73,8 @@ MAX_COMMIT_HINTS = 65536  # users remembered as commit subscribers (cleared beyo
 class PeerAgent:
     def __init__(self, *, peer_id: str, keys: AgentKeys, genesis: bytes, data_dir: Path, manifest: Manifest,
                  enrolls: bool = True, clock: Callable[[], float] = time.time,
-                 submit_timeout: float = 20.0, sync_idle: float = 5.0, retry_interval: float = 1.0):
+                 submit_timeout: float = 20.0, sync_idle: float = 5.0, retry_interval: float = 1.0,
+                 audit_window: float = WINDOW_S):
         self.peer_id = peer_id
         self.keys = keys
         self.manifest = manifest
@@ -118,6 +123,9 @@ class PeerAgent:
                               peers=list(manifest.peers), on_commit=self._after_commit, sync_idle=sync_idle,
                               retry_interval=retry_interval)
         self.handlers = PeerHandlers(self)
+        # a batch must still be within the timestamp skew when its block is cut
+        self.audit = AccessLog(index=info.index, sign=self._sign_access_batch, forward=self.forward, clock=clock,
+                               window=audit_window, max_age=self.config.max_skew_ms / 2000)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -147,13 +155,21 @@ class PeerAgent:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.forwarder.run, ep)
+                nursery.start_soon(self.audit.run)
                 await nursery.start(self.sync.run, ep)
                 log.info("peer %s ready at height %d", self.peer_id, self.ledger.height)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
+                if self.audit.pending:
+                    with trio.move_on_after(1.0):  # the re-encryptions served last
+                        await self.audit.flush(lambda txs: self.forwarder.send_now(ep, txs))
                 await ep.aclose()
             self.store.close()
+
+    def _sign_access_batch(self, body: dict[str, Any], timestamp_ms: int) -> bytes:
+        """Worker thread: the encoded ``access_batch`` transaction (:class:`AccessLog`'s signer)."""
+        return Transaction.create("access_batch", self.peer_id, body, self.keys.ecdsa_private, timestamp_ms).to_bytes()
 
     def spawn(self, async_fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``async_fn(*args)`` in the background while the peer runs."""

@@ -172,6 +172,13 @@ class TxForwarder:
                 item.error = error
                 item.done.set()
 
+    async def send_now(self, endpoint: bus.Endpoint, txs: list[bytes]) -> None:
+        """Forward ``txs`` at once, not through the queue (at stop, once :meth:`run` no
+        longer runs); raise :class:`bus.HandlerError` when the orderer did not take them."""
+        error = await self._send(endpoint, tuple(txs))
+        if error is not None:
+            raise bus.HandlerError(codes.SUBMIT_UNAVAILABLE, error)
+
     async def forward(self, txs: list[bytes]) -> None:
         """Queue encoded transactions for the orderer; return once it accepted them."""
         item = _Outgoing(txs, trio.Event())

@@ -3,7 +3,8 @@
 ``peer.enroll`` (issue a certificate, commit ``register``), ``peer.submit``
 (forward and wait), ``peer.query``, ``peer.audit``, ``peer.deliver_share``
 (keep a sealed re-encryption key share), ``peer.reencrypt`` (re-encrypt for
-the grant's doctor, sign the share, log an ``access`` transaction) and
+the grant's doctor, sign the share, add it to the peer's access log, which
+publishes ``access_batch`` transactions: agents.peer._audit) and
 ``peer.blocks`` (catch-up for other peers). See docs/protocol.md, "Consortium
 peer".
 
@@ -476,31 +477,23 @@ class PeerHandlers:
             raise bus.HandlerError(codes.ACCESS_FORBIDDEN, "the request id is not the grant's")
         if grant.share_digest(peer.peer_id) is None:
             raise bus.HandlerError(codes.SHARE_MISSING, f"grant {grant_id} has no share at {peer.peer_id}")
+        if peer.audit.full:  # no share served that could not be logged
+            raise bus.HandlerError(codes.BUSY, f"{peer.peer_id}'s access log is full (the orderer is not taking "
+                                               "its transactions); ask another peer or retry later")
         prepared = await self._prepared_share(grant_id, grant)
-        access = {"grant_id": grant_id, "request_id": request_id, "record_id": record_id, "doctor": doctor,
-                  "index": peer.info.index}
-        # one worker job: the re-encryption, its signature and the access transaction
-        reply, access_tx = await run_crypto(self._reencrypt_job, record.capsule, record.cid, request_id,
-                                            prepared, access)
-        peer.spawn(self._log_access, access_tx, grant_id, doctor)
+        # one worker job: the re-encryption and its signature; the access is logged in the next batch
+        reply = await run_crypto(self._reencrypt_job, record.capsule, record.cid, request_id, prepared)
+        peer.audit.add(grant_id=grant_id, request_id=request_id, record_id=record_id, doctor=doctor)
         self.reencryptions += 1
         return reply
 
-    def _reencrypt_job(self, capsule: bytes, cid: str, request_id: str, prepared: pre.PreparedKeyShare,
-                       access: dict[str, Any]) -> tuple[PeerReencryptReply, bytes]:
-        """Worker thread: (the signed reply, the encoded ``access`` transaction)."""
+    def _reencrypt_job(self, capsule: bytes, cid: str, request_id: str,
+                       prepared: pre.PreparedKeyShare) -> PeerReencryptReply:
+        """Worker thread: the signed reply."""
         peer = self.peer
         share = pre.reencrypt(G1.from_bytes(capsule), prepared).to_bytes()  # s_i = e(U, rk_i): 580 bytes
-        reply = make_reencrypt_reply(peer.keys.ecdsa_private, request_id=request_id, cid=cid,
-                                     index=prepared.index, share=share)
-        tx = Transaction.create("access", peer.peer_id, access, peer.keys.ecdsa_private, int(peer.clock() * 1000))
-        return reply, tx.to_bytes()
-
-    async def _log_access(self, access_tx: bytes, grant_id: str, doctor: str) -> None:
-        try:
-            await self.peer.forward([access_tx])
-        except bus.HandlerError as exc:
-            log.warning("peer %s: could not log access to %s for %s: %s", self.peer.peer_id, grant_id, doctor, exc)
+        return make_reencrypt_reply(peer.keys.ecdsa_private, request_id=request_id, cid=cid,
+                                    index=prepared.index, share=share)
 
 
 def _derive_prepared(part: pre.StandingPart, pre_key: bytes) -> pre.PreparedKeyShare:

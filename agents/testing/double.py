@@ -253,9 +253,11 @@ class FakeConsortium:
         index = self.peers[pid].index
         reply = make_reencrypt_reply(self.peer_keys[pid].ecdsa_private, request_id=b["request_id"], cid=rec.cid,
                                      index=index, share=s)
-        tx = Transaction.create("access", pid, {"grant_id": b["grant_id"], "request_id": b["request_id"],
-                                                "record_id": b["record_id"], "doctor": msg.sender, "index": index},
-                                self.peer_keys[pid].ecdsa_private, now_ms())
+        served = now_ms()  # logged at once, as a batch of one (a real peer collects them: agents.peer._audit)
+        entry = {"grant_id": b["grant_id"], "request_id": b["request_id"], "record_id": b["record_id"],
+                 "doctor": msg.sender, "time": served}
+        tx = Transaction.create("access_batch", pid, {"index": index, "entries": [entry]},
+                                self.peer_keys[pid].ecdsa_private, served)
         await self.commit(tx.to_bytes())
         self.reencryptions += 1
         return reply.to_wire()

@@ -97,6 +97,7 @@ def test_read_cache_follows_every_commit(tmp_path_factory, commits, cache_entrie
         store.commit(block, CommitResult(height, block.hash, (), dict(writes), bytes(32)))
         mem.apply(writes)
         prev = block
+        assert store.get_many(keys[::-1] + ["a"]) == mem.get_many(keys)  # cached or read in one query
         for k in keys:
             assert store.get(k) == mem.get(k)
     fresh = LedgerStore(path, readonly=True)
@@ -137,3 +138,19 @@ def test_ledger_and_key_files_are_owner_only(tmp_path):
         assert stat.S_IMODE(ks.parent.stat().st_mode) == 0o700
     finally:
         os.umask(old)
+
+
+def test_get_many_reads_in_chunks_and_does_not_fill_the_cache(tmp_path):
+    genesis, key = _genesis()
+    store = LedgerStore(tmp_path / "l.sqlite", cache_entries=16)
+    store.init_genesis(genesis)
+    writes = {f"nonce/u/{i:04d}": bytes([i % 256]) for i in range(0, 1300, 3)}
+    block = Block.make(1, genesis.hash, 1_001, [], key)
+    store.commit(block, CommitResult(1, block.hash, (), writes, bytes(32)))
+    keys = [f"nonce/u/{i:04d}" for i in range(1300)]  # more than one IN chunk
+    got = store.get_many(keys)
+    assert got == {k: writes.get(k) for k in keys}
+    assert len(store._cache) == 0
+    store.get("nonce/u/0003")
+    assert store.get_many(["nonce/u/0003"]) == {"nonce/u/0003": writes["nonce/u/0003"]}
+    store.close()

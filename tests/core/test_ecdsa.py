@@ -121,3 +121,35 @@ def test_private_key_validation(impl):
         impl.public_key(ecdsa.N.to_bytes(32, "big"))
     with pytest.raises(DecodeError):
         impl.public_key(b"short")
+
+
+@pytest.mark.parametrize("name", IMPLS)
+def test_parsed_public_keys_are_cached_bounded_and_never_change_a_verdict(name, monkeypatch):
+    from core import _secp256k1
+
+    impl = _secp256k1.NativeEcdsa() if name == "native" else _secp256k1.PureEcdsa()  # a fresh cache
+    monkeypatch.setattr(impl._keys, "_limit", 3)
+    keys = [ecdsa.generate_private_key() for _ in range(5)]
+    pubs = [impl.public_key(k) for k in keys]
+    digest = hashlib.sha256(b"cached").digest()
+    sigs = [impl.sign_digest(k, digest) for k in keys]
+    off_curve = b"\x02" + (5).to_bytes(32, "big")  # x = 5: x^3 + 7 is not a square mod p
+    for _ in range(2):  # the second round reads the cache (or re-parses what was evicted)
+        for i, pub in enumerate(pubs):
+            assert impl.is_valid_digest(pub, digest, sigs[i])
+            assert not impl.is_valid_digest(pub, digest, sigs[(i + 1) % 5])
+            assert not impl.is_valid_digest(pub, hashlib.sha256(b"other").digest(), sigs[i])
+        assert not impl.is_valid_digest(off_curve, digest, sigs[0])  # a failed parse is cached as one
+        assert len(impl._keys) <= 3
+    parsed = []
+    if name == "native":
+        original = impl._parse_pub_uncached
+        monkeypatch.setattr(impl, "_parse_pub_uncached", lambda pub: parsed.append(pub) or original(pub))
+    else:
+        original = _secp256k1._pure_point_or_none
+        monkeypatch.setattr(_secp256k1, "_pure_point_or_none", lambda pub: parsed.append(pub) or original(pub))
+    fresh = ecdsa.generate_private_key()
+    pub, sig = impl.public_key(fresh), impl.sign_digest(fresh, digest)
+    for _ in range(3):
+        assert impl.is_valid_digest(pub, digest, sig)
+    assert parsed == [pub]  # parsed once, then read from the cache

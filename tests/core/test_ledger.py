@@ -487,7 +487,7 @@ def test_effect_key_and_shows_effect_for_every_transaction_type(chain):
         key = effect_key(tx)
         covered.add(tx.type)
         if key is None:
-            assert tx.type == "access" and shows_effect(tx, None)
+            assert tx.type in ("access", "access_batch") and shows_effect(tx, None)
         else:
             assert not shows_effect(tx, c.ledger.get(key))
         assert c.block(tx).marks == ("ok",)
@@ -515,6 +515,8 @@ def test_effect_key_and_shows_effect_for_every_transaction_type(chain):
            rival=c.tx("deny_request", "bob", {"request_id": "r2", "reason": "no"}))
     commit(c.tx("access", "p1", {"grant_id": "g1", "request_id": "r1", "record_id": "rec-1", "doctor": "bob",
                                  "index": 1}))
+    commit(c.tx("access_batch", "p1", {"index": 1, "entries": [
+        {"grant_id": "g1", "request_id": "r1", "record_id": "rec-1", "doctor": "bob", "time": c.time_ms}]}))
     commit(c.tx("revoke_grant", "alice", {"grant_id": "g1", "reason": "done"}))
     parts = {p: hashlib.sha256(b"part" + p.encode()).digest() for p in ("p1", "p2", "p3")}
     std = {"delegation_id": "d1", "label": "cardiology", "mode": "emergency", "threshold": 2, "parts": parts}

@@ -268,6 +268,19 @@ def test_reads_under_a_break_glass_carry_its_purpose_and_reason():
     assert standing["meta"]["tag"] == [{"system": FLAG_SYSTEM, "code": "standing"}] and "purposeOfEvent" not in standing
 
 
+def test_the_entries_of_one_access_batch_get_distinct_ids_and_late_reads_are_tagged():
+    batch = [{**ACCESS, "emergency": None, "entry": n, "time": ACCESS["time"] + n} for n in range(3)]
+    batch[2]["late"] = "revoked"
+    bundle = audit_bundle([BG_EVENT, *batch, {**ACCESS, "height": 11}], "alice")
+    r4b("Bundle", bundle)
+    ids = [e["resource"]["id"] for e in bundle["entry"]]
+    assert len(set(ids)) == len(ids) == 5
+    assert ids[1:4] == [f"10-{TX[::-1].hex()[:16]}-{n}" for n in range(3)] and ids[4] == f"11-{TX[::-1].hex()[:16]}"
+    late = bundle["entry"][3]["resource"]
+    assert late["meta"]["tag"] == [{"system": FLAG_SYSTEM, "code": "late-revoked"}]
+    assert "meta" not in bundle["entry"][1]["resource"]
+
+
 # ------------------------------------------------------------------ a real break-glass on a test swarm
 
 OFFICERS = (("olga", "hospital-b", {"role": "nurse", "officer": True}),

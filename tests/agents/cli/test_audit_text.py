@@ -1,0 +1,21 @@
+"""The audit trail as text (``ledger audit``, ``patient audit``, the demo): an access the
+ledger flagged ``late`` says so."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.cli import demo, ledger, user
+
+ACCESS = {"event": "access", "actor": "peer-b1", "time": 1767603601000, "height": 10, "grant_id": "g1",
+          "request_id": "r1", "record_id": "rec-1", "doctor": "dr-h", "peer": "peer-b1", "share_index": 2,
+          "entry": 0}
+
+
+@pytest.mark.parametrize("text", [ledger.event_text, user.event_text, demo.describe_event])
+def test_a_late_access_is_marked_and_others_are_not(text):
+    plain = text(ACCESS)
+    assert "re-encrypted" in plain and "rec-1" in plain and "logged after" not in plain
+    for late in ("revoked", "expired"):
+        assert f"[logged after the grant was {late}]" in text({**ACCESS, "late": late})
+    assert "logged after" not in text({**ACCESS, "late": "bogus"})

@@ -1,0 +1,291 @@
+"""agents.peer._audit.AccessLog (a peer's re-encryptions, logged in signed batches) on a
+virtual clock, and on a real swarm: a doctor's reads in the patient's audit trail exactly
+once per share served."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import trio
+
+import bus
+from core import canonical
+from core.ledger import MAX_ACCESS_ENTRIES
+from core.protocol import codes
+
+from agents.errors import AgentError
+from agents.peer._audit import AccessLog
+
+T = 1_780_000_000.0
+
+
+class Orderer:
+    """A fake ``forward``: fails ``fail`` times, then takes everything."""
+
+    def __init__(self, fail: int = 0):
+        self.fail = fail
+        self.calls: list[list[bytes]] = []
+        self.taken: list[bytes] = []
+
+    async def __call__(self, txs: list[bytes]) -> None:
+        self.calls.append(list(txs))
+        if self.fail:
+            self.fail -= 1
+            raise bus.HandlerError(codes.SUBMIT_UNAVAILABLE, "orderer unavailable")
+        self.taken.extend(txs)
+
+
+def sign(body, timestamp_ms):
+    return canonical.pack([timestamp_ms, body])
+
+
+def batches(raws):
+    return [canonical.unpack(r) for r in raws]
+
+
+async def inline(fn, *args):
+    return fn(*args)  # (a worker thread would let the virtual clock run ahead of it)
+
+
+def make_log(orderer, clock=lambda: T, **kw):
+    return AccessLog(index=3, sign=sign, forward=orderer, clock=clock, run_sign=inline, **kw)
+
+
+def add(log, n=1, grant="g1"):
+    for i in range(n):
+        log.add(grant_id=grant, request_id="r1", record_id=f"rec-{i}", doctor="bob")
+
+
+async def test_entries_of_one_window_go_out_as_one_signed_batch(autojump_clock):
+    orderer = Orderer()
+    log = make_log(orderer, window=0.05)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        add(log, 3)
+        await trio.sleep(0.04)
+        add(log, 1, grant="g2")
+        assert orderer.calls == [] and log.pending == 4
+        await trio.sleep(0.02)
+        assert len(orderer.taken) == 1
+        ts, body = batches(orderer.taken)[0]
+        assert body["index"] == 3 and [e["record_id"] for e in body["entries"]] == ["rec-0", "rec-1", "rec-2", "rec-0"]
+        assert ts == int(T * 1000) and all(e["time"] == ts for e in body["entries"])
+        assert (log.logged, log.batches, log.pending) == (4, 1, 0)
+        add(log, 2)  # the next window starts with the next entry
+        await trio.sleep(0.06)
+        assert len(orderer.taken) == 2 and len(batches(orderer.taken)[1][1]["entries"]) == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_full_batch_is_signed_at_once_and_a_batch_holds_at_most_the_ledgers_limit(autojump_clock):
+    orderer = Orderer()
+    log = make_log(orderer, window=10.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        start = trio.current_time()
+        add(log, MAX_ACCESS_ENTRIES + 5)
+        while log.pending:
+            await trio.sleep(0.001)
+        assert trio.current_time() - start < 10.0  # not the window: the batch filled
+        sizes = [len(b["entries"]) for _, b in batches(orderer.taken)]
+        assert sizes == [MAX_ACCESS_ENTRIES, 5]
+        nursery.cancel_scope.cancel()
+    with pytest.raises(ValueError):
+        make_log(orderer, max_entries=MAX_ACCESS_ENTRIES + 1)
+
+
+async def test_a_batch_the_orderer_did_not_take_is_forwarded_again_the_same_bytes(autojump_clock):
+    orderer = Orderer(fail=3)
+    log = make_log(orderer, window=0.01, retry_min=0.1, retry_max=0.3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        add(log, 2)
+        await trio.sleep(0.02)
+        add(log, 1, grant="g2")  # arrives while the first batch waits for its retry
+        await trio.sleep(2.0)
+        assert log.retries == 3 and log.dropped == 0 and log.pending == 0
+        first = orderer.calls[0][0]
+        assert all(call[0] == first for call in orderer.calls)  # resent as signed, never re-signed
+        assert orderer.taken[0] == first and len(orderer.taken) == 2 and log.logged == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_not_taken_within_max_age_is_dropped_and_counted(autojump_clock):
+    orderer = Orderer(fail=10**6)
+    log = make_log(orderer, window=0.01, max_age=5.0, retry_max=1.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        add(log, 4)
+        await trio.sleep(4.0)
+        assert log.pending == 4 and log.dropped == 0
+        await trio.sleep(3.0)
+        assert log.pending == 0 and log.dropped == 4 and orderer.taken == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_log_is_bounded_and_says_when_it_is_full(autojump_clock):
+    orderer = Orderer(fail=10**6)
+    log = make_log(orderer, window=0.01, max_pending=5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        add(log, 4)
+        assert not log.full
+        add(log, 1)
+        assert log.full
+        await trio.sleep(0.5)  # signed, not taken: still pending, still full
+        assert log.full and log.pending == 5
+        orderer.fail = 0
+        await trio.sleep(5.0)
+        assert not log.full and log.logged == 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_identical_reads_in_one_millisecond_stay_distinct_and_before_their_batch(autojump_clock):
+    orderer = Orderer()
+    log = make_log(orderer, window=0.01)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        for _ in range(3):
+            log.add(grant_id="g1", request_id="r1", record_id="rec-1", doctor="bob")
+        await trio.sleep(0.05)
+        ts, body = batches(orderer.taken)[0]
+        times = [e["time"] for e in body["entries"]]
+        assert times == [int(T * 1000) + i for i in range(3)] and ts >= max(times)
+        nursery.cancel_scope.cancel()
+
+
+async def test_flush_at_stop_signs_and_sends_what_is_pending_or_counts_it_lost(autojump_clock):
+    log = make_log(Orderer(fail=10**6), window=60.0)
+    add(log, 3)
+    direct = Orderer()
+    await log.flush(direct)
+    assert len(direct.taken) == 1 and len(batches(direct.taken)[0][1]["entries"]) == 3 and log.pending == 0
+    add(log, 2)
+    await log.flush(Orderer(fail=1))
+    assert log.pending == 0 and log.dropped == 2
+
+
+# ------------------------------------------------------------------ a real swarm
+
+
+@contextlib.asynccontextmanager
+async def _swarm(tmp_path):
+    from agents.doctor import DoctorAgent
+    from agents.patient import PatientAgent
+    from agents.swarm import Swarm, SwarmSpec
+    from agents.testing.consortium import SHARING_POLICY, swarm_user_config
+
+    patient = ("alice", "hospital-a", {"role": "patient"})
+    doctor = ("dr-h", "hospital-b", {"role": "doctor", "department": "cardiology"})
+    async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
+        async with PatientAgent.open(swarm_user_config(swarm, *patient), node=swarm.node) as p, \
+                DoctorAgent.open(swarm_user_config(swarm, *doctor), node=swarm.node) as d:
+            await p.register(swarm.token(*patient, p.enroll_id))
+            await d.register(swarm.token(*doctor, d.enroll_id))
+            await p.set_policy(SHARING_POLICY, standing=())
+            rid = await p.store(b"x" * 2000, label="cardiology", media_type="text/plain")
+            yield swarm, p, d, rid
+
+
+def _peers(swarm):
+    return {pid: swarm.runners[pid].peer for pid in swarm.manifest.peers}
+
+
+async def _logged(swarm, peer_id):
+    return [e for e in _peers(swarm)[peer_id].ledger.audit("alice") if e["event"] == "access"]
+
+
+async def test_a_doctors_reads_are_in_the_audit_trail_once_per_share_served(tmp_path):
+    with trio.fail_after(120):
+        async with _swarm(tmp_path) as (swarm, p, d, rid):
+            peers = _peers(swarm)
+            for peer in peers.values():
+                peer.audit.window = 0.5  # concurrent reads share a batch
+            await d.read("alice", rid)
+            async with trio.open_nursery() as nursery:
+                for _ in range(6):
+                    nursery.start_soon(d.read, "alice", rid)
+            served = sum(peer.handlers.reencryptions for peer in peers.values())
+            assert served >= 2 * 7
+            while len(await _logged(swarm, "peer-a1")) < served:
+                await trio.sleep(0.05)
+            await trio.sleep(1.0)  # nothing more comes: every share once
+            events = await _logged(swarm, "peer-a1")
+            assert len(events) == served
+            for pid, peer in peers.items():  # per peer: its own shares, each once
+                mine = [e for e in events if e["peer"] == pid]
+                assert len(mine) == peer.handlers.reencryptions == peer.audit.logged
+                assert len({(e["time"], e["request_id"], e["record_id"]) for e in mine}) == len(mine)
+            assert len({e["tx"] for e in events}) < len(events)  # batched: fewer signatures than shares
+            assert all(e["doctor"] == "dr-h" and e["record_id"] == rid for e in events)
+            assert [e["event"] for e in await p.audit()].count("access") == served  # the patient's own view
+            # every peer holds the same trail
+            trails = {pid: await _logged(swarm, pid) for pid in peers}
+            assert all(t == events for t in trails.values())
+
+
+async def test_a_peer_whose_log_is_full_serves_no_share_and_a_stopping_peer_flushes_its_log(tmp_path):
+    with trio.fail_after(120):
+        async with _swarm(tmp_path) as (swarm, p, d, rid):
+            peers = _peers(swarm)
+            await d.read("alice", rid)
+            served = {pid: peer.handlers.reencryptions for pid, peer in peers.items()}
+            for peer in peers.values():
+                peer.audit.max_pending = 0
+            with pytest.raises(AgentError):
+                await d.read("alice", rid)
+            assert {pid: peer.handlers.reencryptions for pid, peer in peers.items()} == served
+            for peer in peers.values():
+                peer.audit.max_pending = 4096
+                peer.audit.window = 60.0  # only a stop sends the next batch
+            while len(await _logged(swarm, "peer-a1")) < sum(served.values()):
+                await trio.sleep(0.05)
+            before = len(await _logged(swarm, "peer-a1"))
+            await d.read("alice", rid)
+            busy = [pid for pid, peer in peers.items() if peer.audit.pending]
+            assert busy and len(busy) < len(peers)
+            for pid in busy:
+                swarm._scopes[pid].cancel()
+            watcher = next(pid for pid in peers if pid not in busy)
+            while len(await _logged(swarm, watcher)) < before + len(busy):
+                await trio.sleep(0.05)
+            assert all(peers[pid].audit.dropped == 0 for pid in busy)
+
+
+async def test_a_hostile_peers_forged_batches_are_refused_on_every_peer(tmp_path):
+    import time
+
+    from core.ledger import MAX_ACCESS_ENTRIES
+    from core.tx import Transaction
+
+    with trio.fail_after(120):
+        async with _swarm(tmp_path) as (swarm, p, d, rid):
+            peers = _peers(swarm)
+            await d.read("alice", rid)
+            served = sum(peer.handlers.reencryptions for peer in peers.values())
+            for pid in peers:
+                while len(await _logged(swarm, pid)) < served:
+                    await trio.sleep(0.05)
+            real = (await _logged(swarm, "peer-a1"))[0]
+            hostile = "peer-a1"
+            key = swarm.files.agent_keys(hostile).ecdsa_private
+            now = int(time.time() * 1000)
+            ok = {k: real[k] for k in ("grant_id", "request_id", "record_id", "doctor")}
+
+            def forged(entries, index=peers[hostile].info.index):
+                return Transaction.create("access_batch", hostile, {"index": index, "entries": entries}, key,
+                                          now).to_bytes()
+
+            cases = {
+                "not_found": forged([{**ok, "time": now}, {**ok, "grant_id": "g-none", "time": now - 1}]),
+                "forbidden": forged([{**ok, "doctor": "someone-else", "time": now}]),
+                "malformed": forged([{**ok, "time": now - i} for i in range(MAX_ACCESS_ENTRIES + 1)]),
+            }
+            cases["duplicate"] = forged([{**ok, "time": now}, {**ok, "time": now}])
+            before = served
+            for expected, raw in cases.items():
+                [(_, _, mark)] = await peers[hostile].submit([raw], wait=True)
+                assert mark == ("malformed" if expected == "duplicate" else expected)
+            for pid in peers:
+                assert len(await _logged(swarm, pid)) == before
