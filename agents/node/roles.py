@@ -149,7 +149,8 @@ class _Peer(_Serving):
         self.txs_invalid += len(result.marks) - result.valid_count
 
     def busy(self) -> int:
-        return self.peer.forwarder.queued
+        # served re-encryptions not yet in a batch the orderer took count too: a graceful stop waits for them
+        return self.peer.forwarder.queued + self.peer.audit.pending
 
     def consortium_config(self) -> Any:
         return self.peer.config
@@ -166,10 +167,15 @@ class _Peer(_Serving):
             .add(self.txs_valid, outcome="valid").add(self.txs_invalid, outcome="invalid"),
             Family("emrshare_reencryptions_total", "counter", "re-encryption shares this peer served")
             .add(self.peer.handlers.reencryptions),
+            Family("emrshare_access_log_entries_total", "counter",
+                   "served re-encryptions by what became of their audit entry (logged: in a batch the orderer "
+                   "took; dropped: given up, see the peer's error log)")
+            .add(self.peer.audit.logged, outcome="logged").add(self.peer.audit.dropped, outcome="dropped"),
         ]
 
     def queues(self) -> dict[str, int]:
-        return {"forward": self.peer.forwarder.queued, "commit_waiters": self.peer.forwarder.waiting,
+        return {"forward": self.peer.forwarder.queued, "access_log": self.peer.audit.pending,
+                "commit_waiters": self.peer.forwarder.waiting,
                 "share_waiters": self.peer.handlers.waiting.waiting}
 
     def status(self) -> dict[str, Any]:

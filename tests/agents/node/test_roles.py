@@ -50,6 +50,10 @@ async def test_metrics_move_with_commits_reencryptions_and_stored_bytes(tmp_path
     assert sum(value(before[p], "emrshare_reencryptions_total") for p in peers) == 0
     for p in peers:
         assert value(after[p], "emrshare_transactions_committed_total", outcome="valid") >= 4  # 2 registers, store, policy
+        # every share a peer served is in its access log: logged in a batch, or waiting for its window
+        assert value(after[p], "emrshare_access_log_entries_total", outcome="logged") \
+            + value(after[p], "emrshare_queue_depth", queue="access_log") == value(after[p], "emrshare_reencryptions_total")
+        assert value(after[p], "emrshare_access_log_entries_total", outcome="dropped") == 0
         assert value(after[p], "emrshare_ledger_height") > value(before[p], "emrshare_ledger_height")
     stored = [value(after[s], "emrshare_storage_bytes", state="used") for s in swarm.manifest.storage]
     assert sum(1 for b in stored if b > 0) >= swarm.manifest.write_quorum
