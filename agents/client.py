@@ -63,7 +63,7 @@ import trio
 
 import bus
 from core import pre
-from core.errors import CoreError, DecodeError
+from core.errors import DecodeError
 from core.identity import Certificate, ConsortiumConfig
 from core.ledger import effect_key, parse_genesis, shows_effect
 from core.state import CertEntry, entry_query
@@ -91,7 +91,7 @@ from agents.errors import (
 from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory, Manifest, enroll_id
 from agents.keys import AgentKeys, KeyStore, atomic_write
 from agents.plans import COPY_MARKS, Answer, Confirm, Done, SubmitFailover
-from agents.runtime import make_endpoint, run_crypto
+from agents.runtime import VerifiedMemo, make_endpoint, run_crypto
 from agents.storage import StorageClient
 
 __all__ = ["UserConfig", "PeerClient", "UserAgent", "open_agent", "CERT_VALIDITY_S", "SUSPECT_TIMEOUT"]
@@ -186,6 +186,9 @@ class PeerClient:
         self._lookups: dict[str, float] = {}
         self._lookups_running = 0
         self._certs: dict[str, Certificate] = {}  # verified, not revoked, as of last look-up
+        self.verified = VerifiedMemo()
+        """Signatures already verified (certificates, store transactions, re-encryption
+        replies): :class:`agents.runtime.VerifiedMemo`."""
         self._state_lock = trio.Lock()
         self.state: dict[str, Any] = {"cert": None}
         self.address: str | None = None
@@ -288,7 +291,16 @@ class PeerClient:
         """
         if not fresh and subject in self._certs:
             return self._certs[subject]
-        entry = _cert_entry(await self.query(PeerQuery("cert", subject=subject)), subject)
+        return self.accept_cert_entry(await self.query(PeerQuery("cert", subject=subject)), subject)
+
+    def accept_cert_entry(self, value: Any, subject: str) -> Certificate | None:
+        """The certificate of ``subject`` from its committed entry ``value`` (a ``peer.query
+        cert`` answer, or the ``owner_cert`` of a ``record`` answer): None if absent or
+        revoked (then dropped from the bus directory), else checked against its issuing
+        peer's key from the genesis (:meth:`_check_certificate`, memoized) and added to
+        the directory. IntegrityError for a malformed entry, a certificate of another
+        subject or a bad signature."""
+        entry = _cert_entry(value, subject)
         if entry is None or entry.revoked:
             self._directory.set_certificate(subject, None)
             self._certs.pop(subject, None)
@@ -307,10 +319,11 @@ class PeerClient:
         issuer = self.peer_info.get(cert.issuer)
         if cert.subject != subject or issuer is None or issuer.org != cert.org:
             raise IntegrityError(f"certificate of {subject} names the wrong subject or issuer")
-        try:
-            cert.verify_signature(issuer.ecdsa_key)
-        except CoreError as exc:
-            raise IntegrityError(str(exc)) from exc
+        # the issuer's signature depends on these bytes and the key alone: verified once
+        signed = cert.signed_bytes() + bytes(cert.signature or b"")
+        if not self.verified.valid("cert", issuer.ecdsa_key, signed,
+                                   lambda: cert.is_valid_signature(issuer.ecdsa_key)):
+            raise IntegrityError(f"certificate {cert.serial} of {subject} is not signed by {cert.issuer}")
         return cert
 
     # ------------------------------------------------------------ peers

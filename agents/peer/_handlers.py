@@ -14,7 +14,8 @@ object rule on its first lines, before any wait, query or crypto:
 ``peer.query`` answers by ``what`` (:meth:`PeerHandlers._visible`: cert,
 head and the configuration in force to anyone; policy to its patient; record/records to the patient, and to
 a doctor only where the patient's policy could allow it for the record's
-label, without the fields its request does not need; request and grant to
+label, without the fields its request does not need, with the patient's
+certificate entry when asked (``owner_cert``); request and grant to
 their patient and doctor; everything to consortium nodes);
 a query with ``min_height`` above the peer's height waits for that block
 (at most ``QUERY_WAIT_S``, ``query.behind`` after) and
@@ -276,6 +277,10 @@ class PeerHandlers:
         # record, request, grant, policy (PeerQuery.from_wire admits only these): one entry, as stored
         assert what in ENTRY_QUERIES
         entry = ledger.get(entry_key(what, *(getattr(query, name) for name in ENTRY_QUERIES[what])))
+        if query.owner_cert and entry is not None:
+            # the patient's certificate entry from the same state (no await since the record's
+            # read): the doctor checks the store transaction without a second query
+            entry = {**entry, PeerQuery.OWNER_CERT: ledger.get(entry_key("cert", query.patient))}
         if node or entry is None and what in ("request", "grant"):
             return PeerQueryReply(entry)  # an unknown request or grant id tells nothing
         if what == "policy":
