@@ -29,7 +29,7 @@ import trio
 
 from bus import Endpoint, Node
 from core import ecdsa
-from core.backend import selection
+from core.backend import backend_name
 
 __all__ = ["SMALL_CRYPTO_S", "VerifiedMemo", "crypto_limiter", "inline_small_crypto", "keep_freed_buffers",
            "make_endpoint", "return_freed_memory", "run_crypto", "serve_until_signal"]
@@ -122,8 +122,7 @@ def inline_small_crypto() -> bool:
     are native (the pure-Python backend is ~100x slower: everything goes to a thread)."""
     global _inline
     if _inline is None:
-        chosen = selection()
-        _inline = chosen.name == "native" and getattr(chosen.ecdsa, "name", None) == "native"
+        _inline = backend_name() == "native" and ecdsa.ecdsa_backend_name() == "native"
     return _inline
 
 
