@@ -103,6 +103,7 @@ STATE_FILE = "state.msgpack"
 KEY_FILE = "keys.bin"
 _LOOKUP_INTERVAL = 2.0  # seconds between background certificate look-ups of one unknown id
 _MAX_LOOKUPS = 16  # background look-ups in flight
+_MAX_CERT_ENTRIES = 4096  # certificate entries remembered as accepted (PeerClient.accept_cert_entry)
 _STORAGE_RETRIES = 7
 _HEAD_TIMEOUT = 2.0  # a peer that cannot say its height within this (plus its own wait) is not waited for
 _PEER_WAIT = 2.0  # how long a peer waits for a query's min_height (agents.peer QUERY_WAIT_S)
@@ -186,6 +187,9 @@ class PeerClient:
         self._lookups: dict[str, float] = {}
         self._lookups_running = 0
         self._certs: dict[str, Certificate] = {}  # verified, not revoked, as of last look-up
+        # subject -> (the unrevoked certificate entry last accepted, its certificate): an equal
+        # entry next time is accepted without parsing or checking it again
+        self._cert_entries: dict[str, tuple[Any, Certificate]] = {}
         self.verified = VerifiedMemo()
         """Signatures already verified (certificates, store transactions, re-encryption
         replies): :class:`agents.runtime.VerifiedMemo`."""
@@ -298,14 +302,24 @@ class PeerClient:
         cert`` answer, or the ``owner_cert`` of a ``record`` answer): None if absent or
         revoked (then dropped from the bus directory), else checked against its issuing
         peer's key from the genesis (:meth:`_check_certificate`, memoized) and added to
-        the directory. IntegrityError for a malformed entry, a certificate of another
-        subject or a bad signature."""
-        entry = _cert_entry(value, subject)
-        if entry is None or entry.revoked:
-            self._directory.set_certificate(subject, None)
-            self._certs.pop(subject, None)
-            return None
-        cert = self._check_certificate(entry.cert, subject)
+        the directory; an entry equal to the one accepted last for ``subject`` is taken
+        as it was (same bytes, same outcome; a revocation changes the entry).
+        IntegrityError for a malformed entry, a certificate of another subject or a bad
+        signature."""
+        seen = self._cert_entries.get(subject)
+        if seen is not None and seen[0] == value:  # the very entry accepted last time: same outcome
+            cert = seen[1]
+        else:
+            entry = _cert_entry(value, subject)
+            if entry is None or entry.revoked:
+                self._directory.set_certificate(subject, None)
+                self._certs.pop(subject, None)
+                self._cert_entries.pop(subject, None)
+                return None
+            cert = self._check_certificate(entry.cert, subject)
+            if len(self._cert_entries) >= _MAX_CERT_ENTRIES:
+                self._cert_entries.clear()
+            self._cert_entries[subject] = (value, cert)
         self._directory.set_certificate(subject, cert.ecdsa_key)
         self._certs[subject] = cert
         return cert

@@ -84,7 +84,7 @@ from agents.errors import (
     UnknownAgent,
 )
 from agents.plans import Answer, Done, Invalid, ShareCollection
-from agents.runtime import run_crypto
+from agents.runtime import SMALL_RECORD_BYTES, run_crypto
 from agents.storage import NotFound as StorageNotFound
 from agents.storage import StorageError
 
@@ -94,10 +94,6 @@ log = logging.getLogger("agents.doctor")
 
 OWNER_CERT = PeerQuery.OWNER_CERT
 _ABSENT: Any = object()  # no owner_cert in the record's answer (a peer that does not send it)
-INLINE_OPEN_BYTES = 64 * 1024
-"""Records up to this size open inline on the event loop (``run_crypto(small=True)``:
-~0.5 ms of CPU on the native backend, the t-share GT multi-exponentiation and the
-key derivation most of it); larger ones in a worker thread."""
 PATIENT_TIMEOUT_FACTOR = 3  # how many request timeouts a doctor waits for a patient's answer
 _UNKNOWN_SENDER_RETRIES = 8
 
@@ -247,7 +243,7 @@ class DoctorAgent(UserAgent):
         try:
             # t shares combine in one GT multi-exponentiation (~0.3 ms) + AEAD: inline when small
             header, plain = await run_crypto(recordmod.open_record, blob, provider,
-                                             small=len(blob) <= INLINE_OPEN_BYTES)
+                                             small=len(blob) <= SMALL_RECORD_BYTES)
         except CoreError as exc:
             raise self._open_failed(record_id, provider, exc) from None
         check(header)

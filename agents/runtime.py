@@ -31,8 +31,8 @@ from bus import Endpoint, Node
 from core import ecdsa
 from core.backend import backend_name
 
-__all__ = ["SMALL_CRYPTO_S", "VerifiedMemo", "crypto_limiter", "inline_small_crypto", "keep_freed_buffers",
-           "make_endpoint", "return_freed_memory", "run_crypto", "serve_until_signal"]
+__all__ = ["SMALL_CRYPTO_S", "SMALL_RECORD_BYTES", "VerifiedMemo", "crypto_limiter", "inline_small_crypto",
+           "keep_freed_buffers", "make_endpoint", "return_freed_memory", "run_crypto", "serve_until_signal"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
 
@@ -111,8 +111,14 @@ on the event loop. A worker-thread hop (``to_thread.run_sync``, the thread's
 start, its report back and the loop's wake-up) costs ~0.1 ms of wall time and
 a comparable share of the GIL, more than such a call saves by leaving the loop;
 the loop is never held more than ~1 ms by one call. Pairings, key generation,
-sealing and records of more than :data:`agents.doctor.INLINE_OPEN_BYTES` stay
-in threads."""
+sealing and records of more than :data:`SMALL_RECORD_BYTES` stay in threads."""
+
+SMALL_RECORD_BYTES = 64 * 1024
+"""Sealed records up to this size open as small crypto (``run_crypto(open_record, ...,
+small=True)``): ~0.5 ms of CPU on the native backend, most of it the doctor's t-share
+GT multi-exponentiation and key derivation (the owner's path is cheaper); larger ones
+open in a worker thread (measured: inline reads of 16 and 64 KiB records cost the
+process less CPU and ran faster; at 200 KiB the event loop's share grew with no gain)."""
 
 _inline: bool | None = None
 

@@ -223,16 +223,25 @@ class PeerHandlers:
             policy = None if cert is None or cert.revoked else ledger.parsed_policy(patient)
         except CoreError:
             policy = None
-        # labels the doctor holds a grant of (a break-glass one, say, which the policy need not allow)
-        granted = set() if cert is None or cert.revoked else {
-            canonical.unpack(raw, max_size=1024, what=key) for key, raw in self.peer.store.scan(
-                active_prefix(patient, doctor))}
+        # labels the doctor holds a grant of (a break-glass one, say, which the policy need not allow):
+        # scanned once, and only when the policy alone does not show a record (a doctor's read of a
+        # record its policy allows scans nothing)
+        granted: set | None = None if cert is not None and not cert.revoked else set()
+
+        def has_grant(label: str) -> bool:
+            nonlocal granted
+            if granted is None:
+                granted = {canonical.unpack(raw, max_size=1024, what=key) for key, raw in self.peer.store.scan(
+                    active_prefix(patient, doctor))}
+            return label in granted
+
         if policy is None:
-            return lambda record_id, label: label in granted
+            return lambda record_id, label: has_grant(label)
+        assert cert is not None
         c = cert.cert
         # the reserved names come from the certificate's own fields, as the ledger's evaluation does
         attributes = {**c.attributes, "organization": c.org, "id": c.subject}
-        return lambda record_id, label: label in granted or policy.could_allow(attributes, record_id, label)
+        return lambda record_id, label: policy.could_allow(attributes, record_id, label) or has_grant(label)
 
     async def _query(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
         what, sender = query.what, msg.sender
