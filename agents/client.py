@@ -16,8 +16,10 @@ keys, the bus node (unless given one) and the agent's nursery. The client owns
 * its bus endpoint (agent id = subject) and, while registering, a second one
   with the self-certifying id ``enroll:<hex key>`` (docs/protocol.md);
 * its key directory: the manifest's static keys plus certificates learned from
-  peers (``peer.query cert``), each checked against its issuing peer's key
-  from the genesis. An envelope from a user it does not know yet makes it look
+  peers (``peer.query cert``, or the ``owner_cert`` a doctor's ``record`` query
+  carries), each checked against its issuing peer's key from the genesis; the
+  signatures it verified are remembered by their bytes (:attr:`PeerClient.verified`,
+  :class:`agents.runtime.VerifiedMemo`), revocations are read fresh. An envelope from a user it does not know yet makes it look
   the certificate up in the background, so the sender's retry gets through;
 * peer selection (the configured peer, else the first of its organization;
   reads fail over to the other peers), submit-and-wait, queries (with
