@@ -16,8 +16,10 @@ keys, the bus node (unless given one) and the agent's nursery. The client owns
 * its bus endpoint (agent id = subject) and, while registering, a second one
   with the self-certifying id ``enroll:<hex key>`` (docs/protocol.md);
 * its key directory: the manifest's static keys plus certificates learned from
-  peers (``peer.query cert``), each checked against its issuing peer's key
-  from the genesis. An envelope from a user it does not know yet makes it look
+  peers (``peer.query cert``, or the ``owner_cert`` a doctor's ``record`` query
+  carries), each checked against its issuing peer's key from the genesis; the
+  signatures it verified are remembered by their bytes (:attr:`PeerClient.verified`,
+  :class:`agents.runtime.VerifiedMemo`), revocations are read fresh. An envelope from a user it does not know yet makes it look
   the certificate up in the background, so the sender's retry gets through;
 * peer selection (the configured peer, else the first of its organization;
   reads fail over to the other peers), submit-and-wait, queries (with
@@ -63,7 +65,7 @@ import trio
 
 import bus
 from core import pre
-from core.errors import CoreError, DecodeError
+from core.errors import DecodeError
 from core.identity import Certificate, ConsortiumConfig
 from core.ledger import effect_key, parse_genesis, shows_effect
 from core.state import CertEntry, entry_query
@@ -91,7 +93,7 @@ from agents.errors import (
 from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory, Manifest, enroll_id
 from agents.keys import AgentKeys, KeyStore, atomic_write
 from agents.plans import COPY_MARKS, Answer, Confirm, Done, SubmitFailover
-from agents.runtime import make_endpoint, run_crypto
+from agents.runtime import VerifiedMemo, make_endpoint, run_crypto
 from agents.storage import StorageClient
 
 __all__ = ["UserConfig", "PeerClient", "UserAgent", "open_agent", "CERT_VALIDITY_S", "SUSPECT_TIMEOUT"]
@@ -103,6 +105,7 @@ STATE_FILE = "state.msgpack"
 KEY_FILE = "keys.bin"
 _LOOKUP_INTERVAL = 2.0  # seconds between background certificate look-ups of one unknown id
 _MAX_LOOKUPS = 16  # background look-ups in flight
+_MAX_CERT_ENTRIES = 4096  # certificate entries remembered as accepted (PeerClient.accept_cert_entry)
 _STORAGE_RETRIES = 7
 _HEAD_TIMEOUT = 2.0  # a peer that cannot say its height within this (plus its own wait) is not waited for
 _PEER_WAIT = 2.0  # how long a peer waits for a query's min_height (agents.peer QUERY_WAIT_S)
@@ -186,6 +189,12 @@ class PeerClient:
         self._lookups: dict[str, float] = {}
         self._lookups_running = 0
         self._certs: dict[str, Certificate] = {}  # verified, not revoked, as of last look-up
+        # subject -> (the unrevoked certificate entry last accepted, its certificate): an equal
+        # entry next time is accepted without parsing or checking it again
+        self._cert_entries: dict[str, tuple[Any, Certificate]] = {}
+        self.verified = VerifiedMemo()
+        """Signatures already verified (certificates, store transactions, re-encryption
+        replies): :class:`agents.runtime.VerifiedMemo`."""
         self._state_lock = trio.Lock()
         self.state: dict[str, Any] = {"cert": None}
         self.address: str | None = None
@@ -288,12 +297,31 @@ class PeerClient:
         """
         if not fresh and subject in self._certs:
             return self._certs[subject]
-        entry = _cert_entry(await self.query(PeerQuery("cert", subject=subject)), subject)
-        if entry is None or entry.revoked:
-            self._directory.set_certificate(subject, None)
-            self._certs.pop(subject, None)
-            return None
-        cert = self._check_certificate(entry.cert, subject)
+        return self.accept_cert_entry(await self.query(PeerQuery("cert", subject=subject)), subject)
+
+    def accept_cert_entry(self, value: Any, subject: str) -> Certificate | None:
+        """The certificate of ``subject`` from its committed entry ``value`` (a ``peer.query
+        cert`` answer, or the ``owner_cert`` of a ``record`` answer): None if absent or
+        revoked (then dropped from the bus directory), else checked against its issuing
+        peer's key from the genesis (:meth:`_check_certificate`, memoized) and added to
+        the directory; an entry equal to the one accepted last for ``subject`` is taken
+        as it was (same bytes, same outcome; a revocation changes the entry).
+        IntegrityError for a malformed entry, a certificate of another subject or a bad
+        signature."""
+        seen = self._cert_entries.get(subject)
+        if seen is not None and seen[0] == value:  # the very entry accepted last time: same outcome
+            cert = seen[1]
+        else:
+            entry = _cert_entry(value, subject)
+            if entry is None or entry.revoked:
+                self._directory.set_certificate(subject, None)
+                self._certs.pop(subject, None)
+                self._cert_entries.pop(subject, None)
+                return None
+            cert = self._check_certificate(entry.cert, subject)
+            if len(self._cert_entries) >= _MAX_CERT_ENTRIES:
+                self._cert_entries.clear()
+            self._cert_entries[subject] = (value, cert)
         self._directory.set_certificate(subject, cert.ecdsa_key)
         self._certs[subject] = cert
         return cert
@@ -307,10 +335,11 @@ class PeerClient:
         issuer = self.peer_info.get(cert.issuer)
         if cert.subject != subject or issuer is None or issuer.org != cert.org:
             raise IntegrityError(f"certificate of {subject} names the wrong subject or issuer")
-        try:
-            cert.verify_signature(issuer.ecdsa_key)
-        except CoreError as exc:
-            raise IntegrityError(str(exc)) from exc
+        # the issuer's signature depends on these bytes and the key alone: verified once
+        signed = cert.signed_bytes() + bytes(cert.signature or b"")
+        if not self.verified.valid("cert", issuer.ecdsa_key, signed,
+                                   lambda: cert.is_valid_signature(issuer.ecdsa_key)):
+            raise IntegrityError(f"certificate {cert.serial} of {subject} is not signed by {cert.issuer}")
         return cert
 
     # ------------------------------------------------------------ peers

@@ -103,7 +103,7 @@ from agents.errors import (
 )
 from agents.handlers import serve
 from agents.plans import Done, GaveUp, ShareDelivery
-from agents.runtime import run_crypto
+from agents.runtime import SMALL_RECORD_BYTES, run_crypto
 
 __all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S", "narrowed_policy", "standing_labels"]
 
@@ -263,7 +263,8 @@ class PatientAgent(UserAgent):
         # every chunk the storage client releases hashed to the CID: no second whole-blob check
         blob = await self._storage_call(lambda: self.storage.get(rec["cid"], progress=progress))
         header, plain = await run_crypto(recordmod.open_record, blob,
-                                         recordmod.owner_key_provider(self.keys.box_private))
+                                         recordmod.owner_key_provider(self.keys.box_private),
+                                         small=len(blob) <= SMALL_RECORD_BYTES)
         self._check_own_header(header, record_id)
         return plain
 

@@ -15,7 +15,8 @@ object rule on its first lines, before any wait, query or crypto:
 ``peer.query`` answers by ``what`` (:meth:`PeerHandlers._visible`: cert,
 head and the configuration in force to anyone; policy to its patient; record/records to the patient, and to
 a doctor only where the patient's policy could allow it for the record's
-label, without the fields its request does not need; request and grant to
+label, without the fields its request does not need, with the patient's
+certificate entry when asked (``owner_cert``); request and grant to
 their patient and doctor; everything to consortium nodes);
 a query with ``min_height`` above the peer's height waits for that block
 (at most ``QUERY_WAIT_S``, ``query.behind`` after) and
@@ -223,16 +224,25 @@ class PeerHandlers:
             policy = None if cert is None or cert.revoked else ledger.parsed_policy(patient)
         except CoreError:
             policy = None
-        # labels the doctor holds a grant of (a break-glass one, say, which the policy need not allow)
-        granted = set() if cert is None or cert.revoked else {
-            canonical.unpack(raw, max_size=1024, what=key) for key, raw in self.peer.store.scan(
-                active_prefix(patient, doctor))}
+        # labels the doctor holds a grant of (a break-glass one, say, which the policy need not allow):
+        # scanned once, and only when the policy alone does not show a record (a doctor's read of a
+        # record its policy allows scans nothing)
+        granted: set | None = None if cert is not None and not cert.revoked else set()
+
+        def has_grant(label: str) -> bool:
+            nonlocal granted
+            if granted is None:
+                granted = {canonical.unpack(raw, max_size=1024, what=key) for key, raw in self.peer.store.scan(
+                    active_prefix(patient, doctor))}
+            return label in granted
+
         if policy is None:
-            return lambda record_id, label: label in granted
+            return lambda record_id, label: has_grant(label)
+        assert cert is not None
         c = cert.cert
         # the reserved names come from the certificate's own fields, as the ledger's evaluation does
         attributes = {**c.attributes, "organization": c.org, "id": c.subject}
-        return lambda record_id, label: label in granted or policy.could_allow(attributes, record_id, label)
+        return lambda record_id, label: policy.could_allow(attributes, record_id, label) or has_grant(label)
 
     async def _query(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
         what, sender = query.what, msg.sender
@@ -277,6 +287,10 @@ class PeerHandlers:
         # record, request, grant, policy (PeerQuery.from_wire admits only these): one entry, as stored
         assert what in ENTRY_QUERIES
         entry = ledger.get(entry_key(what, *(getattr(query, name) for name in ENTRY_QUERIES[what])))
+        if query.owner_cert and entry is not None:
+            # the patient's certificate entry from the same state (no await since the record's
+            # read): the doctor checks the store transaction without a second query
+            entry = {**entry, PeerQuery.OWNER_CERT: ledger.get(entry_key("cert", query.patient))}
         if node or entry is None and what in ("request", "grant"):
             return PeerQueryReply(entry)  # an unknown request or grant id tells nothing
         if what == "policy":

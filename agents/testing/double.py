@@ -17,6 +17,7 @@ import hashlib
 import pathlib
 import secrets
 import time
+from typing import Any
 
 import trio
 
@@ -53,8 +54,11 @@ class FakeConsortium:
     :meth:`stop_peer` (closed), ``stalled`` (answers nothing),
     ``mute_after_commit`` (commits a submission, never answers),
     ``commit_notices`` (publish ``commits/<subject>`` notices; False: refuse the
-    subscriptions, so clients wait on the peer); counters:
-    ``submissions`` (raw transactions in order), ``reencryptions``.
+    subscriptions, so clients wait on the peer); ``owner_certs`` (answer a ``record``
+    query's ``owner_cert``; False: like a peer that predates it) and ``owner_cert_hook``
+    (a hostile peer: ``hook(pid, entry) -> entry`` rewrites the certificate entry it
+    sends); counters: ``submissions`` (raw transactions in order), ``reencryptions``,
+    ``queries`` (``what`` of every ``peer.query``, in order).
     """
 
     def __init__(self, tmp: pathlib.Path, *, n_peers: int = 4, threshold: int = 2, storage_nodes: int = 3):
@@ -77,6 +81,9 @@ class FakeConsortium:
         self.commit_notices = True  # publish commits/<subject> (False: refuse the subscriptions, publish none)
         self.submissions: list[bytes] = []
         self.stalled: set[str] = set()  # peers that answer nothing
+        self.owner_certs = True
+        self.owner_cert_hook: Any = None
+        self.queries: list[str] = []
         self._lock = trio.Lock()
 
     def token(self, subject: str, org: str, attributes: dict, enrolling: str) -> bytes:
@@ -193,8 +200,15 @@ class FakeConsortium:
     async def _query(self, pid: str, msg: bus.Message):
         b = msg.body
         what = b["what"]
+        self.queries.append(what)
         if what in ENTRY_QUERIES:
-            return self.ledger.get(entry_key(what, *(b[name] for name in ENTRY_QUERIES[what])))
+            entry = self.ledger.get(entry_key(what, *(b[name] for name in ENTRY_QUERIES[what])))
+            if what == "record" and b.get("owner_cert") and self.owner_certs and entry is not None:
+                owner = self.ledger.get(entry_key("cert", b["patient"]))
+                if self.owner_cert_hook is not None:
+                    owner = self.owner_cert_hook(pid, owner)
+                entry = {**entry, "owner_cert": owner}
+            return entry
         if what == "records":
             out = []
             for key, raw in self.kv.scan(records_prefix(b["patient"])):

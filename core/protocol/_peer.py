@@ -153,7 +153,8 @@ class PeerQuery(Message, kind="peer.query"):
     """``{what, ...}``: the fields :data:`QUERY_FIELDS` names for ``what``; the others are None.
     ``min_height`` (optional, any ``what``): answer only from a state at least that
     high (read-your-writes: the height of a commit notice); a peer below it waits a
-    bounded time for the block, then answers ``query.behind`` (ask another peer)."""
+    bounded time for the block, then answers ``query.behind`` (ask another peer).
+    ``owner_cert`` (optional, ``record`` only): see :attr:`OWNER_CERT`."""
 
     what: str
     subject: str | None = None
@@ -163,11 +164,20 @@ class PeerQuery(Message, kind="peer.query"):
     request_id: str | None = None
     grant_id: str | None = None
     min_height: int | None = None
+    owner_cert: bool = False
+
+    OWNER_CERT = "owner_cert"
+    """``owner_cert: true`` (``record`` only): the answer, when the record exists and is
+    shown, carries under this key the patient's certificate entry (``core.state``
+    ``CertEntry``'s map, nil if none) read from the same committed state, so a doctor
+    checks the store transaction's signature without a second (``cert``) round trip."""
 
     def to_wire(self) -> dict[str, Any]:
         out = {"what": self.what, **{name: getattr(self, name) for name in QUERY_FIELDS[self.what]}}
         if self.min_height is not None:
             out["min_height"] = self.min_height
+        if self.owner_cert:
+            out[self.OWNER_CERT] = True
         return out
 
     @classmethod
@@ -186,6 +196,10 @@ class PeerQuery(Message, kind="peer.query"):
                 values[name] = Id().decode(obj[name], f"{where}: {name!r}")
         if obj.get("min_height") is not None:
             values["min_height"] = _HEIGHT.decode(obj["min_height"], f"{where}: 'min_height'")
+        if obj.get(cls.OWNER_CERT) is not None:
+            if form != "record":
+                raise DecodeError(f"{where}: only a 'record' query takes 'owner_cert'")
+            values["owner_cert"] = Bool().decode(obj[cls.OWNER_CERT], f"{where}: 'owner_cert'")
         return cls(form, **values)
 
 
@@ -193,7 +207,9 @@ class PeerQuery(Message, kind="peer.query"):
 class PeerQueryReply(Message, kind="peer.query"):
     """The peer's committed state entry (a map), a list (``records``) or nil. Unlike
     the other replies the body is the value itself; its fields are the ledger's
-    (core.ledger's state keys) and are checked by whoever reads them."""
+    (core.ledger's state keys) and are checked by whoever reads them. A ``record``
+    query with ``owner_cert`` gets the record's entry plus the key
+    :attr:`PeerQuery.OWNER_CERT` (the patient's certificate entry or nil)."""
 
     value: dict | list | None
 

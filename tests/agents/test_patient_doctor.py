@@ -381,3 +381,82 @@ async def test_read_to_file_streams_the_same_plaintext_and_refuses_a_foreign_hea
                 await heart.read_to_file("alice", rid, tmp_path / "swapped.bin", purpose="treatment")
             assert not (tmp_path / "swapped.bin").exists()
             assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+# ------------------------------------------------------------------ the read path (issue 14)
+
+
+async def _warm(heart, rid, data, reads=4):
+    """``reads`` reads: with 4 peers and t = 2 the rotation asks every peer once."""
+    for _ in range(reads):
+        assert await heart.read("alice", rid) == data
+
+
+async def test_a_repeat_read_is_one_query_and_verifies_nothing_again(world):
+    data = encode_bundle(generate_bundle(3, 4))
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, data, "application/fhir+json")
+            await _warm(heart, rid, data)
+            world.fake.queries.clear()
+            misses, hits = heart.client.verified.misses, heart.client.verified.hits
+            assert await heart.read("alice", rid) == data
+            # the record's answer carried alice's certificate: no `cert` query
+            assert world.fake.queries == ["record"]
+            # store transaction and both shares: remembered, not verified again; the certificate entry
+            # is the one accepted last time: not even parsed again
+            assert heart.client.verified.misses == misses and heart.client.verified.hits - hits == 3
+            # a peer that does not send owner_cert: the doctor asks for the certificate itself
+            world.fake.owner_certs = False
+            world.fake.queries.clear()
+            assert await heart.read("alice", rid) == data
+            assert world.fake.queries == ["record", "cert"]
+
+
+async def test_a_revoked_patient_certificate_is_seen_at_once(world):
+    data = b"revoked-owner " * 100
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, data, "text/plain")
+            await _warm(heart, rid, data)  # certificate and store transaction remembered as verified
+            assert await world.fake.revoke_cert("alice") == "ok"
+            for owner_certs in (True, False):  # with the record's answer, and with a cert query
+                world.fake.owner_certs = owner_certs
+                with pytest.raises(errors.IntegrityError, match="alice has no valid certificate"):
+                    await heart.read("alice", rid)
+
+
+async def test_a_peer_sending_another_subjects_or_a_forged_owner_certificate_is_refused(world):
+    from core import ecdsa
+    from core.identity import Certificate
+    from core.state import entry_key
+
+    data = b"hostile peer " * 100
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, data, "text/plain")
+            await _warm(heart, rid, data)
+            ledger = world.fake.ledger
+            own = ledger.get(entry_key("cert", "alice"))
+            other = ledger.get(entry_key("cert", "dr-heart"))  # validly issued, for another subject
+            cert = Certificate.from_dict(own["cert"])
+            mallory = ecdsa.generate_private_key()
+            # alice's certificate with mallory's key, the issuer's signature kept (it no longer verifies)
+            swapped = {**cert.to_dict(), "ecdsa_key": ecdsa.public_key(mallory)}
+            # the same, signed by mallory instead of the issuing peer
+            resigned = Certificate.from_dict(swapped).sign(mallory).to_dict()
+            # a signed transaction under mallory's key would then pass: the certificate must not
+            cases = [(other, "wrong subject or issuer"), ({**own, "cert": swapped}, "not signed by"),
+                     ({**own, "cert": resigned}, "not signed by"), ({"cert": 5}, "malformed")]
+            for entry, why in cases:
+                world.fake.owner_cert_hook = lambda pid, _, entry=entry: entry
+                with pytest.raises(errors.AgentError, match=why):
+                    await heart.read("alice", rid)
+            # a forged one never entered the memo or the directory: the honest answer reads, a forged one
+            # is refused again
+            world.fake.owner_cert_hook = None
+            assert await heart.read("alice", rid) == data
+            world.fake.owner_cert_hook = lambda pid, _: {**own, "cert": resigned}
+            with pytest.raises(errors.IntegrityError, match="not signed by"):
+                await heart.read("alice", rid)
+            assert heart.client._directory("alice") == cert.ecdsa_key

@@ -322,6 +322,26 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
                 await doc.endpoint.request("peer-a-1", "peer.query", {"what": "record", "patient": "alice",
                                                                      "record_id": "rec-2"})
             assert refused.value.code == "forbidden"
+            # owner_cert: the record with alice's certificate entry, read from the same state
+            rec = await doc.endpoint.request("peer-a-1", "peer.query", {"what": "record", "patient": "alice",
+                                                                       "record_id": "rec-1", "owner_cert": True})
+            owner = rec.pop("owner_cert")
+            assert rec == await doc.endpoint.request("peer-a-1", "peer.query", {
+                "what": "record", "patient": "alice", "record_id": "rec-1"})
+            assert owner == await doc.endpoint.request("peer-a-1", "peer.query", {"what": "cert", "subject": "alice"})
+            assert owner["cert"]["subject"] == "alice" and not owner["revoked"]
+            # ... never for a record the doctor may not see, nor on other forms or as a non-boolean
+            for query, code in [({"what": "record", "patient": "alice", "record_id": "rec-2", "owner_cert": True},
+                                "forbidden"),
+                               ({"what": "records", "patient": "alice", "label": None, "owner_cert": True},
+                                "bad-request"),
+                               ({"what": "record", "patient": "alice", "record_id": "rec-1", "owner_cert": "yes"},
+                                "bad-request")]:
+                with pytest.raises(bus.RemoteError) as refused:
+                    await doc.endpoint.request("peer-a-1", "peer.query", query)
+                assert refused.value.code == code, query
+            assert await alice.endpoint.request("peer-a-1", "peer.query", {  # an unknown record: nil
+                "what": "record", "patient": "alice", "record_id": "rec-9", "owner_cert": True}) is None
             with pytest.raises(bus.RemoteError) as refused:
                 await doc.endpoint.request("peer-a-1", "peer.query", {"what": "policy", "patient": "alice"})
             assert refused.value.code == "forbidden"

@@ -93,6 +93,8 @@ def _query() -> st.SearchStrategy:
     def build(what: str) -> st.SearchStrategy:
         fields = {name: (for_codec(Optional(Text(128, min_len=1))) if name == "label" else for_codec(Id()))
                   for name in protocol.QUERY_FIELDS[what]}
+        if what == "record":  # a record query may ask for its owner's certificate too
+            fields["owner_cert"] = st.booleans()
         return st.builds(PeerQuery, st.just(what), **fields)
 
     return st.sampled_from(tuple(protocol.QUERY_FIELDS)).flatmap(build)
@@ -253,6 +255,12 @@ def test_queries_take_exactly_their_forms_fields():
     assert "needs field 'record_id'" in _error(PeerQuery, {"what": "record", "patient": "alice"})
     assert "'what'" in _error(PeerQuery, {"what": "everything"})
     assert "'subject'" in _error(PeerQuery, {"what": "cert", "subject": "a b"})
+    record = {"what": "record", "patient": "alice", "record_id": "r"}
+    assert PeerQuery.from_wire({**record, "owner_cert": True}) == PeerQuery("record", patient="alice", record_id="r",
+                                                                            owner_cert=True)
+    assert PeerQuery.from_wire({**record, "owner_cert": False}).to_wire() == record  # false: not on the wire
+    assert "'owner_cert'" in _error(PeerQuery, {**record, "owner_cert": 1})
+    assert "only a 'record' query" in _error(PeerQuery, {"what": "cert", "subject": "a", "owner_cert": True})
     assert PeerQueryReply.from_wire(None).value is None
     assert "map, a list or nil" in _error(PeerQueryReply, 5)
 
