@@ -440,8 +440,16 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
 def test_payload_regenerates_from_the_requested_size():
     from agents.bench.loadtest.workload import payload
 
+    import json
+
     for seed in range(20):  # generated bundles are not exactly size_kib KiB: regenerate from the request
         assert payload("fhir", seed, 48 * 1024) == payload("fhir", seed, 48 * 1024)
+    # every record differs (its Bundle id names the seed) and stays a FHIR Bundle
+    records = [payload("fhir", seed, kib * 1024) for seed, kib in ((1, 2), (2, 2), (3, 48), (4, 200))]
+    assert len(set(records)) == 4
+    for seed, raw in enumerate(records, 1):
+        bundle = json.loads(raw)
+        assert bundle["resourceType"] == "Bundle" and bundle["id"] == f"lt-{seed:x}" and bundle["entry"]
     img = payload("imaging", 7, 300_000)
     assert len(img) == 300_000 and img == payload("imaging", 7, 300_000) and img != payload("imaging", 8, 300_000)
 
