@@ -23,7 +23,10 @@ one tracker, so a dead node is found once, not once per agent.
 Reads fetch the blob's chunk digests first and check that they hash to the
 CID, then fetch ranges and check every 256 KiB chunk against its digest before
 yielding it, so nothing unverified ever reaches the caller, whatever a node
-sends. A node that fails, answers ``storage.corrupt`` or sends bad bytes is
+sends. A blob of one chunk (a raw CID, whose digest is the sha256 of the bytes:
+a small record) takes one request without digests, its bytes checked against
+the CID itself. The rendezvous ranking of the latest :data:`RANKINGS_KEPT` CIDs
+is kept (forgotten when the nodes change). A node that fails, answers ``storage.corrupt`` or sends bad bytes is
 skipped and the read resumes at the same offset on the next replica; what the
 caller's sink raises ends the read as is. A read holds at most ``pipeline``
 pieces of ``message_size`` (:attr:`ClientStatistics.pieces_held_max` counts
@@ -85,6 +88,9 @@ about a third of that in CPU, more in wall time on a busy machine, and bought no
 parallelism the bench could see (``emrshare bench storage``)."""
 MAX_RECEIPTS_KEPT = 1024
 """CIDs whose put receipts a client keeps (the latest puts)."""
+RANKINGS_KEPT = 1024
+"""CIDs whose rendezvous ranking over the nodes a client keeps (the latest used;
+forgotten when the nodes change): a ranking costs a sha256 per node."""
 # errors caused by the blob itself: every replica would say the same
 _CLIENT_FAULTS = (BlobTooLarge, CidMismatch, BadRequest)
 
@@ -158,6 +164,7 @@ class StorageClient:
         self._background = background
         self._in_background = 0
         self._nodes: list[str] = []
+        self._rankings: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         self._stats = ClientStatistics()
         self.set_nodes(nodes)
 
@@ -174,14 +181,24 @@ class StorageClient:
     def set_nodes(self, nodes: Iterable[str]) -> None:
         """Replace the set of storage nodes (a node added, lost or replaced)."""
         self._nodes = sorted(set(nodes))
+        self._rankings.clear()
 
     def _mark_down(self, node: str) -> None:
         self.health.failure(node)
 
+    def _ranking(self, cid: str) -> list[str]:
+        """Every known node ranked for ``cid`` (:func:`core.cid.choose_replicas`; kept)."""
+        ranking = self._rankings.get(cid)
+        if ranking is None:
+            ranking = cidmod.choose_replicas(cid, self._nodes, len(self._nodes))
+            self._rankings[cid] = ranking
+            if len(self._rankings) > RANKINGS_KEPT:
+                self._rankings.popitem(last=False)
+        return ranking
+
     def placement(self, cid: str) -> list[str]:
         """Every known node, in the order to try for ``cid`` (recently failed last)."""
-        ranking = cidmod.choose_replicas(cid, self._nodes, len(self._nodes))
-        return self.health.order(ranking, self._probe if self._background is not None else None)
+        return self.health.order(self._ranking(cid), self._probe if self._background is not None else None)
 
     def _probe(self, node: str) -> None:
         """Find out in the background whether a node that failed lately is back."""
@@ -273,7 +290,7 @@ class StorageClient:
     async def _replicate_run(self, cid: str, size: int, read: ReadPiece, pin: bool, progress: "_PutProgress") -> None:
         """Put to the first ``replicas`` usable nodes in parallel, then top up in order;
         ``progress.quorum`` is set as soon as ``write_quorum`` nodes acknowledged."""
-        use, avoid = self.health.split(cidmod.choose_replicas(cid, self._nodes, len(self._nodes)),
+        use, avoid = self.health.split(self._ranking(cid),
                                        self._probe if self._background is not None else None)
 
         async def attempt(node: str) -> None:
@@ -463,6 +480,16 @@ class StorageClient:
                                  malformed=CorruptBlob)
         return await self._check_data(node, cid, reply.data, offset, n, digests)
 
+    async def _single(self, node: str, cid: str, parsed: cidmod.Cid) -> bytes:
+        """A blob of one chunk (a raw CID: its digest is the sha256 of the bytes) in one
+        round trip without leaves, the bytes checked against the CID itself."""
+        reply = await self._call(node, protocol.StorageGet(cid, 0, CHUNK), protocol.StorageGetReply,
+                                 malformed=CorruptBlob)
+        data = reply.data
+        if reply.size != len(data) or hashlib.sha256(data).digest() != parsed.digest:
+            raise CorruptBlob(f"{node} sent bytes that do not hash to {cid}")
+        return data
+
     async def _first(self, node: str, cid: str, parsed: cidmod.Cid) -> tuple[int, list[bytes], bytes]:
         """Digests and the first piece in one round trip."""
         reply = await self._call(node, protocol.StorageGet(cid, 0, self.message_size, leaves=True),
@@ -490,6 +517,7 @@ class StorageClient:
         cid = str(parsed)
         if parsed.version != 1:
             raise BadRequest("storage nodes are addressed by CIDv1")
+        single = parsed.codec == cidmod.RAW and parsed.hash_code == cidmod.SHA2_256
         offset = 0
         size: int | None = None
         digests: list[bytes] = []
@@ -510,10 +538,15 @@ class StorageClient:
                 self._stats.fallbacks += 1
             try:
                 if size is None:
-                    size, digests, first = await self._first(node, cid, parsed)
+                    if single:
+                        first = await self._single(node, cid, parsed)
+                        size = len(first)
+                    else:
+                        size, digests, first = await self._first(node, cid, parsed)
                     if first:
                         await deliver(first)
-                await self._ranges(node, cid, offset, size, digests, deliver)
+                if offset < size:
+                    await self._ranges(node, cid, offset, size, digests, deliver)
                 self._stats.gets += 1
                 return size
             except _SinkFailed as exc:
