@@ -198,3 +198,27 @@ async def test_a_node_serves_small_gets_without_a_thread_and_still_refuses_bad_r
             with pytest.raises(RemoteError) as info:
                 await stranger.request("s0", "storage.get", protocol.StorageGet(cids[0], 0, 10).to_wire())
             assert info.value.code == "storage.forbidden" and store.nowait_reads == before
+
+
+# -- piece sizes: a get holds the blob anyway, a streamed read stays bounded -------------------
+
+
+def test_get_reads_bulk_pieces_and_a_streamed_read_its_message_size():
+    MiB = 1 << 20
+    data = os.urandom(5 * MiB + 3)
+    cid = cidmod.compute(data)
+    ep = _Replies(_honest(data))
+    client = StorageClient(ep, ["a"], replicas=1, write_quorum=1, message_size=MiB)
+    assert trio.run(client.get, cid) == data
+    assert [r.length for _, r in ep.requests] == [2 * MiB, 2 * MiB, MiB + 3]
+    ep.requests.clear()
+
+    async def drop(piece: bytes) -> None:
+        assert len(piece) <= MiB
+
+    assert trio.run(client.read_to, cid, drop) == len(data)
+    assert [r.length for _, r in ep.requests] == [MiB] * 5 + [3]
+    with pytest.raises(ValueError):
+        StorageClient(ep, ["a"], bulk_message_size=CHUNK_SIZE + 1)
+    with pytest.raises(ValueError):
+        trio.run(lambda: client.read_to(cid, drop, message_size=16 * MiB))
