@@ -175,6 +175,7 @@ class BlobStore:
         self.quota_bytes = quota_bytes
         self.max_blob = max_blob
         self._blobs = self.root / "blobs"
+        self._blobs_text = str(self._blobs)  # read_nowait's paths: no pathlib on the event loop
         self._tmp = self.root / "tmp"
         self._corrupt = self.root / "corrupt"
         for d in (self._blobs, self._tmp, self._corrupt):
@@ -473,7 +474,7 @@ class BlobStore:
         if end <= offset or not all(mark.verified[offset // CHUNK : (end - 1) // CHUNK + 1]):
             return None
         try:
-            fd = os.open(self._path(cid), os.O_RDONLY)
+            fd = os.open(f"{self._blobs_text}/{cid[-2:]}/{cid}", os.O_RDONLY)
         except OSError:
             return None
         try:
