@@ -76,6 +76,11 @@ DEFAULT_MAX_BLOB = 256 * 1024 * 1024
 CHUNK = cidmod.CHUNK_SIZE
 DEFAULT_MARK_TTL = 600.0
 """Seconds a verified-at-rest mark lets reads skip re-hashing a chunk."""
+NOWAIT_BYTES = CHUNK
+"""The largest range :meth:`BlobStore.read_nowait` reads (a small record, a chunk):
+2 MiB ranges read that way cost a node more CPU than the thread hop they save (a
+zeroed buffer and a copy of it)."""
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 DEFAULT_MAX_MARKS = 4096
 """Blobs whose verified-at-rest marks one store keeps (about 32 bytes per chunk each)."""
 
@@ -170,6 +175,7 @@ class BlobStore:
         self.quota_bytes = quota_bytes
         self.max_blob = max_blob
         self._blobs = self.root / "blobs"
+        self._blobs_text = str(self._blobs)  # read_nowait's paths: no pathlib on the event loop
         self._tmp = self.root / "tmp"
         self._corrupt = self.root / "corrupt"
         for d in (self._blobs, self._tmp, self._corrupt):
@@ -182,6 +188,8 @@ class BlobStore:
         self._marks: OrderedDict[str, _Mark] = OrderedDict()  # guarded by _lock
         self.chunks_hashed = 0
         """Chunks hashed by reads (a structural measure: a marked chunk is not hashed again)."""
+        self.nowait_reads = 0
+        """Reads :meth:`read_nowait` served (on the caller's thread, no worker thread)."""
         self.corruptions = 0
         """Corrupt blobs found and quarantined on this store."""
         self._reserved = 0
@@ -441,6 +449,46 @@ class BlobStore:
             return bytes(view[offset - base : end - base]), size
         finally:
             os.close(fd)
+
+    def read_nowait(self, cid: str, offset: int, length: int) -> tuple[bytes, int] | None:
+        """:meth:`read_range` for a caller that must not block (an event loop): (data,
+        size) when ``cid`` has a live mark of the same file whose chunks in the range
+        all hashed right, the range is at most :data:`NOWAIT_BYTES` and its bytes are
+        in the page cache (``RWF_NOWAIT``: the kernel refuses rather than wait for the
+        disk); None otherwise, and the caller reads in a thread. Only the open and
+        fstat of a recently used file (cached by the kernel too) touch the file system
+        otherwise. Raises nothing: every failure is a None, for the thread to judge."""
+        if _RWF_NOWAIT is None or not 0 < length <= NOWAIT_BYTES or offset < 0:
+            return None
+        try:
+            cid = canonical_cid(cid)
+        except BadRequest:
+            return None
+        with self._lock:
+            mark = self._marks.get(cid)
+            if mark is None or mark.expires <= time.monotonic():
+                return None
+            self._marks.move_to_end(cid)
+        size = mark.size
+        end = min(size, offset + length)
+        if end <= offset or not all(mark.verified[offset // CHUNK : (end - 1) // CHUNK + 1]):
+            return None
+        try:
+            fd = os.open(f"{self._blobs_text}/{cid[-2:]}/{cid}", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            if _ident(os.fstat(fd)) != mark.ident:
+                return None
+            buf = bytearray(end - offset)
+            if os.preadv(fd, [buf], offset, _RWF_NOWAIT) != len(buf):
+                return None
+        except OSError:  # EAGAIN: not cached; EOPNOTSUPP: a file system without it
+            return None
+        finally:
+            os.close(fd)
+        self.nowait_reads += 1
+        return bytes(buf), size
 
     def iter_read(self, cid: str, piece: int = 1 << 20, *, use_mark: bool = True) -> Iterator[bytes]:
         """Stream the whole blob in verified pieces (``piece`` rounded to chunks)."""

@@ -23,11 +23,15 @@ one tracker, so a dead node is found once, not once per agent.
 Reads fetch the blob's chunk digests first and check that they hash to the
 CID, then fetch ranges and check every 256 KiB chunk against its digest before
 yielding it, so nothing unverified ever reaches the caller, whatever a node
-sends. A node that fails, answers ``storage.corrupt`` or sends bad bytes is
+sends. A blob of one chunk (a raw CID, whose digest is the sha256 of the bytes:
+a small record) takes one request without digests, its bytes checked against
+the CID itself. The rendezvous ranking of the latest :data:`RANKINGS_KEPT` CIDs
+is kept (forgotten when the nodes change). A node that fails, answers ``storage.corrupt`` or sends bad bytes is
 skipped and the read resumes at the same offset on the next replica; what the
 caller's sink raises ends the read as is. A read holds at most ``pipeline``
 pieces of ``message_size`` (:attr:`ClientStatistics.pieces_held_max` counts
-them). After a :meth:`get` that met corrupt replicas, the good bytes are
+them); :meth:`get`, whose caller holds the whole blob anyway, reads pieces of
+``bulk_message_size`` (2 MiB: fewer requests). After a :meth:`get` that met corrupt replicas, the good bytes are
 written back to them (a node re-checks a copy it holds when it is put again,
 so a copy that rotted under its verified-at-rest mark is replaced).
 :mod:`agents.recordio` streams a record through the opener into a file.
@@ -82,9 +86,20 @@ _THREAD_CHECK_BYTES = 1 << 20
 """Pieces larger than this are hashed in a worker thread; a default piece (1 MiB,
 ~1 ms of sha256) is hashed on the event loop: the hop to a thread and back cost
 about a third of that in CPU, more in wall time on a busy machine, and bought no
-parallelism the bench could see (``emrshare bench storage``)."""
+parallelism the bench could see (``emrshare bench storage``). :meth:`StorageClient.get`'s
+2 MiB pieces are hashed in a thread (on the loop: ~5 % less client CPU, no steadier
+throughput on a shared 2-core machine; in a thread the hash can overlap the next
+piece's decryption on an idle one)."""
 MAX_RECEIPTS_KEPT = 1024
 """CIDs whose put receipts a client keeps (the latest puts)."""
+BULK_MESSAGE_SIZE = 2 << 20
+"""Piece size of :meth:`StorageClient.get`, whose caller holds the whole blob anyway:
+half the requests of 1 MiB pieces, ~14 % less CPU per MiB (client and node) on
+loopback, and under the 4 MiB a node's malloc serves from memory it keeps
+(:func:`agents.runtime.keep_freed_buffers`; 4 MiB pieces cost the node fresh pages)."""
+RANKINGS_KEPT = 1024
+"""CIDs whose rendezvous ranking over the nodes a client keeps (the latest used;
+forgotten when the nodes change): a ranking costs a sha256 per node."""
 # errors caused by the blob itself: every replica would say the same
 _CLIENT_FAULTS = (BlobTooLarge, CidMismatch, BadRequest)
 
@@ -139,17 +154,21 @@ class StorageClient:
         background: trio.Nursery | None = None,
         max_background: int = 64,
         node_keys: Callable[[str], bytes | None] | None = None,
+        bulk_message_size: int = BULK_MESSAGE_SIZE,
     ):
         if not 1 <= write_quorum <= replicas:
             raise ValueError("need 1 <= write_quorum <= replicas")
         if message_size < CHUNK or message_size % CHUNK:
             raise ValueError(f"message_size must be a positive multiple of {CHUNK}")
+        if bulk_message_size < CHUNK or bulk_message_size % CHUNK:
+            raise ValueError(f"bulk_message_size must be a positive multiple of {CHUNK}")
         self.endpoint = endpoint
         self.node_keys = node_keys
         self._receipts: collections.OrderedDict[str, dict[str, bytes]] = collections.OrderedDict()
         self.replicas = replicas
         self.write_quorum = write_quorum
         self.message_size = message_size
+        self.bulk_message_size = max(message_size, bulk_message_size)
         self.timeout = timeout
         self.down_for = down_for
         self.pipeline = max(1, pipeline)
@@ -158,6 +177,7 @@ class StorageClient:
         self._background = background
         self._in_background = 0
         self._nodes: list[str] = []
+        self._rankings: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         self._stats = ClientStatistics()
         self.set_nodes(nodes)
 
@@ -174,14 +194,24 @@ class StorageClient:
     def set_nodes(self, nodes: Iterable[str]) -> None:
         """Replace the set of storage nodes (a node added, lost or replaced)."""
         self._nodes = sorted(set(nodes))
+        self._rankings.clear()
 
     def _mark_down(self, node: str) -> None:
         self.health.failure(node)
 
+    def _ranking(self, cid: str) -> list[str]:
+        """Every known node ranked for ``cid`` (:func:`core.cid.choose_replicas`; kept)."""
+        ranking = self._rankings.get(cid)
+        if ranking is None:
+            ranking = cidmod.choose_replicas(cid, self._nodes, len(self._nodes))
+            self._rankings[cid] = ranking
+            if len(self._rankings) > RANKINGS_KEPT:
+                self._rankings.popitem(last=False)
+        return ranking
+
     def placement(self, cid: str) -> list[str]:
         """Every known node, in the order to try for ``cid`` (recently failed last)."""
-        ranking = cidmod.choose_replicas(cid, self._nodes, len(self._nodes))
-        return self.health.order(ranking, self._probe if self._background is not None else None)
+        return self.health.order(self._ranking(cid), self._probe if self._background is not None else None)
 
     def _probe(self, node: str) -> None:
         """Find out in the background whether a node that failed lately is back."""
@@ -273,7 +303,7 @@ class StorageClient:
     async def _replicate_run(self, cid: str, size: int, read: ReadPiece, pin: bool, progress: "_PutProgress") -> None:
         """Put to the first ``replicas`` usable nodes in parallel, then top up in order;
         ``progress.quorum`` is set as soon as ``write_quorum`` nodes acknowledged."""
-        use, avoid = self.health.split(cidmod.choose_replicas(cid, self._nodes, len(self._nodes)),
+        use, avoid = self.health.split(self._ranking(cid),
                                        self._probe if self._background is not None else None)
 
         async def attempt(node: str) -> None:
@@ -463,18 +493,28 @@ class StorageClient:
                                  malformed=CorruptBlob)
         return await self._check_data(node, cid, reply.data, offset, n, digests)
 
-    async def _first(self, node: str, cid: str, parsed: cidmod.Cid) -> tuple[int, list[bytes], bytes]:
+    async def _single(self, node: str, cid: str, parsed: cidmod.Cid) -> bytes:
+        """A blob of one chunk (a raw CID: its digest is the sha256 of the bytes) in one
+        round trip without leaves, the bytes checked against the CID itself."""
+        reply = await self._call(node, protocol.StorageGet(cid, 0, CHUNK), protocol.StorageGetReply,
+                                 malformed=CorruptBlob)
+        data = reply.data
+        if reply.size != len(data) or hashlib.sha256(data).digest() != parsed.digest:
+            raise CorruptBlob(f"{node} sent bytes that do not hash to {cid}")
+        return data
+
+    async def _first(self, node: str, cid: str, parsed: cidmod.Cid, step: int) -> tuple[int, list[bytes], bytes]:
         """Digests and the first piece in one round trip."""
-        reply = await self._call(node, protocol.StorageGet(cid, 0, self.message_size, leaves=True),
+        reply = await self._call(node, protocol.StorageGet(cid, 0, step, leaves=True),
                                  protocol.StorageGetReply, malformed=CorruptBlob)
         size = reply.size
         digests = self._check_leaves(node, cid, parsed, size, reply.digests)
-        data = await self._check_data(node, cid, reply.data, 0, min(size, self.message_size), digests)
+        data = await self._check_data(node, cid, reply.data, 0, min(size, step), digests)
         return size, digests, data
 
     async def read_to(
         self, cid: str, sink: Callable[[bytes], Awaitable[None]], *, corrupt: list[str] | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None, message_size: int | None = None,
     ) -> int:
         """Pass the blob to ``await sink(piece)`` in verified pieces, in order, with
         fallback across replicas (resuming at the same offset); return its size.
@@ -484,12 +524,17 @@ class StorageClient:
         failed; what ``sink`` raises is raised as is (no other replica is tried).
         Nodes found corrupt are appended to ``corrupt`` if given.
         Memory: at most ``pipeline`` pieces of ``message_size`` (fetched, waiting or
-        being passed to ``sink``; a fetch starts only when a piece has been passed on).
+        being passed to ``sink``; a fetch starts only when a piece has been passed on);
+        ``message_size`` overrides the client's for this read (a multiple of 256 KiB).
         """
+        step = self.message_size if message_size is None else message_size
+        if step < CHUNK or step % CHUNK or step > protocol.MAX_MESSAGE_DATA:
+            raise ValueError(f"message_size must be a multiple of {CHUNK} up to {protocol.MAX_MESSAGE_DATA}")
         parsed = cidmod.parse(cid)
         cid = str(parsed)
         if parsed.version != 1:
             raise BadRequest("storage nodes are addressed by CIDv1")
+        single = parsed.codec == cidmod.RAW and parsed.hash_code == cidmod.SHA2_256
         offset = 0
         size: int | None = None
         digests: list[bytes] = []
@@ -510,10 +555,15 @@ class StorageClient:
                 self._stats.fallbacks += 1
             try:
                 if size is None:
-                    size, digests, first = await self._first(node, cid, parsed)
+                    if single:
+                        first = await self._single(node, cid, parsed)
+                        size = len(first)
+                    else:
+                        size, digests, first = await self._first(node, cid, parsed, step)
                     if first:
                         await deliver(first)
-                await self._ranges(node, cid, offset, size, digests, deliver)
+                if offset < size:
+                    await self._ranges(node, cid, offset, size, digests, deliver, step)
                 self._stats.gets += 1
                 return size
             except _SinkFailed as exc:
@@ -539,9 +589,11 @@ class StorageClient:
         size: int,
         digests: list[bytes],
         deliver: Callable[[bytes], Awaitable[None]],
+        step: int,
     ) -> None:
-        """Pieces [offset, size) from one node, in order, ``pipeline`` requests in flight."""
-        starts = list(range(offset, size, self.message_size))
+        """Pieces [offset, size) of ``step`` bytes from one node, in order, ``pipeline``
+        requests in flight."""
+        starts = list(range(offset, size, step))
         results: dict[int, bytes | BaseException] = {}
         ready = {s: trio.Event() for s in starts}
         gate = trio.Semaphore(self.pipeline)
@@ -551,7 +603,7 @@ class StorageClient:
         async def fetch(start: int) -> None:
             nonlocal held
             try:
-                results[start] = await self._fetch(node, cid, start, min(self.message_size, size - start), digests)
+                results[start] = await self._fetch(node, cid, start, min(step, size - start), digests)
                 held += 1
                 self._stats.pieces_held_max = max(self._stats.pieces_held_max, held)
             except (StorageError, BusError) as exc:
@@ -592,14 +644,15 @@ class StorageClient:
 
     async def get(self, cid: str, *, progress: Callable[[int, int], None] | None = None) -> bytes:
         """The whole blob, verified; corrupt replicas met on the way are rewritten.
-        ``progress(done, size)`` is called as verified pieces arrive."""
+        ``progress(done, size)`` is called as verified pieces arrive. Pieces are
+        ``bulk_message_size`` (:data:`BULK_MESSAGE_SIZE`): the blob is held whole anyway."""
         corrupt: list[str] = []
         pieces: list[bytes] = []
 
         async def collect(piece: bytes) -> None:
             pieces.append(piece)
 
-        await self.read_to(cid, collect, corrupt=corrupt, progress=progress)
+        await self.read_to(cid, collect, corrupt=corrupt, progress=progress, message_size=self.bulk_message_size)
         data = b"".join(pieces)
         for node in corrupt:
             try:

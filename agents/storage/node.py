@@ -32,7 +32,10 @@ byte is hashed once on the way out, not once per get); a corrupt blob is
 answered with ``storage.corrupt``, moved to quarantine (so ``has`` turns False)
 and left for a replica to replace. A put of a blob already held re-checks the
 held copy (the client that found it corrupt heals it that way).
-File work runs in worker threads, a few at a time.
+File work runs in worker threads, a few at a time, except a small read
+(:meth:`BlobStore.read_nowait <agents.storage.blobstore.BlobStore.read_nowait>`: at
+most one chunk of a blob with a live verified-at-rest mark, its bytes in the page
+cache) which is served on the event loop: the hop to a thread cost more than the read.
 
 With a ``classifier`` (:class:`agents.admission.Classifier`: the consortium's
 node ids and the light client's certificates), each kind admits only the
@@ -352,6 +355,9 @@ class StorageNode:
 
             data, size, digests = await self._guard_corrupt(cid, read_with_leaves)
             return StorageGetReply(data, size, b"".join(digests))
+        quick = self.store.read_nowait(cid, offset, length)  # small, marked and cached: no thread
+        if quick is not None:
+            return StorageGetReply(*quick)
         data, size = await self._guard_corrupt(cid, self.store.read_range, cid, offset, length)
         return StorageGetReply(data, size)
 

@@ -78,7 +78,7 @@ async def test_put_file_and_get_report_progress(tmp_path) -> None:
     put_seen: list[tuple[int, int]] = []
     get_seen: list[tuple[int, int]] = []
     with trio.fail_after(30):
-        async with swarm(tmp_path, message_size=1 * MiB) as (client, nodes):
+        async with swarm(tmp_path, message_size=1 * MiB, bulk_message_size=1 * MiB) as (client, nodes):
             cid = await client.put_file(path, progress=lambda done, size: put_seen.append((done, size)))
             assert await client.get(cid, progress=lambda done, size: get_seen.append((done, size))) == data
     for seen in (put_seen, get_seen):

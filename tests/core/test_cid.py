@@ -358,3 +358,33 @@ def test_fast_base32_path_agrees_with_multiformats(codec, digest) -> None:
     except Exception:
         theirs = None
     assert ours == theirs
+
+
+# -- kept parses and texts (issue 14: a read names the same CID in every request) --------------
+
+
+@given(st.binary(max_size=400))
+def test_kept_parse_and_text_agree_with_fresh_ones(data: bytes) -> None:
+    text = cidmod.compute(data)
+    kept = cidmod.parse(text)
+    assert cidmod.parse(text) is kept  # the second parse is a lookup
+    assert kept == cidmod._parse(text)  # ... of what a fresh parse gives
+    assert str(kept) == text == cidmod._text(kept)
+    unhashable = cidmod.Cid(kept.version, kept.codec, kept.hash_code, bytearray(kept.digest))
+    assert str(unhashable) == text  # not kept, still right
+
+
+def test_a_refused_parse_is_refused_every_time_and_kept_parses_are_bounded() -> None:
+    bad = "b" + "a" * 58
+    for _ in range(3):
+        with pytest.raises(DecodeError):
+            cidmod.parse(bad)
+
+    class Text(str):
+        pass
+
+    assert cidmod.parse(Text(cidmod.compute(b"x"))) == cidmod.parse(cidmod.compute(b"x"))  # a str subclass: parsed afresh
+    for i in range(cidmod._KEPT + 10):
+        cidmod.parse(cidmod.compute(i.to_bytes(2, "big")))
+    assert cidmod._parse_kept.cache_info().currsize <= cidmod._KEPT
+    assert cidmod._text_kept.cache_info().currsize <= cidmod._KEPT
