@@ -442,6 +442,7 @@ class Swarm:
         self.processes: dict[str, subprocess.Popen] = {}
         self._nursery: trio.Nursery | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._stopped: dict[str, trio.Event] = {}
         self.runners: dict[str, Any] = {}  # in-process agents: id -> agents.node.RoleAgent (metrics)
         self.etcd: Any = None  # etcd ordering: the running agents.ordering.EtcdCluster
 
@@ -516,12 +517,23 @@ class Swarm:
         assert self._nursery is not None and self.node is not None
 
         async def runner(task_status=trio.TASK_STATUS_IGNORED):
-            with trio.CancelScope() as scope:
-                self._scopes[agent] = scope
-                await run_server_agent(self.files, agent, self.node, self.manifest, runners=self.runners,
-                                       task_status=task_status)
+            stopped = self._stopped[agent] = trio.Event()
+            try:
+                with trio.CancelScope() as scope:
+                    self._scopes[agent] = scope
+                    await run_server_agent(self.files, agent, self.node, self.manifest, runners=self.runners,
+                                           task_status=task_status)
+            finally:
+                stopped.set()
 
         await self._nursery.start(runner)
+
+    async def stop_agent(self, agent: str) -> None:
+        """Stop an in-process agent and return once it has closed (its endpoint is off the node, so
+        nothing sent after this reaches it). Cancelling alone returns at once: requests sent in the
+        same scheduling round could still be answered by the stopping agent."""
+        self._scopes[agent].cancel()
+        await self._stopped[agent].wait()
 
     # -- agent processes ----------------------------------------------------
 

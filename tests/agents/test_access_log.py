@@ -246,7 +246,7 @@ async def test_a_peer_whose_log_is_full_serves_no_share_and_a_stopping_peer_flus
             busy = [pid for pid, peer in peers.items() if peer.audit.pending]
             assert busy and len(busy) < len(peers)
             for pid in busy:
-                swarm._scopes[pid].cancel()
+                await swarm.stop_agent(pid)
             watcher = next(pid for pid in peers if pid not in busy)
             while len(await _logged(swarm, watcher)) < before + len(busy):
                 await trio.sleep(0.05)

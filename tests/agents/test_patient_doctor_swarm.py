@@ -114,7 +114,7 @@ async def test_end_to_end(users):
             await alice.set_policy(POLICY.replace("version 1", "version 2"), standing=())
             assert await heart.read("alice", rid) == path.read_bytes()
             for peer in ("peer-a1", "peer-a2", "peer-b2"):  # heart's home peer-b1 stays up
-                users.swarm._scopes[peer].cancel()
+                await users.swarm.stop_agent(peer)
             await expect_not_enough_peers(heart, "alice", rid, answered=1, needed=2,
                                           failed={"peer-a1", "peer-a2", "peer-b2"}, timeout=15)
 
