@@ -298,3 +298,29 @@ def test_an_entry_served_long_after_the_expiry_is_refused_not_flagged_late(c):
     c.time_ms = expires_ms + skew + 5
     assert c.block(batch(c, "p3", [entry(c, "g2", "carol", "r2", dt=5)])).marks == ("bad_state",)
     assert len(accesses(c)) == before
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "open finding (attack review, issue 14): peer.audit answers a patient's whole trail in one reply, "
+    "built on the peer's event loop (~1.4 s of CPU at 100k events); batched access entries (one per "
+    "share served, 64 per transaction) let a doctor holding one grant grow the trail at the peers' serving "
+    "rate, and past ~100k events (~163 bytes each) the reply exceeds the 16 MiB frame: the patient gets "
+    "'too-large' and can read none of its audit trail. Fix: page peer.audit by (height, index) with a "
+    "limit, read it in a worker thread"))
+def test_a_patients_audit_trail_stays_readable_in_one_reply_after_many_reads(c):
+    from bus import DEFAULT_MAX_FRAME_SIZE
+    from bus.envelope import encode_compact
+    from core.protocol import PeerAuditReply
+
+    txs = []
+    for b in range(1650):  # ~35k reads of three shares each, a few minutes of one doctor at the peers' rate
+        peer = ("p1", "p2", "p3")[b % 3]
+        txs.append(batch(c, peer, [entry(c, dt=i + (64 * (b // 3)) % 50_000) for i in range(MAX_ACCESS_ENTRIES)]))
+    for i in range(0, len(txs), 500):
+        assert set(c.block(*txs[i:i + 500]).marks) == {"ok"}
+    events = c.ledger.audit("alice")
+    assert len(events) > 100_000
+    # what the peer's endpoint would send back to alice (a compact reply envelope)
+    reply = encode_compact(2, None, 1, 1, "p1", "alice", PeerAuditReply(tuple(events)).to_wire())
+    assert len(reply) <= DEFAULT_MAX_FRAME_SIZE
