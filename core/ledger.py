@@ -1229,7 +1229,9 @@ class Ledger:
         when an entry could not have been served (:meth:`_served_grant`), is malformed, or
         repeats another; an entry whose grant is revoked when the batch commits, or had
         expired at the batch's timestamp, is recorded flagged ``late: "revoked"`` /
-        ``"expired"`` (its share was served before the peer saw that)."""
+        ``"expired"`` (its share was served before the peer saw that), unless it was served
+        more than :data:`LATE_SERVE_SKEWS` skews after the revocation or at the expiry plus
+        one skew (no honest peer serves that late: the batch is refused ``bad_state``)."""
         peer = self._peers.get(tx.submitter)
         if peer is None:
             raise ValidationError("forbidden", "only a peer logs re-encryptions")
