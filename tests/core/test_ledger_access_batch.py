@@ -302,12 +302,12 @@ def test_an_entry_served_long_after_the_expiry_is_refused_not_flagged_late(c):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "open finding (attack review, issue 14): peer.audit answers a patient's whole trail in one reply, "
-    "built on the peer's event loop (~1.4 s of CPU at 100k events); batched access entries (one per "
+    "open finding (attack review, issue 14): peer.audit answers a patient's whole trail in one reply "
+    "(~1.4 s of CPU at 100k events, now in a worker thread); batched access entries (one per "
     "share served, 64 per transaction) let a doctor holding one grant grow the trail at the peers' serving "
     "rate, and past ~100k events (~163 bytes each) the reply exceeds the 16 MiB frame: the patient gets "
     "'too-large' and can read none of its audit trail. Fix: page peer.audit by (height, index) with a "
-    "limit, read it in a worker thread"))
+    "limit"))
 def test_a_patients_audit_trail_stays_readable_in_one_reply_after_many_reads(c):
     from bus import DEFAULT_MAX_FRAME_SIZE
     from bus.envelope import encode_compact
