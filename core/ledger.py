@@ -84,6 +84,7 @@ __all__ = [
     "LEDGER_GRANT_PREFIXES",
     "MAX_ACCESS_ENTRIES",
     "ACCESS_ENTRY_FIELDS",
+    "LATE_SERVE_SKEWS",
 ]
 
 STANDING_GRANT_TTL_S = 24 * 3600
@@ -120,6 +121,12 @@ of the longest ids (128 characters each) stay well below core.tx.MAX_TX_SIZE."""
 ACCESS_ENTRY_FIELDS = ("grant_id", "request_id", "record_id", "doctor", "time")
 """The fields of an ``access_batch`` entry: what the re-encryption was asked for and
 when the peer served it (Unix ms)."""
+LATE_SERVE_SKEWS = 2
+"""How late (in ``max_skew_ms``) after a grant's revocation (its ``revoked_at``) an
+``access_batch`` entry may have been served and still be recorded ``late: "revoked"``:
+the revocation's block is cut within a skew of its timestamp and a peer serves until it
+applies that block. An entry served at or after the grant's expiry plus one skew is
+refused: the serving peer checked the expiry against the clock that timed the entry."""
 
 BLOCK_TAG = "emrshare/v1/block"
 MAX_BLOCK_TXS = 10_000
@@ -1222,7 +1229,9 @@ class Ledger:
         when an entry could not have been served (:meth:`_served_grant`), is malformed, or
         repeats another; an entry whose grant is revoked when the batch commits, or had
         expired at the batch's timestamp, is recorded flagged ``late: "revoked"`` /
-        ``"expired"`` (its share was served before the peer saw that)."""
+        ``"expired"`` (its share was served before the peer saw that), unless it was served
+        more than :data:`LATE_SERVE_SKEWS` skews after the revocation or at the expiry plus
+        one skew (no honest peer serves that late: the batch is refused ``bad_state``)."""
         peer = self._peers.get(tx.submitter)
         if peer is None:
             raise ValidationError("forbidden", "only a peer logs re-encryptions")
@@ -1251,9 +1260,16 @@ class Ledger:
             seen.add(fields)
             grant = self._served_grant(state, tx.submitter, entry, True)
             flags = _grant_flags(grant)
+            # late: served before the peer saw the revocation or expiry, so at most
+            # LATE_SERVE_SKEWS skews after it (an honest peer checks both before serving)
+            late_by = self.rules.config.max_skew_ms * LATE_SERVE_SKEWS
             if grant["revoked"]:
+                if entry["time"] > grant.get("revoked_at", entry["time"]) + late_by:
+                    raise ValidationError("bad_state", "an access entry served long after its grant was revoked")
                 flags["late"] = "revoked"
             elif tx.timestamp // 1000 >= grant["expires_at"]:
+                if entry["time"] >= grant["expires_at"] * 1000 + self.rules.config.max_skew_ms:
+                    raise ValidationError("bad_state", "an access entry served after its grant expired")
                 flags["late"] = "expired"
             events.append((grant["patient"], entry, flags))
         for n, (patient, entry, flags) in enumerate(events):

@@ -320,7 +320,8 @@ class PeerHandlers:
     async def _audit(self, msg: bus.Message, request: PeerAudit) -> PeerAuditReply:
         if msg.sender != request.patient:
             raise bus.HandlerError(codes.AUDIT_FORBIDDEN, "only the patient reads its audit trail")
-        return PeerAuditReply(tuple(self.peer.ledger.audit(request.patient)))
+        # the whole trail (one event per share served): read off the event loop
+        return PeerAuditReply(tuple(await trio.to_thread.run_sync(self.peer.ledger.audit, request.patient)))
 
     async def _blocks(self, msg: bus.Message, request: PeerBlocks) -> PeerBlocksReply:
         limit = min(request.limit, MAX_BLOCKS_PER_REPLY)

@@ -460,3 +460,54 @@ async def test_a_peer_sending_another_subjects_or_a_forged_owner_certificate_is_
             with pytest.raises(errors.IntegrityError, match="not signed by"):
                 await heart.read("alice", rid)
             assert heart.client._directory("alice") == cert.ecdsa_key
+
+
+# ------------------------------------------------------------------ attack review (issue 14)
+
+
+@pytest.fixture
+async def lying_world(tmp_path):
+    """A world whose peers answer ``peer.reencrypt`` with ``fake.lie(pid, honest reply)``
+    when it is set (a hostile peer replaying replies the doctor's memo remembers)."""
+    fake = FakeConsortium(tmp_path)
+    honest = fake._reencrypt
+    fake.lie = None
+
+    async def reencrypt(pid, msg):
+        reply = await honest(pid, msg)
+        return reply if fake.lie is None else fake.lie(pid, reply)
+
+    fake._reencrypt = reencrypt
+    async with bus.open_node() as node, trio.open_nursery() as nursery:
+        await fake.run(node, nursery)
+        yield World(tmp_path, node, nursery, fake)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_remembered_share_replayed_by_another_peer_or_for_another_request_is_refused(lying_world):
+    """The verified memo keys a share on the answering peer's key and index and on the
+    request and CID asked: a hostile peer replaying a reply the doctor remembers, as its
+    own or for another request, is checked afresh and refused (held)."""
+    world = lying_world
+    data = b"memo replay " * 100
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, data, "text/plain")
+            seen = {}
+
+            def record(pid, reply):
+                seen[pid] = reply
+                return reply
+
+            world.fake.lie = record
+            await _warm(heart, rid, data)  # every peer's reply verified and remembered
+            assert len(seen) == len(world.fake.peers)
+            first = sorted(seen)[0]
+            # every peer answers with the first peer's remembered (valid, signed) reply
+            world.fake.lie = lambda pid, reply: seen[first]
+            with pytest.raises(errors.NotEnoughPeers) as caught:
+                await heart.read("alice", rid)
+            assert caught.value.answered == 1  # the first peer's own reply, and no other
+            # nothing false entered the memo: honest peers read again
+            world.fake.lie = None
+            assert await heart.read("alice", rid) == data
