@@ -187,6 +187,19 @@ class LedgerStore:
                                         (prefix, bound)).fetchall()
         return rows
 
+    def scan_page(self, prefix: str, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """At most ``limit`` rows of ``prefix`` with keys greater than ``after`` (None: from
+        the prefix's first), in key order (core.ledger.Ledger.audit_page)."""
+        bound = prefix_bound(prefix)
+        start = prefix if after is None or after < prefix else after
+        op = ">=" if after is None or after < prefix else ">"
+        with self._lock:
+            if bound is None:
+                return self._db.execute(f"SELECT key, value FROM state WHERE key {op} ? ORDER BY key LIMIT ?",
+                                        (start, limit)).fetchall()
+            return self._db.execute(f"SELECT key, value FROM state WHERE key {op} ? AND key < ? ORDER BY key LIMIT ?",
+                                    (start, bound, limit)).fetchall()
+
     def state_items(self) -> list[tuple[str, bytes]]:
         return self.scan("")
 

@@ -532,16 +532,26 @@ class PatientAgent(UserAgent):
         return out
 
     async def audit(self) -> list[dict]:
-        """This patient's audit trail from the ledger, oldest first."""
+        """This patient's audit trail from the ledger, oldest first (read a page of
+        :data:`core.ledger.AUDIT_PAGE` events at a time from one peer)."""
         self.client.require_registered()
-        try:
-            reply = await self.client.call_peer(PeerAudit.kind, PeerAudit(self.subject).to_wire())
-        except bus.RemoteError as exc:
-            raise remote_error(exc, "audit") from None
-        try:
-            return list(PeerAuditReply.from_wire(reply).events)
-        except DecodeError as exc:
-            raise IntegrityError(f"malformed audit reply: {exc}") from None
+        events: list[dict] = []
+        after: str | None = None
+        while True:
+            try:
+                reply = await self.client.call_peer(PeerAudit.kind, PeerAudit(self.subject, after).to_wire())
+            except bus.RemoteError as exc:
+                raise remote_error(exc, "audit") from None
+            try:
+                page = PeerAuditReply.from_wire(reply)
+            except DecodeError as exc:
+                raise IntegrityError(f"malformed audit reply: {exc}") from None
+            events.extend(page.events)
+            if page.next is None:
+                return events
+            if after is not None and page.next <= after:
+                raise IntegrityError("audit reply: the next page does not follow the previous one")
+            after = page.next
 
     # ------------------------------------------------------------ access requests
 

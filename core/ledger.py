@@ -49,6 +49,7 @@ from .state import (
 from .tx import Transaction
 
 __all__ = [
+    "AUDIT_PAGE",
     "Block",
     "KV",
     "MemoryKV",
@@ -115,6 +116,9 @@ def break_glass_grant_id(break_glass_id: str) -> str:
     """The id of the grant a committed ``break_glass`` makes."""
     return "bg-" + hashlib.sha256(b"emrshare/v1/break-glass-grant" + break_glass_id.encode()).hexdigest()[:32]
 
+AUDIT_PAGE = 2000
+"""Audit events in one page of a patient's trail (``peer.audit``): ~330 KB at ~165 bytes
+an event, far below a frame, whatever the trail's length."""
 MAX_ACCESS_ENTRIES = 64
 """Entries an ``access_batch`` transaction may carry (more: ``malformed``); 64 entries
 of the longest ids (128 characters each) stay well below core.tx.MAX_TX_SIZE."""
@@ -1374,6 +1378,28 @@ class Ledger:
 
     def audit(self, patient: str) -> list[dict]:
         return [canonical.unpack(v) for _, v in self.kv.scan(audit_prefix(patient))]
+
+    def audit_page(self, patient: str, after: str | None = None,
+                   limit: int = AUDIT_PAGE) -> tuple[list[dict], str | None]:
+        """Up to ``limit`` events of ``patient``'s trail whose audit key follows ``after``
+        (None: from the start), oldest first, and the key to continue after (None: the
+        trail ends here). A KV offering ``scan_page(prefix, after, limit)`` (rows of the
+        prefix with keys greater than ``after``, in key order, at most ``limit``) is read
+        one page at a time; another KV is scanned whole. ValueError for an ``after`` that
+        is not a key of this patient's trail."""
+        prefix = audit_prefix(patient)
+        if after is not None and not after.startswith(prefix):
+            raise ValueError("not a key of this patient's audit trail")
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        page = getattr(self.kv, "scan_page", None)
+        if page is not None:
+            rows = page(prefix, after, limit + 1)
+        else:
+            rows = [(k, v) for k, v in self.kv.scan(prefix) if after is None or k > after][:limit + 1]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [canonical.unpack(v) for _, v in rows], (rows[-1][0] if more and rows else None)
 
 
 # ------------------------------------------------------------------ commit proofs

@@ -320,8 +320,12 @@ class PeerHandlers:
     async def _audit(self, msg: bus.Message, request: PeerAudit) -> PeerAuditReply:
         if msg.sender != request.patient:
             raise bus.HandlerError(codes.AUDIT_FORBIDDEN, "only the patient reads its audit trail")
-        # the whole trail (one event per share served): read off the event loop
-        return PeerAuditReply(tuple(await trio.to_thread.run_sync(self.peer.ledger.audit, request.patient)))
+        # one page of the trail (it grows by one event per share served): read off the event loop
+        try:
+            events, after = await trio.to_thread.run_sync(self.peer.ledger.audit_page, request.patient, request.after)
+        except ValueError as exc:
+            raise bus.HandlerError(codes.BAD_REQUEST, f"audit: {exc}") from None
+        return PeerAuditReply(tuple(events), after)
 
     async def _blocks(self, msg: bus.Message, request: PeerBlocks) -> PeerBlocksReply:
         limit = min(request.limit, MAX_BLOCKS_PER_REPLY)

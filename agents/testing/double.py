@@ -223,7 +223,8 @@ class FakeConsortium:
     async def _audit(self, pid: str, msg: bus.Message) -> dict:
         if msg.body["patient"] != msg.sender:
             raise bus.HandlerError(codes.AUDIT_FORBIDDEN, "own trail only")
-        return {"events": self.ledger.audit(msg.sender)}
+        events, after = self.ledger.audit_page(msg.sender, msg.body.get("after"))
+        return {"events": events, **({"next": after} if after is not None else {})}
 
     async def _deliver_share(self, pid: str, msg: bus.Message) -> dict:
         b = msg.body

@@ -8,7 +8,7 @@ from typing import Any, Self
 from core import enrollment, pre
 from core.errors import DecodeError
 from core.identity import MAX_ATTRIBUTES
-from core.ledger import REASON_CODES
+from core.ledger import AUDIT_PAGE, REASON_CODES
 
 from core.protocol._orderer import (
     _HEIGHT, _TX, _TX_ID, MAX_TXS_PER_SUBMIT, BlockList, BlockRange, _OneOrList, _one_or_list,
@@ -41,6 +41,7 @@ EVENT_TYPES = ("access_request", "grant", "deny_request", "revoke_grant", "break
 """Committed transaction types a peer publishes on topic ``events``."""
 
 CID = Text(MAX_CID_LENGTH, min_len=1)
+MAX_AUDIT_KEY = 512  # "audit/<patient id>/<height>/<index>.<entry>": an id is at most 128 characters
 _INT64 = Int(-(2**63), INT64_MAX)
 _PROXY_INDEX = Int(1, MAX_PROXY_INDEX)
 
@@ -231,16 +232,21 @@ class PeerQueryReply(Message, kind="peer.query"):
 
 @dataclass(frozen=True, slots=True)
 class PeerAudit(Message, kind="peer.audit"):
-    """Only the patient itself may ask (``audit.forbidden``)."""
+    """Only the patient itself may ask (``audit.forbidden``). One page of the trail:
+    the events after ``after`` (the ``next`` of the previous page; omitted: from the
+    start), at most :data:`core.ledger.AUDIT_PAGE` of them."""
 
     patient: str = wire(Id())
+    after: str | None = wire(Optional(Text(MAX_AUDIT_KEY, min_len=1)), default=None, omit_none=True)
 
 
 @dataclass(frozen=True, slots=True)
 class PeerAuditReply(Message, kind="peer.audit"):
-    """core.ledger audit entries, oldest first."""
+    """core.ledger audit entries, oldest first; ``next``: ask again with ``after = next``
+    for the rest (omitted: this page ends the trail)."""
 
-    events: tuple[dict, ...] = wire(ListOf(Map(), max_len=MAX_ENTRIES))
+    events: tuple[dict, ...] = wire(ListOf(Map(), max_len=AUDIT_PAGE))
+    next: str | None = wire(Optional(Text(MAX_AUDIT_KEY, min_len=1)), default=None, omit_none=True)
 
 
 # -- peer.deliver_share -----------------------------------------------------------

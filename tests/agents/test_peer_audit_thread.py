@@ -17,9 +17,9 @@ class _Ledger:
     def __init__(self):
         self.threads = []
 
-    def audit(self, patient):
+    def audit_page(self, patient, after=None):
         self.threads.append(threading.current_thread())
-        return [{"event": "access", "patient": patient}]
+        return [{"event": "access", "patient": patient}], None
 
 
 async def test_the_audit_trail_is_read_off_the_event_loop():

@@ -301,16 +301,13 @@ def test_an_entry_served_long_after_the_expiry_is_refused_not_flagged_late(c):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "open finding (attack review, issue 14): peer.audit answers a patient's whole trail in one reply "
-    "(~1.4 s of CPU at 100k events, now in a worker thread); batched access entries (one per "
-    "share served, 64 per transaction) let a doctor holding one grant grow the trail at the peers' serving "
-    "rate, and past ~100k events (~163 bytes each) the reply exceeds the 16 MiB frame: the patient gets "
-    "'too-large' and can read none of its audit trail. Fix: page peer.audit by (height, index) with a "
-    "limit"))
-def test_a_patients_audit_trail_stays_readable_in_one_reply_after_many_reads(c):
+def test_a_patients_audit_trail_stays_readable_in_pages_after_many_reads(c):
+    """Attack review (issue 14): a doctor holding one grant grows the trail at the peers' serving rate
+    (one event per share, 64 per batch); past ~100k events (~163 bytes each) one reply would pass
+    the 16 MiB frame and the patient could read none of it. peer.audit answers in pages."""
     from bus import DEFAULT_MAX_FRAME_SIZE
     from bus.envelope import encode_compact
+    from core.ledger import AUDIT_PAGE
     from core.protocol import PeerAuditReply
 
     txs = []
@@ -321,6 +318,48 @@ def test_a_patients_audit_trail_stays_readable_in_one_reply_after_many_reads(c):
         assert set(c.block(*txs[i:i + 500]).marks) == {"ok"}
     events = c.ledger.audit("alice")
     assert len(events) > 100_000
-    # what the peer's endpoint would send back to alice (a compact reply envelope)
-    reply = encode_compact(2, None, 1, 1, "p1", "alice", PeerAuditReply(tuple(events)).to_wire())
-    assert len(reply) <= DEFAULT_MAX_FRAME_SIZE
+    whole = encode_compact(2, None, 1, 1, "p1", "alice", PeerAuditReply(tuple(events)).to_wire())
+    assert len(whole) > DEFAULT_MAX_FRAME_SIZE  # what one reply would have been
+    pages, after = [], None
+    while True:
+        page, after = c.ledger.audit_page("alice", after)
+        assert 0 < len(page) <= AUDIT_PAGE
+        reply = encode_compact(2, None, 1, 1, "p1", "alice", PeerAuditReply(tuple(page), after).to_wire())
+        assert len(reply) <= DEFAULT_MAX_FRAME_SIZE // 16
+        pages.extend(page)
+        if after is None:
+            break
+    assert pages == events
+
+
+def test_audit_pages_follow_each_other_on_both_kvs(c, tmp_path):
+    """Ledger.audit_page over MemoryKV (scanned whole) and LedgerStore.scan_page (one SQL page) agree,
+    page after page, with the whole trail; a key of another patient's trail is refused."""
+    from agents.ledger_store import LedgerStore
+    from core.ledger import Ledger
+
+    for b in range(5):
+        assert set(c.block(batch(c, "p1", [entry(c, dt=i + 64 * b) for i in range(MAX_ACCESS_ENTRIES)])).marks) == {"ok"}
+    whole = c.ledger.audit("alice")
+    assert len(whole) > 5 * MAX_ACCESS_ENTRIES - 1
+    store = LedgerStore(tmp_path / "ledger.db")
+    rows = c.ledger.kv.scan("")
+    with store._lock:
+        store._db.executemany("INSERT INTO state (key, value) VALUES (?, ?)", rows)
+    on_disk = Ledger.__new__(Ledger)
+    on_disk.kv = store
+    for ledger in (c.ledger, on_disk):
+        for limit in (1, 7, 64, 10_000):
+            got, after = [], None
+            while True:
+                page, nxt = ledger.audit_page("alice", after, limit)
+                assert len(page) <= limit and (nxt is None or len(page) == limit)
+                got.extend(page)
+                if nxt is None:
+                    break
+                assert after is None or nxt > after
+                after = nxt
+            assert got == whole
+        with pytest.raises(ValueError):
+            ledger.audit_page("alice", "audit/bob/000000000001/00000")
+    store.close()
