@@ -29,7 +29,12 @@ in the background (a peer accepts its share after the grant committed: it
 checks the hash against the grant); the policy is
 :class:`agents.plans.ShareDelivery`. Stores return once ``write_quorum``
 storage nodes hold the blob durably (:class:`agents.storage.StorageClient`
-with the agent's nursery).
+with the agent's nursery). A record of at most
+:data:`agents.runtime.SMALL_RECORD_BYTES` is sealed on the event loop (small
+crypto: a thread hop cost more than it saved), and the put takes the CID the
+sealer computed (the nodes check the bytes against it); a doctor's receiving
+key, once its proof of possession verified, is remembered for its next grants
+(docs/security.md).
 
 Standing delegation (docs/security.md): :meth:`PatientAgent.set_policy` also
 hands the peers, once per label, its parts of a standing delegation

@@ -14,7 +14,9 @@ before that, and the remaining copies (a slow or dead replica, the top-up to
 ``replicas``) finish in the background, each attempt bounded by ``timeout``,
 at most ``max_background`` puts at a time (beyond that the stragglers of a put
 that has its quorum are dropped; :meth:`repair` restores missing copies).
-Without one a put waits for every attempt, as before. Failing nodes are
+Without one a put waits for every attempt, as before. A put given the blob's
+CID (the patient's sealer computes it while sealing) does not hash it again:
+each node checks the bytes against the CID before it acknowledges. Failing nodes are
 remembered in an :class:`agents.health.AgentHealth` (open for ``down_for``
 seconds, then probed by one request): puts skip them while the quorum is
 reachable without them, and reads try them last. Agents on one bus node share
