@@ -511,3 +511,88 @@ async def test_a_remembered_share_replayed_by_another_peer_or_for_another_reques
             # nothing false entered the memo: honest peers read again
             world.fake.lie = None
             assert await heart.read("alice", rid) == data
+
+
+async def test_a_small_store_seals_inline_and_is_hashed_once(world, monkeypatch):
+    """A small record is sealed on the event loop (no worker thread for ~0.3 ms of crypto)
+    and the storage client puts it under the sealer's CID without hashing it again; a
+    large one still seals in a worker thread."""
+    import functools
+
+    import agents.patient as patient_mod
+    import agents.storage.client as storage_client
+    from agents.runtime import SMALL_RECORD_BYTES, inline_small_crypto
+
+    if not inline_small_crypto():
+        pytest.skip("the pure-Python backend runs all crypto in threads")
+    in_threads = []
+    real_run_sync = trio.to_thread.run_sync
+
+    async def spy(fn, *args, **kw):
+        in_threads.append(fn.func if isinstance(fn, functools.partial) else fn)
+        return await real_run_sync(fn, *args, **kw)
+
+    hashed = []
+    real_compute = storage_client.cidmod.compute
+
+    def counting_compute(data):
+        hashed.append(len(data))
+        return real_compute(data)
+
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart = await world.patient_and_cardiologist(stack)
+            monkeypatch.setattr(trio.to_thread, "run_sync", spy)
+            monkeypatch.setattr(storage_client.cidmod, "compute", counting_compute)  # core.cid's, shared
+            small = encode_bundle(generate_bundle(2, 8))
+            assert len(small) <= SMALL_RECORD_BYTES
+            rid = await alice.store(small, label="cardiology", media_type="application/fhir+json")
+            assert patient_mod._seal_bytes not in in_threads
+            assert len(hashed) == 1  # by the sealer; not by the storage client
+            big = os.urandom(SMALL_RECORD_BYTES + 1)
+            big_id = await alice.store(big, label="cardiology", media_type="application/octet-stream")
+            assert patient_mod._seal_bytes in in_threads
+            monkeypatch.undo()
+            assert await alice.read(rid) == small and await alice.read(big_id) == big
+            await alice.set_policy(POLICY, standing=())
+            assert await heart.read("alice", rid) == small
+
+
+async def _approve_all(info):
+    return "label"
+
+
+async def test_a_doctors_receiving_key_is_checked_once_and_a_failure_is_not_remembered(world, monkeypatch):
+    import agents.patient as patient_mod
+    from core.errors import CoreError
+
+    data = encode_bundle(generate_bundle(4, 4))
+    checks = []
+    real_check = patient_mod.check_receiving_key
+
+    def counting(cert):
+        checks.append(cert.subject)
+        if len(checks) == 1:
+            raise CoreError("proof of possession does not verify (injected)")
+        return real_check(cert)
+
+    monkeypatch.setattr(patient_mod, "check_receiving_key", counting)
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            # a revoked doctor asks the patient again (the ledger holds it): she approves
+            alice, heart = await world.patient_and_cardiologist(stack, approve=_approve_all)
+            rid = await alice.store(data, label="cardiology", media_type="application/fhir+json")
+            await alice.set_policy(POLICY, standing=())
+            with pytest.raises(errors.AgentError, match="receiving key does not verify"):
+                await heart.read("alice", rid)
+            assert checks == ["dr-heart"] and not alice.grants
+            # the failure was not kept: the next request checks again, and passes
+            assert await heart.read("alice", rid) == data
+            assert checks == ["dr-heart"] * 2
+            (grant_id,) = alice.grants
+            await alice.revoke(grant_id)
+            with pytest.raises(errors.GrantRevoked):
+                await heart.read("alice", rid)
+            # a new grant for the same doctor's key: no pairing check again
+            assert await heart.read("alice", rid) == data
+            assert len(alice.grants) == 2 and checks == ["dr-heart"] * 2

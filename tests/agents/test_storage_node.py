@@ -363,3 +363,29 @@ async def test_idle_put_sessions_expire_and_free_the_senders_slots(tmp_path, idl
         await trio.sleep(30)  # idle past the timeout: the reaper aborts it
         assert not nodes["s0"]._sessions
         await alice._call("s0", StoragePutBegin(10), StoragePutBeginReply)
+
+
+@pytest.mark.parametrize("size", [10, CHUNK_SIZE + 1])  # a raw CID, and a dag-pb one
+async def test_put_with_the_callers_cid_is_not_hashed_again(tmp_path, monkeypatch, size) -> None:
+    """``put(data, cid=...)`` (the sealer computed the CID) stores without hashing the blob in
+    the client; the nodes still check the bytes against it, so a wrong CID stores nothing."""
+    import agents.storage.client as client_mod
+
+    data = os.urandom(size)
+    right = compute(data)
+    with trio.fail_after(30):
+        async with swarm(tmp_path) as (client, nodes):
+            def no_hash(_data):
+                raise AssertionError("the client hashed a blob whose CID it was given")
+
+            monkeypatch.setattr(client_mod.cidmod, "compute", no_hash)
+            assert await client.put(data, cid=right) == right
+            assert holders(nodes, right) == ["s0", "s1", "s2"]
+            monkeypatch.undo()
+            assert await client.get(right) == data
+            claimed = compute(data + b"!")  # a well-formed CID of other bytes
+            with pytest.raises(CidMismatch):
+                await client.put(data, cid=claimed)
+            assert holders(nodes, claimed) == []
+            with pytest.raises(ValueError):
+                await client.put(data, cid="not a cid")
