@@ -195,6 +195,23 @@ class _Pending:
             self.done.set()
 
 
+_IDLE_WORKERS = 8
+"""Request workers an endpoint keeps parked for the next requests (more than that
+finish when their request is done)."""
+
+
+class _Worker:
+    """A task that runs request handlers one after the other: started for a request
+    when no parked worker is free, parked after it (up to :data:`_IDLE_WORKERS` per
+    endpoint) to take the next one, so a request costs a wake-up, not a new task."""
+
+    __slots__ = ("task", "work")
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.work: tuple[Envelope, Connection | None] | None = None
+
+
 class Endpoint:
     """One agent's presence on the bus: identity, keys, handlers, statistics.
 
@@ -272,6 +289,7 @@ class Endpoint:
         self._rejected: Counter[str] = Counter()
         self._error_replies = 0
         self._handler_nursery: trio.Nursery | None = None  # set once _dispatch runs
+        self._idle_workers: list[_Worker] = []  # parked request workers, the last parked first
         self._id_prefix = secrets.token_bytes(ID_SIZE - 8)
         self._id_counter = 0
         self._closed = False
@@ -390,6 +408,9 @@ class Endpoint:
             slot.fail(ClosedError("endpoint closed"))
         self._topics.close()
         self._subscriptions.close()
+        idle, self._idle_workers = self._idle_workers, []
+        for worker in idle:  # parked workers finish (a worker woken without work returns)
+            trio.lowlevel.reschedule(worker.task)  # type: ignore[arg-type]
         await self._inbox_send.aclose()
         await trio.lowlevel.checkpoint()
 
@@ -598,8 +619,38 @@ class Endpoint:
         except trio.WouldBlock:
             return False
         self._in_flight[env.sender] += 1
-        nursery.start_soon(self._handle_request, env, conn)
+        self._run_request(nursery, env, conn)
         return True
+
+    def _run_request(self, nursery: trio.Nursery, env: Envelope, conn: Connection | None) -> None:
+        """Run a request that holds its slots: on a parked worker, else on a new one."""
+        if self._idle_workers:
+            worker = self._idle_workers.pop()
+            worker.work = (env, conn)
+            trio.lowlevel.reschedule(worker.task)  # type: ignore[arg-type]
+        else:
+            nursery.start_soon(self._work, _Worker(), env, conn)
+
+    async def _work(self, worker: _Worker, env: Envelope, conn: Connection | None) -> None:
+        """A request worker: handle, then park for the next request while fewer than
+        :data:`_IDLE_WORKERS` others are parked (each handler runs on a worker of its
+        own: a slow one holds no other request)."""
+        worker.task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:  # cancelled while parked (the endpoint closes)
+            if worker in self._idle_workers:
+                self._idle_workers.remove(worker)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            await self._handle_request(env, conn)
+            if self._closed or len(self._idle_workers) >= _IDLE_WORKERS:
+                return
+            self._idle_workers.append(worker)
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            if worker.work is None:  # woken by aclose
+                return
+            (env, conn), worker.work = worker.work, None
 
     async def _dispatch(self) -> None:
         """Run handlers: requests concurrently (bounded), sends in order."""
@@ -613,7 +664,7 @@ class Endpoint:
                         continue
                     self._in_flight[env.sender] += 1
                     await self._concurrency.acquire()
-                    nursery.start_soon(self._handle_request, env, conn)
+                    self._run_request(nursery, env, conn)
                 else:
                     await self._handle_send(env, conn)
 

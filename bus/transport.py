@@ -44,6 +44,9 @@ sixteen (each read is a trip through the event loop). What a connection holds is
 unchanged: a read returns only bytes that arrived, and one larger than
 :data:`_RECEIVE_SIZE` never reaches past the frame being read (so no large read
 stays pinned by the few bytes of a next frame it carried)."""
+_READS_BEFORE_YIELD = 16
+"""Reads in a row a plain TCP connection makes without waiting before it yields to
+the event loop once (see :meth:`_StreamConnection._receive_socket`)."""
 _SEND_APART_BYTES = 64 * 1024
 """Payloads from this size are sent after their length prefix, not copied behind it."""
 TRY_SEND_BYTES = _SEND_APART_BYTES
@@ -147,6 +150,8 @@ class _StreamConnection:
         self._closed = False
         self._broken: str | None = None
         self._eof = False
+        self._drained = True  # the last read emptied the socket: wait before reading
+        self._unyielded = 0  # reads in a row that did not go through the event loop
 
     @property
     def max_payload(self) -> int:
@@ -229,9 +234,12 @@ class _StreamConnection:
                 raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
             if self._eof:
                 return None
+            size = min(max(self._decoder.pending, _RECEIVE_SIZE), _MAX_RECEIVE_SIZE)
             try:
-                data = await self._stream.receive_some(
-                    min(max(self._decoder.pending, _RECEIVE_SIZE), _MAX_RECEIVE_SIZE))
+                if type(self._stream) is trio.SocketStream:
+                    data = await self._receive_socket(self._stream.socket, size)
+                else:
+                    data = await self._stream.receive_some(size)
             except trio.ClosedResourceError:
                 raise ClosedError("connection closed") from None
             except (trio.BrokenResourceError, OSError) as exc:
@@ -253,6 +261,35 @@ class _StreamConnection:
             elif frames or self.partial_since is None:
                 self.partial_since = trio.current_time()
         return self._frames.popleft()
+
+    async def _receive_socket(self, sock: trio.socket.SocketType, size: int) -> bytes:
+        """Up to ``size`` bytes from a plain TCP socket: read first when the last read
+        filled its buffer (more is likely waiting: no wait, no trip through the event
+        loop), wait for readability first when it did not (the socket is likely empty:
+        no read that fails). A read that did not wait yields to the event loop every
+        :data:`_READS_BEFORE_YIELD` times in a row, so a connection that always has
+        bytes waiting cannot hold the loop (nor escape cancellation) for long."""
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError
+        if self._drained:
+            await trio.lowlevel.wait_readable(fd)
+            self._unyielded = 0
+        elif self._unyielded >= _READS_BEFORE_YIELD:
+            await trio.lowlevel.checkpoint()
+            self._unyielded = 0
+        while True:
+            try:
+                data = os.read(fd, size)  # the socket is non-blocking (trio's)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                self._unyielded = 0
+                continue
+            except InterruptedError:
+                continue
+            self._unyielded += 1
+            self._drained = len(data) < size
+            return data
 
     def limit_frames(self, max_frame_size: int | None) -> None:
         """Refuse frames above ``max_frame_size`` from now on (None: the
