@@ -112,6 +112,12 @@ class _Host(Protocol):
         """Run ``fn(*args)`` in the background, for at most the node's lifetime."""
         ...
 
+    def route_now(self, sender: str, recipient: str, data: bytes) -> Connection | None:
+        """Send an encoded, unsigned envelope from ``sender`` over a connection if that
+        takes no wait; the connection it left on, or None when it did not go (then
+        :meth:`route` it)."""
+        ...
+
     async def route(
         self, sender: str, recipient: str, data: bytes, via: Connection | None, *, wait: bool = True
     ) -> Connection | None:
@@ -176,23 +182,54 @@ def _error_code(exc: BaseException) -> tuple[str, str]:
     return "internal", "internal error"
 
 
+class _Expired(BusError):
+    """A request's reply did not come before its deadline (raised as RequestTimeout)."""
+
+
 class _Pending:
-    """A request waiting for its reply."""
+    """A request waiting for its reply: its requester parks on it (no Event, no
+    cancel scope per request: the endpoint's expiry task times it out)."""
 
-    __slots__ = ("to", "kind", "done", "envelope", "error", "conn")
+    __slots__ = ("to", "kind", "done", "envelope", "error", "conn", "deadline", "_task")
 
-    def __init__(self, to: str, kind: str):
+    def __init__(self, to: str, kind: str, deadline: float = math.inf):
         self.to = to
         self.kind = kind
-        self.done = trio.Event()
+        self.done = False
         self.envelope: Envelope | None = None
         self.error: BusError | None = None
         self.conn: Connection | None = None
+        self.deadline = deadline
+        """trio time after which the expiry task fails it (inf: never)."""
+        self._task: trio.lowlevel.Task | None = None
+
+    def finish(self, envelope: Envelope | None = None, error: BusError | None = None) -> None:
+        """Answer it (a reply envelope) or fail it (an error); the first call counts."""
+        if self.done:
+            return
+        self.done = True
+        self.envelope = envelope
+        self.error = error
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
     def fail(self, error: BusError) -> None:
-        if not self.done.is_set():
-            self.error = error
-            self.done.set()
+        self.finish(error=error)
+
+    async def wait(self) -> None:
+        """Return once it is answered or failed (at once if it is already): a
+        checkpoint; cancellable."""
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            return
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 _IDLE_WORKERS = 8
@@ -269,7 +306,9 @@ class Endpoint:
         self._max_per_sender = max_concurrent_per_sender
         self._in_flight: Counter[str] = Counter()  # requests being handled, by sender
         self._max_pending = max_pending
-        self._pending: dict[bytes, _Pending] = {}
+        self._pending: dict[bytes | int, _Pending] = {}
+        self._expiry_at = math.inf  # when _expire wakes next (trio time)
+        self._expiry_scope: trio.CancelScope | None = None  # the scope it sleeps in
         self._topics = _Topics(
             identity,
             max_subscribers=max_subscribers,
@@ -296,6 +335,7 @@ class Endpoint:
         host.attach(identity, _Attachment(self._receive, signer, directory, verifier, self._connection_lost,
                                           self._holds, self.aclose))
         host.spawn(self._dispatch)
+        host.spawn(self._expire)
 
     # ------------------------------------------------------------ public API
 
@@ -338,17 +378,29 @@ class Endpoint:
         if len(self._pending) >= self._max_pending:
             raise BusError(f"too many pending requests ({self._max_pending})")
         msg_id, data = self._make(MessageType.REQUEST, kind, to, body)
-        slot = _Pending(to, kind)
+        now = trio.current_time()
+        slot = _Pending(to, kind, math.inf if timeout is None else now + timeout)
         self._pending[msg_id] = slot
         try:
-            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                slot.conn = await self._transmit(to, kind, data)
-                if slot.conn is not None and not self._host.is_live(slot.conn):
-                    slot.fail(BrokenError(f"connection to {to!r} broke before the reply"))
-                await slot.done.wait()
+            conn = self._host.route_now(self._identity, to, data)
+            if conn is not None:
+                # sent without a wait: the expiry task times the reply wait out
+                self._count_sent(to, kind, len(data))
+                slot.conn = conn
+                if slot.deadline < self._expiry_at:
+                    self._expiry_at = slot.deadline
+                    if self._expiry_scope is not None:
+                        self._expiry_scope.deadline = slot.deadline
+                await slot.wait()
+            else:  # connecting, waiting for a proof or for queue room: all under the timeout
+                with trio.move_on_after(slot.deadline - now):
+                    slot.conn = await self._transmit(to, kind, data)
+                    if slot.conn is not None and not self._host.is_live(slot.conn):
+                        slot.fail(BrokenError(f"connection to {to!r} broke before the reply"))
+                    await slot.wait()
         finally:
             del self._pending[msg_id]
-        if scope.cancelled_caught and not slot.done.is_set():
+        if not slot.done or isinstance(slot.error, _Expired):
             raise RequestTimeout(f"no reply from {to!r} to {kind!r} within {timeout} s")
         if slot.error is not None:
             raise slot.error
@@ -408,6 +460,8 @@ class Endpoint:
             slot.fail(ClosedError("endpoint closed"))
         self._topics.close()
         self._subscriptions.close()
+        if self._expiry_scope is not None:
+            self._expiry_scope.cancel()  # the expiry task sees the endpoint closed and ends
         idle, self._idle_workers = self._idle_workers, []
         for worker in idle:  # parked workers finish (a worker woken without work returns)
             trio.lowlevel.reschedule(worker.task)  # type: ignore[arg-type]
@@ -459,9 +513,32 @@ class Endpoint:
         self, to: str, kind: str, data: bytes, via: Connection | None = None, wait: bool = True,
     ) -> Connection | None:
         conn = await self._host.route(self._identity, to, data, via, wait=wait)
-        self._sent_kind.add(kind, len(data))
-        self._sent_peer.add(to, len(data))
+        self._count_sent(to, kind, len(data))
         return conn
+
+    def _count_sent(self, to: str, kind: str, size: int) -> None:
+        self._sent_kind.add(kind, size)
+        self._sent_peer.add(to, size)
+
+    async def _expire(self) -> None:
+        """Fail the requests whose reply did not come in time (those sent without a
+        wait: the others wait under a timeout of their own). Sleeps until the
+        earliest deadline it knows (a request with an earlier one moves it); the
+        pending requests are looked through only when it wakes, about once per
+        request timeout under steady traffic."""
+        while not self._closed:
+            with trio.CancelScope(deadline=self._expiry_at) as scope:
+                self._expiry_scope = scope
+                await trio.sleep_forever()
+            self._expiry_scope = None
+            now = trio.current_time()
+            soonest = math.inf
+            for slot in list(self._pending.values()):
+                if slot.deadline <= now:
+                    slot.fail(_Expired())
+                elif not slot.done:
+                    soonest = min(soonest, slot.deadline)
+            self._expiry_at = soonest
 
     async def _emit(self, subscriber: str, topic: str, body: Any) -> None:
         """Send one event of ``topic`` to ``subscriber`` (for the publisher side)."""
@@ -557,12 +634,11 @@ class Endpoint:
         mtype = env.type
         if mtype in (MessageType.REPLY, MessageType.ERROR):
             slot = self._pending.get(env.correlation_id)  # type: ignore[arg-type]
-            if slot is None or slot.to != env.sender or slot.done.is_set():
+            if slot is None or slot.to != env.sender or slot.done:
                 self._reject("unexpected-reply", env, conn, "reply matches no pending request")
                 return
             self._count_received(slot.kind, env.sender, size)
-            slot.envelope = env
-            slot.done.set()
+            slot.finish(env)
             return
         self._count_received(env.kind, env.sender, size)
         if mtype == MessageType.EVENT:
