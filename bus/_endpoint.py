@@ -12,7 +12,13 @@ never wait for a slow reader (the node drops it instead); fire-and-forget
 messages one at a time in arrival order),
 answers requests (with the handler's result, a typed error,
 or, up to a bound in flight, the reason the request's envelope was rejected)
-and counts its traffic.
+and counts its traffic. A request's handler runs on a worker task of its own
+(a slow handler holds no other request); a worker that finished parks for the
+next request (up to eight per endpoint), so a request costs a wake-up, not a new
+task. A request the node can send at once (``route_now``) waits for its reply
+parked on its slot, and one expiry task per endpoint fails the slots whose
+deadline passed (no cancel scope and no Event per request); one that must wait
+to be sent (connecting, a proof, queue room) waits under a timeout scope.
 Publish/subscribe lives in :mod:`bus._pubsub`; the endpoint carries its
 messages.
 

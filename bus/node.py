@@ -12,7 +12,9 @@ Routing an envelope to agent ``R``, in order: a local endpoint ``R``; else the
 live connection on which a verified envelope from ``R`` last arrived (so
 replies and events reach clients that have no listener); else the address of
 ``R`` in the routing table (a pooled connection, reconnected with capped
-exponential backoff); else :class:`UnreachableError`. A reply to a request
+exponential backoff); else :class:`UnreachableError`. An endpoint first asks :meth:`Node.route_now`,
+which sends only what needs no wait (a known live connection whose other side
+proved the recipient, with queue room), and takes the full route otherwise. A reply to a request
 that came on a connection goes back on that connection only, never re-routed
 by name (the request's sender may be one nobody proved). Every envelope, local or
 not, must fit the frame limit.

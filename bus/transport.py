@@ -5,7 +5,11 @@ A transport is chosen by the scheme of an address (``tcp://host:port``,
 frame payloads in, whole frame payloads out. TCP connections carry
 length-prefixed frames (:mod:`bus.framing`), optionally inside TLS
 (``trio.SSLStream``; mutual TLS when the server context requires client
-certificates). In-memory connections carry the same payloads over bounded trio
+certificates). A plain TCP connection reads its socket itself: it reads
+first when the last read filled its buffer and waits for readability first when
+it did not (trio's socket would make a read that fails, or a trip through the
+event loop, per frame), yielding at least every few reads; the frames one read
+completed are returned one after the other with no further read. In-memory connections carry the same payloads over bounded trio
 channels, with the same size limit. By default a transport carries frames of the
 default envelope limit plus a channel frame's overhead (so a default node's
 largest envelope fits on a channel); a transport given a smaller limit makes the
@@ -45,8 +49,11 @@ unchanged: a read returns only bytes that arrived, and one larger than
 :data:`_RECEIVE_SIZE` never reaches past the frame being read (so no large read
 stays pinned by the few bytes of a next frame it carried)."""
 _READS_BEFORE_YIELD = 16
-"""Reads in a row a plain TCP connection makes without waiting before it yields to
-the event loop once (see :meth:`_StreamConnection._receive_socket`)."""
+_BYTES_BEFORE_YIELD = 256 * 1024
+"""A plain TCP connection that reads without waiting yields to the event loop once
+it made :data:`_READS_BEFORE_YIELD` such reads in a row or read this many bytes in
+them (see :meth:`_StreamConnection._receive_socket`): what one connection does
+between two chances for every other task stays small."""
 _SEND_APART_BYTES = 64 * 1024
 """Payloads from this size are sent after their length prefix, not copied behind it."""
 TRY_SEND_BYTES = _SEND_APART_BYTES
@@ -152,6 +159,7 @@ class _StreamConnection:
         self._eof = False
         self._drained = True  # the last read emptied the socket: wait before reading
         self._unyielded = 0  # reads in a row that did not go through the event loop
+        self._unyielded_bytes = 0  # and the bytes they read
 
     @property
     def max_payload(self) -> int:
@@ -266,28 +274,30 @@ class _StreamConnection:
         """Up to ``size`` bytes from a plain TCP socket: read first when the last read
         filled its buffer (more is likely waiting: no wait, no trip through the event
         loop), wait for readability first when it did not (the socket is likely empty:
-        no read that fails). A read that did not wait yields to the event loop every
-        :data:`_READS_BEFORE_YIELD` times in a row, so a connection that always has
-        bytes waiting cannot hold the loop (nor escape cancellation) for long."""
+        no read that fails). Reads that did not wait yield to the event loop after
+        :data:`_READS_BEFORE_YIELD` of them in a row or :data:`_BYTES_BEFORE_YIELD`
+        bytes, so a connection that always has bytes waiting cannot hold the loop
+        (nor escape cancellation) for long."""
         fd = sock.fileno()
         if fd < 0:
             raise trio.ClosedResourceError
         if self._drained:
             await trio.lowlevel.wait_readable(fd)
-            self._unyielded = 0
-        elif self._unyielded >= _READS_BEFORE_YIELD:
+            self._unyielded = self._unyielded_bytes = 0
+        elif self._unyielded >= _READS_BEFORE_YIELD or self._unyielded_bytes >= _BYTES_BEFORE_YIELD:
             await trio.lowlevel.checkpoint()
-            self._unyielded = 0
+            self._unyielded = self._unyielded_bytes = 0
         while True:
             try:
                 data = os.read(fd, size)  # the socket is non-blocking (trio's)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(fd)
-                self._unyielded = 0
+                self._unyielded = self._unyielded_bytes = 0
                 continue
             except InterruptedError:
                 continue
             self._unyielded += 1
+            self._unyielded_bytes += len(data)
             self._drained = len(data) < size
             return data
 

@@ -20,8 +20,14 @@ from bus.framing import encode_frame
 from bus.testing import Keyring, eventually
 
 
-async def test_a_socket_with_bytes_always_waiting_still_yields_and_can_be_cancelled(monkeypatch):
+@pytest.mark.parametrize("byte_budget", [None, 64])
+async def test_a_socket_with_bytes_always_waiting_still_yields_and_can_be_cancelled(monkeypatch, byte_budget):
     from bus import transport
+
+    most = transport._READS_BEFORE_YIELD
+    if byte_budget is not None:  # the bytes read without a yield are bounded too
+        monkeypatch.setattr(transport, "_BYTES_BEFORE_YIELD", byte_budget)
+        most = byte_budget // 16
 
     # every read asks for 16 bytes and every frame is 16 bytes (header + 12): each
     # read fills its buffer, so the next one reads first without waiting
@@ -41,7 +47,7 @@ async def test_a_socket_with_bytes_always_waiting_still_yields_and_can_be_cancel
             got += 1
     assert scope.cancelled_caught
     # ... until the reads in a row reach the bound: then it yields (and sees the cancel)
-    assert 2 <= got <= transport._READS_BEFORE_YIELD
+    assert 2 <= got <= most
     for i in range(got, len(frames)):  # nothing lost: the rest comes in order
         assert await conn.receive() == frames[i]
     await conn.aclose()
