@@ -878,8 +878,8 @@ class Node:
             frames += 1
             self._frames_received += 1
             self._bytes_received += len(data)
-            try:
-                env = await self._decode_frame(data)
+            try:  # (a small frame decoded here: no coroutine per frame)
+                env = self._decode(data) if len(data) <= self._thread_objects else await self._decode_frame(data)
             except EnvelopeError as exc:
                 if frames == 1 and not self._channels and is_channel_hello(data):
                     self._dropped["handshake-failed"] += 1  # a channel node calling a signed-mode one
