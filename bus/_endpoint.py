@@ -15,7 +15,9 @@ or, up to a bound in flight, the reason the request's envelope was rejected)
 and counts its traffic. A request's handler runs on a worker task of its own
 (a slow handler holds no other request); a worker that finished parks for the
 next request (up to eight per endpoint), so a request costs a wake-up, not a new
-task. A request the node can send at once (``route_now``) waits for its reply
+task. Requests and fire-and-forget messages go through the node's
+``route_now`` first (what needs no wait is written or queued there, without
+the coroutines of the full route). A request sent so waits for its reply
 parked on its slot, and one expiry task per endpoint fails the slots whose
 deadline passed (no cancel scope and no Event per request); one that must wait
 to be sent (connecting, a proof, queue room) waits under a timeout scope.
@@ -420,6 +422,9 @@ class Endpoint:
         """Fire-and-forget: returns once the message is handed to the route."""
         self._check_open()
         _, data = self._make(MessageType.SEND, kind, to, body)
+        if self._host.route_now(self._identity, to, data) is not None:  # sent without a wait
+            self._count_sent(to, kind, len(data))
+            return
         await self._transmit(to, kind, data)
 
     async def publish(self, topic: str, body: Any) -> int:
