@@ -12,7 +12,15 @@ never wait for a slow reader (the node drops it instead); fire-and-forget
 messages one at a time in arrival order),
 answers requests (with the handler's result, a typed error,
 or, up to a bound in flight, the reason the request's envelope was rejected)
-and counts its traffic.
+and counts its traffic. A request's handler runs on a worker task of its own
+(a slow handler holds no other request); a worker that finished parks for the
+next request (up to eight per endpoint), so a request costs a wake-up, not a new
+task. Requests and fire-and-forget messages go through the node's
+``route_now`` first (what needs no wait is written or queued there, without
+the coroutines of the full route). A request sent so waits for its reply
+parked on its slot, and one expiry task per endpoint fails the slots whose
+deadline passed (no cancel scope and no Event per request); one that must wait
+to be sent (connecting, a proof, queue room) waits under a timeout scope.
 Publish/subscribe lives in :mod:`bus._pubsub`; the endpoint carries its
 messages.
 
@@ -112,6 +120,12 @@ class _Host(Protocol):
         """Run ``fn(*args)`` in the background, for at most the node's lifetime."""
         ...
 
+    def route_now(self, sender: str, recipient: str, data: bytes) -> Connection | None:
+        """Send an encoded, unsigned envelope from ``sender`` over a connection if that
+        takes no wait; the connection it left on, or None when it did not go (then
+        :meth:`route` it)."""
+        ...
+
     async def route(
         self, sender: str, recipient: str, data: bytes, via: Connection | None, *, wait: bool = True
     ) -> Connection | None:
@@ -176,23 +190,71 @@ def _error_code(exc: BaseException) -> tuple[str, str]:
     return "internal", "internal error"
 
 
+class _Expired(BusError):
+    """A request's reply did not come before its deadline (raised as RequestTimeout)."""
+
+
 class _Pending:
-    """A request waiting for its reply."""
+    """A request waiting for its reply: its requester parks on it (no Event, no
+    cancel scope per request: the endpoint's expiry task times it out)."""
 
-    __slots__ = ("to", "kind", "done", "envelope", "error", "conn")
+    __slots__ = ("to", "kind", "done", "envelope", "error", "conn", "deadline", "_task")
 
-    def __init__(self, to: str, kind: str):
+    def __init__(self, to: str, kind: str, deadline: float = math.inf):
         self.to = to
         self.kind = kind
-        self.done = trio.Event()
+        self.done = False
         self.envelope: Envelope | None = None
         self.error: BusError | None = None
         self.conn: Connection | None = None
+        self.deadline = deadline
+        """trio time after which the expiry task fails it (inf: never)."""
+        self._task: trio.lowlevel.Task | None = None
+
+    def finish(self, envelope: Envelope | None = None, error: BusError | None = None) -> None:
+        """Answer it (a reply envelope) or fail it (an error); the first call counts."""
+        if self.done:
+            return
+        self.done = True
+        self.envelope = envelope
+        self.error = error
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
     def fail(self, error: BusError) -> None:
-        if not self.done.is_set():
-            self.error = error
-            self.done.set()
+        self.finish(error=error)
+
+    async def wait(self) -> None:
+        """Return once it is answered or failed (at once if it is already): a
+        checkpoint; cancellable."""
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            return
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+_IDLE_WORKERS = 8
+"""Request workers an endpoint keeps parked for the next requests (more than that
+finish when their request is done)."""
+
+
+class _Worker:
+    """A task that runs request handlers one after the other: started for a request
+    when no parked worker is free, parked after it (up to :data:`_IDLE_WORKERS` per
+    endpoint) to take the next one, so a request costs a wake-up, not a new task."""
+
+    __slots__ = ("task", "work")
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.work: tuple[Envelope, Connection | None] | None = None
 
 
 class Endpoint:
@@ -252,7 +314,9 @@ class Endpoint:
         self._max_per_sender = max_concurrent_per_sender
         self._in_flight: Counter[str] = Counter()  # requests being handled, by sender
         self._max_pending = max_pending
-        self._pending: dict[bytes, _Pending] = {}
+        self._pending: dict[bytes | int, _Pending] = {}
+        self._expiry_at = math.inf  # when _expire wakes next (trio time)
+        self._expiry_scope: trio.CancelScope | None = None  # the scope it sleeps in
         self._topics = _Topics(
             identity,
             max_subscribers=max_subscribers,
@@ -272,12 +336,14 @@ class Endpoint:
         self._rejected: Counter[str] = Counter()
         self._error_replies = 0
         self._handler_nursery: trio.Nursery | None = None  # set once _dispatch runs
+        self._idle_workers: list[_Worker] = []  # parked request workers, the last parked first
         self._id_prefix = secrets.token_bytes(ID_SIZE - 8)
         self._id_counter = 0
         self._closed = False
         host.attach(identity, _Attachment(self._receive, signer, directory, verifier, self._connection_lost,
                                           self._holds, self.aclose))
         host.spawn(self._dispatch)
+        host.spawn(self._expire)
 
     # ------------------------------------------------------------ public API
 
@@ -320,17 +386,29 @@ class Endpoint:
         if len(self._pending) >= self._max_pending:
             raise BusError(f"too many pending requests ({self._max_pending})")
         msg_id, data = self._make(MessageType.REQUEST, kind, to, body)
-        slot = _Pending(to, kind)
+        now = trio.current_time()
+        slot = _Pending(to, kind, math.inf if timeout is None else now + timeout)
         self._pending[msg_id] = slot
         try:
-            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                slot.conn = await self._transmit(to, kind, data)
-                if slot.conn is not None and not self._host.is_live(slot.conn):
-                    slot.fail(BrokenError(f"connection to {to!r} broke before the reply"))
-                await slot.done.wait()
+            conn = self._host.route_now(self._identity, to, data)
+            if conn is not None:
+                # sent without a wait: the expiry task times the reply wait out
+                self._count_sent(to, kind, len(data))
+                slot.conn = conn
+                if slot.deadline < self._expiry_at:
+                    self._expiry_at = slot.deadline
+                    if self._expiry_scope is not None:
+                        self._expiry_scope.deadline = slot.deadline
+                await slot.wait()
+            else:  # connecting, waiting for a proof or for queue room: all under the timeout
+                with trio.move_on_after(slot.deadline - now):
+                    slot.conn = await self._transmit(to, kind, data)
+                    if slot.conn is not None and not self._host.is_live(slot.conn):
+                        slot.fail(BrokenError(f"connection to {to!r} broke before the reply"))
+                    await slot.wait()
         finally:
             del self._pending[msg_id]
-        if scope.cancelled_caught and not slot.done.is_set():
+        if not slot.done or isinstance(slot.error, _Expired):
             raise RequestTimeout(f"no reply from {to!r} to {kind!r} within {timeout} s")
         if slot.error is not None:
             raise slot.error
@@ -344,6 +422,9 @@ class Endpoint:
         """Fire-and-forget: returns once the message is handed to the route."""
         self._check_open()
         _, data = self._make(MessageType.SEND, kind, to, body)
+        if self._host.route_now(self._identity, to, data) is not None:  # sent without a wait
+            self._count_sent(to, kind, len(data))
+            return
         await self._transmit(to, kind, data)
 
     async def publish(self, topic: str, body: Any) -> int:
@@ -390,6 +471,11 @@ class Endpoint:
             slot.fail(ClosedError("endpoint closed"))
         self._topics.close()
         self._subscriptions.close()
+        if self._expiry_scope is not None:
+            self._expiry_scope.cancel()  # the expiry task sees the endpoint closed and ends
+        idle, self._idle_workers = self._idle_workers, []
+        for worker in idle:  # parked workers finish (a worker woken without work returns)
+            trio.lowlevel.reschedule(worker.task)  # type: ignore[arg-type]
         await self._inbox_send.aclose()
         await trio.lowlevel.checkpoint()
 
@@ -438,9 +524,32 @@ class Endpoint:
         self, to: str, kind: str, data: bytes, via: Connection | None = None, wait: bool = True,
     ) -> Connection | None:
         conn = await self._host.route(self._identity, to, data, via, wait=wait)
-        self._sent_kind.add(kind, len(data))
-        self._sent_peer.add(to, len(data))
+        self._count_sent(to, kind, len(data))
         return conn
+
+    def _count_sent(self, to: str, kind: str, size: int) -> None:
+        self._sent_kind.add(kind, size)
+        self._sent_peer.add(to, size)
+
+    async def _expire(self) -> None:
+        """Fail the requests whose reply did not come in time (those sent without a
+        wait: the others wait under a timeout of their own). Sleeps until the
+        earliest deadline it knows (a request with an earlier one moves it); the
+        pending requests are looked through only when it wakes, about once per
+        request timeout under steady traffic."""
+        while not self._closed:
+            with trio.CancelScope(deadline=self._expiry_at) as scope:
+                self._expiry_scope = scope
+                await trio.sleep_forever()
+            self._expiry_scope = None
+            now = trio.current_time()
+            soonest = math.inf
+            for slot in list(self._pending.values()):
+                if slot.deadline <= now:
+                    slot.fail(_Expired())
+                elif not slot.done:
+                    soonest = min(soonest, slot.deadline)
+            self._expiry_at = soonest
 
     async def _emit(self, subscriber: str, topic: str, body: Any) -> None:
         """Send one event of ``topic`` to ``subscriber`` (for the publisher side)."""
@@ -536,12 +645,11 @@ class Endpoint:
         mtype = env.type
         if mtype in (MessageType.REPLY, MessageType.ERROR):
             slot = self._pending.get(env.correlation_id)  # type: ignore[arg-type]
-            if slot is None or slot.to != env.sender or slot.done.is_set():
+            if slot is None or slot.to != env.sender or slot.done:
                 self._reject("unexpected-reply", env, conn, "reply matches no pending request")
                 return
             self._count_received(slot.kind, env.sender, size)
-            slot.envelope = env
-            slot.done.set()
+            slot.finish(env)
             return
         self._count_received(env.kind, env.sender, size)
         if mtype == MessageType.EVENT:
@@ -598,8 +706,38 @@ class Endpoint:
         except trio.WouldBlock:
             return False
         self._in_flight[env.sender] += 1
-        nursery.start_soon(self._handle_request, env, conn)
+        self._run_request(nursery, env, conn)
         return True
+
+    def _run_request(self, nursery: trio.Nursery, env: Envelope, conn: Connection | None) -> None:
+        """Run a request that holds its slots: on a parked worker, else on a new one."""
+        if self._idle_workers:
+            worker = self._idle_workers.pop()
+            worker.work = (env, conn)
+            trio.lowlevel.reschedule(worker.task)  # type: ignore[arg-type]
+        else:
+            nursery.start_soon(self._work, _Worker(), env, conn)
+
+    async def _work(self, worker: _Worker, env: Envelope, conn: Connection | None) -> None:
+        """A request worker: handle, then park for the next request while fewer than
+        :data:`_IDLE_WORKERS` others are parked (each handler runs on a worker of its
+        own: a slow one holds no other request)."""
+        worker.task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:  # cancelled while parked (the endpoint closes)
+            if worker in self._idle_workers:
+                self._idle_workers.remove(worker)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            await self._handle_request(env, conn)
+            if self._closed or len(self._idle_workers) >= _IDLE_WORKERS:
+                return
+            self._idle_workers.append(worker)
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            if worker.work is None:  # woken by aclose
+                return
+            (env, conn), worker.work = worker.work, None
 
     async def _dispatch(self) -> None:
         """Run handlers: requests concurrently (bounded), sends in order."""
@@ -613,7 +751,7 @@ class Endpoint:
                         continue
                     self._in_flight[env.sender] += 1
                     await self._concurrency.acquire()
-                    nursery.start_soon(self._handle_request, env, conn)
+                    self._run_request(nursery, env, conn)
                 else:
                     await self._handle_send(env, conn)
 

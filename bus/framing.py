@@ -88,10 +88,15 @@ class FrameDecoder:
             raise FrameError(f"decoder is broken by an earlier error: {self._error}")
         if type(data) is not bytes:
             data = bytes(data)  # views of it are kept: it must not change under them
+        end = len(data)
+        if self._need is None and not self._head and end >= FRAME_HEADER_SIZE:
+            # the common case of a small message: exactly one whole frame in this read
+            need = int.from_bytes(data[:FRAME_HEADER_SIZE], "big")
+            if need == end - FRAME_HEADER_SIZE and need <= self._max:
+                return [data[FRAME_HEADER_SIZE:]]
         view = memoryview(data)
         frames: list[bytes] = []
         pos = 0
-        end = len(data)
         while pos < end:
             need = self._need
             if need is None:

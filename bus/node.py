@@ -12,7 +12,9 @@ Routing an envelope to agent ``R``, in order: a local endpoint ``R``; else the
 live connection on which a verified envelope from ``R`` last arrived (so
 replies and events reach clients that have no listener); else the address of
 ``R`` in the routing table (a pooled connection, reconnected with capped
-exponential backoff); else :class:`UnreachableError`. A reply to a request
+exponential backoff); else :class:`UnreachableError`. An endpoint first asks :meth:`Node.route_now`,
+which sends only what needs no wait (a known live connection whose other side
+proved the recipient, with queue room), and takes the full route otherwise. A reply to a request
 that came on a connection goes back on that connection only, never re-routed
 by name (the request's sender may be one nobody proved). Every envelope, local or
 not, must fit the frame limit.
@@ -471,6 +473,66 @@ class Node:
                 if attempt == 2:
                     raise
 
+    def route_now(self, sender: str, recipient: str, data: bytes) -> Connection | None:
+        """Deliver an encoded, unsigned envelope from the hosted agent ``sender`` to an
+        agent reached over a connection when that takes no wait: write it at once or
+        queue it (the connection's route is known and live, the other side proved
+        ``recipient``, its queue has room); return the connection it left on, or None
+        when it did not go (nothing sent: :meth:`route` then does it, waiting where
+        needed, or says why it cannot)."""
+        if self._closed or len(data) > self._max_frame_size or recipient in self._endpoints:
+            return None
+        conn = self._paths.get(recipient)
+        if conn is None:
+            address = self._routes.get(recipient)
+            link = None if address is None else self._links.get((address, self._shard_for(address, sender)))
+            conn = None if link is None else link.conn
+            if conn is None or conn not in self._live:
+                return None
+        box = self._outboxes.get(conn)
+        own = self._endpoints.get(sender)
+        if box is None or box.closed is not None or own is None:
+            return None
+        channel = isinstance(conn, ChannelConnection)
+        size = len(data) + (0 if channel else 80)  # (signed mode adds the signature, at most 80 bytes)
+        limit = getattr(conn, "max_payload", None)
+        if (limit is not None and size > limit) or not (box.idle or box.has_room(size)):
+            return None
+        if channel:
+            if self._claim_problem(conn, own, recipient) is not None:  # type: ignore[arg-type]
+                return None
+            if sender not in conn.channel.proven_here and len(conn.channel.proven_here) >= MAX_CLAIMS:  # type: ignore[attr-defined]
+                return None
+        self._put(conn, box, self._frame_for(conn, own, sender, data))
+        return conn
+
+    def _frame_for(self, conn: Connection, own: _Attachment, sender: str, data: bytes) -> bytes:
+        """What ``conn`` carries for an unsigned envelope from ``sender``: on a channel the
+        envelope as it is (the proof of ``sender`` queued ahead of it the first time:
+        _ChannelFull when the channel has no room for it), else the envelope signed."""
+        if isinstance(conn, ChannelConnection):
+            if sender not in conn.channel.proven_here:
+                if len(conn.channel.proven_here) >= MAX_CLAIMS:
+                    raise _ChannelFull()
+                self._prove(conn, sender, own)
+            return data
+        return sign_wire(data, own.signer)
+
+    def _put(self, conn: Connection, box: _Outbox, data: bytes) -> bool:
+        """Write ``data`` at once when nothing is ahead of it (no writer woken; what the
+        socket does not take goes first in the queue, for the writer), else queue it
+        if the queue has room; False: no room (nothing done)."""
+        if box.idle and len(data) < TRY_SEND_BYTES and getattr(conn, "can_try_send", bool)():
+            rest = conn.try_send(data)  # type: ignore[attr-defined]
+            box.last_sent = trio.current_time()
+            if rest:
+                box.put_nowait(rest, _RAW)
+            return True
+        if not box.has_room(len(data)):
+            return False
+        box.put_nowait(data)
+        return True
+
     async def _enqueue(self, conn: Connection, sender: str, recipient: str, data: bytes, wait: bool, *,
                        check_recipient: bool = True) -> None:
         """Queue ``data`` (an unsigned envelope from ``sender``) on ``conn``'s
@@ -488,42 +550,33 @@ class Node:
         if limit is not None and len(data) + (0 if isinstance(conn, ChannelConnection) else 80) > limit:
             # (signed mode adds the signature, at most 80 bytes with its header)
             raise FrameError(f"message of {len(data)} bytes exceeds the {limit}-byte limit of {conn.peer}")
-        if isinstance(conn, ChannelConnection):
-            if check_recipient:
-                await self._check_recipient(conn, own, recipient)
-            if sender not in conn.channel.proven_here:
-                if len(conn.channel.proven_here) >= MAX_CLAIMS:
-                    raise _ChannelFull()
-                self._prove(conn, sender, own)
-        else:
-            data = sign_wire(data, own.signer)
-        if box.idle and len(data) < TRY_SEND_BYTES and getattr(conn, "can_try_send", bool)():
-            # nothing ahead of it: write it now, from this task (no writer woken); what
-            # the socket does not take goes first in the queue, for the writer
-            rest = conn.try_send(data)  # type: ignore[attr-defined]
-            box.last_sent = trio.current_time()
-            if rest:
-                box.put_nowait(rest, _RAW)
+        if isinstance(conn, ChannelConnection) and check_recipient:
+            await self._check_recipient(conn, own, recipient)
+        data = self._frame_for(conn, own, sender, data)
+        if self._put(conn, box, data):
             return
-        if not box.has_room(len(data)):
-            if not wait:
-                self._drop(conn, "send-queue-full")
-                raise BrokenError(f"connection to {conn.peer} dropped: its send queue is full")
-            await box.wait_room(len(data))
-            if box.closed is not None:
-                raise BrokenError(f"connection to {conn.peer} dropped: {box.closed}")
+        if not wait:
+            self._drop(conn, "send-queue-full")
+            raise BrokenError(f"connection to {conn.peer} dropped: its send queue is full")
+        await box.wait_room(len(data))
+        if box.closed is not None:
+            raise BrokenError(f"connection to {conn.peer} dropped: {box.closed}")
         box.put_nowait(data)
+
+    @staticmethod
+    def _claim_problem(conn: ChannelConnection, own: _Attachment, recipient: str) -> str | None:
+        """Why ``recipient`` is not (yet) proved on ``conn`` under the key ``own``'s
+        directory holds for it (None: it is)."""
+        try:
+            key = own.directory(recipient)
+        except Exception:
+            key = None
+        return conn.channel.claim_ok(recipient, key, own.verifier)
 
     async def _check_recipient(self, conn: ChannelConnection, own: _Attachment, recipient: str) -> None:
         """Wait (bounded by the handshake timeout) until the other side of ``conn``
         proved ``recipient`` under the key ``own``'s directory holds for it."""
-        def key() -> bytes | None:
-            try:
-                return own.directory(recipient)
-            except Exception:
-                return None
-
-        reason = conn.channel.claim_ok(recipient, key(), own.verifier)
+        reason = self._claim_problem(conn, own, recipient)
         if reason is None:
             return
         if recipient not in conn.channel.claims:
@@ -532,7 +585,7 @@ class Node:
                 self._want(conn, recipient)
             with trio.move_on_after(self._handshake_timeout):
                 await conn.wait_claim(recipient)
-            reason = conn.channel.claim_ok(recipient, key(), own.verifier)
+            reason = self._claim_problem(conn, own, recipient)
         if reason is not None:
             raise UnreachableError(
                 f"{conn.peer} did not prove it hosts {recipient!r} ({reason}); not sending to it"
@@ -825,8 +878,8 @@ class Node:
             frames += 1
             self._frames_received += 1
             self._bytes_received += len(data)
-            try:
-                env = await self._decode_frame(data)
+            try:  # (a small frame decoded here: no coroutine per frame)
+                env = self._decode(data) if len(data) <= self._thread_objects else await self._decode_frame(data)
             except EnvelopeError as exc:
                 if frames == 1 and not self._channels and is_channel_hello(data):
                     self._dropped["handshake-failed"] += 1  # a channel node calling a signed-mode one

@@ -5,7 +5,12 @@ A transport is chosen by the scheme of an address (``tcp://host:port``,
 frame payloads in, whole frame payloads out. TCP connections carry
 length-prefixed frames (:mod:`bus.framing`), optionally inside TLS
 (``trio.SSLStream``; mutual TLS when the server context requires client
-certificates). In-memory connections carry the same payloads over bounded trio
+certificates). A TCP connection, plain or under TLS, reads its socket itself
+(:class:`_ReadFirst`): it reads
+first when the last read filled its buffer and waits for readability first when
+it did not (trio's socket would make a read that fails, or a trip through the
+event loop, per frame), yielding at least every few reads; the frames one read
+completed are returned one after the other with no further read. In-memory connections carry the same payloads over bounded trio
 channels, with the same size limit. By default a transport carries frames of the
 default envelope limit plus a channel frame's overhead (so a default node's
 largest envelope fits on a channel); a transport given a smaller limit makes the
@@ -44,6 +49,12 @@ sixteen (each read is a trip through the event loop). What a connection holds is
 unchanged: a read returns only bytes that arrived, and one larger than
 :data:`_RECEIVE_SIZE` never reaches past the frame being read (so no large read
 stays pinned by the few bytes of a next frame it carried)."""
+_READS_BEFORE_YIELD = 16
+_BYTES_BEFORE_YIELD = 256 * 1024
+"""A TCP connection that reads without waiting yields to the event loop once it
+made :data:`_READS_BEFORE_YIELD` such reads in a row or read this many bytes in
+them (see :class:`_ReadFirst`): what one connection does between two chances for
+every other task stays small."""
 _SEND_APART_BYTES = 64 * 1024
 """Payloads from this size are sent after their length prefix, not copied behind it."""
 TRY_SEND_BYTES = _SEND_APART_BYTES
@@ -147,6 +158,8 @@ class _StreamConnection:
         self._closed = False
         self._broken: str | None = None
         self._eof = False
+        self._reader: trio.abc.ReceiveStream = (
+            _ReadFirst(stream) if type(stream) is trio.SocketStream else stream)
 
     @property
     def max_payload(self) -> int:
@@ -206,7 +219,11 @@ class _StreamConnection:
             raise ClosedError("connection closed")
         if self._broken:
             raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
-        async with self._send_lock:
+        try:  # (the write is the checkpoint: taking a free lock needs no trip through the loop)
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             try:
                 if not framed:
                     await self._stream.send_all(payload)
@@ -220,6 +237,8 @@ class _StreamConnection:
             except (trio.BrokenResourceError, OSError) as exc:
                 self._broken = f"send failed: {type(exc).__name__}"
                 raise BrokenError(f"connection to {self.peer} broke while sending") from None
+        finally:
+            self._send_lock.release()
 
     async def receive(self) -> bytes | None:
         while not self._frames:
@@ -229,9 +248,9 @@ class _StreamConnection:
                 raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
             if self._eof:
                 return None
+            size = min(max(self._decoder.pending, _RECEIVE_SIZE), _MAX_RECEIVE_SIZE)
             try:
-                data = await self._stream.receive_some(
-                    min(max(self._decoder.pending, _RECEIVE_SIZE), _MAX_RECEIVE_SIZE))
+                data = await self._reader.receive_some(size)
             except trio.ClosedResourceError:
                 raise ClosedError("connection closed") from None
             except (trio.BrokenResourceError, OSError) as exc:
@@ -271,6 +290,66 @@ class _StreamConnection:
                 pass  # (a TLS stream whose socket is already gone cannot say goodbye)
 
 
+
+class _ReadFirst(trio.abc.HalfCloseableStream):
+    """A TCP stream (trio's ``SocketStream``) whose reads do not go through trio's
+    socket: a read reads first when the last one filled its buffer (more is likely
+    waiting: no wait, no trip through the event loop) and waits for readability
+    first when it did not (the socket is likely empty: no read that fails), where
+    trio's makes, per read, a read that fails or a trip through the event loop.
+    Reads that did not wait yield to the event loop after
+    :data:`_READS_BEFORE_YIELD` of them in a row or :data:`_BYTES_BEFORE_YIELD`
+    bytes, so a connection that always has bytes waiting cannot hold the loop (nor
+    escape cancellation) for long. Everything else is the wrapped stream's. Plain
+    TCP connections read through it, and TLS streams are built on it."""
+
+    def __init__(self, stream: trio.SocketStream):
+        self.stream = stream
+        self.socket = stream.socket
+        self._drained = True  # the last read emptied the socket: wait before reading
+        self._unyielded = 0  # reads in a row that did not go through the event loop
+        self._unyielded_bytes = 0  # and the bytes they read
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        size = _RECEIVE_SIZE if max_bytes is None else max_bytes
+        fd = self.socket.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket is closed")
+        if self._drained:
+            await trio.lowlevel.wait_readable(fd)
+            self._unyielded = self._unyielded_bytes = 0
+        elif self._unyielded >= _READS_BEFORE_YIELD or self._unyielded_bytes >= _BYTES_BEFORE_YIELD:
+            await trio.lowlevel.checkpoint()
+            self._unyielded = self._unyielded_bytes = 0
+        while True:
+            try:
+                data = os.read(fd, size)  # the socket is non-blocking (trio's)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                self._unyielded = self._unyielded_bytes = 0
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"receive failed: {type(exc).__name__}") from exc
+            self._unyielded += 1
+            self._unyielded_bytes += len(data)
+            self._drained = len(data) < size
+            return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 class TcpTransport:
     """TCP with trio, optionally TLS.
 
@@ -308,7 +387,7 @@ class TcpTransport:
                 )
                 if self._client_ssl is not None:
                     ssl_stream = trio.SSLStream(
-                        stream,
+                        _ReadFirst(stream),  # type: ignore[arg-type]
                         self._client_ssl,
                         server_hostname=self._server_hostname or address.host,
                     )
@@ -336,7 +415,7 @@ class TcpTransport:
                 peer_host, peer = "?", "tcp://?"
             s: trio.abc.Stream = stream
             if self._server_ssl is not None:
-                s = trio.SSLStream(stream, self._server_ssl, server_side=True)
+                s = trio.SSLStream(_ReadFirst(stream), self._server_ssl, server_side=True)
             await handler(_StreamConnection(s, peer, self._max, source=str(peer_host)))
 
         async def serve_all(task_status=trio.TASK_STATUS_IGNORED):

@@ -1,9 +1,11 @@
 """Benchmark of the message bus: ``emrshare bench bus [--json FILE] [--quick]``.
 
 Measures round trips per second (request/reply) and messages per second one
-way (fire-and-forget), for small (200 B) and large (64 KiB) bodies, in three
+way (fire-and-forget), for small (200 B) and large (64 KiB) bodies, in four
 modes: ``local`` (two agents of one node: no crypto), ``channel`` (loopback
-TCP on an authenticated encrypted channel: the default) and ``signed``
+TCP on an authenticated encrypted channel: the default), ``tls`` (the same
+channel inside TLS 1.3, as between machines, with a throwaway self-signed
+server certificate) and ``signed``
 (loopback TCP with every envelope ECDSA-signed and verified, the bus before
 channels, kept for comparison), with real ECDSA (core.ecdsa) wherever the bus
 signs or verifies. Both ends run in this process, so the time split covers the
@@ -18,6 +20,7 @@ ratio of small round trips, from this run (wall time, and CPU time).
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +62,46 @@ class _Timed:
         self.sign_s = self.verify_s = 0.0
 
 
-MODES = ("local", "channel", "signed")
+MODES = ("local", "channel", "tls", "signed")
+
+
+def _tls_transports(directory: str) -> tuple[Any, Any]:
+    """(server, client) TcpTransports with TLS 1.3 under a throwaway self-signed
+    certificate for 127.0.0.1 (written to ``directory`` for ``ssl`` to load)."""
+    import datetime
+    import ipaddress
+    import os
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from bus import TcpTransport
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.minimum_version = ssl.TLSVersion.TLSv1_3
+    server.load_cert_chain(cert_path, key_path)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cert_path)
+    client.minimum_version = ssl.TLSVersion.TLSv1_3
+    return TcpTransport(server_ssl=server), TcpTransport(client_ssl=client)
 
 
 async def _scenario(mode: str, size: int, pattern: str, count: int) -> dict[str, Any]:
@@ -70,6 +112,19 @@ async def _scenario(mode: str, size: int, pattern: str, count: int) -> dict[str,
         sign=timed.sign,
         verify=timed.is_valid,
     )
+    channels = mode != "signed"
+    server_options: dict[str, Any] = {"channels": channels}
+    client_options: dict[str, Any] = {"channels": channels}
+    with tempfile.TemporaryDirectory() as tmp:
+        if mode == "tls":
+            server_tcp, client_tcp = _tls_transports(tmp)
+            server_options["transports"] = {"tcp": server_tcp}
+            client_options["transports"] = {"tcp": client_tcp}
+        return await _measure(mode, size, pattern, count, timed, ring, server_options, client_options)
+
+
+async def _measure(mode: str, size: int, pattern: str, count: int, timed: _Timed, ring: Keyring,
+                   server_options: dict[str, Any], client_options: dict[str, Any]) -> dict[str, Any]:
     body = bytes(size)
     received = 0
     done = trio.Event()
@@ -83,8 +138,7 @@ async def _scenario(mode: str, size: int, pattern: str, count: int) -> dict[str,
         if received == count:
             done.set()
 
-    channels = mode != "signed"
-    async with open_node(channels=channels) as server, open_node(channels=channels) as client:
+    async with open_node(**server_options) as server, open_node(**client_options) as client:
         if mode != "local":
             client.add_route("server", await server.listen("tcp://127.0.0.1:0"))
             caller = client.endpoint("client", inbox_size=1024, **ring.credentials("client"))
