@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 
 import pytest
 import requests
@@ -100,7 +101,13 @@ def session(dep: FhirDeployment, bundle: dict, log: list[str]) -> dict:
         say(f"dr-skin: GET /Observation/{first} -> HTTP {exc.response.status_code} "
             f"{exc.response.json()['issue'][0]['diagnostics']}")
 
-    audit = alice.server.request_json("AuditEvent?patient=alice")
+    # dr-skin's refused request committed through dr-skin's peer: alice's peer shows it at its next block
+    for _ in range(100):
+        audit = alice.server.request_json("AuditEvent?patient=alice")
+        if any(e["resource"]["subtype"][0]["code"] == "access_request" and e["resource"]["outcome"] == "4"
+               for e in audit["entry"]):
+            break
+        time.sleep(0.05)
     kinds: dict[str, int] = {}
     for e in audit["entry"]:
         code = e["resource"]["subtype"][0]["code"]
