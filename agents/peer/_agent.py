@@ -124,8 +124,10 @@ class PeerAgent:
                               retry_interval=retry_interval)
         self.handlers = PeerHandlers(self)
         # a batch must still be within the timestamp skew when its block is cut
+        # its signatures ride in the worker-thread batches of the re-encryptions (agents.peer._batch)
         self.audit = AccessLog(index=info.index, sign=self._sign_access_batch, forward=self.forward, clock=clock,
-                               window=audit_window, max_age=self.config.max_skew_ms / 2000)
+                               window=audit_window, max_age=self.config.max_skew_ms / 2000,
+                               run_sign=self.handlers.batcher.run)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -221,8 +223,8 @@ class PeerAgent:
         for key, value in result.writes.items():
             if value is None:
                 continue
-            state_key = parse_key(key)
-            if state_key.kind == "cert":
+            kind = key.partition("/")[0]  # (the ledger's own keys: parsed only where an id is needed)
+            if kind == "cert":
                 cert_entry = CertEntry.from_state(_own_state(value))
                 subject = cert_entry.subject
                 self.directory.set_certificate(subject, cert_entry.active_key)
@@ -232,13 +234,13 @@ class PeerAgent:
                     self.roles[subject] = cert_entry.cert.role
                 if cert_entry.revoked:
                     log.info("peer %s: certificate of %s revoked at block %d", self.peer_id, subject, block.height)
-            elif state_key.kind == "audit":
+            elif kind == "audit":
                 entry = _own_state(value)
                 if entry.get("event") in EVENT_TYPES:
                     events.append((key, entry))
-            elif state_key.kind == "grant":
+            elif kind == "grant":
                 if GrantEntry.from_state(_own_state(value)).revoked:
-                    self.handlers.forget_share(state_key.parts[0])
+                    self.handlers.forget_share(parse_key(key).parts[0])
         if CONFIG_KEY in result.writes:
             self._follow_config(block.height)
         self.forwarder.resolve(block, result)
