@@ -29,7 +29,7 @@ same outcome.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Protocol
 
 import msgpack
@@ -469,6 +469,10 @@ class CommitResult:
     marks: tuple[str, ...]
     writes: dict[str, bytes | None]
     state_root: bytes
+    # what apply decoded and hashed on its way, for the caller's commit processing (notices,
+    # waiters): the block's transactions (None: did not decode) and their SHA-256 ids, in order
+    txs: tuple[Transaction | None, ...] = field(default=(), compare=False, repr=False)
+    tx_ids: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def valid_count(self) -> int:
@@ -836,8 +840,10 @@ class Ledger:
         state = _Overlay(self.kv, prefetched)
         marks = []
         seen: set[bytes] = set()
+        tx_ids = []
         for index, (raw, tx) in enumerate(zip(block.txs, decoded)):
             tx_id = hashlib.sha256(raw).digest()
+            tx_ids.append(tx_id)
             if tx_id in seen:
                 marks.append("duplicate_in_block")
                 continue
@@ -849,7 +855,8 @@ class Ledger:
             + canonical.pack(sorted(k for k, v in state.writes.items() if v is None))
         ).digest()
         state.put(HEAD_KEY, {"height": block.height, "hash": block.hash, "root": root})
-        return CommitResult(block.height, block.hash, tuple(marks), dict(state.writes), root)
+        return CommitResult(block.height, block.hash, tuple(marks), dict(state.writes), root, tuple(decoded),
+                            tuple(tx_ids))
 
     def _apply_tx(self, state: _Overlay, block: Block, index: int, tx: Transaction | None) -> str:
         """The mark of ``tx`` (None: it did not decode, ``malformed``), its writes into ``state`` if valid."""

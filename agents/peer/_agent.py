@@ -263,12 +263,13 @@ class PeerAgent:
         """Tell each subscribed submitter that its transaction committed, and what it wrote
         (topic ``commits/<submitter>``, :class:`core.protocol.CommitNotice`)."""
         assert self.endpoint is not None
-        for raw, mark in zip(block.txs, result.marks):
-            try:
-                tx = Transaction.from_bytes(raw)
-            except DecodeError:
-                continue
-            if tx.submitter not in self._commit_subscribers:
+        # the transactions and ids as Ledger.apply decoded and hashed them (decoded again only
+        # for a result that does not carry them)
+        decoded = result.txs if len(result.txs) == len(block.txs) else [_decode(raw) for raw in block.txs]
+        tx_ids = result.tx_ids if len(result.tx_ids) == len(block.txs) else \
+            [hashlib.sha256(raw).digest() for raw in block.txs]
+        for tx, tx_id, mark in zip(decoded, tx_ids, result.marks):
+            if tx is None or tx.submitter not in self._commit_subscribers:
                 continue
             effect: dict[str, Any] = {}
             if mark == "ok":
@@ -283,7 +284,7 @@ class PeerAgent:
                             grant = self.ledger.get(gkey)
                             if grant is not None:
                                 effect[gkey] = grant
-            notice = CommitNotice(tx_id=hashlib.sha256(raw).digest(), height=block.height, type=tx.type,
+            notice = CommitNotice(tx_id=tx_id, height=block.height, type=tx.type,
                                   mark=mark, effect=effect)
             await self.endpoint.publish(commits_topic(tx.submitter), notice.to_wire())
 
@@ -299,6 +300,13 @@ def _event(height: int, patient: str, entry: dict[str, Any]) -> PeerEvent:
         decision = None
     return PeerEvent(height=height, type=event_type, patient=patient, doctor=doctor,
                      request_id=entry.get("request_id"), grant_id=entry.get("grant_id"), decision=decision)
+
+
+def _decode(raw: bytes) -> Transaction | None:
+    try:
+        return Transaction.from_bytes(raw)
+    except DecodeError:
+        return None
 
 
 def _own_state(value: bytes) -> Any:

@@ -121,3 +121,13 @@ def test_an_access_batch_reading_one_grant_for_many_entries_writes_what_single_r
     assert all(e["tx"] == hashlib.sha256(tx.to_bytes()).digest() for e in events)
     assert [e["entry"] for e in events] == list(range(5))
     assert [e["time"] for e in events] == [e["time"] for e in entries]
+
+
+def test_a_commit_result_carries_the_transactions_and_ids_apply_decoded(c):
+    """(what the peer's commit processing reads instead of decoding and hashing the block again)"""
+    good = c.tx("store", "alice", {"record_id": "rec-9", "label": "labs", "cid": "x", "size": 1,
+                                   "media_type": "text/plain", "capsule": b""})
+    block, result = c.block(good, b"\x93garbage")
+    assert result.tx_ids == tuple(hashlib.sha256(raw).digest() for raw in block.txs)
+    assert result.txs[0] == good and result.txs[0].submitter == "alice" and result.txs[1] is None
+    assert result.marks[1] == "malformed"
