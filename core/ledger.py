@@ -8,7 +8,9 @@ with a reason code and change no state.
 
 World state is a key-value map (``str -> canonical msgpack bytes``) behind the
 small :class:`KV` protocol, so peers keep it in SQLite and tests in memory.
-The keys, and typed read views of their values, are in :mod:`core.state`.
+The keys, and typed read views of their values, are in :mod:`core.state`; the
+query helpers (:meth:`Ledger.grant`, :meth:`Ledger.certificate`, ...) keep the
+views they decoded while the KV holds the same bytes (:meth:`Ledger._view`).
 
 The genesis (block 0: the :class:`~core.identity.ConsortiumConfig` and every
 member organization's signature over it, :func:`make_genesis`) is read by

@@ -26,7 +26,11 @@ beyond them).
 
 Re-encryption key shares are kept as they arrive, sealed to the peer's X25519
 key (encryption at rest); they are unsealed on first use and the prepared
-share is cached in memory per grant (dropped when the grant is revoked).
+share is cached in memory per grant (dropped when the grant is revoked). The
+re-encryption (pairing and signature) runs in a worker thread, batched with the
+peer's other re-encryptions queued meanwhile (:mod:`agents.peer._batch`); a
+record's capsule is decoded once per peer. The ledger's checks read committed
+entries through its memo of decoded views (``core.ledger.Ledger._view``).
 
 Standing delegations (docs/security.md, "Standing delegation") arrive the same
 way: ``peer.deliver_share`` whose id names a committed ``standing`` delegation
