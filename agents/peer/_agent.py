@@ -118,6 +118,7 @@ class PeerAgent:
         self._listeners: list[Callable[[Block, CommitResult], None]] = []
         self._commit_subscribers: set[str | None] = set()  # users that subscribed to commits/<them>
         self.height = self.ledger.height  # last block whose effects are fully processed
+        self.stopping = False  # set when run() ends: the peer serves no more re-encryptions
         self.forwarder = TxForwarder(orderers=self.orderers, submit_timeout=submit_timeout)
         self.sync = BlockSync(peer_id=peer_id, ledger=self.ledger, store=self.store, orderers=self.orderers,
                               peers=list(manifest.peers), on_commit=self._after_commit, sync_idle=sync_idle,
@@ -162,6 +163,9 @@ class PeerAgent:
                 log.info("peer %s ready at height %d", self.peer_id, self.ledger.height)
                 task_status.started()
         finally:
+            # from here no share is served (the flush below may already have taken the log's
+            # entries, and the endpoint still answers until it closes): _handlers refuses, busy
+            self.stopping = True
             with trio.CancelScope(shield=True):
                 if self.audit.pending:
                     with trio.move_on_after(1.0):  # the re-encryptions served last

@@ -501,10 +501,14 @@ class PeerHandlers:
         if peer.audit.full:  # no share served that could not be logged
             raise bus.HandlerError(codes.BUSY, f"{peer.peer_id}'s access log is full (the orderer is not taking "
                                                "its transactions); ask another peer or retry later")
+        if peer.stopping:
+            raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
         prepared = await self._prepared_share(grant_id, grant)
         # one worker job: the re-encryption and its signature, batched with the peer's other
         # re-encryptions queued meanwhile (agents.peer._batch); the access is logged in the next batch
         reply = await self.batcher.run(self._reencrypt_job, record.capsule, record.cid, request_id, prepared)
+        if peer.stopping:  # stopped meanwhile: its access log may not take this entry, so the share stays here
+            raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
         peer.audit.add(grant_id=grant_id, request_id=request_id, record_id=record_id, doctor=doctor)
         self.reencryptions += 1
         return reply
