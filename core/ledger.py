@@ -8,7 +8,9 @@ with a reason code and change no state.
 
 World state is a key-value map (``str -> canonical msgpack bytes``) behind the
 small :class:`KV` protocol, so peers keep it in SQLite and tests in memory.
-The keys, and typed read views of their values, are in :mod:`core.state`.
+The keys, and typed read views of their values, are in :mod:`core.state`; the
+query helpers (:meth:`Ledger.grant`, :meth:`Ledger.certificate`, ...) keep the
+views they decoded while the KV holds the same bytes (:meth:`Ledger._view`).
 
 The genesis (block 0: the :class:`~core.identity.ConsortiumConfig` and every
 member organization's signature over it, :func:`make_genesis`) is read by
@@ -29,7 +31,7 @@ same outcome.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Protocol
 
 import msgpack
@@ -143,6 +145,9 @@ MAX_BLOCK_BYTES = 4 * 1024 * 1024
 # 200 bytes) and a 5-byte msgpack bin header per transaction.
 _BLOCK_OVERHEAD = 256
 _TX_OVERHEAD = 5
+
+
+VIEW_CACHE = 8192  # committed entries a Ledger keeps decoded (Ledger._view)
 
 
 def batch_fits(count: int, tx_bytes: int) -> bool:
@@ -477,6 +482,10 @@ class CommitResult:
     marks: tuple[str, ...]
     writes: dict[str, bytes | None]
     state_root: bytes
+    # what apply decoded and hashed on its way, for the caller's commit processing (notices,
+    # waiters): the block's transactions (None: did not decode) and their SHA-256 ids, in order
+    txs: tuple[Transaction | None, ...] = field(default=(), compare=False, repr=False)
+    tx_ids: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def valid_count(self) -> int:
@@ -792,6 +801,8 @@ class Ledger:
         self.verify_pre_proofs = verify_pre_proofs
         self.rules = IdentityRules(parsed.config, verify_pre_proofs=verify_pre_proofs).following(kv)
         self._policies: dict[bytes, Policy] = {}
+        # committed entries decoded into their views (core.state): key -> (stored bytes, view type, view)
+        self._views: dict[str, tuple[bytes, type, Any]] = {}
 
     @property
     def config(self) -> ConsortiumConfig:
@@ -842,8 +853,10 @@ class Ledger:
         state = _Overlay(self.kv, prefetched)
         marks = []
         seen: set[bytes] = set()
+        tx_ids = []
         for index, (raw, tx) in enumerate(zip(block.txs, decoded)):
             tx_id = hashlib.sha256(raw).digest()
+            tx_ids.append(tx_id)
             if tx_id in seen:
                 marks.append("duplicate_in_block")
                 continue
@@ -855,7 +868,8 @@ class Ledger:
             + canonical.pack(sorted(k for k, v in state.writes.items() if v is None))
         ).digest()
         state.put(HEAD_KEY, {"height": block.height, "hash": block.hash, "root": root})
-        return CommitResult(block.height, block.hash, tuple(marks), dict(state.writes), root)
+        return CommitResult(block.height, block.hash, tuple(marks), dict(state.writes), root, tuple(decoded),
+                            tuple(tx_ids))
 
     def _apply_tx(self, state: _Overlay, block: Block, index: int, tx: Transaction | None) -> str:
         """The mark of ``tx`` (None: it did not decode, ``malformed``), its writes into ``state`` if valid."""
@@ -884,15 +898,16 @@ class Ledger:
         return self.rules.user(state, tx, role)
 
     def _audit(self, state: _Overlay, patient: str, block: Block, index: int, tx: Transaction,
-               entry: int | None = None, **fields: Any) -> None:
-        """Write the audit event of ``tx`` (``entry``: of its ``entry``-th entry); ``fields``
-        add to, or override, the event's ``event``, ``actor``, ``time``, ``height``, ``tx``."""
+               entry: int | None = None, tx_hash: bytes | None = None, **fields: Any) -> None:
+        """Write the audit event of ``tx`` (``entry``: of its ``entry``-th entry; ``tx_hash``: its
+        SHA-256 when the caller has it); ``fields`` add to, or override, the event's ``event``,
+        ``actor``, ``time``, ``height``, ``tx``."""
         if entry is not None:
             fields["entry"] = entry
         state.put(
             audit_key(patient, block.height, index, entry),
             {"event": tx.type, "actor": tx.submitter, "time": tx.timestamp, "height": block.height,
-             "tx": hashlib.sha256(tx.to_bytes()).digest(), **fields},
+             "tx": hashlib.sha256(tx.to_bytes()).digest() if tx_hash is None else tx_hash, **fields},
         )
 
     # -- transaction types -------------------------------------------------
@@ -1203,13 +1218,16 @@ class Ledger:
                     request_id=body["request_id"], record_id=body["record_id"],
                     doctor=body["doctor"], peer=tx.submitter, share_index=body["index"], **_grant_flags(grant))
 
-    def _served_grant(self, state, peer_id: str, entry: Mapping[str, Any], index_ok: bool) -> dict[str, Any]:
+    def _served_grant(self, state, peer_id: str, entry: Mapping[str, Any], index_ok: bool,
+                      read: dict[str, Any] | None = None) -> dict[str, Any]:
         """The grant an access entry of ``peer_id`` names, after checking that a re-encryption
         under it could have served the entry: the peer holds a share of it (at its own
         index: ``index_ok``), and the doctor,
         request and record (in the grant's label and scope) are the grant's. The caller
-        checks revocation and expiry."""
-        grant = state.get(grant_key(entry["grant_id"]))
+        checks revocation and expiry. ``read``: state values already decoded by key (a batch's
+        entries read the same grants and records; nothing in a batch writes them)."""
+        get = state.get if read is None else _reader(state, read)
+        grant = get(grant_key(entry["grant_id"]))
         if grant is None:
             raise ValidationError("not_found", "no such grant")
         if peer_id not in grant["shares"] or not index_ok:
@@ -1219,7 +1237,7 @@ class Ledger:
         if grant["request_id"] != entry["request_id"]:
             raise ValidationError("forbidden", "the request id is not the grant's")
         # only an access a re-encryption under this grant could have served enters the audit trail
-        rec = state.get(record_key(grant["patient"], entry["record_id"]))
+        rec = get(record_key(grant["patient"], entry["record_id"]))
         if rec is None:
             raise ValidationError("not_found", f"no record {grant['patient']}/{entry['record_id']}")
         if rec["label"] != grant["label"] or (grant.get("scope") == "record"
@@ -1247,6 +1265,7 @@ class Ledger:
             raise ValidationError("malformed", f"an access batch carries 1..{MAX_ACCESS_ENTRIES} entries")
         oldest = max(0, tx.timestamp - self.rules.config.max_skew_ms)
         seen: set[tuple] = set()
+        read: dict[str, Any] = {}
         events = []
         for entry in entries:
             if not isinstance(entry, dict):
@@ -1262,7 +1281,7 @@ class Ledger:
             if fields in seen:
                 raise ValidationError("malformed", "an access batch lists the same entry twice")
             seen.add(fields)
-            grant = self._served_grant(state, tx.submitter, entry, True)
+            grant = self._served_grant(state, tx.submitter, entry, True, read)
             flags = _grant_flags(grant)
             # late: served before the peer saw the revocation or expiry, so at most
             # LATE_SERVE_SKEWS skews after it (an honest peer checks both before serving)
@@ -1276,8 +1295,9 @@ class Ledger:
                     raise ValidationError("bad_state", "an access entry served after its grant expired")
                 flags["late"] = "expired"
             events.append((grant["patient"], entry, flags))
+        tx_hash = hashlib.sha256(tx.to_bytes()).digest()
         for n, (patient, entry, flags) in enumerate(events):
-            self._audit(state, patient, block, index, tx, n, event="access", time=entry["time"],
+            self._audit(state, patient, block, index, tx, n, tx_hash, event="access", time=entry["time"],
                         grant_id=entry["grant_id"], request_id=entry["request_id"], record_id=entry["record_id"],
                         doctor=entry["doctor"], peer=tx.submitter, share_index=body["index"], **flags)
 
@@ -1288,17 +1308,36 @@ class Ledger:
         raw = self.kv.get(key)
         return None if raw is None else canonical.unpack(raw, max_size=1 << 22, what=key)
 
+    def _view(self, key: str, view: type) -> Any:
+        """The committed entry at ``key`` as a ``view`` (core.state), or None.
+
+        A memo of decoded views, each kept with the stored bytes it was decoded from and
+        answered only while the KV still holds those bytes (the same object, as the peer's
+        store cache returns, or equal ones). A commit that writes ``key`` changes its bytes,
+        so the next read decodes again: the memo needs no invalidation and answers exactly
+        what a fresh decode would (views are frozen, their maps read-only). Bounded: cleared
+        when :data:`VIEW_CACHE` keys are held."""
+        raw = self.kv.get(key)
+        if raw is None:
+            return None
+        hit = self._views.get(key)
+        if hit is not None and hit[1] is view and (hit[0] is raw or hit[0] == raw):
+            return hit[2]
+        value = view.from_state(canonical.unpack(raw, max_size=1 << 22, what=key))
+        views = self._views
+        if len(views) >= VIEW_CACHE:
+            views.clear()
+        views[key] = (raw, view, value)
+        return value
+
     def certificate(self, subject: str) -> CertEntry | None:
-        value = self.get(cert_key(subject))
-        return None if value is None else CertEntry.from_state(value)
+        return self._view(cert_key(subject), CertEntry)
 
     def record(self, patient: str, record_id: str) -> RecordEntry | None:
-        value = self.get(record_key(patient, record_id))
-        return None if value is None else RecordEntry.from_state(value)
+        return self._view(record_key(patient, record_id), RecordEntry)
 
     def policy(self, patient: str) -> PolicyEntry | None:
-        value = self.get(policy_key(patient))
-        return None if value is None else PolicyEntry.from_state(value)
+        return self._view(policy_key(patient), PolicyEntry)
 
     def parsed_policy(self, patient: str) -> Policy | None:
         """The patient's committed policy, parsed (cached by its bytes, as validation does)."""
@@ -1306,16 +1345,13 @@ class Ledger:
         return None if entry is None else self._policy(entry.policy)
 
     def request(self, request_id: str) -> RequestEntry | None:
-        value = self.get(request_key(request_id))
-        return None if value is None else RequestEntry.from_state(value)
+        return self._view(request_key(request_id), RequestEntry)
 
     def grant(self, grant_id: str) -> GrantEntry | None:
-        value = self.get(grant_key(grant_id))
-        return None if value is None else GrantEntry.from_state(value)
+        return self._view(grant_key(grant_id), GrantEntry)
 
     def delegation(self, delegation_id: str) -> DelegationEntry | None:
-        value = self.get(delegation_key(delegation_id))
-        return None if value is None else DelegationEntry.from_state(value)
+        return self._view(delegation_key(delegation_id), DelegationEntry)
 
     def current_delegation(self, patient: str, label: str, epoch: int = 0) -> str | None:
         """The id of ``patient``'s current standing delegation of ``label`` at ``epoch`` (None: none)."""
@@ -1350,20 +1386,27 @@ class Ledger:
         if grant.delegation is not None and \
                 self.current_delegation(patient, rec.label, rec.key_epoch) != grant.delegation:
             raise ValidationError("bad_state", "the patient withdrew or replaced the standing delegation")
-        entry = self.get(cert_key(doctor))
+        entry = self.certificate(doctor)
         if entry is None:
             raise ValidationError("unknown_submitter", f"no certificate for {doctor}")
-        if entry["revoked"]:
+        if entry.revoked:
             raise ValidationError("cert_revoked", f"certificate of {doctor} is revoked")
-        cert = entry["cert"]
-        if not cert["valid_from"] <= now_s < cert["valid_until"]:
+        cert = entry.cert
+        if not cert.valid_from <= now_s < cert.valid_until:
             raise ValidationError("cert_expired", f"certificate of {doctor} is not valid now")
         if grant.break_glass is not None:
             return grant, rec  # an emergency access: co-signed, time-boxed, and not the policy's to decide
-        req = self.get(request_key(grant.request_id))
+        req = self.request(grant.request_id)
         # a re-encryption lets the doctor read the record, whatever operation its request named
-        decision = self.evaluate(self, patient, cert, "read", record_id,
-                                 rec.label, now_s, req["purpose"] if req else None)
+        # (the decision evaluate() makes, from the memoized views)
+        pol = self.policy(patient)
+        if pol is None:
+            raise ValidationError("not_allowed", "policy now denies: the patient has set no access policy")
+        attrs = dict(cert.attributes)
+        attrs["organization"] = cert.org
+        attrs["id"] = cert.subject
+        decision = self._policy(pol.policy).evaluate(
+            PolicyRequest(attrs, "read", record_id, rec.label, now_s, req.purpose if req else None)).to_dict()
         if decision["effect"] != "allow":
             raise ValidationError("not_allowed", f"policy now denies: {decision['reason']}")
         if grant.delegation is not None and decision["approval"] != "auto":
@@ -1400,6 +1443,16 @@ class Ledger:
         more = len(rows) > limit
         rows = rows[:limit]
         return [canonical.unpack(v) for _, v in rows], (rows[-1][0] if more and rows else None)
+
+
+def _reader(state: Any, read: dict[str, Any]) -> Any:
+    """``state.get`` that decodes each key once into ``read`` (key -> decoded value or None)."""
+    def get(key: str) -> Any:
+        if key in read:
+            return read[key]
+        value = read[key] = state.get(key)
+        return value
+    return get
 
 
 # ------------------------------------------------------------------ commit proofs

@@ -4,7 +4,8 @@ re-encryption key shares and re-encrypts for authorized doctors.
 
 By job: ``_agent`` (:class:`PeerAgent`: lifecycle, commit listeners,
 ``wait_for_height``), ``_sync`` (block sync), ``_forwarder`` (transaction
-forwarding and submit waiters), ``_handlers`` (the ``peer.*`` kinds).
+forwarding and submit waiters), ``_handlers`` (the ``peer.*`` kinds), ``_audit``
+(the access log), ``_batch`` (worker-thread jobs run in batches).
 ``python -m agents.peer serve ...`` runs one peer as its own process.
 """
 

@@ -118,14 +118,17 @@ class PeerAgent:
         self._listeners: list[Callable[[Block, CommitResult], None]] = []
         self._commit_subscribers: set[str | None] = set()  # users that subscribed to commits/<them>
         self.height = self.ledger.height  # last block whose effects are fully processed
+        self.stopping = False  # set when run() ends: the peer serves no more re-encryptions
         self.forwarder = TxForwarder(orderers=self.orderers, submit_timeout=submit_timeout)
         self.sync = BlockSync(peer_id=peer_id, ledger=self.ledger, store=self.store, orderers=self.orderers,
                               peers=list(manifest.peers), on_commit=self._after_commit, sync_idle=sync_idle,
                               retry_interval=retry_interval)
         self.handlers = PeerHandlers(self)
         # a batch must still be within the timestamp skew when its block is cut
+        # its signatures ride in the worker-thread batches of the re-encryptions (agents.peer._batch)
         self.audit = AccessLog(index=info.index, sign=self._sign_access_batch, forward=self.forward, clock=clock,
-                               window=audit_window, max_age=self.config.max_skew_ms / 2000)
+                               window=audit_window, max_age=self.config.max_skew_ms / 2000,
+                               run_sign=self.handlers.batcher.run)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -160,6 +163,9 @@ class PeerAgent:
                 log.info("peer %s ready at height %d", self.peer_id, self.ledger.height)
                 task_status.started()
         finally:
+            # from here no share is served (the flush below may already have taken the log's
+            # entries, and the endpoint still answers until it closes): _handlers refuses, busy
+            self.stopping = True
             with trio.CancelScope(shield=True):
                 if self.audit.pending:
                     with trio.move_on_after(1.0):  # the re-encryptions served last
@@ -221,8 +227,8 @@ class PeerAgent:
         for key, value in result.writes.items():
             if value is None:
                 continue
-            state_key = parse_key(key)
-            if state_key.kind == "cert":
+            kind = key.partition("/")[0]  # (the ledger's own keys: parsed only where an id is needed)
+            if kind == "cert":
                 cert_entry = CertEntry.from_state(_own_state(value))
                 subject = cert_entry.subject
                 self.directory.set_certificate(subject, cert_entry.active_key)
@@ -232,13 +238,13 @@ class PeerAgent:
                     self.roles[subject] = cert_entry.cert.role
                 if cert_entry.revoked:
                     log.info("peer %s: certificate of %s revoked at block %d", self.peer_id, subject, block.height)
-            elif state_key.kind == "audit":
+            elif kind == "audit":
                 entry = _own_state(value)
                 if entry.get("event") in EVENT_TYPES:
                     events.append((key, entry))
-            elif state_key.kind == "grant":
+            elif kind == "grant":
                 if GrantEntry.from_state(_own_state(value)).revoked:
-                    self.handlers.forget_share(state_key.parts[0])
+                    self.handlers.forget_share(parse_key(key).parts[0])
         if CONFIG_KEY in result.writes:
             self._follow_config(block.height)
         self.forwarder.resolve(block, result)
@@ -261,12 +267,13 @@ class PeerAgent:
         """Tell each subscribed submitter that its transaction committed, and what it wrote
         (topic ``commits/<submitter>``, :class:`core.protocol.CommitNotice`)."""
         assert self.endpoint is not None
-        for raw, mark in zip(block.txs, result.marks):
-            try:
-                tx = Transaction.from_bytes(raw)
-            except DecodeError:
-                continue
-            if tx.submitter not in self._commit_subscribers:
+        # the transactions and ids as Ledger.apply decoded and hashed them (decoded again only
+        # for a result that does not carry them)
+        decoded = result.txs if len(result.txs) == len(block.txs) else [_decode(raw) for raw in block.txs]
+        tx_ids = result.tx_ids if len(result.tx_ids) == len(block.txs) else \
+            [hashlib.sha256(raw).digest() for raw in block.txs]
+        for tx, tx_id, mark in zip(decoded, tx_ids, result.marks):
+            if tx is None or tx.submitter not in self._commit_subscribers:
                 continue
             effect: dict[str, Any] = {}
             if mark == "ok":
@@ -281,7 +288,7 @@ class PeerAgent:
                             grant = self.ledger.get(gkey)
                             if grant is not None:
                                 effect[gkey] = grant
-            notice = CommitNotice(tx_id=hashlib.sha256(raw).digest(), height=block.height, type=tx.type,
+            notice = CommitNotice(tx_id=tx_id, height=block.height, type=tx.type,
                                   mark=mark, effect=effect)
             await self.endpoint.publish(commits_topic(tx.submitter), notice.to_wire())
 
@@ -297,6 +304,13 @@ def _event(height: int, patient: str, entry: dict[str, Any]) -> PeerEvent:
         decision = None
     return PeerEvent(height=height, type=event_type, patient=patient, doctor=doctor,
                      request_id=entry.get("request_id"), grant_id=entry.get("grant_id"), decision=decision)
+
+
+def _decode(raw: bytes) -> Transaction | None:
+    try:
+        return Transaction.from_bytes(raw)
+    except DecodeError:
+        return None
 
 
 def _own_state(value: bytes) -> Any:

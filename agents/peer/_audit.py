@@ -59,7 +59,8 @@ class AccessLog:
     transactions to the orderer, raising :class:`bus.BusError` (a
     ``HandlerError``) when it did not take them; ``clock()``: Unix seconds;
     ``run_sign(sign, body, timestamp_ms)``: how ``sign`` is run (default in a
-    crypto worker thread, :func:`agents.runtime.run_crypto`)."""
+    crypto worker thread, :func:`agents.runtime.run_crypto`; the peer passes its
+    :class:`agents.peer._batch.WorkerBatcher`, whose batches the re-encryptions share)."""
 
     def __init__(self, *, index: int, sign: Callable[[dict[str, Any], int], bytes],
                  forward: Callable[[list[bytes]], Awaitable[None]], clock: Callable[[], float],
@@ -81,6 +82,7 @@ class AccessLog:
         self._entries: list[dict[str, Any]] = []
         self._keys: set[tuple] = set()  # the entries' (fields) in _entries, to keep them distinct
         self._unsent: list[tuple[bytes, int, float]] = []  # (signed batch, entries, signed at: trio time)
+        self._unsent_entries = 0  # the sum of _unsent's entry counts (pending() is asked per re-encryption)
         self._wake = trio.Event()
         self._filled = trio.Event()
         # counters (node metrics, tests)
@@ -92,7 +94,7 @@ class AccessLog:
     @property
     def pending(self) -> int:
         """Entries not yet taken by the orderer (unsigned, or in unsent batches)."""
-        return len(self._entries) + sum(n for _, n, _ in self._unsent)
+        return len(self._entries) + self._unsent_entries
 
     @property
     def full(self) -> bool:
@@ -137,8 +139,9 @@ class AccessLog:
         still not taken is counted ``dropped``."""
         await self._sign_pending()
         if not await self._send(forward or self._forward):
-            lost = sum(n for _, n, _ in self._unsent)
+            lost = self._unsent_entries
             self._unsent.clear()
+            self._unsent_entries = 0
             self.dropped += lost
             log.error("access log: %d re-encryptions could not be logged before the peer stopped", lost)
 
@@ -151,12 +154,14 @@ class AccessLog:
             timestamp = max(int(self._clock() * 1000), max(e["time"] for e in chunk))
             raw = await self._run_sign(self._sign, {"index": self.index, "entries": chunk}, timestamp)
             self._unsent.append((raw, len(chunk), trio.current_time()))
+            self._unsent_entries += len(chunk)
 
     async def _send(self, forward: Callable[[list[bytes]], Awaitable[None]]) -> bool:
         """Forward every unsent batch; False when the orderer did not take them."""
         now = trio.current_time()
         while self._unsent and now - self._unsent[0][2] > self.max_age:
             _, n, _ = self._unsent.pop(0)
+            self._unsent_entries -= n
             self.dropped += n
             log.error("access log: a batch of %d re-encryptions was not taken for %.0f s; dropped", n, self.max_age)
         if not self._unsent:
@@ -169,6 +174,8 @@ class AccessLog:
             log.warning("access log: forwarding %d batches failed (%s); retrying", len(batch), exc)
             return False
         del self._unsent[:len(batch)]
+        sent = sum(n for _, n, _ in batch)
+        self._unsent_entries -= sent
         self.batches += len(batch)
-        self.logged += sum(n for _, n, _ in batch)
+        self.logged += sent
         return True

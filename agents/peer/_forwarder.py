@@ -215,13 +215,17 @@ class TxForwarder:
 
     def resolve(self, block: Block, result: CommitResult) -> None:
         """Wake the submissions waiting for a transaction of this committed block."""
+        if not self._pending and not self._waiters:
+            return
+        tx_ids = result.tx_ids if len(result.tx_ids) == len(block.txs) else \
+            [hashlib.sha256(raw).digest() for raw in block.txs]
         if self._pending:
-            for raw in block.txs:
-                self._pending.pop(hashlib.sha256(raw).digest(), None)
+            for tx_id in tx_ids:
+                self._pending.pop(tx_id, None)
         if not self._waiters:
             return
-        for raw, mark in zip(block.txs, result.marks):
-            waiter = self._waiters.pop(hashlib.sha256(raw).digest(), None)
+        for tx_id, mark in zip(tx_ids, result.marks):
+            waiter = self._waiters.pop(tx_id, None)
             if waiter is not None:
                 waiter.height, waiter.mark = block.height, mark
                 waiter.event.set()

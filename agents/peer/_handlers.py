@@ -26,7 +26,11 @@ beyond them).
 
 Re-encryption key shares are kept as they arrive, sealed to the peer's X25519
 key (encryption at rest); they are unsealed on first use and the prepared
-share is cached in memory per grant (dropped when the grant is revoked).
+share is cached in memory per grant (dropped when the grant is revoked). The
+re-encryption (pairing and signature) runs in a worker thread, batched with the
+peer's other re-encryptions queued meanwhile (:mod:`agents.peer._batch`); a
+record's capsule is decoded once per peer. The ledger's checks read committed
+entries through its memo of decoded views (``core.ledger.Ledger._view``).
 
 Standing delegations (docs/security.md, "Standing delegation") arrive the same
 way: ``peer.deliver_share`` whose id names a committed ``standing`` delegation
@@ -87,6 +91,7 @@ from core.tx import Transaction
 
 from agents.admission import WaitGate
 from agents.consortium import ENROLL_PREFIX
+from agents.peer._batch import WorkerBatcher
 from agents.runtime import run_crypto
 
 if TYPE_CHECKING:
@@ -112,6 +117,8 @@ class PeerHandlers:
         self._parts: OrderedDict[str, pre.StandingPart] = OrderedDict()  # opened standing parts
         self.waiting = WaitGate(peer.refusals)  # deliver_share waiting for its grant to commit
         self.reencryptions = 0  # re-encryption shares served (node metrics)
+        self.batcher = WorkerBatcher()  # the re-encryptions' worker-thread jobs
+        self._capsules: dict[bytes, G1] = {}  # records' capsules, decoded (and checked) once
 
     def table(self) -> dict[type, Any]:
         """The kinds a peer serves: request type -> typed handler."""
@@ -499,18 +506,35 @@ class PeerHandlers:
         if peer.audit.full:  # no share served that could not be logged
             raise bus.HandlerError(codes.BUSY, f"{peer.peer_id}'s access log is full (the orderer is not taking "
                                                "its transactions); ask another peer or retry later")
+        if peer.stopping:
+            raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
         prepared = await self._prepared_share(grant_id, grant)
-        # one worker job: the re-encryption and its signature; the access is logged in the next batch
-        reply = await run_crypto(self._reencrypt_job, record.capsule, record.cid, request_id, prepared)
+        # one worker job: the re-encryption and its signature, batched with the peer's other
+        # re-encryptions queued meanwhile (agents.peer._batch); the access is logged in the next batch
+        reply = await self.batcher.run(self._reencrypt_job, record.capsule, record.cid, request_id, prepared)
+        if peer.stopping:  # stopped meanwhile: its access log may not take this entry, so the share stays here
+            raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
         peer.audit.add(grant_id=grant_id, request_id=request_id, record_id=record_id, doctor=doctor)
         self.reencryptions += 1
         return reply
+
+    def _capsule(self, capsule: bytes) -> G1:
+        """Worker thread: a record's capsule U as a point (its decoding checks the subgroup),
+        memoized by its bytes: a record is read again and again under its grants. Bounded
+        (cleared at :data:`SHARE_CACHE` capsules); points are immutable."""
+        point = self._capsules.get(capsule)
+        if point is None:
+            point = G1.from_bytes(capsule)
+            if len(self._capsules) >= SHARE_CACHE:
+                self._capsules.clear()
+            self._capsules[capsule] = point
+        return point
 
     def _reencrypt_job(self, capsule: bytes, cid: str, request_id: str,
                        prepared: pre.PreparedKeyShare) -> PeerReencryptReply:
         """Worker thread: the signed reply."""
         peer = self.peer
-        share = pre.reencrypt(G1.from_bytes(capsule), prepared).to_bytes()  # s_i = e(U, rk_i): 580 bytes
+        share = pre.reencrypt(self._capsule(capsule), prepared).to_bytes()  # s_i = e(U, rk_i): 580 bytes
         return make_reencrypt_reply(peer.keys.ecdsa_private, request_id=request_id, cid=cid,
                                     index=prepared.index, share=share)
 

@@ -251,6 +251,15 @@ async def test_a_peer_whose_log_is_full_serves_no_share_and_a_stopping_peer_flus
             while len(await _logged(swarm, watcher)) < before + len(busy):
                 await trio.sleep(0.05)
             assert all(peers[pid].audit.dropped == 0 for pid in busy)
+            assert all(peers[pid].stopping for pid in busy)
+            # a stopping peer (still answering while it flushes) serves no share its log might not take
+            running = [pid for pid in peers if pid not in busy]
+            served = {pid: peers[pid].handlers.reencryptions for pid in running}
+            for pid in running:
+                peers[pid].stopping = True
+            with pytest.raises(AgentError):
+                await d.read("alice", rid)
+            assert {pid: peers[pid].handlers.reencryptions for pid in running} == served
 
 
 async def test_a_hostile_peers_forged_batches_are_refused_on_every_peer(tmp_path):
