@@ -68,14 +68,19 @@ class Consortium:
         return self.block(self.tx("register", peer, register_body(cert.to_dict())))[1].marks[0]
 
 
-@pytest.fixture
-def c():
+def registered() -> "Consortium":
+    """A consortium with alice (patient), dr-heart, dr-gp and a nurse registered."""
     c = Consortium()
     assert c.register("alice", "org-a", {"role": "patient"}) == "ok"
     assert c.register("dr-heart", "org-b", {"role": "doctor", "department": "cardiology"}, peer="peer3") == "ok"
     assert c.register("dr-gp", "org-a", {"role": "doctor", "department": "general"}) == "ok"
     assert c.register("nurse", "org-a", {"role": "nurse", "department": "cardiology"}) == "ok"
     return c
+
+
+@pytest.fixture
+def c():
+    return registered()
 
 
 def store_body(record_id="rec-1", label="cardiology"):

@@ -12,22 +12,18 @@ from core.errors import DecodeError, ValidationError
 from core.ledger import Ledger
 from core.policy import parse as parse_policy
 
-from tests.core.test_ledger import T0, Consortium, grant_body, request, setup_records
+from tests.core.test_ledger import T0, Consortium, grant_body, registered, request, setup_records
+
+
+@pytest.fixture(name="c")
+def consortium() -> Consortium:
+    return registered()
+
 
 DENY_ALL = """
 policy "closed" version 3
 default deny
 """
-
-
-@pytest.fixture(name="c")
-def consortium() -> Consortium:
-    c = Consortium()
-    assert c.register("alice", "org-a", {"role": "patient"}) == "ok"
-    assert c.register("dr-heart", "org-b", {"role": "doctor", "department": "cardiology"}, peer="peer3") == "ok"
-    assert c.register("dr-gp", "org-a", {"role": "doctor", "department": "general"}) == "ok"
-    assert c.register("nurse", "org-a", {"role": "nurse", "department": "cardiology"}) == "ok"
-    return c
 
 
 def fresh(c) -> Ledger:
