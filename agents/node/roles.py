@@ -171,6 +171,10 @@ class _Peer(_Serving):
                    "served re-encryptions by what became of their audit entry (logged: in a batch the orderer "
                    "took; dropped: given up, see the peer's error log)")
             .add(self.peer.audit.logged, outcome="logged").add(self.peer.audit.dropped, outcome="dropped"),
+            Family("emrshare_access_log_oldest_seconds", "gauge",
+                   "seconds the oldest access-log entry not yet taken by the orderer has waited (past a quarter "
+                   "of the timestamp skew the peer answers re-encryptions busy)")
+            .add(round(self.peer.audit.oldest_age, 3)),
         ]
 
     def queues(self) -> dict[str, int]:

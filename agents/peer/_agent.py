@@ -126,7 +126,7 @@ class PeerAgent:
         self.handlers = PeerHandlers(self)
         # a batch must still be within the timestamp skew when its block is cut
         # its signatures ride in the worker-thread batches of the re-encryptions (agents.peer._batch)
-        self.audit = AccessLog(index=info.index, sign=self._sign_access_batch, forward=self.forward, clock=clock,
+        self.audit = AccessLog(index=info.index, sign=self._sign_access_batch, forward=self._forward_audit, clock=clock,
                                window=audit_window, max_age=self.config.max_skew_ms / 2000,
                                run_sign=self.handlers.batcher.run)
 
@@ -197,9 +197,13 @@ class PeerAgent:
 
     # ------------------------------------------------------------ submitting
 
-    async def forward(self, txs: list[bytes]) -> None:
-        """Queue encoded transactions for the orderer; return once it accepted them."""
-        await self.forwarder.forward(txs)
+    async def forward(self, txs: list[bytes], *, first: bool = False) -> None:
+        """Queue encoded transactions for the orderer; return once it accepted them (``first``:
+        ahead of the queued ones)."""
+        await self.forwarder.forward(txs, first=first)
+
+    async def _forward_audit(self, txs: list[bytes]) -> None:
+        await self.forwarder.forward(txs, first=True)
 
     async def submit(self, txs: list[bytes], *, wait: bool) -> list[tuple[bytes, int, str]]:
         """Forward and (optionally) wait for the commits: [(tx_id, height, mark)]."""

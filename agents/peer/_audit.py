@@ -18,8 +18,13 @@ event per entry) and forwards it to the orderer:
   never too old for its block); a batch older than that is dropped and counted
   (``dropped``) with an error in the log;
 * at most ``max_pending`` entries wait (unsigned, or in batches not yet
-  taken): beyond that :attr:`AccessLog.full` is true and the peer refuses new
-  re-encryptions (``busy``) rather than serve a share it could not log.
+  taken), and none for longer than ``stall_after`` seconds (default a quarter
+  of ``max_age``): beyond either :attr:`AccessLog.full` is true and the peer
+  refuses new re-encryptions (``busy``) rather than serve a share it might not
+  log: a peer whose orderer does not take its batches (an overloaded or
+  unreachable orderer) stops serving long before a batch is too old to commit;
+* the agent forwards batches ahead of its clients' queued submissions
+  (:meth:`agents.peer._forwarder.TxForwarder.forward` ``first=True``).
 
 Entries of one batch are distinct (the ledger refuses a batch that repeats one):
 two identical reads in the same millisecond get times one millisecond apart.
@@ -65,8 +70,8 @@ class AccessLog:
     def __init__(self, *, index: int, sign: Callable[[dict[str, Any], int], bytes],
                  forward: Callable[[list[bytes]], Awaitable[None]], clock: Callable[[], float],
                  window: float = WINDOW_S, max_entries: int = MAX_ACCESS_ENTRIES, max_pending: int = MAX_PENDING,
-                 max_age: float = 60.0, retry_min: float = 0.25, retry_max: float = 4.0,
-                 run_sign: Callable[..., Awaitable[bytes]] = run_crypto):
+                 max_age: float = 60.0, stall_after: float | None = None, retry_min: float = 0.25,
+                 retry_max: float = 4.0, run_sign: Callable[..., Awaitable[bytes]] = run_crypto):
         if not 0 < max_entries <= MAX_ACCESS_ENTRIES:
             raise ValueError(f"max_entries must be 1..{MAX_ACCESS_ENTRIES}")
         self.index = index
@@ -78,11 +83,16 @@ class AccessLog:
         self.max_entries = max_entries
         self.max_pending = max_pending
         self.max_age = max_age
+        self.stall_after = max_age / 4 if stall_after is None else stall_after
+        if not 0 < self.stall_after < max_age:
+            raise ValueError("stall_after must be positive and less than max_age")
         self.retry_min, self.retry_max = retry_min, retry_max
         self._entries: list[dict[str, Any]] = []
         self._keys: set[tuple] = set()  # the entries' (fields) in _entries, to keep them distinct
-        self._unsent: list[tuple[bytes, int, float]] = []  # (signed batch, entries, signed at: trio time)
+        # (signed batch, entries, signed at, its oldest entry added at: trio times)
+        self._unsent: list[tuple[bytes, int, float, float]] = []
         self._unsent_entries = 0  # the sum of _unsent's entry counts (pending() is asked per re-encryption)
+        self._first_at: float | None = None  # trio time the oldest entry not yet signed was added
         self._wake = trio.Event()
         self._filled = trio.Event()
         # counters (node metrics, tests)
@@ -97,9 +107,21 @@ class AccessLog:
         return len(self._entries) + self._unsent_entries
 
     @property
+    def oldest_age(self) -> float:
+        """Seconds the oldest entry not yet taken by the orderer has waited (0 when none)."""
+        if self._unsent:
+            since = self._unsent[0][3]
+        elif self._entries and self._first_at is not None:
+            since = self._first_at
+        else:
+            return 0.0
+        return trio.current_time() - since
+
+    @property
     def full(self) -> bool:
-        """True when no more re-encryptions should be served until the log drains."""
-        return self.pending >= self.max_pending
+        """True when no more re-encryptions should be served until the log drains: too many
+        entries wait, or one has waited ``stall_after`` seconds (the orderer is not taking them)."""
+        return self.pending >= self.max_pending or self.oldest_age > self.stall_after
 
     def add(self, *, grant_id: str, request_id: str, record_id: str, doctor: str) -> None:
         """Log one served share (now)."""
@@ -110,6 +132,8 @@ class AccessLog:
             entry["time"] += 1
             key = key[:4] + (entry["time"],)
         self._keys.add(key)
+        if not self._entries:
+            self._first_at = trio.current_time()
         self._entries.append(entry)
         self._wake.set()
         if len(self._entries) >= self.max_entries:
@@ -149,18 +173,21 @@ class AccessLog:
         while self._entries:
             chunk = self._entries[:self.max_entries]
             del self._entries[:len(chunk)]
+            first_at = self._first_at if self._first_at is not None else trio.current_time()
+            # the rest arrived after this chunk's first entry: an upper bound on their age
+            self._first_at = first_at if self._entries else None
             self._keys = {(e["grant_id"], e["request_id"], e["record_id"], e["doctor"], e["time"])
                           for e in self._entries}
             timestamp = max(int(self._clock() * 1000), max(e["time"] for e in chunk))
             raw = await self._run_sign(self._sign, {"index": self.index, "entries": chunk}, timestamp)
-            self._unsent.append((raw, len(chunk), trio.current_time()))
+            self._unsent.append((raw, len(chunk), trio.current_time(), first_at))
             self._unsent_entries += len(chunk)
 
     async def _send(self, forward: Callable[[list[bytes]], Awaitable[None]]) -> bool:
         """Forward every unsent batch; False when the orderer did not take them."""
         now = trio.current_time()
         while self._unsent and now - self._unsent[0][2] > self.max_age:
-            _, n, _ = self._unsent.pop(0)
+            _, n, _, _ = self._unsent.pop(0)
             self._unsent_entries -= n
             self.dropped += n
             log.error("access log: a batch of %d re-encryptions was not taken for %.0f s; dropped", n, self.max_age)
@@ -168,13 +195,13 @@ class AccessLog:
             return True
         batch = list(self._unsent)
         try:
-            await forward([raw for raw, _, _ in batch])
+            await forward([raw for raw, _, _, _ in batch])
         except bus.BusError as exc:
             self.retries += 1
             log.warning("access log: forwarding %d batches failed (%s); retrying", len(batch), exc)
             return False
         del self._unsent[:len(batch)]
-        sent = sum(n for _, n, _ in batch)
+        sent = sum(n for _, n, _, _ in batch)
         self._unsent_entries -= sent
         self.batches += len(batch)
         self.logged += sent

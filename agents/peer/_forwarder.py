@@ -179,10 +179,15 @@ class TxForwarder:
         if error is not None:
             raise bus.HandlerError(codes.SUBMIT_UNAVAILABLE, error)
 
-    async def forward(self, txs: list[bytes]) -> None:
-        """Queue encoded transactions for the orderer; return once it accepted them."""
+    async def forward(self, txs: list[bytes], *, first: bool = False) -> None:
+        """Queue encoded transactions for the orderer; return once it accepted them. ``first``:
+        ahead of everything queued (the peer's own access log, which must not wait behind its
+        clients' submissions: agents.peer._audit)."""
         item = _Outgoing(txs, trio.Event())
-        self._outgoing.append(item)
+        if first:
+            self._outgoing.insert(0, item)
+        else:
+            self._outgoing.append(item)
         self._outgoing_ready.set()
         await item.done.wait()
         if item.error is not None:

@@ -5,9 +5,11 @@ once per share served."""
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import pytest
 import trio
+import trio.testing
 
 import bus
 from core import canonical
@@ -138,6 +140,73 @@ async def test_the_log_is_bounded_and_says_when_it_is_full(autojump_clock):
         orderer.fail = 0
         await trio.sleep(5.0)
         assert not log.full and log.logged == 5
+        nursery.cancel_scope.cancel()
+
+
+class SlowOrderer(Orderer):
+    """A ``forward`` that holds every call until ``release`` is set (an orderer that does not answer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = trio.Event()
+
+    async def __call__(self, txs: list[bytes]) -> None:
+        self.calls.append(list(txs))
+        await self.release.wait()
+        self.taken.extend(txs)
+
+
+@pytest.mark.parametrize("answers", ["refuses", "hangs"])
+async def test_a_log_the_orderer_does_not_take_is_full_after_stall_after_long_before_max_age(autojump_clock,
+                                                                                             answers):
+    orderer = Orderer(fail=10**6) if answers == "refuses" else SlowOrderer()
+    log = make_log(orderer, window=0.01, max_age=60.0, retry_max=1.0)
+    assert log.stall_after == 15.0  # a quarter of max_age unless given
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        assert not log.full and log.oldest_age == 0
+        add(log, 2)
+        await trio.sleep(14.0)
+        add(log, 1)  # a fresh entry does not make the oldest one younger
+        assert not log.full and 13.9 < log.oldest_age <= 14.0 and log.pending == 3
+        await trio.sleep(1.5)
+        assert log.full and log.dropped == 0  # busy from now on: nothing served that might not be logged
+        if answers == "refuses":
+            orderer.fail = 0
+        else:
+            orderer.release.set()
+        await trio.sleep(5.0)
+        assert not log.full and log.logged == 3 and log.dropped == 0 and log.oldest_age == 0
+        nursery.cancel_scope.cancel()
+
+
+def test_stall_after_must_be_shorter_than_max_age():
+    with pytest.raises(ValueError, match="stall_after"):
+        make_log(Orderer(), max_age=10.0, stall_after=10.0)
+
+
+async def test_the_peers_access_log_goes_ahead_of_its_clients_queued_submissions():
+    from agents.peer._forwarder import TxForwarder
+
+    sent: list[tuple[bytes, ...]] = []
+    forwarder = TxForwarder(orderers=["orderer"], submit_timeout=1.0)
+
+    async def send(endpoint, txs):
+        sent.append(txs)
+        return None
+
+    forwarder._send = send  # the orderer's side is not what this test is about
+    async with trio.open_nursery() as nursery:
+        for tx in (b"client-1", b"client-2"):
+            nursery.start_soon(forwarder.forward, [tx])
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(functools.partial(forwarder.forward, [b"audit"], first=True))
+        await trio.testing.wait_all_tasks_blocked()
+        assert forwarder.queued == 3
+        nursery.start_soon(forwarder._forward_loop, None)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent and sent[0][0] == b"audit" and [tx for txs in sent for tx in txs] == [b"audit", b"client-1",
+                                                                                          b"client-2"]
         nursery.cancel_scope.cancel()
 
 
