@@ -372,12 +372,13 @@ def test_crypto_bound_arithmetic():
 # ------------------------------------------------------------------ the real thing, small
 
 
-async def _small_swarm_run(tmp_path, workload, settings: RunSettings, *, saturation: float) -> tuple[dict, io.StringIO]:
+async def _small_swarm_run(tmp_path, workload, settings: RunSettings, *, saturation: float,
+                           rate_half: bool = False) -> tuple[dict, io.StringIO]:
     """A real load test on a small in-process swarm, as the end-to-end tests below run it:
     (its report, checked for no lost or corrupted record and no wrong denial outcome; its progress stream)."""
     from agents.bench.loadtest import Options, run
 
-    opts = Options(workload=workload, run=settings, saturation=saturation, saturation_concurrency=2,
+    opts = Options(workload=workload, run=settings, saturation=saturation, saturation_concurrency=2, rate_half=rate_half,
                    data_dir=tmp_path / "swarm", probes=1, unit_iterations=10, progress_stream=io.StringIO(), tty=False)
     with trio.fail_after(240):
         report = await run(opts)
@@ -470,3 +471,20 @@ async def test_patients_offline_loadtest_keeps_its_correctness_checks(tmp_path):
     reads = [phases[p] for p in ("access", "read") if p in phases]
     assert "revoke" not in phases and "store" not in phases and sum(p["succeeded"] for p in reads) > 0
     assert sum(p["failed"] for p in reads) == 0
+
+
+async def test_rate_half_is_half_the_saturation_of_the_runs_own_mix(tmp_path):
+    """--rate half: a store costs several accesses, so the open-loop rate is half of what the swarm
+    carries of the run's mix (measured closed loop), not half the access-only saturation."""
+    from agents.bench.loadtest import WorkloadSpec
+
+    report, _ = await _small_swarm_run(
+        tmp_path, WorkloadSpec(patients=3, doctors=3, imaging_fraction=0.0, fhir_kib=(2, 8),
+                               mix={"store": 3, "access": 5, "denied": 1}),
+        RunSettings(duration=1.5, warmup=0.5, rate=1.0, seed=5), saturation=1.5, rate_half=True)
+    access, mix = report["saturation"], report["mix_saturation"]
+    assert access["access_per_s"] > 0 and mix["ops_per_s"] > 0
+    assert {p["phase"] for p in mix["phases"]} >= {"store"}  # the mix ran, stores included
+    assert report["settings"]["rate"] == pytest.approx(mix["ops_per_s"] / 2)
+    text = render_text(report)
+    assert "saturation (closed loop, the run's mix" in text and "access only" in text

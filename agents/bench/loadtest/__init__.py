@@ -20,7 +20,9 @@ What it does, in order:
    :mod:`agents.bench.loadtest.costs`).
 6. The run: the workload mix (:mod:`agents.bench.loadtest.workload`) closed-loop at
    ``--concurrency`` or open-loop at ``--rate`` (``--rate half``: half the
-   saturation rate), for ``--duration`` seconds or ``--ops`` operations after
+   saturation rate of the run's own mix, measured closed loop like the access
+   saturation right before the run: a store costs several accesses, so half
+   the ACCESS saturation offered as the default mix overloads the swarm), for ``--duration`` seconds or ``--ops`` operations after
    ``--warmup`` seconds that are not recorded; live progress on stderr;
    faults injected on schedule (``--faults``, :mod:`agents.bench.loadtest.faults`).
 7. Read-back: every acknowledged record is read by an authorized doctor and
@@ -106,7 +108,8 @@ def parser() -> argparse.ArgumentParser:
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", type=int, default=None, help="closed loop: operations in flight (default 8)")
     mode.add_argument("--rate", default=None,
-                      help="open loop: arrivals per second, or 'half' (half the measured access saturation rate)")
+                      help="open loop: arrivals per second, or 'half' (half the saturation rate measured with the run's "
+                           "mix, closed loop; the access saturation is measured as well)")
     g.add_argument("--poisson", action="store_true", help="open loop: Poisson arrivals instead of evenly spaced")
     g.add_argument("--duration", type=float, default=30.0, help="measured seconds after the warm-up (default 30)")
     g.add_argument("--warmup", type=float, default=5.0, help="seconds not recorded at the start (default 5)")
@@ -114,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-inflight", type=int, default=512,
                    help="open loop: most operations in flight before arrivals are dropped (default 512)")
     g.add_argument("--saturation", type=float, default=None, metavar="SECONDS",
-                   help="first measure the access saturation rate for this long (default 0, or 15 with --rate half)")
+                   help="first measure the access saturation rate (and with --rate half, the mix's) for this long "
+                        "(default 0, or 15 with --rate half)")
     g.add_argument("--saturation-concurrency", type=int, default=16,
                    help="operations in flight while measuring saturation (default 16)")
     g = p.add_argument_group("target")

@@ -95,6 +95,10 @@ def render_text(r: dict) -> str:
     if sat:
         out.append(f"saturation (closed loop, access only, concurrency {sat.get('concurrency')}): "
                    f"{_f(sat.get('access_per_s'), 2)} accesses/s")
+    msat = r.get("mix_saturation")
+    if msat:
+        out.append(f"saturation (closed loop, the run's mix, concurrency {msat.get('concurrency')}): "
+                   f"{_f(msat.get('ops_per_s'), 2)} op/s (--rate half: half of this)")
     if r.get("setup"):
         _section(out, "setup (not in the measured window):")
         out += _table(PHASE_HEADERS, phase_rows(r["setup"]))

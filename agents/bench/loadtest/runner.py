@@ -30,7 +30,7 @@ ACCESS_PHASES = ("access", "read")
 class Options:
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     run: RunSettings = field(default_factory=RunSettings)
-    rate_half: bool = False  # open loop at half the measured access saturation rate
+    rate_half: bool = False  # open loop at half the measured saturation rate of the run's mix
     saturation: float = 0.0  # seconds of closed-loop access-only load (0: skip)
     saturation_concurrency: int = 16
     target_config: Path | None = None
@@ -233,23 +233,7 @@ async def run(opts: Options) -> dict:
             settings = opts.run
             sat_result = None
             if opts.saturation > 0:
-                sat_rec = Recorder()
-                sat = RunSettings(duration=opts.saturation, warmup=min(3.0, opts.saturation / 3),
-                                  concurrency=opts.saturation_concurrency, seed=settings.seed + 7,
-                                  grace=settings.grace)
-                prog = Progress(sat_rec, sat.warmup + sat.duration, stream, tty=opts.tty, label="saturation")
-                c0, cpu0 = counter.snapshot(), time.process_time()
-                await run_load(wl.access_only(), sat, sat_rec, on_tick=prog.tick)
-                prog.finish()
-                c1, cpu1 = counter.snapshot(), time.process_time()
-                st = sat_rec.stats()
-                a, b = sat_rec.window()
-                win = max(1e-9, min(b, sat.warmup + sat.duration) - sat.warmup)
-                ok = {p: st[p].succeeded for p in ACCESS_PHASES if p in st}
-                sat_result = {"concurrency": sat.concurrency, "window_s": win,
-                              "access_per_s": sum(ok.values()) / win, "by_phase": ok,
-                              "phases": [s.summary(win) for s in st.values()],
-                              "process_cpu_s": cpu1 - cpu0, "crypto": (c1 - c0).to_dict()}
+                sat_result = await _saturate(wl.access_only(), opts, settings, stream, counter)
                 report["saturation"] = sat_result
                 if in_process:
                     report["efficiency"] = _efficiency(sat_result, probe, unit, cores,
@@ -257,7 +241,14 @@ async def run(opts: Options) -> dict:
             if opts.rate_half:
                 if sat_result is None or not sat_result["access_per_s"] > 0:
                     raise ValueError("--rate half needs a saturation measurement (--saturation SECONDS)")
-                settings.rate = sat_result["access_per_s"] / 2
+                if not wl.access_only_mix:
+                    # half of what the swarm carries of THIS mix: its other operations cost more than an access
+                    mix_result = await _saturate(wl, opts, settings, stream, counter, label="saturation (mix)")
+                    report["mix_saturation"] = {k: mix_result[k] for k in ("concurrency", "window_s", "ops_per_s",
+                                                                            "phases")}
+                    settings.rate = mix_result["ops_per_s"] / 2
+                else:
+                    settings.rate = sat_result["access_per_s"] / 2
             rec = Recorder(settings.warmup)
             total = settings.warmup + settings.duration
             prog = Progress(rec, total, stream, tty=opts.tty, label="run")
@@ -346,6 +337,29 @@ def _fill_run(report: dict, rec: Recorder, settings: RunSettings, crypto: costs.
         report["faults"] = impact(report["timeline"], applied, samples=rec.samples)
 
 
+async def _saturate(workload, opts: Options, settings: RunSettings, stream, counter, *,
+                    label: str = "saturation") -> dict[str, Any]:
+    """A closed-loop run of ``workload`` at ``opts.saturation_concurrency`` for ``opts.saturation``
+    seconds: accesses (and all operations) completed per second, and the process's CPU and crypto."""
+    sat_rec = Recorder()
+    sat = RunSettings(duration=opts.saturation, warmup=min(3.0, opts.saturation / 3),
+                      concurrency=opts.saturation_concurrency, seed=settings.seed + 7, grace=settings.grace)
+    prog = Progress(sat_rec, sat.warmup + sat.duration, stream, tty=opts.tty, label=label)
+    c0, cpu0 = counter.snapshot(), time.process_time()
+    await run_load(workload, sat, sat_rec, on_tick=prog.tick)
+    prog.finish()
+    c1, cpu1 = counter.snapshot(), time.process_time()
+    st = sat_rec.stats()
+    a, b = sat_rec.window()
+    win = max(1e-9, min(b, sat.warmup + sat.duration) - sat.warmup)
+    ok = {p: st[p].succeeded for p in ACCESS_PHASES if p in st}
+    return {"concurrency": sat.concurrency, "window_s": win,
+            "access_per_s": sum(ok.values()) / win, "by_phase": ok,
+            "ops_per_s": sum(x.succeeded for x in st.values()) / win,
+            "phases": [x.summary(win) for x in st.values()],
+            "process_cpu_s": cpu1 - cpu0, "crypto": (c1 - c0).to_dict()}
+
+
 def _efficiency(sat: dict, probe: dict, unit: dict, cores: int, *, peers: int) -> dict:
     n_access = sat["by_phase"].get("access", 0)
     n_read = sat["by_phase"].get("read", 0)
@@ -395,7 +409,7 @@ def _targets(r: dict, opts: Options) -> list[dict]:
     out.append({"what": "denials for the wrong reason", "value": d.get("wrong_outcomes", 0), "target": 0,
                 "met": d.get("wrong_outcomes", 0) == 0})
     p99 = (r.get("access_all") or {}).get("p99_ms")
-    out.append({"what": "access p99 (full accesses and reads) at half the saturation rate",
+    out.append({"what": "access p99 (full accesses and reads) at half the saturation rate (of the run's mix)",
                 "value": f"{p99:.0f} ms" if p99 is not None else "-", "target": "< 250 ms",
                 "met": (p99 is not None and p99 < 250) if opts.rate_half else None})
     eff = (r.get("efficiency") or {}).get("percent")

@@ -223,6 +223,11 @@ class EmrWorkload:
 
     # ------------------------------------------------------------ setup
 
+    @property
+    def access_only_mix(self) -> bool:
+        """Whether every operation of the mix is an access (then the access saturation is the mix's)."""
+        return all(k == "access" for k, _ in self._mix)
+
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, spec: WorkloadSpec, target: Any, setup_recorder: Any = None,
