@@ -5,7 +5,9 @@ every peer validates every transaction). It cuts a block when ``batch_size``
 transactions are queued or ``batch_timeout`` seconds have passed since the
 previous cut (so a transaction reaching an idle orderer is cut at once, and
 under load blocks come at most every ``batch_timeout``), signs it, persists it
-(SQLite, ``synchronous=FULL``) and only then publishes it on topic ``blocks``.
+(SQLite, ``synchronous=FULL``) and only then publishes it on topic ``blocks``;
+``orderer.blocks`` near the head is answered from the last blocks it keeps in
+memory (:data:`RECENT_BLOCKS`), older ones from the database.
 Its kinds (``orderer.submit``, ``orderer.blocks``, ``orderer.head``) are typed
 by :mod:`core.protocol`; see docs/protocol.md, "Orderer". It classifies
 senders from the genesis (peers) and the storage node ids it is given: only
