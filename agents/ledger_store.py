@@ -44,7 +44,7 @@ from core.protocol import codes
 
 from agents.errors import AgentError
 
-__all__ = ["LedgerStore", "StoreError", "prefix_bound"]
+__all__ = ["BLOCKS_REPLY_BYTES", "LedgerStore", "StoreError", "prefix_bound"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITH
 """
 
 
+BLOCKS_REPLY_BYTES = 8 << 20
+"""A blocks reply's byte cap (:meth:`LedgerStore.blocks`; the first block alone may pass it)."""
 _IN_CHUNK = 500  # keys per IN (...) query (SQLite's default limit is 999 host parameters or more)
 
 
@@ -256,7 +258,7 @@ class LedgerStore:
             row = self._db.execute("SELECT data FROM blocks WHERE height = ?", (height,)).fetchone()
         return None if row is None else row[0]
 
-    def blocks(self, start: int, limit: int, max_bytes: int = 8 << 20) -> list[bytes]:
+    def blocks(self, start: int, limit: int, max_bytes: int = BLOCKS_REPLY_BYTES) -> list[bytes]:
         """Blocks ``start``, ``start+1``, ... : at most ``limit``, and at most
         ``max_bytes`` in total unless the first alone is larger."""
         with self._lock:

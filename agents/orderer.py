@@ -5,7 +5,9 @@ every peer validates every transaction). It cuts a block when ``batch_size``
 transactions are queued or ``batch_timeout`` seconds have passed since the
 previous cut (so a transaction reaching an idle orderer is cut at once, and
 under load blocks come at most every ``batch_timeout``), signs it, persists it
-(SQLite, ``synchronous=FULL``) and only then publishes it on topic ``blocks``.
+(SQLite, ``synchronous=FULL``) and only then publishes it on topic ``blocks``;
+``orderer.blocks`` near the head is answered from the last blocks it keeps in
+memory (:data:`RECENT_BLOCKS`), older ones from the database.
 Its kinds (``orderer.submit``, ``orderer.blocks``, ``orderer.head``) are typed
 by :mod:`core.protocol`; see docs/protocol.md, "Orderer". It classifies
 senders from the genesis (peers) and the storage node ids it is given: only
@@ -20,6 +22,7 @@ the etcd orderer node (:class:`agents.ordering.node.EtcdOrderer`) builds on.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from pathlib import Path
@@ -46,7 +49,7 @@ from core.tx import Transaction
 
 from agents.admission import Classifier, Refusals
 from agents.handlers import serve
-from agents.ledger_store import LedgerStore
+from agents.ledger_store import BLOCKS_REPLY_BYTES, LedgerStore
 from agents.runtime import make_endpoint
 
 __all__ = ["OrdererAgent", "OrdererBase", "TxQueue", "MAX_BLOCKS_PER_REPLY", "MAX_QUEUED", "check_batching",
@@ -56,6 +59,11 @@ log = logging.getLogger("agents.orderer")
 
 MAX_QUEUED = 50_000
 MAX_QUEUED_BYTES = 256 * 1024 * 1024
+RECENT_BLOCKS = 64
+"""The last blocks the embedded orderer keeps in memory (at most :data:`RECENT_BLOCKS_BYTES`):
+``orderer.blocks`` near the head (a storage node's certificate follower catching up
+after a missed event, a peer one block behind) is answered without a database read."""
+RECENT_BLOCKS_BYTES = 16 * 1024 * 1024
 
 
 def check_batching(batch_size: int, batch_timeout: float) -> None:
@@ -210,6 +218,8 @@ class OrdererAgent(OrdererBase):
         self.head_hash = last.hash
         self._last_ts = last.timestamp
         self._last_cut = -float("inf")
+        self._recent: collections.deque[bytes] = collections.deque()  # blocks height-len+1 .. height
+        self._recent_bytes = 0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -236,8 +246,36 @@ class OrdererAgent(OrdererBase):
 
     async def _blocks(self, msg: bus.Message, request: OrdererBlocks) -> OrdererBlocksReply:
         limit = min(request.limit, MAX_BLOCKS_PER_REPLY)
+        if request.start > self.height:  # at the head already: nothing to read
+            return OrdererBlocksReply(())
+        recent = self._recent_blocks(request.start, limit)
+        if recent is not None:
+            return OrdererBlocksReply(recent)
         blocks = await trio.to_thread.run_sync(self.store.blocks, request.start, limit)
         return OrdererBlocksReply(tuple(blocks))
+
+    def _recent_blocks(self, start: int, limit: int) -> tuple[bytes, ...] | None:
+        """Blocks ``start``.. from memory (as LedgerStore.blocks would read them: at most
+        ``limit``, and the first alone past its byte cap), or None when ``start`` is older
+        than the blocks kept."""
+        first = self.height - len(self._recent) + 1
+        if start < first or not self._recent:
+            return None
+        out: list[bytes] = []
+        total = 0
+        for i in range(start - first, min(len(self._recent), start - first + limit)):
+            data = self._recent[i]
+            total += len(data)
+            if out and total > BLOCKS_REPLY_BYTES:
+                break
+            out.append(data)
+        return tuple(out)
+
+    def _keep_recent(self, data: bytes) -> None:
+        self._recent.append(data)
+        self._recent_bytes += len(data)
+        while len(self._recent) > RECENT_BLOCKS or (len(self._recent) > 1 and self._recent_bytes > RECENT_BLOCKS_BYTES):
+            self._recent_bytes -= len(self._recent.popleft())
 
     # -- cutting blocks -------------------------------------------------------
 
@@ -262,6 +300,7 @@ class OrdererAgent(OrdererBase):
                                                     limiter=self._limiter)
         self._last_cut = trio.current_time()
         self.height, self.head_hash, self._last_ts = block.height, block.hash, ts
+        self._keep_recent(data)
         log.debug("cut block %d with %d transactions", block.height, len(txs))
         assert self.endpoint is not None
         await self.endpoint.publish(BlockEvent.kind, BlockEvent(data).to_wire())

@@ -29,7 +29,8 @@ in the background (a peer accepts its share after the grant committed: it
 checks the hash against the grant); the policy is
 :class:`agents.plans.ShareDelivery`. Stores return once ``write_quorum``
 storage nodes hold the blob durably (:class:`agents.storage.StorageClient`
-with the agent's nursery). A record of at most
+with the agent's nursery) and the ``store`` transaction committed; the local
+state's copy of the record list is saved in the background (coalesced). A record of at most
 :data:`agents.runtime.SMALL_RECORD_BYTES` is sealed on the event loop (small
 crypto: a thread hop cost more than it saved), and the put takes the CID the
 sealer computed (the nodes check the bytes against it); a doctor's receiving
@@ -137,6 +138,8 @@ class PatientAgent(UserAgent):
         self._label_keys: dict[tuple[str, int], pre.KeyPair] = {}
         self._receivers: collections.OrderedDict[bytes, pre.PublicKey] = collections.OrderedDict()
         self._answering: dict[str, trio.Lock] = {}
+        self._records_dirty = False  # a store's local entry not saved yet (see _save_records_soon)
+        self._records_saving = False
         self.refusals = Refusals(self.subject)
         self.waiting = WaitGate(self.refusals)  # access requests waiting for their request to commit
         serve(self.endpoint, self.handlers(),
@@ -175,7 +178,11 @@ class PatientAgent(UserAgent):
             agent.state.setdefault("records", {})
             agent.state.setdefault("grants", {})
             agent.state.setdefault("standing", {})
-            yield agent
+            try:
+                yield agent
+            finally:
+                with trio.move_on_after(10, shield=True):
+                    await agent._flush_records()
 
     # identity (certificate, register, revoke_certificate, lookup_certificate): UserAgent
 
@@ -219,6 +226,12 @@ class PatientAgent(UserAgent):
 
         Raises TransactionRejected if the ledger marks it invalid (e.g. ``duplicate``
         record id), Unavailable if storage or peers do not answer.
+
+        It returns once the ``store`` transaction committed (read-your-writes: the
+        ledger, which is the record's source of truth, lists it); the local state's
+        entry for the record (``state["records"]``, a cache of the ledger's) is saved
+        in the background, one save for the stores that finish while one is being
+        written, and at the latest when the agent closes.
         """
         self.client.require_registered()
         record_id = record_id or _new_id("rec")
@@ -257,8 +270,38 @@ class PatientAgent(UserAgent):
         self.state["records"][record_id] = {"label": label, "cid": cid, "size": size,
                                             "media_type": media_type, "height": reply.get("height"),
                                             "epoch": epoch}
-        await self.client.save_state()
+        self._save_records_soon()
         return record_id
+
+    def _save_records_soon(self) -> None:
+        """Save the local state off the store's path: a background saver writes it while
+        stores keep changing it (concurrent stores share a save: one fsync, not one each)."""
+        self._records_dirty = True
+        if not self._records_saving:
+            self._records_saving = True
+            self.client.nursery.start_soon(self._records_saver)
+
+    async def _records_saver(self) -> None:
+        try:
+            while self._records_dirty:
+                self._records_dirty = False
+                try:
+                    await self.client.save_state()
+                except OSError as exc:  # the ledger holds the records: the next store or close tries again
+                    self._records_dirty = True
+                    log.warning("%s: saving the local state failed: %s", self.subject, exc)
+                    return
+        finally:
+            self._records_saving = False
+
+    async def _flush_records(self) -> None:
+        """Save what the background saver has not (the agent is closing)."""
+        if self._records_dirty or self._records_saving:
+            self._records_dirty = False
+            try:
+                await self.client.save_state()
+            except OSError as exc:  # the ledger lists the records (records()); the cache is rebuilt from it
+                log.warning("%s: saving the local state at close failed: %s", self.subject, exc)
 
     async def _storage_call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         from agents.storage import StorageError

@@ -276,6 +276,17 @@ class PeerAgent:
         decoded = result.txs if len(result.txs) == len(block.txs) else [_decode(raw) for raw in block.txs]
         tx_ids = result.tx_ids if len(result.tx_ids) == len(block.txs) else \
             [hashlib.sha256(raw).digest() for raw in block.txs]
+        writes = result.writes
+
+        def committed(key: str) -> Any:
+            # the entry as the block left it: this block's own write (the bytes Ledger.apply
+            # just packed, decoded without a store read or the canonical re-encoding check),
+            # else the ledger's
+            value = writes.get(key, _UNWRITTEN)
+            if value is _UNWRITTEN:
+                return self.ledger.get(key)
+            return None if value is None else _own_state(value)
+
         for tx, tx_id, mark in zip(decoded, tx_ids, result.marks):
             if tx is None or tx.submitter not in self._commit_subscribers:
                 continue
@@ -283,13 +294,13 @@ class PeerAgent:
             if mark == "ok":
                 with contextlib.suppress(DecodeError):
                     key = effect_key(tx)
-                    entry = self.ledger.get(key) if key is not None else None
+                    entry = committed(key) if key is not None else None
                     if entry is not None:
                         effect[key] = entry
                         grant_id = entry.get("grant_id") if tx.type == "access_request" else None
                         if isinstance(grant_id, str):  # granted by the ledger (standing delegation)
                             gkey = entry_key("grant", grant_id)
-                            grant = self.ledger.get(gkey)
+                            grant = committed(gkey)
                             if grant is not None:
                                 effect[gkey] = grant
             notice = CommitNotice(tx_id=tx_id, height=block.height, type=tx.type,
@@ -308,6 +319,9 @@ def _event(height: int, patient: str, entry: dict[str, Any]) -> PeerEvent:
         decision = None
     return PeerEvent(height=height, type=event_type, patient=patient, doctor=doctor,
                      request_id=entry.get("request_id"), grant_id=entry.get("grant_id"), decision=decision)
+
+
+_UNWRITTEN = object()
 
 
 def _decode(raw: bytes) -> Transaction | None:

@@ -231,3 +231,32 @@ async def test_a_flood_of_reads_ahead_of_the_ledger_waits_in_capped_slots(tmp_pa
                 rid = await alice.store(b"still served", label="cardiology", media_type="text/plain")
                 assert [r["record_id"] for r in await alice.records()] == [rid]
             assert Counter(answers) == {codes.BUSY: 36, codes.QUERY_BEHIND: 4}
+
+
+async def test_a_notice_carries_the_entry_its_block_left(tmp_path, monkeypatch):
+    """The notice's effect is the entry as its block committed it (taken from the block's
+    own writes, not read back from the store): a store's record entry equals what a
+    peer.query reads from the ledger afterwards."""
+    import agents.client as client_mod
+
+    seen: list = []
+
+    class Recording(client_mod.CommitNotice):
+        @classmethod
+        def from_wire(cls, body):
+            notice = super().from_wire(body)
+            seen.append(notice)
+            return notice
+
+    monkeypatch.setattr(client_mod, "CommitNotice", Recording)
+    with trio.fail_after(120):
+        async with _swarm_and_users(tmp_path) as (swarm, users):
+            alice = await users.open(PatientAgent, PATIENT)
+            rid = await alice.store(b"ECG: sinus rhythm", label="cardiology", media_type="text/plain")
+            (notice,) = [n for n in seen if n.type == "store"]
+            assert notice.mark == "ok"
+            ((key, entry),) = notice.effect.items()
+            assert key == f"record/alice/{rid}"
+            ledger = await alice.client.query(PeerQuery("record", patient="alice", record_id=rid))
+            assert entry["cid"] == ledger["cid"] and entry["height"] == notice.height == ledger["height"]
+            assert entry["capsule"] == ledger["capsule"] and entry["label"] == "cardiology"

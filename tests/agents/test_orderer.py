@@ -152,3 +152,56 @@ async def test_blocks_are_cut_by_bytes_and_every_block_can_be_served(tmp_path):
                     await ep.request("orderer", "orderer.blocks", {"from": 2**64 - 1})
                 assert info.value.code == "bad-request"
                 nursery.cancel_scope.cancel()
+
+
+async def test_blocks_near_the_head_come_from_memory_and_match_the_database(tmp_path, monkeypatch):
+    """orderer.blocks answers from the blocks kept in memory what the database would (same
+    bytes, same limit and byte cap), falls back to the database for older blocks, and
+    answers a start past the head with no blocks."""
+    import agents.orderer as orderer_mod
+
+    monkeypatch.setattr(orderer_mod, "RECENT_BLOCKS", 4)
+    okey, peer, genesis, directory, _ = _setup(tmp_path)
+    orderer = OrdererAgent(orderer_id="orderer", signing_key=okey, genesis=genesis.to_bytes(), data_dir=tmp_path,
+                           directory=directory, batch_size=1, batch_timeout=0.01)
+    reads = []
+    real_blocks = orderer.store.blocks
+
+    def counted(start, limit, *a):
+        reads.append(start)
+        return real_blocks(start, limit, *a)
+
+    monkeypatch.setattr(orderer.store, "blocks", counted)
+    with trio.fail_after(20):
+        async with bus.open_node() as node:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(orderer.run, node)
+                ep = make_endpoint(node, "p1", peer.ecdsa_private, directory)
+                for i in range(7):
+                    await ep.request("orderer", "orderer.submit", {"tx": _tx(peer, i)})
+                while (await ep.request("orderer", "orderer.head", {}))["height"] < 7:
+                    await trio.sleep(0.01)
+                assert len(orderer._recent) == 4  # blocks 4..7
+                for start, limit in ((4, 10), (6, 1), (7, 3), (5, 2)):
+                    served = (await ep.request("orderer", "orderer.blocks", {"from": start, "limit": limit}))["blocks"]
+                    assert served == real_blocks(start, limit)
+                    assert [Block.from_bytes(b).height for b in served] == list(range(start, min(8, start + limit)))
+                assert reads == []  # none of those read the database
+                assert (await ep.request("orderer", "orderer.blocks", {"from": 8}))["blocks"] == []
+                older = (await ep.request("orderer", "orderer.blocks", {"from": 1, "limit": 10}))["blocks"]
+                assert reads == [1] and older == real_blocks(1, 10) and len(older) == 7
+                nursery.cancel_scope.cancel()
+
+
+def test_blocks_kept_in_memory_are_bounded_in_bytes(tmp_path, monkeypatch):
+    import agents.orderer as orderer_mod
+
+    monkeypatch.setattr(orderer_mod, "RECENT_BLOCKS_BYTES", 2500)
+    okey, _, genesis, directory, _ = _setup(tmp_path)
+    orderer = OrdererAgent(orderer_id="orderer", signing_key=okey, genesis=genesis.to_bytes(), data_dir=tmp_path,
+                           directory=directory)
+    for size in (1000, 1000, 1000, 3000):
+        orderer._keep_recent(bytes(size))
+        assert orderer._recent_bytes == sum(len(b) for b in orderer._recent)
+        assert orderer._recent_bytes <= 2500 or len(orderer._recent) == 1  # one larger block alone is kept
+    assert [len(b) for b in orderer._recent] == [3000]
