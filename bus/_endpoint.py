@@ -139,6 +139,11 @@ class _Host(Protocol):
         send queue: a full one is dropped (BrokenError)."""
         ...
 
+    def reply_now(self, sender: str, data: bytes, via: Connection) -> bool:
+        """Send a reply from ``sender`` on ``via`` if that takes no wait; False: nothing
+        sent (then :meth:`route` it)."""
+        ...
+
     def note_path(self, agent: str, conn: Connection) -> None:
         """A verified envelope from ``agent`` arrived on ``conn``: route its replies there."""
         ...
@@ -593,6 +598,9 @@ class Endpoint:
                 MessageType.ERROR,
                 {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
             )
+        if conn is not None and self._host.reply_now(self._identity, data, conn):  # no wait: no coroutine
+            self._count_sent(request.sender, request.kind, len(data))
+            return
         try:
             await self._transmit(request.sender, request.kind, data, via=conn, wait=False)
         except BusError as exc:
