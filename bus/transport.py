@@ -4,8 +4,10 @@ A transport is chosen by the scheme of an address (``tcp://host:port``,
 ``mem://name``); :class:`Connection` is what every transport yields: whole
 frame payloads in, whole frame payloads out. TCP connections carry
 length-prefixed frames (:mod:`bus.framing`), optionally inside TLS
-(``trio.SSLStream``; mutual TLS when the server context requires client
-certificates). A TCP connection, plain or under TLS, reads its socket itself
+(:class:`_TlsStream`, an ``ssl.SSLObject`` driven here: a read that bytes
+already received answer returns at once, a small frame is encrypted and written
+by the sending task when nothing is queued, as on plain TCP; mutual TLS when the
+server context requires client certificates). A TCP connection, plain or under TLS, reads its socket itself
 (:class:`_ReadFirst`): it reads
 first when the last read filled its buffer and waits for readability first when
 it did not (trio's socket would make a read that fails, or a trip through the
