@@ -59,6 +59,9 @@ them (see :class:`_ReadFirst`): what one connection does between two chances for
 every other task stays small."""
 _SEND_APART_BYTES = 64 * 1024
 """Payloads from this size are sent after their length prefix, not copied behind it."""
+_TLS_RECORD = 16 * 1024
+"""The most plaintext one TLS record carries: a TLS read asks for at most this much at
+a time (``SSLObject.read(n)`` allocates ``n`` bytes per call and returns one record)."""
 TRY_SEND_BYTES = _SEND_APART_BYTES
 """Payloads below this size may be written at once by :meth:`_StreamConnection.try_send`."""
 
@@ -516,7 +519,7 @@ class _TlsStream(trio.abc.Stream):
         size = _RECEIVE_SIZE if max_bytes is None else max_bytes
         while True:
             try:
-                data = self._tls.read(size)
+                data = self._tls.read(min(size, _TLS_RECORD))
             except ssl.SSLWantReadError:
                 self._produced()
                 await self._feed(max(size, _RECEIVE_SIZE))
@@ -532,7 +535,7 @@ class _TlsStream(trio.abc.Stream):
         got = len(data)
         while got < size:  # the rest of what is already here, record after record
             try:
-                more = self._tls.read(size - got)
+                more = self._tls.read(min(size - got, _TLS_RECORD))
             except ssl.SSLError:  # (want-read, or an end or error the next read reports)
                 break
             if not more:
