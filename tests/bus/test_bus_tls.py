@@ -131,3 +131,22 @@ async def test_a_tls_record_changed_on_the_wire_breaks_the_connection(tls):
             await server.aclose()
             await close()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_tls_handshake_left_half_done_is_dropped_and_others_are_served(tls):
+    """A client that opens TCP to a TLS node and sends half a ClientHello is dropped
+    at the handshake timeout (the TLS handshake runs inside it); a real client is
+    served meanwhile."""
+    ring = Keyring()
+    server_tcp = TcpTransport(server_ssl=tls.server(True))
+    client_tcp = TcpTransport(client_ssl=tls.client(with_cert=True))
+    async with linked_pair(ring, echo, server_options={"transports": {"tcp": server_tcp}, "handshake_timeout": 1.0},
+                           client_options={"transports": {"tcp": client_tcp}}) as (server, _, alice, address):
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        with trio.fail_after(20):
+            stalled = await trio.open_tcp_stream(host, int(port))
+            await stalled.send_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's first bytes
+            assert await alice.request("bob", "ping", "still served") == "still served"
+            assert await stalled.receive_some(1024) == b""  # dropped: the server closed it
+            await eventually(lambda: server.statistics().dropped_connections.get("handshake-timeout", 0) >= 1)
+            await stalled.aclose()
