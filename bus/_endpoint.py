@@ -15,7 +15,9 @@ or, up to a bound in flight, the reason the request's envelope was rejected)
 and counts its traffic. A request's handler runs on a worker task of its own
 (a slow handler holds no other request); a worker that finished parks for the
 next request (up to eight per endpoint), so a request costs a wake-up, not a new
-task. Requests and fire-and-forget messages go through the node's
+task; a handler registered as ``quick`` (its registrant promises it never waits)
+runs instead in the task that delivered the request, once it has its slots, and
+its reply is written from there: no task switch at all. Requests and fire-and-forget messages go through the node's
 ``route_now`` first (what needs no wait is written or queued there, without
 the coroutines of the full route). A request sent so waits for its reply
 parked on its slot, and one expiry task per endpoint fails the slots whose
@@ -135,6 +137,11 @@ class _Host(Protocol):
         sender's signer otherwise; return the connection it left on, None when
         delivered locally. Without ``wait`` it never waits for a connection's
         send queue: a full one is dropped (BrokenError)."""
+        ...
+
+    def reply_now(self, sender: str, data: bytes, via: Connection) -> bool:
+        """Send a reply from ``sender`` on ``via`` if that takes no wait; False: nothing
+        sent (then :meth:`route` it)."""
         ...
 
     def note_path(self, agent: str, conn: Connection) -> None:
@@ -304,6 +311,7 @@ class Endpoint:
         self._skew_ms = int(skew * 1000)
         self._replay = ReplayGuard(self._skew_ms, replay_max_entries)
         self._handlers: dict[str, Handler] = {}
+        self._quick: set[str] = set()  # kinds whose handler runs in the delivering task
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[
             tuple[Envelope, Connection | None]
         ](inbox_size)
@@ -335,6 +343,7 @@ class Endpoint:
         self._recv_peer = _Counter()
         self._rejected: Counter[str] = Counter()
         self._error_replies = 0
+        self._quick_runs = 0  # requests answered by a quick handler in the delivering task
         self._handler_nursery: trio.Nursery | None = None  # set once _dispatch runs
         self._idle_workers: list[_Worker] = []  # parked request workers, the last parked first
         self._id_prefix = secrets.token_bytes(ID_SIZE - 8)
@@ -361,8 +370,18 @@ class Endpoint:
         never pass for a proof or an envelope."""
         return self._signer(message)
 
-    def register(self, kind: str, handler: Handler) -> None:
-        """Handle messages of ``kind`` with ``async handler(message) -> reply``."""
+    def register(self, kind: str, handler: Handler, *, quick: bool = False) -> None:
+        """Handle messages of ``kind`` with ``async handler(message) -> reply``.
+
+        ``quick``: the registrant promises the handler never waits (it awaits
+        nothing, or only work that does not block: no I/O, no lock, no sleep). A
+        quick request handler runs in the task that delivered the request (a
+        connection's reader, or a local sender's task) and its reply is written at
+        once, with no task switch; it still takes the request slots first (who may
+        ask and how many per sender: a request that finds none goes the usual
+        way, to be queued or refused ``busy``), and one that raises is answered
+        with the usual error. While it runs the connection reads nothing else, so
+        a handler that can block must not be quick."""
         if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LENGTH:
             raise BusError(f"kind must be a non-empty str of at most {MAX_KIND_LENGTH} chars")
         if kind.startswith(_RESERVED_PREFIX):
@@ -370,9 +389,12 @@ class Endpoint:
         if kind in self._handlers:
             raise BusError(f"a handler for {kind!r} is already registered")
         self._handlers[kind] = handler
+        if quick:
+            self._quick.add(kind)
 
     def unregister(self, kind: str) -> None:
         self._handlers.pop(kind, None)
+        self._quick.discard(kind)
 
     async def request(self, to: str, kind: str, body: Any, *, timeout: float | None = 30.0) -> Any:
         """Send a request and return the reply body.
@@ -576,6 +598,9 @@ class Endpoint:
                 MessageType.ERROR,
                 {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
             )
+        if conn is not None and self._host.reply_now(self._identity, data, conn):  # no wait: no coroutine
+            self._count_sent(request.sender, request.kind, len(data))
+            return
         try:
             await self._transmit(request.sender, request.kind, data, via=conn, wait=False)
         except BusError as exc:
@@ -656,8 +681,13 @@ class Endpoint:
             if not self._subscriptions.on_event(env.sender, env.kind, env.body):
                 self._rejected["unexpected-event"] += 1
             return
-        if mtype == MessageType.REQUEST and self._start_now(env, conn):
-            return
+        if mtype == MessageType.REQUEST:
+            if env.kind in self._quick and self._take_slots(env):
+                self._quick_runs += 1
+                await self._handle_request(env, conn)  # no task switch: answered from here
+                return
+            if self._start_now(env, conn):
+                return
         try:
             if mtype == MessageType.REQUEST and conn is not None:
                 # A connection's reader never waits on one endpoint: a request that
@@ -698,15 +728,21 @@ class Endpoint:
         of it and it gets a slot without waiting (one task hop less than going
         through the inbox); False: take the inbox path."""
         nursery = self._handler_nursery
-        if (nursery is None or self._inbox_queued
-                or self._in_flight[env.sender] >= self._max_per_sender):
+        if nursery is None or self._inbox_queued or not self._take_slots(env):
+            return False
+        self._run_request(nursery, env, conn)
+        return True
+
+    def _take_slots(self, env: Envelope) -> bool:
+        """Take a request's slots (one of the endpoint's, one of its sender's) if both
+        are free now; False: nothing taken."""
+        if self._in_flight[env.sender] >= self._max_per_sender:
             return False
         try:
             self._concurrency.acquire_nowait()
         except trio.WouldBlock:
             return False
         self._in_flight[env.sender] += 1
-        self._run_request(nursery, env, conn)
         return True
 
     def _run_request(self, nursery: trio.Nursery, env: Envelope, conn: Connection | None) -> None:

@@ -506,6 +506,27 @@ class Node:
         self._put(conn, box, self._frame_for(conn, own, sender, data))
         return conn
 
+    def reply_now(self, sender: str, data: bytes, via: Connection) -> bool:
+        """Send a reply (an encoded, unsigned envelope from the hosted agent ``sender``)
+        on ``via``, the connection its request came on, when that takes no wait: the
+        connection is live, ``sender`` is proved on it (a channel) and its queue has
+        room (or nothing is ahead of it: written at once). False: nothing sent
+        (:meth:`route` then does it, or says why it cannot)."""
+        if self._closed or len(data) > self._max_frame_size or via not in self._live:
+            return False
+        box = self._outboxes.get(via)
+        own = self._endpoints.get(sender)
+        if box is None or box.closed is not None or own is None:
+            return False
+        channel = isinstance(via, ChannelConnection)
+        size = len(data) + (0 if channel else 80)  # (signed mode adds the signature, at most 80 bytes)
+        limit = getattr(via, "max_payload", None)
+        if (limit is not None and size > limit) or not (box.idle or box.has_room(size)):
+            return False
+        if channel and sender not in via.channel.proven_here:  # type: ignore[attr-defined]
+            return False
+        return self._put(via, box, self._frame_for(via, own, sender, data))
+
     def _frame_for(self, conn: Connection, own: _Attachment, sender: str, data: bytes) -> bytes:
         """What ``conn`` carries for an unsigned envelope from ``sender``: on a channel the
         envelope as it is (the proof of ``sender`` queued ahead of it the first time:

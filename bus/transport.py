@@ -4,8 +4,10 @@ A transport is chosen by the scheme of an address (``tcp://host:port``,
 ``mem://name``); :class:`Connection` is what every transport yields: whole
 frame payloads in, whole frame payloads out. TCP connections carry
 length-prefixed frames (:mod:`bus.framing`), optionally inside TLS
-(``trio.SSLStream``; mutual TLS when the server context requires client
-certificates). A TCP connection, plain or under TLS, reads its socket itself
+(:class:`_TlsStream`, an ``ssl.SSLObject`` driven here: a read that bytes
+already received answer returns at once, a small frame is encrypted and written
+by the sending task when nothing is queued, as on plain TCP; mutual TLS when the
+server context requires client certificates). A TCP connection, plain or under TLS, reads its socket itself
 (:class:`_ReadFirst`): it reads
 first when the last read filled its buffer and waits for readability first when
 it did not (trio's socket would make a read that fails, or a trip through the
@@ -57,6 +59,9 @@ them (see :class:`_ReadFirst`): what one connection does between two chances for
 every other task stays small."""
 _SEND_APART_BYTES = 64 * 1024
 """Payloads from this size are sent after their length prefix, not copied behind it."""
+_TLS_RECORD = 16 * 1024
+"""The most plaintext one TLS record carries: a TLS read asks for at most this much at
+a time (``SSLObject.read(n)`` allocates ``n`` bytes per call and returns one record)."""
 TRY_SEND_BYTES = _SEND_APART_BYTES
 """Payloads below this size may be written at once by :meth:`_StreamConnection.try_send`."""
 
@@ -160,6 +165,7 @@ class _StreamConnection:
         self._eof = False
         self._reader: trio.abc.ReceiveStream = (
             _ReadFirst(stream) if type(stream) is trio.SocketStream else stream)
+        self._tls = stream if type(stream) is _TlsStream else None
 
     @property
     def max_payload(self) -> int:
@@ -169,10 +175,10 @@ class _StreamConnection:
     def peer_certificate(self) -> bytes | None:
         """The other side's TLS certificate (DER) once the TLS handshake is done;
         None on plain TCP or when it sent none."""
-        if isinstance(self._stream, trio.SSLStream):
+        if self._tls is not None:
             try:
-                return self._stream.getpeercert(binary_form=True)
-            except (ValueError, trio.NeedHandshakeError, AttributeError):
+                return self._tls.getpeercert(binary_form=True)
+            except ValueError:  # (no handshake yet)
                 return None
         return None
 
@@ -184,7 +190,10 @@ class _StreamConnection:
         return self._stream.socket.fileno()  # -1 once the socket is closed
 
     def can_try_send(self) -> bool:
-        """Whether :meth:`try_send` may be called now."""
+        """Whether :meth:`try_send` may be called now (plain TCP, or TLS once its
+        handshake is done, with nothing unsent: open, not broken, no send under way)."""
+        if self._tls is not None:
+            return not (self._closed or self._broken or self._send_lock.locked()) and self._tls.can_write_now()
         return self._try_fd() >= 0
 
     def try_send(self, payload: bytes) -> bytes:
@@ -196,6 +205,12 @@ class _StreamConnection:
         with :meth:`send_raw`, before any other frame. A socket that fails leaves
         the connection broken and returns the whole frame (send_raw then raises)."""
         data = encode_frame(payload, self._max)
+        if self._tls is not None:  # encrypted and written here; the rest is the TLS stream's to send
+            try:
+                return self._tls.write_now(data)
+            except trio.BrokenResourceError:
+                self._broken = "send failed: TLS"
+                return data
         try:
             written = os.write(self._try_fd(), data)  # the socket is non-blocking (trio's)
         except BlockingIOError:
@@ -226,7 +241,10 @@ class _StreamConnection:
         try:
             try:
                 if not framed:
-                    await self._stream.send_all(payload)
+                    if self._tls is not None:  # the rest of a try_send is in the TLS stream's backlog
+                        await self._tls.flush()
+                    else:
+                        await self._stream.send_all(payload)
                 elif len(payload) < _SEND_APART_BYTES:
                     await self._stream.send_all(encode_frame(payload, self._max))
                 else:  # the length prefix, then the payload as it is: a large payload is not copied
@@ -350,6 +368,215 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
         await self.stream.aclose()
 
 
+class _TlsStream(trio.abc.Stream):
+    """TLS over a TCP socket read through :class:`_ReadFirst`, driven with an
+    ``ssl.SSLObject`` and two memory BIOs (trio's ``SSLStream`` is the model; the
+    same context, so the same mutual TLS 1.3 and certificate checks), without its
+    per-call scheduling round: a read that the bytes already received can answer
+    returns at once, decrypting as many records as it can into one result, and
+    a write encrypts and writes in the calling task.
+
+    Order on the wire is the order the SSLObject produced the bytes: everything
+    it produces goes to the end of one backlog, and only one task sends the
+    backlog at a time (:meth:`flush`, under a lock; :meth:`write_now` only when
+    the backlog is empty and nobody sends). A send cancelled half-way puts back
+    what it did not send. Bytes the SSLObject produces while reading (a TLS 1.3
+    key update's answer) are written then if the socket takes them at once,
+    else with the next send; the session tickets a TLS 1.3 server produces at
+    the end of its handshake go with its first send (as trio does: a client
+    reading nothing yet is not written to). A failed handshake or a record that
+    does not decrypt breaks the stream (``trio.BrokenResourceError``); a peer
+    that closes without TLS's close_notify too, as with trio's default."""
+
+    def __init__(self, raw: _ReadFirst, context: ssl.SSLContext, *, server_side: bool,
+                 server_hostname: str | None = None):
+        self.raw = raw
+        self.socket = raw.socket
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
+                                     server_hostname=server_hostname)
+        self._backlog: deque[bytes | memoryview] = deque()  # ciphertext not yet sent, in order
+        self._send_lock = trio.Lock()
+        self._handshake_lock = trio.Lock()
+        self._handshook = False
+        self._broken = False
+        self._closed = False
+
+    def getpeercert(self, binary_form: bool = False):
+        """The other side's certificate (ValueError before the handshake is done)."""
+        return self._tls.getpeercert(binary_form)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream is closed")
+        if self._broken:
+            raise trio.BrokenResourceError("the TLS stream broke")
+
+    def _produced(self) -> None:
+        """Move what the SSLObject produced to the end of the backlog."""
+        if self._outgoing.pending:
+            self._backlog.append(self._outgoing.read())
+
+    def _fail(self, exc: BaseException) -> trio.BrokenResourceError:
+        self._broken = True
+        err = trio.BrokenResourceError(f"TLS failed: {type(exc).__name__}")
+        err.__cause__ = exc
+        return err
+
+    async def do_handshake(self) -> None:
+        """Run the TLS handshake once (the caller bounds the time)."""
+        if self._handshook:
+            return
+        async with self._handshake_lock:
+            while not self._handshook:
+                self._check()
+                try:
+                    self._tls.do_handshake()
+                    self._handshook = True
+                except ssl.SSLWantReadError:
+                    pass
+                except (ssl.SSLError, ssl.CertificateError) as exc:
+                    raise self._fail(exc) from exc
+                if self._handshook and self._tls.server_side and self._tls.version() == "TLSv1.3":
+                    self._produced()  # the session tickets: sent with our first send
+                    return
+                self._produced()
+                await self.flush()
+                if not self._handshook:
+                    await self._feed(_RECEIVE_SIZE)
+
+    async def _feed(self, size: int) -> None:
+        """Read the socket once (waiting if need be) into the SSLObject."""
+        data = await self.raw.receive_some(size)
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+
+    def can_write_now(self) -> bool:
+        """Whether :meth:`write_now` may be called (handshake done, nothing unsent, nobody sending)."""
+        return (self._handshook and not self._backlog and not self._send_lock.locked()
+                and not self._closed and not self._broken and self.socket.fileno() >= 0)
+
+    def write_now(self, data: bytes) -> bytes:
+        """Encrypt ``data`` and write it to the socket without waiting (only when
+        :meth:`can_write_now`); what the socket did not take stays in the backlog
+        and is returned (send it with :meth:`flush` before anything else)."""
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as exc:
+            raise self._fail(exc) from exc
+        out = self._outgoing.read()
+        try:
+            written = os.write(self.socket.fileno(), out)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            raise self._fail(exc) from exc
+        rest = out[written:]
+        if rest:
+            self._backlog.append(rest)
+        return rest
+
+    async def flush(self) -> None:
+        """Send the backlog (in order; one sender at a time)."""
+        async with self._send_lock:
+            while self._backlog:
+                chunk = memoryview(self._backlog.popleft())
+                sent = 0
+                try:
+                    while sent < len(chunk):
+                        try:
+                            sent += os.write(self.socket.fileno(), chunk[sent:])
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_writable(self.socket)
+                except OSError as exc:
+                    raise self._fail(exc) from None
+                except BaseException:  # cancelled: what was not sent goes first next time
+                    if sent < len(chunk):
+                        self._backlog.appendleft(chunk[sent:])
+                    raise
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._check()
+        await self.do_handshake()
+        if data:  # (SSLObject takes an empty write for an end of stream)
+            try:
+                self._tls.write(data)
+            except ssl.SSLError as exc:
+                raise self._fail(exc) from exc
+            self._produced()
+        await self.flush()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.raw.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self._check()
+        await self.do_handshake()
+        size = _RECEIVE_SIZE if max_bytes is None else max_bytes
+        while True:
+            try:
+                data = self._tls.read(min(size, _TLS_RECORD))
+            except ssl.SSLWantReadError:
+                self._produced()
+                await self._feed(max(size, _RECEIVE_SIZE))
+                continue
+            except ssl.SSLZeroReturnError:
+                return b""
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                raise self._fail(exc) from exc
+            if not data:
+                return b""
+            break
+        parts = [data]
+        got = len(data)
+        while got < size:  # the rest of what is already here, record after record
+            try:
+                more = self._tls.read(min(size - got, _TLS_RECORD))
+            except ssl.SSLError:  # (want-read, or an end or error the next read reports)
+                break
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        self._produced()
+        if self._backlog and not self._send_lock.locked():  # (a key update's answer): now if it fits
+            try:
+                while self._backlog:
+                    chunk = self._backlog[0]
+                    written = os.write(self.socket.fileno(), chunk)
+                    if written < len(chunk):
+                        self._backlog[0] = memoryview(chunk)[written:]
+                        break
+                    self._backlog.popleft()
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise self._fail(exc) from exc
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Say close_notify if it can be written at once, then close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._handshook and not self._broken and not self._backlog and not self._send_lock.locked():
+            try:
+                self._tls.unwrap()
+            except ssl.SSLError:
+                pass  # (want-read: it waits for the other side's close_notify; we do not)
+            out = self._outgoing.read()
+            if out:
+                try:
+                    os.write(self.socket.fileno(), out)
+                except OSError:
+                    pass
+        await self.raw.aclose()
+
+
 class TcpTransport:
     """TCP with trio, optionally TLS.
 
@@ -386,9 +613,10 @@ class TcpTransport:
                     address.host, address.port, local_address=self._local_address
                 )
                 if self._client_ssl is not None:
-                    ssl_stream = trio.SSLStream(
+                    ssl_stream = _TlsStream(
                         _ReadFirst(stream),  # type: ignore[arg-type]
                         self._client_ssl,
+                        server_side=False,
                         server_hostname=self._server_hostname or address.host,
                     )
                     try:
@@ -415,7 +643,7 @@ class TcpTransport:
                 peer_host, peer = "?", "tcp://?"
             s: trio.abc.Stream = stream
             if self._server_ssl is not None:
-                s = trio.SSLStream(_ReadFirst(stream), self._server_ssl, server_side=True)
+                s = _TlsStream(_ReadFirst(stream), self._server_ssl, server_side=True)
             await handler(_StreamConnection(s, peer, self._max, source=str(peer_host)))
 
         async def serve_all(task_status=trio.TASK_STATUS_IGNORED):

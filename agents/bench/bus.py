@@ -145,7 +145,7 @@ async def _measure(mode: str, size: int, pattern: str, count: int, timed: _Timed
         else:
             caller = server.endpoint("client", inbox_size=1024, **ring.credentials("client"))
         callee = server.endpoint("server", inbox_size=1024, **ring.credentials("server"))
-        callee.register("echo", reply)
+        callee.register("echo", reply, quick=True)  # it never waits: answered from the reader
         callee.register("sink", sink)
         for _ in range(5):  # warm up: connect, caches
             await caller.request("server", "echo", body)
