@@ -220,6 +220,7 @@ class CertificateFollower:
         self.on_records: list[Callable[[list[StoredRecord]], None]] = []
         self._changes = 0
         self._refused = 0
+        self._stale = False  # the last block fed was one applied already
 
     @property
     def height(self) -> int:
@@ -237,12 +238,14 @@ class CertificateFollower:
         """Worker thread: the block's changes, or None if it is not the next
         block (already applied, or after a gap); DecodeError/ValidationError if refused."""
         block = Block.from_bytes(raw)
+        self._stale = block.height <= self.client.height
         if block.height != self.client.height + 1:
             return None
         return self.client.apply_all(block)
 
     async def apply_block(self, raw: bytes) -> bool:
         """Apply one encoded block if it is the next one; whether it was."""
+        self._stale = False
         try:
             changes = await trio.to_thread.run_sync(self._feed, raw, limiter=self._limiter)
         except (DecodeError, ValidationError) as exc:
@@ -308,7 +311,9 @@ class CertificateFollower:
                     async for event in sub:
                         body = event.body
                         if isinstance(body, dict) and isinstance(body.get("block"), bytes):
-                            if not await self.apply_block(body["block"]):
+                            # not applied: after a gap, catch up; a block applied already (by
+                            # catch_up, before this copy of it arrived) asks the orderer nothing
+                            if not await self.apply_block(body["block"]) and not self._stale:
                                 await self.catch_up()
             except BusError as exc:
                 log_rt.info("certificate follower: %s; retrying", type(exc).__name__)

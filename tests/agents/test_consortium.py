@@ -107,3 +107,42 @@ async def test_follower_learns_and_forgets_certificates(tmp_path):
             assert stats.refused == 2 and stats.height == follower.height
             assert directory("carol") is None and follower.client.certificates() == {}
             nursery.cancel_scope.cancel()
+
+
+async def test_a_block_the_follower_has_applied_already_asks_the_orderer_nothing(tmp_path):
+    """A copy of an applied block (the topic delivering what catch_up fetched) is skipped; a
+    block after a gap is caught up from orderer.blocks."""
+    w = World(tmp_path)
+    with trio.fail_after(30):
+        async with bus.open_node() as node, trio.open_nursery() as nursery:
+            orderer = w.orderer()
+            await nursery.start(orderer.run, node)
+            peer = make_endpoint(node, "p-a", w.peers["p-a"].ecdsa_private, w.manifest.directory())
+            await peer.request("orderer", "orderer.submit", {"txs": [w.register("alice", "p-a")]})
+            while (await peer.request("orderer", "orderer.head", {}))["height"] < 1:
+                await trio.sleep(0.01)
+            directory = w.manifest.directory()
+            endpoint = make_endpoint(node, "storage-1", w.storage.ecdsa_private, directory)
+            follower = CertificateFollower(endpoint, w.manifest, directory)
+            fetched: list[int] = []
+            fetch = follower._fetch
+
+            async def counting(start, kw):
+                fetched.append(start)
+                return await fetch(start, kw)
+
+            follower._fetch = counting
+            await nursery.start(follower.run)
+            assert fetched == [1] and follower.height == 1  # caught up at start
+            applied = (await peer.request("orderer", "orderer.blocks", {"from": 1, "limit": 1}))["blocks"][0]
+            await orderer.endpoint.publish("blocks", {"block": applied})  # a copy of block 1
+            await trio.sleep(0.2)
+            assert fetched == [1] and follower.height == 1 and follower.statistics().refused == 0
+            # a block after a gap (height 4 while the follower is at 2): caught up from the orderer
+            await peer.request("orderer", "orderer.submit", {"txs": [w.register("bob", "p-a")]})
+            await _until(lambda: follower.height == 2)
+            ahead = Block.make(4, b"\0" * 32, int(time.time() * 1000), [w.register("carol", "p-a")], w.orderer_key)
+            await orderer.endpoint.publish("blocks", {"block": ahead.to_bytes()})
+            await _until(lambda: fetched[-1] == 3)  # (block 2 came on the topic: no fetch for it)
+            assert follower.height == 2
+            nursery.cancel_scope.cancel()
