@@ -33,69 +33,49 @@ __all__ = ["COMPRESSED_SIZE", "compress", "decompress"]
 
 COMPRESSED_SIZE = 288
 
-Fp2 = tuple[int, int]  # (constant, u-coefficient), u^2 = -1
-Fp6 = tuple[Fp2, Fp2, Fp2]  # c0 + c1 v + c2 v^2, v^3 = xi = 1 + u
-
-_ZERO2: Fp2 = (0, 0)
-_ONE2: Fp2 = (1, 0)
-
-
-def _add2(a: Fp2, b: Fp2) -> Fp2:
-    return (a[0] + b[0]) % P, (a[1] + b[1]) % P
-
-
-def _sub2(a: Fp2, b: Fp2) -> Fp2:
-    return (a[0] - b[0]) % P, (a[1] - b[1]) % P
-
-
-def _mul2(a: Fp2, b: Fp2) -> Fp2:
-    return (a[0] * b[0] - a[1] * b[1]) % P, (a[0] * b[1] + a[1] * b[0]) % P
-
-
-def _mul_xi(a: Fp2) -> Fp2:
-    """a (1 + u)."""
-    return (a[0] - a[1]) % P, (a[0] + a[1]) % P
-
-
-def _inv2(a: Fp2) -> Fp2:
-    n = (a[0] * a[0] + a[1] * a[1]) % P
-    if n == 0:
-        raise ZeroDivisionError("inverse of zero in Fp2")
-    ni = pow(n, -1, P)
-    return a[0] * ni % P, -a[1] * ni % P
-
-
-def _add6(a: Fp6, b: Fp6) -> Fp6:
-    return _add2(a[0], b[0]), _add2(a[1], b[1]), _add2(a[2], b[2])
-
-
-def _sub6(a: Fp6, b: Fp6) -> Fp6:
-    return _sub2(a[0], b[0]), _sub2(a[1], b[1]), _sub2(a[2], b[2])
+# Fp6 = Fp2[v]/(v^3 - xi), xi = 1 + u, Fp2 = Fp[u]/(u^2 + 1), held flat as six ints
+# (x0, y0, x1, y1, x2, y2) for (x0 + y0 u) + (x1 + y1 u) v + (x2 + y2 u) v^2; products
+# are summed unreduced and reduced once (Python integers: fewer % p is what costs less).
+Fp6 = tuple[int, int, int, int, int, int]
 
 
 def _mul6(a: Fp6, b: Fp6) -> Fp6:
-    a0, a1, a2 = a
-    b0, b1, b2 = b
-    t0, t1, t2 = _mul2(a0, b0), _mul2(a1, b1), _mul2(a2, b2)
-    c0 = _add2(t0, _mul_xi(_add2(_mul2(a1, b2), _mul2(a2, b1))))
-    c1 = _add2(_add2(_mul2(a0, b1), _mul2(a1, b0)), _mul_xi(t2))
-    c2 = _add2(_add2(_mul2(a0, b2), _mul2(a2, b0)), t1)
-    return c0, c1, c2
-
-
-def _mul_v(a: Fp6) -> Fp6:
-    """a v: (a0, a1, a2) -> (xi a2, a0, a1)."""
-    return _mul_xi(a[2]), a[0], a[1]
-
+    """a b in Fp6, reduced once per output coefficient."""
+    a0, a1, a2, a3, a4, a5 = a
+    b0, b1, b2, b3, b4, b5 = b
+    # Fp2 products (x + y u)(z + t u) = (xz - yt) + (xt + yz) u, unreduced
+    t00x = a0 * b0 - a1 * b1; t00y = a0 * b1 + a1 * b0
+    t11x = a2 * b2 - a3 * b3; t11y = a2 * b3 + a3 * b2
+    t22x = a4 * b4 - a5 * b5; t22y = a4 * b5 + a5 * b4
+    ux = a2 * b4 - a3 * b5 + a4 * b2 - a5 * b3; uy = a2 * b5 + a3 * b4 + a4 * b3 + a5 * b2
+    c1x = a0 * b2 - a1 * b3 + a2 * b0 - a3 * b1; c1y = a0 * b3 + a1 * b2 + a2 * b1 + a3 * b0
+    c2x = a0 * b4 - a1 * b5 + a4 * b0 - a5 * b1; c2y = a0 * b5 + a1 * b4 + a4 * b1 + a5 * b0
+    return ((t00x + ux - uy) % P, (t00y + ux + uy) % P,
+            (c1x + t22x - t22y) % P, (c1y + t22x + t22y) % P,
+            (c2x + t11x) % P, (c2y + t11y) % P)
 
 def _inv6(a: Fp6) -> Fp6:
-    a0, a1, a2 = a
-    t0 = _sub2(_mul2(a0, a0), _mul_xi(_mul2(a1, a2)))
-    t1 = _sub2(_mul_xi(_mul2(a2, a2)), _mul2(a0, a1))
-    t2 = _sub2(_mul2(a1, a1), _mul2(a0, a2))
-    f = _add2(_mul2(a0, t0), _mul_xi(_add2(_mul2(a2, t1), _mul2(a1, t2))))
-    fi = _inv2(f)
-    return _mul2(t0, fi), _mul2(t1, fi), _mul2(t2, fi)
+    """1 / a in Fp6 (a != 0): the adjugate over the norm to Fp2, one Fp inversion."""
+    a0, a1, a2, a3, a4, a5 = a
+    # t0 = A0^2 - xi A1 A2
+    px = a2 * a4 - a3 * a5; py = a2 * a5 + a3 * a4
+    t0x = (a0 * a0 - a1 * a1 - (px - py)) % P; t0y = (2 * a0 * a1 - (px + py)) % P
+    # t1 = xi A2^2 - A0 A1
+    sx = a4 * a4 - a5 * a5; sy = 2 * a4 * a5
+    t1x = (sx - sy - (a0 * a2 - a1 * a3)) % P; t1y = (sx + sy - (a0 * a3 + a1 * a2)) % P
+    # t2 = A1^2 - A0 A2
+    t2x = (a2 * a2 - a3 * a3 - (a0 * a4 - a1 * a5)) % P; t2y = (2 * a2 * a3 - (a0 * a5 + a1 * a4)) % P
+    # f = A0 t0 + xi (A2 t1 + A1 t2)
+    qx = a4 * t1x - a5 * t1y + a2 * t2x - a3 * t2y; qy = a4 * t1y + a5 * t1x + a2 * t2y + a3 * t2x
+    fx = (a0 * t0x - a1 * t0y + qx - qy) % P; fy = (a0 * t0y + a1 * t0x + qx + qy) % P
+    n = (fx * fx + fy * fy) % P
+    if n == 0:
+        raise ZeroDivisionError("inverse of zero in Fp6")
+    ni = pow(n, -1, P)
+    ix = fx * ni % P; iy = -fy * ni % P
+    return ((t0x * ix - t0y * iy) % P, (t0x * iy + t0y * ix) % P,
+            (t1x * ix - t1y * iy) % P, (t1x * iy + t1y * ix) % P,
+            (t2x * ix - t2y * iy) % P, (t2x * iy + t2y * ix) % P)
 
 
 def _read6(data: bytes) -> Fp6:
@@ -103,19 +83,15 @@ def _read6(data: bytes) -> Fp6:
     vals = [int.from_bytes(data[48 * i: 48 * (i + 1)], "big") for i in range(6)]
     if any(v >= P for v in vals):
         raise DecodeError("compressed GT element: a coefficient is not below the field modulus p")
-    return (vals[1], vals[0]), (vals[3], vals[2]), (vals[5], vals[4])
+    return vals[1], vals[0], vals[3], vals[2], vals[5], vals[4]
 
 
 def _write6(a: Fp6) -> bytes:
-    out = bytearray()
-    for x, y in a:
-        out += y.to_bytes(48, "big")
-        out += x.to_bytes(48, "big")
-    return bytes(out)
+    return b"".join(a[i ^ 1].to_bytes(48, "big") for i in range(6))
 
 
-_ZERO6: Fp6 = (_ZERO2, _ZERO2, _ZERO2)
-_ONE6: Fp6 = (_ONE2, _ZERO2, _ZERO2)
+_ZERO6: Fp6 = (0, 0, 0, 0, 0, 0)
+_ONE6: Fp6 = (1, 0, 0, 0, 0, 0)
 _ZERO_BYTES = bytes(COMPRESSED_SIZE)
 _ONE_FULL = _write6(_ONE6) + bytes(COMPRESSED_SIZE)
 
@@ -132,7 +108,7 @@ def compress(full: bytes) -> bytes:
         if a != _ONE6:
             raise ValueError("not a GT element: b = 0 and a != 1")
         return _ZERO_BYTES
-    return _write6(_mul6(_add6(_ONE6, a), _inv6(b)))
+    return _write6(_mul6(((a[0] + 1) % P,) + a[1:], _inv6(b)))
 
 
 def decompress(data: bytes) -> bytes:
@@ -147,8 +123,7 @@ def decompress(data: bytes) -> bytes:
     if c == _ZERO6:
         return _ONE_FULL
     c2 = _mul6(c, c)
-    v = _mul_v(_ONE6)
-    di = _inv6(_sub6(c2, v))
-    a = _mul6(_add6(c2, v), di)
-    b = _mul6(_add6(c, c), di)
+    d = _inv6((c2[0], c2[1], (c2[2] - 1) % P, c2[3], c2[4], c2[5]))  # 1 / (c^2 - v)
+    a = _mul6((c2[0], c2[1], (c2[2] + 1) % P, c2[3], c2[4], c2[5]), d)  # (c^2 + v) / (c^2 - v)
+    b = _mul6(tuple(2 * x % P for x in c), d)  # 2 c / (c^2 - v)
     return _write6(a) + _write6(b)
