@@ -478,8 +478,7 @@ class DoctorAgent(UserAgent):
             raise IntegrityError(f"{peer} is not a consortium peer")
         parsed = PeerReencryptReply.from_wire(reply)
         # everything the check reads besides the key: what was asked, and the whole reply
-        signed = canonical.pack([request_id, cid, info.index, parsed.cid, parsed.index, parsed.share,
-                                 parsed.signature])
+        signed = canonical.pack([request_id, cid, info.index, parsed.share, parsed.signature])
         return await self.client.verified.run_value(
             "reencryption", key, signed,
             lambda: verify_reencrypt_reply(key, parsed, request_id=request_id, cid=cid, index=info.index))

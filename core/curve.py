@@ -13,7 +13,10 @@ GT as 576 bytes, the twelve Fp coefficients of the tower
 Fp2 = Fp[u]/(u^2+1), Fp6 = Fp2[v]/(v^3-(u+1)), Fp12 = Fp6[w]/(w^2-v) written as
 c0 then c1 (of c0 + c1 w), in each the Fp2 coefficients of v^0, v^1, v^2, in
 each Fp2 the u-coefficient first and then the constant, each Fp 48-byte
-big-endian (mcl's ETH serialization). Scalars are 32-byte big-endian.
+big-endian (mcl's ETH serialization). On the wire GT elements travel
+compressed to 288 bytes (``GT.to_compressed`` / ``GT.from_compressed``, the
+algebraic torus T2 of core/_torus.py), decoded with the same subgroup check.
+Scalars are 32-byte big-endian.
 
 ``P * k`` multiplies in constant time (for secret scalars, the native backend
 uses mcl's ``mulCT``); ``P.mul_public(k)`` may use the faster variable-time
@@ -28,6 +31,7 @@ import hmac
 import secrets
 from typing import Callable, Iterable, NamedTuple, Sequence
 
+from . import _torus
 from ._backend import Backend, active_backend
 from ._constants import R
 from .errors import DecodeError
@@ -335,6 +339,7 @@ class GT(_Element):
 
     __slots__ = ()
     ENCODED_SIZE = 576
+    COMPRESSED_SIZE = _torus.COMPRESSED_SIZE
 
     @staticmethod
     def _decode_handle(b: Backend, data: bytes) -> object:
@@ -342,6 +347,10 @@ class GT(_Element):
 
     def _encode(self) -> bytes:
         return self._b.gt_encode(self._h)
+
+    def to_compressed(self) -> bytes:
+        """The 288-byte algebraic-torus (T2) form, what GT elements travel as (core._torus)."""
+        return _torus.compress(self._b.gt_encode(self._h))
 
     def _eq(self, other: "_Element") -> bool:
         return self._b.gt_eq(self._h, other._h)
@@ -364,6 +373,11 @@ class GT(_Element):
     def from_bytes(cls, data: bytes) -> "GT":
         """Decode 576 bytes; checks each coefficient < p and membership of the order-r subgroup."""
         return api().GT.from_bytes(data)
+
+    @classmethod
+    def from_compressed(cls, data: bytes) -> "GT":
+        """Decode the 288-byte T2 form; checks each coefficient < p and membership of the order-r subgroup."""
+        return api().GT.from_compressed(data)
 
     def __mul__(self, other: "GT") -> "GT":
         self._same(other)
@@ -461,6 +475,12 @@ class TargetGroup:
     def from_bytes(self, data: bytes) -> GT:
         data = _check_bytes(data, "GT element", GT.ENCODED_SIZE)
         return GT(self.backend, self.backend.gt_decode(data))
+
+    def from_compressed(self, data: bytes) -> GT:
+        """The element of a 288-byte T2 encoding (:meth:`GT.to_compressed`): decompressed
+        to the 576-byte form, then decoded as :meth:`from_bytes` decodes (subgroup check)."""
+        data = _check_bytes(data, "compressed GT element", GT.COMPRESSED_SIZE)
+        return GT(self.backend, self.backend.gt_decode(_torus.decompress(data)))
 
 
 class Curve:

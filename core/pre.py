@@ -489,15 +489,16 @@ def is_valid_single_rekey(owner: PublicKey, receiver: PublicKey, rk: G2) -> bool
 
 @dataclass(frozen=True, slots=True)
 class ReencryptedShare:
-    """s_i = e(U, rk_i) with the proxy's index; 4 + 576 bytes encoded."""
+    """s_i = e(U, rk_i) with the proxy's index; 4 + 288 bytes encoded: the index
+    big-endian, then the GT value in its compressed (T2) form (``GT.to_compressed``)."""
 
     index: int
     value: GT
 
-    SIZE = 580
+    SIZE = 4 + GT.COMPRESSED_SIZE
 
     def to_bytes(self) -> bytes:
-        return self.index.to_bytes(4, "big") + self.value.to_bytes()
+        return self.index.to_bytes(4, "big") + self.value.to_compressed()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ReencryptedShare":
@@ -633,7 +634,7 @@ class Scheme:
         index = int.from_bytes(data[:4], "big")
         if index == 0:
             raise DecodeError("re-encrypted share has index 0")
-        value = self.curve.GT.from_bytes(bytes(data[4:]))
+        value = self.curve.GT.from_compressed(bytes(data[4:]))
         if value.is_one():
             raise DecodeError("re-encrypted share is the identity")
         return ReencryptedShare(index, value)

@@ -82,6 +82,7 @@ def _curve_ops(backend_name: str, k: int) -> dict[str, Callable[[], object]]:
     exps5 = [random_scalar() for _ in range(5)]
     g1_bytes = g1.to_bytes()
     x_bytes = x.to_bytes()
+    x_compressed = x.to_compressed()
     return {
         "pairing": lambda: pairing(g1, g2),
         "pairing (prepared G2)": lambda: pairing(g1, prepared),
@@ -95,6 +96,8 @@ def _curve_ops(backend_name: str, k: int) -> dict[str, Callable[[], object]]:
         "GT multi-exp of 5": lambda: GT.multi_pow(bases5, exps5),
         "G1 decode (subgroup check)": lambda: c.G1.from_bytes(g1_bytes),
         "GT decode (subgroup check)": lambda: c.GT.from_bytes(x_bytes),
+        "GT compress (T2, 288 bytes)": lambda: x.to_compressed(),
+        "GT decode T2 (subgroup check)": lambda: c.GT.from_compressed(x_compressed),
     }
 
 

@@ -534,7 +534,7 @@ class PeerHandlers:
                        prepared: pre.PreparedKeyShare) -> PeerReencryptReply:
         """Worker thread: the signed reply."""
         peer = self.peer
-        share = pre.reencrypt(self._capsule(capsule), prepared).to_bytes()  # s_i = e(U, rk_i): 580 bytes
+        share = pre.reencrypt(self._capsule(capsule), prepared).to_bytes()  # s_i = e(U, rk_i): 292 bytes (GT compressed)
         return make_reencrypt_reply(peer.keys.ecdsa_private, request_id=request_id, cid=cid,
                                     index=prepared.index, share=share)
 

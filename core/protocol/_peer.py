@@ -283,12 +283,12 @@ class PeerReencrypt(Message, kind="peer.reencrypt"):
 
 @dataclass(frozen=True, slots=True)
 class PeerReencryptReply(Message, kind="peer.reencrypt"):
-    """The re-encrypted share and the peer's signature over it
+    """The re-encrypted share (its proxy index is the share's first 4 bytes, its GT
+    value compressed) and the peer's signature over it, which also covers the
+    request id and the record's CID that the doctor already holds
     (:func:`core.protocol.make_reencrypt_reply`, :func:`core.protocol.verify_reencrypt_reply`)."""
 
-    index: int = wire(_PROXY_INDEX)
     share: bytes = wire(Bytes(pre.ReencryptedShare.SIZE))
-    cid: str = wire(CID)
     signature: bytes = wire(Bytes(SIGNATURE_SIZE))
 
 

@@ -221,9 +221,9 @@ def test_reencrypted_share_decoding(backend):
     with pytest.raises(DecodeError):
         pre.Scheme(backend).reencrypted_share_from_bytes(share.to_bytes()[:-1])
     with pytest.raises(DecodeError, match="index 0"):
-        pre.Scheme(backend).reencrypted_share_from_bytes(bytes(4) + value.to_bytes())
+        pre.Scheme(backend).reencrypted_share_from_bytes(bytes(4) + value.to_compressed())
     with pytest.raises(DecodeError, match="identity"):
-        pre.Scheme(backend).reencrypted_share_from_bytes(b"\x00\x00\x00\x01" + api(backend).GT.one().to_bytes())
+        pre.Scheme(backend).reencrypted_share_from_bytes(b"\x00\x00\x00\x01" + api(backend).GT.one().to_compressed())
     bad = bytearray(share.to_bytes())
     bad[-1] ^= 1
     with pytest.raises(DecodeError, match="subgroup"):

@@ -216,10 +216,13 @@ def test_errors_name_the_kind_and_the_field():
 
 
 def test_sizes_ranges_and_list_bounds():
-    reply = {"index": 1, "share": b"s" * 580, "cid": "bafy", "signature": b"g" * 64}
-    assert PeerReencryptReply.from_wire(reply).index == 1
+    reply = {"share": b"s" * 292, "signature": b"g" * 64}
+    assert PeerReencryptReply.from_wire(reply).share == b"s" * 292
     assert "64 bytes" in _error(PeerReencryptReply, {**reply, "signature": b"g" * 63})
-    assert "580 bytes" in _error(PeerReencryptReply, {**reply, "share": b"s" * 581})
+    assert "292 bytes" in _error(PeerReencryptReply, {**reply, "share": b"s" * 293})
+    # a version-1 reply (GT uncompressed, 580-byte share) is refused, not misread
+    assert "292 bytes" in _error(PeerReencryptReply, {"index": 1, "share": b"s" * 580, "cid": "bafy",
+                                                       "signature": b"g" * 64})
     assert "'from'" in _error(OrdererBlocks, {"from": 2**63, "limit": 1})
     assert "'limit'" in _error(OrdererBlocks, {"from": 0, "limit": 0})
     assert OrdererBlocks.from_wire({"from": 4}) == OrdererBlocks(4, protocol.MAX_BLOCKS_PER_REPLY)
