@@ -119,6 +119,12 @@ class PeerHandlers:
         self.reencryptions = 0  # re-encryption shares served (node metrics)
         self.batcher = WorkerBatcher()  # the re-encryptions' worker-thread jobs
         self._capsules: dict[bytes, G1] = {}  # records' capsules, decoded (and checked) once
+        # signed re-encryption replies by (grant, request, cid, capsule): a share is a function of
+        # the capsule and the key share alone, so a repeat read is served without a pairing
+        # (valid while the grant's key share is the one they were made with: its token in _share_tokens)
+        self._replies: OrderedDict[tuple, tuple[object, PeerReencryptReply]] = OrderedDict()
+        self._share_tokens: dict[str, object] = {}  # grant id -> a fresh object per key share cached
+        self.reply_hits = 0  # re-encryptions answered from _replies
 
     def table(self) -> dict[type, Any]:
         """The kinds a peer serves: request type -> typed handler."""
@@ -354,9 +360,11 @@ class PeerHandlers:
 
     def _cache_share(self, grant_id: str, prepared: pre.PreparedKeyShare) -> None:
         self._shares[grant_id] = prepared
+        self._share_tokens[grant_id] = object()  # replies made with an earlier share no longer match
         self._shares.move_to_end(grant_id)
         while len(self._shares) > SHARE_CACHE:
-            self._shares.popitem(last=False)
+            evicted, _ = self._shares.popitem(last=False)
+            self._share_tokens.pop(evicted, None)
 
     async def _deliver_share(self, msg: bus.Message, request: PeerDeliverShare) -> PeerDeliverShareReply:
         peer = self.peer
@@ -432,7 +440,7 @@ class PeerHandlers:
         return part
 
     @staticmethod
-    def _cache(cache: OrderedDict, key: str, value: Any) -> None:
+    def _cache(cache: OrderedDict, key: Any, value: Any) -> None:
         cache[key] = value
         cache.move_to_end(key)
         while len(cache) > SHARE_CACHE:
@@ -509,9 +517,21 @@ class PeerHandlers:
         if peer.stopping:
             raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
         prepared = await self._prepared_share(grant_id, grant)
-        # one worker job: the re-encryption and its signature, batched with the peer's other
-        # re-encryptions queued meanwhile (agents.peer._batch); the access is logged in the next batch
-        reply = await self.batcher.run(self._reencrypt_job, record.capsule, record.cid, request_id, prepared)
+        token = self._share_tokens.get(grant_id)
+        key = (grant_id, request_id, record.cid, record.capsule)
+        hit = self._replies.get(key)
+        if hit is not None and token is not None and hit[0] is token:
+            # the same capsule and key share: the share and its signed reply are what they were
+            # (the grant was checked above, and the read is logged below, as for any share)
+            self._replies.move_to_end(key)
+            reply = hit[1]
+            self.reply_hits += 1
+        else:
+            # one worker job: the re-encryption and its signature, batched with the peer's other
+            # re-encryptions queued meanwhile (agents.peer._batch); the access is logged in the next batch
+            reply = await self.batcher.run(self._reencrypt_job, record.capsule, record.cid, request_id, prepared)
+            if token is not None:
+                self._cache(self._replies, key, (token, reply))
         if peer.stopping:  # stopped meanwhile: its access log may not take this entry, so the share stays here
             raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
         peer.audit.add(grant_id=grant_id, request_id=request_id, record_id=record_id, doctor=doctor)

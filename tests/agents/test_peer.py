@@ -393,6 +393,18 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
                     break
                 await trio.sleep(0.02)
             assert sorted(e["peer"] for e in trail if e["event"] == "access") == ["peer-a-2", "peer-b-4"]
+            # a repeat read: the same signed reply without a pairing, logged like any other
+            handlers = peers["peer-a-2"].handlers
+            pairings = handlers.reply_hits
+            again = await doc.endpoint.request("peer-a-2", "peer.reencrypt", ask)
+            assert handlers.reply_hits == pairings + 1 and again["share"] == shares[0].to_bytes()
+            handlers._cache_share("g-1", handlers._shares["g-1"])  # a key share cached anew: its replies made again
+            again = await doc.endpoint.request("peer-a-2", "peer.reencrypt", ask)
+            assert handlers.reply_hits == pairings + 1 and again["share"] == shares[0].to_bytes()
+            while sum(e["event"] == "access" for e in trail) != 4:
+                await trio.sleep(0.02)
+                trail = (await alice.endpoint.request("peer-a-1", "peer.audit", {"patient": "alice"}))["events"]
+            assert sorted(e["peer"] for e in trail if e["event"] == "access") == ["peer-a-2"] * 3 + ["peer-b-4"]
             # someone else asking, and a wrong request id
             with pytest.raises(bus.RemoteError) as info:
                 await alice.endpoint.request("peer-a-1", "peer.reencrypt", ask)
