@@ -193,9 +193,10 @@ def _communication(probe: dict) -> dict:
             "'w/o payload' subtracts the record's plaintext size from the total (the ciphertext carries it plus "
             "~40 B per 64 KiB chunk and a header, so a small remainder of payload stays in)",
             "the paper's 2,880 / 3,296 bits count bare group elements and hashes; ours carry ECDSA-signed msgpack "
-            "envelopes with sender, kind and ids, CIDs as strings, full signed transactions (store: capsule, CID, "
-            "metadata; access: request, certificate checks), t re-encryption shares of 580 bytes (a GT element is "
-            "576 bytes on BLS12-381) each with a peer signature, and the grant's t-of-n sealed key-share delivery",
+            "envelopes with sender, kind and ids (compact on channels), CIDs as strings, full signed transactions "
+            "(store: capsule, CID, metadata; access: request, certificate checks), t re-encryption shares of 292 "
+            "bytes (a GT element compressed to 288 bytes on BLS12-381) each with a peer signature, and the grant's "
+            "t-of-n sealed key-share delivery",
         ],
     }
 
