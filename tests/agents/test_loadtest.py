@@ -417,13 +417,14 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
     phases = {p["phase"]: p for p in report["phases"]}
     assert phases["store"]["succeeded"] > 0
     assert report["communication"]["per_operation"][0]["bits"] > 2880
-    assert report["efficiency"]["bound"]["calls_per_op"]["pairing"] >= 2  # t re-encryptions per access
-    # the essential bound: the same pairings, and per ledger transaction one signature and 4 verifications
-    # (the swarm's peers), so its cost is at most the full bound's and its limit at least the full one
+    # pairings as run: t per full access; a repeat read may be served from the peers' reply caches
+    assert 0 < report["efficiency"]["bound"]["calls_per_op"]["pairing"] <= report["target"]["threshold"]
+    # the essential bound: the paper's t pairings per access (one per re-encryption), and per ledger
+    # transaction one signature and 4 verifications (the swarm's peers)
     essential = report["efficiency"]["essential_bound"]
-    assert essential["calls_per_op"]["pairing"] == report["efficiency"]["bound"]["calls_per_op"]["pairing"]
+    assert essential["calls_per_op"]["pairing"] == report["target"]["threshold"]
     assert essential["calls_per_op"]["ecdsa_verify"] == pytest.approx(4 * essential["calls_per_op"]["ecdsa_sign"])
-    assert essential["limit_per_s"] >= report["efficiency"]["bound"]["limit_per_s"]
+    assert essential["calls_per_op"]["ecdsa_sign"] <= report["efficiency"]["bound"]["calls_per_op"]["ecdsa_sign"]
     assert "against the essential bound" in render_text(report)
     assert "0 lost, 0 corrupted" in render_text(report)
     # the HTML summary of this live run: one row per phase, its numbers those of the JSON

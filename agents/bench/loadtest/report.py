@@ -161,7 +161,8 @@ def render_text(r: dict) -> str:
                  f"{_f(b.get('cost_per_op_ms'), 2)} ms per access) = {_f(eff.get('percent'))} %")
         e = eff.get("essential_bound")
         if e:
-            out.append(f"  against the essential bound (the paper's pairings and GT operations, and for each ledger "
+            out.append(f"  against the essential bound (the paper's pairings, "
+                       f"{_f(e['calls_per_op'].get('pairing'), 1)} per access, and GT operations, and for each ledger "
                        f"transaction one signature and a verification per peer: "
                        f"{_f(e['calls_per_op'].get('ecdsa_sign'), 1)} and "
                        f"{_f(e['calls_per_op'].get('ecdsa_verify'), 1)} per access in this mix): "
