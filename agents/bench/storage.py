@@ -17,7 +17,11 @@ verified pieces), as the record read path uses them, in pieces of
 Each get is followed by a bare sha256 of as many bytes in this thread; the
 target ratio compares the two sums, so both ran under the same load (the
 machine may be shared; the best of 3 bare runs apart is printed next to it).
-The client's CPU per MiB got (this process, the gets only) is printed too.
+The client's CPU per MiB got (this process, the gets only) is printed too, and the
+storage node processes' (user + system time from ``/proc``, Linux only: the kernel's
+loopback TCP work lands mostly on the sending node); likewise the CPU per put of
+the client and of the three nodes together (fsyncs, receipt signatures). On a
+loaded machine the get ratio follows the CPU the two sides spend per MiB.
 
 Then the CPU per MiB of each step of a get, in one thread of this process
 (node: read, envelope encoding, channel sealing, framing; client: deframing,
@@ -73,6 +77,25 @@ def _bare_sha256(size: int, reps: int) -> float:
             hashlib.sha256(buf).digest()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def _nodes_cpu(procs: dict) -> float | None:
+    """CPU seconds (user + system) the storage node processes used so far (Linux's
+    ``/proc/PID/stat``; None elsewhere): a get's or a put's cost on the node side."""
+    total = 0
+    try:
+        for proc in procs.values():
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _per(used: tuple[float | None, float | None], n: float) -> float | None:
+    before, after = used
+    return None if before is None or after is None else (after - before) * 1e3 / n
 
 
 def _bare_disk(base: Path, size: int, reps: int) -> float:
@@ -241,14 +264,17 @@ async def _run(base: Path, message_size: int = 2 * MiB, pipeline: int = 2, sizes
             await client.read_to(await client.put(os.urandom(4 * MiB)), _drop)
             for size, reps in sizes:
                 blobs = [os.urandom(size) for _ in range(reps)]
+                n0, c = _nodes_cpu(procs), time.process_time()
                 t = time.perf_counter()
                 cids = [await client.put(b) for b in blobs]
                 put_s = time.perf_counter() - t
+                put_cpu, put_nodes = time.process_time() - c, (n0, _nodes_cpu(procs))
                 del blobs
                 # each get is followed by a bare sha256 of as many bytes, in this thread: the
                 # ratio compares the two under the same load (the machine may be shared)
                 buf = os.urandom(size)
                 get_s = paired_sha_s = get_cpu = 0.0
+                n0 = _nodes_cpu(procs)
                 for cid in cids:
                     t, c = time.perf_counter(), time.process_time()
                     if await client.read_to(cid, _drop) != size:
@@ -258,6 +284,7 @@ async def _run(base: Path, message_size: int = 2 * MiB, pipeline: int = 2, sizes
                     t = time.perf_counter()
                     hashlib.sha256(buf).digest()
                     paired_sha_s += time.perf_counter() - t
+                get_nodes = (n0, _nodes_cpu(procs))  # the paired sha256 runs here, not on the nodes
                 del buf
                 sha_s = await trio.to_thread.run_sync(_bare_sha256, size, reps)
                 disk_s = await trio.to_thread.run_sync(_bare_disk, base, size, reps)
@@ -273,6 +300,9 @@ async def _run(base: Path, message_size: int = 2 * MiB, pipeline: int = 2, sizes
                         "bare_sha256_MBps": total / sha_s,
                         "get_vs_paired_sha256": paired_sha_s / get_s,
                         "get_client_cpu_ms_per_MiB": get_cpu * 1e3 / (size * reps / MiB),
+                        "get_nodes_cpu_ms_per_MiB": _per(get_nodes, size * reps / MiB),
+                        "put_client_cpu_ms_per_op": put_cpu * 1e3 / reps,
+                        "put_nodes_cpu_ms_per_op": _per(put_nodes, reps),
                         "bare_disk_write_fsync_MBps": total / disk_s,
                         "bare_disk_ops_per_s": reps / disk_s,
                     }
@@ -391,6 +421,10 @@ def _cpu_per_mib(base: Path, reps: int = 16) -> dict:
             "channel_share": channel / total, "signed_mode_extra_ms_per_MiB": signature}
 
 
+def _fmt_ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f} ms"
+
+
 def _fmt_size(n: int) -> str:
     return f"{n // MiB} MiB" if n >= MiB else f"{n // 1024} KiB"
 
@@ -437,7 +471,13 @@ def main(argv: list[str] | None = None) -> int:
     print("get vs a bare sha256 after each get (same load): " + ", ".join(
         f"{_fmt_size(r['size'])} {r['get_vs_paired_sha256']:.0%}" for r in result["results"])
         + "; client CPU per MiB got: " + ", ".join(
-        f"{_fmt_size(r['size'])} {r['get_client_cpu_ms_per_MiB']:.2f} ms" for r in result["results"]))
+        f"{_fmt_size(r['size'])} {r['get_client_cpu_ms_per_MiB']:.2f} ms" for r in result["results"])
+        + "; the nodes' CPU per MiB got: " + ", ".join(
+        f"{_fmt_size(r['size'])} {_fmt_ms(r['get_nodes_cpu_ms_per_MiB'])}" for r in result["results"]))
+    print("CPU per put (r=3: three nodes' copies), client: " + ", ".join(
+        f"{_fmt_size(r['size'])} {r['put_client_cpu_ms_per_op']:.2f} ms" for r in result["results"])
+        + "; the nodes together: " + ", ".join(
+        f"{_fmt_size(r['size'])} {_fmt_ms(r['put_nodes_cpu_ms_per_op'])}" for r in result["results"]))
     t = result["target"]
     print(
         f"target: get(32 MiB) >= {t['required']:.0%} of bare sha256 (each get against a sha256 of as many bytes "

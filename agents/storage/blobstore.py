@@ -276,9 +276,8 @@ class BlobStore:
                  digests: list[bytes] | None = None) -> None:
         final = self._path(cid)
         shard = final.parent
-        new_shard = not shard.exists()
-        shard.mkdir(exist_ok=True)
-        if new_shard:
+        if not shard.exists():  # a mkdir per put only when the shard is new (a syscall saved per put)
+            shard.mkdir(exist_ok=True)
             _fsync_dir(self._blobs)
         if final.exists():
             # a put of a blob already held (a duplicate, or a client healing a copy it found

@@ -84,14 +84,18 @@ log = logging.getLogger("agents.storage.client")
 
 CHUNK = cidmod.CHUNK_SIZE
 _PROBE_TIMEOUT = 2.0  # is a node that failed lately back?
-_THREAD_CHECK_BYTES = 1 << 20
-"""Pieces larger than this are hashed in a worker thread; a default piece (1 MiB,
-~1 ms of sha256) is hashed on the event loop: the hop to a thread and back cost
-about a third of that in CPU, more in wall time on a busy machine, and bought no
-parallelism the bench could see (``emrshare bench storage``). :meth:`StorageClient.get`'s
-2 MiB pieces are hashed in a thread (on the loop: ~5 % less client CPU, no steadier
-throughput on a shared 2-core machine; in a thread the hash can overlap the next
-piece's decryption on an idle one)."""
+_THREAD_CHECK_BYTES = 4 << 20
+"""Pieces larger than this are hashed in a worker thread (at most ~4 ms of sha256 on
+the event loop otherwise). :meth:`StorageClient.get`'s 2 MiB pieces and a streamed
+read's 1 MiB ones are hashed on the loop: the hop to a thread and back (waking a
+worker, the GIL handed over twice, the result delivered through trio's wakeup
+socket) cost about as much CPU as the hash it moved, ~0.2 ms of client CPU per MiB
+got (``emrshare bench storage``, 32 MiB gets: 1.60-1.82 ms/MiB on the loop against
+1.86-1.98 in a thread, A/B back to back on a shared 2-core machine); while the
+loop hashes, the node's next piece waits in the socket buffers, so the
+transfer still overlaps the hash."""
+_THREAD_HASH_BYTES = 1 << 20
+"""A put of a blob larger than this (without its CID) hashes it in a worker thread."""
 MAX_RECEIPTS_KEPT = 1024
 """CIDs whose put receipts a client keeps (the latest puts)."""
 BULK_MESSAGE_SIZE = 2 << 20
@@ -409,7 +413,7 @@ class StorageClient:
         data = bytes(data)
         if cid is not None:
             cid = str(cidmod.parse(cid))
-        elif len(data) <= _THREAD_CHECK_BYTES:
+        elif len(data) <= _THREAD_HASH_BYTES:
             cid = cidmod.compute(data)
         else:
             cid = await trio.to_thread.run_sync(cidmod.compute, data)
@@ -791,7 +795,10 @@ class _SinkFailed(Exception):
 
 
 def _reader(data: bytes) -> ReadPiece:
+    """Pieces of ``data`` as views (no copy per piece and replica: the bus packs them)."""
+    view = memoryview(data)
+
     async def read(offset: int, n: int) -> bytes:
-        return data[offset : offset + n]
+        return view[offset : offset + n]  # type: ignore[return-value]  # a bytes-like view
 
     return read

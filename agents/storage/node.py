@@ -32,7 +32,8 @@ byte is hashed once on the way out, not once per get); a corrupt blob is
 answered with ``storage.corrupt``, moved to quarantine (so ``has`` turns False)
 and left for a replica to replace. A put of a blob already held re-checks the
 held copy (the client that found it corrupt heals it that way).
-File work runs in worker threads, a few at a time, except a small read
+File work runs in worker threads, a few at a time (a put's receipt is signed in
+the thread that made the put durable, off the event loop), except a small read
 (:meth:`BlobStore.read_nowait <agents.storage.blobstore.BlobStore.read_nowait>`: at
 most one chunk of a blob with a live verified-at-rest mark, its bytes in the page
 cache) which is served on the event loop: the hop to a thread cost more than the read.
@@ -277,14 +278,21 @@ class StorageNode:
         return msg.sender if self.access.role(msg.sender) == "user" else None
 
     def _receipt(self, cid: str, size: int, putter: str) -> bytes:
-        """Our signed acknowledgement of a durable put (core.protocol's storage receipt)."""
+        """Our signed acknowledgement of a durable put (core.protocol's storage receipt).
+        Called in the put's worker thread, right after the fsyncs: the signature (native
+        ECDSA, GIL released) costs the event loop nothing."""
         return self.endpoint.sign(ecdsa.tagged_message(RECEIPT_TAG, receipt_message(
             self.endpoint.identity, cid, size, putter)))
 
     async def _put(self, msg: Message, request: StoragePut) -> StoragePutReply:
         self._admit_put(msg, len(request.data))
-        cid = await self._thread(self.store.put, request.data, request.cid, pin=request.pin, owner=self._owner(msg))
-        return StoragePutReply(cid, self._receipt(cid, len(request.data), msg.sender))
+        owner, size, putter = self._owner(msg), len(request.data), msg.sender
+
+        def put_and_sign() -> StoragePutReply:  # the receipt signed in the same worker thread
+            cid = self.store.put(request.data, request.cid, pin=request.pin, owner=owner)
+            return StoragePutReply(cid, self._receipt(cid, size, putter))
+
+        return await self._thread(put_and_sign)
 
     async def _begin(self, msg: Message, request: StoragePutBegin) -> StoragePutBeginReply:
         self._admit_put(msg, request.size)
@@ -318,8 +326,13 @@ class StorageNode:
         session = self._session(msg, request.session)
         async with session.lock:
             self._sessions.pop(request.session, None)
-            cid = await self._thread(session.put.commit, pin=session.pin, owner=self._owner(msg))
-            return StoragePutCommitReply(cid, self._receipt(cid, session.size, msg.sender))
+            owner, putter = self._owner(msg), msg.sender
+
+            def commit_and_sign() -> StoragePutCommitReply:
+                cid = session.put.commit(pin=session.pin, owner=owner)
+                return StoragePutCommitReply(cid, self._receipt(cid, session.size, putter))
+
+            return await self._thread(commit_and_sign)
 
     async def _abort(self, msg: Message, request: StoragePutAbort) -> StoragePutAbortReply:
         session = self._session(msg, request.session)
