@@ -22,10 +22,12 @@ the shares' hashes.
 
 Degrading under faults: the shares go to every peer in parallel (peers that
 failed lately are skipped while enough others are healthy) while the grant is
-being committed; the patient answers once the grant committed and t peers
-acknowledged their shares, after a short grace
-(:data:`agents.plans.DELIVERY_GRACE_S`) for the others, whose deliveries go on
-in the background (a peer accepts its share after the grant committed: it
+being committed; the patient answers a doctor's request once the grant
+committed and t peers acknowledged their shares (a standing delegation waits a
+short grace, :data:`agents.plans.DELIVERY_GRACE_S`, for the others), naming
+the acknowledging peers (the doctor asks them first) and passing the committed
+grant entry on (the doctor does not read it back); the others' deliveries go
+on in the background (a peer accepts its share after the grant committed: it
 checks the hash against the grant); the policy is
 :class:`agents.plans.ShareDelivery`. Stores return once ``write_quorum``
 storage nodes hold the blob durably (:class:`agents.storage.StorageClient`
@@ -83,7 +85,9 @@ from core import record as recordmod
 from core.errors import CoreError, DecodeError
 from core.identity import Certificate
 from core.policy import Policy, Request as PolicyRequest, parse as parse_policy
+from core.state import entry_key
 from core.protocol import (
+    GRANT_REPLY_FIELDS,
     PatientAccessRequest,
     PatientAccessRequestReply,
     PeerAudit,
@@ -108,7 +112,7 @@ from agents.errors import (
     UnknownRequest,
 )
 from agents.handlers import serve
-from agents.plans import Done, GaveUp, ShareDelivery
+from agents.plans import DELIVERY_GRACE_S, Answer, Done, GaveUp, ShareDelivery
 from agents.runtime import SMALL_RECORD_BYTES, run_crypto
 
 __all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S", "narrowed_policy", "standing_labels"]
@@ -592,7 +596,7 @@ class PatientAgent(UserAgent):
         self.client.require_registered()
         for gid, g in self.grants.items():  # a retry after we already granted
             if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
-                return {"grant_id": gid, "height": g.get("height")}
+                return {"grant_id": gid, "height": g.get("height")}  # the doctor reads the grant back
         query = PeerQuery("request", request_id=request_id)
         try:
             if height is None:
@@ -643,8 +647,7 @@ class PatientAgent(UserAgent):
                 raise RequestRejected("the patient declined the request")
             # exactly what the prompt showed: the record, or the label if the patient said so
             scope = "label" if answer == "label" else "record"
-        grant_id, grant_height = await self._grant(request_id, req, doctor, scope)
-        return {"grant_id": grant_id, "height": grant_height}
+        return await self._grant(request_id, req, doctor, scope)
 
     async def _deny(self, request_id: str, reason: str) -> None:
         try:
@@ -652,8 +655,13 @@ class PatientAgent(UserAgent):
         except AgentError as exc:
             log.warning("%s: deny_request for %s not committed: %s", self.subject, request_id, exc)
 
-    async def _grant(self, request_id: str, req: dict, doctor: Certificate, scope: str = "label") -> tuple[str, int]:
-        """Commit a grant for ``req`` and deliver its key shares; (grant id, its block's height)."""
+    async def _grant(self, request_id: str, req: dict, doctor: Certificate, scope: str = "label") -> dict:
+        """Commit a grant for ``req`` and deliver its key shares; the reply's fields:
+        ``{grant_id, height, grant, peers}`` (``grant``: the committed entry as our commit
+        notice carried it, trimmed to :data:`core.protocol.GRANT_REPLY_FIELDS`, None without
+        a notice; ``peers``: those that acknowledged their shares by then). The answer does
+        not wait for the peers beyond the first t (no delivery grace): the doctor asks the
+        acknowledged ones first, and the others' deliveries go on in the background."""
         try:
             receiver = await self._receiving_key(doctor)
         except CoreError as exc:
@@ -674,7 +682,7 @@ class PatientAgent(UserAgent):
         reply, acks, outcome = await self._commit_and_deliver(grant_id, by_peer, threshold, "grant", {
             "grant_id": grant_id, "request_id": request_id, "threshold": threshold,
             "expires_at": expires_at, "shares": shares, "scope": scope,
-        })
+        }, grace=0.0)
         errors = dict(outcome.errors) if outcome is not None else {}
         self.grants[grant_id] = {
             "request_id": request_id, "doctor": req["doctor"], "label": label, "record_id": req["record_id"],
@@ -689,7 +697,9 @@ class PatientAgent(UserAgent):
                               f"(need {threshold}): {errors}")
         if errors:
             log.info("%s: grant %s: peers without their share yet: %s", self.subject, grant_id, errors)
-        return grant_id, int(reply["height"])
+        entry = (reply.get("effect") or {}).get(entry_key("grant", grant_id))
+        passed = ({k: entry[k] for k in GRANT_REPLY_FIELDS if k in entry} if isinstance(entry, dict) else None)
+        return {"grant_id": grant_id, "height": int(reply["height"]), "grant": passed, "peers": list(acks)}
 
     async def _receiving_key(self, doctor: Certificate) -> pre.PublicKey:
         """``check_receiving_key(doctor)`` (two pairings, in a worker thread), remembered
@@ -709,20 +719,26 @@ class PatientAgent(UserAgent):
         return receiver
 
     async def _commit_and_deliver(self, object_id: str, by_peer: dict[str, pre.SealedKeyShare], threshold: int,
-                                  tx_type: str, body: dict) -> tuple[dict, list[str], Any]:
+                                  tx_type: str, body: dict, *, grace: float = DELIVERY_GRACE_S,
+                                  ) -> tuple[dict, list[str], Any]:
         """Deliver sealed shares or parts (``peer.deliver_share`` under ``object_id``) while the
-        transaction naming their hashes commits; (submit reply, acknowledging peers, plan outcome)."""
+        transaction naming their hashes commits; (submit reply, acknowledging peers, plan outcome).
+        ``grace``: how long after t acknowledgements the answer waits for the other peers."""
         # peers that failed lately are skipped while t others can take the shares
         targets, skipped = self.health.split(by_peer, self.client.probe_peer)
         if len(targets) < threshold:
             targets, skipped = targets + skipped, []
-        plan = ShareDelivery(targets, threshold, timeout=self.config.request_timeout, skipped=skipped)
+        plan = ShareDelivery(targets, threshold, timeout=self.config.request_timeout, grace=grace, skipped=skipped)
 
         async def deliver(action: Any) -> Any:
             share = by_peer[action.peer]
             wire = PeerDeliverShare(object_id, share.index, share.sealed).to_wire()
-            return await result_of(self.client.peer_request(action.peer, PeerDeliverShare.kind, wire,
-                                                            timeout=action.timeout))
+            result = await result_of(self.client.peer_request(action.peer, PeerDeliverShare.kind, wire,
+                                                              timeout=action.timeout))
+            grant = self.grants.get(object_id)
+            if isinstance(result, Answer) and grant is not None and action.peer not in grant["peers"]:
+                grant["peers"] = sorted({*grant["peers"], action.peer})  # a late one, after the answer
+            return result
 
         delivery = PlanRun(plan, deliver)
         # peers wait (<= 10 s) for the transaction to commit before accepting a share,
@@ -748,11 +764,11 @@ class PatientAgent(UserAgent):
         """Run the grant's share deliveries (``peer.deliver_share`` to each peer in
         parallel; a background task); afterwards record shares that arrived after
         the answer."""
-        await delivery.run()
+        outcome = await delivery.run()
         acks = sorted(delivery.plan.acks)
         grant = self.grants.get(grant_id)
-        if grant is not None and acks != grant.get("peers"):
-            grant["peers"] = acks  # shares that arrived after the answer
+        if grant is not None and (not isinstance(outcome, Done) or acks != sorted(outcome.value)):
+            grant["peers"] = acks  # shares that arrived after the answer (kept in memory as they came)
             try:
                 await self.client.save_state()
             except OSError as exc:

@@ -348,7 +348,11 @@ async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
             with trio.fail_after(3):  # request timeout: 10 s
                 assert await heart.read("alice", rid) == b"stalled"
             grant_id = next(iter(alice.grants))
-            assert set(alice.grants[grant_id]["peers"]) == {"peer-a1", "peer-a2", "peer-b1"}
+            # the answer came with t acknowledgements (no grace); the third is recorded as it comes
+            assert {"peer-a1", "peer-a2", "peer-b1"} >= set(alice.grants[grant_id]["peers"])
+            with trio.fail_after(3):
+                while set(alice.grants[grant_id]["peers"]) != {"peer-a1", "peer-a2", "peer-b1"}:
+                    await trio.sleep(0.01)
             with trio.fail_after(5):  # revoke waits for the peers' heights: 2 s for the stalled one
                 await alice.revoke(grant_id)
             with trio.fail_after(3), pytest.raises(errors.GrantRevoked):
