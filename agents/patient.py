@@ -668,8 +668,10 @@ class PatientAgent(UserAgent):
             await self._deny(request_id, "requester's receiving key does not verify")
             raise RequestRejected(f"the doctor's receiving key does not verify: {exc}") from None
         label = req["label"]
-        rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=req["record_id"]))
-        epoch = int(rec.get("epoch", 0)) if isinstance(rec, dict) else 0
+        # the label-key epoch the record is sealed under: our own store/reseal noted it (no query);
+        # checked against the committed grant below (another process of ours may have re-sealed it)
+        known = self.state["records"].get(req["record_id"], {}).get("epoch")
+        epoch = int(known) if isinstance(known, int) else await self._record_epoch(req["record_id"])
         kp = await self._label_key_async(label, epoch)  # the key the requested record is sealed under
         peers = list(self.client.consortium.peers)
         threshold = self.manifest.threshold
@@ -684,12 +686,24 @@ class PatientAgent(UserAgent):
             "expires_at": expires_at, "shares": shares, "scope": scope,
         }, grace=0.0)
         errors = dict(outcome.errors) if outcome is not None else {}
+        entry = (reply.get("effect") or {}).get(entry_key("grant", grant_id))
+        committed = (int(entry.get("epoch", 0)) if isinstance(entry, dict)
+                     else await self._record_epoch(req["record_id"], reply.get("height")))
+        stale = None
+        if committed != epoch:  # our note was stale: these shares are of another epoch's key
+            stale = f"the record is sealed under label-key epoch {committed}, the key shares were made for {epoch}"
+            self.state["records"].get(req["record_id"], {})["epoch"] = committed
         self.grants[grant_id] = {
             "request_id": request_id, "doctor": req["doctor"], "label": label, "record_id": req["record_id"],
             "expires_at": expires_at, "threshold": threshold, "peers": acks, "revoked": False,
             "height": reply.get("height"), "scope": scope,
         }
         await self.client.save_state()
+        if stale is not None:
+            # not revoked (a revocation would hold the doctor's next request for the patient): the
+            # peers re-encrypt only the grant's records, whose capsules these shares do not open
+            raise Unavailable(f"grant {grant_id} for request {request_id}: {stale}; the doctor asks again "
+                              "(the patient now knows the record's epoch)")
         if not isinstance(outcome, Done):
             with contextlib.suppress(AgentError):
                 await self.revoke(grant_id, "too few peers accepted their key shares")
@@ -697,9 +711,14 @@ class PatientAgent(UserAgent):
                               f"(need {threshold}): {errors}")
         if errors:
             log.info("%s: grant %s: peers without their share yet: %s", self.subject, grant_id, errors)
-        entry = (reply.get("effect") or {}).get(entry_key("grant", grant_id))
         passed = ({k: entry[k] for k in GRANT_REPLY_FIELDS if k in entry} if isinstance(entry, dict) else None)
         return {"grant_id": grant_id, "height": int(reply["height"]), "grant": passed, "peers": list(acks)}
+
+    async def _record_epoch(self, record_id: str, height: int | None = None) -> int:
+        """The label-key epoch our record is sealed under, as a peer's committed state says."""
+        rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=record_id,
+                                                min_height=height))
+        return int(rec.get("epoch", 0)) if isinstance(rec, dict) else 0
 
     async def _receiving_key(self, doctor: Certificate) -> pre.PublicKey:
         """``check_receiving_key(doctor)`` (two pairings, in a worker thread), remembered

@@ -600,3 +600,71 @@ async def test_a_doctors_receiving_key_is_checked_once_and_a_failure_is_not_reme
             # a new grant for the same doctor's key: no pairing check again
             assert await heart.read("alice", rid) == data
             assert len(alice.grants) == 2 and checks == ["dr-heart"] * 2
+
+
+# ------------------------------------------------------------------ the grant path (issue 14)
+
+
+def _count_queries(agent) -> list[str]:
+    """The ``what`` of every peer query ``agent`` makes from now on."""
+    asked: list[str] = []
+    real_query, real_committed = agent.client.query, agent.client.query_committed
+
+    async def query(q, *args, **kw):
+        asked.append(q.what)
+        return await real_query(q, *args, **kw)
+
+    async def query_committed(q, *args, **kw):
+        asked.append(q.what)
+        return await real_committed(q, *args, **kw)
+
+    agent.client.query, agent.client.query_committed = query, query_committed
+    return asked
+
+
+async def test_a_full_access_takes_the_grant_from_the_patients_answer(world):
+    """The patient's answer carries the committed grant and the peers holding their shares:
+    the doctor does not read the grant back, the patient does not look its record's epoch up."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, b"one round trip less", "text/plain")
+            doctor_asked, patient_asked = _count_queries(heart), _count_queries(alice)
+            assert await heart.read("alice", rid, purpose="treatment") == b"one round trip less"
+            assert set(doctor_asked) == {"record"}  # no "grant" read-back
+            assert "record" not in patient_asked and patient_asked.count("request") == 1
+            held = heart.cached_grant("alice", "cardiology", rid)
+            (grant_id, grant), = alice.grants.items()
+            assert held["grant_id"] == grant_id and held["threshold"] == grant["threshold"]
+            assert held["expires_at"] == grant["expires_at"] and held["scope"] == grant["scope"]
+
+
+async def test_a_grant_made_for_a_stale_epoch_is_refused_and_the_next_request_works(world):
+    """The patient's note of its record's epoch is stale (another process of hers re-sealed
+    it): the committed grant names the ledger's epoch, so the patient refuses to answer with
+    shares of the wrong key, corrects its note, and the doctor's next request succeeds."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, b"sealed at epoch 0", "text/plain")
+            alice.state["records"][rid]["epoch"] = 3
+            with pytest.raises(errors.AgentError, match="epoch"):
+                await heart.read("alice", rid, purpose="treatment")
+            assert alice.state["records"][rid]["epoch"] == 0
+            assert await heart.read("alice", rid, purpose="treatment") == b"sealed at epoch 0"
+
+
+async def test_the_doctor_refuses_a_grant_the_patients_answer_misdescribes(world):
+    """A patient whose answer says the grant is another doctor's (or revoked): IntegrityError,
+    nothing cached; the doctor checks the entry as it checked the one it read back."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, b"lies", "text/plain")
+            real = alice._grant
+
+            async def lying(*args, **kw):
+                answer = await real(*args, **kw)
+                return {**answer, "grant": {**answer["grant"], "doctor": "dr-someone-else"}}
+
+            alice._grant = lying
+            with pytest.raises(errors.IntegrityError, match="not a live grant"):
+                await heart.read("alice", rid, purpose="treatment")
+            assert heart.cached_grant("alice", "cardiology", rid) is None
