@@ -668,3 +668,12 @@ async def test_the_doctor_refuses_a_grant_the_patients_answer_misdescribes(world
             with pytest.raises(errors.IntegrityError, match="not a live grant"):
                 await heart.read("alice", rid, purpose="treatment")
             assert heart.cached_grant("alice", "cardiology", rid) is None
+
+            async def malformed(*args, **kw):
+                answer = await real(*args, **kw)
+                return {**answer, "grant": {**answer["grant"], "threshold": "many", "expires_at": None}}
+
+            alice._grant = malformed
+            with pytest.raises(errors.IntegrityError, match="malformed entry"):
+                await heart.read("alice", rid, purpose="treatment")
+            assert heart.cached_grant("alice", "cardiology", rid) is None
