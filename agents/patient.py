@@ -781,13 +781,14 @@ class PatientAgent(UserAgent):
 
     async def _deliver_all(self, grant_id: str, delivery: PlanRun) -> None:  # a grant's or a delegation's
         """Run the grant's share deliveries (``peer.deliver_share`` to each peer in
-        parallel; a background task); afterwards record shares that arrived after
-        the answer."""
+        parallel; a background task). Shares acknowledged after the answer are put
+        on the grant as they come and saved with the agent's next state save (one
+        state write per grant, not two); a grant that failed saves them here."""
         outcome = await delivery.run()
         acks = sorted(delivery.plan.acks)
         grant = self.grants.get(grant_id)
-        if grant is not None and (not isinstance(outcome, Done) or acks != sorted(outcome.value)):
-            grant["peers"] = acks  # shares that arrived after the answer (kept in memory as they came)
+        if grant is not None and not isinstance(outcome, Done) and acks != grant.get("peers"):
+            grant["peers"] = acks
             try:
                 await self.client.save_state()
             except OSError as exc:
