@@ -112,7 +112,7 @@ from agents.errors import (
     UnknownRequest,
 )
 from agents.handlers import serve
-from agents.plans import DELIVERY_GRACE_S, Answer, Done, GaveUp, ShareDelivery
+from agents.plans import DELIVERY_GRACE_S, Done, GaveUp, ShareDelivery
 from agents.runtime import SMALL_RECORD_BYTES, run_crypto
 
 __all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S", "narrowed_policy", "standing_labels"]
@@ -752,12 +752,8 @@ class PatientAgent(UserAgent):
         async def deliver(action: Any) -> Any:
             share = by_peer[action.peer]
             wire = PeerDeliverShare(object_id, share.index, share.sealed).to_wire()
-            result = await result_of(self.client.peer_request(action.peer, PeerDeliverShare.kind, wire,
-                                                              timeout=action.timeout))
-            grant = self.grants.get(object_id)
-            if isinstance(result, Answer) and grant is not None and action.peer not in grant["peers"]:
-                grant["peers"] = sorted({*grant["peers"], action.peer})  # a late one, after the answer
-            return result
+            return await result_of(self.client.peer_request(action.peer, PeerDeliverShare.kind, wire,
+                                                            timeout=action.timeout))
 
         delivery = PlanRun(plan, deliver)
         # peers wait (<= 10 s) for the transaction to commit before accepting a share,
@@ -781,18 +777,18 @@ class PatientAgent(UserAgent):
 
     async def _deliver_all(self, grant_id: str, delivery: PlanRun) -> None:  # a grant's or a delegation's
         """Run the grant's share deliveries (``peer.deliver_share`` to each peer in
-        parallel; a background task). Shares acknowledged after the answer are put
-        on the grant as they come and saved with the agent's next state save (one
-        state write per grant, not two); a grant that failed saves them here."""
+        parallel; a background task); once every delivery is over, record (and
+        save) the shares acknowledged after the answer."""
         outcome = await delivery.run()
         acks = sorted(delivery.plan.acks)
         grant = self.grants.get(grant_id)
-        if grant is not None and not isinstance(outcome, Done) and acks != grant.get("peers"):
-            grant["peers"] = acks
-            try:
-                await self.client.save_state()
-            except OSError as exc:
-                log.warning("%s: could not save state: %s", self.subject, exc)
+        if grant is None or (isinstance(outcome, Done) and acks == sorted(outcome.value)):
+            return  # nothing came after the answer
+        grant["peers"] = acks  # shares that arrived after the answer
+        try:
+            await self.client.save_state()
+        except OSError as exc:
+            log.warning("%s: could not save state: %s", self.subject, exc)
 
 
 # ------------------------------------------------------------------ policies

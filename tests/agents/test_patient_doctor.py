@@ -114,9 +114,8 @@ async def test_store_read_revoke_audit(world):
             assert used >= 2
             grant_id = alice.grants and next(iter(alice.grants))
             assert alice.grants[grant_id]["doctor"] == "dr-heart"
-            with trio.fail_after(5):  # the answer came at t acknowledgements, the rest follow
-                while set(alice.grants[grant_id]["peers"]) != set(world.fake.peers):
-                    await trio.sleep(0.01)
+            # the answer came at t acknowledgements; the rest are recorded once every delivery is over
+            assert 2 <= len(alice.grants[grant_id]["peers"]) and set(alice.grants[grant_id]["peers"]) <= set(world.fake.peers)
             # a second read reuses the grant (no new request)
             requests_before = sum(1 for e in await alice.audit() if e["event"] == "access_request")
             assert await heart.read("alice", rid) == path.read_bytes()
@@ -214,7 +213,10 @@ async def test_restart_patient_from_its_directory(world):
         async with contextlib.AsyncExitStack() as stack:
             alice = await stack.enter_async_context(
                 PatientAgent.open(world.config("alice", "hospital-a", {"role": "patient"}), node=world.node))
-            assert alice.certificate == cert and alice.grants == grants
+            assert alice.certificate == cert and alice.grants.keys() == grants.keys()
+            for gid, grant in grants.items():  # late share acknowledgements are saved after the answer
+                assert {**alice.grants[gid], "peers": None} == {**grant, "peers": None}
+                assert len(alice.grants[gid]["peers"]) >= grant["threshold"]
             assert alice.state["records"][rid]["label"] == "cardiology"
             assert [r["record_id"] for r in await alice.records()] == [rid]
             assert await alice.read(rid) == data
@@ -350,11 +352,10 @@ async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
             with trio.fail_after(3):  # request timeout: 10 s
                 assert await heart.read("alice", rid) == b"stalled"
             grant_id = next(iter(alice.grants))
-            # the answer came with t acknowledgements (no grace); the third is recorded as it comes
-            assert {"peer-a1", "peer-a2", "peer-b1"} >= set(alice.grants[grant_id]["peers"])
-            with trio.fail_after(3):
-                while set(alice.grants[grant_id]["peers"]) != {"peer-a1", "peer-a2", "peer-b1"}:
-                    await trio.sleep(0.01)
+            # the answer came with t acknowledgements (no grace); the others are recorded once
+            # every delivery is over (the stalled one's after its request timeout)
+            answered = set(alice.grants[grant_id]["peers"])
+            assert len(answered) >= 2 and answered <= {"peer-a1", "peer-a2", "peer-b1"}
             with trio.fail_after(5):  # revoke waits for the peers' heights: 2 s for the stalled one
                 await alice.revoke(grant_id)
             with trio.fail_after(3), pytest.raises(errors.GrantRevoked):
