@@ -15,7 +15,10 @@ grant it submits an ``access_request`` (:class:`PolicyDenied` when the policy
 says no); when the ledger granted it from the patient's standing delegation
 (the policy pre-authorizes this doctor, ``approval auto``) it goes straight on,
 without the patient; otherwise it asks the patient (:class:`RequestRejected`
-when the patient says no), and then asks the peers for their re-encryption shares, keeping the first t
+when the patient says no; its answer carries the committed grant entry and the
+peers holding their key shares, so the doctor neither reads the grant back nor
+asks a peer still without its share first), and then asks the peers for their
+re-encryption shares, keeping the first t
 that verify (:class:`NotEnoughPeers` when fewer come back; the policy is
 :class:`agents.plans.ShareCollection`). Before plaintext is
 returned: the blob matches the CID on the ledger (each 256 KiB chunk is checked
@@ -378,7 +381,11 @@ class DoctorAgent(UserAgent):
             reply = PatientAccessRequestReply.from_wire(raw)
         except DecodeError:
             raise IntegrityError(f"{patient} answered without a grant id") from None
-        return await self._hold_grant(patient, label, reply.grant_id, request_id, height=reply.height)
+        # the patient's signed word for its committed grant: no read-back (the peers check the
+        # ledger's grant on every re-encryption); an older patient's reply without it: read it
+        grant = await self._hold_grant(patient, label, reply.grant_id, request_id, height=reply.height,
+                                       entry=reply.grant)
+        return {**grant, "peers": list(reply.peers or ())}
 
     async def _hold_grant(self, patient: str, label: str, grant_id: str, request_id: str, *,
                           height: int | None = None, entry: dict | None = None) -> dict:
@@ -396,10 +403,13 @@ class DoctorAgent(UserAgent):
         if not isinstance(g, dict) or g.get("doctor") != self.subject or g.get("patient") != patient \
                 or g.get("label") != label or g.get("revoked"):
             raise IntegrityError(f"grant {grant_id} on the ledger is not a live grant of {label} for us")
-        grant = {"patient": patient, "label": label, "grant_id": grant_id, "request_id": request_id,
-                 "threshold": int(g["threshold"]), "expires_at": int(g["expires_at"]),
-                 "scope": g.get("scope") or "label", "record_id": g.get("record_id"),
-                 "epoch": int(g.get("epoch", 0)), "height": height}
+        try:
+            grant = {"patient": patient, "label": label, "grant_id": grant_id, "request_id": request_id,
+                     "threshold": int(g["threshold"]), "expires_at": int(g["expires_at"]),
+                     "scope": g.get("scope") or "label", "record_id": g.get("record_id"),
+                     "epoch": int(g.get("epoch", 0)), "height": height}
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError(f"grant {grant_id}: malformed entry") from None
         self.grant_cache[_cache_key(patient, label)] = grant
         await self.client.save_state()
         return grant
@@ -443,7 +453,8 @@ class DoctorAgent(UserAgent):
         cid = rec["cid"]
         healthy, suspects = self.health.split(self.manifest.peers, self.client.probe_peer)
         plan = ShareCollection(healthy, suspects, need, timeout=self.reencrypt_timeout,
-                               suspect_timeout=SUSPECT_TIMEOUT, rotation=self._rotation)
+                               suspect_timeout=SUSPECT_TIMEOUT, rotation=self._rotation,
+                               prefer=grant.get("peers") or ())
         if plan.rotated:
             self._rotation += 1
 

@@ -22,10 +22,12 @@ the shares' hashes.
 
 Degrading under faults: the shares go to every peer in parallel (peers that
 failed lately are skipped while enough others are healthy) while the grant is
-being committed; the patient answers once the grant committed and t peers
-acknowledged their shares, after a short grace
-(:data:`agents.plans.DELIVERY_GRACE_S`) for the others, whose deliveries go on
-in the background (a peer accepts its share after the grant committed: it
+being committed; the patient answers a doctor's request once the grant
+committed and t peers acknowledged their shares (a standing delegation waits a
+short grace, :data:`agents.plans.DELIVERY_GRACE_S`, for the others), naming
+the acknowledging peers (the doctor asks them first) and passing the committed
+grant entry on (the doctor does not read it back); the others' deliveries go
+on in the background (a peer accepts its share after the grant committed: it
 checks the hash against the grant); the policy is
 :class:`agents.plans.ShareDelivery`. Stores return once ``write_quorum``
 storage nodes hold the blob durably (:class:`agents.storage.StorageClient`
@@ -84,7 +86,9 @@ from core import record as recordmod
 from core.errors import CoreError, DecodeError
 from core.identity import Certificate
 from core.policy import Policy, Request as PolicyRequest, parse as parse_policy
+from core.state import entry_key
 from core.protocol import (
+    GRANT_REPLY_FIELDS,
     PatientAccessRequest,
     PatientAccessRequestReply,
     PeerAudit,
@@ -109,7 +113,7 @@ from agents.errors import (
     UnknownRequest,
 )
 from agents.handlers import serve
-from agents.plans import Done, GaveUp, ShareDelivery
+from agents.plans import DELIVERY_GRACE_S, Done, GaveUp, ShareDelivery
 from agents.runtime import SMALL_RECORD_BYTES, run_crypto
 
 __all__ = ["PatientAgent", "Approver", "DEFAULT_GRANT_TTL_S", "narrowed_policy", "standing_labels"]
@@ -635,7 +639,7 @@ class PatientAgent(UserAgent):
         self.client.require_registered()
         for gid, g in self.grants.items():  # a retry after we already granted
             if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
-                return {"grant_id": gid, "height": g.get("height")}
+                return {"grant_id": gid, "height": g.get("height")}  # the doctor reads the grant back
         query = PeerQuery("request", request_id=request_id)
         try:
             if height is None:
@@ -686,8 +690,7 @@ class PatientAgent(UserAgent):
                 raise RequestRejected("the patient declined the request")
             # exactly what the prompt showed: the record, or the label if the patient said so
             scope = "label" if answer == "label" else "record"
-        grant_id, grant_height = await self._grant(request_id, req, doctor, scope)
-        return {"grant_id": grant_id, "height": grant_height}
+        return await self._grant(request_id, req, doctor, scope)
 
     async def _deny(self, request_id: str, reason: str) -> None:
         try:
@@ -695,16 +698,23 @@ class PatientAgent(UserAgent):
         except AgentError as exc:
             log.warning("%s: deny_request for %s not committed: %s", self.subject, request_id, exc)
 
-    async def _grant(self, request_id: str, req: dict, doctor: Certificate, scope: str = "label") -> tuple[str, int]:
-        """Commit a grant for ``req`` and deliver its key shares; (grant id, its block's height)."""
+    async def _grant(self, request_id: str, req: dict, doctor: Certificate, scope: str = "label") -> dict:
+        """Commit a grant for ``req`` and deliver its key shares; the reply's fields:
+        ``{grant_id, height, grant, peers}`` (``grant``: the committed entry as our commit
+        notice carried it, trimmed to :data:`core.protocol.GRANT_REPLY_FIELDS`, None without
+        a notice; ``peers``: those that acknowledged their shares by then). The answer does
+        not wait for the peers beyond the first t (no delivery grace): the doctor asks the
+        acknowledged ones first, and the others' deliveries go on in the background."""
         try:
             receiver = await self._receiving_key(doctor)
         except CoreError as exc:
             await self._deny(request_id, "requester's receiving key does not verify")
             raise RequestRejected(f"the doctor's receiving key does not verify: {exc}") from None
         label = req["label"]
-        rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=req["record_id"]))
-        epoch = int(rec.get("epoch", 0)) if isinstance(rec, dict) else 0
+        # the label-key epoch the record is sealed under: our own store/reseal noted it (no query);
+        # checked against the committed grant below (another process of ours may have re-sealed it)
+        known = self.state["records"].get(req["record_id"], {}).get("epoch")
+        epoch = int(known) if isinstance(known, int) else await self._record_epoch(req["record_id"])
         kp = await self._label_key_async(label, epoch)  # the key the requested record is sealed under
         peers = list(self.client.consortium.peers)
         threshold = self.manifest.threshold
@@ -717,14 +727,26 @@ class PatientAgent(UserAgent):
         reply, acks, outcome = await self._commit_and_deliver(grant_id, by_peer, threshold, "grant", {
             "grant_id": grant_id, "request_id": request_id, "threshold": threshold,
             "expires_at": expires_at, "shares": shares, "scope": scope,
-        })
+        }, grace=0.0)
         errors = dict(outcome.errors) if outcome is not None else {}
+        entry = (reply.get("effect") or {}).get(entry_key("grant", grant_id))
+        committed = (int(entry.get("epoch", 0)) if isinstance(entry, dict)
+                     else await self._record_epoch(req["record_id"], reply.get("height")))
+        stale = None
+        if committed != epoch:  # our note was stale: these shares are of another epoch's key
+            stale = f"the record is sealed under label-key epoch {committed}, the key shares were made for {epoch}"
+            self.state["records"].get(req["record_id"], {})["epoch"] = committed
         self.grants[grant_id] = {
             "request_id": request_id, "doctor": req["doctor"], "label": label, "record_id": req["record_id"],
             "expires_at": expires_at, "threshold": threshold, "peers": acks, "revoked": False,
             "height": reply.get("height"), "scope": scope,
         }
         await self.client.save_state()
+        if stale is not None:
+            # not revoked (a revocation would hold the doctor's next request for the patient): the
+            # peers re-encrypt only the grant's records, whose capsules these shares do not open
+            raise Unavailable(f"grant {grant_id} for request {request_id}: {stale}; the doctor asks again "
+                              "(the patient now knows the record's epoch)")
         if not isinstance(outcome, Done):
             with contextlib.suppress(AgentError):
                 await self.revoke(grant_id, "too few peers accepted their key shares")
@@ -732,7 +754,14 @@ class PatientAgent(UserAgent):
                               f"(need {threshold}): {errors}")
         if errors:
             log.info("%s: grant %s: peers without their share yet: %s", self.subject, grant_id, errors)
-        return grant_id, int(reply["height"])
+        passed = ({k: entry[k] for k in GRANT_REPLY_FIELDS if k in entry} if isinstance(entry, dict) else None)
+        return {"grant_id": grant_id, "height": int(reply["height"]), "grant": passed, "peers": list(acks)}
+
+    async def _record_epoch(self, record_id: str, height: int | None = None) -> int:
+        """The label-key epoch our record is sealed under, as a peer's committed state says."""
+        rec = await self.client.query(PeerQuery("record", patient=self.subject, record_id=record_id,
+                                                min_height=height))
+        return int(rec.get("epoch", 0)) if isinstance(rec, dict) else 0
 
     async def _receiving_key(self, doctor: Certificate) -> pre.PublicKey:
         """``check_receiving_key(doctor)`` (two pairings, in a worker thread), remembered
@@ -752,14 +781,16 @@ class PatientAgent(UserAgent):
         return receiver
 
     async def _commit_and_deliver(self, object_id: str, by_peer: dict[str, pre.SealedKeyShare], threshold: int,
-                                  tx_type: str, body: dict) -> tuple[dict, list[str], Any]:
+                                  tx_type: str, body: dict, *, grace: float = DELIVERY_GRACE_S,
+                                  ) -> tuple[dict, list[str], Any]:
         """Deliver sealed shares or parts (``peer.deliver_share`` under ``object_id``) while the
-        transaction naming their hashes commits; (submit reply, acknowledging peers, plan outcome)."""
+        transaction naming their hashes commits; (submit reply, acknowledging peers, plan outcome).
+        ``grace``: how long after t acknowledgements the answer waits for the other peers."""
         # peers that failed lately are skipped while t others can take the shares
         targets, skipped = self.health.split(by_peer, self.client.probe_peer)
         if len(targets) < threshold:
             targets, skipped = targets + skipped, []
-        plan = ShareDelivery(targets, threshold, timeout=self.config.request_timeout, skipped=skipped)
+        plan = ShareDelivery(targets, threshold, timeout=self.config.request_timeout, grace=grace, skipped=skipped)
 
         async def deliver(action: Any) -> Any:
             share = by_peer[action.peer]
@@ -789,17 +820,18 @@ class PatientAgent(UserAgent):
 
     async def _deliver_all(self, grant_id: str, delivery: PlanRun) -> None:  # a grant's or a delegation's
         """Run the grant's share deliveries (``peer.deliver_share`` to each peer in
-        parallel; a background task); afterwards record shares that arrived after
-        the answer."""
-        await delivery.run()
+        parallel; a background task); once every delivery is over, record (and
+        save) the shares acknowledged after the answer."""
+        outcome = await delivery.run()
         acks = sorted(delivery.plan.acks)
         grant = self.grants.get(grant_id)
-        if grant is not None and acks != grant.get("peers"):
-            grant["peers"] = acks  # shares that arrived after the answer
-            try:
-                await self.client.save_state()
-            except OSError as exc:
-                log.warning("%s: could not save state: %s", self.subject, exc)
+        if grant is None or (isinstance(outcome, Done) and acks == sorted(outcome.value)):
+            return  # nothing came after the answer
+        grant["peers"] = acks  # shares that arrived after the answer
+        try:
+            await self.client.save_state()
+        except OSError as exc:
+            log.warning("%s: could not save state: %s", self.subject, exc)
 
 
 # ------------------------------------------------------------------ policies

@@ -28,8 +28,9 @@ transaction's effect up on the ledger). The plans:
   shares are out of reach;
 * :class:`ShareDelivery` (the patient): deliver the key shares to every
   target peer; answer once the grant committed and t peers acknowledged, after
-  up to :data:`DELIVERY_GRACE_S` for the others (late deliveries go on); fail
-  once t acknowledgements are out of reach;
+  up to a grace for the others (:data:`DELIVERY_GRACE_S` for a standing
+  delegation; none for a doctor's grant, whose answer names the acknowledging
+  peers; late deliveries go on); fail once t acknowledgements are out of reach;
 * :class:`SubmitFailover` (both): send the signed transaction to one peer at a
   time, the same bytes to the next when one does not answer, and confirm on
   the ledger a copy marked as a replay before counting it committed.
@@ -186,6 +187,10 @@ class ShareCollection:
     (one more each time a request fails), with the short ``suspect_timeout``
     while some peer is healthy (when every peer failed lately they may all just
     be busy). With fewer than t healthy peers every peer is asked at once.
+    ``prefer``: peers known to hold their key share (those that acknowledged it to
+    the patient): among the healthy ones, they come first (rotation order kept
+    within each group), so a grant answered before every delivery was in does not
+    send the first requests to a peer still without its share.
 
     Once a peer answers that the grant is revoked or expired (``access.bad-state``:
     ledger state only moves forward) nobody else is asked. Once t good shares are
@@ -200,7 +205,7 @@ class ShareCollection:
 
     def __init__(self, healthy: list[str], suspects: list[str], need: int, *, timeout: float,
                  suspect_timeout: float, rotation: int = 0, hedge_after: float = HEDGE_S,
-                 give_up_after: float = GIVE_UP_GRACE_S):
+                 give_up_after: float = GIVE_UP_GRACE_S, prefer: Iterable[str] = ()):
         if need < 1:
             raise ValueError("need must be at least 1")
         self.need = need
@@ -216,6 +221,9 @@ class ShareCollection:
         else:
             k = rotation % len(healthy)
             order = healthy[k:] + healthy[:k]
+            preferred = set(prefer)
+            if preferred:
+                order = [p for p in order if p in preferred] + [p for p in order if p not in preferred]
             self._first, self._reserve = order[:need], order[need:] + list(suspects)
         self.good: dict[str, Any] = {}
         self.errors: dict[str, str] = {}

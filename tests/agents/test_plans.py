@@ -55,6 +55,33 @@ def test_collection_asks_t_healthy_peers_first_rotating():
     assert _peers(_collection("abcd", rotation=3).start(0.0)) == ["d", "a"]
 
 
+def test_collection_asks_the_preferred_healthy_peers_first_keeping_the_rotation():
+    def first(rotation, prefer, healthy="abcd", suspects=()):
+        plan = ShareCollection(list(healthy), list(suspects), 2, timeout=TIMEOUT, suspect_timeout=SHORT,
+                               rotation=rotation, prefer=prefer)
+        return _peers(plan.start(0.0))
+
+    assert first(0, "cd") == ["c", "d"]
+    assert first(1, "bcd") == ["b", "c"] and first(2, "bcd") == ["c", "d"] and first(3, "bcd") == ["d", "b"]
+    assert first(0, "d") == ["d", "a"]  # one preferred: the rotation fills up
+    assert first(0, "ex", suspects="e") == ["a", "b"]  # a preferred suspect stays a suspect
+    plan = ShareCollection(list("abcd"), [], 2, timeout=TIMEOUT, suspect_timeout=SHORT, prefer="bd")
+    plan.start(0.0)
+    assert plan.on_reply("b", Refused("share.missing"), 0.1) == [Ask("a", TIMEOUT)]  # the spares hedge
+
+
+def test_delivery_without_grace_answers_at_t_acks_and_lets_the_rest_go_on():
+    plan = ShareDelivery(list("abc"), 2, timeout=30.0, grace=0.0)
+    plan.start(0.0)
+    plan.on_reply("a", Answer(None), 0.1)
+    plan.on_reply("b", Answer(None), 0.2)
+    assert plan.outcome is None  # never before the grant committed
+    plan.on_committed(0.3)
+    assert plan.outcome == Done(["a", "b"], {}) and not plan.finished
+    plan.on_reply("c", Answer(None), 0.4)
+    assert plan.finished and plan.outcome == Done(["a", "b"], {})
+
+
 def test_collection_hedges_with_the_spare_healthy_peers_after_0_3_s():
     plan = _collection("abcd", suspects="e")
     assert _peers(plan.start(5.0)) == ["a", "b"]
