@@ -489,15 +489,10 @@ class Node:
             conn = None if link is None else link.conn
             if conn is None or conn not in self._live:
                 return None
-        box = self._outboxes.get(conn)
-        own = self._endpoints.get(sender)
-        if box is None or box.closed is not None or own is None:
+        room = self._room_now(conn, sender, data)
+        if room is None:
             return None
-        channel = isinstance(conn, ChannelConnection)
-        size = len(data) + (0 if channel else 80)  # (signed mode adds the signature, at most 80 bytes)
-        limit = getattr(conn, "max_payload", None)
-        if (limit is not None and size > limit) or not (box.idle or box.has_room(size)):
-            return None
+        box, own, channel = room
         if channel:
             if self._claim_problem(conn, own, recipient) is not None:  # type: ignore[arg-type]
                 return None
@@ -514,18 +509,28 @@ class Node:
         (:meth:`route` then does it, or says why it cannot)."""
         if self._closed or len(data) > self._max_frame_size or via not in self._live:
             return False
-        box = self._outboxes.get(via)
-        own = self._endpoints.get(sender)
-        if box is None or box.closed is not None or own is None:
+        room = self._room_now(via, sender, data)
+        if room is None:
             return False
-        channel = isinstance(via, ChannelConnection)
-        size = len(data) + (0 if channel else 80)  # (signed mode adds the signature, at most 80 bytes)
-        limit = getattr(via, "max_payload", None)
-        if (limit is not None and size > limit) or not (box.idle or box.has_room(size)):
-            return False
+        box, own, channel = room
         if channel and sender not in via.channel.proven_here:  # type: ignore[attr-defined]
             return False
         return self._put(via, box, self._frame_for(via, own, sender, data))
+
+    def _room_now(self, conn: Connection, sender: str, data: bytes) -> tuple[Any, _Attachment, bool] | None:
+        """(outbox, the hosted sender, whether ``conn`` is a channel) when ``data`` from ``sender``
+        can go on ``conn`` without a wait (its outbox open and with room, or idle; within the
+        connection's payload limit); None otherwise."""
+        box = self._outboxes.get(conn)
+        own = self._endpoints.get(sender)
+        if box is None or box.closed is not None or own is None:
+            return None
+        channel = isinstance(conn, ChannelConnection)
+        size = len(data) + (0 if channel else 80)  # (signed mode adds the signature, at most 80 bytes)
+        limit = getattr(conn, "max_payload", None)
+        if (limit is not None and size > limit) or not (box.idle or box.has_room(size)):
+            return None
+        return box, own, channel
 
     def _frame_for(self, conn: Connection, own: _Attachment, sender: str, data: bytes) -> bytes:
         """What ``conn`` carries for an unsigned envelope from ``sender``: on a channel the
