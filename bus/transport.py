@@ -386,7 +386,8 @@ class _TlsStream(trio.abc.Stream):
     the backlog is empty and nobody sends). A send cancelled half-way puts back
     what it did not send. Bytes the SSLObject produces while reading (a TLS 1.3
     key update's answer) are written then if the socket takes them at once,
-    else with the next send; the session tickets a TLS 1.3 server produces at
+    else with the next send; more than :data:`_TLS_READ_OWED_MAX` of them unsent
+    (a peer that asks for answers and never reads) breaks the stream; the session tickets a TLS 1.3 server produces at
     the end of its handshake go with its first send (as trio does: a client
     reading nothing yet is not written to). A failed handshake or a record that
     does not decrypt breaks the stream (``trio.BrokenResourceError``); a peer
