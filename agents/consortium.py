@@ -234,17 +234,20 @@ class CertificateFollower:
         """Every CID committed ``store`` transactions named (as far as followed), with its record."""
         return self.client.cids()
 
-    def _feed(self, raw: bytes) -> BlockChanges | None:
-        """Worker thread: the block's changes, or None if it is not the next
-        block (already applied, or after a gap); DecodeError/ValidationError if refused."""
+    def _feed(self, raw: bytes) -> BlockChanges | bool:
+        """Worker thread: the block's changes, or whether it is stale if it is not the
+        next block (True: applied already; False: after a gap); DecodeError/ValidationError
+        if refused."""
         block = Block.from_bytes(raw)
-        self._stale = block.height <= self.client.height
         if block.height != self.client.height + 1:
-            return None
+            return block.height <= self.client.height
         return self.client.apply_all(block)
 
     async def apply_block(self, raw: bytes) -> bool:
-        """Apply one encoded block if it is the next one; whether it was."""
+        """Apply one encoded block if it is the next one; whether it was. ``_stale``
+        then says whether this call's block was one applied already (set here, in the
+        caller's task, after its own check: the subscription loop and a concurrent
+        catch_up never read each other's verdict)."""
         self._stale = False
         try:
             changes = await trio.to_thread.run_sync(self._feed, raw, limiter=self._limiter)
@@ -252,7 +255,8 @@ class CertificateFollower:
             self._refused += 1
             log_rt.warning("certificate follower: refused a block: %s", exc)
             return False
-        if changes is None:
+        if isinstance(changes, bool):
+            self._stale = changes
             return False
         for change in changes.certificates:
             cert = change.certificate

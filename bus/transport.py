@@ -62,6 +62,10 @@ _SEND_APART_BYTES = 64 * 1024
 _TLS_RECORD = 16 * 1024
 """The most plaintext one TLS record carries: a TLS read asks for at most this much at
 a time (``SSLObject.read(n)`` allocates ``n`` bytes per call and returns one record)."""
+_TLS_READ_OWED_MAX = 64 * 1024
+"""The most TLS output a read may leave unsent (a TLS 1.3 KeyUpdate's answer, ~27 bytes
+each): a peer that keeps asking for key updates and never reads would otherwise grow
+the backlog without bound; past this the stream breaks."""
 TRY_SEND_BYTES = _SEND_APART_BYTES
 """Payloads below this size may be written at once by :meth:`_StreamConnection.try_send`."""
 
@@ -382,7 +386,8 @@ class _TlsStream(trio.abc.Stream):
     the backlog is empty and nobody sends). A send cancelled half-way puts back
     what it did not send. Bytes the SSLObject produces while reading (a TLS 1.3
     key update's answer) are written then if the socket takes them at once,
-    else with the next send; the session tickets a TLS 1.3 server produces at
+    else with the next send; more than :data:`_TLS_READ_OWED_MAX` of them unsent
+    (a peer that asks for answers and never reads) breaks the stream; the session tickets a TLS 1.3 server produces at
     the end of its handshake go with its first send (as trio does: a client
     reading nothing yet is not written to). A failed handshake or a record that
     does not decrypt breaks the stream (``trio.BrokenResourceError``); a peer
@@ -397,6 +402,7 @@ class _TlsStream(trio.abc.Stream):
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
                                      server_hostname=server_hostname)
         self._backlog: deque[bytes | memoryview] = deque()  # ciphertext not yet sent, in order
+        self._read_owed = 0  # bytes reads put in the backlog since it was last empty (bounded)
         self._send_lock = trio.Lock()
         self._handshake_lock = trio.Lock()
         self._handshook = False
@@ -497,6 +503,7 @@ class _TlsStream(trio.abc.Stream):
                     if sent < len(chunk):
                         self._backlog.appendleft(chunk[sent:])
                     raise
+            self._read_owed = 0
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -521,6 +528,7 @@ class _TlsStream(trio.abc.Stream):
             try:
                 data = self._tls.read(min(size, _TLS_RECORD))
             except ssl.SSLWantReadError:
+                self._read_owed += self._outgoing.pending
                 self._produced()
                 await self._feed(max(size, _RECEIVE_SIZE))
                 continue
@@ -542,6 +550,7 @@ class _TlsStream(trio.abc.Stream):
                 break
             parts.append(more)
             got += len(more)
+        self._read_owed += self._outgoing.pending
         self._produced()
         if self._backlog and not self._send_lock.locked():  # (a key update's answer): now if it fits
             try:
@@ -556,6 +565,10 @@ class _TlsStream(trio.abc.Stream):
                 pass
             except OSError as exc:
                 raise self._fail(exc) from exc
+        if not self._backlog:
+            self._read_owed = 0
+        elif self._read_owed > _TLS_READ_OWED_MAX:  # a peer asking for answers it never reads
+            raise self._fail(BufferError(f"{self._read_owed} bytes of TLS answers unread"))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def aclose(self) -> None:

@@ -139,8 +139,12 @@ class PeerHandlers:
         }
 
     def forget_share(self, grant_id: str) -> None:
-        """Drop the cached share of a revoked grant."""
+        """Drop the cached share of a revoked grant, its token and its cached replies (the
+        token map would otherwise keep one entry per revoked grant, without bound)."""
         self._shares.pop(grant_id, None)
+        if self._share_tokens.pop(grant_id, None) is not None:
+            for key in [k for k in self._replies if k[0] == grant_id]:  # (at most SHARE_CACHE; once per revocation)
+                del self._replies[key]
 
     # -- submitting and enrolling ---------------------------------------------------
 
