@@ -93,6 +93,8 @@ class AccessLog:
         self._unsent: list[tuple[bytes, int, float, float]] = []
         self._unsent_entries = 0  # the sum of _unsent's entry counts (pending() is asked per re-encryption)
         self._first_at: float | None = None  # trio time the oldest entry not yet signed was added
+        self._signing = 0  # entries of the chunk being signed (neither in _entries nor in _unsent)
+        self._signing_since: float | None = None  # when that chunk's first entry was added
         self._wake = trio.Event()
         self._filled = trio.Event()
         # counters (node metrics, tests)
@@ -104,18 +106,17 @@ class AccessLog:
     @property
     def pending(self) -> int:
         """Entries not yet taken by the orderer (unsigned, or in unsent batches)."""
-        return len(self._entries) + self._unsent_entries
+        return len(self._entries) + self._signing + self._unsent_entries
 
     @property
     def oldest_age(self) -> float:
         """Seconds the oldest entry not yet taken by the orderer has waited (0 when none)."""
-        if self._unsent:
-            since = self._unsent[0][3]
-        elif self._entries and self._first_at is not None:
-            since = self._first_at
-        else:
-            return 0.0
-        return trio.current_time() - since
+        times = [self._unsent[0][3]] if self._unsent else []
+        if self._signing_since is not None:
+            times.append(self._signing_since)
+        if self._entries and self._first_at is not None:
+            times.append(self._first_at)
+        return trio.current_time() - min(times) if times else 0.0
 
     @property
     def full(self) -> bool:
@@ -179,7 +180,11 @@ class AccessLog:
             self._keys = {(e["grant_id"], e["request_id"], e["record_id"], e["doctor"], e["time"])
                           for e in self._entries}
             timestamp = max(int(self._clock() * 1000), max(e["time"] for e in chunk))
-            raw = await self._run_sign(self._sign, {"index": self.index, "entries": chunk}, timestamp)
+            self._signing, self._signing_since = len(chunk), first_at
+            try:
+                raw = await self._run_sign(self._sign, {"index": self.index, "entries": chunk}, timestamp)
+            finally:
+                self._signing, self._signing_since = 0, None
             self._unsent.append((raw, len(chunk), trio.current_time(), first_at))
             self._unsent_entries += len(chunk)
 

@@ -367,3 +367,26 @@ async def test_a_hostile_peers_forged_batches_are_refused_on_every_peer(tmp_path
                 assert mark == ("malformed" if expected == "duplicate" else expected)
             for pid in peers:
                 assert len(await _logged(swarm, pid)) == before
+
+
+async def test_entries_being_signed_still_count_as_pending_and_by_their_age(autojump_clock):
+    """While a chunk is signed (a worker thread in the peer) its entries are neither waiting
+    nor sent: they still count in ``pending`` and ``oldest_age`` (so ``full`` sees them)."""
+    release = trio.Event()
+
+    async def slow_sign(fn, *args):
+        await release.wait()
+        return fn(*args)
+
+    orderer = Orderer()
+    log = AccessLog(index=3, sign=sign, forward=orderer, clock=lambda: T, run_sign=slow_sign, window=0.01,
+                    max_pending=3, max_age=8.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        add(log, 3)
+        await trio.sleep(2.5)  # the window is over: the chunk is being signed
+        assert log.pending == 3 and log.full and 2.4 < log.oldest_age <= 2.5
+        release.set()
+        await trio.sleep(0.1)
+        assert log.pending == 0 and log.logged == 3 and not log.full and log.oldest_age == 0
+        nursery.cancel_scope.cancel()

@@ -5,6 +5,7 @@ KeyUpdate requests from a peer that never reads (the answers must not pile up
 without bound)."""
 
 import ctypes
+import sys
 import os
 import shutil
 import socket
@@ -105,9 +106,17 @@ def _libssl():
     pytest.skip("libssl is not a shared library here")
 
 
-def _ssl_pointer(obj: ssl.SSLObject) -> int:
-    # CPython's PySSLSocket: PyObject_HEAD (16 bytes), the socket's weakref (8), then SSL *
-    return ctypes.c_void_p.from_address(id(obj._sslobj) + 24).value
+def _ssl_pointer(obj: ssl.SSLObject, lib) -> int:
+    # CPython's PySSLSocket: PyObject_HEAD (16 bytes), the socket's weakref (8), then SSL *: the
+    # layout of CPython 3.11 (read from its Modules/_ssl.c); on another interpreter the test is
+    # skipped rather than hand libssl a pointer read at a guessed offset
+    if sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11):
+        pytest.skip("reaches the SSL * inside CPython 3.11's _ssl object")
+    ptr = ctypes.c_void_p.from_address(id(obj._sslobj) + 24).value
+    lib.SSL_version.argtypes = [ctypes.c_void_p]
+    lib.SSL_version.restype = ctypes.c_int
+    assert ptr and lib.SSL_version(ptr) == 0x0304  # TLS1_3_VERSION: the pointer is this connection's SSL
+    return ptr
 
 
 async def _hostile_tls_client(tls, bound) -> tuple[trio.socket.SocketType, ssl.SSLObject, ssl.MemoryBIO]:
@@ -162,7 +171,7 @@ async def test_a_key_update_flood_from_a_peer_that_never_reads_is_bounded(tls):
             server, hello = first[0]
             assert hello == b"hello"
             server._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            ptr = _ssl_pointer(obj)
+            ptr = _ssl_pointer(obj, lib)
             broken = False
             for i in range(20_000):
                 assert lib.SSL_key_update(ptr, 1) == 1  # SSL_KEY_UPDATE_REQUESTED, sent with the next write
