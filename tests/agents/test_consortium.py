@@ -4,6 +4,7 @@ ledger's certificates through the orderer's blocks (core.lightclient underneath)
 from __future__ import annotations
 
 import secrets
+from typing import Any
 import time
 
 import trio
@@ -49,6 +50,19 @@ class World:
                            ).sign(self.peers[signer or peer].ecdsa_private)
         return Transaction.create("register", peer, register_body(cert.to_dict()), self.peers[peer].ecdsa_private,
                                   int(now * 1000)).to_bytes()
+
+    async def one_block(self, node, nursery) -> tuple[OrdererAgent, Any, CertificateFollower]:
+        """A running orderer with block 1 (alice registered by p-a) cut, p-a's endpoint, and
+        storage-1's certificate follower, not started."""
+        orderer = self.orderer()
+        await nursery.start(orderer.run, node)
+        peer = make_endpoint(node, "p-a", self.peers["p-a"].ecdsa_private, self.manifest.directory())
+        await peer.request("orderer", "orderer.submit", {"txs": [self.register("alice", "p-a")]})
+        while (await peer.request("orderer", "orderer.head", {}))["height"] < 1:
+            await trio.sleep(0.01)
+        directory = self.manifest.directory()
+        endpoint = make_endpoint(node, "storage-1", self.storage.ecdsa_private, directory)
+        return orderer, peer, CertificateFollower(endpoint, self.manifest, directory)
 
     def revoke(self, submitter: str, subject: str) -> bytes:
         key = self.peers[submitter].ecdsa_private if submitter in self.peers else self.users[submitter]
@@ -115,15 +129,7 @@ async def test_a_block_the_follower_has_applied_already_asks_the_orderer_nothing
     w = World(tmp_path)
     with trio.fail_after(30):
         async with bus.open_node() as node, trio.open_nursery() as nursery:
-            orderer = w.orderer()
-            await nursery.start(orderer.run, node)
-            peer = make_endpoint(node, "p-a", w.peers["p-a"].ecdsa_private, w.manifest.directory())
-            await peer.request("orderer", "orderer.submit", {"txs": [w.register("alice", "p-a")]})
-            while (await peer.request("orderer", "orderer.head", {}))["height"] < 1:
-                await trio.sleep(0.01)
-            directory = w.manifest.directory()
-            endpoint = make_endpoint(node, "storage-1", w.storage.ecdsa_private, directory)
-            follower = CertificateFollower(endpoint, w.manifest, directory)
+            orderer, peer, follower = await w.one_block(node, nursery)
             fetched: list[int] = []
             fetch = follower._fetch
 

@@ -12,8 +12,6 @@ import time
 import trio
 
 import bus
-from agents.consortium import CertificateFollower
-from agents.runtime import make_endpoint
 from core.ledger import Block
 
 from tests.agents.test_consortium import World
@@ -23,15 +21,7 @@ async def test_a_concurrent_stale_block_does_not_hide_a_gap(tmp_path):
     w = World(tmp_path)
     with trio.fail_after(30):
         async with bus.open_node() as node, trio.open_nursery() as nursery:
-            orderer = w.orderer()
-            await nursery.start(orderer.run, node)
-            peer = make_endpoint(node, "p-a", w.peers["p-a"].ecdsa_private, w.manifest.directory())
-            await peer.request("orderer", "orderer.submit", {"txs": [w.register("alice", "p-a")]})
-            while (await peer.request("orderer", "orderer.head", {}))["height"] < 1:
-                await trio.sleep(0.01)
-            directory = w.manifest.directory()
-            endpoint = make_endpoint(node, "storage-1", w.storage.ecdsa_private, directory)
-            follower = CertificateFollower(endpoint, w.manifest, directory)
+            orderer, peer, follower = await w.one_block(node, nursery)
             assert await follower.catch_up() and follower.height == 1
             applied = (await peer.request("orderer", "orderer.blocks", {"from": 1, "limit": 1}))["blocks"][0]
             gap = Block.make(4, b"\0" * 32, int(time.time() * 1000), [w.register("carol", "p-a")],

@@ -51,8 +51,9 @@ async def test_plain_client_cannot_talk_to_a_tls_server(tls):
                 await alice.request("bob", "ping", 1, timeout=5)
 
 
-async def _tls_pair(tls, mutual=True):
-    """(client connection, server connection) over loopback TLS, handshake done."""
+async def _tls_pair(tls, nursery, mutual=True):
+    """(client connection, server connection, close the listener) over loopback TLS, the
+    handshake done (the client sent b"hello", which the server received)."""
     from bus import parse_address
 
     server_tcp = TcpTransport(server_ssl=tls.server(mutual))
@@ -64,7 +65,10 @@ async def _tls_pair(tls, mutual=True):
         await send.send(conn)
         await trio.sleep_forever()
 
-    return server_tcp, client_tcp, handler, receive, parse_address
+    bound, close = await server_tcp.serve(parse_address("tcp://127.0.0.1:0"), handler, nursery)
+    client = await client_tcp.connect(bound)
+    await client.send(b"hello")
+    return client, await receive.receive(), close
 
 
 async def test_tls_frames_written_at_once_stay_whole_and_in_order_past_a_full_socket(tls):
@@ -72,13 +76,9 @@ async def test_tls_frames_written_at_once_stay_whole_and_in_order_past_a_full_so
     socket takes it; once the other side stops reading, what the socket did not take
     is sent first (send_raw), then the frames queued behind it: all arrive whole, in
     order, and the certificate the client presented is seen by the server."""
-    server_tcp, client_tcp, handler, accepted, parse_address = await _tls_pair(tls)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            bound, close = await server_tcp.serve(parse_address("tcp://127.0.0.1:0"), handler, nursery)
-            client = await client_tcp.connect(bound)
-            await client.send(b"hello")
-            server = await accepted.receive()
+            client, server, close = await _tls_pair(tls, nursery)
             assert server.peer_certificate is not None
             assert server.can_try_send()
             frames = [bytes([i % 256]) * 60_000 for i in range(400)]
@@ -113,13 +113,9 @@ async def test_a_tls_record_changed_on_the_wire_breaks_the_connection(tls):
 
     from bus import BrokenError
 
-    server_tcp, client_tcp, handler, accepted, parse_address = await _tls_pair(tls)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            bound, close = await server_tcp.serve(parse_address("tcp://127.0.0.1:0"), handler, nursery)
-            client = await client_tcp.connect(bound)
-            await client.send(b"hello")
-            server = await accepted.receive()
+            client, server, close = await _tls_pair(tls, nursery)
             tls_stream = client._tls
             tls_stream._tls.write(b"\x00\x00\x00\x05world")
             record = bytearray(tls_stream._outgoing.read())
