@@ -220,7 +220,6 @@ class CertificateFollower:
         self.on_records: list[Callable[[list[StoredRecord]], None]] = []
         self._changes = 0
         self._refused = 0
-        self._stale = False  # the last block fed was one applied already
 
     @property
     def height(self) -> int:
@@ -244,20 +243,21 @@ class CertificateFollower:
         return self.client.apply_all(block)
 
     async def apply_block(self, raw: bytes) -> bool:
-        """Apply one encoded block if it is the next one; whether it was. ``_stale``
-        then says whether this call's block was one applied already (set here, in the
-        caller's task, after its own check: the subscription loop and a concurrent
-        catch_up never read each other's verdict)."""
-        self._stale = False
+        """Apply one encoded block if it is the next one; whether it was."""
+        return await self._apply(raw) == "applied"
+
+    async def _apply(self, raw: bytes) -> str:
+        """Apply one encoded block: ``applied``; ``stale`` (applied already, e.g. by a
+        concurrent catch_up); ``gap`` (not the next block); ``refused``. The verdict is
+        this call's own (the subscription loop and a concurrent catch_up share nothing)."""
         try:
             changes = await trio.to_thread.run_sync(self._feed, raw, limiter=self._limiter)
         except (DecodeError, ValidationError) as exc:
             self._refused += 1
             log_rt.warning("certificate follower: refused a block: %s", exc)
-            return False
+            return "refused"
         if isinstance(changes, bool):
-            self._stale = changes
-            return False
+            return "stale" if changes else "gap"
         for change in changes.certificates:
             cert = change.certificate
             self.directory.set_certificate(change.subject, change.ecdsa_key, None if cert is None else cert.role)
@@ -265,7 +265,7 @@ class CertificateFollower:
         if changes.records:
             for listener in self.on_records:
                 listener(changes.records)
-        return True
+        return "applied"
 
     async def catch_up(self, *, timeout: float | None = None) -> bool:
         """Fetch and apply the blocks after ours from the orderer; whether this reached
@@ -317,7 +317,7 @@ class CertificateFollower:
                         if isinstance(body, dict) and isinstance(body.get("block"), bytes):
                             # not applied: after a gap, catch up; a block applied already (by
                             # catch_up, before this copy of it arrived) asks the orderer nothing
-                            if not await self.apply_block(body["block"]) and not self._stale:
+                            if await self._apply(body["block"]) in ("gap", "refused"):
                                 await self.catch_up()
             except BusError as exc:
                 log_rt.info("certificate follower: %s; retrying", type(exc).__name__)

@@ -197,12 +197,12 @@ class PeerAgent:
 
     # ------------------------------------------------------------ submitting
 
-    async def forward(self, txs: list[bytes], *, first: bool = False) -> None:
-        """Queue encoded transactions for the orderer; return once it accepted them (``first``:
-        ahead of the queued ones)."""
-        await self.forwarder.forward(txs, first=first)
+    async def forward(self, txs: list[bytes]) -> None:
+        """Queue encoded transactions for the orderer; return once it accepted them."""
+        await self.forwarder.forward(txs)
 
     async def _forward_audit(self, txs: list[bytes]) -> None:
+        """The access log's batches: ahead of the clients' queued submissions."""
         await self.forwarder.forward(txs, first=True)
 
     async def submit(self, txs: list[bytes], *, wait: bool) -> list[tuple[bytes, int, str]]:

@@ -38,7 +38,7 @@ async def test_a_concurrent_stale_block_does_not_hide_a_gap(tmp_path):
                 return result
 
             follower._feed = feed
-            ok = await follower.apply_block(gap)
-            assert not ok and follower.height == 1
-            assert follower._stale is False, "a gap was taken for a stale block: run() would not catch up"
+            verdict = await follower._apply(gap)
+            assert follower.height == 1
+            assert verdict == "gap", "a gap was taken for a stale block: run() would not catch up"
             nursery.cancel_scope.cancel()
