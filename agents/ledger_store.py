@@ -44,7 +44,7 @@ from core.protocol import codes
 
 from agents.errors import AgentError
 
-__all__ = ["BLOCKS_REPLY_BYTES", "LedgerStore", "StoreError", "prefix_bound"]
+__all__ = ["BLOCKS_REPLY_BYTES", "LedgerStore", "StoreError", "prefix_bound", "within_bytes"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -64,6 +64,19 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITH
 BLOCKS_REPLY_BYTES = 8 << 20
 """A blocks reply's byte cap (:meth:`LedgerStore.blocks`; the first block alone may pass it)."""
 _IN_CHUNK = 500  # keys per IN (...) query (SQLite's default limit is 999 host parameters or more)
+
+
+def within_bytes(blocks: Iterable[bytes], max_bytes: int = BLOCKS_REPLY_BYTES) -> list[bytes]:
+    """The leading ``blocks`` that fit in ``max_bytes`` together (the first always: a
+    block larger than the cap goes alone)."""
+    out: list[bytes] = []
+    total = 0
+    for data in blocks:
+        total += len(data)
+        if out and total > max_bytes:
+            break
+        out.append(data)
+    return out
 
 
 class StoreError(AgentError, code=codes.LEDGER_STORE):
@@ -264,14 +277,7 @@ class LedgerStore:
         with self._lock:
             rows = self._db.execute("SELECT data FROM blocks WHERE height >= ? ORDER BY height LIMIT ?",
                                     (start, limit)).fetchall()
-        out: list[bytes] = []
-        total = 0
-        for (data,) in rows:
-            total += len(data)
-            if out and total > max_bytes:
-                break
-            out.append(data)
-        return out
+        return within_bytes((data for (data,) in rows), max_bytes)
 
     def block_rows(self, start: int = 0) -> Iterable[tuple[int, bytes, bytes, bytes | None, bytes | None]]:
         """(height, hash, data, marks, root) in height order, for verification."""

@@ -23,6 +23,7 @@ the etcd orderer node (:class:`agents.ordering.node.EtcdOrderer`) builds on.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ from core.tx import Transaction
 
 from agents.admission import Classifier, Refusals
 from agents.handlers import serve
-from agents.ledger_store import BLOCKS_REPLY_BYTES, LedgerStore
+from agents.ledger_store import LedgerStore, within_bytes
 from agents.runtime import make_endpoint
 
 __all__ = ["OrdererAgent", "OrdererBase", "TxQueue", "MAX_BLOCKS_PER_REPLY", "MAX_QUEUED", "check_batching",
@@ -261,15 +262,7 @@ class OrdererAgent(OrdererBase):
         first = self.height - len(self._recent) + 1
         if start < first or not self._recent:
             return None
-        out: list[bytes] = []
-        total = 0
-        for i in range(start - first, min(len(self._recent), start - first + limit)):
-            data = self._recent[i]
-            total += len(data)
-            if out and total > BLOCKS_REPLY_BYTES:
-                break
-            out.append(data)
-        return tuple(out)
+        return tuple(within_bytes(itertools.islice(self._recent, start - first, start - first + limit)))
 
     def _keep_recent(self, data: bytes) -> None:
         self._recent.append(data)
