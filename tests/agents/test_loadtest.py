@@ -417,8 +417,8 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
     phases = {p["phase"]: p for p in report["phases"]}
     assert phases["store"]["succeeded"] > 0
     assert report["communication"]["per_operation"][0]["bits"] > 2880
-    # pairings as run: t per full access; a repeat read may be served from the peers' reply caches
-    assert 0 < report["efficiency"]["bound"]["calls_per_op"]["pairing"] <= report["target"]["threshold"]
+    # pairings as run: at most t per access (a probe's read may be served from the peers' reply caches)
+    assert report["efficiency"]["bound"]["calls_per_op"]["pairing"] <= report["target"]["threshold"]
     # the essential bound: the paper's t pairings per access (one per re-encryption), and per ledger
     # transaction one signature and 4 verifications (the swarm's peers)
     essential = report["efficiency"]["essential_bound"]

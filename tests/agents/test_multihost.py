@@ -310,7 +310,13 @@ def test_two_hospitals_run_the_flow_on_their_own_hosts(consortium):
     out = c.root / "users" / "read.json"
     ok(*bob, "read", "alice", "ecg-1", "--out", out)
     assert out.read_bytes() == record.read_bytes()
-    kinds = {e["event"] for e in json.loads(ok(*alice, "audit", "--json").out)}
+    # the peers log a read in their next access batch (50 ms window, then a block): wait for it
+    deadline = time.monotonic() + 30
+    while True:
+        kinds = {e["event"] for e in json.loads(ok(*alice, "audit", "--json").out)}
+        if "access" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert {"store", "set_policy", "standing", "access_request", "access"} <= kinds, kinds
 
     # every peer and both orderer nodes reach the same height (the chain lives in etcd, both publish it)
