@@ -34,12 +34,17 @@ _SHARED: "weakref.WeakKeyDictionary[object, AgentHealth]" = weakref.WeakKeyDicti
 class AgentHealth:
     """Circuit breaker over remote agent ids (see the module docstring).
 
-    Times come from :func:`trio.current_time`, so use it inside trio.
+    Times come from ``clock()``, in seconds: :func:`trio.current_time` unless
+    given (so by default use it inside trio). :attr:`clock` may be replaced while
+    no agent is marked (tests hold the marks still with a manual clock:
+    :class:`agents.testing.clock.ManualClock`).
     """
 
-    def __init__(self, cooldown: float = 10.0, probe_window: float = 10.0):
+    def __init__(self, cooldown: float = 10.0, probe_window: float = 10.0, *,
+                 clock: Callable[[], float] = trio.current_time):
         if cooldown <= 0 or probe_window <= 0:
             raise ValueError("cooldown and probe_window must be positive")
+        self.clock = clock
         self.cooldown = cooldown
         self.probe_window = probe_window
         self._open_until: dict[str, float] = {}  # agent -> end of its cooldown
@@ -60,7 +65,7 @@ class AgentHealth:
     def failure(self, agent: str) -> None:
         """``agent`` timed out or could not be reached: open its circuit for ``cooldown`` s."""
         self.failures += 1
-        self._open_until[agent] = trio.current_time() + self.cooldown
+        self._open_until[agent] = self.clock() + self.cooldown
         self._probe_until.pop(agent, None)
 
     def success(self, agent: str) -> None:
@@ -76,7 +81,7 @@ class AgentHealth:
         until = self._open_until.get(agent)
         if until is None:
             return "closed"
-        return "open" if trio.current_time() < until else "half-open"
+        return "open" if self.clock() < until else "half-open"
 
     def _admit(self, agent: str, probe: Callable[[str], None] | None) -> bool:
         """Whether a caller may use ``agent`` now: closed; or half-open with no probe
@@ -85,7 +90,7 @@ class AgentHealth:
         until = self._open_until.get(agent)
         if until is None:
             return True
-        now = trio.current_time()
+        now = self.clock()
         if now < until or now < self._probe_until.get(agent, -1.0):
             return False
         self._probe_until[agent] = now + self.probe_window
@@ -117,5 +122,5 @@ class AgentHealth:
         until = self._open_until.get(agent)
         if until is None:
             return False
-        now = trio.current_time()
+        now = self.clock()
         return now < until or now < self._probe_until.get(agent, -1.0)

@@ -29,6 +29,7 @@ from agents.testing.consortium import swarm_user_config
 from agents.storage import BlobStore
 from agents.storage.client import StorageClient
 from agents.storage.node import StorageAccess, StorageNode
+from agents.testing.clock import ManualClock
 from agents.swarm import Swarm, SwarmSpec
 from bus import open_node
 from core import ecdsa
@@ -62,6 +63,27 @@ async def test_health_opens_on_failure_and_probes_once_after_the_cooldown(autoju
     health.success("a")  # it is back
     assert health.state("a") == "closed" and health.order(peers) == peers
     assert (health.failures, health.recoveries) == (2, 1)
+
+
+def test_health_runs_on_an_injected_clock():
+    """Outside trio, on a clock that moves only when told: a mark expires exactly at the
+    end of its cooldown, the one whose cooldown ends first is tried first."""
+    clock = ManualClock(100.0)
+    health = AgentHealth(cooldown=10.0, probe_window=5.0, clock=clock)
+    health.failure("b")
+    clock.advance(1.0)
+    health.failure("a")
+    assert health.split(["a", "b", "c"]) == (["c"], ["b", "a"])
+    clock.advance(8.75)
+    assert health.state("b") == "open"
+    clock.advance(0.25)  # 110.0: b's cooldown is over
+    assert health.state("b") == "half-open" and health.state("a") == "open"
+    probed: list[str] = []
+    assert health.split(["a", "b", "c"], probed.append) == (["c"], ["b", "a"]) and probed == ["b"]
+    clock.advance(5.0)  # the probe window lapsed without an outcome: "b" is probed again, "a" now too
+    assert health.split(["a", "b", "c"], probed.append) == (["c"], ["b", "a"]) and probed == ["b", "a", "b"]
+    with pytest.raises(ValueError):
+        clock.advance(-1.0)
 
 
 async def test_health_is_shared_per_node():

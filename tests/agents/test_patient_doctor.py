@@ -19,14 +19,16 @@ import trio
 
 import bus
 from agents import errors
-from agents.client import UserConfig
+from agents.client import SUSPECT_TIMEOUT, UserConfig
 from agents.doctor import DoctorAgent
 from agents.patient import PatientAgent
+from agents.testing.clock import ManualClock
 from agents.testing.consortium import SHARING_POLICY as POLICY
 from agents.testing.consortium import expect_not_enough_peers, user_config
 from agents.testing.double import FakeConsortium
 from agents.testing.fhir import encode_bundle, generate_bundle
 from core.enrollment import TOKEN_SIZE
+from core.protocol import PeerReencrypt
 
 FHIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-r4"
 
@@ -324,24 +326,53 @@ async def test_a_commit_notice_ends_a_submit_through_a_peer_that_does_not_answer
 
 async def test_not_enough_healthy_peers_asks_everyone_with_a_short_leash(world):
     """Doctors skip peers that failed lately while t others are healthy, and ask them
-    (with a short timeout) only when the healthy ones cannot make t."""
+    (with a short timeout) only when the healthy ones cannot make t. The health marks
+    run on a manual clock: they expire when the test says, not when a loaded machine
+    has taken long enough (which peers a read asks depends on them)."""
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
             alice, heart, rid = await world.shared_record(stack, b"x" * 1000, "text/plain")
             assert await heart.read("alice", rid) == b"x" * 1000
-            # two peers marked failed (they are fine): reads use the two healthy ones only
+            assert all(heart.health.state(p) == "closed" for p in world.fake.peers)
+            clock = heart.health.clock = ManualClock()  # shared by the agents on this node
+            asked: list[tuple[str, float]] = []  # (peer, timeout) of every re-encryption request
+            request = heart.client.peer_request
+
+            async def recording(peer, kind, body, *, timeout=None):
+                if kind == PeerReencrypt.kind:
+                    asked.append((peer, timeout))
+                return await request(peer, kind, body, timeout=timeout)
+
+            heart.client.peer_request = recording
+            # two peers marked failed (they are fine), peer-a1 first (its cooldown ends first):
+            # reads use the two healthy ones only
             heart.health.failure("peer-a1")
+            clock.advance(1.0)
             heart.health.failure("peer-b2")
-            used = world.fake.reencryptions
             assert await heart.read("alice", rid) == b"x" * 1000
-            assert world.fake.reencryptions - used == 2
-            # one of the healthy two stops: the suspects are asked too, and they answer
+            assert sorted(asked) == [("peer-a2", heart.reencrypt_timeout), ("peer-b1", heart.reencrypt_timeout)]
+            # one of the healthy two stops: once its request failed, the suspect whose cooldown
+            # ends first is asked, on the short leash, and answers; the other suspect is not asked
             await world.fake.stop_peer("peer-a2")
+            asked.clear()
             assert await heart.read("alice", rid) == b"x" * 1000
-            # t = 2: peer-b1 and a suspect made the read; that one is healthy again (which one, and
-            # whether peer-a2 was asked at all, depends on how long the suspects' marks have run:
-            # wall-clock health windows on a loaded machine)
-            assert "closed" in {heart.health.state("peer-a1"), heart.health.state("peer-b2")}
+            assert sorted(asked[:2]) == [("peer-a2", heart.reencrypt_timeout), ("peer-b1", heart.reencrypt_timeout)]
+            assert asked[2:] == [("peer-a1", SUSPECT_TIMEOUT)]
+            states = {p: heart.health.state(p) for p in world.fake.peers}
+            assert states == {"peer-a1": "closed", "peer-b1": "closed", "peer-a2": "open", "peer-b2": "open"}
+            # the marks expire: the two marked peers are probed in the background (the stopped one
+            # fails its probe, peer-b2 is back) and no read asks them meanwhile
+            clock.advance(heart.health.cooldown + 1.0)
+            assert heart.health.state("peer-a2") == heart.health.state("peer-b2") == "half-open"
+            asked.clear()
+            assert await heart.read("alice", rid) == b"x" * 1000
+            assert len(asked) == 2 and "peer-a2" not in dict(asked)
+            assert all(timeout == heart.reencrypt_timeout for _, timeout in asked)
+            while heart.health.state("peer-a2") != "open" or heart.health.state("peer-b2") != "closed":
+                await trio.sleep(0.01)  # the probes' outcomes (the test's fail_after bounds the wait)
+            asked.clear()
+            assert await heart.read("alice", rid) == b"x" * 1000
+            assert len(asked) == 2 and {p for p, _ in asked} <= {"peer-a1", "peer-b1", "peer-b2"}
 
 
 async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
