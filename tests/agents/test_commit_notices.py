@@ -223,8 +223,8 @@ async def test_a_flood_of_reads_ahead_of_the_ledger_waits_in_capped_slots(tmp_pa
             async with trio.open_nursery() as nursery:
                 for i in range(40):
                     nursery.start_soon(ahead, i)
-                with trio.move_on_after(1.5):
-                    while len(answers) < 36:
+                with trio.move_on_after(60):  # the busy answers come at once, however busy the machine
+                    while answers.count(codes.BUSY) < 36 and len(answers) < 40:
                         await trio.sleep(0.01)
                 assert answers.count(codes.BUSY) == 36, Counter(answers)
                 # the legitimate patient is served meanwhile

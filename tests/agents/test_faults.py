@@ -139,9 +139,11 @@ class _Gated:
         self.stalled = False
         self.release = trio.Event()
         self.delay_puts = False
+        self.requests = 0  # requests that reached this node's handlers
 
     def register(self, kind, handler):
         async def gated(msg):
+            self.requests += 1
             if self.stalled:
                 await trio.sleep_forever()
             if self.delay_puts and kind.startswith("storage.put"):
@@ -184,18 +186,23 @@ async def test_put_returns_at_the_write_quorum_while_a_replica_hangs(tmp_path):
     async with _storage(tmp_path, timeout=5.0, down_for=10.0) as (client, nodes, gates):
         gates["s1"].stalled = True
         data = os.urandom(300_000)
-        with trio.fail_after(2.5):  # the hung replica would take the full 5 s timeout
+        with trio.fail_after(30):
             cid = await client.put(data)
+        # back before the hung request timed out (5 s): it would have marked s1 failed first
+        assert client.health.state("s1") == "closed" and gates["s1"].requests >= 1
         assert cid == compute(data)
         assert len(_holders(nodes, cid)) == 2  # w durable copies before the CID came back
-        # the hung request times out in the background, the node is then avoided: later puts are quick
-        with trio.fail_after(15):
+        # the hung request times out in the background, the node is then avoided: later puts and
+        # reads do not ask it
+        with trio.fail_after(30):
             while client.health.state("s1") != "open":
                 await trio.sleep(0.05)
-        with trio.fail_after(3):
+        asked = gates["s1"].requests
+        with trio.fail_after(30):
             other = await client.put(b"later")
         assert _holders(nodes, other) == ["s0", "s2"]
-        assert await client.get(cid) == data  # reads skip it too
+        assert await client.get(cid) == data
+        assert gates["s1"].requests == asked
 
 
 async def test_put_file_finishes_slow_replicas_in_the_background(tmp_path):
@@ -230,7 +237,7 @@ PATIENT = ("alice", "hospital-a", {"role": "patient"})  # home peer: peer-a1
 DOCTOR = ("dr-h", "hospital-b", {"role": "doctor", "department": "cardiology"})  # home peer: peer-b1
 DOCTOR2 = ("dr-k", "hospital-b", {"role": "doctor", "department": "cardiology"})
 TIMEOUT = 10.0
-QUICK = 3.0  # "well under the request timeout"
+QUICK = 8.0  # under the request timeout: an operation that waited one out took at least TIMEOUT
 
 
 async def _timed(what: str, durations: dict, coro):

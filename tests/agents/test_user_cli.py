@@ -79,7 +79,13 @@ def test_swarm_up_and_user_commands(tmp_path):
         wrong = _cli("patient", *common, "--subject", "alice", "records", check=False,
                      env={**env, "EMRSHARE_PASSPHRASE": "wrong"})
         assert wrong.returncode != 0 and "passphrase" in (wrong.stderr + wrong.stdout)
-        audit = _cli("patient", *common, "--subject", "alice", "audit", env=env).stdout
+        # the peers log a read in their next access batch (agents.peer._audit): wait for it
+        deadline = time.monotonic() + 60
+        while True:
+            audit = _cli("patient", *common, "--subject", "alice", "audit", env=env).stdout
+            if "re-encrypted rec-1 for dr-h" in audit or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert "re-encrypted rec-1 for dr-h" in audit and "deny by rule default" in audit
         away = json.loads(_cli("patient", *common, "--subject", "alice", "away", "--json", env=env).stdout)
         assert [e["actor"] for e in away["standing_grants"]] == ["dr-h"]  # served from the standing parts
