@@ -273,7 +273,8 @@ async def test_stores_with_a_storage_node_killed(tmp_path):
                     holders = await p.storage.locate(records[rid]["cid"])
                     assert len(holders) >= 2 and "storage-3" not in holders  # the write quorum, durably
                     assert await p.read(rid) == data
-                assert p.health.state("storage-3") == "open"
+                # marked failed, never seen back (its cooldown may have ended on a busy machine: half-open)
+                assert p.health.state("storage-3") != "closed"
 
 
 @pytest.mark.slow

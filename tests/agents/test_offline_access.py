@@ -42,7 +42,7 @@ async def _patient_sets_policy_and_leaves(users, policy=POLICY):  # noqa: F811
 
 async def _away(alice, key):
     """``while_away()`` once the peers' access transactions (logged just after serving) are in."""
-    with trio.move_on_after(10):
+    with trio.move_on_after(60):
         while not (await alice.while_away(0))[key]:
             await trio.sleep(0.1)
     return await alice.while_away()

@@ -368,7 +368,7 @@ async def test_break_glass_on_a_swarm_as_audit_events(tmp_path, capsys):
                 return [e["resource"] for e in bundle["entry"]
                         if any(t["code"] == "emergency" for t in e["resource"].get("meta", {}).get("tag", []))]
 
-            with trio.move_on_after(20):  # the peers log their re-encryptions just after serving
+            with trio.move_on_after(60):  # the peers log their re-encryptions just after serving
                 while True:
                     status, trail = await http("GET", "AuditEvent?patient=alice", alice_token)
                     if len(emergency_events(trail)) >= 3:
