@@ -189,7 +189,7 @@ async def test_not_enough_peers_is_quick(world):
             assert await heart.read("alice", rid) == data
             await world.fake.stop_peer("peer-a2")
             await expect_not_enough_peers(heart, "alice", rid, answered=1, needed=2,
-                                          failed={"peer-a1", "peer-b1", "peer-a2"}, timeout=5)
+                                          failed={"peer-a1", "peer-b1", "peer-a2"}, timeout=8)  # < the 10 s request timeout
 
 
 async def test_revoked_doctor_certificate(world):

@@ -201,7 +201,7 @@ async def test_only_peers_and_orderer_nodes_submit_and_only_nodes_read(etcd):
 
 
 async def test_client_moves_to_another_member_when_one_dies(etcd):
-    async with EtcdClient(etcd.endpoints, timeout=1.0) as client:
+    async with EtcdClient(etcd.endpoints, timeout=5.0) as client:  # a busy machine's fsync
         ok, _, _ = await client.txn([EtcdClient.create_revision_is(b"/k", 0)], [EtcdClient.put(b"/k", b"v1")])
         assert ok
         ok, _, _ = await client.txn([EtcdClient.create_revision_is(b"/k", 0)], [EtcdClient.put(b"/k", b"v2")])
