@@ -125,8 +125,16 @@ async def test_orderer_and_etcd_leader_failover_under_writes(tmp_path):
                     swarm.etcd.start_member(member)
                     await trio.sleep(2)
                     writers.cancel_scope.cancel()
-                # let resubmissions and the peers settle
+                # let resubmissions and the peers settle: then every peer at one head, unchanged for 1 s
                 await trio.sleep(6)
+                last = None
+                while True:
+                    heads = [await p.endpoint.request(pid, "peer.query", {"what": "head"}, timeout=30)
+                             for pid in swarm.manifest.peers]
+                    if heads == last and all(h == heads[0] for h in heads):
+                        break
+                    last = heads
+                    await trio.sleep(1.0)
     for fault, gap in gaps.items():
         print(f"write gap after {fault}: {gap:.2f} s")
     assert len(acked) > 20
