@@ -362,19 +362,23 @@ async def test_not_enough_healthy_peers_asks_everyone_with_a_short_leash(world):
             assert asked[2:] == [("peer-a1", SUSPECT_TIMEOUT)]
             states = {p: heart.health.state(p) for p in world.fake.peers}
             assert states == {"peer-a1": "closed", "peer-b1": "closed", "peer-a2": "open", "peer-b2": "open"}
-            # the marks expire: the two marked peers are probed in the background (the stopped one
-            # fails its probe, peer-b2 is back) and no read asks them meanwhile
+            # the marks expire: each marked peer is probed in the background (the stopped one fails
+            # its probe, peer-b2 answers); reads ask the healthy ones only (peer-b2 once its probe
+            # answered), never the stopped peer-a2: t = 2 of them first, a spare one too if the
+            # hedge's 0.3 s ran out
             clock.advance(heart.health.cooldown + 1.0)
             assert heart.health.state("peer-a2") == heart.health.state("peer-b2") == "half-open"
+            healthy = {"peer-a1", "peer-b1", "peer-b2"}
             asked.clear()
             assert await heart.read("alice", rid) == b"x" * 1000
-            assert len(asked) == 2 and "peer-a2" not in dict(asked)
+            assert len(asked) >= 2 and {p for p, _ in asked} <= healthy
             assert all(timeout == heart.reencrypt_timeout for _, timeout in asked)
             while heart.health.state("peer-a2") != "open" or heart.health.state("peer-b2") != "closed":
                 await trio.sleep(0.01)  # the probes' outcomes (the test's fail_after bounds the wait)
             asked.clear()
             assert await heart.read("alice", rid) == b"x" * 1000
-            assert len(asked) == 2 and {p for p, _ in asked} <= {"peer-a1", "peer-b1", "peer-b2"}
+            assert len(asked) >= 2 and {p for p, _ in asked} <= healthy
+            assert all(timeout == heart.reencrypt_timeout for _, timeout in asked)
 
 
 async def test_a_stalled_peer_holds_up_neither_grants_nor_refusals(world):
