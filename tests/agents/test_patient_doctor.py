@@ -16,6 +16,7 @@ import pathlib
 
 import pytest
 import trio
+import trio.testing
 
 import bus
 from agents import errors
@@ -335,6 +336,12 @@ async def test_not_enough_healthy_peers_asks_everyone_with_a_short_leash(world):
         async with contextlib.AsyncExitStack() as stack:
             alice, heart, rid = await world.shared_record(stack, b"x" * 1000, "text/plain")
             assert await heart.read("alice", rid) == b"x" * 1000
+            # the patient's last share deliveries finish in the background: their answers would
+            # clear the marks below (alice shares the tracker); wait until none is out and every
+            # task has taken what came back
+            while alice.endpoint.statistics().pending_requests:
+                await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
             assert all(heart.health.state(p) == "closed" for p in world.fake.peers)
             clock = heart.health.clock = ManualClock()  # shared by the agents on this node
             asked: list[tuple[str, float]] = []  # (peer, timeout) of every re-encryption request
