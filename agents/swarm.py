@@ -83,6 +83,7 @@ from core.ledger import make_genesis, parse_genesis
 from agents import org as orgs_
 from agents.consortium import Manifest, enrollment_token
 from agents.errors import AgentError
+from agents.gcpolicy import gc_keeper
 from agents.keys import AgentKeys, KeyStore, atomic_write
 
 log = logging.getLogger("agents.swarm")
@@ -490,6 +491,7 @@ class Swarm:
                     swarm._nursery = nursery
                     for agent in server_agents(manifest):
                         await swarm.start_process(agent)
+                    await nursery.start(gc_keeper)  # this process's clients (each agent process runs its own)
                     # clients need a node of their own: route by the manifest, mutual TLS as the swarm's operator
                     tls = files.client_tls("swarm-operator")
                     async with open_node(routes=manifest.agents, transports={"tcp": tls}) as node:
@@ -508,6 +510,7 @@ class Swarm:
                     swarm._nursery = nursery
                     for agent in server_agents(manifest):
                         await swarm.start_agent(agent)
+                    await nursery.start(gc_keeper)  # every agent shares this interpreter's collector
                     yield swarm
                     nursery.cancel_scope.cancel()
 

@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from bus import open_node
 from core.ledger import parse_genesis
 
+from agents.gcpolicy import gc_keeper
 from agents.keys import atomic_write
 from agents.node.config import NodeConfig, NodeConfigError, is_loopback
 from agents.node.http import serve_http, unix_listener
@@ -233,6 +234,7 @@ class NodeService:
                                 self.address)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.agent.run, node)
+                    await nursery.start(gc_keeper)  # start-up state frozen, full collections bounded
                     control, metrics = await self._listeners()
                     routes = self.routes()
                     if control:
