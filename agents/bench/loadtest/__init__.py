@@ -129,6 +129,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=int, help="embedded swarm: peers needed to re-encrypt (default 2)")
     g.add_argument("--storage-nodes", type=int, help="embedded swarm: storage nodes (default 3)")
     g.add_argument("--data", type=Path, help="embedded swarm data directory (kept; default: temporary, removed)")
+    g.add_argument("--batch-timeout", type=float, metavar="SECONDS",
+                   help="embedded swarm: the orderer's least time between two block cuts under load (default "
+                        "the swarm's, 0.03; a transaction reaching an idle orderer is cut at once)")
     g.add_argument("--ordering", choices=("embedded", "etcd"),
                    help="embedded swarm: ordering service (default embedded; etcd: two orderer nodes over a local "
                         "3-member etcd cluster, and --faults also kills the leading orderer node and the etcd leader)")
@@ -166,7 +169,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
                            max_inflight=args.max_inflight, seed=args.seed)
     settings.check()
     saturation = args.saturation if args.saturation is not None else (15.0 if rate_half else 0.0)
-    swarm = {k: getattr(args, k) for k in ("hospitals", "peers", "threshold", "storage_nodes", "ordering")
+    if args.batch_timeout is not None and not args.batch_timeout > 0:
+        raise ValueError("--batch-timeout must be positive")
+    swarm = {k: getattr(args, k) for k in ("hospitals", "peers", "threshold", "storage_nodes", "ordering",
+                                           "batch_timeout")
              if getattr(args, k, None) is not None}
     if args.target and (args.faults or args.processes or swarm or args.data):
         raise ValueError("--target excludes the embedded swarm's options (--faults, --processes, --peers, ...)")
