@@ -40,6 +40,12 @@ loopback). With ``--processes`` on Linux, each agent process (:mod:`agents.node.
 when the process that started it dies (``PR_SET_PDEATHSIG``), so even a
 SIGKILLed ``swarm up`` leaves no agent behind.
 
+The swarm's process runs :func:`agents.gcpolicy.gc_keeper` once its agents
+are up (in-process: every agent shares that interpreter's collector; with
+``--processes``: for its own clients, each node process runs its own): the
+start-up state and the survivors of each full collection are frozen, so a
+full collection's pause stays short as ledger state and caches grow.
+
 Every storage node runs a reconciler (:mod:`agents.storage.reconcile`) every
 ``reconcile_interval`` seconds: committed blobs get their r copies back, blobs
 no committed transaction names are collected after ``collect_grace``.
