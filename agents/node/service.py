@@ -9,7 +9,9 @@ key as PEM in memory only, and the member organizations' TLS CAs from the
 genesis) and admits a consortium agent only under a certificate naming it from
 its organization's CA (:func:`agents.tls.admit_nodes`; a peer follows the
 configuration its ledger holds); ``[tls] enabled = false`` (loopback only) is
-plain TCP, logged as a warning. Beside it the node serves, over a tiny
+plain TCP, logged as a warning. Once the agent runs, the process's collector is
+kept (:func:`agents.gcpolicy.gc_keeper`: start-up state frozen, short full
+collections). Beside it the node serves, over a tiny
 HTTP server (:mod:`agents.node.http`):
 
 * on its control socket ``DATA_DIR/run/node.sock`` (a Unix socket, mode 0600
