@@ -77,8 +77,8 @@ def test_the_watch_times_each_collection_by_generation_within_the_window():
     gc.collect()  # after the watch: not recorded
     s = watch.summary(5.0, 20.0)
     assert [s["by_generation"][g]["collections"] for g in ("0", "1", "2")] == [0, 1, 1]
-    assert [t for t, _ in s["full"]] == [5.0]
+    assert [e[0] for e in s["full"]] == [5.0]
     full = s["by_generation"]["2"]
-    assert full["max_ms"] == full["p50_ms"] == full["total_ms"] > 0
+    assert full["max_ms"] == full["p50_ms"] == full["total_ms"] > 0 and full["cpu_max_ms"] == full["cpu_total_ms"] > 0
     assert s["by_generation"]["0"]["p50_ms"] is None
     assert len(watch.events) == 4 and s["walked_objects"][0] > 0 and s["walked_objects"][1] > 0

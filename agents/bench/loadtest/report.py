@@ -157,13 +157,15 @@ def render_text(r: dict) -> str:
     if g:
         _section(out, f"garbage collection in the measured window ({g.get('scope', '')}; "
                  f"{'kept: start-up state frozen, young threshold ' + str(g['thresholds'][0]) if g.get('kept') else 'default collector'}):")
-        rows = [[gen, v["collections"], _f(v["p50_ms"], 2), _f(v["p99_ms"], 1), _f(v["max_ms"], 1), _f(v["total_ms"], 0)]
+        rows = [[gen, v["collections"], _f(v["p50_ms"], 2), _f(v["p99_ms"], 1), _f(v["max_ms"], 1), _f(v["total_ms"], 0),
+                 _f(v.get("cpu_p50_ms"), 2), _f(v.get("cpu_max_ms"), 1), _f(v.get("cpu_total_ms"), 0)]
                 for gen, v in g.get("by_generation", {}).items()]
-        out += _table(["generation", "collections", "p50 ms", "p99 ms", "max ms", "total ms"], rows)
+        out += _table(["generation", "collections", "p50 ms", "p99 ms", "max ms", "total ms", "cpu p50 ms",
+                       "cpu max ms", "cpu total ms"], rows)
         walked = g.get("walked_objects") or [None, None]
         out.append(f"  objects walked by a full collection: {walked[0]} at the start, {walked[1]} at the end; "
                    f"frozen {g.get('frozen_objects')}; full collections (s, ms): "
-                   + ", ".join(f"{t:g} {p:.0f}" for t, p in g.get("full", [])[:20]))
+                   + ", ".join(f"{e[0]:g} {e[1]:.0f}" for e in g.get("full", [])[:20]))
     eff = r.get("efficiency")
     if eff:
         b = eff.get("bound", {})
@@ -314,17 +316,6 @@ def settings_rows(r: dict) -> list[tuple[str, Any]]:
 
 def efficiency_rows(r: dict) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
-    g = r.get("gc")
-    if g:
-        _section(out, f"garbage collection in the measured window ({g.get('scope', '')}; "
-                 f"{'kept: start-up state frozen, young threshold ' + str(g['thresholds'][0]) if g.get('kept') else 'default collector'}):")
-        rows = [[gen, v["collections"], _f(v["p50_ms"], 2), _f(v["p99_ms"], 1), _f(v["max_ms"], 1), _f(v["total_ms"], 0)]
-                for gen, v in g.get("by_generation", {}).items()]
-        out += _table(["generation", "collections", "p50 ms", "p99 ms", "max ms", "total ms"], rows)
-        walked = g.get("walked_objects") or [None, None]
-        out.append(f"  objects walked by a full collection: {walked[0]} at the start, {walked[1]} at the end; "
-                   f"frozen {g.get('frozen_objects')}; full collections (s, ms): "
-                   + ", ".join(f"{t:g} {p:.0f}" for t, p in g.get("full", [])[:20]))
     eff = r.get("efficiency")
     if eff:
         b = eff.get("bound", {})
