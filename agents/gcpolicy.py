@@ -30,15 +30,18 @@ one) does three things while it runs, and undoes them when it stops:
 The cost: a reference cycle among frozen objects that later becomes garbage
 is not reclaimed while frozen (acyclic garbage is freed by reference counting
 as usual). Frozen cycles are the request-scoped objects that happened to be in
-flight at a freeze; every ``refresh`` seconds (default 10 minutes) the keeper
-unfreezes everything, so the next full collection walks the whole heap once
-(one long pause) and reclaims them, and the freezing resumes after it.
+flight at a freeze; at the first full collection ``refresh`` seconds (default
+10 minutes) after the last refresh, the keeper unfreezes everything instead of
+freezing, so the next full collection walks the whole heap once (one long
+pause) and reclaims them, and the freezing resumes after it.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import time
+from typing import Callable
 
 import trio
 
@@ -58,32 +61,57 @@ def settle() -> None:
     gc.freeze()
 
 
-def _freeze_after_full(phase: str, info: dict) -> None:
-    if phase == "stop" and info["generation"] == 2:
-        gc.freeze()  # the collection is over: moving its survivors is list splicing, nothing is walked
+class _Refresh:
+    """When to unfreeze next (the process's first keeper sets it)."""
+
+    every = 600.0
+    clock: Callable[[], float] = time.monotonic
+    due = math.inf
+    thawing = False
+
+
+def _after_full(phase: str, info: dict) -> None:
+    """At the end of a full collection (the young generations are empty then): freeze its survivors, or,
+    when the refresh is due, unfreeze everything so the next full collection walks (and reclaims) it all."""
+    if phase != "stop" or info["generation"] != 2:
+        return
+    now = _Refresh.clock()
+    if not _Refresh.thawing and now >= _Refresh.due:
+        gc.unfreeze()
+        _Refresh.thawing = True
+        return
+    if _Refresh.thawing:
+        _Refresh.thawing = False
+        _Refresh.due = now + _Refresh.every
+    gc.freeze()  # the collection is over: moving its survivors is list splicing, nothing is walked
 
 
 async def gc_keeper(*, refresh: float = 600.0, young: int = YOUNG_THRESHOLD,
+                    clock: Callable[[], float] = time.monotonic,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run until cancelled: the young threshold ``young``, :func:`settle` at once, a freeze at the end of
-    each full collection, everything unfrozen every ``refresh`` seconds (0: never). When the last keeper
-    of the process stops, the thresholds are restored and everything is unfrozen (nothing stays frozen)."""
+    each full collection, and, the first full collection ``refresh`` seconds (of ``clock``; 0: never) after
+    the last refresh, everything unfrozen instead, so the next one reclaims frozen cycles. It holds no
+    timer (an idle process, or a test's autojump clock, is not woken by it). When the last keeper of the
+    process stops, the thresholds are restored and everything is unfrozen (nothing stays frozen)."""
     global _keepers, _saved
     if _keepers == 0:
         _saved = gc.get_threshold()
         gc.set_threshold(young, *_saved[1:])
-        gc.callbacks.append(_freeze_after_full)
+        _Refresh.every = refresh if refresh > 0 else math.inf
+        _Refresh.clock = clock
+        _Refresh.due = clock() + _Refresh.every
+        _Refresh.thawing = False
+        gc.callbacks.append(_after_full)
     _keepers += 1
     try:
         settle()
         task_status.started()
-        while True:
-            await trio.sleep(refresh if refresh > 0 else math.inf)
-            gc.unfreeze()  # the next full collection walks everything once, reclaiming frozen cycles
+        await trio.sleep_forever()
     finally:
         _keepers -= 1
         if _keepers == 0:
-            gc.callbacks.remove(_freeze_after_full)
+            gc.callbacks.remove(_after_full)
             if _saved is not None:
                 gc.set_threshold(*_saved)
             gc.unfreeze()

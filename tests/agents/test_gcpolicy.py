@@ -50,17 +50,21 @@ async def test_the_keeper_freezes_start_up_state_and_each_full_collections_survi
 
 
 async def test_a_frozen_cycle_is_reclaimed_after_the_refresh_unfreezes(autojump_clock):
+    now = [0.0]
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: gcpolicy.gc_keeper(refresh=600.0, task_status=task_status))
+        await nursery.start(lambda task_status: gcpolicy.gc_keeper(refresh=600.0, clock=lambda: now[0],
+                                                                   task_status=task_status))
         cycle = _cycle()
         gc.collect()  # the cycle survives (it is referenced) and is frozen
         gone = weakref.ref(cycle)
         del cycle  # now garbage, but frozen: the cost the keeper trades for short pauses
         gc.collect()
         assert gone() is not None
-        await trio.sleep(601)  # the refresh unfreezes everything ...
-        gc.collect()  # ... and the next full collection reclaims it
-        assert gone() is None
+        now[0] = 601.0
+        gc.collect()  # the first full collection after the refresh is due unfreezes everything ...
+        assert gc.get_freeze_count() == 0 and gone() is not None
+        gc.collect()  # ... and the next one walks it all, reclaims the cycle, and freezes again
+        assert gone() is None and gc.get_freeze_count() > 0
         nursery.cancel_scope.cancel()
 
 
