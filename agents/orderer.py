@@ -3,7 +3,7 @@
 It does not validate transactions beyond their framing (order-then-validate:
 every peer validates every transaction). It cuts a block when ``batch_size``
 transactions are queued or ``batch_timeout`` seconds have passed since the
-previous cut (so a transaction reaching an idle orderer is cut at once, and
+previous cut began (so a transaction reaching an idle orderer is cut at once, and
 under load blocks come at most every ``batch_timeout``), signs it, persists it
 (SQLite, ``synchronous=FULL``) and only then publishes it on topic ``blocks``;
 ``orderer.blocks`` near the head is answered from the last blocks it keeps in
@@ -277,8 +277,13 @@ class OrdererAgent(OrdererBase):
         # MAX_BLOCK_BYTES), or batch_timeout after the previous cut: a transaction arriving
         # at an orderer idle for that long is cut at once (no waiting at low load), and
         # under load blocks come at most every batch_timeout.
+        # The interval runs from the start of the previous cut: a transaction that arrives while a
+        # block is being signed and persisted (an fsync, milliseconds to tens of them on a busy disk)
+        # waits for that cut and the rest of the interval, not for both one after the other.
         while True:
-            await self._cut(await self._queue.take(self._last_cut + self.batch_timeout))
+            txs = await self._queue.take(self._last_cut + self.batch_timeout)
+            self._last_cut = trio.current_time()
+            await self._cut(txs)
 
     def _make_and_store(self, height: int, prev_hash: bytes, ts: int, txs: list[bytes]) -> tuple[Block, bytes]:
         """Worker thread: sign the block and persist it (one hop off the event loop)."""
@@ -287,11 +292,12 @@ class OrdererAgent(OrdererBase):
         self.store.append_block(block, data)
         return block, data
 
+    async def _persist(self, height: int, prev_hash: bytes, ts: int, txs: list[bytes]) -> tuple[Block, bytes]:
+        return await trio.to_thread.run_sync(self._make_and_store, height, prev_hash, ts, txs, limiter=self._limiter)
+
     async def _cut(self, txs: list[bytes]) -> None:
         ts = max(self._last_ts, int(self._clock() * 1000))
-        block, data = await trio.to_thread.run_sync(self._make_and_store, self.height + 1, self.head_hash, ts, txs,
-                                                    limiter=self._limiter)
-        self._last_cut = trio.current_time()
+        block, data = await self._persist(self.height + 1, self.head_hash, ts, txs)
         self.height, self.head_hash, self._last_ts = block.height, block.hash, ts
         self._keep_recent(data)
         log.debug("cut block %d with %d transactions", block.height, len(txs))

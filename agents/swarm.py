@@ -40,6 +40,12 @@ loopback). With ``--processes`` on Linux, each agent process (:mod:`agents.node.
 when the process that started it dies (``PR_SET_PDEATHSIG``), so even a
 SIGKILLed ``swarm up`` leaves no agent behind.
 
+The swarm's process runs :func:`agents.gcpolicy.gc_keeper` once its agents
+are up (in-process: every agent shares that interpreter's collector; with
+``--processes``: for its own clients, each node process runs its own): the
+start-up state and the survivors of each full collection are frozen, so a
+full collection's pause stays short as ledger state and caches grow.
+
 Every storage node runs a reconciler (:mod:`agents.storage.reconcile`) every
 ``reconcile_interval`` seconds: committed blobs get their r copies back, blobs
 no committed transaction names are collected after ``collect_grace``.
@@ -83,6 +89,7 @@ from core.ledger import make_genesis, parse_genesis
 from agents import org as orgs_
 from agents.consortium import Manifest, enrollment_token
 from agents.errors import AgentError
+from agents.gcpolicy import gc_keeper
 from agents.keys import AgentKeys, KeyStore, atomic_write
 
 log = logging.getLogger("agents.swarm")
@@ -490,6 +497,7 @@ class Swarm:
                     swarm._nursery = nursery
                     for agent in server_agents(manifest):
                         await swarm.start_process(agent)
+                    await nursery.start(gc_keeper)  # this process's clients (each agent process runs its own)
                     # clients need a node of their own: route by the manifest, mutual TLS as the swarm's operator
                     tls = files.client_tls("swarm-operator")
                     async with open_node(routes=manifest.agents, transports={"tcp": tls}) as node:
@@ -508,6 +516,7 @@ class Swarm:
                     swarm._nursery = nursery
                     for agent in server_agents(manifest):
                         await swarm.start_agent(agent)
+                    await nursery.start(gc_keeper)  # every agent shares this interpreter's collector
                     yield swarm
                     nursery.cancel_scope.cancel()
 

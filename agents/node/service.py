@@ -9,7 +9,9 @@ key as PEM in memory only, and the member organizations' TLS CAs from the
 genesis) and admits a consortium agent only under a certificate naming it from
 its organization's CA (:func:`agents.tls.admit_nodes`; a peer follows the
 configuration its ledger holds); ``[tls] enabled = false`` (loopback only) is
-plain TCP, logged as a warning. Beside it the node serves, over a tiny
+plain TCP, logged as a warning. Once the agent runs, the process's collector is
+kept (:func:`agents.gcpolicy.gc_keeper`: start-up state frozen, short full
+collections). Beside it the node serves, over a tiny
 HTTP server (:mod:`agents.node.http`):
 
 * on its control socket ``DATA_DIR/run/node.sock`` (a Unix socket, mode 0600
@@ -52,6 +54,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from bus import open_node
 from core.ledger import parse_genesis
 
+from agents.gcpolicy import gc_keeper
 from agents.keys import atomic_write
 from agents.node.config import NodeConfig, NodeConfigError, is_loopback
 from agents.node.http import serve_http, unix_listener
@@ -233,6 +236,7 @@ class NodeService:
                                 self.address)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.agent.run, node)
+                    await nursery.start(gc_keeper)  # start-up state frozen, full collections bounded
                     control, metrics = await self._listeners()
                     routes = self.routes()
                     if control:

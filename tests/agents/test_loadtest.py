@@ -427,6 +427,12 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
     assert essential["calls_per_op"]["ecdsa_sign"] <= report["efficiency"]["bound"]["calls_per_op"]["ecdsa_sign"]
     assert "against the essential bound" in render_text(report)
     assert "0 lost, 0 corrupted" in render_text(report)
+    # the collector in the measured window: every agent's (one interpreter), kept by the swarm's keeper;
+    # the setup's state was frozen before the run, so a full collection walks far less than the process holds
+    g = report["gc"]
+    assert g["kept"] and g["scope"].startswith("every agent") and g["frozen_objects"] > g["walked_objects"][0]
+    assert all(v["collections"] >= 0 for v in g["by_generation"].values())
+    assert "garbage collection in the measured window" in render_text(report)
     # the HTML summary of this live run: one row per phase, its numbers those of the JSON
     page = render_html(json.loads(to_json(report)))
     assert page.index('id="phases"') < page.index("<svg")
@@ -489,3 +495,15 @@ async def test_rate_half_is_half_the_saturation_of_the_runs_own_mix(tmp_path):
     assert report["settings"]["rate"] == pytest.approx(mix["ops_per_s"] / 2)
     text = render_text(report)
     assert "saturation (closed loop, the run's mix" in text and "access only" in text
+
+
+def test_batch_timeout_goes_to_the_embedded_swarm_and_is_checked():
+    from agents.bench.loadtest import options_from_args, parser
+
+    opts = options_from_args(parser().parse_args(["--batch-timeout", "0.01"]))
+    assert opts.swarm == {"batch_timeout": 0.01}
+    assert options_from_args(parser().parse_args([])).swarm == {}
+    with pytest.raises(ValueError, match="--batch-timeout must be positive"):
+        options_from_args(parser().parse_args(["--batch-timeout", "0"]))
+    with pytest.raises(ValueError, match="--target excludes"):
+        options_from_args(parser().parse_args(["--batch-timeout", "0.01", "--target", "t.toml"]))

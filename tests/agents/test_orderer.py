@@ -205,3 +205,36 @@ def test_blocks_kept_in_memory_are_bounded_in_bytes(tmp_path, monkeypatch):
         assert orderer._recent_bytes == sum(len(b) for b in orderer._recent)
         assert orderer._recent_bytes <= 2500 or len(orderer._recent) == 1  # one larger block alone is kept
     assert [len(b) for b in orderer._recent] == [3000]
+
+
+async def test_the_cut_interval_runs_from_the_start_of_the_previous_cut(tmp_path, autojump_clock):
+    """A transaction that arrives while a block is being persisted waits for that cut and the rest of the
+    interval, not the persisting time and a whole interval after it (virtual time: persisting takes 0.4 s)."""
+    okey, peer, genesis, directory, _ = _setup(tmp_path)
+    orderer = OrdererAgent(orderer_id="orderer", signing_key=okey, genesis=genesis.to_bytes(), data_dir=tmp_path,
+                           directory=directory, batch_size=10, batch_timeout=1.0)
+
+    async def slow_persist(height, prev_hash, ts, txs):
+        made = orderer._make_and_store(height, prev_hash, ts, txs)
+        await trio.sleep(0.4)  # a slow fsync
+        return made
+
+    orderer._persist = slow_persist
+    async with bus.open_node() as node:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(orderer.run, node)
+            ep = make_endpoint(node, "p1", peer.ecdsa_private, directory)
+            sub = await ep.subscribe("orderer", "blocks")
+            t0 = trio.current_time()
+            await ep.request("orderer", "orderer.submit", {"tx": _tx(peer, 0)})  # idle: cut at once
+            await trio.sleep(0.1)
+            await ep.request("orderer", "orderer.submit", {"tx": _tx(peer, 1)})  # during the first cut's fsync
+            published = []
+            for _ in range(2):
+                Block.from_bytes((await sub.receive()).body["block"])
+                published.append(trio.current_time() - t0)
+            # first: cut at 0, published after its 0.4 s; second: cut 1.0 after the first cut BEGAN
+            # (published at 1.4), not 1.0 after it ended (1.8)
+            assert published[0] == pytest.approx(0.4, abs=0.05)
+            assert published[1] == pytest.approx(1.4, abs=0.05)
+            nursery.cancel_scope.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -9,6 +10,7 @@ import time
 import pytest
 import trio
 
+from agents import gcpolicy
 from agents.doctor import DoctorAgent
 from agents.errors import NotEnoughPeers, PolicyDenied
 from agents.testing.fhir import encode_bundle, generate_bundle
@@ -28,6 +30,8 @@ async def test_swarm_resumes_from_its_data_directory(tmp_path):
     with trio.fail_after(60):
         async with Swarm.open(spec, fresh=True) as swarm:
             genesis = swarm.manifest.genesis
+            # every agent shares this interpreter: its start-up state is frozen out of the collections
+            assert gcpolicy.keeping() and gc.get_freeze_count() > 0
             async with PatientAgent.open(swarm_user_config(swarm, *PATIENT), node=swarm.node) as p, \
                     DoctorAgent.open(swarm_user_config(swarm, *DOCTOR), node=swarm.node) as d:
                 await p.register(swarm.token(*PATIENT, p.enroll_id))
@@ -35,6 +39,7 @@ async def test_swarm_resumes_from_its_data_directory(tmp_path):
                 rid = await p.store(record, label="cardiology", media_type="application/fhir+json")
                 await p.set_policy(POLICY, standing=())
                 assert await d.read("alice", rid) == record
+        assert not gcpolicy.keeping() and gc.get_freeze_count() == 0  # the swarm's end undid it
         # a second start from the same directory: same consortium, same state
         async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm:
             assert swarm.manifest.genesis == genesis

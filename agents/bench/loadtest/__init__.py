@@ -27,7 +27,10 @@ What it does, in order:
    faults injected on schedule (``--faults``, :mod:`agents.bench.loadtest.faults`).
 7. Read-back: every acknowledged record is read by an authorized doctor and
    compared byte for byte; the report says "0 lost, 0 corrupted" or lists them.
-8. Report: terminal table, ``--json FILE``, ``--html FILE`` (a self-contained
+8. Report: terminal table (with the cycle collections of the measured window,
+   :mod:`agents.bench.loadtest.gcwatch`: with the embedded swarm, whose process
+   runs :func:`agents.gcpolicy.gc_keeper`, the setup's and the saturation runs'
+   state is frozen right before the run), ``--json FILE``, ``--html FILE`` (a self-contained
    page: summary tables, then matplotlib charts as inline SVG; needs the
    ``bench`` extra).
 
@@ -129,6 +132,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=int, help="embedded swarm: peers needed to re-encrypt (default 2)")
     g.add_argument("--storage-nodes", type=int, help="embedded swarm: storage nodes (default 3)")
     g.add_argument("--data", type=Path, help="embedded swarm data directory (kept; default: temporary, removed)")
+    g.add_argument("--batch-timeout", type=float, metavar="SECONDS",
+                   help="embedded swarm: the orderer's least time between two block cuts under load (default "
+                        "the swarm's, 0.03; a transaction reaching an idle orderer is cut at once)")
     g.add_argument("--ordering", choices=("embedded", "etcd"),
                    help="embedded swarm: ordering service (default embedded; etcd: two orderer nodes over a local "
                         "3-member etcd cluster, and --faults also kills the leading orderer node and the etcd leader)")
@@ -166,7 +172,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
                            max_inflight=args.max_inflight, seed=args.seed)
     settings.check()
     saturation = args.saturation if args.saturation is not None else (15.0 if rate_half else 0.0)
-    swarm = {k: getattr(args, k) for k in ("hospitals", "peers", "threshold", "storage_nodes", "ordering")
+    if args.batch_timeout is not None and not args.batch_timeout > 0:
+        raise ValueError("--batch-timeout must be positive")
+    swarm = {k: getattr(args, k) for k in ("hospitals", "peers", "threshold", "storage_nodes", "ordering",
+                                           "batch_timeout")
              if getattr(args, k, None) is not None}
     if args.target and (args.faults or args.processes or swarm or args.data):
         raise ValueError("--target excludes the embedded swarm's options (--faults, --processes, --peers, ...)")

@@ -153,6 +153,19 @@ def render_text(r: dict) -> str:
         for op, counts in per.items():
             items = ", ".join(f"{n} {v['calls']:g}" for n, v in counts.items())
             out.append(f"  per {op}: {items}")
+    g = r.get("gc")
+    if g:
+        _section(out, f"garbage collection in the measured window ({g.get('scope', '')}; "
+                 f"{'kept: start-up state frozen, young threshold ' + str(g['thresholds'][0]) if g.get('kept') else 'default collector'}):")
+        rows = [[gen, v["collections"], _f(v["p50_ms"], 2), _f(v["p99_ms"], 1), _f(v["max_ms"], 1), _f(v["total_ms"], 0),
+                 _f(v.get("cpu_p50_ms"), 2), _f(v.get("cpu_max_ms"), 1), _f(v.get("cpu_total_ms"), 0)]
+                for gen, v in g.get("by_generation", {}).items()]
+        out += _table(["generation", "collections", "p50 ms", "p99 ms", "max ms", "total ms", "cpu p50 ms",
+                       "cpu max ms", "cpu total ms"], rows)
+        walked = g.get("walked_objects") or [None, None]
+        out.append(f"  objects walked by a full collection: {walked[0]} at the start, {walked[1]} at the end; "
+                   f"frozen {g.get('frozen_objects')}; full collections (s, ms): "
+                   + ", ".join(f"{e[0]:g} {e[1]:.0f}" for e in g.get("full", [])[:20]))
     eff = r.get("efficiency")
     if eff:
         b = eff.get("bound", {})

@@ -17,7 +17,9 @@ from typing import Any
 import trio
 
 from agents.bench.loadtest import costs, faults as faultmod, target as targetmod
+from agents import gcpolicy
 from agents.bench.loadtest.engine import Clock, RunSettings, run_load
+from agents.bench.loadtest.gcwatch import GcWatch
 from agents.bench.loadtest.metrics import Recorder, histogram
 from agents.bench.loadtest.progress import Progress, SetupProgress
 from agents.bench.loadtest.report import PAPER_BITS
@@ -227,6 +229,8 @@ async def run(opts: Options) -> dict:
                   f"policies set, {len(wl.records)} records stored in {clock() - t_setup:.1f} s",
                   file=stream, flush=True)
             report["setup"] = [s.summary(clock() - t_setup) for s in setup.stats().values()]
+            if gcpolicy.keeping():
+                gcpolicy.settle()  # the users' keys, certificates and records: out of the collected generations
             probe = await _probe(wl, counter, opts.probes)
             report["communication"] = _communication(probe)
             unit = await trio.to_thread.run_sync(costs.measure_unit_costs, target.manifest.threshold,
@@ -251,6 +255,8 @@ async def run(opts: Options) -> dict:
                     settings.rate = mix_result["ops_per_s"] / 2
                 else:
                     settings.rate = sat_result["access_per_s"] / 2
+            if gcpolicy.keeping():
+                gcpolicy.settle()  # what the probes and saturation runs left (ledger state, caches) too
             rec = Recorder(settings.warmup)
             total = settings.warmup + settings.duration
             prog = Progress(rec, total, stream, tty=opts.tty, label="run")
@@ -259,13 +265,15 @@ async def run(opts: Options) -> dict:
             commits0 = _commit_stats(tuple(wl.users.patients + wl.users.doctors))
             c0, cpu0 = counter.snapshot(), time.process_time()
             run_clock = Clock()
-            async with trio.open_nursery() as nursery:
-                if events:
-                    nursery.start_soon(functools.partial(faultmod.inject, target.swarm, events, settings.warmup,
-                                                         settings.duration, run_clock, prog.event,
-                                                         applied=applied))
-                await run_load(wl, settings, rec, clock=run_clock, on_tick=prog.tick)
-                nursery.cancel_scope.cancel()
+            watch = GcWatch(run_clock)
+            with watch:
+                async with trio.open_nursery() as nursery:
+                    if events:
+                        nursery.start_soon(functools.partial(faultmod.inject, target.swarm, events, settings.warmup,
+                                                             settings.duration, run_clock, prog.event,
+                                                             applied=applied))
+                    await run_load(wl, settings, rec, clock=run_clock, on_tick=prog.tick)
+                    nursery.cancel_scope.cancel()
             prog.finish()
             skipped = faultmod.not_reached(events, applied)
             c1, cpu1 = counter.snapshot(), time.process_time()
@@ -292,6 +300,9 @@ async def run(opts: Options) -> dict:
             report["workload"] = {k: v for k, v in asdict(opts.workload).items()}
             report["settings"] = asdict(settings)
             _fill_run(report, rec, settings, c1 - c0, cpu1 - cpu0, traffic, applied, in_process)
+            report["gc"] = {**watch.summary(settings.warmup, report["window_s"] + settings.warmup),
+                            "scope": "every agent (in-process swarm)" if in_process else "the load test's clients",
+                            "kept": gcpolicy.keeping()}
             if skipped:
                 report.setdefault("faults", {"baseline_per_s": None, "faults": []})["not_reached"] = skipped
     report["targets"] = _targets(report, opts)

@@ -61,7 +61,7 @@ async def embedded(data_dir: Path, *, processes: bool = False, **spec_settings: 
                      f"{spec.write_quorum})", swarm,
                      {"kind": "embedded", "processes": processes, "hospitals": spec.hospitals, "peers": spec.peers,
                       "threshold": spec.threshold, "storage_nodes": spec.storage_nodes, "replicas": spec.replicas,
-                      "write_quorum": spec.write_quorum})
+                      "write_quorum": spec.write_quorum, "batch_timeout": spec.batch_timeout})
 
 
 def load_config(path: Path) -> dict[str, Any]:
