@@ -163,12 +163,14 @@ class PeerSubmit(_OneOrList, kind="peer.submit"):
 
 @dataclass(frozen=True, slots=True)
 class SubmitResult(Message, kind="peer.submit"):
-    """One transaction's outcome: ``{tx_id}``, and with ``wait`` its block ``height``
-    and ``mark`` (``"ok"`` or a core.ledger reason code)."""
+    """One transaction's outcome: with ``wait`` ``{tx_id, height, mark}`` (its block and
+    ``"ok"`` or a core.ledger reason code); without, ``{}``: the orderer took it (its
+    submitter knows its id, SHA-256 of the bytes it sent; ``tx_id`` is None then)."""
 
-    tx_id: bytes = wire(_TX_ID)
+    tx_id: bytes | None = wire(Optional(_TX_ID), default=None, omit_none=True)
     height: int | None = wire(Optional(_HEIGHT), default=None, omit_none=True)
     mark: str | None = wire(Optional(Choice(tuple(REASON_CODES))), default=None, omit_none=True)
+
 
 
 @dataclass(frozen=True, slots=True)
