@@ -19,8 +19,10 @@ keys, the bus node (unless given one) and the agent's nursery. The client owns
   peers (``peer.query cert``, or the ``owner_cert`` a doctor's ``record`` query
   carries), each checked against its issuing peer's key from the genesis; the
   signatures it verified are remembered by their bytes (:attr:`PeerClient.verified`,
-  :class:`agents.runtime.VerifiedMemo`), revocations are read fresh. An envelope from a user it does not know yet makes it look
-  the certificate up in the background, so the sender's retry gets through;
+  :class:`agents.runtime.VerifiedMemo`), revocations are read fresh (a counterpart's
+  certificate a peer showed less than :attr:`PeerClient.cert_fresh_s` ago is used as
+  held). An envelope from a user it does not know yet makes it look the certificate
+  up in the background, so the sender's retry gets through;
 * peer selection (the configured peer, else the first of its organization;
   reads fail over to the other peers), submit-and-wait, queries (with
   read-your-writes across peers) and registration;

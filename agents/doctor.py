@@ -25,8 +25,9 @@ returned: the blob matches the CID on the ledger (each 256 KiB chunk is checked
 against the CID's leaf digests as it arrives, nothing unverified is used), the ledger's store
 transaction carries the patient's signature (checked against the patient's
 certificate, which the record's answer carries from the same committed state:
-``PeerQuery.owner_cert``; signatures verified once are remembered by their bytes,
-the certificate's revocation is read on every read), the record opens with the combined key (authenticated
+``PeerQuery.owner_cert``, unless a peer showed it less than ``client.cert_fresh_s``
+ago (a minute, :data:`agents.client.CERT_FRESH_S`); signatures verified once are
+remembered by their bytes), the record opens with the combined key (authenticated
 encryption), and the header names the same owner, label, record id and capsule
 as the ledger.
 
