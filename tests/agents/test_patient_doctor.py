@@ -433,6 +433,24 @@ async def test_a_repeat_read_is_one_query_and_verifies_nothing_again(world):
             assert world.fake.queries == ["record", "cert"]
 
 
+async def test_the_patient_answers_with_the_doctors_certificate_a_peer_showed_within_the_window(world):
+    data = b"held certificate " * 100
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, data, "text/plain")
+            assert await heart.read("alice", rid) == data  # alice looked dr-heart's certificate up
+            grants = len(alice.grants)
+            for fresh_s, cert_queries in ((alice.client.cert_fresh_s, 0), (0, 1)):
+                alice.client.cert_fresh_s = fresh_s
+                heart.grant_cache.clear()  # a full access again: alice answers a new request
+                world.fake.queries.clear()
+                assert await heart.read("alice", rid) == data
+                # within the window alice grants with the certificate she holds; with 0 she reads it again
+                assert world.fake.queries.count("cert") == cert_queries, world.fake.queries
+                grants += 1
+                assert len(alice.grants) == grants
+
+
 async def test_a_revoked_patient_certificate_is_seen_once_the_held_one_is_older_than_the_window(world):
     data = b"revoked-owner " * 100
     with trio.fail_after(60):
