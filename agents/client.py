@@ -19,8 +19,10 @@ keys, the bus node (unless given one) and the agent's nursery. The client owns
   peers (``peer.query cert``, or the ``owner_cert`` a doctor's ``record`` query
   carries), each checked against its issuing peer's key from the genesis; the
   signatures it verified are remembered by their bytes (:attr:`PeerClient.verified`,
-  :class:`agents.runtime.VerifiedMemo`), revocations are read fresh. An envelope from a user it does not know yet makes it look
-  the certificate up in the background, so the sender's retry gets through;
+  :class:`agents.runtime.VerifiedMemo`), revocations are read fresh (a counterpart's
+  certificate a peer showed less than :attr:`PeerClient.cert_fresh_s` ago is used as
+  held). An envelope from a user it does not know yet makes it look the certificate
+  up in the background, so the sender's retry gets through;
 * peer selection (the configured peer, else the first of its organization;
   reads fail over to the other peers), submit-and-wait, queries (with
   read-your-writes across peers) and registration;
@@ -52,9 +54,11 @@ The policy is :class:`agents.plans.SubmitFailover`, run by :mod:`agents.driver`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +100,8 @@ from agents.plans import COPY_MARKS, Answer, Confirm, Done, SubmitFailover
 from agents.runtime import VerifiedMemo, make_endpoint, run_crypto
 from agents.storage import StorageClient
 
-__all__ = ["UserConfig", "PeerClient", "UserAgent", "open_agent", "CERT_VALIDITY_S", "SUSPECT_TIMEOUT"]
+__all__ = ["UserConfig", "PeerClient", "UserAgent", "open_agent", "new_id", "CERT_VALIDITY_S", "CERT_FRESH_S",
+           "SUSPECT_TIMEOUT"]
 
 log = logging.getLogger("agents.user")
 
@@ -112,6 +117,10 @@ _PEER_WAIT = 2.0  # how long a peer waits for a query's min_height (agents.peer 
 SUSPECT_TIMEOUT = 2.0  # request timeout for a peer that failed lately (asked only as a last resort)
 RESUBSCRIBE_S = 5.0  # after a failed or broken commit subscription, submits wait on the peer this long
 COMMIT_BUFFER = 64  # commit notices buffered for the reader task
+CERT_FRESH_S = 60.0
+"""How old a doctor's certificate, as a peer last showed it, a patient answering that
+doctor's request may use without reading it again (docs/security.md: the peers read it
+fresh at every re-encryption, so a revocation stops the doctor there at once)."""
 A = TypeVar("A")
 
 
@@ -143,6 +152,13 @@ class UserConfig:
     listen: str | None = None
     request_timeout: float = 30.0
     routes: dict = field(default_factory=dict)
+
+
+def new_id(prefix: str) -> str:
+    """A fresh object id: ``prefix`` then 96 random bits in 16 characters (base 64 over
+    ``[A-Za-z0-9.-]``, inside core.identity's id alphabet): request, grant and delegation
+    ids travel in most messages of an access, so they are kept short."""
+    return prefix + base64.b64encode(secrets.token_bytes(12), altchars=b".-").decode()
 
 
 def _now_ms() -> int:
@@ -189,9 +205,14 @@ class PeerClient:
         self._lookups: dict[str, float] = {}
         self._lookups_running = 0
         self._certs: dict[str, Certificate] = {}  # verified, not revoked, as of last look-up
+        self._cert_at: dict[str, float] = {}  # subject -> when a peer last showed its certificate (trio time)
         # subject -> (the unrevoked certificate entry last accepted, its certificate): an equal
         # entry next time is accepted without parsing or checking it again
         self._cert_entries: dict[str, tuple[Any, Certificate]] = {}
+        self.cert_fresh_s = CERT_FRESH_S
+        """How old a certificate a peer showed may be when this agent checks a counterpart
+        with it (the patient: the requesting doctor's; the doctor: the record owner's);
+        0: read it on every use."""
         self.verified = VerifiedMemo()
         """Signatures already verified (certificates, store transactions, re-encryption
         replies): :class:`agents.runtime.VerifiedMemo`."""
@@ -289,15 +310,30 @@ class PeerClient:
         finally:
             self._lookups_running -= 1
 
-    async def lookup_certificate(self, subject: str, *, fresh: bool = True) -> Certificate | None:
+    async def lookup_certificate(self, subject: str, *, fresh: bool = True,
+                                 max_age: float | None = None) -> Certificate | None:
         """The committed, non-revoked certificate of ``subject`` (None if absent or revoked).
 
         The certificate is checked against its issuing peer's key from the
         genesis; a good one is added to the bus directory, a revoked one removed.
+        ``fresh`` False: the one accepted last, if any, however old; ``max_age``:
+        the one accepted last if a peer showed it at most that many seconds ago
+        (:data:`CERT_FRESH_S` for a patient answering a doctor), else read again.
         """
         if not fresh and subject in self._certs:
             return self._certs[subject]
+        recent = None if max_age is None else self.recent_certificate(subject, max_age)
+        if recent is not None:
+            return recent
         return self.accept_cert_entry(await self.query(PeerQuery("cert", subject=subject)), subject)
+
+    def recent_certificate(self, subject: str, max_age: float) -> Certificate | None:
+        """The certificate of ``subject`` accepted last, if a peer showed it (unrevoked) at
+        most ``max_age`` seconds ago; else None (no I/O)."""
+        cert = self._certs.get(subject)
+        if cert is None or trio.current_time() - self._cert_at.get(subject, -math.inf) > max_age:
+            return None
+        return cert
 
     def accept_cert_entry(self, value: Any, subject: str) -> Certificate | None:
         """The certificate of ``subject`` from its committed entry ``value`` (a ``peer.query
@@ -316,6 +352,7 @@ class PeerClient:
             if entry is None or entry.revoked:
                 self._directory.set_certificate(subject, None)
                 self._certs.pop(subject, None)
+                self._cert_at.pop(subject, None)
                 self._cert_entries.pop(subject, None)
                 return None
             cert = self._check_certificate(entry.cert, subject)
@@ -324,6 +361,7 @@ class PeerClient:
             self._cert_entries[subject] = (value, cert)
         self._directory.set_certificate(subject, cert.ecdsa_key)
         self._certs[subject] = cert
+        self._cert_at[subject] = trio.current_time()
         return cert
 
     def _check_certificate(self, raw: Any, subject: str) -> Certificate:
@@ -728,10 +766,15 @@ class PeerClient:
             with trio.move_on_after(max(0.0, min(timeout, self.notice_wait) - (trio.current_time() - start))):
                 await waiter.event.wait()
         notice = waiter.notice
+        effect: dict | None = None
         if notice is not None:
+            try:  # the fields of its entries that repeat our own transaction's body come back from it
+                effect = notice.expand(tx.body)
+            except DecodeError as exc:
+                log.warning("%s: malformed commit notice for %s: %s", self.subject, tx.type, exc)
+        if notice is not None and effect is not None:
             self.commit_stats["notices"] += 1
-            return Answer({"tx_id": notice.tx_id, "height": notice.height, "mark": notice.mark,
-                           "effect": dict(notice.effect)})
+            return Answer({"tx_id": notice.tx_id, "height": notice.height, "mark": notice.mark, "effect": effect})
         self.commit_stats["fallbacks"] += 1
         log.info("%s: no commit notice for %s within %.1f s: waiting on %s", self.subject, tx.type,
                  self.notice_wait, peer)

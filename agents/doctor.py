@@ -25,8 +25,9 @@ returned: the blob matches the CID on the ledger (each 256 KiB chunk is checked
 against the CID's leaf digests as it arrives, nothing unverified is used), the ledger's store
 transaction carries the patient's signature (checked against the patient's
 certificate, which the record's answer carries from the same committed state:
-``PeerQuery.owner_cert``; signatures verified once are remembered by their bytes,
-the certificate's revocation is read on every read), the record opens with the combined key (authenticated
+``PeerQuery.owner_cert``, unless a peer showed it less than ``client.cert_fresh_s``
+ago (a minute, :data:`agents.client.CERT_FRESH_S`); signatures verified once are
+remembered by their bytes), the record opens with the combined key (authenticated
 encryption), and the header names the same owner, label, record id and capsule
 as the ledger.
 
@@ -74,7 +75,7 @@ from core.ledger import BREAK_GLASS_TAG, break_glass_grant_id, break_glass_messa
 from core.state import entry_key
 from core.tx import Transaction
 
-from agents.client import SUSPECT_TIMEOUT, PeerClient, UserAgent, UserConfig, open_agent, remote_error
+from agents.client import SUSPECT_TIMEOUT, PeerClient, UserAgent, UserConfig, new_id, open_agent, remote_error
 from agents.driver import result_of, run_plan
 from agents.errors import (
     AgentError,
@@ -101,10 +102,6 @@ OWNER_CERT = PeerQuery.OWNER_CERT
 _ABSENT: Any = object()  # no owner_cert in the record's answer (a peer that does not send it)
 PATIENT_TIMEOUT_FACTOR = 3  # how many request timeouts a doctor waits for a patient's answer
 _UNKNOWN_SENDER_RETRIES = 8
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
 
 
 def _cache_key(patient: str, label: str) -> str:
@@ -176,7 +173,7 @@ class DoctorAgent(UserAgent):
         when the request itself is invalid (e.g. ``cert_revoked``).
         """
         self.client.require_registered()
-        request_id = _new_id("req")
+        request_id = new_id("q")
         from agents.errors import TransactionRejected
 
         try:
@@ -267,7 +264,9 @@ class DoctorAgent(UserAgent):
         self.client.require_registered()
         # a record stored a moment ago through another peer may be a block away; the answer
         # carries the patient's certificate entry from the same state (one round trip)
-        query = PeerQuery("record", patient=patient, record_id=record_id, owner_cert=True)
+        # (not when a peer showed it at most cert_fresh_s ago, CERT_FRESH_S: the one held is used)
+        held = self.client.recent_certificate(patient, self.client.cert_fresh_s)
+        query = PeerQuery("record", patient=patient, record_id=record_id, owner_cert=held is None)
         decision = None
         try:
             rec = await self.client.query_committed(query, wait=1.0)
@@ -280,10 +279,12 @@ class DoctorAgent(UserAgent):
             decision = await self.request(patient, record_id, purpose=purpose)
             _check_allowed(patient, decision)
             rec = await self.client.query(PeerQuery("record", patient=patient, record_id=record_id,
-                                                    min_height=decision.get("height"), owner_cert=True))
+                                                    min_height=decision.get("height"), owner_cert=held is None))
         if rec is None:
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         owner = rec.pop(OWNER_CERT, _ABSENT) if isinstance(rec, dict) else _ABSENT
+        if owner is _ABSENT and held is not None:
+            owner = held
         store_tx = await self._check_store_tx(patient, record_id, rec, owner)
         label = store_tx.body["label"]
         grant = self.cached_grant(patient, label, record_id, int(rec.get("epoch", 0)))
@@ -352,6 +353,8 @@ class DoctorAgent(UserAgent):
             raise IntegrityError(f"record {record_id}: the store transaction does not match the ledger entry")
         if owner is _ABSENT:
             cert = await self._patient_cert(patient)
+        elif isinstance(owner, Certificate):  # held: a peer showed it at most cert_fresh_s ago
+            cert = owner
         else:
             cert = self.client.accept_cert_entry(owner, patient)
             if cert is None:

@@ -100,7 +100,9 @@ from core.protocol import (
 )
 
 from agents.admission import Classifier, Refusals, WaitGate
-from agents.client import PeerClient, UserAgent, UserConfig, check_receiving_key, open_agent, remote_error
+from agents.client import (
+    PeerClient, UserAgent, UserConfig, check_receiving_key, new_id, open_agent, remote_error,
+)
 from agents.driver import PlanRun, result_of
 from agents.errors import (
     AgentError,
@@ -666,7 +668,9 @@ class PatientAgent(UserAgent):
             raise RequestRejected("the patient rejected this request")
         if req.get("status") != "pending":
             raise UnknownRequest(f"request {request_id} is {req.get('status')}")
-        doctor = await self.client.lookup_certificate(sender)
+        # the certificate a peer showed at most cert_fresh_s (CERT_FRESH_S) ago (the admission looked it up): the
+        # peers read it fresh at every re-encryption, so a revoked doctor is refused there at once
+        doctor = await self.client.lookup_certificate(sender, max_age=self.client.cert_fresh_s)
         if doctor is None:
             await self._deny(request_id, "requester's certificate is revoked or unknown")
             raise RequestRejected("the requester's certificate is revoked or unknown")
@@ -718,7 +722,7 @@ class PatientAgent(UserAgent):
         kp = await self._label_key_async(label, epoch)  # the key the requested record is sealed under
         peers = list(self.client.consortium.peers)
         threshold = self.manifest.threshold
-        grant_id = _new_id("grant")
+        grant_id = new_id("g")
         proxies = [pre.Proxy(p.index, p.box_key) for p in peers]
         sealed = await run_crypto(pre.make_key_shares, kp, receiver, proxies, threshold, share_context(grant_id))
         by_peer = {p.id: s for p, s in zip(peers, sealed)}

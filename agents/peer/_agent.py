@@ -304,7 +304,7 @@ class PeerAgent:
                             if grant is not None:
                                 effect[gkey] = grant
             notice = CommitNotice(tx_id=tx_id, height=block.height, type=tx.type,
-                                  mark=mark, effect=effect)
+                                  mark=mark, effect=effect).echoing(tx.body)
             await self.endpoint.publish(commits_topic(tx.submitter), notice.to_wire())
 
 

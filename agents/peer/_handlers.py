@@ -159,7 +159,8 @@ class PeerHandlers:
                 raise self.peer.refusals.refuse(msg.sender, PeerSubmit.kind, codes.FORBIDDEN,
                                                 "every transaction's submitter must be the sender")
         results = await self.peer.submit(list(request.txs), wait=request.wait)
-        out = tuple(SubmitResult(i, h, m) if request.wait else SubmitResult(i) for i, h, m in results)
+        # without wait: {} (the submitter knows the id it would repeat)
+        out = tuple(SubmitResult(i, h, m) if request.wait else SubmitResult() for i, h, m in results)
         return PeerSubmitReply(out, request.batch)
 
     async def _enroll(self, msg: bus.Message, request: PeerEnroll) -> PeerEnrollReply:

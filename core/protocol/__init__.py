@@ -65,6 +65,9 @@ from core.protocol._peer import PeerBlocksReply as PeerBlocksReply
 from core.protocol._peer import Decision as Decision
 from core.protocol._peer import PeerEvent as PeerEvent
 from core.protocol._peer import CommitNotice as CommitNotice
+from core.protocol._peer import MAX_ECHO_KEYS as MAX_ECHO_KEYS
+from core.protocol._peer import echo_compact as echo_compact
+from core.protocol._peer import echo_expand as echo_expand
 from core.protocol._peer import COMMITS as COMMITS
 from core.protocol._peer import commits_topic as commits_topic
 from core.protocol._peer import commits_owner as commits_owner

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Mapping, Self
 
 from core import enrollment, pre
 from core.errors import DecodeError
 from core.identity import MAX_ATTRIBUTES
 from core.ledger import AUDIT_PAGE, REASON_CODES
+from core.tx import Transaction
 
 from core.protocol._orderer import (
     _HEIGHT, _TX, _TX_ID, MAX_TXS_PER_SUBMIT, BlockList, BlockRange, _OneOrList, _one_or_list,
@@ -23,7 +25,8 @@ __all__ = [
     "PeerEnroll", "PeerEnrollReply", "PeerSubmit", "SubmitResult", "PeerSubmitReply", "PeerQuery",
     "PeerQueryReply", "PeerAudit", "PeerAuditReply", "PeerDeliverShare", "PeerDeliverShareReply",
     "PeerReencrypt", "PeerReencryptReply", "PeerBlocks", "PeerBlocksReply", "Decision", "PeerEvent",
-    "CommitNotice", "COMMITS", "commits_topic", "commits_owner", "MAX_EFFECT_ENTRIES",
+    "CommitNotice", "COMMITS", "commits_topic", "commits_owner", "MAX_EFFECT_ENTRIES", "MAX_ECHO_KEYS",
+    "echo_compact", "echo_expand",
 ]
 
 MAX_SUBMIT_BYTES = 8 * 1024 * 1024
@@ -41,9 +44,67 @@ EVENT_TYPES = ("access_request", "grant", "deny_request", "revoke_grant", "break
 """Committed transaction types a peer publishes on topic ``events``."""
 
 CID = Text(MAX_CID_LENGTH, min_len=1)
+MAX_ECHO_KEYS = 64
+"""Fields of a transaction body an echo mask can name (one bit each; see :func:`echo_compact`)."""
 MAX_AUDIT_KEY = 512  # "audit/<patient id>/<height>/<index>.<entry>": an id is at most 128 characters
 _INT64 = Int(-(2**63), INT64_MAX)
 _PROXY_INDEX = Int(1, MAX_PROXY_INDEX)
+
+
+# -- echoes: fields a reader already holds in a transaction body ----------------------
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Exactly the same msgpack value (``True == 1`` and ``b"x" == "x"`` do not count)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+def echo_compact(entry: dict, body: Mapping[str, Any]) -> tuple[dict, int]:
+    """``entry`` without the fields whose value is exactly that of the transaction
+    ``body``'s field of the same name, and the mask naming them (bit i: the i-th of
+    ``body``'s keys in sorted order; only the first :data:`MAX_ECHO_KEYS`). A reader
+    holding ``body`` restores the entry with :func:`echo_expand`."""
+    keys = sorted(k for k in body if isinstance(k, str))[:MAX_ECHO_KEYS]
+    kept = dict(entry)
+    mask = 0
+    for i, k in enumerate(keys):
+        if k in kept and _same(kept[k], body[k]):
+            del kept[k]
+            mask |= 1 << i
+    return kept, mask
+
+
+def _tx_body(raw: Any) -> dict | None:
+    """The body of the encoded transaction ``raw`` (None when it is not one)."""
+    if not isinstance(raw, bytes):
+        return None
+    try:
+        return Transaction.from_bytes(raw).body
+    except DecodeError:
+        return None
+
+
+def echo_expand(kept: dict, body: Mapping[str, Any], mask: int, what: str) -> dict:
+    """The entry :func:`echo_compact` cut to ``kept`` and ``mask``, restored from ``body``
+    (DecodeError when the mask names a field ``body`` does not have or ``kept`` has)."""
+    if mask == 0:
+        return kept
+    keys = sorted(k for k in body if isinstance(k, str))[:MAX_ECHO_KEYS]
+    if mask >> len(keys):
+        raise DecodeError(f"{what}: the echo mask names fields the transaction does not have")
+    out = dict(kept)
+    for i, k in enumerate(keys):
+        if mask >> i & 1:
+            if k in out:
+                raise DecodeError(f"{what}: field {k!r} is both sent and echoed")
+            out[k] = body[k]
+    return out
 
 
 # -- peer.enroll ------------------------------------------------------------------
@@ -102,12 +163,14 @@ class PeerSubmit(_OneOrList, kind="peer.submit"):
 
 @dataclass(frozen=True, slots=True)
 class SubmitResult(Message, kind="peer.submit"):
-    """One transaction's outcome: ``{tx_id}``, and with ``wait`` its block ``height``
-    and ``mark`` (``"ok"`` or a core.ledger reason code)."""
+    """One transaction's outcome: with ``wait`` ``{tx_id, height, mark}`` (its block and
+    ``"ok"`` or a core.ledger reason code); without, ``{}``: the orderer took it (its
+    submitter knows its id, SHA-256 of the bytes it sent; ``tx_id`` is None then)."""
 
-    tx_id: bytes = wire(_TX_ID)
+    tx_id: bytes | None = wire(Optional(_TX_ID), default=None, omit_none=True)
     height: int | None = wire(Optional(_HEIGHT), default=None, omit_none=True)
     mark: str | None = wire(Optional(Choice(tuple(REASON_CODES))), default=None, omit_none=True)
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,12 +277,33 @@ class PeerQueryReply(Message, kind="peer.query"):
 
     value: dict | list | None
 
+    ECHO = "echo"
+    """An entry that carries its transaction (``tx``: a record's ``store``) travels without
+    the fields that are that transaction's body fields (:func:`echo_compact`), with the
+    mask naming them under this key; :meth:`from_wire` restores them from the ``tx`` the
+    reader checks anyway."""
+
     def to_wire(self) -> Any:  # type: ignore[override]
-        return self.value
+        value = self.value
+        if isinstance(value, dict) and isinstance(value.get("tx"), bytes) and self.ECHO not in value:
+            body = _tx_body(value["tx"])
+            if body is not None:
+                kept, mask = echo_compact(value, body)
+                if mask:
+                    kept[self.ECHO] = mask
+                    return kept
+        return value
 
     @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
         what = what or cls.kind
+        if isinstance(obj, dict) and cls.ECHO in obj:
+            obj = dict(Map().decode(obj, what))
+            mask = Int(0, 2**MAX_ECHO_KEYS - 1).decode(obj.pop(cls.ECHO), f"{what}: {cls.ECHO!r}")
+            body = _tx_body(obj.get("tx"))
+            if body is None:
+                raise DecodeError(f"{what}: an echoing entry needs its transaction ('tx')")
+            return cls(echo_expand(obj, body, mask, what))
         if obj is None or isinstance(obj, dict):
             return cls(None if obj is None else Map().decode(obj, what))
         if isinstance(obj, list):
@@ -369,3 +453,35 @@ class CommitNotice(Message, kind="commits"):
     type: str = wire(Text(64, min_len=1))
     mark: str = wire(Choice(tuple(REASON_CODES)))
     effect: dict = wire(Map(MAX_EFFECT_ENTRIES))
+    echo: tuple[int, ...] | None = wire(Optional(ListOf(Int(0, 2**MAX_ECHO_KEYS - 1), max_len=MAX_EFFECT_ENTRIES)),
+                                        default=None, omit_none=True)
+    """Per effect entry (in order), the mask of the fields left out because they are the
+    transaction body's own (:meth:`echoing`, :func:`echo_compact`); absent: none left out."""
+
+    def echoing(self, body: Mapping[str, Any]) -> "CommitNotice":
+        """This notice with each effect entry's fields that repeat the transaction's
+        ``body`` left out (the submitter holds it: :meth:`expand` puts them back)."""
+        effect: dict[str, Any] = {}
+        masks = []
+        for key, entry in self.effect.items():
+            kept, mask = echo_compact(entry, body) if isinstance(entry, dict) else (entry, 0)
+            effect[key] = kept
+            masks.append(mask)
+        if not any(masks):
+            return self
+        return dataclasses.replace(self, effect=effect, echo=tuple(masks))
+
+    def expand(self, body: Mapping[str, Any]) -> dict:
+        """The effect with the echoed fields restored from the submitted transaction's
+        ``body``; DecodeError for masks that do not fit it."""
+        if self.echo is None:
+            return dict(self.effect)
+        what = f"{self.kind}: 'echo'"
+        if len(self.echo) != len(self.effect):
+            raise DecodeError(f"{what} must have one mask per effect entry")
+        out = {}
+        for (key, entry), mask in zip(self.effect.items(), self.echo):
+            if mask and not isinstance(entry, dict):
+                raise DecodeError(f"{what}: only a map entry echoes fields")
+            out[key] = echo_expand(entry, body, mask, what) if mask else entry
+        return out

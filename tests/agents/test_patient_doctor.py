@@ -454,11 +454,21 @@ async def test_a_repeat_read_is_one_query_and_verifies_nothing_again(world):
             await _warm(heart, rid, data)
             world.fake.queries.clear()
             misses, hits = heart.client.verified.misses, heart.client.verified.hits
+            asked: list = []
+            world.fake.owner_cert_hook = lambda pid, entry: asked.append(pid) or entry
             assert await heart.read("alice", rid) == data
-            # the record's answer carried alice's certificate: no `cert` query
-            assert world.fake.queries == ["record"]
-            # store transaction and both shares: remembered, not verified again; the certificate entry
-            # is the one accepted last time: not even parsed again
+            # alice's certificate was shown less than cert_fresh_s ago: neither a `cert` query nor
+            # the record's answer carries it again
+            assert world.fake.queries == ["record"] and asked == []
+            # store transaction and both shares: remembered, not verified again
+            assert heart.client.verified.misses == misses and heart.client.verified.hits - hits == 3
+            # read on every use: the record's answer carries alice's certificate, the entry accepted
+            # last time (not even parsed again)
+            heart.client.cert_fresh_s = 0
+            world.fake.queries.clear()
+            misses, hits = heart.client.verified.misses, heart.client.verified.hits
+            assert await heart.read("alice", rid) == data
+            assert world.fake.queries == ["record"] and len(asked) == 1
             assert heart.client.verified.misses == misses and heart.client.verified.hits - hits == 3
             # a peer that does not send owner_cert: the doctor asks for the certificate itself
             world.fake.owner_certs = False
@@ -467,13 +477,34 @@ async def test_a_repeat_read_is_one_query_and_verifies_nothing_again(world):
             assert world.fake.queries == ["record", "cert"]
 
 
-async def test_a_revoked_patient_certificate_is_seen_at_once(world):
+async def test_the_patient_answers_with_the_doctors_certificate_a_peer_showed_within_the_window(world):
+    data = b"held certificate " * 100
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, data, "text/plain")
+            assert await heart.read("alice", rid) == data  # alice looked dr-heart's certificate up
+            grants = len(alice.grants)
+            for fresh_s, cert_queries in ((alice.client.cert_fresh_s, 0), (0, 1)):
+                alice.client.cert_fresh_s = fresh_s
+                heart.grant_cache.clear()  # a full access again: alice answers a new request
+                world.fake.queries.clear()
+                assert await heart.read("alice", rid) == data
+                # within the window alice grants with the certificate she holds; with 0 she reads it again
+                assert world.fake.queries.count("cert") == cert_queries, world.fake.queries
+                grants += 1
+                assert len(alice.grants) == grants
+
+
+async def test_a_revoked_patient_certificate_is_seen_once_the_held_one_is_older_than_the_window(world):
     data = b"revoked-owner " * 100
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
             alice, heart, rid = await world.shared_record(stack, data, "text/plain")
             await _warm(heart, rid, data)  # certificate and store transaction remembered as verified
             assert await world.fake.revoke_cert("alice") == "ok"
+            # within cert_fresh_s of the last showing the held certificate is used (docs/security.md)
+            assert await heart.read("alice", rid) == data
+            heart.client.cert_fresh_s = 0  # older than the window: read again, and refused
             for owner_certs in (True, False):  # with the record's answer, and with a cert query
                 world.fake.owner_certs = owner_certs
                 with pytest.raises(errors.IntegrityError, match="alice has no valid certificate"):
@@ -490,6 +521,7 @@ async def test_a_peer_sending_another_subjects_or_a_forged_owner_certificate_is_
         async with contextlib.AsyncExitStack() as stack:
             alice, heart, rid = await world.shared_record(stack, data, "text/plain")
             await _warm(heart, rid, data)
+            heart.client.cert_fresh_s = 0  # the certificate comes with every record answer
             ledger = world.fake.ledger
             own = ledger.get(entry_key("cert", "alice"))
             other = ledger.get(entry_key("cert", "dr-heart"))  # validly issued, for another subject

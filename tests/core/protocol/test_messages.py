@@ -246,6 +246,8 @@ def test_the_two_forms_of_submit_and_their_replies():
     waited = PeerSubmitReply((SubmitResult(b"i" * 32, 3, "ok"),))
     assert waited.to_wire() == {"tx_id": b"i" * 32, "height": 3, "mark": "ok"}
     assert PeerSubmitReply((SubmitResult(b"i" * 32),)).to_wire() == {"tx_id": b"i" * 32}
+    assert PeerSubmitReply((SubmitResult(),)).to_wire() == {}  # taken, without wait
+    assert PeerSubmitReply.from_wire({}).results == (SubmitResult(),)
     assert "'mark'" in _error(PeerSubmitReply, {"tx_id": b"i" * 32, "height": 3, "mark": "made-up"})
     assert PeerSubmitReply.from_wire({"results": [waited.to_wire()]}).batch
 
