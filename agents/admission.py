@@ -11,6 +11,10 @@ crypto. The pieces:
   prefix, and a callable giving the role on a user's committed, unrevoked
   certificate (a peer: its ledger; a storage node: its light client; a
   patient: the certificates it looks up). Unknown senders have no class.
+  :meth:`Classifier.classify_now` answers without an await whatever needs
+  none (a consortium node, an enrolling id, a role looked up synchronously:
+  the peer's and the storage node's); only a coroutine look-up (the patient's)
+  leaves an awaitable to finish.
 * :class:`Refusals`: counts every refusal by (kind, code) and logs each
   (sender, kind) once, so a flood does not flood the log.
 * :class:`WaitGate`: caps, per sender and in total, the handlers waiting for
@@ -21,6 +25,7 @@ crypto. The pieces:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections import Counter
 from types import MappingProxyType
@@ -49,6 +54,10 @@ def role_class(role: str | None) -> Sender | None:
     return Sender.PATIENT if role == "patient" else Sender.DOCTOR if role == "doctor" else Sender.USER
 
 
+async def _role_class_of(role: Awaitable[str | None]) -> Sender | None:
+    return role_class(await role)
+
+
 class Classifier:
     """sender id -> :class:`Sender` class (None: unknown), see the module docstring.
 
@@ -73,6 +82,16 @@ class Classifier:
         self._nodes.update({p: Sender.PEER for p in peers})
 
     async def classify(self, sender: str) -> Sender | None:
+        cls = self.classify_now(sender)
+        if cls is None or isinstance(cls, Sender):
+            return cls
+        return await cls
+
+    def classify_now(self, sender: str) -> Sender | None | Awaitable[Sender | None]:
+        """The sender's class at once when finding it takes no wait (a node, an enrolling
+        id, a user whose role the synchronous ``role`` look-up gives); else an awaitable
+        of it (``role`` returned one: a coroutine look-up). The same answer as
+        :meth:`classify`, without a coroutine per request where none is needed."""
         node = self._nodes.get(sender)
         if node is not None:
             return node
@@ -81,9 +100,9 @@ class Classifier:
         if self._role is None:
             return None
         role = self._role(sender)
-        if isinstance(role, Awaitable):
-            role = await role
-        return role_class(role)
+        if role is None or isinstance(role, str) or not inspect.isawaitable(role):
+            return role_class(role)  # type: ignore[arg-type]
+        return _role_class_of(role)
 
     def node_class(self, sender: str) -> Sender | None:
         """The class of a consortium node or an enrolling id, without asking about certificates."""

@@ -4,8 +4,9 @@ admitting only the sender classes the registry names.
 :func:`serve` registers ``await handler(message, request) -> reply`` on an
 endpoint for each request type. With a ``classifier``, each request is first
 admitted: the sender's class (:class:`agents.admission.Classifier`) must be
-in the kind's ``senders`` column (:data:`core.protocol.KINDS`), else the
-request is refused with ``forbidden`` before the body is parsed and before
+in the kind's ``senders`` column (:data:`core.protocol.KINDS`; a class known without a look-up that
+waits, :meth:`agents.admission.Classifier.classify_now`, is decided with no
+await), else the request is refused with ``forbidden`` before the body is parsed and before
 any wait, query or crypto (the refusal is counted and logged once per sender
 and kind by :class:`agents.admission.Refusals`). Then the body is parsed with
 the type's ``from_wire`` (a :class:`core.errors.DecodeError` becomes the
@@ -22,7 +23,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import bus
 from core.errors import DecodeError
-from core.protocol import KINDS, Message, admits
+from core.protocol import KINDS, Message, Sender
 from core.protocol import codes
 
 from agents.admission import Classifier, Refusals
@@ -57,17 +58,23 @@ def _typed(request_type: type[Message], reply_type: type[Message], handler: Type
            on_decode_error: Callable[[DecodeError], BaseException], classifier: Classifier | None,
            refusals: Refusals | None) -> Callable[[bus.Message], Awaitable[Any]]:
     kind = request_type.kind
+    admitted = KINDS[kind].senders  # the registry's column, looked up once (admits() per request)
+    from_wire = request_type.from_wire
+    classify_now = classifier.classify_now if classifier is not None else None
 
     async def handle(message: bus.Message) -> Any:
-        if classifier is not None:
-            sender_class = await classifier.classify(message.sender)
-            if not admits(kind, sender_class):
+        if classify_now is not None:
+            # a sender whose class is known at once is admitted or refused without an await
+            sender_class = classify_now(message.sender)
+            if sender_class is not None and not isinstance(sender_class, Sender):
+                sender_class = await sender_class
+            if sender_class not in admitted:
                 assert refusals is not None
                 who = sender_class.value if sender_class is not None else "unknown"
                 raise refusals.refuse(message.sender, kind, codes.FORBIDDEN,
                                       f"a {who} sender may not send {kind}")
         try:
-            request = request_type.from_wire(message.body)
+            request = from_wire(message.body)
         except DecodeError as exc:
             raise on_decode_error(exc) from None
         reply = await handler(message, request)

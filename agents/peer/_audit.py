@@ -60,12 +60,12 @@ class AccessLog:
     """Collects served re-encryptions (:meth:`add`) and publishes them (:meth:`run`).
 
     ``sign(body, timestamp_ms) -> bytes``: the encoded, signed ``access_batch``
-    transaction (run in a worker thread); ``forward(txs)``: hands encoded
+    transaction (run as ``run_sign`` says); ``forward(txs)``: hands encoded
     transactions to the orderer, raising :class:`bus.BusError` (a
     ``HandlerError``) when it did not take them; ``clock()``: Unix seconds;
     ``run_sign(sign, body, timestamp_ms)``: how ``sign`` is run (default in a
-    crypto worker thread, :func:`agents.runtime.run_crypto`; the peer passes its
-    :class:`agents.peer._batch.WorkerBatcher`, whose batches the re-encryptions share)."""
+    crypto worker thread, :func:`agents.runtime.run_crypto`; the peer signs on its
+    event loop as small crypto, ``PeerAgent._run_audit_sign``)."""
 
     def __init__(self, *, index: int, sign: Callable[[dict[str, Any], int], bytes],
                  forward: Callable[[list[bytes]], Awaitable[None]], clock: Callable[[], float],

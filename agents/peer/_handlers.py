@@ -521,7 +521,11 @@ class PeerHandlers:
                                                "its transactions); ask another peer or retry later")
         if peer.stopping:
             raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
-        prepared = await self._prepared_share(grant_id, grant)
+        prepared = self._shares.get(grant_id)
+        if prepared is not None:  # the common case: no coroutine for a cached share
+            self._shares.move_to_end(grant_id)
+        else:
+            prepared = await self._prepared_share(grant_id, grant)
         token = self._share_tokens.get(grant_id)
         key = (grant_id, request_id, record.cid, record.capsule)
         hit = self._replies.get(key)
