@@ -61,6 +61,7 @@ from .envelope import (
     Signer,
     Verifier,
     _packb,
+    _slot_constructor,
     encode_compact,
     verify_envelope,
 )
@@ -95,6 +96,7 @@ class Message:
 
 
 Handler = Callable[[Message], Awaitable[Any]]
+_new_message = _slot_constructor(Message)
 
 
 class _Host(Protocol):
@@ -348,6 +350,7 @@ class Endpoint:
         self._idle_workers: list[_Worker] = []  # parked request workers, the last parked first
         self._id_prefix = secrets.token_bytes(ID_SIZE - 8)
         self._id_counter = 0
+        self._now = trio.lowlevel.current_clock().current_time  # trio.current_time() without its two calls
         self._closed = False
         host.attach(identity, _Attachment(self._receive, signer, directory, verifier, self._connection_lost,
                                           self._holds, self.aclose))
@@ -408,7 +411,7 @@ class Endpoint:
         if len(self._pending) >= self._max_pending:
             raise BusError(f"too many pending requests ({self._max_pending})")
         msg_id, data = self._make(MessageType.REQUEST, kind, to, body)
-        now = trio.current_time()
+        now = self._now()
         slot = _Pending(to, kind, math.inf if timeout is None else now + timeout)
         self._pending[msg_id] = slot
         try:
@@ -855,4 +858,4 @@ class Endpoint:
             log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
 
     def _message(self, env: Envelope) -> Message:
-        return Message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._host.now_ms(), env.type)
+        return _new_message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._host.now_ms(), env.type)

@@ -208,7 +208,12 @@ class _StreamConnection:
         socket did not take (empty when it took it all): the caller must send that,
         with :meth:`send_raw`, before any other frame. A socket that fails leaves
         the connection broken and returns the whole frame (send_raw then raises)."""
-        data = encode_frame(payload, self._max)
+        return self.try_send_frame(encode_frame(payload, self._max))
+
+    def try_send_frame(self, data: bytes | bytearray) -> bytes:
+        """:meth:`try_send` for a whole frame, its length prefix included (as
+        :func:`bus.framing.encode_frame` makes it, or ``Channel.seal(...,
+        framed=True)``), within the frame limit: written as it is, with no copy."""
         if self._tls is not None:  # encrypted and written here; the rest is the TLS stream's to send
             try:
                 return self._tls.write_now(data)
@@ -233,7 +238,15 @@ class _StreamConnection:
             raise FrameError(f"frame payload of {len(payload)} bytes exceeds the maximum of {self._max}")
         await self._send(payload, framed=True)
 
-    async def _send(self, payload: bytes, *, framed: bool) -> None:
+    async def send_frame(self, frame: bytes | bytearray) -> None:
+        """Send a whole frame, its length prefix included (see :meth:`try_send_frame`),
+        as it is: one write, with no copy of a large payload."""
+        if len(frame) - FRAME_HEADER_SIZE > self._max or len(frame) < FRAME_HEADER_SIZE:
+            raise FrameError(f"frame payload of {len(frame) - FRAME_HEADER_SIZE} bytes exceeds the maximum "
+                             f"of {self._max}")
+        await self._send(frame, framed=False, whole=True)
+
+    async def _send(self, payload: bytes, *, framed: bool, whole: bool = False) -> None:
         if self._closed:
             raise ClosedError("connection closed")
         if self._broken:
@@ -244,7 +257,9 @@ class _StreamConnection:
             await self._send_lock.acquire()
         try:
             try:
-                if not framed:
+                if whole:
+                    await self._stream.send_all(payload)
+                elif not framed:
                     if self._tls is not None:  # the rest of a try_send is in the TLS stream's backlog
                         await self._tls.flush()
                     else:
