@@ -220,8 +220,8 @@ class _StreamConnection:
             except trio.BrokenResourceError:
                 self._broken = "send failed: TLS"
                 return data
-        try:
-            written = os.write(self._try_fd(), data)  # the socket is non-blocking (trio's)
+        try:  # (the caller checked can_try_send: -1 here only if the socket closed meanwhile)
+            written = os.write(self._stream.socket.fileno(), data)  # the socket is non-blocking (trio's)
         except BlockingIOError:
             return data
         except OSError as exc:
