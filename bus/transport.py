@@ -170,6 +170,8 @@ class _StreamConnection:
         self._reader: trio.abc.ReceiveStream = (
             _ReadFirst(stream) if type(stream) is trio.SocketStream else stream)
         self._tls = stream if type(stream) is _TlsStream else None
+        # plain TCP receives a large frame's body in place (FrameDecoder.reserve)
+        self._receive_into = self._reader.receive_into if type(self._reader) is _ReadFirst else None
 
     @property
     def max_payload(self) -> int:
@@ -285,21 +287,27 @@ class _StreamConnection:
                 raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
             if self._eof:
                 return None
-            size = min(max(self._decoder.pending, _RECEIVE_SIZE), _MAX_RECEIVE_SIZE)
+            into = None if self._receive_into is None else self._decoder.reserve()
             try:
-                data = await self._reader.receive_some(size)
+                if into is not None:  # the rest of a large body, read where it goes
+                    got = await self._receive_into(into[:_MAX_RECEIVE_SIZE])
+                    data = b""
+                else:
+                    size = min(max(self._decoder.pending, _RECEIVE_SIZE), _MAX_RECEIVE_SIZE)
+                    data = await self._reader.receive_some(size)
+                    got = len(data)
             except trio.ClosedResourceError:
                 raise ClosedError("connection closed") from None
             except (trio.BrokenResourceError, OSError) as exc:
                 self._broken = f"receive failed: {type(exc).__name__}"
                 continue
-            if not data:
+            if not got:
                 if self._decoder.buffered:
                     self._broken = f"peer disconnected mid-frame ({self._decoder.buffered} bytes)"
                 self._eof = True
                 continue
             try:
-                frames = self._decoder.feed(data)
+                frames = self._decoder.filled(got) if into is not None else self._decoder.feed(data)
             except FrameError as exc:
                 self._broken = str(exc)
                 continue
@@ -373,6 +381,35 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
             self._unyielded_bytes += len(data)
             self._drained = len(data) < size
             return data
+
+    async def receive_into(self, view: memoryview) -> int:
+        """:meth:`receive_some` into ``view`` (a non-empty writable view): how many bytes
+        were written at its start (0 at the end of the stream); no bytes object made."""
+        size = len(view)
+        fd = self.socket.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket is closed")
+        if self._drained:
+            await trio.lowlevel.wait_readable(fd)
+            self._unyielded = self._unyielded_bytes = 0
+        elif self._unyielded >= _READS_BEFORE_YIELD or self._unyielded_bytes >= _BYTES_BEFORE_YIELD:
+            await trio.lowlevel.checkpoint()
+            self._unyielded = self._unyielded_bytes = 0
+        while True:
+            try:
+                n = os.readv(fd, [view])  # the socket is non-blocking (trio's)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                self._unyielded = self._unyielded_bytes = 0
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"receive failed: {type(exc).__name__}") from exc
+            self._unyielded += 1
+            self._unyielded_bytes += n
+            self._drained = n < size
+            return n
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.stream.send_all(data)
