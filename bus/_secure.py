@@ -7,7 +7,9 @@ protocol; the node decides when to prove whom).
 envelope and whose ``receive`` returns the next envelope, recording on the way
 the identity proofs the other side sends (``channel.claims``). A frame that
 fails authentication (forged, changed, replayed, reordered) breaks the
-connection. Frames larger than :data:`THREAD_SEAL_BYTES` are sealed and opened
+connection. On a byte stream (a transport with ``send_frame``) a frame is sealed
+behind its length prefix and written as it is. Frames larger than
+:data:`THREAD_SEAL_BYTES` are sealed and opened
 in a worker thread, one at a time per direction, so
 the order of counters is the order on the wire.
 """

@@ -12,7 +12,11 @@ server context requires client certificates). A TCP connection, plain or under T
 first when the last read filled its buffer and waits for readability first when
 it did not (trio's socket would make a read that fails, or a trip through the
 event loop, per frame), yielding at least every few reads; the frames one read
-completed are returned one after the other with no further read. In-memory connections carry the same payloads over bounded trio
+completed are returned one after the other with no further read; on plain TCP the
+rest of a large frame's body is read in place (:meth:`FrameDecoder.reserve`), so a
+frame may come as a bytearray only its receiver holds. A frame already framed
+(``send_frame``/``try_send_frame``: a channel seals behind the length prefix) is
+written as it is. In-memory connections carry the same payloads over bounded trio
 channels, with the same size limit. By default a transport carries frames of the
 default envelope limit plus a channel frame's overhead (so a default node's
 largest envelope fits on a channel); a transport given a smaller limit makes the
@@ -108,8 +112,8 @@ def parse_address(text: str) -> Address:
 class Connection(Protocol):
     """A framed, bidirectional message connection.
 
-    ``send`` writes one payload; ``receive`` returns the next payload or
-    ``None`` at a clean end of stream; both raise :class:`ClosedError` after
+    ``send`` writes one payload; ``receive`` returns the next payload (bytes, or
+    a bytearray nobody else holds) or ``None`` at a clean end of stream; both raise :class:`ClosedError` after
     :meth:`aclose` and :class:`BrokenError` when the connection broke
     (including a stream that ended mid-frame or an oversized frame).
     ``receive`` may be cancelled and called again without losing bytes.
@@ -126,7 +130,7 @@ class Connection(Protocol):
 
     async def send(self, payload: bytes) -> None: ...
 
-    async def receive(self) -> bytes | None: ...
+    async def receive(self) -> bytes | bytearray | None: ...
 
     async def aclose(self) -> None: ...
 
