@@ -291,7 +291,8 @@ class _StreamConnection:
                 raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
             if self._eof:
                 return None
-            into = None if self._receive_into is None else self._decoder.reserve()
+            # (a frame under way is the only one that may be received in place)
+            into = None if self._receive_into is None or self.partial_since is None else self._decoder.reserve()
             try:
                 if into is not None:  # the rest of a large body, read where it goes
                     got = await self._receive_into(into[:_MAX_RECEIVE_SIZE])
