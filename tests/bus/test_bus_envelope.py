@@ -469,3 +469,18 @@ def test_extension_types_anywhere_in_a_compact_envelope_are_malformed(body, ext,
     wire = encode_compact(mtype, None if reply else "kind", 7, 3 if reply else None, "alice", "bob", body)
     env = decode_envelope(wire)
     assert env.sender == "alice" and env.recipient == "bob" and env.encode() == wire
+
+
+def test_decoded_envelopes_are_the_same_frozen_dataclass_as_constructed_ones():
+    """The decoder builds envelopes through their slots (a faster constructor): they are
+    still equal to, hash like, and are as frozen as ones made by ``Envelope(...)``."""
+    from bus import encode_compact
+
+    env = decode_envelope(encode_compact(MessageType.REQUEST, "kind", 7, None, "alice", "bob", {"a": [1, b"x"]}))
+    same = Envelope(2, MessageType.REQUEST, "kind", 7, None, "alice", "bob", 0, b"", {"a": [1, b"x"]}, b"")
+    assert env == same and type(env) is Envelope and env.type is MessageType.REQUEST
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.body = "changed"  # type: ignore[misc]
+    assert dataclasses.replace(env, kind="other").kind == "other"
+    hashable = Envelope(2, MessageType.REQUEST, "kind", 7, None, "alice", "bob", 0, b"", b"x", b"")
+    assert hash(decode_envelope(encode_compact(MessageType.REQUEST, "kind", 7, None, "alice", "bob", b"x"))) == hash(hashable)
