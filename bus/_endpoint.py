@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from ._pubsub import DROPPED, SUBSCRIBE, UNSUBSCRIBE, Subscription, _Subscriptions, _Topics
-from ._stats import EndpointStatistics, _Counter
+from ._stats import EndpointStatistics, _KindPeerCounter
 from .envelope import (
     ID_SIZE,
     MAX_AGENT_ID_LENGTH,
@@ -61,6 +61,7 @@ from .envelope import (
     Signer,
     Verifier,
     _packb,
+    _slot_constructor,
     encode_compact,
     verify_envelope,
 )
@@ -95,6 +96,7 @@ class Message:
 
 
 Handler = Callable[[Message], Awaitable[Any]]
+_new_message = _slot_constructor(Message)
 
 
 class _Host(Protocol):
@@ -320,7 +322,7 @@ class Endpoint:
             raise BusError("need 1 <= max_concurrent_per_sender <= max_concurrent")
         self._concurrency = trio.Semaphore(max_concurrent)
         self._max_per_sender = max_concurrent_per_sender
-        self._in_flight: Counter[str] = Counter()  # requests being handled, by sender
+        self._in_flight: dict[str, int] = {}  # requests being handled, by sender (no zero entries)
         self._max_pending = max_pending
         self._pending: dict[bytes | int, _Pending] = {}
         self._expiry_at = math.inf  # when _expire wakes next (trio time)
@@ -337,10 +339,8 @@ class Endpoint:
             send=self.send,
         )
         self._subscriptions = _Subscriptions(request=self.request, send=self.send, path_to=host.path_to)
-        self._sent_kind = _Counter()
-        self._sent_peer = _Counter()
-        self._recv_kind = _Counter()
-        self._recv_peer = _Counter()
+        self._sent = _KindPeerCounter()
+        self._received = _KindPeerCounter()
         self._rejected: Counter[str] = Counter()
         self._error_replies = 0
         self._quick_runs = 0  # requests answered by a quick handler in the delivering task
@@ -348,6 +348,7 @@ class Endpoint:
         self._idle_workers: list[_Worker] = []  # parked request workers, the last parked first
         self._id_prefix = secrets.token_bytes(ID_SIZE - 8)
         self._id_counter = 0
+        self._now = trio.lowlevel.current_clock().current_time  # trio.current_time() without its two calls
         self._closed = False
         host.attach(identity, _Attachment(self._receive, signer, directory, verifier, self._connection_lost,
                                           self._holds, self.aclose))
@@ -408,7 +409,7 @@ class Endpoint:
         if len(self._pending) >= self._max_pending:
             raise BusError(f"too many pending requests ({self._max_pending})")
         msg_id, data = self._make(MessageType.REQUEST, kind, to, body)
-        now = trio.current_time()
+        now = self._now()
         slot = _Pending(to, kind, math.inf if timeout is None else now + timeout)
         self._pending[msg_id] = slot
         try:
@@ -472,10 +473,10 @@ class Endpoint:
     def statistics(self) -> EndpointStatistics:
         return EndpointStatistics(
             identity=self._identity,
-            sent_by_kind=self._sent_kind.snapshot(),
-            received_by_kind=self._recv_kind.snapshot(),
-            sent_by_peer=self._sent_peer.snapshot(),
-            received_by_peer=self._recv_peer.snapshot(),
+            sent_by_kind=self._sent.by_kind(),
+            received_by_kind=self._received.by_kind(),
+            sent_by_peer=self._sent.by_peer(),
+            received_by_peer=self._received.by_peer(),
             rejected=MappingProxyType(dict(self._rejected)),
             pending_requests=len(self._pending),
             inbox=self._inbox_send.statistics().current_buffer_used,
@@ -550,8 +551,7 @@ class Endpoint:
         return conn
 
     def _count_sent(self, to: str, kind: str, size: int) -> None:
-        self._sent_kind.add(kind, size)
-        self._sent_peer.add(to, size)
+        self._sent.add(kind, to, size)
 
     async def _expire(self) -> None:
         """Fail the requests whose reply did not come in time (those sent without a
@@ -585,7 +585,11 @@ class Endpoint:
             return self._make(mtype, request.kind, request.sender, body, request.msg_id)[1]
 
         try:
-            data = answer(mtype, body)
+            if type(request.msg_id) is int and not self._host.signs_envelopes:  # compact: no detour
+                data = encode_compact(mtype, None, self._host.next_id(), request.msg_id, self._identity,
+                                      request.sender, body)
+            else:
+                data = answer(mtype, body)
         except EnvelopeError:
             log.warning("bus: %s: reply to %r cannot be encoded", self._identity, request.kind)
             data = answer(MessageType.ERROR, {"code": "internal", "message": "internal error"})
@@ -704,8 +708,7 @@ class Endpoint:
             pass
 
     def _count_received(self, kind: str, peer: str, size: int) -> None:
-        self._recv_kind.add(kind, size)
-        self._recv_peer.add(peer, size)
+        self._received.add(kind, peer, size)
 
     def _holds(self, conn: Connection) -> bool:
         return (
@@ -736,13 +739,15 @@ class Endpoint:
     def _take_slots(self, env: Envelope) -> bool:
         """Take a request's slots (one of the endpoint's, one of its sender's) if both
         are free now; False: nothing taken."""
-        if self._in_flight[env.sender] >= self._max_per_sender:
+        sender = env.sender
+        held = self._in_flight.get(sender, 0)
+        if held >= self._max_per_sender:
             return False
         try:
             self._concurrency.acquire_nowait()
         except trio.WouldBlock:
             return False
-        self._in_flight[env.sender] += 1
+        self._in_flight[sender] = held + 1
         return True
 
     def _run_request(self, nursery: trio.Nursery, env: Envelope, conn: Connection | None) -> None:
@@ -782,10 +787,11 @@ class Endpoint:
             async for env, conn in self._inbox_recv:
                 self._inbox_queued -= 1
                 if env.type == MessageType.REQUEST:
-                    if self._in_flight[env.sender] >= self._max_per_sender:
+                    held = self._in_flight.get(env.sender, 0)
+                    if held >= self._max_per_sender:
                         self._busy(env, conn)
                         continue
-                    self._in_flight[env.sender] += 1
+                    self._in_flight[env.sender] = held + 1
                     await self._concurrency.acquire()
                     self._run_request(nursery, env, conn)
                 else:
@@ -797,8 +803,10 @@ class Endpoint:
         finally:
             # the slots are freed before the reply is sent: sending never holds them
             self._concurrency.release()
-            self._in_flight[env.sender] -= 1
-            if not self._in_flight[env.sender]:
+            held = self._in_flight[env.sender] - 1
+            if held:
+                self._in_flight[env.sender] = held
+            else:
                 del self._in_flight[env.sender]
         await self._reply(env, conn, mtype, body)
 
@@ -855,4 +863,4 @@ class Endpoint:
             log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
 
     def _message(self, env: Envelope) -> Message:
-        return Message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._host.now_ms(), env.type)
+        return _new_message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._host.now_ms(), env.type)

@@ -7,7 +7,9 @@ protocol; the node decides when to prove whom).
 envelope and whose ``receive`` returns the next envelope, recording on the way
 the identity proofs the other side sends (``channel.claims``). A frame that
 fails authentication (forged, changed, replayed, reordered) breaks the
-connection. Frames larger than :data:`THREAD_SEAL_BYTES` are sealed and opened
+connection. On a byte stream (a transport with ``send_frame``) a frame is sealed
+behind its length prefix and written as it is. Frames larger than
+:data:`THREAD_SEAL_BYTES` are sealed and opened
 in a worker thread, one at a time per direction, so
 the order of counters is the order on the wire.
 """
@@ -46,6 +48,12 @@ class ChannelConnection:
         self.source = getattr(conn, "source", conn.peer)
         self._claimed = trio.lowlevel.ParkingLot()
         self._ended = False
+        inner = getattr(conn, "max_payload", None)
+        self._limit = None if inner is None else inner - CHANNEL_OVERHEAD  # (a transport's limit is fixed)
+        # a byte stream takes whole frames sealed behind their length prefix (no copy to frame them)
+        self._send_frame = getattr(conn, "send_frame", None)
+        self._try_send_frame = getattr(conn, "try_send_frame", None)
+        self._can_try_send = getattr(conn, "can_try_send", None)
 
     @property
     def partial_since(self) -> float | None:
@@ -60,35 +68,41 @@ class ChannelConnection:
     def max_payload(self) -> int | None:
         """The largest envelope this connection carries (the transport's frame
         limit less the channel's overhead), None if the transport does not say."""
-        inner = getattr(self.inner, "max_payload", None)
-        return None if inner is None else inner - CHANNEL_OVERHEAD
+        return self._limit
 
-    async def _seal(self, frame_type: int, payload: bytes) -> bytes:
+    async def _seal(self, frame_type: int, payload: bytes, framed: bool = False) -> bytes | bytearray:
         if len(payload) >= THREAD_SEAL_BYTES:
-            return await trio.to_thread.run_sync(self.channel.seal, frame_type, payload)
-        return self.channel.seal(frame_type, payload)
+            return await trio.to_thread.run_sync(lambda: self.channel.seal(frame_type, payload, framed=framed))
+        return self.channel.seal(frame_type, payload, framed=framed)
+
+    async def _send_sealed(self, frame_type: int, payload: bytes) -> None:
+        if self._send_frame is not None:  # sealed behind the frame header: one buffer, written as it is
+            await self._send_frame(await self._seal(frame_type, payload, True))
+        else:
+            await self.inner.send(await self._seal(frame_type, payload))
 
     async def send(self, payload: bytes) -> None:
         """Send one envelope (called by one writer task, in order). FrameError,
         before any counter is used, when it would not fit the transport's frame."""
-        limit = self.max_payload
+        limit = self._limit
         if limit is not None and len(payload) > limit:
             raise FrameError(f"envelope of {len(payload)} bytes exceeds this channel's {limit}-byte limit")
-        await self.inner.send(await self._seal(ENVELOPE, payload))
+        await self._send_sealed(ENVELOPE, payload)
 
     def can_try_send(self) -> bool:
         """Whether :meth:`try_send` may be called now (the transport can write at once)."""
-        inner = getattr(self.inner, "can_try_send", None)
-        return inner is not None and inner()
+        return self._can_try_send is not None and self._can_try_send()
 
     def try_send(self, payload: bytes) -> bytes:
         """Seal one envelope and write it at once (see the transport's ``try_send``,
         whose conditions apply); returns the rest of the sealed frame to send with
         :meth:`send_raw` before any other frame. FrameError, before any counter is
         used, when it would not fit the transport's frame."""
-        limit = self.max_payload
+        limit = self._limit
         if limit is not None and len(payload) > limit:
             raise FrameError(f"envelope of {len(payload)} bytes exceeds this channel's {limit}-byte limit")
+        if self._try_send_frame is not None:
+            return self._try_send_frame(self.channel.seal(ENVELOPE, payload, framed=True))
         return self.inner.try_send(self.channel.seal(ENVELOPE, payload))  # type: ignore[attr-defined]
 
     async def send_raw(self, data: bytes) -> None:
@@ -97,11 +111,11 @@ class ChannelConnection:
 
     async def send_proof(self, payload: bytes) -> None:
         """Send one identity proof (a PROOF payload made by the channel)."""
-        await self.inner.send(await self._seal(PROOF, payload))
+        await self._send_sealed(PROOF, payload)
 
     async def send_control(self, frame_type: int, payload: bytes) -> None:
         """Send one PROOF or WANT frame."""
-        await self.inner.send(await self._seal(frame_type, payload))
+        await self._send_sealed(frame_type, payload)
 
     async def receive(self) -> bytes | None:
         """The next envelope's bytes; proofs are recorded on the way. BrokenError

@@ -78,19 +78,31 @@ class NodeStatistics:
     the connection caps but are not yet in ``incoming_connections``)."""
 
 
-class _Counter:
-    __slots__ = ("_data",)
+class _KindPeerCounter:
+    """Traffic counted by kind and by peer at once (one call per message)."""
+
+    __slots__ = ("_kinds", "_peers")
 
     def __init__(self) -> None:
-        self._data: dict[str, list[int]] = {}
+        self._kinds: dict[str, list[int]] = {}
+        self._peers: dict[str, list[int]] = {}
 
-    def add(self, key: str, nbytes: int) -> None:
-        entry = self._data.get(key)
+    def add(self, kind: str, peer: str, nbytes: int) -> None:
+        entry = self._kinds.get(kind)
         if entry is None:
-            self._data[key] = [1, nbytes]
+            self._kinds[kind] = [1, nbytes]
+        else:
+            entry[0] += 1
+            entry[1] += nbytes
+        entry = self._peers.get(peer)
+        if entry is None:
+            self._peers[peer] = [1, nbytes]
         else:
             entry[0] += 1
             entry[1] += nbytes
 
-    def snapshot(self) -> Mapping[str, Traffic]:
-        return MappingProxyType({k: Traffic(m, b) for k, (m, b) in self._data.items()})
+    def by_kind(self) -> Mapping[str, Traffic]:
+        return MappingProxyType({k: Traffic(m, b) for k, (m, b) in self._kinds.items()})
+
+    def by_peer(self) -> Mapping[str, Traffic]:
+        return MappingProxyType({k: Traffic(m, b) for k, (m, b) in self._peers.items()})

@@ -92,6 +92,7 @@ _SEAL_INTO_BYTES = 64 * 1024
 """Frames from this size are sealed into one buffer with the type byte (a copy of a
 large frame saved); smaller ones as ``type + ciphertext`` (bytes)."""
 _ZERO_DH = bytes(32)
+_NONCE = struct.Struct("<Q4x")
 
 
 class ChannelError(BusError):
@@ -206,21 +207,29 @@ class Channel:
 
     # ------------------------------------------------------------ frames
 
-    @staticmethod
-    def _nonce(counter: int) -> bytes:
-        return struct.pack("<Q", counter) + b"\x00\x00\x00\x00"
+    _nonce = staticmethod(_NONCE.pack)
+    """The 12-byte nonce of a frame counter: u64le(counter) || 4 zero bytes."""
 
-    def seal(self, frame_type: int, payload: bytes) -> bytes | bytearray:
+    def seal(self, frame_type: int, payload: bytes, *, framed: bool = False) -> bytes | bytearray:
         """The next outgoing frame carrying ``payload`` (call in send order); a large
-        one as a bytearray (written once by the cipher, not copied after it)."""
+        one as a bytearray (written once by the cipher, not copied after it).
+        ``framed``: preceded by the 4-byte big-endian length of the rest, the
+        header of a transport frame (:mod:`bus.framing`), so a byte stream writes
+        the result as it is, with no copy to put a header in front."""
         if self._send_counter >= _MAX_COUNTER:
             raise ChannelError("channel exhausted its nonces; reconnect")
         kind = _TYPES[frame_type]
-        nonce = self._nonce(self._send_counter)
+        nonce = _NONCE.pack(self._send_counter)
         if _ENCRYPT_INTO and len(payload) >= _SEAL_INTO_BYTES:  # the type byte and the ciphertext in one buffer
-            frame = bytearray(1 + len(payload) + _TAG_SIZE)
-            frame[0] = kind[0]
-            self._send_aead.encrypt_into(nonce, payload, kind, memoryview(frame)[1:])
+            start = 4 if framed else 0
+            frame = bytearray(start + 1 + len(payload) + _TAG_SIZE)
+            if framed:
+                frame[:4] = (len(frame) - 4).to_bytes(4, "big")
+            frame[start] = kind[0]
+            self._send_aead.encrypt_into(nonce, payload, kind, memoryview(frame)[start + 1:])
+        elif framed:
+            frame = ((len(payload) + CHANNEL_OVERHEAD).to_bytes(4, "big") + kind
+                     + self._send_aead.encrypt(nonce, payload, kind))
         else:
             frame = kind + self._send_aead.encrypt(nonce, payload, kind)
         self._send_counter += 1
@@ -231,9 +240,11 @@ class Channel:
         forged, changed, replayed, reordered or is not a channel frame."""
         if len(frame) < CHANNEL_OVERHEAD or frame[0] not in (ENVELOPE, PROOF, WANT):
             raise ChannelError("not a channel frame")
-        try:
-            payload = self._receive_aead.decrypt(self._nonce(self._receive_counter), memoryview(frame)[1:],
-                                                 bytes(frame[:1]))
+        try:  # (a small frame's ciphertext is sliced out: cheaper than a view for the cipher)
+            payload = self._receive_aead.decrypt(
+                _NONCE.pack(self._receive_counter),
+                frame[1:] if len(frame) < _SEAL_INTO_BYTES else memoryview(frame)[1:],
+                _TYPES[frame[0]])
         except InvalidTag:
             raise ChannelError("a frame failed authentication (forged, replayed or reordered)") from None
         self._receive_counter += 1

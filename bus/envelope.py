@@ -262,6 +262,26 @@ class Envelope:
         return env, b"".join((b"\x9b", memoryview(packed)[1:], _packb(signature)))
 
 
+def _slot_constructor(cls: type) -> Callable[..., Any]:
+    """A constructor of the frozen, slotted dataclass ``cls`` taking its fields in order,
+    for the hot paths: it fills the slots through their descriptors (what the
+    generated ``__init__`` does through ``object.__setattr__``, one global and
+    attribute look-up per field, at about twice the cost). The instance is the same:
+    equal, hashed, frozen and replaced as any other."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    for i, name in enumerate(names):
+        namespace[f"_set{i}"] = getattr(cls, name).__set__
+    lines = [f"def new({', '.join(names)}):", "    obj = _new(_cls)"]
+    lines += [f"    _set{i}(obj, {name})" for i, name in enumerate(names)]
+    lines.append("    return obj")
+    exec("\n".join(lines), namespace)  # (the names are the dataclass's own fields)
+    return namespace["new"]
+
+
+_new_envelope = _slot_constructor(Envelope)
+
+
 def encode_compact(mtype: int, kind: str | None, msg_id: int, correlation_id: int | None, sender: str,
                    recipient: str, body: Any) -> bytes:
     """A compact (version 2) envelope's wire bytes: what a channel or an agent of the
@@ -282,8 +302,10 @@ def encode_compact(mtype: int, kind: str | None, msg_id: int, correlation_id: in
         _check_str("kind", kind, MAX_KIND_LENGTH)
     if type(msg_id) is not int or not 0 <= msg_id <= _MAX_COMPACT_ID:
         raise EnvelopeError("malformed", "msg_id must be an unsigned 64-bit int")
-    _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
-    _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
+    if type(sender) is not str or not 0 < len(sender) <= MAX_AGENT_ID_LENGTH:
+        _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
+    if type(recipient) is not str or not 0 < len(recipient) <= MAX_AGENT_ID_LENGTH:
+        _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
     return _packb([COMPACT_VERSION, int(mtype), kind, msg_id, correlation_id, sender, recipient, body])
 
 
@@ -383,18 +405,22 @@ def _decode_checked(data: bytes, max_objects: int) -> Envelope:
     if type(fields) is not list or len(fields) not in (_FIELD_COUNT, _COMPACT_FIELD_COUNT):
         raise EnvelopeError("malformed", f"envelope must be an array of {_FIELD_COUNT} fields "
                                          f"(or {_COMPACT_FIELD_COUNT}: compact)")
-    if not _only_plain(fields):
-        raise EnvelopeError("malformed", "msgpack extension types (e.g. timestamps) are not allowed")
     if len(fields) == _COMPACT_FIELD_COUNT:
-        return _compact_fields(fields)
-    version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig = fields
-    if type(mtype) is not int or mtype not in _TYPE_CODES:
-        raise EnvelopeError("malformed", "unknown message type")
-    if type(sig) is not bytes or len(sig) > MAX_SIGNATURE_SIZE:
-        raise EnvelopeError("malformed", f"signature must be 0..{MAX_SIGNATURE_SIZE} bytes")
-    mtype = MessageType(mtype)
-    _check_values(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body)
-    return Envelope(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig)
+        env = _compact_fields(fields)
+    else:
+        version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig = fields
+        if type(mtype) is not int or mtype not in _TYPE_CODES:
+            raise EnvelopeError("malformed", "unknown message type")
+        if type(sig) is not bytes or len(sig) > MAX_SIGNATURE_SIZE:
+            raise EnvelopeError("malformed", f"signature must be 0..{MAX_SIGNATURE_SIZE} bytes")
+        mtype = _TYPE_OF[mtype]
+        _check_values(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body)
+        env = _new_envelope(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig)
+    # every field but the body was checked for its exact plain type above
+    body = env.body
+    if type(body) not in _PLAIN and not ((type(body) is list or type(body) is dict) and _only_plain(body)):
+        raise EnvelopeError("malformed", "msgpack extension types (e.g. timestamps) are not allowed")
+    return env
 
 
 def _compact_fields(fields: list[Any]) -> Envelope:
@@ -420,9 +446,11 @@ def _compact_fields(fields: list[Any]) -> Envelope:
         _check_str("kind", kind, MAX_KIND_LENGTH)
         if corr is not None:
             raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
-    _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
-    _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
-    return Envelope(COMPACT_VERSION, mtype, kind, msg_id, corr, sender, recipient, 0, b"", body, b"")
+    if type(sender) is not str or not 0 < len(sender) <= MAX_AGENT_ID_LENGTH:
+        _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
+    if type(recipient) is not str or not 0 < len(recipient) <= MAX_AGENT_ID_LENGTH:
+        _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
+    return _new_envelope(COMPACT_VERSION, mtype, kind, msg_id, corr, sender, recipient, 0, b"", body, b"")
 
 
 def _decode_local(data: bytes) -> Envelope:
@@ -437,8 +465,8 @@ def _decode_local(data: bytes) -> Envelope:
     except Exception as exc:
         raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None
     if len(f) == _COMPACT_FIELD_COUNT:
-        return Envelope(COMPACT_VERSION, _TYPE_OF[f[1]], f[2], f[3], f[4], f[5], f[6], 0, b"", f[7], b"")
-    return Envelope(f[0], _TYPE_OF[f[1]], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10])
+        return _new_envelope(COMPACT_VERSION, _TYPE_OF[f[1]], f[2], f[3], f[4], f[5], f[6], 0, b"", f[7], b"")
+    return _new_envelope(f[0], _TYPE_OF[f[1]], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10])
 
 
 class ReplayGuard:

@@ -19,6 +19,8 @@ __all__ = [
 from .errors import FrameError
 
 FRAME_HEADER_SIZE = 4
+RESERVE_MIN = 256 * 1024
+"""Bodies from this size may be received in place (:meth:`FrameDecoder.reserve`)."""
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 _ABSOLUTE_MAX = 2**32 - 1
 
@@ -48,11 +50,17 @@ class FrameDecoder:
     for). Only bytes that arrived are held: a header announcing a large frame
     reserves nothing.
 
+    A reader may instead receive the rest of a large frame's body straight into
+    the decoder's buffer (:meth:`reserve`, then :meth:`filled`): no pieces joined
+    at the end. That buffer is made only once at least half of a body of at least
+    :data:`RESERVE_MIN` bytes arrived, so what a frame holds stays under twice the
+    bytes that arrived.
+
     After a :class:`FrameError` the decoder is broken (a byte stream cannot be
     resynchronised) and every further ``feed`` raises again.
     """
 
-    __slots__ = ("_max", "_head", "_parts", "_have", "_need", "_error")
+    __slots__ = ("_max", "_head", "_parts", "_have", "_need", "_error", "_into")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
         self._max = _check_max(max_frame_size)
@@ -61,6 +69,7 @@ class FrameDecoder:
         self._have = 0  # bytes in _parts
         self._need: int | None = None  # body length of the frame being read
         self._error: FrameError | None = None
+        self._into: bytearray | None = None  # the body being received in place (see reserve)
 
     @property
     def max_frame_size(self) -> int:
@@ -83,11 +92,51 @@ class FrameDecoder:
         the next frame's size is not known yet)."""
         return 0 if self._need is None else self._need - self._have
 
+    def reserve(self) -> memoryview | None:
+        """Where to receive the rest of the frame being read (a writable view of the
+        missing part of its body; tell :meth:`filled` how much was written), or None:
+        give the next bytes to :meth:`feed`. A view only for a body of at least
+        :data:`RESERVE_MIN` bytes once at least half of it arrived (its buffer is
+        then made, and what arrived moved into it, once)."""
+        need = self._need
+        if need is None or need < RESERVE_MIN or self._error is not None:
+            return None
+        if self._into is None:
+            if 2 * self._have < need:
+                return None
+            into = bytearray(need)
+            pos = 0
+            for part in self._parts:
+                into[pos : pos + len(part)] = part
+                pos += len(part)
+            self._parts = []
+            self._into = into
+        return memoryview(self._into)[self._have :]
+
+    def filled(self, n: int) -> list[bytes | bytearray]:
+        """``n`` bytes were written at the start of the last :meth:`reserve` view: the
+        frame (a bytearray nobody else holds) once its body is complete."""
+        if self._into is None or not 0 <= n <= self.pending:
+            raise ValueError("filled() without a reserved view, or beyond it")
+        self._have += n
+        if self._have < self._need:  # type: ignore[operator]
+            return []
+        frame, self._into = self._into, None
+        self._have = 0
+        self._need = None
+        return [frame]
+
     def feed(self, data: bytes) -> list[bytes]:
         if self._error is not None:
             raise FrameError(f"decoder is broken by an earlier error: {self._error}")
         if type(data) is not bytes:
             data = bytes(data)  # views of it are kept: it must not change under them
+        if self._into is not None:  # a body being received in place: the rest of it goes there
+            take = min(self.pending, len(data))
+            view = self.reserve()
+            view[:take] = data[:take]  # type: ignore[index]
+            done = self.filled(take)
+            return done + self.feed(data[take:]) if take < len(data) else done
         end = len(data)
         if self._need is None and not self._head and end >= FRAME_HEADER_SIZE:
             # the common case of a small message: exactly one whole frame in this read

@@ -300,6 +300,7 @@ class Node:
         self._broken = 0
         self._refused = 0
         self._ids = itertools.count(1)  # compact envelope ids (see next_id)
+        self._now = trio.lowlevel.current_clock().current_time  # trio.current_time() without its two calls
         self._closed = False
 
     # ------------------------------------------------------------ public API
@@ -550,7 +551,7 @@ class Node:
         if the queue has room; False: no room (nothing done)."""
         if box.idle and len(data) < TRY_SEND_BYTES and getattr(conn, "can_try_send", bool)():
             rest = conn.try_send(data)  # type: ignore[attr-defined]
-            box.last_sent = trio.current_time()
+            box.last_sent = self._now()
             if rest:
                 box.put_nowait(rest, _RAW)
             return True
@@ -889,6 +890,7 @@ class Node:
     async def _read(self, conn: Connection, seen: list[float | None]) -> None:
         """Receive, decode and deliver ``conn``'s frames until it ends or must close."""
         frames = 0
+        now = self._now
         while True:
             try:
                 data = await conn.receive()
@@ -900,12 +902,15 @@ class Node:
                 break
             if data is None:
                 break
-            seen[0] = trio.current_time()
+            seen[0] = now()
             frames += 1
             self._frames_received += 1
             self._bytes_received += len(data)
-            try:  # (a small frame decoded here: no coroutine per frame)
-                env = self._decode(data) if len(data) <= self._thread_objects else await self._decode_frame(data)
+            try:  # (a small frame decoded here, as decode_envelope would: no coroutine per frame)
+                if len(data) <= self._thread_objects:  # (<= max_objects: no structure walk needed)
+                    env = _decode_checked(data, self._max_objects)
+                else:
+                    env = await self._decode_frame(data)
             except EnvelopeError as exc:
                 if frames == 1 and not self._channels and is_channel_hello(data):
                     self._dropped["handshake-failed"] += 1  # a channel node calling a signed-mode one

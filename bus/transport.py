@@ -12,7 +12,11 @@ server context requires client certificates). A TCP connection, plain or under T
 first when the last read filled its buffer and waits for readability first when
 it did not (trio's socket would make a read that fails, or a trip through the
 event loop, per frame), yielding at least every few reads; the frames one read
-completed are returned one after the other with no further read. In-memory connections carry the same payloads over bounded trio
+completed are returned one after the other with no further read; on plain TCP the
+rest of a large frame's body is read in place (:meth:`FrameDecoder.reserve`), so a
+frame may come as a bytearray only its receiver holds. A frame already framed
+(``send_frame``/``try_send_frame``: a channel seals behind the length prefix) is
+written as it is. In-memory connections carry the same payloads over bounded trio
 channels, with the same size limit. By default a transport carries frames of the
 default envelope limit plus a channel frame's overhead (so a default node's
 largest envelope fits on a channel); a transport given a smaller limit makes the
@@ -108,8 +112,8 @@ def parse_address(text: str) -> Address:
 class Connection(Protocol):
     """A framed, bidirectional message connection.
 
-    ``send`` writes one payload; ``receive`` returns the next payload or
-    ``None`` at a clean end of stream; both raise :class:`ClosedError` after
+    ``send`` writes one payload; ``receive`` returns the next payload (bytes, or
+    a bytearray nobody else holds) or ``None`` at a clean end of stream; both raise :class:`ClosedError` after
     :meth:`aclose` and :class:`BrokenError` when the connection broke
     (including a stream that ended mid-frame or an oversized frame).
     ``receive`` may be cancelled and called again without losing bytes.
@@ -126,7 +130,7 @@ class Connection(Protocol):
 
     async def send(self, payload: bytes) -> None: ...
 
-    async def receive(self) -> bytes | None: ...
+    async def receive(self) -> bytes | bytearray | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -170,6 +174,8 @@ class _StreamConnection:
         self._reader: trio.abc.ReceiveStream = (
             _ReadFirst(stream) if type(stream) is trio.SocketStream else stream)
         self._tls = stream if type(stream) is _TlsStream else None
+        # plain TCP receives a large frame's body in place (FrameDecoder.reserve)
+        self._receive_into = self._reader.receive_into if type(self._reader) is _ReadFirst else None
 
     @property
     def max_payload(self) -> int:
@@ -208,15 +214,20 @@ class _StreamConnection:
         socket did not take (empty when it took it all): the caller must send that,
         with :meth:`send_raw`, before any other frame. A socket that fails leaves
         the connection broken and returns the whole frame (send_raw then raises)."""
-        data = encode_frame(payload, self._max)
+        return self.try_send_frame(encode_frame(payload, self._max))
+
+    def try_send_frame(self, data: bytes | bytearray) -> bytes:
+        """:meth:`try_send` for a whole frame, its length prefix included (as
+        :func:`bus.framing.encode_frame` makes it, or ``Channel.seal(...,
+        framed=True)``), within the frame limit: written as it is, with no copy."""
         if self._tls is not None:  # encrypted and written here; the rest is the TLS stream's to send
             try:
                 return self._tls.write_now(data)
             except trio.BrokenResourceError:
                 self._broken = "send failed: TLS"
                 return data
-        try:
-            written = os.write(self._try_fd(), data)  # the socket is non-blocking (trio's)
+        try:  # (the caller checked can_try_send: -1 here only if the socket closed meanwhile)
+            written = os.write(self._stream.socket.fileno(), data)  # the socket is non-blocking (trio's)
         except BlockingIOError:
             return data
         except OSError as exc:
@@ -233,7 +244,15 @@ class _StreamConnection:
             raise FrameError(f"frame payload of {len(payload)} bytes exceeds the maximum of {self._max}")
         await self._send(payload, framed=True)
 
-    async def _send(self, payload: bytes, *, framed: bool) -> None:
+    async def send_frame(self, frame: bytes | bytearray) -> None:
+        """Send a whole frame, its length prefix included (see :meth:`try_send_frame`),
+        as it is: one write, with no copy of a large payload."""
+        if len(frame) - FRAME_HEADER_SIZE > self._max or len(frame) < FRAME_HEADER_SIZE:
+            raise FrameError(f"frame payload of {len(frame) - FRAME_HEADER_SIZE} bytes exceeds the maximum "
+                             f"of {self._max}")
+        await self._send(frame, framed=False, whole=True)
+
+    async def _send(self, payload: bytes, *, framed: bool, whole: bool = False) -> None:
         if self._closed:
             raise ClosedError("connection closed")
         if self._broken:
@@ -244,7 +263,9 @@ class _StreamConnection:
             await self._send_lock.acquire()
         try:
             try:
-                if not framed:
+                if whole:
+                    await self._stream.send_all(payload)
+                elif not framed:
                     if self._tls is not None:  # the rest of a try_send is in the TLS stream's backlog
                         await self._tls.flush()
                     else:
@@ -270,21 +291,28 @@ class _StreamConnection:
                 raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
             if self._eof:
                 return None
-            size = min(max(self._decoder.pending, _RECEIVE_SIZE), _MAX_RECEIVE_SIZE)
+            # (a frame under way is the only one that may be received in place)
+            into = None if self._receive_into is None or self.partial_since is None else self._decoder.reserve()
             try:
-                data = await self._reader.receive_some(size)
+                if into is not None:  # the rest of a large body, read where it goes
+                    got = await self._receive_into(into[:_MAX_RECEIVE_SIZE])
+                    data = b""
+                else:
+                    size = min(max(self._decoder.pending, _RECEIVE_SIZE), _MAX_RECEIVE_SIZE)
+                    data = await self._reader.receive_some(size)
+                    got = len(data)
             except trio.ClosedResourceError:
                 raise ClosedError("connection closed") from None
             except (trio.BrokenResourceError, OSError) as exc:
                 self._broken = f"receive failed: {type(exc).__name__}"
                 continue
-            if not data:
+            if not got:
                 if self._decoder.buffered:
                     self._broken = f"peer disconnected mid-frame ({self._decoder.buffered} bytes)"
                 self._eof = True
                 continue
             try:
-                frames = self._decoder.feed(data)
+                frames = self._decoder.filled(got) if into is not None else self._decoder.feed(data)
             except FrameError as exc:
                 self._broken = str(exc)
                 continue
@@ -358,6 +386,35 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
             self._unyielded_bytes += len(data)
             self._drained = len(data) < size
             return data
+
+    async def receive_into(self, view: memoryview) -> int:
+        """:meth:`receive_some` into ``view`` (a non-empty writable view): how many bytes
+        were written at its start (0 at the end of the stream); no bytes object made."""
+        size = len(view)
+        fd = self.socket.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket is closed")
+        if self._drained:
+            await trio.lowlevel.wait_readable(fd)
+            self._unyielded = self._unyielded_bytes = 0
+        elif self._unyielded >= _READS_BEFORE_YIELD or self._unyielded_bytes >= _BYTES_BEFORE_YIELD:
+            await trio.lowlevel.checkpoint()
+            self._unyielded = self._unyielded_bytes = 0
+        while True:
+            try:
+                n = os.readv(fd, [view])  # the socket is non-blocking (trio's)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                self._unyielded = self._unyielded_bytes = 0
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"receive failed: {type(exc).__name__}") from exc
+            self._unyielded += 1
+            self._unyielded_bytes += n
+            self._drained = n < size
+            return n
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.stream.send_all(data)

@@ -444,3 +444,43 @@ def test_compact_encoding_checks_what_decoding_checks():
                  (1, "k", 1, None, "a", "b", object())]:
         with pytest.raises(EnvelopeError):
             encode_compact(*args)
+
+
+@given(body=msgpack_values, ext=ext_values, where=st.sampled_from(["body", "nested", *range(8)]),
+       mtype=st.sampled_from([MessageType.REQUEST, MessageType.REPLY]))
+@settings(max_examples=200, deadline=None)
+def test_extension_types_anywhere_in_a_compact_envelope_are_malformed(body, ext, where, mtype):
+    """Compact envelopes too: an extension in the body (at any depth) or in place of
+    any other field is refused as malformed (the decoder walks only the body; every
+    other field is checked for its exact plain type)."""
+    from bus import encode_compact
+
+    reply = mtype == MessageType.REPLY
+    fields = [2, int(mtype), None if reply else "kind", 7, 3 if reply else None, "alice", "bob", body]
+    if where == "body":
+        fields[7] = ext
+    elif where == "nested":
+        fields[7] = [body, {"deep": [[ext]]}]
+    else:
+        fields[where] = ext
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(msgpack.packb(fields, use_bin_type=True))
+    assert info.value.reason == "malformed"
+    wire = encode_compact(mtype, None if reply else "kind", 7, 3 if reply else None, "alice", "bob", body)
+    env = decode_envelope(wire)
+    assert env.sender == "alice" and env.recipient == "bob" and env.encode() == wire
+
+
+def test_decoded_envelopes_are_the_same_frozen_dataclass_as_constructed_ones():
+    """The decoder builds envelopes through their slots (a faster constructor): they are
+    still equal to, hash like, and are as frozen as ones made by ``Envelope(...)``."""
+    from bus import encode_compact
+
+    env = decode_envelope(encode_compact(MessageType.REQUEST, "kind", 7, None, "alice", "bob", {"a": [1, b"x"]}))
+    same = Envelope(2, MessageType.REQUEST, "kind", 7, None, "alice", "bob", 0, b"", {"a": [1, b"x"]}, b"")
+    assert env == same and type(env) is Envelope and env.type is MessageType.REQUEST
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.body = "changed"  # type: ignore[misc]
+    assert dataclasses.replace(env, kind="other").kind == "other"
+    hashable = Envelope(2, MessageType.REQUEST, "kind", 7, None, "alice", "bob", 0, b"", b"x", b"")
+    assert hash(decode_envelope(encode_compact(MessageType.REQUEST, "kind", 7, None, "alice", "bob", b"x"))) == hash(hashable)

@@ -29,14 +29,14 @@ async def test_frames_written_at_once_stay_whole_and_in_order_past_a_full_socket
     ring = Keyring()
     ring.add("mallory")
     partial = []
-    try_send = transport._StreamConnection.try_send
+    try_send = transport._StreamConnection.try_send_frame  # (what a channel writes a sealed frame with)
 
-    def counting(self, payload):
-        rest = try_send(self, payload)
+    def counting(self, frame):
+        rest = try_send(self, frame)
         partial.append(bool(rest))
         return rest
 
-    monkeypatch.setattr(transport._StreamConnection, "try_send", counting)
+    monkeypatch.setattr(transport._StreamConnection, "try_send_frame", counting)
 
     async def fat(msg):
         return bytes([msg.body % 256]) * MID

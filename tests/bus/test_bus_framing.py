@@ -120,3 +120,52 @@ def test_a_large_header_reserves_nothing_and_fed_bytes_are_not_aliased():
     chunk[:] = b"b" * 1000  # the caller reuses its buffer: the frame keeps what was fed
     [frame] = dec.feed(b"c" * (10_000_000 - 1000))
     assert frame[:1000] == b"a" * 1000 and frame[1000:] == b"c" * (10_000_000 - 1000)
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=700_000), min_size=1, max_size=4),
+    reads=st.lists(st.integers(min_value=1, max_value=900_000), min_size=1, max_size=40),
+    into=st.lists(st.booleans(), min_size=1, max_size=40),
+)
+@settings(max_examples=60, deadline=None)
+def test_receiving_in_place_gives_the_same_frames_and_holds_at_most_twice_what_arrived(sizes, reads, into):
+    """A reader that takes the decoder's reserved view whenever it offers one (or
+    declines it and feeds) gets the frames a plain feed gives, and the buffer of a
+    body received in place is made only once half of that body arrived."""
+    payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    data = b"".join(encode_frame(p) for p in payloads)
+    dec = FrameDecoder()
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        want = reads[i % len(reads)]
+        use = into[i % len(into)]
+        i += 1
+        view = dec.reserve()
+        if view is not None:
+            assert len(view) == dec.pending  # the rest of the frame's body, never past it
+            body = len(payloads[len(out)])
+            assert body >= 256 * 1024 and 2 * (body - dec.pending) >= body
+        if view is not None and use:
+            n = min(want, len(view))
+            view[:n] = data[pos : pos + n]
+            out += dec.filled(n)
+        else:
+            n = min(want, len(data) - pos)
+            out += dec.feed(data[pos : pos + n])
+        pos += n
+    assert [bytes(p) for p in out] == payloads
+    assert dec.buffered == 0 and dec.pending == 0 and dec.reserve() is None
+
+
+def test_a_large_header_with_little_of_its_body_reserves_no_buffer():
+    dec = FrameDecoder()
+    dec.feed((10_000_000).to_bytes(4, "big") + b"x" * 4_999_999)
+    assert dec.reserve() is None  # less than half arrived: nothing allocated for the rest
+    dec.feed(b"x")
+    view = dec.reserve()
+    assert view is not None and len(view) == 5_000_000
+    with pytest.raises(ValueError):
+        dec.filled(5_000_001)
+    view[:] = b"y" * 5_000_000
+    [frame] = dec.filled(5_000_000)
+    assert type(frame) is bytearray and frame[:5_000_000] == b"x" * 5_000_000 and frame[5_000_000:] == b"y" * 5_000_000
