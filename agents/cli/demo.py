@@ -37,6 +37,21 @@ from agents.swarm import Swarm, SwarmSpec
 SHARED_FHIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fhir-r4"
 
 
+async def _audit_with_accesses(patient: Any, threshold: int, *, wait_s: float = 30.0) -> list:
+    """The patient's audit trail once the peers' batched access entries are on it.
+
+    Peers log re-encryptions in batches (agents/peer/_audit.py), so the entries of a
+    read land a moment after the read returns: read the trail until at least
+    `threshold` peers' access entries show, for at most `wait_s`, then return what
+    is there (the checks that follow say what is missing)."""
+    with trio.move_on_after(wait_s):
+        while True:
+            events = await patient.audit()
+            if len({e.get("peer") for e in events if e["event"] == "access"}) >= threshold:
+                return events
+            await trio.sleep(0.2)
+    return await patient.audit()
+
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
 
@@ -178,7 +193,7 @@ async def run_demo(data_dir: Path, report: Report) -> None:
                 report.check(True, f"dr-heart's next read fails: {exc}")
 
             report.phase("Audit trail (alice's records, from the ledger)")
-            events = await alice.audit()
+            events = await _audit_with_accesses(alice, spec.threshold)
             for e in events:
                 report.line(describe_event(e))
             kinds = [e["event"] for e in events]
