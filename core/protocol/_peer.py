@@ -172,7 +172,6 @@ class SubmitResult(Message, kind="peer.submit"):
     mark: str | None = wire(Optional(Choice(tuple(REASON_CODES))), default=None, omit_none=True)
 
 
-
 @dataclass(frozen=True, slots=True)
 class PeerSubmitReply(Message, kind="peer.submit"):
     """One :class:`SubmitResult` as the body, or ``{results: [..]}`` for the list form."""
