@@ -39,7 +39,7 @@ import os
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -362,35 +362,17 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         size = _RECEIVE_SIZE if max_bytes is None else max_bytes
-        fd = self.socket.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("the socket is closed")
-        if self._drained:
-            await trio.lowlevel.wait_readable(fd)
-            self._unyielded = self._unyielded_bytes = 0
-        elif self._unyielded >= _READS_BEFORE_YIELD or self._unyielded_bytes >= _BYTES_BEFORE_YIELD:
-            await trio.lowlevel.checkpoint()
-            self._unyielded = self._unyielded_bytes = 0
-        while True:
-            try:
-                data = os.read(fd, size)  # the socket is non-blocking (trio's)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
-                self._unyielded = self._unyielded_bytes = 0
-                continue
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"receive failed: {type(exc).__name__}") from exc
-            self._unyielded += 1
-            self._unyielded_bytes += len(data)
-            self._drained = len(data) < size
-            return data
+        return await self._read(os.read, size)
 
     async def receive_into(self, view: memoryview) -> int:
         """:meth:`receive_some` into ``view`` (a non-empty writable view): how many bytes
         were written at its start (0 at the end of the stream); no bytes object made."""
-        size = len(view)
+        return await self._read(lambda fd, _size: os.readv(fd, [view]), len(view))
+
+    async def _read(self, read: Callable[[int, int], Any], size: int) -> Any:
+        """One non-blocking ``read(fd, size)`` (bytes, or a count of bytes written), waiting for the
+        socket only when the last read drained it, and yielding to the event loop after a run of reads
+        that did not (so a fast sender cannot starve the other tasks)."""
         fd = self.socket.fileno()
         if fd < 0:
             raise trio.ClosedResourceError("the socket is closed")
@@ -402,7 +384,7 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
             self._unyielded = self._unyielded_bytes = 0
         while True:
             try:
-                n = os.readv(fd, [view])  # the socket is non-blocking (trio's)
+                got = read(fd, size)  # the socket is non-blocking (trio's)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(fd)
                 self._unyielded = self._unyielded_bytes = 0
@@ -411,10 +393,11 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(f"receive failed: {type(exc).__name__}") from exc
+            n = got if isinstance(got, int) else len(got)
             self._unyielded += 1
             self._unyielded_bytes += n
             self._drained = n < size
-            return n
+            return got
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.stream.send_all(data)
