@@ -759,3 +759,21 @@ async def test_the_doctor_refuses_a_grant_the_patients_answer_misdescribes(world
             with pytest.raises(errors.IntegrityError, match="malformed entry"):
                 await heart.read("alice", rid, purpose="treatment")
             assert heart.cached_grant("alice", "cardiology", rid) is None
+
+
+async def test_a_doctor_revoked_inside_the_patients_certificate_window_is_served_nothing(world):
+    # attack review, third wave: alice holds dr-heart's certificate (shown less than cert_fresh_s ago)
+    # when it is revoked; a full access again (no cached grant) gets no grant and no re-encryption: the
+    # ledger refuses the revoked doctor's own access_request, and every peer checks its certificate
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, b"window " * 500, "text/plain")
+            assert await heart.read("alice", rid) == b"window " * 500
+            assert alice.client.recent_certificate("dr-heart", alice.client.cert_fresh_s) is not None
+            assert await world.fake.revoke_cert("dr-heart") == "ok"
+            grants, served = len(alice.grants), world.fake.reencryptions
+            heart.grant_cache.clear()
+            with pytest.raises(errors.AgentError) as info:
+                await heart.read("alice", rid)
+            assert isinstance(info.value, errors.CertificateRevoked), info.value
+            assert len(alice.grants) == grants and world.fake.reencryptions == served
