@@ -777,3 +777,29 @@ async def test_a_doctor_revoked_inside_the_patients_certificate_window_is_served
                 await heart.read("alice", rid)
             assert isinstance(info.value, errors.CertificateRevoked), info.value
             assert len(alice.grants) == grants and world.fake.reencryptions == served
+
+
+async def test_a_peer_echoing_another_records_store_transaction_is_refused(world):
+    # attack review, third wave: a hostile peer answers the record query for one record with the entry
+    # of another record of the same patient, every field echoed from that record's (validly signed)
+    # store transaction; the restored entry agrees with that transaction, and the doctor refuses it
+    import msgpack
+
+    from core.protocol import PeerQueryReply
+    from core.state import entry_key
+
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, b"first " * 200, "text/plain")
+            other = await alice.store(b"second " * 200, label="cardiology", media_type="text/plain")
+            genuine = world.fake.ledger.get(entry_key("record", "alice", rid))
+            swapped = world.fake.ledger.get(entry_key("record", "alice", other))
+            sent = PeerQueryReply(dict(swapped)).to_wire()
+            assert PeerQueryReply.ECHO in sent  # the fields travel as echoes of the other transaction
+            rec = PeerQueryReply.from_wire(msgpack.unpackb(msgpack.packb(sent), raw=False)).value
+            with pytest.raises(errors.IntegrityError, match="does not match the ledger entry"):
+                await heart._check_store_tx("alice", rid, rec)
+            # the genuine entry, echoed the same way, passes
+            rec = PeerQueryReply.from_wire(msgpack.unpackb(msgpack.packb(PeerQueryReply(dict(genuine)).to_wire()),
+                                                           raw=False)).value
+            assert (await heart._check_store_tx("alice", rid, rec)).body["record_id"] == rid
