@@ -803,3 +803,36 @@ async def test_a_peer_echoing_another_records_store_transaction_is_refused(world
             rec = PeerQueryReply.from_wire(msgpack.unpackb(msgpack.packb(PeerQueryReply(dict(genuine)).to_wire()),
                                                            raw=False)).value
             assert (await heart._check_store_tx("alice", rid, rec)).body["record_id"] == rid
+
+
+async def test_a_submit_reply_naming_another_transaction_or_no_block_is_refused(world):
+    # attack review, third wave: SubmitResult's tx_id is optional on the wire since peer.submit without
+    # wait answers {}; with wait, a peer answering {"mark": "ok"} (no id, no block) or naming another
+    # transaction must not pass for a commit (the patient's grant path reads the reply's height)
+    from core.policy import parse as parse_policy
+
+    world.fake.commit_notices = False  # submits wait on the peer's reply
+    original = world.fake._submit
+
+    def hostile(pid, reply_of):
+        async def handle(msg):
+            return reply_of(await original(pid, msg))
+        return handle
+
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            body = {"policy": parse_policy(POLICY).to_msgpack()}
+            for reply_of in (lambda r: {"mark": "ok"}, lambda r: {**r, "tx_id": bytes(32)},
+                             lambda r: {"tx_id": r["tx_id"], "mark": "ok"}):
+                for pid, ep in world.fake.endpoints.items():
+                    ep.unregister("peer.submit")
+                    ep.register("peer.submit", hostile(pid, reply_of))
+                with pytest.raises(errors.IntegrityError, match="malformed submit reply"):
+                    await alice.client.submit("set_policy", body)  # (committed by the first: its mark is
+                    # bad_state from then on, which a hostile "ok" hides)
+            for pid, ep in world.fake.endpoints.items():  # an honest reply again: the ledger's mark
+                ep.unregister("peer.submit")
+                ep.register("peer.submit", hostile(pid, lambda r: r))
+            with pytest.raises(errors.TransactionRejected):
+                await alice.client.submit("set_policy", body)
