@@ -625,9 +625,14 @@ class PeerClient:
                                                        timeout=timeout))
             if isinstance(result, Answer):
                 try:  # the plan reads the one result's map ({tx_id, height, mark})
-                    return Answer(PeerSubmitReply.from_wire(result.value).results[0].to_wire())
+                    got = PeerSubmitReply.from_wire(result.value).results[0]
                 except DecodeError as exc:
                     return Answer({"malformed": str(exc)})  # no mark: the plan gives up as malformed
+                # (tx_id and height are optional on the wire, for peer.submit without wait; with wait
+                # a peer must name this transaction, and its block when it committed)
+                if got.tx_id != tx.tx_id or got.mark is None or (got.mark == "ok" and got.height is None):
+                    return Answer({"malformed": "the reply names another transaction, or no block"})
+                return Answer(got.to_wire())
             return result
 
         async def perform(action: Any) -> Any:

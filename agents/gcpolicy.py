@@ -33,7 +33,12 @@ as usual). Frozen cycles are the request-scoped objects that happened to be in
 flight at a freeze; at the first full collection ``refresh`` seconds (default
 10 minutes) after the last refresh, the keeper unfreezes everything instead of
 freezing, so the next full collection walks the whole heap once (one long
-pause) and reclaims them, and the freezing resumes after it.
+pause) and reclaims them, and the freezing resumes after it. The same refresh
+comes early once the frozen objects outnumber :data:`FROZEN_GROWTH` times those
+frozen at the last refresh (or the settle): a client that keeps many requests in
+flight at every full collection could otherwise grow the frozen garbage by that
+much per collection for the whole ten minutes (docs/security.md, "Third wave");
+a heap that really grows pays one whole-heap walk per doubling.
 """
 
 from __future__ import annotations
@@ -45,10 +50,14 @@ from typing import Callable
 
 import trio
 
-__all__ = ["YOUNG_THRESHOLD", "gc_keeper", "keeping", "settle"]
+__all__ = ["YOUNG_THRESHOLD", "FROZEN_GROWTH", "gc_keeper", "keeping", "settle"]
 
 YOUNG_THRESHOLD = 10_000
 """Container allocations (net of deallocations) between two young collections (CPython's default: 700)."""
+
+FROZEN_GROWTH = 2
+"""How many times the objects frozen at the last refresh (or settle) the frozen ones may
+number before the next full collection unfreezes everything (a refresh ahead of time)."""
 
 _keepers = 0
 _saved: tuple[int, ...] | None = None
@@ -59,6 +68,7 @@ def settle() -> None:
     setup): later collections skip it. Call it at a quiet moment: the collection walks the whole heap."""
     gc.collect()
     gc.freeze()
+    _Refresh.cap = FROZEN_GROWTH * gc.get_freeze_count()
 
 
 class _Refresh:
@@ -67,6 +77,7 @@ class _Refresh:
     every = 600.0
     clock: Callable[[], float] = time.monotonic
     due = math.inf
+    cap = math.inf  # frozen objects beyond which the next full collection thaws (FROZEN_GROWTH)
     thawing = False
 
 
@@ -76,14 +87,15 @@ def _after_full(phase: str, info: dict) -> None:
     if phase != "stop" or info["generation"] != 2:
         return
     now = _Refresh.clock()
-    if not _Refresh.thawing and now >= _Refresh.due:
+    if not _Refresh.thawing and (now >= _Refresh.due or gc.get_freeze_count() > _Refresh.cap):
         gc.unfreeze()
         _Refresh.thawing = True
         return
+    gc.freeze()  # the collection is over: moving its survivors is list splicing, nothing is walked
     if _Refresh.thawing:
         _Refresh.thawing = False
         _Refresh.due = now + _Refresh.every
-    gc.freeze()  # the collection is over: moving its survivors is list splicing, nothing is walked
+        _Refresh.cap = FROZEN_GROWTH * gc.get_freeze_count()
 
 
 async def gc_keeper(*, refresh: float = 600.0, young: int = YOUNG_THRESHOLD,
@@ -101,6 +113,7 @@ async def gc_keeper(*, refresh: float = 600.0, young: int = YOUNG_THRESHOLD,
         _Refresh.every = refresh if refresh > 0 else math.inf
         _Refresh.clock = clock
         _Refresh.due = clock() + _Refresh.every
+        _Refresh.cap = math.inf  # (settle sets it)
         _Refresh.thawing = False
         gc.callbacks.append(_after_full)
     _keepers += 1

@@ -78,8 +78,16 @@ class NodeStatistics:
     the connection caps but are not yet in ``incoming_connections``)."""
 
 
+MAX_COUNTED_KEYS = 4096
+"""Distinct kinds (and distinct peers) an endpoint counts apart; traffic of any further
+one is counted under :data:`OTHER` (a sender inventing kinds, or ids, grows nothing)."""
+OTHER = "(other)"
+
+
 class _KindPeerCounter:
-    """Traffic counted by kind and by peer at once (one call per message)."""
+    """Traffic counted by kind and by peer at once (one call per message); at most
+    :data:`MAX_COUNTED_KEYS` of each apart (kinds are counted before any handler is
+    looked up, so an unregistered one must not add an entry per message)."""
 
     __slots__ = ("_kinds", "_peers")
 
@@ -90,16 +98,18 @@ class _KindPeerCounter:
     def add(self, kind: str, peer: str, nbytes: int) -> None:
         entry = self._kinds.get(kind)
         if entry is None:
-            self._kinds[kind] = [1, nbytes]
-        else:
-            entry[0] += 1
-            entry[1] += nbytes
+            if len(self._kinds) >= MAX_COUNTED_KEYS:
+                kind = OTHER
+            entry = self._kinds.setdefault(kind, [0, 0])
+        entry[0] += 1
+        entry[1] += nbytes
         entry = self._peers.get(peer)
         if entry is None:
-            self._peers[peer] = [1, nbytes]
-        else:
-            entry[0] += 1
-            entry[1] += nbytes
+            if len(self._peers) >= MAX_COUNTED_KEYS:
+                peer = OTHER
+            entry = self._peers.setdefault(peer, [0, 0])
+        entry[0] += 1
+        entry[1] += nbytes
 
     def by_kind(self) -> Mapping[str, Traffic]:
         return MappingProxyType({k: Traffic(m, b) for k, (m, b) in self._kinds.items()})

@@ -86,3 +86,27 @@ def test_the_watch_times_each_collection_by_generation_within_the_window():
     assert full["max_ms"] == full["p50_ms"] == full["total_ms"] > 0 and full["cpu_max_ms"] == full["cpu_total_ms"] > 0
     assert s["by_generation"]["0"]["p50_ms"] is None
     assert len(watch.events) == 4 and s["walked_objects"][0] > 0 and s["walked_objects"][1] > 0
+
+
+async def test_cycles_a_client_keeps_in_flight_at_every_full_collection_do_not_stay_frozen_for_ten_minutes():
+    # the hostile pattern (docs/security.md, "Third wave"): at each full collection many request-scoped
+    # cycles are alive (in flight), get frozen, and are garbage a moment later. With only the ten-minute
+    # refresh they stayed frozen, round after round; past FROZEN_GROWTH times what was frozen at the
+    # settle, the next full collection thaws and the one after reclaims them.
+    now = [0.0]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: gcpolicy.gc_keeper(refresh=600.0, clock=lambda: now[0],
+                                                                   task_status=task_status))
+        base = gc.get_freeze_count()
+        per_round = base // 4 // 4 + 1  # cycles of two _Node (each with its __dict__): ~4 objects a cycle
+        gone = []
+        for _ in range(4 * gcpolicy.FROZEN_GROWTH + 2):  # together several times what the settle froze
+            in_flight = [_cycle() for _ in range(per_round)]
+            gc.collect()  # a full collection while they are alive: frozen at its end
+            gone.append(weakref.ref(in_flight[0]))
+            del in_flight  # the requests end: their cycles are garbage
+        gc.collect()
+        gc.collect()
+        assert gone[0]() is None  # reclaimed long before the refresh is due (the clock never moved)
+        assert gc.get_freeze_count() < (gcpolicy.FROZEN_GROWTH + 1) * base
+        nursery.cancel_scope.cancel()

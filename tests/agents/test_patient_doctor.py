@@ -587,6 +587,12 @@ async def test_a_remembered_share_replayed_by_another_peer_or_for_another_reques
 
             world.fake.lie = record
             await _warm(heart, rid, data)  # every peer's reply verified and remembered
+            # (the rotation asks every peer within 4 reads unless a slow reply marked one a suspect on a
+            # loaded machine: read on until each answered, rather than count on the order)
+            for _ in range(16):
+                if len(seen) == len(world.fake.peers):
+                    break
+                assert await heart.read("alice", rid) == data
             assert len(seen) == len(world.fake.peers)
             first = sorted(seen)[0]
             # every peer answers with the first peer's remembered (valid, signed) reply
@@ -759,3 +765,80 @@ async def test_the_doctor_refuses_a_grant_the_patients_answer_misdescribes(world
             with pytest.raises(errors.IntegrityError, match="malformed entry"):
                 await heart.read("alice", rid, purpose="treatment")
             assert heart.cached_grant("alice", "cardiology", rid) is None
+
+
+async def test_a_doctor_revoked_inside_the_patients_certificate_window_is_served_nothing(world):
+    # attack review, third wave: alice holds dr-heart's certificate (shown less than cert_fresh_s ago)
+    # when it is revoked; a full access again (no cached grant) gets no grant and no re-encryption: the
+    # ledger refuses the revoked doctor's own access_request, and every peer checks its certificate
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, b"window " * 500, "text/plain")
+            assert await heart.read("alice", rid) == b"window " * 500
+            assert alice.client.recent_certificate("dr-heart", alice.client.cert_fresh_s) is not None
+            assert await world.fake.revoke_cert("dr-heart") == "ok"
+            grants, served = len(alice.grants), world.fake.reencryptions
+            heart.grant_cache.clear()
+            with pytest.raises(errors.AgentError) as info:
+                await heart.read("alice", rid)
+            assert isinstance(info.value, errors.CertificateRevoked), info.value
+            assert len(alice.grants) == grants and world.fake.reencryptions == served
+
+
+async def test_a_peer_echoing_another_records_store_transaction_is_refused(world):
+    # attack review, third wave: a hostile peer answers the record query for one record with the entry
+    # of another record of the same patient, every field echoed from that record's (validly signed)
+    # store transaction; the restored entry agrees with that transaction, and the doctor refuses it
+    import msgpack
+
+    from core.protocol import PeerQueryReply
+    from core.state import entry_key
+
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, b"first " * 200, "text/plain")
+            other = await alice.store(b"second " * 200, label="cardiology", media_type="text/plain")
+            genuine = world.fake.ledger.get(entry_key("record", "alice", rid))
+            swapped = world.fake.ledger.get(entry_key("record", "alice", other))
+            sent = PeerQueryReply(dict(swapped)).to_wire()
+            assert PeerQueryReply.ECHO in sent  # the fields travel as echoes of the other transaction
+            rec = PeerQueryReply.from_wire(msgpack.unpackb(msgpack.packb(sent), raw=False)).value
+            with pytest.raises(errors.IntegrityError, match="does not match the ledger entry"):
+                await heart._check_store_tx("alice", rid, rec)
+            # the genuine entry, echoed the same way, passes
+            rec = PeerQueryReply.from_wire(msgpack.unpackb(msgpack.packb(PeerQueryReply(dict(genuine)).to_wire()),
+                                                           raw=False)).value
+            assert (await heart._check_store_tx("alice", rid, rec)).body["record_id"] == rid
+
+
+async def test_a_submit_reply_naming_another_transaction_or_no_block_is_refused(world):
+    # attack review, third wave: SubmitResult's tx_id is optional on the wire since peer.submit without
+    # wait answers {}; with wait, a peer answering {"mark": "ok"} (no id, no block) or naming another
+    # transaction must not pass for a commit (the patient's grant path reads the reply's height)
+    from core.policy import parse as parse_policy
+
+    world.fake.commit_notices = False  # submits wait on the peer's reply
+    original = world.fake._submit
+
+    def hostile(pid, reply_of):
+        async def handle(msg):
+            return reply_of(await original(pid, msg))
+        return handle
+
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await world.registered(stack, PatientAgent, "alice", "hospital-a", {"role": "patient"})
+            body = {"policy": parse_policy(POLICY).to_msgpack()}
+            for reply_of in (lambda r: {"mark": "ok"}, lambda r: {**r, "tx_id": bytes(32)},
+                             lambda r: {"tx_id": r["tx_id"], "mark": "ok"}):
+                for pid, ep in world.fake.endpoints.items():
+                    ep.unregister("peer.submit")
+                    ep.register("peer.submit", hostile(pid, reply_of))
+                with pytest.raises(errors.IntegrityError, match="malformed submit reply"):
+                    await alice.client.submit("set_policy", body)  # (committed by the first: its mark is
+                    # bad_state from then on, which a hostile "ok" hides)
+            for pid, ep in world.fake.endpoints.items():  # an honest reply again: the ledger's mark
+                ep.unregister("peer.submit")
+                ep.register("peer.submit", hostile(pid, lambda r: r))
+            with pytest.raises(errors.TransactionRejected):
+                await alice.client.submit("set_policy", body)
