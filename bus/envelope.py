@@ -153,21 +153,28 @@ def _reject_ext(code: int, data: bytes) -> Any:
 _PLAIN = (type(None), bool, int, float, str, bytes)
 
 
-def _only_plain(value: Any) -> bool:
+def _only_plain(value: Any, max_depth: int = DEFAULT_MAX_DEPTH - 1) -> bool:
     """Whether ``value`` holds nothing but nil, bool, int, float, str, bin, arrays and
-    maps. msgpack decodes the timestamp extension (-1) itself, without calling the
-    ``ext_hook`` that refuses every other extension type: this catches it."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        t = type(v)
-        if t is list:
-            stack.extend(v)
-        elif t is dict:
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif t not in _PLAIN:
+    maps, nested at most ``max_depth`` non-empty arrays or maps deep. msgpack decodes
+    the timestamp extension (-1) itself, without calling the ``ext_hook`` that refuses
+    every other extension type: this catches it. The walk goes level by level, so the
+    depth costs nothing extra (a frame too short for a structure walk is bounded here)."""
+    level = [value]
+    while level:
+        if max_depth < 0:
             return False
+        max_depth -= 1
+        below: list[Any] = []
+        for v in level:
+            t = type(v)
+            if t is list:
+                below.extend(v)
+            elif t is dict:
+                below.extend(v.keys())
+                below.extend(v.values())
+            elif t not in _PLAIN:
+                return False
+        level = below
     return True
 
 
@@ -390,11 +397,12 @@ def decode_envelope(
             check_structure(data, max_objects=max_objects, max_depth=max_depth)
         except StructureError as exc:
             raise EnvelopeError("malformed", f"refused by structure: {exc}") from None
-    return _decode_checked(data, max_objects)
+    return _decode_checked(data, max_objects, max_depth)
 
 
-def _decode_checked(data: bytes, max_objects: int) -> Envelope:
-    """decode_envelope for bytes whose structure is known to be within the limits."""
+def _decode_checked(data: bytes, max_objects: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Envelope:
+    """decode_envelope for bytes holding at most ``max_objects`` objects (no longer
+    than that, or counted by structure); the body's nesting is checked here."""
     try:
         fields = msgpack.unpackb(
             data, raw=False, use_list=True, strict_map_key=True, ext_hook=_reject_ext,
@@ -418,8 +426,10 @@ def _decode_checked(data: bytes, max_objects: int) -> Envelope:
         env = _new_envelope(version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig)
     # every field but the body was checked for its exact plain type above
     body = env.body
-    if type(body) not in _PLAIN and not ((type(body) is list or type(body) is dict) and _only_plain(body)):
-        raise EnvelopeError("malformed", "msgpack extension types (e.g. timestamps) are not allowed")
+    if type(body) not in _PLAIN and not ((type(body) is list or type(body) is dict)
+                                         and _only_plain(body, max_depth - 1)):  # (the envelope is one level)
+        raise EnvelopeError("malformed", f"the body holds a msgpack extension type (e.g. a timestamp) "
+                                         f"or nests deeper than {max_depth}")
     return env
 
 

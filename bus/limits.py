@@ -70,9 +70,11 @@ counts one (a map entry two). A frame with more is refused by its structure
 before anything is built from it."""
 
 DEFAULT_MAX_DEPTH = 64
-"""Nesting depth of arrays and maps in one envelope (``max_depth``), checked
-with the object count for frames longer than ``max_objects`` bytes (shorter
-ones cannot hold more objects than bytes; msgpack's own stack bounds their depth)."""
+"""Nesting depth of arrays and maps in one envelope (``max_depth``; the envelope
+array is one level), checked on every frame: with the object count by structure
+for frames longer than ``max_objects`` bytes, and on the decoded body of shorter
+ones (which cannot hold more objects than bytes, so msgpack builds at most that
+many before the walk that refuses extension types counts the levels too)."""
 
 DEFAULT_THREAD_DECODE_OBJECTS = 4096
 """A frame found (by structure, on the event loop, within this many steps) to hold

@@ -32,7 +32,9 @@ No client can stall others (the limits are in :mod:`bus.limits`):
   timeout that empties the queue.
 * A frame of more than ``max_objects`` msgpack objects, or nested deeper than
   ``max_depth``, is refused by structure before msgpack builds anything from
-  it; one that holds more than
+  it (one shorter than ``max_objects`` bytes cannot hold more objects than
+  bytes: it is decoded, and its body's depth checked by the walk that refuses
+  extension types); one that holds more than
   ``thread_decode_objects`` objects (found by a structure walk of at most that
   many steps on the event loop) is checked and decoded in a worker thread, one
   at a time per node.
@@ -107,6 +109,18 @@ from .limits import (
 from .transport import TRY_SEND_BYTES, Address, Connection, TcpTransport, Transport, parse_address
 
 log = logging.getLogger("bus")
+
+
+def _make_room(transport: Transport, max_frame_size: int, wire_max: int) -> None:
+    """Give a caller-supplied transport that takes envelopes of ``max_frame_size``
+    room for the channel's overhead too (``wire_max``), so an envelope of exactly
+    the node's frame limit crosses it as it crosses the node's own TCP transport.
+    Only raised, never lowered, and only for a limit of at least ``max_frame_size``:
+    a transport deliberately smaller keeps its limit (less the channel's overhead).
+    A transport that does not say its limit (no ``max_frame_size``) keeps it."""
+    limit = getattr(transport, "max_frame_size", None)
+    if type(limit) is int and max_frame_size <= limit < wire_max:
+        transport.max_frame_size = wire_max  # type: ignore[attr-defined]
 
 
 class _HandshakeTimeout(ChannelError):
@@ -200,7 +214,9 @@ class Node:
     Options (keyword arguments of :func:`open_node`): ``routes``, agent id ->
     address; ``transports``, scheme -> transport (default: plain ``tcp``;
     pass ``TcpTransport(client_ssl=..., server_ssl=...)`` for TLS and a shared
-    :class:`MemoryTransport` as ``mem`` for in-process links between nodes);
+    :class:`MemoryTransport` as ``mem`` for in-process links between nodes; one
+    whose frame limit is at least ``max_frame_size`` is raised by the channel's
+    overhead, so an envelope of exactly ``max_frame_size`` crosses it);
     ``max_frame_size``, the largest envelope carried, locally too;
     ``max_connections``, incoming connections at once, and
     ``max_connections_per_source``, from one remote address; ``handshakes_per_source``,
@@ -261,6 +277,8 @@ class Node:
         wire_max = max_frame_size + (CHANNEL_OVERHEAD if channels else 0)
         self._transports: dict[str, Transport] = {"tcp": TcpTransport(max_frame_size=wire_max)}
         if transports:
+            for transport in transports.values():
+                _make_room(transport, max_frame_size, wire_max)
             self._transports.update(transports)
         self._routes: dict[str, Address] = {}
         for agent, address in (routes or {}).items():
@@ -885,7 +903,7 @@ class Node:
             return await trio.to_thread.run_sync(self._decode, data, limiter=self._decode_limiter)
         except StructureError as exc:
             raise EnvelopeError("malformed", f"refused by structure: {exc}") from None
-        return _decode_checked(data, self._max_objects)
+        return _decode_checked(data, self._max_objects, self._max_depth)
 
     async def _read(self, conn: Connection, seen: list[float | None]) -> None:
         """Receive, decode and deliver ``conn``'s frames until it ends or must close."""
@@ -908,7 +926,7 @@ class Node:
             self._bytes_received += len(data)
             try:  # (a small frame decoded here, as decode_envelope would: no coroutine per frame)
                 if len(data) <= self._thread_objects:  # (<= max_objects: no structure walk needed)
-                    env = _decode_checked(data, self._max_objects)
+                    env = _decode_checked(data, self._max_objects, self._max_depth)
                 else:
                     env = await self._decode_frame(data)
             except EnvelopeError as exc:

@@ -659,6 +659,16 @@ class TcpTransport:
         self._server_hostname = server_hostname
         self._connect_timeout = connect_timeout
 
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame payload a connection opened from now on carries (a node
+        raises a supplied transport's by the channel's overhead: :class:`bus.Node`)."""
+        return self._max
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._max = value
+
     async def connect(self, address: Address) -> Connection:
         try:
             with trio.fail_after(self._connect_timeout):
@@ -774,6 +784,16 @@ class MemoryTransport:
         self._buffer = buffer
         self._listeners: dict[str, tuple[Handler, trio.Nursery]] = {}
         self._counter = 0
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame payload a connection opened from now on carries (a node
+        raises a supplied transport's by the channel's overhead: :class:`bus.Node`)."""
+        return self._max
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._max = value
 
     async def connect(self, address: Address) -> Connection:
         entry = self._listeners.get(address.host)

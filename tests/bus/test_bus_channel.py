@@ -609,10 +609,6 @@ async def test_routing_to_an_agent_the_remote_node_does_not_host(autojump_clock)
 # ------------------------------------------------------------ near the limit on caller-supplied transports
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bus: transports passed in open_node(transports=...) keep their own frame limit, which does not "
-    "include CHANNEL_OVERHEAD: an envelope within 17 bytes of max_frame_size is refused with FrameError "
-    "(it took the whole node down before 8357ce4)"))
 @pytest.mark.parametrize("kind", ["mem", "tcp"])
 async def test_an_envelope_of_exactly_the_frame_limit_crosses_a_supplied_transport(kind):
     ring = Keyring()
@@ -637,7 +633,9 @@ async def test_an_envelope_of_exactly_the_frame_limit_crosses_a_supplied_transpo
                 outcome = await alice.request("bob", "size", b"x" * n)
             except FrameError as exc:
                 outcome = exc
-    assert outcome == n  # (today: FrameError, "message of ... bytes exceeds the ...-byte limit of ...")
+    # (before the node gave supplied transports room for CHANNEL_OVERHEAD: FrameError,
+    # "message of ... bytes exceeds the ...-byte limit of ...")
+    assert outcome == n
 
 
 def _request(body):

@@ -1,0 +1,143 @@
+"""The hostile network, third pass (issue 14, bus findings): nesting depth on small
+frames, the frame limit of caller-supplied transports, and what a client that proved
+nothing can make a node do (see docs/security.md, "Bus findings closed")."""
+
+import msgpack
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bus import (
+    CHANNEL_OVERHEAD,
+    EnvelopeError,
+    FrameError,
+    MemoryTransport,
+    MessageType,
+    decode_envelope,
+    open_node,
+)
+from bus.envelope import encode_compact
+from bus.limits import DEFAULT_MAX_DEPTH, DEFAULT_THREAD_DECODE_OBJECTS
+from bus.structure import StructureError, check_structure
+from bus.testing import Keyring, eventually
+
+
+def _nested(levels, leaf=1, kind="list"):
+    """A body of ``levels`` nested non-empty arrays (or maps) around ``leaf``."""
+    value = leaf
+    for _ in range(levels):
+        value = [value] if kind == "list" else {"k": value}
+    return value
+
+
+def _envelope(body, sender="mallory"):
+    return encode_compact(MessageType.REQUEST, "ping", 7, None, sender, "bob", body)
+
+
+# ------------------------------------------------------------ finding 1: depth on small frames
+
+
+def test_a_small_envelope_one_level_too_deep_is_refused():
+    # the envelope array is one level: a body of max_depth - 1 levels is the deepest allowed
+    ok = _envelope(_nested(DEFAULT_MAX_DEPTH - 1))
+    deep = _envelope(_nested(DEFAULT_MAX_DEPTH))
+    assert len(deep) < DEFAULT_THREAD_DECODE_OBJECTS  # (no structure walk: the decoder's own check)
+    assert decode_envelope(ok).body == _nested(DEFAULT_MAX_DEPTH - 1)
+    with pytest.raises(EnvelopeError, match="deeper than 64") as info:
+        decode_envelope(deep)
+    assert info.value.reason == "malformed"
+    with pytest.raises(EnvelopeError, match="deeper than 8"):
+        decode_envelope(_envelope(_nested(8)), max_depth=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(levels=st.integers(0, 90), kind=st.sampled_from(["list", "map"]),
+       leaf=st.one_of(st.integers(-(2**63), 2**64 - 1), st.binary(max_size=8), st.just([]), st.just({})),
+       max_depth=st.integers(2, 80))
+def test_small_and_large_frames_meet_the_same_depth_limit(levels, kind, leaf, max_depth):
+    """A frame too short for the structure walk is refused exactly when the walk would
+    refuse it (the walk runs on frames longer than max_objects bytes)."""
+    data = _envelope(_nested(levels, leaf, kind))
+    try:
+        check_structure(data, max_objects=10**6, max_depth=max_depth)
+        walk_ok = True
+    except StructureError:
+        walk_ok = False
+    try:
+        decode_envelope(data, max_depth=max_depth)  # (short: decoded, then its body's depth checked)
+        small_ok = True
+    except EnvelopeError:
+        small_ok = False
+    assert small_ok == walk_ok
+    try:  # the same bytes through the walk (max_objects below their length)
+        decode_envelope(data, max_objects=len(data) - 1, max_depth=max_depth)
+        large_ok = True
+    except EnvelopeError:
+        large_ok = False
+    # (unless the walk counts more objects than it was allowed: then it refuses for that)
+    assert large_ok == walk_ok or len(data) - 1 < check_structure(data, max_objects=10**6, max_depth=10**6)
+
+
+async def test_a_node_closes_a_channel_that_sends_a_small_frame_nested_too_deep(raw_channel):
+    ring = Keyring()
+    ring.add("mallory")
+    calls = []
+
+    async def ping(msg):
+        calls.append(msg.body)
+        return "pong"
+
+    with trio.fail_after(30):
+        async with open_node() as server:
+            address = await server.listen("tcp://127.0.0.1:0")
+            server.endpoint("bob", **ring.credentials("bob")).register("ping", ping)
+            async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
+                await raw.send(_envelope(_nested(DEFAULT_MAX_DEPTH - 1)))
+                reply = await raw.receive()
+                assert reply.type == MessageType.REPLY and reply.body == "pong"
+                deep = _envelope(_nested(500))  # 1.5 KB, within msgpack's own stack
+                assert len(deep) < DEFAULT_THREAD_DECODE_OBJECTS
+                msgpack.unpackb(deep)  # (msgpack alone would build it)
+                await raw.send(deep)
+                assert await raw.receive() is None  # closed
+            await eventually(lambda: server.statistics().rejected.get("malformed", 0) == 1)
+    assert calls == [_nested(DEFAULT_MAX_DEPTH - 1)]
+
+
+# ------------------------------------------------------------ finding 3: supplied transports
+
+
+async def test_a_supplied_transport_gets_room_for_the_channel_overhead_and_no_more():
+    limit = 4096
+    shared = MemoryTransport(max_frame_size=limit)
+    async with open_node(transports={"mem": shared}, max_frame_size=limit):
+        assert shared.max_frame_size == limit + CHANNEL_OVERHEAD
+        async with open_node(transports={"mem": shared}, max_frame_size=limit):
+            assert shared.max_frame_size == limit + CHANNEL_OVERHEAD  # a second node adds nothing
+    roomy = MemoryTransport(max_frame_size=10 * limit)
+    async with open_node(transports={"mem": roomy}, max_frame_size=limit):
+        assert roomy.max_frame_size == 10 * limit  # never lowered
+
+
+async def test_a_transport_deliberately_smaller_than_the_frame_limit_keeps_its_limit():
+    ring = Keyring()
+    small = 2048
+    mem = MemoryTransport(max_frame_size=small)
+
+    async def size(msg):
+        return len(msg.body)
+
+    with trio.fail_after(30):
+        async with open_node(transports={"mem": mem}) as server, open_node(transports={"mem": mem}) as client:
+            assert mem.max_frame_size == small
+            await server.listen("mem://srv")
+            server.endpoint("bob", **ring.credentials("bob")).register("size", size)
+            client.add_route("bob", "mem://srv")
+            alice = client.endpoint("alice", **ring.credentials("alice"))
+            assert await alice.request("bob", "size", b"") == 0
+            overhead = len(encode_compact(MessageType.REQUEST, "size", 2, None, "alice", "bob", b"")) - 2
+            fits = small - CHANNEL_OVERHEAD - overhead - 3  # (a bin 16 header: 3 bytes)
+            assert await alice.request("bob", "size", b"x" * fits) == fits
+            with pytest.raises(FrameError, match="limit"):
+                await alice.request("bob", "size", b"x" * (fits + 1))
