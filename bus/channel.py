@@ -289,6 +289,16 @@ class Channel:
         self._verified.pop(agent, None)
         return agent
 
+    def proof_verifies(self, agent: str, key: bytes, verify: Verifier) -> bool:
+        """Whether the other side's proof of ``agent`` verifies under ``key`` (the
+        signature alone: no admission, nothing remembered; see :meth:`claim_ok`)."""
+        signature = self.claims.get(agent)
+        try:
+            return signature is not None and verify(key, self._proof_message(agent, not self.initiator),
+                                                    signature) is True
+        except Exception:
+            return False
+
     def claim_ok(self, agent: str, key: bytes | None, verify: Verifier) -> str | None:
         """Whether the other side proved ``agent`` under ``key`` (its key in the
         asking endpoint's directory): None when it did, else the reason

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_MAX_OBJECTS",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_THREAD_DECODE_OBJECTS",
+    "MAX_PROOF_FAILURES",
 ]
 
 DEFAULT_MAX_CONNECTIONS = 1024
@@ -82,3 +83,11 @@ more msgpack objects than this is checked and decoded in a worker thread, one at
 time per node (``thread_decode_objects``); the event loop's share of any frame is
 bounded by this count, whatever the frame's length (a large binary body is a few
 objects and stays on the loop)."""
+
+MAX_PROOF_FAILURES = 4
+"""Identity proofs that fail to verify on one incoming channel before the node
+drops it (``bad-proofs``). A node proves its own agents on an incoming channel
+only once the other side proved one the node knows (see :class:`bus.Node`);
+checking a proof costs a signature verification, and a client proves one or
+two agents, so a client sending proofs under registered names with a key not
+theirs costs at most this many verifications per connection."""

@@ -105,6 +105,7 @@ from .limits import (
     DEFAULT_SEND_QUEUE_FRAMES,
     DEFAULT_THREAD_DECODE_OBJECTS,
     DEFAULT_WRITE_TIMEOUT,
+    MAX_PROOF_FAILURES,
 )
 from .transport import TRY_SEND_BYTES, Address, Connection, TcpTransport, Transport, parse_address
 
@@ -129,6 +130,28 @@ class _HandshakeTimeout(ChannelError):
 
 class _ChannelFull(BusError):
     """The channel proved MAX_CLAIMS agents already: route the sender on another."""
+
+
+class _Unvouched(BrokenError):
+    """An incoming channel whose other side proved no agent this node knows: nothing
+    of ours is proved on it (no signature spent), so nothing of ours is sent on it."""
+
+
+_MAX_VOUCH_DIRECTORIES = 8
+"""Distinct directories (of the hosted endpoints) asked for the key of an agent an
+unvouched client proved (the endpoints of one node share one, as a rule)."""
+
+
+class _Unproven:
+    """An incoming channel not vouched for yet: the proofs tried, the agents asked for."""
+
+    __slots__ = ("tried", "failures", "wants", "watching")
+
+    def __init__(self) -> None:
+        self.tried: dict[str, tuple[bytes, bytes]] = {}  # agent -> (key, signature) that failed
+        self.failures = 0
+        self.wants: set[str] = set()  # hosted agents the client asked us to prove (WANT)
+        self.watching = False
 
 
 class _Link:
@@ -311,6 +334,8 @@ class Node:
         self._live: set[Connection] = set()
         self._incoming: set[Connection] = set()
         self._handshaking = 0  # incoming connections in the channel handshake (count toward the cap)
+        self._vouched: set[Connection] = set()  # incoming channels whose other side proved an agent we know
+        self._unproven: dict[Connection, _Unproven] = {}
         self._listeners: list[Callable[[], Awaitable[None]]] = []
         self._frames_received = 0
         self._bytes_received = 0
@@ -415,7 +440,7 @@ class Node:
     def attach(self, identity: str, attachment: _Attachment) -> None:
         self._endpoints[identity] = attachment
         if len(self._endpoints) <= MAX_PROVED_AT_HANDSHAKE:
-            for conn in list(self._incoming):  # prove the newcomer on the channels already open
+            for conn in list(self._vouched):  # prove the newcomer on the (vouched) channels already open
                 if isinstance(conn, ChannelConnection) and len(conn.channel.proven_here) < MAX_CLAIMS:
                     self._prove(conn, identity, attachment)
 
@@ -515,7 +540,8 @@ class Node:
         if channel:
             if self._claim_problem(conn, own, recipient) is not None:  # type: ignore[arg-type]
                 return None
-            if sender not in conn.channel.proven_here and len(conn.channel.proven_here) >= MAX_CLAIMS:  # type: ignore[attr-defined]
+            if sender not in conn.channel.proven_here and (  # type: ignore[attr-defined]
+                    len(conn.channel.proven_here) >= MAX_CLAIMS or not self._may_prove(conn)):  # type: ignore[attr-defined]
                 return None
         self._put(conn, box, self._frame_for(conn, own, sender, data))
         return conn
@@ -557,11 +583,21 @@ class Node:
         _ChannelFull when the channel has no room for it), else the envelope signed."""
         if isinstance(conn, ChannelConnection):
             if sender not in conn.channel.proven_here:
-                if len(conn.channel.proven_here) >= MAX_CLAIMS:
-                    raise _ChannelFull()
-                self._prove(conn, sender, own)
+                self._prove_sender(conn, sender, own)
             return data
         return sign_wire(data, own.signer)
+
+    def _prove_sender(self, conn: ChannelConnection, sender: str, own: _Attachment) -> None:
+        """Queue the proof of ``sender`` on ``conn`` unless it was proved there:
+        _ChannelFull when the channel has no room for it, _Unvouched on an incoming
+        channel whose other side proved no agent this node knows."""
+        if sender in conn.channel.proven_here:
+            return
+        if len(conn.channel.proven_here) >= MAX_CLAIMS:
+            raise _ChannelFull()
+        if not self._may_prove(conn):
+            raise _Unvouched(f"{conn.peer} proved no agent this node knows; {sender!r} is not proved to it")
+        self._prove(conn, sender, own)
 
     def _put(self, conn: Connection, box: _Outbox, data: bytes) -> bool:
         """Write ``data`` at once when nothing is ahead of it (no writer woken; what the
@@ -596,6 +632,9 @@ class Node:
             # (signed mode adds the signature, at most 80 bytes with its header)
             raise FrameError(f"message of {len(data)} bytes exceeds the {limit}-byte limit of {conn.peer}")
         if isinstance(conn, ChannelConnection) and check_recipient:
+            # our proof first: the other side proves its agents only to a client that
+            # proved one it knows (its WANT answered once it has checked ours)
+            self._prove_sender(conn, sender, own)
             await self._check_recipient(conn, own, recipient)
         data = self._frame_for(conn, own, sender, data)
         if self._put(conn, box, data):
@@ -639,7 +678,7 @@ class Node:
     def _prove(self, conn: ChannelConnection, agent: str, attachment: _Attachment) -> None:
         """Queue the proof that we speak for ``agent`` on ``conn`` (ahead of its envelopes)."""
         box = self._outboxes.get(conn)
-        if box is None or box.closed is not None:
+        if box is None or box.closed is not None or agent in conn.channel.proven_here:
             return
         box.put_nowait(conn.channel.make_proof(agent, attachment.signer), PROOF)
 
@@ -651,12 +690,104 @@ class Node:
 
     def _on_want(self, conn: ChannelConnection, agent: str) -> None:
         """The other side asks us to prove ``agent``: if we host it (within the
-        channel's MAX_CLAIMS), once."""
+        channel's MAX_CLAIMS), once, and (an incoming channel) once the other side
+        proved an agent this node knows: until then the want waits, for at most the
+        handshake timeout (the node may learn the client's key meanwhile)."""
         attachment = self._endpoints.get(agent)
         if (attachment is None or agent in conn.channel.proven_here
                 or len(conn.channel.proven_here) >= MAX_CLAIMS):
             return
+        if conn in self._incoming and conn not in self._vouched:
+            pending = self._unproven.setdefault(conn, _Unproven())
+            if len(pending.wants) < MAX_CLAIMS:
+                pending.wants.add(agent)
+            if not self._vouch(conn) and not pending.watching and conn in self._unproven:
+                pending.watching = True
+                self._nursery.start_soon(self._await_vouch, conn, pending)
+            return
         self._prove(conn, agent, attachment)
+
+    def _may_prove(self, conn: ChannelConnection) -> bool:
+        """Whether the node may prove its agents on ``conn``: one it opened, or an
+        incoming channel vouched for (see :meth:`_vouch`)."""
+        return conn in self._vouched or conn not in self._incoming or self._vouch(conn)
+
+    def _key_of(self, agent: str) -> tuple[bytes, Verifier] | None:
+        """The key a hosted endpoint's directory holds for ``agent``, and that
+        endpoint's verifier (None: no directory asked knows it)."""
+        asked: list[Directory] = []
+        for attachment in list(self._endpoints.values()):
+            directory = attachment.directory
+            if directory in asked:
+                continue
+            if len(asked) >= _MAX_VOUCH_DIRECTORIES:
+                break
+            asked.append(directory)
+            try:
+                key = directory(agent)
+            except Exception:
+                key = None
+            if key is not None:
+                return key, attachment.verifier
+        return None
+
+    def _vouch(self, conn: ChannelConnection) -> bool:
+        """Whether the other side of the incoming channel ``conn`` proved an agent this
+        node knows (a proof that verifies under the key a hosted endpoint's directory
+        holds for it; admission, e.g. by TLS certificate, is the endpoint's to check).
+        The first time it does, the agents it asked for are proved (and all hosted
+        ones, when at most MAX_PROVED_AT_HANDSHAKE). Each (key, proof) is verified
+        once; after MAX_PROOF_FAILURES proofs that do not verify the channel is
+        dropped. Agents with no key here cost a directory look-up, no verification."""
+        if conn in self._vouched:
+            return True
+        if conn not in self._live:
+            return False
+        pending = self._unproven.setdefault(conn, _Unproven())
+        channel = conn.channel
+        for agent, signature in list(channel.claims.items()):
+            found = self._key_of(agent)
+            if found is None:
+                continue
+            key, verifier = found
+            if pending.tried.get(agent) == (key, signature):
+                continue
+            if channel.proof_verifies(agent, key, verifier):
+                self._vouched.add(conn)
+                del self._unproven[conn]
+                self._prove_vouched(conn, pending.wants)
+                return True
+            pending.tried[agent] = (key, signature)
+            pending.failures += 1
+            if pending.failures >= MAX_PROOF_FAILURES:
+                self._drop(conn, "bad-proofs")
+                return False
+        return False
+
+    def _prove_vouched(self, conn: ChannelConnection, wanted: set[str]) -> None:
+        """Prove on a channel just vouched for what it asked for, and every hosted
+        agent when there are at most MAX_PROVED_AT_HANDSHAKE (saving it the asking)."""
+        agents = list(wanted)
+        if len(self._endpoints) <= MAX_PROVED_AT_HANDSHAKE:
+            agents += [a for a in self._endpoints if a not in wanted]
+        for agent in agents:
+            attachment = self._endpoints.get(agent)
+            if attachment is not None and len(conn.channel.proven_here) < MAX_CLAIMS:
+                self._prove(conn, agent, attachment)
+
+    async def _await_vouch(self, conn: ChannelConnection, pending: _Unproven) -> None:
+        """Look again, for at most the handshake timeout, whether a channel whose
+        wants wait was vouched for (the node may learn a key from the ledger meanwhile:
+        a user registered a block ago); then forget its wants."""
+        deadline = trio.current_time() + self._handshake_timeout
+        delay = 0.05
+        while trio.current_time() < deadline:
+            await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
+            if conn not in self._live or self._vouch(conn):
+                return
+            delay = min(delay * 2, 1.0)
+        pending.wants.clear()
+        pending.watching = False
 
     def _drop(self, conn: Connection, reason: str) -> None:
         """Close ``conn`` now for ``reason`` (counted in statistics)."""
@@ -815,9 +946,7 @@ class Node:
                     self._handshaking -= 1
             self._incoming.add(conn)
             self._open(conn)
-            if isinstance(conn, ChannelConnection) and len(self._endpoints) <= MAX_PROVED_AT_HANDSHAKE:
-                for identity, attachment in list(self._endpoints.items()):
-                    self._prove(conn, identity, attachment)
+            # nothing proved yet: our agents are proved once the client proved one we know
             await self._serve_connection(conn, None)
         finally:
             self._sources[source] -= 1
@@ -909,6 +1038,8 @@ class Node:
         """Receive, decode and deliver ``conn``'s frames until it ends or must close."""
         frames = 0
         now = self._now
+        # an incoming channel: its envelopes reach no endpoint before it is vouched for
+        unvouched = isinstance(conn, ChannelConnection) and conn in self._incoming
         while True:
             try:
                 data = await conn.receive()
@@ -937,6 +1068,17 @@ class Node:
                 self._rejected[exc.reason] += 1
                 log.warning("bus: closing %s after an undecodable envelope: %s", conn.peer, exc)
                 break
+            if unvouched:
+                if not self._vouch(conn):  # type: ignore[arg-type]
+                    # no endpoint looks at it (no verification per envelope), no error
+                    # reply (it would need a proof of ours: a signature)
+                    self._rejected["unproven-sender"] += 1
+                    log.warning("bus: envelope from %r via %s, which proved no agent this node knows",
+                                env.sender, conn.peer)
+                    if conn not in self._live:
+                        break
+                    continue
+                unvouched = False
             ep = self._endpoints.get(env.recipient)
             if ep is None:
                 self._rejected["misaddressed"] += 1
@@ -967,6 +1109,8 @@ class Node:
         finally:
             self._live.discard(conn)
             self._incoming.discard(conn)
+            self._vouched.discard(conn)
+            self._unproven.pop(conn, None)
             self._scopes.pop(conn, None)
             box = self._outboxes.pop(conn, None)
             if box is not None:

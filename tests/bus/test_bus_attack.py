@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from bus import MessageType, RemoteError, encode_frame, open_node
+from bus.channel import WANT
 from bus.testing import Keyring, eventually, linked_pair
 
 pytestmark = pytest.mark.crypto
@@ -21,6 +22,13 @@ def _mallorys_box(server):
     """The server's send queue of the connection that is not alice's (white box)."""
     boxes = [box for conn, box in server._outboxes.items() if conn.source != "127.0.0.2"]
     return boxes[0] if len(boxes) == 1 else None
+
+
+def _bob_proved_to_mallory(server):
+    """Bob is proved on mallory's channel and nothing waits in its queue (white box)."""
+    conns = [conn for conn in server._outboxes if conn.source != "127.0.0.2"]
+    return (len(conns) == 1 and "bob" in conns[0].channel.proven_here
+            and server._outboxes[conns[0]].idle)
 
 
 async def test_a_forged_request_cannot_answer_a_victims_pending_request(raw_channel, unsigned_envelope):
@@ -63,6 +71,9 @@ async def test_a_forged_request_cannot_answer_a_victims_pending_request(raw_chan
                 # counter, which any agent alice ever wrote to has seen
                 (victim_id,) = alice._pending
                 async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
+                    # bob proved to her first (asked): the proof does not sit in her 1-frame queue
+                    await raw.stream.send_all(raw.sealed(b"bob", frame_type=WANT))
+                    await eventually(lambda: _bob_proved_to_mallory(server))
                     for i in range(64):  # fat replies she never reads, until one waits in the queue
                         await raw.send(unsigned_envelope("mallory", kind="fat", body=i))
                         await eventually(lambda: bob.statistics().sent_by_peer["mallory"].messages == i + 1
@@ -84,14 +95,6 @@ async def test_a_forged_request_cannot_answer_a_victims_pending_request(raw_chan
             assert alice.statistics().rejected.get("unexpected-reply", 0) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open finding: a node signs an identity proof for up to MAX_PROVED_AT_HANDSHAKE (8) of its agents on "
-    "every channel right after the handshake, before the client proved anything; an outsider replaying one "
-    "38-byte hello (no crypto of its own) costs the node up to 8 ECDSA signatures per TCP connection and "
-    "learns which agents it hosts (WANT frames do the same for larger nodes, up to MAX_CLAIMS per "
-    "connection). Bounded: 100 handshakes/s per remote address (burst 1,000); and where nodes run mutual "
-    "TLS (every node service, swarm --processes) only a machine holding a member's certificate reaches the "
-    "hello. Closing it needs a design choice: prove only once the client proved a known agent"))
 async def test_an_anonymous_hello_costs_the_node_no_signatures():
     from bus import FrameDecoder, Handshake, parse_address
 
@@ -134,7 +137,6 @@ async def test_forged_envelopes_and_wants_do_not_redirect_messages_meant_for_ano
     Mallory, proved as herself on her own channel, sends envelopes *as alice*
     (every message type) and asks the node to prove alice to her (WANT): none of
     it makes bob's next request to alice travel on mallory's connection."""
-    from bus.channel import WANT
 
     ring = Keyring()
     ring.add("mallory")

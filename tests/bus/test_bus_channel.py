@@ -31,7 +31,7 @@ from bus import (
     encode_frame,
     open_node,
 )
-from bus.channel import CHANNEL_PROTOCOL, CHANNEL_VERSION, ENVELOPE, PROOF
+from bus.channel import CHANNEL_PROTOCOL, CHANNEL_VERSION, ENVELOPE, PROOF, WANT
 from bus.envelope import encode_compact
 from bus.testing import Keyring, eventually, linked_pair
 
@@ -423,7 +423,9 @@ async def test_a_proof_signed_with_the_wrong_key_proves_nothing(raw_channel, uns
 
     async def test(scene):
         await while_attacked(scene, attack)
-        await eventually(lambda: scene.bob.statistics().rejected.get("unproven-sender", 0) == 2)
+        # refused by the node: a channel that proved no agent it knows reaches no endpoint
+        await eventually(lambda: scene.server.statistics().rejected.get("unproven-sender", 0) == 2)
+        assert not scene.bob.statistics().rejected
         assert mallory_calls(scene) == []
 
     await run_scene(test)
@@ -464,25 +466,41 @@ async def test_a_client_that_proves_nothing_is_refused(raw_channel, unsigned_env
 
     async def test(scene):
         await while_attacked(scene, attack)
-        await eventually(lambda: sum(scene.bob.statistics().rejected.values()) == 2)
-        assert dict(scene.bob.statistics().rejected) == {"unproven-sender": 1, "unknown-sender": 1}
+        # refused by the node before any endpoint (or verification) sees them
+        await eventually(lambda: scene.server.statistics().rejected.get("unproven-sender", 0) == 2)
+        assert not scene.bob.statistics().rejected
         assert mallory_calls(scene) == []
 
     await run_scene(test)
 
 
-async def test_a_client_that_proves_nothing_gets_an_error_reply(raw_channel, unsigned_envelope):
+async def test_a_client_that_proves_nothing_gets_no_reply_and_costs_no_signature(raw_channel, unsigned_envelope):
+    # an error reply would need bob's proof on the channel (a signature for anyone who
+    # completes a handshake): the node sends none until the client proved an agent it knows
     ring = Keyring()
     ring.add("mallory")
+    signed = []
+    bob_sign = ring.add("bob")
+
+    def counting(message):
+        signed.append(message)
+        return bob_sign(message)
+
     async with open_node(handshake_timeout=1) as server:
         address = await server.listen("tcp://127.0.0.1:0")
-        server.endpoint("bob", **ring.credentials("bob")).register("ping", _echo)
+        server.endpoint("bob", signer=counting, directory=ring.directory, verifier=ring.verifier).register(
+            "ping", _echo)
         async with await raw_channel(address) as raw:
             await raw.send(unsigned_envelope("mallory", body="unproven"))
+            await eventually(lambda: server.statistics().rejected.get("unproven-sender", 0) == 1)
+            assert signed == []
+            await raw.prove("mallory", ring.signer("mallory"))
+            await raw.send(unsigned_envelope("mallory", body="proved"))
             with trio.fail_after(5):  # (a liveness bound: the reply is due at once)
                 reply = await raw.receive()
-        assert reply is not None and reply.type == MessageType.ERROR
-        assert reply.body["code"] in ("unproven-sender", "unknown-sender")
+        # the first envelope the node sends on the channel: nothing answered the unproven one
+        assert reply is not None and reply.type == MessageType.REPLY and reply.body == "proved"
+        assert len(signed) == 1  # bob proved once, to the client that proved mallory
 
 
 async def test_a_client_that_proves_more_than_max_claims_is_dropped(raw_channel):
@@ -652,6 +670,7 @@ def test_secret_keys_are_not_reused_between_handshakes():
 
 async def test_forged_envelopes_do_not_silence_busy_replies(raw_channel, unsigned_envelope):
     ring = Keyring()
+    ring.add("mallory")  # (a registered user: her channel reaches bob, her forgeries are his to refuse)
     release = trio.Event()
 
     async def stuck(msg):
@@ -664,7 +683,7 @@ async def test_forged_envelopes_do_not_silence_busy_replies(raw_channel, unsigne
         bob.register("stuck", stuck)
         client.add_route("bob", address)
         alice = client.endpoint("alice", **ring.credentials("alice"))
-        async with await raw_channel(address) as raw, trio.open_nursery() as nursery:
+        async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw, trio.open_nursery() as nursery:
             for i in range(70):
                 await raw.send(unsigned_envelope(f"nobody-{i}", kind="stuck"))
             await eventually(lambda: sum(bob.statistics().rejected.values()) >= 70)
@@ -737,11 +756,13 @@ async def test_handshakes_from_one_address_are_rate_limited():
     async with open_node(handshakes_per_source=(0.01, 3)) as server:
         address = await server.listen("tcp://127.0.0.1:0")
         server.endpoint("bob", **ring.credentials("bob")).register("ping", _echo)
-        opened = [await connect_channel(address) for _ in range(3)]
+        alice = {"alice": ring.add("alice")}
+        opened = [await connect_channel(address, prove=alice) for _ in range(3)]
         with pytest.raises(BusError):
-            await connect_channel(address)
+            await connect_channel(address, prove=alice)
         assert server.statistics().dropped_connections["handshake-rate"] == 1
-        for conn in opened:  # the admitted ones are channels the node proves bob on
+        for conn in opened:  # the admitted ones are channels the node proves bob on (asked, to alice)
+            await conn.send_control(WANT, b"bob")
             with trio.move_on_after(1):
                 await conn.receive()  # (records the proofs; no envelope comes)
             assert "bob" in conn.channel.claims

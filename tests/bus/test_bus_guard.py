@@ -14,11 +14,14 @@ from bus import (
     FrameError,
     MemoryTransport,
     MessageType,
+    RemoteError,
+    UnreachableError,
     decode_envelope,
     open_node,
 )
+from bus.channel import WANT
 from bus.envelope import encode_compact
-from bus.limits import DEFAULT_MAX_DEPTH, DEFAULT_THREAD_DECODE_OBJECTS
+from bus.limits import DEFAULT_MAX_DEPTH, DEFAULT_THREAD_DECODE_OBJECTS, MAX_PROOF_FAILURES
 from bus.structure import StructureError, check_structure
 from bus.testing import Keyring, eventually
 
@@ -141,3 +144,108 @@ async def test_a_transport_deliberately_smaller_than_the_frame_limit_keeps_its_l
             assert await alice.request("bob", "size", b"x" * fits) == fits
             with pytest.raises(FrameError, match="limit"):
                 await alice.request("bob", "size", b"x" * (fits + 1))
+
+
+# ------------------------------------------------------------ finding 2: nothing proved to an anonymous client
+
+
+async def _echo(msg):
+    return msg.body
+
+
+def _counting(ring, agent, log):
+    sign = ring.add(agent)
+
+    def signer(message):
+        log.append(agent)
+        return sign(message)
+    return signer
+
+
+async def test_a_want_is_answered_only_once_the_client_proved_an_agent_the_node_knows(
+        raw_channel, unsigned_envelope):
+    ring = Keyring()
+    ring.add("mallory")
+    signed = []
+    with trio.fail_after(30):
+        async with open_node() as server:
+            address = await server.listen("tcp://127.0.0.1:0")
+            server.endpoint("bob", signer=_counting(ring, "bob", signed), directory=ring.directory,
+                            verifier=ring.verifier).register("ping", _echo)
+            async with await raw_channel(address) as raw:
+                await raw.stream.send_all(raw.sealed(b"bob", frame_type=WANT))
+                # an envelope after it: once the node counted it, it has seen the WANT too
+                await raw.send(unsigned_envelope("mallory", body="first"))
+                await eventually(lambda: server.statistics().rejected.get("unproven-sender", 0) == 1)
+                assert signed == [] and "bob" not in raw.channel.claims
+                await raw.prove("mallory", ring.signer("mallory"))
+                await raw.send(unsigned_envelope("mallory", body="second"))
+                reply = await raw.receive()
+                assert reply.type == MessageType.REPLY and reply.body == "second"
+                assert "bob" in raw.channel.claims  # (proved ahead of the reply)
+    assert signed == ["bob"]
+
+
+async def test_proofs_that_do_not_verify_cost_a_few_verifications_then_the_channel(raw_channel):
+    ring = Keyring()
+    victims = [f"user-{i}" for i in range(MAX_PROOF_FAILURES + 3)]
+    for name in ["mallory", *victims]:
+        ring.add(name)
+    verified = []
+
+    def verifier(key, message, signature):
+        verified.append(key)
+        return ring.verifier(key, message, signature)
+
+    signed = []
+    with trio.fail_after(30):
+        async with open_node() as server:
+            address = await server.listen("tcp://127.0.0.1:0")
+            server.endpoint("bob", signer=_counting(ring, "bob", signed), directory=ring.directory,
+                            verifier=verifier)
+            async with await raw_channel(address) as raw:
+                # every registered user's name, proved with mallory's key; then a WANT
+                for victim in victims:
+                    await raw.prove(victim, ring.signer("mallory"))
+                await raw.prove("stranger", ring.signer("mallory"))  # unknown here: not verified at all
+                await raw.stream.send_all(raw.sealed(b"bob", frame_type=WANT))
+                assert await raw.receive() is None  # dropped
+            await eventually(lambda: server.statistics().dropped_connections.get("bad-proofs", 0) == 1)
+    assert len(verified) == MAX_PROOF_FAILURES
+    assert signed == []
+
+
+async def test_a_client_the_node_learns_a_moment_later_is_answered(autojump_clock):
+    """A user registered a block ago: the node's directory does not know her yet when
+    she asks; her WANT waits (at most the handshake timeout) and is answered once it does."""
+    ring = Keyring()
+    mem = MemoryTransport()
+    hidden = {"carol"}
+
+    def server_directory(agent):
+        return None if agent in hidden else ring.directory(agent)
+
+    async def learn():
+        await trio.sleep(3)
+        hidden.clear()
+
+    async with open_node(transports={"mem": mem}, handshake_timeout=10) as server, \
+            open_node(transports={"mem": mem}, handshake_timeout=10, routes={"bob": "mem://srv"}) as client:
+        await server.listen("mem://srv")
+        bob_creds = ring.credentials("bob")
+        server.endpoint("bob", signer=bob_creds["signer"], directory=server_directory,
+                        verifier=ring.verifier).register("ping", _echo)
+        carol = client.endpoint("carol", **ring.credentials("carol"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(learn)
+            assert await carol.request("bob", "ping", "late", timeout=None) == "late"
+        # on carol's channel (vouched for) an unknown agent is the endpoint's to refuse ...
+        hidden.add("dave")
+        dave = client.endpoint("dave", **ring.credentials("dave"))
+        with pytest.raises(RemoteError, match="unknown-sender"):
+            await dave.request("bob", "ping", "refused", timeout=None)
+        # ... while on a channel of its own, never learnt, nothing is proved to it
+        async with open_node(transports={"mem": mem}, handshake_timeout=10, routes={"bob": "mem://srv"}) as other:
+            alone = other.endpoint("dave", **ring.credentials("dave"))
+            with pytest.raises(UnreachableError, match="did not prove"):
+                await alone.request("bob", "ping", "never", timeout=None)
