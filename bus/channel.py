@@ -189,7 +189,7 @@ class Channel:
     """
 
     __slots__ = ("binding", "initiator", "_send_aead", "_receive_aead", "_send_counter", "_receive_counter",
-                 "claims", "proven_here", "_verified", "admit")
+                 "claims", "proven_here", "_verified", "_refused", "failed_proofs", "admit")
 
     def __init__(self, binding: bytes, initiator: bool, send_key: bytes, receive_key: bytes):
         self.binding = binding
@@ -201,6 +201,10 @@ class Channel:
         self.claims: dict[str, bytes] = {}
         self.proven_here: set[str] = set()
         self._verified: dict[str, bytes] = {}  # agent -> the key its proof verified under
+        self._refused: dict[str, tuple[bytes, bytes]] = {}  # agent -> (key, proof) refused: not checked again
+        self.failed_proofs = 0
+        """Proofs that did not verify (each cost a verification; the node drops a
+        channel with too many: ``bus.limits.MAX_PROOF_FAILURES``)."""
         self.admit: Callable[[str], bool] | None = None
         """Set by the node: whether an agent proved here may speak on this connection at
         all (e.g. the TLS certificate under the channel must name it); None: any."""
@@ -303,19 +307,22 @@ class Channel:
         """Whether the other side proved ``agent`` under ``key`` (its key in the
         asking endpoint's directory): None when it did, else the reason
         (``unknown-sender``: no key; ``unproven-sender``: no proof, or one that
-        does not verify under that key). Checked once per (agent, key)."""
+        does not verify under that key). Checked once per (agent, key), and a
+        refused (agent, key, proof) is not checked again."""
         if key is None:
             return "unknown-sender"
         if self._verified.get(agent) == key:
             return None
         signature = self.claims.get(agent)
-        if signature is None:
+        if signature is None or self._refused.get(agent) == (key, signature):
             return "unproven-sender"
         try:
             ok = verify(key, self._proof_message(agent, not self.initiator), signature) is True
         except Exception:
             ok = False
         if not ok:
+            self._refused[agent] = (key, signature)
+            self.failed_proofs += 1
             return "unproven-sender"
         if self.admit is not None:
             try:
@@ -323,6 +330,7 @@ class Channel:
             except Exception:
                 admitted = False
             if not admitted:
+                self._refused[agent] = (key, signature)
                 return "unproven-sender"
         self._verified[agent] = key
         return None

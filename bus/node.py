@@ -1040,6 +1040,7 @@ class Node:
         now = self._now
         # an incoming channel: its envelopes reach no endpoint before it is vouched for
         unvouched = isinstance(conn, ChannelConnection) and conn in self._incoming
+        channel = conn.channel if isinstance(conn, ChannelConnection) else None
         while True:
             try:
                 data = await conn.receive()
@@ -1093,6 +1094,9 @@ class Node:
                 await ep.deliver(env, len(data), conn)
             except Exception:  # a bug must not take the node down
                 log.error("bus: failure handling an envelope from %s", conn.peer, exc_info=True)
+                break
+            if channel is not None and channel.failed_proofs >= MAX_PROOF_FAILURES:
+                self._drop(conn, "bad-proofs")  # (each refused proof cost the endpoint a verification)
                 break
 
     async def _serve_connection(self, conn: Connection, link: _Link | None) -> None:

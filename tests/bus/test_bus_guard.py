@@ -249,3 +249,49 @@ async def test_a_client_the_node_learns_a_moment_later_is_answered(autojump_cloc
             alone = other.endpoint("dave", **ring.credentials("dave"))
             with pytest.raises(UnreachableError, match="did not prove"):
                 await alone.request("bob", "ping", "never", timeout=None)
+
+
+# ------------------------------------------------------------ review: a proof that fails, checked once
+
+
+async def test_a_registered_client_forging_a_proof_costs_a_bounded_number_of_verifications(
+        raw_channel, unsigned_envelope):
+    """Mallory (registered, proved as herself) sends a junk proof of alice, then many
+    envelopes as alice: each was checked against the proof again (one signature
+    verification per ~40-byte envelope). A failed (agent, key, proof) is now
+    remembered, and a channel whose proofs fail MAX_PROOF_FAILURES times is dropped."""
+    ring = Keyring()
+    for name in ("mallory", "alice", "carol", "dave", "erin", "frank"):
+        ring.add(name)
+    verified = []
+
+    def verifier(key, message, signature):
+        verified.append(key)
+        return ring.verifier(key, message, signature)
+
+    with trio.fail_after(30):
+        async with open_node() as server:
+            address = await server.listen("tcp://127.0.0.1:0")
+            bob = server.endpoint("bob", signer=ring.add("bob"), directory=ring.directory, verifier=verifier)
+            bob.register("ping", _echo)
+            async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
+                await raw.send(unsigned_envelope("mallory", body="own"))
+                assert (await raw.receive()).body == "own"
+                await raw.prove("alice", ring.signer("mallory"))
+                for i in range(50):
+                    await raw.send(unsigned_envelope("alice", body=i, mtype=MessageType.EVENT, kind="note"))
+                await raw.send(unsigned_envelope("mallory", body="still here"))
+                reply = await raw.receive()
+                assert reply.type == MessageType.REPLY and reply.body == "still here"
+                before = len(verified)
+                assert before <= 3  # mallory's own proof (node, endpoint) and alice's once
+                # more forged proofs under other registered names: the channel is dropped
+                try:
+                    for name in ("carol", "dave", "erin", "frank"):
+                        await raw.prove(name, ring.signer("mallory"))
+                        await raw.send(unsigned_envelope(name, body=name, mtype=MessageType.EVENT, kind="note"))
+                    assert await raw.receive() is None
+                except trio.BrokenResourceError:
+                    pass  # (reset: the node closed it while she was still sending)
+            await eventually(lambda: server.statistics().dropped_connections.get("bad-proofs", 0) == 1)
+    assert len(verified) <= before + MAX_PROOF_FAILURES
