@@ -9,7 +9,8 @@ Channels
 By default every connection is an authenticated encrypted channel
 (:mod:`bus.channel`): an ephemeral X25519 handshake, then each side proves the
 agents it speaks for once, with each agent's own signing key over the
-channel's transcript, and every later frame is AES-256-GCM with
+channel's transcript (the connecting side first: a listening node proves its
+agents only to a client that proved one it knows), and every later frame is AES-256-GCM with
 per-direction counters (no replay, reorder or change goes unnoticed).
 Envelopes on a channel are compact and unsigned (see below); a receiver
 accepts one only from an agent the other side proved under the key its
@@ -85,7 +86,9 @@ Acceptance
     On a channel, a receiver accepts an envelope only if it is addressed to it
     and its sender is an agent the other side proved on that channel under the
     key the receiver's directory holds (else ``unknown-sender`` or
-    ``unproven-sender``). In signed mode it accepts one only if it is addressed
+    ``unproven-sender``; on an incoming channel whose other side proved no
+    agent the node knows, no endpoint sees it and no error reply goes back).
+    In signed mode it accepts one only if it is addressed
     to it, its timestamp
     is within the skew window (default 30 s) of the receiver's clock, the
     sender's public key is in the directory and the signature verifies, and

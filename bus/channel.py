@@ -82,9 +82,10 @@ MAX_CLAIMS = 256
 """Agents one side of a channel may prove (a node hosting more is refused)."""
 MAX_PROOF_SIZE = 1024
 MAX_PROVED_AT_HANDSHAKE = 8
-"""A listening node hosting at most this many agents proves them all right after
-the handshake (a signature each, for any client that completes one: kept small);
-one hosting more proves each when the other side asks (WANT)."""
+"""A listening node hosting at most this many agents proves them all on an incoming
+channel once the other side proved an agent the node knows (a signature each, so
+nothing before that: :class:`bus.Node`); one hosting more proves each when the
+other side asks (WANT)."""
 MAX_AGENT_ID_BYTES = 1024
 _MAX_COUNTER = 2**64 - 1
 _ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")  # cryptography >= 45

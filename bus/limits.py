@@ -35,10 +35,10 @@ DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 64
 DEFAULT_HANDSHAKES_PER_SOURCE = (100.0, 1000)
 """Channel handshakes one remote address may start: ``(per second, burst)``
 (``handshakes_per_source``, a token bucket). A handshake costs the node an
-X25519 exchange and, when it hosts few agents, one signature per hosted agent:
-an address that opens connections only to drop them cannot make the node spend
-more than this on it (about 3 % of a core at 100 a second); the burst lets a
-load test or a hospital's NAT connect its clients at once."""
+X25519 exchange (its agents' proofs come only once the client proved an agent
+the node knows): an address that opens connections only to drop them cannot
+make the node spend more than this on it; the burst lets a load test or a
+hospital's NAT connect its clients at once."""
 
 DEFAULT_SEND_QUEUE_FRAMES = 4096
 """Frames queued for one connection's writer (``send_queue_frames``). A reply or

@@ -44,7 +44,15 @@ No client can stall others (the limits are in :mod:`bus.limits`):
   closed when a frame takes longer than ``frame_timeout`` from its first byte
   to its last.
 * At most ``max_connections`` incoming connections, and at most
-  ``max_connections_per_source`` from one remote address.
+  ``max_connections_per_source`` from one remote address (an IPv6 address
+  counted by its /64).
+* Nothing costs the node a signature before the other side proved an agent
+  it knows: on an incoming channel the node proves its agents (a signature
+  each) only once a proof the client sent verifies under the key a hosted
+  endpoint's directory holds; until then the client's WANTs wait (for at most
+  ``handshake_timeout``) and its envelopes reach no endpoint. A refused proof
+  is checked once, and a channel with ``MAX_PROOF_FAILURES`` refused proofs is
+  dropped. The connecting side proves its sender first.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ __all__ = ["Node", "open_node"]
 
 import contextlib
 import functools
+import ipaddress
 import itertools
 import logging
 import math
@@ -124,6 +133,22 @@ def _make_room(transport: Transport, max_frame_size: int, wire_max: int) -> None
         transport.max_frame_size = wire_max  # type: ignore[attr-defined]
 
 
+def _source_key(source: str) -> str:
+    """What the per-source limits count ``source`` (a connection's remote address) as:
+    an IPv6 address by its /64 network (the least a site or a subscriber is given,
+    so one client does not get a limit per address of its 2**64), an IPv4-mapped
+    one as its IPv4 address; anything else (a memory connection's name) as it is."""
+    try:
+        ip = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return source
+
+
 class _HandshakeTimeout(ChannelError):
     """An incoming connection did not finish the channel handshake in time."""
 
@@ -145,9 +170,10 @@ unvouched client proved (the endpoints of one node share one, as a rule)."""
 class _Unproven:
     """An incoming channel not vouched for yet: the proofs tried, the agents asked for."""
 
-    __slots__ = ("tried", "failures", "wants", "watching")
+    __slots__ = ("seen", "tried", "failures", "wants", "watching")
 
     def __init__(self) -> None:
+        self.seen: dict[str, bytes] = {}  # agent -> the proof looked at (again only on the timer)
         self.tried: dict[str, tuple[bytes, bytes]] = {}  # agent -> (key, signature) that failed
         self.failures = 0
         self.wants: set[str] = set()  # hosted agents the client asked us to prove (WANT)
@@ -731,21 +757,27 @@ class Node:
                 return key, attachment.verifier
         return None
 
-    def _vouch(self, conn: ChannelConnection) -> bool:
+    def _vouch(self, conn: ChannelConnection, again: bool = False) -> bool:
         """Whether the other side of the incoming channel ``conn`` proved an agent this
         node knows (a proof that verifies under the key a hosted endpoint's directory
         holds for it; admission, e.g. by TLS certificate, is the endpoint's to check).
         The first time it does, the agents it asked for are proved (and all hosted
         ones, when at most MAX_PROVED_AT_HANDSHAKE). Each (key, proof) is verified
         once; after MAX_PROOF_FAILURES proofs that do not verify the channel is
-        dropped. Agents with no key here cost a directory look-up, no verification."""
+        dropped. Agents with no key here cost a directory look-up, no verification:
+        each proof is looked at when it is new, and ``again`` (the timer of
+        :meth:`_await_vouch`) for those whose agent had no key then."""
         if conn in self._vouched:
             return True
         if conn not in self._live:
             return False
         pending = self._unproven.setdefault(conn, _Unproven())
         channel = conn.channel
+        seen = pending.seen
         for agent, signature in list(channel.claims.items()):
+            if not again and seen.get(agent) == signature:
+                continue
+            seen[agent] = signature
             found = self._key_of(agent)
             if found is None:
                 continue
@@ -783,7 +815,7 @@ class Node:
         delay = 0.05
         while trio.current_time() < deadline:
             await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
-            if conn not in self._live or self._vouch(conn):
+            if conn not in self._live or self._vouch(conn, again=True):
                 return
             delay = min(delay * 2, 1.0)
         pending.wants.clear()
@@ -915,7 +947,7 @@ class Node:
         self._nursery.start_soon(self._write, conn, box)
 
     async def _accept(self, conn: Connection) -> None:
-        source = getattr(conn, "source", conn.peer)
+        source = _source_key(getattr(conn, "source", conn.peer))
         if self._closed or len(self._incoming) + self._handshaking >= self._max_connections:
             self._refused += 1
             log.warning("bus: refusing connection from %s (limit %d)", conn.peer, self._max_connections)

@@ -5,6 +5,7 @@ nothing can make a node do (see docs/security.md, "Bus findings closed")."""
 import msgpack
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +19,9 @@ from bus import (
     UnreachableError,
     decode_envelope,
     open_node,
+    parse_address,
 )
-from bus.channel import WANT
+from bus.channel import PROOF, WANT
 from bus.envelope import encode_compact
 from bus.limits import DEFAULT_MAX_DEPTH, DEFAULT_THREAD_DECODE_OBJECTS, MAX_PROOF_FAILURES
 from bus.structure import StructureError, check_structure
@@ -295,3 +297,74 @@ async def test_a_registered_client_forging_a_proof_costs_a_bounded_number_of_ver
                     pass  # (reset: the node closed it while she was still sending)
             await eventually(lambda: server.statistics().dropped_connections.get("bad-proofs", 0) == 1)
     assert len(verified) <= before + MAX_PROOF_FAILURES
+
+
+async def test_wants_from_a_client_proving_many_unknown_agents_do_not_rescan_its_proofs(
+        raw_channel, unsigned_envelope):
+    """Before it is vouched for, a channel's proofs are looked at when they arrive (and
+    on a timer, for agents the node may learn): a WANT or an envelope does not make the
+    node look up every proof again (200 proofs x 500 WANTs were 100,000 look-ups)."""
+    ring = Keyring()
+    looked_up = []
+
+    def directory(agent):
+        looked_up.append(agent)
+        return ring.directory(agent)
+
+    with trio.fail_after(60):
+        async with open_node() as server:
+            address = await server.listen("tcp://127.0.0.1:0")
+            server.endpoint("bob", signer=ring.add("bob"), directory=directory, verifier=ring.verifier)
+            async with await raw_channel(address) as raw:
+                stranger = Keyring().add("stranger")
+                await raw.stream.send_all(b"".join(
+                    raw.sealed(raw.channel.make_proof(f"stranger-{i}", stranger), frame_type=PROOF)
+                    for i in range(200)))
+                await raw.stream.send_all(b"".join(raw.sealed(b"bob", frame_type=WANT) for _ in range(500)))
+                await raw.send(unsigned_envelope("stranger-0"))
+                await eventually(lambda: server.statistics().rejected.get("unproven-sender", 0) == 1)
+    # the first look at each proof, and the timer's looks again (each at least 50 ms apart)
+    assert len(looked_up) <= 200 * 12, len(looked_up)
+
+
+# ------------------------------------------------------------ review: per-source limits and IPv6
+
+
+class _FromAddresses:
+    """A MemoryTransport whose incoming connections come from the given remote IPs
+    (what a TCP listener reports as their source)."""
+
+    scheme = "mem"
+
+    def __init__(self, sources):
+        self.inner = MemoryTransport()
+        self.sources = iter(sources)
+
+    async def connect(self, address):
+        return await self.inner.connect(address)
+
+    async def serve(self, address, handler, nursery):
+        async def from_address(conn):
+            conn.source = next(self.sources)
+            await handler(conn)
+        return await self.inner.serve(address, from_address, nursery)
+
+
+async def test_the_addresses_of_one_ipv6_network_share_one_per_source_limit():
+    """A client given an IPv6 /64 (the least a site or subscriber gets) has 2**64
+    addresses: counted one by one it had a per-source limit per address. Limits now
+    count an IPv6 address by its /64 (an IPv4-mapped one as the IPv4 address)."""
+    sources = ["2001:db8:1:2::1", "2001:db8:1:2::ffff:2", "::ffff:192.0.2.7", "192.0.2.7", "2001:db8:1:3::1"]
+    mem = _FromAddresses(sources)
+    with trio.fail_after(30):
+        async with open_node(transports={"mem": mem}, max_connections_per_source=1) as server:
+            await server.listen("mem://srv")
+            opened = []
+            for _ in sources:
+                conn = await mem.connect(parse_address("mem://srv"))
+                opened.append(conn)
+                await trio.testing.wait_all_tasks_blocked()
+            # one of the /64, one of 192.0.2.7 (mapped or not), one of the other /64
+            assert server.statistics().refused_connections == 2
+            for conn in opened:
+                await conn.aclose()
