@@ -39,7 +39,8 @@ No client can stall others (the limits are in :mod:`bus.limits`):
   many steps on the event loop) is checked and decoded in a worker thread, one
   at a time per node.
 * An incoming connection must complete its first frame within
-  ``handshake_timeout``, is closed after ``idle_timeout`` without a frame
+  ``handshake_timeout`` (a channel: prove an agent the node knows within it,
+  after the handshake), is closed after ``idle_timeout`` without a frame
   either way (unless an endpoint still needs it), and any connection is
   closed when a frame takes longer than ``frame_timeout`` from its first byte
   to its last.
@@ -733,6 +734,10 @@ class Node:
             return
         self._prove(conn, agent, attachment)
 
+    def _unvouched(self, conn: Connection) -> bool:
+        """Whether ``conn`` is an incoming channel not vouched for (yet)."""
+        return conn not in self._vouched and isinstance(conn, ChannelConnection) and conn in self._incoming
+
     def _may_prove(self, conn: ChannelConnection) -> bool:
         """Whether the node may prove its agents on ``conn``: one it opened, or an
         incoming channel vouched for (see :meth:`_vouch`)."""
@@ -1015,6 +1020,8 @@ class Node:
             return None
         if last_frame is None:
             return "handshake-timeout" if now >= started + self._handshake_timeout else None
+        if now >= started + self._handshake_timeout and self._unvouched(conn):
+            return "unproven-timeout"  # (its envelopes are refused: they must not keep it open)
         last = max(last_frame, box.last_sent if box is not None else last_frame)
         if now >= last + self._idle_timeout and not self._held(conn):
             return "idle-timeout"
@@ -1035,7 +1042,7 @@ class Node:
         if partial is not None:
             deadline = min(deadline, partial + self._frame_timeout)
         if incoming:
-            if last_frame is None:
+            if last_frame is None or self._unvouched(conn):
                 deadline = min(deadline, started + self._handshake_timeout)
             else:
                 idle_at = max(last_frame, box.last_sent if box is not None else last_frame) + self._idle_timeout

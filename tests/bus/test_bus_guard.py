@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from bus import (
     CHANNEL_OVERHEAD,
+    BrokenError,
+    ClosedError,
     EnvelopeError,
     FrameError,
     MemoryTransport,
@@ -368,3 +370,33 @@ async def test_the_addresses_of_one_ipv6_network_share_one_per_source_limit():
             assert server.statistics().refused_connections == 2
             for conn in opened:
                 await conn.aclose()
+
+
+async def test_a_channel_that_never_proves_an_agent_the_node_knows_is_not_kept(autojump_clock):
+    """An anonymous client kept a connection slot as long as it sent an envelope within
+    the idle timeout (one every 299 s, refused: for ever, 64 per address). A channel not
+    vouched for within the handshake timeout is now dropped (``unproven-timeout``)."""
+    from bus import channel_handshake
+
+    ring = Keyring()
+    mem = MemoryTransport()
+    async with open_node(transports={"mem": mem}, handshake_timeout=10, idle_timeout=100) as server, \
+            open_node(transports={"mem": mem}, routes={"bob": "mem://srv"}) as client:
+        await server.listen("mem://srv")
+        server.endpoint("bob", **ring.credentials("bob")).register("ping", _echo)
+        anonymous = await channel_handshake(await mem.connect(parse_address("mem://srv")), initiator=True)
+        for i in range(30):  # an envelope every 5 s: never idle
+            try:
+                await anonymous.send(_envelope(i))
+            except (BrokenError, ClosedError):
+                break
+            await trio.sleep(5)
+        assert server.statistics().dropped_connections == {"unproven-timeout": 1}
+        assert "bob" not in anonymous.channel.claims
+        # a client that proved itself keeps its channel past that
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        assert await alice.request("bob", "ping", 1) == 1
+        await trio.sleep(60)
+        assert server.statistics().incoming_connections == 1
+        assert await alice.request("bob", "ping", 2) == 2
+        assert server.statistics().dropped_connections == {"unproven-timeout": 1}
