@@ -777,6 +777,8 @@ class Node:
         if conn not in self._live:
             return False
         pending = self._unproven.setdefault(conn, _Unproven())
+        if pending.failures >= MAX_PROOF_FAILURES:
+            return False  # (dropped already)
         channel = conn.channel
         seen = pending.seen
         for agent, signature in list(channel.claims.items()):
@@ -1080,6 +1082,7 @@ class Node:
         # an incoming channel: its envelopes reach no endpoint before it is vouched for
         unvouched = isinstance(conn, ChannelConnection) and conn in self._incoming
         channel = conn.channel if isinstance(conn, ChannelConnection) else None
+        refused = 0
         while True:
             try:
                 data = await conn.receive()
@@ -1113,8 +1116,10 @@ class Node:
                     # no endpoint looks at it (no verification per envelope), no error
                     # reply (it would need a proof of ours: a signature)
                     self._rejected["unproven-sender"] += 1
-                    log.warning("bus: envelope from %r via %s, which proved no agent this node knows",
-                                env.sender, conn.peer)
+                    if not refused:  # (once per connection: its refusals are counted, not logged)
+                        log.warning("bus: refusing envelopes via %s (from %r): it proved no agent this "
+                                    "node knows", conn.peer, env.sender)
+                    refused += 1
                     if conn not in self._live:
                         break
                     continue
