@@ -54,6 +54,8 @@ class ChannelConnection:
         self._send_frame = getattr(conn, "send_frame", None)
         self._try_send_frame = getattr(conn, "try_send_frame", None)
         self._can_try_send = getattr(conn, "can_try_send", None)
+        if self._can_try_send is not None:  # asked before every write: the transport's own, no call around it
+            self.can_try_send = self._can_try_send  # type: ignore[method-assign]
 
     @property
     def partial_since(self) -> float | None:

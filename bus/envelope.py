@@ -121,9 +121,11 @@ _REPLY_TYPES = (MessageType.REPLY, MessageType.ERROR)
 
 
 _packers = threading.local()
-_KEEP_PACKER_BYTES = 2 << 20
+_KEEP_PACKER_BYTES = (4 << 20) + (64 << 10)
 """A thread keeps its msgpack packer (and the buffer it grew) after packing at most
-this many bytes; after a larger value it starts a fresh one (the memory goes back)."""
+this many bytes; after a larger value it starts a fresh one (the memory goes back).
+A storage read's 2 MiB piece, with its envelope a little over 2 MiB, stays under it
+(a fresh packer per piece grew its buffer by reallocation, each piece again)."""
 
 
 def _packb(value: Any) -> bytes:
@@ -299,7 +301,8 @@ def encode_compact(mtype: int, kind: str | None, msg_id: int, correlation_id: in
     else:
         if correlation_id is not None:
             raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
-        _check_str("kind", kind, MAX_KIND_LENGTH)
+        if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH:
+            _check_str("kind", kind, MAX_KIND_LENGTH)
     if type(msg_id) is not int or not 0 <= msg_id <= _MAX_COMPACT_ID:
         raise EnvelopeError("malformed", "msg_id must be an unsigned 64-bit int")
     if type(sender) is not str or not 0 < len(sender) <= MAX_AGENT_ID_LENGTH:
@@ -443,7 +446,8 @@ def _compact_fields(fields: list[Any]) -> Envelope:
         if mtype is MessageType.ERROR:
             _check_error_body(body)
     else:
-        _check_str("kind", kind, MAX_KIND_LENGTH)
+        if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH:
+            _check_str("kind", kind, MAX_KIND_LENGTH)
         if corr is not None:
             raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
     if type(sender) is not str or not 0 < len(sender) <= MAX_AGENT_ID_LENGTH:
