@@ -266,17 +266,30 @@ class Envelope:
 
 def _slot_constructor(cls: type) -> Callable[..., Any]:
     """A constructor of the frozen, slotted dataclass ``cls`` taking its fields in order,
-    for the hot paths: it fills the slots through their descriptors (what the
-    generated ``__init__`` does through ``object.__setattr__``, one global and
-    attribute look-up per field, at about twice the cost). The instance is the same:
-    equal, hashed, frozen and replaced as any other."""
+    for the hot paths. It fills a twin instance of a plain class with the same slots
+    (plain attribute stores, no descriptor calls) and then makes it a ``cls``
+    (``__class__`` assignment, which Python allows between classes of one memory
+    layout: the same slots in the same order, and checks): about half the cost of
+    filling the slots through their descriptors, a third of the generated
+    ``__init__``'s (``object.__setattr__`` per field). The instance is the same:
+    equal, hashed, frozen and replaced as any other. Where the twin is refused, the
+    slots are filled through their descriptors."""
     names = [f.name for f in dataclasses.fields(cls)]
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    twin = type(f"_{cls.__name__}Fill", (), {"__slots__": tuple(names)})
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_twin": twin}
     for i, name in enumerate(names):
         namespace[f"_set{i}"] = getattr(cls, name).__set__
-    lines = [f"def new({', '.join(names)}):", "    obj = _new(_cls)"]
-    lines += [f"    _set{i}(obj, {name})" for i, name in enumerate(names)]
-    lines.append("    return obj")
+    args = ", ".join(names)
+    try:
+        probe = object.__new__(twin)
+        probe.__class__ = cls  # (a layout Python refuses to swap raises TypeError here)
+        lines = [f"def new({args}):", "    obj = _new(_twin)"]
+        lines += [f"    obj.{name} = {name}" for name in names]
+        lines += ["    obj.__class__ = _cls", "    return obj"]
+    except TypeError:
+        lines = [f"def new({args}):", "    obj = _new(_cls)"]
+        lines += [f"    _set{i}(obj, {name})" for i, name in enumerate(names)]
+        lines.append("    return obj")
     exec("\n".join(lines), namespace)  # (the names are the dataclass's own fields)
     return namespace["new"]
 
