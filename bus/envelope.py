@@ -411,10 +411,9 @@ def decode_envelope(
 
 def _decode_checked(data: bytes, max_objects: int) -> Envelope:
     """decode_envelope for bytes whose structure is known to be within the limits."""
-    try:
+    try:  # (raw=False, use_list=True, strict_map_key=True: msgpack's defaults from 1.0, not passed per call)
         fields = msgpack.unpackb(
-            data, raw=False, use_list=True, strict_map_key=True, ext_hook=_reject_ext,
-            max_array_len=max_objects, max_map_len=max_objects, max_ext_len=0,
+            data, ext_hook=_reject_ext, max_array_len=max_objects, max_map_len=max_objects, max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, ...)
         raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None

@@ -372,7 +372,8 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
     def __init__(self, stream: trio.SocketStream):
         self.stream = stream
         self.socket = stream.socket
-        self._fileno = _fileno_of(stream.socket)
+        self.fileno = _fileno_of(stream.socket)
+        """The socket's descriptor now (-1 once it is closed)."""
         self._drained = True  # the last read emptied the socket: wait before reading
         self._unyielded = 0  # reads in a row that did not go through the event loop
         self._unyielded_bytes = 0  # and the bytes they read
@@ -395,7 +396,7 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
         """One non-blocking ``read(fd, size)`` (bytes, or a count of bytes written), waiting for the
         socket only when the last read drained it, and yielding to the event loop after a run of reads
         that did not (so a fast sender cannot starve the other tasks)."""
-        fd = self._fileno()
+        fd = self.fileno()
         if fd < 0:
             raise trio.ClosedResourceError("the socket is closed")
         if self._drained:
@@ -459,7 +460,7 @@ class _TlsStream(trio.abc.Stream):
                  server_hostname: str | None = None):
         self.raw = raw
         self.socket = raw.socket
-        self._fileno = raw._fileno
+        self._fileno = raw.fileno
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
