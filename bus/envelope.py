@@ -152,7 +152,7 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
-_PLAIN = (type(None), bool, int, float, str, bytes)
+_PLAIN = frozenset((type(None), bool, int, float, str, bytes))  # (a set: one hash, not six comparisons)
 
 
 def _only_plain(value: Any) -> bool:
@@ -417,11 +417,12 @@ def _decode_checked(data: bytes, max_objects: int) -> Envelope:
         )
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, ...)
         raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None
-    if type(fields) is not list or len(fields) not in (_FIELD_COUNT, _COMPACT_FIELD_COUNT):
+    count = len(fields) if type(fields) is list else -1
+    if count == _COMPACT_FIELD_COUNT:
+        env = _compact_fields(fields)
+    elif count != _FIELD_COUNT:
         raise EnvelopeError("malformed", f"envelope must be an array of {_FIELD_COUNT} fields "
                                          f"(or {_COMPACT_FIELD_COUNT}: compact)")
-    if len(fields) == _COMPACT_FIELD_COUNT:
-        env = _compact_fields(fields)
     else:
         version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig = fields
         if type(mtype) is not int or mtype not in _TYPE_CODES:
