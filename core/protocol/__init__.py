@@ -74,6 +74,7 @@ from core.protocol._peer import commits_owner as commits_owner
 from core.protocol._patient import PatientAccessRequest as PatientAccessRequest
 from core.protocol._patient import PatientAccessRequestReply as PatientAccessRequestReply
 from core.protocol._patient import GRANT_REPLY_FIELDS as GRANT_REPLY_FIELDS
+from core.protocol._patient import GRANT_TERMS as GRANT_TERMS
 from core.protocol._storage import MAX_MESSAGE_DATA as MAX_MESSAGE_DATA
 from core.protocol._storage import RECEIPT_TAG as RECEIPT_TAG
 from core.protocol._storage import make_receipt as make_receipt

@@ -149,7 +149,10 @@ class PeerSubmit(_OneOrList, kind="peer.submit"):
     batch: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {**_OneOrList.to_wire(self), "wait": self.wait}
+        out = _OneOrList.to_wire(self)
+        if self.wait:  # absent: False
+            out["wait"] = True
+        return out
 
     @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
@@ -212,7 +215,7 @@ _LABEL = Optional(Text(128, min_len=1))  # core.ledger's bound on a record label
 
 
 @dataclass(frozen=True, slots=True)
-class PeerQuery(Message, kind="peer.query"):
+class PeerQuery(Message, kind="peer.query", row=True):
     """``{what, ...}``: the fields :data:`QUERY_FIELDS` names for ``what``; the others are None.
     ``min_height`` (optional, any ``what``): answer only from a state at least that
     high (read-your-writes: the height of a commit notice); a peer below it waits a
@@ -235,16 +238,28 @@ class PeerQuery(Message, kind="peer.query"):
     ``CertEntry``'s map, nil if none) read from the same committed state, so a doctor
     checks the store transaction's signature without a second (``cert``) round trip."""
 
-    def to_wire(self) -> dict[str, Any]:
-        out = {"what": self.what, **{name: getattr(self, name) for name in QUERY_FIELDS[self.what]}}
-        if self.min_height is not None:
-            out["min_height"] = self.min_height
+    def to_wire(self) -> list[Any]:  # type: ignore[override]
+        """The row ``[what, <QUERY_FIELDS[what] in order>, min_height, owner_cert]``, the
+        last two left out when nil / false (``["record", "alice", "r1"]``)."""
+        out: list[Any] = [self.what, *(getattr(self, name) for name in QUERY_FIELDS[self.what])]
+        if self.min_height is not None or self.owner_cert:
+            out.append(self.min_height)
         if self.owner_cert:
-            out[self.OWNER_CERT] = True
+            out.append(True)
         return out
 
     @classmethod
+    def _from_row(cls, obj: list, what: str) -> dict[str, Any]:
+        if not obj or not isinstance(obj[0], str) or obj[0] not in QUERY_FIELDS:
+            raise DecodeError(f"{what}: a query row starts with one of {', '.join(QUERY_FIELDS)}")
+        names = ("what", *QUERY_FIELDS[obj[0]], "min_height", cls.OWNER_CERT)
+        if len(obj) < len(names) - 2:
+            raise DecodeError(f"{what}: query {obj[0]!r} needs fields {', '.join(names[1:-2])}")
+        return dict(zip(names, obj))
+
+    @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+        """The row form, or the map ``{what, <fields>, min_height?, owner_cert?}``."""
         obj, where = cls._body(obj, what)
         if "what" not in obj:
             raise DecodeError(f"{where}: field 'what' is missing")
@@ -336,7 +351,7 @@ class PeerAuditReply(Message, kind="peer.audit"):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerDeliverShare(Message, kind="peer.deliver_share"):
+class PeerDeliverShare(Message, kind="peer.deliver_share", row=True):
     """A re-encryption key share sealed to the peer (``core.pre.SealedKeyShare``)."""
 
     grant_id: str = wire(Id())
@@ -345,7 +360,7 @@ class PeerDeliverShare(Message, kind="peer.deliver_share"):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerDeliverShareReply(Message, kind="peer.deliver_share"):
+class PeerDeliverShareReply(Message, kind="peer.deliver_share", row=True):
     ok: bool = wire(Bool(), default=True)
 
 
@@ -353,7 +368,7 @@ class PeerDeliverShareReply(Message, kind="peer.deliver_share"):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerReencrypt(Message, kind="peer.reencrypt"):
+class PeerReencrypt(Message, kind="peer.reencrypt", row=True):
     """``min_height`` (optional): the grant's block; a peer below it waits a bounded
     time for it (``query.behind`` after), so a grant just committed is found."""
 
@@ -365,7 +380,7 @@ class PeerReencrypt(Message, kind="peer.reencrypt"):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerReencryptReply(Message, kind="peer.reencrypt"):
+class PeerReencryptReply(Message, kind="peer.reencrypt", row=True):
     """The re-encrypted share (its proxy index is the share's first 4 bytes, its GT
     value compressed) and the peer's signature over it, which also covers the
     request id and the record's CID that the doctor already holds
@@ -439,7 +454,7 @@ def commits_owner(topic: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class CommitNotice(Message, kind="commits"):
+class CommitNotice(Message, kind="commits", row=True):
     """Topic ``commits/<subject>``: a transaction ``subject`` submitted was ordered
     into block ``height`` with ``mark`` (``"ok"`` or a core.ledger reason code).
     ``effect``: state key -> entry, as committed at ``height``, of the entries the
