@@ -69,6 +69,7 @@ from core.protocol._peer import MAX_ECHO_KEYS as MAX_ECHO_KEYS
 from core.protocol._peer import echo_compact as echo_compact
 from core.protocol._peer import echo_expand as echo_expand
 from core.protocol._peer import COMMITS as COMMITS
+from core.protocol._peer import NOTICE_TX_ID as NOTICE_TX_ID
 from core.protocol._peer import commits_topic as commits_topic
 from core.protocol._peer import commits_owner as commits_owner
 from core.protocol._patient import PatientAccessRequest as PatientAccessRequest

@@ -25,7 +25,7 @@ __all__ = [
     "PeerEnroll", "PeerEnrollReply", "PeerSubmit", "SubmitResult", "PeerSubmitReply", "PeerQuery",
     "PeerQueryReply", "PeerAudit", "PeerAuditReply", "PeerDeliverShare", "PeerDeliverShareReply",
     "PeerReencrypt", "PeerReencryptReply", "PeerBlocks", "PeerBlocksReply", "Decision", "PeerEvent",
-    "CommitNotice", "COMMITS", "commits_topic", "commits_owner", "MAX_EFFECT_ENTRIES", "MAX_ECHO_KEYS",
+    "CommitNotice", "COMMITS", "NOTICE_TX_ID", "commits_topic", "commits_owner", "MAX_EFFECT_ENTRIES", "MAX_ECHO_KEYS",
     "echo_compact", "echo_expand",
 ]
 
@@ -434,6 +434,9 @@ class PeerEvent(Message, kind="events"):
 
 # -- topic family commits/<subject> ------------------------------------------------
 
+NOTICE_TX_ID = 8
+"""Bytes of the transaction id a commit notice carries (:meth:`CommitNotice.echoing`):
+its first 8, enough for the submitter to tell its own pending transactions apart."""
 COMMITS = "commits"
 """The topic family of commit notices: ``commits/<subject>`` carries :class:`CommitNotice`
 for the transactions ``subject`` submitted, to ``subject`` only."""
@@ -462,7 +465,9 @@ class CommitNotice(Message, kind="commits", row=True):
     with its decision, the grant, the record, ...; for an ``access_request`` the
     ledger granted, the grant too); empty when the mark is not ``"ok"``."""
 
-    tx_id: bytes = wire(_TX_ID)
+    tx_id: bytes = wire(Bytes(min_size=NOTICE_TX_ID, max_size=32))
+    """The transaction's id (SHA-256 of its bytes), or its first :data:`NOTICE_TX_ID`
+    bytes (:meth:`echoing`: the submitter holds the rest)."""
     height: int = wire(_HEIGHT)
     type: str = wire(Text(64, min_len=1))
     mark: str = wire(Choice(tuple(REASON_CODES)))
@@ -473,8 +478,9 @@ class CommitNotice(Message, kind="commits", row=True):
     transaction body's own (:meth:`echoing`, :func:`echo_compact`); absent: none left out."""
 
     def echoing(self, body: Mapping[str, Any]) -> "CommitNotice":
-        """This notice with each effect entry's fields that repeat the transaction's
-        ``body`` left out (the submitter holds it: :meth:`expand` puts them back)."""
+        """This notice with what its submitter holds left out: each effect entry's fields
+        that repeat the transaction's ``body`` (:meth:`expand` puts them back), and the
+        transaction id past its first :data:`NOTICE_TX_ID` bytes (:meth:`names`)."""
         effect: dict[str, Any] = {}
         masks = []
         for key, entry in self.effect.items():
@@ -482,8 +488,13 @@ class CommitNotice(Message, kind="commits", row=True):
             effect[key] = kept
             masks.append(mask)
         if not any(masks):
-            return self
-        return dataclasses.replace(self, effect=effect, echo=tuple(masks))
+            return dataclasses.replace(self, tx_id=self.tx_id[:NOTICE_TX_ID])
+        return dataclasses.replace(self, tx_id=self.tx_id[:NOTICE_TX_ID], effect=effect, echo=tuple(masks))
+
+    def names(self, tx_id: bytes) -> bool:
+        """Whether this notice is about the transaction ``tx_id`` (its id, or the id's
+        first bytes as :meth:`echoing` leaves them)."""
+        return tx_id[:len(self.tx_id)] == self.tx_id
 
     def expand(self, body: Mapping[str, Any]) -> dict:
         """The effect with the echoed fields restored from the submitted transaction's
