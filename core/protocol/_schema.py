@@ -326,6 +326,23 @@ class Message:
 
     @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+        if type(obj) is list and cls.row:  # the row form, read in place (as _from_row maps it)
+            what = what or cls.kind
+            values = {}
+            n = len(obj)
+            for i, f in enumerate(_fields(cls)):
+                if i < n:
+                    v = obj[i]
+                    if v is not None or not (isinstance(f.codec, Optional) or f.default is None):
+                        values[f.attr] = f.codec.decode(v, f"{what}: {f.name!r}")
+                        continue
+                if f.default is not MISSING:
+                    values[f.attr] = f.default
+                elif isinstance(f.codec, Optional):
+                    values[f.attr] = None
+                else:
+                    raise DecodeError(f"{what}: field {f.name!r} is missing")
+            return cls(**values)
         obj, what = cls._body(obj, what)
         values = {}
         for f in _fields(cls):
