@@ -74,8 +74,8 @@ from core.identity import Certificate, ConsortiumConfig
 from core.ledger import effect_key, parse_genesis, shows_effect
 from core.state import CertEntry, entry_query
 from core.protocol import (
-    CommitNotice, PeerEnroll, PeerEnrollReply, PeerQuery, PeerQueryReply, PeerSubmit, PeerSubmitReply, codes,
-    commits_topic,
+    NOTICE_TX_ID, CommitNotice, PeerEnroll, PeerEnrollReply, PeerQuery, PeerQueryReply, PeerSubmit, PeerSubmitReply,
+    codes, commits_topic,
 )
 from core.tx import Transaction
 
@@ -645,12 +645,13 @@ class PeerClient:
         plan = SubmitFailover(self.peers_by_health(), timeout=self.config.request_timeout)
         waiter = _CommitWaiter() if notified else None
         if waiter is not None:
-            self._commit_waiters[tx.tx_id] = waiter
+            self._commit_waiters[tx.tx_id[:NOTICE_TX_ID]] = waiter  # a notice names it by that much
+            waiter.tx_id = tx.tx_id
         try:
             outcome = await run_plan(plan, perform)
         finally:
-            if waiter is not None and self._commit_waiters.get(tx.tx_id) is waiter:
-                del self._commit_waiters[tx.tx_id]
+            if waiter is not None and self._commit_waiters.get(tx.tx_id[:NOTICE_TX_ID]) is waiter:
+                del self._commit_waiters[tx.tx_id[:NOTICE_TX_ID]]
         if isinstance(outcome, Done):
             if outcome.value.get("resubmitted"):
                 log.info("%s: %s committed through an unresponsive peer; the re-sent copy was marked %s",
@@ -717,8 +718,8 @@ class PeerClient:
                 except DecodeError as exc:
                     log.warning("%s: malformed commit notice from %s: %s", self.subject, sub.publisher, exc)
                     continue
-                waiter = self._commit_waiters.get(notice.tx_id)
-                if waiter is not None and waiter.notice is None:
+                waiter = self._commit_waiters.get(notice.tx_id[:NOTICE_TX_ID])
+                if waiter is not None and waiter.notice is None and notice.names(waiter.tx_id):
                     waiter.notice = notice
                     waiter.event.set()
                     for scope in waiter.scopes:
@@ -779,7 +780,7 @@ class PeerClient:
                 log.warning("%s: malformed commit notice for %s: %s", self.subject, tx.type, exc)
         if notice is not None and effect is not None:
             self.commit_stats["notices"] += 1
-            return Answer({"tx_id": notice.tx_id, "height": notice.height, "mark": notice.mark, "effect": effect})
+            return Answer({"tx_id": tx.tx_id, "height": notice.height, "mark": notice.mark, "effect": effect})
         self.commit_stats["fallbacks"] += 1
         log.info("%s: no commit notice for %s within %.1f s: waiting on %s", self.subject, tx.type,
                  self.notice_wait, peer)
@@ -911,11 +912,14 @@ class PeerClient:
 
 
 class _CommitWaiter:
-    """A submit waiting for its commit notice (``notice`` None when woken without one)."""
+    """A submit waiting for its commit notice (``notice`` None when woken without one) of
+    the transaction ``tx_id`` (the waiters are keyed by its first :data:`NOTICE_TX_ID` bytes,
+    all a notice carries)."""
 
-    __slots__ = ("event", "notice", "scopes")
+    __slots__ = ("event", "notice", "scopes", "tx_id")
 
     def __init__(self) -> None:
+        self.tx_id = b""
         self.event = trio.Event()
         self.notice: CommitNotice | None = None
         self.scopes: list[trio.CancelScope] = []  # submit requests in flight, cancelled by the notice

@@ -15,7 +15,7 @@ grant it submits an ``access_request`` (:class:`PolicyDenied` when the policy
 says no); when the ledger granted it from the patient's standing delegation
 (the policy pre-authorizes this doctor, ``approval auto``) it goes straight on,
 without the patient; otherwise it asks the patient (:class:`RequestRejected`
-when the patient says no; its answer carries the committed grant entry and the
+when the patient says no; its answer carries the committed grant's terms and the
 peers holding their key shares, so the doctor neither reads the grant back nor
 asks a peer still without its share first), and then asks the peers for their
 re-encryption shares, keeping the first t
@@ -382,12 +382,12 @@ class DoctorAgent(UserAgent):
         raw = await self._ask_patient(patient, request_id, height)
         try:
             reply = PatientAccessRequestReply.from_wire(raw)
-        except DecodeError:
-            raise IntegrityError(f"{patient} answered without a grant id") from None
-        # the patient's signed word for its committed grant: no read-back (the peers check the
-        # ledger's grant on every re-encryption); an older patient's reply without it: read it
+        except DecodeError as exc:
+            raise IntegrityError(f"{patient}'s answer does not decode: {exc}") from None
+        # the patient's word for its committed grant (its terms; the rest is our request's): no
+        # read-back (the peers check the ledger's grant on every re-encryption); a reply without: read it
         grant = await self._hold_grant(patient, label, reply.grant_id, request_id, height=reply.height,
-                                       entry=reply.grant)
+                                       entry=reply.grant_entry(self.subject, patient, label, record_id))
         return {**grant, "peers": list(reply.peers or ())}
 
     async def _hold_grant(self, patient: str, label: str, grant_id: str, request_id: str, *,

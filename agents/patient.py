@@ -26,7 +26,7 @@ being committed; the patient answers a doctor's request once the grant
 committed and t peers acknowledged their shares (a standing delegation waits a
 short grace, :data:`agents.plans.DELIVERY_GRACE_S`, for the others), naming
 the acknowledging peers (the doctor asks them first) and passing the committed
-grant entry on (the doctor does not read it back); the others' deliveries go
+grant's terms on (the doctor does not read it back); the others' deliveries go
 on in the background (a peer accepts its share after the grant committed: it
 checks the hash against the grant); the policy is
 :class:`agents.plans.ShareDelivery`. Stores return once ``write_quorum``
@@ -88,7 +88,7 @@ from core.identity import Certificate
 from core.policy import Policy, Request as PolicyRequest, parse as parse_policy
 from core.state import entry_key
 from core.protocol import (
-    GRANT_REPLY_FIELDS,
+    GRANT_TERMS,
     PatientAccessRequest,
     PatientAccessRequestReply,
     PeerAudit,
@@ -704,8 +704,8 @@ class PatientAgent(UserAgent):
 
     async def _grant(self, request_id: str, req: dict, doctor: Certificate, scope: str = "label") -> dict:
         """Commit a grant for ``req`` and deliver its key shares; the reply's fields:
-        ``{grant_id, height, grant, peers}`` (``grant``: the committed entry as our commit
-        notice carried it, trimmed to :data:`core.protocol.GRANT_REPLY_FIELDS`, None without
+        ``{grant_id, height, terms, peers}`` (``terms``: the committed entry's
+        :data:`core.protocol.GRANT_TERMS` as our commit notice carried them, None without
         a notice; ``peers``: those that acknowledged their shares by then). The answer does
         not wait for the peers beyond the first t (no delivery grace): the doctor asks the
         acknowledged ones first, and the others' deliveries go on in the background."""
@@ -758,8 +758,11 @@ class PatientAgent(UserAgent):
                               f"(need {threshold}): {errors}")
         if errors:
             log.info("%s: grant %s: peers without their share yet: %s", self.subject, grant_id, errors)
-        passed = ({k: entry[k] for k in GRANT_REPLY_FIELDS if k in entry} if isinstance(entry, dict) else None)
-        return {"grant_id": grant_id, "height": int(reply["height"]), "grant": passed, "peers": list(acks)}
+        terms = (tuple(entry.get(k, 0 if k == "epoch" else None) for k in GRANT_TERMS)
+                 if isinstance(entry, dict) else None)
+        if terms is not None and None in terms:
+            terms = None  # not the entry we know: the doctor reads the grant back
+        return {"grant_id": grant_id, "height": int(reply["height"]), "terms": terms, "peers": list(acks)}
 
     async def _record_epoch(self, record_id: str, height: int | None = None) -> int:
         """The label-key epoch our record is sealed under, as a peer's committed state says."""

@@ -50,10 +50,16 @@ class ChannelConnection:
         self._ended = False
         inner = getattr(conn, "max_payload", None)
         self._limit = None if inner is None else inner - CHANNEL_OVERHEAD  # (a transport's limit is fixed)
+        self.max_payload: int | None = self._limit
+        """The largest envelope this connection carries (the transport's frame
+        limit less the channel's overhead), None if the transport does not say
+        (an attribute: the node asks before every send)."""
         # a byte stream takes whole frames sealed behind their length prefix (no copy to frame them)
         self._send_frame = getattr(conn, "send_frame", None)
         self._try_send_frame = getattr(conn, "try_send_frame", None)
         self._can_try_send = getattr(conn, "can_try_send", None)
+        if self._can_try_send is not None:  # asked before every write: the transport's own, no call around it
+            self.can_try_send = self._can_try_send  # type: ignore[method-assign]
 
     @property
     def partial_since(self) -> float | None:
@@ -63,12 +69,6 @@ class ChannelConnection:
     def peer_certificate(self) -> bytes | None:
         """The TLS certificate (DER) the other side presented under the channel, if any."""
         return getattr(self.inner, "peer_certificate", None)
-
-    @property
-    def max_payload(self) -> int | None:
-        """The largest envelope this connection carries (the transport's frame
-        limit less the channel's overhead), None if the transport does not say."""
-        return self._limit
 
     async def _seal(self, frame_type: int, payload: bytes, framed: bool = False) -> bytes | bytearray:
         if len(payload) >= THREAD_SEAL_BYTES:

@@ -240,20 +240,35 @@ class Channel:
         self._send_counter += 1
         return frame
 
-    def open(self, frame: bytes) -> tuple[int, bytes]:
+    def open(self, frame: bytes | bytearray) -> tuple[int, bytes | bytearray]:
         """(type, payload) of the next incoming frame; ChannelError when it was
-        forged, changed, replayed, reordered or is not a channel frame."""
-        if len(frame) < CHANNEL_OVERHEAD or frame[0] not in (ENVELOPE, PROOF, WANT):
+        forged, changed, replayed, reordered or is not a channel frame. A large frame
+        (from 64 KiB) that is a bytearray is decrypted in place and becomes the
+        payload (a bytearray: give only a frame nobody else holds); its bytes are
+        garbage once it failed authentication."""
+        size = len(frame)
+        if size < CHANNEL_OVERHEAD or frame[0] not in (ENVELOPE, PROOF, WANT):
             raise ChannelError("not a channel frame")
-        try:  # (a small frame's ciphertext is sliced out: cheaper than a view for the cipher)
-            payload = self._receive_aead.decrypt(
-                _NONCE.pack(self._receive_counter),
-                frame[1:] if len(frame) < _SEAL_INTO_BYTES else memoryview(frame)[1:],
-                _TYPES[frame[0]])
+        frame_type = frame[0]
+        nonce = _NONCE.pack(self._receive_counter)
+        try:
+            if size < _SEAL_INTO_BYTES:  # (the ciphertext sliced out: cheaper than a view for the cipher)
+                payload = self._receive_aead.decrypt(nonce, frame[1:], _TYPES[frame_type])
+            elif _ENCRYPT_INTO and type(frame) is bytearray:
+                # decrypted where it is (the plaintext over the ciphertext, then the type
+                # byte and the tag cut off): no second buffer of the frame's size
+                end = size - _TAG_SIZE
+                with memoryview(frame) as view:
+                    self._receive_aead.decrypt_into(nonce, view[1:], _TYPES[frame_type], view[1:end])
+                del frame[end:]
+                del frame[:1]  # (O(1): a bytearray drops its first bytes by moving its start)
+                payload = frame
+            else:
+                payload = self._receive_aead.decrypt(nonce, memoryview(frame)[1:], _TYPES[frame_type])
         except InvalidTag:
             raise ChannelError("a frame failed authentication (forged, replayed or reordered)") from None
         self._receive_counter += 1
-        return frame[0], payload
+        return frame_type, payload
 
     # ------------------------------------------------------------ identities
 

@@ -21,6 +21,9 @@ from .errors import FrameError
 FRAME_HEADER_SIZE = 4
 RESERVE_MIN = 256 * 1024
 """Bodies from this size may be received in place (:meth:`FrameDecoder.reserve`)."""
+MUTABLE_BYTES = 64 * 1024
+"""Frames from this size come out of the decoder as a bytearray nobody else holds (a
+channel decrypts one in place: no second buffer of its size); smaller ones as bytes."""
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 _ABSOLUTE_MAX = 2**32 - 1
 
@@ -42,7 +45,8 @@ def encode_frame(payload: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -
 
 
 class FrameDecoder:
-    """Streaming decoder: ``feed(data)`` returns the payloads completed by it.
+    """Streaming decoder: ``feed(data)`` returns the payloads completed by it (from
+    :data:`MUTABLE_BYTES` on, each a bytearray only the caller holds).
 
     A frame's body is kept as views of the chunks it arrived in and joined once
     when its last byte arrives: each payload byte is copied once, however many
@@ -142,7 +146,9 @@ class FrameDecoder:
             # the common case of a small message: exactly one whole frame in this read
             need = int.from_bytes(data[:FRAME_HEADER_SIZE], "big")
             if need == end - FRAME_HEADER_SIZE and need <= self._max:
-                return [data[FRAME_HEADER_SIZE:]]
+                if need < MUTABLE_BYTES:
+                    return [data[FRAME_HEADER_SIZE:]]
+                return [bytearray(memoryview(data)[FRAME_HEADER_SIZE:])]
         view = memoryview(data)
         frames: list[bytes] = []
         pos = 0
@@ -163,13 +169,13 @@ class FrameDecoder:
                 self._need = need
             take = min(need - self._have, end - pos)
             if take == need:  # the whole body (maybe empty) in this read
-                frames.append(data[pos : pos + take])
+                frames.append(data[pos : pos + take] if take < MUTABLE_BYTES else bytearray(view[pos : pos + take]))
                 self._need = None
             elif take:
                 self._parts.append(view[pos : pos + take])
                 self._have += take
                 if self._have == need:
-                    frames.append(b"".join(self._parts))
+                    frames.append((b"" if need < MUTABLE_BYTES else bytearray()).join(self._parts))
                     self._parts = []
                     self._have = 0
                     self._need = None

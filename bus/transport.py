@@ -156,6 +156,15 @@ class Transport(Protocol):
 # ------------------------------------------------------------------ TCP
 
 
+def _fileno_of(sock: Any) -> Callable[[], int]:
+    """``sock.fileno`` of a trio socket without its Python wrapper: the standard
+    socket's own method under it (-1 once it is closed, as trio's), called for every
+    read and every write at once; trio's method where it has no standard socket."""
+    inner = getattr(sock, "_sock", None)
+    fileno = getattr(inner, "fileno", None)
+    return fileno if callable(fileno) else sock.fileno
+
+
 class _StreamConnection:
     """A Connection over a trio byte stream (TCP or TLS)."""
 
@@ -174,8 +183,13 @@ class _StreamConnection:
         self._reader: trio.abc.ReceiveStream = (
             _ReadFirst(stream) if type(stream) is trio.SocketStream else stream)
         self._tls = stream if type(stream) is _TlsStream else None
+        plain = type(self._reader) is _ReadFirst
         # plain TCP receives a large frame's body in place (FrameDecoder.reserve)
-        self._receive_into = self._reader.receive_into if type(self._reader) is _ReadFirst else None
+        self._receive_into = self._reader.receive_into if plain else None  # type: ignore[attr-defined]
+        # a read of bytes: plain TCP calls _ReadFirst's read straight (one coroutine less per read)
+        self._read_some: Callable[[int], Awaitable[bytes]] = (
+            self._reader.read_some if plain else self._reader.receive_some)  # type: ignore[attr-defined]
+        self._fileno = _fileno_of(stream.socket) if plain else None  # type: ignore[attr-defined]
 
     @property
     def max_payload(self) -> int:
@@ -192,19 +206,14 @@ class _StreamConnection:
                 return None
         return None
 
-    def _try_fd(self) -> int:
-        """The socket's descriptor when a frame may be written at once (plain TCP, open,
-        not broken, no send under way), else -1."""
-        if self._closed or self._broken or self._send_lock.locked() or type(self._stream) is not trio.SocketStream:
-            return -1
-        return self._stream.socket.fileno()  # -1 once the socket is closed
-
     def can_try_send(self) -> bool:
         """Whether :meth:`try_send` may be called now (plain TCP, or TLS once its
         handshake is done, with nothing unsent: open, not broken, no send under way)."""
+        if self._closed or self._broken or self._send_lock.locked():
+            return False
         if self._tls is not None:
-            return not (self._closed or self._broken or self._send_lock.locked()) and self._tls.can_write_now()
-        return self._try_fd() >= 0
+            return self._tls.can_write_now()
+        return self._fileno is not None and self._fileno() >= 0
 
     def try_send(self, payload: bytes) -> bytes:
         """Write ``payload``'s frame now, without waiting, from the calling task (no
@@ -227,7 +236,7 @@ class _StreamConnection:
                 self._broken = "send failed: TLS"
                 return data
         try:  # (the caller checked can_try_send: -1 here only if the socket closed meanwhile)
-            written = os.write(self._stream.socket.fileno(), data)  # the socket is non-blocking (trio's)
+            written = os.write(self._fileno(), data)  # type: ignore[misc]  # the socket is non-blocking (trio's)
         except BlockingIOError:
             return data
         except OSError as exc:
@@ -283,8 +292,12 @@ class _StreamConnection:
         finally:
             self._send_lock.release()
 
-    async def receive(self) -> bytes | None:
-        while not self._frames:
+    async def receive(self) -> bytes | bytearray | None:
+        frames = self._frames
+        if frames:  # completed by an earlier read
+            return frames.popleft()
+        decoder = self._decoder
+        while True:
             if self._closed:
                 raise ClosedError("connection closed")
             if self._broken:
@@ -292,14 +305,15 @@ class _StreamConnection:
             if self._eof:
                 return None
             # (a frame under way is the only one that may be received in place)
-            into = None if self._receive_into is None or self.partial_since is None else self._decoder.reserve()
+            into = None if self._receive_into is None or self.partial_since is None else decoder.reserve()
             try:
                 if into is not None:  # the rest of a large body, read where it goes
                     got = await self._receive_into(into[:_MAX_RECEIVE_SIZE])
                     data = b""
                 else:
-                    size = min(max(self._decoder.pending, _RECEIVE_SIZE), _MAX_RECEIVE_SIZE)
-                    data = await self._reader.receive_some(size)
+                    pending = decoder.pending
+                    data = await self._read_some(
+                        _RECEIVE_SIZE if pending <= _RECEIVE_SIZE else min(pending, _MAX_RECEIVE_SIZE))
                     got = len(data)
             except trio.ClosedResourceError:
                 raise ClosedError("connection closed") from None
@@ -307,21 +321,23 @@ class _StreamConnection:
                 self._broken = f"receive failed: {type(exc).__name__}"
                 continue
             if not got:
-                if self._decoder.buffered:
-                    self._broken = f"peer disconnected mid-frame ({self._decoder.buffered} bytes)"
+                if decoder.buffered:
+                    self._broken = f"peer disconnected mid-frame ({decoder.buffered} bytes)"
                 self._eof = True
                 continue
             try:
-                frames = self._decoder.filled(got) if into is not None else self._decoder.feed(data)
+                done = decoder.filled(got) if into is not None else decoder.feed(data)
             except FrameError as exc:
                 self._broken = str(exc)
                 continue
-            self._frames.extend(frames)
-            if not self._decoder.buffered:
+            if not decoder.buffered:
                 self.partial_since = None
-            elif frames or self.partial_since is None:
+            elif done or self.partial_since is None:
                 self.partial_since = trio.current_time()
-        return self._frames.popleft()
+            if done:  # the first frame now, the others on the next calls (no read between)
+                if len(done) > 1:
+                    frames.extend(done[1:])
+                return done[0]
 
     def limit_frames(self, max_frame_size: int | None) -> None:
         """Refuse frames above ``max_frame_size`` from now on (None: the
@@ -356,6 +372,8 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
     def __init__(self, stream: trio.SocketStream):
         self.stream = stream
         self.socket = stream.socket
+        self.fileno = _fileno_of(stream.socket)
+        """The socket's descriptor now (-1 once it is closed)."""
         self._drained = True  # the last read emptied the socket: wait before reading
         self._unyielded = 0  # reads in a row that did not go through the event loop
         self._unyielded_bytes = 0  # and the bytes they read
@@ -363,6 +381,11 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         size = _RECEIVE_SIZE if max_bytes is None else max_bytes
         return await self._read(os.read, size)
+
+    def read_some(self, size: int) -> Awaitable[bytes]:
+        """:meth:`receive_some` of ``size`` bytes as the read's own coroutine (no
+        coroutine around it)."""
+        return self._read(os.read, size)
 
     async def receive_into(self, view: memoryview) -> int:
         """:meth:`receive_some` into ``view`` (a non-empty writable view): how many bytes
@@ -373,7 +396,7 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
         """One non-blocking ``read(fd, size)`` (bytes, or a count of bytes written), waiting for the
         socket only when the last read drained it, and yielding to the event loop after a run of reads
         that did not (so a fast sender cannot starve the other tasks)."""
-        fd = self.socket.fileno()
+        fd = self.fileno()
         if fd < 0:
             raise trio.ClosedResourceError("the socket is closed")
         if self._drained:
@@ -437,6 +460,7 @@ class _TlsStream(trio.abc.Stream):
                  server_hostname: str | None = None):
         self.raw = raw
         self.socket = raw.socket
+        self._fileno = raw.fileno
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
@@ -503,7 +527,7 @@ class _TlsStream(trio.abc.Stream):
     def can_write_now(self) -> bool:
         """Whether :meth:`write_now` may be called (handshake done, nothing unsent, nobody sending)."""
         return (self._handshook and not self._backlog and not self._send_lock.locked()
-                and not self._closed and not self._broken and self.socket.fileno() >= 0)
+                and not self._closed and not self._broken and self._fileno() >= 0)
 
     def write_now(self, data: bytes) -> bytes:
         """Encrypt ``data`` and write it to the socket without waiting (only when
@@ -515,7 +539,7 @@ class _TlsStream(trio.abc.Stream):
             raise self._fail(exc) from exc
         out = self._outgoing.read()
         try:
-            written = os.write(self.socket.fileno(), out)
+            written = os.write(self._fileno(), out)
         except BlockingIOError:
             written = 0
         except OSError as exc:
@@ -534,7 +558,7 @@ class _TlsStream(trio.abc.Stream):
                 try:
                     while sent < len(chunk):
                         try:
-                            sent += os.write(self.socket.fileno(), chunk[sent:])
+                            sent += os.write(self._fileno(), chunk[sent:])
                         except BlockingIOError:
                             await trio.lowlevel.wait_writable(self.socket)
                 except OSError as exc:
@@ -596,7 +620,7 @@ class _TlsStream(trio.abc.Stream):
             try:
                 while self._backlog:
                     chunk = self._backlog[0]
-                    written = os.write(self.socket.fileno(), chunk)
+                    written = os.write(self._fileno(), chunk)
                     if written < len(chunk):
                         self._backlog[0] = memoryview(chunk)[written:]
                         break
@@ -624,7 +648,7 @@ class _TlsStream(trio.abc.Stream):
             out = self._outgoing.read()
             if out:
                 try:
-                    os.write(self.socket.fileno(), out)
+                    os.write(self._fileno(), out)
                 except OSError:
                     pass
         await self.raw.aclose()

@@ -105,7 +105,11 @@ _LABEL_TAG = "emrshare/v1/pre-label"
 _EPOCH_TAG = "emrshare/v1/pre-label-epoch"
 MAX_EPOCH = 2**32 - 1
 _POP_TAG = "emrshare/v1/pre-pop"
-_SHARE_TAG = "emrshare/v1/rk-share"
+_SHARE_TAG = "emrshare/v1/rk-share"  # version 1 of a key share's plaintext (still opened)
+_SHARE_CODE = 2
+"""Version 2 of a key share's plaintext: the tag is this small integer instead of the
+20-character string (20 bytes less per sealed share; a standing part's tag stays a
+string, so neither is taken for the other)."""
 _PART_TAG = "emrshare/v1/standing-part"
 
 
@@ -303,8 +307,10 @@ class KeyShare:
         return PreparedKeyShare(self.index, self.rk.prepare())
 
     def to_bytes(self) -> bytes:
-        """The share's plaintext encoding (what gets sealed; keep it secret)."""
-        return msgpack.packb([_SHARE_TAG, self.context, self.index, self.threshold, self.rk.to_bytes()])
+        """The share's plaintext encoding (what gets sealed; keep it secret): version 2,
+        ``[2, context, index, threshold, rk]`` (version 1 had the tag string
+        ``"emrshare/v1/rk-share"`` first; :meth:`Scheme.open_key_share` opens both)."""
+        return msgpack.packb([_SHARE_CODE, self.context, self.index, self.threshold, self.rk.to_bytes()])
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,14 +357,15 @@ def _open_sealed(
     sealed: SealedKeyShare,
     box_secret_key: bytes,
     *,
-    tag: str,
+    tag: str | tuple[str | int, ...],
     what: str,
     holder: str,
     strict: bool,
     expected_context: bytes,
     expected_index: int,
 ) -> tuple[int, int, bytes, bytes]:
-    """Proxy side: unseal a ``[tag, context, index, threshold, value]`` body and
+    """Proxy side: unseal a ``[tag, context, index, threshold, value]`` body (``tag``: the
+    one accepted, or a tuple of them: the versions of the body) and
     check it is for ``expected_context`` and this proxy; (index, threshold,
     context, value bytes). ``what`` names the body and ``holder`` what its
     context names, in the errors. ``strict`` (standing parts) also refuses
@@ -371,7 +378,9 @@ def _open_sealed(
         body_tag, context, index, threshold, value = msgpack.unpackb(plain, raw=False)
     except Exception as exc:
         raise DecodeError(f"{what} has a malformed body") from exc
-    if body_tag != tag or not isinstance(context, bytes) or not isinstance(value, bytes):
+    tags = tag if isinstance(tag, tuple) else (tag,)
+    if (type(body_tag) not in (str, int) or not any(type(body_tag) is type(t) and body_tag == t for t in tags)
+            or not isinstance(context, bytes) or not isinstance(value, bytes)):
         raise DecodeError(f"{what} has a malformed body")
     if strict:
         ints_ok = type(index) is int and type(threshold) is int and 1 <= threshold <= MAX_PROXIES
@@ -644,7 +653,8 @@ class Scheme:
     ) -> KeyShare:
         """Proxy side: unseal a share and check it is for this grant and this proxy."""
         index, threshold, context, rk = _open_sealed(
-            sealed, box_secret_key, tag=_SHARE_TAG, what="sealed key share", holder="grant", strict=False,
+            sealed, box_secret_key, tag=(_SHARE_CODE, _SHARE_TAG), what="sealed key share", holder="grant",
+            strict=False,
             expected_context=expected_context, expected_index=expected_index,
         )
         return KeyShare(index, threshold, context, self.curve.G2.from_bytes(rk))

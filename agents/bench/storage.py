@@ -373,8 +373,8 @@ def _cpu_per_mib(base: Path, reps: int = 16) -> dict:
     env = decode_envelope(wire)
     node_side, client_side = Handshake(initiator=False), Handshake(initiator=True)
     sealer, opener = node_side.finish(client_side.hello), client_side.finish(node_side.hello)
-    sealed = [bytes(sealer.seal(0, wire)) for _ in range(3 * reps)]  # one per opening below (counters);
-    # bytes, as a receiver's frames are
+    sealed = [bytearray(sealer.seal(0, wire)) for _ in range(3 * reps)]  # one per opening below (counters);
+    # bytearrays, as a receiver's large frames are (a channel opens them in place)
     frame = encode_frame(sealed[0], 16 * MiB + 64)
     data = protocol.StorageGetReply.from_wire(env.body).data
     digests = store.leaves(cid)[1]

@@ -330,14 +330,17 @@ class EtcdOrderer(OrdererBase):
                     pass  # it expires
 
     async def _cutter(self, election_revision: int, scope: trio.CancelScope) -> None:
+        # As the embedded orderer's: the interval runs from the start of the previous cut, so a
+        # transaction arriving while a block is signed and appended (an etcd round trip and its
+        # fsync) waits for that cut and the rest of the interval, not for both one after the other.
         last_cut = -float("inf")
         while True:
             batch = await self._queue.take(last_cut + self.batch_timeout)
+            last_cut = trio.current_time()
             batch = self._fresh(batch)
             if batch and not await self._append(batch, election_revision):
                 scope.cancel()  # deposed: campaign again
                 return
-            last_cut = trio.current_time()
 
     def _fresh(self, batch: list[bytes]) -> list[bytes]:
         """Drop transactions seen in a recent block or earlier in the batch."""

@@ -29,7 +29,9 @@ from core.errors import DecodeError, ValidationError
 from core.identity import Certificate
 from core.ledger import Block, Ledger, MemoryKV
 from core.ledger import effect_key
-from core.protocol import CommitNotice, codes, commits_topic, make_reencrypt_reply, share_context
+from core.protocol import (
+    CommitNotice, PeerDeliverShare, PeerQuery, PeerReencrypt, codes, commits_topic, make_reencrypt_reply, share_context,
+)
 from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix
 from core.tx import Transaction
 
@@ -198,7 +200,7 @@ class FakeConsortium:
         return {"tx_id": hashlib.sha256(raw).digest(), "height": height, "mark": mark}
 
     async def _query(self, pid: str, msg: bus.Message):
-        b = msg.body
+        b = _fields_of(PeerQuery, msg.body)
         what = b["what"]
         self.queries.append(what)
         if what in ENTRY_QUERIES:
@@ -227,7 +229,7 @@ class FakeConsortium:
         return {"events": events, **({"next": after} if after is not None else {})}
 
     async def _deliver_share(self, pid: str, msg: bus.Message) -> dict:
-        b = msg.body
+        b = _fields_of(PeerDeliverShare, msg.body)
         with trio.move_on_after(10):
             while (grant := self.ledger.grant(b["grant_id"])) is None:
                 delegation = self.ledger.delegation(b["grant_id"])
@@ -251,7 +253,7 @@ class FakeConsortium:
         return {"ok": True}
 
     async def _reencrypt(self, pid: str, msg: bus.Message) -> dict:
-        b = msg.body
+        b = _fields_of(PeerReencrypt, msg.body)
         try:
             grant, rec = self.ledger.check_reencryption(b["grant_id"], msg.sender, b["patient"], b["record_id"],
                                                         int(time.time()))
@@ -276,3 +278,13 @@ class FakeConsortium:
         await self.commit(tx.to_bytes())
         self.reencryptions += 1
         return reply.to_wire()
+
+
+def _fields_of(kind: type, body: Any) -> dict:
+    """A request body (a row or a map) as the map of its type's fields (a real peer decodes
+    it the same way: ``from_wire``, which refuses what does not decode)."""
+    try:
+        value = kind.from_wire(body)
+    except DecodeError as exc:
+        raise bus.HandlerError(codes.BAD_REQUEST, str(exc)) from None
+    return {name: getattr(value, name) for name in value.__dataclass_fields__}

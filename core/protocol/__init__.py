@@ -69,11 +69,13 @@ from core.protocol._peer import MAX_ECHO_KEYS as MAX_ECHO_KEYS
 from core.protocol._peer import echo_compact as echo_compact
 from core.protocol._peer import echo_expand as echo_expand
 from core.protocol._peer import COMMITS as COMMITS
+from core.protocol._peer import NOTICE_TX_ID as NOTICE_TX_ID
 from core.protocol._peer import commits_topic as commits_topic
 from core.protocol._peer import commits_owner as commits_owner
 from core.protocol._patient import PatientAccessRequest as PatientAccessRequest
 from core.protocol._patient import PatientAccessRequestReply as PatientAccessRequestReply
 from core.protocol._patient import GRANT_REPLY_FIELDS as GRANT_REPLY_FIELDS
+from core.protocol._patient import GRANT_TERMS as GRANT_TERMS
 from core.protocol._storage import MAX_MESSAGE_DATA as MAX_MESSAGE_DATA
 from core.protocol._storage import RECEIPT_TAG as RECEIPT_TAG
 from core.protocol._storage import make_receipt as make_receipt

@@ -25,7 +25,7 @@ __all__ = [
     "PeerEnroll", "PeerEnrollReply", "PeerSubmit", "SubmitResult", "PeerSubmitReply", "PeerQuery",
     "PeerQueryReply", "PeerAudit", "PeerAuditReply", "PeerDeliverShare", "PeerDeliverShareReply",
     "PeerReencrypt", "PeerReencryptReply", "PeerBlocks", "PeerBlocksReply", "Decision", "PeerEvent",
-    "CommitNotice", "COMMITS", "commits_topic", "commits_owner", "MAX_EFFECT_ENTRIES", "MAX_ECHO_KEYS",
+    "CommitNotice", "COMMITS", "NOTICE_TX_ID", "commits_topic", "commits_owner", "MAX_EFFECT_ENTRIES", "MAX_ECHO_KEYS",
     "echo_compact", "echo_expand",
 ]
 
@@ -149,7 +149,10 @@ class PeerSubmit(_OneOrList, kind="peer.submit"):
     batch: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {**_OneOrList.to_wire(self), "wait": self.wait}
+        out = _OneOrList.to_wire(self)
+        if self.wait:  # absent: False
+            out["wait"] = True
+        return out
 
     @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
@@ -212,7 +215,7 @@ _LABEL = Optional(Text(128, min_len=1))  # core.ledger's bound on a record label
 
 
 @dataclass(frozen=True, slots=True)
-class PeerQuery(Message, kind="peer.query"):
+class PeerQuery(Message, kind="peer.query", row=True):
     """``{what, ...}``: the fields :data:`QUERY_FIELDS` names for ``what``; the others are None.
     ``min_height`` (optional, any ``what``): answer only from a state at least that
     high (read-your-writes: the height of a commit notice); a peer below it waits a
@@ -235,16 +238,28 @@ class PeerQuery(Message, kind="peer.query"):
     ``CertEntry``'s map, nil if none) read from the same committed state, so a doctor
     checks the store transaction's signature without a second (``cert``) round trip."""
 
-    def to_wire(self) -> dict[str, Any]:
-        out = {"what": self.what, **{name: getattr(self, name) for name in QUERY_FIELDS[self.what]}}
-        if self.min_height is not None:
-            out["min_height"] = self.min_height
+    def to_wire(self) -> list[Any]:  # type: ignore[override]
+        """The row ``[what, <QUERY_FIELDS[what] in order>, min_height, owner_cert]``, the
+        last two left out when nil / false (``["record", "alice", "r1"]``)."""
+        out: list[Any] = [self.what, *(getattr(self, name) for name in QUERY_FIELDS[self.what])]
+        if self.min_height is not None or self.owner_cert:
+            out.append(self.min_height)
         if self.owner_cert:
-            out[self.OWNER_CERT] = True
+            out.append(True)
         return out
 
     @classmethod
+    def _from_row(cls, obj: list, what: str) -> dict[str, Any]:
+        if not obj or not isinstance(obj[0], str) or obj[0] not in QUERY_FIELDS:
+            raise DecodeError(f"{what}: a query row starts with one of {', '.join(QUERY_FIELDS)}")
+        names = ("what", *QUERY_FIELDS[obj[0]], "min_height", cls.OWNER_CERT)
+        if len(obj) < len(names) - 2:
+            raise DecodeError(f"{what}: query {obj[0]!r} needs fields {', '.join(names[1:-2])}")
+        return dict(zip(names, obj))
+
+    @classmethod
     def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+        """The row form, or the map ``{what, <fields>, min_height?, owner_cert?}``."""
         obj, where = cls._body(obj, what)
         if "what" not in obj:
             raise DecodeError(f"{where}: field 'what' is missing")
@@ -336,7 +351,7 @@ class PeerAuditReply(Message, kind="peer.audit"):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerDeliverShare(Message, kind="peer.deliver_share"):
+class PeerDeliverShare(Message, kind="peer.deliver_share", row=True):
     """A re-encryption key share sealed to the peer (``core.pre.SealedKeyShare``)."""
 
     grant_id: str = wire(Id())
@@ -345,7 +360,7 @@ class PeerDeliverShare(Message, kind="peer.deliver_share"):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerDeliverShareReply(Message, kind="peer.deliver_share"):
+class PeerDeliverShareReply(Message, kind="peer.deliver_share", row=True):
     ok: bool = wire(Bool(), default=True)
 
 
@@ -353,7 +368,7 @@ class PeerDeliverShareReply(Message, kind="peer.deliver_share"):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerReencrypt(Message, kind="peer.reencrypt"):
+class PeerReencrypt(Message, kind="peer.reencrypt", row=True):
     """``min_height`` (optional): the grant's block; a peer below it waits a bounded
     time for it (``query.behind`` after), so a grant just committed is found."""
 
@@ -365,7 +380,7 @@ class PeerReencrypt(Message, kind="peer.reencrypt"):
 
 
 @dataclass(frozen=True, slots=True)
-class PeerReencryptReply(Message, kind="peer.reencrypt"):
+class PeerReencryptReply(Message, kind="peer.reencrypt", row=True):
     """The re-encrypted share (its proxy index is the share's first 4 bytes, its GT
     value compressed) and the peer's signature over it, which also covers the
     request id and the record's CID that the doctor already holds
@@ -419,6 +434,9 @@ class PeerEvent(Message, kind="events"):
 
 # -- topic family commits/<subject> ------------------------------------------------
 
+NOTICE_TX_ID = 8
+"""Bytes of the transaction id a commit notice carries (:meth:`CommitNotice.echoing`):
+its first 8, enough for the submitter to tell its own pending transactions apart."""
 COMMITS = "commits"
 """The topic family of commit notices: ``commits/<subject>`` carries :class:`CommitNotice`
 for the transactions ``subject`` submitted, to ``subject`` only."""
@@ -439,7 +457,7 @@ def commits_owner(topic: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class CommitNotice(Message, kind="commits"):
+class CommitNotice(Message, kind="commits", row=True):
     """Topic ``commits/<subject>``: a transaction ``subject`` submitted was ordered
     into block ``height`` with ``mark`` (``"ok"`` or a core.ledger reason code).
     ``effect``: state key -> entry, as committed at ``height``, of the entries the
@@ -447,7 +465,9 @@ class CommitNotice(Message, kind="commits"):
     with its decision, the grant, the record, ...; for an ``access_request`` the
     ledger granted, the grant too); empty when the mark is not ``"ok"``."""
 
-    tx_id: bytes = wire(_TX_ID)
+    tx_id: bytes = wire(Bytes(min_size=NOTICE_TX_ID, max_size=32))
+    """The transaction's id (SHA-256 of its bytes), or its first :data:`NOTICE_TX_ID`
+    bytes (:meth:`echoing`: the submitter holds the rest)."""
     height: int = wire(_HEIGHT)
     type: str = wire(Text(64, min_len=1))
     mark: str = wire(Choice(tuple(REASON_CODES)))
@@ -458,8 +478,9 @@ class CommitNotice(Message, kind="commits"):
     transaction body's own (:meth:`echoing`, :func:`echo_compact`); absent: none left out."""
 
     def echoing(self, body: Mapping[str, Any]) -> "CommitNotice":
-        """This notice with each effect entry's fields that repeat the transaction's
-        ``body`` left out (the submitter holds it: :meth:`expand` puts them back)."""
+        """This notice with what its submitter holds left out: each effect entry's fields
+        that repeat the transaction's ``body`` (:meth:`expand` puts them back), and the
+        transaction id past its first :data:`NOTICE_TX_ID` bytes (:meth:`names`)."""
         effect: dict[str, Any] = {}
         masks = []
         for key, entry in self.effect.items():
@@ -467,8 +488,13 @@ class CommitNotice(Message, kind="commits"):
             effect[key] = kept
             masks.append(mask)
         if not any(masks):
-            return self
-        return dataclasses.replace(self, effect=effect, echo=tuple(masks))
+            return dataclasses.replace(self, tx_id=self.tx_id[:NOTICE_TX_ID])
+        return dataclasses.replace(self, tx_id=self.tx_id[:NOTICE_TX_ID], effect=effect, echo=tuple(masks))
+
+    def names(self, tx_id: bytes) -> bool:
+        """Whether this notice is about the transaction ``tx_id`` (its id, or the id's
+        first bytes as :meth:`echoing` leaves them)."""
+        return tx_id[:len(self.tx_id)] == self.tx_id
 
     def expand(self, body: Mapping[str, Any]) -> dict:
         """The effect with the echoed fields restored from the submitted transaction's

@@ -156,14 +156,14 @@ class StoragePutAbortReply(_Done, kind="storage.put.abort"):
 
 
 @dataclass(frozen=True, slots=True)
-class StorageGet(_OneBlob, kind="storage.get"):
+class StorageGet(_OneBlob, kind="storage.get", row=True):
     offset: int = wire(_SIZE)
     length: int = wire(Int(0, MAX_MESSAGE_DATA))
     leaves: bool = wire(Bool(), default=False)
 
 
 @dataclass(frozen=True, slots=True)
-class StorageGetReply(Message, kind="storage.get"):
+class StorageGetReply(Message, kind="storage.get", row=True):
     """``data`` from ``offset`` (shorter at the end of the blob), the blob's ``size``, and
     its chunk ``digests`` (32 bytes each, concatenated) when the request asked for ``leaves``."""
 

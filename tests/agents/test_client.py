@@ -18,6 +18,7 @@ from agents.consortium import Manifest
 from agents.errors import Unavailable
 from agents.runtime import make_endpoint
 from agents.testing.consortium import TestConsortium
+from core.protocol import PeerQuery
 
 PEERS = (("peer-a1", "hospital-a"), ("peer-a2", "hospital-a"), ("peer-b1", "hospital-b"))
 POLICY = b"policy bytes"
@@ -48,7 +49,7 @@ class FakePeers:
         return handle
 
     async def _query(self, msg: bus.Message) -> dict | None:
-        if msg.body.get("what") == "policy":
+        if PeerQuery.from_wire(msg.body).what == "policy":
             return {"policy": POLICY, "version": 1, "name": "p", "height": 7}  # a policy entry (core.state)
         return None
 

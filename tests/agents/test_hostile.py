@@ -134,3 +134,46 @@ async def test_a_slow_handler_flood_from_one_sender_does_not_starve_others(tmp_p
                 assert len(codes) < 140  # the waiting ones were in flight all along
             assert codes.count("busy") == 132
             assert set(codes) <= {"busy", "share.unknown-grant", "request.unknown"}
+
+
+async def test_rows_that_do_not_decode_are_bad_requests_and_the_legitimate_reads_go_on(tmp_path):
+    """The access path's kinds take rows (docs/protocol.md, "Row bodies"): a hostile doctor's
+    rows that are too short, mistyped or sent to a kind without the row form are refused as
+    bodies that do not decode (nothing served), while a legitimate doctor's reads go on."""
+    with trio.fail_after(120):
+        async with _world(tmp_path) as (swarm, a):
+            alice, heart, evil = a["alice"], a["dr-h"], a["dr-evil"]
+            rid = await alice.store(b"ECG: sinus rhythm", label="cardiology", media_type="text/plain")
+            await alice.set_policy(POLICY, standing=())
+            assert await heart.read("alice", rid) == b"ECG: sinus rhythm"
+            [(grant_id, grant)] = alice.grants.items()
+            peer = swarm.manifest.peers[0]
+            head = await evil.endpoint.request(peer, "peer.query", ["head"])  # a row that decodes
+            assert isinstance(head, dict) and head["height"] >= 1
+            mallory = a["mallory"]
+            for sender, kind, body in (
+                    (evil, "peer.reencrypt", [grant_id, 5, rid, grant["request_id"]]),  # patient not an id
+                    (evil, "peer.reencrypt", [grant_id, "alice", rid]),  # request_id missing
+                    (evil, "peer.query", ["record", "alice"]),  # record_id missing
+                    (evil, "peer.query", [["record"], "alice", rid]),
+                    (mallory, "peer.deliver_share", [grant_id, 0, b"x"]),  # proxy index 0
+                    (mallory, "peer.audit", ["mallory"])):  # no row form: a map only
+                try:
+                    await sender.endpoint.request(peer, kind, body)
+                except bus.RemoteError as exc:
+                    assert exc.code == "bad-request", (kind, body, exc.code)
+                else:
+                    raise AssertionError(f"{kind} {body!r} was answered")
+                assert await heart.read("alice", rid) == b"ECG: sinus rhythm"  # the legitimate reads go on
+            await evil.client.lookup_certificate("alice")  # so alice's refusal verifies at dr-evil
+            for _ in range(50):  # alice may first look dr-evil's certificate up (unknown-sender)
+                try:
+                    await evil.endpoint.request("alice", "patient.access_request", [7, "high"], timeout=10)
+                except bus.RemoteError as exc:
+                    if exc.code == "unknown-sender":
+                        await trio.sleep(0.05)
+                        continue
+                    assert exc.code == "request.unknown", exc.code
+                    break
+            else:
+                raise AssertionError("alice never answered")

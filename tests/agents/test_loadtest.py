@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +18,7 @@ from agents.bench.loadtest import Op, Recorder, Result, RunSettings, percentile,
 from agents.bench.loadtest import costs, faults
 from agents.bench.loadtest.metrics import histogram
 from agents.bench.loadtest.progress import Progress
+from agents.bench.loadtest.report import breakdown_rows
 
 
 # ------------------------------------------------------------------ metrics
@@ -169,6 +171,19 @@ def test_progress_plain_lines():
 
 
 # ------------------------------------------------------------------ reports
+
+
+def test_breakdown_lists_each_operations_kinds_largest_first():
+    comm = {"per_operation": [
+        {"operation": "access (request + grant + retrieval)", "messages": 4.0, "bits": 3000.0, "by_kind": {
+            "peer.query": {"messages": 2.0, "bits": 1000.0}, "storage.get": {"messages": 2.0, "bits": 2000.0}}},
+        {"operation": "read (held grant)", "messages": 0.0, "bits": 0.0, "by_kind": {}}]}
+    rows = breakdown_rows(comm)
+    assert rows == [["access", "storage.get", "2.0", "2,000", "1,000", "66.7"],
+                    ["access", "peer.query", "2.0", "1,000", "500", "33.3"]]
+    report = {"communication": comm}
+    assert "storage.get" in render_text(report, breakdown=True)
+    assert "storage.get" not in render_text(report)
 
 
 def _synthetic_report() -> dict:
@@ -427,6 +442,14 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
     assert essential["calls_per_op"]["ecdsa_sign"] <= report["efficiency"]["bound"]["calls_per_op"]["ecdsa_sign"]
     assert "against the essential bound" in render_text(report)
     assert "0 lost, 0 corrupted" in render_text(report)
+    # --breakdown: every probed operation's kinds, whose bits add up to the operation's
+    assert "message kind" not in render_text(report)
+    text = render_text(report, breakdown=True)
+    for op in report["communication"]["per_operation"]:
+        assert sum(v["bits"] for v in op["by_kind"].values()) == pytest.approx(op["bits"])
+    access = next(op for op in report["communication"]["per_operation"] if op["operation"].startswith("access"))
+    assert "peer.reencrypt" in access["by_kind"] and "storage.get" in access["by_kind"]
+    assert re.search(r"^  access +peer\.reencrypt +\d", text, re.M)
     # the collector in the measured window: every agent's (one interpreter), kept by the swarm's keeper;
     # the setup's state was frozen before the run, so a full collection walks far less than the process holds
     g = report["gc"]

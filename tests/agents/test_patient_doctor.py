@@ -11,6 +11,7 @@ tests/agents/test_patient_doctor_swarm.py runs the same flows against the real s
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 
@@ -19,17 +20,19 @@ import trio
 import trio.testing
 
 import bus
+from agents import doctor as doctormod
 from agents import errors
 from agents.client import SUSPECT_TIMEOUT, UserConfig
 from agents.doctor import DoctorAgent
 from agents.patient import PatientAgent
+from agents.plans import ShareCollection
 from agents.testing.clock import ManualClock
 from agents.testing.consortium import SHARING_POLICY as POLICY
 from agents.testing.consortium import expect_not_enough_peers, user_config
 from agents.testing.double import FakeConsortium
 from agents.testing.fhir import encode_bundle, generate_bundle
 from core.enrollment import TOKEN_SIZE
-from core.protocol import PeerReencrypt
+from core.protocol import PatientAccessRequestReply, PeerReencrypt
 
 FHIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-r4"
 
@@ -446,7 +449,10 @@ async def _warm(heart, rid, data, reads=4):
         assert await heart.read("alice", rid) == data
 
 
-async def test_a_repeat_read_is_one_query_and_verifies_nothing_again(world):
+async def test_a_repeat_read_is_one_query_and_verifies_nothing_again(world, monkeypatch):
+    # no hedge: on a loaded machine two shares slower than HEDGE_S would ask the spare peers too
+    # (more shares checked against the memo than the two this test counts)
+    monkeypatch.setattr(doctormod, "ShareCollection", functools.partial(ShareCollection, hedge_after=3600.0))
     data = encode_bundle(generate_bundle(3, 4))
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
@@ -612,8 +618,6 @@ async def test_a_small_store_seals_inline_and_is_hashed_once(world, monkeypatch)
     """A small record is sealed on the event loop (no worker thread for ~0.3 ms of crypto)
     and the storage client puts it under the sealer's CID without hashing it again; a
     large one still seals in a worker thread."""
-    import functools
-
     import agents.patient as patient_mod
     import agents.storage.client as storage_client
     from agents.runtime import SMALL_RECORD_BYTES, inline_small_crypto
@@ -744,16 +748,22 @@ async def test_a_grant_made_for_a_stale_epoch_is_refused_and_the_next_request_wo
 
 
 async def test_the_doctor_refuses_a_grant_the_patients_answer_misdescribes(world):
-    """A patient whose answer says the grant is another doctor's (or revoked): IntegrityError,
-    nothing cached; the doctor checks the entry as it checked the one it read back."""
+    """A patient whose answer (in an older patient's form: the trimmed entry as ``grant``) says the
+    grant is another doctor's: IntegrityError, nothing cached; the doctor checks the entry as it
+    checked the one it read back. Terms that do not decode: IntegrityError too."""
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
             alice, heart, rid = await world.shared_record(stack, b"lies", "text/plain")
             real = alice._grant
 
+            def older(answer: dict, **changes) -> dict:
+                threshold, expires_at, scope, _ = answer["terms"]
+                entry = {"doctor": "dr-heart", "patient": "alice", "label": "cardiology", "record_id": rid,
+                         "threshold": threshold, "expires_at": expires_at, "scope": scope, "revoked": False}
+                return {**answer, "terms": None, "grant": {**entry, **changes}}
+
             async def lying(*args, **kw):
-                answer = await real(*args, **kw)
-                return {**answer, "grant": {**answer["grant"], "doctor": "dr-someone-else"}}
+                return older(await real(*args, **kw), doctor="dr-someone-else")
 
             alice._grant = lying
             with pytest.raises(errors.IntegrityError, match="not a live grant"):
@@ -761,13 +771,56 @@ async def test_the_doctor_refuses_a_grant_the_patients_answer_misdescribes(world
             assert heart.cached_grant("alice", "cardiology", rid) is None
 
             async def malformed(*args, **kw):
-                answer = await real(*args, **kw)
-                return {**answer, "grant": {**answer["grant"], "threshold": "many", "expires_at": None}}
+                return older(await real(*args, **kw), threshold="many", expires_at=None)
 
             alice._grant = malformed
             with pytest.raises(errors.IntegrityError, match="malformed entry"):
                 await heart.read("alice", rid, purpose="treatment")
             assert heart.cached_grant("alice", "cardiology", rid) is None
+
+            async def bad_terms(*args, **kw):
+                answer = await real(*args, **kw)
+                return {**answer, "terms": (0, *answer["terms"][1:])}  # a threshold of 0
+
+            alice._grant = bad_terms
+            with pytest.raises(errors.IntegrityError, match="does not decode"):
+                await heart.read("alice", rid, purpose="treatment")
+            assert heart.cached_grant("alice", "cardiology", rid) is None
+            # the older form, truthful: taken as it was
+            async def truthful(*args, **kw):
+                return older(await real(*args, **kw))
+
+            alice._grant = truthful
+            assert await heart.read("alice", rid, purpose="treatment") == b"lies"
+            assert heart.cached_grant("alice", "cardiology", rid) is not None
+
+
+async def test_the_patients_answer_carries_the_grants_terms_only(world):
+    """The reply names the grant by its terms (threshold, expiry, scope, epoch): the doctor's
+    cached grant is the committed entry's, with its own request's doctor, patient and record."""
+    with trio.fail_after(60):
+        async with contextlib.AsyncExitStack() as stack:
+            alice, heart, rid = await world.shared_record(stack, b"terms", "text/plain")
+            replies = []
+            real = alice._grant
+
+            async def recording(*args, **kw):
+                answer = await real(*args, **kw)
+                replies.append(answer)
+                return answer
+
+            alice._grant = recording
+            assert await heart.read("alice", rid, purpose="treatment") == b"terms"
+            (answer,) = replies
+            assert "grant" not in answer
+            wire = PatientAccessRequestReply(**answer).to_wire()
+            assert wire[2] is None and wire[4] == list(answer["terms"])  # [grant_id, height, grant, peers, terms]
+            committed = world.fake.ledger.grant(answer["grant_id"])
+            threshold, expires_at, scope, epoch = answer["terms"]
+            assert (threshold, expires_at, scope) == (committed.threshold, committed.expires_at, committed.scope)
+            held = heart.cached_grant("alice", "cardiology", rid)
+            assert held["grant_id"] == answer["grant_id"] and held["expires_at"] == expires_at
+            assert held["scope"] == scope and held["epoch"] == epoch
 
 
 async def test_a_doctor_revoked_inside_the_patients_certificate_window_is_served_nothing(world):

@@ -26,6 +26,7 @@ from core.enrollment import EnrollmentToken
 from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import make_genesis
 from core.lightclient import CertificateLightClient
+from core.protocol import PeerDeliverShareReply, PeerReencryptReply
 from core.policy import parse as parse_policy
 from core.state import token_key
 from core.tx import Transaction
@@ -364,7 +365,7 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
                     n.start_soon(deliver, pid)
                 await trio.sleep(0.05)
                 assert (await alice.submit("peer-a-1", "grant", grant))["mark"] == "ok"
-            assert all(a == {"ok": True} for a in acks.values())
+            assert all(a == [] and PeerDeliverShareReply.from_wire(a).ok for a in acks.values())  # ok: its default
             with pytest.raises(bus.RemoteError) as info:  # someone else's share
                 await alice.endpoint.request("peer-a-1", "peer.deliver_share", {
                     "grant_id": "g-1", "index": 1, "sealed": by_peer["peer-a-2"].sealed})
@@ -374,14 +375,15 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
             ask = {"grant_id": "g-1", "patient": "alice", "record_id": "rec-1", "request_id": "req-1"}
             shares = []
             for pid in ("peer-a-2", "peer-b-4"):
-                r = await doc.endpoint.request(pid, "peer.reencrypt", ask)
-                assert set(r) == {"share", "signature"}  # the doctor knows the CID and the index
-                assert int.from_bytes(r["share"][:4], "big") == c.infos[pid].index
+                raw = await doc.endpoint.request(pid, "peer.reencrypt", ask)
+                r = PeerReencryptReply.from_wire(raw)
+                assert raw == [r.share, r.signature]  # the doctor knows the CID and the index
+                assert int.from_bytes(r.share[:4], "big") == c.infos[pid].index
                 assert ecdsa.is_valid(c.infos[pid].ecdsa_key, REENCRYPTION_TAG,
                                       canonical.pack([ask["request_id"], body["cid"], c.infos[pid].index,
-                                                      r["share"]]),
-                                      r["signature"])
-                shares.append(pre.ReencryptedShare.from_bytes(r["share"]))
+                                                      r.share]),
+                                      r.signature)
+                shares.append(pre.ReencryptedShare.from_bytes(r.share))
             assert pre.combine(shares, doc.keys.receive.secret) == key
             # the patient alone reads its audit trail; the peers logged their accesses
             with pytest.raises(bus.RemoteError) as info:
@@ -396,11 +398,11 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
             # a repeat read: the same signed reply without a pairing, logged like any other
             handlers = peers["peer-a-2"].handlers
             pairings = handlers.reply_hits
-            again = await doc.endpoint.request("peer-a-2", "peer.reencrypt", ask)
-            assert handlers.reply_hits == pairings + 1 and again["share"] == shares[0].to_bytes()
+            again = PeerReencryptReply.from_wire(await doc.endpoint.request("peer-a-2", "peer.reencrypt", ask))
+            assert handlers.reply_hits == pairings + 1 and again.share == shares[0].to_bytes()
             handlers._cache_share("g-1", handlers._shares["g-1"])  # a key share cached anew: its replies made again
-            again = await doc.endpoint.request("peer-a-2", "peer.reencrypt", ask)
-            assert handlers.reply_hits == pairings + 1 and again["share"] == shares[0].to_bytes()
+            again = PeerReencryptReply.from_wire(await doc.endpoint.request("peer-a-2", "peer.reencrypt", ask))
+            assert handlers.reply_hits == pairings + 1 and again.share == shares[0].to_bytes()
             while sum(e["event"] == "access" for e in trail) != 4:
                 await trio.sleep(0.02)
                 trail = (await alice.endpoint.request("peer-a-1", "peer.audit", {"patient": "alice"}))["events"]
@@ -458,7 +460,8 @@ async def test_share_survives_restart_sealed_at_rest(tmp_path):
             doc_ep = make_endpoint(node, "dr", doc.keys.ecdsa_private, c.manifest.directory())
             r = await doc_ep.request(pid, "peer.reencrypt", {"grant_id": "g", "patient": "alice",
                                                             "record_id": "rec-1", "request_id": "r1"})
-            assert pre.combine([pre.ReencryptedShare.from_bytes(r["share"])], doc.keys.receive.secret) == key
+            share = PeerReencryptReply.from_wire(r).share
+            assert pre.combine([pre.ReencryptedShare.from_bytes(share)], doc.keys.receive.secret) == key
     # `ledger verify` checks the stored share against the hash the patient committed in the grant
     assert verify_main(["--data", str(tmp_path / pid)]) == 0
     db = tmp_path / pid / "ledger.sqlite"

@@ -69,6 +69,42 @@ def test_both_sides_derive_the_same_binding_and_keys(e_i, e_r, to_r, to_i):
         assert ci.open(cr.seal(PROOF, p)) == (PROOF, p)
 
 
+large_sizes = st.integers(min_value=64 * 1024 - 40, max_value=300_000)  # around and above the in-place size
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(large_sizes, min_size=1, max_size=3), st.booleans(), st.integers(0, 255))
+def test_a_large_bytearray_frame_is_opened_in_place_and_others_as_before(sizes, framed, fill):
+    """A frame from 64 KiB that comes as a bytearray is decrypted in place: the payload is
+    that bytearray (type byte and tag cut off), with the bytes sealed; as bytes (or a
+    view) the same frame opens to the same bytes without being changed."""
+    ci, cr = pair()
+    ci2, cr2 = pair()
+    for n in sizes:
+        payload = bytes([fill]) * n
+        sealed = bytes(ci.seal(ENVELOPE, payload, framed=framed))[4 if framed else 0 :]
+        frame = bytearray(sealed)
+        frame_type, opened = cr.open(frame)
+        assert frame_type == ENVELOPE and opened == payload
+        assert opened is frame if n + 17 >= 64 * 1024 else type(opened) is bytes
+        kept = bytes(ci2.seal(ENVELOPE, payload))
+        assert cr2.open(kept) == (ENVELOPE, payload) and cr2.open(memoryview(bytes(ci2.seal(ENVELOPE, payload)))) == (
+            ENVELOPE, payload)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(large_sizes, st.data())
+def test_a_large_bytearray_frame_with_a_bit_flipped_is_refused_and_moves_nothing(n, data):
+    ci, cr = pair()
+    payload = bytes(range(256)) * (n // 256) + bytes(n % 256)
+    sealed = bytes(ci.seal(ENVELOPE, payload))
+    frame = bytearray(sealed)
+    bit = data.draw(st.integers(0, len(frame) * 8 - 1))
+    frame[bit // 8] ^= 1 << (bit % 8)
+    assert_refused(cr, frame)
+    assert cr.open(bytearray(sealed)) == (ENVELOPE, payload)  # the counter did not move
+
+
 def test_fresh_ephemerals_give_fresh_bindings():
     (a, _), (b, _) = pair(), pair()
     assert a.binding != b.binding

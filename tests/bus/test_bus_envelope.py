@@ -484,3 +484,30 @@ def test_decoded_envelopes_are_the_same_frozen_dataclass_as_constructed_ones():
     assert dataclasses.replace(env, kind="other").kind == "other"
     hashable = Envelope(2, MessageType.REQUEST, "kind", 7, None, "alice", "bob", 0, b"", b"x", b"")
     assert hash(decode_envelope(encode_compact(MessageType.REQUEST, "kind", 7, None, "alice", "bob", b"x"))) == hash(hashable)
+
+
+def test_slot_constructors_build_the_dataclass_itself_or_fall_back_to_its_slots():
+    """The fast constructor fills a twin of the same layout and swaps its class; a
+    dataclass whose layout cannot be swapped (here: a base class with a ``__dict__``)
+    gets one that fills the slots through their descriptors. Either way the object is
+    the frozen dataclass, equal to and hashed like one built by its ``__init__``."""
+    from bus._endpoint import Message
+    from bus.envelope import _slot_constructor
+
+    class Base:  # (instances get a __dict__: no twin of only slots has that layout)
+        pass
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Odd(Base):
+        a: int
+        b: str
+
+    for cls, args, field in ((Message, ("alice", "kind", b"x", 7, 12, MessageType.REQUEST), "kind"),
+                             (Odd, (1, "b"), "a")):
+        made = _slot_constructor(cls)(*args)
+        assert type(made) is cls and made == cls(*args) and hash(made) == hash(cls(*args))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(made, field, "changed")
+        assert dataclasses.replace(made) == made
+    assert "_twin" in _slot_constructor(Message).__code__.co_names  # (the fast one where it can)
+    assert "_twin" not in _slot_constructor(Odd).__code__.co_names

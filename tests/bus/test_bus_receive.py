@@ -53,6 +53,35 @@ async def test_a_socket_with_bytes_always_waiting_still_yields_and_can_be_cancel
     await conn.aclose()
 
 
+async def test_a_stream_reads_and_writes_through_the_standard_socket_until_it_is_closed():
+    """The descriptor comes from the standard socket under trio's (no wrapper per read
+    and write): frames cross both ways, several per read, and once the connection is
+    closed nothing may be written at once and a read says it is closed."""
+    from bus import ClosedError, transport
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    trio_b = trio.socket.from_stdlib_socket(b)
+    assert transport._fileno_of(trio_b)() == b.fileno()
+
+    class Bare:  # (a socket object with no standard socket under it: its own fileno)
+        def fileno(self):
+            return 42
+
+    assert transport._fileno_of(Bare())() == 42
+    conn = transport._StreamConnection(trio.SocketStream(trio_b), "test", 1 << 20)
+    with a:
+        a.sendall(encode_frame(b"one") + encode_frame(b"two") + encode_frame(bytes(70_000)))
+        assert await conn.receive() == b"one" and await conn.receive() == b"two"
+        big = await conn.receive()
+        assert big == bytes(70_000) and type(big) is bytearray  # a large frame: only the receiver holds it
+        assert conn.can_try_send() and conn.try_send(b"back") == b""
+        assert a.recv(100) == encode_frame(b"back")
+    await conn.aclose()
+    assert not conn.can_try_send()
+    with pytest.raises(ClosedError):
+        await conn.receive()
+
+
 @pytest.fixture
 def ring():
     r = Keyring()

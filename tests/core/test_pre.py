@@ -264,3 +264,38 @@ def test_cross_backend_shares(backend, other_backend):
     there = pre.Scheme(other_backend)
     doc_other = pre.KeyPair(doctor.secret, there.public_key_from_bytes(doctor.public.to_bytes()), doctor.label)
     assert pre.combine(moved, doc_other.secret).to_bytes() == k.to_bytes()
+
+
+def _sealed_to(proxy: pre.Proxy, plain: bytes) -> pre.SealedKeyShare:
+    from nacl.public import PublicKey, SealedBox
+
+    return pre.SealedKeyShare(proxy.index, SealedBox(PublicKey(proxy.box_public_key)).encrypt(plain))
+
+
+def test_a_key_share_travels_in_the_compact_plaintext_and_the_older_one_still_opens(backend):
+    import msgpack
+
+    owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "L")
+    doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
+    proxies, secrets_ = make_proxies(2)
+    context = b"gQgRTFmsvfQnTdzH9"
+    sealed = pre.make_key_shares(owner, doctor.public, proxies, 2, context)
+    share = pre.Scheme(backend).open_key_share(sealed[0], secrets_[1], expected_context=context, expected_index=1)
+    # version 2: [2, context, index, threshold, rk]; sealed box overhead 48 bytes
+    assert msgpack.unpackb(share.to_bytes()) == [2, context, 1, 2, share.rk.to_bytes()]
+    assert len(sealed[0].sealed) == 48 + len(share.to_bytes()) == 48 + 1 + 1 + 2 + len(context) + 1 + 1 + 2 + 96
+    # version 1 (the tag string first), as an older patient sealed it: opened to the same share
+    v1 = msgpack.packb(["emrshare/v1/rk-share", context, 1, 2, share.rk.to_bytes()])
+    assert pre.Scheme(backend).open_key_share(_sealed_to(proxies[0], v1), secrets_[1], expected_context=context,
+                                              expected_index=1) == share
+    # any other tag, a standing part's included, is not a key share
+    for tag in ("emrshare/v1/standing-part", 3, True, 2.0, b"\x02", "emrshare/v2/rk-share"):
+        bad = msgpack.packb([tag, context, 1, 2, share.rk.to_bytes()])
+        with pytest.raises(DecodeError, match="malformed"):
+            pre.Scheme(backend).open_key_share(_sealed_to(proxies[0], bad), secrets_[1], expected_context=context,
+                                               expected_index=1)
+    part = pre.make_standing_parts(owner, proxies, 2, context)[0]
+    with pytest.raises(DecodeError, match="malformed"):
+        pre.Scheme(backend).open_key_share(part, secrets_[1], expected_context=context, expected_index=1)
+    with pytest.raises(DecodeError, match="malformed"):  # and a key share is not a standing part
+        pre.open_standing_part(sealed[0], secrets_[1], expected_context=context, expected_index=1)

@@ -148,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
                    help="write the HTML report here: one offline page, summary tables first, then charts "
                         "with the faults marked (needs matplotlib, from the bench extra)")
     g.add_argument("--probes", type=int, default=3, help="isolated probe operations of each kind (default 3)")
+    g.add_argument("--breakdown", action="store_true",
+                   help="also print the bus traffic of each probed operation by message kind (messages, bits, "
+                        "bits per message, share); the JSON report always has it (by_kind)")
     g.add_argument("--verbose", "-v", action="store_true", help="log what happens (emrshare's global -v)")
     return p
 
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"emrshare loadtest: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(render_text(report))
+    sys.stdout.write(render_text(report, breakdown=args.breakdown))
     if args.json:
         args.json.write_text(to_json(report))
         print(f"JSON report: {args.json}")

@@ -80,7 +80,23 @@ def correctness_line(c: dict) -> str:
     return s + ")"
 
 
-def render_text(r: dict) -> str:
+def breakdown_rows(comm: dict) -> list[list[Any]]:
+    """Rows of the per-kind breakdown of the bus traffic per operation: (operation, kind,
+    messages, bits, bits per message, share of the operation's bits), the largest first.
+    A request and its reply count under the request's kind (both directions)."""
+    rows: list[list[Any]] = []
+    for op in comm.get("per_operation", []):
+        kinds = op.get("by_kind") or {}
+        total = sum(v["bits"] for v in kinds.values()) or 1.0
+        for kind, v in sorted(kinds.items(), key=lambda kv: (-kv[1]["bits"], kv[0])):
+            m = v["messages"]
+            rows.append([op["operation"].split(" (")[0], kind, _f(round(m, 1), 1), _f(v["bits"], 0),
+                         _f(v["bits"] / m, 0) if m else "-", _f(100.0 * v["bits"] / total, 1)])
+    return rows
+
+
+def render_text(r: dict, *, breakdown: bool = False) -> str:
+    """The text report; ``breakdown``: also the bus traffic per message kind of each operation."""
     out: list[str] = []
     out.append(f"emrshare loadtest — {r.get('started', '')}")
     out.append(f"target:   {r.get('target', {}).get('description', '')}")
@@ -137,6 +153,11 @@ def render_text(r: dict) -> str:
             out += _table(["operation", "queries", "polls", "notices", "fallbacks"], rows)
         for note in comm.get("notes", []):
             out.append(f"  - {note}")
+        if breakdown:
+            _section(out, "bus traffic per operation and message kind (a request and its reply count under "
+                          "the request's kind; commits/<subject>: commit notices):")
+            out += _table(["operation", "kind", "messages", "bits", "bits/message", "% of op"],
+                          breakdown_rows(comm))
     cl = r.get("commits_under_load")
     if cl:
         _section(out, "commits in the measured window (every patient and doctor): "

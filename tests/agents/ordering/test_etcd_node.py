@@ -1,6 +1,7 @@
 """The etcd orderer node against a real 3-member etcd cluster: the leader appends signed blocks;
 a deposed leader's append fails (the txn's compare); two would-be leaders never fork the chain;
-followers forward submissions and serve blocks from etcd; the block window."""
+followers forward submissions and serve blocks from etcd; the block window; and, without etcd on a
+virtual clock, when the leader's cutter cuts."""
 
 from __future__ import annotations
 
@@ -215,3 +216,29 @@ async def test_client_moves_to_another_member_when_one_dies(etcd):
                 except Exception:
                     await trio.sleep(0.1)
         assert kv is not None and kv.value == b"v1"
+
+
+async def test_the_cut_interval_runs_from_the_start_of_the_previous_cut(autojump_clock):
+    """The leader's cutter alone (no etcd: its append takes 0.4 s of virtual time): a transaction that
+    arrives while a block is appended is cut 1.0 s after that cut BEGAN, not 1.0 s after it ended."""
+    c = _consortium()
+    node = c.ordering_node("orderer-1", ["http://127.0.0.1:1"], batch_size=10, batch_timeout=1.0)
+    t0 = trio.current_time()
+    appended = []
+
+    async def slow_append(txs, election_revision):
+        appended.append((trio.current_time() - t0, len(txs)))
+        await trio.sleep(0.4)  # an etcd round trip and its fsync
+        return True
+
+    node._append = slow_append
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node._cutter, 1, nursery.cancel_scope)
+        node._queue.add((_tx(c, 0),))  # idle: cut at once
+        await trio.sleep(0.1)
+        node._queue.add((_tx(c, 1),))  # during the first append
+        while len(appended) < 2:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert appended[0] == (pytest.approx(0.0, abs=0.02), 1)
+    assert appended[1] == (pytest.approx(1.0, abs=0.02), 1)  # not 1.4

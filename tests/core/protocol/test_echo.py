@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from core import ecdsa
 from core.errors import DecodeError
-from core.protocol import CommitNotice, PeerQueryReply, echo_compact, echo_expand
+from core.protocol import NOTICE_TX_ID, CommitNotice, PeerQueryReply, echo_compact, echo_expand
 from core.tx import Transaction
 
 KEYS = st.sampled_from(["cid", "label", "size", "capsule", "purpose", "patient", "height", "x", "y"])
@@ -96,7 +96,8 @@ def test_a_commit_notice_echoes_its_transaction_body():
     entry = {**{k: v for k, v in tx.body.items() if k != "record_id"}, "height": 7, "tx": tx.to_bytes()}
     notice = CommitNotice(tx_id=tx.tx_id, height=7, type="store", mark="ok", effect={key: entry})
     sent = _wire(notice.echoing(tx.body).to_wire())
-    assert set(sent["effect"][key]) == {"height", "tx"} and len(sent["echo"]) == 1
+    # the row [tx_id, height, type, mark, effect, echo]
+    assert set(sent[4][key]) == {"height", "tx"} and len(sent[5]) == 1 and len(sent) == 6
     received = CommitNotice.from_wire(sent)
     assert received.expand(tx.body) == {key: entry}
     # with another body (not the submitter's) the masks do not fit
@@ -104,6 +105,18 @@ def test_a_commit_notice_echoes_its_transaction_body():
         received.expand({"a": 1})
     # nothing to leave out: no echo field at all
     plain = CommitNotice(tx_id=tx.tx_id, height=7, type="store", mark="bad_state", effect={})
-    assert "echo" not in plain.echoing(tx.body).to_wire()
+    assert len(plain.echoing(tx.body).to_wire()) == 5  # no echo field at the end of the row
     with pytest.raises(DecodeError):
-        CommitNotice.from_wire({**sent, "echo": [1, 2]}).expand(tx.body)
+        CommitNotice.from_wire([*sent[:5], [1, 2]]).expand(tx.body)
+
+
+def test_a_commit_notice_names_its_transaction_by_the_first_bytes_of_its_id():
+    tx = _store_tx()
+    notice = CommitNotice(tx_id=tx.tx_id, height=7, type="store", mark="bad_state", effect={})
+    sent = notice.echoing(tx.body)
+    assert sent.tx_id == tx.tx_id[:NOTICE_TX_ID] == _wire(sent.to_wire())[0]
+    received = CommitNotice.from_wire(_wire(sent.to_wire()))
+    assert received.names(tx.tx_id) and not received.names(bytes(32))
+    assert notice.names(tx.tx_id) and not notice.names(tx.tx_id[:31] + b"\0")  # an older peer's: the whole id
+    with pytest.raises(DecodeError, match="'tx_id'"):  # fewer bytes than a notice names a transaction by
+        CommitNotice.from_wire([tx.tx_id[:7], 7, "store", "ok", {}])

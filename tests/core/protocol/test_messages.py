@@ -177,6 +177,47 @@ def test_a_valid_body_with_one_field_broken_only_raises_decode_error(cls, data):
     _decodes_or_raises_decode_error(cls, body)
 
 
+ROW_TYPES = [cls for cls in ALL_TYPES if cls.row]
+
+
+def test_the_access_path_kinds_travel_as_rows():
+    names = {cls.__name__ for cls in ROW_TYPES}
+    assert {"PeerQuery", "PeerReencrypt", "PeerReencryptReply", "PeerDeliverShare", "PeerDeliverShareReply",
+            "PatientAccessRequest", "PatientAccessRequestReply", "CommitNotice", "StorageGet"} <= names
+    assert protocol.PeerDeliverShareReply().to_wire() == []  # ok at its default: an empty row
+
+
+@pytest.mark.parametrize("cls", [c for c in ROW_TYPES if c is not PeerQuery], ids=lambda c: c.__name__)
+@settings(max_examples=40)
+@given(data=st.data())
+def test_a_row_kind_takes_its_map_form_and_ignores_items_past_its_fields(cls, data):
+    value = data.draw(for_type(cls))
+    as_map = {f.name: f.codec.encode(getattr(value, f.attr)) for f in _fields(cls)
+              if not (getattr(value, f.attr) is None and f.omit_none)}
+    assert cls.from_wire(_over_msgpack(as_map)) == value
+    row = value.to_wire()
+    assert isinstance(row, list) and len(row) <= len(_fields(cls))
+    padded = row + [None] * (len(_fields(cls)) - len(row)) + data.draw(st.lists(MSGPACK_VALUES, max_size=3))
+    if all(v is None for v in padded[len(row):len(_fields(cls))]) and all(
+            isinstance(f.codec, Optional) or f.default is None for f in _fields(cls)[len(row):]):
+        assert cls.from_wire(_over_msgpack(padded)) == value
+
+
+@pytest.mark.parametrize("cls", ROW_TYPES, ids=lambda c: c.__name__)
+@settings(max_examples=60)
+@given(data=st.data())
+def test_a_valid_row_with_one_item_broken_only_raises_decode_error(cls, data):
+    row = data.draw(for_type(cls)).to_wire()
+    if not row:
+        return
+    i = data.draw(st.integers(0, len(row) - 1))
+    if data.draw(st.booleans()):
+        del row[i:]
+    else:
+        row[i] = data.draw(MSGPACK_VALUES)
+    _decodes_or_raises_decode_error(cls, row)
+
+
 @pytest.mark.parametrize("cls", ALL_TYPES, ids=lambda c: c.__name__)
 @settings(max_examples=3)
 @given(data=st.data())
@@ -212,7 +253,10 @@ def test_errors_name_the_kind_and_the_field():
     assert "'index'" in _error(PeerDeliverShare, {**good, "index": True})  # a bool is not an int
     assert "'index'" in _error(PeerDeliverShare, {**good, "index": 0})
     assert "4096" in _error(PeerDeliverShare, {**good, "sealed": b"x" * 4097})
-    assert "must be a map" in _error(PeerDeliverShare, [1, 2])
+    assert "must be a row or a map" in _error(PeerDeliverShare, "x")
+    assert "'grant_id'" in _error(PeerDeliverShare, [1, 2])  # a row: checked field by field
+    assert "'sealed'" in _error(PeerDeliverShare, ["g-1", 2]) and "missing" in _error(PeerDeliverShare, ["g-1", 2])
+    assert "must be a map" in _error(protocol.PeerAudit, ["alice"])  # a kind without the row form
 
 
 def test_sizes_ranges_and_list_bounds():
@@ -253,17 +297,24 @@ def test_the_two_forms_of_submit_and_their_replies():
 
 
 def test_queries_take_exactly_their_forms_fields():
-    assert PeerQuery.from_wire({"what": "head"}).to_wire() == {"what": "head"}
+    assert PeerQuery.from_wire({"what": "head"}).to_wire() == ["head"]
     q = PeerQuery.from_wire({"what": "records", "patient": "alice", "subject": "ignored"})
     assert q == PeerQuery("records", patient="alice", label=None)
-    assert q.to_wire() == {"what": "records", "patient": "alice", "label": None}
+    assert q.to_wire() == ["records", "alice", None]
+    assert PeerQuery.from_wire(["records", "alice", None]) == q
+    behind = PeerQuery("request", request_id="q1", min_height=7)
+    assert behind.to_wire() == ["request", "q1", 7] and PeerQuery.from_wire(behind.to_wire()) == behind
+    assert "needs fields patient, record_id" in _error(PeerQuery, ["record", "alice"])
+    assert "a query row starts with" in _error(PeerQuery, [["record"]])
     assert "needs field 'record_id'" in _error(PeerQuery, {"what": "record", "patient": "alice"})
     assert "'what'" in _error(PeerQuery, {"what": "everything"})
     assert "'subject'" in _error(PeerQuery, {"what": "cert", "subject": "a b"})
     record = {"what": "record", "patient": "alice", "record_id": "r"}
     assert PeerQuery.from_wire({**record, "owner_cert": True}) == PeerQuery("record", patient="alice", record_id="r",
                                                                             owner_cert=True)
-    assert PeerQuery.from_wire({**record, "owner_cert": False}).to_wire() == record  # false: not on the wire
+    assert PeerQuery.from_wire({**record, "owner_cert": False}).to_wire() == ["record", "alice", "r"]  # false: left out
+    assert PeerQuery("record", patient="alice", record_id="r", owner_cert=True).to_wire() == [
+        "record", "alice", "r", None, True]
     assert "'owner_cert'" in _error(PeerQuery, {**record, "owner_cert": 1})
     assert "only a 'record' query" in _error(PeerQuery, {"what": "cert", "subject": "a", "owner_cert": True})
     assert PeerQueryReply.from_wire(None).value is None
@@ -274,7 +325,7 @@ def test_optional_fields_and_defaults():
     assert StoragePut.from_wire({"data": b"d"}) == StoragePut(b"d", None, True)
     assert "'pin'" in _error(StoragePut, {"data": b"d", "pin": None})
     assert StorageStat.from_wire({}) == StorageStat(None)
-    assert StorageGetReply(b"d", 1).to_wire() == {"data": b"d", "size": 1}  # digests only when asked
+    assert StorageGetReply(b"d", 1).to_wire() == [b"d", 1]  # a row; digests only when asked
     assert "multiple of 32" in _error(StorageGetReply, {"data": b"", "size": 0, "digests": b"x" * 33})
     node = StorageStatReply.from_wire({"node": "s1", "blobs": 0, "used_bytes": 0, "reserved_bytes": 0,
                                        "quota_bytes": None, "max_blob": 10, "corruptions": 0})
@@ -294,8 +345,10 @@ def test_kinds_built_on_a_shared_field_group_keep_their_own_names_and_field_orde
     # storage kinds on _OneBlob / _OneSession / _Done, the submits on _OneOrList
     assert "storage.pin: field 'cid' is missing" in _error(protocol.StoragePin, {})
     assert "storage.put.commit: 'session'" in _error(protocol.StoragePutCommit, {"session": b"s" * 15})
-    get = protocol.StorageGet("bafy", 3, 4, True)  # cid first, then the kind's own fields
-    assert get.to_wire() == {"cid": "bafy", "offset": 3, "length": 4, "leaves": True}
+    get = protocol.StorageGet("bafy", 3, 4, True)  # cid first, then the kind's own fields (a row)
+    assert get.to_wire() == ["bafy", 3, 4, True]
+    assert protocol.StorageGet("bafy", 3, 4).to_wire() == ["bafy", 3, 4]  # leaves at its default: left out
+    assert protocol.StorageGet.from_wire({"cid": "bafy", "offset": 3, "length": 4, "leaves": True}) == get
     chunk = protocol.StoragePutChunk(b"s" * 16, 0, b"d")
     assert chunk.to_wire() == {"session": b"s" * 16, "offset": 0, "data": b"d"}
     assert protocol.StoragePinReply().to_wire() == {} and protocol.StoragePinReply.from_wire({"x": 1})
