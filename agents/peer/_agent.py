@@ -147,7 +147,8 @@ class PeerAgent:
         ep = make_endpoint(node, self.peer_id, self.keys.ecdsa_private, self.directory,
                            admit_subscriber=admit_subscriber)
         self.endpoint = ep
-        serve(ep, self.handlers.table(), classifier=self.classifier, refusals=self.refusals)
+        serve(ep, self.handlers.table(), classifier=self.classifier, refusals=self.refusals,
+              fast=self.handlers.fast_table())
         for agent, address in self.manifest.agents.items():
             if agent != self.peer_id:
                 try:
