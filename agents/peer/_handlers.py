@@ -128,8 +128,11 @@ class PeerHandlers:
 
     def fast_table(self) -> dict[type, Any]:
         """Fast companions (agents.handlers.serve ``fast``): what needs no wait is answered in
-        the task that delivered the request."""
-        return {PeerQuery: self._query_now, PeerReencrypt: self._reencrypt_now}
+        the task that delivered the request. A repeat read (``peer.reencrypt`` from the reply
+        cache) only: ``peer.query`` keeps its worker, since answered from the reader at once a
+        query overtook more often the block its connection's reader had just handed to block
+        sync (a record stored a moment before: a doctor's read then took the request path)."""
+        return {PeerReencrypt: self._reencrypt_now}
 
     def table(self) -> dict[type, Any]:
         """The kinds a peer serves: request type -> typed handler."""
@@ -268,19 +271,10 @@ class PeerHandlers:
         return lambda record_id, label: policy.could_allow(attributes, record_id, label) or has_grant(label)
 
     async def _query(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
-        if query.min_height is not None and self.peer.height < query.min_height:
-            await self._reach(msg, query.min_height)
-        return self._answer_query(msg, query)
-
-    def _query_now(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
-        """``peer.query``'s fast companion: the answer, unless the query must wait for a block."""
-        if query.min_height is not None and self.peer.height < query.min_height:
-            return bus.DEFER
-        return self._answer_query(msg, query)
-
-    def _answer_query(self, msg: bus.Message, query: PeerQuery) -> PeerQueryReply:
         what, sender = query.what, msg.sender
         ledger = self.peer.ledger
+        if query.min_height is not None and self.peer.height < query.min_height:
+            await self._reach(msg, query.min_height)
         if what == "head":
             height, block_hash, root = ledger.head()
             return PeerQueryReply({"height": height, "hash": block_hash, "root": root})
