@@ -24,6 +24,13 @@ a query with ``min_height`` above the peer's height waits for that block
 :class:`~agents.admission.WaitGate` (per-sender and total caps, ``busy``
 beyond them).
 
+A repeat read is answered without a task switch: ``peer.reencrypt``'s fast
+companion (:meth:`PeerHandlers.fast_table`, ``agents.handlers.serve`` ``fast``)
+runs in the task that delivered the request, makes the same ledger check,
+takes the signed reply from the reply cache and logs the read as the handler
+does; anything that waits (a block to reach, a share to open, a pairing)
+defers to the handler before changing anything.
+
 Re-encryption key shares are kept as they arrive, sealed to the peer's X25519
 key (encryption at rest); they are unsealed on first use and the prepared
 share is cached in memory per grant (dropped when the grant is revoked). The
@@ -129,9 +136,9 @@ class PeerHandlers:
     def fast_table(self) -> dict[type, Any]:
         """Fast companions (agents.handlers.serve ``fast``): what needs no wait is answered in
         the task that delivered the request. A repeat read (``peer.reencrypt`` from the reply
-        cache) only: ``peer.query`` keeps its worker, since answered from the reader at once a
-        query overtook more often the block its connection's reader had just handed to block
-        sync (a record stored a moment before: a doctor's read then took the request path)."""
+        cache) only: ``peer.query`` keeps its worker, since answered at once a query overtook
+        more often a block that had arrived but was not yet applied (a record stored a moment
+        before: the doctor's read was refused and took the request path)."""
         return {PeerReencrypt: self._reencrypt_now}
 
     def table(self) -> dict[type, Any]:
