@@ -14,7 +14,7 @@ import pytest
 import trio
 
 import bus
-from agents.admission import Classifier, Refusals
+from agents.admission import NOT_NOW, Classifier, Refusals
 from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory
 from agents.handlers import serve
 from agents.runtime import make_endpoint
@@ -207,3 +207,34 @@ async def test_a_fast_companion_that_raises_is_an_error_reply_and_frees_its_slot
             assert info.value.code == "unknown-kind"
             await client.aclose()
             await server.aclose()
+
+
+async def test_class_now_never_starts_a_look_up():
+    """Classifier.class_now: the class where no look-up waits (as classify_now), else NOT_NOW
+    with nothing started: a coroutine look-up is not called, an awaitable one is closed."""
+    sync = _classifier(True)
+    for sender in NAMES:
+        assert sync.class_now(sender) is sync.classify_now(sender)
+    asked: list[str] = []
+
+    async def role(sender: str) -> str | None:
+        asked.append(sender)
+        return ROLES.get(sender)
+
+    lazy = Classifier(peers=["peer-x"], orderer="orderer", storage=["store-1"], role=role)
+    assert lazy.class_now("peer-x") is sync.class_now("peer-x") and lazy.class_now(NAMES[-1]) is not NOT_NOW
+    assert lazy.class_now("alice") is NOT_NOW and lazy.class_now("mallory") is NOT_NOW and asked == []
+    made: list = []
+
+    def role_returning_awaitable(sender: str):  # a plain function handing back a coroutine
+        made.append(role(sender))
+        return made[-1]
+
+    odd = Classifier(peers=["peer-x"], orderer="orderer", storage=["store-1"], role=role_returning_awaitable)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert odd.class_now("alice") is NOT_NOW
+        assert made[0].cr_frame is None  # closed before it ran
+        made.clear()
+        gc.collect()
+    assert asked == [] and not [w for w in caught if "never awaited" in str(w.message)]
