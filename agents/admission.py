@@ -36,7 +36,7 @@ from core.protocol import Sender, admits_subscriber, codes
 
 from agents.consortium import ENROLL_PREFIX
 
-__all__ = ["Classifier", "Refusals", "WaitGate", "role_class", "MAX_WAITING_PER_SENDER", "MAX_WAITING"]
+__all__ = ["Classifier", "Refusals", "WaitGate", "role_class", "MAX_WAITING_PER_SENDER", "MAX_WAITING", "NOT_NOW"]
 
 log = logging.getLogger("agents.admission")
 
@@ -52,6 +52,10 @@ def role_class(role: str | None) -> Sender | None:
     if role is None:
         return None
     return Sender.PATIENT if role == "patient" else Sender.DOCTOR if role == "doctor" else Sender.USER
+
+
+NOT_NOW = object()
+"""What :meth:`Classifier.class_now` answers when finding the class would wait."""
 
 
 async def _role_class_of(role: Awaitable[str | None]) -> Sender | None:
@@ -103,6 +107,27 @@ class Classifier:
         if role is None or isinstance(role, str) or not inspect.isawaitable(role):
             return role_class(role)  # type: ignore[arg-type]
         return _role_class_of(role)
+
+    def class_now(self, sender: str) -> Sender | None | object:
+        """Like :meth:`classify_now` without ever starting a look-up: the class, or
+        :data:`NOT_NOW` when it would take a waiting one (the caller defers to a path
+        that awaits :meth:`classify_now`; nothing is left un-awaited)."""
+        node = self._nodes.get(sender)
+        if node is not None:
+            return node
+        if sender.startswith(ENROLL_PREFIX):
+            return Sender.ENROLLING
+        if self._role is None:
+            return None
+        if inspect.iscoroutinefunction(self._role):
+            return NOT_NOW
+        role = self._role(sender)
+        if role is None or isinstance(role, str) or not inspect.isawaitable(role):
+            return role_class(role)  # type: ignore[arg-type]
+        close = getattr(role, "close", None)
+        if close is not None:
+            close()  # a coroutine, never started: dropped without a warning
+        return NOT_NOW
 
     def node_class(self, sender: str) -> Sender | None:
         """The class of a consortium node or an enrolling id, without asking about certificates."""

@@ -111,7 +111,9 @@ Limits
     without ``DEFAULT_``.
 """
 
+from ._endpoint import DEFER as DEFER
 from ._endpoint import Endpoint as Endpoint
+from ._endpoint import FastHandler as FastHandler
 from ._endpoint import Handler as Handler
 from ._endpoint import Message as Message
 from ._pubsub import Event as Event

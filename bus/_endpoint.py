@@ -17,7 +17,11 @@ and counts its traffic. A request's handler runs on a worker task of its own
 next request (up to eight per endpoint), so a request costs a wake-up, not a new
 task; a handler registered as ``quick`` (its registrant promises it never waits)
 runs instead in the task that delivered the request, once it has its slots, and
-its reply is written from there: no task switch at all. Requests and fire-and-forget messages go through the node's
+its reply is written from there: no task switch at all. A handler may also have
+a ``fast`` companion, a plain function run the same way (in the delivering task,
+holding the request's slots) that answers at once or returns :data:`DEFER`:
+then the request, still holding its slots, goes on to the handler on a worker
+(the fast answer for what needs no wait, the handler for the rest). Requests and fire-and-forget messages go through the node's
 ``route_now`` first (what needs no wait is written or queued there, without
 the coroutines of the full route). A request sent so waits for its reply
 parked on its slot, and one expiry task per endpoint fails the slots whose
@@ -34,7 +38,7 @@ and nothing else: :class:`_Host`, what the endpoint asks of its node, and
 
 from __future__ import annotations
 
-__all__ = ["Endpoint", "Message", "Handler"]
+__all__ = ["Endpoint", "Message", "Handler", "FastHandler", "DEFER"]
 
 import dataclasses
 import logging
@@ -75,6 +79,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("bus")
 
 _RESERVED_PREFIX = "bus."
+
+
+class _Defer:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "bus.DEFER"
+
+
+DEFER: Any = _Defer()
+"""What a ``fast`` handler returns when it cannot answer without waiting (see
+:meth:`Endpoint.register`): the request goes on to the kind's handler."""
 _MAX_ERROR_REPLIES_IN_FLIGHT = 64
 _MAX_ERROR_MESSAGE = 1024
 
@@ -96,6 +112,7 @@ class Message:
 
 
 Handler = Callable[[Message], Awaitable[Any]]
+FastHandler = Callable[[Message], Any]  # the reply body, or DEFER
 _new_message = _slot_constructor(Message)
 
 
@@ -314,6 +331,7 @@ class Endpoint:
         self._replay = ReplayGuard(self._skew_ms, replay_max_entries)
         self._handlers: dict[str, Handler] = {}
         self._quick: set[str] = set()  # kinds whose handler runs in the delivering task
+        self._fast: dict[str, FastHandler] = {}  # kinds with a fast companion (register's fast=)
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[
             tuple[Envelope, Connection | None]
         ](inbox_size)
@@ -344,6 +362,8 @@ class Endpoint:
         self._rejected: Counter[str] = Counter()
         self._error_replies = 0
         self._quick_runs = 0  # requests answered by a quick handler in the delivering task
+        self.fast_runs = 0  # requests answered (or refused) by a fast handler in the delivering task
+        self.fast_deferred = 0  # requests a fast handler passed on to the kind's handler
         self._handler_nursery: trio.Nursery | None = None  # set once _dispatch runs
         self._idle_workers: list[_Worker] = []  # parked request workers, the last parked first
         self._id_prefix = secrets.token_bytes(ID_SIZE - 8)
@@ -371,7 +391,8 @@ class Endpoint:
         never pass for a proof or an envelope."""
         return self._signer(message)
 
-    def register(self, kind: str, handler: Handler, *, quick: bool = False) -> None:
+    def register(self, kind: str, handler: Handler, *, quick: bool = False,
+                 fast: FastHandler | None = None) -> None:
         """Handle messages of ``kind`` with ``async handler(message) -> reply``.
 
         ``quick``: the registrant promises the handler never waits (it awaits
@@ -382,20 +403,33 @@ class Endpoint:
         ask and how many per sender: a request that finds none goes the usual
         way, to be queued or refused ``busy``), and one that raises is answered
         with the usual error. While it runs the connection reads nothing else, so
-        a handler that can block must not be quick."""
+        a handler that can block must not be quick.
+
+        ``fast``: ``fn(message) -> reply body | DEFER``, a plain function (it cannot
+        wait) run like a quick handler, in the delivering task once the request has
+        its slots: what it returns is the reply, what it raises the error (as for a
+        handler); :data:`DEFER` hands the request, with its slots, to ``handler``
+        on a worker, which must then answer it as if ``fast`` had not run (so
+        ``fast`` changes nothing before it defers). A request that finds no free
+        slot goes the usual way without ``fast``."""
         if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LENGTH:
             raise BusError(f"kind must be a non-empty str of at most {MAX_KIND_LENGTH} chars")
         if kind.startswith(_RESERVED_PREFIX):
             raise BusError(f"kinds starting with {_RESERVED_PREFIX!r} are reserved for the bus")
         if kind in self._handlers:
             raise BusError(f"a handler for {kind!r} is already registered")
+        if fast is not None and quick:
+            raise BusError("a handler is quick or has a fast companion, not both")
         self._handlers[kind] = handler
         if quick:
             self._quick.add(kind)
+        if fast is not None:
+            self._fast[kind] = fast
 
     def unregister(self, kind: str) -> None:
         self._handlers.pop(kind, None)
         self._quick.discard(kind)
+        self._fast.pop(kind, None)
 
     async def request(self, to: str, kind: str, body: Any, *, timeout: float | None = 30.0) -> Any:
         """Send a request and return the reply body.
@@ -686,7 +720,16 @@ class Endpoint:
                 self._rejected["unexpected-event"] += 1
             return
         if mtype == MessageType.REQUEST:
-            if env.kind in self._quick and self._take_slots(env):
+            fast = self._fast.get(env.kind) if self._fast else None
+            if fast is not None and self._take_slots(env):
+                if await self._fast_request(fast, env, conn):
+                    return
+                nursery = self._handler_nursery
+                if nursery is not None:  # deferred: to the handler on a worker, with its slots
+                    self._run_request(nursery, env, conn)
+                    return
+                self._free_slots(env)  # (before _dispatch started: the inbox path below)
+            elif env.kind in self._quick and self._take_slots(env):
                 self._quick_runs += 1
                 await self._handle_request(env, conn)  # no task switch: answered from here
                 return
@@ -797,18 +840,41 @@ class Endpoint:
                 else:
                     await self._handle_send(env, conn)
 
+    def _free_slots(self, env: Envelope) -> None:
+        self._concurrency.release()
+        held = self._in_flight[env.sender] - 1
+        if held:
+            self._in_flight[env.sender] = held
+        else:
+            del self._in_flight[env.sender]
+
     async def _handle_request(self, env: Envelope, conn: Connection | None) -> None:
         try:
             mtype, body = await self._answer(env)
         finally:
             # the slots are freed before the reply is sent: sending never holds them
-            self._concurrency.release()
-            held = self._in_flight[env.sender] - 1
-            if held:
-                self._in_flight[env.sender] = held
-            else:
-                del self._in_flight[env.sender]
+            self._free_slots(env)
         await self._reply(env, conn, mtype, body)
+
+    async def _fast_request(self, fast: FastHandler, env: Envelope, conn: Connection | None) -> bool:
+        """Run a request's fast handler (it holds its slots): answered (True, slots freed),
+        or deferred (False, slots still held)."""
+        try:
+            body = fast(self._message(env))
+        except Exception as exc:
+            code, message = _error_code(exc)
+            if code == "internal":
+                log.error("bus: %s: fast handler for %r failed", self._identity, env.kind, exc_info=True)
+            mtype, body = MessageType.ERROR, {"code": code, "message": message}
+        else:
+            if body is DEFER:
+                self.fast_deferred += 1
+                return False
+            mtype = MessageType.REPLY
+        self.fast_runs += 1
+        self._free_slots(env)
+        await self._reply(env, conn, mtype, body)
+        return True
 
     def _busy(self, env: Envelope, conn: Connection | None) -> None:
         """Refuse a request at once: its sender has too many in flight here, or it came

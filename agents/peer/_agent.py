@@ -147,7 +147,8 @@ class PeerAgent:
         ep = make_endpoint(node, self.peer_id, self.keys.ecdsa_private, self.directory,
                            admit_subscriber=admit_subscriber)
         self.endpoint = ep
-        serve(ep, self.handlers.table(), classifier=self.classifier, refusals=self.refusals)
+        serve(ep, self.handlers.table(), classifier=self.classifier, refusals=self.refusals,
+              fast=self.handlers.fast_table())
         for agent, address in self.manifest.agents.items():
             if agent != self.peer_id:
                 try:
@@ -241,10 +242,17 @@ class PeerAgent:
 
     async def _after_commit(self, block: Block, result: CommitResult) -> None:
         events = []
+        # an audit entry's event is the type of the transaction that wrote it (an access_batch's
+        # are "access"): a block with no transaction of an EVENT_TYPES type publishes no event, and
+        # its audit entries (one per re-encryption served: most of a read load's writes) are not decoded
+        eventful = len(result.txs) != len(block.txs) or any(
+            tx is not None and tx.type in EVENT_TYPES for tx in result.txs)
         for key, value in result.writes.items():
             if value is None:
                 continue
             kind = key.partition("/")[0]  # (the ledger's own keys: parsed only where an id is needed)
+            if kind == "audit" and not eventful:
+                continue
             if kind == "cert":
                 cert_entry = CertEntry.from_state(_own_state(value))
                 subject = cert_entry.subject

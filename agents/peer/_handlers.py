@@ -24,6 +24,13 @@ a query with ``min_height`` above the peer's height waits for that block
 :class:`~agents.admission.WaitGate` (per-sender and total caps, ``busy``
 beyond them).
 
+A repeat read is answered without a task switch: ``peer.reencrypt``'s fast
+companion (:meth:`PeerHandlers.fast_table`, ``agents.handlers.serve`` ``fast``)
+runs in the task that delivered the request, makes the same ledger check,
+takes the signed reply from the reply cache and logs the read as the handler
+does; anything that waits (a block to reach, a share to open, a pairing)
+defers to the handler before changing anything.
+
 Re-encryption key shares are kept as they arrive, sealed to the peer's X25519
 key (encryption at rest); they are unsealed on first use and the prepared
 share is cached in memory per grant (dropped when the grant is revoked). The
@@ -125,6 +132,14 @@ class PeerHandlers:
         self._replies: OrderedDict[tuple, tuple[object, PeerReencryptReply]] = OrderedDict()
         self._share_tokens: dict[str, object] = {}  # grant id -> a fresh object per key share cached
         self.reply_hits = 0  # re-encryptions answered from _replies
+
+    def fast_table(self) -> dict[type, Any]:
+        """Fast companions (agents.handlers.serve ``fast``): what needs no wait is answered in
+        the task that delivered the request. A repeat read (``peer.reencrypt`` from the reply
+        cache) only: ``peer.query`` keeps its worker, since answered at once a query overtook
+        more often a block that had arrived but was not yet applied (a record stored a moment
+        before: the doctor's read was refused and took the request path)."""
+        return {PeerReencrypt: self._reencrypt_now}
 
     def table(self) -> dict[type, Any]:
         """The kinds a peer serves: request type -> typed handler."""
@@ -498,13 +513,13 @@ class PeerHandlers:
         self._cache_share(grant_id, prepared)
         return prepared
 
-    async def _reencrypt(self, msg: bus.Message, request: PeerReencrypt) -> PeerReencryptReply:
+    def _check_reencryption(self, msg: bus.Message, request: PeerReencrypt) -> tuple[GrantEntry, RecordEntry]:
+        """The object rule of ``peer.reencrypt`` (the grant and record on the ledger, the share,
+        the access log's room): raises the refusal, else the grant and record."""
         peer = self.peer
         grant_id, patient, record_id, request_id = (request.grant_id, request.patient, request.record_id,
                                                     request.request_id)
         doctor = msg.sender
-        if request.min_height is not None and peer.height < request.min_height:
-            await self._reach(msg, request.min_height, PeerReencrypt.kind)
         try:
             grant, record = peer.ledger.check_reencryption(grant_id, doctor, patient, record_id, int(peer.clock()))
         except ValidationError as exc:
@@ -521,6 +536,42 @@ class PeerHandlers:
                                                "its transactions); ask another peer or retry later")
         if peer.stopping:
             raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
+        return grant, record
+
+    def _reencrypt_now(self, msg: bus.Message, request: PeerReencrypt) -> PeerReencryptReply:
+        """``peer.reencrypt``'s fast companion: a repeat read answered from the reply cache
+        (:attr:`_replies`) after the same checks, and logged the same way; anything that
+        waits (a block to reach, a share to open, a pairing) defers to :meth:`_reencrypt`
+        before changing anything."""
+        if request.min_height is not None and self.peer.height < request.min_height:
+            return bus.DEFER
+        grant_id = request.grant_id
+        _, record = self._check_reencryption(msg, request)
+        token = self._share_tokens.get(grant_id)
+        key = (grant_id, request.request_id, record.cid, record.capsule)
+        hit = self._replies.get(key)
+        if hit is None or token is None or hit[0] is not token or grant_id not in self._shares:
+            return bus.DEFER
+        self._shares.move_to_end(grant_id)
+        self._replies.move_to_end(key)
+        self.reply_hits += 1
+        return self._served(msg, request, hit[1])
+
+    def _served(self, msg: bus.Message, request: PeerReencrypt, reply: PeerReencryptReply) -> PeerReencryptReply:
+        """Log a share about to be served in the access log (or refuse it: the peer is stopping)."""
+        peer = self.peer
+        if peer.stopping:  # stopped meanwhile: its access log may not take this entry, so the share stays here
+            raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
+        peer.audit.add(grant_id=request.grant_id, request_id=request.request_id, record_id=request.record_id,
+                       doctor=msg.sender)
+        self.reencryptions += 1
+        return reply
+
+    async def _reencrypt(self, msg: bus.Message, request: PeerReencrypt) -> PeerReencryptReply:
+        grant_id, request_id = request.grant_id, request.request_id
+        if request.min_height is not None and self.peer.height < request.min_height:
+            await self._reach(msg, request.min_height, PeerReencrypt.kind)
+        grant, record = self._check_reencryption(msg, request)
         prepared = self._shares.get(grant_id)
         if prepared is not None:  # the common case: no coroutine for a cached share
             self._shares.move_to_end(grant_id)
@@ -541,11 +592,7 @@ class PeerHandlers:
             reply = await self.batcher.run(self._reencrypt_job, record.capsule, record.cid, request_id, prepared)
             if token is not None:
                 self._cache(self._replies, key, (token, reply))
-        if peer.stopping:  # stopped meanwhile: its access log may not take this entry, so the share stays here
-            raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
-        peer.audit.add(grant_id=grant_id, request_id=request_id, record_id=record_id, doctor=doctor)
-        self.reencryptions += 1
-        return reply
+        return self._served(msg, request, reply)
 
     def _capsule(self, capsule: bytes) -> G1:
         """Worker thread: a record's capsule U as a point (its decoding checks the subgroup),

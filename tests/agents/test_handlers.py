@@ -76,9 +76,9 @@ async def test_every_registry_kind_is_served_by_its_server(tmp_path, monkeypatch
     registered: dict[str, set[str]] = {}
     original = bus.Endpoint.register
 
-    def recording(self, kind, handler):
+    def recording(self, kind, handler, **options):
         registered.setdefault(self.identity, set()).add(kind)
-        return original(self, kind, handler)
+        return original(self, kind, handler, **options)
 
     monkeypatch.setattr(bus.Endpoint, "register", recording)
     with trio.fail_after(60):

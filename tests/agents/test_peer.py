@@ -397,9 +397,10 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
             assert sorted(e["peer"] for e in trail if e["event"] == "access") == ["peer-a-2", "peer-b-4"]
             # a repeat read: the same signed reply without a pairing, logged like any other
             handlers = peers["peer-a-2"].handlers
-            pairings = handlers.reply_hits
+            pairings, fast = handlers.reply_hits, peers["peer-a-2"].endpoint.fast_runs
             again = PeerReencryptReply.from_wire(await doc.endpoint.request("peer-a-2", "peer.reencrypt", ask))
             assert handlers.reply_hits == pairings + 1 and again.share == shares[0].to_bytes()
+            assert peers["peer-a-2"].endpoint.fast_runs == fast + 1  # answered by the fast companion
             handlers._cache_share("g-1", handlers._shares["g-1"])  # a key share cached anew: its replies made again
             again = PeerReencryptReply.from_wire(await doc.endpoint.request("peer-a-2", "peer.reencrypt", ask))
             assert handlers.reply_hits == pairings + 1 and again.share == shares[0].to_bytes()
