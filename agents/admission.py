@@ -56,6 +56,7 @@ def role_class(role: str | None) -> Sender | None:
 
 NOT_NOW = object()
 """What :meth:`Classifier.class_now` answers when finding the class would wait."""
+_ASK = object()  # (Classifier._known: the role look-up decides)
 
 
 async def _role_class_of(role: Awaitable[str | None]) -> Sender | None:
@@ -91,11 +92,8 @@ class Classifier:
             return cls
         return await cls
 
-    def classify_now(self, sender: str) -> Sender | None | Awaitable[Sender | None]:
-        """The sender's class at once when finding it takes no wait (a node, an enrolling
-        id, a user whose role the synchronous ``role`` look-up gives); else an awaitable
-        of it (``role`` returned one: a coroutine look-up). The same answer as
-        :meth:`classify`, without a coroutine per request where none is needed."""
+    def _known(self, sender: str) -> Sender | None | object:
+        """A node's class, an enrolling id's, None (no role look-up to ask), or ``_ASK``."""
         node = self._nodes.get(sender)
         if node is not None:
             return node
@@ -103,6 +101,16 @@ class Classifier:
             return Sender.ENROLLING
         if self._role is None:
             return None
+        return _ASK
+
+    def classify_now(self, sender: str) -> Sender | None | Awaitable[Sender | None]:
+        """The sender's class at once when finding it takes no wait (a node, an enrolling
+        id, a user whose role the synchronous ``role`` look-up gives); else an awaitable
+        of it (``role`` returned one: a coroutine look-up). The same answer as
+        :meth:`classify`, without a coroutine per request where none is needed."""
+        known = self._known(sender)
+        if known is not _ASK:
+            return known
         role = self._role(sender)
         if role is None or isinstance(role, str) or not inspect.isawaitable(role):
             return role_class(role)  # type: ignore[arg-type]
@@ -112,13 +120,9 @@ class Classifier:
         """Like :meth:`classify_now` without ever starting a look-up: the class, or
         :data:`NOT_NOW` when it would take a waiting one (the caller defers to a path
         that awaits :meth:`classify_now`; nothing is left un-awaited)."""
-        node = self._nodes.get(sender)
-        if node is not None:
-            return node
-        if sender.startswith(ENROLL_PREFIX):
-            return Sender.ENROLLING
-        if self._role is None:
-            return None
+        known = self._known(sender)
+        if known is not _ASK:
+            return known
         if inspect.iscoroutinefunction(self._role):
             return NOT_NOW
         role = self._role(sender)

@@ -336,25 +336,25 @@ class Message:
                     if v is not None or not (isinstance(f.codec, Optional) or f.default is None):
                         values[f.attr] = f.codec.decode(v, f"{what}: {f.name!r}")
                         continue
-                if f.default is not MISSING:
-                    values[f.attr] = f.default
-                elif isinstance(f.codec, Optional):
-                    values[f.attr] = None
-                else:
-                    raise DecodeError(f"{what}: field {f.name!r} is missing")
+                values[f.attr] = _absent(f, what)
             return cls(**values)
         obj, what = cls._body(obj, what)
         values = {}
         for f in _fields(cls):
             if f.name in obj:
                 values[f.attr] = f.codec.decode(obj[f.name], f"{what}: {f.name!r}")
-            elif f.default is not MISSING:
-                values[f.attr] = f.default
-            elif isinstance(f.codec, Optional):
-                values[f.attr] = None
             else:
-                raise DecodeError(f"{what}: field {f.name!r} is missing")
+                values[f.attr] = _absent(f, what)
         return cls(**values)
+
+
+def _absent(f: _Field, what: str) -> Any:
+    """The value of a field its body leaves out: its default, None when optional, else refused."""
+    if f.default is not MISSING:
+        return f.default
+    if isinstance(f.codec, Optional):
+        return None
+    raise DecodeError(f"{what}: field {f.name!r} is missing")
 
 
 def _at_default(f: _Field, value: Any) -> bool:
