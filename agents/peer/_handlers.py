@@ -543,14 +543,15 @@ class PeerHandlers:
         (:attr:`_replies`) after the same checks, and logged the same way; anything that
         waits (a block to reach, a share to open, a pairing) defers to :meth:`_reencrypt`
         before changing anything."""
-        if request.min_height is not None and self.peer.height < request.min_height:
-            return bus.DEFER
         grant_id = request.grant_id
-        _, record = self._check_reencryption(msg, request)
         token = self._share_tokens.get(grant_id)
+        if (token is None or grant_id not in self._shares
+                or (request.min_height is not None and self.peer.height < request.min_height)):
+            return bus.DEFER  # (no cached share: a first read, deferred before the ledger check the handler makes)
+        _, record = self._check_reencryption(msg, request)
         key = (grant_id, request.request_id, record.cid, record.capsule)
         hit = self._replies.get(key)
-        if hit is None or token is None or hit[0] is not token or grant_id not in self._shares:
+        if hit is None or hit[0] is not token:
             return bus.DEFER
         self._shares.move_to_end(grant_id)
         self._replies.move_to_end(key)
