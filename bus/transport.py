@@ -676,22 +676,13 @@ class TcpTransport:
         connect_timeout: float = 10.0,
         local_address: str | None = None,
     ):
-        self._max = max_frame_size
+        self.max_frame_size = max_frame_size  # (a connection opened from now on carries at most this; a node
+        # raises a supplied transport's by the channel's overhead: bus.Node)
         self._local_address = local_address
         self._client_ssl = client_ssl
         self._server_ssl = server_ssl
         self._server_hostname = server_hostname
         self._connect_timeout = connect_timeout
-
-    @property
-    def max_frame_size(self) -> int:
-        """The largest frame payload a connection opened from now on carries (a node
-        raises a supplied transport's by the channel's overhead: :class:`bus.Node`)."""
-        return self._max
-
-    @max_frame_size.setter
-    def max_frame_size(self, value: int) -> None:
-        self._max = value
 
     async def connect(self, address: Address) -> Connection:
         try:
@@ -714,7 +705,7 @@ class TcpTransport:
                     stream = ssl_stream
         except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
             raise UnreachableError(f"cannot connect to {address}: {type(exc).__name__}: {exc}") from None
-        return _StreamConnection(stream, str(address), self._max)
+        return _StreamConnection(stream, str(address), self.max_frame_size)
 
     async def serve(self, address: Address, handler: Handler, nursery: trio.Nursery):
         listeners = await trio.open_tcp_listeners(address.port, host=address.host)
@@ -731,7 +722,7 @@ class TcpTransport:
             s: trio.abc.Stream = stream
             if self._server_ssl is not None:
                 s = _TlsStream(_ReadFirst(stream), self._server_ssl, server_side=True)
-            await handler(_StreamConnection(s, peer, self._max, source=str(peer_host)))
+            await handler(_StreamConnection(s, peer, self.max_frame_size, source=str(peer_host)))
 
         async def serve_all(task_status=trio.TASK_STATUS_IGNORED):
             with trio.CancelScope() as scope:
@@ -804,20 +795,11 @@ class MemoryTransport:
     scheme = "mem"
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE + CHANNEL_OVERHEAD, buffer: int = 64):
-        self._max = max_frame_size
+        self.max_frame_size = max_frame_size  # (a connection opened from now on carries at most this; a node
+        # raises a supplied transport's by the channel's overhead: bus.Node)
         self._buffer = buffer
         self._listeners: dict[str, tuple[Handler, trio.Nursery]] = {}
         self._counter = 0
-
-    @property
-    def max_frame_size(self) -> int:
-        """The largest frame payload a connection opened from now on carries (a node
-        raises a supplied transport's by the channel's overhead: :class:`bus.Node`)."""
-        return self._max
-
-    @max_frame_size.setter
-    def max_frame_size(self, value: int) -> None:
-        self._max = value
 
     async def connect(self, address: Address) -> Connection:
         entry = self._listeners.get(address.host)
@@ -827,8 +809,8 @@ class MemoryTransport:
         self._counter += 1
         a_send, b_recv = trio.open_memory_channel[bytes](self._buffer)
         b_send, a_recv = trio.open_memory_channel[bytes](self._buffer)
-        client = _MemoryConnection(a_send, a_recv, str(address), self._max)
-        server = _MemoryConnection(b_send, b_recv, f"mem://client-{self._counter}", self._max)
+        client = _MemoryConnection(a_send, a_recv, str(address), self.max_frame_size)
+        server = _MemoryConnection(b_send, b_recv, f"mem://client-{self._counter}", self.max_frame_size)
         nursery.start_soon(handler, server)
         return client
 

@@ -18,21 +18,29 @@ kit), :func:`run` sends a well-formed request on a running swarm from
 and records whether the answer was a typed refusal. :class:`Cast` is who
 plays: the victims (a patient with a record, a policy and a grant to its
 doctor) and the attackers, all registered on the swarm by the caller.
+
+For tests of one server's admission alone: :func:`endpoints` (named endpoints
+with fresh keys, on one node or reaching the server over loopback TCP) and
+:func:`refusal_code` (the code of a refusal, None when answered).
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable, Iterable
 
 import bus
+from agents.consortium import ConsortiumDirectory
+from agents.runtime import make_endpoint
+from core import ecdsa
 from core.enrollment import TOKEN_SIZE
 from core.protocol import KINDS, TOPICS, Sender
 from core.tx import Transaction
 
-__all__ = ["Cast", "Outcome", "Report", "bodies", "run", "REFUSALS"]
+__all__ = ["Cast", "Outcome", "Report", "bodies", "run", "REFUSALS", "endpoints", "refusal_code"]
 
 REFUSALS = frozenset({"unknown-sender", "forbidden", "audit.forbidden", "share.forbidden", "access.forbidden",
                       "request.unknown", "storage.forbidden", "storage.bad-request", "enroll.denied", "busy"})
@@ -130,12 +138,35 @@ def _target(cast: Cast, server: str) -> str:
     return {"peer": cast.peer, "orderer": cast.orderer, "storage": cast.storage, "patient": cast.victim}[server]
 
 
-async def _ask(ep: bus.Endpoint, to: str, kind: str, body: Any) -> str | None:
+async def refusal_code(ep: bus.Endpoint, to: str, kind: str, body: Any, *, timeout: float = 15.0) -> str | None:
+    """The code of ``to``'s error reply to this request from ``ep``; None when it answered."""
     try:
-        await ep.request(to, kind, body, timeout=15)
+        await ep.request(to, kind, body, timeout=timeout)
     except bus.RemoteError as exc:
         return exc.code
     return None
+
+
+@contextlib.asynccontextmanager
+async def endpoints(names: Iterable[str], *, server: str = "server", tcp: bool = False
+                    ) -> AsyncIterator[dict[str, bus.Endpoint]]:
+    """An endpoint for each of ``names`` (fresh keys, one directory that knows them all):
+    ``server`` on a node of its own, the others on a second node reaching it over loopback
+    TCP (``tcp``) or all on one node (no crypto between them)."""
+    names = tuple(names)
+    keys = {name: ecdsa.generate_private_key() for name in names}
+    directory = ConsortiumDirectory({name: ecdsa.public_key(k) for name, k in keys.items()})
+    async with bus.open_node() as server_node, bus.open_node() as client_node:
+        node = client_node if tcp else server_node
+        if tcp:
+            client_node.add_route(server, await server_node.listen("tcp://127.0.0.1:0"))
+        eps = {name: make_endpoint(server_node if name == server else node, name, keys[name], directory)
+               for name in names}
+        try:
+            yield eps
+        finally:
+            for ep in eps.values():
+                await ep.aclose()
 
 
 async def _subscribe(ep: bus.Endpoint, to: str, topic: str) -> str | None:
@@ -164,13 +195,13 @@ async def run(cast: Cast, *, progress: Callable[[Outcome], None] | None = None) 
         to = _target(cast, spec.server)
         if Sender.ENROLLING not in spec.senders or kind == "peer.enroll":
             # peer.enroll admits enrolling ids: its anonymous case is a well-formed body without a valid token
-            note(kind, "enrolling", await _ask(cast.anonymous, to, kind, body))
+            note(kind, "enrolling", await refusal_code(cast.anonymous, to, kind, body))
         wrong = [ep for cls, ep in users.items() if cls not in spec.senders]
         if wrong:
-            note(kind, "wrong-role", await _ask(wrong[0], to, kind, body))
+            note(kind, "wrong-role", await refusal_code(wrong[0], to, kind, body))
         right = [ep for cls, ep in users.items() if cls in spec.senders]
         if right and _has_object(kind):
-            note(kind, "other-data", await _ask(right[0], to, kind, body))
+            note(kind, "other-data", await refusal_code(right[0], to, kind, body))
     for topic, tspec in TOPICS.items():
         to = cast.orderer if tspec.publisher == "orderer" else cast.peer
         note(f"topic {topic}", "enrolling", await _subscribe(cast.anonymous, to, topic))

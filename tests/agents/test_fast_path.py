@@ -6,7 +6,6 @@ malformed body, a flood; each refused before the companion or the handler does a
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import warnings
 
@@ -17,12 +16,18 @@ import bus
 from agents.admission import NOT_NOW, Classifier, Refusals
 from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory
 from agents.handlers import serve
+from agents.testing.hostile import endpoints, refusal_code
 from agents.runtime import make_endpoint
 from core import ecdsa
 from core.protocol import PeerAudit, PeerAuditReply, PeerBlocks, PeerBlocksReply, codes
 
 ROLES = {"alice": "patient", "dr-h": "doctor"}
 NAMES = ("server", "peer-x", "orderer", "store-1", "alice", "dr-h", "mallory", ENROLL_PREFIX + "cd" * 33)
+
+
+def _code(ep: bus.Endpoint, kind: str, body):
+    """The code of the server's error reply (None: answered): agents.testing.hostile.refusal_code."""
+    return refusal_code(ep, "server", kind, body, timeout=20)
 WAIT_FROM = 1000  # a peer.blocks request from this block on defers: "it must wait"
 
 
@@ -35,33 +40,6 @@ def _classifier(synchronous: bool) -> Classifier:
         return ROLES.get(sender)
 
     return Classifier(peers=["peer-x"], orderer="orderer", storage=["store-1"], role=role)
-
-
-@contextlib.asynccontextmanager
-async def _endpoints(tcp: bool = False):
-    keys = {name: ecdsa.generate_private_key() for name in NAMES}
-    directory = ConsortiumDirectory({name: ecdsa.public_key(k) for name, k in keys.items()})
-    async with bus.open_node() as server_node, bus.open_node() as client_node:
-        server = make_endpoint(server_node, "server", keys["server"], directory)
-        node = client_node if tcp else server_node
-        if tcp:
-            address = await server_node.listen("tcp://127.0.0.1:0")
-            client_node.add_route("server", address)
-        eps = {name: make_endpoint(node, name, keys[name], directory) for name in NAMES if name != "server"}
-        eps["server"] = server
-        try:
-            yield eps
-        finally:
-            for ep in eps.values():
-                await ep.aclose()
-
-
-async def _code(ep: bus.Endpoint, kind: str, body) -> str | None:
-    try:
-        await ep.request("server", kind, body, timeout=20)
-    except bus.RemoteError as exc:
-        return exc.code
-    return None
 
 
 class _Server:
@@ -105,7 +83,7 @@ async def test_hostile_senders_are_refused_before_the_fast_companion_runs(synchr
     good_audit, good_blocks = {"patient": "alice"}, {"from": 1, "limit": 4}
     with trio.fail_after(60), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        async with _endpoints(tcp) as eps:
+        async with endpoints(NAMES, tcp=tcp) as eps:
             server.serve(eps["server"], _classifier(synchronous), refusals)
             assert await _code(eps["alice"], PeerAudit.kind, good_audit) is None
             assert await _code(eps["peer-x"], PeerBlocks.kind, good_blocks) is None
@@ -139,7 +117,7 @@ async def test_a_deferred_request_keeps_its_slots_and_a_flood_beyond_them_is_bus
     taken not even a request the companion could answer at once runs it."""
     server, refusals = _Server(), Refusals("server")
     with trio.fail_after(60):
-        async with _endpoints(tcp) as eps:
+        async with endpoints(NAMES, tcp=tcp) as eps:
             server.serve(eps["server"], _classifier(True), refusals)
             per_sender = eps["server"]._max_per_sender
             results: list[str | None] = []

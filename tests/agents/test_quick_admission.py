@@ -5,7 +5,6 @@ Hostile senders on a real bus pair: unknown, wrong class, malformed body, a floo
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 
@@ -14,14 +13,18 @@ import trio
 
 import bus
 from agents.admission import Classifier, Refusals
-from agents.consortium import ENROLL_PREFIX, ConsortiumDirectory
+from agents.consortium import ENROLL_PREFIX
 from agents.handlers import serve
-from agents.runtime import make_endpoint
-from core import ecdsa
+from agents.testing.hostile import endpoints, refusal_code
 from core.protocol import PeerAudit, PeerAuditReply, PeerBlocks, PeerBlocksReply, Sender, codes
 
 ROLES = {"alice": "patient", "dr-h": "doctor", "nurse": "nurse"}
 NAMES = ("server", "peer-x", "orderer", "store-1", "alice", "dr-h", "nurse", "mallory", ENROLL_PREFIX + "ab" * 33)
+
+
+def _code(ep: bus.Endpoint, kind: str, body):
+    """The code of the server's error reply (None: answered): agents.testing.hostile.refusal_code."""
+    return refusal_code(ep, "server", kind, body, timeout=20)
 
 
 def _sync_classifier() -> Classifier:
@@ -63,27 +66,6 @@ async def test_classify_now_leaves_an_awaitable_only_for_a_waiting_look_up():
     assert set(calls) == {"alice", "dr-h", "nurse", "mallory"}  # the users only
 
 
-@contextlib.asynccontextmanager
-async def _endpoints():
-    keys = {name: ecdsa.generate_private_key() for name in NAMES}
-    directory = ConsortiumDirectory({name: ecdsa.public_key(k) for name, k in keys.items()})
-    async with bus.open_node() as node:
-        eps = {name: make_endpoint(node, name, keys[name], directory) for name in NAMES}
-        try:
-            yield eps
-        finally:
-            for ep in eps.values():
-                await ep.aclose()
-
-
-async def _code(ep: bus.Endpoint, kind: str, body) -> str | None:
-    try:
-        await ep.request("server", kind, body, timeout=10)
-    except bus.RemoteError as exc:
-        return exc.code
-    return None
-
-
 @pytest.mark.parametrize("synchronous", [True, False], ids=["sync-role", "async-role"])
 async def test_hostile_senders_are_refused_before_any_work(synchronous, caplog):
     calls: list[str] = []
@@ -101,7 +83,7 @@ async def test_hostile_senders_are_refused_before_any_work(synchronous, caplog):
 
     caplog.set_level(logging.WARNING, logger="agents.admission")
     with trio.fail_after(30):
-        async with _endpoints() as eps:
+        async with endpoints(NAMES) as eps:
             serve(eps["server"], {PeerAudit: audit, PeerBlocks: blocks}, classifier=classifier, refusals=refusals)
             good_audit, good_blocks = {"patient": "alice"}, {"from": 1, "limit": 4}
             # admitted classes reach their handlers
