@@ -1,0 +1,65 @@
+"""The hostile network against session 9's base (issue 14, fourth wave): proofs
+replayed on a channel that proved an agent, fd-direct reads and writes on a socket
+closed under them, and frames opened in place (see docs/security.md, "Fourth wave")."""
+
+import trio
+
+from bus import MessageType, open_node
+from bus.channel import PROOF
+from bus.testing import Keyring
+
+
+async def _echo(msg):
+    return msg.body
+
+
+async def _legitimate(address, ring, done, replies):
+    """Carol, a registered client on a node of her own, pings bob until ``done`` is set."""
+    async with open_node(routes={"bob": address}) as node:
+        carol = node.endpoint("carol", signer=ring.signer("carol"), directory=ring.directory,
+                              verifier=ring.verifier)
+        i = 0
+        while not done.is_set():
+            assert await carol.request("bob", "ping", i, timeout=10) == i
+            replies.append(i)
+            i += 1
+            await trio.sleep(0.01)
+
+
+async def test_a_valid_proof_sent_again_and_again_costs_one_verification(raw_channel, unsigned_envelope):
+    """Mallory (registered) proves herself once, then sends that same proof again (or one
+    of two valid signatures of it in turn) ahead of each envelope: each new copy made
+    the endpoint verify the proof again (one ECDSA verification per ~150 bytes sent, no
+    crypto on her side). A proof that verified on a channel stays verified there."""
+    ring = Keyring()
+    for name in ("mallory", "carol"):
+        ring.add(name)
+    verified = []
+
+    def verifier(key, message, signature):
+        verified.append(key)
+        return ring.verifier(key, message, signature)
+
+    replies = []
+    with trio.fail_after(60):
+        async with open_node() as server:
+            address = await server.listen("tcp://127.0.0.1:0")
+            server.endpoint("bob", signer=ring.add("bob"), directory=ring.directory,
+                            verifier=verifier).register("ping", _echo)
+            done = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_legitimate, address, ring, done, replies)
+                async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
+                    await raw.send(unsigned_envelope("mallory", body="own"))
+                    assert (await raw.receive()).body == "own"
+                    proofs = [raw.channel.make_proof("mallory", ring.signer("mallory")) for _ in range(2)]
+                    before = len(verified)
+                    for i in range(100):
+                        await raw.stream.send_all(raw.sealed(proofs[i % 2], frame_type=PROOF)
+                                                  + raw.sealed(unsigned_envelope("mallory", body=i)))
+                        reply = await raw.receive()
+                        assert reply.type == MessageType.REPLY and reply.body == i
+                    mallorys = [k for k in verified[before:] if k == ring.directory("mallory")]
+                    assert len(mallorys) <= 2, len(mallorys)  # (was 100: one per copy)
+                done.set()
+    assert replies  # carol was served meanwhile
