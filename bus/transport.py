@@ -392,24 +392,33 @@ class _ReadFirst(trio.abc.HalfCloseableStream):
         were written at its start (0 at the end of the stream); no bytes object made."""
         return await self._read(lambda fd, _size: os.readv(fd, [view]), len(view))
 
+    def _open_fd(self) -> int:
+        """The socket's descriptor, looked up again after every wait: another task may have
+        closed the socket meanwhile, and its number may already be another socket's."""
+        fd = self.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket is closed")
+        return fd
+
     async def _read(self, read: Callable[[int, int], Any], size: int) -> Any:
         """One non-blocking ``read(fd, size)`` (bytes, or a count of bytes written), waiting for the
         socket only when the last read drained it, and yielding to the event loop after a run of reads
         that did not (so a fast sender cannot starve the other tasks)."""
-        fd = self.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("the socket is closed")
+        fd = self._open_fd()
         if self._drained:
             await trio.lowlevel.wait_readable(fd)
+            fd = self._open_fd()
             self._unyielded = self._unyielded_bytes = 0
         elif self._unyielded >= _READS_BEFORE_YIELD or self._unyielded_bytes >= _BYTES_BEFORE_YIELD:
             await trio.lowlevel.checkpoint()
+            fd = self._open_fd()
             self._unyielded = self._unyielded_bytes = 0
         while True:
             try:
                 got = read(fd, size)  # the socket is non-blocking (trio's)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(fd)
+                fd = self._open_fd()
                 self._unyielded = self._unyielded_bytes = 0
                 continue
             except InterruptedError:

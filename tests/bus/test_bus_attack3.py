@@ -63,3 +63,64 @@ async def test_a_valid_proof_sent_again_and_again_costs_one_verification(raw_cha
                     assert len(mallorys) <= 2, len(mallorys)  # (was 100: one per copy)
                 done.set()
     assert replies  # carol was served meanwhile
+
+
+# ------------------------------------------------------------ fd-direct reads on a socket closed meanwhile
+
+
+async def _reader_over_a_socket_closed_while_it_waits(monkeypatch, wait_name):
+    """A plain-TCP reader (bus.transport._ReadFirst) whose socket another task closes
+    while the reader waits (``wait_name``: the readability wait or the yield after a run
+    of reads), the descriptor's number going at once to another connection that has
+    bytes waiting (what an accept or a connect in the same scheduling batch gets).
+    The read must not take that other connection's bytes."""
+    import os
+    import socket
+
+    import trio.socket
+
+    from bus import transport
+
+    a, b = trio.socket.socketpair()
+    reader = transport._ReadFirst(trio.SocketStream(a))
+    other, other_peer = socket.socketpair()
+    other_peer.sendall(b"another connection's bytes")
+    real = getattr(trio.lowlevel, wait_name)
+    number = a.fileno()
+
+    async def close_then_wait(*args):
+        a.close()  # (another task's aclose: trio forgets the socket)
+        os.dup2(other.fileno(), number)  # the number is reused by a socket opened meanwhile
+        if wait_name == "checkpoint":
+            await real()
+        # (a readability wait that was already woken: nothing to wait for)
+
+    if wait_name == "checkpoint":
+        reader._drained = False
+        reader._unyielded = transport._READS_BEFORE_YIELD
+    await b.send(b"x")  # readable, so the reader's wait is already over when the close comes
+    monkeypatch.setattr(transport.trio.lowlevel, wait_name, close_then_wait)
+    try:
+        try:
+            got = await reader.receive_some(1024)
+        except trio.ClosedResourceError:
+            got = None
+        monkeypatch.undo()
+        assert got is None, got  # not b"another connection's bytes"
+        assert other.recv(1024) == b"another connection's bytes"  # still there for its owner
+    finally:
+        monkeypatch.undo()
+        if a.fileno() < 0:
+            os.close(number)  # (the dup)
+        else:
+            a.close()
+        for s in (b, other, other_peer):
+            s.close()
+
+
+async def test_a_read_after_a_yield_does_not_take_another_sockets_bytes(monkeypatch):
+    await _reader_over_a_socket_closed_while_it_waits(monkeypatch, "checkpoint")
+
+
+async def test_a_read_after_a_readability_wait_does_not_take_another_sockets_bytes(monkeypatch):
+    await _reader_over_a_socket_closed_while_it_waits(monkeypatch, "wait_readable")
