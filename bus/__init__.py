@@ -178,6 +178,7 @@ from .limits import DEFAULT_MAX_OBJECTS as DEFAULT_MAX_OBJECTS
 from .limits import DEFAULT_MAX_DEPTH as DEFAULT_MAX_DEPTH
 from .limits import DEFAULT_THREAD_DECODE_OBJECTS as DEFAULT_THREAD_DECODE_OBJECTS
 from .limits import MAX_PROOF_FAILURES as MAX_PROOF_FAILURES
+from .limits import LOGGED_REPEATS as LOGGED_REPEATS
 from .structure import StructureError as StructureError
 from .structure import TooManyObjects as TooManyObjects
 from .structure import check_structure as check_structure

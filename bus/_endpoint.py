@@ -53,6 +53,7 @@ import trio
 
 from ._pubsub import DROPPED, SUBSCRIBE, UNSUBSCRIBE, Subscription, _Subscriptions, _Topics
 from ._stats import EndpointStatistics, _KindPeerCounter
+from .limits import logged_repeat
 from .envelope import (
     ID_SIZE,
     MAX_AGENT_ID_LENGTH,
@@ -653,9 +654,11 @@ class Endpoint:
     # ------------------------------------------------------------ receiving
 
     def _reject(self, reason: str, env: Envelope, conn: Connection | None, detail: str) -> None:
-        self._rejected[reason] += 1
-        where = conn.peer if conn is not None else "local"
-        log.warning("bus: %s rejected %s from %r via %s: %s", self._identity, env.type.name, env.sender, where, detail)
+        count = self._rejected[reason] = self._rejected[reason] + 1
+        if logged_repeat(count):  # (a client repeats these at will: counted, logged now and then)
+            where = conn.peer if conn is not None else "local"
+            log.warning("bus: %s rejected %s from %r via %s: %s (%s #%d)", self._identity, env.type.name,
+                        env.sender, where, detail, reason, count)
         if env.type == MessageType.REQUEST and self._error_replies < _MAX_ERROR_REPLIES_IN_FLIGHT:
             self._error_replies += 1
             self._host.spawn(self._error_reply, env, conn, reason, detail)

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_THREAD_DECODE_OBJECTS",
     "MAX_PROOF_FAILURES",
+    "LOGGED_REPEATS",
 ]
 
 DEFAULT_MAX_CONNECTIONS = 1024
@@ -91,3 +92,15 @@ only once the other side proved one the node knows (see :class:`bus.Node`);
 checking a proof costs a signature verification, and a client proves one or
 two agents, so a client sending proofs under registered names with a key not
 theirs costs at most this many verifications per connection."""
+
+LOGGED_REPEATS = 8
+"""A refusal that a client can repeat at will for the cost of a small envelope (one
+from an unknown or unproved sender, to an agent not hosted here, a reply nobody
+asked for) is logged its first this many times for one endpoint or node and
+reason, then at each power of two (with the count): every one is counted in the
+statistics, so a flood cannot fill the node's log at one line per ~40 bytes sent."""
+
+
+def logged_repeat(count: int) -> bool:
+    """Whether the ``count``-th refusal of one reason is logged (:data:`LOGGED_REPEATS`)."""
+    return count <= LOGGED_REPEATS or not count & (count - 1)

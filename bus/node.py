@@ -116,6 +116,7 @@ from .limits import (
     DEFAULT_THREAD_DECODE_OBJECTS,
     DEFAULT_WRITE_TIMEOUT,
     MAX_PROOF_FAILURES,
+    logged_repeat,
 )
 from .transport import TRY_SEND_BYTES, Address, Connection, TcpTransport, Transport, parse_address
 
@@ -1126,13 +1127,10 @@ class Node:
                 unvouched = False
             ep = self._endpoints.get(env.recipient)
             if ep is None:
-                self._rejected["misaddressed"] += 1
-                log.warning(
-                    "bus: envelope from %r via %s for %r, who is not hosted here",
-                    env.sender,
-                    conn.peer,
-                    env.recipient,
-                )
+                count = self._rejected["misaddressed"] = self._rejected["misaddressed"] + 1
+                if logged_repeat(count):  # (a client repeats it at will: counted, logged now and then)
+                    log.warning("bus: envelope from %r via %s for %r, who is not hosted here (#%d)", env.sender,
+                                conn.peer, env.recipient, count)
                 continue
             try:
                 await ep.deliver(env, len(data), conn)

@@ -124,3 +124,46 @@ async def test_a_read_after_a_yield_does_not_take_another_sockets_bytes(monkeypa
 
 async def test_a_read_after_a_readability_wait_does_not_take_another_sockets_bytes(monkeypatch):
     await _reader_over_a_socket_closed_while_it_waits(monkeypatch, "wait_readable")
+
+
+# ------------------------------------------------------------ refused envelopes on a vouched channel
+
+
+async def test_refused_envelopes_on_a_vouched_channel_are_counted_not_each_logged(
+        raw_channel, unsigned_envelope, caplog):
+    """Mallory (registered, proved as herself, so her channel is vouched for) sends ~40-byte
+    envelopes in the name of nobody the node knows, of a registered user she did not prove,
+    and to an agent the node does not host: each was refused and logged (a warning line of
+    ~200 bytes per envelope, on the node's disk). They are counted, and logged only now and
+    then; carol is served meanwhile."""
+    ring = Keyring()
+    for name in ("mallory", "carol", "alice"):
+        ring.add(name)
+    replies = []
+    each = 300
+    with trio.fail_after(60):
+        async with open_node() as server:
+            address = await server.listen("tcp://127.0.0.1:0")
+            bob = server.endpoint("bob", signer=ring.add("bob"), directory=ring.directory, verifier=ring.verifier)
+            bob.register("ping", _echo)
+            done = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_legitimate, address, ring, done, replies)
+                async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
+                    await raw.send(unsigned_envelope("mallory", body="own"))
+                    assert (await raw.receive()).body == "own"
+                    caplog.clear()
+                    for sender, recipient in (("nobody", "bob"), ("alice", "bob"), ("mallory", "ghost")):
+                        await raw.stream.send_all(b"".join(
+                            raw.sealed(unsigned_envelope(sender, recipient, mtype=MessageType.EVENT, kind="note"))
+                            for _ in range(each)))
+                    await raw.send(unsigned_envelope("mallory", body="still here"))
+                    while (reply := await raw.receive()).body != "still here":
+                        pass
+                    rejected = dict(bob.statistics().rejected)
+                    assert rejected.get("unknown-sender") == each and rejected.get("unproven-sender") == each
+                    assert server.statistics().rejected.get("misaddressed") == each
+                    warnings = [r for r in caplog.records if r.name == "bus" and r.levelname == "WARNING"]
+                    assert len(warnings) <= 3 * 20, len(warnings)  # (was 900: one per envelope)
+                done.set()
+    assert replies
