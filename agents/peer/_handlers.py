@@ -523,10 +523,10 @@ class PeerHandlers:
         try:
             grant, record = peer.ledger.check_reencryption(grant_id, doctor, patient, record_id, int(peer.clock()))
         except ValidationError as exc:
-            log.info("peer %s: re-encryption of %s/%s for %s refused: %s", peer.peer_id, patient, record_id,
-                     doctor, exc.code)
-            # the one place a ledger reason code becomes a bus code
-            raise bus.HandlerError(codes.access_code(exc.code), exc.message) from None
+            # the one place a ledger reason code becomes a bus code; counted, logged once per doctor (a
+            # doctor can ask in a loop: one log line per request would be the node's disk for ~100 bytes each)
+            raise peer.refusals.refuse(doctor, PeerReencrypt.kind, codes.access_code(exc.code),
+                                       exc.message) from None
         if grant.request_id != request_id:
             raise bus.HandlerError(codes.ACCESS_FORBIDDEN, "the request id is not the grant's")
         if grant.share_digest(peer.peer_id) is None:

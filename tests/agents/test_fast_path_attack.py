@@ -123,3 +123,25 @@ def test_a_revoked_grant_forgotten_by_the_peer_defers_and_the_handler_refuses():
     handlers.forget_share(GRANT)
     assert handlers._reencrypt_now(_msg(), _request()) is bus.DEFER
     assert peer.ledger.calls == 0 and logged == []
+
+
+@pytest.mark.parametrize("path", ["fast", "handler"])
+async def test_a_doctor_asking_again_and_again_for_a_grant_not_its_own_is_logged_once(path, caplog):
+    """Each refused re-encryption was logged (an INFO line, what a node writes by default):
+    a registered doctor asking for another doctor's grant in a loop wrote a line per
+    ~100-byte request. Refusals are counted, and logged once per sender (as admission's)."""
+    import logging
+
+    peer, handlers, logged, _ = _peer()
+    caplog.set_level(logging.INFO)
+    for _ in range(50):
+        with pytest.raises(bus.HandlerError) as refused:
+            if path == "fast":
+                handlers._reencrypt_now(_msg("dr-evil"), _request())
+            else:
+                await handlers._reencrypt(_msg("dr-evil"), _request())
+        assert refused.value.code == codes.ACCESS_FORBIDDEN
+    lines = [r for r in caplog.records if "dr-evil" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, len(lines)
+    assert peer.refusals.counts()[("peer.reencrypt", codes.ACCESS_FORBIDDEN)] == 50
+    assert logged == []
