@@ -2,6 +2,7 @@
 replayed on a channel that proved an agent, fd-direct reads and writes on a socket
 closed under them, and frames opened in place (see docs/security.md, "Fourth wave")."""
 
+import pytest
 import trio
 
 from bus import MessageType, open_node
@@ -167,3 +168,49 @@ async def test_refused_envelopes_on_a_vouched_channel_are_counted_not_each_logge
                     assert len(warnings) <= 3 * 20, len(warnings)  # (was 900: one per envelope)
                 done.set()
     assert replies
+
+
+async def test_fd_direct_writes_to_a_reset_or_closed_socket_break_the_connection_only():
+    """A peer that resets its connection (RST: SO_LINGER 0) under a run of fd-direct
+    writes (try_send: os.write on the socket's descriptor), then the connection closed
+    under more of them: each write fails into a broken connection (the frame handed
+    back, a later send raises BrokenError or ClosedError), never an exception out of
+    try_send, and nothing is written to a descriptor number the socket no longer has."""
+    import functools
+    import socket
+    import struct
+
+    from bus import BrokenError, ClosedError, TcpTransport, parse_address
+
+    accepted = []
+
+    async def reset_at_once(stream):
+        accepted.append(stream)
+        await trio.sleep_forever()  # (serve_tcp closes it when this returns: the test resets it)
+
+    transport = TcpTransport()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, reset_at_once, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        conn = await transport.connect(parse_address(f"tcp://127.0.0.1:{port}"))
+        with trio.fail_after(10):
+            while not accepted:
+                await trio.sleep(0.01)
+        assert conn.can_try_send() and conn.try_send(b"first") == b""
+        server_side = accepted[0].socket
+        server_side.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server_side.close()  # RST
+        await trio.sleep(0.05)
+        frame = b"x" * 1000
+        for _ in range(20):
+            if not conn.can_try_send():
+                break
+            conn.try_send(frame)
+        assert not conn.can_try_send()  # broken by a failed write (EPIPE / ECONNRESET)
+        with pytest.raises((BrokenError, ClosedError)):
+            await conn.send(b"after the reset")
+        await conn.aclose()
+        assert not conn.can_try_send()
+        with pytest.raises(ClosedError):
+            await conn.send(b"after the close")
+        nursery.cancel_scope.cancel()
