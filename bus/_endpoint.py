@@ -923,8 +923,10 @@ class Endpoint:
             return
         handler = self._handlers.get(env.kind)
         if handler is None:
-            self._rejected["unknown-kind"] += 1
-            log.warning("bus: %s has no handler for %r (from %r)", self._identity, env.kind, env.sender)
+            count = self._rejected["unknown-kind"] = self._rejected["unknown-kind"] + 1
+            if logged_repeat(count):  # (a sender repeats it at will: counted, logged now and then)
+                log.warning("bus: %s has no handler for %r (from %r; unknown-kind #%d)", self._identity, env.kind,
+                            env.sender, count)
             return
         try:
             await handler(self._message(env))
