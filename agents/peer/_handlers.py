@@ -196,12 +196,12 @@ class PeerHandlers:
             await run_crypto(token.check, org_info.registrar_key, subject=subject, org=org, attributes=attributes,
                              enroll_key=ecdsa_key, now=peer.clock())
         except (DecodeError, ValidationError) as exc:
-            log.info("peer %s: enrollment of %r from %s denied (%s)", peer.peer_id, subject, msg.sender,
-                     getattr(exc, "code", "bad token"))
+            # counted, logged once per sender (enroll: ids are free, and a junk token costs no crypto)
             if getattr(exc, "code", None) == "token_expired":
-                raise bus.HandlerError(codes.ENROLL_EXPIRED, str(exc)) from None
-            raise bus.HandlerError(codes.ENROLL_DENIED, "the enrollment token does not authorize this enrollment "
-                                                        "(subject, organization, attributes or key)") from None
+                raise peer.refusals.refuse(msg.sender, PeerEnroll.kind, codes.ENROLL_EXPIRED, str(exc)) from None
+            raise peer.refusals.refuse(msg.sender, PeerEnroll.kind, codes.ENROLL_DENIED,
+                                       "the enrollment token does not authorize this enrollment "
+                                       "(subject, organization, attributes or key)") from None
         if peer.classifier.node_class(subject) is not None or subject in peer.config.orderer_ids \
                 or peer.config.peer(subject) is not None:
             # a user named like a consortium node would shadow it wherever the node is not known statically
