@@ -96,9 +96,10 @@ theirs costs at most this many verifications per connection."""
 LOGGED_REPEATS = 8
 """A refusal that a client can repeat at will for the cost of a small envelope (one
 from an unknown or unproved sender, to an agent not hosted here, a reply nobody
-asked for, a fire-and-forget message of a kind nobody handles) is logged its first this many times for one endpoint or node and
-reason, then at each power of two (with the count): every one is counted in the
-statistics, so a flood cannot fill the node's log at one line per ~40 bytes sent."""
+asked for, a fire-and-forget message of a kind nobody handles) is logged its first
+this many times for one endpoint or node and reason, then at each power of two
+(with the count): every one is counted in the statistics, so a flood cannot fill
+the node's log at one line per ~40 bytes sent."""
 
 
 def logged_repeat(count: int) -> bool:
