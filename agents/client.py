@@ -490,7 +490,8 @@ class PeerClient:
         With ``query.min_height`` (the height of a commit notice) the answer comes from
         a peer that has applied that block: a peer below it waits for it a bounded
         time (``QUERY_WAIT_S`` at the peer), then answers ``query.behind`` and the next
-        peer is asked, healthy ones first (read-your-writes without polling)."""
+        peer is asked, healthy ones first (read-your-writes without polling); so is the
+        next when a peer's waiting slots are full (``busy``)."""
         if query.min_height is None:
             try:
                 return _query_value(await self.call_peer(PeerQuery.kind, query.to_wire()))
@@ -501,7 +502,8 @@ class PeerClient:
             try:
                 return _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire()))
             except bus.RemoteError as exc:
-                if exc.code != codes.QUERY_BEHIND:
+                # busy: its waiting slots for us are taken (a doctor naming far heights to us can fill them)
+                if exc.code != codes.QUERY_BEHIND and exc.code != codes.BUSY:
                     raise remote_error(exc, f"query {query.what}") from None
                 behind = exc
             except bus.DeliveryError:
