@@ -158,7 +158,7 @@ async def test_refused_envelopes_on_a_vouched_channel_are_counted_not_each_logge
             await raw.stream.send_all(b"".join(
                 raw.sealed(encode_compact(mtype, "made-up", i, None, sender, recipient, 1))
                 for i in range(each)))
-        await eventually(lambda: bob.statistics().rejected.get("unknown-kind") == each)
+        await eventually(lambda: bob.statistics().rejected.get("unknown-kind") == each, timeout=30)
         await raw.send(unsigned_envelope("mallory", body="still here"))
         assert (await raw.receive()).body == "still here"
         rejected = dict(bob.statistics().rejected)
