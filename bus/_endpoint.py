@@ -323,6 +323,8 @@ class Endpoint:
         if not isinstance(identity, str) or not 0 < len(identity) <= MAX_AGENT_ID_LENGTH:
             raise BusError(f"endpoint identity must be a non-empty str of at most {MAX_AGENT_ID_LENGTH} chars")
         self._host = host
+        self._signs = host.signs_envelopes  # (the node's mode and frame limit never change: read once)
+        self._max_frame = host.max_frame_size
         self._identity = identity
         self._signer = signer
         self._directory = directory
@@ -338,7 +340,8 @@ class Endpoint:
         self._inbox_queued = 0  # handed to the inbox, not yet taken by _dispatch
         if not 1 <= max_concurrent_per_sender <= max_concurrent:
             raise BusError("need 1 <= max_concurrent_per_sender <= max_concurrent")
-        self._concurrency = trio.Semaphore(max_concurrent)
+        self._free = max_concurrent  # request slots free (a plain counter: no Semaphore per request)
+        self._slot_waiter: trio.lowlevel.Task | None = None  # _dispatch, parked for a slot
         self._max_per_sender = max_concurrent_per_sender
         self._in_flight: dict[str, int] = {}  # requests being handled, by sender (no zero entries)
         self._max_pending = max_pending
@@ -450,7 +453,7 @@ class Endpoint:
             conn = self._host.route_now(self._identity, to, data)
             if conn is not None:
                 # sent without a wait: the expiry task times the reply wait out
-                self._count_sent(to, kind, len(data))
+                self._sent.add(kind, to, len(data))
                 slot.conn = conn
                 if slot.deadline < self._expiry_at:
                     self._expiry_at = slot.deadline
@@ -480,7 +483,7 @@ class Endpoint:
         self._check_open()
         _, data = self._make(MessageType.SEND, kind, to, body)
         if self._host.route_now(self._identity, to, data) is not None:  # sent without a wait
-            self._count_sent(to, kind, len(data))
+            self._sent.add(kind, to, len(data))
             return
         await self._transmit(to, kind, data)
 
@@ -552,7 +555,7 @@ class Endpoint:
     ) -> tuple[bytes | int, bytes]:
         """(msg_id, wire bytes) of a new envelope from this agent: compact, unless the
         node signs envelopes (signed mode) or it answers a request in the full form."""
-        if self._host.signs_envelopes or type(correlation_id) is bytes:
+        if self._signs or type(correlation_id) is bytes:
             env, data = Envelope.create_encoded(
                 type=mtype,
                 kind=kind,
@@ -563,7 +566,7 @@ class Endpoint:
                 signer=None,  # the node signs it only where no channel carries it
                 correlation_id=correlation_id,
                 msg_id=self._next_id(),
-                with_nonce=self._host.signs_envelopes,
+                with_nonce=self._signs,
             )
             return env.msg_id, data
         msg_id = self._host.next_id()
@@ -581,11 +584,8 @@ class Endpoint:
         self, to: str, kind: str, data: bytes, via: Connection | None = None, wait: bool = True,
     ) -> Connection | None:
         conn = await self._host.route(self._identity, to, data, via, wait=wait)
-        self._count_sent(to, kind, len(data))
+        self._sent.add(kind, to, len(data))
         return conn
-
-    def _count_sent(self, to: str, kind: str, size: int) -> None:
-        self._sent.add(kind, to, size)
 
     async def _expire(self) -> None:
         """Fail the requests whose reply did not come in time (those sent without a
@@ -615,34 +615,49 @@ class Endpoint:
     async def _reply(
         self, request: Envelope, conn: Connection | None, mtype: MessageType, body: Any
     ) -> None:
-        def answer(mtype: MessageType, body: Any) -> bytes:
-            return self._make(mtype, request.kind, request.sender, body, request.msg_id)[1]
+        data = self._reply_data(request, mtype, body)
+        if not self._reply_now(request, conn, data):
+            await self._send_reply(request, conn, data)
 
-        try:
-            if type(request.msg_id) is int and not self._host.signs_envelopes:  # compact: no detour
-                data = encode_compact(mtype, None, self._host.next_id(), request.msg_id, self._identity,
-                                      request.sender, body)
-            else:
-                data = answer(mtype, body)
-        except EnvelopeError:
-            log.warning("bus: %s: reply to %r cannot be encoded", self._identity, request.kind)
-            data = answer(MessageType.ERROR, {"code": "internal", "message": "internal error"})
-        if len(data) > self._host.max_frame_size:
-            # A reply that cannot be carried becomes an error the requester receives,
-            # not a silent timeout.
-            log.warning("bus: %s: reply to %r is %d bytes, over the frame limit", self._identity, request.kind,
-                        len(data))
-            data = answer(
-                MessageType.ERROR,
-                {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
-            )
-        if conn is not None and self._host.reply_now(self._identity, data, conn):  # no wait: no coroutine
-            self._count_sent(request.sender, request.kind, len(data))
-            return
+    def _reply_now(self, request: Envelope, conn: Connection | None, data: bytes) -> bool:
+        """Send an encoded reply if that takes no wait (no coroutine); False: not sent."""
+        if conn is not None and self._host.reply_now(self._identity, data, conn):
+            self._sent.add(request.kind, request.sender, len(data))
+            return True
+        return False
+
+    async def _send_reply(self, request: Envelope, conn: Connection | None, data: bytes) -> None:
+        """Send an encoded reply, waiting where needed (when :meth:`_reply_now` could not)."""
         try:
             await self._transmit(request.sender, request.kind, data, via=conn, wait=False)
         except BusError as exc:
             log.info("bus: %s could not reply to %s: %s", self._identity, request.sender, exc)
+
+    def _reply_data(self, request: Envelope, mtype: MessageType, body: Any) -> bytes:
+        """The encoded reply (or error reply) to ``request``; an ``internal`` or ``too-large``
+        error reply when the reply cannot be encoded or carried."""
+        try:
+            if type(request.msg_id) is int and not self._signs:  # compact: no detour
+                data = encode_compact(mtype, None, self._host.next_id(), request.msg_id, self._identity,
+                                      request.sender, body)
+            else:
+                data = self._full_reply(request, mtype, body)
+        except EnvelopeError:
+            log.warning("bus: %s: reply to %r cannot be encoded", self._identity, request.kind)
+            data = self._full_reply(request, MessageType.ERROR, {"code": "internal", "message": "internal error"})
+        if len(data) > self._max_frame:
+            # A reply that cannot be carried becomes an error the requester receives,
+            # not a silent timeout.
+            log.warning("bus: %s: reply to %r is %d bytes, over the frame limit", self._identity, request.kind,
+                        len(data))
+            data = self._full_reply(
+                request, MessageType.ERROR,
+                {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
+            )
+        return data
+
+    def _full_reply(self, request: Envelope, mtype: MessageType, body: Any) -> bytes:
+        return self._make(mtype, request.kind, request.sender, body, request.msg_id)[1]
 
     async def _error_reply(self, request: Envelope, conn: Connection | None, code: str, message: str) -> None:
         try:
@@ -711,10 +726,10 @@ class Endpoint:
             if slot is None or slot.to != env.sender or slot.done:
                 self._reject("unexpected-reply", env, conn, "reply matches no pending request")
                 return
-            self._count_received(slot.kind, env.sender, size)
+            self._received.add(slot.kind, env.sender, size)
             slot.finish(env)
             return
-        self._count_received(env.kind, env.sender, size)
+        self._received.add(env.kind, env.sender, size)
         if mtype == MessageType.EVENT:
             if not self._subscriptions.on_event(env.sender, env.kind, env.body):
                 self._rejected["unexpected-event"] += 1
@@ -750,9 +765,6 @@ class Endpoint:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
-    def _count_received(self, kind: str, peer: str, size: int) -> None:
-        self._received.add(kind, peer, size)
-
     def _holds(self, conn: Connection) -> bool:
         return (
             any(slot.conn is conn for slot in self._pending.values())
@@ -786,10 +798,9 @@ class Endpoint:
         held = self._in_flight.get(sender, 0)
         if held >= self._max_per_sender:
             return False
-        try:
-            self._concurrency.acquire_nowait()
-        except trio.WouldBlock:
+        if self._free <= 0:  # (0 also while _dispatch waits: a freed slot is handed to it)
             return False
+        self._free -= 1
         self._in_flight[sender] = held + 1
         return True
 
@@ -835,13 +846,37 @@ class Endpoint:
                         self._busy(env, conn)
                         continue
                     self._in_flight[env.sender] = held + 1
-                    await self._concurrency.acquire()
+                    await self._acquire_slot()
                     self._run_request(nursery, env, conn)
                 else:
                     await self._handle_send(env, conn)
 
+    async def _acquire_slot(self) -> None:
+        """Take a slot for the dispatcher (the only task that waits for one), as a
+        Semaphore's acquire does: a checkpoint either way (handlers that are done
+        free their slots meanwhile), else parked until :meth:`_free_slots` hands it
+        the next freed slot (never taken by a request arriving meanwhile: a queued
+        request is not overtaken)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._free > 0:
+            self._free -= 1
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self._slot_waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:  # cancelled (the endpoint closes): no slot taken
+            self._slot_waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
     def _free_slots(self, env: Envelope) -> None:
-        self._concurrency.release()
+        waiter = self._slot_waiter
+        if waiter is None:
+            self._free += 1
+        else:  # the dispatcher waits for a slot: this one is its
+            self._slot_waiter = None
+            trio.lowlevel.reschedule(waiter)
         held = self._in_flight[env.sender] - 1
         if held:
             self._in_flight[env.sender] = held
@@ -854,7 +889,9 @@ class Endpoint:
         finally:
             # the slots are freed before the reply is sent: sending never holds them
             self._free_slots(env)
-        await self._reply(env, conn, mtype, body)
+        data = self._reply_data(env, mtype, body)  # (_reply, with no coroutine when it goes at once)
+        if not self._reply_now(env, conn, data):
+            await self._send_reply(env, conn, data)
 
     async def _fast_request(self, fast: FastHandler, env: Envelope, conn: Connection | None) -> bool:
         """Run a request's fast handler (it holds its slots): answered (True, slots freed),
