@@ -92,6 +92,8 @@ DEFER: Any = _Defer()
 """What a ``fast`` handler returns when it cannot answer without waiting (see
 :meth:`Endpoint.register`): the request goes on to the kind's handler."""
 _MAX_ERROR_REPLIES_IN_FLIGHT = 64
+_REQUEST, _EVENT = MessageType.REQUEST, MessageType.EVENT
+_REPLY_TYPES = (MessageType.REPLY, MessageType.ERROR)
 _MAX_ERROR_MESSAGE = 1024
 
 
@@ -442,10 +444,11 @@ class Endpoint:
         :class:`BrokenError` if the connection carrying it broke first,
         :class:`UnreachableError` when there is no route.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         if len(self._pending) >= self._max_pending:
             raise BusError(f"too many pending requests ({self._max_pending})")
-        msg_id, data = self._make(MessageType.REQUEST, kind, to, body)
+        msg_id, data = self._make(_REQUEST, kind, to, body)
         now = self._now()
         slot = _Pending(to, kind, math.inf if timeout is None else now + timeout)
         self._pending[msg_id] = slot
@@ -718,23 +721,24 @@ class Endpoint:
             except EnvelopeError as exc:
                 self._reject(exc.reason, env, conn, exc.message)
                 return
+        sender = env.sender
         if conn is not None:
-            self._host.note_path(env.sender, conn)
+            self._host.note_path(sender, conn)
         mtype = env.type
-        if mtype in (MessageType.REPLY, MessageType.ERROR):
+        if mtype in _REPLY_TYPES:
             slot = self._pending.get(env.correlation_id)  # type: ignore[arg-type]
-            if slot is None or slot.to != env.sender or slot.done:
+            if slot is None or slot.to != sender or slot.done:
                 self._reject("unexpected-reply", env, conn, "reply matches no pending request")
                 return
-            self._received.add(slot.kind, env.sender, size)
+            self._received.add(slot.kind, sender, size)
             slot.finish(env)
             return
-        self._received.add(env.kind, env.sender, size)
-        if mtype == MessageType.EVENT:
-            if not self._subscriptions.on_event(env.sender, env.kind, env.body):
+        self._received.add(env.kind, sender, size)
+        if mtype == _EVENT:
+            if not self._subscriptions.on_event(sender, env.kind, env.body):
                 self._rejected["unexpected-event"] += 1
             return
-        if mtype == MessageType.REQUEST:
+        if mtype == _REQUEST:
             fast = self._fast.get(env.kind) if self._fast else None
             if fast is not None and self._take_slots(env):
                 if await self._fast_request(fast, env, conn):
