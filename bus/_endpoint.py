@@ -92,7 +92,7 @@ DEFER: Any = _Defer()
 """What a ``fast`` handler returns when it cannot answer without waiting (see
 :meth:`Endpoint.register`): the request goes on to the kind's handler."""
 _MAX_ERROR_REPLIES_IN_FLIGHT = 64
-_REQUEST, _EVENT = MessageType.REQUEST, MessageType.EVENT
+_REQUEST, _REPLY, _EVENT = MessageType.REQUEST, MessageType.REPLY, MessageType.EVENT
 _REPLY_TYPES = (MessageType.REPLY, MessageType.ERROR)
 _MAX_ERROR_MESSAGE = 1024
 
@@ -226,7 +226,7 @@ class _Pending:
     """A request waiting for its reply: its requester parks on it (no Event, no
     cancel scope per request: the endpoint's expiry task times it out)."""
 
-    __slots__ = ("to", "kind", "done", "envelope", "error", "conn", "deadline", "_task")
+    __slots__ = ("to", "kind", "done", "envelope", "error", "conn", "deadline", "waiter")
 
     def __init__(self, to: str, kind: str, deadline: float = math.inf):
         self.to = to
@@ -237,7 +237,8 @@ class _Pending:
         self.conn: Connection | None = None
         self.deadline = deadline
         """trio time after which the expiry task fails it (inf: never)."""
-        self._task: trio.lowlevel.Task | None = None
+        self.waiter: trio.lowlevel.Task | None = None
+        """The requester's task while it waits (parked until finish reschedules it)."""
 
     def finish(self, envelope: Envelope | None = None, error: BusError | None = None) -> None:
         """Answer it (a reply envelope) or fail it (an error); the first call counts."""
@@ -246,7 +247,7 @@ class _Pending:
         self.done = True
         self.envelope = envelope
         self.error = error
-        task, self._task = self._task, None
+        task, self.waiter = self.waiter, None
         if task is not None:
             trio.lowlevel.reschedule(task)
 
@@ -259,13 +260,13 @@ class _Pending:
         if self.done:
             await trio.lowlevel.checkpoint()
             return
-        self._task = trio.lowlevel.current_task()
+        self.waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self.abort)
 
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        """The waiting requester is cancelled: it no longer waits."""
+        self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 _IDLE_WORKERS = 8
@@ -462,7 +463,11 @@ class Endpoint:
                     self._expiry_at = slot.deadline
                     if self._expiry_scope is not None:
                         self._expiry_scope.deadline = slot.deadline
-                await slot.wait()
+                if slot.done:  # (slot.wait(), without its coroutine)
+                    await trio.lowlevel.checkpoint()
+                else:
+                    slot.waiter = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(slot.abort)
             else:  # connecting, waiting for a proof or for queue room: all under the timeout
                 with trio.move_on_after(slot.deadline - now):
                     slot.conn = await self._transmit(to, kind, data)
@@ -888,8 +893,23 @@ class Endpoint:
             del self._in_flight[env.sender]
 
     async def _handle_request(self, env: Envelope, conn: Connection | None) -> None:
-        try:
-            mtype, body = await self._answer(env)
+        """Run the request's handler (the request holds its slots) and send the reply."""
+        try:  # (the handler is run here, not in a coroutine of its own)
+            handler = self._serve_subscribe if env.kind == SUBSCRIBE else self._handlers.get(env.kind)
+            if handler is None:
+                self._rejected["unknown-kind"] += 1
+                mtype, body = MessageType.ERROR, {
+                    "code": "unknown-kind",
+                    "message": f"{self._identity!r} has no handler for {env.kind!r}",
+                }
+            else:
+                try:
+                    mtype, body = _REPLY, await handler(self._message(env))
+                except Exception as exc:
+                    code, message = _error_code(exc)
+                    if code == "internal":
+                        log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
+                    mtype, body = MessageType.ERROR, {"code": code, "message": message}
         finally:
             # the slots are freed before the reply is sent: sending never holds them
             self._free_slots(env)
@@ -931,23 +951,6 @@ class Endpoint:
                               {"code": "busy", "message": "too many requests in flight; retry later"})
         finally:
             self._error_replies -= 1
-
-    async def _answer(self, env: Envelope) -> tuple[MessageType, Any]:
-        """Run the request's handler: the reply's type and body."""
-        handler = self._serve_subscribe if env.kind == SUBSCRIBE else self._handlers.get(env.kind)
-        if handler is None:
-            self._rejected["unknown-kind"] += 1
-            return MessageType.ERROR, {
-                "code": "unknown-kind",
-                "message": f"{self._identity!r} has no handler for {env.kind!r}",
-            }
-        try:
-            return MessageType.REPLY, await handler(self._message(env))
-        except Exception as exc:
-            code, message = _error_code(exc)
-            if code == "internal":
-                log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
-            return MessageType.ERROR, {"code": code, "message": message}
 
     async def _serve_subscribe(self, msg: Message) -> None:
         self._topics.subscribe(msg.sender, msg.body)
