@@ -38,7 +38,7 @@ and nothing else: :class:`_Host`, what the endpoint asks of its node, and
 
 from __future__ import annotations
 
-__all__ = ["Endpoint", "Message", "Handler", "FastHandler", "DEFER"]
+__all__ = ["Endpoint", "Message", "Handler", "FastHandler", "DEFER", "defer"]
 
 import dataclasses
 import logging
@@ -82,15 +82,26 @@ _RESERVED_PREFIX = "bus."
 
 
 class _Defer:
-    __slots__ = ()
+    __slots__ = ("carry",)
+
+    def __init__(self, carry: Any = None) -> None:
+        self.carry = carry
 
     def __repr__(self) -> str:
-        return "bus.DEFER"
+        return "bus.DEFER" if self.carry is None else f"bus.defer({self.carry!r})"
 
 
 DEFER: Any = _Defer()
 """What a ``fast`` handler returns when it cannot answer without waiting (see
 :meth:`Endpoint.register`): the request goes on to the kind's handler."""
+
+
+def defer(carry: Any) -> Any:
+    """What a ``fast`` handler returns to defer as with :data:`DEFER`, handing on
+    ``carry`` (what it worked out that the handler would work out again: the
+    parsed body, say): the handler receives it as ``message.carried``."""
+    return _Defer(carry)
+
 _MAX_ERROR_REPLIES_IN_FLIGHT = 64
 _REQUEST, _REPLY, _EVENT = MessageType.REQUEST, MessageType.REPLY, MessageType.EVENT
 _REPLY_TYPES = (MessageType.REPLY, MessageType.ERROR)
@@ -111,10 +122,15 @@ class Message:
     """Milliseconds since the Unix epoch: the sender's clock in signed mode; the
     receiving node's at delivery otherwise (compact envelopes carry no timestamp)."""
     type: MessageType
+    carried: Any = None
+    """What the kind's ``fast`` companion handed on when it deferred the request
+    (:func:`defer`); None otherwise (also for one deferred before the endpoint's
+    workers started, which goes the inbox way: the handler works out what it lacks).
+    Set by the endpoint, never from the wire."""
 
 
 Handler = Callable[[Message], Awaitable[Any]]
-FastHandler = Callable[[Message], Any]  # the reply body, or DEFER
+FastHandler = Callable[[Message], Any]  # the reply body, DEFER or defer(carry)
 _new_message = _slot_constructor(Message)
 
 
@@ -283,7 +299,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.task: trio.lowlevel.Task | None = None
-        self.work: tuple[Envelope, Connection | None] | None = None
+        self.work: tuple[Envelope, Connection | None, Any] | None = None  # (request, connection, carried)
 
 
 class Endpoint:
@@ -416,8 +432,10 @@ class Endpoint:
         its slots: what it returns is the reply, what it raises the error (as for a
         handler); :data:`DEFER` hands the request, with its slots, to ``handler``
         on a worker, which must then answer it as if ``fast`` had not run (so
-        ``fast`` changes nothing before it defers). A request that finds no free
-        slot goes the usual way without ``fast``."""
+        ``fast`` changes nothing before it defers); :func:`defer` ``(carry)`` does
+        the same and the handler's message has ``carried`` set to ``carry`` (what
+        ``fast`` worked out, e.g. the parsed body, not worked out again). A
+        request that finds no free slot goes the usual way without ``fast``."""
         if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LENGTH:
             raise BusError(f"kind must be a non-empty str of at most {MAX_KIND_LENGTH} chars")
         if kind.startswith(_RESERVED_PREFIX):
@@ -746,11 +764,12 @@ class Endpoint:
         if mtype == _REQUEST:
             fast = self._fast.get(env.kind) if self._fast else None
             if fast is not None and self._take_slots(env):
-                if await self._fast_request(fast, env, conn):
+                deferred = await self._fast_request(fast, env, conn)
+                if deferred is None:
                     return
                 nursery = self._handler_nursery
                 if nursery is not None:  # deferred: to the handler on a worker, with its slots
-                    self._run_request(nursery, env, conn)
+                    self._run_request(nursery, env, conn, deferred.carry)
                     return
                 self._free_slots(env)  # (before _dispatch started: the inbox path below)
             elif env.kind in self._quick and self._take_slots(env):
@@ -813,16 +832,18 @@ class Endpoint:
         self._in_flight[sender] = held + 1
         return True
 
-    def _run_request(self, nursery: trio.Nursery, env: Envelope, conn: Connection | None) -> None:
-        """Run a request that holds its slots: on a parked worker, else on a new one."""
+    def _run_request(self, nursery: trio.Nursery, env: Envelope, conn: Connection | None,
+                     carried: Any = None) -> None:
+        """Run a request that holds its slots: on a parked worker, else on a new one
+        (``carried``: what a deferring fast handler handed on, for the handler's message)."""
         if self._idle_workers:
             worker = self._idle_workers.pop()
-            worker.work = (env, conn)
+            worker.work = (env, conn, carried)
             trio.lowlevel.reschedule(worker.task)  # type: ignore[arg-type]
         else:
-            nursery.start_soon(self._work, _Worker(), env, conn)
+            nursery.start_soon(self._work, _Worker(), env, conn, carried)
 
-    async def _work(self, worker: _Worker, env: Envelope, conn: Connection | None) -> None:
+    async def _work(self, worker: _Worker, env: Envelope, conn: Connection | None, carried: Any) -> None:
         """A request worker: handle, then park for the next request while fewer than
         :data:`_IDLE_WORKERS` others are parked (each handler runs on a worker of its
         own: a slow one holds no other request)."""
@@ -834,14 +855,14 @@ class Endpoint:
             return trio.lowlevel.Abort.SUCCEEDED
 
         while True:
-            await self._handle_request(env, conn)
+            await self._handle_request(env, conn, carried)
             if self._closed or len(self._idle_workers) >= _IDLE_WORKERS:
                 return
             self._idle_workers.append(worker)
             await trio.lowlevel.wait_task_rescheduled(abort)
             if worker.work is None:  # woken by aclose
                 return
-            (env, conn), worker.work = worker.work, None
+            (env, conn, carried), worker.work = worker.work, None
 
     async def _dispatch(self) -> None:
         """Run handlers: requests concurrently (bounded), sends in order."""
@@ -892,8 +913,9 @@ class Endpoint:
         else:
             del self._in_flight[env.sender]
 
-    async def _handle_request(self, env: Envelope, conn: Connection | None) -> None:
-        """Run the request's handler (the request holds its slots) and send the reply."""
+    async def _handle_request(self, env: Envelope, conn: Connection | None, carried: Any = None) -> None:
+        """Run the request's handler (the request holds its slots) and send the reply
+        (``carried``: see :meth:`_run_request`)."""
         try:  # (the handler is run here, not in a coroutine of its own)
             handler = self._serve_subscribe if env.kind == SUBSCRIBE else self._handlers.get(env.kind)
             if handler is None:
@@ -904,7 +926,7 @@ class Endpoint:
                 }
             else:
                 try:
-                    mtype, body = _REPLY, await handler(self._message(env))
+                    mtype, body = _REPLY, await handler(self._message(env, carried))
                 except Exception as exc:
                     code, message = _error_code(exc)
                     if code == "internal":
@@ -917,9 +939,9 @@ class Endpoint:
         if not self._reply_now(env, conn, data):
             await self._send_reply(env, conn, data)
 
-    async def _fast_request(self, fast: FastHandler, env: Envelope, conn: Connection | None) -> bool:
-        """Run a request's fast handler (it holds its slots): answered (True, slots freed),
-        or deferred (False, slots still held)."""
+    async def _fast_request(self, fast: FastHandler, env: Envelope, conn: Connection | None) -> _Defer | None:
+        """Run a request's fast handler (it holds its slots): answered (None, slots freed),
+        or deferred (what it returned, DEFER or ``defer(carry)``: slots still held)."""
         try:
             body = fast(self._message(env))
         except Exception as exc:
@@ -928,14 +950,14 @@ class Endpoint:
                 log.error("bus: %s: fast handler for %r failed", self._identity, env.kind, exc_info=True)
             mtype, body = MessageType.ERROR, {"code": code, "message": message}
         else:
-            if body is DEFER:
+            if type(body) is _Defer:
                 self.fast_deferred += 1
-                return False
+                return body
             mtype = MessageType.REPLY
         self.fast_runs += 1
         self._free_slots(env)
         await self._reply(env, conn, mtype, body)
-        return True
+        return None
 
     def _busy(self, env: Envelope, conn: Connection | None) -> None:
         """Refuse a request at once: its sender has too many in flight here, or it came
@@ -972,5 +994,6 @@ class Endpoint:
         except Exception:
             log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
 
-    def _message(self, env: Envelope) -> Message:
-        return _new_message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._host.now_ms(), env.type)
+    def _message(self, env: Envelope, carried: Any = None) -> Message:
+        return _new_message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._host.now_ms(), env.type,
+                            carried)
