@@ -344,6 +344,7 @@ class Endpoint:
         self._host = host
         self._signs = host.signs_envelopes  # (the node's mode and frame limit never change: read once)
         self._max_frame = host.max_frame_size
+        self._now_ms = host.now_ms  # (a compact request's Message.timestamp: the node's clock at delivery)
         self._identity = identity
         self._signer = signer
         self._directory = directory
@@ -995,5 +996,5 @@ class Endpoint:
             log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
 
     def _message(self, env: Envelope, carried: Any = None) -> Message:
-        return _new_message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._host.now_ms(), env.type,
+        return _new_message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._now_ms(), env.type,
                             carried)
