@@ -21,7 +21,10 @@ its reply is written from there: no task switch at all. A handler may also have
 a ``fast`` companion, a plain function run the same way (in the delivering task,
 holding the request's slots) that answers at once or returns :data:`DEFER`:
 then the request, still holding its slots, goes on to the handler on a worker
-(the fast answer for what needs no wait, the handler for the rest). Requests and fire-and-forget messages go through the node's
+(the fast answer for what needs no wait, the handler for the rest), with what the
+companion worked out if it returned :func:`defer` ``(carry)`` (``message.carried``).
+A request's slots are a counter (the dispatcher, the one task that waits for a
+slot, is handed the next one freed). Requests and fire-and-forget messages go through the node's
 ``route_now`` first (what needs no wait is written or queued there, without
 the coroutines of the full route). A request sent so waits for its reply
 parked on its slot, and one expiry task per endpoint fails the slots whose
