@@ -1,8 +1,9 @@
 """An endpoint's request slots (a plain counter, with the dispatcher parked for a
 freed slot): the bound holds, a request queued for a slot gets the next one freed
-(a request arriving meanwhile does not overtake it, quick or not), and one
-queued when its endpoint closes still gets the slot freed after (nothing hangs). Agents of one node under
-trio's autojump clock (the slots are the endpoint's, whatever carries requests)."""
+(a request arriving meanwhile does not overtake it, quick or not), and one queued
+when its endpoint closes still gets the slot freed after (nothing hangs). Agents
+of one node under trio's autojump clock (the slots are the endpoint's, whatever
+carries requests)."""
 
 import trio
 
