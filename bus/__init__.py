@@ -116,6 +116,7 @@ from ._endpoint import Endpoint as Endpoint
 from ._endpoint import FastHandler as FastHandler
 from ._endpoint import Handler as Handler
 from ._endpoint import Message as Message
+from ._endpoint import defer as defer
 from ._pubsub import Event as Event
 from ._pubsub import Subscription as Subscription
 from ._stats import EndpointStatistics as EndpointStatistics

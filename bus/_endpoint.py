@@ -21,7 +21,10 @@ its reply is written from there: no task switch at all. A handler may also have
 a ``fast`` companion, a plain function run the same way (in the delivering task,
 holding the request's slots) that answers at once or returns :data:`DEFER`:
 then the request, still holding its slots, goes on to the handler on a worker
-(the fast answer for what needs no wait, the handler for the rest). Requests and fire-and-forget messages go through the node's
+(the fast answer for what needs no wait, the handler for the rest), with what the
+companion worked out if it returned :func:`defer` ``(carry)`` (``message.carried``).
+A request's slots are a counter (the dispatcher, the one task that waits for a
+slot, is handed the next one freed). Requests and fire-and-forget messages go through the node's
 ``route_now`` first (what needs no wait is written or queued there, without
 the coroutines of the full route). A request sent so waits for its reply
 parked on its slot, and one expiry task per endpoint fails the slots whose
@@ -38,7 +41,7 @@ and nothing else: :class:`_Host`, what the endpoint asks of its node, and
 
 from __future__ import annotations
 
-__all__ = ["Endpoint", "Message", "Handler", "FastHandler", "DEFER"]
+__all__ = ["Endpoint", "Message", "Handler", "FastHandler", "DEFER", "defer"]
 
 import dataclasses
 import logging
@@ -83,16 +86,29 @@ _RESERVED_PREFIX = "bus."
 
 
 class _Defer:
-    __slots__ = ()
+    __slots__ = ("carry",)
+
+    def __init__(self, carry: Any = None) -> None:
+        self.carry = carry
 
     def __repr__(self) -> str:
-        return "bus.DEFER"
+        return "bus.DEFER" if self.carry is None else f"bus.defer({self.carry!r})"
 
 
 DEFER: Any = _Defer()
 """What a ``fast`` handler returns when it cannot answer without waiting (see
 :meth:`Endpoint.register`): the request goes on to the kind's handler."""
+
+
+def defer(carry: Any) -> Any:
+    """What a ``fast`` handler returns to defer as with :data:`DEFER`, handing on
+    ``carry`` (what it worked out that the handler would work out again: the
+    parsed body, say): the handler receives it as ``message.carried``."""
+    return _Defer(carry)
+
 _MAX_ERROR_REPLIES_IN_FLIGHT = 64
+_REQUEST, _REPLY, _EVENT = MessageType.REQUEST, MessageType.REPLY, MessageType.EVENT
+_REPLY_TYPES = (MessageType.REPLY, MessageType.ERROR)
 _MAX_ERROR_MESSAGE = 1024
 
 
@@ -110,10 +126,15 @@ class Message:
     """Milliseconds since the Unix epoch: the sender's clock in signed mode; the
     receiving node's at delivery otherwise (compact envelopes carry no timestamp)."""
     type: MessageType
+    carried: Any = None
+    """What the kind's ``fast`` companion handed on when it deferred the request
+    (:func:`defer`); None otherwise (also for one deferred before the endpoint's
+    workers started, which goes the inbox way: the handler works out what it lacks).
+    Set by the endpoint, never from the wire."""
 
 
 Handler = Callable[[Message], Awaitable[Any]]
-FastHandler = Callable[[Message], Any]  # the reply body, or DEFER
+FastHandler = Callable[[Message], Any]  # the reply body, DEFER or defer(carry)
 _new_message = _slot_constructor(Message)
 
 
@@ -225,7 +246,7 @@ class _Pending:
     """A request waiting for its reply: its requester parks on it (no Event, no
     cancel scope per request: the endpoint's expiry task times it out)."""
 
-    __slots__ = ("to", "kind", "done", "envelope", "error", "conn", "deadline", "_task")
+    __slots__ = ("to", "kind", "done", "envelope", "error", "conn", "deadline", "waiter")
 
     def __init__(self, to: str, kind: str, deadline: float = math.inf):
         self.to = to
@@ -236,7 +257,8 @@ class _Pending:
         self.conn: Connection | None = None
         self.deadline = deadline
         """trio time after which the expiry task fails it (inf: never)."""
-        self._task: trio.lowlevel.Task | None = None
+        self.waiter: trio.lowlevel.Task | None = None
+        """The requester's task while it waits (parked until finish reschedules it)."""
 
     def finish(self, envelope: Envelope | None = None, error: BusError | None = None) -> None:
         """Answer it (a reply envelope) or fail it (an error); the first call counts."""
@@ -245,7 +267,7 @@ class _Pending:
         self.done = True
         self.envelope = envelope
         self.error = error
-        task, self._task = self._task, None
+        task, self.waiter = self.waiter, None
         if task is not None:
             trio.lowlevel.reschedule(task)
 
@@ -258,13 +280,13 @@ class _Pending:
         if self.done:
             await trio.lowlevel.checkpoint()
             return
-        self._task = trio.lowlevel.current_task()
+        self.waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self.abort)
 
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        """The waiting requester is cancelled: it no longer waits."""
+        self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 _IDLE_WORKERS = 8
@@ -281,7 +303,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.task: trio.lowlevel.Task | None = None
-        self.work: tuple[Envelope, Connection | None] | None = None
+        self.work: tuple[Envelope, Connection | None, Any] | None = None  # (request, connection, carried)
 
 
 class Endpoint:
@@ -324,6 +346,9 @@ class Endpoint:
         if not isinstance(identity, str) or not 0 < len(identity) <= MAX_AGENT_ID_LENGTH:
             raise BusError(f"endpoint identity must be a non-empty str of at most {MAX_AGENT_ID_LENGTH} chars")
         self._host = host
+        self._signs = host.signs_envelopes  # (the node's mode and frame limit never change: read once)
+        self._max_frame = host.max_frame_size
+        self._now_ms = host.now_ms  # (a compact request's Message.timestamp: the node's clock at delivery)
         self._identity = identity
         self._signer = signer
         self._directory = directory
@@ -339,7 +364,8 @@ class Endpoint:
         self._inbox_queued = 0  # handed to the inbox, not yet taken by _dispatch
         if not 1 <= max_concurrent_per_sender <= max_concurrent:
             raise BusError("need 1 <= max_concurrent_per_sender <= max_concurrent")
-        self._concurrency = trio.Semaphore(max_concurrent)
+        self._free = max_concurrent  # request slots free (a plain counter: no Semaphore per request)
+        self._slot_waiter: trio.lowlevel.Task | None = None  # _dispatch, parked for a slot
         self._max_per_sender = max_concurrent_per_sender
         self._in_flight: dict[str, int] = {}  # requests being handled, by sender (no zero entries)
         self._max_pending = max_pending
@@ -411,8 +437,10 @@ class Endpoint:
         its slots: what it returns is the reply, what it raises the error (as for a
         handler); :data:`DEFER` hands the request, with its slots, to ``handler``
         on a worker, which must then answer it as if ``fast`` had not run (so
-        ``fast`` changes nothing before it defers). A request that finds no free
-        slot goes the usual way without ``fast``."""
+        ``fast`` changes nothing before it defers); :func:`defer` ``(carry)`` does
+        the same and the handler's message has ``carried`` set to ``carry`` (what
+        ``fast`` worked out, e.g. the parsed body, not worked out again). A
+        request that finds no free slot goes the usual way without ``fast``."""
         if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LENGTH:
             raise BusError(f"kind must be a non-empty str of at most {MAX_KIND_LENGTH} chars")
         if kind.startswith(_RESERVED_PREFIX):
@@ -440,10 +468,11 @@ class Endpoint:
         :class:`BrokenError` if the connection carrying it broke first,
         :class:`UnreachableError` when there is no route.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         if len(self._pending) >= self._max_pending:
             raise BusError(f"too many pending requests ({self._max_pending})")
-        msg_id, data = self._make(MessageType.REQUEST, kind, to, body)
+        msg_id, data = self._make(_REQUEST, kind, to, body)
         now = self._now()
         slot = _Pending(to, kind, math.inf if timeout is None else now + timeout)
         self._pending[msg_id] = slot
@@ -451,13 +480,17 @@ class Endpoint:
             conn = self._host.route_now(self._identity, to, data)
             if conn is not None:
                 # sent without a wait: the expiry task times the reply wait out
-                self._count_sent(to, kind, len(data))
+                self._sent.add(kind, to, len(data))
                 slot.conn = conn
                 if slot.deadline < self._expiry_at:
                     self._expiry_at = slot.deadline
                     if self._expiry_scope is not None:
                         self._expiry_scope.deadline = slot.deadline
-                await slot.wait()
+                if slot.done:  # (slot.wait(), without its coroutine)
+                    await trio.lowlevel.checkpoint()
+                else:
+                    slot.waiter = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(slot.abort)
             else:  # connecting, waiting for a proof or for queue room: all under the timeout
                 with trio.move_on_after(slot.deadline - now):
                     slot.conn = await self._transmit(to, kind, data)
@@ -481,7 +514,7 @@ class Endpoint:
         self._check_open()
         _, data = self._make(MessageType.SEND, kind, to, body)
         if self._host.route_now(self._identity, to, data) is not None:  # sent without a wait
-            self._count_sent(to, kind, len(data))
+            self._sent.add(kind, to, len(data))
             return
         await self._transmit(to, kind, data)
 
@@ -553,7 +586,7 @@ class Endpoint:
     ) -> tuple[bytes | int, bytes]:
         """(msg_id, wire bytes) of a new envelope from this agent: compact, unless the
         node signs envelopes (signed mode) or it answers a request in the full form."""
-        if self._host.signs_envelopes or type(correlation_id) is bytes:
+        if self._signs or type(correlation_id) is bytes:
             env, data = Envelope.create_encoded(
                 type=mtype,
                 kind=kind,
@@ -564,7 +597,7 @@ class Endpoint:
                 signer=None,  # the node signs it only where no channel carries it
                 correlation_id=correlation_id,
                 msg_id=self._next_id(),
-                with_nonce=self._host.signs_envelopes,
+                with_nonce=self._signs,
             )
             return env.msg_id, data
         msg_id = self._host.next_id()
@@ -582,11 +615,8 @@ class Endpoint:
         self, to: str, kind: str, data: bytes, via: Connection | None = None, wait: bool = True,
     ) -> Connection | None:
         conn = await self._host.route(self._identity, to, data, via, wait=wait)
-        self._count_sent(to, kind, len(data))
+        self._sent.add(kind, to, len(data))
         return conn
-
-    def _count_sent(self, to: str, kind: str, size: int) -> None:
-        self._sent.add(kind, to, size)
 
     async def _expire(self) -> None:
         """Fail the requests whose reply did not come in time (those sent without a
@@ -616,34 +646,49 @@ class Endpoint:
     async def _reply(
         self, request: Envelope, conn: Connection | None, mtype: MessageType, body: Any
     ) -> None:
-        def answer(mtype: MessageType, body: Any) -> bytes:
-            return self._make(mtype, request.kind, request.sender, body, request.msg_id)[1]
+        data = self._reply_data(request, mtype, body)
+        if not self._reply_now(request, conn, data):
+            await self._send_reply(request, conn, data)
 
-        try:
-            if type(request.msg_id) is int and not self._host.signs_envelopes:  # compact: no detour
-                data = encode_compact(mtype, None, self._host.next_id(), request.msg_id, self._identity,
-                                      request.sender, body)
-            else:
-                data = answer(mtype, body)
-        except EnvelopeError:
-            log.warning("bus: %s: reply to %r cannot be encoded", self._identity, request.kind)
-            data = answer(MessageType.ERROR, {"code": "internal", "message": "internal error"})
-        if len(data) > self._host.max_frame_size:
-            # A reply that cannot be carried becomes an error the requester receives,
-            # not a silent timeout.
-            log.warning("bus: %s: reply to %r is %d bytes, over the frame limit", self._identity, request.kind,
-                        len(data))
-            data = answer(
-                MessageType.ERROR,
-                {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
-            )
-        if conn is not None and self._host.reply_now(self._identity, data, conn):  # no wait: no coroutine
-            self._count_sent(request.sender, request.kind, len(data))
-            return
+    def _reply_now(self, request: Envelope, conn: Connection | None, data: bytes) -> bool:
+        """Send an encoded reply if that takes no wait (no coroutine); False: not sent."""
+        if conn is not None and self._host.reply_now(self._identity, data, conn):
+            self._sent.add(request.kind, request.sender, len(data))
+            return True
+        return False
+
+    async def _send_reply(self, request: Envelope, conn: Connection | None, data: bytes) -> None:
+        """Send an encoded reply, waiting where needed (when :meth:`_reply_now` could not)."""
         try:
             await self._transmit(request.sender, request.kind, data, via=conn, wait=False)
         except BusError as exc:
             log.info("bus: %s could not reply to %s: %s", self._identity, request.sender, exc)
+
+    def _reply_data(self, request: Envelope, mtype: MessageType, body: Any) -> bytes:
+        """The encoded reply (or error reply) to ``request``; an ``internal`` or ``too-large``
+        error reply when the reply cannot be encoded or carried."""
+        try:
+            if type(request.msg_id) is int and not self._signs:  # compact: no detour
+                data = encode_compact(mtype, None, self._host.next_id(), request.msg_id, self._identity,
+                                      request.sender, body)
+            else:
+                data = self._full_reply(request, mtype, body)
+        except EnvelopeError:
+            log.warning("bus: %s: reply to %r cannot be encoded", self._identity, request.kind)
+            data = self._full_reply(request, MessageType.ERROR, {"code": "internal", "message": "internal error"})
+        if len(data) > self._max_frame:
+            # A reply that cannot be carried becomes an error the requester receives,
+            # not a silent timeout.
+            log.warning("bus: %s: reply to %r is %d bytes, over the frame limit", self._identity, request.kind,
+                        len(data))
+            data = self._full_reply(
+                request, MessageType.ERROR,
+                {"code": "too-large", "message": f"the reply ({len(data)} bytes) exceeds the frame limit"},
+            )
+        return data
+
+    def _full_reply(self, request: Envelope, mtype: MessageType, body: Any) -> bytes:
+        return self._make(mtype, request.kind, request.sender, body, request.msg_id)[1]
 
     async def _error_reply(self, request: Envelope, conn: Connection | None, code: str, message: str) -> None:
         try:
@@ -706,30 +751,32 @@ class Endpoint:
             except EnvelopeError as exc:
                 self._reject(exc.reason, env, conn, exc.message)
                 return
+        sender = env.sender
         if conn is not None:
-            self._host.note_path(env.sender, conn)
+            self._host.note_path(sender, conn)
         mtype = env.type
-        if mtype in (MessageType.REPLY, MessageType.ERROR):
+        if mtype in _REPLY_TYPES:
             slot = self._pending.get(env.correlation_id)  # type: ignore[arg-type]
-            if slot is None or slot.to != env.sender or slot.done:
+            if slot is None or slot.to != sender or slot.done:
                 self._reject("unexpected-reply", env, conn, "reply matches no pending request")
                 return
-            self._count_received(slot.kind, env.sender, size)
+            self._received.add(slot.kind, sender, size)
             slot.finish(env)
             return
-        self._count_received(env.kind, env.sender, size)
-        if mtype == MessageType.EVENT:
-            if not self._subscriptions.on_event(env.sender, env.kind, env.body):
+        self._received.add(env.kind, sender, size)
+        if mtype == _EVENT:
+            if not self._subscriptions.on_event(sender, env.kind, env.body):
                 self._rejected["unexpected-event"] += 1
             return
-        if mtype == MessageType.REQUEST:
+        if mtype == _REQUEST:
             fast = self._fast.get(env.kind) if self._fast else None
             if fast is not None and self._take_slots(env):
-                if await self._fast_request(fast, env, conn):
+                deferred = await self._fast_request(fast, env, conn)
+                if deferred is None:
                     return
                 nursery = self._handler_nursery
                 if nursery is not None:  # deferred: to the handler on a worker, with its slots
-                    self._run_request(nursery, env, conn)
+                    self._run_request(nursery, env, conn, deferred.carry)
                     return
                 self._free_slots(env)  # (before _dispatch started: the inbox path below)
             elif env.kind in self._quick and self._take_slots(env):
@@ -752,9 +799,6 @@ class Endpoint:
             self._inbox_queued += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
-
-    def _count_received(self, kind: str, peer: str, size: int) -> None:
-        self._received.add(kind, peer, size)
 
     def _holds(self, conn: Connection) -> bool:
         return (
@@ -789,23 +833,24 @@ class Endpoint:
         held = self._in_flight.get(sender, 0)
         if held >= self._max_per_sender:
             return False
-        try:
-            self._concurrency.acquire_nowait()
-        except trio.WouldBlock:
+        if self._free <= 0:  # (0 also while _dispatch waits: a freed slot is handed to it)
             return False
+        self._free -= 1
         self._in_flight[sender] = held + 1
         return True
 
-    def _run_request(self, nursery: trio.Nursery, env: Envelope, conn: Connection | None) -> None:
-        """Run a request that holds its slots: on a parked worker, else on a new one."""
+    def _run_request(self, nursery: trio.Nursery, env: Envelope, conn: Connection | None,
+                     carried: Any = None) -> None:
+        """Run a request that holds its slots: on a parked worker, else on a new one
+        (``carried``: what a deferring fast handler handed on, for the handler's message)."""
         if self._idle_workers:
             worker = self._idle_workers.pop()
-            worker.work = (env, conn)
+            worker.work = (env, conn, carried)
             trio.lowlevel.reschedule(worker.task)  # type: ignore[arg-type]
         else:
-            nursery.start_soon(self._work, _Worker(), env, conn)
+            nursery.start_soon(self._work, _Worker(), env, conn, carried)
 
-    async def _work(self, worker: _Worker, env: Envelope, conn: Connection | None) -> None:
+    async def _work(self, worker: _Worker, env: Envelope, conn: Connection | None, carried: Any) -> None:
         """A request worker: handle, then park for the next request while fewer than
         :data:`_IDLE_WORKERS` others are parked (each handler runs on a worker of its
         own: a slow one holds no other request)."""
@@ -817,14 +862,14 @@ class Endpoint:
             return trio.lowlevel.Abort.SUCCEEDED
 
         while True:
-            await self._handle_request(env, conn)
+            await self._handle_request(env, conn, carried)
             if self._closed or len(self._idle_workers) >= _IDLE_WORKERS:
                 return
             self._idle_workers.append(worker)
             await trio.lowlevel.wait_task_rescheduled(abort)
             if worker.work is None:  # woken by aclose
                 return
-            (env, conn), worker.work = worker.work, None
+            (env, conn, carried), worker.work = worker.work, None
 
     async def _dispatch(self) -> None:
         """Run handlers: requests concurrently (bounded), sends in order."""
@@ -838,30 +883,72 @@ class Endpoint:
                         self._busy(env, conn)
                         continue
                     self._in_flight[env.sender] = held + 1
-                    await self._concurrency.acquire()
+                    await self._acquire_slot()
                     self._run_request(nursery, env, conn)
                 else:
                     await self._handle_send(env, conn)
 
+    async def _acquire_slot(self) -> None:
+        """Take a slot for the dispatcher (the only task that waits for one), as a
+        Semaphore's acquire does: a checkpoint either way (handlers that are done
+        free their slots meanwhile), else parked until :meth:`_free_slots` hands it
+        the next freed slot (never taken by a request arriving meanwhile: a queued
+        request is not overtaken)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._free > 0:
+            self._free -= 1
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self._slot_waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:  # cancelled (the endpoint closes): no slot taken
+            self._slot_waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
     def _free_slots(self, env: Envelope) -> None:
-        self._concurrency.release()
+        waiter = self._slot_waiter
+        if waiter is None:
+            self._free += 1
+        else:  # the dispatcher waits for a slot: this one is its
+            self._slot_waiter = None
+            trio.lowlevel.reschedule(waiter)
         held = self._in_flight[env.sender] - 1
         if held:
             self._in_flight[env.sender] = held
         else:
             del self._in_flight[env.sender]
 
-    async def _handle_request(self, env: Envelope, conn: Connection | None) -> None:
-        try:
-            mtype, body = await self._answer(env)
+    async def _handle_request(self, env: Envelope, conn: Connection | None, carried: Any = None) -> None:
+        """Run the request's handler (the request holds its slots) and send the reply
+        (``carried``: see :meth:`_run_request`)."""
+        try:  # (the handler is run here, not in a coroutine of its own)
+            handler = self._serve_subscribe if env.kind == SUBSCRIBE else self._handlers.get(env.kind)
+            if handler is None:
+                self._rejected["unknown-kind"] += 1
+                mtype, body = MessageType.ERROR, {
+                    "code": "unknown-kind",
+                    "message": f"{self._identity!r} has no handler for {env.kind!r}",
+                }
+            else:
+                try:
+                    mtype, body = _REPLY, await handler(self._message(env, carried))
+                except Exception as exc:
+                    code, message = _error_code(exc)
+                    if code == "internal":
+                        log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
+                    mtype, body = MessageType.ERROR, {"code": code, "message": message}
         finally:
             # the slots are freed before the reply is sent: sending never holds them
             self._free_slots(env)
-        await self._reply(env, conn, mtype, body)
+        data = self._reply_data(env, mtype, body)  # (_reply, with no coroutine when it goes at once)
+        if not self._reply_now(env, conn, data):
+            await self._send_reply(env, conn, data)
 
-    async def _fast_request(self, fast: FastHandler, env: Envelope, conn: Connection | None) -> bool:
-        """Run a request's fast handler (it holds its slots): answered (True, slots freed),
-        or deferred (False, slots still held)."""
+    async def _fast_request(self, fast: FastHandler, env: Envelope, conn: Connection | None) -> _Defer | None:
+        """Run a request's fast handler (it holds its slots): answered (None, slots freed),
+        or deferred (what it returned, DEFER or ``defer(carry)``: slots still held)."""
         try:
             body = fast(self._message(env))
         except Exception as exc:
@@ -870,14 +957,14 @@ class Endpoint:
                 log.error("bus: %s: fast handler for %r failed", self._identity, env.kind, exc_info=True)
             mtype, body = MessageType.ERROR, {"code": code, "message": message}
         else:
-            if body is DEFER:
+            if type(body) is _Defer:
                 self.fast_deferred += 1
-                return False
+                return body
             mtype = MessageType.REPLY
         self.fast_runs += 1
         self._free_slots(env)
         await self._reply(env, conn, mtype, body)
-        return True
+        return None
 
     def _busy(self, env: Envelope, conn: Connection | None) -> None:
         """Refuse a request at once: its sender has too many in flight here, or it came
@@ -893,23 +980,6 @@ class Endpoint:
                               {"code": "busy", "message": "too many requests in flight; retry later"})
         finally:
             self._error_replies -= 1
-
-    async def _answer(self, env: Envelope) -> tuple[MessageType, Any]:
-        """Run the request's handler: the reply's type and body."""
-        handler = self._serve_subscribe if env.kind == SUBSCRIBE else self._handlers.get(env.kind)
-        if handler is None:
-            self._rejected["unknown-kind"] += 1
-            return MessageType.ERROR, {
-                "code": "unknown-kind",
-                "message": f"{self._identity!r} has no handler for {env.kind!r}",
-            }
-        try:
-            return MessageType.REPLY, await handler(self._message(env))
-        except Exception as exc:
-            code, message = _error_code(exc)
-            if code == "internal":
-                log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
-            return MessageType.ERROR, {"code": code, "message": message}
 
     async def _serve_subscribe(self, msg: Message) -> None:
         self._topics.subscribe(msg.sender, msg.body)
@@ -933,5 +1003,6 @@ class Endpoint:
         except Exception:
             log.error("bus: %s: handler for %r failed", self._identity, env.kind, exc_info=True)
 
-    def _message(self, env: Envelope) -> Message:
-        return _new_message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._host.now_ms(), env.type)
+    def _message(self, env: Envelope, carried: Any = None) -> Message:
+        return _new_message(env.sender, env.kind, env.body, env.msg_id, env.timestamp or self._now_ms(), env.type,
+                            carried)

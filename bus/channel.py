@@ -94,6 +94,8 @@ _SEAL_INTO_BYTES = 64 * 1024
 large frame saved); smaller ones as ``type + ciphertext`` (bytes)."""
 _ZERO_DH = bytes(32)
 _NONCE = struct.Struct("<Q4x")
+_HEAD = struct.Struct(">IB")
+"""A framed small frame's first 5 bytes: the transport's length prefix and the type byte."""
 
 
 class ChannelError(BusError):
@@ -233,8 +235,8 @@ class Channel:
             frame[start] = kind[0]
             self._send_aead.encrypt_into(nonce, payload, kind, memoryview(frame)[start + 1:])
         elif framed:
-            frame = ((len(payload) + CHANNEL_OVERHEAD).to_bytes(4, "big") + kind
-                     + self._send_aead.encrypt(nonce, payload, kind))
+            frame = _HEAD.pack(len(payload) + CHANNEL_OVERHEAD, frame_type) + self._send_aead.encrypt(nonce, payload,
+                                                                                                   kind)
         else:
             frame = kind + self._send_aead.encrypt(nonce, payload, kind)
         self._send_counter += 1
@@ -247,9 +249,11 @@ class Channel:
         payload (a bytearray: give only a frame nobody else holds); its bytes are
         garbage once it failed authentication."""
         size = len(frame)
-        if size < CHANNEL_OVERHEAD or frame[0] not in (ENVELOPE, PROOF, WANT):
+        if size < CHANNEL_OVERHEAD:
             raise ChannelError("not a channel frame")
         frame_type = frame[0]
+        if frame_type > WANT:  # (the types are 0, 1, 2)
+            raise ChannelError("not a channel frame")
         nonce = _NONCE.pack(self._receive_counter)
         try:
             if size < _SEAL_INTO_BYTES:  # (the ciphertext sliced out: cheaper than a view for the cipher)

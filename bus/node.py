@@ -564,14 +564,18 @@ class Node:
         room = self._room_now(conn, sender, data)
         if room is None:
             return None
-        box, own, channel = room
+        box, own, channel, idle = room
         if channel:
             if self._claim_problem(conn, own, recipient) is not None:  # type: ignore[arg-type]
                 return None
-            if sender not in conn.channel.proven_here and (  # type: ignore[attr-defined]
-                    len(conn.channel.proven_here) >= MAX_CLAIMS or not self._may_prove(conn)):  # type: ignore[attr-defined]
-                return None
-        self._put(conn, box, self._frame_for(conn, own, sender, data))
+            if sender not in conn.channel.proven_here:  # type: ignore[attr-defined]
+                if len(conn.channel.proven_here) >= MAX_CLAIMS or not self._may_prove(conn):  # type: ignore[attr-defined]
+                    return None
+                self._prove_sender(conn, sender, own)  # type: ignore[arg-type]
+                idle = False  # (the proof is queued ahead of the envelope)
+        else:
+            data = sign_wire(data, own.signer)
+        self._put(conn, box, data, idle)
         return conn
 
     def reply_now(self, sender: str, data: bytes, via: Connection) -> bool:
@@ -585,15 +589,18 @@ class Node:
         room = self._room_now(via, sender, data)
         if room is None:
             return False
-        box, own, channel = room
-        if channel and sender not in via.channel.proven_here:  # type: ignore[attr-defined]
-            return False
-        return self._put(via, box, self._frame_for(via, own, sender, data))
+        box, own, channel, idle = room
+        if channel:
+            if sender not in via.channel.proven_here:  # type: ignore[attr-defined]
+                return False
+        else:
+            data = sign_wire(data, own.signer)
+        return self._put(via, box, data, idle)
 
-    def _room_now(self, conn: Connection, sender: str, data: bytes) -> tuple[Any, _Attachment, bool] | None:
-        """(outbox, the hosted sender, whether ``conn`` is a channel) when ``data`` from ``sender``
-        can go on ``conn`` without a wait (its outbox open and with room, or idle; within the
-        connection's payload limit); None otherwise."""
+    def _room_now(self, conn: Connection, sender: str, data: bytes) -> tuple[Any, _Attachment, bool, bool] | None:
+        """(outbox, the hosted sender, whether ``conn`` is a channel, whether the outbox is
+        idle) when ``data`` from ``sender`` can go on ``conn`` without a wait (its outbox
+        open and with room, or idle; within the connection's payload limit); None otherwise."""
         box = self._outboxes.get(conn)
         own = self._endpoints.get(sender)
         if box is None or box.closed is not None or own is None:
@@ -601,9 +608,12 @@ class Node:
         channel = isinstance(conn, ChannelConnection)
         size = len(data) + (0 if channel else 80)  # (signed mode adds the signature, at most 80 bytes)
         limit = getattr(conn, "max_payload", None)
-        if (limit is not None and size > limit) or not (box.idle or box.has_room(size)):
+        if limit is not None and size > limit:
             return None
-        return box, own, channel
+        idle = box.idle
+        if not (idle or box.has_room(size)):
+            return None
+        return box, own, channel, idle
 
     def _frame_for(self, conn: Connection, own: _Attachment, sender: str, data: bytes) -> bytes:
         """What ``conn`` carries for an unsigned envelope from ``sender``: on a channel the
@@ -627,11 +637,13 @@ class Node:
             raise _Unvouched(f"{conn.peer} proved no agent this node knows; {sender!r} is not proved to it")
         self._prove(conn, sender, own)
 
-    def _put(self, conn: Connection, box: _Outbox, data: bytes) -> bool:
+    def _put(self, conn: Connection, box: _Outbox, data: bytes, idle: bool | None = None) -> bool:
         """Write ``data`` at once when nothing is ahead of it (no writer woken; what the
         socket does not take goes first in the queue, for the writer), else queue it
-        if the queue has room; False: no room (nothing done)."""
-        if box.idle and len(data) < TRY_SEND_BYTES and getattr(conn, "can_try_send", bool)():
+        if the queue has room; False: no room (nothing done). ``idle``: ``box.idle``
+        if the caller just looked (nothing changed since)."""
+        if (box.idle if idle is None else idle) and len(data) < TRY_SEND_BYTES and getattr(
+                conn, "can_try_send", bool)():
             rest = conn.try_send(data)  # type: ignore[attr-defined]
             box.last_sent = self._now()
             if rest:
@@ -1084,6 +1096,8 @@ class Node:
         unvouched = isinstance(conn, ChannelConnection) and conn in self._incoming
         channel = conn.channel if isinstance(conn, ChannelConnection) else None
         refused = 0
+        endpoints = self._endpoints
+        small, max_objects, max_depth = self._thread_objects, self._max_objects, self._max_depth
         while True:
             try:
                 data = await conn.receive()
@@ -1097,11 +1111,12 @@ class Node:
                 break
             seen[0] = now()
             frames += 1
+            size = len(data)
             self._frames_received += 1
-            self._bytes_received += len(data)
+            self._bytes_received += size
             try:  # (a small frame decoded here, as decode_envelope would: no coroutine per frame)
-                if len(data) <= self._thread_objects:  # (<= max_objects: no structure walk needed)
-                    env = _decode_checked(data, self._max_objects, self._max_depth)
+                if size <= small:  # (<= max_objects: no structure walk needed)
+                    env = _decode_checked(data, max_objects, max_depth)
                 else:
                     env = await self._decode_frame(data)
             except EnvelopeError as exc:
@@ -1125,7 +1140,7 @@ class Node:
                         break
                     continue
                 unvouched = False
-            ep = self._endpoints.get(env.recipient)
+            ep = endpoints.get(env.recipient)
             if ep is None:
                 count = self._rejected["misaddressed"] = self._rejected["misaddressed"] + 1
                 if logged_repeat(count):  # (a client repeats it at will: counted, logged now and then)
@@ -1133,7 +1148,7 @@ class Node:
                                 conn.peer, env.recipient, count)
                 continue
             try:
-                await ep.deliver(env, len(data), conn)
+                await ep.deliver(env, size, conn)
             except Exception:  # a bug must not take the node down
                 log.error("bus: failure handling an envelope from %s", conn.peer, exc_info=True)
                 break

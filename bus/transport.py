@@ -177,6 +177,7 @@ class _StreamConnection:
         self._decoder = FrameDecoder(max_frame_size)
         self._frames: deque[bytes] = deque()
         self._send_lock = trio.Lock()
+        self._senders = 0  # tasks in _send (holding the lock or waiting for it): no write at once meanwhile
         self._closed = False
         self._broken: str | None = None
         self._eof = False
@@ -209,7 +210,7 @@ class _StreamConnection:
     def can_try_send(self) -> bool:
         """Whether :meth:`try_send` may be called now (plain TCP, or TLS once its
         handshake is done, with nothing unsent: open, not broken, no send under way)."""
-        if self._closed or self._broken or self._send_lock.locked():
+        if self._closed or self._broken or self._senders:  # (a counter: no call to the lock's locked())
             return False
         if self._tls is not None:
             return self._tls.can_write_now()
@@ -266,10 +267,15 @@ class _StreamConnection:
             raise ClosedError("connection closed")
         if self._broken:
             raise BrokenError(f"connection to {self.peer} broke: {self._broken}")
+        self._senders += 1
         try:  # (the write is the checkpoint: taking a free lock needs no trip through the loop)
             self._send_lock.acquire_nowait()
         except trio.WouldBlock:
-            await self._send_lock.acquire()
+            try:
+                await self._send_lock.acquire()
+            except BaseException:
+                self._senders -= 1
+                raise
         try:
             try:
                 if whole:
@@ -291,12 +297,40 @@ class _StreamConnection:
                 raise BrokenError(f"connection to {self.peer} broke while sending") from None
         finally:
             self._send_lock.release()
+            self._senders -= 1
 
     async def receive(self) -> bytes | bytearray | None:
         frames = self._frames
         if frames:  # completed by an earlier read
             return frames.popleft()
         decoder = self._decoder
+        if self.partial_since is None and not (self._closed or self._broken or self._eof):
+            # between frames (nothing buffered): the common case of one read holding
+            # one small frame, without the general loop's steps (it does the rest)
+            try:
+                data = await self._read_some(_RECEIVE_SIZE)
+            except trio.ClosedResourceError:
+                raise ClosedError("connection closed") from None
+            except (trio.BrokenResourceError, OSError) as exc:
+                self._broken = f"receive failed: {type(exc).__name__}"
+                data = None
+            if data:
+                try:
+                    done = decoder.feed(data)
+                except FrameError as exc:
+                    self._broken = str(exc)
+                    done = None
+                if done is not None:
+                    if len(done) != 1 or len(done[0]) + FRAME_HEADER_SIZE != len(data):
+                        # not exactly one whole frame: more frames, or one under way
+                        if decoder.buffered:
+                            self.partial_since = trio.current_time()
+                        if len(done) > 1:
+                            frames.extend(done[1:])
+                    if done:
+                        return done[0]
+            elif data is not None:  # the end of the stream, between frames
+                self._eof = True
         while True:
             if self._closed:
                 raise ClosedError("connection closed")

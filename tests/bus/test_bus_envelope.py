@@ -502,7 +502,7 @@ def test_slot_constructors_build_the_dataclass_itself_or_fall_back_to_its_slots(
         a: int
         b: str
 
-    for cls, args, field in ((Message, ("alice", "kind", b"x", 7, 12, MessageType.REQUEST), "kind"),
+    for cls, args, field in ((Message, ("alice", "kind", b"x", 7, 12, MessageType.REQUEST, None), "kind"),
                              (Odd, (1, "b"), "a")):
         made = _slot_constructor(cls)(*args)
         assert type(made) is cls and made == cls(*args) and hash(made) == hash(cls(*args))
