@@ -451,8 +451,10 @@ class DoctorAgent(UserAgent):
         read goes on as soon as t good shares are in (slower requests are
         cancelled)."""
         need = grant["threshold"]
-        body = PeerReencrypt(grant_id=grant["grant_id"], patient=patient, record_id=record_id,
-                             request_id=grant["request_id"], min_height=grant.get("height")).to_wire()
+        # (no patient or request id: the peer reads the grant's; its signed reply names the
+        # request id, checked against ours in _check_share)
+        body = PeerReencrypt(grant_id=grant["grant_id"], record_id=record_id,
+                             min_height=grant.get("height")).to_wire()
         cid = rec["cid"]
         healthy, suspects = self.health.split(self.manifest.peers, self.client.probe_peer)
         plan = ShareCollection(healthy, suspects, need, timeout=self.reencrypt_timeout,

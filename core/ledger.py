@@ -1358,14 +1358,17 @@ class Ledger:
         value = self.get(standing_key(patient, label, epoch))
         return value if isinstance(value, str) else None
 
-    def check_reencryption(self, grant_id: str, doctor: str, patient: str, record_id: str,
+    def check_reencryption(self, grant_id: str, doctor: str, patient: str | None, record_id: str,
                            now_s: int) -> tuple[GrantEntry, RecordEntry]:
         """A peer's live check before re-encrypting; returns (grant, record) or raises
         ValidationError with a reason code (not_found, forbidden, bad_state, not_allowed,
-        cert_revoked, cert_expired)."""
+        cert_revoked, cert_expired). ``patient`` None: the grant's (the record is looked up
+        under the grant's patient)."""
         grant = self.grant(grant_id)
         if grant is None:
             raise ValidationError("not_found", f"no grant {grant_id}")
+        if patient is None:
+            patient = grant.patient
         if grant.doctor != doctor or grant.patient != patient:
             raise ValidationError("forbidden", "grant is for another doctor or patient")
         if grant.revoked:

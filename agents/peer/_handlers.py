@@ -527,7 +527,7 @@ class PeerHandlers:
             # doctor can ask in a loop: one log line per request would be the node's disk for ~100 bytes each)
             raise peer.refusals.refuse(doctor, PeerReencrypt.kind, codes.access_code(exc.code),
                                        exc.message) from None
-        if grant.request_id != request_id:
+        if request_id is not None and grant.request_id != request_id:  # (None: the grant's own)
             raise bus.HandlerError(codes.ACCESS_FORBIDDEN, "the request id is not the grant's")
         if grant.share_digest(peer.peer_id) is None:
             raise bus.HandlerError(codes.SHARE_MISSING, f"grant {grant_id} has no share at {peer.peer_id}")
@@ -548,31 +548,33 @@ class PeerHandlers:
         if (token is None or grant_id not in self._shares
                 or (request.min_height is not None and self.peer.height < request.min_height)):
             return bus.DEFER  # (no cached share: a first read, deferred before the ledger check the handler makes)
-        _, record = self._check_reencryption(msg, request)
-        key = (grant_id, request.request_id, record.cid, record.capsule)
+        grant, record = self._check_reencryption(msg, request)
+        key = (grant_id, grant.request_id, record.cid, record.capsule)
         hit = self._replies.get(key)
         if hit is None or hit[0] is not token:
             return bus.DEFER
         self._shares.move_to_end(grant_id)
         self._replies.move_to_end(key)
         self.reply_hits += 1
-        return self._served(msg, request, hit[1])
+        return self._served(msg, request, grant, hit[1])
 
-    def _served(self, msg: bus.Message, request: PeerReencrypt, reply: PeerReencryptReply) -> PeerReencryptReply:
+    def _served(self, msg: bus.Message, request: PeerReencrypt, grant: GrantEntry,
+                reply: PeerReencryptReply) -> PeerReencryptReply:
         """Log a share about to be served in the access log (or refuse it: the peer is stopping)."""
         peer = self.peer
         if peer.stopping:  # stopped meanwhile: its access log may not take this entry, so the share stays here
             raise bus.HandlerError(codes.BUSY, f"{peer.peer_id} is stopping; ask another peer")
-        peer.audit.add(grant_id=request.grant_id, request_id=request.request_id, record_id=request.record_id,
+        peer.audit.add(grant_id=request.grant_id, request_id=grant.request_id, record_id=request.record_id,
                        doctor=msg.sender)
         self.reencryptions += 1
         return reply
 
     async def _reencrypt(self, msg: bus.Message, request: PeerReencrypt) -> PeerReencryptReply:
-        grant_id, request_id = request.grant_id, request.request_id
+        grant_id = request.grant_id
         if request.min_height is not None and self.peer.height < request.min_height:
             await self._reach(msg, request.min_height, PeerReencrypt.kind)
         grant, record = self._check_reencryption(msg, request)
+        request_id = grant.request_id  # (what the request named, if it named one: checked above)
         prepared = self._shares.get(grant_id)
         if prepared is not None:  # the common case: no coroutine for a cached share
             self._shares.move_to_end(grant_id)
@@ -593,7 +595,7 @@ class PeerHandlers:
             reply = await self.batcher.run(self._reencrypt_job, record.capsule, record.cid, request_id, prepared)
             if token is not None:
                 self._cache(self._replies, key, (token, reply))
-        return self._served(msg, request, reply)
+        return self._served(msg, request, grant, reply)
 
     def _capsule(self, capsule: bytes) -> G1:
         """Worker thread: a record's capsule U as a point (its decoding checks the subgroup),

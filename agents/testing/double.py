@@ -259,6 +259,8 @@ class FakeConsortium:
                                                         int(time.time()))
         except ValidationError as exc:
             raise bus.HandlerError(codes.access_code(exc.code), str(exc)) from None
+        if b["request_id"] is not None and b["request_id"] != grant.request_id:  # (None: the grant's own)
+            raise bus.HandlerError(codes.ACCESS_FORBIDDEN, "the request id is not the grant's")
         share = self.shares.get((pid, b["grant_id"]))
         part = None if grant.delegation is None else self.parts.get((pid, grant.delegation))
         if part is not None:  # derive rk_i = f(x_i) P2_B as a peer does
@@ -268,10 +270,10 @@ class FakeConsortium:
             raise bus.HandlerError(codes.SHARE_MISSING, "no share")
         s = pre.reencrypt(G1.from_bytes(rec.capsule), share).to_bytes()
         index = self.peers[pid].index
-        reply = make_reencrypt_reply(self.peer_keys[pid].ecdsa_private, request_id=b["request_id"], cid=rec.cid,
+        reply = make_reencrypt_reply(self.peer_keys[pid].ecdsa_private, request_id=grant.request_id, cid=rec.cid,
                                      index=index, share=s)
         served = now_ms()  # logged at once, as a batch of one (a real peer collects them: agents.peer._audit)
-        entry = {"grant_id": b["grant_id"], "request_id": b["request_id"], "record_id": b["record_id"],
+        entry = {"grant_id": b["grant_id"], "request_id": grant.request_id, "record_id": b["record_id"],
                  "doctor": msg.sender, "time": served}
         tx = Transaction.create("access_batch", pid, {"index": index, "entries": [entry]},
                                 self.peer_keys[pid].ecdsa_private, served)

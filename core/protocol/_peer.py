@@ -367,15 +367,19 @@ class PeerDeliverShareReply(Message, kind="peer.deliver_share", row=True):
 # -- peer.reencrypt ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)  # (optional fields between required ones)
 class PeerReencrypt(Message, kind="peer.reencrypt", row=True):
     """``min_height`` (optional): the grant's block; a peer below it waits a bounded
-    time for it (``query.behind`` after), so a grant just committed is found."""
+    time for it (``query.behind`` after), so a grant just committed is found.
+    ``patient`` and ``request_id`` (optional, nil in the row): the grant's own, which
+    the peer reads from the committed grant (a doctor sends nil; given, they must be
+    the grant's). The reply's signature covers the grant's request id, which the
+    doctor checks against the one it holds."""
 
     grant_id: str = wire(Id())
-    patient: str = wire(Id())
+    patient: str | None = wire(Optional(Id()), default=None)
     record_id: str = wire(Id())
-    request_id: str = wire(Id())
+    request_id: str | None = wire(Optional(Id()), default=None)
     min_height: int | None = wire(Optional(_HEIGHT), default=None, omit_none=True)
 
 

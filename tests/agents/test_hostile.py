@@ -153,7 +153,8 @@ async def test_rows_that_do_not_decode_are_bad_requests_and_the_legitimate_reads
             mallory = a["mallory"]
             for sender, kind, body in (
                     (evil, "peer.reencrypt", [grant_id, 5, rid, grant["request_id"]]),  # patient not an id
-                    (evil, "peer.reencrypt", [grant_id, "alice", rid]),  # request_id missing
+                    (evil, "peer.reencrypt", [grant_id, None]),  # record_id missing
+                    (evil, "peer.reencrypt", [grant_id, None, rid, 7]),  # request_id not an id
                     (evil, "peer.query", ["record", "alice"]),  # record_id missing
                     (evil, "peer.query", [["record"], "alice", rid]),
                     (mallory, "peer.deliver_share", [grant_id, 0, b"x"]),  # proxy index 0

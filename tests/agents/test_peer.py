@@ -26,7 +26,7 @@ from core.enrollment import EnrollmentToken
 from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import make_genesis
 from core.lightclient import CertificateLightClient
-from core.protocol import PeerDeliverShareReply, PeerReencryptReply
+from core.protocol import PeerDeliverShareReply, PeerReencrypt, PeerReencryptReply
 from core.policy import parse as parse_policy
 from core.state import token_key
 from core.tx import Transaction
@@ -415,6 +415,22 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
             with pytest.raises(bus.RemoteError) as info:
                 await doc.endpoint.request("peer-a-1", "peer.reencrypt", {**ask, "request_id": "req-x"})
             assert info.value.code == "access.forbidden"
+            with pytest.raises(bus.RemoteError) as info:  # another patient's record under this grant
+                await doc.endpoint.request("peer-a-1", "peer.reencrypt", {**ask, "patient": "bob"})
+            assert info.value.code == "access.forbidden"
+            # the lean form (what a doctor sends): no patient, no request id; the peer reads the
+            # grant's, and its signature covers the grant's request id
+            lean = PeerReencrypt(grant_id="g-1", record_id="rec-1").to_wire()
+            assert lean == ["g-1", None, "rec-1"]
+            r = PeerReencryptReply.from_wire(await doc.endpoint.request("peer-b-4", "peer.reencrypt", lean))
+            assert r.share == shares[1].to_bytes()
+            assert ecdsa.is_valid(c.infos["peer-b-4"].ecdsa_key, REENCRYPTION_TAG,
+                                  canonical.pack(["req-1", body["cid"], c.infos["peer-b-4"].index, r.share]),
+                                  r.signature)
+            while sum(e["event"] == "access" for e in trail) != 5:
+                await trio.sleep(0.02)
+                trail = (await alice.endpoint.request("peer-a-1", "peer.audit", {"patient": "alice"}))["events"]
+            assert [e["request_id"] for e in trail if e["event"] == "access"] == ["req-1"] * 5
             # revocation: every peer refuses from the committing block on
             assert (await alice.submit("peer-a-1", "revoke_grant", {"grant_id": "g-1", "reason": "done"}))["mark"] == "ok"
             for pid in peers:
