@@ -44,9 +44,11 @@ fewer, fuller batches (docs/security.md, "Access audit").
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -85,12 +87,14 @@ class AccessJournal:
     once (the kernel has it: a process crash loses nothing); :meth:`sync` makes it durable
     (the peer calls it every :data:`SYNC_S` seconds while the journal changed). A torn last
     record (a crash mid-write) is ignored when read. :meth:`rewrite` replaces the file
-    atomically (temporary file, fsync, rename)."""
+    atomically (temporary file, fsync, rename). Used from one event loop (and the sync
+    thread of :meth:`syncing`)."""
 
     def __init__(self, path: Path, *, max_bytes: int = JOURNAL_MAX_BYTES):
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.dirty = False
+        self._lock = threading.Lock()  # the file descriptor, against the sync thread (syncing())
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = os.fstat(self._fd).st_size
 
@@ -127,8 +131,35 @@ class AccessJournal:
         self.dirty = True
 
     def sync(self) -> None:
-        self.dirty = False
-        os.fdatasync(self._fd)
+        with self._lock:
+            self.dirty = False
+            if self._fd >= 0:
+                os.fdatasync(self._fd)
+
+    def syncing(self, interval: float) -> "contextlib.AbstractContextManager[None]":
+        """While in this context, a thread of its own syncs the journal every ``interval``
+        seconds when it changed (no hop through the event loop: it only waits on the disk)."""
+        stop = threading.Event()
+
+        def syncer() -> None:
+            while not stop.wait(interval):
+                if self.dirty:  # (an append racing this is synced next round)
+                    try:
+                        self.sync()
+                    except OSError as exc:
+                        log.error("access journal %s: fdatasync failed: %s", self.path, exc)
+
+        thread = threading.Thread(target=syncer, name="access-journal-sync", daemon=True)
+
+        @contextlib.contextmanager
+        def running():
+            thread.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                thread.join()
+        return running()
 
     def rewrite(self, records: Iterable[list[Any]]) -> None:
         """Replace the file by ``records``, atomically and durably."""
@@ -146,15 +177,17 @@ class AccessJournal:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self.size = len(data)
-        self.dirty = False
+        with self._lock:
+            os.close(self._fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            self.size = len(data)
+            self.dirty = False
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class AccessLog:
@@ -252,18 +285,8 @@ class AccessLog:
 
     async def run(self) -> None:
         """Sign and forward batches (and sync the journal) until cancelled."""
-        async with trio.open_nursery() as nursery:
-            if self.journal is not None:
-                nursery.start_soon(self._sync_journal)
+        with self.journal.syncing(self.sync_interval) if self.journal is not None else contextlib.nullcontext():
             await self._publish()
-
-    async def _sync_journal(self) -> None:
-        journal = self.journal
-        assert journal is not None
-        while True:
-            await trio.sleep(self.sync_interval)
-            if journal.dirty:
-                await trio.to_thread.run_sync(journal.sync)
 
     async def _publish(self) -> None:
         delay = self.retry_min

@@ -306,6 +306,28 @@ def test_a_torn_last_record_is_ignored(tmp_path):
     assert AccessJournal(tmp_path / "j").read() == [["e", {"time": 1}]]
 
 
+def test_the_sync_thread_fdatasyncs_what_changed_and_stops_with_its_context(tmp_path, monkeypatch):
+    import os
+    import time
+
+    synced = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+    journal = AccessJournal(tmp_path / "j")
+    with journal.syncing(0.01):
+        time.sleep(0.05)
+        assert synced == []  # nothing changed
+        journal.append(["e", {"time": 1}])
+        deadline = time.monotonic() + 30
+        while journal.dirty and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not journal.dirty and len(synced) == 1
+    journal.append(["e", {"time": 2}])
+    time.sleep(0.05)
+    assert journal.dirty and len(synced) == 1  # the thread stopped with its context
+    journal.close()
+
+
 async def test_the_journal_stays_bounded_it_keeps_only_what_the_orderer_did_not_take(autojump_clock, tmp_path):
     orderer = Orderer()
     log = make_log(orderer, window=0.01, journal=AccessJournal(tmp_path / "j", max_bytes=20_000))
