@@ -190,6 +190,16 @@ class AccessJournal:
                 self._fd = -1
 
 
+def _well_formed(entry: dict[str, Any]) -> bool:
+    """A journaled entry the ledger would take in a batch (else one bad record, of a damaged
+    file, would void the batch of every entry replayed with it): logged and skipped."""
+    ok = (len(entry) == len(ACCESS_ENTRY_FIELDS) and all(type(entry.get(f)) is str for f in ACCESS_ENTRY_FIELDS[:4])
+          and type(entry.get("time")) is int)
+    if not ok:
+        log.error("access journal: a damaged entry skipped")
+    return ok
+
+
 class AccessLog:
     """Collects served re-encryptions (:meth:`add`) and publishes them (:meth:`run`).
 
@@ -353,7 +363,8 @@ class AccessLog:
                 self._unsent_entries += len(chunk)
                 self.recovered += len(chunk)
         oldest_ms = int((self._clock() - self.max_age) * 1000)
-        fresh = [e for e in queue if isinstance(e.get("time"), int) and e["time"] >= oldest_ms]
+        queue = [e for e in queue if _well_formed(e)]
+        fresh = [e for e in queue if e["time"] >= oldest_ms]
         if len(fresh) < len(queue):
             self.dropped += len(queue) - len(fresh)
             log.error("access journal: %d re-encryptions served more than %.0f s before the restart could not be "

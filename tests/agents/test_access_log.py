@@ -296,6 +296,18 @@ async def test_the_restart_skips_committed_batches_and_entries_too_old_to_log(au
     assert later.journal.read() == []
 
 
+async def test_a_damaged_journaled_entry_is_skipped_not_signed_with_the_others(autojump_clock, tmp_path):
+    journal = AccessJournal(tmp_path / "j")
+    good = {"grant_id": "g1", "request_id": "r1", "record_id": "rec-0", "doctor": "bob", "time": int(T * 1000)}
+    journal.append(["e", good])
+    journal.append(["e", {**good, "record_id": 7}])
+    journal.append(["e", {**good, "extra": 1}])
+    journal.close()
+    log = make_log(Orderer(), journal=AccessJournal(tmp_path / "j"))
+    log.recover(lambda raw: False)
+    assert log.recovered == 1 and log.pending == 1 and log.journal.read() == [["e", good]]
+
+
 def test_a_torn_last_record_is_ignored(tmp_path):
     journal = AccessJournal(tmp_path / "j")
     journal.append(["e", {"time": 1}])
