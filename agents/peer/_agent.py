@@ -126,11 +126,10 @@ class PeerAgent:
         self.handlers = PeerHandlers(self)
         # a batch must still be within the timestamp skew when its block is cut;
         # its signature is small crypto, made on the event loop (_run_audit_sign); what is
-        # served is journaled first (replayed by run() after a crash)
+        # served is journaled first (opened and replayed by run(), after a crash too)
         self.audit = AccessLog(index=info.index, sign=self._sign_access_batch, forward=self._forward_audit, clock=clock,
                                window=audit_window, max_age=self.config.max_skew_ms / 2000,
-                               run_sign=self._run_audit_sign,
-                               journal=AccessJournal(self.data_dir / "access-journal"))
+                               run_sign=self._run_audit_sign)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -146,6 +145,7 @@ class PeerAgent:
                 self._commit_subscribers.add(commits_owner(topic))
             return ok
 
+        journal = self.audit.journal = AccessJournal(self.data_dir / "access-journal")
         self.audit.recover(self._batch_committed)  # before any share is served (and journaled)
         ep = make_endpoint(node, self.peer_id, self.keys.ecdsa_private, self.directory,
                            admit_subscriber=admit_subscriber)
@@ -176,8 +176,7 @@ class PeerAgent:
                         await self.audit.flush(lambda txs: self.forwarder.send_now(ep, txs))
                 await ep.aclose()
             self.store.close()
-            if self.audit.journal is not None:
-                self.audit.journal.close()
+            journal.close()
 
     @staticmethod
     async def _run_audit_sign(sign: Callable[[dict[str, Any], int], bytes], body: dict[str, Any],
