@@ -1266,6 +1266,10 @@ class Ledger:
         oldest = max(0, tx.timestamp - self.rules.config.max_skew_ms)
         seen: set[tuple] = set()
         read: dict[str, Any] = {}
+        # an entry's checks but its time's, by (grant_id, request_id, record_id, doctor): the
+        # same for every entry naming them (nothing in a batch writes grants or records)
+        served: dict[tuple, tuple[dict[str, Any], dict[str, bool]]] = {}
+        late_by = self.rules.config.max_skew_ms * LATE_SERVE_SKEWS
         events = []
         for entry in entries:
             if not isinstance(entry, dict):
@@ -1281,11 +1285,13 @@ class Ledger:
             if fields in seen:
                 raise ValidationError("malformed", "an access batch lists the same entry twice")
             seen.add(fields)
-            grant = self._served_grant(state, tx.submitter, entry, True, read)
-            flags = _grant_flags(grant)
+            hit = served.get(fields[:4])
+            if hit is None:
+                grant = self._served_grant(state, tx.submitter, entry, True, read)
+                hit = served[fields[:4]] = (grant, _grant_flags(grant))
+            grant, flags = hit[0], dict(hit[1])
             # late: served before the peer saw the revocation or expiry, so at most
             # LATE_SERVE_SKEWS skews after it (an honest peer checks both before serving)
-            late_by = self.rules.config.max_skew_ms * LATE_SERVE_SKEWS
             if grant["revoked"]:
                 if entry["time"] > grant.get("revoked_at", entry["time"]) + late_by:
                     raise ValidationError("bad_state", "an access entry served long after its grant was revoked")
@@ -1296,10 +1302,17 @@ class Ledger:
                 flags["late"] = "expired"
             events.append((grant["patient"], entry, flags))
         tx_hash = hashlib.sha256(tx.to_bytes()).digest()
+        height, peer_index = block.height, body["index"]
         for n, (patient, entry, flags) in enumerate(events):
-            self._audit(state, patient, block, index, tx, n, tx_hash, event="access", time=entry["time"],
-                        grant_id=entry["grant_id"], request_id=entry["request_id"], record_id=entry["record_id"],
-                        doctor=entry["doctor"], peer=tx.submitter, share_index=body["index"], **flags)
+            # what _audit writes (event "access", the entry's time), built in key order: canonical
+            # encoding then takes the map as it is (the same bytes; ~64 events a batch, on every peer)
+            event = {"actor": tx.submitter, "doctor": entry["doctor"], "entry": n, "event": "access",
+                     "grant_id": entry["grant_id"], "height": height, "peer": tx.submitter,
+                     "record_id": entry["record_id"], "request_id": entry["request_id"], "share_index": peer_index,
+                     "time": entry["time"], "tx": tx_hash}
+            if flags:
+                event = dict(sorted({**event, **flags}.items()))
+            state.put(audit_key(patient, height, index, n), event)
 
     # -- queries (read committed state) -------------------------------------
 

@@ -50,7 +50,7 @@ from core import canonical
 from core.errors import DecodeError
 from core.ledger import CONFIG_KEY, Block, CommitResult, Ledger, effect_key, parse_genesis
 from core.protocol import COMMITS, EVENT_TYPES, CommitNotice, Decision, PeerEvent, commits_owner, commits_topic
-from core.state import CertEntry, GrantEntry, certs_prefix, entry_key, parse_key
+from core.state import CertEntry, GrantEntry, certs_prefix, entry_key, nonce_key, parse_key
 from core.tx import Transaction
 
 from agents.admission import Classifier, Refusals
@@ -58,7 +58,7 @@ from agents.consortium import Manifest
 from agents.handlers import serve
 from agents.keys import AgentKeys
 from agents.ledger_store import LedgerStore
-from agents.peer._audit import WINDOW_S, AccessLog
+from agents.peer._audit import WINDOW_S, AccessJournal, AccessLog
 from agents.peer._forwarder import TxForwarder
 from agents.peer._handlers import PeerHandlers
 from agents.peer._sync import BlockSync
@@ -125,7 +125,8 @@ class PeerAgent:
                               retry_interval=retry_interval)
         self.handlers = PeerHandlers(self)
         # a batch must still be within the timestamp skew when its block is cut;
-        # its signature is small crypto, made on the event loop (_run_audit_sign)
+        # its signature is small crypto, made on the event loop (_run_audit_sign); what is
+        # served is journaled first (opened and replayed by run(), after a crash too)
         self.audit = AccessLog(index=info.index, sign=self._sign_access_batch, forward=self._forward_audit, clock=clock,
                                window=audit_window, max_age=self.config.max_skew_ms / 2000,
                                run_sign=self._run_audit_sign)
@@ -144,6 +145,8 @@ class PeerAgent:
                 self._commit_subscribers.add(commits_owner(topic))
             return ok
 
+        journal = self.audit.journal = AccessJournal(self.data_dir / "access-journal")
+        self.audit.recover(self._batch_committed)  # before any share is served (and journaled)
         ep = make_endpoint(node, self.peer_id, self.keys.ecdsa_private, self.directory,
                            admit_subscriber=admit_subscriber)
         self.endpoint = ep
@@ -173,6 +176,7 @@ class PeerAgent:
                         await self.audit.flush(lambda txs: self.forwarder.send_now(ep, txs))
                 await ep.aclose()
             self.store.close()
+            journal.close()
 
     @staticmethod
     async def _run_audit_sign(sign: Callable[[dict[str, Any], int], bytes], body: dict[str, Any],
@@ -185,6 +189,15 @@ class PeerAgent:
         signing itself; under a read load served from the reply cache few re-encryption batches
         run for a signature to ride with)."""
         return await run_crypto(sign, body, timestamp_ms, small=True)
+
+    def _batch_committed(self, raw: bytes) -> bool:
+        """Whether the ledger committed this (journaled) ``access_batch``: its nonce is used
+        (only a valid transaction records it). A batch that does not decode is not replayed."""
+        try:
+            tx = Transaction.from_bytes(raw)
+        except (DecodeError, ValueError):
+            return True
+        return self.store.get(nonce_key(tx.submitter, tx.nonce)) is not None
 
     def _sign_access_batch(self, body: dict[str, Any], timestamp_ms: int) -> bytes:
         """The encoded ``access_batch`` transaction (:class:`AccessLog`'s signer; inline or in a

@@ -17,7 +17,7 @@ from core.ledger import MAX_ACCESS_ENTRIES
 from core.protocol import codes
 
 from agents.errors import AgentError
-from agents.peer._audit import AccessLog
+from agents.peer._audit import AccessJournal, AccessLog
 
 T = 1_780_000_000.0
 
@@ -235,6 +235,128 @@ async def test_flush_at_stop_signs_and_sends_what_is_pending_or_counts_it_lost(a
     assert log.pending == 0 and log.dropped == 2
 
 
+# ------------------------------------------------------------------ the journal (crash and restart)
+
+
+def journaled(tmp_path, orderer, **kw):
+    return make_log(orderer, journal=AccessJournal(tmp_path / "access-journal"), **kw)
+
+
+def logged_entries(orderer):
+    return [(e["record_id"], e["time"]) for _, body in batches(orderer.taken) for e in body["entries"]]
+
+
+async def test_a_crash_loses_no_served_entry_the_restart_replays_the_journal(autojump_clock, tmp_path):
+    down = Orderer(fail=10**6)
+    log = journaled(tmp_path, down, window=0.05)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        add(log, 5)
+        await trio.sleep(0.1)  # signed as one batch, not taken: the orderer is down
+        add(log, 2, grant="g2")  # served, not yet signed
+        nursery.cancel_scope.cancel()  # the crash: no flush
+    log.journal.close()
+    assert down.taken == [] and len(down.calls) >= 1
+    unsent = down.calls[0][0]
+    up = Orderer()
+    again = journaled(tmp_path, up, window=0.05)
+    again.recover(lambda raw: False)
+    assert again.recovered == 7 and again.pending == 7
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(again.run)
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    assert up.taken[0] == unsent  # the signed batch again, the same bytes (a copy is refused by its nonce)
+    assert sorted(logged_entries(up)) == sorted([(f"rec-{i}", int(T * 1000)) for i in range(5)]
+                                                + [(f"rec-{i}", int(T * 1000)) for i in range(2)])
+    assert [b[1]["entries"][0]["grant_id"] for b in batches(up.taken)] == ["g1", "g2"]
+    again.journal.close()
+    # after the restart's replay was taken, nothing is replayed a second time
+    third = journaled(tmp_path, Orderer())
+    third.recover(lambda raw: raw in up.taken)
+    assert third.recovered == 0 and third.pending == 0
+
+
+async def test_the_restart_skips_committed_batches_and_entries_too_old_to_log(autojump_clock, tmp_path):
+    orderer = Orderer()
+    clock = [T]
+    log = journaled(tmp_path, orderer, window=0.05, clock=lambda: clock[0], max_age=10.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        add(log, 3)
+        await trio.sleep(0.1)
+        assert len(orderer.taken) == 1  # taken (and, below, committed)
+        add(log, 1, grant="g2")
+        nursery.cancel_scope.cancel()
+    log.journal.close()
+    clock[0] += 11.0  # the restart comes after max_age: the unsigned entry can no longer be logged
+    later = journaled(tmp_path, Orderer(), clock=lambda: clock[0], max_age=10.0)
+    later.recover(lambda raw: raw in orderer.taken)
+    assert (later.recovered, later.pending, later.dropped) == (0, 0, 1)
+    assert later.journal.read() == []
+
+
+async def test_a_damaged_journaled_entry_is_skipped_not_signed_with_the_others(autojump_clock, tmp_path):
+    journal = AccessJournal(tmp_path / "j")
+    good = {"grant_id": "g1", "request_id": "r1", "record_id": "rec-0", "doctor": "bob", "time": int(T * 1000)}
+    journal.append(["e", good])
+    journal.append(["e", {**good, "record_id": 7}])
+    journal.append(["e", {**good, "extra": 1}])
+    journal.close()
+    log = make_log(Orderer(), journal=AccessJournal(tmp_path / "j"))
+    log.recover(lambda raw: False)
+    assert log.recovered == 1 and log.pending == 1 and log.journal.read() == [["e", good]]
+
+
+def test_a_torn_last_record_is_ignored(tmp_path):
+    journal = AccessJournal(tmp_path / "j")
+    journal.append(["e", {"time": 1}])
+    journal.append(["e", {"time": 2}])
+    journal.close()
+    data = (tmp_path / "j").read_bytes()
+    (tmp_path / "j").write_bytes(data[:-3])
+    assert AccessJournal(tmp_path / "j").read() == [["e", {"time": 1}]]
+
+
+def test_the_sync_thread_fdatasyncs_what_changed_and_stops_with_its_context(tmp_path, monkeypatch):
+    import os
+    import time
+
+    synced = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+    journal = AccessJournal(tmp_path / "j")
+    with journal.syncing(0.01):
+        time.sleep(0.05)
+        assert synced == []  # nothing changed
+        journal.append(["e", {"time": 1}])
+        deadline = time.monotonic() + 30
+        while journal.dirty and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not journal.dirty and len(synced) == 1
+    journal.append(["e", {"time": 2}])
+    time.sleep(0.05)
+    assert journal.dirty and len(synced) == 1  # the thread stopped with its context
+    journal.close()
+
+
+async def test_the_journal_stays_bounded_it_keeps_only_what_the_orderer_did_not_take(autojump_clock, tmp_path):
+    orderer = Orderer()
+    log = make_log(orderer, window=0.01, journal=AccessJournal(tmp_path / "j", max_bytes=20_000))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(log.run)
+        for i in range(100):
+            add(log, 10, grant=f"g{i}")
+            await trio.sleep(0.05)
+            assert log.journal.size <= 20_000 + 10_000
+        nursery.cancel_scope.cancel()
+    assert log.logged == 1000
+    records = log.journal.read()
+    assert sum(r[0] == "e" for r in records) < 200  # rewritten: not every entry ever served
+    await log.flush()
+    assert log.journal.read() == [] and log.journal.size == 0
+
+
 # ------------------------------------------------------------------ a real swarm
 
 
@@ -403,3 +525,41 @@ async def test_entries_being_signed_still_count_as_pending_and_by_their_age(auto
         await trio.sleep(0.1)
         assert log.pending == 0 and log.logged == 3 and not log.full and log.oldest_age == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_crashes_with_unlogged_reads_logs_them_after_its_restart(tmp_path):
+    with trio.fail_after(120):
+        async with _swarm(tmp_path) as (swarm, p, d, rid):
+            peer = _peers(swarm)["peer-a1"]
+            await d.read("alice", rid)
+
+            async def orderer_down(txs):
+                raise bus.HandlerError(codes.SUBMIT_UNAVAILABLE, "orderer unavailable")
+
+            async def crash(forward=None):
+                return None  # a crash: nothing flushed at stop
+
+            peer.audit._forward = orderer_down
+            peer.audit.flush = crash
+            while peer.audit.pending < 3:  # reads until peer-a1 served some (the doctor picks t of 4 peers)
+                await d.read("alice", rid)
+            unlogged = peer.audit.pending
+            await swarm.stop_agent("peer-a1")
+            await swarm.start_agent("peer-a1")
+            restarted = _peers(swarm)["peer-a1"]
+            assert restarted is not peer and restarted.audit.recovered == unlogged
+            peers = _peers(swarm)
+
+            def served() -> dict[str, int]:
+                out = {pid: q.handlers.reencryptions for pid, q in peers.items() if pid != "peer-a1"}
+                out["peer-a1"] = peer.handlers.reencryptions + restarted.handlers.reencryptions
+                return out
+
+            while len(await _logged(swarm, "peer-a2")) < sum(served().values()) or \
+                    any(q.audit.pending for q in peers.values()):
+                await trio.sleep(0.2)
+            await trio.sleep(1.0)  # nothing more comes: every share once
+            events = await _logged(swarm, "peer-a2")
+            served = served()
+            for pid, n in served.items():  # every share served, once, the crashed peer's too
+                assert len([e for e in events if e["peer"] == pid]) == n, pid

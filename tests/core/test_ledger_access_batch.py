@@ -363,3 +363,31 @@ def test_audit_pages_follow_each_other_on_both_kvs(c, tmp_path):
         with pytest.raises(ValueError):
             ledger.audit_page("alice", "audit/bob/000000000001/00000")
     store.close()
+
+
+def test_an_entrys_checks_are_shared_only_by_entries_naming_the_same_grant_request_record_and_doctor(c):
+    # g1 is bob's: an entry for carol under it is refused though an earlier entry checked g1
+    assert c.block(batch(c, "p1", [entry(c, dt=30), entry(c, doctor="carol", dt=20)])).marks == ("forbidden",)
+    assert c.block(batch(c, "p1", [entry(c, dt=30), entry(c, record="rec-2", dt=20)])).marks == ("forbidden",)
+    assert c.block(batch(c, "p1", [entry(c, dt=30), entry(c, request="r2", dt=20)])).marks == ("forbidden",)
+
+
+def test_the_access_events_are_the_canonical_bytes_of_the_audit_map(c):
+    from core import canonical
+    from core.state import grant_key
+
+    entries = [entry(c, dt=50), entry(c, "g2", "carol", "r2", dt=40), entry(c, dt=30), entry(c, dt=20)]
+    assert c.block(c.tx("revoke_grant", "alice", {"grant_id": "g1", "reason": "done"})).marks == ("ok",)
+    tx = batch(c, "p2", entries)
+    result = c.block(c.tx("store", "alice", c.store_body("rec-3")), tx)
+    assert result.marks == ("ok", "ok")
+    assert c.kv.get(grant_key("g1")) is not None
+    tx_hash = hashlib.sha256(tx.to_bytes()).digest()
+    for n, e in enumerate(entries):
+        flags = {"late": "revoked"} if e["grant_id"] == "g1" else {}
+        # what Ledger._audit writes for the n-th entry (insertion order irrelevant: canonical)
+        expected = {"event": "access", "actor": "p2", "time": e["time"], "height": result.height, "tx": tx_hash,
+                    "entry": n, "grant_id": e["grant_id"], "request_id": e["request_id"],
+                    "record_id": e["record_id"], "doctor": e["doctor"], "peer": "p2",
+                    "share_index": c.config.peer("p2").index, **flags}
+        assert c.kv.get(audit_key("alice", result.height, 1, n)) == canonical.pack(expected)
