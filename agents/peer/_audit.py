@@ -347,7 +347,9 @@ class AccessLog:
         queue: list[dict[str, Any]] = []
         batches: list[tuple[bytes, list[dict[str, Any]]]] = []
         for record in records:
-            if record[0] == "e" and len(record) == 2 and isinstance(record[1], dict):
+            if not isinstance(record, list) or not record:  # (a damaged record: no kind to look at)
+                log.warning("access journal: a damaged record skipped")
+            elif record[0] == "e" and len(record) == 2 and isinstance(record[1], dict):
                 queue.append(record[1])
             elif record[0] == "b" and len(record) == 3 and isinstance(record[1], int) and \
                     isinstance(record[2], bytes):
