@@ -87,16 +87,25 @@ class AccessJournal:
     once (the kernel has it: a process crash loses nothing); :meth:`sync` makes it durable
     (the peer calls it every :data:`SYNC_S` seconds while the journal changed). A torn last
     record (a crash mid-write) is ignored when read. :meth:`rewrite` replaces the file
-    atomically (temporary file, fsync, rename). Used from one event loop (and the sync
-    thread of :meth:`syncing`)."""
+    atomically (temporary file, fsync, rename); :meth:`rewrite_off_loop` does the same with
+    the writing and the fsyncs on a worker thread, keeping what is appended meanwhile. Used
+    from one event loop (and the sync thread of :meth:`syncing`)."""
 
-    def __init__(self, path: Path, *, max_bytes: int = JOURNAL_MAX_BYTES):
+    def __init__(self, path: Path, *, max_bytes: int = JOURNAL_MAX_BYTES,
+                 run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync):
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self._run_sync = run_sync  # rewrite_off_loop's worker thread (tests on a virtual clock: inline)
         self.dirty = False
         self._lock = threading.Lock()  # the file descriptor, against the sync thread (syncing())
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = os.fstat(self._fd).st_size
+        self._during_rewrite: list[bytes] | None = None  # frames appended while rewrite_off_loop runs
+
+    @property
+    def rewriting(self) -> bool:
+        """True while :meth:`rewrite_off_loop` runs."""
+        return self._during_rewrite is not None
 
     @staticmethod
     def _frame(record: list[Any]) -> bytes:
@@ -129,6 +138,8 @@ class AccessJournal:
         os.write(self._fd, frame)
         self.size += len(frame)
         self.dirty = True
+        if self._during_rewrite is not None:  # (in the old file now, and in the new one once it is in place)
+            self._during_rewrite.append(frame)
 
     def sync(self) -> None:
         with self._lock:
@@ -182,6 +193,55 @@ class AccessJournal:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             self.size = len(data)
             self.dirty = False
+
+    async def rewrite_off_loop(self, records: Iterable[list[Any]]) -> None:
+        """:meth:`rewrite`, with the file written and fsynced on a worker thread (the event loop
+        only encodes ``records``, then renames). Records appended meanwhile go to the old file
+        as usual and are copied to the new one before it takes the old one's place, so a crash
+        at any point leaves a file holding every record: the old one (a superset: what the
+        orderer took since is recognized at replay) or the new one. Not concurrent with another
+        rewrite (:attr:`rewriting`)."""
+        if self._during_rewrite is not None:
+            raise RuntimeError("a journal rewrite is already running")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        data = b"".join(self._frame(r) for r in records)
+
+        def write() -> int:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+
+        self._during_rewrite = []
+        try:
+            fd = await self._run_sync(write)
+            try:
+                extra = b"".join(self._during_rewrite)
+                if extra:
+                    os.write(fd, extra)  # (made durable by the next sync, as any append)
+                os.replace(tmp, self.path)
+            except BaseException:
+                os.close(fd)
+                raise
+        finally:
+            self._during_rewrite = None
+        with self._lock:
+            os.close(self._fd)
+            self._fd = fd
+            self.size = len(data) + len(extra)
+            self.dirty = bool(extra)
+        await self._run_sync(self._sync_directory)
+
+    def _sync_directory(self) -> None:
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def close(self) -> None:
         with self._lock:
@@ -418,8 +478,9 @@ class AccessLog:
             journal = self.journal
             if journal is not None:
                 journal.append(["b", len(chunk), raw])
-                if journal.size > journal.max_bytes:
-                    self._compact()
+                if journal.size > journal.max_bytes and not journal.rewriting:
+                    # (the writing and fsyncs on a thread: the peer keeps serving meanwhile)
+                    await journal.rewrite_off_loop(self._live_records())
 
     async def _send(self, forward: Callable[[list[bytes]], Awaitable[None]]) -> bool:
         """Forward every unsent batch; False when the orderer did not take them."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import time
 
 import pytest
 import trio
@@ -342,7 +344,7 @@ def test_the_sync_thread_fdatasyncs_what_changed_and_stops_with_its_context(tmp_
 
 async def test_the_journal_stays_bounded_it_keeps_only_what_the_orderer_did_not_take(autojump_clock, tmp_path):
     orderer = Orderer()
-    log = make_log(orderer, window=0.01, journal=AccessJournal(tmp_path / "j", max_bytes=20_000))
+    log = make_log(orderer, window=0.01, journal=AccessJournal(tmp_path / "j", max_bytes=20_000, run_sync=inline))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(log.run)
         for i in range(100):
@@ -563,3 +565,37 @@ async def test_a_peer_that_crashes_with_unlogged_reads_logs_them_after_its_resta
             served = served()
             for pid, n in served.items():  # every share served, once, the crashed peer's too
                 assert len([e for e in events if e["peer"] == pid]) == n, pid
+
+
+async def test_a_rewrite_off_the_loop_keeps_what_is_appended_while_it_runs(tmp_path, monkeypatch):
+    journal = AccessJournal(tmp_path / "j")
+    for i in range(5):
+        journal.append(["e", {"time": i}])
+    in_thread = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):  # the worker thread's fsync of the new file: appends happen meanwhile
+        trio.from_thread.run_sync(in_thread.set, trio_token=token)
+        time.sleep(0.2)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.rewrite_off_loop, [["e", {"time": 3}], ["e", {"time": 4}]])
+        await in_thread.wait()
+        assert journal.rewriting
+        with pytest.raises(RuntimeError):
+            await journal.rewrite_off_loop([])
+        journal.append(["e", {"time": 10}])
+        journal.append(["b", 1, b"raw"])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert not journal.rewriting
+    want = [["e", {"time": 3}], ["e", {"time": 4}], ["e", {"time": 10}], ["b", 1, b"raw"]]
+    assert journal.read() == want
+    assert journal.size == (tmp_path / "j").stat().st_size and journal.dirty
+    journal.append(["e", {"time": 11}])  # the journal writes to the new file
+    assert journal.read() == want + [["e", {"time": 11}]]
+    assert not (tmp_path / "j.tmp").exists()
+    assert (tmp_path / "j").stat().st_mode & 0o777 == 0o600
+    journal.close()

@@ -147,7 +147,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--html", type=Path,
                    help="write the HTML report here: one offline page, summary tables first, then charts "
                         "with the faults marked (needs matplotlib, from the bench extra)")
-    g.add_argument("--probes", type=int, default=3, help="isolated probe operations of each kind (default 3)")
+    g.add_argument("--probes", type=int, default=4, help="isolated probe operations of each kind (default 4; the first access is reported in a row of its own)")
     g.add_argument("--breakdown", action="store_true",
                    help="also print the bus traffic of each probed operation by message kind (messages, bits, "
                         "bits per message, share); the JSON report always has it (by_kind)")
