@@ -426,8 +426,10 @@ class DoctorAgent(UserAgent):
                                                    timeout=self.patient_timeout)
             except bus.RemoteError as exc:
                 error = remote_error(exc, f"asking {patient}")
-                if isinstance(error, UnknownAgent) and attempt + 1 < _UNKNOWN_SENDER_RETRIES:
-                    await trio.sleep(delay)  # the patient is looking our certificate up
+                if (isinstance(error, UnknownAgent) or exc.code == codes.BUSY) and \
+                        attempt + 1 < _UNKNOWN_SENDER_RETRIES:
+                    # the patient is looking our certificate up, or waits for our other requests already
+                    await trio.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
                 if isinstance(error, PolicyDenied):

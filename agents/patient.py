@@ -127,6 +127,11 @@ DEFAULT_GRANT_TTL_S = 24 * 3600
 _READ_PIECE = 1 << 20
 RECEIVERS_KEPT = 256
 """Doctors' receiving keys whose proof of possession a patient remembers as verified."""
+ANSWERS_WAITING_PER_DOCTOR = 2
+"""Access requests of one doctor that may wait at once for their request to commit
+(``busy`` beyond): half of the waiting slots a peer gives this patient
+(:data:`agents.admission.MAX_WAITING_PER_SENDER`), so a doctor naming heights the
+ledger has not reached cannot take the patient's own height-bound reads' slots."""
 
 
 def _new_id(prefix: str) -> str:
@@ -147,7 +152,9 @@ class PatientAgent(UserAgent):
         self._records_dirty = False  # a store's local entry not saved yet (see _save_records_soon)
         self._records_saving = False
         self.refusals = Refusals(self.subject)
-        self.waiting = WaitGate(self.refusals)  # access requests waiting for their request to commit
+        # access requests waiting for their request to commit: at most 2 per doctor, so that one doctor
+        # holds at most half of this patient's waiting slots at a peer (its per-sender cap is 4)
+        self.waiting = WaitGate(self.refusals, per_sender=ANSWERS_WAITING_PER_DOCTOR)
         serve(self.endpoint, self.handlers(),
               on_decode_error=lambda exc: UnknownRequest(f"patient.access_request needs a request_id: {exc}"),
               classifier=Classifier(peers=self.manifest.peers, orderer=self.manifest.orderer,

@@ -19,7 +19,8 @@ label, without the fields its request does not need, with the patient's
 certificate entry when asked (``owner_cert``); request and grant to
 their patient and doctor; everything to consortium nodes);
 a query with ``min_height`` above the peer's height waits for that block
-(at most ``QUERY_WAIT_S``, ``query.behind`` after) and
+(at most ``QUERY_WAIT_S``, ``query.behind`` after; at once when it is more than
+``QUERY_MAX_AHEAD`` blocks ahead) and
 ``peer.deliver_share`` for a grant not committed yet waits under a
 :class:`~agents.admission.WaitGate` (per-sender and total caps, ``busy``
 beyond them).
@@ -113,6 +114,12 @@ MAX_VALID_S = 10 * 366 * 86400
 SHARE_CACHE = 4096
 GRANT_WAIT_S = 10.0
 QUERY_WAIT_S = 2.0  # a query's min_height: how long a peer behind it waits for the block
+QUERY_MAX_AHEAD = 32
+"""A ``min_height`` more blocks than this past the peer's height is answered
+``query.behind`` at once, without waiting: a height a commit notice named is a
+block or two ahead of a live peer, and a peer that far behind is better skipped
+(the reader asks the next one) than waited on; a made-up height costs the peer
+no waiting slot (docs/security.md, "Fourth wave")."""
 
 
 class PeerHandlers:
@@ -344,6 +351,9 @@ class PeerHandlers:
         (the reader asks another peer: read-your-writes after a commit notice)."""
         if self.peer.classifier.node_class(msg.sender) is Sender.ENROLLING:
             raise self._forbid_query(msg, "min_height", "register before querying the ledger")
+        if height > self.peer.height + QUERY_MAX_AHEAD:
+            raise bus.HandlerError(codes.QUERY_BEHIND, f"{self.peer.peer_id} is at height {self.peer.height}, "
+                                                       f"{height - self.peer.height} blocks below {height}")
         with self.waiting.slot(msg.sender, kind), trio.move_on_after(QUERY_WAIT_S):
             await self.peer.wait_for_height(height)
         if self.peer.height < height:

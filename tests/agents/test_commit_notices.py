@@ -24,6 +24,7 @@ from agents.client import UserConfig
 from agents.doctor import DoctorAgent
 from agents.patient import PatientAgent
 from agents.peer import PeerAgent
+from agents.peer._handlers import QUERY_MAX_AHEAD, QUERY_WAIT_S
 from agents.swarm import Swarm, SwarmSpec
 from agents.testing.consortium import SHARING_POLICY as POLICY
 from agents.testing.consortium import user_config
@@ -196,13 +197,21 @@ async def test_min_height_reads_wait_for_the_block_or_say_behind(tmp_path):
             alice = await users.open(PatientAgent, PATIENT)
             peer = swarm.manifest.peers[0]
             head = await alice.client.peer_request(peer, PeerQuery.kind, PeerQuery("head").to_wire())
-            far = head["height"] + 1000
+            near = head["height"] + 3  # (no block is cut meanwhile: nothing is submitted)
+            t0 = trio.current_time()
+            with pytest.raises(bus.RemoteError) as info:
+                await alice.client.peer_request(peer, PeerQuery.kind,
+                                                PeerQuery("policy", patient="alice", min_height=near).to_wire())
+            assert info.value.code == codes.QUERY_BEHIND
+            assert trio.current_time() - t0 >= 1.5  # it waited for the block first
+            # more than QUERY_MAX_AHEAD blocks ahead: behind at once, no wait
+            far = head["height"] + QUERY_MAX_AHEAD + 1
             t0 = trio.current_time()
             with pytest.raises(bus.RemoteError) as info:
                 await alice.client.peer_request(peer, PeerQuery.kind,
                                                 PeerQuery("policy", patient="alice", min_height=far).to_wire())
-            assert info.value.code == codes.QUERY_BEHIND
-            assert trio.current_time() - t0 >= 1.5  # it waited for the block first
+            assert info.value.code == codes.QUERY_BEHIND and "blocks below" in info.value.message
+            assert trio.current_time() - t0 < QUERY_WAIT_S
             # a height it has: answered at once, from a state that includes it
             now = await alice.client.query(PeerQuery("policy", patient="alice", min_height=head["height"]))
             assert now is None  # no policy set yet
@@ -216,10 +225,13 @@ async def test_a_flood_of_reads_ahead_of_the_ledger_waits_in_capped_slots(tmp_pa
             alice = await users.open(PatientAgent, PATIENT)
             mallory = await users.open(PatientAgent, MALLORY)
             peer = swarm.manifest.peers[0]
+            head = await alice.client.peer_request(peer, PeerQuery.kind, PeerQuery("head").to_wire())
             answers: list[str | None] = []
 
             async def ahead(i: int) -> None:
-                body = PeerQuery("policy", patient="mallory", min_height=10**9 + i).to_wire()
+                # (within QUERY_MAX_AHEAD: farther is refused without a wait; alice's store below cuts a block
+                # or two, not twenty)
+                body = PeerQuery("policy", patient="mallory", min_height=head["height"] + 20).to_wire()
                 try:
                     await mallory.endpoint.request(peer, PeerQuery.kind, body, timeout=30)
                     answers.append(None)
@@ -271,3 +283,52 @@ async def test_a_notice_carries_the_entry_its_block_left(tmp_path, monkeypatch):
             ledger = await alice.client.query(PeerQuery("record", patient="alice", record_id=rid))
             assert entry["cid"] == ledger["cid"] and entry["height"] == notice.height == ledger["height"]
             assert entry["capsule"] == ledger["capsule"] and entry["label"] == "cardiology"
+
+
+async def test_a_doctor_naming_heights_ahead_holds_at_most_two_of_its_patients_waits(tmp_path):
+    """Attack review, fourth wave (finding 6): a doctor asks its patient with made-up request ids
+    and heights the ledger has not reached. The patient waits for at most 2 of them at once
+    (ANSWERS_WAITING_PER_DOCTOR; ``busy`` beyond, at once), so at every peer the patient keeps
+    half its waiting slots for its own height-bound reads; a height farther than
+    QUERY_MAX_AHEAD is answered at once."""
+    from agents.patient import ANSWERS_WAITING_PER_DOCTOR
+    from core.protocol import PatientAccessRequest
+
+    with trio.fail_after(120):
+        async with _swarm_and_users(tmp_path) as (swarm, users):
+            alice = await users.open(PatientAgent, PATIENT)
+            heart = await users.open(DoctorAgent, HEART)
+            # (each knows the other's certificate: the envelopes verify from the first request on)
+            assert await alice.client.lookup_certificate("dr-heart") is not None
+            assert await heart.client.lookup_certificate("alice") is not None
+            head = (await alice.client.peer_request(swarm.manifest.peers[0], PeerQuery.kind,
+                                                    PeerQuery("head").to_wire()))["height"]
+            answers: list[str] = []
+
+            async def ask(i: int, height: int) -> None:
+                body = PatientAccessRequest(f"q-made-up-{i}", height).to_wire()
+                try:
+                    await heart.endpoint.request("alice", PatientAccessRequest.kind, body, timeout=60)
+                    answers.append("answered")
+                except bus.RemoteError as exc:
+                    answers.append(exc.code)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(ANSWERS_WAITING_PER_DOCTOR + 3):
+                    nursery.start_soon(ask, i, head + 5)
+                with trio.move_on_after(60):
+                    while answers.count(codes.BUSY) < 3:
+                        await trio.sleep(0.01)
+                assert answers == [codes.BUSY] * 3  # at once, while the others wait
+                assert alice.waiting.waiting == ANSWERS_WAITING_PER_DOCTOR
+                # alice's own height-bound reads are served at every peer meanwhile
+                for peer in swarm.manifest.peers:
+                    got = await alice.client.peer_request(peer, PeerQuery.kind, PeerQuery(
+                        "policy", patient="alice", min_height=head).to_wire())
+                    assert got is None
+            assert answers.count(codes.BUSY) == 3 and len(answers) == 5 and "answered" not in answers, answers
+            # a height past QUERY_MAX_AHEAD costs no wait at all (each peer says behind at once)
+            t0 = trio.current_time()
+            await ask(99, head + QUERY_MAX_AHEAD + 10)
+            assert trio.current_time() - t0 < QUERY_WAIT_S
+            assert alice.waiting.waiting == 0
