@@ -12,7 +12,9 @@ grant it holds for (patient, label) while the peers honour it; when they
 answer that the grant is revoked or expired it forgets the grant and raises
 :class:`GrantRevoked` (it never asks again behind the caller's back). Without a
 grant it submits an ``access_request`` (:class:`PolicyDenied` when the policy
-says no); when the ledger granted it from the patient's standing delegation
+says no; the decision is the requester's view its commit notice carries,
+``core.protocol.requester_view``, while :meth:`DoctorAgent.request` reads the
+whole entry back); when the ledger granted it from the patient's standing delegation
 (the policy pre-authorizes this doctor, ``approval auto``) it goes straight on,
 without the patient; otherwise it asks the patient (:class:`RequestRejected`
 when the patient says no; its answer carries the committed grant's terms and the
@@ -27,7 +29,10 @@ transaction carries the patient's signature (checked against the patient's
 certificate, which the record's answer carries from the same committed state:
 ``PeerQuery.owner_cert``, unless a peer showed it less than ``client.cert_fresh_s``
 ago (a minute, :data:`agents.client.CERT_FRESH_S`); signatures verified once are
-remembered by their bytes), the record opens with the combined key (authenticated
+remembered by their bytes; the store transaction accepted for a record is kept,
+for the latest :data:`HELD_TXS` records, and named by its id in the next query of
+that record, ``PeerQuery.held``, which then answers without it while it is still
+the record's, and it is checked as a sent one), the record opens with the combined key (authenticated
 encryption), and the header names the same owner, label, record id and capsule
 as the ledger.
 

@@ -16,8 +16,10 @@ object rule on its first lines, before any wait, query or crypto:
 head and the configuration in force to anyone; policy to its patient; record/records to the patient, and to
 a doctor only where the patient's policy could allow it for the record's
 label, without the fields its request does not need, with the patient's
-certificate entry when asked (``owner_cert``); request and grant to
-their patient and doctor; everything to consortium nodes);
+certificate entry when asked (``owner_cert``) and without its store
+transaction when the query names the one the reader holds (``held``); request
+and grant to their patient and doctor, a request cut to the query's ``view``;
+everything to consortium nodes);
 a query with ``min_height`` above the peer's height waits for that block
 (at most ``QUERY_WAIT_S``, ``query.behind`` after) and
 ``peer.deliver_share`` for a grant not committed yet waits under a
