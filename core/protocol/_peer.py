@@ -339,7 +339,7 @@ class PeerQueryReply(Message, kind="peer.query"):
                 if mask:
                     kept[self.ECHO] = mask
                 if self.held:
-                    del kept["tx"]
+                    kept.pop("tx", None)
                     kept[self.HELD] = True
                 if mask or self.held:
                     return kept
