@@ -283,8 +283,9 @@ def test_other_types_keep_the_whole_entry_under_the_own_key():
 def test_a_hostile_notice_only_raises_decode_error(bad):
     body = {"request_id": "q-1", "patient": "alice", "record_id": "r-1", "operation": "read", "purpose": None}
     tx = Transaction.create("access_request", "dr-heart", body, KEY, 1_700_000_000_000)
-    row = CommitNotice(tx_id=tx.tx_id, height=12, type="access_request", mark="ok",
-                       effect={"request/q-1": _request_entry()}).for_submitter(tx.type, tx.body, "request/q-1").to_wire()
+    notice = CommitNotice(tx_id=tx.tx_id, height=12, type="access_request", mark="ok",
+                          effect={"request/q-1": _request_entry()})
+    row = notice.for_submitter(tx.type, tx.body, "request/q-1").to_wire()
     row = list(row) + [None] * (7 - len(row))
     with pytest.raises(DecodeError):
         CommitNotice.from_wire(_wire(bad(row))).expand(tx.body, "request/q-1")
