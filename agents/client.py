@@ -29,7 +29,9 @@ keys, the bus node (unless given one) and the agent's nursery. The client owns
 * commit notices: once registered it subscribes to its own topic
   ``commits/<subject>`` at one peer (healthy first). A submit hands the bytes
   over (``wait`` false) and learns the commit, its height and its effect from
-  the notice (:class:`core.protocol.CommitNotice`); reads that must see a
+  the notice (:class:`core.protocol.CommitNotice`: for an ``access_request`` or
+  a ``grant`` its own entry is the submitter's view, ``core.protocol.NOTICE_VIEWS``,
+  and the submit's answer says ``projected``; a query reads the whole entry); reads that must see a
   write name its height (``PeerQuery.min_height``), so no loop polls for a
   commit. When the notice does not come within :attr:`PeerClient.notice_wait`
   (or the subscription lags or breaks) the same bytes go once more to the same
@@ -484,8 +486,10 @@ class PeerClient:
                                       f"{cert_entry.revoke_reason or 'no reason given'}")
         return exc
 
-    async def query(self, query: PeerQuery) -> Any:
+    async def query(self, query: PeerQuery, *, held_tx: bytes | None = None) -> Any:
         """``peer.query`` (see docs/protocol.md), failing over between peers: the entry (or nil).
+        ``held_tx``: the store transaction whose id ``query.held`` names (put back into an
+        answer that leaves it out: ``PeerQueryReply.HELD``).
 
         With ``query.min_height`` (the height of a commit notice) the answer comes from
         a peer that has applied that block: a peer below it waits for it a bounded
@@ -494,13 +498,13 @@ class PeerClient:
         next when a peer's waiting slots are full (``busy``)."""
         if query.min_height is None:
             try:
-                return _query_value(await self.call_peer(PeerQuery.kind, query.to_wire()))
+                return _query_value(await self.call_peer(PeerQuery.kind, query.to_wire()), held_tx)
             except bus.RemoteError as exc:
                 raise remote_error(exc, f"query {query.what}") from None
         behind: bus.RemoteError | None = None
         for peer in self.peers_by_health():
             try:
-                return _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire()))
+                return _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire()), held_tx)
             except bus.RemoteError as exc:
                 # busy: its waiting slots for us are taken (a doctor naming far heights to us can fill them)
                 if exc.code != codes.QUERY_BEHIND and exc.code != codes.BUSY:
@@ -513,7 +517,7 @@ class PeerClient:
                               f"({behind.message}); try again")
         raise Unavailable(f"query {query.what}: no peer answered")
 
-    async def query_committed(self, query: PeerQuery, *, wait: float = 2.0) -> Any:
+    async def query_committed(self, query: PeerQuery, *, wait: float = 2.0, held_tx: bytes | None = None) -> Any:
         """Like :meth:`query`, for an entry another agent just committed through another
         peer: peers apply blocks independently, so when the first peer asked has
         nothing yet, ask the others (committed state is final: whichever peer has
@@ -525,7 +529,8 @@ class PeerClient:
         while True:
             if not first:
                 self._count_poll(query.what)
-            entry = await self.query(query) if first else await self._query_any(query, deadline)
+            entry = (await self.query(query, held_tx=held_tx) if first
+                     else await self._query_any(query, deadline, held_tx))
             if entry is not None or trio.current_time() >= deadline:
                 return entry
             if not first:
@@ -539,7 +544,7 @@ class PeerClient:
         key = f"polls {what}"
         self.commit_stats[key] = self.commit_stats.get(key, 0) + 1
 
-    async def _query_any(self, query: PeerQuery, deadline: float) -> Any:
+    async def _query_any(self, query: PeerQuery, deadline: float, held_tx: bytes | None = None) -> Any:
         """Ask every usable peer in parallel; the first non-None answer (else None)."""
         found: list[Any] = []
         refused: list[bus.RemoteError] = []
@@ -548,7 +553,8 @@ class PeerClient:
 
         async def ask(peer: str, done: trio.CancelScope) -> None:
             try:
-                entry = _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire(), timeout=timeout))
+                entry = _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire(), timeout=timeout),
+                                     held_tx)
             except bus.RemoteError as exc:
                 refused.append(exc)
                 return
@@ -607,7 +613,10 @@ class PeerClient:
         return done
 
     async def submit(self, tx_type: str, body: dict) -> dict:
-        """Sign and submit a transaction, wait for its block; return ``{tx_id, height, mark}``.
+        """Sign and submit a transaction, wait for its block; return ``{tx_id, height, mark}``,
+        with ``effect`` (state key -> entry) when a commit notice told it, and
+        ``projected: True`` when that effect's own entry is the submitter's view
+        (:data:`core.protocol.NOTICE_VIEWS`; a query reads the whole entry).
 
         Raises :class:`TransactionRejected` when the ledger marks it invalid.
         Peers are tried healthy first; when one does not answer (timeout, broken
@@ -776,13 +785,17 @@ class PeerClient:
         notice = waiter.notice
         effect: dict | None = None
         if notice is not None:
-            try:  # the fields of its entries that repeat our own transaction's body come back from it
-                effect = notice.expand(tx.body)
+            try:  # the fields of its entries that repeat our own transaction's body come back from it,
+                # and its own entry's key from the transaction (core.ledger effect_key)
+                effect = notice.expand(tx.body, effect_key(tx))
             except DecodeError as exc:
                 log.warning("%s: malformed commit notice for %s: %s", self.subject, tx.type, exc)
         if notice is not None and effect is not None:
             self.commit_stats["notices"] += 1
-            return Answer({"tx_id": tx.tx_id, "height": notice.height, "mark": notice.mark, "effect": effect})
+            answer = {"tx_id": tx.tx_id, "height": notice.height, "mark": notice.mark, "effect": effect}
+            if notice.projected:  # its own entry is the submitter's view (core.protocol.NOTICE_VIEWS)
+                answer["projected"] = True
+            return Answer(answer)
         self.commit_stats["fallbacks"] += 1
         log.info("%s: no commit notice for %s within %.1f s: waiting on %s", self.subject, tx.type,
                  self.notice_wait, peer)
@@ -1029,10 +1042,11 @@ async def open_agent(config: UserConfig, node: bus.Node | None, build: Callable[
         raise lone from None
 
 
-def _query_value(reply: Any) -> Any:
-    """A ``peer.query`` reply's value (a map, a list or nil), else IntegrityError."""
+def _query_value(reply: Any, held_tx: bytes | None = None) -> Any:
+    """A ``peer.query`` reply's value (a map, a list or nil), else IntegrityError; ``held_tx``:
+    the transaction the query held (``PeerQuery.held``), put back where the answer left it out."""
     try:
-        return PeerQueryReply.from_wire(reply).value
+        return PeerQueryReply.from_wire(reply, held=held_tx).value
     except DecodeError as exc:
         raise IntegrityError(f"malformed peer.query reply: {exc}") from None
 

@@ -12,7 +12,9 @@ grant it holds for (patient, label) while the peers honour it; when they
 answer that the grant is revoked or expired it forgets the grant and raises
 :class:`GrantRevoked` (it never asks again behind the caller's back). Without a
 grant it submits an ``access_request`` (:class:`PolicyDenied` when the policy
-says no); when the ledger granted it from the patient's standing delegation
+says no; the decision is the requester's view its commit notice carries,
+``core.protocol.requester_view``, while :meth:`DoctorAgent.request` reads the
+whole entry back); when the ledger granted it from the patient's standing delegation
 (the policy pre-authorizes this doctor, ``approval auto``) it goes straight on,
 without the patient; otherwise it asks the patient (:class:`RequestRejected`
 when the patient says no; its answer carries the committed grant's terms and the
@@ -27,7 +29,10 @@ transaction carries the patient's signature (checked against the patient's
 certificate, which the record's answer carries from the same committed state:
 ``PeerQuery.owner_cert``, unless a peer showed it less than ``client.cert_fresh_s``
 ago (a minute, :data:`agents.client.CERT_FRESH_S`); signatures verified once are
-remembered by their bytes), the record opens with the combined key (authenticated
+remembered by their bytes; the store transaction accepted for a record is kept,
+for the latest :data:`HELD_TXS` records, and named by its id in the next query of
+that record, ``PeerQuery.held``, which then answers without it while it is still
+the record's, and it is checked as a sent one), the record opens with the combined key (authenticated
 encryption), and the header names the same owner, label, record id and capsule
 as the ledger.
 
@@ -47,10 +52,12 @@ The agent talks to the peers through its :class:`agents.client.PeerClient`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
 import time
+from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable
 
 import trio
@@ -101,6 +108,7 @@ log = logging.getLogger("agents.doctor")
 OWNER_CERT = PeerQuery.OWNER_CERT
 _ABSENT: Any = object()  # no owner_cert in the record's answer (a peer that does not send it)
 PATIENT_TIMEOUT_FACTOR = 3  # how many request timeouts a doctor waits for a patient's answer
+HELD_TXS = 1024  # records whose verified store transaction a doctor keeps (PeerQuery.held), latest used
 _UNKNOWN_SENDER_RETRIES = 8
 
 
@@ -119,6 +127,9 @@ class DoctorAgent(UserAgent):
         # grant, deliver the shares), any of which may fail over from a peer that
         # just stopped answering after ``request_timeout``
         self.patient_timeout = PATIENT_TIMEOUT_FACTOR * self.config.request_timeout
+        # (patient, record id) -> the store transaction (bytes) _check_store_tx last accepted for it:
+        # its id goes with the next query of the record (PeerQuery.held), which then leaves it out
+        self._held_txs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -172,6 +183,14 @@ class DoctorAgent(UserAgent):
         Raises RecordNotFound when the ledger has no such record, TransactionRejected
         when the request itself is invalid (e.g. ``cert_revoked``).
         """
+        return await self._request(patient, record_id, purpose=purpose, full=True)
+
+    async def _request(self, patient: str, record_id: str, *, purpose: str | None = None, full: bool = False) -> dict:
+        """:meth:`request`; ``full`` false (a read's own request): the decision as the commit
+        notice carries it for the requester (``core.protocol.requester_view``: ``effect``,
+        ``rule``, ``reason`` when refused, ``status``, ``grant_id``, ``hold``), without reading
+        the whole entry back; true: the whole decision (read at the commit's height when the
+        notice carried the view)."""
         self.client.require_registered()
         request_id = new_id("q")
         from agents.errors import TransactionRejected
@@ -187,8 +206,9 @@ class DoctorAgent(UserAgent):
         height = reply.get("height")
         effect = reply.get("effect") or {}
         req = effect.get(entry_key("request", request_id))
-        if not isinstance(req, dict):
-            # no commit notice (its fallback): read it from a peer at least at the commit's height
+        if not isinstance(req, dict) or (full and reply.get("projected")):
+            # no commit notice (its fallback), or the whole decision asked for: read it from a peer
+            # at least at the commit's height
             req = await self.client.query(PeerQuery("request", request_id=request_id, min_height=height))
         if not isinstance(req, dict):
             raise Unavailable(f"request {request_id} committed but the peer does not show it")
@@ -266,26 +286,32 @@ class DoctorAgent(UserAgent):
         # carries the patient's certificate entry from the same state (one round trip)
         # (not when a peer showed it at most cert_fresh_s ago, CERT_FRESH_S: the one held is used)
         held = self.client.recent_certificate(patient, self.client.cert_fresh_s)
-        query = PeerQuery("record", patient=patient, record_id=record_id, owner_cert=held is None)
+        # the store transaction we verified at our last read of this record: the answer leaves it
+        # out while it is still the record's (PeerQuery.held), and is checked below all the same
+        held_tx = self._held_txs.get((patient, record_id))
+        held_id = hashlib.sha256(held_tx).digest() if held_tx is not None else None
+        query = PeerQuery("record", patient=patient, record_id=record_id, owner_cert=held is None, held=held_id)
         decision = None
         try:
-            rec = await self.client.query_committed(query, wait=1.0)
+            rec = await self.client.query_committed(query, wait=1.0, held_tx=held_tx)
         except AgentError as exc:
             if exc.code != codes.FORBIDDEN:
                 raise
             # the peers show a record only to doctors the patient's policy could allow (and a peer may
             # not have the newest policy yet): ask the ledger, so the policy decides (and the audit
             # shows) the request; when it allows, the peers that committed it show the record
-            decision = await self.request(patient, record_id, purpose=purpose)
+            decision = await self._request(patient, record_id, purpose=purpose)
             _check_allowed(patient, decision)
             rec = await self.client.query(PeerQuery("record", patient=patient, record_id=record_id,
-                                                    min_height=decision.get("height"), owner_cert=held is None))
+                                                    min_height=decision.get("height"), owner_cert=held is None,
+                                                    held=held_id), held_tx=held_tx)
         if rec is None:
             raise RecordNotFound(f"no record {patient}/{record_id} on the ledger")
         owner = rec.pop(OWNER_CERT, _ABSENT) if isinstance(rec, dict) else _ABSENT
         if owner is _ABSENT and held is not None:
             owner = held
         store_tx = await self._check_store_tx(patient, record_id, rec, owner)
+        self._hold_store_tx(patient, record_id, bytes(rec["tx"]))
         label = store_tx.body["label"]
         grant = self.cached_grant(patient, label, record_id, int(rec.get("epoch", 0)))
         if grant is not None:
@@ -306,6 +332,15 @@ class DoctorAgent(UserAgent):
                 raise IntegrityError(f"record {record_id}: the sealed header does not match the ledger")
 
         return rec, provider, check
+
+    def _hold_store_tx(self, patient: str, record_id: str, raw: bytes) -> None:
+        """Keep ``raw``, the store transaction just accepted for the record (the latest
+        :data:`HELD_TXS` records)."""
+        key = (patient, record_id)
+        self._held_txs[key] = raw
+        self._held_txs.move_to_end(key)
+        while len(self._held_txs) > HELD_TXS:
+            self._held_txs.popitem(last=False)
 
     async def break_glass(self, patient: str, record_id: str, reason: str, cosigners: dict[str, bytes], *,
                           break_glass_id: str) -> bytes:
@@ -367,7 +402,7 @@ class DoctorAgent(UserAgent):
     async def _obtain_grant(self, patient: str, record_id: str, label: str, purpose: str | None,
                             decision: dict | None = None) -> dict:
         if decision is None:
-            decision = await self.request(patient, record_id, purpose=purpose)
+            decision = await self._request(patient, record_id, purpose=purpose)
         _check_allowed(patient, decision)
         request_id = decision["request_id"]
         grant_id = decision.get("grant_id")

@@ -89,6 +89,7 @@ from core.policy import Policy, Request as PolicyRequest, parse as parse_policy
 from core.state import entry_key
 from core.protocol import (
     GRANT_TERMS,
+    REQUEST_ANSWER,
     PatientAccessRequest,
     PatientAccessRequestReply,
     PeerAudit,
@@ -649,13 +650,15 @@ class PatientAgent(UserAgent):
         for gid, g in self.grants.items():  # a retry after we already granted
             if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
                 return {"grant_id": gid, "height": g.get("height")}  # the doctor reads the grant back
-        query = PeerQuery("request", request_id=request_id)
+        # the fields checked below (and shown for approval) only: core.protocol.request_answer_view
+        query = PeerQuery("request", request_id=request_id, view=REQUEST_ANSWER)
         try:
             if height is None:
                 req = await self.client.query(query)
             else:  # the doctor said where it committed: read there or later, no polling
                 with self.waiting.slot(sender, PatientAccessRequest.kind):
-                    req = await self.client.query(PeerQuery("request", request_id=request_id, min_height=height))
+                    req = await self.client.query(PeerQuery("request", request_id=request_id, min_height=height,
+                                                            view=REQUEST_ANSWER))
         except AgentError as exc:
             if exc.code != codes.FORBIDDEN:
                 raise

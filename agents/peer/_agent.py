@@ -20,7 +20,8 @@ submit waiters, drops the cached shares of revoked grants, calls commit
 listeners and publishes topic ``events`` (:class:`core.protocol.PeerEvent`)
 and, to each user subscribed to its own ``commits/<subject>``, a
 :class:`core.protocol.CommitNotice` per transaction it submitted (height,
-mark, the entries that show its effect), whichever peer it was submitted to.
+mark, the entries that show its effect, as the submitter needs them:
+``CommitNotice.for_submitter``), whichever peer it was submitted to.
 
 Admission: the agent classifies senders (:class:`agents.admission.Classifier`)
 from the genesis, the manifest and its ledger's committed, unrevoked
@@ -325,6 +326,7 @@ class PeerAgent:
             if tx is None or tx.submitter not in self._commit_subscribers:
                 continue
             effect: dict[str, Any] = {}
+            key = None
             if mark == "ok":
                 with contextlib.suppress(DecodeError):
                     key = effect_key(tx)
@@ -337,8 +339,10 @@ class PeerAgent:
                             grant = committed(gkey)
                             if grant is not None:
                                 effect[gkey] = grant
+            # as its submitter needs it: the own entry under OWN_KEY (its type's view: NOTICE_VIEWS),
+            # the fields its transaction's body holds echoed
             notice = CommitNotice(tx_id=tx_id, height=block.height, type=tx.type,
-                                  mark=mark, effect=effect).echoing(tx.body)
+                                  mark=mark, effect=effect).for_submitter(tx.type, tx.body, key)
             await self.endpoint.publish(commits_topic(tx.submitter), notice.to_wire())
 
 

@@ -16,8 +16,10 @@ object rule on its first lines, before any wait, query or crypto:
 head and the configuration in force to anyone; policy to its patient; record/records to the patient, and to
 a doctor only where the patient's policy could allow it for the record's
 label, without the fields its request does not need, with the patient's
-certificate entry when asked (``owner_cert``); request and grant to
-their patient and doctor; everything to consortium nodes);
+certificate entry when asked (``owner_cert``) and without its store
+transaction when the query names the one the reader holds (``held``); request
+and grant to their patient and doctor, a request cut to the query's ``view``;
+everything to consortium nodes);
 a query with ``min_height`` above the peer's height waits for that block
 (at most ``QUERY_WAIT_S``, ``query.behind`` after; at once when it is more than
 ``QUERY_MAX_AHEAD`` blocks ahead) and
@@ -89,6 +91,7 @@ from core.protocol import (
     SubmitResult,
     codes,
     make_reencrypt_reply,
+    query_view,
     share_context,
 )
 from core.state import (
@@ -327,12 +330,8 @@ class PeerHandlers:
         # record, request, grant, policy (PeerQuery.from_wire admits only these): one entry, as stored
         assert what in ENTRY_QUERIES
         entry = ledger.get(entry_key(what, *(getattr(query, name) for name in ENTRY_QUERIES[what])))
-        if query.owner_cert and entry is not None:
-            # the patient's certificate entry from the same state (no await since the record's
-            # read): the doctor checks the store transaction without a second query
-            entry = {**entry, PeerQuery.OWNER_CERT: ledger.get(entry_key("cert", query.patient))}
         if node or entry is None and what in ("request", "grant"):
-            return PeerQueryReply(entry)  # an unknown request or grant id tells nothing
+            return self._answer(query, entry)  # an unknown request or grant id tells nothing
         if what == "policy":
             if sender != query.patient:
                 raise self._forbid_query(msg, what, "a policy is read by its patient only")
@@ -343,7 +342,23 @@ class PeerHandlers:
                 raise self._forbid_query(msg, what, "the patient's policy does not allow you this record")
         elif sender not in (entry.get("patient"), entry.get("doctor")):  # request, grant
             raise self._forbid_query(msg, what, f"a {what} is read by its patient and doctor only")
-        return PeerQueryReply(entry)
+        return self._answer(query, entry)
+
+    def _answer(self, query: PeerQuery, entry: Any) -> PeerQueryReply:
+        """An entry query's answer, once the sender may read ``entry`` (no await since it was
+        read): cut to the query's ``view``; a record's with the patient's certificate entry
+        from the same state when asked (``owner_cert``: the doctor checks the store
+        transaction without a second query), and without its store transaction when it is
+        the one the query holds (``held``: its SHA-256, compared in constant time)."""
+        if entry is None:
+            return PeerQueryReply(None)
+        held = False
+        if query.what == "record":
+            if query.held is not None and isinstance(entry.get("tx"), bytes):
+                held = hmac.compare_digest(hashlib.sha256(entry["tx"]).digest(), query.held)
+            if query.owner_cert:
+                entry = {**entry, PeerQuery.OWNER_CERT: self.peer.ledger.get(entry_key("cert", query.patient))}
+        return PeerQueryReply(query_view(query.what, query.view, entry), held=held)
 
     async def _reach(self, msg: bus.Message, height: int, kind: str = PeerQuery.kind) -> None:
         """Wait (at most :data:`QUERY_WAIT_S`, under the waiting caps: ``busy`` beyond

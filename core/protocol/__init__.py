@@ -12,6 +12,9 @@ them.
   ``peer.*`` (:class:`PeerEnroll`, ...), ``patient.*``, ``storage.*``, and the
   topic payloads :class:`BlockEvent` (``blocks``), :class:`PeerEvent` (``events``) and
   :class:`CommitNotice` (``commits/<subject>``, :func:`commits_topic`).
+* Views (:mod:`core.protocol._views`): what one reader needs of a ledger entry, for
+  ``peer.query``'s ``view`` (:data:`QUERY_VIEWS`) and the commit notices
+  (:data:`NOTICE_VIEWS`).
 * :data:`KINDS`, :data:`TOPICS`: kind -> :class:`KindSpec` (request type, reply
   type, server, senders); topic -> :class:`TopicSpec`.
 * The re-encryption reply's signature: :func:`make_reencrypt_reply`,
@@ -72,6 +75,15 @@ from core.protocol._peer import COMMITS as COMMITS
 from core.protocol._peer import NOTICE_TX_ID as NOTICE_TX_ID
 from core.protocol._peer import commits_topic as commits_topic
 from core.protocol._peer import commits_owner as commits_owner
+from core.protocol._peer import HELD_SIZE as HELD_SIZE
+from core.protocol._peer import OWN_KEY as OWN_KEY
+from core.protocol._views import REQUEST_ANSWER as REQUEST_ANSWER
+from core.protocol._views import QUERY_VIEWS as QUERY_VIEWS
+from core.protocol._views import NOTICE_VIEWS as NOTICE_VIEWS
+from core.protocol._views import query_view as query_view
+from core.protocol._views import requester_view as requester_view
+from core.protocol._views import request_answer_view as request_answer_view
+from core.protocol._views import grant_terms_view as grant_terms_view
 from core.protocol._patient import PatientAccessRequest as PatientAccessRequest
 from core.protocol._patient import PatientAccessRequestReply as PatientAccessRequestReply
 from core.protocol._patient import GRANT_REPLY_FIELDS as GRANT_REPLY_FIELDS

@@ -18,6 +18,7 @@ from core.protocol._orderer import (
 from core.protocol._schema import (
     INT64_MAX, Bool, Bytes, Choice, Id, Int, ListOf, Map, Message, Nested, Optional, Text, wire,
 )
+from core.protocol._views import NOTICE_VIEWS, QUERY_VIEWS
 
 __all__ = [
     "MAX_SUBMIT_BYTES", "MAX_SEALED_SHARE", "MAX_ENTRIES", "MAX_CID_LENGTH", "BOX_KEY_SIZE", "TOKEN_SIZE",
@@ -26,7 +27,7 @@ __all__ = [
     "PeerQueryReply", "PeerAudit", "PeerAuditReply", "PeerDeliverShare", "PeerDeliverShareReply",
     "PeerReencrypt", "PeerReencryptReply", "PeerBlocks", "PeerBlocksReply", "Decision", "PeerEvent",
     "CommitNotice", "COMMITS", "NOTICE_TX_ID", "commits_topic", "commits_owner", "MAX_EFFECT_ENTRIES", "MAX_ECHO_KEYS",
-    "echo_compact", "echo_expand",
+    "echo_compact", "echo_expand", "HELD_SIZE", "OWN_KEY",
 ]
 
 MAX_SUBMIT_BYTES = 8 * 1024 * 1024
@@ -44,6 +45,8 @@ EVENT_TYPES = ("access_request", "grant", "deny_request", "revoke_grant", "break
 """Committed transaction types a peer publishes on topic ``events``."""
 
 CID = Text(MAX_CID_LENGTH, min_len=1)
+HELD_SIZE = 32
+"""Bytes of ``PeerQuery.held``: the id (SHA-256) of the store transaction a reader holds."""
 MAX_ECHO_KEYS = 64
 """Fields of a transaction body an echo mask can name (one bit each; see :func:`echo_compact`)."""
 MAX_AUDIT_KEY = 512  # "audit/<patient id>/<height>/<index>.<entry>": an id is at most 128 characters
@@ -220,7 +223,12 @@ class PeerQuery(Message, kind="peer.query", row=True):
     ``min_height`` (optional, any ``what``): answer only from a state at least that
     high (read-your-writes: the height of a commit notice); a peer below it waits a
     bounded time for the block, then answers ``query.behind`` (ask another peer).
-    ``owner_cert`` (optional, ``record`` only): see :attr:`OWNER_CERT`."""
+    ``owner_cert`` (optional, ``record`` only): see :attr:`OWNER_CERT`.
+    ``held`` (optional, ``record`` only): the id (SHA-256, :data:`HELD_SIZE` bytes) of
+    the record's store transaction the reader already holds and verified; when it is
+    still the record's, the answer leaves the transaction out (:attr:`PeerQueryReply.HELD`).
+    ``view`` (optional; ``request`` only: :data:`core.protocol.REQUEST_ANSWER`): answer
+    with the fields that view names (:mod:`core.protocol._views`), not the whole entry."""
 
     what: str
     subject: str | None = None
@@ -231,6 +239,8 @@ class PeerQuery(Message, kind="peer.query", row=True):
     grant_id: str | None = None
     min_height: int | None = None
     owner_cert: bool = False
+    held: bytes | None = None
+    view: str | None = None
 
     OWNER_CERT = "owner_cert"
     """``owner_cert: true`` (``record`` only): the answer, when the record exists and is
@@ -238,23 +248,27 @@ class PeerQuery(Message, kind="peer.query", row=True):
     ``CertEntry``'s map, nil if none) read from the same committed state, so a doctor
     checks the store transaction's signature without a second (``cert``) round trip."""
 
+    OPTIONS = ("min_height", OWNER_CERT, "held", "view")
+    """The optional fields, in the row's order after the query's own."""
+
     def to_wire(self) -> list[Any]:  # type: ignore[override]
-        """The row ``[what, <QUERY_FIELDS[what] in order>, min_height, owner_cert]``, the
-        last two left out when nil / false (``["record", "alice", "r1"]``)."""
+        """The row ``[what, <QUERY_FIELDS[what] in order>, min_height, owner_cert, held, view]``,
+        the trailing options left out when nil / false (``["record", "alice", "r1"]``), an
+        option before a given one sent as nil."""
         out: list[Any] = [self.what, *(getattr(self, name) for name in QUERY_FIELDS[self.what])]
-        if self.min_height is not None or self.owner_cert:
-            out.append(self.min_height)
-        if self.owner_cert:
-            out.append(True)
+        tail = [self.min_height, True if self.owner_cert else None, self.held, self.view]
+        while tail and tail[-1] is None:
+            tail.pop()
+        out.extend(tail)
         return out
 
     @classmethod
     def _from_row(cls, obj: list, what: str) -> dict[str, Any]:
         if not obj or not isinstance(obj[0], str) or obj[0] not in QUERY_FIELDS:
             raise DecodeError(f"{what}: a query row starts with one of {', '.join(QUERY_FIELDS)}")
-        names = ("what", *QUERY_FIELDS[obj[0]], "min_height", cls.OWNER_CERT)
-        if len(obj) < len(names) - 2:
-            raise DecodeError(f"{what}: query {obj[0]!r} needs fields {', '.join(names[1:-2])}")
+        names = ("what", *QUERY_FIELDS[obj[0]], *cls.OPTIONS)
+        if len(obj) < len(names) - len(cls.OPTIONS):
+            raise DecodeError(f"{what}: query {obj[0]!r} needs fields {', '.join(names[1:-len(cls.OPTIONS)])}")
         return dict(zip(names, obj))
 
     @classmethod
@@ -278,6 +292,15 @@ class PeerQuery(Message, kind="peer.query", row=True):
             if form != "record":
                 raise DecodeError(f"{where}: only a 'record' query takes 'owner_cert'")
             values["owner_cert"] = Bool().decode(obj[cls.OWNER_CERT], f"{where}: 'owner_cert'")
+        if obj.get("held") is not None:
+            if form != "record":
+                raise DecodeError(f"{where}: only a 'record' query takes 'held'")
+            values["held"] = Bytes(HELD_SIZE).decode(obj["held"], f"{where}: 'held'")
+        if obj.get("view") is not None:
+            views = QUERY_VIEWS.get(form)
+            if not views:
+                raise DecodeError(f"{where}: a {form!r} query takes no 'view'")
+            values["view"] = Choice(tuple(views)).decode(obj["view"], f"{where}: 'view'")
         return cls(form, **values)
 
 
@@ -287,9 +310,19 @@ class PeerQueryReply(Message, kind="peer.query"):
     the other replies the body is the value itself; its fields are the ledger's
     (core.ledger's state keys) and are checked by whoever reads them. A ``record``
     query with ``owner_cert`` gets the record's entry plus the key
-    :attr:`PeerQuery.OWNER_CERT` (the patient's certificate entry or nil)."""
+    :attr:`PeerQuery.OWNER_CERT` (the patient's certificate entry or nil). ``held``: the
+    entry's store transaction is the one the query named (:attr:`PeerQuery.held`), so it
+    travels without it (:attr:`HELD`)."""
 
     value: dict | list | None
+    held: bool = False
+
+    HELD = "held"
+    """``held: true`` in a record's answer: its ``tx`` is left out because it is the one the
+    query's ``held`` named (the record is unchanged since the reader verified it); the
+    other fields travel as always (those its body gives echoed). :meth:`from_wire` puts
+    back the transaction the reader holds (``held=``), and refuses such an answer to a
+    query that held none."""
 
     ECHO = "echo"
     """An entry that carries its transaction (``tx``: a record's ``store``) travels without
@@ -305,12 +338,29 @@ class PeerQueryReply(Message, kind="peer.query"):
                 kept, mask = echo_compact(value, body)
                 if mask:
                     kept[self.ECHO] = mask
+                if self.held:
+                    kept.pop("tx", None)
+                    kept[self.HELD] = True
+                if mask or self.held:
                     return kept
         return value
 
     @classmethod
-    def from_wire(cls, obj: Any, *, what: str | None = None) -> Self:
+    def from_wire(cls, obj: Any, *, what: str | None = None, held: bytes | None = None) -> Self:
+        """The reply's value; ``held``: the store transaction (its bytes) whose id the query
+        sent as ``held``, put back into an answer that left it out."""
         what = what or cls.kind
+        if isinstance(obj, dict) and cls.HELD in obj:
+            obj = dict(Map().decode(obj, what))
+            if Bool().decode(obj.pop(cls.HELD), f"{what}: {cls.HELD!r}") is not True:
+                raise DecodeError(f"{what}: {cls.HELD!r} is true or absent")
+            if held is None:
+                raise DecodeError(f"{what}: the answer leaves out a transaction the query did not hold")
+            if "tx" in obj:
+                raise DecodeError(f"{what}: the answer both leaves out and sends the transaction")
+            obj["tx"] = held
+            if cls.ECHO not in obj:
+                return cls(obj)
         if isinstance(obj, dict) and cls.ECHO in obj:
             obj = dict(Map().decode(obj, what))
             mask = Int(0, 2**MAX_ECHO_KEYS - 1).decode(obj.pop(cls.ECHO), f"{what}: {cls.ECHO!r}")
@@ -445,6 +495,10 @@ COMMITS = "commits"
 """The topic family of commit notices: ``commits/<subject>`` carries :class:`CommitNotice`
 for the transactions ``subject`` submitted, to ``subject`` only."""
 MAX_EFFECT_ENTRIES = 4
+OWN_KEY = ""
+"""The effect key standing, in a commit notice, for the transaction's own effect key
+(core.ledger ``effect_key``: ``request/<id>`` for an ``access_request``), which its
+submitter derives from the transaction it holds (:meth:`CommitNotice.expand`)."""
 
 
 def commits_topic(subject: str) -> str:
@@ -480,6 +534,24 @@ class CommitNotice(Message, kind="commits", row=True):
                                         default=None, omit_none=True)
     """Per effect entry (in order), the mask of the fields left out because they are the
     transaction body's own (:meth:`echoing`, :func:`echo_compact`); absent: none left out."""
+    projected: bool = wire(Bool(), default=False)
+    """The transaction's own effect entry (key :data:`OWN_KEY`) is its type's view for the
+    submitter (:data:`core.protocol.NOTICE_VIEWS`), not the whole entry (a ``peer.query``
+    reads that); false: whole entries."""
+
+    def for_submitter(self, tx_type: str, body: Mapping[str, Any], own_key: str | None) -> "CommitNotice":
+        """This notice as its submitter needs it: the entry under the transaction's own
+        effect key ``own_key`` (core.ledger ``effect_key``) sent under :data:`OWN_KEY` and cut
+        to the view :data:`core.protocol.NOTICE_VIEWS` names for ``tx_type`` (if any:
+        :attr:`projected`), then :meth:`echoing` ``body``. Other entries (the grant the ledger
+        made for an ``access_request``) stay whole. :meth:`expand` restores the key."""
+        notice = self
+        if own_key is not None and own_key in self.effect and OWN_KEY not in self.effect:
+            view = NOTICE_VIEWS.get(tx_type)
+            effect = {(OWN_KEY if key == own_key else key): (view(entry) if key == own_key and view else entry)
+                      for key, entry in self.effect.items()}
+            notice = dataclasses.replace(self, effect=effect, projected=view is not None)
+        return notice.echoing(body)
 
     def echoing(self, body: Mapping[str, Any]) -> "CommitNotice":
         """This notice with what its submitter holds left out: each effect entry's fields
@@ -500,17 +572,20 @@ class CommitNotice(Message, kind="commits", row=True):
         first bytes as :meth:`echoing` leaves them)."""
         return tx_id[:len(self.tx_id)] == self.tx_id
 
-    def expand(self, body: Mapping[str, Any]) -> dict:
+    def expand(self, body: Mapping[str, Any], own_key: str | None = None) -> dict:
         """The effect with the echoed fields restored from the submitted transaction's
-        ``body``; DecodeError for masks that do not fit it."""
-        if self.echo is None:
-            return dict(self.effect)
+        ``body`` and the entry under :data:`OWN_KEY` put back under ``own_key`` (the
+        transaction's core.ledger ``effect_key``); DecodeError for masks that do not fit
+        it, or an :data:`OWN_KEY` entry that cannot be put back."""
         what = f"{self.kind}: 'echo'"
-        if len(self.echo) != len(self.effect):
+        masks = self.echo if self.echo is not None else (0,) * len(self.effect)
+        if len(masks) != len(self.effect):
             raise DecodeError(f"{what} must have one mask per effect entry")
+        if OWN_KEY in self.effect and (own_key is None or own_key == OWN_KEY or own_key in self.effect):
+            raise DecodeError(f"{self.kind}: an own-key entry needs the transaction's effect key, once")
         out = {}
-        for (key, entry), mask in zip(self.effect.items(), self.echo):
+        for (key, entry), mask in zip(self.effect.items(), masks):
             if mask and not isinstance(entry, dict):
                 raise DecodeError(f"{what}: only a map entry echoes fields")
-            out[key] = echo_expand(entry, body, mask, what) if mask else entry
+            out[own_key if key == OWN_KEY else key] = echo_expand(entry, body, mask, what) if mask else entry
         return out

@@ -28,7 +28,8 @@ from agents.peer._handlers import QUERY_MAX_AHEAD, QUERY_WAIT_S
 from agents.swarm import Swarm, SwarmSpec
 from agents.testing.consortium import SHARING_POLICY as POLICY
 from agents.testing.consortium import user_config
-from core.protocol import PeerQuery, PeerSubmit, codes, commits_topic
+from core.ledger import effect_key
+from core.protocol import OWN_KEY, PeerQuery, PeerSubmit, codes, commits_topic
 from core.tx import Transaction
 
 pytestmark = pytest.mark.slow
@@ -274,12 +275,16 @@ async def test_a_notice_carries_the_entry_its_block_left(tmp_path, monkeypatch):
             (notice,) = [n for n in seen if n.type == "store"]
             assert notice.mark == "ok"
             ((key, sent),) = notice.effect.items()
-            assert key == f"record/alice/{rid}"
+            # its own entry's key is the transaction's effect key, which its submitter derives
+            assert key == OWN_KEY and not notice.projected  # a store's entry travels whole
+            key = f"record/alice/{rid}"
             # the fields the store transaction's body holds travel once, in the transaction
             # (the notice echoes them: its submitter holds that body)
-            body = Transaction.from_bytes(sent["tx"]).body
+            tx = Transaction.from_bytes(sent["tx"])
+            body = tx.body
             assert not {"cid", "capsule", "label", "size", "media_type"} & set(sent) and notice.echo
-            entry = notice.expand(body)[key]
+            assert effect_key(tx) == key
+            entry = notice.expand(body, key)[key]
             ledger = await alice.client.query(PeerQuery("record", patient="alice", record_id=rid))
             assert entry["cid"] == ledger["cid"] and entry["height"] == notice.height == ledger["height"]
             assert entry["capsule"] == ledger["capsule"] and entry["label"] == "cardiology"

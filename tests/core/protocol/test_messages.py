@@ -93,8 +93,11 @@ def _query() -> st.SearchStrategy:
     def build(what: str) -> st.SearchStrategy:
         fields = {name: (for_codec(Optional(Text(128, min_len=1))) if name == "label" else for_codec(Id()))
                   for name in protocol.QUERY_FIELDS[what]}
-        if what == "record":  # a record query may ask for its owner's certificate too
+        if what == "record":  # a record query may ask for its owner's certificate, and name the tx it holds
             fields["owner_cert"] = st.booleans()
+            fields["held"] = st.none() | st.binary(min_size=protocol.HELD_SIZE, max_size=protocol.HELD_SIZE)
+        if what in protocol.QUERY_VIEWS:  # a request query may ask for a view of the entry
+            fields["view"] = st.none() | st.sampled_from(tuple(protocol.QUERY_VIEWS[what]))
         return st.builds(PeerQuery, st.just(what), **fields)
 
     return st.sampled_from(tuple(protocol.QUERY_FIELDS)).flatmap(build)

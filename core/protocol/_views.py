@@ -1,0 +1,110 @@
+"""Views: what one reader of a ledger entry needs of it, and nothing else.
+
+A view is a pure function of a committed entry (core.state's maps, as the ledger
+wrote them) giving the subset of its fields one reader checks or uses; the reader
+holds the rest (its own transaction's body, the ids it chose, the notice's height)
+or does not read it. Nested maps (an access request's ``decision``) are cut the
+same way. An entry that is not a map, or a field that is absent, is left out; a
+view never adds or changes a value, so whatever the reader checks on the full entry
+it checks on the view the same way.
+
+Two uses (docs/protocol.md, "Consortium peer"):
+
+* ``peer.query`` with ``view`` (:data:`QUERY_VIEWS`): ``request`` with
+  :data:`REQUEST_ANSWER`, the fields a patient checks before it answers a doctor's
+  ``patient.access_request`` (:func:`request_answer_view`). Without ``view`` a query
+  returns the whole entry (audit, CLI, an older reader).
+* commit notices (:data:`NOTICE_VIEWS`): the entry a transaction of a listed type
+  wrote, as its submitter needs it: the doctor's ``access_request``
+  (:func:`requester_view`: status, effect, rule, the ledger's grant or hold, and the
+  policy's reason only when it did not allow) and the patient's ``grant``
+  (:func:`grant_terms_view`: the terms the patient passes on to the doctor).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from core.protocol._patient import GRANT_TERMS
+
+__all__ = ["REQUEST_ANSWER", "QUERY_VIEWS", "NOTICE_VIEWS", "request_answer_view", "requester_view",
+           "grant_terms_view", "query_view"]
+
+REQUEST_ANSWER = "answer"
+"""``peer.query request`` ``view``: what the request's patient checks before it grants."""
+
+
+def _pick(entry: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of ``entry`` named (those present and not nil)."""
+    return {k: entry[k] for k in names if entry.get(k) is not None}
+
+
+def _decision(entry: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The request entry's decision cut to ``names``, with its ``reason`` only when the
+    policy did not allow or the request is denied (what a refusal shows its reader)."""
+    decision = entry.get("decision")
+    if not isinstance(decision, Mapping):
+        return {}
+    out = _pick(decision, names)
+    if decision.get("effect") != "allow" or entry.get("status") == "denied":
+        out.update(_pick(decision, ("reason",)))
+    return out
+
+
+def requester_view(entry: Any) -> Any:
+    """An ``access_request``'s entry as its doctor needs it in the commit notice:
+    ``status``, the decision's ``effect`` and ``rule`` (and ``reason`` when refused),
+    ``grant_id`` when the ledger granted it (standing delegation), ``hold`` when held
+    for the patient. The doctor knows the rest: its own request's fields and id, and
+    the block (the notice's height)."""
+    if not isinstance(entry, Mapping):
+        return entry
+    out = _pick(entry, ("status", "grant_id", "hold"))
+    out["decision"] = _decision(entry, ("effect", "rule"))
+    return out
+
+
+def request_answer_view(entry: Any) -> Any:
+    """A request entry as its patient checks it before answering the doctor
+    (agents/patient.py ``_answer``): who asks whom for which record and label, the
+    operation and purpose it shows for approval, the status and hold, and the
+    decision's effect, approval and rule (and reason when refused). Not: the policy's
+    name and version, the allowed reason's text, the time and height."""
+    if not isinstance(entry, Mapping):
+        return entry
+    out = _pick(entry, ("doctor", "patient", "record_id", "label", "operation", "purpose", "status", "hold"))
+    out["decision"] = _decision(entry, ("effect", "approval", "rule"))
+    return out
+
+
+def grant_terms_view(entry: Any) -> Any:
+    """A ``grant``'s entry as the patient who committed it needs it in the commit
+    notice: the terms it passes on to the doctor (``core.protocol.GRANT_TERMS``: the
+    threshold, expiry and scope its own transaction set, and the label-key epoch the
+    ledger recorded). The doctor, patient, label and record are the request's, which
+    the patient read before granting."""
+    if not isinstance(entry, Mapping):
+        return entry
+    return _pick(entry, GRANT_TERMS)
+
+
+QUERY_VIEWS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "request": {REQUEST_ANSWER: request_answer_view},
+}
+"""``peer.query`` ``what`` -> the views it takes (``view``) -> the view's function."""
+
+NOTICE_VIEWS: dict[str, Callable[[Any], Any]] = {
+    "access_request": requester_view,
+    "grant": grant_terms_view,
+}
+"""Transaction type -> the view of its own effect entry (``core.ledger.effect_key``) its
+commit notice carries (:meth:`core.protocol.CommitNotice.for_submitter`); types not
+listed carry the whole entry."""
+
+
+def query_view(what: str, view: str | None, entry: Any) -> Any:
+    """``entry`` as a ``peer.query`` of ``what`` with ``view`` returns it (the whole entry
+    without a view; ``view`` was checked by :class:`core.protocol.PeerQuery`)."""
+    if view is None or entry is None:
+        return entry
+    return QUERY_VIEWS[what][view](entry)
