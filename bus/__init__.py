@@ -149,7 +149,11 @@ from .envelope import Verifier as Verifier
 from .envelope import decode_envelope as decode_envelope
 from .envelope import sign_wire as sign_wire
 from .envelope import encode_compact as encode_compact
+from .envelope import encode_compact_reply as encode_compact_reply
 from .envelope import COMPACT_VERSION as COMPACT_VERSION
+from .envelope import MAX_KIND_CODE as MAX_KIND_CODE
+from .envelope import register_kind_codes as register_kind_codes
+from .envelope import kind_codes as kind_codes
 from .envelope import verify_envelope as verify_envelope
 from .errors import BrokenError as BrokenError
 from .errors import BusError as BusError
