@@ -486,7 +486,8 @@ class Endpoint:
         slot = _Pending(to, kind, math.inf if timeout is None else now + timeout)
         self._pending[msg_id] = slot
         routes = self._reply_routes
-        routes[msg_id] = self._identity  # type: ignore[index]  # (a compact reply finds us by its id)
+        routes[msg_id] = self._identity  # type: ignore[index]  # (a compact reply finds us by its id; in
+        # signed mode the id is bytes, which no compact reply can name: kept all the same, for one code path)
         try:
             conn = self._host.route_now(self._identity, to, data)
             if conn is not None:
@@ -723,7 +724,7 @@ class Endpoint:
         """Verify and dispatch one decoded envelope. Never raises BusError."""
         if self._closed:
             return
-        if not env.recipient:  # a compact reply: it names no sender and no recipient
+        if not env.recipient:  # a compact reply: it names no recipient (nor a sender, unless from this node)
             self._compact_reply(env, size, conn)
             return
         if conn is None:  # from an agent of this node: authentic, no crypto; still one we know

@@ -27,9 +27,9 @@ recipient: the requester knows what it asked and whom, its node finds the
 asking endpoint by the correlation id, and the endpoint accepts the reply only
 on the connection its request left on (or from the agent asked, on the same
 node). A decoded compact envelope has ``timestamp`` 0 and empty ``nonce`` and
-``signature``; a decoded compact reply has ``msg_id`` 0 and empty ``sender``
-and ``recipient`` (the receiving node fills them in for one from an agent of
-its own). A request or message with a code no kind was registered for decodes
+``signature``; a decoded compact reply has ``msg_id`` 0 and an empty
+``recipient`` and ``sender`` (the node fills the sender in for one from an
+agent of its own). A request or message with a code no kind was registered for decodes
 with the kind ``bus.code.<n>``, which no handler can have (``bus.`` kinds are
 the bus's): it is refused as any unknown kind (``unknown-kind``).
 
@@ -580,22 +580,22 @@ def _compact_reply_fields(fields: list[Any]) -> Envelope:
     return _new_envelope(COMPACT_VERSION, mtype, None, 0, corr, "", "", 0, b"", body, b"")
 
 
-def _decode_local(data: bytes, sender: str = "", recipient: str = "") -> Envelope:
+def _decode_local(data: bytes, sender: str = "") -> Envelope:
     """The envelope in wire bytes this node's own endpoint built (full or compact), for
     delivery to an agent of the same node: a fresh copy of every value (sender and
     handler share nothing mutable), with no re-check of what the sender's endpoint
     checked when it encoded them. Extension types are still refused (the packer
     writes any ``msgpack.ExtType`` it is given) except the timestamp (-1), which
     msgpack decodes without asking: only code of this process can put one there.
-    A compact reply is given ``sender`` and ``recipient`` (the node knows them: the
-    hosted agent that sent it and the one it answers); a kind code is read back."""
+    A compact reply is given ``sender`` (the node knows it: the hosted agent that sent
+    it) and, as any compact reply, an empty ``recipient``; a kind code is read back."""
     try:
         f = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True, ext_hook=_reject_ext)
     except Exception as exc:
         raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None
     count = len(f)
     if count == _COMPACT_REPLY_FIELD_COUNT:
-        return _new_envelope(COMPACT_VERSION, _TYPE_OF[f[1]], None, 0, f[2], sender, recipient, 0, b"", f[3], b"")
+        return _new_envelope(COMPACT_VERSION, _TYPE_OF[f[1]], None, 0, f[2], sender, "", 0, b"", f[3], b"")
     if count == _COMPACT_FIELD_COUNT:
         kind = f[2]
         if type(kind) is int:

@@ -519,7 +519,7 @@ class Node:
             # no crypto between agents of one node: a decoded copy (so sender and
             # handler share no mutable body), delivered as from this node; the
             # sender's endpoint built and checked it, so it is not checked again
-            env = _decode_local(data, sender, recipient)  # (a compact reply: from the agent that sent it)
+            env = _decode_local(data, sender)  # (a compact reply: named as from the agent that sent it)
             await local.deliver(env, len(data), None)
             return None
         conn = self._paths.get(recipient)

@@ -105,10 +105,11 @@ async def test_a_reply_for_an_id_nothing_waits_for_is_refused_by_the_node(raw_ch
 
 async def test_a_co_hosted_agent_cannot_answer_or_take_another_endpoints_request():
     """Bob and carol share a node. Bob asks alice (another node) and dave (his own node);
-    carol, through the node's host interface (all a co-hosted agent could reach), answers
-    both with their ids: refused (bob's request to alice left on a connection; the one to
-    dave must come from dave). Carol's own requests to alice, over the same channel as
-    bob's, each get their own reply."""
+    carol, through the node's host interface (more than a co-hosted agent's endpoint
+    offers), answers both with their ids: refused (bob's request to alice left on a
+    connection; the one to dave must come from dave); so is a reply in alice's name from
+    this node. Carol's own requests to alice, over the same channel as bob's, and to dave
+    each get their own reply."""
     ring = Keyring()
     release = trio.Event()
 
@@ -141,6 +142,10 @@ async def test_a_co_hosted_agent_cannot_answer_or_take_another_endpoints_request
                                         (MessageType.ERROR, {"code": "x", "message": "stolen"})):
                         await server.route("carol", "bob", encode_compact_reply(mtype, victim, body), None)
                 assert _refused(bob) == 4 and bob.statistics().pending_requests == 2
+                # in the name of the agent asked, from this node: the request to alice left on a connection
+                alices = [i for i in bobs if bob._pending[i].to == "alice"]
+                await server.route("alice", "bob", encode_compact_reply(MessageType.REPLY, alices[0], "x"), None)
+                assert _refused(bob) == 5 and bob.statistics().pending_requests == 2
                 release.set()
             assert outcome == {(who, to): f"genuine {who}" for who in ("bob", "carol") for to in ("alice", "dave")}
             assert not server.reply_routes

@@ -397,8 +397,8 @@ def test_compact_envelopes_round_trip_and_local_decoding_agrees(mtype, kind, msg
         assert (env.version, env.type, env.kind, env.msg_id, env.correlation_id, env.sender, env.recipient) == (
             COMPACT_VERSION, mtype, None, 0, corr, "", "")
         assert wire == msgpack.packb([2, int(mtype), corr, body], use_bin_type=True)
-        local = _decode_local(wire, sender, recipient)  # the node names who sent it and to whom
-        assert (local.sender, local.recipient, local.correlation_id) == (sender, recipient, corr)
+        local = _decode_local(wire, sender)  # the node names the hosted agent that sent it
+        assert (local.sender, local.recipient, local.correlation_id) == (sender, "", corr)
     else:
         assert (env.version, env.type, env.msg_id, env.sender, env.recipient) == (
             COMPACT_VERSION, mtype, msg_id, sender, recipient)
