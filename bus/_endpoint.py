@@ -205,6 +205,10 @@ class _Host(Protocol):
         """Whether ``conn`` is still open."""
         ...
 
+    def hosts(self, agent: str) -> bool:
+        """Whether ``agent`` is hosted here: :meth:`route` delivers to it in memory, at once."""
+        ...
+
     def attach(self, identity: str, attachment: _Attachment) -> None:
         """Host a new endpoint: deliver envelopes for ``identity`` to it."""
         ...
@@ -254,7 +258,7 @@ class _Pending:
     """A request waiting for its reply: its requester parks on it (no Event, no
     cancel scope per request: the endpoint's expiry task times it out)."""
 
-    __slots__ = ("to", "kind", "done", "envelope", "error", "conn", "deadline", "waiter")
+    __slots__ = ("to", "kind", "done", "envelope", "error", "conn", "local", "deadline", "waiter")
 
     def __init__(self, to: str, kind: str, deadline: float = math.inf):
         self.to = to
@@ -263,6 +267,9 @@ class _Pending:
         self.envelope: Envelope | None = None
         self.error: BusError | None = None
         self.conn: Connection | None = None
+        self.local = False
+        """Whether the request went to an agent of this node (its reply comes from the node, not a
+        connection); set before it is sent. A request still connecting has neither ``conn`` nor this."""
         self.deadline = deadline
         """trio time after which the expiry task fails it (inf: never)."""
         self.waiter: trio.lowlevel.Task | None = None
@@ -504,6 +511,8 @@ class Endpoint:
                     slot.waiter = trio.lowlevel.current_task()
                     await trio.lowlevel.wait_task_rescheduled(slot.abort)
             else:  # connecting, waiting for a proof or for queue room: all under the timeout
+                # (route delivers to a hosted agent before any wait: it is hosted now or not at all)
+                slot.local = self._host.hosts(to)
                 with trio.move_on_after(slot.deadline - now):
                     slot.conn = await self._transmit(to, kind, data)
                     if slot.conn is not None and not self._host.is_live(slot.conn):
@@ -821,15 +830,16 @@ class Endpoint:
         (whose other side proved the agent asked, checked again as for any envelope on
         a channel), or, for a request delivered on this node, from the agent asked (the
         node names the hosted agent that sent it). Its sender is then the agent asked.
-        A reply from anywhere else (another connection, a co-hosted agent, a request
-        still being sent: its connection is not known yet) answers nothing."""
+        A reply from anywhere else (another connection, a co-hosted agent, the node for
+        a request that went to a connection or is still connecting: its connection not
+        known yet) answers nothing."""
         slot = self._pending.get(env.correlation_id)  # type: ignore[arg-type]
         if slot is None or slot.done:
             self._reject("unexpected-reply", env, conn, "reply matches no pending request")
             return
         to = slot.to
         if conn is None:
-            if slot.conn is not None or env.sender != to:
+            if not slot.local or env.sender != to:
                 self._reject("unexpected-reply", env, conn, f"a reply from {env.sender!r} on this node, "
                                                             f"not from {to!r} the way the request went")
                 return

@@ -485,6 +485,9 @@ class Node:
     def is_live(self, conn: Connection) -> bool:
         return conn in self._live
 
+    def hosts(self, agent: str) -> bool:
+        return agent in self._endpoints
+
     def note_path(self, agent: str, conn: Connection) -> None:
         if conn in self._live:
             self._paths[agent] = conn

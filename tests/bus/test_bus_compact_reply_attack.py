@@ -179,8 +179,9 @@ async def test_replies_to_requests_sent_while_connecting_are_taken():
 async def test_a_reply_while_the_request_is_still_connecting_is_refused(raw_channel, unsigned_envelope):
     """Bob's request to alice waits for a connection that never completes its handshake
     (its connection is not known yet). Mallory, on a channel of her own to bob's node,
-    answers with every id around it: refused (a reply is taken only on the connection
-    its request left on); the request times out."""
+    answers with every id around it, and a reply comes from bob's own node in alice's
+    name: refused (a reply is taken only on the connection its request left on, or from
+    the node for a request to an agent of the node); the request times out."""
     ring = Keyring()
     ring.add("mallory")
     ring.add("alice")
@@ -215,6 +216,9 @@ async def test_a_reply_while_the_request_is_still_connecting_is_refused(raw_chan
                                                              mtype=MessageType.REPLY, correlation_id=corr))
                         await eventually(lambda: _refused(bob, server) == len(guesses), timeout=30)
                         assert _refused(bob) == 1 and bob.statistics().pending_requests == 1
+                    # nor from this node in alice's name (the request did not go to an agent of this node)
+                    await server.route("alice", "bob", encode_compact_reply(MessageType.REPLY, victim, "x"), None)
+                    assert _refused(bob) == 2 and bob.statistics().pending_requests == 1
                 assert outcome == ["RequestTimeout"]
             nursery.cancel_scope.cancel()
 
