@@ -79,8 +79,9 @@ async def test_a_reply_on_another_connection_than_its_request_is_refused_even_fr
 
 
 async def test_a_reply_for_an_id_nothing_waits_for_is_refused_by_the_node(raw_channel, unsigned_envelope):
-    """Replies for ids no request of the node waits for (never sent, or answered already)
-    reach no endpoint: counted by the node; the channel goes on working."""
+    """Replies for ids no request of the node waits for (the id of mallory's own request
+    just answered among them) reach no endpoint: counted by the node; the channel goes on
+    working, and so does alice's."""
     ring = Keyring()
     ring.add("mallory")
 
