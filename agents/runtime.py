@@ -1,7 +1,10 @@
 """What every agent process shares at run time: bus endpoints signing with
 core.ecdsa, crypto off the event loop, and running until a signal.
 
-* :func:`make_endpoint`: an agent's bus endpoint signing with core.ecdsa.
+* :func:`make_endpoint`: an agent's bus endpoint signing with core.ecdsa. Importing
+  this module registers the registry's kind codes with the bus
+  (``bus.register_kind_codes(core.protocol.KIND_CODES)``): every agent process
+  sends and reads its requests' kinds as codes (docs/protocol.md).
 * :func:`run_crypto`: crypto off the event loop, bounded by one limiter per
   process (cffi releases the GIL, so native work runs in parallel); with
   ``small=True``, work under :data:`SMALL_CRYPTO_S` of CPU runs inline on the
@@ -27,9 +30,12 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import trio
 
-from bus import Endpoint, Node
+from bus import Endpoint, Node, register_kind_codes
 from core import ecdsa
 from core.backend import backend_name
+from core.protocol import KIND_CODES
+
+register_kind_codes(KIND_CODES)  # (before any endpoint of this process sends or reads a coded kind)
 
 __all__ = ["SMALL_CRYPTO_S", "SMALL_RECORD_BYTES", "VerifiedMemo", "crypto_limiter", "inline_small_crypto",
            "keep_freed_buffers", "make_endpoint", "return_freed_memory", "run_crypto", "serve_until_signal"]

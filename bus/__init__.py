@@ -33,17 +33,27 @@ Frame (stream transports: TCP, TLS)
     the header, under the same limit.
 
 Envelope (the payload)
-    Two forms, told apart by their length. On a channel and between agents of
-    one node, the compact form (version 2, :func:`encode_compact`): a msgpack
-    array of exactly 8 elements ``[2, type, kind, msg_id, correlation_id,
-    sender, recipient, body]``, where ``kind`` is nil on replies and error
-    replies (the requester knows what it asked), ``msg_id`` an unsigned 64-bit
-    int from one counter per node (unique while the node runs: replies are
-    matched by id at the requesting endpoint, from the agent asked only, so ids
-    need not be unpredictable) and ``correlation_id`` the request's ``msg_id``
-    on replies and error replies, nil otherwise. A channel also accepts the full
-    form unsigned (answered in the same form). In signed mode the full form
-    (version 1), a msgpack array of exactly 11 elements, in this order:
+    Forms told apart by their length. On a channel and between agents of one
+    node, the compact form (version 2, :func:`encode_compact`): requests,
+    fire-and-forget messages and events are a msgpack array of exactly 8
+    elements ``[2, type, kind, msg_id, nil, sender, recipient, body]``, where
+    ``msg_id`` is an unsigned 64-bit int from one counter per node (unique while
+    the node runs, so ids need not be unpredictable) and ``kind`` a str or, on a
+    request or fire-and-forget message of a kind the application registered a
+    code for (:func:`register_kind_codes`, append-only), that code (an int in
+    0..:data:`MAX_KIND_CODE`; events keep their topic strings; a code nobody
+    registered is read as the kind ``bus.code.<n>``, which no handler has:
+    refused ``unknown-kind``). Replies and error replies are an array of exactly
+    4 elements ``[2, type, correlation_id, body]`` (:func:`encode_compact_reply`),
+    ``correlation_id`` the request's ``msg_id``: no kind, id, sender or
+    recipient. The requesting node hands a reply to the endpoint whose pending
+    request has that id (:attr:`Node.reply_routes`); the endpoint takes it only
+    if it arrived on the connection the request left on (a channel whose other
+    side proved the agent asked) or, for a request delivered on the node itself,
+    from the agent asked; anything else is refused ``unexpected-reply``. A
+    channel also accepts the full form unsigned (answered in the same form). In
+    signed mode the full form (version 1), a msgpack array of exactly 11
+    elements, in this order:
 
     ====  ==============  =======================================================
      #    field           type and meaning
@@ -149,7 +159,11 @@ from .envelope import Verifier as Verifier
 from .envelope import decode_envelope as decode_envelope
 from .envelope import sign_wire as sign_wire
 from .envelope import encode_compact as encode_compact
+from .envelope import encode_compact_reply as encode_compact_reply
 from .envelope import COMPACT_VERSION as COMPACT_VERSION
+from .envelope import MAX_KIND_CODE as MAX_KIND_CODE
+from .envelope import register_kind_codes as register_kind_codes
+from .envelope import kind_codes as kind_codes
 from .envelope import verify_envelope as verify_envelope
 from .errors import BrokenError as BrokenError
 from .errors import BusError as BusError

@@ -71,6 +71,7 @@ from .envelope import (
     _packb,
     _slot_constructor,
     encode_compact,
+    encode_compact_reply,
     verify_envelope,
 )
 from ._secure import ChannelConnection
@@ -159,6 +160,13 @@ class _Host(Protocol):
         """A compact envelope id no other envelope of this node had while it runs."""
         ...
 
+    @property
+    def reply_routes(self) -> dict[int, str]:
+        """Compact request id -> the hosted endpoint waiting for its reply: the endpoint
+        adds its request's id before sending it and removes it when the request ends
+        (a compact reply names no recipient; the node finds the endpoint here)."""
+        ...
+
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run ``fn(*args)`` in the background, for at most the node's lifetime."""
         ...
@@ -195,6 +203,10 @@ class _Host(Protocol):
 
     def is_live(self, conn: Connection) -> bool:
         """Whether ``conn`` is still open."""
+        ...
+
+    def hosts(self, agent: str) -> bool:
+        """Whether ``agent`` is hosted here: :meth:`route` delivers to it in memory, at once."""
         ...
 
     def attach(self, identity: str, attachment: _Attachment) -> None:
@@ -246,7 +258,7 @@ class _Pending:
     """A request waiting for its reply: its requester parks on it (no Event, no
     cancel scope per request: the endpoint's expiry task times it out)."""
 
-    __slots__ = ("to", "kind", "done", "envelope", "error", "conn", "deadline", "waiter")
+    __slots__ = ("to", "kind", "done", "envelope", "error", "conn", "local", "deadline", "waiter")
 
     def __init__(self, to: str, kind: str, deadline: float = math.inf):
         self.to = to
@@ -255,6 +267,9 @@ class _Pending:
         self.envelope: Envelope | None = None
         self.error: BusError | None = None
         self.conn: Connection | None = None
+        self.local = False
+        """Whether the request went to an agent of this node (its reply comes from the node, not a
+        connection); set before it is sent. A request still connecting has neither ``conn`` nor this."""
         self.deadline = deadline
         """trio time after which the expiry task fails it (inf: never)."""
         self.waiter: trio.lowlevel.Task | None = None
@@ -370,6 +385,7 @@ class Endpoint:
         self._in_flight: dict[str, int] = {}  # requests being handled, by sender (no zero entries)
         self._max_pending = max_pending
         self._pending: dict[bytes | int, _Pending] = {}
+        self._reply_routes = host.reply_routes  # (the node's: compact request id -> the endpoint asking)
         self._expiry_at = math.inf  # when _expire wakes next (trio time)
         self._expiry_scope: trio.CancelScope | None = None  # the scope it sleeps in
         self._topics = _Topics(
@@ -476,6 +492,9 @@ class Endpoint:
         now = self._now()
         slot = _Pending(to, kind, math.inf if timeout is None else now + timeout)
         self._pending[msg_id] = slot
+        routes = self._reply_routes
+        routes[msg_id] = self._identity  # type: ignore[index]  # (a compact reply finds us by its id; in
+        # signed mode the id is bytes, which no compact reply can name: kept all the same, for one code path)
         try:
             conn = self._host.route_now(self._identity, to, data)
             if conn is not None:
@@ -492,6 +511,8 @@ class Endpoint:
                     slot.waiter = trio.lowlevel.current_task()
                     await trio.lowlevel.wait_task_rescheduled(slot.abort)
             else:  # connecting, waiting for a proof or for queue room: all under the timeout
+                # (route delivers to a hosted agent before any wait: it is hosted now or not at all)
+                slot.local = self._host.hosts(to)
                 with trio.move_on_after(slot.deadline - now):
                     slot.conn = await self._transmit(to, kind, data)
                     if slot.conn is not None and not self._host.is_live(slot.conn):
@@ -499,6 +520,7 @@ class Endpoint:
                     await slot.wait()
         finally:
             del self._pending[msg_id]
+            del routes[msg_id]  # type: ignore[arg-type]
         if not slot.done or isinstance(slot.error, _Expired):
             raise RequestTimeout(f"no reply from {to!r} to {kind!r} within {timeout} s")
         if slot.error is not None:
@@ -506,7 +528,7 @@ class Endpoint:
         reply = slot.envelope
         assert reply is not None
         if reply.type == MessageType.ERROR:
-            raise RemoteError(reply.body["code"], reply.body["message"], reply.sender)
+            raise RemoteError(reply.body["code"], reply.body["message"], to)  # (the agent asked answered it)
         return reply.body
 
     async def send(self, to: str, kind: str, body: Any) -> None:
@@ -669,8 +691,7 @@ class Endpoint:
         error reply when the reply cannot be encoded or carried."""
         try:
             if type(request.msg_id) is int and not self._signs:  # compact: no detour
-                data = encode_compact(mtype, None, self._host.next_id(), request.msg_id, self._identity,
-                                      request.sender, body)
+                data = encode_compact_reply(mtype, request.msg_id, body)
             else:
                 data = self._full_reply(request, mtype, body)
         except EnvelopeError:
@@ -711,6 +732,9 @@ class Endpoint:
     async def _receive(self, env: Envelope, size: int, conn: Connection | None) -> None:
         """Verify and dispatch one decoded envelope. Never raises BusError."""
         if self._closed:
+            return
+        if not env.recipient:  # a compact reply: it names no recipient (nor a sender, unless from this node)
+            self._compact_reply(env, size, conn)
             return
         if conn is None:  # from an agent of this node: authentic, no crypto; still one we know
             if env.recipient != self._identity:
@@ -799,6 +823,41 @@ class Endpoint:
             self._inbox_queued += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+
+    def _compact_reply(self, env: Envelope, size: int, conn: Connection | None) -> None:
+        """Accept a compact reply (or error reply) for the pending request it names only
+        if it came the way that request went: on the very channel the request left on
+        (whose other side proved the agent asked, checked again as for any envelope on
+        a channel), or, for a request delivered on this node, from the agent asked (the
+        node names the hosted agent that sent it). Its sender is then the agent asked.
+        A reply from anywhere else (another connection, a co-hosted agent, the node for
+        a request that went to a connection or is still connecting: its connection not
+        known yet) answers nothing."""
+        slot = self._pending.get(env.correlation_id)  # type: ignore[arg-type]
+        if slot is None or slot.done:
+            self._reject("unexpected-reply", env, conn, "reply matches no pending request")
+            return
+        to = slot.to
+        if conn is None:
+            if not slot.local or env.sender != to:
+                self._reject("unexpected-reply", env, conn, f"a reply from {env.sender!r} on this node, "
+                                                            f"not from {to!r} the way the request went")
+                return
+        else:
+            if slot.conn is not conn or not isinstance(conn, ChannelConnection):
+                self._reject("unexpected-reply", env, conn, "reply on another connection than its request")
+                return
+            try:
+                key = self._directory(to)
+            except Exception:
+                key = None
+            reason = conn.channel.claim_ok(to, key, self._verifier)
+            if reason is not None:
+                self._reject(reason, env, conn, f"{to!r} is not proved on this channel")
+                return
+            self._host.note_path(to, conn)
+        self._received.add(slot.kind, to, size)
+        slot.finish(env)
 
     def _holds(self, conn: Connection) -> bool:
         return (

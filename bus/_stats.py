@@ -66,6 +66,10 @@ class NodeStatistics:
     frames_received: int
     bytes_received: int
     rejected: Mapping[str, int]
+    """Frames no endpoint took, by reason: one of :data:`bus.envelope.REJECT_REASONS`
+    (undecodable; ``unproven-sender`` on a channel not vouched for), ``misaddressed``
+    (for an agent not hosted here), ``unexpected-reply`` (a compact reply whose
+    correlation id no request of this node waits for)."""
     broken_connections: int
     refused_connections: int
     dropped_connections: Mapping[str, int] = dataclasses.field(default_factory=dict)

@@ -63,9 +63,11 @@ from nacl.public import PrivateKey
 from .errors import BusError
 
 CHANNEL_PROTOCOL = "emrshare/channel"
-CHANNEL_VERSION = 2
+CHANNEL_VERSION = 3
 """2: envelopes after the handshake are compact (:func:`bus.envelope.encode_compact`);
-a node of channel version 1 refuses the hello instead of misreading them."""
+3: compact replies name no kind, id, sender or recipient, and requests may carry kind
+codes (:func:`bus.envelope.register_kind_codes`). A node of another channel version
+refuses the hello instead of misreading them."""
 TRANSCRIPT_DOMAIN = b"emrshare/v1/channel/transcript\x00"
 KEY_INFO = b"emrshare/v1/channel/keys"
 PROOF_DOMAIN = b"emrshare/v1/channel/identity\x00"

@@ -8,16 +8,30 @@ elements, in this order::
 
 The compact form, version 2, what channels and agents of one node carry (the
 channel authenticates and orders every frame, so no nonce, signature or
-timestamp travels): a msgpack array of 8 elements::
+timestamp travels). Requests, fire-and-forget messages and events: a msgpack
+array of 8 elements::
 
-    [2, type, kind, msg_id, correlation_id, sender, recipient, body]
+    [2, type, kind, msg_id, nil, sender, recipient, body]
 
 where ``msg_id`` is an unsigned integer unique among the sending node's
-envelopes while the node runs (:func:`encode_compact`), ``correlation_id`` the
-request's ``msg_id`` on replies and error replies (nil otherwise) and ``kind``
-nil on replies and error replies (the requester knows what it asked). A
-decoded compact envelope has ``timestamp`` 0 and empty ``nonce`` and
-``signature``.
+envelopes while the node runs (:func:`encode_compact`) and ``kind`` a string,
+or, on a request or a fire-and-forget message whose kind the application
+registered a code for (:func:`register_kind_codes`), that code (an unsigned
+int up to :data:`MAX_KIND_CODE`; an event's kind, its topic, is always a
+string). Replies and error replies: a msgpack array of 4 elements::
+
+    [2, type, correlation_id, body]
+
+with ``correlation_id`` the request's ``msg_id``, and no kind, id, sender or
+recipient: the requester knows what it asked and whom, its node finds the
+asking endpoint by the correlation id, and the endpoint accepts the reply only
+on the connection its request left on (or from the agent asked, on the same
+node). A decoded compact envelope has ``timestamp`` 0 and empty ``nonce`` and
+``signature``; a decoded compact reply has ``msg_id`` 0 and an empty
+``recipient`` and ``sender`` (the node fills the sender in for one from an
+agent of its own). A request or message with a code no kind was registered for decodes
+with the kind ``bus.code.<n>``, which no handler can have (``bus.`` kinds are
+the bus's): it is refused as any unknown kind (``unknown-kind``).
 
 The signature covers ``SIGNING_DOMAIN + msgpack([first 10 elements])``, where
 the msgpack encoding is the canonical one produced by msgpack-python's packer
@@ -54,7 +68,11 @@ __all__ = [
     "verify_envelope",
     "sign_wire",
     "encode_compact",
+    "encode_compact_reply",
     "COMPACT_VERSION",
+    "MAX_KIND_CODE",
+    "register_kind_codes",
+    "kind_codes",
     "ReplayGuard",
 ]
 
@@ -63,7 +81,8 @@ import enum
 import heapq
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -84,6 +103,12 @@ _MAX_TIMESTAMP = 2**63 - 1
 _MAX_COMPACT_ID = 2**64 - 1
 _FIELD_COUNT = 11
 _COMPACT_FIELD_COUNT = 8
+_COMPACT_REPLY_FIELD_COUNT = 4
+MAX_KIND_CODE = 2**16 - 1
+"""The largest kind code (:func:`register_kind_codes`); codes up to 127 cost one byte."""
+_UNKNOWN_CODE = "bus.code."
+"""The kind of a compact request or message whose code no kind was registered for:
+``bus.`` kinds are the bus's own, so no handler has it (refused ``unknown-kind``)."""
 
 REJECT_REASONS = (
     "malformed",
@@ -118,6 +143,45 @@ class MessageType(enum.IntEnum):
 _TYPE_CODES = frozenset(t.value for t in MessageType)
 _TYPE_OF = tuple(MessageType)  # code -> MessageType without an enum call (codes are 0..4)
 _REPLY_TYPES = (MessageType.REPLY, MessageType.ERROR)
+
+
+_kind_codes: dict[str, int] = {}  # kind -> code (read without the lock: a dict lookup is atomic)
+_code_kinds: dict[int, str] = {}  # code -> kind
+_codes_lock = threading.Lock()
+
+
+def register_kind_codes(codes: Mapping[str, int]) -> None:
+    """Add ``codes`` (kind -> code) to the process's table of well-known kinds: a compact
+    request or fire-and-forget message of such a kind carries the code (a small int)
+    instead of the kind's string, and a received code is read back as its kind. The
+    table is append-only: registering a pair again is a no-op; a kind or a code already
+    registered with another partner raises ValueError (and nothing is added). The
+    codes are the application's (both ends must register the same ones before they
+    talk): never reuse one for another kind, never renumber. ``bus.`` kinds and event
+    topics are never coded."""
+    items = list(codes.items())
+    for kind, code in items:
+        if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH or kind.startswith("bus."):
+            raise ValueError(f"kind {kind!r} cannot be coded (a non-empty str of at most {MAX_KIND_LENGTH} "
+                             f"chars, not a bus. kind)")
+        if type(code) is not int or not 0 <= code <= MAX_KIND_CODE:
+            raise ValueError(f"the code of {kind!r} must be an int in 0..{MAX_KIND_CODE}, not {code!r}")
+    with _codes_lock:
+        kinds, codes_ = dict(_kind_codes), dict(_code_kinds)
+        for kind, code in items:
+            if kinds.get(kind, code) != code:
+                raise ValueError(f"{kind!r} has the code {kinds[kind]} already, not {code}")
+            if codes_.get(code, kind) != kind:
+                raise ValueError(f"code {code} belongs to {codes_[code]!r} already, not {kind!r}")
+            kinds[kind], codes_[code] = code, kind
+        _code_kinds.update(codes_)  # (the code first: a kind is never sent coded before it can be read back)
+        _kind_codes.update(kinds)
+
+
+def kind_codes() -> Mapping[str, int]:
+    """A read-only copy of the process's kind codes (kind -> code)."""
+    with _codes_lock:
+        return MappingProxyType(dict(_kind_codes))
 
 
 _packers = threading.local()
@@ -307,29 +371,40 @@ _new_envelope = _slot_constructor(Envelope)
 def encode_compact(mtype: int, kind: str | None, msg_id: int, correlation_id: int | None, sender: str,
                    recipient: str, body: Any) -> bytes:
     """A compact (version 2) envelope's wire bytes: what a channel or an agent of the
-    same node carries. ``kind`` is dropped on replies and error replies. The values
-    are checked as :func:`decode_envelope` checks them, except the body's content
-    (msgpack refuses what it cannot encode: EnvelopeError ``malformed``)."""
+    same node carries. A reply or error reply is :func:`encode_compact_reply`'s form
+    (``kind``, ``msg_id``, ``sender`` and ``recipient`` are dropped); a request's or
+    fire-and-forget message's kind with a registered code travels as the code. The
+    values are checked as :func:`decode_envelope` checks them, except the body's
+    content (msgpack refuses what it cannot encode: EnvelopeError ``malformed``)."""
     if mtype not in _TYPE_CODES:
         raise EnvelopeError("malformed", "unknown message type")
     if mtype == 2 or mtype == 3:  # a reply or an error reply
-        kind = None
-        if type(correlation_id) is not int or not 0 <= correlation_id <= _MAX_COMPACT_ID:
-            raise EnvelopeError("malformed", "a reply's correlation_id must be an unsigned 64-bit int")
-        if mtype == 3:
-            _check_error_body(body)
-    else:
-        if correlation_id is not None:
-            raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
-        if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH:
-            _check_str("kind", kind, MAX_KIND_LENGTH)
+        return encode_compact_reply(mtype, correlation_id, body)  # type: ignore[arg-type]
+    if correlation_id is not None:
+        raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
+    if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH:
+        _check_str("kind", kind, MAX_KIND_LENGTH)
+    if mtype != 4:  # (an event's kind is its topic: always a string)
+        kind = _kind_codes.get(kind, kind)  # type: ignore[arg-type]
     if type(msg_id) is not int or not 0 <= msg_id <= _MAX_COMPACT_ID:
         raise EnvelopeError("malformed", "msg_id must be an unsigned 64-bit int")
     if type(sender) is not str or not 0 < len(sender) <= MAX_AGENT_ID_LENGTH:
         _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
     if type(recipient) is not str or not 0 < len(recipient) <= MAX_AGENT_ID_LENGTH:
         _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
-    return _packb([COMPACT_VERSION, int(mtype), kind, msg_id, correlation_id, sender, recipient, body])
+    return _packb([COMPACT_VERSION, int(mtype), kind, msg_id, None, sender, recipient, body])
+
+
+def encode_compact_reply(mtype: int, correlation_id: int, body: Any) -> bytes:
+    """A compact reply's or error reply's wire bytes, ``[2, type, correlation_id, body]``:
+    no kind, id, sender or recipient (see the module docstring)."""
+    if mtype != 2 and mtype != 3:
+        raise EnvelopeError("malformed", "a compact reply is a reply or an error reply")
+    if type(correlation_id) is not int or not 0 <= correlation_id <= _MAX_COMPACT_ID:
+        raise EnvelopeError("malformed", "a reply's correlation_id must be an unsigned 64-bit int")
+    if mtype == 3:
+        _check_error_body(body)
+    return _packb([COMPACT_VERSION, int(mtype), correlation_id, body])
 
 
 def _signature(signer: Signer, packed_fields: bytes) -> bytes:
@@ -428,9 +503,11 @@ def _decode_checked(data: bytes, max_objects: int, max_depth: int = DEFAULT_MAX_
     count = len(fields) if type(fields) is list else -1
     if count == _COMPACT_FIELD_COUNT:
         env = _compact_fields(fields)
+    elif count == _COMPACT_REPLY_FIELD_COUNT:
+        env = _compact_reply_fields(fields)
     elif count != _FIELD_COUNT:
         raise EnvelopeError("malformed", f"envelope must be an array of {_FIELD_COUNT} fields "
-                                         f"(or {_COMPACT_FIELD_COUNT}: compact)")
+                                         f"(or compact: {_COMPACT_FIELD_COUNT}, a reply {_COMPACT_REPLY_FIELD_COUNT})")
     else:
         version, mtype, kind, msg_id, corr, sender, recipient, ts, nonce, body, sig = fields
         if type(mtype) is not int or mtype not in _TYPE_CODES:
@@ -450,7 +527,7 @@ def _decode_checked(data: bytes, max_objects: int, max_depth: int = DEFAULT_MAX_
 
 
 def _compact_fields(fields: list[Any]) -> Envelope:
-    """The Envelope a decoded compact (version 2) array holds, checked."""
+    """The Envelope a decoded compact (version 2) request, message or event array holds, checked."""
     version, mtype, kind, msg_id, corr, sender, recipient, body = fields
     if type(version) is not int:
         raise EnvelopeError("malformed", "version must be an int")
@@ -462,17 +539,13 @@ def _compact_fields(fields: list[Any]) -> Envelope:
     if type(msg_id) is not int or not 0 <= msg_id <= _MAX_COMPACT_ID:
         raise EnvelopeError("malformed", "msg_id must be an unsigned 64-bit int")
     if mtype in _REPLY_TYPES:
-        if kind is not None:
-            raise EnvelopeError("malformed", "a compact reply carries no kind")
-        if type(corr) is not int or not 0 <= corr <= _MAX_COMPACT_ID:
-            raise EnvelopeError("malformed", "a reply's correlation_id must be an unsigned 64-bit int")
-        if mtype is MessageType.ERROR:
-            _check_error_body(body)
-    else:
-        if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH:
-            _check_str("kind", kind, MAX_KIND_LENGTH)
-        if corr is not None:
-            raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
+        raise EnvelopeError("malformed", f"a compact reply is an array of {_COMPACT_REPLY_FIELD_COUNT} fields")
+    if type(kind) is int and mtype is not MessageType.EVENT:
+        kind = _kind_of(kind)
+    elif type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH:
+        _check_str("kind", kind, MAX_KIND_LENGTH)
+    if corr is not None:
+        raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
     if type(sender) is not str or not 0 < len(sender) <= MAX_AGENT_ID_LENGTH:
         _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
     if type(recipient) is not str or not 0 < len(recipient) <= MAX_AGENT_ID_LENGTH:
@@ -480,19 +553,54 @@ def _compact_fields(fields: list[Any]) -> Envelope:
     return _new_envelope(COMPACT_VERSION, mtype, kind, msg_id, corr, sender, recipient, 0, b"", body, b"")
 
 
-def _decode_local(data: bytes) -> Envelope:
+def _kind_of(code: int) -> str:
+    """The kind a received code stands for (``bus.code.<n>`` for one never registered)."""
+    if not 0 <= code <= MAX_KIND_CODE:
+        raise EnvelopeError("malformed", f"a kind code must be in 0..{MAX_KIND_CODE}")
+    kind = _code_kinds.get(code)
+    return kind if kind is not None else _UNKNOWN_CODE + str(code)
+
+
+def _compact_reply_fields(fields: list[Any]) -> Envelope:
+    """The Envelope a decoded compact reply (or error reply) array holds, checked."""
+    version, mtype, corr, body = fields
+    if type(version) is not int:
+        raise EnvelopeError("malformed", "version must be an int")
+    if version != COMPACT_VERSION:
+        raise EnvelopeError("version", f"unsupported compact envelope version {version}")
+    if type(mtype) is not int or mtype not in _TYPE_CODES:
+        raise EnvelopeError("malformed", "unknown message type")
+    mtype = _TYPE_OF[mtype]
+    if mtype not in _REPLY_TYPES:
+        raise EnvelopeError("malformed", f"an array of {_COMPACT_REPLY_FIELD_COUNT} fields is a compact reply")
+    if type(corr) is not int or not 0 <= corr <= _MAX_COMPACT_ID:
+        raise EnvelopeError("malformed", "a reply's correlation_id must be an unsigned 64-bit int")
+    if mtype is MessageType.ERROR:
+        _check_error_body(body)
+    return _new_envelope(COMPACT_VERSION, mtype, None, 0, corr, "", "", 0, b"", body, b"")
+
+
+def _decode_local(data: bytes, sender: str = "") -> Envelope:
     """The envelope in wire bytes this node's own endpoint built (full or compact), for
     delivery to an agent of the same node: a fresh copy of every value (sender and
     handler share nothing mutable), with no re-check of what the sender's endpoint
     checked when it encoded them. Extension types are still refused (the packer
     writes any ``msgpack.ExtType`` it is given) except the timestamp (-1), which
-    msgpack decodes without asking: only code of this process can put one there."""
+    msgpack decodes without asking: only code of this process can put one there.
+    A compact reply is given ``sender`` (the node knows it: the hosted agent that sent
+    it) and, as any compact reply, an empty ``recipient``; a kind code is read back."""
     try:
         f = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True, ext_hook=_reject_ext)
     except Exception as exc:
         raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None
-    if len(f) == _COMPACT_FIELD_COUNT:
-        return _new_envelope(COMPACT_VERSION, _TYPE_OF[f[1]], f[2], f[3], f[4], f[5], f[6], 0, b"", f[7], b"")
+    count = len(f)
+    if count == _COMPACT_REPLY_FIELD_COUNT:
+        return _new_envelope(COMPACT_VERSION, _TYPE_OF[f[1]], None, 0, f[2], sender, "", 0, b"", f[3], b"")
+    if count == _COMPACT_FIELD_COUNT:
+        kind = f[2]
+        if type(kind) is int:
+            kind = _kind_of(kind)
+        return _new_envelope(COMPACT_VERSION, _TYPE_OF[f[1]], kind, f[3], f[4], f[5], f[6], 0, b"", f[7], b"")
     return _new_envelope(f[0], _TYPE_OF[f[1]], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10])
 
 

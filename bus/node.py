@@ -371,6 +371,7 @@ class Node:
         self._broken = 0
         self._refused = 0
         self._ids = itertools.count(1)  # compact envelope ids (see next_id)
+        self._reply_routes: dict[int, str] = {}  # compact request id -> the hosted endpoint asking
         self._now = trio.lowlevel.current_clock().current_time  # trio.current_time() without its two calls
         self._closed = False
 
@@ -462,6 +463,12 @@ class Node:
         request came on, so no reply to the old node's requests reaches it."""
         return next(self._ids)
 
+    @property
+    def reply_routes(self) -> dict[int, str]:
+        """Compact request id -> the hosted endpoint waiting for its reply (kept by the
+        endpoints): a compact reply names no recipient, it goes to the one asking."""
+        return self._reply_routes
+
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         self._nursery.start_soon(fn, *args)
 
@@ -477,6 +484,9 @@ class Node:
 
     def is_live(self, conn: Connection) -> bool:
         return conn in self._live
+
+    def hosts(self, agent: str) -> bool:
+        return agent in self._endpoints
 
     def note_path(self, agent: str, conn: Connection) -> None:
         if conn in self._live:
@@ -512,7 +522,7 @@ class Node:
             # no crypto between agents of one node: a decoded copy (so sender and
             # handler share no mutable body), delivered as from this node; the
             # sender's endpoint built and checked it, so it is not checked again
-            env = _decode_local(data)
+            env = _decode_local(data, sender)  # (a compact reply: named as from the agent that sent it)
             await local.deliver(env, len(data), None)
             return None
         conn = self._paths.get(recipient)
@@ -1097,6 +1107,7 @@ class Node:
         channel = conn.channel if isinstance(conn, ChannelConnection) else None
         refused = 0
         endpoints = self._endpoints
+        reply_routes = self._reply_routes
         small, max_objects, max_depth = self._thread_objects, self._max_objects, self._max_depth
         while True:
             try:
@@ -1140,7 +1151,16 @@ class Node:
                         break
                     continue
                 unvouched = False
-            ep = endpoints.get(env.recipient)
+            recipient = env.recipient
+            if not recipient:  # a compact reply: to the endpoint whose request it names
+                ep = endpoints.get(reply_routes.get(env.correlation_id))  # type: ignore[arg-type]
+                if ep is None:
+                    count = self._rejected["unexpected-reply"] = self._rejected["unexpected-reply"] + 1
+                    if logged_repeat(count):
+                        log.warning("bus: a reply via %s answers no pending request here (#%d)", conn.peer, count)
+                    continue
+            else:
+                ep = endpoints.get(recipient)
             if ep is None:
                 count = self._rejected["misaddressed"] = self._rejected["misaddressed"] + 1
                 if logged_repeat(count):  # (a client repeats it at will: counted, logged now and then)

@@ -16,7 +16,9 @@ them.
   ``peer.query``'s ``view`` (:data:`QUERY_VIEWS`) and the commit notices
   (:data:`NOTICE_VIEWS`).
 * :data:`KINDS`, :data:`TOPICS`: kind -> :class:`KindSpec` (request type, reply
-  type, server, senders); topic -> :class:`TopicSpec`.
+  type, server, senders, code); topic -> :class:`TopicSpec`. :data:`KIND_CODES`:
+  kind -> its code on the bus (append-only; :data:`RETIRED_KIND_CODES` are never
+  given again), registered with the bus by ``agents.runtime``.
 * The re-encryption reply's signature: :func:`make_reencrypt_reply`,
   :func:`verify_reencrypt_reply` (tag :data:`REENCRYPTION_TAG`), and the key
   shares' :func:`share_context`.
@@ -25,7 +27,7 @@ them.
 
 Adding a kind: define its request and reply types in the module of its server
 (``_peer.py``, ...), export them here, add a :class:`KindSpec` to
-``_registry.py``, a handler in the serving agent, and a row to docs/protocol.md
+``_registry.py`` (with the next unused code), a handler in the serving agent, and a row to docs/protocol.md
 (tests check that the registry, the agents' handlers and the document agree).
 """
 
@@ -138,5 +140,7 @@ from core.protocol._registry import KindSpec as KindSpec
 from core.protocol._registry import TopicSpec as TopicSpec
 from core.protocol._registry import KINDS as KINDS
 from core.protocol._registry import TOPICS as TOPICS
+from core.protocol._registry import KIND_CODES as KIND_CODES
+from core.protocol._registry import RETIRED_KIND_CODES as RETIRED_KIND_CODES
 from core.protocol._registry import spec as spec
 from core.protocol import codes as codes

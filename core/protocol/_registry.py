@@ -25,7 +25,7 @@ undeclared topic. A per-subject family (``commits``) is one topic per user,
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
@@ -36,7 +36,7 @@ from core.protocol import _storage as s
 from core.protocol._schema import Message
 
 __all__ = ["Sender", "ANYONE", "REGISTERED", "CONSORTIUM", "KNOWN", "KindSpec", "TopicSpec", "KINDS", "TOPICS",
-           "spec", "admits", "admits_subscriber"]
+           "KIND_CODES", "RETIRED_KIND_CODES", "spec", "admits", "admits_subscriber"]
 
 
 class Sender(enum.Enum):
@@ -68,6 +68,11 @@ class KindSpec:
     server: str  # who serves it: "orderer", "peer", "patient", "storage"
     senders: frozenset[Sender]  # the classes admitted (refused otherwise with "forbidden", before any work)
     check: str = ""  # the object rule the handler checks on its first lines (see the module docstring)
+    code: int = field(kw_only=True)
+    """The kind's code on the bus (a compact request carries it instead of the kind's
+    string: ``bus.register_kind_codes``). Append-only: a new kind takes the next unused
+    code; a code is never renumbered, and a removed kind's code goes to
+    :data:`RETIRED_KIND_CODES`, never to another kind. 1..127 cost one byte."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +84,22 @@ class TopicSpec:
     per_subject: bool = False  # a family: each subscriber only to ``<topic>/<its own id>``
 
 
+RETIRED_KIND_CODES: frozenset[int] = frozenset()
+"""Codes of kinds that were removed: never given to another kind."""
+_MAX_CODE = 2**16 - 1  # (bus.MAX_KIND_CODE; core does not import the bus)
+
+
 def _kinds(*specs: KindSpec) -> Mapping[str, KindSpec]:
     out: dict[str, KindSpec] = {}
+    codes: set[int] = set()
     for k in specs:
         if k.kind in out or k.request.kind != k.kind or k.reply.kind != k.kind:
             raise ValueError(f"registry entry {k.kind!r} is duplicated or names types of another kind")
         if not k.senders or not k.senders <= ANYONE:
             raise ValueError(f"registry entry {k.kind!r} admits no sender class")
+        if type(k.code) is not int or not 0 < k.code <= _MAX_CODE or k.code in codes or k.code in RETIRED_KIND_CODES:
+            raise ValueError(f"registry entry {k.kind!r} has a code that is out of range, taken or retired")
+        codes.add(k.code)
         out[k.kind] = k
     return MappingProxyType(out)
 
@@ -101,44 +115,51 @@ _DOCTORS = frozenset({Sender.DOCTOR})
 _STORAGE_USERS = REGISTERED | frozenset({Sender.STORAGE})  # users, and nodes repairing replicas
 
 KINDS: Mapping[str, KindSpec] = _kinds(
-    KindSpec("orderer.submit", o.OrdererSubmit, o.OrdererSubmitReply, "orderer", _SUBMITTERS),
-    KindSpec("orderer.blocks", o.OrdererBlocks, o.OrdererBlocksReply, "orderer", _NODES),
-    KindSpec("orderer.head", o.OrdererHead, o.OrdererHeadReply, "orderer", _NODES),
+    KindSpec("orderer.submit", o.OrdererSubmit, o.OrdererSubmitReply, "orderer", _SUBMITTERS, code=1),
+    KindSpec("orderer.blocks", o.OrdererBlocks, o.OrdererBlocksReply, "orderer", _NODES, code=2),
+    KindSpec("orderer.head", o.OrdererHead, o.OrdererHeadReply, "orderer", _NODES, code=3),
     KindSpec("peer.enroll", p.PeerEnroll, p.PeerEnrollReply, "peer", frozenset({Sender.ENROLLING}),
-             "a valid enrollment token for the peer's own organization (enroll.denied, enroll.invalid)"),
+             "a valid enrollment token for the peer's own organization (enroll.denied, enroll.invalid)", code=4),
     KindSpec("peer.submit", p.PeerSubmit, p.PeerSubmitReply, "peer", REGISTERED,
-             "every transaction's submitter is the sender (forbidden)"),
+             "every transaction's submitter is the sender (forbidden)", code=5),
     KindSpec("peer.query", p.PeerQuery, p.PeerQueryReply, "peer", ANYONE,
              "by `what` (forbidden): cert, head and config for anyone (enrolling senders too); policy for its patient "
              "and peers; record/records for the patient, peers, and a doctor the patient's policy may allow "
              "for the record's label (fields the request needs only); request and grant for their patient "
-             "and doctor, and peers"),
+             "and doctor, and peers", code=6),
     KindSpec("peer.audit", p.PeerAudit, p.PeerAuditReply, "peer", _PATIENTS,
-             "the sender is the patient (audit.forbidden)"),
+             "the sender is the patient (audit.forbidden)", code=7),
     KindSpec("peer.deliver_share", p.PeerDeliverShare, p.PeerDeliverShareReply, "peer", _PATIENTS,
              "the sender is the grant's (or standing delegation's) patient (share.forbidden); waiting for an "
-             "uncommitted grant or delegation is capped per sender and in total (busy)"),
+             "uncommitted grant or delegation is capped per sender and in total (busy)", code=8),
     KindSpec("peer.reencrypt", p.PeerReencrypt, p.PeerReencryptReply, "peer", _DOCTORS,
-             "the sender is the grant's doctor, with a valid certificate (access.*)"),
-    KindSpec("peer.blocks", p.PeerBlocks, p.PeerBlocksReply, "peer", _NODES),
+             "the sender is the grant's doctor, with a valid certificate (access.*)", code=9),
+    KindSpec("peer.blocks", p.PeerBlocks, p.PeerBlocksReply, "peer", _NODES, code=10),
     KindSpec("patient.access_request", pa.PatientAccessRequest, pa.PatientAccessRequestReply, "patient",
              _DOCTORS, "the sender is the request's doctor (request.unknown); waiting for an uncommitted "
-                       "request is capped per sender and in total (busy)"),
-    KindSpec("storage.put", s.StoragePut, s.StoragePutReply, "storage", _STORAGE_USERS),
-    KindSpec("storage.put.begin", s.StoragePutBegin, s.StoragePutBeginReply, "storage", _STORAGE_USERS),
-    KindSpec("storage.put.chunk", s.StoragePutChunk, s.StoragePutChunkReply, "storage", _STORAGE_USERS, _OWNER),
+                       "request is capped per sender and in total (busy)", code=11),
+    KindSpec("storage.put", s.StoragePut, s.StoragePutReply, "storage", _STORAGE_USERS, code=12),
+    KindSpec("storage.put.begin", s.StoragePutBegin, s.StoragePutBeginReply, "storage", _STORAGE_USERS, code=13),
+    KindSpec("storage.put.chunk", s.StoragePutChunk, s.StoragePutChunkReply, "storage", _STORAGE_USERS, _OWNER,
+             code=14),
     KindSpec("storage.put.commit", s.StoragePutCommit, s.StoragePutCommitReply, "storage", _STORAGE_USERS,
-             _OWNER),
-    KindSpec("storage.put.abort", s.StoragePutAbort, s.StoragePutAbortReply, "storage", _STORAGE_USERS, _OWNER),
-    KindSpec("storage.get", s.StorageGet, s.StorageGetReply, "storage", KNOWN),
-    KindSpec("storage.leaves", s.StorageLeaves, s.StorageLeavesReply, "storage", KNOWN),
-    KindSpec("storage.has", s.StorageHas, s.StorageHasReply, "storage", KNOWN),
-    KindSpec("storage.pin", s.StoragePin, s.StoragePinReply, "storage", _STORAGE_USERS, _BLOB_OWNER),
-    KindSpec("storage.unpin", s.StorageUnpin, s.StorageUnpinReply, "storage", _STORAGE_USERS, _BLOB_OWNER),
-    KindSpec("storage.stat", s.StorageStat, s.StorageStatReply, "storage", KNOWN),
-    KindSpec("storage.list", s.StorageList, s.StorageListReply, "storage", CONSORTIUM),
+             _OWNER, code=15),
+    KindSpec("storage.put.abort", s.StoragePutAbort, s.StoragePutAbortReply, "storage", _STORAGE_USERS, _OWNER,
+             code=16),
+    KindSpec("storage.get", s.StorageGet, s.StorageGetReply, "storage", KNOWN, code=17),
+    KindSpec("storage.leaves", s.StorageLeaves, s.StorageLeavesReply, "storage", KNOWN, code=18),
+    KindSpec("storage.has", s.StorageHas, s.StorageHasReply, "storage", KNOWN, code=19),
+    KindSpec("storage.pin", s.StoragePin, s.StoragePinReply, "storage", _STORAGE_USERS, _BLOB_OWNER, code=20),
+    KindSpec("storage.unpin", s.StorageUnpin, s.StorageUnpinReply, "storage", _STORAGE_USERS, _BLOB_OWNER,
+             code=21),
+    KindSpec("storage.stat", s.StorageStat, s.StorageStatReply, "storage", KNOWN, code=22),
+    KindSpec("storage.list", s.StorageList, s.StorageListReply, "storage", CONSORTIUM, code=23),
 )
-"""Every request kind on the bus. Add a kind here, with its types, and in docs/protocol.md."""
+"""Every request kind on the bus. Add a kind here, with its types and the next unused code, and in
+docs/protocol.md."""
+
+KIND_CODES: Mapping[str, int] = MappingProxyType({k: spec.code for k, spec in KINDS.items()})
+"""Kind -> its code on the bus (what ``agents`` registers with ``bus.register_kind_codes``)."""
 
 TOPICS: Mapping[str, TopicSpec] = MappingProxyType({
     "blocks": TopicSpec("blocks", o.BlockEvent, "orderer", _NODES),

@@ -393,17 +393,134 @@ def test_compact_envelopes_round_trip_and_local_decoding_agrees(mtype, kind, msg
         body = {"code": kind, "message": sender}
     wire = encode_compact(mtype, kind, msg_id, corr if reply else None, sender, recipient, body)
     env = decode_envelope(wire)
-    assert (env.version, env.type, env.msg_id, env.sender, env.recipient) == (
-        COMPACT_VERSION, mtype, msg_id, sender, recipient)
-    assert env.kind == (None if reply else kind) and env.correlation_id == (corr if reply else None)
+    if reply:  # a compact reply carries its type, the request's id and the body: nothing else
+        assert (env.version, env.type, env.kind, env.msg_id, env.correlation_id, env.sender, env.recipient) == (
+            COMPACT_VERSION, mtype, None, 0, corr, "", "")
+        assert wire == msgpack.packb([2, int(mtype), corr, body], use_bin_type=True)
+        local = _decode_local(wire, sender)  # the node names the hosted agent that sent it
+        assert (local.sender, local.recipient, local.correlation_id) == (sender, "", corr)
+    else:
+        assert (env.version, env.type, env.msg_id, env.sender, env.recipient) == (
+            COMPACT_VERSION, mtype, msg_id, sender, recipient)
+        assert env.kind == kind and env.correlation_id is None
+        local = _decode_local(wire)
+        assert (local.kind, local.sender, local.recipient) == (kind, sender, recipient)
     assert (env.timestamp, env.nonce, env.signature) == (0, b"", b"")
     assert env.encode() == wire
-    assert _decode_local(wire).encode() == wire  # (NaN bodies never compare equal: compare bytes)
+    assert local.encode() == wire  # (NaN bodies never compare equal: compare bytes)
     assert len(wire) < len(Envelope.create_encoded(type=mtype, kind=kind, sender=sender, recipient=recipient,
                                                    body=body, timestamp=NOW, signer=None,
                                                    correlation_id=b"c" * 16 if reply else None)[1])
     with pytest.raises(EnvelopeError):  # compact envelopes carry no nonce: signed mode refuses them
         check(env)
+
+
+# kinds coded by these tests (the table is the process's and append-only: codes no application kind uses)
+_TEST_CODES = {"test.coded.ping": 60001, "test.coded.other": 60002, "test.coded.long" + "x" * 100: 60003}
+
+
+@given(code_of=st.sampled_from(sorted(_TEST_CODES)), mtype=st.sampled_from([MessageType.SEND, MessageType.REQUEST]),
+       msg_id=ids, sender=names, recipient=names, body=msgpack_values)
+@settings(max_examples=200, deadline=None)
+def test_coded_kinds_travel_as_their_code_and_decode_to_their_kind(code_of, mtype, msg_id, sender, recipient, body):
+    from bus import encode_compact, register_kind_codes
+    from bus.envelope import _decode_local
+
+    register_kind_codes(_TEST_CODES)  # (again: a no-op)
+    kind, code = code_of, _TEST_CODES[code_of]
+    wire = encode_compact(mtype, kind, msg_id, None, sender, recipient, body)
+    assert wire == msgpack.packb([2, int(mtype), code, msg_id, None, sender, recipient, body], use_bin_type=True)
+    for env in (decode_envelope(wire), _decode_local(wire)):
+        assert (env.type, env.kind, env.msg_id, env.sender, env.recipient) == (mtype, kind, msg_id, sender, recipient)
+        assert env.encode() == wire
+    # an event's kind is its topic: a string, even one that names a coded kind
+    event = encode_compact(MessageType.EVENT, kind, msg_id, None, sender, recipient, body)
+    assert event == msgpack.packb([2, 4, kind, msg_id, None, sender, recipient, body], use_bin_type=True)
+    assert decode_envelope(event).kind == kind
+
+
+@given(code=st.integers(0, 2**16 - 1), mtype=st.sampled_from([MessageType.SEND, MessageType.REQUEST]))
+@settings(max_examples=200, deadline=None)
+def test_a_code_no_kind_was_registered_for_decodes_to_a_kind_no_handler_can_have(code, mtype):
+    from bus import kind_codes
+
+    if code in kind_codes().values():
+        return
+    env = decode_envelope(_wire([2, int(mtype), code, 1, None, "a", "b", None]))
+    assert env.kind == f"bus.code.{code}"  # a bus. kind: no handler can be registered for it (unknown-kind)
+
+
+def test_kind_codes_are_append_only():
+    from bus import kind_codes, register_kind_codes
+
+    register_kind_codes(_TEST_CODES)
+    before = dict(kind_codes())
+    for bad in ({"test.coded.ping": 60009},  # a kind renumbered
+                {"test.coded.new": 60001},  # a code reused
+                {"test.coded.new": 60010, "test.coded.new2": 60010},  # one code twice in one call
+                {"test.coded.new": 60011, "test.coded.ping": 60012},  # nothing is added when one pair is refused
+                {"bus.subscribe": 60013}, {"": 60014}, {"k" * 129: 60015},  # not a kind that can be coded
+                {"test.coded.new": -1}, {"test.coded.new": 2**16}, {"test.coded.new": True}, {"test.coded.new": "1"}):
+        with pytest.raises(ValueError):
+            register_kind_codes(bad)
+        assert dict(kind_codes()) == before
+    with pytest.raises(TypeError):
+        kind_codes()["test.coded.ping"] = 1  # type: ignore[index]  # a read-only copy
+
+
+def _reply_wire(fields):
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+@given(st.lists(msgpack_values, min_size=4, max_size=4), st.sampled_from([2, 1, 3, True, 2.0]))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_compact_reply_arrays_raise_only_envelope_error(fields, version):
+    fields[0] = version
+    try:
+        env = decode_envelope(_reply_wire(fields))
+    except EnvelopeError as exc:
+        assert exc.reason in ("malformed", "version")
+        return
+    assert env.version == 2 and env.type in (MessageType.REPLY, MessageType.ERROR)
+    assert type(env.correlation_id) is int and (env.kind, env.msg_id, env.sender, env.recipient) == (None, 0, "", "")
+
+
+@pytest.mark.parametrize("fields,reason", [
+    ([2, 1, 7, None], "malformed"),  # four fields are a reply or an error reply
+    ([2, 0, 7, None], "malformed"),
+    ([2, 4, 7, None], "malformed"),
+    ([2, 2, None, None], "malformed"),  # a reply needs the id it answers
+    ([2, 2, -1, None], "malformed"),  # unsigned
+    ([2, 2, 1.0, None], "malformed"),  # an int, not a float
+    ([2, 2, b"\x00" * 16, None], "malformed"),  # an int
+    ([2, 2, True, None], "malformed"),
+    ([2, 3, 7, {"code": "x"}], "malformed"),  # an error reply's body
+    ([2, 3, 7, "busy"], "malformed"),
+    ([2, 9, 7, None], "malformed"),  # no such type
+    ([1, 2, 7, None], "version"),  # four fields are version 2
+    ([3, 2, 7, None], "version"),
+    ([2.0, 2, 7, None], "malformed"),
+    ([2, 2, 7], "malformed"),  # three fields are nothing
+    ([2, 2, 7, None, None], "malformed"),  # five neither
+])
+def test_malformed_compact_replies_are_refused_with_their_reason(fields, reason):
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(_reply_wire(fields))
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("fields", [
+    [2, 4, 60001, 1, None, "a", "b", None],  # an event's topic is never coded
+    [2, 1, -1, 1, None, "a", "b", None],  # codes are unsigned
+    [2, 1, 2**16, 1, None, "a", "b", None],  # and at most MAX_KIND_CODE
+    [2, 0, 2**64 - 1, 1, None, "a", "b", None],
+    [2, 1, True, 1, None, "a", "b", None],  # a bool is no code
+    [2, 1, 1.0, 1, None, "a", "b", None],
+])
+def test_malformed_kind_codes_are_refused(fields):
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(_wire(fields))
+    assert info.value.reason == "malformed"
 
 
 @given(st.lists(msgpack_values, min_size=8, max_size=8), st.sampled_from([2, 1, 3, True, 2.0]))
@@ -419,8 +536,10 @@ def test_arbitrary_compact_arrays_raise_only_envelope_error(fields, version):
 
 
 @pytest.mark.parametrize("fields", [
-    [2, 2, "ping", 1, 1, "a", "b", None],  # a compact reply carries no kind
-    [2, 1, None, 1, None, "a", "b", None],  # a request needs one
+    [2, 2, "ping", 1, 1, "a", "b", None],  # a compact reply is four fields, not eight
+    [2, 2, None, 1, 1, "a", "b", None],
+    [2, 3, None, 1, 1, "a", "b", {"code": "x", "message": "y"}],
+    [2, 1, None, 1, None, "a", "b", None],  # a request needs a kind
     [2, 1, "ping", 1, 1, "a", "b", None],  # a request has no correlation id
     [2, 2, None, 1, None, "a", "b", None],  # a reply needs one
     [2, 1, "ping", -1, None, "a", "b", None],  # ids are unsigned
@@ -440,6 +559,7 @@ def test_compact_encoding_checks_what_decoding_checks():
 
     for args in [(1, "", 1, None, "a", "b", 0), (1, "k", -1, None, "a", "b", 0), (1, "k", 1, 5, "a", "b", 0),
                  (2, "k", 1, None, "a", "b", 0), (3, "k", 1, 1, "a", "b", {"code": 1}), (9, "k", 1, None, "a", "b", 0),
+                 (2, None, 1, -1, "a", "b", 0), (2, None, 1, 2**64, "a", "b", 0), (3, None, 1, b"x", "a", "b", 0),
                  (1, "k", 1, None, "a" * 257, "b", 0), (1, "k", 2**64, None, "a", "b", 0),
                  (1, "k", 1, None, "a", "b", object())]:
         with pytest.raises(EnvelopeError):
@@ -456,19 +576,19 @@ def test_extension_types_anywhere_in_a_compact_envelope_are_malformed(body, ext,
     from bus import encode_compact
 
     reply = mtype == MessageType.REPLY
-    fields = [2, int(mtype), None if reply else "kind", 7, 3 if reply else None, "alice", "bob", body]
+    fields = [2, 2, 3, body] if reply else [2, int(mtype), "kind", 7, None, "alice", "bob", body]
     if where == "body":
-        fields[7] = ext
+        fields[-1] = ext
     elif where == "nested":
-        fields[7] = [body, {"deep": [[ext]]}]
+        fields[-1] = [body, {"deep": [[ext]]}]
     else:
-        fields[where] = ext
+        fields[where % len(fields)] = ext
     with pytest.raises(EnvelopeError) as info:
         decode_envelope(msgpack.packb(fields, use_bin_type=True))
     assert info.value.reason == "malformed"
     wire = encode_compact(mtype, None if reply else "kind", 7, 3 if reply else None, "alice", "bob", body)
     env = decode_envelope(wire)
-    assert env.sender == "alice" and env.recipient == "bob" and env.encode() == wire
+    assert (env.sender, env.recipient) == (("", "") if reply else ("alice", "bob")) and env.encode() == wire
 
 
 def test_decoded_envelopes_are_the_same_frozen_dataclass_as_constructed_ones():

@@ -56,9 +56,11 @@ async def test_request_reply_with_ecdsa_and_accounting():
         assert sa.sent_by_kind["ping"] == sb.received_by_kind["ping"]
         assert sa.received_by_kind["ping"] == sb.sent_by_kind["ping"]
         assert sa.sent_by_peer["bob"] == sa.sent
-        # the envelope's bytes are counted: the reply body and a header (ids, names)
-        assert sa.received_by_peer["bob"].bytes > len(msgpack.packb({"echo": [1, b"x"], "from": "alice",
-                                                                     "kind": "ping"})) + len("alicebob")
+        # the envelope's bytes are counted: the body and a header (the request's: ids, kind, names; a
+        # compact reply's: its type and correlation id only, 4 bytes here)
+        reply_body = len(msgpack.packb({"echo": [1, b"x"], "from": "alice", "kind": "ping"}))
+        assert sa.received_by_peer["bob"].bytes == reply_body + 4
+        assert sa.sent_by_peer["bob"].bytes > len(msgpack.packb([1, b"x"])) + len("alicebobping")
         assert sa.pending_requests == 0 and not sa.rejected
 
 

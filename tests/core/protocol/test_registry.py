@@ -89,3 +89,37 @@ def test_the_narrowed_columns():
     assert KINDS["storage.list"].senders.isdisjoint({Sender.ENROLLING, Sender.PATIENT, Sender.DOCTOR, Sender.USER})
     assert TOPICS["events"].subscribers == {Sender.PEER}
     assert not any(Sender.ENROLLING in s.senders for k, s in KINDS.items() if k not in ("peer.enroll", "peer.query"))
+
+
+# The codes as they were given (append-only): a kind keeps its code for ever; a removed
+# kind's code moves to RETIRED_KIND_CODES. Add a new kind's code here, never change one.
+_GIVEN_CODES = {
+    "orderer.submit": 1, "orderer.blocks": 2, "orderer.head": 3, "peer.enroll": 4, "peer.submit": 5,
+    "peer.query": 6, "peer.audit": 7, "peer.deliver_share": 8, "peer.reencrypt": 9, "peer.blocks": 10,
+    "patient.access_request": 11, "storage.put": 12, "storage.put.begin": 13, "storage.put.chunk": 14,
+    "storage.put.commit": 15, "storage.put.abort": 16, "storage.get": 17, "storage.leaves": 18,
+    "storage.has": 19, "storage.pin": 20, "storage.unpin": 21, "storage.stat": 22, "storage.list": 23,
+}
+
+
+def test_kind_codes_are_append_only_and_unique():
+    from core.protocol import KIND_CODES, RETIRED_KIND_CODES
+
+    for kind, code in _GIVEN_CODES.items():
+        if kind in KINDS:
+            assert KIND_CODES[kind] == code == KINDS[kind].code, f"{kind!r} was renumbered"
+        else:
+            assert code in RETIRED_KIND_CODES, f"{kind!r} was removed without retiring its code"
+    assert set(KIND_CODES) == set(KINDS) and set(_GIVEN_CODES) >= set(KINDS), "a new kind's code goes in _GIVEN_CODES"
+    codes = list(KIND_CODES.values())
+    assert len(codes) == len(set(codes)) and not set(codes) & RETIRED_KIND_CODES
+    assert all(0 < c <= 2**16 - 1 for c in codes)
+
+
+def test_the_kind_codes_are_in_the_document():
+    from core.protocol import KIND_CODES
+
+    start = DOC.index("**Kind codes**")
+    text = DOC[start:DOC.index("\n\n", start)]
+    listed = {m.group(1): int(m.group(2)) for m in re.finditer(r"`([a-z_.]+)` (\d+)", text)}
+    assert listed == dict(KIND_CODES)
