@@ -201,6 +201,10 @@ class WaitGate:
     def waiting(self) -> int:
         return sum(self._waiting.values())
 
+    def has_room(self, sender: str) -> bool:
+        """Whether :meth:`slot` would take a slot for ``sender`` now (no refusal counted)."""
+        return self._waiting[sender] < self._per_sender and self.waiting < self._total
+
     @contextlib.contextmanager
     def slot(self, sender: str, kind: str) -> Iterator[None]:
         """Hold a waiting slot, or raise ``busy`` at once when the caps are reached."""

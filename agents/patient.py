@@ -129,10 +129,11 @@ _READ_PIECE = 1 << 20
 RECEIVERS_KEPT = 256
 """Doctors' receiving keys whose proof of possession a patient remembers as verified."""
 ANSWERS_WAITING_PER_DOCTOR = 2
-"""Access requests of one doctor that may wait at once for their request to commit
-(``busy`` beyond): half of the waiting slots a peer gives this patient
-(:data:`agents.admission.MAX_WAITING_PER_SENDER`), so a doctor naming heights the
-ledger has not reached cannot take the patient's own height-bound reads' slots."""
+"""Access requests of one doctor that may read their request with the height the doctor
+named at once (a peer below it waits): half of the waiting slots a peer gives this
+patient (:data:`agents.admission.MAX_WAITING_PER_SENDER`), so a doctor naming heights the
+ledger has not reached cannot take the patient's own height-bound reads' slots. Beyond
+it a request is read without the height (no wait), ``busy`` if it is not there yet."""
 
 
 def _new_id(prefix: str) -> str:
@@ -655,10 +656,18 @@ class PatientAgent(UserAgent):
         try:
             if height is None:
                 req = await self.client.query(query)
-            else:  # the doctor said where it committed: read there or later, no polling
+            elif self.waiting.has_room(sender):  # the doctor said where it committed: read there or later
                 with self.waiting.slot(sender, PatientAccessRequest.kind):
                     req = await self.client.query(PeerQuery("request", request_id=request_id, min_height=height,
                                                             view=REQUEST_ANSWER))
+            else:
+                # this doctor's other requests hold its waiting slots: read without waiting (a peer at
+                # the height answers at once, as usual); not there yet: busy (the doctor retries)
+                req = await self.client.query(query)
+                if req is None:
+                    with self.waiting.slot(sender, PatientAccessRequest.kind):  # (busy, unless one just ended)
+                        req = await self.client.query(PeerQuery("request", request_id=request_id,
+                                                                min_height=height, view=REQUEST_ANSWER))
         except AgentError as exc:
             if exc.code != codes.FORBIDDEN:
                 raise
