@@ -219,6 +219,8 @@ class PeerClient:
         """Signatures already verified (certificates, store transactions, re-encryption
         replies): :class:`agents.runtime.VerifiedMemo`."""
         self._state_lock = trio.Lock()
+        self._state_dirty = False  # changed since the background saver last saved (save_state_soon)
+        self._state_saving = False
         self.state: dict[str, Any] = {"cert": None}
         self.address: str | None = None
         self.endpoint: bus.Endpoint = make_endpoint(node, self.subject, keys.ecdsa_private, self._lookup_key)
@@ -267,6 +269,39 @@ class PeerClient:
         async with self._state_lock:
             data = msgpack.packb(self.state, use_bin_type=True)
             await trio.to_thread.run_sync(atomic_write, self.data_dir / STATE_FILE, data)
+
+    def save_state_soon(self) -> None:
+        """Save the local state off the caller's path: a background saver writes it (encode,
+        write, fsync) while the agent keeps changing it, so changes made meanwhile share
+        one save; :meth:`flush_state` (the agent closing) saves what it has not. For
+        state the ledger also holds (a patient's records and grants, a doctor's held
+        grants): a crash before the save loses the local note, not the ledger's entry."""
+        self._state_dirty = True
+        if not self._state_saving:
+            self._state_saving = True
+            self.nursery.start_soon(self._state_saver)
+
+    async def _state_saver(self) -> None:
+        try:
+            while self._state_dirty:
+                self._state_dirty = False
+                try:
+                    await self.save_state()
+                except OSError as exc:  # the ledger holds it: the next change or the close tries again
+                    self._state_dirty = True
+                    log.warning("%s: saving the local state failed: %s", self.subject, exc)
+                    return
+        finally:
+            self._state_saving = False
+
+    async def flush_state(self) -> None:
+        """Save what :meth:`save_state_soon` has not saved yet (the agent is closing)."""
+        if self._state_dirty or self._state_saving:
+            self._state_dirty = False
+            try:
+                await self.save_state()
+            except OSError as exc:
+                log.warning("%s: saving the local state at close failed: %s", self.subject, exc)
 
     @property
     def certificate(self) -> Certificate | None:
@@ -1032,7 +1067,11 @@ async def open_agent(config: UserConfig, node: bus.Node | None, build: Callable[
             await client._load_state()
             if client.certificate is not None:
                 client._directory.set_certificate(client.subject, client.certificate.ecdsa_key)
-            yield agent
+            try:
+                yield agent
+            finally:
+                with trio.move_on_after(10, shield=True):
+                    await client.flush_state()  # what the background saver has not saved yet
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # the caller's own exception, not wrapped in our nurseries' groups

@@ -449,7 +449,7 @@ class DoctorAgent(UserAgent):
         except (KeyError, TypeError, ValueError):
             raise IntegrityError(f"grant {grant_id}: malformed entry") from None
         self.grant_cache[_cache_key(patient, label)] = grant
-        await self.client.save_state()
+        self.client.save_state_soon()  # (off the read's path: a crash before it costs a new request, no more)
         return grant
 
     async def _ask_patient(self, patient: str, request_id: str, height: int | None = None) -> Any:

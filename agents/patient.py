@@ -151,8 +151,6 @@ class PatientAgent(UserAgent):
         self._label_keys: dict[tuple[str, int], pre.KeyPair] = {}
         self._receivers: collections.OrderedDict[bytes, pre.PublicKey] = collections.OrderedDict()
         self._answering: dict[str, trio.Lock] = {}
-        self._records_dirty = False  # a store's local entry not saved yet (see _save_records_soon)
-        self._records_saving = False
         self.refusals = Refusals(self.subject)
         # access requests waiting for their request to commit: at most 2 per doctor, so that one doctor
         # holds at most half of this patient's waiting slots at a peer (its per-sender cap is 4)
@@ -193,11 +191,7 @@ class PatientAgent(UserAgent):
             agent.state.setdefault("records", {})
             agent.state.setdefault("grants", {})
             agent.state.setdefault("standing", {})
-            try:
-                yield agent
-            finally:
-                with trio.move_on_after(10, shield=True):
-                    await agent._flush_records()
+            yield agent
 
     # identity (certificate, register, revoke_certificate, lookup_certificate): UserAgent
 
@@ -289,34 +283,9 @@ class PatientAgent(UserAgent):
         return record_id
 
     def _save_records_soon(self) -> None:
-        """Save the local state off the store's path: a background saver writes it while
-        stores keep changing it (concurrent stores share a save: one fsync, not one each)."""
-        self._records_dirty = True
-        if not self._records_saving:
-            self._records_saving = True
-            self.client.nursery.start_soon(self._records_saver)
-
-    async def _records_saver(self) -> None:
-        try:
-            while self._records_dirty:
-                self._records_dirty = False
-                try:
-                    await self.client.save_state()
-                except OSError as exc:  # the ledger holds the records: the next store or close tries again
-                    self._records_dirty = True
-                    log.warning("%s: saving the local state failed: %s", self.subject, exc)
-                    return
-        finally:
-            self._records_saving = False
-
-    async def _flush_records(self) -> None:
-        """Save what the background saver has not (the agent is closing)."""
-        if self._records_dirty or self._records_saving:
-            self._records_dirty = False
-            try:
-                await self.client.save_state()
-            except OSError as exc:  # the ledger lists the records (records()); the cache is rebuilt from it
-                log.warning("%s: saving the local state at close failed: %s", self.subject, exc)
+        """Save the local state off the store's (or grant's) path (:meth:`PeerClient.save_state_soon`:
+        concurrent changes share a save, one fsync, not one each; the close saves the rest)."""
+        self.client.save_state_soon()
 
     async def _storage_call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         from agents.storage import StorageError
@@ -764,7 +733,9 @@ class PatientAgent(UserAgent):
             "expires_at": expires_at, "threshold": threshold, "peers": acks, "revoked": False,
             "height": reply.get("height"), "scope": scope,
         }
-        await self.client.save_state()
+        # (off the answer's path: the ledger holds the grant; a crash before the save loses the local
+        # note of it, see docs/security.md)
+        self._save_records_soon()
         if stale is not None:
             # not revoked (a revocation would hold the doctor's next request for the patient): the
             # peers re-encrypt only the grant's records, whose capsules these shares do not open

@@ -59,7 +59,7 @@ async def test_store_returns_before_the_state_save_and_close_saves_it(fake_swarm
             more = [await alice.store(b"x%d" % i, label="labs", media_type="text/plain") for i in range(3)]
             assert len(saves) == 2  # registration's and the first store's (still waiting)
             release.set()
-            while alice._records_saving:
+            while alice.client._state_saving:
                 await trio.sleep(0.01)
             assert saves == [0, 1, 4]  # one more save for the three stores
             assert set(_saved_records(tmp_path)) == {first, *more}
@@ -94,11 +94,11 @@ async def test_a_failed_background_save_is_logged_and_retried_by_the_next_store(
             await alice.register(fake.token("alice", "hospital-a", PATIENT, alice.enroll_id))
             fail["on"] = True
             first = await alice.store(b"one", label="labs", media_type="text/plain")  # the store itself succeeds
-            while alice._records_saving:
+            while alice.client._state_saving:
                 await trio.sleep(0.01)
             assert "saving the local state failed" in caplog.text
-            assert alice._records_dirty and first not in _saved_records(tmp_path)
+            assert alice.client._state_dirty and first not in _saved_records(tmp_path)
             second = await alice.store(b"two", label="labs", media_type="text/plain")
-            while alice._records_saving:
+            while alice.client._state_saving:
                 await trio.sleep(0.01)
             assert {first, second} <= set(_saved_records(tmp_path))
