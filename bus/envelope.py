@@ -529,13 +529,7 @@ def _decode_checked(data: bytes, max_objects: int, max_depth: int = DEFAULT_MAX_
 def _compact_fields(fields: list[Any]) -> Envelope:
     """The Envelope a decoded compact (version 2) request, message or event array holds, checked."""
     version, mtype, kind, msg_id, corr, sender, recipient, body = fields
-    if type(version) is not int:
-        raise EnvelopeError("malformed", "version must be an int")
-    if version != COMPACT_VERSION:
-        raise EnvelopeError("version", f"unsupported compact envelope version {version}")
-    if type(mtype) is not int or mtype not in _TYPE_CODES:
-        raise EnvelopeError("malformed", "unknown message type")
-    mtype = _TYPE_OF[mtype]
+    mtype = _compact_type(version, mtype)
     if type(msg_id) is not int or not 0 <= msg_id <= _MAX_COMPACT_ID:
         raise EnvelopeError("malformed", "msg_id must be an unsigned 64-bit int")
     if mtype in _REPLY_TYPES:
@@ -553,6 +547,17 @@ def _compact_fields(fields: list[Any]) -> Envelope:
     return _new_envelope(COMPACT_VERSION, mtype, kind, msg_id, corr, sender, recipient, 0, b"", body, b"")
 
 
+def _compact_type(version: Any, mtype: Any) -> MessageType:
+    """A compact envelope's message type, after checking its version and type fields."""
+    if type(version) is not int:
+        raise EnvelopeError("malformed", "version must be an int")
+    if version != COMPACT_VERSION:
+        raise EnvelopeError("version", f"unsupported compact envelope version {version}")
+    if type(mtype) is not int or mtype not in _TYPE_CODES:
+        raise EnvelopeError("malformed", "unknown message type")
+    return _TYPE_OF[mtype]
+
+
 def _kind_of(code: int) -> str:
     """The kind a received code stands for (``bus.code.<n>`` for one never registered)."""
     if not 0 <= code <= MAX_KIND_CODE:
@@ -564,13 +569,7 @@ def _kind_of(code: int) -> str:
 def _compact_reply_fields(fields: list[Any]) -> Envelope:
     """The Envelope a decoded compact reply (or error reply) array holds, checked."""
     version, mtype, corr, body = fields
-    if type(version) is not int:
-        raise EnvelopeError("malformed", "version must be an int")
-    if version != COMPACT_VERSION:
-        raise EnvelopeError("version", f"unsupported compact envelope version {version}")
-    if type(mtype) is not int or mtype not in _TYPE_CODES:
-        raise EnvelopeError("malformed", "unknown message type")
-    mtype = _TYPE_OF[mtype]
+    mtype = _compact_type(version, mtype)
     if mtype not in _REPLY_TYPES:
         raise EnvelopeError("malformed", f"an array of {_COMPACT_REPLY_FIELD_COUNT} fields is a compact reply")
     if type(corr) is not int or not 0 <= corr <= _MAX_COMPACT_ID:
