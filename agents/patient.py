@@ -279,13 +279,8 @@ class PatientAgent(UserAgent):
         self.state["records"][record_id] = {"label": label, "cid": cid, "size": size,
                                             "media_type": media_type, "height": reply.get("height"),
                                             "epoch": epoch}
-        self._save_records_soon()
-        return record_id
-
-    def _save_records_soon(self) -> None:
-        """Save the local state off the store's (or grant's) path (:meth:`PeerClient.save_state_soon`:
-        concurrent changes share a save, one fsync, not one each; the close saves the rest)."""
         self.client.save_state_soon()
+        return record_id
 
     async def _storage_call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         from agents.storage import StorageError
@@ -735,7 +730,7 @@ class PatientAgent(UserAgent):
         }
         # (off the answer's path: the ledger holds the grant; a crash before the save loses the local
         # note of it, see docs/security.md)
-        self._save_records_soon()
+        self.client.save_state_soon()
         if stale is not None:
             # not revoked (a revocation would hold the doctor's next request for the patient): the
             # peers re-encrypt only the grant's records, whose capsules these shares do not open

@@ -15,22 +15,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import pathlib
 
 import pytest
 import trio
 
 import bus
-from agents.client import UserConfig
 from agents.doctor import DoctorAgent
 from agents.errors import PolicyDenied
 from agents.patient import PatientAgent
-from agents.swarm import Swarm, SwarmSpec
 from agents.testing.consortium import SHARING_POLICY as POLICY
-from agents.testing.consortium import user_config
 from core.protocol import HELD_SIZE, PatientAccessRequest, PeerQuery, PeerQueryReply, codes
+
+from tests.agents.test_commit_notices import _swarm_and_users  # (its Users: agents on the swarm's node)
 
 pytestmark = pytest.mark.slow
 
@@ -38,27 +35,6 @@ PATIENT = ("alice", "hospital-a", {"role": "patient"})
 HEART = ("dr-heart", "hospital-b", {"role": "doctor", "department": "cardiology"})
 GP = ("dr-gp", "hospital-a", {"role": "doctor", "department": "general"})
 SKIN = ("dr-skin", "hospital-b", {"role": "doctor", "department": "dermatology"})
-
-
-class Users:
-    def __init__(self, swarm: Swarm, tmp: pathlib.Path, stack: contextlib.AsyncExitStack):
-        self.swarm, self.tmp, self.stack = swarm, tmp, stack
-
-    def config(self, subject, org, attributes, **kw) -> UserConfig:
-        return user_config(self.swarm.manifest, self.tmp / "users" / subject, subject, org, attributes, **kw)
-
-    async def open(self, cls, who, **kw):
-        subject, org, attributes = who
-        agent = await self.stack.enter_async_context(
-            cls.open(self.config(subject, org, attributes, request_timeout=10.0), node=self.swarm.node, **kw))
-        await agent.register(self.swarm.token(subject, org, attributes, agent.enroll_id))
-        return agent
-
-
-@contextlib.asynccontextmanager
-async def _swarm_and_users(tmp_path: pathlib.Path):
-    async with Swarm.open(SwarmSpec(data_dir=tmp_path / "swarm")) as swarm, contextlib.AsyncExitStack() as stack:
-        yield swarm, Users(swarm, tmp_path, stack)
 
 
 def _record_exchanges(client) -> list:
