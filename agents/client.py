@@ -533,13 +533,14 @@ class PeerClient:
         next when a peer's waiting slots are full (``busy``)."""
         if query.min_height is None:
             try:
-                return _query_value(await self.call_peer(PeerQuery.kind, query.to_wire()), held_tx)
+                return _query_value(await self.call_peer(PeerQuery.kind, query.to_wire()), held_tx, query.view)
             except bus.RemoteError as exc:
                 raise remote_error(exc, f"query {query.what}") from None
         behind: bus.RemoteError | None = None
         for peer in self.peers_by_health():
             try:
-                return _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire()), held_tx)
+                return _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire()), held_tx,
+                                    query.view)
             except bus.RemoteError as exc:
                 # busy: its waiting slots for us are taken (a doctor naming far heights to us can fill them)
                 if exc.code != codes.QUERY_BEHIND and exc.code != codes.BUSY:
@@ -589,7 +590,7 @@ class PeerClient:
         async def ask(peer: str, done: trio.CancelScope) -> None:
             try:
                 entry = _query_value(await self.peer_request(peer, PeerQuery.kind, query.to_wire(), timeout=timeout),
-                                     held_tx)
+                                     held_tx, query.view)
             except bus.RemoteError as exc:
                 refused.append(exc)
                 return
@@ -1081,11 +1082,12 @@ async def open_agent(config: UserConfig, node: bus.Node | None, build: Callable[
         raise lone from None
 
 
-def _query_value(reply: Any, held_tx: bytes | None = None) -> Any:
+def _query_value(reply: Any, held_tx: bytes | None = None, view: str | None = None) -> Any:
     """A ``peer.query`` reply's value (a map, a list or nil), else IntegrityError; ``held_tx``:
-    the transaction the query held (``PeerQuery.held``), put back where the answer left it out."""
+    the transaction the query held (``PeerQuery.held``), put back where the answer left it out;
+    ``view``: the query's (an array view read back into its map)."""
     try:
-        return PeerQueryReply.from_wire(reply, held=held_tx).value
+        return PeerQueryReply.from_wire(reply, held=held_tx, view=view).value
     except DecodeError as exc:
         raise IntegrityError(f"malformed peer.query reply: {exc}") from None
 

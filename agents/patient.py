@@ -89,7 +89,7 @@ from core.policy import Policy, Request as PolicyRequest, parse as parse_policy
 from core.state import entry_key
 from core.protocol import (
     GRANT_TERMS,
-    REQUEST_ANSWER,
+    REQUEST_ROW,
     PatientAccessRequest,
     PatientAccessRequestReply,
     PeerAudit,
@@ -615,15 +615,16 @@ class PatientAgent(UserAgent):
         for gid, g in self.grants.items():  # a retry after we already granted
             if g.get("request_id") == request_id and g.get("doctor") == sender and not g.get("revoked"):
                 return {"grant_id": gid, "height": g.get("height")}  # the doctor reads the grant back
-        # the fields checked below (and shown for approval) only: core.protocol.request_answer_view
-        query = PeerQuery("request", request_id=request_id, view=REQUEST_ANSWER)
+        # the fields checked below (and shown for approval) only, as one array (the client reads it
+        # back into the answer view's map): core.protocol.request_row_view
+        query = PeerQuery("request", request_id=request_id, view=REQUEST_ROW)
         try:
             if height is None:
                 req = await self.client.query(query)
             elif self.waiting.has_room(sender):  # the doctor said where it committed: read there or later
                 with self.waiting.slot(sender, PatientAccessRequest.kind):
                     req = await self.client.query(PeerQuery("request", request_id=request_id, min_height=height,
-                                                            view=REQUEST_ANSWER))
+                                                            view=REQUEST_ROW))
             else:
                 # this doctor's other requests hold its waiting slots: read without waiting (a peer at
                 # the height answers at once, as usual); not there yet: busy (the doctor retries)
@@ -631,7 +632,7 @@ class PatientAgent(UserAgent):
                 if req is None:
                     with self.waiting.slot(sender, PatientAccessRequest.kind):  # (busy, unless one just ended)
                         req = await self.client.query(PeerQuery("request", request_id=request_id,
-                                                                min_height=height, view=REQUEST_ANSWER))
+                                                                min_height=height, view=REQUEST_ROW))
         except AgentError as exc:
             if exc.code != codes.FORBIDDEN:
                 raise

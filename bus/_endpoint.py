@@ -177,6 +177,14 @@ class _Host(Protocol):
         :meth:`route` it)."""
         ...
 
+    def route_now_compact(self, sender: str, recipient: str, mtype: int, kind: str, msg_id: int,
+                          body: Any) -> tuple[Connection, bytes] | None:
+        """Encode (compact, with the names' aliases on the channel it goes on) and send
+        a request, message or event from ``sender`` if that takes no wait: (the
+        connection, the bytes sent), or None when it did not go (then encode it with
+        the names and :meth:`route` it)."""
+        ...
+
     async def route(
         self, sender: str, recipient: str, data: bytes, via: Connection | None, *, wait: bool = True
     ) -> Connection | None:
@@ -488,7 +496,11 @@ class Endpoint:
             self._check_open()
         if len(self._pending) >= self._max_pending:
             raise BusError(f"too many pending requests ({self._max_pending})")
-        msg_id, data = self._make(_REQUEST, kind, to, body)
+        host = self._host
+        if self._signs:
+            msg_id, data = self._make(_REQUEST, kind, to, body)
+        else:  # compact: encoded where it goes (aliases on a channel), below
+            msg_id, data = host.next_id(), None
         now = self._now()
         slot = _Pending(to, kind, math.inf if timeout is None else now + timeout)
         self._pending[msg_id] = slot
@@ -496,7 +508,14 @@ class Endpoint:
         routes[msg_id] = self._identity  # type: ignore[index]  # (a compact reply finds us by its id; in
         # signed mode the id is bytes, which no compact reply can name: kept all the same, for one code path)
         try:
-            conn = self._host.route_now(self._identity, to, data)
+            if data is None:
+                sent = host.route_now_compact(self._identity, to, _REQUEST, kind, msg_id, body)  # type: ignore[arg-type]
+                if sent is not None:
+                    conn, data = sent
+                else:
+                    conn, data = None, encode_compact(_REQUEST, kind, msg_id, None, self._identity, to, body)  # type: ignore[arg-type]
+            else:
+                conn = host.route_now(self._identity, to, data)
             if conn is not None:
                 # sent without a wait: the expiry task times the reply wait out
                 self._sent.add(kind, to, len(data))
@@ -534,10 +553,18 @@ class Endpoint:
     async def send(self, to: str, kind: str, body: Any) -> None:
         """Fire-and-forget: returns once the message is handed to the route."""
         self._check_open()
-        _, data = self._make(MessageType.SEND, kind, to, body)
-        if self._host.route_now(self._identity, to, data) is not None:  # sent without a wait
-            self._sent.add(kind, to, len(data))
-            return
+        if not self._signs:
+            msg_id = self._host.next_id()
+            sent = self._host.route_now_compact(self._identity, to, MessageType.SEND, kind, msg_id, body)
+            if sent is not None:  # sent without a wait (with the names' aliases on its channel)
+                self._sent.add(kind, to, len(sent[1]))
+                return
+            data = encode_compact(MessageType.SEND, kind, msg_id, None, self._identity, to, body)
+        else:
+            _, data = self._make(MessageType.SEND, kind, to, body)
+            if self._host.route_now(self._identity, to, data) is not None:  # sent without a wait
+                self._sent.add(kind, to, len(data))
+                return
         await self._transmit(to, kind, data)
 
     async def publish(self, topic: str, body: Any) -> int:

@@ -40,6 +40,18 @@ the hellos cannot swap a proof for its own (it has no key), and one who runs
 its own handshake with each side gets two different ``h``: the SIGMA pattern
 (sign the transcript, protect identities under the session key).
 
+Aliases: the side that proves an agent gives it an alias, a small int (0, 1, 2, ...
+in the order it first proves agents on the channel; at most :data:`MAX_CLAIMS`),
+sent in the proof. A compact envelope on the channel may then carry, in place of a
+name, the alias of its sender (in the sending side's aliases) or of its recipient
+(in the receiving side's): a request's two names cost two bytes instead of ~20.
+An alias means exactly the name it stands for: the receiver reads it back to the
+name before anything looks at the envelope, so who may send as whom is what the
+proofs and the endpoints' checks say, as with names. A proof that gives an alias
+another agent already has, or an agent another alias, breaks the channel; an
+envelope naming an alias the channel never gave is malformed (the connection
+closes).
+
 This module keeps the handshake and frame state; :mod:`bus._secure` runs it
 over a connection and the node and endpoints decide who may send what. It
 imports nothing from the domain: the signer and verifier come in as callables.
@@ -63,11 +75,13 @@ from nacl.public import PrivateKey
 from .errors import BusError
 
 CHANNEL_PROTOCOL = "emrshare/channel"
-CHANNEL_VERSION = 3
+CHANNEL_VERSION = 4
 """2: envelopes after the handshake are compact (:func:`bus.envelope.encode_compact`);
 3: compact replies name no kind, id, sender or recipient, and requests may carry kind
-codes (:func:`bus.envelope.register_kind_codes`). A node of another channel version
-refuses the hello instead of misreading them."""
+codes (:func:`bus.envelope.register_kind_codes`); 4: a proof gives its agent a short
+alias on the channel, and a compact envelope may name its sender and recipient by
+their aliases (see "Aliases" above). A node of another channel version refuses the
+hello instead of misreading them."""
 TRANSCRIPT_DOMAIN = b"emrshare/v1/channel/transcript\x00"
 KEY_INFO = b"emrshare/v1/channel/keys"
 PROOF_DOMAIN = b"emrshare/v1/channel/identity\x00"
@@ -194,7 +208,8 @@ class Channel:
     """
 
     __slots__ = ("binding", "initiator", "_send_aead", "_receive_aead", "_send_counter", "_receive_counter",
-                 "claims", "proven_here", "_verified", "_refused", "failed_proofs", "admit")
+                 "claims", "proven_here", "aliases_here", "own_names", "their_aliases", "their_names",
+                 "_verified", "_refused", "failed_proofs", "admit")
 
     def __init__(self, binding: bytes, initiator: bool, send_key: bytes, receive_key: bytes):
         self.binding = binding
@@ -205,6 +220,15 @@ class Channel:
         self._receive_counter = 0
         self.claims: dict[str, bytes] = {}
         self.proven_here: set[str] = set()
+        self.aliases_here: dict[str, int] = {}
+        """Our agents' aliases on this channel (given in our proofs)."""
+        self.own_names: dict[int, str] = {}
+        """Alias -> our agent: how an envelope received here names its recipient by alias."""
+        self.their_aliases: dict[str, int] = {}
+        """The other side's agents' aliases (from its proofs; the proof may not verify:
+        the endpoints check it under the name, as for a name)."""
+        self.their_names: dict[int, str] = {}
+        """Alias -> the other side's agent: how an envelope received here names its sender."""
         self._verified: dict[str, bytes] = {}  # agent -> the key its proof verified under
         self._refused: dict[str, tuple[bytes, bytes]] = {}  # agent -> (key, proof) refused: not checked again
         self.failed_proofs = 0
@@ -285,7 +309,11 @@ class Channel:
         """The PROOF payload by which we prove ``agent`` (signed with its key)."""
         signature = sign(self._proof_message(agent, self.initiator))
         self.proven_here.add(agent)
-        return msgpack.packb([agent, signature], use_bin_type=True)
+        alias = self.aliases_here.get(agent)
+        if alias is None:
+            alias = self.aliases_here[agent] = len(self.aliases_here)
+            self.own_names[alias] = agent
+        return msgpack.packb([agent, signature, alias], use_bin_type=True)
 
     @staticmethod
     def wanted(payload: bytes) -> str:
@@ -302,15 +330,25 @@ class Channel:
         if len(payload) > MAX_PROOF_SIZE:
             raise ChannelError("identity proof too large")
         try:
-            fields = msgpack.unpackb(payload, raw=False, max_array_len=2, max_map_len=0, max_ext_len=0)
+            fields = msgpack.unpackb(payload, raw=False, max_array_len=3, max_map_len=0, max_ext_len=0)
         except Exception:
-            raise ChannelError("identity proof is not [agent, signature]") from None
-        if (type(fields) is not list or len(fields) != 2 or type(fields[0]) is not str or not fields[0]
+            raise ChannelError("identity proof is not [agent, signature, alias]") from None
+        if (type(fields) is not list or not 2 <= len(fields) <= 3 or type(fields[0]) is not str or not fields[0]
                 or type(fields[1]) is not bytes or not fields[1]):
-            raise ChannelError("identity proof is not [agent, signature]")
-        agent, signature = fields
+            raise ChannelError("identity proof is not [agent, signature, alias]")
+        agent, signature = fields[0], fields[1]
+        alias = fields[2] if len(fields) == 3 else None
         if agent not in self.claims and len(self.claims) >= MAX_CLAIMS:
             raise ChannelError(f"more than {MAX_CLAIMS} identities proved on one channel")
+        if alias is not None and (type(alias) is not int or not 0 <= alias < MAX_CLAIMS):
+            raise ChannelError(f"an agent's alias must be an int in 0..{MAX_CLAIMS - 1}")
+        if alias is not None:
+            named = self.their_names.get(alias)
+            given = self.their_aliases.get(agent)
+            if (named is not None and named != agent) or (given is not None and given != alias):
+                raise ChannelError("an identity proof gives an alias another agent has, or an agent a second alias")
+            self.their_names[alias] = agent
+            self.their_aliases[agent] = alias
         self.claims[agent] = signature
         # (an agent verified here stays so: every proof of it signs this channel's binding, so
         # a copy or another signature proves nothing new, and costs no verification again)

@@ -369,13 +369,16 @@ _new_envelope = _slot_constructor(Envelope)
 
 
 def encode_compact(mtype: int, kind: str | None, msg_id: int, correlation_id: int | None, sender: str,
-                   recipient: str, body: Any) -> bytes:
+                   recipient: str, body: Any, aliases: tuple[int | None, int | None] | None = None) -> bytes:
     """A compact (version 2) envelope's wire bytes: what a channel or an agent of the
     same node carries. A reply or error reply is :func:`encode_compact_reply`'s form
     (``kind``, ``msg_id``, ``sender`` and ``recipient`` are dropped); a request's or
     fire-and-forget message's kind with a registered code travels as the code. The
     values are checked as :func:`decode_envelope` checks them, except the body's
-    content (msgpack refuses what it cannot encode: EnvelopeError ``malformed``)."""
+    content (msgpack refuses what it cannot encode: EnvelopeError ``malformed``).
+    ``aliases``: (the sender's, the recipient's) alias on the channel that will carry
+    it (:mod:`bus.channel`, "Aliases"), written in place of the name where not None;
+    the names are checked all the same."""
     if mtype not in _TYPE_CODES:
         raise EnvelopeError("malformed", "unknown message type")
     if mtype == 2 or mtype == 3:  # a reply or an error reply
@@ -392,6 +395,12 @@ def encode_compact(mtype: int, kind: str | None, msg_id: int, correlation_id: in
         _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
     if type(recipient) is not str or not 0 < len(recipient) <= MAX_AGENT_ID_LENGTH:
         _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
+    if aliases is not None:
+        s_alias, r_alias = aliases
+        if s_alias is not None:
+            sender = s_alias  # type: ignore[assignment]
+        if r_alias is not None:
+            recipient = r_alias  # type: ignore[assignment]
     return _packb([COMPACT_VERSION, int(mtype), kind, msg_id, None, sender, recipient, body])
 
 
@@ -472,7 +481,8 @@ def _check_error_body(body: Any) -> None:
 
 
 def decode_envelope(
-    data: bytes, *, max_objects: int = DEFAULT_MAX_OBJECTS, max_depth: int = DEFAULT_MAX_DEPTH
+    data: bytes, *, max_objects: int = DEFAULT_MAX_OBJECTS, max_depth: int = DEFAULT_MAX_DEPTH,
+    aliases: Aliases | None = None,
 ) -> Envelope:
     """Parse and shape-check a wire envelope (does not verify the signature).
 
@@ -480,6 +490,9 @@ def decode_envelope(
     checked by structure (:func:`bus.structure.check_structure`, also bounding
     the nesting depth), so nothing is built from a frame over the limits.
     Raises only :class:`EnvelopeError` (reason ``malformed`` or ``version``).
+    ``aliases``: (the sending side's alias -> name, ours) on the channel it came on:
+    a compact envelope's sender or recipient given as an alias is read back to the
+    name (an alias not in them is malformed; without them every alias is).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EnvelopeError("malformed", f"envelope must be bytes, not {type(data).__name__}")
@@ -488,10 +501,15 @@ def decode_envelope(
             check_structure(data, max_objects=max_objects, max_depth=max_depth)
         except StructureError as exc:
             raise EnvelopeError("malformed", f"refused by structure: {exc}") from None
-    return _decode_checked(data, max_objects, max_depth)
+    return _decode_checked(data, max_objects, max_depth, aliases)
 
 
-def _decode_checked(data: bytes, max_objects: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Envelope:
+Aliases = tuple[Mapping[int, str], Mapping[int, str]]
+"""(the other side's aliases, ours) of a channel: alias -> agent id."""
+
+
+def _decode_checked(data: bytes, max_objects: int, max_depth: int = DEFAULT_MAX_DEPTH,
+                    aliases: Aliases | None = None) -> Envelope:
     """decode_envelope for bytes holding at most ``max_objects`` objects (no longer
     than that, or counted by structure); the body's nesting is checked here."""
     try:  # (raw=False, use_list=True, strict_map_key=True: msgpack's defaults from 1.0, not passed per call)
@@ -502,7 +520,7 @@ def _decode_checked(data: bytes, max_objects: int, max_depth: int = DEFAULT_MAX_
         raise EnvelopeError("malformed", f"not a msgpack value: {type(exc).__name__}") from None
     count = len(fields) if type(fields) is list else -1
     if count == _COMPACT_FIELD_COUNT:
-        env = _compact_fields(fields)
+        env = _compact_fields(fields, aliases)
     elif count == _COMPACT_REPLY_FIELD_COUNT:
         env = _compact_reply_fields(fields)
     elif count != _FIELD_COUNT:
@@ -526,8 +544,9 @@ def _decode_checked(data: bytes, max_objects: int, max_depth: int = DEFAULT_MAX_
     return env
 
 
-def _compact_fields(fields: list[Any]) -> Envelope:
-    """The Envelope a decoded compact (version 2) request, message or event array holds, checked."""
+def _compact_fields(fields: list[Any], aliases: Aliases | None = None) -> Envelope:
+    """The Envelope a decoded compact (version 2) request, message or event array holds, checked
+    (a sender or recipient given as an alias read back through ``aliases``)."""
     version, mtype, kind, msg_id, corr, sender, recipient, body = fields
     mtype = _compact_type(version, mtype)
     if type(msg_id) is not int or not 0 <= msg_id <= _MAX_COMPACT_ID:
@@ -541,10 +560,24 @@ def _compact_fields(fields: list[Any]) -> Envelope:
     if corr is not None:
         raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
     if type(sender) is not str or not 0 < len(sender) <= MAX_AGENT_ID_LENGTH:
-        _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
+        if type(sender) is int:
+            sender = _aliased("sender", sender, aliases[0] if aliases is not None else None)
+        else:
+            _check_str("sender", sender, MAX_AGENT_ID_LENGTH)
     if type(recipient) is not str or not 0 < len(recipient) <= MAX_AGENT_ID_LENGTH:
-        _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
+        if type(recipient) is int:
+            recipient = _aliased("recipient", recipient, aliases[1] if aliases is not None else None)
+        else:
+            _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
     return _new_envelope(COMPACT_VERSION, mtype, kind, msg_id, corr, sender, recipient, 0, b"", body, b"")
+
+
+def _aliased(field: str, alias: int, names: Mapping[int, str] | None) -> str:
+    """The agent id ``alias`` stands for on the channel (EnvelopeError if it stands for none)."""
+    name = names.get(alias) if names is not None else None
+    if name is None:
+        raise EnvelopeError("malformed", f"the {field} is an alias this channel never gave")
+    return name
 
 
 def _compact_type(version: Any, mtype: Any) -> MessageType:

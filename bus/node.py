@@ -89,6 +89,7 @@ from .channel import (
 )
 from ._stats import NodeStatistics
 from .envelope import (
+    Aliases,
     Directory,
     Envelope,
     EnvelopeError,
@@ -97,6 +98,7 @@ from .envelope import (
     _decode_checked,
     decode_envelope,
     _decode_local,
+    encode_compact,
     sign_wire,
 )
 from .errors import BrokenError, BusError, ClosedError, FrameError, UnreachableError
@@ -554,6 +556,49 @@ class Node:
                     link.conn = None
                 if attempt == 2:
                     raise
+
+    def route_now_compact(self, sender: str, recipient: str, mtype: int, kind: str, msg_id: int,
+                          body: Any) -> tuple[Connection, bytes] | None:
+        """:meth:`route_now` for a compact request, message or event the node encodes
+        itself: on the channel it goes on, with the sender's and recipient's aliases
+        there (:mod:`bus.channel`, "Aliases") in place of their names. (connection,
+        wire bytes) when it went; None when it did not (nothing sent, nothing encoded
+        where the reason was known before: the caller encodes it with the names and
+        :meth:`route` s it). Encoding errors (EnvelopeError) are raised."""
+        if self._closed or recipient in self._endpoints:
+            return None
+        conn = self._paths.get(recipient)
+        if conn is None:
+            address = self._routes.get(recipient)
+            link = None if address is None else self._links.get((address, self._shard_for(address, sender)))
+            conn = None if link is None else link.conn
+            if conn is None or conn not in self._live:
+                return None
+        if not isinstance(conn, ChannelConnection):
+            return None  # (signed mode: the endpoint sends full envelopes)
+        own = self._endpoints.get(sender)
+        box = self._outboxes.get(conn)
+        if own is None or box is None or box.closed is not None:
+            return None
+        channel = conn.channel
+        if self._claim_problem(conn, own, recipient) is not None:
+            return None
+        idle = box.idle
+        if sender not in channel.proven_here:
+            if len(channel.proven_here) >= MAX_CLAIMS or not self._may_prove(conn):
+                return None
+            self._prove_sender(conn, sender, own)
+            idle = False  # (the proof is queued ahead of the envelope)
+        data = encode_compact(mtype, kind, msg_id, None, sender, recipient, body,
+                              (channel.aliases_here.get(sender), channel.their_aliases.get(recipient)))
+        size = len(data)
+        limit = conn.max_payload
+        if size > self._max_frame_size or (limit is not None and size > limit):
+            return None
+        if not (idle or box.has_room(size)):
+            return None
+        self._put(conn, box, data, idle)
+        return conn, data
 
     def route_now(self, sender: str, recipient: str, data: bytes) -> Connection | None:
         """Deliver an encoded, unsigned envelope from the hosted agent ``sender`` to an
@@ -1085,18 +1130,19 @@ class Node:
                 self._drop(conn, reason)
                 return
 
-    async def _decode_frame(self, data: bytes) -> Envelope:
+    async def _decode_frame(self, data: bytes, aliases: Aliases | None) -> Envelope:
         """Decode on the event loop what holds at most ``thread_decode_objects``
         objects (a frame no longer than that cannot hold more); the rest in a thread."""
         if len(data) <= self._thread_objects:
-            return self._decode(data)
+            return self._decode(data, aliases=aliases)
         try:
             check_structure(data, max_objects=self._thread_objects, max_depth=self._max_depth)
         except TooManyObjects:
-            return await trio.to_thread.run_sync(self._decode, data, limiter=self._decode_limiter)
+            return await trio.to_thread.run_sync(functools.partial(self._decode, data, aliases=aliases),
+                                                 limiter=self._decode_limiter)
         except StructureError as exc:
             raise EnvelopeError("malformed", f"refused by structure: {exc}") from None
-        return _decode_checked(data, self._max_objects, self._max_depth)
+        return _decode_checked(data, self._max_objects, self._max_depth, aliases)
 
     async def _read(self, conn: Connection, seen: list[float | None]) -> None:
         """Receive, decode and deliver ``conn``'s frames until it ends or must close."""
@@ -1105,6 +1151,8 @@ class Node:
         # an incoming channel: its envelopes reach no endpoint before it is vouched for
         unvouched = isinstance(conn, ChannelConnection) and conn in self._incoming
         channel = conn.channel if isinstance(conn, ChannelConnection) else None
+        # (the channel's alias tables: a sender or recipient named by alias is read back to its name)
+        aliases = None if channel is None else (channel.their_names, channel.own_names)
         refused = 0
         endpoints = self._endpoints
         reply_routes = self._reply_routes
@@ -1127,9 +1175,9 @@ class Node:
             self._bytes_received += size
             try:  # (a small frame decoded here, as decode_envelope would: no coroutine per frame)
                 if size <= small:  # (<= max_objects: no structure walk needed)
-                    env = _decode_checked(data, max_objects, max_depth)
+                    env = _decode_checked(data, max_objects, max_depth, aliases)
                 else:
-                    env = await self._decode_frame(data)
+                    env = await self._decode_frame(data, aliases)
             except EnvelopeError as exc:
                 if frames == 1 and not self._channels and is_channel_hello(data):
                     self._dropped["handshake-failed"] += 1  # a channel node calling a signed-mode one

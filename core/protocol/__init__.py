@@ -80,6 +80,9 @@ from core.protocol._peer import commits_owner as commits_owner
 from core.protocol._peer import HELD_SIZE as HELD_SIZE
 from core.protocol._peer import OWN_KEY as OWN_KEY
 from core.protocol._views import REQUEST_ANSWER as REQUEST_ANSWER
+from core.protocol._views import REQUEST_ROW as REQUEST_ROW
+from core.protocol._views import answer_from_row as answer_from_row
+from core.protocol._views import request_row_view as request_row_view
 from core.protocol._views import QUERY_VIEWS as QUERY_VIEWS
 from core.protocol._views import NOTICE_VIEWS as NOTICE_VIEWS
 from core.protocol._views import query_view as query_view

@@ -18,7 +18,7 @@ from core.protocol._orderer import (
 from core.protocol._schema import (
     INT64_MAX, Bool, Bytes, Choice, Id, Int, ListOf, Map, Message, Nested, Optional, Text, wire,
 )
-from core.protocol._views import NOTICE_VIEWS, QUERY_VIEWS
+from core.protocol._views import NOTICE_VIEWS, QUERY_VIEWS, REQUEST_ROW, answer_from_row
 
 __all__ = [
     "MAX_SUBMIT_BYTES", "MAX_SEALED_SHARE", "MAX_ENTRIES", "MAX_CID_LENGTH", "BOX_KEY_SIZE", "TOKEN_SIZE",
@@ -346,10 +346,14 @@ class PeerQueryReply(Message, kind="peer.query"):
         return value
 
     @classmethod
-    def from_wire(cls, obj: Any, *, what: str | None = None, held: bytes | None = None) -> Self:
+    def from_wire(cls, obj: Any, *, what: str | None = None, held: bytes | None = None,
+                  view: str | None = None) -> Self:
         """The reply's value; ``held``: the store transaction (its bytes) whose id the query
-        sent as ``held``, put back into an answer that left it out."""
+        sent as ``held``, put back into an answer that left it out; ``view``: the query's
+        (:data:`core.protocol.REQUEST_ROW`: the array read back into the answer view's map)."""
         what = what or cls.kind
+        if view == REQUEST_ROW:
+            return cls(answer_from_row(obj))
         if isinstance(obj, dict) and cls.HELD in obj:
             obj = dict(Map().decode(obj, what))
             if Bool().decode(obj.pop(cls.HELD), f"{what}: {cls.HELD!r}") is not True:

@@ -12,8 +12,10 @@ Two uses (docs/protocol.md, "Consortium peer"):
 
 * ``peer.query`` with ``view`` (:data:`QUERY_VIEWS`): ``request`` with
   :data:`REQUEST_ANSWER`, the fields a patient checks before it answers a doctor's
-  ``patient.access_request`` (:func:`request_answer_view`). Without ``view`` a query
-  returns the whole entry (audit, CLI, an older reader).
+  ``patient.access_request`` (:func:`request_answer_view`); with :data:`REQUEST_ROW`,
+  the same fields as one positional array (:func:`request_row_view`, read back by
+  :func:`answer_from_row`: no field names on the wire, about 75 bytes fewer). Without
+  ``view`` a query returns the whole entry (audit, CLI, an older reader).
 * commit notices (:data:`NOTICE_VIEWS`): the entry a transaction of a listed type
   wrote, as its submitter needs it: the doctor's ``access_request``
   (:func:`requester_view`: status, effect, rule, the ledger's grant or hold, and the
@@ -25,10 +27,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from core.errors import DecodeError
 from core.protocol._patient import GRANT_TERMS
 
-__all__ = ["REQUEST_ANSWER", "QUERY_VIEWS", "NOTICE_VIEWS", "request_answer_view", "requester_view",
-           "grant_terms_view", "query_view"]
+__all__ = ["REQUEST_ANSWER", "REQUEST_ROW", "QUERY_VIEWS", "NOTICE_VIEWS", "request_answer_view",
+           "request_row_view", "answer_from_row", "requester_view", "grant_terms_view", "query_view"]
 
 REQUEST_ANSWER = "answer"
 """``peer.query request`` ``view``: what the request's patient checks before it grants."""
@@ -77,6 +80,52 @@ def request_answer_view(entry: Any) -> Any:
     return out
 
 
+REQUEST_ROW = "row"
+"""``peer.query request`` ``view``: :data:`REQUEST_ANSWER`'s fields as a positional array."""
+
+ANSWER_FIELDS = ("doctor", "patient", "record_id", "label", "operation", "purpose", "status", "hold")
+"""The request fields of :func:`request_answer_view`, in :func:`request_row_view`'s order."""
+ANSWER_DECISION = ("effect", "approval", "rule", "reason")
+"""The decision fields of :func:`request_answer_view`, in :func:`request_row_view`'s order."""
+_MAX_ROW_TEXT = 4096
+
+
+def _row(values: list[Any]) -> list[Any]:
+    while values and values[-1] is None:  # (trailing absent fields cost nothing)
+        values.pop()
+    return values
+
+
+def request_row_view(entry: Any) -> Any:
+    """:func:`request_answer_view` as one array: ``[<ANSWER_FIELDS>..., [<ANSWER_DECISION>...]]``,
+    an absent field nil, trailing nils left out (of the decision array too)."""
+    if not isinstance(entry, Mapping):
+        return entry
+    view = request_answer_view(entry)
+    decision = view.pop("decision")
+    return _row([view.get(k) for k in ANSWER_FIELDS] + [_row([decision.get(k) for k in ANSWER_DECISION]) or None])
+
+
+def answer_from_row(row: Any) -> dict[str, Any] | None:
+    """The :func:`request_answer_view` map a :func:`request_row_view` array stands for (None
+    for None); DecodeError when it is not such an array (text fields str or nil, at most
+    4,096 characters; the decision an array of them)."""
+    if row is None:
+        return None
+    n = len(ANSWER_FIELDS)
+    if type(row) is not list or len(row) > n + 1:
+        raise DecodeError("a request row must be an array of at most 9 fields")
+    decision = row[n] if len(row) > n else None
+    if decision is not None and (type(decision) is not list or len(decision) > len(ANSWER_DECISION)):
+        raise DecodeError("a request row's decision must be an array of at most 4 fields")
+    for value in row[:n] + (decision or []):
+        if value is not None and (type(value) is not str or len(value) > _MAX_ROW_TEXT):
+            raise DecodeError("a request row's fields must be text")
+    out = {k: v for k, v in zip(ANSWER_FIELDS, row) if v is not None}
+    out["decision"] = {k: v for k, v in zip(ANSWER_DECISION, decision or ()) if v is not None}
+    return out
+
+
 def grant_terms_view(entry: Any) -> Any:
     """A ``grant``'s entry as the patient who committed it needs it in the commit
     notice: the terms it passes on to the doctor (``core.protocol.GRANT_TERMS``: the
@@ -89,7 +138,7 @@ def grant_terms_view(entry: Any) -> Any:
 
 
 QUERY_VIEWS: dict[str, dict[str, Callable[[Any], Any]]] = {
-    "request": {REQUEST_ANSWER: request_answer_view},
+    "request": {REQUEST_ANSWER: request_answer_view, REQUEST_ROW: request_row_view},
 }
 """``peer.query`` ``what`` -> the views it takes (``view``) -> the view's function."""
 

@@ -3,7 +3,7 @@
 
 * a doctor that verified a record's store transaction names it (``PeerQuery.held``) and
   gets the record without it while it is the record's; a re-sealed record comes whole;
-* the patient reads the request it is asked to grant with ``view: "answer"`` and checks
+* the patient reads the request it is asked to grant with ``view: "row"`` and checks
   it as before (another doctor's request is still unknown to it);
 * the doctor's own commit notice carries its view of the decision: the outcome of an
   allowed, a patient-approved and a denied read is what it was, and ``request()`` still
@@ -25,7 +25,7 @@ from agents.doctor import DoctorAgent
 from agents.errors import PolicyDenied
 from agents.patient import PatientAgent
 from agents.testing.consortium import SHARING_POLICY as POLICY
-from core.protocol import HELD_SIZE, PatientAccessRequest, PeerQuery, PeerQueryReply, codes
+from core.protocol import HELD_SIZE, PatientAccessRequest, PeerQuery, PeerQueryReply, answer_from_row, codes
 
 from tests.agents.test_commit_notices import _swarm_and_users  # (its Users: agents on the swarm's node)
 
@@ -105,7 +105,9 @@ async def test_the_patient_reads_its_view_of_the_request_and_checks_it_as_before
             # approval patient: the doctor asks alice, who reads the request's view and grants
             assert await gp.read("alice", rid) == b"blood panel"
             ((query, reply),) = _queries(seen, "request")
-            assert query.view == "answer" and isinstance(query.min_height, int)
+            assert query.view == "row" and isinstance(query.min_height, int)
+            assert reply[:3] == ["dr-gp", "alice", rid]  # (the answer view's fields in order)
+            reply = answer_from_row(reply)
             assert reply["doctor"] == "dr-gp" and reply["patient"] == "alice" and reply["record_id"] == rid
             assert reply["decision"] == {"effect": "allow", "approval": "patient", "rule": "gp"}
             assert not {"time", "height"} & set(reply)
@@ -183,6 +185,7 @@ async def test_hostile_held_and_view_fields_are_refused_or_answered_whole(tmp_pa
                          ["record", "alice", r1, None, None, b"\x00" * (256 * 1024)],
                          ["cert", "alice", None, None, digest1],
                          ["record", "alice", r1, None, None, None, "answer"],
+                         ["record", "alice", r1, None, None, None, "row"],
                          ["request", "q-none", None, None, None, "everything"],
                          ["request", "q-none", None, None, None, "a" * (64 * 1024)],
                          ["request", "q-none", None, None, None, 1],
@@ -192,6 +195,7 @@ async def test_hostile_held_and_view_fields_are_refused_or_answered_whole(tmp_pa
                 assert info.value.code == codes.BAD_REQUEST, body
             # an unknown request id tells nothing with a view either
             assert await ask(heart, ["request", "q-none", None, None, None, "answer"]) is None
+            assert await ask(heart, ["request", "q-none", None, None, None, "row"]) is None
             # the legitimate doctor keeps reading, with the transaction it holds
             assert await heart.read("alice", r1) == b"ECG 1"
             assert await heart.read("alice", r2) == b"ECG 2"

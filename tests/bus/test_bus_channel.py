@@ -305,7 +305,8 @@ def test_low_order_and_zero_ephemeral_keys_are_refused(point):
     hello(CHANNEL_PROTOCOL, CHANNEL_VERSION, "\x09" * 32),
     hello(CHANNEL_PROTOCOL, 1, b"\x09" * 32),  # a node of channel version 1 (full envelopes)
     hello(CHANNEL_PROTOCOL, 2, b"\x09" * 32),  # version 2 (compact replies with names, no kind codes)
-    hello(CHANNEL_PROTOCOL, 4, b"\x09" * 32),
+    hello(CHANNEL_PROTOCOL, 3, b"\x09" * 32),  # version 3 (proofs give no aliases, envelopes use none)
+    hello(CHANNEL_PROTOCOL, 5, b"\x09" * 32),
     hello(CHANNEL_PROTOCOL, True, b"\x09" * 32),
     hello(CHANNEL_PROTOCOL, 1.0, b"\x09" * 32),
     hello("emrshare/channel2", CHANNEL_VERSION, b"\x09" * 32),

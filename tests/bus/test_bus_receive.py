@@ -3,7 +3,7 @@ that are reused, and replies waited for without a cancel scope per request.
 
 * A plain TCP connection reads what is there before waiting, but yields to the
   event loop (so it can be cancelled) at least every ``_READS_BEFORE_YIELD`` reads.
-* A request sent at once (``Node.route_now``) is timed out by its endpoint's expiry
+* A request sent at once (``Node.route_now_compact``) is timed out by its endpoint's expiry
   task: on time, including one with an earlier deadline than requests already
   waiting, and a cancelled requester leaves nothing pending.
 * Request handlers run on parked workers: a slow handler holds no other request,
@@ -108,14 +108,14 @@ async def test_requests_sent_at_once_time_out_on_time_even_behind_later_deadline
         alice = client.endpoint("alice", **ring.credentials("alice"))
         assert await alice.request("bob", "echo", 1) == 1  # connected, bob proved: later requests go at once
         sent_at_once = []
-        route_now = client.route_now
+        route_now = client.route_now_compact
 
         def counting(*args):
-            conn = route_now(*args)
-            sent_at_once.append(conn is not None)
-            return conn
+            sent = route_now(*args)
+            sent_at_once.append(sent is not None)
+            return sent
 
-        client.route_now = counting
+        client.route_now_compact = counting
         ended = {}
 
         async def ask(name, timeout):

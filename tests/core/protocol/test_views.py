@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from core import ecdsa
 from core.errors import DecodeError
 from core.protocol import (
-    HELD_SIZE, NOTICE_VIEWS, OWN_KEY, QUERY_VIEWS, REQUEST_ANSWER, CommitNotice, PeerQuery, PeerQueryReply,
-    grant_terms_view, query_view, request_answer_view, requester_view,
+    HELD_SIZE, NOTICE_VIEWS, OWN_KEY, QUERY_VIEWS, REQUEST_ANSWER, REQUEST_ROW, CommitNotice, PeerQuery,
+    PeerQueryReply, answer_from_row, grant_terms_view, query_view, request_answer_view, request_row_view,
+    requester_view,
 )
 from core.tx import Transaction
 
@@ -113,6 +114,41 @@ def test_the_patient_sees_every_field_it_checks_before_granting():
     # an allowed request whose status says denied still shows why
     assert "reason" in request_answer_view(_request_entry(status="denied"))["decision"]
     assert len(msgpack.packb(view)) < len(msgpack.packb(entry)) - 80
+
+
+TEXT_ENTRIES = st.dictionaries(
+    st.sampled_from(["doctor", "patient", "record_id", "label", "operation", "purpose", "status", "time",
+                     "height", "hold", "zz"]),
+    st.one_of(st.none(), st.text(max_size=12)), max_size=11).flatmap(
+    lambda e: st.one_of(st.just(e), st.dictionaries(st.sampled_from(["approval", "effect", "policy", "reason",
+                                                                     "rule", "version"]),
+                                                    st.one_of(st.none(), st.text(max_size=12)), max_size=6)
+                        .map(lambda d: {**e, "decision": d})))
+
+
+@settings(max_examples=300, deadline=None)
+@given(entry=TEXT_ENTRIES)
+def test_the_row_view_reads_back_as_the_answer_view(entry):
+    row = _wire(request_row_view(entry))
+    assert answer_from_row(row) == request_answer_view(entry)
+    assert query_view("request", REQUEST_ROW, entry) == request_row_view(entry)
+
+
+def test_the_row_view_is_smaller_and_hostile_rows_only_raise_decode_error():
+    entry = _request_entry(hold="revoked by patient")
+    assert len(msgpack.packb(request_row_view(entry))) < len(msgpack.packb(request_answer_view(entry))) - 70
+    assert answer_from_row(None) is None
+    for bad in ({"doctor": "x"}, "x", 7, [1], ["a"] * 10, ["a"] * 8 + ["allow"], ["a"] * 8 + [["a"] * 5],
+                ["a"] * 8 + [[b"x"]], ["x" * 4097], [["allow"]], ["a", None, True]):
+        with pytest.raises(DecodeError):
+            answer_from_row(bad)
+    assert answer_from_row([]) == {"decision": {}}  # (an empty row checks as an entry with no fields)
+    # the client reads a row view's reply back into the map (PeerQueryReply with the query's view)
+    row = _wire(request_row_view(entry))
+    assert PeerQueryReply.from_wire(row, view=REQUEST_ROW).value == request_answer_view(entry)
+    assert PeerQueryReply.from_wire(None, view=REQUEST_ROW).value is None
+    with pytest.raises(DecodeError):
+        PeerQueryReply.from_wire({"doctor": "dr-heart"}, view=REQUEST_ROW)
 
 
 def test_the_grant_view_is_its_terms():
