@@ -116,8 +116,8 @@ class RawChannel:
                     return None
                 self.frames.extend(self.decoder.feed(data))
             frame_type, payload = self.channel.open(self.frames.pop(0))
-            if frame_type == 0:
-                return decode_envelope(payload)
+            if frame_type == 0:  # (the node may name agents by their aliases on the channel)
+                return decode_envelope(payload, aliases=(self.channel.their_names, self.channel.own_names))
             self.channel.add_claim(payload)
 
     async def aclose(self):
