@@ -3,8 +3,9 @@ core.ecdsa, crypto off the event loop, and running until a signal.
 
 * :func:`make_endpoint`: an agent's bus endpoint signing with core.ecdsa. Importing
   this module registers the registry's kind codes with the bus
-  (``bus.register_kind_codes(core.protocol.KIND_CODES)``): every agent process
-  sends and reads its requests' kinds as codes (docs/protocol.md).
+  (``bus.register_kind_codes``: ``core.protocol.KIND_CODES`` and ``TOPIC_CODES``):
+  every agent process sends and reads its requests' kinds and its events' topics as
+  codes (docs/protocol.md).
 * :func:`run_crypto`: crypto off the event loop, bounded by one limiter per
   process (cffi releases the GIL, so native work runs in parallel); with
   ``small=True``, work under :data:`SMALL_CRYPTO_S` of CPU runs inline on the
@@ -33,9 +34,9 @@ import trio
 from bus import Endpoint, Node, register_kind_codes
 from core import ecdsa
 from core.backend import backend_name
-from core.protocol import KIND_CODES
+from core.protocol import KIND_CODES, TOPIC_CODES
 
-register_kind_codes(KIND_CODES)  # (before any endpoint of this process sends or reads a coded kind)
+register_kind_codes({**KIND_CODES, **TOPIC_CODES})  # (before any endpoint of this process sends or reads a code)
 
 __all__ = ["SMALL_CRYPTO_S", "SMALL_RECORD_BYTES", "VerifiedMemo", "crypto_limiter", "inline_small_crypto",
            "keep_freed_buffers", "make_endpoint", "return_freed_memory", "run_crypto", "serve_until_signal"]

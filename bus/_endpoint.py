@@ -688,8 +688,17 @@ class Endpoint:
             self._expiry_at = soonest
 
     async def _emit(self, subscriber: str, topic: str, body: Any) -> None:
-        """Send one event of ``topic`` to ``subscriber`` (for the publisher side)."""
-        _, data = self._make(MessageType.EVENT, topic, subscriber, body)
+        """Send one event of ``topic`` to ``subscriber`` (for the publisher side; one task per
+        subscription sends its events one after the other, so they keep their order)."""
+        if not self._signs:
+            msg_id = self._host.next_id()
+            sent = self._host.route_now_compact(self._identity, subscriber, _EVENT, topic, msg_id, body)
+            if sent is not None:  # sent without a wait (with the names' aliases on its channel)
+                self._sent.add(topic, subscriber, len(sent[1]))
+                return
+            data = encode_compact(_EVENT, topic, msg_id, None, self._identity, subscriber, body)
+        else:
+            _, data = self._make(MessageType.EVENT, topic, subscriber, body)
         await self._transmit(subscriber, topic, data)
 
     async def _reply(

@@ -7,8 +7,9 @@ The protocol, over an endpoint's ordinary messages:
   reply (``None``) means the publisher now keeps an outbox for it; a second
   subscribe from the same agent replaces the first;
 - the publisher sends each item as an event envelope whose kind is the topic
-  and whose body is ``{"seq": int, "data": value}``, ``seq`` counting from 0
-  per subscription: a gap tells the subscriber it missed events;
+  and whose body is ``[seq, data]`` (``seq`` an int counting from 0 per
+  subscription: a gap tells the subscriber it missed events; the map
+  ``{"seq": int, "data": value}`` of earlier versions is still read);
 - the subscriber ends it with ``bus.unsubscribe {"topic": str}`` (a send);
 - a publisher that drops a subscriber which fell behind tells it with
   ``bus.dropped {"topic": str, "reason": str}`` (a send), after the events
@@ -255,15 +256,17 @@ class _Subscriptions:
     def on_event(self, publisher: str, topic: str, body: Any) -> bool:
         """Buffer a verified event; False if no subscription expects it."""
         feed = self._feeds.get((publisher, topic))
-        if (
-            feed is None
-            or type(body) is not dict
-            or type(body.get("seq")) is not int
-            or body["seq"] < 0
-            or "data" not in body
-        ):
+        if feed is None:
             return False
-        feed.push(body["seq"], body["data"])
+        if type(body) is list and len(body) == 2:
+            seq, data = body
+        elif type(body) is dict and "data" in body:  # (the form before the array)
+            seq, data = body.get("seq"), body["data"]
+        else:
+            return False
+        if type(seq) is not int or seq < 0:
+            return False
+        feed.push(seq, data)
         return True
 
     def on_dropped(self, publisher: str, body: Any) -> None:
@@ -419,7 +422,7 @@ class _Topics:
                 if outbox.cancelled or self._closed:
                     return
                 try:
-                    await self._emit(subscriber, topic, {"seq": seq, "data": body})
+                    await self._emit(subscriber, topic, [seq, body])
                 except BusError as exc:
                     log.info("bus: %s drops subscriber %s of %r: %s", self._identity, subscriber, topic, exc)
                     self._drop(topic, subscriber, None)

@@ -157,8 +157,11 @@ def register_kind_codes(codes: Mapping[str, int]) -> None:
     table is append-only: registering a pair again is a no-op; a kind or a code already
     registered with another partner raises ValueError (and nothing is added). The
     codes are the application's (both ends must register the same ones before they
-    talk): never reuse one for another kind, never renumber. ``bus.`` kinds and event
-    topics are never coded."""
+    talk): never reuse one for another kind, never renumber. ``bus.`` kinds are never
+    coded. An event topic registered travels as its code too; a registered "kind" that
+    ends in ``/`` is a family of per-recipient topics: an event whose topic is it
+    followed by the event's recipient id travels as its code (read back as the prefix
+    and the recipient)."""
     items = list(codes.items())
     for kind, code in items:
         if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH or kind.startswith("bus."):
@@ -387,8 +390,14 @@ def encode_compact(mtype: int, kind: str | None, msg_id: int, correlation_id: in
         raise EnvelopeError("malformed", "correlation_id must be set exactly on replies and error replies")
     if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH:
         _check_str("kind", kind, MAX_KIND_LENGTH)
-    if mtype != 4:  # (an event's kind is its topic: always a string)
-        kind = _kind_codes.get(kind, kind)  # type: ignore[arg-type]
+    code = _kind_codes.get(kind)  # type: ignore[arg-type]
+    if code is not None:
+        kind = code  # type: ignore[assignment]
+    elif mtype == 4 and type(recipient) is str and kind.endswith(recipient):  # type: ignore[union-attr]
+        # an event of a per-recipient topic family ("<prefix>/<recipient>"): the prefix's code
+        prefix = kind[:len(kind) - len(recipient)]  # type: ignore[index]
+        if prefix.endswith("/"):
+            kind = _kind_codes.get(prefix, kind)  # type: ignore[arg-type]
     if type(msg_id) is not int or not 0 <= msg_id <= _MAX_COMPACT_ID:
         raise EnvelopeError("malformed", "msg_id must be an unsigned 64-bit int")
     if type(sender) is not str or not 0 < len(sender) <= MAX_AGENT_ID_LENGTH:
@@ -553,8 +562,10 @@ def _compact_fields(fields: list[Any], aliases: Aliases | None = None) -> Envelo
         raise EnvelopeError("malformed", "msg_id must be an unsigned 64-bit int")
     if mtype in _REPLY_TYPES:
         raise EnvelopeError("malformed", f"a compact reply is an array of {_COMPACT_REPLY_FIELD_COUNT} fields")
-    if type(kind) is int and mtype is not MessageType.EVENT:
+    family = False
+    if type(kind) is int:
         kind = _kind_of(kind)
+        family = kind[-1] == "/" and mtype is MessageType.EVENT  # (completed with the recipient below)
     elif type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH:
         _check_str("kind", kind, MAX_KIND_LENGTH)
     if corr is not None:
@@ -569,7 +580,17 @@ def _compact_fields(fields: list[Any], aliases: Aliases | None = None) -> Envelo
             recipient = _aliased("recipient", recipient, aliases[1] if aliases is not None else None)
         else:
             _check_str("recipient", recipient, MAX_AGENT_ID_LENGTH)
+    if family:
+        kind = _family_topic(kind, recipient)
     return _new_envelope(COMPACT_VERSION, mtype, kind, msg_id, corr, sender, recipient, 0, b"", body, b"")
+
+
+def _family_topic(prefix: str, recipient: str) -> str:
+    """The topic a coded per-recipient topic family stands for in an event to ``recipient``."""
+    topic = prefix + recipient
+    if len(topic) > MAX_KIND_LENGTH:
+        raise EnvelopeError("malformed", f"kind must be a non-empty str of at most {MAX_KIND_LENGTH} chars")
+    return topic
 
 
 def _aliased(field: str, alias: int, names: Mapping[int, str] | None) -> str:
@@ -632,6 +653,8 @@ def _decode_local(data: bytes, sender: str = "") -> Envelope:
         kind = f[2]
         if type(kind) is int:
             kind = _kind_of(kind)
+            if kind[-1] == "/" and f[1] == 4:  # (an event of a coded topic family)
+                kind += f[6]
         return _new_envelope(COMPACT_VERSION, _TYPE_OF[f[1]], kind, f[3], f[4], f[5], f[6], 0, b"", f[7], b"")
     return _new_envelope(f[0], _TYPE_OF[f[1]], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10])
 

@@ -144,6 +144,7 @@ from core.protocol._registry import TopicSpec as TopicSpec
 from core.protocol._registry import KINDS as KINDS
 from core.protocol._registry import TOPICS as TOPICS
 from core.protocol._registry import KIND_CODES as KIND_CODES
+from core.protocol._registry import TOPIC_CODES as TOPIC_CODES
 from core.protocol._registry import RETIRED_KIND_CODES as RETIRED_KIND_CODES
 from core.protocol._registry import spec as spec
 from core.protocol import codes as codes

@@ -36,7 +36,7 @@ from core.protocol import _storage as s
 from core.protocol._schema import Message
 
 __all__ = ["Sender", "ANYONE", "REGISTERED", "CONSORTIUM", "KNOWN", "KindSpec", "TopicSpec", "KINDS", "TOPICS",
-           "KIND_CODES", "RETIRED_KIND_CODES", "spec", "admits", "admits_subscriber"]
+           "KIND_CODES", "TOPIC_CODES", "RETIRED_KIND_CODES", "spec", "admits", "admits_subscriber"]
 
 
 class Sender(enum.Enum):
@@ -82,6 +82,10 @@ class TopicSpec:
     publisher: str
     subscribers: frozenset[Sender]
     per_subject: bool = False  # a family: each subscriber only to ``<topic>/<its own id>``
+    code: int = field(default=0, kw_only=True)
+    """The topic's code on the bus, from the kinds' numbering (an event carries it instead of
+    the topic's string; a family's, ``<topic>/``, stands for ``<topic>/<the event's recipient>``):
+    append-only like :attr:`KindSpec.code`."""
 
 
 RETIRED_KIND_CODES: frozenset[int] = frozenset()
@@ -162,11 +166,18 @@ KIND_CODES: Mapping[str, int] = MappingProxyType({k: spec.code for k, spec in KI
 """Kind -> its code on the bus (what ``agents`` registers with ``bus.register_kind_codes``)."""
 
 TOPICS: Mapping[str, TopicSpec] = MappingProxyType({
-    "blocks": TopicSpec("blocks", o.BlockEvent, "orderer", _NODES),
-    "events": TopicSpec("events", p.PeerEvent, "peer", _PEERS),
-    "commits": TopicSpec("commits", p.CommitNotice, "peer", REGISTERED, per_subject=True),
+    "blocks": TopicSpec("blocks", o.BlockEvent, "orderer", _NODES, code=24),
+    "events": TopicSpec("events", p.PeerEvent, "peer", _PEERS, code=25),
+    "commits": TopicSpec("commits", p.CommitNotice, "peer", REGISTERED, per_subject=True, code=26),
 })
 """Every publish/subscribe topic: its event payload type and who may subscribe."""
+
+TOPIC_CODES: Mapping[str, int] = MappingProxyType(
+    {(t.topic + "/" if t.per_subject else t.topic): t.code for t in TOPICS.values()})
+"""Topic (a family's as ``<topic>/``) -> its code on the bus (registered with the kinds' codes)."""
+if (set(TOPIC_CODES.values()) & (set(KIND_CODES.values()) | RETIRED_KIND_CODES)
+        or len(set(TOPIC_CODES.values())) != len(TOPICS)):
+    raise ValueError("a topic's code is a kind's, retired or another topic's")
 
 
 def admits(kind: str, sender: Sender | None) -> bool:

@@ -433,10 +433,51 @@ def test_coded_kinds_travel_as_their_code_and_decode_to_their_kind(code_of, mtyp
     for env in (decode_envelope(wire), _decode_local(wire)):
         assert (env.type, env.kind, env.msg_id, env.sender, env.recipient) == (mtype, kind, msg_id, sender, recipient)
         assert env.encode() == wire
-    # an event's kind is its topic: a string, even one that names a coded kind
+    # an event's kind is its topic: a registered one travels as its code too
     event = encode_compact(MessageType.EVENT, kind, msg_id, None, sender, recipient, body)
-    assert event == msgpack.packb([2, 4, kind, msg_id, None, sender, recipient, body], use_bin_type=True)
-    assert decode_envelope(event).kind == kind
+    assert event == msgpack.packb([2, 4, code, msg_id, None, sender, recipient, body], use_bin_type=True)
+    assert decode_envelope(event).kind == kind == _decode_local(event).kind
+
+
+_FAMILY = {"test.family/": 60004}
+
+
+@given(msg_id=ids, sender=names, recipient=names, body=msgpack_values, other=names)
+@settings(max_examples=200, deadline=None)
+def test_a_topic_family_travels_as_its_code_for_its_recipient_only(msg_id, sender, recipient, body, other):
+    """A registered kind ending in "/" codes the events whose topic is it followed by the
+    event's own recipient: read back as prefix + recipient (the alias's name on a channel);
+    another recipient's topic of the family, or a request of that kind, is not shortened."""
+    from bus import encode_compact, register_kind_codes
+    from bus.envelope import _decode_local
+
+    register_kind_codes(_FAMILY)
+    (prefix, code), = _FAMILY.items()
+    topic = prefix + recipient
+    if len(topic) > 128:
+        return
+    wire = encode_compact(MessageType.EVENT, topic, msg_id, None, sender, recipient, body)
+    assert wire == msgpack.packb([2, 4, code, msg_id, None, sender, recipient, body], use_bin_type=True)
+    for env in (decode_envelope(wire), _decode_local(wire)):
+        assert (env.type, env.kind, env.recipient) == (MessageType.EVENT, topic, recipient)
+    aliased = encode_compact(MessageType.EVENT, topic, msg_id, None, sender, recipient, body, (0, 1))
+    assert decode_envelope(aliased, aliases=({0: sender}, {1: recipient})).kind == topic
+    if other != recipient:  # someone else's topic of the family: as a string
+        elsewhere = encode_compact(MessageType.EVENT, prefix + other, msg_id, None, sender, recipient, body)
+        assert decode_envelope(elsewhere).kind == prefix + other and msgpack.unpackb(elsewhere)[2] == prefix + other
+    request = encode_compact(MessageType.REQUEST, prefix, msg_id, None, sender, recipient, body)
+    assert decode_envelope(request).kind == prefix  # (no handler has it: refused as an unknown kind)
+
+
+def test_a_topic_family_code_never_makes_a_topic_over_the_kind_limit():
+    from bus import register_kind_codes
+
+    register_kind_codes(_FAMILY)
+    long = "r" * 120  # "test.family/" + 120 chars: 132 > 128
+    wire = msgpack.packb([2, 4, _FAMILY["test.family/"], 1, None, "s", long, None], use_bin_type=True)
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(wire)
+    assert info.value.reason == "malformed"
 
 
 @given(code=st.integers(0, 2**16 - 1), mtype=st.sampled_from([MessageType.SEND, MessageType.REQUEST]))
@@ -510,7 +551,7 @@ def test_malformed_compact_replies_are_refused_with_their_reason(fields, reason)
 
 
 @pytest.mark.parametrize("fields", [
-    [2, 4, 60001, 1, None, "a", "b", None],  # an event's topic is never coded
+    [2, 4, -1, 1, None, "a", "b", None],  # an event's topic code too
     [2, 1, -1, 1, None, "a", "b", None],  # codes are unsigned
     [2, 1, 2**16, 1, None, "a", "b", None],  # and at most MAX_KIND_CODE
     [2, 0, 2**64 - 1, 1, None, "a", "b", None],

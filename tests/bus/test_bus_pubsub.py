@@ -125,3 +125,26 @@ async def test_a_subscriber_subscribing_again_replaces_its_old_subscription():
             assert await peer.publish("blocks", "after") == 1
             event = await sub.receive()
             assert (event.seq, event.body) == (0, "after")
+
+
+async def test_an_event_body_is_seq_and_data_and_malformed_ones_are_not_taken():
+    """The publisher sends ``[seq, data]``; the map of earlier versions is still read; any other
+    body (a bool or negative seq, another length, no data) is refused as an unexpected event."""
+    from bus._pubsub import _Subscriptions
+
+    async def request(*args, **kwargs):
+        return None
+
+    async def send(*args):
+        return None
+
+    subs = _Subscriptions(request=request, send=send, path_to=lambda agent: None)
+    sub = await subs.subscribe("peer", "blocks", 16, 1)
+    assert subs.on_event("peer", "blocks", [0, "a"])
+    assert subs.on_event("peer", "blocks", {"seq": 1, "data": "b"})
+    for bad in ([True, "x"], [-1, "x"], [2], [2, "x", 3], {"seq": 2}, {"data": "x"}, {"seq": "2", "data": 1},
+                "x", None, 7):
+        assert not subs.on_event("peer", "blocks", bad), bad
+    assert not subs.on_event("peer", "other", [2, "x"])  # (no subscription to that topic)
+    assert subs.on_event("peer", "blocks", [2, "c"])
+    assert [(e.seq, e.body) for e in (sub.receive_nowait() for _ in range(3))] == [(0, "a"), (1, "b"), (2, "c")]
