@@ -46,6 +46,7 @@ __all__ = [
     "DAG_PB",
     "SHA2_256",
     "Cid",
+    "from_binary",
     "CidBuilder",
     "compute",
     "parse",
@@ -219,6 +220,19 @@ def _parse_base32_v1(text: str) -> Cid | None:
     if len(raw) - pos != 32:
         return None
     return Cid(1, codec, SHA2_256, raw[pos:])
+
+
+def from_binary(raw: object) -> Cid:
+    """Parse a binary CID (:meth:`Cid.to_bytes`): a CIDv1 of a raw or dag-pb block with a
+    sha2-256 multihash (36 bytes), or a CIDv0 (the bare 34-byte sha2-256 multihash);
+    DecodeError for anything else (what a node or client sends in place of the text form)."""
+    if type(raw) is not bytes:
+        raise DecodeError(f"a binary CID must be bytes, got {type(raw).__name__}")
+    if len(raw) == 34 and raw[:2] == b"\x12\x20":
+        return Cid(0, DAG_PB, SHA2_256, raw[2:])
+    if len(raw) == 36 and raw[0] == 1 and raw[1] in (RAW, DAG_PB) and raw[2:4] == b"\x12\x20":
+        return Cid(1, raw[1], SHA2_256, raw[4:])
+    raise DecodeError("not a binary CIDv1 (raw or dag-pb, sha2-256) or CIDv0")
 
 
 def is_cid(text: object) -> bool:

@@ -19,8 +19,12 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from core import canonical, ecdsa
+from core import cid as cidmod
+from core.errors import DecodeError
 from core.protocol._peer import CID, MAX_CID_LENGTH
-from core.protocol._schema import INT64_MAX, Bool, Bytes, Id, Int, ListOf, Message, Optional, Row, Text, wire
+from core.protocol._schema import (
+    INT64_MAX, Bool, Bytes, Codec, Id, Int, ListOf, Message, Optional, Row, Text, wire,
+)
 
 __all__ = [
     "MAX_MESSAGE_DATA", "MAX_LIST_LIMIT", "SESSION_SIZE", "DIGEST_SIZE",
@@ -68,6 +72,28 @@ class _OneBlob(Message):
     """Base of the bodies that name one stored blob: ``{cid, ...}``."""
 
     cid: str = wire(CID)
+
+
+class _BinaryCid(Codec):
+    """A CID sent in its binary form (:meth:`core.cid.Cid.to_bytes`: 36 bytes for a CIDv1,
+    23 fewer than its text) and read back as its canonical text; a text CID (an older
+    sender) is still read as :data:`CID` reads it."""
+
+    __slots__ = ()
+
+    def decode(self, value: Any, what: str) -> str:
+        if type(value) is bytes:
+            try:
+                return str(cidmod.from_binary(value))
+            except DecodeError as exc:
+                raise DecodeError(f"{what}: {exc}") from None
+        return CID.decode(value, what)
+
+    def encode(self, value: Any) -> Any:
+        try:
+            return cidmod.parse(value).to_bytes()
+        except DecodeError:  # (not a CID: sent as it is, refused by the receiver)
+            return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +183,9 @@ class StoragePutAbortReply(_Done, kind="storage.put.abort"):
 
 @dataclass(frozen=True, slots=True)
 class StorageGet(_OneBlob, kind="storage.get", row=True):
+    """``[cid, offset, length, leaves]``; the CID in its binary form (``_BinaryCid``)."""
+
+    cid: str = wire(_BinaryCid())
     offset: int = wire(_SIZE)
     length: int = wire(Int(0, MAX_MESSAGE_DATA))
     leaves: bool = wire(Bool(), default=False)

@@ -250,6 +250,8 @@ async def test_malformed_requests_get_clear_errors(tmp_path) -> None:
                 ("storage.get", {"cid": "bafy", "offset": 0, "length": 1}),
                 ("storage.get", {"cid": compute(b""), "offset": -1, "length": 1}),
                 ("storage.get", "not a map"),
+                ("storage.get", [b"\x01" * 36, 0, 1]),  # not a binary CID
+                ("storage.get", [b"\x01\x55\x12\x20" + bytes(33), 0, 1]),
                 ("storage.put.chunk", {"session": b"x" * 16, "offset": 0, "data": b""}),
                 ("storage.list", {"limit": 0}),
                 ("storage.put", {"data": "text, not bytes"}),

@@ -388,3 +388,29 @@ def test_a_refused_parse_is_refused_every_time_and_kept_parses_are_bounded() -> 
         cidmod.parse(cidmod.compute(i.to_bytes(2, "big")))
     assert cidmod._parse_kept.cache_info().currsize <= cidmod._KEPT
     assert cidmod._text_kept.cache_info().currsize <= cidmod._KEPT
+
+
+# --- the binary form (storage.get names its blob with it) ----------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(digest=st.binary(min_size=32, max_size=32), codec=st.sampled_from([RAW, DAG_PB]), v0=st.booleans())
+def test_a_binary_cid_reads_back_as_the_cid(digest, codec, v0) -> None:
+    c = cidmod.Cid(0, DAG_PB, SHA2_256, digest) if v0 else cidmod.Cid(1, codec, SHA2_256, digest)
+    raw = c.to_bytes()
+    assert len(raw) == (34 if v0 else 36)
+    back = cidmod.from_binary(raw)
+    assert back == c and str(back) == str(c) and parse(str(c)) == back
+
+
+@pytest.mark.parametrize("bad", [
+    b"", b"\x01", "bafy", bytearray(36), b"\x01\x55\x12\x20" + bytes(31), b"\x01\x55\x12\x20" + bytes(33),
+    b"\x02\x55\x12\x20" + bytes(32),  # version 2
+    b"\x01\x71\x12\x20" + bytes(32),  # dag-cbor: not a file CID here
+    b"\x01\x55\x13\x20" + bytes(32),  # sha2-512's code with 32 bytes
+    b"\x01\x55\x12\x21" + bytes(32),  # a length that does not match
+    b"\x12\x20" + bytes(31), b"\x12\x21" + bytes(32),
+])
+def test_anything_but_a_binary_file_cid_is_refused(bad) -> None:
+    with pytest.raises(DecodeError):
+        cidmod.from_binary(bad)

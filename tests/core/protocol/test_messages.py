@@ -41,6 +41,9 @@ ID_CHARS = "abcXYZ019._:@-"
 
 # -- strategies derived from the declared codecs ------------------------------------------
 
+from core.cid import DAG_PB, RAW, SHA2_256, Cid  # noqa: E402
+from core.protocol._storage import _BinaryCid  # noqa: E402
+
 _SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8) | st.binary(max_size=8)
 MSGPACK_VALUES = st.recursive(
     _SCALARS,
@@ -76,6 +79,9 @@ def for_codec(codec: Codec) -> st.SearchStrategy:
         return st.dictionaries(st.text(max_size=8), MSGPACK_VALUES, max_size=min(codec.max_entries, 4))
     if isinstance(codec, Nested):
         return for_type(codec.type)
+    if isinstance(codec, _BinaryCid):  # (a CID's text: it travels binary and reads back as the text)
+        return st.builds(lambda d, raw: str(Cid(1, RAW if raw else DAG_PB, SHA2_256, d)),
+                         st.binary(min_size=32, max_size=32), st.booleans())
     raise AssertionError(f"no strategy for {codec!r}")
 
 
@@ -352,6 +358,15 @@ def test_kinds_built_on_a_shared_field_group_keep_their_own_names_and_field_orde
     assert get.to_wire() == ["bafy", 3, 4, True]
     assert protocol.StorageGet("bafy", 3, 4).to_wire() == ["bafy", 3, 4]  # leaves at its default: left out
     assert protocol.StorageGet.from_wire({"cid": "bafy", "offset": 3, "length": 4, "leaves": True}) == get
+    # a real CID travels in its binary form (23 bytes fewer) and reads back as its text; text is still read
+    from core.cid import compute, parse
+    text = compute(b"hello")
+    wire = protocol.StorageGet(text, 0, 9).to_wire()
+    assert wire == [parse(text).to_bytes(), 0, 9] and len(wire[0]) == len(text) - 23
+    assert protocol.StorageGet.from_wire(wire) == protocol.StorageGet(text, 0, 9)
+    assert protocol.StorageGet.from_wire([text, 0, 9]) == protocol.StorageGet(text, 0, 9)
+    for bad in (b"\x01\x55\x12\x20" + bytes(31), b"\x01" * 36, b""):
+        assert "storage.get" in _error(protocol.StorageGet, [bad, 0, 9])
     chunk = protocol.StoragePutChunk(b"s" * 16, 0, b"d")
     assert chunk.to_wire() == {"session": b"s" * 16, "offset": 0, "data": b"d"}
     assert protocol.StoragePinReply().to_wire() == {} and protocol.StoragePinReply.from_wire({"x": 1})
