@@ -708,7 +708,9 @@ class PatientAgent(UserAgent):
         threshold = self.manifest.threshold
         grant_id = new_id("g")
         proxies = [pre.Proxy(p.index, p.box_key) for p in peers]
-        sealed = await run_crypto(pre.make_key_shares, kp, receiver, proxies, threshold, share_context(grant_id))
+        # bound (version 3): each share's sha256 in the grant transaction binds it to the grant and peer
+        sealed = await run_crypto(pre.make_key_shares, kp, receiver, proxies, threshold, share_context(grant_id),
+                                  bound=True)
         by_peer = {p.id: s for p, s in zip(peers, sealed)}
         shares = {pid: hashlib.sha256(s.sealed).digest() for pid, s in by_peer.items()}
         expires_at = int(time.time()) + self.grant_ttl_s

@@ -44,6 +44,8 @@ the OS CSPRNG (``secrets``).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 from dataclasses import dataclass, field
 from math import comb
@@ -110,6 +112,11 @@ _SHARE_CODE = 2
 """Version 2 of a key share's plaintext: the tag is this small integer instead of the
 20-character string (20 bytes less per sealed share; a standing part's tag stays a
 string, so neither is taken for the other)."""
+_BOUND_CODE = 3
+"""Version 3 of a key share's plaintext, ``[3, rk]``: no context, index or threshold (21
+bytes less per sealed share of a grant). The share is bound to its grant and proxy by
+the sha256 of its sealed bytes, which the grantor commits (the grant transaction's
+``shares``) and the proxy checks before it opens one (``expected_digest``)."""
 _PART_TAG = "emrshare/v1/standing-part"
 
 
@@ -306,10 +313,14 @@ class KeyShare:
     def prepare(self) -> "PreparedKeyShare":
         return PreparedKeyShare(self.index, self.rk.prepare())
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, *, bound: bool = False) -> bytes:
         """The share's plaintext encoding (what gets sealed; keep it secret): version 2,
         ``[2, context, index, threshold, rk]`` (version 1 had the tag string
-        ``"emrshare/v1/rk-share"`` first; :meth:`Scheme.open_key_share` opens both)."""
+        ``"emrshare/v1/rk-share"`` first); ``bound``: version 3, ``[3, rk]``, for a share whose
+        sealed bytes' digest the grantor commits (:func:`make_key_shares`).
+        :meth:`Scheme.open_key_share` opens all three."""
+        if bound:
+            return msgpack.packb([_BOUND_CODE, self.rk.to_bytes()])
         return msgpack.packb([_SHARE_CODE, self.context, self.index, self.threshold, self.rk.to_bytes()])
 
 
@@ -335,16 +346,23 @@ def make_key_shares(
     proxies: Sequence[Proxy],
     threshold: int,
     context: bytes,
+    *,
+    bound: bool = False,
 ) -> list[SealedKeyShare]:
     """Re-encryption key shares of ``keypair``'s label for ``receiver``, t of n.
 
     ``context`` (e.g. the canonical grant id) is sealed with each share, and the
     proxy checks it on opening. The caller must have checked the receiver's key
     on the ledger (``verify_public_key``).
+
+    ``bound``: the shares carry no context or index (version 3, 21 bytes fewer each): the
+    caller commits each sealed share's sha256, signed, where its proxy reads it (the grant
+    transaction's ``shares``: for this grant, this proxy), and the proxy opens it only
+    with that digest (``open_key_share(..., expected_digest=...)``).
     """
     out = []
     for proxy, y in _inverse_shares(keypair, proxies, threshold, context):
-        out.append(_seal(proxy, KeyShare(proxy.index, threshold, context, receiver.p2 * y).to_bytes()))
+        out.append(_seal(proxy, KeyShare(proxy.index, threshold, context, receiver.p2 * y).to_bytes(bound=bound)))
     return out
 
 
@@ -370,10 +388,7 @@ def _open_sealed(
     context, value bytes). ``what`` names the body and ``holder`` what its
     context names, in the errors. ``strict`` (standing parts) also refuses
     bools as integers and a threshold outside 1..MAX_PROXIES."""
-    try:
-        plain = SealedBox(BoxPrivateKey(box_secret_key)).decrypt(sealed.sealed)
-    except CryptoError as exc:
-        raise DecryptionError(f"{what} does not open with this proxy's key") from exc
+    plain = _unseal(sealed, box_secret_key, what)
     try:
         body_tag, context, index, threshold, value = msgpack.unpackb(plain, raw=False)
     except Exception as exc:
@@ -393,6 +408,26 @@ def _open_sealed(
     if index != expected_index or index != sealed.index:
         raise DecodeError(f"{what} is for another proxy index")
     return index, threshold, context, value
+
+
+def _unseal(sealed: SealedKeyShare, box_secret_key: bytes, what: str) -> bytes:
+    try:
+        return SealedBox(BoxPrivateKey(box_secret_key)).decrypt(sealed.sealed)
+    except CryptoError as exc:
+        raise DecryptionError(f"{what} does not open with this proxy's key") from exc
+
+
+def _bound_share(plain: bytes) -> bytes | None:
+    """The rk bytes of a version-3 share's plaintext ``[3, rk]``; None for another version."""
+    if plain[:2] != b"\x92\x03":  # (a 2-array starting with the int 3: nothing else is taken for it)
+        return None
+    try:
+        code, rk = msgpack.unpackb(plain, raw=False)
+    except Exception as exc:
+        raise DecodeError("sealed key share has a malformed body") from exc
+    if type(code) is not int or code != _BOUND_CODE or not isinstance(rk, bytes):
+        raise DecodeError("sealed key share has a malformed body")
+    return rk
 
 
 def _inverse_shares(keypair: KeyPair, proxies: Sequence[Proxy], threshold: int,
@@ -479,11 +514,15 @@ def open_key_share(
     *,
     expected_context: bytes,
     expected_index: int,
+    expected_digest: bytes | None = None,
 ) -> KeyShare:
     """Proxy side: unseal a share and check it is for this grant and this proxy
-    (rk on the process's backend)."""
+    (rk on the process's backend); ``expected_digest``: the sha256 of the sealed bytes the
+    grantor committed for this proxy (checked when given; a version-3 share, which
+    carries no context or index, opens only with it)."""
     return Scheme(active_backend()).open_key_share(
-        sealed, box_secret_key, expected_context=expected_context, expected_index=expected_index
+        sealed, box_secret_key, expected_context=expected_context, expected_index=expected_index,
+        expected_digest=expected_digest,
     )
 
 
@@ -649,9 +688,23 @@ class Scheme:
         return ReencryptedShare(index, value)
 
     def open_key_share(
-        self, sealed: SealedKeyShare, box_secret_key: bytes, *, expected_context: bytes, expected_index: int
+        self, sealed: SealedKeyShare, box_secret_key: bytes, *, expected_context: bytes, expected_index: int,
+        expected_digest: bytes | None = None,
     ) -> KeyShare:
-        """Proxy side: unseal a share and check it is for this grant and this proxy."""
+        """Proxy side: unseal a share and check it is for this grant and this proxy (see
+        :func:`open_key_share`)."""
+        if expected_digest is not None and not hmac.compare_digest(
+                hashlib.sha256(sealed.sealed).digest(), expected_digest):
+            raise DecodeError("sealed key share is not the one committed for this proxy")
+        if sealed.index != expected_index:
+            raise DecodeError("sealed key share is for another proxy index")
+        plain = _unseal(sealed, box_secret_key, "sealed key share")
+        rk_bytes = _bound_share(plain)
+        if rk_bytes is not None:
+            if expected_digest is None:
+                raise DecodeError("a version-3 key share opens only with its committed digest")
+            # (threshold 0: a version-3 share does not carry it; nothing on the proxy side reads it)
+            return KeyShare(expected_index, 0, expected_context, self.curve.G2.from_bytes(rk_bytes))
         index, threshold, context, rk = _open_sealed(
             sealed, box_secret_key, tag=(_SHARE_CODE, _SHARE_TAG), what="sealed key share", holder="grant",
             strict=False,

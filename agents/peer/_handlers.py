@@ -391,15 +391,19 @@ class PeerHandlers:
 
     # -- key shares and re-encryption --------------------------------------------
 
-    def _open_share(self, grant_id: str, index: int, sealed: bytes) -> pre.PreparedKeyShare:
+    def _open_share(self, grant_id: str, index: int, sealed: bytes, digest: bytes | None) -> pre.PreparedKeyShare:
+        """Open a sealed share of ``grant_id`` (``digest``: the sha256 the committed grant holds for
+        this peer, checked again here; a version-3 share, with no context inside, opens only with it)."""
         peer = self.peer
         share = pre.open_key_share(pre.SealedKeyShare(index, sealed), peer.keys.box_private,
-                                   expected_context=share_context(grant_id), expected_index=peer.info.index)
+                                   expected_context=share_context(grant_id), expected_index=peer.info.index,
+                                   expected_digest=digest)
         return share.prepare()
 
     def _open_and_keep_share(self, grant_id: str, index: int, sealed: bytes) -> pre.PreparedKeyShare:
-        """Worker thread: check that the sealed share opens, then keep it (still sealed) at rest."""
-        prepared = self._open_share(grant_id, index, sealed)
+        """Worker thread: check that the sealed share opens, then keep it (still sealed) at rest (the
+        caller checked its digest against the committed grant's)."""
+        prepared = self._open_share(grant_id, index, sealed, hashlib.sha256(sealed).digest())
         self.peer.store.put_share(grant_id, index, sealed)
         return prepared
 
@@ -530,8 +534,12 @@ class PeerHandlers:
         row = await trio.to_thread.run_sync(peer.store.share, grant_id)
         if row is None:
             raise bus.HandlerError(codes.SHARE_MISSING, f"{peer.peer_id} holds no key share of grant {grant_id}")
+        committed = grant if grant is not None else peer.ledger.grant(grant_id)
+        # the digest the committed grant holds for this peer: what was checked at delivery, checked
+        # again on the share read back from disk (and what binds a version-3 share to this grant)
+        digest = committed.share_digest(peer.peer_id) if committed is not None else None
         try:
-            prepared = await run_crypto(self._open_share, grant_id, row[0], row[1])
+            prepared = await run_crypto(self._open_share, grant_id, row[0], row[1], digest)
         except CoreError:
             log.error("peer %s: stored key share of grant %s does not open", peer.peer_id, grant_id)
             raise bus.HandlerError(codes.SHARE_MISSING, "the stored key share is unusable") from None

@@ -248,7 +248,8 @@ class FakeConsortium:
             raise bus.HandlerError(codes.SHARE_MISMATCH, "hash")
         info = self.peers[pid]
         share = pre.open_key_share(pre.SealedKeyShare(b["index"], b["sealed"]), self.peer_keys[pid].box_private,
-                                   expected_context=share_context(b["grant_id"]), expected_index=info.index)
+                                   expected_context=share_context(b["grant_id"]), expected_index=info.index,
+                                   expected_digest=grant.share_digest(pid))
         self.shares[(pid, b["grant_id"])] = share
         return {"ok": True}
 

@@ -26,7 +26,7 @@ from core.enrollment import EnrollmentToken
 from core.identity import Certificate, ConsortiumConfig, OrgInfo, PeerInfo
 from core.ledger import make_genesis
 from core.lightclient import CertificateLightClient
-from core.protocol import PeerDeliverShareReply, PeerReencrypt, PeerReencryptReply
+from core.protocol import PeerDeliverShareReply, PeerReencrypt, PeerReencryptReply, codes
 from core.policy import parse as parse_policy
 from core.state import token_key
 from core.tx import Transaction
@@ -448,8 +448,12 @@ async def test_full_flow_shares_reencryption_revocation_events(tmp_path):
     assert audit_main(["--data", str(tmp_path / "peer-b-3"), "--patient", "alice"]) == 0
 
 
-async def test_share_survives_restart_sealed_at_rest(tmp_path):
-    """A delivered share is kept sealed in SQLite and usable after a restart (no cache)."""
+@pytest.mark.parametrize("bound", [False, True])
+async def test_share_survives_restart_sealed_at_rest(tmp_path, bound):
+    """A delivered share is kept sealed in SQLite and usable after a restart (no cache). Read
+    back from disk it is checked against the digest the committed grant holds: another sealed
+    share put in its place (a valid one for this peer, of another grant) is refused. ``bound``:
+    a version-3 share (no context inside: the digest is its only binding), as patients seal."""
     c = Consortium(tmp_path, n_peers=1, threshold=1)
     (pid,) = c.infos
     with trio.fail_after(30):
@@ -463,7 +467,10 @@ async def test_share_survives_restart_sealed_at_rest(tmp_path):
                                                      "operation": "read", "purpose": None})
             (sealed,) = pre.make_key_shares(alice.keys.label_key("cardiology"),
                                             pre.PublicKey.from_bytes(doc.cert["pre_key"]),
-                                            [pre.Proxy(1, c.infos[pid].box_key)], 1, share_context("g"))
+                                            [pre.Proxy(1, c.infos[pid].box_key)], 1, share_context("g"), bound=bound)
+            (other,) = pre.make_key_shares(alice.keys.label_key("cardiology"),
+                                           pre.PublicKey.from_bytes(doc.cert["pre_key"]),
+                                           [pre.Proxy(1, c.infos[pid].box_key)], 1, share_context("g"), bound=bound)
             await alice.submit(pid, "grant", {"grant_id": "g", "request_id": "r1", "threshold": 1,
                                               "expires_at": int(time.time()) + 600,
                                               "shares": {pid: hashlib.sha256(sealed.sealed).digest()}})
@@ -479,6 +486,16 @@ async def test_share_survives_restart_sealed_at_rest(tmp_path):
                                                             "record_id": "rec-1", "request_id": "r1"})
             share = PeerReencryptReply.from_wire(r).share
             assert pre.combine([pre.ReencryptedShare.from_bytes(share)], doc.keys.receive.secret) == key
+        with sqlite3.connect(tmp_path / pid / "ledger.sqlite") as conn:
+            conn.execute("UPDATE shares SET sealed = ? WHERE grant_id = 'g'", (other.sealed,))
+        async with running(c) as (node, orderer, peers, _):
+            doc_ep = make_endpoint(node, "dr", doc.keys.ecdsa_private, c.manifest.directory())
+            with pytest.raises(bus.RemoteError) as info:
+                await doc_ep.request(pid, "peer.reencrypt", {"grant_id": "g", "patient": "alice",
+                                                            "record_id": "rec-1", "request_id": "r1"})
+            assert info.value.code == codes.SHARE_MISSING
+        with sqlite3.connect(tmp_path / pid / "ledger.sqlite") as conn:
+            conn.execute("UPDATE shares SET sealed = ? WHERE grant_id = 'g'", (stored,))
     # `ledger verify` checks the stored share against the hash the patient committed in the grant
     assert verify_main(["--data", str(tmp_path / pid)]) == 0
     db = tmp_path / pid / "ledger.sqlite"

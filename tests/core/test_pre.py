@@ -299,3 +299,58 @@ def test_a_key_share_travels_in_the_compact_plaintext_and_the_older_one_still_op
         pre.Scheme(backend).open_key_share(part, secrets_[1], expected_context=context, expected_index=1)
     with pytest.raises(DecodeError, match="malformed"):  # and a key share is not a standing part
         pre.open_standing_part(sealed[0], secrets_[1], expected_context=context, expected_index=1)
+
+
+def test_a_bound_key_share_carries_only_rk_and_opens_only_with_its_committed_digest(backend):
+    """Version 3 (``bound=True``, what a patient seals for a grant): ``[3, rk]``, 21 bytes less
+    than version 2 for a grant id of 17 characters; bound to its grant and proxy by the sha256
+    of its sealed bytes, which the grant transaction commits and the proxy checks before it
+    opens one. It re-encrypts as a version-2 share does."""
+    import hashlib
+
+    import msgpack
+
+    owner = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), "L")
+    doctor = pre.Scheme(backend).derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
+    proxies, secrets_ = make_proxies(3)
+    context = b"gQgRTFmsvfQnTdzH9"
+    bound = pre.make_key_shares(owner, doctor.public, proxies, 2, context, bound=True)
+    old = pre.make_key_shares(owner, doctor.public, proxies, 2, context)
+    assert all(len(b.sealed) == len(o.sealed) - 21 for b, o in zip(bound, old))
+    digests = {s.index: hashlib.sha256(s.sealed).digest() for s in bound}
+    scheme = pre.Scheme(backend)
+    shares = [scheme.open_key_share(s, secrets_[s.index], expected_context=context, expected_index=s.index,
+                                    expected_digest=digests[s.index]) for s in bound]
+    assert msgpack.unpackb(shares[0].to_bytes(bound=True)) == [3, shares[0].rk.to_bytes()]
+    capsule, k = pre.encapsulate(owner.public)
+    rs = [pre.reencrypt(capsule, s.prepare()) for s in shares]
+    assert pre.combine(rs[:2], doctor.secret) == k and pre.combine(rs[1:], doctor.secret) == k
+    first = bound[0]
+    # no digest: refused (nothing inside says which grant it is for)
+    with pytest.raises(DecodeError, match="committed digest"):
+        scheme.open_key_share(first, secrets_[1], expected_context=context, expected_index=1)
+    # another share's digest (another grant's, another proxy's): refused before it is opened
+    for wrong in (digests[2], hashlib.sha256(old[0].sealed).digest(), bytes(32)):
+        with pytest.raises(DecodeError, match="not the one committed"):
+            scheme.open_key_share(first, secrets_[1], expected_context=context, expected_index=1,
+                                  expected_digest=wrong)
+    # moved to another proxy's index: refused; sealed to another proxy: does not open
+    with pytest.raises(DecodeError, match="another proxy"):
+        scheme.open_key_share(pre.SealedKeyShare(2, first.sealed), secrets_[1], expected_context=context,
+                              expected_index=1, expected_digest=digests[1])
+    with pytest.raises(DecryptionError):
+        scheme.open_key_share(first, secrets_[2], expected_context=context, expected_index=1,
+                              expected_digest=digests[1])
+    # a version-2 share still opens, with or without its digest (then checked)
+    assert scheme.open_key_share(old[0], secrets_[1], expected_context=context, expected_index=1,
+                                 expected_digest=hashlib.sha256(old[0].sealed).digest()).rk == \
+        scheme.open_key_share(old[0], secrets_[1], expected_context=context, expected_index=1).rk
+    # malformed version-3 bodies: DecodeError, never anything else
+    for body in (msgpack.packb([3, "text"]), msgpack.packb([3]), b"\x92\x03\xc1", msgpack.packb([3, 96, 1])):
+        s = _sealed_to(proxies[0], body)
+        with pytest.raises(DecodeError):
+            scheme.open_key_share(s, secrets_[1], expected_context=context, expected_index=1,
+                                  expected_digest=hashlib.sha256(s.sealed).digest())
+    # a bound share is not a standing part
+    with pytest.raises(DecodeError, match="malformed"):
+        pre.open_standing_part(first, secrets_[1], expected_context=context, expected_index=1)
