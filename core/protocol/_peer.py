@@ -62,7 +62,8 @@ def _same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+        # (in the same order: a map's encoding is its items in order)
+        return list(a) == list(b) and all(_same(v, b[k]) for k, v in a.items())
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return bool(a == b)
@@ -531,7 +532,8 @@ class CommitNotice(Message, kind="commits", row=True):
     """The transaction's id (SHA-256 of its bytes), or its first :data:`NOTICE_TX_ID`
     bytes (:meth:`echoing`: the submitter holds the rest)."""
     height: int = wire(_HEIGHT)
-    type: str = wire(Text(64, min_len=1))
+    type: str | None = wire(Optional(Text(64, min_len=1)))
+    """The transaction's type; nil in what :meth:`for_submitter` sends (its submitter knows it)."""
     mark: str = wire(Choice(tuple(REASON_CODES)))
     effect: dict = wire(Map(MAX_EFFECT_ENTRIES))
     echo: tuple[int, ...] | None = wire(Optional(ListOf(Int(0, 2**MAX_ECHO_KEYS - 1), max_len=MAX_EFFECT_ENTRIES)),
@@ -548,13 +550,14 @@ class CommitNotice(Message, kind="commits", row=True):
         effect key ``own_key`` (core.ledger ``effect_key``) sent under :data:`OWN_KEY` and cut
         to the view :data:`core.protocol.NOTICE_VIEWS` names for ``tx_type`` (if any:
         :attr:`projected`), then :meth:`echoing` ``body``. Other entries (the grant the ledger
-        made for an ``access_request``) stay whole. :meth:`expand` restores the key."""
-        notice = self
+        made for an ``access_request``) stay whole. :meth:`expand` restores the key. The type is
+        left out (nil): the submitter matches the notice to its own transaction by id."""
+        notice = dataclasses.replace(self, type=None)
         if own_key is not None and own_key in self.effect and OWN_KEY not in self.effect:
             view = NOTICE_VIEWS.get(tx_type)
             effect = {(OWN_KEY if key == own_key else key): (view(entry) if key == own_key and view else entry)
                       for key, entry in self.effect.items()}
-            notice = dataclasses.replace(self, effect=effect, projected=view is not None)
+            notice = dataclasses.replace(notice, effect=effect, projected=view is not None)
         return notice.echoing(body)
 
     def echoing(self, body: Mapping[str, Any]) -> "CommitNotice":

@@ -272,8 +272,8 @@ async def test_a_notice_carries_the_entry_its_block_left(tmp_path, monkeypatch):
         async with _swarm_and_users(tmp_path) as (swarm, users):
             alice = await users.open(PatientAgent, PATIENT)
             rid = await alice.store(b"ECG: sinus rhythm", label="cardiology", media_type="text/plain")
-            (notice,) = [n for n in seen if n.type == "store"]
-            assert notice.mark == "ok"
+            (notice,) = [n for n in seen if n.effect and "tx" in next(iter(n.effect.values()))]  # (the store's)
+            assert notice.mark == "ok" and notice.type is None  # (its submitter knows the type)
             ((key, sent),) = notice.effect.items()
             # its own entry's key is the transaction's effect key, which its submitter derives
             assert key == OWN_KEY and not notice.projected  # a store's entry travels whole

@@ -117,9 +117,9 @@ def test_kind_codes_are_append_only_and_unique():
 
 
 def test_the_kind_codes_are_in_the_document():
-    from core.protocol import KIND_CODES
+    from core.protocol import KIND_CODES, TOPIC_CODES
 
     start = DOC.index("**Kind codes**")
     text = DOC[start:DOC.index("\n\n", start)]
-    listed = {m.group(1): int(m.group(2)) for m in re.finditer(r"`([a-z_.]+)` (\d+)", text)}
-    assert listed == dict(KIND_CODES)
+    listed = {m.group(1): int(m.group(2)) for m in re.finditer(r"`([a-z_./]+)` (\d+)", text)}
+    assert listed == {**KIND_CODES, **TOPIC_CODES}
