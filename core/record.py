@@ -1,25 +1,32 @@
 """Sealed records: the KEM/DEM format patients store in content-addressed storage.
 
-Layout (version 2; version 1 is still read). A sealed record is ONE msgpack
-array, written and read as a stream so records of any size (tested to 64 MiB)
-take bounded memory::
+Layout (version 3; versions 1 and 2 are still read). A sealed record is ONE
+msgpack array, written and read as a stream so records of any size (tested to
+64 MiB) take bounded memory::
 
-    [ "emrshare/sealed-record",   # str, format tag
-      2,                          # int, format version (= the header's version)
+    [ 3,                          # int, format version (= the header's version)
       header,                     # bin, canonical msgpack of the RecordHeader (below)
       nonce,                      # bin(24), random base nonce
       chunk_0, ..., chunk_{n-1} ] # bin, XChaCha20-Poly1305 ciphertext of each chunk
 
-The header is itself a msgpack array in this fixed order (version 2)::
+Versions 1 and 2 have the format tag ``"emrshare/sealed-record"`` (a str) first
+and their version second; version 3 leaves the tag out (23 bytes; a reader tells
+the forms apart by the first item: the int 3 or the tag).
+
+The header is itself a msgpack array in this fixed order (versions 2 and 3)::
 
     [version, owner_id, label, record_id, media_type,
      capsule U (bin 48), owner P1_L (bin 48), size, chunk_size,
      key_check (bin 16), owner_wrap_kind (int), owner_wrap (bin or nil)]
 
-Version 1 headers have 11 fields: no ``owner_wrap_kind``, and ``owner_wrap`` is
-nil or an 80-byte sealed box (kind 1 below). A reader accepts a version-1 blob
-only with a version-1 header and a version-2 blob only with a version-2 header;
-writers write version 2.
+In version 3 ``media_type`` is the small int :data:`MEDIA_TYPE_CODES` gives a
+known type (``application/fhir+json`` is 1: 21 bytes fewer), any other type its
+string (a known type written as its string is not canonical: refused), and a
+kind-2 owner wrap is 48 bytes (its nonce derived, below). Version 1 headers have
+11 fields: no ``owner_wrap_kind``, and ``owner_wrap`` is nil or an 80-byte
+sealed box (kind 1 below). A reader accepts a blob only with a header of its own
+version; writers write version 3 (66 bytes fewer than version 2 for a FHIR
+record sealed by its patient).
 
 Keys: ``K = Z^k`` from the PRE capsule (core.pre); the data key
 ``dk = HKDF-SHA256(ikm = enc(K), salt = "emrshare/v1/dem", info = enc(U) || enc(P1_L))``;
@@ -33,9 +40,12 @@ X25519 key, so the owner opens its records without a pairing"), by kind:
 * 1 -- sealed box (80 bytes): ``SealedBox(owner X25519 public key).encrypt(dk)``
   (ephemeral X25519 key || XSalsa20-Poly1305). Anyone holding the owner's box
   public key can write it: the path for third-party sealers.
-* 2 -- owner box (72 bytes): ``nonce (24, random from the OS CSPRNG) ||
-  Box(owner_sk, owner_pk).encrypt(dk, nonce)``, crypto_box of the owner to
-  itself. Its key is HSalsa20(X25519(sk, pk_self)): computing it from the
+* 2 -- owner box: version 2 (72 bytes), ``nonce (24, random from the OS CSPRNG) ||
+  Box(owner_sk, owner_pk).encrypt(dk, nonce)``; version 3 (48 bytes), the
+  ciphertext alone, under the nonce ``SHA-256("emrshare/v1/owner-wrap-nonce\\0"
+  || enc(U))[:24]`` (U is fresh for every sealing, a new random k, so no two
+  wraps under one owner's key share a nonce; a wrap moved to another record
+  does not even open there). crypto_box of the owner to itself. Its key is HSalsa20(X25519(sk, pk_self)): computing it from the
   public key alone is the computational Diffie-Hellman problem with both inputs
   equal (as hard as CDH), so only the owner can open, and only the owner can
   write, such a wrap (authenticated encryption; with random 24-byte nonces
@@ -135,8 +145,9 @@ __all__ = [
 ]
 
 FORMAT_TAG = "emrshare/sealed-record"
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
+_TAGGED_VERSIONS = (1, 2)  # (versions 1 and 2 have the tag first; version 3 the version alone)
 DEFAULT_CHUNK_SIZE = 1 << 20
 MIN_CHUNK_SIZE = 1 << 12
 MAX_CHUNK_SIZE = 8 << 20
@@ -151,9 +162,27 @@ WRAP_NONE = 0
 WRAP_SEALED_BOX = 1
 WRAP_OWNER_BOX = 2
 OWNER_WRAP_SIZE = 80  # sealed box of a 32-byte key (kind 1)
-OWNER_BOX_WRAP_SIZE = 72  # nonce || crypto_box of a 32-byte key (kind 2)
+OWNER_BOX_WRAP_SIZE = 72  # nonce || crypto_box of a 32-byte key (kind 2, version 2)
+OWNER_BOX_WRAP_SIZE_V3 = 48  # crypto_box of a 32-byte key, its nonce derived from U (kind 2, version 3)
 _WRAP_SIZES = {WRAP_NONE: None, WRAP_SEALED_BOX: OWNER_WRAP_SIZE, WRAP_OWNER_BOX: OWNER_BOX_WRAP_SIZE}
-_HEADER_FIELDS = {1: 11, 2: 12}
+_HEADER_FIELDS = {1: 11, 2: 12, 3: 12}
+_WRAP_NONCE_DOMAIN = b"emrshare/v1/owner-wrap-nonce\x00"
+
+MEDIA_TYPE_CODES: dict[str, int] = {
+    "application/fhir+json": 1,
+    "application/json": 2,
+    "text/plain": 3,
+    "application/octet-stream": 4,
+    "application/fhir+xml": 5,
+    "application/pdf": 6,
+    "application/dicom": 7,
+    "image/jpeg": 8,
+    "image/png": 9,
+    "text/csv": 10,
+}
+"""Media types a version-3 header writes as a small int (append-only: a code is never
+given to another type); any other is written as its string."""
+_MEDIA_TYPES = {code: name for name, code in MEDIA_TYPE_CODES.items()}
 
 _DEM_SALT = b"emrshare/v1/dem"
 _KEY_CHECK_INFO = b"emrshare/v1/key-check"
@@ -164,6 +193,12 @@ KeyProvider = Callable[["RecordHeader"], bytes]
 def derive_data_key(k: GT, capsule: bytes, owner_p1: bytes) -> bytes:
     """dk = HKDF-SHA256(enc(K), salt, enc(U) || enc(P1_L))."""
     return hkdf_sha256(k.to_bytes(), _DEM_SALT, capsule + owner_p1, 32)
+
+
+def _wrap_nonce(capsule: bytes) -> bytes:
+    """A version-3 owner box's nonce: the first 24 bytes of SHA-256(domain || U). U is fresh
+    for every sealing (a new k), so no two wraps under one owner's key share a nonce."""
+    return hashlib.sha256(_WRAP_NONCE_DOMAIN + capsule).digest()[:Box.NONCE_SIZE]
 
 
 def _key_check(dk: bytes) -> bytes:
@@ -286,7 +321,7 @@ class RecordHeader:
             object.__setattr__(self, "owner_wrap_kind", kind)
         if type(kind) is not int or kind not in _WRAP_SIZES or (self.version == 1 and kind == WRAP_OWNER_BOX):
             raise DecodeError(f"record header: unknown owner wrap kind {kind!r}")
-        want = _WRAP_SIZES[kind]
+        want = OWNER_BOX_WRAP_SIZE_V3 if kind == WRAP_OWNER_BOX and self.version >= 3 else _WRAP_SIZES[kind]
         if want is None:
             if self.owner_wrap is not None:
                 raise DecodeError("record header: owner wrap present but its kind is 'none'")
@@ -310,12 +345,15 @@ class RecordHeader:
         return self.size - self.chunk_size * (self.chunk_count - 1)
 
     def to_bytes(self) -> bytes:
+        media: str | int = self.media_type
+        if self.version >= 3:  # a known media type as its code
+            media = MEDIA_TYPE_CODES.get(media, media)  # type: ignore[arg-type]
         fields = [
             self.version,
             self.owner_id,
             self.label,
             self.record_id,
-            self.media_type,
+            media,
             self.capsule,
             self.owner_p1,
             self.size,
@@ -345,6 +383,10 @@ class RecordHeader:
             raise DecodeError(f"record header: expected an array of {expected} fields (version {version})")
         (version, owner_id, label, record_id, media_type, capsule, owner_p1, size, chunk_size,
          key_check) = fields[:10]
+        if version >= 3 and type(media_type) is int:
+            media_type = _MEDIA_TYPES.get(media_type)
+            if media_type is None:
+                raise DecodeError(f"record header: unknown media type code {fields[4]!r}")
         kind = fields[10] if version >= 2 else None
         header = cls(owner_id, label, record_id, media_type, capsule, owner_p1, size, chunk_size,
                      key_check, fields[-1], version, kind)
@@ -412,8 +454,8 @@ class RecordSealer:
             _sk, pk, box = _owner_keys(_box_secret(owner_box_secret_key))
             if owner_box_public_key is not None and bytes(owner_box_public_key) != pk:
                 raise ValueError("owner box public key does not belong to the owner box secret key")
-            nonce = secrets.token_bytes(Box.NONCE_SIZE)
-            kind, wrap = WRAP_OWNER_BOX, bytes(box.encrypt(dk, nonce))
+            # (version 3: the nonce is derived from U, not sent: 24 bytes fewer)
+            kind, wrap = WRAP_OWNER_BOX, bytes(box.encrypt(dk, _wrap_nonce(capsule_b)).ciphertext)
         elif owner_box_public_key is not None:
             kind, wrap = WRAP_SEALED_BOX, SealedBox(BoxPublicKey(owner_box_public_key)).encrypt(dk)
         else:
@@ -442,10 +484,10 @@ class RecordSealer:
         return self._prefix()
 
     def _prefix(self) -> bytes:
+        """Version 3: ``[3, header, nonce, chunks...]`` (no format tag: the version leads)."""
         packer = msgpack.Packer(use_bin_type=True)
         return b"".join((
-            packer.pack_array_header(4 + self._count),
-            packer.pack(FORMAT_TAG),
+            packer.pack_array_header(3 + self._count),
             packer.pack(FORMAT_VERSION),
             packer.pack(self._header_bytes),
             packer.pack(self._nonce),
@@ -668,16 +710,21 @@ class RecordOpener:
                         raise
                     except Exception as exc:
                         raise DecodeError("sealed record: not a msgpack array") from exc
-                    if self._length < 5:
+                    if self._length < 4:
                         raise DecodeError("sealed record: array too short")
                     self._state = "tag"
-                elif self._state == "tag":
-                    if self._next() != FORMAT_TAG:
+                elif self._state == "tag":  # version 3 leads with its version, 1 and 2 with the tag
+                    first = self._next()
+                    if type(first) is int and first == FORMAT_VERSION:
+                        self._version = first
+                        self._state = "header"
+                    elif first != FORMAT_TAG:
                         raise DecodeError("sealed record: wrong format tag")
-                    self._state = "version"
+                    else:
+                        self._state = "version"
                 elif self._state == "version":
                     version = self._next()
-                    if type(version) is not int or version not in READ_VERSIONS:
+                    if type(version) is not int or version not in _TAGGED_VERSIONS:
                         raise DecodeError(f"sealed record: unsupported version {version!r}")
                     self._version = version
                     self._state = "header"
@@ -689,7 +736,7 @@ class RecordOpener:
                     if self.header.version != self._version:
                         raise DecodeError("sealed record: header version differs from the record's")
                     self._header_bytes = hb
-                    if self._length != 4 + self.header.chunk_count:
+                    if self._length != (3 if self._version >= 3 else 4) + self.header.chunk_count:
                         raise DecodeError("sealed record: chunk count does not match the header")
                     if self.header.chunk_size > self._max_chunk:
                         raise DecodeError("sealed record: chunk size above this reader's limit")
@@ -814,6 +861,8 @@ def owner_key_provider(box_secret_key: bytes) -> KeyProvider:
             raise DecryptionError("record carries no owner wrap; use the pairing path")
         sk, _pk, box = _owner_keys(sk_bytes)
         try:
+            if kind == WRAP_OWNER_BOX and header.version >= 3:  # (its nonce derived from U)
+                return bytes(box.decrypt(header.owner_wrap, _wrap_nonce(header.capsule)))
             if kind == WRAP_OWNER_BOX:
                 return bytes(box.decrypt(header.owner_wrap))
             return SealedBox(sk).decrypt(header.owner_wrap)

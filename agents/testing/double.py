@@ -30,7 +30,8 @@ from core.identity import Certificate
 from core.ledger import Block, Ledger, MemoryKV
 from core.ledger import effect_key
 from core.protocol import (
-    CommitNotice, PeerDeliverShare, PeerQuery, PeerReencrypt, codes, commits_topic, make_reencrypt_reply, share_context,
+    CommitNotice, PeerDeliverShare, PeerQuery, PeerReencrypt, codes, commits_topic, make_reencrypt_reply, query_view,
+    share_context,
 )
 from core.state import ENTRY_QUERIES, RecordEntry, entry_key, parse_key, records_prefix
 from core.tx import Transaction
@@ -210,7 +211,7 @@ class FakeConsortium:
                 if self.owner_cert_hook is not None:
                     owner = self.owner_cert_hook(pid, owner)
                 entry = {**entry, "owner_cert": owner}
-            return entry
+            return query_view(what, b.get("view"), entry)  # (a view the query names, as a peer answers it)
         if what == "records":
             out = []
             for key, raw in self.kv.scan(records_prefix(b["patient"])):

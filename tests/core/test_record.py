@@ -166,7 +166,7 @@ def test_truncation_reordering_and_trailing_data():
         record.open_record(blob + b"\xc0", provider)
     # swap chunk 0 and 1 (same length): AEAD with index in the AD refuses
     items = _split(blob)
-    items[4], items[5] = items[5], items[4]
+    items[3], items[4] = items[4], items[3]  # (version 3: [3, header, nonce, chunks...])
     with pytest.raises(DecryptionError):
         record.open_record(_join(items), provider)
     # drop the last chunk and fix the array length: the header's count refuses
@@ -190,7 +190,7 @@ def test_header_moved_between_records_is_refused():
     kp, box_sk, box_pk = _cached_owner()
     a = _split(_seal(kp, box_pk, b"record A", record_id="A"))
     b = _split(_seal(kp, box_pk, b"record B", record_id="B"))
-    franken = a[:2] + [b[2]] + a[3:]
+    franken = a[:1] + [b[1]] + a[2:]
     with pytest.raises(DecryptionError):
         record.open_record(_join(franken), record.owner_key_provider(box_sk))
 
@@ -300,9 +300,9 @@ def test_wrap_kinds_and_their_sizes(backend):
     bare = record.seal(data, kp.public, owner_id="p", label=kp.label, record_id="r")
     h1, h2, h0 = (record.peek_header(b) for b in (sealed, owner_box, bare))
     assert (h1.owner_wrap_kind, len(h1.owner_wrap)) == (record.WRAP_SEALED_BOX, 80)
-    assert (h2.owner_wrap_kind, len(h2.owner_wrap)) == (record.WRAP_OWNER_BOX, 72)
+    assert (h2.owner_wrap_kind, len(h2.owner_wrap)) == (record.WRAP_OWNER_BOX, 48)  # (its nonce derived)
     assert (h0.owner_wrap_kind, h0.owner_wrap) == (record.WRAP_NONE, None)
-    assert h1.version == h2.version == h0.version == record.FORMAT_VERSION == 2
+    assert h1.version == h2.version == h0.version == record.FORMAT_VERSION == 3
     provider = record.owner_key_provider(box_sk)
     assert record.open_record(sealed, provider)[1] == data
     assert record.open_record(owner_box, provider)[1] == data
@@ -318,10 +318,11 @@ def test_owner_box_opens_only_for_its_owner(backend):
     other_sk, _ = pre.box_keypair()
     with pytest.raises(DecryptionError, match="owner wrap does not open"):
         record.open_record(blob, record.owner_key_provider(other_sk))
-    # nonces are fresh: two wraps of records by the same owner differ in their first 24 bytes
-    w1 = record.peek_header(blob).owner_wrap
-    w2 = record.peek_header(_owner_seal(kp, box_sk, b"mine")).owner_wrap
-    assert w1[:24] != w2[:24]
+    # nonces are fresh: derived from each record's own capsule U (a fresh k per sealing)
+    h1 = record.peek_header(blob)
+    h2 = record.peek_header(_owner_seal(kp, box_sk, b"mine"))
+    assert h1.capsule != h2.capsule and record._wrap_nonce(h1.capsule) != record._wrap_nonce(h2.capsule)
+    assert h1.owner_wrap != h2.owner_wrap
 
 
 def test_owner_wrap_moved_between_records_is_refused(backend):
@@ -329,10 +330,12 @@ def test_owner_wrap_moved_between_records_is_refused(backend):
     kp, box_sk, _ = _owner(backend)
     a = _split(_owner_seal(kp, box_sk, b"record A", record_id="A"))
     b = _split(_owner_seal(kp, box_sk, b"record B", record_id="B"))
-    fields = msgpack.unpackb(a[2])
-    fields[11] = msgpack.unpackb(b[2])[11]
-    a[2] = msgpack.packb(fields)
-    with pytest.raises(DecryptionError, match="wrong key"):
+    fields = msgpack.unpackb(a[1])
+    fields[11] = msgpack.unpackb(b[1])[11]
+    a[1] = msgpack.packb(fields)
+    # (version 3: its nonce is derived from the other record's capsule, so it does not even open here;
+    # were it opened, the key check would refuse it, as for version 2)
+    with pytest.raises(DecryptionError, match="does not open"):
         record.open_record(_join(a), record.owner_key_provider(box_sk))
 
 
@@ -421,12 +424,13 @@ def test_header_and_record_versions_must_agree(backend):
         record.open_record(_join(items), record.owner_key_provider(box_sk))
     fields = msgpack.unpackb(record.peek_header(_seal(kp, box_pk, b"x")).to_bytes())
     fields[10] = 2  # kind 2 with an 80-byte wrap
-    with pytest.raises(DecodeError, match="kind 2 must be 72 bytes"):
+    with pytest.raises(DecodeError, match="kind 2 must be 48 bytes"):
         record.RecordHeader.from_bytes(msgpack.packb(fields))
     fields[10] = 7
     with pytest.raises(DecodeError, match="wrap kind"):
         record.RecordHeader.from_bytes(msgpack.packb(fields))
     v1 = [1] + fields[1:10] + [fields[11]]
+    v1[4] = "text/plain"  # (version 1 and 2 write the media type as its string)
     v1[10] = b"\x00" * 72  # version 1 has no kind 2
     with pytest.raises(DecodeError, match="80 bytes"):
         record.RecordHeader.from_bytes(msgpack.packb(v1))
@@ -493,9 +497,9 @@ def test_chunk_must_be_bin_and_no_trailing_bytes():
     blob = _seal(kp, box_pk, b"abc", chunk_size=4096)
     items = _split(blob)
     with pytest.raises(DecodeError, match="not msgpack bin"):
-        record.open_record(_join(items[:4] + ["a string"]), record.owner_key_provider(box_sk))
+        record.open_record(_join(items[:3] + ["a string"]), record.owner_key_provider(box_sk))
     with pytest.raises(DecodeError, match="wrong size"):
-        record.open_record(_join(items[:4] + [items[4] + b"x"]), record.owner_key_provider(box_sk))
+        record.open_record(_join(items[:3] + [items[3] + b"x"]), record.owner_key_provider(box_sk))
     # a lone incomplete element after the last chunk is trailing data, not ignored
     with pytest.raises(DecodeError, match="trailing"):
         record.open_record(blob + b"\xc4", record.owner_key_provider(box_sk))
@@ -517,3 +521,69 @@ def test_public_aead_fallback_is_compatible(monkeypatch):
     bad[-1] ^= 1
     with pytest.raises(DecryptionError):
         record.open_record(bytes(bad), provider)
+
+
+def _v2_blob(kp, box_sk, data, chunk_size=4096, media_type="application/fhir+json"):
+    """A version-2 record written by hand, the way the version-2 sealer wrote it (tag first, the
+    media type as its string, a kind-2 wrap with its random nonce in front)."""
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
+
+    capsule, k = pre.encapsulate(kp.public)
+    dk = record.derive_data_key(k, capsule.to_bytes(), kp.public.p1.to_bytes())
+    _sk, _pk, box = record._owner_keys(box_sk)
+    wrap = bytes(box.encrypt(dk, bytes(range(100, 124))))
+    header = msgpack.packb([2, "patient-1", kp.label, "rec-1", media_type, capsule.to_bytes(),
+                            kp.public.p1.to_bytes(), len(data), chunk_size, record._key_check(dk),
+                            record.WRAP_OWNER_BOX, wrap], use_bin_type=True)
+    nonce = bytes(range(24))
+    n = max(1, -(-len(data) // chunk_size))
+    items = ["emrshare/sealed-record", 2, header, nonce]
+    for i in range(n):
+        piece = data[i * chunk_size:(i + 1) * chunk_size]
+        ad = header + i.to_bytes(8, "big") + (b"\x01" if i == n - 1 else b"\x00")
+        nce = (int.from_bytes(nonce, "big") ^ i).to_bytes(24, "big")
+        items.append(crypto_aead_xchacha20poly1305_ietf_encrypt(piece, ad, nce, dk))
+    return _join(items)
+
+
+def test_version_2_records_still_open(backend):
+    kp, box_sk, _ = _owner(backend)
+    data = bytes(range(256)) * 40
+    blob = _v2_blob(kp, box_sk, data)
+    header, plain = record.open_record(blob, record.owner_key_provider(box_sk))
+    assert plain == data and header.version == 2 and len(header.owner_wrap) == 72
+    assert header.media_type == "application/fhir+json"
+    assert record.open_record(blob, record.owner_pairing_key_provider(kp))[1] == data
+    assert record.RecordHeader.from_bytes(header.to_bytes()) == header  # (its string stays a string)
+    # a tagged record claiming version 3, or a version-3 record with the tag: refused
+    items = _split(blob)
+    items[1] = 3
+    with pytest.raises(DecodeError, match="unsupported version"):
+        record.open_record(_join(items), record.owner_key_provider(box_sk))
+    v3 = _split(_owner_seal(kp, box_sk, b"x"))
+    with pytest.raises(DecodeError):
+        record.open_record(_join(["emrshare/sealed-record"] + v3), record.owner_key_provider(box_sk))
+
+
+def test_version_3_writes_known_media_types_as_codes_and_is_smaller(backend):
+    kp, box_sk, _ = _owner(backend)
+    data = b"x" * 2979
+    v3 = _owner_seal(kp, box_sk, data, media_type="application/fhir+json")
+    v2 = _v2_blob(kp, box_sk, data)
+    assert len(v3) <= len(v2) - 23 - 21 - 24 + 2  # no tag, a coded media type, no wrap nonce (ids differ by 0..2)
+    items = _split(v3)
+    assert items[0] == 3 and msgpack.unpackb(items[1])[4] == record.MEDIA_TYPE_CODES["application/fhir+json"]
+    header, plain = record.open_record(v3, record.owner_key_provider(box_sk))
+    assert plain == data and header.media_type == "application/fhir+json"
+    # another media type travels as its string and reads back
+    other = _owner_seal(kp, box_sk, b"y", media_type="application/x-custom")
+    assert msgpack.unpackb(_split(other)[1])[4] == "application/x-custom"
+    assert record.open_record(other, record.owner_key_provider(box_sk))[0].media_type == "application/x-custom"
+    # a coded type written as its string is not canonical; a code nobody gave is refused
+    fields = msgpack.unpackb(items[1])
+    for media, error in (("application/fhir+json", "canonical"), (999, "media type code"), (True, "media type"),
+                         (0, "media type code")):
+        bad = list(fields)
+        bad[4] = media
+        with pytest.raises(DecodeError, match=error):
+            record.RecordHeader.from_bytes(msgpack.packb(bad))
