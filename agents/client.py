@@ -823,7 +823,7 @@ class PeerClient:
         if notice is not None:
             try:  # the fields of its entries that repeat our own transaction's body come back from it,
                 # and its own entry's key from the transaction (core.ledger effect_key)
-                effect = notice.expand(tx.body, effect_key(tx))
+                effect = notice.expand(tx.body, effect_key(tx), tx.type)
             except DecodeError as exc:
                 log.warning("%s: malformed commit notice for %s: %s", self.subject, tx.type, exc)
         if notice is not None and effect is not None:

@@ -18,7 +18,7 @@ from core.protocol._orderer import (
 from core.protocol._schema import (
     INT64_MAX, Bool, Bytes, Choice, Id, Int, ListOf, Map, Message, Nested, Optional, Text, wire,
 )
-from core.protocol._views import NOTICE_VIEWS, QUERY_VIEWS, REQUEST_ROW, answer_from_row
+from core.protocol._views import NOTICE_ROWS, NOTICE_VIEWS, QUERY_VIEWS, REQUEST_ROW, answer_from_row
 
 __all__ = [
     "MAX_SUBMIT_BYTES", "MAX_SEALED_SHARE", "MAX_ENTRIES", "MAX_CID_LENGTH", "BOX_KEY_SIZE", "TOKEN_SIZE",
@@ -555,6 +555,9 @@ class CommitNotice(Message, kind="commits", row=True):
         notice = dataclasses.replace(self, type=None)
         if own_key is not None and own_key in self.effect and OWN_KEY not in self.effect:
             view = NOTICE_VIEWS.get(tx_type)
+            row = NOTICE_ROWS.get(tx_type)
+            if view is not None and row is not None:  # the view as its array (no field names)
+                view = (lambda entry, v=view, r=row[0]: r(v(entry)))
             effect = {(OWN_KEY if key == own_key else key): (view(entry) if key == own_key and view else entry)
                       for key, entry in self.effect.items()}
             notice = dataclasses.replace(notice, effect=effect, projected=view is not None)
@@ -579,11 +582,12 @@ class CommitNotice(Message, kind="commits", row=True):
         first bytes as :meth:`echoing` leaves them)."""
         return tx_id[:len(self.tx_id)] == self.tx_id
 
-    def expand(self, body: Mapping[str, Any], own_key: str | None = None) -> dict:
+    def expand(self, body: Mapping[str, Any], own_key: str | None = None, tx_type: str | None = None) -> dict:
         """The effect with the echoed fields restored from the submitted transaction's
         ``body`` and the entry under :data:`OWN_KEY` put back under ``own_key`` (the
-        transaction's core.ledger ``effect_key``); DecodeError for masks that do not fit
-        it, or an :data:`OWN_KEY` entry that cannot be put back."""
+        transaction's core.ledger ``effect_key``), read back into its map when it came as
+        its type's row (``tx_type``: :data:`core.protocol._views.NOTICE_ROWS`); DecodeError
+        for masks that do not fit it, or an :data:`OWN_KEY` entry that cannot be put back."""
         what = f"{self.kind}: 'echo'"
         masks = self.echo if self.echo is not None else (0,) * len(self.effect)
         if len(masks) != len(self.effect):
@@ -591,7 +595,12 @@ class CommitNotice(Message, kind="commits", row=True):
         if OWN_KEY in self.effect and (own_key is None or own_key == OWN_KEY or own_key in self.effect):
             raise DecodeError(f"{self.kind}: an own-key entry needs the transaction's effect key, once")
         out = {}
+        row = NOTICE_ROWS.get(tx_type) if tx_type is not None and self.projected else None
         for (key, entry), mask in zip(self.effect.items(), masks):
+            if key == OWN_KEY and isinstance(entry, list):  # its view as a row
+                if row is None:
+                    raise DecodeError(f"{self.kind}: an own entry as an array needs its type's row")
+                entry = row[1](entry)
             if mask and not isinstance(entry, dict):
                 raise DecodeError(f"{what}: only a map entry echoes fields")
             out[own_key if key == OWN_KEY else key] = echo_expand(entry, body, mask, what) if mask else entry

@@ -30,8 +30,9 @@ from typing import Any, Callable, Mapping
 from core.errors import DecodeError
 from core.protocol._patient import GRANT_TERMS
 
-__all__ = ["REQUEST_ANSWER", "REQUEST_ROW", "QUERY_VIEWS", "NOTICE_VIEWS", "request_answer_view",
-           "request_row_view", "answer_from_row", "requester_view", "grant_terms_view", "query_view"]
+__all__ = ["REQUEST_ANSWER", "REQUEST_ROW", "QUERY_VIEWS", "NOTICE_VIEWS", "NOTICE_ROWS", "request_answer_view",
+           "request_row_view", "answer_from_row", "requester_view", "requester_row", "requester_from_row",
+           "grant_terms_view", "query_view"]
 
 REQUEST_ANSWER = "answer"
 """``peer.query request`` ``view``: what the request's patient checks before it grants."""
@@ -101,9 +102,29 @@ def request_row_view(entry: Any) -> Any:
     an absent field nil, trailing nils left out (of the decision array too)."""
     if not isinstance(entry, Mapping):
         return entry
-    view = request_answer_view(entry)
-    decision = view.pop("decision")
-    return _row([view.get(k) for k in ANSWER_FIELDS] + [_row([decision.get(k) for k in ANSWER_DECISION]) or None])
+    return _to_row(request_answer_view(entry), ANSWER_FIELDS, ANSWER_DECISION)
+
+
+def _to_row(view: Mapping[str, Any], fields: tuple[str, ...], decision_fields: tuple[str, ...]) -> list[Any]:
+    decision = view.get("decision") or {}
+    return _row([view.get(k) for k in fields] + [_row([decision.get(k) for k in decision_fields]) or None])
+
+
+def _from_row(row: Any, fields: tuple[str, ...], decision_fields: tuple[str, ...], what: str) -> dict[str, Any]:
+    """The view map a row of ``fields`` then the decision's stands for; DecodeError when it is
+    not such an array (text fields str or nil, at most 4,096 characters)."""
+    n = len(fields)
+    if type(row) is not list or len(row) > n + 1:
+        raise DecodeError(f"{what} must be an array of at most {n + 1} fields")
+    decision = row[n] if len(row) > n else None
+    if decision is not None and (type(decision) is not list or len(decision) > len(decision_fields)):
+        raise DecodeError(f"{what}'s decision must be an array of at most {len(decision_fields)} fields")
+    for value in row[:n] + (decision or []):
+        if value is not None and (type(value) is not str or len(value) > _MAX_ROW_TEXT):
+            raise DecodeError(f"{what}'s fields must be text")
+    out = {k: v for k, v in zip(fields, row) if v is not None}
+    out["decision"] = {k: v for k, v in zip(decision_fields, decision or ()) if v is not None}
+    return out
 
 
 def answer_from_row(row: Any) -> dict[str, Any] | None:
@@ -112,18 +133,26 @@ def answer_from_row(row: Any) -> dict[str, Any] | None:
     4,096 characters; the decision an array of them)."""
     if row is None:
         return None
-    n = len(ANSWER_FIELDS)
-    if type(row) is not list or len(row) > n + 1:
-        raise DecodeError("a request row must be an array of at most 9 fields")
-    decision = row[n] if len(row) > n else None
-    if decision is not None and (type(decision) is not list or len(decision) > len(ANSWER_DECISION)):
-        raise DecodeError("a request row's decision must be an array of at most 4 fields")
-    for value in row[:n] + (decision or []):
-        if value is not None and (type(value) is not str or len(value) > _MAX_ROW_TEXT):
-            raise DecodeError("a request row's fields must be text")
-    out = {k: v for k, v in zip(ANSWER_FIELDS, row) if v is not None}
-    out["decision"] = {k: v for k, v in zip(ANSWER_DECISION, decision or ()) if v is not None}
-    return out
+    return _from_row(row, ANSWER_FIELDS, ANSWER_DECISION, "a request row")
+
+
+REQUESTER_FIELDS = ("status", "grant_id", "hold")
+"""The fields of :func:`requester_view`, in its row's order (then the decision's)."""
+REQUESTER_DECISION = ("effect", "rule", "reason")
+
+
+def requester_row(view: Any) -> Any:
+    """A :func:`requester_view` map as the array a commit notice carries it in:
+    ``[status, grant_id, hold, [effect, rule, reason]]``, trailing nils left out."""
+    if not isinstance(view, Mapping):
+        return view
+    return _to_row(view, REQUESTER_FIELDS, REQUESTER_DECISION)
+
+
+def requester_from_row(row: Any) -> dict[str, Any]:
+    """The :func:`requester_view` map a :func:`requester_row` array stands for (DecodeError
+    for anything else)."""
+    return _from_row(row, REQUESTER_FIELDS, REQUESTER_DECISION, "a requester row")
 
 
 def grant_terms_view(entry: Any) -> Any:
@@ -149,6 +178,12 @@ NOTICE_VIEWS: dict[str, Callable[[Any], Any]] = {
 """Transaction type -> the view of its own effect entry (``core.ledger.effect_key``) its
 commit notice carries (:meth:`core.protocol.CommitNotice.for_submitter`); types not
 listed carry the whole entry."""
+
+NOTICE_ROWS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], dict[str, Any]]]] = {
+    "access_request": (requester_row, requester_from_row),
+}
+"""Transaction type -> (to the row, back to the map) of its :data:`NOTICE_VIEWS` view: the
+own entry travels as that array (no field names); :meth:`CommitNotice.expand` reads it back."""
 
 
 def query_view(what: str, view: str | None, entry: Any) -> Any:

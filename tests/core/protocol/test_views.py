@@ -258,16 +258,32 @@ def test_a_held_answer_to_a_query_that_held_nothing_is_refused():
 # -- commit notices for their submitter ------------------------------------------------
 
 
+def _with_own(row: list, own) -> list:
+    """A notice's wire row with its own entry replaced (a hostile peer's)."""
+    row = list(row)
+    effect = dict(row[4])
+    effect[OWN_KEY] = own
+    row[4] = effect
+    return row
+
+
 def test_an_access_request_notice_carries_the_requester_view_under_the_own_key():
     body = {"request_id": "q-1", "patient": "alice", "record_id": "r-1", "operation": "read", "purpose": "treatment"}
     tx = Transaction.create("access_request", "dr-heart", body, KEY, 1_700_000_000_000)
     entry = _request_entry()
     notice = CommitNotice(tx_id=tx.tx_id, height=12, type="access_request", mark="ok",
                           effect={"request/q-1": entry}).for_submitter(tx.type, tx.body, "request/q-1")
-    assert notice.projected and set(notice.effect) == {OWN_KEY}
+    assert notice.projected and set(notice.effect) == {OWN_KEY} and notice.type is None
+    assert notice.effect[OWN_KEY] == ["pending", None, None, ["allow", "cardio"]]  # (the view as its row)
     sent = _wire(notice.to_wire())
     got = CommitNotice.from_wire(sent)
-    assert got.expand(tx.body, "request/q-1") == {"request/q-1": requester_view(entry)}
+    assert got.expand(tx.body, "request/q-1", "access_request") == {"request/q-1": requester_view(entry)}
+    with pytest.raises(DecodeError, match="row"):  # (a row read without its type)
+        got.expand(tx.body, "request/q-1")
+    for bad in ([1], ["pending", None, None, "allow"], ["a"] * 5, ["pending", None, None, ["a"] * 4]):
+        hostile = CommitNotice.from_wire(_wire(_with_own(notice.to_wire(), bad)))
+        with pytest.raises(DecodeError):
+            hostile.expand(tx.body, "request/q-1", "access_request")
     full = CommitNotice(tx_id=tx.tx_id, height=12, type="access_request", mark="ok",
                         effect={"request/q-1": entry}).echoing(tx.body)
     assert len(msgpack.packb(sent)) < len(msgpack.packb(full.to_wire())) - 100
@@ -280,7 +296,7 @@ def test_a_ledger_granted_request_keeps_the_grant_whole():
     notice = CommitNotice(tx_id=tx.tx_id, height=12, type="access_request", mark="ok",
                           effect={"request/q-1": _request_entry(status="granted", grant_id="g-1"),
                                   "grant/g-1": grant}).for_submitter(tx.type, tx.body, "request/q-1")
-    effect = CommitNotice.from_wire(_wire(notice.to_wire())).expand(tx.body, "request/q-1")
+    effect = CommitNotice.from_wire(_wire(notice.to_wire())).expand(tx.body, "request/q-1", "access_request")
     assert effect["grant/g-1"] == grant and effect["request/q-1"]["grant_id"] == "g-1"
 
 
