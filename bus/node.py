@@ -557,6 +557,18 @@ class Node:
                 if attempt == 2:
                     raise
 
+    def _known_conn(self, sender: str, recipient: str) -> Connection | None:
+        """The connection ``recipient`` is reached on without a wait: its known path, else the
+        live link to its address (the shard of ``sender``); None when there is none yet."""
+        conn = self._paths.get(recipient)
+        if conn is None:
+            address = self._routes.get(recipient)
+            link = None if address is None else self._links.get((address, self._shard_for(address, sender)))
+            conn = None if link is None else link.conn
+            if conn is None or conn not in self._live:
+                return None
+        return conn
+
     def route_now_compact(self, sender: str, recipient: str, mtype: int, kind: str, msg_id: int,
                           body: Any) -> tuple[Connection, bytes] | None:
         """:meth:`route_now` for a compact request, message or event the node encodes
@@ -567,13 +579,9 @@ class Node:
         :meth:`route` s it). Encoding errors (EnvelopeError) are raised."""
         if self._closed or recipient in self._endpoints:
             return None
-        conn = self._paths.get(recipient)
+        conn = self._known_conn(sender, recipient)
         if conn is None:
-            address = self._routes.get(recipient)
-            link = None if address is None else self._links.get((address, self._shard_for(address, sender)))
-            conn = None if link is None else link.conn
-            if conn is None or conn not in self._live:
-                return None
+            return None
         if not isinstance(conn, ChannelConnection):
             return None  # (signed mode: the endpoint sends full envelopes)
         own = self._endpoints.get(sender)
@@ -609,13 +617,9 @@ class Node:
         needed, or says why it cannot)."""
         if self._closed or len(data) > self._max_frame_size or recipient in self._endpoints:
             return None
-        conn = self._paths.get(recipient)
+        conn = self._known_conn(sender, recipient)
         if conn is None:
-            address = self._routes.get(recipient)
-            link = None if address is None else self._links.get((address, self._shard_for(address, sender)))
-            conn = None if link is None else link.conn
-            if conn is None or conn not in self._live:
-                return None
+            return None
         room = self._room_now(conn, sender, data)
         if room is None:
             return None

@@ -6,6 +6,8 @@ proof that re-aliases an agent or gives an alias a second agent, an alias of an 
 proof does not verify; each while a legitimate client keeps working. Real TCP loopback
 channels; the hostile side's channel done by hand (``raw_channel``)."""
 
+import contextlib
+
 import msgpack
 import pytest
 import trio
@@ -105,80 +107,62 @@ async def _legit_still_works(alice):
         assert await alice.request("bob", "ping", "ok", timeout=10) == ["alice", "ok"]
 
 
-async def test_a_hostile_client_with_its_own_aliases_is_heard_as_the_agent_it_proved(raw_channel):
+@contextlib.asynccontextmanager
+async def _mallory_beside_alice(raw_channel, *more):
+    """A server with bob, alice's node working with it, and mallory's hand-made channel that has
+    proved mallory and been answered once by name (so bob is proved to it, with his alias):
+    ``(server, alice, raw, bob)``. Alice still works once the block ends."""
     ring = Keyring()
-    ring.add("mallory")
+    for agent in ("mallory", *more):
+        ring.add(agent)
     with trio.fail_after(60):
         async with linked_pair(ring, None, client_address="127.0.0.2") as (server, _, alice, address):
-            bob_endpoint = _bob(server, ring)
+            bob = _bob(server, ring)
             await _legit_still_works(alice)
             async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
-                # the node proves bob once mallory (a known key) is proved; wait for its alias
                 await raw.send(encode_compact(MessageType.REQUEST, "ping", 1, None, "mallory", "bob", "named"))
                 assert (await raw.receive()).body == ["mallory", "named"]
-                bob = raw.channel.their_aliases["bob"]
-                await raw.send(encode_compact(MessageType.REQUEST, "ping", 2, None, "mallory", "bob", "aliased",
-                                              (raw.channel.aliases_here["mallory"], bob)))
-                assert (await raw.receive()).body == ["mallory", "aliased"]
+                raw.ring = ring
+                yield server, alice, raw, bob
             await _legit_still_works(alice)
+
+
+async def test_a_hostile_client_with_its_own_aliases_is_heard_as_the_agent_it_proved(raw_channel):
+    async with _mallory_beside_alice(raw_channel) as (server, alice, raw, _):
+        bob = raw.channel.their_aliases["bob"]
+        await raw.send(encode_compact(MessageType.REQUEST, "ping", 2, None, "mallory", "bob", "aliased",
+                                      (raw.channel.aliases_here["mallory"], bob)))
+        assert (await raw.receive()).body == ["mallory", "aliased"]
 
 
 @pytest.mark.parametrize("which", ["sender", "recipient"])
 async def test_an_alias_never_given_closes_the_hostile_connection_only(raw_channel, which):
-    ring = Keyring()
-    ring.add("mallory")
-    with trio.fail_after(60):
-        async with linked_pair(ring, None, client_address="127.0.0.2") as (server, _, alice, address):
-            bob_endpoint = _bob(server, ring)
-            await _legit_still_works(alice)
-            async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
-                await raw.send(encode_compact(MessageType.REQUEST, "ping", 1, None, "mallory", "bob", "named"))
-                assert (await raw.receive()).body == ["mallory", "named"]
-                aliases = (200, None) if which == "sender" else (None, 200)
-                await raw.send(encode_compact(MessageType.REQUEST, "ping", 2, None, "mallory", "bob", "x", aliases))
-                assert await raw.receive() is None  # the node closed the connection
-            assert server.statistics().rejected.get("malformed", 0) >= 1
-            await _legit_still_works(alice)
+    async with _mallory_beside_alice(raw_channel) as (server, alice, raw, _):
+        aliases = (200, None) if which == "sender" else (None, 200)
+        await raw.send(encode_compact(MessageType.REQUEST, "ping", 2, None, "mallory", "bob", "x", aliases))
+        assert await raw.receive() is None  # the node closed the connection
+        assert server.statistics().rejected.get("malformed", 0) >= 1
 
 
 async def test_a_proof_re_aliasing_an_agent_closes_the_hostile_connection(raw_channel):
-    ring = Keyring()
-    for agent in ("mallory", "trudy"):
-        ring.add(agent)
-    with trio.fail_after(60):
-        async with linked_pair(ring, None, client_address="127.0.0.2") as (server, _, alice, address):
-            bob_endpoint = _bob(server, ring)
-            async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
-                await raw.send(encode_compact(MessageType.REQUEST, "ping", 1, None, "mallory", "bob", "named"))
-                assert (await raw.receive()).body == ["mallory", "named"]
-                # trudy's proof under mallory's alias: were it taken, alias 0 would now name trudy
-                signature = msgpack.unpackb(raw.channel.make_proof("trudy", ring.signer("trudy")))[1]
-                await raw.stream.send_all(raw.sealed(msgpack.packb(["trudy", signature, 0], use_bin_type=True),
-                                                     frame_type=1))
-                assert await raw.receive() is None
-            await _legit_still_works(alice)
+    async with _mallory_beside_alice(raw_channel, "trudy") as (server, alice, raw, _):
+        # trudy's proof under mallory's alias: were it taken, alias 0 would now name trudy
+        signature = msgpack.unpackb(raw.channel.make_proof("trudy", raw.ring.signer("trudy")))[1]
+        await raw.stream.send_all(raw.sealed(msgpack.packb(["trudy", signature, 0], use_bin_type=True),
+                                             frame_type=1))
+        assert await raw.receive() is None
 
 
 async def test_an_alias_of_an_agent_whose_proof_does_not_verify_is_refused_as_the_name_is(raw_channel):
     """Mallory proves "alice" with its own key (alias 1): the alias reads back to "alice", whose
     proof does not verify under alice's key, so the request is refused as unproven, as it is
     when it names her; the real alice is not affected."""
-    ring = Keyring()
-    ring.add("mallory")
-    with trio.fail_after(60):
-        async with linked_pair(ring, None, client_address="127.0.0.2") as (server, _, alice, address):
-            bob_endpoint = _bob(server, ring)
-            await _legit_still_works(alice)
-            async with await raw_channel(address, prove={"mallory": ring.signer("mallory")}) as raw:
-                await raw.send(encode_compact(MessageType.REQUEST, "ping", 1, None, "mallory", "bob", "named"))
-                assert (await raw.receive()).body == ["mallory", "named"]
-                await raw.prove("alice", ring.signer("mallory"))  # a forged proof of alice
-                forged = raw.channel.aliases_here["alice"]
-                bob = raw.channel.their_aliases["bob"]
-                for msg_id, aliases in ((2, (forged, bob)), (3, None)):
-                    await raw.send(encode_compact(MessageType.REQUEST, "ping", msg_id, None, "alice", "bob", "x",
-                                                  aliases))
-                    reply = await raw.receive()
-                    assert reply.type == MessageType.ERROR and reply.body["code"] == "unproven-sender"
-            await eventually(lambda: bob_endpoint.statistics().rejected.get("unproven-sender") == 2)
-            await _legit_still_works(alice)
+    async with _mallory_beside_alice(raw_channel) as (server, alice, raw, bob_endpoint):
+        await raw.prove("alice", raw.ring.signer("mallory"))  # a forged proof of alice
+        forged = raw.channel.aliases_here["alice"]
+        bob = raw.channel.their_aliases["bob"]
+        for msg_id, aliases in ((2, (forged, bob)), (3, None)):
+            await raw.send(encode_compact(MessageType.REQUEST, "ping", msg_id, None, "alice", "bob", "x", aliases))
+            reply = await raw.receive()
+            assert reply.type == MessageType.ERROR and reply.body["code"] == "unproven-sender"
+        await eventually(lambda: bob_endpoint.statistics().rejected.get("unproven-sender") == 2)

@@ -385,7 +385,6 @@ def test_owner_sealed_records_cross_backends(backend, other_backend):
 
 def _v1_blob(kp, box_pk, data, chunk_size=4096):
     """A version-1 record written by hand, the way the version-1 sealer wrote it."""
-    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
     from nacl.public import PublicKey as BoxPublicKey
     from nacl.public import SealedBox
 
@@ -394,9 +393,16 @@ def _v1_blob(kp, box_pk, data, chunk_size=4096):
     header = msgpack.packb([1, "patient-1", kp.label, "old", "text/plain", capsule.to_bytes(),
                             kp.public.p1.to_bytes(), len(data), chunk_size, record._key_check(dk),
                             SealedBox(BoxPublicKey(box_pk)).encrypt(dk)], use_bin_type=True)
+    return _tagged_blob(1, header, data, chunk_size, dk)
+
+
+def _tagged_blob(version, header, data, chunk_size, dk):
+    """A tagged (version 1 or 2) blob of ``header`` and ``data`` chunks under ``dk``, by hand."""
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
+
     nonce = bytes(range(24))
     n = max(1, -(-len(data) // chunk_size))
-    items = ["emrshare/sealed-record", 1, header, nonce]
+    items = ["emrshare/sealed-record", version, header, nonce]
     for i in range(n):
         piece = data[i * chunk_size:(i + 1) * chunk_size]
         ad = header + i.to_bytes(8, "big") + (b"\x01" if i == n - 1 else b"\x00")
@@ -526,8 +532,6 @@ def test_public_aead_fallback_is_compatible(monkeypatch):
 def _v2_blob(kp, box_sk, data, chunk_size=4096, media_type="application/fhir+json"):
     """A version-2 record written by hand, the way the version-2 sealer wrote it (tag first, the
     media type as its string, a kind-2 wrap with its random nonce in front)."""
-    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
-
     capsule, k = pre.encapsulate(kp.public)
     dk = record.derive_data_key(k, capsule.to_bytes(), kp.public.p1.to_bytes())
     _sk, _pk, box = record._owner_keys(box_sk)
@@ -535,15 +539,7 @@ def _v2_blob(kp, box_sk, data, chunk_size=4096, media_type="application/fhir+jso
     header = msgpack.packb([2, "patient-1", kp.label, "rec-1", media_type, capsule.to_bytes(),
                             kp.public.p1.to_bytes(), len(data), chunk_size, record._key_check(dk),
                             record.WRAP_OWNER_BOX, wrap], use_bin_type=True)
-    nonce = bytes(range(24))
-    n = max(1, -(-len(data) // chunk_size))
-    items = ["emrshare/sealed-record", 2, header, nonce]
-    for i in range(n):
-        piece = data[i * chunk_size:(i + 1) * chunk_size]
-        ad = header + i.to_bytes(8, "big") + (b"\x01" if i == n - 1 else b"\x00")
-        nce = (int.from_bytes(nonce, "big") ^ i).to_bytes(24, "big")
-        items.append(crypto_aead_xchacha20poly1305_ietf_encrypt(piece, ad, nce, dk))
-    return _join(items)
+    return _tagged_blob(2, header, data, chunk_size, dk)
 
 
 def test_version_2_records_still_open(backend):
