@@ -198,16 +198,19 @@ def _communication(probe: dict) -> dict:
             "queries: peer.query round trips of the patient and the doctor; polls: queries repeated because a "
             "commit was not visible yet (PeerClient.commit_stats); notices: commits learned from a commit notice "
             "(topic commits/<subject>); fallbacks: submits whose notice did not come in time",
-            "client-side bus bytes: every message a patient or doctor sends or receives (encoded signed envelopes), "
-            "each message counted once; peer-orderer traffic, block distribution and storage replication are not "
-            "included (the paper counts the client's messages too)",
+            "client-side bus bytes: every message a patient or doctor sends or receives (its encoded envelope, as "
+            "the sending endpoint counts it), each message counted once; peer-orderer traffic, block distribution "
+            "and storage replication are not included (the paper counts the client's messages too). In-process the "
+            "users are agents of the swarm's own node: their envelopes name sender and recipient in full (no wire "
+            "between them); with --processes the users reach the peers and storage nodes over channels, where the "
+            "two names travel as the channel's aliases (what a deployment's users send)",
             "'w/o payload' subtracts the record's plaintext size from the total (the ciphertext carries it plus "
             "~40 B per 64 KiB chunk and a header, so a small remainder of payload stays in)",
-            "the paper's 2,880 / 3,296 bits count bare group elements and hashes; ours carry ECDSA-signed msgpack "
-            "envelopes with sender, kind and ids (compact on channels), CIDs as strings, full signed transactions "
-            "(store: capsule, CID, metadata; access: request, certificate checks), t re-encryption shares of 292 "
-            "bytes (a GT element compressed to 288 bytes on BLS12-381) each with a peer signature, and the grant's "
-            "t-of-n sealed key-share delivery",
+            "the paper's 2,880 / 3,296 bits count bare group elements and hashes; ours carry compact msgpack "
+            "envelopes (kind codes, ids, sender and recipient), full signed transactions "
+            "(store: capsule, CID, metadata; access: request, grant with a digest per peer's share), t "
+            "re-encryption shares of 292 bytes (a GT element compressed to 288 bytes on BLS12-381) each with a "
+            "peer signature, the grant's t-of-n sealed key-share delivery, and the sealed record's header",
         ],
     }
 
