@@ -41,9 +41,13 @@ Envelope (the payload)
     the node runs, so ids need not be unpredictable) and ``kind`` a str or, on a
     request or fire-and-forget message of a kind the application registered a
     code for (:func:`register_kind_codes`, append-only), that code (an int in
-    0..:data:`MAX_KIND_CODE`; events keep their topic strings; a code nobody
-    registered is read as the kind ``bus.code.<n>``, which no handler has:
-    refused ``unknown-kind``). Replies and error replies are an array of exactly
+    0..:data:`MAX_KIND_CODE`; an event's registered topic too, and a topic
+    family ``<prefix>/`` stands for ``<prefix>/<the event's recipient>``; a code
+    nobody registered is read as the kind ``bus.code.<n>``, which no handler has:
+    refused ``unknown-kind``). On a channel the node writes ``sender`` and
+    ``recipient`` as their aliases there (small ints the proofs gave,
+    :mod:`bus.channel`), and the receiving node reads them back to the names
+    before any endpoint sees the envelope. Replies and error replies are an array of exactly
     4 elements ``[2, type, correlation_id, body]`` (:func:`encode_compact_reply`),
     ``correlation_id`` the request's ``msg_id``: no kind, id, sender or
     recipient. The requesting node hands a reply to the endpoint whose pending

@@ -17,8 +17,11 @@ where ``msg_id`` is an unsigned integer unique among the sending node's
 envelopes while the node runs (:func:`encode_compact`) and ``kind`` a string,
 or, on a request or a fire-and-forget message whose kind the application
 registered a code for (:func:`register_kind_codes`), that code (an unsigned
-int up to :data:`MAX_KIND_CODE`; an event's kind, its topic, is always a
-string). Replies and error replies: a msgpack array of 4 elements::
+int up to :data:`MAX_KIND_CODE`; an event's topic too, a per-recipient topic
+family's as its prefix's code). On a channel, ``sender`` and ``recipient`` may
+be the agents' aliases there (small ints, :mod:`bus.channel` "Aliases"),
+read back to the names through the channel's tables (:func:`decode_envelope`'s
+``aliases``). Replies and error replies: a msgpack array of 4 elements::
 
     [2, type, correlation_id, body]
 
