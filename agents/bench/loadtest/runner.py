@@ -335,6 +335,8 @@ def _fill_run(report: dict, rec: Recorder, settings: RunSettings, crypto: costs.
     report["access_all"] = {"count": len(acc), "p50_ms": percentile(acc, 50) * 1000 if acc else None,
                             "p99_ms": percentile(acc, 99) * 1000 if acc else None}
     report["timeline"] = rec.timeline(1.0, until=end)
+    # does the access latency drift over the run (issue 14)? p50/p99 of accesses and reads per 5 s
+    report["access_windows"] = rec.timeline(5.0, phases=ACCESS_PHASES, until=end)
     report["timeline_by_phase"] = {p: rec.timeline(1.0, phases=[p], until=end) for p in st}
     report["histograms"] = {p: [[lo * 1000, hi * 1000, n] for lo, hi, n in histogram(s.latencies)]
                             for p, s in st.items() if s.latencies}
