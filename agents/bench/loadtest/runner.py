@@ -141,7 +141,7 @@ async def _probe(wl: EmrWorkload, counter: costs.CryptoCounter | None, n: int) -
             if counter:
                 delta = counter.snapshot() - c0
                 entry["crypto"] = delta if entry["crypto"] is None else _add_counts(entry["crypto"], delta)
-        doctor.grant_cache.pop(f"{patient.subject}\x00{rec.label}", None)  # next round: full access again
+        doctor.forget_grants(patient.subject, rec.label)  # next round: full access again
     return per
 
 
