@@ -233,6 +233,23 @@ def test_text_report_shows_the_access_latency_of_each_5_s_window():
         ["s:", "0", "5"], ["n:", "20", "20"], ["p50:", "10", "50"], ["p99:", "10", "50"]]
 
 
+def test_a_read_counts_as_one_with_a_held_grant_only_when_the_grant_covers_the_records_epoch():
+    from agents.bench.loadtest.workload import EmrWorkload, StoredRecord
+    from agents.doctor import DoctorAgent
+
+    patient = SimpleNamespace(state={"records": {"r0": {"epoch": 0}, "r1": {"epoch": 1}}})
+    wl = SimpleNamespace(patients={"alice": patient})
+    rec = {rid: StoredRecord("alice", rid, "cardiology", "fhir", 1, 10, 10, b"") for rid in ("r0", "r1", "r9")}
+    assert [EmrWorkload._epoch(wl, r) for r in rec.values()] == [0, 1, None]
+    assert EmrWorkload._epoch(wl, StoredRecord("bob", "r0", "labs", "fhir", 1, 10, 10, b"")) is None
+    grant = {"patient": "alice", "label": "cardiology", "grant_id": "g", "request_id": "q", "threshold": 2,
+             "expires_at": 2**40, "scope": "label", "record_id": None, "epoch": 1, "height": 3}
+    doctor = SimpleNamespace(grant_cache={"alice\x00cardiology": grant}, epoch_grants={})
+    held = [DoctorAgent.cached_grant(doctor, "alice", "cardiology", r.record_id, EmrWorkload._epoch(wl, r))
+            for r in rec.values()]
+    assert held == [None, grant, grant]  # r0 is of epoch 0: a new grant, a full access
+
+
 def test_html_is_self_contained_and_json_round_trips():
     r = _synthetic_report()
     page = render_html(r)
