@@ -8,7 +8,10 @@ Embedding (docs/embedding.md)::
             data = await doctor.read("alice", rec["record_id"], purpose="treatment")
 
 :meth:`DoctorAgent.read` follows docs/protocol.md's Read flow. It reuses a
-grant it holds for (patient, label) while the peers honour it; when they
+grant it holds for (patient, label) and the label-key epoch the record is sealed
+under (a revocation moves the label's new records to the next epoch; grants of
+earlier epochs are kept beside the newest, :attr:`DoctorAgent.epoch_grants`)
+while the peers honour it; when they
 answer that the grant is revoked or expired it forgets the grant and raises
 :class:`GrantRevoked` (it never asks again behind the caller's back). Without a
 grant it submits an ``access_request`` (:class:`PolicyDenied` when the policy
@@ -109,11 +112,54 @@ OWNER_CERT = PeerQuery.OWNER_CERT
 _ABSENT: Any = object()  # no owner_cert in the record's answer (a peer that does not send it)
 PATIENT_TIMEOUT_FACTOR = 3  # how many request timeouts a doctor waits for a patient's answer
 HELD_TXS = 1024  # records whose verified store transaction a doctor keeps (PeerQuery.held), latest used
+EPOCH_GRANTS_KEPT = 8
+"""Grants of a label's earlier key epochs a doctor keeps besides its newest one for the label
+(:attr:`DoctorAgent.epoch_grants`, newest kept): a revocation moves the label's new records to
+the next epoch, so the label's records span several epochs and one held grant covers one."""
 _UNKNOWN_SENDER_RETRIES = 8
 
 
 def _cache_key(patient: str, label: str) -> str:
     return f"{patient}\x00{label}"
+
+
+def _usable(entry: dict | None, record_id: str | None, epoch: int | None) -> dict | None:
+    """``entry`` if it is live and covers ``record_id`` and ``epoch`` (when given)."""
+    if entry is None or entry["expires_at"] <= time.time():
+        return None
+    if record_id is not None and entry.get("scope") == "record" and entry.get("record_id") != record_id:
+        return None
+    if epoch is not None and entry.get("epoch", 0) != epoch:
+        return None  # the record was re-sealed (or stored) under another key: a new grant
+    return entry
+
+
+_GRANT_FIELDS = {"patient": str, "label": str, "grant_id": str, "request_id": str, "threshold": int,
+                 "expires_at": int, "epoch": int}
+
+
+def valid_epoch_grants(raw: Any) -> dict[str, dict[int, dict]]:
+    """The well-formed part of a state file's ``epoch_grants`` (:attr:`DoctorAgent.epoch_grants`):
+    entries under their own (patient, label) key and epoch, label-scoped, with the fields a read
+    uses of the right types, at most :data:`EPOCH_GRANTS_KEPT` a label (the last ones); the rest
+    is dropped (an older file has none: empty)."""
+    out: dict[str, dict[int, dict]] = {}
+    if not isinstance(raw, dict):
+        return out
+    for key, held in raw.items():
+        if not isinstance(key, str) or not isinstance(held, dict):
+            continue
+        kept: dict[int, dict] = {}
+        for epoch, grant in held.items():
+            if (type(epoch) is not int or epoch < 0 or not isinstance(grant, dict)
+                    or any(type(grant.get(f)) is not t for f, t in _GRANT_FIELDS.items())
+                    or grant["epoch"] != epoch or grant.get("scope", "label") != "label"
+                    or _cache_key(grant["patient"], grant["label"]) != key):
+                continue
+            kept[epoch] = grant
+        if kept:
+            out[key] = dict(list(kept.items())[-EPOCH_GRANTS_KEPT:])
+    return out
 
 
 class DoctorAgent(UserAgent):
@@ -143,29 +189,83 @@ class DoctorAgent(UserAgent):
         """
         async with open_agent(config, node, cls) as agent:
             agent.state.setdefault("grant_cache", {})
+            # the state file is this agent's own, but a damaged or older one must not break reads
+            agent.state["epoch_grants"] = valid_epoch_grants(agent.state.get("epoch_grants"))
             yield agent
 
     # identity (certificate, register, revoke_certificate, lookup_certificate): UserAgent
 
     @property
     def grant_cache(self) -> dict[str, dict]:
-        """(patient, label) -> the grant this doctor holds: {patient, label, grant_id, request_id,
-        threshold, expires_at}. Keys are ``"patient\\0label"``."""
+        """(patient, label) -> the newest grant this doctor holds for the label: {patient, label,
+        grant_id, request_id, threshold, expires_at, scope, record_id, epoch, height}. Keys are
+        ``"patient\\0label"``. Grants of the label's other key epochs: :attr:`epoch_grants`."""
         return self.state["grant_cache"]
+
+    @property
+    def epoch_grants(self) -> dict[str, dict[int, dict]]:
+        """(patient, label) -> {label-key epoch: a label-scoped grant held for that epoch}: the
+        grants of the label's other epochs, kept when a grant for a newer one replaced them in
+        :attr:`grant_cache` (at most :data:`EPOCH_GRANTS_KEPT` a label, newest kept). A
+        revocation moves the label's new records to the next epoch and a grant's key shares
+        open one epoch's records, so a doctor reading the label's records of several epochs
+        would otherwise ask for a new grant at every switch between them. Keys as
+        :attr:`grant_cache`'s; never the epoch of the label's entry there."""
+        return self.state["epoch_grants"]
 
     def cached_grant(self, patient: str, label: str, record_id: str | None = None,
                      epoch: int | None = None) -> dict | None:
         """The live grant held for (patient, label), if it covers ``record_id`` and the
-        label-key ``epoch`` the record is sealed under (when given)."""
-        entry = self.grant_cache.get(_cache_key(patient, label))
-        if entry is not None and entry["expires_at"] <= time.time():
-            return None
-        if entry is not None and record_id is not None and entry.get("scope") == "record" \
-                and entry.get("record_id") != record_id:
-            return None
-        if entry is not None and epoch is not None and entry.get("epoch", 0) != epoch:
-            return None  # the record was re-sealed (or stored) under another key: a new grant
+        label-key ``epoch`` the record is sealed under (when given): the newest one held
+        for the label, or one held for that epoch (:attr:`epoch_grants`)."""
+        key = _cache_key(patient, label)
+        entry = _usable(self.grant_cache.get(key), record_id, epoch)
+        if entry is None and epoch is not None:
+            entry = _usable(self.epoch_grants.get(key, {}).get(epoch), record_id, epoch)
         return entry
+
+    def forget_grants(self, patient: str, label: str) -> None:
+        """Drop every grant held for (patient, label) (the next read asks for a new one)."""
+        key = _cache_key(patient, label)
+        self.grant_cache.pop(key, None)
+        self.epoch_grants.pop(key, None)
+
+    def _forget_grant(self, patient: str, label: str, grant_id: str) -> None:
+        """Drop the grant ``grant_id`` held for (patient, label) (the peers refused it: revoked
+        or expired), wherever it is held."""
+        key = _cache_key(patient, label)
+        held = self.epoch_grants.get(key, {})
+        for epoch in [e for e, g in held.items() if g.get("grant_id") == grant_id]:
+            del held[epoch]
+        if self.grant_cache.get(key, {}).get("grant_id") == grant_id:
+            del self.grant_cache[key]
+            if held:  # the newest kept one is now the label's newest
+                self.grant_cache[key] = held.pop(next(reversed(held)))
+        if not held:
+            self.epoch_grants.pop(key, None)
+
+    def _keep_grant(self, grant: dict) -> None:
+        """Hold ``grant`` as the newest for its (patient, label); the one it replaces is kept
+        in :attr:`epoch_grants` when it is a live label-scoped grant of another epoch (the
+        oldest beyond :data:`EPOCH_GRANTS_KEPT` and the expired are dropped)."""
+        key = _cache_key(grant["patient"], grant["label"])
+        held = self.epoch_grants.get(key, {})
+        old = self.grant_cache.get(key)
+        now = time.time()
+        if old is not None and old.get("epoch", 0) != grant["epoch"] and old.get("scope", "label") == "label" \
+                and old["expires_at"] > now:
+            held.pop(old.get("epoch", 0), None)
+            held[old.get("epoch", 0)] = old  # (re-inserted: the newest last)
+        held.pop(grant["epoch"], None)  # superseded by the new grant
+        for epoch in [e for e, g in held.items() if g["expires_at"] <= now]:
+            del held[epoch]
+        while len(held) > EPOCH_GRANTS_KEPT:
+            del held[next(iter(held))]
+        if held:
+            self.epoch_grants[key] = held
+        else:
+            self.epoch_grants.pop(key, None)
+        self.grant_cache[key] = grant
 
     # ------------------------------------------------------------ queries
 
@@ -318,7 +418,7 @@ class DoctorAgent(UserAgent):
             try:
                 shares = await self._collect(grant, patient, record_id, rec)
             except GrantRevoked:
-                self.grant_cache.pop(_cache_key(patient, label), None)
+                self._forget_grant(patient, label, grant["grant_id"])
                 await self.client.save_state()
                 raise
         else:
@@ -448,7 +548,7 @@ class DoctorAgent(UserAgent):
                      "epoch": int(g.get("epoch", 0)), "height": height}
         except (KeyError, TypeError, ValueError):
             raise IntegrityError(f"grant {grant_id}: malformed entry") from None
-        self.grant_cache[_cache_key(patient, label)] = grant
+        self._keep_grant(grant)
         self.client.save_state_soon()  # (off the read's path: a crash before it costs a new request, no more)
         return grant
 

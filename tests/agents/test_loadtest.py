@@ -218,6 +218,38 @@ def test_text_report_lists_lost_records_and_failures():
     assert "MISSED" in text
 
 
+def test_text_report_shows_the_access_latency_of_each_5_s_window():
+    rec = Recorder(warmup=1.0)
+    for i in range(40):  # reads and accesses finishing in 0-5 s take 10 ms, in 5-10 s 50 ms; stores are left out
+        t = 1.0 + i * 0.25
+        rec.record("read" if i % 2 else "access", t, t + (0.01 if t + 0.01 < 6.0 else 0.05), True)
+        rec.record("store", t, t + 1.0, True)
+    report = _synthetic_report()
+    report["settings"]["warmup"] = 1.0
+    report["access_windows"] = rec.timeline(5.0, phases=("access", "read"), until=11.0)
+    lines = render_text(report).splitlines()
+    at = lines.index("access latency (full accesses and reads) per 5 s of the measured window, by completion:")
+    assert [line.split() for line in lines[at + 1:at + 5]] == [
+        ["s:", "0", "5"], ["n:", "20", "20"], ["p50:", "10", "50"], ["p99:", "10", "50"]]
+
+
+def test_a_read_counts_as_one_with_a_held_grant_only_when_the_grant_covers_the_records_epoch():
+    from agents.bench.loadtest.workload import EmrWorkload, StoredRecord
+    from agents.doctor import DoctorAgent
+
+    patient = SimpleNamespace(state={"records": {"r0": {"epoch": 0}, "r1": {"epoch": 1}}})
+    wl = SimpleNamespace(patients={"alice": patient})
+    rec = {rid: StoredRecord("alice", rid, "cardiology", "fhir", 1, 10, 10, b"") for rid in ("r0", "r1", "r9")}
+    assert [EmrWorkload._epoch(wl, r) for r in rec.values()] == [0, 1, None]
+    assert EmrWorkload._epoch(wl, StoredRecord("bob", "r0", "labs", "fhir", 1, 10, 10, b"")) is None
+    grant = {"patient": "alice", "label": "cardiology", "grant_id": "g", "request_id": "q", "threshold": 2,
+             "expires_at": 2**40, "scope": "label", "record_id": None, "epoch": 1, "height": 3}
+    doctor = SimpleNamespace(grant_cache={"alice\x00cardiology": grant}, epoch_grants={})
+    held = [DoctorAgent.cached_grant(doctor, "alice", "cardiology", r.record_id, EmrWorkload._epoch(wl, r))
+            for r in rec.values()]
+    assert held == [None, grant, grant]  # r0 is of epoch 0: a new grant, a full access
+
+
 def test_html_is_self_contained_and_json_round_trips():
     r = _synthetic_report()
     page = render_html(r)
@@ -441,6 +473,9 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
     assert essential["calls_per_op"]["ecdsa_verify"] == pytest.approx(4 * essential["calls_per_op"]["ecdsa_sign"])
     assert essential["calls_per_op"]["ecdsa_sign"] <= report["efficiency"]["bound"]["calls_per_op"]["ecdsa_sign"]
     assert "against the essential bound" in render_text(report)
+    # the access latency per 5 s: the accesses and reads that finished within the window
+    assert 0 < sum(w["ok"] for w in report["access_windows"]) <= sum(
+        p["succeeded"] for p in report["phases"] if p["phase"] in ("access", "read"))
     assert "0 lost, 0 corrupted" in render_text(report)
     # --breakdown: every probed operation's kinds, whose bits add up to the operation's
     assert "message kind" not in render_text(report)

@@ -27,7 +27,8 @@ What it does, in order:
    faults injected on schedule (``--faults``, :mod:`agents.bench.loadtest.faults`).
 7. Read-back: every acknowledged record is read by an authorized doctor and
    compared byte for byte; the report says "0 lost, 0 corrupted" or lists them.
-8. Report: terminal table (with the cycle collections of the measured window,
+8. Report: terminal table (with the access latency, full accesses and reads,
+   p50/p99 of each 5 s of the measured window: does it drift over the run; the cycle collections of the measured window,
    :mod:`agents.bench.loadtest.gcwatch`: with the embedded swarm, whose process
    runs :func:`agents.gcpolicy.gc_keeper`, the setup's and the saturation runs'
    state is frozen right before the run), ``--json FILE``, ``--html FILE`` (a self-contained

@@ -120,6 +120,14 @@ def render_text(r: dict, *, breakdown: bool = False) -> str:
         out += _table(PHASE_HEADERS, phase_rows(r["setup"]))
     _section(out, "measured window:")
     out += _table(PHASE_HEADERS, phase_rows(r.get("phases", [])))
+    aw = r.get("access_windows")
+    if aw:
+        t0 = r.get("settings", {}).get("warmup", 0.0)
+        _section(out, "access latency (full accesses and reads) per 5 s of the measured window, by completion:")
+        out.append("  s:    " + "".join(f"{b['t'] - t0:>6.0f}" for b in aw))
+        out.append("  n:    " + "".join(f"{b['ok']:>6}" for b in aw))
+        out.append("  p50:  " + "".join(f"{_f(b['p50_ms'], 0):>6}" for b in aw))
+        out.append("  p99:  " + "".join(f"{_f(b['p99_ms'], 0):>6}" for b in aw))
     fails = [(p["phase"], reason, n) for p in r.get("phases", []) for reason, n in p["failures_by_reason"].items()]
     if fails:
         _section(out, "failures by reason:")

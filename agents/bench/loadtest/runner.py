@@ -141,7 +141,7 @@ async def _probe(wl: EmrWorkload, counter: costs.CryptoCounter | None, n: int) -
             if counter:
                 delta = counter.snapshot() - c0
                 entry["crypto"] = delta if entry["crypto"] is None else _add_counts(entry["crypto"], delta)
-        doctor.grant_cache.pop(f"{patient.subject}\x00{rec.label}", None)  # next round: full access again
+        doctor.forget_grants(patient.subject, rec.label)  # next round: full access again
     return per
 
 
@@ -338,6 +338,8 @@ def _fill_run(report: dict, rec: Recorder, settings: RunSettings, crypto: costs.
     report["access_all"] = {"count": len(acc), "p50_ms": percentile(acc, 50) * 1000 if acc else None,
                             "p99_ms": percentile(acc, 99) * 1000 if acc else None}
     report["timeline"] = rec.timeline(1.0, until=end)
+    # does the access latency drift over the run (issue 14)? p50/p99 of accesses and reads per 5 s
+    report["access_windows"] = rec.timeline(5.0, phases=ACCESS_PHASES, until=end)
     report["timeline_by_phase"] = {p: rec.timeline(1.0, phases=[p], until=end) for p in st}
     report["histograms"] = {p: [[lo * 1000, hi * 1000, n] for lo, hi, n in histogram(s.latencies)]
                             for p, s in st.items() if s.latencies}

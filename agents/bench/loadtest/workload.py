@@ -16,7 +16,9 @@ Operations (weights of the mix, ``--mix``):
   KiB (log-uniform size; label cardiology or labs), or with probability
   ``imaging_fraction`` a multi-MiB imaging blob (label imaging).
 * ``access``: an authorized doctor reads a stored record. If the doctor holds
-  no grant for (patient, label) this is the full access path (access request
+  no grant that covers the record (of its patient and label, and of the
+  label-key epoch the record is sealed under: a revocation moves the label's
+  new records to the next epoch) this is the full access path (access request
   committed, the patient grants, t peers re-encrypt: phase ``access``);
   otherwise the retrieval with a held grant (phase ``read``). The plaintext
   is checked against the stored record's SHA-256.
@@ -397,11 +399,18 @@ class EmrWorkload:
 
         async def run() -> Result:
             async with self._lock(doctor.subject, rec.patient, rec.label):
-                phase = "read" if doctor.cached_grant(rec.patient, rec.label) else "access"
+                phase = "read" if doctor.cached_grant(rec.patient, rec.label, rec.record_id,
+                                                      self._epoch(rec)) else "access"
                 data = await self._read_checked(doctor, rec)
             return Result(phase=phase, nbytes=len(data))
 
         return Op("access", run)
+
+    def _epoch(self, rec: StoredRecord) -> int | None:
+        """The label-key epoch ``rec`` is sealed under, as its patient noted it (None: not known here)."""
+        patient = self.patients.get(rec.patient)
+        note = patient.state["records"].get(rec.record_id) if patient is not None else None
+        return int(note.get("epoch", 0)) if isinstance(note, dict) else None
 
     def _op_denied(self, rng: random.Random) -> Op:
         rec = self._pick_record(rng, need_readers=False)
