@@ -488,7 +488,7 @@ class StorageClient:
         return reply.size, self._check_leaves(node, cid, parsed, reply.size, reply.digests)
 
     async def _check_data(self, node: str, cid: str, data: Any, offset: int, n: int, digests: list[bytes]) -> bytes:
-        if not isinstance(data, bytes) or len(data) != n:
+        if not isinstance(data, (bytes, bytearray)) or len(data) != n:  # (a bytearray: the frame itself)
             raise CorruptBlob(f"{node}: short or malformed read of {cid}")
 
         def check() -> None:
@@ -533,7 +533,9 @@ class StorageClient:
         progress: Callable[[int, int], None] | None = None, message_size: int | None = None,
     ) -> int:
         """Pass the blob to ``await sink(piece)`` in verified pieces, in order, with
-        fallback across replicas (resuming at the same offset); return its size.
+        fallback across replicas (resuming at the same offset); return its size. A
+        piece is bytes, or a bytearray only the sink holds (a large one arrives as
+        the received frame itself: :func:`bus.envelope.decode_reply_in_place`).
         ``progress(done, size)`` is called after each piece.
 
         Raises ``NotFound`` when no node has it, ``StorageUnavailable`` when holders
@@ -638,10 +640,18 @@ class StorageClient:
 
         error: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            for s in starts[: self.pipeline]:
-                nursery.start_soon(fetch, s)
+
+            async def ask(start: int) -> None:
+                """Start the fetch of ``start`` and return once its request is sent (in
+                the fetch's first step): the requests leave in order, each at once."""
+                nursery.start_soon(fetch, start)
+                while start not in asked:
+                    await trio.lowlevel.checkpoint()
+
             following = iter(starts[self.pipeline :])
             try:
+                for s in starts[: self.pipeline]:
+                    await ask(s)
                 for s in starts:
                     await ready[s].wait()
                     result = results.pop(s)
@@ -658,9 +668,7 @@ class StorageClient:
                         held -= 1
                     nxt = next(following, None)
                     if nxt is not None:  # the next request leaves now, before the next piece is checked
-                        nursery.start_soon(fetch, nxt)
-                        while nxt not in asked:  # (the request is sent in the fetch's first step)
-                            await trio.lowlevel.checkpoint()
+                        await ask(nxt)
             finally:
                 nursery.cancel_scope.cancel()
         if error is not None:
