@@ -404,7 +404,27 @@ def encode_compact_reply(mtype: int, correlation_id: int, body: Any) -> bytes:
         raise EnvelopeError("malformed", "a reply's correlation_id must be an unsigned 64-bit int")
     if mtype == 3:
         _check_error_body(body)
+    elif (type(body) is list and 0 < len(body) <= 15 and type(body[0]) in _BULK_TYPES
+          and len(body[0]) >= IN_PLACE_BIN):
+        return _pack_bulk_reply(correlation_id, body)
     return _packb([COMPACT_VERSION, int(mtype), correlation_id, body])
+
+
+_BULK_TYPES = (bytes, bytearray)
+
+
+def _pack_bulk_reply(correlation_id: int, body: list[Any]) -> bytes:
+    """``_packb([2, 2, correlation_id, body])`` for a body array whose first item is a
+    large bin (a storage read's piece), the same bytes: the bin is copied once, into
+    the result, not into the packer's buffer and then out of it."""
+    data = body[0]
+    n = len(data)
+    if n > 0xFFFFFFFF:
+        return _packb([COMPACT_VERSION, 2, correlation_id, body])  # (msgpack refuses it as usual)
+    head = _packb([COMPACT_VERSION, 2, correlation_id])  # 0x93 ...: made a 4-item array below
+    rest = [_packb(item) for item in body[1:]]
+    return b"".join([b"\x94", memoryview(head)[1:], bytes((0x90 | len(body), _BIN32)), n.to_bytes(4, "big"),
+                     data, *rest])
 
 
 def _signature(signer: Signer, packed_fields: bytes) -> bytes:

@@ -707,3 +707,17 @@ async def test_a_large_reply_crosses_a_channel_as_the_frame_and_a_request_as_byt
         reply = await alice.request("bob", "blob", [big, 1])
         assert reply == [big, len(big), b"tail"] and type(reply[0]) is bytearray  # not copied
         assert type(got["request"][0]) is bytes  # a request's bin: decoded as usual
+
+
+@given(corr=st.integers(0, 2**64 - 1), extra=st.integers(0, 5000), others=st.lists(_small_plain, max_size=4),
+       mutable=st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_a_reply_with_a_large_first_bin_is_packed_as_msgpack_packs_it(corr, extra, others, mutable):
+    from bus.envelope import encode_compact_reply
+
+    data = bytes([corr % 251]) * (IN_PLACE_BIN + extra)
+    body = [bytearray(data) if mutable else data, *others]
+    wire = encode_compact_reply(2, corr, body)
+    assert wire == msgpack.packb([2, 2, corr, body], use_bin_type=True)
+    env = decode_reply_in_place(bytearray(wire))
+    assert env is not None and env.body == [data, *others]
