@@ -456,7 +456,8 @@ class BlobStore:
 
     def read_nowait(self, cid: str, offset: int, length: int) -> tuple[bytes | bytearray, int] | None:
         """:meth:`read_range` for a caller that must not block (an event loop): (data,
-        size), data a bytearray above one chunk, when ``cid`` has a live mark of the same file whose chunks in the range
+        size), data a bytearray above one chunk, when ``cid`` has a live mark of the
+        same file whose chunks in the range
         all hashed right, the range is at most :data:`NOWAIT_BYTES` and its bytes are
         in the page cache (``RWF_NOWAIT``: the kernel refuses rather than wait for the
         disk); None otherwise, and the caller reads in a thread. Only the open and
