@@ -57,7 +57,9 @@ _INT_ZERO = bytes(4)  # (FIONREAD's int, as ioctl's argument)
 _MAX_RECEIVE_SIZE = 4 * 1024 * 1024
 """A read asks for the rest of the frame being received (the decoder's ``pending``),
 at least :data:`_RECEIVE_SIZE` and at most this: a 1 MiB frame is a few reads, not
-sixteen (each read is a trip through the event loop). What a connection holds is
+sixteen (each read is a trip through the event loop); while a large body is not yet
+read in place, at most what waits in the socket (``FIONREAD``), so a read that
+gets one segment does not first allocate a buffer for the whole rest. What a connection holds is
 unchanged: a read returns only bytes that arrived, and one larger than
 :data:`_RECEIVE_SIZE` never reaches past the frame being read (so no large read
 stays pinned by the few bytes of a next frame it carried)."""
@@ -346,18 +348,20 @@ class _StreamConnection:
                 return None
             # (a frame under way is the only one that may be received in place)
             into = None
+            size = _RECEIVE_SIZE if decoder.pending <= _RECEIVE_SIZE else min(decoder.pending, _MAX_RECEIVE_SIZE)
             if self._receive_into is not None and self.partial_since is not None:
                 into = decoder.reserve()
                 if into is None and decoder.pending >= RESERVE_MIN // 2:  # its body may be waiting already
-                    into = decoder.reserve(self._queued())
+                    queued = self._queued()
+                    into = decoder.reserve(queued)
+                    # (else a read of what is there, not a buffer of the whole rest per read)
+                    size = min(size, max(queued, _RECEIVE_SIZE))
             try:
                 if into is not None:  # the rest of a large body, read where it goes
                     got = await self._receive_into(into[:_MAX_RECEIVE_SIZE])
                     data = b""
                 else:
-                    pending = decoder.pending
-                    data = await self._read_some(
-                        _RECEIVE_SIZE if pending <= _RECEIVE_SIZE else min(pending, _MAX_RECEIVE_SIZE))
+                    data = await self._read_some(size)
                     got = len(data)
             except trio.ClosedResourceError:
                 raise ClosedError("connection closed") from None
