@@ -425,7 +425,27 @@ def encode_compact_reply(mtype: int, correlation_id: int, body: Any) -> bytes:
         raise EnvelopeError("malformed", "a reply's correlation_id must be an unsigned 64-bit int")
     if mtype == 3:
         _check_error_body(body)
+    elif (type(body) is list and 0 < len(body) <= 15 and type(body[0]) in _BULK_TYPES
+          and len(body[0]) >= IN_PLACE_BIN):
+        return _pack_bulk_reply(correlation_id, body)
     return _packb([COMPACT_VERSION, int(mtype), correlation_id, body])
+
+
+_BULK_TYPES = (bytes, bytearray)
+
+
+def _pack_bulk_reply(correlation_id: int, body: list[Any]) -> bytes:
+    """``_packb([2, 2, correlation_id, body])`` for a body array whose first item is a
+    large bin (a storage read's piece), the same bytes: the bin is copied once, into
+    the result, not into the packer's buffer and then out of it."""
+    data = body[0]
+    n = len(data)
+    if n > 0xFFFFFFFF:
+        return _packb([COMPACT_VERSION, 2, correlation_id, body])  # (msgpack refuses it as usual)
+    head = _packb([COMPACT_VERSION, 2, correlation_id])  # 0x93 ...: made a 4-item array below
+    rest = [_packb(item) for item in body[1:]]
+    return b"".join([b"\x94", memoryview(head)[1:], bytes((0x90 | len(body), _BIN32)), n.to_bytes(4, "big"),
+                     data, *rest])
 
 
 def _signature(signer: Signer, packed_fields: bytes) -> bytes:
@@ -554,6 +574,61 @@ def _decode_checked(data: bytes, max_objects: int, max_depth: int = DEFAULT_MAX_
         raise EnvelopeError("malformed", f"the body holds a msgpack extension type (e.g. a timestamp) "
                                          f"or nests deeper than {max_depth}")
     return env
+
+
+IN_PLACE_BIN = 256 * 1024
+"""A compact reply whose body is an array starting with a bin of at least this many
+bytes, decoded from a frame only the receiver holds (a bytearray), gets that bin as
+the frame itself, trimmed to it (:func:`decode_reply_in_place`): no copy of it."""
+_UINT_TAIL = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}  # msgpack uint 8/16/32/64: the bytes after the tag
+_BIN32 = 0xC6
+
+
+def decode_reply_in_place(frame: bytearray, max_objects: int = DEFAULT_MAX_OBJECTS,
+                          max_depth: int = DEFAULT_MAX_DEPTH) -> Envelope | None:
+    """The compact reply in ``frame`` (a bytearray nobody else holds, within the limits:
+    its structure was checked), when it is ``[2, 2, correlation_id, [bin, ...]]`` with a
+    first bin of at least :data:`IN_PLACE_BIN` bytes: that bin is ``frame`` itself, cut
+    down to it in place (O(1) at both ends), and the body's other items are decoded and
+    checked as :func:`decode_envelope` checks a body. None, with ``frame`` untouched,
+    for anything else (the caller decodes it the usual way, which judges it)."""
+    size = len(frame)
+    if size < IN_PLACE_BIN or frame[0] != 0x94 or frame[1] != COMPACT_VERSION or frame[2] != 2:
+        return None  # (not a 4-item array [2, REPLY, ...])
+    tag = frame[3]
+    if tag < 0x80:
+        corr, pos = tag, 4
+    else:
+        width = _UINT_TAIL.get(tag)
+        if width is None:
+            return None
+        corr, pos = int.from_bytes(frame[4 : 4 + width], "big"), 4 + width
+    head = frame[pos]
+    if not 0x91 <= head <= 0x9F or frame[pos + 1] != _BIN32:  # a fixarray of 1..15 items, a bin32 first
+        return None
+    n = int.from_bytes(frame[pos + 2 : pos + 6], "big")
+    start = pos + 6
+    end = start + n
+    if n < IN_PLACE_BIN or end > size:
+        return None
+    others: list[Any] = []
+    if head > 0x91 or end < size:
+        unpacker = msgpack.Unpacker(ext_hook=_reject_ext, max_array_len=max_objects, max_map_len=max_objects,
+                                    max_ext_len=0, max_buffer_size=max(size - end, 1))
+        try:
+            with memoryview(frame) as view:
+                unpacker.feed(view[end:])
+            for _ in range(head - 0x91):
+                others.append(unpacker.unpack())
+            if unpacker.tell() != size - end:
+                return None  # bytes after the reply
+        except Exception:  # (msgpack raises many types; the usual decode judges the frame)
+            return None
+        if not _only_plain(others, max_depth - 1):
+            return None
+    del frame[end:]
+    del frame[:start]  # (O(1): a bytearray drops its first bytes by moving its start)
+    return _new_envelope(COMPACT_VERSION, MessageType.REPLY, None, 0, corr, "", "", 0, b"", [frame, *others], b"")
 
 
 def _compact_fields(fields: list[Any], aliases: Aliases | None = None) -> Envelope:

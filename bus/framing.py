@@ -96,17 +96,20 @@ class FrameDecoder:
         the next frame's size is not known yet)."""
         return 0 if self._need is None else self._need - self._have
 
-    def reserve(self) -> memoryview | None:
+    def reserve(self, queued: int = 0) -> memoryview | None:
         """Where to receive the rest of the frame being read (a writable view of the
         missing part of its body; tell :meth:`filled` how much was written), or None:
         give the next bytes to :meth:`feed`. A view only for a body of at least
         :data:`RESERVE_MIN` bytes once at least half of it arrived (its buffer is
-        then made, and what arrived moved into it, once)."""
+        then made, and what arrived moved into it, once). ``queued``: bytes that
+        arrived for this stream and wait to be read (a socket's receive queue,
+        ``FIONREAD``): they count as arrived, so a frame whose body is already
+        waiting is read straight into its buffer, not first into pieces to join."""
         need = self._need
         if need is None or need < RESERVE_MIN or self._error is not None:
             return None
         if self._into is None:
-            if 2 * self._have < need:
+            if 2 * (self._have + min(max(queued, 0), need - self._have)) < need:
                 return None
             into = bytearray(need)
             pos = 0

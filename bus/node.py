@@ -97,6 +97,7 @@ from .envelope import (
     Verifier,
     _decode_checked,
     decode_envelope,
+    decode_reply_in_place,
     _decode_local,
     encode_compact,
     sign_wire,
@@ -1146,6 +1147,10 @@ class Node:
                                                  limiter=self._decode_limiter)
         except StructureError as exc:
             raise EnvelopeError("malformed", f"refused by structure: {exc}") from None
+        if type(data) is bytearray:  # a frame only this node holds: a reply's large bin is not copied
+            env = decode_reply_in_place(data, self._max_objects, self._max_depth)
+            if env is not None:
+                return env
         return _decode_checked(data, self._max_objects, self._max_depth, aliases)
 
     async def _read(self, conn: Connection, seen: list[float | None]) -> None:

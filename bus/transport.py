@@ -13,7 +13,9 @@ first when the last read filled its buffer and waits for readability first when
 it did not (trio's socket would make a read that fails, or a trip through the
 event loop, per frame), yielding at least every few reads; the frames one read
 completed are returned one after the other with no further read; on plain TCP the
-rest of a large frame's body is read in place (:meth:`FrameDecoder.reserve`), so a
+rest of a large frame's body is read in place (:meth:`FrameDecoder.reserve`, the
+bytes waiting in the socket's receive queue counted as arrived: a body already
+there is read into its buffer at once, not into pieces to join), so a
 frame may come as a bytearray only its receiver holds. A frame already framed
 (``send_frame``/``try_send_frame``: a channel seals behind the length prefix) is
 written as it is. In-memory connections carry the same payloads over bounded trio
@@ -35,8 +37,11 @@ __all__ = [
 ]
 
 import dataclasses
+import fcntl
 import os
 import ssl
+import struct
+import termios
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -45,13 +50,16 @@ import trio
 
 from .errors import BrokenError, BusError, ClosedError, FrameError, UnreachableError
 from .channel import CHANNEL_OVERHEAD
-from .framing import DEFAULT_MAX_FRAME_SIZE, FRAME_HEADER_SIZE, FrameDecoder, encode_frame
+from .framing import DEFAULT_MAX_FRAME_SIZE, FRAME_HEADER_SIZE, RESERVE_MIN, FrameDecoder, encode_frame
 
 _RECEIVE_SIZE = 64 * 1024
+_INT_ZERO = bytes(4)  # (FIONREAD's int, as ioctl's argument)
 _MAX_RECEIVE_SIZE = 4 * 1024 * 1024
 """A read asks for the rest of the frame being received (the decoder's ``pending``),
 at least :data:`_RECEIVE_SIZE` and at most this: a 1 MiB frame is a few reads, not
-sixteen (each read is a trip through the event loop). What a connection holds is
+sixteen (each read is a trip through the event loop); while a large body is not yet
+read in place, at most what waits in the socket (``FIONREAD``), so a read that
+gets one segment does not first allocate a buffer for the whole rest. What a connection holds is
 unchanged: a read returns only bytes that arrived, and one larger than
 :data:`_RECEIVE_SIZE` never reaches past the frame being read (so no large read
 stays pinned by the few bytes of a next frame it carried)."""
@@ -339,15 +347,21 @@ class _StreamConnection:
             if self._eof:
                 return None
             # (a frame under way is the only one that may be received in place)
-            into = None if self._receive_into is None or self.partial_since is None else decoder.reserve()
+            into = None
+            size = _RECEIVE_SIZE if decoder.pending <= _RECEIVE_SIZE else min(decoder.pending, _MAX_RECEIVE_SIZE)
+            if self._receive_into is not None and self.partial_since is not None:
+                into = decoder.reserve()
+                if into is None and decoder.pending >= RESERVE_MIN // 2:  # its body may be waiting already
+                    queued = self._queued()
+                    into = decoder.reserve(queued)
+                    # (else a read of what is there, not a buffer of the whole rest per read)
+                    size = min(size, max(queued, _RECEIVE_SIZE))
             try:
                 if into is not None:  # the rest of a large body, read where it goes
                     got = await self._receive_into(into[:_MAX_RECEIVE_SIZE])
                     data = b""
                 else:
-                    pending = decoder.pending
-                    data = await self._read_some(
-                        _RECEIVE_SIZE if pending <= _RECEIVE_SIZE else min(pending, _MAX_RECEIVE_SIZE))
+                    data = await self._read_some(size)
                     got = len(data)
             except trio.ClosedResourceError:
                 raise ClosedError("connection closed") from None
@@ -372,6 +386,13 @@ class _StreamConnection:
                 if len(done) > 1:
                     frames.extend(done[1:])
                 return done[0]
+
+    def _queued(self) -> int:
+        """Bytes waiting in the socket's receive queue (``FIONREAD``; 0 if it cannot say)."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self._fileno(), termios.FIONREAD, _INT_ZERO))[0]  # type: ignore[misc]
+        except OSError:
+            return 0
 
     def limit_frames(self, max_frame_size: int | None) -> None:
         """Refuse frames above ``max_frame_size`` from now on (None: the

@@ -28,6 +28,22 @@ Then the CPU per MiB of each step of a get, in one thread of this process
 channel opening, decoding, CID check), and next to it what signed mode (an
 ECDSA signature over every envelope, the bus before channels) would add.
 
+The path a 32 MiB get takes (what the breakdown times): the node reads each 2 MiB
+piece on its event loop (marked verified at rest and in the page cache:
+``BlobStore.read_nowait``, no hash, no thread), packs the compact reply with the
+piece copied once (``encode_compact_reply``), seals it behind its length prefix
+and writes it; the client reads the body straight into the frame's buffer once
+half of it arrived or waits in the socket (``FIONREAD``), opens it in place, and
+decodes the reply with the piece as that same buffer (``decode_reply_in_place``:
+no copy); it checks each piece's chunks in order on its event loop and sends the
+request ``--pipeline`` pieces ahead as soon as a piece is passed on, before
+checking the next, so the node prepares a piece while the client checks the one
+before. Each byte is hashed once on each side (the node's mark from the put, the
+client's CID check); every frame is sealed. What is left is mostly the two
+hashes' worth of CPU and the kernel's loopback copies: on a 2-core machine
+shared with other work the get ratio follows the CPU the two sides spend per MiB
+(2026-12-01, docs/reports/bench-storage.txt).
+
 Then the memory of a record read (``--read-mib``, default 200; 0 skips it): a
 sealed record of that many MiB of plaintext is sealed to a file and stored
 with ``put_file``, and a fresh child process (``python -c``, the same imports
@@ -351,7 +367,7 @@ def _cpu_per_mib(base: Path, reps: int = 16) -> dict:
     what signed mode's envelope signature (sign, verify) would cost on top."""
     from agents.storage.blobstore import BlobStore
     from bus import Envelope, FrameDecoder, Handshake, MessageType, decode_envelope, encode_frame
-    from bus.envelope import SIGNING_DOMAIN
+    from bus.envelope import SIGNING_DOMAIN, decode_reply_in_place, encode_compact_reply
     from core import ecdsa, protocol
 
     key = ecdsa.generate_private_key()
@@ -369,13 +385,14 @@ def _cpu_per_mib(base: Path, reps: int = 16) -> dict:
 
     signed = reply(lambda m: ecdsa.sign_raw(key, m))
     signed_env = decode_envelope(signed)
-    wire = reply(None)  # what a channel carries: no signature
-    env = decode_envelope(wire)
+    wire = encode_compact_reply(MessageType.REPLY, 7, body)  # what a channel carries: a compact reply
     node_side, client_side = Handshake(initiator=False), Handshake(initiator=True)
     sealer, opener = node_side.finish(client_side.hello), client_side.finish(node_side.hello)
     sealed = [bytearray(sealer.seal(0, wire)) for _ in range(3 * reps)]  # one per opening below (counters);
     # bytearrays, as a receiver's large frames are (a channel opens them in place)
     frame = encode_frame(sealed[0], 16 * MiB + 64)
+    received = iter([bytearray(wire) for _ in range(3 * reps)])  # opened frames: decoded in place
+    env = decode_envelope(wire)
     data = protocol.StorageGetReply.from_wire(env.body).data
     digests = store.leaves(cid)[1]
     to_open = iter(sealed)
@@ -389,14 +406,15 @@ def _cpu_per_mib(base: Path, reps: int = 16) -> dict:
                 raise RuntimeError("bench piece does not match")
 
     steps = {
-        "node: read (marked, no hash)": lambda i: store.read(cid, i * MiB, MiB),
+        "node: read (marked, no hash)": lambda i: store.read_nowait(cid, i * MiB, MiB)
+        or store.read(cid, i * MiB, MiB),  # (on the node's loop when cached, as a node reads it)
         "node: read (hash every chunk)": lambda i: store.read_range(cid, i * MiB, MiB, use_mark=False),
-        "node: envelope encode": lambda i: reply(None),
+        "node: envelope encode": lambda i: encode_compact_reply(MessageType.REPLY, 7, body),
         "node: channel seal": lambda i: sealer.seal(0, wire),
         "node: frame": lambda i: len(sealed[0]).to_bytes(4, "big"),  # a large payload is sent after its prefix
         "client: deframe": lambda i: FrameDecoder(16 * MiB + 64).feed(frame),
         "client: channel open": lambda i: opener.open(next(to_open)),
-        "client: decode": lambda i: decode_envelope(wire),
+        "client: decode": lambda i: decode_reply_in_place(next(received)),
         "client: CID check": lambda i: check(),
         "signed mode: envelope sign": lambda i: ecdsa.sign_raw(key, SIGNING_DOMAIN + signed[1:]),
         "signed mode: envelope verify": lambda i: ecdsa.is_valid_raw(pub, signed_env.signing_input(),

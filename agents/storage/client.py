@@ -488,7 +488,7 @@ class StorageClient:
         return reply.size, self._check_leaves(node, cid, parsed, reply.size, reply.digests)
 
     async def _check_data(self, node: str, cid: str, data: Any, offset: int, n: int, digests: list[bytes]) -> bytes:
-        if not isinstance(data, bytes) or len(data) != n:
+        if not isinstance(data, (bytes, bytearray)) or len(data) != n:  # (a bytearray: the frame itself)
             raise CorruptBlob(f"{node}: short or malformed read of {cid}")
 
         def check() -> None:
@@ -533,7 +533,9 @@ class StorageClient:
         progress: Callable[[int, int], None] | None = None, message_size: int | None = None,
     ) -> int:
         """Pass the blob to ``await sink(piece)`` in verified pieces, in order, with
-        fallback across replicas (resuming at the same offset); return its size.
+        fallback across replicas (resuming at the same offset); return its size. A
+        piece is bytes, or a bytearray only the sink holds (a large one arrives as
+        the received frame itself: :func:`bus.envelope.decode_reply_in_place`).
         ``progress(done, size)`` is called after each piece.
 
         Raises ``NotFound`` when no node has it, ``StorageUnavailable`` when holders
@@ -608,18 +610,27 @@ class StorageClient:
         step: int,
     ) -> None:
         """Pieces [offset, size) of ``step`` bytes from one node, in order, ``pipeline``
-        requests in flight."""
-        starts = list(range(offset, size, step))
-        results: dict[int, bytes | BaseException] = {}
-        ready = {s: trio.Event() for s in starts}
-        gate = trio.Semaphore(self.pipeline)
+        requests in flight.
 
+        Each piece is checked here, in order, and the request ``pipeline`` pieces
+        ahead goes out as soon as it was passed on, before the next piece is checked:
+        the node prepares that piece while this side checks the one before it (a
+        request left to a task started after the check would reach the node only
+        once both pieces in hand were checked, and each side would wait for the
+        other in turn)."""
+        starts = list(range(offset, size, step))
+        results: dict[int, Any] = {}
+        ready = {s: trio.Event() for s in starts}
         held = 0
+        asked: set[int] = set()
 
         async def fetch(start: int) -> None:
             nonlocal held
+            asked.add(start)
             try:
-                results[start] = await self._fetch(node, cid, start, min(step, size - start), digests)
+                reply = await self._call(node, protocol.StorageGet(cid, start, min(step, size - start)),
+                                         protocol.StorageGetReply, malformed=CorruptBlob)
+                results[start] = reply.data
                 held += 1
                 self._stats.pieces_held_max = max(self._stats.pieces_held_max, held)
             except (StorageError, BusError) as exc:
@@ -630,29 +641,34 @@ class StorageClient:
         error: BaseException | None = None
         async with trio.open_nursery() as nursery:
 
-            async def feeder() -> None:
-                for s in starts:
-                    await gate.acquire()
-                    nursery.start_soon(fetch, s)
+            async def ask(start: int) -> None:
+                """Start the fetch of ``start`` and return once its request is sent (in
+                the fetch's first step): the requests leave in order, each at once."""
+                nursery.start_soon(fetch, start)
+                while start not in asked:
+                    await trio.lowlevel.checkpoint()
 
-            nursery.start_soon(feeder)
+            following = iter(starts[self.pipeline :])
             try:
+                for s in starts[: self.pipeline]:
+                    await ask(s)
                 for s in starts:
                     await ready[s].wait()
                     result = results.pop(s)
                     if isinstance(result, BaseException):
-                        gate.release()
                         error = result
                         break
                     try:
-                        await deliver(result)
-                    except _SinkFailed as exc:  # raised below, outside the nursery (no exception group)
+                        await deliver(await self._check_data(node, cid, result, s, min(step, size - s), digests))
+                    except (_SinkFailed, CorruptBlob) as exc:  # raised below, outside the nursery
                         error = exc
                         break
                     finally:
                         del result
                         held -= 1
-                        gate.release()  # the next fetch starts once this piece is passed on
+                    nxt = next(following, None)
+                    if nxt is not None:  # the next request leaves now, before the next piece is checked
+                        await ask(nxt)
             finally:
                 nursery.cancel_scope.cancel()
         if error is not None:

@@ -35,8 +35,9 @@ held copy (the client that found it corrupt heals it that way).
 File work runs in worker threads, a few at a time (a put's receipt is signed in
 the thread that made the put durable, off the event loop), except a small read
 (:meth:`BlobStore.read_nowait <agents.storage.blobstore.BlobStore.read_nowait>`: at
-most one chunk of a blob with a live verified-at-rest mark, its bytes in the page
-cache) which is served on the event loop: the hop to a thread cost more than the read.
+most 2 MiB of a blob with a live verified-at-rest mark, its bytes in the page
+cache) which is served on the event loop: the hop to a thread cost more than the read
+(and, for a bulk read's 2 MiB pieces, waited for the GIL behind the sends of earlier ones).
 
 With a ``classifier`` (:class:`agents.admission.Classifier`: the consortium's
 node ids and the light client's certificates), each kind admits only the

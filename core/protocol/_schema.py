@@ -86,19 +86,26 @@ class Text(Codec):
 
 
 class Bytes(Codec):
-    """bin of exactly ``size`` bytes, or of ``min_size..max_size`` bytes."""
+    """bin of exactly ``size`` bytes, or of ``min_size..max_size`` bytes.
 
-    __slots__ = ("min_size", "max_size", "multiple")
+    A bytearray (a large bin the bus handed over without copying it: the received
+    frame itself, which only the receiver holds; ``bus.envelope.decode_reply_in_place``)
+    is taken as it is where ``mutable`` (bulk data nobody hashes as a key), and
+    copied to bytes elsewhere."""
+
+    __slots__ = ("min_size", "max_size", "multiple", "mutable")
 
     def __init__(self, size: int | None = None, *, max_size: int | None = None, min_size: int = 0,
-                 multiple: int = 1):
+                 multiple: int = 1, mutable: bool = False):
         if size is not None:
             min_size = max_size = size
         assert max_size is not None
-        self.min_size, self.max_size, self.multiple = min_size, max_size, multiple
+        self.min_size, self.max_size, self.multiple, self.mutable = min_size, max_size, multiple, mutable
 
     def decode(self, value: Any, what: str) -> bytes:
-        if not isinstance(value, bytes):
+        if type(value) is bytearray:
+            value = value if self.mutable else bytes(value)
+        elif not isinstance(value, bytes):
             raise DecodeError(f"{what} must be bytes, not {_type(value)}")
         n = len(value)
         if self.min_size == self.max_size and n != self.min_size:

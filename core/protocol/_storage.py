@@ -59,7 +59,7 @@ SESSION_SIZE = 16
 DIGEST_SIZE = 32
 
 _SIZE = Int(0, INT64_MAX)
-_DATA = Bytes(max_size=MAX_MESSAGE_DATA)
+_DATA = Bytes(max_size=MAX_MESSAGE_DATA, mutable=True)  # (a read piece may come as the frame itself)
 _SESSION = Bytes(SESSION_SIZE)
 _DIGESTS = Bytes(max_size=MAX_MESSAGE_DATA, multiple=DIGEST_SIZE)
 

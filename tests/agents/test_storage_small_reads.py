@@ -144,9 +144,9 @@ def test_read_nowait_serves_marked_cached_ranges_and_nothing_else(tmp_path):
     store = BlobStore(tmp_path)
     data = os.urandom(3 * CHUNK_SIZE + 7)
     cid = store.put(data)  # marked by the put
-    for offset, length in [(0, 10), (5, CHUNK_SIZE), (CHUNK_SIZE - 3, 6), (len(data) - 7, 100)]:
+    for offset, length in [(0, 10), (5, CHUNK_SIZE), (CHUNK_SIZE - 3, 6), (len(data) - 7, 100), (3, len(data))]:
         assert store.read_nowait(cid, offset, length) == store.read_range(cid, offset, length)
-    assert store.nowait_reads == 4
+    assert store.nowait_reads == 5
     assert store.read_nowait(cid, 0, NOWAIT_BYTES + 1) is None  # too large: a thread reads it
     for offset, length in [(-1, 5), (len(data), 5), (len(data) + 1, 5), (0, 0)]:
         assert store.read_nowait(cid, offset, length) is None  # the thread path judges (BadRequest, b"")
@@ -172,6 +172,24 @@ def test_read_nowait_refuses_a_file_changed_under_its_mark(tmp_path):
     assert store.read_nowait(cid, 0, 10) is None
     with pytest.raises(CorruptBlob):
         store.read_range(cid, 0, 10)
+
+
+async def test_a_bulk_reads_later_pieces_are_served_on_the_event_loop(tmp_path):
+    data = os.urandom(2 * NOWAIT_BYTES + CHUNK_SIZE + 5)
+    with trio.fail_after(30):
+        async with swarm(tmp_path, n=1, replicas=1, write_quorum=1) as (client, nodes):
+            store = nodes["s0"].store
+            cid = await client.put(data)
+            before = store.nowait_reads
+            assert await client.get(cid) == data  # 2 MiB pieces: the first with leaves (a thread), two more
+            assert store.nowait_reads == before + 2
+            pieces: list[bytes] = []
+
+            async def keep(piece: bytes) -> None:
+                pieces.append(piece)
+
+            assert await client.read_to(cid, keep, message_size=NOWAIT_BYTES + CHUNK_SIZE) == len(data)
+            assert b"".join(pieces) == data and store.nowait_reads == before + 2  # over the limit: threads
 
 
 async def test_a_node_serves_small_gets_without_a_thread_and_still_refuses_bad_ranges(tmp_path):

@@ -672,3 +672,93 @@ def test_slot_constructors_build_the_dataclass_itself_or_fall_back_to_its_slots(
         assert dataclasses.replace(made) == made
     assert "_twin" in _slot_constructor(Message).__code__.co_names  # (the fast one where it can)
     assert "_twin" not in _slot_constructor(Odd).__code__.co_names
+
+
+# -- a reply's large bin handed over as the frame itself (no copy) ------------------------------
+
+from bus.envelope import IN_PLACE_BIN, _packb, decode_reply_in_place  # noqa: E402
+
+_small_plain = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(corr=st.integers(0, 2**64 - 1), extra=st.integers(0, 5000), others=st.lists(_small_plain, max_size=4))
+@settings(max_examples=40, deadline=None)
+def test_a_replys_large_bin_is_the_frame_itself_and_the_rest_decodes_as_usual(corr, extra, others):
+    data = bytes([corr % 251]) * (IN_PLACE_BIN + extra)
+    wire = _packb([2, 2, corr, [data, *others]])
+    usual = decode_envelope(wire)
+    frame = bytearray(wire)
+    env = decode_reply_in_place(frame)
+    assert env is not None and env.body[0] is frame and frame == data  # cut down to the bin, in place
+    assert env.type == MessageType.REPLY and env.correlation_id == corr == usual.correlation_id
+    assert env.body == usual.body and env.recipient == usual.recipient == ""
+
+
+def _nested(depth):
+    value = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: _packb([2, 3, 7, [d]]),  # an error reply
+    lambda d: _packb([2, 1, "k", 7, None, "a", "b", [d]]),  # a request
+    lambda d: _packb([2, 2, 7, [d[: IN_PLACE_BIN - 1]]]) + bytes(10),  # a bin under the size, then bytes
+    lambda d: _packb([2, 2, 7, {"data": d}]),  # a map body
+    lambda d: _packb([2, 2, 7, [1, d]]),  # the bin not first
+    lambda d: _packb([2, 2, 7, [d, 1]])[:-1],  # an item missing
+    lambda d: _packb([2, 2, 7, [d, 1]]) + b"\x01",  # bytes after the reply
+    lambda d: _packb([2, 2, 7, [d]])[: IN_PLACE_BIN // 2],  # the bin cut short
+    lambda d: _packb([2, 2, 7, [d, msgpack.ExtType(5, b"x")]]),  # an extension type
+    lambda d: _packb([2, 2, 7, [d, _nested(70)]]),  # nested deeper than the limit
+    lambda d: _packb([3, 2, 7, [d]]),  # another version
+    lambda d: _packb([2, 2, -7, [d]]),  # a negative correlation id
+])
+def test_anything_but_a_plain_reply_with_a_large_first_bin_is_left_untouched(make):
+    frame = bytearray(make(bytes(IN_PLACE_BIN)))
+    before = bytes(frame)
+    assert decode_reply_in_place(frame) is None
+    assert frame == before  # the usual decode judges it, from the same bytes
+
+
+async def test_a_large_reply_crosses_a_channel_as_the_frame_and_a_request_as_bytes():
+    from bus import open_node
+    from bus.testing import Keyring
+
+    ring = Keyring()
+    ring.add("alice")
+    ring.add("bob")
+    big = bytes(range(256)) * 2048  # 512 KiB
+    got = {}
+
+    async def handler(msg):
+        got["request"] = msg.body
+        return [big, len(big), b"tail"]
+
+    async with open_node() as server, open_node() as client:
+        address = await server.listen("tcp://127.0.0.1:0")
+        client.add_route("bob", address)
+        server.endpoint("bob", **ring.credentials("bob")).register("blob", handler)
+        alice = client.endpoint("alice", **ring.credentials("alice"))
+        reply = await alice.request("bob", "blob", [big, 1])
+        assert reply == [big, len(big), b"tail"] and type(reply[0]) is bytearray  # not copied
+        assert type(got["request"][0]) is bytes  # a request's bin: decoded as usual
+
+
+@given(corr=st.integers(0, 2**64 - 1), extra=st.integers(0, 5000), others=st.lists(_small_plain, max_size=4),
+       mutable=st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_a_reply_with_a_large_first_bin_is_packed_as_msgpack_packs_it(corr, extra, others, mutable):
+    from bus.envelope import encode_compact_reply
+
+    data = bytes([corr % 251]) * (IN_PLACE_BIN + extra)
+    body = [bytearray(data) if mutable else data, *others]
+    wire = encode_compact_reply(2, corr, body)
+    assert wire == msgpack.packb([2, 2, corr, body], use_bin_type=True)
+    env = decode_reply_in_place(bytearray(wire))
+    assert env is not None and env.body == [data, *others]

@@ -159,6 +159,56 @@ def test_receiving_in_place_gives_the_same_frames_and_holds_at_most_twice_what_a
     assert dec.buffered == 0 and dec.pending == 0 and dec.reserve() is None
 
 
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=700_000), min_size=1, max_size=4),
+    reads=st.lists(st.integers(min_value=1, max_value=900_000), min_size=1, max_size=40),
+    waiting=st.lists(st.integers(min_value=0, max_value=2_000_000), min_size=1, max_size=40),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_reader_counting_waiting_bytes_gets_the_same_frames_and_holds_at_most_twice_what_was_sent(
+        sizes, reads, waiting):
+    """A reader that tells the decoder how many bytes wait to be read (at most what the
+    sender sent beyond what was read) gets the frames a plain feed gives, and a body's
+    buffer is made only once half of that body was sent."""
+    payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    data = b"".join(encode_frame(p) for p in payloads)
+    dec = FrameDecoder()
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        want, queued = reads[i % len(reads)], min(waiting[i % len(waiting)], len(data) - pos)
+        i += 1
+        fresh = dec._into is None
+        view = dec.reserve(queued)
+        if view is not None:
+            body = len(payloads[len(out)])
+            assert len(view) == dec.pending and body >= 256 * 1024
+            if fresh:  # made now: half of the body was read or waits to be read
+                assert 2 * (body - dec.pending + queued) >= body
+            n = min(want, len(view))
+            view[:n] = data[pos : pos + n]
+            out += dec.filled(n)
+        else:
+            n = min(want, len(data) - pos)
+            out += dec.feed(data[pos : pos + n])
+        pos += n
+    assert [bytes(p) for p in out] == payloads
+
+
+def test_bytes_waiting_to_be_read_count_as_arrived_and_no_more():
+    dec = FrameDecoder()
+    dec.feed((1_000_000).to_bytes(4, "big") + b"x" * 100_000)
+    assert dec.reserve() is None and dec.reserve(399_999) is None  # with what waits: under half
+    for lie in (-5, -10**9):
+        assert dec.reserve(lie) is None  # (a negative count is none)
+    view = dec.reserve(400_000)
+    assert view is not None and len(view) == 900_000
+    view[:] = b"y" * 900_000
+    [frame] = dec.filled(900_000)
+    assert frame == b"x" * 100_000 + b"y" * 900_000
+    dec.feed((2_000_000).to_bytes(4, "big") + b"z" * 10)
+    assert dec.reserve(10**12) is not None  # (more than the frame needs counts as the rest of it)
+
+
 def test_a_large_header_with_little_of_its_body_reserves_no_buffer():
     dec = FrameDecoder()
     dec.feed((10_000_000).to_bytes(4, "big") + b"x" * 4_999_999)

@@ -14,6 +14,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from bus import MemoryTransport, RemoteError, RequestTimeout, open_node
 from bus.framing import encode_frame
@@ -80,6 +81,37 @@ async def test_a_stream_reads_and_writes_through_the_standard_socket_until_it_is
     assert not conn.can_try_send()
     with pytest.raises(ClosedError):
         await conn.receive()
+
+
+async def test_a_large_frame_already_waiting_is_read_into_its_buffer_and_a_bare_header_reserves_nothing(
+        monkeypatch):
+    """A large frame whose body already waits in the socket (FIONREAD) is read straight
+    into its buffer, not first into pieces joined at the end; a peer that sends a large
+    header and less than half of its body still makes the receiver hold no buffer."""
+    from bus import framing, transport
+
+    fed: list[int] = []
+    feed = framing.FrameDecoder.feed
+    monkeypatch.setattr(framing.FrameDecoder, "feed", lambda self, data: fed.append(len(data)) or feed(self, data))
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for s, opt in ((a, socket.SO_SNDBUF), (b, socket.SO_RCVBUF)):
+        s.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+    body = bytes(range(256)) * 3000  # 768,000 bytes: above RESERVE_MIN
+    conn = transport._StreamConnection(trio.SocketStream(trio.socket.from_stdlib_socket(b)), "test", 16 << 20)
+    with a:
+        a.sendall(encode_frame(body))
+        got = await conn.receive()
+        assert got == body and type(got) is bytearray
+        assert sum(fed) <= transport._RECEIVE_SIZE  # only the first read was fed: the rest went in place
+        fed.clear()
+        a.sendall((10_000_000).to_bytes(4, "big") + bytes(1_000_000))  # then it stops sending
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.receive)
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn._decoder._into is None and conn._decoder.buffered == 1_000_004
+            assert sum(fed) == 1_000_004  # fed as it came: no buffer of the announced size
+            nursery.cancel_scope.cancel()
+    await conn.aclose()
 
 
 @pytest.fixture

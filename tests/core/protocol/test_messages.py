@@ -390,3 +390,14 @@ def test_the_kind_named_in_the_class_header_survives_the_slotted_dataclass():
         Ping.from_wire({"n": 10})
     assert not hasattr(protocol.BlockRange, "kind")  # a base declared without kind=
     assert {spec.request.kind for spec in KINDS.values()} == set(KINDS)
+
+
+def test_a_bytearray_is_kept_for_bulk_data_and_copied_to_bytes_elsewhere():
+    """A large bin the bus handed over as the frame itself (a bytearray) stays one where
+    the field is bulk data (a read piece), and becomes bytes in any other bytes field."""
+    piece = bytearray(b"x" * 1000)
+    reply = protocol.StorageGetReply.from_wire([piece, 1000, bytearray(b"d" * 32)])
+    assert reply.data is piece
+    assert type(reply.digests) is bytes and reply.digests == b"d" * 32
+    with pytest.raises(DecodeError):
+        protocol.StorageGetReply.from_wire([memoryview(piece), 1000])
