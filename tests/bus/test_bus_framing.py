@@ -124,6 +124,34 @@ def test_a_large_header_reserves_nothing_and_fed_bytes_are_not_aliased():
     assert frame[:1000] == b"a" * 1000 and frame[1000:] == b"c" * (10_000_000 - 1000)
 
 
+def _read_through(payloads, step, check):
+    """Feed the frames of ``payloads`` to a decoder as a reader would: ``step(i, pos)`` gives
+    (bytes to read, bytes waiting in the socket, whether to take a reserved view); ``check``
+    sees each reserved view (with the body's size, the bytes waiting, whether it was just
+    made). Returns the frames got."""
+    data = b"".join(encode_frame(p) for p in payloads)
+    dec = FrameDecoder()
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        want, queued, use = step(i, len(data) - pos)
+        i += 1
+        fresh = dec._into is None
+        view = dec.reserve(queued)
+        if view is not None:
+            assert len(view) == dec.pending  # the rest of the frame's body, never past it
+            check(dec, len(payloads[len(out)]), queued, fresh)
+        if view is not None and use:
+            n = min(want, len(view))
+            view[:n] = data[pos : pos + n]
+            out += dec.filled(n)
+        else:
+            n = min(want, len(data) - pos)
+            out += dec.feed(data[pos : pos + n])
+        pos += n
+    assert dec.buffered == 0 and dec.pending == 0 and dec.reserve() is None
+    return [bytes(p) for p in out]
+
+
 @given(
     sizes=st.lists(st.integers(min_value=0, max_value=700_000), min_size=1, max_size=4),
     reads=st.lists(st.integers(min_value=1, max_value=900_000), min_size=1, max_size=40),
@@ -135,28 +163,12 @@ def test_receiving_in_place_gives_the_same_frames_and_holds_at_most_twice_what_a
     declines it and feeds) gets the frames a plain feed gives, and the buffer of a
     body received in place is made only once half of that body arrived."""
     payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
-    data = b"".join(encode_frame(p) for p in payloads)
-    dec = FrameDecoder()
-    out, pos, i = [], 0, 0
-    while pos < len(data):
-        want = reads[i % len(reads)]
-        use = into[i % len(into)]
-        i += 1
-        view = dec.reserve()
-        if view is not None:
-            assert len(view) == dec.pending  # the rest of the frame's body, never past it
-            body = len(payloads[len(out)])
-            assert body >= 256 * 1024 and 2 * (body - dec.pending) >= body
-        if view is not None and use:
-            n = min(want, len(view))
-            view[:n] = data[pos : pos + n]
-            out += dec.filled(n)
-        else:
-            n = min(want, len(data) - pos)
-            out += dec.feed(data[pos : pos + n])
-        pos += n
-    assert [bytes(p) for p in out] == payloads
-    assert dec.buffered == 0 and dec.pending == 0 and dec.reserve() is None
+
+    def check(dec, body, queued, fresh):
+        assert body >= 256 * 1024 and 2 * (body - dec.pending) >= body
+
+    got = _read_through(payloads, lambda i, left: (reads[i % len(reads)], 0, into[i % len(into)]), check)
+    assert got == payloads
 
 
 @given(
@@ -171,27 +183,15 @@ def test_a_reader_counting_waiting_bytes_gets_the_same_frames_and_holds_at_most_
     sender sent beyond what was read) gets the frames a plain feed gives, and a body's
     buffer is made only once half of that body was sent."""
     payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
-    data = b"".join(encode_frame(p) for p in payloads)
-    dec = FrameDecoder()
-    out, pos, i = [], 0, 0
-    while pos < len(data):
-        want, queued = reads[i % len(reads)], min(waiting[i % len(waiting)], len(data) - pos)
-        i += 1
-        fresh = dec._into is None
-        view = dec.reserve(queued)
-        if view is not None:
-            body = len(payloads[len(out)])
-            assert len(view) == dec.pending and body >= 256 * 1024
-            if fresh:  # made now: half of the body was read or waits to be read
-                assert 2 * (body - dec.pending + queued) >= body
-            n = min(want, len(view))
-            view[:n] = data[pos : pos + n]
-            out += dec.filled(n)
-        else:
-            n = min(want, len(data) - pos)
-            out += dec.feed(data[pos : pos + n])
-        pos += n
-    assert [bytes(p) for p in out] == payloads
+
+    def check(dec, body, queued, fresh):
+        assert body >= 256 * 1024
+        if fresh:  # made now: half of the body was read or waits to be read
+            assert 2 * (body - dec.pending + queued) >= body
+
+    got = _read_through(payloads, lambda i, left: (reads[i % len(reads)], min(waiting[i % len(waiting)], left),
+                                                   True), check)
+    assert got == payloads
 
 
 def test_bytes_waiting_to_be_read_count_as_arrived_and_no_more():
