@@ -592,21 +592,16 @@ class Node:
         channel = conn.channel
         if self._claim_problem(conn, own, recipient) is not None:
             return None
-        idle = box.idle
-        if sender not in channel.proven_here:
+        if sender not in channel.proven_here:  # (proved first: the proof gives the sender's alias)
             if len(channel.proven_here) >= MAX_CLAIMS or not self._may_prove(conn):
                 return None
             self._prove_sender(conn, sender, own)
-            idle = False  # (the proof is queued ahead of the envelope)
         data = encode_compact(mtype, kind, msg_id, None, sender, recipient, body,
                               (channel.aliases_here.get(sender), channel.their_aliases.get(recipient)))
-        size = len(data)
-        limit = conn.max_payload
-        if size > self._max_frame_size or (limit is not None and size > limit):
+        room = None if len(data) > self._max_frame_size else self._room_now(conn, sender, data)
+        if room is None:
             return None
-        if not (idle or box.has_room(size)):
-            return None
-        self._put(conn, box, data, idle)
+        self._put(conn, room[0], data, room[3])
         return conn, data
 
     def route_now(self, sender: str, recipient: str, data: bytes) -> Connection | None:

@@ -400,10 +400,10 @@ class PeerHandlers:
                                    expected_digest=digest)
         return share.prepare()
 
-    def _open_and_keep_share(self, grant_id: str, index: int, sealed: bytes) -> pre.PreparedKeyShare:
-        """Worker thread: check that the sealed share opens, then keep it (still sealed) at rest (the
-        caller checked its digest against the committed grant's)."""
-        prepared = self._open_share(grant_id, index, sealed, hashlib.sha256(sealed).digest())
+    def _open_and_keep_share(self, grant_id: str, index: int, sealed: bytes, digest: bytes) -> pre.PreparedKeyShare:
+        """Worker thread: check that the sealed share opens (under ``digest``, the committed grant's),
+        then keep it (still sealed) at rest."""
+        prepared = self._open_share(grant_id, index, sealed, digest)
         self.peer.store.put_share(grant_id, index, sealed)
         return prepared
 
@@ -459,10 +459,10 @@ class PeerHandlers:
 
     async def _open_delivered(self, msg: bus.Message, entry_id: str, index: int, sealed: bytes, *, owner: str,
                               expected: bytes | None, not_owner: str, noun: str, entry: str,
-                              opener: Callable[[str, int, bytes], T]) -> T:
+                              opener: Callable[[str, int, bytes, bytes], T]) -> T:
         """Check a delivered sealed share or part against its committed ledger ``entry`` (the sender
         is its ``owner``; it holds this peer's digest ``expected`` at this peer's index; the sha256
-        matches), then open and keep it with ``opener`` off the event loop."""
+        matches), then open and keep it with ``opener`` off the event loop (given ``expected`` too)."""
         peer = self.peer
         if owner != msg.sender:
             raise bus.HandlerError(codes.SHARE_FORBIDDEN, not_owner)
@@ -472,7 +472,7 @@ class PeerHandlers:
         if not hmac.compare_digest(hashlib.sha256(sealed).digest(), expected):
             raise bus.HandlerError(codes.SHARE_MISMATCH, f"sha256 of the sealed {noun} differs from the {entry}'s")
         try:
-            return await run_crypto(opener, entry_id, index, sealed)
+            return await run_crypto(opener, entry_id, index, sealed, expected)
         except CoreError:
             raise bus.HandlerError(codes.SHARE_MISMATCH,
                                    f"the sealed {noun} does not open for this {entry} and peer") from None
@@ -483,8 +483,8 @@ class PeerHandlers:
                                       expected_context=share_context(delegation_id),
                                       expected_index=peer.info.index)
 
-    def _open_and_keep_part(self, delegation_id: str, index: int, sealed: bytes) -> pre.StandingPart:
-        part = self._open_part(delegation_id, index, sealed)
+    def _open_and_keep_part(self, delegation_id: str, index: int, sealed: bytes, digest: bytes) -> pre.StandingPart:
+        part = self._open_part(delegation_id, index, sealed)  # (a part keeps its context: the digest was checked)
         self.peer.store.put_share(delegation_id, index, sealed)
         return part
 
