@@ -187,6 +187,11 @@ async def test_not_enough_peers_is_quick(world):
             rid = await alice.store(data, label="cardiology", media_type="application/octet-stream")
             await alice.set_policy(POLICY, standing=())
             assert await heart.read("alice", rid) == data
+            # the patient answers once t peers hold their shares and delivers the others in the background:
+            # wait for all four, so that the two stopped below leave two that hold theirs (else the read
+            # below meets a peer whose delivery is still on its way: share.missing, as it should)
+            from bus.testing import eventually
+            await eventually(lambda: len({pid for pid, _ in world.fake.shares}) == 4, timeout=30)
             await world.fake.stop_peer("peer-a1")
             await world.fake.stop_peer("peer-b1")
             # t = 2 of the 2 remaining: still fine (queries fail over from the home peer)
