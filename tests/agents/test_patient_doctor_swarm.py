@@ -112,7 +112,15 @@ async def test_end_to_end(users):
             # a fresh grant once the policy changed (a revoked doctor is not auto-granted under the
             # policy it was revoked under), then fewer than t peers up -> NotEnoughPeers, quickly
             await alice.set_policy(POLICY.replace("version 1", "version 2"), standing=())
+            before = set(alice.grants)
             assert await heart.read("alice", rid) == path.read_bytes()
+            # the patient answers once t peers hold their shares and delivers the others in the
+            # background: wait until all four acknowledged, so that peer-b1 (the one left up below)
+            # holds its share (else it answers share.missing and none answer, as it should)
+            [fresh] = set(alice.grants) - before
+            with trio.fail_after(30):
+                while len(alice.grants[fresh]["peers"]) < 4:
+                    await trio.sleep(0.02)
             for peer in ("peer-a1", "peer-a2", "peer-b2"):  # heart's home peer-b1 stays up
                 await users.swarm.stop_agent(peer)
             await expect_not_enough_peers(heart, "alice", rid, answered=1, needed=2,
