@@ -63,3 +63,30 @@ def test_a_version_3_share_opens_only_from_the_peers_own_store(backend):
     assert kept.rk == opened.rk
     with pytest.raises(DecodeError, match="committed digest"):
         scheme.open_key_share(v3, secrets_[1], expected_context=g1, expected_index=1, stored=True)
+
+
+def test_a_grant_whose_digests_are_fewer_than_its_threshold_or_name_no_peer_is_refused():
+    """The digest list of a grant: at least its threshold (and the consortium's) of them, one
+    32-byte hash per known peer; a peer the list leaves out holds no share of the grant, and
+    the ledger refuses its access entry for it."""
+    from tests.core.test_ledger import T0, registered, request, setup_records
+
+    c = registered()
+    setup_records(c)
+    assert request(c, "dr-heart", "req-1") == "ok"
+    digest = hashlib.sha256(b"x").digest()
+
+    def grant(gid, shares, threshold=2):
+        body = {"grant_id": gid, "request_id": "req-1", "threshold": threshold, "expires_at": T0 + 3600,
+                "shares": shares}
+        return c.block(c.tx("grant", "alice", body))[1].marks[0]
+
+    assert grant("g-a", {"peer1": digest}) == "malformed"  # fewer digests than the threshold
+    assert grant("g-b", {"peer1": digest}, threshold=1) == "malformed"  # below the consortium's threshold
+    assert grant("g-c", {"peer1": digest, "peer9": digest}) == "malformed"  # a peer the consortium lacks
+    assert grant("g-d", {"peer1": digest, "peer2": digest[:31]}) == "malformed"  # not a sha256
+    assert grant("g-e", {"peer1": digest, "peer2": hashlib.sha256(b"y").digest()}) == "ok"
+    assert c.ledger.grant("g-e").share_digest("peer3") is None  # (the peer refuses: share.mismatch/missing)
+    access = c.tx("access", "peer3", {"grant_id": "g-e", "request_id": "req-1", "record_id": "rec-1",
+                                      "doctor": "dr-heart", "index": 3})
+    assert c.block(access)[1].marks[0] == "forbidden"
