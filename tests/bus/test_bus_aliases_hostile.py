@@ -87,7 +87,7 @@ def test_a_reply_has_no_place_for_an_alias(mtype):
     """A compact reply is [2, type, correlation_id, body]: an 8-field envelope of a reply
     type (where aliases could stand) is malformed, whatever its sender and recipient."""
     for sender, recipient in (("mallory", "bob"), (0, 0), (0, "bob")):
-        data = msgpack.packb([2, int(mtype), None, 1, None, sender, recipient, {"code": "x", "message": ""}])
+        data = msgpack.packb([2, int(mtype), "ping", 1, None, sender, recipient, {"code": "x", "message": ""}])
         _malformed(data, _TABLES)
     # the reply form itself has four fields: an int in the correlation id's place is just the id
     env = decode_envelope(encode_compact_reply(MessageType.REPLY, 0, 1), aliases=_TABLES)
@@ -255,8 +255,8 @@ def _event(sender, seq_body, msg_id, kind=60011, recipient="alice"):
 
 
 async def test_a_family_code_event_counts_only_from_the_publisher_and_with_a_seq_data_body(raw_channel):
-    """The family code to alice reads as ``test.hostile/alice`` (the recipient is always
-    the endpoint itself: another recipient is misaddressed); only the publisher's events
+    """The family code to alice reads as ``test.hostile/alice`` (the envelope's recipient,
+    which an endpoint requires to be itself); only the publisher's events
     reach the subscription: bob sending the same code to alice is an unexpected event. A
     body that is not ``[seq, data]`` (seq not an int, a bool, negative; a map without
     data; a 3-array) is dropped; the map form of earlier versions is still read."""
