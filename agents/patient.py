@@ -708,7 +708,8 @@ class PatientAgent(UserAgent):
         threshold = self.manifest.threshold
         grant_id = new_id("g")
         proxies = [pre.Proxy(p.index, p.box_key) for p in peers]
-        # bound (version 3): each share's sha256 in the grant transaction binds it to the grant and peer
+        # bound (version 4): each share's sha256 in the grant transaction, and its rk masked with the
+        # grant id and the peer's index inside the seal, bind it to the grant and peer
         sealed = await run_crypto(pre.make_key_shares, kp, receiver, proxies, threshold, share_context(grant_id),
                                   bound=True)
         by_peer = {p.id: s for p, s in zip(peers, sealed)}

@@ -18,7 +18,8 @@ Encapsulation (patient, label L)
 
 Delegation (t of n proxies)
     A random polynomial ``f`` of degree t-1 with ``f(0) = 1/a_L``; proxy i gets
-    ``rk_i = f(x_i) P2_B``, sealed to its X25519 key with the grant context inside.
+    ``rk_i = f(x_i) P2_B``, sealed to its X25519 key with the grant context inside
+    (version 2) or rk masked with it (version 4, what patients seal: :data:`_BOUND_CODE`).
 
 Standing delegation (t of n proxies, any later receiver)
     The same polynomial ``f`` drawn once per label, but proxy i gets the scalar
@@ -112,11 +113,21 @@ _SHARE_CODE = 2
 """Version 2 of a key share's plaintext: the tag is this small integer instead of the
 20-character string (20 bytes less per sealed share; a standing part's tag stays a
 string, so neither is taken for the other)."""
-_BOUND_CODE = 3
-"""Version 3 of a key share's plaintext, ``[3, rk]``: no context, index or threshold (21
-bytes less per sealed share of a grant). The share is bound to its grant and proxy by
-the sha256 of its sealed bytes, which the grantor commits (the grant transaction's
-``shares``) and the proxy checks before it opens one (``expected_digest``)."""
+_DIGEST_BOUND_CODE = 3
+"""Version 3 of a key share's plaintext, ``[3, rk]`` (session 11): no context, index or
+threshold, bound to its grant only by the sha256 of its sealed bytes that the grant
+commits. Whoever held those bytes could commit them under another grant of its own
+(session 12's attack review), so a proxy opens a version-3 share only from its own store
+(``stored=True``: kept before version 4), never when one is delivered."""
+_BOUND_CODE = 4
+"""Version 4 of a key share's plaintext, ``[4, rk XOR mask]``, what a patient seals for a
+grant: no context, index or threshold (21 bytes less per sealed share than version 2) and
+no byte more than version 3. ``mask`` = SHAKE-256(domain || u32(len context) || context
+|| index as 32 bytes) over rk's 96 bytes (:func:`_share_mask`): opened for another grant or
+proxy index, rk is 96 bytes of garbage (not a point of the subgroup: refused). The sha256
+of the sealed bytes, which the grantor commits (the grant transaction's ``shares``), is
+still checked before one is opened (``expected_digest``)."""
+_MASK_TAG = b"emrshare/v1/rk-share-mask\x00"
 _PART_TAG = "emrshare/v1/standing-part"
 
 
@@ -316,11 +327,12 @@ class KeyShare:
     def to_bytes(self, *, bound: bool = False) -> bytes:
         """The share's plaintext encoding (what gets sealed; keep it secret): version 2,
         ``[2, context, index, threshold, rk]`` (version 1 had the tag string
-        ``"emrshare/v1/rk-share"`` first); ``bound``: version 3, ``[3, rk]``, for a share whose
-        sealed bytes' digest the grantor commits (:func:`make_key_shares`).
-        :meth:`Scheme.open_key_share` opens all three."""
+        ``"emrshare/v1/rk-share"`` first); ``bound``: version 4, ``[4, rk XOR mask(context,
+        index)]``, for a share whose sealed bytes' digest the grantor commits
+        (:func:`make_key_shares`). :meth:`Scheme.open_key_share` opens every version (3 only
+        from a proxy's own store)."""
         if bound:
-            return msgpack.packb([_BOUND_CODE, self.rk.to_bytes()])
+            return msgpack.packb([_BOUND_CODE, _masked(self.rk.to_bytes(), self.context, self.index)])
         return msgpack.packb([_SHARE_CODE, self.context, self.index, self.threshold, self.rk.to_bytes()])
 
 
@@ -355,10 +367,11 @@ def make_key_shares(
     proxy checks it on opening. The caller must have checked the receiver's key
     on the ledger (``verify_public_key``).
 
-    ``bound``: the shares carry no context or index (version 3, 21 bytes fewer each): the
-    caller commits each sealed share's sha256, signed, where its proxy reads it (the grant
-    transaction's ``shares``: for this grant, this proxy), and the proxy opens it only
-    with that digest (``open_key_share(..., expected_digest=...)``).
+    ``bound``: the shares carry no context or index (version 4, 21 bytes fewer each): rk is
+    masked with the context and index instead (opened for another grant or proxy it is not
+    a point), and the caller commits each sealed share's sha256, signed, where its proxy
+    reads it (the grant transaction's ``shares``: for this grant, this proxy); the proxy
+    opens it only with that digest (``open_key_share(..., expected_digest=...)``).
     """
     out = []
     for proxy, y in _inverse_shares(keypair, proxies, threshold, context):
@@ -417,17 +430,33 @@ def _unseal(sealed: SealedKeyShare, box_secret_key: bytes, what: str) -> bytes:
         raise DecryptionError(f"{what} does not open with this proxy's key") from exc
 
 
-def _bound_share(plain: bytes) -> bytes | None:
-    """The rk bytes of a version-3 share's plaintext ``[3, rk]``; None for another version."""
-    if plain[:2] != b"\x92\x03":  # (a 2-array starting with the int 3: nothing else is taken for it)
+def _share_mask(context: bytes, index: int, size: int) -> bytes:
+    """The mask a version-4 share's rk is XORed with: SHAKE-256 of the grant context and the
+    proxy index (what binds the sealed share to its grant and proxy inside the seal)."""
+    if not isinstance(context, bytes) or not isinstance(index, int) or not 0 <= index < 2**256:
+        raise DecodeError("a key share's context must be bytes and its index a proxy index")
+    return hashlib.shake_256(_MASK_TAG + len(context).to_bytes(4, "big") + context
+                             + index.to_bytes(32, "big")).digest(size)
+
+
+def _masked(rk: bytes, context: bytes, index: int) -> bytes:
+    """``rk`` XOR its mask for (``context``, ``index``): masks and unmasks."""
+    mask = _share_mask(context, index, len(rk))
+    return (int.from_bytes(rk, "big") ^ int.from_bytes(mask, "big")).to_bytes(len(rk), "big")
+
+
+def _bound_share(plain: bytes) -> tuple[int, bytes] | None:
+    """(version, rk bytes as sealed) of a version-3 ``[3, rk]`` or version-4 ``[4, masked rk]``
+    share's plaintext; None for another version."""
+    if plain[:2] not in (b"\x92\x03", b"\x92\x04"):  # (a 2-array starting with the int 3 or 4)
         return None
     try:
         code, rk = msgpack.unpackb(plain, raw=False)
     except Exception as exc:
         raise DecodeError("sealed key share has a malformed body") from exc
-    if type(code) is not int or code != _BOUND_CODE or not isinstance(rk, bytes):
+    if type(code) is not int or code not in (_DIGEST_BOUND_CODE, _BOUND_CODE) or not isinstance(rk, bytes):
         raise DecodeError("sealed key share has a malformed body")
-    return rk
+    return code, rk
 
 
 def _inverse_shares(keypair: KeyPair, proxies: Sequence[Proxy], threshold: int,
@@ -515,14 +544,17 @@ def open_key_share(
     expected_context: bytes,
     expected_index: int,
     expected_digest: bytes | None = None,
+    stored: bool = False,
 ) -> KeyShare:
     """Proxy side: unseal a share and check it is for this grant and this proxy
     (rk on the process's backend); ``expected_digest``: the sha256 of the sealed bytes the
-    grantor committed for this proxy (checked when given; a version-3 share, which
-    carries no context or index, opens only with it)."""
+    grantor committed for this proxy (checked when given; a version-3 or 4 share, which
+    carries no context or index, opens only with it). ``stored``: the share is read back
+    from the proxy's own store, where a version-3 share (bound by that digest alone) may
+    have been kept before version 4; a delivered one is refused."""
     return Scheme(active_backend()).open_key_share(
         sealed, box_secret_key, expected_context=expected_context, expected_index=expected_index,
-        expected_digest=expected_digest,
+        expected_digest=expected_digest, stored=stored,
     )
 
 
@@ -689,7 +721,7 @@ class Scheme:
 
     def open_key_share(
         self, sealed: SealedKeyShare, box_secret_key: bytes, *, expected_context: bytes, expected_index: int,
-        expected_digest: bytes | None = None,
+        expected_digest: bytes | None = None, stored: bool = False,
     ) -> KeyShare:
         """Proxy side: unseal a share and check it is for this grant and this proxy (see
         :func:`open_key_share`)."""
@@ -699,11 +731,18 @@ class Scheme:
         if sealed.index != expected_index:
             raise DecodeError("sealed key share is for another proxy index")
         plain = _unseal(sealed, box_secret_key, "sealed key share")
-        rk_bytes = _bound_share(plain)
-        if rk_bytes is not None:
+        bound = _bound_share(plain)
+        if bound is not None:
+            version, rk_bytes = bound
             if expected_digest is None:
-                raise DecodeError("a version-3 key share opens only with its committed digest")
-            # (threshold 0: a version-3 share does not carry it; nothing on the proxy side reads it)
+                raise DecodeError(f"a version-{version} key share opens only with its committed digest")
+            if version == _DIGEST_BOUND_CODE and not stored:
+                raise DecodeError("a version-3 key share names no grant: taken only from the proxy's own store, "
+                                  "not delivered (patients seal version 4)")
+            if version == _BOUND_CODE:
+                rk_bytes = _masked(rk_bytes, expected_context, expected_index)
+            # (threshold 0: a version-3 or 4 share does not carry it; nothing on the proxy side reads it;
+            # a version-4 share unmasked for another grant or index is not a point: DecodeError)
             return KeyShare(expected_index, 0, expected_context, self.curve.G2.from_bytes(rk_bytes))
         index, threshold, context, rk = _open_sealed(
             sealed, box_secret_key, tag=(_SHARE_CODE, _SHARE_TAG), what="sealed key share", holder="grant",

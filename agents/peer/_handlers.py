@@ -391,13 +391,16 @@ class PeerHandlers:
 
     # -- key shares and re-encryption --------------------------------------------
 
-    def _open_share(self, grant_id: str, index: int, sealed: bytes, digest: bytes | None) -> pre.PreparedKeyShare:
+    def _open_share(self, grant_id: str, index: int, sealed: bytes, digest: bytes | None,
+                    stored: bool = False) -> pre.PreparedKeyShare:
         """Open a sealed share of ``grant_id`` (``digest``: the sha256 the committed grant holds for
-        this peer, checked again here; a version-3 share, with no context inside, opens only with it)."""
+        this peer, checked again here; a version-3 or 4 share, with no context inside, opens only
+        with it). ``stored``: read back from our store, where a version-3 share (bound by that
+        digest alone) may have been kept before version 4; a delivered one is refused."""
         peer = self.peer
         share = pre.open_key_share(pre.SealedKeyShare(index, sealed), peer.keys.box_private,
                                    expected_context=share_context(grant_id), expected_index=peer.info.index,
-                                   expected_digest=digest)
+                                   expected_digest=digest, stored=stored)
         return share.prepare()
 
     def _open_and_keep_share(self, grant_id: str, index: int, sealed: bytes, digest: bytes) -> pre.PreparedKeyShare:
@@ -539,7 +542,7 @@ class PeerHandlers:
         # again on the share read back from disk (and what binds a version-3 share to this grant)
         digest = committed.share_digest(peer.peer_id) if committed is not None else None
         try:
-            prepared = await run_crypto(self._open_share, grant_id, row[0], row[1], digest)
+            prepared = await run_crypto(self._open_share, grant_id, row[0], row[1], digest, stored=True)
         except CoreError:
             log.error("peer %s: stored key share of grant %s does not open", peer.peer_id, grant_id)
             raise bus.HandlerError(codes.SHARE_MISSING, "the stored key share is unusable") from None

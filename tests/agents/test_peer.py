@@ -453,7 +453,7 @@ async def test_share_survives_restart_sealed_at_rest(tmp_path, bound):
     """A delivered share is kept sealed in SQLite and usable after a restart (no cache). Read
     back from disk it is checked against the digest the committed grant holds: another sealed
     share put in its place (a valid one for this peer, of another grant) is refused. ``bound``:
-    a version-3 share (no context inside: the digest is its only binding), as patients seal."""
+    a version-4 share (no context inside: the digest and its mask bind it), as patients seal."""
     c = Consortium(tmp_path, n_peers=1, threshold=1)
     (pid,) = c.infos
     with trio.fail_after(30):
