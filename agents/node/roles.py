@@ -167,6 +167,9 @@ class _Peer(_Serving):
             .add(self.txs_valid, outcome="valid").add(self.txs_invalid, outcome="invalid"),
             Family("emrshare_reencryptions_total", "counter", "re-encryption shares this peer served")
             .add(self.peer.handlers.reencryptions),
+            Family("emrshare_reencryption_reply_cache_hits_total", "counter",
+                   "re-encryption shares served from the reply cache (a repeat read: no pairing, no signature)")
+            .add(self.peer.handlers.reply_hits),
             Family("emrshare_access_log_entries_total", "counter",
                    "served re-encryptions by what became of their audit entry (logged: in a batch the orderer "
                    "took; dropped: given up, see the peer's error log)")
@@ -183,7 +186,8 @@ class _Peer(_Serving):
                 "share_waiters": self.peer.handlers.waiting.waiting}
 
     def status(self) -> dict[str, Any]:
-        return {"reencryptions": self.peer.handlers.reencryptions, "blocks_committed": self.blocks}
+        return {"reencryptions": self.peer.handlers.reencryptions,
+                "reencryption_reply_cache_hits": self.peer.handlers.reply_hits, "blocks_committed": self.blocks}
 
 
 class _Orderer(_Serving):

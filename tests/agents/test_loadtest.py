@@ -464,6 +464,14 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
     phases = {p["phase"]: p for p in report["phases"]}
     assert phases["store"]["succeeded"] > 0
     assert report["communication"]["per_operation"][0]["bits"] > 2880
+    # the peers' re-encryptions during the saturation run, read from the peer agents: t per successful
+    # read at least (a read that failed over asked more), the reply cache's share of them said
+    sat = report["saturation"]
+    served = sat["peer_reencryptions"]
+    assert served["served"] >= report["target"]["threshold"] * sum(sat["by_phase"].values())
+    assert 0 <= served["reply_cache_hits"] <= served["served"]
+    assert served["reply_cache_percent"] == pytest.approx(served["reply_cache_hits"] / served["served"] * 100)
+    assert f"the peers served {served['served']:,} re-encryption shares meanwhile" in render_text(report)
     # pairings as run: at most t per access (a probe's read may be served from the peers' reply caches)
     assert report["efficiency"]["bound"]["calls_per_op"]["pairing"] <= report["target"]["threshold"]
     # the essential bound: the paper's t pairings per access (one per re-encryption), and per ledger

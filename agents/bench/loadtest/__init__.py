@@ -17,7 +17,10 @@ What it does, in order:
 5. Optional saturation run (``--saturation SECONDS``): closed loop, accesses
    only, at ``--saturation-concurrency``; gives the access saturation rate and
    the efficiency figure (throughput / crypto-bound limit, see
-   :mod:`agents.bench.loadtest.costs`).
+   :mod:`agents.bench.loadtest.costs`), and, on the embedded swarm, how many
+   re-encryption shares the peers served meanwhile and what share of them their
+   reply caches answered (a repeat read of a record under the same grant makes
+   no pairing: with 20 records and 5 doctors nearly every saturation read is one).
 6. The run: the workload mix (:mod:`agents.bench.loadtest.workload`) closed-loop at
    ``--concurrency`` or open-loop at ``--rate`` (``--rate half``: half the
    saturation rate of the run's own mix, measured closed loop like the access

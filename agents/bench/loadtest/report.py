@@ -111,6 +111,11 @@ def render_text(r: dict, *, breakdown: bool = False) -> str:
     if sat:
         out.append(f"saturation (closed loop, access only, concurrency {sat.get('concurrency')}): "
                    f"{_f(sat.get('access_per_s'), 2)} accesses/s")
+        served = sat.get("peer_reencryptions")
+        if served and served.get("served"):
+            out.append(f"  the peers served {served['served']:,} re-encryption shares meanwhile (warm-up included), "
+                       f"{_f(served.get('reply_cache_percent'))} % of them from their reply caches (a repeat read "
+                       f"of a record under the same grant: no pairing, no signature)")
     msat = r.get("mix_saturation")
     if msat:
         out.append(f"saturation (closed loop, the run's mix, concurrency {msat.get('concurrency')}): "

@@ -250,7 +250,9 @@ async def run(opts: Options) -> dict:
             settings = opts.run
             sat_result = None
             if opts.saturation > 0:
+                served0 = await _peer_reencryptions(target.swarm)
                 sat_result = await _saturate(wl.access_only(), opts, settings, stream, counter)
+                sat_result["peer_reencryptions"] = _served_between(served0, await _peer_reencryptions(target.swarm))
                 report["saturation"] = sat_result
                 if in_process:
                     report["efficiency"] = _efficiency(sat_result, probe, unit, cores,
@@ -385,6 +387,42 @@ async def _saturate(workload, opts: Options, settings: RunSettings, stream, coun
             "ops_per_s": sum(x.succeeded for x in st.values()) / win,
             "phases": [x.summary(win) for x in st.values()],
             "process_cpu_s": cpu1 - cpu0, "crypto": (c1 - c0).to_dict()}
+
+
+async def _peer_reencryptions(swarm: Any) -> dict[str, tuple[int, int]] | None:
+    """(shares served, of them answered from the reply cache) per peer of the embedded swarm:
+    in-process from the peer agents, with --processes from each node's ``/status`` (its control
+    socket); None without an embedded swarm or when a peer does not say."""
+    if swarm is None:
+        return None
+    out: dict[str, tuple[int, int]] = {}
+    for peer in swarm.manifest.peers:
+        runner = swarm.runners.get(peer)
+        try:
+            if runner is not None:
+                status = runner.status()
+            else:
+                from agents.cli.node import _ask
+                from agents.node import load_config
+
+                config = load_config(swarm.files.dir / "nodes" / f"{peer}.toml")
+                status = await trio.to_thread.run_sync(_ask, config, "/status", 5.0)
+            out[peer] = (int(status["reencryptions"]), int(status["reencryption_reply_cache_hits"]))
+        except Exception:  # (a peer that does not answer, or an older one: the figure is left out)
+            return None
+    return out
+
+
+def _served_between(before: dict[str, tuple[int, int]] | None,
+                    after: dict[str, tuple[int, int]] | None) -> dict[str, Any] | None:
+    """The peers' re-encryptions between two :func:`_peer_reencryptions` readings, and how many the
+    reply cache answered (a repeat read of the same record under the same grant: no pairing)."""
+    if before is None or after is None or before.keys() != after.keys():
+        return None
+    served = sum(after[p][0] - before[p][0] for p in after)
+    hits = sum(after[p][1] - before[p][1] for p in after)
+    return {"served": served, "reply_cache_hits": hits,
+            "reply_cache_percent": hits / served * 100 if served else None}
 
 
 def _efficiency(sat: dict, probe: dict, unit: dict, cores: int, *, peers: int, threshold: int) -> dict:

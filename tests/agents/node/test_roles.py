@@ -43,11 +43,17 @@ async def test_metrics_move_with_commits_reencryptions_and_stored_bytes(tmp_path
                 rid = await alice.store(b"ECG: sinus rhythm", label="cardiology", media_type="text/plain")
                 await alice.set_policy(SHARING_POLICY, standing=())
                 assert await heart.read("alice", rid) == b"ECG: sinus rhythm"
+                assert await heart.read("alice", rid) == b"ECG: sinus rhythm"  # a repeat: may be a reply-cache hit
         after = {a: metrics(swarm, a) for a in swarm.runners}
     peers = swarm.manifest.peers
     served = sum(value(after[p], "emrshare_reencryptions_total") for p in peers)
     assert served >= swarm.manifest.threshold
     assert sum(value(before[p], "emrshare_reencryptions_total") for p in peers) == 0
+    # the first read's t shares were made (no hit); only the repeat's can come from a reply cache
+    hits = sum(value(after[p], "emrshare_reencryption_reply_cache_hits_total") for p in peers)
+    assert 0 <= hits <= served - swarm.manifest.threshold
+    assert {p: runner.status()["reencryption_reply_cache_hits"] for p, runner in swarm.runners.items()
+            if p in peers} == {p: value(after[p], "emrshare_reencryption_reply_cache_hits_total") for p in peers}
     for p in peers:
         assert value(after[p], "emrshare_transactions_committed_total", outcome="valid") >= 4  # 2 registers, store, policy
         # every share a peer served is in its access log: logged in a batch, or waiting for its window
