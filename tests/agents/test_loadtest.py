@@ -472,6 +472,9 @@ async def test_short_loadtest_on_a_small_swarm(tmp_path, monkeypatch):
     assert 0 <= served["reply_cache_hits"] <= served["served"]
     assert served["reply_cache_percent"] == pytest.approx(served["reply_cache_hits"] / served["served"] * 100)
     assert f"the peers served {served['served']:,} re-encryption shares meanwhile" in render_text(report)
+    ran = sum(v["cpu_ms"] for v in sat["crypto"].values()) / 1000
+    assert 0 < ran < sat["process_cpu_s"]
+    assert f"the crypto the saturation run itself ran (counted calls, timed): {ran:,.2f} s" in render_text(report)
     # pairings as run: at most t per access (a probe's read may be served from the peers' reply caches)
     assert report["efficiency"]["bound"]["calls_per_op"]["pairing"] <= report["target"]["threshold"]
     # the essential bound: the paper's t pairings per access (one per re-encryption), and per ledger

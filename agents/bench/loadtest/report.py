@@ -221,6 +221,14 @@ def render_text(r: dict, *, breakdown: bool = False) -> str:
                        f"the rest went to other processes)")
         out.append("  per access: " + ", ".join(
             f"{n} {b['calls_per_op'][n]:.1f} x {b['unit_cost_us'].get(n, 0):.0f} us" for n in b.get("calls_per_op", {})))
+        sat = r.get("saturation") or {}
+        ran = sum(v.get("cpu_ms", 0) for v in (sat.get("crypto") or {}).values()) / 1000
+        if sat.get("process_cpu_s"):  # (in-process: every agent's crypto, counted where it ran)
+            out.append(f"  the crypto the saturation run itself ran (counted calls, timed): {_f(ran, 2)} s of "
+                       f"{_f(sat['process_cpu_s'], 2)} s CPU ({_f(ran / sat['process_cpu_s'] * 100)} %); the "
+                       f"limit above counts the isolated probe operations' calls, which may run pairings and "
+                       f"signatures the saturation run's reads do not (a peer's reply cache answers a repeat read; "
+                       f"one access-log batch carries many reads)")
     fi = r.get("faults")
     if fi:
         _section(out, f"faults (baseline {_f(fi.get('baseline_per_s'), 1)} ops/s):")
