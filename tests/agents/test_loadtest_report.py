@@ -301,3 +301,17 @@ def test_setup_progress_draws_bars_on_a_terminal():
         bars._bars.refresh()
         drawn = out.getvalue()
     assert "storing initial records" in drawn and "1/4" in drawn
+
+
+def test_peer_reencryptions_between_two_readings():
+    """The reply-cache share of the saturation run: counted per peer between two readings;
+    left out when a peer did not answer or restarted (its counters went back)."""
+    from agents.bench.loadtest.runner import _served_between
+
+    before = {"p1": (10, 4), "p2": (0, 0)}
+    assert _served_between(before, {"p1": (30, 20), "p2": (20, 18)}) == {
+        "served": 40, "reply_cache_hits": 34, "reply_cache_percent": 85.0}
+    assert _served_between(before, {"p1": (10, 4), "p2": (0, 0)})["reply_cache_percent"] is None
+    assert _served_between(None, before) is None and _served_between(before, None) is None
+    assert _served_between(before, {"p1": (30, 20)}) is None  # a peer missing
+    assert _served_between(before, {"p1": (5, 1), "p2": (20, 18)}) is None  # p1 restarted

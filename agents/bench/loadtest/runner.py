@@ -417,7 +417,8 @@ def _served_between(before: dict[str, tuple[int, int]] | None,
                     after: dict[str, tuple[int, int]] | None) -> dict[str, Any] | None:
     """The peers' re-encryptions between two :func:`_peer_reencryptions` readings, and how many the
     reply cache answered (a repeat read of the same record under the same grant: no pairing)."""
-    if before is None or after is None or before.keys() != after.keys():
+    if before is None or after is None or before.keys() != after.keys() or any(
+            after[p][0] < before[p][0] or after[p][1] < before[p][1] for p in after):  # (a peer restarted)
         return None
     served = sum(after[p][0] - before[p][0] for p in after)
     hits = sum(after[p][1] - before[p][1] for p in after)
