@@ -66,8 +66,9 @@ def start_main(argv: list[str]) -> int:
         return start_node(config)
 
 
-def _ask(config: Any, path: str, timeout: float) -> dict[str, Any]:
-    """GET ``path`` from the node: its control socket, else its metrics endpoint; the JSON reply."""
+def ask_node(config: Any, path: str, timeout: float) -> dict[str, Any]:
+    """GET ``path`` from the node: its control socket, else its metrics endpoint; the JSON reply
+    (CliError when it does not answer). ``emrshare node status`` and the load test use it."""
     errors = []
     targets: list[tuple[int, Any]] = []
     if config.control_socket.exists():
@@ -107,7 +108,7 @@ def status_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     config = _load(args.config, f"node status --config {args.config}")
     try:
-        st = _ask(config, "/status", args.timeout)
+        st = ask_node(config, "/status", args.timeout)
     except CliError as exc:
         if args.json:
             from agents.cli.output import print_json

@@ -402,11 +402,11 @@ async def _peer_reencryptions(swarm: Any) -> dict[str, tuple[int, int]] | None:
             if runner is not None:
                 status = runner.status()
             else:
-                from agents.cli.node import _ask
+                from agents.cli.node import ask_node
                 from agents.node import load_config
 
                 config = load_config(swarm.files.dir / "nodes" / f"{peer}.toml")
-                status = await trio.to_thread.run_sync(_ask, config, "/status", 5.0)
+                status = await trio.to_thread.run_sync(ask_node, config, "/status", 5.0)
             out[peer] = (int(status["reencryptions"]), int(status["reencryption_reply_cache_hits"]))
         except Exception:  # (a peer that does not answer, or an older one: the figure is left out)
             return None
