@@ -132,6 +132,7 @@ class SwarmSpec:
     orderer_nodes: int = 2  # etcd ordering: orderer nodes
     etcd_members: int = 3  # etcd ordering: etcd cluster members
     etcd_window: int = 10_000  # etcd ordering: recent blocks kept in etcd
+    reply_cache: int = 4096  # peers: signed re-encryption replies kept for repeat reads (0: none)
 
     def check(self) -> None:
         if self.hospitals < 1:
@@ -148,6 +149,8 @@ class SwarmSpec:
             raise ValueError(f"replicas ({self.replicas}) exceed storage nodes ({self.storage_nodes})")
         if not (self.reconcile_interval > 0 and self.collect_grace >= 0 and self.upload_timeout > 0):
             raise ValueError("reconcile interval and upload timeout must be positive, collect grace non-negative")
+        if self.reply_cache < 0:
+            raise ValueError("the peers' reply cache must be >= 0 replies (0: none)")
         if self.ordering not in ("embedded", "etcd"):
             raise ValueError(f"ordering must be embedded or etcd, not {self.ordering!r}")
         if self.ordering == "etcd" and not (1 <= self.orderer_nodes <= 16 and self.etcd_members in (1, 3, 5)
@@ -421,7 +424,8 @@ async def run_server_agent(files: SwarmFiles, agent: str, node: Node, manifest: 
     etcd = tuple(files.etcd_cluster(spec).endpoints) if spec.ordering == "etcd" else ()
     settings = RoleSettings(batch_size=spec.batch_size, batch_timeout=spec.batch_timeout,
                             reconcile_interval=spec.reconcile_interval, collect_grace=spec.collect_grace,
-                            upload_timeout=spec.upload_timeout, etcd_endpoints=etcd, etcd_window=spec.etcd_window)
+                            upload_timeout=spec.upload_timeout, etcd_endpoints=etcd, etcd_window=spec.etcd_window,
+                            reply_cache=spec.reply_cache)
     runner = build_agent(agent, role, files.agent_keys(agent), manifest, files.agent_dir(agent), settings)
     if runners is not None:
         runners[agent] = runner

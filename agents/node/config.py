@@ -110,6 +110,7 @@ _NODE_KEYS: dict[str, tuple[type, Any]] = {
 _TABLE_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "consortium": {"storage": (list, []), "replicas": (int, 3), "write_quorum": (int, 2)},
     "orderer": {"batch_size": (int, 500), "batch_timeout": (float, 0.03)},
+    "peer": {"reply_cache": (int, 4096)},
     "storage": {"reconcile_interval": (float, 30.0), "collect_grace": (float, 900.0),
                 "upload_timeout": (float, 120.0)},
     "ordering": {"kind": (str, "embedded"), "endpoints": (list, []), "window": (int, 10_000), "lease_ttl": (int, 1)},
@@ -207,6 +208,7 @@ class NodeConfig:
     keys: dict[str, bytes] = field(default_factory=dict)
     orderer: dict[str, Any] = field(default_factory=dict)
     storage_settings: dict[str, Any] = field(default_factory=dict)
+    peer_settings: dict[str, Any] = field(default_factory=dict)  # [peer]: reply_cache
     ordering: dict[str, Any] = field(default_factory=dict)  # [ordering]: kind, endpoints, window, lease_ttl
     overridden: list[str] = field(default_factory=list)  # the environment variables that applied
     tls: TlsSettings = field(default_factory=lambda: TlsSettings(enabled=False))  # load_config: from [tls]
@@ -405,6 +407,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
         raise NodeConfigError(f"{path}: [consortium] needs 1 <= write_quorum <= replicas; fix them")
     if values["orderer"]["batch_size"] < 1 or values["orderer"]["batch_timeout"] <= 0:
         raise NodeConfigError(f"{path}: [orderer] batch_size and batch_timeout must be positive; fix them")
+    if values["peer"]["reply_cache"] < 0:
+        raise NodeConfigError(f"{path}: [peer] reply_cache must be >= 0 (0: no reply cache); fix it")
     _check_ordering(path, values["ordering"], node["role"])
     return NodeConfig(
         path=path, id=node["id"], role=node["role"], listen=node["listen"], genesis=at(node["genesis"]),
@@ -413,6 +417,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
         enrolls=node["enrolls"], ready_file=at(node["ready_file"]),
         storage=cons["storage"], replicas=cons["replicas"], write_quorum=cons["write_quorum"],
         routes=maps["routes"], keys=keys, orderer=values["orderer"], storage_settings=values["storage"],
+        peer_settings=values["peer"],
         ordering=values["ordering"], overridden=overridden,
         tls=_tls(path, doc.get("tls"), env, overridden, at, node["listen"]),
     )

@@ -72,6 +72,7 @@ def _tables(files: Any, agent: str, *, listen: str, genesis: Path, keystore: Pat
         "node": node,
         **consortium_tables(manifest, agent),
         "orderer": {"batch_size": spec.batch_size, "batch_timeout": spec.batch_timeout},
+        "peer": {"reply_cache": spec.reply_cache},
         "storage": {"reconcile_interval": spec.reconcile_interval, "collect_grace": spec.collect_grace,
                     "upload_timeout": spec.upload_timeout},
     }

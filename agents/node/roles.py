@@ -45,6 +45,7 @@ class RoleSettings:
     etcd_endpoints: tuple[str, ...] = ()  # etcd orderer nodes: the cluster's client URLs
     etcd_window: int = 10_000  # etcd orderer nodes: recent blocks kept in etcd
     lease_ttl: int = 1  # etcd orderer nodes: seconds of the leader's election lease
+    reply_cache: int = 4096  # peers: signed re-encryption replies kept for repeat reads (0: none)
 
 
 def role_of(agent: str, manifest: Manifest) -> str:
@@ -139,7 +140,7 @@ class _Peer(_Serving):
         if parse_genesis(manifest.genesis).config.peer(agent_id) is None:
             raise ValueError(f"{agent_id!r} is not a peer in this consortium's genesis")
         self.agent = self.peer = PeerAgent(peer_id=agent_id, keys=keys, genesis=manifest.genesis, data_dir=data_dir,
-                              manifest=manifest, enrolls=settings.enrolls)
+                              manifest=manifest, enrolls=settings.enrolls, reply_cache=settings.reply_cache)
         self.blocks = self.txs_valid = self.txs_invalid = 0
         self.peer.add_commit_listener(self._committed)
 

@@ -133,6 +133,7 @@ class NodeService:
         settings = RoleSettings(batch_size=o["batch_size"], batch_timeout=o["batch_timeout"],
                                 reconcile_interval=s["reconcile_interval"], collect_grace=s["collect_grace"],
                                 upload_timeout=s["upload_timeout"], enrolls=config.enrolls,
+                                reply_cache=config.peer_settings.get("reply_cache", RoleSettings.reply_cache),
                                 etcd_endpoints=tuple(config.ordering["endpoints"]),
                                 etcd_window=config.ordering["window"], lease_ttl=config.ordering["lease_ttl"])
         if keys.ecdsa_public != manifest.keys.get(config.id):

@@ -61,7 +61,7 @@ from agents.keys import AgentKeys
 from agents.ledger_store import LedgerStore
 from agents.peer._audit import WINDOW_S, AccessJournal, AccessLog
 from agents.peer._forwarder import TxForwarder
-from agents.peer._handlers import PeerHandlers
+from agents.peer._handlers import SHARE_CACHE, PeerHandlers
 from agents.peer._sync import BlockSync
 from agents.runtime import make_endpoint, run_crypto
 
@@ -75,7 +75,7 @@ class PeerAgent:
     def __init__(self, *, peer_id: str, keys: AgentKeys, genesis: bytes, data_dir: Path, manifest: Manifest,
                  enrolls: bool = True, clock: Callable[[], float] = time.time,
                  submit_timeout: float = 20.0, sync_idle: float = 5.0, retry_interval: float = 1.0,
-                 audit_window: float = WINDOW_S):
+                 audit_window: float = WINDOW_S, reply_cache: int = SHARE_CACHE):
         self.peer_id = peer_id
         self.keys = keys
         self.manifest = manifest
@@ -124,7 +124,7 @@ class PeerAgent:
         self.sync = BlockSync(peer_id=peer_id, ledger=self.ledger, store=self.store, orderers=self.orderers,
                               peers=list(manifest.peers), on_commit=self._after_commit, sync_idle=sync_idle,
                               retry_interval=retry_interval)
-        self.handlers = PeerHandlers(self)
+        self.handlers = PeerHandlers(self, reply_cache=reply_cache)
         # a batch must still be within the timestamp skew when its block is cut;
         # its signature is small crypto, made on the event loop (_run_audit_sign); what is
         # served is journaled first (opened and replayed by run(), after a crash too)

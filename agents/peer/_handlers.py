@@ -128,8 +128,11 @@ no waiting slot (docs/security.md, "Fourth wave")."""
 class PeerHandlers:
     """The handlers of one :class:`~agents.peer.PeerAgent` (its ledger, store, keys and forwarder)."""
 
-    def __init__(self, peer: PeerAgent):
+    def __init__(self, peer: PeerAgent, *, reply_cache: int = SHARE_CACHE):
+        if reply_cache < 0:
+            raise ValueError("reply_cache must be >= 0 (0: no reply cache)")
         self.peer = peer
+        self.reply_cache = reply_cache  # replies kept at most ([peer] reply_cache; 0: every read pairs)
         self._shares: OrderedDict[str, pre.PreparedKeyShare] = OrderedDict()
         self._parts: OrderedDict[str, pre.StandingPart] = OrderedDict()  # opened standing parts
         self.waiting = WaitGate(peer.refusals)  # deliver_share waiting for its grant to commit
@@ -492,10 +495,10 @@ class PeerHandlers:
         return part
 
     @staticmethod
-    def _cache(cache: OrderedDict, key: Any, value: Any) -> None:
+    def _cache(cache: OrderedDict, key: Any, value: Any, bound: int = SHARE_CACHE) -> None:
         cache[key] = value
         cache.move_to_end(key)
-        while len(cache) > SHARE_CACHE:
+        while len(cache) > bound:
             cache.popitem(last=False)
 
     async def _derived_share(self, grant: GrantEntry) -> pre.PreparedKeyShare:
@@ -629,8 +632,8 @@ class PeerHandlers:
             # one worker job: the re-encryption and its signature, batched with the peer's other
             # re-encryptions queued meanwhile (agents.peer._batch); the access is logged in the next batch
             reply = await self.batcher.run(self._reencrypt_job, record.capsule, record.cid, request_id, prepared)
-            if token is not None:
-                self._cache(self._replies, key, (token, reply))
+            if token is not None and self.reply_cache:
+                self._cache(self._replies, key, (token, reply), self.reply_cache)
         return self._served(msg, request, grant, reply)
 
     def _capsule(self, capsule: bytes) -> G1:

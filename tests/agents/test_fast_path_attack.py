@@ -145,3 +145,35 @@ async def test_a_doctor_asking_again_and_again_for_a_grant_not_its_own_is_logged
     assert 1 <= len(lines) <= 2, len(lines)
     assert peer.refusals.counts()[("peer.reencrypt", codes.ACCESS_FORBIDDEN)] == 50
     assert logged == []
+
+
+@pytest.mark.parametrize("reply_cache, pairings, hits", [(4096, 1, 2), (0, 3, 0)])
+async def test_reply_cache_size_zero_makes_every_read_pair(reply_cache, pairings, hits):
+    """``[peer] reply_cache`` (``--reply-cache`` in the load test): with 0 no signed reply is kept,
+    so three reads of one record under one grant run three re-encryptions (the handler and its
+    fast companion both find nothing); with the default the first runs one and the next two are hits.
+    Every read is logged either way."""
+    logged = []
+    peer = SimpleNamespace(
+        refusals=Refusals("peer-x"), peer_id="peer-x", height=10, clock=lambda: 500, stopping=False,
+        ledger=_Ledger(), audit=SimpleNamespace(full=False, add=lambda **entry: logged.append(entry)),
+    )
+    handlers = PeerHandlers(peer, reply_cache=reply_cache)
+    handlers._cache_share(GRANT, object())  # the key share, opened
+    runs = []
+
+    class _Batcher:
+        async def run(self, job, *args):
+            runs.append(args)
+            return object()  # a fresh signed reply per re-encryption
+
+    handlers.batcher = _Batcher()
+    replies = []
+    for _ in range(3):
+        now = handlers._reencrypt_now(_msg(), _request())
+        replies.append(now if now is not bus.DEFER else await handlers._reencrypt(_msg(), _request()))
+    assert len(runs) == pairings and handlers.reply_hits == hits and len(logged) == 3
+    assert len(handlers._replies) == (1 if reply_cache else 0)
+    assert len({id(r) for r in replies}) == pairings  # a hit is the same signed reply as the first
+    with pytest.raises(ValueError):
+        PeerHandlers(peer, reply_cache=-1)

@@ -420,13 +420,14 @@ def test_crypto_bound_arithmetic():
 
 
 async def _small_swarm_run(tmp_path, workload, settings: RunSettings, *, saturation: float,
-                           rate_half: bool = False) -> tuple[dict, io.StringIO]:
+                           rate_half: bool = False, swarm: dict | None = None) -> tuple[dict, io.StringIO]:
     """A real load test on a small in-process swarm, as the end-to-end tests below run it:
     (its report, checked for no lost or corrupted record and no wrong denial outcome; its progress stream)."""
     from agents.bench.loadtest import Options, run
 
     opts = Options(workload=workload, run=settings, saturation=saturation, saturation_concurrency=2, rate_half=rate_half,
-                   data_dir=tmp_path / "swarm", probes=1, unit_iterations=10, progress_stream=io.StringIO(), tty=False)
+                   data_dir=tmp_path / "swarm", probes=1, unit_iterations=10, progress_stream=io.StringIO(), tty=False,
+                   swarm=swarm or {})
     with trio.fail_after(240):
         report = await run(opts)
     c = report["correctness"]
@@ -576,3 +577,26 @@ def test_batch_timeout_goes_to_the_embedded_swarm_and_is_checked():
         options_from_args(parser().parse_args(["--batch-timeout", "0"]))
     with pytest.raises(ValueError, match="--target excludes"):
         options_from_args(parser().parse_args(["--batch-timeout", "0.01", "--target", "t.toml"]))
+
+
+def test_reply_cache_goes_to_the_embedded_swarm_and_is_checked():
+    from agents.bench.loadtest import options_from_args, parser
+
+    assert options_from_args(parser().parse_args(["--reply-cache", "0"])).swarm == {"reply_cache": 0}
+    with pytest.raises(ValueError, match="--reply-cache must be >= 0"):
+        options_from_args(parser().parse_args(["--reply-cache", "-1"]))
+    with pytest.raises(ValueError, match="--target excludes"):
+        options_from_args(parser().parse_args(["--reply-cache", "0", "--target", "t.toml"]))
+
+
+async def test_saturation_without_the_peers_reply_caches(tmp_path):
+    """--reply-cache 0: the saturation run's repeat reads are not answered from the peers' reply
+    caches (none is kept): every share served was a re-encryption, and the report says so."""
+    from agents.bench.loadtest import WorkloadSpec
+
+    report, _ = await _small_swarm_run(
+        tmp_path, WorkloadSpec(patients=2, doctors=2, imaging_fraction=0.0, mix={"access": 1}),
+        RunSettings(duration=1.0, warmup=0.5, concurrency=2, seed=6), saturation=2.0, swarm={"reply_cache": 0})
+    served = report["saturation"]["peer_reencryptions"]
+    assert served["served"] > 0 and served["reply_cache_hits"] == 0
+    assert report["target"]["reply_cache"] == 0 and "the peers keep no reply cache" in report["target"]["description"]

@@ -139,6 +139,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-timeout", type=float, metavar="SECONDS",
                    help="embedded swarm: the orderer's least time between two block cuts under load (default "
                         "the swarm's, 0.03; a transaction reaching an idle orderer is cut at once)")
+    g.add_argument("--reply-cache", type=int, metavar="N",
+                   help="embedded swarm: signed re-encryption replies each peer keeps for repeat reads (default "
+                        "the swarm's, 4096; 0: none, every read runs its pairings: the saturation phase repeats "
+                        "its reads, and this measures it without that help)")
     g.add_argument("--ordering", choices=("embedded", "etcd"),
                    help="embedded swarm: ordering service (default embedded; etcd: two orderer nodes over a local "
                         "3-member etcd cluster, and --faults also kills the leading orderer node and the etcd leader)")
@@ -181,8 +185,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
     saturation = args.saturation if args.saturation is not None else (15.0 if rate_half else 0.0)
     if args.batch_timeout is not None and not args.batch_timeout > 0:
         raise ValueError("--batch-timeout must be positive")
+    if args.reply_cache is not None and args.reply_cache < 0:
+        raise ValueError("--reply-cache must be >= 0 (0: no reply cache)")
     swarm = {k: getattr(args, k) for k in ("hospitals", "peers", "threshold", "storage_nodes", "ordering",
-                                           "batch_timeout")
+                                           "batch_timeout", "reply_cache")
              if getattr(args, k, None) is not None}
     if args.target and (args.faults or args.processes or swarm or args.data):
         raise ValueError("--target excludes the embedded swarm's options (--faults, --processes, --peers, ...)")

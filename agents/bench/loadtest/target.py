@@ -58,10 +58,12 @@ async def embedded(data_dir: Path, *, processes: bool = False, **spec_settings: 
                      f"embedded swarm ({'one process per agent' if processes else 'in-process'}): "
                      f"{spec.hospitals} hospitals, {spec.peers} peers, threshold {spec.threshold}, "
                      f"{spec.storage_nodes} storage nodes (replicas {spec.replicas}, write quorum "
-                     f"{spec.write_quorum})", swarm,
+                     f"{spec.write_quorum})" + ("" if spec.reply_cache else "; the peers keep no reply cache"),
+                     swarm,
                      {"kind": "embedded", "processes": processes, "hospitals": spec.hospitals, "peers": spec.peers,
                       "threshold": spec.threshold, "storage_nodes": spec.storage_nodes, "replicas": spec.replicas,
-                      "write_quorum": spec.write_quorum, "batch_timeout": spec.batch_timeout})
+                      "write_quorum": spec.write_quorum, "batch_timeout": spec.batch_timeout,
+                      "reply_cache": spec.reply_cache})
 
 
 def load_config(path: Path) -> dict[str, Any]:

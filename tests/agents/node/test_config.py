@@ -17,7 +17,7 @@ from agents.swarm import SwarmFiles, SwarmSpec
 def files(tmp_path_factory) -> SwarmFiles:
     data = tmp_path_factory.mktemp("node-config") / "swarm"
     files = SwarmFiles(data)
-    files.create(SwarmSpec(data_dir=data, processes=True, batch_size=77))
+    files.create(SwarmSpec(data_dir=data, processes=True, batch_size=77, reply_cache=5))
     return files
 
 
@@ -39,6 +39,7 @@ def test_exported_config_rebuilds_the_swarm_manifest_and_unlocks_with_its_own_ke
     assert manifest.keys == swarm.keys and manifest.agents == swarm.agents
     assert manifest.peer_orgs == swarm.peer_orgs and manifest.threshold == swarm.threshold
     assert cfg.orderer["batch_size"] == 77
+    assert cfg.peer_settings["reply_cache"] == 5  # the swarm's [peer] setting, exported
     assert cfg.unlock().ecdsa_public == swarm.keys["peer-a1"]
     assert cfg.enrolls  # tokens are checked against the registrar keys in the genesis: no secret to export
     # a key file of its own: the swarm's key (which opens every agent's keys) is not what unlocks it
@@ -108,7 +109,9 @@ def test_tls_table(tmp_path):
     plain = load_config(_write(tmp_path, MINIMAL + "[tls]\nenabled = false\n"), environ={})
     assert not plain.tls.enabled and plain.listen.startswith("tcp://127.0.0.1:")
     env = {"EMRSHARE_NODE_TLS__ENABLED": "false"}  # the environment alone may say it, on loopback
-    assert not load_config(_write(tmp_path, MINIMAL), environ=env).tls.enabled
+    minimal = load_config(_write(tmp_path, MINIMAL), environ=env)
+    assert not minimal.tls.enabled
+    assert minimal.peer_settings["reply_cache"] == 4096  # no [peer] table: the default reply cache
 
 
 @pytest.mark.parametrize("text, needle", [
@@ -124,6 +127,7 @@ def test_tls_table(tmp_path):
     (MINIMAL + "[consortium]\nreplicas = 1\nwrite_quorum = 2\n", "write_quorum <= replicas"),
     (MINIMAL + "[orderer]\nbatch_size = true\n", "must be a whole number; fix it"),
     (MINIMAL + "[orderer]\nbatch_size = 2.5\n", "must be a whole number"),
+    (MINIMAL + "[peer]\nreply_cache = -1\n", "[peer] reply_cache must be >= 0"),
     (MINIMAL, "no [tls] table; add [tls] with cert and keystore"),
     (MINIMAL + 'listen = "tcp://10.0.0.5:7100"\n[tls]\nenabled = false\n',
      "enabled = false with listen tcp://10.0.0.5:7100, outside loopback"),
