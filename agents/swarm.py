@@ -72,7 +72,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -91,6 +90,7 @@ from agents.consortium import Manifest, enrollment_token
 from agents.errors import AgentError
 from agents.gcpolicy import gc_keeper
 from agents.keys import AgentKeys, KeyStore, atomic_write
+from agents.ports import free_port
 
 log = logging.getLogger("agents.swarm")
 
@@ -171,10 +171,17 @@ class SwarmSpec:
         return cls(data_dir=data_dir, **{k: v for k, v in d.items() if k in known})
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _log_tail(path: Path, lines: int = 5, limit: int = 2000) -> str:
+    """The last lines of an agent's log, indented, for an error that names the log: where the log
+    is gone by the time someone reads the error (a CI run's temporary directory), the cause stays."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "".join(f"\n    {line}" for line in tail)
 
 
 def org_ids(n: int) -> list[str]:
@@ -356,7 +363,7 @@ class SwarmFiles:
             placed[orgs[i % len(orgs)]].append((sid, "storage"))
         all_agents = [*orderers, *(p for p, _ in peer_ids), *storage]
         if spec.processes:
-            addresses = {a: f"tcp://{spec.host}:{_free_port(spec.host)}" for a in all_agents}
+            addresses = {a: f"tcp://{spec.host}:{free_port(spec.host)}" for a in all_agents}
         else:
             addresses = {a: f"tcp://{spec.host}:{spec.port}" for a in all_agents}
         # each hospital's material through the same function as `emrshare org init`
@@ -393,8 +400,8 @@ class SwarmFiles:
         if spec.ordering == "etcd":
             etcd_dir = self.dir / "etcd"
             etcd_dir.mkdir(parents=True, exist_ok=True)
-            ports = {"client": [_free_port(spec.host) for _ in range(spec.etcd_members)],
-                     "peer": [_free_port(spec.host) for _ in range(spec.etcd_members)]}
+            ports = {"client": [free_port(spec.host) for _ in range(spec.etcd_members)],
+                     "peer": [free_port(spec.host) for _ in range(spec.etcd_members)]}
             atomic_write(etcd_dir / "cluster.json", json.dumps(ports).encode(), mode=0o644)
         atomic_write(self.dir / "swarm.json", spec.to_json().encode(), mode=0o644)
         self.write_manifest(manifest)
@@ -572,7 +579,8 @@ class Swarm:
         with trio.move_on_after(timeout) as waiting:
             while not (ready.exists() and ready.read_text().strip() == str(proc.pid)):
                 if proc.poll() is not None:
-                    raise AgentStartError(f"agent {agent} exited with {proc.returncode}; see {log_file}")
+                    raise AgentStartError(f"agent {agent} exited with {proc.returncode}; see {log_file}"
+                                          f"{_log_tail(log_file)}")
                 await trio.sleep(0.05)
         if waiting.cancelled_caught:
             raise AgentStartError(f"agent {agent} did not report ready within {timeout:g} s; see {log_file}")

@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import httpx
 import trio
 
 from agents.errors import Unavailable
+from agents.ports import free_port
 
 __all__ = ["ETCD_BLOCK_BYTES", "ETCD_MAX_REQUEST_BYTES", "EtcdClient", "EtcdCluster", "EtcdUnavailable", "KeyValue",
            "WatchEvent", "etcd_binary", "prefix_end"]
@@ -268,12 +268,6 @@ def etcd_binary() -> str | None:
     return shutil.which("etcd") or (shutil.which("etcd", path="/usr/bin:/usr/local/bin"))
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     if sys.platform.startswith("linux"):
         import ctypes
@@ -295,8 +289,8 @@ class EtcdCluster:
         self.host = host
         self.max_request_bytes = max_request_bytes
         self.names = [f"etcd-{i}" for i in range(members)]
-        self.client_ports = list(client_ports or [_free_port(host) for _ in self.names])
-        self.peer_ports = list(peer_ports or [_free_port(host) for _ in self.names])
+        self.client_ports = list(client_ports or [free_port(host) for _ in self.names])
+        self.peer_ports = list(peer_ports or [free_port(host) for _ in self.names])
         self.procs: list[subprocess.Popen | None] = [None] * members
 
     @property

@@ -30,7 +30,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from agents.consortium import Manifest
 from agents.node.config import render_config
 from agents.node.processes import stop_processes
 from agents.ordering import EtcdCluster, etcd_binary
+from agents.ports import free_port
 from agents.testing.consortium import CARDIOLOGY_POLICY as POLICY
 from core.ledger import parse_genesis
 
@@ -91,12 +91,6 @@ def ok(*args: Any) -> Result:
     result = emrshare(*args)
     assert result.code == 0, (args, result.out, result.err)
     return result
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass

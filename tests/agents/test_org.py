@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import bus
 from agents.keys import KeyStore
 from agents.org import (OrgDir, cert_agent_ids, OrgError, OrgProfile, TokenFile, Unlock, build_config, default_node_ids, draft,
                         init_org, manifest_for, seal, sign_draft)
+from agents.ports import free_port
 from core import ecdsa
 from core.errors import DecodeError
 from core.ledger import parse_genesis
@@ -230,17 +230,11 @@ def test_genesis_from_profiles_needs_every_org_signature(tmp_path):
 # ------------------------------------------------------------------ the CLI, end to end
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_join_a_consortium_and_enroll_users_from_their_own_machines(tmp_path):
     """org init x2, genesis, sign x2, seal; the nodes run from the orgs' own directories;
     users init and enroll from their own directories with registrar tokens."""
     t = tmp_path
-    port = _free_port()
+    port = free_port()
     run = trio.to_thread.run_sync
 
     def cli_(*args, check=True):

@@ -15,7 +15,6 @@ not enrolled.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from agents.consortium import Manifest, enroll_id
 from agents.keys import AgentKeys, KeyStore
 from agents.node.roles import RoleSettings, build_agent
 from agents.org import OrgDir, TokenFile, Unlock, key_to_pem
+from agents.ports import free_port
 from agents.runtime import make_endpoint
 from agents.testing.cli import cli_env, error_line, run_cli
 from agents.testing.consortium import CARDIOLOGY_POLICY
@@ -38,12 +38,6 @@ from core.protocol import codes
 pytestmark = pytest.mark.slow
 
 ENV = cli_env()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def cli(*args: str | Path, ok: bool = True):
@@ -127,7 +121,7 @@ def _expired_cert(org: OrgDir, t: Path) -> str:
 
 async def test_users_enroll_over_tls_and_work_from_their_own_directories(tmp_path):
     t = tmp_path
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     await _consortium(t, address)
     orgs = {o: OrgDir(t / o, Unlock(key_file=t / f"{o}.key")) for o in NODES}
