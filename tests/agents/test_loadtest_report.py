@@ -315,3 +315,31 @@ def test_peer_reencryptions_between_two_readings():
     assert _served_between(None, before) is None and _served_between(before, None) is None
     assert _served_between(before, {"p1": (30, 20)}) is None  # a peer missing
     assert _served_between(before, {"p1": (5, 1), "p2": (20, 18)}) is None  # p1 restarted
+
+
+def test_the_crypto_bound_limit_counts_a_reply_cache_hit_as_the_pairing_it_stands_for():
+    """Whether a probe read's peers had answered that record under that grant before depends on the
+    rotation (session 12: 1.25 and 0.75 pairings per probe read in two runs, efficiency 69 % and
+    42 %): a share from a peer's reply cache counts as its pairing and signature, so two probes that
+    differ only in which peers they asked give the same limit."""
+    from agents.bench.loadtest import costs
+    from agents.bench.loadtest.runner import _efficiency
+
+    def probe(pairings: int, signs: int, hits: int) -> dict:
+        counts = costs.CryptoCounts({"pairing": costs.Tally(pairings, 0), "ecdsa_sign": costs.Tally(signs, 0),
+                                     "ecdsa_verify": costs.Tally(40, 0)})
+        return {"runs": 4, "crypto": counts, "kinds": {"peer.submit": [8, 0]}, "reply_cache_hits": hits}
+
+    sat = {"by_phase": {"access": 30, "read": 10}, "access_per_s": 100.0, "process_cpu_s": 4.0, "window_s": 2.0}
+    unit = {"pairing": 0.0006, "ecdsa_sign": 0.00005, "ecdsa_verify": 0.0001, "gt_decode": 0.0001,
+            "gt_multi_pow": 0.0003}
+    # 4 probe reads of t = 2 shares each: all computed, or 3 of the 8 from the reply caches
+    computed = _efficiency(sat, {"access": probe(8, 20, 0), "read": probe(8, 8, 0)}, unit, 2, peers=4, threshold=2)
+    cached = _efficiency(sat, {"access": probe(8, 20, 0), "read": probe(5, 5, 3)}, unit, 2, peers=4, threshold=2)
+    assert cached["bound"]["calls_per_op"] == pytest.approx(computed["bound"]["calls_per_op"])
+    assert cached["percent"] == pytest.approx(computed["percent"])
+    assert cached["bound"]["calls_per_op"]["pairing"] == pytest.approx(2.0)
+    assert cached["probe_reply_cache_hits"] == {"access": 0.0, "read": 0.75}
+    # without the hits counted the read would look cheaper, the limit higher
+    uncounted = _efficiency(sat, {"access": probe(8, 20, 0), "read": probe(5, 5, 0)}, unit, 2, peers=4, threshold=2)
+    assert uncounted["bound"]["limit_per_s"] > computed["bound"]["limit_per_s"]

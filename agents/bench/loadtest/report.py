@@ -221,6 +221,10 @@ def render_text(r: dict, *, breakdown: bool = False) -> str:
                        f"the rest went to other processes)")
         out.append("  per access: " + ", ".join(
             f"{n} {b['calls_per_op'][n]:.1f} x {b['unit_cost_us'].get(n, 0):.0f} us" for n in b.get("calls_per_op", {})))
+        hits = eff.get("probe_reply_cache_hits") or {}
+        if any(hits.values()):
+            out.append("  the probes' shares answered by a peer's reply cache, counted above as the pairing and "
+                       "signature each stands for: " + ", ".join(f"{v:.2f} per {op}" for op, v in hits.items()))
         sat = r.get("saturation") or {}
         ran = sum(v.get("cpu_ms", 0) for v in (sat.get("crypto") or {}).values()) / 1000
         if sat.get("process_cpu_s"):  # (in-process: every agent's crypto, counted where it ran)
