@@ -264,3 +264,20 @@ def test_bad_ordering_is_one_line(tmp_path, text, needle):
     with pytest.raises(NodeConfigError) as info:
         load_config(_write(tmp_path, text), environ={})
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_reply_cache_default_is_one_number_everywhere(tmp_path):
+    """The peers' reply-cache default is written where each layer needs it (the node config, the
+    role settings, the swarm's spec, the peer itself, as with the orderer's batch_timeout); a change
+    to one that misses another shows here."""
+    import inspect
+
+    from agents.node.roles import RoleSettings
+    from agents.peer import PeerAgent
+    from agents.swarm import SwarmSpec
+
+    peer_default = inspect.signature(PeerAgent.__init__).parameters["reply_cache"].default
+    minimal = load_config(_write(tmp_path, MINIMAL), environ={"EMRSHARE_NODE_TLS__ENABLED": "false"})
+    assert peer_default > 0
+    assert minimal.peer_settings["reply_cache"] == RoleSettings().reply_cache == \
+        SwarmSpec(data_dir=tmp_path).reply_cache == peer_default
