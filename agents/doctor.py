@@ -176,6 +176,9 @@ class DoctorAgent(UserAgent):
         # (patient, record id) -> the store transaction (bytes) _check_store_tx last accepted for it:
         # its id goes with the next query of the record (PeerQuery.held), which then leaves it out
         self._held_txs: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        # data keys recovered from t shares, by the shares, our secret and the record's capsule:
+        # a repeat read of a record under a grant gets the same shares, so no GT multi-exponentiation
+        self.data_keys = recordmod.DataKeyMemo(HELD_TXS)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -424,7 +427,8 @@ class DoctorAgent(UserAgent):
         else:
             grant = await self._obtain_grant(patient, record_id, label, purpose, decision)
             shares = await self._collect(grant, patient, record_id, rec)
-        provider = recordmod.ThresholdKeyProvider(shares, grant["threshold"], self.keys.receive.secret)
+        provider = recordmod.ThresholdKeyProvider(shares, grant["threshold"], self.keys.receive.secret,
+                                                  memo=self.data_keys)
         expected = (patient, label, record_id, store_tx.body["capsule"])
 
         def check(header: recordmod.RecordHeader) -> None:

@@ -142,6 +142,7 @@ __all__ = [
     "owner_key_provider",
     "owner_pairing_key_provider",
     "ThresholdKeyProvider",
+    "DataKeyMemo",
 ]
 
 FORMAT_TAG = "emrshare/sealed-record"
@@ -884,21 +885,75 @@ def owner_pairing_key_provider(keypair: KeyPair) -> KeyProvider:
     return provide
 
 
+class DataKeyMemo:
+    """Data keys recovered from exactly t shares, by a digest of everything that determines them.
+
+    dk is a function of the t shares (their indices and GT values), the receiver's
+    secret, the capsule and the owner's P1: the same inputs give the same key, so a
+    reader that reads one record again under one grant (the peers' shares are
+    deterministic: e(U, rk_i)) skips the GT multi-exponentiation (~0.3 ms at t = 2).
+    A memo of a process's own data keys, in its memory, bounded to ``size`` (least
+    recently used first out); a key it returns is still checked against the
+    header's key check."""
+
+    def __init__(self, size: int = 1024):
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self.size = size
+        self._keys: dict[bytes, bytes] = {}
+        self.hits = 0
+
+    @staticmethod
+    def key(shares: Iterable[ReencryptedShare], receiver_secret: int, header: RecordHeader) -> bytes:
+        h = hashlib.sha256(b"emrshare/data-key-memo/v1")
+        h.update(receiver_secret.to_bytes(32, "big"))
+        for field_ in (header.capsule, header.owner_p1):
+            h.update(len(field_).to_bytes(4, "big") + field_)
+        for s in sorted(shares, key=lambda s: s.index):
+            h.update(s.index.to_bytes(4, "big") + s.value.to_bytes())
+        return h.digest()
+
+    def get(self, key: bytes) -> bytes | None:
+        dk = self._keys.pop(key, None)
+        if dk is not None:
+            self._keys[key] = dk  # (most recent last)
+        return dk
+
+    def put(self, key: bytes, dk: bytes) -> None:
+        self._keys.pop(key, None)
+        self._keys[key] = dk
+        while len(self._keys) > self.size:
+            del self._keys[next(iter(self._keys))]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 class ThresholdKeyProvider:
     """The doctor's path: K from t of n re-encrypted shares.
 
     After use, ``suspects`` lists proxy indices whose shares were inconsistent.
+    ``memo``: a :class:`DataKeyMemo` consulted and filled when exactly t shares are
+    given (with more, which ones are faulty is decided by the recovery each time).
     """
 
     def __init__(self, shares: Iterable[ReencryptedShare], threshold: int, receiver_secret: int,
-                 *, max_subsets: int = 256):
+                 *, max_subsets: int = 256, memo: DataKeyMemo | None = None):
         self.shares = list(shares)
         self.threshold = threshold
         self._secret = receiver_secret
         self._max = max_subsets
+        self._memo = memo
         self.suspects: tuple[int, ...] = ()
 
     def __call__(self, header: RecordHeader) -> bytes:
+        memo_key = None
+        if self._memo is not None and len({s.index for s in self.shares}) == self.threshold == len(self.shares):
+            memo_key = DataKeyMemo.key(self.shares, self._secret, header)
+            dk = self._memo.get(memo_key)
+            if dk is not None and hmac.compare_digest(_key_check(dk), header.key_check):
+                self._memo.hits += 1
+                return dk
         found: list[bytes] = []
 
         def check(k: GT) -> bool:
@@ -910,4 +965,6 @@ class ThresholdKeyProvider:
 
         _, self.suspects = recover_key(self.shares, self.threshold, self._secret, check,
                                        max_subsets=self._max)
+        if memo_key is not None:
+            self._memo.put(memo_key, found[-1])
         return found[-1]

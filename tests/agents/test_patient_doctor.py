@@ -470,9 +470,12 @@ async def test_a_repeat_read_is_one_query_and_verifies_nothing_again(world, monk
             heart._rotation = rotation
             world.fake.queries.clear()
             misses, hits = heart.client.verified.misses, heart.client.verified.hits
+            key_hits = heart.data_keys.hits
             asked: list = []
             world.fake.owner_cert_hook = lambda pid, entry: asked.append(pid) or entry
             assert await heart.read("alice", rid) == data  # (the peers of the read just before)
+            # the same two shares: the data key comes from the doctor's memo (no multi-exponentiation)
+            assert heart.data_keys.hits == key_hits + 1
             # alice's certificate was shown less than cert_fresh_s ago: neither a `cert` query nor
             # the record's answer carries it again
             assert world.fake.queries == ["record"] and asked == []
