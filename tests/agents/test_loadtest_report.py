@@ -343,3 +343,13 @@ def test_the_crypto_bound_limit_counts_a_reply_cache_hit_as_the_pairing_it_stand
     # without the hits counted the read would look cheaper, the limit higher
     uncounted = _efficiency(sat, {"access": probe(8, 20, 0), "read": probe(5, 5, 0)}, unit, 2, peers=4, threshold=2)
     assert uncounted["bound"]["limit_per_s"] > computed["bound"]["limit_per_s"]
+    # a data key from the doctor's memo counts as the GT multi-exponentiation it stands for
+    combined = probe(8, 8, 0)
+    combined["crypto"].by_primitive["gt_multi_pow"] = costs.Tally(4, 0)
+    memo = probe(8, 8, 0)
+    memo["crypto"].by_primitive["gt_multi_pow"] = costs.Tally(1, 0)
+    memo["data_key_hits"] = 3
+    a = _efficiency(sat, {"access": probe(8, 20, 0), "read": combined}, unit, 2, peers=4, threshold=2)
+    b = _efficiency(sat, {"access": probe(8, 20, 0), "read": memo}, unit, 2, peers=4, threshold=2)
+    assert a["bound"]["calls_per_op"] == pytest.approx(b["bound"]["calls_per_op"])
+    assert b["probe_data_key_hits"] == {"access": 0.0, "read": 0.75}

@@ -11,7 +11,10 @@ What it does, in order:
    bars on stderr when it is a terminal).
 3. Probe: a few isolated store / access / read operations, measuring bus
    bytes per operation (next to the paper's Table 4) and, with an in-process
-   swarm, every pairing, GT and ECDSA call they cause.
+   swarm, every pairing, GT and ECDSA call they cause (a share a peer's reply
+   cache answered, and a data key the doctor's memo answered, count as the
+   pairing and signature, and the GT multi-exponentiation, they stand for: which
+   of them a probe read meets depends on which peers it asked).
 4. Unit costs of pairing, GT decode, GT multi-exponentiation and ECDSA
    sign/verify, timed now, in this run.
 5. Optional saturation run (``--saturation SECONDS``): closed loop, accesses

@@ -225,6 +225,10 @@ def render_text(r: dict, *, breakdown: bool = False) -> str:
         if any(hits.values()):
             out.append("  the probes' shares answered by a peer's reply cache, counted above as the pairing and "
                        "signature each stands for: " + ", ".join(f"{v:.2f} per {op}" for op, v in hits.items()))
+        keys = eff.get("probe_data_key_hits") or {}
+        if any(keys.values()):
+            out.append("  the probes' data keys answered by the doctor's memo, counted above as the GT "
+                       "multi-exponentiation each stands for: " + ", ".join(f"{v:.2f} per {op}" for op, v in keys.items()))
         sat = r.get("saturation") or {}
         ran = sum(v.get("cpu_ms", 0) for v in (sat.get("crypto") or {}).values()) / 1000
         if sat.get("process_cpu_s"):  # (in-process: every agent's crypto, counted where it ran)
