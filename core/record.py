@@ -88,6 +88,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -894,13 +895,15 @@ class DataKeyMemo:
     deterministic: e(U, rk_i)) skips the GT multi-exponentiation (~0.3 ms at t = 2).
     A memo of a process's own data keys, in its memory, bounded to ``size`` (least
     recently used first out); a key it returns is still checked against the
-    header's key check."""
+    header's key check. Safe to share between threads (a large record is opened
+    in a worker thread while the event loop opens small ones)."""
 
     def __init__(self, size: int = 1024):
         if size < 1:
             raise ValueError("size must be at least 1")
         self.size = size
         self._keys: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
         self.hits = 0
 
     @staticmethod
@@ -914,19 +917,22 @@ class DataKeyMemo:
         return h.digest()
 
     def get(self, key: bytes) -> bytes | None:
-        dk = self._keys.pop(key, None)
-        if dk is not None:
-            self._keys[key] = dk  # (most recent last)
-        return dk
+        with self._lock:
+            dk = self._keys.pop(key, None)
+            if dk is not None:
+                self._keys[key] = dk  # (most recent last)
+            return dk
 
     def put(self, key: bytes, dk: bytes) -> None:
-        self._keys.pop(key, None)
-        self._keys[key] = dk
-        while len(self._keys) > self.size:
-            del self._keys[next(iter(self._keys))]
+        with self._lock:
+            self._keys.pop(key, None)
+            self._keys[key] = dk
+            while len(self._keys) > self.size:
+                del self._keys[next(iter(self._keys))]
 
     def __len__(self) -> int:
-        return len(self._keys)
+        with self._lock:
+            return len(self._keys)
 
 
 class ThresholdKeyProvider:

@@ -89,3 +89,37 @@ def test_the_memo_is_bounded_least_recently_used_first_out():
     assert memo.get(bytes([0]) * 32) is not None and memo.get(bytes([3]) * 32) is not None
     with pytest.raises(ValueError):
         record.DataKeyMemo(0)
+
+
+def test_the_memo_may_be_shared_between_threads():
+    """A large record opens in a worker thread while the loop opens small ones: four threads
+    putting and getting at once keep the bound and lose no entry they just put."""
+    import threading
+
+    memo = record.DataKeyMemo(16)
+    errors: list[BaseException] = []
+
+    def hammer(t: int) -> None:
+        try:
+            for i in range(3000):
+                key = bytes([t]) + i.to_bytes(31, "big")
+                memo.put(key, key)
+                got = memo.get(key)
+                assert got is None or got == key  # (evicted by another thread meanwhile, or ours)
+                assert len(memo) <= 16
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=hammer, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors and len(memo) == 16

@@ -94,9 +94,10 @@ def _diff(after: dict[str, list[int]], before: dict[str, list[int]]) -> dict[str
 
 
 async def _probe(wl: EmrWorkload, counter: costs.CryptoCounter | None, n: int, swarm: Any = None) -> dict:
-    """Isolated operations (nothing else running): bus traffic and crypto calls per operation, and
-    with an embedded swarm the re-encryptions its peers answered from their reply caches (which of
-    a read's peers had answered this record under this grant before depends on the rotation)."""
+    """Isolated operations (nothing else running): bus traffic and crypto calls per operation, the
+    data keys the doctor's memo answered, and with an embedded swarm the re-encryptions its peers
+    answered from their reply caches (which of a read's peers had answered this record under this
+    grant before depends on the rotation)."""
     patient = wl.users.patients[0]
     doctor = wl.readers["cardiology"][0]
     ops: tuple[str, ...] = ("store", "access", "read")
