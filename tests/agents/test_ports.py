@@ -28,16 +28,19 @@ def test_ports_lie_outside_the_ephemeral_range_bind_and_are_not_repeated():
 
 
 def test_a_port_held_by_another_socket_is_not_handed_out(monkeypatch):
-    lo, _hi = ephemeral_range()
     held = socket.socket()
     held.bind(("127.0.0.1", 0))
     port = held.getsockname()[1]
     try:
-        # a range whose only port outside it is the held one: the fallback is the kernel's pick
-        monkeypatch.setattr(ports, "ephemeral_range", lambda: (ports._LOWEST, 65535))
+        # the only port outside the (pretended) ephemeral range is the held one: it is tried and
+        # refused, and the fallback is the kernel's pick
+        monkeypatch.setattr(ports, "ephemeral_range", lambda: (port + 1, 65535))
         monkeypatch.setattr(ports, "_LOWEST", port)
+        tried: list[int] = []
+        bindable = ports._bindable
+        monkeypatch.setattr(ports, "_bindable", lambda host, p: tried.append(p) or bindable(host, p))
         got = free_port()
-        assert got != port
+        assert got != port and tried and set(tried) == {port}
         with socket.socket() as s:
             s.bind(("127.0.0.1", got))
     finally:
