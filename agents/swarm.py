@@ -583,7 +583,8 @@ class Swarm:
                                           f"{_log_tail(log_file)}")
                 await trio.sleep(0.05)
         if waiting.cancelled_caught:
-            raise AgentStartError(f"agent {agent} did not report ready within {timeout:g} s; see {log_file}")
+            raise AgentStartError(f"agent {agent} did not report ready within {timeout:g} s; see {log_file}"
+                                  f"{_log_tail(log_file)}")
 
     def kill(self, agent: str) -> None:
         """SIGKILL an agent process (fault injection)."""
