@@ -75,7 +75,7 @@ def test_bad_sets_are_refused():
     c = TestConsortium.build(split_peers(2), threshold=1)
     key = ecdsa.public_key(ecdsa.generate_private_key())
     with pytest.raises(DecodeError):
-        dataclasses.replace(c.config, orderers=(OrdererInfo("a", key), OrdererInfo("a", b"\x02" + key[1:])))
+        dataclasses.replace(c.config, orderers=(OrdererInfo("a", key), OrdererInfo("a", bytes([key[0] ^ 1]) + key[1:])))
     with pytest.raises(DecodeError):
         dataclasses.replace(c.config, orderers=(OrdererInfo("a", key), OrdererInfo("b", key)))
     many = tuple(OrdererInfo(f"o{i}", ecdsa.public_key(ecdsa.generate_private_key())) for i in range(MAX_ORDERERS + 1))
