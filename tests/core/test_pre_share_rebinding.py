@@ -16,6 +16,7 @@ import msgpack
 import pytest
 
 from core import pre
+from core.curve import api, pairing
 from core.errors import DecodeError
 from tests.core.conftest import make_proxies
 
@@ -90,3 +91,28 @@ def test_a_grant_whose_digests_are_fewer_than_its_threshold_or_name_no_peer_is_r
     access = c.tx("access", "peer3", {"grant_id": "g-e", "request_id": "req-1", "record_id": "rec-1",
                                       "doctor": "dr-heart", "index": 3})
     assert c.block(access)[1].marks[0] == "forbidden"
+
+
+def test_a_capsule_copied_from_another_patients_record_gives_its_readers_only_a_public_value(backend):
+    # The ledger does not bind a capsule to its owner: mallory may commit a record entry of
+    # her own that carries alice's capsule U = k a_A g1 (it is public), grant a doctor she
+    # colludes with, and have t peers re-encrypt it under her key. What the doctor combines
+    # is Z^(k a_A / a_M); with mallory's a_M that is Z^(k a_A) = e(U, g2), which anyone
+    # computes from U alone, and never alice's K = Z^k.
+    scheme = pre.Scheme(backend)
+    alice = scheme.derive_keypair(pre.new_master_secret(), "cardiology")
+    mallory = scheme.derive_keypair(pre.new_master_secret(), "cardiology")
+    doctor = scheme.derive_keypair(pre.new_master_secret(), pre.RECEIVE_LABEL)
+    proxies, secrets_ = make_proxies(3)
+    capsule, k = pre.encapsulate(alice.public)
+    context = b"g-mallory-to-dr"
+    shares = [scheme.open_key_share(s, secrets_[s.index], expected_context=context, expected_index=s.index)
+              for s in pre.make_key_shares(mallory, doctor.public, proxies, 2, context)]
+    got = pre.combine([pre.reencrypt(capsule, s.prepare()) for s in shares[:2]], doctor.secret)
+    public = pairing(capsule, api(backend).G2.generator())
+    assert got ** mallory.secret == public  # what the colluders hold is a function of U alone
+    assert got != k and public != k and got ** mallory.secret != k
+    # and alice's own grant to the same doctor still opens it (the copy changed nothing of hers)
+    own = [scheme.open_key_share(s, secrets_[s.index], expected_context=b"g-alice", expected_index=s.index)
+           for s in pre.make_key_shares(alice, doctor.public, proxies, 2, b"g-alice")]
+    assert pre.combine([pre.reencrypt(capsule, s.prepare()) for s in own[1:]], doctor.secret) == k
