@@ -83,7 +83,7 @@ import trio
 
 from bus import Node, open_node
 from core.identity import ConsortiumConfig, OrdererInfo, OrgInfo, PeerInfo
-from core.ledger import make_genesis, parse_genesis
+from core.ledger import MAX_BLOCK_TXS, make_genesis, parse_genesis
 
 from agents import org as orgs_
 from agents.consortium import Manifest, enrollment_token
@@ -135,6 +135,14 @@ class SwarmSpec:
     reply_cache: int = 4096  # peers: signed re-encryption replies kept for repeat reads (0: none)
 
     def check(self) -> None:
+        for name, default in asdict(SwarmSpec(data_dir=self.data_dir)).items():
+            value, kind = getattr(self, name), type(default)
+            if name != "data_dir" and not (type(value) is kind or kind is float and type(value) is int):
+                raise ValueError(f"{name} must be {_KINDS.get(kind, kind.__name__)}, not {value!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535 (0: any free port), not {self.port}")
+        if not 1 <= self.batch_size <= MAX_BLOCK_TXS or not self.batch_timeout > 0:
+            raise ValueError(f"batch size must be 1..{MAX_BLOCK_TXS} transactions and the batch timeout positive")
         if self.hospitals < 1:
             raise ValueError("need at least one hospital")
         if self.peers < self.hospitals:
@@ -169,6 +177,9 @@ class SwarmSpec:
         if unknown:
             raise ValueError(f"unknown swarm settings: {', '.join(sorted(unknown))}")
         return cls(data_dir=data_dir, **{k: v for k, v in d.items() if k in known})
+
+
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
 def _log_tail(path: Path, lines: int = 5, limit: int = 2000) -> str:

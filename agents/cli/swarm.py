@@ -21,6 +21,7 @@ that runs the swarm and waits until it let go of the lock.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -110,7 +111,8 @@ def up_main(argv: list[str]) -> int:
     parser.add_argument("--replicas", type=int, metavar="R", help="copies of every blob (default 3)")
     parser.add_argument("--write-quorum", dest="write_quorum", type=int, metavar="W",
                         help="copies durable before a store returns (default 2)")
-    parser.add_argument("--port", type=int, help="in-process mode: TCP port of the swarm's bus node (default: any free)")
+    parser.add_argument("--port", type=int, help="in-process mode: TCP port of the swarm's bus node at this start "
+                        "(default: the one given when the swarm was created, else any free)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
                         help="most transactions per block (default 500)")
     parser.add_argument("--reconcile-interval", dest="reconcile_interval", type=float, metavar="SECONDS",
@@ -130,7 +132,18 @@ def up_main(argv: list[str]) -> int:
         if conflicts:
             raise UsageError("swarm up", f"{files.dir} holds a swarm created with other settings: "
                              + ", ".join(conflicts), "drop these flags to resume it, or give a new --data directory")
+        try:
+            saved.check()
+        except ValueError as exc:  # (saved by an older emrshare, or edited by hand)
+            raise UsageError("swarm up", f"{files.dir}/swarm.json holds invalid settings: {exc}",
+                             "fix that file, or give a new --data directory") from None
         spec = saved
+        if "port" in settings and not saved.processes:  # in-process: this start's port, not saved
+            spec = dataclasses.replace(saved, port=settings["port"])
+            try:
+                spec.check()
+            except ValueError as exc:
+                raise UsageError("swarm up", str(exc), "see `emrshare swarm up --help`") from None
     else:
         if files.dir.exists() and any(files.dir.iterdir()):
             fail("swarm up", f"{files.dir} is not empty and holds no swarm (no manifest.json)",

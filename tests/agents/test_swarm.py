@@ -101,6 +101,61 @@ def test_spec_validation_and_toml(tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.parametrize("flags, needle", [
+    (["--port", "-5"], "port must be 0..65535"),
+    (["--port", "99999"], "port must be 0..65535"),
+    (["--batch-size", "0"], "batch size must be 1..10000"),
+    (["--reconcile-interval", "0"], "reconcile interval"),
+])
+def test_bad_swarm_settings_are_refused_before_the_directory_is_made(tmp_path, capsys, flags, needle):
+    # (the port and the batch size were saved first and failed later, with a traceback, in every start)
+    from agents.cli import main
+
+    assert main(["swarm", "up", "--data", str(tmp_path / "s"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emrshare: swarm up: ") and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('peers = "4"', "peers must be a whole number, not '4'"),
+    ("processes = 1", "processes must be true or false, not 1"),
+    ("threshold = 2.0", "threshold must be a whole number, not 2.0"),
+])
+def test_a_config_value_of_the_wrong_type_is_named(tmp_path, capsys, text, needle):
+    from agents.cli import main
+
+    cfg = tmp_path / "swarm.toml"
+    cfg.write_text(f"[swarm]\n{text}\n")
+    assert main(["swarm", "up", "--data", str(tmp_path / "s"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emrshare: swarm up: ") and needle in err and err.count("\n") == 1
+    assert SwarmSpec.from_mapping({"reconcile_interval": 30}, tmp_path).check() is None  # a TOML 30 for 30.0
+
+
+def test_a_resumed_in_process_swarm_takes_this_starts_port_and_refuses_a_broken_saved_spec(tmp_path, capsys,
+                                                                                           monkeypatch):
+    from agents.cli import main
+    from agents.cli import swarm as swarm_cli
+
+    files = SwarmFiles(tmp_path / "s")
+    files.create(SwarmSpec(data_dir=files.dir, port=1))  # made once with a port now taken
+    started = []
+    monkeypatch.setattr(swarm_cli, "_run_swarm", lambda spec: started.append(spec) or 0)
+    monkeypatch.setattr(swarm_cli, "_log_to_file", lambda path: None)  # (no handler left on the root logger)
+    assert main(["swarm", "up", "--data", str(files.dir), "--port", "40123"]) == 0
+    assert main(["swarm", "up", "--data", str(files.dir)]) == 0
+    assert [s.port for s in started] == [40123, 1]  # this start's --port; else the saved one
+    assert main(["swarm", "up", "--data", str(files.dir), "--port", "-1"]) == 2
+    assert "port must be 0..65535" in capsys.readouterr().err
+    saved = json.loads((files.dir / "swarm.json").read_text())
+    (files.dir / "swarm.json").write_text(json.dumps({**saved, "batch_size": 0}))
+    assert main(["swarm", "up", "--data", str(files.dir)]) == 2
+    err = capsys.readouterr().err
+    assert "swarm.json holds invalid settings: batch size must be 1..10000" in err and err.count("\n") == 1
+    assert len(started) == 2
+
+
 async def _every_node_speaks_tls_only(swarm: Swarm) -> None:
     """Each node process runs with its organization's TLS certificate ([tls] in its config) and
     refuses a channel opened over plain TCP; the swarm's own clients (below) speak mutual TLS."""
