@@ -1,7 +1,10 @@
 """A hospital integration service using emrshare's embedding API against a running swarm.
 
-    emrshare swarm up --data swarm-data            # in another terminal
-    python examples/integration_service.py swarm-data/manifest.json [WORKDIR]
+    emrshare swarm up --data example-swarm         # in another terminal
+    python examples/integration_service.py example-swarm/manifest.json [WORKDIR]
+
+(A swarm of its own: in the README walkthrough's swarm-data, "alice" is already
+registered with other keys, and this service's enrollment is refused.)
 
 It plays both sides over TCP, each agent with its own bus node as separate
 services would: the patient app of "alice" (listening, so doctors can reach
