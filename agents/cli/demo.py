@@ -198,7 +198,7 @@ async def run_demo(data_dir: Path, report: Report) -> None:
                 report.line(describe_event(e))
             kinds = [e["event"] for e in events]
             for needed in ("store", "set_policy", "access_request", "grant", "access", "revoke_grant"):
-                report.check(needed in kinds, f"audit trail has a {needed} event")
+                report.check(needed in kinds, f"audit trail has {'an' if needed[0] in 'aeiou' else 'a'} {needed} event")
             accesses = [e for e in events if e["event"] == "access"]
             report.check(len({e.get("peer") for e in accesses}) >= spec.threshold,
                          f"at least {spec.threshold} peers re-encrypted (logged as access transactions)")

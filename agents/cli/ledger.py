@@ -224,7 +224,9 @@ def late_note(event: dict[str, Any]) -> str:
     """For an ``access`` the ledger flagged ``late``: the grant was revoked or had expired
     by the time the peer's access batch committed (the share was served before that)."""
     late = event.get("late")
-    return f" [logged after the grant was {late}]" if late in ("revoked", "expired") else ""
+    if late not in ("revoked", "expired"):
+        return ""
+    return f" [served before the grant was {late}, logged after: the peer's access log commits in batches]"
 
 
 def audit_main(argv: list[str] | None = None) -> int:

@@ -17,5 +17,5 @@ def test_a_late_access_is_marked_and_others_are_not(text):
     plain = text(ACCESS)
     assert "re-encrypted" in plain and "rec-1" in plain and "logged after" not in plain
     for late in ("revoked", "expired"):
-        assert f"[logged after the grant was {late}]" in text({**ACCESS, "late": late})
+        assert f"[served before the grant was {late}, logged after" in text({**ACCESS, "late": late})
     assert "logged after" not in text({**ACCESS, "late": "bogus"})
