@@ -221,12 +221,17 @@ def status(files: Any) -> dict[str, Any]:
     manifest = files.manifest()
     agents = []
     seen: dict[str, bool] = {}
+    from agents.errors import AgentError
     from agents.swarm import orderer_agents, server_agents
 
     orderers = orderer_agents(manifest)
+    try:
+        placed = files.node_orgs()  # (every node's hospital, from the organizations' profiles)
+    except (OSError, AgentError):  # (a damaged profile: the peers' hospitals still come from the manifest)
+        placed = {}
     for agent in server_agents(manifest):
         role = "orderer" if agent in orderers else "peer" if agent in manifest.peers else "storage"
-        org = next((o for o, ps in manifest.peer_orgs.items() if agent in ps), "")
+        org = placed.get(agent) or next((o for o, ps in manifest.peer_orgs.items() if agent in ps), "")
         address = manifest.agents.get(agent, "")
         if holder is not None and address not in seen:
             seen[address] = _reachable(address)

@@ -329,3 +329,17 @@ def test_the_user_cli_against_a_processes_swarm_speaks_mutual_tls(tmp_path):
         cert = x509.load_pem_x509_certificate(json.loads(store.load())["cert"].encode())
         assert cert.issuer == x509.load_pem_x509_certificate(files.org_dir(org).tls_ca_pem()).subject
         assert certificate_agents(cert.public_bytes(Encoding.DER)) == {subject}
+
+
+def test_status_names_every_nodes_hospital(tmp_path):
+    # (the orderer and the storage nodes showed a blank hospital: only peers were looked up)
+    from agents.cli.swarm import status
+
+    files = SwarmFiles(tmp_path / "s")
+    files.create(SwarmSpec(data_dir=files.dir))
+    orgs = {a["id"]: a["org"] for a in status(files)["agents"]}
+    assert orgs == {"orderer": "hospital-a", "peer-a1": "hospital-a", "peer-a2": "hospital-a",
+                    "peer-b1": "hospital-b", "peer-b2": "hospital-b", "storage-1": "hospital-a",
+                    "storage-2": "hospital-b", "storage-3": "hospital-a"}
+    (files.dir / "orgs" / "hospital-a" / "profile.json").write_text("{")  # damaged: the peers' still show
+    assert {a["id"]: a["org"] for a in status(files)["agents"]}["peer-b1"] == "hospital-b"
