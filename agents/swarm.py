@@ -632,5 +632,8 @@ class Swarm:
                     else "storage")
             org = self.files.node_org(agent) or ""
             lines.append(f"  {agent:<14} {role:<8} {org:<12} {self.manifest.agents[agent]}")
+        if not self.spec.processes:
+            lines.append("  (in-process: one bus node hosts every agent, at one address; `swarm up --processes` "
+                         "runs each in its own process on its own port)")
         return "\n".join(lines)
 
