@@ -304,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({r['channel_us']:.1f} wall), signed {r['signed_cpu_us']:.1f} us CPU ({r['signed_us']:.1f} wall): "
               f"{r['cpu_ratio']:.2f}x by CPU, {r['ratio']:.2f}x by wall")
     print(f"round trips (200 B, loopback TCP): channel / signed = {summary['cpu_ratio']:.2f}x "
-          f"(median of {rounds} alternating rounds' ratios by CPU time, the issue's figure: channel "
-          f"{summary['channel_cpu_us']:.1f} us, signed {summary['signed_cpu_us']:.1f} us per round trip; "
+          f"(median of {rounds} alternating rounds' ratios by CPU time, the issue's figure; each mode's own "
+          f"median, whose quotient differs a little: channel {summary['channel_cpu_us']:.1f} us, signed "
+          f"{summary['signed_cpu_us']:.1f} us per round trip; "
           f"by wall time {summary['ratio']:.2f}x"
           + ("" if table_ratio is None else f"; the table's rows, a single run each: {table_ratio:.2f}x") + ")")
     return 0
