@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,33 @@ def test_interrupt_inside_a_group_is_one_line():
     out = io.StringIO()
     assert report(BaseExceptionGroup("g", [KeyboardInterrupt()]), "doctor read", stream=out) == 130
     assert out.getvalue() == "emrshare: interrupted\n"
+
+
+# ------------------------------------------------------------------ numbers, addresses and paths, before any work
+
+
+def _in_process(capsys, *argv: str) -> subprocess.CompletedProcess:
+    """``emrshare ARGV`` run by the CLI's main in this process, as a CompletedProcess."""
+    from agents.cli import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+
+@pytest.mark.parametrize("module,work,argv,needle", [
+    ("agents.bench.ledger", "run_bench", ["bench", "ledger", "--txs", "-5"], "--txs must be at least 1"),
+    ("agents.bench.ledger", "run_bench", ["bench", "ledger", "--txs", "0"], "--txs must be at least 1"),
+    ("agents.bench.heal", "measure", ["bench", "heal", "--interval", "-1"], "--interval must be more than 0"),
+    ("agents.bench.heal", "measure", ["bench", "heal", "--size-mib", "-1"], "--size-mib must be at least 1"),
+    ("agents.bench.crypto", "run", ["bench", "crypto", "--iterations", "0"], "--iterations must be at least 1"),
+], ids=["ledger txs -5", "ledger txs 0", "heal interval -1", "heal size -1", "crypto iterations 0"])
+def test_benchmarks_refuse_bad_numbers_before_any_work(capsys, monkeypatch, module, work, argv, needle):
+    import importlib
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(importlib.import_module(module), work, ran)
+    command = " ".join(argv[:2])
+    one_line(_in_process(capsys, *argv), 2, f"{command}: {needle}", f"see `emrshare {command} --help`")
