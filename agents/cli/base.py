@@ -272,16 +272,16 @@ def check_input_file(path: str | Path, what: str, *, directory: bool = False) ->
     return p
 
 
-def check_output_path(path: str | Path, what: str) -> Path:
-    """``path`` as a writable file path in an existing directory, else CliError."""
+def check_output_path(path: str | Path, what: str, *, option: str = "--out") -> Path:
+    """``path`` (given with ``option``) as a writable file path in an existing directory, else CliError."""
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         fail(what, f"{p} is a directory", "give a file name")
     if not parent.is_dir():
-        fail(what, f"directory {parent} does not exist", "create it first, or choose another --out")
+        fail(what, f"directory {parent} does not exist", f"create it first, or choose another {option}")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        fail(what, f"{p}: permission denied", "choose another --out")
+        fail(what, f"{p}: permission denied", f"choose another {option}")
     return p
 
 

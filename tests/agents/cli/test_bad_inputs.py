@@ -241,6 +241,36 @@ def _in_process(capsys, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, code, out.out, out.err)
 
 
+# (id, loadtest options, exit status, needles); each run also gets `--data {tmp}/lt`, which must not appear
+LOADTEST_CASES: list[tuple[str, list[str], int, tuple[str, ...]]] = [
+    ("negative saturation", ["--saturation", "-1", "--rate", "half"], 2, ("--saturation must be >= 0",)),
+    ("rate half without saturation", ["--saturation", "0", "--rate", "half"], 2,
+     ("--rate half needs a saturation measurement", "--saturation SECONDS > 0")),
+    ("negative request timeout", ["--request-timeout", "-1"], 2, ("--request-timeout must be > 0",)),
+    ("no concurrency", ["--concurrency", "0"], 2, ("--concurrency must be >= 1",)),
+    ("no operation in flight", ["--max-inflight", "0", "--rate", "5"], 2, ("--max-inflight",)),
+    ("JSON report in a missing directory", ["--json", "{tmp}/nowhere/x.json"], 1,
+     ("directory {tmp}/nowhere does not exist", "choose another --json")),
+    ("HTML report in a missing directory", ["--html", "{tmp}/nowhere/x.html"], 1,
+     ("directory {tmp}/nowhere does not exist", "choose another --html")),
+]
+
+
+@pytest.mark.parametrize("name,options,code,needles", LOADTEST_CASES, ids=[c[0] for c in LOADTEST_CASES])
+def test_loadtest_refuses_bad_options_before_any_work(tmp_path, name, options, code, needles):
+    if "--html" in options:
+        pytest.importorskip("matplotlib")
+    fill = [a.format(tmp=tmp_path) for a in options]
+    one_line(cli("loadtest", *fill, "--data", str(tmp_path / "lt")), code, *(n.format(tmp=tmp_path) for n in needles))
+    assert not (tmp_path / "lt").exists()  # no swarm was started
+
+
+def test_loadtest_data_needs_an_existing_parent(tmp_path):
+    one_line(cli("loadtest", "--data", str(tmp_path / "nowhere" / "swarm")), 1,
+             f"directory {tmp_path / 'nowhere'} does not exist", "--data")
+    assert not (tmp_path / "nowhere").exists()
+
+
 @pytest.mark.parametrize("module,work,argv,needle", [
     ("agents.bench.ledger", "run_bench", ["bench", "ledger", "--txs", "-5"], "--txs must be at least 1"),
     ("agents.bench.ledger", "run_bench", ["bench", "ledger", "--txs", "0"], "--txs must be at least 1"),
