@@ -34,6 +34,26 @@ def _load(path: str, what: str) -> Any:
         return load_config(path)
 
 
+def _check_address(option: str, text: str, what: str) -> None:
+    """``--listen tcp://HOST:PORT`` or ``--metrics HOST:PORT``, a port 0..65535 (0: any free
+    one), else UsageError (before the configuration is read)."""
+    from bus import BusError, parse_address
+
+    if option == "--listen":
+        try:
+            ok = parse_address(text).scheme == "tcp"
+        except BusError:
+            ok = False
+        shape, example = "tcp://HOST:PORT", "tcp://127.0.0.1:7101"
+    else:
+        host, _, port = text.rpartition(":")
+        ok = bool(host.strip("[]")) and port.isdigit() and int(port) <= 65535
+        shape, example = "HOST:PORT", "127.0.0.1:9464"
+    if not ok:
+        raise UsageError(what, f"{option} {text!r} is not {shape} with a port 0..65535",
+                         f"write e.g. {option} {example}")
+
+
 def start_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="emrshare node start",
@@ -49,6 +69,9 @@ def start_main(argv: list[str]) -> int:
                         help="log lines on stderr at this level and above (default info)")
     args = parser.parse_args(argv)
     what = f"node start --config {args.config}"
+    for option, value in (("--listen", args.listen), ("--metrics", args.metrics)):
+        if value is not None:
+            _check_address(option, value, what)
     logging.basicConfig(level="DEBUG" if verbose() else args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = _load(args.config, what)

@@ -287,3 +287,24 @@ def test_benchmarks_refuse_bad_numbers_before_any_work(capsys, monkeypatch, modu
     monkeypatch.setattr(importlib.import_module(module), work, ran)
     command = " ".join(argv[:2])
     one_line(_in_process(capsys, *argv), 2, f"{command}: {needle}", f"see `emrshare {command} --help`")
+
+
+@pytest.fixture(scope="module")
+def node_config(tmp_path_factory) -> Path:
+    """A storage node's configuration exported from a swarm directory (not started)."""
+    from agents.swarm import SwarmFiles, SwarmSpec
+
+    tmp = tmp_path_factory.mktemp("node")
+    SwarmFiles(tmp / "swarm").create(SwarmSpec(data_dir=tmp / "swarm", processes=True))
+    out = cli("node", "config", "--swarm", str(tmp / "swarm"), "--id", "storage-2", "--out", str(tmp / "node.toml"),
+              "--listen", "tcp://127.0.0.1:0")
+    assert out.returncode == 0, out.stderr
+    return tmp / "node.toml"
+
+
+@pytest.mark.parametrize("option,value", [("--listen", "tcp://127.0.0.2:99999"), ("--listen", "tcp://127.0.0.2:-5"),
+                                          ("--listen", "127.0.0.1:7101"), ("--metrics", "nonsense"),
+                                          ("--metrics", "127.0.0.1:70000")])
+def test_node_start_refuses_a_bad_address(node_config, option, value):
+    one_line(cli("node", "start", "--config", str(node_config), option, value), 2,
+             f"{option} {value!r} is not", "port 0..65535", f"write e.g. {option} ")
