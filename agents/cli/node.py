@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.cli.base import ENV_SWARM, CliError, UsageError, check_output_path, doing, env_default, env_help, fail
-from agents.cli.base import verbose
+from agents.cli.base import unwrap, verbose
 
 __all__ = ["start_main", "status_main", "config_main"]
 
@@ -85,8 +85,12 @@ def start_main(argv: list[str]) -> int:
         from agents.runtime import keep_freed_buffers
 
         keep_freed_buffers()
-    with doing(what):
+    try:
         return start_node(config)
+    except BaseException as exc:  # an address in use names the option that chooses it
+        taken = getattr(unwrap(exc), "filename", None)
+        with doing(what, port_option="--metrics" if taken and taken == config.metrics else "--listen"):
+            raise
 
 
 def ask_node(config: Any, path: str, timeout: float) -> dict[str, Any]:

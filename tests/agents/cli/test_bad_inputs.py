@@ -308,3 +308,15 @@ def node_config(tmp_path_factory) -> Path:
 def test_node_start_refuses_a_bad_address(node_config, option, value):
     one_line(cli("node", "start", "--config", str(node_config), option, value), 2,
              f"{option} {value!r} is not", "port 0..65535", f"write e.g. {option} ")
+
+
+@pytest.mark.parametrize("option", ["--listen", "--metrics"])
+def test_node_start_names_the_address_in_use(node_config, option):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        address = f"tcp://127.0.0.1:{port}" if option == "--listen" else f"127.0.0.1:{port}"
+        line = one_line(cli("node", "start", "--config", str(node_config), option, address, "--log-level", "error"),
+                        1, f"{address}: address already in use", f"choose another {option},")
+    assert "--port" not in line
