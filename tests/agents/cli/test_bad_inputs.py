@@ -320,3 +320,12 @@ def test_node_start_names_the_address_in_use(node_config, option):
         line = one_line(cli("node", "start", "--config", str(node_config), option, address, "--log-level", "error"),
                         1, f"{address}: address already in use", f"choose another {option},")
     assert "--port" not in line
+
+
+def test_org_init_refuses_a_directory_that_is_not_new(capsys, tmp_path):
+    (tmp_path / "h1").mkdir()
+    (tmp_path / "h1" / "notes.txt").write_text("mine")
+    one_line(_in_process(capsys, "org", "init", "--org", "h1", "--dir", tmp_path / "h1", "--key-file",
+                         tmp_path / "h1.key"), 1, f"--dir {tmp_path / 'h1'} is not empty", "give a new")
+    assert [p.name for p in (tmp_path / "h1").iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "h1.key").exists()  # no key file made for it
