@@ -329,3 +329,16 @@ def test_org_init_refuses_a_directory_that_is_not_new(capsys, tmp_path):
                          tmp_path / "h1.key"), 1, f"--dir {tmp_path / 'h1'} is not empty", "give a new")
     assert [p.name for p in (tmp_path / "h1").iterdir()] == ["notes.txt"]
     assert not (tmp_path / "h1.key").exists()  # no key file made for it
+
+
+def test_storage_status_reads_the_swarm_from_the_environment(capsys, monkeypatch, tmp_path):
+    from agents.swarm import SwarmFiles, SwarmSpec
+
+    monkeypatch.setenv("EMRSHARE_SWARM", str(tmp_path / "nowhere"))
+    line = one_line(_in_process(capsys, "storage", "status"), 1, f"no swarm at {tmp_path / 'nowhere'}")
+    assert line.count("storage status:") == 1
+    SwarmFiles(tmp_path / "swarm").create(SwarmSpec(data_dir=tmp_path / "swarm", processes=True))
+    monkeypatch.setenv("EMRSHARE_SWARM", str(tmp_path / "swarm"))
+    out = _in_process(capsys, "storage", "status")
+    assert out.returncode == 0 and "storage-1" in out.stdout, out.stderr
+    assert _in_process(capsys, "storage", "status", "--data", tmp_path / "swarm").returncode == 0
