@@ -480,11 +480,16 @@ async def _patient(files: "SwarmFiles | None", config: "UserConfig", args: argpa
                     for line in lines:
                         print(line)
             elif args.cmd == "read":
-                with progress(f"reading {args.record_id}") as update:
-                    if args.out:  # streamed to the file in bounded memory
-                        written = await p.read_to_file(args.record_id, args.out, progress=update)
-                    else:
-                        data = await p.read(args.record_id, progress=update)
+                from agents.errors import RecordNotFound
+
+                try:
+                    with progress(f"reading {args.record_id}") as update:
+                        if args.out:  # streamed to the file in bounded memory
+                            written = await p.read_to_file(args.record_id, args.out, progress=update)
+                        else:
+                            data = await p.read(args.record_id, progress=update)
+                except RecordNotFound as exc:  # the generic hint is a doctor's
+                    raise CliError(_what(args), str(exc), "list your records with `emrshare patient records`") from exc
                 if args.out:
                     print(f"wrote {written} bytes to {args.out}")
                 else:

@@ -74,6 +74,8 @@ CASES: list[tuple[str, list[str], int, tuple[str, ...]]] = [
      ("threshold must be between",)),
     ("swarm up: bad TOML", ["swarm", "up", "--data", "{tmp}/new-swarm", "--config", "{tmp}/bad-policy.txt"], 1,
      ("not valid TOML",)),
+    ("patient: unknown record", ["P", "read", "nope"], 1,
+     ("no record nope", "list your records with `emrshare patient records`")),
 ]
 
 
@@ -103,6 +105,11 @@ def test_bad_input(swarm, files, name, argv, code, needles):
     one_line(cli(*_expand(argv, swarm)), code, *needles)
     assert _users(swarm) == users  # no user directory appears
     assert not (swarm.tmp / "new-swarm").exists()
+
+
+def test_a_patient_is_not_sent_to_the_doctor_commands(swarm):
+    line = one_line(swarm.user("patient", "alice", "read", "nope"), 1, "patient read nope")
+    assert "doctor records" not in line
 
 
 def test_unknown_organization_leaves_no_key_store(swarm):
