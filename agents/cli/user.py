@@ -503,7 +503,18 @@ async def _patient(files: "SwarmFiles | None", config: "UserConfig", args: argpa
                             if mode == "auto" else "usable only under a co-signed emergency access")
                     print(f"standing delegation of {label!r} ({mode}): {what}")
             elif args.cmd == "revoke":
-                outcome = await p.revoke(args.grant_id, args.reason, narrow=args.narrow)
+                from agents.errors import TransactionRejected
+
+                try:
+                    outcome = await p.revoke(args.grant_id, args.reason, narrow=args.narrow)
+                except TransactionRejected as exc:
+                    if exc.reason != "not_found":
+                        raise
+                    audit = (f"`emrshare ledger audit --data {files.dir} --patient {config.subject}`" if files
+                             else "`emrshare patient audit --json` (their grant_id)")
+                    raise CliError(_what(args), f"no grant {args.grant_id!r} exists",
+                                   "list the grants you issued with `emrshare patient grants`, and those made from "
+                                   f"your standing delegation (sg-...) with {audit}") from exc
                 print(f"revoked {args.grant_id}" + (" and narrowed the policy" if args.narrow else ""))
                 if outcome["still_allowed"]:
                     print("warning: your policy still allows that doctor; the ledger will not grant it again "
@@ -602,7 +613,8 @@ def patient_main(argv: list[str]) -> int:
     p.add_argument("--no-standing", action="store_true",
                    help="no standing delegation: every new doctor waits for your agent")
     v = r.add("revoke", "revoke a grant")
-    v.add_argument("grant_id", help="the grant's id (see `grants`)")
+    v.add_argument("grant_id", help="the grant's id: `emrshare patient grants` lists those you issued; a grant made "
+                   "from your standing delegation (sg-...) is in `emrshare ledger audit --patient YOU`")
     v.add_argument("--reason", default="revoked by patient", help="why (recorded on the ledger)")
     v.add_argument("--narrow", action="store_true",
                    help="in the same transaction, commit your policy with a rule denying that doctor the label")

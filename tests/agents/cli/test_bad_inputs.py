@@ -76,6 +76,9 @@ CASES: list[tuple[str, list[str], int, tuple[str, ...]]] = [
      ("not valid TOML",)),
     ("patient: unknown record", ["P", "read", "nope"], 1,
      ("no record nope", "list your records with `emrshare patient records`")),
+    ("patient: unknown grant", ["P", "revoke", "bogus"], 1,
+     ("no grant 'bogus' exists", "`emrshare patient grants`", "(sg-...) with `emrshare ledger audit --data ",
+      " --patient alice`")),
 ]
 
 
@@ -110,6 +113,16 @@ def test_bad_input(swarm, files, name, argv, code, needles):
 def test_a_patient_is_not_sent_to_the_doctor_commands(swarm):
     line = one_line(swarm.user("patient", "alice", "read", "nope"), 1, "patient read nope")
     assert "doctor records" not in line
+
+
+def test_the_ledger_audit_names_a_standing_grant(swarm):
+    """`patient revoke` sends a patient there for the grants made from a standing delegation."""
+    decision = json.loads(swarm.user("doctor", "dr-h", "request", "alice", "rec-1", "--json").stdout)
+    grant = decision["grant_id"]
+    assert grant.startswith("sg-")
+    audit = cli("ledger", "audit", "--data", str(swarm.data), "--patient", "alice")
+    assert audit.returncode == 0 and f"grant {grant}" in audit.stdout
+    assert grant not in swarm.user("patient", "alice", "grants").stdout  # only the grants alice issued
 
 
 def test_unknown_organization_leaves_no_key_store(swarm):
