@@ -112,6 +112,7 @@ class _Role:
         return p
 
     def parse(self, argv: list[str]) -> argparse.Namespace:
+        self._check_subcommand(argv)
         args = self.parser.parse_args(argv)
         if not args.cmd:
             raise UsageError(self.role, "a subcommand is needed", f"see `emrshare {self.role} --help`")
@@ -119,6 +120,25 @@ class _Role:
             raise UsageError(f"{self.role} {args.cmd}", "--subject is required",
                              f"give --subject ID or set {ENV_SUBJECT} (or --dir DIR, your own key directory)")
         return args
+
+    def _check_subcommand(self, argv: list[str]) -> None:
+        """A mistyped subcommand gets "did you mean", as `emrshare GROUP SUBCOMMAND` does
+        (the common options may come before it; any other mistake is the parser's to report)."""
+        import difflib
+
+        probe = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+        _common(probe, suppress=True)
+        probe.add_argument("cmd", nargs="?")
+        try:
+            cmd = probe.parse_known_args(argv)[0].cmd
+        except argparse.ArgumentError:
+            return
+        if cmd is None or cmd in self.sub.choices:
+            return
+        close = difflib.get_close_matches(cmd, list(self.sub.choices), n=1)
+        raise UsageError(f"{self.role} {cmd}", "no such subcommand",
+                         (f"did you mean `emrshare {self.role} {close[0]}`? " if close else "")
+                         + f"see `emrshare {self.role} --help`")
 
 
 # ------------------------------------------------------------------ checks before any work

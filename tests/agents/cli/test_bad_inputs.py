@@ -79,6 +79,9 @@ CASES: list[tuple[str, list[str], int, tuple[str, ...]]] = [
     ("patient: unknown grant", ["P", "revoke", "bogus"], 1,
      ("no grant 'bogus' exists", "`emrshare patient grants`", "(sg-...) with `emrshare ledger audit --data ",
       " --patient alice`")),
+    ("patient: mistyped subcommand", ["P", "stor", "{tmp}/bundle.json"], 2,
+     ("patient stor: no such subcommand", "did you mean `emrshare patient store`?")),
+    ("doctor: mistyped subcommand", ["D", "reed", "alice", "rec-1"], 2, ("did you mean `emrshare doctor read`?",)),
 ]
 
 
