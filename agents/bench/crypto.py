@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"native iterations per operation (default {DEFAULT_ITERATIONS}; pure: 1/40 of it)")
     parser.add_argument("--no-pure", action="store_true", help="skip the pure-backend columns")
     args = parser.parse_args(argv)
+    if args.iterations < 1:
+        parser.error("--iterations must be at least 1")
     run(args.json, args.iterations, pure=not args.no_pure)
     return 0
 

@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="storage nodes' reconcile interval in seconds (default 5)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
+    if args.size_mib < 1:
+        parser.error("--size-mib must be at least 1")
+    if not args.interval > 0:
+        parser.error("--interval must be more than 0 seconds")
     with tempfile.TemporaryDirectory(prefix="emrshare-heal-") as tmp:
         result = trio.run(measure, Path(tmp), args.size_mib, args.interval)
     if args.json:

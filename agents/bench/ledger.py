@@ -269,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="ordering service: the embedded orderer (default), etcd orderer nodes over a local "
                              "3-member etcd cluster (needs the etcd binary), or both in one run, compared")
     args = parser.parse_args(argv)
+    if args.txs is not None and args.txs < 1:
+        parser.error("--txs must be at least 1 (or drop it: 5,000, or 1,000 with --quick)")
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
     costs.counting()  # the verify counter is chosen with the backends, before any crypto runs
     n = args.txs or (1000 if args.quick else 5000)
     kinds = ("embedded", "etcd") if args.ordering == "both" else (args.ordering,)

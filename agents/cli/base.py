@@ -154,20 +154,21 @@ _HINTS: list[tuple[str, str]] = [
 ]
 
 
-def hint(exc: BaseException) -> str:
-    """What to do about an expected error (may be empty)."""
+def hint(exc: BaseException, *, port_option: str = "--port") -> str:
+    """What to do about an expected error (may be empty); ``port_option``: the option that
+    chooses the address of an address already in use."""
     names = {cls.__name__ for cls in type(exc).__mro__}
     for name, text in _HINTS:
         if name in names:
             return text
     if isinstance(exc, OSError):
-        return _os_hint(exc)
+        return _os_hint(exc, port_option)
     return ""
 
 
-def _os_hint(exc: OSError) -> str:
+def _os_hint(exc: OSError, port_option: str = "--port") -> str:
     if exc.errno == errno.EADDRINUSE:
-        return "choose another --port, or stop the program using it"
+        return f"choose another {port_option}, or stop the program using it"
     if isinstance(exc, FileNotFoundError):
         return "check the path"
     if isinstance(exc, IsADirectoryError):
@@ -204,18 +205,19 @@ def _quiet_code() -> tuple[type, ...]:
     return (KeyStoreError, CliError)
 
 
-def explain(exc: BaseException, what: str) -> CliError | None:
+def explain(exc: BaseException, what: str, *, port_option: str = "--port") -> CliError | None:
     """The expected error ``exc`` as a CliError naming ``what`` failed; None for a bug."""
     if isinstance(exc, CliError):
         return exc
     if not _expected(exc):
         return None
-    return CliError(what, _why(exc), hint(exc))
+    return CliError(what, _why(exc), hint(exc, port_option=port_option))
 
 
 @contextlib.contextmanager
-def doing(what: str) -> Iterator[None]:
-    """Expected errors raised inside become ``CliError(what, why, hint)``."""
+def doing(what: str, *, port_option: str = "--port") -> Iterator[None]:
+    """Expected errors raised inside become ``CliError(what, why, hint)`` (an address in use:
+    "choose another ``port_option``")."""
     try:
         yield
     except CliError:
@@ -226,7 +228,7 @@ def doing(what: str) -> Iterator[None]:
             raise KeyboardInterrupt from None
         if isinstance(leaf, CliError):
             raise leaf from None
-        err = explain(leaf, what)
+        err = explain(leaf, what, port_option=port_option)
         if err is None:
             raise
         raise err from leaf
@@ -272,16 +274,16 @@ def check_input_file(path: str | Path, what: str, *, directory: bool = False) ->
     return p
 
 
-def check_output_path(path: str | Path, what: str) -> Path:
-    """``path`` as a writable file path in an existing directory, else CliError."""
+def check_output_path(path: str | Path, what: str, *, option: str = "--out") -> Path:
+    """``path`` (given with ``option``) as a writable file path in an existing directory, else CliError."""
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         fail(what, f"{p} is a directory", "give a file name")
     if not parent.is_dir():
-        fail(what, f"directory {parent} does not exist", "create it first, or choose another --out")
+        fail(what, f"directory {parent} does not exist", f"create it first, or choose another {option}")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        fail(what, f"{p}: permission denied", "choose another --out")
+        fail(what, f"{p}: permission denied", f"choose another {option}")
     return p
 
 

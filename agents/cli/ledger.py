@@ -204,6 +204,7 @@ def event_text(event: dict[str, Any]) -> str:
         what = (f"{actor} requested record {event.get('record_id')} (request {event.get('request_id')}): "
                 f"{d.get('effect', '?')} by rule {d.get('rule', '?')}"
                 + (f", approval {d['approval']}" if d.get("approval") else "")
+                + (f", grant {event['grant_id']}" if event.get("grant_id") else "")  # from a standing delegation
                 + (f" - {d['reason']}" if d.get("reason") else ""))
     elif kind == "grant":
         what = (f"{actor} granted {event.get('doctor')} label {event.get('label')} (grant {event.get('grant_id')}, "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.cli.base import ENV_SWARM, CliError, UsageError, check_output_path, doing, env_default, env_help, fail
-from agents.cli.base import verbose
+from agents.cli.base import unwrap, verbose
 
 __all__ = ["start_main", "status_main", "config_main"]
 
@@ -32,6 +32,26 @@ def _load(path: str, what: str) -> Any:
 
     with doing(what):
         return load_config(path)
+
+
+def _check_address(option: str, text: str, what: str) -> None:
+    """``--listen tcp://HOST:PORT`` or ``--metrics HOST:PORT``, a port 0..65535 (0: any free
+    one), else UsageError (before the configuration is read)."""
+    from bus import BusError, parse_address
+
+    if option == "--listen":
+        try:
+            ok = parse_address(text).scheme == "tcp"
+        except BusError:
+            ok = False
+        shape, example = "tcp://HOST:PORT", "tcp://127.0.0.1:7101"
+    else:
+        host, _, port = text.rpartition(":")
+        ok = bool(host.strip("[]")) and port.isdigit() and int(port) <= 65535
+        shape, example = "HOST:PORT", "127.0.0.1:9464"
+    if not ok:
+        raise UsageError(what, f"{option} {text!r} is not {shape} with a port 0..65535",
+                         f"write e.g. {option} {example}")
 
 
 def start_main(argv: list[str]) -> int:
@@ -49,6 +69,9 @@ def start_main(argv: list[str]) -> int:
                         help="log lines on stderr at this level and above (default info)")
     args = parser.parse_args(argv)
     what = f"node start --config {args.config}"
+    for option, value in (("--listen", args.listen), ("--metrics", args.metrics)):
+        if value is not None:
+            _check_address(option, value, what)
     logging.basicConfig(level="DEBUG" if verbose() else args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = _load(args.config, what)
@@ -62,8 +85,12 @@ def start_main(argv: list[str]) -> int:
         from agents.runtime import keep_freed_buffers
 
         keep_freed_buffers()
-    with doing(what):
+    try:
         return start_node(config)
+    except BaseException as exc:  # an address in use names the option that chooses it
+        taken = getattr(unwrap(exc), "filename", None)
+        with doing(what, port_option="--metrics" if taken and taken == config.metrics else "--listen"):
+            raise
 
 
 def ask_node(config: Any, path: str, timeout: float) -> dict[str, Any]:

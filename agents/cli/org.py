@@ -158,6 +158,11 @@ def org_init_main(argv: list[str]) -> int:
                 raise UsageError(what, f"--address {item!r}", f"give ID=tcp://HOST:PORT for one of "
                                                               f"{', '.join(addresses)}")
             addresses[node] = address
+        if args.dir.exists() and not args.dir.is_dir():
+            fail(what, f"--dir {args.dir} is a file", "give a new directory")
+        if args.dir.is_dir() and any(args.dir.iterdir()):
+            held = "already holds an organization" if (args.dir / "profile.json").exists() else "is not empty"
+            fail(what, f"--dir {args.dir} {held}", "give a new (or empty) directory")
         unlock = _unlock(args, what, create_key_file=True, outside=args.dir)
         with _doing(what):
             profile = init_org(args.dir, args.org, unlock, nodes=nodes, addresses=addresses, name=args.name,

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from agents.cli.base import ENV_SWARM, env_default, env_help
 from agents.errors import AgentError
 from agents.storage.reconcile import STATUS_FILE
 
@@ -68,8 +69,8 @@ def read_status(data_dir: Path) -> StorageStatus:
 
     files = SwarmFiles(data_dir)
     if not files.exists:
-        raise StatusError(f"storage status: no swarm at {files.dir}; start one with "
-                          f"`emrshare swarm up --data {data_dir}` or give its directory with --swarm")
+        raise StatusError(f"no swarm at {files.dir}; start one with `emrshare swarm up --data {data_dir}` "
+                          f"or give its directory with --swarm (or {ENV_SWARM})")
     manifest = files.manifest()
     nodes: dict[str, dict[str, Any] | None] = {}
     records: dict[str, dict[str, Any]] = {}
@@ -80,7 +81,7 @@ def read_status(data_dir: Path) -> StorageStatus:
         except FileNotFoundError:
             status = None
         except (OSError, ValueError) as exc:
-            raise StatusError(f"storage status: {path} is unreadable ({exc}); "
+            raise StatusError(f"{path} is unreadable ({exc}); "
                               "it is rewritten after the node's next reconcile round") from None
         nodes[node] = status
         for rec in (status or {}).get("records", []):
@@ -136,7 +137,8 @@ def status_main(argv: list[str]) -> int:
         prog="emrshare storage status",
         description="copies per record (CID, owner, nodes holding a verified copy, r) and repair progress "
                     "(pending and active copies, last reconcile time), from the storage nodes' status files")
-    parser.add_argument("--swarm", default="swarm-data", help="the swarm's data directory (default swarm-data)")
+    parser.add_argument("--swarm", "--data", dest="swarm", default=env_default(ENV_SWARM, "swarm-data"),
+                        help=env_help("the swarm's data directory", ENV_SWARM, "swarm-data"))
     parser.add_argument("--json", action="store_true", help="print the merged status as JSON")
     args = parser.parse_args(argv)
     status = read_status(Path(args.swarm))

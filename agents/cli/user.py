@@ -112,6 +112,7 @@ class _Role:
         return p
 
     def parse(self, argv: list[str]) -> argparse.Namespace:
+        self._check_subcommand(argv)
         args = self.parser.parse_args(argv)
         if not args.cmd:
             raise UsageError(self.role, "a subcommand is needed", f"see `emrshare {self.role} --help`")
@@ -119,6 +120,25 @@ class _Role:
             raise UsageError(f"{self.role} {args.cmd}", "--subject is required",
                              f"give --subject ID or set {ENV_SUBJECT} (or --dir DIR, your own key directory)")
         return args
+
+    def _check_subcommand(self, argv: list[str]) -> None:
+        """A mistyped subcommand gets "did you mean", as `emrshare GROUP SUBCOMMAND` does
+        (the common options may come before it; any other mistake is the parser's to report)."""
+        import difflib
+
+        probe = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+        _common(probe, suppress=True)
+        probe.add_argument("cmd", nargs="?")
+        try:
+            cmd = probe.parse_known_args(argv)[0].cmd
+        except argparse.ArgumentError:
+            return
+        if cmd is None or cmd in self.sub.choices:
+            return
+        close = difflib.get_close_matches(cmd, list(self.sub.choices), n=1)
+        raise UsageError(f"{self.role} {cmd}", "no such subcommand",
+                         (f"did you mean `emrshare {self.role} {close[0]}`? " if close else "")
+                         + f"see `emrshare {self.role} --help`")
 
 
 # ------------------------------------------------------------------ checks before any work
@@ -480,11 +500,16 @@ async def _patient(files: "SwarmFiles | None", config: "UserConfig", args: argpa
                     for line in lines:
                         print(line)
             elif args.cmd == "read":
-                with progress(f"reading {args.record_id}") as update:
-                    if args.out:  # streamed to the file in bounded memory
-                        written = await p.read_to_file(args.record_id, args.out, progress=update)
-                    else:
-                        data = await p.read(args.record_id, progress=update)
+                from agents.errors import RecordNotFound
+
+                try:
+                    with progress(f"reading {args.record_id}") as update:
+                        if args.out:  # streamed to the file in bounded memory
+                            written = await p.read_to_file(args.record_id, args.out, progress=update)
+                        else:
+                            data = await p.read(args.record_id, progress=update)
+                except RecordNotFound as exc:  # the generic hint is a doctor's
+                    raise CliError(_what(args), str(exc), "list your records with `emrshare patient records`") from exc
                 if args.out:
                     print(f"wrote {written} bytes to {args.out}")
                 else:
@@ -498,7 +523,18 @@ async def _patient(files: "SwarmFiles | None", config: "UserConfig", args: argpa
                             if mode == "auto" else "usable only under a co-signed emergency access")
                     print(f"standing delegation of {label!r} ({mode}): {what}")
             elif args.cmd == "revoke":
-                outcome = await p.revoke(args.grant_id, args.reason, narrow=args.narrow)
+                from agents.errors import TransactionRejected
+
+                try:
+                    outcome = await p.revoke(args.grant_id, args.reason, narrow=args.narrow)
+                except TransactionRejected as exc:
+                    if exc.reason != "not_found":
+                        raise
+                    audit = (f"`emrshare ledger audit --data {files.dir} --patient {config.subject}`" if files
+                             else "`emrshare patient audit --json` (their grant_id)")
+                    raise CliError(_what(args), f"no grant {args.grant_id!r} exists",
+                                   "list the grants you issued with `emrshare patient grants`, and those made from "
+                                   f"your standing delegation (sg-...) with {audit}") from exc
                 print(f"revoked {args.grant_id}" + (" and narrowed the policy" if args.narrow else ""))
                 if outcome["still_allowed"]:
                     print("warning: your policy still allows that doctor; the ledger will not grant it again "
@@ -597,7 +633,8 @@ def patient_main(argv: list[str]) -> int:
     p.add_argument("--no-standing", action="store_true",
                    help="no standing delegation: every new doctor waits for your agent")
     v = r.add("revoke", "revoke a grant")
-    v.add_argument("grant_id", help="the grant's id (see `grants`)")
+    v.add_argument("grant_id", help="the grant's id: `emrshare patient grants` lists those you issued; a grant made "
+                   "from your standing delegation (sg-...) is in `emrshare ledger audit --patient YOU`")
     v.add_argument("--reason", default="revoked by patient", help="why (recorded on the ledger)")
     v.add_argument("--narrow", action="store_true",
                    help="in the same transaction, commit your policy with a rule denying that doctor the label")

@@ -45,7 +45,7 @@ import time
 from typing import Any
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import trio
 from cryptography import x509
@@ -99,6 +99,18 @@ def stop_with_parent() -> None:
         return
     if os.getppid() != int(parent):  # the parent died before the prctl
         raise SystemExit(0)
+
+
+@contextlib.contextmanager
+def _binding(address: str) -> Iterator[None]:
+    """An OSError raised while binding ``address`` names it (its ``filename``): the error
+    says which of the node's addresses is taken."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = address
+        raise
 
 
 class NodeService:
@@ -210,7 +222,8 @@ class NodeService:
         if self.config.metrics:
             host, _, port = self.config.metrics.rpartition(":")
             host = host.strip("[]")
-            metrics = list(await trio.open_tcp_listeners(int(port), host=host))
+            with _binding(self.config.metrics):
+                metrics = list(await trio.open_tcp_listeners(int(port), host=host))
             bound = metrics[0].socket.getsockname()
             self.metrics_address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
             if not is_loopback(host):
@@ -225,7 +238,8 @@ class NodeService:
             async with open_node(routes={a: addr for a, addr in cfg.routes.items() if a != cfg.id}, **tls,
                                  **self.bus_options) as node:
                 self.bus_node = node
-                self.address = await node.listen(cfg.listen)
+                with _binding(cfg.listen):
+                    self.address = await node.listen(cfg.listen)
                 if cfg.binds_non_loopback:
                     log.warning("node %s listens on %s, outside loopback", cfg.id, self.address)
                 if self.transport is None:

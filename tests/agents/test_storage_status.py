@@ -64,7 +64,7 @@ def test_status_of_a_missing_swarm_is_one_clear_error(tmp_path):
     with pytest.raises(StatusError) as err:
         read_status(tmp_path / "nowhere")
     message = str(err.value)
-    assert message.startswith("storage status: no swarm at") and "emrshare swarm up" in message
+    assert message.startswith("no swarm at") and "emrshare swarm up" in message  # the CLI names the command
     assert "\n" not in message
 
 

@@ -52,6 +52,8 @@ import logging
 import sys
 from pathlib import Path
 
+from agents.cli.base import UsageError, check_output_path, fail
+
 from .faults import FAULTS, parse_spec as parse_faults
 from .engine import Op as Op, Result as Result, RunSettings as RunSettings, run_load as run_load
 from .metrics import Recorder as Recorder, Sample as Sample, percentile as percentile
@@ -173,7 +175,17 @@ def options_from_args(args: argparse.Namespace) -> Options:
     if args.mix is not None:
         wspec.mix = args.mix
     wspec.check()
+    if not args.request_timeout > 0:
+        raise ValueError("--request-timeout must be > 0 seconds")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ValueError("--concurrency must be >= 1")
+    if args.max_inflight < 1 or args.saturation_concurrency < 1:
+        raise ValueError("--max-inflight and --saturation-concurrency must be >= 1")
+    if args.saturation is not None and not args.saturation >= 0:
+        raise ValueError("--saturation must be >= 0 seconds (0: no saturation run)")
     rate_half = args.rate == "half"
+    if rate_half and args.saturation == 0:
+        raise ValueError("--rate half needs a saturation measurement: give --saturation SECONDS > 0 (default 15)")
     rate = None
     if args.rate is not None and not rate_half:
         try:
@@ -213,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = options_from_args(args)
     except ValueError as exc:
-        print(f"emrshare loadtest: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError("loadtest", str(exc), "see `emrshare loadtest --help`") from None
     if args.html:
         try:
             import matplotlib  # noqa: F401  (before the run, not after it)
@@ -222,6 +233,15 @@ def main(argv: list[str] | None = None) -> int:
             print("emrshare loadtest: cannot write the HTML report: matplotlib is not installed; "
                   "install the bench extra (pip install -e '.[bench]') or drop --html", file=sys.stderr)
             return 2
+    for option, path in (("--json", args.json), ("--html", args.html)):  # not after the run
+        if path is not None:
+            check_output_path(path, "loadtest", option=option)
+    if args.data is not None:  # a new directory is made in an existing one
+        if args.data.exists() and not args.data.is_dir():
+            fail("loadtest", f"--data {args.data} is a file", "give the swarm's data directory")
+        if not args.data.exists() and not args.data.parent.is_dir():
+            fail("loadtest", f"directory {args.data.parent} does not exist",
+                 "create it first, or choose another --data")
     try:
         report = trio.run(run, opts)
     except ValueError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,14 @@ CASES: list[tuple[str, list[str], int, tuple[str, ...]]] = [
      ("threshold must be between",)),
     ("swarm up: bad TOML", ["swarm", "up", "--data", "{tmp}/new-swarm", "--config", "{tmp}/bad-policy.txt"], 1,
      ("not valid TOML",)),
+    ("patient: unknown record", ["P", "read", "nope"], 1,
+     ("no record nope", "list your records with `emrshare patient records`")),
+    ("patient: unknown grant", ["P", "revoke", "bogus"], 1,
+     ("no grant 'bogus' exists", "`emrshare patient grants`", "(sg-...) with `emrshare ledger audit --data ",
+      " --patient alice`")),
+    ("patient: mistyped subcommand", ["P", "stor", "{tmp}/bundle.json"], 2,
+     ("patient stor: no such subcommand", "did you mean `emrshare patient store`?")),
+    ("doctor: mistyped subcommand", ["D", "reed", "alice", "rec-1"], 2, ("did you mean `emrshare doctor read`?",)),
 ]
 
 
@@ -102,6 +111,21 @@ def test_bad_input(swarm, files, name, argv, code, needles):
     one_line(cli(*_expand(argv, swarm)), code, *needles)
     assert _users(swarm) == users  # no user directory appears
     assert not (swarm.tmp / "new-swarm").exists()
+
+
+def test_a_patient_is_not_sent_to_the_doctor_commands(swarm):
+    line = one_line(swarm.user("patient", "alice", "read", "nope"), 1, "patient read nope")
+    assert "doctor records" not in line
+
+
+def test_the_ledger_audit_names_a_standing_grant(swarm):
+    """`patient revoke` sends a patient there for the grants made from a standing delegation."""
+    decision = json.loads(swarm.user("doctor", "dr-h", "request", "alice", "rec-1", "--json").stdout)
+    grant = decision["grant_id"]
+    assert grant.startswith("sg-")
+    audit = cli("ledger", "audit", "--data", str(swarm.data), "--patient", "alice")
+    assert audit.returncode == 0 and f"grant {grant}" in audit.stdout
+    assert grant not in swarm.user("patient", "alice", "grants").stdout  # only the grants alice issued
 
 
 def test_unknown_organization_leaves_no_key_store(swarm):
@@ -226,3 +250,118 @@ def test_interrupt_inside_a_group_is_one_line():
     out = io.StringIO()
     assert report(BaseExceptionGroup("g", [KeyboardInterrupt()]), "doctor read", stream=out) == 130
     assert out.getvalue() == "emrshare: interrupted\n"
+
+
+# ------------------------------------------------------------------ numbers, addresses and paths, before any work
+
+
+def _in_process(capsys, *argv: str) -> subprocess.CompletedProcess:
+    """``emrshare ARGV`` run by the CLI's main in this process, as a CompletedProcess."""
+    from agents.cli import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+
+# (id, loadtest options, exit status, needles); each run also gets `--data {tmp}/lt`, which must not appear
+LOADTEST_CASES: list[tuple[str, list[str], int, tuple[str, ...]]] = [
+    ("negative saturation", ["--saturation", "-1", "--rate", "half"], 2, ("--saturation must be >= 0",)),
+    ("rate half without saturation", ["--saturation", "0", "--rate", "half"], 2,
+     ("--rate half needs a saturation measurement", "--saturation SECONDS > 0")),
+    ("negative request timeout", ["--request-timeout", "-1"], 2, ("--request-timeout must be > 0",)),
+    ("no concurrency", ["--concurrency", "0"], 2, ("--concurrency must be >= 1",)),
+    ("no operation in flight", ["--max-inflight", "0", "--rate", "5"], 2, ("--max-inflight",)),
+    ("JSON report in a missing directory", ["--json", "{tmp}/nowhere/x.json"], 1,
+     ("directory {tmp}/nowhere does not exist", "choose another --json")),
+    ("HTML report in a missing directory", ["--html", "{tmp}/nowhere/x.html"], 1,
+     ("directory {tmp}/nowhere does not exist", "choose another --html")),
+]
+
+
+@pytest.mark.parametrize("name,options,code,needles", LOADTEST_CASES, ids=[c[0] for c in LOADTEST_CASES])
+def test_loadtest_refuses_bad_options_before_any_work(tmp_path, name, options, code, needles):
+    if "--html" in options:
+        pytest.importorskip("matplotlib")
+    fill = [a.format(tmp=tmp_path) for a in options]
+    one_line(cli("loadtest", *fill, "--data", str(tmp_path / "lt")), code, *(n.format(tmp=tmp_path) for n in needles))
+    assert not (tmp_path / "lt").exists()  # no swarm was started
+
+
+def test_loadtest_data_needs_an_existing_parent(tmp_path):
+    one_line(cli("loadtest", "--data", str(tmp_path / "nowhere" / "swarm")), 1,
+             f"directory {tmp_path / 'nowhere'} does not exist", "--data")
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("module,work,argv,needle", [
+    ("agents.bench.ledger", "run_bench", ["bench", "ledger", "--txs", "-5"], "--txs must be at least 1"),
+    ("agents.bench.ledger", "run_bench", ["bench", "ledger", "--txs", "0"], "--txs must be at least 1"),
+    ("agents.bench.heal", "measure", ["bench", "heal", "--interval", "-1"], "--interval must be more than 0"),
+    ("agents.bench.heal", "measure", ["bench", "heal", "--size-mib", "-1"], "--size-mib must be at least 1"),
+    ("agents.bench.crypto", "run", ["bench", "crypto", "--iterations", "0"], "--iterations must be at least 1"),
+], ids=["ledger txs -5", "ledger txs 0", "heal interval -1", "heal size -1", "crypto iterations 0"])
+def test_benchmarks_refuse_bad_numbers_before_any_work(capsys, monkeypatch, module, work, argv, needle):
+    import importlib
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(importlib.import_module(module), work, ran)
+    command = " ".join(argv[:2])
+    one_line(_in_process(capsys, *argv), 2, f"{command}: {needle}", f"see `emrshare {command} --help`")
+
+
+@pytest.fixture(scope="module")
+def node_config(tmp_path_factory) -> Path:
+    """A storage node's configuration exported from a swarm directory (not started)."""
+    from agents.swarm import SwarmFiles, SwarmSpec
+
+    tmp = tmp_path_factory.mktemp("node")
+    SwarmFiles(tmp / "swarm").create(SwarmSpec(data_dir=tmp / "swarm", processes=True))
+    out = cli("node", "config", "--swarm", str(tmp / "swarm"), "--id", "storage-2", "--out", str(tmp / "node.toml"),
+              "--listen", "tcp://127.0.0.1:0")
+    assert out.returncode == 0, out.stderr
+    return tmp / "node.toml"
+
+
+@pytest.mark.parametrize("option,value", [("--listen", "tcp://127.0.0.2:99999"), ("--listen", "tcp://127.0.0.2:-5"),
+                                          ("--listen", "127.0.0.1:7101"), ("--metrics", "nonsense"),
+                                          ("--metrics", "127.0.0.1:70000")])
+def test_node_start_refuses_a_bad_address(node_config, option, value):
+    one_line(cli("node", "start", "--config", str(node_config), option, value), 2,
+             f"{option} {value!r} is not", "port 0..65535", f"write e.g. {option} ")
+
+
+@pytest.mark.parametrize("option", ["--listen", "--metrics"])
+def test_node_start_names_the_address_in_use(node_config, option):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        address = f"tcp://127.0.0.1:{port}" if option == "--listen" else f"127.0.0.1:{port}"
+        line = one_line(cli("node", "start", "--config", str(node_config), option, address, "--log-level", "error"),
+                        1, f"{address}: address already in use", f"choose another {option},")
+    assert "--port" not in line
+
+
+def test_org_init_refuses_a_directory_that_is_not_new(capsys, tmp_path):
+    (tmp_path / "h1").mkdir()
+    (tmp_path / "h1" / "notes.txt").write_text("mine")
+    one_line(_in_process(capsys, "org", "init", "--org", "h1", "--dir", tmp_path / "h1", "--key-file",
+                         tmp_path / "h1.key"), 1, f"--dir {tmp_path / 'h1'} is not empty", "give a new")
+    assert [p.name for p in (tmp_path / "h1").iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "h1.key").exists()  # no key file made for it
+
+
+def test_storage_status_reads_the_swarm_from_the_environment(capsys, monkeypatch, tmp_path):
+    from agents.swarm import SwarmFiles, SwarmSpec
+
+    monkeypatch.setenv("EMRSHARE_SWARM", str(tmp_path / "nowhere"))
+    line = one_line(_in_process(capsys, "storage", "status"), 1, f"no swarm at {tmp_path / 'nowhere'}")
+    assert line.count("storage status:") == 1
+    SwarmFiles(tmp_path / "swarm").create(SwarmSpec(data_dir=tmp_path / "swarm", processes=True))
+    monkeypatch.setenv("EMRSHARE_SWARM", str(tmp_path / "swarm"))
+    out = _in_process(capsys, "storage", "status")
+    assert out.returncode == 0 and "storage-1" in out.stdout, out.stderr
+    assert _in_process(capsys, "storage", "status", "--data", tmp_path / "swarm").returncode == 0
