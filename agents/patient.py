@@ -148,6 +148,9 @@ class PatientAgent(UserAgent):
     def __init__(self, client: PeerClient, *, approve: Approver | None = None):
         super().__init__(client)
         self._approve = approve
+        # called with (request id, doctor, the answer's fields or the refusal) after each access
+        # request this patient answered (``emrshare patient serve`` prints a line for each)
+        self.answered: Callable[[str, str, dict | AgentError], None] | None = None
         self._label_keys: dict[tuple[str, int], pre.KeyPair] = {}
         self._receivers: collections.OrderedDict[bytes, pre.PublicKey] = collections.OrderedDict()
         self._answering: dict[str, trio.Lock] = {}
@@ -605,7 +608,15 @@ class PatientAgent(UserAgent):
         lock = self._answering.setdefault(request_id, trio.Lock())
         try:
             async with lock:
-                return PatientAccessRequestReply(**await self._answer(request_id, msg.sender, request.height))
+                try:
+                    answer = await self._answer(request_id, msg.sender, request.height)
+                except AgentError as exc:
+                    if self.answered is not None:
+                        self.answered(request_id, msg.sender, exc)
+                    raise
+                if self.answered is not None:
+                    self.answered(request_id, msg.sender, answer)
+                return PatientAccessRequestReply(**answer)
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._answering.pop(request_id, None)

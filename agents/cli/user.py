@@ -41,6 +41,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -587,6 +588,7 @@ async def _serve(p: Any, config: "UserConfig", address: str) -> None:
     import trio
 
     (config.data_dir / "address").write_text(address)
+    p.answered = _print_answer
     print(f"{config.subject} answering access requests at {address} (Ctrl-C stops)", flush=True)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -595,6 +597,15 @@ async def _serve(p: Any, config: "UserConfig", address: str) -> None:
     finally:
         (config.data_dir / "address").unlink(missing_ok=True)
     print("stopped", file=sys.stderr)
+
+
+def _print_answer(request_id: str, doctor: str, outcome: Any) -> None:
+    """One line per access request answered (a grant, or why not)."""
+    when = utc_seconds(time.time())
+    if isinstance(outcome, dict):
+        print(f"{when}  granted request {request_id} of {doctor} (grant {outcome.get('grant_id')})", flush=True)
+    else:
+        print(f"{when}  refused request {request_id} of {doctor}: {outcome}", flush=True)
 
 
 async def _approve_all(request: dict) -> bool:

@@ -114,8 +114,11 @@ async def test_store_read_revoke_audit(world):
             assert [r["record_id"] for r in await heart.records("alice", label="labs")] == ["labs-1"]
 
             # auto approval: byte-identical plaintext, t shares used
+            answered = []  # (what `patient serve` prints a line for)
+            alice.answered = lambda request_id, doctor, outcome: answered.append((doctor, outcome))
             assert await heart.read("alice", rid) == path.read_bytes()
             assert approvals == []
+            assert [(d, o["grant_id"]) for d, o in answered] == [("dr-heart", next(iter(alice.grants)))]
             used = world.fake.reencryptions
             assert used >= 2
             grant_id = alice.grants and next(iter(alice.grants))
@@ -172,8 +175,11 @@ async def test_patient_rejects_without_callback_and_by_callback(world):
                                   approve=no))
             gp = await stack.enter_async_context(DoctorAgent.open(world.config("dr-gp", "hospital-a", GP),
                                                                   node=world.node))
+            refused = []
+            alice.answered = lambda request_id, doctor, outcome: refused.append((doctor, outcome))
             with pytest.raises(errors.RequestRejected):
                 await gp.read("alice", rid)
+            assert [(d, type(o)) for d, o in refused] == [("dr-gp", errors.RequestRejected)]
             decision = await gp.request("alice", rid, purpose="treatment")
             assert decision["effect"] == "allow" and decision["approval"] == "patient"
             assert decision["status"] == "pending" and decision["rule"] == "gp"

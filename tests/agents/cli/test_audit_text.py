@@ -19,3 +19,13 @@ def test_a_late_access_is_marked_and_others_are_not(text):
     for late in ("revoked", "expired"):
         assert f"[served before the grant was {late}, logged after" in text({**ACCESS, "late": late})
     assert "logged after" not in text({**ACCESS, "late": "bogus"})
+
+
+def test_patient_serve_prints_a_line_per_answer(capsys):
+    from agents.errors import RequestRejected
+
+    user._print_answer("r-1", "dr-h", {"grant_id": "g-1", "height": 4})
+    user._print_answer("r-2", "dr-gp", RequestRejected("the patient declined the request"))
+    granted, refused = capsys.readouterr().out.splitlines()
+    assert granted.endswith("Z  granted request r-1 of dr-h (grant g-1)")
+    assert refused.endswith("Z  refused request r-2 of dr-gp: the patient declined the request")
