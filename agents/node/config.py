@@ -85,6 +85,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from bus import BusError, parse_address
 from core.errors import DecodeError
 from core.ledger import parse_genesis
 
@@ -387,13 +388,18 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
 
     if node["role"] not in ROLES:
         raise NodeConfigError(f"{path}: [node] role is {node['role']!r}; use one of {', '.join(ROLES)}")
-    if "://" not in node["listen"] or not node["listen"].startswith(("tcp://", "tls://")):
-        raise NodeConfigError(f"{path}: [node] listen is {node['listen']!r}; write tcp://HOST:PORT")
+    try:
+        listen_ok = parse_address(node["listen"]).scheme == "tcp"
+    except BusError:
+        listen_ok = False
+    if not listen_ok:
+        raise NodeConfigError(f"{path}: [node] listen is {node['listen']!r}; write tcp://HOST:PORT "
+                              "(a port 0..65535)")
     if node["metrics"]:
         host, _, port = node["metrics"].rpartition(":")
-        if not host or not port.isdigit():
+        if not host.strip("[]") or not port.isdigit() or int(port) > 65535:
             raise NodeConfigError(f"{path}: [node] metrics is {node['metrics']!r}; write HOST:PORT "
-                                  "(e.g. 127.0.0.1:9464)")
+                                  "(e.g. 127.0.0.1:9464, a port 0..65535)")
     if not node["grace"] >= 0:
         raise NodeConfigError(f"{path}: [node] grace must be >= 0 seconds; fix it")
     keys: dict[str, bytes] = {}

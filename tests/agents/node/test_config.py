@@ -123,6 +123,9 @@ def test_tls_table(tmp_path):
     (MINIMAL + "[extras]\n", "unknown table(s) extras"),
     (MINIMAL + "grace = -1\n", "grace must be >= 0"),
     (MINIMAL + 'metrics = "9464"\n', "write HOST:PORT"),
+    (MINIMAL + 'listen = "tcp://127.0.0.2:99999"\n', "write tcp://HOST:PORT (a port 0..65535)"),  # (were
+    (MINIMAL + 'listen = "tls://127.0.0.2:7100"\n', "write tcp://HOST:PORT"),  # tracebacks at the bind)
+    (MINIMAL + 'metrics = "127.0.0.1:70000"\n', "a port 0..65535"),
     (MINIMAL + "[keys]\nstorage-1 = \"zz\"\n", "[keys] storage-1 is not hex"),
     (MINIMAL + "[consortium]\nreplicas = 1\nwrite_quorum = 2\n", "write_quorum <= replicas"),
     (MINIMAL + "[orderer]\nbatch_size = true\n", "must be a whole number; fix it"),
