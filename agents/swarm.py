@@ -67,6 +67,7 @@ another process holds it (:meth:`SwarmFiles.running` says who).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -477,23 +478,28 @@ class Swarm:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, spec: SwarmSpec, *, fresh: bool = False) -> AsyncIterator["Swarm"]:
+    async def open(cls, spec: SwarmSpec, *, fresh: bool = False, port: int | None = None) -> AsyncIterator["Swarm"]:
+        """Create the swarm ``spec`` describes, or resume the one in its directory (with the
+        settings saved there). ``port``: an in-process swarm's bus port for this start only
+        (None: the spec's; on resume, the saved one)."""
         files = SwarmFiles(spec.data_dir)
         if fresh and files.dir.exists() and any(files.dir.iterdir()):
             raise FileExistsError(f"{files.dir} is not empty")
         with files.lock(processes=spec.processes if not files.exists else files.spec().processes):
-            async with cls._open_locked(files, spec) as swarm:
+            async with cls._open_locked(files, spec, port) as swarm:
                 yield swarm
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def _open_locked(cls, files: "SwarmFiles", spec: SwarmSpec) -> AsyncIterator["Swarm"]:
+    async def _open_locked(cls, files: "SwarmFiles", spec: SwarmSpec, port: int | None) -> AsyncIterator["Swarm"]:
         if files.exists:
             spec = files.spec()
             manifest = files.manifest()
             log.info("resuming swarm from %s", files.dir)
         else:
             manifest = files.create(spec)
+        if port is not None and not spec.processes:
+            spec = dataclasses.replace(spec, port=port)
         async with cls._etcd(files, spec) as etcd:
             async with cls._open_agents(files, spec, manifest) as swarm:
                 swarm.etcd = etcd

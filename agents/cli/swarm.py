@@ -126,24 +126,29 @@ def up_main(argv: list[str]) -> int:
 
     files = _files(args.data, "swarm up")
     settings, source = _settings(args)
+    port = None  # an in-process swarm's port for this start (resumed: not saved)
     if files.exists:
-        saved = files.spec()
+        try:
+            saved = files.spec()
+        except (OSError, ValueError, TypeError) as exc:  # (invalid JSON, unknown settings)
+            raise UsageError("swarm up", f"{files.dir}/swarm.json is unreadable: {exc}",
+                             "fix that file, or give a new --data directory") from None
         conflicts = _conflicts(saved, settings, source)
         if conflicts:
             raise UsageError("swarm up", f"{files.dir} holds a swarm created with other settings: "
                              + ", ".join(conflicts), "drop these flags to resume it, or give a new --data directory")
+        spec = saved
+        if "port" in settings and not saved.processes:
+            port = settings["port"]
+            if not (type(port) is int and 0 <= port <= 65535):
+                raise UsageError("swarm up", f"port must be 0..65535 (0: any free port), not {port!r}",
+                                 "see `emrshare swarm up --help`")
+            spec = dataclasses.replace(saved, port=port)
         try:
-            saved.check()
+            spec.check()
         except ValueError as exc:  # (saved by an older emrshare, or edited by hand)
             raise UsageError("swarm up", f"{files.dir}/swarm.json holds invalid settings: {exc}",
                              "fix that file, or give a new --data directory") from None
-        spec = saved
-        if "port" in settings and not saved.processes:  # in-process: this start's port, not saved
-            spec = dataclasses.replace(saved, port=settings["port"])
-            try:
-                spec.check()
-            except ValueError as exc:
-                raise UsageError("swarm up", str(exc), "see `emrshare swarm up --help`") from None
     else:
         if files.dir.exists() and any(files.dir.iterdir()):
             fail("swarm up", f"{files.dir} is not empty and holds no swarm (no manifest.json)",
@@ -158,7 +163,7 @@ def up_main(argv: list[str]) -> int:
         fail("swarm up", f"the swarm in {files.dir} is already running (pid {holder.get('pid', '?')})",
              f"use it, or stop it with `emrshare swarm down --data {args.data}`")
     _log_to_file(files.dir / "logs" / "swarm.log")
-    return _run_swarm(spec)
+    return _run_swarm(spec, port)
 
 
 def _log_to_file(path: Path) -> None:
@@ -174,7 +179,7 @@ def _log_to_file(path: Path) -> None:
     root.setLevel(logging.WARNING)
 
 
-def _run_swarm(spec: Any) -> int:
+def _run_swarm(spec: Any, port: int | None = None) -> int:
     import trio
 
     from agents.swarm import Swarm
@@ -189,7 +194,7 @@ def _run_swarm(spec: Any) -> int:
                         return
 
                 nursery.start_soon(stop_on_signal)
-                async with Swarm.open(spec) as swarm:
+                async with Swarm.open(spec, port=port) as swarm:
                     print(swarm.describe(), flush=True)
                     print(f"manifest: {swarm.files.dir / 'manifest.json'}, logs: {swarm.files.dir / 'logs'}  "
                           "(Ctrl-C or `emrshare swarm down` stops)", flush=True)

@@ -141,19 +141,40 @@ def test_a_resumed_in_process_swarm_takes_this_starts_port_and_refuses_a_broken_
     files = SwarmFiles(tmp_path / "s")
     files.create(SwarmSpec(data_dir=files.dir, port=1))  # made once with a port now taken
     started = []
-    monkeypatch.setattr(swarm_cli, "_run_swarm", lambda spec: started.append(spec) or 0)
+    monkeypatch.setattr(swarm_cli, "_run_swarm", lambda spec, port=None: started.append((spec.port, port)) or 0)
     monkeypatch.setattr(swarm_cli, "_log_to_file", lambda path: None)  # (no handler left on the root logger)
     assert main(["swarm", "up", "--data", str(files.dir), "--port", "40123"]) == 0
     assert main(["swarm", "up", "--data", str(files.dir)]) == 0
-    assert [s.port for s in started] == [40123, 1]  # this start's --port; else the saved one
+    assert started == [(40123, 40123), (1, None)]  # this start's --port (to Swarm.open); else the saved one
     assert main(["swarm", "up", "--data", str(files.dir), "--port", "-1"]) == 2
     assert "port must be 0..65535" in capsys.readouterr().err
     saved = json.loads((files.dir / "swarm.json").read_text())
+    (files.dir / "swarm.json").write_text(json.dumps({**saved, "port": 99999}))
+    assert main(["swarm", "up", "--data", str(files.dir), "--port", "7000"]) == 0  # a bad saved port, rescued
+    assert started[-1] == (7000, 7000)
     (files.dir / "swarm.json").write_text(json.dumps({**saved, "batch_size": 0}))
     assert main(["swarm", "up", "--data", str(files.dir)]) == 2
     err = capsys.readouterr().err
     assert "swarm.json holds invalid settings: batch size must be 1..10000" in err and err.count("\n") == 1
-    assert len(started) == 2
+    (files.dir / "swarm.json").write_text(json.dumps({**saved, "colour": "blue"}))
+    assert main(["swarm", "up", "--data", str(files.dir)]) == 2
+    err = capsys.readouterr().err
+    assert "swarm.json is unreadable: unknown swarm settings: colour" in err and err.count("\n") == 1
+    assert len(started) == 3
+
+
+async def test_swarm_open_listens_on_this_starts_port_when_resumed(tmp_path):
+    # (the CLI's --port reached Swarm.open, which re-read the saved spec and listened on its port)
+    from agents.ports import free_port
+
+    files = SwarmFiles(tmp_path / "s")
+    files.create(SwarmSpec(data_dir=files.dir, port=1))  # a port this test cannot bind
+    port = free_port()
+    with trio.fail_after(60):
+        async with Swarm.open(SwarmSpec(data_dir=files.dir), port=port) as swarm:
+            assert set(swarm.manifest.agents.values()) == {f"tcp://127.0.0.1:{port}"}
+            assert swarm.spec.port == port
+    assert SwarmFiles(files.dir).spec().port == 1  # this start's only
 
 
 async def _every_node_speaks_tls_only(swarm: Swarm) -> None:
