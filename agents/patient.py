@@ -149,7 +149,8 @@ class PatientAgent(UserAgent):
         super().__init__(client)
         self._approve = approve
         # called with (request id, doctor, the answer's fields or the refusal) after each access
-        # request this patient answered (``emrshare patient serve`` prints a line for each)
+        # request this patient answered, on the event loop: keep it quick (``emrshare patient
+        # serve`` prints a line for each); an exception in it is logged, the answer stands
         self.answered: Callable[[str, str, dict | AgentError], None] | None = None
         self._label_keys: dict[tuple[str, int], pre.KeyPair] = {}
         self._receivers: collections.OrderedDict[bytes, pre.PublicKey] = collections.OrderedDict()
@@ -611,15 +612,22 @@ class PatientAgent(UserAgent):
                 try:
                     answer = await self._answer(request_id, msg.sender, request.height)
                 except AgentError as exc:
-                    if self.answered is not None:
-                        self.answered(request_id, msg.sender, exc)
+                    self._tell_answered(request_id, msg.sender, exc)
                     raise
-                if self.answered is not None:
-                    self.answered(request_id, msg.sender, answer)
+                self._tell_answered(request_id, msg.sender, answer)
                 return PatientAccessRequestReply(**answer)
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._answering.pop(request_id, None)
+
+    def _tell_answered(self, request_id: str, doctor: str, outcome: dict | AgentError) -> None:
+        """:attr:`answered`, which never changes the answer the doctor gets (an exception in it is logged)."""
+        if self.answered is None:
+            return
+        try:
+            self.answered(request_id, doctor, outcome)
+        except Exception:
+            log.exception("%s: the answered callback failed (the answer to %s stands)", self.subject, request_id)
 
     async def _answer(self, request_id: str, sender: str, height: int | None = None) -> dict:
         self.client.require_registered()

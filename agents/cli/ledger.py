@@ -222,12 +222,16 @@ def event_text(event: dict[str, Any]) -> str:
 
 
 def late_note(event: dict[str, Any]) -> str:
-    """For an ``access`` the ledger flagged ``late``: the grant was revoked or had expired
-    by the time the peer's access batch committed (the share was served before that)."""
+    """For an ``access`` the ledger flagged ``late``: the grant was revoked or had expired by
+    the time the peer's access batch committed; the ledger took the entry because it was
+    served before the peer applied the revocation (at most two clock skews after it) or
+    at most one skew past the expiry (core.ledger, ``LATE_SERVE_SKEWS``)."""
     late = event.get("late")
-    if late not in ("revoked", "expired"):
-        return ""
-    return f" [served before the grant was {late}, logged after: the peer's access log commits in batches]"
+    if late == "revoked":
+        return " [logged after the grant was revoked: served before the serving peer had applied the revocation]"
+    if late == "expired":
+        return " [logged after the grant expired: served at most one clock skew past its expiry]"
+    return ""
 
 
 def audit_main(argv: list[str] | None = None) -> int:

@@ -588,7 +588,7 @@ async def _serve(p: Any, config: "UserConfig", address: str) -> None:
     import trio
 
     (config.data_dir / "address").write_text(address)
-    p.answered = _print_answer
+    p.answered = _AnswerPrinter()
     print(f"{config.subject} answering access requests at {address} (Ctrl-C stops)", flush=True)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -599,13 +599,32 @@ async def _serve(p: Any, config: "UserConfig", address: str) -> None:
     print("stopped", file=sys.stderr)
 
 
-def _print_answer(request_id: str, doctor: str, outcome: Any) -> None:
-    """One line per access request answered (a grant, or why not)."""
-    when = utc_seconds(time.time())
-    if isinstance(outcome, dict):
-        print(f"{when}  granted request {request_id} of {doctor} (grant {outcome.get('grant_id')})", flush=True)
-    else:
-        print(f"{when}  refused request {request_id} of {doctor}: {outcome}", flush=True)
+class _AnswerPrinter:
+    """``patient serve``'s line per access request answered: a grant, a refusal (the
+    policy's, or the patient's) with why, or an answer that failed. A request the ledger
+    does not hold prints nothing (any doctor could send those in a loop; they are logged
+    once per doctor). The first failed write (a closed pipe) ends the printing, never the
+    answers."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __call__(self, request_id: str, doctor: str, outcome: Any) -> None:
+        from agents.errors import PolicyDenied, RequestRejected, UnknownRequest
+
+        if isinstance(outcome, UnknownRequest) or self.closed:
+            return
+        when = utc_seconds(time.time())
+        if isinstance(outcome, dict):
+            line = f"{when}  granted request {request_id} of {doctor} (grant {outcome.get('grant_id')})"
+        elif isinstance(outcome, (PolicyDenied, RequestRejected)):
+            line = f"{when}  refused request {request_id} of {doctor}: {outcome}"
+        else:
+            line = f"{when}  could not answer request {request_id} of {doctor}: {outcome}"
+        try:
+            print(line, flush=True)
+        except OSError:
+            self.closed = True
 
 
 async def _approve_all(request: dict) -> bool:

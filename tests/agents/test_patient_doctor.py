@@ -180,6 +180,9 @@ async def test_patient_rejects_without_callback_and_by_callback(world):
             with pytest.raises(errors.RequestRejected):
                 await gp.read("alice", rid)
             assert [(d, type(o)) for d, o in refused] == [("dr-gp", errors.RequestRejected)]
+            alice.answered = lambda request_id, doctor, outcome: 1 / 0  # a failing callback: the answer stands
+            with pytest.raises(errors.RequestRejected):
+                await gp.read("alice", rid)
             decision = await gp.request("alice", rid, purpose="treatment")
             assert decision["effect"] == "allow" and decision["approval"] == "patient"
             assert decision["status"] == "pending" and decision["rule"] == "gp"
