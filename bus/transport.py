@@ -112,7 +112,7 @@ def parse_address(text: str) -> Address:
         host, sep, port = rest[1:].partition("]:")
     else:
         host, sep, port = rest.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise BusError(f"tcp address must be tcp://host:port, got {text!r}")
     return Address("tcp", host, int(port))
 

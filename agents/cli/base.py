@@ -243,7 +243,7 @@ def parse_attributes(pairs: list[str] | None, what: str) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(what, f"--attr needs NAME=VALUE, got {pair!r}", "e.g. --attr department=cardiology")
-        if value.lstrip("-").isdigit() and len(value) < 18:
+        if value.isascii() and value.lstrip("-").isdigit() and len(value) < 18:
             out[key] = int(value)
         else:
             out[key] = {"true": True, "false": False}.get(value, value)

@@ -47,7 +47,7 @@ def _check_address(option: str, text: str, what: str) -> None:
         shape, example = "tcp://HOST:PORT", "tcp://127.0.0.1:7101"
     else:
         host, _, port = text.rpartition(":")
-        ok = bool(host.strip("[]")) and port.isdigit() and int(port) <= 65535
+        ok = bool(host.strip("[]")) and port.isascii() and port.isdigit() and int(port) <= 65535
         shape, example = "HOST:PORT", "127.0.0.1:9464"
     if not ok:
         raise UsageError(what, f"{option} {text!r} is not {shape} with a port 0..65535",
@@ -79,6 +79,9 @@ def start_main(argv: list[str]) -> int:
         config.metrics = args.metrics
     if args.listen:
         config.listen = args.listen
+        if not config.tls.enabled and config.binds_non_loopback:  # (the file's listen is checked at load)
+            raise UsageError(what, f"--listen {args.listen} is outside loopback and the config has [tls] "
+                             "enabled = false", "enable TLS in the config, or listen on a loopback address")
     from agents.node import start_node
 
     if config.role == "storage":  # this process serves blobs alone: keep freed 1-2 MiB buffers

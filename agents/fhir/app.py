@@ -231,7 +231,7 @@ class Facade:
     async def _body(self, request: Request) -> Any:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise FhirError(f"request body refused: {declared} bytes, more than {limit}; split it",
                             status=413, issue="too-costly")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()

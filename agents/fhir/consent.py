@@ -365,7 +365,7 @@ def consent_to_policy(consent: Mapping[str, Any], *, labels: LabelMap, patient: 
     name = _policy_name(consent)
     if version is None:
         vid = (consent.get("meta") or {}).get("versionId")
-        version = int(vid) if isinstance(vid, str) and vid.isdigit() and len(vid) < 19 else 1
+        version = int(vid) if isinstance(vid, str) and vid.isascii() and vid.isdigit() and len(vid) < 19 else 1
     try:
         if base == "OPTIN":
             return Policy(name, version, tuple(rules), emergency=emergency)

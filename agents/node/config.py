@@ -397,7 +397,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
                               "(a port 0..65535)")
     if node["metrics"]:
         host, _, port = node["metrics"].rpartition(":")
-        if not host.strip("[]") or not port.isdigit() or int(port) > 65535:
+        if not host.strip("[]") or not (port.isascii() and port.isdigit()) or int(port) > 65535:
             raise NodeConfigError(f"{path}: [node] metrics is {node['metrics']!r}; write HOST:PORT "
                                   "(e.g. 127.0.0.1:9464, a port 0..65535)")
     if not node["grace"] >= 0:
@@ -447,7 +447,7 @@ def _check_ordering(path: Path, ordering: dict[str, Any], role: str) -> None:
                               f"(http://HOST:PORT), or set {_env_name('ordering', 'endpoints')}")
     for i, url in enumerate(endpoints):
         host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
-        if not url.startswith("http://") or not host or not port.isdigit():
+        if not url.startswith("http://") or not host or not (port.isascii() and port.isdigit()):
             raise NodeConfigError(f"{path}: [ordering] endpoint {url!r} is not http://HOST:PORT; write the etcd "
                                   "members' client URLs (TLS to etcd is not supported yet)")
         endpoints[i] = url.rstrip("/")  # the client appends /v3/...

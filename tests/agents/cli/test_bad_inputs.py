@@ -327,10 +327,22 @@ def node_config(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("option,value", [("--listen", "tcp://127.0.0.2:99999"), ("--listen", "tcp://127.0.0.2:-5"),
                                           ("--listen", "127.0.0.1:7101"), ("--metrics", "nonsense"),
-                                          ("--metrics", "127.0.0.1:70000")])
+                                          ("--metrics", "127.0.0.1:70000"), ("--listen", "tcp://127.0.0.2:\u00b2"),
+                                          ("--metrics", "127.0.0.1:\u00b2")])
 def test_node_start_refuses_a_bad_address(node_config, option, value):
     one_line(cli("node", "start", "--config", str(node_config), option, value), 2,
              f"{option} {value!r} is not", "port 0..65535", f"write e.g. {option} ")
+
+
+def test_node_start_refuses_a_plaintext_listen_outside_loopback(node_config, tmp_path):
+    # (the config file's listen is checked against [tls] enabled = false at load; --listen came after)
+    text = node_config.read_text()
+    plain = tmp_path / "plain.toml"
+    plain.write_text(text[:text.index("[tls]")] + "[tls]\nenabled = false\n")
+    for name in ("genesis.block", "storage-2.key", "storage-2.keys"):
+        shutil.copy(node_config.parent / name, tmp_path / name)
+    one_line(cli("node", "start", "--config", str(plain), "--listen", "tcp://0.0.0.0:7101"), 2,
+             "--listen tcp://0.0.0.0:7101 is outside loopback", "enable TLS in the config")
 
 
 @pytest.mark.parametrize("option", ["--listen", "--metrics"])

@@ -82,6 +82,13 @@ def test_the_test_consent_and_its_policy():
         consent_to_policy(CARDIOLOGY_CONSENT, labels=LABELS, patient="bob")
 
 
+@pytest.mark.parametrize("vid, version", [("7", 7), ("\u00b2", 1), ("\u0663", 1), ("-2", 1), ("9" * 19, 1)])
+def test_a_version_id_is_taken_only_as_ascii_digits(vid, version):
+    # (int() of "²" raised ValueError past the isdigit() check: a hostile Consent's meta.versionId)
+    consent = {**CARDIOLOGY_CONSENT, "meta": {"versionId": vid}}
+    assert consent_to_policy(consent, labels=LABELS, patient="alice").version == version
+
+
 def nested(**provision) -> dict:
     return {**CARDIOLOGY_CONSENT, "provision": {"provision": [{"type": "permit", **provision}]}, "contained": []}
 
