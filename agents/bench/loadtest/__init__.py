@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -175,13 +176,15 @@ def options_from_args(args: argparse.Namespace) -> Options:
     if args.mix is not None:
         wspec.mix = args.mix
     wspec.check()
-    if not args.request_timeout > 0:
+    if not 0 < args.request_timeout < math.inf:
         raise ValueError("--request-timeout must be > 0 seconds")
     if args.concurrency is not None and args.concurrency < 1:
         raise ValueError("--concurrency must be >= 1")
     if args.max_inflight < 1 or args.saturation_concurrency < 1:
         raise ValueError("--max-inflight and --saturation-concurrency must be >= 1")
-    if args.saturation is not None and not args.saturation >= 0:
+    if args.probes < 1:
+        raise ValueError("--probes must be >= 1")
+    if args.saturation is not None and not 0 <= args.saturation < math.inf:
         raise ValueError("--saturation must be >= 0 seconds (0: no saturation run)")
     rate_half = args.rate == "half"
     if rate_half and args.saturation == 0:

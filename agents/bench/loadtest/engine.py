@@ -67,11 +67,13 @@ class RunSettings:
     def check(self) -> None:
         if self.rate is None and (self.concurrency is None or self.concurrency < 1):
             raise ValueError("give a concurrency >= 1 (closed loop) or a rate > 0 (open loop)")
-        if self.rate is not None and not self.rate > 0:
-            raise ValueError("rate must be > 0")
+        if self.rate is not None and not 0 < self.rate < math.inf:
+            raise ValueError("rate must be a number > 0")
+        if not self.duration < math.inf:  # (nan: a run that never ends)
+            raise ValueError("duration must be a number of seconds")
         if self.duration <= 0 and self.ops is None:
             raise ValueError("give a duration > 0 or an operation count")
-        if self.warmup < 0:
+        if not 0 <= self.warmup < math.inf:
             raise ValueError("warm-up must be >= 0")
         if self.ops is not None and self.ops < 1:
             raise ValueError("operation count must be >= 1")
