@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--txs must be at least 1 (or drop it: 5,000, or 1,000 with --quick)")
     if args.batch < 1:
         parser.error("--batch must be at least 1")
+    if args.window < args.batch:  # (fewer in flight than one batch: it ran with one batch, and said otherwise)
+        parser.error(f"--window must be at least --batch ({args.batch})")
     costs.counting()  # the verify counter is chosen with the backends, before any crypto runs
     n = args.txs or (1000 if args.quick else 5000)
     kinds = ("embedded", "etcd") if args.ordering == "both" else (args.ordering,)

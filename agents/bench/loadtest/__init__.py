@@ -233,9 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import matplotlib  # noqa: F401  (before the run, not after it)
         except ImportError:
-            print("emrshare loadtest: cannot write the HTML report: matplotlib is not installed; "
-                  "install the bench extra (pip install -e '.[bench]') or drop --html", file=sys.stderr)
-            return 2
+            raise UsageError("loadtest", "cannot write the HTML report: matplotlib is not installed",
+                             "install the bench extra (pip install -e '.[bench]') or drop --html") from None
     for option, path in (("--json", args.json), ("--html", args.html)):  # not after the run
         if path is not None:
             check_output_path(path, "loadtest", option=option)
@@ -247,9 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                  "create it first, or choose another --data")
     try:
         report = trio.run(run, opts)
-    except ValueError as exc:
-        print(f"emrshare loadtest: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # (what only the run finds, e.g. --rate half after a saturation run of 0 accesses)
+        raise UsageError("loadtest", str(exc), "see `emrshare loadtest --help`") from None
     sys.stdout.write(render_text(report, breakdown=args.breakdown))
     if args.json:
         args.json.write_text(to_json(report))

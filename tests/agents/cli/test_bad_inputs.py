@@ -303,7 +303,8 @@ def test_loadtest_data_needs_an_existing_parent(tmp_path):
     ("agents.bench.heal", "measure", ["bench", "heal", "--interval", "-1"], "--interval must be more than 0"),
     ("agents.bench.heal", "measure", ["bench", "heal", "--size-mib", "-1"], "--size-mib must be at least 1"),
     ("agents.bench.crypto", "run", ["bench", "crypto", "--iterations", "0"], "--iterations must be at least 1"),
-], ids=["ledger txs -5", "ledger txs 0", "heal interval -1", "heal size -1", "crypto iterations 0"])
+    ("agents.bench.ledger", "run_bench", ["bench", "ledger", "--window", "0"], "--window must be at least --batch"),
+], ids=["ledger txs -5", "ledger txs 0", "heal interval -1", "heal size -1", "crypto iterations 0", "ledger window 0"])
 def test_benchmarks_refuse_bad_numbers_before_any_work(capsys, monkeypatch, module, work, argv, needle):
     import importlib
 
@@ -313,6 +314,15 @@ def test_benchmarks_refuse_bad_numbers_before_any_work(capsys, monkeypatch, modu
     monkeypatch.setattr(importlib.import_module(module), work, ran)
     command = " ".join(argv[:2])
     one_line(_in_process(capsys, *argv), 2, f"{command}: {needle}", f"see `emrshare {command} --help`")
+
+
+def test_loadtest_html_without_matplotlib_is_one_line_before_any_work(capsys, monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # (import matplotlib raises ImportError)
+    one_line(_in_process(capsys, "loadtest", "--html", str(tmp_path / "r.html"), "--data", str(tmp_path / "s")), 2,
+             "loadtest: cannot write the HTML report: matplotlib is not installed", "drop --html")
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.fixture(scope="module")
