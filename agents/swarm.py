@@ -140,8 +140,7 @@ class SwarmSpec:
             value, kind = getattr(self, name), type(default)
             if name != "data_dir" and not (type(value) is kind or kind is float and type(value) is int):
                 raise ValueError(f"{name} must be {_KINDS.get(kind, kind.__name__)}, not {value!r}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be 0..65535 (0: any free port), not {self.port}")
+        check_port(self.port)
         if not 1 <= self.batch_size <= MAX_BLOCK_TXS or not self.batch_timeout > 0:
             raise ValueError(f"batch size must be 1..{MAX_BLOCK_TXS} transactions and the batch timeout positive")
         if self.hospitals < 1:
@@ -181,6 +180,12 @@ class SwarmSpec:
 
 
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+def check_port(port: object) -> None:
+    """An in-process swarm's bus port: 0..65535 (0: any free port), else ValueError."""
+    if not (type(port) is int and 0 <= port <= 65535):
+        raise ValueError(f"port must be 0..65535 (0: any free port), not {port!r}")
 
 
 def _log_tail(path: Path, lines: int = 5, limit: int = 2000) -> str:

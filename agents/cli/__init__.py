@@ -22,7 +22,7 @@ import importlib.util
 import logging
 import sys
 
-from agents.cli.base import UsageError, report, run, set_verbose
+from agents.cli.base import UsageError, no_such_subcommand, report, run, set_verbose
 
 # (subcommand path) -> (module, function, one-line help)
 _COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
@@ -189,11 +189,7 @@ def _dispatch(argv: list[str]) -> int:
             if len(argv) == 1 or argv[1] in ("-h", "--help"):
                 groups[head].print_help()
                 return 0
-            names = [p[1] for p in _COMMANDS if p[0] == head and len(p) == 2]
-            close = difflib.get_close_matches(argv[1], names, n=1)
-            raise UsageError(f"{head} {argv[1]}", "no such subcommand",
-                             (f"did you mean `emrshare {head} {close[0]}`? " if close else "")
-                             + f"see `emrshare {head} --help`")
+            raise no_such_subcommand(head, argv[1], (p[1] for p in _COMMANDS if p[0] == head and len(p) == 2))
         heads = sorted({p[0] for p in _COMMANDS})
         close = difflib.get_close_matches(head, heads, n=1)
         raise UsageError(head, "no such command",

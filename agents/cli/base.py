@@ -37,14 +37,14 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 from agents.errors import AgentError
 
 __all__ = [
     "CliError", "UsageError", "ENV_SWARM", "ENV_SUBJECT", "ENV_PASSPHRASE", "env_default",
     "env_help", "set_verbose", "verbose", "doing", "unwrap", "explain", "hint", "report", "run",
-    "one_line_usage_errors", "fail", "check_output_path", "check_input_file",
+    "one_line_usage_errors", "fail", "no_such_subcommand", "check_output_path", "check_input_file",
 ]
 
 ENV_SWARM = "EMRSHARE_SWARM"
@@ -75,6 +75,17 @@ class UsageError(CliError):
 
 def fail(what: str, why: str, todo: str = "") -> NoReturn:
     raise CliError(what, why, todo)
+
+
+def no_such_subcommand(group: str, given: str, names: Iterable[str]) -> UsageError:
+    """The usage error for ``emrshare GROUP GIVEN`` when GIVEN is none of ``names``: "did you
+    mean" the closest, if one is close."""
+    import difflib
+
+    close = difflib.get_close_matches(given, list(names), n=1)
+    return UsageError(f"{group} {given}", "no such subcommand",
+                      (f"did you mean `emrshare {group} {close[0]}`? " if close else "")
+                      + f"see `emrshare {group} --help`")
 
 
 def set_verbose(on: bool) -> None:

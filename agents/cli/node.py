@@ -37,18 +37,12 @@ def _load(path: str, what: str) -> Any:
 def _check_address(option: str, text: str, what: str) -> None:
     """``--listen tcp://HOST:PORT`` or ``--metrics HOST:PORT``, a port 0..65535 (0: any free
     one), else UsageError (before the configuration is read)."""
-    from bus import BusError, parse_address
+    from agents.node.config import is_listen_address, is_metrics_address
 
     if option == "--listen":
-        try:
-            ok = parse_address(text).scheme == "tcp"
-        except BusError:
-            ok = False
-        shape, example = "tcp://HOST:PORT", "tcp://127.0.0.1:7101"
+        ok, shape, example = is_listen_address(text), "tcp://HOST:PORT", "tcp://127.0.0.1:7101"
     else:
-        host, _, port = text.rpartition(":")
-        ok = bool(host.strip("[]")) and port.isascii() and port.isdigit() and int(port) <= 65535
-        shape, example = "HOST:PORT", "127.0.0.1:9464"
+        ok, shape, example = is_metrics_address(text), "HOST:PORT", "127.0.0.1:9464"
     if not ok:
         raise UsageError(what, f"{option} {text!r} is not {shape} with a port 0..65535",
                          f"write e.g. {option} {example}")

@@ -122,7 +122,7 @@ def up_main(argv: list[str]) -> int:
                         help="ordering service: the embedded orderer (default), or etcd: two orderer nodes over a "
                              "local 3-member etcd cluster (needs the etcd binary: apt-get install etcd-server)")
     args = parser.parse_args(argv)
-    from agents.swarm import SwarmSpec
+    from agents.swarm import SwarmSpec, check_port
 
     files = _files(args.data, "swarm up")
     settings, source = _settings(args)
@@ -140,9 +140,10 @@ def up_main(argv: list[str]) -> int:
         spec = saved
         if "port" in settings and not saved.processes:
             port = settings["port"]
-            if not (type(port) is int and 0 <= port <= 65535):
-                raise UsageError("swarm up", f"port must be 0..65535 (0: any free port), not {port!r}",
-                                 "see `emrshare swarm up --help`")
+            try:
+                check_port(port)
+            except ValueError as exc:
+                raise UsageError("swarm up", str(exc), "see `emrshare swarm up --help`") from None
             spec = dataclasses.replace(saved, port=port)
         try:
             spec.check()

@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agents.cli.base import (ENV_PASSPHRASE, ENV_SUBJECT, ENV_SWARM, CliError, UsageError, check_input_file,
-                             check_output_path, doing, env_default, env_help, fail, parse_attributes, verbose)
+                             check_output_path, doing, env_default, env_help, fail, no_such_subcommand,
+                             parse_attributes, verbose)
 from agents.cli.ledger import late_note
 from agents.cli.output import print_json, progress, table, utc, utc_seconds
 
@@ -125,8 +126,6 @@ class _Role:
     def _check_subcommand(self, argv: list[str]) -> None:
         """A mistyped subcommand gets "did you mean", as `emrshare GROUP SUBCOMMAND` does
         (the common options may come before it; any other mistake is the parser's to report)."""
-        import difflib
-
         probe = argparse.ArgumentParser(add_help=False, exit_on_error=False)
         _common(probe, suppress=True)
         probe.add_argument("cmd", nargs="?")
@@ -134,12 +133,8 @@ class _Role:
             cmd = probe.parse_known_args(argv)[0].cmd
         except argparse.ArgumentError:
             return
-        if cmd is None or cmd in self.sub.choices:
-            return
-        close = difflib.get_close_matches(cmd, list(self.sub.choices), n=1)
-        raise UsageError(f"{self.role} {cmd}", "no such subcommand",
-                         (f"did you mean `emrshare {self.role} {close[0]}`? " if close else "")
-                         + f"see `emrshare {self.role} --help`")
+        if cmd is not None and cmd not in self.sub.choices:
+            raise no_such_subcommand(self.role, cmd, self.sub.choices)
 
 
 # ------------------------------------------------------------------ checks before any work

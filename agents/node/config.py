@@ -94,7 +94,7 @@ from agents.errors import AgentError
 from agents.keys import AgentKeys, KeyStore, KeyStoreError, read_passphrase_file
 
 __all__ = ["NodeConfig", "NodeConfigError", "TlsSettings", "load_config", "render_config", "ENV_PREFIX", "ENV_PASSPHRASE",
-           "ROLES", "is_loopback"]
+           "ROLES", "is_loopback", "is_listen_address", "is_metrics_address"]
 
 ENV_PREFIX = "EMRSHARE_NODE_"
 ENV_PASSPHRASE = "EMRSHARE_NODE_PASSPHRASE"
@@ -167,6 +167,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def is_listen_address(text: str) -> bool:
+    """``tcp://HOST:PORT`` as the bus parses it, a port 0..65535 ([node] listen, ``node start --listen``)."""
+    try:
+        return parse_address(text).scheme == "tcp"
+    except BusError:
+        return False
+
+
+def is_metrics_address(text: str) -> bool:
+    """``HOST:PORT``, a port 0..65535 ([node] metrics, ``node start --metrics``)."""
+    host, _, port = text.rpartition(":")
+    return bool(host.strip("[]")) and port.isascii() and port.isdigit() and int(port) <= 65535
 
 
 def _host_of(address: str) -> str:
@@ -388,18 +402,12 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> N
 
     if node["role"] not in ROLES:
         raise NodeConfigError(f"{path}: [node] role is {node['role']!r}; use one of {', '.join(ROLES)}")
-    try:
-        listen_ok = parse_address(node["listen"]).scheme == "tcp"
-    except BusError:
-        listen_ok = False
-    if not listen_ok:
+    if not is_listen_address(node["listen"]):
         raise NodeConfigError(f"{path}: [node] listen is {node['listen']!r}; write tcp://HOST:PORT "
                               "(a port 0..65535)")
-    if node["metrics"]:
-        host, _, port = node["metrics"].rpartition(":")
-        if not host.strip("[]") or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-            raise NodeConfigError(f"{path}: [node] metrics is {node['metrics']!r}; write HOST:PORT "
-                                  "(e.g. 127.0.0.1:9464, a port 0..65535)")
+    if node["metrics"] and not is_metrics_address(node["metrics"]):
+        raise NodeConfigError(f"{path}: [node] metrics is {node['metrics']!r}; write HOST:PORT "
+                              "(e.g. 127.0.0.1:9464, a port 0..65535)")
     if not node["grace"] >= 0:
         raise NodeConfigError(f"{path}: [node] grace must be >= 0 seconds; fix it")
     keys: dict[str, bytes] = {}
